@@ -1,0 +1,115 @@
+# Aviator — make targets. `make demo` and `make test` work from a fresh clone.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+PYTEST      := $(PY) -m pytest
+IMG         ?= aviator-controller:latest
+AGENT_IMG   ?= aviator-agent:latest
+KUBECTL     ?= $(shell command -v kubectl 2>/dev/null || echo bin/kubectl)
+PYTEST_ARGS ?=
+export GOTOOLCHAIN := local
+
+.PHONY: help setup venv controlplane build build-agent test-unit test-integration test-bpf \
+        test-e2e test run lint fmt manifests install uninstall demo bench \
+        docker-build docker-build-agent docker-build-all deploy deploy-agent deploy-all \
+        undeploy undeploy-agent undeploy-all
+
+help: ## list targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-20s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test,bench]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+setup: venv ## venv, Python deps, Debian packages (BCC, headers), bcc import link
+	bash hack/setup-system.sh
+
+controlplane: ## build kube-apiserver, kube-controller-manager, kubectl, etcd into bin/
+	bash hack/controlplane/build.sh
+
+build: venv ## build the controller (a Python package; checks it imports and runs)
+	$(VENV)/bin/aviator controller --help >/dev/null && echo "controller: ok"
+
+build-agent: venv ## build the agent (checks it imports and runs)
+	$(VENV)/bin/aviator agent --help >/dev/null && echo "agent: ok"
+
+test-unit: venv ## unit and property tests (no cluster)
+	$(PYTEST) test/unit $(PYTEST_ARGS)
+
+test-integration: setup controlplane ## tests against the real control plane
+	$(PYTEST) test/integration $(PYTEST_ARGS)
+
+test-bpf: setup ## tests that load the real BPF program (root)
+	$(PYTEST) test/bpf $(PYTEST_ARGS)
+
+test-e2e: setup controlplane ## e2e scenarios against the cluster in a box (E2E_CLUSTER=kind for Kind)
+	$(PYTEST) test/e2e $(PYTEST_ARGS)
+
+test: setup controlplane ## everything: unit, integration, bpf, e2e in the box, bench smoke
+	$(PYTEST) test $(PYTEST_ARGS)
+
+run: venv ## run the controller against the current kubeconfig
+	$(VENV)/bin/aviator controller --leader-elect=false
+
+lint: venv ## ruff + mypy
+	$(VENV)/bin/ruff check aviator test bench
+	$(VENV)/bin/ruff format --check aviator test bench
+	$(VENV)/bin/mypy
+
+fmt: venv
+	$(VENV)/bin/ruff format aviator test bench
+	$(VENV)/bin/ruff check --fix aviator test bench
+
+manifests: venv ## regenerate the CRD YAML from aviator/api
+	$(VENV)/bin/aviator manifests --output config/crd/bases/aviator.example.com_aviatorpolicies.yaml
+
+install: ## install the CRD into the current kubeconfig's cluster
+	$(KUBECTL) apply -k config/crd
+
+uninstall: ## remove the CRD (deletes every AviatorPolicy)
+	$(KUBECTL) delete -k config/crd --ignore-not-found
+
+demo: setup controlplane ## the cluster in a box with the quick-start (Ctrl-C to stop)
+	$(VENV)/bin/aviator box demo
+
+bench: setup controlplane ## benchmarks; prints a table of ratios
+	$(PY) -m bench
+
+define need_docker
+	@command -v docker >/dev/null || { echo "$@: needs the docker CLI" >&2; exit 1; }
+	@docker info >/dev/null 2>&1 || { echo "$@: needs a running Docker engine (docker info failed)" >&2; exit 1; }
+endef
+
+docker-build: ## build the controller image (IMG=...)
+	$(need_docker)
+	docker build -t $(IMG) -f Dockerfile .
+
+docker-build-agent: ## build the agent image (AGENT_IMG=...)
+	$(need_docker)
+	docker build -t $(AGENT_IMG) -f Dockerfile.agent .
+
+docker-build-all: docker-build docker-build-agent ## build both images
+
+deploy: ## controller + CRD + RBAC into the current cluster
+	cd config/default && $(KUBECTL) kustomize . >/dev/null
+	$(KUBECTL) apply -k config/default
+
+deploy-agent: ## the agent DaemonSet
+	$(KUBECTL) apply -k config/agent
+
+deploy-all: deploy deploy-agent ## everything
+
+undeploy: ## delete policies first (finalizers restore Services), then the controller
+	-$(KUBECTL) delete aviatorpolicies --all --all-namespaces --wait=true --timeout=120s
+	$(KUBECTL) delete -k config/default --ignore-not-found
+
+undeploy-agent:
+	$(KUBECTL) delete -k config/agent --ignore-not-found
+
+undeploy-all: undeploy-agent undeploy

@@ -1,0 +1,5 @@
+import sys
+
+from aviator.cli import main
+
+sys.exit(main())

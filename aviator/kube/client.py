@@ -1,0 +1,232 @@
+"""An asyncio Kubernetes REST client over aiohttp that speaks raw JSON.
+
+Configuration (kubeconfig, in-cluster service account, exec plugins, token refresh) is
+delegated to kubernetes_asyncio's loaders; requests are ours, so hot paths (list, watch,
+slices) never pay for typed-model conversion and watches are fully under our control.
+"""
+
+from __future__ import annotations
+
+import json
+import ssl
+from collections.abc import AsyncIterator, Mapping
+from typing import Any, cast
+
+import aiohttp
+from kubernetes_asyncio.client import Configuration
+from kubernetes_asyncio.config import ConfigException, load_incluster_config, load_kube_config
+
+from aviator.kube.resources import Resource
+
+JSON = dict[str, Any]
+
+MERGE_PATCH = "application/merge-patch+json"
+JSON_PATCH = "application/json-patch+json"
+STRATEGIC_MERGE_PATCH = "application/strategic-merge-patch+json"
+APPLY_PATCH = "application/apply-patch+yaml"
+
+
+class ApiError(Exception):
+    """A non-2xx answer from the API server, with its Status body when there is one."""
+
+    def __init__(self, status: int, body: JSON | None = None, text: str = "") -> None:
+        self.status = status
+        self.body = body or {}
+        self.reason: str = str(self.body.get("reason", ""))
+        self.message: str = str(self.body.get("message", text))
+        super().__init__(f"{status} {self.reason}: {self.message}".strip())
+
+    @property
+    def not_found(self) -> bool:
+        return self.status == 404
+
+    @property
+    def conflict(self) -> bool:
+        return self.status == 409
+
+    @property
+    def gone(self) -> bool:
+        return self.status == 410
+
+
+class KubeClient:
+    """One aiohttp session to one API server. Create with `KubeClient.load(...)`."""
+
+    def __init__(self, configuration: Configuration) -> None:
+        self._cfg = configuration
+        self.host: str = str(configuration.host).rstrip("/")
+        self._ssl = self._ssl_context(configuration)
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    async def load(cls, kubeconfig: str | None = None, context: str | None = None) -> KubeClient:
+        """From an explicit kubeconfig, else $KUBECONFIG/~/.kube/config, else in-cluster."""
+        cfg = Configuration()
+        if kubeconfig is None:
+            try:
+                load_incluster_config(client_configuration=cfg)
+                return cls(cfg)
+            except ConfigException:
+                pass
+        await load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+        return cls(cfg)
+
+    @staticmethod
+    def _ssl_context(cfg: Configuration) -> ssl.SSLContext | bool:
+        if not str(cfg.host).startswith("https"):
+            return False
+        ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert)
+        if not cfg.verify_ssl:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        if cfg.cert_file:
+            ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
+        return ctx
+
+    def _session_or_new(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=64),
+                json_serialize=json.dumps,
+            )
+        return self._session
+
+    async def _headers(self, content_type: str | None) -> dict[str, str]:
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        token = await self._cfg.get_api_key_with_prefix("BearerToken")
+        if token:
+            headers["Authorization"] = token if " " in token else f"Bearer {token}"
+        return headers
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    async def __aenter__(self) -> KubeClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int | bool] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout_s: float = 30.0,
+    ) -> JSON:
+        """Send one request and return the decoded JSON body; raise ApiError on failure."""
+        session = self._session_or_new()
+        data = None if body is None else (body if isinstance(body, str) else json.dumps(body))
+        async with session.request(
+            method,
+            self.host + path,
+            params=_params(params),
+            data=data,
+            headers=await self._headers(content_type if data is not None else None),
+            timeout=aiohttp.ClientTimeout(total=timeout_s),
+        ) as resp:
+            text = await resp.text()
+            if resp.status >= 400:
+                raise ApiError(resp.status, _maybe_json(text), text)
+            return _maybe_json(text) or {}
+
+    async def watch(
+        self, path: str, params: Mapping[str, str | int | bool] | None = None
+    ) -> AsyncIterator[JSON]:
+        """Stream watch events ({"type", "object"}) until the server closes the stream.
+
+        An ERROR event is yielded as is; the caller decides (e.g. 410 → relist).
+        """
+        session = self._session_or_new()
+        query = dict(params or {})
+        query["watch"] = "true"
+        async with session.get(
+            self.host + path,
+            params=_params(query),
+            headers=await self._headers(None),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None),
+        ) as resp:
+            if resp.status >= 400:
+                text = await resp.text()
+                raise ApiError(resp.status, _maybe_json(text), text)
+            buffer = b""
+            async for chunk in resp.content.iter_any():
+                buffer += chunk
+                while b"\n" in buffer:
+                    line, buffer = buffer.split(b"\n", 1)
+                    if line.strip():
+                        yield cast(JSON, json.loads(line))
+
+    # Conveniences over request() for one Resource.
+
+    async def get(self, res: Resource, name: str, namespace: str | None = None) -> JSON:
+        return await self.request("GET", res.path(namespace, name))
+
+    async def list(
+        self,
+        res: Resource,
+        namespace: str | None = None,
+        params: Mapping[str, str | int | bool] | None = None,
+    ) -> JSON:
+        return await self.request("GET", res.path(namespace), params=params)
+
+    async def create(self, res: Resource, body: JSON, namespace: str | None = None) -> JSON:
+        ns = namespace or body.get("metadata", {}).get("namespace")
+        return await self.request("POST", res.path(ns), body=body)
+
+    async def replace(
+        self,
+        res: Resource,
+        body: JSON,
+        namespace: str | None = None,
+        subresource: str | None = None,
+    ) -> JSON:
+        meta = body["metadata"]
+        ns = namespace or meta.get("namespace")
+        return await self.request("PUT", res.path(ns, meta["name"], subresource), body=body)
+
+    async def patch(
+        self,
+        res: Resource,
+        name: str,
+        patch: Any,
+        namespace: str | None = None,
+        *,
+        content_type: str = MERGE_PATCH,
+        subresource: str | None = None,
+        params: Mapping[str, str | int | bool] | None = None,
+    ) -> JSON:
+        return await self.request(
+            "PATCH",
+            res.path(namespace, name, subresource),
+            body=patch,
+            content_type=content_type,
+            params=params,
+        )
+
+    async def delete(
+        self, res: Resource, name: str, namespace: str | None = None, body: JSON | None = None
+    ) -> JSON:
+        return await self.request("DELETE", res.path(namespace, name), body=body)
+
+
+def _params(params: Mapping[str, str | int | bool] | None) -> dict[str, str] | None:
+    if not params:
+        return None
+    return {
+        k: ("true" if v is True else "false" if v is False else str(v)) for k, v in params.items()
+    }
+
+
+def _maybe_json(text: str) -> JSON | None:
+    try:
+        value = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

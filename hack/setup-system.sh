@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Installs the Debian packages Aviator needs on a development or CI machine (as root),
+# makes Debian's BCC importable from the project venv, and gives BCC kernel headers.
+# Idempotent: every step checks before it acts.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+venv=${VENV:-$root/.venv}
+
+packages=(python3-bpfcc bpfcc-tools linux-headers-amd64 iproute2)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: missing Debian packages ${missing[*]}; run as root or install them yourself" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# BCC is a Debian package (the PyPI project called "bcc" is unrelated): expose only the
+# bcc module to the venv through a folder that holds nothing but a link to it.
+if [ -d "$venv" ]; then
+  site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  shim="$root/.venv/bcc-shim"
+  mkdir -p "$shim"
+  ln -sfn /usr/lib/python3/dist-packages/bcc "$shim/bcc"
+  echo "$shim" > "$site/aviator-bcc.pth"
+fi
+
+# BCC compiles against /lib/modules/$(uname -r)/build. When the running kernel has no
+# matching headers package, link the newest installed headers: tracepoint arguments and
+# the first sock_common fields stay correct; the BPF program reads nothing else.
+build="/lib/modules/$(uname -r)/build"
+if [ ! -e "$build" ] && [ "$(id -u)" -eq 0 ]; then
+  headers=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1 || true)
+  if [ -n "$headers" ]; then
+    mkdir -p "$(dirname "$build")"
+    ln -sfn "$headers" "$build"
+    echo "setup: linked $build -> $headers"
+  fi
+fi
