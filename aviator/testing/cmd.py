@@ -1,0 +1,36 @@
+"""`aviator controlplane`: run the local control plane in the foreground."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import threading
+from pathlib import Path
+
+from aviator.testing.controlplane import ControlPlane, ControlPlaneError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--workdir", type=Path, help="state directory (default: a temp dir)")
+    parser.add_argument(
+        "--no-controllers",
+        action="store_true",
+        help="do not start kube-controller-manager",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    cp = ControlPlane(workdir=args.workdir, controllers=not args.no_controllers)
+    try:
+        cp.start()
+    except ControlPlaneError as err:
+        print(f"aviator controlplane: {err}")
+        return 1
+    print(f"control plane ready at {cp.server}")
+    print(f"export KUBECONFIG={cp.kubeconfig}")
+    stop.wait()
+    cp.stop()
+    return 0

@@ -1,0 +1,396 @@
+"""Start and stop a real Kubernetes control plane on loopback: etcd, kube-apiserver and
+kube-controller-manager, built from source by `make controlplane` into bin/.
+
+Synchronous on purpose: pytest session fixtures, the box and benchmarks all use it, and
+none of them should share an event loop with it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from aviator.testing.pki import CertificateAuthority, KeyPair, service_account_keys
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_BIN_DIR = Path(os.environ.get("AVIATOR_BIN_DIR", REPO_ROOT / "bin"))
+
+# The controllers a box needs: workloads become pods, Services get EndpointSlices,
+# owners are garbage-collected, namespaces are emptied, and every namespace gets its
+# default ServiceAccount (pods are refused without it).
+CONTROLLERS = (
+    "deployment-controller",
+    "replicaset-controller",
+    "endpointslice-controller",
+    "garbage-collector-controller",
+    "namespace-controller",
+    "serviceaccount-controller",
+)
+
+# Writes (not reads) are logged, so tests can count the API writes a component makes.
+_AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    "rules": [
+        {"level": "Metadata", "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
+        {"level": "None"},
+    ],
+}
+
+
+class ControlPlaneError(RuntimeError):
+    """A component failed to start; the message carries the component's own output."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def binary(name: str, bin_dir: Path = DEFAULT_BIN_DIR) -> Path:
+    path = bin_dir / name
+    if not os.access(path, os.X_OK):
+        raise ControlPlaneError(f"{path} is missing: run `make controlplane` first")
+    return path
+
+
+@dataclass
+class _Component:
+    name: str
+    argv: list[str]
+    log: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                self.argv,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C in the terminal is ours to forward
+            )
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def output_tail(self, lines: int = 30) -> str:
+        """The last lines of the component's output, its error lines first."""
+        try:
+            text = self.log.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        errors = [line for line in text if line.startswith(("Error", "E1", "E0", "F1", "F0"))]
+        return "\n".join([*errors[-5:], "--- last lines ---", *text[-lines:]])
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@dataclass
+class ControlPlane:
+    """etcd + kube-apiserver (+ kube-controller-manager) on free loopback ports."""
+
+    workdir: Path | None = None
+    controllers: bool = True
+    bin_dir: Path = DEFAULT_BIN_DIR
+    startup_timeout_s: float = 90.0
+    kubeconfig: Path = field(init=False)
+    server: str = field(init=False, default="")
+    etcd_url: str = field(init=False, default="")
+    audit_log: Path = field(init=False)
+    _owns_workdir: bool = field(init=False, default=False)
+    _components: dict[str, _Component] = field(init=False, default_factory=dict)
+    _admin: KeyPair = field(init=False)
+    _ca: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.workdir is None:
+            shm = Path("/dev/shm")
+            parent = shm if shm.is_dir() and os.access(shm, os.W_OK) else None
+            self.workdir = Path(tempfile.mkdtemp(prefix="aviator-cp-", dir=parent))
+            self._owns_workdir = True
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.kubeconfig = self.workdir / "kubeconfig"
+        self.audit_log = self.workdir / "audit.log"
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> ControlPlane:
+        assert self.workdir is not None
+        atexit.register(self.stop)
+        try:
+            self._prepare()
+            self._start_and_wait("etcd", self._etcd_ready)
+            self._start_and_wait("kube-apiserver", self._apiserver_ready)
+            if self.controllers:
+                self._start_and_wait("kube-controller-manager", self._controller_manager_ready)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        for name in ("kube-controller-manager", "kube-apiserver", "etcd"):
+            comp = self._components.get(name)
+            if comp is not None:
+                comp.stop()
+        if self._owns_workdir and self.workdir is not None and self.workdir.exists():
+            shutil.rmtree(self.workdir, ignore_errors=True)
+        atexit.unregister(self.stop)
+
+    def __enter__(self) -> ControlPlane:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def restart_apiserver(self) -> None:
+        """Stop the API server process and start it again on the same port.
+
+        Open watches hold a terminating API server for up to a minute; after a short
+        grace it is killed, which is a restart any client must survive anyway.
+        """
+        self._components["kube-apiserver"].stop(grace_s=3.0)
+        self._start_and_wait("kube-apiserver", self._apiserver_ready)
+
+    def running(self) -> dict[str, bool]:
+        return {name: comp.alive() for name, comp in self._components.items()}
+
+    def pids(self) -> list[int]:
+        return [c.process.pid for c in self._components.values() if c.process is not None]
+
+    # -- helpers for tests -----------------------------------------------------------
+
+    def kubectl(
+        self, *args: str, check: bool = True, input: str | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        argv = [str(binary("kubectl", self.bin_dir)), "--kubeconfig", str(self.kubeconfig), *args]
+        result = subprocess.run(
+            argv, input=input, capture_output=True, text=True, timeout=timeout, check=False
+        )
+        if check and result.returncode != 0:
+            raise subprocess.CalledProcessError(
+                result.returncode, argv, result.stdout, result.stderr
+            )
+        return result
+
+    def compact_etcd(self) -> int:
+        """Compact etcd to its current revision, so watches from older versions get 410."""
+        answer = self._etcd_call("/v3/kv/range", {"key": base64.b64encode(b"/").decode()})
+        header = answer["header"]
+        assert isinstance(header, dict)
+        revision = int(header["revision"])
+        self._etcd_call("/v3/kv/compaction", {"revision": str(revision), "physical": True})
+        return revision
+
+    def api_get(self, path: str) -> tuple[int, str]:
+        """GET a path with the admin identity (used by readiness checks)."""
+        req = urllib.request.Request(self.server + path)
+        try:
+            with urllib.request.urlopen(req, context=self._ssl_context(), timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode(errors="replace")
+
+    # -- internals -------------------------------------------------------------------
+
+    def _prepare(self) -> None:
+        assert self.workdir is not None
+        pki = self.workdir / "pki"
+        pki.mkdir(exist_ok=True)
+        ca = CertificateAuthority(pki)
+        self._ca = ca.cert_path
+        serving = ca.issue(
+            "apiserver",
+            "kube-apiserver",
+            server_names=(
+                "127.0.0.1",
+                "::1",
+                "localhost",
+                "10.0.0.1",
+                "kubernetes",
+                "kubernetes.default",
+                "kubernetes.default.svc",
+                "kubernetes.default.svc.cluster.local",
+            ),
+        )
+        self._admin = ca.issue("admin", "admin", organization="system:masters", client=True)
+        sa = service_account_keys(pki)
+
+        etcd_port, etcd_peer = free_port(), free_port()
+        api_port = free_port()
+        self.etcd_url = f"http://127.0.0.1:{etcd_port}"
+        self.server = f"https://127.0.0.1:{api_port}"
+        audit_policy = self.workdir / "audit-policy.yaml"
+        audit_policy.write_text(yaml.safe_dump(_AUDIT_POLICY))
+        self._write_kubeconfig()
+
+        logs = self.workdir / "logs"
+        logs.mkdir(exist_ok=True)
+        peer = f"http://127.0.0.1:{etcd_peer}"
+        self._components["etcd"] = _Component(
+            "etcd",
+            [
+                str(binary("etcd", self.bin_dir)),
+                "--name=default",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={self.etcd_url}",
+                f"--advertise-client-urls={self.etcd_url}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=default={peer}",
+                "--unsafe-no-fsync",  # tmpfs and throwaway data: durability buys nothing
+                "--log-level=warn",
+            ],
+            logs / "etcd.log",
+        )
+        self._components["kube-apiserver"] = _Component(
+            "kube-apiserver",
+            [
+                str(binary("kube-apiserver", self.bin_dir)),
+                f"--etcd-servers={self.etcd_url}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={api_port}",
+                f"--tls-cert-file={serving.cert}",
+                f"--tls-private-key-file={serving.key}",
+                f"--client-ca-file={self._ca}",
+                f"--service-account-key-file={sa.cert}",
+                f"--service-account-signing-key-file={sa.key}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                "--api-audiences=https://kubernetes.default.svc.cluster.local,aviator",
+                "--authorization-mode=RBAC",
+                "--service-cluster-ip-range=10.0.0.0/24",
+                "--allow-privileged=true",
+                "--profiling=false",
+                f"--audit-policy-file={audit_policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-mode=batch",
+                "--audit-log-batch-max-wait=1s",
+                "--v=1",
+            ],
+            logs / "kube-apiserver.log",
+        )
+        self._components["kube-controller-manager"] = _Component(
+            "kube-controller-manager",
+            [
+                str(binary("kube-controller-manager", self.bin_dir)),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--controllers={','.join(CONTROLLERS)}",
+                "--leader-elect=false",
+                "--secure-port=0",
+                f"--service-account-private-key-file={sa.key}",
+                f"--root-ca-file={self._ca}",
+                "--use-service-account-credentials=false",
+                "--v=1",
+            ],
+            logs / "kube-controller-manager.log",
+        )
+
+    def _write_kubeconfig(self) -> None:
+        def b64(p: Path) -> str:
+            return base64.b64encode(p.read_bytes()).decode()
+
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "aviator-local",
+                    "cluster": {"server": self.server, "certificate-authority-data": b64(self._ca)},
+                }
+            ],
+            "users": [
+                {
+                    "name": "admin",
+                    "user": {
+                        "client-certificate-data": b64(self._admin.cert),
+                        "client-key-data": b64(self._admin.key),
+                    },
+                }
+            ],
+            "contexts": [
+                {"name": "aviator-local", "context": {"cluster": "aviator-local", "user": "admin"}}
+            ],
+            "current-context": "aviator-local",
+        }
+        self.kubeconfig.write_text(yaml.safe_dump(config))
+        self.kubeconfig.chmod(0o600)
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self._ca))
+        ctx.load_cert_chain(str(self._admin.cert), str(self._admin.key))
+        return ctx
+
+    def _start_and_wait(self, name: str, ready: Callable[[], bool]) -> None:
+        comp = self._components[name]
+        comp.start()
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if not comp.alive():
+                raise ControlPlaneError(f"{name} exited during start-up:\n{comp.output_tail()}")
+            if ready():
+                return
+            time.sleep(0.1)
+        raise ControlPlaneError(
+            f"{name} not ready after {self.startup_timeout_s:.0f} s:\n{comp.output_tail()}"
+        )
+
+    def _etcd_call(self, path: str, body: dict[str, object]) -> dict[str, object]:
+        req = urllib.request.Request(
+            self.etcd_url + path, data=json.dumps(body).encode(), method="POST"
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            result: dict[str, object] = json.loads(resp.read())
+            return result
+
+    def _etcd_ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.etcd_url + "/health", timeout=1) as resp:
+                return bool(json.loads(resp.read()).get("health") == "true")
+        except (OSError, ValueError):
+            return False
+
+    def _apiserver_ready(self) -> bool:
+        try:
+            status, _ = self.api_get("/readyz")
+        except OSError:
+            return False
+        return status == 200
+
+    def _controller_manager_ready(self) -> bool:
+        # The serviceaccount controller creating "default" in kube-system proves the
+        # controller manager is up and acting.
+        status, _ = self.api_get("/api/v1/namespaces/kube-system/serviceaccounts/default")
+        return status == 200
