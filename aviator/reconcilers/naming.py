@@ -1,0 +1,64 @@
+"""Names, labels, annotations and the finalizer the reconciler puts on objects.
+
+Everything Aviator writes is recognisable by these marks, so cleanup and the event
+mapping never have to guess which objects are ours.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+GROUP = "aviator.example.com"
+POLICY_API_VERSION = f"{GROUP}/v1alpha1"
+POLICY_KIND = "AviatorPolicy"
+
+MANAGER = GROUP  # value of endpointslice.kubernetes.io/managed-by on our slices
+LABEL_MANAGED_BY = "endpointslice.kubernetes.io/managed-by"
+LABEL_SERVICE_NAME = "kubernetes.io/service-name"
+LABEL_POLICY = f"{GROUP}/policy"
+# Marks our shadow Services (kubernetes' own managed-by label, not the slice one).
+LABEL_APP_MANAGED_BY = "app.kubernetes.io/managed-by"
+APP_MANAGER = "aviator"
+
+ANNOTATION_ORIGINAL_SELECTOR = f"{GROUP}/original-selector"
+ANNOTATION_TAKEN_OVER_BY = f"{GROUP}/taken-over-by"
+
+FINALIZER = f"{GROUP}/cleanup"
+
+SLICE_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGER}"
+
+JSON = dict[str, Any]
+
+
+def shadow_service_name(target: str, override: str | None) -> str:
+    """`routing.serviceName` if set, else `<target>-aviator`."""
+    return override or f"{target}-aviator"
+
+
+def owner_reference(policy_name: str, policy_uid: str) -> JSON:
+    """The controller ownerReference every object we create carries."""
+    return {
+        "apiVersion": POLICY_API_VERSION,
+        "kind": POLICY_KIND,
+        "name": policy_name,
+        "uid": policy_uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def controller_owner(obj: JSON) -> tuple[str, str] | None:
+    """(name, uid) of the AviatorPolicy that controls `obj`, if one does."""
+    for ref in obj.get("metadata", {}).get("ownerReferences") or []:
+        if (
+            ref.get("controller")
+            and ref.get("kind") == POLICY_KIND
+            and str(ref.get("apiVersion", "")).startswith(GROUP + "/")
+        ):
+            return str(ref.get("name", "")), str(ref.get("uid", ""))
+    return None
+
+
+def is_owned_by(obj: JSON, policy_uid: str) -> bool:
+    owner = controller_owner(obj)
+    return owner is not None and owner[1] == policy_uid

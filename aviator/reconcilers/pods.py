@@ -1,0 +1,75 @@
+"""Facts about raw Pod dicts: readiness, termination, addresses, label selection."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Mapping
+from typing import Any, Literal
+
+JSON = dict[str, Any]
+Family = Literal["IPv4", "IPv6"]
+
+
+def pod_name(pod: JSON) -> str:
+    return str(pod.get("metadata", {}).get("name", ""))
+
+
+def is_terminating(pod: JSON) -> bool:
+    return pod.get("metadata", {}).get("deletionTimestamp") is not None
+
+
+def is_ready(pod: JSON) -> bool:
+    """Running with condition Ready=True (what the built-in controller calls ready)."""
+    status = pod.get("status", {})
+    if status.get("phase") != "Running":
+        return False
+    for cond in status.get("conditions") or []:
+        if cond.get("type") == "Ready":
+            return cond.get("status") == "True"
+    return False
+
+
+def is_eligible(pod: JSON) -> bool:
+    """Ready, not terminating and addressed: a pod that may receive traffic."""
+    return is_ready(pod) and not is_terminating(pod) and bool(pod_ips(pod))
+
+
+def family_of(ip: str) -> Family | None:
+    try:
+        return "IPv6" if ipaddress.ip_address(ip).version == 6 else "IPv4"
+    except ValueError:
+        return None
+
+
+def pod_ips(pod: JSON) -> list[str]:
+    """status.podIPs (or podIP), normalised (IPv6 compressed), valid ones only."""
+    status = pod.get("status", {})
+    raw = [str(p.get("ip", "")) for p in status.get("podIPs") or []]
+    if not raw and status.get("podIP"):
+        raw = [str(status["podIP"])]
+    out: list[str] = []
+    for ip in raw:
+        try:
+            norm = str(ipaddress.ip_address(ip))
+        except ValueError:
+            continue
+        if norm not in out:
+            out.append(norm)
+    return out
+
+
+def primary_ip(pod: JSON) -> str | None:
+    ips = pod_ips(pod)
+    return ips[0] if ips else None
+
+
+def selector_matches(selector: Mapping[str, str], labels: Mapping[str, str] | None) -> bool:
+    """Equality-based selector match; an EMPTY selector matches nothing (never "all")."""
+    if not selector:
+        return False
+    labels = labels or {}
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def labels_of(obj: JSON) -> dict[str, str]:
+    return dict(obj.get("metadata", {}).get("labels") or {})

@@ -1,0 +1,310 @@
+"""EndpointSlice planning: which slices the routed Service should have, and the
+smallest set of writes that gets the observed slices there. Pure: no I/O.
+
+Like the built-in EndpointSlice controller, endpoints are grouped by address family
+and by their resolved port list (a named targetPort can resolve to different numbers
+on different pods), at most `MAX_ENDPOINTS` per slice. Unlike a from-scratch
+re-chunking, planning keeps every surviving endpoint in the slice it already sits in
+and fills gaps before creating slices, so one pod leaving touches one slice.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aviator.reconcilers import naming
+from aviator.reconcilers.pods import family_of, is_ready, is_terminating, pod_ips
+
+JSON = dict[str, Any]
+MAX_ENDPOINTS = 100
+
+# (name, protocol, port, appProtocol) for each Service port resolved for one pod.
+PortTuple = tuple[str, str, int, str | None]
+# A slice holds endpoints of one address family with one resolved port list.
+GroupKey = tuple[str, tuple[PortTuple, ...]]
+
+
+@dataclass(frozen=True)
+class SliceOwner:
+    """Who the slices belong to and which Service they route for."""
+
+    namespace: str
+    service: str  # the routed Service (kubernetes.io/service-name)
+    policy: str
+    policy_uid: str
+
+
+@dataclass
+class SlicePlan:
+    """Writes to apply: full objects to create, full objects (with resourceVersion)
+    to replace, and names to delete."""
+
+    create: list[JSON] = field(default_factory=list)
+    update: list[JSON] = field(default_factory=list)
+    delete: list[str] = field(default_factory=list)
+
+    @property
+    def empty(self) -> bool:
+        return not (self.create or self.update or self.delete)
+
+
+def resolve_ports(service: JSON, pod: JSON) -> tuple[PortTuple, ...]:
+    """The Service's ports as this pod serves them. A named targetPort is looked up in
+    the pod's container ports (same protocol); a port that does not resolve is left
+    out for this pod, as the built-in controller does."""
+    out: list[PortTuple] = []
+    for sp in service.get("spec", {}).get("ports") or []:
+        protocol = str(sp.get("protocol") or "TCP")
+        target = sp.get("targetPort", sp.get("port"))
+        number: int | None
+        if isinstance(target, int):
+            number = target
+        elif isinstance(target, str) and target.isdigit():
+            number = int(target)
+        elif isinstance(target, str):
+            number = _container_port(pod, target, protocol)
+        else:
+            number = None
+        if number is None:
+            continue
+        app = sp.get("appProtocol")
+        out.append((str(sp.get("name") or ""), protocol, number, str(app) if app else None))
+    return tuple(out)
+
+
+def _container_port(pod: JSON, name: str, protocol: str) -> int | None:
+    spec = pod.get("spec", {})
+    for container in (spec.get("containers") or []) + (spec.get("initContainers") or []):
+        for cp in container.get("ports") or []:
+            if cp.get("name") == name and str(cp.get("protocol") or "TCP") == protocol:
+                return int(cp["containerPort"])
+    return None
+
+
+def endpoint_for(pod: JSON, address: str, zone: str | None) -> JSON:
+    """One endpoint: conditions from the pod, topology, and a targetRef back to it."""
+    meta = pod.get("metadata", {})
+    ready = is_ready(pod)
+    terminating = is_terminating(pod)
+    ep: JSON = {
+        "addresses": [address],
+        "conditions": {
+            "ready": ready and not terminating,
+            "serving": ready,
+            "terminating": terminating,
+        },
+        "targetRef": {
+            "kind": "Pod",
+            "namespace": meta.get("namespace", ""),
+            "name": meta.get("name", ""),
+            "uid": meta.get("uid", ""),
+        },
+    }
+    node = pod.get("spec", {}).get("nodeName")
+    if node:
+        ep["nodeName"] = node
+    if zone:
+        ep["zone"] = zone
+    return ep
+
+
+def desired_endpoints(
+    service: JSON,
+    pods: Iterable[JSON],
+    zone_of: Callable[[str], str | None] = lambda _node: None,
+) -> dict[GroupKey, dict[str, JSON]]:
+    """Endpoints per (family, ports) group, keyed by pod name within a group."""
+    groups: dict[GroupKey, dict[str, JSON]] = {}
+    for pod in pods:
+        ports = resolve_ports(service, pod)
+        node = pod.get("spec", {}).get("nodeName")
+        zone = zone_of(node) if node else None
+        name = str(pod.get("metadata", {}).get("name", ""))
+        for ip in pod_ips(pod):
+            family = family_of(ip)
+            if family is None:
+                continue
+            groups.setdefault((family, ports), {})[name] = endpoint_for(pod, ip, zone)
+    return groups
+
+
+def slice_labels(owner: SliceOwner) -> dict[str, str]:
+    return {
+        naming.LABEL_SERVICE_NAME: owner.service,
+        naming.LABEL_MANAGED_BY: naming.MANAGER,
+        naming.LABEL_POLICY: owner.policy,
+    }
+
+
+def slice_name(service: str, family: str, n: int) -> str:
+    return f"{service}-aviator-{family.lower()}-{n}"
+
+
+def _ports_json(ports: tuple[PortTuple, ...]) -> list[JSON]:
+    out: list[JSON] = []
+    for name, protocol, port, app in ports:
+        p: JSON = {"name": name, "protocol": protocol, "port": port}
+        if app:
+            p["appProtocol"] = app
+        out.append(p)
+    return out
+
+
+def group_of(slice_obj: JSON) -> GroupKey:
+    ports: list[PortTuple] = []
+    for p in slice_obj.get("ports") or []:
+        app = p.get("appProtocol")
+        ports.append(
+            (
+                str(p.get("name") or ""),
+                str(p.get("protocol") or "TCP"),
+                int(p.get("port") or 0),
+                str(app) if app else None,
+            )
+        )
+    return str(slice_obj.get("addressType", "")), tuple(ports)
+
+
+def _endpoint_key(ep: JSON) -> str:
+    ref = ep.get("targetRef") or {}
+    return str(ref.get("name") or (ep.get("addresses") or [""])[0])
+
+
+def _sorted_endpoints(endpoints: Iterable[JSON]) -> list[JSON]:
+    return sorted(endpoints, key=lambda e: (_endpoint_key(e), e.get("addresses")))
+
+
+def _normal_endpoint(ep: JSON) -> JSON:
+    """The fields we set, with API defaults filled, for semantic comparison."""
+    cond = ep.get("conditions") or {}
+    ref = ep.get("targetRef") or {}
+    return {
+        "addresses": list(ep.get("addresses") or []),
+        "conditions": {k: bool(cond.get(k)) for k in ("ready", "serving", "terminating")},
+        "targetRef": {k: ref.get(k, "") for k in ("kind", "namespace", "name", "uid")},
+        "nodeName": ep.get("nodeName"),
+        "zone": ep.get("zone"),
+    }
+
+
+def _needs_write(observed: JSON, desired: JSON) -> bool:
+    obs_labels = observed.get("metadata", {}).get("labels") or {}
+    for k, v in desired["metadata"]["labels"].items():
+        if obs_labels.get(k) != v:
+            return True
+    want_owner = naming.controller_owner(desired)
+    if naming.controller_owner(observed) != want_owner:
+        return True
+    if group_of(observed) != group_of(desired):
+        return True
+    obs_eps = [_normal_endpoint(e) for e in _sorted_endpoints(observed.get("endpoints") or [])]
+    want_eps = [_normal_endpoint(e) for e in desired["endpoints"]]
+    return obs_eps != want_eps
+
+
+def _build(owner: SliceOwner, name: str, group: GroupKey, endpoints: Iterable[JSON]) -> JSON:
+    family, ports = group
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": name,
+            "namespace": owner.namespace,
+            "labels": slice_labels(owner),
+            "ownerReferences": [naming.owner_reference(owner.policy, owner.policy_uid)],
+        },
+        "addressType": family,
+        "ports": _ports_json(ports),
+        "endpoints": _sorted_endpoints(endpoints),
+    }
+
+
+def plan_slices(
+    owner: SliceOwner,
+    desired: Mapping[GroupKey, Mapping[str, JSON]],
+    observed: Iterable[JSON],
+    max_endpoints: int = MAX_ENDPOINTS,
+) -> SlicePlan:
+    """Minimal writes turning `observed` (every slice labelled with this policy, for
+    any Service) into slices holding exactly `desired`.
+
+    Surviving endpoints stay in their slice; new ones fill the fullest slices with
+    room first, then new slices; slices left empty, of a group no longer wanted, or
+    routing another Service are deleted; a slice is replaced only if what it says
+    changed (labels we own, owner, ports, endpoints), never for order alone.
+    """
+    plan = SlicePlan()
+    kept: dict[str, tuple[GroupKey, dict[str, JSON], JSON]] = {}
+    placed: set[tuple[GroupKey, str]] = set()
+    used_names: set[str] = set()
+    for obs in sorted(observed, key=lambda s: str(s.get("metadata", {}).get("name", ""))):
+        name = str(obs.get("metadata", {}).get("name", ""))
+        used_names.add(name)
+        labels = obs.get("metadata", {}).get("labels") or {}
+        group = group_of(obs)
+        wanted = desired.get(group)
+        if labels.get(naming.LABEL_SERVICE_NAME) != owner.service or not wanted:
+            plan.delete.append(name)
+            continue
+        members: dict[str, JSON] = {}
+        for ep in obs.get("endpoints") or []:
+            key = _endpoint_key(ep)
+            if key in wanted and (group, key) not in placed and len(members) < max_endpoints:
+                members[key] = wanted[key]
+                placed.add((group, key))
+        kept[name] = (group, members, obs)
+
+    for group in sorted(desired, key=repr):
+        pending = [k for k in sorted(desired[group]) if (group, k) not in placed]
+        if not pending:
+            continue
+        # Fullest first keeps the slice count low, as the built-in controller does.
+        with_room = sorted(
+            (n for n, (g, m, _) in kept.items() if g == group and len(m) < max_endpoints),
+            key=lambda n: (-len(kept[n][1]), n),
+        )
+        for name in with_room:
+            members = kept[name][1]
+            while pending and len(members) < max_endpoints:
+                key = pending.pop(0)
+                members[key] = desired[group][key]
+        n = 0
+        while pending:
+            chunk, pending = pending[:max_endpoints], pending[max_endpoints:]
+            while slice_name(owner.service, group[0], n) in used_names:
+                n += 1
+            name = slice_name(owner.service, group[0], n)
+            used_names.add(name)
+            plan.create.append(_build(owner, name, group, (desired[group][k] for k in chunk)))
+
+    for name, (group, members, obs) in kept.items():
+        if not members:
+            plan.delete.append(name)
+            continue
+        want = _build(owner, name, group, members.values())
+        if _needs_write(obs, want):
+            updated = copy.deepcopy(obs)
+            updated["metadata"]["labels"] = {
+                **(obs.get("metadata", {}).get("labels") or {}),
+                **want["metadata"]["labels"],
+            }
+            updated["metadata"]["ownerReferences"] = want["metadata"]["ownerReferences"]
+            updated["addressType"] = want["addressType"]
+            updated["ports"] = want["ports"]
+            updated["endpoints"] = want["endpoints"]
+            plan.update.append(updated)
+    plan.delete.sort()
+    return plan
+
+
+def apply_plan(observed: Iterable[JSON], plan: SlicePlan) -> list[JSON]:
+    """What the slices look like after `plan` is applied (for tests and dry runs)."""
+    by_name = {str(s["metadata"]["name"]): s for s in observed}
+    for name in plan.delete:
+        by_name.pop(name, None)
+    for s in plan.update + plan.create:
+        by_name[str(s["metadata"]["name"])] = s
+    return list(by_name.values())
