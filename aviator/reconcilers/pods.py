@@ -25,7 +25,7 @@ def is_ready(pod: JSON) -> bool:
         return False
     for cond in status.get("conditions") or []:
         if cond.get("type") == "Ready":
-            return cond.get("status") == "True"
+            return bool(cond.get("status") == "True")
     return False
 
 

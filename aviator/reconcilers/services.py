@@ -1,0 +1,180 @@
+"""Service planning for both routing modes. Pure: no I/O.
+
+shadow: a selector-less `<target>-aviator` Service (or `routing.serviceName`) with the
+target's ports, owned by the policy; Aviator owns its slices.
+
+takeover: the target's selector moves into the annotation
+`aviator.example.com/original-selector` (plus `.../taken-over-by: <policy>`), so the
+built-in controller drops its slices and Aviator owns the slices of the original name.
+Cleanup restores the selector. If someone restores the selector while the policy
+lives, that is reported (SelectorRestored) and left alone: the annotation stays, so the
+state is recognisable, and Aviator does not remove the selector again.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+from aviator.reconcilers import naming
+
+JSON = dict[str, Any]
+
+
+def _ports(service: JSON) -> list[JSON]:
+    """Service ports with API defaults filled (protocol TCP, targetPort = port);
+    nodePort dropped, since a ClusterIP shadow cannot carry it."""
+    out: list[JSON] = []
+    for p in service.get("spec", {}).get("ports") or []:
+        port: JSON = {
+            "name": p.get("name") or "",
+            "protocol": p.get("protocol") or "TCP",
+            "port": p.get("port"),
+            "targetPort": p.get("targetPort", p.get("port")),
+        }
+        if p.get("appProtocol"):
+            port["appProtocol"] = p["appProtocol"]
+        if not port["name"]:
+            del port["name"]
+        out.append(port)
+    return out
+
+
+def desired_shadow_service(target: JSON, name: str, policy: str, policy_uid: str) -> JSON:
+    """The selector-less Service clients call for latency-aware routing."""
+    spec: JSON = {"type": "ClusterIP", "ports": _ports(target)}
+    tspec = target.get("spec", {})
+    if tspec.get("sessionAffinity"):
+        spec["sessionAffinity"] = tspec["sessionAffinity"]
+    if tspec.get("clusterIP") == "None":
+        spec["clusterIP"] = "None"
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": name,
+            "namespace": target.get("metadata", {}).get("namespace", ""),
+            "labels": {
+                naming.LABEL_POLICY: policy,
+                naming.LABEL_APP_MANAGED_BY: naming.APP_MANAGER,
+            },
+            "ownerReferences": [naming.owner_reference(policy, policy_uid)],
+        },
+        "spec": spec,
+    }
+
+
+def shadow_service_patch(observed: JSON, desired: JSON) -> JSON | None:
+    """A merge patch bringing our shadow Service to `desired`, or None if it already
+    says the same (ports, no selector, our labels, our controller ref)."""
+    patch: JSON = {}
+    obs_labels = observed.get("metadata", {}).get("labels") or {}
+    want_labels = desired["metadata"]["labels"]
+    if any(obs_labels.get(k) != v for k, v in want_labels.items()):
+        patch.setdefault("metadata", {})["labels"] = want_labels
+    if naming.controller_owner(observed) != naming.controller_owner(desired):
+        patch.setdefault("metadata", {})["ownerReferences"] = desired["metadata"]["ownerReferences"]
+    spec: JSON = {}
+    if _ports(observed) != desired["spec"]["ports"]:
+        spec["ports"] = desired["spec"]["ports"]
+    if observed.get("spec", {}).get("selector"):
+        spec["selector"] = None
+    if observed.get("spec", {}).get("sessionAffinity", "None") != desired["spec"].get(
+        "sessionAffinity", "None"
+    ):
+        spec["sessionAffinity"] = desired["spec"].get("sessionAffinity", "None")
+    if spec:
+        patch["spec"] = spec
+    return patch or None
+
+
+class TakeoverState(Enum):
+    """Where a target Service stands with respect to one policy's takeover."""
+
+    UNTOUCHED = "untouched"  # has its selector, no annotation: not taken over yet
+    TAKEN = "taken"  # annotation by this policy, selector removed: ours
+    RESTORED = "restored"  # annotation by this policy but a selector is back
+    OTHER_POLICY = "other"  # taken over by a different policy
+    NO_SELECTOR = "no-selector"  # never had a selector: nothing to take over
+
+
+def _annotations(service: JSON) -> dict[str, str]:
+    return dict(service.get("metadata", {}).get("annotations") or {})
+
+
+def original_selector(service: JSON) -> dict[str, str] | None:
+    """The selector saved in the takeover annotation, if any (and well-formed)."""
+    raw = _annotations(service).get(naming.ANNOTATION_ORIGINAL_SELECTOR)
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(value, dict):
+        return None
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def pod_selector(service: JSON) -> dict[str, str]:
+    """Which pods back the Service: its selector, else the one saved by a takeover."""
+    selector = service.get("spec", {}).get("selector") or {}
+    if selector:
+        return {str(k): str(v) for k, v in selector.items()}
+    return original_selector(service) or {}
+
+
+def takeover_state(service: JSON, policy: str) -> TakeoverState:
+    ann = _annotations(service)
+    owner = ann.get(naming.ANNOTATION_TAKEN_OVER_BY)
+    has_selector = bool(service.get("spec", {}).get("selector"))
+    if owner is not None and owner != policy:
+        return TakeoverState.OTHER_POLICY
+    if owner == policy and original_selector(service) is not None:
+        return TakeoverState.RESTORED if has_selector else TakeoverState.TAKEN
+    return TakeoverState.UNTOUCHED if has_selector else TakeoverState.NO_SELECTOR
+
+
+def takeover_patch(service: JSON, policy: str) -> JSON:
+    """Merge patch: save the selector in the annotation and remove it."""
+    selector = service.get("spec", {}).get("selector") or {}
+    return {
+        "metadata": {
+            "annotations": {
+                naming.ANNOTATION_ORIGINAL_SELECTOR: json.dumps(selector, sort_keys=True),
+                naming.ANNOTATION_TAKEN_OVER_BY: policy,
+            }
+        },
+        "spec": {"selector": None},
+    }
+
+
+@dataclass(frozen=True)
+class Restore:
+    """How to give a Service back: a merge patch, and whether it puts a selector back."""
+
+    patch: JSON
+    restores_selector: bool
+
+
+def restore_patch(service: JSON, policy: str) -> Restore | None:
+    """Undo this policy's takeover (None when there is nothing of ours to undo). A
+    selector someone already put back is kept as is; only our annotations go."""
+    ann = _annotations(service)
+    if ann.get(naming.ANNOTATION_TAKEN_OVER_BY) != policy:
+        return None
+    patch: JSON = {
+        "metadata": {
+            "annotations": {
+                naming.ANNOTATION_ORIGINAL_SELECTOR: None,
+                naming.ANNOTATION_TAKEN_OVER_BY: None,
+            }
+        }
+    }
+    saved = original_selector(service)
+    if service.get("spec", {}).get("selector") or not saved:
+        return Restore(patch, restores_selector=False)
+    patch["spec"] = {"selector": saved}
+    return Restore(patch, restores_selector=True)

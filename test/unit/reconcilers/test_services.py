@@ -1,0 +1,99 @@
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from reconciler_objects import make_service
+
+from aviator.reconcilers import naming
+from aviator.reconcilers.services import (
+    TakeoverState,
+    desired_shadow_service,
+    pod_selector,
+    restore_patch,
+    shadow_service_patch,
+    takeover_patch,
+    takeover_state,
+)
+
+
+def merge_patch(obj: Any, patch: Any) -> Any:
+    """RFC 7386, enough to apply our patches in tests."""
+    if not isinstance(patch, dict):
+        return patch
+    out = dict(obj) if isinstance(obj, dict) else {}
+    for k, v in patch.items():
+        if v is None:
+            out.pop(k, None)
+        else:
+            out[k] = merge_patch(out.get(k), v)
+    return out
+
+
+def test_shadow_service_is_selectorless_owned_with_target_ports() -> None:
+    target = make_service(
+        ports=[
+            {"name": "http", "port": 80, "targetPort": "web", "nodePort": 30001},
+            {"name": "grpc", "port": 90, "protocol": "TCP", "appProtocol": "grpc"},
+        ]
+    )
+    shadow = desired_shadow_service(target, "web-aviator", "p", "uid-p")
+    assert shadow["metadata"]["name"] == "web-aviator"
+    assert "selector" not in shadow["spec"]
+    assert shadow["spec"]["ports"] == [
+        {"name": "http", "protocol": "TCP", "port": 80, "targetPort": "web"},
+        {"name": "grpc", "protocol": "TCP", "port": 90, "targetPort": 90, "appProtocol": "grpc"},
+    ]
+    assert naming.controller_owner(shadow) == ("p", "uid-p")
+    assert shadow["metadata"]["labels"][naming.LABEL_POLICY] == "p"
+
+
+def test_shadow_patch_only_on_semantic_change() -> None:
+    target = make_service()
+    desired = desired_shadow_service(target, "web-aviator", "p", "uid-p")
+    observed = json.loads(json.dumps(desired))
+    observed["spec"]["clusterIP"] = "10.0.0.99"  # filled by the API server
+    observed["metadata"]["resourceVersion"] = "5"
+    assert shadow_service_patch(observed, desired) is None
+    observed["spec"]["selector"] = {"app": "x"}
+    patch = shadow_service_patch(observed, desired)
+    assert patch == {"spec": {"selector": None}}
+    target["spec"]["ports"][0]["port"] = 81
+    desired2 = desired_shadow_service(target, "web-aviator", "p", "uid-p")
+    fixed = merge_patch(observed, shadow_service_patch(observed, desired2))
+    assert fixed["spec"]["ports"][0]["port"] == 81 and "selector" not in fixed["spec"]
+    assert shadow_service_patch(fixed, desired2) is None
+
+
+def test_takeover_then_restore_roundtrip() -> None:
+    svc = make_service(selector={"app": "web", "tier": "fe"})
+    assert takeover_state(svc, "p") is TakeoverState.UNTOUCHED
+    taken = merge_patch(svc, takeover_patch(svc, "p"))
+    assert "selector" not in taken["spec"]
+    assert takeover_state(taken, "p") is TakeoverState.TAKEN
+    assert takeover_state(taken, "q") is TakeoverState.OTHER_POLICY
+    assert pod_selector(taken) == {"app": "web", "tier": "fe"}
+    restore = restore_patch(taken, "p")
+    assert restore is not None and restore.restores_selector
+    back = merge_patch(taken, restore.patch)
+    assert back["spec"]["selector"] == {"app": "web", "tier": "fe"}
+    assert not back["metadata"].get("annotations")
+    assert restore_patch(back, "p") is None
+
+
+def test_selector_restored_by_someone_is_recognised_and_kept() -> None:
+    svc = make_service(selector={"app": "web"})
+    taken = merge_patch(svc, takeover_patch(svc, "p"))
+    taken["spec"]["selector"] = {"app": "other"}  # a human put one back
+    assert takeover_state(taken, "p") is TakeoverState.RESTORED
+    restore = restore_patch(taken, "p")
+    assert restore is not None and not restore.restores_selector
+    assert merge_patch(taken, restore.patch)["spec"]["selector"] == {"app": "other"}
+
+
+def test_selectorless_target_and_empty_selector() -> None:
+    svc = make_service(selector={})
+    assert takeover_state(svc, "p") is TakeoverState.NO_SELECTOR
+    assert pod_selector(svc) == {}
+    bad = make_service(selector={}, annotations={naming.ANNOTATION_ORIGINAL_SELECTOR: "{nope"})
+    assert pod_selector(bad) == {}
