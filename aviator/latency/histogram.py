@@ -1,0 +1,280 @@
+"""Log-linear latency histograms in microseconds, shared by the BPF program and Python.
+
+Layout (the BPF C code computes the same index, so it must never change):
+
+- values below 16 µs have one bucket each (index = value);
+- above, every power of two [2^e, 2^(e+1)) is split into 16 equal sub-buckets:
+  e = floor(log2(v)), sub = (v >> (e - 4)) & 15, index = (e - 3) * 16 + sub;
+- index 463 (e = 31) is the last bucket; values of 2^32 µs (about 71 minutes) and more
+  saturate into it.
+
+A bucket of width w starts at a lower bound of at least 16 w, so reporting its midpoint
+is within 1/32 (3.125 %) of any value inside it. Histograms merge by adding counts,
+which is exact, associative and commutative: per-window deltas, per-pod windows and
+service-wide views are all just sums.
+
+Counts are kept sparse (bucket index → count, zero buckets absent) because real
+latency distributions touch a few dozen of the 464 buckets; merging thousands of pods
+per evaluation then costs what the data holds, not 464 times the pods.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+
+NUM_BUCKETS = 464
+_LAST = NUM_BUCKETS - 1
+# Largest exponent whose buckets are not clamped: (31 - 3) * 16 + 15 == 463.
+_MAX_EXP = 31
+
+
+def bucket_index(value_us: int) -> int:
+    """The bucket holding `value_us` (negative values are refused)."""
+    if value_us < 16:
+        if value_us < 0:
+            raise ValueError(f"latency must be >= 0, got {value_us}")
+        return int(value_us)
+    e = int(value_us).bit_length() - 1
+    if e > _MAX_EXP:
+        return _LAST
+    return (e - 3) * 16 + ((value_us >> (e - 4)) & 15)
+
+
+def _check_index(idx: int) -> None:
+    if not 0 <= idx < NUM_BUCKETS:
+        raise ValueError(f"bucket index {idx} outside 0..{_LAST}")
+
+
+def bucket_lower(idx: int) -> int:
+    """Smallest value (µs) that falls into bucket `idx`."""
+    _check_index(idx)
+    if idx < 16:
+        return idx
+    e = idx // 16 + 3
+    return (16 + idx % 16) << (e - 4)
+
+
+def bucket_width(idx: int) -> int:
+    """Number of integer values (µs) bucket `idx` covers (the last one also saturates)."""
+    _check_index(idx)
+    if idx < 16:
+        return 1
+    return 1 << (idx // 16 - 1)
+
+
+def bucket_mid(idx: int) -> float:
+    """Midpoint of the integer values in bucket `idx`: exact for width-1 buckets."""
+    return bucket_lower(idx) + (bucket_width(idx) - 1) / 2
+
+
+def quantile_rank(q: float, count: int) -> int:
+    """1-based nearest rank of the q-quantile among `count` samples: ceil(q * count) >= 1.
+
+    Rounded first so that float noise (0.07 * 100 == 7.000000000000001) does not move
+    the rank by one.
+    """
+    return max(1, math.ceil(round(q * count, 9)))
+
+
+_MIDS: tuple[float, ...] = tuple(bucket_mid(i) for i in range(NUM_BUCKETS))
+
+
+class CounterReset(ValueError):
+    """`delta` found a bucket with fewer counts than the older snapshot had."""
+
+
+class Histogram:
+    """A mutable latency histogram (bucket index → count, values in µs).
+
+    `Histogram()` is empty; `Histogram(counts)` takes a dense sequence of up to
+    NUM_BUCKETS counts (e.g. a BPF map row). Equality compares the distributions.
+    """
+
+    __slots__ = ("_buckets", "_count")
+
+    def __init__(self, counts: Iterable[int] | None = None) -> None:
+        self._buckets: dict[int, int] = {}
+        self._count = 0
+        if counts is not None:
+            for idx, n in enumerate(counts):
+                if n:
+                    _check_index(idx)
+                    if n < 0:
+                        raise ValueError(f"bucket {idx} has a negative count {n}")
+                    self._buckets[idx] = int(n)
+                    self._count += int(n)
+
+    # --- construction -------------------------------------------------------------
+
+    @classmethod
+    def from_sparse(cls, data: Mapping[str, int] | Mapping[int, int]) -> Histogram:
+        """From `to_sparse()` output; refuses bad indexes and negative or non-int counts."""
+        h = cls()
+        for key, n in data.items():
+            if isinstance(key, bool) or not isinstance(key, int | str):
+                raise ValueError(f"bucket key {key!r} is not an index")
+            try:
+                idx = int(key)
+            except ValueError:
+                raise ValueError(f"bucket key {key!r} is not an index") from None
+            _check_index(idx)
+            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise ValueError(f"bucket {idx} count {n!r} is not a non-negative integer")
+            if n:
+                h._buckets[idx] = h._buckets.get(idx, 0) + n
+                h._count += n
+        return h
+
+    @classmethod
+    def from_values(cls, values_us: Iterable[int]) -> Histogram:
+        h = cls()
+        for v in values_us:
+            h.record(v)
+        return h
+
+    @classmethod
+    def merge_all(cls, hists: Iterable[Histogram]) -> Histogram:
+        """Sum of many histograms in one pass (cheaper than chaining `merge`)."""
+        out = cls()
+        for h in hists:
+            out.update(h)
+        return out
+
+    def copy(self) -> Histogram:
+        h = Histogram()
+        h._buckets = dict(self._buckets)
+        h._count = self._count
+        return h
+
+    # --- recording and combining --------------------------------------------------
+
+    def record(self, value_us: int, n: int = 1) -> None:
+        """Add `n` observations of `value_us` microseconds."""
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+        if n == 0:
+            return
+        idx = bucket_index(value_us)
+        self._buckets[idx] = self._buckets.get(idx, 0) + n
+        self._count += n
+
+    def update(self, other: Histogram) -> None:
+        """Add `other`'s counts into this histogram (in place)."""
+        buckets = self._buckets
+        get = buckets.get
+        for idx, n in other._buckets.items():
+            buckets[idx] = get(idx, 0) + n
+        self._count += other._count
+
+    def merge(self, other: Histogram) -> Histogram:
+        """A new histogram holding both distributions."""
+        out = self.copy()
+        out.update(other)
+        return out
+
+    __add__ = merge
+
+    def delta(self, older: Histogram) -> Histogram:
+        """What was recorded since the cumulative snapshot `older` (self - older).
+
+        Raises CounterReset when any bucket went backwards, which for cumulative
+        kernel counters means the program (and its maps) was reloaded.
+        """
+        out = Histogram()
+        mine = self._buckets
+        for idx, n in older._buckets.items():
+            if mine.get(idx, 0) < n:
+                raise CounterReset(f"bucket {idx} went from {n} to {mine.get(idx, 0)}")
+        old = older._buckets
+        for idx, n in mine.items():
+            d = n - old.get(idx, 0)
+            if d:
+                out._buckets[idx] = d
+        out._count = self._count - older._count
+        return out
+
+    __sub__ = delta
+
+    # --- reading ------------------------------------------------------------------
+
+    @property
+    def count(self) -> int:
+        return self._count
+
+    @property
+    def counts(self) -> list[int]:
+        """Dense copy: NUM_BUCKETS counts, index = bucket."""
+        dense = [0] * NUM_BUCKETS
+        for idx, n in self._buckets.items():
+            dense[idx] = n
+        return dense
+
+    def items(self) -> Iterator[tuple[int, int]]:
+        """(bucket index, count) of the non-empty buckets, in index order."""
+        return iter(sorted(self._buckets.items()))
+
+    def __len__(self) -> int:
+        """Number of non-empty buckets."""
+        return len(self._buckets)
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+    def to_sparse(self) -> dict[str, int]:
+        """JSON-able form: {bucket index as str: count}, empty buckets left out."""
+        return {str(idx): n for idx, n in sorted(self._buckets.items())}
+
+    def quantile(self, q: float) -> float | None:
+        """The q-quantile in µs as a bucket midpoint, or None when empty.
+
+        Nearest rank: the value of rank ceil(q * count) (at least 1), so the answer is
+        the midpoint of the bucket holding that sample.
+        """
+        result = self.quantiles((q,))
+        return None if result is None else result[0]
+
+    def quantiles(self, qs: Sequence[float]) -> list[float] | None:
+        """Several quantiles in one pass over the buckets (see `quantile`)."""
+        for q in qs:
+            if not 0.0 <= q <= 1.0 or math.isnan(q):
+                raise ValueError(f"quantile must be within [0, 1], got {q}")
+        if self._count == 0:
+            return None
+        total = self._count
+        buckets = self._buckets
+        if len(qs) == 1:
+            rank = quantile_rank(qs[0], total)
+            seen = 0
+            for idx in sorted(buckets):
+                seen += buckets[idx]
+                if seen >= rank:
+                    return [_MIDS[idx]]
+        ranks = sorted((quantile_rank(q, total), i) for i, q in enumerate(qs))
+        out = [0.0] * len(qs)
+        pos = 0
+        seen = 0
+        for idx in sorted(buckets):
+            seen += buckets[idx]
+            while pos < len(ranks) and ranks[pos][0] <= seen:
+                out[ranks[pos][1]] = _MIDS[idx]
+                pos += 1
+            if pos == len(ranks):
+                break
+        return out
+
+    def mean(self) -> float | None:
+        """Mean of bucket midpoints (µs), None when empty."""
+        if self._count == 0:
+            return None
+        return sum(_MIDS[i] * n for i, n in self._buckets.items()) / self._count
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Histogram):
+            return NotImplemented
+        return self._buckets == other._buckets
+
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+    def __repr__(self) -> str:
+        return f"Histogram(count={self._count}, buckets={self.to_sparse()})"
