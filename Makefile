@@ -55,7 +55,7 @@ test: setup controlplane ## everything: unit, integration, bpf, e2e in the box, 
 	$(PYTEST) test $(PYTEST_ARGS)
 
 run: venv ## run the controller against the current kubeconfig
-	$(VENV)/bin/aviator controller --leader-elect=false
+	$(VENV)/bin/aviator controller --no-leader-elect
 
 lint: venv ## ruff + mypy
 	$(VENV)/bin/ruff check aviator test bench
@@ -96,20 +96,24 @@ docker-build-agent: ## build the agent image (AGENT_IMG=...)
 
 docker-build-all: docker-build docker-build-agent ## build both images
 
-deploy: ## controller + CRD + RBAC into the current cluster
-	cd config/default && $(KUBECTL) kustomize . >/dev/null
-	$(KUBECTL) apply -k config/default
+DEPLOY_DIR := .deploy
+export IMG AGENT_IMG
 
-deploy-agent: ## the agent DaemonSet
-	$(KUBECTL) apply -k config/agent
+deploy: ## namespace, CRD, RBAC and the controller into the current cluster (IMG=...)
+	$(KUBECTL) apply -k $$(bash hack/overlay.sh $(DEPLOY_DIR)/controller config/namespace config/crd config/rbac config/manager)
 
-deploy-all: deploy deploy-agent ## everything
+deploy-agent: ## the agent DaemonSet (AGENT_IMG=...)
+	$(KUBECTL) apply -k $$(bash hack/overlay.sh $(DEPLOY_DIR)/agent config/namespace config/rbac config/agent)
 
-undeploy: ## delete policies first (finalizers restore Services), then the controller
+deploy-all: ## everything (same as kubectl apply -k config/default, with IMG and AGENT_IMG)
+	$(KUBECTL) apply -k $$(bash hack/overlay.sh $(DEPLOY_DIR)/all config/default)
+
+undeploy: ## delete every policy first (finalizers restore taken-over Services), then the rest
 	-$(KUBECTL) delete aviatorpolicies --all --all-namespaces --wait=true --timeout=120s
-	$(KUBECTL) delete -k config/default --ignore-not-found
+	$(KUBECTL) delete -k config/manager --ignore-not-found
 
-undeploy-agent:
+undeploy-agent: ## remove the agent DaemonSet
 	$(KUBECTL) delete -k config/agent --ignore-not-found
 
-undeploy-all: undeploy-agent undeploy
+undeploy-all: undeploy undeploy-agent ## policies first, then controller, agent, RBAC, CRD, namespace
+	$(KUBECTL) delete -k config/default --ignore-not-found
