@@ -8,7 +8,10 @@ root=$(cd "$here/../.." && pwd)
 source "$here/versions.env"
 export GOTOOLCHAIN=local CGO_ENABLED=0 GOFLAGS=-mod=mod
 bin="$root/bin"
-mkdir -p "$bin"
+# Built binaries are also kept in a per-user cache, so a fresh clone links them in
+# seconds instead of compiling for many minutes.
+cache="${AVIATOR_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/aviator}/bin"
+mkdir -p "$bin" "$cache"
 
 minor=${KUBE_VERSION#v1.}; minor=${minor%%.*}
 kube_ldflags="-s -w"
@@ -23,11 +26,15 @@ build() {
   local out="$bin/$name-$version"
   if [ -x "$out" ]; then
     echo "controlplane: $name $version already built"
+  elif [ -x "$cache/$name-$version" ]; then
+    cp "$cache/$name-$version" "$out.partial" && mv "$out.partial" "$out"
+    echo "controlplane: $name $version taken from $cache"
   else
     echo "controlplane: building $name $version (first build downloads modules and takes a while)"
     local start=$SECONDS
     (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$out.partial" "$pkg")
     mv "$out.partial" "$out"
+    cp "$out" "$cache/$name-$version.partial" && mv "$cache/$name-$version.partial" "$cache/$name-$version"
     echo "controlplane: built $name in $((SECONDS - start)) s"
   fi
   ln -sfn "$name-$version" "$bin/$name"
