@@ -1,0 +1,231 @@
+"""The agent → controller stream message, version 1: a snapshot of one report window.
+
+Wire form (JSON text frame)::
+
+    {"v": 1, "kind": "snapshot", "node": "node-1", "source": "ebpf" | "probe",
+     "time": 1700000000.5, "window_s": 1.0,
+     "endpoints": [{"ip": "10.0.0.7", "port": 8080, "role": "server" | "client",
+                    "pod": "ns/name" | null, "hist": {"212": 3, "213": 1},
+                    "count": 4, "sum_us": 41000, "max_us": 10800, "rif": 1,
+                    "aborted": 0}]}
+
+`hist` (bucket index → count, see histogram.py), `count`, `sum_us` and `aborted` are
+what happened during this window only; `max_us` is the largest latency seen since the
+source started (the kernel keeps no per-window maximum); `rif` is the requests in
+flight when the window closed. Unknown fields are ignored so that newer agents can
+add some; a different `v` is refused. Every field is checked and bounded, since the
+controller must not trust a peer to send sane data: errors are `SchemaError` with a
+message that names the field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, cast
+
+from aviator.latency.histogram import Histogram
+
+VERSION = 1
+KIND_SNAPSHOT = "snapshot"
+KIND_ERROR = "error"
+
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_ENDPOINTS = 32768
+MAX_NAME_LEN = 253
+MAX_WINDOW_S = 3600.0
+_MAX_U64 = (1 << 64) - 1
+
+Source = Literal["ebpf", "probe"]
+Role = Literal["server", "client"]
+SOURCES: tuple[Source, ...] = ("ebpf", "probe")
+ROLES: tuple[Role, ...] = ("server", "client")
+
+
+class SchemaError(ValueError):
+    """A message that is not a valid v1 snapshot; the text says which field and why."""
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointWindow:
+    """One endpoint's traffic in one window."""
+
+    ip: str
+    port: int
+    role: Role
+    pod: str | None
+    hist: Histogram
+    count: int
+    sum_us: int
+    max_us: int
+    rif: int
+    aborted: int
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """One report window of one node."""
+
+    node: str
+    source: Source
+    time: float
+    window_s: float
+    endpoints: tuple[EndpointWindow, ...]
+
+
+def normalize_ip(text: str) -> str:
+    """Canonical text of an IP: v4-mapped IPv6 becomes dotted IPv4, IPv6 is compressed."""
+    addr = ipaddress.ip_address(text)
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+# --- encoding -------------------------------------------------------------------------
+
+
+def snapshot_to_dict(snap: Snapshot) -> dict[str, Any]:
+    return {
+        "v": VERSION,
+        "kind": KIND_SNAPSHOT,
+        "node": snap.node,
+        "source": snap.source,
+        "time": snap.time,
+        "window_s": snap.window_s,
+        "endpoints": [
+            {
+                "ip": e.ip,
+                "port": e.port,
+                "role": e.role,
+                "pod": e.pod,
+                "hist": e.hist.to_sparse(),
+                "count": e.count,
+                "sum_us": e.sum_us,
+                "max_us": e.max_us,
+                "rif": e.rif,
+                "aborted": e.aborted,
+            }
+            for e in snap.endpoints
+        ],
+    }
+
+
+def encode_snapshot(snap: Snapshot) -> str:
+    """Compact JSON text of a v1 snapshot."""
+    return json.dumps(snapshot_to_dict(snap), separators=(",", ":"))
+
+
+def encode_error(message: str) -> str:
+    """The frame a receiver answers a bad message with."""
+    return json.dumps({"v": VERSION, "kind": KIND_ERROR, "error": message})
+
+
+# --- parsing --------------------------------------------------------------------------
+
+
+def parse_snapshot(data: str | bytes | Mapping[str, Any]) -> Snapshot:
+    """Decode and validate a v1 snapshot (JSON text/bytes or an already decoded dict)."""
+    if isinstance(data, str | bytes):
+        if len(data) > MAX_MESSAGE_BYTES:
+            raise SchemaError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
+        try:
+            obj: Any = json.loads(data)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise SchemaError(f"not JSON: {exc}") from None
+    else:
+        obj = data
+    if not isinstance(obj, Mapping):
+        raise SchemaError("message is not a JSON object")
+    version = obj.get("v")
+    if version != VERSION or isinstance(version, bool):
+        raise SchemaError(f"unsupported version {version!r} (this side speaks v{VERSION})")
+    if obj.get("kind") != KIND_SNAPSHOT:
+        raise SchemaError(f"unsupported kind {obj.get('kind')!r}")
+    raw_eps = obj.get("endpoints")
+    if not isinstance(raw_eps, list):
+        raise SchemaError("endpoints: not a list")
+    if len(raw_eps) > MAX_ENDPOINTS:
+        raise SchemaError(f"endpoints: {len(raw_eps)} entries exceed {MAX_ENDPOINTS}")
+    window_s = _number(obj, "window_s")
+    if not 0 < window_s <= MAX_WINDOW_S:
+        raise SchemaError(f"window_s: {window_s} outside (0, {MAX_WINDOW_S}]")
+    return Snapshot(
+        node=_name(obj, "node"),
+        source=cast(Source, _choice(obj, "source", SOURCES)),
+        time=_number(obj, "time"),
+        window_s=window_s,
+        endpoints=tuple(_endpoint(e, i) for i, e in enumerate(raw_eps)),
+    )
+
+
+def _endpoint(raw: Any, i: int) -> EndpointWindow:
+    where = f"endpoints[{i}]"
+    if not isinstance(raw, Mapping):
+        raise SchemaError(f"{where}: not an object")
+    ip_text = raw.get("ip")
+    if not isinstance(ip_text, str) or len(ip_text) > 64:
+        raise SchemaError(f"{where}.ip: not an IP address")
+    try:
+        ip = normalize_ip(ip_text)
+    except ValueError:
+        raise SchemaError(f"{where}.ip: {ip_text!r} is not an IP address") from None
+    port = _uint(raw, "port", where)
+    if port > 65535:
+        raise SchemaError(f"{where}.port: {port} is not a port")
+    pod = raw.get("pod")
+    if pod is not None and (not isinstance(pod, str) or not 0 < len(pod) <= 2 * MAX_NAME_LEN + 1):
+        raise SchemaError(f"{where}.pod: not null or a 'namespace/name' string")
+    hist_raw = raw.get("hist")
+    if not isinstance(hist_raw, Mapping):
+        raise SchemaError(f"{where}.hist: not an object")
+    try:
+        hist = Histogram.from_sparse(hist_raw)
+    except ValueError as exc:
+        raise SchemaError(f"{where}.hist: {exc}") from None
+    return EndpointWindow(
+        ip=ip,
+        port=port,
+        role=cast(Role, _choice(raw, "role", ROLES, where)),
+        pod=pod,
+        hist=hist,
+        count=_uint(raw, "count", where),
+        sum_us=_uint(raw, "sum_us", where),
+        max_us=_uint(raw, "max_us", where),
+        rif=_uint(raw, "rif", where),
+        aborted=_uint(raw, "aborted", where),
+    )
+
+
+def _field(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _uint(obj: Mapping[str, Any], key: str, where: str = "") -> int:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_U64:
+        raise SchemaError(f"{_field(where, key)}: {value!r} is not an unsigned 64-bit integer")
+    return value
+
+
+def _number(obj: Mapping[str, Any], key: str) -> float:
+    value = obj.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise SchemaError(f"{key}: {value!r} is not a finite number")
+    return float(value)
+
+
+def _name(obj: Mapping[str, Any], key: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_LEN:
+        raise SchemaError(f"{key}: not a name of 1..{MAX_NAME_LEN} characters")
+    return value
+
+
+def _choice(obj: Mapping[str, Any], key: str, allowed: tuple[str, ...], where: str = "") -> str:
+    value = obj.get(key)
+    if value not in allowed:
+        raise SchemaError(f"{_field(where, key)}: {value!r} is not one of {', '.join(allowed)}")
+    return cast(str, value)

@@ -1,0 +1,167 @@
+"""The v1 snapshot message: round trip, and refusal of anything malformed."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aviator.latency.histogram import Histogram
+from aviator.latency.schema import (
+    MAX_ENDPOINTS,
+    EndpointWindow,
+    SchemaError,
+    Snapshot,
+    encode_error,
+    encode_snapshot,
+    normalize_ip,
+    parse_snapshot,
+    snapshot_to_dict,
+)
+
+u32 = st.integers(min_value=0, max_value=2**32)
+endpoints = st.builds(
+    EndpointWindow,
+    ip=st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)).map(lambda a: normalize_ip(str(a))),
+    port=st.integers(min_value=0, max_value=65535),
+    role=st.sampled_from(["server", "client"]),
+    pod=st.one_of(st.none(), st.just("default/web-0")),
+    hist=st.lists(st.integers(min_value=0, max_value=10**7), max_size=20).map(
+        Histogram.from_values
+    ),
+    count=u32,
+    sum_us=u32,
+    max_us=u32,
+    rif=u32,
+    aborted=u32,
+)
+snapshots = st.builds(
+    Snapshot,
+    node=st.text(min_size=1, max_size=30),
+    source=st.sampled_from(["ebpf", "probe"]),
+    time=st.floats(min_value=0, max_value=4e9),
+    window_s=st.floats(min_value=0.001, max_value=3600),
+    endpoints=st.lists(endpoints, max_size=5).map(tuple),
+)
+
+
+@settings(max_examples=200)
+@given(snapshots)
+def test_round_trip(snap: Snapshot) -> None:
+    assert parse_snapshot(encode_snapshot(snap)) == snap
+    assert parse_snapshot(snapshot_to_dict(snap)) == snap
+    assert parse_snapshot(encode_snapshot(snap).encode()) == snap
+
+
+def valid() -> dict[str, Any]:
+    return {
+        "v": 1,
+        "kind": "snapshot",
+        "node": "node-1",
+        "source": "ebpf",
+        "time": 1700000000.5,
+        "window_s": 1.0,
+        "endpoints": [
+            {
+                "ip": "::ffff:10.0.0.7",
+                "port": 8080,
+                "role": "server",
+                "pod": "default/web-0",
+                "hist": {"212": 3, "213": 1},
+                "count": 4,
+                "sum_us": 41000,
+                "max_us": 10800,
+                "rif": 1,
+                "aborted": 0,
+                "future_field": "ignored",
+            }
+        ],
+    }
+
+
+def test_valid_message_is_normalised() -> None:
+    snap = parse_snapshot(json.dumps(valid()))
+    (ep,) = snap.endpoints
+    assert ep.ip == "10.0.0.7"  # v4-mapped IPv6 → dotted IPv4
+    assert ep.hist.count == 4
+    assert normalize_ip("2001:db8:0:0:0:0:0:1") == "2001:db8::1"
+
+
+def _set(path: str, value: Any) -> dict[str, Any]:
+    msg = valid()
+    target: Any = msg
+    *parents, last = path.split(".")
+    for p in parents:
+        target = target[int(p)] if p.isdigit() else target[p]
+    key: Any = int(last) if last.isdigit() else last
+    if value is _DELETE:
+        del target[key]
+    else:
+        target[key] = value
+    return msg
+
+
+_DELETE = object()
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "needle"),
+    [
+        ("v", 2, "version"),
+        ("v", True, "version"),
+        ("v", _DELETE, "version"),
+        ("kind", "hello", "kind"),
+        ("node", "", "node"),
+        ("node", 7, "node"),
+        ("node", "n" * 254, "node"),
+        ("source", "magic", "source"),
+        ("time", "now", "time"),
+        ("time", float("inf"), "time"),
+        ("window_s", 0, "window_s"),
+        ("window_s", 1e9, "window_s"),
+        ("endpoints", {}, "endpoints"),
+        ("endpoints.0", [], "endpoints[0]"),
+        ("endpoints.0.ip", "10.0.0.300", "endpoints[0].ip"),
+        ("endpoints.0.ip", None, "endpoints[0].ip"),
+        ("endpoints.0.port", 70000, "endpoints[0].port"),
+        ("endpoints.0.port", -1, "endpoints[0].port"),
+        ("endpoints.0.role", "middle", "endpoints[0].role"),
+        ("endpoints.0.pod", 5, "endpoints[0].pod"),
+        ("endpoints.0.hist", [1, 2], "endpoints[0].hist"),
+        ("endpoints.0.hist", {"999": 1}, "endpoints[0].hist"),
+        ("endpoints.0.hist", {"3": -2}, "endpoints[0].hist"),
+        ("endpoints.0.count", 1.5, "endpoints[0].count"),
+        ("endpoints.0.sum_us", 2**64, "endpoints[0].sum_us"),
+        ("endpoints.0.rif", False, "endpoints[0].rif"),
+        ("endpoints.0.aborted", _DELETE, "endpoints[0].aborted"),
+    ],
+)
+def test_garbage_is_refused_naming_the_field(path: str, value: Any, needle: str) -> None:
+    msg = _set(path, value)
+    with pytest.raises(SchemaError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+        parse_snapshot(msg)
+    with pytest.raises(SchemaError):
+        parse_snapshot(json.dumps(msg, allow_nan=True))
+
+
+@pytest.mark.parametrize("text", ["", "not json", "[1, 2]", "null", b"\xff\xfe"])
+def test_non_objects_are_refused(text: str | bytes) -> None:
+    with pytest.raises(SchemaError):
+        parse_snapshot(text)
+
+
+def test_sizes_are_bounded() -> None:
+    msg = valid()
+    msg["endpoints"] = [copy.deepcopy(msg["endpoints"][0]) for _ in range(MAX_ENDPOINTS + 1)]
+    with pytest.raises(SchemaError, match="exceed"):
+        parse_snapshot(msg)
+    with pytest.raises(SchemaError, match="bytes"):
+        parse_snapshot(" " * (16 * 1024 * 1024 + 1))
+
+
+def test_error_frame() -> None:
+    assert json.loads(encode_error("bad")) == {"v": 1, "kind": "error", "error": "bad"}
