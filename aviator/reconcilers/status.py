@@ -1,0 +1,218 @@
+"""AviatorPolicy status: what one evaluation found, and whether it is worth a write.
+
+Pure. The status is rebuilt from scratch on every reconcile; `status_changed` decides
+whether it differs from what the API server holds in a way a reader cares about.
+
+Write policy (steady state makes ZERO status writes):
+- `lastEvaluationTime` is written only together with another change;
+- latency figures (p50/p99 per pod and for the active set) count as changed only when
+  they move by more than `LATENCY_TOLERANCE` (relative) — histogram quantiles hop
+  between neighbouring buckets under ordinary jitter, and a status write per interval
+  per policy would be pure noise for the API server;
+- everything else (counts, source, pod states, conditions, observedGeneration, the
+  persisted engine state) is compared exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+JSON = dict[str, Any]
+
+# Condition types and reasons (DESIGN.md §7).
+READY = "Ready"
+DEGRADED = "Degraded"
+REASON_ROUTING = "Routing"
+REASON_AS_EXPECTED = "AsExpected"
+REASON_SERVICE_NOT_FOUND = "ServiceNotFound"
+REASON_NO_ELIGIBLE_PODS = "NoEligiblePods"
+REASON_OVERLOAD = "Overload"
+REASON_SELECTOR_RESTORED = "SelectorRestored"
+REASON_NO_LATENCY_DATA = "NoLatencyData"
+REASON_CONFLICT = "Conflict"
+REASON_INVALID_SPEC = "InvalidSpec"
+
+# Problems that stop routing (Ready=False) versus ones that only degrade it.
+BLOCKING = (REASON_INVALID_SPEC, REASON_CONFLICT, REASON_SERVICE_NOT_FOUND, REASON_NO_ELIGIBLE_PODS)
+
+LATENCY_TOLERANCE = 0.10
+MAX_POD_ROWS = 500  # keeps the status object far below the API server's size limit
+
+
+@dataclass(frozen=True)
+class Problem:
+    """A reason to report in the conditions, with a human sentence."""
+
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class PodRow:
+    """One pod as `kubectl describe avp` shows it."""
+
+    name: str
+    ip: str
+    node: str
+    state: str  # active | standby | ejected | unknown
+    p50_ms: float | None = None
+    p99_ms: float | None = None
+    rif: int | None = None
+    samples: int = 0
+    reason: str | None = None
+
+    def to_json(self) -> JSON:
+        row: JSON = {
+            "name": self.name,
+            "ip": self.ip,
+            "node": self.node,
+            "state": self.state,
+            "samples": self.samples,
+        }
+        if self.p50_ms is not None:
+            row["p50Ms"] = round(self.p50_ms, 3)
+        if self.p99_ms is not None:
+            row["p99Ms"] = round(self.p99_ms, 3)
+        if self.rif is not None:
+            row["rif"] = self.rif
+        if self.reason:
+            row["reason"] = self.reason
+        return row
+
+
+@dataclass(frozen=True)
+class Observation:
+    """Everything one reconcile learned that the status reports."""
+
+    generation: int
+    now_iso: str
+    active: int = 0
+    total: int = 0
+    p99_ms: float | None = None
+    source: str = "none"
+    problems: Sequence[Problem] = ()
+    pods: Sequence[PodRow] = ()
+    routed_service: str | None = None
+    engine_state: Mapping[str, Any] | None = None
+
+
+def effective_source(sources: Iterable[str | None]) -> str:
+    """ebpf / probe when every measured pod used it, mixed when both, none without data."""
+    seen = {s for s in sources if s}
+    if not seen:
+        return "none"
+    if len(seen) == 1:
+        return next(iter(seen))
+    return "mixed"
+
+
+def _condition(
+    ctype: str, status: bool, reason: str, message: str, gen: int, now: str, previous: JSON
+) -> JSON:
+    value = "True" if status else "False"
+    old = next((c for c in previous.get("conditions") or [] if c.get("type") == ctype), None)
+    since = old.get("lastTransitionTime") if old and old.get("status") == value else None
+    return {
+        "type": ctype,
+        "status": value,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": gen,
+        "lastTransitionTime": since or now,
+    }
+
+
+def conditions(obs: Observation, previous: JSON) -> list[JSON]:
+    """Ready and Degraded; the first blocking problem decides Ready, every problem
+    shows in Degraded's message, the most important gives its reason."""
+    gen, now = obs.generation, obs.now_iso
+    blocking = [p for p in obs.problems if p.reason in BLOCKING]
+    if blocking:
+        ready = _condition(
+            READY, False, blocking[0].reason, blocking[0].message, gen, now, previous
+        )
+    else:
+        msg = f"{obs.active} of {obs.total} pods serve through Service {obs.routed_service}"
+        ready = _condition(READY, True, REASON_ROUTING, msg, gen, now, previous)
+    if obs.problems:
+        ordered = sorted(obs.problems, key=lambda p: (p.reason not in BLOCKING, p.reason))
+        message = "; ".join(p.message for p in ordered)
+        degraded = _condition(DEGRADED, True, ordered[0].reason, message, gen, now, previous)
+    else:
+        degraded = _condition(DEGRADED, False, REASON_AS_EXPECTED, "", gen, now, previous)
+    return [ready, degraded]
+
+
+def build_status(obs: Observation, previous: JSON) -> JSON:
+    rows = sorted(obs.pods, key=lambda r: (r.state != "active", r.name))[:MAX_POD_ROWS]
+    status: JSON = {
+        "observedGeneration": obs.generation,
+        "activePods": obs.active,
+        "totalPods": obs.total,
+        "source": obs.source,
+        "conditions": conditions(obs, previous),
+        "pods": [r.to_json() for r in rows],
+        "ejectedPods": sorted(r.name for r in obs.pods if r.state == "ejected"),
+        "lastEvaluationTime": obs.now_iso,
+    }
+    if obs.p99_ms is not None:
+        status["p99LatencyMs"] = round(obs.p99_ms, 3)
+    if obs.routed_service:
+        status["serviceName"] = obs.routed_service
+    if obs.engine_state is not None:
+        status["engineState"] = dict(obs.engine_state)
+    return status
+
+
+def _close(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is b
+    fa, fb = float(a), float(b)
+    if math.isclose(fa, fb, rel_tol=1e-9, abs_tol=1e-9):
+        return True
+    return abs(fa - fb) <= LATENCY_TOLERANCE * max(abs(fa), abs(fb))
+
+
+_LATENCY_FIELDS = ("p50Ms", "p99Ms")
+
+
+def _same_rows(old: Sequence[JSON], new: Sequence[JSON]) -> bool:
+    if len(old) != len(new):
+        return False
+    for a, b in zip(old, new, strict=True):
+        for k in set(a) | set(b):
+            if k in _LATENCY_FIELDS:
+                if not _close(a.get(k), b.get(k)):
+                    return False
+            elif a.get(k) != b.get(k):
+                return False
+    return True
+
+
+def _strip_times(conds: Sequence[JSON]) -> list[JSON]:
+    return [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in conds]
+
+
+def status_changed(old: JSON | None, new: JSON) -> bool:
+    """Whether `new` says something `old` does not (see the module's write policy)."""
+    if not old:
+        return True
+    for key in set(old) | set(new):
+        if key == "lastEvaluationTime":
+            continue
+        a, b = old.get(key), new.get(key)
+        if key == "p99LatencyMs":
+            if not _close(a, b):
+                return True
+        elif key == "pods":
+            if not _same_rows(a or [], b or []):
+                return True
+        elif key == "conditions":
+            if _strip_times(a or []) != _strip_times(b or []):
+                return True
+        elif a != b:
+            return True
+    return False

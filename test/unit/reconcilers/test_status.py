@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aviator.reconcilers.status import (
+    Observation,
+    PodRow,
+    Problem,
+    build_status,
+    effective_source,
+    status_changed,
+)
+
+
+def obs(**kw: object) -> Observation:
+    base: dict[str, object] = {
+        "generation": 1,
+        "now_iso": "2026-01-01T00:00:00Z",
+        "active": 2,
+        "total": 4,
+        "p99_ms": 12.0,
+        "source": "ebpf",
+        "routed_service": "web-aviator",
+        "pods": [
+            PodRow("a", "10.0.0.1", "n", "active", 5.0, 12.0, 0, 100),
+            PodRow("b", "10.0.0.2", "n", "ejected", 400.0, 500.0, 3, 100, "PodEjected"),
+        ],
+        "engine_state": {"v": 1},
+    }
+    base.update(kw)
+    return Observation(**base)  # type: ignore[arg-type]
+
+
+def cond(status: dict[str, object], ctype: str) -> dict[str, object]:
+    return next(c for c in status["conditions"] if c["type"] == ctype)  # type: ignore[attr-defined,no-any-return]
+
+
+def test_fields_and_ready_condition() -> None:
+    s = build_status(obs(), {})
+    assert (s["activePods"], s["totalPods"], s["p99LatencyMs"], s["source"]) == (2, 4, 12.0, "ebpf")
+    assert s["observedGeneration"] == 1 and s["ejectedPods"] == ["b"]
+    assert s["pods"][0] == {
+        "name": "a", "ip": "10.0.0.1", "node": "n", "state": "active",
+        "samples": 100, "p50Ms": 5.0, "p99Ms": 12.0, "rif": 0,
+    }  # fmt: skip
+    assert cond(s, "Ready")["status"] == "True" and cond(s, "Degraded")["status"] == "False"
+    assert s["engineState"] == {"v": 1}
+
+
+def test_blocking_problem_sets_ready_false_and_degraded() -> None:
+    s = build_status(obs(problems=[Problem("ServiceNotFound", "Service web not found")]), {})
+    assert cond(s, "Ready")["status"] == "False"
+    assert cond(s, "Ready")["reason"] == "ServiceNotFound"
+    assert cond(s, "Degraded")["reason"] == "ServiceNotFound"
+
+
+def test_non_blocking_problem_keeps_ready() -> None:
+    s = build_status(obs(problems=[Problem("Overload", "most pods slow")]), {})
+    assert cond(s, "Ready")["status"] == "True"
+    assert cond(s, "Degraded")["status"] == "True" and cond(s, "Degraded")["reason"] == "Overload"
+
+
+def test_transition_time_kept_while_status_unchanged() -> None:
+    first = build_status(obs(), {})
+    later = build_status(obs(now_iso="2026-01-01T00:05:00Z"), first)
+    assert cond(later, "Ready")["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+    assert not status_changed(first, later)
+    flipped = build_status(
+        obs(now_iso="2026-01-01T00:06:00Z", problems=[Problem("Conflict", "x")]), later
+    )
+    assert cond(flipped, "Ready")["lastTransitionTime"] == "2026-01-01T00:06:00Z"
+    assert status_changed(later, flipped)
+
+
+def test_latency_jitter_within_tolerance_is_no_change() -> None:
+    first = build_status(obs(), {})
+    jitter = build_status(
+        obs(
+            p99_ms=12.9,
+            pods=[
+                PodRow("a", "10.0.0.1", "n", "active", 5.3, 11.2, 0, 100),
+                PodRow("b", "10.0.0.2", "n", "ejected", 390.0, 520.0, 3, 100, "PodEjected"),
+            ],
+        ),
+        first,
+    )
+    assert not status_changed(first, jitter)
+    moved = build_status(obs(p99_ms=20.0), first)
+    assert status_changed(first, moved)
+
+
+def test_real_changes_are_changes() -> None:
+    first = build_status(obs(), {})
+    assert status_changed(None, first)
+    assert status_changed(first, build_status(obs(active=3), first))
+    assert status_changed(first, build_status(obs(generation=2), first))
+    assert status_changed(first, build_status(obs(engine_state={"v": 2}), first))
+    assert status_changed(first, build_status(obs(source="mixed"), first))
+
+
+def test_effective_source() -> None:
+    assert effective_source([]) == "none"
+    assert effective_source([None, "ebpf"]) == "ebpf"
+    assert effective_source(["ebpf", "probe"]) == "mixed"
+
+
+@settings(max_examples=200, deadline=None)
+@given(p=st.floats(0.01, 1e5), factor=st.floats(0.5, 2.0))
+def test_write_decision_follows_tolerance(p: float, factor: float) -> None:
+    first = build_status(obs(p99_ms=p), {})
+    second = build_status(obs(p99_ms=p * factor), first)
+    changed = status_changed(first, second)
+    rel = abs(p * factor - p) / max(p, p * factor)
+    if rel > 0.1001:
+        assert changed
+    if rel < 0.0999:
+        assert not changed
