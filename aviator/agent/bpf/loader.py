@@ -1,0 +1,310 @@
+"""Compiling, loading and attaching bpf/latency.bpf.c with BCC.
+
+Every way this can fail on a real node ends in `BpfUnavailable` with a reason an
+operator can act on (the agent then falls back to probing): no privilege, no BTF, no
+tracefs, a kernel without the tracepoints, no kernel headers, no BCC, a compile error,
+a verifier rejection. Checks that can be made up front are made before compiling, so
+the common cases get a precise message instead of a compiler's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aviator.agent.bpf.btf import VMLINUX_BTF, Btf, BtfError, sock_offsets
+from aviator.agent.bpf.model import BpfUnavailable
+from aviator.agent.bpf.seed import Listener
+
+# The C source ships next to the package in the repository (bpf/); images that install
+# the package elsewhere point AVIATOR_BPF_SOURCE at their copy.
+SOURCE = Path(
+    os.environ.get(
+        "AVIATOR_BPF_SOURCE", Path(__file__).resolve().parents[3] / "bpf" / "latency.bpf.c"
+    )
+)
+
+RAW_SEND_TRACEPOINT = "tcp_sendmsg_locked"
+_RAW_SEND_FN = "on_tcp_sendmsg_locked"
+# (category:event, BCC function name); all are attached by BCC when the program loads.
+_TRACEPOINTS = (
+    ("sock:inet_sock_set_state", "tracepoint__sock__inet_sock_set_state"),
+    ("tcp:tcp_destroy_sock", "tracepoint__tcp__tcp_destroy_sock"),
+    ("tcp:tcp_probe", "tracepoint__tcp__tcp_probe"),
+)
+_FALLBACK_SEND_TRACEPOINT = ("sock:sock_send_length", "tracepoint__sock__sock_send_length")
+
+_TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
+_CAP_SYS_ADMIN = 21
+_CAP_PERFMON = 38
+_CAP_BPF = 39
+
+
+def _effective_capabilities() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("CapEff:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def check_privileges() -> None:
+    caps = _effective_capabilities()
+    has = lambda cap: bool(caps >> cap & 1)  # noqa: E731
+    if not (has(_CAP_SYS_ADMIN) or (has(_CAP_BPF) and has(_CAP_PERFMON))):
+        raise BpfUnavailable(
+            "not privileged to load BPF programs: run as root or with "
+            "CAP_BPF and CAP_PERFMON (plus CAP_NET_ADMIN)"
+        )
+
+
+def tracefs_root() -> Path:
+    """The mounted tracefs, mounting it if needed (BCC reads tracepoint formats there)."""
+    for path in _TRACEFS_CANDIDATES:
+        if (path / "events").is_dir():
+            return path
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    target = _TRACEFS_CANDIDATES[0]
+    if libc.mount(b"nodev", str(target).encode(), b"tracefs", 0, None) == 0:
+        return target
+    err = ctypes.get_errno()
+    raise BpfUnavailable(
+        f"tracefs is not mounted and mounting it at {target} failed ({os.strerror(err)}); "
+        "mount it (mount -t tracefs nodev /sys/kernel/tracing) or give the agent "
+        "/sys/kernel/tracing"
+    )
+
+
+def check_tracepoints(tracefs: Path) -> bool:
+    """Whether the kernel has every tracepoint needed; returns whether the raw
+    `tcp_sendmsg_locked` tracepoint exists (else `sock:sock_send_length` is used)."""
+    needed = [tp for tp, _ in _TRACEPOINTS]
+    missing = [tp for tp in needed if not (tracefs / "events" / tp.replace(":", "/")).is_dir()]
+    has_raw_send = (tracefs / "events" / "tcp" / RAW_SEND_TRACEPOINT).is_dir()
+    if not has_raw_send:
+        fallback = _FALLBACK_SEND_TRACEPOINT[0]
+        if not (tracefs / "events" / fallback.replace(":", "/")).is_dir():
+            missing.append(f"{RAW_SEND_TRACEPOINT} or {fallback}")
+    if missing:
+        raise BpfUnavailable(
+            f"kernel too old: missing tracepoints {', '.join(missing)} (Linux 5.15+ needed)"
+        )
+    return has_raw_send
+
+
+def check_headers() -> None:
+    """BCC compiles against kernel headers; say so clearly when it will find none."""
+    release = os.uname().release
+    if os.environ.get("BCC_KERNEL_SOURCE"):
+        return
+    if Path(f"/lib/modules/{release}/build/include").exists():
+        return
+    if Path("/sys/kernel/kheaders.tar.xz").exists():
+        return
+    raise BpfUnavailable(
+        f"kernel headers missing: /lib/modules/{release}/build has no include/ and the "
+        "kernel has no kheaders; install linux-headers for this kernel (any recent "
+        "version works: the program reads only tracepoint arguments and BTF offsets)"
+    )
+
+
+def compile_flags(
+    btf: Btf, *, max_sockets: int, max_endpoints: int, max_listeners: int, raw_send: bool
+) -> list[str]:
+    try:
+        offsets = sock_offsets(btf)
+    except BtfError as exc:
+        raise BpfUnavailable(f"kernel BTF lacks a needed struct sock field: {exc}") from exc
+    flags = [f"-DOFF_{name.upper()}={off}" for name, off in sorted(offsets.items())]
+    flags += [
+        f"-DMAX_SOCKETS={max_sockets}",
+        f"-DMAX_ENDPOINTS={max_endpoints}",
+        f"-DMAX_LISTENERS={max_listeners}",
+    ]
+    if raw_send:
+        flags.append("-DSEND_HOOK_RAW")
+    return flags
+
+
+@contextlib.contextmanager
+def _captured_stderr() -> Iterator[list[str]]:
+    """Capture what BCC's C++ side (clang, the verifier log) writes to fd 2."""
+    out: list[str] = []
+    with tempfile.TemporaryFile() as tmp:
+        saved = os.dup(2)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield out
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            out.append(tmp.read().decode("utf-8", "replace"))
+
+
+def _tail(text: str, lines: int = 12) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _classify_load_failure(exc: Exception, log: str) -> BpfUnavailable:
+    message = str(exc)
+    if "Failed to compile" in message:
+        if "kernel headers" in log or "kconfig.h" in log:
+            return BpfUnavailable(f"kernel headers unusable by BCC:\n{_tail(log)}")
+        return BpfUnavailable(f"BPF program failed to compile:\n{_tail(log)}")
+    if "Failed to load" in message:
+        if "Permission denied" in message and "processed" in log:
+            return BpfUnavailable(f"BPF verifier rejected the program:\n{_tail(log)}")
+        if "Operation not permitted" in message or "Permission denied" in message:
+            return BpfUnavailable(f"kernel refused to load BPF programs (EPERM): {message}")
+        return BpfUnavailable(f"BPF program failed to load: {message}\n{_tail(log)}")
+    if "Failed to attach" in message:
+        return BpfUnavailable(f"attaching a tracepoint failed: {message}")
+    return BpfUnavailable(f"BPF load failed: {message}\n{_tail(log)}")
+
+
+@dataclass
+class LoadedProgram:
+    """A compiled program with its hooks; `bpf` is the bcc.BPF object."""
+
+    bpf: Any
+    raw_send: bool
+
+    @property
+    def send_hook(self) -> str:
+        if self.raw_send:
+            return f"raw_tracepoint:{RAW_SEND_TRACEPOINT}"
+        return f"tracepoint:{_FALLBACK_SEND_TRACEPOINT[0]}"
+
+    def _tracepoints(self) -> tuple[tuple[str, str], ...]:
+        if self.raw_send:
+            return _TRACEPOINTS
+        return (*_TRACEPOINTS, _FALLBACK_SEND_TRACEPOINT)
+
+    def attach(self) -> None:
+        """Attach every hook that is not attached (idempotent)."""
+        for tp, fn in self._tracepoints():
+            if tp.encode() not in self.bpf.tracepoint_fds:
+                self.bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())
+        if self.raw_send and RAW_SEND_TRACEPOINT.encode() not in self.bpf.raw_tracepoint_fds:
+            self.bpf.attach_raw_tracepoint(
+                tp=RAW_SEND_TRACEPOINT.encode(), fn_name=_RAW_SEND_FN.encode()
+            )
+
+    def detach(self) -> None:
+        """Detach every hook; maps and counters stay (for overhead comparisons)."""
+        for tp in list(self.bpf.tracepoint_fds):
+            self.bpf.detach_tracepoint(tp)
+        for tp in list(self.bpf.raw_tracepoint_fds):
+            self.bpf.detach_raw_tracepoint(tp)
+
+    def prog_fds(self) -> dict[str, int]:
+        """File descriptors of the loaded programs, by function name."""
+        return {name.decode(): fn.fd for name, fn in self.bpf.funcs.items()}
+
+    def seed_listeners(self, listeners: Iterable[Listener]) -> int:
+        table = self.bpf["listeners"]
+        n = 0
+        for raw, port in listeners:
+            key = table.Key()
+            for i, byte in enumerate(raw):
+                key.addr[i] = byte
+            key.port = port
+            table[key] = table.Leaf(1)
+            n += 1
+        return n
+
+    def start_adopting(self) -> None:
+        """Let the program classify sockets it first sees mid-connection (after seeding)."""
+        table = self.bpf["config"]
+        table[table.Key(0)] = table.Leaf(1)
+
+    def close(self) -> None:
+        self.bpf.cleanup()
+
+
+def load_program(
+    *,
+    max_sockets: int,
+    max_endpoints: int,
+    max_listeners: int,
+    source: Path = SOURCE,
+) -> LoadedProgram:
+    """Preflight, compile, load and attach the program, or raise BpfUnavailable."""
+    if os.uname().sysname != "Linux":
+        raise BpfUnavailable("eBPF needs Linux")
+    check_privileges()
+    if not VMLINUX_BTF.exists():
+        raise BpfUnavailable(f"kernel has no BTF ({VMLINUX_BTF} missing; CONFIG_DEBUG_INFO_BTF)")
+    try:
+        btf = Btf.from_file()
+    except BtfError as exc:
+        raise BpfUnavailable(f"kernel BTF unreadable: {exc}") from exc
+    tracefs = tracefs_root()
+    raw_send = check_tracepoints(tracefs)
+    check_headers()
+    if not source.is_file():
+        raise BpfUnavailable(f"BPF source {source} not found")
+    try:
+        import bcc  # imported late: BCC picks its tracefs path at import time
+    except ImportError as exc:
+        raise BpfUnavailable(f"BCC is not installed (Debian/Ubuntu: python3-bpfcc): {exc}") from exc
+
+    try:
+        return _compile_and_attach(
+            bcc, btf, source, raw_send, max_sockets, max_endpoints, max_listeners
+        )
+    except _RawSendUnavailable:
+        # Listed in tracefs but not attachable as a raw tracepoint: use the fallback.
+        return _compile_and_attach(
+            bcc, btf, source, False, max_sockets, max_endpoints, max_listeners
+        )
+
+
+class _RawSendUnavailable(Exception):
+    pass
+
+
+def _compile_and_attach(
+    bcc: Any,
+    btf: Btf,
+    source: Path,
+    raw_send: bool,
+    max_sockets: int,
+    max_endpoints: int,
+    max_listeners: int,
+) -> LoadedProgram:
+    cflags = compile_flags(
+        btf,
+        max_sockets=max_sockets,
+        max_endpoints=max_endpoints,
+        max_listeners=max_listeners,
+        raw_send=raw_send,
+    )
+    with _captured_stderr() as log:
+        try:
+            bpf = bcc.BPF(src_file=str(source).encode(), cflags=cflags)
+        except Exception as exc:  # BCC raises bare Exception for every failure
+            failure: Exception | None = exc
+        else:
+            failure = None
+    if failure is not None:
+        if isinstance(failure, OSError) and failure.errno == errno.EPERM:
+            raise BpfUnavailable(f"kernel refused BPF (EPERM): {failure}") from failure
+        raise _classify_load_failure(failure, "".join(log)) from failure
+    program = LoadedProgram(bpf=bpf, raw_send=raw_send)
+    try:
+        program.attach()
+    except Exception as exc:
+        program.close()
+        if raw_send and "raw tracepoint" in str(exc):
+            raise _RawSendUnavailable(str(exc)) from exc
+        raise _classify_load_failure(exc, "") from exc
+    return program

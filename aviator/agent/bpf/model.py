@@ -1,0 +1,65 @@
+"""What the BPF reader hands to the agent: endpoints and their cumulative counters."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import Literal
+
+# Must equal aviator.latency.histogram.NUM_BUCKETS and NUM_BUCKETS in bpf/latency.bpf.c.
+NUM_BUCKETS = 464
+
+Role = Literal["server", "client"]
+
+
+class BpfUnavailable(RuntimeError):
+    """The BPF program cannot run here; `reason` says why in words an operator can act on."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class EndpointKey:
+    """One measured endpoint.
+
+    role "server": `ip:port` is the local (pod) address whose own socket answered.
+    role "client": `ip:port` is the remote address a local client talked to.
+    `ip` is normalised: v4-mapped IPv6 becomes dotted IPv4, IPv6 is compressed.
+    """
+
+    ip: str
+    port: int
+    role: Role
+
+
+@dataclass(frozen=True)
+class EndpointCounters:
+    """Cumulative counters of one endpoint since the program was loaded.
+
+    `buckets` has NUM_BUCKETS counts in the shared log-linear layout (µs); `rif` is the
+    current number of requests in flight (a gauge); everything else only grows.
+    """
+
+    buckets: list[int]
+    count: int
+    sum_us: int
+    max_us: int
+    rif: int
+    aborted: int
+
+
+def normalise_ip(raw16: bytes) -> str:
+    """16 address bytes as the kernel stores them (IPv4 v4-mapped) → canonical text."""
+    addr = ipaddress.IPv6Address(raw16)
+    mapped = addr.ipv4_mapped
+    return str(mapped) if mapped is not None else str(addr)
+
+
+def ip_to_raw16(ip: str) -> bytes:
+    """Inverse of normalise_ip: IPv4 → v4-mapped IPv6 bytes, IPv6 → its 16 bytes."""
+    addr = ipaddress.ip_address(ip)
+    if isinstance(addr, ipaddress.IPv4Address):
+        return b"\0" * 10 + b"\xff\xff" + addr.packed
+    return addr.packed

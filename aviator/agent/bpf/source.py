@@ -1,0 +1,105 @@
+"""`BpfLatencySource`: the agent's handle on the loaded latency program."""
+
+from __future__ import annotations
+
+from aviator.agent.bpf.loader import LoadedProgram, load_program
+from aviator.agent.bpf.model import EndpointCounters, EndpointKey
+from aviator.agent.bpf.reader import count_entries, read_counters, read_endpoints
+from aviator.agent.bpf.runstats import RunStatsEnabler, prog_run_stats
+from aviator.agent.bpf.seed import Listener, listening_sockets
+
+
+class BpfLatencySource:
+    """Per-endpoint request latency measured in the kernel (see bpf/latency.bpf.c).
+
+    `load()` compiles and attaches the program, seeds the listening sockets of every
+    network namespace, then lets the program adopt sockets older than itself.
+    `read()` returns cumulative counters; nothing is ever reset in the kernel.
+    """
+
+    def __init__(self, program: LoadedProgram, *, max_sockets: int, max_endpoints: int) -> None:
+        self._program = program
+        self._max_sockets = max_sockets
+        self._max_endpoints = max_endpoints
+        self._run_stats: RunStatsEnabler | None = None
+        self._closed = False
+
+    @classmethod
+    def load(
+        cls,
+        *,
+        max_sockets: int = 65536,
+        max_endpoints: int = 16384,
+        max_listeners: int = 16384,
+        listeners: set[Listener] | None = None,
+    ) -> BpfLatencySource:
+        """Load and attach, or raise BpfUnavailable(reason).
+
+        `listeners` replaces the /proc scan (tests); by default every network
+        namespace's listening TCP sockets are seeded.
+        """
+        if max_sockets < 1 or max_endpoints < 1 or max_listeners < 1:
+            raise ValueError("map sizes must be positive")
+        program = load_program(
+            max_sockets=max_sockets, max_endpoints=max_endpoints, max_listeners=max_listeners
+        )
+        try:
+            program.seed_listeners(listening_sockets() if listeners is None else listeners)
+            program.start_adopting()
+        except BaseException:
+            program.close()
+            raise
+        return cls(program, max_sockets=max_sockets, max_endpoints=max_endpoints)
+
+    @property
+    def send_hook(self) -> str:
+        """Which hook marks sends: the raw tracepoint or the sock_send_length fallback."""
+        return self._program.send_hook
+
+    def read(self) -> dict[EndpointKey, EndpointCounters]:
+        """Cumulative snapshot of every endpoint seen since load."""
+        return read_endpoints(self._program.bpf)
+
+    def stats(self) -> dict[str, int]:
+        """Event counters and map occupancy (walks the socket map: call it sparingly)."""
+        out = read_counters(self._program.bpf)
+        out["sockets_tracked"] = count_entries(self._program.bpf, "sockets")
+        out["sockets_capacity"] = self._max_sockets
+        out["endpoints_tracked"] = count_entries(self._program.bpf, "endpoints")
+        out["endpoints_capacity"] = self._max_endpoints
+        return out
+
+    def enable_run_stats(self) -> None:
+        """Ask the kernel to count BPF run time (off by default: it costs a little)."""
+        if self._run_stats is None:
+            self._run_stats = RunStatsEnabler()
+
+    def run_stats(self) -> dict[str, tuple[int, int]]:
+        """(run count, run time ns) per program, counted while run stats are enabled."""
+        out: dict[str, tuple[int, int]] = {}
+        for name, fd in self._program.prog_fds().items():
+            s = prog_run_stats(fd)
+            out[name] = (s.run_cnt, s.run_time_ns)
+        return out
+
+    def detach(self) -> None:
+        """Stop measuring without unloading (maps are kept); `attach()` resumes."""
+        self._program.detach()
+
+    def attach(self) -> None:
+        self._program.attach()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._run_stats is not None:
+            self._run_stats.close()
+            self._run_stats = None
+        self._program.close()
+
+    def __enter__(self) -> BpfLatencySource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,468 @@
+// SPDX-License-Identifier: GPL-2.0
+//
+// Aviator: per-endpoint request latency from TCP traffic, compiled by BCC at agent start.
+//
+// A request on a connection is the time from the first bytes of a request to the first
+// bytes of its response, seen on each end's own socket:
+//   server role (keyed by LOCAL ip:port):  first data received -> first data sent
+//   client role (keyed by REMOTE ip:port): first data sent     -> first data received
+//
+// Only tracepoints are used (no kprobes, no fentry). Their arguments come from the
+// running kernel's format files, so they are correct whatever headers BCC compiles
+// with. The few `struct sock` fields read directly (for sockets first seen on a send)
+// use offsets taken from the running kernel's BTF and passed in as -D defines:
+//   OFF_SKC_DADDR OFF_SKC_RCV_SADDR OFF_SKC_DPORT OFF_SKC_NUM OFF_SKC_FAMILY
+//   OFF_SKC_STATE OFF_SKC_V6_DADDR OFF_SKC_V6_RCV_SADDR
+// Other defines: MAX_SOCKETS, MAX_ENDPOINTS, MAX_LISTENERS, and SEND_HOOK_RAW (send
+// starts via raw tracepoint tcp_sendmsg_locked) or none (sock:sock_send_length).
+//
+// The histogram layout is shared with aviator/latency/histogram.py: values are
+// microseconds; v < 16 -> index v; else e = floor(log2 v), sub = (v >> (e - 4)) & 15,
+// index = (e - 3) * 16 + sub, clamped to NUM_BUCKETS - 1.
+
+#include <uapi/linux/ptrace.h>
+
+#define NUM_BUCKETS 464
+
+#define ROLE_SERVER 1
+#define ROLE_CLIENT 2
+
+#define FAMILY_INET 2
+#define FAMILY_INET6 10
+#define PROTO_TCP 6
+
+#define STATE_ESTABLISHED 1
+#define STATE_SYN_SENT 2
+#define STATE_SYN_RECV 3
+#define STATE_CLOSE 7
+#define STATE_LISTEN 10
+
+#define SOCK_CLOSED 1  // left ESTABLISHED: no new requests are measured
+
+// Indexes into the per-CPU `counters` array (mirrored in aviator/agent/bpf/reader.py).
+#define C_RX_DATA 0          // tcp_probe events with payload
+#define C_TX 1               // send events
+#define C_STATE 2            // inet_sock_set_state events (TCP)
+#define C_DESTROY 3          // tcp_destroy_sock events
+#define C_STARTED 4          // requests started
+#define C_COMPLETED 5        // requests completed (samples recorded)
+#define C_ABORTED 6          // requests aborted
+#define C_ENDPOINTS_FULL 7   // samples dropped: endpoint map full
+#define C_SOCKETS_NEW 8      // sockets inserted into the socket map
+#define C_SOCKETS_GONE 9     // sockets removed on close/destroy
+#define NUM_COUNTERS 10
+
+#ifndef MAX_SOCKETS
+#define MAX_SOCKETS 65536
+#endif
+#ifndef MAX_ENDPOINTS
+#define MAX_ENDPOINTS 16384
+#endif
+#ifndef MAX_LISTENERS
+#define MAX_LISTENERS 16384
+#endif
+
+// An endpoint: IPv6 address (IPv4 stored v4-mapped), port, role. Padding is explicit
+// and always zero so keys compare byte-for-byte.
+struct ep_key {
+    u8 addr[16];
+    u16 port;
+    u8 role;
+    u8 pad1;
+    u32 pad2;
+};
+
+struct ep_val {
+    u64 count;
+    u64 sum_us;
+    u64 max_us;
+    s64 rif;      // requests in flight (gauge)
+    u64 aborted;  // requests open when the connection closed
+    u64 buckets[NUM_BUCKETS];
+};
+
+struct sock_state {
+    u64 start_ns;  // 0 = idle; else the start of the open request (atomic)
+    struct ep_key ep;
+    u32 flags;
+    u32 pad;
+};
+
+struct listen_key {
+    u8 addr[16];
+    u16 port;
+    u16 pad1;
+    u32 pad2;
+};
+
+BPF_TABLE("lru_hash", u64, struct sock_state, sockets, MAX_SOCKETS);
+BPF_F_TABLE("hash", struct ep_key, struct ep_val, endpoints, MAX_ENDPOINTS, BPF_F_NO_PREALLOC);
+BPF_TABLE("lru_hash", struct listen_key, u8, listeners, MAX_LISTENERS);
+// Never written: a zeroed value to create endpoints from (too big for the BPF stack).
+BPF_PERCPU_ARRAY(zero_ep, struct ep_val, 1);
+BPF_PERCPU_ARRAY(counters, u64, NUM_COUNTERS);
+// config[0] != 0 once user space has seeded `listeners`: only then are sockets first
+// seen mid-connection adopted (before, their role could be guessed wrong).
+BPF_ARRAY(config, u32, 1);
+
+static __always_inline int adopting(void) {
+    int zero = 0;
+    u32 *ready = config.lookup(&zero);
+    return ready && *ready;
+}
+
+static __always_inline void count(u32 which) {
+    u64 *c = counters.lookup(&which);
+    if (c)
+        *c += 1;  // per-CPU: no atomics needed
+}
+
+// floor(log2(v)) for v > 0, loop-free.
+static __always_inline u32 log2_u64(u64 v) {
+    u32 r = (v > 0xFFFFFFFFULL) << 5;
+    v >>= r;
+    u32 shift = (v > 0xFFFF) << 4;
+    v >>= shift;
+    r |= shift;
+    shift = (v > 0xFF) << 3;
+    v >>= shift;
+    r |= shift;
+    shift = (v > 0xF) << 2;
+    v >>= shift;
+    r |= shift;
+    shift = (v > 0x3) << 1;
+    v >>= shift;
+    r |= shift;
+    r |= (u32)(v >> 1);
+    return r;
+}
+
+static __always_inline u32 bucket_index(u64 v) {
+    if (v < 16)
+        return (u32)v;
+    u32 e = log2_u64(v);
+    if (e > 31)
+        return NUM_BUCKETS - 1;
+    u32 sub = (u32)(v >> (e - 4)) & 15;
+    u32 idx = (e - 3) * 16 + sub;
+    if (idx > NUM_BUCKETS - 1)
+        idx = NUM_BUCKETS - 1;
+    return idx;
+}
+
+static __always_inline struct ep_val *endpoint(struct ep_key *key) {
+    struct ep_val *v = endpoints.lookup(key);
+    if (v)
+        return v;
+    int zero = 0;
+    struct ep_val *z = zero_ep.lookup(&zero);
+    if (!z)
+        return 0;
+    endpoints.insert(key, z);  // may race with another CPU: either insert wins
+    v = endpoints.lookup(key);
+    if (!v)
+        count(C_ENDPOINTS_FULL);
+    return v;
+}
+
+static __always_inline void start_request(struct sock_state *st, u64 now) {
+    if (__sync_val_compare_and_swap(&st->start_ns, 0, now) != 0)
+        return;  // a request is already open: later bytes of the same request
+    count(C_STARTED);
+    struct ep_val *v = endpoint(&st->ep);
+    if (v)
+        __sync_fetch_and_add(&v->rif, 1);
+}
+
+static __always_inline void complete_request(struct sock_state *st, u64 now) {
+    u64 start = __sync_lock_test_and_set(&st->start_ns, 0);
+    if (start == 0)
+        return;  // idle: later bytes of a response already counted, or unseen start
+    struct ep_val *v = endpoint(&st->ep);
+    if (!v)
+        return;
+    u64 us = now > start ? (now - start) / 1000 : 0;
+    u32 idx = bucket_index(us);
+    // Hide idx's provenance from clang so the bound check below stays on the register
+    // the verifier sees indexing the array (clang otherwise folds it into the v < 16
+    // test on an earlier register).
+    asm volatile("" : "+r"(idx));
+    if (idx >= NUM_BUCKETS)
+        return;
+    __sync_fetch_and_add(&v->buckets[idx], 1);
+    __sync_fetch_and_add(&v->count, 1);
+    __sync_fetch_and_add(&v->sum_us, us);
+    __sync_fetch_and_add(&v->rif, -1);
+    u64 cur = v->max_us;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        if (us <= cur)
+            break;
+        u64 prev = __sync_val_compare_and_swap(&v->max_us, cur, us);
+        if (prev == cur)
+            break;
+        cur = prev;
+    }
+    count(C_COMPLETED);
+}
+
+static __always_inline void abort_request(struct sock_state *st) {
+    u64 start = __sync_lock_test_and_set(&st->start_ns, 0);
+    if (start == 0)
+        return;
+    count(C_ABORTED);
+    struct ep_val *v = endpoint(&st->ep);
+    if (!v)
+        return;
+    __sync_fetch_and_add(&v->aborted, 1);
+    __sync_fetch_and_add(&v->rif, -1);
+}
+
+static __always_inline void set_v4_mapped(u8 *dst, const u8 *v4) {
+    __builtin_memset(dst, 0, 10);
+    dst[10] = 0xff;
+    dst[11] = 0xff;
+    dst[12] = v4[0];
+    dst[13] = v4[1];
+    dst[14] = v4[2];
+    dst[15] = v4[3];
+}
+
+static __always_inline int is_listening(const u8 *addr, u16 port) {
+    struct listen_key k = {};
+    k.port = port;
+    __builtin_memcpy(k.addr, addr, 16);
+    if (listeners.lookup(&k))
+        return 1;
+    __builtin_memset(k.addr, 0, 16);  // [::]
+    if (listeners.lookup(&k))
+        return 1;
+    k.addr[10] = 0xff;  // 0.0.0.0 (v4-mapped)
+    k.addr[11] = 0xff;
+    if (listeners.lookup(&k))
+        return 1;
+    return 0;
+}
+
+// A socket seen for the first time mid-connection (older than the agent): it is a
+// server socket if its local address:port is a listening one, a client otherwise.
+static __always_inline struct sock_state *adopt(u64 sk, const u8 *laddr, u16 lport,
+                                                const u8 *raddr, u16 rport) {
+    struct sock_state st = {};
+    if (is_listening(laddr, lport)) {
+        st.ep.role = ROLE_SERVER;
+        st.ep.port = lport;
+        __builtin_memcpy(st.ep.addr, laddr, 16);
+    } else {
+        st.ep.role = ROLE_CLIENT;
+        st.ep.port = rport;
+        __builtin_memcpy(st.ep.addr, raddr, 16);
+    }
+    if (sockets.insert(&sk, &st) == 0)
+        count(C_SOCKETS_NEW);
+    return sockets.lookup(&sk);
+}
+
+static __always_inline void on_receive(struct sock_state *st, u64 now) {
+    if (st->flags & SOCK_CLOSED)
+        return;
+    if (st->ep.role == ROLE_SERVER)
+        start_request(st, now);
+    else
+        complete_request(st, now);
+}
+
+static __always_inline void on_send(struct sock_state *st, u64 now) {
+    if (st->flags & SOCK_CLOSED)
+        return;
+    if (st->ep.role == ROLE_SERVER)
+        complete_request(st, now);
+    else
+        start_request(st, now);
+}
+
+// A data segment received on an ESTABLISHED socket.
+TRACEPOINT_PROBE(tcp, tcp_probe) {
+    if (args->data_len == 0)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    count(C_RX_DATA);
+    u64 sk = (u64)args->skaddr;
+    struct sock_state *st = sockets.lookup(&sk);
+    if (!st) {
+        if (!adopting())
+            return 0;
+        // saddr/daddr are sockaddr_in / sockaddr_in6 of the local / remote end.
+        u8 laddr[16] = {};
+        u8 raddr[16] = {};
+        u8 tmp[4];
+        u16 family = args->family;
+        if (family == FAMILY_INET) {
+            bpf_probe_read_kernel(tmp, 4, &args->saddr[4]);
+            set_v4_mapped(laddr, tmp);
+            bpf_probe_read_kernel(tmp, 4, &args->daddr[4]);
+            set_v4_mapped(raddr, tmp);
+        } else if (family == FAMILY_INET6) {
+            bpf_probe_read_kernel(laddr, 16, &args->saddr[8]);
+            bpf_probe_read_kernel(raddr, 16, &args->daddr[8]);
+        } else {
+            return 0;
+        }
+        st = adopt(sk, laddr, args->sport, raddr, args->dport);
+        if (!st)
+            return 0;
+    }
+    on_receive(st, now);
+    return 0;
+}
+
+// Send path for a socket first seen on a send: addresses come from sock_common.
+static __always_inline struct sock_state *adopt_from_sock(u64 sk) {
+    const char *base = (const char *)sk;
+    u8 state = 0;
+    u16 family = 0;
+    bpf_probe_read_kernel(&state, 1, base + OFF_SKC_STATE);
+    if (state != STATE_ESTABLISHED)
+        return 0;
+    bpf_probe_read_kernel(&family, 2, base + OFF_SKC_FAMILY);
+    u8 laddr[16] = {};
+    u8 raddr[16] = {};
+    if (family == FAMILY_INET) {
+        u8 tmp[4];
+        bpf_probe_read_kernel(tmp, 4, base + OFF_SKC_RCV_SADDR);
+        set_v4_mapped(laddr, tmp);
+        bpf_probe_read_kernel(tmp, 4, base + OFF_SKC_DADDR);
+        set_v4_mapped(raddr, tmp);
+    } else if (family == FAMILY_INET6) {
+        bpf_probe_read_kernel(laddr, 16, base + OFF_SKC_V6_RCV_SADDR);
+        bpf_probe_read_kernel(raddr, 16, base + OFF_SKC_V6_DADDR);
+    } else {
+        return 0;
+    }
+    u16 lport = 0;  // skc_num: host byte order
+    u16 rport_be = 0;  // skc_dport: network byte order
+    bpf_probe_read_kernel(&lport, 2, base + OFF_SKC_NUM);
+    bpf_probe_read_kernel(&rport_be, 2, base + OFF_SKC_DPORT);
+    u16 rport = (u16)((rport_be >> 8) | (rport_be << 8));
+    return adopt(sk, laddr, lport, raddr, rport);
+}
+
+static __always_inline int handle_send(u64 sk) {
+    u64 now = bpf_ktime_get_ns();
+    count(C_TX);
+    struct sock_state *st = sockets.lookup(&sk);
+    if (!st) {
+        if (!adopting())
+            return 0;
+        st = adopt_from_sock(sk);
+        if (!st)
+            return 0;
+    }
+    on_send(st, now);
+    return 0;
+}
+
+#ifdef SEND_HOOK_RAW
+// tcp_sendmsg_locked(sk, msg, skb, size_goal): fires in the copy loop, before the data
+// is pushed, once per skb touched; the first one of a response completes the request.
+int on_tcp_sendmsg_locked(struct bpf_raw_tracepoint_args *ctx) {
+    return handle_send((u64)ctx->args[0]);
+}
+#else
+// Fallback on kernels without tcp_sendmsg_locked: fires when sendmsg returns (later
+// than the first bytes leave by the time the copy and push took).
+TRACEPOINT_PROBE(sock, sock_send_length) {
+    if (args->protocol != PROTO_TCP || args->ret <= 0)
+        return 0;
+    if (args->family != FAMILY_INET && args->family != FAMILY_INET6)
+        return 0;
+    return handle_send((u64)args->sk);
+}
+#endif
+
+static __always_inline void listen_key_from_args(struct listen_key *k, u16 family,
+                                                 const u8 *v4, const u8 *v6, u16 port) {
+    k->port = port;
+    if (family == FAMILY_INET)
+        set_v4_mapped(k->addr, v4);
+    else
+        __builtin_memcpy(k->addr, v6, 16);
+}
+
+// Roles from the handshake; listeners tracked live; requests open when a connection
+// leaves ESTABLISHED are aborted (the peer or the socket gave up on them).
+TRACEPOINT_PROBE(sock, inet_sock_set_state) {
+    if (args->protocol != PROTO_TCP)
+        return 0;
+    if (args->family != FAMILY_INET && args->family != FAMILY_INET6)
+        return 0;
+    count(C_STATE);
+    u64 sk = (u64)args->skaddr;
+    int oldstate = args->oldstate;
+    int newstate = args->newstate;
+    u8 v4[4];
+    u8 v6[16];
+
+    if (newstate == STATE_LISTEN) {
+        struct listen_key k = {};
+        bpf_probe_read_kernel(v4, 4, args->saddr);
+        bpf_probe_read_kernel(v6, 16, args->saddr_v6);
+        listen_key_from_args(&k, args->family, v4, v6, args->sport);
+        u8 one = 1;
+        listeners.update(&k, &one);
+        return 0;
+    }
+
+    if (newstate == STATE_ESTABLISHED &&
+        (oldstate == STATE_SYN_SENT || oldstate == STATE_SYN_RECV)) {
+        struct sock_state st = {};
+        if (oldstate == STATE_SYN_RECV) {
+            st.ep.role = ROLE_SERVER;
+            st.ep.port = args->sport;
+            bpf_probe_read_kernel(v4, 4, args->saddr);
+            bpf_probe_read_kernel(v6, 16, args->saddr_v6);
+        } else {
+            st.ep.role = ROLE_CLIENT;
+            st.ep.port = args->dport;
+            bpf_probe_read_kernel(v4, 4, args->daddr);
+            bpf_probe_read_kernel(v6, 16, args->daddr_v6);
+        }
+        if (args->family == FAMILY_INET)
+            set_v4_mapped(st.ep.addr, v4);
+        else
+            __builtin_memcpy(st.ep.addr, v6, 16);
+        // Overwrite: the address of a freed socket may be reused by a new one.
+        sockets.update(&sk, &st);
+        count(C_SOCKETS_NEW);
+        return 0;
+    }
+
+    if (oldstate == STATE_ESTABLISHED) {
+        struct sock_state *st = sockets.lookup(&sk);
+        if (st) {
+            st->flags |= SOCK_CLOSED;
+            abort_request(st);
+        }
+    }
+    if (newstate == STATE_CLOSE) {
+        struct sock_state *st = sockets.lookup(&sk);
+        if (st) {
+            abort_request(st);
+            if (sockets.delete(&sk) == 0)
+                count(C_SOCKETS_GONE);
+        }
+    }
+    return 0;
+}
+
+TRACEPOINT_PROBE(tcp, tcp_destroy_sock) {
+    count(C_DESTROY);
+    u64 sk = (u64)args->skaddr;
+    struct sock_state *st = sockets.lookup(&sk);
+    if (st) {
+        abort_request(st);
+        if (sockets.delete(&sk) == 0)
+            count(C_SOCKETS_GONE);
+    }
+    return 0;
+}
