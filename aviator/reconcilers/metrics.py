@@ -18,6 +18,7 @@ agent connection metrics from the stream receiver.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -62,7 +63,5 @@ class ControllerMetrics:
 
     def forget_policy(self, namespace: str, policy: str) -> None:
         for gauge in (self.active, self.total, self.p99):
-            try:
+            with contextlib.suppress(KeyError):
                 gauge.remove(namespace, policy)
-            except KeyError:
-                pass
