@@ -111,19 +111,24 @@ class Histogram:
     def from_sparse(cls, data: Mapping[str, int] | Mapping[int, int]) -> Histogram:
         """From `to_sparse()` output; refuses bad indexes and negative or non-int counts."""
         h = cls()
+        buckets = h._buckets
+        total = 0
         for key, n in data.items():
-            if isinstance(key, bool) or not isinstance(key, int | str):
-                raise ValueError(f"bucket key {key!r} is not an index")
-            try:
+            # Exact type checks: bool is an int subclass and must not count as one.
+            if type(key) is int:
+                idx = key
+            elif type(key) is str and key.isdigit() and key.isascii():
                 idx = int(key)
-            except ValueError:
-                raise ValueError(f"bucket key {key!r} is not an index") from None
-            _check_index(idx)
-            if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+            else:
+                raise ValueError(f"bucket key {key!r} is not an index")
+            if not 0 <= idx < NUM_BUCKETS:
+                raise ValueError(f"bucket index {idx} outside 0..{_LAST}")
+            if type(n) is not int or n < 0:
                 raise ValueError(f"bucket {idx} count {n!r} is not a non-negative integer")
             if n:
-                h._buckets[idx] = h._buckets.get(idx, 0) + n
-                h._count += n
+                buckets[idx] = buckets.get(idx, 0) + n
+                total += n
+        h._count = total
         return h
 
     @classmethod
@@ -166,6 +171,22 @@ class Histogram:
         for idx, n in other._buckets.items():
             buckets[idx] = get(idx, 0) + n
         self._count += other._count
+
+    def subtract(self, other: Histogram) -> None:
+        """Remove `other`'s counts from this histogram (in place), e.g. a delta leaving
+        a sliding window. Raises CounterReset, changing nothing, if `other` is not
+        contained in this histogram."""
+        buckets = self._buckets
+        for idx, n in other._buckets.items():
+            if buckets.get(idx, 0) < n:
+                raise CounterReset(f"bucket {idx}: cannot remove {n} from {buckets.get(idx, 0)}")
+        for idx, n in other._buckets.items():
+            left = buckets[idx] - n
+            if left:
+                buckets[idx] = left
+            else:
+                del buckets[idx]
+        self._count -= other._count
 
     def merge(self, other: Histogram) -> Histogram:
         """A new histogram holding both distributions."""

@@ -20,6 +20,7 @@ message that names the field.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import json
 import math
@@ -76,6 +77,7 @@ class Snapshot:
     endpoints: tuple[EndpointWindow, ...]
 
 
+@functools.lru_cache(maxsize=65536)  # the same pod IPs arrive every report interval
 def normalize_ip(text: str) -> str:
     """Canonical text of an IP: v4-mapped IPv6 becomes dotted IPv4, IPv6 is compressed."""
     addr = ipaddress.ip_address(text)

@@ -185,3 +185,17 @@ def test_record_with_weight_and_validation() -> None:
     with pytest.raises(ValueError):
         Histogram([0, -1])
     assert Histogram([0, 0, 3]).quantile(0.5) == 2
+
+
+@settings(max_examples=200)
+@given(hists, hists)
+def test_subtract_in_place_undoes_update(a: Histogram, b: Histogram) -> None:
+    total = a.merge(b)
+    total.subtract(b)
+    assert total == a and total.count == a.count
+    if b:
+        target = a.merge(b)
+        before = target.copy()
+        with pytest.raises(CounterReset):
+            target.subtract(target.merge(b))
+        assert target == before  # a refused subtraction changes nothing

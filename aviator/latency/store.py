@@ -1,0 +1,226 @@
+"""The controller's in-memory latency store: a sliding window of histograms per endpoint.
+
+Agents send one snapshot per report interval holding each endpoint's histogram DELTA
+for that interval. The store keeps, per (ip, port, role), the deltas received in the
+last `window_s` seconds and their running sum, so an estimate costs a pass over one
+histogram, not a merge of the whole window.
+
+Semantics the selection engine relies on:
+
+- Server-role data (measured on the pod's own socket) is the pod's latency.
+  Client-role data (a caller's view of that IP) is used only when no fresh server
+  data exists, and never mixed with it.
+- An endpoint not heard of for `stale_after_s` is unknown (`estimate` returns None),
+  never "fast"; so is an endpoint whose window holds no samples.
+- When the pod reported behind an IP changes (IP reused by a new pod), the old
+  pod's window is dropped.
+- Memory is bounded: endpoints unseen for `forget_after_s` are removed, and each
+  window holds at most `max_deltas` deltas.
+
+Times are whatever clock the caller passes as `now` (one clock per store); message
+timestamps from agents are not trusted for windowing.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from aviator.latency.histogram import Histogram
+from aviator.latency.schema import EndpointWindow, Snapshot
+
+_QUANTILES = (0.5, 0.9, 0.99)
+_PRUNE_EVERY_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class PodLatency:
+    """A pod's latency over the store's window (milliseconds)."""
+
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    rif: int
+    samples: int
+    age_s: float
+    source: str
+
+
+@dataclass(slots=True)
+class _Window:
+    """One endpoint's recent deltas and their sum."""
+
+    pod: str | None
+    node: str
+    source: str
+    last_seen: float
+    rif: int = 0
+    deltas: deque[tuple[float, Histogram]] = field(default_factory=deque)
+    total: Histogram = field(default_factory=Histogram)
+    # p50/p90/p99 in µs of `total`, recomputed only after it changed.
+    cached: tuple[float, float, float] | None = None
+
+    def add(self, at: float, delta: Histogram, max_deltas: int) -> None:
+        if delta:
+            self.deltas.append((at, delta))
+            self.total.update(delta)
+            self.cached = None
+            if len(self.deltas) > max_deltas:
+                self._pop()
+
+    def expire(self, before: float) -> None:
+        deltas = self.deltas
+        while deltas and deltas[0][0] <= before:
+            self._pop()
+
+    def _pop(self) -> None:
+        _, old = self.deltas.popleft()
+        self.total.subtract(old)
+        self.cached = None
+
+    def quantiles_us(self) -> tuple[float, float, float] | None:
+        if not self.total:
+            return None
+        if self.cached is None:
+            qs = self.total.quantiles(_QUANTILES)
+            assert qs is not None
+            self.cached = (qs[0], qs[1], qs[2])
+        return self.cached
+
+
+Key = tuple[str, int, str]  # (ip, port, role)
+
+
+class LatencyStore:
+    """Windows of latency per endpoint, fed by agent snapshots. Not thread-safe;
+    use from one event loop."""
+
+    def __init__(
+        self,
+        window_s: float,
+        stale_after_s: float,
+        *,
+        forget_after_s: float | None = None,
+        max_deltas: int = 1024,
+    ) -> None:
+        if window_s <= 0 or stale_after_s <= 0:
+            raise ValueError("window_s and stale_after_s must be > 0")
+        self.window_s = window_s
+        self.stale_after_s = stale_after_s
+        self.forget_after_s = (
+            forget_after_s if forget_after_s is not None else max(300.0, 10 * stale_after_s)
+        )
+        self.max_deltas = max_deltas
+        self._windows: dict[Key, _Window] = {}
+        # ip -> keys of that ip, so estimates need not scan every endpoint.
+        self._by_ip: dict[str, set[Key]] = {}
+        self._next_prune: float | None = None
+
+    def __len__(self) -> int:
+        """Number of endpoints held."""
+        return len(self._windows)
+
+    # --- writing --------------------------------------------------------------------
+
+    def ingest(self, msg: Snapshot, now: float) -> int:
+        """Add one snapshot's deltas; returns how many endpoints were accepted."""
+        if self._next_prune is None or now >= self._next_prune:
+            self.prune(now)
+            self._next_prune = now + _PRUNE_EVERY_S
+        horizon = now - self.window_s
+        for ep in msg.endpoints:
+            self._ingest_endpoint(ep, msg, now, horizon)
+        return len(msg.endpoints)
+
+    def _ingest_endpoint(
+        self, ep: EndpointWindow, msg: Snapshot, now: float, horizon: float
+    ) -> None:
+        key = (ep.ip, ep.port, ep.role)
+        win = self._windows.get(key)
+        if win is None or (ep.pod is not None and win.pod is not None and ep.pod != win.pod):
+            win = _Window(pod=ep.pod, node=msg.node, source=msg.source, last_seen=now)
+            self._windows[key] = win
+            self._by_ip.setdefault(ep.ip, set()).add(key)
+        else:
+            win.expire(horizon)
+            win.last_seen = now
+            win.node = msg.node
+            win.source = msg.source
+            if ep.pod is not None:
+                win.pod = ep.pod
+        win.rif = ep.rif
+        win.add(now, ep.hist, self.max_deltas)
+
+    def forget(self, ip: str) -> None:
+        """Drop everything known about `ip` (e.g. its pod is gone)."""
+        for key in self._by_ip.pop(ip, ()):
+            self._windows.pop(key, None)
+
+    def prune(self, now: float) -> int:
+        """Drop endpoints unseen for `forget_after_s`; returns how many went."""
+        cutoff = now - self.forget_after_s
+        gone = [k for k, w in self._windows.items() if w.last_seen <= cutoff]
+        for key in gone:
+            del self._windows[key]
+            keys = self._by_ip.get(key[0])
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self._by_ip[key[0]]
+        return len(gone)
+
+    # --- reading --------------------------------------------------------------------
+
+    def _fresh(self, ip: str, now: float, port: int | None) -> list[_Window]:
+        """The windows that speak for `ip`: fresh server ones, else fresh client ones."""
+        keys = self._by_ip.get(ip)
+        if not keys:
+            return []
+        stale_before = now - self.stale_after_s
+        horizon = now - self.window_s
+        server: list[_Window] = []
+        client: list[_Window] = []
+        for key in keys:
+            if port is not None and key[1] != port:
+                continue
+            win = self._windows[key]
+            if win.last_seen < stale_before:
+                continue
+            win.expire(horizon)
+            (server if key[2] == "server" else client).append(win)
+        return server or client
+
+    def estimate(self, ip: str, now: float, port: int | None = None) -> PodLatency | None:
+        """Latency of the pod at `ip` (optionally one port), None when unknown."""
+        windows = self._fresh(ip, now, port)
+        if not windows:
+            return None
+        newest = max(windows, key=lambda w: w.last_seen)
+        if len(windows) == 1:
+            qs = windows[0].quantiles_us()
+            samples = windows[0].total.count
+        else:
+            total = Histogram.merge_all(w.total for w in windows)
+            merged = total.quantiles(_QUANTILES)
+            qs = None if merged is None else (merged[0], merged[1], merged[2])
+            samples = total.count
+        if qs is None:
+            return None
+        return PodLatency(
+            p50_ms=qs[0] / 1000.0,
+            p90_ms=qs[1] / 1000.0,
+            p99_ms=qs[2] / 1000.0,
+            rif=sum(w.rif for w in windows),
+            samples=samples,
+            age_s=max(0.0, now - newest.last_seen),
+            source=newest.source,
+        )
+
+    def merged(self, ips: Iterable[str], now: float) -> Histogram:
+        """The windows of all `ips` in one histogram (e.g. the active set's p99)."""
+        out = Histogram()
+        for ip in ips:
+            for win in self._fresh(ip, now, None):
+                out.update(win.total)
+        return out
