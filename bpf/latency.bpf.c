@@ -22,7 +22,7 @@
 
 #include <uapi/linux/ptrace.h>
 
-#define NUM_BUCKETS 464
+#include "histogram.h"
 
 #define ROLE_SERVER 1
 #define ROLE_CLIENT 2
@@ -115,39 +115,6 @@ static __always_inline void count(u32 which) {
     u64 *c = counters.lookup(&which);
     if (c)
         *c += 1;  // per-CPU: no atomics needed
-}
-
-// floor(log2(v)) for v > 0, loop-free.
-static __always_inline u32 log2_u64(u64 v) {
-    u32 r = (v > 0xFFFFFFFFULL) << 5;
-    v >>= r;
-    u32 shift = (v > 0xFFFF) << 4;
-    v >>= shift;
-    r |= shift;
-    shift = (v > 0xFF) << 3;
-    v >>= shift;
-    r |= shift;
-    shift = (v > 0xF) << 2;
-    v >>= shift;
-    r |= shift;
-    shift = (v > 0x3) << 1;
-    v >>= shift;
-    r |= shift;
-    r |= (u32)(v >> 1);
-    return r;
-}
-
-static __always_inline u32 bucket_index(u64 v) {
-    if (v < 16)
-        return (u32)v;
-    u32 e = log2_u64(v);
-    if (e > 31)
-        return NUM_BUCKETS - 1;
-    u32 sub = (u32)(v >> (e - 4)) & 15;
-    u32 idx = (e - 3) * 16 + sub;
-    if (idx > NUM_BUCKETS - 1)
-        idx = NUM_BUCKETS - 1;
-    return idx;
 }
 
 static __always_inline struct ep_val *endpoint(struct ep_key *key) {

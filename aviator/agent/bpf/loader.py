@@ -116,7 +116,13 @@ def check_headers() -> None:
 
 
 def compile_flags(
-    btf: Btf, *, max_sockets: int, max_endpoints: int, max_listeners: int, raw_send: bool
+    btf: Btf,
+    *,
+    max_sockets: int,
+    max_endpoints: int,
+    max_listeners: int,
+    raw_send: bool,
+    include_dir: Path = SOURCE.parent,
 ) -> list[str]:
     try:
         offsets = sock_offsets(btf)
@@ -124,6 +130,7 @@ def compile_flags(
         raise BpfUnavailable(f"kernel BTF lacks a needed struct sock field: {exc}") from exc
     flags = [f"-DOFF_{name.upper()}={off}" for name, off in sorted(offsets.items())]
     flags += [
+        f"-I{include_dir}",
         f"-DMAX_SOCKETS={max_sockets}",
         f"-DMAX_ENDPOINTS={max_endpoints}",
         f"-DMAX_LISTENERS={max_listeners}",
@@ -210,7 +217,7 @@ class LoadedProgram:
         return {name.decode(): fn.fd for name, fn in self.bpf.funcs.items()}
 
     def seed_listeners(self, listeners: Iterable[Listener]) -> int:
-        table = self.bpf["listeners"]
+        table = self.bpf[b"listeners"]
         n = 0
         for raw, port in listeners:
             key = table.Key()
@@ -223,7 +230,7 @@ class LoadedProgram:
 
     def start_adopting(self) -> None:
         """Let the program classify sockets it first sees mid-connection (after seeding)."""
-        table = self.bpf["config"]
+        table = self.bpf[b"config"]
         table[table.Key(0)] = table.Leaf(1)
 
     def close(self) -> None:
@@ -287,6 +294,7 @@ def _compile_and_attach(
         max_endpoints=max_endpoints,
         max_listeners=max_listeners,
         raw_send=raw_send,
+        include_dir=source.parent,
     )
     with _captured_stderr() as log:
         try:

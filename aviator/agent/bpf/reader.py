@@ -51,7 +51,7 @@ def decode_endpoint(key: Any, value: Any) -> tuple[EndpointKey, EndpointCounters
 def read_endpoints(bpf: Any) -> dict[EndpointKey, EndpointCounters]:
     """Cumulative snapshot of every endpoint the program has seen."""
     out: dict[EndpointKey, EndpointCounters] = {}
-    table = bpf["endpoints"]
+    table = bpf[b"endpoints"]
     for key, value in table.items():
         decoded = decode_endpoint(key, value)
         if decoded is not None:
@@ -61,10 +61,10 @@ def read_endpoints(bpf: Any) -> dict[EndpointKey, EndpointCounters]:
 
 def read_counters(bpf: Any) -> dict[str, int]:
     """The program's event counters, summed over CPUs."""
-    table = bpf["counters"]
+    table = bpf[b"counters"]
     return {name: int(table.sum(table.Key(i)).value) for i, name in enumerate(COUNTER_NAMES)}
 
 
 def count_entries(bpf: Any, map_name: str) -> int:
     """Entries in a map (walks its keys: cost grows with occupancy)."""
-    return sum(1 for _ in bpf[map_name])
+    return sum(1 for _ in bpf[map_name.encode()])

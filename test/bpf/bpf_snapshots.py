@@ -1,0 +1,63 @@
+"""Diffing cumulative BPF snapshots and comparing them with client measurements."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aviator.agent.bpf import BpfLatencySource, EndpointCounters, EndpointKey
+from aviator.latency.histogram import Histogram, quantile_rank
+
+EMPTY = EndpointCounters(buckets=[0] * 464, count=0, sum_us=0, max_us=0, rif=0, aborted=0)
+
+
+@dataclass(frozen=True)
+class EndpointDelta:
+    hist: Histogram
+    count: int
+    aborted: int
+    rif: int  # the gauge's current value (not a delta)
+
+
+def delta(
+    before: dict[EndpointKey, EndpointCounters],
+    after: dict[EndpointKey, EndpointCounters],
+    key: EndpointKey,
+) -> EndpointDelta:
+    old = before.get(key, EMPTY)
+    new = after.get(key, EMPTY)
+    return EndpointDelta(
+        hist=Histogram(new.buckets).delta(Histogram(old.buckets)),
+        count=new.count - old.count,
+        aborted=new.aborted - old.aborted,
+        rif=new.rif,
+    )
+
+
+def exact_quantile(samples: list[float], q: float) -> float:
+    """The nearest-rank quantile, the same rank the histogram reports."""
+    ordered = sorted(samples)
+    return ordered[quantile_rank(q, len(ordered)) - 1]
+
+
+def assert_close(measured: float | None, truth: float, *, rel: float = 0.05, abs_us: float = 1000) -> None:
+    assert measured is not None, "no samples"
+    tolerance = max(rel * truth, abs_us)
+    assert abs(measured - truth) <= tolerance, (
+        f"kernel {measured:.0f} µs vs client {truth:.0f} µs (tolerance {tolerance:.0f} µs)"
+    )
+
+
+def wait_for(
+    source: BpfLatencySource,
+    condition: Callable[[dict[EndpointKey, EndpointCounters]], bool],
+    timeout: float = 5.0,
+) -> dict[EndpointKey, EndpointCounters]:
+    """Poll the maps until `condition` holds (map updates raise no event to await)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        snap = source.read()
+        if condition(snap) or time.monotonic() > deadline:
+            return snap
+        time.sleep(0.01)

@@ -1,0 +1,31 @@
+"""Fixtures for tests that load the real BPF program into the running kernel."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from aviator.agent.bpf import BpfLatencySource
+from aviator.agent.bpf.loader import check_privileges
+from aviator.agent.bpf.model import BpfUnavailable
+
+
+def require_bpf_privileges() -> None:
+    """Skip (not fail) only where the kernel would refuse us: no privilege."""
+    try:
+        check_privileges()
+    except BpfUnavailable as exc:
+        pytest.skip(f"cannot load BPF here: {exc.reason}")
+
+
+@pytest.fixture(scope="session")
+def latency_source() -> Iterator[BpfLatencySource]:
+    """The program, loaded once for the session. Counters are cumulative, so tests
+    diff snapshots and use their own 127.0.x.y addresses and ports."""
+    require_bpf_privileges()
+    source = BpfLatencySource.load(max_sockets=8192, max_endpoints=1024)
+    try:
+        yield source
+    finally:
+        source.close()
