@@ -1,0 +1,164 @@
+"""Token authentication and the websocket receiver, against a scripted TokenReview."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from aviator.kube.client import ApiError, KubeClient
+from aviator.latency.auth import TokenAuthenticator, service_account_username
+from aviator.latency.histogram import Histogram
+from aviator.latency.receiver import make_stream_handler
+from aviator.latency.schema import EndpointWindow, Snapshot, encode_snapshot
+from aviator.latency.store import LatencyStore
+
+AGENT = "system:serviceaccount:aviator-system:aviator-agent"
+
+
+class FakeReviews:
+    """Answers TokenReviews from a token → (username, audiences) table."""
+
+    def __init__(self, users: dict[str, tuple[str, list[str]]]) -> None:
+        self.users = users
+        self.bodies: list[dict[str, Any]] = []
+        self.down = False
+
+    async def create(self, res: object, body: dict[str, Any]) -> dict[str, Any]:
+        self.bodies.append(body)
+        if self.down:
+            raise ApiError(500, text="etcd on fire")
+        user = self.users.get(body["spec"]["token"])
+        if user is None:
+            return {"status": {"authenticated": False, "error": "invalid bearer token"}}
+        return {
+            "status": {
+                "authenticated": True,
+                "user": {"username": user[0]},
+                "audiences": user[1],
+            }
+        }
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def authenticator(
+    reviews: FakeReviews, clock: Clock | None = None, **kw: Any
+) -> TokenAuthenticator:
+    return TokenAuthenticator(
+        cast(KubeClient, reviews),
+        ["aviator-system:aviator-agent"],
+        clock=clock or Clock(),
+        **kw,
+    )
+
+
+def test_service_account_usernames() -> None:
+    assert service_account_username("ns:sa") == "system:serviceaccount:ns:sa"
+    assert service_account_username(AGENT) == AGENT
+    for bad in ("ns", ":sa", "ns:", "a:b:c"):
+        with pytest.raises(ValueError):
+            service_account_username(bad)
+
+
+async def test_verdicts_and_caching() -> None:
+    reviews = FakeReviews({"good": (AGENT, []), "other": ("system:serviceaccount:x:y", [])})
+    clock = Clock()
+    auth = authenticator(reviews, clock, cache_ttl_s=60, negative_ttl_s=5)
+    assert (await auth.authenticate("")).status == 401
+    assert reviews.bodies == []
+    ok = await auth.authenticate("good")
+    assert ok.allowed and ok.username == AGENT
+    assert (await auth.authenticate("other")).status == 403
+    assert (await auth.authenticate("bogus")).status == 401
+    assert auth.reviews == 3
+    clock.now = 4.0  # everything is cached
+    for token in ("good", "other", "bogus"):
+        await auth.authenticate(token)
+    assert auth.reviews == 3
+    clock.now = 6.0  # refusals expired, the acceptance not yet
+    await auth.authenticate("good")
+    await auth.authenticate("bogus")
+    assert auth.reviews == 4
+    clock.now = 61.0
+    await auth.authenticate("good")
+    assert auth.reviews == 5
+
+
+async def test_outage_is_503_and_not_cached() -> None:
+    reviews = FakeReviews({"good": (AGENT, [])})
+    auth = authenticator(reviews)
+    reviews.down = True
+    assert (await auth.authenticate("good")).status == 503
+    reviews.down = False
+    assert (await auth.authenticate("good")).allowed
+
+
+async def test_audience_is_requested_and_checked() -> None:
+    reviews = FakeReviews({"good": (AGENT, ["aviator"]), "wrong": (AGENT, ["api"])})
+    auth = authenticator(reviews, audiences=["aviator"])
+    assert (await auth.authenticate("good")).allowed
+    assert reviews.bodies[0]["spec"]["audiences"] == ["aviator"]
+    assert (await auth.authenticate("wrong")).status == 401
+
+
+def snapshot_text(ip: str = "10.0.0.1") -> str:
+    h = Histogram.from_values([5000] * 10)
+    ep = EndpointWindow(ip, 8080, "server", "ns/p", h, 10, 50000, 5000, 2, 0)
+    return encode_snapshot(Snapshot("node-1", "ebpf", 1.0, 1.0, (ep,)))
+
+
+@pytest.fixture
+async def served() -> AsyncIterator[tuple[TestClient[web.Request, web.Application], LatencyStore]]:
+    store = LatencyStore(window_s=10, stale_after_s=5)
+    reviews = FakeReviews({"good": (AGENT, []), "other": ("system:serviceaccount:x:y", [])})
+    app = web.Application()
+    app.router.add_get("/v1/stream", make_stream_handler(store, authenticator(reviews)))
+    async with TestClient(TestServer(app)) as client:
+        yield client, store
+
+
+async def test_refused_before_upgrade(
+    served: tuple[TestClient[web.Request, web.Application], LatencyStore],
+) -> None:
+    client, _ = served
+    for headers, status in (
+        ({}, 401),
+        ({"Authorization": "Bearer bogus"}, 401),
+        ({"Authorization": "Basic good"}, 401),
+        ({"Authorization": "Bearer other"}, 403),
+    ):
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await client.ws_connect("/v1/stream", headers=headers)
+        assert err.value.status == status
+
+
+async def test_snapshots_reach_the_store_and_garbage_gets_an_error_frame(
+    served: tuple[TestClient[web.Request, web.Application], LatencyStore],
+) -> None:
+    client, store = served
+    async with client.ws_connect("/v1/stream", headers={"Authorization": "Bearer good"}) as ws:
+        await ws.send_str("not json")
+        reply = json.loads(await ws.receive_str())
+        assert reply["kind"] == "error" and "JSON" in reply["error"]
+        await ws.send_str(json.dumps({"v": 99}))
+        assert "version" in json.loads(await ws.receive_str())["error"]
+        await ws.send_str(snapshot_text())
+        # A second bad frame proves the connection survived the first ones and that the
+        # good snapshot before it was handled (frames are processed in order).
+        await ws.send_bytes(b"\x00")
+        assert json.loads(await ws.receive_str())["kind"] == "error"
+    est = store.estimate("10.0.0.1", now=time.monotonic())
+    assert est is not None and est.samples == 10 and est.rif == 2
