@@ -9,6 +9,7 @@ scheduling delay in waking the client does not count against the measurement.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -122,17 +123,13 @@ class DelayServer:
 
     def stop(self) -> None:
         if self._sock is not None:
-            try:
-                self._sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
-            except OSError:
-                pass
+            with contextlib.suppress(OSError):  # shutdown wakes the blocked accept()
+                self._sock.shutdown(socket.SHUT_RDWR)
             self._sock.close()
         with self._lock:
             for conn in self._conns:
-                try:
+                with contextlib.suppress(OSError):
                     conn.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
         if self.hold is not None:
             self.hold.set()
         for t in self._threads:

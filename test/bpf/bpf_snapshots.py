@@ -41,7 +41,9 @@ def exact_quantile(samples: list[float], q: float) -> float:
     return ordered[quantile_rank(q, len(ordered)) - 1]
 
 
-def assert_close(measured: float | None, truth: float, *, rel: float = 0.05, abs_us: float = 1000) -> None:
+def assert_close(
+    measured: float | None, truth: float, *, rel: float = 0.05, abs_us: float = 1000
+) -> None:
     assert measured is not None, "no samples"
     tolerance = max(rel * truth, abs_us)
     assert abs(measured - truth) <= tolerance, (

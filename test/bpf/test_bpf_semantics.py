@@ -1,0 +1,152 @@
+"""What counts as one request: multi-segment responses, address families, requests in
+flight, abandoned requests, and connections older than the program."""
+
+from __future__ import annotations
+
+import socket
+import threading
+
+import pytest
+from bpf_loadgen import DelayServer, KeepAliveClient, run_clients
+from bpf_snapshots import assert_close, delta, exact_quantile, wait_for
+from conftest import require_bpf_privileges
+
+from aviator.agent.bpf import BpfLatencySource, EndpointKey
+from aviator.agent.bpf.seed import listening_sockets
+
+pytestmark = [pytest.mark.bpf, pytest.mark.timeout(120)]
+
+
+def test_response_larger_than_a_segment_counts_once(latency_source: BpfLatencySource) -> None:
+    # 256 KiB answered in a header send and four body sends: many segments and sends.
+    server = DelayServer("127.0.11.1", lambda: 0.005, body_size=256 * 1024, chunk=65536)
+    server.start()
+    try:
+        before = latency_source.read()
+        samples = run_clients(server.host, server.port, 4, 10)
+        after = latency_source.read()
+    finally:
+        server.stop()
+    for role in ("server", "client"):
+        d = delta(before, after, EndpointKey(server.host, server.port, role))
+        assert d.count == len(samples) == 40, role
+        assert d.rif == 0 and d.aborted == 0
+        # Latency is to the FIRST response bytes: about the 5 ms delay, not the transfer.
+        assert_close(d.hist.quantile(0.5), 5000, rel=0.2)
+
+
+def test_ipv6_loopback_server(latency_source: BpfLatencySource) -> None:
+    server = DelayServer("::1", lambda: 0.010, family=socket.AF_INET6).start()
+    try:
+        before = latency_source.read()
+        samples = run_clients("::1", server.port, 4, 25)
+        after = latency_source.read()
+    finally:
+        server.stop()
+    for role in ("server", "client"):
+        d = delta(before, after, EndpointKey("::1", server.port, role))
+        assert d.count == len(samples) == 100
+        assert_close(d.hist.quantile(0.5), exact_quantile(samples, 0.5))
+
+
+def test_dual_stack_server_keyed_by_plain_ipv4(latency_source: BpfLatencySource) -> None:
+    # An AF_INET6 socket on [::] accepting IPv4 clients sees v4-mapped addresses.
+    server = DelayServer("::", lambda: 0.002, family=socket.AF_INET6).start()
+    try:
+        before = latency_source.read()
+        samples = run_clients("127.0.11.2", server.port, 2, 10)
+        after = latency_source.read()
+    finally:
+        server.stop()
+    d = delta(before, after, EndpointKey("127.0.11.2", server.port, "server"))
+    assert d.count == len(samples) == 20
+    assert not any(k.ip.startswith("::ffff:") for k in after)
+
+
+def test_requests_in_flight_gauge(latency_source: BpfLatencySource) -> None:
+    hold = threading.Event()
+    server = DelayServer("127.0.11.3", lambda: 0.0, hold=hold).start()
+    clients = [KeepAliveClient(server.host, server.port) for _ in range(5)]
+    try:
+        before = latency_source.read()
+        for c in clients:
+            c.send_request()
+        assert server.wait_received(5)
+        snap = latency_source.read()
+        for role in ("server", "client"):
+            d = delta(before, snap, EndpointKey(server.host, server.port, role))
+            assert d.rif == 5, role
+            assert d.count == 0
+        hold.set()
+        for c in clients:
+            c.read_response()
+        snap = latency_source.read()
+        for role in ("server", "client"):
+            d = delta(before, snap, EndpointKey(server.host, server.port, role))
+            assert d.rif == 0 and d.count == 5, role
+    finally:
+        for c in clients:
+            c.close()
+        server.stop()
+
+
+def test_abandoned_requests_are_aborted(latency_source: BpfLatencySource) -> None:
+    hold = threading.Event()
+    server = DelayServer("127.0.11.4", lambda: 0.0, hold=hold).start()
+    try:
+        before = latency_source.read()
+        clients = [KeepAliveClient(server.host, server.port) for _ in range(3)]
+        for c in clients:
+            c.send_request()
+        assert server.wait_received(3)
+        for c in clients:
+            c.close()  # gives up before the response
+        server_key = EndpointKey(server.host, server.port, "server")
+        client_key = EndpointKey(server.host, server.port, "client")
+        snap = wait_for(
+            latency_source,
+            lambda s: (
+                delta(before, s, server_key).aborted == 3
+                and delta(before, s, client_key).aborted == 3
+            ),
+        )
+        # The late responses (written to half-closed sockets) are not samples.
+        hold.set()
+        server.stop()
+        snap = latency_source.read()
+        for key in (server_key, client_key):
+            d = delta(before, snap, key)
+            assert (d.aborted, d.count, d.rif) == (3, 0, 0), key
+    finally:
+        server.stop()
+
+
+def test_connections_older_than_the_program() -> None:
+    require_bpf_privileges()
+    server = DelayServer("127.0.12.1", lambda: 0.010).start()
+    clients = [KeepAliveClient(server.host, server.port) for _ in range(4)]
+    try:
+        for c in clients:
+            c.request()  # the connections are established and used before loading
+        assert (b"\0" * 10 + b"\xff\xff" + bytes([127, 0, 12, 1]), server.port) in (
+            listening_sockets()
+        )
+        with BpfLatencySource.load(max_sockets=4096, max_endpoints=256) as source:
+            samples = [c.request() for _ in range(20) for c in clients]
+            snap = source.read()
+    finally:
+        for c in clients:
+            c.close()
+        server.stop()
+    ours = {k: v for k, v in snap.items() if k.ip == "127.0.12.1"}
+    # Server role from the seeded listening port, client role from the rest; no socket
+    # misclassified (a client's ephemeral port would show up as a "server" endpoint).
+    assert set(ours) == {
+        EndpointKey("127.0.12.1", server.port, "server"),
+        EndpointKey("127.0.12.1", server.port, "client"),
+    }
+    for key, counters in ours.items():
+        d = delta({}, snap, key)
+        assert counters.count == len(samples) == 80, key
+        for q in (0.5, 0.99):
+            assert_close(d.hist.quantile(q), exact_quantile(samples, q))
