@@ -1,0 +1,317 @@
+"""The box: control plane + nodes + pod runtime + proxy (+ Aviator), as one object."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from aviator.box.components import Component, aviator_argv
+from aviator.box.container import REPO_ROOT
+from aviator.box.mirror import cancel_all
+from aviator.box.netns import BoxNetwork
+from aviator.box.nodes import BoxNodes, node_names
+from aviator.box.proxy import BoxProxy, relay
+from aviator.box.runtime import PodRuntime
+from aviator.box.state import remove_status, write_status
+from aviator.kube.client import ApiError, KubeClient
+from aviator.kube.resources import NAMESPACES, SERVICEACCOUNTS
+from aviator.testing.controlplane import ControlPlane, binary, free_port
+
+log = logging.getLogger(__name__)
+
+CRD_FILE = REPO_ROOT / "config" / "crd" / "bases" / "aviator.example.com_aviatorpolicies.yaml"
+AVIATOR_NAMESPACE = "aviator-system"
+AGENT_SERVICE_ACCOUNT = "aviator-agent"
+TOKEN_AUDIENCES = ["aviator", "https://kubernetes.default.svc.cluster.local"]
+TOKEN_TTL_S = 24 * 3600
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class BoxOptions:
+    workdir: Path
+    nodes: int = 2
+    aviator: bool = True  # run the controller and one agent per node
+    latency_source: str = "auto"
+
+
+class Box:
+    """Construct after `BoxNetwork.enter()`: everything the box starts lives in it."""
+
+    def __init__(
+        self, options: BoxOptions, network: BoxNetwork, progress: Progress = print
+    ) -> None:
+        self.options = options
+        self.network = network
+        self.workdir = options.workdir.resolve()
+        self.progress = progress
+        self.control_plane: ControlPlane | None = None
+        self.client: KubeClient | None = None
+        self.nodes: BoxNodes | None = None
+        self.runtime: PodRuntime | None = None
+        self.proxy: BoxProxy | None = None
+        self.components: dict[str, Component] = {}
+        self.crd: str = "not installed"
+        self.controller_url = ""
+        self.phase = "starting"
+        self._tasks: list[asyncio.Task[None]] = []
+        self._status_dirty = asyncio.Event()
+        self._bridge: asyncio.Server | None = None
+        self.api_server = ""
+
+    @property
+    def kubeconfig(self) -> Path:
+        """For users and tests in the host network: the API server through the bridge."""
+        return self.workdir / "kubeconfig"
+
+    @property
+    def inner_kubeconfig(self) -> Path:
+        """For what runs inside the box network (controller, agents, the box itself)."""
+        assert self.control_plane is not None
+        return self.control_plane.kubeconfig
+
+    # -- start -----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for old in ("logs", "pods"):
+            shutil.rmtree(self.workdir / old, ignore_errors=True)
+        self._write_status()
+        for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl"):
+            binary(name)  # a clear "run make controlplane" error before anything starts
+        await self._start_control_plane()
+        self.client = await KubeClient.load(str(self.inner_kubeconfig))
+        names = node_names(self.options.nodes)
+        self.progress(f"registering nodes {', '.join(names)}")
+        self.nodes = BoxNodes(self.client, names)
+        await self.nodes.register()
+        self.runtime = PodRuntime(self.client, names, self.workdir / "pods")
+        await self.runtime.start()
+        self.proxy = BoxProxy(self.client, self.network, on_change=self._status_dirty.set)
+        await self.proxy.start()
+        self._tasks = [
+            asyncio.create_task(self.nodes.run(), name="node heartbeats"),
+            asyncio.create_task(self._status_loop(), name="status file"),
+        ]
+        self.progress("pod runtime and service proxy running")
+        if self.options.aviator:
+            await self.start_aviator()
+        self.phase = "running"
+        self._write_status()
+
+    async def _start_control_plane(self) -> None:
+        cp = ControlPlane()
+        self.control_plane = cp
+        began = time.monotonic()
+        self.progress("starting the control plane: etcd, kube-apiserver, kube-controller-manager")
+        task = asyncio.create_task(asyncio.to_thread(cp.start))
+        while not task.done():
+            await asyncio.wait([task], timeout=5.0)
+            if not task.done():
+                self.progress(f"  ... still starting ({time.monotonic() - began:.0f}s)")
+        task.result()
+        await self._bridge_api_server(cp)
+        self.progress(f"control plane up in {time.monotonic() - began:.1f}s")
+
+    async def _bridge_api_server(self, cp: ControlPlane) -> None:
+        """Make the API server reachable from the host network on 127.0.0.1 and write
+        the user's kubeconfig pointing there (same CA: the certificate names 127.0.0.1)."""
+        inner = urlsplit(cp.server)
+        backend = (inner.hostname or "127.0.0.1", inner.port or 443)
+        sock = self.network.host_listener("127.0.0.1", 0)
+        port = sock.getsockname()[1]
+        self._bridge = await asyncio.start_server(lambda r, w: relay(r, w, backend), sock=sock)
+        config = yaml.safe_load(cp.kubeconfig.read_text())
+        for cluster in config["clusters"]:
+            cluster["cluster"]["server"] = f"https://127.0.0.1:{port}"
+        config["clusters"][0]["name"] = config["contexts"][0]["context"]["cluster"] = "aviator-box"
+        config["contexts"][0]["name"] = config["current-context"] = "aviator-box"
+        tmp = self.kubeconfig.with_suffix(".tmp")
+        tmp.write_text(yaml.safe_dump(config))
+        tmp.chmod(0o600)
+        os.replace(tmp, self.kubeconfig)
+        self.api_server = f"https://127.0.0.1:{port}"
+
+    async def kubectl(self, *args: str, stdin: str | None = None) -> tuple[int, str]:
+        """Run bin/kubectl against the box; (exit code, combined output)."""
+        proc = await asyncio.create_subprocess_exec(
+            str(binary("kubectl")),
+            "--kubeconfig",
+            str(self.inner_kubeconfig),
+            *args,
+            stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+        )
+        out, _ = await proc.communicate(stdin.encode() if stdin is not None else None)
+        return proc.returncode or 0, out.decode(errors="replace").strip()
+
+    # -- Aviator inside the box ------------------------------------------------------
+
+    async def start_aviator(self) -> None:
+        assert self.client is not None
+        if CRD_FILE.exists():
+            code, out = await self.kubectl("apply", "--server-side", "-f", str(CRD_FILE))
+            self.crd = "installed" if code == 0 else f"failed: {out}"
+            if code == 0:
+                await self.kubectl(
+                    "wait", "--for=condition=Established", "--timeout=30s", "-f", str(CRD_FILE)
+                )
+        else:
+            self.crd = f"missing ({CRD_FILE.relative_to(REPO_ROOT)} not found)"
+        self.progress(f"AviatorPolicy CRD: {self.crd}")
+        await self._ensure_agent_identity()
+        token_file = self.workdir / "agent-token"
+        await self._write_agent_token(token_file)
+        self._tasks.append(asyncio.create_task(self._refresh_token(token_file)))
+        port = free_port()
+        self.controller_url = f"ws://127.0.0.1:{port}/v1/stream"
+        logs = self.workdir / "logs"
+        self.components["controller"] = Component(
+            "controller",
+            aviator_argv(
+                "controller",
+                "--kubeconfig",
+                str(self.inner_kubeconfig),
+                "--namespace",
+                AVIATOR_NAMESPACE,
+                "--id",
+                "box-controller",
+                "--http-addr",
+                f"127.0.0.1:{port}",
+                "--agent-service-account",
+                f"{AVIATOR_NAMESPACE}:{AGENT_SERVICE_ACCOUNT}",
+            ),
+            logs / "controller.log",
+        )
+        assert self.nodes is not None
+        for node in self.nodes.names:
+            self.components[f"agent/{node}"] = Component(
+                f"agent/{node}",
+                aviator_argv(
+                    "agent",
+                    "--node",
+                    node,
+                    "--kubeconfig",
+                    str(self.inner_kubeconfig),
+                    "--controller-url",
+                    self.controller_url,
+                    "--token-file",
+                    str(token_file),
+                    "--http-addr",
+                    f"127.0.0.1:{free_port()}",
+                    "--latency-source",
+                    self.options.latency_source,
+                ),
+                logs / f"agent-{node}.log",
+            )
+        for comp in self.components.values():
+            comp.start()
+        self.progress(
+            f"started the controller ({self.controller_url}) and {len(self.nodes.names)} agents"
+        )
+
+    async def _ensure_agent_identity(self) -> None:
+        assert self.client is not None
+        ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": AVIATOR_NAMESPACE}}
+        sa = {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": AGENT_SERVICE_ACCOUNT, "namespace": AVIATOR_NAMESPACE},
+        }
+        for res, body, namespace in ((NAMESPACES, ns, None), (SERVICEACCOUNTS, sa, None)):
+            try:
+                await self.client.create(res, body, namespace)
+            except ApiError as err:
+                if not err.conflict:
+                    raise
+
+    async def _write_agent_token(self, path: Path) -> None:
+        assert self.client is not None
+        answer = await self.client.request(
+            "POST",
+            SERVICEACCOUNTS.path(AVIATOR_NAMESPACE, AGENT_SERVICE_ACCOUNT, "token"),
+            body={
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest",
+                "spec": {"audiences": TOKEN_AUDIENCES, "expirationSeconds": TOKEN_TTL_S},
+            },
+        )
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(answer["status"]["token"])
+        tmp.chmod(0o600)
+        os.replace(tmp, path)
+
+    async def _refresh_token(self, path: Path) -> None:
+        while True:
+            await asyncio.sleep(TOKEN_TTL_S * 0.8)
+            with contextlib.suppress(ApiError, OSError, TimeoutError):
+                await self._write_agent_token(path)
+
+    # -- status ----------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        cp = self.control_plane
+        return {
+            "pid": os.getpid(),
+            "phase": self.phase,
+            "workdir": str(self.workdir),
+            "kubeconfig": str(self.kubeconfig),
+            "server": self.api_server or None,
+            "controlplane": {
+                "pids": cp.pids() if cp else [],
+                "workdir": str(cp.workdir) if cp else None,
+            },
+            "nodes": self.nodes.names if self.nodes else [],
+            "services": self.proxy.table() if self.proxy else {},
+            "pods": self.runtime.pod_ips() if self.runtime else {},
+            "pod_pids": self.runtime.pids() if self.runtime else [],
+            "crd": self.crd,
+            "controller_url": self.controller_url,
+            "components": {n: c.describe() for n, c in self.components.items()},
+            "updated": time.time(),
+        }
+
+    def _write_status(self) -> None:
+        with contextlib.suppress(OSError):
+            write_status(self.workdir, self.status())
+
+    async def _status_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._status_dirty.wait(), timeout=1.0)
+            self._status_dirty.clear()
+            self._write_status()
+
+    # -- stop ------------------------------------------------------------------------
+
+    async def stop(self) -> None:
+        self.phase = "stopping"
+        self._write_status()
+        self.progress("stopping: Aviator, pods, proxy, control plane")
+        await asyncio.gather(*(c.stop() for c in self.components.values()))
+        await cancel_all(self._tasks)
+        if self.runtime is not None:
+            await self.runtime.stop()
+        if self.proxy is not None:
+            await self.proxy.stop()
+        if self.client is not None:
+            await self.client.close()
+        if self._bridge is not None:
+            self._bridge.close()
+        if self.control_plane is not None:
+            await asyncio.to_thread(self.control_plane.stop)
+        remove_status(self.workdir)
+        self.progress("box stopped")

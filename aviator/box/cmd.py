@@ -1,0 +1,192 @@
+"""`aviator box up | demo | down | status`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+from aviator.box.box import Box, BoxOptions
+from aviator.box.netns import BoxNetwork, NetworkUnavailable
+from aviator.box.state import alive, read_status, remove_status
+
+DEFAULT_WORKDIR = Path(".box")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="box_command", metavar="ACTION", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--workdir",
+            type=Path,
+            default=DEFAULT_WORKDIR,
+            help="where the box keeps its kubeconfig, status file and logs (default .box)",
+        )
+
+    def starting(p: argparse.ArgumentParser) -> None:
+        common(p)
+        p.add_argument("--nodes", type=int, default=2, help="number of box nodes (default 2)")
+        p.add_argument(
+            "--latency-source",
+            choices=("auto", "ebpf", "probe"),
+            default="auto",
+            help="the agents' --latency-source (default auto)",
+        )
+        p.add_argument(
+            "--duration", type=float, default=None, help="stop after SECONDS (default: Ctrl-C)"
+        )
+        p.add_argument("--log-level", default="warning")
+
+    up = sub.add_parser("up", help="start the box and keep it running in the foreground")
+    starting(up)
+    up.add_argument(
+        "--no-aviator",
+        dest="aviator",
+        action="store_false",
+        help="do not install the CRD nor start the controller and agents",
+    )
+    demo = sub.add_parser("demo", help="the quick-start, live: fast and slow pods, policy, p99")
+    starting(demo)
+    down = sub.add_parser("down", help="stop a box started with `up` in another terminal")
+    common(down)
+    status = sub.add_parser("status", help="show a running box: kubeconfig, services, pods")
+    common(status)
+    status.add_argument("--json", action="store_true", help="print the raw status file")
+
+
+def run(args: argparse.Namespace) -> int:
+    action: str = args.box_command
+    if action == "down":
+        return down(args.workdir)
+    if action == "status":
+        return show_status(args.workdir, as_json=args.json)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    existing = read_status(args.workdir)
+    if existing and alive(existing.get("pid")) and existing.get("pid") != os.getpid():
+        print(
+            f"a box is already running (pid {existing['pid']}) in {args.workdir}: "
+            "use `aviator box status`, or `aviator box down` first",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        network = BoxNetwork.enter()
+    except NetworkUnavailable as err:
+        print(f"aviator box: {err}", file=sys.stderr)
+        return 1
+    options = BoxOptions(
+        workdir=args.workdir,
+        nodes=args.nodes,
+        aviator=getattr(args, "aviator", True),
+        latency_source=args.latency_source,
+    )
+    if action == "demo":
+        from aviator.box.demo import run_demo
+
+        return _run_async(run_demo(options, network, args.duration))
+    return _run_async(up(options, network, args.duration))
+
+
+def _run_async(main: Coroutine[Any, Any, int]) -> int:
+    import uvloop
+
+    result: int = uvloop.run(main)
+    return result
+
+
+def say(text: str) -> None:
+    print(f"[box] {text}", flush=True)
+
+
+async def wait_for_stop(duration: float | None) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=duration)
+
+
+async def up(options: BoxOptions, network: BoxNetwork, duration: float | None) -> int:
+    box = Box(options, network, progress=say)
+    try:
+        await box.start()
+        print_access(box)
+        await wait_for_stop(duration)
+    finally:
+        await box.stop()
+    return 0
+
+
+def print_access(box: Box) -> None:
+    say("the box is up. Point kubectl at it with:")
+    print(f"\n    export KUBECONFIG={box.kubeconfig}\n", flush=True)
+    say(
+        f"status: `aviator box status --workdir {box.options.workdir}`; "
+        "Service addresses appear there as Services are created"
+    )
+    for name, comp in box.components.items():
+        say(f"{name}: {comp.state} (log {comp.log})")
+
+
+def down(workdir: Path, timeout_s: float = 60.0) -> int:
+    status = read_status(workdir)
+    if status is None:
+        print(f"no box status in {workdir}", file=sys.stderr)
+        return 1
+    pid = status.get("pid")
+    if alive(pid):
+        os.kill(int(pid), signal.SIGTERM)  # type: ignore[arg-type]
+        deadline = time.monotonic() + timeout_s
+        while alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    leftovers = [
+        p
+        for p in [
+            *status.get("controlplane", {}).get("pids", []),
+            *status.get("pod_pids", []),
+            *(c.get("pid") for c in status.get("components", {}).values()),
+        ]
+        if p and alive(p)
+    ]
+    for p in leftovers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(p, signal.SIGKILL)
+    remove_status(workdir)
+    print(f"box stopped{f' ({len(leftovers)} stray processes killed)' if leftovers else ''}")
+    return 0
+
+
+def show_status(workdir: Path, as_json: bool) -> int:
+    status = read_status(workdir)
+    if status is None or not alive(status.get("pid")):
+        print(f"no box running in {workdir}", file=sys.stderr)
+        return 1
+    if as_json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+        return 0
+    print(f"box pid {status['pid']} ({status['phase']}), API server {status['server']}")
+    print(f"export KUBECONFIG={status['kubeconfig']}")
+    print(f"nodes: {', '.join(status.get('nodes', []))}")
+    print(f"AviatorPolicy CRD: {status.get('crd')}")
+    for name, comp in sorted(status.get("components", {}).items()):
+        print(f"{name}: {comp['state']} pid={comp['pid']} restarts={comp['restarts']}")
+    print("services (box proxy addresses):")
+    for svc, ports in sorted(status.get("services", {}).items()):
+        print(f"  {svc}: {', '.join(f'{p}={a}' for p, a in ports.items())}")
+    print("pods:")
+    for pod, ip in sorted(status.get("pods", {}).items()):
+        print(f"  {pod}: {ip}")
+    return 0

@@ -1,0 +1,67 @@
+"""Which backends a Service port has, read from its EndpointSlices (pure).
+
+Like kube-proxy: every slice labelled `kubernetes.io/service-name=<svc>` counts, no
+matter who manages it; the slice port is matched to the Service port by name; an
+endpoint is used when its `ready` condition is true (absent means true).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+
+Obj = dict[str, Any]
+Backend = tuple[str, int]
+
+
+def proxied(service: Obj) -> bool:
+    """Services the box proxy serves: those with a cluster IP, not the API server's."""
+    spec = service.get("spec", {})
+    meta = service.get("metadata", {})
+    if spec.get("type") == "ExternalName" or spec.get("clusterIP") == "None":
+        return False
+    return not (meta.get("namespace") == "default" and meta.get("name") == "kubernetes")
+
+
+def service_of(slice_: Obj) -> str | None:
+    """'ns/name' of the Service a slice belongs to, from its label."""
+    meta = slice_.get("metadata", {})
+    name = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
+    return f"{meta.get('namespace')}/{name}" if name else None
+
+
+def ready_backends(port_name: str | None, slices: Iterable[Obj]) -> list[Backend]:
+    """Sorted, de-duplicated (ip, port) pairs of ready IPv4 endpoints for a port name."""
+    wanted = port_name or ""
+    found: set[Backend] = set()
+    for s in slices:
+        if s.get("addressType") != "IPv4":
+            continue
+        target = None
+        for p in s.get("ports") or []:
+            if (p.get("name") or "") == wanted and p.get("port") is not None:
+                target = int(p["port"])
+                break
+        if target is None:
+            continue
+        for ep in s.get("endpoints") or []:
+            if (ep.get("conditions") or {}).get("ready") is False:
+                continue
+            for address in ep.get("addresses") or []:
+                found.add((str(address), target))
+    return sorted(found)
+
+
+def endpoint_pods(slices: Iterable[Obj]) -> dict[str, str]:
+    """Ready endpoint address -> pod name (from targetRef), for display."""
+    pods: dict[str, str] = {}
+    for s in slices:
+        for ep in s.get("endpoints") or []:
+            if (ep.get("conditions") or {}).get("ready") is False:
+                continue
+            ref = ep.get("targetRef") or {}
+            for address in ep.get("addresses") or []:
+                pods[str(address)] = str(ref.get("name", address))
+    return pods
