@@ -243,8 +243,13 @@ def load_program(
     max_endpoints: int,
     max_listeners: int,
     source: Path = SOURCE,
+    allow_raw_send: bool = True,
 ) -> LoadedProgram:
-    """Preflight, compile, load and attach the program, or raise BpfUnavailable."""
+    """Preflight, compile, load and attach the program, or raise BpfUnavailable.
+
+    `allow_raw_send=False` uses the `sock:sock_send_length` fallback even where the
+    raw tracepoint exists (to test and compare the fallback).
+    """
     if os.uname().sysname != "Linux":
         raise BpfUnavailable("eBPF needs Linux")
     check_privileges()
@@ -255,7 +260,7 @@ def load_program(
     except BtfError as exc:
         raise BpfUnavailable(f"kernel BTF unreadable: {exc}") from exc
     tracefs = tracefs_root()
-    raw_send = check_tracepoints(tracefs)
+    raw_send = check_tracepoints(tracefs) and allow_raw_send
     check_headers()
     if not source.is_file():
         raise BpfUnavailable(f"BPF source {source} not found")

@@ -27,7 +27,8 @@ _SYSCTL = Path("/proc/sys/kernel/bpf_stats_enabled")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-def _bpf(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
+def bpf_syscall(cmd: int, attr: ctypes.Array[ctypes.c_char]) -> int:
+    """bpf(2) with a prepared attribute buffer; raises OSError on failure."""
     nr = _SYS_BPF.get(platform.machine())
     if nr is None:
         raise OSError(f"bpf syscall number unknown on {platform.machine()}")
@@ -52,7 +53,7 @@ class RunStatsEnabler:
         self._sysctl_was: str | None = None
         try:
             attr = ctypes.create_string_buffer(struct.pack("<I", _BPF_STATS_RUN_TIME), 8)
-            self._fd = _bpf(_BPF_ENABLE_STATS, attr)
+            self._fd = bpf_syscall(_BPF_ENABLE_STATS, attr)
         except OSError:
             # Older kernels: flip the sysctl and restore it on close.
             self._sysctl_was = _SYSCTL.read_text().strip()
@@ -73,6 +74,6 @@ def prog_run_stats(prog_fd: int) -> ProgRunStats:
     attr = ctypes.create_string_buffer(
         struct.pack("<IIQ", prog_fd, _INFO_SIZE, ctypes.addressof(info)), 16
     )
-    _bpf(_BPF_OBJ_GET_INFO_BY_FD, attr)
+    bpf_syscall(_BPF_OBJ_GET_INFO_BY_FD, attr)
     run_time_ns, run_cnt = struct.unpack_from("<QQ", info.raw, _OFF_RUN_TIME_NS)
     return ProgRunStats(run_cnt=run_cnt, run_time_ns=run_time_ns)

@@ -32,16 +32,21 @@ class BpfLatencySource:
         max_endpoints: int = 16384,
         max_listeners: int = 16384,
         listeners: set[Listener] | None = None,
+        allow_raw_send: bool = True,
     ) -> BpfLatencySource:
         """Load and attach, or raise BpfUnavailable(reason).
 
         `listeners` replaces the /proc scan (tests); by default every network
-        namespace's listening TCP sockets are seeded.
+        namespace's listening TCP sockets are seeded. `allow_raw_send=False` forces
+        the `sock:sock_send_length` send hook (the fallback for older kernels).
         """
         if max_sockets < 1 or max_endpoints < 1 or max_listeners < 1:
             raise ValueError("map sizes must be positive")
         program = load_program(
-            max_sockets=max_sockets, max_endpoints=max_endpoints, max_listeners=max_listeners
+            max_sockets=max_sockets,
+            max_endpoints=max_endpoints,
+            max_listeners=max_listeners,
+            allow_raw_send=allow_raw_send,
         )
         try:
             program.seed_listeners(listening_sockets() if listeners is None else listeners)
