@@ -137,6 +137,7 @@ class Reflector:
         self._relists_without_events = 0
         self.lists = 0  # completed lists (observability and tests)
         self.watches = 0  # watch requests started
+        self.expirations = 0  # watches that ended in 410 / too old resource version
 
     @property
     def resource(self) -> Resource:
@@ -148,8 +149,12 @@ class Reflector:
         return f"{self._resource.plural}{where}{sel}"
 
     async def run(self) -> None:
-        """List, then watch forever; only cancellation ends it."""
-        need_list = True
+        """List, then watch forever; only cancellation ends it.
+
+        Run again after a cancellation, it resumes watching from the last version (the
+        store still holds that state); the server answers 410 if that is too old.
+        """
+        need_list = not self.last_sync_resource_version
         while True:
             try:
                 if need_list:
@@ -158,6 +163,7 @@ class Reflector:
                 await self._watch()
             except _Relist as why:
                 log.info("reflector %s: relisting: %s", self.describe(), why)
+                self.expirations += 1
                 need_list = True
                 if self._relists_without_events:
                     # Expired again before any event: do not hammer the server.

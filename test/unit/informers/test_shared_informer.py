@@ -223,6 +223,7 @@ async def test_custom_indexers_and_stop_restart(api: FakeApi) -> None:
     api.update("a", v="2")
     await informer.start()
     await wait_until(lambda: informer.indexer.index_keys("by-value", "2") == ["default/a"])
+    assert len(api.list_calls) == 1  # resumed the watch from its last version, no relist
     await informer.stop()
 
 
