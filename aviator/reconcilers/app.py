@@ -1,0 +1,276 @@
+"""The controller process: informers, latency store + agent stream, HTTP endpoints,
+leader election and the policy controller, wired together.
+
+Every replica keeps its informers and latency store warm and serves /metrics,
+/healthz, /readyz and the agent stream; only the leader reconciles. Losing the lease
+cancels reconciling at once and drops in-memory engine state: the next leader starts
+from what the last leader persisted in each policy's status and from the slices it
+published, so a handover changes nothing by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from aviator.informers import FuncHandler, IndexFunc, InformerFactory, SharedIndexInformer
+from aviator.informers.keys import JSON, DeletedFinalStateUnknown, unwrap_tombstone
+from aviator.kube.client import KubeClient
+from aviator.kube.resources import (
+    AVIATORPOLICIES,
+    ENDPOINTSLICES,
+    NODES,
+    PODS,
+    SERVICES,
+    Resource,
+)
+from aviator.latency.auth import TokenAuthenticator
+from aviator.latency.receiver import make_stream_handler
+from aviator.latency.store import LatencyStore
+from aviator.leaderelection import LeaderElectionConfig, LeaderElector, LeaseLock
+from aviator.reconcilers import mapping, naming
+from aviator.reconcilers.events import EventRecorder
+from aviator.reconcilers.harness import Controller
+from aviator.reconcilers.metrics import ControllerMetrics
+from aviator.reconcilers.probe import Prober
+from aviator.reconcilers.reconciler import (
+    SERVICE_INDEXERS,
+    SLICE_INDEXERS,
+    Caches,
+    PolicyReconciler,
+)
+from aviator.workqueue import MetricsProvider, RateLimitingQueue
+
+log = logging.getLogger(__name__)
+
+LEASE_NAME = "aviator-controller"
+
+
+def default_identity() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+@dataclass
+class Options:
+    """`aviator controller` settings (see cmd.py for the flags)."""
+
+    namespace: str = "aviator-system"  # where the Lease lives
+    identity: str = field(default_factory=default_identity)
+    leader_elect: bool = True
+    lease_name: str = LEASE_NAME
+    lease_duration: float = 15.0
+    renew_deadline: float = 10.0
+    retry_period: float = 2.0
+    http_host: str = "0.0.0.0"
+    http_port: int = 8080
+    workers: int = 4
+    agent_service_accounts: tuple[str, ...] = ("aviator-system:aviator-agent",)
+    agent_audiences: tuple[str, ...] = ()
+    latency_window_s: float = 10.0
+    latency_stale_after_s: float = 10.0
+
+
+class ControllerApp:
+    """One controller replica. `await start()`, then `await wait()`; `await stop()`."""
+
+    def __init__(
+        self, client: KubeClient, options: Options, registry: CollectorRegistry | None = None
+    ) -> None:
+        self.client = client
+        self.options = options
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = ControllerMetrics(self.registry)
+        self.store = LatencyStore(options.latency_window_s, options.latency_stale_after_s)
+        self.metrics.track_store_size(lambda: len(self.store))
+        self.authenticator = TokenAuthenticator(
+            client, options.agent_service_accounts, audiences=options.agent_audiences
+        )
+        self.factory = InformerFactory(client)
+        self.policy_informer = self._informer(AVIATORPOLICIES, mapping.POLICY_INDEXERS)
+        self.service_informer = self._informer(SERVICES, SERVICE_INDEXERS)
+        self.pod_informer = self._informer(PODS, {})
+        self.slice_informer = self._informer(
+            ENDPOINTSLICES, SLICE_INDEXERS, label_selector=naming.SLICE_SELECTOR
+        )
+        self.node_informer = self._informer(NODES, {})
+        self.caches = Caches(
+            policies=self.policy_informer.indexer,
+            services=self.service_informer.indexer,
+            pods=self.pod_informer.indexer,
+            slices=self.slice_informer.indexer,
+            nodes=self.node_informer.indexer,
+        )
+        self.recorder = EventRecorder(
+            client, options.identity, on_write=lambda kind, verb: self.metrics.api_write(kind, verb)
+        )
+        self.prober = Prober()
+        self.reconciler = PolicyReconciler(
+            client, self.caches, self.store, self.recorder, self.metrics, prober=self.prober
+        )
+        queue: RateLimitingQueue[str] = RateLimitingQueue(
+            "aviatorpolicy", metrics=MetricsProvider.for_registry(self.registry)
+        )
+        self.controller = Controller(
+            "aviatorpolicy", self.reconciler.reconcile, workers=options.workers, queue=queue
+        )
+        self._wire_handlers()
+        self.elector: LeaderElector | None = None
+        self._runner: web.AppRunner | None = None
+        self._main: asyncio.Task[None] | None = None
+        self._synced = False
+        self.http_port: int | None = None
+
+    def _informer(
+        self,
+        resource: Resource,
+        indexers: Mapping[str, IndexFunc],
+        label_selector: str | None = None,
+    ) -> SharedIndexInformer:
+        informer = self.factory.informer_for(resource, label_selector=label_selector)
+        informer.indexer.add_indexers(indexers)
+        return informer
+
+    # --- event → key mapping -----------------------------------------------------------
+
+    def _wire_handlers(self) -> None:
+        policies, services = self.caches.policies, self.caches.services
+        c = self.controller
+
+        def policy_keys(obj: JSON) -> Iterable[str]:
+            # The policy itself, and every policy routing the same Service: a deleted or
+            # retargeted winner of a Conflict lets the next one take over at once.
+            keys = {mapping.policy_key(obj)}
+            for idx in mapping.index_by_routed(obj):
+                keys |= {
+                    mapping.policy_key(p) for p in policies.by_index(mapping.INDEX_BY_ROUTED, idx)
+                }
+            return keys
+
+        self.policy_informer.add_event_handler(c.handler_for(policy_keys), "policy")
+        self.service_informer.add_event_handler(
+            c.handler_for(lambda s: mapping.keys_for_service(s, policies)), "service"
+        )
+        self.pod_informer.add_event_handler(
+            c.handler_for(lambda p: mapping.keys_for_pod(p, policies, services)), "pod"
+        )
+        self.slice_informer.add_event_handler(c.handler_for(mapping.keys_for_slice), "slice")
+
+        def forget_pod(obj: JSON | DeletedFinalStateUnknown) -> None:
+            # A deleted pod's IP may be reused: its old latency must not follow the IP.
+            pod = unwrap_tombstone(obj)
+            for ip in (pod.get("status") or {}).get("podIPs") or []:
+                if ip.get("ip"):
+                    self.store.forget(str(ip["ip"]))
+
+        self.pod_informer.add_event_handler(FuncHandler(delete=forget_pod), "pod-forget")
+
+    # --- HTTP ------------------------------------------------------------------------
+
+    def _http_app(self) -> web.Application:
+        app = web.Application()
+        stream = make_stream_handler(self.store, self.authenticator)
+
+        async def metrics(_: web.Request) -> web.Response:
+            body = generate_latest(self.registry)
+            if self.registry is not REGISTRY:
+                body += generate_latest(REGISTRY)
+            return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        async def healthz(_: web.Request) -> web.Response:
+            return web.Response(text="ok")
+
+        async def readyz(_: web.Request) -> web.Response:
+            if not self._synced:
+                return web.Response(status=503, text="caches not synced")
+            return web.Response(text="ok")
+
+        app.router.add_get("/metrics", metrics)
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        app.router.add_get("/v1/stream", stream)
+        return app
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Serve HTTP, start informers, and begin campaigning (or leading)."""
+        self._runner = web.AppRunner(self._http_app(), shutdown_timeout=1.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.options.http_host, self.options.http_port)
+        await site.start()
+        addresses = self._runner.addresses
+        self.http_port = int(addresses[0][1]) if addresses else self.options.http_port
+        log.info("serving HTTP on %s:%s", self.options.http_host, self.http_port)
+        await self.factory.start()
+        self._main = asyncio.create_task(self._run(), name="controller-main")
+
+    async def _run(self) -> None:
+        await self.factory.wait_for_cache_sync()
+        self._synced = True
+        log.info("caches synced")
+        if not self.options.leader_elect:
+            await self._lead()
+            return
+        lock = LeaseLock(
+            self.client, self.options.namespace, self.options.lease_name, self.options.identity
+        )
+        self.elector = LeaderElector(
+            LeaderElectionConfig(
+                lock,
+                on_started_leading=self._lead,
+                on_stopped_leading=self._stopped_leading,
+                on_new_leader=lambda who: log.info("leader is now %s", who),
+                lease_duration=self.options.lease_duration,
+                renew_deadline=self.options.renew_deadline,
+                retry_period=self.options.retry_period,
+                release_on_cancel=True,
+            )
+        )
+        await self.elector.run_forever()
+
+    async def _lead(self) -> None:
+        log.info("%s: leading; reconciling", self.options.identity)
+        self.metrics.is_leader.set(1)
+        self.reconciler.forget_all()
+        for policy in self.caches.policies.list():
+            self.controller.enqueue(mapping.policy_key(policy))
+        await self.controller.run()
+
+    def _stopped_leading(self) -> None:
+        log.info("%s: stopped leading", self.options.identity)
+        self.metrics.is_leader.set(0)
+        self.reconciler.forget_all()
+
+    def is_leader(self) -> bool:
+        if not self.options.leader_elect:
+            return self._synced
+        return self.elector is not None and self.elector.is_leader()
+
+    async def wait(self) -> None:
+        if self._main is not None:
+            await self._main
+
+    async def stop(self) -> None:
+        """Graceful: stop reconciling, release the lease, stop informers and HTTP."""
+        if self._main is not None:
+            self._main.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._main
+        self.controller.queue.shutdown()
+        await self.factory.stop()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.prober.close()
+
+    def now(self) -> float:
+        return time.monotonic()

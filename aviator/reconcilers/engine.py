@@ -1,0 +1,231 @@
+"""The reconciler's bridge to the API model and the selection engine.
+
+Turns a raw AviatorPolicy into a typed spec (defaults and validation from aviator.api)
+and raw Pods plus latency estimates into the engine's inputs, and the engine's
+Evaluation back into what the reconciler acts on (active set, per-pod states, Events,
+persisted state). Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aviator.api.codec import PolicyError
+from aviator.api.types import AviatorPolicySpec
+from aviator.reconcilers.pods import is_ready, is_terminating, pod_ips, pod_name
+from aviator.selection import evaluate
+from aviator.selection.state import EngineState
+from aviator.selection.types import (
+    BreakerPolicy,
+    DampeningPolicy,
+    DecisionKind,
+    LatencyEstimate,
+    Mode,
+    PodInput,
+    SelectionPolicy,
+)
+
+JSON = dict[str, Any]
+log = logging.getLogger(__name__)
+
+
+class InvalidSpec(ValueError):
+    """The policy's spec cannot be used; the message names the fields."""
+
+
+@dataclass(frozen=True)
+class ParsedPolicy:
+    spec: AviatorPolicySpec
+    selection: SelectionPolicy
+
+    @property
+    def target(self) -> str:
+        return self.spec.target_ref.name
+
+    @property
+    def mode(self) -> str:
+        return str(self.spec.routing.mode)
+
+    @property
+    def routed_service(self) -> str:
+        return self.spec.routed_service
+
+    @property
+    def interval_s(self) -> float:
+        return self.spec.evaluation_interval.seconds
+
+    @property
+    def latency_source(self) -> str:
+        return str(self.spec.latency_source)
+
+    @property
+    def probe_port(self) -> int:
+        return self.spec.target_port
+
+    @property
+    def probe_path(self) -> str:
+        return self.spec.probe_path
+
+
+@dataclass(frozen=True)
+class Latency:
+    """A pod's latency as the reconciler found it (store or probes)."""
+
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    rif: int
+    samples: int
+    age_s: float
+    source: str
+
+
+@dataclass(frozen=True)
+class EngineEvent:
+    reason: str  # PodEjected | PodReadmitted
+    message: str
+    pod: str | None
+    action: str
+
+
+@dataclass
+class Outcome:
+    active: set[str]
+    states: dict[str, str]
+    reasons: dict[str, str]
+    events: list[EngineEvent] = field(default_factory=list)
+    engine_state: JSON = field(default_factory=dict)
+    overload: str | None = None
+    pending: str | None = None
+
+
+def parse_policy(raw: Mapping[str, Any]) -> ParsedPolicy:
+    try:
+        spec = AviatorPolicySpec.from_dict(raw.get("spec"))
+    except PolicyError as exc:
+        raise InvalidSpec(str(exc)) from exc
+    try:
+        selection = SelectionPolicy(
+            mode=Mode(str(spec.selection.mode)),
+            top_n=spec.selection.top_n,
+            percentage=spec.selection.percentage,
+            latency_threshold_ms=spec.latency_threshold.seconds * 1000.0,
+            rif_quantile=spec.selection.prequal.rif_quantile,
+            min_endpoints=spec.min_endpoints,
+            breaker=BreakerPolicy(
+                enabled=spec.circuit_breaker.enabled,
+                p99_threshold_ms=spec.circuit_breaker.p99_threshold.seconds * 1000.0,
+                consecutive_violations=spec.circuit_breaker.consecutive_violations,
+                recovery_interval_s=spec.circuit_breaker.recovery_interval.seconds,
+                max_ejection_percent=spec.circuit_breaker.max_ejection_percent,
+            ),
+            dampening=DampeningPolicy(
+                enabled=spec.dampening.enabled,
+                threshold_percent=float(min(spec.dampening.threshold_percent, 99)),
+                consecutive_intervals=spec.dampening.consecutive_intervals,
+            ),
+        )
+    except ValueError as exc:
+        raise InvalidSpec(str(exc)) from exc
+    return ParsedPolicy(spec=spec, selection=selection)
+
+
+def _created(pod: JSON) -> float:
+    raw = pod.get("metadata", {}).get("creationTimestamp")
+    if not raw:
+        return 0.0
+    try:
+        return dt.datetime.fromisoformat(str(raw).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def pod_input(pod: JSON, latency: Latency | None, fresh: bool) -> PodInput:
+    ips = pod_ips(pod)
+    return PodInput(
+        name=pod_name(pod),
+        ip=ips[0] if ips else "",
+        node=str(pod.get("spec", {}).get("nodeName") or ""),
+        ready=is_ready(pod),
+        terminating=is_terminating(pod),
+        created=_created(pod),
+        latency=None
+        if latency is None or latency.samples <= 0
+        else LatencyEstimate(
+            p50_ms=latency.p50_ms,
+            p99_ms=latency.p99_ms,
+            rif=latency.rif,
+            samples=latency.samples,
+            age_s=latency.age_s,
+            fresh=fresh,
+        ),
+    )
+
+
+def load_state(persisted: Mapping[str, Any] | None) -> EngineState:
+    if not persisted:
+        return EngineState()
+    try:
+        return EngineState.from_dict(persisted)
+    except (ValueError, TypeError) as exc:
+        log.warning("stored engine state unreadable (%s); starting fresh", exc)
+        return EngineState()
+
+
+_EVENT_REASONS = {
+    DecisionKind.EJECTED: ("PodEjected", "Eject"),
+    DecisionKind.READMITTED: ("PodReadmitted", "Readmit"),
+}
+
+
+def select(
+    parsed: ParsedPolicy,
+    pods: list[JSON],
+    latencies: Mapping[str, Latency | None],
+    fresh: Mapping[str, bool],
+    current_active: set[str],
+    persisted: Mapping[str, Any] | None,
+    now: float,
+) -> Outcome:
+    """Run the engine over the eligible `pods`."""
+    inputs = [pod_input(p, latencies.get(pod_name(p)), fresh.get(pod_name(p), True)) for p in pods]
+    names = {i.name for i in inputs}
+    evaluation = evaluate(
+        inputs,
+        frozenset(current_active & names),
+        parsed.selection,
+        load_state(persisted),
+        now,
+    )
+    states = {name: str(v.state) for name, v in evaluation.verdicts.items()}
+    reasons = {name: str(v.reason) for name, v in evaluation.verdicts.items()}
+    events: list[EngineEvent] = []
+    overload: str | None = None
+    for d in evaluation.decisions:
+        if d.kind in _EVENT_REASONS:
+            reason, action = _EVENT_REASONS[d.kind]
+            events.append(EngineEvent(reason, d.message, d.pod, action))
+        elif d.kind is DecisionKind.OVERLOAD:
+            overload = d.message
+    cond = evaluation.conditions
+    if cond.overload and overload is None:
+        overload = "most eligible pods are above the circuit breaker threshold: overload, not outliers; ejections paused"
+    pending = None
+    if cond.pending is not None:
+        pending = (
+            f"dampening: set {sorted(cond.pending)} has won {cond.pending_streak} of "
+            f"{parsed.selection.dampening.consecutive_intervals} evaluations"
+        )
+    return Outcome(
+        active=set(evaluation.active),
+        states=states,
+        reasons=reasons,
+        events=events,
+        engine_state=evaluation.state.to_dict(),
+        overload=overload,
+        pending=pending,
+    )
