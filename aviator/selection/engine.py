@@ -1,0 +1,168 @@
+"""One evaluation: eligibility -> circuit breaker -> mode -> dampening -> safety floor.
+
+Pure: no I/O, no clock (time is `now`), deterministic for equal inputs (pods are
+processed in name order and ties are broken by name). See docs/selection.md.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aviator.selection import breaker, dampening, modes, safety
+from aviator.selection.state import BreakerRecord, BreakerStatus, EngineState
+from aviator.selection.types import (
+    Conditions,
+    Decision,
+    DecisionKind,
+    LatencyEstimate,
+    PodInput,
+    PodState,
+    PodVerdict,
+    Reason,
+    SelectionPolicy,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    active: frozenset[str]  # names of the pods that should serve
+    pods: dict[str, PodVerdict]  # every input pod
+    state: EngineState  # to pass to the next evaluation
+    decisions: list[Decision]  # for Events
+    conditions: Conditions
+
+
+def known_latency(pod: PodInput, stale_after_s: float) -> LatencyEstimate | None:
+    """The pod's estimate if it is usable; stale data is unknown, never fast."""
+    lat = pod.latency
+    if lat is None or lat.samples <= 0 or lat.age_s > stale_after_s:
+        return None
+    return lat
+
+
+def evaluate(
+    pods: Sequence[PodInput],
+    current_active: frozenset[str],
+    policy: SelectionPolicy,
+    state: EngineState,
+    now: float,
+) -> Evaluation:
+    """Choose the serving pods.
+
+    `pods`: every pod of the target (any order, unique names); `current_active`: the
+    pods serving now (names not in `pods` are ignored); `state`: the previous
+    evaluation's `Evaluation.state` (or `EngineState()` the first time).
+    """
+    ordered = sorted(pods, key=lambda p: p.name)
+    for a, b in itertools.pairwise(ordered):
+        if a.name == b.name:
+            raise ValueError(f"duplicate pod name {a.name!r}")
+    present = {p.name for p in ordered}
+    eligible = [p for p in ordered if p.eligible]
+    latency = {p.name: known_latency(p, policy.stale_after_s) for p in eligible}
+    records = {n: r for n, r in state.breaker.items() if n in present}
+
+    # 1. Circuit breaker.
+    brk = breaker.step(eligible, latency, policy.breaker, records, now, policy.min_endpoints)
+
+    # 2. Mode over the measured pods the breaker lets through; unmeasured ones fail open.
+    pool: list[tuple[str, LatencyEstimate]] = []
+    unknown: list[str] = []
+    for pod in eligible:
+        if pod.name in brk.out_of_traffic:
+            continue
+        lat = latency[pod.name]
+        if lat is None:
+            unknown.append(pod.name)
+        else:
+            pool.append((pod.name, lat))
+    pool_names = frozenset(n for n, _ in pool)
+    incumbents = current_active & pool_names
+    damp = policy.dampening
+    keep_factor = damp.keep_factor if damp.enabled else 1.0
+    mode = modes.select(pool, len(eligible), policy, incumbents, keep_factor)
+
+    # 3. Dampening (persistence) with its immediate bypasses.
+    held = dampening.dampen(
+        mode, incumbents, brk.readmitted, damp, state.dampening, first=not state.evaluated
+    )
+
+    # 4. Safety floor, applied last so it always holds.
+    floor = safety.serving_floor(policy.min_endpoints, len(eligible))
+    active, floor_added = safety.fill_to_floor(held.chosen | frozenset(unknown), mode.ranked, floor)
+
+    verdicts = _verdicts(ordered, brk.records, pool_names, unknown, mode, active, floor_added)
+    decisions = list(brk.decisions)
+    if brk.overload and not state.overload:
+        decisions.append(
+            Decision(
+                DecisionKind.OVERLOAD,
+                f"most pods exceed the p99 threshold of {policy.breaker.p99_threshold_ms:g} ms: "
+                "treating it as overload, not ejecting more pods",
+            )
+        )
+    current = current_active & present
+    added, removed = tuple(sorted(active - current)), tuple(sorted(current_active - active))
+    if added or removed:
+        decisions.append(
+            Decision(
+                DecisionKind.SET_CHANGED,
+                f"{len(active)} active: +{len(added)} -{len(removed)}",
+                added=added,
+                removed=removed,
+            )
+        )
+    conditions = Conditions(
+        no_eligible_pods=not eligible,
+        no_latency_data=bool(eligible) and all(v is None for v in latency.values()),
+        overload=brk.overload,
+        pending=held.state.candidate,
+        pending_streak=held.state.streak,
+    )
+    new_state = EngineState(
+        evaluated=True, overload=brk.overload, breaker=brk.records, dampening=held.state
+    )
+    return Evaluation(active, verdicts, new_state, decisions, conditions)
+
+
+def _verdicts(
+    ordered: Sequence[PodInput],
+    records: dict[str, BreakerRecord],
+    pool: frozenset[str],
+    unknown: Sequence[str],
+    mode: modes.ModeResult,
+    active: frozenset[str],
+    floor_added: Sequence[str],
+) -> dict[str, PodVerdict]:
+    unknown_set = frozenset(unknown)
+    floor_set = frozenset(floor_added)
+    out: dict[str, PodVerdict] = {}
+    for pod in ordered:
+        name = pod.name
+        if pod.terminating:
+            out[name] = PodVerdict(PodState.STANDBY, Reason.TERMINATING)
+        elif not pod.ready:
+            out[name] = PodVerdict(PodState.STANDBY, Reason.NOT_READY)
+        elif name in unknown_set:
+            out[name] = PodVerdict(PodState.UNKNOWN, Reason.NO_LATENCY_DATA)
+        elif name not in pool:
+            rec = records[name]
+            if rec.status is BreakerStatus.HALF_OPEN:
+                out[name] = PodVerdict(PodState.HALF_OPEN, Reason.RECOVERING)
+            else:
+                out[name] = PodVerdict(PodState.EJECTED, Reason.P99_ABOVE_THRESHOLD)
+        elif name in active:
+            if name in floor_set:
+                reason = Reason.MIN_ENDPOINTS
+            elif name in mode.chosen:
+                reason = mode.reasons[name]
+            else:
+                reason = Reason.DAMPENED
+            out[name] = PodVerdict(PodState.ACTIVE, reason)
+        elif name in mode.chosen:
+            out[name] = PodVerdict(PodState.STANDBY, Reason.DAMPENED)
+        else:
+            out[name] = PodVerdict(PodState.STANDBY, mode.reasons[name])
+    return out

@@ -1,0 +1,199 @@
+"""Inputs and outputs of the selection engine: pods, policy, verdicts, decisions.
+
+All values are immutable. Times are plain floats in seconds (any monotonic-ish
+epoch the caller likes, e.g. unix time); latencies are milliseconds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class Mode(StrEnum):
+    """How the active set is chosen among measured pods."""
+
+    TOP_N = "topN"
+    PERCENTAGE = "percentage"
+    THRESHOLD = "threshold"
+    PREQUAL = "prequal"
+
+
+class PodState(StrEnum):
+    """What a pod is doing after an evaluation (shown per pod in the status)."""
+
+    ACTIVE = "active"  # measured and serving
+    STANDBY = "standby"  # not serving: not selected, or not eligible (see the reason)
+    EJECTED = "ejected"  # removed by the circuit breaker, waiting for its recovery interval
+    HALF_OPEN = "halfOpen"  # out of traffic, measured by keep-warm probes, may be readmitted
+    UNKNOWN = "unknown"  # no fresh latency data yet: serving so it gets measured (fail open)
+
+
+class Reason(StrEnum):
+    """Why a pod has its state (short CamelCase words, as Kubernetes reasons are)."""
+
+    SELECTED = "Selected"  # chosen by the mode
+    FASTEST_FALLBACK = "FastestFallback"  # threshold mode: none within it, the fastest serves
+    NO_LATENCY_DATA = "NoLatencyData"  # unknown (no data or stale): kept serving
+    MIN_ENDPOINTS = "MinEndpoints"  # added by the safety floor
+    DAMPENED = "Dampened"  # a set change is pending; this pod keeps its old state for now
+    NOT_SELECTED = "NotSelected"  # slower than the pods the mode chose
+    OVER_THRESHOLD = "OverThreshold"  # threshold mode: p99 above latencyThreshold
+    HOT = "Hot"  # prequal mode: requests in flight above the quantile
+    NOT_READY = "NotReady"
+    TERMINATING = "Terminating"
+    P99_ABOVE_THRESHOLD = "P99AboveThreshold"  # circuit breaker ejection
+    RECOVERING = "Recovering"  # half-open: waiting for fresh samples under the threshold
+
+
+@dataclass(frozen=True, slots=True)
+class LatencyEstimate:
+    """A pod's measured latency over the store's window.
+
+    `fresh` is true when samples arrived since the previous evaluation; only fresh
+    data moves the circuit breaker. `age_s` is how old the newest sample is.
+    """
+
+    p50_ms: float
+    p99_ms: float
+    rif: int = 0
+    samples: int = 1
+    age_s: float = 0.0
+    fresh: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class PodInput:
+    """One pod of the target Service as the engine sees it."""
+
+    name: str
+    ip: str = ""
+    node: str = ""
+    ready: bool = True
+    terminating: bool = False
+    created: float = 0.0
+    latency: LatencyEstimate | None = None
+
+    @property
+    def eligible(self) -> bool:
+        return self.ready and not self.terminating
+
+
+DEFAULT_TOP_N = 3
+DEFAULT_PERCENTAGE = 50
+MAX_BACKOFF_FACTOR = 10.0  # repeated ejections wait at most 10 x recoveryInterval
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerPolicy:
+    """Circuit breaker settings (spec.circuitBreaker)."""
+
+    enabled: bool = False
+    p99_threshold_ms: float = 500.0
+    consecutive_violations: int = 3
+    recovery_interval_s: float = 30.0
+    max_ejection_percent: int = 50
+
+    def __post_init__(self) -> None:
+        _require(self.p99_threshold_ms > 0, "p99_threshold_ms must be > 0")
+        _require(self.consecutive_violations >= 1, "consecutive_violations must be >= 1")
+        _require(self.recovery_interval_s >= 0, "recovery_interval_s must be >= 0")
+        _require(0 <= self.max_ejection_percent <= 100, "max_ejection_percent must be 0..100")
+
+
+@dataclass(frozen=True, slots=True)
+class DampeningPolicy:
+    """Dampening settings (spec.dampening)."""
+
+    enabled: bool = True
+    threshold_percent: float = 20.0
+    consecutive_intervals: int = 3
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.threshold_percent < 100, "threshold_percent must be in [0, 100)")
+        _require(self.consecutive_intervals >= 1, "consecutive_intervals must be >= 1")
+
+    @property
+    def keep_factor(self) -> float:
+        """An incumbent's p99 is multiplied by this when ranked against challengers."""
+        return 1.0 - self.threshold_percent / 100.0
+
+
+@dataclass(frozen=True, slots=True)
+class SelectionPolicy:
+    """Everything in the policy spec that the engine needs.
+
+    `top_n` / `percentage` of None mean "not set": topN and percentage modes then use
+    their defaults (3 and 50); prequal mode uses a set one as its budget (topN first)
+    and otherwise keeps every cold pod.
+    """
+
+    mode: Mode = Mode.PERCENTAGE
+    top_n: int | None = None
+    percentage: int | None = None
+    latency_threshold_ms: float = 100.0
+    rif_quantile: float = 0.84
+    min_endpoints: int = 1
+    stale_after_s: float = math.inf
+    breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
+    dampening: DampeningPolicy = field(default_factory=DampeningPolicy)
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.mode, Mode), "mode must be a Mode")
+        _require(self.top_n is None or self.top_n >= 1, "top_n must be >= 1")
+        _require(
+            self.percentage is None or 1 <= self.percentage <= 100, "percentage must be 1..100"
+        )
+        _require(self.latency_threshold_ms > 0, "latency_threshold_ms must be > 0")
+        _require(0 < self.rif_quantile <= 1, "rif_quantile must be in (0, 1]")
+        _require(self.min_endpoints >= 1, "min_endpoints must be >= 1")
+        _require(self.stale_after_s >= 0, "stale_after_s must be >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class PodVerdict:
+    state: PodState
+    reason: Reason
+
+    @property
+    def serving(self) -> bool:
+        return self.state in (PodState.ACTIVE, PodState.UNKNOWN)
+
+
+class DecisionKind(StrEnum):
+    EJECTED = "ejected"
+    READMITTED = "readmitted"
+    SET_CHANGED = "set_changed"
+    OVERLOAD = "overload"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Something worth a Kubernetes Event.
+
+    ejected / readmitted name one `pod`; set_changed lists `added` and `removed`;
+    overload is emitted when overload begins (the condition says while it lasts).
+    """
+
+    kind: DecisionKind
+    message: str
+    pod: str | None = None
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Conditions:
+    """Facts about the evaluation for the policy's status conditions."""
+
+    no_eligible_pods: bool = False
+    no_latency_data: bool = False  # every eligible pod is unknown
+    overload: bool = False  # most eligible pods violate the breaker threshold
+    pending: frozenset[str] | None = None  # dampening: the set waiting to be applied
+    pending_streak: int = 0  # evaluations it has won in a row so far
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
