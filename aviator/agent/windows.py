@@ -1,0 +1,154 @@
+"""Turning cumulative per-endpoint counters into per-window deltas (pure).
+
+Latency sources (the BPF maps, the prober) only ever count up; the agent never resets
+them. Each report interval it reads a cumulative snapshot and `WindowDiffer.advance`
+subtracts the previous one. Endpoints appearing for the first time, and endpoints
+whose counters went backwards (the program was reloaded, or an LRU-evicted map entry
+was recreated), start a new baseline: everything they hold was counted after the
+previous read, so it is this window's delta.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from aviator.latency.histogram import CounterReset, Histogram
+from aviator.latency.schema import EndpointWindow, Role
+
+
+class EndpointKeyLike(Protocol):
+    """What identifies an endpoint (aviator.agent.bpf.EndpointKey fits)."""
+
+    @property
+    def ip(self) -> str: ...
+    @property
+    def port(self) -> int: ...
+    @property
+    def role(self) -> Role: ...
+
+
+class CountersLike(Protocol):
+    """Cumulative counters of one endpoint (aviator.agent.bpf.EndpointCounters fits)."""
+
+    @property
+    def buckets(self) -> Sequence[int]: ...
+    @property
+    def count(self) -> int: ...
+    @property
+    def sum_us(self) -> int: ...
+    @property
+    def max_us(self) -> int: ...
+    @property
+    def rif(self) -> int: ...
+    @property
+    def aborted(self) -> int: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Baseline:
+    hist: Histogram
+    count: int
+    sum_us: int
+    aborted: int
+
+
+class WindowDiffer:
+    """Remembers the last cumulative snapshot and hands out what changed since."""
+
+    def __init__(self) -> None:
+        self._base: dict[tuple[str, int, Role], _Baseline] = {}
+        self.resets = 0  # endpoints whose counters went backwards
+
+    def __len__(self) -> int:
+        return len(self._base)
+
+    def advance(
+        self,
+        snapshot: Mapping[EndpointKeyLike, CountersLike],
+        *,
+        include_idle: bool = False,
+    ) -> list[EndpointWindow]:
+        """Deltas since the previous call, as EndpointWindows with `pod` unset.
+
+        Endpoints with nothing to say (no requests completed or aborted, none in
+        flight) are left out unless `include_idle`. Endpoints missing from `snapshot`
+        are forgotten.
+        """
+        out: list[EndpointWindow] = []
+        base = self._base
+        fresh: dict[tuple[str, int, Role], _Baseline] = {}
+        for key, c in snapshot.items():
+            k = (key.ip, key.port, key.role)
+            old = base.get(k)
+            if (
+                old is not None
+                and c.count == old.count
+                and c.aborted == old.aborted
+                and c.sum_us == old.sum_us
+            ):
+                # Nothing completed: skip building a histogram from the dense buckets.
+                fresh[k] = old
+                delta = Histogram()
+                d_count = d_sum = d_aborted = 0
+            else:
+                now = _Baseline(Histogram(c.buckets), c.count, c.sum_us, c.aborted)
+                fresh[k] = now
+                delta, d_count, d_sum, d_aborted = self._diff(old, now)
+            if d_count or d_aborted or c.rif or include_idle:
+                out.append(
+                    EndpointWindow(
+                        ip=key.ip,
+                        port=key.port,
+                        role=key.role,
+                        pod=None,
+                        hist=delta,
+                        count=d_count,
+                        sum_us=d_sum,
+                        max_us=c.max_us,
+                        rif=c.rif,
+                        aborted=d_aborted,
+                    )
+                )
+        self._base = fresh
+        return out
+
+    def _diff(self, old: _Baseline | None, now: _Baseline) -> tuple[Histogram, int, int, int]:
+        if old is not None:
+            try:
+                delta = now.hist.delta(old.hist)
+            except CounterReset:
+                pass
+            else:
+                if (
+                    now.count >= old.count
+                    and now.sum_us >= old.sum_us
+                    and now.aborted >= old.aborted
+                ):
+                    return (
+                        delta,
+                        now.count - old.count,
+                        now.sum_us - old.sum_us,
+                        now.aborted - old.aborted,
+                    )
+            self.resets += 1
+        return now.hist.copy(), now.count, now.sum_us, now.aborted
+
+
+def attach_pods(
+    windows: Iterable[EndpointWindow], pod_of: Callable[[str], str | None]
+) -> list[EndpointWindow]:
+    """The same windows with `pod` filled from an IP → "ns/name" lookup (server role
+    only: a client-role IP is the remote peer, which may live on another node)."""
+    out: list[EndpointWindow] = []
+    for w in windows:
+        pod = pod_of(w.ip) if w.role == "server" else None
+        out.append(w if pod is None else _with_pod(w, pod))
+    return out
+
+
+def _with_pod(w: EndpointWindow, pod: str) -> EndpointWindow:
+    return EndpointWindow(
+        w.ip, w.port, w.role, pod, w.hist, w.count, w.sum_us, w.max_us, w.rif, w.aborted
+    )
