@@ -201,8 +201,8 @@ def select(
         load_state(persisted),
         now,
     )
-    states = {name: str(v.state) for name, v in evaluation.verdicts.items()}
-    reasons = {name: str(v.reason) for name, v in evaluation.verdicts.items()}
+    states = {name: str(v.state) for name, v in evaluation.pods.items()}
+    reasons = {name: str(v.reason) for name, v in evaluation.pods.items()}
     events: list[EngineEvent] = []
     overload: str | None = None
     for d in evaluation.decisions:
