@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -80,10 +81,9 @@ async def converge(mirror: Mirror, kube: KubeClient, namespace: str, within: flo
             mirror.changed.clear()
             if mirror.versions() == await server_versions(kube, namespace):
                 return
-            try:
+            # On timeout, re-list: the server may have moved without us seeing it yet.
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(mirror.changed.wait(), 1.0)
-            except TimeoutError:
-                pass  # re-list: the server may have moved without us seeing it yet
 
 
 def configmap(name: str, value: str) -> JSON:
@@ -207,7 +207,7 @@ def private_namespace(private_plane: ControlPlane) -> str:
     return name
 
 
-async def retrying(action: Any, within: float = 90) -> Any:
+async def retrying(call: Any, *args: Any, within: float = 90) -> Any:
     """Run an API call until the server answers (it may be restarting).
 
     A retried create may meet its own earlier success (409), a retried delete likewise
@@ -218,7 +218,7 @@ async def retrying(action: Any, within: float = 90) -> Any:
         while True:
             attempt += 1
             try:
-                return await action()
+                return await call(*args)
             except (TimeoutError, ApiError, OSError) as err:
                 if isinstance(err, ApiError) and err.status in (404, 409) and attempt > 1:
                     return None
@@ -291,15 +291,15 @@ async def test_apiserver_restart_loses_no_event(
         while not stop_writing.is_set():
             i += 1
             name = f"w-{i}"
-            await retrying(lambda: kube.create(CONFIGMAPS, configmap(name, "0"), ns))
+            await retrying(kube.create, CONFIGMAPS, configmap(name, "0"), ns)
             created.append(name)
             if i % 3 == 0:
                 victim = rng.choice([n for n in created if n not in removed])
-                await retrying(lambda: kube.delete(CONFIGMAPS, victim, ns))
+                await retrying(kube.delete, CONFIGMAPS, victim, ns)
                 removed.append(victim)
             elif i % 2 == 0:
                 target = rng.choice([n for n in created if n not in removed])
-                await retrying(lambda: kube.patch(CONFIGMAPS, target, {"data": {"v": str(i)}}, ns))
+                await retrying(kube.patch, CONFIGMAPS, target, {"data": {"v": str(i)}}, ns)
             await asyncio.sleep(0.02)
 
     try:
