@@ -1,0 +1,96 @@
+"""Which local pods to probe, on which port and path (pure).
+
+A pod is a probe target when an AviatorPolicy's target Service selects it: the
+policy's `spec.targetRef.name` names a Service in the policy's namespace, whose
+selector (or, after a takeover, the selector saved in its annotation) matches the
+pod's labels. The policy gives the port (`spec.targetPort`, default 8080) and the path
+(`spec.probePath`, default "/"). Only running pods that are not being deleted are
+probed. When several policies select the same pod and port, the first policy by
+namespace/name chooses the path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from aviator.agent.podmap import indexed_ips
+from aviator.informers import object_key
+from aviator.reconcilers.pods import is_terminating, labels_of, selector_matches
+from aviator.reconcilers.services import pod_selector
+
+JSON = dict[str, Any]
+
+DEFAULT_TARGET_PORT = 8080
+DEFAULT_PROBE_PATH = "/"
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeTarget:
+    ip: str
+    port: int
+    path: str
+    pod: str  # "namespace/name"
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.ip}]" if ":" in self.ip else self.ip
+        return f"http://{host}:{self.port}{self.path}"
+
+
+TargetKey = tuple[str, int]  # (ip, port)
+
+
+def _probe_settings(policy: JSON) -> tuple[str, str, int, str] | None:
+    """(namespace, service, port, path) of a policy, None when it names no Service."""
+    meta = policy.get("metadata") or {}
+    spec = policy.get("spec") or {}
+    service = (spec.get("targetRef") or {}).get("name")
+    namespace = meta.get("namespace")
+    if not service or not namespace:
+        return None
+    port = spec.get("targetPort", DEFAULT_TARGET_PORT)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        return None
+    path = spec.get("probePath") or DEFAULT_PROBE_PATH
+    if not isinstance(path, str) or not path.startswith("/"):
+        return None
+    return str(namespace), str(service), port, path
+
+
+def probe_targets(
+    policies: Iterable[JSON],
+    service_for: Callable[[str, str], JSON | None],
+    pods: Iterable[JSON],
+) -> dict[TargetKey, ProbeTarget]:
+    """Probe targets among `pods`, keyed by (ip, port).
+
+    `service_for(namespace, name)` looks a Service up (e.g. in an informer cache).
+    """
+    by_namespace: dict[str, list[JSON]] = {}
+    for pod in pods:
+        if (pod.get("status") or {}).get("phase") != "Running" or is_terminating(pod):
+            continue
+        ns = (pod.get("metadata") or {}).get("namespace")
+        if ns:
+            by_namespace.setdefault(str(ns), []).append(pod)
+    targets: dict[TargetKey, ProbeTarget] = {}
+    for policy in sorted(policies, key=object_key):
+        settings = _probe_settings(policy)
+        if settings is None:
+            continue
+        namespace, service_name, port, path = settings
+        local = by_namespace.get(namespace)
+        if not local:
+            continue
+        service = service_for(namespace, service_name)
+        if service is None:
+            continue
+        selector = pod_selector(service)
+        for pod in local:
+            if not selector_matches(selector, labels_of(pod)):
+                continue
+            for ip in indexed_ips(pod):
+                targets.setdefault((ip, port), ProbeTarget(ip, port, path, object_key(pod)))
+    return targets
