@@ -1,0 +1,571 @@
+"""The AviatorPolicy API (aviator.example.com/v1alpha1): spec, status, defaults, rules.
+
+The dataclasses here ARE the schema: each field's `api_field` carries its JSON name,
+description, default, bounds and CEL rules, from which `aviator manifests` generates
+the CRD and docs/api.md its reference table. `from_dict` turns a raw object from the
+API server into typed values, applying the same defaults (so a policy stored under an
+older CRD still works) and the same validation (so anything that slipped past an
+older CRD becomes a clear error naming the field, never a crash deep in the
+controller).
+"""
+
+# api_field() is a dataclasses.field() that also records schema facts; ruff cannot
+# know that, hence RUF009 (function call in a dataclass default) is off here.
+# ruff: noqa: RUF009
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from aviator.api.codec import FieldError, PolicyError, decode, to_json
+from aviator.api.durations import DURATION_PATTERN, Duration
+from aviator.api.schema import Rule, api_field
+
+GROUP = "aviator.example.com"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "AviatorPolicy"
+PLURAL = "aviatorpolicies"
+SINGULAR = "aviatorpolicy"
+SHORT_NAME = "avp"
+CATEGORY = "aviator"
+
+MIN_EVALUATION_INTERVAL = Duration.parse("200ms")
+SHADOW_SUFFIX = "-aviator"
+MAX_NAME_LENGTH = 63  # Service names and label values
+# A shadow Service named <target>-aviator must itself be a valid Service name.
+MAX_TARGET_FOR_SHADOW = MAX_NAME_LENGTH - len(SHADOW_SUFFIX)
+DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+
+class LatencySource(enum.StrEnum):
+    EBPF = "ebpf"
+    PROBE = "probe"
+
+
+class SelectionMode(enum.StrEnum):
+    TOP_N = "topN"
+    PERCENTAGE = "percentage"
+    THRESHOLD = "threshold"
+    PREQUAL = "prequal"
+
+
+class RoutingMode(enum.StrEnum):
+    SHADOW = "shadow"
+    TAKEOVER = "takeover"
+
+
+def _at_least(field: str, minimum: Duration) -> Rule:
+    # The pattern guard keeps a malformed value to the pattern's own error instead of
+    # adding a CEL evaluation error on top.
+    return Rule(
+        cel=f"!self.matches(r'{DURATION_PATTERN}') || duration(self) >= duration('{minimum}')",
+        message=f"{field} must be at least {minimum}",
+        holds=lambda d: d >= minimum,
+    )
+
+
+def _not_empty(field: str) -> Rule:
+    return Rule(cel="size(self) > 0", message=f"{field} must not be empty", holds=bool)
+
+
+def _service_name(field: str) -> Rule:
+    label = re.compile(DNS1035_LABEL)
+    return Rule(
+        cel=f"size(self) == 0 || self.matches(r'{DNS1035_LABEL}')",
+        message=(
+            f"{field} must be a valid Service name: lowercase letters, digits and '-', "
+            "starting with a letter and ending with a letter or digit"
+        ),
+        holds=lambda s: s == "" or label.fullmatch(s) is not None,
+    )
+
+
+# ---------------------------------------------------------------------------- spec
+
+
+@dataclass(frozen=True, kw_only=True)
+class TargetRef:
+    """The Service whose pods Aviator chooses from."""
+
+    kind: str = api_field(
+        "kind",
+        "Kind of the target. Only Service is supported.",
+        default="Service",
+        max_length=63,
+        rules=(
+            Rule(
+                cel="self == 'Service'",
+                message="targetRef.kind must be Service",
+                holds=lambda k: k == "Service",
+            ),
+        ),
+    )
+    name: str = api_field(
+        "name",
+        "Name of the target Service, in the policy's namespace.",
+        required=True,
+        max_length=MAX_NAME_LENGTH,
+        rules=(_not_empty("targetRef.name"), _service_name("targetRef.name")),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PrequalSpec:
+    """Settings of the prequal selection mode (Hot-Cold Lexicographic)."""
+
+    rif_quantile: float = api_field(
+        "rifQuantile",
+        """Pods whose requests-in-flight (RIF) are above this quantile of all pods' RIF
+        are hot; the fastest of the cold pods serve. Exclusive range (0, 1).""",
+        default=0.84,
+        minimum=0,
+        exclusive_minimum=True,
+        maximum=1,
+        exclusive_maximum=True,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class SelectionSpec:
+    """How the serving pods are chosen among the eligible ones."""
+
+    mode: SelectionMode = api_field(
+        "mode",
+        """Pod selection strategy. topN: the N fastest pods by p99. percentage: the
+        fastest ceil(P% of eligible pods), at least one. threshold: every pod whose p99
+        is within latencyThreshold (the single fastest if none is). prequal: the
+        coldest, then fastest, pods by requests in flight (Hot-Cold Lexicographic).""",
+        default=SelectionMode.PERCENTAGE,
+    )
+    top_n: int = api_field(
+        "topN",
+        "Number of pods to keep in topN mode. At least 1.",
+        default=3,
+        minimum=1,
+    )
+    percentage: int = api_field(
+        "percentage",
+        "Percentage of the eligible pods to keep in percentage mode (rounded up). 1..100.",
+        default=50,
+        minimum=1,
+        maximum=100,
+    )
+    prequal: PrequalSpec = api_field(
+        "prequal",
+        "Settings of the prequal selection mode (Hot-Cold Lexicographic).",
+        default_factory=PrequalSpec,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class CircuitBreakerSpec:
+    """Ejects pods whose p99 stays above a threshold, and re-admits them when they recover."""
+
+    enabled: bool = api_field("enabled", "Enable the circuit breaker.", default=False)
+    p99_threshold: Duration = api_field(
+        "p99Threshold",
+        "A pod whose p99 latency is above this is in violation.",
+        default=Duration.parse("500ms"),
+    )
+    consecutive_violations: int = api_field(
+        "consecutiveViolations",
+        "Consecutive evaluations in violation before a pod is ejected. At least 1.",
+        default=3,
+        minimum=1,
+    )
+    recovery_interval: Duration = api_field(
+        "recoveryInterval",
+        """Time an ejected pod waits before it is probed again (half-open); repeated
+        ejections double it, up to a cap.""",
+        default=Duration.parse("30s"),
+    )
+    max_ejection_percent: int = api_field(
+        "maxEjectionPercent",
+        """At most this percentage of the eligible pods may be ejected at once (one pod
+        may always go). 0..100.""",
+        default=50,
+        minimum=0,
+        maximum=100,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DampeningSpec:
+    """Suppresses endpoint changes caused by transient latency spikes (no flapping)."""
+
+    enabled: bool = api_field("enabled", "Enable dampening.", default=True)
+    threshold_percent: int = api_field(
+        "thresholdPercent",
+        """An outside pod replaces a serving pod only if its p99 is better by at least
+        this percentage. 0..100.""",
+        default=20,
+        minimum=0,
+        maximum=100,
+    )
+    consecutive_intervals: int = api_field(
+        "consecutiveIntervals",
+        """A new set of serving pods is applied only after it has won this many
+        evaluations in a row. At least 1.""",
+        default=3,
+        minimum=1,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class RoutingSpec:
+    """Which Service carries the latency-aware endpoints."""
+
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel="self.mode == 'shadow' || !has(self.serviceName)",
+            message="routing.serviceName applies only to routing.mode shadow",
+            holds=lambda r: r.mode == RoutingMode.SHADOW or r.service_name is None,
+            field_path=".serviceName",
+        ),
+    )
+
+    mode: RoutingMode = api_field(
+        "mode",
+        """shadow: Aviator creates a selector-less Service (serviceName, default
+        <targetRef.name>-aviator) with the target's ports and publishes the chosen
+        pods as its endpoints; the target Service is untouched and clients opt in by
+        calling the shadow name. takeover: Aviator removes the target Service's
+        selector (saving it in an annotation, restored when the policy is deleted)
+        and publishes the chosen pods as the target's own endpoints.""",
+        default=RoutingMode.SHADOW,
+    )
+    service_name: str | None = api_field(
+        "serviceName",
+        "Name of the shadow Service (shadow mode only). Default: <targetRef.name>-aviator.",
+        default=None,
+        max_length=MAX_NAME_LENGTH,
+        rules=(_not_empty("routing.serviceName"), _service_name("routing.serviceName")),
+    )
+
+    def service_for(self, target: str) -> str:
+        """The Service whose endpoints Aviator owns for a target Service."""
+        if self.mode == RoutingMode.TAKEOVER:
+            return target
+        return self.service_name or f"{target}{SHADOW_SUFFIX}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class AviatorPolicySpec:
+    """Desired behaviour: which Service, how latency is measured, how pods are chosen."""
+
+    RULES: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            cel=(
+                "!has(self.routing) || !has(self.routing.serviceName) "
+                "|| self.routing.serviceName != self.targetRef.name"
+            ),
+            message="routing.serviceName must differ from targetRef.name",
+            holds=lambda s: s.routing.service_name != s.target_ref.name,
+            field_path=".routing.serviceName",
+        ),
+        Rule(
+            cel=(
+                "(has(self.routing) && (self.routing.mode != 'shadow' "
+                "|| has(self.routing.serviceName))) "
+                f"|| size(self.targetRef.name) <= {MAX_TARGET_FOR_SHADOW}"
+            ),
+            message=(
+                f"targetRef.name must be at most {MAX_TARGET_FOR_SHADOW} characters in "
+                "shadow mode unless routing.serviceName is set (the shadow Service is "
+                f"named <targetRef.name>{SHADOW_SUFFIX})"
+            ),
+            holds=lambda s: (
+                s.routing.mode != RoutingMode.SHADOW
+                or s.routing.service_name is not None
+                or len(s.target_ref.name) <= MAX_TARGET_FOR_SHADOW
+            ),
+            field_path=".targetRef.name",
+        ),
+    )
+
+    target_ref: TargetRef = api_field(
+        "targetRef", "The Service whose pods Aviator chooses from.", required=True
+    )
+    latency_threshold: Duration = api_field(
+        "latencyThreshold",
+        "Maximum acceptable p99 latency of a pod in threshold mode.",
+        default=Duration.parse("100ms"),
+    )
+    evaluation_interval: Duration = api_field(
+        "evaluationInterval",
+        "How often pod latency is re-evaluated. At least 200ms.",
+        default=Duration.parse("5s"),
+        rules=(_at_least("evaluationInterval", MIN_EVALUATION_INTERVAL),),
+    )
+    latency_source: LatencySource = api_field(
+        "latencySource",
+        """Where latency comes from. ebpf: per-node agents measure real requests in the
+        kernel (no sidecars). probe: the controller sends HTTP probes to
+        targetPort/probePath itself (works without agents). status.source shows the
+        source really used.""",
+        default=LatencySource.EBPF,
+    )
+    target_port: int = api_field(
+        "targetPort",
+        "Pod port for HTTP probes (probe mode, and keep-warm probes of idle pods). 1..65535.",
+        default=8080,
+        minimum=1,
+        maximum=65535,
+    )
+    probe_path: str = api_field(
+        "probePath",
+        "HTTP path for probes. Must start with '/'.",
+        default="/",
+        max_length=1024,
+        rules=(
+            Rule(
+                cel="self.startsWith('/')",
+                message="probePath must start with '/'",
+                holds=lambda p: p.startswith("/"),
+            ),
+        ),
+    )
+    selection: SelectionSpec = api_field(
+        "selection",
+        "How the serving pods are chosen among the eligible (ready) ones.",
+        default_factory=SelectionSpec,
+    )
+    circuit_breaker: CircuitBreakerSpec = api_field(
+        "circuitBreaker",
+        """Circuit breaker: ejects pods whose p99 stays above p99Threshold, and
+        re-admits them once they recover.""",
+        default_factory=CircuitBreakerSpec,
+    )
+    dampening: DampeningSpec = api_field(
+        "dampening",
+        """Dampening: suppresses endpoint changes caused by transient latency spikes,
+        so the set of serving pods does not flap.""",
+        default_factory=DampeningSpec,
+    )
+    min_endpoints: int = api_field(
+        "minEndpoints",
+        """Never serve through fewer pods than this (when that many are eligible).
+        At least 1.""",
+        default=1,
+        minimum=1,
+    )
+    routing: RoutingSpec = api_field(
+        "routing",
+        """Which Service carries the latency-aware endpoints: a shadow Service next
+        to the target (default) or the target Service itself (takeover).""",
+        default_factory=RoutingSpec,
+    )
+
+    @property
+    def routed_service(self) -> str:
+        """The Service whose endpoints Aviator owns for this policy."""
+        return self.routing.service_for(self.target_ref.name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fully defaulted spec as JSON (what the API server stores)."""
+        encoded: dict[str, Any] = to_json(self)
+        return encoded
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None, path: str = "spec") -> AviatorPolicySpec:
+        """Decode with defaults; raises PolicyError naming every bad field."""
+        spec: AviatorPolicySpec = decode(cls, data, path)
+        return spec
+
+
+# -------------------------------------------------------------------------- status
+
+
+@dataclass(frozen=True, kw_only=True)
+class Condition:
+    """A condition of the policy (Ready, Degraded), like metav1.Condition."""
+
+    type: str = api_field("type", "Condition type: Ready or Degraded.", required=True)
+    status: str = api_field("status", "True, False or Unknown.", required=True)
+    reason: str = api_field(
+        "reason",
+        """Machine-readable reason in CamelCase, e.g. Routing, ServiceNotFound,
+        NoEligiblePods, Overload, SelectorRestored, NoLatencyData, InvalidSpec.""",
+        default="",
+    )
+    message: str = api_field("message", "Human-readable details.", default="")
+    last_transition_time: str | None = api_field(
+        "lastTransitionTime",
+        "When the status last changed (RFC 3339).",
+        default=None,
+        format="date-time",
+    )
+    observed_generation: int | None = api_field(
+        "observedGeneration",
+        "The spec generation this condition was computed from.",
+        default=None,
+        format="int64",
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PodStatus:
+    """One pod of the target Service as the last evaluation saw it."""
+
+    name: str = api_field("name", "Pod name.", required=True)
+    ip: str = api_field("ip", "Pod IP.", default="")
+    node: str = api_field("node", "Node the pod runs on.", default="")
+    state: str = api_field(
+        "state",
+        """active (serving), standby (eligible, not chosen), ejected (circuit breaker)
+        or unknown (no latency data yet; kept serving so it gets measured).""",
+        default="unknown",
+    )
+    p50_ms: float | None = api_field("p50Ms", "Median latency in milliseconds.", default=None)
+    p99_ms: float | None = api_field("p99Ms", "p99 latency in milliseconds.", default=None)
+    rif: int | None = api_field("rif", "Requests in flight when last measured.", default=None)
+    samples: int = api_field("samples", "Requests measured in the window.", default=0)
+    reason: str | None = api_field(
+        "reason", "Why the pod is in this state, when not obvious.", default=None
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class AviatorPolicyStatus:
+    """What the controller observed and did at its last evaluation."""
+
+    observed_generation: int | None = api_field(
+        "observedGeneration",
+        "The spec generation the status reflects.",
+        default=None,
+        format="int64",
+    )
+    active_pods: int = api_field("activePods", "Pods currently serving.", default=0)
+    total_pods: int = api_field("totalPods", "Pods of the target Service.", default=0)
+    p99_latency_ms: float | None = api_field(
+        "p99LatencyMs",
+        "p99 latency in milliseconds of the traffic served by the active pods.",
+        default=None,
+    )
+    source: str = api_field(
+        "source",
+        """Latency source actually in use: ebpf, probe, mixed (both, on different
+        nodes) or none (no data).""",
+        default="none",
+    )
+    service_name: str | None = api_field(
+        "serviceName",
+        "The Service whose endpoints Aviator publishes (shadow or target).",
+        default=None,
+    )
+    conditions: list[Condition] = api_field(
+        "conditions",
+        "Ready and Degraded, with reasons.",
+        default_factory=list,
+        list_type="map",
+        list_map_keys=("type",),
+    )
+    pods: list[PodStatus] = api_field(
+        "pods",
+        "Every pod of the target Service with its latency and state.",
+        default_factory=list,
+        list_type="atomic",
+    )
+    ejected_pods: list[str] = api_field(
+        "ejectedPods",
+        "Names of the pods the circuit breaker has ejected.",
+        default_factory=list,
+        item_description="Pod name.",
+        list_type="atomic",
+    )
+    last_evaluation_time: str | None = api_field(
+        "lastEvaluationTime",
+        "When the policy was last evaluated with a change worth recording (RFC 3339).",
+        default=None,
+        format="date-time",
+    )
+    engine_state: dict[str, Any] | None = api_field(
+        "engineState",
+        """Opaque state of the selection engine (breaker and dampening), kept here so
+        that a new leader continues where the previous one stopped. Not an API.""",
+        default=None,
+        preserve_unknown_fields=True,
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        encoded: dict[str, Any] = to_json(self)
+        return encoded
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None, path: str = "status") -> AviatorPolicyStatus:
+        status: AviatorPolicyStatus = decode(cls, data or {}, path)
+        return status
+
+
+# -------------------------------------------------------------------------- object
+
+
+@dataclass(frozen=True, kw_only=True)
+class AviatorPolicy:
+    """An AviatorPolicy object: identity from metadata, typed spec and status."""
+
+    name: str
+    namespace: str
+    spec: AviatorPolicySpec
+    uid: str = ""
+    generation: int = 0
+    status: AviatorPolicyStatus | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+
+def from_dict(obj: Mapping[str, Any]) -> AviatorPolicy:
+    """Decode a raw AviatorPolicy (as the API server returns it).
+
+    Missing spec fields get their defaults; invalid ones raise PolicyError listing
+    every problem with its field path. An unreadable status is treated as absent (the
+    controller rebuilds it), since it must never block reconciling the spec.
+    """
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping):
+        meta = {}
+    name = str(meta.get("name") or "")
+    namespace = str(meta.get("namespace") or "")
+    where = f"{namespace}/{name}" if namespace else name
+    errors: list[FieldError] = []
+    if len(name) > MAX_NAME_LENGTH:
+        errors.append(FieldError("metadata.name", _NAME_MESSAGE))
+    spec: AviatorPolicySpec | None = None
+    try:
+        spec = AviatorPolicySpec.from_dict(obj.get("spec"))
+    except PolicyError as exc:
+        errors.extend(exc.errors)
+    if errors or spec is None:
+        raise PolicyError(errors, subject=f"AviatorPolicy {where}")
+    try:
+        status: AviatorPolicyStatus | None = AviatorPolicyStatus.from_dict(obj.get("status"))
+    except PolicyError:
+        status = None
+    generation = meta.get("generation")
+    return AviatorPolicy(
+        name=name,
+        namespace=namespace,
+        uid=str(meta.get("uid") or ""),
+        generation=generation if isinstance(generation, int) else 0,
+        spec=spec,
+        status=status,
+    )
+
+
+_NAME_MESSAGE = (
+    f"metadata.name must be at most {MAX_NAME_LENGTH} characters (it is used as a label value)"
+)
+ROOT_RULES: tuple[Rule, ...] = (
+    Rule(
+        cel=f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
+        message=_NAME_MESSAGE,
+        holds=lambda name: len(name) <= MAX_NAME_LENGTH,
+    ),
+)
