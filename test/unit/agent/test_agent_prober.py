@@ -1,0 +1,116 @@
+"""Keep-warm and probe-mode probing against small local HTTP servers."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from aviator.agent.prober import ProbeKey, Prober, TokenBucket
+from aviator.agent.targets import ProbeTarget
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_token_bucket() -> None:
+    clock = Clock()
+    bucket = TokenBucket(rate_per_s=10, burst=5, clock=clock)
+    assert bucket.take(3) == 3
+    assert bucket.take(3) == 2
+    assert bucket.take(1) == 0
+    clock.now = 0.25  # 2.5 tokens back
+    assert bucket.take(5) == 2
+    clock.now = 100.0  # never more than the burst
+    assert bucket.take(50) == 5
+    with pytest.raises(ValueError):
+        TokenBucket(0, 1)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[ProbeTarget, list[str]]]:
+    paths: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        paths.append(request.path)
+        if request.path == "/boom":
+            return web.Response(status=503)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    yield ProbeTarget("127.0.0.1", port, "/ping", "ns/p"), paths
+    await runner.cleanup()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_keep_warm_tops_up_to_min_samples(server: tuple[ProbeTarget, list[str]]) -> None:
+    target, paths = server
+    prober = Prober(min_samples=4, rate_per_s=1000)
+    key = (target.ip, target.port)
+    try:
+        assert prober.schedule({key: target}, {key: 1}) == 3
+        await prober.wait_idle()
+        assert paths == ["/ping"] * 3
+        assert prober.schedule({key: target}, {key: 4}) == 0
+        counters = prober.read()[ProbeKey(target.ip, target.port)]
+        assert (counters.count, counters.aborted, counters.rif) == (3, 0, 0)
+        assert 0 < counters.max_us < 2_000_000
+    finally:
+        await prober.close()
+
+
+async def test_probe_mode_probes_every_target_and_records_failures_as_timeouts(
+    server: tuple[ProbeTarget, list[str]],
+) -> None:
+    target, _ = server
+    failing = ProbeTarget(target.ip, target.port, "/boom", "ns/p")
+    refused = ProbeTarget("127.0.0.1", free_port(), "/", "ns/q")
+    prober = Prober(min_samples=2, timeout_s=0.5, rate_per_s=1000)
+    try:
+        targets = {(target.ip, target.port): failing, (refused.ip, refused.port): refused}
+        assert prober.schedule(targets, None) == 4
+        await prober.wait_idle()
+        read = prober.read()
+        for t in (failing, refused):
+            c = read[ProbeKey(t.ip, t.port)]
+            assert (c.count, c.aborted, c.max_us) == (2, 2, 500_000)
+        assert prober.stats.failed == 4
+        # Targets no longer wanted are forgotten.
+        prober.schedule({}, None)
+        assert prober.read() == {}
+    finally:
+        await prober.close()
+
+
+async def test_rate_limit_and_one_batch_per_target(server: tuple[ProbeTarget, list[str]]) -> None:
+    target, _ = server
+    prober = Prober(min_samples=5, rate_per_s=0.001, burst=3)
+    key = (target.ip, target.port)
+    try:
+        assert prober.schedule({key: target}, None) == 3
+        assert prober.stats.rate_limited == 2
+        # The batch has not even begun (no await since): the target is busy.
+        assert prober.schedule({key: target}, None) == 0
+        assert prober.stats.skipped_busy == 1
+        await prober.wait_idle()
+        assert prober.schedule({key: target}, None) == 0  # out of tokens
+    finally:
+        await prober.close()
