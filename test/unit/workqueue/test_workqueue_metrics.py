@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import gc
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 from aviator.workqueue import (
     DelayingQueue,
@@ -89,3 +89,21 @@ def test_unnamed_queues_report_nothing_and_dead_queues_leave_the_gauges() -> Non
     del named
     gc.collect()
     assert sample(registry, "workqueue_unfinished_work_seconds", "gone") is None
+
+
+def test_exposition_has_cumulative_buckets_and_counters_outlive_their_queue() -> None:
+    registry = CollectorRegistry()
+    clock = FakeClock(start=0.0)
+    q: Queue[str] = Queue("pods", clock=clock, metrics=MetricsProvider.for_registry(registry))
+    q.add("a")
+    clock.advance(0.1)  # exactly a bucket bound: counted in le="0.1" (bounds are inclusive)
+    q.get_nowait()
+    del q
+    gc.collect()
+    text = generate_latest(registry).decode()
+    assert 'workqueue_adds_total{name="pods"} 1.0' in text
+    assert 'workqueue_queue_duration_seconds_bucket{le="0.01",name="pods"} 0.0' in text
+    assert 'workqueue_queue_duration_seconds_bucket{le="0.1",name="pods"} 1.0' in text
+    assert 'workqueue_queue_duration_seconds_bucket{le="+Inf",name="pods"} 1.0' in text
+    assert 'workqueue_queue_duration_seconds_count{name="pods"} 1.0' in text
+    assert 'workqueue_depth{name="pods"} 0.0' in text
