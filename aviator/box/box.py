@@ -195,6 +195,7 @@ class Box:
                 f"{AVIATOR_NAMESPACE}:{AGENT_SERVICE_ACCOUNT}",
             ),
             logs / "controller.log",
+            module="aviator.reconcilers.cmd",
         )
         assert self.nodes is not None
         for node in self.nodes.names:
@@ -216,12 +217,33 @@ class Box:
                     self.options.latency_source,
                 ),
                 logs / f"agent-{node}.log",
+                module="aviator.agent.cmd",
             )
         for comp in self.components.values():
             comp.start()
+        self._tasks.append(asyncio.create_task(self._report_components()))
         self.progress(
             f"started the controller ({self.controller_url}) and {len(self.nodes.names)} agents"
         )
+
+    async def _report_components(self) -> None:
+        """Say when a component changes state (not implemented, crashed, restarted)."""
+        seen: dict[str, str] = {}
+        while True:
+            for name, comp in self.components.items():
+                if comp.state == seen.get(name) or comp.state == "starting":
+                    continue
+                seen[name] = comp.state
+                if comp.state == "not-implemented":
+                    command = "aviator " + name.split("/")[0]
+                    detail = f"`{command}` is not implemented yet in this build; the box runs on"
+                elif comp.state == "restarting":
+                    detail = f"exited with {comp.last_exit}: {comp.tail(1)[-200:]} (log {comp.log})"
+                else:
+                    detail = f"pid {comp.pid}, restarts {comp.restarts}, log {comp.log}"
+                self.progress(f"{name}: {comp.state} ({detail})")
+                self._status_dirty.set()
+            await asyncio.sleep(0.5)
 
     async def _ensure_agent_identity(self) -> None:
         assert self.client is not None

@@ -137,8 +137,6 @@ def print_access(box: Box) -> None:
         f"status: `aviator box status --workdir {box.options.workdir}`; "
         "Service addresses appear there as Services are created"
     )
-    for name, comp in box.components.items():
-        say(f"{name}: {comp.state} (log {comp.log})")
 
 
 def down(workdir: Path, timeout_s: float = 60.0) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import signal
 import sys
 import time
@@ -28,6 +29,7 @@ class Component:
     name: str
     argv: list[str]
     log: Path
+    module: str | None = None  # the subcommand's module; missing -> not implemented
     state: str = "stopped"
     restarts: int = 0
     last_exit: int | None = None
@@ -45,6 +47,9 @@ class Component:
         self._task = asyncio.create_task(self._supervise(), name=f"component {self.name}")
 
     async def _supervise(self) -> None:
+        if self.module is not None and importlib.util.find_spec(self.module) is None:
+            self.state = "not-implemented"
+            return
         backoff = 1.0
         while not self._stopping:
             self.state = "starting" if self.restarts == 0 else "running"

@@ -15,6 +15,7 @@ switching the calling thread into the host namespace for the duration of a
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import os
@@ -80,6 +81,20 @@ class BoxNetwork:
             yield
         finally:
             _check(_libc.setns(self._box_fd, _CLONE_NEWNET), "setns(box)")
+
+    async def open_host_connection(
+        self, address: tuple[str, int]
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """Connect from the host namespace, as a user's client would (the demo's traffic)."""
+        with self.host():
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await asyncio.get_running_loop().sock_connect(sock, address)
+        except BaseException:
+            sock.close()
+            raise
+        return await asyncio.open_connection(sock=sock)
 
     def host_listener(self, ip: str, port: int, backlog: int = 1024) -> socket.socket:
         """A listening TCP socket in the host namespace (raises OSError if taken)."""

@@ -7,20 +7,27 @@ import asyncio
 import contextlib
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aviator.box.stats import Sample, Summary, summarize
 
 Address = tuple[str, int]
+Connector = Callable[[Address], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 
-async def request_once(address: Address, path: str = "/", timeout_s: float = 5.0) -> Sample:
+async def _open(address: Address) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection(*address)
+
+
+async def request_once(
+    address: Address, path: str = "/", timeout_s: float = 5.0, connect: Connector = _open
+) -> Sample:
     """GET path on a new connection; the latency includes connecting, as a client sees it."""
     start = time.monotonic()
-    host, port = address
+    host, _port = address
     try:
         async with asyncio.timeout(timeout_s):
-            reader, writer = await asyncio.open_connection(host, port)
+            reader, writer = await connect(address)
             try:
                 writer.write(
                     f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode()
@@ -57,8 +64,10 @@ class Load:
         timeout_s: float = 5.0,
         keep_s: float = 600.0,
         pause_s: float = 0.0,
+        connect: Connector = _open,
     ) -> None:
         self.target = target
+        self.connect = connect
         self.concurrency = concurrency
         self.timeout_s = timeout_s
         self.keep_s = keep_s
@@ -93,7 +102,7 @@ class Load:
             if address is None:
                 await asyncio.sleep(0.2)
                 continue
-            sample = await request_once(address, timeout_s=self.timeout_s)
+            sample = await request_once(address, timeout_s=self.timeout_s, connect=self.connect)
             self.samples.append(sample)
             horizon = sample.at - self.keep_s
             while self.samples and self.samples[0].at < horizon:
