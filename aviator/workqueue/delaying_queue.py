@@ -4,7 +4,8 @@ Waiting items sit in a min-heap by ready time; one clock timer is armed for the 
 and, when it fires, every item whose time has come is `add`ed (then the usual queue
 semantics apply: collapse, re-queue after done). An item waits at most once: adding it
 after a shorter delay moves it earlier, a longer delay leaves it where it is (earliest
-time wins). A plain `add` does not cancel a pending `add_after`.
+time wins). A plain `add` does not cancel a pending `add_after`. With the default
+`RealClock`, `add_after` must be called on the running event loop (it arms a loop timer).
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ Semantics (client-go's util/workqueue `Typed`):
   every processing item is `done`.
 
 `add`, `done` and `shutdown` are synchronous so informer handlers and timers can call
-them; only `get` and the drain wait.
+them; only `get` and the drain wait. A queue belongs to one event loop and is not
+thread-safe (like every asyncio object).
 """
 
 from __future__ import annotations
