@@ -136,6 +136,8 @@ class Controller:
                 if isinstance(result, Exception):
                     log.error("%s: worker failed", self.name, exc_info=result)
         finally:
+            # Also stops a worker whose reconcile swallowed its cancellation.
+            self._stopping = True
             stop_wait.cancel()
             for task in tasks:
                 task.cancel()

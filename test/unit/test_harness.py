@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 
@@ -141,6 +142,25 @@ async def test_cancellation_stops_at_once_and_a_later_run_reconciles_the_key() -
     run = asyncio.create_task(controller.run())
     await until(lambda: done == ["k"])
     await stop_and_wait(run)
+
+
+async def test_a_reconcile_that_swallows_cancellation_does_not_keep_run_alive() -> None:
+    _, queue = fake_queue()
+    started = asyncio.Event()
+
+    async def stubborn(key: str) -> None:
+        started.set()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.Event().wait()
+
+    controller = Controller("t", stubborn, workers=2, queue=queue)
+    controller.enqueue("k")
+    run = asyncio.create_task(controller.run())
+    await asyncio.wait_for(started.wait(), 2)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.wait_for(run, 2)
+    assert queue.processing() == frozenset()
 
 
 async def test_stop_event_lets_reconciles_in_flight_finish() -> None:
