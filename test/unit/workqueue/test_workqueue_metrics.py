@@ -72,8 +72,10 @@ def test_many_queues_and_repeated_names_share_one_registry() -> None:
 
 
 def test_same_name_on_the_default_registry_twice_is_fine() -> None:
-    Queue("test-default-registry").add("k")
-    Queue("test-default-registry").add("k")
+    first: Queue[str] = Queue("test-default-registry")
+    second: Queue[str] = Queue("test-default-registry")
+    first.add("k")
+    second.add("k")
 
 
 def test_unnamed_queues_report_nothing_and_dead_queues_leave_the_gauges() -> None:
