@@ -21,6 +21,7 @@ def test_workqueue_bench_quick_rows() -> None:
     assert {row["metric"] for row in rows} >= {
         "add/get/done, 1 worker",
         "add/get/done, 4 workers",
+        "controller harness, 4 workers, no-op reconcile",
         "add_rate_limited, default limiter",
     }
     for row in rows:
