@@ -10,7 +10,7 @@ previous read, so it is this window's delta.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -66,11 +66,14 @@ class WindowDiffer:
 
     def advance(
         self,
-        snapshot: Mapping[EndpointKeyLike, CountersLike],
+        snapshot: Iterable[tuple[EndpointKeyLike, CountersLike]],
         *,
         include_idle: bool = False,
     ) -> list[EndpointWindow]:
         """Deltas since the previous call, as EndpointWindows with `pod` unset.
+
+        `snapshot` is the (key, counters) pairs of one cumulative read, e.g. the
+        `.items()` of BpfLatencySource.read().
 
         Endpoints with nothing to say (no requests completed or aborted, none in
         flight) are left out unless `include_idle`. Endpoints missing from `snapshot`
@@ -79,7 +82,7 @@ class WindowDiffer:
         out: list[EndpointWindow] = []
         base = self._base
         fresh: dict[tuple[str, int, Role], _Baseline] = {}
-        for key, c in snapshot.items():
+        for key, c in snapshot:
             k = (key.ip, key.port, key.role)
             old = base.get(k)
             if (

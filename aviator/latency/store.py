@@ -121,6 +121,10 @@ class LatencyStore:
         """Number of endpoints held."""
         return len(self._windows)
 
+    def ips(self) -> list[str]:
+        """Every IP with data (fresh or not yet forgotten)."""
+        return list(self._by_ip)
+
     # --- writing --------------------------------------------------------------------
 
     def ingest(self, msg: Snapshot, now: float) -> int:

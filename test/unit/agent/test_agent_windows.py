@@ -55,12 +55,12 @@ def test_first_read_and_deltas() -> None:
     a = Counters()
     a.record(1000)
     a.record(2000)
-    (w,) = d.advance({A: a.frozen()})
+    (w,) = d.advance({A: a.frozen()}.items())
     assert (w.ip, w.port, w.role, w.pod) == ("10.0.0.1", 8080, "server", None)
     assert (w.count, w.sum_us, w.max_us) == (2, 3000, 2000)
     a.record(5000)
     a.aborted = 1
-    (w,) = d.advance({A: a.frozen()})
+    (w,) = d.advance({A: a.frozen()}.items())
     assert w.hist == Histogram.from_values([5000])
     assert (w.count, w.sum_us, w.max_us, w.aborted) == (1, 5000, 5000, 1)
 
@@ -69,11 +69,11 @@ def test_idle_endpoints_are_left_out_unless_in_flight() -> None:
     d = WindowDiffer()
     a = Counters()
     a.record(1000)
-    d.advance({A: a.frozen()})
-    assert d.advance({A: a.frozen()}) == []
-    assert len(d.advance({A: a.frozen()}, include_idle=True)) == 1
+    d.advance({A: a.frozen()}.items())
+    assert d.advance({A: a.frozen()}.items()) == []
+    assert len(d.advance({A: a.frozen()}.items(), include_idle=True)) == 1
     a.rif = 2
-    (w,) = d.advance({A: a.frozen()})
+    (w,) = d.advance({A: a.frozen()}.items())
     assert (w.count, w.rif, w.hist.count) == (0, 2, 0)
 
 
@@ -82,14 +82,14 @@ def test_counters_going_backwards_start_a_new_baseline() -> None:
     a = Counters()
     for _ in range(5):
         a.record(1000)
-    d.advance({A: a.frozen()})
+    d.advance({A: a.frozen()}.items())
     reloaded = Counters()
     reloaded.record(7000)
-    (w,) = d.advance({A: reloaded.frozen()})
+    (w,) = d.advance({A: reloaded.frozen()}.items())
     assert w.hist == Histogram.from_values([7000]) and w.count == 1
     assert d.resets == 1
     reloaded.record(8000)
-    (w,) = d.advance({A: reloaded.frozen()})
+    (w,) = d.advance({A: reloaded.frozen()}.items())
     assert w.hist == Histogram.from_values([8000])
 
 
@@ -98,10 +98,10 @@ def test_vanished_endpoints_are_forgotten() -> None:
     a, b = Counters(), Counters()
     a.record(10)
     b.record(20)
-    assert len(d.advance({A: a.frozen(), B: b.frozen()})) == 2
-    d.advance({A: a.frozen()})
+    assert len(d.advance({A: a.frozen(), B: b.frozen()}.items())) == 2
+    d.advance({A: a.frozen()}.items())
     assert len(d) == 1
-    (w,) = d.advance({A: a.frozen(), B: b.frozen()})  # B returns: all of it is new
+    (w,) = d.advance({A: a.frozen(), B: b.frozen()}.items())  # B returns: all of it is new
     assert w.ip == B.ip and w.count == 1
 
 
@@ -111,7 +111,7 @@ def test_pods_are_attached_to_server_endpoints_only() -> None:
     a.record(10)
     b.record(20)
     pods = {"10.0.0.1": "ns/a", "10.0.0.2": "ns/b"}
-    out = attach_pods(d.advance({A: a.frozen(), B: b.frozen()}), pods.get)
+    out = attach_pods(d.advance({A: a.frozen(), B: b.frozen()}.items()), pods.get)
     assert {(w.ip, w.pod) for w in out} == {("10.0.0.1", "ns/a"), ("10.0.0.2", None)}
 
 
@@ -160,7 +160,7 @@ def test_windows_hold_exactly_what_happened_between_reads(
                 # A reload that ends up above the old counters cannot be told from
                 # growth; the window is then the difference, which is documented.
                 expected[key] = live[key].hist - before.hist
-        out = d.advance({k: c.frozen() for k, c in live.items()})
+        out = d.advance({k: c.frozen() for k, c in live.items()}.items())
         got = {Key(w.ip, w.port, w.role): w for w in out}
         for key, hist in expected.items():
             if hist:

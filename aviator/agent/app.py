@@ -1,0 +1,260 @@
+"""The agent process: one report loop tying source, pod map, prober, stream and API.
+
+Every report interval:
+
+1. read the latency source's cumulative counters and diff them into a window;
+2. keep the server-side endpoints of this node's pods (the kernel sees every socket on
+   the host; on a shared kernel it even sees other nodes' pods) and name their pods;
+3. file the window in the local store (for GET /latency) and the metrics, and send it
+   to every controller replica;
+4. start keep-warm probes for targeted pods with too few samples in the local window
+   (in probe mode: the probes that ARE the measurement).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from aviator.agent.api import make_api
+from aviator.agent.metrics import AgentMetrics
+from aviator.agent.podmap import PodMap
+from aviator.agent.prober import Prober
+from aviator.agent.sources import LatencySource
+from aviator.agent.stream import SERVICE_NAME_LABEL, StreamFanout, TokenFile, urls_from_slices
+from aviator.agent.targets import ProbeTarget, TargetKey, probe_targets
+from aviator.agent.windows import WindowDiffer, attach_pods
+from aviator.informers import FuncHandler, InformerFactory, SharedIndexInformer
+from aviator.kube import KubeClient
+from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, SERVICES
+from aviator.latency.schema import MAX_ENDPOINTS, EndpointWindow, Snapshot
+from aviator.latency.store import LatencyStore, PodLatency
+
+log = logging.getLogger(__name__)
+
+_STATS_EVERY_S = 10.0  # BPF stats walk the socket map: not every interval
+
+
+@dataclass
+class AgentConfig:
+    node: str
+    report_interval_s: float = 1.0
+    http_host: str = "0.0.0.0"
+    http_port: int = 9476
+    controller_urls: list[str] = field(default_factory=list)
+    controller_service: str | None = None  # "namespace/name" of a headless Service
+    controller_port_name: str | None = None
+    token_files: list[str] = field(default_factory=list)
+    token_reread_s: float = 60.0
+    window_s: float = 10.0
+    keep_warm_samples: int = 5
+    report_client_endpoints: bool = False
+    metrics_max_pods: int = 256
+
+
+class Agent:
+    """Runs until `stop` is set; see the module docstring for one interval's work."""
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        client: KubeClient,
+        source: LatencySource,
+        prober: Prober,
+        *,
+        source_note: str | None = None,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.source = source
+        self.source_note = source_note  # why eBPF is not used, if it is not
+        self.prober = prober
+        self.factory = InformerFactory(client)
+        self.pods = PodMap.for_node(self.factory, config.node)
+        self.policies: SharedIndexInformer = self.factory.informer_for(AVIATORPOLICIES)
+        self.services: SharedIndexInformer = self.factory.informer_for(SERVICES)
+        self.store = LatencyStore(
+            window_s=config.window_s, stale_after_s=max(3 * config.report_interval_s, 5.0)
+        )
+        self.metrics = AgentMetrics(max_pods=config.metrics_max_pods)
+        self.metrics.set_source(source.name)
+        self.metrics.probe_stats = prober.stats
+        self.stream = StreamFanout(TokenFile(*config.token_files, reread_s=config.token_reread_s))
+        self.metrics.stream = self.stream
+        self.differ = WindowDiffer()
+        self.last_snapshot: Snapshot | None = None
+        self.targets: dict[TargetKey, ProbeTarget] = {}
+        self._last_tick: float | None = None
+        self._next_stats = 0.0
+        self._runner: web.AppRunner | None = None
+        self.http_port: int | None = None  # the bound port (when 0 was asked for)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        if cfg.controller_service:
+            ns, _, name = cfg.controller_service.partition("/")
+            slices = self.factory.informer_for(
+                ENDPOINTSLICES, namespace=ns, label_selector=f"{SERVICE_NAME_LABEL}={name}"
+            )
+            slices.add_event_handler(
+                FuncHandler(
+                    add=lambda _o, _i: self._follow_slices(slices),
+                    update=lambda _o, _n: self._follow_slices(slices),
+                    delete=lambda _o: self._follow_slices(slices),
+                )
+            )
+        await self.factory.start()
+        if cfg.controller_urls:
+            self.stream.set_urls(cfg.controller_urls)
+        self._runner = web.AppRunner(make_api(self), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, cfg.http_host, cfg.http_port)
+        await site.start()
+        self.http_port = self._runner.addresses[0][1]
+        log.info(
+            "agent for node %s: source %s%s, http on %s:%s",
+            cfg.node,
+            self.source.name,
+            f" ({self.source_note})" if self.source_note else "",
+            cfg.http_host,
+            self.http_port,
+        )
+
+    def _follow_slices(self, slices: SharedIndexInformer) -> None:
+        urls = urls_from_slices(slices.indexer.list(), port_name=self.config.controller_port_name)
+        self.stream.set_urls(urls + list(self.config.controller_urls))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """start(), then one tick per report interval until `stop`, then close()."""
+        try:
+            await self.start()
+            loop = asyncio.get_running_loop()
+            interval = self.config.report_interval_s
+            deadline = loop.time() + interval
+            while not stop.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=max(0.0, deadline - loop.time()))
+                if stop.is_set():
+                    break
+                try:
+                    await self.tick()
+                except Exception:  # one bad interval must not end the agent
+                    log.exception("report interval failed")
+                # Fixed cadence; after a stall, skip the missed intervals.
+                deadline = max(deadline + interval, loop.time())
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        await self.prober.close()
+        await self.stream.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.factory.stop()
+        self.source.close()
+
+    # --- one interval -------------------------------------------------------------------
+
+    async def tick(self) -> Snapshot:
+        started = time.perf_counter()
+        now = time.monotonic()
+        window_s = (
+            now - self._last_tick if self._last_tick is not None else self.config.report_interval_s
+        )
+        self._last_tick = now
+        cumulative = await self.source.read()
+        resets_before = self.differ.resets
+        windows = attach_pods(self.differ.advance(cumulative), self.pods.pod_for)
+        self.metrics.counter_resets.inc(self.differ.resets - resets_before)
+        endpoints = tuple(w for w in windows if self._reported(w))[:MAX_ENDPOINTS]
+        snapshot = Snapshot(
+            node=self.config.node,
+            source=self.source.name,
+            time=time.time(),
+            window_s=max(window_s, 1e-3),
+            endpoints=endpoints,
+        )
+        self.store.ingest(snapshot, now)
+        self.metrics.observe(snapshot)
+        self.metrics.retain_pods(lambda pod: self.pods.informer.indexer.get(pod) is not None)
+        self.stream.publish(snapshot)
+        self.last_snapshot = snapshot
+        self._probe(now)
+        if now >= self._next_stats:
+            self._next_stats = now + _STATS_EVERY_S
+            self.metrics.set_source_stats(await self.source.stats())
+        self.metrics.report_seconds.observe(time.perf_counter() - started)
+        return snapshot
+
+    def _reported(self, w: EndpointWindow) -> bool:
+        if w.role == "server":
+            return w.pod is not None
+        return self.config.report_client_endpoints
+
+    def _probe(self, now: float) -> None:
+        self.targets = probe_targets(
+            self.policies.indexer.list(),
+            lambda ns, name: self.services.indexer.get(f"{ns}/{name}"),
+            self.pods.pods(),
+        )
+        if self.source.name == "probe":
+            self.prober.schedule(self.targets, None)
+            return
+        observed: dict[TargetKey, int] = {}
+        for key in self.targets:
+            est = self.store.estimate(key[0], now, port=key[1])
+            observed[key] = est.samples if est is not None else 0
+        self.prober.schedule(self.targets, observed)
+
+    # --- what the HTTP API shows --------------------------------------------------------
+
+    def latency_table(self) -> dict[str, dict[str, Any]]:
+        """GET /latency: pod IP → latency over the local window, for this node's pods."""
+        now = time.monotonic()
+        out: dict[str, dict[str, Any]] = {}
+        for ip in sorted(self.store.ips()):
+            est: PodLatency | None = self.store.estimate(ip, now)
+            if est is None:
+                continue
+            out[ip] = {
+                "pod": self.pods.pod_for(ip),
+                "p50_ms": round(est.p50_ms, 3),
+                "p90_ms": round(est.p90_ms, 3),
+                "p99_ms": round(est.p99_ms, 3),
+                "rif": est.rif,
+                "samples": est.samples,
+                "source": est.source,
+            }
+        return out
+
+    def healthy(self) -> bool:
+        """The report loop is alive (it ticked recently, or has only just started)."""
+        if self._last_tick is None:
+            return True
+        return time.monotonic() - self._last_tick < max(3 * self.config.report_interval_s, 10.0)
+
+    def ready(self) -> bool:
+        """The pod map is synced and at least one window was produced."""
+        return self.pods.has_synced() and self.last_snapshot is not None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "node": self.config.node,
+            "source": self.source.name,
+            "source_note": self.source_note,
+            "pods_synced": self.pods.has_synced(),
+            "controllers": {
+                url: {"connected": c.connected, "sent": c.sent, "last_error": c.last_error}
+                for url, c in self.stream.connections.items()
+            },
+            "probe_targets": len(self.targets),
+        }

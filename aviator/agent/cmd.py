@@ -1,0 +1,162 @@
+"""`aviator agent`: the per-node latency agent (also runs as a plain process)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+
+import uvloop
+
+from aviator.agent.app import Agent, AgentConfig
+from aviator.agent.prober import Prober
+from aviator.agent.sources import SourceUnavailable, open_source
+from aviator.kube import KubeClient
+
+log = logging.getLogger("aviator.agent")
+
+DEFAULT_TOKEN_FILE = "/var/run/secrets/tokens/aviator-token"
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+def host_port(text: str) -> tuple[str, int]:
+    """ "HOST:PORT" or "[V6]:PORT" → (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} is not > 0")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    a = parser.add_argument
+    a("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    a("--node", default=os.environ.get("NODE_NAME"), help="this node's name (default $NODE_NAME)")
+    a("--report-interval", type=_positive, default=1.0, help="seconds per window (default 1.0)")
+    a(
+        "--http-addr",
+        type=host_port,
+        default=("0.0.0.0", 9476),
+        help="GET /latency, /metrics, /healthz, /readyz (default 0.0.0.0:9476)",
+    )
+    a(
+        "--controller-url",
+        action="append",
+        default=[],
+        metavar="URL",
+        help="controller stream URL, e.g. ws://10.0.0.5:8080/v1/stream (repeatable)",
+    )
+    a(
+        "--controller-service",
+        metavar="NS/NAME",
+        help="headless Service of the controller: stream to every ready endpoint",
+    )
+    a(
+        "--controller-port-name",
+        help="port name of --controller-service to use (default: its first TCP port)",
+    )
+    a(
+        "--token-file",
+        default=DEFAULT_TOKEN_FILE,
+        help=f"bearer token for the stream (default {DEFAULT_TOKEN_FILE}, "
+        "falling back to the ServiceAccount token)",
+    )
+    a(
+        "--latency-source",
+        choices=["auto", "ebpf", "probe"],
+        default="auto",
+        help="auto = eBPF, falling back to HTTP probes with a logged reason",
+    )
+    a("--max-sockets", type=int, default=65536, help="BPF socket map size")
+    a("--max-endpoints", type=int, default=16384, help="BPF endpoint map size")
+    a("--window", type=_positive, default=10.0, help="seconds of data behind GET /latency")
+    a(
+        "--keep-warm-samples",
+        type=int,
+        default=5,
+        help="probe targeted pods with fewer samples than this in the window (0 = off)",
+    )
+    a("--probe-samples", type=int, default=3, help="probes per pod per interval in probe mode")
+    a("--probe-timeout", type=_positive, default=2.0, help="seconds per probe")
+    a("--probe-concurrency", type=int, default=16, help="probes in flight at most")
+    a("--probe-rate", type=_positive, default=100.0, help="probes per second at most")
+    a(
+        "--report-client-endpoints",
+        action="store_true",
+        help="also stream client-side views (keyed by remote IP:port)",
+    )
+    a("--metrics-max-pods", type=int, default=256, help="cap on per-pod latency series")
+    a("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def config_from(args: argparse.Namespace) -> AgentConfig:
+    host, port = args.http_addr
+    return AgentConfig(
+        node=args.node,
+        report_interval_s=args.report_interval,
+        http_host=host,
+        http_port=port,
+        controller_urls=list(args.controller_url),
+        controller_service=args.controller_service,
+        controller_port_name=args.controller_port_name,
+        token_files=[args.token_file, SERVICE_ACCOUNT_TOKEN],
+        window_s=args.window,
+        keep_warm_samples=args.keep_warm_samples,
+        report_client_endpoints=args.report_client_endpoints,
+        metrics_max_pods=args.metrics_max_pods,
+    )
+
+
+async def _main(args: argparse.Namespace) -> int:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    config = config_from(args)
+    probe_mode = args.latency_source == "probe"
+    prober = Prober(
+        min_samples=args.probe_samples if probe_mode else args.keep_warm_samples,
+        timeout_s=args.probe_timeout,
+        concurrency=args.probe_concurrency,
+        rate_per_s=args.probe_rate,
+    )
+    try:
+        source, note = await open_source(
+            args.latency_source,
+            prober,
+            max_sockets=args.max_sockets,
+            max_endpoints=args.max_endpoints,
+        )
+    except SourceUnavailable as exc:
+        log.error("eBPF unavailable and --latency-source ebpf was asked for: %s", exc)
+        await prober.close()
+        return 1
+    if source.name == "probe" and not probe_mode:
+        prober.min_samples = args.probe_samples  # fell back: probes are the measurement
+    client = await KubeClient.load(args.kubeconfig)
+    try:
+        await Agent(config, client, source, prober, source_note=note).run(stop)
+    finally:
+        await client.close()
+    log.info("agent stopped")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not args.node:
+        log.error("--node (or $NODE_NAME) is required")
+        return 2
+    code: int = uvloop.run(_main(args))
+    return code

@@ -1,0 +1,195 @@
+"""The agent's Prometheus metrics, in a registry of its own (one per agent instance).
+
+Per-pod request latency histograms are exported with a `pod` label ("ns/name") and a
+`port` label. Their number is capped (`max_pods`): pods beyond the cap are counted in
+`aviator_agent_pod_series_dropped` instead of creating series, and a pod's series go
+away when it leaves the node, so a busy node cannot blow up the scrape.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import Histogram as PromHistogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from aviator.agent.prober import ProbeStats
+from aviator.agent.stream import StreamFanout
+from aviator.latency.histogram import Histogram, bucket_mid
+from aviator.latency.schema import Snapshot
+
+# Exported bucket bounds (seconds); the log-linear buckets are folded into them.
+LE_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+@dataclass
+class _PodSeries:
+    hist: Histogram = field(default_factory=Histogram)
+    sum_us: int = 0
+
+
+def _metric_name(key: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_]", "_", key)
+
+
+class AgentMetrics(Collector):
+    def __init__(self, *, max_pods: int = 256) -> None:
+        self.registry = CollectorRegistry()
+        self.max_pods = max_pods
+        r = self.registry
+        self.reports = Counter(
+            "aviator_agent_reports_total", "Report intervals completed", registry=r
+        )
+        self.report_seconds = PromHistogram(
+            "aviator_agent_report_duration_seconds",
+            "Time to read the latency source and build one snapshot",
+            registry=r,
+        )
+        self.requests = Counter(
+            "aviator_agent_requests_total",
+            "Requests measured, by endpoint role",
+            ["role"],
+            registry=r,
+        )
+        self.aborted = Counter(
+            "aviator_agent_requests_aborted_total",
+            "Requests abandoned before a response",
+            registry=r,
+        )
+        self.window_endpoints = Gauge(
+            "aviator_agent_window_endpoints", "Endpoints reported in the last window", registry=r
+        )
+        self.counter_resets = Counter(
+            "aviator_agent_counter_resets_total",
+            "Endpoints whose cumulative counters went backwards (program reloaded)",
+            registry=r,
+        )
+        self.source = Gauge(
+            "aviator_agent_latency_source",
+            "The latency source in use (value 1)",
+            ["source"],
+            registry=r,
+        )
+        self._source_stats: dict[str, int] = {}
+        self._pods: dict[tuple[str, int], _PodSeries] = {}
+        self.pod_series_dropped = 0
+        self.probe_stats: ProbeStats | None = None
+        self.stream: StreamFanout | None = None
+        r.register(self)
+
+    # --- feeding ------------------------------------------------------------------------
+
+    def set_source(self, name: str) -> None:
+        self.source.labels(name).set(1)
+
+    def set_source_stats(self, stats: dict[str, int]) -> None:
+        self._source_stats = dict(stats)
+
+    def observe(self, snapshot: Snapshot) -> None:
+        """Account one window."""
+        self.reports.inc()
+        self.window_endpoints.set(len(snapshot.endpoints))
+        for ep in snapshot.endpoints:
+            if ep.count:
+                self.requests.labels(ep.role).inc(ep.count)
+            if ep.aborted:
+                self.aborted.inc(ep.aborted)
+            if ep.role != "server" or ep.pod is None or not ep.hist:
+                continue
+            key = (ep.pod, ep.port)
+            series = self._pods.get(key)
+            if series is None:
+                if len(self._pods) >= self.max_pods:
+                    self.pod_series_dropped += 1
+                    continue
+                series = self._pods[key] = _PodSeries()
+            series.hist.update(ep.hist)
+            series.sum_us += ep.sum_us
+
+    def retain_pods(self, keep: Callable[[str], bool]) -> None:
+        """Drop the series of pods for which `keep(pod)` is false (left the node)."""
+        for key in [k for k in self._pods if not keep(k[0])]:
+            del self._pods[key]
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    # --- collecting (scrape time) -------------------------------------------------------
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily | HistogramMetricFamily]:
+        for key, value in sorted(self._source_stats.items()):
+            yield GaugeMetricFamily(
+                f"aviator_agent_bpf_{_metric_name(key)}",
+                f"BPF program statistic {key}",
+                value=value,
+            )
+        yield from self._pod_histograms()
+        yield GaugeMetricFamily(
+            "aviator_agent_pod_series_dropped",
+            "Pod latency series not exported because of the cap on pods",
+            value=self.pod_series_dropped,
+        )
+        if self.probe_stats is not None:
+            s = self.probe_stats
+            probes = CounterMetricFamily(
+                "aviator_agent_probes", "HTTP probes by outcome", labels=["result"]
+            )
+            probes.add_metric(["sent"], s.sent)
+            probes.add_metric(["failed"], s.failed)
+            probes.add_metric(["rate_limited"], s.rate_limited)
+            probes.add_metric(["skipped_busy"], s.skipped_busy)
+            yield probes
+        if self.stream is not None:
+            yield from self._stream_metrics(self.stream)
+
+    def _pod_histograms(self) -> Iterable[HistogramMetricFamily]:
+        fam = HistogramMetricFamily(
+            "aviator_agent_pod_request_duration_seconds",
+            "Request latency per local pod, measured on the pod's own socket",
+            labels=["pod", "port"],
+        )
+        for (pod, port), series in sorted(self._pods.items()):
+            fam.add_metric([pod, str(port)], _fold(series.hist), sum_value=series.sum_us / 1e6)
+        yield fam
+
+    @staticmethod
+    def _stream_metrics(stream: StreamFanout) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:
+        up = GaugeMetricFamily(
+            "aviator_agent_stream_connected", "Connected to this controller replica", labels=["url"]
+        )
+        sent = CounterMetricFamily(
+            "aviator_agent_stream_sent", "Snapshots sent to this controller replica", labels=["url"]
+        )
+        dropped = CounterMetricFamily(
+            "aviator_agent_stream_dropped",
+            "Snapshots dropped because this controller replica fell behind",
+            labels=["url"],
+        )
+        for url, conn in sorted(stream.connections.items()):
+            up.add_metric([url], 1.0 if conn.connected else 0.0)
+            sent.add_metric([url], conn.sent)
+            dropped.add_metric([url], conn.dropped)
+        yield from (up, sent, dropped)
+
+
+def _fold(hist: Histogram) -> list[tuple[str, float]]:
+    """Cumulative Prometheus buckets: each log-linear bucket counts under the first
+    bound at or above its midpoint."""
+    cumulative = [0] * len(LE_SECONDS)
+    for idx, n in hist.items():
+        mid_s = bucket_mid(idx) / 1e6
+        for i, le in enumerate(LE_SECONDS):
+            if mid_s <= le:
+                cumulative[i] += n
+                break
+    out: list[tuple[str, float]] = []
+    running = 0
+    for le, n in zip(LE_SECONDS, cumulative, strict=True):
+        running += n
+        out.append((str(le), float(running)))
+    out.append(("+Inf", float(hist.count)))
+    return out

@@ -1,0 +1,101 @@
+"""Where the agent's latency data comes from: the BPF program, or its own probes.
+
+Both give cumulative per-endpoint counters (`read()`), so the rest of the agent does
+not care which one runs. `open_source("auto")` tries eBPF and falls back to probing,
+logging why eBPF is unavailable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from typing import Literal, Protocol
+
+from aviator.agent.prober import Prober
+from aviator.agent.windows import CountersLike, EndpointKeyLike
+from aviator.latency.schema import Source
+
+log = logging.getLogger(__name__)
+
+SourceChoice = Literal["auto", "ebpf", "probe"]
+
+
+class LatencySource(Protocol):
+    name: Source
+
+    async def read(self) -> Iterable[tuple[EndpointKeyLike, CountersLike]]: ...
+
+    async def stats(self) -> dict[str, int]: ...
+
+    def close(self) -> None: ...
+
+
+class BpfSource:
+    """The kernel's counters; map reads run in a thread so the event loop keeps going."""
+
+    name: Source = "ebpf"
+
+    def __init__(self, bpf: object) -> None:
+        from aviator.agent.bpf import BpfLatencySource
+
+        assert isinstance(bpf, BpfLatencySource)
+        self.bpf = bpf
+
+    async def read(self) -> Iterable[tuple[EndpointKeyLike, CountersLike]]:
+        return (await asyncio.to_thread(self.bpf.read)).items()
+
+    async def stats(self) -> dict[str, int]:
+        return await asyncio.to_thread(self.bpf.stats)
+
+    def close(self) -> None:
+        self.bpf.close()
+
+
+class ProbeSource:
+    """The prober's own measurements (probe-only mode)."""
+
+    name: Source = "probe"
+
+    def __init__(self, prober: Prober) -> None:
+        self.prober = prober
+
+    async def read(self) -> Iterable[tuple[EndpointKeyLike, CountersLike]]:
+        return self.prober.read().items()
+
+    async def stats(self) -> dict[str, int]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+class SourceUnavailable(RuntimeError):
+    """--latency-source ebpf was demanded and cannot run."""
+
+
+async def open_source(
+    choice: SourceChoice, prober: Prober, *, max_sockets: int, max_endpoints: int
+) -> tuple[LatencySource, str | None]:
+    """The latency source to use, and why eBPF is not used (None when it is)."""
+    if choice == "probe":
+        return ProbeSource(prober), "probe mode requested (--latency-source probe)"
+    try:
+        from aviator.agent.bpf import BpfLatencySource, BpfUnavailable
+    except ImportError as exc:  # a build of the agent without the BPF part
+        reason = f"BPF support not installed: {exc}"
+        if choice == "ebpf":
+            raise SourceUnavailable(reason) from exc
+        log.warning("eBPF unavailable (%s); measuring with HTTP probes instead", reason)
+        return ProbeSource(prober), reason
+    try:
+        # Compiling with BCC takes seconds: keep the loop (health endpoints) responsive.
+        bpf = await asyncio.to_thread(
+            BpfLatencySource.load, max_sockets=max_sockets, max_endpoints=max_endpoints
+        )
+    except BpfUnavailable as exc:
+        if choice == "ebpf":
+            raise SourceUnavailable(exc.reason) from exc
+        log.warning("eBPF unavailable (%s); measuring with HTTP probes instead", exc.reason)
+        return ProbeSource(prober), exc.reason
+    return BpfSource(bpf), None
