@@ -1,0 +1,93 @@
+"""E2E fixtures: one cluster for the session (the box by default, Kind with
+E2E_CLUSTER=kind), and a namespace per test holding the quick-start apps."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from e2e_cluster import REPO, BoxCluster, Cluster, KindCluster
+from e2e_scenario import Scenario
+
+from aviator.kube.client import KubeClient
+
+
+def _box_unavailable() -> str | None:
+    if os.geteuid() != 0:
+        return "the cluster in a box needs root (it creates its own network namespace)"
+    if shutil.which("ip") is None:
+        return "the cluster in a box needs iproute2 (`ip`) to set up its network"
+    for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl"):
+        if not (REPO / "bin" / name).exists():
+            return f"bin/{name} is missing: run `make controlplane`"
+    return None
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    kind = os.environ.get("E2E_CLUSTER", "box")
+    if kind == "kind":
+        reason = KindCluster.unavailable()
+        if reason:
+            pytest.skip(reason)
+        kind_cluster = KindCluster().start()
+        try:
+            yield kind_cluster
+        finally:
+            kind_cluster.stop()
+        return
+    reason = _box_unavailable()
+    if reason:
+        pytest.skip(reason)
+    reuse = os.environ.get("E2E_BOX_WORKDIR")
+    box = BoxCluster(Path(reuse) if reuse else None).start()
+    try:
+        yield box
+    finally:
+        box.stop()
+
+
+@pytest.fixture(scope="session")
+def aviator_cluster(cluster: Cluster) -> Cluster:
+    """The cluster, with Aviator's controller and agents running (else skip... no: fail
+    with the reason, so a missing component is visible, not silently skipped)."""
+    if isinstance(cluster, BoxCluster):
+        reason = cluster.aviator_ready()
+        if reason:
+            pytest.fail(f"Aviator is not runnable in the box: {reason}")
+    return cluster
+
+
+@pytest.fixture
+async def kube(cluster: Cluster) -> AsyncIterator[KubeClient]:
+    client = await KubeClient.load(str(cluster.kubeconfig))
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+@pytest.fixture
+def e2e_namespace(cluster: Cluster) -> Iterator[str]:
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    cluster.kubectl("create", "namespace", name)
+    cluster.kubectl("wait", "--for=create", "serviceaccount/default", "-n", name, "--timeout=60s")
+    yield name
+    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+@pytest.fixture
+async def quickstart(
+    aviator_cluster: Cluster, kube: KubeClient, e2e_namespace: str
+) -> AsyncIterator[Scenario]:
+    """fast-app (2 x 10 ms), slow-app (2 x 500 ms) and my-app-service, all Ready."""
+    scenario = Scenario(aviator_cluster, kube, e2e_namespace)
+    await scenario.deploy_quickstart()
+    try:
+        yield scenario
+    finally:
+        await scenario.close()

@@ -1,0 +1,287 @@
+"""The clusters the e2e scenarios run against, behind one small interface.
+
+A scenario needs: a kubeconfig (to apply manifests and read objects), a way to reach
+a Service the way an in-cluster client would (a `Target`: host and port where each
+new TCP connection is balanced by the cluster's Service proxy), a way to turn a test
+pod slow and back, and a way to kill the controller.
+
+- `BoxCluster`: `aviator box up` in a subprocess (the cluster in a box). Services are
+  reached through the box proxy's addresses from its status file; a pod's latency is
+  changed through the test app's control file.
+- `KindCluster` (E2E_CLUSTER=kind): creates a Kind cluster, builds and loads the
+  images, `make deploy-all`, and reaches a Service through a small relay pod
+  (test/e2e/relay.py) behind `kubectl port-forward`: each forwarded connection makes
+  a new connection to the Service's ClusterIP, so kube-proxy balances it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+REPO = Path(__file__).resolve().parents[2]
+Address = tuple[str, int]
+
+
+class Cluster(Protocol):
+    kubeconfig: Path
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]: ...
+
+    def address(self, namespace: str, service: str) -> Address | None: ...
+
+    def set_pod_latency(self, namespace: str, pod: str, latency: str | None) -> None: ...
+
+    def controller_pid(self) -> int | None: ...
+
+    def kill_controller(self) -> None: ...
+
+
+def _kubectl_binary() -> str:
+    local = REPO / "bin" / "kubectl"
+    return str(local) if local.exists() else (shutil.which("kubectl") or "kubectl")
+
+
+def run_kubectl(
+    kubeconfig: Path, *args: str, input: str | None = None, check: bool = True
+) -> subprocess.CompletedProcess[str]:
+    argv = [_kubectl_binary(), "--kubeconfig", str(kubeconfig), *args]
+    result = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+class BoxCluster:
+    """`aviator box up` as a subprocess (or a box someone already runs: E2E_BOX_WORKDIR)."""
+
+    def __init__(self, workdir: Path | None = None, start_timeout_s: float = 180.0) -> None:
+        self.reuse = workdir is not None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="aviator-e2e-box-"))
+        self.start_timeout_s = start_timeout_s
+        self.process: subprocess.Popen[bytes] | None = None
+        self.kubeconfig = self.workdir / "kubeconfig"
+        self._status: dict[str, Any] = {}
+        self._status_read = 0.0
+
+    def start(self) -> BoxCluster:
+        if not self.reuse:
+            log = (self.workdir / "box.log").open("ab")
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "aviator.box", "up", "--workdir", str(self.workdir)],
+                cwd=REPO,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            status = self.status(fresh=True)
+            if status.get("phase") == "running":
+                return self
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"aviator box up exited:\n{self.log_tail()}")
+            time.sleep(0.2)
+        raise RuntimeError(f"the box did not come up in {self.start_timeout_s:.0f}s")
+
+    def stop(self) -> None:
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        with contextlib.suppress(OSError):
+            text = (self.workdir / "box.log").read_text(errors="replace")
+            return "\n".join(text.splitlines()[-lines:])
+        return ""
+
+    def status(self, fresh: bool = False) -> dict[str, Any]:
+        now = time.monotonic()
+        if fresh or now - self._status_read > 0.25:
+            with contextlib.suppress(OSError, ValueError):
+                self._status = json.loads((self.workdir / "status.json").read_text())
+            self._status_read = now
+        return self._status
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return run_kubectl(self.kubeconfig, *args, input=input, check=check)
+
+    def address(self, namespace: str, service: str) -> Address | None:
+        ports: dict[str, str] = self.status().get("services", {}).get(f"{namespace}/{service}")
+        if not ports:
+            return None
+        host, _, port = next(iter(ports.values())).rpartition(":")
+        return host, int(port)
+
+    def set_pod_latency(self, namespace: str, pod: str, latency: str | None) -> None:
+        control = self.workdir / "pods" / f"{namespace}_{pod}_app.control"
+        if latency is None:
+            control.unlink(missing_ok=True)
+        else:
+            control.write_text(f"latency={latency}")
+
+    def component(self, name: str) -> dict[str, Any]:
+        comp: dict[str, Any] = self.status(fresh=True).get("components", {}).get(name, {})
+        return comp
+
+    def controller_pid(self) -> int | None:
+        pid = self.component("controller").get("pid")
+        return int(pid) if pid else None
+
+    def kill_controller(self) -> None:
+        pid = self.controller_pid()
+        if pid is None:
+            raise AssertionError("the box runs no controller")
+        os.kill(pid, signal.SIGKILL)
+
+    def aviator_ready(self) -> str | None:
+        """None when the controller and agents run; otherwise why not."""
+        status = self.status(fresh=True)
+        if not str(status.get("crd", "")).startswith("installed"):
+            return f"AviatorPolicy CRD: {status.get('crd')}"
+        for name, comp in status.get("components", {}).items():
+            if comp.get("state") == "not-implemented":
+                return f"{name} is not implemented yet"
+        return None
+
+
+class KindCluster:
+    """E2E_CLUSTER=kind: a Kind cluster with Aviator deployed by `make deploy-all`."""
+
+    NAME = "aviator-e2e"
+    RELAY_NAMESPACE = "aviator-e2e-relay"
+
+    def __init__(self) -> None:
+        self.workdir = Path(tempfile.mkdtemp(prefix="aviator-e2e-kind-"))
+        self.kubeconfig = self.workdir / "kubeconfig"
+        self._forwards: dict[tuple[str, str], tuple[subprocess.Popen[bytes], int]] = {}
+
+    @staticmethod
+    def unavailable() -> str | None:
+        for tool in ("docker", "kind"):
+            if shutil.which(tool) is None:
+                return f"E2E_CLUSTER=kind needs {tool} on PATH"
+        if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+            return "E2E_CLUSTER=kind needs a running Docker engine"
+        return None
+
+    def _sh(self, *argv: str, env: dict[str, str] | None = None) -> None:
+        subprocess.run(argv, check=True, cwd=REPO, env={**os.environ, **(env or {})})
+
+    def start(self) -> KindCluster:
+        self._sh(
+            "kind", "create", "cluster", "--name", self.NAME, "--kubeconfig", str(self.kubeconfig)
+        )
+        kube = {"KUBECONFIG": str(self.kubeconfig)}
+        self._sh("make", "docker-build", "IMG=aviator-controller:latest")
+        self._sh("make", "docker-build-agent", "AGENT_IMG=aviator-agent:latest")
+        self._sh("docker", "build", "-t", "aviator-testapp:latest", "test/functional")
+        for image in (
+            "aviator-controller:latest",
+            "aviator-agent:latest",
+            "aviator-testapp:latest",
+        ):
+            self._sh("kind", "load", "docker-image", image, "--name", self.NAME)
+        self._sh("make", "deploy-all", env=kube)
+        self.kubectl("-n", "aviator-system", "rollout", "status", "deploy", "--timeout=180s")
+        self.kubectl("create", "namespace", self.RELAY_NAMESPACE, check=False)
+        return self
+
+    def stop(self) -> None:
+        for proc, _ in self._forwards.values():
+            proc.terminate()
+        subprocess.run(["kind", "delete", "cluster", "--name", self.NAME], check=False)
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return run_kubectl(self.kubeconfig, *args, input=input, check=check)
+
+    def address(self, namespace: str, service: str) -> Address | None:
+        key = (namespace, service)
+        if key not in self._forwards:
+            self._forwards[key] = self._relay(namespace, service)
+        return ("127.0.0.1", self._forwards[key][1])
+
+    def _relay(self, namespace: str, service: str) -> tuple[subprocess.Popen[bytes], int]:
+        name = f"relay-{namespace}-{service}"[:63]
+        script = (REPO / "test" / "e2e" / "relay.py").read_text()
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": name, "namespace": self.RELAY_NAMESPACE},
+            "spec": {
+                "containers": [
+                    {
+                        "name": "relay",
+                        "image": "aviator-testapp:latest",
+                        "imagePullPolicy": "IfNotPresent",
+                        "command": ["python", "-c", script],
+                        "args": [f"{service}.{namespace}.svc.cluster.local", "80", "9000"],
+                        "ports": [{"containerPort": 9000}],
+                    }
+                ]
+            },
+        }
+        self.kubectl("apply", "-f", "-", input=json.dumps(pod))
+        self.kubectl("-n", self.RELAY_NAMESPACE, "wait", "--for=condition=Ready", f"pod/{name}")
+        port = 30000 + len(self._forwards)
+        proc = subprocess.Popen(
+            [
+                _kubectl_binary(),
+                "--kubeconfig",
+                str(self.kubeconfig),
+                "-n",
+                self.RELAY_NAMESPACE,
+                "port-forward",
+                f"pod/{name}",
+                f"{port}:9000",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1.0)  # port-forward prints no machine-readable readiness signal
+        return proc, port
+
+    def set_pod_latency(self, namespace: str, pod: str, latency: str | None) -> None:
+        query = f"latency={latency}" if latency else "latency=10ms"
+        code = (
+            "import urllib.request;urllib.request.urlopen(urllib.request.Request("
+            f"'http://127.0.0.1:8080/control?{query}',method='POST'))"
+        )
+        self.kubectl("-n", namespace, "exec", pod, "--", "python", "-c", code)
+
+    def controller_pid(self) -> int | None:
+        return None
+
+    def kill_controller(self) -> None:
+        self.kubectl(
+            "-n",
+            "aviator-system",
+            "delete",
+            "pod",
+            "-l",
+            "app.kubernetes.io/name=aviator-controller",
+            "--grace-period=0",
+            "--force",
+        )
