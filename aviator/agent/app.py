@@ -94,6 +94,7 @@ class Agent:
         self._next_stats = 0.0
         self._runner: web.AppRunner | None = None
         self.http_port: int | None = None  # the bound port (when 0 was asked for)
+        self.started = asyncio.Event()  # informers started, API serving, streams dialling
 
     # --- lifecycle ----------------------------------------------------------------------
 
@@ -127,6 +128,7 @@ class Agent:
             cfg.http_host,
             self.http_port,
         )
+        self.started.set()
 
     def _follow_slices(self, slices: SharedIndexInformer) -> None:
         urls = urls_from_slices(slices.indexer.list(), port_name=self.config.controller_port_name)

@@ -90,6 +90,8 @@ class ControllerConnection:
         self.errors_received = 0
         self.connects = 0
         self.last_error = ""
+        # Set on every connect and disconnect (for whoever wants to watch the state).
+        self.changed = asyncio.Event()
 
     def offer(self, text: str) -> None:
         """Queue one encoded snapshot (ignored while disconnected)."""
@@ -113,6 +115,7 @@ class ControllerConnection:
             finally:
                 self.connected = False
                 self._queue.clear()
+                self.changed.set()
             delay = self._backoff.failure(time.monotonic())
             log.info("stream to %s down (%s); retrying in %.1fs", self.url, self.last_error, delay)
             await asyncio.sleep(delay)
@@ -124,6 +127,7 @@ class ControllerConnection:
         ) as ws:
             self.connected = True
             self.connects += 1
+            self.changed.set()
             log.info("streaming to %s", self.url)
             reader = asyncio.get_running_loop().create_task(self._read_replies(ws))
             try:

@@ -1,0 +1,408 @@
+"""Agent → controller stream against the real API server.
+
+A receiver (aviator.latency.receiver) runs on 127.0.0.1 with a real TokenAuthenticator
+(TokenReview against the real kube-apiserver); the agent maps IPs to pods with a real
+node-local Pod informer. The latency source is scripted (counters chosen by the test),
+so the test knows exactly what every window must contain; the kernel side is tested
+in test/bpf.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from aviator.agent.app import Agent, AgentConfig
+from aviator.agent.prober import Prober
+from aviator.agent.windows import CountersLike, EndpointKeyLike
+from aviator.kube import KubeClient
+from aviator.kube.resources import ENDPOINTSLICES, PODS, SERVICEACCOUNTS, SERVICES
+from aviator.latency.auth import TokenAuthenticator
+from aviator.latency.histogram import Histogram
+from aviator.latency.receiver import make_stream_handler
+from aviator.latency.schema import Role, Snapshot, Source
+from aviator.latency.store import LatencyStore
+
+pytestmark = pytest.mark.integration
+
+
+# --- the scripted latency source -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Key:
+    ip: str
+    port: int
+    role: Role
+
+
+@dataclass
+class Counters:
+    hist: Histogram = field(default_factory=Histogram)
+    sum_us: int = 0
+    max_us: int = 0
+    rif: int = 0
+    aborted: int = 0
+
+    @property
+    def buckets(self) -> list[int]:
+        return self.hist.counts
+
+    @property
+    def count(self) -> int:
+        return self.hist.count
+
+
+class ScriptedSource:
+    """Cumulative counters that grow by `per_read` samples of fixed latencies each read."""
+
+    name: Source = "ebpf"
+
+    def __init__(self, latencies_us: dict[Key, int], per_read: int = 10) -> None:
+        self.latencies = latencies_us
+        self.per_read = per_read
+        self.counters = {k: Counters() for k in latencies_us}
+
+    async def read(self) -> Iterable[tuple[EndpointKeyLike, CountersLike]]:
+        out: dict[Key, Counters] = {}
+        for key, c in self.counters.items():
+            v = self.latencies[key]
+            c.hist.record(v, self.per_read)
+            c.sum_us += v * self.per_read
+            c.max_us = max(c.max_us, v)
+            out[key] = Counters(c.hist.copy(), c.sum_us, c.max_us, c.rif, c.aborted)
+        return out.items()
+
+    async def stats(self) -> dict[str, int]:
+        return {"events": 1}
+
+    def close(self) -> None:
+        pass
+
+
+# --- the receiver ----------------------------------------------------------------------
+
+
+class RecordingStore(LatencyStore):
+    """A LatencyStore that also keeps what it was given, and wakes waiters."""
+
+    def __init__(self) -> None:
+        super().__init__(window_s=30, stale_after_s=30)
+        self.snapshots: list[Snapshot] = []
+        self.changed = asyncio.Event()
+
+    def ingest(self, msg: Snapshot, now: float) -> int:
+        self.snapshots.append(msg)
+        self.changed.set()
+        return super().ingest(msg, now)
+
+    async def wait_for(self, pred: Callable[[Snapshot], bool], within_s: float = 30) -> Snapshot:
+        async with asyncio.timeout(within_s):
+            while True:
+                for snap in reversed(self.snapshots):
+                    if pred(snap):
+                        return snap
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@dataclass
+class Receiver:
+    url: str
+    port: int
+    store: RecordingStore
+
+
+async def start_receiver(kube: KubeClient, allowed: list[str]) -> tuple[Receiver, web.AppRunner]:
+    store = RecordingStore()
+    app = web.Application()
+    app.router.add_get("/v1/stream", make_stream_handler(store, TokenAuthenticator(kube, allowed)))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return Receiver(f"ws://127.0.0.1:{port}/v1/stream", port, store), runner
+
+
+# --- API objects -----------------------------------------------------------------------
+
+
+async def service_account_token(kube: KubeClient, ns: str, name: str) -> str:
+    await kube.create(SERVICEACCOUNTS, {"metadata": {"name": name, "namespace": ns}})
+    review = await kube.request(
+        "POST",
+        SERVICEACCOUNTS.path(ns, name, "token"),
+        body={
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 600},
+        },
+    )
+    return str(review["status"]["token"])
+
+
+async def running_pod(
+    kube: KubeClient, ns: str, name: str, node: str, ip: str, labels: dict[str, str] | None = None
+) -> None:
+    """A pod bound to `node` and marked Running at `ip` (no kubelet runs here)."""
+    await kube.create(
+        PODS,
+        {
+            "metadata": {"name": name, "namespace": ns, "labels": labels or {}},
+            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "example"}]},
+        },
+    )
+    await kube.patch(
+        PODS,
+        name,
+        {"status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}},
+        ns,
+        subresource="status",
+    )
+
+
+@pytest.fixture
+async def env(
+    kube: KubeClient, namespace: str, tmp_path: Path
+) -> AsyncIterator[tuple[KubeClient, str, Receiver, Path, Path]]:
+    """Receiver accepting `<namespace>:agent`; token files of `agent` and `intruder`."""
+    good = tmp_path / "agent-token"
+    good.write_text(await service_account_token(kube, namespace, "agent"))
+    bad = tmp_path / "intruder-token"
+    bad.write_text(await service_account_token(kube, namespace, "intruder"))
+    receiver, runner = await start_receiver(kube, [f"{namespace}:agent"])
+    try:
+        yield kube, namespace, receiver, good, bad
+    finally:
+        await runner.cleanup()
+
+
+async def run_agent(
+    kube: KubeClient, config: AgentConfig, source: ScriptedSource
+) -> tuple[Agent, asyncio.Event, asyncio.Task[None]]:
+    agent = Agent(config, kube, source, Prober(min_samples=0))  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(agent.run(stop))
+    async with asyncio.timeout(30):
+        await agent.started.wait()
+    return agent, stop, task
+
+
+async def stop_agent(stop: asyncio.Event, task: asyncio.Task[None]) -> None:
+    stop.set()
+    async with asyncio.timeout(15):
+        await task
+
+
+def node_name() -> str:
+    return f"node-{uuid.uuid4().hex[:8]}"
+
+
+def endpoint_of(snap: Snapshot, ip: str) -> Any:
+    return next((e for e in snap.endpoints if e.ip == ip), None)
+
+
+# --- tests -----------------------------------------------------------------------------
+
+
+async def test_snapshots_carry_pods_from_the_node_informer(
+    env: tuple[KubeClient, str, Receiver, Path, Path],
+) -> None:
+    kube, ns, receiver, good, _ = env
+    node = node_name()
+    await running_pod(kube, ns, "web-0", node, "127.0.51.1")
+    await running_pod(kube, ns, "elsewhere", "another-node", "127.0.51.3")
+    source = ScriptedSource(
+        {
+            Key("127.0.51.1", 8080, "server"): 10_000,
+            Key("127.0.51.2", 8080, "server"): 20_000,  # pod created later
+            Key("127.0.51.3", 8080, "server"): 30_000,  # another node's pod
+            Key("10.9.9.9", 443, "client"): 5_000,  # client views are off by default
+        }
+    )
+    config = AgentConfig(
+        node=node,
+        report_interval_s=0.2,
+        http_host="127.0.0.1",
+        http_port=0,
+        controller_urls=[receiver.url],
+        token_files=[str(good)],
+    )
+    agent, stop, task = await run_agent(kube, config, source)
+    try:
+        snap = await receiver.store.wait_for(lambda s: endpoint_of(s, "127.0.51.1") is not None)
+        assert (snap.node, snap.source) == (node, "ebpf")
+        assert 0.05 < snap.window_s < 5
+        assert abs(snap.time - time.time()) < 30
+        ep = endpoint_of(snap, "127.0.51.1")
+        assert (ep.pod, ep.port, ep.role, ep.count) == (f"{ns}/web-0", 8080, "server", 10)
+        assert ep.hist == Histogram.from_values([10_000] * 10)
+        assert ep.sum_us == 100_000 and ep.max_us == 10_000
+        # Only this node's pods are reported: unknown IPs, other nodes' pods and
+        # client views stay home.
+        assert {e.ip for e in snap.endpoints} == {"127.0.51.1"}
+
+        # A pod appearing later is picked up by the informer.
+        await running_pod(kube, ns, "web-1", node, "127.0.51.2")
+        snap = await receiver.store.wait_for(lambda s: endpoint_of(s, "127.0.51.2") is not None)
+        assert endpoint_of(snap, "127.0.51.2").pod == f"{ns}/web-1"
+
+        # The controller side sees per-pod latency.
+        est = receiver.store.estimate("127.0.51.1", now=time.monotonic())
+        assert est is not None and abs(est.p50_ms - 10) <= 10 / 32 and est.source == "ebpf"
+
+        # The agent's own API says the same.
+        async with aiohttp.ClientSession() as http:
+            base = f"http://127.0.0.1:{agent.http_port}"
+            async with http.get(f"{base}/latency") as resp:
+                table = await resp.json()
+            assert table["127.0.51.1"]["pod"] == f"{ns}/web-0"
+            assert table["127.0.51.1"]["source"] == "ebpf"
+            assert abs(table["127.0.51.2"]["p99_ms"] - 20) <= 20 / 32
+            async with http.get(f"{base}/readyz") as resp:
+                assert resp.status == 200
+            async with http.get(f"{base}/metrics") as resp:
+                text = await resp.text()
+            assert (
+                f'aviator_agent_pod_request_duration_seconds_count{{pod="{ns}/web-0",port="8080"}}'
+                in text
+            )
+            assert "aviator_agent_bpf_events 1.0" in text
+            assert f'aviator_agent_stream_connected{{url="{receiver.url}"}} 1.0' in text
+    finally:
+        await stop_agent(stop, task)
+
+
+async def test_stream_is_refused_without_a_valid_token_of_the_agent_account(
+    env: tuple[KubeClient, str, Receiver, Path, Path],
+) -> None:
+    _, _, receiver, good, bad = env
+    async with aiohttp.ClientSession() as http:
+        for headers, status in (
+            ({}, 401),
+            ({"Authorization": "Bearer not-a-token"}, 401),
+            ({"Authorization": f"Bearer {bad.read_text()}"}, 403),
+        ):
+            with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+                await http.ws_connect(receiver.url, headers=headers)
+            assert err.value.status == status
+        async with http.ws_connect(
+            receiver.url, headers={"Authorization": f"Bearer {good.read_text()}"}
+        ) as ws:
+            await ws.send_str('{"v": 1, "kind": "snapshot"}')
+            reply = await ws.receive_json()
+            assert reply["kind"] == "error"
+
+
+async def test_agent_with_the_wrong_account_is_refused_and_retries(
+    env: tuple[KubeClient, str, Receiver, Path, Path],
+) -> None:
+    kube, ns, receiver, _, bad = env
+    node = node_name()
+    await running_pod(kube, ns, "web-0", node, "127.0.52.1")
+    source = ScriptedSource({Key("127.0.52.1", 8080, "server"): 1000})
+    config = AgentConfig(
+        node=node,
+        report_interval_s=0.2,
+        http_host="127.0.0.1",
+        http_port=0,
+        controller_urls=[receiver.url],
+        token_files=[str(bad)],
+    )
+    agent, stop, task = await run_agent(kube, config, source)
+    try:
+        conn = agent.stream.connections[receiver.url]
+        async with asyncio.timeout(30):
+            while conn.last_error != "handshake refused: HTTP 403":
+                conn.changed.clear()
+                await conn.changed.wait()
+        assert not conn.connected and receiver.store.snapshots == []
+    finally:
+        await stop_agent(stop, task)
+
+
+async def test_controllers_found_through_a_headless_service(
+    kube: KubeClient, namespace: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The agent follows the controller Service's EndpointSlices. The API server
+    refuses loopback addresses in slices, so the discovered URLs are recorded
+    instead of dialled (the tests above cover the connection itself)."""
+    ns = namespace
+    await kube.create(
+        SERVICES,
+        {
+            "metadata": {"name": "controller", "namespace": ns},
+            "spec": {"clusterIP": "None", "ports": [{"name": "http", "port": 8080}]},
+        },
+    )
+
+    def slice_body(name: str, endpoints: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "metadata": {
+                "name": name,
+                "namespace": ns,
+                "labels": {"kubernetes.io/service-name": "controller"},
+            },
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": endpoints,
+        }
+
+    await kube.create(
+        ENDPOINTSLICES,
+        slice_body(
+            "controller-1",
+            [
+                {"addresses": ["10.244.0.10"], "conditions": {"ready": True}},
+                {"addresses": ["10.244.0.11"], "conditions": {"ready": False}},
+            ],
+        ),
+    )
+    seen: list[list[str]] = []
+    changed = asyncio.Event()
+
+    def record(urls: Iterable[str]) -> None:
+        seen.append(sorted(urls))
+        changed.set()
+
+    config = AgentConfig(
+        node=node_name(),
+        report_interval_s=0.2,
+        http_host="127.0.0.1",
+        http_port=0,
+        controller_service=f"{ns}/controller",
+        token_files=[],
+    )
+    agent = Agent(config, kube, ScriptedSource({}), Prober(min_samples=0))  # type: ignore[arg-type]
+    monkeypatch.setattr(agent.stream, "set_urls", record)
+    stop = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(agent.run(stop))
+
+    async def wait_for_urls(expected: list[str]) -> None:
+        async with asyncio.timeout(30):
+            while not seen or seen[-1] != expected:
+                changed.clear()
+                await changed.wait()
+
+    try:
+        await wait_for_urls(["ws://10.244.0.10:8080/v1/stream"])
+        # A second replica appears in another slice: both are streamed to.
+        await kube.create(
+            ENDPOINTSLICES,
+            slice_body("controller-2", [{"addresses": ["10.244.1.7"], "conditions": {}}]),
+        )
+        await wait_for_urls(["ws://10.244.0.10:8080/v1/stream", "ws://10.244.1.7:8080/v1/stream"])
+        await kube.delete(ENDPOINTSLICES, "controller-1", ns)
+        await wait_for_urls(["ws://10.244.1.7:8080/v1/stream"])
+    finally:
+        await stop_agent(stop, task)
