@@ -44,10 +44,12 @@ from aviator.reconcilers.harness import Controller
 from aviator.reconcilers.metrics import ControllerMetrics
 from aviator.reconcilers.probe import Prober
 from aviator.reconcilers.reconciler import (
+    BUILTIN_SLICE_INDEXERS,
     SERVICE_INDEXERS,
     SLICE_INDEXERS,
     Caches,
     PolicyReconciler,
+    index_by_service_name,
 )
 from aviator.workqueue import MetricsProvider, RateLimitingQueue
 
@@ -103,12 +105,16 @@ class ControllerApp:
             ENDPOINTSLICES, SLICE_INDEXERS, label_selector=naming.SLICE_SELECTOR
         )
         self.node_informer = self._informer(NODES, {})
+        self.builtin_slice_informer = self._informer(
+            ENDPOINTSLICES, BUILTIN_SLICE_INDEXERS, label_selector=naming.BUILTIN_SLICE_SELECTOR
+        )
         self.caches = Caches(
             policies=self.policy_informer.indexer,
             services=self.service_informer.indexer,
             pods=self.pod_informer.indexer,
             slices=self.slice_informer.indexer,
             nodes=self.node_informer.indexer,
+            builtin_slices=self.builtin_slice_informer.indexer,
         )
         self.recorder = EventRecorder(
             client, options.identity, on_write=lambda kind, verb: self.metrics.api_write(kind, verb)
@@ -164,6 +170,18 @@ class ControllerApp:
             c.handler_for(lambda p: mapping.keys_for_pod(p, policies, services)), "pod"
         )
         self.slice_informer.add_event_handler(c.handler_for(mapping.keys_for_slice), "slice")
+
+        def builtin_slice_keys(obj: JSON) -> Iterable[str]:
+            # Kubernetes' own slices matter to the policy that took their Service over.
+            return {
+                mapping.policy_key(p)
+                for idx in index_by_service_name(obj)
+                for p in policies.by_index(mapping.INDEX_BY_ROUTED, idx)
+            }
+
+        self.builtin_slice_informer.add_event_handler(
+            c.handler_for(builtin_slice_keys), "builtin-slice"
+        )
 
         def forget_pod(obj: JSON | DeletedFinalStateUnknown) -> None:
             # A deleted pod's IP may be reused: its old latency must not follow the IP.

@@ -27,6 +27,12 @@ FINALIZER = f"{GROUP}/cleanup"
 
 SLICE_SELECTOR = f"{LABEL_MANAGED_BY}={MANAGER}"
 
+# Slices Kubernetes itself makes for a Service. Removing a Service's selector does NOT
+# make these controllers delete them (kubernetes/kubernetes#118376, working as
+# intended upstream), so a takeover deletes them itself once the selector is gone.
+BUILTIN_MANAGERS = ("endpointslice-controller.k8s.io", "endpointslicemirroring-controller.k8s.io")
+BUILTIN_SLICE_SELECTOR = f"{LABEL_MANAGED_BY} in ({','.join(BUILTIN_MANAGERS)})"
+
 JSON = dict[str, Any]
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from aviator.informers import NAMESPACE_INDEX, Indexer
 from aviator.kube.client import ApiError, KubeClient
-from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, SERVICES
+from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, SERVICES, Resource
 from aviator.latency.histogram import Histogram
 from aviator.latency.store import LatencyStore
 from aviator.reconcilers import engine, naming, slices
@@ -96,7 +96,18 @@ def index_by_takeover(obj: JSON) -> list[str]:
 
 
 INDEX_SERVICES_BY_TAKEOVER = "aviator/services-by-takeover"
+INDEX_SLICES_BY_SERVICE = "aviator/slices-by-service"
+
+
+def index_by_service_name(obj: JSON) -> list[str]:
+    meta = obj.get("metadata", {})
+    svc = (meta.get("labels") or {}).get(naming.LABEL_SERVICE_NAME)
+    return [f"{meta.get('namespace', '')}/{svc}"] if svc else []
+
+
 SLICE_INDEXERS = {INDEX_SLICES_BY_POLICY: index_by_policy_label}
+BUILTIN_SLICE_INDEXERS = {INDEX_SLICES_BY_SERVICE: index_by_service_name}
+ENDPOINTS = Resource("", "v1", "endpoints", "Endpoints")
 SERVICE_INDEXERS = {
     INDEX_SERVICES_BY_POLICY: index_by_policy_label,
     INDEX_SERVICES_BY_TAKEOVER: index_by_takeover,
@@ -112,6 +123,7 @@ class Caches:
     pods: Indexer
     slices: Indexer
     nodes: Indexer | None = None
+    builtin_slices: Indexer | None = None  # slices Kubernetes' own controllers made
 
     def zone_of(self, node: str) -> str | None:
         if self.nodes is None:
@@ -139,7 +151,8 @@ class _Routing:
 
     problems: list[Problem] = field(default_factory=list)
     blocked: bool = False
-    remove_selector: bool = False
+    remove_selector: bool = False  # take over now (after our slices are published)
+    taken: bool = False  # taken over earlier and still ours
 
 
 def _now_iso(at: float) -> str:
@@ -432,6 +445,8 @@ class PolicyReconciler:
         )
         if routing.remove_selector:
             await self._take_over(target, name)
+        if parsed.mode == "takeover" and (routing.remove_selector or routing.taken):
+            await self._remove_builtin_endpoints(target, first=routing.remove_selector)
 
         await self._record_events(policy, outcome, current_active, changed_slices, eligible)
 
@@ -552,6 +567,8 @@ class PolicyReconciler:
             self.metrics.api_write("Service", "patch")
         if state is TakeoverState.UNTOUCHED:
             routing.remove_selector = True
+        elif state is TakeoverState.TAKEN:
+            routing.taken = True
         elif state is TakeoverState.RESTORED:
             routing.problems.append(
                 Problem(
@@ -570,6 +587,26 @@ class PolicyReconciler:
         await self.client.patch(SERVICES, meta["name"], patch, meta["namespace"])
         self.metrics.api_write("Service", "patch")
         log.info("Service %s/%s taken over by %s", meta["namespace"], meta["name"], policy_name)
+
+    async def _remove_builtin_endpoints(self, target: JSON, *, first: bool) -> None:
+        """Without a selector Kubernetes stops updating, but does not delete, its own
+        slices (and Endpoints, which the mirroring controller would turn into slices
+        again): they would keep routing to every pod. Delete them; with the selector
+        gone nothing recreates them, and restoring the selector brings them back."""
+        meta = target["metadata"]
+        ns, svc = meta["namespace"], meta["name"]
+        if self.caches.builtin_slices is not None:
+            for sl in self.caches.builtin_slices.by_index(INDEX_SLICES_BY_SERVICE, f"{ns}/{svc}"):
+                await self._delete(ENDPOINTSLICES, "EndpointSlice", ns, sl["metadata"]["name"])
+        if first:
+            try:
+                await self.client.delete(ENDPOINTS, svc, ns)
+                self.metrics.api_write("Endpoints", "delete")
+            except ApiError as exc:
+                if not (exc.not_found or exc.status == 403):
+                    raise
+                if exc.status == 403:
+                    log.warning("may not delete Endpoints %s/%s: %s", ns, svc, exc)
 
     async def _latencies(
         self, parsed: engine.ParsedPolicy, pods: list[JSON]

@@ -1,0 +1,372 @@
+"""Shared pieces of the reconciler integration tests (imported by test_reconciler_*.py):
+CRD install, pods with a hand-written status (no kubelet here), an in-process
+controller, and a test agent that streams latency over the real websocket."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+from prometheus_client import CollectorRegistry
+
+from aviator.api.crd import build_crd
+from aviator.kube import ApiError, KubeClient
+from aviator.kube.resources import (
+    AVIATORPOLICIES,
+    ENDPOINTSLICES,
+    NODES,
+    PODS,
+    SERVICEACCOUNTS,
+    SERVICES,
+)
+from aviator.latency.histogram import Histogram, bucket_index
+from aviator.reconcilers.app import ControllerApp, Options
+from aviator.reconcilers.naming import LABEL_MANAGED_BY, LABEL_SERVICE_NAME, MANAGER
+from aviator.testing.controlplane import ControlPlane
+
+JSON = dict[str, Any]
+T = TypeVar("T")
+AGENT_SA = "aviator-agent"
+
+_crd_installed: set[str] = set()
+
+
+def install_crd(cp: ControlPlane) -> None:
+    if cp.server in _crd_installed:
+        return
+    cp.kubectl(
+        "apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(build_crd())
+    )
+    cp.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "crd/aviatorpolicies.aviator.example.com",
+        "--timeout=60s",
+    )
+    _crd_installed.add(cp.server)
+
+
+@pytest.fixture
+def crd(control_plane: ControlPlane) -> None:
+    install_crd(control_plane)
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T | None]], within: float = 20.0, interval: float = 0.1
+) -> T:
+    """Poll `probe` until it returns something truthy; fail with its last value."""
+    deadline = time.monotonic() + within
+    last: T | None = None
+    while True:
+        last = await probe()
+        if last:
+            return last
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within}s (last: {last!r})")
+        await asyncio.sleep(interval)
+
+
+# --- objects -------------------------------------------------------------------------
+
+NODE = "reconciler-test-node-a"
+ZONE = "zone-a"
+_nodes: set[tuple[str, str]] = set()
+
+
+async def ensure_node(kube: KubeClient, name: str, zone: str = ZONE) -> None:
+    """The built-in EndpointSlice controller skips pods whose Node does not exist."""
+    if (kube.host, name) in _nodes:
+        return
+    body = {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": zone}},
+    }
+    try:
+        await kube.create(NODES, body)
+    except ApiError as exc:
+        if not exc.conflict:
+            raise
+    _nodes.add((kube.host, name))
+
+
+async def create_service(
+    kube: KubeClient,
+    ns: str,
+    name: str,
+    selector: dict[str, str],
+    ports: list[JSON] | None = None,
+) -> JSON:
+    body = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "selector": selector,
+            "ports": ports or [{"name": "http", "port": 80, "targetPort": 8080}],
+        },
+    }
+    return await kube.create(SERVICES, body, ns)
+
+
+async def create_pod(
+    kube: KubeClient,
+    ns: str,
+    name: str,
+    ip: str | list[str],
+    labels: dict[str, str],
+    *,
+    node: str = NODE,
+    ready: bool = True,
+    container_ports: list[JSON] | None = None,
+) -> JSON:
+    """A Pod bound to `node` whose status says Running/Ready at `ip` (no kubelet)."""
+    await ensure_node(kube, node)
+    body = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": ns, "labels": labels},
+        "spec": {
+            "nodeName": node,
+            "containers": [
+                {
+                    "name": "app",
+                    "image": "example.invalid/app:1",
+                    "ports": container_ports or [{"name": "http", "containerPort": 8080}],
+                }
+            ],
+        },
+    }
+    await kube.create(PODS, body, ns)
+    return await set_pod_status(kube, ns, name, ip, ready=ready)
+
+
+async def set_pod_status(
+    kube: KubeClient, ns: str, name: str, ip: str | list[str], *, ready: bool = True
+) -> JSON:
+    ips = [ip] if isinstance(ip, str) else ip
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    status = {
+        "phase": "Running",
+        "podIP": ips[0],
+        "podIPs": [{"ip": i} for i in ips],
+        "hostIP": "192.0.2.1",
+        "startTime": now,
+        "conditions": [
+            {"type": "Ready", "status": "True" if ready else "False", "lastTransitionTime": now},
+            {
+                "type": "ContainersReady",
+                "status": "True" if ready else "False",
+                "lastTransitionTime": now,
+            },
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+        ],
+    }
+    return await kube.patch(PODS, name, {"status": status}, ns, subresource="status")
+
+
+def policy_body(name: str, target: str, **spec: Any) -> JSON:
+    body: JSON = {
+        "apiVersion": "aviator.example.com/v1alpha1",
+        "kind": "AviatorPolicy",
+        "metadata": {"name": name},
+        "spec": {"targetRef": {"kind": "Service", "name": target}, **spec},
+    }
+    return body
+
+
+async def create_policy(kube: KubeClient, ns: str, name: str, target: str, **spec: Any) -> JSON:
+    body = policy_body(name, target, **spec)
+    body["metadata"]["namespace"] = ns
+    return await kube.create(AVIATORPOLICIES, body, ns)
+
+
+async def get_policy(kube: KubeClient, ns: str, name: str) -> JSON | None:
+    try:
+        return await kube.get(AVIATORPOLICIES, name, ns)
+    except ApiError as exc:
+        if exc.not_found:
+            return None
+        raise
+
+
+async def slices_of(
+    kube: KubeClient, ns: str, service: str, ours: bool | None = None
+) -> list[JSON]:
+    selector = f"{LABEL_SERVICE_NAME}={service}"
+    if ours is True:
+        selector += f",{LABEL_MANAGED_BY}={MANAGER}"
+    elif ours is False:
+        selector += f",{LABEL_MANAGED_BY}!={MANAGER}"
+    answer = await kube.list(ENDPOINTSLICES, ns, params={"labelSelector": selector})
+    return list(answer.get("items") or [])
+
+
+def endpoint_pods(slices: list[JSON], ready_only: bool = True) -> list[str]:
+    out = []
+    for s in slices:
+        for ep in s.get("endpoints") or []:
+            if ready_only and not (ep.get("conditions") or {}).get("ready", True):
+                continue
+            out.append((ep.get("targetRef") or {}).get("name", ""))
+    return sorted(out)
+
+
+def condition(policy: JSON, ctype: str) -> JSON:
+    for c in (policy.get("status") or {}).get("conditions") or []:
+        if c.get("type") == ctype:
+            return dict(c)
+    return {}
+
+
+# --- the controller, in process ------------------------------------------------------
+
+
+async def start_controller(
+    cp: ControlPlane, ns: str, **overrides: Any
+) -> tuple[ControllerApp, KubeClient]:
+    client = await KubeClient.load(str(cp.kubeconfig))
+    options = Options(
+        namespace=ns,
+        identity=f"test-{ns}",
+        leader_elect=False,
+        http_host="127.0.0.1",
+        http_port=0,
+        workers=2,
+        agent_service_accounts=(f"{ns}:{AGENT_SA}",),
+        latency_window_s=1.5,
+        latency_stale_after_s=3.0,
+    )
+    for k, v in overrides.items():
+        setattr(options, k, v)
+    app = ControllerApp(client, options, registry=CollectorRegistry())
+    await app.start()
+    return app, client
+
+
+@contextlib.asynccontextmanager
+async def running_controller(
+    cp: ControlPlane, ns: str, **overrides: Any
+) -> AsyncIterator[ControllerApp]:
+    app, client = await start_controller(cp, ns, **overrides)
+    try:
+        yield app
+    finally:
+        await app.stop()
+        await client.close()
+
+
+# --- a test agent streaming over the real websocket ------------------------------------
+
+
+async def agent_token(kube: KubeClient, ns: str, name: str = AGENT_SA) -> str:
+    with contextlib.suppress(ApiError):
+        await kube.create(
+            SERVICEACCOUNTS,
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}},
+            ns,
+        )
+    answer = await kube.request(
+        "POST",
+        SERVICEACCOUNTS.path(ns, name, "token"),
+        body={
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 3600},
+        },
+    )
+    return str(answer["status"]["token"])
+
+
+def snapshot(
+    latency_ms: dict[str, float], *, node: str = "node-a", samples: int = 200, port: int = 8080
+) -> str:
+    endpoints = []
+    for ip, ms in latency_ms.items():
+        us = max(1, int(ms * 1000))
+        hist = Histogram()
+        hist.record(us, samples)
+        endpoints.append(
+            {
+                "ip": ip,
+                "port": port,
+                "role": "server",
+                "pod": None,
+                "hist": {str(bucket_index(us)): samples},
+                "count": samples,
+                "sum_us": us * samples,
+                "max_us": us,
+                "rif": 0,
+                "aborted": 0,
+            }
+        )
+    return json.dumps(
+        {
+            "v": 1,
+            "kind": "snapshot",
+            "node": node,
+            "source": "ebpf",
+            "time": time.time(),
+            "window_s": 0.2,
+            "endpoints": endpoints,
+        }
+    )
+
+
+class TestAgent:
+    """Streams the latencies in `self.latency_ms` (IP → ms) every `period_s`."""
+
+    __test__ = False  # not a pytest class
+
+    def __init__(self, url: str, token: str, period_s: float = 0.2) -> None:
+        self.url = url
+        self.token = token
+        self.period_s = period_s
+        self.latency_ms: dict[str, float] = {}
+        self.sent = 0
+        self._task: asyncio.Task[None] | None = None
+        self._session: aiohttp.ClientSession | None = None
+        self.connected = asyncio.Event()
+
+    async def __aenter__(self) -> TestAgent:
+        self._session = aiohttp.ClientSession()
+        self._task = asyncio.create_task(self._run())
+        await asyncio.wait_for(self.connected.wait(), 10)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+        if self._session is not None:
+            await self._session.close()
+
+    async def _run(self) -> None:
+        assert self._session is not None
+        async with self._session.ws_connect(
+            self.url, headers={"Authorization": f"Bearer {self.token}"}
+        ) as ws:
+            self.connected.set()
+            while True:
+                if self.latency_ms:
+                    await ws.send_str(snapshot(dict(self.latency_ms)))
+                    self.sent += 1
+                await asyncio.sleep(self.period_s)
+
+
+def stream_url(app: ControllerApp) -> str:
+    return f"ws://127.0.0.1:{app.http_port}/v1/stream"
+
+
+def test_snapshot_helper_is_valid_v1() -> None:
+    from aviator.latency.schema import parse_snapshot
+
+    snap = parse_snapshot(snapshot({"10.0.0.1": 10.0}))
+    assert snap.endpoints[0].hist.count == 200
