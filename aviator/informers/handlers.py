@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Awaitable, Callable
 from typing import Protocol, runtime_checkable
 
@@ -57,9 +56,3 @@ class FuncHandler:
 
     def on_delete(self, obj: JSON | DeletedFinalStateUnknown) -> MaybeAwaitable:
         return self._delete(obj) if self._delete else None
-
-
-async def call_handler(result: MaybeAwaitable) -> None:
-    """Await a handler's result when it returned an awaitable (async callback)."""
-    if inspect.isawaitable(result):
-        await result

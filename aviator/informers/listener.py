@@ -8,14 +8,17 @@ notification in the order the informer produced them.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 from collections import deque
 from dataclasses import dataclass
 
-from aviator.informers.handlers import ResourceEventHandler, call_handler
+from aviator.informers.handlers import MaybeAwaitable, ResourceEventHandler
 from aviator.informers.keys import JSON, DeletedFinalStateUnknown
 
 log = logging.getLogger(__name__)
+
+YIELD_EVERY = 256  # notifications delivered to sync handlers between loop yields
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,31 +88,42 @@ class ProcessorListener:
             await asyncio.gather(task, return_exceptions=True)
 
     async def _run(self) -> None:
+        since_yield = 0
         while True:
             while not self._buffer:
                 self._wakeup.clear()
+                since_yield = 0
                 await self._wakeup.wait()
             notification = self._buffer.popleft()
             try:
-                await self._deliver(notification)
+                result = self._dispatch(notification)
+                if result is not None and inspect.isawaitable(result):
+                    await result
+                    since_yield = 0
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.exception("informer handler %s failed on %s", self.name, _kind(notification))
             finally:
                 self.delivered += 1
-                if isinstance(notification, AddNotification) and notification.is_initial_list:
+                if type(notification) is AddNotification and notification.is_initial_list:
                     self._initial_pending -= 1
                     if self._initial_pending == 0:
                         self._initial_done.set()
+            since_yield += 1
+            if since_yield >= YIELD_EVERY:
+                # Sync handlers never suspend: let other tasks run during long backlogs.
+                since_yield = 0
+                await asyncio.sleep(0)
 
-    async def _deliver(self, n: Notification) -> None:
-        if isinstance(n, AddNotification):
-            await call_handler(self.handler.on_add(n.obj, n.is_initial_list))
-        elif isinstance(n, UpdateNotification):
-            await call_handler(self.handler.on_update(n.old, n.new))
-        else:
-            await call_handler(self.handler.on_delete(n.obj))
+    def _dispatch(self, n: Notification) -> MaybeAwaitable:
+        # Called directly (no coroutine per event) so sync handlers cost one call.
+        if type(n) is UpdateNotification:
+            return self.handler.on_update(n.old, n.new)
+        if type(n) is AddNotification:
+            return self.handler.on_add(n.obj, n.is_initial_list)
+        assert type(n) is DeleteNotification
+        return self.handler.on_delete(n.obj)
 
 
 def _kind(n: Notification) -> str:

@@ -129,10 +129,23 @@ class Indexer:
         """Store obj under its key; return the object it replaced (None if new)."""
         key = object_key(obj)
         old = self._items.get(key)
-        if old is not None:
-            self._unindex(key, old)
         self._items[key] = obj
-        self._reindex(key, obj)
+        if old is None:
+            self._reindex(key, obj)
+            return None
+        for name, func in self._index_funcs.items():
+            before, after = func(old), func(obj)
+            if before == after:
+                continue  # the usual case: an update that does not move the object
+            index = self._indices[name]
+            for value in before:
+                keys = index.get(value)
+                if keys is not None:
+                    keys.discard(key)
+                    if not keys:
+                        del index[value]
+            for value in after:
+                index.setdefault(value, set()).add(key)
         return old
 
     def delete(self, key: str) -> JSON | None:
