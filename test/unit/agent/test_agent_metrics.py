@@ -1,0 +1,56 @@
+"""Agent metrics: per-pod histograms folded into Prometheus buckets, capped series."""
+
+from __future__ import annotations
+
+from aviator.agent.metrics import LE_SECONDS, AgentMetrics, _fold
+from aviator.latency.histogram import Histogram
+from aviator.latency.schema import EndpointWindow, Snapshot
+
+
+def window(
+    pod: str | None, values: list[int], *, role: str = "server", port: int = 80
+) -> EndpointWindow:
+    h = Histogram.from_values(values)
+    return EndpointWindow("10.0.0.1", port, role, pod, h, h.count, sum(values), max(values), 0, 1)  # type: ignore[arg-type]
+
+
+def test_fold_is_cumulative_and_ends_with_the_count() -> None:
+    h = Histogram.from_values([100, 900, 3000, 20_000_000])
+    folded = dict(_fold(h))
+    assert folded["0.0005"] == 1  # 100 µs
+    assert folded["0.001"] == 2  # 900 µs
+    assert folded["0.005"] == 3  # 3 ms
+    assert folded["10"] == 3  # 20 s is above every bound
+    assert folded["+Inf"] == 4
+    values = [v for _, v in _fold(h)]
+    assert values == sorted(values) and len(values) == len(LE_SECONDS) + 1
+
+
+def test_pod_series_are_capped_and_follow_the_pods() -> None:
+    m = AgentMetrics(max_pods=2)
+    snap = Snapshot(
+        "n",
+        "ebpf",
+        0.0,
+        1.0,
+        (
+            window("ns/a", [1000]),
+            window("ns/b", [2000]),
+            window("ns/c", [3000]),  # over the cap
+            window(None, [4000]),  # unmapped: never a series
+            window("ns/x", [5000], role="client"),
+        ),
+    )
+    m.observe(snap)
+    text = m.render().decode()
+    assert 'aviator_agent_pod_request_duration_seconds_count{pod="ns/a",port="80"} 1.0' in text
+    assert 'pod="ns/b"' in text and 'pod="ns/c"' not in text
+    assert "aviator_agent_pod_series_dropped 1.0" in text
+    assert 'aviator_agent_requests_total{role="server"} 4.0' in text
+    assert "aviator_agent_requests_aborted_total 5.0" in text
+    m.retain_pods(lambda pod: pod != "ns/a")
+    m.observe(Snapshot("n", "ebpf", 0.0, 1.0, (window("ns/c", [3000]),)))
+    text = m.render().decode()
+    assert 'pod="ns/a"' not in text and 'pod="ns/c"' in text
+    m.set_source_stats({"events.seen": 7})
+    assert "aviator_agent_bpf_events_seen 7.0" in m.render().decode()
