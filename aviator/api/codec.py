@@ -19,6 +19,7 @@ from aviator.api.durations import Duration, DurationError
 from aviator.api.schema import (
     FieldInfo,
     class_rules,
+    enum_values,
     fields_of,
     is_duration,
     is_enum,
@@ -159,7 +160,7 @@ class _Decoder:
             except DurationError as exc:
                 return self.fail(path, str(exc))
         if is_enum(tp):
-            allowed = [str(m.value) for m in tp]
+            allowed = enum_values(tp)
             if not isinstance(raw, str) or raw not in allowed:
                 return self.fail(path, f"must be one of {', '.join(allowed)}; got {_describe(raw)}")
             return tp(raw)

@@ -104,7 +104,7 @@ def _type_schema(tp: Any, path: str, *, defaults: bool) -> JSON:
             ],
         }
     if is_enum(tp):
-        return {"type": "string", "enum": enum_values(tp)}
+        return {"type": "string", "enum": list(enum_values(tp))}
     simple = {bool: "boolean", int: "integer", float: "number", str: "string"}
     if tp in simple:
         return {"type": simple[tp]}

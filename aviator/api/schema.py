@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import types
 import typing
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -103,14 +104,24 @@ class Field:
         return self.default
 
 
-def fields_of(cls: type) -> Iterator[Field]:
-    """The model fields of a dataclass, in declaration order, types resolved."""
+def fields_of(cls: type) -> tuple[Field, ...]:
+    """The model fields of a dataclass, in declaration order, types resolved.
+
+    Cached: resolving type hints is slow, and the decoder runs on every reconcile.
+    """
+    return _fields_of(cls)
+
+
+@functools.cache
+def _fields_of(cls: type) -> tuple[Field, ...]:
     hints = typing.get_type_hints(cls)
+    out: list[Field] = []
     for f in dataclasses.fields(cls):
         info = f.metadata.get(_META_KEY)
         if info is None:
             raise TypeError(f"{cls.__name__}.{f.name} is not declared with api_field()")
-        yield Field(f.name, hints[f.name], info, f.default, f.default_factory)
+        out.append(Field(f.name, hints[f.name], info, f.default, f.default_factory))
+    return tuple(out)
 
 
 def class_rules(cls: type) -> tuple[Rule, ...]:
@@ -155,8 +166,9 @@ def is_enum(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, enum.Enum)
 
 
-def enum_values(tp: type[enum.Enum]) -> list[str]:
-    return [str(m.value) for m in tp]
+@functools.cache
+def enum_values(tp: type[enum.Enum]) -> tuple[str, ...]:
+    return tuple(str(m.value) for m in tp)
 
 
 def is_model(tp: Any) -> bool:

@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aviator.api import (
     AviatorPolicySpec,
@@ -362,3 +364,54 @@ def test_the_reconcilers_status_fits_the_model() -> None:
     raw = build_status(obs, {})
     status = AviatorPolicyStatus.from_dict(raw)
     assert status.to_dict() == raw
+
+
+# ------------------------------------------------------------- defensive decoding
+
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from(["", "web", "5s", "-1s", "100ms", "topN", "prequal", "shadow", "/"]),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def _leaf_paths(value: Any, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    if isinstance(value, dict):
+        out = [prefix] if prefix else []
+        for k, v in value.items():
+            out.extend(_leaf_paths(v, (*prefix, k)))
+        return out
+    return [prefix]
+
+
+_PATHS = _leaf_paths(PRODUCT_DEFAULTS)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.tuples(st.sampled_from(_PATHS), _json), min_size=1, max_size=4))
+def test_decoding_any_mutation_is_a_spec_or_a_policy_error(
+    mutations: list[tuple[tuple[str, ...], Any]],
+) -> None:
+    """Whatever an older CRD (or none) let through, the controller gets a value or a
+    PolicyError naming fields under spec — never another exception."""
+    spec = copy.deepcopy(PRODUCT_DEFAULTS)
+    for path, value in mutations:
+        node = spec
+        for key in path[:-1]:
+            if not isinstance(node.get(key), dict):
+                node[key] = {}
+            node = node[key]
+        node[path[-1]] = value
+    try:
+        decoded = AviatorPolicySpec.from_dict(spec)
+    except PolicyError as exc:
+        assert exc.errors
+        assert all(e.path.startswith("spec") and e.message for e in exc.errors)
+        return
+    assert AviatorPolicySpec.from_dict(decoded.to_dict()) == decoded
