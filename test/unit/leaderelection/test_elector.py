@@ -14,6 +14,8 @@ from leaderelection_fakes import LockServer, MemoryLock
 from aviator.leaderelection import LeaderElectionConfig, LeaderElectionRecord, LeaderElector
 
 LEASE, DEADLINE, RETRY = 0.6, 0.4, 0.1
+# Event-loop latency on a busy machine, added to the theoretical bounds.
+SLACK = 0.2
 
 
 @dataclass
@@ -162,7 +164,7 @@ async def test_partitioned_leader_steps_down_before_standby_takes_over(
     assert a.task is not None
     await asyncio.wait_for(a.task, 1)  # run() returns after a lost term
     # a stopped within renew_deadline of its last renewal (+ one retry of slack) ...
-    assert a.cancelled_at - last_renewal <= DEADLINE + RETRY + 0.1
+    assert a.cancelled_at - last_renewal <= DEADLINE + RETRY + SLACK
     await asyncio.wait_for(b.started.wait(), 2)
     # ... strictly before b could take over (a full lease_duration after a's last write).
     assert a.cancelled_at < b.started_at
@@ -190,7 +192,7 @@ async def test_killed_leader_is_replaced_within_lease_duration_plus_retry(
         await a.task
     assert server.record is not None and server.record.holder_identity == "a"  # not released
     await asyncio.wait_for(b.started.wait(), LEASE + RETRY + 0.5)
-    assert b.started_at - killed <= LEASE + RETRY + 0.1
+    assert b.started_at - killed <= LEASE + RETRY + SLACK
     assert b.started_at - killed >= LEASE - RETRY - 0.05
 
 
@@ -212,8 +214,8 @@ async def test_graceful_shutdown_releases_and_standby_takes_over_at_once(
     assert a.leading_cancelled.is_set() and a.stopped.is_set()
     released_record = server.writes[-1] if server.writes[-1].holder_identity == "" else None
     assert released_record is not None or (server.record and server.record.holder_identity == "b")
-    await asyncio.wait_for(b.started.wait(), RETRY + 0.3)
-    assert b.started_at - released <= RETRY + 0.1
+    await asyncio.wait_for(b.started.wait(), RETRY + 2 * SLACK)
+    assert b.started_at - released <= RETRY + SLACK
     assert server.record is not None
     assert server.record.lease_transitions == 1
 
@@ -226,7 +228,7 @@ async def test_stolen_lease_stops_the_leader_at_next_renewal(cleanup: list[Candi
     server.write(LeaderElectionRecord("intruder", 60.0, "t", "t", 5))
     stolen = time.monotonic()
     await asyncio.wait_for(a.leading_cancelled.wait(), 2)
-    assert a.cancelled_at - stolen <= RETRY + 0.1  # no waiting for the renew deadline
+    assert a.cancelled_at - stolen <= RETRY + SLACK  # no waiting for the renew deadline
     assert server.record is not None and server.record.holder_identity == "intruder"
 
 
