@@ -9,8 +9,10 @@ Write policy (steady state makes ZERO status writes):
   they move by more than `LATENCY_TOLERANCE` (relative) — histogram quantiles hop
   between neighbouring buckets under ordinary jitter, and a status write per interval
   per policy would be pure noise for the API server;
-- everything else (counts, source, pod states, conditions, observedGeneration, the
-  persisted engine state) is compared exactly.
+- per-pod sample counts and requests in flight (display only) count as changed only
+  when they move by more than half (and more than 2), or samples appear/vanish;
+- everything else (active/total, source, pod states and reasons, conditions,
+  observedGeneration, the persisted engine state) is compared exactly.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ REASON_INVALID_SPEC = "InvalidSpec"
 BLOCKING = (REASON_INVALID_SPEC, REASON_CONFLICT, REASON_SERVICE_NOT_FOUND, REASON_NO_ELIGIBLE_PODS)
 
 LATENCY_TOLERANCE = 0.10
+COUNT_TOLERANCE = 0.5
 MAX_POD_ROWS = 500  # keeps the status object far below the API server's size limit
 
 
@@ -177,6 +180,19 @@ def _close(a: Any, b: Any) -> bool:
 
 
 _LATENCY_FIELDS = ("p50Ms", "p99Ms")
+_GAUGE_FIELDS = ("samples", "rif")
+
+
+def _close_count(a: Any, b: Any, *, zero_matters: bool) -> bool:
+    """Window sample counts and requests in flight jitter from one window to the
+    next; they are shown, not decided on. A change counts when it is large (more than
+    half, and more than 2) or when data appears or vanishes."""
+    if a is None or b is None:
+        return a is b
+    ia, ib = int(a), int(b)
+    if zero_matters and (ia == 0) != (ib == 0):
+        return False
+    return abs(ia - ib) <= max(2, COUNT_TOLERANCE * max(ia, ib))
 
 
 def _same_rows(old: Sequence[JSON], new: Sequence[JSON]) -> bool:
@@ -186,6 +202,9 @@ def _same_rows(old: Sequence[JSON], new: Sequence[JSON]) -> bool:
         for k in set(a) | set(b):
             if k in _LATENCY_FIELDS:
                 if not _close(a.get(k), b.get(k)):
+                    return False
+            elif k in _GAUGE_FIELDS:
+                if not _close_count(a.get(k), b.get(k), zero_matters=k == "samples"):
                     return False
             elif a.get(k) != b.get(k):
                 return False

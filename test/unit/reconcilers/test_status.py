@@ -32,6 +32,10 @@ def obs(**kw: object) -> Observation:
     return Observation(**base)  # type: ignore[arg-type]
 
 
+def first_b() -> PodRow:
+    return PodRow("b", "10.0.0.2", "n", "ejected", 400.0, 500.0, 3, 100, "PodEjected")
+
+
 def cond(status: dict[str, object], ctype: str) -> dict[str, object]:
     return next(c for c in status["conditions"] if c["type"] == ctype)  # type: ignore[attr-defined,no-any-return]
 
@@ -86,6 +90,20 @@ def test_latency_jitter_within_tolerance_is_no_change() -> None:
         first,
     )
     assert not status_changed(first, jitter)
+    noisy_counts = build_status(
+        obs(
+            pods=[
+                PodRow("a", "10.0.0.1", "n", "active", 5.0, 12.0, 1, 140),
+                PodRow("b", "10.0.0.2", "n", "ejected", 400.0, 500.0, 4, 160, "PodEjected"),
+            ]
+        ),
+        first,
+    )
+    assert not status_changed(first, noisy_counts)
+    no_data = build_status(
+        obs(pods=[PodRow("a", "10.0.0.1", "n", "active", 5.0, 12.0, 0, 0), first_b()]), first
+    )
+    assert status_changed(first, no_data)
     moved = build_status(obs(p99_ms=20.0), first)
     assert status_changed(first, moved)
 

@@ -1,0 +1,309 @@
+"""Selection behaviour end to end: steady state writes nothing, dampening takes exactly
+consecutiveIntervals evaluations, breaker ejections show as Events and status, and two
+policies for one Service never overwrite each other."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections import Counter
+from typing import Any
+
+import pytest
+from test_reconciler_support import (
+    TestAgent,
+    agent_token,
+    condition,
+    crd,
+    create_pod,
+    create_policy,
+    create_service,
+    endpoint_pods,
+    eventually,
+    get_policy,
+    running_controller,
+    slices_of,
+    stream_url,
+)
+
+from aviator.kube import KubeClient
+from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, EVENTS, SERVICES, Resource
+from aviator.testing.controlplane import ControlPlane
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("crd")]
+__all__ = ["crd"]
+
+LABELS = {"app": "web"}
+IPS = {"fast-1": "10.50.0.1", "fast-2": "10.50.0.2", "slow-1": "10.50.0.3", "slow-2": "10.50.0.4"}
+INTERVAL_S = 0.5
+DEBUG = False
+
+
+def _diff(a: Any, b: Any, path: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out: list[str] = []
+        for k in set(a) | set(b):
+            if k in ("managedFields", "resourceVersion"):
+                continue
+            out += _diff(a.get(k), b.get(k), f"{path}.{k}")
+        return out
+    return [] if a == b else [f"{path}: {a!r} -> {b!r}"]
+
+
+async def _pods(kube: KubeClient, ns: str) -> None:
+    await create_service(kube, ns, "web", LABELS)
+    for name, ip in IPS.items():
+        await create_pod(kube, ns, name, ip, LABELS)
+
+
+def _lat(**ms: float) -> dict[str, float]:
+    base = {"fast-1": 10.0, "fast-2": 10.0, "slow-1": 500.0, "slow-2": 500.0}
+    base.update(ms)
+    return {IPS[n]: v for n, v in base.items()}
+
+
+async def _count_writes(kube: KubeClient, ns: str, res: Resource, seconds: float) -> Counter[str]:
+    """Watch events (writes) on `res` in `ns` for `seconds`, from the current version."""
+    rv = (await kube.list(res, ns)).get("metadata", {}).get("resourceVersion", "")
+    seen: Counter[str] = Counter()
+    last: dict[str, Any] = {}
+
+    async def watch() -> None:
+        async for ev in kube.watch(res.path(ns), {"resourceVersion": rv}):
+            if ev.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                name = ev["object"]["metadata"]["name"]
+                seen[f"{ev['type']} {name}"] += 1
+                if DEBUG:
+                    print(ev["type"], name, json.dumps(_diff(last.get(name), ev["object"])))
+                last[name] = ev["object"]
+
+    task = asyncio.create_task(watch())
+    await asyncio.sleep(seconds)  # counting what happens in a time span: waiting is the point
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    return seen
+
+
+async def test_steady_state_makes_zero_writes(
+    control_plane: ControlPlane, kube: KubeClient, namespace: str
+) -> None:
+    ns = namespace
+    await _pods(kube, ns)
+    token = await agent_token(kube, ns)
+    async with (
+        running_controller(control_plane, ns) as app,
+        TestAgent(stream_url(app), token) as agent,
+    ):
+        agent.latency_ms = _lat()
+        await create_policy(
+            kube,
+            ns,
+            "p",
+            "web",
+            evaluationInterval="500ms",
+            selection={"mode": "topN", "topN": 2},
+            circuitBreaker={"enabled": True, "p99Threshold": "1s"},
+        )
+
+        async def settled() -> bool:
+            pods = endpoint_pods(await slices_of(kube, ns, "web-aviator", ours=True))
+            p = await get_policy(kube, ns, "p")
+            return (
+                pods == ["fast-1", "fast-2"]
+                and ((p or {}).get("status") or {}).get("activePods") == 2
+            )
+
+        await eventually(settled)
+        await asyncio.sleep(3 * INTERVAL_S)  # let the first status write land
+        slices, services, policies = await asyncio.gather(
+            _count_writes(kube, ns, ENDPOINTSLICES, 10 * INTERVAL_S),
+            _count_writes(kube, ns, SERVICES, 10 * INTERVAL_S),
+            _count_writes(kube, ns, AVIATORPOLICIES, 10 * INTERVAL_S),
+        )
+        assert agent.sent > 20
+        assert not slices, slices
+        assert not services, services
+        assert not policies, policies  # status too: lastEvaluationTime rides along only
+
+
+async def _watch_sequence(kube: KubeClient, ns: str, out: list[tuple[str, Any]]) -> None:
+    """Append ("status", (active set, dampening)) and ("slices", pods) as they happen."""
+    rv = (await kube.list(AVIATORPOLICIES, ns)).get("metadata", {}).get("resourceVersion", "")
+
+    async def policies() -> None:
+        async for ev in kube.watch(AVIATORPOLICIES.path(ns), {"resourceVersion": rv}):
+            st = (ev.get("object") or {}).get("status") or {}
+            active = tuple(
+                sorted(r["name"] for r in st.get("pods") or [] if r.get("state") == "active")
+            )
+            damp = (st.get("engineState") or {}).get("dampening") or {}
+            out.append(
+                ("status", (active, tuple(damp.get("candidate") or ()), damp.get("streak", 0)))
+            )
+
+    async def slices() -> None:
+        async for ev in kube.watch(
+            ENDPOINTSLICES.path(ns),
+            {"resourceVersion": rv, "labelSelector": "kubernetes.io/service-name=web-aviator"},
+        ):
+            if ev.get("type") in ("ADDED", "MODIFIED"):
+                out.append(("slices", tuple(endpoint_pods([ev["object"]]))))
+
+    await asyncio.gather(policies(), slices())
+
+
+async def test_dampening_applies_a_better_set_after_exactly_n_intervals(
+    control_plane: ControlPlane, kube: KubeClient, namespace: str
+) -> None:
+    ns = namespace
+    await _pods(kube, ns)
+    token = await agent_token(kube, ns)
+    async with (
+        running_controller(control_plane, ns) as app,
+        TestAgent(stream_url(app), token) as agent,
+    ):
+        agent.latency_ms = _lat()
+        await create_policy(
+            kube,
+            ns,
+            "p",
+            "web",
+            evaluationInterval="500ms",
+            selection={"mode": "topN", "topN": 2},
+            dampening={"enabled": True, "thresholdPercent": 20, "consecutiveIntervals": 3},
+        )
+
+        async def settled() -> bool:
+            return endpoint_pods(await slices_of(kube, ns, "web-aviator", ours=True)) == [
+                "fast-1",
+                "fast-2",
+            ]
+
+        await eventually(settled)
+        for change, expect_in in ((_lat(**{"slow-1": 2.0}), True), (_lat(), False)):
+            seq: list[tuple[str, Any]] = []
+            watcher = asyncio.create_task(_watch_sequence(kube, ns, seq))
+            await asyncio.sleep(0.3)  # the watches are open
+            agent.latency_ms = change
+
+            async def switched() -> bool:
+                pods = endpoint_pods(await slices_of(kube, ns, "web-aviator", ours=True))
+                return ("slow-1" in pods) is expect_in and len(pods) == 2  # noqa: B023
+
+            await eventually(switched, within=30)
+            await asyncio.sleep(0.5)
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watcher
+            # Status steps: the candidate set wins 1, 2 evaluations, then (the 3rd)
+            # becomes active with no candidate pending; the slices change only then.
+            statuses = [v for k, v in seq if k == "status"]
+            streaks = [s for _, cand, s in statuses if cand]
+            assert streaks[:2] == [1, 2], seq
+            first_slice_change = next(i for i, (k, _) in enumerate(seq) if k == "slices")
+            before = [v for k, v in seq[:first_slice_change] if k == "status"]
+            assert before and before[-1][2] == 2 and before[-1][1], seq
+            assert not [v for v in before if v[2] >= 3], seq
+
+
+async def test_breaker_ejection_is_an_event_and_in_status(
+    control_plane: ControlPlane, kube: KubeClient, namespace: str
+) -> None:
+    ns = namespace
+    await _pods(kube, ns)
+    token = await agent_token(kube, ns)
+    async with (
+        running_controller(control_plane, ns) as app,
+        TestAgent(stream_url(app), token) as agent,
+    ):
+        agent.latency_ms = _lat(**{"slow-2": 10.0})  # one slow pod among four
+        await create_policy(
+            kube,
+            ns,
+            "p",
+            "web",
+            evaluationInterval="500ms",
+            selection={"mode": "percentage", "percentage": 100},
+            dampening={"enabled": False},
+            circuitBreaker={
+                "enabled": True,
+                "p99Threshold": "100ms",
+                "consecutiveViolations": 2,
+                "recoveryInterval": "1s",
+            },
+        )
+
+        async def ejected() -> dict[str, Any] | None:
+            p = await get_policy(kube, ns, "p")
+            st = (p or {}).get("status") or {}
+            return st if st.get("ejectedPods") == ["slow-1"] else None
+
+        st = await eventually(ejected)
+        row = next(r for r in st["pods"] if r["name"] == "slow-1")
+        assert row["state"] == "ejected" and row["p99Ms"] > 100
+        assert "slow-1" not in endpoint_pods(await slices_of(kube, ns, "web-aviator", ours=True))
+
+        async def events(reason: str) -> list[dict[str, Any]]:
+            items = (await kube.list(EVENTS, ns)).get("items") or []
+            return [e for e in items if e.get("reason") == reason]
+
+        (ev,) = await eventually(lambda: events("PodEjected"))
+        assert ev["regarding"]["kind"] == "AviatorPolicy" and ev["regarding"]["name"] == "p"
+        assert ev["related"]["name"] == "slow-1" and ev["type"] == "Warning"
+        assert await eventually(lambda: events("EndpointsUpdated"))
+
+        # Recovery: fast again → half-open after recoveryInterval → readmitted.
+        agent.latency_ms = _lat(**{"slow-1": 10.0, "slow-2": 10.0})
+        assert await eventually(lambda: events("PodReadmitted"), within=30)
+
+        async def back() -> bool:
+            return "slow-1" in endpoint_pods(await slices_of(kube, ns, "web-aviator", ours=True))
+
+        await eventually(back)
+
+
+async def test_second_policy_for_the_same_service_gets_conflict(
+    control_plane: ControlPlane, kube: KubeClient, namespace: str
+) -> None:
+    ns = namespace
+    await _pods(kube, ns)
+    async with running_controller(control_plane, ns):
+        await create_policy(kube, ns, "first", "web", evaluationInterval="500ms")
+
+        async def first_ready() -> bool:
+            p = await get_policy(kube, ns, "first")
+            return condition(p or {}, "Ready").get("status") == "True"
+
+        await eventually(first_ready)
+        await asyncio.sleep(1.1)  # creationTimestamp has 1 s resolution: make "later" certain
+        await create_policy(kube, ns, "second", "web", evaluationInterval="500ms")
+
+        async def second_conflict() -> dict[str, Any] | None:
+            p = await get_policy(kube, ns, "second")
+            c = condition(p or {}, "Ready")
+            return c if c.get("reason") == "Conflict" else None
+
+        c = await eventually(second_conflict)
+        assert "first" in c["message"]
+        shadow = await kube.get(SERVICES, "web-aviator", ns)
+        assert shadow["metadata"]["ownerReferences"][0]["name"] == "first"
+        assert {
+            s["metadata"]["labels"]["aviator.example.com/policy"]
+            for s in await slices_of(kube, ns, "web-aviator")
+        } == {"first"}
+
+        # When the first goes, the second takes over by itself.
+        await kube.delete(AVIATORPOLICIES, "first", ns)
+
+        async def second_routes() -> bool:
+            p = await get_policy(kube, ns, "second")
+            if condition(p or {}, "Ready").get("status") != "True":
+                return False
+            slices = await slices_of(kube, ns, "web-aviator")
+            return bool(slices) and all(
+                s["metadata"]["labels"]["aviator.example.com/policy"] == "second" for s in slices
+            )
+
+        await eventually(second_routes, within=30)
