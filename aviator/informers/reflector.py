@@ -38,6 +38,7 @@ MIN_WATCH_TIMEOUT_S = 300.0
 # A watch that ends sooner than this without any event counts as a failure, so a
 # server that closes watches at once cannot make us spin.
 SHORT_WATCH_S = 1.0
+WATCH_DEADLINE_MARGIN_S = 30.0
 
 # Errors that mean the transport failed, not the request: retried with backoff.
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
@@ -115,6 +116,7 @@ class Reflector:
         min_watch_timeout_s: float = MIN_WATCH_TIMEOUT_S,
         backoff: Backoff | None = None,
         list_timeout_s: float = 60.0,
+        watch_deadline_margin_s: float = WATCH_DEADLINE_MARGIN_S,
     ) -> None:
         self._client = client
         self._resource = resource
@@ -129,6 +131,7 @@ class Reflector:
         self._min_watch_timeout_s = min_watch_timeout_s
         self.backoff = backoff or Backoff(jitter=0.25)
         self._list_timeout_s = list_timeout_s
+        self._watch_deadline_margin_s = watch_deadline_margin_s
         self._path = resource.path(namespace)
         self.last_sync_resource_version = ""
         # Set when listing from last_sync_resource_version failed with 410: the next
@@ -258,7 +261,7 @@ class Reflector:
 
     async def _watch(self) -> None:
         """Watch until the stream ends; return to re-watch, raise _Relist to relist."""
-        timeout_s = int(self._min_watch_timeout_s * (1.0 + random.random()))
+        timeout_s = max(1, int(self._min_watch_timeout_s * (1.0 + random.random())))
         params: dict[str, str | int | bool] = dict(self._selectors)
         params.update(
             resourceVersion=self.last_sync_resource_version,
@@ -269,9 +272,12 @@ class Reflector:
         events = 0
         self.watches += 1
         try:
-            async for event in self._client.watch(self._path, params):
-                self._handle(event)
-                events += 1
+            # The server ends the watch at timeoutSeconds; a connection that went silent
+            # without a reset (half-open TCP) is given up a little after that.
+            async with asyncio.timeout(timeout_s + self._watch_deadline_margin_s):
+                async for event in self._client.watch(self._path, params):
+                    self._handle(event)
+                    events += 1
         except ApiError as err:
             if is_expired(err):
                 raise _Relist(str(err)) from err

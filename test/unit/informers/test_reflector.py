@@ -252,3 +252,26 @@ def test_backoff_stays_within_bounds(gaps: list[float], jitter: float, seed: int
         last = now
         delay = b.failure(now)
         assert base <= delay <= min(base * (1 + jitter), 30.0) + 1e-9
+
+
+async def test_silent_watch_is_abandoned_after_its_timeout() -> None:
+    """A half-open connection never ends by itself: give up shortly after timeoutSeconds."""
+    api = FakeApi()
+    store = ListStore()
+    reflector = Reflector(
+        api,
+        CONFIGMAPS,
+        store,
+        min_watch_timeout_s=0.5,  # timeoutSeconds=1
+        watch_deadline_margin_s=0.05,
+        backoff=fast_backoff(),
+    )
+    task = asyncio.create_task(reflector.run())
+    try:
+        await wait_until(lambda: api.open_watches() == 1)
+        assert api.watch_calls[0]["timeoutSeconds"] == 1
+        await wait_until(lambda: len(api.watch_calls) == 2 and api.open_watches() == 1, 3)
+        assert len(api.list_calls) == 1
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
