@@ -14,7 +14,7 @@ import json
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from aviator.api import AviatorPolicySpec, PolicyError, from_dict
+from aviator.api.crd import build_crd
 from aviator.api.types import SelectionSpec
 from aviator.kube import KubeClient
 from aviator.kube.resources import AVIATORPOLICIES
@@ -80,6 +81,14 @@ def _get(cp: ControlPlane, namespace: str, name: str) -> dict[str, Any]:
     out = cp.kubectl("get", "avp", name, "-n", namespace, "-o", "json").stdout
     obj: dict[str, Any] = json.loads(out)
     return obj
+
+
+def _wait_until(predicate: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    """Poll the API server (schema changes reach its handlers asynchronously)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
 
 
 def test_crd_is_established_with_its_names_and_columns(crd: ControlPlane) -> None:
@@ -315,6 +324,11 @@ async def test_status_subresource_keeps_every_field_the_controller_writes(
 
 
 def test_kubectl_explain_shows_descriptions(crd: ControlPlane) -> None:
+    # The OpenAPI document that explain reads is published a little after Established.
+    _wait_until(
+        lambda: crd.kubectl("explain", "avp.spec.selection", check=False).returncode == 0,
+        "the published OpenAPI schema",
+    )
     out = " ".join(crd.kubectl("explain", "avp.spec.selection").stdout.split())
     assert "How the serving pods are chosen among the eligible (ready) ones." in out
     from aviator.api.schema import fields_of
@@ -325,3 +339,49 @@ def test_kubectl_explain_shows_descriptions(crd: ControlPlane) -> None:
     assert "enum: topN, percentage, threshold, prequal" in out
     top = " ".join(crd.kubectl("explain", "avp").stdout.split())
     assert "routes a Service's traffic to its fastest pods" in top
+
+
+def test_policy_stored_under_an_older_crd(crd: ControlPlane, scratch: str) -> None:
+    """An older, looser CRD let an unknown selection.mode in and stored no defaults.
+    Under the current CRD the object reads back defaulted, and the controller's
+    decoder turns the bad value into a clear error instead of a crash."""
+    loose = build_crd()
+    version = loose["spec"]["versions"][0]
+    version["schema"]["openAPIV3Schema"]["properties"]["spec"] = {
+        "type": "object",
+        "x-kubernetes-preserve-unknown-fields": True,
+    }
+    sneaky = _policy("sneaky", {"targetRef": {"name": "web"}, "selection": {"mode": "fastest"}})
+    bare = _policy("bare", {"targetRef": {"name": "web"}})
+
+    def refused() -> bool:
+        dry = crd.kubectl(
+            "create", "-n", scratch, "--dry-run=server", "-f", "-",
+            input=json.dumps(sneaky), check=False,
+        )  # fmt: skip
+        return dry.returncode != 0
+
+    try:
+        crd.kubectl("apply", "-f", "-", input=json.dumps(loose))
+        _wait_until(lambda: _create(crd, scratch, sneaky).returncode == 0, "the loose schema")
+        assert _create(crd, scratch, bare).returncode == 0
+        raw_bare = _get(crd, scratch, "bare")
+        assert "targetPort" not in raw_bare["spec"]  # the loose schema has no defaults
+    finally:
+        crd.kubectl("apply", "-f", str(CRD_FILE))
+        _wait_until(refused, "the current schema")
+
+    stored_bare = _get(crd, scratch, "bare")
+    assert stored_bare["spec"]["targetPort"] == 8080  # defaulted when read
+    assert from_dict(stored_bare).spec == AviatorPolicySpec.from_dict(
+        {"targetRef": {"name": "web"}}
+    )
+
+    stored = _get(crd, scratch, "sneaky")
+    assert stored["spec"]["selection"]["mode"] == "fastest"
+    with pytest.raises(PolicyError) as exc:
+        from_dict(stored)
+    assert [e.path for e in exc.value.errors] == ["spec.selection.mode"]
+    assert f"invalid AviatorPolicy {scratch}/sneaky: spec.selection.mode: must be one of" in str(
+        exc.value
+    )
