@@ -11,8 +11,7 @@ from bpf_loadgen import DelayServer, run_clients
 from bpf_snapshots import assert_close, delta, exact_quantile
 from conftest import require_bpf_privileges
 
-from aviator.agent.bpf import BpfLatencySource, BpfUnavailable, EndpointKey
-from aviator.agent.bpf import loader
+from aviator.agent.bpf import BpfLatencySource, BpfUnavailable, EndpointKey, loader
 from aviator.agent.bpf.btf import Btf, BtfError, sock_offsets
 from aviator.agent.bpf.model import ip_to_raw16, normalise_ip
 from aviator.agent.bpf.seed import listeners_from, parse_proc_net_tcp
@@ -93,7 +92,7 @@ def test_compile_error_is_reported(tmp_path: Path) -> None:
     require_bpf_privileges()
     src = tmp_path / "broken.bpf.c"
     src.write_text("int oops(void *ctx) { return undefined_symbol; }\n")
-    with pytest.raises(BpfUnavailable, match="failed to compile(.|\n)*undefined_symbol"):
+    with pytest.raises(BpfUnavailable, match=r"failed to compile(.|\n)*undefined_symbol"):
         loader.load_program(max_sockets=16, max_endpoints=16, max_listeners=16, source=src)
 
 

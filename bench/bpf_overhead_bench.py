@@ -1,0 +1,226 @@
+"""Cost of measuring: loopback HTTP requests/s with the latency program attached vs
+detached, and the kernel's own count of BPF run time per event.
+
+One program load; runs alternate detached/attached (ABBA order, so drift on a shared
+machine hits both sides alike); the reported ratio is the median of the per-pair
+ratios. Client and server are both on this host, so every request is traced at both
+ends (server role and client role): the worst case for a node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import statistics
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+
+Row = dict[str, object]
+
+HOST = "127.0.20.1"
+REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+
+
+def _serve(host: str, ready: Connection) -> None:
+    """Child process: a minimal keep-alive HTTP/1.1 server on uvloop."""
+    import uvloop
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await reader.readuntil(b"\r\n\r\n")
+                writer.write(RESPONSE)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    async def main() -> None:
+        server = await asyncio.start_server(handle, host, 0)
+        ready.send(server.sockets[0].getsockname()[1])
+        await server.serve_forever()
+
+    uvloop.run(main())
+
+
+async def _drive(port: int, connections: int, duration_s: float) -> int:
+    """Requests completed by `connections` keep-alive clients in `duration_s`."""
+    deadline = time.monotonic() + duration_s
+
+    async def one() -> int:
+        reader, writer = await asyncio.open_connection(HOST, port)
+        done = 0
+        try:
+            while time.monotonic() < deadline:
+                writer.write(REQUEST)
+                await reader.readexactly(len(RESPONSE))
+                done += 1
+        finally:
+            writer.close()
+        return done
+
+    return sum(await asyncio.gather(*(one() for _ in range(connections))))
+
+
+@dataclass
+class _Side:
+    """Totals of the runs with the program attached, or detached."""
+
+    requests: int = 0
+    seconds: float = 0.0
+    cpu_s: float = 0.0
+    rps: list[float] = field(default_factory=list)
+
+    def add(self, requests: int, seconds: float, cpu_s: float) -> None:
+        self.requests += requests
+        self.seconds += seconds
+        self.cpu_s += cpu_s
+        self.rps.append(requests / seconds)
+
+    def cpu_us_per_request(self) -> float:
+        return 1e6 * self.cpu_s / self.requests if self.requests else 0.0
+
+
+def _process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of another process (from /proc/<pid>/stat)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _load(
+    port: int, server_pid: int, connections: int, duration_s: float
+) -> tuple[int, float, float]:
+    """(requests completed, seconds taken, CPU seconds of client and server)."""
+    import uvloop
+
+    cpu0 = time.process_time() + _process_cpu_s(server_pid)
+    start = time.monotonic()
+    done = uvloop.run(_drive(port, connections, duration_s))
+    took = time.monotonic() - start
+    cpu = time.process_time() + _process_cpu_s(server_pid) - cpu0
+    return done, took, cpu
+
+
+def _run_totals(run_stats: dict[str, tuple[int, int]]) -> tuple[int, int]:
+    return sum(c for c, _ in run_stats.values()), sum(t for _, t in run_stats.values())
+
+
+def run(quick: bool) -> list[Row]:
+    from aviator.agent.bpf import BpfLatencySource, BpfUnavailable
+
+    # Many short alternating runs: a busy neighbour then hits both sides alike.
+    pairs = 4 if quick else 24
+    duration_s = 0.2 if quick else 0.5
+    connections = 4
+    name = "bpf_overhead"
+    try:
+        source = BpfLatencySource.load(max_sockets=4096, max_endpoints=256)
+    except BpfUnavailable as exc:
+        return [
+            {
+                "benchmark": name,
+                "metric": "skipped",
+                "value": 0.0,
+                "unit": "",
+                "note": f"BPF unavailable: {exc.reason}",
+            }
+        ]
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    server = ctx.Process(target=_serve, args=(HOST, child), daemon=True)
+    server.start()
+    traced, untraced = _Side(), _Side()
+    events = run_ns = 0
+    try:
+        if not parent.poll(30):
+            raise RuntimeError("benchmark server did not start")
+        port = int(parent.recv())
+        assert server.pid is not None
+        source.enable_run_stats()
+        _load(port, server.pid, connections, duration_s)  # warm up
+        for i in range(pairs):
+            for attached in (False, True) if i % 2 == 0 else (True, False):
+                if attached:
+                    source.attach()
+                    c0, t0 = _run_totals(source.run_stats())
+                    traced.add(*_load(port, server.pid, connections, duration_s))
+                    c1, t1 = _run_totals(source.run_stats())
+                    events += c1 - c0
+                    run_ns += t1 - t0
+                else:
+                    source.detach()
+                    untraced.add(*_load(port, server.pid, connections, duration_s))
+        send_hook = source.send_hook
+    finally:
+        server.kill()
+        server.join(5)
+        source.close()
+    return _rows(name, traced, untraced, events, run_ns, quick, send_hook)
+
+
+def _rows(
+    name: str,
+    traced: _Side,
+    untraced: _Side,
+    events: int,
+    run_ns: int,
+    quick: bool,
+    send_hook: str,
+) -> list[Row]:
+    ratios = [a / d for a, d in zip(traced.rps, untraced.rps, strict=True) if d > 0]
+    ratio = statistics.median(ratios) if ratios else 0.0
+    note = f"median of {len(ratios)} alternating pairs, both ends traced, {send_hook}"
+    if quick:
+        note += " (quick: noisy)"
+    cpu_traced = traced.cpu_us_per_request()
+    cpu_untraced = untraced.cpu_us_per_request()
+    return [
+        {
+            "benchmark": name,
+            "metric": "loopback requests/s traced / untraced",
+            "value": ratio,
+            "unit": "x",
+            "ratio": ratio,
+            "goal": ">= 0.97",
+            "note": note,
+        },
+        {
+            "benchmark": name,
+            "metric": "requests/s untraced (median)",
+            "value": statistics.median(untraced.rps),
+            "unit": "req/s",
+        },
+        {
+            "benchmark": name,
+            "metric": "requests/s traced (median)",
+            "value": statistics.median(traced.rps),
+            "unit": "req/s",
+        },
+        {
+            "benchmark": name,
+            "metric": "CPU per request untraced / traced",
+            "value": cpu_untraced / cpu_traced if cpu_traced else 0.0,
+            "unit": "x",
+            "ratio": cpu_untraced / cpu_traced if cpu_traced else 0.0,
+            "note": f"client+server CPU: {cpu_untraced:.1f} vs {cpu_traced:.1f} µs/request",
+        },
+        {
+            "benchmark": name,
+            "metric": "BPF run time per event",
+            "value": run_ns / events if events else 0.0,
+            "unit": "ns",
+            "goal": "<= 700",
+            "note": f"{events} events counted by the kernel (bpf_stats)",
+        },
+        {
+            "benchmark": name,
+            "metric": "BPF events per traced request",
+            "value": events / traced.requests if traced.requests else 0.0,
+            "unit": "events",
+            "note": "all programs, both ends, including pure-ACK receive events",
+        },
+    ]

@@ -1,0 +1,27 @@
+"""Smoke test: the BPF overhead benchmark runs and reports sane figures."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import require_bpf_privileges
+
+from bench import bpf_overhead_bench
+
+pytestmark = [pytest.mark.bench, pytest.mark.bpf, pytest.mark.timeout(120)]
+
+
+def test_bpf_overhead_quick() -> None:
+    require_bpf_privileges()
+    rows = bpf_overhead_bench.run(quick=True)
+    by_metric = {r["metric"]: r for r in rows}
+    for row in rows:
+        assert row["benchmark"] == "bpf_overhead"
+        assert isinstance(row["value"], float)
+        assert {"metric", "unit"} <= row.keys()
+    ratio = by_metric["loopback requests/s traced / untraced"]["value"]
+    assert isinstance(ratio, float) and 0.2 < ratio < 5  # noisy at this size: sanity only
+    per_event = by_metric["BPF run time per event"]["value"]
+    assert isinstance(per_event, float) and 0 < per_event < 100_000
+    per_request = by_metric["BPF events per traced request"]["value"]
+    # Four data events per request (server in/out, client out/in), plus some ACKs.
+    assert isinstance(per_request, float) and 3.5 <= per_request <= 8
