@@ -53,8 +53,9 @@ def cluster() -> Iterator[Cluster]:
 
 @pytest.fixture(scope="session")
 def aviator_cluster(cluster: Cluster) -> Cluster:
-    """The cluster, with Aviator's controller and agents running (else skip... no: fail
-    with the reason, so a missing component is visible, not silently skipped)."""
+    """The cluster, with Aviator's controller and agents running; fails (not skips)
+    with the reason otherwise, so a missing component is visible. The agents are not
+    needed when E2E_LATENCY_SOURCE=probe (policies then use the controller's probes)."""
     if isinstance(cluster, BoxCluster):
         reason = cluster.aviator_ready()
         if reason:

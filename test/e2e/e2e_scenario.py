@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -100,6 +101,9 @@ class Scenario:
             doc["spec"],
             {"evaluationInterval": "1s", "dampening": {"consecutiveIntervals": 2}},
         )
+        source = os.environ.get("E2E_LATENCY_SOURCE")
+        if source:
+            doc["spec"]["latencySource"] = source
         doc["spec"] = deep_merge(doc["spec"], spec)
         return doc
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections import Counter
 
 import pytest
 from e2e_cluster import BoxCluster
@@ -58,7 +59,7 @@ async def test_fast_pod_turning_slow_is_ejected_and_readmitted(quickstart: Scena
         quickstart.policy(
             circuitBreaker={
                 "enabled": True,
-                "p99Threshold": "1s",  # the slow-app pods (500 ms) stay in; 2 s violates
+                "p99Threshold": "750ms",  # the slow-app pods (500 ms) stay in; 2 s violates
                 "consecutiveViolations": 2,
                 "recoveryInterval": "3s",
             },
@@ -76,9 +77,14 @@ async def test_fast_pod_turning_slow_is_ejected_and_readmitted(quickstart: Scena
         lambda pods: victim not in pods and healthy in pods,
         timeout_s=CONVERGE_S,
     )
-    policy = await quickstart.avp()
-    assert policy is not None
-    assert victim in (policy.get("status") or {}).get("ejectedPods", []), policy.get("status")
+    # The selection alone may move traffic first (2 s is slower than the slow pods);
+    # the circuit breaker then ejects it after consecutiveViolations evaluations.
+    await wait_for(
+        f"{victim} to be listed as ejected",
+        quickstart.avp,
+        lambda p: p is not None and victim in (p.get("status") or {}).get("ejectedPods", []),
+        timeout_s=CONVERGE_S,
+    )
     await asyncio.sleep(1.0)  # connections opened before the change may still finish there
     moved = load.mark()
     await asyncio.sleep(3.0)  # a window of traffic after the move
@@ -122,7 +128,8 @@ async def test_scaling_the_fast_deployment_is_followed(quickstart: Scenario) -> 
         lambda pods: survivor in pods and pods <= live and len(pods) == math.ceil(0.5 * 3),
         timeout_s=CONVERGE_S,
     )
-    assert load.summary().errors <= load.summary().count * 0.01, load.summary()
+    errors = Counter((s.error, s.served_by) for s in load.samples if not s.ok)
+    assert load.summary().errors <= load.summary().count * 0.01, errors
 
 
 async def test_deleting_the_policy_cleans_up(quickstart: Scenario) -> None:

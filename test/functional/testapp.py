@@ -15,6 +15,8 @@ Environment:
   SPIKE_RATE    erratic: fraction of slow requests (default 0.05)
   SPIKE_FACTOR  erratic: how much slower they are (default 20)
   ERROR_RATE    fraction of requests answered 500 (default 0)
+  DRAIN         after SIGTERM, keep serving this long before exiting (default 5s), so
+                Service proxies see the pod terminating before it stops listening
   POD_NAME      name reported in the X-Served-By header (default $HOSTNAME)
   CONTROL_FILE  optional file holding settings as a query string ("latency=2s&mode=fixed");
                 re-read when it changes; when it is removed the env settings apply again
@@ -247,6 +249,9 @@ async def main() -> int:
         loop.add_signal_handler(sig, stop.set)
     print(f"testapp {name}: listening on {host}:{port} {settings.as_json()}", flush=True)
     await stop.wait()
+    drain_s = parse_duration(env.get("DRAIN", "5s"))
+    print(f"testapp {name}: terminating; serving {drain_s:g}s more", flush=True)
+    await asyncio.sleep(drain_s)
     if watcher is not None:
         watcher.cancel()
     server.close()
