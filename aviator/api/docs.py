@@ -17,7 +17,6 @@ from aviator.api import types as api
 from aviator.api.codec import to_json
 from aviator.api.schema import (
     Field,
-    FieldInfo,
     class_rules,
     enum_values,
     fields_of,
@@ -46,8 +45,9 @@ def _type_name(tp: Any) -> str:
     return {bool: "bool", int: "int", float: "number", str: "string"}[tp]
 
 
-def _bounds(info: FieldInfo) -> str:
-    parts: list[str] = []
+def _bounds(field: Field) -> str:
+    info = field.info
+    parts: list[str] = ["≥ 0"] if is_duration(optional_inner(field.type)) else []
     low, high = info.minimum, info.maximum
     if low is not None and high is not None:
         left = "(" if info.exclusive_minimum else "["
@@ -101,7 +101,7 @@ def spec_table() -> str:
         "|---|---|---|---|---|",
     ]
     for path, f in _leaves(api.AviatorPolicySpec, ""):
-        cells = [f"`{path}`", _type_name(f.type), _default(f), _bounds(f.info), f.info.description]
+        cells = [f"`{path}`", _type_name(f.type), _default(f), _bounds(f), f.info.description]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     lines.append("")
     lines.append("Rules across fields:")
