@@ -162,3 +162,31 @@ async def test_snapshots_reach_the_store_and_garbage_gets_an_error_frame(
         assert json.loads(await ws.receive_str())["kind"] == "error"
     est = store.estimate("10.0.0.1", now=time.monotonic())
     assert est is not None and est.samples == 10 and est.rif == 2
+
+
+async def test_a_token_revoked_mid_stream_ends_the_connection() -> None:
+    store = LatencyStore(window_s=10, stale_after_s=5)
+    reviews = FakeReviews({"good": (AGENT, [])})
+    clock = Clock()
+    auth = authenticator(reviews, clock, cache_ttl_s=60)
+    app = web.Application()
+    app.router.add_get("/v1/stream", make_stream_handler(store, auth, reauth_after_s=0))
+    async with (
+        TestClient(TestServer(app)) as client,
+        client.ws_connect("/v1/stream", headers={"Authorization": "Bearer good"}) as ws,
+    ):
+        await ws.send_str(snapshot_text("10.0.0.1"))
+        await ws.send_str("garbage")  # answered, so the snapshot before it was handled
+        assert json.loads(await ws.receive_str())["kind"] == "error"
+        assert reviews.bodies and len(reviews.bodies) == 1  # re-checks hit the cache
+        del reviews.users["good"]
+        clock.now = 61.0  # the cached verdict expires; the next check asks again
+        await ws.send_str(snapshot_text("10.0.0.2"))
+        reply = json.loads(await ws.receive_str())
+        assert reply["kind"] == "error" and "no longer accepted" in reply["error"]
+        closing = await ws.receive()
+        assert closing.type == aiohttp.WSMsgType.CLOSE
+        assert ws.close_code == 1008
+    now = time.monotonic()
+    assert store.estimate("10.0.0.1", now) is not None
+    assert store.estimate("10.0.0.2", now) is None
