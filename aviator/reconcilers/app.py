@@ -222,7 +222,7 @@ class ControllerApp:
 
     async def start(self) -> None:
         """Serve HTTP, start informers, and begin campaigning (or leading)."""
-        self._runner = web.AppRunner(self._http_app(), shutdown_timeout=1.0)
+        self._runner = web.AppRunner(self._http_app(), shutdown_timeout=1.0, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.options.http_host, self.options.http_port)
         await site.start()

@@ -1,0 +1,217 @@
+"""Two `aviator controller` processes: kill the leader, the other takes over within
+LeaseDuration + RetryPeriod, continues from the persisted engine state, and the
+handover itself changes no slice. A graceful stop (SIGTERM) releases the lease."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_reconciler_support import (
+    AGENT_SA,
+    TestAgent,
+    agent_token,
+    crd,
+    create_pod,
+    create_policy,
+    create_service,
+    endpoint_pods,
+    eventually,
+    get_policy,
+    slices_of,
+)
+
+from aviator.kube import ApiError, KubeClient
+from aviator.kube.resources import ENDPOINTSLICES, LEASES
+from aviator.testing.controlplane import ControlPlane, free_port
+
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("crd")]
+__all__ = ["crd"]
+
+LEASE_S, RENEW_S, RETRY_S = 3.0, 2.0, 0.5
+LABELS = {"app": "web"}
+IPS = {"fast-1": "10.60.0.1", "fast-2": "10.60.0.2", "slow-1": "10.60.0.3", "slow-2": "10.60.0.4"}
+
+
+class Replica:
+    def __init__(self, cp: ControlPlane, ns: str, ident: str, logdir: Path) -> None:
+        self.ident = ident
+        self.port = free_port()
+        self.log = logdir / f"controller-{ident}.log"
+        argv = [
+            sys.executable,
+            "-m",
+            "aviator",
+            "controller",
+            f"--kubeconfig={cp.kubeconfig}",
+            f"--namespace={ns}",
+            f"--id={ident}",
+            f"--lease-duration={LEASE_S}",
+            f"--renew-deadline={RENEW_S}",
+            f"--retry-period={RETRY_S}",
+            f"--http-addr=127.0.0.1:{self.port}",
+            f"--agent-service-account={ns}:{AGENT_SA}",
+            "--latency-window=1.5",
+            "--latency-stale-after=3",
+            "--log-level=info",
+        ]
+        with self.log.open("w") as out:
+            self.proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}/v1/stream"
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture
+def replicas(
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> Iterator[dict[str, Replica]]:
+    made: dict[str, Replica] = {}
+
+    def start(ident: str) -> Replica:
+        made[ident] = Replica(control_plane, namespace, ident, tmp_path)
+        return made[ident]
+
+    made["_start"] = start  # type: ignore[assignment]
+    yield made
+    for name, r in made.items():
+        if name != "_start":
+            r.stop(signal.SIGKILL)
+    if os.environ.get("AVIATOR_TEST_LOGS"):
+        for log in tmp_path.glob("controller-*.log"):
+            print(log.read_text())
+
+
+async def _holder(kube: KubeClient, ns: str) -> str:
+    try:
+        lease = await kube.get(LEASES, "aviator-controller", ns)
+    except ApiError:
+        return ""
+    return str((lease.get("spec") or {}).get("holderIdentity") or "")
+
+
+async def _ready(port: int) -> bool:
+    import aiohttp
+
+    try:
+        async with (
+            aiohttp.ClientSession() as s,
+            s.get(f"http://127.0.0.1:{port}/readyz", timeout=aiohttp.ClientTimeout(total=1)) as r,
+        ):
+            return r.status == 200
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return False
+
+
+async def test_leader_failover_keeps_state_and_slices(
+    control_plane: ControlPlane, kube: KubeClient, namespace: str, replicas: dict[str, Any]
+) -> None:
+    ns = namespace
+    await create_service(kube, ns, "web", LABELS)
+    for name, ip in IPS.items():
+        await create_pod(kube, ns, name, ip, LABELS)
+    token = await agent_token(kube, ns)
+    start = replicas["_start"]
+    a, b = start("a"), start("b")
+    for r in (a, b):
+        await eventually(lambda r=r: _ready(r.port), within=30)
+
+    latency = {IPS["fast-1"]: 10.0, IPS["fast-2"]: 10.0, IPS["slow-1"]: 500.0, IPS["slow-2"]: 12.0}
+    async with TestAgent(a.url, token) as agent_a, TestAgent(b.url, token) as agent_b:
+        agent_a.latency_ms = agent_b.latency_ms = latency  # every replica ingests
+        await create_policy(
+            kube,
+            ns,
+            "p",
+            "web",
+            evaluationInterval="500ms",
+            selection={"mode": "percentage", "percentage": 100},
+            dampening={"enabled": True, "consecutiveIntervals": 3},
+            circuitBreaker={
+                "enabled": True,
+                "p99Threshold": "100ms",
+                "consecutiveViolations": 2,
+                "recoveryInterval": "5m",
+            },
+        )
+
+        async def ejected() -> dict[str, Any] | None:
+            p = await get_policy(kube, ns, "p")
+            st = (p or {}).get("status") or {}
+            pods = endpoint_pods(await slices_of(kube, ns, "web-aviator", ours=True))
+            ok = st.get("ejectedPods") == ["slow-1"] and pods == ["fast-1", "fast-2", "slow-2"]
+            return st if ok else None
+
+        before = await eventually(ejected, within=30)
+        leader = await eventually(lambda: _holder(kube, ns))
+        assert leader in ("a", "b")
+        old, new = (a, b) if leader == "a" else (b, a)
+
+        rv = (await kube.list(ENDPOINTSLICES, ns)).get("metadata", {}).get("resourceVersion", "")
+        slice_writes: list[str] = []
+
+        async def watch_slices() -> None:
+            async for ev in kube.watch(ENDPOINTSLICES.path(ns), {"resourceVersion": rv}):
+                if ev.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                    slice_writes.append(f"{ev['type']} {ev['object']['metadata']['name']}")
+
+        watcher = asyncio.create_task(watch_slices())
+        try:
+            killed_at = time.monotonic()
+            old.stop(signal.SIGKILL)
+
+            async def new_leads() -> bool:
+                return await _holder(kube, ns) == new.ident
+
+            await eventually(new_leads, within=LEASE_S + RETRY_S + 5, interval=0.05)
+            took = time.monotonic() - killed_at
+            assert took <= LEASE_S + RETRY_S + 0.5, took
+
+            # The new leader evaluates for a while: same slices, same breaker state.
+            await asyncio.sleep(6 * 0.5)
+            after = (await get_policy(kube, ns, "p") or {}).get("status") or {}
+            assert after["ejectedPods"] == ["slow-1"]
+            assert after["engineState"]["breaker"] == before["engineState"]["breaker"]
+            assert slice_writes == [], slice_writes
+            assert endpoint_pods(await slices_of(kube, ns, "web-aviator", ours=True)) == [
+                "fast-1",
+                "fast-2",
+                "slow-2",
+            ]
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watcher
+
+        # Graceful stop releases the lease: a fresh replica takes over faster than a
+        # lease expiry.
+        c = start("c")
+        await eventually(lambda: _ready(c.port), within=30)
+        stopped_at = time.monotonic()
+        new.stop(signal.SIGTERM)
+        assert new.proc.returncode == 0
+
+        async def c_leads() -> bool:
+            return await _holder(kube, ns) == "c"
+
+        await eventually(c_leads, within=LEASE_S + 5, interval=0.05)
+        assert time.monotonic() - stopped_at < LEASE_S
