@@ -68,6 +68,7 @@ def evaluate(
     brk = breaker.step(eligible, latency, policy.breaker, records, now, policy.min_endpoints)
 
     # 2. Mode over the measured pods the breaker lets through; unmeasured ones fail open.
+    #    The serving floor is part of the mode's target (safety).
     pool: list[tuple[str, LatencyEstimate]] = []
     unknown: list[str] = []
     for pod in eligible:
@@ -81,8 +82,13 @@ def evaluate(
     pool_names = frozenset(n for n, _ in pool)
     incumbents = current_active & pool_names
     damp = policy.dampening
-    keep_factor = damp.keep_factor if damp.enabled else 1.0
-    mode = modes.select(pool, len(eligible), policy, incumbents, keep_factor)
+    # Without dampening the ranking ignores who serves now: pure p99, ties by name.
+    if damp.enabled:
+        mode = modes.select(pool, len(eligible), policy, incumbents, damp.keep_factor)
+    else:
+        mode = modes.select(pool, len(eligible), policy, frozenset(), 1.0)
+    floor = safety.serving_floor(policy.min_endpoints, len(eligible))
+    mode = safety.with_floor(mode, floor - len(unknown))
 
     # 3. Dampening (persistence) with its immediate bypasses.
     held = dampening.dampen(
@@ -90,7 +96,6 @@ def evaluate(
     )
 
     # 4. Safety floor, applied last so it always holds.
-    floor = safety.serving_floor(policy.min_endpoints, len(eligible))
     active, floor_added = safety.fill_to_floor(held.chosen | frozenset(unknown), mode.ranked, floor)
 
     verdicts = _verdicts(ordered, brk.records, pool_names, unknown, mode, active, floor_added)

@@ -120,5 +120,5 @@ def _prequal(
     chosen = cold if budget is None else cold[:budget]
     reasons = {n: Reason.HOT if latency[n].rif > limit else Reason.NOT_SELECTED for n in ranked}
     reasons.update(dict.fromkeys(chosen, Reason.SELECTED))
-    size = None if budget is None else len(chosen)
-    return ModeResult(frozenset(chosen), ranked, size, reasons)
+    # The size is the budget (not the cold count), so RIF noise alone is dampened.
+    return ModeResult(frozenset(chosen), ranked, budget, reasons)

@@ -7,6 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from aviator.selection.modes import ModeResult
+from aviator.selection.types import Reason
+
 
 def serving_floor(min_endpoints: int, eligible: int) -> int:
     """How many eligible pods must serve: minEndpoints, but never more than exist."""
@@ -29,6 +32,22 @@ def ejection_cap(max_ejection_percent: int, eligible: int, min_endpoints: int) -
 def is_overloaded(violating: int, eligible: int) -> bool:
     """More than half of the eligible pods are slow: that is load, not outliers."""
     return eligible > 0 and 2 * violating > eligible
+
+
+def with_floor(mode: ModeResult, floor: int) -> ModeResult:
+    """Make the mode's target hold at least `floor` pods (the next best ones).
+
+    The floor is part of the target, so which pods fill it is dampened like any other
+    choice; `fill_to_floor` then only covers sudden vacancies.
+    """
+    missing = floor - len(mode.chosen)
+    if missing <= 0:
+        return mode
+    added = _take(missing, (n for n in mode.ranked if n not in mode.chosen))
+    reasons = dict(mode.reasons)
+    reasons.update(dict.fromkeys(added, Reason.MIN_ENDPOINTS))
+    size = None if mode.size is None else min(max(mode.size, floor), len(mode.ranked))
+    return ModeResult(mode.chosen | frozenset(added), mode.ranked, size, reasons)
 
 
 def fill_to_floor(

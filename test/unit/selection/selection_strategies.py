@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from hypothesis import strategies as st
 
@@ -48,7 +49,7 @@ def pod_lists(
     draw: st.DrawFn,
     *,
     min_size: int = 0,
-    max_size: int = 12,
+    max_size: int = 8,
     known: bool = False,
     eligible: bool = False,
     fresh: bool | None = None,
@@ -105,7 +106,9 @@ def policies(
     dampening: bool | None = None,
     intervals: int | None = None,
     min_endpoints: int | None = None,
+    staleness: bool = True,
 ) -> SelectionPolicy:
+    """Policies; `staleness=False` never treats data as stale (for stable pod sets)."""
     return SelectionPolicy(
         mode=draw(st.sampled_from(list(modes))),
         top_n=draw(st.none() | st.integers(1, 8)),
@@ -113,10 +116,21 @@ def policies(
         latency_threshold_ms=draw(st.sampled_from([10.0, 50.0, 100.0, 1000.0])),
         rif_quantile=draw(st.sampled_from([0.5, 0.84, 1.0])),
         min_endpoints=draw(st.integers(1, 4)) if min_endpoints is None else min_endpoints,
-        stale_after_s=draw(st.sampled_from([math.inf, 30.0])),
+        stale_after_s=draw(st.sampled_from([math.inf, 30.0])) if staleness else math.inf,
         breaker=draw(breaker_policies(enabled=breaker)),
         dampening=draw(dampening_policies(enabled=dampening, intervals=intervals)),
     )
+
+
+@dataclass(frozen=True)
+class Step:
+    """One evaluation of a timeline with the inputs it was given."""
+
+    pods: Sequence[PodInput]
+    now: float
+    active: frozenset[str]  # the active set before it
+    state: EngineState  # the state before it
+    ev: Evaluation
 
 
 def run(
@@ -124,13 +138,13 @@ def run(
     policy: SelectionPolicy,
     state: EngineState | None = None,
     active: frozenset[str] = frozenset(),
-) -> list[tuple[Sequence[PodInput], frozenset[str], EngineState, Evaluation]]:
-    """Evaluate a timeline; returns (pods, previous active, previous state, evaluation)."""
+) -> list[Step]:
+    """Evaluate a timeline, feeding each result into the next evaluation."""
     state = state or EngineState()
     steps = []
     for pods, now in timeline:
         ev = evaluate(pods, active, policy, state, now)
-        steps.append((pods, active, state, ev))
+        steps.append(Step(pods, now, active, state, ev))
         active, state = ev.active, ev.state
     return steps
 
