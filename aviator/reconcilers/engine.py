@@ -108,6 +108,16 @@ def parse_policy(raw: Mapping[str, Any]) -> ParsedPolicy:
         spec = AviatorPolicySpec.from_dict(raw.get("spec"))
     except PolicyError as exc:
         raise InvalidSpec(str(exc)) from exc
+    # The schema has no targetRef.namespace (the API server prunes or refuses it); an
+    # older, schema-less CRD could let one through. A policy never reaches across
+    # namespaces: that would let anyone with policy rights re-route others' Services.
+    ref = (raw.get("spec") or {}).get("targetRef") or {}
+    own_ns = (raw.get("metadata") or {}).get("namespace")
+    if isinstance(ref, Mapping) and ref.get("namespace") not in (None, "", own_ns):
+        raise InvalidSpec(
+            f"spec.targetRef.namespace: a policy targets Services in its own namespace "
+            f"({own_ns}) only, not {ref.get('namespace')!r}"
+        )
     try:
         selection = SelectionPolicy(
             mode=Mode(str(spec.selection.mode)),

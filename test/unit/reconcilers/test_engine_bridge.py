@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import pytest
+from reconciler_objects import make_pod
+
+from aviator.reconcilers.engine import InvalidSpec, Latency, parse_policy, select
+
+
+def raw(spec: dict[str, object], ns: str = "default") -> dict[str, object]:
+    return {"metadata": {"name": "p", "namespace": ns}, "spec": spec}
+
+
+def test_defaults_and_routing() -> None:
+    parsed = parse_policy(raw({"targetRef": {"name": "web"}}))
+    assert parsed.routed_service == "web-aviator" and parsed.mode == "shadow"
+    assert parsed.interval_s == 5.0 and parsed.latency_source == "ebpf"
+    takeover = parse_policy(raw({"targetRef": {"name": "web"}, "routing": {"mode": "takeover"}}))
+    assert takeover.routed_service == "web"
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        {},
+        {"targetRef": {"name": "web"}, "selection": {"mode": "fastest"}},
+        {"targetRef": {"name": "web"}, "evaluationInterval": "1ms"},
+        {"targetRef": {"name": "web", "namespace": "other"}},
+        {"targetRef": {"name": "web"}, "routing": {"serviceName": "web"}},
+    ],
+)
+def test_invalid_specs_name_the_problem(spec: dict[str, object]) -> None:
+    with pytest.raises(InvalidSpec):
+        parse_policy(raw(spec))
+
+
+def test_same_namespace_target_ref_is_fine() -> None:
+    parse_policy(raw({"targetRef": {"name": "web", "namespace": "default"}}))
+
+
+def test_select_fast_pods_and_persistable_state() -> None:
+    parsed = parse_policy(
+        raw({"targetRef": {"name": "web"}, "selection": {"mode": "topN", "topN": 1}})
+    )
+    pods = [make_pod("a", "10.0.0.1"), make_pod("b", "10.0.0.2")]
+    lat = {
+        "a": Latency(5, 8, 10, 0, 100, 0.1, "ebpf"),
+        "b": Latency(50, 80, 100, 0, 100, 0.1, "ebpf"),
+    }
+    out = select(parsed, pods, lat, {"a": True, "b": True}, set(), None, 1000.0)
+    assert out.active == {"a"} and out.states == {"a": "active", "b": "standby"}
+    again = select(parsed, pods, lat, {"a": True, "b": True}, {"a"}, out.engine_state, 1001.0)
+    assert again.active == {"a"} and again.engine_state == out.engine_state
