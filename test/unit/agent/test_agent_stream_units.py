@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from aviator.agent.stream import TokenFile, urls_from_slices
 
 
 def test_urls_from_slices() -> None:
-    slices = [
+    slices: list[dict[str, Any]] = [
         {
             "ports": [
                 {"name": "metrics", "port": 9090, "protocol": "UDP"},
