@@ -128,21 +128,22 @@ async def _main(args: argparse.Namespace) -> int:
         concurrency=args.probe_concurrency,
         rate_per_s=args.probe_rate,
     )
-    try:
-        source, note = await open_source(
-            args.latency_source,
-            prober,
-            max_sockets=args.max_sockets,
-            max_endpoints=args.max_endpoints,
-        )
-    except SourceUnavailable as exc:
-        log.error("eBPF unavailable and --latency-source ebpf was asked for: %s", exc)
-        await prober.close()
-        return 1
-    if source.name == "probe" and not probe_mode:
-        prober.min_samples = args.probe_samples  # fell back: probes are the measurement
     client = await KubeClient.load(args.kubeconfig)
     try:
+        try:
+            source, note = await open_source(
+                args.latency_source,
+                prober,
+                max_sockets=args.max_sockets,
+                max_endpoints=args.max_endpoints,
+            )
+        except SourceUnavailable as exc:
+            log.error("eBPF unavailable and --latency-source ebpf was asked for: %s", exc)
+            await prober.close()
+            return 1
+        if source.name == "probe" and not probe_mode:
+            prober.min_samples = args.probe_samples  # fell back: probes are the measurement
+        # Agent.run closes the source, the prober and the streams on the way out.
         await Agent(config, client, source, prober, source_note=note).run(stop)
     finally:
         await client.close()

@@ -20,6 +20,8 @@ from aviator.latency.auth import AuthResult, TokenAuthenticator
 from aviator.latency.schema import MAX_MESSAGE_BYTES, SchemaError, encode_error, parse_snapshot
 from aviator.latency.store import LatencyStore
 
+__all__ = ["AuthResult", "TokenAuthenticator", "bearer_token", "make_stream_handler"]
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
