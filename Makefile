@@ -61,13 +61,14 @@ lint: venv ## ruff + mypy
 	$(VENV)/bin/ruff check aviator test bench
 	$(VENV)/bin/ruff format --check aviator test bench
 	$(VENV)/bin/mypy
+	$(VENV)/bin/aviator manifests --output config/crd/bases/aviator.example.com_aviatorpolicies.yaml --docs docs/api.md --check
 
 fmt: venv
 	$(VENV)/bin/ruff format aviator test bench
 	$(VENV)/bin/ruff check --fix aviator test bench
 
 manifests: venv ## regenerate the CRD YAML from aviator/api
-	$(VENV)/bin/aviator manifests --output config/crd/bases/aviator.example.com_aviatorpolicies.yaml
+	$(VENV)/bin/aviator manifests --output config/crd/bases/aviator.example.com_aviatorpolicies.yaml --docs docs/api.md
 
 install: ## install the CRD into the current kubeconfig's cluster
 	$(KUBECTL) apply -k config/crd
