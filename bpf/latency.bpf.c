@@ -13,8 +13,10 @@
 // use offsets taken from the running kernel's BTF and passed in as -D defines:
 //   OFF_SKC_DADDR OFF_SKC_RCV_SADDR OFF_SKC_DPORT OFF_SKC_NUM OFF_SKC_FAMILY
 //   OFF_SKC_STATE OFF_SKC_V6_DADDR OFF_SKC_V6_RCV_SADDR
-// Other defines: MAX_SOCKETS, MAX_ENDPOINTS, MAX_LISTENERS, and SEND_HOOK_RAW (send
-// starts via raw tracepoint tcp_sendmsg_locked) or none (sock:sock_send_length).
+//   OFF_SKB_LEN OFF_SKB_DATA (sk_buff, for the raw tcp_probe hook)
+// Other defines: MAX_SOCKETS, MAX_ENDPOINTS, MAX_LISTENERS; SEND_HOOK_RAW (sends seen
+// by raw tracepoint tcp_sendmsg_locked, else by sock:sock_send_length); RECV_HOOK_RAW
+// (tcp_probe attached as a raw tracepoint, else as a classic one with its arguments).
 //
 // The histogram layout is shared with aviator/latency/histogram.py: values are
 // microseconds; v < 16 -> index v; else e = floor(log2 v), sub = (v >> (e - 4)) & 15,
@@ -248,42 +250,7 @@ static __always_inline void on_send(struct sock_state *st, u64 now) {
         start_request(st, now);
 }
 
-// A data segment received on an ESTABLISHED socket.
-TRACEPOINT_PROBE(tcp, tcp_probe) {
-    if (args->data_len == 0)
-        return 0;
-    u64 now = bpf_ktime_get_ns();
-    count(C_RX_DATA);
-    u64 sk = (u64)args->skaddr;
-    struct sock_state *st = sockets.lookup(&sk);
-    if (!st) {
-        if (!adopting())
-            return 0;
-        // saddr/daddr are sockaddr_in / sockaddr_in6 of the local / remote end.
-        u8 laddr[16] = {};
-        u8 raddr[16] = {};
-        u8 tmp[4];
-        u16 family = args->family;
-        if (family == FAMILY_INET) {
-            bpf_probe_read_kernel(tmp, 4, &args->saddr[4]);
-            set_v4_mapped(laddr, tmp);
-            bpf_probe_read_kernel(tmp, 4, &args->daddr[4]);
-            set_v4_mapped(raddr, tmp);
-        } else if (family == FAMILY_INET6) {
-            bpf_probe_read_kernel(laddr, 16, &args->saddr[8]);
-            bpf_probe_read_kernel(raddr, 16, &args->daddr[8]);
-        } else {
-            return 0;
-        }
-        st = adopt(sk, laddr, args->sport, raddr, args->dport);
-        if (!st)
-            return 0;
-    }
-    on_receive(st, now);
-    return 0;
-}
-
-// Send path for a socket first seen on a send: addresses come from sock_common.
+// A socket first seen in a hook without its addresses: read them from sock_common.
 static __always_inline struct sock_state *adopt_from_sock(u64 sk) {
     const char *base = (const char *)sk;
     u8 state = 0;
@@ -328,6 +295,72 @@ static __always_inline int handle_send(u64 sk) {
     on_send(st, now);
     return 0;
 }
+
+#ifdef RECV_HOOK_RAW
+// tcp_probe(sk, skb) as a raw tracepoint: the hottest hook (every segment received,
+// pure ACKs included) without the cost of building the perf trace record. Payload
+// length as the tracepoint computes it: skb->len minus the TCP header (skb->data
+// points at it in tcp_rcv_established). sk_buff offsets come from BTF like the rest.
+int on_tcp_probe(struct bpf_raw_tracepoint_args *ctx) {
+    const char *skb = (const char *)ctx->args[1];
+    u32 len = 0;
+    const u8 *th = 0;
+    u8 doff = 0;
+    bpf_probe_read_kernel(&len, sizeof(len), skb + OFF_SKB_LEN);
+    bpf_probe_read_kernel(&th, sizeof(th), skb + OFF_SKB_DATA);
+    bpf_probe_read_kernel(&doff, 1, th + 12);
+    if (len <= (u32)(doff >> 4) * 4)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    count(C_RX_DATA);
+    u64 sk = (u64)ctx->args[0];
+    struct sock_state *st = sockets.lookup(&sk);
+    if (!st) {
+        if (!adopting())
+            return 0;
+        st = adopt_from_sock(sk);
+        if (!st)
+            return 0;
+    }
+    on_receive(st, now);
+    return 0;
+}
+#else
+// A data segment received on an ESTABLISHED socket.
+TRACEPOINT_PROBE(tcp, tcp_probe) {
+    if (args->data_len == 0)
+        return 0;
+    u64 now = bpf_ktime_get_ns();
+    count(C_RX_DATA);
+    u64 sk = (u64)args->skaddr;
+    struct sock_state *st = sockets.lookup(&sk);
+    if (!st) {
+        if (!adopting())
+            return 0;
+        // saddr/daddr are sockaddr_in / sockaddr_in6 of the local / remote end.
+        u8 laddr[16] = {};
+        u8 raddr[16] = {};
+        u8 tmp[4];
+        u16 family = args->family;
+        if (family == FAMILY_INET) {
+            bpf_probe_read_kernel(tmp, 4, &args->saddr[4]);
+            set_v4_mapped(laddr, tmp);
+            bpf_probe_read_kernel(tmp, 4, &args->daddr[4]);
+            set_v4_mapped(raddr, tmp);
+        } else if (family == FAMILY_INET6) {
+            bpf_probe_read_kernel(laddr, 16, &args->saddr[8]);
+            bpf_probe_read_kernel(raddr, 16, &args->daddr[8]);
+        } else {
+            return 0;
+        }
+        st = adopt(sk, laddr, args->sport, raddr, args->dport);
+        if (!st)
+            return 0;
+    }
+    on_receive(st, now);
+    return 0;
+}
+#endif
 
 #ifdef SEND_HOOK_RAW
 // tcp_sendmsg_locked(sk, msg, skb, size_goal): fires in the copy loop, before the data

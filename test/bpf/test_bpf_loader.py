@@ -114,10 +114,14 @@ def test_verifier_rejection_is_reported(tmp_path: Path) -> None:
 
 @pytest.mark.bpf
 @pytest.mark.timeout(120)
-def test_fallback_send_hook_measures_too() -> None:
+def test_classic_tracepoints_measure_too() -> None:
+    """Without raw tracepoints: tcp_probe with its arguments, sock_send_length for sends."""
     require_bpf_privileges()
-    with BpfLatencySource.load(max_sockets=1024, max_endpoints=64, allow_raw_send=False) as src:
+    with BpfLatencySource.load(
+        max_sockets=1024, max_endpoints=64, allow_raw_send=False, allow_raw_recv=False
+    ) as src:
         assert src.send_hook == "tracepoint:sock:sock_send_length"
+        assert src.recv_hook == "tracepoint:tcp:tcp_probe"
         server = DelayServer("127.0.13.1", lambda: 0.005).start()
         try:
             samples = run_clients(server.host, server.port, 4, 25)
@@ -133,6 +137,7 @@ def test_fallback_send_hook_measures_too() -> None:
 @pytest.mark.bpf
 def test_stats_and_kernel_run_time(latency_source: BpfLatencySource) -> None:
     assert latency_source.send_hook == "raw_tracepoint:tcp_sendmsg_locked"
+    assert latency_source.recv_hook == "raw_tracepoint:tcp_probe"
     latency_source.enable_run_stats()
     before = latency_source.run_stats()
     server = DelayServer("127.0.13.2", lambda: 0.0).start()
@@ -141,7 +146,7 @@ def test_stats_and_kernel_run_time(latency_source: BpfLatencySource) -> None:
     finally:
         server.stop()
     after = latency_source.run_stats()
-    probe = "tracepoint__tcp__tcp_probe"
+    probe = "on_tcp_probe"
     runs = after[probe][0] - before[probe][0]
     assert runs >= 80  # 40 requests and 40 responses received, at least
     assert after[probe][1] > before[probe][1]

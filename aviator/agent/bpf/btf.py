@@ -165,3 +165,20 @@ def sock_offsets(btf: Btf) -> dict[str, int]:
     """Offsets of SOCK_COMMON_FIELDS within `struct sock` (sock_common is its first member)."""
     base = btf.member_offset("sock", "__sk_common")
     return {f: base + btf.member_offset("sock_common", f) for f in SOCK_COMMON_FIELDS}
+
+
+# sk_buff fields the raw tcp_probe hook reads to get the payload length.
+SKB_FIELDS = ("len", "data")
+
+
+def skb_offsets(btf: Btf) -> dict[str, int]:
+    """Offsets of SKB_FIELDS in `struct sk_buff`, named skb_<field>."""
+    return {f"skb_{f}": btf.member_offset("sk_buff", f) for f in SKB_FIELDS}
+
+
+def has_skb_offsets(btf: Btf) -> bool:
+    try:
+        skb_offsets(btf)
+    except BtfError:
+        return False
+    return True

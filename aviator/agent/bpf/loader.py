@@ -18,7 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aviator.agent.bpf.btf import VMLINUX_BTF, Btf, BtfError, sock_offsets
+from aviator.agent.bpf.btf import (
+    VMLINUX_BTF,
+    Btf,
+    BtfError,
+    has_skb_offsets,
+    skb_offsets,
+    sock_offsets,
+)
 from aviator.agent.bpf.model import BpfUnavailable
 from aviator.agent.bpf.seed import Listener
 
@@ -31,13 +38,15 @@ SOURCE = Path(
 )
 
 RAW_SEND_TRACEPOINT = "tcp_sendmsg_locked"
-_RAW_SEND_FN = "on_tcp_sendmsg_locked"
-# (category:event, BCC function name); all are attached by BCC when the program loads.
+# (tracepoint, BCC function name). Classic tracepoints are attached by BCC as soon as the
+# program loads; raw ones by LoadedProgram.attach().
+_RAW_SEND = (RAW_SEND_TRACEPOINT, "on_tcp_sendmsg_locked")
+_RAW_RECV = ("tcp_probe", "on_tcp_probe")
 _TRACEPOINTS = (
     ("sock:inet_sock_set_state", "tracepoint__sock__inet_sock_set_state"),
     ("tcp:tcp_destroy_sock", "tracepoint__tcp__tcp_destroy_sock"),
-    ("tcp:tcp_probe", "tracepoint__tcp__tcp_probe"),
 )
+_RECV_TRACEPOINT = ("tcp:tcp_probe", "tracepoint__tcp__tcp_probe")
 _FALLBACK_SEND_TRACEPOINT = ("sock:sock_send_length", "tracepoint__sock__sock_send_length")
 
 _TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
@@ -85,7 +94,7 @@ def tracefs_root() -> Path:
 def check_tracepoints(tracefs: Path) -> bool:
     """Whether the kernel has every tracepoint needed; returns whether the raw
     `tcp_sendmsg_locked` tracepoint exists (else `sock:sock_send_length` is used)."""
-    needed = [tp for tp, _ in _TRACEPOINTS]
+    needed = [tp for tp, _ in (*_TRACEPOINTS, _RECV_TRACEPOINT)]
     missing = [tp for tp in needed if not (tracefs / "events" / tp.replace(":", "/")).is_dir()]
     has_raw_send = (tracefs / "events" / "tcp" / RAW_SEND_TRACEPOINT).is_dir()
     if not has_raw_send:
@@ -122,12 +131,15 @@ def compile_flags(
     max_endpoints: int,
     max_listeners: int,
     raw_send: bool,
+    raw_recv: bool,
     include_dir: Path = SOURCE.parent,
 ) -> list[str]:
     try:
         offsets = sock_offsets(btf)
+        if raw_recv:
+            offsets.update(skb_offsets(btf))
     except BtfError as exc:
-        raise BpfUnavailable(f"kernel BTF lacks a needed struct sock field: {exc}") from exc
+        raise BpfUnavailable(f"kernel BTF lacks a needed struct field: {exc}") from exc
     flags = [f"-DOFF_{name.upper()}={off}" for name, off in sorted(offsets.items())]
     flags += [
         f"-I{include_dir}",
@@ -137,6 +149,8 @@ def compile_flags(
     ]
     if raw_send:
         flags.append("-DSEND_HOOK_RAW")
+    if raw_recv:
+        flags.append("-DRECV_HOOK_RAW")
     return flags
 
 
@@ -179,10 +193,16 @@ def _classify_load_failure(exc: Exception, log: str) -> BpfUnavailable:
 
 @dataclass
 class LoadedProgram:
-    """A compiled program with its hooks; `bpf` is the bcc.BPF object."""
+    """A compiled program with its hooks; `bpf` is the bcc.BPF object.
+
+    `raw_send`: sends seen by the raw tracepoint tcp_sendmsg_locked (else by
+    sock:sock_send_length); `raw_recv`: tcp_probe attached as a raw tracepoint (cheaper
+    than the classic one, which builds a trace record per segment).
+    """
 
     bpf: Any
     raw_send: bool
+    raw_recv: bool = False
 
     @property
     def send_hook(self) -> str:
@@ -190,20 +210,31 @@ class LoadedProgram:
             return f"raw_tracepoint:{RAW_SEND_TRACEPOINT}"
         return f"tracepoint:{_FALLBACK_SEND_TRACEPOINT[0]}"
 
-    def _tracepoints(self) -> tuple[tuple[str, str], ...]:
-        if self.raw_send:
-            return _TRACEPOINTS
-        return (*_TRACEPOINTS, _FALLBACK_SEND_TRACEPOINT)
+    @property
+    def recv_hook(self) -> str:
+        if self.raw_recv:
+            return f"raw_tracepoint:{_RAW_RECV[0]}"
+        return f"tracepoint:{_RECV_TRACEPOINT[0]}"
+
+    def _tracepoints(self) -> list[tuple[str, str]]:
+        tps = list(_TRACEPOINTS)
+        if not self.raw_recv:
+            tps.append(_RECV_TRACEPOINT)
+        if not self.raw_send:
+            tps.append(_FALLBACK_SEND_TRACEPOINT)
+        return tps
+
+    def _raw_tracepoints(self) -> list[tuple[str, str]]:
+        return [hook for hook, on in ((_RAW_SEND, self.raw_send), (_RAW_RECV, self.raw_recv)) if on]
 
     def attach(self) -> None:
         """Attach every hook that is not attached (idempotent)."""
         for tp, fn in self._tracepoints():
             if tp.encode() not in self.bpf.tracepoint_fds:
                 self.bpf.attach_tracepoint(tp=tp.encode(), fn_name=fn.encode())
-        if self.raw_send and RAW_SEND_TRACEPOINT.encode() not in self.bpf.raw_tracepoint_fds:
-            self.bpf.attach_raw_tracepoint(
-                tp=RAW_SEND_TRACEPOINT.encode(), fn_name=_RAW_SEND_FN.encode()
-            )
+        for tp, fn in self._raw_tracepoints():
+            if tp.encode() not in self.bpf.raw_tracepoint_fds:
+                self.bpf.attach_raw_tracepoint(tp=tp.encode(), fn_name=fn.encode())
 
     def detach(self) -> None:
         """Detach every hook; maps and counters stay (for overhead comparisons)."""
@@ -244,11 +275,13 @@ def load_program(
     max_listeners: int,
     source: Path = SOURCE,
     allow_raw_send: bool = True,
+    allow_raw_recv: bool = True,
 ) -> LoadedProgram:
     """Preflight, compile, load and attach the program, or raise BpfUnavailable.
 
     `allow_raw_send=False` uses the `sock:sock_send_length` fallback even where the
-    raw tracepoint exists (to test and compare the fallback).
+    raw tracepoint exists; `allow_raw_recv=False` attaches tcp_probe as a classic
+    tracepoint (to test and compare the alternatives).
     """
     if os.uname().sysname != "Linux":
         raise BpfUnavailable("eBPF needs Linux")
@@ -261,6 +294,7 @@ def load_program(
         raise BpfUnavailable(f"kernel BTF unreadable: {exc}") from exc
     tracefs = tracefs_root()
     raw_send = check_tracepoints(tracefs) and allow_raw_send
+    raw_recv = allow_raw_recv and has_skb_offsets(btf)
     check_headers()
     if not source.is_file():
         raise BpfUnavailable(f"BPF source {source} not found")
@@ -269,18 +303,15 @@ def load_program(
     except ImportError as exc:
         raise BpfUnavailable(f"BCC is not installed (Debian/Ubuntu: python3-bpfcc): {exc}") from exc
 
+    sizes = (max_sockets, max_endpoints, max_listeners)
     try:
-        return _compile_and_attach(
-            bcc, btf, source, raw_send, max_sockets, max_endpoints, max_listeners
-        )
-    except _RawSendUnavailable:
-        # Listed in tracefs but not attachable as a raw tracepoint: use the fallback.
-        return _compile_and_attach(
-            bcc, btf, source, False, max_sockets, max_endpoints, max_listeners
-        )
+        return _compile_and_attach(bcc, btf, source, raw_send, raw_recv, *sizes)
+    except _RawTracepointUnavailable:
+        # Listed in tracefs but not attachable as raw tracepoints: classic ones only.
+        return _compile_and_attach(bcc, btf, source, False, False, *sizes)
 
 
-class _RawSendUnavailable(Exception):
+class _RawTracepointUnavailable(Exception):
     pass
 
 
@@ -289,6 +320,7 @@ def _compile_and_attach(
     btf: Btf,
     source: Path,
     raw_send: bool,
+    raw_recv: bool,
     max_sockets: int,
     max_endpoints: int,
     max_listeners: int,
@@ -299,6 +331,7 @@ def _compile_and_attach(
         max_endpoints=max_endpoints,
         max_listeners=max_listeners,
         raw_send=raw_send,
+        raw_recv=raw_recv,
         include_dir=source.parent,
     )
     with _captured_stderr() as log:
@@ -312,12 +345,12 @@ def _compile_and_attach(
         if isinstance(failure, OSError) and failure.errno == errno.EPERM:
             raise BpfUnavailable(f"kernel refused BPF (EPERM): {failure}") from failure
         raise _classify_load_failure(failure, "".join(log)) from failure
-    program = LoadedProgram(bpf=bpf, raw_send=raw_send)
+    program = LoadedProgram(bpf=bpf, raw_send=raw_send, raw_recv=raw_recv)
     try:
         program.attach()
     except Exception as exc:
         program.close()
-        if raw_send and "raw tracepoint" in str(exc):
-            raise _RawSendUnavailable(str(exc)) from exc
+        if (raw_send or raw_recv) and "raw tracepoint" in str(exc):
+            raise _RawTracepointUnavailable(str(exc)) from exc
         raise _classify_load_failure(exc, "") from exc
     return program

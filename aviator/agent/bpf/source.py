@@ -33,12 +33,14 @@ class BpfLatencySource:
         max_listeners: int = 16384,
         listeners: set[Listener] | None = None,
         allow_raw_send: bool = True,
+        allow_raw_recv: bool = True,
     ) -> BpfLatencySource:
         """Load and attach, or raise BpfUnavailable(reason).
 
         `listeners` replaces the /proc scan (tests); by default every network
         namespace's listening TCP sockets are seeded. `allow_raw_send=False` forces
-        the `sock:sock_send_length` send hook (the fallback for older kernels).
+        the `sock:sock_send_length` send hook (the fallback for older kernels);
+        `allow_raw_recv=False` attaches tcp_probe as a classic tracepoint.
         """
         if max_sockets < 1 or max_endpoints < 1 or max_listeners < 1:
             raise ValueError("map sizes must be positive")
@@ -47,6 +49,7 @@ class BpfLatencySource:
             max_endpoints=max_endpoints,
             max_listeners=max_listeners,
             allow_raw_send=allow_raw_send,
+            allow_raw_recv=allow_raw_recv,
         )
         try:
             program.seed_listeners(listening_sockets() if listeners is None else listeners)
@@ -60,6 +63,11 @@ class BpfLatencySource:
     def send_hook(self) -> str:
         """Which hook marks sends: the raw tracepoint or the sock_send_length fallback."""
         return self._program.send_hook
+
+    @property
+    def recv_hook(self) -> str:
+        """Which hook marks received data: tcp_probe as a raw or a classic tracepoint."""
+        return self._program.recv_hook
 
     def read(self) -> dict[EndpointKey, EndpointCounters]:
         """Cumulative snapshot of every endpoint seen since load."""
