@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import math
 from collections import Counter
+from typing import Any
 
 import pytest
 from e2e_cluster import BoxCluster
@@ -92,12 +93,16 @@ async def test_fast_pod_turning_slow_is_ejected_and_readmitted(quickstart: Scena
     assert window.count > 0 and victim not in window.by_pod, window
 
     quickstart.cluster.set_pod_latency(quickstart.ns, victim, None)
-    _, readmitted_after = await wait_for(
-        f"{victim} to be readmitted to {SHADOW}",
-        lambda: quickstart.routed(SHADOW),
-        lambda pods: victim in pods,
-        timeout_s=CONVERGE_S,
-    )
+    try:
+        _, readmitted_after = await wait_for(
+            f"{victim} to be readmitted to {SHADOW}",
+            lambda: quickstart.routed(SHADOW),
+            lambda pods: victim in pods,
+            timeout_s=CONVERGE_S,
+        )
+    except AssertionError as err:
+        status = ((await quickstart.avp()) or {}).get("status", {})
+        raise AssertionError(f"{err}\npolicy status: {pod_rows(status)}") from None
     print(f"ejected after {ejected_after:.1f}s, readmitted {readmitted_after:.1f}s after recovery")
 
 
@@ -226,6 +231,14 @@ async def test_controller_restart_keeps_routing(quickstart: Scenario) -> None:
         lambda pods: pods == fast,
         timeout_s=CONVERGE_S + 15,  # + a lease duration, should the Lease not be released
     )
+
+
+def pod_rows(status: dict[str, Any]) -> str:
+    rows = [
+        f"{p.get('name')} {p.get('state')} p99={p.get('p99Ms')} n={p.get('samples')} {p.get('reason')}"
+        for p in status.get("pods", [])
+    ]
+    return f"ejected={status.get('ejectedPods')}; " + "; ".join(rows)
 
 
 async def _pid(cluster: BoxCluster) -> int | None:
