@@ -26,6 +26,9 @@
 
 #include "histogram.h"
 
+// A plain (non-locked) read the compiler must not cache or elide.
+#define LOAD_ONCE(x) (*(volatile typeof(x) *)&(x))
+
 #define ROLE_SERVER 1
 #define ROLE_CLIENT 2
 
@@ -135,6 +138,9 @@ static __always_inline struct ep_val *endpoint(struct ep_key *key) {
 }
 
 static __always_inline void start_request(struct sock_state *st, u64 now) {
+    // Plain read first: later bytes of an open request skip the locked instruction.
+    if (LOAD_ONCE(st->start_ns) != 0)
+        return;
     if (__sync_val_compare_and_swap(&st->start_ns, 0, now) != 0)
         return;  // a request is already open: later bytes of the same request
     count(C_STARTED);
@@ -144,6 +150,8 @@ static __always_inline void start_request(struct sock_state *st, u64 now) {
 }
 
 static __always_inline void complete_request(struct sock_state *st, u64 now) {
+    if (LOAD_ONCE(st->start_ns) == 0)
+        return;  // idle (the common case for later bytes of a response): no locked op
     u64 start = __sync_lock_test_and_set(&st->start_ns, 0);
     if (start == 0)
         return;  // idle: later bytes of a response already counted, or unseen start
