@@ -123,7 +123,7 @@ class ControllerConnection:
     async def _session_once(self, token: str) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         async with self._session.ws_connect(
-            self.url, headers=headers, heartbeat=30.0, timeout=aiohttp.ClientWSTimeout(ws_close=5)
+            self.url, headers=headers, heartbeat=30.0
         ) as ws:
             self.connected = True
             self.connects += 1

@@ -200,25 +200,28 @@ class LatencyStore:
         windows = self._fresh(ip, now, port)
         if not windows:
             return None
-        newest = max(windows, key=lambda w: w.last_seen)
         if len(windows) == 1:
-            qs = windows[0].quantiles_us()
-            samples = windows[0].total.count
+            newest = windows[0]
+            qs = newest.quantiles_us()
+            samples = newest.total.count
+            rif = newest.rif
         else:
+            newest = max(windows, key=lambda w: w.last_seen)
             total = Histogram.merge_all(w.total for w in windows)
             merged = total.quantiles(_QUANTILES)
             qs = None if merged is None else (merged[0], merged[1], merged[2])
             samples = total.count
+            rif = sum(w.rif for w in windows)
         if qs is None:
             return None
         return PodLatency(
-            p50_ms=qs[0] / 1000.0,
-            p90_ms=qs[1] / 1000.0,
-            p99_ms=qs[2] / 1000.0,
-            rif=sum(w.rif for w in windows),
-            samples=samples,
-            age_s=max(0.0, now - newest.last_seen),
-            source=newest.source,
+            qs[0] / 1000.0,
+            qs[1] / 1000.0,
+            qs[2] / 1000.0,
+            rif,
+            samples,
+            max(0.0, now - newest.last_seen),
+            newest.source,
         )
 
     def merged(self, ips: Iterable[str], now: float) -> Histogram:
