@@ -9,6 +9,7 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
@@ -229,9 +230,12 @@ def condition(policy: JSON, ctype: str) -> JSON:
 
 
 async def start_controller(
-    cp: ControlPlane, ns: str, **overrides: Any
+    cp: ControlPlane | Path, ns: str, **overrides: Any
 ) -> tuple[ControllerApp, KubeClient]:
-    client = await KubeClient.load(str(cp.kubeconfig))
+    """An in-process controller (no leader election) on a free port; `cp` is the
+    control plane or its kubeconfig."""
+    kubeconfig = cp if isinstance(cp, Path) else cp.kubeconfig
+    client = await KubeClient.load(str(kubeconfig))
     options = Options(
         namespace=ns,
         identity=f"test-{ns}",
@@ -252,7 +256,7 @@ async def start_controller(
 
 @contextlib.asynccontextmanager
 async def running_controller(
-    cp: ControlPlane, ns: str, **overrides: Any
+    cp: ControlPlane | Path, ns: str, **overrides: Any
 ) -> AsyncIterator[ControllerApp]:
     app, client = await start_controller(cp, ns, **overrides)
     try:
