@@ -124,7 +124,7 @@ def agent_process(
 ) -> Iterator[Callable[..., tuple[subprocess.Popen[bytes], int]]]:
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(*args: str) -> tuple[subprocess.Popen[bytes], int]:
+    def start(*args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], int]:
         http_port = free_port()
         log = open(tmp_path / f"agent-{len(procs)}.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
@@ -141,7 +141,7 @@ def agent_process(
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         )
         procs.append(proc)
         return proc, http_port
@@ -363,3 +363,42 @@ async def test_auto_mode_measures_keep_warm_probes_in_the_kernel(
     finally:
         log = await stop(proc, tmp_path / "agent-0.log")
     assert "agent stopped" in log
+
+
+async def test_auto_mode_falls_back_to_probes_when_ebpf_cannot_load(
+    scenario: Scenario,
+    tmp_path: Path,
+    agent_process: Callable[..., tuple[subprocess.Popen[bytes], int]],
+) -> None:
+    """eBPF made unavailable (the BPF source cannot be found): `auto` says why and
+    measures with probes; `ebpf` refuses to start."""
+    sc = scenario
+    no_bpf = {"AVIATOR_BPF_SOURCE": str(tmp_path / "missing" / "latency.bpf.c")}
+    strict, _ = agent_process("--node", sc.node, "--latency-source", "ebpf", env=no_bpf)
+    assert await asyncio.to_thread(strict.wait, 60) == 1
+    strict_log = await asyncio.to_thread((tmp_path / "agent-0.log").read_text)
+    assert "eBPF unavailable" in strict_log and "not found" in strict_log
+
+    proc, http_port = agent_process(
+        "--node",
+        sc.node,
+        "--latency-source",
+        "auto",
+        "--report-interval",
+        "0.3",
+        "--controller-url",
+        sc.receiver_url,
+        "--token-file",
+        str(sc.token_file),
+        env=no_bpf,
+    )
+    try:
+        snap = await sc.store.wait_for(lambda _: min(counted(sc.store).values()) >= 3)
+        assert snap.source == "probe"
+        status = await get_json(f"http://127.0.0.1:{http_port}/status")
+        assert status["source"] == "probe" and "not found" in status["source_note"]
+        table = await get_json(f"http://127.0.0.1:{http_port}/latency")
+        assert table[FAST_IP]["source"] == table[SLOW_IP]["source"] == "probe"
+    finally:
+        log = await stop(proc, tmp_path / "agent-1.log")
+    assert "eBPF unavailable" in log and "measuring with HTTP probes instead" in log
