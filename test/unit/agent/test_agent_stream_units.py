@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from aviator.agent.stream import TokenFile, urls_from_slices
+import aiohttp
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from aviator.agent.stream import ControllerConnection, TokenFile, urls_from_slices
+from aviator.informers import Backoff
 
 
 def test_urls_from_slices() -> None:
@@ -52,3 +60,70 @@ def test_token_file_falls_back_and_rereads(tmp_path: Path) -> None:
     os.remove(fallback)
     assert tokens.reload() == ""
     assert TokenFile().token() == ""
+
+
+class StreamServer:
+    """A websocket endpoint recording each connection's token and messages."""
+
+    def __init__(self) -> None:
+        self.tokens: list[str] = []
+        self.messages: list[str] = []
+        self.event = asyncio.Event()
+        self.hang_up = False
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        self.tokens.append(request.headers.get("Authorization", ""))
+        self.event.set()
+        async for msg in ws:
+            self.messages.append(msg.data)
+            self.event.set()
+            if self.hang_up:
+                self.hang_up = False
+                await ws.close()
+        return ws
+
+    async def until(self, pred: Callable[[], bool]) -> None:
+        async with asyncio.timeout(10):
+            while not pred():
+                self.event.clear()
+                await self.event.wait()
+
+
+async def test_connection_sends_while_connected_and_follows_token_changes(tmp_path: Path) -> None:
+    server = StreamServer()
+    app = web.Application()
+    app.router.add_get("/v1/stream", server.handle)
+    token = tmp_path / "token"
+    token.write_text("one")
+    async with TestServer(app) as ts, aiohttp.ClientSession() as session:
+        conn = ControllerConnection(
+            str(ts.make_url("/v1/stream")).replace("http", "ws", 1),
+            TokenFile(token, reread_s=0),
+            session,
+            backoff=Backoff(initial_s=0.01, max_s=0.05),
+        )
+        conn.offer("lost")  # not connected yet: dropped, never replayed
+        task = asyncio.get_running_loop().create_task(conn.run())
+        try:
+            await server.until(lambda: server.tokens == ["Bearer one"])
+            async with asyncio.timeout(10):
+                while not conn.connected:
+                    conn.changed.clear()
+                    await conn.changed.wait()
+            conn.offer("a")
+            await server.until(lambda: server.messages == ["a"])
+            # The controller hangs up: the agent dials again with backoff.
+            server.hang_up = True
+            conn.offer("b")
+            await server.until(lambda: len(server.tokens) == 2)
+            # A rotated token makes the agent reconnect with the new one.
+            token.write_text("two")
+            await server.until(lambda: server.tokens[-1] == "Bearer two")
+            assert server.tokens == ["Bearer one", "Bearer one", "Bearer two"]
+            assert server.messages == ["a", "b"]  # "lost" was offered while disconnected
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
