@@ -1,0 +1,405 @@
+"""Controller scale: the real `aviator controller` process against a real API server, fed
+by simulated agents over the real websocket (real ServiceAccount tokens, TokenReview).
+
+Two fleets: 1 policy over 5,000 pods, and 500 policies over 10 pods each (quick: 200
+pods / 20 policies of 10). Pods are API objects whose status (podIP, Ready) we write
+through the status subresource, since no kubelet runs; one simulated agent per 100
+pods sends a v1 snapshot of its pods every second (stable latencies, so the chosen set
+is stable). Per fleet:
+
+- evaluation time: the controller's own reconcile-duration histogram over a steady
+  window (mean per reconcile, and the total per evaluation interval);
+- controller CPU (cores) and RSS from /proc/<pid> over that window;
+- API writes per minute in steady state (must be zero) and while 1 % of the pods
+  flip readiness every second (churn), counted by watching EndpointSlices, Services,
+  AviatorPolicies and Events in the namespace, i.e. as the API server saw them;
+- ingestion: every agent sends snapshots back to back; endpoint windows ingested
+  (the receiver's counter) per second of wall time and per controller CPU second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import uvloop
+
+from aviator.kube import ApiError, KubeClient
+from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, EVENTS, PODS, SERVICES
+from bench.common import (
+    ControllerProcess,
+    CpuMeter,
+    Row,
+    SimAgent,
+    WriteWatch,
+    agent_token,
+    bounded,
+    create_ready_pods,
+    create_service,
+    metric_sum,
+    new_namespace,
+    pod_ip,
+    policy_body,
+    process_rss_bytes,
+    row,
+    set_pod_ready,
+    shared_control_plane,
+    snapshot_json,
+)
+
+NAME = "controller_scale"
+INTERVAL_S = 1.0  # evaluationInterval of every policy, and the agents' report interval
+PODS_PER_AGENT = 100
+GOAL_EVAL = "<= 100 ms for 5,000 pods"
+GOAL_INGEST = ">= 50,000 /s per core"
+GOAL_WRITES = "0 in steady state"
+
+
+@dataclass(frozen=True)
+class Fleet:
+    label: str
+    policies: int
+    pods_per_policy: int
+
+    @property
+    def pods(self) -> int:
+        return self.policies * self.pods_per_policy
+
+
+@dataclass(frozen=True)
+class Sizes:
+    steady_s: float
+    churn_s: float
+    blast_s: float
+
+
+def _latency_ms(i: int) -> float:
+    """Stable, distinct-enough latencies: 5..104 ms, so the fastest half is well defined."""
+    return 5.0 + (i * 37) % 100
+
+
+def run(quick: bool) -> list[Row]:
+    cp = shared_control_plane()
+    sizes = Sizes(steady_s=4, churn_s=4, blast_s=1) if quick else Sizes(30, 30, 10)
+    fleets = (
+        [Fleet("1 policy x 200 pods", 1, 200), Fleet("20 policies x 10 pods", 20, 10)]
+        if quick
+        else [Fleet("1 policy x 5000 pods", 1, 5000), Fleet("500 policies x 10 pods", 500, 10)]
+    )
+    rows: list[Row] = []
+    for fleet in fleets:
+        rows += uvloop.run(_fleet(cp.kubeconfig, fleet, sizes))
+    return rows
+
+
+async def _fleet(kubeconfig: Path, fleet: Fleet, sizes: Sizes) -> list[Row]:
+    kube = await KubeClient.load(str(kubeconfig))
+    try:
+        ns = await new_namespace(kube, "scale")
+        token = await agent_token(kube, ns)
+        names = [f"p-{i}" for i in range(fleet.pods)]
+        ips = [pod_ip(i) for i in range(fleet.pods)]
+        start = time.monotonic()
+        for j in range(fleet.policies):
+            await create_service(kube, ns, f"svc-{j}", {"app": f"svc-{j}"})
+        per = fleet.pods_per_policy
+        nodes = max(1, fleet.pods // PODS_PER_AGENT)
+        await bounded(
+            [
+                functools.partial(
+                    create_ready_pods,
+                    kube,
+                    ns,
+                    list(
+                        zip(
+                            names[j * per : (j + 1) * per],
+                            ips[j * per : (j + 1) * per],
+                            strict=True,
+                        )
+                    ),
+                    {"app": f"svc-{j}"},
+                    nodes,
+                )
+                for j in range(fleet.policies)
+            ],
+            in_flight=8 if fleet.policies > 1 else 1,
+        )
+        setup_s = time.monotonic() - start
+        controller = ControllerProcess(kubeconfig, ns)
+        try:
+            await controller.wait_ready()
+            return await _measure(kube, ns, token, controller, fleet, sizes, ips, names, setup_s)
+        finally:
+            await _cleanup(kube, ns, fleet)
+            controller.stop()
+    finally:
+        await kube.close()
+
+
+async def _cleanup(kube: KubeClient, ns: str, fleet: Fleet) -> None:
+    """Delete the policies (the running controller removes its finalizers), then the
+    pods, so the next fleet's controller does not carry this one in its caches."""
+    with contextlib.suppress(ApiError):
+        await kube.request("DELETE", AVIATORPOLICIES.path(ns))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            left = await kube.list(AVIATORPOLICIES, ns)
+            if not left.get("items"):
+                break
+            await asyncio.sleep(0.5)
+    for res in (PODS, SERVICES, ENDPOINTSLICES):
+        with contextlib.suppress(ApiError):
+            await kube.request("DELETE", res.path(ns), params={"gracePeriodSeconds": "0"})
+
+
+async def _measure(
+    kube: KubeClient,
+    ns: str,
+    token: str,
+    controller: ControllerProcess,
+    fleet: Fleet,
+    sizes: Sizes,
+    ips: list[str],
+    names: list[str],
+    setup_s: float,
+) -> list[Row]:
+    agents_n = max(1, fleet.pods // PODS_PER_AGENT)
+    groups = [list(range(a, fleet.pods, agents_n)) for a in range(agents_n)]
+    messages = [
+        snapshot_json(f"bench-node-{a}", [(ips[i], _latency_ms(i)) for i in group], window_s=1.0)
+        for a, group in enumerate(groups)
+    ]
+    agents = [SimAgent(controller.url, token) for _ in range(agents_n)]
+    async with contextlib.AsyncExitStack() as stack:
+        for agent in agents:
+            await stack.enter_async_context(agent)
+        reporting = asyncio.create_task(_report(agents, messages))
+        try:
+            for j in range(fleet.policies):
+                await kube.create(
+                    AVIATORPOLICIES,
+                    policy_body(
+                        f"pol-{j}",
+                        f"svc-{j}",
+                        evaluationInterval=f"{int(INTERVAL_S * 1000)}ms",
+                        selection={"mode": "percentage", "percentage": 50},
+                    ),
+                    ns,
+                )
+            converge_s = await _converged(kube, ns, fleet)
+            await asyncio.sleep(2 * INTERVAL_S)  # the status write after convergence lands
+            steady = await _window(kube, ns, controller, sizes.steady_s)
+            churn = await _window(
+                kube, ns, controller, sizes.churn_s, churn=(names, ips, max(1, fleet.pods // 100))
+            )
+        finally:
+            reporting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporting
+        ingest = await _blast(agents, messages, controller, sizes.blast_s)
+    return _rows(fleet, setup_s, converge_s, steady, churn, ingest)
+
+
+async def _report(agents: list[SimAgent], messages: list[str]) -> None:
+    while True:
+        started = time.monotonic()
+        await asyncio.gather(*(a.send(m) for a, m in zip(agents, messages, strict=True)))
+        await asyncio.sleep(max(0.0, INTERVAL_S - (time.monotonic() - started)))
+
+
+async def _converged(kube: KubeClient, ns: str, fleet: Fleet, timeout_s: float = 300) -> float:
+    """Seconds until every policy reports its fastest half active."""
+    want = (fleet.pods_per_policy + 1) // 2
+    start = time.monotonic()
+    while time.monotonic() - start < timeout_s:
+        items = (await kube.list(AVIATORPOLICIES, ns)).get("items") or []
+        done = sum(1 for p in items if (p.get("status") or {}).get("activePods") == want)
+        if done == fleet.policies:
+            return time.monotonic() - start
+        await asyncio.sleep(0.5)
+    raise RuntimeError(f"{fleet.label}: policies did not converge in {timeout_s:.0f}s")
+
+
+@dataclass
+class Window:
+    seconds: float
+    cpu_s: float
+    rss_bytes: int
+    writes: dict[str, int]
+    reconciles: float
+    reconcile_s: float
+
+
+async def _window(
+    kube: KubeClient,
+    ns: str,
+    controller: ControllerProcess,
+    seconds: float,
+    churn: tuple[list[str], list[str], int] | None = None,
+) -> Window:
+    watch = await WriteWatch(kube, ns, [ENDPOINTSLICES, SERVICES, AVIATORPOLICIES, EVENTS]).start()
+    await asyncio.sleep(0.3)  # the watches are open
+    before = await controller.metrics()
+    meter = CpuMeter(controller.pid).start()
+    rss = 0
+    end = time.monotonic() + seconds
+    tick = 0
+    while time.monotonic() < end:
+        if churn is not None:
+            names, ips, per_tick = churn
+            picks = [(tick * per_tick + k) % len(names) for k in range(per_tick)]
+            # Odd ticks restore what the even tick before took away.
+            ready = tick % 2 == 1
+            if ready:
+                picks = [((tick - 1) * per_tick + k) % len(names) for k in range(per_tick)]
+            await asyncio.gather(*(set_pod_ready(kube, ns, names[i], ips[i], ready) for i in picks))
+        tick += 1
+        rss = max(rss, process_rss_bytes(controller.pid))
+        await asyncio.sleep(max(0.0, end - time.monotonic()) if churn is None else 1.0)
+    cpu_s, wall_s = meter.read()
+    after = await controller.metrics()
+    await asyncio.sleep(0.5)  # late watch events of this window
+    await watch.stop()
+    return Window(
+        seconds=wall_s,
+        cpu_s=cpu_s,
+        rss_bytes=max(rss, process_rss_bytes(controller.pid)),
+        writes=dict(watch.counts),
+        reconciles=metric_sum(after, "aviator_reconcile_duration_seconds_count")
+        - metric_sum(before, "aviator_reconcile_duration_seconds_count"),
+        reconcile_s=metric_sum(after, "aviator_reconcile_duration_seconds_sum")
+        - metric_sum(before, "aviator_reconcile_duration_seconds_sum"),
+    )
+
+
+@dataclass
+class Ingest:
+    endpoints: float
+    seconds: float
+    cpu_s: float
+
+
+async def _blast(
+    agents: list[SimAgent], messages: list[str], controller: ControllerProcess, seconds: float
+) -> Ingest:
+    """Every agent sends its snapshot back to back for `seconds`; the receiver's count."""
+    before = metric_sum(await controller.metrics(), "aviator_stream_endpoints_total")
+    meter = CpuMeter(controller.pid).start()
+    end = time.monotonic() + seconds
+    sent_endpoints = 0
+    per_message = [m.count('"role"') for m in messages]
+
+    async def one(agent: SimAgent, message: str, n: int) -> int:
+        sent = 0
+        while time.monotonic() < end:
+            await agent.send(message)
+            sent += n
+            await asyncio.sleep(0)  # let the other agents and the writer run
+        return sent
+
+    counts = await asyncio.gather(
+        *(one(a, m, n) for a, m, n in zip(agents, messages, per_message, strict=True))
+    )
+    sent_endpoints = sum(counts)
+    # The receiver drains what is still buffered; wait until it has counted everything.
+    deadline = time.monotonic() + 60
+    got = 0.0
+    while time.monotonic() < deadline:
+        got = metric_sum(await controller.metrics(), "aviator_stream_endpoints_total") - before
+        if got >= sent_endpoints:
+            break
+        await asyncio.sleep(0.05)
+    cpu_s, wall_s = meter.read()
+    return Ingest(endpoints=got, seconds=wall_s, cpu_s=cpu_s)
+
+
+def _rows(
+    fleet: Fleet, setup_s: float, converge_s: float, steady: Window, churn: Window, ingest: Ingest
+) -> list[Row]:
+    label = fleet.label
+    per_reconcile_ms = 1000 * steady.reconcile_s / steady.reconciles if steady.reconciles else 0.0
+    intervals = steady.seconds / INTERVAL_S
+    per_interval_ms = 1000 * steady.reconcile_s / intervals if intervals else 0.0
+    steady_writes = sum(steady.writes.values())
+    churn_writes = sum(churn.writes.values())
+    churn_detail = ", ".join(f"{k} {v}" for k, v in sorted(churn.writes.items())) or "none"
+    steady_detail = ", ".join(f"{k} {v}" for k, v in sorted(steady.writes.items())) or "none"
+    per_core = ingest.endpoints / ingest.cpu_s if ingest.cpu_s else 0.0
+    rows = [
+        row(
+            NAME,
+            f"{label}: evaluation time per reconcile (mean)",
+            per_reconcile_ms,
+            "ms",
+            goal=GOAL_EVAL if fleet.policies == 1 else None,
+            note=f"{steady.reconciles:.0f} reconciles in {steady.seconds:.0f} s, wall time; "
+            f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs",
+        ),
+        row(
+            NAME,
+            f"{label}: evaluation time per interval (all policies)",
+            per_interval_ms,
+            "ms",
+            note=f"evaluationInterval {INTERVAL_S:g} s; {fleet.pods} pods",
+        ),
+        row(
+            NAME,
+            f"{label}: controller CPU per interval",
+            1000 * steady.cpu_s / intervals if intervals else 0.0,
+            "ms",
+            goal=GOAL_EVAL if fleet.policies == 1 else None,
+            note="all work per interval (evaluation + snapshot ingestion), CPU time",
+        ),
+        row(
+            NAME,
+            f"{label}: controller CPU, steady state",
+            steady.cpu_s / steady.seconds,
+            "cores",
+            note=f"agents report every {INTERVAL_S:g} s, {PODS_PER_AGENT} pods each",
+        ),
+        row(NAME, f"{label}: controller RSS", steady.rss_bytes / 2**20, "MiB"),
+        row(
+            NAME,
+            f"{label}: API writes, steady state",
+            60 * steady_writes / steady.seconds,
+            "writes/min",
+            goal=GOAL_WRITES,
+            note=f"{steady_detail} in {steady.seconds:.0f} s (watched)",
+        ),
+        row(
+            NAME,
+            f"{label}: API writes under churn",
+            60 * churn_writes / churn.seconds,
+            "writes/min",
+            note=f"1 % of pods flip readiness each second; {churn_detail}",
+        ),
+        row(
+            NAME,
+            f"{label}: snapshot ingestion",
+            ingest.endpoints / ingest.seconds if ingest.seconds else 0.0,
+            "pod updates/s",
+            note=f"{ingest.endpoints:.0f} endpoint windows in {ingest.seconds:.1f} s wall",
+        ),
+        row(
+            NAME,
+            f"{label}: snapshot ingestion per core",
+            per_core,
+            "pod updates/s",
+            goal=GOAL_INGEST,
+            ratio=per_core / 50_000,
+            note=f"per controller CPU second ({ingest.cpu_s:.1f} s); ratio to the goal",
+        ),
+        row(
+            NAME,
+            f"{label}: time to converge",
+            converge_s,
+            "s",
+            note=f"policies created → every one reports its active set; setup {setup_s:.0f} s",
+        ),
+    ]
+    return rows
