@@ -288,3 +288,81 @@ async def test_ipv6_pod_goes_to_ipv6_slice(
             return out if len(out) == 2 else None
 
         assert await eventually(by_family) == {"IPv4": ["v4"], "IPv6": ["v6"]}
+
+
+async def test_missing_service_is_reported_and_recovers(
+    control_plane: ControlPlane, kube: KubeClient, namespace: str
+) -> None:
+    ns = namespace
+    async with running_controller(control_plane, ns):
+        await create_policy(kube, ns, "p", "web", **SPEC)
+
+        async def not_found() -> bool:
+            p = await get_policy(kube, ns, "p")
+            return condition(p or {}, "Ready").get("reason") == "ServiceNotFound"
+
+        await eventually(not_found)
+        await _two_fast_two_slow(kube, ns)
+
+        async def routing() -> bool:
+            p = await get_policy(kube, ns, "p")
+            pods = endpoint_pods(await slices_of(kube, ns, "web-aviator", ours=True))
+            return condition(p or {}, "Ready").get("status") == "True" and len(pods) == 4
+
+        await eventually(routing)
+
+
+async def test_changing_routing_and_target_cleans_up_the_old(
+    control_plane: ControlPlane, kube: KubeClient, namespace: str
+) -> None:
+    ns = namespace
+    await _two_fast_two_slow(kube, ns)
+    await create_service(kube, ns, "api", LABELS)
+    async with running_controller(control_plane, ns):
+        await create_policy(kube, ns, "p", "web", **SPEC)
+
+        async def shadow_up() -> bool:
+            # No latency data: all four serve (fail open).
+            return len(endpoint_pods(await slices_of(kube, ns, "web-aviator", ours=True))) == 4
+
+        await eventually(shadow_up)
+
+        # shadow → takeover: the shadow Service and its slices go.
+        await kube.patch(AVIATORPOLICIES, "p", {"spec": {"routing": {"mode": "takeover"}}}, ns)
+
+        async def taken_over() -> bool:
+            svc = await kube.get(SERVICES, "web", ns)
+            shadow_gone = not await slices_of(kube, ns, "web-aviator")
+            try:
+                await kube.get(SERVICES, "web-aviator", ns)
+                shadow_gone = False
+            except Exception:
+                pass
+            ours = await slices_of(kube, ns, "web", ours=True)
+            return shadow_gone and "selector" not in svc["spec"] and bool(ours)
+
+        await eventually(taken_over)
+
+        # Retarget to "api" (shadow): "web" gets its selector back, our "web" slices go.
+        await kube.patch(
+            AVIATORPOLICIES,
+            "p",
+            {"spec": {"targetRef": {"name": "api"}, "routing": {"mode": "shadow"}}},
+            ns,
+        )
+
+        async def moved() -> bool:
+            web = await kube.get(SERVICES, "web", ns)
+            return (
+                web["spec"].get("selector") == LABELS
+                and not await slices_of(kube, ns, "web", ours=True)
+                and len(endpoint_pods(await slices_of(kube, ns, "api-aviator", ours=True))) == 4
+            )
+
+        await eventually(moved)
+        # The built-in slices of "web" come back with its selector.
+        await eventually(lambda: _builtin_pods_equal(kube, ns, "web", sorted({**FAST, **SLOW})))
+
+
+async def _builtin_pods_equal(kube: KubeClient, ns: str, svc: str, want: list[str]) -> bool:
+    return endpoint_pods(await slices_of(kube, ns, svc, ours=False)) == want
