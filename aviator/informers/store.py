@@ -158,8 +158,8 @@ class Indexer:
     def replace(self, items: Iterable[JSON]) -> ReplaceDiff:
         """Make the cache hold exactly `items`, and say what changed.
 
-        Objects whose resourceVersion is unchanged are not reported as updated (a relist
-        re-delivers nothing that did not change). Keys that vanished are reported as
+        Objects whose resourceVersion is unchanged are kept as they are and not reported
+        (a relist re-delivers nothing that did not change). Keys that vanished are reported as
         DeletedFinalStateUnknown tombstones carrying their last known state.
         """
         diff = ReplaceDiff()
@@ -170,10 +170,15 @@ class Indexer:
             old = self.delete(key)
             assert old is not None
             diff.deleted.append(DeletedFinalStateUnknown(key, old))
-        for obj in fresh.values():
-            old = self.upsert(obj)
+        for key, obj in fresh.items():
+            old = self._items.get(key)
+            if old is not None and resource_version(obj) == resource_version(old) != "":
+                # Unchanged: keep the very object handlers were given, so the next
+                # update's `old` is what they saw.
+                continue
+            self.upsert(obj)
             if old is None:
                 diff.added.append(obj)
-            elif resource_version(old) != resource_version(obj) or not resource_version(obj):
+            else:
                 diff.updated.append((old, obj))
         return diff
