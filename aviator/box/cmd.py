@@ -18,6 +18,7 @@ from typing import Any
 from aviator.box.box import Box, BoxOptions
 from aviator.box.netns import BoxNetwork, NetworkUnavailable
 from aviator.box.state import alive, read_status, remove_status
+from aviator.testing.controlplane import ControlPlaneError
 
 DEFAULT_WORKDIR = Path(".box")
 
@@ -92,11 +93,17 @@ def run(args: argparse.Namespace) -> int:
         aviator=getattr(args, "aviator", True),
         latency_source=args.latency_source,
     )
-    if action == "demo":
-        from aviator.box.demo import run_demo
+    try:
+        if action == "demo":
+            from aviator.box.demo import run_demo
 
-        return _run_async(run_demo(options, network, args.duration))
-    return _run_async(up(options, network, args.duration))
+            return _run_async(run_demo(options, network, args.duration))
+        return _run_async(up(options, network, args.duration))
+    except ControlPlaneError as err:
+        print(f"aviator box: the control plane did not start: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 def _run_async(main: Coroutine[Any, Any, int]) -> int:
