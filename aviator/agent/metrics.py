@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, ProcessCollector, generate_latest
 from prometheus_client import Histogram as PromHistogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
@@ -41,6 +41,7 @@ class AgentMetrics(Collector):
         self.registry = CollectorRegistry()
         self.max_pods = max_pods
         r = self.registry
+        ProcessCollector(registry=r)  # the agent's own CPU and memory
         self.reports = Counter(
             "aviator_agent_reports_total", "Report intervals completed", registry=r
         )
