@@ -451,22 +451,39 @@ class WriteWatch:
     """Counts ADDED/MODIFIED/DELETED events of some resources in a namespace: every write
     the API server accepted, whoever made it."""
 
-    def __init__(self, kube: KubeClient, ns: str, resources: Sequence[Resource]) -> None:
+    def __init__(
+        self,
+        kube: KubeClient,
+        ns: str,
+        resources: Sequence[Resource],
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> None:
         self.kube = kube
         self.ns = ns
         self.resources = resources
+        self.selectors: dict[str, str | int | bool] = {}
+        if label_selector:
+            self.selectors["labelSelector"] = label_selector
+        if field_selector:
+            self.selectors["fieldSelector"] = field_selector
         self.counts: Counter[str] = Counter()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> WriteWatch:
         for res in self.resources:
-            listed = await self.kube.list(res, self.ns, params={"limit": 1})
+            listed = await self.kube.list(res, self.ns, params={**self.selectors, "limit": 1})
             rv = str((listed.get("metadata") or {}).get("resourceVersion", ""))
             self._tasks.append(asyncio.create_task(self._watch(res, rv)))
         return self
 
     async def _watch(self, res: Resource, rv: str) -> None:
-        params: dict[str, str | int | bool] = {"resourceVersion": rv, "timeoutSeconds": 3600}
+        params: dict[str, str | int | bool] = {
+            "resourceVersion": rv,
+            "timeoutSeconds": 3600,
+            **self.selectors,
+        }
         async for ev in self.kube.watch(res.path(self.ns), params):
             if ev.get("type") in ("ADDED", "MODIFIED", "DELETED"):
                 self.counts[res.kind] += 1
