@@ -206,7 +206,8 @@ class KindCluster:
         ):
             self._sh("kind", "load", "docker-image", image, "--name", self.NAME)
         self._sh("make", "deploy-all", env=kube)
-        self.kubectl("-n", "aviator-system", "rollout", "status", "deploy", "--timeout=180s")
+        for workload in ("deployment/aviator-controller", "daemonset/aviator-agent"):
+            self.kubectl("-n", "aviator-system", "rollout", "status", workload, "--timeout=180s")
         self.kubectl("create", "namespace", self.RELAY_NAMESPACE, check=False)
         return self
 

@@ -213,3 +213,28 @@ def test_summary_counts_errors_and_pods() -> None:
     assert (s.count, s.errors, s.by_pod) == (3, 1, {"a": 1, "b": 1})
     assert s.p50_ms == pytest.approx(10) and s.p99_ms == pytest.approx(500)
     assert percentile([], 0.5) is None
+
+
+# -- the demo's display ------------------------------------------------------------------
+
+
+def test_avp_line_has_the_kubectl_columns() -> None:
+    from datetime import UTC, datetime
+
+    from aviator.box.demo import AVP_HEADER, avp_line
+
+    policy = {
+        "metadata": {"name": "my-app-policy", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "status": {"activePods": 2, "totalPods": 4, "p99LatencyMs": 12.4, "source": "ebpf"},
+    }
+    now = datetime(2026, 1, 1, 0, 5, 0, tzinfo=UTC)
+    assert AVP_HEADER.split() == ["NAME", "ACTIVE", "TOTAL", "P99ms", "SOURCE", "AGE"]
+    assert avp_line(policy, now).split() == ["my-app-policy", "2", "4", "12", "ebpf", "5m"]
+
+
+def test_the_sample_policy_routes_through_its_shadow_service() -> None:
+    from aviator.box.demo import SAMPLE_POLICY, PolicyPlan
+
+    plan = PolicyPlan.load(SAMPLE_POLICY)
+    assert (plan.target, plan.routed) == ("my-app-service", "my-app-service-aviator")
+    assert plan.interval_s == 5.0

@@ -1,0 +1,46 @@
+"""The quick-start manifests say what the product sheet says they do."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+HERE = Path(__file__).parent
+SAMPLE = HERE.parents[1] / "config" / "samples" / "aviator_v1alpha1_aviatorpolicy.yaml"
+
+
+def _load(name: str) -> dict[str, Any]:
+    doc: dict[str, Any] = yaml.safe_load((HERE / name).read_text())
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("name", "latency"), [("fast-app.yaml", "10ms"), ("slow-app.yaml", "500ms")]
+)
+def test_apps(name: str, latency: str) -> None:
+    deployment = _load(name)
+    assert deployment["kind"] == "Deployment" and deployment["spec"]["replicas"] == 2
+    template = deployment["spec"]["template"]
+    labels = template["metadata"]["labels"]
+    assert labels["app"] == "my-app" and labels["version"] in ("fast", "slow")
+    assert deployment["spec"]["selector"]["matchLabels"] == labels
+    (container,) = template["spec"]["containers"]
+    assert container["image"] == "aviator-testapp:latest"
+    assert container["imagePullPolicy"] == "IfNotPresent"  # kind-loaded images
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["LATENCY"] == latency
+    assert container["ports"] == [{"name": "http", "containerPort": 8080}]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_service_selects_both_apps_and_the_sample_targets_it() -> None:
+    service = _load("test-svc.yaml")
+    assert service["metadata"]["name"] == "my-app-service"
+    assert service["spec"]["selector"] == {"app": "my-app"}
+    (port,) = service["spec"]["ports"]
+    assert (port["port"], port["targetPort"]) == (80, 8080)
+    policy = yaml.safe_load(SAMPLE.read_text())
+    assert policy["spec"]["targetRef"]["name"] == "my-app-service"
