@@ -21,7 +21,10 @@ pytestmark = pytest.mark.e2e
 
 # Generous bounds so a loaded CI machine does not flake; the demo shows the real figures.
 CONVERGE_S = 30.0
-FAST_P99_MS = 100.0  # a 10 ms pod through the proxy, on a busy 2-core machine
+# Fast-pod level: well under half a slow pod's 500 ms, so no request met a slow pod.
+# (The absolute p99 of a 10 ms pod through the proxy depends on the machine's load:
+# 40-130 ms on a busy 2-core CI machine; the demo prints the figures.)
+FAST_P99_MS = 250.0
 
 
 async def test_quickstart_routes_to_fast_pods(quickstart: Scenario) -> None:
