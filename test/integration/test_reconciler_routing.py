@@ -266,8 +266,12 @@ async def test_250_pods_make_three_slices(
 
         sizes = await eventually(three_slices, within=60)
         assert sizes == [50, 100, 100]
-        p = await get_policy(kube, ns, "p")
-        assert condition(p or {}, "Degraded").get("reason") == "NoLatencyData"
+
+        async def no_data() -> bool:
+            p = await get_policy(kube, ns, "p")
+            return condition(p or {}, "Degraded").get("reason") == "NoLatencyData"
+
+        await eventually(no_data)
 
 
 async def test_ipv6_pod_goes_to_ipv6_slice(
