@@ -406,3 +406,30 @@ async def test_controllers_found_through_a_headless_service(
         await wait_for_urls(["ws://10.244.1.7:8080/v1/stream"])
     finally:
         await stop_agent(stop, task)
+
+
+async def test_audience_bound_tokens(kube: KubeClient, namespace: str) -> None:
+    """A projected token for audience "aviator" (as the agent DaemonSet mounts it) is
+    accepted by an authenticator expecting that audience, and refused by one expecting
+    another; a token for another audience is refused by the first."""
+    await kube.create(SERVICEACCOUNTS, {"metadata": {"name": "agent", "namespace": namespace}})
+
+    async def token_for(audience: str) -> str:
+        review = await kube.request(
+            "POST",
+            SERVICEACCOUNTS.path(namespace, "agent", "token"),
+            body={
+                "apiVersion": "authentication.k8s.io/v1",
+                "kind": "TokenRequest",
+                "spec": {"audiences": [audience], "expirationSeconds": 600},
+            },
+        )
+        return str(review["status"]["token"])
+
+    allowed = [f"{namespace}:agent"]
+    expecting_aviator = TokenAuthenticator(kube, allowed, audiences=["aviator"])
+    expecting_other = TokenAuthenticator(kube, allowed, audiences=["something-else"])
+    aviator_token = await token_for("aviator")
+    assert (await expecting_aviator.authenticate(aviator_token)).allowed
+    assert (await expecting_other.authenticate(aviator_token)).status == 401
+    assert (await expecting_aviator.authenticate(await token_for("something-else"))).status == 401
