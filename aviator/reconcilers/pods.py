@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -34,11 +35,20 @@ def is_eligible(pod: JSON) -> bool:
     return is_ready(pod) and not is_terminating(pod) and bool(pod_ips(pod))
 
 
-def family_of(ip: str) -> Family | None:
+@functools.lru_cache(maxsize=1 << 16)
+def _parse_ip(ip: str) -> tuple[str, Family] | None:
+    """(canonical text, family), None when invalid. Cached: pod IPs repeat on every
+    evaluation, and parsing dominates planning for thousands of pods otherwise."""
     try:
-        return "IPv6" if ipaddress.ip_address(ip).version == 6 else "IPv4"
+        addr = ipaddress.ip_address(ip)
     except ValueError:
         return None
+    return str(addr), ("IPv6" if addr.version == 6 else "IPv4")
+
+
+def family_of(ip: str) -> Family | None:
+    parsed = _parse_ip(ip)
+    return parsed[1] if parsed else None
 
 
 def pod_ips(pod: JSON) -> list[str]:
@@ -49,12 +59,9 @@ def pod_ips(pod: JSON) -> list[str]:
         raw = [str(status["podIP"])]
     out: list[str] = []
     for ip in raw:
-        try:
-            norm = str(ipaddress.ip_address(ip))
-        except ValueError:
-            continue
-        if norm not in out:
-            out.append(norm)
+        parsed = _parse_ip(ip)
+        if parsed is not None and parsed[0] not in out:
+            out.append(parsed[0])
     return out
 
 
