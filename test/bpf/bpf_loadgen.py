@@ -1,10 +1,11 @@
 """Small HTTP/1.1 keep-alive servers and clients on loopback, for the real-kernel tests.
 
 Servers answer every request after a chosen delay (one thread per connection, so the
-delay is the only thing a request waits for). Clients time each request the way the
-kernel sees it: from just before the request is written to the kernel's receive
-timestamp of the first response segment (SO_TIMESTAMPNS), so a busy machine's
-scheduling delay in waking the client does not count against the measurement.
+delay is the only thing a request waits for). Clients time each request with their
+socket's kernel timestamps (SO_TIMESTAMPING, software): from the moment the request left
+the client socket to the moment the first response segment arrived at it. That is the
+client's own view of the request with the client's scheduling noise (a busy machine, the
+GIL shared by many client threads) taken out, which the kernel program must match.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+SO_TIMESTAMPING = getattr(socket, "SO_TIMESTAMPING", 37)
+_SOF_TX_SOFTWARE = 1 << 1
+_SOF_RX_SOFTWARE = 1 << 3
+_SOF_SOFTWARE = 1 << 4
+_SOF_OPT_TSONLY = 1 << 11
+_TIMESTAMPING = _SOF_TX_SOFTWARE | _SOF_RX_SOFTWARE | _SOF_SOFTWARE | _SOF_OPT_TSONLY
+_CMSG_SPACE = socket.CMSG_SPACE(48) + socket.CMSG_SPACE(64)
 REQUEST = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"
 
 
@@ -136,22 +143,49 @@ class DelayServer:
             t.join(timeout=5)
 
 
+def _software_stamp(ancdata: list[tuple[int, int, bytes]]) -> int | None:
+    """The software timestamp (ns) in an SCM_TIMESTAMPING control message, if any."""
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPING and len(payload) >= 16:
+            sec, nsec = struct.unpack_from("qq", payload)
+            if sec or nsec:
+                return int(sec * 1_000_000_000 + nsec)
+    return None
+
+
 class KeepAliveClient:
     """One keep-alive connection doing requests one at a time."""
 
     def __init__(self, host: str, port: int) -> None:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.create_connection((host, port), timeout=30)
+        # Blocking mode: a socket timeout would make recvmsg poll for input first, which
+        # never comes for the error queue (tests bound their time with pytest-timeout).
+        self.sock.settimeout(None)
         assert self.sock.family == family
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, _TIMESTAMPING)
         self._buf = bytearray()
 
     def send_request(self) -> int:
-        """Write one request; returns the wall-clock send time (ns)."""
+        """Write one request; returns the wall-clock time (ns) just before."""
         t0 = time.time_ns()
         self.sock.sendall(REQUEST)
         return t0
+
+    def sent_at(self, fallback: int) -> int:
+        """Kernel time (ns) the last request left the socket, from the error queue."""
+        stamp = fallback
+        while True:
+            try:
+                _, ancdata, _, _ = self.sock.recvmsg(
+                    64, _CMSG_SPACE, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT
+                )
+            except BlockingIOError:
+                return stamp
+            found = _software_stamp(ancdata)
+            if found is not None:
+                stamp = found
 
     def read_response(self) -> int:
         """Read one whole response; returns the kernel receive time (ns) of its first
@@ -171,21 +205,18 @@ class KeepAliveClient:
         return first_rx
 
     def _recv(self, first_rx: int | None) -> int:
-        data, ancdata, _, _ = self.sock.recvmsg(262144, socket.CMSG_SPACE(16))
+        data, ancdata, _, _ = self.sock.recvmsg(262144, _CMSG_SPACE)
         if not data:
             raise ConnectionError("server closed the connection")
         self._buf += data
         if first_rx is not None:
             return first_rx
-        for level, kind, payload in ancdata:
-            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS:
-                sec, nsec = struct.unpack("qq", payload[:16])
-                return sec * 1_000_000_000 + nsec
-        return time.time_ns()  # no timestamp: fall back to now
+        stamp = _software_stamp(ancdata)
+        return stamp if stamp is not None else time.time_ns()
 
     def request(self) -> float:
-        """One request; its latency in microseconds as the kernel saw it."""
-        t0 = self.send_request()
+        """One request; its latency in microseconds, from the socket's timestamps."""
+        t0 = self.sent_at(self.send_request())
         t1 = self.read_response()
         return (t1 - t0) / 1000
 
