@@ -7,12 +7,12 @@ slices) never pay for typed-model conversion and watches are fully under our con
 
 from __future__ import annotations
 
-import json
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from typing import Any, cast
 
 import aiohttp
+import orjson
 from kubernetes_asyncio.client import Configuration
 from kubernetes_asyncio.config import ConfigException, load_incluster_config, load_kube_config
 
@@ -87,7 +87,7 @@ class KubeClient:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._ssl, limit=64),
-                json_serialize=json.dumps,
+                json_serialize=lambda obj: orjson.dumps(obj).decode(),
             )
         return self._session
 
@@ -122,7 +122,7 @@ class KubeClient:
     ) -> JSON:
         """Send one request and return the decoded JSON body; raise ApiError on failure."""
         session = self._session_or_new()
-        data = None if body is None else (body if isinstance(body, str) else json.dumps(body))
+        data = None if body is None else (body if isinstance(body, str) else orjson.dumps(body))
         async with session.request(
             method,
             self.host + path,
@@ -131,10 +131,11 @@ class KubeClient:
             headers=await self._headers(content_type if data is not None else None),
             timeout=aiohttp.ClientTimeout(total=timeout_s),
         ) as resp:
-            text = await resp.text()
+            raw = await resp.read()
             if resp.status >= 400:
-                raise ApiError(resp.status, _maybe_json(text), text)
-            return _maybe_json(text) or {}
+                text = raw.decode(errors="replace")
+                raise ApiError(resp.status, _maybe_json(raw), text)
+            return _maybe_json(raw) or {}
 
     async def watch(
         self, path: str, params: Mapping[str, str | int | bool] | None = None
@@ -153,15 +154,15 @@ class KubeClient:
             timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=None),
         ) as resp:
             if resp.status >= 400:
-                text = await resp.text()
-                raise ApiError(resp.status, _maybe_json(text), text)
+                raw = await resp.read()
+                raise ApiError(resp.status, _maybe_json(raw), raw.decode(errors="replace"))
             buffer = b""
             async for chunk in resp.content.iter_any():
                 buffer += chunk
                 while b"\n" in buffer:
                     line, buffer = buffer.split(b"\n", 1)
                     if line.strip():
-                        yield cast(JSON, json.loads(line))
+                        yield cast(JSON, orjson.loads(line))
 
     # Conveniences over request() for one Resource.
 
@@ -224,9 +225,9 @@ def _params(params: Mapping[str, str | int | bool] | None) -> dict[str, str] | N
     }
 
 
-def _maybe_json(text: str) -> JSON | None:
+def _maybe_json(raw: bytes) -> JSON | None:
     try:
-        value = json.loads(text) if text else None
-    except ValueError:
+        value = orjson.loads(raw) if raw else None
+    except orjson.JSONDecodeError:
         return None
     return value if isinstance(value, dict) else None
