@@ -65,12 +65,14 @@ class Prober:
         timeout_s: float = 1.0,
         samples_per_round: int = 3,
         window_s: float = 30.0,
+        forget_after_s: float = 300.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._sem = asyncio.Semaphore(concurrency)
         self.timeout_s = timeout_s
         self.samples_per_round = samples_per_round
         self.window_s = window_s
+        self.forget_after_s = forget_after_s
         self._clock = clock
         self._windows: dict[ProbeTarget, _Window] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -108,23 +110,27 @@ class Prober:
         elapsed = int((time.perf_counter() - start) * 1e6)
         return (elapsed if ok else timeout_us), ok
 
-    async def _probe_target(self, target: ProbeTarget) -> None:
+    async def _probe_target(self, target: ProbeTarget, keep_s: float) -> None:
         hist = Histogram()
         failures = 0
         for _ in range(self.samples_per_round):
             value, ok = await self._probe_once(target)
             hist.record(max(0, value))
             failures += 0 if ok else 1
-        self._windows.setdefault(target, _Window()).add(
-            self._clock(), hist, failures, self.window_s
-        )
+        self._windows.setdefault(target, _Window()).add(self._clock(), hist, failures, keep_s)
 
-    async def probe_round(self, targets: Iterable[ProbeTarget]) -> None:
-        """One round over `targets` (concurrent, bounded); forgets targets not listed."""
+    async def probe_round(
+        self, targets: Iterable[ProbeTarget], window_s: float | None = None
+    ) -> None:
+        """One round over `targets` (concurrent, bounded). Their estimates cover the
+        last `window_s` (default: the prober's). Several policies share one prober, so
+        targets are forgotten only when nobody has probed them for `forget_after_s`."""
         wanted = set(targets)
-        for gone in set(self._windows) - wanted:
-            del self._windows[gone]
-        await asyncio.gather(*(self._probe_target(t) for t in wanted))
+        keep = window_s if window_s is not None else self.window_s
+        await asyncio.gather(*(self._probe_target(t, keep) for t in wanted))
+        horizon = self._clock() - self.forget_after_s
+        for target in [t for t, w in self._windows.items() if w.rounds[-1][0] < horizon]:
+            del self._windows[target]
 
     def histogram(self, target: ProbeTarget) -> Histogram:
         window = self._windows.get(target)

@@ -617,8 +617,8 @@ class PolicyReconciler:
                 pod_name(p): ProbeTarget(pod_ips(p)[0], parsed.probe_port, parsed.probe_path)
                 for p in pods
             }
-            self.prober.window_s = max(self.prober.window_s, 3 * parsed.interval_s)
-            await self.prober.probe_round(targets.values())
+            # A window of a few intervals: recovery shows within a few evaluations.
+            await self.prober.probe_round(targets.values(), window_s=3 * parsed.interval_s)
             for pname, t in targets.items():
                 est = self.prober.estimate(t)
                 out[pname] = (

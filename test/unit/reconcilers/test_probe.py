@@ -40,7 +40,8 @@ async def server() -> AsyncIterator[int]:
 
 
 async def test_probe_measures_and_counts_failures(server: int) -> None:
-    prober = Prober(timeout_s=0.3, samples_per_round=2)
+    now = [1000.0]
+    prober = Prober(timeout_s=0.3, samples_per_round=2, forget_after_s=60, clock=lambda: now[0])
     fast = ProbeTarget("127.0.0.1", server, "/fast")
     slow = ProbeTarget("127.0.0.1", server, "/slow")
     broken = ProbeTarget("127.0.0.1", server, "/broken")
@@ -56,10 +57,15 @@ async def test_probe_measures_and_counts_failures(server: int) -> None:
             e = prober.estimate(t)
             assert e is not None and e.failures == 2
             assert e.p50_ms == pytest.approx(300, rel=0.04)  # the timeout, bucketed
-        # a target no longer listed is forgotten
+        # rounds accumulate within the window; other targets stay (another policy
+        # may still probe them) until nobody has for forget_after_s
         await prober.probe_round([fast])
-        assert prober.estimate(slow) is None
+        assert prober.estimate(slow) is not None
         assert prober.estimate(fast) is not None and prober.estimate(fast).samples == 4  # type: ignore[union-attr]
+        now[0] += 61
+        await prober.probe_round([fast], window_s=10.0)
+        assert prober.estimate(slow) is None
+        assert prober.estimate(fast) is not None and prober.estimate(fast).samples == 2  # type: ignore[union-attr]
     finally:
         await prober.close()
 
