@@ -64,6 +64,7 @@ class PodRuntime:
         self._next_node = cycle(self.nodes)
         self._mirror = Mirror(client, PODS, self._on_event)
         self._task: asyncio.Task[None] | None = None
+        self.background: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._mirror.run(), name="pod runtime watch")
@@ -75,7 +76,7 @@ class PodRuntime:
             await cancel_all([self._task])
         workers = list(self.workers.values())
         self.workers.clear()
-        await asyncio.gather(*(w.shutdown(grace_s=2.0) for w in workers))
+        await asyncio.gather(*(w.shutdown(grace_s=2.0) for w in workers), *self.background)
 
     def pids(self) -> list[int]:
         return [pid for w in self.workers.values() for pid in w.pids()]
@@ -168,7 +169,9 @@ class PodWorker:
         if self._task is not None and self._task.done():
             self._release()
             return
-        asyncio.get_running_loop().create_task(self.shutdown(grace_s=0.0))
+        task = asyncio.get_running_loop().create_task(self.shutdown(grace_s=0.0))
+        self.runtime.background.add(task)  # keep a reference until it is done
+        task.add_done_callback(self.runtime.background.discard)
 
     def pids(self) -> list[int]:
         return [pid for c in self.containers if (pid := c.pid) is not None]
