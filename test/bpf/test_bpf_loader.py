@@ -3,6 +3,7 @@ send hook, and the kernel's own statistics."""
 
 from __future__ import annotations
 
+import os
 import socket
 from pathlib import Path
 
@@ -82,9 +83,16 @@ def test_old_kernel_without_tracepoints(tmp_path: Path) -> None:
 
 def test_missing_headers(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.delenv("BCC_KERNEL_SOURCE", raising=False)
-    monkeypatch.setattr(loader, "Path", lambda p: tmp_path / "nothing" / str(p).lstrip("/"))
+    monkeypatch.setattr(loader, "Path", lambda p: tmp_path / str(p).lstrip("/"))
     with pytest.raises(BpfUnavailable, match="kernel headers missing"):
         loader.check_headers()
+    modules = tmp_path / "lib" / "modules" / os.uname().release
+    (modules / "build" / "include" / "generated").mkdir(parents=True)
+    with pytest.raises(BpfUnavailable, match=r"headers incomplete(.|\n)*-common"):
+        loader.check_headers()
+    (modules / "source" / "include" / "linux").mkdir(parents=True)
+    (modules / "source" / "include" / "linux" / "kconfig.h").touch()
+    loader.check_headers()
 
 
 @pytest.mark.bpf

@@ -109,18 +109,32 @@ def check_tracepoints(tracefs: Path) -> bool:
 
 
 def check_headers() -> None:
-    """BCC compiles against kernel headers; say so clearly when it will find none."""
+    """BCC compiles against kernel headers; say so clearly when it will find none.
+
+    Debian and Ubuntu split headers into an arch package (`build`: config, generated
+    files) and a common one (`source`: the include tree); BCC needs both links.
+    """
     release = os.uname().release
     if os.environ.get("BCC_KERNEL_SOURCE"):
         return
-    if Path(f"/lib/modules/{release}/build/include").exists():
-        return
     if Path("/sys/kernel/kheaders.tar.xz").exists():
         return
+    modules = Path(f"/lib/modules/{release}")
+    kconfig = "include/linux/kconfig.h"
+    if (modules / "build").is_dir() and any(
+        (modules / d / kconfig).exists() for d in ("build", "source")
+    ):
+        return
+    if (modules / "build").is_dir():
+        raise BpfUnavailable(
+            f"kernel headers incomplete: {modules}/build has no include tree and "
+            f"{modules}/source is missing; link it to the matching linux-headers-*-common "
+            "directory"
+        )
     raise BpfUnavailable(
-        f"kernel headers missing: /lib/modules/{release}/build has no include/ and the "
-        "kernel has no kheaders; install linux-headers for this kernel (any recent "
-        "version works: the program reads only tracepoint arguments and BTF offsets)"
+        f"kernel headers missing: no {modules}/build and the kernel has no kheaders; "
+        "install linux-headers for this kernel (any recent version works: the program "
+        "reads only tracepoint arguments and BTF-located fields)"
     )
 
 
