@@ -65,6 +65,13 @@ def read_counters(bpf: Any) -> dict[str, int]:
     return {name: int(table.sum(table.Key(i)).value) for i, name in enumerate(COUNTER_NAMES)}
 
 
-def count_entries(bpf: Any, map_name: str) -> int:
-    """Entries in a map (walks its keys: cost grows with occupancy)."""
-    return sum(1 for _ in bpf[map_name.encode()])
+def count_entries(bpf: Any, map_name: str, *, batch: bool = False) -> int:
+    """Entries in a map. `batch` reads it in a few BPF_MAP_LOOKUP_BATCH calls (buffers
+    sized for the whole map: for maps of small values); otherwise one syscall per key."""
+    table = bpf[map_name.encode()]
+    if batch:
+        try:
+            return sum(1 for _ in table.items_lookup_batch())
+        except Exception:  # kernels without batch ops: BCC raises a bare Exception
+            pass
+    return sum(1 for _ in table)

@@ -74,9 +74,9 @@ class BpfLatencySource:
         return read_endpoints(self._program.bpf)
 
     def stats(self) -> dict[str, int]:
-        """Event counters and map occupancy (walks the socket map: call it sparingly)."""
+        """Event counters and map occupancy (reads the socket map in batches)."""
         out = read_counters(self._program.bpf)
-        out["sockets_tracked"] = count_entries(self._program.bpf, "sockets")
+        out["sockets_tracked"] = count_entries(self._program.bpf, "sockets", batch=True)
         out["sockets_capacity"] = self._max_sockets
         out["endpoints_tracked"] = count_entries(self._program.bpf, "endpoints")
         out["endpoints_capacity"] = self._max_endpoints
