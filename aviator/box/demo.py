@@ -217,7 +217,7 @@ async def _demo(
     if plan is not None and routed != target:
         aviator_load = Load(
             lambda: _address(box, routed),
-            concurrency=4,
+            concurrency=2,  # fast answers: 2 clients already make ~100 requests/s
             connect=box.network.open_host_connection,
         )
         loads.append(aviator_load)
