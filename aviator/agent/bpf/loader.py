@@ -103,7 +103,7 @@ def check_tracepoints(tracefs: Path) -> bool:
             missing.append(f"{RAW_SEND_TRACEPOINT} or {fallback}")
     if missing:
         raise BpfUnavailable(
-            f"kernel too old: missing tracepoints {', '.join(missing)} (Linux 5.15+ needed)"
+            f"kernel too old: missing tracepoints {', '.join(missing)} (about Linux 6.1 or later needed)"
         )
     return has_raw_send
 
