@@ -162,7 +162,17 @@ class ControllerApp:
                 }
             return keys
 
-        self.policy_informer.add_event_handler(c.handler_for(policy_keys), "policy")
+        keys = c.handler_for(policy_keys)
+
+        def policy_changed(old: JSON, new: JSON) -> None:
+            # Our own status writes must not trigger reconciles: only spec and the
+            # metadata that matters (deletion, finalizers, identity).
+            if _policy_matters(old) != _policy_matters(new):
+                keys.on_update(old, new)
+
+        self.policy_informer.add_event_handler(
+            FuncHandler(add=keys.on_add, update=policy_changed, delete=keys.on_delete), "policy"
+        )
         self.service_informer.add_event_handler(
             c.handler_for(lambda s: mapping.keys_for_service(s, policies)), "service"
         )
@@ -292,3 +302,14 @@ class ControllerApp:
 
     def now(self) -> float:
         return time.monotonic()
+
+
+def _policy_matters(policy: JSON) -> tuple[object, ...]:
+    meta = policy.get("metadata") or {}
+    return (
+        meta.get("uid"),
+        meta.get("generation"),
+        meta.get("deletionTimestamp"),
+        tuple(meta.get("finalizers") or ()),
+        repr(policy.get("spec")),
+    )

@@ -239,3 +239,25 @@ def select(
         overload=overload,
         pending=pending,
     )
+
+
+def carry_over(previous: Outcome, eligible: set[str], floor: int) -> Outcome | None:
+    """The previous result minus pods that are no longer eligible, without running the
+    engine (between evaluations). None when that would leave fewer than `floor` pods
+    (or none): then the engine must decide now."""
+    active = previous.active & eligible
+    if not active or len(active) < floor:
+        return None
+    states = {n: s for n, s in previous.states.items() if n in eligible}
+    reasons = {n: r for n, r in previous.reasons.items() if n in eligible}
+    for name in eligible - set(states):
+        states[name], reasons[name] = "standby", "AwaitingEvaluation"
+    return Outcome(
+        active=active,
+        states=states,
+        reasons=reasons,
+        events=[],
+        engine_state=previous.engine_state,
+        overload=previous.overload,
+        pending=previous.pending,
+    )

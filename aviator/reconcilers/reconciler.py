@@ -75,6 +75,8 @@ DEFAULT_REQUEUE_S = 5.0
 
 
 CACHE_BEHIND_RETRY_S = 0.2
+# A requeue timer may fire a little early; an evaluation this close to due counts.
+EARLY_FRACTION = 0.05
 
 
 class CacheBehind(Exception):
@@ -143,6 +145,9 @@ class _Memory:
     engine_state: JSON | None = None
     status: JSON | None = None  # last status we wrote (the cache may lag behind it)
     last_evaluation: float | None = None  # store clock, for "fresh samples since"
+    next_evaluation: float | None = None  # store clock: when the engine may run again
+    generation: int | None = None  # spec generation of `outcome`
+    outcome: engine.Outcome | None = None  # the last engine result
 
 
 @dataclass
@@ -410,11 +415,36 @@ class PolicyReconciler:
         observed_slices = self.caches.slices.by_index(INDEX_SLICES_BY_POLICY, f"{ns}/{name}")
         current_active = _active_in(observed_slices, routed)
 
-        latencies = await self._latencies(parsed, eligible)
-        fresh = self._freshness(memory, latencies)
-        state_in = memory.engine_state or _persisted_state(policy)
-        outcome = engine.select(parsed, eligible, latencies, fresh, current_active, state_in, now)
-        memory.engine_state = outcome.engine_state
+        # The engine runs once per evaluationInterval: its counters (breaker
+        # violations, dampening streaks) count evaluations, and events (our own writes,
+        # pod churn) must not make them run faster. In between, a reconcile only drops
+        # pods that stopped being eligible, at once.
+        clock = self._store_now()
+        due = (
+            memory.outcome is None
+            or memory.generation != generation
+            or memory.next_evaluation is None
+            or clock >= memory.next_evaluation - EARLY_FRACTION * parsed.interval_s
+        )
+        latencies = await self._latencies(parsed, eligible, probe=due)
+        outcome = None
+        if not due and memory.outcome is not None:
+            outcome = engine.carry_over(
+                memory.outcome,
+                {pod_name(p) for p in eligible},
+                min(parsed.selection.min_endpoints, len(eligible)),
+            )
+        if outcome is None:
+            fresh = self._freshness(memory, latencies)
+            state_in = memory.engine_state or _persisted_state(policy)
+            outcome = engine.select(
+                parsed, eligible, latencies, fresh, current_active, state_in, now
+            )
+            memory.engine_state = outcome.engine_state
+            memory.outcome = outcome
+            memory.generation = generation
+            memory.next_evaluation = clock + parsed.interval_s
+        requeue = Result(requeue_after=max(0.0, (memory.next_evaluation or clock) - clock))
 
         problems = list(routing.problems)
         active_pods = [p for p in eligible if pod_name(p) in outcome.active]
@@ -609,16 +639,19 @@ class PolicyReconciler:
                     log.warning("may not delete Endpoints %s/%s: %s", ns, svc, exc)
 
     async def _latencies(
-        self, parsed: engine.ParsedPolicy, pods: list[JSON]
+        self, parsed: engine.ParsedPolicy, pods: list[JSON], *, probe: bool = True
     ) -> dict[str, engine.Latency | None]:
+        """Per eligible pod. Probe mode sends a round of probes only when `probe` (an
+        evaluation is due); otherwise it reports what the last rounds measured."""
         out: dict[str, engine.Latency | None] = {}
         if parsed.latency_source == "probe":
             targets = {
                 pod_name(p): ProbeTarget(pod_ips(p)[0], parsed.probe_port, parsed.probe_path)
                 for p in pods
             }
-            # A window of a few intervals: recovery shows within a few evaluations.
-            await self.prober.probe_round(targets.values(), window_s=3 * parsed.interval_s)
+            if probe:
+                # A window of a few intervals: recovery shows within a few evaluations.
+                await self.prober.probe_round(targets.values(), window_s=3 * parsed.interval_s)
             for pname, t in targets.items():
                 est = self.prober.estimate(t)
                 out[pname] = (

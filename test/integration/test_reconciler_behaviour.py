@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections import Counter
 from typing import Any
 
@@ -128,7 +129,7 @@ async def test_steady_state_makes_zero_writes(
         assert not policies, policies  # status too: lastEvaluationTime rides along only
 
 
-async def _watch_sequence(kube: KubeClient, ns: str, out: list[tuple[str, Any]]) -> None:
+async def _watch_sequence(kube: KubeClient, ns: str, out: list[tuple[str, Any, float]]) -> None:
     """Append ("status", (active set, dampening)) and ("slices", pods) as they happen."""
     rv = (await kube.list(AVIATORPOLICIES, ns)).get("metadata", {}).get("resourceVersion", "")
 
@@ -139,9 +140,8 @@ async def _watch_sequence(kube: KubeClient, ns: str, out: list[tuple[str, Any]])
                 sorted(r["name"] for r in st.get("pods") or [] if r.get("state") == "active")
             )
             damp = (st.get("engineState") or {}).get("dampening") or {}
-            out.append(
-                ("status", (active, tuple(damp.get("candidate") or ()), damp.get("streak", 0)))
-            )
+            value = (active, tuple(damp.get("candidate") or ()), damp.get("streak", 0))
+            out.append(("status", value, time.monotonic()))
 
     async def slices() -> None:
         async for ev in kube.watch(
@@ -149,7 +149,7 @@ async def _watch_sequence(kube: KubeClient, ns: str, out: list[tuple[str, Any]])
             {"resourceVersion": rv, "labelSelector": "kubernetes.io/service-name=web-aviator"},
         ):
             if ev.get("type") in ("ADDED", "MODIFIED"):
-                out.append(("slices", tuple(endpoint_pods([ev["object"]]))))
+                out.append(("slices", tuple(endpoint_pods([ev["object"]])), time.monotonic()))
 
     await asyncio.gather(policies(), slices())
 
@@ -183,7 +183,7 @@ async def test_dampening_applies_a_better_set_after_exactly_n_intervals(
 
         await eventually(settled)
         for change, expect_in in ((_lat(**{"slow-1": 2.0}), True), (_lat(), False)):
-            seq: list[tuple[str, Any]] = []
+            seq: list[tuple[str, Any, float]] = []
             watcher = asyncio.create_task(_watch_sequence(kube, ns, seq))
             await asyncio.sleep(0.3)  # the watches are open
             agent.latency_ms = change
@@ -199,13 +199,18 @@ async def test_dampening_applies_a_better_set_after_exactly_n_intervals(
                 await watcher
             # Status steps: the candidate set wins 1, 2 evaluations, then (the 3rd)
             # becomes active with no candidate pending; the slices change only then.
-            statuses = [v for k, v in seq if k == "status"]
-            streaks = [s for _, cand, s in statuses if cand]
+            statuses = [(v, t) for k, v, t in seq if k == "status"]
+            streaks = [v[2] for v, _ in statuses if v[1]]
             assert streaks[:2] == [1, 2], seq
-            first_slice_change = next(i for i, (k, _) in enumerate(seq) if k == "slices")
-            before = [v for k, v in seq[:first_slice_change] if k == "status"]
-            assert before and before[-1][2] == 2 and before[-1][1], seq
-            assert not [v for v in before if v[2] >= 3], seq
+            first_slice_change = next(i for i, (k, _, _) in enumerate(seq) if k == "slices")
+            before = [(v, t) for k, v, t in seq[:first_slice_change] if k == "status"]
+            assert before and before[-1][0][2] == 2 and before[-1][0][1], seq
+            assert not [v for v, _ in before if v[2] >= 3], seq
+            # ...and those are evaluations one interval apart, not a burst: from the
+            # first win to the switch takes (consecutiveIntervals - 1) intervals.
+            first_win = next(t for v, t in statuses if v[2] == 1)
+            switched_at = seq[first_slice_change][2]
+            assert switched_at - first_win >= 2 * INTERVAL_S * 0.9, seq
 
 
 async def test_breaker_ejection_is_an_event_and_in_status(

@@ -50,3 +50,20 @@ def test_select_fast_pods_and_persistable_state() -> None:
     assert out.active == {"a"} and out.states == {"a": "active", "b": "standby"}
     again = select(parsed, pods, lat, {"a": True, "b": True}, {"a"}, out.engine_state, 1001.0)
     assert again.active == {"a"} and again.engine_state == out.engine_state
+
+
+def test_carry_over_drops_ineligible_and_defers_to_engine_below_floor() -> None:
+    from aviator.reconcilers.engine import Outcome, carry_over
+
+    prev = Outcome(
+        active={"a", "b"},
+        states={"a": "active", "b": "active", "c": "standby"},
+        reasons={},
+        engine_state={"version": 1},
+    )
+    out = carry_over(prev, {"a", "c", "d"}, 1)
+    assert out is not None and out.active == {"a"} and out.events == []
+    assert out.states == {"a": "active", "c": "standby", "d": "standby"}
+    assert out.engine_state == prev.engine_state
+    assert carry_over(prev, {"a", "c"}, 2) is None  # below the floor: the engine decides
+    assert carry_over(prev, {"c"}, 1) is None  # nothing left serving
