@@ -242,11 +242,12 @@ def select(
 
 
 def carry_over(previous: Outcome, eligible: set[str], floor: int) -> Outcome | None:
-    """The previous result minus pods that are no longer eligible, without running the
-    engine (between evaluations). None when that would leave fewer than `floor` pods
-    (or none): then the engine must decide now."""
+    """The previous result, without running the engine (between evaluations), while
+    every serving pod is still eligible. None when a serving pod left (or the floor is
+    not met): then the engine decides at once, so the pod is replaced now rather than
+    at the next interval."""
     active = previous.active & eligible
-    if not active or len(active) < floor:
+    if active != previous.active or not active or len(active) < floor:
         return None
     states = {n: s for n, s in previous.states.items() if n in eligible}
     reasons = {n: r for n, r in previous.reasons.items() if n in eligible}

@@ -52,7 +52,7 @@ def test_select_fast_pods_and_persistable_state() -> None:
     assert again.active == {"a"} and again.engine_state == out.engine_state
 
 
-def test_carry_over_drops_ineligible_and_defers_to_engine_below_floor() -> None:
+def test_carry_over_only_while_every_serving_pod_stays() -> None:
     from aviator.reconcilers.engine import Outcome, carry_over
 
     prev = Outcome(
@@ -61,9 +61,9 @@ def test_carry_over_drops_ineligible_and_defers_to_engine_below_floor() -> None:
         reasons={},
         engine_state={"version": 1},
     )
-    out = carry_over(prev, {"a", "c", "d"}, 1)
-    assert out is not None and out.active == {"a"} and out.events == []
-    assert out.states == {"a": "active", "c": "standby", "d": "standby"}
+    out = carry_over(prev, {"a", "b", "d"}, 1)  # c left, d is new: no serving pod lost
+    assert out is not None and out.active == {"a", "b"} and out.events == []
+    assert out.states == {"a": "active", "b": "active", "d": "standby"}
     assert out.engine_state == prev.engine_state
-    assert carry_over(prev, {"a", "c"}, 2) is None  # below the floor: the engine decides
-    assert carry_over(prev, {"c"}, 1) is None  # nothing left serving
+    assert carry_over(prev, {"a", "c"}, 1) is None  # a serving pod left: engine now
+    assert carry_over(prev, {"a", "b"}, 3) is None  # below the floor: engine now
