@@ -151,3 +151,35 @@ def test_connections_older_than_the_program() -> None:
         assert counters.count == len(samples) == 80, key
         for q in (0.5, 0.99):
             assert_close(d.hist.quantile(q), exact_quantile(samples, q))
+
+
+def test_exact_counts_under_concurrency(latency_source: BpfLatencySource) -> None:
+    # Zero think time: sends and receives of many sockets race on both CPUs.
+    server = DelayServer("127.0.11.5", lambda: 0.0).start()
+    try:
+        before = latency_source.read()
+        samples = run_clients(server.host, server.port, 8, 150)
+        after = latency_source.read()
+    finally:
+        server.stop()
+    for role in ("server", "client"):
+        d = delta(before, after, EndpointKey(server.host, server.port, role))
+        assert (d.count, d.hist.count, d.aborted, d.rif) == (len(samples), 1200, 0, 0), role
+
+
+def test_pipelined_requests_count_as_one(latency_source: BpfLatencySource) -> None:
+    """The documented limit: requests sent before the first answer merge into one."""
+    server = DelayServer("127.0.11.6", lambda: 0.002).start()
+    client = KeepAliveClient(server.host, server.port)
+    try:
+        before = latency_source.read()
+        client.sock.sendall(b"GET /a HTTP/1.1\r\nHost: t\r\n\r\nGET /b HTTP/1.1\r\nHost: t\r\n\r\n")
+        client.read_response()
+        client.read_response()
+        after = latency_source.read()
+    finally:
+        client.close()
+        server.stop()
+    for role in ("server", "client"):
+        d = delta(before, after, EndpointKey(server.host, server.port, role))
+        assert (d.count, d.rif) == (1, 0), role
