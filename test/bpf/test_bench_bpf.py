@@ -23,5 +23,6 @@ def test_bpf_overhead_quick() -> None:
     per_event = by_metric["BPF run time per event"]["value"]
     assert isinstance(per_event, float) and 0 < per_event < 100_000
     per_request = by_metric["BPF events per traced request"]["value"]
-    # Four data events per request (server in/out, client out/in), plus some ACKs.
-    assert isinstance(per_request, float) and 3.5 <= per_request <= 8
+    # Four data events per request (server in/out, client out/in), plus some ACKs and
+    # whatever else the machine's TCP traffic does meanwhile (it is traced too).
+    assert isinstance(per_request, float) and 3.5 <= per_request <= 40
