@@ -33,21 +33,33 @@ def _load(module: str) -> ModuleType | None:
         raise
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _chosen(argv: list[str]) -> str | None:
+    """The subcommand named on the command line, if any (the first non-option word)."""
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in SUBCOMMANDS else None
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """A parser that imports only the chosen subcommand's module, so one component's
+    import error (or weight) never affects another's command line."""
+    chosen = _chosen(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="aviator", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"aviator {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
-        impl = _load(module)
-        if impl is not None:
-            impl.add_arguments(p)
+        if name == chosen:
+            impl = _load(module)
+            if impl is not None:
+                impl.add_arguments(p)
         p.set_defaults(_module=module)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = build_parser(argv).parse_args(argv)
     impl = _load(args._module)
     if impl is None:
         print(f"aviator {args.command}: not implemented yet", file=sys.stderr)

@@ -22,3 +22,16 @@ async def test_kube_client_on_uvloop() -> None:
     import uvloop
 
     assert isinstance(asyncio.get_running_loop(), uvloop.Loop)
+
+
+def test_only_the_chosen_subcommand_is_imported(monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded: list[str] = []
+    real_load = cli._load
+
+    def recording_load(module: str) -> object:
+        loaded.append(module)
+        return real_load(module)
+
+    monkeypatch.setattr(cli, "_load", recording_load)
+    cli.build_parser(["manifests", "--check"])
+    assert loaded == [cli.SUBCOMMANDS["manifests"][0]]

@@ -20,5 +20,5 @@ def test_container_args_parse(manifest: str, kind: str) -> None:
     docs = [d for d in yaml.safe_load_all((ROOT / manifest).read_text()) if d]
     (workload,) = [d for d in docs if d["kind"] == kind]
     (container,) = workload["spec"]["template"]["spec"]["containers"]
-    args = cli.build_parser().parse_args(container["args"])
+    args = cli.build_parser(container["args"]).parse_args(container["args"])
     assert args.command == container["args"][0]
