@@ -7,8 +7,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aviator.agent.bpf import BpfLatencySource, EndpointCounters, EndpointKey
+from aviator.agent.bpf.model import Role
 from aviator.latency.histogram import Histogram, quantile_rank
 
+ROLES: tuple[Role, ...] = ("server", "client")
 EMPTY = EndpointCounters(buckets=[0] * 464, count=0, sum_us=0, max_us=0, rif=0, aborted=0)
 
 

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 from bpf_loadgen import DelayServer, run_clients
-from bpf_snapshots import assert_close, delta, exact_quantile
+from bpf_snapshots import ROLES, assert_close, delta, exact_quantile
 
 from aviator.agent.bpf import BpfLatencySource, EndpointKey
 
@@ -40,7 +40,7 @@ def test_fast_and_slow_servers_measured_per_ip(latency_source: BpfLatencySource)
     assert len(results["fast"]) == 1100 and len(results["slow"]) == 40
     for name, server in (("fast", fast), ("slow", slow)):
         samples = results[name]
-        for role in ("server", "client"):
+        for role in ROLES:
             d = delta(before, after, EndpointKey(server.host, server.port, role))
             assert d.count == len(samples), f"{name}/{role}: {d.count} != {len(samples)}"
             assert d.hist.count == len(samples)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from bpf_loadgen import DelayServer, run_clients
-from bpf_snapshots import assert_close, delta, exact_quantile
+from bpf_snapshots import ROLES, assert_close, delta, exact_quantile
 from conftest import require_bpf_privileges
 
 from aviator.agent.bpf import BpfLatencySource, BpfUnavailable, EndpointKey, loader
@@ -136,7 +136,7 @@ def test_classic_tracepoints_measure_too() -> None:
             snap = src.read()
         finally:
             server.stop()
-    for role in ("server", "client"):
+    for role in ROLES:
         d = delta({}, snap, EndpointKey(server.host, server.port, role))
         assert d.count == len(samples) == 100
         assert_close(d.hist.quantile(0.5), exact_quantile(samples, 0.5))

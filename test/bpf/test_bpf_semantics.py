@@ -8,7 +8,7 @@ import threading
 
 import pytest
 from bpf_loadgen import DelayServer, KeepAliveClient, run_clients
-from bpf_snapshots import assert_close, delta, exact_quantile, wait_for
+from bpf_snapshots import ROLES, assert_close, delta, exact_quantile, wait_for
 from conftest import require_bpf_privileges
 
 from aviator.agent.bpf import BpfLatencySource, EndpointKey
@@ -27,7 +27,7 @@ def test_response_larger_than_a_segment_counts_once(latency_source: BpfLatencySo
         after = latency_source.read()
     finally:
         server.stop()
-    for role in ("server", "client"):
+    for role in ROLES:
         d = delta(before, after, EndpointKey(server.host, server.port, role))
         assert d.count == len(samples) == 40, role
         assert d.rif == 0 and d.aborted == 0
@@ -44,7 +44,7 @@ def test_ipv6_loopback_server(latency_source: BpfLatencySource) -> None:
         after = latency_source.read()
     finally:
         server.stop()
-    for role in ("server", "client"):
+    for role in ROLES:
         d = delta(before, after, EndpointKey("::1", server.port, role))
         assert d.count == len(samples) == 100
         assert_close(d.hist.quantile(0.5), exact_quantile(samples, 0.5))
@@ -74,7 +74,7 @@ def test_requests_in_flight_gauge(latency_source: BpfLatencySource) -> None:
             c.send_request()
         assert server.wait_received(5)
         snap = latency_source.read()
-        for role in ("server", "client"):
+        for role in ROLES:
             d = delta(before, snap, EndpointKey(server.host, server.port, role))
             assert d.rif == 5, role
             assert d.count == 0
@@ -82,7 +82,7 @@ def test_requests_in_flight_gauge(latency_source: BpfLatencySource) -> None:
         for c in clients:
             c.read_response()
         snap = latency_source.read()
-        for role in ("server", "client"):
+        for role in ROLES:
             d = delta(before, snap, EndpointKey(server.host, server.port, role))
             assert d.rif == 0 and d.count == 5, role
     finally:
@@ -162,7 +162,7 @@ def test_exact_counts_under_concurrency(latency_source: BpfLatencySource) -> Non
         after = latency_source.read()
     finally:
         server.stop()
-    for role in ("server", "client"):
+    for role in ROLES:
         d = delta(before, after, EndpointKey(server.host, server.port, role))
         assert (d.count, d.hist.count, d.aborted, d.rif) == (len(samples), 1200, 0, 0), role
 
@@ -180,6 +180,6 @@ def test_pipelined_requests_count_as_one(latency_source: BpfLatencySource) -> No
     finally:
         client.close()
         server.stop()
-    for role in ("server", "client"):
+    for role in ROLES:
         d = delta(before, after, EndpointKey(server.host, server.port, role))
         assert (d.count, d.rif) == (1, 0), role
