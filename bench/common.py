@@ -580,10 +580,22 @@ class BoxHandle:
         status = self.status()
         if not str(status.get("crd", "")).startswith("installed"):
             return f"AviatorPolicy CRD: {status.get('crd')}"
-        for name, comp in (status.get("components") or {}).items():
-            if comp.get("state") not in ("running", "starting"):
-                return f"{name} is {comp.get('state')}"
+        components = status.get("components") or {}
+        if not components:
+            return "no Aviator components in the box"
+        for name, comp in components.items():
+            if comp.get("state") != "running":
+                return f"{name} is {comp.get('state')} (log {comp.get('log')})"
         return None
+
+    async def wait_aviator(self, timeout_s: float = 30.0) -> str | None:
+        """Wait for the controller and agents to run; None, or what does not."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            problem = self.aviator_problem()
+            if problem is None or time.monotonic() > deadline:
+                return problem
+            await asyncio.sleep(0.5)
 
     def address(self, namespace: str, service: str) -> tuple[str, int] | None:
         ports = (self.status().get("services") or {}).get(f"{namespace}/{service}")
@@ -620,7 +632,11 @@ class BoxHandle:
         return done.stdout
 
 
-def deployment(name: str, labels: dict[str, str], replicas: int, latency: str) -> JSON:
+def deployment(
+    name: str, labels: dict[str, str], replicas: int, latency: str, readiness_period_s: int = 10
+) -> JSON:
+    """Test-app pods. Readiness probes (GET /healthz, answered at once) are traffic the
+    agent measures too; the period is Kubernetes' default unless told otherwise."""
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -647,7 +663,7 @@ def deployment(name: str, labels: dict[str, str], replicas: int, latency: str) -
                             "ports": [{"name": "http", "containerPort": 8080}],
                             "readinessProbe": {
                                 "httpGet": {"path": "/healthz", "port": "http"},
-                                "periodSeconds": 1,
+                                "periodSeconds": readiness_period_s,
                             },
                         }
                     ],
