@@ -134,32 +134,38 @@ def run(quick: bool) -> list[Row]:
     server = ctx.Process(target=_serve, args=(HOST, child), daemon=True)
     server.start()
     traced, untraced = _Side(), _Side()
-    events = run_ns = 0
+    stats_runs = 1 if quick else 4
+    events = run_ns = stats_requests = 0
     try:
         if not parent.poll(30):
             raise RuntimeError("benchmark server did not start")
         port = int(parent.recv())
         assert server.pid is not None
-        source.enable_run_stats()
         _load(port, server.pid, connections, duration_s)  # warm up
+        # Throughput and CPU without the kernel's run-time accounting (as in production).
         for i in range(pairs):
             for attached in (False, True) if i % 2 == 0 else (True, False):
                 if attached:
                     source.attach()
-                    c0, t0 = _run_totals(source.run_stats())
                     traced.add(*_load(port, server.pid, connections, duration_s))
-                    c1, t1 = _run_totals(source.run_stats())
-                    events += c1 - c0
-                    run_ns += t1 - t0
                 else:
                     source.detach()
                     untraced.add(*_load(port, server.pid, connections, duration_s))
+        # Then BPF time per event, with run-time accounting switched on.
+        source.attach()
+        source.enable_run_stats()
+        c0, t0 = _run_totals(source.run_stats())
+        for _ in range(stats_runs):
+            stats_requests += _load(port, server.pid, connections, duration_s)[0]
+        c1, t1 = _run_totals(source.run_stats())
+        source.disable_run_stats()
+        events, run_ns = c1 - c0, t1 - t0
         send_hook = source.send_hook
     finally:
         server.kill()
         server.join(5)
         source.close()
-    return _rows(name, traced, untraced, events, run_ns, quick, send_hook)
+    return _rows(name, traced, untraced, events, run_ns, stats_requests, quick, send_hook)
 
 
 def _rows(
@@ -168,6 +174,7 @@ def _rows(
     untraced: _Side,
     events: int,
     run_ns: int,
+    stats_requests: int,
     quick: bool,
     send_hook: str,
 ) -> list[Row]:
@@ -214,12 +221,12 @@ def _rows(
             "value": run_ns / events if events else 0.0,
             "unit": "ns",
             "goal": "<= 700",
-            "note": f"{events} events counted by the kernel (bpf_stats)",
+            "note": f"{events} events counted by the kernel (bpf_stats, separate runs)",
         },
         {
             "benchmark": name,
             "metric": "BPF events per traced request",
-            "value": events / traced.requests if traced.requests else 0.0,
+            "value": events / stats_requests if stats_requests else 0.0,
             "unit": "events",
             "note": "all programs, both ends, including pure-ACK receive events",
         },

@@ -87,6 +87,11 @@ class BpfLatencySource:
         if self._run_stats is None:
             self._run_stats = RunStatsEnabler()
 
+    def disable_run_stats(self) -> None:
+        if self._run_stats is not None:
+            self._run_stats.close()
+            self._run_stats = None
+
     def run_stats(self) -> dict[str, tuple[int, int]]:
         """(run count, run time ns) per program, counted while run stats are enabled."""
         out: dict[str, tuple[int, int]] = {}
