@@ -121,6 +121,26 @@ def test_verifier_rejection_is_reported(tmp_path: Path) -> None:
 
 
 @pytest.mark.bpf
+def test_verifier_rejection_of_a_raw_hook_is_reported(tmp_path: Path) -> None:
+    """Raw tracepoint programs are loaded on attach; their verifier log is kept too."""
+    require_bpf_privileges()
+    src = tmp_path / "unsafe_raw.bpf.c"
+    src.write_text(
+        "BPF_ARRAY(a, u64, 4);\n"
+        "TRACEPOINT_PROBE(sock, inet_sock_set_state) { return 0; }\n"
+        "TRACEPOINT_PROBE(tcp, tcp_destroy_sock) { return 0; }\n"
+        "int on_tcp_sendmsg_locked(struct bpf_raw_tracepoint_args *ctx) { return 0; }\n"
+        "int on_tcp_probe(struct bpf_raw_tracepoint_args *ctx) {\n"
+        "    int k = 0; u64 *v = a.lookup(&k);\n"
+        "    if (v) return v[ctx->args[1] & 0xffff];\n"
+        "    return 0;\n"
+        "}\n"
+    )
+    with pytest.raises(BpfUnavailable, match="verifier rejected"):
+        loader.load_program(max_sockets=16, max_endpoints=16, max_listeners=16, source=src)
+
+
+@pytest.mark.bpf
 @pytest.mark.timeout(120)
 def test_classic_tracepoints_measure_too() -> None:
     """Without raw tracepoints: tcp_probe with its arguments, sock_send_length for sends."""

@@ -348,23 +348,24 @@ def _compile_and_attach(
         raw_recv=raw_recv,
         include_dir=source.parent,
     )
+    program: LoadedProgram | None = None
+    failure: Exception | None = None
+    # Compiling loads the classic tracepoint programs; attach() loads the raw ones: the
+    # verifier's log of either goes to fd 2 and is kept for the error message.
     with _captured_stderr() as log:
         try:
             bpf = bcc.BPF(src_file=str(source).encode(), cflags=cflags)
+            program = LoadedProgram(bpf=bpf, raw_send=raw_send, raw_recv=raw_recv)
+            program.attach()
         except Exception as exc:  # BCC raises bare Exception for every failure
-            failure: Exception | None = exc
-        else:
-            failure = None
-    if failure is not None:
-        if isinstance(failure, OSError) and failure.errno == errno.EPERM:
-            raise BpfUnavailable(f"kernel refused BPF (EPERM): {failure}") from failure
-        raise _classify_load_failure(failure, "".join(log)) from failure
-    program = LoadedProgram(bpf=bpf, raw_send=raw_send, raw_recv=raw_recv)
-    try:
-        program.attach()
-    except Exception as exc:
+            failure = exc
+    if failure is None and program is not None:
+        return program
+    assert failure is not None
+    if program is not None:
         program.close()
-        if (raw_send or raw_recv) and "raw tracepoint" in str(exc):
-            raise _RawTracepointUnavailable(str(exc)) from exc
-        raise _classify_load_failure(exc, "") from exc
-    return program
+        if (raw_send or raw_recv) and "raw tracepoint" in str(failure):
+            raise _RawTracepointUnavailable(str(failure)) from failure
+    if isinstance(failure, OSError) and failure.errno == errno.EPERM:
+        raise BpfUnavailable(f"kernel refused BPF (EPERM): {failure}") from failure
+    raise _classify_load_failure(failure, "".join(log)) from failure
