@@ -75,10 +75,15 @@ def step(
 
     for pod in eligible:
         name = pod.name
-        rec = records.get(name, _CLOSED)
+        rec = records.get(name)
         lat = latency.get(name)
         slow = lat is not None and lat.p99_ms > threshold
-        violating += slow
+        if slow:
+            violating += 1
+        if rec is None:
+            if not slow or lat is None or not lat.fresh:
+                continue  # healthy and never ejected: nothing to remember (the common case)
+            rec = _CLOSED
         fresh = lat is not None and lat.fresh
         if rec.status is BreakerStatus.OPEN:
             assert rec.since is not None
@@ -106,7 +111,8 @@ def step(
         new[name] = rec
 
     overload = is_overloaded(violating, len(eligible))
-    out = sorted(n for n in (p.name for p in eligible) if new[n].out_of_traffic)
+    names = {p.name for p in eligible}
+    out = sorted(n for n, r in new.items() if r.out_of_traffic and n in names)
     cap = ejection_cap(policy.max_ejection_percent, len(eligible), min_endpoints)
 
     if len(out) > cap:

@@ -7,7 +7,7 @@ restarts the count. Until then the incumbents keep serving, adjusted at once for
 
 - incumbents that left the pool (gone, unready, terminating, ejected): dropped;
 - pods readmitted by the circuit breaker that the target wants: added;
-- sized modes (topN, percentage, prequal with a budget): the set is cut to, or filled
+- sized modes (topN, percentage): the set is cut to, or filled
   up to, the target size at once, best ranked first, so spec edits and vacancies never
   wait;
 - no incumbent left, or the first evaluation: the target applies at once.

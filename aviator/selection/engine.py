@@ -132,6 +132,10 @@ def evaluate(
     return Evaluation(active, verdicts, new_state, decisions, conditions)
 
 
+# Verdicts are immutable; sharing one instance per (state, reason) saves work at scale.
+_VERDICTS = {(s, r): PodVerdict(s, r) for s in PodState for r in Reason}
+
+
 def _verdicts(
     ordered: Sequence[PodInput],
     records: dict[str, BreakerRecord],
@@ -147,17 +151,17 @@ def _verdicts(
     for pod in ordered:
         name = pod.name
         if pod.terminating:
-            out[name] = PodVerdict(PodState.STANDBY, Reason.TERMINATING)
+            out[name] = _VERDICTS[PodState.STANDBY, Reason.TERMINATING]
         elif not pod.ready:
-            out[name] = PodVerdict(PodState.STANDBY, Reason.NOT_READY)
+            out[name] = _VERDICTS[PodState.STANDBY, Reason.NOT_READY]
         elif name in unknown_set:
-            out[name] = PodVerdict(PodState.UNKNOWN, Reason.NO_LATENCY_DATA)
+            out[name] = _VERDICTS[PodState.UNKNOWN, Reason.NO_LATENCY_DATA]
         elif name not in pool:
             rec = records[name]
             if rec.status is BreakerStatus.HALF_OPEN:
-                out[name] = PodVerdict(PodState.HALF_OPEN, Reason.RECOVERING)
+                out[name] = _VERDICTS[PodState.HALF_OPEN, Reason.RECOVERING]
             else:
-                out[name] = PodVerdict(PodState.EJECTED, Reason.P99_ABOVE_THRESHOLD)
+                out[name] = _VERDICTS[PodState.EJECTED, Reason.P99_ABOVE_THRESHOLD]
         elif name in active:
             if name in floor_set:
                 reason = Reason.MIN_ENDPOINTS
@@ -165,9 +169,9 @@ def _verdicts(
                 reason = mode.reasons[name]
             else:
                 reason = Reason.DAMPENED
-            out[name] = PodVerdict(PodState.ACTIVE, reason)
+            out[name] = _VERDICTS[PodState.ACTIVE, reason]
         elif name in mode.chosen:
-            out[name] = PodVerdict(PodState.STANDBY, Reason.DAMPENED)
+            out[name] = _VERDICTS[PodState.STANDBY, Reason.DAMPENED]
         else:
-            out[name] = PodVerdict(PodState.STANDBY, mode.reasons[name])
+            out[name] = _VERDICTS[PodState.STANDBY, mode.reasons[name]]
     return out

@@ -120,5 +120,6 @@ def _prequal(
     chosen = cold if budget is None else cold[:budget]
     reasons = {n: Reason.HOT if latency[n].rif > limit else Reason.NOT_SELECTED for n in ranked}
     reasons.update(dict.fromkeys(chosen, Reason.SELECTED))
-    # The size is the budget (not the cold count), so RIF noise alone is dampened.
-    return ModeResult(frozenset(chosen), ranked, budget, reasons)
+    # No fixed size: how many pods are cold follows RIF noise, so every change of the
+    # set (budget edits included) goes through dampening.
+    return ModeResult(frozenset(chosen), ranked, None, reasons)

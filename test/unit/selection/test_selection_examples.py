@@ -146,10 +146,17 @@ def test_prequal_quantile_is_nearest_rank() -> None:
 
 
 def test_unknown_and_stale_pods_serve_and_take_no_slot() -> None:
-    pods = [pod("a", 10), pod("b", 20), pod("new", None), pod("old", 1.0, age=120)]
+    pods = [
+        pod("a", 10),
+        pod("b", 20),
+        pod("new", None),
+        pod("old", 1.0, age=30.5),
+        pod("edge", 30.0, age=30.0),  # exactly at the bound: still usable, and slow
+    ]
     policy = SelectionPolicy(mode=Mode.TOP_N, top_n=1, stale_after_s=30)
     ev = once(pods, policy)
     assert ev.active == {"a", "new", "old"}
+    assert ev.pods["edge"].state is PodState.STANDBY
     assert ev.pods["old"] == ev.pods["new"]
     assert ev.pods["new"].state is PodState.UNKNOWN
     assert not ev.conditions.no_latency_data

@@ -12,7 +12,6 @@ from hypothesis import given, note, settings
 from hypothesis import strategies as st
 from selection_strategies import (
     check_invariants,
-    out_of_traffic,
     pod_lists,
     policies,
     run,
@@ -103,7 +102,8 @@ def test_invariants_hold_after_every_evaluation(
             prior = step.state.breaker.get(p.name)
             if prior is None or prior.status is not BreakerStatus.HALF_OPEN:
                 continue
-            if p.name in out_of_traffic(ev) or not policy.breaker.enabled:
+            now_rec = ev.state.breaker.get(p.name)
+            if (now_rec and now_rec.out_of_traffic) or not policy.breaker.enabled:
                 continue
             # Readmitted from half-open: needs fresh samples under the threshold, unless
             # the ejection cap released it.
