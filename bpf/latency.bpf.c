@@ -137,10 +137,13 @@ static __always_inline struct ep_val *endpoint(struct ep_key *key) {
     return v;
 }
 
-static __always_inline void start_request(struct sock_state *st, u64 now) {
-    // Plain read first: later bytes of an open request skip the locked instruction.
+// The clock is read only once an event is known to start or complete a request: later
+// bytes of a request or a response (and pure ACKs) cost neither the clock nor a locked
+// instruction.
+static __always_inline void start_request(struct sock_state *st) {
     if (LOAD_ONCE(st->start_ns) != 0)
         return;
+    u64 now = bpf_ktime_get_ns();
     if (__sync_val_compare_and_swap(&st->start_ns, 0, now) != 0)
         return;  // a request is already open: later bytes of the same request
     count(C_STARTED);
@@ -149,12 +152,13 @@ static __always_inline void start_request(struct sock_state *st, u64 now) {
         __sync_fetch_and_add(&v->rif, 1);
 }
 
-static __always_inline void complete_request(struct sock_state *st, u64 now) {
+static __always_inline void complete_request(struct sock_state *st) {
     if (LOAD_ONCE(st->start_ns) == 0)
-        return;  // idle (the common case for later bytes of a response): no locked op
+        return;  // idle: later bytes of a response already counted, or unseen start
     u64 start = __sync_lock_test_and_set(&st->start_ns, 0);
     if (start == 0)
-        return;  // idle: later bytes of a response already counted, or unseen start
+        return;  // another CPU completed or aborted it first
+    u64 now = bpf_ktime_get_ns();
     struct ep_val *v = endpoint(&st->ep);
     if (!v)
         return;
@@ -240,22 +244,22 @@ static __always_inline struct sock_state *adopt(u64 sk, const u8 *laddr, u16 lpo
     return sockets.lookup(&sk);
 }
 
-static __always_inline void on_receive(struct sock_state *st, u64 now) {
+static __always_inline void on_receive(struct sock_state *st) {
     if (st->flags & SOCK_CLOSED)
         return;
     if (st->ep.role == ROLE_SERVER)
-        start_request(st, now);
+        start_request(st);
     else
-        complete_request(st, now);
+        complete_request(st);
 }
 
-static __always_inline void on_send(struct sock_state *st, u64 now) {
+static __always_inline void on_send(struct sock_state *st) {
     if (st->flags & SOCK_CLOSED)
         return;
     if (st->ep.role == ROLE_SERVER)
-        complete_request(st, now);
+        complete_request(st);
     else
-        start_request(st, now);
+        start_request(st);
 }
 
 // A socket first seen in a hook without its addresses: read them from sock_common.
@@ -290,7 +294,6 @@ static __always_inline struct sock_state *adopt_from_sock(u64 sk) {
 }
 
 static __always_inline int handle_send(u64 sk) {
-    u64 now = bpf_ktime_get_ns();
     count(C_TX);
     struct sock_state *st = sockets.lookup(&sk);
     if (!st) {
@@ -300,7 +303,7 @@ static __always_inline int handle_send(u64 sk) {
         if (!st)
             return 0;
     }
-    on_send(st, now);
+    on_send(st);
     return 0;
 }
 
@@ -319,7 +322,6 @@ int on_tcp_probe(struct bpf_raw_tracepoint_args *ctx) {
     bpf_probe_read_kernel(&doff, 1, th + 12);
     if (len <= (u32)(doff >> 4) * 4)
         return 0;
-    u64 now = bpf_ktime_get_ns();
     count(C_RX_DATA);
     u64 sk = (u64)ctx->args[0];
     struct sock_state *st = sockets.lookup(&sk);
@@ -330,7 +332,7 @@ int on_tcp_probe(struct bpf_raw_tracepoint_args *ctx) {
         if (!st)
             return 0;
     }
-    on_receive(st, now);
+    on_receive(st);
     return 0;
 }
 #else
@@ -338,7 +340,6 @@ int on_tcp_probe(struct bpf_raw_tracepoint_args *ctx) {
 TRACEPOINT_PROBE(tcp, tcp_probe) {
     if (args->data_len == 0)
         return 0;
-    u64 now = bpf_ktime_get_ns();
     count(C_RX_DATA);
     u64 sk = (u64)args->skaddr;
     struct sock_state *st = sockets.lookup(&sk);
@@ -365,7 +366,7 @@ TRACEPOINT_PROBE(tcp, tcp_probe) {
         if (!st)
             return 0;
     }
-    on_receive(st, now);
+    on_receive(st);
     return 0;
 }
 #endif
