@@ -9,8 +9,9 @@
 //
 // Only tracepoints are used (no kprobes, no fentry). Their arguments come from the
 // running kernel's format files, so they are correct whatever headers BCC compiles
-// with. The few `struct sock` fields read directly (for sockets first seen on a send)
-// use offsets taken from the running kernel's BTF and passed in as -D defines:
+// with. The few kernel struct fields read directly (addresses of sockets first seen in
+// a raw hook, the payload length in the raw tcp_probe hook) use offsets taken from the
+// running kernel's BTF and passed in as -D defines:
 //   OFF_SKC_DADDR OFF_SKC_RCV_SADDR OFF_SKC_DPORT OFF_SKC_NUM OFF_SKC_FAMILY
 //   OFF_SKC_STATE OFF_SKC_V6_DADDR OFF_SKC_V6_RCV_SADDR
 //   OFF_SKB_LEN OFF_SKB_DATA (sk_buff, for the raw tcp_probe hook)
