@@ -632,6 +632,20 @@ class BoxHandle:
         return done.stdout
 
 
+_shared_box: BoxHandle | None = None
+
+
+def shared_box() -> BoxHandle:
+    """One box for the benchmarks of this process (each uses its own namespace and
+    deletes it when done); stopped at exit."""
+    global _shared_box
+    if _shared_box is None:
+        box = BoxHandle().start()
+        atexit.register(box.stop)
+        _shared_box = box
+    return _shared_box
+
+
 def deployment(
     name: str, labels: dict[str, str], replicas: int, latency: str, readiness_period_s: int = 10
 ) -> JSON:

@@ -39,6 +39,7 @@ from bench.common import (
     quantiles,
     row,
     service_manifest,
+    shared_box,
 )
 
 NAME = "tail_latency"
@@ -77,9 +78,12 @@ def run(quick: bool) -> list[Row]:
     reason = box_unavailable()
     if reason:
         return [row(NAME, "skipped", 0.0, "", note=reason)]
-    load = Load(40, 10, 8) if quick else Load(100, 10, 60)
-    with BoxHandle() as box:
+    load = Load(40, 10, 5) if quick else Load(100, 10, 60)
+    box = shared_box()
+    try:
         return uvloop.run(_run(box, load))
+    finally:
+        box.kubectl("delete", "namespace", NS, "--wait=false")
 
 
 async def _run(box: BoxHandle, load: Load) -> list[Row]:
