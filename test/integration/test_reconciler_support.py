@@ -59,9 +59,11 @@ def crd(control_plane: ControlPlane) -> None:
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T | None]], within: float = 20.0, interval: float = 0.1
+    probe: Callable[[], Awaitable[T | None]], within: float = 45.0, interval: float = 0.1
 ) -> T:
-    """Poll `probe` until it returns something truthy; fail with its last value."""
+    """Poll `probe` until it returns something truthy; fail with its last value.
+
+    Generous by default: the machine running the tests may be heavily shared."""
     deadline = time.monotonic() + within
     last: T | None = None
     while True:
