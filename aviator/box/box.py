@@ -25,7 +25,7 @@ from aviator.box.proxy import BoxProxy, relay
 from aviator.box.runtime import PodRuntime
 from aviator.box.state import remove_status, write_status
 from aviator.kube.client import ApiError, KubeClient
-from aviator.kube.resources import NAMESPACES, SERVICEACCOUNTS
+from aviator.kube.resources import SERVICEACCOUNTS
 from aviator.testing.controlplane import ControlPlane, binary, free_port
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 CRD_FILE = REPO_ROOT / "config" / "crd" / "bases" / "aviator.example.com_aviatorpolicies.yaml"
 AVIATOR_NAMESPACE = "aviator-system"
 AGENT_SERVICE_ACCOUNT = "aviator-agent"
+CONTROLLER_SERVICE_ACCOUNT = "aviator-controller"
 TOKEN_AUDIENCES = ["aviator", "https://kubernetes.default.svc.cluster.local"]
 TOKEN_TTL_S = 24 * 3600
 
@@ -172,10 +173,12 @@ class Box:
         else:
             self.crd = f"missing ({CRD_FILE.relative_to(REPO_ROOT)} not found)"
         self.progress(f"AviatorPolicy CRD: {self.crd}")
-        await self._ensure_agent_identity()
-        token_file = self.workdir / "agent-token"
-        await self._write_agent_token(token_file)
-        self._tasks.append(asyncio.create_task(self._refresh_token(token_file)))
+        # The controller and the agents run as their own ServiceAccounts under the RBAC
+        # of config/rbac, exactly as in a real cluster: a missing permission shows here.
+        await self._install_rbac()
+        controller_kubeconfig = await self._identity(CONTROLLER_SERVICE_ACCOUNT)
+        agent_kubeconfig = await self._identity(AGENT_SERVICE_ACCOUNT)
+        token_file = self._token_file(AGENT_SERVICE_ACCOUNT)
         port = free_port()
         self.controller_url = f"ws://127.0.0.1:{port}/v1/stream"
         logs = self.workdir / "logs"
@@ -184,7 +187,7 @@ class Box:
             aviator_argv(
                 "controller",
                 "--kubeconfig",
-                str(self.inner_kubeconfig),
+                str(controller_kubeconfig),
                 "--namespace",
                 AVIATOR_NAMESPACE,
                 "--id",
@@ -206,7 +209,7 @@ class Box:
                     "--node",
                     node,
                     "--kubeconfig",
-                    str(self.inner_kubeconfig),
+                    str(agent_kubeconfig),
                     "--controller-url",
                     self.controller_url,
                     "--token-file",
@@ -245,26 +248,34 @@ class Box:
                 self._status_dirty.set()
             await asyncio.sleep(0.5)
 
-    async def _ensure_agent_identity(self) -> None:
-        assert self.client is not None
-        ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": AVIATOR_NAMESPACE}}
-        sa = {
-            "apiVersion": "v1",
-            "kind": "ServiceAccount",
-            "metadata": {"name": AGENT_SERVICE_ACCOUNT, "namespace": AVIATOR_NAMESPACE},
-        }
-        for res, body, namespace in ((NAMESPACES, ns, None), (SERVICEACCOUNTS, sa, None)):
-            try:
-                await self.client.create(res, body, namespace)
-            except ApiError as err:
-                if not err.conflict:
-                    raise
+    async def _install_rbac(self) -> None:
+        for base in ("config/namespace", "config/rbac"):
+            code, out = await self.kubectl("apply", "-k", str(REPO_ROOT / base))
+            if code != 0:
+                raise RuntimeError(f"kubectl apply -k {base} failed: {out}")
 
-    async def _write_agent_token(self, path: Path) -> None:
+    def _token_file(self, service_account: str) -> Path:
+        return self.workdir / f"{service_account}.token"
+
+    async def _identity(self, service_account: str) -> Path:
+        """A kubeconfig that authenticates as the ServiceAccount with a token file that
+        is refreshed before it expires."""
+        token_file = self._token_file(service_account)
+        await self._write_token(service_account, token_file)
+        self._tasks.append(asyncio.create_task(self._refresh_token(service_account, token_file)))
+        config = yaml.safe_load(self.inner_kubeconfig.read_text())
+        config["users"] = [{"name": service_account, "user": {"tokenFile": str(token_file)}}]
+        config["contexts"][0]["context"]["user"] = service_account
+        path = self.workdir / f"{service_account}.kubeconfig"
+        path.write_text(yaml.safe_dump(config))
+        path.chmod(0o600)
+        return path
+
+    async def _write_token(self, service_account: str, path: Path) -> None:
         assert self.client is not None
         answer = await self.client.request(
             "POST",
-            SERVICEACCOUNTS.path(AVIATOR_NAMESPACE, AGENT_SERVICE_ACCOUNT, "token"),
+            SERVICEACCOUNTS.path(AVIATOR_NAMESPACE, service_account, "token"),
             body={
                 "apiVersion": "authentication.k8s.io/v1",
                 "kind": "TokenRequest",
@@ -276,11 +287,11 @@ class Box:
         tmp.chmod(0o600)
         os.replace(tmp, path)
 
-    async def _refresh_token(self, path: Path) -> None:
+    async def _refresh_token(self, service_account: str, path: Path) -> None:
         while True:
             await asyncio.sleep(TOKEN_TTL_S * 0.8)
             with contextlib.suppress(ApiError, OSError, TimeoutError):
-                await self._write_agent_token(path)
+                await self._write_token(service_account, path)
 
     # -- status ----------------------------------------------------------------------
 

@@ -44,12 +44,18 @@ CONTROLLERS = (
     "serviceaccount-controller",
 )
 
-# Writes (not reads) are logged, so tests can count the API writes a component makes.
+# Every request of Aviator's own ServiceAccounts is logged (so tests can prove RBAC
+# allowed each one), and every write by anyone (so tests can count writes).
+AVIATOR_SERVICE_ACCOUNTS = (
+    "system:serviceaccount:aviator-system:aviator-controller",
+    "system:serviceaccount:aviator-system:aviator-agent",
+)
 _AUDIT_POLICY = {
     "apiVersion": "audit.k8s.io/v1",
     "kind": "Policy",
     "omitStages": ["RequestReceived"],
     "rules": [
+        {"level": "Metadata", "users": list(AVIATOR_SERVICE_ACCOUNTS)},
         {"level": "Metadata", "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
         {"level": "None"},
     ],

@@ -43,6 +43,7 @@ CONTROLLER_MUST = [
     ],
     ("create", "events.k8s.io", "events", "", "shop"),
     ("create", "", "events", "", "shop"),
+    ("delete", "", "endpoints", "", "shop"),
     ("create", "authentication.k8s.io", "tokenreviews", "", ""),
     *[
         (v, "coordination.k8s.io", "leases", "", "aviator-system")
@@ -60,6 +61,8 @@ CONTROLLER_MUST_NOT = [
     ("update", "coordination.k8s.io", "leases", "", "kube-system"),
     ("create", "apps", "deployments", "", "shop"),
     ("update", "", "configmaps", "", "shop"),
+    ("create", "", "endpoints", "", "shop"),
+    ("update", "", "endpoints", "", "shop"),
     ("create", "", "serviceaccounts", "token", "aviator-system"),
     ("create", "rbac.authorization.k8s.io", "clusterrolebindings", "", ""),
     ("impersonate", "", "users", "", ""),
