@@ -244,7 +244,7 @@ async def test_deleted_pod_leaves_slices_at_once(
             pods = endpoint_pods(await slices_of(kube, ns, "web-aviator", ours=True))
             return pods if "fast-1" not in pods else None
 
-        pods = await eventually(replaced, within=5)
+        pods = await eventually(replaced, within=10)
         assert pods == ["fast-2", "slow-1"]
 
 
