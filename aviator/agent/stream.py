@@ -122,9 +122,7 @@ class ControllerConnection:
 
     async def _session_once(self, token: str) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with self._session.ws_connect(
-            self.url, headers=headers, heartbeat=30.0
-        ) as ws:
+        async with self._session.ws_connect(self.url, headers=headers, heartbeat=30.0) as ws:
             self.connected = True
             self.connects += 1
             self.changed.set()
