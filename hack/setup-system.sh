@@ -34,12 +34,19 @@ fi
 # BCC compiles against /lib/modules/$(uname -r)/build. When the running kernel has no
 # matching headers package, link the newest installed headers: tracepoint arguments and
 # the first sock_common fields stay correct; the BPF program reads nothing else.
-build="/lib/modules/$(uname -r)/build"
-if [ ! -e "$build" ] && [ "$(id -u)" -eq 0 ]; then
+# Debian splits headers into an arch package (build) and a -common one (source); BCC
+# needs both links.
+modules="/lib/modules/$(uname -r)"
+if [ "$(id -u)" -eq 0 ]; then
   headers=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n 1 || true)
-  if [ -n "$headers" ]; then
-    mkdir -p "$(dirname "$build")"
-    ln -sfn "$headers" "$build"
-    echo "setup: linked $build -> $headers"
+  if [ ! -e "$modules/build" ] && [ -n "$headers" ]; then
+    mkdir -p "$modules"
+    ln -sfn "$headers" "$modules/build"
+    echo "setup: linked $modules/build -> $headers"
+  fi
+  common=${headers%-amd64}-common
+  if [ ! -e "$modules/source" ] && [ -n "$headers" ] && [ -d "$common" ]; then
+    ln -sfn "$common" "$modules/source"
+    echo "setup: linked $modules/source -> $common"
   fi
 fi
