@@ -250,7 +250,14 @@ class PolicyReconciler:
                 "resourceVersion": meta.get("resourceVersion"),
             }
         }
-        updated = await self.client.patch(AVIATORPOLICIES, meta["name"], patch, meta["namespace"])
+        try:
+            updated = await self.client.patch(
+                AVIATORPOLICIES, meta["name"], patch, meta["namespace"]
+            )
+        except ApiError as exc:
+            if exc.conflict:
+                raise CacheBehind(f"policy {meta['name']} changed") from exc
+            raise
         self.metrics.api_write("AviatorPolicy", "patch")
         return updated
 
@@ -264,6 +271,8 @@ class PolicyReconciler:
         try:
             await self.client.patch(AVIATORPOLICIES, meta["name"], patch, meta["namespace"])
         except ApiError as exc:
+            if exc.conflict:
+                raise CacheBehind(f"policy {meta['name']} changed") from exc
             if not exc.not_found:
                 raise
         self.metrics.api_write("AviatorPolicy", "patch")
@@ -554,8 +563,11 @@ class PolicyReconciler:
                 try:
                     await self.client.create(SERVICES, desired, ns)
                 except ApiError as exc:
-                    if not exc.conflict:  # AlreadyExists: the cache is behind; next round
-                        raise
+                    if exc.conflict:
+                        # It exists and the cache has not seen it: maybe someone
+                        # else's. Publish nothing under that name until we know.
+                        raise CacheBehind(f"Service {parsed.routed_service} exists") from exc
+                    raise
                 self.metrics.api_write("Service", "create")
             elif not naming.is_owned_by(observed, uid):
                 routing.problems.append(
