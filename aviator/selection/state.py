@@ -59,8 +59,11 @@ class BreakerRecord:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> BreakerRecord:
         since = data.get("since")
+        status = BreakerStatus(data.get("status", BreakerStatus.CLOSED.value))
+        if status is not BreakerStatus.CLOSED and since is None:
+            raise ValueError("an open or halfOpen breaker record needs 'since'")
         return cls(
-            status=BreakerStatus(data.get("status", BreakerStatus.CLOSED.value)),
+            status=status,
             violations=_non_negative_int(data.get("violations", 0), "violations"),
             since=None if since is None else _finite_float(since, "since"),
             level=_non_negative_int(data.get("level", 0), "level"),

@@ -344,3 +344,30 @@ def test_dampening_bypass_for_a_lost_incumbent() -> None:
     assert t.step([pod("a", 10), pod("b", 20), pod("c", 30)]).active == {"a", "b"}
     # a leaves: the vacancy is filled at once, not after three intervals.
     assert t.step([pod("b", 20), pod("c", 30)]).active == {"b", "c"}
+
+
+def test_backoff_is_forgotten_after_ten_recovery_intervals_of_health() -> None:
+    t = Timeline(breaker_policy(recovery_interval_s=10.0, consecutive_violations=1), 1.0)
+    healthy = [pod("a", 10), pod("b", 10), pod("c", 10)]
+    t.step([*healthy, pod("s", 900)])  # ejected (level 1)
+    t.now += 10
+    t.step([*healthy, pod("s", 10)])  # halfOpen
+    ev = t.step([*healthy, pod("s", 10)])  # readmitted
+    assert "s" in ev.active and t.state.breaker["s"].level == 1
+    readmitted_at = t.state.breaker["s"].since
+    assert readmitted_at is not None
+    t.now = readmitted_at + 99.5
+    t.step([*healthy, pod("s", 10)])
+    assert t.state.breaker["s"].level == 1  # 9.9 intervals: still remembered
+    t.step([*healthy, pod("s", 10)])
+    assert "s" not in t.state.breaker  # 10 intervals healthy: forgotten entirely
+
+
+def test_a_new_leader_without_state_applies_the_mode_at_once() -> None:
+    policy = SelectionPolicy(mode=Mode.TOP_N, top_n=1)  # dampening on by default
+    pods = [pod("a", 100), pod("b", 10)]
+    ev = evaluate(pods, frozenset({"a"}), policy, EngineState(), 0.0)
+    assert ev.active == {"b"}
+    # With the state of a previous evaluation the same change waits.
+    ev = evaluate(pods, frozenset({"a"}), policy, EngineState(evaluated=True), 0.0)
+    assert ev.active == {"a"} and ev.conditions.pending == {"b"}

@@ -182,6 +182,6 @@ class SelectionTimeline(RuleBasedStateMachine):
 
 
 SelectionTimeline.TestCase.settings = settings(
-    max_examples=80, stateful_step_count=30, deadline=None
+    max_examples=60, stateful_step_count=30, deadline=None
 )
 test_selection_timeline = SelectionTimeline.TestCase

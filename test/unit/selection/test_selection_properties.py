@@ -32,6 +32,7 @@ from aviator.selection import (
 from aviator.selection.safety import serving_floor
 
 HEAVY = settings(max_examples=200, deadline=None)
+MEDIUM = settings(max_examples=120, deadline=None)
 LIGHT = settings(max_examples=100, deadline=None)
 
 
@@ -116,7 +117,7 @@ def test_invariants_hold_after_every_evaluation(
             assert p.eligible and (judged or released)
 
 
-@HEAVY
+@MEDIUM
 @given(policies(), histories(max_steps=6), st.randoms(use_true_random=False))
 def test_deterministic_whatever_the_input_order(
     policy: SelectionPolicy, timeline: list[tuple[list[PodInput], float]], rnd: random.Random
@@ -214,7 +215,7 @@ def test_percentage_size_is_the_ceiling_at_least_one(
     assert len(ev.active & known.keys()) == min(share, len(known))
 
 
-@HEAVY
+@MEDIUM
 @given(policies(modes=[Mode.TOP_N, Mode.PERCENTAGE], breaker=False, intervals=1), histories())
 def test_no_standby_pod_is_faster_than_an_active_one_beyond_the_margin(
     policy: SelectionPolicy, timeline: list[tuple[list[PodInput], float]]
@@ -248,7 +249,7 @@ def margin_noise(threshold_percent: float) -> float:
         staleness=False,
     ),
     pod_lists(min_size=1, known=True, eligible=True),
-    st.lists(st.lists(st.floats(-1.0, 1.0), min_size=8, max_size=8), min_size=1, max_size=6),
+    st.lists(st.lists(st.floats(-1.0, 1.0), min_size=8, max_size=8), min_size=1, max_size=4),
 )
 def test_noise_inside_the_margin_never_changes_the_set(
     policy: SelectionPolicy, pods: list[PodInput], noise: list[list[float]]
@@ -267,11 +268,11 @@ def test_noise_inside_the_margin_never_changes_the_set(
         state = ev.state
 
 
-@HEAVY
+@MEDIUM
 @given(
     policies(modes=[Mode.THRESHOLD], breaker=False, dampening=True, staleness=False),
     pod_lists(min_size=1, known=True, eligible=True),
-    st.lists(st.lists(st.floats(-1.0, 1.0), min_size=8, max_size=8), min_size=1, max_size=6),
+    st.lists(st.lists(st.floats(-1.0, 1.0), min_size=8, max_size=8), min_size=1, max_size=4),
 )
 def test_threshold_noise_never_drops_a_pod_within_the_threshold(
     policy: SelectionPolicy, pods: list[PodInput], noise: list[list[float]]
