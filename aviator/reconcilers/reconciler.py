@@ -54,6 +54,7 @@ from aviator.reconcilers.status import (
     REASON_INVALID_SPEC,
     REASON_NO_ELIGIBLE_PODS,
     REASON_NO_LATENCY_DATA,
+    REASON_NO_SELECTOR,
     REASON_OVERLOAD,
     REASON_SELECTOR_RESTORED,
     REASON_SERVICE_NOT_FOUND,
@@ -70,7 +71,6 @@ log = logging.getLogger(__name__)
 
 INDEX_SLICES_BY_POLICY = "aviator/slices-by-policy"
 INDEX_SERVICES_BY_POLICY = "aviator/services-by-policy"
-REASON_NO_SELECTOR = "ServiceHasNoSelector"
 DEFAULT_REQUEUE_S = 5.0
 
 
@@ -390,9 +390,11 @@ class PolicyReconciler:
             )
             return requeue
 
-        routing = await self._prepare_routing(policy, parsed, target)
         selector = pod_selector(target)
-        if not selector:
+        if selector:
+            routing = await self._prepare_routing(policy, parsed, target)
+        else:
+            routing = _Routing(blocked=True)
             routing.problems.append(
                 Problem(
                     REASON_NO_SELECTOR,
@@ -400,7 +402,6 @@ class PolicyReconciler:
                     "find its pods (an empty selector never means every pod)",
                 )
             )
-            routing.blocked = True
         if routing.blocked:
             await self._write_status(
                 policy,

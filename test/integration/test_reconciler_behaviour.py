@@ -312,3 +312,46 @@ async def test_second_policy_for_the_same_service_gets_conflict(
             )
 
         await eventually(second_routes, within=30)
+
+
+async def test_foreign_shadow_name_and_selectorless_target_are_reported(
+    control_plane: ControlPlane, kube: KubeClient, namespace: str
+) -> None:
+    ns = namespace
+    await _pods(kube, ns)
+    # Someone else's Service already uses the shadow name.
+    await create_service(kube, ns, "web-aviator", {"app": "other"})
+    # A Service without a selector (endpoints managed by hand).
+    await kube.create(
+        SERVICES,
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "manual"},
+            "spec": {"ports": [{"port": 80}]},
+        },
+        ns,
+    )
+    async with running_controller(control_plane, ns):
+        await create_policy(kube, ns, "taken-name", "web", evaluationInterval="500ms")
+        await create_policy(kube, ns, "no-selector", "manual", evaluationInterval="500ms")
+
+        async def reasons() -> dict[str, str] | None:
+            out = {}
+            for name in ("taken-name", "no-selector"):
+                c = condition(await get_policy(kube, ns, name) or {}, "Ready")
+                if not c:
+                    return None
+                out[name] = c["reason"]
+            return out
+
+        assert await eventually(reasons) == {
+            "taken-name": "Conflict",
+            "no-selector": "ServiceHasNoSelector",
+        }
+        # The foreign Service is left alone and gets no Aviator slices.
+        svc = await kube.get(SERVICES, "web-aviator", ns)
+        assert svc["spec"]["selector"] == {"app": "other"}
+        assert not svc["metadata"].get("ownerReferences")
+        assert await slices_of(kube, ns, "web-aviator", ours=True) == []
+        assert await slices_of(kube, ns, "manual", ours=True) == []
