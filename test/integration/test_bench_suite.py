@@ -1,0 +1,115 @@
+"""Smoke tests of the scale, flap, accuracy, tail-latency and reaction benchmarks at their
+quick size: every row is well formed and the figures are sane (not the goals, which
+`make bench` reports on; except zero writes in steady state, which must hold)."""
+
+from __future__ import annotations
+
+import importlib
+import math
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+# `python -m pytest` (make test) has the repository root on sys.path; a bare `pytest` not.
+ROOT = str(Path(__file__).resolve().parents[2])
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+Row = dict[str, object]
+
+
+def bench(name: str) -> ModuleType:
+    return importlib.import_module(f"bench.{name}_bench")
+
+
+def well_formed(rows: list[Row], benchmark: str) -> dict[str, Row]:
+    assert rows, "no rows"
+    by_metric: dict[str, Row] = {}
+    for r in rows:
+        assert r["benchmark"] == benchmark
+        assert isinstance(r["metric"], str) and r["metric"]
+        assert isinstance(r["value"], float)
+        assert isinstance(r["unit"], str)
+        for key in ("goal", "note"):
+            assert key not in r or isinstance(r[key], str)
+        assert "ratio" not in r or isinstance(r["ratio"], float)
+        by_metric[r["metric"]] = r
+    assert len(by_metric) == len(rows), "metrics repeat"
+    return by_metric
+
+
+def value(r: Row) -> float:
+    v = r["value"]
+    assert isinstance(v, float)
+    return v
+
+
+def skip_if_skipped(rows: list[Row]) -> None:
+    if len(rows) == 1 and rows[0]["metric"] == "skipped":
+        pytest.skip(str(rows[0].get("note")))
+
+
+@pytest.mark.bench
+@pytest.mark.integration
+def test_controller_scale_quick() -> None:
+    rows = well_formed(bench("controller_scale").run(quick=True), "controller_scale")
+    for fleet in ("1 policy x 200 pods", "20 policies x 10 pods"):
+        steady = rows[f"{fleet}: API writes, steady state"]
+        assert value(steady) == 0.0, steady
+        assert value(rows[f"{fleet}: API writes under churn"]) > 0
+        assert value(rows[f"{fleet}: snapshot ingestion per core"]) > 1000
+        assert 0 < value(rows[f"{fleet}: controller CPU, steady state"]) < 4
+        assert 20 < value(rows[f"{fleet}: controller RSS"]) < 2000
+        assert 0 < value(rows[f"{fleet}: evaluation time per reconcile (mean)"]) < 10_000
+    for r in rows.values():
+        assert math.isfinite(value(r)) and value(r) >= 0
+
+
+@pytest.mark.bench
+@pytest.mark.integration
+def test_flap_quick() -> None:
+    rows = well_formed(bench("flap").run(quick=True), "flap")
+    on = value(rows["EndpointSlice writes, dampening on"])
+    off = value(rows["EndpointSlice writes, dampening off"])
+    assert 0 <= on <= off
+    assert off > 0, "equal pods under jitter must reshuffle without dampening"
+
+
+@pytest.mark.bench
+@pytest.mark.bpf
+def test_accuracy_quick() -> None:
+    raw = bench("accuracy").run(quick=True)
+    skip_if_skipped(raw)
+    rows = well_formed(raw, "accuracy")
+    counted = [r for m, r in rows.items() if m.endswith("requests counted by the kernel")]
+    assert len(counted) == 4
+    assert all(value(r) == 1.0 for r in counted), counted
+    assert value(rows["worst p50/p99 error vs kernel-timed client"]) < 10
+
+
+@pytest.mark.bench
+@pytest.mark.e2e
+def test_tail_latency_quick() -> None:
+    raw = bench("tail_latency").run(quick=True)
+    skip_if_skipped(raw)
+    rows = well_formed(raw, "tail_latency")
+    spread = value(rows["(a) no Aviator: client p99"])
+    oracle = value(rows["(e) oracle: client p99"])
+    assert spread > 400, "a fifth of the pods answer in 500 ms"
+    assert 0 < oracle < spread
+    for variant in ("(b) percentage 50", "(c) topN 3", "(d) prequal"):
+        assert f"{variant}: client p99" in rows, f"{variant} not measured: {raw}"
+        assert value(rows[f"{variant}: p99 improvement over (a)"]) > 0
+
+
+@pytest.mark.bench
+@pytest.mark.e2e
+def test_reaction_quick() -> None:
+    raw = bench("reaction").run(quick=True)
+    skip_if_skipped(raw)
+    rows = well_formed(raw, "reaction")
+    for name in ("Aviator", "round robin"):
+        assert 0 < value(rows[f"success rate during the episode, {name}"]) <= 100
+    assert (Path(ROOT) / "bench" / "out" / "reaction.png").stat().st_size > 10_000
