@@ -78,7 +78,7 @@ def run(quick: bool) -> list[Row]:
     reason = box_unavailable()
     if reason:
         return [row(NAME, "skipped", 0.0, "", note=reason)]
-    load = Load(40, 10, 5) if quick else Load(100, 10, 60)
+    load = Load(40, 10, 5) if quick else Load(80, 10, 60)
     box = shared_box()
     try:
         return uvloop.run(_run(box, load))
