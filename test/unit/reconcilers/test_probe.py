@@ -41,7 +41,7 @@ async def server() -> AsyncIterator[int]:
 
 async def test_probe_measures_and_counts_failures(server: int) -> None:
     now = [1000.0]
-    prober = Prober(timeout_s=0.3, samples_per_round=2, forget_after_s=60, clock=lambda: now[0])
+    prober = Prober(timeout_s=1.0, samples_per_round=2, forget_after_s=60, clock=lambda: now[0])
     fast = ProbeTarget("127.0.0.1", server, "/fast")
     slow = ProbeTarget("127.0.0.1", server, "/slow")
     broken = ProbeTarget("127.0.0.1", server, "/broken")
@@ -56,7 +56,7 @@ async def test_probe_measures_and_counts_failures(server: int) -> None:
         for t in (broken, hang, closed):
             e = prober.estimate(t)
             assert e is not None and e.failures == 2
-            assert e.p50_ms == pytest.approx(300, rel=0.04)  # the timeout, bucketed
+            assert e.p50_ms == pytest.approx(1000, rel=0.04)  # the timeout, bucketed
         # rounds accumulate within the window; other targets stay (another policy
         # may still probe them) until nobody has for forget_after_s
         await prober.probe_round([fast])
