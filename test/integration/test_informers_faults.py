@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -663,7 +663,7 @@ steps_strategy = st.lists(
         st.tuples(st.just("write"), st.sampled_from(NAMES)),
         st.tuples(st.sampled_from(FAULTS), st.none()),
     ),
-    max_size=24,
+    max_size=30,
 )
 
 
@@ -744,7 +744,7 @@ async def scenario(kubeconfig: str, namespace: str, steps: list[Step]) -> Outcom
 
 
 @settings(
-    max_examples=15,
+    max_examples=30,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -781,3 +781,60 @@ async def test_scenario_with_deletes_missed_while_disconnected_uses_tombstones(
         "resourceVersion": "",
         "limit": 500,
     }
+
+
+# Faults only a control plane of our own may suffer: etcd compaction.
+
+
+@pytest.fixture(scope="module")
+def private_plane() -> Iterator[ControlPlane]:
+    with ControlPlane(controllers=False) as cp:
+        yield cp
+
+
+@pytest.fixture
+async def private_kube(private_plane: ControlPlane) -> AsyncIterator[KubeClient]:
+    client = await KubeClient.load(str(private_plane.kubeconfig))
+    try:
+        yield client
+    finally:
+        await client.close()
+
+
+async def test_quorum_list_restarts_unpaginated_when_compaction_expires_its_continue_token(
+    private_plane: ControlPlane, private_kube: KubeClient
+) -> None:
+    kube = private_kube
+    namespace = f"t-{uuid.uuid4().hex[:10]}"
+    await kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": namespace}})
+    for i in range(5):
+        await kube.create(CONFIGMAPS, configmap(f"o{i}"), namespace)
+    compacted = False
+
+    async def compact_before_second_page(params: dict[str, str | int | bool]) -> None:
+        nonlocal compacted
+        if params.get("continue") and not compacted:
+            compacted = True
+            # A write moves etcd past the token's revision and compaction removes that
+            # revision. The API server would still serve the page from its watch cache's
+            # snapshot; a restarted one has none, so the token has expired.
+            await kube.create(CONFIGMAPS, configmap("written-between-pages"), namespace)
+            await asyncio.to_thread(private_plane.compact_etcd)
+            await asyncio.to_thread(private_plane.restart_apiserver)
+            await kube.close()  # the next page goes over a fresh connection
+
+    run, task = await start_reflector(kube, namespace, page_size=2)
+    run.client.list_faults = [gone()]  # the first list is refused: quorum list, paginated
+    run.client.before_list = compact_before_second_page
+    try:
+        await run.client.until(lambda: run.client.open_watches() == 1)
+        calls = run.client.list_calls
+        assert calls[0] == {"resourceVersion": "0"}
+        assert calls[1] == {"resourceVersion": "", "limit": 2}
+        assert calls[2]["continue"]
+        assert calls[3:] == [{"resourceVersion": ""}]  # the token expired: start over, whole
+        assert run.reflector.lists == 1
+        assert run.store.versions() == await server_versions(kube, namespace)
+        assert run.key("written-between-pages") in run.store.items
+    finally:
+        await stop(task)
