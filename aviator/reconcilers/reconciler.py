@@ -38,7 +38,14 @@ from aviator.reconcilers.events import NORMAL, WARNING, EventRecorder
 from aviator.reconcilers.harness import Result
 from aviator.reconcilers.mapping import INDEX_BY_ROUTED, routed_service
 from aviator.reconcilers.metrics import ControllerMetrics
-from aviator.reconcilers.pods import is_eligible, labels_of, pod_ips, pod_name, selector_matches
+from aviator.reconcilers.pods import (
+    is_eligible,
+    is_terminating,
+    labels_of,
+    pod_ips,
+    pod_name,
+    selector_matches,
+)
 from aviator.reconcilers.probe import Prober, ProbeTarget
 from aviator.reconcilers.services import (
     TakeoverState,
@@ -495,6 +502,12 @@ class PolicyReconciler:
             _row(p, outcome.states.get(pod_name(p), "unknown"), latencies.get(pod_name(p)), outcome)
             for p in eligible
         ]
+        # Pods of the Service that may not serve at all, so `describe` explains them.
+        eligible_names = {pod_name(p) for p in eligible}
+        for p in pods:
+            if pod_name(p) not in eligible_names:
+                why = "Terminating" if is_terminating(p) else "NotReady"
+                rows.append(_row(p, "standby", None, outcome, reason=why))
         source = effective_source(
             lat.source for lat in latencies.values() if lat is not None and lat.samples
         )
@@ -838,7 +851,13 @@ def _active_in(observed: Iterable[JSON], routed: str) -> set[str]:
     return out
 
 
-def _row(pod: JSON, state: str, lat: engine.Latency | None, outcome: engine.Outcome) -> PodRow:
+def _row(
+    pod: JSON,
+    state: str,
+    lat: engine.Latency | None,
+    outcome: engine.Outcome,
+    reason: str | None = None,
+) -> PodRow:
     ips = pod_ips(pod)
     return PodRow(
         name=pod_name(pod),
@@ -849,5 +868,5 @@ def _row(pod: JSON, state: str, lat: engine.Latency | None, outcome: engine.Outc
         p99_ms=lat.p99_ms if lat else None,
         rif=lat.rif if lat else None,
         samples=lat.samples if lat else 0,
-        reason=outcome.reasons.get(pod_name(pod)),
+        reason=reason or outcome.reasons.get(pod_name(pod)),
     )
