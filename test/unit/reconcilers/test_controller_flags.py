@@ -1,0 +1,52 @@
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from aviator.reconcilers.cmd import add_arguments, options_from
+
+
+def parse(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+@pytest.mark.parametrize(
+    ("argv", "leader_elect"),
+    [
+        ((), True),
+        (("--leader-elect",), True),
+        (("--leader-elect=false",), False),
+        (("--leader-elect", "true"), True),
+        (("--no-leader-elect",), False),
+    ],
+)
+def test_leader_elect_forms(argv: tuple[str, ...], leader_elect: bool) -> None:
+    assert options_from(parse(*argv)).leader_elect is leader_elect
+
+
+def test_defaults_and_repeatables(monkeypatch: pytest.MonkeyPatch) -> None:
+    opts = options_from(parse())
+    assert (opts.http_host, opts.http_port, opts.workers) == ("0.0.0.0", 8080, 4)
+    assert (opts.lease_duration, opts.renew_deadline, opts.retry_period) == (15.0, 10.0, 2.0)
+    assert opts.agent_service_accounts == ("aviator-system:aviator-agent",)
+    opts = options_from(
+        parse(
+            "--http-addr=[::1]:9090",
+            "--agent-service-account=a:b",
+            "--agent-service-account=c:d",
+            "--agent-token-audience=aviator",
+        )
+    )
+    assert (opts.http_host, opts.http_port) == ("::1", 9090)
+    assert opts.agent_service_accounts == ("a:b", "c:d")
+    assert opts.agent_audiences == ("aviator",)
+
+
+def test_bad_values_are_refused() -> None:
+    with pytest.raises(SystemExit):
+        parse("--http-addr=nope")
+    with pytest.raises(SystemExit):
+        parse("--leader-elect=maybe")
