@@ -430,7 +430,14 @@ class PolicyReconciler:
         ]
         eligible = sorted((p for p in pods if is_eligible(p)), key=pod_name)
         observed_slices = self.caches.slices.by_index(INDEX_SLICES_BY_POLICY, f"{ns}/{name}")
-        current_active = _active_in(observed_slices, routed)
+        # What serves now: our last decision while we lead (the slice cache may not
+        # show our own latest write yet), else what the slices say (a new leader
+        # inherits its predecessor's published set).
+        current_active = (
+            set(memory.outcome.active)
+            if memory.outcome is not None
+            else _active_in(observed_slices, routed)
+        )
 
         # The engine runs once per evaluationInterval: its counters (breaker
         # violations, dampening streaks) count evaluations, and events (our own writes,
