@@ -136,14 +136,13 @@ class CpuMeter:
 _shared: ControlPlane | None = None
 
 
-def shared_control_plane() -> ControlPlane:
-    """One private control plane (etcd + kube-apiserver, no controllers) for the benchmarks
-    of this process, with the AviatorPolicy CRD installed; stopped at exit."""
-    global _shared
-    if _shared is None:
-        from aviator.api.crd import build_crd
+def start_control_plane() -> ControlPlane:
+    """A private control plane (etcd + kube-apiserver, no controllers) with the
+    AviatorPolicy CRD installed; the caller stops it."""
+    from aviator.api.crd import build_crd
 
-        cp = ControlPlane(controllers=False).start()
+    cp = ControlPlane(controllers=False).start()
+    try:
         cp.kubectl("apply", "--server-side", "-f", "-", input=json.dumps(build_crd()))
         cp.kubectl(
             "wait",
@@ -151,6 +150,18 @@ def shared_control_plane() -> ControlPlane:
             "crd/aviatorpolicies.aviator.example.com",
             "--timeout=60s",
         )
+    except BaseException:
+        cp.stop()
+        raise
+    return cp
+
+
+def shared_control_plane() -> ControlPlane:
+    """One control plane (see start_control_plane) shared by the benchmarks of this
+    process that clean up after themselves; stopped at exit."""
+    global _shared
+    if _shared is None:
+        cp = start_control_plane()
         atexit.register(cp.stop)
         _shared = cp
     return _shared

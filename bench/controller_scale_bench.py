@@ -29,8 +29,8 @@ from pathlib import Path
 
 import uvloop
 
-from aviator.kube import ApiError, KubeClient
-from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, EVENTS, PODS, SERVICES
+from aviator.kube import KubeClient
+from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, EVENTS, SERVICES
 from bench.common import (
     ControllerProcess,
     CpuMeter,
@@ -48,8 +48,8 @@ from bench.common import (
     process_rss_bytes,
     row,
     set_pod_ready,
-    shared_control_plane,
     snapshot_json,
+    start_control_plane,
 )
 
 NAME = "controller_scale"
@@ -84,7 +84,6 @@ def _latency_ms(i: int) -> float:
 
 
 def run(quick: bool) -> list[Row]:
-    cp = shared_control_plane()
     sizes = Sizes(steady_s=4, churn_s=4, blast_s=1) if quick else Sizes(30, 30, 10)
     fleets = (
         [Fleet("1 policy x 200 pods", 1, 200), Fleet("20 policies x 10 pods", 20, 10)]
@@ -93,7 +92,13 @@ def run(quick: bool) -> list[Row]:
     )
     rows: list[Row] = []
     for fleet in fleets:
-        rows += uvloop.run(_fleet(cp.kubeconfig, fleet, sizes))
+        # A control plane per fleet: the next controller must not carry this fleet's
+        # objects in its caches, and deleting 5,000 pods costs more than a restart.
+        cp = start_control_plane()
+        try:
+            rows += uvloop.run(_fleet(cp.kubeconfig, fleet, sizes))
+        finally:
+            cp.stop()
     return rows
 
 
@@ -135,26 +140,9 @@ async def _fleet(kubeconfig: Path, fleet: Fleet, sizes: Sizes) -> list[Row]:
             await controller.wait_ready()
             return await _measure(kube, ns, token, controller, fleet, sizes, ips, names, setup_s)
         finally:
-            await _cleanup(kube, ns, fleet)
             controller.stop()
     finally:
         await kube.close()
-
-
-async def _cleanup(kube: KubeClient, ns: str, fleet: Fleet) -> None:
-    """Delete the policies (the running controller removes its finalizers), then the
-    pods, so the next fleet's controller does not carry this one in its caches."""
-    with contextlib.suppress(ApiError):
-        await kube.request("DELETE", AVIATORPOLICIES.path(ns))
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            left = await kube.list(AVIATORPOLICIES, ns)
-            if not left.get("items"):
-                break
-            await asyncio.sleep(0.5)
-    for res in (PODS, SERVICES, ENDPOINTSLICES):
-        with contextlib.suppress(ApiError):
-            await kube.request("DELETE", res.path(ns), params={"gracePeriodSeconds": "0"})
 
 
 async def _measure(
