@@ -371,3 +371,14 @@ def test_a_new_leader_without_state_applies_the_mode_at_once() -> None:
     # With the state of a previous evaluation the same change waits.
     ev = evaluate(pods, frozenset({"a"}), policy, EngineState(evaluated=True), 0.0)
     assert ev.active == {"a"} and ev.conditions.pending == {"b"}
+
+
+def test_a_different_candidate_restarts_the_count() -> None:
+    policy = SelectionPolicy(mode=Mode.TOP_N, top_n=1)  # 20 %, 3 intervals
+    t = Timeline(policy)
+    assert t.step([pod("a", 100), pod("b", 100), pod("c", 100)]).active == {"a"}
+    for i in range(8):
+        fast, slow = ("b", "c") if i % 2 == 0 else ("c", "b")
+        ev = t.step([pod("a", 100), pod(fast, 50), pod(slow, 100)])
+        assert ev.active == {"a"}
+        assert ev.conditions.pending == {fast} and ev.conditions.pending_streak == 1
