@@ -119,10 +119,13 @@ def parse_policy(raw: Mapping[str, Any]) -> ParsedPolicy:
             f"({own_ns}) only, not {ref.get('namespace')!r}"
         )
     try:
+        mode = Mode(str(spec.selection.mode))
+        # selection.topN and selection.percentage always carry defaults; each is the
+        # budget of its own mode only. A prequal policy keeps every cold pod.
         selection = SelectionPolicy(
-            mode=Mode(str(spec.selection.mode)),
-            top_n=spec.selection.top_n,
-            percentage=spec.selection.percentage,
+            mode=mode,
+            top_n=spec.selection.top_n if mode is Mode.TOP_N else None,
+            percentage=spec.selection.percentage if mode is Mode.PERCENTAGE else None,
             latency_threshold_ms=spec.latency_threshold.seconds * 1000.0,
             rif_quantile=spec.selection.prequal.rif_quantile,
             min_endpoints=spec.min_endpoints,

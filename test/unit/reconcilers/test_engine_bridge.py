@@ -67,3 +67,21 @@ def test_carry_over_only_while_every_serving_pod_stays() -> None:
     assert out.engine_state == prev.engine_state
     assert carry_over(prev, {"a", "c"}, 1) is None  # a serving pod left: engine now
     assert carry_over(prev, {"a", "b"}, 3) is None  # below the floor: engine now
+
+
+@pytest.mark.parametrize(
+    ("mode", "top_n", "percentage"),
+    [
+        ("topN", 3, None),
+        ("percentage", None, 50),
+        ("threshold", None, None),
+        ("prequal", None, None),
+    ],
+)
+def test_each_budget_belongs_to_its_own_mode(
+    mode: str, top_n: int | None, percentage: int | None
+) -> None:
+    """The API always defaults topN and percentage; only the chosen mode's budget is
+    passed on, so a prequal policy keeps every cold pod rather than the topN default."""
+    parsed = parse_policy(raw({"targetRef": {"name": "web"}, "selection": {"mode": mode}}))
+    assert (parsed.selection.top_n, parsed.selection.percentage) == (top_n, percentage)
