@@ -28,11 +28,11 @@ import time
 from dataclasses import dataclass, field
 
 from aviator.latency.histogram import Histogram, quantile_rank
+from aviator.testing.controlplane import free_port
 from bench.common import REPO, Row, row
 
 NAME = "accuracy"
 TESTAPP = REPO / "test" / "functional" / "testapp.py"
-PORT = 18080
 CONNECTIONS = 4
 GOAL = "<= 3.2 %"
 
@@ -83,8 +83,8 @@ class Timings:
 class Client:
     """One keep-alive connection; each request timed by kernel stamps and by the app."""
 
-    def __init__(self, ip: str) -> None:
-        self.sock = socket.create_connection((ip, PORT), timeout=30)
+    def __init__(self, ip: str, port: int) -> None:
+        self.sock = socket.create_connection((ip, port), timeout=30)
         self.sock.settimeout(None)  # blocking: MSG_DONTWAIT then means "nothing queued"
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, _TIMESTAMPING)
@@ -138,11 +138,11 @@ class Client:
         self.sock.close()
 
 
-def _start_app(profile: Profile) -> subprocess.Popen[bytes]:
+def _start_app(profile: Profile, port: int) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         **profile.env,
-        "PORT": str(PORT),
+        "PORT": str(port),
         "LISTEN_ADDR": profile.ip,
         "POD_NAME": profile.label,
     }
@@ -155,7 +155,7 @@ def _start_app(profile: Profile) -> subprocess.Popen[bytes]:
     )
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((profile.ip, PORT), 0.5):
+        with contextlib.suppress(OSError), socket.create_connection((profile.ip, port), 0.5):
             return proc
         if proc.poll() is not None:
             raise RuntimeError(f"test app {profile.label} exited with {proc.returncode}")
@@ -164,13 +164,13 @@ def _start_app(profile: Profile) -> subprocess.Popen[bytes]:
     raise RuntimeError(f"test app {profile.label} did not listen")
 
 
-def _drive(profile: Profile, requests_each: int) -> Timings:
+def _drive(profile: Profile, port: int, requests_each: int) -> Timings:
     timings = [Timings() for _ in range(CONNECTIONS)]
     errors: list[BaseException] = []
 
     def worker(i: int) -> None:
         try:
-            client = Client(profile.ip)
+            client = Client(profile.ip, port)
             try:
                 for _ in range(requests_each):
                     client.request(timings[i])
@@ -209,11 +209,15 @@ def run(quick: bool) -> list[Row]:
     apps: list[subprocess.Popen[bytes]] = []
     results: dict[str, Timings] = {}
     try:
-        apps = [_start_app(p) for p in PROFILES]
+        # Free ports, so that nothing else on this host talks to our apps by accident.
+        ports = {p.label: free_port(p.ip) for p in PROFILES}
+        apps = [_start_app(p, ports[p.label]) for p in PROFILES]
         before = source.read()
         threads = [
             threading.Thread(
-                target=lambda p=p: results.__setitem__(p.label, _drive(p, requests_each))
+                target=lambda p=p: results.__setitem__(
+                    p.label, _drive(p, ports[p.label], requests_each)
+                )
             )
             for p in PROFILES
         ]
@@ -232,7 +236,7 @@ def run(quick: bool) -> list[Row]:
     worst = 0.0
     for p in PROFILES:
         truth = results[p.label]
-        key = EndpointKey(p.ip, PORT, "server")
+        key = EndpointKey(p.ip, ports[p.label], "server")
         new, old = after.get(key), before.get(key)
         if new is None:
             rows.append(row(NAME, f"{p.label}: kernel saw no requests", 0.0, "", note=p.ip))
@@ -267,7 +271,7 @@ def run(quick: bool) -> list[Row]:
                 hist.count / n if n else 0.0,
                 "x",
                 ratio=hist.count / n if n else 0.0,
-                note=f"{hist.count} of {n} (server role, {p.ip}:{PORT})",
+                note=f"{hist.count} of {n} (server role, {p.ip}:{ports[p.label]})",
             )
         )
     rows.append(row(NAME, "worst p50/p99 error vs kernel-timed client", worst, "%", goal=GOAL))

@@ -329,6 +329,7 @@ class ControllerProcess:
                 argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
             )
         self.pid = self.process.pid
+        atexit.register(self.stop)  # never outlive the benchmark, whatever fails
 
     async def wait_ready(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -365,6 +366,7 @@ class ControllerProcess:
         return ""
 
     def stop(self) -> None:
+        atexit.unregister(self.stop)
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
