@@ -206,12 +206,19 @@ async def agent_token(kube: KubeClient, ns: str, name: str = AGENT_SA) -> str:
     return str(answer["status"]["token"])
 
 
-async def create_service(kube: KubeClient, ns: str, name: str, selector: dict[str, str]) -> None:
+async def create_service(
+    kube: KubeClient, ns: str, name: str, selector: dict[str, str], *, headless: bool = False
+) -> None:
+    """A Service on port 80 → 8080; headless ones (and Aviator's shadows of them) need no
+    cluster IP, of which a test control plane has only a few hundred."""
+    spec: JSON = {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}
+    if headless:
+        spec["clusterIP"] = "None"
     body = {
         "apiVersion": "v1",
         "kind": "Service",
         "metadata": {"name": name, "namespace": ns},
-        "spec": {"selector": selector, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+        "spec": spec,
     }
     await kube.create(SERVICES, body, ns)
 
