@@ -48,10 +48,17 @@ class ProbeEstimate:
 @dataclass
 class _Window:
     rounds: deque[tuple[float, Histogram, int]] = field(default_factory=deque)
+    keep_s: float = 30.0
 
     def add(self, at: float, hist: Histogram, failures: int, keep_s: float) -> None:
+        self.keep_s = keep_s
         self.rounds.append((at, hist, failures))
-        while self.rounds and self.rounds[0][0] < at - keep_s:
+        self.age(at)
+
+    def age(self, now: float) -> None:
+        # Aged on read too: a target that is not probed for a while must not keep
+        # reporting its old (e.g. slow) samples forever.
+        while self.rounds and self.rounds[0][0] < now - self.keep_s:
             self.rounds.popleft()
 
 
@@ -129,15 +136,21 @@ class Prober:
         keep = window_s if window_s is not None else self.window_s
         await asyncio.gather(*(self._probe_target(t, keep) for t in wanted))
         horizon = self._clock() - self.forget_after_s
-        for target in [t for t, w in self._windows.items() if w.rounds[-1][0] < horizon]:
+        for target in [
+            t for t, w in self._windows.items() if not w.rounds or w.rounds[-1][0] < horizon
+        ]:
             del self._windows[target]
 
     def histogram(self, target: ProbeTarget) -> Histogram:
         window = self._windows.get(target)
+        if window:
+            window.age(self._clock())
         return Histogram.merge_all(h for _, h, _ in window.rounds) if window else Histogram()
 
     def estimate(self, target: ProbeTarget) -> ProbeEstimate | None:
         window = self._windows.get(target)
+        if window:
+            window.age(self._clock())
         if not window or not window.rounds:
             return None
         hist = self.histogram(target)

@@ -72,3 +72,21 @@ async def test_probe_measures_and_counts_failures(server: int) -> None:
 
 def test_ipv6_url() -> None:
     assert ProbeTarget("::1", 80, "/x").url == "http://[::1]:80/x"
+
+
+async def test_window_ages_without_new_rounds(server: int) -> None:
+    """Slow samples of a target that is not probed for a while age out of its window
+    (they must not pin an ejected pod's p99 forever)."""
+    now = [1000.0]
+    prober = Prober(timeout_s=1.0, samples_per_round=2, forget_after_s=300, clock=lambda: now[0])
+    slow = ProbeTarget("127.0.0.1", server, "/slow")
+    try:
+        await prober.probe_round([slow], window_s=3.0)
+        assert prober.estimate(slow) is not None
+        now[0] += 2.0
+        assert prober.estimate(slow) is not None  # still inside the window
+        now[0] += 2.0
+        assert prober.estimate(slow) is None  # aged out: no stale slow verdict
+        assert prober.histogram(slow).count == 0
+    finally:
+        await prober.close()
