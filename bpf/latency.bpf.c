@@ -51,8 +51,8 @@
 #define C_STATE 2            // inet_sock_set_state events (TCP)
 #define C_DESTROY 3          // tcp_destroy_sock events
 #define C_STARTED 4          // requests started
-#define C_COMPLETED 5        // requests completed (samples recorded)
-#define C_ABORTED 6          // requests aborted
+#define C_COMPLETED 5        // requests completed
+#define C_ABORTED 6          // requests aborted (also samples: time open)
 #define C_ENDPOINTS_FULL 7   // samples dropped: endpoint map full
 #define C_SOCKETS_NEW 8      // sockets inserted into the socket map
 #define C_SOCKETS_GONE 9     // sockets removed on close/destroy
@@ -83,7 +83,7 @@ struct ep_val {
     u64 sum_us;
     u64 max_us;
     s64 rif;      // requests in flight (gauge)
-    u64 aborted;  // requests open when the connection closed
+    u64 aborted;  // of `count`: requests open when the connection closed
     u64 buckets[NUM_BUCKETS];
 };
 
@@ -153,17 +153,8 @@ static __always_inline void start_request(struct sock_state *st) {
         __sync_fetch_and_add(&v->rif, 1);
 }
 
-static __always_inline void complete_request(struct sock_state *st) {
-    if (LOAD_ONCE(st->start_ns) == 0)
-        return;  // idle: later bytes of a response already counted, or unseen start
-    u64 start = __sync_lock_test_and_set(&st->start_ns, 0);
-    if (start == 0)
-        return;  // another CPU completed or aborted it first
-    u64 now = bpf_ktime_get_ns();
-    struct ep_val *v = endpoint(&st->ep);
-    if (!v)
-        return;
-    u64 us = now > start ? (now - start) / 1000 : 0;
+// Records one request of `us` microseconds into its endpoint.
+static __always_inline void record_sample(struct ep_val *v, u64 us) {
     u32 idx = bucket_index(us);
     // Hide idx's provenance from clang so the bound check below stays on the register
     // the verifier sees indexing the array (clang otherwise folds it into the v < 16
@@ -174,7 +165,6 @@ static __always_inline void complete_request(struct sock_state *st) {
     __sync_fetch_and_add(&v->buckets[idx], 1);
     __sync_fetch_and_add(&v->count, 1);
     __sync_fetch_and_add(&v->sum_us, us);
-    __sync_fetch_and_add(&v->rif, -1);
     u64 cur = v->max_us;
 #pragma unroll
     for (int i = 0; i < 4; i++) {
@@ -185,19 +175,39 @@ static __always_inline void complete_request(struct sock_state *st) {
             break;
         cur = prev;
     }
+}
+
+static __always_inline void complete_request(struct sock_state *st) {
+    if (LOAD_ONCE(st->start_ns) == 0)
+        return;  // idle: later bytes of a response already counted, or unseen start
+    u64 start = __sync_lock_test_and_set(&st->start_ns, 0);
+    if (start == 0)
+        return;  // another CPU completed or aborted it first
+    u64 now = bpf_ktime_get_ns();
+    struct ep_val *v = endpoint(&st->ep);
+    if (!v)
+        return;
+    __sync_fetch_and_add(&v->rif, -1);
+    record_sample(v, now > start ? (now - start) / 1000 : 0);
     count(C_COMPLETED);
 }
 
+// A request still open when its connection ends (the client gave up, or either side
+// reset) is a sample of the time it was open: a lower bound of its latency. Without
+// it a pod that makes its clients time out would produce no samples at all and look
+// unknown instead of slow. `aborted` counts these samples apart.
 static __always_inline void abort_request(struct sock_state *st) {
     u64 start = __sync_lock_test_and_set(&st->start_ns, 0);
     if (start == 0)
         return;
+    u64 now = bpf_ktime_get_ns();
     count(C_ABORTED);
     struct ep_val *v = endpoint(&st->ep);
     if (!v)
         return;
     __sync_fetch_and_add(&v->aborted, 1);
     __sync_fetch_and_add(&v->rif, -1);
+    record_sample(v, now > start ? (now - start) / 1000 : 0);
 }
 
 static __always_inline void set_v4_mapped(u8 *dst, const u8 *v4) {

@@ -7,8 +7,9 @@ Every report interval:
    the host; on a shared kernel it even sees other nodes' pods) and name their pods;
 3. file the window in the local store (for GET /latency) and the metrics, and send it
    to every controller replica;
-4. start keep-warm probes for targeted pods with too few samples in the local window
-   (in probe mode: the probes that ARE the measurement).
+4. start keep-warm probes for targeted pods with too few samples in the local window,
+   not counting the kubelet's own HTTP probes of the pod (in probe mode: the probes
+   that ARE the measurement).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from aviator.agent.podmap import PodMap
 from aviator.agent.prober import Prober
 from aviator.agent.sources import LatencySource
 from aviator.agent.stream import SERVICE_NAME_LABEL, StreamFanout, TokenFile, urls_from_slices
-from aviator.agent.targets import ProbeTarget, TargetKey, probe_targets
+from aviator.agent.targets import ProbeTarget, TargetKey, probe_targets, traffic_samples
 from aviator.agent.windows import WindowDiffer, attach_pods
 from aviator.informers import FuncHandler, InformerFactory, SharedIndexInformer
 from aviator.kube import KubeClient
@@ -211,10 +212,12 @@ class Agent:
         if self.source.name == "probe":
             self.prober.schedule(self.targets, None)
             return
+        # Samples that were real traffic: the window's minus the kubelet's probes.
         observed: dict[TargetKey, int] = {}
-        for key in self.targets:
+        for key, target in self.targets.items():
             est = self.store.estimate(key[0], now, port=key[1])
-            observed[key] = est.samples if est is not None else 0
+            samples = est.samples if est is not None else 0
+            observed[key] = traffic_samples(target, samples, self.config.window_s)
         self.prober.schedule(self.targets, observed)
 
     # --- what the HTTP API shows --------------------------------------------------------

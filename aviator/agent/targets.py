@@ -7,6 +7,12 @@ pod's labels. The policy gives the port (`spec.targetPort`, default 8080) and th
 (`spec.probePath`, default "/"). Only running pods that are not being deleted are
 probed. When several policies select the same pod and port, the first policy by
 namespace/name chooses the path.
+
+The kubelet's own HTTP probes of a pod (readiness, liveness, startup) reach the pod's
+socket like any request, and a health endpoint usually answers at once: an idle slow
+pod probed every second would look busy and fast. Each target carries the rate of the
+kubelet's HTTP probes on its port, so the agent can tell how many of a window's samples
+were real traffic before deciding the pod needs keep-warm probes of `probePath`.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ JSON = dict[str, Any]
 
 DEFAULT_TARGET_PORT = 8080
 DEFAULT_PROBE_PATH = "/"
+DEFAULT_PROBE_PERIOD_S = 10  # the kubelet's default periodSeconds
+_KUBELET_PROBES = ("readinessProbe", "livenessProbe", "startupProbe")
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +40,7 @@ class ProbeTarget:
     port: int
     path: str
     pod: str  # "namespace/name"
+    kubelet_probes_per_s: float = 0.0  # the kubelet's HTTP probes on this port
 
     @property
     def url(self) -> str:
@@ -57,6 +66,49 @@ def _probe_settings(policy: JSON) -> tuple[str, str, int, str] | None:
     if not isinstance(path, str) or not path.startswith("/"):
         return None
     return str(namespace), str(service), port, path
+
+
+def _probe_port(probe: JSON, container: JSON) -> int | None:
+    """The port of an httpGet probe, a named port resolved in its container."""
+    port = (probe.get("httpGet") or {}).get("port")
+    if isinstance(port, str) and not port.isdigit():
+        for declared in container.get("ports") or []:
+            if declared.get("name") == port:
+                port = declared.get("containerPort")
+                break
+        else:
+            return None
+    try:
+        return int(port)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+
+
+def kubelet_probe_rate(pod: JSON, port: int) -> float:
+    """HTTP probes per second the kubelet sends to `port` of `pod`: readiness and
+    liveness probes of every container, and startup probes until they passed."""
+    started = {
+        s.get("name")
+        for s in (pod.get("status") or {}).get("containerStatuses") or []
+        if s.get("started")
+    }
+    rate = 0.0
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for kind in _KUBELET_PROBES:
+            probe = container.get(kind)
+            if not isinstance(probe, dict) or _probe_port(probe, container) != port:
+                continue
+            if kind == "startupProbe" and container.get("name") in started:
+                continue
+            period = probe.get("periodSeconds") or DEFAULT_PROBE_PERIOD_S
+            if isinstance(period, int) and period > 0:
+                rate += 1.0 / period
+    return rate
+
+
+def traffic_samples(target: ProbeTarget, samples: int, window_s: float) -> int:
+    """Of a window's `samples` on `target`, how many were not the kubelet's probes."""
+    return max(0, samples - int(target.kubelet_probes_per_s * window_s))
 
 
 def probe_targets(
@@ -92,5 +144,7 @@ def probe_targets(
             if not selector_matches(selector, labels_of(pod)):
                 continue
             for ip in indexed_ips(pod):
-                targets.setdefault((ip, port), ProbeTarget(ip, port, path, object_key(pod)))
+                if (ip, port) not in targets:
+                    rate = kubelet_probe_rate(pod, port)
+                    targets[(ip, port)] = ProbeTarget(ip, port, path, object_key(pod), rate)
     return targets

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 
 import pytest
 from bpf_loadgen import DelayServer, KeepAliveClient, run_clients
@@ -91,17 +92,23 @@ def test_requests_in_flight_gauge(latency_source: BpfLatencySource) -> None:
         server.stop()
 
 
-def test_abandoned_requests_are_aborted(latency_source: BpfLatencySource) -> None:
+def test_abandoned_requests_are_aborted_samples_of_their_open_time(
+    latency_source: BpfLatencySource,
+) -> None:
     hold = threading.Event()
     server = DelayServer("127.0.11.4", lambda: 0.0, hold=hold).start()
     try:
         before = latency_source.read()
         clients = [KeepAliveClient(server.host, server.port) for _ in range(3)]
+        opened = time.perf_counter()
         for c in clients:
             c.send_request()
         assert server.wait_received(3)
+        # Keep the requests open long enough that their samples stand out from zero.
+        assert not hold.wait(0.05)
         for c in clients:
             c.close()  # gives up before the response
+        open_us = (time.perf_counter() - opened) * 1e6
         server_key = EndpointKey(server.host, server.port, "server")
         client_key = EndpointKey(server.host, server.port, "client")
         snap = wait_for(
@@ -117,7 +124,14 @@ def test_abandoned_requests_are_aborted(latency_source: BpfLatencySource) -> Non
         snap = latency_source.read()
         for key in (server_key, client_key):
             d = delta(before, snap, key)
-            assert (d.aborted, d.count, d.rif) == (3, 0, 0), key
+            # Each abandoned request is one sample of the time it was open: at least
+            # the 50 ms held, at most the client's own open-to-close time (bucket
+            # midpoints are within 3.2 % of the truth).
+            assert (d.aborted, d.count, d.hist.count, d.rif) == (3, 3, 3, 0), key
+            bounds = d.hist.quantiles([0.01, 1.0])
+            assert bounds is not None, key
+            fastest, slowest = bounds
+            assert 50_000 * 0.968 <= fastest <= slowest <= open_us * 1.032, (key, d)
     finally:
         server.stop()
 
