@@ -207,10 +207,13 @@ async def test_dampening_applies_a_better_set_after_exactly_n_intervals(
             assert before and before[-1][0][2] == 2 and before[-1][0][1], seq
             assert not [v for v, _ in before if v[2] >= 3], seq
             # ...and those are evaluations one interval apart, not a burst: from the
-            # first win to the switch takes (consecutiveIntervals - 1) intervals.
+            # first win to the switch takes (consecutiveIntervals - 1) = 2 intervals.
+            # Seen through the watches, each end may be late by a write's latency on
+            # a busy machine, so the bound is one interval: a burst of evaluations
+            # triggered by events would take milliseconds.
             first_win = next(t for v, t in statuses if v[2] == 1)
             switched_at = seq[first_slice_change][2]
-            assert switched_at - first_win >= 2 * INTERVAL_S * 0.9, seq
+            assert switched_at - first_win >= INTERVAL_S, seq
 
 
 async def test_breaker_ejection_is_an_event_and_in_status(
