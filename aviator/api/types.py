@@ -138,8 +138,9 @@ class SelectionSpec:
         "mode",
         """Pod selection strategy. topN: the N fastest pods by p99. percentage: the
         fastest ceil(P% of eligible pods), at least one. threshold: every pod whose p99
-        is within latencyThreshold (the single fastest if none is). prequal: the
-        coldest, then fastest, pods by requests in flight (Hot-Cold Lexicographic).""",
+        is within latencyThreshold (the single fastest if none is). prequal: pods
+        that are not hot by requests in flight, fastest first, up to the percentage
+        share (Hot-Cold Lexicographic).""",
         default=SelectionMode.PERCENTAGE,
     )
     top_n: int = api_field(
@@ -150,7 +151,7 @@ class SelectionSpec:
     )
     percentage: int = api_field(
         "percentage",
-        "Percentage of the eligible pods to keep in percentage mode (rounded up). 1..100.",
+        "Percentage of the eligible pods to keep in percentage and prequal modes (rounded up). 1..100.",
         default=50,
         minimum=1,
         maximum=100,

@@ -120,12 +120,16 @@ def parse_policy(raw: Mapping[str, Any]) -> ParsedPolicy:
         )
     try:
         mode = Mode(str(spec.selection.mode))
-        # selection.topN and selection.percentage always carry defaults; each is the
-        # budget of its own mode only. A prequal policy keeps every cold pod.
+        # selection.topN and selection.percentage always carry defaults, so "a budget
+        # if one is set" cannot be told from the object. topN is topN mode's alone;
+        # percentage is also prequal's budget: every cold pod would include the slow
+        # ones nobody sends requests to (idle is the coldest there is).
         selection = SelectionPolicy(
             mode=mode,
             top_n=spec.selection.top_n if mode is Mode.TOP_N else None,
-            percentage=spec.selection.percentage if mode is Mode.PERCENTAGE else None,
+            percentage=(
+                spec.selection.percentage if mode in (Mode.PERCENTAGE, Mode.PREQUAL) else None
+            ),
             latency_threshold_ms=spec.latency_threshold.seconds * 1000.0,
             rif_quantile=spec.selection.prequal.rif_quantile,
             min_endpoints=spec.min_endpoints,

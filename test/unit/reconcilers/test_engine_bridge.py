@@ -75,13 +75,14 @@ def test_carry_over_only_while_every_serving_pod_stays() -> None:
         ("topN", 3, None),
         ("percentage", None, 50),
         ("threshold", None, None),
-        ("prequal", None, None),
+        ("prequal", None, 50),
     ],
 )
 def test_each_budget_belongs_to_its_own_mode(
     mode: str, top_n: int | None, percentage: int | None
 ) -> None:
     """The API always defaults topN and percentage; only the chosen mode's budget is
-    passed on, so a prequal policy keeps every cold pod rather than the topN default."""
+    passed on. Prequal takes the percentage share of cold pods: all of them would
+    include idle slow pods, which are the coldest."""
     parsed = parse_policy(raw({"targetRef": {"name": "web"}, "selection": {"mode": mode}}))
     assert (parsed.selection.top_n, parsed.selection.percentage) == (top_n, percentage)
