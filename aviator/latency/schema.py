@@ -28,6 +28,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
+import orjson
+
 from aviator.latency.histogram import Histogram
 
 VERSION = 1
@@ -134,7 +136,9 @@ def parse_snapshot(data: str | bytes | Mapping[str, Any]) -> Snapshot:
         if len(data) > MAX_MESSAGE_BYTES:
             raise SchemaError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
         try:
-            obj: Any = json.loads(data)
+            # orjson: several times faster than json on the controller's hottest input;
+            # stricter too (no NaN, integers within 64 bits), which validation wants.
+            obj: Any = orjson.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise SchemaError(f"not JSON: {exc}") from None
     else:
@@ -165,7 +169,7 @@ def parse_snapshot(data: str | bytes | Mapping[str, Any]) -> Snapshot:
 
 def _endpoint(raw: Any, i: int) -> EndpointWindow:
     where = f"endpoints[{i}]"
-    if not isinstance(raw, Mapping):
+    if type(raw) is not dict and not isinstance(raw, Mapping):  # fast path: decoded JSON
         raise SchemaError(f"{where}: not an object")
     ip_text = raw.get("ip")
     if not isinstance(ip_text, str) or len(ip_text) > 64:
@@ -181,7 +185,7 @@ def _endpoint(raw: Any, i: int) -> EndpointWindow:
     if pod is not None and (not isinstance(pod, str) or not 0 < len(pod) <= 2 * MAX_NAME_LEN + 1):
         raise SchemaError(f"{where}.pod: not null or a 'namespace/name' string")
     hist_raw = raw.get("hist")
-    if not isinstance(hist_raw, Mapping):
+    if type(hist_raw) is not dict and not isinstance(hist_raw, Mapping):
         raise SchemaError(f"{where}.hist: not an object")
     try:
         hist = Histogram.from_sparse(hist_raw)
@@ -207,7 +211,8 @@ def _field(where: str, key: str) -> str:
 
 def _uint(obj: Mapping[str, Any], key: str, where: str = "") -> int:
     value = obj.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= _MAX_U64:
+    # `type(...) is int`, not isinstance: bool is an int subclass and no count.
+    if type(value) is not int or not 0 <= value <= _MAX_U64:
         raise SchemaError(f"{_field(where, key)}: {value!r} is not an unsigned 64-bit integer")
     return value
 

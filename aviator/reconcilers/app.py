@@ -42,6 +42,7 @@ from aviator.reconcilers import mapping, naming
 from aviator.reconcilers.events import EventRecorder
 from aviator.reconcilers.harness import Controller
 from aviator.reconcilers.metrics import ControllerMetrics
+from aviator.reconcilers.pods import POD_INDEXERS
 from aviator.reconcilers.probe import Prober
 from aviator.reconcilers.reconciler import (
     BUILTIN_SLICE_INDEXERS,
@@ -100,7 +101,7 @@ class ControllerApp:
         self.factory = InformerFactory(client)
         self.policy_informer = self._informer(AVIATORPOLICIES, mapping.POLICY_INDEXERS)
         self.service_informer = self._informer(SERVICES, SERVICE_INDEXERS)
-        self.pod_informer = self._informer(PODS, {})
+        self.pod_informer = self._informer(PODS, POD_INDEXERS)
         self.slice_informer = self._informer(
             ENDPOINTSLICES, SLICE_INDEXERS, label_selector=naming.SLICE_SELECTOR
         )

@@ -7,6 +7,8 @@ import ipaddress
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from aviator.informers import Indexer
+
 JSON = dict[str, Any]
 Family = Literal["IPv4", "IPv6"]
 
@@ -68,6 +70,39 @@ def pod_ips(pod: JSON) -> list[str]:
 def primary_ip(pod: JSON) -> str | None:
     ips = pod_ips(pod)
     return ips[0] if ips else None
+
+
+# Pods filed under "namespace/key=value" for each of their labels: a Service's pods are
+# then found from the shortest list of one selector term instead of a scan of the
+# namespace (500 policies over 5,000 pods in one namespace made that scan most of the
+# controller's CPU).
+INDEX_POD_LABELS = "aviator/pod-labels"
+
+
+def label_index_value(namespace: str, key: str, value: str) -> str:
+    return f"{namespace}/{key}={value}"
+
+
+def index_pod_labels(pod: JSON) -> list[str]:
+    namespace = str(pod.get("metadata", {}).get("namespace", ""))
+    return [label_index_value(namespace, k, str(v)) for k, v in (labels_of(pod) or {}).items()]
+
+
+POD_INDEXERS = {INDEX_POD_LABELS: index_pod_labels}
+
+
+def selected_pods(pods: Indexer, namespace: str, selector: Mapping[str, str]) -> list[JSON]:
+    """The pods of `namespace` that `selector` matches (none for an empty selector),
+    sorted by key, from the pod label index."""
+    if not selector:
+        return []
+    terms = [label_index_value(namespace, k, v) for k, v in selector.items()]
+    shortest = min(terms, key=lambda t: pods.index_size(INDEX_POD_LABELS, t))
+    return [
+        p
+        for p in pods.by_index(INDEX_POD_LABELS, shortest)
+        if selector_matches(selector, labels_of(p))
+    ]
 
 
 def selector_matches(selector: Mapping[str, str], labels: Mapping[str, str] | None) -> bool:

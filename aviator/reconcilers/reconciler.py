@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aviator.informers import NAMESPACE_INDEX, Indexer
+from aviator.informers import Indexer
 from aviator.kube.client import ApiError, KubeClient
 from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, SERVICES, Resource
 from aviator.latency.histogram import Histogram
@@ -41,10 +41,9 @@ from aviator.reconcilers.metrics import ControllerMetrics
 from aviator.reconcilers.pods import (
     is_eligible,
     is_terminating,
-    labels_of,
     pod_ips,
     pod_name,
-    selector_matches,
+    selected_pods,
 )
 from aviator.reconcilers.probe import Prober, ProbeTarget
 from aviator.reconcilers.services import (
@@ -423,11 +422,7 @@ class PolicyReconciler:
             )
             return requeue
 
-        pods = [
-            p
-            for p in self.caches.pods.by_index(NAMESPACE_INDEX, ns)
-            if selector_matches(selector, labels_of(p))
-        ]
+        pods = selected_pods(self.caches.pods, ns, selector)
         eligible = sorted((p for p in pods if is_eligible(p)), key=pod_name)
         observed_slices = self.caches.slices.by_index(INDEX_SLICES_BY_POLICY, f"{ns}/{name}")
         # What serves now: our last decision while we lead (the slice cache may not
