@@ -23,7 +23,7 @@ from typing import Any
 
 from aviator.agent.podmap import indexed_ips
 from aviator.informers import object_key
-from aviator.reconcilers.pods import is_terminating, labels_of, selector_matches
+from aviator.reconcilers.pods import container_port, is_terminating, labels_of, selector_matches
 from aviator.reconcilers.services import pod_selector
 
 JSON = dict[str, Any]
@@ -68,22 +68,6 @@ def _probe_settings(policy: JSON) -> tuple[str, str, int, str] | None:
     return str(namespace), str(service), port, path
 
 
-def _probe_port(probe: JSON, container: JSON) -> int | None:
-    """The port of an httpGet probe, a named port resolved in its container."""
-    port = (probe.get("httpGet") or {}).get("port")
-    if isinstance(port, str) and not port.isdigit():
-        for declared in container.get("ports") or []:
-            if declared.get("name") == port:
-                port = declared.get("containerPort")
-                break
-        else:
-            return None
-    try:
-        return int(port)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-
-
 def kubelet_probe_rate(pod: JSON, port: int) -> float:
     """HTTP probes per second the kubelet sends to `port` of `pod`: readiness and
     liveness probes of every container, and startup probes until they passed."""
@@ -96,7 +80,9 @@ def kubelet_probe_rate(pod: JSON, port: int) -> float:
     for container in (pod.get("spec") or {}).get("containers") or []:
         for kind in _KUBELET_PROBES:
             probe = container.get(kind)
-            if not isinstance(probe, dict) or _probe_port(probe, container) != port:
+            if not isinstance(probe, dict):
+                continue
+            if container_port(container, (probe.get("httpGet") or {}).get("port")) != port:
                 continue
             if kind == "startupProbe" and container.get("name") in started:
                 continue

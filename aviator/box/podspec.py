@@ -13,6 +13,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from aviator.reconcilers.pods import container_port
+
 KNOWN_IMAGE = "aviator-testapp"
 DEFAULT_PORT = 8080
 
@@ -207,12 +209,7 @@ def _probe(container: dict[str, Any], spec: dict[str, Any] | None) -> Probe | No
 
 def resolve_port(container: dict[str, Any], port: Any) -> int:
     """A probe or Service targetPort: a number, or the name of a container port."""
-    if isinstance(port, int):
-        return port
-    text = str(port)
-    if text.isdigit():
-        return int(text)
-    for p in container.get("ports") or []:
-        if p.get("name") == text:
-            return int(p["containerPort"])
-    raise Unsupported("UnsupportedProbe", f"no container port named {text!r}")
+    number = container_port(container, port)
+    if number is None:
+        raise Unsupported("UnsupportedProbe", f"no container port named {str(port)!r}")
+    return number

@@ -67,6 +67,20 @@ def pod_ips(pod: JSON) -> list[str]:
     return out
 
 
+def container_port(container: JSON, port: Any) -> int | None:
+    """A port as a probe or a targetPort gives it: a number, or the name of one of the
+    container's ports (None when it names none)."""
+    if isinstance(port, int) and not isinstance(port, bool):
+        return port
+    text = str(port)
+    if text.isdigit():
+        return int(text)
+    for declared in container.get("ports") or []:
+        if declared.get("name") == text:
+            return int(declared["containerPort"])
+    return None
+
+
 def primary_ip(pod: JSON) -> str | None:
     ips = pod_ips(pod)
     return ips[0] if ips else None
@@ -85,7 +99,7 @@ def label_index_value(namespace: str, key: str, value: str) -> str:
 
 def index_pod_labels(pod: JSON) -> list[str]:
     namespace = str(pod.get("metadata", {}).get("namespace", ""))
-    return [label_index_value(namespace, k, str(v)) for k, v in (labels_of(pod) or {}).items()]
+    return [label_index_value(namespace, k, str(v)) for k, v in labels_of(pod).items()]
 
 
 POD_INDEXERS = {INDEX_POD_LABELS: index_pod_labels}

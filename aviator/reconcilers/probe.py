@@ -141,27 +141,31 @@ class Prober:
         ]:
             del self._windows[target]
 
-    def histogram(self, target: ProbeTarget) -> Histogram:
+    def _rounds(self, target: ProbeTarget) -> deque[tuple[float, Histogram, int]]:
+        """The target's rounds still inside its window (aged as of now)."""
         window = self._windows.get(target)
-        if window:
-            window.age(self._clock())
-        return Histogram.merge_all(h for _, h, _ in window.rounds) if window else Histogram()
+        if window is None:
+            return deque()
+        window.age(self._clock())
+        return window.rounds
+
+    def histogram(self, target: ProbeTarget) -> Histogram:
+        return Histogram.merge_all(h for _, h, _ in self._rounds(target))
 
     def estimate(self, target: ProbeTarget) -> ProbeEstimate | None:
-        window = self._windows.get(target)
-        if window:
-            window.age(self._clock())
-        if not window or not window.rounds:
+        rounds = self._rounds(target)
+        if not rounds:
             return None
-        hist = self.histogram(target)
-        p50, p90, p99 = (hist.quantile(q) for q in (0.5, 0.9, 0.99))
-        if p50 is None or p90 is None or p99 is None:
+        hist = Histogram.merge_all(h for _, h, _ in rounds)
+        qs = hist.quantiles((0.5, 0.9, 0.99))
+        if qs is None:
             return None
+        p50, p90, p99 = qs
         return ProbeEstimate(
             p50_ms=p50 / 1000.0,
             p90_ms=p90 / 1000.0,
             p99_ms=p99 / 1000.0,
             samples=hist.count,
-            failures=sum(f for _, _, f in window.rounds),
-            age_s=self._clock() - window.rounds[-1][0],
+            failures=sum(f for _, _, f in rounds),
+            age_s=self._clock() - rounds[-1][0],
         )

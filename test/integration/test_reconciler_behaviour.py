@@ -129,9 +129,11 @@ async def test_steady_state_makes_zero_writes(
         assert not policies, policies  # status too: lastEvaluationTime rides along only
 
 
-async def _watch_sequence(kube: KubeClient, ns: str, out: list[tuple[str, Any, float]]) -> None:
-    """Append ("status", (active set, dampening)) and ("slices", pods) as they happen."""
-    rv = (await kube.list(AVIATORPOLICIES, ns)).get("metadata", {}).get("resourceVersion", "")
+async def _watch_sequence(
+    kube: KubeClient, ns: str, rv: str, out: list[tuple[str, Any, float]]
+) -> None:
+    """Append ("status", (active set, dampening)) and ("slices", pods) as they happen
+    after resourceVersion `rv`."""
 
     async def policies() -> None:
         async for ev in kube.watch(AVIATORPOLICIES.path(ns), {"resourceVersion": rv}):
@@ -184,8 +186,11 @@ async def test_dampening_applies_a_better_set_after_exactly_n_intervals(
         await eventually(settled)
         for change, expect_in in ((_lat(**{"slow-1": 2.0}), True), (_lat(), False)):
             seq: list[tuple[str, Any, float]] = []
-            watcher = asyncio.create_task(_watch_sequence(kube, ns, seq))
-            await asyncio.sleep(0.3)  # the watches are open
+            # Watching from a version listed before the change: nothing after it is missed,
+            # however late the watches open.
+            listed = await kube.list(AVIATORPOLICIES, ns)
+            rv = listed.get("metadata", {}).get("resourceVersion", "")
+            watcher = asyncio.create_task(_watch_sequence(kube, ns, rv, seq))
             agent.latency_ms = change
 
             async def switched() -> bool:
@@ -193,7 +198,11 @@ async def test_dampening_applies_a_better_set_after_exactly_n_intervals(
                 return ("slow-1" in pods) is expect_in and len(pods) == 2  # noqa: B023
 
             await eventually(switched, within=30)
-            await asyncio.sleep(0.5)
+
+            async def slice_change_watched() -> bool:
+                return any(k == "slices" for k, _, _ in seq)  # noqa: B023
+
+            await eventually(slice_change_watched)
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await watcher
