@@ -16,7 +16,7 @@ from aviator import __version__
 
 # name -> (module implementing it, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "controller": ("aviator.reconcilers.cmd", "run the policy controller"),
+    "controller": ("aviator.controller.cmd", "run the policy controller"),
     "agent": ("aviator.agent.cmd", "run the per-node latency agent"),
     "box": ("aviator.box.cmd", "run a cluster in a box on this machine (the demo)"),
     "controlplane": ("aviator.testing.cmd", "start a local kube-apiserver + etcd + controllers"),

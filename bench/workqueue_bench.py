@@ -12,7 +12,7 @@ import time
 import uvloop
 from prometheus_client import CollectorRegistry
 
-from aviator.reconcilers.harness import Controller
+from aviator.runtime.loop import Controller
 from aviator.workqueue import FakeClock, MetricsProvider, Queue, RateLimitingQueue, ShutDown
 
 Row = dict[str, object]

@@ -198,7 +198,7 @@ class Box:
                 f"{AVIATOR_NAMESPACE}:{AGENT_SERVICE_ACCOUNT}",
             ),
             logs / "controller.log",
-            module="aviator.reconcilers.cmd",
+            module="aviator.controller.cmd",
         )
         assert self.nodes is not None
         for node in self.nodes.names:

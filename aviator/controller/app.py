@@ -23,6 +23,7 @@ from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from aviator.controller.metrics import ControllerMetrics
 from aviator.informers import FuncHandler, IndexFunc, InformerFactory, SharedIndexInformer
 from aviator.informers.keys import JSON, DeletedFinalStateUnknown, unwrap_tombstone
 from aviator.kube.client import KubeClient
@@ -39,9 +40,6 @@ from aviator.latency.receiver import make_stream_handler
 from aviator.latency.store import LatencyStore
 from aviator.leaderelection import LeaderElectionConfig, LeaderElector, LeaseLock
 from aviator.reconcilers import mapping, naming
-from aviator.reconcilers.events import EventRecorder
-from aviator.reconcilers.harness import Controller
-from aviator.reconcilers.metrics import ControllerMetrics
 from aviator.reconcilers.pods import POD_INDEXERS
 from aviator.reconcilers.probe import Prober
 from aviator.reconcilers.reconciler import (
@@ -52,6 +50,8 @@ from aviator.reconcilers.reconciler import (
     PolicyReconciler,
     index_by_service_name,
 )
+from aviator.runtime.events import EventRecorder
+from aviator.runtime.loop import Controller
 from aviator.workqueue import MetricsProvider, RateLimitingQueue
 
 log = logging.getLogger(__name__)

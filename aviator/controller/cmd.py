@@ -11,8 +11,8 @@ import signal
 
 import uvloop
 
+from aviator.controller.app import ControllerApp, Options, default_identity
 from aviator.kube.client import KubeClient
-from aviator.reconcilers.app import ControllerApp, Options, default_identity
 
 log = logging.getLogger("aviator.controller")
 

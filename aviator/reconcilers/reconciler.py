@@ -28,16 +28,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from aviator.controller.metrics import ControllerMetrics
 from aviator.informers import Indexer
 from aviator.kube.client import ApiError, KubeClient
 from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, SERVICES, Resource
 from aviator.latency.histogram import Histogram
 from aviator.latency.store import LatencyStore
 from aviator.reconcilers import engine, naming, slices
-from aviator.reconcilers.events import NORMAL, WARNING, EventRecorder
-from aviator.reconcilers.harness import Result
 from aviator.reconcilers.mapping import INDEX_BY_ROUTED, routed_service
-from aviator.reconcilers.metrics import ControllerMetrics
 from aviator.reconcilers.pods import (
     is_eligible,
     is_terminating,
@@ -71,6 +69,8 @@ from aviator.reconcilers.status import (
     effective_source,
     status_changed,
 )
+from aviator.runtime.events import NORMAL, WARNING, EventRecorder
+from aviator.runtime.loop import Result
 
 JSON = dict[str, Any]
 log = logging.getLogger(__name__)

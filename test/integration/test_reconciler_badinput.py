@@ -26,9 +26,9 @@ from test_reconciler_support import (
 )
 
 from aviator.api.crd import build_crd
+from aviator.controller.app import ControllerApp
 from aviator.kube import KubeClient
 from aviator.kube.resources import AVIATORPOLICIES, NAMESPACES
-from aviator.reconcilers.app import ControllerApp
 from aviator.testing.controlplane import ControlPlane
 
 pytestmark = [pytest.mark.integration]

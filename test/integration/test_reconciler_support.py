@@ -17,6 +17,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from aviator.api.crd import build_crd
+from aviator.controller.app import ControllerApp, Options
 from aviator.kube import ApiError, KubeClient
 from aviator.kube.resources import (
     AVIATORPOLICIES,
@@ -27,7 +28,6 @@ from aviator.kube.resources import (
     SERVICES,
 )
 from aviator.latency.histogram import Histogram, bucket_index
-from aviator.reconcilers.app import ControllerApp, Options
 from aviator.reconcilers.naming import LABEL_MANAGED_BY, LABEL_SERVICE_NAME, MANAGER
 from aviator.testing.controlplane import ControlPlane
 

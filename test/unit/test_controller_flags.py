@@ -4,7 +4,7 @@ import argparse
 
 import pytest
 
-from aviator.reconcilers.cmd import add_arguments, options_from
+from aviator.controller.cmd import add_arguments, options_from
 
 
 def parse(*argv: str) -> argparse.Namespace:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from aviator.informers import DeletedFinalStateUnknown, ResourceEventHandler
-from aviator.reconcilers.harness import Controller, Result
+from aviator.runtime.loop import Controller, Result
 from aviator.workqueue import FakeClock, RateLimitingQueue
 
 
