@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from aviator.box.box import Box, BoxOptions
+from aviator.box.console import print_access, say
+from aviator.box.demo import run_demo
 from aviator.box.netns import BoxNetwork, NetworkUnavailable
 from aviator.box.state import alive, read_status, remove_status
 from aviator.testing.controlplane import ControlPlaneError
@@ -95,8 +97,6 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         if action == "demo":
-            from aviator.box.demo import run_demo
-
             return _run_async(run_demo(options, network, args.duration))
         return _run_async(up(options, network, args.duration))
     except ControlPlaneError as err:
@@ -113,10 +113,6 @@ def _run_async(main: Coroutine[Any, Any, int]) -> int:
     return result
 
 
-def say(text: str) -> None:
-    print(f"[box] {text}", flush=True)
-
-
 async def wait_for_stop(duration: float | None) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -130,20 +126,11 @@ async def up(options: BoxOptions, network: BoxNetwork, duration: float | None) -
     box = Box(options, network, progress=say)
     try:
         await box.start()
-        print_access(box)
+        print_access(box.kubeconfig, box.options.workdir)
         await wait_for_stop(duration)
     finally:
         await box.stop()
     return 0
-
-
-def print_access(box: Box) -> None:
-    say("the box is up. Point kubectl at it with:")
-    print(f"\n    export KUBECONFIG={box.kubeconfig}\n", flush=True)
-    say(
-        f"status: `aviator box status --workdir {box.options.workdir}`; "
-        "Service addresses appear there as Services are created"
-    )
 
 
 def down(workdir: Path, timeout_s: float = 60.0) -> int:

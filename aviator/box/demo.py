@@ -21,7 +21,7 @@ from typing import Any
 import yaml
 
 from aviator.box.box import Box, BoxOptions
-from aviator.box.cmd import print_access, say
+from aviator.box.console import print_access, say
 from aviator.box.container import REPO_ROOT
 from aviator.box.endpoints import endpoint_pods
 from aviator.box.netns import BoxNetwork
@@ -150,7 +150,7 @@ async def run_demo(options: BoxOptions, network: BoxNetwork, duration: float | N
     began = time.monotonic()
     try:
         await box.start()
-        print_access(box)
+        print_access(box.kubeconfig, box.options.workdir)
         await _demo(box, board, loads, stop, duration, began)
     finally:
         for load in loads:
