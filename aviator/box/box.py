@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from aviator.box.components import Component, aviator_argv
-from aviator.box.container import REPO_ROOT
+from aviator.box.files import CRD_FILE, config
 from aviator.box.mirror import cancel_all
 from aviator.box.netns import BoxNetwork
 from aviator.box.nodes import BoxNodes, node_names
@@ -30,7 +30,6 @@ from aviator.testing.controlplane import ControlPlane, binary, free_port
 
 log = logging.getLogger(__name__)
 
-CRD_FILE = REPO_ROOT / "config" / "crd" / "bases" / "aviator.example.com_aviatorpolicies.yaml"
 AVIATOR_NAMESPACE = "aviator-system"
 AGENT_SERVICE_ACCOUNT = "aviator-agent"
 CONTROLLER_SERVICE_ACCOUNT = "aviator-controller"
@@ -46,6 +45,7 @@ class BoxOptions:
     nodes: int = 2
     aviator: bool = True  # run the controller and one agent per node
     latency_source: str = "auto"
+    bin_dir: Path | None = None  # control-plane binaries; None: ./bin, then PATH
 
 
 class Box:
@@ -90,8 +90,9 @@ class Box:
         for old in ("logs", "pods"):
             shutil.rmtree(self.workdir / old, ignore_errors=True)
         self._write_status()
+        # A clear "run make controlplane" error before anything starts.
         for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl"):
-            binary(name)  # a clear "run make controlplane" error before anything starts
+            binary(name, self.options.bin_dir)
         await self._start_control_plane()
         self.client = await KubeClient.load(str(self.inner_kubeconfig))
         names = node_names(self.options.nodes)
@@ -113,7 +114,7 @@ class Box:
         self._write_status()
 
     async def _start_control_plane(self) -> None:
-        cp = ControlPlane()
+        cp = ControlPlane(bin_dir=self.options.bin_dir)
         self.control_plane = cp
         began = time.monotonic()
         self.progress("starting the control plane: etcd, kube-apiserver, kube-controller-manager")
@@ -146,9 +147,9 @@ class Box:
         self.api_server = f"https://127.0.0.1:{port}"
 
     async def kubectl(self, *args: str, stdin: str | None = None) -> tuple[int, str]:
-        """Run bin/kubectl against the box; (exit code, combined output)."""
+        """Run kubectl against the box; (exit code, combined output)."""
         proc = await asyncio.create_subprocess_exec(
-            str(binary("kubectl")),
+            str(binary("kubectl", self.options.bin_dir)),
             "--kubeconfig",
             str(self.inner_kubeconfig),
             *args,
@@ -171,7 +172,7 @@ class Box:
                     "wait", "--for=condition=Established", "--timeout=30s", "-f", str(CRD_FILE)
                 )
         else:
-            self.crd = f"missing ({CRD_FILE.relative_to(REPO_ROOT)} not found)"
+            self.crd = f"missing ({CRD_FILE} not found)"
         self.progress(f"AviatorPolicy CRD: {self.crd}")
         # The controller and the agents run as their own ServiceAccounts under the RBAC
         # of config/rbac, exactly as in a real cluster: a missing permission shows here.
@@ -249,10 +250,10 @@ class Box:
             await asyncio.sleep(0.5)
 
     async def _install_rbac(self) -> None:
-        for base in ("config/namespace", "config/rbac"):
-            code, out = await self.kubectl("apply", "-k", str(REPO_ROOT / base))
+        for base in ("namespace", "rbac"):
+            code, out = await self.kubectl("apply", "-k", str(config(base)))
             if code != 0:
-                raise RuntimeError(f"kubectl apply -k {base} failed: {out}")
+                raise RuntimeError(f"kubectl apply -k config/{base} failed: {out}")
 
     def _token_file(self, service_account: str) -> Path:
         return self.workdir / f"{service_account}.token"

@@ -49,6 +49,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             "--duration", type=float, default=None, help="stop after SECONDS (default: Ctrl-C)"
         )
         p.add_argument("--log-level", default="warning")
+        p.add_argument(
+            "--bin-dir",
+            type=Path,
+            default=None,
+            help="where kube-apiserver, etcd, kube-controller-manager and kubectl are "
+            "(`make controlplane` builds them into the repository's bin/; default: "
+            "$AVIATOR_BIN_DIR, else ./bin, else PATH)",
+        )
 
     up = sub.add_parser("up", help="start the box and keep it running in the foreground")
     starting(up)
@@ -94,6 +102,7 @@ def run(args: argparse.Namespace) -> int:
         nodes=args.nodes,
         aviator=getattr(args, "aviator", True),
         latency_source=args.latency_source,
+        bin_dir=args.bin_dir,
     )
     try:
         if action == "demo":

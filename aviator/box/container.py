@@ -13,11 +13,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from aviator.box.files import TESTAPP
 from aviator.box.podspec import ContainerPlan, Probe
 from aviator.box.podstatus import ContainerState, now_rfc3339
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TESTAPP = REPO_ROOT / "test" / "functional" / "testapp.py"
 
 _PR_SET_PDEATHSIG = 1
 MAX_BACKOFF_S = 30.0

@@ -22,17 +22,14 @@ import yaml
 
 from aviator.box.box import Box, BoxOptions
 from aviator.box.console import print_access, say
-from aviator.box.container import REPO_ROOT
 from aviator.box.endpoints import endpoint_pods
+from aviator.box.files import APP_MANIFESTS, SAMPLE_POLICY, SERVICE_MANIFEST
 from aviator.box.netns import BoxNetwork
 from aviator.box.stats import Summary
 from aviator.box.traffic import Address, Load
 from aviator.kube.client import ApiError
 from aviator.kube.resources import AVIATORPOLICIES, PODS
 
-MANIFESTS = [REPO_ROOT / "test" / "functional" / f for f in ("fast-app.yaml", "slow-app.yaml")]
-SERVICE_MANIFEST = REPO_ROOT / "test" / "functional" / "test-svc.yaml"
-SAMPLE_POLICY = REPO_ROOT / "config" / "samples" / "aviator_v1alpha1_aviatorpolicy.yaml"
 NAMESPACE = "default"
 BEFORE_S = 10.0
 REPORT_EVERY_S = 5.0
@@ -175,7 +172,7 @@ async def _demo(
     def stopped() -> bool:
         return stop.is_set()
 
-    for manifest in (*MANIFESTS, SERVICE_MANIFEST):
+    for manifest in (*APP_MANIFESTS, SERVICE_MANIFEST):
         code, out = await box.kubectl("apply", "-f", str(manifest))
         say(out if code == 0 else f"kubectl apply -f {manifest.name} failed: {out}")
     plan = PolicyPlan.load(SAMPLE_POLICY) if SAMPLE_POLICY.exists() else None
@@ -200,7 +197,7 @@ async def _demo(
     if stopped():
         return
     if plan is None:
-        say(f"no sample policy at {SAMPLE_POLICY.relative_to(REPO_ROOT)}; showing traffic only")
+        say(f"no sample policy at {SAMPLE_POLICY}; showing traffic only")
     elif not box.crd.startswith("installed"):
         say(f"the AviatorPolicy CRD is {box.crd}; cannot apply the policy, showing traffic only")
     else:

@@ -17,13 +17,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not start kube-controller-manager",
     )
+    parser.add_argument(
+        "--bin-dir",
+        type=Path,
+        help="where etcd, kube-apiserver and kube-controller-manager are "
+        "(default: $AVIATOR_BIN_DIR, else ./bin, else PATH)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    cp = ControlPlane(workdir=args.workdir, controllers=not args.no_controllers)
+    cp = ControlPlane(
+        workdir=args.workdir, controllers=not args.no_controllers, bin_dir=args.bin_dir
+    )
     try:
         cp.start()
     except ControlPlaneError as err:

@@ -29,8 +29,10 @@ import yaml
 
 from aviator.testing.pki import CertificateAuthority, KeyPair, service_account_keys
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_BIN_DIR = Path(os.environ.get("AVIATOR_BIN_DIR", REPO_ROOT / "bin"))
+# Where the binaries are: $AVIATOR_BIN_DIR (or a bin_dir argument, e.g. `--bin-dir`) if
+# given, else ./bin (what `make controlplane` fills, for commands run in the checkout),
+# else PATH. An installed package knows nothing of the repository it was built from.
+BIN_DIR_ENV = "AVIATOR_BIN_DIR"
 
 # The controllers a box needs: workloads become pods, Services get EndpointSlices,
 # owners are garbage-collected, namespaces are emptied, and every namespace gets its
@@ -73,11 +75,29 @@ def free_port(host: str = "127.0.0.1") -> int:
         return port
 
 
-def binary(name: str, bin_dir: Path = DEFAULT_BIN_DIR) -> Path:
-    path = bin_dir / name
-    if not os.access(path, os.X_OK):
-        raise ControlPlaneError(f"{path} is missing: run `make controlplane` first")
-    return path
+def binary(name: str, bin_dir: Path | None = None) -> Path:
+    """The executable `name`: in `bin_dir` (else $AVIATOR_BIN_DIR) when one is given,
+    otherwise ./bin, then PATH."""
+    if bin_dir is None and os.environ.get(BIN_DIR_ENV):
+        bin_dir = Path(os.environ[BIN_DIR_ENV])
+    if bin_dir is not None:
+        path = bin_dir / name
+        if not os.access(path, os.X_OK):
+            raise ControlPlaneError(
+                f"{path} is missing: run `make controlplane` in the Aviator repository "
+                "and point --bin-dir (or $AVIATOR_BIN_DIR) at its bin/"
+            )
+        return path.absolute()
+    local = Path("bin") / name
+    if os.access(local, os.X_OK):
+        return local.absolute()
+    found = shutil.which(name)
+    if found is None:
+        raise ControlPlaneError(
+            f"{name} is neither in ./bin nor on PATH: run `make controlplane` in the Aviator "
+            "repository, then run from there or pass --bin-dir (or set $AVIATOR_BIN_DIR)"
+        )
+    return Path(found)
 
 
 @dataclass
@@ -129,7 +149,7 @@ class ControlPlane:
 
     workdir: Path | None = None
     controllers: bool = True
-    bin_dir: Path = DEFAULT_BIN_DIR
+    bin_dir: Path | None = None  # None: see binary()
     startup_timeout_s: float = 90.0
     kubeconfig: Path = field(init=False)
     server: str = field(init=False, default="")

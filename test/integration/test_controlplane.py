@@ -5,16 +5,19 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+from pathlib import Path
 
 import pytest
 
-from aviator.testing.controlplane import DEFAULT_BIN_DIR, ControlPlane, ControlPlaneError, binary
+from aviator.testing.controlplane import ControlPlane, ControlPlaneError, binary
 
 pytestmark = pytest.mark.integration
 
+ROOT = Path(__file__).resolve().parents[2]
+
 PINNED = dict(
     line.split("=", 1)
-    for line in (DEFAULT_BIN_DIR.parent / "hack/controlplane/versions.env").read_text().splitlines()
+    for line in (ROOT / "hack/controlplane/versions.env").read_text().splitlines()
     if line and not line.startswith("#")
 )
 

@@ -19,9 +19,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aviator.box.files import TESTAPP as APP
 from aviator.box.traffic import request_once
-
-APP = Path(__file__).with_name("testapp.py")
 
 
 def _load() -> ModuleType:

@@ -233,7 +233,8 @@ def test_avp_line_has_the_kubectl_columns() -> None:
 
 
 def test_the_sample_policy_routes_through_its_shadow_service() -> None:
-    from aviator.box.demo import SAMPLE_POLICY, PolicyPlan
+    from aviator.box.demo import PolicyPlan
+    from aviator.box.files import SAMPLE_POLICY
 
     plan = PolicyPlan.load(SAMPLE_POLICY)
     assert (plan.target, plan.routed) == ("my-app-service", "my-app-service-aviator")
