@@ -95,6 +95,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     a("--metrics-max-pods", type=int, default=256, help="cap on per-pod latency series")
     a("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    a(
+        "--check",
+        action="store_true",
+        help="compile, load and attach the BPF program with the map sizes given, say "
+        "which hooks it uses, unload it and exit: 0 when eBPF works on this node, 1 with "
+        "the reason when not (needs no cluster)",
+    )
 
 
 def config_from(args: argparse.Namespace) -> AgentConfig:
@@ -151,11 +158,34 @@ async def _main(args: argparse.Namespace) -> int:
     return 0
 
 
+def check_bpf(args: argparse.Namespace) -> int:
+    """`aviator agent --check`: what `--latency-source ebpf` would get on this node."""
+    try:
+        from aviator.agent.bpf import BpfLatencySource, BpfUnavailable
+        from aviator.agent.bpf.loader import SOURCE
+    except ImportError as exc:  # a build of the agent without the BPF part
+        print(f"eBPF unavailable: BPF support not installed: {exc}")
+        return 1
+    try:
+        bpf = BpfLatencySource.load(max_sockets=args.max_sockets, max_endpoints=args.max_endpoints)
+    except BpfUnavailable as exc:
+        print(f"eBPF unavailable: {exc.reason}")
+        return 1
+    try:
+        print(f"eBPF ok: {SOURCE} compiled, loaded and attached")
+        print(f"  send hook {bpf.send_hook}, receive hook {bpf.recv_hook}")
+    finally:
+        bpf.close()
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.check:
+        return check_bpf(args)
     if not args.node:
         log.error("--node (or $NODE_NAME) is required")
         return 2
