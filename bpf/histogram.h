@@ -1,14 +1,14 @@
 // SPDX-License-Identifier: GPL-2.0
 //
-// Log-linear latency histogram index, the layout of aviator/latency/histogram.py:
-// values are microseconds; v < 16 -> index v; else e = floor(log2 v),
-// sub = (v >> (e - 4)) & 15, index = (e - 3) * 16 + sub, clamped to NUM_BUCKETS - 1
-// (e > 31 saturates). test/bpf checks the kernel's result against the Python one.
+// The log-linear histogram's bucket index of a value in microseconds. The layout and
+// its constants (HIST_*, NUM_BUCKETS) are in latency.h; it is that of
+// aviator/latency/histogram.py, and test/bpf checks the kernel's result against the
+// Python one bit for bit.
 
 #ifndef AVIATOR_HISTOGRAM_H
 #define AVIATOR_HISTOGRAM_H
 
-#define NUM_BUCKETS 464
+#include "latency.h"
 
 // floor(log2(v)) for v > 0, loop-free.
 static __always_inline u32 log2_u64(u64 v) {
@@ -31,13 +31,13 @@ static __always_inline u32 log2_u64(u64 v) {
 }
 
 static __always_inline u32 bucket_index(u64 v) {
-    if (v < 16)
+    if (v < HIST_SUB_BUCKETS)
         return (u32)v;
     u32 e = log2_u64(v);
-    if (e > 31)
+    if (e > HIST_MAX_EXP)
         return NUM_BUCKETS - 1;
-    u32 sub = (u32)(v >> (e - 4)) & 15;
-    u32 idx = (e - 3) * 16 + sub;
+    u32 sub = (u32)(v >> (e - HIST_SUB_BITS)) & (HIST_SUB_BUCKETS - 1);
+    u32 idx = (e - HIST_SUB_BITS + 1) * HIST_SUB_BUCKETS + sub;
     if (idx > NUM_BUCKETS - 1)
         idx = NUM_BUCKETS - 1;
     return idx;

@@ -15,23 +15,22 @@
 //   OFF_SKC_DADDR OFF_SKC_RCV_SADDR OFF_SKC_DPORT OFF_SKC_NUM OFF_SKC_FAMILY
 //   OFF_SKC_STATE OFF_SKC_V6_DADDR OFF_SKC_V6_RCV_SADDR
 //   OFF_SKB_LEN OFF_SKB_DATA (sk_buff, for the raw tcp_probe hook)
-// Other defines: MAX_SOCKETS, MAX_ENDPOINTS, MAX_LISTENERS; SEND_HOOK_RAW (sends seen
-// by raw tracepoint tcp_sendmsg_locked, else by sock:sock_send_length); RECV_HOOK_RAW
-// (tcp_probe attached as a raw tracepoint, else as a classic one with its arguments).
+// Other defines: MAX_SOCKETS, MAX_ENDPOINTS, MAX_LISTENERS (map sizes, required);
+// SEND_HOOK_RAW (sends seen by raw tracepoint tcp_sendmsg_locked, else by
+// sock:sock_send_length); RECV_HOOK_RAW (tcp_probe attached as a raw tracepoint, else
+// as a classic one with its arguments).
 //
-// The histogram layout is shared with aviator/latency/histogram.py: values are
-// microseconds; v < 16 -> index v; else e = floor(log2 v), sub = (v >> (e - 4)) & 15,
-// index = (e - 3) * 16 + sub, clamped to NUM_BUCKETS - 1.
+// What user space shares with this program (map keys and values, counter indexes,
+// roles, the histogram's shape) is in latency.h, its only copy; the histogram's index
+// code is in histogram.h.
 
 #include <uapi/linux/ptrace.h>
 
+#include "latency.h"
 #include "histogram.h"
 
 // A plain (non-locked) read the compiler must not cache or elide.
 #define LOAD_ONCE(x) (*(volatile typeof(x) *)&(x))
-
-#define ROLE_SERVER 1
-#define ROLE_CLIENT 2
 
 #define FAMILY_INET 2
 #define FAMILY_INET6 10
@@ -45,60 +44,17 @@
 
 #define SOCK_CLOSED 1  // left ESTABLISHED: no new requests are measured
 
-// Indexes into the per-CPU `counters` array (mirrored in aviator/agent/bpf/reader.py).
-#define C_RX_DATA 0          // tcp_probe events with payload
-#define C_TX 1               // send events
-#define C_STATE 2            // inet_sock_set_state events (TCP)
-#define C_DESTROY 3          // tcp_destroy_sock events
-#define C_STARTED 4          // requests started
-#define C_COMPLETED 5        // requests completed
-#define C_ABORTED 6          // requests aborted (also samples: time open)
-#define C_ENDPOINTS_FULL 7   // samples dropped: endpoint map full
-#define C_SOCKETS_NEW 8      // sockets inserted into the socket map
-#define C_SOCKETS_GONE 9     // sockets removed on close/destroy
-#define NUM_COUNTERS 10
-
-#ifndef MAX_SOCKETS
-#define MAX_SOCKETS 65536
-#endif
-#ifndef MAX_ENDPOINTS
-#define MAX_ENDPOINTS 16384
-#endif
-#ifndef MAX_LISTENERS
-#define MAX_LISTENERS 16384
+// Map sizes come from user space (the agent's flags), the only place with defaults.
+#if !defined(MAX_SOCKETS) || !defined(MAX_ENDPOINTS) || !defined(MAX_LISTENERS)
+#error "MAX_SOCKETS, MAX_ENDPOINTS and MAX_LISTENERS must be defined (-D)"
 #endif
 
-// An endpoint: IPv6 address (IPv4 stored v4-mapped), port, role. Padding is explicit
-// and always zero so keys compare byte-for-byte.
-struct ep_key {
-    u8 addr[16];
-    u16 port;
-    u8 role;
-    u8 pad1;
-    u32 pad2;
-};
-
-struct ep_val {
-    u64 count;
-    u64 sum_us;
-    u64 max_us;
-    s64 rif;      // requests in flight (gauge)
-    u64 aborted;  // of `count`: requests open when the connection closed
-    u64 buckets[NUM_BUCKETS];
-};
-
+// Value of `sockets` (private to the kernel side: user space only counts entries).
 struct sock_state {
     u64 start_ns;  // 0 = idle; else the start of the open request (atomic)
     struct ep_key ep;
     u32 flags;
     u32 pad;
-};
-
-struct listen_key {
-    u8 addr[16];
-    u16 port;
-    u16 pad1;
-    u32 pad2;
 };
 
 BPF_TABLE("lru_hash", u64, struct sock_state, sockets, MAX_SOCKETS);
@@ -107,13 +63,12 @@ BPF_TABLE("lru_hash", struct listen_key, u8, listeners, MAX_LISTENERS);
 // Never written: a zeroed value to create endpoints from (too big for the BPF stack).
 BPF_PERCPU_ARRAY(zero_ep, struct ep_val, 1);
 BPF_PERCPU_ARRAY(counters, u64, NUM_COUNTERS);
-// config[0] != 0 once user space has seeded `listeners`: only then are sockets first
-// seen mid-connection adopted (before, their role could be guessed wrong).
-BPF_ARRAY(config, u32, 1);
+// Written by user space; slots in enum config_slot.
+BPF_ARRAY(config, u32, NUM_CONFIG);
 
 static __always_inline int adopting(void) {
-    int zero = 0;
-    u32 *ready = config.lookup(&zero);
+    int slot = CONFIG_ADOPTING;
+    u32 *ready = config.lookup(&slot);
     return ready && *ready;
 }
 
@@ -134,7 +89,7 @@ static __always_inline struct ep_val *endpoint(struct ep_key *key) {
     endpoints.insert(key, z);  // may race with another CPU: either insert wins
     v = endpoints.lookup(key);
     if (!v)
-        count(C_ENDPOINTS_FULL);
+        count(CNT_ENDPOINTS_FULL_DROPS);
     return v;
 }
 
@@ -147,7 +102,7 @@ static __always_inline void start_request(struct sock_state *st) {
     u64 now = bpf_ktime_get_ns();
     if (__sync_val_compare_and_swap(&st->start_ns, 0, now) != 0)
         return;  // a request is already open: later bytes of the same request
-    count(C_STARTED);
+    count(CNT_REQUESTS_STARTED);
     struct ep_val *v = endpoint(&st->ep);
     if (v)
         __sync_fetch_and_add(&v->rif, 1);
@@ -189,7 +144,7 @@ static __always_inline void complete_request(struct sock_state *st) {
         return;
     __sync_fetch_and_add(&v->rif, -1);
     record_sample(v, now > start ? (now - start) / 1000 : 0);
-    count(C_COMPLETED);
+    count(CNT_REQUESTS_COMPLETED);
 }
 
 // A request still open when its connection ends (the client gave up, or either side
@@ -201,7 +156,7 @@ static __always_inline void abort_request(struct sock_state *st) {
     if (start == 0)
         return;
     u64 now = bpf_ktime_get_ns();
-    count(C_ABORTED);
+    count(CNT_REQUESTS_ABORTED);
     struct ep_val *v = endpoint(&st->ep);
     if (!v)
         return;
@@ -251,7 +206,7 @@ static __always_inline struct sock_state *adopt(u64 sk, const u8 *laddr, u16 lpo
         __builtin_memcpy(st.ep.addr, raddr, 16);
     }
     if (sockets.insert(&sk, &st) == 0)
-        count(C_SOCKETS_NEW);
+        count(CNT_SOCKETS_ADDED);
     return sockets.lookup(&sk);
 }
 
@@ -305,7 +260,7 @@ static __always_inline struct sock_state *adopt_from_sock(u64 sk) {
 }
 
 static __always_inline int handle_send(u64 sk) {
-    count(C_TX);
+    count(CNT_TX_EVENTS);
     struct sock_state *st = sockets.lookup(&sk);
     if (!st) {
         if (!adopting())
@@ -333,7 +288,7 @@ int on_tcp_probe(struct bpf_raw_tracepoint_args *ctx) {
     bpf_probe_read_kernel(&doff, 1, th + 12);
     if (len <= (u32)(doff >> 4) * 4)
         return 0;
-    count(C_RX_DATA);
+    count(CNT_RX_DATA_EVENTS);
     u64 sk = (u64)ctx->args[0];
     struct sock_state *st = sockets.lookup(&sk);
     if (!st) {
@@ -351,7 +306,7 @@ int on_tcp_probe(struct bpf_raw_tracepoint_args *ctx) {
 TRACEPOINT_PROBE(tcp, tcp_probe) {
     if (args->data_len == 0)
         return 0;
-    count(C_RX_DATA);
+    count(CNT_RX_DATA_EVENTS);
     u64 sk = (u64)args->skaddr;
     struct sock_state *st = sockets.lookup(&sk);
     if (!st) {
@@ -416,7 +371,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         return 0;
     if (args->family != FAMILY_INET && args->family != FAMILY_INET6)
         return 0;
-    count(C_STATE);
+    count(CNT_STATE_EVENTS);
     u64 sk = (u64)args->skaddr;
     int oldstate = args->oldstate;
     int newstate = args->newstate;
@@ -453,7 +408,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
             __builtin_memcpy(st.ep.addr, v6, 16);
         // Overwrite: the address of a freed socket may be reused by a new one.
         sockets.update(&sk, &st);
-        count(C_SOCKETS_NEW);
+        count(CNT_SOCKETS_ADDED);
         return 0;
     }
 
@@ -469,20 +424,20 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         if (st) {
             abort_request(st);
             if (sockets.delete(&sk) == 0)
-                count(C_SOCKETS_GONE);
+                count(CNT_SOCKETS_REMOVED);
         }
     }
     return 0;
 }
 
 TRACEPOINT_PROBE(tcp, tcp_destroy_sock) {
-    count(C_DESTROY);
+    count(CNT_DESTROY_EVENTS);
     u64 sk = (u64)args->skaddr;
     struct sock_state *st = sockets.lookup(&sk);
     if (st) {
         abort_request(st);
         if (sockets.delete(&sk) == 0)
-            count(C_SOCKETS_GONE);
+            count(CNT_SOCKETS_REMOVED);
     }
     return 0;
 }

@@ -1,6 +1,8 @@
 """Log-linear latency histograms in microseconds, shared by the BPF program and Python.
 
-Layout (the BPF C code computes the same index, so it must never change):
+Layout (the BPF program computes the same index, so it must never change; its constants
+are those of bpf/latency.h, the BPF side's one copy, and the agent refuses a program
+whose header differs, as does a unit test):
 
 - values below 16 µs have one bucket each (index = value);
 - above, every power of two [2^e, 2^(e+1)) is split into 16 equal sub-buckets:
@@ -25,22 +27,26 @@ from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from itertools import accumulate
 
-NUM_BUCKETS = 464
+# The scheme's constants: HIST_SUB_BITS, HIST_MAX_EXP and NUM_BUCKETS of bpf/latency.h.
+# This module needs no BPF files (the controller has none), so they are checked against
+# the header rather than read from it (aviator/agent/bpf/abi.py).
+SUB_BITS = 4  # 2^4 = 16 linear sub-buckets per power of two
+MAX_EXP = 31  # the last power of two with buckets of its own: (31 - 3) * 16 + 15 == 463
+NUM_BUCKETS = (MAX_EXP - SUB_BITS + 2) << SUB_BITS
+_SUB = 1 << SUB_BITS
 _LAST = NUM_BUCKETS - 1
-# Largest exponent whose buckets are not clamped: (31 - 3) * 16 + 15 == 463.
-_MAX_EXP = 31
 
 
 def bucket_index(value_us: int) -> int:
     """The bucket holding `value_us` (negative values are refused)."""
-    if value_us < 16:
+    if value_us < _SUB:
         if value_us < 0:
             raise ValueError(f"latency must be >= 0, got {value_us}")
         return int(value_us)
     e = int(value_us).bit_length() - 1
-    if e > _MAX_EXP:
+    if e > MAX_EXP:
         return _LAST
-    return (e - 3) * 16 + ((value_us >> (e - 4)) & 15)
+    return ((e - SUB_BITS + 1) << SUB_BITS) + ((value_us >> (e - SUB_BITS)) & (_SUB - 1))
 
 
 def _check_index(idx: int) -> None:
@@ -51,18 +57,17 @@ def _check_index(idx: int) -> None:
 def bucket_lower(idx: int) -> int:
     """Smallest value (µs) that falls into bucket `idx`."""
     _check_index(idx)
-    if idx < 16:
+    if idx < _SUB:
         return idx
-    e = idx // 16 + 3
-    return (16 + idx % 16) << (e - 4)
+    return (_SUB + idx % _SUB) << ((idx >> SUB_BITS) - 1)
 
 
 def bucket_width(idx: int) -> int:
     """Number of integer values (µs) bucket `idx` covers (the last one also saturates)."""
     _check_index(idx)
-    if idx < 16:
+    if idx < _SUB:
         return 1
-    return 1 << (idx // 16 - 1)
+    return 1 << ((idx >> SUB_BITS) - 1)
 
 
 def bucket_mid(idx: int) -> float:

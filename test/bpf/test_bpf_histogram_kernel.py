@@ -16,9 +16,10 @@ from conftest import require_bpf_privileges
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aviator.agent.bpf import abi
 from aviator.agent.bpf.loader import SOURCE
 from aviator.agent.bpf.runstats import bpf_syscall
-from aviator.latency.histogram import NUM_BUCKETS, bucket_index
+from aviator.latency.histogram import MAX_EXP, NUM_BUCKETS, SUB_BITS, bucket_index
 
 pytestmark = pytest.mark.bpf
 
@@ -51,9 +52,10 @@ def kernel_index() -> Iterator[Any]:
     bpf.cleanup()
 
 
-def test_kernel_histogram_constant_matches() -> None:
-    text = (SOURCE.parent / "histogram.h").read_text()
-    assert f"#define NUM_BUCKETS {NUM_BUCKETS}" in text
+def test_kernel_histogram_constants_match() -> None:
+    """The constants histogram.h computes with (from latency.h) are Python's."""
+    a = abi.default()
+    assert (a.hist_sub_bits, a.hist_max_exp, a.num_buckets) == (SUB_BITS, MAX_EXP, NUM_BUCKETS)
 
 
 def test_boundaries(kernel_index: Any) -> None:

@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aviator.agent.bpf import abi as bpf_abi
 from aviator.agent.bpf.btf import (
     VMLINUX_BTF,
     Btf,
@@ -30,7 +32,8 @@ from aviator.agent.bpf.model import BpfUnavailable
 from aviator.agent.bpf.seed import Listener
 
 # The C source ships next to the package in the repository (bpf/); images that install
-# the package elsewhere point AVIATOR_BPF_SOURCE at their copy.
+# the package elsewhere point AVIATOR_BPF_SOURCE at their copy. Its headers, the ABI
+# header (abi.HEADER_NAME) among them, are in the same directory.
 SOURCE = Path(
     os.environ.get(
         "AVIATOR_BPF_SOURCE", Path(__file__).resolve().parents[3] / "bpf" / "latency.bpf.c"
@@ -211,12 +214,18 @@ class LoadedProgram:
 
     `raw_send`: sends seen by the raw tracepoint tcp_sendmsg_locked (else by
     sock:sock_send_length); `raw_recv`: tcp_probe attached as a raw tracepoint (cheaper
-    than the classic one, which builds a trace record per segment).
+    than the classic one, which builds a trace record per segment); `header`: the ABI
+    header compiled into it (`abi`, checked against its maps on load).
     """
 
     bpf: Any
     raw_send: bool
     raw_recv: bool = False
+    header: Path = field(kw_only=True)
+
+    @functools.cached_property
+    def abi(self) -> bpf_abi.LatencyAbi:
+        return bpf_abi.load(self.header)
 
     @property
     def send_hook(self) -> str:
@@ -276,7 +285,7 @@ class LoadedProgram:
     def start_adopting(self) -> None:
         """Let the program classify sockets it first sees mid-connection (after seeding)."""
         table = self.bpf[b"config"]
-        table[table.Key(0)] = table.Leaf(1)
+        table[table.Key(self.abi.config_adopting)] = table.Leaf(1)
 
     def close(self) -> None:
         self.bpf.cleanup()
@@ -355,8 +364,10 @@ def _compile_and_attach(
     with _captured_stderr() as log:
         try:
             bpf = bcc.BPF(src_file=str(source).encode(), cflags=cflags)
-            program = LoadedProgram(bpf=bpf, raw_send=raw_send, raw_recv=raw_recv)
+            header = source.parent / bpf_abi.HEADER_NAME
+            program = LoadedProgram(bpf=bpf, raw_send=raw_send, raw_recv=raw_recv, header=header)
             program.attach()
+            bpf_abi.check_program(program.abi, bpf)
         except Exception as exc:  # BCC raises bare Exception for every failure
             failure = exc
     if failure is None and program is not None:
@@ -366,6 +377,8 @@ def _compile_and_attach(
         program.close()
         if (raw_send or raw_recv) and "raw tracepoint" in str(failure):
             raise _RawTracepointUnavailable(str(failure)) from failure
+    if isinstance(failure, bpf_abi.AbiError):
+        raise BpfUnavailable(f"BPF program does not match this agent: {failure}") from failure
     if isinstance(failure, OSError) and failure.errno == errno.EPERM:
         raise BpfUnavailable(f"kernel refused BPF (EPERM): {failure}") from failure
     raise _classify_load_failure(failure, "".join(log)) from failure

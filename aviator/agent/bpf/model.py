@@ -6,9 +6,6 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
-# Must equal aviator.latency.histogram.NUM_BUCKETS and NUM_BUCKETS in bpf/latency.bpf.c.
-NUM_BUCKETS = 464
-
 Role = Literal["server", "client"]
 
 
@@ -38,8 +35,9 @@ class EndpointKey:
 class EndpointCounters:
     """Cumulative counters of one endpoint since the program was loaded.
 
-    `buckets` has NUM_BUCKETS counts in the shared log-linear layout (µs); `rif` is the
-    current number of requests in flight (a gauge); everything else only grows.
+    `buckets` has NUM_BUCKETS counts in the shared log-linear layout (µs, see
+    aviator.latency.histogram); `rif` is the current number of requests in flight (a
+    gauge); everything else only grows.
     """
 
     buckets: list[int]

@@ -1,41 +1,29 @@
 """Decoding the program's maps into Python values (read-only: never resets a counter).
 
 The agent diffs successive cumulative snapshots into windows, so counters in the
-kernel only ever grow (except the requests-in-flight gauge).
+kernel only ever grow (except the requests-in-flight gauge). Counter names, roles and
+the histogram's length come from the program's ABI header (`abi.LatencyAbi`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from aviator.agent.bpf.model import NUM_BUCKETS, EndpointCounters, EndpointKey, Role, normalise_ip
-
-_ROLES: dict[int, Role] = {1: "server", 2: "client"}
-
-# Index → name of the program's per-CPU `counters` (C_* in bpf/latency.bpf.c).
-COUNTER_NAMES = (
-    "rx_data_events",
-    "tx_events",
-    "state_events",
-    "destroy_events",
-    "requests_started",
-    "requests_completed",
-    "requests_aborted",
-    "endpoints_full_drops",
-    "sockets_added",
-    "sockets_removed",
-)
+from aviator.agent.bpf.abi import LatencyAbi
+from aviator.agent.bpf.model import EndpointCounters, EndpointKey, normalise_ip
 
 
-def decode_endpoint(key: Any, value: Any) -> tuple[EndpointKey, EndpointCounters] | None:
-    """One `endpoints` map entry (BCC ctypes key and value); None for unknown roles."""
-    role = _ROLES.get(int(key.role))
+def decode_endpoint(
+    abi: LatencyAbi, key: Any, value: Any
+) -> tuple[EndpointKey, EndpointCounters] | None:
+    """One `endpoints` map entry (ctypes struct ep_key and ep_val); None for unknown roles."""
+    role = abi.roles.get(int(key.role))
     if role is None:
         return None
     ep = EndpointKey(ip=normalise_ip(bytes(key.addr)), port=int(key.port), role=role)
     buckets = list(value.buckets)
-    if len(buckets) != NUM_BUCKETS:
-        raise ValueError(f"endpoint histogram has {len(buckets)} buckets, want {NUM_BUCKETS}")
+    if len(buckets) != abi.num_buckets:
+        raise ValueError(f"endpoint histogram has {len(buckets)} buckets, want {abi.num_buckets}")
     counters = EndpointCounters(
         buckets=buckets,
         count=int(value.count),
@@ -48,21 +36,21 @@ def decode_endpoint(key: Any, value: Any) -> tuple[EndpointKey, EndpointCounters
     return ep, counters
 
 
-def read_endpoints(bpf: Any) -> dict[EndpointKey, EndpointCounters]:
+def read_endpoints(bpf: Any, abi: LatencyAbi) -> dict[EndpointKey, EndpointCounters]:
     """Cumulative snapshot of every endpoint the program has seen."""
     out: dict[EndpointKey, EndpointCounters] = {}
     table = bpf[b"endpoints"]
     for key, value in table.items():
-        decoded = decode_endpoint(key, value)
+        decoded = decode_endpoint(abi, key, value)
         if decoded is not None:
             out[decoded[0]] = decoded[1]
     return out
 
 
-def read_counters(bpf: Any) -> dict[str, int]:
-    """The program's event counters, summed over CPUs."""
+def read_counters(bpf: Any, abi: LatencyAbi) -> dict[str, int]:
+    """The program's event counters (enum counter), summed over CPUs."""
     table = bpf[b"counters"]
-    return {name: int(table.sum(table.Key(i)).value) for i, name in enumerate(COUNTER_NAMES)}
+    return {name: int(table.sum(table.Key(i)).value) for i, name in enumerate(abi.counter_names)}
 
 
 def count_entries(bpf: Any, map_name: str, *, batch: bool = False) -> int:

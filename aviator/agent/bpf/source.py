@@ -71,11 +71,11 @@ class BpfLatencySource:
 
     def read(self) -> dict[EndpointKey, EndpointCounters]:
         """Cumulative snapshot of every endpoint seen since load."""
-        return read_endpoints(self._program.bpf)
+        return read_endpoints(self._program.bpf, self._program.abi)
 
     def stats(self) -> dict[str, int]:
         """Event counters and map occupancy (reads the socket map in batches)."""
-        out = read_counters(self._program.bpf)
+        out = read_counters(self._program.bpf, self._program.abi)
         out["sockets_tracked"] = count_entries(self._program.bpf, "sockets", batch=True)
         out["sockets_capacity"] = self._max_sockets
         out["endpoints_tracked"] = count_entries(self._program.bpf, "endpoints")

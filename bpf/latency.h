@@ -1,0 +1,90 @@
+// SPDX-License-Identifier: GPL-2.0
+//
+// The kernel/user ABI of bpf/latency.bpf.c: the histogram's shape, the keys and values
+// of the maps user space reads or writes, the counter indexes, the socket roles.
+//
+// This is the only place they are written. The BPF program includes this file; user
+// space (aviator/agent/bpf/abi.py) parses it and checks the compiled maps against it,
+// and aviator/latency/histogram.py is checked against the histogram constants. The
+// parser is strict and knows only this subset of C (it refuses anything else):
+//   #define NAME EXPR        EXPR: integers, earlier names, + - * << and parentheses
+//   enum tag { NAME [= EXPR], ... };
+//   struct tag { TYPE name[DIM]; ... };   TYPE: u8 u16 u32 u64 s8 s16 s32 s64 or an
+//                                         earlier struct; [DIM] optional, an EXPR
+// plus comments and this include guard. State private to the kernel side stays in
+// latency.bpf.c.
+
+#ifndef AVIATOR_LATENCY_H
+#define AVIATOR_LATENCY_H
+
+// Histogram: log-linear, values in microseconds (the layout of
+// aviator/latency/histogram.py). v < HIST_SUB_BUCKETS -> index v; else
+// e = floor(log2 v), sub = (v >> (e - HIST_SUB_BITS)) & (HIST_SUB_BUCKETS - 1),
+// index = (e - HIST_SUB_BITS + 1) * HIST_SUB_BUCKETS + sub; values with
+// e > HIST_MAX_EXP (2^32 us, about 71 minutes, and more) saturate into the last bucket.
+#define HIST_SUB_BITS 4  // each power of two split into 2^HIST_SUB_BITS linear sub-buckets
+#define HIST_SUB_BUCKETS (1 << HIST_SUB_BITS)
+#define HIST_MAX_EXP 31  // the last power of two with buckets of its own
+#define NUM_BUCKETS ((HIST_MAX_EXP - HIST_SUB_BITS + 2) * HIST_SUB_BUCKETS)  // 464
+
+// Which end's socket measured a request (ep_key.role):
+enum ep_role {
+    ROLE_SERVER = 1,  // keyed by LOCAL ip:port: first data received -> first data sent
+    ROLE_CLIENT = 2,  // keyed by REMOTE ip:port: first data sent -> first data received
+};
+
+// Indexes into the per-CPU `counters` array. User space reports each one under its
+// name without CNT_, lower-cased (CNT_REQUESTS_STARTED -> requests_started).
+enum counter {
+    CNT_RX_DATA_EVENTS,        // tcp_probe events with payload
+    CNT_TX_EVENTS,             // send events
+    CNT_STATE_EVENTS,          // inet_sock_set_state events (TCP)
+    CNT_DESTROY_EVENTS,        // tcp_destroy_sock events
+    CNT_REQUESTS_STARTED,      // requests started
+    CNT_REQUESTS_COMPLETED,    // requests completed
+    CNT_REQUESTS_ABORTED,      // requests aborted (also samples: time open)
+    CNT_ENDPOINTS_FULL_DROPS,  // samples dropped: endpoint map full
+    CNT_SOCKETS_ADDED,         // sockets inserted into the socket map
+    CNT_SOCKETS_REMOVED,       // sockets removed on close/destroy
+    NUM_COUNTERS,
+};
+
+// Slots of the `config` array, written by user space.
+enum config_slot {
+    // != 0 once user space has seeded `listeners`: only then are sockets first seen
+    // mid-connection adopted (before, their role could be guessed wrong).
+    CONFIG_ADOPTING,
+    NUM_CONFIG,
+};
+
+// Key of `endpoints`: an endpoint. IPv6 address (IPv4 stored v4-mapped), port (host
+// order), role (enum ep_role). Padding is explicit and always zero so keys compare
+// byte-for-byte.
+struct ep_key {
+    u8 addr[16];
+    u16 port;
+    u8 role;
+    u8 pad1;
+    u32 pad2;
+};
+
+// Value of `endpoints`: cumulative since the program was loaded (only `rif` goes down).
+struct ep_val {
+    u64 count;
+    u64 sum_us;
+    u64 max_us;
+    s64 rif;      // requests in flight (gauge)
+    u64 aborted;  // of `count`: requests open when the connection closed
+    u64 buckets[NUM_BUCKETS];
+};
+
+// Key of `listeners` (value: u8, 1): a listening address:port, [::] and 0.0.0.0
+// (v4-mapped) for wildcards; seeded by user space, then tracked by the program.
+struct listen_key {
+    u8 addr[16];
+    u16 port;
+    u16 pad1;
+    u32 pad2;
+};
+
+#endif
