@@ -11,8 +11,8 @@ from __future__ import annotations
 from typing import Any
 
 from aviator.informers import InformerFactory, SharedIndexInformer, object_key
+from aviator.kube.pods import is_terminating, pod_ips
 from aviator.kube.resources import PODS
-from aviator.reconcilers.pods import is_terminating, pod_ips
 
 JSON = dict[str, Any]
 

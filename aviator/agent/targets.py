@@ -23,8 +23,9 @@ from typing import Any
 
 from aviator.agent.podmap import indexed_ips
 from aviator.informers import object_key
-from aviator.reconcilers.pods import container_port, is_terminating, labels_of, selector_matches
-from aviator.reconcilers.services import pod_selector
+from aviator.kube.objects import labels_of, selector_matches
+from aviator.kube.pods import container_port, is_terminating
+from aviator.kube.services import pod_selector
 
 JSON = dict[str, Any]
 

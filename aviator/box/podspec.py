@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from aviator.reconcilers.pods import container_port
+from aviator.kube.pods import container_port
 
 KNOWN_IMAGE = "aviator-testapp"
 DEFAULT_PORT = 8080

@@ -26,6 +26,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from aviator.controller.metrics import ControllerMetrics
 from aviator.informers import FuncHandler, IndexFunc, InformerFactory, SharedIndexInformer
 from aviator.informers.keys import JSON, DeletedFinalStateUnknown, unwrap_tombstone
+from aviator.kube import marks
 from aviator.kube.client import KubeClient
 from aviator.kube.resources import (
     AVIATORPOLICIES,
@@ -39,8 +40,8 @@ from aviator.latency.auth import TokenAuthenticator
 from aviator.latency.receiver import make_stream_handler
 from aviator.latency.store import LatencyStore
 from aviator.leaderelection import LeaderElectionConfig, LeaderElector, LeaseLock
-from aviator.reconcilers import mapping, naming
-from aviator.reconcilers.pods import POD_INDEXERS
+from aviator.reconcilers import mapping
+from aviator.reconcilers.podindex import POD_INDEXERS
 from aviator.reconcilers.probe import Prober
 from aviator.reconcilers.reconciler import (
     BUILTIN_SLICE_INDEXERS,
@@ -103,11 +104,11 @@ class ControllerApp:
         self.service_informer = self._informer(SERVICES, SERVICE_INDEXERS)
         self.pod_informer = self._informer(PODS, POD_INDEXERS)
         self.slice_informer = self._informer(
-            ENDPOINTSLICES, SLICE_INDEXERS, label_selector=naming.SLICE_SELECTOR
+            ENDPOINTSLICES, SLICE_INDEXERS, label_selector=marks.SLICE_SELECTOR
         )
         self.node_informer = self._informer(NODES, {})
         self.builtin_slice_informer = self._informer(
-            ENDPOINTSLICES, BUILTIN_SLICE_INDEXERS, label_selector=naming.BUILTIN_SLICE_SELECTOR
+            ENDPOINTSLICES, BUILTIN_SLICE_INDEXERS, label_selector=marks.BUILTIN_SLICE_SELECTOR
         )
         self.caches = Caches(
             policies=self.policy_informer.indexer,

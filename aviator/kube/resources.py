@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote
 
+from aviator.api.types import GROUP, KIND, PLURAL, VERSION
+
 
 @dataclass(frozen=True)
 class Resource:
@@ -68,4 +70,4 @@ SUBJECTACCESSREVIEWS = Resource(
     "SubjectAccessReview",
     namespaced=False,
 )
-AVIATORPOLICIES = Resource("aviator.example.com", "v1alpha1", "aviatorpolicies", "AviatorPolicy")
+AVIATORPOLICIES = Resource(GROUP, VERSION, PLURAL, KIND)

@@ -20,8 +20,6 @@ message that names the field.
 
 from __future__ import annotations
 
-import functools
-import ipaddress
 import json
 import math
 from collections.abc import Mapping
@@ -30,6 +28,7 @@ from typing import Any, Literal, cast
 
 import orjson
 
+from aviator.kube.addresses import normalize_ip
 from aviator.latency.histogram import Histogram
 
 VERSION = 1
@@ -77,15 +76,6 @@ class Snapshot:
     time: float
     window_s: float
     endpoints: tuple[EndpointWindow, ...]
-
-
-@functools.lru_cache(maxsize=65536)  # the same pod IPs arrive every report interval
-def normalize_ip(text: str) -> str:
-    """Canonical text of an IP: v4-mapped IPv6 becomes dotted IPv4, IPv6 is compressed."""
-    addr = ipaddress.ip_address(text)
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return str(addr.ipv4_mapped)
-    return str(addr)
 
 
 # --- encoding -------------------------------------------------------------------------
@@ -174,10 +164,9 @@ def _endpoint(raw: Any, i: int) -> EndpointWindow:
     ip_text = raw.get("ip")
     if not isinstance(ip_text, str) or len(ip_text) > 64:
         raise SchemaError(f"{where}.ip: not an IP address")
-    try:
-        ip = normalize_ip(ip_text)
-    except ValueError:
-        raise SchemaError(f"{where}.ip: {ip_text!r} is not an IP address") from None
+    ip = normalize_ip(ip_text)
+    if ip is None:
+        raise SchemaError(f"{where}.ip: {ip_text!r} is not an IP address")
     port = _uint(raw, "port", where)
     if port > 65535:
         raise SchemaError(f"{where}.port: {port} is not a port")

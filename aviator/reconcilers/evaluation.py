@@ -17,7 +17,7 @@ from typing import Any
 
 from aviator.api.codec import PolicyError
 from aviator.api.types import AviatorPolicySpec
-from aviator.reconcilers.pods import is_ready, is_terminating, pod_ips, pod_name
+from aviator.kube.pods import is_ready, is_terminating, pod_ips, pod_name
 from aviator.selection import evaluate
 from aviator.selection.state import EngineState
 from aviator.selection.types import (

@@ -16,9 +16,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any, Protocol
 
-from aviator.reconcilers import naming
-from aviator.reconcilers.pods import labels_of, selector_matches
-from aviator.reconcilers.services import pod_selector
+from aviator.api.types import SHADOW_SUFFIX
+from aviator.kube import marks
+from aviator.kube.objects import labels_of, selector_matches
+from aviator.kube.services import pod_selector
 
 JSON = dict[str, Any]
 
@@ -68,7 +69,7 @@ def routed_service(policy: JSON) -> str | None:
     if target is None:
         return None
     mode, override = routing_of(policy)
-    return target if mode == "takeover" else naming.shadow_service_name(target, override)
+    return target if mode == "takeover" else (override or f"{target}{SHADOW_SUFFIX}")
 
 
 def index_by_target(policy: JSON) -> list[str]:
@@ -90,7 +91,7 @@ def keys_for_service(service: JSON, policies: Cache) -> set[str]:
     key = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
     out = {policy_key(p) for p in policies.by_index(INDEX_BY_TARGET, key)}
     out |= {policy_key(p) for p in policies.by_index(INDEX_BY_ROUTED, key)}
-    owner = naming.controller_owner(service)
+    owner = marks.controller_owner(service)
     if owner is not None:
         out.add(f"{meta.get('namespace', '')}/{owner[0]}")
     return out
@@ -115,10 +116,10 @@ def keys_for_slice(slice_obj: JSON) -> set[str]:
     meta = _meta(slice_obj)
     namespace = meta.get("namespace", "")
     out: set[str] = set()
-    owner = naming.controller_owner(slice_obj)
+    owner = marks.controller_owner(slice_obj)
     if owner is not None:
         out.add(f"{namespace}/{owner[0]}")
-    label = (meta.get("labels") or {}).get(naming.LABEL_POLICY)
+    label = (meta.get("labels") or {}).get(marks.LABEL_POLICY)
     if label:
         out.add(f"{namespace}/{label}")
     return out

@@ -30,24 +30,21 @@ from typing import Any
 
 from aviator.controller.metrics import ControllerMetrics
 from aviator.informers import Indexer
+from aviator.kube import marks as naming
 from aviator.kube.client import ApiError, KubeClient
+from aviator.kube.pods import is_eligible, is_terminating, pod_ips, pod_name
 from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, SERVICES, Resource
+from aviator.kube.services import pod_selector
 from aviator.latency.histogram import Histogram
 from aviator.latency.store import LatencyStore
-from aviator.reconcilers import engine, naming, slices
+from aviator.reconcilers import evaluation as engine
+from aviator.reconcilers import slices
 from aviator.reconcilers.mapping import INDEX_BY_ROUTED, routed_service
-from aviator.reconcilers.pods import (
-    is_eligible,
-    is_terminating,
-    pod_ips,
-    pod_name,
-    selected_pods,
-)
+from aviator.reconcilers.podindex import selected_pods
 from aviator.reconcilers.probe import Prober, ProbeTarget
 from aviator.reconcilers.services import (
     TakeoverState,
     desired_shadow_service,
-    pod_selector,
     restore_patch,
     shadow_service_patch,
     takeover_patch,

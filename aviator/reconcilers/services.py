@@ -18,7 +18,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any
 
-from aviator.reconcilers import naming
+from aviator.kube import marks
+from aviator.kube.objects import annotations_of
+from aviator.kube.services import original_selector
 
 JSON = dict[str, Any]
 
@@ -57,10 +59,10 @@ def desired_shadow_service(target: JSON, name: str, policy: str, policy_uid: str
             "name": name,
             "namespace": target.get("metadata", {}).get("namespace", ""),
             "labels": {
-                naming.LABEL_POLICY: policy,
-                naming.LABEL_APP_MANAGED_BY: naming.APP_MANAGER,
+                marks.LABEL_POLICY: policy,
+                marks.LABEL_APP_MANAGED_BY: marks.APP_MANAGER,
             },
-            "ownerReferences": [naming.owner_reference(policy, policy_uid)],
+            "ownerReferences": [marks.owner_reference(policy, policy_uid)],
         },
         "spec": spec,
     }
@@ -74,7 +76,7 @@ def shadow_service_patch(observed: JSON, desired: JSON) -> JSON | None:
     want_labels = desired["metadata"]["labels"]
     if any(obs_labels.get(k) != v for k, v in want_labels.items()):
         patch.setdefault("metadata", {})["labels"] = want_labels
-    if naming.controller_owner(observed) != naming.controller_owner(desired):
+    if marks.controller_owner(observed) != marks.controller_owner(desired):
         patch.setdefault("metadata", {})["ownerReferences"] = desired["metadata"]["ownerReferences"]
     spec: JSON = {}
     if _ports(observed) != desired["spec"]["ports"]:
@@ -100,35 +102,9 @@ class TakeoverState(Enum):
     NO_SELECTOR = "no-selector"  # never had a selector: nothing to take over
 
 
-def _annotations(service: JSON) -> dict[str, str]:
-    return dict(service.get("metadata", {}).get("annotations") or {})
-
-
-def original_selector(service: JSON) -> dict[str, str] | None:
-    """The selector saved in the takeover annotation, if any (and well-formed)."""
-    raw = _annotations(service).get(naming.ANNOTATION_ORIGINAL_SELECTOR)
-    if not raw:
-        return None
-    try:
-        value = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(value, dict):
-        return None
-    return {str(k): str(v) for k, v in value.items()}
-
-
-def pod_selector(service: JSON) -> dict[str, str]:
-    """Which pods back the Service: its selector, else the one saved by a takeover."""
-    selector = service.get("spec", {}).get("selector") or {}
-    if selector:
-        return {str(k): str(v) for k, v in selector.items()}
-    return original_selector(service) or {}
-
-
 def takeover_state(service: JSON, policy: str) -> TakeoverState:
-    ann = _annotations(service)
-    owner = ann.get(naming.ANNOTATION_TAKEN_OVER_BY)
+    ann = annotations_of(service)
+    owner = ann.get(marks.ANNOTATION_TAKEN_OVER_BY)
     has_selector = bool(service.get("spec", {}).get("selector"))
     if owner is not None and owner != policy:
         return TakeoverState.OTHER_POLICY
@@ -143,8 +119,8 @@ def takeover_patch(service: JSON, policy: str) -> JSON:
     return {
         "metadata": {
             "annotations": {
-                naming.ANNOTATION_ORIGINAL_SELECTOR: json.dumps(selector, sort_keys=True),
-                naming.ANNOTATION_TAKEN_OVER_BY: policy,
+                marks.ANNOTATION_ORIGINAL_SELECTOR: json.dumps(selector, sort_keys=True),
+                marks.ANNOTATION_TAKEN_OVER_BY: policy,
             }
         },
         "spec": {"selector": None},
@@ -162,14 +138,14 @@ class Restore:
 def restore_patch(service: JSON, policy: str) -> Restore | None:
     """Undo this policy's takeover (None when there is nothing of ours to undo). A
     selector someone already put back is kept as is; only our annotations go."""
-    ann = _annotations(service)
-    if ann.get(naming.ANNOTATION_TAKEN_OVER_BY) != policy:
+    ann = annotations_of(service)
+    if ann.get(marks.ANNOTATION_TAKEN_OVER_BY) != policy:
         return None
     patch: JSON = {
         "metadata": {
             "annotations": {
-                naming.ANNOTATION_ORIGINAL_SELECTOR: None,
-                naming.ANNOTATION_TAKEN_OVER_BY: None,
+                marks.ANNOTATION_ORIGINAL_SELECTOR: None,
+                marks.ANNOTATION_TAKEN_OVER_BY: None,
             }
         }
     }

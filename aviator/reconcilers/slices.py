@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from aviator.reconcilers import naming
-from aviator.reconcilers.pods import family_of, is_ready, is_terminating, pod_ips
+from aviator.kube import marks
+from aviator.kube.addresses import family_of
+from aviator.kube.pods import is_ready, is_terminating, pod_ips
 
 JSON = dict[str, Any]
 MAX_ENDPOINTS = 100
@@ -133,9 +134,9 @@ def desired_endpoints(
 
 def slice_labels(owner: SliceOwner) -> dict[str, str]:
     return {
-        naming.LABEL_SERVICE_NAME: owner.service,
-        naming.LABEL_MANAGED_BY: naming.MANAGER,
-        naming.LABEL_POLICY: owner.policy,
+        marks.LABEL_SERVICE_NAME: owner.service,
+        marks.LABEL_MANAGED_BY: marks.MANAGER,
+        marks.LABEL_POLICY: owner.policy,
     }
 
 
@@ -195,8 +196,8 @@ def _needs_write(observed: JSON, desired: JSON) -> bool:
     for k, v in desired["metadata"]["labels"].items():
         if obs_labels.get(k) != v:
             return True
-    want_owner = naming.controller_owner(desired)
-    if naming.controller_owner(observed) != want_owner:
+    want_owner = marks.controller_owner(desired)
+    if marks.controller_owner(observed) != want_owner:
         return True
     if group_of(observed) != group_of(desired):
         return True
@@ -214,7 +215,7 @@ def _build(owner: SliceOwner, name: str, group: GroupKey, endpoints: Iterable[JS
             "name": name,
             "namespace": owner.namespace,
             "labels": slice_labels(owner),
-            "ownerReferences": [naming.owner_reference(owner.policy, owner.policy_uid)],
+            "ownerReferences": [marks.owner_reference(owner.policy, owner.policy_uid)],
         },
         "addressType": family,
         "ports": _ports_json(ports),
@@ -246,7 +247,7 @@ def plan_slices(
         labels = obs.get("metadata", {}).get("labels") or {}
         group = group_of(obs)
         wanted = desired.get(group)
-        if labels.get(naming.LABEL_SERVICE_NAME) != owner.service or not wanted:
+        if labels.get(marks.LABEL_SERVICE_NAME) != owner.service or not wanted:
             plan.delete.append(name)
             continue
         members: dict[str, JSON] = {}

@@ -15,12 +15,12 @@ from collections.abc import Callable
 from typing import Any
 
 from aviator.kube.client import ApiError, KubeClient
+from aviator.kube.marks import REPORTING_CONTROLLER
 from aviator.kube.resources import EVENTS
 
 JSON = dict[str, Any]
 log = logging.getLogger(__name__)
 
-REPORTING_CONTROLLER = "aviator.example.com/controller"
 
 NORMAL = "Normal"
 WARNING = "Warning"

@@ -14,7 +14,7 @@ from conftest import require_bpf_privileges
 
 from aviator.agent.bpf import BpfLatencySource, BpfUnavailable, EndpointKey, loader
 from aviator.agent.bpf.btf import Btf, BtfError, sock_offsets
-from aviator.agent.bpf.model import ip_to_raw16, normalise_ip
+from aviator.agent.bpf.model import ip_from_raw16, ip_to_raw16
 from aviator.agent.bpf.seed import listeners_from, parse_proc_net_tcp
 
 PROC_NET_TCP = """\
@@ -45,7 +45,7 @@ def test_parse_proc_net_tcp6() -> None:
     [("127.0.0.1", "127.0.0.1"), ("::ffff:10.1.2.3", "10.1.2.3"), ("fd00::0:1", "fd00::1")],
 )
 def test_address_normalisation(ip: str, text: str) -> None:
-    assert normalise_ip(ip_to_raw16(ip)) == text
+    assert ip_from_raw16(ip_to_raw16(ip)) == text
 
 
 def test_btf_sock_offsets_of_running_kernel() -> None:

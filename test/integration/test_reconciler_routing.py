@@ -25,8 +25,8 @@ from test_reconciler_support import (
 )
 
 from aviator.kube import KubeClient
+from aviator.kube.marks import ANNOTATION_ORIGINAL_SELECTOR, FINALIZER
 from aviator.kube.resources import AVIATORPOLICIES, PODS, SERVICES
-from aviator.reconcilers.naming import ANNOTATION_ORIGINAL_SELECTOR, FINALIZER
 from aviator.testing.controlplane import ControlPlane
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("crd")]

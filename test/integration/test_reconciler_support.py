@@ -19,6 +19,7 @@ from prometheus_client import CollectorRegistry
 from aviator.api.crd import build_crd
 from aviator.controller.app import ControllerApp, Options
 from aviator.kube import ApiError, KubeClient
+from aviator.kube.marks import LABEL_MANAGED_BY, LABEL_SERVICE_NAME, MANAGER
 from aviator.kube.resources import (
     AVIATORPOLICIES,
     ENDPOINTSLICES,
@@ -28,7 +29,6 @@ from aviator.kube.resources import (
     SERVICES,
 )
 from aviator.latency.histogram import Histogram, bucket_index
-from aviator.reconcilers.naming import LABEL_MANAGED_BY, LABEL_SERVICE_NAME, MANAGER
 from aviator.testing.controlplane import ControlPlane
 
 JSON = dict[str, Any]

@@ -6,6 +6,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
+from aviator.kube.addresses import normalize_ip
+
 Role = Literal["server", "client"]
 
 
@@ -48,15 +50,15 @@ class EndpointCounters:
     aborted: int
 
 
-def normalise_ip(raw16: bytes) -> str:
+def ip_from_raw16(raw16: bytes) -> str:
     """16 address bytes as the kernel stores them (IPv4 v4-mapped) → canonical text."""
-    addr = ipaddress.IPv6Address(raw16)
-    mapped = addr.ipv4_mapped
-    return str(mapped) if mapped is not None else str(addr)
+    text = normalize_ip(str(ipaddress.IPv6Address(raw16)))
+    assert text is not None  # any 16 bytes are an IPv6 address
+    return text
 
 
 def ip_to_raw16(ip: str) -> bytes:
-    """Inverse of normalise_ip: IPv4 → v4-mapped IPv6 bytes, IPv6 → its 16 bytes."""
+    """Inverse of ip_from_raw16: IPv4 → v4-mapped IPv6 bytes, IPv6 → its 16 bytes."""
     addr = ipaddress.ip_address(ip)
     if isinstance(addr, ipaddress.IPv4Address):
         return b"\0" * 10 + b"\xff\xff" + addr.packed

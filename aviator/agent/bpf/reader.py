@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from aviator.agent.bpf.abi import LatencyAbi
-from aviator.agent.bpf.model import EndpointCounters, EndpointKey, normalise_ip
+from aviator.agent.bpf.model import EndpointCounters, EndpointKey, ip_from_raw16
 
 
 def decode_endpoint(
@@ -20,7 +20,7 @@ def decode_endpoint(
     role = abi.roles.get(int(key.role))
     if role is None:
         return None
-    ep = EndpointKey(ip=normalise_ip(bytes(key.addr)), port=int(key.port), role=role)
+    ep = EndpointKey(ip=ip_from_raw16(bytes(key.addr)), port=int(key.port), role=role)
     buckets = list(value.buckets)
     if len(buckets) != abi.num_buckets:
         raise ValueError(f"endpoint histogram has {len(buckets)} buckets, want {abi.num_buckets}")

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aviator.kube.addresses import normalize_ip
 from aviator.latency.histogram import Histogram
 from aviator.latency.schema import (
     MAX_ENDPOINTS,
@@ -18,7 +19,6 @@ from aviator.latency.schema import (
     Snapshot,
     encode_error,
     encode_snapshot,
-    normalize_ip,
     parse_snapshot,
     snapshot_to_dict,
 )

@@ -4,8 +4,9 @@ from typing import Any
 
 from reconciler_objects import make_pod, make_service
 
+from aviator.api.types import API_VERSION
 from aviator.informers import NAMESPACE_INDEX, Indexer, namespace_index
-from aviator.reconcilers import naming
+from aviator.kube import marks
 from aviator.reconcilers.mapping import (
     POLICY_INDEXERS,
     keys_for_pod,
@@ -20,7 +21,7 @@ def policy(
     name: str, target: str, mode: str = "shadow", ns: str = "default", **routing: Any
 ) -> Any:
     return {
-        "apiVersion": naming.POLICY_API_VERSION,
+        "apiVersion": API_VERSION,
         "kind": "AviatorPolicy",
         "metadata": {"name": name, "namespace": ns, "uid": f"uid-{name}"},
         "spec": {
@@ -53,7 +54,7 @@ def test_service_events_reach_targeting_and_owning_policies() -> None:
     assert keys_for_service(make_service("web"), policies) == {"default/a", "default/b"}
     shadow = make_service("web-aviator", selector={})
     assert keys_for_service(shadow, policies) == {"default/a"}
-    shadow["metadata"]["ownerReferences"] = [naming.owner_reference("zz", "uid-zz")]
+    shadow["metadata"]["ownerReferences"] = [marks.owner_reference("zz", "uid-zz")]
     assert keys_for_service(shadow, policies) == {"default/a", "default/zz"}
     assert keys_for_service(make_service("nothing"), policies) == set()
 
@@ -98,8 +99,8 @@ def test_slice_events_reach_owner() -> None:
         "metadata": {
             "name": "s",
             "namespace": "default",
-            "labels": {naming.LABEL_POLICY: "p"},
-            "ownerReferences": [naming.owner_reference("p", "uid-p")],
+            "labels": {marks.LABEL_POLICY: "p"},
+            "ownerReferences": [marks.owner_reference("p", "uid-p")],
         }
     }
     assert keys_for_slice(s) == {"default/p"}

@@ -8,7 +8,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from aviator.informers import Indexer, object_key
-from aviator.reconcilers.pods import POD_INDEXERS, selected_pods, selector_matches
+from aviator.kube.objects import selector_matches
+from aviator.reconcilers.podindex import POD_INDEXERS, selected_pods
 
 LABEL_VALUES = st.sampled_from(["a", "b", "c"])
 LABELS = st.dictionaries(st.sampled_from(["app", "tier", "zone"]), LABEL_VALUES, max_size=3)

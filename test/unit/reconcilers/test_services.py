@@ -5,11 +5,11 @@ from typing import Any
 
 from reconciler_objects import make_service
 
-from aviator.reconcilers import naming
+from aviator.kube import marks
+from aviator.kube.services import pod_selector
 from aviator.reconcilers.services import (
     TakeoverState,
     desired_shadow_service,
-    pod_selector,
     restore_patch,
     shadow_service_patch,
     takeover_patch,
@@ -44,8 +44,8 @@ def test_shadow_service_is_selectorless_owned_with_target_ports() -> None:
         {"name": "http", "protocol": "TCP", "port": 80, "targetPort": "web"},
         {"name": "grpc", "protocol": "TCP", "port": 90, "targetPort": 90, "appProtocol": "grpc"},
     ]
-    assert naming.controller_owner(shadow) == ("p", "uid-p")
-    assert shadow["metadata"]["labels"][naming.LABEL_POLICY] == "p"
+    assert marks.controller_owner(shadow) == ("p", "uid-p")
+    assert shadow["metadata"]["labels"][marks.LABEL_POLICY] == "p"
 
 
 def test_shadow_patch_only_on_semantic_change() -> None:
@@ -95,5 +95,5 @@ def test_selectorless_target_and_empty_selector() -> None:
     svc = make_service(selector={})
     assert takeover_state(svc, "p") is TakeoverState.NO_SELECTOR
     assert pod_selector(svc) == {}
-    bad = make_service(selector={}, annotations={naming.ANNOTATION_ORIGINAL_SELECTOR: "{nope"})
+    bad = make_service(selector={}, annotations={marks.ANNOTATION_ORIGINAL_SELECTOR: "{nope"})
     assert pod_selector(bad) == {}

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from reconciler_objects import make_pod, make_service
 
-from aviator.reconcilers import naming
+from aviator.kube import marks
 from aviator.reconcilers.slices import (
     SliceOwner,
     apply_plan,
@@ -45,9 +45,9 @@ def test_slice_shape_labels_owner_conditions() -> None:
     (s,) = slices
     assert s["addressType"] == "IPv4"
     assert s["metadata"]["labels"] == {
-        naming.LABEL_SERVICE_NAME: "web-aviator",
-        naming.LABEL_MANAGED_BY: "aviator.example.com",
-        naming.LABEL_POLICY: "p",
+        marks.LABEL_SERVICE_NAME: "web-aviator",
+        marks.LABEL_MANAGED_BY: "aviator.example.com",
+        marks.LABEL_POLICY: "p",
     }
     (ref,) = s["metadata"]["ownerReferences"]
     assert ref["controller"] is True and ref["uid"] == "uid-p" and ref["kind"] == "AviatorPolicy"
@@ -144,7 +144,7 @@ def test_slices_of_another_service_or_gone_group_are_deleted() -> None:
     plan = plan_slices(other, desired_endpoints(svc, _pods(3)), slices)
     assert plan.delete == [slices[0]["metadata"]["name"]]
     assert len(plan.create) == 1
-    assert plan.create[0]["metadata"]["labels"][naming.LABEL_SERVICE_NAME] == "web"
+    assert plan.create[0]["metadata"]["labels"][marks.LABEL_SERVICE_NAME] == "web"
     gone = plan_slices(OWNER, {}, slices)
     assert gone.delete == [slices[0]["metadata"]["name"]] and not gone.create
 
