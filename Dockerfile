@@ -5,8 +5,12 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 FROM ${PYTHON_IMAGE} AS build
 WORKDIR /src
 RUN python -m venv /opt/aviator
-COPY pyproject.toml README.md ./
+# The package's sources: bpf/, config/ and test/functional/ ship inside it (setup.py).
+COPY pyproject.toml setup.py README.md ./
 COPY aviator ./aviator
+COPY bpf ./bpf
+COPY config ./config
+COPY test/functional ./test/functional
 RUN /opt/aviator/bin/pip install --no-cache-dir .
 
 FROM ${PYTHON_IMAGE}

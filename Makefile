@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 export GOTOOLCHAIN := local
 
 .PHONY: help setup venv controlplane build build-agent test-unit test-integration test-bpf \
-        test-e2e test run lint fmt manifests install uninstall demo bench \
+        test-e2e test-packaging test run lint fmt manifests install uninstall demo bench \
         docker-build docker-build-agent docker-build-all deploy deploy-agent deploy-all \
         undeploy undeploy-agent undeploy-all
 
@@ -51,7 +51,10 @@ test-bpf: setup ## tests that load the real BPF program (root)
 test-e2e: setup controlplane ## e2e scenarios against the cluster in a box (E2E_CLUSTER=kind for Kind)
 	$(PYTEST) test/e2e $(PYTEST_ARGS)
 
-test: setup controlplane ## everything: unit, integration, bpf, e2e in the box, bench smoke
+test-packaging: setup controlplane ## build the wheel, install it in a fresh venv, run the agent and the demo from it
+	$(PYTEST) test/packaging $(PYTEST_ARGS)
+
+test: setup controlplane ## everything: unit, integration, bpf, e2e in the box, packaging, bench smoke
 	$(PYTEST) test $(PYTEST_ARGS)
 
 run: venv ## run the controller against the current kubeconfig

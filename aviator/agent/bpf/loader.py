@@ -16,6 +16,7 @@ import os
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +32,20 @@ from aviator.agent.bpf.btf import (
 from aviator.agent.bpf.model import BpfUnavailable
 from aviator.agent.bpf.seed import Listener
 
-# The C source ships next to the package in the repository (bpf/); images that install
-# the package elsewhere point AVIATOR_BPF_SOURCE at their copy. Its headers, the ABI
-# header (abi.HEADER_NAME) among them, are in the same directory.
-SOURCE = Path(
-    os.environ.get(
-        "AVIATOR_BPF_SOURCE", Path(__file__).resolve().parents[3] / "bpf" / "latency.bpf.c"
-    )
-)
+# The C source and its headers, the ABI header (abi.HEADER_NAME) among them, are one
+# directory: the repository's bpf/, shipped inside the package as aviator.agent.bpf.src
+# (setup.py). AVIATOR_BPF_SOURCE points at another latency.bpf.c, with its headers.
+SOURCE_PACKAGE = "aviator.agent.bpf.src"
+
+
+def _shipped_source() -> Path:
+    # Installed packages are directories (BCC needs real files); anything else shows up
+    # as "BPF source ... not found" when the program is loaded.
+    entry = files(SOURCE_PACKAGE) / "latency.bpf.c"
+    return entry if isinstance(entry, Path) else Path(str(entry))
+
+
+SOURCE = Path(os.environ.get("AVIATOR_BPF_SOURCE") or _shipped_source())
 
 RAW_SEND_TRACEPOINT = "tcp_sendmsg_locked"
 # (tracepoint, BCC function name). Classic tracepoints are attached by BCC as soon as the
