@@ -43,16 +43,17 @@ from aviator.leaderelection import LeaderElectionConfig, LeaderElector, LeaseLoc
 from aviator.reconcilers import mapping
 from aviator.reconcilers.podindex import POD_INDEXERS
 from aviator.reconcilers.probe import Prober
-from aviator.reconcilers.reconciler import (
+from aviator.reconcilers.reconciler import PolicyReconciler
+from aviator.reconcilers.view import (
     BUILTIN_SLICE_INDEXERS,
     SERVICE_INDEXERS,
     SLICE_INDEXERS,
     Caches,
-    PolicyReconciler,
     index_by_service_name,
 )
 from aviator.runtime.events import EventRecorder
 from aviator.runtime.loop import Controller
+from aviator.runtime.writer import Writer
 from aviator.workqueue import MetricsProvider, RateLimitingQueue
 
 log = logging.getLogger(__name__)
@@ -118,18 +119,26 @@ class ControllerApp:
             nodes=self.node_informer.indexer,
             builtin_slices=self.builtin_slice_informer.indexer,
         )
-        self.recorder = EventRecorder(
-            client, options.identity, on_write=lambda kind, verb: self.metrics.api_write(kind, verb)
-        )
+        self.writer = Writer(client, self.metrics.writes)
+        self.recorder = EventRecorder(self.writer, options.identity)
         self.prober = Prober()
         self.reconciler = PolicyReconciler(
-            client, self.caches, self.store, self.recorder, self.metrics, prober=self.prober
+            self.writer,
+            self.caches,
+            self.store,
+            self.recorder,
+            self.metrics.policies,
+            prober=self.prober,
         )
         queue: RateLimitingQueue[str] = RateLimitingQueue(
             "aviatorpolicy", metrics=MetricsProvider.for_registry(self.registry)
         )
         self.controller = Controller(
-            "aviatorpolicy", self.reconciler.reconcile, workers=options.workers, queue=queue
+            "aviatorpolicy",
+            self.reconciler.reconcile,
+            workers=options.workers,
+            queue=queue,
+            metrics=self.metrics.reconciles,
         )
         self._wire_handlers()
         self.elector: LeaderElector | None = None

@@ -1,4 +1,4 @@
-"""The reconciler's bridge to the API model and the selection engine.
+"""A policy's evaluation: the bridge from the API model to the selection engine.
 
 Turns a raw AviatorPolicy into a typed spec (defaults and validation from aviator.api)
 and raw Pods plus latency estimates into the engine's inputs, and the engine's
@@ -18,6 +18,7 @@ from typing import Any
 from aviator.api.codec import PolicyError
 from aviator.api.types import AviatorPolicySpec
 from aviator.kube.pods import is_ready, is_terminating, pod_ips, pod_name
+from aviator.latency.store import PodLatency
 from aviator.selection import evaluate
 from aviator.selection.state import EngineState
 from aviator.selection.types import (
@@ -70,19 +71,6 @@ class ParsedPolicy:
     @property
     def probe_path(self) -> str:
         return self.spec.probe_path
-
-
-@dataclass(frozen=True)
-class Latency:
-    """A pod's latency as the reconciler found it (store or probes)."""
-
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    rif: int
-    samples: int
-    age_s: float
-    source: str
 
 
 @dataclass(frozen=True)
@@ -167,7 +155,7 @@ def _timestamp(raw: str) -> float:
         return 0.0
 
 
-def pod_input(pod: JSON, latency: Latency | None, fresh: bool) -> PodInput:
+def pod_input(pod: JSON, latency: PodLatency | None, fresh: bool) -> PodInput:
     ips = pod_ips(pod)
     return PodInput(
         name=pod_name(pod),
@@ -208,7 +196,7 @@ _EVENT_REASONS = {
 def select(
     parsed: ParsedPolicy,
     pods: list[JSON],
-    latencies: Mapping[str, Latency | None],
+    latencies: Mapping[str, PodLatency | None],
     fresh: Mapping[str, bool],
     current_active: set[str],
     persisted: Mapping[str, Any] | None,

@@ -1,6 +1,7 @@
 """AviatorPolicy status: what one evaluation found, and whether it is worth a write.
 
-Pure. The status is rebuilt from scratch on every reconcile; `status_changed` decides
+Pure. The status is the API's typed `AviatorPolicyStatus`, rebuilt from scratch on
+every reconcile and serialised through the API codec; `status_changed` decides
 whether it differs from what the API server holds in a way a reader cares about.
 
 Write policy (steady state makes ZERO status writes):
@@ -21,6 +22,8 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from aviator.api.types import AviatorPolicyStatus, Condition, PodStatus
 
 JSON = dict[str, Any]
 
@@ -60,37 +63,30 @@ class Problem:
     message: str
 
 
-@dataclass(frozen=True)
-class PodRow:
-    """One pod as `kubectl describe avp` shows it."""
-
-    name: str
-    ip: str
-    node: str
-    state: str  # active | standby | ejected | unknown
-    p50_ms: float | None = None
-    p99_ms: float | None = None
-    rif: int | None = None
-    samples: int = 0
-    reason: str | None = None
-
-    def to_json(self) -> JSON:
-        row: JSON = {
-            "name": self.name,
-            "ip": self.ip,
-            "node": self.node,
-            "state": self.state,
-            "samples": self.samples,
-        }
-        if self.p50_ms is not None:
-            row["p50Ms"] = round(self.p50_ms, 3)
-        if self.p99_ms is not None:
-            row["p99Ms"] = round(self.p99_ms, 3)
-        if self.rif is not None:
-            row["rif"] = self.rif
-        if self.reason:
-            row["reason"] = self.reason
-        return row
+def pod_status(
+    name: str,
+    ip: str,
+    node: str,
+    state: str,
+    *,
+    p50_ms: float | None = None,
+    p99_ms: float | None = None,
+    rif: int | None = None,
+    samples: int = 0,
+    reason: str | None = None,
+) -> PodStatus:
+    """One pod as `kubectl describe avp` shows it (latencies to the microsecond)."""
+    return PodStatus(
+        name=name,
+        ip=ip,
+        node=node,
+        state=state,
+        p50_ms=None if p50_ms is None else round(p50_ms, 3),
+        p99_ms=None if p99_ms is None else round(p99_ms, 3),
+        rif=rif,
+        samples=samples,
+        reason=reason or None,
+    )
 
 
 @dataclass(frozen=True)
@@ -104,7 +100,7 @@ class Observation:
     p99_ms: float | None = None
     source: str = "none"
     problems: Sequence[Problem] = ()
-    pods: Sequence[PodRow] = ()
+    pods: Sequence[PodStatus] = ()
     routed_service: str | None = None
     engine_state: Mapping[str, Any] | None = None
 
@@ -121,21 +117,21 @@ def effective_source(sources: Iterable[str | None]) -> str:
 
 def _condition(
     ctype: str, status: bool, reason: str, message: str, gen: int, now: str, previous: JSON
-) -> JSON:
+) -> Condition:
     value = "True" if status else "False"
     old = next((c for c in previous.get("conditions") or [] if c.get("type") == ctype), None)
     since = old.get("lastTransitionTime") if old and old.get("status") == value else None
-    return {
-        "type": ctype,
-        "status": value,
-        "reason": reason,
-        "message": message,
-        "observedGeneration": gen,
-        "lastTransitionTime": since or now,
-    }
+    return Condition(
+        type=ctype,
+        status=value,
+        reason=reason,
+        message=message,
+        observed_generation=gen,
+        last_transition_time=since or now,
+    )
 
 
-def conditions(obs: Observation, previous: JSON) -> list[JSON]:
+def conditions(obs: Observation, previous: JSON) -> list[Condition]:
     """Ready and Degraded; the first blocking problem decides Ready, every problem
     shows in Degraded's message, the most important gives its reason."""
     gen, now = obs.generation, obs.now_iso
@@ -156,25 +152,23 @@ def conditions(obs: Observation, previous: JSON) -> list[JSON]:
     return [ready, degraded]
 
 
-def build_status(obs: Observation, previous: JSON) -> JSON:
+def build_status(obs: Observation, previous: JSON) -> AviatorPolicyStatus:
+    """The status one evaluation reports; `previous` (the status the server holds)
+    keeps each condition's lastTransitionTime while its status stays."""
     rows = sorted(obs.pods, key=lambda r: (r.state != "active", r.name))[:MAX_POD_ROWS]
-    status: JSON = {
-        "observedGeneration": obs.generation,
-        "activePods": obs.active,
-        "totalPods": obs.total,
-        "source": obs.source,
-        "conditions": conditions(obs, previous),
-        "pods": [r.to_json() for r in rows],
-        "ejectedPods": sorted(r.name for r in obs.pods if r.state == "ejected"),
-        "lastEvaluationTime": obs.now_iso,
-    }
-    if obs.p99_ms is not None:
-        status["p99LatencyMs"] = round(obs.p99_ms, 3)
-    if obs.routed_service:
-        status["serviceName"] = obs.routed_service
-    if obs.engine_state is not None:
-        status["engineState"] = dict(obs.engine_state)
-    return status
+    return AviatorPolicyStatus(
+        observed_generation=obs.generation,
+        active_pods=obs.active,
+        total_pods=obs.total,
+        p99_latency_ms=None if obs.p99_ms is None else round(obs.p99_ms, 3),
+        source=obs.source,
+        service_name=obs.routed_service or None,
+        conditions=conditions(obs, previous),
+        pods=rows,
+        ejected_pods=sorted(r.name for r in obs.pods if r.state == "ejected"),
+        last_evaluation_time=obs.now_iso,
+        engine_state=None if obs.engine_state is None else dict(obs.engine_state),
+    )
 
 
 def _close(a: Any, b: Any) -> bool:

@@ -14,9 +14,10 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from aviator.kube.client import ApiError, KubeClient
+from aviator.kube.client import ApiError
 from aviator.kube.marks import REPORTING_CONTROLLER
 from aviator.kube.resources import EVENTS
+from aviator.runtime.writer import CacheBehind, Write, Writer
 
 JSON = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -81,19 +82,17 @@ class EventRecorder:
 
     def __init__(
         self,
-        client: KubeClient,
+        writer: Writer,
         instance: str,
         *,
         dedupe_s: float = 300.0,
         clock: Callable[[], float] = time.time,
-        on_write: Callable[[str, str], None] | None = None,
     ) -> None:
-        self._client = client
+        self._writer = writer
         self._instance = instance
         self._dedupe_s = dedupe_s
         self._clock = clock
         self._recent: dict[tuple[str, str, str], float] = {}
-        self._on_write = on_write
 
     async def record(
         self,
@@ -124,11 +123,10 @@ class EventRecorder:
             at=now,
             related=related,
         )
+        ns = str(event["metadata"]["namespace"])
         try:
-            await self._client.create(EVENTS, event)
-        except (ApiError, OSError, TimeoutError) as exc:
+            await self._writer.apply(Write("create", EVENTS, ns, event["metadata"]["name"], event))
+        except (ApiError, CacheBehind, OSError, TimeoutError) as exc:
             log.warning("event %s for %s not recorded: %s", reason, key[0], exc)
             return False
-        if self._on_write is not None:
-            self._on_write("Event", "create")
         return True

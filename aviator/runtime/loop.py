@@ -1,11 +1,19 @@
-"""The controller harness: informer events → keys → rate-limited queue → workers → reconcile.
+"""The generic controller loop: informer events → keys → rate-limited queue → workers → reconcile.
 
 A `Controller` owns a `RateLimitingQueue[str]` of object keys and runs `workers` tasks
-that each take a key and await `reconcile(key)`:
+that each take a key and await `reconcile(key)`. This loop is the one place that owns
+retries, requeues and reconcile metrics (as controller-runtime's does); a reconciler
+only returns a `Result` or raises:
 
 - returns normally → `forget(key)` (its backoff resets); if the `Result` has
   `requeue_after`, the key is also added back after that many seconds;
-- raises → logged, `add_rate_limited(key)` (per-key exponential backoff, overall bucket);
+- raises `CacheBehind` (a write met a newer object than the cache shows) → added back
+  after `CACHE_BEHIND_RETRY_S`, not counted as an error;
+- raises anything else → logged, `add_rate_limited(key)` (per-key exponential
+  backoff, overall bucket);
+- every reconcile is timed in `aviator_reconcile_duration_seconds{result}` (ok,
+  requeue, error) and failures counted in `aviator_reconcile_errors_total`, when the
+  controller was given a `ReconcileMetrics`;
 - the queue guarantees no key is reconciled by two workers at once, and a key added
   while it is being reconciled is reconciled again afterwards.
 
@@ -22,15 +30,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
 from aviator.informers.keys import JSON, DeletedFinalStateUnknown, unwrap_tombstone
+from aviator.runtime.writer import CacheBehind
 from aviator.workqueue import RateLimitingQueue, ShutDown
 
 log = logging.getLogger(__name__)
 
 KeyFunc = Callable[[JSON], Iterable[str]]
+
+# Our own write is not in the informer cache yet: look again soon, not with backoff.
+CACHE_BEHIND_RETRY_S = 0.2
 
 
 @dataclass(frozen=True)
@@ -41,6 +56,22 @@ class Result:
 
 
 Reconcile = Callable[[str], Awaitable[Result | None]]
+
+
+class ReconcileMetrics:
+    """Reconcile duration by result and the failure count, on one registry."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.duration = Histogram(
+            "aviator_reconcile_duration_seconds",
+            "Seconds one reconcile takes.",
+            ["result"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=registry,
+        )
+        self.errors = Counter(
+            "aviator_reconcile_errors_total", "Reconciles that failed.", registry=registry
+        )
 
 
 class EnqueueKeys:
@@ -85,6 +116,7 @@ class Controller:
         *,
         workers: int = 4,
         queue: RateLimitingQueue[str] | None = None,
+        metrics: ReconcileMetrics | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
@@ -92,6 +124,7 @@ class Controller:
         self.reconcile = reconcile
         self.workers = workers
         self.queue: RateLimitingQueue[str] = queue if queue is not None else RateLimitingQueue(name)
+        self.metrics = metrics
         self._running = False
         self._stopping = False
 
@@ -162,6 +195,7 @@ class Controller:
                 busy.discard(me)
 
     async def _process(self, key: str) -> None:
+        start = time.perf_counter()
         try:
             result = await self.reconcile(key)
         except asyncio.CancelledError:
@@ -169,7 +203,17 @@ class Controller:
             self.queue.add(key)
             self.queue.done(key)
             raise
+        except CacheBehind as exc:
+            log.debug("%s: %s: %s; cache behind, looking again", self.name, key, exc)
+            self._observe("requeue", start)
+            self.queue.forget(key)
+            self.queue.add_after(key, CACHE_BEHIND_RETRY_S)
+            self.queue.done(key)
+            return
         except Exception:
+            self._observe("error", start)
+            if self.metrics is not None:
+                self.metrics.errors.inc()
             log.exception(
                 "%s: reconcile %s failed (retry %d)",
                 self.name,
@@ -179,7 +223,12 @@ class Controller:
             self.queue.add_rate_limited(key)
             self.queue.done(key)
             return
+        self._observe("ok", start)
         self.queue.forget(key)
         if result is not None and result.requeue_after is not None:
             self.queue.add_after(key, result.requeue_after)
         self.queue.done(key)
+
+    def _observe(self, result: str, start: float) -> None:
+        if self.metrics is not None:
+            self.metrics.duration.labels(result=result).observe(time.perf_counter() - start)

@@ -290,7 +290,7 @@ async def test_kubectl_get_shows_status_columns(
 async def test_status_subresource_keeps_every_field_the_controller_writes(
     crd: ControlPlane, kube: KubeClient, namespace: str
 ) -> None:
-    from aviator.reconcilers.status import Observation, PodRow, Problem, build_status
+    from aviator.reconcilers.status import Observation, Problem, build_status, pod_status
 
     crd.kubectl("apply", "-n", namespace, "-f", str(SAMPLE))
     status = build_status(
@@ -303,14 +303,16 @@ async def test_status_subresource_keeps_every_field_the_controller_writes(
             source="ebpf",
             problems=[Problem("NoLatencyData", "pod b has no latency data yet")],
             pods=[
-                PodRow("a", "10.0.0.1", "node-1", "active", 1.5, 12.3, 0, 42),
-                PodRow("b", "10.0.0.2", "node-2", "ejected", reason="p99 above 500ms"),
+                pod_status(
+                    "a", "10.0.0.1", "node-1", "active", p50_ms=1.5, p99_ms=12.3, rif=0, samples=42
+                ),
+                pod_status("b", "10.0.0.2", "node-2", "ejected", reason="p99 above 500ms"),
             ],
             routed_service="my-app-service-aviator",
             engine_state={"breaker": {"b": {"ejections": 2, "since": 1.5}}, "v": 1},
         ),
         {},
-    )
+    ).to_dict()
     await kube.patch(
         AVIATORPOLICIES, "my-app-policy", {"status": status}, namespace, subresource="status"
     )

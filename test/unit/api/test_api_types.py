@@ -335,7 +335,7 @@ def test_unreadable_status_does_not_block_the_spec() -> None:
 
 def test_the_reconcilers_status_fits_the_model() -> None:
     """What the controller writes must be readable back through the API model."""
-    from aviator.reconcilers.status import Observation, PodRow, Problem, build_status
+    from aviator.reconcilers.status import Observation, Problem, build_status, pod_status
 
     obs = Observation(
         generation=2,
@@ -346,22 +346,22 @@ def test_the_reconcilers_status_fits_the_model() -> None:
         source="ebpf",
         problems=[Problem("NoLatencyData", "1 pod has no data")],
         pods=[
-            PodRow(
-                name="a",
-                ip="10.0.0.1",
-                node="n",
-                state="active",
+            pod_status(
+                "a",
+                "10.0.0.1",
+                "n",
+                "active",
                 p50_ms=1.0,
                 p99_ms=12.3,
                 rif=0,
                 samples=5,
             ),
-            PodRow(name="b", ip="10.0.0.2", node="n", state="ejected", reason="slow"),
+            pod_status("b", "10.0.0.2", "n", "ejected", reason="slow"),
         ],
         routed_service="web-aviator",
         engine_state={"v": 1},
     )
-    raw = build_status(obs, {})
+    raw = build_status(obs, {}).to_dict()
     status = AviatorPolicyStatus.from_dict(raw)
     assert status.to_dict() == raw
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 from reconciler_objects import make_pod
 
-from aviator.reconcilers.engine import InvalidSpec, Latency, parse_policy, select
+from aviator.latency.store import PodLatency as Latency
+from aviator.reconcilers.evaluation import InvalidSpec, parse_policy, select
 
 
 def raw(spec: dict[str, object], ns: str = "default") -> dict[str, object]:
@@ -53,7 +54,7 @@ def test_select_fast_pods_and_persistable_state() -> None:
 
 
 def test_carry_over_only_while_every_serving_pod_stays() -> None:
-    from aviator.reconcilers.engine import Outcome, carry_over
+    from aviator.reconcilers.evaluation import Outcome, carry_over
 
     prev = Outcome(
         active={"a", "b"},

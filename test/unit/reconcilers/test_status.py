@@ -3,14 +3,37 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aviator.api.types import PodStatus
 from aviator.reconcilers.status import (
     Observation,
-    PodRow,
     Problem,
     build_status,
     effective_source,
+    pod_status,
     status_changed,
 )
+
+JSON = dict[str, object]
+
+
+def row(
+    name: str,
+    ip: str,
+    node: str,
+    state: str,
+    p50: float | None = None,
+    p99: float | None = None,
+    rif: int | None = None,
+    samples: int = 0,
+    reason: str | None = None,
+) -> PodStatus:
+    return pod_status(
+        name, ip, node, state, p50_ms=p50, p99_ms=p99, rif=rif, samples=samples, reason=reason
+    )
+
+
+def status_json(o: Observation, previous: dict[str, object]) -> dict[str, object]:
+    return build_status(o, previous).to_dict()
 
 
 def obs(**kw: object) -> Observation:
@@ -23,8 +46,8 @@ def obs(**kw: object) -> Observation:
         "source": "ebpf",
         "routed_service": "web-aviator",
         "pods": [
-            PodRow("a", "10.0.0.1", "n", "active", 5.0, 12.0, 0, 100),
-            PodRow("b", "10.0.0.2", "n", "ejected", 400.0, 500.0, 3, 100, "PodEjected"),
+            row("a", "10.0.0.1", "n", "active", 5.0, 12.0, 0, 100),
+            row("b", "10.0.0.2", "n", "ejected", 400.0, 500.0, 3, 100, "PodEjected"),
         ],
         "engine_state": {"v": 1},
     }
@@ -32,8 +55,8 @@ def obs(**kw: object) -> Observation:
     return Observation(**base)  # type: ignore[arg-type]
 
 
-def first_b() -> PodRow:
-    return PodRow("b", "10.0.0.2", "n", "ejected", 400.0, 500.0, 3, 100, "PodEjected")
+def first_b() -> PodStatus:
+    return row("b", "10.0.0.2", "n", "ejected", 400.0, 500.0, 3, 100, "PodEjected")
 
 
 def cond(status: dict[str, object], ctype: str) -> dict[str, object]:
@@ -41,7 +64,7 @@ def cond(status: dict[str, object], ctype: str) -> dict[str, object]:
 
 
 def test_fields_and_ready_condition() -> None:
-    s = build_status(obs(), {})
+    s = status_json(obs(), {})
     assert (s["activePods"], s["totalPods"], s["p99LatencyMs"], s["source"]) == (2, 4, 12.0, "ebpf")
     assert s["observedGeneration"] == 1 and s["ejectedPods"] == ["b"]
     assert s["pods"][0] == {
@@ -53,24 +76,24 @@ def test_fields_and_ready_condition() -> None:
 
 
 def test_blocking_problem_sets_ready_false_and_degraded() -> None:
-    s = build_status(obs(problems=[Problem("ServiceNotFound", "Service web not found")]), {})
+    s = status_json(obs(problems=[Problem("ServiceNotFound", "Service web not found")]), {})
     assert cond(s, "Ready")["status"] == "False"
     assert cond(s, "Ready")["reason"] == "ServiceNotFound"
     assert cond(s, "Degraded")["reason"] == "ServiceNotFound"
 
 
 def test_non_blocking_problem_keeps_ready() -> None:
-    s = build_status(obs(problems=[Problem("Overload", "most pods slow")]), {})
+    s = status_json(obs(problems=[Problem("Overload", "most pods slow")]), {})
     assert cond(s, "Ready")["status"] == "True"
     assert cond(s, "Degraded")["status"] == "True" and cond(s, "Degraded")["reason"] == "Overload"
 
 
 def test_transition_time_kept_while_status_unchanged() -> None:
-    first = build_status(obs(), {})
-    later = build_status(obs(now_iso="2026-01-01T00:05:00Z"), first)
+    first = status_json(obs(), {})
+    later = status_json(obs(now_iso="2026-01-01T00:05:00Z"), first)
     assert cond(later, "Ready")["lastTransitionTime"] == "2026-01-01T00:00:00Z"
     assert not status_changed(first, later)
-    flipped = build_status(
+    flipped = status_json(
         obs(now_iso="2026-01-01T00:06:00Z", problems=[Problem("Conflict", "x")]), later
     )
     assert cond(flipped, "Ready")["lastTransitionTime"] == "2026-01-01T00:06:00Z"
@@ -78,43 +101,43 @@ def test_transition_time_kept_while_status_unchanged() -> None:
 
 
 def test_latency_jitter_within_tolerance_is_no_change() -> None:
-    first = build_status(obs(), {})
-    jitter = build_status(
+    first = status_json(obs(), {})
+    jitter = status_json(
         obs(
             p99_ms=12.9,
             pods=[
-                PodRow("a", "10.0.0.1", "n", "active", 5.3, 11.2, 0, 100),
-                PodRow("b", "10.0.0.2", "n", "ejected", 390.0, 520.0, 3, 100, "PodEjected"),
+                row("a", "10.0.0.1", "n", "active", 5.3, 11.2, 0, 100),
+                row("b", "10.0.0.2", "n", "ejected", 390.0, 520.0, 3, 100, "PodEjected"),
             ],
         ),
         first,
     )
     assert not status_changed(first, jitter)
-    noisy_counts = build_status(
+    noisy_counts = status_json(
         obs(
             pods=[
-                PodRow("a", "10.0.0.1", "n", "active", 5.0, 12.0, 1, 140),
-                PodRow("b", "10.0.0.2", "n", "ejected", 400.0, 500.0, 4, 160, "PodEjected"),
+                row("a", "10.0.0.1", "n", "active", 5.0, 12.0, 1, 140),
+                row("b", "10.0.0.2", "n", "ejected", 400.0, 500.0, 4, 160, "PodEjected"),
             ]
         ),
         first,
     )
     assert not status_changed(first, noisy_counts)
-    no_data = build_status(
-        obs(pods=[PodRow("a", "10.0.0.1", "n", "active", 5.0, 12.0, 0, 0), first_b()]), first
+    no_data = status_json(
+        obs(pods=[row("a", "10.0.0.1", "n", "active", 5.0, 12.0, 0, 0), first_b()]), first
     )
     assert status_changed(first, no_data)
-    moved = build_status(obs(p99_ms=20.0), first)
+    moved = status_json(obs(p99_ms=20.0), first)
     assert status_changed(first, moved)
 
 
 def test_real_changes_are_changes() -> None:
-    first = build_status(obs(), {})
+    first = status_json(obs(), {})
     assert status_changed(None, first)
-    assert status_changed(first, build_status(obs(active=3), first))
-    assert status_changed(first, build_status(obs(generation=2), first))
-    assert status_changed(first, build_status(obs(engine_state={"v": 2}), first))
-    assert status_changed(first, build_status(obs(source="mixed"), first))
+    assert status_changed(first, status_json(obs(active=3), first))
+    assert status_changed(first, status_json(obs(generation=2), first))
+    assert status_changed(first, status_json(obs(engine_state={"v": 2}), first))
+    assert status_changed(first, status_json(obs(source="mixed"), first))
 
 
 def test_effective_source() -> None:
@@ -126,8 +149,8 @@ def test_effective_source() -> None:
 @settings(max_examples=200, deadline=None)
 @given(p=st.floats(0.01, 1e5), factor=st.floats(0.5, 2.0))
 def test_write_decision_follows_tolerance(p: float, factor: float) -> None:
-    first = build_status(obs(p99_ms=p), {})
-    second = build_status(obs(p99_ms=p * factor), first)
+    first = status_json(obs(p99_ms=p), {})
+    second = status_json(obs(p99_ms=p * factor), first)
     changed = status_changed(first, second)
     a, b = first["p99LatencyMs"], second["p99LatencyMs"]  # as written (rounded to µs)
     rel = abs(a - b) / max(a, b)

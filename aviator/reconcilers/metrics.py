@@ -1,0 +1,46 @@
+"""Per-policy metrics the policy reconciler sets from each plan.
+
+| metric | type | labels | meaning |
+|---|---|---|---|
+| aviator_policy_active_pods | gauge | namespace, policy | pods serving |
+| aviator_policy_total_pods | gauge | namespace, policy | eligible pods |
+| aviator_policy_p99_latency_ms | gauge | namespace, policy | p99 of the active set (merged) |
+| aviator_ejections_total | counter | namespace, policy | circuit-breaker ejections |
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class PolicyMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        pol = ["namespace", "policy"]
+        r = registry
+        self.active = Gauge("aviator_policy_active_pods", "Pods serving.", pol, registry=r)
+        self.total = Gauge("aviator_policy_total_pods", "Eligible pods.", pol, registry=r)
+        self.p99 = Gauge(
+            "aviator_policy_p99_latency_ms", "p99 of the active set (ms).", pol, registry=r
+        )
+        self.ejections = Counter(
+            "aviator_ejections_total", "Circuit-breaker ejections.", pol, registry=r
+        )
+
+    def set(
+        self, namespace: str, policy: str, active: int, total: int, p99_ms: float | None
+    ) -> None:
+        self.active.labels(namespace, policy).set(active)
+        self.total.labels(namespace, policy).set(total)
+        if p99_ms is not None:
+            self.p99.labels(namespace, policy).set(p99_ms)
+
+    def ejected(self, namespace: str, policy: str, count: int) -> None:
+        if count:
+            self.ejections.labels(namespace, policy).inc(count)
+
+    def forget(self, namespace: str, policy: str) -> None:
+        for gauge in (self.active, self.total, self.p99):
+            with contextlib.suppress(KeyError):
+                gauge.remove(namespace, policy)

@@ -1,0 +1,444 @@
+"""Every decision of one AviatorPolicy reconcile, as pure functions of what was read.
+
+`plan(view, memory, clock, latencies) -> Plan`. The `Plan` lists, in order, the API
+writes to make, the Events to record, the status to write (if it changed in a way a
+reader cares about), the gauges to set, what to remember until the next reconcile and
+when to look again. `PolicyReconciler` gathers the inputs and executes the plan;
+nothing here does I/O, so every branch below has a unit test without a cluster.
+
+One reconcile decides, in this order:
+
+1. policy deleting → release everything (a taken-over selector restored FIRST, then
+   our slices and shadow Service deleted), then drop the finalizer;
+2. finalizer added if missing; invalid spec → `InvalidSpec`, routing left as it is
+   (an invalid spec must not take traffic away);
+3. conflict: an older live policy routing the same Service wins; this one releases
+   everything and reports `Conflict`;
+4. leftovers of a previous targetRef or routing mode are released;
+5. target Service missing → `ServiceNotFound`; no selector → `ServiceHasNoSelector`;
+   routing (`routing.decide`) may block with a problem of its own;
+6. the selection engine runs once per `evaluationInterval` (its counters count
+   evaluations, and our own writes or pod churn must not make them run faster); in
+   between, the last outcome carries over, and a serving pod that stopped being
+   eligible makes the engine run at once;
+7. slices are published BEFORE a takeover removes the selector (the Service never has
+   zero endpoints); never an empty set while an eligible pod exists.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aviator.api.types import PodStatus
+from aviator.kube import marks
+from aviator.kube.pods import is_terminating, pod_ips, pod_name
+from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES
+from aviator.latency.store import PodLatency
+from aviator.reconcilers import evaluation, routing, slices
+from aviator.reconcilers.evaluation import Outcome
+from aviator.reconcilers.latencies import PodLatencies
+from aviator.reconcilers.status import (
+    REASON_CONFLICT,
+    REASON_INVALID_SPEC,
+    REASON_NO_ELIGIBLE_PODS,
+    REASON_NO_LATENCY_DATA,
+    REASON_NO_SELECTOR,
+    REASON_OVERLOAD,
+    REASON_SERVICE_NOT_FOUND,
+    Observation,
+    Problem,
+    build_status,
+    effective_source,
+    pod_status,
+    status_changed,
+)
+from aviator.reconcilers.view import View
+from aviator.runtime.writer import Write
+
+JSON = dict[str, Any]
+
+# A requeue timer may fire a little early; an evaluation this close to due counts.
+EARLY_FRACTION = 0.05
+NORMAL = "Normal"
+WARNING = "Warning"
+
+
+@dataclass(frozen=True)
+class Clock:
+    """Now, on the wall clock (status times, the engine) and on the latency store's
+    monotonic clock (freshness, when the next evaluation is due)."""
+
+    wall: float
+    store: float
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What the leader remembers about a policy between reconciles."""
+
+    uid: str
+    engine_state: JSON | None = None
+    status: JSON | None = None  # last status we wrote (the cache may lag behind it)
+    last_evaluation: float | None = None  # store clock, for "fresh samples since"
+    next_evaluation: float | None = None  # store clock: when the engine may run again
+    generation: int | None = None  # spec generation of `outcome`
+    outcome: Outcome | None = None  # the last engine result
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """An Event about the policy (`related`: the pod it concerns, if any)."""
+
+    reason: str
+    message: str
+    action: str
+    type: str = NORMAL
+    related: JSON | None = None
+
+
+@dataclass(frozen=True)
+class Gauges:
+    active: int
+    total: int
+    p99_ms: float | None
+    ejections: int = 0
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What to do, in order: `writes`, then `events`, then `status_write` (after which
+    `status` is what we last wrote). `memory` None = forget the policy (and its
+    gauges)."""
+
+    writes: list[Write] = field(default_factory=list)
+    events: list[EventSpec] = field(default_factory=list)
+    status: JSON | None = None
+    status_write: Write | None = None
+    memory: Memory | None = None
+    gauges: Gauges | None = None
+    requeue_after: float | None = None
+
+
+def _now_iso(at: float) -> str:
+    return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _persisted_state(policy: JSON) -> JSON | None:
+    state = (policy.get("status") or {}).get("engineState")
+    return state if isinstance(state, dict) else None
+
+
+def _finalizers(policy: JSON) -> list[str]:
+    return list(policy["metadata"].get("finalizers") or [])
+
+
+def _policy_patch(view: View, finalizers: list[str]) -> Write:
+    meta = view.policy["metadata"]
+    body = {"metadata": {"finalizers": finalizers, "resourceVersion": meta.get("resourceVersion")}}
+    return Write("patch", AVIATORPOLICIES, view.namespace, view.name, body, missing_ok=True)
+
+
+def status_write(view: View, memory: Memory, obs: Observation) -> tuple[JSON | None, Write | None]:
+    """The new status and the patch that writes it, or (None, None) when what the
+    server holds already says it (see `status.status_changed`)."""
+    previous = memory.status or view.policy.get("status") or {}
+    new = build_status(obs, previous).to_dict()
+    if not status_changed(previous, new):
+        return None, None
+    body: JSON = dict(new)
+    for k in previous:
+        if k not in new:
+            body[k] = None  # merge patch: drop fields the new status no longer has
+    write = Write(
+        "patch",
+        AVIATORPOLICIES,
+        view.namespace,
+        view.name,
+        {"status": body},
+        subresource="status",
+        missing_ok=True,
+    )
+    return new, write
+
+
+def memory_for(view: View, remembered: Memory | None) -> Memory:
+    uid = str(view.policy["metadata"].get("uid", ""))
+    return remembered if remembered is not None and remembered.uid == uid else Memory(uid=uid)
+
+
+def _evaluation_due(view: View, memory: Memory, clock: Clock) -> bool:
+    assert view.parsed is not None
+    generation = int(view.policy["metadata"].get("generation") or 0)
+    return (
+        memory.outcome is None
+        or memory.generation != generation
+        or memory.next_evaluation is None
+        or clock.store >= memory.next_evaluation - EARLY_FRACTION * view.parsed.interval_s
+    )
+
+
+def measurement(view: View, memory: Memory, clock: Clock) -> tuple[list[JSON], bool] | None:
+    """The pods whose latency the plan needs, and whether an evaluation is due (probe
+    mode sends probes only then); None when this reconcile will not select."""
+    if view.policy["metadata"].get("deletionTimestamp") or view.parsed is None:
+        return None
+    if view.target is None or not view.selector:
+        return None
+    if routing.conflicting_policy(view.policy, view.rivals) is not None:
+        return None
+    return view.eligible, _evaluation_due(view, memory, clock)
+
+
+def plan(view: View, memory: Memory, clock: Clock, latencies: PodLatencies | None) -> Plan:
+    """Every decision of one reconcile (see the module docstring for the order)."""
+    if view.policy["metadata"].get("deletionTimestamp"):
+        return _finalize(view)
+    writes: list[Write] = []
+    if marks.FINALIZER not in _finalizers(view.policy):
+        writes.append(_policy_patch(view, [*_finalizers(view.policy), marks.FINALIZER]))
+    generation = int(view.policy["metadata"].get("generation") or 0)
+    carried_state = memory.engine_state or _persisted_state(view.policy)
+
+    def stop(problems: list[Problem], *, routed: str | None, state: JSON | None) -> Plan:
+        obs = Observation(
+            generation=generation,
+            now_iso=_now_iso(clock.wall),
+            routed_service=routed,
+            problems=problems,
+            engine_state=state,
+        )
+        status, write = status_write(view, memory, obs)
+        requeue = view.parsed.interval_s if view.parsed is not None else None
+        return Plan(writes, [], status, write, memory, None, requeue)
+
+    parsed = view.parsed
+    if parsed is None:
+        problem = Problem(REASON_INVALID_SPEC, f"invalid spec: {view.invalid}")
+        return stop([problem], routed=None, state=carried_state)
+    routed = parsed.routed_service
+
+    winner = routing.conflicting_policy(view.policy, view.rivals)
+    if winner is not None:
+        writes += routing.release(view)
+        message = (
+            f"Service {routed} is already routed by AviatorPolicy {winner}; "
+            "this policy does nothing until that one is gone"
+        )
+        return stop([Problem(REASON_CONFLICT, message)], routed=routed, state=None)
+
+    writes += routing.release(view, keep_routed=routed)
+    target = view.target
+    if target is None:
+        problem = Problem(
+            REASON_SERVICE_NOT_FOUND, f"Service {view.namespace}/{parsed.target} not found"
+        )
+        return stop([problem], routed=routed, state=carried_state)
+    if not view.selector:
+        problem = Problem(
+            REASON_NO_SELECTOR,
+            f"Service {view.namespace}/{parsed.target} has no selector; Aviator needs one "
+            "to find its pods (an empty selector never means every pod)",
+        )
+        return stop([problem], routed=routed, state=carried_state)
+    route = routing.decide(view, target)
+    writes += route.prepare
+    if route.blocked:
+        return stop(route.problems, routed=routed, state=carried_state)
+    assert latencies is not None, "a selecting plan needs latencies (see measurement())"
+    return _select(view, memory, clock, latencies, route, target, writes, generation)
+
+
+def _select(
+    view: View,
+    memory: Memory,
+    clock: Clock,
+    latencies: PodLatencies,
+    route: routing.Routing,
+    target: JSON,
+    writes: list[Write],
+    generation: int,
+) -> Plan:
+    assert view.parsed is not None
+    parsed, ns, name = view.parsed, view.namespace, view.name
+    eligible = view.eligible
+    eligible_names = {pod_name(p) for p in eligible}
+    # What serves now: our last decision while we lead (the slice cache may not show
+    # our own latest write yet), else what the slices say (a new leader inherits its
+    # predecessor's published set).
+    current_active = (
+        set(memory.outcome.active)
+        if memory.outcome is not None
+        else _active_in(view.slices, parsed.routed_service)
+    )
+    outcome = None
+    if not _evaluation_due(view, memory, clock) and memory.outcome is not None:
+        outcome = evaluation.carry_over(
+            memory.outcome, eligible_names, min(parsed.selection.min_endpoints, len(eligible))
+        )
+    if outcome is None:
+        by_pod = {pod_name(p): latencies.estimate(pod_name(p)) for p in eligible}
+        since = None if memory.last_evaluation is None else clock.store - memory.last_evaluation
+        outcome = evaluation.select(
+            parsed,
+            eligible,
+            by_pod,
+            _freshness(by_pod, since),
+            current_active,
+            memory.engine_state or _persisted_state(view.policy),
+            clock.wall,
+        )
+        memory = dataclasses.replace(
+            memory,
+            engine_state=outcome.engine_state,
+            outcome=outcome,
+            generation=generation,
+            last_evaluation=clock.store,
+            next_evaluation=clock.store + parsed.interval_s,
+        )
+    assert memory.next_evaluation is not None
+    requeue_after = max(0.0, memory.next_evaluation - clock.store)
+
+    problems = list(route.problems)
+    active_pods = [p for p in eligible if pod_name(p) in outcome.active]
+    if not eligible:
+        problems.append(
+            Problem(
+                REASON_NO_ELIGIBLE_PODS,
+                f"no ready pod matches the selector of Service {ns}/{parsed.target}",
+            )
+        )
+    elif not active_pods:
+        # Never publish an empty set while a ready pod exists.
+        raise RuntimeError(f"policy {ns}/{name}: selection returned no pod of {len(eligible)}")
+    if outcome.overload:
+        problems.append(Problem(REASON_OVERLOAD, outcome.overload))
+    if eligible and not any(latencies.estimate(pod_name(p)) for p in eligible):
+        problems.append(
+            Problem(
+                REASON_NO_LATENCY_DATA,
+                f"no {parsed.latency_source} latency data for any pod yet; all are kept",
+            )
+        )
+
+    owner = slices.SliceOwner(ns, parsed.routed_service, name, memory.uid)
+    desired = slices.desired_endpoints(target, active_pods, view.zone_of)
+    slice_plan = slices.plan_slices(owner, desired, view.slices)
+    writes += _slice_writes(ns, slice_plan)
+    writes += routing.after_slices(view, target, route)
+
+    events = _events(outcome, current_active, not slice_plan.empty, eligible)
+    p99 = latencies.active_p99_ms(active_pods)
+    rows = [
+        _row(
+            p,
+            outcome.states.get(pod_name(p), "unknown"),
+            latencies.estimate(pod_name(p)),
+            outcome.reasons.get(pod_name(p)),
+        )
+        for p in eligible
+    ]
+    # Pods of the Service that may not serve at all, so `describe` explains them.
+    for p in view.pods:
+        if pod_name(p) not in eligible_names:
+            why = "Terminating" if is_terminating(p) else "NotReady"
+            rows.append(_row(p, "standby", None, reason=why))
+    obs = Observation(
+        generation=generation,
+        now_iso=_now_iso(clock.wall),
+        active=len(active_pods),
+        total=len(eligible),
+        p99_ms=p99,
+        source=effective_source(latencies.sources()),
+        problems=problems,
+        pods=rows,
+        routed_service=parsed.routed_service,
+        engine_state=outcome.engine_state,
+    )
+    status, write = status_write(view, memory, obs)
+    ejections = sum(1 for e in events if e.reason == "PodEjected")
+    gauges = Gauges(len(active_pods), len(eligible), p99, ejections)
+    return Plan(writes, events, status, write, memory, gauges, requeue_after)
+
+
+def _finalize(view: View) -> Plan:
+    if marks.FINALIZER not in _finalizers(view.policy):
+        return Plan()
+    remaining = [f for f in _finalizers(view.policy) if f != marks.FINALIZER]
+    return Plan(writes=[*routing.release(view), _policy_patch(view, remaining)])
+
+
+def _freshness(latencies: Mapping[str, PodLatency | None], since: float | None) -> dict[str, bool]:
+    """Per pod: did samples arrive since the previous evaluation (`since` seconds
+    ago)? Only fresh data moves the circuit breaker, so one slow window is not
+    counted twice."""
+    return {
+        name: lat is not None and (since is None or lat.age_s < since)
+        for name, lat in latencies.items()
+    }
+
+
+def _slice_writes(ns: str, plan: slices.SlicePlan) -> list[Write]:
+    """Creates and updates before deletes: an endpoint moving between slices is never
+    missing in between."""
+    out = [Write("create", ENDPOINTSLICES, ns, o["metadata"]["name"], o) for o in plan.create]
+    out += [Write("replace", ENDPOINTSLICES, ns, o["metadata"]["name"], o) for o in plan.update]
+    out += [Write("delete", ENDPOINTSLICES, ns, n, missing_ok=True) for n in plan.delete]
+    return out
+
+
+def _events(
+    outcome: Outcome, before: set[str], changed: bool, eligible: Sequence[JSON]
+) -> list[EventSpec]:
+    by_name = {pod_name(p): p for p in eligible}
+    out = [
+        EventSpec(
+            ev.reason,
+            ev.message,
+            ev.action,
+            WARNING if ev.reason == "PodEjected" else NORMAL,
+            by_name.get(ev.pod) if ev.pod else None,
+        )
+        for ev in outcome.events
+    ]
+    if changed and outcome.active != before:
+        added = sorted(outcome.active - before)
+        removed = sorted(before - outcome.active)
+        note = f"{len(outcome.active)} pods active"
+        if added:
+            note += f"; added {', '.join(added[:10])}"
+        if removed:
+            note += f"; removed {', '.join(removed[:10])}"
+        out.append(EventSpec("EndpointsUpdated", note, "UpdateEndpoints"))
+    return out
+
+
+def _active_in(observed: Iterable[JSON], routed: str) -> set[str]:
+    """Pods our slices of `routed` currently publish: the set a new leader inherits."""
+    out: set[str] = set()
+    for sl in observed:
+        if (sl["metadata"].get("labels") or {}).get(marks.LABEL_SERVICE_NAME) != routed:
+            continue
+        for ep in sl.get("endpoints") or []:
+            ref = ep.get("targetRef") or {}
+            if ref.get("name"):
+                out.add(str(ref["name"]))
+    return out
+
+
+def _row(pod: JSON, state: str, lat: PodLatency | None, reason: str | None = None) -> PodStatus:
+    ips = pod_ips(pod)
+    return pod_status(
+        pod_name(pod),
+        ips[0] if ips else "",
+        str(pod.get("spec", {}).get("nodeName") or ""),
+        state,
+        p50_ms=lat.p50_ms if lat else None,
+        p99_ms=lat.p99_ms if lat else None,
+        rif=lat.rif if lat else None,
+        samples=lat.samples if lat else 0,
+        reason=reason,
+    )

@@ -1,0 +1,199 @@
+"""Routing decisions for one policy: which Service it routes, in which mode, and the
+writes that get the Services there. Pure: a `View` in, `Routing` and `Write`s out.
+
+- Conflict: another live policy that routes the same Service and is older (creation
+  time, then name) wins; the later one owns nothing.
+- Shadow mode: our selector-less Service `<target>-aviator` is created or patched to
+  mirror the target's ports; a Service of that name that is not ours blocks the policy.
+- Takeover mode: the target's selector is moved into an annotation (only after our
+  slices are published, so the Service never has zero endpoints); a Service taken over
+  by a policy that no longer exists is adopted; a selector someone restored is reported
+  (`SelectorRestored`) and not fought. Without a selector Kubernetes stops updating,
+  but does not delete, its own slices and Endpoints: the takeover deletes them.
+- Release: what a policy made and no longer needs is undone, selectors restored FIRST,
+  then our shadow Services and slices deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aviator.kube import marks
+from aviator.kube.resources import ENDPOINTSLICES, SERVICES, Resource
+from aviator.reconcilers.mapping import routed_service
+from aviator.reconcilers.services import (
+    TakeoverState,
+    desired_shadow_service,
+    restore_patch,
+    shadow_service_patch,
+    takeover_patch,
+    takeover_state,
+)
+from aviator.reconcilers.status import (
+    REASON_CONFLICT,
+    REASON_INVALID_SPEC,
+    REASON_SELECTOR_RESTORED,
+    Problem,
+)
+from aviator.reconcilers.view import View
+from aviator.runtime.writer import Write
+
+JSON = dict[str, Any]
+ENDPOINTS = Resource("", "v1", "endpoints", "Endpoints")
+
+
+@dataclass
+class Routing:
+    """What the routing step found: problems, whether it blocks selection, writes to
+    make before the slices, and what to do after them."""
+
+    problems: list[Problem] = field(default_factory=list)
+    blocked: bool = False
+    prepare: list[Write] = field(default_factory=list)  # before the slices
+    take_over: bool = False  # remove the selector now (after our slices are published)
+    taken: bool = False  # taken over earlier and still ours
+
+
+def _created(policy: JSON) -> tuple[str, str]:
+    meta = policy.get("metadata", {})
+    return str(meta.get("creationTimestamp", "")), str(meta.get("name", ""))
+
+
+def conflicting_policy(policy: JSON, rivals: Sequence[JSON]) -> str | None:
+    """The name of the older live policy among those routing the same Service."""
+    mine = _created(policy)
+    uid = policy["metadata"].get("uid")
+    for other in rivals:
+        ometa = other.get("metadata", {})
+        if ometa.get("uid") == uid or ometa.get("deletionTimestamp"):
+            continue
+        if _created(other) < mine:
+            return str(ometa.get("name"))
+    return None
+
+
+def release(view: View, keep_routed: str | None = None) -> list[Write]:
+    """Undo what the policy made, except what routes `keep_routed` in its current
+    mode: selectors restored first, then our shadow Services and slices deleted."""
+    meta = view.policy["metadata"]
+    ns, name, uid = meta["namespace"], meta["name"], meta.get("uid", "")
+    mode_takeover = keep_routed is not None and routed_service(view.policy) == keep_routed
+    writes: list[Write] = []
+    for svc in view.taken_over:
+        svc_name = svc["metadata"]["name"]
+        if mode_takeover and svc_name == keep_routed:
+            continue
+        restore = restore_patch(svc, name)
+        if restore is not None:
+            writes.append(
+                Write(
+                    "patch",
+                    SERVICES,
+                    ns,
+                    svc_name,
+                    restore.patch,
+                    missing_ok=True,
+                    note=f"given back (selector restored: {restore.restores_selector})",
+                )
+            )
+    for svc in view.labelled_services:
+        svc_name = svc["metadata"]["name"]
+        if svc_name == keep_routed or not marks.is_owned_by(svc, uid):
+            continue
+        writes.append(Write("delete", SERVICES, ns, svc_name, missing_ok=True))
+    for sl in view.slices:
+        labels = sl["metadata"].get("labels") or {}
+        if keep_routed is not None and labels.get(marks.LABEL_SERVICE_NAME) == keep_routed:
+            continue
+        writes.append(Write("delete", ENDPOINTSLICES, ns, sl["metadata"]["name"], missing_ok=True))
+    return writes
+
+
+def decide(view: View, target: JSON) -> Routing:
+    """Routing for a policy whose spec is valid and whose target Service exists."""
+    assert view.parsed is not None
+    parsed = view.parsed
+    meta = view.policy["metadata"]
+    ns, name, uid = meta["namespace"], meta["name"], str(meta.get("uid", ""))
+    routing = Routing()
+    if parsed.mode == "shadow":
+        if parsed.routed_service == parsed.target:
+            routing.problems.append(
+                Problem(REASON_INVALID_SPEC, "routing.serviceName must differ from the target")
+            )
+            routing.blocked = True
+            return routing
+        desired = desired_shadow_service(target, parsed.routed_service, name, uid)
+        observed = view.routed
+        if observed is None:
+            # A conflict here means it exists and the cache has not seen it, maybe
+            # someone else's: the writer ends the reconcile and we look again.
+            routing.prepare.append(Write("create", SERVICES, ns, parsed.routed_service, desired))
+        elif not marks.is_owned_by(observed, uid):
+            routing.problems.append(
+                Problem(
+                    REASON_CONFLICT,
+                    f"Service {ns}/{parsed.routed_service} exists and is not managed by "
+                    "this policy; set routing.serviceName to another name",
+                )
+            )
+            routing.blocked = True
+        else:
+            patch = shadow_service_patch(observed, desired)
+            if patch is not None:
+                routing.prepare.append(Write("patch", SERVICES, ns, parsed.routed_service, patch))
+        return routing
+
+    state = takeover_state(target, name)
+    if state is TakeoverState.OTHER_POLICY:
+        holder = (target["metadata"].get("annotations") or {}).get(marks.ANNOTATION_TAKEN_OVER_BY)
+        if view.holder is not None:
+            routing.problems.append(
+                Problem(REASON_CONFLICT, f"Service {ns}/{parsed.target} is taken over by {holder}")
+            )
+            routing.blocked = True
+            return routing
+        # The policy that took it over is gone without cleaning up: adopt it.
+        state = TakeoverState.TAKEN
+        adopt = {"metadata": {"annotations": {marks.ANNOTATION_TAKEN_OVER_BY: name}}}
+        routing.prepare.append(
+            Write("patch", SERVICES, ns, parsed.target, adopt, note=f"adopted from {holder}")
+        )
+    if state is TakeoverState.UNTOUCHED:
+        routing.take_over = True
+    elif state is TakeoverState.TAKEN:
+        routing.taken = True
+    elif state is TakeoverState.RESTORED:
+        routing.problems.append(
+            Problem(
+                REASON_SELECTOR_RESTORED,
+                f"someone restored the selector of Service {ns}/{parsed.target}; its "
+                "built-in slices route to every pod again. Aviator does not fight: "
+                "delete the policy, or remove the selector to hand routing back",
+            )
+        )
+    return routing
+
+
+def after_slices(view: View, target: JSON, routing: Routing) -> list[Write]:
+    """Writes that follow the slices: the takeover itself, then the built-in slices
+    and Endpoints it leaves behind (Endpoints once, at the takeover: the mirroring
+    controller would turn them into slices again)."""
+    assert view.parsed is not None
+    writes: list[Write] = []
+    meta = target["metadata"]
+    ns, svc = meta["namespace"], meta["name"]
+    if routing.take_over:
+        patch = takeover_patch(target, view.policy["metadata"]["name"])
+        patch["metadata"]["resourceVersion"] = meta.get("resourceVersion")
+        writes.append(Write("patch", SERVICES, ns, svc, patch, note="taken over"))
+    if view.parsed.mode == "takeover" and (routing.take_over or routing.taken):
+        for sl in view.builtin_slices:
+            writes.append(
+                Write("delete", ENDPOINTSLICES, ns, sl["metadata"]["name"], missing_ok=True)
+            )
+        if routing.take_over:
+            writes.append(Write("delete", ENDPOINTS, ns, svc, missing_ok=True, forbidden_ok=True))
+    return writes

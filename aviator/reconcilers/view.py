@@ -1,0 +1,177 @@
+"""What the informer caches hold about one policy, read once per reconcile.
+
+`Caches` names the informer caches the policy reconciler reads and the indexes it
+needs on them; `gather` reads everything one reconcile decides on into a `View`, an
+immutable snapshot the pure planner works from. Reading happens here and only here,
+so a plan never sees two different states of a cache.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aviator.informers import Indexer
+from aviator.kube import marks
+from aviator.kube.pods import is_eligible, pod_name
+from aviator.kube.services import pod_selector
+from aviator.reconcilers.evaluation import InvalidSpec, ParsedPolicy, parse_policy
+from aviator.reconcilers.mapping import INDEX_BY_ROUTED
+from aviator.reconcilers.podindex import selected_pods
+
+JSON = dict[str, Any]
+
+INDEX_SLICES_BY_POLICY = "aviator/slices-by-policy"
+INDEX_SERVICES_BY_POLICY = "aviator/services-by-policy"
+INDEX_SERVICES_BY_TAKEOVER = "aviator/services-by-takeover"
+INDEX_SLICES_BY_SERVICE = "aviator/slices-by-service"
+
+
+def index_by_policy_label(obj: JSON) -> list[str]:
+    """Files our slices and shadow Services under "ns/<policy>"."""
+    meta = obj.get("metadata", {})
+    label = (meta.get("labels") or {}).get(marks.LABEL_POLICY)
+    return [f"{meta.get('namespace', '')}/{label}"] if label else []
+
+
+def index_by_takeover(obj: JSON) -> list[str]:
+    """Files Services a policy took over under "ns/<policy>"."""
+    meta = obj.get("metadata", {})
+    owner = (meta.get("annotations") or {}).get(marks.ANNOTATION_TAKEN_OVER_BY)
+    return [f"{meta.get('namespace', '')}/{owner}"] if owner else []
+
+
+def index_by_service_name(obj: JSON) -> list[str]:
+    meta = obj.get("metadata", {})
+    svc = (meta.get("labels") or {}).get(marks.LABEL_SERVICE_NAME)
+    return [f"{meta.get('namespace', '')}/{svc}"] if svc else []
+
+
+SLICE_INDEXERS = {INDEX_SLICES_BY_POLICY: index_by_policy_label}
+BUILTIN_SLICE_INDEXERS = {INDEX_SLICES_BY_SERVICE: index_by_service_name}
+SERVICE_INDEXERS = {
+    INDEX_SERVICES_BY_POLICY: index_by_policy_label,
+    INDEX_SERVICES_BY_TAKEOVER: index_by_takeover,
+}
+
+
+@dataclass
+class Caches:
+    """The informer caches the reconciler reads (indexes above must be installed)."""
+
+    policies: Indexer
+    services: Indexer
+    pods: Indexer
+    slices: Indexer
+    nodes: Indexer | None = None
+    builtin_slices: Indexer | None = None  # slices Kubernetes' own controllers made
+
+    def zone_of(self, node: str) -> str | None:
+        if self.nodes is None:
+            return None
+        obj = self.nodes.get(node)
+        if obj is None:
+            return None
+        zone = (obj.get("metadata", {}).get("labels") or {}).get("topology.kubernetes.io/zone")
+        return str(zone) if zone else None
+
+
+def _no_zone(node: str) -> str | None:
+    return None
+
+
+@dataclass(frozen=True)
+class View:
+    """One policy and everything around it, as the caches held them.
+
+    `parsed` is None when the spec is invalid (`invalid` says why); `target`, `routed`,
+    `holder`, `rivals`, `pods` and `builtin_slices` are only read for a valid spec.
+    """
+
+    policy: JSON
+    parsed: ParsedPolicy | None = None
+    invalid: str | None = None
+    target: JSON | None = None  # the target Service
+    routed: JSON | None = None  # the Service under the routed name, when not the target
+    holder: JSON | None = None  # the live policy the target says took it over
+    rivals: Sequence[JSON] = ()  # every policy routing the same Service (this one too)
+    taken_over: Sequence[JSON] = ()  # Services this policy took over
+    labelled_services: Sequence[JSON] = ()  # Services carrying this policy's label
+    slices: Sequence[JSON] = ()  # EndpointSlices carrying this policy's label
+    builtin_slices: Sequence[JSON] = ()  # Kubernetes' own slices of the target
+    pods: Sequence[JSON] = ()  # pods the target's (or its saved) selector matches
+    zone_of: Callable[[str], str | None] = field(default=_no_zone, compare=False)
+
+    @property
+    def namespace(self) -> str:
+        return str(self.policy["metadata"]["namespace"])
+
+    @property
+    def name(self) -> str:
+        return str(self.policy["metadata"]["name"])
+
+    @property
+    def selector(self) -> dict[str, str]:
+        return pod_selector(self.target) if self.target is not None else {}
+
+    @functools.cached_property
+    def eligible(self) -> list[JSON]:
+        """Pods that may serve (ready, not terminating, addressed), by name."""
+        return sorted((p for p in self.pods if is_eligible(p)), key=pod_name)
+
+
+def gather(caches: Caches, policy: JSON) -> View:
+    """Read what one reconcile of `policy` decides on from the caches."""
+    meta = policy["metadata"]
+    ns, key = meta["namespace"], f"{meta['namespace']}/{meta['name']}"
+    taken_over = caches.services.by_index(INDEX_SERVICES_BY_TAKEOVER, key)
+    labelled_services = caches.services.by_index(INDEX_SERVICES_BY_POLICY, key)
+    slices = caches.slices.by_index(INDEX_SLICES_BY_POLICY, key)
+    try:
+        parsed = parse_policy(policy)
+    except InvalidSpec as exc:
+        return View(
+            policy,
+            invalid=str(exc),
+            taken_over=taken_over,
+            labelled_services=labelled_services,
+            slices=slices,
+        )
+    target = caches.services.get(f"{ns}/{parsed.target}")
+    routed = (
+        caches.services.get(f"{ns}/{parsed.routed_service}")
+        if parsed.routed_service != parsed.target
+        else None
+    )
+    holder = None
+    pods: list[JSON] = []
+    builtin: list[JSON] = []
+    if target is not None:
+        holder_name = (target["metadata"].get("annotations") or {}).get(
+            marks.ANNOTATION_TAKEN_OVER_BY
+        )
+        if holder_name and holder_name != meta["name"]:
+            holder = caches.policies.get(f"{ns}/{holder_name}")
+        selector = pod_selector(target)
+        if selector:
+            pods = selected_pods(caches.pods, ns, selector)
+        if caches.builtin_slices is not None:
+            builtin = caches.builtin_slices.by_index(
+                INDEX_SLICES_BY_SERVICE, f"{ns}/{parsed.target}"
+            )
+    return View(
+        policy,
+        parsed=parsed,
+        target=target,
+        routed=routed,
+        holder=holder,
+        rivals=caches.policies.by_index(INDEX_BY_ROUTED, f"{ns}/{parsed.routed_service}"),
+        pods=pods,
+        builtin_slices=builtin,
+        zone_of=caches.zone_of,
+        taken_over=taken_over,
+        labelled_services=labelled_services,
+        slices=slices,
+    )
