@@ -1,10 +1,10 @@
-"""The policy controller: AviatorPolicy → EndpointSlices, Services, status, Events.
+"""The AviatorPolicy reconciler: AviatorPolicy → EndpointSlices, Services, status, Events.
 
-Pure planning (no I/O): `slices` (EndpointSlices per family and resolved ports, minimal
-writes), `services` (shadow Service, takeover and restore), `status` (conditions and
-the steady-state zero-write rule), `mapping` (events → policy keys), `engine` (spec
-parsing and the selection engine bridge). With I/O: `reconciler` (one policy
-reconcile), `probe` (controller-side HTTP probes), `events` (Event recorder),
-`metrics`, `app` (one controller replica) and `cmd` (`aviator controller`).
-`harness` is the generic workqueue-driven controller loop.
+One reconcile reads (`view`, `latencies`), plans (`plan`, pure) and acts
+(`reconciler`); ARCHITECTURE.md walks through it. Pure helpers the plan uses: `routing`
+(conflicts, shadow, takeover, restore, release), `services` (shadow Service and
+takeover patches), `slices` (EndpointSlices per family and resolved ports, minimal
+writes), `status` (conditions and the steady-state zero-write rule), `evaluation` (spec
+parsing and the selection engine bridge). Also: `mapping` (events → policy keys),
+`podindex` (pods by label), `metrics` (per-policy gauges).
 """

@@ -27,7 +27,7 @@ from aviator.api.types import AviatorPolicyStatus, Condition, PodStatus
 
 JSON = dict[str, Any]
 
-# Condition types and reasons (DESIGN.md §7).
+# Condition types and reasons (docs/controller.md, "Status and Events").
 READY = "Ready"
 DEGRADED = "Degraded"
 REASON_ROUTING = "Routing"

@@ -1,4 +1,4 @@
-"""Pure selection engine: which pods of a Service should serve (DESIGN.md §6).
+"""Pure selection engine: which pods of a Service should serve (docs/selection.md; ARCHITECTURE.md places it).
 
 `evaluate(pods, current_active, policy, state, now) -> Evaluation` is the whole API;
 the reconciler builds `PodInput`s from the Pod cache and the latency store, and keeps

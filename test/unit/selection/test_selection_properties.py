@@ -1,4 +1,4 @@
-"""Properties of the selection engine (DESIGN.md §6), checked with hypothesis."""
+"""Properties of the selection engine (docs/selection.md), checked with hypothesis."""
 
 from __future__ import annotations
 
