@@ -198,9 +198,16 @@ def test_installed_box_runs_the_demo(installed: Installed) -> None:
         "BEFORE Aviator",
         "aviatorpolicy.aviator.example.com/",
         "started the controller",
+        "converged: only fast pods serve my-app-service-aviator",
         "box stopped",
     ):
         assert expected in out, f"{expected!r} not in the demo's output:\n{out}"
     for problem in ("not-implemented", "restarting", "failed"):
         assert problem not in out, f"{problem!r} in the demo's output:\n{out}"
-    assert not (installed.work / ".box" / "status.json").exists()
+    box = installed.work / ".box"
+    assert not (box / "status.json").exists()
+    if _bcc_package() is not None:  # the agents ran the BPF program shipped in the wheel
+        logs = sorted((box / "logs").glob("agent-*.log"))
+        assert logs
+        for log in logs:
+            assert "source ebpf" in log.read_text(), log.read_text()
