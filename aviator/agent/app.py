@@ -28,11 +28,12 @@ from aviator.agent.metrics import AgentMetrics
 from aviator.agent.podmap import PodMap
 from aviator.agent.prober import Prober
 from aviator.agent.sources import LatencySource
-from aviator.agent.stream import SERVICE_NAME_LABEL, StreamFanout, TokenFile, urls_from_slices
+from aviator.agent.stream import StreamFanout, TokenFile, urls_from_slices
 from aviator.agent.targets import ProbeTarget, TargetKey, probe_targets, traffic_samples
 from aviator.agent.windows import WindowDiffer, attach_pods
 from aviator.informers import FuncHandler, InformerFactory, SharedIndexInformer
 from aviator.kube import KubeClient
+from aviator.kube.marks import LABEL_SERVICE_NAME
 from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, SERVICES
 from aviator.latency.schema import MAX_ENDPOINTS, EndpointWindow, Snapshot
 from aviator.latency.store import LatencyStore, PodLatency
@@ -104,7 +105,7 @@ class Agent:
         if cfg.controller_service:
             ns, _, name = cfg.controller_service.partition("/")
             slices = self.factory.informer_for(
-                ENDPOINTSLICES, namespace=ns, label_selector=f"{SERVICE_NAME_LABEL}={name}"
+                ENDPOINTSLICES, namespace=ns, label_selector=f"{LABEL_SERVICE_NAME}={name}"
             )
             slices.add_event_handler(
                 FuncHandler(

@@ -33,7 +33,6 @@ from aviator.latency.schema import Snapshot, encode_snapshot
 log = logging.getLogger(__name__)
 
 STREAM_PATH = "/v1/stream"
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 
 
 class TokenFile:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+from aviator.kube.marks import LABEL_SERVICE_NAME
 
 Obj = dict[str, Any]
 Backend = tuple[str, int]
@@ -28,7 +28,7 @@ def proxied(service: Obj) -> bool:
 def service_of(slice_: Obj) -> str | None:
     """'ns/name' of the Service a slice belongs to, from its label."""
     meta = slice_.get("metadata", {})
-    name = (meta.get("labels") or {}).get(SERVICE_NAME_LABEL)
+    name = (meta.get("labels") or {}).get(LABEL_SERVICE_NAME)
     return f"{meta.get('namespace')}/{name}" if name else None
 
 

@@ -14,6 +14,8 @@ from importlib.resources import files
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
+from aviator.api.crd import CRD_FILE_NAME
+
 QUICKSTART_PACKAGE = "aviator.box.quickstart"
 CONFIG_PACKAGE = "aviator.config"
 
@@ -33,7 +35,7 @@ def config(*parts: str) -> Path:
 
 
 TESTAPP = quickstart("testapp.py")
-CRD_FILE = config("crd", "bases", "aviator.example.com_aviatorpolicies.yaml")
+CRD_FILE = config("crd", "bases", CRD_FILE_NAME)
 SAMPLE_POLICY = config("samples", "aviator_v1alpha1_aviatorpolicy.yaml")
 APP_MANIFESTS = [quickstart("fast-app.yaml"), quickstart("slow-app.yaml")]
 SERVICE_MANIFEST = quickstart("test-svc.yaml")

@@ -13,6 +13,7 @@ from typing import Any
 
 from aviator import __version__
 from aviator.box.podstatus import now_rfc3339
+from aviator.kube import marks
 from aviator.kube.client import ApiError, KubeClient
 from aviator.kube.resources import LEASES, NODES
 
@@ -34,10 +35,10 @@ def node_object(name: str) -> dict[str, Any]:
         "metadata": {
             "name": name,
             "labels": {
-                "kubernetes.io/hostname": name,
-                "kubernetes.io/os": "linux",
-                "topology.kubernetes.io/zone": ZONE,
-                "aviator.example.com/box": "true",
+                marks.LABEL_HOSTNAME: name,
+                marks.LABEL_OS: "linux",
+                marks.LABEL_ZONE: ZONE,
+                marks.LABEL_BOX_NODE: "true",
             },
         },
         "spec": {},

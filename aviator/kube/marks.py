@@ -21,6 +21,14 @@ LABEL_POLICY = f"{GROUP}/policy"
 LABEL_APP_MANAGED_BY = "app.kubernetes.io/managed-by"
 APP_MANAGER = "aviator"
 
+# Node labels: the box sets them on its Nodes; the controller reads the zone for the
+# endpoints of its slices.
+LABEL_HOSTNAME = "kubernetes.io/hostname"
+LABEL_OS = "kubernetes.io/os"
+LABEL_ZONE = "topology.kubernetes.io/zone"
+# Marks the Nodes of the cluster in a box.
+LABEL_BOX_NODE = f"{GROUP}/box"
+
 ANNOTATION_ORIGINAL_SELECTOR = f"{GROUP}/original-selector"
 ANNOTATION_TAKEN_OVER_BY = f"{GROUP}/taken-over-by"
 
