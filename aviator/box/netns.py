@@ -41,6 +41,19 @@ def _check(result: int, what: str) -> None:
         raise OSError(errno, f"{what}: {os.strerror(errno)}")
 
 
+def _listen(sock: socket.socket, ip: str, port: int, backlog: int) -> socket.socket:
+    """`sock` bound to (ip, port), listening and non-blocking; closed if that fails."""
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((ip, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 class BoxNetwork:
     """Enter with `BoxNetwork.enter()` from the main thread, before any other thread or
     event loop exists: threads started later inherit the namespace."""
@@ -100,28 +113,11 @@ class BoxNetwork:
         """A listening TCP socket in the host namespace (raises OSError if taken)."""
         with self.host():
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((ip, port))
-            sock.listen(backlog)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        return sock
+        return _listen(sock, ip, port, backlog)
 
 
 class HostNetwork:
     """No namespace: everything in the host's (tests of the proxy on 127/8 use this)."""
 
     def host_listener(self, ip: str, port: int, backlog: int = 1024) -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            sock.bind((ip, port))
-            sock.listen(backlog)
-            sock.setblocking(False)
-        except OSError:
-            sock.close()
-            raise
-        return sock
+        return _listen(socket.socket(socket.AF_INET, socket.SOCK_STREAM), ip, port, backlog)
