@@ -3,13 +3,15 @@
 Configuration (kubeconfig, in-cluster service account, exec plugins, token refresh) is
 delegated to kubernetes_asyncio's loaders; requests are ours, so hot paths (list, watch,
 slices) never pay for typed-model conversion and watches are fully under our control.
+`RequestClient` and `ListWatchClient` name the parts of it the Lease lock and the
+Reflector use, so that anything with those methods can stand in for it.
 """
 
 from __future__ import annotations
 
 import ssl
 from collections.abc import AsyncIterator, Mapping
-from typing import Any, cast
+from typing import Any, Protocol, cast
 
 import aiohttp
 import orjson
@@ -47,6 +49,29 @@ class ApiError(Exception):
     @property
     def gone(self) -> bool:
         return self.status == 410
+
+
+class RequestClient(Protocol):
+    """The part of KubeClient that sends one request (what a Lease lock needs)."""
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int | bool] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout_s: float = 30.0,
+    ) -> JSON: ...
+
+
+class ListWatchClient(RequestClient, Protocol):
+    """Requests and watches: the part of KubeClient a Reflector uses."""
+
+    def watch(
+        self, path: str, params: Mapping[str, str | int | bool] | None = None
+    ) -> AsyncIterator[JSON]: ...
 
 
 class KubeClient:
