@@ -26,15 +26,16 @@ from aiohttp import web
 from aviator.agent.api import make_api
 from aviator.agent.metrics import AgentMetrics
 from aviator.agent.podmap import PodMap
-from aviator.agent.prober import Prober
-from aviator.agent.sources import LatencySource
+from aviator.agent.prober import NodeProber
+from aviator.agent.sources import CounterSource
 from aviator.agent.stream import StreamFanout, TokenFile, urls_from_slices
-from aviator.agent.targets import ProbeTarget, TargetKey, probe_targets, traffic_samples
+from aviator.agent.targets import TargetKey, probe_targets, traffic_samples
 from aviator.agent.windows import WindowDiffer, attach_pods
 from aviator.informers import FuncHandler, InformerFactory, SharedIndexInformer
 from aviator.kube import KubeClient
 from aviator.kube.marks import LABEL_SERVICE_NAME
 from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, SERVICES
+from aviator.latency.probing import ProbeTarget
 from aviator.latency.schema import MAX_ENDPOINTS, EndpointWindow, Snapshot
 from aviator.latency.store import LatencyStore, PodLatency
 
@@ -67,8 +68,8 @@ class Agent:
         self,
         config: AgentConfig,
         client: KubeClient,
-        source: LatencySource,
-        prober: Prober,
+        source: CounterSource,
+        prober: NodeProber,
         *,
         source_note: str | None = None,
     ) -> None:

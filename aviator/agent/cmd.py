@@ -11,7 +11,7 @@ import signal
 import uvloop
 
 from aviator.agent.app import Agent, AgentConfig
-from aviator.agent.prober import Prober
+from aviator.agent.prober import NodeProber
 from aviator.agent.sources import SourceUnavailable, open_source
 from aviator.kube import KubeClient
 
@@ -129,7 +129,7 @@ async def _main(args: argparse.Namespace) -> int:
         loop.add_signal_handler(sig, stop.set)
     config = config_from(args)
     probe_mode = args.latency_source == "probe"
-    prober = Prober(
+    prober = NodeProber(
         min_samples=args.probe_samples if probe_mode else args.keep_warm_samples,
         timeout_s=args.probe_timeout,
         concurrency=args.probe_concurrency,

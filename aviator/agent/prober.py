@@ -1,4 +1,5 @@
-"""HTTP probes of local pods: keep-warm for idle pods, and the probe-only latency source.
+"""The agent's probes of its node's pods: keep-warm for idle pods, and the probe-only
+latency source.
 
 Keep-warm: a pod that receives no traffic (for instance because it is not selected)
 produces no samples, so nobody would notice it got fast again. Each report interval
@@ -9,10 +10,8 @@ own timings are ignored.
 Probe mode (no eBPF): the prober IS the latency source. Each target gets
 `min_samples` probes per interval and the prober keeps cumulative counters per target
 in the same shape as the kernel maps (`read()`), so the agent diffs them into windows
-the same way. A probe's latency is the time from sending the request to receiving
-the response headers. A timeout, a connection error or a status >= 500 counts as
-aborted and is recorded at the timeout value, so a failing pod looks as slow as it
-behaves for a client rather than unknown.
+the same way. What a probe times, keep-alive, and how a failure is recorded (at the
+timeout value, counted as aborted) are the shared probe's: `aviator.latency.probing`.
 
 Load is bounded three ways: a token bucket over all probes (`rate_per_s`), a limit
 on concurrent probes, and at most one running batch per target (a batch's probes go
@@ -23,20 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-import aiohttp
-
-from aviator.agent.targets import ProbeTarget, TargetKey
-from aviator.latency.histogram import Histogram
+from aviator.agent.targets import TargetKey
+from aviator.latency.probing import HttpProber, ProbeCounters, ProbeTarget
 from aviator.latency.schema import Role
-
-log = logging.getLogger(__name__)
-
-_MAX_BODY = 64 * 1024  # read and discard at most this much of a probe's response
 
 
 class TokenBucket:
@@ -72,33 +64,6 @@ class ProbeKey:
     role: Role = "server"
 
 
-@dataclass(slots=True)
-class ProbeCounters:
-    """Cumulative results for one target (the shape of the kernel's counters)."""
-
-    hist: Histogram = field(default_factory=Histogram)
-    sum_us: int = 0
-    max_us: int = 0
-    rif: int = 0
-    aborted: int = 0
-
-    @property
-    def buckets(self) -> list[int]:
-        return self.hist.counts
-
-    @property
-    def count(self) -> int:
-        return self.hist.count
-
-    def record(self, latency_us: int) -> None:
-        self.hist.record(latency_us)
-        self.sum_us += latency_us
-        self.max_us = max(self.max_us, latency_us)
-
-    def frozen(self) -> ProbeCounters:
-        return ProbeCounters(self.hist.copy(), self.sum_us, self.max_us, self.rif, self.aborted)
-
-
 @dataclass
 class ProbeStats:
     sent: int = 0
@@ -107,8 +72,9 @@ class ProbeStats:
     rate_limited: int = 0  # probes not sent for lack of tokens
 
 
-class Prober:
-    """Sends probe batches to targets; keeps cumulative results per target."""
+class NodeProber:
+    """Sends probe batches to the targeted pods of this node; keeps cumulative
+    results per target."""
 
     def __init__(
         self,
@@ -121,23 +87,13 @@ class Prober:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.min_samples = min_samples
-        self.timeout_s = timeout_s
-        self._sem = asyncio.Semaphore(concurrency)
+        self._http = HttpProber(
+            timeout_s=timeout_s, concurrency=concurrency, user_agent="aviator-agent-probe"
+        )
         self._bucket = TokenBucket(rate_per_s, burst if burst is not None else rate_per_s, clock)
         self._counters: dict[TargetKey, ProbeCounters] = {}
         self._running: dict[TargetKey, asyncio.Task[None]] = {}
-        self._session: aiohttp.ClientSession | None = None
         self.stats = ProbeStats()
-
-    def _session_or_new(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, limit_per_host=2, keepalive_timeout=30),
-                timeout=aiohttp.ClientTimeout(total=self.timeout_s),
-                auto_decompress=False,
-                headers={"User-Agent": "aviator-agent-probe"},
-            )
-        return self._session
 
     # --- the probe-mode latency source ------------------------------------------------
 
@@ -187,32 +143,9 @@ class Prober:
 
     async def _batch(self, target: ProbeTarget, n: int, counters: ProbeCounters) -> None:
         for _ in range(n):
-            async with self._sem:
-                await self._probe_once(target, counters)
-
-    async def _probe_once(self, target: ProbeTarget, counters: ProbeCounters) -> None:
-        session = self._session_or_new()
-        counters.rif += 1
-        self.stats.sent += 1
-        t0 = time.perf_counter()
-        ok = False
-        latency_us = 0
-        try:
-            async with session.get(target.url, allow_redirects=False) as resp:
-                latency_us = int((time.perf_counter() - t0) * 1e6)
-                ok = resp.status < 500
-                # Drain (bounded) so the keep-alive connection can be reused.
-                await resp.content.read(_MAX_BODY)
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-            log.debug("probe %s failed: %s", target.url, exc)
-        finally:
-            counters.rif -= 1
-        if ok:
-            counters.record(latency_us)
-        else:
-            self.stats.failed += 1
-            counters.aborted += 1
-            counters.record(int(self.timeout_s * 1e6))
+            self.stats.sent += 1
+            if not await self._http.probe(target, counters):
+                self.stats.failed += 1
 
     async def wait_idle(self) -> None:
         """Wait for every running batch (tests, shutdown)."""
@@ -223,5 +156,4 @@ class Prober:
         for task in list(self._running.values()):
             task.cancel()
         await asyncio.gather(*list(self._running.values()), return_exceptions=True)
-        if self._session is not None:
-            await self._session.close()
+        await self._http.close()

@@ -1,7 +1,7 @@
 """Where the agent's latency data comes from: the BPF program, or its own probes.
 
-Both give cumulative per-endpoint counters (`read()`), so the rest of the agent does
-not care which one runs. `open_source("auto")` tries eBPF and falls back to probing,
+Both are a `CounterSource`: cumulative per-endpoint counters (`read()`), so the rest
+of the agent does not care which one runs. `open_source("auto")` tries eBPF and falls back to probing,
 logging why eBPF is unavailable.
 """
 
@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterable
 from typing import Literal, Protocol
 
-from aviator.agent.prober import Prober
+from aviator.agent.prober import NodeProber
 from aviator.agent.windows import CountersLike, EndpointKeyLike
 from aviator.latency.schema import Source
 
@@ -21,7 +21,9 @@ log = logging.getLogger(__name__)
 SourceChoice = Literal["auto", "ebpf", "probe"]
 
 
-class LatencySource(Protocol):
+class CounterSource(Protocol):
+    """Cumulative per-endpoint counters, read once per report interval."""
+
     name: Source
 
     async def read(self) -> Iterable[tuple[EndpointKeyLike, CountersLike]]: ...
@@ -57,7 +59,7 @@ class ProbeSource:
 
     name: Source = "probe"
 
-    def __init__(self, prober: Prober) -> None:
+    def __init__(self, prober: NodeProber) -> None:
         self.prober = prober
 
     async def read(self) -> Iterable[tuple[EndpointKeyLike, CountersLike]]:
@@ -75,8 +77,8 @@ class SourceUnavailable(RuntimeError):
 
 
 async def open_source(
-    choice: SourceChoice, prober: Prober, *, max_sockets: int, max_endpoints: int
-) -> tuple[LatencySource, str | None]:
+    choice: SourceChoice, prober: NodeProber, *, max_sockets: int, max_endpoints: int
+) -> tuple[CounterSource, str | None]:
     """The latency source to use, and why eBPF is not used (None when it is)."""
     if choice == "probe":
         return ProbeSource(prober), "probe mode requested (--latency-source probe)"

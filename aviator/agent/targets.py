@@ -11,14 +11,14 @@ namespace/name chooses the path.
 The kubelet's own HTTP probes of a pod (readiness, liveness, startup) reach the pod's
 socket like any request, and a health endpoint usually answers at once: an idle slow
 pod probed every second would look busy and fast. Each target carries the rate of the
-kubelet's HTTP probes on its port, so the agent can tell how many of a window's samples
-were real traffic before deciding the pod needs keep-warm probes of `probePath`.
+kubelet's HTTP probes on its port (`ProbeTarget.kubelet_probes_per_s`), so the agent
+can tell how many of a window's samples were real traffic before deciding the pod
+needs keep-warm probes of `probePath`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from typing import Any
 
 from aviator.agent.podmap import indexed_ips
@@ -26,6 +26,7 @@ from aviator.informers import object_key
 from aviator.kube.objects import labels_of, selector_matches
 from aviator.kube.pods import container_port, is_terminating
 from aviator.kube.services import pod_selector
+from aviator.latency.probing import ProbeTarget
 
 JSON = dict[str, Any]
 
@@ -33,21 +34,6 @@ DEFAULT_TARGET_PORT = 8080
 DEFAULT_PROBE_PATH = "/"
 DEFAULT_PROBE_PERIOD_S = 10  # the kubelet's default periodSeconds
 _KUBELET_PROBES = ("readinessProbe", "livenessProbe", "startupProbe")
-
-
-@dataclass(frozen=True, slots=True)
-class ProbeTarget:
-    ip: str
-    port: int
-    path: str
-    pod: str  # "namespace/name"
-    kubelet_probes_per_s: float = 0.0  # the kubelet's HTTP probes on this port
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.ip}]" if ":" in self.ip else self.ip
-        return f"http://{host}:{self.port}{self.path}"
-
 
 TargetKey = tuple[str, int]  # (ip, port)
 

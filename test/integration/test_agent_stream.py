@@ -22,7 +22,7 @@ import pytest
 from aiohttp import web
 
 from aviator.agent.app import Agent, AgentConfig
-from aviator.agent.prober import Prober
+from aviator.agent.prober import NodeProber
 from aviator.agent.windows import CountersLike, EndpointKeyLike
 from aviator.kube import KubeClient
 from aviator.kube.resources import ENDPOINTSLICES, PODS, SERVICEACCOUNTS, SERVICES
@@ -190,7 +190,7 @@ async def env(
 async def run_agent(
     kube: KubeClient, config: AgentConfig, source: ScriptedSource
 ) -> tuple[Agent, asyncio.Event, asyncio.Task[None]]:
-    agent = Agent(config, kube, source, Prober(min_samples=0))
+    agent = Agent(config, kube, source, NodeProber(min_samples=0))
     stop = asyncio.Event()
     task = asyncio.get_running_loop().create_task(agent.run(stop))
     async with asyncio.timeout(30):
@@ -383,7 +383,7 @@ async def test_controllers_found_through_a_headless_service(
         controller_service=f"{ns}/controller",
         token_files=[],
     )
-    agent = Agent(config, kube, ScriptedSource({}), Prober(min_samples=0))
+    agent = Agent(config, kube, ScriptedSource({}), NodeProber(min_samples=0))
     monkeypatch.setattr(agent.stream, "set_urls", record)
     stop = asyncio.Event()
     task = asyncio.get_running_loop().create_task(agent.run(stop))

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 import pytest
 from aiohttp import web
 
-from aviator.agent.prober import ProbeKey, Prober, TokenBucket
-from aviator.agent.targets import ProbeTarget
+from aviator.agent.prober import NodeProber, ProbeKey, TokenBucket
+from aviator.latency.probing import ProbeTarget
 
 
 class Clock:
@@ -63,7 +63,7 @@ def free_port() -> int:
 
 async def test_keep_warm_tops_up_to_min_samples(server: tuple[ProbeTarget, list[str]]) -> None:
     target, paths = server
-    prober = Prober(min_samples=4, rate_per_s=1000)
+    prober = NodeProber(min_samples=4, rate_per_s=1000)
     key = (target.ip, target.port)
     try:
         assert prober.schedule({key: target}, {key: 1}) == 3
@@ -83,7 +83,7 @@ async def test_probe_mode_probes_every_target_and_records_failures_as_timeouts(
     target, _ = server
     failing = ProbeTarget(target.ip, target.port, "/boom", "ns/p")
     refused = ProbeTarget("127.0.0.1", free_port(), "/", "ns/q")
-    prober = Prober(min_samples=2, timeout_s=0.5, rate_per_s=1000)
+    prober = NodeProber(min_samples=2, timeout_s=0.5, rate_per_s=1000)
     try:
         targets = {(target.ip, target.port): failing, (refused.ip, refused.port): refused}
         assert prober.schedule(targets, None) == 4
@@ -102,7 +102,7 @@ async def test_probe_mode_probes_every_target_and_records_failures_as_timeouts(
 
 async def test_rate_limit_and_one_batch_per_target(server: tuple[ProbeTarget, list[str]]) -> None:
     target, _ = server
-    prober = Prober(min_samples=5, rate_per_s=0.001, burst=3)
+    prober = NodeProber(min_samples=5, rate_per_s=0.001, burst=3)
     key = (target.ip, target.port)
     try:
         assert prober.schedule({key: target}, None) == 3

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aviator.agent.targets import ProbeTarget, kubelet_probe_rate, probe_targets, traffic_samples
+from aviator.agent.targets import kubelet_probe_rate, probe_targets, traffic_samples
+from aviator.latency.probing import ProbeTarget
 
 
 def policy(
