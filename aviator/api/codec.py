@@ -17,16 +17,14 @@ from typing import Any
 
 from aviator.api.durations import Duration, DurationError
 from aviator.api.schema import (
+    JSON_TYPES,
     FieldInfo,
+    Kind,
     class_rules,
     enum_values,
     fields_of,
-    is_duration,
-    is_enum,
-    is_json_object,
     is_model,
-    list_item,
-    optional_inner,
+    shape_of,
 )
 
 
@@ -57,7 +55,7 @@ _INVALID = _Invalid()
 
 
 def _describe(value: Any) -> str:
-    kind = {bool: "boolean", int: "integer", float: "number", str: "string"}.get(type(value))
+    kind = JSON_TYPES.get(type(value))
     if kind is None:
         kind = (
             "list"
@@ -130,7 +128,7 @@ class _Decoder:
         return obj
 
     def value(self, tp: Any, raw: Any, path: str, info: FieldInfo) -> Any:
-        decoded = self._typed(optional_inner(tp), raw, path, info)
+        decoded = self._typed(tp, raw, path, info)
         if decoded is _INVALID:
             return decoded
         for rule in info.rules:
@@ -139,31 +137,37 @@ class _Decoder:
         return decoded
 
     def _typed(self, tp: Any, raw: Any, path: str, info: FieldInfo) -> Any:
-        if is_model(tp):
-            return self.object(tp, raw, path)
-        item = list_item(tp)
-        if item is not None:
-            if not isinstance(raw, list):
-                return self.fail(path, f"must be a list, got {_describe(raw)}")
-            items = [
-                self._typed(optional_inner(item), v, f"{path}[{i}]", FieldInfo("", ""))
-                for i, v in enumerate(raw)
-            ]
-            return _INVALID if any(v is _INVALID for v in items) else items
-        if is_json_object(tp):
-            if not isinstance(raw, Mapping):
-                return self.fail(path, f"must be an object, got {_describe(raw)}")
-            return dict(raw)
-        if is_duration(tp):
-            try:
-                return Duration.parse(raw)
-            except DurationError as exc:
-                return self.fail(path, str(exc))
-        if is_enum(tp):
-            allowed = enum_values(tp)
-            if not isinstance(raw, str) or raw not in allowed:
-                return self.fail(path, f"must be one of {', '.join(allowed)}; got {_describe(raw)}")
-            return tp(raw)
+        shape = shape_of(tp)
+        tp = shape.type
+        match shape.kind:
+            case Kind.MODEL:
+                return self.object(tp, raw, path)
+            case Kind.LIST:
+                if not isinstance(raw, list):
+                    return self.fail(path, f"must be a list, got {_describe(raw)}")
+                items = [
+                    self._typed(shape.item, v, f"{path}[{i}]", FieldInfo("", ""))
+                    for i, v in enumerate(raw)
+                ]
+                return _INVALID if any(v is _INVALID for v in items) else items
+            case Kind.JSON_OBJECT:
+                if not isinstance(raw, Mapping):
+                    return self.fail(path, f"must be an object, got {_describe(raw)}")
+                return dict(raw)
+            case Kind.DURATION:
+                try:
+                    return Duration.parse(raw)
+                except DurationError as exc:
+                    return self.fail(path, str(exc))
+            case Kind.ENUM:
+                allowed = enum_values(tp)
+                if not isinstance(raw, str) or raw not in allowed:
+                    got = _describe(raw)
+                    return self.fail(path, f"must be one of {', '.join(allowed)}; got {got}")
+                return tp(raw)
+        return self._scalar(tp, raw, path, info)
+
+    def _scalar(self, tp: type, raw: Any, path: str, info: FieldInfo) -> Any:
         if tp is bool:
             if not isinstance(raw, bool):
                 return self.fail(path, f"must be true or false, got {_describe(raw)}")
@@ -172,9 +176,7 @@ class _Decoder:
             return self._number(raw, path, info, integer=True)
         if tp is float:
             return self._number(raw, path, info, integer=False)
-        if tp is str:
-            return self._string(raw, path, info)
-        raise TypeError(f"unsupported model type {tp!r} at {path}")
+        return self._string(raw, path, info)
 
     def _number(self, raw: Any, path: str, info: FieldInfo, *, integer: bool) -> Any:
         if isinstance(raw, bool) or not isinstance(raw, int | float):

@@ -15,39 +15,29 @@ from typing import Any
 
 from aviator.api import types as api
 from aviator.api.codec import to_json
-from aviator.api.schema import (
-    Field,
-    class_rules,
-    enum_values,
-    fields_of,
-    is_duration,
-    is_enum,
-    is_json_object,
-    is_model,
-    list_item,
-    optional_inner,
-)
+from aviator.api.schema import Field, Kind, class_rules, enum_values, fields_of, is_model, shape_of
 
 
 def _type_name(tp: Any) -> str:
-    tp = optional_inner(tp)
-    item = list_item(tp)
-    if item is not None:
-        return f"list of {_type_name(item)}"
-    if is_model(tp):
-        return "object"
-    if is_json_object(tp):
-        return "object (opaque)"
-    if is_duration(tp):
-        return "duration"
-    if is_enum(tp):
-        return " / ".join(f"`{v}`" for v in enum_values(tp))
-    return {bool: "bool", int: "int", float: "number", str: "string"}[tp]
+    shape = shape_of(tp)
+    match shape.kind:
+        case Kind.LIST:
+            return f"list of {_type_name(shape.item)}"
+        case Kind.MODEL:
+            return "object"
+        case Kind.JSON_OBJECT:
+            return "object (opaque)"
+        case Kind.DURATION:
+            return "duration"
+        case Kind.ENUM:
+            return " / ".join(f"`{v}`" for v in enum_values(shape.type))
+        case Kind.SCALAR:
+            return {bool: "bool", int: "int", float: "number", str: "string"}[shape.type]
 
 
 def _bounds(field: Field) -> str:
     info = field.info
-    parts: list[str] = ["≥ 0"] if is_duration(optional_inner(field.type)) else []
+    parts: list[str] = ["≥ 0"] if field.shape.kind is Kind.DURATION else []
     low, high = info.minimum, info.maximum
     if low is not None and high is not None:
         left = "(" if info.exclusive_minimum else "["
@@ -80,13 +70,12 @@ def _default(field: Field) -> str:
 def _leaves(cls: type, prefix: str) -> Iterator[tuple[str, Field]]:
     for field in fields_of(cls):
         path = f"{prefix}{field.info.json}"
-        tp = optional_inner(field.type)
-        item = list_item(tp)
-        if is_model(tp):
-            yield from _leaves(tp, path + ".")
-        elif item is not None and is_model(item):
+        shape = field.shape
+        if shape.kind is Kind.MODEL:
+            yield from _leaves(shape.type, path + ".")
+        elif shape.kind is Kind.LIST and is_model(shape.item):
             yield path, field
-            yield from _leaves(item, path + "[].")
+            yield from _leaves(shape.item, path + "[].")
         else:
             yield path, field
 

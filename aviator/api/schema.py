@@ -2,8 +2,9 @@
 
 Every field of the API dataclasses is declared with `api_field(...)`, which records
 its JSON name, description, bounds and validation rules. The CRD generator (crd.py),
-the defensive decoder (decode.py) and the reference table (docs.py) all read these
-facts, so the API server, the controller and the documentation cannot disagree.
+the defensive decoder (codec.py) and the reference table (docs.py) all read these
+facts, so the API server, the controller and the documentation cannot disagree. What
+kind of value a field's type is (`shape_of`) is decided here too, once for all three.
 
 A `Rule` carries the same check twice: as a CEL expression for the API server and as
 a Python predicate for the decoder. Tests run both against the same bad specs.
@@ -103,6 +104,10 @@ class Field:
             return self.default_factory()
         return self.default
 
+    @property
+    def shape(self) -> Shape:
+        return shape_of(self.type)
+
 
 def fields_of(cls: type) -> tuple[Field, ...]:
     """The model fields of a dataclass, in declaration order, types resolved.
@@ -136,34 +141,60 @@ def class_description(cls: type) -> str:
     return " ".join(doc.split())
 
 
-# Type helpers shared by the generators. The model only uses: bool, int, float, str,
-# Duration, str-valued Enums, model dataclasses, `X | None`, `list[X]` and
-# `dict[str, Any]` (an opaque JSON object).
+# The model's types. The model only uses: bool, int, float, str, Duration, str-valued
+# Enums, model dataclasses, `X | None`, `list[X]` and `dict[str, Any]` (an opaque JSON
+# object); every generator dispatches on the `Kind` that `shape_of` finds.
 
 
-def optional_inner(tp: Any) -> Any:
-    """X for `X | None`, else `tp` unchanged."""
+class Kind(enum.Enum):
+    """What kind of value a model type holds."""
+
+    MODEL = "model"  # a model dataclass (its fields declared with api_field)
+    LIST = "list"  # list[X]
+    JSON_OBJECT = "JSON object"  # dict[str, Any]: opaque, kept as it is
+    DURATION = "duration"
+    ENUM = "enum"  # a str-valued Enum
+    SCALAR = "scalar"  # bool, int, float or str
+
+
+# JSON's name for each scalar type (the CRD's types, the decoder's messages).
+JSON_TYPES: dict[type, str] = {bool: "boolean", int: "integer", float: "number", str: "string"}
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A model type as the generators see it."""
+
+    kind: Kind
+    type: Any  # the type itself, X for `X | None`
+    item: Any = None  # for a LIST: the type of its items
+
+
+@functools.cache
+def shape_of(tp: Any) -> Shape:
+    """The shape of a model type (`X | None` is X); TypeError for a type outside the model.
+
+    Cached: the decoder asks on every value it decodes.
+    """
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if len(args) != 1:
             raise TypeError(f"unsupported union {tp!r}")
-        return args[0]
-    return tp
-
-
-def list_item(tp: Any) -> Any | None:
-    """X for `list[X]`, else None."""
-    if typing.get_origin(tp) is list:
-        return typing.get_args(tp)[0]
-    return None
-
-
-def is_json_object(tp: Any) -> bool:
-    return typing.get_origin(tp) is dict
-
-
-def is_enum(tp: Any) -> bool:
-    return isinstance(tp, type) and issubclass(tp, enum.Enum)
+        tp = args[0]
+    origin = typing.get_origin(tp)
+    if origin is list:
+        return Shape(Kind.LIST, tp, typing.get_args(tp)[0])
+    if origin is dict:
+        return Shape(Kind.JSON_OBJECT, tp)
+    if tp is Duration:
+        return Shape(Kind.DURATION, tp)
+    if is_model(tp):
+        return Shape(Kind.MODEL, tp)
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        return Shape(Kind.ENUM, tp)
+    if tp in JSON_TYPES:
+        return Shape(Kind.SCALAR, tp)
+    raise TypeError(f"unsupported model type {tp!r}")
 
 
 @functools.cache
@@ -174,7 +205,3 @@ def enum_values(tp: type[enum.Enum]) -> tuple[str, ...]:
 def is_model(tp: Any) -> bool:
     """A model class (a dataclass of api_fields), not a value type like Duration."""
     return isinstance(tp, type) and dataclasses.is_dataclass(tp) and tp is not Duration
-
-
-def is_duration(tp: Any) -> bool:
-    return tp is Duration
