@@ -18,9 +18,8 @@ import orjson
 from kubernetes_asyncio.client import Configuration
 from kubernetes_asyncio.config import ConfigException, load_incluster_config, load_kube_config
 
+from aviator.kube.objects import JSON
 from aviator.kube.resources import Resource
-
-JSON = dict[str, Any]
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"

@@ -17,6 +17,7 @@ from typing import Any
 
 from aviator.api.codec import PolicyError
 from aviator.api.types import AviatorPolicySpec
+from aviator.kube.objects import JSON
 from aviator.kube.pods import is_ready, is_terminating, pod_ips, pod_name
 from aviator.latency.store import PodLatency
 from aviator.selection import evaluate
@@ -31,7 +32,6 @@ from aviator.selection.types import (
     SelectionPolicy,
 )
 
-JSON = dict[str, Any]
 log = logging.getLogger(__name__)
 
 

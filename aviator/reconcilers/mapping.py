@@ -14,14 +14,12 @@ matching still reaches the policy that must drop it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, Protocol
+from typing import Protocol
 
 from aviator.api.types import SHADOW_SUFFIX
 from aviator.kube import marks
-from aviator.kube.objects import labels_of, selector_matches
+from aviator.kube.objects import JSON, labels_of, selector_matches
 from aviator.kube.services import pod_selector
-
-JSON = dict[str, Any]
 
 INDEX_BY_TARGET = "aviator/by-target"
 INDEX_BY_ROUTED = "aviator/by-routed-service"

@@ -31,10 +31,10 @@ import dataclasses
 import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from aviator.api.types import PodStatus
 from aviator.kube import marks
+from aviator.kube.objects import JSON
 from aviator.kube.pods import is_terminating, pod_ips, pod_name
 from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES
 from aviator.latency.store import PodLatency
@@ -58,8 +58,6 @@ from aviator.reconcilers.status import (
 )
 from aviator.reconcilers.view import View
 from aviator.runtime.writer import Write
-
-JSON = dict[str, Any]
 
 # A requeue timer may fire a little early; an evaluation this close to due counts.
 EARLY_FRACTION = 0.05

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from aviator.kube import marks
+from aviator.kube.objects import JSON
 from aviator.kube.resources import ENDPOINTSLICES, SERVICES, Resource
 from aviator.reconcilers.mapping import routed_service
 from aviator.reconcilers.services import (
@@ -40,7 +40,6 @@ from aviator.reconcilers.status import (
 from aviator.reconcilers.view import View
 from aviator.runtime.writer import Write
 
-JSON = dict[str, Any]
 ENDPOINTS = Resource("", "v1", "endpoints", "Endpoints")
 
 

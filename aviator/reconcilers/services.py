@@ -16,13 +16,10 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
 
 from aviator.kube import marks
-from aviator.kube.objects import annotations_of
+from aviator.kube.objects import JSON, annotations_of
 from aviator.kube.services import original_selector
-
-JSON = dict[str, Any]
 
 
 def _ports(service: JSON) -> list[JSON]:

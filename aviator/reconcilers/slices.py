@@ -13,13 +13,12 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from aviator.kube import marks
 from aviator.kube.addresses import family_of
+from aviator.kube.objects import JSON
 from aviator.kube.pods import is_ready, is_terminating, pod_ips
 
-JSON = dict[str, Any]
 MAX_ENDPOINTS = 100
 
 # (name, protocol, port, appProtocol) for each Service port resolved for one pod.

@@ -24,8 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aviator.api.types import AviatorPolicyStatus, Condition, PodStatus
-
-JSON = dict[str, Any]
+from aviator.kube.objects import JSON
 
 # Condition types and reasons (docs/controller.md, "Status and Events").
 READY = "Ready"

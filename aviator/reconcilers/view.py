@@ -11,17 +11,15 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from aviator.informers import Indexer
 from aviator.kube import marks
+from aviator.kube.objects import JSON
 from aviator.kube.pods import is_eligible, pod_name
 from aviator.kube.services import pod_selector
 from aviator.reconcilers.evaluation import InvalidSpec, ParsedPolicy, parse_policy
 from aviator.reconcilers.mapping import INDEX_BY_ROUTED
 from aviator.reconcilers.podindex import selected_pods
-
-JSON = dict[str, Any]
 
 INDEX_SLICES_BY_POLICY = "aviator/slices-by-policy"
 INDEX_SERVICES_BY_POLICY = "aviator/services-by-policy"

@@ -12,14 +12,13 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
 
 from aviator.kube.client import ApiError
 from aviator.kube.marks import REPORTING_CONTROLLER
+from aviator.kube.objects import JSON
 from aviator.kube.resources import EVENTS
 from aviator.runtime.writer import CacheBehind, Write, Writer
 
-JSON = dict[str, Any]
 log = logging.getLogger(__name__)
 
 

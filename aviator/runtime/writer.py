@@ -24,9 +24,9 @@ from typing import Any, Literal
 from prometheus_client import CollectorRegistry, Counter
 
 from aviator.kube.client import ApiError, KubeClient
+from aviator.kube.objects import JSON
 from aviator.kube.resources import Resource
 
-JSON = dict[str, Any]
 Verb = Literal["create", "replace", "patch", "delete"]
 log = logging.getLogger(__name__)
 
