@@ -41,8 +41,8 @@ from aviator.latency.receiver import make_stream_handler
 from aviator.latency.store import LatencyStore
 from aviator.leaderelection import LeaderElectionConfig, LeaderElector, LeaseLock
 from aviator.reconcilers import mapping
+from aviator.reconcilers.latencies import controller_prober
 from aviator.reconcilers.podindex import POD_INDEXERS
-from aviator.reconcilers.probe import Prober
 from aviator.reconcilers.reconciler import PolicyReconciler
 from aviator.reconcilers.view import (
     BUILTIN_SLICE_INDEXERS,
@@ -121,7 +121,7 @@ class ControllerApp:
         )
         self.writer = Writer(client, self.metrics.writes)
         self.recorder = EventRecorder(self.writer, options.identity)
-        self.prober = Prober()
+        self.prober = controller_prober()
         self.reconciler = PolicyReconciler(
             self.writer,
             self.caches,

@@ -1,17 +1,37 @@
 """The controller's in-memory latency store: a sliding window of histograms per endpoint.
 
-Agents send one snapshot per report interval holding each endpoint's histogram DELTA
-for that interval. The store keeps, per (ip, port, role), the deltas received in the
-last `window_s` seconds and their running sum, so an estimate costs a pass over one
-histogram, not a merge of the whole window.
+Two feeds write histogram DELTAS into it:
+
+- agents (`ingest`): one snapshot per report interval holding each endpoint's delta
+  for that interval, measured by eBPF or, where eBPF cannot run, by the agent's own
+  probes (the snapshot's `source` says which);
+- the controller's own probes for `latencySource: probe` policies (`ingest_probes`):
+  one delta per probed pod per evaluation round.
+
+The store keeps, per (ip, port, role, origin), the deltas received in the window and
+their running sum, so an estimate costs a pass over one histogram, not a merge of
+the whole window.
 
 Semantics the selection engine relies on:
+
+- Every window is filed under who measured it, its `Origin`: "agent" for what agents
+  sent (eBPF, or an agent's probe fallback), "controller" for the controller's own
+  probes. Readers name the origin they want (`estimate`, `merged`) and origins never
+  mix: a policy with `latencySource: ebpf` reads agent data only, one with
+  `latencySource: probe` reads the controller's probes only, even when both exist
+  for the same pod. The origin comes from the method that wrote the data, never from
+  a message, so an agent cannot pass its data off as the controller's.
+- Agent windows span the store's `window_s`. A probe window spans what the prober
+  asked for (`keep_s`: a few evaluation intervals of the policy that probed; the last
+  round sets it when two policies probe one pod), since rounds come once per
+  evaluation, not once per second.
 
 - Server-role data (measured on the pod's own socket) is the pod's latency.
   Client-role data (a caller's view of that IP) is used only when no fresh server
   data exists, and never mixed with it.
-- An endpoint not heard of for `stale_after_s` is unknown (`estimate` returns None),
-  never "fast"; so is an endpoint whose window holds no samples.
+- An endpoint not heard of for `stale_after_s` (a probe window: for its `keep_s`) is
+  unknown (`estimate` returns None), never "fast"; so is an endpoint whose window
+  holds no samples.
 - When the pod reported behind an IP changes (IP reused by a new pod), the old
   pod's window is dropped.
 - Memory is bounded: endpoints unseen for `forget_after_s` are removed, and each
@@ -26,9 +46,10 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from aviator.latency.histogram import Histogram
-from aviator.latency.schema import EndpointWindow, Snapshot
+from aviator.latency.schema import EndpointWindow, Snapshot, Source
 
 _QUANTILES = (0.5, 0.9, 0.99)
 _PRUNE_EVERY_S = 10.0
@@ -47,14 +68,18 @@ class PodLatency:
     source: str
 
 
+Origin = Literal["agent", "controller"]
+
+
 @dataclass(slots=True)
 class _Window:
     """One endpoint's recent deltas and their sum."""
 
     pod: str | None
-    node: str
-    source: str
+    source: Source
     last_seen: float
+    keep_s: float  # deltas older than this leave the window
+    stale_s: float  # unheard of for longer than this: unknown
     rif: int = 0
     deltas: deque[tuple[float, Histogram]] = field(default_factory=deque)
     total: Histogram = field(default_factory=Histogram)
@@ -89,12 +114,12 @@ class _Window:
         return self.cached
 
 
-Key = tuple[str, int, str]  # (ip, port, role)
+Key = tuple[str, int, str, Origin]  # (ip, port, role, origin)
 
 
 class LatencyStore:
-    """Windows of latency per endpoint, fed by agent snapshots. Not thread-safe;
-    use from one event loop."""
+    """Windows of latency per endpoint, fed by agent snapshots and the controller's
+    probes. Not thread-safe; use from one event loop."""
 
     def __init__(
         self,
@@ -128,29 +153,49 @@ class LatencyStore:
     # --- writing --------------------------------------------------------------------
 
     def ingest(self, msg: Snapshot, now: float) -> int:
-        """Add one snapshot's deltas; returns how many endpoints were accepted."""
+        """Add one agent snapshot's deltas; returns how many endpoints were accepted."""
+        self._maybe_prune(now)
+        for ep in msg.endpoints:
+            self._ingest_endpoint(ep, "agent", msg.source, now, self.window_s, self.stale_after_s)
+        return len(msg.endpoints)
+
+    def ingest_probes(self, endpoints: Iterable[EndpointWindow], now: float, keep_s: float) -> int:
+        """Add one round of the controller's probes (one delta per probed endpoint),
+        kept for `keep_s`; returns how many endpoints were added."""
+        if keep_s <= 0:
+            raise ValueError("keep_s must be > 0")
+        self._maybe_prune(now)
+        n = 0
+        for ep in endpoints:
+            self._ingest_endpoint(ep, "controller", "probe", now, keep_s, keep_s)
+            n += 1
+        return n
+
+    def _maybe_prune(self, now: float) -> None:
         if self._next_prune is None or now >= self._next_prune:
             self.prune(now)
             self._next_prune = now + _PRUNE_EVERY_S
-        horizon = now - self.window_s
-        for ep in msg.endpoints:
-            self._ingest_endpoint(ep, msg, now, horizon)
-        return len(msg.endpoints)
 
     def _ingest_endpoint(
-        self, ep: EndpointWindow, msg: Snapshot, now: float, horizon: float
+        self,
+        ep: EndpointWindow,
+        origin: Origin,
+        source: Source,
+        now: float,
+        keep_s: float,
+        stale_s: float,
     ) -> None:
-        key = (ep.ip, ep.port, ep.role)
+        key = (ep.ip, ep.port, ep.role, origin)
         win = self._windows.get(key)
         if win is None or (ep.pod is not None and win.pod is not None and ep.pod != win.pod):
-            win = _Window(pod=ep.pod, node=msg.node, source=msg.source, last_seen=now)
+            win = _Window(ep.pod, source, now, keep_s, stale_s)
             self._windows[key] = win
             self._by_ip.setdefault(ep.ip, set()).add(key)
         else:
-            win.expire(horizon)
+            win.keep_s, win.stale_s = keep_s, stale_s
+            win.expire(now - keep_s)
             win.last_seen = now
-            win.node = msg.node
-            win.source = msg.source
+            win.source = source
             if ep.pod is not None:
                 win.pod = ep.pod
         win.rif = ep.rif
@@ -176,28 +221,30 @@ class LatencyStore:
 
     # --- reading --------------------------------------------------------------------
 
-    def _fresh(self, ip: str, now: float, port: int | None) -> list[_Window]:
-        """The windows that speak for `ip`: fresh server ones, else fresh client ones."""
+    def _fresh(self, ip: str, now: float, port: int | None, origin: Origin) -> list[_Window]:
+        """The windows of `origin` that speak for `ip`: fresh server ones, else fresh
+        client ones."""
         keys = self._by_ip.get(ip)
         if not keys:
             return []
-        stale_before = now - self.stale_after_s
-        horizon = now - self.window_s
         server: list[_Window] = []
         client: list[_Window] = []
         for key in keys:
-            if port is not None and key[1] != port:
+            if key[3] != origin or (port is not None and key[1] != port):
                 continue
             win = self._windows[key]
-            if win.last_seen < stale_before:
+            if win.last_seen < now - win.stale_s:
                 continue
-            win.expire(horizon)
+            win.expire(now - win.keep_s)
             (server if key[2] == "server" else client).append(win)
         return server or client
 
-    def estimate(self, ip: str, now: float, port: int | None = None) -> PodLatency | None:
-        """Latency of the pod at `ip` (optionally one port), None when unknown."""
-        windows = self._fresh(ip, now, port)
+    def estimate(
+        self, ip: str, now: float, port: int | None = None, *, origin: Origin = "agent"
+    ) -> PodLatency | None:
+        """Latency of the pod at `ip` (optionally one port) as `origin` measured it,
+        None when unknown."""
+        windows = self._fresh(ip, now, port, origin)
         if not windows:
             return None
         if len(windows) == 1:
@@ -224,10 +271,11 @@ class LatencyStore:
             newest.source,
         )
 
-    def merged(self, ips: Iterable[str], now: float) -> Histogram:
-        """The windows of all `ips` in one histogram (e.g. the active set's p99)."""
+    def merged(self, ips: Iterable[str], now: float, *, origin: Origin = "agent") -> Histogram:
+        """The windows of all `ips` from `origin` in one histogram (e.g. the active
+        set's p99)."""
         out = Histogram()
         for ip in ips:
-            for win in self._fresh(ip, now, None):
+            for win in self._fresh(ip, now, None, origin):
                 out.update(win.total)
         return out

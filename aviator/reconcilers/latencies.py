@@ -1,25 +1,52 @@
 """The latency of one policy's pods, read at one instant for a plan.
 
-`read_latencies` is the I/O step before planning: for `latencySource: probe` it sends a
-round of controller probes when an evaluation is due, then it reads every pod's
-estimate. The `PodLatencies` it returns is a read-only view the pure planner queries
-(`estimate` per pod, `active_p99_ms` for the set it chose); it holds no clock of its
-own, so a plan's inputs are fixed once read.
+`read_latencies` is the I/O step before planning. Every policy reads the latency
+store; which data it reads is the store's `Origin` for its `latencySource`: `ebpf`
+reads what agents measured, `probe` what the controller's own probes measured.
+
+Probe mode (`latencySource: probe`, works with no agents at all): when an evaluation
+is due, every eligible pod gets a round of `PROBES_PER_ROUND` GETs of
+`http://<podIP>:<targetPort><probePath>` (one after another over a kept-alive
+connection; at most `PROBE_CONCURRENCY` in flight across all pods and policies; a
+`PROBE_TIMEOUT_S` timeout; see `aviator.latency.probing` for what a probe times and
+how a failure counts), and the round's histograms go into the store, kept for
+`PROBE_WINDOW_INTERVALS` evaluation intervals: recovery shows within a few
+evaluations, and a pod that is no longer probed ages out by the clock. Between
+evaluations nothing is sent; reads report what the last rounds measured.
+
+The `PodLatencies` returned is a read-only view the pure planner queries (`estimate`
+per pod, `active_p99_ms` for the set it chose); it holds no clock of its own, so a
+plan's inputs are fixed once read.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from aviator.informers import object_key
+from aviator.kube.objects import JSON
 from aviator.kube.pods import pod_ips, pod_name
 from aviator.latency.histogram import Histogram
-from aviator.latency.store import LatencyStore, PodLatency
+from aviator.latency.probing import HttpProber, ProbeCounters, ProbeTarget
+from aviator.latency.schema import EndpointWindow
+from aviator.latency.store import LatencyStore, Origin, PodLatency
 from aviator.reconcilers.evaluation import ParsedPolicy
-from aviator.reconcilers.probe import Prober, ProbeTarget
 
-JSON = dict[str, Any]
+PROBES_PER_ROUND = 3
+PROBE_CONCURRENCY = 32
+PROBE_TIMEOUT_S = 1.0
+PROBE_WINDOW_INTERVALS = 3
+
+
+def controller_prober() -> HttpProber:
+    """The controller's prober for probe-mode policies (one per process)."""
+    return HttpProber(
+        timeout_s=PROBE_TIMEOUT_S,
+        concurrency=PROBE_CONCURRENCY,
+        user_agent="aviator-controller-probe",
+    )
 
 
 @dataclass(frozen=True)
@@ -41,59 +68,70 @@ class PodLatencies:
         return (lat.source for lat in self.by_pod.values() if lat is not None and lat.samples)
 
 
-def _probe_target(pod: JSON, parsed: ParsedPolicy) -> ProbeTarget:
-    return ProbeTarget(pod_ips(pod)[0], parsed.probe_port, parsed.probe_path)
+def origin_of(parsed: ParsedPolicy) -> Origin:
+    """Whose measurements a policy reads (see aviator.latency.store)."""
+    return "controller" if parsed.latency_source == "probe" else "agent"
+
+
+def _probe_target(pod: JSON, parsed: ParsedPolicy) -> ProbeTarget | None:
+    ips = pod_ips(pod)
+    if not ips:
+        return None
+    return ProbeTarget(ips[0], parsed.probe_port, parsed.probe_path, object_key(pod))
+
+
+async def _probe_round(prober: HttpProber, targets: Iterable[ProbeTarget]) -> list[EndpointWindow]:
+    """One round over `targets` (concurrently, bounded by the prober): one window of
+    `PROBES_PER_ROUND` samples per target."""
+
+    async def one(target: ProbeTarget) -> EndpointWindow:
+        c = ProbeCounters()
+        await prober.probe_times(target, PROBES_PER_ROUND, c)
+        # Role "server": the probes time the pod's answers, not a caller's view of an IP.
+        return EndpointWindow(
+            target.ip,
+            target.port,
+            "server",
+            target.pod,
+            c.hist,
+            c.count,
+            c.sum_us,
+            c.max_us,
+            c.rif,
+            c.aborted,
+        )
+
+    return list(await asyncio.gather(*(one(t) for t in set(targets))))
 
 
 async def read_latencies(
     parsed: ParsedPolicy,
     pods: Sequence[JSON],
     store: LatencyStore,
-    prober: Prober,
+    prober: HttpProber,
     now: float,
     *,
     probe: bool,
 ) -> PodLatencies:
-    """Every pod's latency from the policy's source. Probe mode sends a round of
-    probes only when `probe` (an evaluation is due); otherwise it reports what the last
-    rounds measured."""
-    if parsed.latency_source == "probe":
-        targets = {pod_name(p): _probe_target(p, parsed) for p in pods}
-        if probe:
-            # A window of a few intervals: recovery shows within a few evaluations.
-            await prober.probe_round(targets.values(), window_s=3 * parsed.interval_s)
-        by_pod: dict[str, PodLatency | None] = {}
-        for name, target in targets.items():
-            est = prober.estimate(target)
-            by_pod[name] = (
-                None
-                if est is None
-                else PodLatency(
-                    p50_ms=est.p50_ms,
-                    p90_ms=est.p90_ms,
-                    p99_ms=est.p99_ms,
-                    rif=0,
-                    samples=est.samples,
-                    age_s=est.age_s,
-                    source="probe",
-                )
-            )
+    """Every pod's latency from the policy's source, as of `now` (the store's clock).
+    Probe mode sends a round of probes first, but only when `probe` (an evaluation is
+    due)."""
+    origin = origin_of(parsed)
+    if origin == "controller" and probe:
+        targets = [t for t in (_probe_target(p, parsed) for p in pods) if t is not None]
+        windows = await _probe_round(prober, targets)
+        store.ingest_probes(windows, now, keep_s=PROBE_WINDOW_INTERVALS * parsed.interval_s)
 
-        def merged_probes(active: Sequence[JSON]) -> Histogram:
-            return Histogram.merge_all(prober.histogram(_probe_target(p, parsed)) for p in active)
-
-        return PodLatencies(by_pod, merged_probes)
-
-    by_pod = {}
+    by_pod: dict[str, PodLatency | None] = {}
     for pod in pods:
         estimate = None
         for ip in pod_ips(pod):
-            estimate = store.estimate(ip, now)
+            estimate = store.estimate(ip, now, origin=origin)
             if estimate is not None:
                 break
         by_pod[pod_name(pod)] = estimate
 
-    def merged_store(active: Sequence[JSON]) -> Histogram:
-        return store.merged((ip for p in active for ip in pod_ips(p)), now)
+    def merged(active: Sequence[JSON]) -> Histogram:
+        return store.merged((ip for p in active for ip in pod_ips(p)), now, origin=origin)
 
-    return PodLatencies(by_pod, merged_store)
+    return PodLatencies(by_pod, merged)

@@ -3,8 +3,9 @@
 One reconcile of a policy key:
 
 1. read: the policy and everything around it from the informer caches (`view.gather`),
-   then the latency of its eligible pods (`latencies.read_latencies`; probe mode sends
-   a round of probes when an evaluation is due);
+   then the latency of its eligible pods from the latency store
+   (`latencies.read_latencies`; probe mode first sends a round of probes into the
+   store when an evaluation is due);
 2. plan: every decision, pure (`plan.plan`, whose docstring is the reconcile's
    contract);
 3. act: the plan's writes in order through the metered `Writer`, its Events, its
@@ -21,11 +22,11 @@ import dataclasses
 import time
 from collections.abc import Callable
 
+from aviator.latency.probing import HttpProber
 from aviator.latency.store import LatencyStore
-from aviator.reconcilers.latencies import read_latencies
+from aviator.reconcilers.latencies import controller_prober, read_latencies
 from aviator.reconcilers.metrics import PolicyMetrics
 from aviator.reconcilers.plan import Clock, Memory, Plan, measurement, memory_for, plan
-from aviator.reconcilers.probe import Prober
 from aviator.reconcilers.view import Caches, gather
 from aviator.runtime.events import EventRecorder
 from aviator.runtime.loop import Result
@@ -41,7 +42,7 @@ class PolicyReconciler:
         recorder: EventRecorder,
         metrics: PolicyMetrics,
         *,
-        prober: Prober | None = None,
+        prober: HttpProber | None = None,
         wall_clock: Callable[[], float] = time.time,
         store_clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -50,7 +51,7 @@ class PolicyReconciler:
         self.store = store
         self.recorder = recorder
         self.metrics = metrics
-        self.prober = prober or Prober()
+        self.prober = prober or controller_prober()
         self._wall = wall_clock
         self._store_now = store_clock
         self._memory: dict[str, Memory] = {}

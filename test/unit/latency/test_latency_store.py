@@ -158,3 +158,37 @@ def test_store_matches_a_naive_window(
                 expected = Histogram.from_values(window)
                 assert est.samples == len(window)
                 assert est.p99_ms == expected.quantile(0.99) / 1000  # type: ignore[operator]
+
+
+def test_origins_never_mix() -> None:
+    """An agent's data (eBPF or its probe fallback) and the controller's probes of the
+    same pod are separate: each reader gets only the origin it names."""
+    store = LatencyStore(window_s=10, stale_after_s=5)
+    store.ingest(snap(ep("10.0.0.1", [1000] * 4), source="probe"), now=0.0)
+    store.ingest_probes([ep("10.0.0.1", [300_000] * 3)], now=0.0, keep_s=3.0)
+    agent = store.estimate("10.0.0.1", now=0.5)
+    controller = store.estimate("10.0.0.1", now=0.5, origin="controller")
+    assert agent is not None and (agent.samples, agent.source) == (4, "probe")
+    assert agent.p99_ms < 2
+    assert controller is not None and (controller.samples, controller.source) == (3, "probe")
+    assert controller.p99_ms > 290
+    assert store.merged(["10.0.0.1"], now=0.5).count == 4
+    assert store.merged(["10.0.0.1"], now=0.5, origin="controller").count == 3
+    assert store.estimate("10.0.0.2", now=0.5, origin="controller") is None
+    store.forget("10.0.0.1")  # the pod is gone: both go
+    assert len(store) == 0
+
+
+def test_probe_rounds_age_by_their_own_span() -> None:
+    """A probe window spans `keep_s` whatever the store's agent window and staleness;
+    a pod not probed again ages out by the clock (stale slow samples must not pin an
+    ejected pod's p99)."""
+    store = LatencyStore(window_s=10, stale_after_s=1)
+    store.ingest_probes([ep("10.0.0.1", [200_000] * 3)], now=0.0, keep_s=3.0)
+    store.ingest_probes([ep("10.0.0.1", [1000] * 3)], now=2.0, keep_s=3.0)
+    est = store.estimate("10.0.0.1", now=2.5, origin="controller")
+    assert est is not None and est.samples == 6 and est.age_s == 0.5
+    est = store.estimate("10.0.0.1", now=3.5, origin="controller")
+    assert est is not None and est.samples == 3 and est.p99_ms < 2
+    assert store.estimate("10.0.0.1", now=5.5, origin="controller") is None
+    assert store.merged(["10.0.0.1"], now=5.5, origin="controller").count == 0

@@ -1,0 +1,100 @@
+"""Reading a policy's latencies: each source reads its own origin of the store, and
+probe mode probes (into the store) only when an evaluation is due."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+from reconciler_objects import make_pod
+
+from aviator.latency.histogram import Histogram
+from aviator.latency.schema import EndpointWindow, Snapshot
+from aviator.latency.store import LatencyStore
+from aviator.reconcilers.evaluation import ParsedPolicy, parse_policy
+from aviator.reconcilers.latencies import PROBES_PER_ROUND, controller_prober, read_latencies
+
+
+def policy(**spec: object) -> ParsedPolicy:
+    body = {"targetRef": {"name": "web"}, "evaluationInterval": "1s", **spec}
+    return parse_policy({"metadata": {"name": "p", "namespace": "default"}, "spec": body})
+
+
+def agent_snapshot(ip: str, values: list[int]) -> Snapshot:
+    h = Histogram.from_values(values)
+    window = EndpointWindow(ip, 8080, "server", None, h, h.count, sum(values), max(values), 0, 0)
+    return Snapshot("node-a", "ebpf", 0.0, 1.0, (window,))
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[int, list[str]]]:
+    hits: list[str] = []
+
+    async def slow(request: web.Request) -> web.Response:
+        hits.append(request.path)
+        await asyncio.sleep(0.02)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", slow)
+    runner = web.AppRunner(app, shutdown_timeout=0.1)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    yield runner.addresses[0][1], hits
+    await runner.cleanup()
+
+
+async def test_ebpf_policy_reads_agent_data_only() -> None:
+    store = LatencyStore(window_s=10, stale_after_s=10)
+    store.ingest(agent_snapshot("10.0.0.1", [5000] * 10), now=100.0)
+    store.ingest_probes(
+        [EndpointWindow("10.0.0.2", 8080, "server", "default/b", Histogram([1]), 1, 1, 1, 0, 0)],
+        now=100.0,
+        keep_s=30,
+    )
+    pods = [make_pod("a", "10.0.0.1"), make_pod("b", "10.0.0.2")]
+    prober = controller_prober()
+    try:
+        got = await read_latencies(policy(), pods, store, prober, 100.0, probe=True)
+    finally:
+        await prober.close()
+    a = got.estimate("a")
+    assert a is not None and a.samples == 10 and a.source == "ebpf"
+    assert got.estimate("b") is None  # the controller's probes are not this policy's
+    assert got.active_p99_ms(pods) == pytest.approx(5.0, rel=0.04)
+
+
+async def test_probe_policy_probes_when_due_and_reads_its_probes_only(
+    server: tuple[int, list[str]],
+) -> None:
+    port, hits = server
+    store = LatencyStore(window_s=10, stale_after_s=10)
+    # Agent data of the same pod (an ebpf policy may route it too) is not read.
+    store.ingest(agent_snapshot("127.0.0.1", [900_000] * 50), now=100.0)
+    parsed = policy(latencySource="probe", targetPort=port, probePath="/ping")
+    pods = [make_pod("a", "127.0.0.1")]
+    prober = controller_prober()
+    try:
+        due = await read_latencies(parsed, pods, store, prober, 100.0, probe=True)
+        assert hits == ["/ping"] * PROBES_PER_ROUND
+        est = due.estimate("a")
+        assert est is not None and est.source == "probe" and est.samples == PROBES_PER_ROUND
+        assert 20 <= est.p50_ms < 500 and est.age_s == 0.0
+        assert due.active_p99_ms(pods) == pytest.approx(est.p99_ms)
+        assert list(due.sources()) == ["probe"]
+
+        # Between evaluations: no probes, the last round still reported.
+        between = await read_latencies(parsed, pods, store, prober, 101.0, probe=False)
+        assert len(hits) == PROBES_PER_ROUND
+        est = between.estimate("a")
+        assert est is not None and est.samples == PROBES_PER_ROUND and est.age_s == 1.0
+
+        # Not probed for 3 intervals: the round aged out of the window.
+        gone = await read_latencies(parsed, pods, store, prober, 103.5, probe=False)
+        assert gone.estimate("a") is None and gone.active_p99_ms(pods) is None
+    finally:
+        await prober.close()
+    agent = store.estimate("127.0.0.1", 100.0)
+    assert agent is not None and agent.samples == 50  # untouched by the probes
