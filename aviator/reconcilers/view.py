@@ -72,7 +72,7 @@ class Caches:
         obj = self.nodes.get(node)
         if obj is None:
             return None
-        zone = (obj.get("metadata", {}).get("labels") or {}).get("topology.kubernetes.io/zone")
+        zone = (obj.get("metadata", {}).get("labels") or {}).get(marks.LABEL_ZONE)
         return str(zone) if zone else None
 
 
