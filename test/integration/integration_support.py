@@ -1,6 +1,7 @@
-"""Shared pieces of the reconciler integration tests (imported by test_reconciler_*.py):
-CRD install, pods with a hand-written status (no kubelet here), an in-process
-controller, and a test agent that streams latency over the real websocket."""
+"""Shared pieces of the integration tests (the `crd` fixture is in conftest.py):
+CRD install, pods with a hand-written status (no kubelet here), ServiceAccount tokens,
+an in-process controller, a test agent that streams latency over the real websocket,
+and a latency receiver that records what agents stream to it."""
 
 from __future__ import annotations
 
@@ -9,17 +10,19 @@ import contextlib
 import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiohttp
-import pytest
+from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from aviator.api.crd import build_crd
+from aviator.api.crd import CRD_NAME, build_crd
+from aviator.api.types import API_VERSION, KIND
 from aviator.controller.app import ControllerApp, Options
 from aviator.kube import ApiError, KubeClient
-from aviator.kube.marks import LABEL_MANAGED_BY, LABEL_SERVICE_NAME, MANAGER
+from aviator.kube.marks import LABEL_MANAGED_BY, LABEL_SERVICE_NAME, LABEL_ZONE, MANAGER
 from aviator.kube.resources import (
     AVIATORPOLICIES,
     ENDPOINTSLICES,
@@ -28,34 +31,30 @@ from aviator.kube.resources import (
     SERVICEACCOUNTS,
     SERVICES,
 )
-from aviator.latency.histogram import Histogram, bucket_index
+from aviator.latency.auth import TokenAuthenticator
+from aviator.latency.histogram import Histogram
+from aviator.latency.receiver import make_stream_handler
+from aviator.latency.schema import EndpointWindow, Snapshot, encode_snapshot
+from aviator.latency.store import LatencyStore
 from aviator.testing.controlplane import ControlPlane
 
 JSON = dict[str, Any]
 T = TypeVar("T")
 AGENT_SA = "aviator-agent"
 
-_crd_installed: set[str] = set()
 
-
-def install_crd(cp: ControlPlane) -> None:
-    if cp.server in _crd_installed:
-        return
+def install_crd(cp: ControlPlane, body: JSON | None = None) -> None:
+    """Apply the CRD (`body`, else the one the API package builds) and wait until it
+    is served."""
     cp.kubectl(
-        "apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(build_crd())
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "-f",
+        "-",
+        input=json.dumps(build_crd() if body is None else body),
     )
-    cp.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "crd/aviatorpolicies.aviator.example.com",
-        "--timeout=60s",
-    )
-    _crd_installed.add(cp.server)
-
-
-@pytest.fixture
-def crd(control_plane: ControlPlane) -> None:
-    install_crd(control_plane)
+    cp.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
 
 
 async def eventually(
@@ -89,7 +88,7 @@ async def ensure_node(kube: KubeClient, name: str, zone: str = ZONE) -> None:
     body = {
         "apiVersion": "v1",
         "kind": "Node",
-        "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": zone}},
+        "metadata": {"name": name, "labels": {LABEL_ZONE: zone}},
     }
     try:
         await kube.create(NODES, body)
@@ -176,12 +175,21 @@ async def set_pod_status(
 
 def policy_body(name: str, target: str, **spec: Any) -> JSON:
     body: JSON = {
-        "apiVersion": "aviator.example.com/v1alpha1",
-        "kind": "AviatorPolicy",
+        "apiVersion": API_VERSION,
+        "kind": KIND,
         "metadata": {"name": name},
         "spec": {"targetRef": {"kind": "Service", "name": target}, **spec},
     }
     return body
+
+
+async def create_service_and_pods(
+    kube: KubeClient, ns: str, service: str, labels: dict[str, str], ips: dict[str, str]
+) -> None:
+    """A Service selecting `labels` and a Ready pod (name → IP) for each of `ips`."""
+    await create_service(kube, ns, service, labels)
+    for name, ip in ips.items():
+        await create_pod(kube, ns, name, ip, labels)
 
 
 async def create_policy(kube: KubeClient, ns: str, name: str, target: str, **spec: Any) -> JSON:
@@ -268,6 +276,16 @@ async def running_controller(
         await client.close()
 
 
+@contextlib.asynccontextmanager
+async def controller_and_agent(
+    cp: ControlPlane, kube: KubeClient, ns: str
+) -> AsyncIterator[tuple[ControllerApp, TestAgent]]:
+    """An in-process controller and a TestAgent streaming to it as the agent account."""
+    token = await agent_token(kube, ns)
+    async with running_controller(cp, ns) as app, TestAgent(stream_url(app), token) as agent:
+        yield app, agent
+
+
 # --- a test agent streaming over the real websocket ------------------------------------
 
 
@@ -293,35 +311,30 @@ async def agent_token(kube: KubeClient, ns: str, name: str = AGENT_SA) -> str:
 def snapshot(
     latency_ms: dict[str, float], *, node: str = "node-a", samples: int = 200, port: int = 8080
 ) -> str:
+    """A v1 stream message: `samples` requests at each IP's latency, in one window."""
     endpoints = []
     for ip, ms in latency_ms.items():
         us = max(1, int(ms * 1000))
         hist = Histogram()
         hist.record(us, samples)
         endpoints.append(
-            {
-                "ip": ip,
-                "port": port,
-                "role": "server",
-                "pod": None,
-                "hist": {str(bucket_index(us)): samples},
-                "count": samples,
-                "sum_us": us * samples,
-                "max_us": us,
-                "rif": 0,
-                "aborted": 0,
-            }
+            EndpointWindow(
+                ip=ip,
+                port=port,
+                role="server",
+                pod=None,
+                hist=hist,
+                count=samples,
+                sum_us=us * samples,
+                max_us=us,
+                rif=0,
+                aborted=0,
+            )
         )
-    return json.dumps(
-        {
-            "v": 1,
-            "kind": "snapshot",
-            "node": node,
-            "source": "ebpf",
-            "time": time.time(),
-            "window_s": 0.2,
-            "endpoints": endpoints,
-        }
+    return encode_snapshot(
+        Snapshot(
+            node=node, source="ebpf", time=time.time(), window_s=0.2, endpoints=tuple(endpoints)
+        )
     )
 
 
@@ -371,8 +384,48 @@ def stream_url(app: ControllerApp) -> str:
     return f"ws://127.0.0.1:{app.http_port}/v1/stream"
 
 
-def test_snapshot_helper_is_valid_v1() -> None:
-    from aviator.latency.schema import parse_snapshot
+# --- a latency receiver that records what agents stream ----------------------------------
 
-    snap = parse_snapshot(snapshot({"10.0.0.1": 10.0}))
-    assert snap.endpoints[0].hist.count == 200
+
+class RecordingStore(LatencyStore):
+    """A LatencyStore that also keeps what it was given, and wakes waiters."""
+
+    def __init__(self) -> None:
+        super().__init__(window_s=30, stale_after_s=30)
+        self.snapshots: list[Snapshot] = []
+        self.changed = asyncio.Event()
+
+    def ingest(self, msg: Snapshot, now: float) -> int:
+        self.snapshots.append(msg)
+        self.changed.set()
+        return super().ingest(msg, now)
+
+    async def wait_for(self, pred: Callable[[Snapshot], bool], within_s: float = 60) -> Snapshot:
+        async with asyncio.timeout(within_s):
+            while True:
+                for snap in reversed(self.snapshots):
+                    if pred(snap):
+                        return snap
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@dataclass
+class Receiver:
+    url: str
+    port: int
+    store: RecordingStore
+
+
+async def start_receiver(kube: KubeClient, allowed: list[str]) -> tuple[Receiver, web.AppRunner]:
+    """The controller's stream endpoint on 127.0.0.1, authenticating against the real
+    API server and accepting the `allowed` ServiceAccounts ("namespace:name")."""
+    store = RecordingStore()
+    app = web.Application()
+    app.router.add_get("/v1/stream", make_stream_handler(store, TokenAuthenticator(kube, allowed)))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return Receiver(f"ws://127.0.0.1:{port}/v1/stream", port, store), runner

@@ -12,13 +12,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from test_reconciler_support import (
+from integration_support import (
     TestAgent,
     agent_token,
     condition,
-    crd,
     eventually,
     get_policy,
+    install_crd,
     policy_body,
     running_controller,
     snapshot,
@@ -32,7 +32,6 @@ from aviator.kube.resources import AVIATORPOLICIES, NAMESPACES
 from aviator.testing.controlplane import ControlPlane
 
 pytestmark = [pytest.mark.integration]
-__all__ = ["crd"]
 
 
 @pytest.fixture(scope="module")
@@ -46,23 +45,14 @@ def old_crd_plane() -> Iterator[ControlPlane]:
             "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
         }
         version["additionalPrinterColumns"] = []
-        cp.kubectl("apply", "-f", "-", input=json.dumps(body))
-        cp.kubectl(
-            "wait",
-            "--for=condition=Established",
-            "crd/aviatorpolicies.aviator.example.com",
-            "--timeout=60s",
-        )
+        install_crd(cp, body)
         yield cp
 
 
 @pytest.fixture
 async def old_kube(old_crd_plane: ControlPlane) -> AsyncIterator[KubeClient]:
-    client = await KubeClient.load(str(old_crd_plane.kubeconfig))
-    try:
+    async with await KubeClient.load(str(old_crd_plane.kubeconfig)) as client:
         yield client
-    finally:
-        await client.close()
 
 
 async def test_invalid_specs_get_invalid_spec_condition(
@@ -182,6 +172,13 @@ def _bad_snapshot() -> dict[str, Any]:
     bad = copy.deepcopy(snap)
     bad["endpoints"][0]["hist"] = {"99999": -5}
     return dict(bad)
+
+
+def test_snapshot_helper_is_valid_v1() -> None:
+    from aviator.latency.schema import parse_snapshot
+
+    snap = parse_snapshot(snapshot({"10.0.0.1": 10.0}))
+    assert snap.endpoints[0].hist.count == 200
 
 
 async def _healthy(app: ControllerApp) -> None:

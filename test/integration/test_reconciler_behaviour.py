@@ -12,28 +12,25 @@ from collections import Counter
 from typing import Any
 
 import pytest
-from test_reconciler_support import (
-    TestAgent,
-    agent_token,
+from integration_support import (
     condition,
-    crd,
-    create_pod,
+    controller_and_agent,
     create_policy,
     create_service,
+    create_service_and_pods,
     endpoint_pods,
     eventually,
     get_policy,
     running_controller,
     slices_of,
-    stream_url,
 )
 
 from aviator.kube import KubeClient
+from aviator.kube.marks import LABEL_POLICY, LABEL_SERVICE_NAME
 from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, EVENTS, SERVICES, Resource
 from aviator.testing.controlplane import ControlPlane
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("crd")]
-__all__ = ["crd"]
 
 LABELS = {"app": "web"}
 IPS = {"fast-1": "10.50.0.1", "fast-2": "10.50.0.2", "slow-1": "10.50.0.3", "slow-2": "10.50.0.4"}
@@ -50,12 +47,6 @@ def _diff(a: Any, b: Any, path: str = "") -> list[str]:
             out += _diff(a.get(k), b.get(k), f"{path}.{k}")
         return out
     return [] if a == b else [f"{path}: {a!r} -> {b!r}"]
-
-
-async def _pods(kube: KubeClient, ns: str) -> None:
-    await create_service(kube, ns, "web", LABELS)
-    for name, ip in IPS.items():
-        await create_pod(kube, ns, name, ip, LABELS)
 
 
 def _lat(**ms: float) -> dict[str, float]:
@@ -91,12 +82,8 @@ async def test_steady_state_makes_zero_writes(
     control_plane: ControlPlane, kube: KubeClient, namespace: str
 ) -> None:
     ns = namespace
-    await _pods(kube, ns)
-    token = await agent_token(kube, ns)
-    async with (
-        running_controller(control_plane, ns) as app,
-        TestAgent(stream_url(app), token) as agent,
-    ):
+    await create_service_and_pods(kube, ns, "web", LABELS, IPS)
+    async with controller_and_agent(control_plane, kube, ns) as (_, agent):
         agent.latency_ms = _lat()
         await create_policy(
             kube,
@@ -148,7 +135,7 @@ async def _watch_sequence(
     async def slices() -> None:
         async for ev in kube.watch(
             ENDPOINTSLICES.path(ns),
-            {"resourceVersion": rv, "labelSelector": "kubernetes.io/service-name=web-aviator"},
+            {"resourceVersion": rv, "labelSelector": f"{LABEL_SERVICE_NAME}=web-aviator"},
         ):
             if ev.get("type") in ("ADDED", "MODIFIED"):
                 out.append(("slices", tuple(endpoint_pods([ev["object"]])), time.monotonic()))
@@ -160,12 +147,8 @@ async def test_dampening_applies_a_better_set_after_exactly_n_intervals(
     control_plane: ControlPlane, kube: KubeClient, namespace: str
 ) -> None:
     ns = namespace
-    await _pods(kube, ns)
-    token = await agent_token(kube, ns)
-    async with (
-        running_controller(control_plane, ns) as app,
-        TestAgent(stream_url(app), token) as agent,
-    ):
+    await create_service_and_pods(kube, ns, "web", LABELS, IPS)
+    async with controller_and_agent(control_plane, kube, ns) as (_, agent):
         agent.latency_ms = _lat()
         await create_policy(
             kube,
@@ -229,12 +212,8 @@ async def test_breaker_ejection_is_an_event_and_in_status(
     control_plane: ControlPlane, kube: KubeClient, namespace: str
 ) -> None:
     ns = namespace
-    await _pods(kube, ns)
-    token = await agent_token(kube, ns)
-    async with (
-        running_controller(control_plane, ns) as app,
-        TestAgent(stream_url(app), token) as agent,
-    ):
+    await create_service_and_pods(kube, ns, "web", LABELS, IPS)
+    async with controller_and_agent(control_plane, kube, ns) as (_, agent):
         agent.latency_ms = _lat(**{"slow-2": 10.0})  # one slow pod among four
         await create_policy(
             kube,
@@ -285,7 +264,7 @@ async def test_second_policy_for_the_same_service_gets_conflict(
     control_plane: ControlPlane, kube: KubeClient, namespace: str
 ) -> None:
     ns = namespace
-    await _pods(kube, ns)
+    await create_service_and_pods(kube, ns, "web", LABELS, IPS)
     async with running_controller(control_plane, ns):
         await create_policy(kube, ns, "first", "web", evaluationInterval="500ms")
 
@@ -307,8 +286,7 @@ async def test_second_policy_for_the_same_service_gets_conflict(
         shadow = await kube.get(SERVICES, "web-aviator", ns)
         assert shadow["metadata"]["ownerReferences"][0]["name"] == "first"
         assert {
-            s["metadata"]["labels"]["aviator.example.com/policy"]
-            for s in await slices_of(kube, ns, "web-aviator")
+            s["metadata"]["labels"][LABEL_POLICY] for s in await slices_of(kube, ns, "web-aviator")
         } == {"first"}
 
         # When the first goes, the second takes over by itself.
@@ -320,7 +298,7 @@ async def test_second_policy_for_the_same_service_gets_conflict(
                 return False
             slices = await slices_of(kube, ns, "web-aviator")
             return bool(slices) and all(
-                s["metadata"]["labels"]["aviator.example.com/policy"] == "second" for s in slices
+                s["metadata"]["labels"][LABEL_POLICY] == "second" for s in slices
             )
 
         await eventually(second_routes, within=30)
@@ -330,7 +308,7 @@ async def test_foreign_shadow_name_and_selectorless_target_are_reported(
     control_plane: ControlPlane, kube: KubeClient, namespace: str
 ) -> None:
     ns = namespace
-    await _pods(kube, ns)
+    await create_service_and_pods(kube, ns, "web", LABELS, IPS)
     # Someone else's Service already uses the shadow name.
     await create_service(kube, ns, "web-aviator", {"app": "other"})
     # A Service without a selector (endpoints managed by hand).

@@ -16,26 +16,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_reconciler_support import (
+from integration_support import (
     AGENT_SA,
     TestAgent,
     agent_token,
-    crd,
-    create_pod,
     create_policy,
-    create_service,
+    create_service_and_pods,
     endpoint_pods,
     eventually,
     get_policy,
     slices_of,
 )
 
+from aviator.controller.app import LEASE_NAME
 from aviator.kube import ApiError, KubeClient
 from aviator.kube.resources import ENDPOINTSLICES, LEASES
 from aviator.testing.controlplane import ControlPlane, free_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("crd")]
-__all__ = ["crd"]
 
 LEASE_S, RENEW_S, RETRY_S = 3.0, 2.0, 0.5
 LABELS = {"app": "web"}
@@ -103,7 +101,7 @@ def replicas(
 
 async def _holder(kube: KubeClient, ns: str) -> str:
     try:
-        lease = await kube.get(LEASES, "aviator-controller", ns)
+        lease = await kube.get(LEASES, LEASE_NAME, ns)
     except ApiError:
         return ""
     return str((lease.get("spec") or {}).get("holderIdentity") or "")
@@ -126,9 +124,7 @@ async def test_leader_failover_keeps_state_and_slices(
     control_plane: ControlPlane, kube: KubeClient, namespace: str, replicas: dict[str, Any]
 ) -> None:
     ns = namespace
-    await create_service(kube, ns, "web", LABELS)
-    for name, ip in IPS.items():
-        await create_pod(kube, ns, name, ip, LABELS)
+    await create_service_and_pods(kube, ns, "web", LABELS, IPS)
     token = await agent_token(kube, ns)
     start = replicas["_start"]
     a, b = start("a"), start("b")

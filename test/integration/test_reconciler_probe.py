@@ -40,7 +40,7 @@ def test_probe_source_routes_to_fast_pods(tmp_path: Path) -> None:
 
 async def _scenario(kubeconfig: str) -> None:
     from aiohttp import web
-    from test_reconciler_support import (
+    from integration_support import (
         create_pod,
         create_policy,
         create_service,
@@ -122,7 +122,7 @@ def _enter_network_namespace() -> None:
 
 def main() -> int:
     import uvloop
-    from test_reconciler_support import install_crd
+    from integration_support import install_crd
 
     from aviator.testing.controlplane import ControlPlane
 

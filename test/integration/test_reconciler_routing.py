@@ -6,22 +6,20 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from test_reconciler_support import (
+from integration_support import (
     NODE,
     ZONE,
-    TestAgent,
-    agent_token,
     condition,
-    crd,
+    controller_and_agent,
     create_pod,
     create_policy,
     create_service,
+    create_service_and_pods,
     endpoint_pods,
     eventually,
     get_policy,
     running_controller,
     slices_of,
-    stream_url,
 )
 
 from aviator.kube import KubeClient
@@ -30,7 +28,6 @@ from aviator.kube.resources import AVIATORPOLICIES, PODS, SERVICES
 from aviator.testing.controlplane import ControlPlane
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("crd")]
-__all__ = ["crd"]
 
 LABELS = {"app": "web"}
 FAST = {"fast-1": "10.20.0.1", "fast-2": "10.20.0.2"}
@@ -43,9 +40,7 @@ SPEC = {
 
 
 async def _two_fast_two_slow(kube: KubeClient, ns: str) -> None:
-    await create_service(kube, ns, "web", LABELS)
-    for name, ip in {**FAST, **SLOW}.items():
-        await create_pod(kube, ns, name, ip, LABELS)
+    await create_service_and_pods(kube, ns, "web", LABELS, {**FAST, **SLOW})
 
 
 def _latencies() -> dict[str, float]:
@@ -57,11 +52,7 @@ async def test_shadow_routes_to_fast_pods_and_leaves_target_alone(
 ) -> None:
     ns = namespace
     await _two_fast_two_slow(kube, ns)
-    token = await agent_token(kube, ns)
-    async with (
-        running_controller(control_plane, ns) as app,
-        TestAgent(stream_url(app), token) as agent,
-    ):
+    async with controller_and_agent(control_plane, kube, ns) as (_, agent):
         agent.latency_ms = _latencies()
         await create_policy(kube, ns, "p", "web", **SPEC)
 
@@ -127,17 +118,13 @@ async def test_takeover_owns_target_slices_and_restores_selector(
 ) -> None:
     ns = namespace
     await _two_fast_two_slow(kube, ns)
-    token = await agent_token(kube, ns)
 
     async def builtin_has_all() -> list[str] | None:
         pods = endpoint_pods(await slices_of(kube, ns, "web", ours=False))
         return pods if pods == sorted({**FAST, **SLOW}) else None
 
     await eventually(builtin_has_all)
-    async with (
-        running_controller(control_plane, ns) as app,
-        TestAgent(stream_url(app), token) as agent,
-    ):
+    async with controller_and_agent(control_plane, kube, ns) as (_, agent):
         agent.latency_ms = _latencies()
         await create_policy(kube, ns, "p", "web", routing={"mode": "takeover"}, **SPEC)
 
@@ -173,11 +160,7 @@ async def test_selector_restored_by_hand_is_reported_not_fought(
 ) -> None:
     ns = namespace
     await _two_fast_two_slow(kube, ns)
-    token = await agent_token(kube, ns)
-    async with (
-        running_controller(control_plane, ns) as app,
-        TestAgent(stream_url(app), token) as agent,
-    ):
+    async with controller_and_agent(control_plane, kube, ns) as (_, agent):
         agent.latency_ms = _latencies()
         await create_policy(kube, ns, "p", "web", routing={"mode": "takeover"}, **SPEC)
 
@@ -218,11 +201,7 @@ async def test_deleted_pod_leaves_slices_at_once(
 ) -> None:
     ns = namespace
     await _two_fast_two_slow(kube, ns)
-    token = await agent_token(kube, ns)
-    async with (
-        running_controller(control_plane, ns) as app,
-        TestAgent(stream_url(app), token) as agent,
-    ):
+    async with controller_and_agent(control_plane, kube, ns) as (app, agent):
         agent.latency_ms = _latencies()
 
         async def measured() -> bool:
