@@ -12,25 +12,25 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
+from integration_support import Receiver, agent_token, start_receiver
 
 from aviator.agent.app import Agent, AgentConfig
+from aviator.agent.bpf.model import EndpointKey
 from aviator.agent.prober import NodeProber
 from aviator.agent.windows import CountersLike, EndpointKeyLike
 from aviator.kube import KubeClient
+from aviator.kube.marks import LABEL_SERVICE_NAME
 from aviator.kube.resources import ENDPOINTSLICES, PODS, SERVICEACCOUNTS, SERVICES
 from aviator.latency.auth import TokenAuthenticator
 from aviator.latency.histogram import Histogram
-from aviator.latency.receiver import make_stream_handler
-from aviator.latency.schema import Role, Snapshot, Source
-from aviator.latency.store import LatencyStore
+from aviator.latency.probing import ProbeCounters
+from aviator.latency.schema import Snapshot, Source
 
 pytestmark = pytest.mark.integration
 
@@ -38,48 +38,24 @@ pytestmark = pytest.mark.integration
 # --- the scripted latency source -----------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Key:
-    ip: str
-    port: int
-    role: Role
-
-
-@dataclass
-class Counters:
-    hist: Histogram = field(default_factory=Histogram)
-    sum_us: int = 0
-    max_us: int = 0
-    rif: int = 0
-    aborted: int = 0
-
-    @property
-    def buckets(self) -> list[int]:
-        return self.hist.counts
-
-    @property
-    def count(self) -> int:
-        return self.hist.count
-
-
 class ScriptedSource:
     """Cumulative counters that grow by `per_read` samples of fixed latencies each read."""
 
     name: Source = "ebpf"
 
-    def __init__(self, latencies_us: dict[Key, int], per_read: int = 10) -> None:
+    def __init__(self, latencies_us: dict[EndpointKey, int], per_read: int = 10) -> None:
         self.latencies = latencies_us
         self.per_read = per_read
-        self.counters = {k: Counters() for k in latencies_us}
+        self.counters = {k: ProbeCounters() for k in latencies_us}
 
     async def read(self) -> Iterable[tuple[EndpointKeyLike, CountersLike]]:
-        out: dict[Key, Counters] = {}
+        out: dict[EndpointKey, ProbeCounters] = {}
         for key, c in self.counters.items():
             v = self.latencies[key]
             c.hist.record(v, self.per_read)
             c.sum_us += v * self.per_read
             c.max_us = max(c.max_us, v)
-            out[key] = Counters(c.hist.copy(), c.sum_us, c.max_us, c.rif, c.aborted)
+            out[key] = c.frozen()
         return out.items()
 
     async def stats(self) -> dict[str, int]:
@@ -89,66 +65,7 @@ class ScriptedSource:
         pass
 
 
-# --- the receiver ----------------------------------------------------------------------
-
-
-class RecordingStore(LatencyStore):
-    """A LatencyStore that also keeps what it was given, and wakes waiters."""
-
-    def __init__(self) -> None:
-        super().__init__(window_s=30, stale_after_s=30)
-        self.snapshots: list[Snapshot] = []
-        self.changed = asyncio.Event()
-
-    def ingest(self, msg: Snapshot, now: float) -> int:
-        self.snapshots.append(msg)
-        self.changed.set()
-        return super().ingest(msg, now)
-
-    async def wait_for(self, pred: Callable[[Snapshot], bool], within_s: float = 30) -> Snapshot:
-        async with asyncio.timeout(within_s):
-            while True:
-                for snap in reversed(self.snapshots):
-                    if pred(snap):
-                        return snap
-                self.changed.clear()
-                await self.changed.wait()
-
-
-@dataclass
-class Receiver:
-    url: str
-    port: int
-    store: RecordingStore
-
-
-async def start_receiver(kube: KubeClient, allowed: list[str]) -> tuple[Receiver, web.AppRunner]:
-    store = RecordingStore()
-    app = web.Application()
-    app.router.add_get("/v1/stream", make_stream_handler(store, TokenAuthenticator(kube, allowed)))
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    return Receiver(f"ws://127.0.0.1:{port}/v1/stream", port, store), runner
-
-
 # --- API objects -----------------------------------------------------------------------
-
-
-async def service_account_token(kube: KubeClient, ns: str, name: str) -> str:
-    await kube.create(SERVICEACCOUNTS, {"metadata": {"name": name, "namespace": ns}})
-    review = await kube.request(
-        "POST",
-        SERVICEACCOUNTS.path(ns, name, "token"),
-        body={
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 600},
-        },
-    )
-    return str(review["status"]["token"])
 
 
 async def running_pod(
@@ -177,9 +94,9 @@ async def env(
 ) -> AsyncIterator[tuple[KubeClient, str, Receiver, Path, Path]]:
     """Receiver accepting `<namespace>:agent`; token files of `agent` and `intruder`."""
     good = tmp_path / "agent-token"
-    good.write_text(await service_account_token(kube, namespace, "agent"))
+    good.write_text(await agent_token(kube, namespace, "agent"))
     bad = tmp_path / "intruder-token"
-    bad.write_text(await service_account_token(kube, namespace, "intruder"))
+    bad.write_text(await agent_token(kube, namespace, "intruder"))
     receiver, runner = await start_receiver(kube, [f"{namespace}:agent"])
     try:
         yield kube, namespace, receiver, good, bad
@@ -224,10 +141,10 @@ async def test_snapshots_carry_pods_from_the_node_informer(
     await running_pod(kube, ns, "elsewhere", "another-node", "127.0.51.3")
     source = ScriptedSource(
         {
-            Key("127.0.51.1", 8080, "server"): 10_000,
-            Key("127.0.51.2", 8080, "server"): 20_000,  # pod created later
-            Key("127.0.51.3", 8080, "server"): 30_000,  # another node's pod
-            Key("10.9.9.9", 443, "client"): 5_000,  # client views are off by default
+            EndpointKey("127.0.51.1", 8080, "server"): 10_000,
+            EndpointKey("127.0.51.2", 8080, "server"): 20_000,  # pod created later
+            EndpointKey("127.0.51.3", 8080, "server"): 30_000,  # another node's pod
+            EndpointKey("10.9.9.9", 443, "client"): 5_000,  # client views are off by default
         }
     )
     config = AgentConfig(
@@ -310,7 +227,7 @@ async def test_agent_with_the_wrong_account_is_refused_and_retries(
     kube, ns, receiver, _, bad = env
     node = node_name()
     await running_pod(kube, ns, "web-0", node, "127.0.52.1")
-    source = ScriptedSource({Key("127.0.52.1", 8080, "server"): 1000})
+    source = ScriptedSource({EndpointKey("127.0.52.1", 8080, "server"): 1000})
     config = AgentConfig(
         node=node,
         report_interval_s=0.2,
@@ -351,7 +268,7 @@ async def test_controllers_found_through_a_headless_service(
             "metadata": {
                 "name": name,
                 "namespace": ns,
-                "labels": {"kubernetes.io/service-name": "controller"},
+                "labels": {LABEL_SERVICE_NAME: "controller"},
             },
             "addressType": "IPv4",
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],

@@ -2,57 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aviator.agent.bpf.model import EndpointKey
 from aviator.agent.windows import WindowDiffer, attach_pods
 from aviator.latency.histogram import Histogram
-from aviator.latency.schema import Role
+from aviator.latency.probing import ProbeCounters
 
-
-@dataclass(frozen=True)
-class Key:
-    ip: str
-    port: int
-    role: Role
-
-
-@dataclass
-class Counters:
-    """A mutable stand-in for one kernel map entry."""
-
-    hist: Histogram = field(default_factory=Histogram)
-    sum_us: int = 0
-    max_us: int = 0
-    rif: int = 0
-    aborted: int = 0
-
-    @property
-    def buckets(self) -> list[int]:
-        return self.hist.counts
-
-    @property
-    def count(self) -> int:
-        return self.hist.count
-
-    def record(self, v: int) -> None:
-        self.hist.record(v)
-        self.sum_us += v
-        self.max_us = max(self.max_us, v)
-
-    def frozen(self) -> Counters:
-        return Counters(self.hist.copy(), self.sum_us, self.max_us, self.rif, self.aborted)
-
-
-A = Key("10.0.0.1", 8080, "server")
-B = Key("10.0.0.2", 80, "client")
+# The kernel's endpoint keys; the prober's counters serve as the cumulative source
+# (any CountersLike would).
+A = EndpointKey("10.0.0.1", 8080, "server")
+B = EndpointKey("10.0.0.2", 80, "client")
 
 
 def test_first_read_and_deltas() -> None:
     d = WindowDiffer()
-    a = Counters()
+    a = ProbeCounters()
     a.record(1000)
     a.record(2000)
     (w,) = d.advance({A: a.frozen()}.items())
@@ -67,7 +33,7 @@ def test_first_read_and_deltas() -> None:
 
 def test_idle_endpoints_are_left_out_unless_in_flight() -> None:
     d = WindowDiffer()
-    a = Counters()
+    a = ProbeCounters()
     a.record(1000)
     d.advance({A: a.frozen()}.items())
     assert d.advance({A: a.frozen()}.items()) == []
@@ -79,11 +45,11 @@ def test_idle_endpoints_are_left_out_unless_in_flight() -> None:
 
 def test_counters_going_backwards_start_a_new_baseline() -> None:
     d = WindowDiffer()
-    a = Counters()
+    a = ProbeCounters()
     for _ in range(5):
         a.record(1000)
     d.advance({A: a.frozen()}.items())
-    reloaded = Counters()
+    reloaded = ProbeCounters()
     reloaded.record(7000)
     (w,) = d.advance({A: reloaded.frozen()}.items())
     assert w.hist == Histogram.from_values([7000]) and w.count == 1
@@ -95,7 +61,7 @@ def test_counters_going_backwards_start_a_new_baseline() -> None:
 
 def test_vanished_endpoints_are_forgotten() -> None:
     d = WindowDiffer()
-    a, b = Counters(), Counters()
+    a, b = ProbeCounters(), ProbeCounters()
     a.record(10)
     b.record(20)
     assert len(d.advance({A: a.frozen(), B: b.frozen()}.items())) == 2
@@ -107,7 +73,7 @@ def test_vanished_endpoints_are_forgotten() -> None:
 
 def test_pods_are_attached_to_server_endpoints_only() -> None:
     d = WindowDiffer()
-    a, b = Counters(), Counters()
+    a, b = ProbeCounters(), ProbeCounters()
     a.record(10)
     b.record(20)
     pods = {"10.0.0.1": "ns/a", "10.0.0.2": "ns/b"}
@@ -115,7 +81,7 @@ def test_pods_are_attached_to_server_endpoints_only() -> None:
     assert {(w.ip, w.pod) for w in out} == {("10.0.0.1", "ns/a"), ("10.0.0.2", None)}
 
 
-def _contains(now: Counters, old: Counters) -> bool:
+def _contains(now: ProbeCounters, old: ProbeCounters) -> bool:
     return (
         all(n >= o for n, o in zip(now.buckets, old.buckets, strict=True))
         and now.sum_us >= old.sum_us
@@ -142,9 +108,9 @@ def test_windows_hold_exactly_what_happened_between_reads(
     plan: list[tuple[tuple[bool, list[int]] | None, ...]],
 ) -> None:
     d = WindowDiffer()
-    live: dict[Key, Counters] = {}
+    live: dict[EndpointKey, ProbeCounters] = {}
     for changes in plan:
-        expected: dict[Key, Histogram] = {}
+        expected: dict[EndpointKey, Histogram] = {}
         for key, change in zip((A, B), changes, strict=True):
             if change is None:
                 live.pop(key, None)
@@ -152,7 +118,7 @@ def test_windows_hold_exactly_what_happened_between_reads(
             reset, values = change
             before = live.get(key)
             if reset or before is None:
-                live[key] = Counters()
+                live[key] = ProbeCounters()
             for v in values:
                 live[key].record(v)
             expected[key] = Histogram.from_values(values)
@@ -161,7 +127,7 @@ def test_windows_hold_exactly_what_happened_between_reads(
                 # growth; the window is then the difference, which is documented.
                 expected[key] = live[key].hist - before.hist
         out = d.advance({k: c.frozen() for k, c in live.items()}.items())
-        got = {Key(w.ip, w.port, w.role): w for w in out}
+        got = {EndpointKey(w.ip, w.port, w.role): w for w in out}
         for key, hist in expected.items():
             if hist:
                 assert got[key].hist == hist
