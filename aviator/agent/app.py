@@ -37,7 +37,8 @@ from aviator.kube.marks import LABEL_SERVICE_NAME
 from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, SERVICES
 from aviator.latency.probing import ProbeTarget
 from aviator.latency.schema import MAX_ENDPOINTS, EndpointWindow, Snapshot
-from aviator.latency.store import LatencyStore, PodLatency
+from aviator.latency.store import LatencyStore
+from aviator.selection.types import LatencyEstimate
 
 log = logging.getLogger(__name__)
 
@@ -229,13 +230,13 @@ class Agent:
         now = time.monotonic()
         out: dict[str, dict[str, Any]] = {}
         for ip in sorted(self.store.ips()):
-            est: PodLatency | None = self.store.estimate(ip, now)
+            est: LatencyEstimate | None = self.store.estimate(ip, now)
             if est is None:
                 continue
             out[ip] = {
                 "pod": self.pods.pod_for(ip),
                 "p50_ms": round(est.p50_ms, 3),
-                "p90_ms": round(est.p90_ms, 3),
+                "p90_ms": None if est.p90_ms is None else round(est.p90_ms, 3),
                 "p99_ms": round(est.p99_ms, 3),
                 "rif": est.rif,
                 "samples": est.samples,

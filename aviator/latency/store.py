@@ -10,7 +10,9 @@ Two feeds write histogram DELTAS into it:
 
 The store keeps, per (ip, port, role, origin), the deltas received in the window and
 their running sum, so an estimate costs a pass over one histogram, not a merge of
-the whole window.
+the whole window. It answers in `LatencyEstimate`s, the type the selection engine
+reads (aviator.selection.types), so a pod's latency keeps one form from here to the
+engine and the status.
 
 Semantics the selection engine relies on:
 
@@ -50,22 +52,10 @@ from typing import Literal
 
 from aviator.latency.histogram import Histogram
 from aviator.latency.schema import EndpointWindow, Snapshot, Source
+from aviator.selection.types import LatencyEstimate
 
 _QUANTILES = (0.5, 0.9, 0.99)
 _PRUNE_EVERY_S = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class PodLatency:
-    """A pod's latency over the store's window (milliseconds)."""
-
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    rif: int
-    samples: int
-    age_s: float
-    source: str
 
 
 Origin = Literal["agent", "controller"]
@@ -241,7 +231,7 @@ class LatencyStore:
 
     def estimate(
         self, ip: str, now: float, port: int | None = None, *, origin: Origin = "agent"
-    ) -> PodLatency | None:
+    ) -> LatencyEstimate | None:
         """Latency of the pod at `ip` (optionally one port) as `origin` measured it,
         None when unknown."""
         windows = self._fresh(ip, now, port, origin)
@@ -261,14 +251,14 @@ class LatencyStore:
             rif = sum(w.rif for w in windows)
         if qs is None:
             return None
-        return PodLatency(
-            qs[0] / 1000.0,
-            qs[1] / 1000.0,
-            qs[2] / 1000.0,
-            rif,
-            samples,
-            max(0.0, now - newest.last_seen),
-            newest.source,
+        return LatencyEstimate(
+            p50_ms=qs[0] / 1000.0,
+            p90_ms=qs[1] / 1000.0,
+            p99_ms=qs[2] / 1000.0,
+            rif=rif,
+            samples=samples,
+            age_s=max(0.0, now - newest.last_seen),
+            source=newest.source,
         )
 
     def merged(self, ips: Iterable[str], now: float, *, origin: Origin = "agent") -> Histogram:

@@ -19,7 +19,6 @@ from aviator.api.codec import PolicyError
 from aviator.api.types import AviatorPolicySpec
 from aviator.kube.objects import JSON
 from aviator.kube.pods import is_ready, is_terminating, pod_ips, pod_name
-from aviator.latency.store import PodLatency
 from aviator.selection import evaluate
 from aviator.selection.state import EngineState
 from aviator.selection.types import (
@@ -155,7 +154,7 @@ def _timestamp(raw: str) -> float:
         return 0.0
 
 
-def pod_input(pod: JSON, latency: PodLatency | None, fresh: bool) -> PodInput:
+def pod_input(pod: JSON, latency: LatencyEstimate | None, fresh: bool) -> PodInput:
     ips = pod_ips(pod)
     return PodInput(
         name=pod_name(pod),
@@ -164,16 +163,8 @@ def pod_input(pod: JSON, latency: PodLatency | None, fresh: bool) -> PodInput:
         ready=is_ready(pod),
         terminating=is_terminating(pod),
         created=_created(pod),
-        latency=None
-        if latency is None or latency.samples <= 0
-        else LatencyEstimate(
-            p50_ms=latency.p50_ms,
-            p99_ms=latency.p99_ms,
-            rif=latency.rif,
-            samples=latency.samples,
-            age_s=latency.age_s,
-            fresh=fresh,
-        ),
+        latency=None if latency is None or latency.samples <= 0 else latency,
+        fresh=fresh,
     )
 
 
@@ -196,7 +187,7 @@ _EVENT_REASONS = {
 def select(
     parsed: ParsedPolicy,
     pods: list[JSON],
-    latencies: Mapping[str, PodLatency | None],
+    latencies: Mapping[str, LatencyEstimate | None],
     fresh: Mapping[str, bool],
     current_active: set[str],
     persisted: Mapping[str, Any] | None,

@@ -31,8 +31,9 @@ from aviator.kube.pods import pod_ips, pod_name
 from aviator.latency.histogram import Histogram
 from aviator.latency.probing import HttpProber, ProbeCounters, ProbeTarget
 from aviator.latency.schema import EndpointWindow
-from aviator.latency.store import LatencyStore, Origin, PodLatency
+from aviator.latency.store import LatencyStore, Origin
 from aviator.reconcilers.evaluation import ParsedPolicy
+from aviator.selection.types import LatencyEstimate
 
 PROBES_PER_ROUND = 3
 PROBE_CONCURRENCY = 32
@@ -54,10 +55,10 @@ class PodLatencies:
     """Per pod name: its estimate (None = unknown); and the merged histogram of any
     set of pods, for the p99 of the traffic the active set serves."""
 
-    by_pod: dict[str, PodLatency | None]
+    by_pod: dict[str, LatencyEstimate | None]
     merged: Callable[[Sequence[JSON]], Histogram]
 
-    def estimate(self, name: str) -> PodLatency | None:
+    def estimate(self, name: str) -> LatencyEstimate | None:
         return self.by_pod.get(name)
 
     def active_p99_ms(self, pods: Sequence[JSON]) -> float | None:
@@ -122,7 +123,7 @@ async def read_latencies(
         windows = await _probe_round(prober, targets)
         store.ingest_probes(windows, now, keep_s=PROBE_WINDOW_INTERVALS * parsed.interval_s)
 
-    by_pod: dict[str, PodLatency | None] = {}
+    by_pod: dict[str, LatencyEstimate | None] = {}
     for pod in pods:
         estimate = None
         for ip in pod_ips(pod):

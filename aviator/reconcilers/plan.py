@@ -37,7 +37,6 @@ from aviator.kube import marks
 from aviator.kube.objects import JSON
 from aviator.kube.pods import is_terminating, pod_ips, pod_name
 from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES
-from aviator.latency.store import PodLatency
 from aviator.reconcilers import evaluation, routing, slices
 from aviator.reconcilers.evaluation import Outcome
 from aviator.reconcilers.latencies import PodLatencies
@@ -58,6 +57,7 @@ from aviator.reconcilers.status import (
 )
 from aviator.reconcilers.view import View
 from aviator.runtime.writer import Write
+from aviator.selection.types import LatencyEstimate
 
 # A requeue timer may fire a little early; an evaluation this close to due counts.
 EARLY_FRACTION = 0.05
@@ -369,7 +369,9 @@ def _finalize(view: View) -> Plan:
     return Plan(writes=[*routing.release(view), _policy_patch(view, remaining)])
 
 
-def _freshness(latencies: Mapping[str, PodLatency | None], since: float | None) -> dict[str, bool]:
+def _freshness(
+    latencies: Mapping[str, LatencyEstimate | None], since: float | None
+) -> dict[str, bool]:
     """Per pod: did samples arrive since the previous evaluation (`since` seconds
     ago)? Only fresh data moves the circuit breaker, so one slow window is not
     counted twice."""
@@ -427,7 +429,9 @@ def _active_in(observed: Iterable[JSON], routed: str) -> set[str]:
     return out
 
 
-def _row(pod: JSON, state: str, lat: PodLatency | None, reason: str | None = None) -> PodStatus:
+def _row(
+    pod: JSON, state: str, lat: LatencyEstimate | None, reason: str | None = None
+) -> PodStatus:
     ips = pod_ips(pod)
     return pod_status(
         pod_name(pod),

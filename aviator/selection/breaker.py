@@ -80,11 +80,11 @@ def step(
         slow = lat is not None and lat.p99_ms > threshold
         if slow:
             violating += 1
+        fresh = lat is not None and pod.fresh
         if rec is None:
-            if not slow or lat is None or not lat.fresh:
+            if not slow or not fresh:
                 continue  # healthy and never ejected: nothing to remember (the common case)
             rec = _CLOSED
-        fresh = lat is not None and lat.fresh
         if rec.status is BreakerStatus.OPEN:
             assert rec.since is not None
             if now - rec.since >= recovery_wait(policy, rec.level):

@@ -49,10 +49,14 @@ class Reason(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class LatencyEstimate:
-    """A pod's measured latency over the store's window.
+    """A pod's latency over a window of measurements: what the latency store
+    (aviator.latency.store) answers and the engine reads. One type from store to
+    engine; it lives here because the engine may import nothing else of Aviator.
 
-    `fresh` is true when samples arrived since the previous evaluation; only fresh
-    data moves the circuit breaker. `age_s` is how old the newest sample is.
+    Milliseconds. `rif` is the requests in flight at the last report; `age_s` how old
+    the newest sample is; `source` what measured it ("ebpf", "probe"). The engine
+    ranks by p99 and reads rif, samples and age; p50, p90 and the source are for
+    people (status rows, the agent's GET /latency).
     """
 
     p50_ms: float
@@ -60,12 +64,18 @@ class LatencyEstimate:
     rif: int = 0
     samples: int = 1
     age_s: float = 0.0
-    fresh: bool = True
+    p90_ms: float | None = None
+    source: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class PodInput:
-    """One pod of the target Service as the engine sees it."""
+    """One pod of the target Service as the engine sees it.
+
+    `fresh` is a fact of this evaluation, not of the measurement: samples arrived
+    since the previous evaluation. Only fresh data moves the circuit breaker, so one
+    slow window is not counted twice.
+    """
 
     name: str
     ip: str = ""
@@ -74,6 +84,7 @@ class PodInput:
     terminating: bool = False
     created: float = 0.0
     latency: LatencyEstimate | None = None
+    fresh: bool = True
 
     @property
     def eligible(self) -> bool:

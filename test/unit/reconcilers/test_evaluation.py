@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 from reconciler_objects import make_pod
 
-from aviator.latency.store import PodLatency as Latency
 from aviator.reconcilers.evaluation import InvalidSpec, parse_policy, select
+from aviator.selection.types import LatencyEstimate
 
 
 def raw(spec: dict[str, object], ns: str = "default") -> dict[str, object]:
@@ -44,8 +44,8 @@ def test_select_fast_pods_and_persistable_state() -> None:
     )
     pods = [make_pod("a", "10.0.0.1"), make_pod("b", "10.0.0.2")]
     lat = {
-        "a": Latency(5, 8, 10, 0, 100, 0.1, "ebpf"),
-        "b": Latency(50, 80, 100, 0, 100, 0.1, "ebpf"),
+        "a": LatencyEstimate(5, 10, samples=100, age_s=0.1, p90_ms=8, source="ebpf"),
+        "b": LatencyEstimate(50, 100, samples=100, age_s=0.1, p90_ms=80, source="ebpf"),
     }
     out = select(parsed, pods, lat, {"a": True, "b": True}, set(), None, 1000.0)
     assert out.active == {"a"} and out.states == {"a": "active", "b": "standby"}

@@ -20,7 +20,6 @@ from reconciler_objects import make_pod, make_service
 from aviator.informers import Indexer
 from aviator.kube import marks
 from aviator.latency.histogram import Histogram
-from aviator.latency.store import PodLatency
 from aviator.reconcilers.latencies import PodLatencies
 from aviator.reconcilers.mapping import POLICY_INDEXERS
 from aviator.reconcilers.plan import Clock, Memory, Plan, measurement, memory_for, plan
@@ -34,6 +33,7 @@ from aviator.reconcilers.view import (
     gather,
 )
 from aviator.runtime.writer import Write
+from aviator.selection.types import LatencyEstimate
 
 JSON = dict[str, Any]
 NS = "default"
@@ -144,7 +144,9 @@ def apply(caches: Caches, todo: Plan) -> None:
 
 def latencies_of(ms: Mapping[str, float | None], samples: int = 100) -> PodLatencies:
     by_pod = {
-        name: None if v is None else PodLatency(v, v, v, 0, samples, 0.1, "ebpf")
+        name: None
+        if v is None
+        else LatencyEstimate(v, v, samples=samples, age_s=0.1, p90_ms=v, source="ebpf")
         for name, v in ms.items()
     }
 

@@ -30,9 +30,7 @@ p99s = st.one_of(
 
 
 @st.composite
-def latencies(
-    draw: st.DrawFn, *, fresh: bool | None = None, max_age: float = 60.0
-) -> LatencyEstimate:
+def latencies(draw: st.DrawFn, *, max_age: float = 60.0) -> LatencyEstimate:
     p99 = draw(p99s)
     return LatencyEstimate(
         p50_ms=p99 * draw(st.sampled_from([0.1, 0.5, 1.0])),
@@ -40,7 +38,6 @@ def latencies(
         rif=draw(st.integers(0, 20)),
         samples=draw(st.integers(1, 1000)),
         age_s=draw(st.floats(0.0, max_age)),
-        fresh=draw(st.booleans()) if fresh is None else fresh,
     )
 
 
@@ -60,7 +57,7 @@ def pod_lists(
     for i in range(n):
         ready = eligible or draw(st.sampled_from([True, True, True, False]))
         terminating = not eligible and draw(st.sampled_from([False, False, False, True]))
-        lat = draw(latencies(fresh=fresh)) if known else draw(st.none() | latencies(fresh=fresh))
+        lat = draw(latencies()) if known else draw(st.none() | latencies())
         pods.append(
             PodInput(
                 name=f"pod-{i:02d}",
@@ -70,6 +67,7 @@ def pod_lists(
                 terminating=terminating,
                 created=float(i),
                 latency=lat,
+                fresh=draw(st.booleans()) if fresh is None else fresh,
             )
         )
     return pods

@@ -33,8 +33,8 @@ def pod(
     ready: bool = True,
     terminating: bool = False,
 ) -> PodInput:
-    lat = None if p99 is None else LatencyEstimate(p99 / 2, p99, rif=rif, age_s=age, fresh=fresh)
-    return PodInput(name, ready=ready, terminating=terminating, latency=lat)
+    lat = None if p99 is None else LatencyEstimate(p99 / 2, p99, rif=rif, age_s=age)
+    return PodInput(name, ready=ready, terminating=terminating, latency=lat, fresh=fresh)
 
 
 def once(pods: list[PodInput], policy: SelectionPolicy) -> Evaluation:

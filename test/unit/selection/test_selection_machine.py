@@ -36,8 +36,8 @@ estimates = st.none() | st.builds(
     rif=st.integers(0, 6),
     samples=st.integers(0, 50),
     age_s=st.sampled_from([0.0, 0.0, 5.0, 45.0]),
-    fresh=st.sampled_from([True, True, False]),
 )
+freshness = st.sampled_from([True, True, False])
 
 
 class SelectionTimeline(RuleBasedStateMachine):
@@ -63,12 +63,20 @@ class SelectionTimeline(RuleBasedStateMachine):
 
     # --- the world changes ---------------------------------------------------------
 
-    @rule(latencies=st.lists(estimates, min_size=1, max_size=4), ready=st.booleans())
-    def add_pods(self, latencies: list[LatencyEstimate | None], ready: bool) -> None:
+    @rule(
+        latencies=st.lists(estimates, min_size=1, max_size=4),
+        ready=st.booleans(),
+        fresh=freshness,
+    )
+    def add_pods(
+        self, latencies: list[LatencyEstimate | None], ready: bool, fresh: bool = True
+    ) -> None:
         for latency in latencies:
             name = f"pod-{self.created:03d}"
             self.created += 1
-            self.pods[name] = PodInput(name, f"10.1.0.{self.created}", ready=ready, latency=latency)
+            self.pods[name] = PodInput(
+                name, f"10.1.0.{self.created}", ready=ready, latency=latency, fresh=fresh
+            )
 
     @precondition(lambda self: bool(self.pods))
     @rule(data=st.data())
@@ -76,10 +84,12 @@ class SelectionTimeline(RuleBasedStateMachine):
         del self.pods[data.draw(st.sampled_from(sorted(self.pods)))]
 
     @precondition(lambda self: bool(self.pods))
-    @rule(data=st.data(), latency=estimates)
-    def change_latency(self, data: st.DataObject, latency: LatencyEstimate | None) -> None:
+    @rule(data=st.data(), latency=estimates, fresh=freshness)
+    def change_latency(
+        self, data: st.DataObject, latency: LatencyEstimate | None, fresh: bool
+    ) -> None:
         name = data.draw(st.sampled_from(sorted(self.pods)))
-        self.pods[name] = dataclasses.replace(self.pods[name], latency=latency)
+        self.pods[name] = dataclasses.replace(self.pods[name], latency=latency, fresh=fresh)
 
     @precondition(lambda self: any(r.out_of_traffic for r in self.state.breaker.values()))
     @rule(p99=st.sampled_from([10.0, 10.0, 150.0]))
@@ -88,7 +98,7 @@ class SelectionTimeline(RuleBasedStateMachine):
         for name, rec in self.state.breaker.items():
             if rec.out_of_traffic and name in self.pods:
                 self.pods[name] = dataclasses.replace(
-                    self.pods[name], latency=LatencyEstimate(1.0, p99)
+                    self.pods[name], latency=LatencyEstimate(1.0, p99), fresh=True
                 )
         wait = 10 * self.policy.breaker.recovery_interval_s + 1
         self.evaluate_once(wait)
@@ -152,7 +162,7 @@ class SelectionTimeline(RuleBasedStateMachine):
             was = before.status if before else BreakerStatus.CLOSED
             now = after.status if after else BreakerStatus.CLOSED
             lat = known_latency(pod, self.policy.stale_after_s)
-            fresh = lat is not None and lat.fresh
+            fresh = lat is not None and pod.fresh
             if not cfg.enabled or not pod.eligible:
                 assert after == (before if cfg.enabled else None)
                 if not cfg.enabled:
