@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from aviator.api import AviatorPolicySpec, PolicyError, from_dict
-from aviator.api.crd import build_crd
-from aviator.api.types import SelectionSpec
+from aviator.api.crd import CRD_FILE_NAME, CRD_NAME, build_crd
+from aviator.api.types import API_VERSION, KIND, SelectionSpec
 from aviator.kube import KubeClient
 from aviator.kube.resources import AVIATORPOLICIES
 from aviator.testing.controlplane import ControlPlane
@@ -31,16 +31,16 @@ from aviator.testing.controlplane import ControlPlane
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-CRD_FILE = ROOT / "config" / "crd" / "bases" / "aviator.example.com_aviatorpolicies.yaml"
+CRD_FILE = ROOT / "config" / "crd" / "bases" / CRD_FILE_NAME
 SAMPLES = ROOT / "config" / "samples"
 SAMPLE = SAMPLES / "aviator_v1alpha1_aviatorpolicy.yaml"
-CRD_NAME = "aviatorpolicies.aviator.example.com"
 
 
 @pytest.fixture(scope="module")
 def crd(control_plane: ControlPlane) -> ControlPlane:
-    """The CRD, installed once per module. `apply` is idempotent, so modules that
-    install it too (it is cluster-scoped) do not get in each other's way."""
+    """The committed CRD YAML (what this module is about, so it overrides conftest's
+    `crd`), installed once per module. `apply` is idempotent, so modules that install
+    it too (it is cluster-scoped) do not get in each other's way."""
     control_plane.kubectl("apply", "-f", str(CRD_FILE))
     control_plane.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
     # Established means served; kubectl's discovery may need a moment to learn `avp`.
@@ -64,8 +64,8 @@ def scratch(crd: ControlPlane) -> Iterator[str]:
 
 def _policy(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     return {
-        "apiVersion": "aviator.example.com/v1alpha1",
-        "kind": "AviatorPolicy",
+        "apiVersion": API_VERSION,
+        "kind": KIND,
         "metadata": {"name": name},
         "spec": spec,
     }

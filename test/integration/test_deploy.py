@@ -14,26 +14,28 @@ from pathlib import Path
 
 import pytest
 
+from aviator.api.crd import CRD_NAME
+from aviator.api.types import GROUP, PLURAL
 from aviator.kube import KubeClient
 from aviator.kube.resources import SUBJECTACCESSREVIEWS
-from aviator.testing.controlplane import ControlPlane
+from aviator.testing.controlplane import AVIATOR_SERVICE_ACCOUNTS, ControlPlane
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-CONTROLLER = "system:serviceaccount:aviator-system:aviator-controller"
-AGENT = "system:serviceaccount:aviator-system:aviator-agent"
+# The ServiceAccounts config/rbac binds (the box runs Aviator as them too).
+CONTROLLER, AGENT = AVIATOR_SERVICE_ACCOUNTS
 
 # (verb, group, resource, subresource, namespace); namespace "" = cluster-wide/any.
 Request = tuple[str, str, str, str, str]
 
 CONTROLLER_MUST = [
-    *[(v, "aviator.example.com", "aviatorpolicies", "", "") for v in ("get", "list", "watch")],
-    ("update", "aviator.example.com", "aviatorpolicies", "", "shop"),
-    ("patch", "aviator.example.com", "aviatorpolicies", "", "shop"),
-    ("update", "aviator.example.com", "aviatorpolicies", "status", "shop"),
-    ("patch", "aviator.example.com", "aviatorpolicies", "status", "shop"),
-    ("update", "aviator.example.com", "aviatorpolicies", "finalizers", "shop"),
+    *[(v, GROUP, PLURAL, "", "") for v in ("get", "list", "watch")],
+    ("update", GROUP, PLURAL, "", "shop"),
+    ("patch", GROUP, PLURAL, "", "shop"),
+    ("update", GROUP, PLURAL, "status", "shop"),
+    ("patch", GROUP, PLURAL, "status", "shop"),
+    ("update", GROUP, PLURAL, "finalizers", "shop"),
     *[(v, "", r, "", "") for r in ("services", "pods", "nodes") for v in ("get", "list", "watch")],
     *[(v, "", "services", "", "shop") for v in ("create", "update", "patch", "delete")],
     *[
@@ -66,13 +68,13 @@ CONTROLLER_MUST_NOT = [
     ("create", "", "serviceaccounts", "token", "aviator-system"),
     ("create", "rbac.authorization.k8s.io", "clusterrolebindings", "", ""),
     ("impersonate", "", "users", "", ""),
-    ("delete", "aviator.example.com", "aviatorpolicies", "", "shop"),
-    ("create", "aviator.example.com", "aviatorpolicies", "", "shop"),
+    ("delete", GROUP, PLURAL, "", "shop"),
+    ("create", GROUP, PLURAL, "", "shop"),
 ]
 AGENT_MUST = [
     *[(v, "", "pods", "", "") for v in ("get", "list", "watch")],
     *[(v, "", "services", "", "") for v in ("get", "list", "watch")],
-    *[(v, "aviator.example.com", "aviatorpolicies", "", "") for v in ("get", "list", "watch")],
+    *[(v, GROUP, PLURAL, "", "") for v in ("get", "list", "watch")],
     *[(v, "discovery.k8s.io", "endpointslices", "", "aviator-system") for v in ("list", "watch")],
 ]
 AGENT_MUST_NOT = [
@@ -88,8 +90,8 @@ AGENT_MUST_NOT = [
     ("patch", "", "pods", "status", "shop"),
     ("delete", "", "pods", "", "shop"),
     ("update", "", "services", "", "shop"),
-    ("update", "aviator.example.com", "aviatorpolicies", "", "shop"),
-    ("patch", "aviator.example.com", "aviatorpolicies", "status", "shop"),
+    ("update", GROUP, PLURAL, "", "shop"),
+    ("patch", GROUP, PLURAL, "status", "shop"),
     ("create", "authentication.k8s.io", "tokenreviews", "", ""),
     ("create", "coordination.k8s.io", "leases", "", "aviator-system"),
     ("create", "", "events", "", "shop"),
@@ -132,7 +134,7 @@ def test_default_applies_and_every_object_exists(deployed: ControlPlane) -> None
     listed = deployed.kubectl("get", "-f", "-", "-o", "name", input=built).stdout.split()
     expected = {
         "namespace/aviator-system",
-        "customresourcedefinition.apiextensions.k8s.io/aviatorpolicies.aviator.example.com",
+        f"customresourcedefinition.apiextensions.k8s.io/{CRD_NAME}",
         "serviceaccount/aviator-controller",
         "serviceaccount/aviator-agent",
         "clusterrole.rbac.authorization.k8s.io/aviator-controller",
