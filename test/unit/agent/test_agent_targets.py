@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from aviator.agent.targets import kubelet_probe_rate, probe_targets, traffic_samples
+from aviator.kube.marks import ANNOTATION_ORIGINAL_SELECTOR
 from aviator.latency.probing import ProbeTarget
 
 
@@ -25,7 +26,7 @@ def service(
 ) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": name, "namespace": "shop"}
     if saved is not None:
-        meta["annotations"] = {"aviator.example.com/original-selector": json.dumps(saved)}
+        meta["annotations"] = {ANNOTATION_ORIGINAL_SELECTOR: json.dumps(saved)}
     return {"metadata": meta, "spec": {"selector": selector} if selector else {}}
 
 

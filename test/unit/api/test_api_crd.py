@@ -12,11 +12,11 @@ import pytest
 import yaml
 
 from aviator.api import AviatorPolicySpec, cmd
-from aviator.api.crd import build_crd, render_crd
+from aviator.api.crd import CRD_FILE_NAME, build_crd, render_crd
 from aviator.api.durations import DURATION_PATTERN
 
 ROOT = Path(__file__).resolve().parents[3]
-CRD_FILE = ROOT / "config" / "crd" / "bases" / "aviator.example.com_aviatorpolicies.yaml"
+CRD_FILE = ROOT / "config" / "crd" / "bases" / CRD_FILE_NAME
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +49,7 @@ def test_rendering_is_deterministic_and_parses_back(crd: dict[str, Any]) -> None
 
 
 def test_identity(crd: dict[str, Any]) -> None:
+    # Literals, not aviator.api.types: these pin the documented API identity.
     spec = crd["spec"]
     assert crd["metadata"]["name"] == "aviatorpolicies.aviator.example.com"
     assert spec["group"] == "aviator.example.com"

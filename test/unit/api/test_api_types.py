@@ -23,6 +23,7 @@ from aviator.api import (
     SelectionMode,
     from_dict,
 )
+from aviator.api.types import API_VERSION, KIND
 
 ROOT = Path(__file__).resolve().parents[3]
 SAMPLES = ROOT / "config" / "samples"
@@ -56,8 +57,8 @@ PRODUCT_DEFAULTS: dict[str, Any] = {
 
 def policy(spec: dict[str, Any] | None = None, **meta: Any) -> dict[str, Any]:
     return {
-        "apiVersion": "aviator.example.com/v1alpha1",
-        "kind": "AviatorPolicy",
+        "apiVersion": API_VERSION,
+        "kind": KIND,
         "metadata": {"name": "p", "namespace": "ns", "uid": "u-1", "generation": 4, **meta},
         "spec": {"targetRef": {"name": "web"}} if spec is None else spec,
     }

@@ -14,6 +14,7 @@ from aviator.box.endpoints import endpoint_pods, proxied, ready_backends, servic
 from aviator.box.podspec import Unsupported, expand, image_name, plan_pod
 from aviator.box.podstatus import has_controller_owner, unsupported_status
 from aviator.box.stats import Sample, percentile, summarize
+from aviator.kube.marks import LABEL_SERVICE_NAME
 
 # -- address pool ----------------------------------------------------------------------
 
@@ -160,7 +161,7 @@ def _slice(
         "metadata": {
             "namespace": "ns",
             "name": f"{svc}-x",
-            "labels": {"kubernetes.io/service-name": svc},
+            "labels": {LABEL_SERVICE_NAME: svc},
         },
         "addressType": "IPv4",
         "ports": [{"name": port_name, "port": port}],

@@ -1,9 +1,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any
 
-from reconciler_objects import make_service
+from reconciler_objects import make_service, merge_patch
 
 from aviator.kube import marks
 from aviator.kube.services import pod_selector
@@ -15,19 +14,6 @@ from aviator.reconcilers.services import (
     takeover_patch,
     takeover_state,
 )
-
-
-def merge_patch(obj: Any, patch: Any) -> Any:
-    """RFC 7386, enough to apply our patches in tests."""
-    if not isinstance(patch, dict):
-        return patch
-    out = dict(obj) if isinstance(obj, dict) else {}
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = merge_patch(out.get(k), v)
-    return out
 
 
 def test_shadow_service_is_selectorless_owned_with_target_ports() -> None:

@@ -46,7 +46,7 @@ def test_slice_shape_labels_owner_conditions() -> None:
     assert s["addressType"] == "IPv4"
     assert s["metadata"]["labels"] == {
         marks.LABEL_SERVICE_NAME: "web-aviator",
-        marks.LABEL_MANAGED_BY: "aviator.example.com",
+        marks.LABEL_MANAGED_BY: "aviator.example.com",  # literal: pins the value on the wire
         marks.LABEL_POLICY: "p",
     }
     (ref,) = s["metadata"]["ownerReferences"]
