@@ -1,10 +1,16 @@
-"""Shared fixtures: the real control plane, an API client, and a namespace per test."""
+"""Shared fixtures: the real control plane, an API client, and a namespace per test.
+
+`kube` and `namespace` work on whatever `api_server` is: the local control plane here;
+the e2e suite overrides `api_server` with its cluster."""
 
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Protocol
 
 import pytest
 import uvloop
@@ -27,22 +33,34 @@ def control_plane() -> Iterator[ControlPlane]:
         yield cp
 
 
+class ApiServer(Protocol):
+    """What `kube` and `namespace` need of a cluster (ControlPlane and the e2e clusters)."""
+
+    kubeconfig: Path
+
+    def kubectl(
+        self, *args: str, input: str | None = None, check: bool = True
+    ) -> subprocess.CompletedProcess[str]: ...
+
+
+@pytest.fixture(scope="session")
+def api_server(control_plane: ControlPlane) -> ApiServer:
+    return control_plane
+
+
 @pytest.fixture
-async def kube(control_plane: ControlPlane) -> AsyncIterator[KubeClient]:
-    client = await KubeClient.load(str(control_plane.kubeconfig))
-    try:
+async def kube(api_server: ApiServer) -> AsyncIterator[KubeClient]:
+    async with await KubeClient.load(str(api_server.kubeconfig)) as client:
         yield client
-    finally:
-        await client.close()
 
 
 @pytest.fixture
-def namespace(control_plane: ControlPlane) -> Iterator[str]:
+def namespace(api_server: ApiServer) -> Iterator[str]:
     """A fresh namespace whose default ServiceAccount exists (pods need it)."""
     name = f"t-{uuid.uuid4().hex[:10]}"
-    control_plane.kubectl("create", "namespace", name)
-    control_plane.kubectl(
+    api_server.kubectl("create", "namespace", name)
+    api_server.kubectl(
         "wait", "--for=create", "serviceaccount/default", "-n", name, "--timeout=60s"
     )
     yield name
-    control_plane.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    api_server.kubectl("delete", "namespace", name, "--wait=false", check=False)

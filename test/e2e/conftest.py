@@ -1,17 +1,17 @@
 """E2E fixtures: one cluster for the session (the box by default, Kind with
-E2E_CLUSTER=kind), and a namespace per test holding the quick-start apps."""
+E2E_CLUSTER=kind), and a namespace per test holding the quick-start apps. `kube` and
+`namespace` are test/conftest.py's, pointed at this cluster through `api_server`."""
 
 from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from e2e_cluster import REPO, BoxCluster, Cluster, KindCluster
-from e2e_scenario import Scenario
+from e2e_scenario import Scenario, deployed_quickstart
 
 from aviator.kube.client import KubeClient
 
@@ -63,35 +63,18 @@ def aviator_cluster(cluster: Cluster) -> Cluster:
     return cluster
 
 
-@pytest.fixture
-async def kube(cluster: Cluster) -> AsyncIterator[KubeClient]:
-    client = await KubeClient.load(str(cluster.kubeconfig))
-    try:
-        yield client
-    finally:
-        await client.close()
-
-
-@pytest.fixture
-def e2e_namespace(cluster: Cluster) -> Iterator[str]:
-    name = f"e2e-{uuid.uuid4().hex[:8]}"
-    cluster.kubectl("create", "namespace", name)
-    cluster.kubectl("wait", "--for=create", "serviceaccount/default", "-n", name, "--timeout=60s")
-    yield name
-    cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+@pytest.fixture(scope="session")
+def api_server(cluster: Cluster) -> Cluster:
+    return cluster
 
 
 @pytest.fixture
 async def quickstart(
-    aviator_cluster: Cluster, kube: KubeClient, e2e_namespace: str
+    aviator_cluster: Cluster, kube: KubeClient, namespace: str
 ) -> AsyncIterator[Scenario]:
     """fast-app (2 x 10 ms), slow-app (2 x 500 ms) and my-app-service, all Ready."""
-    scenario = Scenario(aviator_cluster, kube, e2e_namespace)
-    await scenario.deploy_quickstart()
-    try:
+    async with deployed_quickstart(aviator_cluster, kube, namespace) as scenario:
         yield scenario
-    finally:
-        await scenario.close()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

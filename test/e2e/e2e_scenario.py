@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import yaml
@@ -16,6 +17,7 @@ from e2e_cluster import REPO, Cluster
 from aviator.box.stats import Summary
 from aviator.box.traffic import Load
 from aviator.kube.client import ApiError, KubeClient
+from aviator.kube.marks import LABEL_SERVICE_NAME
 from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, PODS, SERVICES
 
 FUNCTIONAL = REPO / "test" / "functional"
@@ -145,7 +147,7 @@ class Scenario:
         answer = await self.kube.list(
             ENDPOINTSLICES,
             self.ns,
-            params={"labelSelector": f"kubernetes.io/service-name={service}"},
+            params={"labelSelector": f"{LABEL_SERVICE_NAME}={service}"},
         )
         out = set()
         for s in answer.get("items", []):
@@ -181,3 +183,16 @@ class Scenario:
             timeout_s,
         )
         return took
+
+
+@contextlib.asynccontextmanager
+async def deployed_quickstart(
+    cluster: Cluster, kube: KubeClient, namespace: str
+) -> AsyncIterator[Scenario]:
+    """A Scenario in `namespace` with the quick-start apps Ready; its loads stop on exit."""
+    scenario = Scenario(cluster, kube, namespace)
+    await scenario.deploy_quickstart()
+    try:
+        yield scenario
+    finally:
+        await scenario.close()

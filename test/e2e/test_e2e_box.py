@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 from e2e_cluster import BoxCluster, Cluster
-from e2e_scenario import TARGET, Scenario, wait_for
+from e2e_scenario import TARGET, Scenario, deployed_quickstart, wait_for
 
 from aviator.box.traffic import request_once
 from aviator.kube.client import KubeClient
@@ -26,15 +26,11 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture
-async def apps(cluster: Cluster, kube: KubeClient, e2e_namespace: str) -> AsyncIterator[Scenario]:
+async def apps(cluster: Cluster, kube: KubeClient, namespace: str) -> AsyncIterator[Scenario]:
     if not isinstance(cluster, BoxCluster):
         pytest.skip("tests of the box itself")
-    scenario = Scenario(cluster, kube, e2e_namespace)
-    await scenario.deploy_quickstart()
-    try:
+    async with deployed_quickstart(cluster, kube, namespace) as scenario:
         yield scenario
-    finally:
-        await scenario.close()
 
 
 def _alive(pid: int) -> bool:
@@ -203,20 +199,20 @@ async def test_pod_failing_readiness_gets_no_traffic(apps: Scenario) -> None:
 
 
 async def test_unknown_image_is_reported(
-    cluster: Cluster, kube: KubeClient, e2e_namespace: str
+    cluster: Cluster, kube: KubeClient, namespace: str
 ) -> None:
     if not isinstance(cluster, BoxCluster):
         pytest.skip("tests of the box itself")
     pod = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "nginx", "namespace": e2e_namespace},
+        "metadata": {"name": "nginx", "namespace": namespace},
         "spec": {"containers": [{"name": "web", "image": "nginx:1.27"}]},
     }
-    await kube.create(PODS, pod, e2e_namespace)
+    await kube.create(PODS, pod, namespace)
 
     async def status() -> dict[str, object]:
-        got: dict[str, object] = (await kube.get(PODS, "nginx", e2e_namespace)).get("status", {})
+        got: dict[str, object] = (await kube.get(PODS, "nginx", namespace)).get("status", {})
         return got
 
     got, _ = await wait_for("the pod to fail", status, lambda s: s.get("phase") == "Failed", 30)
