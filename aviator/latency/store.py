@@ -27,7 +27,6 @@ Semantics the selection engine relies on:
   asked for (`keep_s`: a few evaluation intervals of the policy that probed; the last
   round sets it when two policies probe one pod), since rounds come once per
   evaluation, not once per second.
-
 - Server-role data (measured on the pod's own socket) is the pod's latency.
   Client-role data (a caller's view of that IP) is used only when no fresh server
   data exists, and never mixed with it.
