@@ -7,11 +7,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aviator.agent.bpf import BpfLatencySource, EndpointCounters, EndpointKey
-from aviator.agent.bpf.model import Role
-from aviator.latency.histogram import Histogram, quantile_rank
+from aviator.latency.histogram import NUM_BUCKETS, Histogram, quantile_rank
 
-ROLES: tuple[Role, ...] = ("server", "client")
-EMPTY = EndpointCounters(buckets=[0] * 464, count=0, sum_us=0, max_us=0, rif=0, aborted=0)
+EMPTY = EndpointCounters(buckets=[0] * NUM_BUCKETS, count=0, sum_us=0, max_us=0, rif=0, aborted=0)
 
 
 @dataclass(frozen=True)

@@ -7,9 +7,10 @@ import threading
 
 import pytest
 from bpf_loadgen import DelayServer, run_clients
-from bpf_snapshots import ROLES, assert_close, delta, exact_quantile
+from bpf_snapshots import assert_close, delta, exact_quantile
 
 from aviator.agent.bpf import BpfLatencySource, EndpointKey
+from aviator.latency.schema import ROLES
 
 pytestmark = [pytest.mark.bpf, pytest.mark.timeout(120)]
 

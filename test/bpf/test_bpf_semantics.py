@@ -9,11 +9,12 @@ import time
 
 import pytest
 from bpf_loadgen import DelayServer, KeepAliveClient, run_clients
-from bpf_snapshots import ROLES, assert_close, delta, exact_quantile, wait_for
+from bpf_snapshots import assert_close, delta, exact_quantile, wait_for
 from conftest import require_bpf_privileges
 
 from aviator.agent.bpf import BpfLatencySource, EndpointKey
 from aviator.agent.bpf.seed import listening_sockets
+from aviator.latency.schema import ROLES
 
 pytestmark = [pytest.mark.bpf, pytest.mark.timeout(120)]
 
