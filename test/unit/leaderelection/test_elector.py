@@ -71,6 +71,19 @@ def start(cand: Candidate) -> Candidate:
     return cand
 
 
+async def leader_and_standby(
+    server: LockServer, cleanup: list[Candidate], *, release: bool = True
+) -> tuple[Candidate, Candidate]:
+    """Candidate "a" leading and "b" running, b having seen a as the leader."""
+    a = start(candidate(server, "a", release=release))
+    cleanup.append(a)
+    await asyncio.wait_for(a.started.wait(), 2)
+    b = start(candidate(server, "b"))
+    cleanup.append(b)
+    await _until(lambda: b.elector.leader() == "a")
+    return a, b
+
+
 @pytest.fixture
 async def cleanup() -> AsyncIterator[list[Candidate]]:
     cands: list[Candidate] = []
@@ -150,12 +163,7 @@ async def test_partitioned_leader_steps_down_before_standby_takes_over(
     cleanup: list[Candidate],
 ) -> None:
     server = LockServer()
-    a = start(candidate(server, "a"))
-    cleanup.append(a)
-    await asyncio.wait_for(a.started.wait(), 2)
-    b = start(candidate(server, "b"))
-    cleanup.append(b)
-    await _until(lambda: b.elector.leader() == "a")
+    a, b = await leader_and_standby(server, cleanup)
     last_renewal = time.monotonic()
     server.partitioned.add("a")  # a's renewals now hang
     await asyncio.wait_for(a.leading_cancelled.wait(), 2)
@@ -179,12 +187,7 @@ async def test_killed_leader_is_replaced_within_lease_duration_plus_retry(
     cleanup: list[Candidate],
 ) -> None:
     server = LockServer()
-    a = start(candidate(server, "a", release=False))
-    cleanup.append(a)
-    await asyncio.wait_for(a.started.wait(), 2)
-    b = start(candidate(server, "b"))
-    cleanup.append(b)
-    await _until(lambda: b.elector.leader() == "a")
+    a, b = await leader_and_standby(server, cleanup, release=False)
     assert a.task is not None
     a.task.cancel()
     killed = time.monotonic()
@@ -200,12 +203,7 @@ async def test_graceful_shutdown_releases_and_standby_takes_over_at_once(
     cleanup: list[Candidate],
 ) -> None:
     server = LockServer()
-    a = start(candidate(server, "a"))
-    cleanup.append(a)
-    await asyncio.wait_for(a.started.wait(), 2)
-    b = start(candidate(server, "b"))
-    cleanup.append(b)
-    await _until(lambda: b.elector.leader() == "a")
+    a, b = await leader_and_standby(server, cleanup)
     assert a.task is not None
     a.task.cancel()
     released = time.monotonic()
