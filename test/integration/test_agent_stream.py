@@ -121,6 +121,18 @@ async def stop_agent(stop: asyncio.Event, task: asyncio.Task[None]) -> None:
         await task
 
 
+def streaming_to(receiver: Receiver, node: str, token_file: Path) -> AgentConfig:
+    """An agent on `node` reporting every 0.2 s to `receiver` with the token in the file."""
+    return AgentConfig(
+        node=node,
+        report_interval_s=0.2,
+        http_host="127.0.0.1",
+        http_port=0,
+        controller_urls=[receiver.url],
+        token_files=[str(token_file)],
+    )
+
+
 def node_name() -> str:
     return f"node-{uuid.uuid4().hex[:8]}"
 
@@ -147,14 +159,7 @@ async def test_snapshots_carry_pods_from_the_node_informer(
             EndpointKey("10.9.9.9", 443, "client"): 5_000,  # client views are off by default
         }
     )
-    config = AgentConfig(
-        node=node,
-        report_interval_s=0.2,
-        http_host="127.0.0.1",
-        http_port=0,
-        controller_urls=[receiver.url],
-        token_files=[str(good)],
-    )
+    config = streaming_to(receiver, node, good)
     agent, stop, task = await run_agent(kube, config, source)
     try:
         snap = await receiver.store.wait_for(lambda s: endpoint_of(s, "127.0.51.1") is not None)
@@ -228,14 +233,7 @@ async def test_agent_with_the_wrong_account_is_refused_and_retries(
     node = node_name()
     await running_pod(kube, ns, "web-0", node, "127.0.52.1")
     source = ScriptedSource({EndpointKey("127.0.52.1", 8080, "server"): 1000})
-    config = AgentConfig(
-        node=node,
-        report_interval_s=0.2,
-        http_host="127.0.0.1",
-        http_port=0,
-        controller_urls=[receiver.url],
-        token_files=[str(bad)],
-    )
+    config = streaming_to(receiver, node, bad)
     agent, stop, task = await run_agent(kube, config, source)
     try:
         conn = agent.stream.connections[receiver.url]
