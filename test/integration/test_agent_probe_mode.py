@@ -26,20 +26,18 @@ from typing import Any, cast
 import aiohttp
 import pytest
 from aiohttp import web
+from integration_support import RecordingStore
 
+from aviator.api.crd import CRD_NAME
+from aviator.box.files import CRD_FILE
 from aviator.kube import KubeClient
 from aviator.kube.resources import AVIATORPOLICIES, PODS, SERVICEACCOUNTS, SERVICES
 from aviator.latency.auth import TokenAuthenticator
 from aviator.latency.receiver import make_stream_handler
-from aviator.latency.schema import Snapshot
-from aviator.latency.store import LatencyStore
 from aviator.testing.controlplane import ControlPlane
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
-CRD_FILE = ROOT / "config" / "crd" / "bases" / "aviator.example.com_aviatorpolicies.yaml"
-CRD_NAME = "aviatorpolicies.aviator.example.com"
 FAST_IP, SLOW_IP = "127.0.61.1", "127.0.61.2"
 DELAYS_S = {FAST_IP: 0.010, SLOW_IP: 0.060}
 
@@ -89,27 +87,6 @@ async def pod_servers() -> AsyncIterator[tuple[int, dict[str, int]]]:
     yield port, hits
     for runner in runners:
         await runner.cleanup()
-
-
-class RecordingStore(LatencyStore):
-    def __init__(self) -> None:
-        super().__init__(window_s=30, stale_after_s=30)
-        self.snapshots: list[Snapshot] = []
-        self.changed = asyncio.Event()
-
-    def ingest(self, msg: Snapshot, now: float) -> int:
-        self.snapshots.append(msg)
-        self.changed.set()
-        return super().ingest(msg, now)
-
-    async def wait_for(self, pred: Callable[[Snapshot], bool], within_s: float = 60) -> Snapshot:
-        async with asyncio.timeout(within_s):
-            while True:
-                for snap in reversed(self.snapshots):
-                    if pred(snap):
-                        return snap
-                self.changed.clear()
-                await self.changed.wait()
 
 
 def free_port() -> int:
