@@ -7,6 +7,11 @@ Semantics follow client-go's tools/cache Reflector:
 - Then it watches from the last seen resourceVersion with allowWatchBookmarks and a
   random 5-10 min timeoutSeconds. Every event and bookmark advances the version. A clean
   close (the timeout) re-watches from there without relisting.
+- A watch that stays silent is abandoned and re-watched from the same version: the API
+  server sends a bookmark to every bookmark-enabled watch at least once a minute, so a
+  watch with nothing (no headers, no event, no bookmark) for WATCH_IDLE_S hangs on a
+  connection that is gone (a half-open TCP connection, a request that never got through)
+  and would otherwise hold the informer for the rest of its timeoutSeconds.
 - 410 Gone, an ERROR event with code 410, or "too old resource version" relists from the
   last seen version; if that list is itself 410 (or "too large resource version"), the
   next list is a quorum read with resourceVersion "" (paginated, limit 500 + continue).
@@ -39,6 +44,9 @@ MIN_WATCH_TIMEOUT_S = 300.0
 # server that closes watches at once cannot make us spin.
 SHORT_WATCH_S = 1.0
 WATCH_DEADLINE_MARGIN_S = 30.0
+# The API server's bookmark period is one minute (its cacher's defaultBookmarkFrequency);
+# two and a half of them without a byte is a dead connection, not a quiet resource.
+WATCH_IDLE_S = 150.0
 
 # Errors that mean the transport failed, not the request: retried with backoff.
 TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
@@ -117,6 +125,7 @@ class Reflector:
         backoff: Backoff | None = None,
         list_timeout_s: float = 60.0,
         watch_deadline_margin_s: float = WATCH_DEADLINE_MARGIN_S,
+        watch_idle_s: float = WATCH_IDLE_S,
     ) -> None:
         self._client = client
         self._resource = resource
@@ -132,6 +141,7 @@ class Reflector:
         self.backoff = backoff or Backoff(jitter=0.25)
         self._list_timeout_s = list_timeout_s
         self._watch_deadline_margin_s = watch_deadline_margin_s
+        self._watch_idle_s = watch_idle_s
         self._path = resource.path(namespace)
         self.last_sync_resource_version = ""
         # Set when listing from last_sync_resource_version failed with 410: the next
@@ -141,6 +151,7 @@ class Reflector:
         self.lists = 0  # completed lists (observability and tests)
         self.watches = 0  # watch requests started
         self.expirations = 0  # watches that ended in 410 / too old resource version
+        self.abandoned_watches = 0  # watches given up for silence
 
     @property
     def resource(self) -> Resource:
@@ -269,21 +280,40 @@ class Reflector:
             timeoutSeconds=timeout_s,
         )
         started = _now()
+        # The server ends the watch at timeoutSeconds; a connection that went silent
+        # without a reset (half-open TCP, a request held on the way) is given up after
+        # watch_idle_s without a line, and in any case a little after timeoutSeconds.
+        hard_deadline = started + timeout_s + self._watch_deadline_margin_s
+
+        def deadline() -> float:
+            return min(hard_deadline, _now() + self._watch_idle_s)
+
         events = 0
+        last_line = started
         self.watches += 1
+        bound = asyncio.timeout_at(deadline())
         try:
-            # The server ends the watch at timeoutSeconds; a connection that went silent
-            # without a reset (half-open TCP) is given up a little after that.
-            async with asyncio.timeout(timeout_s + self._watch_deadline_margin_s):
+            async with bound:
                 async for event in self._client.watch(self._path, params):
                     self._handle(event)
                     events += 1
+                    last_line = _now()
+                    bound.reschedule(deadline())
         except ApiError as err:
             if is_expired(err):
                 raise _Relist(str(err)) from err
             raise
         except TRANSPORT_ERRORS as err:
-            if events or _now() - started > SHORT_WATCH_S:
+            if isinstance(err, TimeoutError) and bound.expired():
+                # Silent past its bound: the connection is gone, the version still good.
+                self.abandoned_watches += 1
+                log.info(
+                    "reflector %s: watch past its bound (silent %.0fs, %d events); re-watching",
+                    self.describe(),
+                    _now() - last_line,
+                    events,
+                )
+            elif events or _now() - started > SHORT_WATCH_S:
                 # A long watch cut by the network or a server restart: re-watch from
                 # where we are; if the server is down, the next attempt backs off.
                 log.info(
@@ -294,7 +324,8 @@ class Reflector:
                     err,
                 )
                 return
-            raise
+            else:
+                raise
         if not events and _now() - started < SHORT_WATCH_S:
             await self._back_off("watch closed at once with no events")
 

@@ -7,12 +7,16 @@ silent (a half-open connection), hold new watches back while the test writes, an
 answer the next lists or watches with an error. It records what the reflector asked for
 and what it was given, and wakes waiting tests on every change.
 
-Also here: recorders of what a reflector or an informer delivered.
+Also here: recorders of what a reflector or an informer delivered, and `converge`, which
+waits until a handler's rebuilt state equals the server's. Every wait is bounded and, when
+it fails, says what it waited for and what the reflector was doing (e.g. a watch held by
+the test itself), so a stuck reflector fails a test in seconds, not minutes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +31,7 @@ from aviator.informers import (
 )
 from aviator.kube import ApiError, KubeClient
 from aviator.kube.resources import CONFIGMAPS
+from aviator.testing.waiting import eventually
 
 JSON = dict[str, Any]
 Params = dict[str, str | int | bool]
@@ -76,6 +81,7 @@ class FaultyClient:
     def __init__(self, client: KubeClient) -> None:
         self.client = client
         self.list_calls: list[Params] = []
+        self.list_versions: list[str] = []  # resourceVersion of each list page answered
         self.watch_calls: list[Params] = []
         self.events: list[JSON] = []  # watch events handed to the caller, in order
         self.list_faults: list[BaseException] = []  # raised by the next lists, in order
@@ -109,9 +115,11 @@ class FaultyClient:
             result = self.before_list(query)
             if asyncio.iscoroutine(result):
                 await result
-        return await self.client.request(
+        page = await self.client.request(
             method, path, params=params, body=body, content_type=content_type, timeout_s=timeout_s
         )
+        self.list_versions.append(str((page.get("metadata") or {}).get("resourceVersion") or ""))
+        return page
 
     async def watch(
         self, path: str, params: Mapping[str, str | int | bool] | None = None
@@ -202,12 +210,34 @@ class FaultyClient:
     def _notify(self) -> None:
         self._changed.set()
 
-    async def until(self, predicate: Callable[[], bool], within: float = 20.0) -> None:
-        """Wait until predicate holds; re-checked whenever a list, watch or event happens."""
-        async with asyncio.timeout(within):
-            while not predicate():
-                self._changed.clear()
-                await self._changed.wait()
+    async def until(
+        self, predicate: Callable[[], bool], within: float = 20.0, what: str = ""
+    ) -> None:
+        """Wait until predicate holds; re-checked whenever a list, watch or event happens.
+
+        Fails after `within` seconds with `what` and this client's view of the reflector.
+        """
+        await eventually(
+            predicate,
+            within=within,
+            what=what or _describe_predicate(predicate),
+            changed=self._changed,
+            state=self.describe,
+        )
+
+    def describe(self) -> str:
+        """What the reflector has asked for and been given so far (for failure messages)."""
+        last = [
+            f"{e.get('type')}@{resource_version(e.get('object') or {})}" for e in self.events[-5:]
+        ]
+        faults = [type(f).__name__ for f in self.list_faults + self.watch_faults]
+        return (
+            f"reflector via FaultyClient: {len(self.list_calls)} lists, "
+            f"{len(self.watch_calls)} watches, {self.open_watches()} open, "
+            f"{self.held_watches()} held by the test{' (hold on)' if self._hold else ''}, "
+            f"{len(self.events)} events (last: {', '.join(last) or '-'}), "
+            f"pending faults: {faults or '-'}"
+        )
 
     def watch_events(self, kind: str) -> list[JSON]:
         return [e for e in self.events if e.get("type") == kind]
@@ -248,12 +278,11 @@ class Recorder:
 
     def __init__(self) -> None:
         self.events: list[tuple[str, str, Any]] = []
-        self._changed = asyncio.Condition()
+        self._changed = asyncio.Event()
 
     async def _note(self, event: tuple[str, str, Any]) -> None:
-        async with self._changed:
-            self.events.append(event)
-            self._changed.notify_all()
+        self.events.append(event)
+        self._changed.set()
 
     async def on_add(self, obj: JSON, is_initial_list: bool) -> None:
         await self._note(("add", object_key(obj), is_initial_list))
@@ -265,9 +294,16 @@ class Recorder:
         kind = "tombstone" if isinstance(obj, DeletedFinalStateUnknown) else "delete"
         await self._note((kind, object_key(obj), obj))
 
-    async def wait_for(self, predicate: Callable[[], bool], within: float = 20.0) -> None:
-        async with asyncio.timeout(within), self._changed:
-            await self._changed.wait_for(predicate)
+    async def wait_for(
+        self, predicate: Callable[[], bool], within: float = 20.0, what: str = ""
+    ) -> None:
+        await eventually(
+            predicate,
+            within=within,
+            what=what or _describe_predicate(predicate),
+            changed=self._changed,
+            state=lambda: f"handler got {[(kind, key) for kind, key, _ in self.events]}",
+        )
 
 
 class StrictMirror:
@@ -346,6 +382,69 @@ async def server_versions(
         params["labelSelector"] = label_selector
     listed = await kube.list(CONFIGMAPS, namespace, params=params)
     return {object_key(o): resource_version(o) for o in listed["items"]}
+
+
+def version_diff(mirror: Mapping[str, str], server: Mapping[str, str]) -> str:
+    """How a handler's key → resourceVersion map differs from the server's."""
+    missing = sorted(set(server) - set(mirror))
+    extra = sorted(set(mirror) - set(server))
+    stale = {
+        k: (mirror[k], server[k])
+        for k in sorted(set(mirror) & set(server))
+        if mirror[k] != server[k]
+    }
+    return (
+        f"missing (on the server, never delivered or lost): {missing}; "
+        f"extra (deleted on the server, no delete delivered): {extra}; "
+        f"stale (handler, server): {stale}"
+    )
+
+
+async def converge(
+    versions: Callable[[], dict[str, str]],
+    changed: asyncio.Event,
+    kube: KubeClient,
+    namespace: str,
+    *,
+    label_selector: str | None = None,
+    within: float = 20.0,
+    state: Callable[[], str] | None = None,
+) -> dict[str, str]:
+    """Wait until a handler's key → resourceVersion equals a quorum list of the server.
+
+    Re-checked whenever the handler changes and at least every second (the server may move
+    without the handler hearing of it yet); fails with the difference after `within` s.
+    Returns the server's state it matched.
+    """
+    truth: dict[str, str] = {}
+
+    async def equal() -> bool:
+        nonlocal truth
+        truth = await server_versions(kube, namespace, label_selector)
+        return versions() == truth
+
+    def describe() -> str:
+        diff = version_diff(versions(), truth)
+        return f"{diff}\n{state()}" if state is not None else diff
+
+    await eventually(
+        equal,
+        within=within,
+        what="the handler's state to equal the server's",
+        changed=changed,
+        recheck_s=1.0,
+        state=describe,
+    )
+    return truth
+
+
+def _describe_predicate(predicate: Callable[..., Any]) -> str:
+    """The source of a lambda predicate, as the default message of a failed wait."""
+    try:
+        source = inspect.getsource(predicate).strip()
+    except (OSError, TypeError):
+        return repr(predicate)
+    return source if len(source) < 300 else source[:300] + "..."
 
 
 async def watch_cache_reached(kube: KubeClient, namespace: str, version: str) -> None:

@@ -10,12 +10,13 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import aiohttp
 import pytest
 import uvloop
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 from informer_faults import (
     FaultyClient,
@@ -24,6 +25,7 @@ from informer_faults import (
     RecordingBackoff,
     StrictMirror,
     configmap,
+    converge,
     gone,
     server_versions,
     too_many_requests,
@@ -44,6 +46,7 @@ from aviator.informers import (
 from aviator.kube import ApiError, KubeClient
 from aviator.kube.resources import CONFIGMAPS, PODS
 from aviator.testing.controlplane import ControlPlane
+from aviator.testing.waiting import bounded
 
 pytestmark = pytest.mark.integration
 
@@ -367,6 +370,57 @@ async def test_silent_watch_is_abandoned_after_its_timeout(
         await stop(task)
 
 
+async def test_silent_watch_is_abandoned_after_its_idle_bound(
+    kube: KubeClient, namespace: str
+) -> None:
+    """The server sends a bookmark at least every minute: a watch silent for longer than
+    the idle bound hangs on a dead connection and is re-watched long before timeoutSeconds."""
+    run, task = await start_reflector(kube, namespace, watch_idle_s=2.0)
+    client = run.client
+    client.stall_new_watches = True
+    try:
+        await client.until(lambda: client.open_watches() == 1)
+        assert int(client.watch_calls[0]["timeoutSeconds"]) >= 300
+        client.stall_new_watches = False
+        await client.until(
+            lambda: len(client.watch_calls) >= 2 and client.open_watches() == 1, within=10
+        )
+        assert run.reflector.abandoned_watches >= 1
+        assert {c["resourceVersion"] for c in client.watch_calls} == {
+            client.watch_calls[0]["resourceVersion"]
+        }
+        await kube.create(CONFIGMAPS, configmap("a"), namespace)
+        await client.until(lambda: run.key("a") in run.store.items)
+        assert run.reflector.lists == 1
+        assert run.backoff.failures == 0
+    finally:
+        await stop(task)
+
+
+async def test_held_watch_request_is_given_up_and_retried(kube: KubeClient, namespace: str) -> None:
+    """A watch request that never gets an answer does not hold the reflector until
+    timeoutSeconds: it is retried after the idle bound, and works once the network does."""
+    run, task = await start_reflector(kube, namespace, watch_idle_s=1.5)
+    client = run.client
+    try:
+        await client.until(lambda: client.open_watches() == 1)
+        client.hold_watches()
+        client.cut_watches()
+        await client.until(lambda: client.held_watches() == 1)
+        calls, failures = len(client.watch_calls), run.backoff.failures
+        await client.until(
+            lambda: len(client.watch_calls) > calls and client.held_watches() == 1, within=10
+        )
+        assert run.reflector.abandoned_watches >= 1
+        await kube.create(CONFIGMAPS, configmap("a"), namespace)
+        client.release_watches()
+        await client.until(lambda: run.key("a") in run.store.items)
+        assert run.reflector.lists == 1
+        assert run.backoff.failures == failures  # giving up a held request is no failure
+    finally:
+        await stop(task)
+
+
 # SharedIndexInformer and InformerFactory.
 
 
@@ -380,6 +434,18 @@ class Informing:
 
     def key(self, name: str) -> str:
         return f"{self.namespace}/{name}"
+
+
+async def synced(informer: SharedIndexInformer, within: float = 20.0) -> None:
+    """Wait (bounded) for an informer's first list to be in its cache."""
+    await bounded(
+        informer.wait_for_sync(),
+        within=within,
+        what=f"{informer.reflector.describe()}: the first list",
+        state=lambda: (
+            f"reflector: {informer.reflector.lists} lists, {informer.reflector.watches} watches"
+        ),
+    )
 
 
 def fast_informer(client: FaultyClient, namespace: str, **kwargs: Any) -> SharedIndexInformer:
@@ -409,7 +475,7 @@ async def test_initial_list_then_watch_events_in_order(
     informer.add_event_handler(rec)
     assert not informer.has_synced()
     await informer.start()
-    await informer.wait_for_sync()
+    await synced(informer)
     assert informer.has_synced()
     await rec.wait_for(lambda: len(rec.events) == 2)
     assert rec.events == [
@@ -448,13 +514,13 @@ async def test_slow_handler_does_not_block_others(informing: Informing, kube: Ku
     fast = Recorder()
     informer.add_event_handler(fast, name="fast")
     await informer.start()
-    await informer.wait_for_sync()
+    await synced(informer)
     for i in range(20):
         await kube.create(CONFIGMAPS, configmap(f"n{i:02}"), informing.namespace)
     await fast.wait_for(lambda: len(fast.events) == 22)
     assert slow_seen == []
     release.set()
-    await asyncio.wait_for(slow_done.wait(), 20)
+    await bounded(slow_done.wait(), within=20, what="the slow handler to get all 22 adds")
     assert slow_seen == ["a", "b"] + [f"n{i:02}" for i in range(20)]  # order kept
 
 
@@ -470,9 +536,9 @@ async def test_failing_handler_keeps_receiving(informing: Informing, kube: KubeC
 
     informing.informer.add_event_handler(FuncHandler(add=flaky))
     await informing.informer.start()
-    await informing.informer.wait_for_sync()
+    await synced(informing.informer)
     await kube.create(CONFIGMAPS, configmap("c"), informing.namespace)
-    await asyncio.wait_for(third.wait(), 20)
+    await bounded(third.wait(), within=20, what="the failing handler to get a third add")
     assert seen == ["a", "b", "c"]
 
 
@@ -481,11 +547,11 @@ async def test_late_handler_gets_synthetic_adds_then_live_events(
 ) -> None:
     informer = informing.informer
     await informer.start()
-    await informer.wait_for_sync()
+    await synced(informer)
     late = Recorder()
     registration = informer.add_event_handler(late)
     await kube.create(CONFIGMAPS, configmap("c"), informing.namespace)
-    await registration.wait_for_sync()
+    await bounded(registration.wait_for_sync(), within=20, what="the handler's initial list")
     assert registration.has_synced()
     await late.wait_for(lambda: len(late.events) == 3)
     assert late.events == [
@@ -506,11 +572,11 @@ async def test_handler_registration_syncs_only_after_its_initial_list_is_handled
 
     registration = informer.add_event_handler(FuncHandler(add=gated))
     await informer.start()
-    await informer.wait_for_sync()
+    await synced(informer)
     assert informer.has_synced()
     assert not registration.has_synced()
     gate.set()
-    await asyncio.wait_for(registration.wait_for_sync(), 20)
+    await bounded(registration.wait_for_sync(), within=20, what="the handler's initial list")
     assert registration.has_synced()
 
 
@@ -597,7 +663,7 @@ async def test_custom_indexers_and_stop_then_start_resumes_the_watch(
     informer.add_event_handler(rec)
     await informer.start()
     try:
-        await informer.wait_for_sync()
+        await synced(informer)
         names = sorted(o["metadata"]["name"] for o in informer.indexer.by_index("by-value", "1"))
         assert names == ["a", "b"]
         await informer.stop()
@@ -625,7 +691,7 @@ async def test_factory_shares_one_informer_per_watch(kube: KubeClient, namespace
     await factory.start()
     await factory.start()  # idempotent
     try:
-        await asyncio.wait_for(factory.wait_for_cache_sync(), 20)
+        await bounded(factory.wait_for_cache_sync(), within=20, what="every informer's first list")
         assert all(i.has_synced() for i in factory.informers())
         assert sorted(first.indexer.keys()) == [f"{namespace}/a", f"{namespace}/b"]
         assert len(other.indexer) == 0  # nothing labelled app=x
@@ -634,7 +700,7 @@ async def test_factory_shares_one_informer_per_watch(kube: KubeClient, namespace
         )
         assert not late.has_synced()
         await factory.start()
-        await asyncio.wait_for(factory.wait_for_cache_sync(), 20)
+        await bounded(factory.wait_for_cache_sync(), within=20, what="every informer's first list")
         assert late.has_synced()
         assert late.indexer.keys() == [f"{namespace}/a"]
     finally:
@@ -652,9 +718,9 @@ FAULTS = [
     "gone-watch",  # the stream breaks, and the next watch is answered 410
     "fail-list",  # the next list from a version is answered 410: quorum relist
     "throttle",  # the next watch start is answered 429
-    "hold",  # the stream breaks, and no watch gets through until "release"
+    "hold",  # the stream breaks, and no watch gets through until "release" or "settle"
     "release",
-    "settle",  # wait until the handler has caught up
+    "settle",  # the network heals (a hold ends) and the handler catches up
 ]
 Step = tuple[str, str | None]
 
@@ -669,23 +735,20 @@ steps_strategy = st.lists(
 )
 
 
+# Bounds of one example against the real server. A typical example takes well under a
+# second; a convergence that has not happened after CONVERGE_S never will (every injected
+# fault is retried within milliseconds by the test's fast backoff); EXAMPLE_S bounds the
+# whole sequence, so a stuck example fails in seconds with its step and the reflector's
+# state, and the Hypothesis deadline is only a backstop beyond that.
+CONVERGE_S = 15.0
+EXAMPLE_S = 30.0
+
+
 @dataclass
 class Outcome:
     mirror: StrictMirror
     client: FaultyClient
     lists: int
-
-
-async def converge(
-    mirror: StrictMirror, kube: KubeClient, namespace: str, selector: str, within: float = 30
-) -> dict[str, str]:
-    """Wait until the handler's rebuilt state equals a quorum list of the server."""
-    truth = await server_versions(kube, namespace, selector)
-    async with asyncio.timeout(within):
-        while mirror.versions() != truth:
-            mirror.changed.clear()
-            await mirror.changed.wait()
-    return truth
 
 
 async def scenario(kubeconfig: str, namespace: str, steps: list[Step]) -> Outcome:
@@ -699,46 +762,70 @@ async def scenario(kubeconfig: str, namespace: str, steps: list[Step]) -> Outcom
     informer.add_event_handler(mirror)
     await informer.start()
     live: set[str] = set()
-    try:
-        for counter, (action, name) in enumerate(steps, 1):
-            if action == "write":
-                assert name is not None
-                obj = f"{example}-{name}"
-                if name not in live:
-                    body = configmap(obj, labels={"example": example}, v=str(counter))
-                    await kube.create(CONFIGMAPS, body, namespace)
-                    live.add(name)
-                elif counter % 3:
-                    await kube.patch(CONFIGMAPS, obj, {"data": {"v": str(counter)}}, namespace)
-                else:
-                    await kube.delete(CONFIGMAPS, obj, namespace)
-                    live.discard(name)
-            elif action == "cut":
-                client.cut_watches()
-            elif action == "reset":
-                client.cut_watches(ConnectionResetError(104, "Connection reset by peer"))
-            elif action == "close":
-                client.close_watches()
-            elif action == "expire":
-                client.expire_watches()
-            elif action == "gone-watch":
-                client.watch_faults.append(gone())
-                client.cut_watches()
-            elif action == "fail-list":
-                client.list_faults.append(gone())
-            elif action == "throttle":
-                client.watch_faults.append(too_many_requests())
-            elif action == "hold":
-                client.hold_watches()
-                client.cut_watches()
-            elif action == "release":
-                client.release_watches()
-            elif action == "settle":
-                await converge(mirror, kube, namespace, selector)
+    at = "start"
+
+    def state() -> str:
+        return f"{client.describe()}; handler problems: {mirror.problems}"
+
+    async def settle() -> dict[str, str]:
+        # A partition does not outlast a settle: without a watch nothing can catch up.
         client.release_watches()
-        truth = await converge(mirror, kube, namespace, selector)
+        return await converge(
+            mirror.versions,
+            mirror.changed,
+            kube,
+            namespace,
+            label_selector=selector,
+            within=CONVERGE_S,
+            state=state,
+        )
+
+    try:
+        async with asyncio.timeout(EXAMPLE_S):
+            for counter, (action, name) in enumerate(steps, 1):
+                at = f"{counter} {(action, name)}"
+                if action == "write":
+                    assert name is not None
+                    obj = f"{example}-{name}"
+                    if name not in live:
+                        body = configmap(obj, labels={"example": example}, v=str(counter))
+                        await kube.create(CONFIGMAPS, body, namespace)
+                        live.add(name)
+                    elif counter % 3:
+                        await kube.patch(CONFIGMAPS, obj, {"data": {"v": str(counter)}}, namespace)
+                    else:
+                        await kube.delete(CONFIGMAPS, obj, namespace)
+                        live.discard(name)
+                elif action == "cut":
+                    client.cut_watches()
+                elif action == "reset":
+                    client.cut_watches(ConnectionResetError(104, "Connection reset by peer"))
+                elif action == "close":
+                    client.close_watches()
+                elif action == "expire":
+                    client.expire_watches()
+                elif action == "gone-watch":
+                    client.watch_faults.append(gone())
+                    client.cut_watches()
+                elif action == "fail-list":
+                    client.list_faults.append(gone())
+                elif action == "throttle":
+                    client.watch_faults.append(too_many_requests())
+                elif action == "hold":
+                    client.hold_watches()
+                    client.cut_watches()
+                elif action == "release":
+                    client.release_watches()
+                elif action == "settle":
+                    await settle()
+            at = "the final settle"
+            truth = await settle()
         cache = {object_key(o): resource_version(o) for o in informer.indexer.list()}
         assert cache == truth
+    except TimeoutError:
+        raise AssertionError(
+            f"example not done within {EXAMPLE_S:g} s, at step {at}: {state()}"
+        ) from None
     finally:
         await informer.stop()
         await kube.close()
@@ -747,9 +834,16 @@ async def scenario(kubeconfig: str, namespace: str, steps: list[Step]) -> Outcom
 
 @settings(
     max_examples=30,
-    deadline=None,
+    # Each example is bounded by EXAMPLE_S itself, with a message; this is the backstop.
+    deadline=timedelta(seconds=EXAMPLE_S + 10),
+    # No shrinking: every shrink step replays against the real server, and a stuck
+    # example would cost a bound each time (minutes in all). The failing example is
+    # reported whole, with the step it stopped at, and replayed first on the next run.
+    phases=[Phase.explicit, Phase.reuse, Phase.generate],
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
+# A hold that a settle must end (a settle under a hold once waited for ever).
+@example(steps=[("hold", None), ("write", "a"), ("write", "d"), ("settle", None)])
 @given(steps=steps_strategy)
 def test_notifications_rebuild_the_server_state(
     control_plane: ControlPlane, namespace: str, steps: list[Step]
