@@ -1,15 +1,24 @@
-"""Informers against a real kube-apiserver: bursts, expired watches, server restarts."""
+"""Informers against a real kube-apiserver: bursts, expired watches, server restarts.
+
+What an informer promises, and so what these tests claim: its handlers' rebuilt state
+ends equal to the server's; every object it delivered and that is later deleted gets a
+delete (a tombstone if the delete happened while it was not watching); and it misses an
+object only if that object's whole life fell between two points where it was in sync with
+the server (a watch that broke and a relist after it). An object created and deleted while
+the watch was down is never seen by any informer, client-go's included.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from informer_faults import FaultyClient, converge
 
 from aviator.informers import (
     DeletedFinalStateUnknown,
@@ -21,6 +30,7 @@ from aviator.informers import (
 from aviator.kube import ApiError, KubeClient
 from aviator.kube.resources import CONFIGMAPS
 from aviator.testing.controlplane import ControlPlane
+from aviator.testing.waiting import bounded, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -37,9 +47,11 @@ class Mirror:
     def __init__(self) -> None:
         self.state: dict[str, JSON] = {}
         self.deletes: dict[str, list[JSON | DeletedFinalStateUnknown]] = {}
+        self.seen: set[str] = set()  # every key ever added
         self.adds = 0
         self.updates = 0
         self.backwards: list[str] = []
+        self.problems: list[str] = []  # notifications that contradict the ones before
         self.changed = asyncio.Event()
 
     def _check_forward(self, key: str, obj: JSON) -> None:
@@ -48,19 +60,28 @@ class Mirror:
             self.backwards.append(key)
 
     def on_add(self, obj: JSON, is_initial_list: bool) -> None:
-        self._check_forward(object_key(obj), obj)
-        self.state[object_key(obj)] = obj
+        key = object_key(obj)
+        if key in self.state:
+            self.problems.append(f"add of cached {key}")
+        self._check_forward(key, obj)
+        self.state[key] = obj
+        self.seen.add(key)
         self.adds += 1
         self.changed.set()
 
     def on_update(self, old: JSON, new: JSON) -> None:
-        self._check_forward(object_key(new), new)
-        self.state[object_key(new)] = new
+        key = object_key(new)
+        if key not in self.state:
+            self.problems.append(f"update of unknown {key}")
+        self._check_forward(key, new)
+        self.state[key] = new
         self.updates += 1
         self.changed.set()
 
     def on_delete(self, obj: JSON | DeletedFinalStateUnknown) -> None:
         key = object_key(obj)
+        if key not in self.state:
+            self.problems.append(f"delete of unknown {key}")
         self.state.pop(key, None)
         self.deletes.setdefault(key, []).append(obj)
         self.changed.set()
@@ -69,21 +90,22 @@ class Mirror:
         return {k: resource_version(o) for k, o in self.state.items()}
 
 
-async def server_versions(kube: KubeClient, namespace: str) -> dict[str, str]:
-    listed = await kube.list(CONFIGMAPS, namespace, params={"resourceVersion": ""})
-    return {object_key(o): resource_version(o) for o in listed["items"]}
-
-
-async def converge(mirror: Mirror, kube: KubeClient, namespace: str, within: float = 60) -> None:
-    """Wait until the mirror equals a quorum list of the server (re-checked on changes)."""
-    async with asyncio.timeout(within):
-        while True:
-            mirror.changed.clear()
-            if mirror.versions() == await server_versions(kube, namespace):
-                return
-            # On timeout, re-list: the server may have moved without us seeing it yet.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(mirror.changed.wait(), 1.0)
+async def mirrored(
+    mirror: Mirror, kube: KubeClient, namespace: str, informer: SharedIndexInformer, within: float
+) -> None:
+    """Wait until the mirror equals a quorum list of the server; say how it differs if not."""
+    reflector = informer.reflector
+    await converge(
+        mirror.versions,
+        mirror.changed,
+        kube,
+        namespace,
+        within=within,
+        state=lambda: (
+            f"reflector: {reflector.lists} lists, {reflector.watches} watches, "
+            f"{reflector.expirations} expirations, at {reflector.last_sync_resource_version}"
+        ),
+    )
 
 
 def configmap(name: str, value: str) -> JSON:
@@ -138,11 +160,12 @@ async def test_cache_converges_through_a_burst_of_500_changes(
     registration = informer.add_event_handler(mirror)
     await factory.start()
     try:
-        await asyncio.wait_for(factory.wait_for_cache_sync(), 30)
-        await asyncio.wait_for(registration.wait_for_sync(), 30)
+        await bounded(factory.wait_for_cache_sync(), within=30, what="the first list")
+        await bounded(registration.wait_for_sync(), within=30, what="the initial adds handled")
         assert mirror.adds == 20
         deleted = await burst(kube, namespace, 500, seed=1)
-        await converge(mirror, kube, namespace)
+        await mirrored(mirror, kube, namespace, informer, within=30)
+        assert mirror.problems == []
         cache = {object_key(o): resource_version(o) for o in informer.indexer.list()}
         assert cache == mirror.versions()
         assert mirror.backwards == []
@@ -166,17 +189,21 @@ async def test_label_selector_limits_the_cache(kube: KubeClient, namespace: str)
     informer.add_event_handler(mirror)
     await informer.start()
     try:
-        await asyncio.wait_for(informer.wait_for_sync(), 30)
+        await bounded(informer.wait_for_sync(), within=30, what="the first list")
         await kube.patch(CONFIGMAPS, "out", {"metadata": {"labels": {"pick": "yes"}}}, namespace)
-        async with asyncio.timeout(30):
-            while "out" not in {k.split("/")[1] for k in mirror.state}:
-                mirror.changed.clear()
-                await mirror.changed.wait()
+        await eventually(
+            lambda: f"{namespace}/out" in mirror.state,
+            within=30,
+            what="an add for an object that came to match the selector",
+            changed=mirror.changed,
+        )
         await kube.patch(CONFIGMAPS, "in", {"metadata": {"labels": {"pick": "no"}}}, namespace)
-        async with asyncio.timeout(30):
-            while f"{namespace}/in" in mirror.state:
-                mirror.changed.clear()
-                await mirror.changed.wait()
+        await eventually(
+            lambda: f"{namespace}/in" not in mirror.state,
+            within=30,
+            what="a delete for an object that stopped matching the selector",
+            changed=mirror.changed,
+        )
         assert sorted(informer.indexer.keys()) == [f"{namespace}/out"]
     finally:
         await informer.stop()
@@ -241,8 +268,8 @@ async def test_expired_watch_relists_with_tombstones(
     mirror = Mirror()
     informer.add_event_handler(mirror)
     await informer.start()
-    await asyncio.wait_for(informer.wait_for_sync(), 30)
-    await converge(mirror, kube, ns)
+    await bounded(informer.wait_for_sync(), within=30, what="the first list")
+    await mirrored(mirror, kube, ns, informer, within=30)
     await informer.stop()  # disconnected: keeps its cache and last resourceVersion
     watched_from = informer.reflector.last_sync_resource_version
 
@@ -257,7 +284,7 @@ async def test_expired_watch_relists_with_tombstones(
     lists_before = informer.reflector.lists
     await informer.start()
     try:
-        await converge(mirror, kube, ns)
+        await mirrored(mirror, kube, ns, informer, within=30)
         assert informer.reflector.expirations >= 1  # the resumed watch got 410 ...
         assert informer.reflector.lists > lists_before  # ... so it relisted ...
         assert informer.reflector.last_sync_resource_version != watched_from
@@ -273,17 +300,43 @@ async def test_expired_watch_relists_with_tombstones(
         await informer.stop()
 
 
+@dataclass
+class Life:
+    """One object's life in resourceVersions, as far as its writer can know it."""
+
+    created: int  # the create's version (exact)
+    # A version at which it still existed and after which the delete came (every write
+    # the writer had been answered before it issued the delete): None while it lives.
+    deleted_after: int | None = None
+
+
 async def test_apiserver_restart_loses_no_event(
     private_plane: ControlPlane, private_kube: KubeClient, private_namespace: str
 ) -> None:
+    """Writes go on while the API server restarts; every handler sees what it is owed.
+
+    An object the informer delivered and that was deleted must get a delete or a tombstone.
+    An object it never delivered must have lived entirely inside a gap: no version at which
+    the reflector was in sync with the server (a list, a watch event, a bookmark) may fall
+    within its life.
+    """
     kube, ns = private_kube, private_namespace
-    informer = SharedIndexInformer(kube, CONFIGMAPS, namespace=ns)
+    client = FaultyClient(kube)  # injects nothing: records what the reflector was given
+    informer = SharedIndexInformer(client, CONFIGMAPS, namespace=ns)
     mirror = Mirror()
     informer.add_event_handler(mirror)
     await informer.start()
     stop_writing = asyncio.Event()
     created: list[str] = []
     removed: list[str] = []
+    lives: dict[str, Life] = {}
+    latest = 0  # the newest version any write of the writer returned
+
+    def noted(obj: JSON | None) -> int:
+        nonlocal latest
+        if obj and resource_version(obj):
+            latest = max(latest, int(resource_version(obj)))
+        return latest
 
     async def writer() -> None:
         rng = random.Random(7)
@@ -291,33 +344,86 @@ async def test_apiserver_restart_loses_no_event(
         while not stop_writing.is_set():
             i += 1
             name = f"w-{i}"
-            await retrying(kube.create, CONFIGMAPS, configmap(name, "0"), ns)
+            made = await retrying(kube.create, CONFIGMAPS, configmap(name, "0"), ns)
+            if made is None:
+                # The first attempt created it unanswered (409 on the retry). Nobody has
+                # changed it since, so its version now is the create's.
+                made = await retrying(kube.get, CONFIGMAPS, name, ns)
+            lives[name] = Life(int(resource_version(made)))
+            noted(made)
             created.append(name)
             if i % 3 == 0:
                 victim = rng.choice([n for n in created if n not in removed])
+                # The delete comes after every write answered so far.
+                after = latest
                 await retrying(kube.delete, CONFIGMAPS, victim, ns)
+                lives[victim].deleted_after = after
                 removed.append(victim)
             elif i % 2 == 0:
                 target = rng.choice([n for n in created if n not in removed])
-                await retrying(kube.patch, CONFIGMAPS, target, {"data": {"v": str(i)}}, ns)
-            await asyncio.sleep(0.02)
+                noted(await retrying(kube.patch, CONFIGMAPS, target, {"data": {"v": str(i)}}, ns))
+            await asyncio.sleep(0.02)  # pace the writer; nothing waits on this
 
+    def seen_created_since(index: int) -> bool:
+        return any(f"{ns}/{name}" in mirror.seen for name in created[index:])
+
+    writing = asyncio.create_task(writer())
     try:
-        await asyncio.wait_for(informer.wait_for_sync(), 30)
-        writing = asyncio.create_task(writer())
-        await asyncio.sleep(1.0)  # let changes flow before the restart
+        await bounded(informer.wait_for_sync(), within=30, what="the first list")
+        # Changes flow through the watch before the restart ...
+        await eventually(
+            lambda: seen_created_since(10),
+            within=30,
+            what="the informer delivering the writer's changes",
+            changed=mirror.changed,
+        )
         await asyncio.to_thread(private_plane.restart_apiserver)
-        await asyncio.sleep(1.0)  # and after it
+        # ... and again after it: the informer delivers objects created after the restart.
+        after_restart = len(created)
+        await eventually(
+            lambda: seen_created_since(after_restart),
+            within=60,
+            what="the informer delivering changes made after the API server restarted",
+            changed=mirror.changed,
+            state=client.describe,
+        )
         stop_writing.set()
-        await asyncio.wait_for(writing, 120)
-        await converge(mirror, kube, ns, within=90)
+        await bounded(writing, within=120, what="the writer to stop")
+        await mirrored(mirror, kube, ns, informer, within=30)
         assert mirror.backwards == []
+        assert mirror.problems == []
         assert len(created) > 20
-        # Every delete reached the handler, as a delete or a tombstone.
-        assert {k.split("/")[1] for k in mirror.deletes} == set(removed)
+        # Every delete of an object the handler had been given reached it.
+        for name in removed:
+            key = f"{ns}/{name}"
+            if key in mirror.seen:
+                assert mirror.deletes.get(key), f"{name} was delivered, deleted, never deleted"
+        # What it was never given, it could not have seen: the object lived only between
+        # two points at which the reflector was in sync.
+        in_sync = sorted(
+            {int(v) for v in client.list_versions if v}
+            | {
+                int(resource_version(e["object"]))
+                for e in client.events
+                if e.get("type") in ("ADDED", "MODIFIED", "DELETED", "BOOKMARK")
+            }
+        )
+        for name in created:
+            key = f"{ns}/{name}"
+            if key in mirror.seen:
+                continue
+            life = lives[name]
+            assert life.deleted_after is not None, f"{name} still exists, never delivered"
+            during = [v for v in in_sync if life.created <= v <= life.deleted_after]
+            assert not during, (
+                f"{name} lived from {life.created} past {life.deleted_after}, the reflector was "
+                f"in sync at {during}, yet no handler was ever given it"
+            )
         cache = {object_key(o): resource_version(o) for o in informer.indexer.list()}
         assert cache == mirror.versions()
         assert informer.reflector.watches > 1  # the watch did break and was re-established
     finally:
         stop_writing.set()
+        writing.cancel()
+        await asyncio.gather(writing, return_exceptions=True)
         await informer.stop()
