@@ -15,7 +15,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from reconciler_objects import make_pod, make_service
+from reconciler_objects import make_pod, make_service, merge_patch
 
 from aviator.informers import Indexer
 from aviator.kube import marks
@@ -97,19 +97,6 @@ def store_of(caches: Caches, obj: JSON) -> Indexer:
         "Service": caches.services,
         "Pod": caches.pods,
     }[kind]
-
-
-def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386, as the API server applies a merge patch."""
-    if not isinstance(patch, Mapping):
-        return copy.deepcopy(patch)
-    out = dict(target) if isinstance(target, Mapping) else {}
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = merge_patch(out.get(k), v)
-    return out
 
 
 def apply(caches: Caches, todo: Plan) -> None:
