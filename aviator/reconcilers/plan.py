@@ -29,17 +29,17 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from aviator.api.types import PodStatus
 from aviator.kube import marks
 from aviator.kube.objects import JSON
-from aviator.kube.pods import is_terminating, pod_ips, pod_name
+from aviator.kube.pods import is_terminating, pod_name
 from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES
 from aviator.reconcilers import evaluation, routing, slices
 from aviator.reconcilers.evaluation import Outcome
 from aviator.reconcilers.latencies import PodLatencies
+from aviator.reconcilers.reporting import EventSpec, pod_row, policy_events
 from aviator.reconcilers.status import (
     REASON_CONFLICT,
     REASON_INVALID_SPEC,
@@ -50,10 +50,8 @@ from aviator.reconcilers.status import (
     REASON_SERVICE_NOT_FOUND,
     Observation,
     Problem,
-    build_status,
     effective_source,
-    pod_status,
-    status_changed,
+    status_patch,
 )
 from aviator.reconcilers.view import View
 from aviator.runtime.writer import Write
@@ -61,8 +59,6 @@ from aviator.selection.types import LatencyEstimate
 
 # A requeue timer may fire a little early; an evaluation this close to due counts.
 EARLY_FRACTION = 0.05
-NORMAL = "Normal"
-WARNING = "Warning"
 
 
 @dataclass(frozen=True)
@@ -85,17 +81,6 @@ class Memory:
     next_evaluation: float | None = None  # store clock: when the engine may run again
     generation: int | None = None  # spec generation of `outcome`
     outcome: Outcome | None = None  # the last engine result
-
-
-@dataclass(frozen=True)
-class EventSpec:
-    """An Event about the policy (`related`: the pod it concerns, if any)."""
-
-    reason: str
-    message: str
-    action: str
-    type: str = NORMAL
-    related: JSON | None = None
 
 
 @dataclass(frozen=True)
@@ -143,14 +128,10 @@ def _policy_patch(view: View, finalizers: list[str]) -> Write:
 def status_write(view: View, memory: Memory, obs: Observation) -> tuple[JSON | None, Write | None]:
     """The new status and the patch that writes it, or (None, None) when what the
     server holds already says it (see `status.status_changed`)."""
-    previous = memory.status or view.policy.get("status") or {}
-    new = build_status(obs, previous).to_dict()
-    if not status_changed(previous, new):
+    change = status_patch(memory.status or view.policy.get("status") or {}, obs)
+    if change is None:
         return None, None
-    body: JSON = dict(new)
-    for k in previous:
-        if k not in new:
-            body[k] = None  # merge patch: drop fields the new status no longer has
+    new, body = change
     write = Write(
         "patch",
         AVIATORPOLICIES,
@@ -328,10 +309,10 @@ def _select(
     writes += _slice_writes(ns, slice_plan)
     writes += routing.after_slices(view, target, route)
 
-    events = _events(outcome, current_active, not slice_plan.empty, eligible)
+    events = policy_events(outcome, current_active, not slice_plan.empty, eligible)
     p99 = latencies.active_p99_ms(active_pods)
     rows = [
-        _row(
+        pod_row(
             p,
             outcome.states.get(pod_name(p), "unknown"),
             latencies.estimate(pod_name(p)),
@@ -343,7 +324,7 @@ def _select(
     for p in view.pods:
         if pod_name(p) not in eligible_names:
             why = "Terminating" if is_terminating(p) else "NotReady"
-            rows.append(_row(p, "standby", None, reason=why))
+            rows.append(pod_row(p, "standby", None, reason=why))
     obs = Observation(
         generation=generation,
         now_iso=_now_iso(clock.wall),
@@ -390,32 +371,6 @@ def _slice_writes(ns: str, plan: slices.SlicePlan) -> list[Write]:
     return out
 
 
-def _events(
-    outcome: Outcome, before: set[str], changed: bool, eligible: Sequence[JSON]
-) -> list[EventSpec]:
-    by_name = {pod_name(p): p for p in eligible}
-    out = [
-        EventSpec(
-            ev.reason,
-            ev.message,
-            ev.action,
-            WARNING if ev.reason == "PodEjected" else NORMAL,
-            by_name.get(ev.pod) if ev.pod else None,
-        )
-        for ev in outcome.events
-    ]
-    if changed and outcome.active != before:
-        added = sorted(outcome.active - before)
-        removed = sorted(before - outcome.active)
-        note = f"{len(outcome.active)} pods active"
-        if added:
-            note += f"; added {', '.join(added[:10])}"
-        if removed:
-            note += f"; removed {', '.join(removed[:10])}"
-        out.append(EventSpec("EndpointsUpdated", note, "UpdateEndpoints"))
-    return out
-
-
 def _active_in(observed: Iterable[JSON], routed: str) -> set[str]:
     """Pods our slices of `routed` currently publish: the set a new leader inherits."""
     out: set[str] = set()
@@ -427,20 +382,3 @@ def _active_in(observed: Iterable[JSON], routed: str) -> set[str]:
             if ref.get("name"):
                 out.add(str(ref["name"]))
     return out
-
-
-def _row(
-    pod: JSON, state: str, lat: LatencyEstimate | None, reason: str | None = None
-) -> PodStatus:
-    ips = pod_ips(pod)
-    return pod_status(
-        pod_name(pod),
-        ips[0] if ips else "",
-        str(pod.get("spec", {}).get("nodeName") or ""),
-        state,
-        p50_ms=lat.p50_ms if lat else None,
-        p99_ms=lat.p99_ms if lat else None,
-        rif=lat.rif if lat else None,
-        samples=lat.samples if lat else 0,
-        reason=reason,
-    )

@@ -235,3 +235,16 @@ def status_changed(old: JSON | None, new: JSON) -> bool:
         elif a != b:
             return True
     return False
+
+
+def status_patch(previous: JSON, obs: Observation) -> tuple[JSON, JSON] | None:
+    """(the new status, the merge patch from `previous` to it), or None when
+    `previous` already says what `obs` does (see the module's write policy)."""
+    new = build_status(obs, previous).to_dict()
+    if not status_changed(previous, new):
+        return None
+    body: JSON = dict(new)
+    for k in previous:
+        if k not in new:
+            body[k] = None  # merge patch: drop fields the new status no longer has
+    return new, body

@@ -1,0 +1,74 @@
+"""What a plan reports besides its writes: Events about the policy and the per-pod
+rows of its status. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from aviator.api.types import PodStatus
+from aviator.kube.objects import JSON
+from aviator.kube.pods import pod_ips, pod_name
+from aviator.reconcilers.evaluation import Outcome
+from aviator.reconcilers.status import pod_status
+from aviator.selection.types import LatencyEstimate
+
+NORMAL = "Normal"
+WARNING = "Warning"
+
+
+@dataclass(frozen=True)
+class EventSpec:
+    """An Event about the policy (`related`: the pod it concerns, if any)."""
+
+    reason: str
+    message: str
+    action: str
+    type: str = NORMAL
+    related: JSON | None = None
+
+
+def policy_events(
+    outcome: Outcome, before: set[str], changed: bool, eligible: Sequence[JSON]
+) -> list[EventSpec]:
+    """PodEjected (Warning) and PodReadmitted from the engine, and EndpointsUpdated
+    naming the pods that came and went when the published set changed."""
+    by_name = {pod_name(p): p for p in eligible}
+    out = [
+        EventSpec(
+            ev.reason,
+            ev.message,
+            ev.action,
+            WARNING if ev.reason == "PodEjected" else NORMAL,
+            by_name.get(ev.pod) if ev.pod else None,
+        )
+        for ev in outcome.events
+    ]
+    if changed and outcome.active != before:
+        added = sorted(outcome.active - before)
+        removed = sorted(before - outcome.active)
+        note = f"{len(outcome.active)} pods active"
+        if added:
+            note += f"; added {', '.join(added[:10])}"
+        if removed:
+            note += f"; removed {', '.join(removed[:10])}"
+        out.append(EventSpec("EndpointsUpdated", note, "UpdateEndpoints"))
+    return out
+
+
+def pod_row(
+    pod: JSON, state: str, lat: LatencyEstimate | None, reason: str | None = None
+) -> PodStatus:
+    ips = pod_ips(pod)
+    return pod_status(
+        pod_name(pod),
+        ips[0] if ips else "",
+        str(pod.get("spec", {}).get("nodeName") or ""),
+        state,
+        p50_ms=lat.p50_ms if lat else None,
+        p99_ms=lat.p99_ms if lat else None,
+        rif=lat.rif if lat else None,
+        samples=lat.samples if lat else 0,
+        reason=reason,
+    )
