@@ -32,3 +32,8 @@ def pod_selector(service: Service) -> dict[str, str]:
     if selector:
         return {str(k): str(v) for k, v in selector.items()}
     return original_selector(service) or {}
+
+
+def is_headless(service: Service) -> bool:
+    """clusterIP None: clients resolve the pods' addresses themselves (DNS)."""
+    return bool(service.get("spec", {}).get("clusterIP") == "None")

@@ -36,7 +36,8 @@ from aviator.kube import marks
 from aviator.kube.objects import JSON
 from aviator.kube.pods import is_terminating, pod_name
 from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES
-from aviator.reconcilers import evaluation, routing, slices
+from aviator.kube.services import is_headless
+from aviator.reconcilers import endpoints, evaluation, routing, slices
 from aviator.reconcilers.evaluation import Outcome
 from aviator.reconcilers.latencies import PodLatencies
 from aviator.reconcilers.reporting import EventSpec, pod_row, policy_events
@@ -57,6 +58,8 @@ from aviator.reconcilers.view import View
 from aviator.runtime.writer import Write
 from aviator.selection.types import LatencyEstimate
 
+# The status row reason of a terminating pod published because nothing else serves.
+REASON_TERMINATING_FALLBACK = "ServingWhileTerminating"
 # A requeue timer may fire a little early; an evaluation this close to due counts.
 EARLY_FRACTION = 0.05
 
@@ -283,16 +286,20 @@ def _select(
 
     problems = list(route.problems)
     active_pods = [p for p in eligible if pod_name(p) in outcome.active]
-    if not eligible:
-        problems.append(
-            Problem(
-                REASON_NO_ELIGIBLE_PODS,
-                f"no ready pod matches the selector of Service {ns}/{parsed.target}",
-            )
-        )
-    elif not active_pods:
+    if eligible and not active_pods:
         # Never publish an empty set while a ready pod exists.
         raise RuntimeError(f"policy {ns}/{name}: selection returned no pod of {len(eligible)}")
+    # With no pod eligible, terminating pods that still serve are published (kube-proxy
+    # falls back to them), so the Service keeps its endpoints through a rollout.
+    routed, fallback = endpoints.routed_pods(active_pods, view.pods)
+    if not eligible:
+        message = f"no ready pod matches the selector of Service {ns}/{parsed.target}"
+        if fallback:
+            message += (
+                f"; {len(routed)} terminating pods that still serve are published "
+                "(serving, terminating), as Kubernetes does, until a pod is ready"
+            )
+        problems.append(Problem(REASON_NO_ELIGIBLE_PODS, message))
     if outcome.overload:
         problems.append(Problem(REASON_OVERLOAD, outcome.overload))
     if eligible and not any(latencies.estimate(pod_name(p)) for p in eligible):
@@ -303,8 +310,11 @@ def _select(
             )
         )
 
-    owner = slices.SliceOwner(ns, parsed.routed_service, name, memory.uid)
-    desired = slices.desired_endpoints(target, active_pods, view.zone_of)
+    owner = slices.SliceOwner(
+        ns, parsed.routed_service, name, memory.uid, headless=is_headless(target)
+    )
+    publishing = endpoints.Publishing(target, parsed.routed_service, view.zone_of, view.zone_cpu)
+    desired = endpoints.desired_endpoints(publishing, routed)
     slice_plan = slices.plan_slices(owner, desired, view.slices)
     writes += _slice_writes(ns, slice_plan)
     writes += routing.after_slices(view, target, route)
@@ -321,14 +331,17 @@ def _select(
         for p in eligible
     ]
     # Pods of the Service that may not serve at all, so `describe` explains them.
+    fallback_names = {pod_name(p) for p in routed} if fallback else set()
     for p in view.pods:
-        if pod_name(p) not in eligible_names:
+        if pod_name(p) in fallback_names:
+            rows.append(pod_row(p, "active", None, reason=REASON_TERMINATING_FALLBACK))
+        elif pod_name(p) not in eligible_names:
             why = "Terminating" if is_terminating(p) else "NotReady"
             rows.append(pod_row(p, "standby", None, reason=why))
     obs = Observation(
         generation=generation,
         now_iso=_now_iso(clock.wall),
-        active=len(active_pods),
+        active=len(routed),
         total=len(eligible),
         p99_ms=p99,
         source=effective_source(latencies.sources()),
@@ -339,7 +352,7 @@ def _select(
     )
     status, write = status_write(view, memory, obs)
     ejections = sum(1 for e in events if e.reason == "PodEjected")
-    gauges = Gauges(len(active_pods), len(eligible), p99, ejections)
+    gauges = Gauges(len(routed), len(eligible), p99, ejections)
     return Plan(writes, events, status, write, memory, gauges, requeue_after)
 
 

@@ -1,9 +1,10 @@
 """EndpointSlice planning: which slices the routed Service should have, and the
 smallest set of writes that gets the observed slices there. Pure: no I/O.
 
-Like the built-in EndpointSlice controller, endpoints are grouped by address family
-and by their resolved port list (a named targetPort can resolve to different numbers
-on different pods), at most `MAX_ENDPOINTS` per slice. Unlike a from-scratch
+What each endpoint says is decided in `aviator.reconcilers.endpoints`; here they are
+placed. Like the built-in EndpointSlice controller, endpoints are grouped by address
+family and by their resolved port list (a named targetPort can resolve to different
+numbers on different pods), at most `MAX_ENDPOINTS` per slice. Unlike a from-scratch
 re-chunking, planning keeps every surviving endpoint in the slice it already sits in
 and fills gaps before creating slices, so one pod leaving touches one slice.
 """
@@ -11,20 +12,16 @@ and fills gaps before creating slices, so one pod leaving touches one slice.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from aviator.kube import marks
-from aviator.kube.addresses import family_of
 from aviator.kube.objects import JSON
-from aviator.kube.pods import is_ready, is_terminating, pod_ips
+from aviator.reconcilers.endpoints import GroupKey, PortTuple
 
 MAX_ENDPOINTS = 100
-
-# (name, protocol, port, appProtocol) for each Service port resolved for one pod.
-PortTuple = tuple[str, str, int, str | None]
-# A slice holds endpoints of one address family with one resolved port list.
-GroupKey = tuple[str, tuple[PortTuple, ...]]
+# The label the built-in controller puts on the slices of a headless Service.
+LABEL_HEADLESS = "service.kubernetes.io/headless"
 
 
 @dataclass(frozen=True)
@@ -35,6 +32,7 @@ class SliceOwner:
     service: str  # the routed Service (kubernetes.io/service-name)
     policy: str
     policy_uid: str
+    headless: bool = False  # the routed Service has clusterIP None
 
 
 @dataclass
@@ -51,92 +49,15 @@ class SlicePlan:
         return not (self.create or self.update or self.delete)
 
 
-def resolve_ports(service: JSON, pod: JSON) -> tuple[PortTuple, ...]:
-    """The Service's ports as this pod serves them. A named targetPort is looked up in
-    the pod's container ports (same protocol); a port that does not resolve is left
-    out for this pod, as the built-in controller does."""
-    out: list[PortTuple] = []
-    for sp in service.get("spec", {}).get("ports") or []:
-        protocol = str(sp.get("protocol") or "TCP")
-        target = sp.get("targetPort", sp.get("port"))
-        number: int | None
-        if isinstance(target, int):
-            number = target
-        elif isinstance(target, str) and target.isdigit():
-            number = int(target)
-        elif isinstance(target, str):
-            number = _container_port(pod, target, protocol)
-        else:
-            number = None
-        if number is None:
-            continue
-        app = sp.get("appProtocol")
-        out.append((str(sp.get("name") or ""), protocol, number, str(app) if app else None))
-    return tuple(out)
-
-
-def _container_port(pod: JSON, name: str, protocol: str) -> int | None:
-    spec = pod.get("spec", {})
-    for container in (spec.get("containers") or []) + (spec.get("initContainers") or []):
-        for cp in container.get("ports") or []:
-            if cp.get("name") == name and str(cp.get("protocol") or "TCP") == protocol:
-                return int(cp["containerPort"])
-    return None
-
-
-def endpoint_for(pod: JSON, address: str, zone: str | None) -> JSON:
-    """One endpoint: conditions from the pod, topology, and a targetRef back to it."""
-    meta = pod.get("metadata", {})
-    ready = is_ready(pod)
-    terminating = is_terminating(pod)
-    ep: JSON = {
-        "addresses": [address],
-        "conditions": {
-            "ready": ready and not terminating,
-            "serving": ready,
-            "terminating": terminating,
-        },
-        "targetRef": {
-            "kind": "Pod",
-            "namespace": meta.get("namespace", ""),
-            "name": meta.get("name", ""),
-            "uid": meta.get("uid", ""),
-        },
-    }
-    node = pod.get("spec", {}).get("nodeName")
-    if node:
-        ep["nodeName"] = node
-    if zone:
-        ep["zone"] = zone
-    return ep
-
-
-def desired_endpoints(
-    service: JSON,
-    pods: Iterable[JSON],
-    zone_of: Callable[[str], str | None] = lambda _node: None,
-) -> dict[GroupKey, dict[str, JSON]]:
-    """Endpoints per (family, ports) group, keyed by pod name within a group."""
-    groups: dict[GroupKey, dict[str, JSON]] = {}
-    for pod in pods:
-        ports = resolve_ports(service, pod)
-        node = pod.get("spec", {}).get("nodeName")
-        zone = zone_of(node) if node else None
-        name = str(pod.get("metadata", {}).get("name", ""))
-        for ip in pod_ips(pod):
-            family = family_of(ip)
-            if family is None:
-                continue
-            groups.setdefault((family, ports), {})[name] = endpoint_for(pod, ip, zone)
-    return groups
-
-
 def slice_labels(owner: SliceOwner) -> dict[str, str]:
-    return {
+    labels = {
         marks.LABEL_SERVICE_NAME: owner.service,
         marks.LABEL_MANAGED_BY: marks.MANAGER,
         marks.LABEL_POLICY: owner.policy,
     }
+    if owner.headless:
+        labels[LABEL_HEADLESS] = ""
+    return labels
 
 
 def slice_name(service: str, family: str, n: int) -> str:
@@ -187,7 +108,17 @@ def _normal_endpoint(ep: JSON) -> JSON:
         "targetRef": {k: ref.get(k, "") for k in ("kind", "namespace", "name", "uid")},
         "nodeName": ep.get("nodeName"),
         "zone": ep.get("zone"),
+        "hostname": ep.get("hostname"),
+        "hints": _normal_hints(ep.get("hints")),
     }
+
+
+def _normal_hints(hints: JSON | None) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    if not hints:
+        return None
+    zones = tuple(str(z.get("name", "")) for z in hints.get("forZones") or [])
+    nodes = tuple(str(n.get("name", "")) for n in hints.get("forNodes") or [])
+    return (zones, nodes) if zones or nodes else None
 
 
 def _needs_write(observed: JSON, desired: JSON) -> bool:

@@ -9,7 +9,7 @@ so a plan never sees two different states of a cache.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aviator.informers import Indexer
@@ -17,6 +17,7 @@ from aviator.kube import marks
 from aviator.kube.objects import JSON
 from aviator.kube.pods import is_eligible, pod_name
 from aviator.kube.services import pod_selector
+from aviator.reconcilers import hints
 from aviator.reconcilers.evaluation import InvalidSpec, ParsedPolicy, parse_policy
 from aviator.reconcilers.mapping import INDEX_BY_ROUTED
 from aviator.reconcilers.podindex import selected_pods
@@ -75,6 +76,10 @@ class Caches:
         zone = (obj.get("metadata", {}).get("labels") or {}).get(marks.LABEL_ZONE)
         return str(zone) if zone else None
 
+    def zone_cpu(self) -> dict[str, float] | None:
+        """Each zone's share of the nodes' CPU (topology-mode Auto hints)."""
+        return None if self.nodes is None else hints.zone_cpu_ratios(self.nodes.list())
+
 
 def _no_zone(node: str) -> str | None:
     return None
@@ -101,6 +106,7 @@ class View:
     builtin_slices: Sequence[JSON] = ()  # Kubernetes' own slices of the target
     pods: Sequence[JSON] = ()  # pods the target's (or its saved) selector matches
     zone_of: Callable[[str], str | None] = field(default=_no_zone, compare=False)
+    zone_cpu: Mapping[str, float] | None = None  # read only for topology-mode Auto
 
     @property
     def namespace(self) -> str:
@@ -146,6 +152,7 @@ def gather(caches: Caches, policy: JSON) -> View:
     holder = None
     pods: list[JSON] = []
     builtin: list[JSON] = []
+    zone_cpu = None
     if target is not None:
         holder_name = (target["metadata"].get("annotations") or {}).get(
             marks.ANNOTATION_TAKEN_OVER_BY
@@ -159,6 +166,8 @@ def gather(caches: Caches, policy: JSON) -> View:
             builtin = caches.builtin_slices.by_index(
                 INDEX_SLICES_BY_SERVICE, f"{ns}/{parsed.target}"
             )
+        if hints.hint_mode(target) is hints.HintMode.AUTO:
+            zone_cpu = caches.zone_cpu()
     return View(
         policy,
         parsed=parsed,
@@ -169,6 +178,7 @@ def gather(caches: Caches, policy: JSON) -> View:
         pods=pods,
         builtin_slices=builtin,
         zone_of=caches.zone_of,
+        zone_cpu=zone_cpu,
         taken_over=taken_over,
         labelled_services=labelled_services,
         slices=slices,

@@ -8,15 +8,14 @@ from hypothesis import strategies as st
 from reconciler_objects import make_pod, make_service
 
 from aviator.kube import marks
-from aviator.reconcilers.slices import (
-    SliceOwner,
-    apply_plan,
-    desired_endpoints,
-    plan_slices,
-    resolve_ports,
-)
+from aviator.reconcilers.endpoints import Publishing, desired_endpoints
+from aviator.reconcilers.slices import SliceOwner, apply_plan, plan_slices
 
 OWNER = SliceOwner(namespace="default", service="web-aviator", policy="p", policy_uid="uid-p")
+
+
+def _desired(service: dict[str, Any], pods: list[dict[str, Any]]) -> Any:
+    return desired_endpoints(Publishing(service, OWNER.service), pods)
 
 
 def _pods(n: int, start: int = 0) -> list[dict[str, Any]]:
@@ -24,7 +23,7 @@ def _pods(n: int, start: int = 0) -> list[dict[str, Any]]:
 
 
 def _converge(service: dict[str, Any], pods: list[dict[str, Any]], observed: list[Any]) -> Any:
-    plan = plan_slices(OWNER, desired_endpoints(service, pods), observed)
+    plan = plan_slices(OWNER, _desired(service, pods), observed)
     return plan, apply_plan(observed, plan)
 
 
@@ -59,18 +58,6 @@ def test_slice_shape_labels_owner_conditions() -> None:
     assert ep["targetRef"] == {"kind": "Pod", "namespace": "default", "name": "a", "uid": "uid-a"}
 
 
-def test_zone_from_node_lookup() -> None:
-    groups = desired_endpoints(make_service(), [make_pod("a", node="n1")], {"n1": "z1"}.get)
-    (eps,) = groups.values()
-    assert eps["a"]["zone"] == "z1"
-
-
-def test_terminating_pod_conditions() -> None:
-    groups = desired_endpoints(make_service(), [make_pod("a", terminating=True)])
-    (eps,) = groups.values()
-    assert eps["a"]["conditions"] == {"ready": False, "serving": True, "terminating": True}
-
-
 def test_ipv6_pod_goes_to_ipv6_slice_dual_stack_to_both() -> None:
     pods = [
         make_pod("v4", "10.0.0.1"),
@@ -91,19 +78,9 @@ def test_named_target_port_resolves_per_pod_into_separate_slices() -> None:
     b = make_pod("b", "10.0.0.2", container_ports=[{"name": "web", "containerPort": 9090}])
     c = make_pod("c", "10.0.0.3", container_ports=[{"name": "web", "containerPort": 8080}])
     none = make_pod("d", "10.0.0.4", container_ports=[{"name": "other", "containerPort": 1}])
-    assert resolve_ports(svc, none) == ()
     _, slices = _converge(svc, [a, b, c, none], [])
     by_port = {tuple(p["port"] for p in s["ports"]): sorted(_endpoint_names([s])) for s in slices}
     assert by_port == {(8080,): ["a", "c"], (9090,): ["b"], (): ["d"]}
-
-
-def test_target_port_defaults_to_port_and_protocol_matters() -> None:
-    svc = make_service(ports=[{"name": "dns", "port": 53, "protocol": "UDP", "targetPort": "dns"}])
-    tcp_only = make_pod("a", container_ports=[{"name": "dns", "containerPort": 5353}])
-    udp = make_pod("b", container_ports=[{"name": "dns", "containerPort": 5353, "protocol": "UDP"}])
-    assert resolve_ports(svc, tcp_only) == ()
-    assert resolve_ports(svc, udp) == (("dns", "UDP", 5353, None),)
-    assert resolve_ports(make_service(ports=[{"port": 80}]), udp) == (("", "TCP", 80, None),)
 
 
 def test_unchanged_input_plans_nothing() -> None:
@@ -141,7 +118,7 @@ def test_slices_of_another_service_or_gone_group_are_deleted() -> None:
     svc = make_service()
     _, slices = _converge(svc, _pods(3), [])
     other = SliceOwner(namespace="default", service="web", policy="p", policy_uid="uid-p")
-    plan = plan_slices(other, desired_endpoints(svc, _pods(3)), slices)
+    plan = plan_slices(other, _desired(svc, _pods(3)), slices)
     assert plan.delete == [slices[0]["metadata"]["name"]]
     assert len(plan.create) == 1
     assert plan.create[0]["metadata"]["labels"][marks.LABEL_SERVICE_NAME] == "web"
