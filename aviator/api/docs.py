@@ -37,7 +37,9 @@ def _type_name(tp: Any) -> str:
 
 def _bounds(field: Field) -> str:
     info = field.info
-    parts: list[str] = ["≥ 0"] if field.shape.kind is Kind.DURATION else []
+    # A duration is never negative; its rules, if any, say more.
+    unsigned = field.shape.kind is Kind.DURATION and not info.rules
+    parts: list[str] = ["≥ 0"] if unsigned else []
     low, high = info.minimum, info.maximum
     if low is not None and high is not None:
         left = "(" if info.exclusive_minimum else "["

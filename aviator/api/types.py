@@ -35,6 +35,9 @@ SHORT_NAME = "avp"
 CATEGORY = "aviator"
 
 MIN_EVALUATION_INTERVAL = Duration.parse("200ms")
+# No duration in a policy may be longer (an hour-long threshold or interval is a typo).
+MAX_DURATION_TEXT = "1h"
+MAX_DURATION = Duration.parse(MAX_DURATION_TEXT)
 SHADOW_SUFFIX = "-aviator"
 MAX_NAME_LENGTH = 63  # Service names and label values
 # A shadow Service named <target>-aviator must itself be a valid Service name.
@@ -59,13 +62,21 @@ class RoutingMode(enum.StrEnum):
     TAKEOVER = "takeover"
 
 
-def _at_least(field: str, minimum: Duration) -> Rule:
+def _duration_bounds(field: str, minimum: Duration | None = None) -> Rule:
+    """Greater than 0 (or at least `minimum`) and at most `MAX_DURATION`."""
+    low = "duration(self) > duration('0s')"
+    low_text = "greater than 0"
+    if minimum is not None:
+        low, low_text = f"duration(self) >= duration('{minimum}')", f"at least {minimum}"
     # The pattern guard keeps a malformed value to the pattern's own error instead of
     # adding a CEL evaluation error on top.
     return Rule(
-        cel=f"!self.matches(r'{DURATION_PATTERN}') || duration(self) >= duration('{minimum}')",
-        message=f"{field} must be at least {minimum}",
-        holds=lambda d: d >= minimum,
+        cel=(
+            f"!self.matches(r'{DURATION_PATTERN}') || "
+            f"({low} && duration(self) <= duration('{MAX_DURATION_TEXT}'))"
+        ),
+        message=f"{field} must be {low_text} and at most {MAX_DURATION_TEXT}",
+        holds=lambda d: (d.ns > 0 if minimum is None else d >= minimum) and d <= MAX_DURATION,
     )
 
 
@@ -172,6 +183,7 @@ class CircuitBreakerSpec:
         "p99Threshold",
         "A pod whose p99 latency is above this is in violation.",
         default=Duration.parse("500ms"),
+        rules=(_duration_bounds("circuitBreaker.p99Threshold"),),
     )
     consecutive_violations: int = api_field(
         "consecutiveViolations",
@@ -184,6 +196,7 @@ class CircuitBreakerSpec:
         """Time an ejected pod waits before it is probed again (half-open); repeated
         ejections double it, up to a cap.""",
         default=Duration.parse("30s"),
+        rules=(_duration_bounds("circuitBreaker.recoveryInterval"),),
     )
     max_ejection_percent: int = api_field(
         "maxEjectionPercent",
@@ -296,12 +309,13 @@ class AviatorPolicySpec:
         "latencyThreshold",
         "Maximum acceptable p99 latency of a pod in threshold mode.",
         default=Duration.parse("100ms"),
+        rules=(_duration_bounds("latencyThreshold"),),
     )
     evaluation_interval: Duration = api_field(
         "evaluationInterval",
-        "How often pod latency is re-evaluated. At least 200ms.",
+        "How often pod latency is re-evaluated.",
         default=Duration.parse("5s"),
-        rules=(_at_least("evaluationInterval", MIN_EVALUATION_INTERVAL),),
+        rules=(_duration_bounds("evaluationInterval", MIN_EVALUATION_INTERVAL),),
     )
     latency_source: LatencySource = api_field(
         "latencySource",

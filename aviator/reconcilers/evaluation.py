@@ -135,8 +135,32 @@ def parse_policy(raw: Mapping[str, Any]) -> ParsedPolicy:
             ),
         )
     except ValueError as exc:
-        raise InvalidSpec(str(exc)) from exc
+        # The API's rules hold every bound the engine checks; a message of the engine
+        # still names the spec field it came from, never an internal name.
+        raise InvalidSpec(spec_message(str(exc))) from exc
     return ParsedPolicy(spec=spec, selection=selection)
+
+
+# The engine's parameter names (aviator.selection.types) and the spec fields they come from.
+SPEC_FIELDS = {
+    "top_n": "spec.selection.topN",
+    "percentage": "spec.selection.percentage",
+    "latency_threshold_ms": "spec.latencyThreshold",
+    "rif_quantile": "spec.selection.prequal.rifQuantile",
+    "min_endpoints": "spec.minEndpoints",
+    "p99_threshold_ms": "spec.circuitBreaker.p99Threshold",
+    "consecutive_violations": "spec.circuitBreaker.consecutiveViolations",
+    "recovery_interval_s": "spec.circuitBreaker.recoveryInterval",
+    "max_ejection_percent": "spec.circuitBreaker.maxEjectionPercent",
+    "threshold_percent": "spec.dampening.thresholdPercent",
+    "consecutive_intervals": "spec.dampening.consecutiveIntervals",
+}
+
+
+def spec_message(message: str) -> str:
+    name, _, rest = message.partition(" ")
+    field = SPEC_FIELDS.get(name)
+    return f"{field}: {rest}" if field else f"spec: {message}"
 
 
 def _created(pod: JSON) -> float:

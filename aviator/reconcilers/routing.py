@@ -120,7 +120,10 @@ def decide(view: View, target: JSON) -> Routing:
     if parsed.mode == "shadow":
         if parsed.routed_service == parsed.target:
             routing.problems.append(
-                Problem(REASON_INVALID_SPEC, "routing.serviceName must differ from the target")
+                Problem(
+                    REASON_INVALID_SPEC,
+                    "spec.routing.serviceName must differ from spec.targetRef.name",
+                )
             )
             routing.blocked = True
             return routing
@@ -135,7 +138,7 @@ def decide(view: View, target: JSON) -> Routing:
                 Problem(
                     REASON_CONFLICT,
                     f"Service {ns}/{parsed.routed_service} exists and is not managed by "
-                    "this policy; set routing.serviceName to another name",
+                    "this policy; set spec.routing.serviceName to another name",
                 )
             )
             routing.blocked = True

@@ -183,7 +183,12 @@ def test_cel_rules(schema: dict[str, Any]) -> None:
     interval = [r for r in rules("evaluationInterval") if "duration(" in r["rule"]]
     assert len(interval) == 1
     assert "duration(self) >= duration('200ms')" in interval[0]["rule"]
-    assert interval[0]["message"] == "evaluationInterval must be at least 200ms"
+    assert "duration(self) <= duration('1h')" in interval[0]["rule"]
+    assert interval[0]["message"] == "evaluationInterval must be at least 200ms and at most 1h"
+    for path in ("latencyThreshold", "circuitBreaker.p99Threshold"):
+        (bounds,) = [r for r in rules(path) if "duration(" in r["rule"]]
+        assert "duration(self) > duration('0s')" in bounds["rule"]
+        assert bounds["message"] == f"{path} must be greater than 0 and at most 1h"
     assert {"rule": "self == 'Service'", "message": "targetRef.kind must be Service"} in rules(
         "targetRef.kind"
     )

@@ -139,6 +139,22 @@ BAD_SPECS: list[tuple[dict[str, Any], str, str]] = [
     ({"evaluationInterval": "5 seconds"}, "spec.evaluationInterval", "invalid duration"),
     ({"latencyThreshold": "-1s"}, "spec.latencyThreshold", "must not be negative"),
     ({"evaluationInterval": "100ms"}, "spec.evaluationInterval", "at least 200ms"),
+    ({"evaluationInterval": "61m"}, "spec.evaluationInterval", "at most 1h"),
+    ({"latencyThreshold": "0"}, "spec.latencyThreshold", "greater than 0"),
+    ({"latencyThreshold": "0s"}, "spec.latencyThreshold", "greater than 0"),
+    ({"latencyThreshold": "2562047h"}, "spec.latencyThreshold", "at most 1h"),
+    ({"circuitBreaker": {"p99Threshold": "0ms"}}, "spec.circuitBreaker.p99Threshold", "than 0"),
+    ({"circuitBreaker": {"p99Threshold": "90m"}}, "spec.circuitBreaker.p99Threshold", "at most 1h"),
+    (
+        {"circuitBreaker": {"recoveryInterval": "0"}},
+        "spec.circuitBreaker.recoveryInterval",
+        "than 0",
+    ),
+    (
+        {"circuitBreaker": {"recoveryInterval": "-1s"}},
+        "spec.circuitBreaker.recoveryInterval",
+        "negative",
+    ),
     (
         {"targetRef": {"kind": "Deployment", "name": "web"}},
         "spec.targetRef.kind",
