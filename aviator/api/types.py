@@ -445,6 +445,51 @@ class PodStatus:
     )
 
 
+class TakeoverPhase(enum.StrEnum):
+    PENDING = "Pending"
+    TAKEN_OVER = "TakenOver"
+    RESTORED = "Restored"
+
+
+@dataclass(frozen=True, kw_only=True)
+class TakeoverStatus:
+    """The Service a takeover-mode policy took over, and the selector it had."""
+
+    service: str = api_field("service", "Name of the Service taken over.", required=True)
+    original_selector: dict[str, Any] = api_field(
+        "originalSelector",
+        """The Service's selector before the takeover (also in the Service's
+        annotation aviator.example.com/original-selector); restored when the policy
+        is deleted.""",
+        required=True,
+        preserve_unknown_fields=True,
+    )
+    phase: TakeoverPhase = api_field(
+        "phase",
+        """Pending: recorded, the Service not yet changed. TakenOver: the selector is
+        removed and Aviator publishes the Service's endpoints. Restored: the Service
+        got a selector back (by any means); it is not taken over again until the
+        policy's generation or its aviator.example.com/retake annotation changes.""",
+        required=True,
+    )
+    generation: int = api_field(
+        "generation",
+        "The policy generation of this takeover.",
+        required=True,
+        format="int64",
+    )
+    retake: str | None = api_field(
+        "retake",
+        "The policy's aviator.example.com/retake annotation at this takeover.",
+        default=None,
+    )
+    endpoints_gone: bool = api_field(
+        "endpointsGone",
+        "The Service's Endpoints object is deleted and stayed deleted.",
+        default=False,
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class AviatorPolicyStatus:
     """What the controller observed and did at its last evaluation."""
@@ -498,6 +543,12 @@ class AviatorPolicyStatus:
         "When the policy was last evaluated with a change worth recording (RFC 3339).",
         default=None,
         format="date-time",
+    )
+    takeover: TakeoverStatus | None = api_field(
+        "takeover",
+        """routing.mode takeover: the Service taken over, its original selector and
+        where the takeover stands.""",
+        default=None,
     )
     engine_state: dict[str, Any] | None = api_field(
         "engineState",

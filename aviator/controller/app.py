@@ -323,4 +323,5 @@ def _policy_matters(policy: JSON) -> tuple[object, ...]:
         meta.get("deletionTimestamp"),
         tuple(meta.get("finalizers") or ()),
         repr(policy.get("spec")),
+        (meta.get("annotations") or {}).get(marks.ANNOTATION_RETAKE),  # a new takeover round
     )

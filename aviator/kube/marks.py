@@ -31,6 +31,9 @@ LABEL_BOX_NODE = f"{GROUP}/box"
 
 ANNOTATION_ORIGINAL_SELECTOR = f"{GROUP}/original-selector"
 ANNOTATION_TAKEN_OVER_BY = f"{GROUP}/taken-over-by"
+# On a policy: a new value starts a new takeover round (a restored Service may be taken
+# over again), as a change of the spec does.
+ANNOTATION_RETAKE = f"{GROUP}/retake"
 
 FINALIZER = f"{GROUP}/cleanup"
 

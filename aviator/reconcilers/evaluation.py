@@ -278,3 +278,15 @@ def carry_over(previous: Outcome, eligible: set[str], floor: int) -> Outcome | N
         overload=previous.overload,
         pending=previous.pending,
     )
+
+
+def freshness(
+    latencies: Mapping[str, LatencyEstimate | None], since: float | None
+) -> dict[str, bool]:
+    """Per pod: did samples arrive since the previous evaluation (`since` seconds
+    ago)? Only fresh data moves the circuit breaker, so one slow window is not
+    counted twice."""
+    return {
+        name: lat is not None and (since is None or lat.age_s < since)
+        for name, lat in latencies.items()
+    }

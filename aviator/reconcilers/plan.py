@@ -29,18 +29,18 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from aviator.kube import marks
 from aviator.kube.objects import JSON
 from aviator.kube.pods import is_terminating, pod_name
-from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES
+from aviator.kube.resources import AVIATORPOLICIES
 from aviator.kube.services import is_headless
-from aviator.reconcilers import endpoints, evaluation, routing, slices
+from aviator.reconcilers import endpoints, evaluation, routing, slices, takeover
 from aviator.reconcilers.evaluation import Outcome
 from aviator.reconcilers.latencies import PodLatencies
 from aviator.reconcilers.reporting import EventSpec, pod_row, policy_events
+from aviator.reconcilers.routing import ENDPOINTS
 from aviator.reconcilers.status import (
     REASON_CONFLICT,
     REASON_INVALID_SPEC,
@@ -56,7 +56,6 @@ from aviator.reconcilers.status import (
 )
 from aviator.reconcilers.view import View
 from aviator.runtime.writer import Write
-from aviator.selection.types import LatencyEstimate
 
 # The status row reason of a terminating pod published because nothing else serves.
 REASON_TERMINATING_FALLBACK = "ServingWhileTerminating"
@@ -84,6 +83,13 @@ class Memory:
     next_evaluation: float | None = None  # store clock: when the engine may run again
     generation: int | None = None  # spec generation of `outcome`
     outcome: Outcome | None = None  # the last engine result
+    # (kind, name) of objects the last reconcile's deletes found already gone (or
+    # were not allowed to delete): a delete that must hold is repeated until then.
+    absent: frozenset[tuple[str, str]] = frozenset()
+
+    def record(self, view: View) -> takeover.Record | None:
+        """The takeover record: what we last wrote, else what the cache holds."""
+        return takeover.record_of(self.status) if self.status is not None else view.record
 
 
 @dataclass(frozen=True)
@@ -178,12 +184,18 @@ def measurement(view: View, memory: Memory, clock: Clock) -> tuple[list[JSON], b
 def plan(view: View, memory: Memory, clock: Clock, latencies: PodLatencies | None) -> Plan:
     """Every decision of one reconcile (see the module docstring for the order)."""
     if view.policy["metadata"].get("deletionTimestamp"):
-        return _finalize(view)
+        return _finalize(view, memory.record(view))
     writes: list[Write] = []
     if marks.FINALIZER not in _finalizers(view.policy):
         writes.append(_policy_patch(view, [*_finalizers(view.policy), marks.FINALIZER]))
     generation = int(view.policy["metadata"].get("generation") or 0)
     carried_state = memory.engine_state or _persisted_state(view.policy)
+    record = memory.record(view)
+    parsed = view.parsed
+    # The record stays while its Service stays taken over (nothing below releases it).
+    kept = record
+    if parsed is not None and record is not None and not _takes_over(parsed, record.service):
+        kept = None
 
     def stop(problems: list[Problem], *, routed: str | None, state: JSON | None) -> Plan:
         obs = Observation(
@@ -192,12 +204,12 @@ def plan(view: View, memory: Memory, clock: Clock, latencies: PodLatencies | Non
             routed_service=routed,
             problems=problems,
             engine_state=state,
+            takeover=None if kept is None else kept.to_json(),
         )
         status, write = status_write(view, memory, obs)
         requeue = view.parsed.interval_s if view.parsed is not None else None
         return Plan(writes, [], status, write, memory, None, requeue)
 
-    parsed = view.parsed
     if parsed is None:
         problem = Problem(REASON_INVALID_SPEC, f"invalid spec: {view.invalid}")
         return stop([problem], routed=None, state=carried_state)
@@ -205,14 +217,15 @@ def plan(view: View, memory: Memory, clock: Clock, latencies: PodLatencies | Non
 
     winner = routing.conflicting_policy(view.policy, view.rivals)
     if winner is not None:
-        writes += routing.release(view)
+        writes += routing.release(view, record)
+        kept = None
         message = (
             f"Service {routed} is already routed by AviatorPolicy {winner}; "
             "this policy does nothing until that one is gone"
         )
         return stop([Problem(REASON_CONFLICT, message)], routed=routed, state=None)
 
-    writes += routing.release(view, keep_routed=routed)
+    writes += routing.release(view, record, keep_routed=routed)
     target = view.target
     if target is None:
         problem = Problem(
@@ -226,7 +239,8 @@ def plan(view: View, memory: Memory, clock: Clock, latencies: PodLatencies | Non
             "to find its pods (an empty selector never means every pod)",
         )
         return stop([problem], routed=routed, state=carried_state)
-    route = routing.decide(view, target)
+    gone = (ENDPOINTS.kind, parsed.target) in memory.absent
+    route = routing.decide(view, target, record, endpoints_gone=gone)
     writes += route.prepare
     if route.blocked:
         return stop(route.problems, routed=routed, state=carried_state)
@@ -254,7 +268,7 @@ def _select(
     current_active = (
         set(memory.outcome.active)
         if memory.outcome is not None
-        else _active_in(view.slices, parsed.routed_service)
+        else slices.published_pods(view.slices, parsed.routed_service)
     )
     outcome = None
     if not _evaluation_due(view, memory, clock) and memory.outcome is not None:
@@ -268,7 +282,7 @@ def _select(
             parsed,
             eligible,
             by_pod,
-            _freshness(by_pod, since),
+            evaluation.freshness(by_pod, since),
             current_active,
             memory.engine_state or _persisted_state(view.policy),
             clock.wall,
@@ -316,7 +330,7 @@ def _select(
     publishing = endpoints.Publishing(target, parsed.routed_service, view.zone_of, view.zone_cpu)
     desired = endpoints.desired_endpoints(publishing, routed)
     slice_plan = slices.plan_slices(owner, desired, view.slices)
-    writes += _slice_writes(ns, slice_plan)
+    writes += slices.writes_for(ns, slice_plan)
     writes += routing.after_slices(view, target, route)
 
     events = policy_events(outcome, current_active, not slice_plan.empty, eligible)
@@ -349,6 +363,7 @@ def _select(
         pods=rows,
         routed_service=parsed.routed_service,
         engine_state=outcome.engine_state,
+        takeover=None if route.record is None else route.record.to_json(),
     )
     status, write = status_write(view, memory, obs)
     ejections = sum(1 for e in events if e.reason == "PodEjected")
@@ -356,42 +371,12 @@ def _select(
     return Plan(writes, events, status, write, memory, gauges, requeue_after)
 
 
-def _finalize(view: View) -> Plan:
+def _takes_over(parsed: evaluation.ParsedPolicy, service: str) -> bool:
+    return parsed.mode == "takeover" and parsed.target == service
+
+
+def _finalize(view: View, record: takeover.Record | None) -> Plan:
     if marks.FINALIZER not in _finalizers(view.policy):
         return Plan()
     remaining = [f for f in _finalizers(view.policy) if f != marks.FINALIZER]
-    return Plan(writes=[*routing.release(view), _policy_patch(view, remaining)])
-
-
-def _freshness(
-    latencies: Mapping[str, LatencyEstimate | None], since: float | None
-) -> dict[str, bool]:
-    """Per pod: did samples arrive since the previous evaluation (`since` seconds
-    ago)? Only fresh data moves the circuit breaker, so one slow window is not
-    counted twice."""
-    return {
-        name: lat is not None and (since is None or lat.age_s < since)
-        for name, lat in latencies.items()
-    }
-
-
-def _slice_writes(ns: str, plan: slices.SlicePlan) -> list[Write]:
-    """Creates and updates before deletes: an endpoint moving between slices is never
-    missing in between."""
-    out = [Write("create", ENDPOINTSLICES, ns, o["metadata"]["name"], o) for o in plan.create]
-    out += [Write("replace", ENDPOINTSLICES, ns, o["metadata"]["name"], o) for o in plan.update]
-    out += [Write("delete", ENDPOINTSLICES, ns, n, missing_ok=True) for n in plan.delete]
-    return out
-
-
-def _active_in(observed: Iterable[JSON], routed: str) -> set[str]:
-    """Pods our slices of `routed` currently publish: the set a new leader inherits."""
-    out: set[str] = set()
-    for sl in observed:
-        if (sl["metadata"].get("labels") or {}).get(marks.LABEL_SERVICE_NAME) != routed:
-            continue
-        for ep in sl.get("endpoints") or []:
-            ref = ep.get("targetRef") or {}
-            if ref.get("name"):
-                out.add(str(ref["name"]))
-    return out
+    return Plan(writes=[*routing.release(view, record), _policy_patch(view, remaining)])

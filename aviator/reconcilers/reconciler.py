@@ -82,7 +82,14 @@ class PolicyReconciler:
             self._forget(key)
         else:
             self._memory[key] = todo.memory
-        await self.writer.apply_all(todo.writes)
+        absent: set[tuple[str, str]] = set()
+        for write in todo.writes:
+            answer = await self.writer.apply(write)
+            if write.verb == "delete" and answer is None:
+                absent.add((write.resource.kind, write.name))
+        if todo.memory is not None:
+            # What the plan's deletes found gone, for the next plan (see Memory.absent).
+            self._memory[key] = dataclasses.replace(todo.memory, absent=frozenset(absent))
         policy = self.caches.policies.get(key)
         for ev in todo.events:
             if policy is not None:
@@ -97,7 +104,7 @@ class PolicyReconciler:
         if todo.status_write is not None:
             await self.writer.apply(todo.status_write)
             if todo.memory is not None:
-                self._memory[key] = dataclasses.replace(todo.memory, status=todo.status)
+                self._memory[key] = dataclasses.replace(self._memory[key], status=todo.status)
         if todo.gauges is not None:
             namespace, _, name = key.partition("/")
             g = todo.gauges

@@ -6,36 +6,47 @@ writes that get the Services there. Pure: a `View` in, `Routing` and `Write`s ou
 - Shadow mode: our selector-less Service `<target>-aviator` is created or patched to
   mirror the target's ports; a Service of that name that is not ours blocks the policy.
 - Takeover mode: the target's selector is moved into an annotation (only after our
-  slices are published, so the Service never has zero endpoints); a Service taken over
-  by a policy that no longer exists is adopted; a selector someone restored is reported
-  (`SelectorRestored`) and not fought. Without a selector Kubernetes stops updating,
-  but does not delete, its own slices and Endpoints: the takeover deletes them.
-- Release: what a policy made and no longer needs is undone, selectors restored FIRST,
-  then our shadow Services and slices deleted.
+  slices are published, so the Service never has zero endpoints, and after the
+  policy's takeover record, so the selector is always kept somewhere: see
+  `aviator.reconcilers.takeover`); a Service taken over by a policy that no longer
+  exists is adopted; a Service whose selector came back, by any means, is reported
+  (`SelectorRestored`) and not taken over again in the same round. Without a selector
+  Kubernetes stops updating, but does not delete, its own slices and Endpoints: the
+  takeover deletes the slices whenever they appear, and the Endpoints until a delete
+  finds it gone.
+- Release: what a policy made and no longer needs is undone, selectors restored FIRST
+  (from the annotation, else the record), then our shadow Services and slices deleted.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from aviator.kube import marks
 from aviator.kube.objects import JSON
-from aviator.kube.resources import ENDPOINTSLICES, SERVICES, Resource
+from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, SERVICES, Resource
 from aviator.reconcilers.mapping import routed_service
 from aviator.reconcilers.services import (
-    TakeoverState,
     desired_shadow_service,
     restore_patch,
     shadow_service_patch,
     takeover_patch,
-    takeover_state,
 )
 from aviator.reconcilers.status import (
     REASON_CONFLICT,
     REASON_INVALID_SPEC,
     REASON_SELECTOR_RESTORED,
     Problem,
+)
+from aviator.reconcilers.takeover import (
+    PENDING,
+    RESTORED,
+    TAKEN_OVER,
+    Record,
+    Standing,
+    round_of,
+    standing,
 )
 from aviator.reconcilers.view import View
 from aviator.runtime.writer import Write
@@ -53,6 +64,7 @@ class Routing:
     prepare: list[Write] = field(default_factory=list)  # before the slices
     take_over: bool = False  # remove the selector now (after our slices are published)
     taken: bool = False  # taken over earlier and still ours
+    record: Record | None = None  # status.takeover once this reconcile's writes are done
 
 
 def _created(policy: JSON) -> tuple[str, str]:
@@ -73,19 +85,22 @@ def conflicting_policy(policy: JSON, rivals: Sequence[JSON]) -> str | None:
     return None
 
 
-def release(view: View, keep_routed: str | None = None) -> list[Write]:
+def release(view: View, record: Record | None, keep_routed: str | None = None) -> list[Write]:
     """Undo what the policy made, except what routes `keep_routed` in its current
     mode: selectors restored first, then our shadow Services and slices deleted."""
     meta = view.policy["metadata"]
     ns, name, uid = meta["namespace"], meta["name"], meta.get("uid", "")
     mode_takeover = keep_routed is not None and routed_service(view.policy) == keep_routed
+    services = {svc["metadata"]["name"]: svc for svc in view.taken_over}
+    if view.recorded is not None and record is not None and record.phase != RESTORED:
+        services.setdefault(record.service, view.recorded)
     writes: list[Write] = []
-    for svc in view.taken_over:
-        svc_name = svc["metadata"]["name"]
+    for svc_name, svc in sorted(services.items()):
         if mode_takeover and svc_name == keep_routed:
             continue
-        restore = restore_patch(svc, name)
-        if restore is not None:
+        recorded = record.selector if record is not None and record.service == svc_name else None
+        restore = restore_patch(svc, name, recorded)
+        if restore is not None and restore.patch:
             writes.append(
                 Write(
                     "patch",
@@ -110,8 +125,13 @@ def release(view: View, keep_routed: str | None = None) -> list[Write]:
     return writes
 
 
-def decide(view: View, target: JSON) -> Routing:
-    """Routing for a policy whose spec is valid and whose target Service exists."""
+def decide(
+    view: View, target: JSON, record: Record | None = None, *, endpoints_gone: bool = False
+) -> Routing:
+    """Routing for a policy whose spec is valid and whose target Service exists.
+
+    `record`: the policy's takeover record; `endpoints_gone`: the previous reconcile's
+    delete of the target's Endpoints found it gone."""
     assert view.parsed is not None
     parsed = view.parsed
     meta = view.policy["metadata"]
@@ -148,8 +168,10 @@ def decide(view: View, target: JSON) -> Routing:
                 routing.prepare.append(Write("patch", SERVICES, ns, parsed.routed_service, patch))
         return routing
 
-    state = takeover_state(target, name)
-    if state is TakeoverState.OTHER_POLICY:
+    found = standing(target, name, record, round_of(view.policy), endpoints_gone=endpoints_gone)
+    routing.record = found.record
+    state = found.standing
+    if state is Standing.OTHER_POLICY:
         holder = (target["metadata"].get("annotations") or {}).get(marks.ANNOTATION_TAKEN_OVER_BY)
         if view.holder is not None:
             routing.problems.append(
@@ -158,37 +180,54 @@ def decide(view: View, target: JSON) -> Routing:
             routing.blocked = True
             return routing
         # The policy that took it over is gone without cleaning up: adopt it.
-        state = TakeoverState.TAKEN
         adopt = {"metadata": {"annotations": {marks.ANNOTATION_TAKEN_OVER_BY: name}}}
         routing.prepare.append(
             Write("patch", SERVICES, ns, parsed.target, adopt, note=f"adopted from {holder}")
         )
-    if state is TakeoverState.UNTOUCHED:
+        state = Standing.TAKEN
+        gen, retake = round_of(view.policy)
+        routing.record = (
+            Record(parsed.target, found.selector, TAKEN_OVER, gen, retake)
+            if found.selector
+            else None
+        )
+    if state is Standing.TAKE:
         routing.take_over = True
-    elif state is TakeoverState.TAKEN:
+        # What the status says once the Service patch is done (PENDING until then).
+        routing.record = replace(found.record, phase=TAKEN_OVER) if found.record else None
+    elif state is Standing.TAKEN:
         routing.taken = True
-    elif state is TakeoverState.RESTORED:
+    elif state is Standing.RESTORED:
+        retake = (
+            f"kubectl annotate avp {name} -n {ns} {marks.ANNOTATION_RETAKE}=<new value> --overwrite"
+        )
         routing.problems.append(
             Problem(
                 REASON_SELECTOR_RESTORED,
-                f"someone restored the selector of Service {ns}/{parsed.target}; its "
-                "built-in slices route to every pod again. Aviator does not fight: "
-                "delete the policy, or remove the selector to hand routing back",
+                f"Service {ns}/{parsed.target} got its selector back while taken over "
+                "(by a patch, an apply or replace, or a GitOps sync); its built-in slices "
+                "route to every pod again. Aviator does not take it over again for this "
+                "generation of the policy: to hand routing back to Aviator, change the "
+                f"policy's spec or run `{retake}`; to stop, delete the policy",
             )
         )
     return routing
 
 
 def after_slices(view: View, target: JSON, routing: Routing) -> list[Write]:
-    """Writes that follow the slices: the takeover itself, then the built-in slices
-    and Endpoints it leaves behind (Endpoints once, at the takeover: the mirroring
-    controller would turn them into slices again)."""
+    """Writes that follow the slices: the takeover itself (its record in the policy's
+    status first), then the built-in slices and the Endpoints it leaves behind (the
+    Endpoints until a delete finds it gone: the mirroring controller would turn it
+    into slices again)."""
     assert view.parsed is not None
     writes: list[Write] = []
     meta = target["metadata"]
     ns, svc = meta["namespace"], meta["name"]
-    if routing.take_over:
-        patch = takeover_patch(target, view.policy["metadata"]["name"])
+    policy = view.policy["metadata"]["name"]
+    if routing.take_over and routing.record is not None:
+        pending = {"status": {"takeover": replace(routing.record, phase=PENDING).to_json()}}
+        writes.append(Write("patch", AVIATORPOLICIES, ns, policy, pending, subresource="status"))
+        patch = takeover_patch(target, policy)
         patch["metadata"]["resourceVersion"] = meta.get("resourceVersion")
         writes.append(Write("patch", SERVICES, ns, svc, patch, note="taken over"))
     if view.parsed.mode == "takeover" and (routing.take_over or routing.taken):
@@ -196,6 +235,6 @@ def after_slices(view: View, target: JSON, routing: Routing) -> list[Write]:
             writes.append(
                 Write("delete", ENDPOINTSLICES, ns, sl["metadata"]["name"], missing_ok=True)
             )
-        if routing.take_over:
+        if routing.record is None or not routing.record.endpoints_gone:
             writes.append(Write("delete", ENDPOINTS, ns, svc, missing_ok=True, forbidden_ok=True))
     return writes

@@ -6,16 +6,16 @@ target's ports, owned by the policy; Aviator owns its slices.
 takeover: the target's selector moves into the annotation
 `aviator.example.com/original-selector` (plus `.../taken-over-by: <policy>`), so the
 built-in controller drops its slices and Aviator owns the slices of the original name.
-Cleanup restores the selector. If someone restores the selector while the policy
-lives, that is reported (SelectorRestored) and left alone: the annotation stays, so the
-state is recognisable, and Aviator does not remove the selector again.
+Cleanup restores the selector (from the annotation, else from the policy's takeover
+record, see `aviator.reconcilers.takeover`, which also decides when a Service is ours
+and when someone restored it).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from enum import Enum
 
 from aviator.kube import marks
 from aviator.kube.objects import JSON, annotations_of
@@ -89,27 +89,6 @@ def shadow_service_patch(observed: JSON, desired: JSON) -> JSON | None:
     return patch or None
 
 
-class TakeoverState(Enum):
-    """Where a target Service stands with respect to one policy's takeover."""
-
-    UNTOUCHED = "untouched"  # has its selector, no annotation: not taken over yet
-    TAKEN = "taken"  # annotation by this policy, selector removed: ours
-    RESTORED = "restored"  # annotation by this policy but a selector is back
-    OTHER_POLICY = "other"  # taken over by a different policy
-    NO_SELECTOR = "no-selector"  # never had a selector: nothing to take over
-
-
-def takeover_state(service: JSON, policy: str) -> TakeoverState:
-    ann = annotations_of(service)
-    owner = ann.get(marks.ANNOTATION_TAKEN_OVER_BY)
-    has_selector = bool(service.get("spec", {}).get("selector"))
-    if owner is not None and owner != policy:
-        return TakeoverState.OTHER_POLICY
-    if owner == policy and original_selector(service) is not None:
-        return TakeoverState.RESTORED if has_selector else TakeoverState.TAKEN
-    return TakeoverState.UNTOUCHED if has_selector else TakeoverState.NO_SELECTOR
-
-
 def takeover_patch(service: JSON, policy: str) -> JSON:
     """Merge patch: save the selector in the annotation and remove it."""
     selector = service.get("spec", {}).get("selector") or {}
@@ -132,22 +111,28 @@ class Restore:
     restores_selector: bool
 
 
-def restore_patch(service: JSON, policy: str) -> Restore | None:
-    """Undo this policy's takeover (None when there is nothing of ours to undo). A
-    selector someone already put back is kept as is; only our annotations go."""
+def restore_patch(
+    service: JSON, policy: str, recorded: Mapping[str, str] | None = None
+) -> Restore | None:
+    """Undo this policy's takeover (None when there is nothing of ours to undo). The
+    selector put back is the annotation's, else `recorded` (the policy's record of
+    this Service: the annotation may be corrupted or gone). A selector someone already
+    put back is kept as is; only our annotations go."""
     ann = annotations_of(service)
-    if ann.get(marks.ANNOTATION_TAKEN_OVER_BY) != policy:
+    ours = ann.get(marks.ANNOTATION_TAKEN_OVER_BY) == policy
+    has_selector = bool(service.get("spec", {}).get("selector"))
+    saved = (original_selector(service) if ours else None) or dict(recorded or {})
+    if not ours and (has_selector or not saved):
         return None
-    patch: JSON = {
-        "metadata": {
+    patch: JSON = {}
+    if ours:
+        patch["metadata"] = {
             "annotations": {
                 marks.ANNOTATION_ORIGINAL_SELECTOR: None,
                 marks.ANNOTATION_TAKEN_OVER_BY: None,
             }
         }
-    }
-    saved = original_selector(service)
-    if service.get("spec", {}).get("selector") or not saved:
+    if has_selector or not saved:
         return Restore(patch, restores_selector=False)
     patch["spec"] = {"selector": saved}
     return Restore(patch, restores_selector=True)

@@ -17,7 +17,9 @@ from dataclasses import dataclass, field
 
 from aviator.kube import marks
 from aviator.kube.objects import JSON
+from aviator.kube.resources import ENDPOINTSLICES
 from aviator.reconcilers.endpoints import GroupKey, PortTuple
+from aviator.runtime.writer import Write
 
 MAX_ENDPOINTS = 100
 # The label the built-in controller puts on the slices of a headless Service.
@@ -239,3 +241,25 @@ def apply_plan(observed: Iterable[JSON], plan: SlicePlan) -> list[JSON]:
     for s in plan.update + plan.create:
         by_name[str(s["metadata"]["name"])] = s
     return list(by_name.values())
+
+
+def writes_for(ns: str, plan: SlicePlan) -> list[Write]:
+    """Creates and updates before deletes: an endpoint moving between slices is never
+    missing in between."""
+    out = [Write("create", ENDPOINTSLICES, ns, o["metadata"]["name"], o) for o in plan.create]
+    out += [Write("replace", ENDPOINTSLICES, ns, o["metadata"]["name"], o) for o in plan.update]
+    out += [Write("delete", ENDPOINTSLICES, ns, n, missing_ok=True) for n in plan.delete]
+    return out
+
+
+def published_pods(observed: Iterable[JSON], routed: str) -> set[str]:
+    """Pods our slices of `routed` currently publish: the set a new leader inherits."""
+    out: set[str] = set()
+    for sl in observed:
+        if (sl["metadata"].get("labels") or {}).get(marks.LABEL_SERVICE_NAME) != routed:
+            continue
+        for ep in sl.get("endpoints") or []:
+            ref = ep.get("targetRef") or {}
+            if ref.get("name"):
+                out.add(str(ref["name"]))
+    return out

@@ -23,7 +23,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aviator.api.types import AviatorPolicyStatus, Condition, PodStatus
+from aviator.api.codec import decode
+from aviator.api.types import AviatorPolicyStatus, Condition, PodStatus, TakeoverStatus
 from aviator.kube.objects import JSON
 
 # Condition types and reasons (docs/controller.md, "Status and Events").
@@ -102,6 +103,7 @@ class Observation:
     pods: Sequence[PodStatus] = ()
     routed_service: str | None = None
     engine_state: Mapping[str, Any] | None = None
+    takeover: JSON | None = None  # status.takeover (aviator.reconcilers.takeover.Record)
 
 
 def effective_source(sources: Iterable[str | None]) -> str:
@@ -166,6 +168,7 @@ def build_status(obs: Observation, previous: JSON) -> AviatorPolicyStatus:
         pods=rows,
         ejected_pods=sorted(r.name for r in obs.pods if r.state == "ejected"),
         last_evaluation_time=obs.now_iso,
+        takeover=None if obs.takeover is None else decode(TakeoverStatus, obs.takeover, "takeover"),
         engine_state=None if obs.engine_state is None else dict(obs.engine_state),
     )
 

@@ -17,7 +17,7 @@ from aviator.kube import marks
 from aviator.kube.objects import JSON
 from aviator.kube.pods import is_eligible, pod_name
 from aviator.kube.services import pod_selector
-from aviator.reconcilers import hints
+from aviator.reconcilers import hints, takeover
 from aviator.reconcilers.evaluation import InvalidSpec, ParsedPolicy, parse_policy
 from aviator.reconcilers.mapping import INDEX_BY_ROUTED
 from aviator.reconcilers.podindex import selected_pods
@@ -105,6 +105,8 @@ class View:
     slices: Sequence[JSON] = ()  # EndpointSlices carrying this policy's label
     builtin_slices: Sequence[JSON] = ()  # Kubernetes' own slices of the target
     pods: Sequence[JSON] = ()  # pods the target's (or its saved) selector matches
+    selector: Mapping[str, str] = field(default_factory=dict)  # the one `pods` match
+    recorded: JSON | None = None  # the Service status.takeover names, if it exists
     zone_of: Callable[[str], str | None] = field(default=_no_zone, compare=False)
     zone_cpu: Mapping[str, float] | None = None  # read only for topology-mode Auto
 
@@ -117,8 +119,9 @@ class View:
         return str(self.policy["metadata"]["name"])
 
     @property
-    def selector(self) -> dict[str, str]:
-        return pod_selector(self.target) if self.target is not None else {}
+    def record(self) -> takeover.Record | None:
+        """status.takeover as the cache holds it."""
+        return takeover.record_of(self.policy.get("status"))
 
     @functools.cached_property
     def eligible(self) -> list[JSON]:
@@ -131,6 +134,8 @@ def gather(caches: Caches, policy: JSON) -> View:
     meta = policy["metadata"]
     ns, key = meta["namespace"], f"{meta['namespace']}/{meta['name']}"
     taken_over = caches.services.by_index(INDEX_SERVICES_BY_TAKEOVER, key)
+    record = takeover.record_of(policy.get("status"))
+    recorded = caches.services.get(f"{ns}/{record.service}") if record is not None else None
     labelled_services = caches.services.by_index(INDEX_SERVICES_BY_POLICY, key)
     slices = caches.slices.by_index(INDEX_SLICES_BY_POLICY, key)
     try:
@@ -139,6 +144,7 @@ def gather(caches: Caches, policy: JSON) -> View:
         return View(
             policy,
             invalid=str(exc),
+            recorded=recorded,
             taken_over=taken_over,
             labelled_services=labelled_services,
             slices=slices,
@@ -153,6 +159,7 @@ def gather(caches: Caches, policy: JSON) -> View:
     pods: list[JSON] = []
     builtin: list[JSON] = []
     zone_cpu = None
+    selector: dict[str, str] = {}
     if target is not None:
         holder_name = (target["metadata"].get("annotations") or {}).get(
             marks.ANNOTATION_TAKEN_OVER_BY
@@ -160,6 +167,9 @@ def gather(caches: Caches, policy: JSON) -> View:
         if holder_name and holder_name != meta["name"]:
             holder = caches.policies.get(f"{ns}/{holder_name}")
         selector = pod_selector(target)
+        if not selector and record is not None and record.service == parsed.target:
+            # Our annotation is corrupted or was stripped: the record still knows.
+            selector = dict(record.selector)
         if selector:
             pods = selected_pods(caches.pods, ns, selector)
         if caches.builtin_slices is not None:
@@ -176,6 +186,8 @@ def gather(caches: Caches, policy: JSON) -> View:
         holder=holder,
         rivals=caches.policies.by_index(INDEX_BY_ROUTED, f"{ns}/{parsed.routed_service}"),
         pods=pods,
+        selector=selector,
+        recorded=recorded,
         builtin_slices=builtin,
         zone_of=caches.zone_of,
         zone_cpu=zone_cpu,

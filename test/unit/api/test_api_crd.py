@@ -225,7 +225,11 @@ def test_status_schema(schema: dict[str, Any]) -> None:
         "observedGeneration",
         "lastEvaluationTime",
         "engineState",
+        "takeover",
     }
+    takeover = status["properties"]["takeover"]
+    assert takeover["required"] == ["generation", "originalSelector", "phase", "service"]
+    assert takeover["properties"]["phase"]["enum"] == ["Pending", "TakenOver", "Restored"]
     assert status["properties"]["engineState"]["x-kubernetes-preserve-unknown-fields"] is True
     conditions = status["properties"]["conditions"]
     assert conditions["x-kubernetes-list-type"] == "map"

@@ -54,7 +54,9 @@ def test_spec_table_has_a_row_per_field_with_its_default() -> None:
 def test_status_table_lists_every_status_field() -> None:
     table = status_table()
     for field in fields_of(AviatorPolicyStatus):
-        assert f"| `{field.info.json}` |" in table
+        # An object field is listed by its own fields (takeover.service, ...).
+        name = field.info.json
+        assert f"| `{name}` |" in table or f"| `{name}." in table, name
 
 
 def test_missing_block_is_an_error() -> None:

@@ -313,8 +313,15 @@ def test_takeover_publishes_slices_before_it_removes_the_selector() -> None:
     _, todo = run(caches, "default/p", None, T0)
     order = verbs(todo.writes)
     create = order.index(("create", "EndpointSlice", "web-aviator-ipv4-0"))
+    record = order.index(("patch", "AviatorPolicy", "p"), 1)
     takeover = order.index(("patch", "Service", "web"))
-    assert create < takeover
+    # Slices first, then the record of the selector in the policy's status, then the
+    # Service: a crash at any step leaves the selector somewhere.
+    assert create < record < takeover
+    pending = todo.writes[record]
+    assert pending.subresource == "status" and pending.body is not None
+    assert pending.body["status"]["takeover"]["phase"] == "Pending"
+    assert pending.body["status"]["takeover"]["originalSelector"] == {"app": "web"}
     assert order[takeover + 1 :] == [
         ("delete", "EndpointSlice", "web-abcde"),
         ("delete", "Endpoints", "web"),
@@ -324,10 +331,23 @@ def test_takeover_publishes_slices_before_it_removes_the_selector() -> None:
     saved = patch["metadata"]["annotations"][marks.ANNOTATION_ORIGINAL_SELECTOR]
     assert json.loads(saved) == {"app": "web"}
     assert todo.writes[takeover + 2].forbidden_ok  # RBAC may forbid Endpoints deletes
+    assert todo.status is not None and todo.status["takeover"]["phase"] == "TakenOver"
     apply(caches, todo)
     assert todo.memory is not None
-    _, again = run(caches, "default/p", todo.memory, later(T0, 5))
-    assert again.writes == []  # taken over: nothing more to do
+    memory = dataclasses.replace(todo.memory, status=todo.status)
+    _, again = run(caches, "default/p", memory, later(T0, 5))
+    # The Endpoints delete is repeated until one finds it gone (it may come back).
+    assert verbs(again.writes) == [("delete", "Endpoints", "web")]
+    assert again.memory is not None
+    gone = dataclasses.replace(again.memory, absent=frozenset({("Endpoints", "web")}))
+    _, settled = run(caches, "default/p", gone, later(T0, 6))
+    assert settled.writes == []
+    assert settled.status is not None and settled.status["takeover"]["endpointsGone"] is True
+    apply(caches, settled)
+    assert settled.memory is not None
+    memory = dataclasses.replace(settled.memory, status=settled.status)
+    _, quiet = run(caches, "default/p", memory, later(T0, 10))
+    assert quiet.writes == [] and quiet.status_write is None  # taken over: nothing to do
 
 
 def test_deleting_a_takeover_policy_restores_the_selector_first() -> None:

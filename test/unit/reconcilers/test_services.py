@@ -7,12 +7,10 @@ from reconciler_objects import make_service, merge_patch
 from aviator.kube import marks
 from aviator.kube.services import pod_selector
 from aviator.reconcilers.services import (
-    TakeoverState,
     desired_shadow_service,
     restore_patch,
     shadow_service_patch,
     takeover_patch,
-    takeover_state,
 )
 
 
@@ -53,11 +51,8 @@ def test_shadow_patch_only_on_semantic_change() -> None:
 
 def test_takeover_then_restore_roundtrip() -> None:
     svc = make_service(selector={"app": "web", "tier": "fe"})
-    assert takeover_state(svc, "p") is TakeoverState.UNTOUCHED
     taken = merge_patch(svc, takeover_patch(svc, "p"))
     assert "selector" not in taken["spec"]
-    assert takeover_state(taken, "p") is TakeoverState.TAKEN
-    assert takeover_state(taken, "q") is TakeoverState.OTHER_POLICY
     assert pod_selector(taken) == {"app": "web", "tier": "fe"}
     restore = restore_patch(taken, "p")
     assert restore is not None and restore.restores_selector
@@ -65,21 +60,37 @@ def test_takeover_then_restore_roundtrip() -> None:
     assert back["spec"]["selector"] == {"app": "web", "tier": "fe"}
     assert not back["metadata"].get("annotations")
     assert restore_patch(back, "p") is None
+    assert restore_patch(taken, "q") is None  # not q's to give back
 
 
-def test_selector_restored_by_someone_is_recognised_and_kept() -> None:
+def test_selector_restored_by_someone_is_kept() -> None:
     svc = make_service(selector={"app": "web"})
     taken = merge_patch(svc, takeover_patch(svc, "p"))
     taken["spec"]["selector"] = {"app": "other"}  # a human put one back
-    assert takeover_state(taken, "p") is TakeoverState.RESTORED
     restore = restore_patch(taken, "p")
     assert restore is not None and not restore.restores_selector
     assert merge_patch(taken, restore.patch)["spec"]["selector"] == {"app": "other"}
 
 
+def test_a_corrupted_or_stripped_annotation_restores_from_the_record() -> None:
+    svc = make_service(selector={"app": "web"})
+    taken = merge_patch(svc, takeover_patch(svc, "p"))
+    taken["metadata"]["annotations"][marks.ANNOTATION_ORIGINAL_SELECTOR] = "{garbage"
+    assert restore_patch(taken, "p") is not None
+    assert not restore_patch(taken, "p").restores_selector  # type: ignore[union-attr]
+    restore = restore_patch(taken, "p", {"app": "web"})
+    assert restore is not None and restore.restores_selector
+    back = merge_patch(taken, restore.patch)
+    assert back["spec"]["selector"] == {"app": "web"} and not back["metadata"]["annotations"]
+    # Replaced by someone without our annotations, still without a selector.
+    stripped = make_service(selector={})
+    restore = restore_patch(stripped, "p", {"app": "web"})
+    assert restore is not None and restore.patch == {"spec": {"selector": {"app": "web"}}}
+    assert restore_patch(make_service(), "p", {"app": "web"}) is None  # has one: leave it
+
+
 def test_selectorless_target_and_empty_selector() -> None:
     svc = make_service(selector={})
-    assert takeover_state(svc, "p") is TakeoverState.NO_SELECTOR
     assert pod_selector(svc) == {}
     bad = make_service(selector={}, annotations={marks.ANNOTATION_ORIGINAL_SELECTOR: "{nope"})
     assert pod_selector(bad) == {}
