@@ -189,6 +189,9 @@ def pod_input(pod: JSON, latency: LatencyEstimate | None, fresh: bool) -> PodInp
         created=_created(pod),
         latency=None if latency is None or latency.samples <= 0 else latency,
         fresh=fresh,
+        # The engine files its memory of a pod under the uid: a pod recreated under
+        # the same name (a StatefulSet's) does not inherit its predecessor's ejection.
+        uid=str(pod.get("metadata", {}).get("uid") or ""),
     )
 
 

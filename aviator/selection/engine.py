@@ -7,11 +7,11 @@ processed in name order and ties are broken by name). See docs/selection.md.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from aviator.selection import breaker, dampening, modes, safety
-from aviator.selection.state import BreakerRecord, BreakerStatus, EngineState
+from aviator.selection.state import BreakerRecord, BreakerStatus, DampeningState, EngineState
 from aviator.selection.types import (
     Conditions,
     Decision,
@@ -62,7 +62,10 @@ def evaluate(
     present = {p.name for p in ordered}
     eligible = [p for p in ordered if p.eligible]
     latency = {p.name: known_latency(p, policy.stale_after_s) for p in eligible}
-    records = {n: r for n, r in state.breaker.items() if n in present}
+    # The state is filed under pod keys (uids); the stages below work on names.
+    key_of = {p.name: (p.name if state.by_name else p.key) for p in ordered}
+    records = {n: state.breaker[k] for n, k in key_of.items() if k in state.breaker}
+    damp_state = _by_name(state.dampening, key_of)
 
     # 1. Circuit breaker.
     brk = breaker.step(eligible, latency, policy.breaker, records, now, policy.min_endpoints)
@@ -92,7 +95,7 @@ def evaluate(
 
     # 3. Dampening (persistence) with its immediate bypasses.
     held = dampening.dampen(
-        mode, incumbents, brk.readmitted, damp, state.dampening, first=not state.evaluated
+        mode, incumbents, brk.readmitted, damp, damp_state, first=not state.evaluated
     )
 
     # 4. Safety floor, applied last so it always holds.
@@ -126,10 +129,31 @@ def evaluate(
         pending=held.state.candidate,
         pending_streak=held.state.streak,
     )
+    keys = {p.name: p.key for p in ordered}
     new_state = EngineState(
-        evaluated=True, overload=brk.overload, breaker=brk.records, dampening=held.state
+        evaluated=True,
+        overload=brk.overload,
+        breaker={keys[n]: r for n, r in brk.records.items()},
+        dampening=_by_key(held.state, keys),
     )
     return Evaluation(active, verdicts, new_state, decisions, conditions)
+
+
+def _by_name(state: DampeningState, key_of: Mapping[str, str]) -> DampeningState:
+    """The pending set by pod name; none when one of its pods is gone (the set can
+    never win again, so its streak would restart anyway)."""
+    if state.candidate is None:
+        return state
+    name_of = {k: n for n, k in key_of.items()}
+    if not state.candidate <= name_of.keys():
+        return DampeningState()
+    return DampeningState(frozenset(name_of[k] for k in state.candidate), state.streak)
+
+
+def _by_key(state: DampeningState, keys: Mapping[str, str]) -> DampeningState:
+    if state.candidate is None:
+        return state
+    return DampeningState(frozenset(keys[n] for n in state.candidate), state.streak)
 
 
 # Verdicts are immutable; sharing one instance per (state, reason) saves work at scale.

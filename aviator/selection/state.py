@@ -4,6 +4,11 @@ The reconciler stores `EngineState.to_dict()` in the policy status so that a new
 leader continues where the old one stopped. It is kept small (pods with a default
 breaker record are not stored) and it does not change in a steady state, so storing
 it costs no API writes.
+
+Breaker records and the pending dampening set are filed under each pod's identity
+(`PodInput.key`: its uid), not its name, so a pod recreated under the same name does
+not inherit its predecessor's ejection. Version 1 states filed them under names;
+they are read as such (`by_name`) and written back as version 2.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 class BreakerStatus(StrEnum):
@@ -91,7 +96,7 @@ class DampeningState:
         if candidate is None:
             return cls()
         if not isinstance(candidate, list) or not all(isinstance(n, str) for n in candidate):
-            raise ValueError("dampening.candidate must be a list of pod names")
+            raise ValueError("dampening.candidate must be a list of pod keys")
         return cls(frozenset(candidate), _non_negative_int(data.get("streak", 0), "streak"))
 
 
@@ -101,8 +106,9 @@ class EngineState:
 
     evaluated: bool = False
     overload: bool = False
-    breaker: Mapping[str, BreakerRecord] = field(default_factory=dict)
-    dampening: DampeningState = field(default_factory=DampeningState)
+    breaker: Mapping[str, BreakerRecord] = field(default_factory=dict)  # by pod key
+    dampening: DampeningState = field(default_factory=DampeningState)  # pod keys
+    by_name: bool = False  # read from a version 1 state: the keys are pod names
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form. Readers ignore unknown keys, so fields can be added later."""
@@ -126,7 +132,7 @@ class EngineState:
         if not isinstance(data, Mapping):
             raise ValueError("engine state must be an object")
         version = data.get("version")
-        if not isinstance(version, int) or version < 1:
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise ValueError(f"unsupported engine state version {version!r}")
         breaker = data.get("breaker", {})
         if not isinstance(breaker, Mapping):
@@ -134,7 +140,7 @@ class EngineState:
         records: dict[str, BreakerRecord] = {}
         for name, record in breaker.items():
             if not isinstance(name, str) or not isinstance(record, Mapping):
-                raise ValueError("breaker entries must map pod names to objects")
+                raise ValueError("breaker entries must map pod keys to objects")
             records[name] = BreakerRecord.from_dict(record)
         damp = data.get("dampening", {})
         if not isinstance(damp, Mapping):
@@ -144,6 +150,7 @@ class EngineState:
             overload=bool(data.get("overload", False)),
             breaker={n: r for n, r in records.items() if not r.is_default},
             dampening=DampeningState.from_dict(damp),
+            by_name=version == 1,
         )
 
 

@@ -75,6 +75,10 @@ class PodInput:
     `fresh` is a fact of this evaluation, not of the measurement: samples arrived
     since the previous evaluation. Only fresh data moves the circuit breaker, so one
     slow window is not counted twice.
+
+    `uid` is the pod's identity: what the engine remembers about a pod (breaker record,
+    pending dampening set) is filed under it, so a pod recreated under the same name
+    (a StatefulSet's) starts afresh. Without one, the name is the identity.
     """
 
     name: str
@@ -85,6 +89,12 @@ class PodInput:
     created: float = 0.0
     latency: LatencyEstimate | None = None
     fresh: bool = True
+    uid: str = ""
+
+    @property
+    def key(self) -> str:
+        """What the engine's state is filed under: the uid, else the name."""
+        return self.uid or self.name
 
     @property
     def eligible(self) -> bool:
