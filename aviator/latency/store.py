@@ -45,7 +45,7 @@ timestamps from agents are not trusted for windowing.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -210,16 +210,18 @@ class LatencyStore:
 
     # --- reading --------------------------------------------------------------------
 
-    def _fresh(self, ip: str, now: float, port: int | None, origin: Origin) -> list[_Window]:
-        """The windows of `origin` that speak for `ip`: fresh server ones, else fresh
-        client ones."""
+    def _fresh(
+        self, ip: str, now: float, ports: Collection[int] | None, origin: Origin
+    ) -> list[_Window]:
+        """The windows of `origin` that speak for `ip` (on one of `ports`, when given):
+        fresh server ones, else fresh client ones."""
         keys = self._by_ip.get(ip)
         if not keys:
             return []
         server: list[_Window] = []
         client: list[_Window] = []
         for key in keys:
-            if key[3] != origin or (port is not None and key[1] != port):
+            if key[3] != origin or (ports is not None and key[1] not in ports):
                 continue
             win = self._windows[key]
             if win.last_seen < now - win.stale_s:
@@ -229,11 +231,17 @@ class LatencyStore:
         return server or client
 
     def estimate(
-        self, ip: str, now: float, port: int | None = None, *, origin: Origin = "agent"
+        self,
+        ip: str,
+        now: float,
+        port: int | None = None,
+        *,
+        ports: Collection[int] | None = None,
+        origin: Origin = "agent",
     ) -> LatencyEstimate | None:
-        """Latency of the pod at `ip` (optionally one port) as `origin` measured it,
-        None when unknown."""
-        windows = self._fresh(ip, now, port, origin)
+        """Latency of the pod at `ip` as `origin` measured it, None when unknown; only
+        of `port`, or of `ports` (e.g. a Service's target ports), when given."""
+        windows = self._fresh(ip, now, (port,) if port is not None else ports, origin)
         if not windows:
             return None
         if len(windows) == 1:
@@ -260,11 +268,18 @@ class LatencyStore:
             source=newest.source,
         )
 
-    def merged(self, ips: Iterable[str], now: float, *, origin: Origin = "agent") -> Histogram:
-        """The windows of all `ips` from `origin` in one histogram (e.g. the active
-        set's p99)."""
+    def merged(
+        self,
+        ips: Iterable[str],
+        now: float,
+        *,
+        origin: Origin = "agent",
+        ports: Collection[int] | None = None,
+    ) -> Histogram:
+        """The windows of all `ips` (only of `ports`, when given) from `origin` in one
+        histogram (e.g. the active set's p99)."""
         out = Histogram()
         for ip in ips:
-            for win in self._fresh(ip, now, None, origin):
+            for win in self._fresh(ip, now, ports, origin):
                 out.update(win.total)
         return out

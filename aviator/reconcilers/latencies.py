@@ -14,6 +14,10 @@ how a failure counts), and the round's histograms go into the store, kept for
 evaluations, and a pod that is no longer probed ages out by the clock. Between
 evaluations nothing is sent; reads report what the last rounds measured.
 
+A pod's latency is that of the ports its Service's clients call (`measured_ports`):
+the Service's TCP target ports as the pod resolves them, so a metrics port scraped
+every few seconds, or a sidecar's port, never counts; in probe mode, the probe port.
+
 The `PodLatencies` returned is a read-only view the pure planner queries (`estimate`
 per pod, `active_p99_ms` for the set it chose); it holds no clock of its own, so a
 plan's inputs are fixed once read.
@@ -32,6 +36,7 @@ from aviator.latency.histogram import Histogram
 from aviator.latency.probing import HttpProber, ProbeCounters, ProbeTarget
 from aviator.latency.schema import EndpointWindow
 from aviator.latency.store import LatencyStore, Origin
+from aviator.reconcilers.endpoints import target_port
 from aviator.reconcilers.evaluation import ParsedPolicy
 from aviator.selection.types import LatencyEstimate
 
@@ -105,6 +110,21 @@ async def _probe_round(prober: HttpProber, targets: Iterable[ProbeTarget]) -> li
     return list(await asyncio.gather(*(one(t) for t in set(targets))))
 
 
+def measured_ports(parsed: ParsedPolicy, service: JSON | None, pod: JSON) -> frozenset[int]:
+    """The ports of `pod` whose latency is the pod's latency for this policy: the
+    Service's TCP target ports as the pod resolves them (what its clients call; not,
+    say, a metrics port scraped every few seconds), or the probe port in probe mode."""
+    if origin_of(parsed) == "controller" or service is None:
+        return frozenset({parsed.probe_port})
+    out: set[int] = set()
+    for sp in service.get("spec", {}).get("ports") or []:
+        if str(sp.get("protocol") or "TCP") == "TCP":
+            number = target_port(sp, pod)
+            if number is not None:
+                out.add(number)
+    return frozenset(out)
+
+
 async def read_latencies(
     parsed: ParsedPolicy,
     pods: Sequence[JSON],
@@ -113,8 +133,10 @@ async def read_latencies(
     now: float,
     *,
     probe: bool,
+    service: JSON | None = None,
 ) -> PodLatencies:
-    """Every pod's latency from the policy's source, as of `now` (the store's clock).
+    """Every pod's latency from the policy's source on its measured ports (see
+    `measured_ports`; `service` is the target), as of `now` (the store's clock).
     Probe mode sends a round of probes first, but only when `probe` (an evaluation is
     due)."""
     origin = origin_of(parsed)
@@ -123,16 +145,21 @@ async def read_latencies(
         windows = await _probe_round(prober, targets)
         store.ingest_probes(windows, now, keep_s=PROBE_WINDOW_INTERVALS * parsed.interval_s)
 
+    ports = {pod_name(p): measured_ports(parsed, service, p) for p in pods}
     by_pod: dict[str, LatencyEstimate | None] = {}
     for pod in pods:
         estimate = None
         for ip in pod_ips(pod):
-            estimate = store.estimate(ip, now, origin=origin)
+            estimate = store.estimate(ip, now, ports=ports[pod_name(pod)], origin=origin)
             if estimate is not None:
                 break
         by_pod[pod_name(pod)] = estimate
 
     def merged(active: Sequence[JSON]) -> Histogram:
-        return store.merged((ip for p in active for ip in pod_ips(p)), now, origin=origin)
+        out = Histogram()
+        for p in active:
+            wanted = ports.get(pod_name(p)) or measured_ports(parsed, service, p)
+            out.update(store.merged(pod_ips(p), now, origin=origin, ports=wanted))
+        return out
 
     return PodLatencies(by_pod, merged)

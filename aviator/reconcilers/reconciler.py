@@ -73,7 +73,13 @@ class PolicyReconciler:
         if needs is not None and view.parsed is not None:
             pods, due = needs
             latencies = await read_latencies(
-                view.parsed, pods, self.store, self.prober, clock.store, probe=due
+                view.parsed,
+                pods,
+                self.store,
+                self.prober,
+                clock.store,
+                probe=due,
+                service=view.target,
             )
         return await self._act(key, plan(view, memory, clock, latencies))
 

@@ -8,13 +8,18 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
-from reconciler_objects import make_pod
+from reconciler_objects import make_pod, make_service
 
 from aviator.latency.histogram import Histogram
 from aviator.latency.schema import EndpointWindow, Snapshot
 from aviator.latency.store import LatencyStore
 from aviator.reconcilers.evaluation import ParsedPolicy, parse_policy
-from aviator.reconcilers.latencies import PROBES_PER_ROUND, controller_prober, read_latencies
+from aviator.reconcilers.latencies import (
+    PROBES_PER_ROUND,
+    controller_prober,
+    measured_ports,
+    read_latencies,
+)
 
 
 def policy(**spec: object) -> ParsedPolicy:
@@ -98,3 +103,44 @@ async def test_probe_policy_probes_when_due_and_reads_its_probes_only(
         await prober.close()
     agent = store.estimate("127.0.0.1", 100.0)
     assert agent is not None and agent.samples == 50  # untouched by the probes
+
+
+def windows(ip: str, by_port: dict[int, list[int]]) -> Snapshot:
+    out = []
+    for port, values in by_port.items():
+        h = Histogram.from_values(values)
+        out.append(
+            EndpointWindow(ip, port, "server", None, h, h.count, sum(values), max(values), 0, 0)
+        )
+    return Snapshot("node-a", "ebpf", 0.0, 1.0, tuple(out))
+
+
+async def test_a_pods_latency_is_that_of_its_target_ports() -> None:
+    # The pod serves the Service on 8080 (fast) and is scraped for metrics on 9100
+    # (slow, and frequent): only 8080 is the pod's latency.
+    store = LatencyStore(window_s=10, stale_after_s=10)
+    store.ingest(windows("10.0.0.1", {8080: [2000] * 20, 9100: [400_000] * 200}), now=100.0)
+    svc = make_service(ports=[{"name": "http", "port": 80, "targetPort": "web"}])
+    pod = make_pod("a", "10.0.0.1", container_ports=[{"name": "web", "containerPort": 8080}])
+    parsed = policy()
+    assert measured_ports(parsed, svc, pod) == {8080}
+    prober = controller_prober()
+    try:
+        got = await read_latencies(parsed, [pod], store, prober, 100.0, probe=False, service=svc)
+    finally:
+        await prober.close()
+    est = got.estimate("a")
+    assert est is not None and est.samples == 20 and est.p99_ms < 3
+    assert got.active_p99_ms([pod]) == pytest.approx(2.0, rel=0.05)
+    # Several target ports count together; UDP ports and unresolved names do not.
+    multi = make_service(
+        ports=[
+            {"name": "http", "port": 80, "targetPort": 8080},
+            {"name": "grpc", "port": 90, "targetPort": 9000},
+            {"name": "dns", "port": 53, "protocol": "UDP", "targetPort": 53},
+            {"name": "gone", "port": 70, "targetPort": "nope"},
+        ]
+    )
+    assert measured_ports(parsed, multi, pod) == {8080, 9000}
+    # Probe mode measures what it probes.
+    assert measured_ports(policy(latencySource="probe", targetPort=7000), svc, pod) == {7000}
