@@ -33,9 +33,11 @@ def service_of(slice_: Obj) -> str | None:
 
 
 def ready_backends(port_name: str | None, slices: Iterable[Obj]) -> list[Backend]:
-    """Sorted, de-duplicated (ip, port) pairs of ready IPv4 endpoints for a port name."""
+    """Sorted, de-duplicated (ip, port) pairs of ready IPv4 endpoints for a port name;
+    if there are none, of the serving terminating ones."""
     wanted = port_name or ""
-    found: set[Backend] = set()
+    ready: set[Backend] = set()
+    fallback: set[Backend] = set()
     for s in slices:
         if s.get("addressType") != "IPv4":
             continue
@@ -47,11 +49,16 @@ def ready_backends(port_name: str | None, slices: Iterable[Obj]) -> list[Backend
         if target is None:
             continue
         for ep in s.get("endpoints") or []:
-            if (ep.get("conditions") or {}).get("ready") is False:
+            cond = ep.get("conditions") or {}
+            if cond.get("ready") is not False:
+                found = ready
+            elif cond.get("serving") is True and cond.get("terminating") is True:
+                found = fallback
+            else:
                 continue
             for address in ep.get("addresses") or []:
                 found.add((str(address), target))
-    return sorted(found)
+    return sorted(ready or fallback)
 
 
 def endpoint_pods(slices: Iterable[Obj]) -> dict[str, str]:

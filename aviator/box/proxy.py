@@ -4,9 +4,10 @@ Each Service port gets a listening address on the host's loopback (127.0.200.x, 
 Service port; a port below 1024 that cannot be bound without privilege is moved to
 10000 + port; an address another program already uses is skipped).
 Each new TCP connection goes to one backend picked at random among the ready
-endpoints of the Service's EndpointSlices, which are watched, so a slice change
-takes effect for the next connection at once. While a Service has no ready endpoint
-its listener is closed and connections are refused, like kube-proxy's REJECT rule.
+endpoints of the Service's EndpointSlices (with none ready, the serving terminating
+ones, as kube-proxy falls back to them), which are watched, so a slice change takes
+effect for the next connection at once. While a Service has no such endpoint its
+listener is closed and connections are refused, like kube-proxy's REJECT rule.
 """
 
 from __future__ import annotations

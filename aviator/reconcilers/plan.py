@@ -16,13 +16,16 @@ One reconcile decides, in this order:
    everything and reports `Conflict`;
 4. leftovers of a previous targetRef or routing mode are released;
 5. target Service missing → `ServiceNotFound`; no selector → `ServiceHasNoSelector`;
-   routing (`routing.decide`) may block with a problem of its own;
+   routing (`routing.decide`, with the takeover record of `status.takeover`, see
+   `takeover`) may block with a problem of its own;
 6. the selection engine runs once per `evaluationInterval` (its counters count
    evaluations, and our own writes or pod churn must not make them run faster); in
    between, the last outcome carries over, and a serving pod that stopped being
    eligible makes the engine run at once;
-7. slices are published BEFORE a takeover removes the selector (the Service never has
-   zero endpoints); never an empty set while an eligible pod exists.
+7. slices are published BEFORE a takeover records the selector in the status and then
+   removes it (the Service never has zero endpoints, the selector is always kept
+   somewhere); never an empty set while an eligible pod exists, nor while a
+   terminating pod still serves (`endpoints.routed_pods`).
 """
 
 from __future__ import annotations

@@ -87,7 +87,7 @@ class PolicyReconciler:
         if todo.memory is None:
             self._forget(key)
         else:
-            self._memory[key] = todo.memory
+            self._memory[key] = dataclasses.replace(todo.memory, absent=frozenset())
         absent: set[tuple[str, str]] = set()
         for write in todo.writes:
             answer = await self.writer.apply(write)

@@ -182,6 +182,19 @@ def test_ready_backends_merge_all_slices_and_skip_unready() -> None:
     assert service_of(slices[0]) == "ns/s"
 
 
+def test_with_nothing_ready_serving_terminating_endpoints_are_used() -> None:
+    """As kube-proxy: a rollout's old pod keeps serving until a new one is ready."""
+    terminating = {"ready": False, "serving": True, "terminating": True}
+    stopped = {"ready": False, "serving": False, "terminating": True}
+    old = _slice("s", "http", 8080, [("10.0.0.1", None)])
+    old["endpoints"][0]["conditions"] = terminating
+    gone = _slice("s", "http", 8080, [("10.0.0.2", None)])
+    gone["endpoints"][0]["conditions"] = stopped
+    assert ready_backends("http", [old, gone]) == [("10.0.0.1", 8080)]
+    new = _slice("s", "http", 8080, [("10.0.0.3", True)])
+    assert ready_backends("http", [old, gone, new]) == [("10.0.0.3", 8080)]
+
+
 def test_unnamed_ports_match() -> None:
     assert ready_backends(None, [_slice("s", None, 80, [("10.0.0.1", True)])]) == [("10.0.0.1", 80)]
 
