@@ -142,13 +142,21 @@ async def test_bookmarks_advance_the_version_and_server_timeouts_rewatch_without
 ) -> None:
     """The server ends each watch at timeoutSeconds; bookmarks carry the version past
     writes the selector hides, so the next watch starts after them."""
+    # The server sends a bookmark 2 s before a watch's deadline, if that moment is still
+    # ahead when it registers the watch: 6-11 s watches leave it time even when loaded.
     run, task = await start_reflector(
-        kube, namespace, label_selector="watched=yes", min_watch_timeout_s=3.0
+        kube, namespace, label_selector="watched=yes", min_watch_timeout_s=6.0
     )
     try:
         await run.client.until(lambda: run.client.open_watches() == 1)
-        # The server sends a bookmark 2 s before a watch's deadline.
-        assert run.client.watch_calls[0]["timeoutSeconds"] in (3, 4, 5)
+        assert 6 <= int(run.client.watch_calls[0]["timeoutSeconds"]) <= 11
+        # A bookmark carries the newest version its watch cache has processed, and only
+        # if that is newer than what the watch started at, hidden events included. So
+        # `hidden` must be written once the server has registered this watch (a canary
+        # the selector shows has come through it), not before: a watch registered after
+        # it never gets a bookmark past it until something else changes.
+        await kube.create(CONFIGMAPS, configmap("canary", labels={"watched": "yes"}), namespace)
+        await run.client.until(lambda: run.key("canary") in run.store.items)
         hidden = await kube.create(CONFIGMAPS, configmap("hidden"), namespace)
         hidden_version = int(resource_version(hidden))
 
@@ -156,12 +164,12 @@ async def test_bookmarks_advance_the_version_and_server_timeouts_rewatch_without
             marks = run.client.watch_events("BOOKMARK")
             return any(int(resource_version(m["object"])) >= hidden_version for m in marks)
 
-        await run.client.until(bookmarked)
+        await run.client.until(bookmarked, what="a bookmark past the hidden write")
         assert int(run.reflector.last_sync_resource_version) >= hidden_version
-        assert run.store.items == {}
+        assert list(run.store.items) == [run.key("canary")]
         # The server ends this watch at its timeout; the next one starts past `hidden`.
         watches = len(run.client.watch_calls)
-        await run.client.until(lambda: len(run.client.watch_calls) > watches, within=30)
+        await run.client.until(lambda: len(run.client.watch_calls) > watches)
         assert int(run.client.watch_calls[-1]["resourceVersion"]) >= hidden_version
         assert run.reflector.lists == 1
         assert run.backoff.failures == 0
