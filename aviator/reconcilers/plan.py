@@ -264,7 +264,9 @@ def _select(
     assert view.parsed is not None
     parsed, ns, name = view.parsed, view.namespace, view.name
     eligible = view.eligible
-    eligible_names = {pod_name(p) for p in eligible}
+    # Names once: thousands of pods, and every step below is keyed by name.
+    names = [pod_name(p) for p in eligible]
+    eligible_names = set(names)
     # What serves now: our last decision while we lead (the slice cache may not show
     # our own latest write yet), else what the slices say (a new leader inherits its
     # predecessor's published set).
@@ -279,7 +281,7 @@ def _select(
             memory.outcome, eligible_names, min(parsed.selection.min_endpoints, len(eligible))
         )
     if outcome is None:
-        by_pod = {pod_name(p): latencies.estimate(pod_name(p)) for p in eligible}
+        by_pod = {n: latencies.estimate(n) for n in names}
         since = None if memory.last_evaluation is None else clock.store - memory.last_evaluation
         outcome = evaluation.select(
             parsed,
@@ -302,7 +304,7 @@ def _select(
     requeue_after = max(0.0, memory.next_evaluation - clock.store)
 
     problems = list(route.problems)
-    active_pods = [p for p in eligible if pod_name(p) in outcome.active]
+    active_pods = [p for n, p in zip(names, eligible, strict=True) if n in outcome.active]
     if eligible and not active_pods:
         # Never publish an empty set while a ready pod exists.
         raise RuntimeError(f"policy {ns}/{name}: selection returned no pod of {len(eligible)}")
@@ -319,7 +321,7 @@ def _select(
         problems.append(Problem(REASON_NO_ELIGIBLE_PODS, message))
     if outcome.overload:
         problems.append(Problem(REASON_OVERLOAD, outcome.overload))
-    if eligible and not any(latencies.estimate(pod_name(p)) for p in eligible):
+    if eligible and not any(latencies.estimate(n) for n in names):
         problems.append(
             Problem(
                 REASON_NO_LATENCY_DATA,
@@ -340,12 +342,9 @@ def _select(
     p99 = latencies.active_p99_ms(active_pods)
     rows = [
         pod_row(
-            p,
-            outcome.states.get(pod_name(p), "unknown"),
-            latencies.estimate(pod_name(p)),
-            outcome.reasons.get(pod_name(p)),
+            p, outcome.states.get(n, "unknown"), latencies.estimate(n), outcome.reasons.get(n), n
         )
-        for p in eligible
+        for n, p in zip(names, eligible, strict=True)
     ]
     # Pods of the Service that may not serve at all, so `describe` explains them.
     fallback_names = {pod_name(p) for p in routed} if fallback else set()

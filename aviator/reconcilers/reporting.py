@@ -58,11 +58,16 @@ def policy_events(
 
 
 def pod_row(
-    pod: JSON, state: str, lat: LatencyEstimate | None, reason: str | None = None
+    pod: JSON,
+    state: str,
+    lat: LatencyEstimate | None,
+    reason: str | None = None,
+    name: str | None = None,
 ) -> PodStatus:
+    """The pod's status row (`name`: the pod's name, when the caller has it already)."""
     ips = pod_ips(pod)
     return pod_status(
-        pod_name(pod),
+        name if name is not None else pod_name(pod),
         ips[0] if ips else "",
         str(pod.get("spec", {}).get("nodeName") or ""),
         state,
