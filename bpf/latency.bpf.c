@@ -14,6 +14,7 @@
 // running kernel's BTF and passed in as -D defines:
 //   OFF_SKC_DADDR OFF_SKC_RCV_SADDR OFF_SKC_DPORT OFF_SKC_NUM OFF_SKC_FAMILY
 //   OFF_SKC_STATE OFF_SKC_V6_DADDR OFF_SKC_V6_RCV_SADDR
+//   OFF_SKC_NET OFF_NET_NS_INUM (the socket's network namespace: skc_net.net->ns.inum)
 //   OFF_SKB_LEN OFF_SKB_DATA (sk_buff, for the raw tcp_probe hook)
 // Other defines: MAX_SOCKETS, MAX_ENDPOINTS, MAX_LISTENERS (map sizes, required);
 // SEND_HOOK_RAW (sends seen by raw tracepoint tcp_sendmsg_locked, else by
@@ -48,14 +49,6 @@
 #if !defined(MAX_SOCKETS) || !defined(MAX_ENDPOINTS) || !defined(MAX_LISTENERS)
 #error "MAX_SOCKETS, MAX_ENDPOINTS and MAX_LISTENERS must be defined (-D)"
 #endif
-
-// Value of `sockets` (private to the kernel side: user space only counts entries).
-struct sock_state {
-    u64 start_ns;  // 0 = idle; else the start of the open request (atomic)
-    struct ep_key ep;
-    u32 flags;
-    u32 pad;
-};
 
 BPF_TABLE("lru_hash", u64, struct sock_state, sockets, MAX_SOCKETS);
 BPF_F_TABLE("hash", struct ep_key, struct ep_val, endpoints, MAX_ENDPOINTS, BPF_F_NO_PREALLOC);
@@ -139,6 +132,9 @@ static __always_inline void complete_request(struct sock_state *st) {
     if (start == 0)
         return;  // another CPU completed or aborted it first
     u64 now = bpf_ktime_get_ns();
+    // Plain stores: only the CPU that closed the request gets here.
+    st->idle_ns = now;
+    st->requests += 1;
     struct ep_val *v = endpoint(&st->ep);
     if (!v)
         return;
@@ -175,6 +171,16 @@ static __always_inline void set_v4_mapped(u8 *dst, const u8 *v4) {
     dst[15] = v4[3];
 }
 
+// Inode of the network namespace of a socket (sk->__sk_common.skc_net.net->ns.inum).
+static __always_inline u32 netns_of(u64 sk) {
+    const char *net = 0;
+    u32 inum = 0;
+    bpf_probe_read_kernel(&net, sizeof(net), (const char *)sk + OFF_SKC_NET);
+    if (net)
+        bpf_probe_read_kernel(&inum, sizeof(inum), net + OFF_NET_NS_INUM);
+    return inum;
+}
+
 static __always_inline int is_listening(const u8 *addr, u16 port) {
     struct listen_key k = {};
     k.port = port;
@@ -200,11 +206,17 @@ static __always_inline struct sock_state *adopt(u64 sk, const u8 *laddr, u16 lpo
         st.ep.role = ROLE_SERVER;
         st.ep.port = lport;
         __builtin_memcpy(st.ep.addr, laddr, 16);
+        st.other_port = rport;
+        __builtin_memcpy(st.other, raddr, 16);
     } else {
         st.ep.role = ROLE_CLIENT;
         st.ep.port = rport;
         __builtin_memcpy(st.ep.addr, raddr, 16);
+        st.other_port = lport;
+        __builtin_memcpy(st.other, laddr, 16);
     }
+    st.netns = netns_of(sk);
+    st.idle_ns = bpf_ktime_get_ns();
     if (sockets.insert(&sk, &st) == 0)
         count(CNT_SOCKETS_ADDED);
     return sockets.lookup(&sk);
@@ -391,21 +403,34 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
     if (newstate == STATE_ESTABLISHED &&
         (oldstate == STATE_SYN_SENT || oldstate == STATE_SYN_RECV)) {
         struct sock_state st = {};
+        u8 o4[4];
+        u8 o6[16];
         if (oldstate == STATE_SYN_RECV) {
             st.ep.role = ROLE_SERVER;
             st.ep.port = args->sport;
+            st.other_port = args->dport;
             bpf_probe_read_kernel(v4, 4, args->saddr);
             bpf_probe_read_kernel(v6, 16, args->saddr_v6);
+            bpf_probe_read_kernel(o4, 4, args->daddr);
+            bpf_probe_read_kernel(o6, 16, args->daddr_v6);
         } else {
             st.ep.role = ROLE_CLIENT;
             st.ep.port = args->dport;
+            st.other_port = args->sport;
             bpf_probe_read_kernel(v4, 4, args->daddr);
             bpf_probe_read_kernel(v6, 16, args->daddr_v6);
+            bpf_probe_read_kernel(o4, 4, args->saddr);
+            bpf_probe_read_kernel(o6, 16, args->saddr_v6);
         }
-        if (args->family == FAMILY_INET)
+        if (args->family == FAMILY_INET) {
             set_v4_mapped(st.ep.addr, v4);
-        else
+            set_v4_mapped(st.other, o4);
+        } else {
             __builtin_memcpy(st.ep.addr, v6, 16);
+            __builtin_memcpy(st.other, o6, 16);
+        }
+        st.netns = netns_of(sk);
+        st.idle_ns = bpf_ktime_get_ns();
         // Overwrite: the address of a freed socket may be reused by a new one.
         sockets.update(&sk, &st);
         count(CNT_SOCKETS_ADDED);

@@ -78,6 +78,21 @@ struct ep_val {
     u64 buckets[NUM_BUCKETS];
 };
 
+// Value of `sockets` (key: u64, the kernel's struct sock pointer): one TCP connection
+// the program saw established or adopted. User space reads it to find idle server
+// connections to hand off (aviator/agent/handoff); it never writes it.
+struct sock_state {
+    u64 start_ns;     // 0 = idle; else the start of the open request (atomic)
+    u64 idle_ns;      // when it last became idle: established, adopted or a response begun
+    struct ep_key ep;
+    u8 other[16];     // the end `ep` does not name: the remote end of a server socket, the
+    u16 other_port;   //   local end of a client socket (address as ep.addr, port host order)
+    u16 pad1;
+    u32 netns;        // inode of the socket's network namespace (as /proc/<pid>/ns/net)
+    u32 requests;     // requests completed on it (approximate under concurrent completions)
+    u32 flags;        // private to the program
+};
+
 // Key of `listeners` (value: u8, 1): a listening address:port, [::] and 0.0.0.0
 // (v4-mapped) for wildcards; seeded by user space, then tracked by the program.
 struct listen_key {

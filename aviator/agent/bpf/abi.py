@@ -381,6 +381,15 @@ _NEEDED_MEMBERS: dict[str, dict[str, tuple[str, int | None]]] = {
         "aborted": ("u64", None),
     },
     "listen_key": {"addr": ("u8", 16), "port": ("u16", None)},
+    "sock_state": {
+        "start_ns": ("u64", None),
+        "idle_ns": ("u64", None),
+        "ep": ("struct ep_key", None),
+        "other": ("u8", 16),
+        "other_port": ("u16", None),
+        "netns": ("u32", None),
+        "requests": ("u32", None),
+    },
 }
 # Map keys are compared byte for byte by the kernel: no hidden padding allowed.
 _KEYS = ("ep_key", "listen_key")
@@ -416,6 +425,10 @@ class LatencyAbi:
     @property
     def listener_key(self) -> Struct:
         return self.header.struct("listen_key")
+
+    @property
+    def socket_value(self) -> Struct:
+        return self.header.struct("sock_state")
 
     @classmethod
     def from_header(cls, header: Header) -> LatencyAbi:
@@ -508,10 +521,11 @@ def default() -> LatencyAbi:
     return load(SOURCE.parent / HEADER_NAME)
 
 
-# Maps user space reads or writes: name → (key struct, value struct or None).
+# Maps user space reads or writes: name → (key struct or scalar, value struct or None).
 _MAP_TYPES: dict[str, tuple[str, str | None]] = {
     "endpoints": ("ep_key", "ep_val"),
     "listeners": ("listen_key", None),
+    "sockets": ("u64", "sock_state"),
 }
 
 
@@ -531,7 +545,11 @@ def check_program(abi: LatencyAbi, bpf: Any) -> None:
 
     for name, (key, value) in _MAP_TYPES.items():
         table = bpf[name.encode()]
-        same_layout(f"map {name} key", table.Key, abi.header.struct(key))
+        if key in _SCALARS:
+            if ctypes.sizeof(table.Key) != _SCALARS[key][0]:
+                raise AbiError(f"map {name} key is {ctypes.sizeof(table.Key)} bytes, {key}")
+        else:
+            same_layout(f"map {name} key", table.Key, abi.header.struct(key))
         if value is not None:
             same_layout(f"map {name} value", table.Leaf, abi.header.struct(value))
     for name, want in (

@@ -167,6 +167,17 @@ def sock_offsets(btf: Btf) -> dict[str, int]:
     return {f: base + btf.member_offset("sock_common", f) for f in SOCK_COMMON_FIELDS}
 
 
+def netns_offsets(btf: Btf) -> dict[str, int]:
+    """Where a socket's network namespace inode is: `skc_net` (a possible_net_t, whose
+    one member is the `struct net *`) within `struct sock`, and `ns.inum` within
+    `struct net`. The agent names the namespace of a socket it hands off with it."""
+    base = btf.member_offset("sock", "__sk_common")
+    return {
+        "skc_net": base + btf.member_offset("sock_common", "skc_net"),
+        "net_ns_inum": btf.member_offset("net", "ns") + btf.member_offset("ns_common", "inum"),
+    }
+
+
 # sk_buff fields the raw tcp_probe hook reads to get the payload length.
 SKB_FIELDS = ("len", "data")
 

@@ -26,6 +26,7 @@ from aviator.agent.bpf.btf import (
     Btf,
     BtfError,
     has_skb_offsets,
+    netns_offsets,
     skb_offsets,
     sock_offsets,
 )
@@ -160,6 +161,7 @@ def compile_flags(
 ) -> list[str]:
     try:
         offsets = sock_offsets(btf)
+        offsets.update(netns_offsets(btf))
         if raw_recv:
             offsets.update(skb_offsets(btf))
     except BtfError as exc:

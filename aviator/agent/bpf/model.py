@@ -1,4 +1,5 @@
-"""What the BPF reader hands to the agent: endpoints and their cumulative counters."""
+"""What the BPF reader hands to the agent: endpoints and their cumulative counters, and
+the connections the program tracks."""
 
 from __future__ import annotations
 
@@ -48,6 +49,32 @@ class EndpointCounters:
     max_us: int
     rif: int
     aborted: int
+
+
+@dataclass(frozen=True)
+class SocketState:
+    """One TCP connection the program tracks (an entry of its `sockets` map).
+
+    `sk` is the map key (the kernel's socket address; unique while the socket lives).
+    `local`/`remote` are (ip, port) of this socket's own end and its peer, whatever its
+    role; `netns` is the inode of its network namespace. `start_ns` is 0 while no
+    request is open, else when the open one began; `idle_ns` when it last became idle
+    (established, adopted, or a response began), `requests` how many completed on it;
+    times are the kernel's monotonic clock (CLOCK_MONOTONIC, ns).
+    """
+
+    sk: int
+    role: Role
+    local: tuple[str, int]
+    remote: tuple[str, int]
+    netns: int
+    start_ns: int
+    idle_ns: int
+    requests: int
+
+    @property
+    def idle(self) -> bool:
+        return self.start_ns == 0
 
 
 def ip_from_raw16(raw16: bytes) -> str:

@@ -1,4 +1,5 @@
-"""Decoding the program's maps into Python values (read-only: never resets a counter).
+"""Decoding the program's maps into Python values (read-only: never resets a counter,
+never writes a socket's state).
 
 The agent diffs successive cumulative snapshots into windows, so counters in the
 kernel only ever grow (except the requests-in-flight gauge). Counter names, roles and
@@ -10,7 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from aviator.agent.bpf.abi import LatencyAbi
-from aviator.agent.bpf.model import EndpointCounters, EndpointKey, ip_from_raw16
+from aviator.agent.bpf.model import EndpointCounters, EndpointKey, SocketState, ip_from_raw16
 
 
 def decode_endpoint(
@@ -45,6 +46,46 @@ def read_endpoints(bpf: Any, abi: LatencyAbi) -> dict[EndpointKey, EndpointCount
         if decoded is not None:
             out[decoded[0]] = decoded[1]
     return out
+
+
+def decode_socket(abi: LatencyAbi, key: int, value: Any) -> SocketState | None:
+    """One `sockets` map entry (u64 key, ctypes struct sock_state); None for unknown roles."""
+    role = abi.roles.get(int(value.ep.role))
+    if role is None:
+        return None
+    ep = (ip_from_raw16(bytes(value.ep.addr)), int(value.ep.port))
+    other = (ip_from_raw16(bytes(value.other)), int(value.other_port))
+    local, remote = (ep, other) if role == "server" else (other, ep)
+    return SocketState(
+        sk=int(key),
+        role=role,
+        local=local,
+        remote=remote,
+        netns=int(value.netns),
+        start_ns=int(value.start_ns),
+        idle_ns=int(value.idle_ns),
+        requests=int(value.requests),
+    )
+
+
+def read_sockets(bpf: Any, abi: LatencyAbi) -> list[SocketState]:
+    """Every connection the program tracks (one map walk; entries may change under it)."""
+    out: list[SocketState] = []
+    for key, value in bpf[b"sockets"].items():
+        decoded = decode_socket(abi, key.value, value)
+        if decoded is not None:
+            out.append(decoded)
+    return out
+
+
+def read_socket(bpf: Any, abi: LatencyAbi, sk: int) -> SocketState | None:
+    """The current state of one connection; None once it is gone from the map."""
+    table = bpf[b"sockets"]
+    try:
+        value = table[table.Key(sk)]
+    except KeyError:
+        return None
+    return decode_socket(abi, sk, value)
 
 
 def read_counters(bpf: Any, abi: LatencyAbi) -> dict[str, int]:

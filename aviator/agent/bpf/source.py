@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 from aviator.agent.bpf.loader import LoadedProgram, load_program
-from aviator.agent.bpf.model import EndpointCounters, EndpointKey
-from aviator.agent.bpf.reader import count_entries, read_counters, read_endpoints
+from aviator.agent.bpf.model import EndpointCounters, EndpointKey, SocketState
+from aviator.agent.bpf.reader import (
+    count_entries,
+    read_counters,
+    read_endpoints,
+    read_socket,
+    read_sockets,
+)
 from aviator.agent.bpf.runstats import RunStatsEnabler, prog_run_stats
 from aviator.agent.bpf.seed import Listener, listening_sockets
 
@@ -72,6 +78,14 @@ class BpfLatencySource:
     def read(self) -> dict[EndpointKey, EndpointCounters]:
         """Cumulative snapshot of every endpoint seen since load."""
         return read_endpoints(self._program.bpf, self._program.abi)
+
+    def sockets(self) -> list[SocketState]:
+        """Every connection the program tracks, with its request state."""
+        return read_sockets(self._program.bpf, self._program.abi)
+
+    def socket(self, sk: int) -> SocketState | None:
+        """One connection's current state (None once it is closed)."""
+        return read_socket(self._program.bpf, self._program.abi, sk)
 
     def stats(self) -> dict[str, int]:
         """Event counters and map occupancy (reads the socket map in batches)."""

@@ -149,6 +149,7 @@ def _fake_bpf(a: abi.LatencyAbi, **override: Any) -> Any:
     maps = {
         b"endpoints": SimpleNamespace(Key=h.ctype("ep_key"), Leaf=h.ctype("ep_val")),
         b"listeners": SimpleNamespace(Key=h.ctype("listen_key"), Leaf=ctypes.c_uint8),
+        b"sockets": SimpleNamespace(Key=ctypes.c_uint64, Leaf=h.ctype("sock_state")),
         b"counters": SimpleNamespace(max_entries=len(a.counter_names)),
         b"config": SimpleNamespace(max_entries=h.const("NUM_CONFIG")),
     }
@@ -177,6 +178,8 @@ def test_check_program_refuses_other_maps() -> None:
     for bad in (
         {"endpoints": {"Leaf": ShortVal}},
         {"endpoints": {"Key": MovedKey}},
+        {"sockets": {"Key": ctypes.c_uint32}},
+        {"sockets": {"Leaf": a.header.ctype("ep_key")}},
         {"counters": {"max_entries": len(a.counter_names) + 1}},
         {"config": {"max_entries": 2}},
     ):

@@ -1,0 +1,236 @@
+"""Running hand-offs: ending idle connections of pods, paced, one step at a time.
+
+`HandOffExecutor.begin(target, policy, period_s)` starts (or keeps) a hand-off of one
+pod; `step()` does one round of work for every active hand-off and is called every
+fraction of a second while any is active (blocking calls: run it in a thread). One
+step, per pod:
+
+1. the program's socket map (`SocketTable.sockets`, one walk for all pods) gives the
+   pod's connections a hand-off may end (`select.candidates`); none left → done;
+2. `pacing.due` says how many to end now (a ramp over the period), the pod's token
+   bucket caps it;
+3. the pod's network namespace (the inode the program recorded) is dumped once through
+   sock_diag, which names each connection with its cookie;
+4. idle candidates first: the socket's state is read again from the map right before
+   its destroy, which happens only if it is still idle (`select.is_idle`).
+
+A tiny window remains between that last read and the kernel ending the connection: a
+request the client sends in it meets a reset connection. Clients retry an idempotent
+request once on a reused connection that was closed (as they do when a server closes
+an idle keep-alive connection), so it fails nowhere; non-idempotent requests on pooled
+connections already carry that risk with every server's idle timeout.
+
+A hand-off ends when the pod has no connection left to end, when it is cancelled (the
+pod is routed again, or is gone), or `grace_s` after its period (connections busy the
+whole time are left alone). Counters are cumulative per pod (`ended`), for reports.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import time
+from collections.abc import Callable, Collection
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from aviator.agent.bpf.model import SocketState
+from aviator.agent.handoff import pacing
+from aviator.agent.handoff.select import Target, candidates, is_idle
+from aviator.agent.handoff.sockdiag import DiagSocket
+from aviator.kube.addresses import normalize_ip
+
+log = logging.getLogger(__name__)
+
+Tuple = tuple[tuple[str, int], tuple[str, int]]
+
+
+class SocketTable(Protocol):
+    """The program's connections (aviator.agent.bpf.source.BpfLatencySource)."""
+
+    def sockets(self) -> list[SocketState]: ...
+
+    def socket(self, sk: int) -> SocketState | None: ...
+
+
+class Diag(Protocol):
+    """sock_diag in one network namespace (aviator.agent.handoff.netlink.SockDiag)."""
+
+    def established(self) -> list[DiagSocket]: ...
+
+    def destroy(self, sock: DiagSocket) -> int: ...
+
+    def close(self) -> None: ...
+
+
+# Opens sock_diag in the namespace with this inode; None when no process is in it.
+DiagOpener = Callable[[int], Diag | None]
+
+
+@dataclass
+class HandOff:
+    """One pod's hand-off in progress (or just finished: `outcome` is set)."""
+
+    target: Target
+    policy: str
+    started: float
+    period_s: float
+    limit: pacing.RateLimit
+    ended: int = 0
+    remaining: int = 0
+    busy: int = 0  # destroys skipped: a request was in flight at the last look
+    failed: int = 0
+    outcome: str = ""  # "", "complete", "expired", "cancelled"
+    finished: float | None = None
+
+    @property
+    def active(self) -> bool:
+        return not self.outcome
+
+
+@dataclass
+class HandOffExecutor:
+    table: SocketTable
+    open_diag: DiagOpener
+    node_addresses: Collection[str] = ()
+    rate: float = 50.0  # connections per second per pod
+    burst: float = 10.0
+    fresh_s: float = 1.0
+    grace_s: float = 30.0
+    keep_finished_s: float = 60.0
+    clock: Callable[[], float] = time.monotonic
+    kernel_clock: Callable[[], int] = time.monotonic_ns  # bpf_ktime_get_ns's clock
+    handoffs: dict[str, HandOff] = field(default_factory=dict)
+    ended_total: dict[str, int] = field(default_factory=dict)  # per pod, cumulative
+
+    def __post_init__(self) -> None:
+        self.node_addresses = frozenset(normalize_ip(a) or a for a in self.node_addresses)
+
+    def begin(self, target: Target, policy: str, period_s: float) -> HandOff:
+        """Start handing `target` off (an active hand-off of the pod is kept as it is)."""
+        current = self.handoffs.get(target.pod)
+        if current is not None and current.active:
+            return current
+        h = HandOff(
+            target=target,
+            policy=policy,
+            started=self.clock(),
+            period_s=period_s,
+            limit=pacing.RateLimit(self.rate, self.burst),
+        )
+        self.handoffs[target.pod] = h
+        log.info("handing off %s (%s) over %.1fs for %s", target.pod, target.ip, period_s, policy)
+        return h
+
+    def cancel(self, pod: str) -> None:
+        h = self.handoffs.get(pod)
+        if h is not None and h.active:
+            self._finish(h, "cancelled")
+
+    def active(self) -> list[HandOff]:
+        return [h for h in self.handoffs.values() if h.active]
+
+    def _finish(self, h: HandOff, outcome: str) -> None:
+        h.outcome = outcome
+        h.finished = self.clock()
+        log.info("hand-off of %s %s: %d connections ended", h.target.pod, outcome, h.ended)
+
+    def step(self) -> None:
+        """One round of every active hand-off (see the module docstring)."""
+        now = self.clock()
+        for pod, h in list(self.handoffs.items()):
+            if not h.active and h.finished is not None and now - h.finished > self.keep_finished_s:
+                del self.handoffs[pod]
+        active = self.active()
+        if not active:
+            return
+        sockets = self.table.sockets()
+        diags: dict[int, tuple[Diag, dict[Tuple, DiagSocket]] | None] = {}
+        try:
+            for h in active:
+                self._step_one(h, sockets, diags, now)
+        finally:
+            for entry in diags.values():
+                if entry is not None:
+                    entry[0].close()
+
+    def _step_one(
+        self,
+        h: HandOff,
+        sockets: list[SocketState],
+        diags: dict[int, tuple[Diag, dict[Tuple, DiagSocket]] | None],
+        now: float,
+    ) -> None:
+        found = candidates(
+            sockets,
+            h.target,
+            node_addresses=self.node_addresses,
+            now_ns=self.kernel_clock(),
+            fresh_s=self.fresh_s,
+        )
+        h.remaining = len(found)
+        if not found:
+            self._finish(h, "complete")
+            return
+        if now - h.started > h.period_s + self.grace_s:
+            self._finish(h, "expired")
+            return
+        want = pacing.due(
+            ended=h.ended, remaining=len(found), started=h.started, period_s=h.period_s, now=now
+        )
+        done = 0
+        for cand in found:
+            if done >= want or h.limit.available(now) < 1:
+                break
+            entry = self._diag(cand.netns, diags)
+            if entry is None:
+                continue
+            diag, by_tuple = entry
+            target = by_tuple.get((cand.local, cand.remote))
+            if target is None:
+                continue  # closed since the walk (or not established)
+            current = self.table.socket(cand.sk)
+            if current is None or not is_idle(current):
+                h.busy += current is not None
+                continue
+            err = diag.destroy(target)
+            if err == 0:
+                done += 1
+                h.limit.take(1, now)
+            elif err not in (errno.ENOENT, errno.ESTALE):
+                h.failed += 1
+                log.warning(
+                    "ending %s→%s failed: %s",
+                    cand.remote,
+                    cand.local,
+                    errno.errorcode.get(err, err),
+                )
+        h.ended += done
+        h.remaining -= done
+        if done:
+            self.ended_total[h.target.pod] = self.ended_total.get(h.target.pod, 0) + done
+
+    def _diag(
+        self, netns: int, diags: dict[int, tuple[Diag, dict[Tuple, DiagSocket]] | None]
+    ) -> tuple[Diag, dict[Tuple, DiagSocket]] | None:
+        if netns not in diags:
+            entry: tuple[Diag, dict[Tuple, DiagSocket]] | None = None
+            try:
+                diag = self.open_diag(netns)
+                if diag is not None:
+                    try:
+                        entry = (diag, {_normal(s): s for s in diag.established()})
+                    except BaseException:
+                        diag.close()
+                        raise
+            except OSError as exc:
+                log.warning("sock_diag in network namespace %d: %s", netns, exc)
+            diags[netns] = entry
+        return diags[netns]
+
+
+def _normal(s: DiagSocket) -> Tuple:
+    return (
+        (normalize_ip(s.local[0]) or s.local[0], s.local[1]),
+        (normalize_ip(s.remote[0]) or s.remote[0], s.remote[1]),
+    )

@@ -1,0 +1,144 @@
+"""Talking NETLINK_SOCK_DIAG inside a pod's network namespace (the I/O half of sockdiag).
+
+A socket stays in the network namespace it was created in, and sock_diag answers
+about (and destroys) only sockets of its own socket's namespace. So the netlink socket
+is created by a short-lived thread that first joins the target namespace with
+`setns(fd, CLONE_NEWNET)` (libc through ctypes: Python 3.11 has no os.setns); only that
+thread switches, and it ends right after. The namespace is found by its inode (what
+the BPF program records per connection) among /proc/<pid>/ns/net.
+
+Destroying needs CAP_NET_ADMIN over the target namespace (the agent's, in the initial
+user namespace, covers every pod's) and a kernel with CONFIG_INET_DIAG_DESTROY.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+import threading
+from pathlib import Path
+
+from aviator.agent.handoff import sockdiag
+from aviator.agent.handoff.sockdiag import DiagSocket
+
+_CLONE_NEWNET = 0x40000000
+_RECV_BYTES = 1 << 16
+
+
+def netns_path(inode: int, proc: Path = Path("/proc")) -> Path | None:
+    """A /proc/<pid>/ns/net of the namespace with this inode (ours first); None if no
+    process lives in it any more."""
+    own = proc / "self" / "ns" / "net"
+    try:
+        if os.stat(own).st_ino == inode:
+            return own
+    except OSError:
+        pass
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        path = entry / "ns" / "net"
+        try:
+            if os.stat(path).st_ino == inode:
+                return path
+        except OSError:
+            continue  # exited, or a kernel thread
+    return None
+
+
+def _new_socket() -> socket.socket:
+    return socket.socket(
+        socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, sockdiag.NETLINK_SOCK_DIAG
+    )
+
+
+def socket_in_netns(ns: Path) -> socket.socket:
+    """A NETLINK_SOCK_DIAG socket living in the namespace `ns` (a /proc/.../ns/net)."""
+    if ns == Path("/proc/self/ns/net"):
+        return _new_socket()
+    result: list[socket.socket | BaseException] = []
+
+    def enter_and_create() -> None:
+        try:
+            fd = os.open(ns, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                libc = ctypes.CDLL(None, use_errno=True)
+                if libc.setns(fd, _CLONE_NEWNET) != 0:
+                    err = ctypes.get_errno()
+                    raise OSError(err, f"setns({ns}): {os.strerror(err)}")
+            finally:
+                os.close(fd)
+            result.append(_new_socket())
+        except BaseException as exc:  # handed to the caller's thread
+            result.append(exc)
+
+    # This thread's namespace is never restored: it ends here, and nothing else runs on it.
+    thread = threading.Thread(target=enter_and_create, name="netns-socket", daemon=True)
+    thread.start()
+    thread.join()
+    outcome = result[0]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+class SockDiag:
+    """Dump and destroy TCP sockets through one netlink socket (blocking calls)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._seq = 0
+
+    @classmethod
+    def in_netns(cls, ns: Path) -> SockDiag:
+        return cls(socket_in_netns(ns))
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def __enter__(self) -> SockDiag:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        return self._seq
+
+    def established(self) -> list[DiagSocket]:
+        """Every ESTABLISHED TCP socket of the namespace, IPv4 and IPv6."""
+        out: list[DiagSocket] = []
+        for family in (socket.AF_INET, socket.AF_INET6):
+            seq = self._next_seq()
+            self._sock.send(sockdiag.encode_dump(seq, family))
+            done = False
+            while not done:
+                for msg in sockdiag.split_messages(self._sock.recv(_RECV_BYTES)):
+                    if msg.seq != seq:
+                        continue
+                    if msg.type == sockdiag.NLMSG_DONE:
+                        done = True
+                    elif msg.type == sockdiag.NLMSG_ERROR:
+                        err = sockdiag.decode_error(msg.payload)
+                        raise OSError(err, f"sock_diag dump: {os.strerror(err)}")
+                    elif msg.type == sockdiag.SOCK_DIAG_BY_FAMILY:
+                        out.append(sockdiag.decode_socket(msg.payload))
+        return out
+
+    def destroy(self, sock: DiagSocket) -> int:
+        """End `sock` (the kernel resets it: the peer gets an RST); returns 0 or the
+        errno (ENOENT: already gone; ESTALE: the tuple is another socket now)."""
+        seq = self._next_seq()
+        self._sock.send(sockdiag.encode_destroy(seq, sock))
+        while True:
+            for msg in sockdiag.split_messages(self._sock.recv(_RECV_BYTES)):
+                if msg.seq == seq and msg.type == sockdiag.NLMSG_ERROR:
+                    return sockdiag.decode_error(msg.payload)
+
+
+def open_diag(inode: int) -> SockDiag | None:
+    """sock_diag in the network namespace with this inode; None when it is gone."""
+    path = netns_path(inode)
+    return None if path is None else SockDiag.in_netns(path)

@@ -1,0 +1,67 @@
+"""Which connections of a pod may be handed off, and when one counts as idle (pure).
+
+A hand-off ends the pod's *client* connections on the Service's target ports: the
+sockets the pod accepted (server role) whose local address is the pod's IP and a
+target port. Never:
+
+- the pod's own outbound connections (client role, whatever their ports);
+- connections from the node's own addresses (the kubelet's probes, the agent's
+  keep-warm probes: they come from the node, and are short-lived anyway);
+- a connection younger than `fresh_s` that has carried no request yet: its client
+  has just dialled and is about to send its first request, which clients do not retry
+  (a reused connection's request they do);
+- a connection with a request in flight (`is_idle` is false): checked here on a map
+  walk and again right before each destroy.
+
+`is_idle` is the one idle test: for HTTP/1.1 no request is open (`start_ns == 0`).
+For HTTP/2 a connection is idle when no stream is open; when the program counts open
+streams per connection, that count joins this test and nothing else changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+
+from aviator.agent.bpf.model import SocketState
+from aviator.kube.addresses import normalize_ip
+
+
+@dataclass(frozen=True)
+class Target:
+    """A pod to hand off: `pod` is "namespace/name"; `ip` its address (normalised);
+    `ports` the Service's target ports on it."""
+
+    pod: str
+    ip: str
+    ports: frozenset[int]
+
+
+def is_idle(sock: SocketState) -> bool:
+    """No request (HTTP/1.1) is open on the connection."""
+    return sock.start_ns == 0
+
+
+def candidates(
+    sockets: Iterable[SocketState],
+    target: Target,
+    *,
+    node_addresses: Collection[str],
+    now_ns: int,
+    fresh_s: float = 1.0,
+) -> list[SocketState]:
+    """The connections of `target` a hand-off may end (busy ones included: they are
+    ended once idle), idle ones first, longest idle first."""
+    ip = normalize_ip(target.ip) or target.ip
+    fresh_ns = int(fresh_s * 1e9)
+    out = [
+        s
+        for s in sockets
+        if s.role == "server"
+        and s.local[0] == ip
+        and s.local[1] in target.ports
+        and s.remote[0] not in node_addresses
+        and (s.requests > 0 or now_ns - s.idle_ns >= fresh_ns)
+    ]
+    out.sort(key=lambda s: (not is_idle(s), s.idle_ns))
+    return out
