@@ -231,6 +231,28 @@ class DampeningSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class HandOffSpec:
+    """Moving kept-alive connections off pods that leave the routed set."""
+
+    enabled: bool = api_field(
+        "enabled",
+        """When a pod leaves the routed set (deselected, ejected, replaced), its
+        node's agent ends the pod's idle client connections on the Service's target
+        ports, so pooled clients re-dial through kube-proxy to the pods now routed.
+        Never a connection with a request in flight, never the pod's own outbound
+        connections or the node's probes, never the last routed pod. Takeover mode
+        only: in shadow mode the target Service still routes every pod.""",
+        default=True,
+    )
+    period: Duration = api_field(
+        "period",
+        """The ending of a pod's connections is spread over this time, so their
+        clients re-dial gradually instead of all at once. 0s ends them at once.""",
+        default=Duration.parse("5s"),
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class RoutingSpec:
     """Which Service carries the latency-aware endpoints."""
 
@@ -259,6 +281,12 @@ class RoutingSpec:
         default=None,
         max_length=MAX_NAME_LENGTH,
         rules=(_not_empty("routing.serviceName"), _service_name("routing.serviceName")),
+    )
+    handoff: HandOffSpec = api_field(
+        "handoff",
+        """Ending idle kept-alive connections of pods that leave the routed set (keep-alive
+        pools never re-dial on their own, so routing alone does not move them).""",
+        default_factory=HandOffSpec,
     )
 
     def service_for(self, target: str) -> str:
@@ -491,6 +519,29 @@ class TakeoverStatus:
 
 
 @dataclass(frozen=True, kw_only=True)
+class HandOffStatus:
+    """A pod that left the routed set, whose idle connections its node's agent is
+    ending (routing.handoff). The agent of `node` acts on it, and only on its own pods."""
+
+    pod: str = api_field("pod", "Pod name.", required=True)
+    node: str = api_field("node", "Node the pod runs on (whose agent acts).", default="")
+    ip: str = api_field("ip", "Pod IP whose connections are ended.", default="")
+    ports: list[int] = api_field(
+        "ports",
+        "The Service's target ports on the pod.",
+        default_factory=list,
+        item_description="Port number.",
+        list_type="atomic",
+    )
+    since: str = api_field(
+        "since", "When the pod left the routed set (RFC 3339).", required=True, format="date-time"
+    )
+    until: str = api_field(
+        "until", "End of the hand-off period (RFC 3339).", required=True, format="date-time"
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class AviatorPolicyStatus:
     """What the controller observed and did at its last evaluation."""
 
@@ -536,6 +587,13 @@ class AviatorPolicyStatus:
         "Names of the pods the circuit breaker has ejected.",
         default_factory=list,
         item_description="Pod name.",
+        list_type="atomic",
+    )
+    hand_offs: list[HandOffStatus] = api_field(
+        "handOffs",
+        """Hand-offs in progress: pods that left the routed set whose idle client
+        connections are being ended (routing.handoff).""",
+        default_factory=list,
         list_type="atomic",
     )
     last_evaluation_time: str | None = api_field(

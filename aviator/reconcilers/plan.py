@@ -39,10 +39,10 @@ from aviator.kube.objects import JSON
 from aviator.kube.pods import is_terminating, pod_name
 from aviator.kube.resources import AVIATORPOLICIES
 from aviator.kube.services import is_headless
-from aviator.reconcilers import endpoints, evaluation, routing, slices, takeover
+from aviator.reconcilers import endpoints, evaluation, handoff, routing, slices, takeover
 from aviator.reconcilers.evaluation import Outcome
 from aviator.reconcilers.latencies import PodLatencies
-from aviator.reconcilers.reporting import EventSpec, pod_row, policy_events
+from aviator.reconcilers.reporting import EventSpec, handoff_events, pod_row, policy_events
 from aviator.reconcilers.routing import ENDPOINTS
 from aviator.reconcilers.status import (
     REASON_CONFLICT,
@@ -338,7 +338,25 @@ def _select(
     writes += slices.writes_for(ns, slice_plan)
     writes += routing.after_slices(view, target, route)
 
+    previous_handoffs = handoff.previous_handoffs(memory.status or view.policy.get("status"))
+    hand_offs = handoff.plan_handoffs(
+        spec=parsed.spec.routing.handoff,
+        mode=parsed.spec.routing.mode,
+        before=current_active,
+        after=outcome.active,
+        published=not slice_plan.empty,
+        pods=view.pods,
+        service=target,
+        routed_elsewhere=handoff.routed_by(view.sibling_slices),
+        previous=previous_handoffs,
+        now=clock.wall,
+    )
+    expiry = handoff.next_expiry(hand_offs, clock.wall)
+    if expiry is not None:
+        requeue_after = min(requeue_after, expiry)
+
     events = policy_events(outcome, current_active, not slice_plan.empty, eligible)
+    events += handoff_events(hand_offs, previous_handoffs, view.pods)
     p99 = latencies.active_p99_ms(active_pods)
     rows = [
         pod_row(
@@ -366,6 +384,7 @@ def _select(
         routed_service=parsed.routed_service,
         engine_state=outcome.engine_state,
         takeover=None if route.record is None else route.record.to_json(),
+        hand_offs=hand_offs,
     )
     status, write = status_write(view, memory, obs)
     ejections = sum(1 for e in events if e.reason == "PodEjected")

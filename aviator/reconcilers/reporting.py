@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aviator.api.types import PodStatus
+from aviator.api.types import HandOffStatus, PodStatus
 from aviator.kube.objects import JSON
 from aviator.kube.pods import pod_ips, pod_name
 from aviator.reconcilers.evaluation import Outcome
@@ -55,6 +55,26 @@ def policy_events(
             note += f"; removed {', '.join(removed[:10])}"
         out.append(EventSpec("EndpointsUpdated", note, "UpdateEndpoints"))
     return out
+
+
+def handoff_events(
+    now: Sequence[HandOffStatus], before: Sequence[HandOffStatus], pods: Sequence[JSON]
+) -> list[EventSpec]:
+    """HandOffStarted for each pod that began handing its connections off."""
+    started = {e.pod for e in before}
+    by_name = {pod_name(p): p for p in pods}
+    return [
+        EventSpec(
+            "HandOffStarted",
+            f"pod {e.pod} left the routed set: its node's agent ends its idle client "
+            f"connections on port(s) {', '.join(map(str, e.ports))} until {e.until}",
+            "HandOff",
+            NORMAL,
+            by_name.get(e.pod),
+        )
+        for e in now
+        if e.pod not in started
+    ]
 
 
 def pod_row(

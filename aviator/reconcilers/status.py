@@ -24,7 +24,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from aviator.api.codec import decode
-from aviator.api.types import AviatorPolicyStatus, Condition, PodStatus, TakeoverStatus
+from aviator.api.types import (
+    AviatorPolicyStatus,
+    Condition,
+    HandOffStatus,
+    PodStatus,
+    TakeoverStatus,
+)
 from aviator.kube.objects import JSON
 
 # Condition types and reasons (docs/controller.md, "Status and Events").
@@ -104,6 +110,7 @@ class Observation:
     routed_service: str | None = None
     engine_state: Mapping[str, Any] | None = None
     takeover: JSON | None = None  # status.takeover (aviator.reconcilers.takeover.Record)
+    hand_offs: Sequence[HandOffStatus] = ()
 
 
 def effective_source(sources: Iterable[str | None]) -> str:
@@ -167,6 +174,7 @@ def build_status(obs: Observation, previous: JSON) -> AviatorPolicyStatus:
         conditions=conditions(obs, previous),
         pods=rows,
         ejected_pods=sorted(r.name for r in obs.pods if r.state == "ejected"),
+        hand_offs=list(obs.hand_offs),
         last_evaluation_time=obs.now_iso,
         takeover=None if obs.takeover is None else decode(TakeoverStatus, obs.takeover, "takeover"),
         engine_state=None if obs.engine_state is None else dict(obs.engine_state),

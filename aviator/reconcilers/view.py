@@ -19,7 +19,7 @@ from aviator.kube.pods import is_eligible, pod_name
 from aviator.kube.services import pod_selector
 from aviator.reconcilers import hints, takeover
 from aviator.reconcilers.evaluation import InvalidSpec, ParsedPolicy, parse_policy
-from aviator.reconcilers.mapping import INDEX_BY_ROUTED
+from aviator.reconcilers.mapping import INDEX_BY_ROUTED, INDEX_BY_TARGET, policy_key
 from aviator.reconcilers.podindex import selected_pods
 
 INDEX_SLICES_BY_POLICY = "aviator/slices-by-policy"
@@ -103,6 +103,7 @@ class View:
     taken_over: Sequence[JSON] = ()  # Services this policy took over
     labelled_services: Sequence[JSON] = ()  # Services carrying this policy's label
     slices: Sequence[JSON] = ()  # EndpointSlices carrying this policy's label
+    sibling_slices: Sequence[JSON] = ()  # slices of other policies of the same target
     builtin_slices: Sequence[JSON] = ()  # Kubernetes' own slices of the target
     pods: Sequence[JSON] = ()  # pods the target's (or its saved) selector matches
     selector: Mapping[str, str] = field(default_factory=dict)  # the one `pods` match
@@ -178,6 +179,14 @@ def gather(caches: Caches, policy: JSON) -> View:
             )
         if hints.hint_mode(target) is hints.HintMode.AUTO:
             zone_cpu = caches.zone_cpu()
+    siblings = [
+        p
+        for p in caches.policies.by_index(INDEX_BY_TARGET, f"{ns}/{parsed.target}")
+        if policy_key(p) != key
+    ]
+    sibling_slices = [
+        sl for p in siblings for sl in caches.slices.by_index(INDEX_SLICES_BY_POLICY, policy_key(p))
+    ]
     return View(
         policy,
         parsed=parsed,
@@ -194,4 +203,5 @@ def gather(caches: Caches, policy: JSON) -> View:
         taken_over=taken_over,
         labelled_services=labelled_services,
         slices=slices,
+        sibling_slices=sibling_slices,
     )

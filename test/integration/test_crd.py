@@ -151,7 +151,7 @@ def test_quick_start_sample_reads_back_with_product_defaults(
         "maxEjectionPercent": 50,
     }
     assert spec["dampening"] == {"enabled": True, "thresholdPercent": 20, "consecutiveIntervals": 3}
-    assert spec["routing"] == {"mode": "shadow"}
+    assert spec["routing"] == {"mode": "shadow", "handoff": {"enabled": True, "period": "5s"}}
 
 
 def test_minimal_policy_is_completed_by_the_server(crd: ControlPlane, namespace: str) -> None:

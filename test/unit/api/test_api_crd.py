@@ -222,6 +222,7 @@ def test_status_schema(schema: dict[str, Any]) -> None:
         "conditions",
         "pods",
         "ejectedPods",
+            "handOffs",
         "observedGeneration",
         "lastEvaluationTime",
         "engineState",

@@ -51,7 +51,7 @@ PRODUCT_DEFAULTS: dict[str, Any] = {
     },
     "dampening": {"enabled": True, "thresholdPercent": 20, "consecutiveIntervals": 3},
     "minEndpoints": 1,
-    "routing": {"mode": "shadow"},
+    "routing": {"mode": "shadow", "handoff": {"enabled": True, "period": "5s"}},
 }
 
 
