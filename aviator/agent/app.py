@@ -24,6 +24,9 @@ from typing import Any
 from aiohttp import web
 
 from aviator.agent.api import make_api
+from aviator.agent.handoff.executor import HandOffExecutor
+from aviator.agent.handoff.netlink import open_diag
+from aviator.agent.handoff.runner import HandOffRunner
 from aviator.agent.metrics import AgentMetrics
 from aviator.agent.podmap import PodMap
 from aviator.agent.prober import NodeProber
@@ -38,6 +41,8 @@ from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, SERVICES
 from aviator.latency.probing import ProbeTarget
 from aviator.latency.schema import MAX_ENDPOINTS, EndpointWindow, Snapshot
 from aviator.latency.store import LatencyStore
+from aviator.runtime.events import EventRecorder
+from aviator.runtime.writer import WriteMetrics, Writer
 from aviator.selection.types import LatencyEstimate
 
 log = logging.getLogger(__name__)
@@ -60,6 +65,9 @@ class AgentConfig:
     keep_warm_samples: int = 5
     report_client_endpoints: bool = False
     metrics_max_pods: int = 256
+    handoff: bool = True
+    handoff_rate: float = 50.0
+    node_addresses: list[str] = field(default_factory=list)
 
 
 class Agent:
@@ -97,6 +105,8 @@ class Agent:
         self._last_tick: float | None = None
         self._next_stats = 0.0
         self._runner: web.AppRunner | None = None
+        self.handoffs = self._handoff_runner()
+        self._handoff_task: asyncio.Task[None] | None = None
         self.http_port: int | None = None  # the bound port (when 0 was asked for)
         self.started = asyncio.Event()  # informers started, API serving, streams dialling
 
@@ -117,6 +127,10 @@ class Agent:
                 )
             )
         await self.factory.start()
+        if self.handoffs is not None:
+            self._handoff_task = asyncio.get_running_loop().create_task(
+                self.handoffs.run(), name="handoffs"
+            )
         if cfg.controller_urls:
             self.stream.set_urls(cfg.controller_urls)
         self._runner = web.AppRunner(make_api(self), access_log=None)
@@ -133,6 +147,40 @@ class Agent:
             self.http_port,
         )
         self.started.set()
+
+    def _handoff_runner(self) -> HandOffRunner | None:
+        """Hand-offs need the BPF program's socket map (which connections are idle)."""
+        bpf = getattr(self.source, "bpf", None)
+        if not self.config.handoff or bpf is None:
+            return None
+        executor = HandOffExecutor(
+            table=bpf,
+            open_diag=open_diag,
+            node_addresses=self.config.node_addresses,
+            rate=self.config.handoff_rate,
+            burst=max(1.0, self.config.handoff_rate / 5),
+        )
+        recorder = EventRecorder(
+            Writer(self.client, WriteMetrics(self.metrics.registry)),
+            f"aviator-agent-{self.config.node}",
+        )
+        runner = HandOffRunner(
+            executor,
+            self.config.node,
+            self.policies.indexer.list,
+            self.pods.informer.indexer.get,
+            policy=self.policies.indexer.get,
+            record=lambda obj, reason, note: recorder.record(obj, reason, note, action="HandOff"),
+            on_ended=lambda pod, n: self.metrics.handed_off.labels(pod=pod).inc(n),
+        )
+        poke = FuncHandler(
+            add=lambda _o, _i: runner.poke(),
+            update=lambda _o, _n: runner.poke(),
+            delete=lambda _o: runner.poke(),
+        )
+        self.policies.add_event_handler(poke)
+        self.pods.informer.add_event_handler(poke)
+        return runner
 
     def _follow_slices(self, slices: SharedIndexInformer) -> None:
         urls = urls_from_slices(slices.indexer.list(), port_name=self.config.controller_port_name)
@@ -160,6 +208,11 @@ class Agent:
             await self.close()
 
     async def close(self) -> None:
+        if self._handoff_task is not None:
+            self._handoff_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._handoff_task
+            self._handoff_task = None
         await self.prober.close()
         await self.stream.close()
         if self._runner is not None:
@@ -265,4 +318,10 @@ class Agent:
                 for url, c in self.stream.connections.items()
             },
             "probe_targets": len(self.targets),
+            "handoffs": None
+            if self.handoffs is None
+            else {
+                h.target.pod: {"ended": h.ended, "remaining": h.remaining, "outcome": h.outcome}
+                for h in self.handoffs.executor.handoffs.values()
+            },
         }

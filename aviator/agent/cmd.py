@@ -94,6 +94,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also stream client-side views (keyed by remote IP:port)",
     )
     a("--metrics-max-pods", type=int, default=256, help="cap on per-pod latency series")
+    a(
+        "--handoff",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="end idle client connections of this node's pods that policies hand off "
+        "(status.handOffs; needs eBPF and CAP_SYS_ADMIN, default on)",
+    )
+    a(
+        "--handoff-rate",
+        type=_positive,
+        default=50.0,
+        help="connections a hand-off ends per second per pod at most (default 50)",
+    )
+    a(
+        "--node-address",
+        action="append",
+        default=[a for a in [os.environ.get("HOST_IP")] if a],
+        metavar="IP",
+        help="an address of this node (repeatable; default $HOST_IP): connections from "
+        "it (the kubelet's probes) are never handed off",
+    )
     a("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     a(
         "--check",
@@ -119,6 +140,9 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
         keep_warm_samples=args.keep_warm_samples,
         report_client_endpoints=args.report_client_endpoints,
         metrics_max_pods=args.metrics_max_pods,
+        handoff=args.handoff,
+        handoff_rate=args.handoff_rate,
+        node_addresses=list(args.node_address),
     )
 
 

@@ -64,6 +64,12 @@ class AgentMetrics(Collector):
         self.window_endpoints = Gauge(
             "aviator_agent_window_endpoints", "Endpoints reported in the last window", registry=r
         )
+        self.handed_off = Counter(
+            "aviator_agent_connections_handed_off_total",
+            "Idle client connections of a pod ended because it left a policy's routed set",
+            ["pod"],
+            registry=r,
+        )
         self.counter_resets = Counter(
             "aviator_agent_counter_resets_total",
             "Endpoints whose cumulative counters went backwards (program reloaded)",

@@ -222,7 +222,7 @@ def test_status_schema(schema: dict[str, Any]) -> None:
         "conditions",
         "pods",
         "ejectedPods",
-            "handOffs",
+        "handOffs",
         "observedGeneration",
         "lastEvaluationTime",
         "engineState",

@@ -1,0 +1,149 @@
+"""The agent acts only on hand-offs of its own node's pods, confirmed by its Pod cache;
+the runner follows the orders and reports what it ended."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aviator.agent.bpf.model import SocketState
+from aviator.agent.handoff.executor import HandOffExecutor
+from aviator.agent.handoff.orders import orders
+from aviator.agent.handoff.runner import HandOffRunner
+from aviator.agent.handoff.sockdiag import DiagSocket
+
+JSON = dict[str, Any]
+NOW = 1_800_000_000.0
+UNTIL = "2027-01-15T08:00:05Z"  # NOW + 5 s
+
+
+def pod(name: str, ip: str, node: str = "node-a", host_network: bool = False) -> JSON:
+    return {
+        "metadata": {"name": name, "namespace": "ns"},
+        "spec": {"nodeName": node, "hostNetwork": host_network},
+        "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]},
+    }
+
+
+def policy(*entries: JSON, enabled: bool = True) -> JSON:
+    return {
+        "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
+        "spec": {"routing": {"mode": "takeover", "handoff": {"enabled": enabled}}},
+        "status": {"handOffs": list(entries)},
+    }
+
+
+def entry(name: str, ip: str, node: str = "node-a", until: str = UNTIL) -> JSON:
+    return {"pod": name, "node": node, "ip": ip, "ports": [8080], "since": UNTIL, "until": until}
+
+
+LOCAL = {
+    "ns/a": pod("a", "10.0.0.1"),
+    "ns/b": pod("b", "10.0.0.2"),
+    "ns/h": pod("h", "192.168.0.1", host_network=True),
+}
+
+
+def test_only_confirmed_pods_of_this_node() -> None:
+    got = orders(
+        [
+            policy(
+                entry("a", "10.0.0.1"),
+                entry("b", "10.0.0.9"),  # the IP is another pod's now
+                entry("c", "10.0.0.3"),  # not in this node's cache
+                entry("a2", "10.0.0.1", node="node-b"),  # another node's
+                entry("h", "192.168.0.1"),  # host network: the node's own address
+            )
+        ],
+        "node-a",
+        LOCAL.get,
+        NOW,
+    )
+    assert list(got) == ["ns/a"]
+    order = got["ns/a"]
+    assert order.target.ip == "10.0.0.1" and order.target.ports == frozenset({8080})
+    assert order.period_s == 5.0
+    assert order.policy == "ns/p"
+    assert orders([policy(entry("a", "10.0.0.1"), enabled=False)], "node-a", LOCAL.get, NOW) == {}
+
+
+class FakeTable:
+    def __init__(self, socks: list[SocketState]) -> None:
+        self.socks = {s.sk: s for s in socks}
+
+    def sockets(self) -> list[SocketState]:
+        return list(self.socks.values())
+
+    def socket(self, sk: int) -> SocketState | None:
+        return self.socks.get(sk)
+
+
+class FakeDiag:
+    def __init__(self, table: FakeTable) -> None:
+        self.table = table
+        self.destroyed: list[DiagSocket] = []
+
+    def established(self) -> list[DiagSocket]:
+        return [DiagSocket(2, 1, s.local, s.remote, 0, s.sk) for s in self.table.socks.values()]
+
+    def destroy(self, sock: DiagSocket) -> int:
+        self.destroyed.append(sock)
+        del self.table.socks[sock.cookie]
+        return 0
+
+    def close(self) -> None:
+        pass
+
+
+def conn(sk: int, local: tuple[str, int], busy: bool = False) -> SocketState:
+    return SocketState(sk, "server", local, ("10.9.9.9", 40000 + sk), 1, 5 if busy else 0, 1, 1)
+
+
+def test_runner_follows_orders_and_reports_once() -> None:
+    table = FakeTable([conn(1, ("10.0.0.1", 8080)), conn(2, ("10.0.0.1", 8080), busy=True)])
+    diag = FakeDiag(table)
+    executor = HandOffExecutor(table=table, open_diag=lambda _ns: diag, fresh_s=0.0)
+    policies = [policy(entry("a", "10.0.0.1", until="2020-01-01T00:00:00Z"))]  # period over
+    recorded: list[tuple[str, str]] = []
+    ended: list[tuple[str, int]] = []
+    got_ended, got_recorded = asyncio.Event(), asyncio.Event()
+
+    async def record(obj: JSON, reason: str, note: str) -> None:
+        recorded.append((reason, note))
+        got_recorded.set()
+
+    def on_ended(p: str, n: int) -> None:
+        ended.append((p, n))
+        got_ended.set()
+
+    runner = HandOffRunner(
+        executor,
+        "node-a",
+        lambda: policies,
+        LOCAL.get,
+        policy=lambda key: policies[0] if key == "ns/p" else None,
+        record=record,
+        on_ended=on_ended,
+        step_s=0.01,
+    )
+
+    async def scenario() -> None:
+        task = asyncio.get_running_loop().create_task(runner.run())
+        await asyncio.wait_for(got_ended.wait(), 10)
+        # The busy one is never ended; the order goes away (routed again): cancelled.
+        assert [d.cookie for d in diag.destroyed] == [1]
+        policies[0] = policy()
+        runner.poke()
+        await asyncio.wait_for(got_recorded.wait(), 10)
+        task.cancel()
+
+    asyncio.run(scenario())
+    assert ended == [("ns/a", 1)]
+    assert [d.cookie for d in diag.destroyed] == [1]
+    assert recorded == [
+        (
+            "ConnectionsHandedOff",
+            "ended 1 idle client connection(s) of pod a on port(s) 8080 (cancelled); "
+            "1 busy left alone",
+        )
+    ]
