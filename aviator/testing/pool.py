@@ -1,0 +1,214 @@
+"""An HTTP/1.1 keep-alive connection pool that behaves like real clients' pools.
+
+Tests and benchmarks of connection hand-off need a client that does what urllib3's
+pools and Go's http.Transport do, neither more nor less:
+
+- connections are kept and reused (most recently returned first), never closed by the
+  client; at most `size` exist, a request waits for one when all are busy;
+- a connection the server closed while it sat idle is found out when it is next used:
+  a request on a *reused* connection that fails before any response byte arrived is
+  retried once on a fresh connection (idempotent requests only; this client sends
+  GETs), as both do (Go: "server closed idle connection"; urllib3: a dropped
+  connection is replaced). A failure on a fresh connection, or after response bytes,
+  is a failure;
+- a fresh connection is dialled through `address()` each time, so a Service proxy
+  balances it anew (kube-proxy picks a pod per connection).
+
+`run(rate, seconds)` sends open-loop load (Poisson arrivals, seeded); latency counts
+from when a request was due, so waiting for a connection is not hidden.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSample:
+    """One request: when it was due (monotonic), its latency from then, who served it,
+    whether it was retried on a fresh connection, and the error if it failed."""
+
+    at: float
+    latency_s: float
+    ok: bool
+    served_by: str | None
+    retried: bool = False
+    error: str | None = None
+
+
+@dataclass(eq=False)
+class _Conn:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    served_by: str | None = None
+    used: int = 0
+
+
+class _NoResponse(Exception):
+    """The connection failed before any response byte (retryable on a reused one)."""
+
+
+@dataclass
+class KeepAlivePool:
+    address: Callable[[], tuple[str, int]]
+    size: int = 16
+    timeout_s: float = 5.0
+    path: str = "/"
+    samples: list[PoolSample] = field(default_factory=list)
+    opened: int = 0
+    retries: int = 0
+    _idle: list[_Conn] = field(default_factory=list)
+    _open: int = 0
+    _freed: asyncio.Condition | None = None
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    async def run(self, rate_per_s: float, duration_s: float, seed: int = 1) -> list[PoolSample]:
+        """Open-loop load for `duration_s`, then wait for the answers; this run's samples."""
+        rng = random.Random(seed)
+        first = len(self.samples)
+        due = time.monotonic()
+        end = due + duration_s
+        while True:
+            due += rng.expovariate(rate_per_s)
+            if due >= end:
+                break
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            task = asyncio.get_running_loop().create_task(self._timed(due))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+        return self.samples[first:]
+
+    async def request(self) -> PoolSample:
+        """One GET now (its sample is also kept in `samples`)."""
+        await self._timed(time.monotonic())
+        return self.samples[-1]
+
+    async def close(self) -> None:
+        for conn in self._idle:
+            conn.writer.close()
+        self._idle.clear()
+
+    @property
+    def connections(self) -> int:
+        return self._open
+
+    async def _timed(self, due: float) -> None:
+        retried = False
+        served: str | None = None
+        try:
+            async with asyncio.timeout(max(0.0, self.timeout_s - (time.monotonic() - due))):
+                conn, reused = await self._acquire()
+                served = conn.served_by
+                try:
+                    status, served = await self._exchange(conn)
+                except _NoResponse:
+                    self._discard(conn)
+                    if not reused:
+                        raise
+                    retried = True
+                    self.retries += 1
+                    conn = await self._dial()
+                    status, served = await self._exchange(conn)
+                except BaseException:
+                    self._discard(conn)
+                    raise
+            self._release(conn)
+            ok = status == 200
+            self.samples.append(
+                PoolSample(
+                    due,
+                    time.monotonic() - due,
+                    ok,
+                    served,
+                    retried,
+                    None if ok else f"status {status}",
+                )
+            )
+        except (OSError, TimeoutError, ValueError, _NoResponse, asyncio.IncompleteReadError) as err:
+            name = (
+                type(err.__cause__ or err).__name__
+                if isinstance(err, _NoResponse)
+                else type(err).__name__
+            )
+            self.samples.append(
+                PoolSample(due, time.monotonic() - due, False, served, retried, name)
+            )
+
+    async def _acquire(self) -> tuple[_Conn, bool]:
+        if self._freed is None:
+            self._freed = asyncio.Condition()
+        while True:
+            if self._idle:
+                return self._idle.pop(), True
+            if self._open < self.size:
+                return await self._dial(), False
+            async with self._freed:
+                await self._freed.wait()
+
+    async def _dial(self) -> _Conn:
+        self._open += 1
+        try:
+            host, port = self.address()
+            reader, writer = await asyncio.open_connection(host, port)
+        except BaseException:
+            self._open -= 1
+            self._notify()
+            raise
+        self.opened += 1
+        return _Conn(reader, writer)
+
+    def _release(self, conn: _Conn) -> None:
+        conn.used += 1
+        self._idle.append(conn)
+        self._notify()
+
+    def _discard(self, conn: _Conn) -> None:
+        conn.writer.close()
+        self._open -= 1
+        self._notify()
+
+    def _notify(self) -> None:
+        freed = self._freed
+        if freed is None:
+            return
+
+        async def wake() -> None:
+            async with freed:
+                freed.notify()
+
+        task = asyncio.get_running_loop().create_task(wake())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _exchange(self, conn: _Conn) -> tuple[int, str | None]:
+        try:
+            conn.writer.write(f"GET {self.path} HTTP/1.1\r\nHost: pool\r\n\r\n".encode())
+            await conn.writer.drain()
+            first = await conn.reader.read(1)
+        except (ConnectionError, OSError) as err:
+            raise _NoResponse() from err
+        if not first:
+            raise _NoResponse()
+        head = first + await conn.reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split()
+        status = int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else 0
+        length = 0
+        for line in lines[1:]:
+            name, _, value = line.partition(":")
+            key = name.strip().lower()
+            if key == "content-length":
+                length = int(value.strip())
+            elif key == "x-served-by":
+                conn.served_by = value.strip()
+        if length:
+            await conn.reader.readexactly(length)
+        return status, conn.served_by
