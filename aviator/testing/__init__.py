@@ -1,1 +1,2 @@
-"""A real local Kubernetes control plane for tests, the box and benchmarks."""
+"""A real local Kubernetes control plane for tests, the box and benchmarks, and a
+keep-alive pool client that behaves like real ones (pool.py)."""
