@@ -106,6 +106,20 @@ def test_tail_latency_quick() -> None:
 
 @pytest.mark.bench
 @pytest.mark.e2e
+def test_handoff_quick() -> None:
+    raw = bench("handoff").run(quick=True)
+    skip_if_skipped(raw)
+    rows = well_formed(raw, "handoff")
+    oracle = value(rows["(o) oracle: client p99"])
+    off = value(rows["(a) hand-off off: client p99 after convergence"])
+    on = value(rows["(b) hand-off on: client p99 after convergence"])
+    assert off > 400, "without hand-off the pool keeps its slow pods' connections"
+    assert 0 < on < off and oracle > 0
+    assert value(rows["(b) hand-off on: failed requests"]) == 0
+
+
+@pytest.mark.bench
+@pytest.mark.e2e
 def test_reaction_quick() -> None:
     raw = bench("reaction").run(quick=True)
     skip_if_skipped(raw)
