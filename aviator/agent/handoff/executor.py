@@ -102,6 +102,7 @@ class HandOffExecutor:
     kernel_clock: Callable[[], int] = time.monotonic_ns  # bpf_ktime_get_ns's clock
     handoffs: dict[str, HandOff] = field(default_factory=dict)
     ended_total: dict[str, int] = field(default_factory=dict)  # per pod, cumulative
+    _warned: set[tuple[int, int | None]] = field(default_factory=set)  # (netns, errno) logged
 
     def __post_init__(self) -> None:
         self.node_addresses = frozenset(normalize_ip(a) or a for a in self.node_addresses)
@@ -224,7 +225,10 @@ class HandOffExecutor:
                         diag.close()
                         raise
             except OSError as exc:
-                log.warning("sock_diag in network namespace %d: %s", netns, exc)
+                # Once per namespace and cause: without CAP_SYS_ADMIN this repeats every step.
+                if (netns, exc.errno) not in self._warned:
+                    self._warned.add((netns, exc.errno))
+                    log.warning("sock_diag in network namespace %d: %s", netns, exc)
             diags[netns] = entry
         return diags[netns]
 

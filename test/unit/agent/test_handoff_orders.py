@@ -10,6 +10,7 @@ from aviator.agent.bpf.model import SocketState
 from aviator.agent.handoff.executor import HandOffExecutor
 from aviator.agent.handoff.orders import orders
 from aviator.agent.handoff.runner import HandOffRunner
+from aviator.agent.handoff.select import Target
 from aviator.agent.handoff.sockdiag import DiagSocket
 
 JSON = dict[str, Any]
@@ -147,3 +148,19 @@ def test_runner_follows_orders_and_reports_once() -> None:
             "1 busy left alone",
         )
     ]
+
+
+def test_a_connection_busy_at_the_last_look_is_never_ended() -> None:
+    """The walk saw it idle; by the destroy a request is in flight: it stays."""
+    idle = conn(1, ("10.0.0.1", 8080))
+    diag = FakeDiag(FakeTable([idle]))
+
+    class TurnsBusy(FakeTable):
+        def socket(self, sk: int) -> SocketState | None:
+            return conn(sk, ("10.0.0.1", 8080), busy=True)
+
+    busy_table = TurnsBusy([idle])
+    executor = HandOffExecutor(table=busy_table, open_diag=lambda _ns: diag, fresh_s=0.0)
+    h = executor.begin(Target("ns/a", "10.0.0.1", frozenset({8080})), "ns/p", 0.0)
+    executor.step()
+    assert diag.destroyed == [] and h.busy == 1 and h.ended == 0

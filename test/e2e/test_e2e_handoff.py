@@ -1,0 +1,100 @@
+"""Hand-off in the cluster: a keep-alive pool's connections leave a pod that turns slow.
+
+The quick-start apps (2 fast, 2 slow) behind my-app-service, a takeover policy (topN 2)
+with hand-off on. A keep-alive pool client (as urllib3/Go pool: reuse, re-dial, one
+retry on a reused connection closed before any response byte) holds connections to
+both fast pods. One fast pod turns slow (2 s): the policy routes around it, and its
+node's agent ends its idle pooled connections; the pool re-dials through the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from e2e_scenario import TARGET, Scenario, wait_for
+
+from aviator.kube.resources import EVENTS
+from aviator.testing.pool import KeepAlivePool
+
+pytestmark = pytest.mark.e2e
+
+CONVERGE_S = 30.0
+PERIOD_S = 2.0
+SLOW_S = 2.0  # the victim's latency: a request in flight then may take this long
+
+
+async def test_pooled_connections_leave_a_pod_that_turns_slow(quickstart: Scenario) -> None:
+    quickstart.apply(
+        quickstart.policy(
+            selection={"mode": "topN", "topN": 2},
+            routing={"mode": "takeover", "handoff": {"enabled": True, "period": f"{PERIOD_S:g}s"}},
+            dampening={"enabled": False},
+        )
+    )
+    await quickstart.converge_to_fast(TARGET, timeout_s=CONVERGE_S)
+    address = quickstart.cluster.address(quickstart.ns, TARGET)
+    assert address is not None
+    pool = KeepAlivePool(lambda: address, size=8, timeout_s=5.0)
+    traffic = asyncio.get_running_loop().create_task(pool.run(40, 45.0))
+    try:
+        victim, healthy = sorted(await quickstart.pods("fast"))
+
+        async def served() -> set[str | None]:
+            return {s.served_by for s in pool.samples}
+
+        await wait_for(
+            f"the pool to hold connections to {victim}",
+            served,
+            lambda pods: victim in pods,
+            timeout_s=15,
+        )
+        quickstart.cluster.set_pod_latency(quickstart.ns, victim, f"{SLOW_S:g}s")
+        _, left_after = await wait_for(
+            f"{victim} to leave {TARGET}",
+            lambda: quickstart.routed(TARGET),
+            lambda pods: victim not in pods and healthy in pods,
+            timeout_s=CONVERGE_S,
+        )
+        left = time.monotonic()
+        await wait_for(
+            f"the status to list the hand-off of {victim}",
+            quickstart.avp,
+            lambda p: (
+                p is not None
+                and victim in [h["pod"] for h in (p.get("status") or {}).get("handOffs") or []]
+            ),
+            timeout_s=10,
+        )
+        # Idle connections go within the period; one busy with a request in flight goes
+        # right after its answer (never cut): give those the victim's latency on top.
+        settled = left + PERIOD_S + SLOW_S + 1.0
+        await asyncio.sleep(max(0.0, settled - time.monotonic()) + 4.0)
+        after = [s for s in pool.samples if s.at >= settled]
+        assert after and victim not in {s.served_by for s in after}, (
+            f"{sum(1 for s in after if s.served_by == victim)} of {len(after)} requests "
+            f"still served by {victim} {PERIOD_S + SLOW_S + 1:g}s after it left"
+        )
+
+        async def handed_off() -> list[str]:
+            answer = await quickstart.kube.list(EVENTS, quickstart.ns)
+            return [
+                str(e.get("note"))
+                for e in answer.get("items", [])
+                if e.get("reason") == "ConnectionsHandedOff"
+            ]
+
+        notes, _ = await wait_for(
+            "a ConnectionsHandedOff Event", handed_off, lambda n: bool(n), timeout_s=30
+        )
+        assert any(victim in n for n in notes), notes
+    finally:
+        await traffic
+        await pool.close()
+    failed = [s for s in pool.samples if not s.ok]
+    assert not failed, f"{len(failed)} failed: {sorted({s.error or '?' for s in failed})}"
+    print(
+        f"hand-off: {victim} left after {left_after:.1f}s; {pool.retries} requests retried, "
+        f"{pool.opened} connections opened; {notes}"
+    )
