@@ -25,7 +25,7 @@ from aiohttp import web
 
 from aviator.agent.api import make_api
 from aviator.agent.handoff.executor import HandOffExecutor
-from aviator.agent.handoff.netlink import open_diag
+from aviator.agent.handoff.netlink import open_diag, own_netns
 from aviator.agent.handoff.runner import HandOffRunner
 from aviator.agent.metrics import AgentMetrics
 from aviator.agent.podmap import PodMap
@@ -68,6 +68,7 @@ class AgentConfig:
     handoff: bool = True
     handoff_rate: float = 50.0
     node_addresses: list[str] = field(default_factory=list)
+    handoff_netns: str = "any"  # "own": only pods in the agent's network namespace (the box)
 
 
 class Agent:
@@ -153,9 +154,11 @@ class Agent:
         bpf = getattr(self.source, "bpf", None)
         if not self.config.handoff or bpf is None:
             return None
+        own = own_netns()
         executor = HandOffExecutor(
             table=bpf,
             open_diag=open_diag,
+            netns_allowed=(lambda ns: ns == own) if self.config.handoff_netns == "own" else None,
             node_addresses=self.config.node_addresses,
             rate=self.config.handoff_rate,
             burst=max(1.0, self.config.handoff_rate / 5),

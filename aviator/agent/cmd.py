@@ -108,6 +108,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="connections a hand-off ends per second per pod at most (default 50)",
     )
     a(
+        "--handoff-netns",
+        choices=["any", "own"],
+        default="any",
+        help="hand off connections in any network namespace holding the pod's IP, or "
+        "only in the agent's own (pods sharing the agent's namespace, as in the box)",
+    )
+    a(
         "--node-address",
         action="append",
         default=[a for a in [os.environ.get("HOST_IP")] if a],
@@ -143,6 +150,7 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
         handoff=args.handoff,
         handoff_rate=args.handoff_rate,
         node_addresses=list(args.node_address),
+        handoff_netns=args.handoff_netns,
     )
 
 

@@ -219,6 +219,10 @@ class Box:
                     f"127.0.0.1:{free_port()}",
                     "--latency-source",
                     self.options.latency_source,
+                    # Box pods live in the box's network namespace; another box on the
+                    # same kernel reuses the same pod IPs in its own.
+                    "--handoff-netns",
+                    "own",
                 ),
                 logs / f"agent-{node}.log",
                 module="aviator.agent.cmd",

@@ -161,3 +161,50 @@ def test_pacing_ends_connections_over_the_period(latency_source: BpfLatencySourc
         assert seen == [0, 3, 5, 8, 10]
     finally:
         pod.stop()
+
+
+def test_a_busy_connection_is_ended_right_after_its_answer(
+    latency_source: BpfLatencySource,
+) -> None:
+    hold = threading.Event()
+    hold.set()
+    pod = DelayServer("127.0.41.30", lambda: 0.0, hold=hold).start()
+    try:
+        busy = Conn(pod.host, pod.port)
+        busy.request()
+        _wait_tracked(latency_source, [busy])
+        hold.clear()
+        busy.send()
+        assert pod.wait_received(2)
+        executor = HandOffExecutor(
+            table=latency_source, open_diag=open_diag, fresh_s=0.0, watch_s=2.0
+        )
+        h = executor.begin(Target("ns/p", pod.host, frozenset({pod.port})), "ns/policy", 0.0)
+        # The answer goes out while the step watches: the connection ends right after it.
+        threading.Timer(0.2, hold.set).start()
+        executor.step()
+        assert h.ended == 1
+        busy.receive()  # the whole answer arrived first
+        assert not busy.alive()
+    finally:
+        pod.stop()
+
+
+def test_other_network_namespaces_can_be_excluded(latency_source: BpfLatencySource) -> None:
+    pod = DelayServer("127.0.41.40", lambda: 0.0).start()
+    try:
+        c = Conn(pod.host, pod.port)
+        c.request()
+        _wait_tracked(latency_source, [c])
+        executor = HandOffExecutor(
+            table=latency_source,
+            open_diag=open_diag,
+            fresh_s=0.0,
+            netns_allowed=lambda ns: ns != os.stat("/proc/self/ns/net").st_ino,
+        )
+        h = executor.begin(Target("ns/p", pod.host, frozenset({pod.port})), "ns/policy", 0.0)
+        executor.step()
+        assert h.ended == 0 and h.outcome == "complete"  # nothing of it in an allowed one
+        assert c.alive()
+    finally:
+        pod.stop()

@@ -11,8 +11,12 @@ step, per pod:
    bucket caps it;
 3. the pod's network namespace (the inode the program recorded) is dumped once through
    sock_diag, which names each connection with its cookie;
-4. idle candidates first: the socket's state is read again from the map right before
-   its destroy, which happens only if it is still idle (`select.is_idle`).
+4. idle candidates first: right before its destroy the socket's state is read again
+   from the map (no request open: `select.is_idle`) and from the kernel (no request
+   bytes unread, no response bytes unacknowledged: a response still on its way is
+   never cut); busy candidates are then watched for up to `watch_s`, polled every
+   `watch_poll_s`, and each is ended right after its answer went out: on a busy pool
+   connection the idle moment between an answer and the next request is short.
 
 A tiny window remains between that last read and the kernel ending the connection: a
 request the client sends in it meets a reset connection. Clients retry an idempotent
@@ -43,6 +47,7 @@ from aviator.kube.addresses import normalize_ip
 log = logging.getLogger(__name__)
 
 Tuple = tuple[tuple[str, int], tuple[str, int]]
+_ENDED, _BUSY, _GONE = "ended", "busy", "gone"
 
 
 class SocketTable(Protocol):
@@ -57,6 +62,8 @@ class Diag(Protocol):
     """sock_diag in one network namespace (aviator.agent.handoff.netlink.SockDiag)."""
 
     def established(self) -> list[DiagSocket]: ...
+
+    def query(self, sock: DiagSocket) -> DiagSocket | None: ...
 
     def destroy(self, sock: DiagSocket) -> int: ...
 
@@ -98,6 +105,13 @@ class HandOffExecutor:
     fresh_s: float = 1.0
     grace_s: float = 30.0
     keep_finished_s: float = 60.0
+    watch_s: float = 0.1  # per step: how long busy candidates are watched for their answer
+    watch_poll_s: float = 0.001
+    sleep: Callable[[float], None] = time.sleep
+    # Network namespaces (inodes) whose connections may be ended; None: any. The BPF
+    # program sees every namespace of the kernel, where another namespace may use the
+    # same pod IP (another cluster's nodes on one kernel, nested containers).
+    netns_allowed: Callable[[int], bool] | None = None
     clock: Callable[[], float] = time.monotonic
     kernel_clock: Callable[[], int] = time.monotonic_ns  # bpf_ktime_get_ns's clock
     handoffs: dict[str, HandOff] = field(default_factory=dict)
@@ -162,6 +176,8 @@ class HandOffExecutor:
         diags: dict[int, tuple[Diag, dict[Tuple, DiagSocket]] | None],
         now: float,
     ) -> None:
+        if self.netns_allowed is not None:
+            sockets = [s for s in sockets if self.netns_allowed(s.netns)]
         found = candidates(
             sockets,
             h.target,
@@ -180,36 +196,79 @@ class HandOffExecutor:
             ended=h.ended, remaining=len(found), started=h.started, period_s=h.period_s, now=now
         )
         done = 0
+        busy: list[SocketState] = []
         for cand in found:
             if done >= want or h.limit.available(now) < 1:
                 break
-            entry = self._diag(cand.netns, diags)
-            if entry is None:
-                continue
-            diag, by_tuple = entry
-            target = by_tuple.get((cand.local, cand.remote))
-            if target is None:
-                continue  # closed since the walk (or not established)
-            current = self.table.socket(cand.sk)
-            if current is None or not is_idle(current):
-                h.busy += current is not None
-                continue
-            err = diag.destroy(target)
-            if err == 0:
+            result = self._try_end(h, cand, diags)
+            if result == _ENDED:
                 done += 1
                 h.limit.take(1, now)
-            elif err not in (errno.ENOENT, errno.ESTALE):
-                h.failed += 1
-                log.warning(
-                    "ending %s→%s failed: %s",
-                    cand.remote,
-                    cand.local,
-                    errno.errorcode.get(err, err),
-                )
+            elif result == _BUSY:
+                busy.append(cand)
+        # A busy connection is idle only between an answer and the client's next request:
+        # watch those closely for a moment and end each right after its answer went out.
+        polls = int(self.watch_s / self.watch_poll_s) if self.watch_poll_s > 0 else 0
+        while busy and done < want and polls > 0:
+            polls -= 1
+            if h.limit.available(self.clock()) < 1:
+                break
+            still: list[SocketState] = []
+            for cand in busy:
+                if done >= want:
+                    break
+                result = self._try_end(h, cand, diags, count_busy=False)
+                if result == _ENDED:
+                    done += 1
+                    h.limit.take(1, self.clock())
+                elif result == _BUSY:
+                    still.append(cand)
+            busy = still
+            if busy:
+                self.sleep(self.watch_poll_s)
         h.ended += done
         h.remaining -= done
         if done:
             self.ended_total[h.target.pod] = self.ended_total.get(h.target.pod, 0) + done
+
+    def _try_end(
+        self,
+        h: HandOff,
+        cand: SocketState,
+        diags: dict[int, tuple[Diag, dict[Tuple, DiagSocket]] | None],
+        *,
+        count_busy: bool = True,
+    ) -> str:
+        """End `cand` if it is idle right now: no request open in the program's view, no
+        request bytes waiting to be read and no response bytes unacknowledged."""
+        entry = self._diag(cand.netns, diags)
+        if entry is None:
+            return _GONE
+        diag, by_tuple = entry
+        target = by_tuple.get((cand.local, cand.remote))
+        if target is None:
+            return _GONE  # closed since the walk (or not established)
+        current = self.table.socket(cand.sk)
+        if current is None:
+            return _GONE
+        if not is_idle(current):
+            h.busy += count_busy
+            return _BUSY
+        queues = diag.query(target)
+        if queues is None:
+            return _GONE
+        if queues.rqueue or queues.wqueue:
+            h.busy += count_busy
+            return _BUSY
+        err = diag.destroy(target)
+        if err == 0:
+            return _ENDED
+        if err not in (errno.ENOENT, errno.ESTALE):
+            h.failed += 1
+            log.warning(
+                "ending %s→%s failed: %s", cand.remote, cand.local, errno.errorcode.get(err, err)
+            )
+        return _GONE
 
     def _diag(
         self, netns: int, diags: dict[int, tuple[Diag, dict[Tuple, DiagSocket]] | None]

@@ -127,6 +127,19 @@ class SockDiag:
                         out.append(sockdiag.decode_socket(msg.payload))
         return out
 
+    def query(self, sock: DiagSocket) -> DiagSocket | None:
+        """The current state of `sock` (its queues); None once it is gone."""
+        seq = self._next_seq()
+        self._sock.send(sockdiag.encode_query(seq, sock))
+        while True:
+            for msg in sockdiag.split_messages(self._sock.recv(_RECV_BYTES)):
+                if msg.seq != seq:
+                    continue
+                if msg.type == sockdiag.SOCK_DIAG_BY_FAMILY:
+                    return sockdiag.decode_socket(msg.payload)
+                if msg.type == sockdiag.NLMSG_ERROR:
+                    return None
+
     def destroy(self, sock: DiagSocket) -> int:
         """End `sock` (the kernel resets it: the peer gets an RST); returns 0 or the
         errno (ENOENT: already gone; ESTALE: the tuple is another socket now)."""
@@ -136,6 +149,11 @@ class SockDiag:
             for msg in sockdiag.split_messages(self._sock.recv(_RECV_BYTES)):
                 if msg.seq == seq and msg.type == sockdiag.NLMSG_ERROR:
                     return sockdiag.decode_error(msg.payload)
+
+
+def own_netns() -> int:
+    """The inode of this process's network namespace."""
+    return os.stat("/proc/self/ns/net").st_ino
 
 
 def open_diag(inode: int) -> SockDiag | None:

@@ -1,10 +1,14 @@
 """NETLINK_SOCK_DIAG messages for TCP sockets, encoded and decoded (pure: no I/O).
 
-Two requests are needed to end a connection the way `ss -K` does:
+Three requests serve to end a connection the way `ss -K` does, and safely:
 
 - a dump (`SOCK_DIAG_BY_FAMILY` with NLM_F_DUMP) of one address family's TCP sockets
   in given states, answered by one `inet_diag_msg` per socket: its 4-tuple, interface
   and *cookie* (the kernel's id of that socket);
+- a query of one socket (the same request without NLM_F_DUMP, naming it by tuple and
+  cookie), whose answer carries its queues: bytes received and not yet read by the
+  application (`rqueue`: a request has arrived) and bytes sent and not yet acknowledged
+  (`wqueue`: a response is still on its way);
 - `SOCK_DESTROY` of one socket, named by family, 4-tuple, interface and cookie. The
   kernel looks the tuple up (falling back to the *listening* socket on the local
   address when no connection matches) and then compares the cookie, so a destroy
@@ -67,6 +71,8 @@ class DiagSocket:
     interface: int
     cookie: int
     inode: int = 0
+    rqueue: int = 0
+    wqueue: int = 0
 
 
 def _addr_bytes(family: int, ip: str) -> bytes:
@@ -103,6 +109,13 @@ def encode_dump(seq: int, family: int, states: int = 1 << TCP_ESTABLISHED) -> by
     """A dump request for the TCP sockets of `family` in `states` (a bit mask)."""
     body = _REQ_HEAD.pack(family, IPPROTO_TCP, 0, 0, states) + b"\0" * SOCKID_SIZE
     return _message(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, seq, body)
+
+
+def encode_query(seq: int, sock: DiagSocket) -> bytes:
+    """A request for the current state of exactly `sock` (by tuple and cookie)."""
+    body = _REQ_HEAD.pack(sock.family, IPPROTO_TCP, 0, 0, ALL_STATES)
+    body += _sockid(sock.family, sock.local, sock.remote, sock.interface, sock.cookie)
+    return _message(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST, seq, body)
 
 
 def encode_destroy(seq: int, sock: DiagSocket) -> bytes:
@@ -142,7 +155,9 @@ def decode_socket(payload: bytes) -> DiagSocket:
         raise SockDiagError(f"address family {family}")
     sport, dport, src, dst = _SOCKID.unpack_from(payload, _MSG_HEAD.size)
     iface, c_lo, c_hi = _SOCKID_TAIL.unpack_from(payload, _MSG_HEAD.size + _SOCKID.size)
-    *_, inode = _MSG_TAIL.unpack_from(payload, _MSG_HEAD.size + SOCKID_SIZE)
+    _expires, rqueue, wqueue, _uid, inode = _MSG_TAIL.unpack_from(
+        payload, _MSG_HEAD.size + SOCKID_SIZE
+    )
     return DiagSocket(
         family=family,
         state=state,
@@ -151,6 +166,8 @@ def decode_socket(payload: bytes) -> DiagSocket:
         interface=iface,
         cookie=c_hi << 32 | c_lo,
         inode=inode,
+        rqueue=rqueue,
+        wqueue=wqueue,
     )
 
 
@@ -159,7 +176,7 @@ def encode_socket(sock: DiagSocket) -> bytes:
     decode_socket, for tests and fakes)."""
     head = _MSG_HEAD.pack(sock.family, sock.state, 0, 0)
     sockid = _sockid(sock.family, sock.local, sock.remote, sock.interface, sock.cookie)
-    return head + sockid + _MSG_TAIL.pack(0, 0, 0, 0, sock.inode)
+    return head + sockid + _MSG_TAIL.pack(0, sock.rqueue, sock.wqueue, 0, sock.inode)
 
 
 def decode_error(payload: bytes) -> int:

@@ -4,6 +4,7 @@ the runner follows the orders and reports what it ended."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from typing import Any
 
 from aviator.agent.bpf.model import SocketState
@@ -87,6 +88,9 @@ class FakeDiag:
     def established(self) -> list[DiagSocket]:
         return [DiagSocket(2, 1, s.local, s.remote, 0, s.sk) for s in self.table.socks.values()]
 
+    def query(self, sock: DiagSocket) -> DiagSocket | None:
+        return sock if sock.cookie in self.table.socks else None
+
     def destroy(self, sock: DiagSocket) -> int:
         self.destroyed.append(sock)
         del self.table.socks[sock.cookie]
@@ -164,3 +168,25 @@ def test_a_connection_busy_at_the_last_look_is_never_ended() -> None:
     h = executor.begin(Target("ns/a", "10.0.0.1", frozenset({8080})), "ns/p", 0.0)
     executor.step()
     assert diag.destroyed == [] and h.busy == 1 and h.ended == 0
+
+
+def test_a_response_still_unacknowledged_or_a_request_unread_keeps_it() -> None:
+    """Idle in the program's view, but the kernel still holds response bytes on their way
+    (or request bytes not yet read): the connection stays."""
+
+    class Queued(FakeDiag):
+        queues: dict[str, int] = {}
+
+        def query(self, sock: DiagSocket) -> DiagSocket | None:
+            return dataclasses.replace(sock, **self.queues)
+
+    for queues in ({"wqueue": 100}, {"rqueue": 30}):
+        table = FakeTable([conn(1, ("10.0.0.1", 8080))])
+        diag = Queued(table)
+        diag.queues = queues
+        executor = HandOffExecutor(
+            table=table, open_diag=lambda _ns, d=diag: d, fresh_s=0.0, watch_s=0.0
+        )
+        h = executor.begin(Target("ns/a", "10.0.0.1", frozenset({8080})), "ns/p", 0.0)
+        executor.step()
+        assert diag.destroyed == [] and h.busy == 1, queues

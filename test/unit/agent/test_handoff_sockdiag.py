@@ -31,6 +31,8 @@ def diag_sockets(draw: st.DrawFn) -> DiagSocket:
         interface=draw(st.integers(0, 2**32 - 1)),
         cookie=draw(st.integers(0, 2**64 - 1)),
         inode=draw(st.integers(0, 2**32 - 1)),
+        rqueue=draw(st.integers(0, 2**32 - 1)),
+        wqueue=draw(st.integers(0, 2**32 - 1)),
     )
 
 
@@ -77,6 +79,15 @@ def test_destroy_request_layout(sock: DiagSocket, seq: int) -> None:
     assert bytes(req.id.dst)[:n] == ipaddress.ip_address(sock.remote[0]).packed
     assert req.id.iface == sock.interface
     assert req.id.cookie[1] << 32 | req.id.cookie[0] == sock.cookie
+
+
+@given(diag_sockets(), st.integers(0, 2**32 - 1))
+def test_query_names_one_socket_without_dumping(sock: DiagSocket, seq: int) -> None:
+    (msg,) = sockdiag.split_messages(sockdiag.encode_query(seq, sock))
+    assert (msg.type, msg.flags) == (sockdiag.SOCK_DIAG_BY_FAMILY, sockdiag.NLM_F_REQUEST)
+    req = ReqV2.from_buffer_copy(msg.payload)
+    assert req.id.cookie[1] << 32 | req.id.cookie[0] == sock.cookie
+    assert socket.ntohs(req.id.sport) == sock.local[1]
 
 
 @given(diag_sockets())
