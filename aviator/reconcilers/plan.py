@@ -342,7 +342,8 @@ def _select(
     hand_offs = handoff.plan_handoffs(
         spec=parsed.spec.routing.handoff,
         mode=parsed.spec.routing.mode,
-        before=current_active,
+        # Taking a Service over, its own slices routed it until now: their pods count.
+        before=current_active | handoff.routed_by(view.builtin_slices),
         after=outcome.active,
         published=not slice_plan.empty,
         pods=view.pods,

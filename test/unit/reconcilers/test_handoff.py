@@ -7,7 +7,17 @@ import dataclasses
 from hypothesis import given
 from hypothesis import strategies as st
 from reconciler_objects import make_pod, make_service
-from test_plan import T0, TAKEOVER, apply, caches_with, four_pods, later, make_policy, run
+from test_plan import (
+    T0,
+    TAKEOVER,
+    apply,
+    builtin_slice,
+    caches_with,
+    four_pods,
+    later,
+    make_policy,
+    run,
+)
 
 from aviator.api.durations import Duration
 from aviator.api.types import HandOffSpec, HandOffStatus, RoutingMode
@@ -128,3 +138,20 @@ def test_shadow_mode_hands_nothing_off() -> None:
     memory = dataclasses.replace(todo.memory, status=todo.status)  # type: ignore[arg-type]
     _, again = run(caches, "default/p", memory, later(T0, 1))
     assert again.status is not None and again.status["handOffs"] == []
+
+
+def test_taking_a_service_over_hands_off_the_pods_its_own_slices_routed() -> None:
+    builtin = builtin_slice()
+    builtin["endpoints"] = [
+        {"addresses": [ip], "conditions": {"ready": True}, "targetRef": {"name": name}}
+        for name, ip in (
+            ("fast-1", "10.0.0.1"),
+            ("fast-2", "10.0.0.2"),
+            ("slow-1", "10.0.1.1"),
+            ("slow-2", "10.0.1.2"),
+        )
+    ]
+    caches = caches_with(make_policy(spec=TAKEOVER), make_service(), builtin, *four_pods())
+    _, todo = run(caches, "default/p", None, T0)
+    assert todo.status is not None
+    assert [e["pod"] for e in todo.status["handOffs"]] == ["slow-1", "slow-2"]
