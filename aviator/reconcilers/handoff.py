@@ -31,12 +31,14 @@ Service, or is gone. An agent stops acting on a pod when its entry is dropped.
 from __future__ import annotations
 
 import datetime as dt
+import math
 from collections.abc import Iterable, Sequence
 
 from aviator.api.types import HandOffSpec, HandOffStatus, RoutingMode
 from aviator.kube.objects import JSON
 from aviator.kube.pods import is_terminating, pod_ips, pod_name
 from aviator.reconcilers.endpoints import resolve_ports
+from aviator.reconcilers.view import View
 
 LINGER_S = 10.0
 
@@ -135,10 +137,36 @@ def plan_handoffs(
     return sorted(out.values(), key=lambda e: e.pod)
 
 
-def next_expiry(entries: Sequence[HandOffStatus], now: float) -> float | None:
-    """Seconds until the first entry is to be dropped from the status."""
+def for_view(
+    view: View,
+    before: Iterable[str],
+    after: Iterable[str],
+    published: bool,
+    previous: Sequence[HandOffStatus],
+    now: float,
+) -> list[HandOffStatus]:
+    """`plan_handoffs` for a selecting reconcile of `view` (a valid spec, its target
+    found). Taking a Service over, its own slices routed it until now: their pods count
+    as routed before."""
+    assert view.parsed is not None and view.target is not None
+    return plan_handoffs(
+        spec=view.parsed.spec.routing.handoff,
+        mode=view.parsed.spec.routing.mode,
+        before=set(before) | routed_by(view.builtin_slices),
+        after=after,
+        published=published,
+        pods=view.pods,
+        service=view.target,
+        routed_elsewhere=routed_by(view.sibling_slices),
+        previous=previous,
+        now=now,
+    )
+
+
+def next_expiry(entries: Sequence[HandOffStatus], now: float) -> float:
+    """Seconds until the first entry is to be dropped from the status (inf: none)."""
     ends = [t + LINGER_S for t in (parse_iso(e.until) for e in entries) if t is not None]
-    return max(0.0, min(ends) - now) if ends else None
+    return max(0.0, min(ends) - now) if ends else math.inf
 
 
 def routed_by(slices: Iterable[JSON]) -> set[str]:

@@ -339,22 +339,10 @@ def _select(
     writes += routing.after_slices(view, target, route)
 
     previous_handoffs = handoff.previous_handoffs(memory.status or view.policy.get("status"))
-    hand_offs = handoff.plan_handoffs(
-        spec=parsed.spec.routing.handoff,
-        mode=parsed.spec.routing.mode,
-        # Taking a Service over, its own slices routed it until now: their pods count.
-        before=current_active | handoff.routed_by(view.builtin_slices),
-        after=outcome.active,
-        published=not slice_plan.empty,
-        pods=view.pods,
-        service=target,
-        routed_elsewhere=handoff.routed_by(view.sibling_slices),
-        previous=previous_handoffs,
-        now=clock.wall,
+    hand_offs = handoff.for_view(
+        view, current_active, outcome.active, not slice_plan.empty, previous_handoffs, clock.wall
     )
-    expiry = handoff.next_expiry(hand_offs, clock.wall)
-    if expiry is not None:
-        requeue_after = min(requeue_after, expiry)
+    requeue_after = min(requeue_after, handoff.next_expiry(hand_offs, clock.wall))
 
     events = policy_events(outcome, current_active, not slice_plan.empty, eligible)
     events += handoff_events(hand_offs, previous_handoffs, view.pods)

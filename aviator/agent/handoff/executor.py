@@ -105,7 +105,7 @@ class HandOffExecutor:
     fresh_s: float = 1.0
     grace_s: float = 30.0
     keep_finished_s: float = 60.0
-    watch_s: float = 0.1  # per step: how long busy candidates are watched for their answer
+    watch_s: float = 0.2  # per step: how long busy candidates are watched for their answer
     watch_poll_s: float = 0.001
     sleep: Callable[[float], None] = time.sleep
     # Network namespaces (inodes) whose connections may be ended; None: any. The BPF

@@ -37,7 +37,7 @@ class HandOffRunner:
         policy: Callable[[str], JSON | None],
         record: Recorder | None = None,
         on_ended: Callable[[str, int], None] | None = None,
-        step_s: float = 0.2,
+        step_s: float = 0.05,
         wall: Callable[[], float] = time.time,
     ) -> None:
         self.executor = executor
