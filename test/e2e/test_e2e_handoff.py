@@ -36,7 +36,8 @@ async def test_pooled_connections_leave_a_pod_that_turns_slow(quickstart: Scenar
     await quickstart.converge_to_fast(TARGET, timeout_s=CONVERGE_S)
     address = quickstart.cluster.address(quickstart.ns, TARGET)
     assert address is not None
-    pool = KeepAlivePool(lambda: address, size=8, timeout_s=5.0)
+    # Generous: a request queued behind the slow victim (2 s) must not time out.
+    pool = KeepAlivePool(lambda: address, size=16, timeout_s=10.0)
     traffic = asyncio.get_running_loop().create_task(pool.run(40, 45.0))
     try:
         victim, healthy = sorted(await quickstart.pods("fast"))

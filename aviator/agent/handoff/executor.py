@@ -13,8 +13,7 @@ step, per pod:
    sock_diag, which names each connection with its cookie;
 4. idle candidates first: right before its destroy the socket's state is read again
    from the map (no request open: `select.is_idle`) and from the kernel (no request
-   bytes unread, no response bytes unacknowledged: a response still on its way is
-   never cut); busy candidates are then watched for up to `watch_s`, polled every
+   bytes waiting to be read); busy candidates are then watched for up to `watch_s`, polled every
    `watch_poll_s`, and each is ended right after its answer went out: on a busy pool
    connection the idle moment between an answer and the next request is short.
 
@@ -239,8 +238,9 @@ class HandOffExecutor:
         *,
         count_busy: bool = True,
     ) -> str:
-        """End `cand` if it is idle right now: no request open in the program's view, no
-        request bytes waiting to be read and no response bytes unacknowledged."""
+        """End `cand` if it is idle right now: no request open in the program's view and
+        no request bytes waiting to be read. (Response bytes not yet acknowledged do not
+        count: a request/response client acknowledges an answer with its next request.)"""
         entry = self._diag(cand.netns, diags)
         if entry is None:
             return _GONE
@@ -257,7 +257,7 @@ class HandOffExecutor:
         queues = diag.query(target)
         if queues is None:
             return _GONE
-        if queues.rqueue or queues.wqueue:
+        if queues.rqueue:
             h.busy += count_busy
             return _BUSY
         err = diag.destroy(target)

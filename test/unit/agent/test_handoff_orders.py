@@ -170,9 +170,9 @@ def test_a_connection_busy_at_the_last_look_is_never_ended() -> None:
     assert diag.destroyed == [] and h.busy == 1 and h.ended == 0
 
 
-def test_a_response_still_unacknowledged_or_a_request_unread_keeps_it() -> None:
-    """Idle in the program's view, but the kernel still holds response bytes on their way
-    (or request bytes not yet read): the connection stays."""
+def test_a_request_unread_keeps_it() -> None:
+    """Idle in the program's view, but the kernel holds request bytes the application
+    has not read yet: the connection stays."""
 
     class Queued(FakeDiag):
         queues: dict[str, int] = {}
@@ -180,7 +180,7 @@ def test_a_response_still_unacknowledged_or_a_request_unread_keeps_it() -> None:
         def query(self, sock: DiagSocket) -> DiagSocket | None:
             return dataclasses.replace(sock, **self.queues)
 
-    for queues in ({"wqueue": 100}, {"rqueue": 30}):
+    for queues in ({"rqueue": 30}, {"rqueue": 1, "wqueue": 100}):
         table = FakeTable([conn(1, ("10.0.0.1", 8080))])
         diag = Queued(table)
         diag.queues = queues
