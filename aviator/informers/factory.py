@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
-from aviator.informers.reflector import ListWatchClient
 from aviator.informers.shared_informer import SharedIndexInformer
+from aviator.kube.client import ListWatchClient
 from aviator.kube.resources import Resource
 
 InformerKey = tuple[Resource, str | None, str | None, str | None]

@@ -26,14 +26,13 @@ import asyncio
 import json
 import logging
 import random
-from collections.abc import AsyncIterator, Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
 import aiohttp
 
 from aviator.informers.backoff import Backoff
 from aviator.informers.keys import JSON, resource_version
-from aviator.kube.client import ApiError
+from aviator.kube.client import ApiError, ListWatchClient
 from aviator.kube.resources import Resource
 
 log = logging.getLogger(__name__)
@@ -56,25 +55,6 @@ TRANSPORT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     json.JSONDecodeError,
 )
-
-
-class ListWatchClient(Protocol):
-    """The part of KubeClient a Reflector uses."""
-
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, str | int | bool] | None = None,
-        body: Any = None,
-        content_type: str = "application/json",
-        timeout_s: float = 30.0,
-    ) -> JSON: ...
-
-    def watch(
-        self, path: str, params: Mapping[str, str | int | bool] | None = None
-    ) -> AsyncIterator[JSON]: ...
 
 
 class ReflectorStore(Protocol):

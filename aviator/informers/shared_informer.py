@@ -21,8 +21,9 @@ from aviator.informers.listener import (
     ProcessorListener,
     UpdateNotification,
 )
-from aviator.informers.reflector import ListWatchClient, Reflector
+from aviator.informers.reflector import Reflector
 from aviator.informers.store import NAMESPACE_INDEX, Indexer, IndexFunc, namespace_index
+from aviator.kube.client import ListWatchClient
 from aviator.kube.resources import Resource
 
 log = logging.getLogger(__name__)

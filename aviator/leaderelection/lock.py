@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any, Protocol
+from typing import Protocol
 
-from aviator.kube.client import ApiError
+from aviator.kube.client import ApiError, RequestClient
 from aviator.kube.resources import LEASES
 from aviator.leaderelection.record import (
     JSON,
@@ -38,21 +37,6 @@ class Lock(Protocol):
     async def update(self, record: LeaderElectionRecord) -> None: ...
 
     def describe(self) -> str: ...
-
-
-class RequestClient(Protocol):
-    """The part of KubeClient a LeaseLock uses."""
-
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, str | int | bool] | None = None,
-        body: Any = None,
-        content_type: str = "application/json",
-        timeout_s: float = 30.0,
-    ) -> JSON: ...
 
 
 class LeaseLock:
