@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import subprocess
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -54,7 +55,19 @@ def install_crd(cp: ControlPlane, body: JSON | None = None) -> None:
         "-",
         input=json.dumps(build_crd() if body is None else body),
     )
-    cp.kubectl("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=60s")
+    try:
+        # Established is the API server's CRD controller catching up: seconds, longer
+        # only on a very busy machine, hence a generous bound.
+        cp.kubectl(
+            "wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=120s", timeout=150
+        )
+    except subprocess.CalledProcessError as exc:
+        found = cp.kubectl("get", f"crd/{CRD_NAME}", "-o", "json", check=False)
+        crd = json.loads(found.stdout) if found.returncode == 0 else {}
+        conditions = (crd.get("status") or {}).get("conditions")
+        raise AssertionError(
+            f"CRD {CRD_NAME} not Established: {exc.stderr or exc.output!r}; conditions {conditions}"
+        ) from exc
 
 
 async def eventually(
