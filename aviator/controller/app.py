@@ -23,6 +23,7 @@ from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from aviator.controller.agents import POD_IP_INDEXERS, pod_locator, pod_node_resolver
 from aviator.controller.metrics import ControllerMetrics
 from aviator.informers import FuncHandler, IndexFunc, InformerFactory, SharedIndexInformer
 from aviator.informers.keys import JSON, DeletedFinalStateUnknown, unwrap_tombstone
@@ -97,13 +98,16 @@ class ControllerApp:
         self.metrics = ControllerMetrics(self.registry)
         self.store = LatencyStore(options.latency_window_s, options.latency_stale_after_s)
         self.metrics.track_store_size(lambda: len(self.store))
-        self.authenticator = TokenAuthenticator(
-            client, options.agent_service_accounts, audiences=options.agent_audiences
-        )
         self.factory = InformerFactory(client)
         self.policy_informer = self._informer(AVIATORPOLICIES, mapping.POLICY_INDEXERS)
         self.service_informer = self._informer(SERVICES, SERVICE_INDEXERS)
-        self.pod_informer = self._informer(PODS, POD_INDEXERS)
+        self.pod_informer = self._informer(PODS, {**POD_INDEXERS, **POD_IP_INDEXERS})
+        self.authenticator = TokenAuthenticator(
+            client,
+            options.agent_service_accounts,
+            audiences=options.agent_audiences,
+            resolve_pod_node=pod_node_resolver(self.pod_informer.indexer, client),
+        )
         self.slice_informer = self._informer(
             ENDPOINTSLICES, SLICE_INDEXERS, label_selector=marks.SLICE_SELECTOR
         )
@@ -217,7 +221,9 @@ class ControllerApp:
 
     def _http_app(self) -> web.Application:
         app = web.Application()
-        stream = make_stream_handler(self.store, self.authenticator)
+        stream = make_stream_handler(
+            self.store, self.authenticator, pod_locator(self.pod_informer.indexer)
+        )
 
         async def metrics(_: web.Request) -> web.Response:
             body = generate_latest(self.registry)

@@ -11,9 +11,17 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import REGISTRY
 
 from aviator.kube.client import ApiError, KubeClient
-from aviator.latency.auth import TokenAuthenticator, service_account_username
+from aviator.latency.admission import PodPlace
+from aviator.latency.auth import (
+    NODE_NAME_EXTRA,
+    POD_NAME_EXTRA,
+    POD_UID_EXTRA,
+    TokenAuthenticator,
+    service_account_username,
+)
 from aviator.latency.histogram import Histogram
 from aviator.latency.receiver import make_stream_handler
 from aviator.latency.schema import EndpointWindow, Snapshot, encode_snapshot
@@ -22,10 +30,14 @@ from aviator.latency.store import LatencyStore
 AGENT = "system:serviceaccount:aviator-system:aviator-agent"
 
 
-class FakeReviews:
-    """Answers TokenReviews from a token → (username, audiences) table."""
+NODE = "node-1"
 
-    def __init__(self, users: dict[str, tuple[str, list[str]]]) -> None:
+
+class FakeReviews:
+    """Answers TokenReviews from a token → (username, audiences[, extra]) table; the
+    user's extra names NODE unless the table gives one."""
+
+    def __init__(self, users: dict[str, Any]) -> None:
         self.users = users
         self.bodies: list[dict[str, Any]] = []
         self.down = False
@@ -37,10 +49,11 @@ class FakeReviews:
         user = self.users.get(body["spec"]["token"])
         if user is None:
             return {"status": {"authenticated": False, "error": "invalid bearer token"}}
+        extra = user[2] if len(user) > 2 else {NODE_NAME_EXTRA: [NODE]}
         return {
             "status": {
                 "authenticated": True,
-                "user": {"username": user[0]},
+                "user": {"username": user[0], "extra": extra},
                 "audiences": user[1],
             }
         }
@@ -114,18 +127,79 @@ async def test_audience_is_requested_and_checked() -> None:
     assert (await auth.authenticate("wrong")).status == 401
 
 
-def snapshot_text(ip: str = "10.0.0.1") -> str:
+async def test_the_node_comes_from_the_token() -> None:
+    """node-name extra (pod- or node-bound tokens); else the token's pod, looked up;
+    a token bound to nothing names no node and is refused."""
+    pod_bound = {POD_NAME_EXTRA: ["agent-x"], POD_UID_EXTRA: ["uid-1"]}
+    reviews = FakeReviews(
+        {
+            "node-bound": (AGENT, [], {NODE_NAME_EXTRA: ["n7"]}),
+            "pod-bound": (AGENT, [], pod_bound),
+            "gone-pod": (AGENT, [], {POD_NAME_EXTRA: ["old"], POD_UID_EXTRA: ["uid-0"]}),
+            "unbound": (AGENT, [], {}),
+            "odd": (AGENT, [], {NODE_NAME_EXTRA: ["a", "b"]}),
+        }
+    )
+    looked_up: list[tuple[str, str, str]] = []
+    api_down = False
+
+    async def resolve(namespace: str, name: str, uid: str) -> str | None:
+        looked_up.append((namespace, name, uid))
+        if api_down:
+            raise OSError("connection refused")
+        return "n8" if (name, uid) == ("agent-x", "uid-1") else None
+
+    auth = authenticator(reviews, resolve_pod_node=resolve)
+    assert (await auth.authenticate("node-bound")).node == "n7"
+    verdict = await auth.authenticate("pod-bound")
+    assert verdict.allowed and verdict.node == "n8"
+    assert looked_up == [("aviator-system", "agent-x", "uid-1")]
+    for token in ("gone-pod", "unbound", "odd"):
+        verdict = await auth.authenticate(token)
+        assert verdict.status == 403 and verdict.node is None, token
+    assert "bound to no pod or node" in verdict.reason
+    api_down = True
+    assert (
+        await authenticator(reviews, resolve_pod_node=resolve).authenticate("pod-bound")
+    ).status == 503
+    # Without a resolver, a pod-bound token lacking the node-name extra names no node.
+    assert (await authenticator(reviews).authenticate("pod-bound")).status == 403
+    lenient = authenticator(reviews, require_node=False)
+    verdict = await lenient.authenticate("unbound")
+    assert verdict.allowed and verdict.node is None
+
+
+def snapshot_text(ip: str = "10.0.0.1", node: str = NODE, pod: str | None = "ns/p") -> str:
     h = Histogram.from_values([5000] * 10)
-    ep = EndpointWindow(ip, 8080, "server", "ns/p", h, 10, 50000, 5000, 2, 0)
-    return encode_snapshot(Snapshot("node-1", "ebpf", 1.0, 1.0, (ep,)))
+    ep = EndpointWindow(ip, 8080, "server", pod, h, 10, 50000, 5000, 2, 0)
+    return encode_snapshot(Snapshot(node, "ebpf", 1.0, 1.0, (ep,)))
+
+
+# Who lives where, as the controller's Pod cache says.
+PODS = {
+    "10.0.0.1": [PodPlace("ns/p", NODE)],
+    "10.0.0.2": [PodPlace("ns/q", NODE)],
+    "10.0.9.1": [PodPlace("ns/elsewhere", "node-2")],
+    "10.0.9.2": [PodPlace("ns/here", NODE), PodPlace("ns/there", "node-2")],
+}
+
+
+def locate(ip: str) -> list[PodPlace]:
+    return PODS.get(ip, [])
 
 
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[TestClient[web.Request, web.Application], LatencyStore]]:
     store = LatencyStore(window_s=10, stale_after_s=5)
-    reviews = FakeReviews({"good": (AGENT, []), "other": ("system:serviceaccount:x:y", [])})
+    reviews = FakeReviews(
+        {
+            "good": (AGENT, []),
+            "other": ("system:serviceaccount:x:y", []),
+            "unbound": (AGENT, [], {}),
+        }
+    )
     app = web.Application()
-    app.router.add_get("/v1/stream", make_stream_handler(store, authenticator(reviews)))
+    app.router.add_get("/v1/stream", make_stream_handler(store, authenticator(reviews), locate))
     async with TestClient(TestServer(app)) as client:
         yield client, store
 
@@ -139,6 +213,7 @@ async def test_refused_before_upgrade(
         ({"Authorization": "Bearer bogus"}, 401),
         ({"Authorization": "Basic good"}, 401),
         ({"Authorization": "Bearer other"}, 403),
+        ({"Authorization": "Bearer unbound"}, 403),
     ):
         with pytest.raises(aiohttp.WSServerHandshakeError) as err:
             await client.ws_connect("/v1/stream", headers=headers)
@@ -164,13 +239,45 @@ async def test_snapshots_reach_the_store_and_garbage_gets_an_error_frame(
     assert est is not None and est.samples == 10 and est.rif == 2
 
 
+async def test_an_agent_speaks_only_for_its_own_nodes_pods(
+    served: tuple[TestClient[web.Request, web.Application], LatencyStore],
+) -> None:
+    client, store = served
+    refused = REGISTRY.get_sample_value(
+        "aviator_stream_endpoints_refused_total", {"reason": "other_node"}
+    )
+    async with client.ws_connect("/v1/stream", headers={"Authorization": "Bearer good"}) as ws:
+        # A snapshot claiming another node is refused whole.
+        await ws.send_str(snapshot_text("10.0.9.1", node="node-2"))
+        reply = json.loads(await ws.receive_str())
+        assert "is not the token's node" in reply["error"]
+        # Another node's pod, an IP two nodes' pods claim, an unknown IP: dropped and
+        # counted, and the agent is told once.
+        for ip in ("10.0.9.1", "10.0.9.2", "10.7.7.7"):
+            await ws.send_str(snapshot_text(ip))
+        reply = json.loads(await ws.receive_str())
+        assert reply["error"] == "endpoints refused: other_node 1"
+        # Its own pod goes in, under the name the controller knows it by.
+        await ws.send_str(snapshot_text("10.0.0.2", pod="ns/not-what-the-agent-said"))
+        await ws.send_str("garbage")
+        assert json.loads(await ws.receive_str())["kind"] == "error"
+    now = time.monotonic()
+    assert store.ips() == ["10.0.0.2"]
+    assert store.estimate("10.0.0.2", now) is not None
+    assert store._windows[("10.0.0.2", 8080, "server", "agent")].pod == "ns/q"
+    after = REGISTRY.get_sample_value(
+        "aviator_stream_endpoints_refused_total", {"reason": "other_node"}
+    )
+    assert (after or 0) - (refused or 0) == 2
+
+
 async def test_a_token_revoked_mid_stream_ends_the_connection() -> None:
     store = LatencyStore(window_s=10, stale_after_s=5)
     reviews = FakeReviews({"good": (AGENT, [])})
     clock = Clock()
     auth = authenticator(reviews, clock, cache_ttl_s=60)
     app = web.Application()
-    app.router.add_get("/v1/stream", make_stream_handler(store, auth, reauth_after_s=0))
+    app.router.add_get("/v1/stream", make_stream_handler(store, auth, locate, reauth_after_s=0))
     async with (
         TestClient(TestServer(app)) as client,
         client.ws_connect("/v1/stream", headers={"Authorization": "Bearer good"}) as ws,
@@ -190,3 +297,23 @@ async def test_a_token_revoked_mid_stream_ends_the_connection() -> None:
     now = time.monotonic()
     assert store.estimate("10.0.0.1", now) is not None
     assert store.estimate("10.0.0.2", now) is None
+
+
+async def test_a_token_that_comes_to_name_another_node_ends_the_connection() -> None:
+    store = LatencyStore(window_s=10, stale_after_s=5)
+    reviews = FakeReviews({"good": (AGENT, [])})
+    clock = Clock()
+    auth = authenticator(reviews, clock, cache_ttl_s=60)
+    app = web.Application()
+    app.router.add_get("/v1/stream", make_stream_handler(store, auth, locate, reauth_after_s=0))
+    async with (
+        TestClient(TestServer(app)) as client,
+        client.ws_connect("/v1/stream", headers={"Authorization": "Bearer good"}) as ws,
+    ):
+        reviews.users["good"] = (AGENT, [], {NODE_NAME_EXTRA: ["node-2"]})
+        clock.now = 61.0
+        await ws.send_str(snapshot_text("10.0.0.1"))
+        reply = json.loads(await ws.receive_str())
+        assert "now names node node-2" in reply["error"]
+        assert (await ws.receive()).type == aiohttp.WSMsgType.CLOSE
+    assert len(store) == 0
