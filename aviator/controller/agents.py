@@ -36,7 +36,8 @@ def _place(pod: JSON) -> PodPlace | None:
     meta = pod.get("metadata") or {}
     if not node:
         return None
-    return PodPlace(f"{meta.get('namespace', '')}/{meta.get('name', '')}", str(node))
+    key = f"{meta.get('namespace', '')}/{meta.get('name', '')}"
+    return PodPlace(key, str(node), meta.get("deletionTimestamp") is not None)
 
 
 def pod_locator(pods: Indexer) -> PodLocator:

@@ -12,7 +12,9 @@ message either. For every endpoint window of a snapshot, pure:
   (the agent's name for it is not trusted either).
 
 A finished pod (phase Succeeded or Failed) keeps its IP in its status after the IP
-is free for reuse, so it never decides anything; a `PodLocator` drops them.
+is free for reuse, so it never decides anything; a `PodLocator` drops them. A
+terminating pod decides only when no other pod has the IP (one stuck terminating on
+a lost node must not make its IP nobody's).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class PodPlace:
 
     key: str
     node: str
+    terminating: bool = False
 
 
 # IP (normalised, as the schema parses it) → the live pods at that IP.
@@ -52,8 +55,9 @@ def place_of(places: Sequence[PodPlace], node: str) -> PodPlace | str:
     """The pod at an IP that `node`'s agent may speak for, or the reason it may not."""
     if not places:
         return UNKNOWN_IP
+    running = [p for p in places if not p.terminating]
     mine = None
-    for place in places:
+    for place in running or places:
         if place.node != node:
             return OTHER_NODE  # a pod elsewhere claims the IP too: nobody here decides
         mine = mine or place

@@ -37,7 +37,7 @@ from aviator.latency.auth import TokenAuthenticator
 from aviator.latency.histogram import Histogram
 from aviator.latency.receiver import make_stream_handler
 from aviator.latency.schema import EndpointWindow, Snapshot, encode_snapshot
-from aviator.latency.store import LatencyStore
+from aviator.latency.store import Ingested, LatencyStore
 from aviator.testing.controlplane import ControlPlane
 
 JSON = dict[str, Any]
@@ -454,10 +454,10 @@ class RecordingStore(LatencyStore):
         self.snapshots: list[Snapshot] = []
         self.changed = asyncio.Event()
 
-    def ingest(self, msg: Snapshot, now: float) -> int:
+    def ingest_snapshot(self, msg: Snapshot, now: float) -> Ingested:
         self.snapshots.append(msg)
         self.changed.set()
-        return super().ingest(msg, now)
+        return super().ingest_snapshot(msg, now)
 
     async def wait_for(self, pred: Callable[[Snapshot], bool], within_s: float = 60) -> Snapshot:
         async with asyncio.timeout(within_s):
