@@ -38,8 +38,8 @@ from typing import Any
 
 import aiohttp
 
-from aviator.kube import KubeClient
-from aviator.kube.resources import NAMESPACES, PODS, SERVICEACCOUNTS, SERVICES, Resource
+from aviator.kube import ApiError, KubeClient
+from aviator.kube.resources import NAMESPACES, NODES, PODS, SERVICEACCOUNTS, SERVICES, Resource
 from aviator.latency.histogram import bucket_index
 from aviator.testing.controlplane import ControlPlane, free_port
 
@@ -193,14 +193,29 @@ async def new_namespace(kube: KubeClient, prefix: str) -> str:
     return ns
 
 
-async def agent_token(kube: KubeClient, ns: str, name: str = AGENT_SA) -> str:
+def bench_node(i: int) -> str:
+    """The name of the i-th node pods are spread over (see create_ready_pods)."""
+    return f"bench-node-{i}"
+
+
+async def agent_token(
+    kube: KubeClient, ns: str, name: str = AGENT_SA, *, node: str = "bench-node-0"
+) -> str:
+    """A token of `ns:name` bound to the Node `node` (created when missing): the
+    controller takes what an agent with it sends for `node`'s pods only."""
+    with contextlib.suppress(ApiError):  # exists already
+        await kube.create(NODES, {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}})
+    uid = (await kube.get(NODES, node))["metadata"]["uid"]
     answer = await kube.request(
         "POST",
         SERVICEACCOUNTS.path(ns, name, "token"),
         body={
             "apiVersion": "authentication.k8s.io/v1",
             "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 3600},
+            "spec": {
+                "expirationSeconds": 3600,
+                "boundObjectRef": {"kind": "Node", "apiVersion": "v1", "name": node, "uid": uid},
+            },
         },
     )
     return str(answer["status"]["token"])
@@ -260,7 +275,7 @@ async def create_ready_pods(
             "kind": "Pod",
             "metadata": {"name": name, "namespace": ns, "labels": labels},
             "spec": {
-                "nodeName": f"bench-node-{i % nodes}",
+                "nodeName": bench_node(i % nodes),
                 "containers": [
                     {
                         "name": "app",

@@ -41,6 +41,7 @@ from bench.common import (
     SimAgent,
     WriteWatch,
     agent_token,
+    bench_node,
     bounded,
     create_ready_pods,
     create_service,
@@ -112,14 +113,16 @@ async def _fleet(kubeconfig: Path, fleet: Fleet, sizes: Sizes) -> list[Row]:
     kube = await KubeClient.load(str(kubeconfig))
     try:
         ns = await new_namespace(kube, "scale")
-        token = await agent_token(kube, ns)
+        nodes = max(1, fleet.pods // PODS_PER_AGENT)
+        # One agent per node, each with a token bound to its node (the controller takes
+        # what an agent sends for its own node's pods only).
+        tokens = [await agent_token(kube, ns, node=bench_node(a)) for a in range(nodes)]
         names = [f"p-{i}" for i in range(fleet.pods)]
         ips = [pod_ip(i) for i in range(fleet.pods)]
         start = time.monotonic()
         for j in range(fleet.policies):
             await create_service(kube, ns, f"svc-{j}", {"app": f"svc-{j}"}, headless=True)
         per = fleet.pods_per_policy
-        nodes = max(1, fleet.pods // PODS_PER_AGENT)
         await bounded(
             [
                 functools.partial(
@@ -144,7 +147,7 @@ async def _fleet(kubeconfig: Path, fleet: Fleet, sizes: Sizes) -> list[Row]:
         controller = ControllerProcess(kubeconfig, ns)
         try:
             await controller.wait_ready()
-            return await _measure(kube, ns, token, controller, fleet, sizes, ips, names, setup_s)
+            return await _measure(kube, ns, tokens, controller, fleet, sizes, ips, names, setup_s)
         finally:
             controller.stop()
     finally:
@@ -154,7 +157,7 @@ async def _fleet(kubeconfig: Path, fleet: Fleet, sizes: Sizes) -> list[Row]:
 async def _measure(
     kube: KubeClient,
     ns: str,
-    token: str,
+    tokens: list[str],
     controller: ControllerProcess,
     fleet: Fleet,
     sizes: Sizes,
@@ -165,10 +168,10 @@ async def _measure(
     agents_n = max(1, fleet.pods // PODS_PER_AGENT)
     groups = [list(range(a, fleet.pods, agents_n)) for a in range(agents_n)]
     messages = [
-        snapshot_json(f"bench-node-{a}", [(ips[i], _latency_ms(i)) for i in group], window_s=1.0)
+        snapshot_json(bench_node(a), [(ips[i], _latency_ms(i)) for i in group], window_s=1.0)
         for a, group in enumerate(groups)
     ]
-    agents = [SimAgent(controller.url, token) for _ in range(agents_n)]
+    agents = [SimAgent(controller.url, tokens[a]) for a in range(agents_n)]
     async with contextlib.AsyncExitStack() as stack:
         for agent in agents:
             await stack.enter_async_context(agent)

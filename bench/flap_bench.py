@@ -29,6 +29,7 @@ from bench.common import (
     SimAgent,
     WriteWatch,
     agent_token,
+    bench_node,
     create_ready_pods,
     create_service,
     new_namespace,
@@ -81,7 +82,7 @@ async def _run(kubeconfig: object, evaluations: int) -> list[Row]:
                     jittered = [
                         (ip, MEAN_MS * (1 + rng.uniform(-JITTER, JITTER))) for _, ip in pods
                     ]
-                    await agent.send(snapshot_json("flap-node", jittered, window_s=INTERVAL_S))
+                    await agent.send(snapshot_json(bench_node(0), jittered, window_s=INTERVAL_S))
                     await asyncio.sleep(INTERVAL_S)
 
             reporting = asyncio.create_task(report())

@@ -39,7 +39,7 @@ from aviator.kube import KubeClient
 from aviator.kube.marks import LABEL_SERVICE_NAME
 from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, SERVICES
 from aviator.latency.probing import ProbeTarget
-from aviator.latency.schema import MAX_ENDPOINTS, EndpointWindow, Snapshot
+from aviator.latency.schema import EndpointWindow, Snapshot
 from aviator.latency.store import LatencyStore
 from aviator.runtime.events import EventRecorder
 from aviator.runtime.writer import WriteMetrics, Writer
@@ -237,7 +237,7 @@ class Agent:
         resets_before = self.differ.resets
         windows = attach_pods(self.differ.advance(cumulative), self.pods.pod_for)
         self.metrics.counter_resets.inc(self.differ.resets - resets_before)
-        endpoints = tuple(w for w in windows if self._reported(w))[:MAX_ENDPOINTS]
+        endpoints = tuple(w for w in windows if self._reported(w))
         snapshot = Snapshot(
             node=self.config.node,
             source=self.source.name,

@@ -10,7 +10,9 @@ a headless Service found through its EndpointSlices. Each connection:
 - reconnects with exponential backoff (0.5 s doubling to 30 s, with jitter);
 - sends only what is produced while it is connected, from a small queue that drops
   the oldest snapshot when the controller does not keep up: windows are deltas the
-  store files under their arrival time, so stale ones are worth nothing.
+  store files under their arrival time, so stale ones are worth nothing. A snapshot
+  larger than the controller takes in one message goes as several
+  (`schema.split_snapshot`).
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from typing import Any
 import aiohttp
 
 from aviator.informers import Backoff
-from aviator.latency.schema import Snapshot, encode_snapshot
+from aviator.latency.schema import Snapshot, split_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +82,7 @@ class ControllerConnection:
         self.url = url
         self._tokens = tokens
         self._session = session
-        self._queue: deque[str] = deque(maxlen=queue_size)
+        self._queue: deque[list[str]] = deque(maxlen=queue_size)
         self._wakeup = asyncio.Event()
         self._backoff = backoff or Backoff(initial_s=0.5, max_s=30.0, jitter=0.2)
         self.connected = False
@@ -92,13 +94,14 @@ class ControllerConnection:
         # Set on every connect and disconnect (for whoever wants to watch the state).
         self.changed = asyncio.Event()
 
-    def offer(self, text: str) -> None:
-        """Queue one encoded snapshot (ignored while disconnected)."""
+    def offer(self, frames: list[str]) -> None:
+        """Queue one encoded snapshot, in one frame or several (ignored while
+        disconnected)."""
         if not self.connected:
             return
         if len(self._queue) == self._queue.maxlen:
             self.dropped += 1
-        self._queue.append(text)
+        self._queue.append(frames)
         self._wakeup.set()
 
     async def run(self) -> None:
@@ -143,7 +146,8 @@ class ControllerConnection:
                         )
                         waiter.cancel()
                         continue
-                    await ws.send_str(self._queue.popleft())
+                    for frame in self._queue.popleft():
+                        await ws.send_str(frame)
                     self.sent += 1
                     # A connection that carried data is healthy: start backoff afresh.
                     self._backoff.reset()
@@ -191,9 +195,9 @@ class StreamFanout:
     def publish(self, snapshot: Snapshot) -> None:
         if not self.connections:
             return
-        text = encode_snapshot(snapshot)
+        frames = split_snapshot(snapshot)
         for conn in self.connections.values():
-            conn.offer(text)
+            conn.offer(frames)
 
     def any_connected(self) -> bool:
         return any(c.connected for c in self.connections.values())

@@ -25,7 +25,7 @@ from aviator.box.proxy import BoxProxy, relay
 from aviator.box.runtime import PodRuntime
 from aviator.box.state import remove_status, write_status
 from aviator.kube.client import ApiError, KubeClient
-from aviator.kube.resources import SERVICEACCOUNTS
+from aviator.kube.resources import NODES, SERVICEACCOUNTS
 from aviator.testing.controlplane import ControlPlane, binary, free_port
 
 log = logging.getLogger(__name__)
@@ -179,7 +179,6 @@ class Box:
         await self._install_rbac()
         controller_kubeconfig = await self._identity(CONTROLLER_SERVICE_ACCOUNT)
         agent_kubeconfig = await self._identity(AGENT_SERVICE_ACCOUNT)
-        token_file = self._token_file(AGENT_SERVICE_ACCOUNT)
         port = free_port()
         self.controller_url = f"ws://127.0.0.1:{port}/v1/stream"
         logs = self.workdir / "logs"
@@ -203,6 +202,9 @@ class Box:
         )
         assert self.nodes is not None
         for node in self.nodes.names:
+            # The stream token is bound to the agent's Node, as a real agent's projected
+            # token is bound to its pod: the controller learns the node from it.
+            token_file = await self._node_token(AGENT_SERVICE_ACCOUNT, node)
             self.components[f"agent/{node}"] = Component(
                 f"agent/{node}",
                 aviator_argv(
@@ -276,27 +278,40 @@ class Box:
         path.chmod(0o600)
         return path
 
-    async def _write_token(self, service_account: str, path: Path) -> None:
+    async def _node_token(self, service_account: str, node: str) -> Path:
+        """A token file of the ServiceAccount bound to the Node `node`, kept fresh."""
         assert self.client is not None
+        uid = (await self.client.get(NODES, node))["metadata"]["uid"]
+        bound = {"kind": "Node", "apiVersion": "v1", "name": node, "uid": uid}
+        path = self.workdir / f"{service_account}-{node}.token"
+        await self._write_token(service_account, path, bound)
+        self._tasks.append(asyncio.create_task(self._refresh_token(service_account, path, bound)))
+        return path
+
+    async def _write_token(
+        self, service_account: str, path: Path, bound: dict[str, str] | None = None
+    ) -> None:
+        assert self.client is not None
+        spec: dict[str, Any] = {"audiences": TOKEN_AUDIENCES, "expirationSeconds": TOKEN_TTL_S}
+        if bound is not None:
+            spec["boundObjectRef"] = bound
         answer = await self.client.request(
             "POST",
             SERVICEACCOUNTS.path(AVIATOR_NAMESPACE, service_account, "token"),
-            body={
-                "apiVersion": "authentication.k8s.io/v1",
-                "kind": "TokenRequest",
-                "spec": {"audiences": TOKEN_AUDIENCES, "expirationSeconds": TOKEN_TTL_S},
-            },
+            body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
         )
         tmp = path.with_suffix(".tmp")
         tmp.write_text(answer["status"]["token"])
         tmp.chmod(0o600)
         os.replace(tmp, path)
 
-    async def _refresh_token(self, service_account: str, path: Path) -> None:
+    async def _refresh_token(
+        self, service_account: str, path: Path, bound: dict[str, str] | None = None
+    ) -> None:
         while True:
             await asyncio.sleep(TOKEN_TTL_S * 0.8)
             with contextlib.suppress(ApiError, OSError, TimeoutError):
-                await self._write_token(service_account, path)
+                await self._write_token(service_account, path, bound)
 
     # -- status ----------------------------------------------------------------------
 

@@ -2,7 +2,10 @@
 leader election and the policy controller, wired together.
 
 Every replica keeps its informers and latency store warm and serves /metrics,
-/healthz, /readyz and the agent stream; only the leader reconciles. Losing the lease
+/healthz, /readyz and the agent stream; only the leader reconciles. The Lease is
+renewed on a connection pool of its own and TokenReviews run on another, small one:
+no flood of agent connections, nor the informers' and writers' traffic, can make a
+renewal wait for a connection. Losing the lease
 cancels reconciling at once and drops in-memory engine state: the next leader starts
 from what the last leader persisted in each policy's status and from the slices it
 published, so a handover changes nothing by itself.
@@ -23,6 +26,7 @@ from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from aviator.controller.agents import POD_IP_INDEXERS, pod_locator, pod_node_resolver
 from aviator.controller.metrics import ControllerMetrics
 from aviator.informers import FuncHandler, IndexFunc, InformerFactory, SharedIndexInformer
 from aviator.informers.keys import JSON, DeletedFinalStateUnknown, unwrap_tombstone
@@ -37,8 +41,9 @@ from aviator.kube.resources import (
     Resource,
 )
 from aviator.latency.auth import TokenAuthenticator
+from aviator.latency.limits import StreamGate, StreamLimits
 from aviator.latency.receiver import make_stream_handler
-from aviator.latency.store import LatencyStore
+from aviator.latency.store import LatencyStore, StoreLimits
 from aviator.leaderelection import LeaderElectionConfig, LeaderElector, LeaseLock
 from aviator.reconcilers import mapping
 from aviator.reconcilers.latencies import controller_prober
@@ -83,6 +88,8 @@ class Options:
     agent_audiences: tuple[str, ...] = ()
     latency_window_s: float = 10.0
     latency_stale_after_s: float = 10.0
+    store_limits: StoreLimits = field(default_factory=StoreLimits)
+    stream_limits: StreamLimits = field(default_factory=StreamLimits)
 
 
 class ControllerApp:
@@ -95,15 +102,25 @@ class ControllerApp:
         self.options = options
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = ControllerMetrics(self.registry)
-        self.store = LatencyStore(options.latency_window_s, options.latency_stale_after_s)
-        self.metrics.track_store_size(lambda: len(self.store))
-        self.authenticator = TokenAuthenticator(
-            client, options.agent_service_accounts, audiences=options.agent_audiences
+        self.store = LatencyStore(
+            options.latency_window_s, options.latency_stale_after_s, limits=options.store_limits
         )
+        self.metrics.track_store_size(lambda: len(self.store), lambda: self.store.total.buckets)
         self.factory = InformerFactory(client)
         self.policy_informer = self._informer(AVIATORPOLICIES, mapping.POLICY_INDEXERS)
         self.service_informer = self._informer(SERVICES, SERVICE_INDEXERS)
-        self.pod_informer = self._informer(PODS, POD_INDEXERS)
+        self.pod_informer = self._informer(PODS, {**POD_INDEXERS, **POD_IP_INDEXERS})
+        # Own connection pools: reviews never crowd out the rest, renewals never wait.
+        self.review_client = client.fork(connections=options.stream_limits.reviews_in_flight)
+        self.lease_client = client.fork(connections=2)
+        self.authenticator = TokenAuthenticator(
+            self.review_client,
+            options.agent_service_accounts,
+            audiences=options.agent_audiences,
+            resolve_pod_node=pod_node_resolver(self.pod_informer.indexer, self.review_client),
+            max_in_flight=options.stream_limits.reviews_in_flight,
+        )
+        self.stream_gate = StreamGate(options.stream_limits)
         self.slice_informer = self._informer(
             ENDPOINTSLICES, SLICE_INDEXERS, label_selector=marks.SLICE_SELECTOR
         )
@@ -217,7 +234,12 @@ class ControllerApp:
 
     def _http_app(self) -> web.Application:
         app = web.Application()
-        stream = make_stream_handler(self.store, self.authenticator)
+        stream = make_stream_handler(
+            self.store,
+            self.authenticator,
+            pod_locator(self.pod_informer.indexer),
+            gate=self.stream_gate,
+        )
 
         async def metrics(_: web.Request) -> web.Response:
             body = generate_latest(self.registry)
@@ -261,7 +283,10 @@ class ControllerApp:
             await self._lead()
             return
         lock = LeaseLock(
-            self.client, self.options.namespace, self.options.lease_name, self.options.identity
+            self.lease_client,
+            self.options.namespace,
+            self.options.lease_name,
+            self.options.identity,
         )
         self.elector = LeaderElector(
             LeaderElectionConfig(
@@ -310,6 +335,8 @@ class ControllerApp:
         if self._runner is not None:
             await self._runner.cleanup()
         await self.prober.close()
+        await self.review_client.close()
+        await self.lease_client.close()
 
     def now(self) -> float:
         return time.monotonic()

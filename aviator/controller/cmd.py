@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import os
 import signal
@@ -13,6 +14,8 @@ import uvloop
 
 from aviator.controller.app import ControllerApp, Options, default_identity
 from aviator.kube.client import KubeClient
+from aviator.latency.limits import StreamLimits
+from aviator.latency.store import StoreLimits
 
 log = logging.getLogger("aviator.controller")
 
@@ -90,6 +93,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=10.0,
         help="seconds without data after which a pod's latency is unknown (default 10)",
     )
+    store, stream = StoreLimits(), StreamLimits()
+    parser.add_argument(
+        "--latency-max-endpoints-per-agent",
+        type=int,
+        default=store.endpoints_per_agent,
+        help=f"endpoints one agent (node) may have in the latency store (default {store.endpoints_per_agent})",
+    )
+    parser.add_argument(
+        "--latency-max-endpoints",
+        type=int,
+        default=store.endpoints,
+        help=f"endpoints in the latency store (default {store.endpoints})",
+    )
+    parser.add_argument(
+        "--latency-max-buckets-per-agent",
+        type=int,
+        default=store.buckets_per_agent,
+        help="histogram buckets one agent's windows may hold, about 170 bytes each "
+        f"(default {store.buckets_per_agent})",
+    )
+    parser.add_argument(
+        "--latency-max-buckets",
+        type=int,
+        default=store.buckets,
+        help=f"histogram buckets the latency store may hold (default {store.buckets}); "
+        "with --latency-max-endpoints, what bounds the replica's memory (docs/controller.md)",
+    )
+    parser.add_argument(
+        "--stream-max-connections",
+        type=int,
+        default=stream.connections,
+        help=f"agent stream connections open at once (default {stream.connections})",
+    )
+    parser.add_argument(
+        "--stream-token-reviews-per-second",
+        type=float,
+        default=stream.reviews_per_s,
+        help="TokenReviews of new agent tokens per second, in total "
+        f"(default {stream.reviews_per_s:g}; per address: {stream.source_reviews_per_s:g})",
+    )
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
@@ -114,6 +157,18 @@ def options_from(args: argparse.Namespace) -> Options:
         agent_audiences=tuple(args.agent_token_audience or ()),
         latency_window_s=args.latency_window,
         latency_stale_after_s=args.latency_stale_after,
+        store_limits=StoreLimits(
+            endpoints_per_agent=args.latency_max_endpoints_per_agent,
+            endpoints=args.latency_max_endpoints,
+            buckets_per_agent=args.latency_max_buckets_per_agent,
+            buckets=args.latency_max_buckets,
+        ),
+        stream_limits=dataclasses.replace(
+            StreamLimits(),
+            connections=args.stream_max_connections,
+            reviews_per_s=args.stream_token_reviews_per_second,
+            reviews_burst=max(1, int(4 * args.stream_token_reviews_per_second)),
+        ),
     )
 
 

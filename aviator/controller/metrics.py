@@ -10,6 +10,7 @@
 | aviator_ejections_total | counter | namespace, policy | circuit-breaker ejections |
 | aviator_api_writes_total | counter | kind, verb | writes the API server accepted, from the writer |
 | aviator_latency_store_endpoints | gauge | — | endpoints held by the latency store |
+| aviator_latency_store_buckets | gauge | — | histogram buckets its deltas hold (what its memory bound counts) |
 | aviator_is_leader | gauge | — | 1 while this replica leads |
 
 Each is defined by its owner (the loop, the writer, `aviator.reconcilers.metrics`, this
@@ -38,7 +39,16 @@ class ControllerMetrics:
         self.store_endpoints = Gauge(
             "aviator_latency_store_endpoints", "Endpoints in the latency store.", registry=r
         )
+        self.store_buckets = Gauge(
+            "aviator_latency_store_buckets",
+            "Histogram buckets held by the latency store's deltas.",
+            registry=r,
+        )
         self.is_leader = Gauge("aviator_is_leader", "1 while this replica leads.", registry=r)
 
-    def track_store_size(self, size: Callable[[], int]) -> None:
+    def track_store_size(
+        self, size: Callable[[], int], buckets: Callable[[], int] | None = None
+    ) -> None:
         self.store_endpoints.set_function(lambda: float(size()))
+        if buckets is not None:
+            self.store_buckets.set_function(lambda: float(buckets()))

@@ -76,10 +76,11 @@ class ListWatchClient(RequestClient, Protocol):
 class KubeClient:
     """One aiohttp session to one API server. Create with `KubeClient.load(...)`."""
 
-    def __init__(self, configuration: Configuration) -> None:
+    def __init__(self, configuration: Configuration, *, connections: int = 64) -> None:
         self._cfg = configuration
         self.host: str = str(configuration.host).rstrip("/")
         self._ssl = self._ssl_context(configuration)
+        self._connections = connections
         self._session: aiohttp.ClientSession | None = None
 
     @classmethod
@@ -110,10 +111,16 @@ class KubeClient:
     def _session_or_new(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=64),
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=self._connections),
                 json_serialize=lambda obj: orjson.dumps(obj).decode(),
             )
         return self._session
+
+    def fork(self, *, connections: int = 64) -> KubeClient:
+        """A client to the same API server, with the same credentials, on a connection
+        pool of its own (at most `connections`): requests that must not queue behind
+        others (Lease renewals) or must not crowd them out (TokenReviews) get one."""
+        return KubeClient(self._cfg, connections=connections)
 
     async def _headers(self, content_type: str | None) -> dict[str, str]:
         headers = {"Accept": "application/json"}

@@ -1,23 +1,52 @@
 """The controller's websocket endpoint for agent snapshots (mounted at GET /v1/stream).
 
-Authentication happens before the upgrade: no or bad token → 401, a valid token of
-another identity → 403, API server unreachable → 503. Once connected, each text (or
-binary) frame is one v1 snapshot; a bad one is counted and answered with an error
-frame, and the connection goes on. The token is re-checked every `reauth_after_s`,
-so a revoked or expired token does not keep a connection alive forever.
+Before the upgrade, in this order, each refusal costing less than the next step:
+
+1. connection limits (limits.py): too many open or from this address → 429;
+2. the token: none or not a plausible ServiceAccount JWT → 401 (auth.py, no review);
+   a review over its rate → 429 with Retry-After; then the TokenReview (cached):
+   invalid, expired, revoked, wrong audience → 401; another identity, or a token that
+   names no node → 403; API server unreachable → 503;
+3. too many connections for the token's node → 429.
+
+Once connected, each text (or binary) frame is one v1 snapshot of at most
+MAX_MESSAGE_BYTES (a larger frame closes the connection, 1009, unread); frames over
+the connection's message rate are dropped. A bad one is counted and answered with an
+error frame, and the connection goes on. A snapshot claiming another node than the
+token's is refused whole; of the others, only the endpoints of pods scheduled on the
+token's node reach the store (admission.py), and only within the store's per-agent
+and total bounds (store.py). Refused endpoints are counted by reason in
+`aviator_stream_endpoints_refused_total` and summed up to the agent in an error frame
+at most once a minute. Parsing and ingesting hand the event loop back every few
+milliseconds, so no message stalls the replica. The token is re-checked every
+`reauth_after_s`, so a revoked or expired token does not keep a connection alive
+forever (nor one whose pod moved: a changed node ends it too).
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
+import math
 import time
-from collections.abc import Awaitable, Callable
+from collections import Counter as Tally
+from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import WSCloseCode, WSMsgType, web
 from prometheus_client import Counter, Gauge
 
+from aviator.latency.admission import PodLocator, admit
 from aviator.latency.auth import AuthResult, TokenAuthenticator
-from aviator.latency.schema import MAX_MESSAGE_BYTES, SchemaError, encode_error, parse_snapshot
+from aviator.latency.limits import StreamGate, TokenBucket
+from aviator.latency.schema import (
+    MAX_MESSAGE_BYTES,
+    EndpointWindow,
+    SchemaError,
+    Snapshot,
+    encode_error,
+    parse_snapshot_async,
+)
 from aviator.latency.store import LatencyStore
 
 __all__ = ["AuthResult", "TokenAuthenticator", "bearer_token", "make_stream_handler"]
@@ -31,17 +60,29 @@ STREAM_CONNECTIONS = Gauge(
 )
 STREAM_MESSAGES = Counter(
     "aviator_stream_messages_total",
-    "Agent snapshot messages received, by result (ok, invalid, error)",
+    "Agent snapshot messages received, by result (ok, invalid, error, throttled)",
     ["result"],
 )
 STREAM_ENDPOINTS = Counter(
     "aviator_stream_endpoints_total", "Endpoint windows ingested into the latency store"
+)
+STREAM_REFUSED_ENDPOINTS = Counter(
+    "aviator_stream_endpoints_refused_total",
+    "Endpoint windows of agent snapshots not ingested, by reason (unknown_ip: no live pod "
+    "at the IP; other_node: the pod runs on another node than the agent's; agent_endpoints, "
+    "store_endpoints, agent_buckets, store_buckets: a bound of the latency store)",
+    ["reason"],
 )
 STREAM_REJECTED = Counter(
     "aviator_stream_rejected_total",
     "Agent connections refused before the upgrade, by HTTP status",
     ["status"],
 )
+
+_NOTICE_EVERY_S = 60.0
+_LOG_EVERY_S = 10.0
+_SLICE_S = 0.005  # at most this much work between two turns of the event loop
+_CHUNK = 64  # endpoints between two looks at the clock
 
 
 def bearer_token(request: web.Request) -> str:
@@ -50,41 +91,109 @@ def bearer_token(request: web.Request) -> str:
     return token.strip() if scheme.lower() == "bearer" else ""
 
 
-def _refuse(result: AuthResult) -> web.HTTPException:
+class _RefusalLog:
+    """Logs refusals at most once per `_LOG_EVERY_S` per status (a flood of junk
+    tokens must not become a flood of log lines), with how many went unlogged."""
+
+    def __init__(self) -> None:
+        self._next: dict[int, float] = {}
+        self._quiet: Tally[int] = Tally()
+
+    def __call__(self, result: AuthResult, source: str) -> None:
+        now = time.monotonic()
+        if now < self._next.get(result.status, 0.0):
+            self._quiet[result.status] += 1
+            return
+        self._next[result.status] = now + _LOG_EVERY_S
+        more = self._quiet.pop(result.status, 0)
+        log.info(
+            "refused agent stream from %s (%d): %s%s",
+            source,
+            result.status,
+            result.reason,
+            f" (and {more} more refused with {result.status})" if more else "",
+        )
+
+
+def _refuse(result: AuthResult, source: str, say: _RefusalLog) -> web.HTTPException:
     STREAM_REJECTED.labels(str(result.status)).inc()
-    log.info("refused agent stream (%d): %s", result.status, result.reason)
+    say(result, source)
     if result.status == 401:
         return web.HTTPUnauthorized(
             text=result.reason, headers={"WWW-Authenticate": 'Bearer realm="aviator"'}
         )
     if result.status == 403:
         return web.HTTPForbidden(text=result.reason)
+    if result.status == 429:
+        retry = str(max(1, math.ceil(result.retry_after_s)))
+        return web.HTTPTooManyRequests(text=result.reason, headers={"Retry-After": retry})
     return web.HTTPServiceUnavailable(text=result.reason)
+
+
+@dataclasses.dataclass(slots=True)
+class _Peer:
+    """One agent connection: where from, which node it speaks for, what it was told."""
+
+    remote: str
+    node: str
+    messages: TokenBucket
+    refused: Tally[str] = dataclasses.field(default_factory=Tally)
+    next_notice: float = 0.0
 
 
 def make_stream_handler(
     store: LatencyStore,
     authenticator: TokenAuthenticator,
+    locate: PodLocator,
     *,
+    gate: StreamGate | None = None,
     clock: Callable[[], float] = time.monotonic,
     reauth_after_s: float = 300.0,
     heartbeat_s: float = 30.0,
 ) -> Handler:
     """An aiohttp handler feeding `store` from authenticated agent websockets.
 
-    `clock` is the store's clock (the `now` given to `ingest`).
+    `locate` names the live pods at an IP (the controller's Pod cache); `gate` holds
+    the flood limits (limits.py); `clock` is the store's clock (the `now` given to
+    `ingest_snapshot`).
     """
+    gate = gate or StreamGate()
+    say = _RefusalLog()
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        source = request.remote or ""
+        refusal = gate.enter(source)
+        if refusal is not None:
+            raise _refuse(AuthResult(429, reason=refusal, retry_after_s=5.0), source, say)
+        try:
+            return await _authenticated(request, source)
+        finally:
+            gate.leave(source)
+
+    async def _authenticated(request: web.Request, source: str) -> web.StreamResponse:
         token = bearer_token(request)
-        verdict = await authenticator.authenticate(token)
-        if not verdict.allowed:
-            raise _refuse(verdict)
+        verdict = await authenticator.authenticate(token, lambda: gate.review(source))
+        if verdict.allowed and verdict.node is None:
+            verdict = AuthResult(403, verdict.username, "the token names no node")
+        if not verdict.allowed or verdict.node is None:
+            raise _refuse(verdict, source, say)
+        node = verdict.node
+        refusal = gate.enter_node(node)
+        if refusal is not None:
+            raise _refuse(AuthResult(429, reason=refusal, retry_after_s=5.0), source, say)
+        try:
+            return await _serve(request, token, verdict, source, node)
+        finally:
+            gate.leave_node(node)
+
+    async def _serve(
+        request: web.Request, token: str, verdict: AuthResult, source: str, node: str
+    ) -> web.StreamResponse:
         authed_at = time.monotonic()
         ws = web.WebSocketResponse(heartbeat=heartbeat_s, max_msg_size=MAX_MESSAGE_BYTES)
         await ws.prepare(request)
-        peer = request.remote
-        log.info("agent stream from %s as %s", peer, verdict.username)
+        peer = _Peer(source, node, gate.message_bucket())
+        log.info("agent stream from %s as %s for node %s", source, verdict.username, node)
         STREAM_CONNECTIONS.inc()
         try:
             async for msg in ws:
@@ -92,42 +201,91 @@ def make_stream_handler(
                     break  # ERROR; close frames end the iteration by themselves
                 if time.monotonic() - authed_at > reauth_after_s:
                     verdict = await authenticator.authenticate(token)
-                    if not verdict.allowed:
-                        await ws.send_str(
-                            encode_error(f"token no longer accepted: {verdict.reason}")
-                        )
+                    if not verdict.allowed or verdict.node != peer.node:
+                        reason = verdict.reason or f"it now names node {verdict.node}"
+                        await ws.send_str(encode_error(f"token no longer accepted: {reason}"))
                         await ws.close(code=WSCloseCode.POLICY_VIOLATION)
                         break
                     authed_at = time.monotonic()
-                await _receive(ws, msg.data, store, clock, peer)
+                if not peer.messages.take():
+                    STREAM_MESSAGES.labels("throttled").inc()
+                    answer = _refusals(peer, Tally({"message_rate": 1}), count=False)
+                else:
+                    # Decoded messages are big: a few at a time. Answers are sent
+                    # after, so a peer that does not read cannot hold the turn.
+                    async with gate.parsing:
+                        answer = await _receive(msg.data, store, locate, clock, peer)
+                if answer is not None:
+                    await ws.send_str(answer)
         finally:
             STREAM_CONNECTIONS.dec()
-            log.info("agent stream from %s closed", peer)
+            log.info("agent stream from %s closed", source)
         return ws
 
     return handle
 
 
 async def _receive(
-    ws: web.WebSocketResponse,
     data: str | bytes,
     store: LatencyStore,
+    locate: PodLocator,
     clock: Callable[[], float],
-    peer: str | None,
-) -> None:
+    peer: _Peer,
+) -> str | None:
+    """Take one message; the frame to answer with, if any."""
     try:
-        snapshot = parse_snapshot(data)
+        snapshot = await parse_snapshot_async(data, slice_s=_SLICE_S)
+        if snapshot.node != peer.node:
+            raise SchemaError(f"node: {snapshot.node!r} is not the token's node {peer.node!r}")
     except SchemaError as exc:
         STREAM_MESSAGES.labels("invalid").inc()
-        log.warning("bad snapshot from %s: %s", peer, exc)
-        await ws.send_str(encode_error(str(exc)))
-        return
+        log.debug("bad snapshot from %s: %s", peer.remote, exc)
+        return encode_error(str(exc))
     try:
-        accepted = store.ingest(snapshot, clock())
+        accepted, refused = await _ingest(snapshot, store, locate, clock(), peer.node)
     except Exception as exc:  # a store bug must not end every agent's stream
         STREAM_MESSAGES.labels("error").inc()
-        log.exception("ingesting a snapshot from %s failed", peer)
-        await ws.send_str(encode_error(f"internal error: {type(exc).__name__}"))
-        return
+        log.exception("ingesting a snapshot from %s failed", peer.remote)
+        return encode_error(f"internal error: {type(exc).__name__}")
     STREAM_MESSAGES.labels("ok").inc()
     STREAM_ENDPOINTS.inc(accepted)
+    return _refusals(peer, refused) if refused else None
+
+
+async def _ingest(
+    snapshot: Snapshot, store: LatencyStore, locate: PodLocator, now: float, node: str
+) -> tuple[int, Tally[str]]:
+    """Admit and store the snapshot's endpoints a chunk at a time, handing the event
+    loop back whenever a slice of work is done; (accepted, refused by reason)."""
+    accepted = 0
+    refused: Tally[str] = Tally()
+    eps: Sequence[EndpointWindow] = snapshot.endpoints
+    deadline = time.perf_counter() + _SLICE_S
+    for start in range(0, len(eps), _CHUNK):
+        admission = admit(eps[start : start + _CHUNK], node, locate)
+        refused.update(admission.refused)
+        part = Snapshot(node, snapshot.source, snapshot.time, snapshot.window_s, admission.kept)
+        result = store.ingest_snapshot(part, now)
+        accepted += result.accepted
+        refused.update(result.refused)
+        if time.perf_counter() >= deadline:
+            await asyncio.sleep(0)
+            deadline = time.perf_counter() + _SLICE_S
+    return accepted, refused
+
+
+def _refusals(peer: _Peer, refused: Tally[str], *, count: bool = True) -> str | None:
+    """Count refusals; what to tell the agent of those since the last time, at most
+    once a minute (None: nothing now)."""
+    if count:
+        for reason, n in refused.items():
+            STREAM_REFUSED_ENDPOINTS.labels(reason).inc(n)
+    peer.refused.update(refused)
+    now = time.monotonic()
+    if now < peer.next_notice:
+        return None
+    peer.next_notice = now + _NOTICE_EVERY_S
+    summary = ", ".join(f"{reason} {n}" for reason, n in sorted(peer.refused.items()))
+    peer.refused.clear()
+    log.info("refused from %s (node %s): %s", peer.remote, peer.node, summary)
+    return encode_error(f"refused: {summary}")

@@ -16,12 +16,22 @@ flight when the window closed. Unknown fields are ignored so that newer agents c
 add some; a different `v` is refused. Every field is checked and bounded, since the
 controller must not trust a peer to send sane data: errors are `SchemaError` with a
 message that names the field.
+
+Size: a message is at most `MAX_MESSAGE_BYTES` (1 MiB; the receiver refuses a larger
+frame before reading it whole) and `MAX_ENDPOINTS` endpoints; a node's snapshot is
+typically tens of KiB, and an agent splits a larger one (`split_snapshot`). Decoded,
+the largest message is about 12 times its size in Python objects while it is
+validated. Validating it costs up to a few hundred milliseconds of CPU, so the
+receiver uses `parse_snapshot_async`, which hands the event loop back every
+`slice_s` of work: one message never stalls the controller for longer.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
@@ -35,8 +45,8 @@ VERSION = 1
 KIND_SNAPSHOT = "snapshot"
 KIND_ERROR = "error"
 
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-MAX_ENDPOINTS = 32768
+MAX_MESSAGE_BYTES = 1024 * 1024
+MAX_ENDPOINTS = 4096
 MAX_NAME_LEN = 253
 MAX_WINDOW_S = 3600.0
 _MAX_U64 = (1 << 64) - 1
@@ -122,6 +132,45 @@ def encode_error(message: str) -> str:
 
 def parse_snapshot(data: str | bytes | Mapping[str, Any]) -> Snapshot:
     """Decode and validate a v1 snapshot (JSON text/bytes or an already decoded dict)."""
+    head, raw_eps = _header(data)
+    return _replace_endpoints(head, tuple(_endpoint(e, i) for i, e in enumerate(raw_eps)))
+
+
+async def parse_snapshot_async(
+    data: str | bytes | Mapping[str, Any], *, slice_s: float = 0.005
+) -> Snapshot:
+    """`parse_snapshot`, yielding to the event loop after every `slice_s` of work."""
+    head, raw_eps = _header(data)
+    eps: list[EndpointWindow] = []
+    clock = time.perf_counter
+    deadline = clock() + slice_s
+    for i, e in enumerate(raw_eps):
+        eps.append(_endpoint(e, i))
+        if clock() >= deadline:
+            await asyncio.sleep(0)
+            deadline = clock() + slice_s
+    return _replace_endpoints(head, tuple(eps))
+
+
+def split_snapshot(snap: Snapshot, max_bytes: int = MAX_MESSAGE_BYTES) -> list[str]:
+    """The encoded snapshot, split into several (same header, endpoints shared out)
+    when it would exceed `max_bytes` or MAX_ENDPOINTS; a single endpoint too large
+    for a message is left out."""
+    if len(snap.endpoints) <= MAX_ENDPOINTS:
+        text = encode_snapshot(snap)
+        if len(text) <= max_bytes:
+            return [text]
+    if len(snap.endpoints) <= 1:
+        return []
+    half = len(snap.endpoints) // 2
+    first = Snapshot(snap.node, snap.source, snap.time, snap.window_s, snap.endpoints[:half])
+    rest = Snapshot(snap.node, snap.source, snap.time, snap.window_s, snap.endpoints[half:])
+    return split_snapshot(first, max_bytes) + split_snapshot(rest, max_bytes)
+
+
+def _header(data: str | bytes | Mapping[str, Any]) -> tuple[Snapshot, list[Any]]:
+    """The message's header (as a Snapshot without endpoints) and its raw endpoint
+    list: everything but the endpoints checked."""
     if isinstance(data, str | bytes):
         if len(data) > MAX_MESSAGE_BYTES:
             raise SchemaError(f"message of {len(data)} bytes exceeds {MAX_MESSAGE_BYTES}")
@@ -148,13 +197,18 @@ def parse_snapshot(data: str | bytes | Mapping[str, Any]) -> Snapshot:
     window_s = _number(obj, "window_s")
     if not 0 < window_s <= MAX_WINDOW_S:
         raise SchemaError(f"window_s: {window_s} outside (0, {MAX_WINDOW_S}]")
-    return Snapshot(
+    head = Snapshot(
         node=_name(obj, "node"),
         source=cast(Source, _choice(obj, "source", SOURCES)),
         time=_number(obj, "time"),
         window_s=window_s,
-        endpoints=tuple(_endpoint(e, i) for i, e in enumerate(raw_eps)),
+        endpoints=(),
     )
+    return head, raw_eps
+
+
+def _replace_endpoints(head: Snapshot, endpoints: tuple[EndpointWindow, ...]) -> Snapshot:
+    return Snapshot(head.node, head.source, head.time, head.window_s, endpoints)
 
 
 def _endpoint(raw: Any, i: int) -> EndpointWindow:

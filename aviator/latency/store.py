@@ -35,8 +35,17 @@ Semantics the selection engine relies on:
   holds no samples.
 - When the pod reported behind an IP changes (IP reused by a new pod), the old
   pod's window is dropped.
-- Memory is bounded: endpoints unseen for `forget_after_s` are removed, and each
-  window holds at most `max_deltas` deltas.
+- Memory is bounded (`StoreLimits`): every agent window is charged to the agent it
+  came from (`owner`: the node its token names) and the store counts, per owner and
+  in total, the endpoints it holds and the histogram buckets its deltas hold (one
+  bucket of one delta ≈ 85 bytes; a window's running sum holds at most as many again).
+  An endpoint window that would take an owner or the store over a bound is refused,
+  not stored, and `ingest_snapshot` says why (`AGENT_ENDPOINTS`, `STORE_ENDPOINTS`,
+  `AGENT_BUCKETS`, `STORE_BUCKETS`): the endpoint then goes stale, i.e. unknown, never
+  fast. The controller's own probes are charged to the total but never refused.
+  Deltas leave with the window (every `_PRUNE_EVERY_S` for idle endpoints too),
+  endpoints unseen for `forget_after_s` are removed, and each window holds at most
+  `max_deltas` deltas.
 
 Times are whatever clock the caller passes as `now` (one clock per store); message
 timestamps from agents are not trusted for windowing.
@@ -44,7 +53,7 @@ timestamps from agents are not trusted for windowing.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -58,6 +67,39 @@ _PRUNE_EVERY_S = 10.0
 
 
 Origin = Literal["agent", "controller"]
+CONTROLLER_OWNER = ""  # the owner of the controller's probe windows (no node has it)
+
+AGENT_ENDPOINTS = "agent_endpoints"
+STORE_ENDPOINTS = "store_endpoints"
+AGENT_BUCKETS = "agent_buckets"
+STORE_BUCKETS = "store_buckets"
+
+
+@dataclass(frozen=True, slots=True)
+class StoreLimits:
+    """Bounds on what the store holds, per agent (owner) and in total; see the module
+    docstring. The defaults hold a busy 110-pod node several times over per agent."""
+
+    endpoints_per_agent: int = 4096
+    endpoints: int = 32768
+    buckets_per_agent: int = 262_144
+    buckets: int = 1_048_576
+
+
+@dataclass(slots=True)
+class Usage:
+    """What one owner (or the whole store) holds: endpoints and delta buckets."""
+
+    endpoints: int = 0
+    buckets: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Ingested:
+    """The endpoint windows of one ingest that were stored, and those refused by reason."""
+
+    accepted: int
+    refused: Counter[str]
 
 
 @dataclass(slots=True)
@@ -69,29 +111,41 @@ class _Window:
     last_seen: float
     keep_s: float  # deltas older than this leave the window
     stale_s: float  # unheard of for longer than this: unknown
+    owner: str  # the agent (node) charged for it, CONTROLLER_OWNER for probe windows
     rif: int = 0
     deltas: deque[tuple[float, Histogram]] = field(default_factory=deque)
     total: Histogram = field(default_factory=Histogram)
+    buckets: int = 0  # non-empty buckets over `deltas` (what the limits count)
     # p50/p90/p99 in µs of `total`, recomputed only after it changed.
     cached: tuple[float, float, float] | None = None
 
-    def add(self, at: float, delta: Histogram, max_deltas: int) -> None:
-        if delta:
-            self.deltas.append((at, delta))
-            self.total.update(delta)
-            self.cached = None
-            if len(self.deltas) > max_deltas:
-                self._pop()
+    def add(self, at: float, delta: Histogram, max_deltas: int) -> int:
+        """Add a delta; returns the change in held buckets."""
+        if not delta:
+            return 0
+        self.deltas.append((at, delta))
+        self.total.update(delta)
+        self.cached = None
+        added = len(delta)
+        self.buckets += added
+        if len(self.deltas) > max_deltas:
+            added -= self._pop()
+        return added
 
-    def expire(self, before: float) -> None:
+    def expire(self, before: float) -> int:
+        """Drop deltas from `before` or earlier; returns the buckets freed."""
+        freed = 0
         deltas = self.deltas
         while deltas and deltas[0][0] <= before:
-            self._pop()
+            freed += self._pop()
+        return freed
 
-    def _pop(self) -> None:
+    def _pop(self) -> int:
         _, old = self.deltas.popleft()
         self.total.subtract(old)
         self.cached = None
+        self.buckets -= len(old)
+        return len(old)
 
     def quantiles_us(self) -> tuple[float, float, float] | None:
         if not self.total:
@@ -117,6 +171,7 @@ class LatencyStore:
         *,
         forget_after_s: float | None = None,
         max_deltas: int = 1024,
+        limits: StoreLimits | None = None,
     ) -> None:
         if window_s <= 0 or stale_after_s <= 0:
             raise ValueError("window_s and stale_after_s must be > 0")
@@ -126,6 +181,9 @@ class LatencyStore:
             forget_after_s if forget_after_s is not None else max(300.0, 10 * stale_after_s)
         )
         self.max_deltas = max_deltas
+        self.limits = limits or StoreLimits()
+        self.total = Usage()
+        self._owners: dict[str, Usage] = {}
         self._windows: dict[Key, _Window] = {}
         # ip -> keys of that ip, so estimates need not scan every endpoint.
         self._by_ip: dict[str, set[Key]] = {}
@@ -139,14 +197,34 @@ class LatencyStore:
         """Every IP with data (fresh or not yet forgotten)."""
         return list(self._by_ip)
 
+    def usage(self, owner: str) -> Usage:
+        """What `owner` holds (an agent's node; CONTROLLER_OWNER for probe windows)."""
+        return self._owners.get(owner) or Usage()
+
     # --- writing --------------------------------------------------------------------
 
     def ingest(self, msg: Snapshot, now: float) -> int:
-        """Add one agent snapshot's deltas; returns how many endpoints were accepted."""
+        """Add one agent snapshot's deltas; returns how many endpoints were accepted
+        (see `ingest_snapshot` for the refused ones)."""
+        return self.ingest_snapshot(msg, now).accepted
+
+    def ingest_snapshot(self, msg: Snapshot, now: float) -> Ingested:
+        """Add an agent's snapshot (or part of one), charged to `msg.node`: the node
+        the agent speaks for, which the caller has checked (the receiver: against
+        its token). Within the limits; says what was accepted and refused."""
         self._maybe_prune(now)
+        accepted = 0
+        refused: Counter[str] = Counter()
+        owner, source = msg.node, msg.source
         for ep in msg.endpoints:
-            self._ingest_endpoint(ep, "agent", msg.source, now, self.window_s, self.stale_after_s)
-        return len(msg.endpoints)
+            reason = self._ingest_endpoint(
+                ep, "agent", owner, source, now, self.window_s, self.stale_after_s
+            )
+            if reason is None:
+                accepted += 1
+            else:
+                refused[reason] += 1
+        return Ingested(accepted, refused)
 
     def ingest_probes(self, endpoints: Iterable[EndpointWindow], now: float, keep_s: float) -> int:
         """Add one round of the controller's probes (one delta per probed endpoint),
@@ -156,7 +234,7 @@ class LatencyStore:
         self._maybe_prune(now)
         n = 0
         for ep in endpoints:
-            self._ingest_endpoint(ep, "controller", "probe", now, keep_s, keep_s)
+            self._ingest_endpoint(ep, "controller", CONTROLLER_OWNER, "probe", now, keep_s, keep_s)
             n += 1
         return n
 
@@ -165,47 +243,99 @@ class LatencyStore:
             self.prune(now)
             self._next_prune = now + _PRUNE_EVERY_S
 
+    def _charge(self, owner: str, endpoints: int, buckets: int) -> None:
+        usage = self._owners.get(owner)
+        if usage is None:
+            usage = self._owners[owner] = Usage()
+        usage.endpoints += endpoints
+        usage.buckets += buckets
+        self.total.endpoints += endpoints
+        self.total.buckets += buckets
+        if usage.endpoints == 0 and usage.buckets == 0:
+            del self._owners[owner]
+
+    def _refusal(self, owner: str, new: bool, buckets: int) -> str | None:
+        """Why a window of `owner` with `buckets` more (a `new` endpoint) may not be
+        stored, or None when it may."""
+        if owner == CONTROLLER_OWNER:
+            return None
+        lim, mine, total = self.limits, self.usage(owner), self.total
+        if new and mine.endpoints >= lim.endpoints_per_agent:
+            return AGENT_ENDPOINTS
+        if new and total.endpoints >= lim.endpoints:
+            return STORE_ENDPOINTS
+        if mine.buckets + buckets > lim.buckets_per_agent:
+            return AGENT_BUCKETS
+        if total.buckets + buckets > lim.buckets:
+            return STORE_BUCKETS
+        return None
+
     def _ingest_endpoint(
         self,
         ep: EndpointWindow,
         origin: Origin,
+        owner: str,
         source: Source,
         now: float,
         keep_s: float,
         stale_s: float,
-    ) -> None:
+    ) -> str | None:
+        """File one endpoint window; the reason it was refused, or None."""
         key = (ep.ip, ep.port, ep.role, origin)
         win = self._windows.get(key)
-        if win is None or (ep.pod is not None and win.pod is not None and ep.pod != win.pod):
-            win = _Window(ep.pod, source, now, keep_s, stale_s)
+        if win is not None and (
+            win.owner != owner or (ep.pod is not None and win.pod is not None and ep.pod != win.pod)
+        ):
+            self._drop(key)  # another pod (IP reused) or another agent: start afresh
+            win = None
+        if win is not None:
+            self._expire(win, now - keep_s)
+        reason = self._refusal(owner, win is None, len(ep.hist))
+        if reason is not None:
+            return reason
+        if win is None:
+            win = _Window(ep.pod, source, now, keep_s, stale_s, owner)
             self._windows[key] = win
             self._by_ip.setdefault(ep.ip, set()).add(key)
+            self._charge(owner, 1, 0)
         else:
             win.keep_s, win.stale_s = keep_s, stale_s
-            win.expire(now - keep_s)
             win.last_seen = now
             win.source = source
             if ep.pod is not None:
                 win.pod = ep.pod
         win.rif = ep.rif
-        win.add(now, ep.hist, self.max_deltas)
+        self._charge(owner, 0, win.add(now, ep.hist, self.max_deltas))
+        return None
+
+    def _expire(self, win: _Window, before: float) -> None:
+        freed = win.expire(before)
+        if freed:
+            self._charge(win.owner, 0, -freed)
+
+    def _drop(self, key: Key) -> None:
+        win = self._windows.pop(key)
+        self._charge(win.owner, -1, -win.buckets)
+        keys = self._by_ip.get(key[0])
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_ip[key[0]]
 
     def forget(self, ip: str) -> None:
         """Drop everything known about `ip` (e.g. its pod is gone)."""
-        for key in self._by_ip.pop(ip, ()):
-            self._windows.pop(key, None)
+        for key in list(self._by_ip.get(ip, ())):
+            self._drop(key)
 
     def prune(self, now: float) -> int:
-        """Drop endpoints unseen for `forget_after_s`; returns how many went."""
+        """Drop endpoints unseen for `forget_after_s`, and deltas out of every window;
+        returns how many endpoints went."""
         cutoff = now - self.forget_after_s
         gone = [k for k, w in self._windows.items() if w.last_seen <= cutoff]
         for key in gone:
-            del self._windows[key]
-            keys = self._by_ip.get(key[0])
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del self._by_ip[key[0]]
+            self._drop(key)
+        for win in self._windows.values():
+            self._expire(win, now - win.keep_s)
         return len(gone)
 
     # --- reading --------------------------------------------------------------------
@@ -226,7 +356,7 @@ class LatencyStore:
             win = self._windows[key]
             if win.last_seen < now - win.stale_s:
                 continue
-            win.expire(now - win.keep_s)
+            self._expire(win, now - win.keep_s)
             (server if key[2] == "server" else client).append(win)
         return server or client
 

@@ -21,7 +21,9 @@ from prometheus_client import CollectorRegistry
 
 from aviator.api.crd import CRD_NAME, build_crd
 from aviator.api.types import API_VERSION, KIND
+from aviator.controller.agents import POD_IP_INDEXERS, pod_locator, pod_node_resolver
 from aviator.controller.app import ControllerApp, Options
+from aviator.informers import InformerFactory
 from aviator.kube import ApiError, KubeClient
 from aviator.kube.marks import LABEL_MANAGED_BY, LABEL_SERVICE_NAME, LABEL_ZONE, MANAGER
 from aviator.kube.resources import (
@@ -36,7 +38,7 @@ from aviator.latency.auth import TokenAuthenticator
 from aviator.latency.histogram import Histogram
 from aviator.latency.receiver import make_stream_handler
 from aviator.latency.schema import EndpointWindow, Snapshot, encode_snapshot
-from aviator.latency.store import LatencyStore
+from aviator.latency.store import Ingested, LatencyStore
 from aviator.testing.controlplane import ControlPlane
 
 JSON = dict[str, Any]
@@ -302,27 +304,84 @@ async def controller_and_agent(
 # --- a test agent streaming over the real websocket ------------------------------------
 
 
-async def agent_token(kube: KubeClient, ns: str, name: str = AGENT_SA) -> str:
+async def agent_token(kube: KubeClient, ns: str, name: str = AGENT_SA, *, node: str = NODE) -> str:
+    """A token of the ServiceAccount `ns:name` bound to the Node `node` (created when
+    missing): the TokenReview names that node, as it names a pod-bound projected
+    token's, so the controller takes what it sends for `node`'s pods only."""
     with contextlib.suppress(ApiError):
         await kube.create(
             SERVICEACCOUNTS,
             {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}},
             ns,
         )
+    await ensure_node(kube, node)
+    uid = (await kube.get(NODES, node))["metadata"]["uid"]
+    return await request_token(
+        kube, ns, name, bound={"kind": "Node", "apiVersion": "v1", "name": node, "uid": uid}
+    )
+
+
+async def pod_token(
+    kube: KubeClient,
+    ns: str,
+    node: str,
+    name: str = AGENT_SA,
+    *,
+    audiences: list[str] | None = None,
+) -> str:
+    """A token of `ns:name` bound to a new pod of that account on `node`, as the kubelet
+    mints the agent DaemonSet's projected token."""
+    with contextlib.suppress(ApiError):
+        await kube.create(
+            SERVICEACCOUNTS,
+            {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}},
+            ns,
+        )
+    await ensure_node(kube, node)
+    pod = await kube.create(
+        PODS,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"generateName": f"{name}-", "namespace": ns},
+            "spec": {
+                "nodeName": node,
+                "serviceAccountName": name,
+                "containers": [{"name": "agent", "image": "example.invalid/agent:1"}],
+            },
+        },
+        ns,
+    )
+    meta = pod["metadata"]
+    bound = {"kind": "Pod", "apiVersion": "v1", "name": meta["name"], "uid": meta["uid"]}
+    return await request_token(kube, ns, name, bound=bound, audiences=audiences)
+
+
+async def request_token(
+    kube: KubeClient,
+    ns: str,
+    name: str,
+    *,
+    bound: JSON | None = None,
+    audiences: list[str] | None = None,
+    expiration_s: int = 3600,
+) -> str:
+    """A TokenRequest of `ns:name`, bound to the object `bound` when given."""
+    spec: JSON = {"expirationSeconds": expiration_s}
+    if bound is not None:
+        spec["boundObjectRef"] = bound
+    if audiences is not None:
+        spec["audiences"] = audiences
     answer = await kube.request(
         "POST",
         SERVICEACCOUNTS.path(ns, name, "token"),
-        body={
-            "apiVersion": "authentication.k8s.io/v1",
-            "kind": "TokenRequest",
-            "spec": {"expirationSeconds": 3600},
-        },
+        body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
     )
     return str(answer["status"]["token"])
 
 
 def snapshot(
-    latency_ms: dict[str, float], *, node: str = "node-a", samples: int = 200, port: int = 8080
+    latency_ms: dict[str, float], *, node: str = NODE, samples: int = 200, port: int = 8080
 ) -> str:
     """A v1 stream message: `samples` requests at each IP's latency, in one window."""
     endpoints = []
@@ -408,10 +467,10 @@ class RecordingStore(LatencyStore):
         self.snapshots: list[Snapshot] = []
         self.changed = asyncio.Event()
 
-    def ingest(self, msg: Snapshot, now: float) -> int:
+    def ingest_snapshot(self, msg: Snapshot, now: float) -> Ingested:
         self.snapshots.append(msg)
         self.changed.set()
-        return super().ingest(msg, now)
+        return super().ingest_snapshot(msg, now)
 
     async def wait_for(self, pred: Callable[[Snapshot], bool], within_s: float = 60) -> Snapshot:
         async with asyncio.timeout(within_s):
@@ -430,15 +489,31 @@ class Receiver:
     store: RecordingStore
 
 
-async def start_receiver(kube: KubeClient, allowed: list[str]) -> tuple[Receiver, web.AppRunner]:
+@contextlib.asynccontextmanager
+async def running_receiver(kube: KubeClient, allowed: list[str]) -> AsyncIterator[Receiver]:
     """The controller's stream endpoint on 127.0.0.1, authenticating against the real
-    API server and accepting the `allowed` ServiceAccounts ("namespace:name")."""
+    API server, accepting the `allowed` ServiceAccounts ("namespace:name") and checking
+    endpoints against a real Pod informer, as the controller does."""
     store = RecordingStore()
+    factory = InformerFactory(kube)
+    pods = factory.informer_for(PODS)
+    pods.indexer.add_indexers(POD_IP_INDEXERS)
+    authenticator = TokenAuthenticator(
+        kube, allowed, resolve_pod_node=pod_node_resolver(pods.indexer, kube)
+    )
     app = web.Application()
-    app.router.add_get("/v1/stream", make_stream_handler(store, TokenAuthenticator(kube, allowed)))
+    app.router.add_get(
+        "/v1/stream", make_stream_handler(store, authenticator, pod_locator(pods.indexer))
+    )
     runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    return Receiver(f"ws://127.0.0.1:{port}/v1/stream", port, store), runner
+    await factory.start()
+    try:
+        await factory.wait_for_cache_sync()
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = runner.addresses[0][1]
+        yield Receiver(f"ws://127.0.0.1:{port}/v1/stream", port, store)
+    finally:
+        await runner.cleanup()
+        await factory.stop()

@@ -26,14 +26,12 @@ from typing import Any, cast
 import aiohttp
 import pytest
 from aiohttp import web
-from integration_support import RecordingStore
+from integration_support import RecordingStore, agent_token, running_receiver
 
 from aviator.api.crd import CRD_NAME
 from aviator.box.files import CRD_FILE
 from aviator.kube import KubeClient
-from aviator.kube.resources import AVIATORPOLICIES, PODS, SERVICEACCOUNTS, SERVICES
-from aviator.latency.auth import TokenAuthenticator
-from aviator.latency.receiver import make_stream_handler
+from aviator.kube.resources import AVIATORPOLICIES, PODS, SERVICES
 from aviator.testing.controlplane import ControlPlane
 
 pytestmark = pytest.mark.integration
@@ -151,23 +149,15 @@ async def scenario(
     port, hits = pod_servers
     ns = namespace
     node = f"box-node-{uuid.uuid4().hex[:6]}"
-    await kube.create(SERVICEACCOUNTS, {"metadata": {"name": "agent", "namespace": ns}})
-    token = await kube.request(
-        "POST",
-        SERVICEACCOUNTS.path(ns, "agent", "token"),
-        body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}},
-    )
     token_file = tmp_path / "token"
-    token_file.write_text(token["status"]["token"])
-    store = RecordingStore()
-    app = web.Application()
-    app.router.add_get(
-        "/v1/stream", make_stream_handler(store, TokenAuthenticator(kube, [f"{ns}:agent"]))
-    )
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", 0).start()
-    receiver_url = f"ws://127.0.0.1:{runner.addresses[0][1]}/v1/stream"
+    token_file.write_text(await agent_token(kube, ns, "agent", node=node))
+    async with running_receiver(kube, [f"{ns}:agent"]) as receiver:
+        await _objects(kube, ns, node, port)
+        yield Scenario(ns, node, port, hits, receiver.store, receiver.url, token_file)
+
+
+async def _objects(kube: KubeClient, ns: str, node: str, port: int) -> None:
+    """The Service, the policy and the pods of the scenario."""
     await kube.create(
         SERVICES,
         {
@@ -207,10 +197,6 @@ async def scenario(
             ns,
             subresource="status",
         )
-    try:
-        yield Scenario(ns, node, port, hits, store, receiver_url, token_file)
-    finally:
-        await runner.cleanup()
 
 
 def counted(store: RecordingStore, port: int) -> dict[str, int]:

@@ -18,7 +18,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from integration_support import Receiver, agent_token, start_receiver
+from integration_support import (
+    Receiver,
+    agent_token,
+    ensure_node,
+    request_token,
+    running_receiver,
+)
 
 from aviator.agent.app import Agent, AgentConfig
 from aviator.agent.bpf.model import EndpointKey
@@ -88,20 +94,22 @@ async def running_pod(
     )
 
 
+Env = tuple[KubeClient, str, Receiver, Path]
+
+
 @pytest.fixture
-async def env(
-    kube: KubeClient, namespace: str, tmp_path: Path
-) -> AsyncIterator[tuple[KubeClient, str, Receiver, Path, Path]]:
-    """Receiver accepting `<namespace>:agent`; token files of `agent` and `intruder`."""
-    good = tmp_path / "agent-token"
-    good.write_text(await agent_token(kube, namespace, "agent"))
-    bad = tmp_path / "intruder-token"
-    bad.write_text(await agent_token(kube, namespace, "intruder"))
-    receiver, runner = await start_receiver(kube, [f"{namespace}:agent"])
-    try:
-        yield kube, namespace, receiver, good, bad
-    finally:
-        await runner.cleanup()
+async def env(kube: KubeClient, namespace: str, tmp_path: Path) -> AsyncIterator[Env]:
+    """A receiver accepting `<namespace>:agent`, and a folder for token files."""
+    async with running_receiver(kube, [f"{namespace}:agent"]) as receiver:
+        yield kube, namespace, receiver, tmp_path
+
+
+async def token_file(env: Env, node: str, account: str = "agent") -> Path:
+    """A file holding a token of `account` bound to the Node `node`."""
+    kube, ns, _, folder = env
+    path = folder / f"{account}-{node}-token"
+    path.write_text(await agent_token(kube, ns, account, node=node))
+    return path
 
 
 async def run_agent(
@@ -144,11 +152,10 @@ def endpoint_of(snap: Snapshot, ip: str) -> Any:
 # --- tests -----------------------------------------------------------------------------
 
 
-async def test_snapshots_carry_pods_from_the_node_informer(
-    env: tuple[KubeClient, str, Receiver, Path, Path],
-) -> None:
-    kube, ns, receiver, good, _ = env
+async def test_snapshots_carry_pods_from_the_node_informer(env: Env) -> None:
+    kube, ns, receiver, _ = env
     node = node_name()
+    good = await token_file(env, node)
     await running_pod(kube, ns, "web-0", node, "127.0.51.1")
     await running_pod(kube, ns, "elsewhere", "another-node", "127.0.51.3")
     source = ScriptedSource(
@@ -205,15 +212,18 @@ async def test_snapshots_carry_pods_from_the_node_informer(
         await stop_agent(stop, task)
 
 
-async def test_stream_is_refused_without_a_valid_token_of_the_agent_account(
-    env: tuple[KubeClient, str, Receiver, Path, Path],
-) -> None:
-    _, _, receiver, good, bad = env
+async def test_stream_is_refused_without_a_valid_token_of_the_agent_account(env: Env) -> None:
+    kube, ns, receiver, _ = env
+    node = node_name()
+    good = await token_file(env, node)
+    bad = await token_file(env, node, "intruder")
+    unbound = await request_token(kube, ns, "agent")  # names no node
     async with aiohttp.ClientSession() as http:
         for headers, status in (
             ({}, 401),
             ({"Authorization": "Bearer not-a-token"}, 401),
             ({"Authorization": f"Bearer {bad.read_text()}"}, 403),
+            ({"Authorization": f"Bearer {unbound}"}, 403),
         ):
             with pytest.raises(aiohttp.WSServerHandshakeError) as err:
                 await http.ws_connect(receiver.url, headers=headers)
@@ -226,11 +236,10 @@ async def test_stream_is_refused_without_a_valid_token_of_the_agent_account(
             assert reply["kind"] == "error"
 
 
-async def test_agent_with_the_wrong_account_is_refused_and_retries(
-    env: tuple[KubeClient, str, Receiver, Path, Path],
-) -> None:
-    kube, ns, receiver, _, bad = env
+async def test_agent_with_the_wrong_account_is_refused_and_retries(env: Env) -> None:
+    kube, ns, receiver, _ = env
     node = node_name()
+    bad = await token_file(env, node, "intruder")
     await running_pod(kube, ns, "web-0", node, "127.0.52.1")
     source = ScriptedSource({EndpointKey("127.0.52.1", 8080, "server"): 1000})
     config = streaming_to(receiver, node, bad)
@@ -324,27 +333,36 @@ async def test_controllers_found_through_a_headless_service(
 
 
 async def test_audience_bound_tokens(kube: KubeClient, namespace: str) -> None:
-    """A projected token for audience "aviator" (as the agent DaemonSet mounts it) is
-    accepted by an authenticator expecting that audience, and refused by one expecting
-    another; a token for another audience is refused by the first."""
+    """A projected token for audience "aviator", bound to the agent's pod (as the agent
+    DaemonSet mounts it), is accepted by an authenticator expecting that audience, for
+    the pod's node, and refused by one expecting another; a token for another audience
+    is refused by the first."""
     await kube.create(SERVICEACCOUNTS, {"metadata": {"name": "agent", "namespace": namespace}})
+    node = node_name()
+    await ensure_node(kube, node)
+    pod = await kube.create(
+        PODS,
+        {
+            "metadata": {"name": "agent-pod", "namespace": namespace},
+            "spec": {
+                "nodeName": node,
+                "serviceAccountName": "agent",
+                "containers": [{"name": "c", "image": "example"}],
+            },
+        },
+    )
+    bound = {"kind": "Pod", "apiVersion": "v1", "name": "agent-pod", "uid": pod["metadata"]["uid"]}
 
     async def token_for(audience: str) -> str:
-        review = await kube.request(
-            "POST",
-            SERVICEACCOUNTS.path(namespace, "agent", "token"),
-            body={
-                "apiVersion": "authentication.k8s.io/v1",
-                "kind": "TokenRequest",
-                "spec": {"audiences": [audience], "expirationSeconds": 600},
-            },
+        return await request_token(
+            kube, namespace, "agent", bound=bound, audiences=[audience], expiration_s=600
         )
-        return str(review["status"]["token"])
 
     allowed = [f"{namespace}:agent"]
     expecting_aviator = TokenAuthenticator(kube, allowed, audiences=["aviator"])
     expecting_other = TokenAuthenticator(kube, allowed, audiences=["something-else"])
     aviator_token = await token_for("aviator")
-    assert (await expecting_aviator.authenticate(aviator_token)).allowed
+    verdict = await expecting_aviator.authenticate(aviator_token)
+    assert verdict.allowed and verdict.node == node
     assert (await expecting_other.authenticate(aviator_token)).status == 401
     assert (await expecting_aviator.authenticate(await token_for("something-else"))).status == 401

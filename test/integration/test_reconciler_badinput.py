@@ -16,6 +16,7 @@ from integration_support import (
     TestAgent,
     agent_token,
     condition,
+    create_pod,
     eventually,
     get_policy,
     install_crd,
@@ -128,6 +129,9 @@ async def test_agent_with_wrong_token_or_garbage_is_rejected(
     ns = namespace
     good = await agent_token(kube, ns)
     other_sa = await agent_token(kube, ns, "someone-else")
+    # The controller takes latency only of pods on the agent token's node.
+    for name, ip in (("a", "10.70.0.1"), ("b", "10.70.0.2")):
+        await create_pod(kube, ns, name, ip, {"app": "badinput"})
     async with running_controller(control_plane, ns) as app:
         url = stream_url(app)
         assert await _ws_status(url, None) == 401

@@ -104,7 +104,7 @@ async def test_connection_sends_while_connected_and_follows_token_changes(tmp_pa
             session,
             backoff=Backoff(initial_s=0.01, max_s=0.05),
         )
-        conn.offer("lost")  # not connected yet: dropped, never replayed
+        conn.offer(["lost"])  # not connected yet: dropped, never replayed
         task = asyncio.get_running_loop().create_task(conn.run())
         try:
             await server.until(lambda: server.tokens == ["Bearer one"])
@@ -112,11 +112,11 @@ async def test_connection_sends_while_connected_and_follows_token_changes(tmp_pa
                 while not conn.connected:
                     conn.changed.clear()
                     await conn.changed.wait()
-            conn.offer("a")
+            conn.offer(["a"])
             await server.until(lambda: server.messages == ["a"])
             # The controller hangs up: the agent dials again with backoff.
             server.hang_up = True
-            conn.offer("b")
+            conn.offer(["b"])
             await server.until(lambda: len(server.tokens) == 2)
             # A rotated token makes the agent reconnect with the new one.
             token.write_text("two")

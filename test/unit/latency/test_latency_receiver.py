@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 from collections.abc import AsyncIterator
@@ -11,10 +12,20 @@ import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import REGISTRY
 
 from aviator.kube.client import ApiError, KubeClient
-from aviator.latency.auth import TokenAuthenticator, service_account_username
+from aviator.latency.admission import PodPlace
+from aviator.latency.auth import (
+    NODE_NAME_EXTRA,
+    POD_NAME_EXTRA,
+    POD_UID_EXTRA,
+    TokenAuthenticator,
+    precheck,
+    service_account_username,
+)
 from aviator.latency.histogram import Histogram
+from aviator.latency.limits import StreamGate, StreamLimits
 from aviator.latency.receiver import make_stream_handler
 from aviator.latency.schema import EndpointWindow, Snapshot, encode_snapshot
 from aviator.latency.store import LatencyStore
@@ -22,10 +33,28 @@ from aviator.latency.store import LatencyStore
 AGENT = "system:serviceaccount:aviator-system:aviator-agent"
 
 
-class FakeReviews:
-    """Answers TokenReviews from a token → (username, audiences) table."""
+NODE = "node-1"
 
-    def __init__(self, users: dict[str, tuple[str, list[str]]]) -> None:
+
+def jwt(subject: str, **claims: Any) -> str:
+    """An unsigned JWT-shaped token (the fake reviews below judge it by its subject)."""
+
+    def part(obj: dict[str, Any]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).decode().rstrip("=")
+
+    return f"{part({'alg': 'none'})}.{part({'sub': subject, **claims})}.sig"
+
+
+def subject(token: str) -> str:
+    body = token.split(".")[1]
+    return str(json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)))["sub"])
+
+
+class FakeReviews:
+    """Answers TokenReviews from a token → (username, audiences[, extra]) table; the
+    user's extra names NODE unless the table gives one."""
+
+    def __init__(self, users: dict[str, Any]) -> None:
         self.users = users
         self.bodies: list[dict[str, Any]] = []
         self.down = False
@@ -34,13 +63,14 @@ class FakeReviews:
         self.bodies.append(body)
         if self.down:
             raise ApiError(500, text="etcd on fire")
-        user = self.users.get(body["spec"]["token"])
+        user = self.users.get(subject(body["spec"]["token"]))
         if user is None:
             return {"status": {"authenticated": False, "error": "invalid bearer token"}}
+        extra = user[2] if len(user) > 2 else {NODE_NAME_EXTRA: [NODE]}
         return {
             "status": {
                 "authenticated": True,
-                "user": {"username": user[0]},
+                "user": {"username": user[0], "extra": extra},
                 "audiences": user[1],
             }
         }
@@ -79,21 +109,21 @@ async def test_verdicts_and_caching() -> None:
     auth = authenticator(reviews, clock, cache_ttl_s=60, negative_ttl_s=5)
     assert (await auth.authenticate("")).status == 401
     assert reviews.bodies == []
-    ok = await auth.authenticate("good")
+    ok = await auth.authenticate(jwt("good"))
     assert ok.allowed and ok.username == AGENT
-    assert (await auth.authenticate("other")).status == 403
-    assert (await auth.authenticate("bogus")).status == 401
+    assert (await auth.authenticate(jwt("other"))).status == 403
+    assert (await auth.authenticate(jwt("bogus"))).status == 401
     assert auth.reviews == 3
     clock.now = 4.0  # everything is cached
     for token in ("good", "other", "bogus"):
-        await auth.authenticate(token)
+        await auth.authenticate(jwt(token))
     assert auth.reviews == 3
     clock.now = 6.0  # refusals expired, the acceptance not yet
-    await auth.authenticate("good")
-    await auth.authenticate("bogus")
+    await auth.authenticate(jwt("good"))
+    await auth.authenticate(jwt("bogus"))
     assert auth.reviews == 4
     clock.now = 61.0
-    await auth.authenticate("good")
+    await auth.authenticate(jwt("good"))
     assert auth.reviews == 5
 
 
@@ -101,31 +131,122 @@ async def test_outage_is_503_and_not_cached() -> None:
     reviews = FakeReviews({"good": (AGENT, [])})
     auth = authenticator(reviews)
     reviews.down = True
-    assert (await auth.authenticate("good")).status == 503
+    assert (await auth.authenticate(jwt("good"))).status == 503
     reviews.down = False
-    assert (await auth.authenticate("good")).allowed
+    assert (await auth.authenticate(jwt("good"))).allowed
 
 
 async def test_audience_is_requested_and_checked() -> None:
     reviews = FakeReviews({"good": (AGENT, ["aviator"]), "wrong": (AGENT, ["api"])})
     auth = authenticator(reviews, audiences=["aviator"])
-    assert (await auth.authenticate("good")).allowed
+    assert (await auth.authenticate(jwt("good", aud=["aviator"]))).allowed
     assert reviews.bodies[0]["spec"]["audiences"] == ["aviator"]
-    assert (await auth.authenticate("wrong")).status == 401
+    # The API server has the last word (the claims are not verified here)...
+    assert (await auth.authenticate(jwt("wrong", aud=["aviator"]))).status == 401
+    assert len(reviews.bodies) == 2
+    # ... but a token whose claims already say no costs no review.
+    assert (await auth.authenticate(jwt("wrong", aud="api"))).status == 401
+    assert len(reviews.bodies) == 2
 
 
-def snapshot_text(ip: str = "10.0.0.1") -> str:
+def test_precheck_reads_the_token_as_an_unverified_jwt() -> None:
+    now = 1_000_000.0
+    assert precheck(jwt("a", exp=now + 10, aud="x"), ["x"], now) is None
+    assert precheck(jwt("a", exp=now - 30), [], now) is None  # within the clock skew
+    assert precheck(jwt("a", exp=now - 61), [], now) == "token expired"
+    assert precheck(jwt("a", aud=["y", "z"]), ["x"], now) == (
+        "token not valid for the expected audience"
+    )
+    assert precheck(jwt("a", aud=["y", "x"]), ["x"], now) is None
+    for junk in ("junk", "a.b", "a.%%%.c", "a.bnVsbA.c", "x" * 20000, "a..c"):
+        assert precheck(junk, [], now) is not None, junk
+
+
+async def test_reviews_are_rationed_and_run_a_few_at_a_time() -> None:
+    reviews = FakeReviews({"good": (AGENT, [])})
+    auth = authenticator(reviews)
+    verdict = await auth.authenticate(jwt("good"), lambda: ("slow down", 2.5))
+    assert (verdict.status, verdict.reason, verdict.retry_after_s) == (429, "slow down", 2.5)
+    assert reviews.bodies == []
+    assert (await auth.authenticate(jwt("good"), lambda: (None, 0.0))).allowed
+    # A cached verdict is not rationed.
+    assert (await auth.authenticate(jwt("good"), lambda: ("no", 1.0))).allowed
+    assert len(reviews.bodies) == 1
+
+
+async def test_the_node_comes_from_the_token() -> None:
+    """node-name extra (pod- or node-bound tokens); else the token's pod, looked up;
+    a token bound to nothing names no node and is refused."""
+    pod_bound = {POD_NAME_EXTRA: ["agent-x"], POD_UID_EXTRA: ["uid-1"]}
+    reviews = FakeReviews(
+        {
+            "node-bound": (AGENT, [], {NODE_NAME_EXTRA: ["n7"]}),
+            "pod-bound": (AGENT, [], pod_bound),
+            "gone-pod": (AGENT, [], {POD_NAME_EXTRA: ["old"], POD_UID_EXTRA: ["uid-0"]}),
+            "unbound": (AGENT, [], {}),
+            "odd": (AGENT, [], {NODE_NAME_EXTRA: ["a", "b"]}),
+        }
+    )
+    looked_up: list[tuple[str, str, str]] = []
+    api_down = False
+
+    async def resolve(namespace: str, name: str, uid: str) -> str | None:
+        looked_up.append((namespace, name, uid))
+        if api_down:
+            raise OSError("connection refused")
+        return "n8" if (name, uid) == ("agent-x", "uid-1") else None
+
+    auth = authenticator(reviews, resolve_pod_node=resolve)
+    assert (await auth.authenticate(jwt("node-bound"))).node == "n7"
+    verdict = await auth.authenticate(jwt("pod-bound"))
+    assert verdict.allowed and verdict.node == "n8"
+    assert looked_up == [("aviator-system", "agent-x", "uid-1")]
+    for token in ("gone-pod", "unbound", "odd"):
+        verdict = await auth.authenticate(jwt(token))
+        assert verdict.status == 403 and verdict.node is None, token
+    assert "bound to no pod or node" in verdict.reason
+    api_down = True
+    assert (
+        await authenticator(reviews, resolve_pod_node=resolve).authenticate(jwt("pod-bound"))
+    ).status == 503
+    # Without a resolver, a pod-bound token lacking the node-name extra names no node.
+    assert (await authenticator(reviews).authenticate(jwt("pod-bound"))).status == 403
+    lenient = authenticator(reviews, require_node=False)
+    verdict = await lenient.authenticate(jwt("unbound"))
+    assert verdict.allowed and verdict.node is None
+
+
+def snapshot_text(ip: str = "10.0.0.1", node: str = NODE, pod: str | None = "ns/p") -> str:
     h = Histogram.from_values([5000] * 10)
-    ep = EndpointWindow(ip, 8080, "server", "ns/p", h, 10, 50000, 5000, 2, 0)
-    return encode_snapshot(Snapshot("node-1", "ebpf", 1.0, 1.0, (ep,)))
+    ep = EndpointWindow(ip, 8080, "server", pod, h, 10, 50000, 5000, 2, 0)
+    return encode_snapshot(Snapshot(node, "ebpf", 1.0, 1.0, (ep,)))
+
+
+# Who lives where, as the controller's Pod cache says.
+PODS = {
+    "10.0.0.1": [PodPlace("ns/p", NODE)],
+    "10.0.0.2": [PodPlace("ns/q", NODE)],
+    "10.0.9.1": [PodPlace("ns/elsewhere", "node-2")],
+    "10.0.9.2": [PodPlace("ns/here", NODE), PodPlace("ns/there", "node-2")],
+}
+
+
+def locate(ip: str) -> list[PodPlace]:
+    return PODS.get(ip, [])
 
 
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[TestClient[web.Request, web.Application], LatencyStore]]:
     store = LatencyStore(window_s=10, stale_after_s=5)
-    reviews = FakeReviews({"good": (AGENT, []), "other": ("system:serviceaccount:x:y", [])})
+    reviews = FakeReviews(
+        {
+            "good": (AGENT, []),
+            "other": ("system:serviceaccount:x:y", []),
+            "unbound": (AGENT, [], {}),
+        }
+    )
     app = web.Application()
-    app.router.add_get("/v1/stream", make_stream_handler(store, authenticator(reviews)))
+    app.router.add_get("/v1/stream", make_stream_handler(store, authenticator(reviews), locate))
     async with TestClient(TestServer(app)) as client:
         yield client, store
 
@@ -136,9 +257,10 @@ async def test_refused_before_upgrade(
     client, _ = served
     for headers, status in (
         ({}, 401),
-        ({"Authorization": "Bearer bogus"}, 401),
+        ({"Authorization": f"Bearer {jwt('bogus')}"}, 401),
         ({"Authorization": "Basic good"}, 401),
-        ({"Authorization": "Bearer other"}, 403),
+        ({"Authorization": f"Bearer {jwt('other')}"}, 403),
+        ({"Authorization": f"Bearer {jwt('unbound')}"}, 403),
     ):
         with pytest.raises(aiohttp.WSServerHandshakeError) as err:
             await client.ws_connect("/v1/stream", headers=headers)
@@ -149,7 +271,9 @@ async def test_snapshots_reach_the_store_and_garbage_gets_an_error_frame(
     served: tuple[TestClient[web.Request, web.Application], LatencyStore],
 ) -> None:
     client, store = served
-    async with client.ws_connect("/v1/stream", headers={"Authorization": "Bearer good"}) as ws:
+    async with client.ws_connect(
+        "/v1/stream", headers={"Authorization": f"Bearer {jwt('good')}"}
+    ) as ws:
         await ws.send_str("not json")
         reply = json.loads(await ws.receive_str())
         assert reply["kind"] == "error" and "JSON" in reply["error"]
@@ -164,16 +288,50 @@ async def test_snapshots_reach_the_store_and_garbage_gets_an_error_frame(
     assert est is not None and est.samples == 10 and est.rif == 2
 
 
+async def test_an_agent_speaks_only_for_its_own_nodes_pods(
+    served: tuple[TestClient[web.Request, web.Application], LatencyStore],
+) -> None:
+    client, store = served
+    refused = REGISTRY.get_sample_value(
+        "aviator_stream_endpoints_refused_total", {"reason": "other_node"}
+    )
+    async with client.ws_connect(
+        "/v1/stream", headers={"Authorization": f"Bearer {jwt('good')}"}
+    ) as ws:
+        # A snapshot claiming another node is refused whole.
+        await ws.send_str(snapshot_text("10.0.9.1", node="node-2"))
+        reply = json.loads(await ws.receive_str())
+        assert "is not the token's node" in reply["error"]
+        # Another node's pod, an IP two nodes' pods claim, an unknown IP: dropped and
+        # counted, and the agent is told once.
+        for ip in ("10.0.9.1", "10.0.9.2", "10.7.7.7"):
+            await ws.send_str(snapshot_text(ip))
+        reply = json.loads(await ws.receive_str())
+        assert reply["error"] == "refused: other_node 1"
+        # Its own pod goes in, under the name the controller knows it by.
+        await ws.send_str(snapshot_text("10.0.0.2", pod="ns/not-what-the-agent-said"))
+        await ws.send_str("garbage")
+        assert json.loads(await ws.receive_str())["kind"] == "error"
+    now = time.monotonic()
+    assert store.ips() == ["10.0.0.2"]
+    assert store.estimate("10.0.0.2", now) is not None
+    assert store._windows[("10.0.0.2", 8080, "server", "agent")].pod == "ns/q"
+    after = REGISTRY.get_sample_value(
+        "aviator_stream_endpoints_refused_total", {"reason": "other_node"}
+    )
+    assert (after or 0) - (refused or 0) == 2
+
+
 async def test_a_token_revoked_mid_stream_ends_the_connection() -> None:
     store = LatencyStore(window_s=10, stale_after_s=5)
     reviews = FakeReviews({"good": (AGENT, [])})
     clock = Clock()
     auth = authenticator(reviews, clock, cache_ttl_s=60)
     app = web.Application()
-    app.router.add_get("/v1/stream", make_stream_handler(store, auth, reauth_after_s=0))
+    app.router.add_get("/v1/stream", make_stream_handler(store, auth, locate, reauth_after_s=0))
     async with (
         TestClient(TestServer(app)) as client,
-        client.ws_connect("/v1/stream", headers={"Authorization": "Bearer good"}) as ws,
+        client.ws_connect("/v1/stream", headers={"Authorization": f"Bearer {jwt('good')}"}) as ws,
     ):
         await ws.send_str(snapshot_text("10.0.0.1"))
         await ws.send_str("garbage")  # answered, so the snapshot before it was handled
@@ -190,3 +348,67 @@ async def test_a_token_revoked_mid_stream_ends_the_connection() -> None:
     now = time.monotonic()
     assert store.estimate("10.0.0.1", now) is not None
     assert store.estimate("10.0.0.2", now) is None
+
+
+async def test_a_token_that_comes_to_name_another_node_ends_the_connection() -> None:
+    store = LatencyStore(window_s=10, stale_after_s=5)
+    reviews = FakeReviews({"good": (AGENT, [])})
+    clock = Clock()
+    auth = authenticator(reviews, clock, cache_ttl_s=60)
+    app = web.Application()
+    app.router.add_get("/v1/stream", make_stream_handler(store, auth, locate, reauth_after_s=0))
+    async with (
+        TestClient(TestServer(app)) as client,
+        client.ws_connect("/v1/stream", headers={"Authorization": f"Bearer {jwt('good')}"}) as ws,
+    ):
+        reviews.users["good"] = (AGENT, [], {NODE_NAME_EXTRA: ["node-2"]})
+        clock.now = 61.0
+        await ws.send_str(snapshot_text("10.0.0.1"))
+        reply = json.loads(await ws.receive_str())
+        assert "now names node node-2" in reply["error"]
+        assert (await ws.receive()).type == aiohttp.WSMsgType.CLOSE
+    assert len(store) == 0
+
+
+async def test_floods_are_refused_early() -> None:
+    """Over the connection limit: 429 before any review; over the review rate: 429
+    with Retry-After; over the message rate: frames dropped and the agent told."""
+    store = LatencyStore(window_s=10, stale_after_s=5)
+    reviews = FakeReviews({"good": (AGENT, []), "bogus-1": None})
+    limits = StreamLimits(
+        connections_per_source=1,
+        source_reviews_burst=1,
+        source_reviews_per_s=0.01,
+        messages_burst=2,
+        messages_per_s=0.001,
+    )
+    app = web.Application()
+    app.router.add_get(
+        "/v1/stream",
+        make_stream_handler(store, authenticator(reviews), locate, gate=StreamGate(limits)),
+    )
+    good = {"Authorization": f"Bearer {jwt('good')}"}
+    async with TestClient(TestServer(app)) as client:
+        async with client.ws_connect("/v1/stream", headers=good) as ws:
+            with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+                await client.ws_connect("/v1/stream", headers=good)
+            assert err.value.status == 429
+            for ip in ("10.0.0.1", "10.0.0.2", "10.0.0.2"):
+                await ws.send_str(snapshot_text(ip))
+            reply = json.loads(await ws.receive_str())
+            assert reply["error"] == "refused: message_rate 1"
+        assert len(reviews.bodies) == 1
+        # The review allowance of this address is spent: a new token is not reviewed.
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await client.ws_connect("/v1/stream", headers={"Authorization": f"Bearer {jwt('x')}"})
+        assert err.value.status == 429 and err.value.headers is not None
+        assert int(err.value.headers["Retry-After"]) >= 1
+        # Junk is refused before any rationing or review.
+        with pytest.raises(aiohttp.WSServerHandshakeError) as err:
+            await client.ws_connect("/v1/stream", headers={"Authorization": "Bearer junk"})
+        assert err.value.status == 401
+        assert len(reviews.bodies) == 1
+        # A known token still gets in (its verdict is cached).
+        async with client.ws_connect("/v1/stream", headers=good):
+            pass
+    assert sorted(store.ips()) == ["10.0.0.1", "10.0.0.2"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import json
 from typing import Any
@@ -20,7 +21,9 @@ from aviator.latency.schema import (
     encode_error,
     encode_snapshot,
     parse_snapshot,
+    parse_snapshot_async,
     snapshot_to_dict,
+    split_snapshot,
 )
 
 u32 = st.integers(min_value=0, max_value=2**32)
@@ -165,3 +168,53 @@ def test_sizes_are_bounded() -> None:
 
 def test_error_frame() -> None:
     assert json.loads(encode_error("bad")) == {"v": 1, "kind": "error", "error": "bad"}
+
+
+def test_a_large_snapshot_is_split_into_messages_the_receiver_takes() -> None:
+    h = Histogram.from_values(list(range(1, 200_000, 500)))
+    eps = tuple(
+        EndpointWindow(f"10.1.{i // 256}.{i % 256}", 8080, "server", None, h, 1, 1, 1, 0, 0)
+        for i in range(1000)
+    )
+    snap = Snapshot("n1", "ebpf", 1.0, 1.0, eps)
+    whole = encode_snapshot(snap)
+    frames = split_snapshot(snap, max_bytes=len(whole) // 5)
+    assert len(frames) > 5 and all(len(f) <= len(whole) // 5 for f in frames)
+    parsed = [parse_snapshot(f) for f in frames]
+    assert [e for p in parsed for e in p.endpoints] == list(eps)
+    assert {(p.node, p.time, p.window_s) for p in parsed} == {("n1", 1.0, 1.0)}
+    assert split_snapshot(snap) == [whole]
+    small = EndpointWindow(
+        "10.1.0.1", 80, "server", None, Histogram.from_values([9]), 1, 9, 9, 0, 0
+    )
+    many = Snapshot("n1", "ebpf", 1.0, 1.0, (small,) * (MAX_ENDPOINTS + 1))
+    assert [len(parse_snapshot(f).endpoints) for f in split_snapshot(many)] == [
+        (MAX_ENDPOINTS + 1) // 2,
+        (MAX_ENDPOINTS + 2) // 2,
+    ]
+    # An endpoint too large for any message is left out, not sent forever in vain.
+    assert split_snapshot(Snapshot("n1", "ebpf", 1.0, 1.0, eps[:1]), max_bytes=100) == []
+
+
+async def test_the_async_parse_hands_the_loop_back_and_agrees() -> None:
+    h = Histogram.from_values(list(range(1, 50_000, 100)))
+    eps = tuple(
+        EndpointWindow(f"10.1.{i // 256}.{i % 256}", 80, "server", "ns/p", h, 1, 1, 1, 0, 0)
+        for i in range(300)
+    )
+    text = encode_snapshot(Snapshot("n1", "ebpf", 1.0, 1.0, eps))
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+
+    counter = asyncio.get_running_loop().create_task(count_turns())
+    try:
+        parsed = await parse_snapshot_async(text, slice_s=0.001)
+    finally:
+        counter.cancel()
+    assert parsed == parse_snapshot(text)
+    assert turns > 3

@@ -7,7 +7,14 @@ from hypothesis import strategies as st
 
 from aviator.latency.histogram import Histogram
 from aviator.latency.schema import EndpointWindow, Role, Snapshot, Source
-from aviator.latency.store import LatencyStore
+from aviator.latency.store import (
+    AGENT_BUCKETS,
+    AGENT_ENDPOINTS,
+    STORE_BUCKETS,
+    STORE_ENDPOINTS,
+    LatencyStore,
+    StoreLimits,
+)
 
 
 def ep(
@@ -192,3 +199,116 @@ def test_probe_rounds_age_by_their_own_span() -> None:
     assert est is not None and est.samples == 3 and est.p99_ms < 2
     assert store.estimate("10.0.0.1", now=5.5, origin="controller") is None
     assert store.merged(["10.0.0.1"], now=5.5, origin="controller").count == 0
+
+
+def held(store: LatencyStore) -> dict[str, tuple[int, int]]:
+    """(endpoints, buckets) per owner, counted from the windows themselves."""
+    out: dict[str, tuple[int, int]] = {}
+    for win in store._windows.values():
+        e, b = out.get(win.owner, (0, 0))
+        out[win.owner] = (e + 1, b + sum(len(d) for _, d in win.deltas))
+    return out
+
+
+def check_accounting(store: LatencyStore) -> None:
+    counted = held(store)
+    for owner, (e, b) in counted.items():
+        usage = store.usage(owner)
+        assert (usage.endpoints, usage.buckets) == (e, b), owner
+    assert store.total.endpoints == sum(e for e, _ in counted.values()) == len(store)
+    assert store.total.buckets == sum(b for _, b in counted.values())
+
+
+def test_endpoints_are_bounded_per_agent_and_in_total() -> None:
+    limits = StoreLimits(endpoints_per_agent=2, endpoints=3, buckets_per_agent=100, buckets=100)
+    store = LatencyStore(window_s=10, stale_after_s=5, limits=limits)
+    a = store.ingest_snapshot(snap(*[ep(f"10.0.0.{i}", [1000]) for i in range(3)], node="n1"), 0.0)
+    assert (a.accepted, dict(a.refused)) == (2, {AGENT_ENDPOINTS: 1})
+    # Known endpoints still take data; the agent's other nodes are not affected.
+    b = store.ingest_snapshot(snap(*[ep("10.0.0.0", [2000])], node="n1"), 1.0)
+    assert b.accepted == 1
+    c = store.ingest_snapshot(
+        snap(*[ep("10.0.1.0", [1000]), ep("10.0.1.1", [1000])], node="n2"), 1.0
+    )
+    assert (c.accepted, dict(c.refused)) == (1, {STORE_ENDPOINTS: 1})
+    # The controller's probes are never refused, but count.
+    assert store.ingest_probes([ep("10.0.2.0", [1000])], now=1.0, keep_s=3.0) == 1
+    assert store.total.endpoints == 4
+    assert store.estimate("10.0.0.2", now=1.0) is None  # refused: unknown, never fast
+    check_accounting(store)
+    store.forget("10.0.0.0")
+    assert store.ingest_snapshot(snap(*[ep("10.0.0.2", [1000])], node="n1"), 2.0).accepted == 0
+    store.forget("10.0.2.0")  # the total had room for one more only once both went
+    assert store.ingest_snapshot(snap(*[ep("10.0.0.2", [1000])], node="n1"), 2.0).accepted == 1
+    check_accounting(store)
+
+
+def test_buckets_are_bounded_and_freed_as_deltas_leave_the_window() -> None:
+    limits = StoreLimits(buckets_per_agent=10, buckets=15)
+    store = LatencyStore(window_s=3, stale_after_s=100, limits=limits)
+    wide = list(range(1000, 9000, 1000))  # 8 values, 8 buckets
+    assert store.ingest_snapshot(snap(*[ep("10.0.0.1", wide)], node="n1"), 0.0).accepted == 1
+    assert store.usage("n1").buckets == 8
+    refused = store.ingest_snapshot(snap(*[ep("10.0.0.1", wide)], node="n1"), 1.0).refused
+    assert dict(refused) == {AGENT_BUCKETS: 1}
+    refused = store.ingest_snapshot(snap(*[ep("10.0.0.2", wide)], node="n2"), 1.0).refused
+    assert dict(refused) == {STORE_BUCKETS: 1}
+    # Once the first delta leaves the window (at 3 s), there is room again.
+    assert store.ingest_snapshot(snap(*[ep("10.0.0.1", wide)], node="n1"), 3.0).accepted == 1
+    assert store.usage("n1").buckets == 8
+    # An idle endpoint's deltas leave too, at the next prune.
+    store.prune(now=10.0)
+    assert store.usage("n1").buckets == 0 and store.total.buckets == 0
+    assert store.usage("n1").endpoints == 1
+    check_accounting(store)
+
+
+def test_an_endpoint_another_agent_reports_starts_afresh_under_it() -> None:
+    store = LatencyStore(window_s=10, stale_after_s=5)
+    store.ingest_snapshot(snap(*[ep("10.0.0.1", [900_000] * 5)], node="n1"), 0.0)
+    store.ingest_snapshot(snap(*[ep("10.0.0.1", [1000])], node="n2"), 1.0)
+    est = store.estimate("10.0.0.1", now=1.0)
+    assert est is not None and est.samples == 1
+    assert store.usage("n1").endpoints == 0 and store.usage("n2").endpoints == 1
+    check_accounting(store)
+
+
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(["ingest", "probe", "forget", "prune", "read"]),
+        st.sampled_from(["n1", "n2"]),
+        st.integers(min_value=0, max_value=4),
+        st.lists(st.integers(min_value=1, max_value=5_000_000), max_size=6),
+        st.floats(min_value=0.0, max_value=4.0),
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150)
+@given(operations)
+def test_accounting_matches_what_the_windows_hold(
+    ops: list[tuple[str, str, int, list[int], float]],
+) -> None:
+    limits = StoreLimits(endpoints_per_agent=3, endpoints=5, buckets_per_agent=12, buckets=20)
+    store = LatencyStore(window_s=3, stale_after_s=2, forget_after_s=6, limits=limits)
+    now = 0.0
+    for op, owner, which, values, step in ops:
+        now += step
+        ip = f"10.0.0.{which}"
+        if op == "ingest":
+            store.ingest_snapshot(snap(ep(ip, values, pod=f"ns/{owner}"), node=owner), now)
+        elif op == "probe":
+            store.ingest_probes([ep(ip, values)], now, keep_s=2.0)
+        elif op == "forget":
+            store.forget(ip)
+        elif op == "prune":
+            store.prune(now)
+        else:
+            store.estimate(ip, now)
+        check_accounting(store)
+        for o in ("n1", "n2"):
+            assert store.usage(o).endpoints <= limits.endpoints_per_agent
+            assert store.usage(o).buckets <= limits.buckets_per_agent
+        agents = sum(store.usage(o).endpoints for o in ("n1", "n2"))
+        assert agents <= limits.endpoints
