@@ -639,6 +639,11 @@ class BoxHandle:
         host, _, port = str(next(iter(ports.values()))).rpartition(":")
         return host, int(port)
 
+    def backend_count(self, namespace: str, service: str) -> int:
+        """The fewest endpoints the box proxy spreads any port of the Service over."""
+        ports = (self.status().get("backends") or {}).get(f"{namespace}/{service}") or {}
+        return min((int(n) for n in ports.values()), default=0)
+
     async def wait_address(
         self, namespace: str, service: str, timeout_s: float = 60
     ) -> tuple[str, int]:

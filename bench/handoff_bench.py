@@ -98,10 +98,10 @@ async def _run(box: BoxHandle, load: Load) -> list[Row]:
         )
         results = {}
         for label, enabled in (("(a) hand-off off", False), ("(b) hand-off on", True)):
-            await wait_endpoints(kube, NS, TARGET, 10)
+            await wait_endpoints(kube, box, NS, TARGET, 10)
             results[label] = await _variant(box, kube, load, enabled)
         # The oracle last, on a box as warm as the variants had it.
-        await wait_endpoints(kube, NS, ORACLE, 8)
+        await wait_endpoints(kube, box, NS, ORACLE, 8)
         oracle_addr = await box.wait_address(NS, ORACLE)
         oracle = KeepAlivePool(lambda: oracle_addr, size=POOL)
         await oracle.run(load.rate_per_s, load.warmup_s)  # the pool fills

@@ -96,7 +96,7 @@ async def _run(box: BoxHandle, tl: Timeline) -> list[Row]:
         box.kubectl(
             "wait", "-n", NS, "--for=condition=Available", f"deployment/{TARGET}", "--timeout=180s"
         )
-        await wait_endpoints(kube, NS, TARGET, PODS_N)
+        await wait_endpoints(kube, box, NS, TARGET, PODS_N)
         await kube.create(
             AVIATORPOLICIES,
             policy_body(
@@ -113,7 +113,7 @@ async def _run(box: BoxHandle, tl: Timeline) -> list[Row]:
             ),
             NS,
         )
-        await wait_endpoints(kube, NS, SHADOW, PODS_N)
+        await wait_endpoints(kube, box, NS, SHADOW, PODS_N)
         pods = sorted(
             p["metadata"]["name"]
             for p in (await kube.list(PODS, NS)).get("items") or []

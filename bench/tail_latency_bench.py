@@ -99,8 +99,8 @@ async def _run(box: BoxHandle, load: Load) -> list[Row]:
             "-",
             input=json.dumps(service_manifest(ORACLE, {"app": TARGET, "speed": "fast"})),
         )
-        await wait_endpoints(kube, NS, TARGET, 10)
-        await wait_endpoints(kube, NS, ORACLE, 8)
+        await wait_endpoints(kube, box, NS, TARGET, 10)
+        await wait_endpoints(kube, box, NS, ORACLE, 8)
         results: dict[str, list[Sample]] = {}
         notes: dict[str, str] = {}
         results["(a) no Aviator"] = await measure(box, TARGET, load)
@@ -172,15 +172,19 @@ async def slice_pods(kube: KubeClient, ns: str, service: str) -> list[str]:
 
 
 async def wait_endpoints(
-    kube: KubeClient, ns: str, service: str, n: int, timeout_s: float = 120
+    kube: KubeClient, box: BoxHandle, ns: str, service: str, n: int, timeout_s: float = 120
 ) -> None:
+    """Until the Service's slices hold `n` pods and the box proxy spreads new
+    connections over them (it follows slices a moment later)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if len(await slice_pods(kube, ns, service)) >= n:
-            await asyncio.sleep(1.5)  # the box proxy follows slices within about a second
+        if len(await slice_pods(kube, ns, service)) >= n and box.backend_count(ns, service) >= n:
             return
         await asyncio.sleep(0.25)
-    raise RuntimeError(f"{ns}/{service}: fewer than {n} ready endpoints after {timeout_s:.0f}s")
+    raise RuntimeError(
+        f"{ns}/{service}: fewer than {n} endpoints in the slices and the box proxy "
+        f"(proxy: {box.backend_count(ns, service)}) after {timeout_s:.0f}s"
+    )
 
 
 async def wait_fast_only(

@@ -329,6 +329,7 @@ class Box:
             },
             "nodes": self.nodes.names if self.nodes else [],
             "services": self.proxy.table() if self.proxy else {},
+            "backends": self.proxy.backend_counts() if self.proxy else {},
             "pods": self.runtime.pod_ips() if self.runtime else {},
             "pod_pids": self.runtime.pids() if self.runtime else [],
             "crd": self.crd,

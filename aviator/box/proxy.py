@@ -166,6 +166,13 @@ class BoxProxy:
             for svc, ports in sorted(self.listeners.items())
         }
 
+    def backend_counts(self) -> dict[str, dict[str, int]]:
+        """'ns/name' -> {port: how many endpoints new connections are spread over}."""
+        return {
+            svc: {name: len(lst.backends) for name, lst in ports.items()}
+            for svc, ports in sorted(self.listeners.items())
+        }
+
     def backends(self, service: str) -> dict[str, list[Backend]]:
         return {name: lst.backends for name, lst in self.listeners.get(service, {}).items()}
 
