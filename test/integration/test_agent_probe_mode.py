@@ -33,6 +33,7 @@ from aviator.box.files import CRD_FILE
 from aviator.kube import KubeClient
 from aviator.kube.resources import AVIATORPOLICIES, PODS, SERVICES
 from aviator.testing.controlplane import ControlPlane
+from aviator.testing.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -319,7 +320,21 @@ async def test_auto_mode_measures_keep_warm_probes_in_the_kernel(
         seen = counted(sc.store, sc.port)
         for ip in DELAYS_S:
             assert 0 <= sc.hits[ip] - seen[ip] <= 2 * samples, (ip, sc.hits[ip], seen[ip])
-        table = await get_json(f"http://127.0.0.1:{http_port}/latency")
+        # The table is the agent's current window: on a busy machine a pod's window may
+        # be between samples for a moment, so wait (bounded) until both pods are in it.
+        table: dict[str, Any] = {}
+
+        async def both_measured() -> bool:
+            table.update(await get_json(f"http://127.0.0.1:{http_port}/latency"))
+            return FAST_IP in table and SLOW_IP in table
+
+        await eventually(
+            both_measured,
+            within=30,
+            recheck_s=0.3,
+            what="both pods in the agent's /latency table",
+            state=lambda: f"table has {sorted(table)}",
+        )
         fast, slow = table[FAST_IP], table[SLOW_IP]
         assert fast["source"] == slow["source"] == "ebpf"
         # Server-side latency: the servers' own delays (plus event-loop lag on a busy
