@@ -42,6 +42,7 @@ from aviator.kube import ApiError, KubeClient
 from aviator.kube.resources import NAMESPACES, NODES, PODS, SERVICEACCOUNTS, SERVICES, Resource
 from aviator.latency.histogram import bucket_index
 from aviator.testing.controlplane import ControlPlane, free_port
+from aviator.testing.pool import parse_response_head
 
 Row = dict[str, object]
 JSON = dict[str, Any]
@@ -841,17 +842,8 @@ class OpenLoopClient:
     async def _exchange(self, conn: _Conn) -> tuple[int, str | None]:
         conn.writer.write(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
         head = await conn.reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split()
-        status = int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else 0
-        length = 0
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            key = name.strip().lower()
-            if key == "content-length":
-                length = int(value.strip())
-            elif key == "x-served-by":
-                conn.served_by = value.strip()
+        status, length, served_by = parse_response_head(head)
+        conn.served_by = served_by or conn.served_by
         if length:
             await conn.reader.readexactly(length)
         return status, conn.served_by

@@ -198,17 +198,26 @@ class KeepAlivePool:
         if not first:
             raise _NoResponse()
         head = first + await conn.reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split()
-        status = int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else 0
-        length = 0
-        for line in lines[1:]:
-            name, _, value = line.partition(":")
-            key = name.strip().lower()
-            if key == "content-length":
-                length = int(value.strip())
-            elif key == "x-served-by":
-                conn.served_by = value.strip()
+        status, length, served_by = parse_response_head(head)
+        conn.served_by = served_by or conn.served_by
         if length:
             await conn.reader.readexactly(length)
         return status, conn.served_by
+
+
+def parse_response_head(head: bytes) -> tuple[int, int, str | None]:
+    """(status, Content-Length, X-Served-By) of an HTTP/1.1 response head; status 0
+    when the status line is unreadable."""
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split()
+    status = int(parts[1]) if len(parts) >= 2 and parts[1].isdigit() else 0
+    length = 0
+    served_by: str | None = None
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        key = name.strip().lower()
+        if key == "content-length":
+            length = int(value.strip())
+        elif key == "x-served-by":
+            served_by = value.strip()
+    return status, length, served_by
