@@ -11,11 +11,11 @@ previous read, so it is this window's delta.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 from aviator.latency.histogram import CounterReset, Histogram
-from aviator.latency.schema import EndpointWindow, Role
+from aviator.latency.schema import AppProtocol, EndpointWindow, Role
 
 
 class EndpointKeyLike(Protocol):
@@ -44,6 +44,14 @@ class CountersLike(Protocol):
     def rif(self) -> int: ...
     @property
     def aborted(self) -> int: ...
+    @property
+    def statuses(self) -> int: ...
+    @property
+    def errors(self) -> int: ...
+    @property
+    def protocol(self) -> AppProtocol: ...
+    @property
+    def oldest_open_us(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +60,17 @@ class _Baseline:
     count: int
     sum_us: int
     aborted: int
+    statuses: int
+    errors: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Delta:
+    count: int
+    sum_us: int
+    aborted: int
+    statuses: int
+    errors: int
 
 
 class WindowDiffer:
@@ -90,16 +109,20 @@ class WindowDiffer:
                 and c.count == old.count
                 and c.aborted == old.aborted
                 and c.sum_us == old.sum_us
+                and c.statuses == old.statuses
+                and c.errors == old.errors
             ):
                 # Nothing completed: skip building a histogram from the dense buckets.
                 fresh[k] = old
                 delta = Histogram()
-                d_count = d_sum = d_aborted = 0
+                d = _Delta(0, 0, 0, 0, 0)
             else:
-                now = _Baseline(Histogram(c.buckets), c.count, c.sum_us, c.aborted)
+                now = _Baseline(
+                    Histogram(c.buckets), c.count, c.sum_us, c.aborted, c.statuses, c.errors
+                )
                 fresh[k] = now
-                delta, d_count, d_sum, d_aborted = self._diff(old, now)
-            if d_count or d_aborted or c.rif or include_idle:
+                delta, d = self._diff(old, now)
+            if d.count or d.aborted or c.rif or include_idle:
                 out.append(
                     EndpointWindow(
                         ip=key.ip,
@@ -107,17 +130,22 @@ class WindowDiffer:
                         role=key.role,
                         pod=None,
                         hist=delta,
-                        count=d_count,
-                        sum_us=d_sum,
+                        count=d.count,
+                        sum_us=d.sum_us,
                         max_us=c.max_us,
                         rif=c.rif,
-                        aborted=d_aborted,
+                        aborted=d.aborted,
+                        protocol=c.protocol,
+                        # A status is read once per response: never more than counted.
+                        statuses=min(d.statuses, d.count),
+                        errors=min(d.errors, d.statuses, d.count),
+                        oldest_open_us=c.oldest_open_us,
                     )
                 )
         self._base = fresh
         return out
 
-    def _diff(self, old: _Baseline | None, now: _Baseline) -> tuple[Histogram, int, int, int]:
+    def _diff(self, old: _Baseline | None, now: _Baseline) -> tuple[Histogram, _Delta]:
         if old is not None:
             try:
                 delta = now.hist.delta(old.hist)
@@ -128,15 +156,18 @@ class WindowDiffer:
                     now.count >= old.count
                     and now.sum_us >= old.sum_us
                     and now.aborted >= old.aborted
+                    and now.statuses >= old.statuses
+                    and now.errors >= old.errors
                 ):
-                    return (
-                        delta,
+                    return delta, _Delta(
                         now.count - old.count,
                         now.sum_us - old.sum_us,
                         now.aborted - old.aborted,
+                        now.statuses - old.statuses,
+                        now.errors - old.errors,
                     )
             self.resets += 1
-        return now.hist.copy(), now.count, now.sum_us, now.aborted
+        return now.hist.copy(), _Delta(now.count, now.sum_us, now.aborted, now.statuses, now.errors)
 
 
 def attach_pods(
@@ -152,6 +183,4 @@ def attach_pods(
 
 
 def _with_pod(w: EndpointWindow, pod: str) -> EndpointWindow:
-    return EndpointWindow(
-        w.ip, w.port, w.role, pod, w.hist, w.count, w.sum_us, w.max_us, w.rif, w.aborted
-    )
+    return replace(w, pod=pod)

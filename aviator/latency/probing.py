@@ -39,11 +39,12 @@ import asyncio
 import logging
 import time
 import types
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import aiohttp
 
 from aviator.latency.histogram import Histogram
+from aviator.latency.schema import AppProtocol
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,11 @@ class ProbeCounters:
     max_us: int = 0
     rif: int = 0  # probes in flight
     aborted: int = 0  # failed probes (each also a sample at the timeout)
+    # The kernel counters' other fields: probes read no status and keep none open.
+    statuses: int = 0
+    errors: int = 0
+    protocol: AppProtocol = "http1"
+    oldest_open_us: int = 0
 
     @property
     def buckets(self) -> list[int]:
@@ -99,7 +105,7 @@ class ProbeCounters:
         self.max_us = max(self.max_us, latency_us)
 
     def frozen(self) -> ProbeCounters:
-        return ProbeCounters(self.hist.copy(), self.sum_us, self.max_us, self.rif, self.aborted)
+        return replace(self, hist=self.hist.copy())
 
 
 async def _headers_sent(

@@ -7,12 +7,19 @@ Wire form (JSON text frame)::
      "endpoints": [{"ip": "10.0.0.7", "port": 8080, "role": "server" | "client",
                     "pod": "ns/name" | null, "hist": {"212": 3, "213": 1},
                     "count": 4, "sum_us": 41000, "max_us": 10800, "rif": 1,
-                    "aborted": 0}]}
+                    "aborted": 0, "protocol": "http1", "statuses": 4, "errors": 1,
+                    "oldest_open_us": 0}]}
 
 `hist` (bucket index → count, see histogram.py), `count`, `sum_us` and `aborted` are
 what happened during this window only; `max_us` is the largest latency seen since the
 source started (the kernel keeps no per-window maximum); `rif` is the requests in
-flight when the window closed. Unknown fields are ignored so that newer agents can
+flight when the window closed. `protocol` is what the source recognised on the
+endpoint's connections (`http1`, `h2`, `grpc`, or `opaque`: no recognisable framing, so
+a request is the time to the first response bytes); `statuses` is how many of `count`
+had a response status the source could read and `errors` how many of those were errors
+(HTTP 5xx, gRPC status other than OK); `oldest_open_us` is the age of the endpoint's
+oldest request still open when the window closed (0: none open). These four are
+optional (older agents do not send them): absent, they read `opaque`, 0, 0, 0. Unknown fields are ignored so that newer agents can
 add some; a different `v` is refused. Every field is checked and bounded, since the
 controller must not trust a peer to send sane data: errors are `SchemaError` with a
 message that names the field.
@@ -53,8 +60,11 @@ _MAX_U64 = (1 << 64) - 1
 
 Source = Literal["ebpf", "probe"]
 Role = Literal["server", "client"]
+# What a source recognised on an endpoint's connections; `opaque`: no framing it knows.
+AppProtocol = Literal["http1", "h2", "grpc", "opaque"]
 SOURCES: tuple[Source, ...] = ("ebpf", "probe")
 ROLES: tuple[Role, ...] = ("server", "client")
+APP_PROTOCOLS: tuple[AppProtocol, ...] = ("http1", "h2", "grpc", "opaque")
 
 
 class SchemaError(ValueError):
@@ -75,6 +85,10 @@ class EndpointWindow:
     max_us: int
     rif: int
     aborted: int
+    protocol: AppProtocol = "opaque"
+    statuses: int = 0  # of `count`: responses whose status was read
+    errors: int = 0  # of `statuses`: HTTP 5xx, gRPC status other than OK
+    oldest_open_us: int = 0  # age of the oldest request still open (0: none)
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +125,10 @@ def snapshot_to_dict(snap: Snapshot) -> dict[str, Any]:
                 "max_us": e.max_us,
                 "rif": e.rif,
                 "aborted": e.aborted,
+                "protocol": e.protocol,
+                "statuses": e.statuses,
+                "errors": e.errors,
+                "oldest_open_us": e.oldest_open_us,
             }
             for e in snap.endpoints
         ],
@@ -234,17 +252,33 @@ def _endpoint(raw: Any, i: int) -> EndpointWindow:
         hist = Histogram.from_sparse(hist_raw)
     except ValueError as exc:
         raise SchemaError(f"{where}.hist: {exc}") from None
+    count = _uint(raw, "count", where)
+    statuses = _optional_uint(raw, "statuses", where)
+    errors = _optional_uint(raw, "errors", where)
+    if statuses > count:
+        raise SchemaError(f"{where}.statuses: {statuses} exceeds count {count}")
+    if errors > statuses:
+        raise SchemaError(f"{where}.errors: {errors} exceeds statuses {statuses}")
+    protocol = raw.get("protocol", "opaque")
+    if protocol not in APP_PROTOCOLS:
+        raise SchemaError(
+            f"{where}.protocol: {protocol!r} is not one of {', '.join(APP_PROTOCOLS)}"
+        )
     return EndpointWindow(
         ip=ip,
         port=port,
         role=cast(Role, _choice(raw, "role", ROLES, where)),
         pod=pod,
         hist=hist,
-        count=_uint(raw, "count", where),
+        count=count,
         sum_us=_uint(raw, "sum_us", where),
         max_us=_uint(raw, "max_us", where),
         rif=_uint(raw, "rif", where),
         aborted=_uint(raw, "aborted", where),
+        protocol=cast(AppProtocol, protocol),
+        statuses=statuses,
+        errors=errors,
+        oldest_open_us=_optional_uint(raw, "oldest_open_us", where),
     )
 
 
@@ -258,6 +292,11 @@ def _uint(obj: Mapping[str, Any], key: str, where: str = "") -> int:
     if type(value) is not int or not 0 <= value <= _MAX_U64:
         raise SchemaError(f"{_field(where, key)}: {value!r} is not an unsigned 64-bit integer")
     return value
+
+
+def _optional_uint(obj: Mapping[str, Any], key: str, where: str) -> int:
+    """An optional unsigned field (absent: 0), checked as `_uint`."""
+    return _uint(obj, key, where) if key in obj else 0
 
 
 def _number(obj: Mapping[str, Any], key: str) -> float:

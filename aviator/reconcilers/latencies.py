@@ -105,6 +105,7 @@ async def _probe_round(prober: HttpProber, targets: Iterable[ProbeTarget]) -> li
             c.max_us,
             c.rif,
             c.aborted,
+            protocol=c.protocol,
         )
 
     return list(await asyncio.gather(*(one(t) for t in set(targets))))

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from aviator.kube.addresses import normalize_ip
+from aviator.latency.schema import AppProtocol
 
 Role = Literal["server", "client"]
 
@@ -40,7 +41,10 @@ class EndpointCounters:
 
     `buckets` has NUM_BUCKETS counts in the shared log-linear layout (µs, see
     aviator.latency.histogram); `rif` is the current number of requests in flight (a
-    gauge); everything else only grows.
+    gauge); `protocol` what the program recognised on the endpoint's connections and
+    `oldest_open_us` the age of its oldest open request at the read (0: none);
+    everything else only grows (`statuses`: responses whose status was read, `errors`:
+    of those, HTTP 5xx and gRPC status other than OK).
     """
 
     buckets: list[int]
@@ -49,6 +53,10 @@ class EndpointCounters:
     max_us: int
     rif: int
     aborted: int
+    statuses: int = 0
+    errors: int = 0
+    protocol: AppProtocol = "opaque"
+    oldest_open_us: int = 0
 
 
 @dataclass(frozen=True)

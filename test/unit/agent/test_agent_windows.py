@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aviator.agent.bpf.model import EndpointKey
+from aviator.agent.bpf.model import EndpointCounters, EndpointKey
 from aviator.agent.windows import WindowDiffer, attach_pods
 from aviator.latency.histogram import Histogram
 from aviator.latency.probing import ProbeCounters
@@ -29,6 +29,21 @@ def test_first_read_and_deltas() -> None:
     (w,) = d.advance({A: a.frozen()}.items())
     assert w.hist == Histogram.from_values([5000])
     assert (w.count, w.sum_us, w.max_us, w.aborted) == (1, 5000, 5000, 1)
+
+
+def test_statuses_and_errors_are_windowed_protocol_and_oldest_open_passed_on() -> None:
+    d = WindowDiffer()
+
+    def counters(count: int, statuses: int, errors: int, oldest: int) -> EndpointCounters:
+        return EndpointCounters([0] * 464, count, count, 1, 0, 0, statuses, errors, "h2", oldest)
+
+    (w,) = d.advance({A: counters(10, 8, 2, 0)}.items())
+    assert (w.count, w.statuses, w.errors, w.protocol) == (10, 8, 2, "h2")
+    (w,) = d.advance({A: counters(15, 12, 5, 3_000_000)}.items())
+    assert (w.count, w.statuses, w.errors, w.oldest_open_us) == (5, 4, 3, 3_000_000)
+    # Only errors moved (a status read late): still a window, never more than counted.
+    (w,) = d.advance({A: counters(16, 12, 6, 0)}.items())
+    assert (w.count, w.statuses, w.errors) == (1, 0, 0)
 
 
 def test_idle_endpoints_are_left_out_unless_in_flight() -> None:

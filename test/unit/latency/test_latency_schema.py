@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from aviator.kube.addresses import normalize_ip
 from aviator.latency.histogram import Histogram
 from aviator.latency.schema import (
+    APP_PROTOCOLS,
     MAX_ENDPOINTS,
     EndpointWindow,
     SchemaError,
@@ -42,6 +44,22 @@ endpoints = st.builds(
     rif=u32,
     aborted=u32,
 )
+
+
+@st.composite
+def _with_outcomes(draw: st.DrawFn, base: EndpointWindow) -> EndpointWindow:
+    """`base` with a protocol and consistent outcome counts (errors <= statuses <= count)."""
+    statuses = draw(st.integers(min_value=0, max_value=base.count))
+    return replace(
+        base,
+        protocol=draw(st.sampled_from(APP_PROTOCOLS)),
+        statuses=statuses,
+        errors=draw(st.integers(min_value=0, max_value=statuses)),
+        oldest_open_us=draw(u32),
+    )
+
+
+endpoints = endpoints.flatmap(_with_outcomes)
 snapshots = st.builds(
     Snapshot,
     node=st.text(min_size=1, max_size=30),
@@ -94,6 +112,15 @@ def test_valid_message_is_normalised() -> None:
     assert normalize_ip("2001:db8:0:0:0:0:0:1") == "2001:db8::1"
 
 
+def test_outcome_fields_are_optional_and_read_when_present() -> None:
+    (old,) = parse_snapshot(valid()).endpoints
+    assert (old.protocol, old.statuses, old.errors, old.oldest_open_us) == ("opaque", 0, 0, 0)
+    msg = valid()
+    msg["endpoints"][0].update(protocol="grpc", statuses=3, errors=1, oldest_open_us=2_500_000)
+    (new,) = parse_snapshot(msg).endpoints
+    assert (new.protocol, new.statuses, new.errors, new.oldest_open_us) == ("grpc", 3, 1, 2_500_000)
+
+
 def _set(path: str, value: Any) -> dict[str, Any]:
     msg = valid()
     target: Any = msg
@@ -141,6 +168,12 @@ _DELETE = object()
         ("endpoints.0.sum_us", 2**64, "endpoints[0].sum_us"),
         ("endpoints.0.rif", False, "endpoints[0].rif"),
         ("endpoints.0.aborted", _DELETE, "endpoints[0].aborted"),
+        ("endpoints.0.protocol", "h3", "endpoints[0].protocol"),
+        ("endpoints.0.protocol", None, "endpoints[0].protocol"),
+        ("endpoints.0.statuses", 5, "endpoints[0].statuses"),
+        ("endpoints.0.statuses", -1, "endpoints[0].statuses"),
+        ("endpoints.0.errors", 4, "endpoints[0].errors"),
+        ("endpoints.0.oldest_open_us", 0.5, "endpoints[0].oldest_open_us"),
     ],
 )
 def test_garbage_is_refused_naming_the_field(path: str, value: Any, needle: str) -> None:
