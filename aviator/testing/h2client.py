@@ -27,6 +27,7 @@ import contextlib
 import struct
 import time
 from dataclasses import dataclass, field
+from typing import cast
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -86,10 +87,9 @@ class _Protocol(asyncio.Protocol):
         self.error: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
         self.conn.initiate_connection()
-        transport.write(self.conn.data_to_send())
+        self.transport.write(self.conn.data_to_send())
 
     def data_received(self, data: bytes) -> None:
         now = time.monotonic_ns()
@@ -188,7 +188,6 @@ class H2cClient:
     async def connect(self) -> None:
         loop = asyncio.get_running_loop()
         transport, protocol = await loop.create_connection(_Protocol, self.host, self.port)
-        assert isinstance(transport, asyncio.Transport)
         self._transport, self._protocol = transport, protocol
 
     async def close(self) -> None:
