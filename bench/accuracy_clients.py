@@ -8,8 +8,8 @@ response was an error), taken where the agent takes its own measure (DESIGN §10
   (SO_TIMESTAMPING), so a busy machine's delay in waking the client is not counted.
 - h2c and gRPC (`drive_h2`): ONE connection carrying N concurrent streams
   (`aviator.testing.h2client`, gRPC in its wire format for `grpc=True`): per stream
-  from the write carrying its request HEADERS to the read carrying its first response
-  HEADERS (the event loop's clock at the socket calls).
+  from the kernel's stamp of the send carrying its request HEADERS to that of the
+  read carrying its first response HEADERS.
 - grpcio (`drive_grpcio`): grpcio's own channel, N concurrent RPCs; its time includes
   grpcio's overhead in this process, so its figures are the real client's view.
 - h2load (`drive_h2load`): nghttp2's load tool, one connection, N streams; it reports
@@ -24,7 +24,6 @@ import math
 import re
 import shutil
 import socket
-import struct
 import subprocess
 import threading
 import time
@@ -33,10 +32,13 @@ from dataclasses import dataclass
 from aviator.testing.grpcclient import GrpcClient
 from aviator.testing.h2client import H2cClient
 from aviator.testing.pool import parse_response_head
+from aviator.testing.stamped import (
+    CMSG_SPACE,
+    SO_TIMESTAMPING,
+    TIMESTAMPING_FLAGS,
+    scm_timestamp,
+)
 
-SO_TIMESTAMPING = getattr(socket, "SO_TIMESTAMPING", 37)
-_TIMESTAMPING = (1 << 1) | (1 << 3) | (1 << 4) | (1 << 11)  # tx/rx software, report, ts-only
-_CMSG_SPACE = socket.CMSG_SPACE(48) + socket.CMSG_SPACE(64)
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 
 
@@ -51,15 +53,6 @@ class Truth:
     app_us: float = math.nan
 
 
-def _stamp(ancdata: list[tuple[int, int, bytes]]) -> int | None:
-    for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPING and len(payload) >= 16:
-            sec, nsec = struct.unpack_from("qq", payload)
-            if sec or nsec:
-                return int(sec * 1_000_000_000 + nsec)
-    return None
-
-
 class Http1Client:
     """One keep-alive connection; each request timed by kernel stamps and by the app."""
 
@@ -67,7 +60,7 @@ class Http1Client:
         self.sock = socket.create_connection((ip, port), timeout=30)
         self.sock.settimeout(None)  # blocking: MSG_DONTWAIT then means "nothing queued"
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, _TIMESTAMPING)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, TIMESTAMPING_FLAGS)
         self.buf = bytearray()
 
     def request(self) -> Truth:
@@ -88,13 +81,13 @@ class Http1Client:
         return Truth((first_rx - sent) / 1000, status >= 500, (t1_app - t0_app) / 1000)
 
     def _recv(self, first_rx: int | None) -> int:
-        data, ancdata, _, _ = self.sock.recvmsg(262144, _CMSG_SPACE)
+        data, ancdata, _, _ = self.sock.recvmsg(262144, CMSG_SPACE)
         if not data:
             raise ConnectionError("server closed the connection")
         self.buf += data
         if first_rx is not None:
             return first_rx
-        stamp = _stamp(ancdata)
+        stamp = scm_timestamp(ancdata)
         return stamp if stamp is not None else time.time_ns()
 
     def _sent_at(self, fallback: int) -> int:
@@ -102,11 +95,11 @@ class Http1Client:
         while True:
             try:
                 _, ancdata, _, _ = self.sock.recvmsg(
-                    64, _CMSG_SPACE, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT
+                    64, CMSG_SPACE, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT
                 )
             except BlockingIOError:
                 return stamp
-            found = _stamp(ancdata)
+            found = scm_timestamp(ancdata)
             if found is not None:
                 stamp = found
 

@@ -4,10 +4,13 @@ streams on ONE connection, timing each stream where the bytes cross the socket.
 Tests and benchmarks of per-stream measurement need the client-side truth of every
 stream, taken the way the agent defines a request (DESIGN §10): from the request's
 HEADERS leaving the client to the first response HEADERS arriving on that stream.
-So the clock is read just before the transport write that carries a request's
-HEADERS, and on entry to `data_received` (once per read, before any frame of it is
-parsed: every response HEADERS in one read shares the read's time, as they arrived
-together). `h2` (sans-IO) does the framing.
+The connection is an `aviator.testing.stamped.StampedConnection`: a request is timed
+from the kernel's software timestamp of the send that carried the last byte of its
+HEADERS (and body) to that of the read whose data completed its first response
+HEADERS (every response HEADERS in one read share the read's stamp: they arrived
+together), so the client's own delay in waking up is not counted. Without kernel
+stamps (`kernel_stamps` False) the loop's clock at the socket calls stands in.
+`h2` (sans-IO) does the framing.
 
 `grpc=True` speaks gRPC's wire format on the same machinery (POST, `content-type:
 application/grpc`, `te: trailers`, one length-prefixed message) and reads
@@ -27,7 +30,6 @@ import contextlib
 import struct
 import time
 from dataclasses import dataclass, field
-from typing import cast
 
 from h2.config import H2Configuration
 from h2.connection import H2Connection
@@ -41,13 +43,15 @@ from h2.events import (
 )
 from h2.exceptions import H2Error
 
+from aviator.testing.stamped import StampedConnection
+
 GRPC_METHOD = "/aviator.testapp.TestApp/Call"
 
 
 @dataclass(frozen=True, slots=True)
 class StreamSample:
-    """One request: when its HEADERS were written (monotonic ns), the time to its first
-    response HEADERS (None when none came), the HTTP status (0: none), the gRPC status
+    """One request: when its HEADERS were sent (CLOCK_REALTIME ns), the time to its
+    first response HEADERS (None when none came), the HTTP status (0: none), the gRPC status
     (None: not gRPC or not read), who served it, and why it failed if it did."""
 
     sent_ns: int
@@ -66,8 +70,10 @@ class StreamSample:
 
 @dataclass
 class _Stream:
-    sent_ns: int
+    end: int  # stream offset just past the request's bytes
+    written_ns: int  # the app's clock at the write (when the kernel gives no stamp)
     done: asyncio.Future[None]
+    sent_ns: int | None = None
     first_ns: int | None = None
     status: int = 0
     grpc_status: int | None = None
@@ -78,34 +84,36 @@ def _header_map(headers: list[tuple[bytes, bytes]] | None) -> dict[bytes, bytes]
     return dict(headers or [])
 
 
-class _Protocol(asyncio.Protocol):
+class _Session:
+    """The h2 state machine over one stamped connection."""
+
     def __init__(self) -> None:
         self.conn = H2Connection(H2Configuration(client_side=True, header_encoding=None))
-        self.transport: asyncio.Transport | None = None
+        self.wire: StampedConnection | None = None
         self.streams: dict[int, _Stream] = {}
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.error: str | None = None
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+    async def open(self, host: str, port: int) -> None:
+        self.wire = await StampedConnection.open(host, port, self.data_received, self.lost)
         self.conn.initiate_connection()
-        self.transport.write(self.conn.data_to_send())
+        self.wire.write(self.conn.data_to_send())
 
-    def data_received(self, data: bytes) -> None:
-        now = time.monotonic_ns()
+    def data_received(self, data: bytes, stamp_ns: int) -> None:
         try:
             events = self.conn.receive_data(data)
         except H2Error as err:
             self._fail_all(f"protocol error: {err}")
             self._flush()
-            if self.transport is not None:
-                self.transport.close()
+            if self.wire is not None:
+                self.wire.close()
+            self.lost("protocol error")
             return
         for event in events:
             if isinstance(event, ResponseReceived):
                 stream = self.streams.get(event.stream_id)
                 if stream is not None and stream.first_ns is None:
-                    stream.first_ns = now
+                    stream.first_ns = stamp_ns
                     self._read_headers(stream, _header_map(event.headers))
             elif isinstance(event, TrailersReceived):
                 stream = self.streams.get(event.stream_id)
@@ -121,8 +129,8 @@ class _Protocol(asyncio.Protocol):
                 self._fail_all(f"GOAWAY ({event.error_code!r})")
         self._flush()
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._fail_all("connection closed")
+    def lost(self, why: str) -> None:
+        self._fail_all(why)
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -137,11 +145,14 @@ class _Protocol(asyncio.Protocol):
 
     def _finish(self, stream_id: int, error: str | None = None) -> None:
         stream = self.streams.get(stream_id)
-        if stream is not None and not stream.done.done():
-            if error is None:
-                stream.done.set_result(None)
-            else:
-                stream.done.set_exception(ConnectionError(error))
+        if stream is None or stream.done.done():
+            return
+        if self.wire is not None:
+            stream.sent_ns = self.wire.sent_at(stream.end)
+        if error is None:
+            stream.done.set_result(None)
+        else:
+            stream.done.set_exception(ConnectionError(error))
 
     def _fail_all(self, why: str) -> None:
         self.error = self.error or why
@@ -150,24 +161,29 @@ class _Protocol(asyncio.Protocol):
 
     def _flush(self) -> None:
         data = self.conn.data_to_send()
-        if data and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(data)
+        if data and self.wire is not None:
+            self.wire.write(data)
 
     def send(self, headers: list[tuple[bytes, bytes]], body: bytes | None) -> _Stream:
-        if self.error is not None or self.transport is None or self.transport.is_closing():
+        if self.error is not None or self.wire is None or self.wire.closed:
             raise ConnectionError(self.error or "connection closed")
         stream_id = self.conn.get_next_available_stream_id()
         self.conn.send_headers(stream_id, headers, end_stream=body is None)
         if body is not None:
             self.conn.send_data(stream_id, body, end_stream=True)
-        stream = _Stream(time.monotonic_ns(), asyncio.get_running_loop().create_future())
+        data = self.conn.data_to_send()
+        written = time.time_ns()
+        end = self.wire.write(data)
+        stream = _Stream(end, written, asyncio.get_running_loop().create_future())
         self.streams[stream_id] = stream
-        self.transport.write(self.conn.data_to_send())
         stream.done.add_done_callback(lambda done: self._forget(stream_id, done))
         return stream
 
     def _forget(self, stream_id: int, done: asyncio.Future[None]) -> None:
         self.streams.pop(stream_id, None)
+        if self.wire is not None:
+            ends = [s.end for s in self.streams.values()]
+            self.wire.forget_before(min(ends) if ends else self.wire.written)
         if not done.cancelled():
             done.exception()  # retrieved: a caller that timed out no longer waits
 
@@ -182,23 +198,22 @@ class H2cClient:
     grpc: bool = False
     timeout_s: float = 10.0
     samples: list[StreamSample] = field(default_factory=list)
-    _protocol: _Protocol | None = None
-    _transport: asyncio.Transport | None = None
+    _session: _Session | None = None
 
     async def connect(self) -> None:
-        loop = asyncio.get_running_loop()
-        transport, protocol = await loop.create_connection(_Protocol, self.host, self.port)
-        self._transport, self._protocol = transport, protocol
+        session = _Session()
+        await session.open(self.host, self.port)
+        self._session = session
 
     async def close(self) -> None:
-        if self._protocol is not None and self._transport is not None:
-            with contextlib.suppress(H2Error):
-                self._protocol.conn.close_connection()
-                self._protocol._flush()
-            self._transport.close()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(2):
-                    await self._protocol.closed
+        session, self._session = self._session, None
+        if session is None or session.wire is None:
+            return
+        with contextlib.suppress(H2Error):
+            session.conn.close_connection()
+            session._flush()
+        session.wire.close()
+        session.lost("closed by the client")
 
     async def __aenter__(self) -> H2cClient:
         await self.connect()
@@ -208,10 +223,14 @@ class H2cClient:
         await self.close()
 
     @property
+    def kernel_stamps(self) -> bool:
+        """Whether requests are timed by the kernel's stamps (else the loop's clock)."""
+        return self._session is not None and bool(self._session.wire and self._session.wire.stamped)
+
+    @property
     def local_address(self) -> tuple[str, int]:
-        assert self._transport is not None, "not connected"
-        host, port = self._transport.get_extra_info("sockname")[:2]
-        return host, port
+        assert self._session is not None and self._session.wire is not None, "not connected"
+        return self._session.wire.local_address
 
     def _request(self) -> tuple[list[tuple[bytes, bytes]], bytes | None]:
         authority = f"{self.host}:{self.port}".encode()
@@ -234,32 +253,27 @@ class H2cClient:
 
     async def request(self) -> StreamSample:
         """One request on the connection (others may be open at the same time)."""
-        assert self._protocol is not None, "not connected"
+        assert self._session is not None, "not connected"
         headers, body = self._request()
-        sent = time.monotonic_ns()
         stream: _Stream | None = None
+        error: str | None = None
         try:
-            stream = self._protocol.send(headers, body)
-            sent = stream.sent_ns
+            stream = self._session.send(headers, body)
             async with asyncio.timeout(self.timeout_s):
                 await asyncio.shield(stream.done)
         except (ConnectionError, TimeoutError, H2Error) as err:
-            first_ns = None if stream is None else stream.first_ns
-            sample = StreamSample(
-                sent,
-                None if first_ns is None else (first_ns - sent) / 1e9,
-                0 if stream is None else stream.status,
-                error=str(err) or type(err).__name__,
-            )
+            error = str(err) or type(err).__name__
+        if stream is None:
+            sample = StreamSample(time.time_ns(), None, 0, error=error)
         else:
-            assert stream.first_ns is not None
+            sent = stream.sent_ns or stream.written_ns
             sample = StreamSample(
                 sent,
-                (stream.first_ns - sent) / 1e9,
+                None if stream.first_ns is None else (stream.first_ns - sent) / 1e9,
                 stream.status,
                 stream.grpc_status if self.grpc else None,
                 stream.served_by,
-                None if stream.status else "no status",
+                error or (None if stream.status else "no status"),
             )
         self.samples.append(sample)
         return sample
@@ -275,7 +289,7 @@ class H2cClient:
             while budget[0] > 0 and time.monotonic() < deadline:
                 budget[0] -= 1
                 sample = await self.request()
-                if sample.error is not None and self._protocol and self._protocol.error:
+                if sample.error is not None and self._session and self._session.error:
                     return  # the connection is gone; its failures are recorded
 
         await asyncio.gather(*(worker() for _ in range(max(1, streams))))

@@ -34,6 +34,8 @@ async def test_h2_client_multiplexes_on_one_connection(protocol: str) -> None:
             H2cClient("127.0.0.1", relay.port, grpc=protocol == "grpc") as client,
         ):
             samples = await client.run(STREAMS, requests=STREAMS, duration_s=30)
+            stamped = client.kernel_stamps
+    assert stamped, "requests timed by the kernel's stamps, not the event loop's clock"
     assert relay.accepted == 1
     assert len(samples) == STREAMS and all(s.ok for s in samples), samples[:3]
     spans = [(s.sent_ns, s.latency_s) for s in samples if s.latency_s is not None]
