@@ -11,7 +11,9 @@ this process (tens to hundreds of µs; `aviator.testing.h2client` with `grpc=Tru
 times the frames themselves).
 
 `run(streams, requests, duration_s)` keeps `streams` RPCs in flight until `requests`
-were made or `duration_s` passed.
+were made or `duration_s` passed. `run_with_new_channels` is the other common client:
+workers that open a new channel every few RPCs, so a Service proxy (which places
+connections, not RPCs) spreads them.
 """
 
 from __future__ import annotations
@@ -107,3 +109,52 @@ class GrpcClient:
 
         await asyncio.gather(*(worker() for _ in range(max(1, streams))))
         return self.samples[first:]
+
+
+async def run_with_new_channels(
+    target: str,
+    workers: int,
+    rpcs_per_channel: int,
+    requests: int,
+    duration_s: float,
+    *,
+    method: str = CALL,
+    timeout_s: float = 10.0,
+) -> list[RpcSample]:
+    """`workers` clients, one RPC at a time each, every one opening a new channel (a new
+    connection, so a Service proxy places it anew) every `rpcs_per_channel` RPCs; until
+    `requests` were made or `duration_s` passed (each channel reserves its RPCs when it
+    opens, so `requests / rpcs_per_channel` channels, rounded up). A channel that cannot
+    connect within `timeout_s` is one UNAVAILABLE sample without a latency, and its
+    reserved RPCs are not made."""
+    deadline = time.monotonic() + duration_s
+    budget = [requests]
+    samples: list[RpcSample] = []
+
+    def reserve() -> int:
+        """The next channel's share of the budget (0: done)."""
+        if budget[0] <= 0 or time.monotonic() >= deadline:
+            return 0
+        share = min(rpcs_per_channel, budget[0])
+        budget[0] -= share
+        return share
+
+    async def worker() -> None:
+        while share := reserve():
+            client = GrpcClient(target, method, timeout_s, samples)
+            try:
+                await client.connect()
+            except TimeoutError:
+                samples.append(RpcSample(time.monotonic_ns(), None, "UNAVAILABLE"))
+                await client.close()
+                continue
+            try:
+                for _ in range(share):
+                    if time.monotonic() >= deadline:
+                        break
+                    await client.call()
+            finally:
+                await client.close()
+
+    await asyncio.gather(*(worker() for _ in range(max(1, workers))))
+    return samples

@@ -12,7 +12,7 @@ import shutil
 import pytest
 from apps_support import Relay, running_app
 
-from aviator.testing.grpcclient import GrpcClient
+from aviator.testing.grpcclient import GrpcClient, run_with_new_channels
 from aviator.testing.h2client import H2cClient
 
 STREAMS = 100
@@ -55,6 +55,16 @@ async def test_grpcio_client_multiplexes_on_one_channel_connection() -> None:
     spans = [(s.sent_ns, s.latency_s) for s in samples if s.latency_s is not None]
     assert len(spans) == STREAMS and _overlap(spans)
     assert {s.served_by for s in samples} == {"grpc-pod"}
+
+
+async def test_grpcio_workers_open_a_new_channel_every_few_rpcs() -> None:
+    with running_app("grpc", LATENCY="5ms") as port:
+        async with Relay(port).running() as relay:
+            samples = await run_with_new_channels(
+                f"127.0.0.1:{relay.port}", workers=3, rpcs_per_channel=4, requests=24, duration_s=60
+            )
+    assert len(samples) == 24 and all(s.ok for s in samples)
+    assert relay.accepted == 6  # 24 RPCs, 4 per channel
 
 
 async def test_client_runs_are_bounded_in_count_and_time() -> None:
