@@ -267,6 +267,20 @@ def select(
     )
 
 
+def stalled_pods(
+    parsed: ParsedPolicy, latencies: Mapping[str, LatencyEstimate | None]
+) -> frozenset[str]:
+    """Pods whose oldest open request is older than the breaker's p99Threshold (none
+    while the breaker is off): the engine's first rule, seen before it runs."""
+    breaker = parsed.selection.breaker
+    if not breaker.enabled:
+        return frozenset()
+    limit = breaker.p99_threshold_ms
+    return frozenset(
+        n for n, lat in latencies.items() if lat is not None and lat.oldest_open_ms > limit
+    )
+
+
 def carry_over(previous: Outcome, eligible: set[str], floor: int) -> Outcome | None:
     """The previous result, without running the engine (between evaluations), while
     every serving pod is still eligible. None when a serving pod left (or the floor is
