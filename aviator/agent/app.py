@@ -337,6 +337,10 @@ class Agent:
                 "rif": est.rif,
                 "samples": est.samples,
                 "source": est.source,
+                "protocol": est.protocol,
+                "statuses": est.statuses,
+                "errors": est.errors,
+                "oldest_open_ms": round(est.oldest_open_ms, 3),
             }
         return out
 
