@@ -124,15 +124,21 @@ async def test_a_hung_pod_leaves_within_p99_threshold_plus_one_second(
             return await routed(kube, ns) == sorted(IPS)
 
         await eventually(all_four)
-        queue = app.controller.queue
+        queue, key = app.controller.queue, f"{ns}/p"
 
-        async def idle() -> bool:
-            # Nothing queued or running: only the 30 s requeue waits. (Reconciles that
-            # our own writes cause would also see the stall; this test is about the
-            # controller acting on the report itself.)
-            return not len(queue) and not queue.processing() and queue.waiting() <= 1
+        async def settled() -> bool:
+            # The status (the reconcile's last write) is there and the policy is neither
+            # queued nor being reconciled: only its 30 s requeue waits. (A reconcile
+            # caused by our own writes would also see the stall; this test is about
+            # the controller acting on the report itself.)
+            st = ((await get_policy(kube, ns, "p")) or {}).get("status") or {}
+            return (
+                st.get("activePods") == 4
+                and key not in queue.pending()
+                and key not in queue.processing()
+            )
 
-        await eventually(idle, interval=0.05)
+        await eventually(settled, interval=0.05)
         # The first evaluation is done; the next regular one is 30 s away. Pod c hangs:
         # the agent, looking every 0.2 s, reports its oldest open request once it is
         # past the threshold (here 0.6 s after the hang began).
