@@ -164,13 +164,17 @@ class ControllerApp:
             self.pod_informer.indexer,
             self.caches.policies,
             self.caches.services,
-            self.controller.enqueue_urgent,
+            self._enqueue_stalled,
         )
         self.elector: LeaderElector | None = None
         self._runner: web.AppRunner | None = None
         self._main: asyncio.Task[None] | None = None
         self._synced = False
         self.http_port: int | None = None
+
+    def _enqueue_stalled(self, key: str) -> None:
+        self.metrics.stalled_enqueues.inc()
+        self.controller.enqueue_urgent(key)
 
     def _informer(
         self,

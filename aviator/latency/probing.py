@@ -84,7 +84,8 @@ class ProbeCounters:
     max_us: int = 0
     rif: int = 0  # probes in flight
     aborted: int = 0  # failed probes (each also a sample at the timeout)
-    # The kernel counters' other fields: probes read no status and keep none open.
+    # The kernel counters' other fields: probes read their answer's status (a 5xx is an
+    # error), and keep no request open that a read could see.
     statuses: int = 0
     errors: int = 0
     protocol: AppProtocol = "http1"
@@ -180,6 +181,8 @@ class HttpProber:
                     sent_at = timing.sent_at if timing.sent_at is not None else started
                     latency_us = int((time.perf_counter() - sent_at) * 1e6)
                     ok = resp.status < 500
+                    counters.statuses += 1
+                    counters.errors += int(not ok)
                     # Drain (bounded) so the connection can be reused.
                     await resp.content.read(_MAX_BODY)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:

@@ -63,6 +63,7 @@ async def test_probes_time_requests_over_one_kept_alive_connection(server: Serve
         await prober.close()
     assert (fast.count, fast.aborted, fast.rif) == (3, 0, 0)
     assert (slow.count, slow.aborted) == (2, 0)
+    assert (fast.statuses, fast.errors) == (3, 0)
     assert 50_000 <= slow.hist.quantile(0.5) <= 1_000_000  # type: ignore[operator]
     assert fast.max_us < slow.max_us
     # Keep-alive: every probe of the batch went over the same connection.
@@ -84,6 +85,8 @@ async def test_failures_are_samples_at_the_timeout(server: Server) -> None:
     finally:
         await prober.close()
     assert failed == [2, 2, 2]
+    # Only the 5xx answer had a status to read: an error each time.
+    assert [(c.statuses, c.errors) for c in counters] == [(2, 2), (0, 0), (0, 0)]
     for c in counters:
         assert (c.count, c.aborted, c.max_us, c.rif) == (2, 2, 300_000, 0)
         assert c.hist.quantile(0.5) == pytest.approx(300_000, rel=0.04)  # bucketed
