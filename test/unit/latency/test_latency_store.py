@@ -361,3 +361,37 @@ def test_several_ports_merge_open_ages_and_outcomes() -> None:
     est = store.estimate("10.0.0.1", now=0.0)
     assert est is not None
     assert (est.statuses, est.errors, est.oldest_open_ms) == (10, 4, 90.0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0.0, 3.0),  # time since the previous report
+            st.integers(1, 50),  # samples
+            st.integers(0, 50),  # of which with a status
+            st.integers(0, 50),  # of those, errors
+            st.integers(0, 5_000_000),  # oldest open request
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_outcomes_are_exactly_those_of_the_deltas_in_the_window(
+    reports: list[tuple[float, int, int, int, int]],
+) -> None:
+    store = LatencyStore(window_s=5, stale_after_s=4)
+    now = 0.0
+    held: list[tuple[float, int, int]] = []
+    for gap, samples, statuses, errors, open_us in reports:
+        now += gap
+        statuses = min(statuses, samples)
+        errors = min(errors, statuses)
+        w = replace(ep("10.0.0.1", [1000] * samples), statuses=statuses, errors=errors)
+        store.ingest(snap(replace(w, oldest_open_us=open_us)), now=now)
+        held = [h for h in held if h[0] > now - 5] + [(now, statuses, errors)]
+        est = store.estimate("10.0.0.1", now=now)
+        assert est is not None
+        assert (est.statuses, est.errors) == (sum(h[1] for h in held), sum(h[2] for h in held))
+        assert est.oldest_open_ms == open_us / 1000.0
+        assert est.errors <= est.statuses <= est.samples
