@@ -8,11 +8,16 @@ have a p99Threshold the open request is older than are enqueued as urgent
 (`Controller.enqueue_urgent`: rate-limited per key and overall). Their reconcile then
 evaluates at once when a serving pod is newly stalled (aviator.reconcilers.cadence).
 
-Each policy's threshold is read from its spec once per generation.
+Each policy's threshold is read from its spec once per generation. Busy pods report
+a young open request in most windows, so windows are first compared with the
+smallest threshold of all policies (recomputed at most every `FLOOR_EVERY_S`): only
+older open requests cost a look-up of their pod's policies.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 
 from aviator.controller.agents import INDEX_POD_IP
@@ -23,6 +28,7 @@ from aviator.reconcilers import mapping
 from aviator.reconcilers.evaluation import InvalidSpec, parse_policy
 
 _CACHE_LIMIT = 4096
+FLOOR_EVERY_S = 1.0
 
 
 class StallWatch:
@@ -31,9 +37,11 @@ class StallWatch:
     def __init__(
         self,
         pods: Indexer,
-        policies: mapping.Cache,
+        policies: Indexer,
         services: mapping.Cache,
         enqueue: Callable[[str], None],
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._pods = pods
         self._policies = policies
@@ -41,6 +49,9 @@ class StallWatch:
         self._enqueue = enqueue
         # (uid, generation) -> the breaker's p99Threshold in ms, None when it is off.
         self._thresholds: dict[tuple[str, int], float | None] = {}
+        self._clock = clock
+        self._floor_ms = math.inf
+        self._floor_at: float | None = None
         self.enqueued = 0
 
     def __call__(self, windows: Sequence[EndpointWindow]) -> None:
@@ -51,9 +62,10 @@ class StallWatch:
     def keys(self, windows: Iterable[EndpointWindow]) -> set[str]:
         """The policies that have a pod of `windows` open longer than their threshold."""
         out: set[str] = set()
+        floor = self._floor()
         for w in windows:
             open_ms = w.oldest_open_us / 1000.0
-            if not open_ms:
+            if not open_ms > floor:
                 continue
             for pod in self._pods.by_index(INDEX_POD_IP, w.ip):
                 for key in mapping.keys_for_pod(pod, self._policies, self._services):
@@ -62,6 +74,15 @@ class StallWatch:
                     if limit is not None and open_ms > limit:
                         out.add(key)
         return out
+
+    def _floor(self) -> float:
+        """The smallest threshold of all policies (inf: none has the breaker on)."""
+        now = self._clock()
+        if self._floor_at is None or now - self._floor_at >= FLOOR_EVERY_S:
+            limits = (self._threshold_ms(p) for p in self._policies.list())
+            self._floor_ms = min((x for x in limits if x is not None), default=math.inf)
+            self._floor_at = now
+        return self._floor_ms
 
     def _threshold_ms(self, policy: JSON) -> float | None:
         meta = policy.get("metadata") or {}

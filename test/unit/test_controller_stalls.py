@@ -74,3 +74,28 @@ def test_a_new_generation_reads_the_threshold_again() -> None:
     policies.upsert(policy("strict", "web", {"enabled": True, "p99Threshold": "1s"}, 2))
     stalls([window("10.0.0.1", 300_000)])
     assert queued == ["ns/strict"]
+
+
+def test_young_open_requests_cost_no_look_up() -> None:
+    policies = Indexer({NAMESPACE_INDEX: namespace_index, **POLICY_INDEXERS})
+    policies.upsert(policy("p", "web", {"enabled": True, "p99Threshold": "500ms"}))
+    looked: list[str] = []
+
+    class Pods(Indexer):
+        def by_index(self, index_name: str, value: str) -> list[Any]:
+            looked.append(value)
+            return []
+
+    now = [0.0]
+    stalls = StallWatch(
+        Pods(POD_IP_INDEXERS), policies, Indexer(), lambda _: None, clock=lambda: now[0]
+    )
+    stalls([window("10.0.0.1", 100_000), window("10.0.0.2", 600_000)])
+    assert looked == ["10.0.0.2"]
+    # A stricter policy is taken into account within a second.
+    policies.upsert(policy("q", "web", {"enabled": True, "p99Threshold": "50ms"}))
+    stalls([window("10.0.0.1", 100_000)])
+    assert looked == ["10.0.0.2"]
+    now[0] = 1.0
+    stalls([window("10.0.0.1", 100_000)])
+    assert looked == ["10.0.0.2", "10.0.0.1"]
