@@ -208,14 +208,16 @@ class Agent:
             interval = self.config.report_interval_s
             deadline = loop.time() + interval
             while not stop.is_set():
-                wake = deadline
-                if self._urgent_watch():
-                    wake = min(deadline, loop.time() + self.config.urgent_check_s)
+                watch = self._urgent_watch()
+                wake = (
+                    min(deadline, loop.time() + self.config.urgent_check_s) if watch else deadline
+                )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=max(0.0, wake - loop.time()))
                 if stop.is_set():
                     break
-                due = loop.time() >= deadline
+                # A timer may fire a hair early: within 1 ms of the deadline is the tick.
+                due = not watch or loop.time() >= deadline - 1e-3
                 try:
                     await (self.tick() if due else self._look())
                 except Exception:  # one bad interval must not end the agent
@@ -288,13 +290,12 @@ class Agent:
         return snapshot
 
     def _follow_thresholds(self, cumulative: Iterable[Counted]) -> None:
-        """Which pods to watch between intervals (the probe source keeps nothing open)."""
-        if self.source.name != "probe":
-            self.urgent.thresholds = open_thresholds(
-                self.policies.indexer.list(),
-                lambda ns, name: self.services.indexer.get(f"{ns}/{name}"),
-                self.pods.pods(),
-            )
+        """Which pods to watch between intervals, and what this report carried."""
+        self.urgent.thresholds = open_thresholds(
+            self.policies.indexer.list(),
+            lambda ns, name: self.services.indexer.get(f"{ns}/{name}"),
+            self.pods.pods(),
+        )
         self.urgent.reported(cumulative)
 
     def _reported(self, w: EndpointWindow) -> bool:

@@ -1,8 +1,9 @@
 """Urgent reports: the agent reports at once when a pod stops answering.
 
 Between report intervals the agent looks at its counter source every `check_s`
-(default 0.2 s; no extra look when no local pod has a threshold, nor for the probe
-source, which keeps no request open). An endpoint whose oldest open request is older
+(default 0.2 s; no extra look when no local pod has a threshold). With eBPF an open
+request is a client's; with the probe source, one of the agent's own probes (it stays
+open until the probe times out). An endpoint whose oldest open request is older
 than its pod's threshold, and was not at the previous look (it just crossed), makes the
 agent send a full report at once instead of at its next tick; the controller then
 evaluates the affected policies at once (aviator.controller.stalls).

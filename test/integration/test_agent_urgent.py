@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -55,8 +56,8 @@ class HangingSource(ScriptedSource):
         if self.hung_at is None:
             return await super().read()
         c.rif = 1
-        c.oldest_open_us = int((time.monotonic() - self.hung_at) * 1e6)
-        return [(KEY, c.frozen())]
+        age_us = int((time.monotonic() - self.hung_at) * 1e6)
+        return [(KEY, replace(c.frozen(), oldest_open_us=age_us))]
 
 
 async def test_a_request_open_past_the_threshold_is_reported_at_once(env: Env) -> None:
