@@ -213,7 +213,6 @@ class CircuitBreakerSpec:
         least 1.""",
         default=20,
         minimum=1,
-        maximum=1_000_000,
     )
     recovery_interval: Duration = api_field(
         "recoveryInterval",

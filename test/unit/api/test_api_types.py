@@ -204,7 +204,7 @@ BAD_SPECS: list[tuple[dict[str, Any], str, str]] = [
     (
         {"circuitBreaker": {"errorRateMinResponses": 0}},
         "spec.circuitBreaker.errorRateMinResponses",
-        "between 1 and",
+        "at least 1",
     ),
     (
         {"circuitBreaker": {"p99Threshold": "fast"}},
