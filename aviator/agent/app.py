@@ -10,6 +10,10 @@ Every report interval:
 4. start keep-warm probes for targeted pods with too few samples in the local window,
    not counting the kubelet's own HTTP probes of the pod (in probe mode: the probes
    that ARE the measurement).
+
+Between intervals, every `urgent_check_s`, it looks at the source's counters for a
+request open longer than its pod's p99Threshold and, when one just crossed it, runs
+the interval's work at once (aviator.agent.urgent: when, how often, which threshold).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,7 +38,8 @@ from aviator.agent.prober import NodeProber
 from aviator.agent.sources import CounterSource
 from aviator.agent.stream import StreamFanout, TokenFile, urls_from_slices
 from aviator.agent.targets import TargetKey, probe_targets, traffic_samples
-from aviator.agent.windows import WindowDiffer, attach_pods
+from aviator.agent.urgent import DEFAULT_CHECK_S, DEFAULT_MIN_GAP_S, UrgentReports, open_thresholds
+from aviator.agent.windows import CountersLike, EndpointKeyLike, WindowDiffer, attach_pods
 from aviator.informers import FuncHandler, InformerFactory, SharedIndexInformer
 from aviator.kube import KubeClient
 from aviator.kube.marks import LABEL_SERVICE_NAME
@@ -46,6 +52,8 @@ from aviator.runtime.writer import WriteMetrics, Writer
 from aviator.selection.types import LatencyEstimate
 
 log = logging.getLogger(__name__)
+
+Counted = tuple[EndpointKeyLike, CountersLike]  # one endpoint of a source's read
 
 _STATS_EVERY_S = 10.0  # BPF stats walk the socket map: not every interval
 
@@ -69,6 +77,8 @@ class AgentConfig:
     handoff_rate: float = 50.0
     node_addresses: list[str] = field(default_factory=list)
     handoff_netns: str = "any"  # "own": only pods in the agent's network namespace (the box)
+    urgent_check_s: float = DEFAULT_CHECK_S  # 0: no looks between intervals
+    urgent_min_gap_s: float = DEFAULT_MIN_GAP_S
 
 
 class Agent:
@@ -101,6 +111,7 @@ class Agent:
         self.stream = StreamFanout(TokenFile(*config.token_files, reread_s=config.token_reread_s))
         self.metrics.stream = self.stream
         self.differ = WindowDiffer()
+        self.urgent = UrgentReports(config.urgent_min_gap_s)
         self.last_snapshot: Snapshot | None = None
         self.targets: dict[TargetKey, ProbeTarget] = {}
         self._last_tick: float | None = None
@@ -197,16 +208,23 @@ class Agent:
             interval = self.config.report_interval_s
             deadline = loop.time() + interval
             while not stop.is_set():
+                watch = self._urgent_watch()
+                wake = (
+                    min(deadline, loop.time() + self.config.urgent_check_s) if watch else deadline
+                )
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=max(0.0, deadline - loop.time()))
+                    await asyncio.wait_for(stop.wait(), timeout=max(0.0, wake - loop.time()))
                 if stop.is_set():
                     break
+                # A timer may fire a hair early: within 1 ms of the deadline is the tick.
+                due = not watch or loop.time() >= deadline - 1e-3
                 try:
-                    await self.tick()
+                    await (self.tick() if due else self._look())
                 except Exception:  # one bad interval must not end the agent
-                    log.exception("report interval failed")
-                # Fixed cadence; after a stall, skip the missed intervals.
-                deadline = max(deadline + interval, loop.time())
+                    log.exception("report interval failed" if due else "urgent check failed")
+                if due:
+                    # Fixed cadence; after a stall, skip the missed intervals.
+                    deadline = max(deadline + interval, loop.time())
         finally:
             await self.close()
 
@@ -226,14 +244,27 @@ class Agent:
 
     # --- one interval -------------------------------------------------------------------
 
-    async def tick(self) -> Snapshot:
+    def _urgent_watch(self) -> bool:
+        """Look between intervals: on, and some local pod has a threshold."""
+        return self.config.urgent_check_s > 0 and bool(self.urgent.thresholds)
+
+    async def _look(self) -> None:
+        """One look between intervals; reports at once when a request just crossed."""
+        counters = list(await self.source.read())
+        if self.urgent.check(counters, time.monotonic()):
+            log.debug("a request is open past its pod's threshold: reporting now")
+            await self.tick(counters)
+
+    async def tick(self, counters: Iterable[Counted] | None = None) -> Snapshot:
+        """One interval's work (see the module docstring); `counters`: the source's,
+        when just read."""
         started = time.perf_counter()
         now = time.monotonic()
         window_s = (
             now - self._last_tick if self._last_tick is not None else self.config.report_interval_s
         )
         self._last_tick = now
-        cumulative = await self.source.read()
+        cumulative = list(await self.source.read() if counters is None else counters)
         resets_before = self.differ.resets
         windows = attach_pods(self.differ.advance(cumulative), self.pods.pod_for)
         self.metrics.counter_resets.inc(self.differ.resets - resets_before)
@@ -250,12 +281,22 @@ class Agent:
         self.metrics.retain_pods(lambda pod: self.pods.informer.indexer.get(pod) is not None)
         self.stream.publish(snapshot)
         self.last_snapshot = snapshot
+        self._follow_thresholds(cumulative)
         self._probe(now)
         if now >= self._next_stats:
             self._next_stats = now + _STATS_EVERY_S
             self.metrics.set_source_stats(await self.source.stats())
         self.metrics.report_seconds.observe(time.perf_counter() - started)
         return snapshot
+
+    def _follow_thresholds(self, cumulative: Iterable[Counted]) -> None:
+        """Which pods to watch between intervals, and what this report carried."""
+        self.urgent.thresholds = open_thresholds(
+            self.policies.indexer.list(),
+            lambda ns, name: self.services.indexer.get(f"{ns}/{name}"),
+            self.pods.pods(),
+        )
+        self.urgent.reported(cumulative)
 
     def _reported(self, w: EndpointWindow) -> bool:
         if w.role == "server":
@@ -297,6 +338,10 @@ class Agent:
                 "rif": est.rif,
                 "samples": est.samples,
                 "source": est.source,
+                "protocol": est.protocol,
+                "statuses": est.statuses,
+                "errors": est.errors,
+                "oldest_open_ms": round(est.oldest_open_ms, 3),
             }
         return out
 
@@ -321,6 +366,7 @@ class Agent:
                 for url, c in self.stream.connections.items()
             },
             "probe_targets": len(self.targets),
+            "urgent_reports": self.urgent.sent,
             "handoffs": None
             if self.handoffs is None
             else {

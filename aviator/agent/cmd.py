@@ -13,6 +13,7 @@ import uvloop
 from aviator.agent.app import Agent, AgentConfig
 from aviator.agent.prober import NodeProber
 from aviator.agent.sources import SourceUnavailable, open_source
+from aviator.agent.urgent import DEFAULT_CHECK_S
 from aviator.kube import KubeClient
 
 log = logging.getLogger("aviator.agent")
@@ -41,6 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
     a("--node", default=os.environ.get("NODE_NAME"), help="this node's name (default $NODE_NAME)")
     a("--report-interval", type=_positive, default=1.0, help="seconds per window (default 1.0)")
+    a(
+        "--urgent-check-interval",
+        type=float,
+        default=DEFAULT_CHECK_S,
+        help="seconds between looks for a request open past its pod's p99Threshold, "
+        f"reported at once (default {DEFAULT_CHECK_S}; 0: only at report intervals)",
+    )
     a(
         "--http-addr",
         type=host_port,
@@ -137,6 +145,7 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
     return AgentConfig(
         node=args.node,
         report_interval_s=args.report_interval,
+        urgent_check_s=max(0.0, args.urgent_check_interval),
         http_host=host,
         http_port=port,
         controller_urls=list(args.controller_url),

@@ -28,6 +28,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from aviator.controller.agents import POD_IP_INDEXERS, pod_locator, pod_node_resolver
 from aviator.controller.metrics import ControllerMetrics
+from aviator.controller.stalls import StallWatch
 from aviator.informers import FuncHandler, IndexFunc, InformerFactory, SharedIndexInformer
 from aviator.informers.keys import JSON, DeletedFinalStateUnknown, unwrap_tombstone
 from aviator.kube import marks
@@ -158,11 +159,22 @@ class ControllerApp:
             metrics=self.metrics.reconciles,
         )
         self._wire_handlers()
+        # Agents' reports of requests open too long: evaluate those policies now.
+        self.stalls = StallWatch(
+            self.pod_informer.indexer,
+            self.caches.policies,
+            self.caches.services,
+            self._enqueue_stalled,
+        )
         self.elector: LeaderElector | None = None
         self._runner: web.AppRunner | None = None
         self._main: asyncio.Task[None] | None = None
         self._synced = False
         self.http_port: int | None = None
+
+    def _enqueue_stalled(self, key: str) -> None:
+        self.metrics.stalled_enqueues.inc()
+        self.controller.enqueue_urgent(key)
 
     def _informer(
         self,
@@ -239,6 +251,7 @@ class ControllerApp:
             self.authenticator,
             pod_locator(self.pod_informer.indexer),
             gate=self.stream_gate,
+            on_open=self.stalls,
         )
 
         async def metrics(_: web.Request) -> web.Response:

@@ -12,6 +12,7 @@
 | aviator_latency_store_endpoints | gauge | — | endpoints held by the latency store |
 | aviator_latency_store_buckets | gauge | — | histogram buckets its deltas hold (what its memory bound counts) |
 | aviator_is_leader | gauge | — | 1 while this replica leads |
+| aviator_stalled_pod_enqueues_total | counter | — | policies enqueued at once because an agent reported a pod's request open past their p99Threshold |
 
 Each is defined by its owner (the loop, the writer, `aviator.reconcilers.metrics`, this
 module). Queue metrics (workqueue_*) come from aviator.workqueue.metrics on the same registry;
@@ -22,7 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from aviator.reconcilers.metrics import PolicyMetrics
 from aviator.runtime.loop import ReconcileMetrics
@@ -45,6 +46,12 @@ class ControllerMetrics:
             registry=r,
         )
         self.is_leader = Gauge("aviator_is_leader", "1 while this replica leads.", registry=r)
+        self.stalled_enqueues = Counter(
+            "aviator_stalled_pod_enqueues_total",
+            "Policies enqueued at once because an agent reported a pod's request open "
+            "longer than their p99Threshold.",
+            registry=r,
+        )
 
     def track_store_size(
         self, size: Callable[[], int], buckets: Callable[[], int] | None = None
