@@ -42,6 +42,7 @@ from aviator.latency.probing import ProbeTarget
 from aviator.latency.schema import EndpointWindow, Snapshot
 from aviator.latency.store import LatencyStore
 from aviator.runtime.events import EventRecorder
+from aviator.runtime.supervise import supervise
 from aviator.runtime.writer import WriteMetrics, Writer
 from aviator.selection.types import LatencyEstimate
 
@@ -130,7 +131,7 @@ class Agent:
         await self.factory.start()
         if self.handoffs is not None:
             self._handoff_task = asyncio.get_running_loop().create_task(
-                self.handoffs.run(), name="handoffs"
+                supervise("hand-offs", self.handoffs.run), name="handoffs"
             )
         if cfg.controller_urls:
             self.stream.set_urls(cfg.controller_urls)

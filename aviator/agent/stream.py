@@ -7,7 +7,11 @@ a headless Service found through its EndpointSlices. Each connection:
 - authenticates with `Authorization: Bearer <token>`, the token re-read from its file
   at every connect and every `token_reread_s` (kubelet rotates projected tokens; a
   changed token makes the connection reconnect with the new one);
-- reconnects with exponential backoff (0.5 s doubling to 30 s, with jitter);
+- reconnects with exponential backoff (0.5 s doubling to 30 s, with jitter), whatever
+  ended the connection: a refusal, a network error, or anything unforeseen (logged
+  with its traceback; the connection task also runs under `supervise`);
+- reads the controller's replies (error frames) whatever their shape: a reply that is
+  not the object it expects is logged as it came, never a reason to stop;
 - sends only what is produced while it is connected, from a small queue that drops
   the oldest snapshot when the controller does not keep up: windows are deltas the
   store files under their arrival time, so stale ones are worth nothing. A snapshot
@@ -31,6 +35,7 @@ import aiohttp
 
 from aviator.informers import Backoff
 from aviator.latency.schema import Snapshot, split_snapshot
+from aviator.runtime.supervise import supervise
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +119,9 @@ class ControllerConnection:
                 self.last_error = f"handshake refused: HTTP {exc.status}"
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # unforeseen: say so, and dial again
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("stream to %s failed", self.url)
             finally:
                 self.connected = False
                 self._queue.clear()
@@ -160,9 +168,7 @@ class ControllerConnection:
         async for msg in ws:
             if msg.type == aiohttp.WSMsgType.TEXT:
                 self.errors_received += 1
-                with contextlib.suppress(ValueError):
-                    reply: Any = json.loads(msg.data)
-                    log.warning("controller %s: %s", self.url, reply.get("error", reply))
+                log.warning("controller %s: %s", self.url, describe_reply(msg.data))
 
 
 class StreamFanout:
@@ -189,7 +195,7 @@ class StreamFanout:
             )
             self.connections[url] = conn
             self._tasks[url] = asyncio.get_running_loop().create_task(
-                conn.run(), name=f"stream-{url}"
+                supervise(f"stream to {url}", conn.run), name=f"stream-{url}"
             )
 
     def publish(self, snapshot: Snapshot) -> None:
@@ -212,6 +218,17 @@ class StreamFanout:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def describe_reply(text: str, limit: int = 300) -> str:
+    """What a controller's reply says: the `error` of an error frame, else the text as it
+    came (cut at `limit`), whatever JSON (or not) it is."""
+    try:
+        reply: Any = json.loads(text)
+    except ValueError:
+        reply = None
+    error = reply.get("error") if isinstance(reply, dict) else None
+    return (error if isinstance(error, str) else text)[:limit]
 
 
 def urls_from_slices(

@@ -58,6 +58,7 @@ from aviator.reconcilers.view import (
 )
 from aviator.runtime.events import EventRecorder
 from aviator.runtime.loop import Controller
+from aviator.runtime.supervise import supervise
 from aviator.runtime.writer import Writer
 from aviator.workqueue import MetricsProvider, RateLimitingQueue
 
@@ -90,6 +91,8 @@ class Options:
     latency_stale_after_s: float = 10.0
     store_limits: StoreLimits = field(default_factory=StoreLimits)
     stream_limits: StreamLimits = field(default_factory=StreamLimits)
+    stream_reauth_after_s: float = 60.0  # an open stream's token is checked again
+    token_cache_ttl_s: float = 60.0  # an accepted token's verdict is reused this long
 
 
 class ControllerApp:
@@ -119,6 +122,7 @@ class ControllerApp:
             audiences=options.agent_audiences,
             resolve_pod_node=pod_node_resolver(self.pod_informer.indexer, self.review_client),
             max_in_flight=options.stream_limits.reviews_in_flight,
+            cache_ttl_s=options.token_cache_ttl_s,
         )
         self.stream_gate = StreamGate(options.stream_limits)
         self.slice_informer = self._informer(
@@ -239,6 +243,7 @@ class ControllerApp:
             self.authenticator,
             pod_locator(self.pod_informer.indexer),
             gate=self.stream_gate,
+            reauth_after_s=self.options.stream_reauth_after_s,
         )
 
         async def metrics(_: web.Request) -> web.Response:
@@ -273,7 +278,10 @@ class ControllerApp:
         self.http_port = int(addresses[0][1]) if addresses else self.options.http_port
         log.info("serving HTTP on %s:%s", self.options.http_host, self.http_port)
         await self.factory.start()
-        self._main = asyncio.create_task(self._run(), name="controller-main")
+        # Campaigning and reconciling come back after anything unforeseen, logged.
+        self._main = asyncio.create_task(
+            supervise("leader election and reconciling", self._run), name="controller-main"
+        )
 
     async def _run(self) -> None:
         await self.factory.wait_for_cache_sync()
