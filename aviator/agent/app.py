@@ -19,6 +19,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -31,7 +32,7 @@ from aviator.agent.metrics import AgentMetrics
 from aviator.agent.podmap import PodMap
 from aviator.agent.prober import NodeProber
 from aviator.agent.sources import CounterSource
-from aviator.agent.stream import StreamFanout, TokenFile, urls_from_slices
+from aviator.agent.stream import StreamFanout, StreamTls, TokenFile, urls_from_slices
 from aviator.agent.targets import TargetKey, probe_targets, traffic_samples
 from aviator.agent.windows import WindowDiffer, attach_pods
 from aviator.informers import FuncHandler, InformerFactory, SharedIndexInformer
@@ -60,6 +61,10 @@ class AgentConfig:
     controller_urls: list[str] = field(default_factory=list)
     controller_service: str | None = None  # "namespace/name" of a headless Service
     controller_port_name: str | None = None
+    # The controller's CA (PEM file): streams go over TLS, checked against
+    # controller_server_name. None: plain ws:// (to a controller on this machine only).
+    controller_ca: str | None = None
+    controller_server_name: str = "aviator-controller-stream.aviator-system.svc"
     token_files: list[str] = field(default_factory=list)
     token_reread_s: float = 60.0
     window_s: float = 10.0
@@ -99,7 +104,14 @@ class Agent:
         self.metrics = AgentMetrics(max_pods=config.metrics_max_pods)
         self.metrics.set_source(source.name)
         self.metrics.probe_stats = prober.stats
-        self.stream = StreamFanout(TokenFile(*config.token_files, reread_s=config.token_reread_s))
+        tls = (
+            StreamTls(Path(config.controller_ca), config.controller_server_name)
+            if config.controller_ca
+            else None
+        )
+        self.stream = StreamFanout(
+            TokenFile(*config.token_files, reread_s=config.token_reread_s), tls=tls
+        )
         self.metrics.stream = self.stream
         self.differ = WindowDiffer()
         self.last_snapshot: Snapshot | None = None
@@ -187,7 +199,11 @@ class Agent:
         return runner
 
     def _follow_slices(self, slices: SharedIndexInformer) -> None:
-        urls = urls_from_slices(slices.indexer.list(), port_name=self.config.controller_port_name)
+        urls = urls_from_slices(
+            slices.indexer.list(),
+            scheme="wss" if self.config.controller_ca else "ws",
+            port_name=self.config.controller_port_name,
+        )
         self.stream.set_urls(urls + list(self.config.controller_urls))
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -64,6 +64,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="port name of --controller-service to use (default: its first TCP port)",
     )
     a(
+        "--controller-ca",
+        metavar="FILE",
+        help="the controller's CA certificate (PEM; the ConfigMap aviator-stream-ca): stream "
+        "over TLS (wss://) and check the controller with it; without it, plain ws:// and only "
+        "to a controller on this machine",
+    )
+    a(
+        "--controller-server-name",
+        default="aviator-controller-stream.aviator-system.svc",
+        help="the name the controller's certificate is checked against, whatever address is "
+        "dialled (default aviator-controller-stream.aviator-system.svc)",
+    )
+    a(
         "--token-file",
         default=DEFAULT_TOKEN_FILE,
         help=f"bearer token for the stream (default {DEFAULT_TOKEN_FILE}, "
@@ -142,6 +155,8 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
         controller_urls=list(args.controller_url),
         controller_service=args.controller_service,
         controller_port_name=args.controller_port_name,
+        controller_ca=args.controller_ca,
+        controller_server_name=args.controller_server_name,
         token_files=[args.token_file, SERVICE_ACCOUNT_TOKEN],
         window_s=args.window,
         keep_warm_samples=args.keep_warm_samples,

@@ -27,6 +27,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from aviator.controller.agents import POD_IP_INDEXERS, pod_locator, pod_node_resolver
+from aviator.controller.certs import StreamCertificates
 from aviator.controller.metrics import ControllerMetrics
 from aviator.informers import FuncHandler, IndexFunc, InformerFactory, SharedIndexInformer
 from aviator.informers.keys import JSON, DeletedFinalStateUnknown, unwrap_tombstone
@@ -44,6 +45,7 @@ from aviator.latency.auth import TokenAuthenticator
 from aviator.latency.limits import StreamGate, StreamLimits
 from aviator.latency.receiver import make_stream_handler
 from aviator.latency.store import LatencyStore, StoreLimits
+from aviator.latency.tls import STREAM_SERVICE, server_name, service_names
 from aviator.leaderelection import LeaderElectionConfig, LeaderElector, LeaseLock
 from aviator.reconcilers import mapping
 from aviator.reconcilers.latencies import controller_prober
@@ -84,6 +86,11 @@ class Options:
     retry_period: float = 2.0
     http_host: str = "0.0.0.0"
     http_port: int = 8080
+    # HTTPS with the stream certificate (certs.py) and /metrics behind a TokenReview +
+    # SubjectAccessReview; off: plain HTTP, nothing checked but agent tokens (tests,
+    # development on one machine).
+    secure_serving: bool = True
+    stream_service: str = STREAM_SERVICE  # its DNS names are the certificate's
     workers: int = 4
     agent_service_accounts: tuple[str, ...] = ("aviator-system:aviator-agent",)
     agent_audiences: tuple[str, ...] = ()
@@ -163,6 +170,11 @@ class ControllerApp:
         )
         self._wire_handlers()
         self.elector: LeaderElector | None = None
+        self.certs: StreamCertificates | None = None
+        if options.secure_serving:
+            names = service_names(options.stream_service, options.namespace)
+            self.certs = StreamCertificates(client, options.namespace, names)
+        self._background: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
         self._main: asyncio.Task[None] | None = None
         self._synced = False
@@ -268,15 +280,38 @@ class ControllerApp:
 
     # --- lifecycle -------------------------------------------------------------------
 
+    @property
+    def stream_server_name(self) -> str:
+        """The name agents verify the serving certificate against."""
+        return server_name(self.options.stream_service, self.options.namespace)
+
+    @property
+    def stream_ca(self) -> bytes | None:
+        """The CA agents trust (PEM), None when serving plain HTTP."""
+        return self.certs.material.ca_cert if self.certs and self.certs.material else None
+
     async def start(self) -> None:
-        """Serve HTTP, start informers, and begin campaigning (or leading)."""
+        """Serve HTTP(S), start informers, and begin campaigning (or leading)."""
+        ssl_context = None
+        if self.certs is not None:
+            ssl_context = await self.certs.start()
+            self._background.append(
+                asyncio.create_task(supervise("stream certificate", self.certs.run))
+            )
         self._runner = web.AppRunner(self._http_app(), shutdown_timeout=1.0, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.options.http_host, self.options.http_port)
+        site = web.TCPSite(
+            self._runner, self.options.http_host, self.options.http_port, ssl_context=ssl_context
+        )
         await site.start()
         addresses = self._runner.addresses
         self.http_port = int(addresses[0][1]) if addresses else self.options.http_port
-        log.info("serving HTTP on %s:%s", self.options.http_host, self.http_port)
+        log.info(
+            "serving %s on %s:%s",
+            "HTTPS" if ssl_context else "HTTP",
+            self.options.http_host,
+            self.http_port,
+        )
         await self.factory.start()
         # Campaigning and reconciling come back after anything unforeseen, logged.
         self._main = asyncio.create_task(
@@ -339,6 +374,9 @@ class ControllerApp:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._main
         self.controller.queue.shutdown()
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         await self.factory.stop()
         if self._runner is not None:
             await self._runner.cleanup()

@@ -132,6 +132,20 @@ async def handshake(http: aiohttp.ClientSession, url: str, token: str) -> tuple[
         return exc.status, time.monotonic() - started
 
 
+async def connect(
+    http: aiohttp.ClientSession, url: str, token: str
+) -> aiohttp.ClientWebSocketResponse:
+    """A stream, dialled again (as an agent does) while the answer is 429 or 503."""
+    async with asyncio.timeout(60):
+        while True:
+            try:
+                return await http.ws_connect(url, headers={"Authorization": f"Bearer {token}"})
+            except aiohttp.WSServerHandshakeError as exc:
+                if exc.status not in (429, 503):
+                    raise
+            await asyncio.sleep(0.5)
+
+
 def bound_pod(token: str) -> str:
     """The name of the pod a ServiceAccount token is bound to (from its claims)."""
     body = token.split(".")[1]
@@ -247,7 +261,7 @@ async def test_a_flood_of_new_endpoints_is_held_to_the_store_bounds(
             async def flood(node: str, ip: str, token: str) -> None:
                 async with (
                     aiohttp.ClientSession() as http,
-                    http.ws_connect(url, headers={"Authorization": f"Bearer {token}"}) as ws,
+                    await connect(http, url, token) as ws,
                 ):
                     # Thin new endpoints past the agent's bound, then dense histograms
                     # into 240 of them, message after message.

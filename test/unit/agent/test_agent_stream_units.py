@@ -17,8 +17,10 @@ from aiohttp.test_utils import TestServer
 
 from aviator.agent.stream import (
     ControllerConnection,
+    StreamTls,
     TokenFile,
     describe_reply,
+    token_may_go,
     urls_from_slices,
 )
 from aviator.informers import Backoff
@@ -225,3 +227,41 @@ async def test_an_unforeseen_error_is_logged_and_the_controller_dialled_again(
             with contextlib.suppress(asyncio.CancelledError):
                 await task
     assert "stream to" in caplog.text and "KeyError" in caplog.text
+
+
+def test_a_token_goes_in_clear_only_to_this_machine() -> None:
+    assert token_may_go("wss://10.0.0.5:8080/v1/stream")
+    assert token_may_go("ws://127.0.0.1:8080/v1/stream")
+    assert token_may_go("ws://[::1]:8080/v1/stream")
+    assert token_may_go("ws://localhost:8080/v1/stream")
+    assert not token_may_go("ws://10.0.0.5:8080/v1/stream")
+    assert not token_may_go("ws://controller.example:8080/v1/stream")
+
+
+async def test_no_token_leaves_without_tls_or_a_usable_ca(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("secret")
+    async with aiohttp.ClientSession() as session:
+        for url, tls, why in (
+            ("ws://192.0.2.10:8080/v1/stream", None, "in clear"),
+            ("wss://192.0.2.10:8080/v1/stream", None, "no CA"),
+            (
+                "wss://192.0.2.10:8080/v1/stream",
+                StreamTls(tmp_path / "missing.crt", "x.svc"),
+                "not usable",
+            ),
+        ):
+            conn = ControllerConnection(
+                url, TokenFile(token), session, backoff=Backoff(initial_s=0.01), tls=tls
+            )
+            task = asyncio.get_running_loop().create_task(conn.run())
+            try:
+                async with asyncio.timeout(10):
+                    while why not in conn.last_error:
+                        conn.changed.clear()
+                        await conn.changed.wait()
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            assert conn.connects == 0
