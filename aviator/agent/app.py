@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
-from aviator.agent.api import make_api
+from aviator.agent.api import DATA_PATHS, make_api
 from aviator.agent.handoff.executor import HandOffExecutor
 from aviator.agent.handoff.netlink import open_diag, own_netns
 from aviator.agent.handoff.runner import HandOffRunner
@@ -42,12 +43,25 @@ from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, SERVICES
 from aviator.latency.probing import ProbeTarget
 from aviator.latency.schema import EndpointWindow, Snapshot
 from aviator.latency.store import LatencyStore
+from aviator.latency.tls import server_context
+from aviator.pki import Authority
 from aviator.runtime.events import EventRecorder
+from aviator.runtime.httpauth import RequestAuthorizer, protect
 from aviator.runtime.supervise import supervise
 from aviator.runtime.writer import WriteMetrics, Writer
 from aviator.selection.types import LatencyEstimate
 
 log = logging.getLogger(__name__)
+
+
+def self_signed_context(node: str, host: str) -> ssl.SSLContext:
+    """HTTPS for the agent's API: a certificate of its own (scrapers skip verifying
+    it, as for controller-runtime's generated ones; the token check is what counts)."""
+    wanted = (node, "localhost", "127.0.0.1", host)
+    names = tuple(dict.fromkeys(n for n in wanted if n and n not in ("0.0.0.0", "::")))
+    issued = Authority.new(f"aviator-agent-{node}").issue(node, server_names=names)
+    return server_context(issued.cert_pem, issued.key_pem)
+
 
 _STATS_EVERY_S = 10.0  # BPF stats walk the socket map: not every interval
 
@@ -65,6 +79,9 @@ class AgentConfig:
     # controller_server_name. None: plain ws:// (to a controller on this machine only).
     controller_ca: str | None = None
     controller_server_name: str = "aviator-controller-stream.aviator-system.svc"
+    # HTTPS with a certificate of its own; /latency, /status, /metrics only to requests
+    # a TokenReview + SubjectAccessReview allow. Off: plain HTTP, open (development).
+    secure_serving: bool = True
     token_files: list[str] = field(default_factory=list)
     token_reread_s: float = 60.0
     window_s: float = 10.0
@@ -121,6 +138,7 @@ class Agent:
         self._runner: web.AppRunner | None = None
         self.handoffs = self._handoff_runner()
         self._handoff_task: asyncio.Task[None] | None = None
+        self._review_client: KubeClient | None = None
         self.http_port: int | None = None  # the bound port (when 0 was asked for)
         self.started = asyncio.Event()  # informers started, API serving, streams dialling
 
@@ -147,9 +165,15 @@ class Agent:
             )
         if cfg.controller_urls:
             self.stream.set_urls(cfg.controller_urls)
-        self._runner = web.AppRunner(make_api(self), access_log=None)
+        middlewares: list[Any] = []
+        ssl_context = None
+        if cfg.secure_serving:
+            self._review_client = self.client.fork(connections=2)
+            middlewares.append(protect(RequestAuthorizer(self._review_client), DATA_PATHS))
+            ssl_context = self_signed_context(cfg.node, cfg.http_host)
+        self._runner = web.AppRunner(make_api(self, middlewares), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, cfg.http_host, cfg.http_port)
+        site = web.TCPSite(self._runner, cfg.http_host, cfg.http_port, ssl_context=ssl_context)
         await site.start()
         self.http_port = self._runner.addresses[0][1]
         log.info(
@@ -238,6 +262,8 @@ class Agent:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._review_client is not None:
+            await self._review_client.close()
         await self.factory.stop()
         self.source.close()
 

@@ -59,6 +59,7 @@ from aviator.reconcilers.view import (
     index_by_service_name,
 )
 from aviator.runtime.events import EventRecorder
+from aviator.runtime.httpauth import RequestAuthorizer, protect
 from aviator.runtime.loop import Controller
 from aviator.runtime.supervise import supervise
 from aviator.runtime.writer import Writer
@@ -249,7 +250,12 @@ class ControllerApp:
     # --- HTTP ------------------------------------------------------------------------
 
     def _http_app(self) -> web.Application:
-        app = web.Application()
+        middlewares = []
+        if self.options.secure_serving:
+            # /metrics only to whom a SubjectAccessReview allows; probes stay open.
+            authorizer = RequestAuthorizer(self.review_client)
+            middlewares.append(protect(authorizer, ("/metrics",)))
+        app = web.Application(middlewares=middlewares)
         stream = make_stream_handler(
             self.store,
             self.authenticator,

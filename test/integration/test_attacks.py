@@ -18,6 +18,7 @@ import secrets
 import time
 import tracemalloc
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -28,19 +29,24 @@ from integration_support import (
     create_pod,
     eventually,
     pod_token,
+    request_token,
     running_controller,
     snapshot,
     stream_url,
 )
 from prometheus_client import REGISTRY
 
+from aviator.agent.app import Agent, AgentConfig
+from aviator.agent.prober import NodeProber
 from aviator.kube import KubeClient
-from aviator.kube.resources import PODS
+from aviator.kube.resources import PODS, SERVICEACCOUNTS
 from aviator.latency.histogram import NUM_BUCKETS
 from aviator.latency.schema import MAX_MESSAGE_BYTES
 from aviator.testing.controlplane import ControlPlane
 
 pytestmark = pytest.mark.integration
+
+CONFIG = Path(__file__).resolve().parents[2] / "config"
 
 OTHER_NODE = "attack-node-b"
 
@@ -396,3 +402,77 @@ async def test_wrong_audience_expired_and_revoked_tokens(
                 assert (await ws.receive(timeout=5)).type == aiohttp.WSMsgType.CLOSE
             status, _ = await handshake(http, url, agent)
             assert status == 401
+
+
+# --- reading per-pod data ---------------------------------------------------------------
+
+
+class NoSource:
+    name = "ebpf"
+
+    async def read(self) -> Any:
+        return []
+
+    async def stats(self) -> dict[str, int]:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+async def test_per_pod_data_only_to_those_rbac_allows(
+    control_plane: ControlPlane, kube: KubeClient, namespace: str, crd: None
+) -> None:
+    """The agent's /latency, /status, /metrics and the controller's /metrics answer
+    only a token whose ServiceAccount may `get` them (config/rbac/metrics-reader.yaml);
+    the probes' /healthz and /readyz stay open."""
+    ns = namespace
+    control_plane.kubectl("apply", "-f", str(CONFIG / "rbac" / "metrics-reader.yaml"))
+    control_plane.kubectl(
+        "create",
+        "clusterrolebinding",
+        f"scraper-{ns}",
+        "--clusterrole=aviator-metrics-reader",
+        f"--serviceaccount={ns}:scraper",
+    )
+    for account in ("scraper", "nobody"):
+        await kube.create(SERVICEACCOUNTS, {"metadata": {"name": account}}, ns)
+    scraper = await request_token(kube, ns, "scraper")
+    nobody = await request_token(kube, ns, "nobody")
+    config = AgentConfig(node=NODE, http_host="127.0.0.1", http_port=0, report_interval_s=0.2)
+    agent = Agent(config, kube, NoSource(), NodeProber(min_samples=0))  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(agent.run(stop))
+    try:
+        async with asyncio.timeout(30):
+            await agent.started.wait()
+        async with running_controller(control_plane, ns, secure_serving=True) as app:
+            targets = [
+                (f"https://127.0.0.1:{agent.http_port}", ("/latency", "/status", "/metrics")),
+                (f"https://127.0.0.1:{app.http_port}", ("/metrics",)),
+            ]
+            async with aiohttp.ClientSession() as http:
+
+                async def get(url: str, token: str | None) -> int:
+                    headers = {"Authorization": f"Bearer {token}"} if token else {}
+                    # The agent's certificate is its own: scrapers skip verifying it.
+                    async with http.get(url, headers=headers, ssl=False) as resp:
+                        return resp.status
+
+                for base, paths in targets:
+                    for path in paths:
+                        started = time.monotonic()
+                        assert await get(base + path, None) == 401
+                        figure(
+                            f"unauthenticated {path} refused in",
+                            (time.monotonic() - started) * 1000,
+                            "ms",
+                        )
+                        assert await get(base + path, "junk") == 401
+                        assert await get(base + path, nobody) == 403
+                        assert await get(base + path, scraper) == 200, base + path
+                    for path in ("/healthz", "/readyz"):
+                        assert await get(base + path, None) in (200, 503)
+    finally:
+        stop.set()
+        await task

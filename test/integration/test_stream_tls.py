@@ -103,6 +103,7 @@ async def test_agents_stream_over_tls_and_only_to_the_controller(
                 report_interval_s=0.2,
                 http_host="127.0.0.1",
                 http_port=0,
+                secure_serving=False,
                 controller_urls=[url],
                 controller_ca=str(ca_file),
                 controller_server_name=app.stream_server_name,
