@@ -23,6 +23,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from integration_support import (
     NODE,
     TestAgent,
@@ -476,3 +477,60 @@ async def test_per_pod_data_only_to_those_rbac_allows(
     finally:
         stop.set()
         await task
+
+
+# --- a hostile controller -----------------------------------------------------------------
+
+
+async def test_replies_of_any_shape_never_stop_an_agent(kube: KubeClient, tmp_path: Path) -> None:
+    """A "controller" answering every snapshot with a JSON array, a number, null, bytes
+    and junk (the known case killed the stream task for good): the agent logs them and
+    keeps streaming on the same connection."""
+    received: list[str] = []
+    got = asyncio.Event()
+    junk = ["[1, 2, 3]", "42", "null", '"text"', "{", '{"error": [1]}']
+
+    async def hostile(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:
+            received.append(msg.data)
+            got.set()
+            await ws.send_str(junk[len(received) % len(junk)])
+            await ws.send_bytes(b"\xff\x00")
+        return ws
+
+    server = web.Application()
+    server.router.add_get("/v1/stream", hostile)
+    runner = web.AppRunner(server)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    url = f"ws://127.0.0.1:{runner.addresses[0][1]}/v1/stream"
+    token = tmp_path / "token"
+    token.write_text("t")
+    config = AgentConfig(
+        node=NODE,
+        http_host="127.0.0.1",
+        http_port=0,
+        report_interval_s=0.05,
+        secure_serving=False,
+        controller_urls=[url],
+        token_files=[str(token)],
+    )
+    agent = Agent(config, kube, NoSource(), NodeProber(min_samples=0))  # type: ignore[arg-type]
+    stop = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(agent.run(stop))
+    try:
+        async with asyncio.timeout(60):
+            while len(received) < 3 * len(junk):
+                got.clear()
+                await got.wait()
+        conn = agent.stream.connections[url]
+        figure("snapshots delivered through junk replies", len(received), "")
+        assert conn.connects == 1 and conn.connected
+        assert conn.errors_received >= 2 * len(junk)
+    finally:
+        stop.set()
+        await task
+        await runner.cleanup()
