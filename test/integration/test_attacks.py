@@ -142,8 +142,11 @@ async def handshake(http: aiohttp.ClientSession, url: str, token: str) -> tuple[
 async def connect(
     http: aiohttp.ClientSession, url: str, token: str
 ) -> aiohttp.ClientWebSocketResponse:
-    """A stream, dialled again (as an agent does) while the answer is 429 or 503."""
-    async with asyncio.timeout(60):
+    """A stream, dialled again (as an agent does) while the answer is 429 or 503.
+
+    Bounded generously: floods share the machine with the TLS handshakes and token
+    reviews of their own connections, and how fast one gets in is not what is tested."""
+    async with asyncio.timeout(180):
         while True:
             try:
                 return await http.ws_connect(url, headers={"Authorization": f"Bearer {token}"})
