@@ -21,14 +21,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from aviator.agent.api import make_api
+from aviator.agent.api import DATA_PATHS, make_api
 from aviator.agent.handoff.executor import HandOffExecutor
 from aviator.agent.handoff.netlink import open_diag, own_netns
 from aviator.agent.handoff.runner import HandOffRunner
@@ -36,7 +38,7 @@ from aviator.agent.metrics import AgentMetrics
 from aviator.agent.podmap import PodMap
 from aviator.agent.prober import NodeProber
 from aviator.agent.sources import CounterSource
-from aviator.agent.stream import StreamFanout, TokenFile, urls_from_slices
+from aviator.agent.stream import StreamFanout, StreamTls, TokenFile, urls_from_slices
 from aviator.agent.targets import TargetKey, probe_targets, traffic_samples
 from aviator.agent.urgent import DEFAULT_CHECK_S, DEFAULT_MIN_GAP_S, UrgentReports, open_thresholds
 from aviator.agent.windows import CountersLike, EndpointKeyLike, WindowDiffer, attach_pods
@@ -47,13 +49,27 @@ from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, SERVICES
 from aviator.latency.probing import ProbeTarget
 from aviator.latency.schema import EndpointWindow, Snapshot
 from aviator.latency.store import LatencyStore
+from aviator.latency.tls import server_context
+from aviator.pki import Authority
 from aviator.runtime.events import EventRecorder
+from aviator.runtime.httpauth import RequestAuthorizer, protect
+from aviator.runtime.supervise import supervise
 from aviator.runtime.writer import WriteMetrics, Writer
 from aviator.selection.types import LatencyEstimate
 
 log = logging.getLogger(__name__)
 
 Counted = tuple[EndpointKeyLike, CountersLike]  # one endpoint of a source's read
+
+
+def self_signed_context(node: str, host: str) -> ssl.SSLContext:
+    """HTTPS for the agent's API: a certificate of its own (scrapers skip verifying
+    it, as for controller-runtime's generated ones; the token check is what counts)."""
+    wanted = (node, "localhost", "127.0.0.1", host)
+    names = tuple(dict.fromkeys(n for n in wanted if n and n not in ("0.0.0.0", "::")))
+    issued = Authority.new(f"aviator-agent-{node}").issue(node, server_names=names)
+    return server_context(issued.cert_pem, issued.key_pem)
+
 
 _STATS_EVERY_S = 10.0  # BPF stats walk the socket map: not every interval
 
@@ -67,6 +83,13 @@ class AgentConfig:
     controller_urls: list[str] = field(default_factory=list)
     controller_service: str | None = None  # "namespace/name" of a headless Service
     controller_port_name: str | None = None
+    # The controller's CA (PEM file): streams go over TLS, checked against
+    # controller_server_name. None: plain ws:// (to a controller on this machine only).
+    controller_ca: str | None = None
+    controller_server_name: str = "aviator-controller-stream.aviator-system.svc"
+    # HTTPS with a certificate of its own; /latency, /status, /metrics only to requests
+    # a TokenReview + SubjectAccessReview allow. Off: plain HTTP, open (development).
+    secure_serving: bool = True
     token_files: list[str] = field(default_factory=list)
     token_reread_s: float = 60.0
     window_s: float = 10.0
@@ -108,7 +131,14 @@ class Agent:
         self.metrics = AgentMetrics(max_pods=config.metrics_max_pods)
         self.metrics.set_source(source.name)
         self.metrics.probe_stats = prober.stats
-        self.stream = StreamFanout(TokenFile(*config.token_files, reread_s=config.token_reread_s))
+        tls = (
+            StreamTls(Path(config.controller_ca), config.controller_server_name)
+            if config.controller_ca
+            else None
+        )
+        self.stream = StreamFanout(
+            TokenFile(*config.token_files, reread_s=config.token_reread_s), tls=tls
+        )
         self.metrics.stream = self.stream
         self.differ = WindowDiffer()
         self.urgent = UrgentReports(config.urgent_min_gap_s)
@@ -119,6 +149,7 @@ class Agent:
         self._runner: web.AppRunner | None = None
         self.handoffs = self._handoff_runner()
         self._handoff_task: asyncio.Task[None] | None = None
+        self._review_client: KubeClient | None = None
         self.http_port: int | None = None  # the bound port (when 0 was asked for)
         self.started = asyncio.Event()  # informers started, API serving, streams dialling
 
@@ -141,13 +172,19 @@ class Agent:
         await self.factory.start()
         if self.handoffs is not None:
             self._handoff_task = asyncio.get_running_loop().create_task(
-                self.handoffs.run(), name="handoffs"
+                supervise("hand-offs", self.handoffs.run), name="handoffs"
             )
         if cfg.controller_urls:
             self.stream.set_urls(cfg.controller_urls)
-        self._runner = web.AppRunner(make_api(self), access_log=None)
+        middlewares: list[Any] = []
+        ssl_context = None
+        if cfg.secure_serving:
+            self._review_client = self.client.fork(connections=2)
+            middlewares.append(protect(RequestAuthorizer(self._review_client), DATA_PATHS))
+            ssl_context = self_signed_context(cfg.node, cfg.http_host)
+        self._runner = web.AppRunner(make_api(self, middlewares), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, cfg.http_host, cfg.http_port)
+        site = web.TCPSite(self._runner, cfg.http_host, cfg.http_port, ssl_context=ssl_context)
         await site.start()
         self.http_port = self._runner.addresses[0][1]
         log.info(
@@ -197,7 +234,11 @@ class Agent:
         return runner
 
     def _follow_slices(self, slices: SharedIndexInformer) -> None:
-        urls = urls_from_slices(slices.indexer.list(), port_name=self.config.controller_port_name)
+        urls = urls_from_slices(
+            slices.indexer.list(),
+            scheme="wss" if self.config.controller_ca else "ws",
+            port_name=self.config.controller_port_name,
+        )
         self.stream.set_urls(urls + list(self.config.controller_urls))
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -239,6 +280,8 @@ class Agent:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._review_client is not None:
+            await self._review_client.close()
         await self.factory.stop()
         self.source.close()
 

@@ -223,7 +223,10 @@ def make_stream_handler(
                     async with gate.parsing:
                         answer = await _receive(msg.data, store, locate, clock, peer, on_open)
                 if answer is not None:
-                    await ws.send_str(answer)
+                    try:
+                        await ws.send_str(answer)
+                    except ConnectionError:  # the agent is gone already
+                        break
         finally:
             STREAM_CONNECTIONS.dec()
             log.info("agent stream from %s closed", source)

@@ -57,6 +57,7 @@ class Replica:
             f"--renew-deadline={RENEW_S}",
             f"--retry-period={RETRY_S}",
             f"--http-addr=127.0.0.1:{self.port}",
+            "--secure-serving=false",  # plain on 127.0.0.1: TLS is test_stream_tls.py's
             f"--agent-service-account={ns}:{AGENT_SA}",
             "--latency-window=1.5",
             "--latency-stale-after=3",

@@ -6,8 +6,8 @@ from another package of its own layer, and never along an edge in `FORBIDDEN`:
 
 | layer | packages | what they are |
 |---|---|---|
-| 0 | api, selection, workqueue, testing | self-contained: no other aviator package |
-| 1 | kube | REST client, resources, Pod/Service facts, IP addresses, our marks |
+| 0 | api, selection, workqueue, pki | self-contained: no other aviator package |
+| 1 | kube, testing | REST client, resources, Pod/Service facts, IP addresses, our marks; the real control plane for tests (its certificates from pki) |
 | 2 | latency, informers, leaderelection | built on the client |
 | 3 | runtime | the generic controller loop, Event recorder, writes |
 | 4 | agent, reconcilers | the two sides: the agent never imports the controller's code, nor the reconcilers the agent's |
@@ -29,8 +29,8 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "aviator"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("api", "selection", "workqueue", "testing"),
-    ("kube",),
+    ("api", "selection", "workqueue", "pki"),
+    ("kube", "testing"),
     ("latency", "informers", "leaderelection"),
     ("runtime",),
     ("agent", "reconcilers"),
