@@ -11,7 +11,7 @@ KUBECTL     ?= $(shell command -v kubectl 2>/dev/null || echo bin/kubectl)
 PYTEST_ARGS ?=
 export GOTOOLCHAIN := local
 
-.PHONY: help setup venv controlplane tools build-installer helm-lint build build-agent test-unit test-integration test-bpf \
+.PHONY: help setup venv controlplane tools build-installer helm-lint krew build build-agent test-unit test-integration test-bpf \
         test-e2e test-packaging test run lint fmt manifests install uninstall demo bench \
         docker-build docker-build-agent docker-build-all deploy deploy-agent deploy-all \
         undeploy undeploy-agent undeploy-all
@@ -130,3 +130,6 @@ undeploy-agent: ## remove the agent DaemonSet
 
 undeploy-all: undeploy undeploy-agent ## policies first, then controller, agent, RBAC, CRD, namespace
 	$(KUBECTL) delete -k config/default --ignore-not-found
+
+krew: ## the krew archive and manifest of `kubectl aviator` into dist/krew/
+	bash hack/krew.sh dist/krew
