@@ -40,6 +40,10 @@ tools=("$@")
 for tool in "${tools[@]}"; do
   case $tool in
     helm) build helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;
+    # The Prometheus server (no web UI assets: the API is what the tests use) and
+    # promtool (`promtool test rules`, `check rules`).
+    prometheus) build prometheus "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/prometheus ;;
+    promtool) build promtool "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/promtool ;;
     *) echo "tools: unknown tool $tool" >&2; exit 2 ;;
   esac
 done
