@@ -12,6 +12,7 @@
 | aviator_latency_store_endpoints | gauge | — | endpoints held by the latency store |
 | aviator_latency_store_buckets | gauge | — | histogram buckets its deltas hold (what its memory bound counts) |
 | aviator_is_leader | gauge | — | 1 while this replica leads |
+| aviator_policy_condition | gauge | namespace, policy, type, status, reason | 1 per condition each policy's status holds (read from the policy cache at scrape time, on every replica; alerts aggregate with max by (namespace, policy)) |
 
 Each is defined by its owner (the loop, the writer, `aviator.reconcilers.metrics`, this
 module). Queue metrics (workqueue_*) come from aviator.workqueue.metrics on the same registry;
@@ -20,9 +21,12 @@ agent connection metrics from the stream receiver.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from aviator.reconcilers.metrics import PolicyMetrics
 from aviator.runtime.loop import ReconcileMetrics
@@ -52,3 +56,39 @@ class ControllerMetrics:
         self.store_endpoints.set_function(lambda: float(size()))
         if buckets is not None:
             self.store_buckets.set_function(lambda: float(buckets()))
+
+    def track_policies(self, policies: Callable[[], Iterable[dict[str, Any]]]) -> None:
+        """Export the conditions of the policies `policies()` returns at each scrape."""
+        self.registry.register(PolicyConditions(policies))
+
+
+class PolicyConditions(Collector):
+    """aviator_policy_condition, the way kube-state-metrics exports conditions: one
+    series per condition with value 1, its status and reason as labels. The alerts on
+    stale latency data and overload read the Degraded condition's reason from it."""
+
+    def __init__(self, policies: Callable[[], Iterable[dict[str, Any]]]) -> None:
+        self.policies = policies
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = GaugeMetricFamily(
+            "aviator_policy_condition",
+            "Conditions of each AviatorPolicy's status (1 per condition).",
+            labels=["namespace", "policy", "type", "status", "reason"],
+        )
+        for policy in self.policies():
+            meta = policy.get("metadata") or {}
+            for c in (policy.get("status") or {}).get("conditions") or []:
+                if not isinstance(c, dict):
+                    continue
+                family.add_metric(
+                    [
+                        str(meta.get("namespace", "")),
+                        str(meta.get("name", "")),
+                        str(c.get("type", "")),
+                        str(c.get("status", "")),
+                        str(c.get("reason", "")),
+                    ],
+                    1.0,
+                )
+        yield family
