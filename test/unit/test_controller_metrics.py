@@ -21,7 +21,11 @@ def test_conditions_exported_at_scrape_time() -> None:
                 "conditions": [
                     {"type": "Ready", "status": "True", "reason": "Routing"},
                     {"type": "Degraded", "status": "True", "reason": "NoLatencyData"},
-                ]
+                ],
+                "pods": [
+                    {"name": "web-1", "state": "active"},
+                    {"name": "web-2", "state": "ejected"},
+                ],
             },
         }
     )
@@ -33,3 +37,7 @@ def test_conditions_exported_at_scrape_time() -> None:
     )
     assert 'reason="NoLatencyData",status="True",type="Degraded"} 1.0' in text
     assert 'policy="new"' not in text
+    assert (
+        'aviator_policy_pod_state{namespace="shop",pod="web-2",policy="p",state="ejected"} 1.0'
+        in text
+    )
