@@ -11,7 +11,7 @@ KUBECTL     ?= $(shell command -v kubectl 2>/dev/null || echo bin/kubectl)
 PYTEST_ARGS ?=
 export GOTOOLCHAIN := local
 
-.PHONY: help setup venv controlplane tools build-installer helm-lint krew build build-agent test-unit test-integration test-bpf \
+.PHONY: help setup venv controlplane tools build-installer helm-lint krew dashboard-png build build-agent test-unit test-integration test-bpf \
         test-e2e test-packaging test run lint fmt manifests install uninstall demo bench \
         docker-build docker-build-agent docker-build-all deploy deploy-agent deploy-all \
         undeploy undeploy-agent undeploy-all
@@ -33,7 +33,7 @@ setup: venv ## venv, Python deps, Debian packages (BCC, headers), bcc import lin
 controlplane: ## build kube-apiserver, kube-controller-manager, kubectl, etcd into bin/
 	bash hack/controlplane/build.sh
 
-tools: ## build helm (release tooling the tests use) into bin/, cached like the control plane
+tools: ## build helm, promtool and prometheus from Go modules into bin/, cached like the control plane
 	bash hack/tools/build.sh
 
 build-installer: ## write dist/install.yaml (CRD, RBAC, controller, agent) for kubectl apply -f (IMG=..., AGENT_IMG=...)
@@ -133,3 +133,6 @@ undeploy-all: undeploy undeploy-agent ## policies first, then controller, agent,
 
 krew: ## the krew archive and manifest of `kubectl aviator` into dist/krew/
 	bash hack/krew.sh dist/krew
+
+dashboard-png: setup controlplane tools ## docs/dashboard.png: every dashboard panel plotted from the box running the quick-start
+	AVIATOR_DASHBOARD_PNG=docs/dashboard.png $(PYTEST) test/e2e/test_e2e_monitoring.py

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the release tools the tests use (helm) from the Go module proxy into bin/,
+# Builds the release tools the tests use (helm, promtool, prometheus) from the Go module proxy into bin/,
 # keyed by version, with the same per-user cache as hack/controlplane/build.sh: a fresh
 # clone links them in seconds instead of compiling for minutes.
 # Usage: hack/tools/build.sh [TOOL...]   (default: every tool in versions.env)
@@ -36,7 +36,7 @@ build() {
 }
 
 tools=("$@")
-[ ${#tools[@]} -gt 0 ] || tools=(helm)
+[ ${#tools[@]} -gt 0 ] || tools=(helm promtool prometheus)
 for tool in "${tools[@]}"; do
   case $tool in
     helm) build helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;

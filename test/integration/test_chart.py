@@ -74,7 +74,8 @@ def test_monitors_render_exactly_config_prometheus() -> None:
             "--show-only",
             "templates/monitoring.yaml",
             "--set",
-            "metrics.serviceMonitor.enabled=true,metrics.podMonitor.enabled=true",
+            "metrics.serviceMonitor.enabled=true,metrics.podMonitor.enabled=true,"
+            "metrics.prometheusRule.enabled=true,metrics.dashboard.enabled=true",
         )
     )
     found = differences(objects(kustomize("prometheus")), chart)
@@ -99,7 +100,9 @@ def test_every_object_has_the_recommended_labels() -> None:
         objects(helm_template()),
         objects(
             helm_template(
-                "--set", "metrics.podMonitor.enabled=true,metrics.serviceMonitor.enabled=true"
+                "--set",
+                "metrics.podMonitor.enabled=true,metrics.serviceMonitor.enabled=true,"
+                "metrics.prometheusRule.enabled=true,metrics.dashboard.enabled=true",
             )
         ),
         objects(kustomize("default")),
