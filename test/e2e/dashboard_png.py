@@ -50,7 +50,7 @@ def plot(panels: Sequence[Mapping[str, Any]], data: Mapping[int, list[Series]], 
             ax.legend(fontsize=6, loc="upper left")
     for ax in list(axes.flat)[len(shown) :]:
         ax.axis("off")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.985))
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=80)
     plt.close(fig)
