@@ -185,3 +185,27 @@ def test_server_side_dry_run(
     lines = [line for line in result.stdout.splitlines() if line.strip()]
     assert len(lines) == len(objects(rendered))
     assert all("(server dry run)" in line for line in lines), result.stdout
+
+
+def test_helm_install_server_dry_run(control_plane: ControlPlane, namespace: str) -> None:
+    """`helm install --dry-run=server`: Helm's own install path against the real API
+    server (the namespace exists, so the chart does not create it; the CRD may be
+    installed by other tests of this session, so it is left out here, and is
+    dry-run above), and the release notes."""
+    out = run(
+        [
+            helm(),
+            "install",
+            "aviator-dry-run",
+            str(CHART),
+            "--dry-run=server",
+            "--kubeconfig",
+            str(control_plane.kubeconfig),
+            "--namespace",
+            namespace,
+            "--set",
+            f"namespace.create=false,namespace.name={namespace},crds.install=false",
+        ]
+    )
+    assert "STATUS: pending-install" in out
+    assert "kubectl aviator status -A" in out and "kubectl delete avp --all -A --wait" in out
