@@ -33,7 +33,7 @@ setup: venv ## venv, Python deps, Debian packages (BCC, headers), bcc import lin
 controlplane: ## build kube-apiserver, kube-controller-manager, kubectl, etcd into bin/
 	bash hack/controlplane/build.sh
 
-tools: ## build helm, promtool and prometheus from Go modules into bin/, cached like the control plane
+tools: ## build helm, promtool, prometheus and kstatus from Go modules into bin/, cached like the control plane
 	bash hack/tools/build.sh
 
 build-installer: ## write dist/install.yaml (CRD, RBAC, controller, agent) for kubectl apply -f (IMG=..., AGENT_IMG=...)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the release tools the tests use (helm, promtool, prometheus) from the Go module proxy into bin/,
+# Builds the release tools the tests use (helm, promtool, prometheus, kstatus) from the Go module proxy into bin/,
 # keyed by version, with the same per-user cache as hack/controlplane/build.sh: a fresh
 # clone links them in seconds instead of compiling for minutes.
 # Usage: hack/tools/build.sh [TOOL...]   (default: every tool in versions.env)
@@ -35,8 +35,27 @@ build() {
   ln -sfn "$name-$version" "$bin/$name"
 }
 
+# build_module NAME VERSION DIR: a program of this repository's own Go module in DIR
+# (its go.mod pins what it builds on; VERSION keys the cache).
+build_module() {
+  local name=$1 version=$2 dir=$3
+  local out="$bin/$name-$version"
+  if [ -x "$out" ]; then
+    echo "tools: $name $version already built"
+  elif [ -x "$cache/$name-$version" ]; then
+    cp "$cache/$name-$version" "$out.partial" && mv "$out.partial" "$out"
+    echo "tools: $name $version taken from $cache"
+  else
+    echo "tools: building $name $version"
+    (cd "$dir" && GOFLAGS=-mod=mod go build -trimpath -ldflags "-s -w" -o "$out.partial" .)
+    mv "$out.partial" "$out"
+    cp "$out" "$cache/$name-$version.partial" && mv "$cache/$name-$version.partial" "$cache/$name-$version"
+  fi
+  ln -sfn "$name-$version" "$bin/$name"
+}
+
 tools=("$@")
-[ ${#tools[@]} -gt 0 ] || tools=(helm promtool prometheus)
+[ ${#tools[@]} -gt 0 ] || tools=(helm promtool prometheus kstatus)
 for tool in "${tools[@]}"; do
   case $tool in
     helm) build helm "$HELM_VERSION" helm.sh/helm/v3/cmd/helm ;;
@@ -44,6 +63,8 @@ for tool in "${tools[@]}"; do
     # promtool (`promtool test rules`, `check rules`).
     prometheus) build prometheus "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/prometheus ;;
     promtool) build promtool "$PROMETHEUS_VERSION" github.com/prometheus/prometheus/cmd/promtool ;;
+    # kstatus' Compute (sigs.k8s.io/cli-utils) over JSON objects: hack/tools/kstatus.
+    kstatus) build_module kstatus "$CLI_UTILS_VERSION" "$here/kstatus" ;;
     *) echo "tools: unknown tool $tool" >&2; exit 2 ;;
   esac
 done

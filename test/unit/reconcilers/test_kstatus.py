@@ -1,16 +1,9 @@
 """AviatorPolicy's status read by kstatus (sigs.k8s.io/cli-utils/pkg/kstatus), the
-library Flux, kpt and `kubectl apply --wait`-style tools use to decide whether a
-custom resource is reconciled.
-
-kstatus has no rule of its own for our kind, so it applies its generic rules in this
-order (cli-utils pkg/kstatus/status: Compute, checkGenericProperties,
-checkReadyCondition): deletionTimestamp -> Terminating; status.observedGeneration set
-and != metadata.generation -> InProgress; a Reconciling=True condition -> InProgress,
-Stalled=True -> Failed; then the Ready condition: True -> Current, False or Unknown
--> InProgress; no Ready condition -> Current. `kstatus` below is those rules, and the
-tests feed it what the controller writes (`build_status`), so a status change that
-makes a routing policy look unreconciled to these tools (or a broken one look
-Current) fails here.
+library Flux, kpt and cli-utils' apply use to decide whether a custom resource is
+reconciled. `aviator.testing.kstatus` holds its rules (checked against the library
+itself in test/integration/test_kstatus_real.py); these tests feed it what the
+controller writes (`build_status`), so a status change that makes a routing policy
+look unreconciled to these tools (or a broken one look Current) fails here.
 """
 
 from __future__ import annotations
@@ -29,33 +22,9 @@ from aviator.reconcilers.status import (
     Problem,
     build_status,
 )
+from aviator.testing.kstatus import kstatus
 
 JSON = dict[str, Any]
-
-
-def kstatus(obj: JSON) -> str:
-    """kstatus' Compute for a kind it has no specific rule for."""
-    meta = obj.get("metadata") or {}
-    if meta.get("deletionTimestamp"):
-        return "Terminating"
-    status = obj.get("status") or {}
-    generation = meta.get("generation")
-    observed = status.get("observedGeneration")
-    if generation is not None and observed is not None and observed != generation:
-        return "InProgress"
-    conditions = status.get("conditions") or []
-    for c in conditions:
-        if c.get("type") == "Reconciling" and c.get("status") == "True":
-            return "InProgress"
-        if c.get("type") == "Stalled" and c.get("status") == "True":
-            return "Failed"
-    for c in conditions:
-        if c.get("type") == "Ready":
-            if c.get("status") == "True":
-                return "Current"
-            if c.get("status") in ("False", "Unknown"):
-                return "InProgress"
-    return "Current"
 
 
 def policy(generation: int, problems: list[Problem], observed: int | None = None) -> JSON:
