@@ -120,6 +120,7 @@ class ControllerApp:
         self.metrics.track_store_size(lambda: len(self.store), lambda: self.store.total.buckets)
         self.factory = InformerFactory(client)
         self.policy_informer = self._informer(AVIATORPOLICIES, mapping.POLICY_INDEXERS)
+        self.metrics.track_policies(self.policy_informer.indexer.list)
         self.service_informer = self._informer(SERVICES, SERVICE_INDEXERS)
         self.pod_informer = self._informer(PODS, {**POD_INDEXERS, **POD_IP_INDEXERS})
         # Own connection pools: reviews never crowd out the rest, renewals never wait.

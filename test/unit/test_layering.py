@@ -11,7 +11,7 @@ from another package of its own layer, and never along an edge in `FORBIDDEN`:
 | 2 | latency, informers, leaderelection | built on the client |
 | 3 | runtime | the generic controller loop, Event recorder, writes |
 | 4 | agent, reconcilers | the two sides: the agent never imports the controller's code, nor the reconcilers the agent's |
-| 5 | controller | the controller process (wires informers, elector, reconciler) |
+| 5 | controller, plugin | the controller process (wires informers, elector, reconciler); the kubectl plugin (reads what the reconciler writes) |
 | 6 | box | the cluster in a box, which runs everything |
 | 7 | cli | the command line (it loads subcommands by module name) |
 | 8 | __main__ | `python -m aviator` |
@@ -34,7 +34,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("latency", "informers", "leaderelection"),
     ("runtime",),
     ("agent", "reconcilers"),
-    ("controller",),
+    ("controller", "plugin"),
     ("box",),
     ("cli",),
     ("__main__",),
