@@ -1,7 +1,11 @@
 """Monitoring and the kubectl plugin against the box running the quick-start.
 
 A real Prometheus (bin/prometheus, built from Go modules by `make tools`) scrapes the
-box's controller and agents, inside the box's network namespace where they listen.
+box's controller and agents, inside the box's network namespace where they listen, as
+config/prometheus does: HTTPS (the controller's certificate checked against the CA it
+publishes, for the stream Service's name; each agent's own certificate unchecked) with
+the token of a ServiceAccount bound to the ClusterRole aviator-metrics-reader. A job
+without the token must find every endpoint closed.
 Every dashboard panel's query returns data, and every metric an alert reads has
 series (the alerts firing and resolving is promtool's job: test_monitoring_rules.py).
 `kubectl aviator` reads the same policy."""
@@ -24,6 +28,9 @@ import yaml
 from e2e_cluster import REPO, BoxCluster, Cluster
 from e2e_scenario import SHADOW, TARGET, Scenario, wait_for
 
+from aviator.box.box import AVIATOR_NAMESPACE
+from aviator.controller.certs import CA_CONFIGMAP
+from aviator.latency.tls import STREAM_SERVICE, server_name
 from aviator.testing.controlplane import free_port
 
 pytestmark = pytest.mark.e2e
@@ -38,6 +45,8 @@ GRAFANA_VARS = {
     "$agent_job": "aviator-agent",
     "$controller_job": "aviator-controller",
 }
+METRICS_READER = "aviator-metrics-reader"  # config/rbac/metrics-reader.yaml
+ANONYMOUS_JOB = "aviator-no-token"
 
 
 def tool(name: str) -> str:
@@ -63,21 +72,79 @@ def http_addr(pid: int) -> str:
 
 
 @pytest.fixture
-def prometheus(aviator_cluster: Cluster) -> Iterator[tuple[BoxCluster, str]]:
+def scraper_token(aviator_cluster: Cluster, namespace: str) -> Iterator[str]:
+    """A token of a ServiceAccount (in the test's namespace) bound to the ClusterRole
+    aviator-metrics-reader, as a Prometheus' would be."""
+    name = f"prometheus-{namespace}"
+    aviator_cluster.kubectl("create", "serviceaccount", "prometheus", "-n", namespace)
+    aviator_cluster.kubectl(
+        "create",
+        "clusterrolebinding",
+        name,
+        f"--clusterrole={METRICS_READER}",
+        f"--serviceaccount={namespace}:prometheus",
+    )
+    try:
+        yield aviator_cluster.kubectl(
+            "create", "token", "prometheus", "-n", namespace, "--duration=1h"
+        ).stdout.strip()
+    finally:
+        aviator_cluster.kubectl("delete", "clusterrolebinding", name, check=False)
+
+
+def scrape_config(workdir: Path, box: BoxCluster, token: str) -> dict[str, Any]:
+    """config/prometheus/monitor.yaml for the box: its components listen on 127.0.0.1
+    ports of its network namespace rather than behind a Service and pods."""
+    components = box.status(fresh=True)["components"]
+    controller = re.sub(r"^wss?://([^/]+)/.*$", r"\1", box.status()["controller_url"])
+    agents = [http_addr(c["pid"]) for n, c in components.items() if n.startswith("agent/")]
+    (workdir / "token").write_text(token)
+    ca = box.kubectl(
+        "get", "configmap", CA_CONFIGMAP, "-n", AVIATOR_NAMESPACE, "-o", r"jsonpath={.data.ca\.crt}"
+    ).stdout
+    assert "BEGIN CERTIFICATE" in ca, ca
+    (workdir / "ca.crt").write_text(ca)
+    bearer = {"type": "Bearer", "credentials_file": str(workdir / "token")}
+    controller_tls = {
+        "ca_file": str(workdir / "ca.crt"),
+        "server_name": server_name(STREAM_SERVICE, AVIATOR_NAMESPACE),
+    }
+    # Each agent's certificate is its own, signed by no CA (as the PodMonitor says).
+    agent_tls = {"insecure_skip_verify": True}
+    return {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "scrape_configs": [
+            {
+                "job_name": "aviator-controller",
+                "scheme": "https",
+                "authorization": bearer,
+                "tls_config": controller_tls,
+                "static_configs": [{"targets": [controller]}],
+            },
+            {
+                "job_name": "aviator-agent",
+                "scheme": "https",
+                "authorization": bearer,
+                "tls_config": agent_tls,
+                "static_configs": [{"targets": agents}],
+            },
+            {
+                "job_name": ANONYMOUS_JOB,
+                "scheme": "https",
+                "tls_config": agent_tls,
+                "static_configs": [{"targets": [controller, *agents]}],
+            },
+        ],
+    }
+
+
+@pytest.fixture
+def prometheus(aviator_cluster: Cluster, scraper_token: str) -> Iterator[tuple[BoxCluster, str]]:
     if not isinstance(aviator_cluster, BoxCluster):
         pytest.skip("scrapes the box's components in its network namespace")
     box = aviator_cluster
-    components = box.status(fresh=True)["components"]
-    controller = re.sub(r"^ws://([^/]+)/.*$", r"\1", box.status()["controller_url"])
-    agents = [http_addr(c["pid"]) for n, c in components.items() if n.startswith("agent/")]
     workdir = Path(tempfile.mkdtemp(prefix="aviator-prometheus-"))
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "scrape_configs": [
-            {"job_name": "aviator-controller", "static_configs": [{"targets": [controller]}]},
-            {"job_name": "aviator-agent", "static_configs": [{"targets": agents}]},
-        ],
-    }
+    config = scrape_config(workdir, box, scraper_token)
     (workdir / "prometheus.yml").write_text(yaml.safe_dump(config))
     address = f"127.0.0.1:{free_port()}"
     log = (workdir / "prometheus.log").open("wb")
@@ -241,6 +308,11 @@ async def test_dashboard_alerts_and_plugin_on_the_quickstart(
         if not await query(box, address, selector):
             missing.append(f"alert metric {selector}")
     assert not missing, "no data:\n" + "\n".join(missing)
+    # Without the token nothing answers: every endpoint scraped, none up.
+    targets = await query(box, address, f'up{{job="{ANONYMOUS_JOB}"}}')
+    components = box.status(fresh=True)["components"]
+    assert len(targets) == 1 + sum(n.startswith("agent/") for n in components), targets
+    assert all(t["value"][1] == "0" for t in targets), targets  # type: ignore[index]
     picture = os.environ.get("AVIATOR_DASHBOARD_PNG")
     if picture:
         await asyncio.sleep(60)  # a minute of history for the picture, not a wait for state

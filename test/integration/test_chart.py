@@ -113,6 +113,25 @@ def test_every_object_has_the_recommended_labels() -> None:
         assert versions == {__version__}
 
 
+def test_the_labels_test_sees_every_shipped_object() -> None:
+    """Every object a file under config/ defines (samples aside: they are the user's)
+    is in config/default or config/prometheus, the renderings checked for labels above:
+    an object added to a file but to no kustomization would escape that check."""
+    checked = {
+        (o["kind"], o["metadata"]["name"])
+        for base in ("default", "prometheus")
+        for o in objects(kustomize(base)).values()
+    }
+    defined = {
+        (doc["kind"], doc["metadata"]["name"])
+        for path in (ROOT / "config").rglob("*.yaml")
+        if path.name != "kustomization.yaml" and "samples" not in path.parts
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc and "kind" in doc
+    }
+    assert defined and defined <= checked, defined - checked
+
+
 def test_chart_version_is_the_package_version() -> None:
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
     assert chart["version"] == chart["appVersion"] == __version__
@@ -151,12 +170,45 @@ def test_values_users_set_land_where_they_should(custom_values: Path) -> None:
 
 
 def test_namespace_value_moves_every_namespaced_object() -> None:
-    rendered = objects(helm_template("--set", "namespace.name=ops,namespace.create=false"))
+    rendered = objects(
+        helm_template(
+            "--set",
+            "namespace.name=ops,namespace.create=false,"
+            "metrics.serviceMonitor.enabled=true,metrics.podMonitor.enabled=true",
+        )
+    )
     assert not [k for k in rendered if k[1] == "Namespace"]
     namespaces = {k[2] for k in rendered} - {""}
     assert namespaces == {"ops"}
     text = yaml.safe_dump_all(rendered.values())
     assert "aviator-system" not in text  # flags that name the namespace follow it too
+    # The controller's certificate names the stream Service in its own namespace: the
+    # agents and the ServiceMonitor check that name (their defaults say aviator-system).
+    by_kind = {(k[1], k[3]): o for k, o in rendered.items()}
+    agent = by_kind[("DaemonSet", "aviator-agent")]["spec"]["template"]["spec"]
+    assert (
+        "--controller-server-name=aviator-controller-stream.ops.svc"
+        in (agent["containers"][0]["args"])
+    )
+    (endpoint,) = by_kind[("ServiceMonitor", "aviator-controller")]["spec"]["endpoints"]
+    assert endpoint["tlsConfig"]["serverName"] == "aviator-controller-stream.ops.svc"
+
+
+def test_network_policy_and_monitor_token_values() -> None:
+    rendered = objects(
+        helm_template(
+            "--set",
+            "controller.networkPolicy.enabled=false,metrics.podMonitor.enabled=true,"
+            "metrics.podMonitor.tokenSecret.name=scraper,metrics.podMonitor.tokenSecret.key=t",
+        )
+    )
+    assert not [k for k in rendered if k[1] == "NetworkPolicy"]
+    (monitor,) = [o for k, o in rendered.items() if k[1] == "PodMonitor"]
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["authorization"] == {
+        "type": "Bearer",
+        "credentials": {"name": "scraper", "key": "t"},
+    }
 
 
 def test_helm_lint(custom_values: Path) -> None:
