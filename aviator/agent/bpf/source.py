@@ -37,6 +37,7 @@ class BpfLatencySource:
         max_sockets: int = 65536,
         max_endpoints: int = 16384,
         max_listeners: int = 16384,
+        max_h2_conns: int = 4096,
         listeners: set[Listener] | None = None,
         allow_raw_send: bool = True,
         allow_raw_recv: bool = True,
@@ -48,12 +49,13 @@ class BpfLatencySource:
         the `sock:sock_send_length` send hook (the fallback for older kernels);
         `allow_raw_recv=False` attaches tcp_probe as a classic tracepoint.
         """
-        if max_sockets < 1 or max_endpoints < 1 or max_listeners < 1:
+        if min(max_sockets, max_endpoints, max_listeners, max_h2_conns) < 1:
             raise ValueError("map sizes must be positive")
         program = load_program(
             max_sockets=max_sockets,
             max_endpoints=max_endpoints,
             max_listeners=max_listeners,
+            max_h2_conns=max_h2_conns,
             allow_raw_send=allow_raw_send,
             allow_raw_recv=allow_raw_recv,
         )

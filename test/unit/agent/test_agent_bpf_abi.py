@@ -31,6 +31,15 @@ PUBLISHED_COUNTERS = (
     "endpoints_full_drops",
     "sockets_added",
     "sockets_removed",
+    "payload_events",
+    "requests_cancelled",
+    "streams_started",
+    "streams_completed",
+    "streams_aborted",
+    "streams_full_drops",
+    "h2_conns_full_drops",
+    "h2_desyncs",
+    "statuses_read",
 )
 
 
