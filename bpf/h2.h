@@ -465,9 +465,36 @@ static __always_inline s32 grpc_status(const u8 *b, u32 n) {
     return -1;
 }
 
+#define STATUS_HTTP 1
+#define STATUS_GRPC 2
+
+// The status at the start of the current frame's payload (h2_dir.status_due), read
+// where the payload's first bytes are: the frame header may have come in an earlier
+// read than they.
+static __always_inline void read_status(struct h2_cursor *c, struct sock_state *st,
+                                        struct h2_dir *d) {
+    u8 due = d->status_due;
+    d->status_due = 0;
+    u8 b[H2_PEEK] = {};
+    u32 n = peek_block(c, d->due_flags, b);
+    if (!n)
+        return;
+    if (due == STATUS_HTTP) {
+        u32 status = h2_status(b, n);
+        if (status)
+            count_status(st, status, 0);
+        return;
+    }
+    if (grpc_status(b, n) > 0) {
+        struct ep_val *v = endpoint(&st->ep);
+        if (v)
+            __sync_fetch_and_add(&v->errors, 1);
+    }
+}
+
 static __always_inline void h2_frame(struct h2_cursor *c, struct sock_state *st,
-                                     struct h2_conn *h, u32 len, u8 type, u8 flags,
-                                     u32 sid) {
+                                     struct h2_conn *h, struct h2_dir *d, u32 len, u8 type,
+                                     u8 flags, u32 sid) {
     if (c->dir == 0) {  // the client's frames
         if (type == H2_HEADERS) {
             if ((sid & 1) && sid > h->max_sid) {
@@ -480,24 +507,15 @@ static __always_inline void h2_frame(struct h2_cursor *c, struct sock_state *st,
         return;
     }
     if (type == H2_HEADERS) {
-        u8 b[H2_PEEK] = {};
         if (stream_end(c, st, h, sid, 0)) {
-            u32 n = peek_block(c, flags, b);
-            u32 status = n ? h2_status(b, n) : 0;
-            if (status)
-                count_status(st, status, 0);
+            d->status_due = len ? STATUS_HTTP : 0;
         } else if ((flags & H2_END_STREAM) && (sid & 1) && sid <= h->max_sid) {
             // Trailers of an answered stream: gRPC.
             if (st->proto == APP_H2)
                 st->proto = APP_GRPC;
-            u32 n = peek_block(c, flags, b);
-            s32 gs = n ? grpc_status(b, n) : -1;
-            if (gs > 0) {
-                struct ep_val *v = endpoint(&st->ep);
-                if (v)
-                    __sync_fetch_and_add(&v->errors, 1);
-            }
+            d->status_due = len ? STATUS_GRPC : 0;
         }
+        d->due_flags = flags;
     } else if (type == H2_RST_STREAM) {
         stream_end(c, st, h, sid, 1);
     } else if (type == H2_GOAWAY) {
@@ -550,6 +568,8 @@ static __always_inline int h2_run(void *ctx) {
             }
             continue;
         }
+        if (d->status_due)
+            read_status(c, st, d);  // here starts the payload of the frame before
         u32 avail = c->cur_len - c->pos;
         u32 skip = d->skip;
         if (skip) {
@@ -584,7 +604,7 @@ static __always_inline int h2_run(void *ctx) {
             break;
         }
         d->skip = len;
-        h2_frame(c, st, h, len, type, flags, sid);
+        h2_frame(c, st, h, d, len, type, flags, sid);
     }
     if (done == 0 && c->runs < H2_MAX_RUNS) {
         c->runs += 1;

@@ -133,8 +133,10 @@ struct sock_state {
 struct h2_dir {
     u32 skip;      // bytes of the current frame's payload (or the preface) still to come
     u8 have;       // bytes of a frame header split across reads, kept in part[]
+    u8 status_due; // the current frame's payload starts with a status to read: 1
+                   //   :status, 2 grpc-status (read where its first bytes come)
+    u8 due_flags;  // that frame's flags
     u8 pad1;
-    u16 pad2;
     u8 part[32];
 };
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import time
+
 from aviator.agent.bpf.loader import LoadedProgram, load_program
 from aviator.agent.bpf.model import EndpointCounters, EndpointKey, SocketState
 from aviator.agent.bpf.reader import (
     count_entries,
+    oldest_open_ns,
     read_counters,
     read_endpoints,
     read_socket,
     read_sockets,
+    with_oldest_open,
 )
 from aviator.agent.bpf.runstats import RunStatsEnabler, prog_run_stats
 from aviator.agent.bpf.seed import Listener, listening_sockets
@@ -78,8 +82,13 @@ class BpfLatencySource:
         return self._program.recv_hook
 
     def read(self) -> dict[EndpointKey, EndpointCounters]:
-        """Cumulative snapshot of every endpoint seen since load."""
-        return read_endpoints(self._program.bpf, self._program.abi)
+        """Cumulative snapshot of every endpoint seen since load, with the age of each
+        one's oldest open request (`oldest_open_us`, against the program's clock)."""
+        bpf, abi = self._program.bpf, self._program.abi
+        counters = read_endpoints(bpf, abi)
+        oldest = oldest_open_ns(bpf, abi)
+        # bpf_ktime_get_ns is CLOCK_MONOTONIC.
+        return with_oldest_open(counters, oldest, time.clock_gettime_ns(time.CLOCK_MONOTONIC))
 
     def sockets(self) -> list[SocketState]:
         """Every connection the program tracks, with its request state."""
