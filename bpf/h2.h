@@ -10,13 +10,14 @@
 // is a sample of its time open, counted in `aborted`, like an HTTP/1 request.
 //
 // The parser carries its place per direction across calls (h2_dir: payload bytes to
-// skip, a frame header split across reads), walks up to H2_MAX_IOV iovecs, and parses
-// H2_FRAMES_PER_RUN frames per program run; a call with more frames continues in a
-// tail call of h2_parse_more (up to H2_MAX_RUNS runs: H2_FRAMES_PER_RUN * H2_MAX_RUNS
-// frames per call). Beyond that, or on bytes that cannot be HTTP/2 frames (something
-// moved bytes through a path the program does not see), the connection is given up:
-// its open streams are dropped without samples, it is flagged SOCK_UNPARSED and is not
-// measured any more (CNT_H2_DESYNCS counts these).
+// skip, a frame header split across reads, a status whose bytes are still to come). A
+// program run takes H2_FRAMES_PER_RUN steps (a frame header, a payload skipped, or a
+// move to the next iovec of a readv/writev/recvmsg/sendmsg); a call with more
+// continues in a tail call of h2_parse_more, up to H2_MAX_RUNS runs (512 steps per
+// call: 100 small frames in one write fit). Beyond that, or on bytes that cannot be
+// HTTP/2 frames (something moved bytes through a path the program does not see), the
+// connection is given up: its open streams are dropped without samples, it is flagged
+// SOCK_UNPARSED and is not measured any more (CNT_H2_DESYNCS counts these).
 //
 // Open streams live in the connection's own table (struct h2_conn in latency.h), not
 // in one map keyed (socket, stream): closing a connection or a GOAWAY walks its
@@ -55,7 +56,7 @@
 #define H2_PREFACE_LEN 24
 #define H2_FRAMES_PER_RUN 16
 #define H2_MAX_RUNS 32
-#define H2_MAX_IOV 8
+#define H2_MAX_IOV 1024  // UIO_MAXIOV: every iovec is a step of the run budget
 #define H2_PEEK 32
 
 #define H2C_GOAWAY 1  // h2_conn.flags: goaway_sid is to be applied

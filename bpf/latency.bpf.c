@@ -259,13 +259,21 @@ static __always_inline void on_receive(struct sock_state *st) {
         complete_request(st);
 }
 
+// payload.h: whether this thread's send starts with an HTTP/2 SETTINGS frame.
+static __always_inline int sends_h2_settings(void);
+
 static __always_inline void on_send(struct sock_state *st) {
     if ((st->flags & SOCK_CLOSED) || PER_STREAM(st))
         return;
-    if (st->ep.role == ROLE_SERVER)
+    if (st->ep.role == ROLE_SERVER) {
+        // An HTTP/2 server's SETTINGS, sent before it read the client's preface, does
+        // not answer the request the preface's arrival started (the read cancels it).
+        if (st->proto == APP_UNKNOWN && sends_h2_settings())
+            return;
         complete_request(st);
-    else
+    } else {
         start_request(st);
+    }
 }
 
 // A socket first seen in a hook without its addresses: read them from sock_common.

@@ -76,6 +76,29 @@ static __always_inline u32 first_bytes(struct h2_cursor *c, u8 *b) {
     return n;
 }
 
+static __always_inline int is_settings_header(const u8 *b) {
+    u32 len = ((u32)b[0] << 16) | ((u32)b[1] << 8) | b[2];
+    return b[3] == H2_SETTINGS && b[4] == 0 && (b[5] | b[6] | b[7] | b[8]) == 0 &&
+           len % 6 == 0;
+}
+
+static __always_inline int sends_h2_settings(void) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct stash *p = stashes.lookup(&id);
+    if (!p || !p->sending)
+        return 0;
+    u64 buf = p->buf;
+    if (p->kind != STASH_BUF) {
+        if (p->kind == STASH_MSGHDR)
+            bpf_probe_read_user(&buf, sizeof(buf), (const void *)(buf + 16));  // msg_iov
+        bpf_probe_read_user(&buf, sizeof(buf), (const void *)buf);  // iov[0].iov_base
+    }
+    u8 b[16] = {};
+    if (bpf_probe_read_user(b, 9, (const void *)buf) != 0)
+        return 0;
+    return is_settings_header(b);
+}
+
 #define WORD(a, b, c, d) ((u32)(a) | (u32)(b) << 8 | (u32)(c) << 16 | (u32)(d) << 24)
 
 static __always_inline int is_http1_method(u32 w) {
@@ -134,12 +157,8 @@ static __always_inline int server_first(u64 sk, struct sock_state *st, struct h2
     if (h2conns.lookup(&sk))
         return 1;
     u8 b[32] = {};
-    if (first_bytes(c, b) >= 9 && b[3] == H2_SETTINGS && b[4] == 0 &&
-        (b[5] | b[6] | b[7] | b[8]) == 0) {
-        u32 len = ((u32)b[0] << 16) | ((u32)b[1] << 8) | b[2];
-        if (len % 6 == 0 && h2_conn_create(sk))
-            return 1;
-    }
+    if (first_bytes(c, b) >= 9 && is_settings_header(b) && h2_conn_create(sk))
+        return 1;
     st->proto = APP_OPAQUE;
     return 0;
 }

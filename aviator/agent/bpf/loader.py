@@ -417,8 +417,8 @@ def _compile_and_attach(
             bpf = bcc.BPF(text=program_text(source).encode(), cflags=cflags)
             header = source.parent / bpf_abi.HEADER_NAME
             program = LoadedProgram(bpf=bpf, raw_send=raw_send, raw_recv=raw_recv, header=header)
-            program.load_tail_calls()
             program.attach()
+            program.load_tail_calls()
             bpf_abi.check_program(program.abi, bpf)
         except Exception as exc:  # BCC raises bare Exception for every failure
             failure = exc
