@@ -109,8 +109,7 @@ static __always_inline struct h2_conn *h2_conn_create(u64 sk) {
     return h;
 }
 
-static __always_inline void count_status(struct sock_state *st, u32 status, int grpc) {
-    struct ep_val *v = endpoint(&st->ep);
+static __always_inline void count_status(struct ep_val *v, u32 status, int grpc) {
     if (!v)
         return;
     __sync_fetch_and_add(&v->statuses, 1);
@@ -119,15 +118,14 @@ static __always_inline void count_status(struct sock_state *st, u32 status, int 
     count(CNT_STATUSES_READ);
 }
 
-static __always_inline void finish_stream(struct sock_state *st, u64 start, u64 now,
-                                          int aborted) {
+static __always_inline void finish_stream(struct sock_state *st, struct ep_val *v,
+                                          u64 start, u64 now, int aborted) {
     __sync_fetch_and_add(&st->streams, -1);
     if (!aborted) {
         st->idle_ns = now;
         st->requests += 1;
     }
     count(aborted ? CNT_STREAMS_ABORTED : CNT_STREAMS_COMPLETED);
-    struct ep_val *v = endpoint(&st->ep);
     if (!v)
         return;
     if (aborted)
@@ -136,8 +134,9 @@ static __always_inline void finish_stream(struct sock_state *st, u64 start, u64 
     record_sample(v, now > start ? (now - start) / 1000 : 0, st->proto);
 }
 
+// `v`: the socket's endpoint, looked up once per run (0 if the map is full).
 static __always_inline void stream_open(struct h2_cursor *c, struct sock_state *st,
-                                        struct h2_conn *h, u32 sid) {
+                                        struct ep_val *v, struct h2_conn *h, u32 sid) {
     u32 home = sid >> 1;
     for (int i = 0; i < H2_PROBES; i++) {
         struct h2_slot *s = &h->slots[(home + i) & (H2_SLOTS - 1)];
@@ -148,7 +147,6 @@ static __always_inline void stream_open(struct h2_cursor *c, struct sock_state *
         s->start_ns = cursor_now(c);
         __sync_fetch_and_add(&st->streams, 1);
         count(CNT_STREAMS_STARTED);
-        struct ep_val *v = endpoint(&st->ep);
         if (v)
             __sync_fetch_and_add(&v->rif, 1);
         return;
@@ -158,7 +156,8 @@ static __always_inline void stream_open(struct h2_cursor *c, struct sock_state *
 
 // Ends stream `sid` if it is open; 1 if it was.
 static __always_inline int stream_end(struct h2_cursor *c, struct sock_state *st,
-                                      struct h2_conn *h, u32 sid, int aborted) {
+                                      struct ep_val *v, struct h2_conn *h, u32 sid,
+                                      int aborted) {
     u32 home = sid >> 1;
     for (int i = 0; i < H2_PROBES; i++) {
         struct h2_slot *s = &h->slots[(home + i) & (H2_SLOTS - 1)];
@@ -168,7 +167,7 @@ static __always_inline int stream_end(struct h2_cursor *c, struct sock_state *st
         if (start == 0)
             return 0;  // another CPU ended it
         s->sid = 0;
-        finish_stream(st, start, cursor_now(c), aborted);
+        finish_stream(st, v, start, cursor_now(c), aborted);
         return 1;
     }
     return 0;
@@ -472,7 +471,7 @@ static __always_inline s32 grpc_status(const u8 *b, u32 n) {
 // The status at the start of the current frame's payload (h2_dir.status_due), read
 // where the payload's first bytes are: the frame header may have come in an earlier
 // read than they.
-static __always_inline void read_status(struct h2_cursor *c, struct sock_state *st,
+static __always_inline void read_status(struct h2_cursor *c, struct ep_val *v,
                                         struct h2_dir *d) {
     u8 due = d->status_due;
     d->status_due = 0;
@@ -483,32 +482,29 @@ static __always_inline void read_status(struct h2_cursor *c, struct sock_state *
     if (due == STATUS_HTTP) {
         u32 status = h2_status(b, n);
         if (status)
-            count_status(st, status, 0);
+            count_status(v, status, 0);
         return;
     }
-    if (grpc_status(b, n) > 0) {
-        struct ep_val *v = endpoint(&st->ep);
-        if (v)
-            __sync_fetch_and_add(&v->errors, 1);
-    }
+    if (grpc_status(b, n) > 0 && v)
+        __sync_fetch_and_add(&v->errors, 1);
 }
 
 static __always_inline void h2_frame(struct h2_cursor *c, struct sock_state *st,
-                                     struct h2_conn *h, struct h2_dir *d, u32 len, u8 type,
-                                     u8 flags, u32 sid) {
+                                     struct ep_val *v, struct h2_conn *h, struct h2_dir *d,
+                                     u32 len, u8 type, u8 flags, u32 sid) {
     if (c->dir == 0) {  // the client's frames
         if (type == H2_HEADERS) {
             if ((sid & 1) && sid > h->max_sid) {
                 h->max_sid = sid;
-                stream_open(c, st, h, sid);
+                stream_open(c, st, v, h, sid);
             }
         } else if (type == H2_RST_STREAM) {
-            stream_end(c, st, h, sid, 1);
+            stream_end(c, st, v, h, sid, 1);
         }
         return;
     }
     if (type == H2_HEADERS) {
-        if (stream_end(c, st, h, sid, 0)) {
+        if (stream_end(c, st, v, h, sid, 0)) {
             d->status_due = len ? STATUS_HTTP : 0;
         } else if ((flags & H2_END_STREAM) && (sid & 1) && sid <= h->max_sid) {
             // Trailers of an answered stream: gRPC.
@@ -518,7 +514,7 @@ static __always_inline void h2_frame(struct h2_cursor *c, struct sock_state *st,
         }
         d->due_flags = flags;
     } else if (type == H2_RST_STREAM) {
-        stream_end(c, st, h, sid, 1);
+        stream_end(c, st, v, h, sid, 1);
     } else if (type == H2_GOAWAY) {
         u8 b[8] = {};
         if (c->cur_len - c->pos >= 4 &&
@@ -560,6 +556,7 @@ static __always_inline int h2_run(void *ctx) {
         return 0;
     }
     struct h2_dir *d = &h->dir[c->dir & 1];
+    struct ep_val *v = endpoint(&st->ep);
     int done = 0;
     for (int i = 0; i < H2_FRAMES_PER_RUN; i++) {
         if (c->pos >= c->cur_len) {
@@ -570,7 +567,7 @@ static __always_inline int h2_run(void *ctx) {
             continue;
         }
         if (d->status_due)
-            read_status(c, st, d);  // here starts the payload of the frame before
+            read_status(c, v, d);  // here starts the payload of the frame before
         u32 avail = c->cur_len - c->pos;
         u32 skip = d->skip;
         if (skip) {
@@ -605,7 +602,7 @@ static __always_inline int h2_run(void *ctx) {
             break;
         }
         d->skip = len;
-        h2_frame(c, st, h, d, len, type, flags, sid);
+        h2_frame(c, st, v, h, d, len, type, flags, sid);
     }
     if (done == 0 && c->runs < H2_MAX_RUNS) {
         c->runs += 1;

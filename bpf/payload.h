@@ -28,7 +28,8 @@
 // decided the same way on their next bytes, so an HTTP/2 connection adopted
 // mid-stream is opaque.
 
-#define STASH_BUF 0     // one buffer, `len` bytes
+#define STASH_NONE 0    // consumed
+#define STASH_BUF 3     // one buffer, `len` bytes
 #define STASH_IOV 1     // `buf` is a struct iovec array of `len` entries
 #define STASH_MSGHDR 2  // `buf` is a struct user_msghdr
 
@@ -43,8 +44,17 @@ struct stash {
 
 BPF_TABLE("lru_hash", u64, struct stash, stashes, MAX_STASHES);
 
+// Written in place when the thread has an entry (an LRU update allocates a new one).
 static __always_inline void stash(u64 buf, u64 len, u32 kind, u32 sending) {
     u64 id = bpf_get_current_pid_tgid();
+    struct stash *p = stashes.lookup(&id);
+    if (p) {
+        p->buf = buf;
+        p->len = len;
+        p->kind = kind;
+        p->sending = sending;
+        return;
+    }
     struct stash s = {.buf = buf, .len = len, .kind = kind, .sending = sending};
     stashes.update(&id, &s);
 }
@@ -85,7 +95,7 @@ static __always_inline int is_settings_header(const u8 *b) {
 static __always_inline int sends_h2_settings(void) {
     u64 id = bpf_get_current_pid_tgid();
     struct stash *p = stashes.lookup(&id);
-    if (!p || !p->sending)
+    if (!p || p->kind == STASH_NONE || !p->sending)
         return 0;
     u64 buf = p->buf;
     if (p->kind != STASH_BUF) {
@@ -123,7 +133,7 @@ static __always_inline void http1_status(struct sock_state *st, struct h2_cursor
         status = status * 10 + (b[k] - '0');
     }
     if (status >= 100 && status <= 599)
-        count_status(st, status, 0);
+        count_status(endpoint(&st->ep), status, 0);
 }
 
 // The first client bytes of a connection decide its protocol; 1 if it is HTTP/2 (the
@@ -166,10 +176,10 @@ static __always_inline int server_first(u64 sk, struct sock_state *st, struct h2
 static __always_inline int on_payload(void *ctx, u64 sk, int ret, int flags, u32 sending) {
     u64 id = bpf_get_current_pid_tgid();
     struct stash *p = stashes.lookup(&id);
-    if (!p)
+    if (!p || p->kind == STASH_NONE)
         return 0;
     struct stash s = *p;
-    stashes.delete(&id);
+    p->kind = STASH_NONE;
     if (s.sending != sending || ret <= 0 || (!sending && (flags & MSG_PEEK_FLAG)))
         return 0;
     struct sock_state *st = sockets.lookup(&sk);

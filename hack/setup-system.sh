@@ -6,7 +6,8 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv=${VENV:-$root/.venv}
 
-packages=(python3-bpfcc bpfcc-tools linux-headers-amd64 iproute2)
+# nghttp2-client: h2load, the HTTP/2 load tool the BPF tests and benchmarks drive.
+packages=(python3-bpfcc bpfcc-tools linux-headers-amd64 iproute2 nghttp2-client)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
