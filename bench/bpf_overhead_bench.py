@@ -71,7 +71,7 @@ def _serve_h2(host: str, ready: Connection) -> None:
             config = h2.config.H2Configuration(client_side=False, header_encoding=None)
             self.conn = h2.connection.H2Connection(config)
             self.conn.initiate_connection()
-            transport.write(self.conn.data_to_send())
+            self.transport.write(self.conn.data_to_send())
 
         def data_received(self, data: bytes) -> None:
             try:
