@@ -255,8 +255,8 @@ def run_h2(quick: bool) -> list[Row]:
         return [
             {"benchmark": name, "metric": "h2c: skipped", "value": 0.0, "unit": "", "note": note}
         ]
-    pairs = 4 if quick else 16
-    requests = 2000 if quick else 20000
+    pairs = 4 if quick else 8
+    requests = 2000 if quick else 10000
     connections = 4
     try:
         source = BpfLatencySource.load(max_sockets=4096, max_endpoints=256)

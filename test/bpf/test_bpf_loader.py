@@ -76,7 +76,12 @@ def test_old_kernel_without_tracepoints(tmp_path: Path) -> None:
     with pytest.raises(BpfUnavailable, match="kernel too old: missing tracepoints"):
         loader.check_tracepoints(tmp_path)
     for tp, _ in loader._TRACEPOINTS:
-        (tmp_path / "events" / tp.replace(":", "/")).mkdir(parents=True)
+        if not tp.startswith("syscalls:"):
+            (tmp_path / "events" / tp.replace(":", "/")).mkdir(parents=True)
+    with pytest.raises(BpfUnavailable, match="CONFIG_FTRACE_SYSCALLS"):
+        loader.check_tracepoints(tmp_path)
+    for tp, _ in loader._TRACEPOINTS:
+        (tmp_path / "events" / tp.replace(":", "/")).mkdir(parents=True, exist_ok=True)
     assert loader.check_tracepoints(tmp_path) is False  # fallback send hook
     (tmp_path / "events" / "tcp" / "tcp_sendmsg_locked").mkdir()
     assert loader.check_tracepoints(tmp_path) is True

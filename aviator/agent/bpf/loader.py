@@ -121,6 +121,11 @@ def check_tracepoints(tracefs: Path) -> bool:
     needed = [tp for tp, _ in (*_TRACEPOINTS, _RECV_TRACEPOINT)]
     missing = [tp for tp in needed if not (tracefs / "events" / tp.replace(":", "/")).is_dir()]
     has_raw_send = (tracefs / "events" / "tcp" / RAW_SEND_TRACEPOINT).is_dir()
+    if missing and all(tp.startswith("syscalls:") for tp in missing):
+        raise BpfUnavailable(
+            f"kernel without syscall tracepoints (CONFIG_FTRACE_SYSCALLS): missing "
+            f"{', '.join(missing)}"
+        )
     if missing:
         raise BpfUnavailable(
             f"kernel too old: missing tracepoints {', '.join(missing)} (about Linux 6.1 or later needed)"
