@@ -33,9 +33,17 @@
 //            and a 3-digit value, plain or Huffman-coded. A status the encoder took
 //            from its dynamic table (a repeated status outside the static table) is
 //            not readable without a full HPACK decoder and is not counted.
-//   grpc-status  when the trailers' first field is a literal with a new name
-//            (plain or Huffman "grpc-status"): its first use on a connection. A
-//            value != 0 counts one more error (its response's :status was counted).
+//   grpc-status  a literal with a new name (plain or Huffman "grpc-status"), 1-2
+//            digits, where it is the trailers' first field, or, in a response that
+//            is only headers (gRPC Trailers-Only: an error without a message), the
+//            field after an indexed :status and a content-type that is indexed or
+//            the literal "application/grpc". Encoders send a value as such a
+//            literal the first time on a connection and refer to their dynamic
+//            table after: those are not readable. The field must be in the same
+//            buffer (or iovec) as the start of the block: a writer that gathers
+//            header fields from iovecs of their own (gRPC C-core's server) is read on
+//            its peer's side only. A value != 0 counts one more error
+//            (its response's :status was counted).
 // An h2 connection whose responses end in trailers (a second server HEADERS with
 // END_STREAM) is gRPC from then on (APP_GRPC).
 
@@ -311,8 +319,8 @@ static __always_inline int h2_plausible(u32 len, u8 type, u32 sid) {
 // The first bytes of a HEADERS frame's header block that are in this chunk (after the
 // pad length and priority fields, and one dynamic table size update) into b, at fixed
 // places (the decoders below index b with constants only: cheap for the verifier);
-// how many (0: none here).
-static __always_inline u32 peek_block(struct h2_cursor *c, u8 flags, u8 *b) {
+// how many (0: none here). `*at`: where they start in the chunk, from c->pos.
+static __always_inline u32 peek_block(struct h2_cursor *c, u8 flags, u8 *b, u32 *at) {
     u32 avail = c->cur_len - c->pos;
     u32 o = 0;
     if (flags & H2_PADDED)
@@ -326,6 +334,7 @@ static __always_inline u32 peek_block(struct h2_cursor *c, u8 flags, u8 *b) {
         n = H2_PEEK - 1;
     if (bpf_probe_read_user(b, BOUNDED(n, H2_PEEK - 1), (const void *)(c->cur + c->pos + o)))
         return 0;
+    *at = o;
     if ((b[0] & 0xe0) != 0x20)
         return n;
     // A dynamic table size update (5-bit prefix, then varint bytes) comes first.
@@ -349,6 +358,7 @@ static __always_inline u32 peek_block(struct h2_cursor *c, u8 flags, u8 *b) {
         n = H2_PEEK - 1;
     if (bpf_probe_read_user(b, BOUNDED(n, H2_PEEK - 1), (const void *)(c->cur + c->pos + o)))
         return 0;
+    *at = o;
     return n;
 }
 
@@ -476,16 +486,43 @@ static __always_inline void read_status(struct h2_cursor *c, struct ep_val *v,
     u8 due = d->status_due;
     d->status_due = 0;
     u8 b[H2_PEEK] = {};
-    u32 n = peek_block(c, d->due_flags, b);
+    u32 at = 0;
+    u32 n = peek_block(c, d->due_flags, b, &at);
     if (!n)
         return;
+    s32 grpc = -1;
     if (due == STATUS_HTTP) {
         u32 status = h2_status(b, n);
         if (status)
             count_status(v, status, 0);
-        return;
+        if (!(d->due_flags & H2_END_STREAM) || b[0] < 0x80 || n < 2)
+            return;
+        // A response that is only headers: gRPC's Trailers-Only form (an error with no
+        // message) has grpc-status after :status and content-type. Read it when
+        // :status is indexed and content-type is indexed or the plain literal
+        // "application/grpc" with the static name (the first use on a connection).
+        u32 skip = 0;
+        if (b[1] >= 0x80)
+            skip = 2;
+        else if (b[1] == 0x5f && n >= 3 && b[2] == 0x10)
+            skip = 19;
+        if (!skip)
+            return;
+        u8 t[H2_PEEK] = {};
+        u32 avail = c->cur_len - c->pos;
+        if (avail <= at + skip)
+            return;
+        u32 m = avail - at - skip;
+        if (m > H2_PEEK - 1)
+            m = H2_PEEK - 1;
+        if (bpf_probe_read_user(t, BOUNDED(m, H2_PEEK - 1),
+                                (const void *)(c->cur + c->pos + at + skip)))
+            return;
+        grpc = grpc_status(t, m);
+    } else {
+        grpc = grpc_status(b, n);
     }
-    if (grpc_status(b, n) > 0 && v)
+    if (grpc > 0 && v)
         __sync_fetch_and_add(&v->errors, 1);
 }
 
@@ -543,13 +580,15 @@ static __always_inline int h2_next_chunk(struct h2_cursor *c) {
 }
 
 // Parses the cursor's bytes: H2_FRAMES_PER_RUN steps here, then a tail call for more.
-static __always_inline int h2_run(void *ctx) {
+// `st`: the socket's state when the caller has it (0: looked up, in a continuation).
+static __always_inline int h2_run(void *ctx, struct sock_state *st) {
     int zero = 0;
     struct h2_cursor *c = h2_cursors.lookup(&zero);
     if (!c || !c->active)
         return 0;
     u64 sk = c->sk;
-    struct sock_state *st = sockets.lookup(&sk);
+    if (!st)
+        st = sockets.lookup(&sk);
     struct h2_conn *h = h2conns.lookup(&sk);
     if (!st || !h) {
         c->active = 0;
@@ -623,5 +662,5 @@ static __always_inline int h2_run(void *ctx) {
 
 // The tail-call target: continues the cursor of the call that started it.
 int h2_parse_more(void *ctx) {
-    return h2_run(ctx);
+    return h2_run(ctx, 0);
 }

@@ -235,7 +235,7 @@ static __always_inline int on_payload(void *ctx, u64 sk, int ret, int flags, u32
             return 0;
     }
     c->active = 1;
-    return h2_run(ctx);
+    return h2_run(ctx, st);
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_read) {
