@@ -40,6 +40,7 @@
 #define FAMILY_INET6 10
 #define PROTO_TCP 6
 #define MSG_PEEK_FLAG 2
+#define MSG_ERRQUEUE_FLAG 0x2000
 
 #define STATE_ESTABLISHED 1
 #define STATE_SYN_SENT 2

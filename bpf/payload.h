@@ -9,7 +9,8 @@
 // sock:sock_send_length fire inside the same syscall, after the copy, with the socket
 // and the byte count, and consume the stash (read() and write() on a socket reach
 // them through sock_recvmsg and sock_sendmsg too). Peeks (MSG_PEEK) are skipped: their
-// bytes are read again. The stash is not cleared at syscall exit (that would double
+// bytes are read again; so are reads of the error queue (MSG_ERRQUEUE: timestamps,
+// not stream bytes). The stash is not cleared at syscall exit (that would double
 // the hooks on every read and write of the node): a syscall on something else leaves
 // one behind until the thread's next hooked syscall overwrites it, and the stash map
 // is an LRU. Bytes moved by paths with no hooked syscall (recvmmsg/sendmmsg,
@@ -180,7 +181,8 @@ static __always_inline int on_payload(void *ctx, u64 sk, int ret, int flags, u32
         return 0;
     struct stash s = *p;
     p->kind = STASH_NONE;
-    if (s.sending != sending || ret <= 0 || (!sending && (flags & MSG_PEEK_FLAG)))
+    if (s.sending != sending || ret <= 0 ||
+        (!sending && (flags & (MSG_PEEK_FLAG | MSG_ERRQUEUE_FLAG))))
         return 0;
     struct sock_state *st = sockets.lookup(&sk);
     if (!st || (st->flags & (SOCK_CLOSED | SOCK_UNPARSED)))

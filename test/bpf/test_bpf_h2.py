@@ -4,9 +4,11 @@ and closes; the connection-level request of the preface never counts."""
 
 from __future__ import annotations
 
+import socket
 import time
 
 import pytest
+from bpf_loadgen import SO_TIMESTAMPING
 from bpf_snapshots import EndpointDelta, assert_close, delta, exact_quantile, wait_for
 from h2_wire import (
     DATA,
@@ -34,6 +36,9 @@ from aviator.agent.handoff.select import is_idle
 from aviator.latency.schema import ROLES
 
 pytestmark = [pytest.mark.bpf, pytest.mark.timeout(120)]
+
+# Software send timestamps, reported on the error queue with a copy of the packet sent.
+TIMESTAMPING = (1 << 1) | (1 << 4)
 
 Snap = dict[EndpointKey, EndpointCounters]
 
@@ -289,3 +294,23 @@ def test_any_frames_leave_nothing_in_flight_after_close(
         assert d.rif == 0 and 0 <= d.aborted <= d.count == d.hist.count, role
         # (errors are not bounded here: fuzzed trailers may repeat on a stream)
         assert d.statuses <= d.count, role
+
+
+def test_error_queue_reads_are_not_stream_bytes(latency_source: BpfLatencySource) -> None:
+    """A client reading its send timestamps (MSG_ERRQUEUE) between frames: those reads
+    go through the same receive path and must not feed the frame parser."""
+    pair = Pair("127.0.52.9")
+    pair.client.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, TIMESTAMPING)
+    try:
+        before = latency_source.read()
+        pair.open()
+        for s in (1, 3, 5):
+            pair.to_server(headers(s))
+            stamps = pair.client.recvmsg(64, 1024, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT)
+            assert stamps[1], "no timestamp on the error queue"
+            pair.to_client(response(s))
+        after = settle(latency_source, pair, before, 3)
+    finally:
+        pair.close()
+    for role, d in deltas(before, after, pair).items():
+        assert (d.count, d.aborted, d.statuses) == (3, 0, 3), role
