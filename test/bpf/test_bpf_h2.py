@@ -10,6 +10,7 @@ import time
 import pytest
 from bpf_loadgen import SO_TIMESTAMPING
 from bpf_snapshots import EndpointDelta, assert_close, delta, exact_quantile, wait_for
+from conftest import require_bpf_privileges
 from h2_wire import (
     DATA,
     GOAWAY,
@@ -314,3 +315,23 @@ def test_error_queue_reads_are_not_stream_bytes(latency_source: BpfLatencySource
         pair.close()
     for role, d in deltas(before, after, pair).items():
         assert (d.count, d.aborted, d.statuses) == (3, 0, 3), role
+
+
+def test_connection_older_than_the_program_is_recognised_mid_stream() -> None:
+    """An h2 connection in use before the program loaded: its next whole frames make
+    it HTTP/2 (streams opened from then on are timed), not opaque."""
+    require_bpf_privileges()
+    pair = Pair("127.0.52.10", keep_listening=True)
+    try:
+        pair.open()
+        pair.to_server(headers(1))
+        pair.to_client(response(1))
+        with BpfLatencySource.load(max_sockets=4096, max_endpoints=256) as source:
+            pair.to_server(headers(3) + headers(5))
+            time.sleep(0.005)
+            pair.to_client(response(5) + response(3))
+            after = settle(source, pair, {}, 2)
+    finally:
+        pair.close()
+    for role, d in deltas({}, after, pair).items():
+        assert (d.count, d.aborted, d.rif, d.statuses, d.protocol) == (2, 0, 0, 2, "h2"), role
