@@ -11,7 +11,7 @@ KUBECTL     ?= $(shell command -v kubectl 2>/dev/null || echo bin/kubectl)
 PYTEST_ARGS ?=
 export GOTOOLCHAIN := local
 
-.PHONY: help setup venv controlplane build build-agent test-unit test-integration test-bpf \
+.PHONY: help setup venv controlplane tools build-installer helm-lint krew dashboard-png build build-agent test-unit test-integration test-bpf \
         test-e2e test-packaging test run lint fmt manifests install uninstall demo bench \
         docker-build docker-build-agent docker-build-all deploy deploy-agent deploy-all \
         undeploy undeploy-agent undeploy-all
@@ -33,6 +33,15 @@ setup: venv ## venv, Python deps, Debian packages (BCC, headers), bcc import lin
 controlplane: ## build kube-apiserver, kube-controller-manager, kubectl, etcd into bin/
 	bash hack/controlplane/build.sh
 
+tools: ## build helm, promtool, prometheus and kstatus from Go modules into bin/, cached like the control plane
+	bash hack/tools/build.sh
+
+build-installer: ## write dist/install.yaml (CRD, RBAC, controller, agent) for kubectl apply -f (IMG=..., AGENT_IMG=...)
+	bash hack/build-installer.sh dist/install.yaml
+
+helm-lint: tools ## helm lint the chart (charts/aviator)
+	bin/helm lint --strict charts/aviator
+
 build: venv ## build the controller (a Python package; checks it imports and runs)
 	$(VENV)/bin/aviator controller --help >/dev/null && echo "controller: ok"
 
@@ -42,19 +51,19 @@ build-agent: venv ## build the agent (checks it imports and runs)
 test-unit: venv ## unit and property tests (no cluster)
 	$(PYTEST) test/unit $(PYTEST_ARGS)
 
-test-integration: setup controlplane ## tests against the real control plane
+test-integration: setup controlplane tools ## tests against the real control plane
 	$(PYTEST) test/integration $(PYTEST_ARGS)
 
 test-bpf: setup ## tests that load the real BPF program (root)
 	$(PYTEST) test/bpf $(PYTEST_ARGS)
 
-test-e2e: setup controlplane ## e2e scenarios against the cluster in a box (E2E_CLUSTER=kind for Kind)
+test-e2e: setup controlplane tools ## e2e scenarios against the cluster in a box (E2E_CLUSTER=kind for Kind)
 	$(PYTEST) test/e2e $(PYTEST_ARGS)
 
 test-packaging: setup controlplane ## build the wheel, install it in a fresh venv, run the agent and the demo from it
 	$(PYTEST) test/packaging $(PYTEST_ARGS)
 
-test: setup controlplane ## everything: unit, integration, bpf, e2e in the box, packaging, bench smoke
+test: setup controlplane tools ## everything: unit, integration, bpf, e2e in the box, packaging, bench smoke
 	$(PYTEST) test $(PYTEST_ARGS)
 
 run: venv ## run the controller against the current kubeconfig
@@ -121,3 +130,9 @@ undeploy-agent: ## remove the agent DaemonSet
 
 undeploy-all: undeploy undeploy-agent ## policies first, then controller, agent, RBAC, CRD, namespace
 	$(KUBECTL) delete -k config/default --ignore-not-found
+
+krew: ## the krew archive and manifest of `kubectl aviator` into dist/krew/
+	bash hack/krew.sh dist/krew
+
+dashboard-png: setup controlplane tools ## docs/dashboard.png: every dashboard panel plotted from the box running the quick-start
+	AVIATOR_DASHBOARD_PNG=docs/dashboard.png $(PYTEST) test/e2e/test_e2e_monitoring.py

@@ -334,6 +334,7 @@ class ControllerProcess:
             "--namespace",
             namespace,
             "--no-leader-elect",
+            "--secure-serving=false",  # plain HTTP on 127.0.0.1
             "--http-addr",
             f"127.0.0.1:{self.port}",
             "--workers",

@@ -6,7 +6,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv=${VENV:-$root/.venv}
 
-# nghttp2-client: h2load, the HTTP/2 load tool the BPF tests and benchmarks drive.
+# nghttp2-client: h2load, the HTTP/2 load tool the benchmarks and tests drive h2c with.
 packages=(python3-bpfcc bpfcc-tools linux-headers-amd64 iproute2 nghttp2-client)
 missing=()
 for p in "${packages[@]}"; do

@@ -1,7 +1,15 @@
-"""The agent's HTTP API: GET /latency, /metrics, /healthz, /readyz (and /status)."""
+"""The agent's HTTP API: GET /latency, /metrics, /healthz, /readyz (and /status).
+
+/latency, /status and /metrics name pods, their IPs and latencies: by default
+(`AgentConfig.secure_serving`) the agent serves HTTPS with a certificate of its own
+and these three answer only requests a TokenReview + SubjectAccessReview allow
+(aviator/runtime/httpauth.py); /healthz and /readyz hold no data and stay open (the
+kubelet probes them).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -22,7 +30,10 @@ class AgentView(Protocol):
     def status(self) -> dict[str, Any]: ...
 
 
-def make_api(agent: AgentView) -> web.Application:
+DATA_PATHS = ("/latency", "/status", "/metrics")
+
+
+def make_api(agent: AgentView, middlewares: Iterable[Any] = ()) -> web.Application:
     async def latency(_: web.Request) -> web.Response:
         return web.json_response(agent.latency_table())
 
@@ -41,7 +52,7 @@ def make_api(agent: AgentView) -> web.Application:
     async def status(_: web.Request) -> web.Response:
         return web.json_response(agent.status())
 
-    app = web.Application()
+    app = web.Application(middlewares=list(middlewares))
     app.router.add_get("/latency", latency)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)

@@ -10,6 +10,10 @@ Every report interval:
 4. start keep-warm probes for targeted pods with too few samples in the local window,
    not counting the kubelet's own HTTP probes of the pod (in probe mode: the probes
    that ARE the measurement).
+
+Between intervals, every `urgent_check_s`, it looks at the source's counters for a
+request open longer than its pod's p99Threshold and, when one just crossed it, runs
+the interval's work at once (aviator.agent.urgent: when, how often, which threshold).
 """
 
 from __future__ import annotations
@@ -17,13 +21,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from aviator.agent.api import make_api
+from aviator.agent.api import DATA_PATHS, make_api
 from aviator.agent.handoff.executor import HandOffExecutor
 from aviator.agent.handoff.netlink import open_diag, own_netns
 from aviator.agent.handoff.runner import HandOffRunner
@@ -31,9 +38,10 @@ from aviator.agent.metrics import AgentMetrics
 from aviator.agent.podmap import PodMap
 from aviator.agent.prober import NodeProber
 from aviator.agent.sources import CounterSource
-from aviator.agent.stream import StreamFanout, TokenFile, urls_from_slices
+from aviator.agent.stream import StreamFanout, StreamTls, TokenFile, urls_from_slices
 from aviator.agent.targets import TargetKey, probe_targets, traffic_samples
-from aviator.agent.windows import WindowDiffer, attach_pods
+from aviator.agent.urgent import DEFAULT_CHECK_S, DEFAULT_MIN_GAP_S, UrgentReports, open_thresholds
+from aviator.agent.windows import CountersLike, EndpointKeyLike, WindowDiffer, attach_pods
 from aviator.informers import FuncHandler, InformerFactory, SharedIndexInformer
 from aviator.kube import KubeClient
 from aviator.kube.marks import LABEL_SERVICE_NAME
@@ -41,11 +49,27 @@ from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, SERVICES
 from aviator.latency.probing import ProbeTarget
 from aviator.latency.schema import EndpointWindow, Snapshot
 from aviator.latency.store import LatencyStore
+from aviator.latency.tls import server_context
+from aviator.pki import Authority
 from aviator.runtime.events import EventRecorder
+from aviator.runtime.httpauth import RequestAuthorizer, protect
+from aviator.runtime.supervise import supervise
 from aviator.runtime.writer import WriteMetrics, Writer
 from aviator.selection.types import LatencyEstimate
 
 log = logging.getLogger(__name__)
+
+Counted = tuple[EndpointKeyLike, CountersLike]  # one endpoint of a source's read
+
+
+def self_signed_context(node: str, host: str) -> ssl.SSLContext:
+    """HTTPS for the agent's API: a certificate of its own (scrapers skip verifying
+    it, as for controller-runtime's generated ones; the token check is what counts)."""
+    wanted = (node, "localhost", "127.0.0.1", host)
+    names = tuple(dict.fromkeys(n for n in wanted if n and n not in ("0.0.0.0", "::")))
+    issued = Authority.new(f"aviator-agent-{node}").issue(node, server_names=names)
+    return server_context(issued.cert_pem, issued.key_pem)
+
 
 _STATS_EVERY_S = 10.0  # BPF stats walk the socket map: not every interval
 
@@ -59,6 +83,13 @@ class AgentConfig:
     controller_urls: list[str] = field(default_factory=list)
     controller_service: str | None = None  # "namespace/name" of a headless Service
     controller_port_name: str | None = None
+    # The controller's CA (PEM file): streams go over TLS, checked against
+    # controller_server_name. None: plain ws:// (to a controller on this machine only).
+    controller_ca: str | None = None
+    controller_server_name: str = "aviator-controller-stream.aviator-system.svc"
+    # HTTPS with a certificate of its own; /latency, /status, /metrics only to requests
+    # a TokenReview + SubjectAccessReview allow. Off: plain HTTP, open (development).
+    secure_serving: bool = True
     token_files: list[str] = field(default_factory=list)
     token_reread_s: float = 60.0
     window_s: float = 10.0
@@ -69,6 +100,8 @@ class AgentConfig:
     handoff_rate: float = 50.0
     node_addresses: list[str] = field(default_factory=list)
     handoff_netns: str = "any"  # "own": only pods in the agent's network namespace (the box)
+    urgent_check_s: float = DEFAULT_CHECK_S  # 0: no looks between intervals
+    urgent_min_gap_s: float = DEFAULT_MIN_GAP_S
 
 
 class Agent:
@@ -98,9 +131,17 @@ class Agent:
         self.metrics = AgentMetrics(max_pods=config.metrics_max_pods)
         self.metrics.set_source(source.name)
         self.metrics.probe_stats = prober.stats
-        self.stream = StreamFanout(TokenFile(*config.token_files, reread_s=config.token_reread_s))
+        tls = (
+            StreamTls(Path(config.controller_ca), config.controller_server_name)
+            if config.controller_ca
+            else None
+        )
+        self.stream = StreamFanout(
+            TokenFile(*config.token_files, reread_s=config.token_reread_s), tls=tls
+        )
         self.metrics.stream = self.stream
         self.differ = WindowDiffer()
+        self.urgent = UrgentReports(config.urgent_min_gap_s)
         self.last_snapshot: Snapshot | None = None
         self.targets: dict[TargetKey, ProbeTarget] = {}
         self._last_tick: float | None = None
@@ -108,6 +149,7 @@ class Agent:
         self._runner: web.AppRunner | None = None
         self.handoffs = self._handoff_runner()
         self._handoff_task: asyncio.Task[None] | None = None
+        self._review_client: KubeClient | None = None
         self.http_port: int | None = None  # the bound port (when 0 was asked for)
         self.started = asyncio.Event()  # informers started, API serving, streams dialling
 
@@ -130,13 +172,19 @@ class Agent:
         await self.factory.start()
         if self.handoffs is not None:
             self._handoff_task = asyncio.get_running_loop().create_task(
-                self.handoffs.run(), name="handoffs"
+                supervise("hand-offs", self.handoffs.run), name="handoffs"
             )
         if cfg.controller_urls:
             self.stream.set_urls(cfg.controller_urls)
-        self._runner = web.AppRunner(make_api(self), access_log=None)
+        middlewares: list[Any] = []
+        ssl_context = None
+        if cfg.secure_serving:
+            self._review_client = self.client.fork(connections=2)
+            middlewares.append(protect(RequestAuthorizer(self._review_client), DATA_PATHS))
+            ssl_context = self_signed_context(cfg.node, cfg.http_host)
+        self._runner = web.AppRunner(make_api(self, middlewares), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, cfg.http_host, cfg.http_port)
+        site = web.TCPSite(self._runner, cfg.http_host, cfg.http_port, ssl_context=ssl_context)
         await site.start()
         self.http_port = self._runner.addresses[0][1]
         log.info(
@@ -186,7 +234,11 @@ class Agent:
         return runner
 
     def _follow_slices(self, slices: SharedIndexInformer) -> None:
-        urls = urls_from_slices(slices.indexer.list(), port_name=self.config.controller_port_name)
+        urls = urls_from_slices(
+            slices.indexer.list(),
+            scheme="wss" if self.config.controller_ca else "ws",
+            port_name=self.config.controller_port_name,
+        )
         self.stream.set_urls(urls + list(self.config.controller_urls))
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -197,16 +249,23 @@ class Agent:
             interval = self.config.report_interval_s
             deadline = loop.time() + interval
             while not stop.is_set():
+                watch = self._urgent_watch()
+                wake = (
+                    min(deadline, loop.time() + self.config.urgent_check_s) if watch else deadline
+                )
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=max(0.0, deadline - loop.time()))
+                    await asyncio.wait_for(stop.wait(), timeout=max(0.0, wake - loop.time()))
                 if stop.is_set():
                     break
+                # A timer may fire a hair early: within 1 ms of the deadline is the tick.
+                due = not watch or loop.time() >= deadline - 1e-3
                 try:
-                    await self.tick()
+                    await (self.tick() if due else self._look())
                 except Exception:  # one bad interval must not end the agent
-                    log.exception("report interval failed")
-                # Fixed cadence; after a stall, skip the missed intervals.
-                deadline = max(deadline + interval, loop.time())
+                    log.exception("report interval failed" if due else "urgent check failed")
+                if due:
+                    # Fixed cadence; after a stall, skip the missed intervals.
+                    deadline = max(deadline + interval, loop.time())
         finally:
             await self.close()
 
@@ -221,19 +280,34 @@ class Agent:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._review_client is not None:
+            await self._review_client.close()
         await self.factory.stop()
         self.source.close()
 
     # --- one interval -------------------------------------------------------------------
 
-    async def tick(self) -> Snapshot:
+    def _urgent_watch(self) -> bool:
+        """Look between intervals: on, and some local pod has a threshold."""
+        return self.config.urgent_check_s > 0 and bool(self.urgent.thresholds)
+
+    async def _look(self) -> None:
+        """One look between intervals; reports at once when a request just crossed."""
+        counters = list(await self.source.read())
+        if self.urgent.check(counters, time.monotonic()):
+            log.debug("a request is open past its pod's threshold: reporting now")
+            await self.tick(counters)
+
+    async def tick(self, counters: Iterable[Counted] | None = None) -> Snapshot:
+        """One interval's work (see the module docstring); `counters`: the source's,
+        when just read."""
         started = time.perf_counter()
         now = time.monotonic()
         window_s = (
             now - self._last_tick if self._last_tick is not None else self.config.report_interval_s
         )
         self._last_tick = now
-        cumulative = await self.source.read()
+        cumulative = list(await self.source.read() if counters is None else counters)
         resets_before = self.differ.resets
         windows = attach_pods(self.differ.advance(cumulative), self.pods.pod_for)
         self.metrics.counter_resets.inc(self.differ.resets - resets_before)
@@ -250,12 +324,22 @@ class Agent:
         self.metrics.retain_pods(lambda pod: self.pods.informer.indexer.get(pod) is not None)
         self.stream.publish(snapshot)
         self.last_snapshot = snapshot
+        self._follow_thresholds(cumulative)
         self._probe(now)
         if now >= self._next_stats:
             self._next_stats = now + _STATS_EVERY_S
             self.metrics.set_source_stats(await self.source.stats())
         self.metrics.report_seconds.observe(time.perf_counter() - started)
         return snapshot
+
+    def _follow_thresholds(self, cumulative: Iterable[Counted]) -> None:
+        """Which pods to watch between intervals, and what this report carried."""
+        self.urgent.thresholds = open_thresholds(
+            self.policies.indexer.list(),
+            lambda ns, name: self.services.indexer.get(f"{ns}/{name}"),
+            self.pods.pods(),
+        )
+        self.urgent.reported(cumulative)
 
     def _reported(self, w: EndpointWindow) -> bool:
         if w.role == "server":
@@ -297,6 +381,10 @@ class Agent:
                 "rif": est.rif,
                 "samples": est.samples,
                 "source": est.source,
+                "protocol": est.protocol,
+                "statuses": est.statuses,
+                "errors": est.errors,
+                "oldest_open_ms": round(est.oldest_open_ms, 3),
             }
         return out
 
@@ -321,6 +409,7 @@ class Agent:
                 for url, c in self.stream.connections.items()
             },
             "probe_targets": len(self.targets),
+            "urgent_reports": self.urgent.sent,
             "handoffs": None
             if self.handoffs is None
             else {

@@ -13,6 +13,7 @@ import uvloop
 from aviator.agent.app import Agent, AgentConfig
 from aviator.agent.prober import NodeProber
 from aviator.agent.sources import SourceUnavailable, open_source
+from aviator.agent.urgent import DEFAULT_CHECK_S
 from aviator.kube import KubeClient
 
 log = logging.getLogger("aviator.agent")
@@ -29,6 +30,15 @@ def host_port(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def _bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"not a boolean: {text!r}")
+
+
 def _positive(text: str) -> float:
     value = float(text)
     if value <= 0:
@@ -41,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
     a("--node", default=os.environ.get("NODE_NAME"), help="this node's name (default $NODE_NAME)")
     a("--report-interval", type=_positive, default=1.0, help="seconds per window (default 1.0)")
+    a(
+        "--urgent-check-interval",
+        type=float,
+        default=DEFAULT_CHECK_S,
+        help="seconds between looks for a request open past its pod's p99Threshold, "
+        f"reported at once (default {DEFAULT_CHECK_S}; 0: only at report intervals)",
+    )
     a(
         "--http-addr",
         type=host_port,
@@ -62,6 +79,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a(
         "--controller-port-name",
         help="port name of --controller-service to use (default: its first TCP port)",
+    )
+    a(
+        "--secure-serving",
+        nargs="?",
+        const=True,
+        default=True,
+        type=_bool,
+        help="serve the HTTP API over HTTPS (a certificate of the agent's own) and answer "
+        "/latency, /status and /metrics only to requests a TokenReview + SubjectAccessReview "
+        "allow (default true; false: plain HTTP, open, for development)",
+    )
+    a(
+        "--controller-ca",
+        metavar="FILE",
+        help="the controller's CA certificate (PEM; the ConfigMap aviator-stream-ca): stream "
+        "over TLS (wss://) and check the controller with it; without it, plain ws:// and only "
+        "to a controller on this machine",
+    )
+    a(
+        "--controller-server-name",
+        default="aviator-controller-stream.aviator-system.svc",
+        help="the name the controller's certificate is checked against, whatever address is "
+        "dialled (default aviator-controller-stream.aviator-system.svc)",
     )
     a(
         "--token-file",
@@ -143,11 +183,15 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
     return AgentConfig(
         node=args.node,
         report_interval_s=args.report_interval,
+        urgent_check_s=max(0.0, args.urgent_check_interval),
         http_host=host,
         http_port=port,
         controller_urls=list(args.controller_url),
         controller_service=args.controller_service,
         controller_port_name=args.controller_port_name,
+        controller_ca=args.controller_ca,
+        secure_serving=bool(args.secure_serving),
+        controller_server_name=args.controller_server_name,
         token_files=[args.token_file, SERVICE_ACCOUNT_TOKEN],
         window_s=args.window,
         keep_warm_samples=args.keep_warm_samples,

@@ -4,10 +4,18 @@ Every replica keeps a warm latency store (a new leader must not start blind), so
 agent holds one connection per replica: the `--controller-url`s, or the endpoints of
 a headless Service found through its EndpointSlices. Each connection:
 
+- speaks TLS (`wss://`): trusts only the controller's CA (a file, `StreamTls`, re-read
+  at every connect: the kubelet updates the mounted ConfigMap) and checks the
+  certificate against the stream Service's name whatever address it dials; it sends
+  its token over plain `ws://` only to a loopback address (`token_may_go`);
 - authenticates with `Authorization: Bearer <token>`, the token re-read from its file
   at every connect and every `token_reread_s` (kubelet rotates projected tokens; a
   changed token makes the connection reconnect with the new one);
-- reconnects with exponential backoff (0.5 s doubling to 30 s, with jitter);
+- reconnects with exponential backoff (0.5 s doubling to 30 s, with jitter), whatever
+  ended the connection: a refusal, a network error, or anything unforeseen (logged
+  with its traceback; the connection task also runs under `supervise`);
+- reads the controller's replies (error frames) whatever their shape: a reply that is
+  not the object it expects is logged as it came, never a reason to stop;
 - sends only what is produced while it is connected, from a small queue that drops
   the oldest snapshot when the controller does not keep up: windows are deltas the
   store files under their arrival time, so stale ones are worth nothing. A snapshot
@@ -19,18 +27,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import time
 from collections import deque
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from aviator.informers import Backoff
 from aviator.latency.schema import Snapshot, split_snapshot
+from aviator.latency.tls import client_context
+from aviator.runtime.supervise import supervise
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +80,33 @@ class TokenFile:
         return self._token
 
 
+@dataclass(frozen=True, slots=True)
+class StreamTls:
+    """How the agent checks the controller: the CA file and the name to verify."""
+
+    ca_file: Path
+    server_name: str
+
+
+class StreamRefused(Exception):
+    """The agent will not open this stream (and says why)."""
+
+
+def token_may_go(url: str) -> bool:
+    """Whether a bearer token may be sent to `url`: over TLS always, in clear only to
+    a loopback address (the controller on the same machine)."""
+    parts = urlsplit(url)
+    if parts.scheme == "wss":
+        return True
+    host = parts.hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class ControllerConnection:
     """One websocket to one controller replica; `run()` until cancelled."""
 
@@ -78,8 +118,10 @@ class ControllerConnection:
         *,
         queue_size: int = 4,
         backoff: Backoff | None = None,
+        tls: StreamTls | None = None,
     ) -> None:
         self.url = url
+        self._tls = tls
         self._tokens = tokens
         self._session = session
         self._queue: deque[list[str]] = deque(maxlen=queue_size)
@@ -112,8 +154,13 @@ class ControllerConnection:
                 self.last_error = "closed by the controller"
             except aiohttp.WSServerHandshakeError as exc:
                 self.last_error = f"handshake refused: HTTP {exc.status}"
+            except StreamRefused as exc:
+                self.last_error = str(exc)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
+            except Exception as exc:  # unforeseen: say so, and dial again
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.exception("stream to %s failed", self.url)
             finally:
                 self.connected = False
                 self._queue.clear()
@@ -122,9 +169,25 @@ class ControllerConnection:
             log.info("stream to %s down (%s); retrying in %.1fs", self.url, self.last_error, delay)
             await asyncio.sleep(delay)
 
+    def _tls_options(self) -> dict[str, Any]:
+        """ws_connect's TLS arguments for this URL; refuses what must not be dialled."""
+        if not token_may_go(self.url):
+            raise StreamRefused(f"refusing to send the token in clear to {self.url}: use wss://")
+        if not self.url.startswith("wss://"):
+            return {}
+        if self._tls is None:
+            raise StreamRefused(f"no CA to check {self.url} against (--controller-ca)")
+        try:
+            ca = self._tls.ca_file.read_bytes()
+            ctx = client_context(ca)
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise StreamRefused(f"the CA file {self._tls.ca_file} is not usable: {exc}") from None
+        return {"ssl": ctx, "server_hostname": self._tls.server_name}
+
     async def _session_once(self, token: str) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        async with self._session.ws_connect(self.url, headers=headers, heartbeat=30.0) as ws:
+        tls = self._tls_options()
+        async with self._session.ws_connect(self.url, headers=headers, heartbeat=30.0, **tls) as ws:
             self.connected = True
             self.connects += 1
             self.changed.set()
@@ -160,16 +223,17 @@ class ControllerConnection:
         async for msg in ws:
             if msg.type == aiohttp.WSMsgType.TEXT:
                 self.errors_received += 1
-                with contextlib.suppress(ValueError):
-                    reply: Any = json.loads(msg.data)
-                    log.warning("controller %s: %s", self.url, reply.get("error", reply))
+                log.warning("controller %s: %s", self.url, describe_reply(msg.data))
 
 
 class StreamFanout:
     """The set of controller connections; publishes each snapshot to all of them."""
 
-    def __init__(self, tokens: TokenFile, *, queue_size: int = 4) -> None:
+    def __init__(
+        self, tokens: TokenFile, *, queue_size: int = 4, tls: StreamTls | None = None
+    ) -> None:
         self._tokens = tokens
+        self.tls = tls
         self._queue_size = queue_size
         self._session: aiohttp.ClientSession | None = None
         self.connections: dict[str, ControllerConnection] = {}
@@ -185,11 +249,11 @@ class StreamFanout:
             self._session = aiohttp.ClientSession()
         for url in sorted(wanted - set(self._tasks)):
             conn = ControllerConnection(
-                url, self._tokens, self._session, queue_size=self._queue_size
+                url, self._tokens, self._session, queue_size=self._queue_size, tls=self.tls
             )
             self.connections[url] = conn
             self._tasks[url] = asyncio.get_running_loop().create_task(
-                conn.run(), name=f"stream-{url}"
+                supervise(f"stream to {url}", conn.run), name=f"stream-{url}"
             )
 
     def publish(self, snapshot: Snapshot) -> None:
@@ -212,6 +276,17 @@ class StreamFanout:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def describe_reply(text: str, limit: int = 300) -> str:
+    """What a controller's reply says: the `error` of an error frame, else the text as it
+    came (cut at `limit`), whatever JSON (or not) it is."""
+    try:
+        reply: Any = json.loads(text)
+    except ValueError:
+        reply = None
+    error = reply.get("error") if isinstance(reply, dict) else None
+    return (error if isinstance(error, str) else text)[:limit]
 
 
 def urls_from_slices(

@@ -18,7 +18,7 @@ needs keep-warm probes of `probePath`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from aviator.agent.podmap import indexed_ips
@@ -84,12 +84,13 @@ def traffic_samples(target: ProbeTarget, samples: int, window_s: float) -> int:
     return max(0, samples - int(target.kubelet_probes_per_s * window_s))
 
 
-def probe_targets(
+def selected_pods(
     policies: Iterable[JSON],
     service_for: Callable[[str, str], JSON | None],
     pods: Iterable[JSON],
-) -> dict[TargetKey, ProbeTarget]:
-    """Probe targets among `pods`, keyed by (ip, port).
+) -> Iterator[tuple[JSON, JSON]]:
+    """(policy, pod) for every running, not deleting pod among `pods` that a policy's
+    target Service selects; policies by namespace/name, pods in the order given.
 
     `service_for(namespace, name)` looks a Service up (e.g. in an informer cache).
     """
@@ -100,24 +101,35 @@ def probe_targets(
         ns = (pod.get("metadata") or {}).get("namespace")
         if ns:
             by_namespace.setdefault(str(ns), []).append(pod)
-    targets: dict[TargetKey, ProbeTarget] = {}
     for policy in sorted(policies, key=object_key):
-        settings = _probe_settings(policy)
-        if settings is None:
+        meta = policy.get("metadata") or {}
+        service_name = ((policy.get("spec") or {}).get("targetRef") or {}).get("name")
+        local = by_namespace.get(str(meta.get("namespace") or ""))
+        if not local or not service_name:
             continue
-        namespace, service_name, port, path = settings
-        local = by_namespace.get(namespace)
-        if not local:
-            continue
-        service = service_for(namespace, service_name)
+        service = service_for(str(meta["namespace"]), str(service_name))
         if service is None:
             continue
         selector = pod_selector(service)
         for pod in local:
-            if not selector_matches(selector, labels_of(pod)):
-                continue
-            for ip in indexed_ips(pod):
-                if (ip, port) not in targets:
-                    rate = kubelet_probe_rate(pod, port)
-                    targets[(ip, port)] = ProbeTarget(ip, port, path, object_key(pod), rate)
+            if selector_matches(selector, labels_of(pod)):
+                yield policy, pod
+
+
+def probe_targets(
+    policies: Iterable[JSON],
+    service_for: Callable[[str, str], JSON | None],
+    pods: Iterable[JSON],
+) -> dict[TargetKey, ProbeTarget]:
+    """Probe targets among `pods`, keyed by (ip, port) (see `selected_pods`)."""
+    targets: dict[TargetKey, ProbeTarget] = {}
+    for policy, pod in selected_pods(policies, service_for, pods):
+        settings = _probe_settings(policy)
+        if settings is None:
+            continue
+        _, _, port, path = settings
+        for ip in indexed_ips(pod):
+            if (ip, port) not in targets:
+                rate = kubelet_probe_rate(pod, port)
+                targets[(ip, port)] = ProbeTarget(ip, port, path, object_key(pod), rate)
     return targets

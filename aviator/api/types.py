@@ -176,12 +176,16 @@ class SelectionSpec:
 
 @dataclass(frozen=True, kw_only=True)
 class CircuitBreakerSpec:
-    """Ejects pods whose p99 stays above a threshold, and re-admits them when they recover."""
+    """Ejects pods whose p99 stays above a threshold, that hold a request open longer
+    than it, or (when set) that answer too many errors; re-admits them when they recover."""
 
     enabled: bool = api_field("enabled", "Enable the circuit breaker.", default=False)
     p99_threshold: Duration = api_field(
         "p99Threshold",
-        "A pod whose p99 latency is above this is in violation.",
+        """A pod whose p99 latency is above this is in violation. So is a pod whose
+        oldest request still open is older than this (it stopped answering): that pod
+        is ejected at the first evaluation that sees it, which the controller runs as
+        soon as an agent reports it, without waiting for evaluationInterval.""",
         default=Duration.parse("500ms"),
         rules=(_duration_bounds("circuitBreaker.p99Threshold"),),
     )
@@ -189,6 +193,25 @@ class CircuitBreakerSpec:
         "consecutiveViolations",
         "Consecutive evaluations in violation before a pod is ejected. At least 1.",
         default=3,
+        minimum=1,
+    )
+    error_rate_percent: float | None = api_field(
+        "errorRatePercent",
+        """A pod is in violation when at least this percentage of its responses in
+        the latency window are errors (HTTP 5xx, gRPC status other than OK), counted
+        from the responses whose status the agent read. Unset: errors never eject.
+        Greater than 0, at most 100.""",
+        default=None,
+        minimum=0,
+        exclusive_minimum=True,
+        maximum=100,
+    )
+    error_rate_min_responses: int = api_field(
+        "errorRateMinResponses",
+        """The error rate is judged only on windows holding at least this many
+        responses with a status, so one error in two requests ejects nobody. At
+        least 1.""",
+        default=20,
         minimum=1,
     )
     recovery_interval: Duration = api_field(
@@ -426,14 +449,21 @@ class AviatorPolicySpec:
 
 @dataclass(frozen=True, kw_only=True)
 class Condition:
-    """A condition of the policy (Ready, Degraded), like metav1.Condition."""
+    """A condition of the policy (Ready, Degraded, OpaqueLatency), like metav1.Condition."""
 
-    type: str = api_field("type", "Condition type: Ready or Degraded.", required=True)
+    type: str = api_field(
+        "type",
+        """Condition type: Ready, Degraded, or OpaqueLatency (present while some pods
+        speak no protocol the agent recognises; its message says what their latency
+        means).""",
+        required=True,
+    )
     status: str = api_field("status", "True, False or Unknown.", required=True)
     reason: str = api_field(
         "reason",
         """Machine-readable reason in CamelCase, e.g. Routing, ServiceNotFound,
-        NoEligiblePods, Overload, SelectorRestored, NoLatencyData, InvalidSpec.""",
+        NoEligiblePods, Overload, SelectorRestored, NoLatencyData, InvalidSpec,
+        NoRecognisedFraming.""",
         default="",
     )
     message: str = api_field("message", "Human-readable details.", default="")
@@ -460,8 +490,11 @@ class PodStatus:
     node: str = api_field("node", "Node the pod runs on.", default="")
     state: str = api_field(
         "state",
-        """active (serving), standby (eligible, not chosen), ejected (circuit breaker)
-        or unknown (no latency data yet; kept serving so it gets measured).""",
+        """active (serving), standby (eligible, not chosen), ejected (circuit breaker;
+        the reason says which rule: P99AboveThreshold, OpenRequestAboveThreshold,
+        ErrorRateAboveThreshold), halfOpen (ejected, measured again before it is
+        readmitted) or unknown (no latency data yet; kept serving so it gets
+        measured).""",
         default="unknown",
     )
     p50_ms: float | None = api_field("p50Ms", "Median latency in milliseconds.", default=None)
@@ -470,6 +503,28 @@ class PodStatus:
     samples: int = api_field("samples", "Requests measured in the window.", default=0)
     reason: str | None = api_field(
         "reason", "Why the pod is in this state, when not obvious.", default=None
+    )
+    protocol: str | None = api_field(
+        "protocol",
+        """What the agent recognised on the pod's connections: http1, h2, grpc, or
+        opaque (no recognised framing: latency is the time to the first response
+        bytes, and no response status is read).""",
+        default=None,
+    )
+    responses: int | None = api_field(
+        "responses",
+        "Responses in the window whose status was read (the base of errorRatePercent).",
+        default=None,
+    )
+    error_rate_percent: float | None = api_field(
+        "errorRatePercent",
+        "Percentage of those responses that were errors (HTTP 5xx, gRPC status other than OK).",
+        default=None,
+    )
+    oldest_open_ms: float | None = api_field(
+        "oldestOpenMs",
+        "Age in milliseconds of the pod's oldest request still open at the last report.",
+        default=None,
     )
 
 

@@ -24,8 +24,9 @@ from aviator.box.nodes import BoxNodes, node_names
 from aviator.box.proxy import BoxProxy, relay
 from aviator.box.runtime import PodRuntime
 from aviator.box.state import remove_status, write_status
+from aviator.controller.certs import CA_CONFIGMAP
 from aviator.kube.client import ApiError, KubeClient
-from aviator.kube.resources import NODES, SERVICEACCOUNTS
+from aviator.kube.resources import CONFIGMAPS, NODES, SERVICEACCOUNTS
 from aviator.testing.controlplane import ControlPlane, binary, free_port
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,9 @@ class Box:
         controller_kubeconfig = await self._identity(CONTROLLER_SERVICE_ACCOUNT)
         agent_kubeconfig = await self._identity(AGENT_SERVICE_ACCOUNT)
         port = free_port()
-        self.controller_url = f"ws://127.0.0.1:{port}/v1/stream"
+        # TLS as in a cluster: the controller keeps its certificate in a Secret and
+        # publishes its CA; agents dial 127.0.0.1 and check the Service's name.
+        self.controller_url = f"wss://127.0.0.1:{port}/v1/stream"
         logs = self.workdir / "logs"
         self.components["controller"] = Component(
             "controller",
@@ -200,6 +203,8 @@ class Box:
             logs / "controller.log",
             module="aviator.controller.cmd",
         )
+        self.components["controller"].start()
+        ca_file = await self._stream_ca()
         assert self.nodes is not None
         for node in self.nodes.names:
             # The stream token is bound to the agent's Node, as a real agent's projected
@@ -215,6 +220,8 @@ class Box:
                     str(agent_kubeconfig),
                     "--controller-url",
                     self.controller_url,
+                    "--controller-ca",
+                    str(ca_file),
                     "--token-file",
                     str(token_file),
                     "--http-addr",
@@ -229,8 +236,9 @@ class Box:
                 logs / f"agent-{node}.log",
                 module="aviator.agent.cmd",
             )
-        for comp in self.components.values():
-            comp.start()
+        for name, comp in self.components.items():
+            if name != "controller":
+                comp.start()
         self._tasks.append(asyncio.create_task(self._report_components()))
         self.progress(
             f"started the controller ({self.controller_url}) and {len(self.nodes.names)} agents"
@@ -260,6 +268,29 @@ class Box:
             code, out = await self.kubectl("apply", "-k", str(config(base)))
             if code != 0:
                 raise RuntimeError(f"kubectl apply -k config/{base} failed: {out}")
+
+    async def _stream_ca(self, within_s: float = 120.0) -> Path:
+        """The controller's stream CA (from the ConfigMap it publishes), in a file for
+        the agents; waits for the controller to publish it."""
+        assert self.client is not None
+        path = self.workdir / "stream-ca.crt"
+        deadline = time.monotonic() + within_s
+        while True:
+            try:
+                cm = await self.client.get(CONFIGMAPS, CA_CONFIGMAP, AVIATOR_NAMESPACE)
+                ca = (cm.get("data") or {}).get("ca.crt")
+                if ca:
+                    path.write_text(ca)
+                    return path
+            except ApiError as exc:
+                if not exc.not_found:
+                    raise
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the controller published no stream CA within {within_s:.0f}s "
+                    f"(see {self.workdir / 'logs' / 'controller.log'})"
+                )
+            await asyncio.sleep(0.5)
 
     def _token_file(self, service_account: str) -> Path:
         return self.workdir / f"{service_account}.token"

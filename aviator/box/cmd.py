@@ -68,6 +68,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     demo = sub.add_parser("demo", help="the quick-start, live: fast and slow pods, policy, p99")
     starting(demo)
+    demo.add_argument(
+        "--stop-after-converged",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="stop SECONDS after routing converges to the fast pods (--duration still "
+        "bounds the whole demo); for scripts that want the demo's result, not a clock",
+    )
     down = sub.add_parser("down", help="stop a box started with `up` in another terminal")
     common(down)
     status = sub.add_parser("status", help="show a running box: kubeconfig, services, pods")
@@ -106,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     )
     try:
         if action == "demo":
-            return _run_async(run_demo(options, network, args.duration))
+            return _run_async(run_demo(options, network, args.duration, args.stop_after_converged))
         return _run_async(up(options, network, args.duration))
     except ControlPlaneError as err:
         print(f"aviator box: the control plane did not start: {err}", file=sys.stderr)

@@ -136,7 +136,12 @@ def _by_pod(summary: Summary) -> str:
     return ", ".join(f"{pod} {n}" for pod, n in sorted(summary.by_pod.items())) or "-"
 
 
-async def run_demo(options: BoxOptions, network: BoxNetwork, duration: float | None) -> int:
+async def run_demo(
+    options: BoxOptions,
+    network: BoxNetwork,
+    duration: float | None,
+    stop_after_converged: float | None = None,
+) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -148,7 +153,7 @@ async def run_demo(options: BoxOptions, network: BoxNetwork, duration: float | N
     try:
         await box.start()
         print_access(box.kubeconfig, box.options.workdir)
-        await _demo(box, board, loads, stop, duration, began)
+        await _demo(box, board, loads, stop, duration, began, stop_after_converged)
     finally:
         for load in loads:
             await load.stop()
@@ -164,6 +169,7 @@ async def _demo(
     stop: asyncio.Event,
     duration: float | None,
     began: float,
+    stop_after_converged: float | None,
 ) -> None:
     if duration is not None:
         loop = asyncio.get_running_loop()
@@ -219,7 +225,15 @@ async def _demo(
         )
         loads.append(aviator_load)
         aviator_load.start()
-    await _watch(box, board, plan, spread, aviator_load, stopped)
+
+    def finished() -> bool:
+        if stop_after_converged is not None and board.converged_after_s is not None:
+            assert board.applied_at is not None
+            since = board.applied_at + board.converged_after_s
+            return stopped() or time.monotonic() >= since + stop_after_converged
+        return stopped()
+
+    await _watch(box, board, plan, spread, aviator_load, finished)
 
 
 async def _watch(

@@ -27,7 +27,9 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from aviator.controller.agents import POD_IP_INDEXERS, pod_locator, pod_node_resolver
+from aviator.controller.certs import StreamCertificates
 from aviator.controller.metrics import ControllerMetrics
+from aviator.controller.stalls import StallWatch
 from aviator.informers import FuncHandler, IndexFunc, InformerFactory, SharedIndexInformer
 from aviator.informers.keys import JSON, DeletedFinalStateUnknown, unwrap_tombstone
 from aviator.kube import marks
@@ -44,6 +46,7 @@ from aviator.latency.auth import TokenAuthenticator
 from aviator.latency.limits import StreamGate, StreamLimits
 from aviator.latency.receiver import make_stream_handler
 from aviator.latency.store import LatencyStore, StoreLimits
+from aviator.latency.tls import STREAM_SERVICE, server_name, service_names
 from aviator.leaderelection import LeaderElectionConfig, LeaderElector, LeaseLock
 from aviator.reconcilers import mapping
 from aviator.reconcilers.latencies import controller_prober
@@ -57,7 +60,9 @@ from aviator.reconcilers.view import (
     index_by_service_name,
 )
 from aviator.runtime.events import EventRecorder
+from aviator.runtime.httpauth import RequestAuthorizer, protect
 from aviator.runtime.loop import Controller
+from aviator.runtime.supervise import supervise
 from aviator.runtime.writer import Writer
 from aviator.workqueue import MetricsProvider, RateLimitingQueue
 
@@ -83,6 +88,11 @@ class Options:
     retry_period: float = 2.0
     http_host: str = "0.0.0.0"
     http_port: int = 8080
+    # HTTPS with the stream certificate (certs.py) and /metrics behind a TokenReview +
+    # SubjectAccessReview; off: plain HTTP, nothing checked but agent tokens (tests,
+    # development on one machine).
+    secure_serving: bool = True
+    stream_service: str = STREAM_SERVICE  # its DNS names are the certificate's
     workers: int = 4
     agent_service_accounts: tuple[str, ...] = ("aviator-system:aviator-agent",)
     agent_audiences: tuple[str, ...] = ()
@@ -90,6 +100,8 @@ class Options:
     latency_stale_after_s: float = 10.0
     store_limits: StoreLimits = field(default_factory=StoreLimits)
     stream_limits: StreamLimits = field(default_factory=StreamLimits)
+    stream_reauth_after_s: float = 60.0  # an open stream's token is checked again
+    token_cache_ttl_s: float = 60.0  # an accepted token's verdict is reused this long
 
 
 class ControllerApp:
@@ -108,6 +120,7 @@ class ControllerApp:
         self.metrics.track_store_size(lambda: len(self.store), lambda: self.store.total.buckets)
         self.factory = InformerFactory(client)
         self.policy_informer = self._informer(AVIATORPOLICIES, mapping.POLICY_INDEXERS)
+        self.metrics.track_policies(self.policy_informer.indexer.list)
         self.service_informer = self._informer(SERVICES, SERVICE_INDEXERS)
         self.pod_informer = self._informer(PODS, {**POD_INDEXERS, **POD_IP_INDEXERS})
         # Own connection pools: reviews never crowd out the rest, renewals never wait.
@@ -119,6 +132,7 @@ class ControllerApp:
             audiences=options.agent_audiences,
             resolve_pod_node=pod_node_resolver(self.pod_informer.indexer, self.review_client),
             max_in_flight=options.stream_limits.reviews_in_flight,
+            cache_ttl_s=options.token_cache_ttl_s,
         )
         self.stream_gate = StreamGate(options.stream_limits)
         self.slice_informer = self._informer(
@@ -158,11 +172,27 @@ class ControllerApp:
             metrics=self.metrics.reconciles,
         )
         self._wire_handlers()
+        # Agents' reports of requests open too long: evaluate those policies now.
+        self.stalls = StallWatch(
+            self.pod_informer.indexer,
+            self.caches.policies,
+            self.caches.services,
+            self._enqueue_stalled,
+        )
         self.elector: LeaderElector | None = None
+        self.certs: StreamCertificates | None = None
+        if options.secure_serving:
+            names = service_names(options.stream_service, options.namespace)
+            self.certs = StreamCertificates(client, options.namespace, names)
+        self._background: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
         self._main: asyncio.Task[None] | None = None
         self._synced = False
         self.http_port: int | None = None
+
+    def _enqueue_stalled(self, key: str) -> None:
+        self.metrics.stalled_enqueues.inc()
+        self.controller.enqueue_urgent(key)
 
     def _informer(
         self,
@@ -233,12 +263,19 @@ class ControllerApp:
     # --- HTTP ------------------------------------------------------------------------
 
     def _http_app(self) -> web.Application:
-        app = web.Application()
+        middlewares = []
+        if self.options.secure_serving:
+            # /metrics only to whom a SubjectAccessReview allows; probes stay open.
+            authorizer = RequestAuthorizer(self.review_client)
+            middlewares.append(protect(authorizer, ("/metrics",)))
+        app = web.Application(middlewares=middlewares)
         stream = make_stream_handler(
             self.store,
             self.authenticator,
             pod_locator(self.pod_informer.indexer),
             gate=self.stream_gate,
+            on_open=self.stalls,
+            reauth_after_s=self.options.stream_reauth_after_s,
         )
 
         async def metrics(_: web.Request) -> web.Response:
@@ -263,17 +300,43 @@ class ControllerApp:
 
     # --- lifecycle -------------------------------------------------------------------
 
+    @property
+    def stream_server_name(self) -> str:
+        """The name agents verify the serving certificate against."""
+        return server_name(self.options.stream_service, self.options.namespace)
+
+    @property
+    def stream_ca(self) -> bytes | None:
+        """The CA agents trust (PEM), None when serving plain HTTP."""
+        return self.certs.material.ca_cert if self.certs and self.certs.material else None
+
     async def start(self) -> None:
-        """Serve HTTP, start informers, and begin campaigning (or leading)."""
+        """Serve HTTP(S), start informers, and begin campaigning (or leading)."""
+        ssl_context = None
+        if self.certs is not None:
+            ssl_context = await self.certs.start()
+            self._background.append(
+                asyncio.create_task(supervise("stream certificate", self.certs.run))
+            )
         self._runner = web.AppRunner(self._http_app(), shutdown_timeout=1.0, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.options.http_host, self.options.http_port)
+        site = web.TCPSite(
+            self._runner, self.options.http_host, self.options.http_port, ssl_context=ssl_context
+        )
         await site.start()
         addresses = self._runner.addresses
         self.http_port = int(addresses[0][1]) if addresses else self.options.http_port
-        log.info("serving HTTP on %s:%s", self.options.http_host, self.http_port)
+        log.info(
+            "serving %s on %s:%s",
+            "HTTPS" if ssl_context else "HTTP",
+            self.options.http_host,
+            self.http_port,
+        )
         await self.factory.start()
-        self._main = asyncio.create_task(self._run(), name="controller-main")
+        # Campaigning and reconciling come back after anything unforeseen, logged.
+        self._main = asyncio.create_task(
+            supervise("leader election and reconciling", self._run), name="controller-main"
+        )
 
     async def _run(self) -> None:
         await self.factory.wait_for_cache_sync()
@@ -331,6 +394,9 @@ class ControllerApp:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._main
         self.controller.queue.shutdown()
+        for task in self._background:
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
         await self.factory.stop()
         if self._runner is not None:
             await self._runner.cleanup()

@@ -68,6 +68,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=("0.0.0.0", 8080),
         help="serves /metrics, /healthz, /readyz and the agent stream GET /v1/stream (default 0.0.0.0:8080)",
     )
+    parser.add_argument(
+        "--secure-serving",
+        nargs="?",
+        const=True,
+        default=True,
+        type=_bool,
+        help="serve HTTPS with the stream certificate the controller keeps in the Secret "
+        "aviator-stream-tls (CA published in the ConfigMap aviator-stream-ca), /metrics "
+        "only to those a SubjectAccessReview allows (default true; false: plain HTTP, for "
+        "development on one machine)",
+    )
+    parser.add_argument(
+        "--stream-service",
+        default="aviator-controller-stream",
+        help="the Service agents stream through: its DNS names are the certificate's "
+        "(default aviator-controller-stream)",
+    )
     parser.add_argument("--workers", type=int, default=4, help="concurrent reconciles (default 4)")
     parser.add_argument(
         "--agent-service-account",
@@ -150,6 +167,8 @@ def options_from(args: argparse.Namespace) -> Options:
         retry_period=args.retry_period,
         http_host=host,
         http_port=port,
+        secure_serving=bool(args.secure_serving),
+        stream_service=args.stream_service,
         workers=args.workers,
         agent_service_accounts=tuple(
             args.agent_service_account or ["aviator-system:aviator-agent"]

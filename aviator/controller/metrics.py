@@ -12,6 +12,9 @@
 | aviator_latency_store_endpoints | gauge | — | endpoints held by the latency store |
 | aviator_latency_store_buckets | gauge | — | histogram buckets its deltas hold (what its memory bound counts) |
 | aviator_is_leader | gauge | — | 1 while this replica leads |
+| aviator_stalled_pod_enqueues_total | counter | — | policies enqueued at once because an agent reported a pod's request open past their p99Threshold |
+| aviator_policy_condition | gauge | namespace, policy, type, status, reason | 1 per condition each policy's status holds (read from the policy cache at scrape time, on every replica; alerts aggregate with max by (namespace, policy)) |
+| aviator_policy_pod_state | gauge | namespace, policy, pod, state | 1 per pod row of each policy's status (active, standby, ejected, unknown), read likewise |
 
 Each is defined by its owner (the loop, the writer, `aviator.reconcilers.metrics`, this
 module). Queue metrics (workqueue_*) come from aviator.workqueue.metrics on the same registry;
@@ -20,9 +23,12 @@ agent connection metrics from the stream receiver.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from aviator.reconcilers.metrics import PolicyMetrics
 from aviator.runtime.loop import ReconcileMetrics
@@ -45,6 +51,12 @@ class ControllerMetrics:
             registry=r,
         )
         self.is_leader = Gauge("aviator_is_leader", "1 while this replica leads.", registry=r)
+        self.stalled_enqueues = Counter(
+            "aviator_stalled_pod_enqueues_total",
+            "Policies enqueued at once because an agent reported a pod's request open "
+            "longer than their p99Threshold.",
+            registry=r,
+        )
 
     def track_store_size(
         self, size: Callable[[], int], buckets: Callable[[], int] | None = None
@@ -52,3 +64,50 @@ class ControllerMetrics:
         self.store_endpoints.set_function(lambda: float(size()))
         if buckets is not None:
             self.store_buckets.set_function(lambda: float(buckets()))
+
+    def track_policies(self, policies: Callable[[], Iterable[dict[str, Any]]]) -> None:
+        """Export the conditions of the policies `policies()` returns at each scrape."""
+        self.registry.register(PolicyConditions(policies))
+
+
+class PolicyConditions(Collector):
+    """aviator_policy_condition, the way kube-state-metrics exports conditions: one
+    series per condition with value 1, its status and reason as labels (the alerts on
+    stale latency data and overload read the Degraded condition's reason from it); and
+    aviator_policy_pod_state, each pod's state, for the dashboard."""
+
+    def __init__(self, policies: Callable[[], Iterable[dict[str, Any]]]) -> None:
+        self.policies = policies
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        states = GaugeMetricFamily(
+            "aviator_policy_pod_state",
+            "State of each pod in each AviatorPolicy's status (1 per pod).",
+            labels=["namespace", "policy", "pod", "state"],
+        )
+        family = GaugeMetricFamily(
+            "aviator_policy_condition",
+            "Conditions of each AviatorPolicy's status (1 per condition).",
+            labels=["namespace", "policy", "type", "status", "reason"],
+        )
+        for policy in self.policies():
+            meta = policy.get("metadata") or {}
+            ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
+            for row in (policy.get("status") or {}).get("pods") or []:
+                if isinstance(row, dict) and row.get("name"):
+                    states.add_metric([ns, name, str(row["name"]), str(row.get("state", ""))], 1.0)
+            for c in (policy.get("status") or {}).get("conditions") or []:
+                if not isinstance(c, dict):
+                    continue
+                family.add_metric(
+                    [
+                        ns,
+                        name,
+                        str(c.get("type", "")),
+                        str(c.get("status", "")),
+                        str(c.get("reason", "")),
+                    ],
+                    1.0,
+                )
+        yield family
+        yield states

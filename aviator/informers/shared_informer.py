@@ -141,9 +141,12 @@ class SharedIndexInformer:
     async def _resync_loop(self, period: float) -> None:
         while True:
             await asyncio.sleep(period)
-            if self.has_synced():
-                for obj in self.indexer.list():
-                    self._distribute(UpdateNotification(obj, obj))
+            try:
+                if self.has_synced():
+                    for obj in self.indexer.list():
+                        self._distribute(UpdateNotification(obj, obj))
+            except Exception:  # one bad resync must not end resyncing for good
+                log.exception("informer resync failed")
 
 
 class _InformerStore:

@@ -191,7 +191,7 @@ class TokenAuthenticator:
         try:
             review = await self._client.create(TOKENREVIEWS, body)
         except (ApiError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            log.warning("TokenReview failed: %s", exc)
+            log.warning("TokenReview failed: %r", exc)
             return AuthResult(503, reason="token review unavailable")
         status = review.get("status") or {}
         if not status.get("authenticated"):

@@ -18,7 +18,7 @@ own, see aviator/controller/app.py):
 - messages: `messages_per_s` per connection (burst `messages_burst`); an agent sends
   one per report interval (several when it splits a large snapshot); at most
   `parsing` messages are decoded and ingested at once, the others wait their turn
-  (a decoded message of MAX_MESSAGE_BYTES is about 12 MiB of Python objects).
+  (a message of MAX_MESSAGE_BYTES takes up to about 19 MiB while it is decoded).
 
 Per-source state is kept for at most `max_sources` addresses (least recently seen
 go first), so the bookkeeping itself is bounded.

@@ -84,11 +84,14 @@ class ProbeCounters:
     max_us: int = 0
     rif: int = 0  # probes in flight
     aborted: int = 0  # failed probes (each also a sample at the timeout)
-    # The kernel counters' other fields: probes read no status and keep none open.
+    # The kernel counters' other fields: probes read their answer's status (a 5xx is an
+    # error); `oldest_open_us` is the age of the oldest probe in flight, set by `frozen`
+    # (the read) from `open_since` (perf_counter() starts of the probes in flight).
     statuses: int = 0
     errors: int = 0
     protocol: AppProtocol = "http1"
     oldest_open_us: int = 0
+    open_since: list[float] = field(default_factory=list)
 
     @property
     def buckets(self) -> list[int]:
@@ -105,7 +108,10 @@ class ProbeCounters:
         self.max_us = max(self.max_us, latency_us)
 
     def frozen(self) -> ProbeCounters:
-        return replace(self, hist=self.hist.copy())
+        """A copy as of now, with the oldest probe in flight's age."""
+        oldest = min(self.open_since, default=None)
+        age_us = 0 if oldest is None else max(1, int((time.perf_counter() - oldest) * 1e6))
+        return replace(self, hist=self.hist.copy(), open_since=[], oldest_open_us=age_us)
 
 
 async def _headers_sent(
@@ -173,6 +179,7 @@ class HttpProber:
             ok = False
             latency_us = 0
             started = time.perf_counter()
+            counters.open_since.append(started)
             try:
                 async with session.get(
                     target.url, allow_redirects=False, trace_request_ctx=timing
@@ -180,12 +187,15 @@ class HttpProber:
                     sent_at = timing.sent_at if timing.sent_at is not None else started
                     latency_us = int((time.perf_counter() - sent_at) * 1e6)
                     ok = resp.status < 500
+                    counters.statuses += 1
+                    counters.errors += int(not ok)
                     # Drain (bounded) so the connection can be reused.
                     await resp.content.read(_MAX_BODY)
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 log.debug("probe %s failed: %s", target.url, exc)
             finally:
                 counters.rif -= 1
+                counters.open_since.remove(started)
         if ok:
             counters.record(latency_us)
         else:

@@ -21,6 +21,11 @@ at most once a minute. Parsing and ingesting hand the event loop back every few
 milliseconds, so no message stalls the replica. The token is re-checked every
 `reauth_after_s`, so a revoked or expired token does not keep a connection alive
 forever (nor one whose pod moved: a changed node ends it too).
+
+Once a snapshot is in the store, its admitted endpoint windows that report an open
+request (`oldest_open_us` > 0) go to `on_open`, if given: the controller enqueues the
+policies whose pods hold a request open longer than their p99Threshold at once,
+instead of at their next evaluation.
 """
 
 from __future__ import annotations
@@ -54,6 +59,7 @@ __all__ = ["AuthResult", "TokenAuthenticator", "bearer_token", "make_stream_hand
 log = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+OpenRequests = Callable[[Sequence[EndpointWindow]], None]
 
 STREAM_CONNECTIONS = Gauge(
     "aviator_stream_connections", "Agent websocket connections currently open"
@@ -150,12 +156,13 @@ def make_stream_handler(
     clock: Callable[[], float] = time.monotonic,
     reauth_after_s: float = 300.0,
     heartbeat_s: float = 30.0,
+    on_open: OpenRequests | None = None,
 ) -> Handler:
     """An aiohttp handler feeding `store` from authenticated agent websockets.
 
     `locate` names the live pods at an IP (the controller's Pod cache); `gate` holds
     the flood limits (limits.py); `clock` is the store's clock (the `now` given to
-    `ingest_snapshot`).
+    `ingest_snapshot`); `on_open` hears of admitted windows with an open request.
     """
     gate = gate or StreamGate()
     say = _RefusalLog()
@@ -214,9 +221,12 @@ def make_stream_handler(
                     # Decoded messages are big: a few at a time. Answers are sent
                     # after, so a peer that does not read cannot hold the turn.
                     async with gate.parsing:
-                        answer = await _receive(msg.data, store, locate, clock, peer)
+                        answer = await _receive(msg.data, store, locate, clock, peer, on_open)
                 if answer is not None:
-                    await ws.send_str(answer)
+                    try:
+                        await ws.send_str(answer)
+                    except ConnectionError:  # the agent is gone already
+                        break
         finally:
             STREAM_CONNECTIONS.dec()
             log.info("agent stream from %s closed", source)
@@ -231,6 +241,7 @@ async def _receive(
     locate: PodLocator,
     clock: Callable[[], float],
     peer: _Peer,
+    on_open: OpenRequests | None = None,
 ) -> str | None:
     """Take one message; the frame to answer with, if any."""
     try:
@@ -241,8 +252,11 @@ async def _receive(
         STREAM_MESSAGES.labels("invalid").inc()
         log.debug("bad snapshot from %s: %s", peer.remote, exc)
         return encode_error(str(exc))
+    opened: list[EndpointWindow] | None = None if on_open is None else []
     try:
-        accepted, refused = await _ingest(snapshot, store, locate, clock(), peer.node)
+        accepted, refused = await _ingest(snapshot, store, locate, clock(), peer.node, opened)
+        if on_open is not None and opened:
+            on_open(opened)
     except Exception as exc:  # a store bug must not end every agent's stream
         STREAM_MESSAGES.labels("error").inc()
         log.exception("ingesting a snapshot from %s failed", peer.remote)
@@ -253,10 +267,16 @@ async def _receive(
 
 
 async def _ingest(
-    snapshot: Snapshot, store: LatencyStore, locate: PodLocator, now: float, node: str
+    snapshot: Snapshot,
+    store: LatencyStore,
+    locate: PodLocator,
+    now: float,
+    node: str,
+    opened: list[EndpointWindow] | None = None,
 ) -> tuple[int, Tally[str]]:
     """Admit and store the snapshot's endpoints a chunk at a time, handing the event
-    loop back whenever a slice of work is done; (accepted, refused by reason)."""
+    loop back whenever a slice of work is done; (accepted, refused by reason). The
+    admitted windows reporting an open request are appended to `opened`, if given."""
     accepted = 0
     refused: Tally[str] = Tally()
     eps: Sequence[EndpointWindow] = snapshot.endpoints
@@ -266,6 +286,8 @@ async def _ingest(
         refused.update(admission.refused)
         part = Snapshot(node, snapshot.source, snapshot.time, snapshot.window_s, admission.kept)
         result = store.ingest_snapshot(part, now)
+        if opened is not None:
+            opened.extend(w for w in admission.kept if w.oldest_open_us)
         accepted += result.accepted
         refused.update(result.refused)
         if time.perf_counter() >= deadline:

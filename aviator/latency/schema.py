@@ -27,7 +27,7 @@ message that names the field.
 Size: a message is at most `MAX_MESSAGE_BYTES` (1 MiB; the receiver refuses a larger
 frame before reading it whole) and `MAX_ENDPOINTS` endpoints; a node's snapshot is
 typically tens of KiB, and an agent splits a larger one (`split_snapshot`). Decoded,
-the largest message is about 12 times its size in Python objects while it is
+the largest message takes up to about 19 times its size in Python objects while it is
 validated. Validating it costs up to a few hundred milliseconds of CPU, so the
 receiver uses `parse_snapshot_async`, which hands the event loop back every
 `slice_s` of work: one message never stalls the controller for longer.

@@ -30,6 +30,13 @@ Semantics the selection engine relies on:
 - Server-role data (measured on the pod's own socket) is the pod's latency.
   Client-role data (a caller's view of that IP) is used only when no fresh server
   data exists, and never mixed with it.
+- Besides the histogram, a window sums the responses whose status was read and the
+  errors among them (`statuses`, `errors`: the error rate over the same deltas as the
+  quantiles) and keeps, from the latest report, the requests in flight, the age of the
+  oldest open request and the protocol. An endpoint whose window holds no completed
+  sample but reports an open request is not unknown: its estimate has `samples` 0 and
+  that request's age as every quantile (a lower bound of its latency), so the engine
+  can tell a pod that stopped answering from one that has no data.
 - An endpoint not heard of for `stale_after_s` (a probe window: for its `keep_s`) is
   unknown (`estimate` returns None), never "fast"; so is an endpoint whose window
   holds no samples.
@@ -53,16 +60,16 @@ timestamps from agents are not trusted for windowing.
 
 from __future__ import annotations
 
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from aviator.latency.histogram import Histogram
 from aviator.latency.schema import EndpointWindow, Snapshot, Source
+from aviator.latency.window import QUANTILES, Window
 from aviator.selection.types import LatencyEstimate
 
-_QUANTILES = (0.5, 0.9, 0.99)
 _PRUNE_EVERY_S = 10.0
 
 
@@ -102,61 +109,6 @@ class Ingested:
     refused: Counter[str]
 
 
-@dataclass(slots=True)
-class _Window:
-    """One endpoint's recent deltas and their sum."""
-
-    pod: str | None
-    source: Source
-    last_seen: float
-    keep_s: float  # deltas older than this leave the window
-    stale_s: float  # unheard of for longer than this: unknown
-    owner: str  # the agent (node) charged for it, CONTROLLER_OWNER for probe windows
-    rif: int = 0
-    deltas: deque[tuple[float, Histogram]] = field(default_factory=deque)
-    total: Histogram = field(default_factory=Histogram)
-    buckets: int = 0  # non-empty buckets over `deltas` (what the limits count)
-    # p50/p90/p99 in µs of `total`, recomputed only after it changed.
-    cached: tuple[float, float, float] | None = None
-
-    def add(self, at: float, delta: Histogram, max_deltas: int) -> int:
-        """Add a delta; returns the change in held buckets."""
-        if not delta:
-            return 0
-        self.deltas.append((at, delta))
-        self.total.update(delta)
-        self.cached = None
-        added = len(delta)
-        self.buckets += added
-        if len(self.deltas) > max_deltas:
-            added -= self._pop()
-        return added
-
-    def expire(self, before: float) -> int:
-        """Drop deltas from `before` or earlier; returns the buckets freed."""
-        freed = 0
-        deltas = self.deltas
-        while deltas and deltas[0][0] <= before:
-            freed += self._pop()
-        return freed
-
-    def _pop(self) -> int:
-        _, old = self.deltas.popleft()
-        self.total.subtract(old)
-        self.cached = None
-        self.buckets -= len(old)
-        return len(old)
-
-    def quantiles_us(self) -> tuple[float, float, float] | None:
-        if not self.total:
-            return None
-        if self.cached is None:
-            qs = self.total.quantiles(_QUANTILES)
-            assert qs is not None
-            self.cached = (qs[0], qs[1], qs[2])
-        return self.cached
-
-
 Key = tuple[str, int, str, Origin]  # (ip, port, role, origin)
 
 
@@ -184,7 +136,7 @@ class LatencyStore:
         self.limits = limits or StoreLimits()
         self.total = Usage()
         self._owners: dict[str, Usage] = {}
-        self._windows: dict[Key, _Window] = {}
+        self._windows: dict[Key, Window] = {}
         # ip -> keys of that ip, so estimates need not scan every endpoint.
         self._by_ip: dict[str, set[Key]] = {}
         self._next_prune: float | None = None
@@ -294,7 +246,7 @@ class LatencyStore:
         if reason is not None:
             return reason
         if win is None:
-            win = _Window(ep.pod, source, now, keep_s, stale_s, owner)
+            win = Window(ep.pod, source, now, keep_s, stale_s, owner)
             self._windows[key] = win
             self._by_ip.setdefault(ep.ip, set()).add(key)
             self._charge(owner, 1, 0)
@@ -305,10 +257,12 @@ class LatencyStore:
             if ep.pod is not None:
                 win.pod = ep.pod
         win.rif = ep.rif
-        self._charge(owner, 0, win.add(now, ep.hist, self.max_deltas))
+        win.oldest_open_us = ep.oldest_open_us
+        win.protocol = ep.protocol
+        self._charge(owner, 0, win.add(now, ep, self.max_deltas))
         return None
 
-    def _expire(self, win: _Window, before: float) -> None:
+    def _expire(self, win: Window, before: float) -> None:
         freed = win.expire(before)
         if freed:
             self._charge(win.owner, 0, -freed)
@@ -342,14 +296,14 @@ class LatencyStore:
 
     def _fresh(
         self, ip: str, now: float, ports: Collection[int] | None, origin: Origin
-    ) -> list[_Window]:
+    ) -> list[Window]:
         """The windows of `origin` that speak for `ip` (on one of `ports`, when given):
         fresh server ones, else fresh client ones."""
         keys = self._by_ip.get(ip)
         if not keys:
             return []
-        server: list[_Window] = []
-        client: list[_Window] = []
+        server: list[Window] = []
+        client: list[Window] = []
         for key in keys:
             if key[3] != origin or (ports is not None and key[1] not in ports):
                 continue
@@ -378,24 +332,29 @@ class LatencyStore:
             newest = windows[0]
             qs = newest.quantiles_us()
             samples = newest.total.count
-            rif = newest.rif
         else:
             newest = max(windows, key=lambda w: w.last_seen)
             total = Histogram.merge_all(w.total for w in windows)
-            merged = total.quantiles(_QUANTILES)
+            merged = total.quantiles(QUANTILES)
             qs = None if merged is None else (merged[0], merged[1], merged[2])
             samples = total.count
-            rif = sum(w.rif for w in windows)
+        open_us = max(w.oldest_open_us for w in windows)
         if qs is None:
-            return None
+            if not open_us:
+                return None
+            qs = (float(open_us), float(open_us), float(open_us))  # a lower bound
         return LatencyEstimate(
             p50_ms=qs[0] / 1000.0,
             p90_ms=qs[1] / 1000.0,
             p99_ms=qs[2] / 1000.0,
-            rif=rif,
+            rif=sum(w.rif for w in windows),
             samples=samples,
             age_s=max(0.0, now - newest.last_seen),
             source=newest.source,
+            oldest_open_ms=open_us / 1000.0,
+            statuses=sum(w.statuses for w in windows),
+            errors=sum(w.errors for w in windows),
+            protocol=newest.protocol,
         )
 
     def merged(

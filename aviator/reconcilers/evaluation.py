@@ -127,6 +127,8 @@ def parse_policy(raw: Mapping[str, Any]) -> ParsedPolicy:
                 consecutive_violations=spec.circuit_breaker.consecutive_violations,
                 recovery_interval_s=spec.circuit_breaker.recovery_interval.seconds,
                 max_ejection_percent=spec.circuit_breaker.max_ejection_percent,
+                error_rate_percent=spec.circuit_breaker.error_rate_percent,
+                error_rate_min_responses=spec.circuit_breaker.error_rate_min_responses,
             ),
             dampening=DampeningPolicy(
                 enabled=spec.dampening.enabled,
@@ -152,6 +154,8 @@ SPEC_FIELDS = {
     "consecutive_violations": "spec.circuitBreaker.consecutiveViolations",
     "recovery_interval_s": "spec.circuitBreaker.recoveryInterval",
     "max_ejection_percent": "spec.circuitBreaker.maxEjectionPercent",
+    "error_rate_percent": "spec.circuitBreaker.errorRatePercent",
+    "error_rate_min_responses": "spec.circuitBreaker.errorRateMinResponses",
     "threshold_percent": "spec.dampening.thresholdPercent",
     "consecutive_intervals": "spec.dampening.consecutiveIntervals",
 }
@@ -187,7 +191,10 @@ def pod_input(pod: JSON, latency: LatencyEstimate | None, fresh: bool) -> PodInp
         ready=is_ready(pod),
         terminating=is_terminating(pod),
         created=_created(pod),
-        latency=None if latency is None or latency.samples <= 0 else latency,
+        # Without completed samples only an open request speaks (the engine decides).
+        latency=None
+        if latency is None or (latency.samples <= 0 and not latency.oldest_open_ms)
+        else latency,
         fresh=fresh,
         # The engine files its memory of a pod under the uid: a pod recreated under
         # the same name (a StatefulSet's) does not inherit its predecessor's ejection.
@@ -242,7 +249,7 @@ def select(
             overload = d.message
     cond = evaluation.conditions
     if cond.overload and overload is None:
-        overload = "most eligible pods are above the circuit breaker threshold: overload, not outliers; ejections paused"
+        overload = "most eligible pods break the circuit breaker's rules: overload, not outliers; ejections paused"
     pending = None
     if cond.pending is not None:
         pending = (
@@ -257,6 +264,20 @@ def select(
         engine_state=evaluation.state.to_dict(),
         overload=overload,
         pending=pending,
+    )
+
+
+def stalled_pods(
+    parsed: ParsedPolicy, latencies: Mapping[str, LatencyEstimate | None]
+) -> frozenset[str]:
+    """Pods whose oldest open request is older than the breaker's p99Threshold (none
+    while the breaker is off): the engine's first rule, seen before it runs."""
+    breaker = parsed.selection.breaker
+    if not breaker.enabled:
+        return frozenset()
+    limit = breaker.p99_threshold_ms
+    return frozenset(
+        n for n, lat in latencies.items() if lat is not None and lat.oldest_open_ms > limit
     )
 
 

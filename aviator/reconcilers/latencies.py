@@ -106,6 +106,8 @@ async def _probe_round(prober: HttpProber, targets: Iterable[ProbeTarget]) -> li
             c.rif,
             c.aborted,
             protocol=c.protocol,
+            statuses=c.statuses,
+            errors=c.errors,
         )
 
     return list(await asyncio.gather(*(one(t) for t in set(targets))))

@@ -21,7 +21,9 @@ One reconcile decides, in this order:
 6. the selection engine runs once per `evaluationInterval` (its counters count
    evaluations, and our own writes or pod churn must not make them run faster); in
    between, the last outcome carries over, and a serving pod that stopped being
-   eligible makes the engine run at once;
+   eligible makes the engine run at once; so does a serving pod newly seen with a
+   request open longer than circuitBreaker.p99Threshold (`cadence.urgent_wait`), so a
+   hung pod leaves the slices without waiting for the interval;
 7. slices are published BEFORE a takeover records the selector in the status and then
    removes it (the Service never has zero endpoints, the selector is always kept
    somewhere); never an empty set while an eligible pod exists, nor while a
@@ -40,6 +42,7 @@ from aviator.kube.pods import is_terminating, pod_name
 from aviator.kube.resources import AVIATORPOLICIES
 from aviator.kube.services import is_headless
 from aviator.reconcilers import endpoints, evaluation, handoff, routing, slices, takeover
+from aviator.reconcilers.cadence import evaluation_due, urgent_wait
 from aviator.reconcilers.evaluation import Outcome
 from aviator.reconcilers.latencies import PodLatencies
 from aviator.reconcilers.reporting import EventSpec, handoff_events, pod_row, policy_events
@@ -62,8 +65,6 @@ from aviator.runtime.writer import Write
 
 # The status row reason of a terminating pod published because nothing else serves.
 REASON_TERMINATING_FALLBACK = "ServingWhileTerminating"
-# A requeue timer may fire a little early; an evaluation this close to due counts.
-EARLY_FRACTION = 0.05
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,8 @@ class Memory:
     # (kind, name) of objects the last reconcile's deletes found already gone (or
     # were not allowed to delete): a delete that must hold is repeated until then.
     absent: frozenset[tuple[str, str]] = frozenset()
+    # Pods with a request open longer than p99Threshold at the last evaluation.
+    stalled: frozenset[str] = frozenset()
 
     def record(self, view: View) -> takeover.Record | None:
         """The takeover record: what we last wrote, else what the cache holds."""
@@ -164,11 +167,11 @@ def memory_for(view: View, remembered: Memory | None) -> Memory:
 def _evaluation_due(view: View, memory: Memory, clock: Clock) -> bool:
     assert view.parsed is not None
     generation = int(view.policy["metadata"].get("generation") or 0)
-    return (
-        memory.outcome is None
-        or memory.generation != generation
-        or memory.next_evaluation is None
-        or clock.store >= memory.next_evaluation - EARLY_FRACTION * view.parsed.interval_s
+    return evaluation_due(
+        evaluated=memory.outcome is not None and memory.generation == generation,
+        next_evaluation=memory.next_evaluation,
+        interval_s=view.parsed.interval_s,
+        now=clock.store,
     )
 
 
@@ -276,12 +279,20 @@ def _select(
         else slices.published_pods(view.slices, parsed.routed_service)
     )
     outcome = None
-    if not _evaluation_due(view, memory, clock) and memory.outcome is not None:
+    by_pod = {n: latencies.estimate(n) for n in names}
+    stalled = evaluation.stalled_pods(parsed, by_pod)
+    urgent = urgent_wait(
+        serving=None if memory.outcome is None else memory.outcome.active,
+        last_evaluation=memory.last_evaluation,
+        seen=memory.stalled,
+        stalled=stalled,
+        now=clock.store,
+    )
+    if urgent != 0.0 and not _evaluation_due(view, memory, clock) and memory.outcome is not None:
         outcome = evaluation.carry_over(
             memory.outcome, eligible_names, min(parsed.selection.min_endpoints, len(eligible))
         )
     if outcome is None:
-        by_pod = {n: latencies.estimate(n) for n in names}
         since = None if memory.last_evaluation is None else clock.store - memory.last_evaluation
         outcome = evaluation.select(
             parsed,
@@ -299,9 +310,13 @@ def _select(
             generation=generation,
             last_evaluation=clock.store,
             next_evaluation=clock.store + parsed.interval_s,
+            stalled=stalled,
         )
+        urgent = None
     assert memory.next_evaluation is not None
     requeue_after = max(0.0, memory.next_evaluation - clock.store)
+    if urgent is not None:
+        requeue_after = min(requeue_after, urgent)
 
     problems = list(route.problems)
     active_pods = [p for n, p in zip(names, eligible, strict=True) if n in outcome.active]
@@ -361,6 +376,7 @@ def _select(
         elif pod_name(p) not in eligible_names:
             why = "Terminating" if is_terminating(p) else "NotReady"
             rows.append(pod_row(p, "standby", None, reason=why))
+    opaque = [r.name for r in rows if r.protocol == "opaque" and r.samples]
     obs = Observation(
         generation=generation,
         now_iso=_now_iso(clock.wall),
@@ -374,6 +390,7 @@ def _select(
         engine_state=outcome.engine_state,
         takeover=None if route.record is None else route.record.to_json(),
         hand_offs=hand_offs,
+        opaque=opaque,
     )
     status, write = status_write(view, memory, obs)
     ejections = sum(1 for e in events if e.reason == "PodEjected")

@@ -96,4 +96,9 @@ def pod_row(
         rif=lat.rif if lat else None,
         samples=lat.samples if lat else 0,
         reason=reason,
+        protocol=lat.protocol if lat else None,
+        # Opaque pods have no status read: no responses, no error rate (not "0 %").
+        responses=lat.statuses if lat and lat.protocol != "opaque" else None,
+        error_rate_percent=lat.error_percent if lat else None,
+        oldest_open_ms=lat.oldest_open_ms if lat else None,
     )

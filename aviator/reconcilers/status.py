@@ -10,8 +10,10 @@ Write policy (steady state makes ZERO status writes):
   they move by more than `LATENCY_TOLERANCE` (relative) — histogram quantiles hop
   between neighbouring buckets under ordinary jitter, and a status write per interval
   per policy would be pure noise for the API server;
-- per-pod sample counts and requests in flight (display only) count as changed only
-  when they move by more than half (and more than 2), or samples appear/vanish;
+- per-pod sample counts, requests in flight and responses (display only) count as
+  changed only when they move by more than half (and more than 2), or samples
+  appear/vanish; a pod's oldest open request like a latency; its error rate only when
+  it moves by more than `ERROR_RATE_TOLERANCE` percentage points;
 - everything else (active/total, source, pod states and reasons, conditions,
   observedGeneration, the persisted engine state) is compared exactly.
 """
@@ -46,6 +48,9 @@ REASON_NO_LATENCY_DATA = "NoLatencyData"
 REASON_CONFLICT = "Conflict"
 REASON_INVALID_SPEC = "InvalidSpec"
 REASON_NO_SELECTOR = "ServiceHasNoSelector"
+# Present while some measured pods speak no protocol the agent recognises.
+OPAQUE_LATENCY = "OpaqueLatency"
+REASON_NO_RECOGNISED_FRAMING = "NoRecognisedFraming"
 
 # Problems that stop routing (Ready=False) versus ones that only degrade it.
 BLOCKING = (
@@ -57,6 +62,7 @@ BLOCKING = (
 )
 
 LATENCY_TOLERANCE = 0.10
+ERROR_RATE_TOLERANCE = 1.0
 COUNT_TOLERANCE = 0.5
 MAX_POD_ROWS = 500  # keeps the status object far below the API server's size limit
 
@@ -80,8 +86,13 @@ def pod_status(
     rif: int | None = None,
     samples: int = 0,
     reason: str | None = None,
+    protocol: str | None = None,
+    responses: int | None = None,
+    error_rate_percent: float | None = None,
+    oldest_open_ms: float | None = None,
 ) -> PodStatus:
-    """One pod as `kubectl describe avp` shows it (latencies to the microsecond)."""
+    """One pod as `kubectl describe avp` shows it (latencies to the microsecond, error
+    rates to a tenth of a percent)."""
     return PodStatus(
         name=name,
         ip=ip,
@@ -92,6 +103,10 @@ def pod_status(
         rif=rif,
         samples=samples,
         reason=reason or None,
+        protocol=protocol or None,
+        responses=responses,
+        error_rate_percent=None if error_rate_percent is None else round(error_rate_percent, 1),
+        oldest_open_ms=None if not oldest_open_ms else round(oldest_open_ms, 3),
     )
 
 
@@ -111,6 +126,20 @@ class Observation:
     engine_state: Mapping[str, Any] | None = None
     takeover: JSON | None = None  # status.takeover (aviator.reconcilers.takeover.Record)
     hand_offs: Sequence[HandOffStatus] = ()
+    opaque: Sequence[str] = ()  # measured pods whose protocol is opaque
+
+
+def opaque_message(pods: Sequence[str], measured: int) -> str:
+    """What an opaque pod's latency means (the OpaqueLatency condition's message)."""
+    shown = ", ".join(sorted(pods)[:10]) + (", ..." if len(pods) > 10 else "")
+    return (
+        f"{len(pods)} of {measured} measured pods ({shown}) speak no protocol the agent "
+        "recognises (not HTTP/1.1, h2c or gRPC: TLS, for one): their latency is the time "
+        "from a request's first bytes to the first response bytes on its connection, "
+        "with no framing to tell requests apart (multiplexed requests look faster than "
+        "they are), and no response status is read, so circuitBreaker.errorRatePercent "
+        "cannot judge them"
+    )
 
 
 def effective_source(sources: Iterable[str | None]) -> str:
@@ -141,7 +170,8 @@ def _condition(
 
 def conditions(obs: Observation, previous: JSON) -> list[Condition]:
     """Ready and Degraded; the first blocking problem decides Ready, every problem
-    shows in Degraded's message, the most important gives its reason."""
+    shows in Degraded's message, the most important gives its reason. OpaqueLatency
+    (True) while some measured pods are opaque, absent otherwise."""
     gen, now = obs.generation, obs.now_iso
     blocking = [p for p in obs.problems if p.reason in BLOCKING]
     if blocking:
@@ -157,7 +187,15 @@ def conditions(obs: Observation, previous: JSON) -> list[Condition]:
         degraded = _condition(DEGRADED, True, ordered[0].reason, message, gen, now, previous)
     else:
         degraded = _condition(DEGRADED, False, REASON_AS_EXPECTED, "", gen, now, previous)
-    return [ready, degraded]
+    out = [ready, degraded]
+    if obs.opaque:
+        message = opaque_message(obs.opaque, sum(1 for p in obs.pods if p.samples))
+        out.append(
+            _condition(
+                OPAQUE_LATENCY, True, REASON_NO_RECOGNISED_FRAMING, message, gen, now, previous
+            )
+        )
+    return out
 
 
 def build_status(obs: Observation, previous: JSON) -> AviatorPolicyStatus:
@@ -190,8 +228,8 @@ def _close(a: Any, b: Any) -> bool:
     return abs(fa - fb) <= LATENCY_TOLERANCE * max(abs(fa), abs(fb))
 
 
-_LATENCY_FIELDS = ("p50Ms", "p99Ms")
-_GAUGE_FIELDS = ("samples", "rif")
+_LATENCY_FIELDS = ("p50Ms", "p99Ms", "oldestOpenMs")
+_GAUGE_FIELDS = ("samples", "rif", "responses")
 
 
 def _close_count(a: Any, b: Any, *, zero_matters: bool) -> bool:
@@ -206,6 +244,12 @@ def _close_count(a: Any, b: Any, *, zero_matters: bool) -> bool:
     return abs(ia - ib) <= max(2, COUNT_TOLERANCE * max(ia, ib))
 
 
+def _close_rate(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is b
+    return abs(float(a) - float(b)) <= ERROR_RATE_TOLERANCE
+
+
 def _same_rows(old: Sequence[JSON], new: Sequence[JSON]) -> bool:
     if len(old) != len(new):
         return False
@@ -213,6 +257,9 @@ def _same_rows(old: Sequence[JSON], new: Sequence[JSON]) -> bool:
         for k in set(a) | set(b):
             if k in _LATENCY_FIELDS:
                 if not _close(a.get(k), b.get(k)):
+                    return False
+            elif k == "errorRatePercent":
+                if not _close_rate(a.get(k), b.get(k)):
                     return False
             elif k in _GAUGE_FIELDS:
                 if not _close_count(a.get(k), b.get(k), zero_matters=k == "samples"):

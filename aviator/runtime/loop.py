@@ -17,6 +17,12 @@ only returns a `Result` or raises:
 - the queue guarantees no key is reconciled by two workers at once, and a key added
   while it is being reconciled is reconciled again afterwards.
 
+`enqueue_urgent` is for keys that must not wait for their requeue (a pod stopped
+answering): added at once, but at most once per `URGENT_MIN_GAP_S` per key and within
+an overall token bucket (`URGENT_QPS`, `URGENT_BURST`), so a flood of reports cannot
+keep a key reconciling in a loop; a key held back is added when its turn comes (the
+queue keeps one entry per key, however often it is asked).
+
 Event handlers (`handler_for`) enqueue even while `run` is not running, so a replica
 that is not the leader keeps collecting work. `run` is meant to be the leader's task:
 cancelling it stops every reconcile at once (the lease was lost). Keys that were being
@@ -38,7 +44,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from aviator.informers.keys import JSON, DeletedFinalStateUnknown, unwrap_tombstone
 from aviator.runtime.writer import CacheBehind
-from aviator.workqueue import RateLimitingQueue, ShutDown
+from aviator.workqueue import BucketRateLimiter, RateLimitingQueue, ShutDown
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +52,9 @@ KeyFunc = Callable[[JSON], Iterable[str]]
 
 # Our own write is not in the informer cache yet: look again soon, not with backoff.
 CACHE_BEHIND_RETRY_S = 0.2
+URGENT_MIN_GAP_S = 0.2
+URGENT_QPS = 20.0
+URGENT_BURST = 50
 
 
 @dataclass(frozen=True)
@@ -117,6 +126,7 @@ class Controller:
         workers: int = 4,
         queue: RateLimitingQueue[str] | None = None,
         metrics: ReconcileMetrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
@@ -127,9 +137,28 @@ class Controller:
         self.metrics = metrics
         self._running = False
         self._stopping = False
+        self._urgent_at: dict[str, float] = {}  # key -> when it may be urgent again
+        self._clock = clock
+        self._urgent_bucket = BucketRateLimiter(qps=URGENT_QPS, burst=URGENT_BURST, clock=clock)
 
     def enqueue(self, key: str) -> None:
         self.queue.add(key)
+
+    def enqueue_urgent(self, key: str) -> None:
+        """Reconcile `key` as soon as the urgent limits allow (module docstring)."""
+        now = self._clock()
+        if len(self._urgent_at) > 4096:  # forget keys whose gap is over
+            self._urgent_at = {k: t for k, t in self._urgent_at.items() if t > now}
+        ready = self._urgent_at.get(key, now)
+        if ready > now:
+            self.queue.add_after(key, ready - now)
+            return
+        delay = self._urgent_bucket.when(key)
+        self._urgent_at[key] = now + max(URGENT_MIN_GAP_S, delay)
+        if delay > 0:
+            self.queue.add_after(key, delay)
+        else:
+            self.queue.add(key)
 
     def enqueue_after(self, key: str, delay_s: float) -> None:
         self.queue.add_after(key, delay_s)

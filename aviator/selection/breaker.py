@@ -1,15 +1,28 @@
-"""Circuit breaker: eject pods whose p99 stays above a threshold, readmit them later.
+"""Circuit breaker: eject pods that break its rules, readmit them later.
 
-Per pod: closed --(p99 > threshold on `consecutiveViolations` fresh evaluations in a
-row)--> open (ejected) --(recovery wait elapsed)--> halfOpen (out of traffic, measured
-by keep-warm probes) --(fresh p99 <= threshold)--> closed (readmitted), or
---(fresh p99 > threshold)--> open again with the wait doubled.
+A pod is in violation (`violation`, checked in this order) when:
+
+1. its oldest request still open is older than p99Threshold (OpenRequestAboveThreshold):
+   a pod that stopped answering, seen before its clients give up. An open request is a
+   fact, not a statistic of a window, so it needs no run of evaluations: the pod is a
+   candidate for ejection at the first evaluation that sees it;
+2. its p99 is above p99Threshold (P99AboveThreshold);
+3. the error rule is on (errorRatePercent) and its window holds at least
+   errorRateMinResponses responses with a status, of which at least errorRatePercent %
+   are errors (ErrorRateAboveThreshold). Fewer responses are no evidence either way.
+
+Per pod: closed --(in violation on `consecutiveViolations` fresh evaluations in a row;
+rule 1 at once)--> open (ejected) --(recovery wait elapsed)--> halfOpen (out of
+traffic, measured by keep-warm probes) --(fresh estimate in no violation)--> closed
+(readmitted), or --(fresh estimate in violation)--> open again with the wait doubled.
+Every rule counts alike for the run of violations, for readmission and for overload.
 
 The wait after the k-th ejection in a row is recoveryInterval x min(2**(k-1), 10); the
 count resets once a readmitted pod has stayed closed for 10 x recoveryInterval.
 Evaluations without fresh samples change nothing. New ejections respect the cap and
-stop during overload (see safety.py); if pods leave eligibility so that the ejected
-exceed the cap, the best of them are released at once.
+stop during overload (see safety.py), stalled pods first, then error rates, then p99s,
+worst first; if pods leave eligibility so that the ejected exceed the cap, the best of
+them are released at once.
 
 Pods that are present but not eligible keep their record unchanged until they are
 eligible again; records of pods that are gone are dropped.
@@ -30,6 +43,7 @@ from aviator.selection.types import (
     DecisionKind,
     LatencyEstimate,
     PodInput,
+    Reason,
 )
 
 _CLOSED = BreakerRecord()
@@ -66,23 +80,22 @@ def step(
     if not policy.enabled:
         return _disabled(eligible, records)
 
-    threshold = policy.p99_threshold_ms
     new: dict[str, BreakerRecord] = dict(records)
     decisions: list[Decision] = []
     readmitted: list[str] = []
-    candidates: list[tuple[float, str]] = []
+    candidates: list[tuple[tuple[int, float], str, Reason]] = []
     violating = 0
 
     for pod in eligible:
         name = pod.name
         rec = records.get(name)
         lat = latency.get(name)
-        slow = lat is not None and lat.p99_ms > threshold
-        if slow:
+        broken = violation(lat, policy)
+        if broken is not None:
             violating += 1
         fresh = lat is not None and pod.fresh
         if rec is None:
-            if not slow or not fresh:
+            if broken is None or not fresh:
                 continue  # healthy and never ejected: nothing to remember (the common case)
             rec = _CLOSED
         if rec.status is BreakerStatus.OPEN:
@@ -91,23 +104,22 @@ def step(
                 rec = replace(rec, status=BreakerStatus.HALF_OPEN, since=now)
         elif rec.status is BreakerStatus.HALF_OPEN:
             if fresh and lat is not None:
-                if slow:
-                    rec = BreakerRecord(BreakerStatus.OPEN, 0, now, rec.level + 1)
-                    decisions.append(
-                        _ejected(name, f"p99 {lat.p99_ms:.1f} ms still above {threshold:g} ms")
-                    )
+                if broken is not None:
+                    rec = BreakerRecord(BreakerStatus.OPEN, 0, now, rec.level + 1, broken.value)
+                    decisions.append(_ejected(name, f"still {describe(broken, lat, policy)}"))
                 else:
                     rec = BreakerRecord(BreakerStatus.CLOSED, 0, now, rec.level)
                     readmitted.append(name)
-                    decisions.append(
-                        _readmitted(name, f"p99 {lat.p99_ms:.1f} ms back under {threshold:g} ms")
-                    )
+                    decisions.append(_readmitted(name, _recovered(lat, policy)))
         else:
             rec = _decay(rec, policy, now)
             if fresh and lat is not None:
-                rec = replace(rec, violations=rec.violations + 1 if slow else 0)
-                if slow and rec.violations >= policy.consecutive_violations:
-                    candidates.append((lat.p99_ms, name))
+                rec = replace(rec, violations=rec.violations + 1 if broken else 0)
+                if broken is not None and (
+                    broken is Reason.OPEN_REQUEST_ABOVE_THRESHOLD
+                    or rec.violations >= policy.consecutive_violations
+                ):
+                    candidates.append((_severity(broken, lat), name, broken))
         new[name] = rec
 
     overload = is_overloaded(violating, len(eligible))
@@ -127,19 +139,19 @@ def step(
             decisions.append(_readmitted(name, f"ejection cap is {cap} of {len(eligible)} pods"))
             out.remove(name)
     elif not overload and candidates:
-        # Worst first, so the cap removes the slowest pods.
-        candidates.sort(key=lambda c: (-c[0], c[1]))
-        for p99, name in candidates[: cap - len(out)]:
+        # Stalled pods first, then error rates, then p99s, worst first, so the cap
+        # removes the worst pods.
+        candidates.sort(key=lambda c: (c[0], c[1]))
+        for _, name, broken in candidates[: cap - len(out)]:
             rec = new[name]
-            new[name] = BreakerRecord(BreakerStatus.OPEN, 0, now, rec.level + 1)
+            lat = latency[name]
+            assert lat is not None
+            new[name] = BreakerRecord(BreakerStatus.OPEN, 0, now, rec.level + 1, broken.value)
             out.append(name)
-            decisions.append(
-                _ejected(
-                    name,
-                    f"p99 {p99:.1f} ms above {threshold:g} ms on "
-                    f"{rec.violations} consecutive evaluations",
-                )
-            )
+            note = describe(broken, lat, policy)
+            if broken is not Reason.OPEN_REQUEST_ABOVE_THRESHOLD:
+                note += f" on {rec.violations} consecutive evaluations"
+            decisions.append(_ejected(name, note))
 
     decisions.sort(key=lambda d: (d.pod or "", d.kind.value))
     return BreakerOutcome(
@@ -149,6 +161,63 @@ def step(
         decisions=decisions,
         overload=overload,
     )
+
+
+def violation(lat: LatencyEstimate | None, policy: BreakerPolicy) -> Reason | None:
+    """The first rule (see the module docstring) a known estimate breaks; None when it
+    breaks none or is unknown."""
+    if lat is None:
+        return None
+    threshold = policy.p99_threshold_ms
+    if lat.oldest_open_ms > threshold:
+        return Reason.OPEN_REQUEST_ABOVE_THRESHOLD
+    if lat.p99_ms > threshold:
+        return Reason.P99_ABOVE_THRESHOLD
+    limit = policy.error_rate_percent
+    if (
+        limit is not None
+        and lat.statuses >= policy.error_rate_min_responses
+        and 100 * lat.errors >= limit * lat.statuses
+    ):
+        return Reason.ERROR_RATE_ABOVE_THRESHOLD
+    return None
+
+
+def describe(broken: Reason, lat: LatencyEstimate, policy: BreakerPolicy) -> str:
+    """The violation in words, with the figures that made it (for Events)."""
+    threshold = policy.p99_threshold_ms
+    if broken is Reason.OPEN_REQUEST_ABOVE_THRESHOLD:
+        return f"a request open for {lat.oldest_open_ms:.0f} ms, longer than {threshold:g} ms"
+    if broken is Reason.ERROR_RATE_ABOVE_THRESHOLD:
+        return (
+            f"{lat.error_percent or 0.0:.1f} % errors of {lat.statuses} responses, at least "
+            f"{policy.error_rate_percent:g} %"
+        )
+    return f"p99 {lat.p99_ms:.1f} ms above {threshold:g} ms"
+
+
+def _recovered(lat: LatencyEstimate, policy: BreakerPolicy) -> str:
+    note = f"p99 {lat.p99_ms:.1f} ms back under {policy.p99_threshold_ms:g} ms"
+    rate = lat.error_percent
+    if policy.error_rate_percent is not None and rate is not None:
+        note += f", {rate:.1f} % errors of {lat.statuses} responses"
+    return note
+
+
+_ORDER = {
+    Reason.OPEN_REQUEST_ABOVE_THRESHOLD: 0,
+    Reason.ERROR_RATE_ABOVE_THRESHOLD: 1,
+    Reason.P99_ABOVE_THRESHOLD: 2,
+}
+
+
+def _severity(broken: Reason, lat: LatencyEstimate) -> tuple[int, float]:
+    """Sort key of an ejection candidate: lower is worse."""
+    if broken is Reason.OPEN_REQUEST_ABOVE_THRESHOLD:
+        return _ORDER[broken], -lat.oldest_open_ms
+    if broken is Reason.ERROR_RATE_ABOVE_THRESHOLD:
+        return _ORDER[broken], -(lat.error_percent or 0.0)
+    return _ORDER[broken], -lat.p99_ms
 
 
 def _decay(rec: BreakerRecord, policy: BreakerPolicy, now: float) -> BreakerRecord:

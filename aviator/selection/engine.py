@@ -7,6 +7,7 @@ processed in name order and ties are broken by name). See docs/selection.md.
 from __future__ import annotations
 
 import itertools
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -34,12 +35,24 @@ class Evaluation:
     conditions: Conditions
 
 
-def known_latency(pod: PodInput, stale_after_s: float) -> LatencyEstimate | None:
-    """The pod's estimate if it is usable; stale data is unknown, never fast."""
+def known_latency(
+    pod: PodInput, stale_after_s: float, stalled_after_ms: float = math.inf
+) -> LatencyEstimate | None:
+    """The pod's estimate if it is usable; stale data is unknown, never fast. An
+    estimate without completed samples is usable only when its open request is older
+    than `stalled_after_ms` (the breaker's p99Threshold, when it is on): a pod that
+    never answered is stalled, not unknown."""
     lat = pod.latency
-    if lat is None or lat.samples <= 0 or lat.age_s > stale_after_s:
+    if lat is None or lat.age_s > stale_after_s:
+        return None
+    if lat.samples <= 0 and not lat.oldest_open_ms > stalled_after_ms:
         return None
     return lat
+
+
+def stalled_after_ms(policy: SelectionPolicy) -> float:
+    """Open requests older than this make a pod violate (inf: breaker off)."""
+    return policy.breaker.p99_threshold_ms if policy.breaker.enabled else math.inf
 
 
 def evaluate(
@@ -61,7 +74,8 @@ def evaluate(
             raise ValueError(f"duplicate pod name {a.name!r}")
     present = {p.name for p in ordered}
     eligible = [p for p in ordered if p.eligible]
-    latency = {p.name: known_latency(p, policy.stale_after_s) for p in eligible}
+    stall = stalled_after_ms(policy)
+    latency = {p.name: known_latency(p, policy.stale_after_s, stall) for p in eligible}
     # The state is filed under pod keys (uids); the stages below work on names.
     key_of = {p.name: (p.name if state.by_name else p.key) for p in ordered}
     records = {n: state.breaker[k] for n, k in key_of.items() if k in state.breaker}
@@ -107,8 +121,9 @@ def evaluate(
         decisions.append(
             Decision(
                 DecisionKind.OVERLOAD,
-                f"most pods exceed the p99 threshold of {policy.breaker.p99_threshold_ms:g} ms: "
-                "treating it as overload, not ejecting more pods",
+                "most pods break the circuit breaker's rules (p99 threshold "
+                f"{policy.breaker.p99_threshold_ms:g} ms): treating it as overload, "
+                "not ejecting more pods",
             )
         )
     current = current_active & present
@@ -160,6 +175,14 @@ def _by_key(state: DampeningState, keys: Mapping[str, str]) -> DampeningState:
 _VERDICTS = {(s, r): PodVerdict(s, r) for s in PodState for r in Reason}
 
 
+_P99 = Reason.P99_ABOVE_THRESHOLD
+# What an open record's `cause` says; "" (an older state) and anything unknown: p99.
+_CAUSES = {
+    r.value: r
+    for r in (_P99, Reason.OPEN_REQUEST_ABOVE_THRESHOLD, Reason.ERROR_RATE_ABOVE_THRESHOLD)
+}
+
+
 def _verdicts(
     ordered: Sequence[PodInput],
     records: dict[str, BreakerRecord],
@@ -185,7 +208,7 @@ def _verdicts(
             if rec.status is BreakerStatus.HALF_OPEN:
                 out[name] = _VERDICTS[PodState.HALF_OPEN, Reason.RECOVERING]
             else:
-                out[name] = _VERDICTS[PodState.EJECTED, Reason.P99_ABOVE_THRESHOLD]
+                out[name] = _VERDICTS[PodState.EJECTED, _CAUSES.get(rec.cause, _P99)]
         elif name in active:
             if name in floor_set:
                 reason = Reason.MIN_ENDPOINTS

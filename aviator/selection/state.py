@@ -36,12 +36,15 @@ class BreakerRecord:
     `since`: when the breaker last changed status (None: never ejected).
     `level`: ejections in the current streak; the recovery wait is
     recoveryInterval x min(2**level', 10) with level' = level - 1.
+    `cause`: while open or halfOpen, the rule that ejected the pod (a selection
+    `Reason` value, e.g. "ErrorRateAboveThreshold"; "" read from an older state: p99).
     """
 
     status: BreakerStatus = BreakerStatus.CLOSED
     violations: int = 0
     since: float | None = None
     level: int = 0
+    cause: str = ""
 
     @property
     def is_default(self) -> bool:
@@ -59,6 +62,8 @@ class BreakerRecord:
             out["since"] = self.since
         if self.level:
             out["level"] = self.level
+        if self.cause:
+            out["cause"] = self.cause
         return out
 
     @classmethod
@@ -72,6 +77,7 @@ class BreakerRecord:
             violations=_non_negative_int(data.get("violations", 0), "violations"),
             since=None if since is None else _finite_float(since, "since"),
             level=_non_negative_int(data.get("level", 0), "level"),
+            cause=_text(data.get("cause", ""), "cause"),
         )
 
 
@@ -157,6 +163,12 @@ class EngineState:
 def _non_negative_int(value: object, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ValueError(f"{what} must be a non-negative integer")
+    return value
+
+
+def _text(value: object, what: str) -> str:
+    if not isinstance(value, str) or len(value) > 64:
+        raise ValueError(f"{what} must be a short string")
     return value
 
 

@@ -43,7 +43,9 @@ class Reason(StrEnum):
     HOT = "Hot"  # prequal mode: requests in flight above the quantile
     NOT_READY = "NotReady"
     TERMINATING = "Terminating"
-    P99_ABOVE_THRESHOLD = "P99AboveThreshold"  # circuit breaker ejection
+    P99_ABOVE_THRESHOLD = "P99AboveThreshold"  # circuit breaker ejection: p99
+    OPEN_REQUEST_ABOVE_THRESHOLD = "OpenRequestAboveThreshold"  # ejection: a request hangs
+    ERROR_RATE_ABOVE_THRESHOLD = "ErrorRateAboveThreshold"  # ejection: too many errors
     RECOVERING = "Recovering"  # half-open: waiting for fresh samples under the threshold
 
 
@@ -57,6 +59,14 @@ class LatencyEstimate:
     the newest sample is; `source` what measured it ("ebpf", "probe"). The engine
     ranks by p99 and reads rif, samples and age; p50, p90 and the source are for
     people (status rows, the agent's GET /latency).
+
+    The circuit breaker also reads `oldest_open_ms`, the age of the pod's oldest request
+    still open at the latest report (0: none), and `statuses`/`errors`: over the same
+    window as the quantiles, the responses whose status was read and how many of those
+    were errors (HTTP 5xx, gRPC status other than OK). `protocol` is what the source
+    recognised (http1, h2, grpc, opaque; "" unknown), for people. An estimate with no
+    completed sample (`samples` 0) but an open request carries that request's age as
+    its quantiles: a lower bound of its latency (see aviator.latency.store).
     """
 
     p50_ms: float
@@ -66,6 +76,15 @@ class LatencyEstimate:
     age_s: float = 0.0
     p90_ms: float | None = None
     source: str = ""
+    oldest_open_ms: float = 0.0
+    statuses: int = 0
+    errors: int = 0
+    protocol: str = ""
+
+    @property
+    def error_percent(self) -> float | None:
+        """errors / statuses in percent; None when no status was read."""
+        return 100.0 * self.errors / self.statuses if self.statuses else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,20 +123,35 @@ class PodInput:
 DEFAULT_TOP_N = 3
 DEFAULT_PERCENTAGE = 50
 MAX_BACKOFF_FACTOR = 10.0  # repeated ejections wait at most 10 x recoveryInterval
+# The error rule judges a pod only on at least this many responses with a status in
+# the window: one error in two requests is not a 50 % error rate worth an ejection.
+DEFAULT_ERROR_RATE_MIN_RESPONSES = 20
 
 
 @dataclass(frozen=True, slots=True)
 class BreakerPolicy:
-    """Circuit breaker settings (spec.circuitBreaker)."""
+    """Circuit breaker settings (spec.circuitBreaker).
+
+    `error_rate_percent` None: the error rule is off; otherwise a pod whose window holds
+    at least `error_rate_min_responses` responses with a status, of which at least
+    `error_rate_percent` % are errors, is in violation.
+    """
 
     enabled: bool = False
     p99_threshold_ms: float = 500.0
     consecutive_violations: int = 3
     recovery_interval_s: float = 30.0
     max_ejection_percent: int = 50
+    error_rate_percent: float | None = None
+    error_rate_min_responses: int = DEFAULT_ERROR_RATE_MIN_RESPONSES
 
     def __post_init__(self) -> None:
         _require(self.p99_threshold_ms > 0, "p99_threshold_ms must be > 0")
+        _require(
+            self.error_rate_percent is None or 0 < self.error_rate_percent <= 100,
+            "error_rate_percent must be in (0, 100]",
+        )
+        _require(self.error_rate_min_responses >= 1, "error_rate_min_responses must be >= 1")
         _require(self.consecutive_violations >= 1, "consecutive_violations must be >= 1")
         _require(self.recovery_interval_s >= 0, "recovery_interval_s must be >= 0")
         _require(0 <= self.max_ejection_percent <= 100, "max_ejection_percent must be 0..100")

@@ -66,13 +66,20 @@ class KeepAlivePool:
     _freed: asyncio.Condition | None = None
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
-    async def run(self, rate_per_s: float, duration_s: float, seed: int = 1) -> list[PoolSample]:
-        """Open-loop load for `duration_s`, then wait for the answers; this run's samples."""
+    async def run(
+        self,
+        rate_per_s: float,
+        duration_s: float,
+        seed: int = 1,
+        stop: asyncio.Event | None = None,
+    ) -> list[PoolSample]:
+        """Open-loop load for `duration_s` (or until `stop` is set, if sooner), then wait
+        for the answers; this run's samples."""
         rng = random.Random(seed)
         first = len(self.samples)
         due = time.monotonic()
         end = due + duration_s
-        while True:
+        while stop is None or not stop.is_set():
             due += rng.expovariate(rate_per_s)
             if due >= end:
                 break

@@ -38,7 +38,8 @@ async def test_pooled_connections_leave_a_pod_that_turns_slow(quickstart: Scenar
     assert address is not None
     # Generous: a request queued behind the slow victim (2 s) must not time out.
     pool = KeepAlivePool(lambda: address, size=16, timeout_s=10.0)
-    traffic = asyncio.get_running_loop().create_task(pool.run(40, 45.0))
+    done = asyncio.Event()  # traffic runs until the checks are over (bounded: 180 s)
+    traffic = asyncio.get_running_loop().create_task(pool.run(40, 180.0, stop=done))
     try:
         victim, healthy = sorted(await quickstart.pods("fast"))
 
@@ -58,7 +59,6 @@ async def test_pooled_connections_leave_a_pod_that_turns_slow(quickstart: Scenar
             lambda pods: victim not in pods and healthy in pods,
             timeout_s=CONVERGE_S,
         )
-        left = time.monotonic()
         await wait_for(
             f"the status to list the hand-off of {victim}",
             quickstart.avp,
@@ -68,29 +68,46 @@ async def test_pooled_connections_leave_a_pod_that_turns_slow(quickstart: Scenar
             ),
             timeout_s=10,
         )
-        # Idle connections go within the period; one busy with a request in flight goes
-        # right after its answer (never cut): give those the victim's latency on top.
-        settled = left + PERIOD_S + SLOW_S + 1.0
-        await asyncio.sleep(max(0.0, settled - time.monotonic()) + 4.0)
-        after = [s for s in pool.samples if s.at >= settled]
-        assert after and victim not in {s.served_by for s in after}, (
-            f"{sum(1 for s in after if s.served_by == victim)} of {len(after)} requests "
-            f"still served by {victim} {PERIOD_S + SLOW_S + 1:g}s after it left"
-        )
 
         async def handed_off() -> list[str]:
             answer = await quickstart.kube.list(EVENTS, quickstart.ns)
             return [
                 str(e.get("note"))
                 for e in answer.get("items", [])
-                if e.get("reason") == "ConnectionsHandedOff"
+                if e.get("reason") == "ConnectionsHandedOff" and victim in str(e.get("note"))
             ]
 
+        # The agent records the Event when the hand-off is over: every idle connection
+        # ended within the period (the executor's pacing, unit-tested) and any that was
+        # busy left alone. Waiting for it, not for a clock, keeps the check true on a
+        # busy machine, where the agent may learn of the order late.
         notes, _ = await wait_for(
-            "a ConnectionsHandedOff Event", handed_off, lambda n: bool(n), timeout_s=30
+            "a ConnectionsHandedOff Event", handed_off, lambda n: bool(n), timeout_s=60
         )
-        assert any(victim in n for n in notes), notes
+        # One busy at the last look goes right after its answer (never cut): give those
+        # the victim's latency on top.
+        settled = time.monotonic() + SLOW_S + 1.0
+
+        async def answered_since_settled() -> int:
+            return sum(1 for s in pool.samples if s.at >= settled)
+
+        await wait_for(
+            "40 requests answered after the hand-off settled",
+            answered_since_settled,
+            lambda n: n >= 40,
+            timeout_s=60,
+        )
+        after = [s for s in pool.samples if s.at >= settled]
+        assert victim not in {s.served_by for s in after}, (
+            f"{sum(1 for s in after if s.served_by == victim)} of {len(after)} requests "
+            f"still served by {victim} after its hand-off ended ({notes})"
+        )
+        # The agent's own account: every connection of the pod ended (idle ones over
+        # the period, a busy one right after its answer), none left at the hand-off's
+        # expiry. How long it took is printed: on a busy machine it can exceed the period.
+        assert any("(complete after" in n for n in notes), notes
     finally:
+        done.set()
         await traffic
         await pool.close()
     failed = [s for s in pool.samples if not s.ok]

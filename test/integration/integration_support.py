@@ -39,6 +39,7 @@ from aviator.latency.histogram import Histogram
 from aviator.latency.receiver import make_stream_handler
 from aviator.latency.schema import EndpointWindow, Snapshot, encode_snapshot
 from aviator.latency.store import Ingested, LatencyStore
+from aviator.latency.tls import client_context
 from aviator.testing.controlplane import ControlPlane
 
 JSON = dict[str, Any]
@@ -267,6 +268,7 @@ async def start_controller(
         leader_elect=False,
         http_host="127.0.0.1",
         http_port=0,
+        secure_serving=False,  # plain HTTP on 127.0.0.1; test_stream_tls.py covers TLS
         workers=2,
         agent_service_accounts=(f"{ns}:{AGENT_SA}",),
         latency_window_s=1.5,
@@ -415,9 +417,12 @@ class TestAgent:
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, url: str, token: str, period_s: float = 0.2) -> None:
+    def __init__(
+        self, url: str, token: str, period_s: float = 0.2, tls: dict[str, Any] | None = None
+    ) -> None:
         self.url = url
         self.token = token
+        self.tls = tls or {}  # ws_connect's ssl= and server_hostname=
         self.period_s = period_s
         self.latency_ms: dict[str, float] = {}
         self.sent = 0
@@ -442,7 +447,7 @@ class TestAgent:
     async def _run(self) -> None:
         assert self._session is not None
         async with self._session.ws_connect(
-            self.url, headers={"Authorization": f"Bearer {self.token}"}
+            self.url, headers={"Authorization": f"Bearer {self.token}"}, **self.tls
         ) as ws:
             self.connected.set()
             while True:
@@ -453,7 +458,16 @@ class TestAgent:
 
 
 def stream_url(app: ControllerApp) -> str:
-    return f"ws://127.0.0.1:{app.http_port}/v1/stream"
+    scheme = "wss" if app.options.secure_serving else "ws"
+    return f"{scheme}://127.0.0.1:{app.http_port}/v1/stream"
+
+
+def stream_tls(app: ControllerApp) -> dict[str, Any]:
+    """ws_connect's TLS arguments for a client that trusts `app`'s stream CA, as an
+    agent with the ConfigMap mounted does."""
+    if app.stream_ca is None:
+        return {}
+    return {"ssl": client_context(app.stream_ca), "server_hostname": app.stream_server_name}
 
 
 # --- a latency receiver that records what agents stream ----------------------------------

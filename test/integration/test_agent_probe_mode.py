@@ -113,6 +113,7 @@ def agent_process(
                 str(crd.kubeconfig),
                 "--http-addr",
                 f"127.0.0.1:{http_port}",
+                "--secure-serving=false",  # plain HTTP, open: test_agent_api_auth.py covers it
                 *args,
             ],
             stdout=log,

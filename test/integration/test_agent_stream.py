@@ -136,6 +136,7 @@ def streaming_to(receiver: Receiver, node: str, token_file: Path) -> AgentConfig
         report_interval_s=0.2,
         http_host="127.0.0.1",
         http_port=0,
+        secure_serving=False,  # its API in plain HTTP, open (test_agent_api_auth.py)
         controller_urls=[receiver.url],
         token_files=[str(token_file)],
     )
@@ -304,6 +305,7 @@ async def test_controllers_found_through_a_headless_service(
         report_interval_s=0.2,
         http_host="127.0.0.1",
         http_port=0,
+        secure_serving=False,
         controller_service=f"{ns}/controller",
         token_files=[],
     )

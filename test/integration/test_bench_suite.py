@@ -88,6 +88,23 @@ def test_accuracy_quick() -> None:
     assert len(counted) == 4
     assert all(value(r) == 1.0 for r in counted), counted
     assert value(rows["worst p50/p99 error vs kernel-timed client"]) < 10
+    # The protocol matrix: every pod has its count rows; HTTP/1.1 is measured per
+    # request today; a pod whose protocol the program recognises must be counted
+    # exactly, requests and errors (h2c and gRPC once the program reads frames).
+    pods = [
+        m.removesuffix(": protocol recognised by the agent")
+        for m in rows
+        if m.endswith(": protocol recognised by the agent")
+    ]
+    assert len(pods) >= 10, pods
+    for pod in pods:
+        requests = rows[f"{pod}: requests counted by the agent"]
+        if pod.startswith("http1 "):
+            assert value(requests) == 1.0, requests
+            assert value(rows[f"{pod}: p50 error vs client"]) < 10
+        if value(rows[f"{pod}: protocol recognised by the agent"]) == 1.0:
+            assert value(requests) == 1.0, requests
+            assert value(rows[f"{pod}: errors counted by the agent"]) == 1.0
 
 
 @pytest.mark.bench

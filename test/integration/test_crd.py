@@ -149,6 +149,7 @@ def test_quick_start_sample_reads_back_with_product_defaults(
         "consecutiveViolations": 3,
         "recoveryInterval": "30s",
         "maxEjectionPercent": 50,
+        "errorRateMinResponses": 20,
     }
     assert spec["dampening"] == {"enabled": True, "thresholdPercent": 20, "consecutiveIntervals": 3}
     assert spec["routing"] == {"mode": "shadow", "handoff": {"enabled": True, "period": "5s"}}
@@ -188,6 +189,9 @@ BAD_SPECS: list[tuple[str, dict[str, Any], str, str]] = [
     ("threshold-percent-101", {"dampening": {"thresholdPercent": 101}}, "spec.dampening.thresholdPercent", "less than or equal to 100"),
     ("violations-0", {"circuitBreaker": {"consecutiveViolations": 0}}, "spec.circuitBreaker.consecutiveViolations", "greater than or equal to 1"),
     ("max-ejection-101", {"circuitBreaker": {"maxEjectionPercent": 101}}, "spec.circuitBreaker.maxEjectionPercent", "less than or equal to 100"),
+    ("error-rate-0", {"circuitBreaker": {"errorRatePercent": 0}}, "spec.circuitBreaker.errorRatePercent", "greater than 0"),
+    ("error-rate-101", {"circuitBreaker": {"errorRatePercent": 101}}, "spec.circuitBreaker.errorRatePercent", "less than or equal to 100"),
+    ("error-responses-0", {"circuitBreaker": {"errorRateMinResponses": 0}}, "spec.circuitBreaker.errorRateMinResponses", "greater than or equal to 1"),
     ("rif-quantile-0", {"selection": {"prequal": {"rifQuantile": 0}}}, "spec.selection.prequal.rifQuantile", "greater than 0"),
     ("rif-quantile-1", {"selection": {"prequal": {"rifQuantile": 1}}}, "spec.selection.prequal.rifQuantile", "less than 1"),
     ("intervals-0", {"dampening": {"consecutiveIntervals": 0}}, "spec.dampening.consecutiveIntervals", "greater than or equal to 1"),
@@ -246,6 +250,8 @@ def test_bad_spec_is_refused_naming_the_field(
         {"selection": {"percentage": 100, "topN": 1}},
         {"selection": {"mode": "prequal", "prequal": {"rifQuantile": 0.999}}},
         {"dampening": {"thresholdPercent": 0}, "circuitBreaker": {"maxEjectionPercent": 0}},
+        {"circuitBreaker": {"errorRatePercent": 100, "errorRateMinResponses": 1}},
+        {"circuitBreaker": {"errorRatePercent": 0.5}},
         {"targetPort": 65535, "probePath": "/healthz?full=1"},
         {"targetRef": {"name": "a" * 63}, "routing": {"serviceName": "short"}},
         {"targetRef": {"name": "a" * 63}, "routing": {"mode": "takeover"}},
@@ -317,12 +323,24 @@ async def test_status_subresource_keeps_every_field_the_controller_writes(
             problems=[Problem("NoLatencyData", "pod b has no latency data yet")],
             pods=[
                 pod_status(
-                    "a", "10.0.0.1", "node-1", "active", p50_ms=1.5, p99_ms=12.3, rif=0, samples=42
+                    "a",
+                    "10.0.0.1",
+                    "node-1",
+                    "active",
+                    p50_ms=1.5,
+                    p99_ms=12.3,
+                    rif=0,
+                    samples=42,
+                    protocol="opaque",
+                    responses=40,
+                    error_rate_percent=12.5,
+                    oldest_open_ms=700.25,
                 ),
                 pod_status("b", "10.0.0.2", "node-2", "ejected", reason="p99 above 500ms"),
             ],
             routed_service="my-app-service-aviator",
             engine_state={"breaker": {"b": {"ejections": 2, "since": 1.5}}, "v": 1},
+            opaque=["a"],
         ),
         {},
     ).to_dict()

@@ -47,14 +47,21 @@ CONTROLLER_MUST = [
     ("create", "", "events", "", "shop"),
     ("delete", "", "endpoints", "", "shop"),
     ("create", "authentication.k8s.io", "tokenreviews", "", ""),
+    ("create", "authorization.k8s.io", "subjectaccessreviews", "", ""),
     *[
         (v, "coordination.k8s.io", "leases", "", "aviator-system")
         for v in ("get", "create", "update")
     ],
+    # The stream's certificate (a Secret) and CA (a ConfigMap); reading and updating
+    # are limited to those two by name.
+    ("create", "", "secrets", "", "aviator-system"),
+    ("create", "", "configmaps", "", "aviator-system"),
 ]
 CONTROLLER_MUST_NOT = [
     ("get", "", "secrets", "", "shop"),
     ("list", "", "secrets", "", ""),
+    ("list", "", "secrets", "", "aviator-system"),
+    ("get", "", "secrets", "", "aviator-system"),  # only aviator-stream-tls, by name
     ("create", "", "pods", "", "shop"),
     ("update", "", "pods", "", "shop"),
     ("delete", "", "pods", "", "shop"),
@@ -76,6 +83,9 @@ AGENT_MUST = [
     *[(v, "", "services", "", "") for v in ("get", "list", "watch")],
     *[(v, GROUP, PLURAL, "", "") for v in ("get", "list", "watch")],
     *[(v, "discovery.k8s.io", "endpointslices", "", "aviator-system") for v in ("list", "watch")],
+    # Who reads its /latency, /status, /metrics is checked with these.
+    ("create", "authentication.k8s.io", "tokenreviews", "", ""),
+    ("create", "authorization.k8s.io", "subjectaccessreviews", "", ""),
 ]
 AGENT_MUST_NOT = [
     ("get", "", "secrets", "", "aviator-system"),
@@ -92,7 +102,6 @@ AGENT_MUST_NOT = [
     ("update", "", "services", "", "shop"),
     ("update", GROUP, PLURAL, "", "shop"),
     ("patch", GROUP, PLURAL, "status", "shop"),
-    ("create", "authentication.k8s.io", "tokenreviews", "", ""),
     ("create", "coordination.k8s.io", "leases", "", "aviator-system"),
     ("create", "", "events", "", "shop"),
     ("list", "", "nodes", "", ""),
@@ -146,6 +155,9 @@ def test_default_applies_and_every_object_exists(deployed: ControlPlane) -> None
         "service/aviator-controller-metrics",
         "poddisruptionbudget.policy/aviator-controller",
         "priorityclass.scheduling.k8s.io/aviator-agent",
+        "role.rbac.authorization.k8s.io/aviator-controller-stream-tls",
+        "clusterrole.rbac.authorization.k8s.io/aviator-metrics-reader",
+        "networkpolicy.networking.k8s.io/aviator-controller",
     }
     assert expected <= set(listed)
     deployment = json.loads(

@@ -57,6 +57,7 @@ class Replica:
             f"--renew-deadline={RENEW_S}",
             f"--retry-period={RETRY_S}",
             f"--http-addr=127.0.0.1:{self.port}",
+            "--secure-serving=false",  # plain on 127.0.0.1: TLS is test_stream_tls.py's
             f"--agent-service-account={ns}:{AGENT_SA}",
             "--latency-window=1.5",
             "--latency-stale-after=3",
@@ -120,6 +121,21 @@ async def _ready(port: int) -> bool:
         return False
 
 
+async def _started(r: Replica) -> None:
+    """Until the replica answers /readyz. Starting a Python process and syncing its
+    informers is not what these tests measure: bounded generously (a heavily shared
+    machine), and a replica that exits fails at once with its log."""
+
+    async def up() -> bool:
+        if r.proc.poll() is not None:
+            raise AssertionError(
+                f"replica {r.ident} exited ({r.proc.returncode}):\n{r.log.read_text()[-4000:]}"
+            )
+        return await _ready(r.port)
+
+    await eventually(up, within=120)
+
+
 async def test_leader_failover_keeps_state_and_slices(
     control_plane: ControlPlane, kube: KubeClient, namespace: str, replicas: dict[str, Any]
 ) -> None:
@@ -129,7 +145,7 @@ async def test_leader_failover_keeps_state_and_slices(
     start = replicas["_start"]
     a, b = start("a"), start("b")
     for r in (a, b):
-        await eventually(lambda r=r: _ready(r.port), within=30)
+        await _started(r)
 
     latency = {IPS["fast-1"]: 10.0, IPS["fast-2"]: 10.0, IPS["slow-1"]: 500.0, IPS["slow-2"]: 12.0}
     async with TestAgent(a.url, token) as agent_a, TestAgent(b.url, token) as agent_b:
@@ -201,7 +217,7 @@ async def test_leader_failover_keeps_state_and_slices(
         # Graceful stop releases the lease: a fresh replica takes over faster than a
         # lease expiry.
         c = start("c")
-        await eventually(lambda: _ready(c.port), within=30)
+        await _started(c)
         new.stop(signal.SIGTERM)
         exited_at = time.monotonic()
         assert new.proc.returncode == 0

@@ -6,12 +6,12 @@ from another package of its own layer, and never along an edge in `FORBIDDEN`:
 
 | layer | packages | what they are |
 |---|---|---|
-| 0 | api, selection, workqueue, testing | self-contained: no other aviator package |
-| 1 | kube | REST client, resources, Pod/Service facts, IP addresses, our marks |
+| 0 | api, selection, workqueue, pki | self-contained: no other aviator package |
+| 1 | kube, testing | REST client, resources, Pod/Service facts, IP addresses, our marks; the real control plane for tests (its certificates from pki) |
 | 2 | latency, informers, leaderelection | built on the client |
 | 3 | runtime | the generic controller loop, Event recorder, writes |
 | 4 | agent, reconcilers | the two sides: the agent never imports the controller's code, nor the reconcilers the agent's |
-| 5 | controller | the controller process (wires informers, elector, reconciler) |
+| 5 | controller, plugin | the controller process (wires informers, elector, reconciler); the kubectl plugin (reads what the reconciler writes) |
 | 6 | box | the cluster in a box, which runs everything |
 | 7 | cli | the command line (it loads subcommands by module name) |
 | 8 | __main__ | `python -m aviator` |
@@ -29,12 +29,12 @@ ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = "aviator"
 
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("api", "selection", "workqueue", "testing"),
-    ("kube",),
+    ("api", "selection", "workqueue", "pki"),
+    ("kube", "testing"),
     ("latency", "informers", "leaderelection"),
     ("runtime",),
     ("agent", "reconcilers"),
-    ("controller",),
+    ("controller", "plugin"),
     ("box",),
     ("cli",),
     ("__main__",),

@@ -54,6 +54,7 @@ KINDS = (
     "DaemonSet",
     "PriorityClass",
     "ServiceMonitor",
+    "NetworkPolicy",
 )
 
 

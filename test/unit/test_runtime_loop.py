@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from aviator.informers import DeletedFinalStateUnknown, ResourceEventHandler
-from aviator.runtime.loop import Controller, Result
+from aviator.runtime.loop import URGENT_MIN_GAP_S, Controller, Result
 from aviator.workqueue import FakeClock, RateLimitingQueue
 
 
@@ -284,3 +284,29 @@ def test_handler_maps_events_to_keys_and_unwraps_tombstones(
     while (key := controller.queue.get_nowait()) is not None:
         order.append(key)
     assert order == ["ns/p1", "ns/p2", "ns/p3"]
+
+
+async def test_urgent_keys_go_at_once_but_at_most_once_per_gap() -> None:
+    clock, queue = fake_queue()
+    seen: list[str] = []
+
+    async def reconcile(key: str) -> None:
+        seen.append(key)
+
+    controller = Controller("t", reconcile, queue=queue, clock=clock.now)
+    run = asyncio.create_task(controller.run())
+    controller.enqueue_urgent("k")
+    await until(lambda: seen == ["k"])
+    # A flood of urgent reports within the gap: one more reconcile, after the gap.
+    for _ in range(50):
+        controller.enqueue_urgent("k")
+    await until(lambda: queue.waiting() == 1)
+    assert seen == ["k"]
+    clock.advance(URGENT_MIN_GAP_S)
+    await until(lambda: seen == ["k", "k"])
+    await until(lambda: True)
+    assert seen == ["k", "k"] and queue.waiting() == 0
+    # Another key is not held back by the first one's gap.
+    controller.enqueue_urgent("other")
+    await until(lambda: seen[-1] == "other")
+    await stop_and_wait(run)

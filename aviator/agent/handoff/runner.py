@@ -105,7 +105,8 @@ class HandOffRunner:
 def _note(h: HandOff) -> str:
     pod = h.target.pod.partition("/")[2]
     left = f"; {h.remaining} busy left alone" if h.remaining else ""
+    took = f" after {h.finished - h.started:.1f}s" if h.finished is not None else ""
     return (
         f"ended {h.ended} idle client connection(s) of pod {pod} on port(s) "
-        f"{', '.join(map(str, sorted(h.target.ports)))} ({h.outcome}){left}"
+        f"{', '.join(map(str, sorted(h.target.ports)))} ({h.outcome}{took}){left}"
     )

@@ -253,6 +253,10 @@ def test_status_schema(schema: dict[str, Any]) -> None:
         "samples",
         "state",
         "reason",
+        "protocol",
+        "responses",
+        "errorRatePercent",
+        "oldestOpenMs",
     }
     # Status is written by the controller only: no defaults to surprise it.
     assert not [p for p, n in _walk(status, "") if "default" in n]

@@ -48,6 +48,7 @@ PRODUCT_DEFAULTS: dict[str, Any] = {
         "consecutiveViolations": 3,
         "recoveryInterval": "30s",
         "maxEjectionPercent": 50,
+        "errorRateMinResponses": 20,
     },
     "dampening": {"enabled": True, "thresholdPercent": 20, "consecutiveIntervals": 3},
     "minEndpoints": 1,
@@ -189,6 +190,21 @@ BAD_SPECS: list[tuple[dict[str, Any], str, str]] = [
         {"circuitBreaker": {"maxEjectionPercent": 101}},
         "spec.circuitBreaker.maxEjectionPercent",
         "between 0 and 100",
+    ),
+    (
+        {"circuitBreaker": {"errorRatePercent": 0}},
+        "spec.circuitBreaker.errorRatePercent",
+        "must be in (0, 100]",
+    ),
+    (
+        {"circuitBreaker": {"errorRatePercent": 100.5}},
+        "spec.circuitBreaker.errorRatePercent",
+        "must be in (0, 100]",
+    ),
+    (
+        {"circuitBreaker": {"errorRateMinResponses": 0}},
+        "spec.circuitBreaker.errorRateMinResponses",
+        "at least 1",
     ),
     (
         {"circuitBreaker": {"p99Threshold": "fast"}},

@@ -24,6 +24,9 @@ from aviator.box.traffic import request_once
 
 
 def _load() -> ModuleType:
+    # As `python testapp.py` does: its directory is on the path, for its sibling modules.
+    if str(APP.parent) not in sys.path:
+        sys.path.insert(0, str(APP.parent))
     spec = importlib.util.spec_from_file_location("testapp", APP)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)

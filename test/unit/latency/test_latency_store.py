@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -206,7 +208,7 @@ def held(store: LatencyStore) -> dict[str, tuple[int, int]]:
     out: dict[str, tuple[int, int]] = {}
     for win in store._windows.values():
         e, b = out.get(win.owner, (0, 0))
-        out[win.owner] = (e + 1, b + sum(len(d) for _, d in win.deltas))
+        out[win.owner] = (e + 1, b + sum(len(d[1]) for d in win.deltas))
     return out
 
 
@@ -312,3 +314,84 @@ def test_accounting_matches_what_the_windows_hold(
             assert store.usage(o).buckets <= limits.buckets_per_agent
         agents = sum(store.usage(o).endpoints for o in ("n1", "n2"))
         assert agents <= limits.endpoints
+
+
+def test_error_rate_is_summed_over_the_window_and_leaves_with_it() -> None:
+    store = LatencyStore(window_s=10, stale_after_s=5)
+    first = replace(ep("10.0.0.1", [1000] * 10), statuses=10, errors=5, protocol="h2")
+    second = replace(ep("10.0.0.1", [1000] * 30), statuses=20, errors=1, protocol="h2")
+    store.ingest(snap(first), now=0.0)
+    store.ingest(snap(second), now=6.0)
+    est = store.estimate("10.0.0.1", now=6.0)
+    assert est is not None
+    assert (est.statuses, est.errors, est.protocol) == (30, 6, "h2")
+    assert est.error_percent == 20.0
+    # The first delta leaves the window: so do its statuses and errors.
+    est = store.estimate("10.0.0.1", now=10.5)
+    assert est is not None and (est.samples, est.statuses, est.errors) == (30, 20, 1)
+
+
+def test_oldest_open_request_is_the_latest_report() -> None:
+    store = LatencyStore(window_s=10, stale_after_s=5)
+    store.ingest(snap(replace(ep("10.0.0.1", [1000]), rif=1, oldest_open_us=700_000)), now=0.0)
+    est = store.estimate("10.0.0.1", now=0.5)
+    assert est is not None and est.oldest_open_ms == 700.0 and est.p99_ms < 2
+    store.ingest(snap(replace(ep("10.0.0.1", [1000]), oldest_open_us=0)), now=1.0)
+    est = store.estimate("10.0.0.1", now=1.0)
+    assert est is not None and est.oldest_open_ms == 0.0
+
+
+def test_an_endpoint_that_never_answered_has_its_open_request_as_a_lower_bound() -> None:
+    store = LatencyStore(window_s=10, stale_after_s=5)
+    hung = replace(ep("10.0.0.1", []), rif=3, oldest_open_us=2_000_000, protocol="http1")
+    store.ingest(snap(hung), now=0.0)
+    est = store.estimate("10.0.0.1", now=0.0)
+    assert est is not None
+    assert (est.samples, est.p50_ms, est.p99_ms, est.oldest_open_ms) == (0, 2000.0, 2000.0, 2000.0)
+    # Nothing open and nothing completed: unknown, as ever.
+    store.ingest(snap(replace(hung, rif=0, oldest_open_us=0)), now=1.0)
+    assert store.estimate("10.0.0.1", now=1.0) is None
+
+
+def test_several_ports_merge_open_ages_and_outcomes() -> None:
+    store = LatencyStore(window_s=10, stale_after_s=5)
+    a = replace(ep("10.0.0.1", [1000] * 4, port=80), statuses=4, errors=4, oldest_open_us=10)
+    b = replace(ep("10.0.0.1", [1000] * 6, port=81), statuses=6, oldest_open_us=90_000)
+    store.ingest(snap(a, b), now=0.0)
+    est = store.estimate("10.0.0.1", now=0.0)
+    assert est is not None
+    assert (est.statuses, est.errors, est.oldest_open_ms) == (10, 4, 90.0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(0.0, 3.0),  # time since the previous report
+            st.integers(1, 50),  # samples
+            st.integers(0, 50),  # of which with a status
+            st.integers(0, 50),  # of those, errors
+            st.integers(0, 5_000_000),  # oldest open request
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_outcomes_are_exactly_those_of_the_deltas_in_the_window(
+    reports: list[tuple[float, int, int, int, int]],
+) -> None:
+    store = LatencyStore(window_s=5, stale_after_s=4)
+    now = 0.0
+    held: list[tuple[float, int, int]] = []
+    for gap, samples, statuses, errors, open_us in reports:
+        now += gap
+        statuses = min(statuses, samples)
+        errors = min(errors, statuses)
+        w = replace(ep("10.0.0.1", [1000] * samples), statuses=statuses, errors=errors)
+        store.ingest(snap(replace(w, oldest_open_us=open_us)), now=now)
+        held = [h for h in held if h[0] > now - 5] + [(now, statuses, errors)]
+        est = store.estimate("10.0.0.1", now=now)
+        assert est is not None
+        assert (est.statuses, est.errors) == (sum(h[1] for h in held), sum(h[2] for h in held))
+        assert est.oldest_open_ms == open_us / 1000.0
+        assert est.errors <= est.statuses <= est.samples

@@ -64,7 +64,9 @@ def test_engine_messages_are_translated_to_spec_fields() -> None:
     assert spec_message("latency_threshold_ms must be > 0") == "spec.latencyThreshold: must be > 0"
     assert spec_message("something odd") == "spec: something odd"
     for field in SPEC_FIELDS.values():
-        spec: Any = AviatorPolicySpec.from_dict({"targetRef": {"name": "web"}}).to_dict()
+        # errorRatePercent has no default (unset: off): set it so it is in the spec.
+        minimal = {"targetRef": {"name": "web"}, "circuitBreaker": {"errorRatePercent": 50}}
+        spec: Any = AviatorPolicySpec.from_dict(minimal).to_dict()
         for part in field.split(".")[1:]:
             spec = spec[part]  # every named field exists in the spec
 

@@ -81,6 +81,8 @@ def breaker_policies(draw: st.DrawFn, enabled: bool | None = None) -> BreakerPol
         consecutive_violations=draw(st.integers(1, 4)),
         recovery_interval_s=draw(st.sampled_from([0.0, 5.0, 30.0])),
         max_ejection_percent=draw(st.sampled_from([0, 10, 34, 50, 100])),
+        error_rate_percent=draw(st.sampled_from([None, 10.0, 50.0, 100.0])),
+        error_rate_min_responses=draw(st.sampled_from([1, 5, 20])),
     )
 
 

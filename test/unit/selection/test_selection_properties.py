@@ -29,6 +29,8 @@ from aviator.selection import (
     evaluate,
     known_latency,
 )
+from aviator.selection.breaker import violation
+from aviator.selection.engine import stalled_after_ms
 from aviator.selection.safety import serving_floor
 
 HEAVY = settings(max_examples=200, deadline=None)
@@ -59,6 +61,10 @@ def histories(
                         p50_ms=st.just(1.0),
                         p99_ms=level,
                         rif=st.integers(0, 5),
+                        samples=st.sampled_from([1, 1, 1, 0]),
+                        oldest_open_ms=st.sampled_from([0.0, 0.0, 0.0, 50.0, 700.0]),
+                        statuses=st.sampled_from([0, 4, 30]),
+                        errors=st.sampled_from([0, 2, 4]),
                     )
                 )
                 fresh[i] = draw(st.booleans())
@@ -109,8 +115,8 @@ def test_invariants_hold_after_every_evaluation(
                 continue
             # Readmitted from half-open: needs fresh samples under the threshold, unless
             # the ejection cap released it.
-            lat = known_latency(p, policy.stale_after_s)
-            judged = lat is not None and p.fresh and lat.p99_ms <= policy.breaker.p99_threshold_ms
+            lat = known_latency(p, policy.stale_after_s, stalled_after_ms(policy))
+            judged = lat is not None and p.fresh and violation(lat, policy.breaker) is None
             released = any(
                 d.kind is DecisionKind.READMITTED and d.pod == p.name and "cap" in d.message
                 for d in ev.decisions

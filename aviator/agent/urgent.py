@@ -1,0 +1,102 @@
+"""Urgent reports: the agent reports at once when a pod stops answering.
+
+Between report intervals the agent looks at its counter source every `check_s`
+(default 0.2 s; no extra look when no local pod has a threshold). With eBPF an open
+request is a client's; with the probe source, one of the agent's own probes (it stays
+open until the probe times out). An endpoint whose oldest open request is older
+than its pod's threshold, and was not at the previous look (it just crossed), makes the
+agent send a full report at once instead of at its next tick; the controller then
+evaluates the affected policies at once (aviator.controller.stalls).
+
+The threshold of a local pod is the smallest circuitBreaker.p99Threshold among the
+AviatorPolicies with the breaker on whose target Service selects it
+(`open_thresholds`): the agent already watches policies and Services for its
+keep-warm probes, so no other channel is needed, and the controller, which decides,
+checks the same threshold on the pod's measured ports. Any server port of the pod
+counts here (an extra report is cheap; a missed one is not).
+
+Urgent reports are rate-limited: at most one per `min_gap_s` (default 0.5 s); a
+crossing seen during the gap is reported when it ends, unless a regular report went
+first (`reported`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from aviator.agent.targets import JSON, selected_pods
+from aviator.agent.windows import CountersLike, EndpointKeyLike
+from aviator.api.codec import PolicyError
+from aviator.api.types import AviatorPolicySpec
+from aviator.kube.pods import pod_ips
+
+DEFAULT_CHECK_S = 0.2
+DEFAULT_MIN_GAP_S = 0.5
+
+
+def breaker_threshold_us(policy: JSON) -> int | None:
+    """The policy's p99Threshold in µs when its circuit breaker is on, else None."""
+    try:
+        breaker = AviatorPolicySpec.from_dict(policy.get("spec")).circuit_breaker
+    except PolicyError:
+        return None
+    return breaker.p99_threshold.ns // 1000 if breaker.enabled else None
+
+
+def open_thresholds(
+    policies: Iterable[JSON],
+    service_for: Callable[[str, str], JSON | None],
+    pods: Iterable[JSON],
+) -> dict[str, int]:
+    """Pod IP → the smallest p99Threshold (µs) of the breaker policies selecting it."""
+    out: dict[str, int] = {}
+    limits: dict[str, int | None] = {}
+    for policy, pod in selected_pods(policies, service_for, pods):
+        uid = str((policy.get("metadata") or {}).get("uid") or id(policy))
+        if uid not in limits:
+            limits[uid] = breaker_threshold_us(policy)
+        limit = limits[uid]
+        if limit is None:
+            continue
+        for ip in pod_ips(pod):
+            out[ip] = min(limit, out.get(ip, limit))
+    return out
+
+
+class UrgentReports:
+    """Decides, at each look at the counters, whether to report at once."""
+
+    def __init__(self, min_gap_s: float = DEFAULT_MIN_GAP_S) -> None:
+        self.min_gap_s = min_gap_s
+        self.thresholds: dict[str, int] = {}  # pod IP -> µs (see open_thresholds)
+        self.sent = 0  # urgent reports so far
+        self._above: set[tuple[str, int]] = set()  # (ip, port) past the threshold
+        self._pending = False
+        self._next_allowed = 0.0
+
+    def check(self, counters: Iterable[tuple[EndpointKeyLike, CountersLike]], now: float) -> bool:
+        """Look at the cumulative counters; True: send a report now."""
+        if self._crossed(counters):
+            self._pending = True
+        if self._pending and now >= self._next_allowed:
+            self._pending = False
+            self._next_allowed = now + self.min_gap_s
+            self.sent += 1
+            return True
+        return False
+
+    def reported(self, counters: Iterable[tuple[EndpointKeyLike, CountersLike]]) -> None:
+        """A regular report of these counters went out: its crossings are reported."""
+        self._crossed(counters)
+        self._pending = False
+
+    def _crossed(self, counters: Iterable[tuple[EndpointKeyLike, CountersLike]]) -> bool:
+        """Remember which endpoints are past their threshold; any new since last time?"""
+        above: set[tuple[str, int]] = set()
+        for key, c in counters:
+            limit = self.thresholds.get(key.ip)
+            if limit is not None and key.role == "server" and c.oldest_open_us > limit:
+                above.add((key.ip, key.port))
+        new = bool(above - self._above)
+        self._above = above
+        return new

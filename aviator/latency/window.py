@@ -1,0 +1,82 @@
+"""One endpoint's window in the latency store (aviator.latency.store): the deltas received
+within it, their running sums, and what the latest report said.
+
+Adding a delta and expiring old ones keep the sums (histogram, statuses, errors) and
+the count of held buckets exact, so an estimate costs a pass over one histogram and
+the store's memory accounting is one subtraction per expired delta.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from aviator.latency.histogram import Histogram
+from aviator.latency.schema import AppProtocol, EndpointWindow, Source
+
+QUANTILES = (0.5, 0.9, 0.99)
+
+
+@dataclass(slots=True)
+class Window:
+    """One endpoint's recent deltas and their sum."""
+
+    pod: str | None
+    source: Source
+    last_seen: float
+    keep_s: float  # deltas older than this leave the window
+    stale_s: float  # unheard of for longer than this: unknown
+    owner: str  # the agent (node) charged for it, CONTROLLER_OWNER for probe windows
+    rif: int = 0
+    oldest_open_us: int = 0  # latest report
+    protocol: AppProtocol = "opaque"  # latest report
+    # (arrival, histogram delta, statuses, errors)
+    deltas: deque[tuple[float, Histogram, int, int]] = field(default_factory=deque)
+    total: Histogram = field(default_factory=Histogram)
+    statuses: int = 0  # over `deltas`
+    errors: int = 0
+    buckets: int = 0  # non-empty buckets over `deltas` (what the limits count)
+    # p50/p90/p99 in µs of `total`, recomputed only after it changed.
+    cached: tuple[float, float, float] | None = None
+
+    def add(self, at: float, ep: EndpointWindow, max_deltas: int) -> int:
+        """Add an endpoint window's delta; returns the change in held buckets."""
+        delta = ep.hist
+        if not delta:
+            return 0
+        self.deltas.append((at, delta, ep.statuses, ep.errors))
+        self.total.update(delta)
+        self.statuses += ep.statuses
+        self.errors += ep.errors
+        self.cached = None
+        added = len(delta)
+        self.buckets += added
+        if len(self.deltas) > max_deltas:
+            added -= self._pop()
+        return added
+
+    def expire(self, before: float) -> int:
+        """Drop deltas from `before` or earlier; returns the buckets freed."""
+        freed = 0
+        deltas = self.deltas
+        while deltas and deltas[0][0] <= before:
+            freed += self._pop()
+        return freed
+
+    def _pop(self) -> int:
+        _, old, statuses, errors = self.deltas.popleft()
+        self.total.subtract(old)
+        self.statuses -= statuses
+        self.errors -= errors
+        self.cached = None
+        self.buckets -= len(old)
+        return len(old)
+
+    def quantiles_us(self) -> tuple[float, float, float] | None:
+        if not self.total:
+            return None
+        if self.cached is None:
+            qs = self.total.quantiles(QUANTILES)
+            assert qs is not None
+            self.cached = (qs[0], qs[1], qs[2])
+        return self.cached
