@@ -335,3 +335,25 @@ def test_connection_older_than_the_program_is_recognised_mid_stream() -> None:
         pair.close()
     for role, d in deltas({}, after, pair).items():
         assert (d.count, d.aborted, d.rif, d.statuses, d.protocol) == (2, 0, 0, 2, "h2"), role
+
+
+def test_a_long_stream_among_hundreds_of_short_ones(latency_source: BpfLatencySource) -> None:
+    """Stream 1 stays open while 3 x 100 later streams come and go (ids wrap the stream
+    table: some share stream 1's slot and take the next free one): every one counts."""
+    pair = Pair("127.0.52.11")
+    try:
+        before = latency_source.read()
+        pair.open()
+        pair.to_server(headers(1))
+        sid = 3
+        for _ in range(3):
+            ids = list(range(sid, sid + 200, 2))
+            sid += 200
+            pair.to_server(b"".join(headers(s) for s in ids))
+            pair.to_client(b"".join(response(s) for s in reversed(ids)))
+        pair.to_client(response(1))
+        after = settle(latency_source, pair, before, 301)
+    finally:
+        pair.close()
+    for role, d in deltas(before, after, pair).items():
+        assert (d.count, d.aborted, d.rif, d.statuses) == (301, 0, 0, 301), role
