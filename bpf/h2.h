@@ -1,0 +1,311 @@
+// SPDX-License-Identifier: GPL-2.0
+//
+// HTTP/2 (h2c) per stream, from the frame headers in the bytes an application hands
+// to or takes from a TCP socket (the syscall boundary; payload.h finds the bytes).
+//
+// A request is a stream: the client's HEADERS opening it (ids only grow, so a HEADERS
+// with an id at or below the highest opened one is trailers, not a new stream) -> the
+// server's first HEADERS on it. RST_STREAM (either side), a server GOAWAY (streams
+// above its last-stream-id) and the end of the connection abort it: an aborted stream
+// is a sample of its time open, counted in `aborted`, like an HTTP/1 request.
+//
+// The parser carries its place per direction across calls (h2_dir: payload bytes to
+// skip, a frame header split across reads, a status whose bytes are still to come). A
+// program run takes H2_FRAMES_PER_RUN steps (a frame header, a payload skipped, or a
+// move to the next iovec of a readv/writev/recvmsg/sendmsg); a call with more
+// continues in a tail call of h2_parse_more, up to H2_MAX_RUNS runs (512 steps per
+// call: 100 small frames in one write fit). Beyond that, or on bytes that cannot be
+// HTTP/2 frames (something moved bytes through a path the program does not see), the
+// connection is given up: its open streams are dropped without samples, it is flagged
+// SOCK_UNPARSED and is not measured any more (CNT_H2_DESYNCS counts these).
+//
+// Streams are opened, ended and swept in h2_streams.h; statuses are read with
+// hpack.h.
+//
+// Status (counted with the endpoint's `statuses`/`errors`), from the first bytes of
+// the header block when they are in the same read or write as the frame header:
+//   :status  static-table indexed 0x88-0x8e (200 204 206 304 400 404 500), or a
+//            literal with static name index 8-14 (with, without or never indexing)
+//            and a 3-digit value, plain or Huffman-coded. A status the encoder took
+//            from its dynamic table (a repeated status outside the static table) is
+//            not readable without a full HPACK decoder and is not counted.
+//   grpc-status  a literal with a new name (plain or Huffman "grpc-status"), 1-2
+//            digits, where it is the trailers' first field, or, in a response that
+//            is only headers (gRPC Trailers-Only: an error without a message), the
+//            field after an indexed :status and a content-type that is indexed or
+//            the literal "application/grpc". Encoders send a value as such a
+//            literal the first time on a connection and refer to their dynamic
+//            table after: those are not readable. The field must be in the same
+//            buffer (or iovec) as the start of the block: a writer that gathers
+//            header fields from iovecs of their own (gRPC C-core's server) is read on
+//            its peer's side only. A value != 0 counts one more error
+//            (its response's :status was counted).
+// An h2 connection whose responses end in trailers (a second server HEADERS with
+// END_STREAM) is gRPC from then on (APP_GRPC).
+
+#define H2_DATA 0
+#define H2_HEADERS 1
+#define H2_PRIORITY_FRAME 2
+#define H2_RST_STREAM 3
+#define H2_SETTINGS 4
+#define H2_PING 6
+#define H2_GOAWAY 7
+#define H2_WINDOW_UPDATE 8
+#define H2_CONTINUATION 9
+
+#define H2_END_STREAM 0x1
+#define H2_PADDED 0x8
+#define H2_PRIORITY 0x20
+
+#define H2_PREFACE_LEN 24
+#define H2_FRAMES_PER_RUN 16
+#define H2_MAX_RUNS 32
+#define H2_MAX_IOV 1024  // UIO_MAXIOV: every iovec is a step of the run budget
+#define H2_PEEK 32
+
+#define H2C_GOAWAY 1  // h2_conn.flags: goaway_sid is to be applied
+
+#if !defined(MAX_H2_CONNS)
+#error "MAX_H2_CONNS must be defined (-D)"
+#endif
+
+BPF_F_TABLE("hash", u64, struct h2_conn, h2conns, MAX_H2_CONNS, BPF_F_NO_PREALLOC);
+BPF_PERCPU_ARRAY(zero_h2, struct h2_conn, 1);
+
+// Where one call's bytes are: the current chunk (a buffer or one iovec), what is left.
+// Per CPU: tracepoint programs do not nest on a CPU, and a tail call keeps the CPU.
+struct h2_cursor {
+    u64 sk;
+    u64 cur;       // user address of the current chunk
+    u64 iov;       // user address of the iovec array; 0: one plain buffer
+    u64 now;       // the clock, read at most once per call
+    u32 cur_len;
+    u32 pos;       // bytes of the chunk consumed
+    u32 left;      // bytes of the call not in a chunk yet
+    u32 iov_i;
+    u32 iovcnt;
+    u8 dir;        // 0: the client's bytes, 1: the server's
+    u8 active;
+    u8 runs;
+    u8 pad;
+};
+BPF_PERCPU_ARRAY(h2_cursors, struct h2_cursor, 1);
+// Tail-call targets (the loader fills them): the parser's continuation, the sweep.
+#define H2_PROG_PARSE 0
+#define H2_PROG_SWEEP 1
+BPF_PROG_ARRAY(h2_progs, 2);
+
+#include "h2_streams.h"
+
+// Frames with a fixed shape the spec requires; anything else here is not HTTP/2
+// (extension frame types pass).
+static __always_inline int h2_plausible(u32 len, u8 type, u32 sid) {
+    // if-chains, not a switch: clang would make a jump table, which BPF has not.
+    if (type == H2_DATA || type == H2_HEADERS || type == H2_CONTINUATION)
+        return sid != 0;
+    if (type == H2_PRIORITY_FRAME)
+        return sid != 0 && len == 5;
+    if (type == H2_RST_STREAM)
+        return sid != 0 && len == 4;
+    if (type == H2_SETTINGS)
+        return sid == 0 && len % 6 == 0;
+    if (type == H2_PING)
+        return sid == 0 && len == 8;
+    if (type == H2_GOAWAY)
+        return sid == 0 && len >= 8;
+    if (type == H2_WINDOW_UPDATE)
+        return len == 4;
+    return 1;
+}
+
+#include "hpack.h"
+
+#define STATUS_HTTP 1
+#define STATUS_GRPC 2
+
+// The status at the start of the current frame's payload (h2_dir.status_due), read
+// where the payload's first bytes are: the frame header may have come in an earlier
+// read than they.
+static __always_inline void read_status(struct h2_cursor *c, struct ep_val *v,
+                                        struct h2_dir *d) {
+    u8 due = d->status_due;
+    d->status_due = 0;
+    u8 b[H2_PEEK] = {};
+    u32 at = 0;
+    u32 n = peek_block(c, d->due_flags, b, &at);
+    if (!n)
+        return;
+    s32 grpc = -1;
+    if (due == STATUS_HTTP) {
+        u32 status = h2_status(b, n);
+        if (status)
+            count_status(v, status, 0);
+        if (!(d->due_flags & H2_END_STREAM) || b[0] < 0x80 || n < 2)
+            return;
+        // A response that is only headers: gRPC's Trailers-Only form (an error with no
+        // message) has grpc-status after :status and content-type. Read it when
+        // :status is indexed and content-type is indexed or the plain literal
+        // "application/grpc" with the static name (the first use on a connection).
+        u32 skip = 0;
+        if (b[1] >= 0x80)
+            skip = 2;
+        else if (b[1] == 0x5f && n >= 3 && b[2] == 0x10)
+            skip = 19;
+        if (!skip)
+            return;
+        u8 t[H2_PEEK] = {};
+        u32 avail = c->cur_len - c->pos;
+        if (avail <= at + skip)
+            return;
+        u32 m = avail - at - skip;
+        if (m > H2_PEEK - 1)
+            m = H2_PEEK - 1;
+        if (bpf_probe_read_user(t, BOUNDED(m, H2_PEEK - 1),
+                                (const void *)(c->cur + c->pos + at + skip)))
+            return;
+        grpc = grpc_status(t, m);
+    } else {
+        grpc = grpc_status(b, n);
+    }
+    if (grpc > 0 && v)
+        __sync_fetch_and_add(&v->errors, 1);
+}
+
+static __always_inline void h2_frame(struct h2_cursor *c, struct sock_state *st,
+                                     struct ep_val *v, struct h2_conn *h, struct h2_dir *d,
+                                     u32 len, u8 type, u8 flags, u32 sid) {
+    if (c->dir == 0) {  // the client's frames
+        if (type == H2_HEADERS) {
+            if ((sid & 1) && sid > h->max_sid) {
+                h->max_sid = sid;
+                stream_open(c, st, v, h, sid);
+            }
+        } else if (type == H2_RST_STREAM) {
+            stream_end(c, st, v, h, sid, 1);
+        }
+        return;
+    }
+    if (type == H2_HEADERS) {
+        if (stream_end(c, st, v, h, sid, 0)) {
+            d->status_due = len ? STATUS_HTTP : 0;
+        } else if ((flags & H2_END_STREAM) && (sid & 1) && sid <= h->max_sid) {
+            // Trailers of an answered stream: gRPC.
+            if (st->proto == APP_H2)
+                st->proto = APP_GRPC;
+            d->status_due = len ? STATUS_GRPC : 0;
+        }
+        d->due_flags = flags;
+    } else if (type == H2_RST_STREAM) {
+        stream_end(c, st, v, h, sid, 1);
+    } else if (type == H2_GOAWAY) {
+        u8 b[8] = {};
+        if (c->cur_len - c->pos >= 4 &&
+            bpf_probe_read_user(b, 4, (const void *)(c->cur + c->pos)) == 0) {
+            h->goaway_sid = ((u32)(b[0] & 0x7f) << 24) | ((u32)b[1] << 16) |
+                            ((u32)b[2] << 8) | b[3];
+            h->flags |= H2C_GOAWAY;
+        }
+    }
+}
+
+static __always_inline int h2_next_chunk(struct h2_cursor *c) {
+    if (c->iov == 0 || c->left == 0 || c->iov_i >= c->iovcnt || c->iov_i >= H2_MAX_IOV)
+        return 0;
+    struct {
+        u64 base;
+        u64 len;
+    } v = {};
+    bpf_probe_read_user(&v, sizeof(v), (const void *)(c->iov + (u64)c->iov_i * 16));
+    c->iov_i += 1;
+    c->cur = v.base;
+    c->cur_len = v.len < c->left ? (u32)v.len : c->left;
+    c->left -= c->cur_len;
+    c->pos = 0;
+    return 1;
+}
+
+// Parses the cursor's bytes: H2_FRAMES_PER_RUN steps here, then a tail call for more.
+// `st`: the socket's state when the caller has it (0: looked up, in a continuation).
+static __always_inline int h2_run(void *ctx, struct sock_state *st) {
+    int zero = 0;
+    struct h2_cursor *c = h2_cursors.lookup(&zero);
+    if (!c || !c->active)
+        return 0;
+    u64 sk = c->sk;
+    if (!st)
+        st = sockets.lookup(&sk);
+    struct h2_conn *h = h2conns.lookup(&sk);
+    if (!st || !h) {
+        c->active = 0;
+        return 0;
+    }
+    struct h2_dir *d = &h->dir[c->dir & 1];
+    struct ep_val *v = endpoint(&st->ep);
+    int done = 0;
+    for (int i = 0; i < H2_FRAMES_PER_RUN; i++) {
+        if (c->pos >= c->cur_len) {
+            if (!h2_next_chunk(c)) {
+                done = 1;
+                break;
+            }
+            continue;
+        }
+        if (d->status_due)
+            read_status(c, v, d);  // here starts the payload of the frame before
+        u32 avail = c->cur_len - c->pos;
+        u32 skip = d->skip;
+        if (skip) {
+            u32 n = skip < avail ? skip : avail;
+            d->skip = skip - n;
+            c->pos += n;
+            continue;
+        }
+        u32 have = d->have;
+        if (have > 8) {
+            done = 2;
+            break;
+        }
+        u32 n = 9 - have;
+        if (n > avail)
+            n = avail;
+        bpf_probe_read_user(&d->part[BOUNDED(have, 15)], BOUNDED(n, 15), (const void *)(c->cur + c->pos));
+        c->pos += n;
+        have += n;
+        if (have < 9) {
+            d->have = have;
+            continue;
+        }
+        d->have = 0;
+        u32 len = ((u32)d->part[0] << 16) | ((u32)d->part[1] << 8) | d->part[2];
+        u8 type = d->part[3];
+        u8 flags = d->part[4];
+        u32 sid = ((u32)(d->part[5] & 0x7f) << 24) | ((u32)d->part[6] << 16) |
+                  ((u32)d->part[7] << 8) | d->part[8];
+        if (!h2_plausible(len, type, sid)) {
+            done = 2;
+            break;
+        }
+        d->skip = len;
+        h2_frame(c, st, v, h, d, len, type, flags, sid);
+    }
+    if (done == 0 && c->runs < H2_MAX_RUNS) {
+        c->runs += 1;
+        h2_progs.call(ctx, H2_PROG_PARSE);
+    }
+    c->active = 0;
+    if (done != 1) {
+        // Not HTTP/2 any more, or more frames than the budget: the parser lost its place.
+        h2_give_up(ctx, sk, st);
+        return 0;
+    }
+    if (h->flags & H2C_GOAWAY) {
+        h->flags &= ~H2C_GOAWAY;
+        sweep_start(ctx, sk, st, h->goaway_sid, cursor_now(c), 1, 0);
+    }
+    return 0;
+}
+
+// The tail-call target: continues the cursor of the call that started it.
+int h2_parse_more(void *ctx) {
+    return h2_run(ctx, 0);
+}
