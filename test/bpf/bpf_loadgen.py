@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import contextlib
 import socket
-import struct
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-SO_TIMESTAMPING = getattr(socket, "SO_TIMESTAMPING", 37)
-_SOF_TX_SOFTWARE = 1 << 1
-_SOF_RX_SOFTWARE = 1 << 3
-_SOF_SOFTWARE = 1 << 4
-_SOF_OPT_TSONLY = 1 << 11
-_TIMESTAMPING = _SOF_TX_SOFTWARE | _SOF_RX_SOFTWARE | _SOF_SOFTWARE | _SOF_OPT_TSONLY
-_CMSG_SPACE = socket.CMSG_SPACE(48) + socket.CMSG_SPACE(64)
+from aviator.testing.stamped import (
+    CMSG_SPACE,
+    SO_TIMESTAMPING,
+    TIMESTAMPING_FLAGS,
+    scm_timestamp,
+)
+
 REQUEST = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"
 
 
@@ -143,16 +142,6 @@ class DelayServer:
             t.join(timeout=5)
 
 
-def _software_stamp(ancdata: list[tuple[int, int, bytes]]) -> int | None:
-    """The software timestamp (ns) in an SCM_TIMESTAMPING control message, if any."""
-    for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPING and len(payload) >= 16:
-            sec, nsec = struct.unpack_from("qq", payload)
-            if sec or nsec:
-                return int(sec * 1_000_000_000 + nsec)
-    return None
-
-
 class KeepAliveClient:
     """One keep-alive connection doing requests one at a time."""
 
@@ -164,7 +153,7 @@ class KeepAliveClient:
         self.sock.settimeout(None)
         assert self.sock.family == family
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, _TIMESTAMPING)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, TIMESTAMPING_FLAGS)
         self._buf = bytearray()
 
     def send_request(self) -> int:
@@ -179,11 +168,11 @@ class KeepAliveClient:
         while True:
             try:
                 _, ancdata, _, _ = self.sock.recvmsg(
-                    64, _CMSG_SPACE, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT
+                    64, CMSG_SPACE, socket.MSG_ERRQUEUE | socket.MSG_DONTWAIT
                 )
             except BlockingIOError:
                 return stamp
-            found = _software_stamp(ancdata)
+            found = scm_timestamp(ancdata)
             if found is not None:
                 stamp = found
 
@@ -205,13 +194,13 @@ class KeepAliveClient:
         return first_rx
 
     def _recv(self, first_rx: int | None) -> int:
-        data, ancdata, _, _ = self.sock.recvmsg(262144, _CMSG_SPACE)
+        data, ancdata, _, _ = self.sock.recvmsg(262144, CMSG_SPACE)
         if not data:
             raise ConnectionError("server closed the connection")
         self._buf += data
         if first_rx is not None:
             return first_rx
-        stamp = _software_stamp(ancdata)
+        stamp = scm_timestamp(ancdata)
         return stamp if stamp is not None else time.time_ns()
 
     def request(self) -> float:
