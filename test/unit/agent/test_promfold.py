@@ -1,6 +1,7 @@
 """Exported Prometheus buckets: exact folds of the log-linear histogram, and a
-histogram_quantile over them (Prometheus' own interpolation, re-implemented here)
-within the stated bound of the agent's quantile."""
+histogram_quantile over them (Prometheus' own interpolation, aviator/testing/
+promquantile.py, itself checked against promtool in test_monitoring_rules.py) within
+the stated bound of the agent's quantile."""
 
 from __future__ import annotations
 
@@ -21,23 +22,11 @@ from aviator.agent.promfold import (
     series_per_endpoint,
 )
 from aviator.latency.histogram import Histogram, quantile_rank
+from aviator.testing.promquantile import histogram_quantile as prometheus_quantile
 
 
 def histogram_quantile(q: float, buckets: list[tuple[str, float]]) -> float:
-    """Prometheus' classic bucketQuantile (promql/quantile.go), bounds in µs: the first
-    bucket whose cumulative count reaches q * total, interpolated linearly between the
-    previous bound (0 for the first bucket) and its own; the highest finite bound when
-    the rank falls in +Inf."""
-    bounds = [(math.inf if le == "+Inf" else float(Decimal(le) * 10**6), n) for le, n in buckets]
-    assert bounds[-1][0] == math.inf and len(bounds) >= 2
-    total = bounds[-1][1]
-    rank = q * total
-    b = next((i for i, (_, n) in enumerate(bounds[:-1]) if n >= rank), len(bounds) - 1)
-    if b == len(bounds) - 1:
-        return bounds[-2][0]
-    start, below = (0.0, 0.0) if b == 0 else bounds[b - 1]
-    end, count = bounds[b]
-    return start + (end - start) * (rank - below) / (count - below)
+    return prometheus_quantile(q, buckets, scale=10**6)  # in µs, as the agent's
 
 
 # Log-uniform-ish latencies from 0 to 2^27 µs (beyond the exported range both ways).
