@@ -37,6 +37,7 @@ from aviator.agent.handoff.runner import HandOffRunner
 from aviator.agent.metrics import AgentMetrics
 from aviator.agent.podmap import PodMap
 from aviator.agent.prober import NodeProber
+from aviator.agent.promfold import DEFAULT_PER_OCTAVE
 from aviator.agent.sources import CounterSource
 from aviator.agent.stream import StreamFanout, StreamTls, TokenFile, urls_from_slices
 from aviator.agent.targets import TargetKey, probe_targets, traffic_samples
@@ -96,6 +97,7 @@ class AgentConfig:
     keep_warm_samples: int = 5
     report_client_endpoints: bool = False
     metrics_max_pods: int = 256
+    metrics_buckets_per_octave: int = DEFAULT_PER_OCTAVE
     handoff: bool = True
     handoff_rate: float = 50.0
     node_addresses: list[str] = field(default_factory=list)
@@ -128,7 +130,10 @@ class Agent:
         self.store = LatencyStore(
             window_s=config.window_s, stale_after_s=max(3 * config.report_interval_s, 5.0)
         )
-        self.metrics = AgentMetrics(max_pods=config.metrics_max_pods)
+        self.metrics = AgentMetrics(
+            max_pods=config.metrics_max_pods,
+            buckets_per_octave=config.metrics_buckets_per_octave,
+        )
         self.metrics.set_source(source.name)
         self.metrics.probe_stats = prober.stats
         tls = (

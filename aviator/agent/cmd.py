@@ -12,6 +12,7 @@ import uvloop
 
 from aviator.agent.app import Agent, AgentConfig
 from aviator.agent.prober import NodeProber
+from aviator.agent.promfold import DEFAULT_PER_OCTAVE, PER_OCTAVE_CHOICES, error_bound
 from aviator.agent.sources import SourceUnavailable, open_source
 from aviator.agent.urgent import DEFAULT_CHECK_S
 from aviator.kube import KubeClient
@@ -141,6 +142,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     a("--metrics-max-pods", type=int, default=256, help="cap on per-pod latency series")
     a(
+        "--metrics-buckets-per-octave",
+        type=int,
+        choices=PER_OCTAVE_CHOICES,
+        default=DEFAULT_PER_OCTAVE,
+        help="latency histogram buckets per power of two in /metrics (64 µs to 16.8 s): "
+        f"{DEFAULT_PER_OCTAVE} (default) keeps histogram_quantile within "
+        f"{100 * error_bound(DEFAULT_PER_OCTAVE):.3f} %% of the agent's own quantiles; fewer cost "
+        "fewer series (docs/agent.md)",
+    )
+    a(
         "--handoff",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -197,6 +208,7 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
         keep_warm_samples=args.keep_warm_samples,
         report_client_endpoints=args.report_client_endpoints,
         metrics_max_pods=args.metrics_max_pods,
+        metrics_buckets_per_octave=args.metrics_buckets_per_octave,
         handoff=args.handoff,
         handoff_rate=args.handoff_rate,
         node_addresses=list(args.node_address),

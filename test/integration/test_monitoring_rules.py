@@ -7,6 +7,7 @@ chart ships the same objects: test_chart.py)."""
 from __future__ import annotations
 
 import json
+import random
 import re
 import subprocess
 from pathlib import Path
@@ -15,6 +16,10 @@ from typing import Any
 import pytest
 import yaml
 from manifests_support import ROOT
+
+from aviator.agent.promfold import BucketLayout, error_bound
+from aviator.latency.histogram import Histogram
+from aviator.testing.promquantile import histogram_quantile
 
 pytestmark = pytest.mark.integration
 
@@ -156,3 +161,53 @@ def test_dashboard_queries_parse(tmp_path: Path) -> None:
     path = tmp_path / "dashboard.rules.yaml"
     path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     run("check", "rules", str(path))
+
+
+def test_dashboard_pod_p99_is_the_agents(tmp_path: Path) -> None:
+    """The per-pod p99 panel, evaluated by promtool over the buckets the agent exports,
+    is within the documented bound of the agent's own p99 and equals what
+    aviator.testing.promquantile computes (the unit tests' model of Prometheus)."""
+    p99_panel = next(
+        expr
+        for _, expr in dashboard_queries()
+        if "pod_request_duration_seconds_bucket" in expr and "histogram_quantile(0.99" in expr
+    )
+    rng = random.Random(20)
+    # 10,007 requests (rank 9906.93 is never a bucket's count): log-normal around 2 ms.
+    hist = Histogram.from_values(int(rng.lognormvariate(7.6, 0.5)) for _ in range(10_007))
+    agent_s = (hist.quantile(0.99) or 0) / 1e6
+    layout = BucketLayout()
+    buckets = layout.fold(hist)
+    model_s = histogram_quantile(0.99, buckets)
+    name = "aviator_agent_pod_request_duration_seconds_bucket"
+    labels = 'job="aviator-agent", pod="ns/web", port="80"'
+    spec = {
+        "evaluation_interval": "1m",
+        "rule_files": [],
+        "tests": [
+            {
+                "interval": "1m",
+                # Counters growing by the folded counts every minute: the rates keep
+                # the histogram's shape.
+                "input_series": [
+                    {"series": f'{name}{{{labels}, le="{le}"}}', "values": f"0+{n:g}x10"}
+                    for le, n in buckets
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": f"abs(({promql(p99_panel)}) / {check} - 1) <= bool {tolerance}",
+                        "eval_time": "10m",
+                        "exp_samples": [{"labels": '{pod="ns/web", port="80"}', "value": 1}],
+                    }
+                    for check, tolerance in (
+                        (agent_s, error_bound(layout.per_octave)),
+                        (model_s, 1e-9),
+                    )
+                ],
+            }
+        ],
+    }
+    assert abs(model_s / agent_s - 1) <= error_bound(layout.per_octave)
+    tests = tmp_path / "p99_test.yaml"
+    tests.write_text(yaml.safe_dump(spec))
+    assert "SUCCESS" in run("test", "rules", str(tests))

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from aviator.agent.metrics import LE_SECONDS, AgentMetrics, _fold
+from aviator.agent.metrics import AgentMetrics
+from aviator.agent.promfold import series_per_endpoint
 from aviator.latency.histogram import Histogram
 from aviator.latency.schema import EndpointWindow, Snapshot
 
@@ -14,16 +15,21 @@ def window(
     return EndpointWindow("10.0.0.1", port, role, pod, h, h.count, sum(values), max(values), 0, 1)  # type: ignore[arg-type]
 
 
-def test_fold_is_cumulative_and_ends_with_the_count() -> None:
-    h = Histogram.from_values([100, 900, 3000, 20_000_000])
-    folded = dict(_fold(h))
-    assert folded["0.0005"] == 1  # 100 µs
-    assert folded["0.001"] == 2  # 900 µs
-    assert folded["0.005"] == 3  # 3 ms
-    assert folded["10"] == 3  # 20 s is above every bound
-    assert folded["+Inf"] == 4
-    values = [v for _, v in _fold(h)]
-    assert values == sorted(values) and len(values) == len(LE_SECONDS) + 1
+def test_histogram_buckets_follow_the_chosen_resolution() -> None:
+    for per_octave in (16, 2):
+        m = AgentMetrics(buckets_per_octave=per_octave)
+        m.observe(Snapshot("n", "ebpf", 0.0, 1.0, (window("ns/a", [100, 900, 3000, 20_000_000]),)))
+        lines = [
+            line
+            for line in m.render().decode().splitlines()
+            if line.startswith("aviator_agent_pod_request_duration_seconds")
+        ]
+        # Buckets, +Inf, _sum and _count: what docs/agent.md states per endpoint.
+        assert len(lines) == series_per_endpoint(per_octave)
+        assert 'le="+Inf",pod="ns/a",port="80"} 4.0' in "\n".join(lines)
+        # 20 s is above the top bound (16.8 s): only +Inf holds it.
+        top = [line for line in lines if 'le="16.7772155"' in line]
+        assert top and top[0].endswith(" 3.0")
 
 
 def test_pod_series_are_capped_and_follow_the_pods() -> None:
