@@ -5,21 +5,32 @@ One program load; runs alternate detached/attached (ABBA order, so drift on a sh
 machine hits both sides alike); the reported ratio is the median of the per-pair
 ratios. Client and server are both on this host, so every request is traced at both
 ends (server role and client role): the worst case for a node.
+
+Two protocols: HTTP/1.1 keep-alive (uvloop client and server), and h2c with 10
+streams per connection (h2load from nghttp2 against the `h2` library's server on
+uvloop), where every read and write is parsed for HTTP/2 frames. The h2c rows are
+skipped where h2load or the `h2` package is missing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import multiprocessing
 import os
+import re
+import shutil
 import statistics
+import subprocess
 import time
+import typing
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
 Row = dict[str, object]
 
 HOST = "127.0.20.1"
+H2_HOST = "127.0.20.2"
 REQUEST = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
@@ -44,6 +55,71 @@ def _serve(host: str, ready: Connection) -> None:
         await server.serve_forever()
 
     uvloop.run(main())
+
+
+def _serve_h2(host: str, ready: Connection) -> None:
+    """Child process: an h2c server (the `h2` library's engine) on uvloop, answering
+    every request with 200 "ok" at once."""
+    import h2.config
+    import h2.connection
+    import h2.events
+    import uvloop
+
+    class Protocol(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = typing.cast(asyncio.Transport, transport)  # uvloop's own class
+            config = h2.config.H2Configuration(client_side=False, header_encoding=None)
+            self.conn = h2.connection.H2Connection(config)
+            self.conn.initiate_connection()
+            self.transport.write(self.conn.data_to_send())
+
+        def data_received(self, data: bytes) -> None:
+            try:
+                events = self.conn.receive_data(data)
+            except Exception:
+                self.transport.close()
+                return
+            for event in events:
+                if isinstance(event, h2.events.RequestReceived):
+                    sid = event.stream_id
+                    self.conn.send_headers(sid, [(":status", "200"), ("content-length", "2")])
+                    self.conn.send_data(sid, b"ok", end_stream=True)
+            out = self.conn.data_to_send()
+            if out:
+                self.transport.write(out)
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(Protocol, host, 0)
+        ready.send(server.sockets[0].getsockname()[1])
+        await server.serve_forever()
+
+    uvloop.run(main())
+
+
+def _h2load(port: int, connections: int, requests: int) -> tuple[int, float]:
+    """(requests completed, seconds) of one h2load run, 10 streams per connection."""
+    h2load = shutil.which("h2load")
+    assert h2load is not None
+    start = time.monotonic()
+    out = subprocess.run(
+        [
+            h2load,
+            "-n",
+            str(requests),
+            "-c",
+            str(connections),
+            "-m",
+            "10",
+            f"http://{H2_HOST}:{port}/",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
+    took = time.monotonic() - start
+    m = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
+    return (int(m.group(2)) if m else 0), took
 
 
 async def _drive(port: int, connections: int, duration_s: float) -> int:
@@ -165,7 +241,92 @@ def run(quick: bool) -> list[Row]:
         server.kill()
         server.join(5)
         source.close()
-    return _rows(name, traced, untraced, events, run_ns, stats_requests, quick, send_hook)
+    rows = _rows(name, traced, untraced, events, run_ns, stats_requests, quick, send_hook)
+    return rows + run_h2(quick)
+
+
+def run_h2(quick: bool) -> list[Row]:
+    """The h2c rows: traced/untraced requests/s and BPF time per event and per request."""
+    from aviator.agent.bpf import BpfLatencySource, BpfUnavailable
+
+    name = "bpf_overhead"
+    if shutil.which("h2load") is None or importlib.util.find_spec("h2") is None:
+        note = "h2load (nghttp2-client) or the h2 package missing"
+        return [
+            {"benchmark": name, "metric": "h2c: skipped", "value": 0.0, "unit": "", "note": note}
+        ]
+    pairs = 4 if quick else 8
+    requests = 2000 if quick else 10000
+    connections = 4
+    try:
+        source = BpfLatencySource.load(max_sockets=4096, max_endpoints=256)
+    except BpfUnavailable as exc:
+        note = f"BPF unavailable: {exc.reason}"
+        return [
+            {"benchmark": name, "metric": "h2c: skipped", "value": 0.0, "unit": "", "note": note}
+        ]
+    ctx = multiprocessing.get_context("spawn")
+    parent, child = ctx.Pipe()
+    server = ctx.Process(target=_serve_h2, args=(H2_HOST, child), daemon=True)
+    server.start()
+    traced, untraced = _Side(), _Side()
+    try:
+        if not parent.poll(30):
+            raise RuntimeError("benchmark h2c server did not start")
+        port = int(parent.recv())
+        _h2load(port, connections, requests // 4)  # warm up
+        for i in range(pairs):
+            for attached in (False, True) if i % 2 == 0 else (True, False):
+                (source.attach if attached else source.detach)()
+                side = traced if attached else untraced
+                side.add(*_h2load(port, connections, requests), 0.0)
+        source.attach()
+        source.enable_run_stats()
+        c0, t0 = _run_totals(source.run_stats())
+        done = _h2load(port, connections, requests)[0]
+        c1, t1 = _run_totals(source.run_stats())
+        source.disable_run_stats()
+        counters = source.stats()
+    finally:
+        server.kill()
+        server.join(5)
+        source.close()
+    ratios = [a / d for a, d in zip(traced.rps, untraced.rps, strict=True) if d > 0]
+    ratio = statistics.median(ratios) if ratios else 0.0
+    events, run_ns = c1 - c0, t1 - t0
+    note = f"median of {len(ratios)} alternating pairs, h2load -c {connections} -m 10, both ends traced"
+    return [
+        {
+            "benchmark": name,
+            "metric": "h2c: loopback requests/s traced / untraced",
+            "value": ratio,
+            "unit": "x",
+            "ratio": ratio,
+            "goal": ">= 0.95",
+            "note": note + (" (quick: noisy)" if quick else ""),
+        },
+        {
+            "benchmark": name,
+            "metric": "h2c: requests/s untraced (median)",
+            "value": statistics.median(untraced.rps),
+            "unit": "req/s",
+        },
+        {
+            "benchmark": name,
+            "metric": "h2c: BPF run time per event",
+            "value": run_ns / events if events else 0.0,
+            "unit": "ns",
+            "goal": "<= 700",
+            "note": f"{events} events (every hooked syscall of the machine counts)",
+        },
+        {
+            "benchmark": name,
+            "metric": "h2c: BPF time per request",
+            "value": run_ns / done if done else 0.0,
+            "unit": "ns",
+            "note": f"both ends; h2 desyncs so far: {counters.get('h2_desyncs', 0)}",
+        },
+    ]
 
 
 def _rows(

@@ -32,10 +32,15 @@
 
 // A plain (non-locked) read the compiler must not cache or elide.
 #define LOAD_ONCE(x) (*(volatile typeof(x) *)&(x))
+// `n & mask` computed in the register handed on: clang may not drop the mask as
+// redundant (it knows a bound the verifier does not see on a merged path).
+#define BOUNDED(n, mask) ({ u32 __b = (n); asm volatile("" : "+r"(__b)); __b & (mask); })
 
 #define FAMILY_INET 2
 #define FAMILY_INET6 10
 #define PROTO_TCP 6
+#define MSG_PEEK_FLAG 2
+#define MSG_ERRQUEUE_FLAG 0x2000
 
 #define STATE_ESTABLISHED 1
 #define STATE_SYN_SENT 2
@@ -43,7 +48,15 @@
 #define STATE_CLOSE 7
 #define STATE_LISTEN 10
 
-#define SOCK_CLOSED 1  // left ESTABLISHED: no new requests are measured
+#define SOCK_CLOSED 1      // left ESTABLISHED: no new requests are measured
+#define SOCK_STATUS_DUE 2  // HTTP/1: a response began; its status line is in the next
+                           //   response bytes the application hands over or reads
+#define SOCK_UNPARSED 4    // h2 given up (desync): not measured any more
+
+// Whether a socket's requests are timed per stream from its payload (not by the
+// connection-level hooks).
+#define PER_STREAM(st) ((st)->proto == APP_H2 || (st)->proto == APP_GRPC || \
+                        ((st)->flags & SOCK_UNPARSED))
 
 // Map sizes come from user space (the agent's flags), the only place with defaults.
 #if !defined(MAX_SOCKETS) || !defined(MAX_ENDPOINTS) || !defined(MAX_LISTENERS)
@@ -102,7 +115,9 @@ static __always_inline void start_request(struct sock_state *st) {
 }
 
 // Records one request of `us` microseconds into its endpoint.
-static __always_inline void record_sample(struct ep_val *v, u64 us) {
+static __always_inline void record_sample(struct ep_val *v, u64 us, u32 proto) {
+    if (proto < NUM_APP)
+        __sync_fetch_and_add(&v->proto_requests[proto], 1);
     u32 idx = bucket_index(us);
     // Hide idx's provenance from clang so the bound check below stays on the register
     // the verifier sees indexing the array (clang otherwise folds it into the v < 16
@@ -135,11 +150,13 @@ static __always_inline void complete_request(struct sock_state *st) {
     // Plain stores: only the CPU that closed the request gets here.
     st->idle_ns = now;
     st->requests += 1;
+    if (st->proto == APP_HTTP1)
+        __sync_fetch_and_or(&st->flags, SOCK_STATUS_DUE);
     struct ep_val *v = endpoint(&st->ep);
     if (!v)
         return;
     __sync_fetch_and_add(&v->rif, -1);
-    record_sample(v, now > start ? (now - start) / 1000 : 0);
+    record_sample(v, now > start ? (now - start) / 1000 : 0, st->proto);
     count(CNT_REQUESTS_COMPLETED);
 }
 
@@ -158,7 +175,19 @@ static __always_inline void abort_request(struct sock_state *st) {
         return;
     __sync_fetch_and_add(&v->aborted, 1);
     __sync_fetch_and_add(&v->rif, -1);
-    record_sample(v, now > start ? (now - start) / 1000 : 0);
+    record_sample(v, now > start ? (now - start) / 1000 : 0, st->proto);
+}
+
+// The connection turned out to be HTTP/2: the connection-level request its preface
+// started is not a request (no sample; its in-flight count is given back).
+static __always_inline void cancel_request(struct sock_state *st) {
+    u64 start = __sync_lock_test_and_set(&st->start_ns, 0);
+    if (start == 0)
+        return;
+    count(CNT_REQUESTS_CANCELLED);
+    struct ep_val *v = endpoint(&st->ep);
+    if (v)
+        __sync_fetch_and_add(&v->rif, -1);
 }
 
 static __always_inline void set_v4_mapped(u8 *dst, const u8 *v4) {
@@ -223,7 +252,7 @@ static __always_inline struct sock_state *adopt(u64 sk, const u8 *laddr, u16 lpo
 }
 
 static __always_inline void on_receive(struct sock_state *st) {
-    if (st->flags & SOCK_CLOSED)
+    if ((st->flags & SOCK_CLOSED) || PER_STREAM(st))
         return;
     if (st->ep.role == ROLE_SERVER)
         start_request(st);
@@ -231,13 +260,21 @@ static __always_inline void on_receive(struct sock_state *st) {
         complete_request(st);
 }
 
+// payload.h: whether this thread's send starts with an HTTP/2 SETTINGS frame.
+static __always_inline int sends_h2_settings(void);
+
 static __always_inline void on_send(struct sock_state *st) {
-    if (st->flags & SOCK_CLOSED)
+    if ((st->flags & SOCK_CLOSED) || PER_STREAM(st))
         return;
-    if (st->ep.role == ROLE_SERVER)
+    if (st->ep.role == ROLE_SERVER) {
+        // An HTTP/2 server's SETTINGS, sent before it read the client's preface, does
+        // not answer the request the preface's arrival started (the read cancels it).
+        if (st->proto == APP_UNKNOWN && sends_h2_settings())
+            return;
         complete_request(st);
-    else
+    } else {
         start_request(st);
+    }
 }
 
 // A socket first seen in a hook without its addresses: read them from sock_common.
@@ -355,17 +392,10 @@ TRACEPOINT_PROBE(tcp, tcp_probe) {
 int on_tcp_sendmsg_locked(struct bpf_raw_tracepoint_args *ctx) {
     return handle_send((u64)ctx->args[0]);
 }
-#else
-// Fallback on kernels without tcp_sendmsg_locked: fires when sendmsg returns (later
-// than the first bytes leave by the time the copy and push took).
-TRACEPOINT_PROBE(sock, sock_send_length) {
-    if (args->protocol != PROTO_TCP || args->ret <= 0)
-        return 0;
-    if (args->family != FAMILY_INET && args->family != FAMILY_INET6)
-        return 0;
-    return handle_send((u64)args->sk);
-}
 #endif
+
+#include "h2.h"
+#include "payload.h"
 
 static __always_inline void listen_key_from_args(struct listen_key *k, u16 family,
                                                  const u8 *v4, const u8 *v6, u16 port) {
@@ -437,20 +467,22 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         return 0;
     }
 
-    if (oldstate == STATE_ESTABLISHED) {
-        struct sock_state *st = sockets.lookup(&sk);
-        if (st) {
-            st->flags |= SOCK_CLOSED;
-            abort_request(st);
-        }
-    }
+    if (oldstate != STATE_ESTABLISHED && newstate != STATE_CLOSE)
+        return 0;
+    struct sock_state *st = sockets.lookup(&sk);
+    if (!st)
+        return 0;
+    if (oldstate == STATE_ESTABLISHED)
+        __sync_fetch_and_or(&st->flags, SOCK_CLOSED);
+    abort_request(st);
     if (newstate == STATE_CLOSE) {
-        struct sock_state *st = sockets.lookup(&sk);
-        if (st) {
-            abort_request(st);
-            if (sockets.delete(&sk) == 0)
-                count(CNT_SOCKETS_REMOVED);
-        }
+        // The h2 sweep reads the socket's endpoint from its own copy.
+        struct sock_state copy = *st;
+        if (sockets.delete(&sk) == 0)
+            count(CNT_SOCKETS_REMOVED);
+        h2_close(args, sk, &copy);
+    } else {
+        h2_close(args, sk, st);
     }
     return 0;
 }
@@ -461,8 +493,10 @@ TRACEPOINT_PROBE(tcp, tcp_destroy_sock) {
     struct sock_state *st = sockets.lookup(&sk);
     if (st) {
         abort_request(st);
+        struct sock_state copy = *st;
         if (sockets.delete(&sk) == 0)
             count(CNT_SOCKETS_REMOVED);
+        h2_close(args, sk, &copy);
     }
     return 0;
 }

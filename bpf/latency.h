@@ -46,6 +46,16 @@ enum counter {
     CNT_ENDPOINTS_FULL_DROPS,  // samples dropped: endpoint map full
     CNT_SOCKETS_ADDED,         // sockets inserted into the socket map
     CNT_SOCKETS_REMOVED,       // sockets removed on close/destroy
+    CNT_PAYLOAD_EVENTS,        // socket sends/receives whose bytes were looked at
+    CNT_REQUESTS_CANCELLED,    // connection-level requests undone: the connection is h2
+    CNT_STREAMS_STARTED,       // HTTP/2 streams opened (client HEADERS)
+    CNT_STREAMS_COMPLETED,     // HTTP/2 streams answered (first response HEADERS)
+    CNT_STREAMS_ABORTED,       // HTTP/2 streams reset, refused by GOAWAY or closed
+    CNT_STREAMS_FULL_DROPS,    // streams not timed: the connection's stream table is full
+    CNT_H2_CONNS_FULL_DROPS,   // h2 connections not parsed: the h2conns map is full
+    CNT_H2_DESYNCS,            // h2 connections given up: frames beyond the per-call
+                               //   budget or bytes that are not HTTP/2 frames
+    CNT_STATUSES_READ,         // response statuses read
     NUM_COUNTERS,
 };
 
@@ -55,6 +65,18 @@ enum config_slot {
     // mid-connection adopted (before, their role could be guessed wrong).
     CONFIG_ADOPTING,
     NUM_CONFIG,
+};
+
+// What the program recognised on a connection (sock_state.proto) and which protocol
+// a sample was measured with (ep_val.proto_requests index). APP_H2 and APP_GRPC
+// connections are timed per stream; the others per connection.
+enum app_proto {
+    APP_UNKNOWN,  // no payload seen yet
+    APP_OPAQUE,   // not recognised: first bytes in -> first bytes out
+    APP_HTTP1,    // an HTTP/1 request line first
+    APP_H2,       // the HTTP/2 client preface first (prior knowledge h2c)
+    APP_GRPC,     // HTTP/2 whose responses end in trailers
+    NUM_APP,
 };
 
 // Key of `endpoints`: an endpoint. IPv6 address (IPv4 stored v4-mapped), port (host
@@ -75,6 +97,9 @@ struct ep_val {
     u64 max_us;
     s64 rif;      // requests in flight (gauge)
     u64 aborted;  // of `count`: requests open when the connection closed
+    u64 statuses;  // responses whose status was read
+    u64 errors;    // of `statuses`: HTTP >= 500, gRPC grpc-status != 0
+    u64 proto_requests[NUM_APP];  // `count` by the protocol it was measured with
     u64 buckets[NUM_BUCKETS];
 };
 
@@ -90,7 +115,42 @@ struct sock_state {
     u16 pad1;
     u32 netns;        // inode of the socket's network namespace (as /proc/<pid>/ns/net)
     u32 requests;     // requests completed on it (approximate under concurrent completions)
-    u32 flags;        // private to the program
+    u32 pad3;
+    u64 flags;        // private to the program
+    s64 streams;      // HTTP/2 streams open on it (requests in flight of an h2 connection)
+    u8 proto;         // enum app_proto
+    u8 pad2[7];
+};
+
+// HTTP/2 connections (map `h2conns`, key: the struct sock pointer like `sockets`): the
+// frame parser's state per direction and the connection's open streams. A stream
+// lives in slot ((id >> 1) + i) % H2_SLOTS for the first free i < H2_PROBES, so the
+// ids of up to H2_SLOTS streams opened one after another never collide.
+#define H2_SLOTS 128
+#define H2_PROBES 8
+
+// Private to the program: where the parser is in one direction's byte stream.
+struct h2_dir {
+    u32 skip;      // bytes of the current frame's payload (or the preface) still to come
+    u8 have;       // bytes of a frame header split across reads, kept in part[]
+    u8 status_due; // the current frame's payload starts with a status to read: 1
+                   //   :status, 2 grpc-status (read where its first bytes come)
+    u8 due_flags;  // that frame's flags
+    u8 pad1;
+    u8 part[32];
+};
+
+struct h2_slot {
+    u64 sid;       // stream id; 0 = free
+    u64 start_ns;  // when its client HEADERS was read or written (CLOCK_MONOTONIC)
+};
+
+struct h2_conn {
+    struct h2_dir dir[2];  // 0: the client's bytes (requests), 1: the server's
+    u32 max_sid;           // highest client stream id opened (ids only grow)
+    u32 goaway_sid;        // last-stream-id of a server GOAWAY still to apply; else 0
+    u64 flags;             // private to the program
+    struct h2_slot slots[H2_SLOTS];
 };
 
 // Key of `listeners` (value: u8, 1): a listening address:port, [::] and 0.0.0.0

@@ -117,6 +117,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     a("--max-sockets", type=int, default=65536, help="BPF socket map size")
     a("--max-endpoints", type=int, default=16384, help="BPF endpoint map size")
+    a(
+        "--max-h2-connections",
+        type=int,
+        default=4096,
+        help="HTTP/2 connections timed per stream at once (BPF h2conns map size; 2 KiB each)",
+    )
     a("--window", type=_positive, default=10.0, help="seconds of data behind GET /latency")
     a(
         "--keep-warm-samples",
@@ -219,6 +225,7 @@ async def _main(args: argparse.Namespace) -> int:
                 prober,
                 max_sockets=args.max_sockets,
                 max_endpoints=args.max_endpoints,
+                max_h2_conns=args.max_h2_connections,
             )
         except SourceUnavailable as exc:
             log.error("eBPF unavailable and --latency-source ebpf was asked for: %s", exc)
@@ -243,7 +250,11 @@ def check_bpf(args: argparse.Namespace) -> int:
         print(f"eBPF unavailable: BPF support not installed: {exc}")
         return 1
     try:
-        bpf = BpfLatencySource.load(max_sockets=args.max_sockets, max_endpoints=args.max_endpoints)
+        bpf = BpfLatencySource.load(
+            max_sockets=args.max_sockets,
+            max_endpoints=args.max_endpoints,
+            max_h2_conns=args.max_h2_connections,
+        )
     except BpfUnavailable as exc:
         print(f"eBPF unavailable: {exc.reason}")
         return 1

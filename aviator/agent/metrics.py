@@ -1,7 +1,8 @@
 """The agent's Prometheus metrics, in a registry of its own (one per agent instance).
 
 Per-pod request latency histograms are exported with a `pod` label ("ns/name") and a
-`port` label. Their number is capped (`max_pods`): pods beyond the cap are counted in
+`port` label, with the pod's protocol (http1, h2, grpc, opaque: what its latency
+means) and its responses whose status was read, and of those the errors. Their number is capped (`max_pods`): pods beyond the cap are counted in
 `aviator_agent_pod_series_dropped` instead of creating series, and a pod's series go
 away when it leaves the node, so a busy node cannot blow up the scrape.
 """
@@ -20,7 +21,7 @@ from prometheus_client.registry import Collector
 from aviator.agent.prober import ProbeStats
 from aviator.agent.stream import StreamFanout
 from aviator.latency.histogram import Histogram, bucket_mid
-from aviator.latency.schema import Snapshot
+from aviator.latency.schema import AppProtocol, Snapshot
 
 # Exported bucket bounds (seconds); the log-linear buckets are folded into them.
 LE_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -30,6 +31,9 @@ LE_SECONDS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1
 class _PodSeries:
     hist: Histogram = field(default_factory=Histogram)
     sum_us: int = 0
+    statuses: int = 0
+    errors: int = 0
+    protocol: AppProtocol = "opaque"
 
 
 def _metric_name(key: str) -> str:
@@ -116,6 +120,9 @@ class AgentMetrics(Collector):
                 series = self._pods[key] = _PodSeries()
             series.hist.update(ep.hist)
             series.sum_us += ep.sum_us
+            series.statuses += ep.statuses
+            series.errors += ep.errors
+            series.protocol = ep.protocol
 
     def retain_pods(self, keep: Callable[[str], bool]) -> None:
         """Drop the series of pods for which `keep(pod)` is false (left the node)."""
@@ -153,15 +160,36 @@ class AgentMetrics(Collector):
         if self.stream is not None:
             yield from self._stream_metrics(self.stream)
 
-    def _pod_histograms(self) -> Iterable[HistogramMetricFamily]:
+    def _pod_histograms(
+        self,
+    ) -> Iterable[HistogramMetricFamily | GaugeMetricFamily | CounterMetricFamily]:
         fam = HistogramMetricFamily(
             "aviator_agent_pod_request_duration_seconds",
             "Request latency per local pod, measured on the pod's own socket",
             labels=["pod", "port"],
         )
+        protocol = GaugeMetricFamily(
+            "aviator_agent_pod_protocol",
+            "What a local pod's requests were recognised as (value 1): http1, h2 and grpc "
+            "are per request or stream, opaque is first bytes in to first bytes out",
+            labels=["pod", "port", "protocol"],
+        )
+        statuses = CounterMetricFamily(
+            "aviator_agent_pod_response_statuses",
+            "Responses of a local pod whose status was read",
+            labels=["pod", "port"],
+        )
+        errors = CounterMetricFamily(
+            "aviator_agent_pod_response_errors",
+            "Of those, errors: HTTP 5xx, gRPC status other than OK",
+            labels=["pod", "port"],
+        )
         for (pod, port), series in sorted(self._pods.items()):
             fam.add_metric([pod, str(port)], _fold(series.hist), sum_value=series.sum_us / 1e6)
-        yield fam
+            protocol.add_metric([pod, str(port), series.protocol], 1.0)
+            statuses.add_metric([pod, str(port)], series.statuses)
+            errors.add_metric([pod, str(port)], series.errors)
+        yield from (fam, protocol, statuses, errors)
 
     @staticmethod
     def _stream_metrics(stream: StreamFanout) -> Iterable[GaugeMetricFamily | CounterMetricFamily]:

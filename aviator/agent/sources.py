@@ -77,7 +77,12 @@ class SourceUnavailable(RuntimeError):
 
 
 async def open_source(
-    choice: SourceChoice, prober: NodeProber, *, max_sockets: int, max_endpoints: int
+    choice: SourceChoice,
+    prober: NodeProber,
+    *,
+    max_sockets: int,
+    max_endpoints: int,
+    max_h2_conns: int = 4096,
 ) -> tuple[CounterSource, str | None]:
     """The latency source to use, and why eBPF is not used (None when it is)."""
     if choice == "probe":
@@ -93,7 +98,10 @@ async def open_source(
     try:
         # Compiling with BCC takes seconds: keep the loop (health endpoints) responsive.
         bpf = await asyncio.to_thread(
-            BpfLatencySource.load, max_sockets=max_sockets, max_endpoints=max_endpoints
+            BpfLatencySource.load,
+            max_sockets=max_sockets,
+            max_endpoints=max_endpoints,
+            max_h2_conns=max_h2_conns,
         )
     except BpfUnavailable as exc:
         if choice == "ebpf":

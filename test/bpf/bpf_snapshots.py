@@ -18,6 +18,9 @@ class EndpointDelta:
     count: int
     aborted: int
     rif: int  # the gauge's current value (not a delta)
+    statuses: int = 0
+    errors: int = 0
+    protocol: str = "opaque"  # the endpoint's (cumulative) protocol after
 
 
 def delta(
@@ -32,6 +35,9 @@ def delta(
         count=new.count - old.count,
         aborted=new.aborted - old.aborted,
         rif=new.rif,
+        statuses=new.statuses - old.statuses,
+        errors=new.errors - old.errors,
+        protocol=new.protocol,
     )
 
 

@@ -75,8 +75,13 @@ def test_old_kernel_without_tracepoints(tmp_path: Path) -> None:
     (tmp_path / "events" / "tcp" / "tcp_probe").mkdir(parents=True)
     with pytest.raises(BpfUnavailable, match="kernel too old: missing tracepoints"):
         loader.check_tracepoints(tmp_path)
-    for tp in ("sock/inet_sock_set_state", "tcp/tcp_destroy_sock", "sock/sock_send_length"):
-        (tmp_path / "events" / tp).mkdir(parents=True)
+    for tp, _ in loader._TRACEPOINTS:
+        if not tp.startswith("syscalls:"):
+            (tmp_path / "events" / tp.replace(":", "/")).mkdir(parents=True)
+    with pytest.raises(BpfUnavailable, match="CONFIG_FTRACE_SYSCALLS"):
+        loader.check_tracepoints(tmp_path)
+    for tp, _ in loader._TRACEPOINTS:
+        (tmp_path / "events" / tp.replace(":", "/")).mkdir(parents=True, exist_ok=True)
     assert loader.check_tracepoints(tmp_path) is False  # fallback send hook
     (tmp_path / "events" / "tcp" / "tcp_sendmsg_locked").mkdir()
     assert loader.check_tracepoints(tmp_path) is True
@@ -126,11 +131,14 @@ def test_verifier_rejection_of_a_raw_hook_is_reported(tmp_path: Path) -> None:
     """Raw tracepoint programs are loaded on attach; their verifier log is kept too."""
     require_bpf_privileges()
     src = tmp_path / "unsafe_raw.bpf.c"
+    stubs = "".join(
+        f"TRACEPOINT_PROBE({tp.replace(':', ', ')}) {{ return 0; }}\n"
+        for tp, _ in loader._TRACEPOINTS
+    )
     src.write_text(
         "BPF_ARRAY(a, u64, 4);\n"
-        "TRACEPOINT_PROBE(sock, inet_sock_set_state) { return 0; }\n"
-        "TRACEPOINT_PROBE(tcp, tcp_destroy_sock) { return 0; }\n"
-        "int on_tcp_sendmsg_locked(struct bpf_raw_tracepoint_args *ctx) { return 0; }\n"
+        + stubs
+        + "int on_tcp_sendmsg_locked(struct bpf_raw_tracepoint_args *ctx) { return 0; }\n"
         "int on_tcp_probe(struct bpf_raw_tracepoint_args *ctx) {\n"
         "    int k = 0; u64 *v = a.lookup(&k);\n"
         "    if (v) return v[ctx->args[1] & 0xffff];\n"

@@ -198,3 +198,29 @@ def test_pipelined_requests_count_as_one(latency_source: BpfLatencySource) -> No
     for role in ROLES:
         d = delta(before, after, EndpointKey(server.host, server.port, role))
         assert (d.count, d.rif) == (1, 0), role
+
+
+def test_oldest_open_request_age(latency_source: BpfLatencySource) -> None:
+    """Each endpoint reports how long its oldest open request has been waiting, against
+    the program's clock, and nothing once it is answered."""
+    hold = threading.Event()
+    server = DelayServer("127.0.11.7", lambda: 0.0, hold=hold).start()
+    client = KeepAliveClient(server.host, server.port)
+    try:
+        opened = time.monotonic()
+        client.send_request()
+        assert server.wait_received(1)
+        assert not hold.wait(0.08)
+        snap = latency_source.read()
+        waited_us = (time.monotonic() - opened) * 1e6
+        for role in ROLES:
+            age = snap[EndpointKey(server.host, server.port, role)].oldest_open_us
+            assert 80_000 <= age <= waited_us, role
+        hold.set()
+        client.read_response()
+        snap = latency_source.read()
+        for role in ROLES:
+            assert snap[EndpointKey(server.host, server.port, role)].oldest_open_us == 0, role
+    finally:
+        client.close()
+        server.stop()

@@ -31,6 +31,7 @@ from typing import Any
 
 from aviator.agent.bpf.model import Role
 from aviator.latency import histogram
+from aviator.latency.schema import APP_PROTOCOLS, AppProtocol
 
 HEADER_NAME = "latency.h"
 
@@ -379,6 +380,8 @@ _NEEDED_MEMBERS: dict[str, dict[str, tuple[str, int | None]]] = {
         "max_us": ("u64", None),
         "rif": ("s64", None),
         "aborted": ("u64", None),
+        "statuses": ("u64", None),
+        "errors": ("u64", None),
     },
     "listen_key": {"addr": ("u8", 16), "port": ("u16", None)},
     "sock_state": {
@@ -389,13 +392,19 @@ _NEEDED_MEMBERS: dict[str, dict[str, tuple[str, int | None]]] = {
         "other_port": ("u16", None),
         "netns": ("u32", None),
         "requests": ("u32", None),
+        "streams": ("s64", None),
+        "proto": ("u8", None),
     },
+    "h2_slot": {"sid": ("u64", None), "start_ns": ("u64", None)},
 }
 # Map keys are compared byte for byte by the kernel: no hidden padding allowed.
 _KEYS = ("ep_key", "listen_key")
 
 _COUNTER_PREFIX = "CNT_"
 _ROLE_PREFIX = "ROLE_"
+_APP_PREFIX = "APP_"
+# enum app_proto members that name no protocol of the schema (nothing seen yet).
+_APP_UNNAMED = ("APP_UNKNOWN",)
 
 
 @dataclass(frozen=True)
@@ -403,7 +412,9 @@ class LatencyAbi:
     """The ABI in the terms user space uses, checked on construction.
 
     `counter_names[i]` names the per-CPU counter i; `roles` maps ep_key.role values to
-    Role; `config_adopting` is the config slot that lets the program adopt sockets.
+    Role; `config_adopting` is the config slot that lets the program adopt sockets;
+    `app_protocols` maps enum app_proto values (sock_state.proto, the index of
+    ep_val.proto_requests) to the schema's protocols, APP_UNKNOWN left out.
     """
 
     header: Header
@@ -413,6 +424,7 @@ class LatencyAbi:
     num_buckets: int
     hist_sub_bits: int
     hist_max_exp: int
+    app_protocols: Mapping[int, AppProtocol]
 
     @property
     def endpoint_key(self) -> Struct:
@@ -490,8 +502,27 @@ class LatencyAbi:
         if header.const("NUM_CONFIG") != len(config) - 1 or not 0 <= slot < len(config) - 1:
             raise AbiError("enum config_slot must end with NUM_CONFIG, the number of slots")
 
+        apps: dict[int, AppProtocol] = {}
+        by_app: dict[str, AppProtocol] = {p: p for p in APP_PROTOCOLS}
+        *app_members, app_last = header.enum("app_proto").items()
+        if app_last != ("NUM_APP", len(app_members)):
+            raise AbiError("enum app_proto must end with NUM_APP, the number of protocols")
+        for member, value in app_members:
+            if member in _APP_UNNAMED:
+                continue
+            proto = by_app.get(member.removeprefix(_APP_PREFIX).lower())
+            if not member.startswith(_APP_PREFIX) or proto is None:
+                raise AbiError(f"protocol {member}: want {_APP_PREFIX}<one of {APP_PROTOCOLS}>")
+            apps[value] = proto
+        if sorted(apps.values()) != sorted(APP_PROTOCOLS):
+            raise AbiError(f"enum app_proto must name each of {APP_PROTOCOLS}")
+        requests = header.struct("ep_val").field("proto_requests")
+        if (requests.type, requests.count) != ("u64", len(app_members)):
+            raise AbiError("ep_val.proto_requests is not u64[NUM_APP]")
+
         return cls(
             header=header,
+            app_protocols=apps,
             counter_names=tuple(names),
             roles=roles,
             config_adopting=slot,
@@ -526,6 +557,7 @@ _MAP_TYPES: dict[str, tuple[str, str | None]] = {
     "endpoints": ("ep_key", "ep_val"),
     "listeners": ("listen_key", None),
     "sockets": ("u64", "sock_state"),
+    "h2conns": ("u64", "h2_conn"),
 }
 
 

@@ -53,12 +53,25 @@ RAW_SEND_TRACEPOINT = "tcp_sendmsg_locked"
 # program loads; raw ones by LoadedProgram.attach().
 _RAW_SEND = (RAW_SEND_TRACEPOINT, "on_tcp_sendmsg_locked")
 _RAW_RECV = ("tcp_probe", "on_tcp_probe")
+# The payload hooks (bpf/payload.h): each syscall that hands bytes to or takes them from
+# a socket, and the two tracepoints inside it that name the socket and the byte count.
+# sock:sock_send_length is also the send hook where tcp_sendmsg_locked is missing.
+_FALLBACK_SEND_TRACEPOINT = ("sock:sock_send_length", "tracepoint__sock__sock_send_length")
+_PAYLOAD_SYSCALLS = ("read", "readv", "recvfrom", "recvmsg", "write", "writev", "sendto", "sendmsg")
 _TRACEPOINTS = (
     ("sock:inet_sock_set_state", "tracepoint__sock__inet_sock_set_state"),
     ("tcp:tcp_destroy_sock", "tracepoint__tcp__tcp_destroy_sock"),
+    ("sock:sock_recv_length", "tracepoint__sock__sock_recv_length"),
+    _FALLBACK_SEND_TRACEPOINT,
+    *(
+        (f"syscalls:sys_enter_{name}", f"tracepoint__syscalls__sys_enter_{name}")
+        for name in _PAYLOAD_SYSCALLS
+    ),
 )
 _RECV_TRACEPOINT = ("tcp:tcp_probe", "tracepoint__tcp__tcp_probe")
-_FALLBACK_SEND_TRACEPOINT = ("sock:sock_send_length", "tracepoint__sock__sock_send_length")
+# Programs reached by tail calls (bpf/h2.h): the HTTP/2 parser's continuation and the
+# sweep that ends a connection's streams, at their slots of the h2_progs array.
+_TAIL_CALLS = (("h2_progs", 0, "h2_parse_more"), ("h2_progs", 1, "h2_sweep_more"))
 
 _TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
 _CAP_SYS_ADMIN = 21
@@ -108,10 +121,11 @@ def check_tracepoints(tracefs: Path) -> bool:
     needed = [tp for tp, _ in (*_TRACEPOINTS, _RECV_TRACEPOINT)]
     missing = [tp for tp in needed if not (tracefs / "events" / tp.replace(":", "/")).is_dir()]
     has_raw_send = (tracefs / "events" / "tcp" / RAW_SEND_TRACEPOINT).is_dir()
-    if not has_raw_send:
-        fallback = _FALLBACK_SEND_TRACEPOINT[0]
-        if not (tracefs / "events" / fallback.replace(":", "/")).is_dir():
-            missing.append(f"{RAW_SEND_TRACEPOINT} or {fallback}")
+    if missing and all(tp.startswith("syscalls:") for tp in missing):
+        raise BpfUnavailable(
+            f"kernel without syscall tracepoints (CONFIG_FTRACE_SYSCALLS): missing "
+            f"{', '.join(missing)}"
+        )
     if missing:
         raise BpfUnavailable(
             f"kernel too old: missing tracepoints {', '.join(missing)} (about Linux 6.1 or later needed)"
@@ -157,6 +171,7 @@ def compile_flags(
     max_listeners: int,
     raw_send: bool,
     raw_recv: bool,
+    max_h2_conns: int = 4096,
     include_dir: Path = SOURCE.parent,
 ) -> list[str]:
     try:
@@ -172,6 +187,7 @@ def compile_flags(
         f"-DMAX_SOCKETS={max_sockets}",
         f"-DMAX_ENDPOINTS={max_endpoints}",
         f"-DMAX_LISTENERS={max_listeners}",
+        f"-DMAX_H2_CONNS={max_h2_conns}",
     ]
     if raw_send:
         flags.append("-DSEND_HOOK_RAW")
@@ -252,9 +268,16 @@ class LoadedProgram:
         tps = list(_TRACEPOINTS)
         if not self.raw_recv:
             tps.append(_RECV_TRACEPOINT)
-        if not self.raw_send:
-            tps.append(_FALLBACK_SEND_TRACEPOINT)
         return tps
+
+    def load_tail_calls(self) -> None:
+        """Load the programs reached by tail calls and put them in their arrays."""
+        import ctypes
+
+        for table, slot, fn_name in _TAIL_CALLS:
+            fn = self.bpf.load_func(fn_name.encode(), self.bpf.TRACEPOINT)
+            progs = self.bpf[table.encode()]
+            progs[ctypes.c_int(slot)] = ctypes.c_int(fn.fd)
 
     def _raw_tracepoints(self) -> list[tuple[str, str]]:
         return [hook for hook, on in ((_RAW_SEND, self.raw_send), (_RAW_RECV, self.raw_recv)) if on]
@@ -305,6 +328,7 @@ def load_program(
     max_sockets: int,
     max_endpoints: int,
     max_listeners: int,
+    max_h2_conns: int = 4096,
     source: Path = SOURCE,
     allow_raw_send: bool = True,
     allow_raw_recv: bool = True,
@@ -335,12 +359,33 @@ def load_program(
     except ImportError as exc:
         raise BpfUnavailable(f"BCC is not installed (Debian/Ubuntu: python3-bpfcc): {exc}") from exc
 
-    sizes = (max_sockets, max_endpoints, max_listeners)
+    sizes = (max_sockets, max_endpoints, max_listeners, max_h2_conns)
     try:
         return _compile_and_attach(bcc, btf, source, raw_send, raw_recv, *sizes)
     except _RawTracepointUnavailable:
         # Listed in tracefs but not attachable as raw tracepoints: classic ones only.
         return _compile_and_attach(bcc, btf, source, False, False, *sizes)
+
+
+# Parts of the program that use maps or declare probes. BCC rewrites map calls
+# (`table.lookup(...)`) and builds tracepoint argument structs only in the main file,
+# so these are pasted into it where it includes them, instead of compiled as headers.
+INLINED_PARTS = ("h2.h", "payload.h")
+
+
+def program_text(source: Path) -> str:
+    """The program's C text with INLINED_PARTS pasted in place of their #include."""
+    out: list[str] = []
+    for line in source.read_text().splitlines(keepends=True):
+        stripped = line.strip()
+        name = stripped.removeprefix("#include").strip().strip('"')
+        if stripped.startswith("#include") and name in INLINED_PARTS:
+            out.append(f"// ---- {name} ----\n")
+            out.append((source.parent / name).read_text())
+            out.append(f"// ---- end of {name} ----\n")
+        else:
+            out.append(line)
+    return "".join(out)
 
 
 class _RawTracepointUnavailable(Exception):
@@ -356,12 +401,14 @@ def _compile_and_attach(
     max_sockets: int,
     max_endpoints: int,
     max_listeners: int,
+    max_h2_conns: int,
 ) -> LoadedProgram:
     cflags = compile_flags(
         btf,
         max_sockets=max_sockets,
         max_endpoints=max_endpoints,
         max_listeners=max_listeners,
+        max_h2_conns=max_h2_conns,
         raw_send=raw_send,
         raw_recv=raw_recv,
         include_dir=source.parent,
@@ -372,10 +419,11 @@ def _compile_and_attach(
     # verifier's log of either goes to fd 2 and is kept for the error message.
     with _captured_stderr() as log:
         try:
-            bpf = bcc.BPF(src_file=str(source).encode(), cflags=cflags)
+            bpf = bcc.BPF(text=program_text(source).encode(), cflags=cflags)
             header = source.parent / bpf_abi.HEADER_NAME
             program = LoadedProgram(bpf=bpf, raw_send=raw_send, raw_recv=raw_recv, header=header)
             program.attach()
+            program.load_tail_calls()
             bpf_abi.check_program(program.abi, bpf)
         except Exception as exc:  # BCC raises bare Exception for every failure
             failure = exc

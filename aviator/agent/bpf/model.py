@@ -68,7 +68,9 @@ class SocketState:
     role; `netns` is the inode of its network namespace. `start_ns` is 0 while no
     request is open, else when the open one began; `idle_ns` when it last became idle
     (established, adopted, or a response began), `requests` how many completed on it;
-    times are the kernel's monotonic clock (CLOCK_MONOTONIC, ns).
+    times are the kernel's monotonic clock (CLOCK_MONOTONIC, ns). `streams` is the
+    number of HTTP/2 streams open on it (an h2 connection's requests in flight; its
+    `start_ns` stays 0), `protocol` what its first bytes were (None: none seen yet).
     """
 
     sk: int
@@ -79,10 +81,12 @@ class SocketState:
     start_ns: int
     idle_ns: int
     requests: int
+    streams: int = 0
+    protocol: AppProtocol | None = None
 
     @property
     def idle(self) -> bool:
-        return self.start_ns == 0
+        return self.start_ns == 0 and self.streams <= 0
 
 
 def ip_from_raw16(raw16: bytes) -> str:

@@ -8,10 +8,26 @@ the histogram's length come from the program's ABI header (`abi.LatencyAbi`).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from aviator.agent.bpf.abi import LatencyAbi
 from aviator.agent.bpf.model import EndpointCounters, EndpointKey, SocketState, ip_from_raw16
+from aviator.latency.schema import AppProtocol
+
+# An endpoint's protocol is the most specific one any of its samples was measured with.
+_PRECEDENCE: tuple[AppProtocol, ...] = ("grpc", "h2", "http1")
+
+
+def endpoint_protocol(abi: LatencyAbi, proto_requests: Iterable[int]) -> AppProtocol:
+    """The protocol of an endpoint from its samples per protocol (ep_val.proto_requests):
+    gRPC over h2 over HTTP/1, `opaque` when none of them was recognised."""
+    seen = {abi.app_protocols.get(i) for i, n in enumerate(proto_requests) if n > 0}
+    for proto in _PRECEDENCE:
+        if proto in seen:
+            return proto
+    return "opaque"
 
 
 def decode_endpoint(
@@ -33,6 +49,9 @@ def decode_endpoint(
         # The gauge can dip below zero only through races with map-full drops.
         rif=max(0, int(value.rif)),
         aborted=int(value.aborted),
+        statuses=int(value.statuses),
+        errors=int(value.errors),
+        protocol=endpoint_protocol(abi, value.proto_requests),
     )
     return ep, counters
 
@@ -65,6 +84,8 @@ def decode_socket(abi: LatencyAbi, key: int, value: Any) -> SocketState | None:
         start_ns=int(value.start_ns),
         idle_ns=int(value.idle_ns),
         requests=int(value.requests),
+        streams=max(0, int(value.streams)),
+        protocol=abi.app_protocols.get(int(value.proto)),
     )
 
 
@@ -75,6 +96,59 @@ def read_sockets(bpf: Any, abi: LatencyAbi) -> list[SocketState]:
         decoded = decode_socket(abi, key.value, value)
         if decoded is not None:
             out.append(decoded)
+    return out
+
+
+def _items(table: Any) -> Iterable[tuple[Any, Any]]:
+    """A map's entries in a few BPF_MAP_LOOKUP_BATCH calls where the kernel has them."""
+    try:
+        return list(table.items_lookup_batch())
+    except Exception:  # kernels without batch ops: BCC raises a bare Exception
+        return list(table.items())
+
+
+def _u64(key: Any) -> int:
+    # Batch reads give u64 keys as ints, item walks as ctypes values.
+    return key if isinstance(key, int) else int(key.value)
+
+
+def oldest_open_ns(bpf: Any, abi: LatencyAbi) -> dict[EndpointKey, int]:
+    """Per endpoint, the start (CLOCK_MONOTONIC ns) of its oldest open request: open
+    HTTP/1 and opaque requests from `sockets`, open HTTP/2 streams from `h2conns`.
+    Two batched map walks; entries may change under them (a request that ends during
+    the walk may still be seen open: at most one read late)."""
+    eps: dict[int, EndpointKey] = {}
+    out: dict[EndpointKey, int] = {}
+    for key, value in _items(bpf[b"sockets"]):
+        role = abi.roles.get(int(value.ep.role))
+        if role is None:
+            continue
+        ep = EndpointKey(ip_from_raw16(bytes(value.ep.addr)), int(value.ep.port), role)
+        sk = _u64(key)
+        eps[sk] = ep
+        start = int(value.start_ns)
+        if start and (ep not in out or start < out[ep]):
+            out[ep] = start
+    for key, value in _items(bpf[b"h2conns"]):
+        owner = eps.get(_u64(key))
+        if owner is None:
+            continue
+        for slot in value.slots:
+            start = int(slot.start_ns)
+            if slot.sid and start and (owner not in out or start < out[owner]):
+                out[owner] = start
+    return out
+
+
+def with_oldest_open(
+    counters: Mapping[EndpointKey, EndpointCounters], oldest: Mapping[EndpointKey, int], now_ns: int
+) -> dict[EndpointKey, EndpointCounters]:
+    """`counters` with each endpoint's `oldest_open_us` at `now_ns` (0: nothing open)."""
+    out: dict[EndpointKey, EndpointCounters] = {}
+    for key, c in counters.items():
+        start = oldest.get(key)
+        age = max(0, now_ns - start) // 1000 if start else 0
+        out[key] = replace(c, oldest_open_us=age) if age != c.oldest_open_us else c
     return out
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import time
+
 from aviator.agent.bpf.loader import LoadedProgram, load_program
 from aviator.agent.bpf.model import EndpointCounters, EndpointKey, SocketState
 from aviator.agent.bpf.reader import (
     count_entries,
+    oldest_open_ns,
     read_counters,
     read_endpoints,
     read_socket,
     read_sockets,
+    with_oldest_open,
 )
 from aviator.agent.bpf.runstats import RunStatsEnabler, prog_run_stats
 from aviator.agent.bpf.seed import Listener, listening_sockets
@@ -37,6 +41,7 @@ class BpfLatencySource:
         max_sockets: int = 65536,
         max_endpoints: int = 16384,
         max_listeners: int = 16384,
+        max_h2_conns: int = 4096,
         listeners: set[Listener] | None = None,
         allow_raw_send: bool = True,
         allow_raw_recv: bool = True,
@@ -48,12 +53,13 @@ class BpfLatencySource:
         the `sock:sock_send_length` send hook (the fallback for older kernels);
         `allow_raw_recv=False` attaches tcp_probe as a classic tracepoint.
         """
-        if max_sockets < 1 or max_endpoints < 1 or max_listeners < 1:
+        if min(max_sockets, max_endpoints, max_listeners, max_h2_conns) < 1:
             raise ValueError("map sizes must be positive")
         program = load_program(
             max_sockets=max_sockets,
             max_endpoints=max_endpoints,
             max_listeners=max_listeners,
+            max_h2_conns=max_h2_conns,
             allow_raw_send=allow_raw_send,
             allow_raw_recv=allow_raw_recv,
         )
@@ -76,8 +82,13 @@ class BpfLatencySource:
         return self._program.recv_hook
 
     def read(self) -> dict[EndpointKey, EndpointCounters]:
-        """Cumulative snapshot of every endpoint seen since load."""
-        return read_endpoints(self._program.bpf, self._program.abi)
+        """Cumulative snapshot of every endpoint seen since load, with the age of each
+        one's oldest open request (`oldest_open_us`, against the program's clock)."""
+        bpf, abi = self._program.bpf, self._program.abi
+        counters = read_endpoints(bpf, abi)
+        oldest = oldest_open_ns(bpf, abi)
+        # bpf_ktime_get_ns is CLOCK_MONOTONIC.
+        return with_oldest_open(counters, oldest, time.clock_gettime_ns(time.CLOCK_MONOTONIC))
 
     def sockets(self) -> list[SocketState]:
         """Every connection the program tracks, with its request state."""

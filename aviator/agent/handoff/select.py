@@ -13,9 +13,9 @@ target port. Never:
 - a connection with a request in flight (`is_idle` is false): checked here on a map
   walk and again right before each destroy.
 
-`is_idle` is the one idle test: for HTTP/1.1 no request is open (`start_ns == 0`).
-For HTTP/2 a connection is idle when no stream is open; when the program counts open
-streams per connection, that count joins this test and nothing else changes.
+`is_idle` is the one idle test: no request is open (HTTP/1.1 and opaque connections:
+`start_ns == 0`) and no HTTP/2 stream is open (`streams == 0`, counted per connection
+by the program).
 """
 
 from __future__ import annotations
@@ -38,8 +38,8 @@ class Target:
 
 
 def is_idle(sock: SocketState) -> bool:
-    """No request (HTTP/1.1) is open on the connection."""
-    return sock.start_ns == 0
+    """No request (HTTP/1.1) and no HTTP/2 stream is open on the connection."""
+    return sock.idle
 
 
 def candidates(

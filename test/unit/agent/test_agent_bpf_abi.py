@@ -31,6 +31,15 @@ PUBLISHED_COUNTERS = (
     "endpoints_full_drops",
     "sockets_added",
     "sockets_removed",
+    "payload_events",
+    "requests_cancelled",
+    "streams_started",
+    "streams_completed",
+    "streams_aborted",
+    "streams_full_drops",
+    "h2_conns_full_drops",
+    "h2_desyncs",
+    "statuses_read",
 )
 
 
@@ -140,6 +149,7 @@ def test_decode_endpoint_from_header_types() -> None:
     assert (counters.count, counters.sum_us, counters.max_us) == (3, 300, 200)
     assert counters.rif == 0  # a gauge below zero (map-full races) reads as none
     assert counters.aborted == 1
+    assert counters.protocol == "opaque"  # no sample of a recognised protocol
     assert histogram.Histogram(counters.buckets).to_sparse() == {"5": 3}
     assert decode_endpoint(a, *_entry(a, 0)) is None  # no role: not an endpoint
 
@@ -150,6 +160,7 @@ def _fake_bpf(a: abi.LatencyAbi, **override: Any) -> Any:
         b"endpoints": SimpleNamespace(Key=h.ctype("ep_key"), Leaf=h.ctype("ep_val")),
         b"listeners": SimpleNamespace(Key=h.ctype("listen_key"), Leaf=ctypes.c_uint8),
         b"sockets": SimpleNamespace(Key=ctypes.c_uint64, Leaf=h.ctype("sock_state")),
+        b"h2conns": SimpleNamespace(Key=ctypes.c_uint64, Leaf=h.ctype("h2_conn")),
         b"counters": SimpleNamespace(max_entries=len(a.counter_names)),
         b"config": SimpleNamespace(max_entries=h.const("NUM_CONFIG")),
     }
@@ -180,6 +191,7 @@ def test_check_program_refuses_other_maps() -> None:
         {"endpoints": {"Key": MovedKey}},
         {"sockets": {"Key": ctypes.c_uint32}},
         {"sockets": {"Leaf": a.header.ctype("ep_key")}},
+        {"h2conns": {"Leaf": a.header.ctype("sock_state")}},
         {"counters": {"max_entries": len(a.counter_names) + 1}},
         {"config": {"max_entries": 2}},
     ):
@@ -254,3 +266,36 @@ def test_parser_refuses_what_it_does_not_know(text: str) -> None:
 def test_missing_header_is_an_abi_error(tmp_path: Any) -> None:
     with pytest.raises(abi.AbiError, match="cannot read"):
         abi.load(tmp_path / abi.HEADER_NAME)
+
+
+def _counts(a: abi.LatencyAbi, **by_protocol: int) -> list[int]:
+    out = [0] * (a.header.const("NUM_APP"))
+    for value, proto in a.app_protocols.items():
+        out[value] = by_protocol.get(proto, 0)
+    return out
+
+
+def test_endpoint_protocol_is_the_most_specific_one_measured() -> None:
+    from aviator.agent.bpf.reader import endpoint_protocol
+
+    a = abi.default()
+    assert endpoint_protocol(a, _counts(a)) == "opaque"
+    unknown = [1] + [0] * (a.header.const("NUM_APP") - 1)  # APP_UNKNOWN: nothing seen
+    assert endpoint_protocol(a, unknown) == "opaque"
+    assert endpoint_protocol(a, _counts(a, opaque=5, http1=1)) == "http1"
+    assert endpoint_protocol(a, _counts(a, http1=9, h2=1)) == "h2"
+    # A gRPC connection's first stream is timed before its trailers tell it is gRPC.
+    assert endpoint_protocol(a, _counts(a, h2=3, grpc=30)) == "grpc"
+
+
+def test_oldest_open_age_is_against_the_read_time() -> None:
+    from aviator.agent.bpf.model import EndpointCounters, EndpointKey
+    from aviator.agent.bpf.reader import with_oldest_open
+
+    busy, idle = EndpointKey("10.0.0.1", 80, "server"), EndpointKey("10.0.0.2", 80, "server")
+    c = EndpointCounters(
+        buckets=[0] * histogram.NUM_BUCKETS, count=1, sum_us=1, max_us=1, rif=1, aborted=0
+    )
+    out = with_oldest_open({busy: c, idle: c}, {busy: 5_000_000}, now_ns=7_500_000)
+    assert (out[busy].oldest_open_us, out[idle].oldest_open_us) == (2500, 0)
+    assert out[idle] is c

@@ -54,3 +54,17 @@ def test_pod_series_are_capped_and_follow_the_pods() -> None:
     assert 'pod="ns/a"' not in text and 'pod="ns/c"' in text
     m.set_source_stats({"events.seen": 7})
     assert "aviator_agent_bpf_events_seen 7.0" in m.render().decode()
+
+
+def test_pod_protocol_statuses_and_errors() -> None:
+    from dataclasses import replace
+
+    m = AgentMetrics()
+    grpc = replace(window("ns/g", [1000, 2000]), protocol="grpc", statuses=2, errors=1)
+    m.observe(Snapshot("n", "ebpf", 0.0, 1.0, (grpc, window("ns/o", [1000]))))
+    m.observe(Snapshot("n", "ebpf", 1.0, 2.0, (replace(grpc, statuses=1, errors=0),)))
+    text = m.render().decode()
+    assert 'aviator_agent_pod_protocol{pod="ns/g",port="80",protocol="grpc"} 1.0' in text
+    assert 'aviator_agent_pod_protocol{pod="ns/o",port="80",protocol="opaque"} 1.0' in text
+    assert 'aviator_agent_pod_response_statuses_total{pod="ns/g",port="80"} 3.0' in text
+    assert 'aviator_agent_pod_response_errors_total{pod="ns/g",port="80"} 1.0' in text

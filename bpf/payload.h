@@ -1,0 +1,295 @@
+// SPDX-License-Identifier: GPL-2.0
+//
+// The bytes of a TCP connection at the syscall boundary: what the application hands to
+// send and what it takes from receive. Used for the protocol of a connection (its
+// first client bytes), the HTTP/1 status line, and HTTP/2 frames (h2.h).
+//
+// The user buffer of read/readv/recvfrom/recvmsg and write/writev/sendto/sendmsg is
+// stashed per thread at the syscall's entry; sock:sock_recv_length and
+// sock:sock_send_length fire inside the same syscall, after the copy, with the socket
+// and the byte count, and consume the stash (read() and write() on a socket reach
+// them through sock_recvmsg and sock_sendmsg too). Peeks (MSG_PEEK) are skipped: their
+// bytes are read again; so are reads of the error queue (MSG_ERRQUEUE: timestamps,
+// not stream bytes). The stash is not cleared at syscall exit (that would double
+// the hooks on every read and write of the node): a syscall on something else leaves
+// one behind until the thread's next hooked syscall overwrites it, and the stash map
+// is an LRU. Bytes moved by paths with no hooked syscall (recvmmsg/sendmmsg,
+// sendfile/splice, io_uring) are not seen: an HTTP/2 connection using them loses its
+// parser's place (h2.h gives it up) and so could, in the rare case of such a path
+// following a stashed syscall of the same thread that reached no socket, read the
+// stale buffer.
+//
+// A connection's protocol is decided by its first client bytes (the server's on a
+// server socket received, the client's on a client socket sent): the HTTP/2 client
+// preface -> APP_H2 (its connection-level request, started by the preface, is
+// cancelled), an HTTP/1 method token -> APP_HTTP1, anything else -> APP_OPAQUE. A server
+// that speaks first with a SETTINGS frame (HTTP/2 servers do not wait for the preface)
+// gets a parser before the preface arrives; any other server-first bytes make the
+// connection opaque. Connections older than the program (adopted mid-stream) are
+// decided the same way on their next bytes, so an HTTP/2 connection adopted
+// mid-stream is opaque.
+
+#define STASH_NONE 0    // consumed
+#define STASH_BUF 3     // one buffer, `len` bytes
+#define STASH_IOV 1     // `buf` is a struct iovec array of `len` entries
+#define STASH_MSGHDR 2  // `buf` is a struct user_msghdr
+
+#define MAX_STASHES 16384
+
+struct stash {
+    u64 buf;
+    u64 len;
+    u32 kind;
+    u32 sending;
+};
+
+BPF_TABLE("lru_hash", u64, struct stash, stashes, MAX_STASHES);
+
+// Written in place when the thread has an entry (an LRU update allocates a new one).
+static __always_inline void stash(u64 buf, u64 len, u32 kind, u32 sending) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct stash *p = stashes.lookup(&id);
+    if (p) {
+        p->buf = buf;
+        p->len = len;
+        p->kind = kind;
+        p->sending = sending;
+        return;
+    }
+    struct stash s = {.buf = buf, .len = len, .kind = kind, .sending = sending};
+    stashes.update(&id, &s);
+}
+
+// Up to 16 first bytes of the call into b (32 bytes); how many.
+static __always_inline u32 first_bytes(struct h2_cursor *c, u8 *b) {
+    u32 n = c->cur_len;
+    if (n == 0 && c->iov) {
+        // An iovec call starts with its first non-empty iovec (read without moving the
+        // cursor: the parser walks them itself).
+        struct {
+            u64 base;
+            u64 len;
+        } v = {};
+        bpf_probe_read_user(&v, sizeof(v), (const void *)c->iov);
+        u32 take = v.len < c->left ? (u32)v.len : c->left;
+        if (take > 16)
+            take = 16;
+        if (take == 0)
+            return 0;
+        bpf_probe_read_user(b, BOUNDED(take, 31), (const void *)v.base);
+        return take;
+    }
+    if (n > 16)
+        n = 16;
+    if (n == 0)
+        return 0;
+    bpf_probe_read_user(b, BOUNDED(n, 31), (const void *)c->cur);
+    return n;
+}
+
+static __always_inline int is_settings_header(const u8 *b) {
+    u32 len = ((u32)b[0] << 16) | ((u32)b[1] << 8) | b[2];
+    return b[3] == H2_SETTINGS && b[4] == 0 && (b[5] | b[6] | b[7] | b[8]) == 0 &&
+           len % 6 == 0;
+}
+
+static __always_inline int sends_h2_settings(void) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct stash *p = stashes.lookup(&id);
+    if (!p || p->kind == STASH_NONE || !p->sending)
+        return 0;
+    u64 buf = p->buf;
+    if (p->kind != STASH_BUF) {
+        if (p->kind == STASH_MSGHDR)
+            bpf_probe_read_user(&buf, sizeof(buf), (const void *)(buf + 16));  // msg_iov
+        bpf_probe_read_user(&buf, sizeof(buf), (const void *)buf);  // iov[0].iov_base
+    }
+    u8 b[16] = {};
+    if (bpf_probe_read_user(b, 9, (const void *)buf) != 0)
+        return 0;
+    return is_settings_header(b);
+}
+
+#define WORD(a, b, c, d) ((u32)(a) | (u32)(b) << 8 | (u32)(c) << 16 | (u32)(d) << 24)
+
+static __always_inline int is_http1_method(u32 w) {
+    return w == WORD('G', 'E', 'T', ' ') || w == WORD('P', 'O', 'S', 'T') ||
+           w == WORD('P', 'U', 'T', ' ') || w == WORD('H', 'E', 'A', 'D') ||
+           w == WORD('D', 'E', 'L', 'E') || w == WORD('O', 'P', 'T', 'I') ||
+           w == WORD('P', 'A', 'T', 'C') || w == WORD('C', 'O', 'N', 'N') ||
+           w == WORD('T', 'R', 'A', 'C');
+}
+
+// "HTTP/1.x NNN" at the start of the first response bytes.
+static __always_inline void http1_status(struct sock_state *st, struct h2_cursor *c) {
+    u8 b[32] = {};
+    if (first_bytes(c, b) < 12)
+        return;
+    if (*(u32 *)b != WORD('H', 'T', 'T', 'P') || b[4] != '/' || b[8] != ' ')
+        return;
+    u32 status = 0;
+    for (int k = 9; k < 12; k++) {
+        if (b[k] < '0' || b[k] > '9')
+            return;
+        status = status * 10 + (b[k] - '0');
+    }
+    if (status >= 100 && status <= 599)
+        count_status(endpoint(&st->ep), status, 0);
+}
+
+// The first client bytes of a connection decide its protocol; 1 if it is HTTP/2 (the
+// cursor is then to be parsed).
+static __always_inline int detect(u64 sk, struct sock_state *st, struct h2_cursor *c) {
+    u8 b[32] = {};
+    u32 n = first_bytes(c, b);
+    if (n < 4) {
+        st->proto = APP_OPAQUE;
+    } else {
+        u32 w = *(u32 *)b;
+        if (w == WORD('P', 'R', 'I', ' ')) {
+            struct h2_conn *h = h2_conn_create(sk);
+            cancel_request(st);
+            st->proto = APP_H2;
+            if (!h) {
+                __sync_fetch_and_or(&st->flags, SOCK_UNPARSED);
+                return 0;
+            }
+            h->dir[0].skip = H2_PREFACE_LEN;
+            return 1;
+        }
+        st->proto = is_http1_method(w) ? APP_HTTP1 : APP_OPAQUE;
+    }
+    h2conns.delete(&sk);  // a parser made for a server's SETTINGS, if any
+    return 0;
+}
+
+// Server bytes before any client bytes: an HTTP/2 server's SETTINGS gets a parser.
+static __always_inline int server_first(u64 sk, struct sock_state *st, struct h2_cursor *c) {
+    if (h2conns.lookup(&sk))
+        return 1;
+    u8 b[32] = {};
+    if (first_bytes(c, b) >= 9 && is_settings_header(b) && h2_conn_create(sk))
+        return 1;
+    st->proto = APP_OPAQUE;
+    return 0;
+}
+
+static __always_inline int on_payload(void *ctx, u64 sk, int ret, int flags, u32 sending) {
+    u64 id = bpf_get_current_pid_tgid();
+    struct stash *p = stashes.lookup(&id);
+    if (!p || p->kind == STASH_NONE)
+        return 0;
+    struct stash s = *p;
+    p->kind = STASH_NONE;
+    if (s.sending != sending || ret <= 0 ||
+        (!sending && (flags & (MSG_PEEK_FLAG | MSG_ERRQUEUE_FLAG))))
+        return 0;
+    struct sock_state *st = sockets.lookup(&sk);
+    if (!st || (st->flags & (SOCK_CLOSED | SOCK_UNPARSED)))
+        return 0;
+    u8 proto = st->proto;
+    if (proto == APP_OPAQUE)
+        return 0;
+    u32 client_bytes = (st->ep.role == ROLE_SERVER) != sending;
+    if (proto == APP_HTTP1 && (client_bytes || !(st->flags & SOCK_STATUS_DUE)))
+        return 0;
+    count(CNT_PAYLOAD_EVENTS);
+
+    int zero = 0;
+    struct h2_cursor *c = h2_cursors.lookup(&zero);
+    if (!c)
+        return 0;
+    c->sk = sk;
+    c->now = 0;
+    c->left = (u32)ret;
+    c->pos = 0;
+    c->iov_i = 0;
+    c->runs = 0;
+    c->dir = client_bytes ? 0 : 1;
+    if (s.kind == STASH_MSGHDR) {
+        // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
+        u64 iov_and_len[2] = {};
+        bpf_probe_read_user(iov_and_len, sizeof(iov_and_len), (const void *)(s.buf + 16));
+        s.buf = iov_and_len[0];
+        s.len = iov_and_len[1];
+        s.kind = STASH_IOV;
+    }
+    if (s.kind == STASH_IOV) {
+        c->iov = s.buf;
+        c->iovcnt = s.len > H2_MAX_IOV ? H2_MAX_IOV + 1 : (u32)s.len;
+        c->cur = 0;
+        c->cur_len = 0;
+    } else {
+        c->iov = 0;
+        c->iovcnt = 0;
+        c->cur = s.buf;
+        c->cur_len = s.len < (u64)ret ? (u32)s.len : (u32)ret;
+        c->left = 0;
+    }
+
+    if (proto == APP_HTTP1) {
+        __sync_fetch_and_and(&st->flags, ~SOCK_STATUS_DUE);
+        http1_status(st, c);
+        return 0;
+    }
+    if (proto == APP_UNKNOWN) {
+        if (client_bytes ? !detect(sk, st, c) : !server_first(sk, st, c))
+            return 0;
+    }
+    c->active = 1;
+    return h2_run(ctx, st);
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_read) {
+    stash((u64)args->buf, args->count, STASH_BUF, 0);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) {
+    stash((u64)args->ubuf, args->size, STASH_BUF, 0);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_readv) {
+    stash((u64)args->vec, args->vlen, STASH_IOV, 0);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) {
+    stash((u64)args->msg, 0, STASH_MSGHDR, 0);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_write) {
+    stash((u64)args->buf, args->count, STASH_BUF, 1);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) {
+    stash((u64)args->buff, args->len, STASH_BUF, 1);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_writev) {
+    stash((u64)args->vec, args->vlen, STASH_IOV, 1);
+    return 0;
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) {
+    stash((u64)args->msg, 0, STASH_MSGHDR, 1);
+    return 0;
+}
+
+TRACEPOINT_PROBE(sock, sock_recv_length) {
+    if (args->protocol != PROTO_TCP)
+        return 0;
+    return on_payload(args, (u64)args->sk, args->ret, args->flags, 0);
+}
+
+// Also the send hook on kernels without the raw tcp_sendmsg_locked tracepoint: then it
+// marks sends for the connection-level requests first (later than the first bytes
+// leave by the time the copy and push took).
+TRACEPOINT_PROBE(sock, sock_send_length) {
+    if (args->protocol != PROTO_TCP)
+        return 0;
+    if (args->family != FAMILY_INET && args->family != FAMILY_INET6)
+        return 0;
+#ifndef SEND_HOOK_RAW
+    if (args->ret > 0)
+        handle_send((u64)args->sk);
+#endif
+    return on_payload(args, (u64)args->sk, args->ret, args->flags, 1);
+}
