@@ -34,7 +34,7 @@ from typing import Protocol
 import uvloop
 
 from aviator.kube import KubeClient
-from aviator.kube.resources import AVIATORPOLICIES, SERVICES
+from aviator.kube.resources import AVIATORPOLICIES, CORE_EVENTS, SERVICES
 from aviator.testing.pool import KeepAlivePool
 from bench.common import (
     BoxHandle,
@@ -94,8 +94,9 @@ class Client(Protocol):
 
     async def close(self) -> None: ...
 
-    def redials(self) -> str:
-        """What the client re-dialled (and retried), for the note."""
+    def redials(self, policy_at: float) -> str:
+        """What the client re-dialled (and retried), for the note; `policy_at`: when
+        the policy was created (monotonic s)."""
         ...
 
 
@@ -122,7 +123,7 @@ class _Pool:
     async def close(self) -> None:
         await self.pool.close()
 
-    def redials(self) -> str:
+    def redials(self, policy_at: float) -> str:
         return f"{self.pool.retries} retried on a fresh connection, {self.pool.opened} connections opened"
 
 
@@ -189,9 +190,12 @@ async def _run(box: BoxHandle, bench: Bench, client: ClientFactory, load: Load) 
 @dataclass
 class Outcome:
     samples: list[Timed]
+    created: float  # when the policy was created (monotonic)
     window_from: float | None
     converged_after_s: float | None
     redials: str
+    status: str  # the policy's conditions at the end, when it never converged
+    agents: str  # what the agents reported (ConnectionsHandedOff Events)
 
 
 async def _variant(
@@ -233,15 +237,41 @@ async def _variant(
         samples = await traffic
     finally:
         await c.close()
+    status = "" if converged is not None else await _conditions(kube, ns)
+    agents = await _handed_off(kube, ns)
     await kube.delete(AVIATORPOLICIES, TARGET, ns)
     await _wait_restored(kube, ns)
     window = None if converged is None else converged + 2 * INTERVAL_S + PERIOD_S
     return Outcome(
         [s for s in samples if s.at >= started],
+        created,
         window,
         None if converged is None else converged - created,
-        c.redials(),
+        c.redials(created),
+        status,
+        agents,
     )
+
+
+async def _handed_off(kube: KubeClient, ns: str) -> str:
+    """The agents' ConnectionsHandedOff Events of this run (the namespace's, oldest
+    first; the policy is deleted after each variant, so older ones are of (a))."""
+    answer = await kube.list(
+        CORE_EVENTS, ns, params={"fieldSelector": "reason=ConnectionsHandedOff"}
+    )
+    items = sorted(answer.get("items") or [], key=lambda e: str(e.get("lastTimestamp") or ""))
+    return "; ".join(str(e.get("message") or "") for e in items) or "none"
+
+
+async def _conditions(kube: KubeClient, ns: str) -> str:
+    """The policy's conditions in short, and the pods in its slices."""
+    obj = await kube.get(AVIATORPOLICIES, TARGET, ns)
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    said = "; ".join(
+        f"{c.get('type')}={c.get('status')} {c.get('reason')}: {c.get('message')}"
+        for c in conditions
+    )
+    return f"{said}; slices: {', '.join(sorted(await slice_pods(kube, ns, TARGET)))}"
 
 
 async def _wait_restored(kube: KubeClient, ns: str, timeout_s: float = 60) -> None:
@@ -273,28 +303,34 @@ def _rows(bench: Bench, oracle: list[Timed], results: dict[str, Outcome], load: 
         )
     ]
     for label, out in results.items():
+        failed = [s for s in out.samples if not s.ok]
         if out.window_from is None:
             rows.append(
-                row(name, f"{label}: client p99", float("nan"), "ms", note="never converged")
+                row(
+                    name,
+                    f"{label}: client p99",
+                    float("nan"),
+                    "ms",
+                    note=f"never converged: {out.status}",
+                )
             )
-            continue
-        window = [s for s in out.samples if s.at >= out.window_from]
-        p99 = _p99(window)
-        failed = [s for s in out.samples if not s.ok]
-        slow = sum(1 for s in window if (s.served_by or "").startswith("slow-"))
-        rows.append(
-            row(
-                name,
-                f"{label}: client p99 after convergence",
-                p99,
-                "ms",
-                ratio=p99 / oracle_p99 if oracle_p99 else None,
-                goal=GOAL if "on" in label else None,
-                note=f"from convergence ({out.converged_after_s:.1f} s after the policy) + "
-                f"2 intervals + {PERIOD_S:g} s; {len(window)} {unit}, {slow} served by slow pods; "
-                f"{out.redials}",
+        else:
+            window = [s for s in out.samples if s.at >= out.window_from]
+            p99 = _p99(window)
+            slow = sum(1 for s in window if (s.served_by or "").startswith("slow-"))
+            rows.append(
+                row(
+                    name,
+                    f"{label}: client p99 after convergence",
+                    p99,
+                    "ms",
+                    ratio=p99 / oracle_p99 if oracle_p99 else None,
+                    goal=GOAL if "on" in label else None,
+                    note=f"from convergence ({out.converged_after_s:.1f} s after the policy) + "
+                    f"2 intervals + {PERIOD_S:g} s; {len(window)} {unit}, "
+                    f"{slow} served by slow pods; {out.redials}; agents: {out.agents}",
+                )
             )
-        )
         rows.append(
             row(
                 name,
@@ -303,7 +339,14 @@ def _rows(bench: Bench, oracle: list[Timed], results: dict[str, Outcome], load: 
                 "",
                 goal="0" if "on" in label else None,
                 note=f"of {len(out.samples)} over the whole run; errors: "
-                + (", ".join(sorted({s.error or "?" for s in failed})) or "none"),
+                + (
+                    ", ".join(
+                        f"{s.error or '?'} at {s.at - out.created:+.1f} s"
+                        for s in sorted(failed, key=lambda s: s.at)[:8]
+                    )
+                    or "none"
+                )
+                + " (times from the policy's creation)",
             )
         )
     return rows

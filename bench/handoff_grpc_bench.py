@@ -40,20 +40,34 @@ class _Channels:
     async def run(self, rate_per_s: float, duration_s: float, seed: int) -> list[Timed]:
         made = await self.channels.run(rate_per_s, duration_s, seed)
         return [
-            Timed(s.sent_ns / 1e9, s.latency_s, s.ok, s.served_by, None if s.ok else s.code)
+            Timed(
+                s.sent_ns / 1e9,
+                s.latency_s,
+                s.ok,
+                s.served_by,
+                None if s.ok else f"{s.code} ({s.details})",
+            )
             for _, s in made
         ]
 
     async def close(self) -> None:
         await self.channels.close()
 
-    def redials(self) -> str:
-        """Pod changes of each channel, in the order its RPCs were made."""
-        moves = 0
+    def redials(self, policy_at: float) -> str:
+        """Pod changes of each channel (in the order its RPCs were made), and how many
+        channels a slow pod served when the policy came and at the end."""
+        moves = slow_then = slow_end = 0
         for samples in self.channels.samples:
-            pods = [s.served_by for s in sorted(samples, key=lambda s: s.sent_ns) if s.served_by]
+            made = sorted((s for s in samples if s.served_by), key=lambda s: s.sent_ns)
+            pods = [s.served_by for s in made]
             moves += sum(1 for a, b in itertools.pairwise(pods) if a != b)
-        return f"{moves} channel moves to another pod (re-dials)"
+            before = [s.served_by for s in made if s.sent_ns / 1e9 < policy_at]
+            slow_then += bool(before) and str(before[-1]).startswith("slow-")
+            slow_end += bool(pods) and str(pods[-1]).startswith("slow-")
+        return (
+            f"{moves} channel moves to another pod (re-dials); channels on slow pods: "
+            f"{slow_then} at the policy, {slow_end} at the end"
+        )
 
 
 async def _channels(address: tuple[str, int]) -> Client:

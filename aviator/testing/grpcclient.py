@@ -36,13 +36,14 @@ CALL = "/aviator.testapp.TestApp/Call"
 @dataclass(frozen=True, slots=True)
 class RpcSample:
     """One RPC: when it was made (monotonic ns), the time to its response headers
-    (None when none came), its status code name ("OK", "UNAVAILABLE", ...) and who
-    served it (the `x-served-by` trailer)."""
+    (None when none came), its status code name ("OK", "UNAVAILABLE", ...), who
+    served it (the `x-served-by` trailer) and the status details of a failed one."""
 
     sent_ns: int
     latency_s: float | None
     code: str
     served_by: str | None = None
+    details: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -94,11 +95,12 @@ class GrpcClient:
         except grpc.aio.AioRpcError:
             pass  # its code is the sample's
         code = await call.code()
+        details = None if code == grpc.StatusCode.OK else await call.details()
         served_by = None
         for key, value in await call.trailing_metadata() or ():
             if key == "x-served-by":
                 served_by = value
-        sample = RpcSample(sent, latency, code.name, served_by)
+        sample = RpcSample(sent, latency, code.name, served_by, details)
         self.samples.append(sample)
         return sample
 
