@@ -52,6 +52,7 @@
 #define SOCK_STATUS_DUE 2  // HTTP/1: a response began; its status line is in the next
                            //   response bytes the application hands over or reads
 #define SOCK_UNPARSED 4    // h2 given up (desync): not measured any more
+#define SOCK_ADOPTED 8     // first seen mid-connection: its first bytes may be mid-stream
 
 // Whether a socket's requests are timed per stream from its payload (not by the
 // connection-level hooks).
@@ -246,6 +247,7 @@ static __always_inline struct sock_state *adopt(u64 sk, const u8 *laddr, u16 lpo
     }
     st.netns = netns_of(sk);
     st.idle_ns = bpf_ktime_get_ns();
+    st.flags = SOCK_ADOPTED;
     if (sockets.insert(&sk, &st) == 0)
         count(CNT_SOCKETS_ADDED);
     return sockets.lookup(&sk);

@@ -126,8 +126,8 @@ struct sock_state {
 // frame parser's state per direction and the connection's open streams. A stream
 // lives in slot ((id >> 1) + i) % H2_SLOTS for the first free i < H2_PROBES, so the
 // ids of up to H2_SLOTS streams opened one after another never collide.
-#define H2_SLOTS 128
-#define H2_PROBES 8
+#define H2_SLOTS 256
+#define H2_PROBES 16
 
 // Private to the program: where the parser is in one direction's byte stream.
 struct h2_dir {

@@ -26,8 +26,9 @@
 // that speaks first with a SETTINGS frame (HTTP/2 servers do not wait for the preface)
 // gets a parser before the preface arrives; any other server-first bytes make the
 // connection opaque. Connections older than the program (adopted mid-stream) are
-// decided the same way on their next bytes, so an HTTP/2 connection adopted
-// mid-stream is opaque.
+// decided the same way on their next bytes, and are HTTP/2 also when those bytes are
+// whole HTTP/2 frames (h2_chain): streams opened before are then not timed, the ones
+// opened after are.
 
 #define STASH_NONE 0    // consumed
 #define STASH_BUF 3     // one buffer, `len` bytes
@@ -137,6 +138,46 @@ static __always_inline void http1_status(struct sock_state *st, struct h2_cursor
         count_status(endpoint(&st->ep), status, 0);
 }
 
+#define H2_CHAIN_FRAMES 8
+
+// Whether the call's first buffer (or first iovec) is whole HTTP/2 frames: up to
+// H2_CHAIN_FRAMES headers of known types with the spec's shapes, the last ending
+// exactly at the buffer's end (an iovec may end inside one). How an HTTP/2 connection
+// older than the program is recognised mid-stream: reads and writes of event-driven
+// peers start at a frame (writers write whole frames; readers drain what came).
+static __always_inline int h2_chain(struct h2_cursor *c) {
+    u64 base = c->cur;
+    u32 len = c->cur_len;
+    int exact = 1;
+    if (c->iov) {
+        struct {
+            u64 base;
+            u64 len;
+        } v = {};
+        bpf_probe_read_user(&v, sizeof(v), (const void *)c->iov);
+        base = v.base;
+        len = v.len < c->left ? (u32)v.len : c->left;
+        exact = c->iovcnt == 1;
+    }
+    u32 off = 0;
+    for (int i = 0; i < H2_CHAIN_FRAMES; i++) {
+        if (off == len)
+            return i > 0;
+        if (off > len || len - off < 9)
+            return !exact && i > 1;
+        u8 b[16] = {};
+        if (bpf_probe_read_user(b, 9, (const void *)(base + off)))
+            return 0;
+        u32 flen = ((u32)b[0] << 16) | ((u32)b[1] << 8) | b[2];
+        u32 sid = ((u32)b[5] << 24) | ((u32)b[6] << 16) | ((u32)b[7] << 8) | b[8];
+        if (b[3] > H2_CONTINUATION || (b[5] & 0x80) || flen > (1 << 20) ||
+            !h2_plausible(flen, b[3], sid))
+            return 0;
+        off += 9 + flen;
+    }
+    return off == len;
+}
+
 // The first client bytes of a connection decide its protocol; 1 if it is HTTP/2 (the
 // cursor is then to be parsed).
 static __always_inline int detect(u64 sk, struct sock_state *st, struct h2_cursor *c) {
@@ -146,7 +187,8 @@ static __always_inline int detect(u64 sk, struct sock_state *st, struct h2_curso
         st->proto = APP_OPAQUE;
     } else {
         u32 w = *(u32 *)b;
-        if (w == WORD('P', 'R', 'I', ' ')) {
+        int preface = w == WORD('P', 'R', 'I', ' ');
+        if (preface || ((st->flags & SOCK_ADOPTED) && h2_chain(c))) {
             struct h2_conn *h = h2_conn_create(sk);
             cancel_request(st);
             st->proto = APP_H2;
@@ -154,7 +196,8 @@ static __always_inline int detect(u64 sk, struct sock_state *st, struct h2_curso
                 __sync_fetch_and_or(&st->flags, SOCK_UNPARSED);
                 return 0;
             }
-            h->dir[0].skip = H2_PREFACE_LEN;
+            if (preface)
+                h->dir[0].skip = H2_PREFACE_LEN;
             return 1;
         }
         st->proto = is_http1_method(w) ? APP_HTTP1 : APP_OPAQUE;
@@ -163,12 +206,15 @@ static __always_inline int detect(u64 sk, struct sock_state *st, struct h2_curso
     return 0;
 }
 
-// Server bytes before any client bytes: an HTTP/2 server's SETTINGS gets a parser.
+// Server bytes before any client bytes: an HTTP/2 server's SETTINGS gets a parser, and
+// so do whole frames on a connection older than the program.
 static __always_inline int server_first(u64 sk, struct sock_state *st, struct h2_cursor *c) {
     if (h2conns.lookup(&sk))
         return 1;
     u8 b[32] = {};
-    if (first_bytes(c, b) >= 9 && is_settings_header(b) && h2_conn_create(sk))
+    if (first_bytes(c, b) >= 9 &&
+        (is_settings_header(b) || ((st->flags & SOCK_ADOPTED) && h2_chain(c))) &&
+        h2_conn_create(sk))
         return 1;
     st->proto = APP_OPAQUE;
     return 0;

@@ -121,7 +121,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-h2-connections",
         type=int,
         default=4096,
-        help="HTTP/2 connections timed per stream at once (BPF h2conns map size; 2 KiB each)",
+        help="HTTP/2 connections timed per stream at once (BPF h2conns map size; 4 KiB each)",
     )
     a("--window", type=_positive, default=10.0, help="seconds of data behind GET /latency")
     a(

@@ -80,6 +80,7 @@ class Pair:
     accepted socket (the pod's), `client` the connecting one."""
 
     host: str
+    keep_listening: bool = False  # keep the listener open (roles of adopted sockets)
     client: socket.socket = field(init=False)
     server: socket.socket = field(init=False)
     port: int = 0
@@ -96,7 +97,9 @@ class Pair:
         self.port = int(listener.getsockname()[1])
         self.client = socket.create_connection((self.host, self.port), timeout=10)
         self.server, _ = listener.accept()
-        listener.close()
+        self.listener: socket.socket | None = listener if self.keep_listening else None
+        if not self.keep_listening:
+            listener.close()
         for s in (self.client, self.server):
             s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             s.settimeout(10)
@@ -124,6 +127,8 @@ class Pair:
     def close(self) -> None:
         self.client.close()
         self.server.close()
+        if self.listener is not None:
+            self.listener.close()
 
 
 def read_exactly(sock: socket.socket, n: int, chunk: int = 65536) -> float:

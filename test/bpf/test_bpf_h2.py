@@ -10,6 +10,7 @@ import time
 import pytest
 from bpf_loadgen import SO_TIMESTAMPING
 from bpf_snapshots import EndpointDelta, assert_close, delta, exact_quantile, wait_for
+from conftest import require_bpf_privileges
 from h2_wire import (
     DATA,
     GOAWAY,
@@ -314,3 +315,45 @@ def test_error_queue_reads_are_not_stream_bytes(latency_source: BpfLatencySource
         pair.close()
     for role, d in deltas(before, after, pair).items():
         assert (d.count, d.aborted, d.statuses) == (3, 0, 3), role
+
+
+def test_connection_older_than_the_program_is_recognised_mid_stream() -> None:
+    """An h2 connection in use before the program loaded: its next whole frames make
+    it HTTP/2 (streams opened from then on are timed), not opaque."""
+    require_bpf_privileges()
+    pair = Pair("127.0.52.10", keep_listening=True)
+    try:
+        pair.open()
+        pair.to_server(headers(1))
+        pair.to_client(response(1))
+        with BpfLatencySource.load(max_sockets=4096, max_endpoints=256) as source:
+            pair.to_server(headers(3) + headers(5))
+            time.sleep(0.005)
+            pair.to_client(response(5) + response(3))
+            after = settle(source, pair, {}, 2)
+    finally:
+        pair.close()
+    for role, d in deltas({}, after, pair).items():
+        assert (d.count, d.aborted, d.rif, d.statuses, d.protocol) == (2, 0, 0, 2, "h2"), role
+
+
+def test_a_long_stream_among_hundreds_of_short_ones(latency_source: BpfLatencySource) -> None:
+    """Stream 1 stays open while 3 x 100 later streams come and go (ids wrap the stream
+    table: some share stream 1's slot and take the next free one): every one counts."""
+    pair = Pair("127.0.52.11")
+    try:
+        before = latency_source.read()
+        pair.open()
+        pair.to_server(headers(1))
+        sid = 3
+        for _ in range(3):
+            ids = list(range(sid, sid + 200, 2))
+            sid += 200
+            pair.to_server(b"".join(headers(s) for s in ids))
+            pair.to_client(b"".join(response(s) for s in reversed(ids)))
+        pair.to_client(response(1))
+        after = settle(latency_source, pair, before, 301)
+    finally:
+        pair.close()
+    for role, d in deltas(before, after, pair).items():
+        assert (d.count, d.aborted, d.rif, d.statuses) == (301, 0, 0, 301), role

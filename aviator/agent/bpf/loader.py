@@ -369,8 +369,9 @@ def load_program(
 
 # Parts of the program that use maps or declare probes. BCC rewrites map calls
 # (`table.lookup(...)`) and builds tracepoint argument structs only in the main file,
-# so these are pasted into it where it includes them, instead of compiled as headers.
-INLINED_PARTS = ("h2.h", "payload.h")
+# so these are pasted into it where it (or a part pasted before) includes them,
+# instead of compiled as headers.
+INLINED_PARTS = ("h2.h", "h2_streams.h", "payload.h")
 
 
 def program_text(source: Path) -> str:
@@ -381,7 +382,7 @@ def program_text(source: Path) -> str:
         name = stripped.removeprefix("#include").strip().strip('"')
         if stripped.startswith("#include") and name in INLINED_PARTS:
             out.append(f"// ---- {name} ----\n")
-            out.append((source.parent / name).read_text())
+            out.append(program_text(source.parent / name))
             out.append(f"// ---- end of {name} ----\n")
         else:
             out.append(line)
