@@ -225,7 +225,12 @@ async def _variant(
         }
         await kube.create(AVIATORPOLICIES, policy_body(TARGET, TARGET, **spec), ns)
         converged: float | None = None
+        listed: set[str] = set()  # pods the policy's status.handOffs named
         while not traffic.done():
+            obj = await kube.get(AVIATORPOLICIES, TARGET, ns)
+            listed.update(
+                str(h.get("pod")) for h in (obj.get("status") or {}).get("handOffs") or []
+            )
             pods = await slice_pods(kube, ns, TARGET)
             if (
                 converged is None
@@ -238,7 +243,9 @@ async def _variant(
     finally:
         await c.close()
     status = "" if converged is not None else await _conditions(kube, ns)
-    agents = await _handed_off(kube, ns)
+    agents = f"status.handOffs named {', '.join(sorted(listed)) or 'no pod'}; " + (
+        await _handed_off(kube, ns)
+    )
     await kube.delete(AVIATORPOLICIES, TARGET, ns)
     await _wait_restored(kube, ns)
     window = None if converged is None else converged + 2 * INTERVAL_S + PERIOD_S
