@@ -689,10 +689,22 @@ def shared_box() -> BoxHandle:
 
 
 def deployment(
-    name: str, labels: dict[str, str], replicas: int, latency: str, readiness_period_s: int = 10
+    name: str,
+    labels: dict[str, str],
+    replicas: int,
+    latency: str,
+    readiness_period_s: int = 10,
+    protocol: str = "http1",
 ) -> JSON:
-    """Test-app pods. Readiness probes (GET /healthz, answered at once) are traffic the
-    agent measures too; the period is Kubernetes' default unless told otherwise."""
+    """Test-app pods speaking `protocol` (the test app's PROTOCOL). Readiness probes
+    (GET /healthz, answered at once; a TCP connect for gRPC, which serves no HTTP/1.1)
+    are traffic the agent measures too; the period is Kubernetes' default unless told
+    otherwise."""
+    probe: JSON = (
+        {"tcpSocket": {"port": "http"}}
+        if protocol == "grpc"
+        else {"httpGet": {"path": "/healthz", "port": "http"}}
+    )
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
@@ -711,16 +723,14 @@ def deployment(
                             "env": [
                                 {"name": "LATENCY", "value": latency},
                                 {"name": "DRAIN", "value": "0s"},
+                                {"name": "PROTOCOL", "value": protocol},
                                 {
                                     "name": "POD_NAME",
                                     "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
                                 },
                             ],
                             "ports": [{"name": "http", "containerPort": 8080}],
-                            "readinessProbe": {
-                                "httpGet": {"path": "/healthz", "port": "http"},
-                                "periodSeconds": readiness_period_s,
-                            },
+                            "readinessProbe": {**probe, "periodSeconds": readiness_period_s},
                         }
                     ],
                 },

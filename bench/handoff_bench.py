@@ -17,6 +17,9 @@ Rows: each variant's client p99 over requests due from convergence (the slices h
 only fast pods) + 2 evaluation intervals + the hand-off period to the end, as a ratio
 to the oracle's (goal with hand-off: <= 1.3); failed requests over the whole run
 (goal: zero caused by hand-off), retries in the note.
+
+The fleet, the policy, the variants and the rows are protocol-neutral (`measure`, with a
+`Client` factory); bench/handoff_grpc_bench.py runs them with long-lived gRPC channels.
 """
 
 from __future__ import annotations
@@ -24,13 +27,15 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import uvloop
 
 from aviator.kube import KubeClient
-from aviator.kube.resources import AVIATORPOLICIES, SERVICES
-from aviator.testing.pool import KeepAlivePool, PoolSample
+from aviator.kube.resources import AVIATORPOLICIES, CORE_EVENTS, SERVICES
+from aviator.testing.pool import KeepAlivePool
 from bench.common import (
     BoxHandle,
     Row,
@@ -62,35 +67,104 @@ class Load:
 
 
 def run(quick: bool) -> list[Row]:
+    load = Load(60, 4, 16) if quick else Load(80, 10, 40)
+    return measure(
+        Bench(NAME, NS, "http1", f"pool of {POOL}", "requests"),
+        _pool_client,
+        load,
+    )
+
+
+@dataclass(frozen=True)
+class Timed:
+    """One request or RPC: when it was due (monotonic s), its latency (None when it got
+    no answer), whether it succeeded, who served it, the error when it failed."""
+
+    at: float
+    latency_s: float | None
+    ok: bool
+    served_by: str | None
+    error: str | None = None
+
+
+class Client(Protocol):
+    """A client holding long-lived connections to one Service address."""
+
+    async def run(self, rate_per_s: float, duration_s: float, seed: int) -> list[Timed]: ...
+
+    async def close(self) -> None: ...
+
+    def redials(self, policy_at: float) -> str:
+        """What the client re-dialled (and retried), for the note; `policy_at`: when
+        the policy was created (monotonic s)."""
+        ...
+
+
+ClientFactory = Callable[[tuple[str, int]], Awaitable[Client]]
+
+
+@dataclass(frozen=True)
+class Bench:
+    name: str
+    namespace: str
+    protocol: str  # the test app's PROTOCOL
+    client: str  # what the client is, for the notes
+    unit: str  # "requests" or "RPCs"
+
+
+class _Pool:
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.pool = KeepAlivePool(lambda: address, size=POOL)
+
+    async def run(self, rate_per_s: float, duration_s: float, seed: int) -> list[Timed]:
+        samples = await self.pool.run(rate_per_s, duration_s, seed=seed)
+        return [Timed(s.at, s.latency_s, s.ok, s.served_by, s.error) for s in samples]
+
+    async def close(self) -> None:
+        await self.pool.close()
+
+    def redials(self, policy_at: float) -> str:
+        return f"{self.pool.retries} retried on a fresh connection, {self.pool.opened} connections opened"
+
+
+async def _pool_client(address: tuple[str, int]) -> Client:
+    return _Pool(address)
+
+
+def measure(bench: Bench, client: ClientFactory, load: Load) -> list[Row]:
+    """The fleet in the box, variants (a) and (b), the oracle, and their rows."""
     reason = box_unavailable()
     if reason:
-        return [row(NAME, "skipped", 0.0, "", note=reason)]
-    load = Load(60, 4, 16) if quick else Load(80, 10, 40)
+        return [row(bench.name, "skipped", 0.0, "", note=reason)]
     box = shared_box()
     try:
-        return uvloop.run(_run(box, load))
+        return uvloop.run(_run(box, bench, client, load))
     finally:
-        box.kubectl("delete", "namespace", NS, "--wait=false")
+        box.kubectl("delete", "namespace", bench.namespace, "--wait=false")
 
 
-async def _run(box: BoxHandle, load: Load) -> list[Row]:
+async def _run(box: BoxHandle, bench: Bench, client: ClientFactory, load: Load) -> list[Row]:
     problem = await box.wait_aviator()
     if problem is not None:
-        return [row(NAME, "skipped", 0.0, "", note=f"Aviator not runnable in the box: {problem}")]
+        return [
+            row(bench.name, "skipped", 0.0, "", note=f"Aviator not runnable in the box: {problem}")
+        ]
+    ns = bench.namespace
     kube = await KubeClient.load(str(box.kubeconfig))
     try:
-        box.kubectl("create", "namespace", NS)
+        box.kubectl("create", "namespace", ns)
+        labels = {"app": TARGET}
         docs = [
-            deployment("fast", {"app": TARGET, "speed": "fast"}, 8, "10ms"),
-            deployment("slow", {"app": TARGET, "speed": "slow"}, 2, "500ms"),
-            service_manifest(TARGET, {"app": TARGET}),
-            service_manifest(ORACLE, {"app": TARGET, "speed": "fast"}),
+            deployment("fast", {**labels, "speed": "fast"}, 8, "10ms", protocol=bench.protocol),
+            deployment("slow", {**labels, "speed": "slow"}, 2, "500ms", protocol=bench.protocol),
+            service_manifest(TARGET, labels),
+            service_manifest(ORACLE, {**labels, "speed": "fast"}),
         ]
-        box.kubectl("apply", "-n", NS, "-f", "-", input="\n---\n".join(json.dumps(d) for d in docs))
+        box.kubectl("apply", "-n", ns, "-f", "-", input="\n---\n".join(json.dumps(d) for d in docs))
         box.kubectl(
             "wait",
             "-n",
-            NS,
+            ns,
             "--for=condition=Available",
             "deployment/fast",
             "deployment/slow",
@@ -98,126 +172,188 @@ async def _run(box: BoxHandle, load: Load) -> list[Row]:
         )
         results = {}
         for label, enabled in (("(a) hand-off off", False), ("(b) hand-off on", True)):
-            await wait_endpoints(kube, box, NS, TARGET, 10)
-            results[label] = await _variant(box, kube, load, enabled)
+            await wait_endpoints(kube, box, ns, TARGET, 10)
+            results[label] = await _variant(box, kube, ns, client, load, enabled)
         # The oracle last, on a box as warm as the variants had it.
-        await wait_endpoints(kube, box, NS, ORACLE, 8)
-        oracle_addr = await box.wait_address(NS, ORACLE)
-        oracle = KeepAlivePool(lambda: oracle_addr, size=POOL)
-        await oracle.run(load.rate_per_s, load.warmup_s)  # the pool fills
-        oracle_samples = await oracle.run(load.rate_per_s, load.after_s, seed=2)
-        await oracle.close()
-        return _rows(oracle_samples, results, load)
+        await wait_endpoints(kube, box, ns, ORACLE, 8)
+        oracle = await client(await box.wait_address(ns, ORACLE))
+        try:
+            await oracle.run(load.rate_per_s, load.warmup_s, 1)  # connections fill
+            oracle_samples = await oracle.run(load.rate_per_s, load.after_s, 2)
+        finally:
+            await oracle.close()
+        return _rows(bench, oracle_samples, results, load)
     finally:
         await kube.close()
 
 
 @dataclass
 class Outcome:
-    samples: list[PoolSample]
+    samples: list[Timed]
+    created: float  # when the policy was created (monotonic)
     window_from: float | None
     converged_after_s: float | None
-    retries: int
-    opened: int
+    redials: str
+    status: str  # the policy's conditions at the end, when it never converged
+    agents: str  # what the agents reported (ConnectionsHandedOff Events)
 
 
-async def _variant(box: BoxHandle, kube: KubeClient, load: Load, enabled: bool) -> Outcome:
-    address = await box.wait_address(NS, TARGET)
-    pool = KeepAlivePool(lambda: address, size=POOL)
+async def _variant(
+    box: BoxHandle,
+    kube: KubeClient,
+    ns: str,
+    client: ClientFactory,
+    load: Load,
+    enabled: bool,
+) -> Outcome:
+    c = await client(await box.wait_address(ns, TARGET))
     started = time.monotonic()
     traffic = asyncio.get_running_loop().create_task(
-        pool.run(load.rate_per_s, load.warmup_s + load.after_s, seed=3)
+        c.run(load.rate_per_s, load.warmup_s + load.after_s, 3)
     )
-    await asyncio.sleep(load.warmup_s)
-    created = time.monotonic()
-    spec = {
-        "evaluationInterval": f"{INTERVAL_S:g}s",
-        "selection": {"mode": "topN", "topN": 8},
-        "dampening": {"enabled": False},
-        "routing": {
-            "mode": "takeover",
-            "handoff": {"enabled": enabled, "period": f"{PERIOD_S:g}s"},
-        },
-    }
-    await kube.create(AVIATORPOLICIES, policy_body(TARGET, TARGET, **spec), NS)
-    converged: float | None = None
-    while not traffic.done():
-        pods = await slice_pods(kube, NS, TARGET)
-        if converged is None and len(pods) == 8 and not any(p.startswith("slow-") for p in pods):
-            converged = time.monotonic()
-        await asyncio.sleep(0.25)
-    samples = await traffic
-    await pool.close()
-    await kube.delete(AVIATORPOLICIES, TARGET, NS)
-    await _wait_restored(kube)
+    try:
+        await asyncio.sleep(load.warmup_s)
+        created = time.monotonic()
+        spec = {
+            "evaluationInterval": f"{INTERVAL_S:g}s",
+            "selection": {"mode": "topN", "topN": 8},
+            "dampening": {"enabled": False},
+            "routing": {
+                "mode": "takeover",
+                "handoff": {"enabled": enabled, "period": f"{PERIOD_S:g}s"},
+            },
+        }
+        await kube.create(AVIATORPOLICIES, policy_body(TARGET, TARGET, **spec), ns)
+        converged: float | None = None
+        listed: set[str] = set()  # pods the policy's status.handOffs named
+        while not traffic.done():
+            obj = await kube.get(AVIATORPOLICIES, TARGET, ns)
+            listed.update(
+                str(h.get("pod")) for h in (obj.get("status") or {}).get("handOffs") or []
+            )
+            pods = await slice_pods(kube, ns, TARGET)
+            if (
+                converged is None
+                and len(pods) == 8
+                and not any(p.startswith("slow-") for p in pods)
+            ):
+                converged = time.monotonic()
+            await asyncio.sleep(0.25)
+        samples = await traffic
+    finally:
+        await c.close()
+    status = "" if converged is not None else await _conditions(kube, ns)
+    agents = f"status.handOffs named {', '.join(sorted(listed)) or 'no pod'}; " + (
+        await _handed_off(kube, ns)
+    )
+    await kube.delete(AVIATORPOLICIES, TARGET, ns)
+    await _wait_restored(kube, ns)
     window = None if converged is None else converged + 2 * INTERVAL_S + PERIOD_S
     return Outcome(
         [s for s in samples if s.at >= started],
+        created,
         window,
         None if converged is None else converged - created,
-        pool.retries,
-        pool.opened,
+        c.redials(created),
+        status,
+        agents,
     )
 
 
-async def _wait_restored(kube: KubeClient, timeout_s: float = 60) -> None:
+async def _handed_off(kube: KubeClient, ns: str) -> str:
+    """The agents' ConnectionsHandedOff Events of this run (the namespace's, oldest
+    first; the policy is deleted after each variant, so older ones are of (a))."""
+    answer = await kube.list(
+        CORE_EVENTS, ns, params={"fieldSelector": "reason=ConnectionsHandedOff"}
+    )
+    items = sorted(answer.get("items") or [], key=lambda e: str(e.get("lastTimestamp") or ""))
+    return "; ".join(str(e.get("message") or "") for e in items) or "none"
+
+
+async def _conditions(kube: KubeClient, ns: str) -> str:
+    """The policy's conditions in short, and the pods in its slices."""
+    obj = await kube.get(AVIATORPOLICIES, TARGET, ns)
+    conditions = (obj.get("status") or {}).get("conditions") or []
+    said = "; ".join(
+        f"{c.get('type')}={c.get('status')} {c.get('reason')}: {c.get('message')}"
+        for c in conditions
+    )
+    return f"{said}; slices: {', '.join(sorted(await slice_pods(kube, ns, TARGET)))}"
+
+
+async def _wait_restored(kube: KubeClient, ns: str, timeout_s: float = 60) -> None:
     """The finalizer restores the Service's selector; wait for it."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        svc = await kube.get(SERVICES, TARGET, NS)
+        svc = await kube.get(SERVICES, TARGET, ns)
         if (svc.get("spec") or {}).get("selector"):
             return
         await asyncio.sleep(0.25)
 
 
-def _p99(samples: list[PoolSample]) -> float:
-    return quantiles([s.latency_s * 1000 for s in samples], (0.99,))[0] if samples else float("nan")
+def _p99(samples: list[Timed]) -> float:
+    answered = [s.latency_s * 1000 for s in samples if s.latency_s is not None]
+    return quantiles(answered, (0.99,))[0] if answered else float("nan")
 
 
-def _rows(oracle: list[PoolSample], results: dict[str, Outcome], load: Load) -> list[Row]:
+def _rows(bench: Bench, oracle: list[Timed], results: dict[str, Outcome], load: Load) -> list[Row]:
+    name, unit = bench.name, bench.unit
     oracle_p99 = _p99(oracle)
     rows = [
         row(
-            NAME,
+            name,
             "(o) oracle: client p99",
             oracle_p99,
             "ms",
-            note=f"pool of {POOL}, {load.rate_per_s:g} req/s open loop; "
+            note=f"{bench.client}, {load.rate_per_s:g} {unit}/s open loop; "
             f"{sum(1 for s in oracle if not s.ok)} failed of {len(oracle)}",
         )
     ]
     for label, out in results.items():
+        failed = [s for s in out.samples if not s.ok]
         if out.window_from is None:
             rows.append(
-                row(NAME, f"{label}: client p99", float("nan"), "ms", note="never converged")
+                row(
+                    name,
+                    f"{label}: client p99",
+                    float("nan"),
+                    "ms",
+                    note=f"never converged: {out.status}",
+                )
             )
-            continue
-        window = [s for s in out.samples if s.at >= out.window_from]
-        p99 = _p99(window)
-        failed = [s for s in out.samples if not s.ok]
-        slow = sum(1 for s in window if (s.served_by or "").startswith("slow-"))
+        else:
+            window = [s for s in out.samples if s.at >= out.window_from]
+            p99 = _p99(window)
+            slow = sum(1 for s in window if (s.served_by or "").startswith("slow-"))
+            rows.append(
+                row(
+                    name,
+                    f"{label}: client p99 after convergence",
+                    p99,
+                    "ms",
+                    ratio=p99 / oracle_p99 if oracle_p99 else None,
+                    goal=GOAL if "on" in label else None,
+                    note=f"from convergence ({out.converged_after_s:.1f} s after the policy) + "
+                    f"2 intervals + {PERIOD_S:g} s; {len(window)} {unit}, "
+                    f"{slow} served by slow pods; {out.redials}; agents: {out.agents}",
+                )
+            )
         rows.append(
             row(
-                NAME,
-                f"{label}: client p99 after convergence",
-                p99,
-                "ms",
-                ratio=p99 / oracle_p99 if oracle_p99 else None,
-                goal=GOAL if "on" in label else None,
-                note=f"from convergence ({out.converged_after_s:.1f} s after the policy) + "
-                f"2 intervals + {PERIOD_S:g} s; {len(window)} requests, {slow} served by slow pods; "
-                f"{out.retries} retried on a fresh connection, {out.opened} connections opened",
-            )
-        )
-        rows.append(
-            row(
-                NAME,
-                f"{label}: failed requests",
+                name,
+                f"{label}: failed {unit}",
                 float(len(failed)),
                 "",
                 goal="0" if "on" in label else None,
                 note=f"of {len(out.samples)} over the whole run; errors: "
-                + (", ".join(sorted({s.error or "?" for s in failed})) or "none"),
+                + (
+                    ", ".join(
+                        f"{s.error or '?'} at {s.at - out.created:+.1f} s"
+                        for s in sorted(failed, key=lambda s: s.at)[:8]
+                    )
+                    or "none"
+                )
+                + " (times from the policy's creation)",
             )
         )
     return rows

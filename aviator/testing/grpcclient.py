@@ -13,12 +13,16 @@ times the frames themselves).
 `run(streams, requests, duration_s)` keeps `streams` RPCs in flight until `requests`
 were made or `duration_s` passed. `run_with_new_channels` is the other common client:
 workers that open a new channel every few RPCs, so a Service proxy (which places
-connections, not RPCs) spreads them.
+connections, not RPCs) spreads them. `Channels` is the long-lived kind: a fixed set of
+channels kept for the client's life, open-loop RPCs spread over them; grpcio re-dials
+a channel whose connection closed (pick_first goes idle and connects again on the next
+RPC), so which pod serves a channel changes only when its connection ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,13 +36,14 @@ CALL = "/aviator.testapp.TestApp/Call"
 @dataclass(frozen=True, slots=True)
 class RpcSample:
     """One RPC: when it was made (monotonic ns), the time to its response headers
-    (None when none came), its status code name ("OK", "UNAVAILABLE", ...) and who
-    served it (the `x-served-by` trailer)."""
+    (None when none came), its status code name ("OK", "UNAVAILABLE", ...), who
+    served it (the `x-served-by` trailer) and the status details of a failed one."""
 
     sent_ns: int
     latency_s: float | None
     code: str
     served_by: str | None = None
+    details: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -75,10 +80,12 @@ class GrpcClient:
     async def __aexit__(self, *_: object) -> None:
         await self.close()
 
-    async def call(self, request: bytes = b"{}") -> RpcSample:
+    async def call(self, request: bytes = b"{}", due_ns: int | None = None) -> RpcSample:
+        """One RPC now, timed from `due_ns` (monotonic) when given (open-loop load
+        counts the wait for the event loop as the client's), else from now."""
         assert self._channel is not None, "not connected"
         stub = self._channel.unary_unary(self.method)
-        sent = time.monotonic_ns()
+        sent = time.monotonic_ns() if due_ns is None else due_ns
         call = stub(request, timeout=self.timeout_s)
         latency: float | None = None
         try:
@@ -88,11 +95,12 @@ class GrpcClient:
         except grpc.aio.AioRpcError:
             pass  # its code is the sample's
         code = await call.code()
+        details = None if code == grpc.StatusCode.OK else await call.details()
         served_by = None
         for key, value in await call.trailing_metadata() or ():
             if key == "x-served-by":
                 served_by = value
-        sample = RpcSample(sent, latency, code.name, served_by)
+        sample = RpcSample(sent, latency, code.name, served_by, details)
         self.samples.append(sample)
         return sample
 
@@ -158,3 +166,57 @@ async def run_with_new_channels(
 
     await asyncio.gather(*(worker() for _ in range(max(1, workers))))
     return samples
+
+
+@dataclass
+class Channels:
+    """`count` long-lived channels to `target`, each one connection (pick_first, a
+    subchannel pool of its own); open-loop RPCs go to them in turn. `samples[i]` are
+    channel i's RPCs, in the order they finished."""
+
+    target: str
+    count: int
+    method: str = CALL
+    timeout_s: float = 10.0
+    clients: list[GrpcClient] = field(default_factory=list)
+    _tasks: set[asyncio.Task[RpcSample]] = field(default_factory=set)
+
+    async def connect(self) -> None:
+        self.clients = [
+            GrpcClient(self.target, self.method, self.timeout_s) for _ in range(self.count)
+        ]
+        await asyncio.gather(*(c.connect() for c in self.clients))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close() for c in self.clients))
+
+    @property
+    def samples(self) -> list[list[RpcSample]]:
+        return [c.samples for c in self.clients]
+
+    async def run(
+        self, rate_per_s: float, duration_s: float, seed: int = 1
+    ) -> list[tuple[int, RpcSample]]:
+        """Poisson arrivals at `rate_per_s` for `duration_s`, round-robin over the
+        channels, then wait for the answers; this run's RPCs as (channel, sample)."""
+        assert self.clients, "not connected"
+        rng = random.Random(seed)
+        first = [len(c.samples) for c in self.clients]
+        due = time.monotonic()
+        end = due + duration_s
+        turn = 0
+        while True:
+            due += rng.expovariate(rate_per_s)
+            if due >= end:
+                break
+            delay = due - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            client = self.clients[turn % len(self.clients)]
+            turn += 1
+            task = asyncio.get_running_loop().create_task(client.call(due_ns=int(due * 1e9)))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks))
+        return [(i, s) for i, c in enumerate(self.clients) for s in c.samples[first[i] :]]

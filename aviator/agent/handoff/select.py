@@ -10,12 +10,15 @@ target port. Never:
 - a connection younger than `fresh_s` that has carried no request yet: its client
   has just dialled and is about to send its first request, which clients do not retry
   (a reused connection's request they do);
+- a connection whose bytes the program did not recognise (`opaque`): timed from first
+  bytes in to first bytes out, it looks idle whenever any answer went out, which on a
+  multiplexed connection (an HTTP/2 connection the program did not see start, TLS)
+  says nothing about the requests still open on it;
 - a connection with a request in flight (`is_idle` is false): checked here on a map
   walk and again right before each destroy.
 
-`is_idle` is the one idle test: no request is open (HTTP/1.1 and opaque connections:
-`start_ns == 0`) and no HTTP/2 stream is open (`streams == 0`, counted per connection
-by the program).
+`is_idle` is the one idle test: no request is open (HTTP/1.1: `start_ns == 0`) and no
+HTTP/2 stream is open (`streams == 0`, counted per connection by the program).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ def candidates(
         and s.local[0] == ip
         and s.local[1] in target.ports
         and s.remote[0] not in node_addresses
+        and s.protocol != "opaque"
         and (s.requests > 0 or now_ns - s.idle_ns >= fresh_ns)
     ]
     out.sort(key=lambda s: (not is_idle(s), s.idle_ns))

@@ -26,6 +26,8 @@ def sockets(draw: st.DrawFn) -> SocketState:
         start_ns=draw(st.sampled_from([0, NOW - 5])),
         idle_ns=draw(st.sampled_from([NOW - 10**6, NOW - 5 * 10**9])),
         requests=draw(st.integers(0, 3)),
+        streams=draw(st.sampled_from([0, 2])),
+        protocol=draw(st.sampled_from([None, "http1", "h2", "grpc", "opaque"])),
     )
 
 
@@ -35,6 +37,7 @@ def test_only_the_pods_client_connections_on_target_ports(socks: list[SocketStat
     for s in found:
         assert s.role == "server" and s.local == ("10.0.0.5", 8080)
         assert s.remote[0] not in NODE
+        assert s.protocol != "opaque"
         assert s.requests > 0 or NOW - s.idle_ns >= 10**9
     for s in socks:
         if s not in found:
@@ -42,6 +45,7 @@ def test_only_the_pods_client_connections_on_target_ports(socks: list[SocketStat
                 s.role == "client"
                 or s.local != ("10.0.0.5", 8080)
                 or s.remote[0] in NODE
+                or s.protocol == "opaque"
                 or (s.requests == 0 and NOW - s.idle_ns < 10**9)
             )
     # Idle ones first.

@@ -1,0 +1,150 @@
+"""Hand-off of a gRPC connection on the real kernel, real library on both ends: a grpcio
+channel (pick_first, one HTTP/2 connection) with slow RPCs in flight on the pod being
+handed off. The connection is busy while any stream is open, so every RPC completes
+OK; the connection is ended once the last answer went out, and the channel dials again
+for its next RPC. Ending it with a stream open would fail those RPCs UNAVAILABLE."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent import futures
+
+import grpc
+import pytest
+
+from aviator.agent.bpf import BpfLatencySource
+from aviator.agent.bpf.model import SocketState
+from aviator.agent.handoff.executor import HandOffExecutor
+from aviator.agent.handoff.netlink import open_diag
+from aviator.agent.handoff.select import Target, is_idle
+
+pytestmark = [pytest.mark.bpf, pytest.mark.timeout(120)]
+
+METHOD = "/aviator.test.Slow/Call"
+
+
+class Pod:
+    """A grpcio server whose method answers with the caller's address (so a re-dial
+    shows), after `hold` is set when asked for b"slow"; `arrived` counts RPCs seen."""
+
+    def __init__(self) -> None:
+        self.hold = threading.Event()
+        self.arrived = threading.Semaphore(0)
+
+    def call(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        self.arrived.release()
+        if request == b"slow":
+            self.hold.wait(30)
+        return context.peer().encode()
+
+    @contextlib.contextmanager
+    def serve(self, host: str) -> Iterator[int]:
+        handler = grpc.method_handlers_generic_handler(
+            "aviator.test.Slow", {"Call": grpc.unary_unary_rpc_method_handler(self.call)}
+        )
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+        server.add_generic_rpc_handlers((handler,))
+        port = server.add_insecure_port(f"{host}:0")
+        server.start()
+        try:
+            yield port
+        finally:
+            self.hold.set()
+            server.stop(grace=None)
+
+
+class States:
+    """A channel's connectivity states as they change (grpcio calls back on its thread)."""
+
+    def __init__(self, channel: grpc.Channel) -> None:
+        self.cond = threading.Condition()
+        self.seen: list[grpc.ChannelConnectivity] = []
+        channel.subscribe(self._on, try_to_connect=False)
+
+    def _on(self, state: grpc.ChannelConnectivity) -> None:
+        with self.cond:
+            self.seen.append(state)
+            self.cond.notify_all()
+
+    def wait_left_ready(self, after: int, timeout_s: float = 10) -> None:
+        """Until a state other than READY comes after the first `after` states."""
+        with self.cond:
+            assert self.cond.wait_for(
+                lambda: any(s != grpc.ChannelConnectivity.READY for s in self.seen[after:]),
+                timeout_s,
+            ), f"the channel never saw its connection end: {self.seen}"
+
+
+def _ours(source: BpfLatencySource, host: str, port: int) -> list[SocketState]:
+    return [s for s in source.sockets() if s.role == "server" and s.local == (host, port)]
+
+
+def _wait(
+    source: BpfLatencySource, host: str, port: int, ok: Callable[[SocketState], bool]
+) -> None:
+    """Until the one connection to (host, port) satisfies `ok` (the program updates it
+    within the syscall that moved the bytes; bounded for a loaded machine)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        socks = _ours(source, host, port)
+        if len(socks) == 1 and ok(socks[0]):
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"not reached: {_ours(source, host, port)}")
+
+
+@pytest.mark.parametrize(
+    ("host", "rpcs", "answer_during_watch"),
+    [("127.0.43.1", 1, False), ("127.0.43.2", 8, False), ("127.0.43.3", 8, True)],
+)
+def test_grpc_rpcs_in_flight_complete_and_the_connection_ends_after(
+    latency_source: BpfLatencySource, host: str, rpcs: int, answer_during_watch: bool
+) -> None:
+    pod = Pod()
+    with (
+        pod.serve(host) as port,
+        grpc.insecure_channel(
+            f"{host}:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        ) as channel,
+    ):
+        states = States(channel)
+        call = channel.unary_unary(METHOD)
+        first_peer = call(b"quick", timeout=10)
+        assert pod.arrived.acquire(timeout=10)
+        _wait(latency_source, host, port, is_idle)
+
+        pod.hold.clear()
+        slow = [call.future(b"slow", timeout=30) for _ in range(rpcs)]
+        for _ in range(rpcs):
+            assert pod.arrived.acquire(timeout=10)
+        _wait(latency_source, host, port, lambda s: s.streams == rpcs)
+
+        executor = HandOffExecutor(
+            table=latency_source, open_diag=open_diag, fresh_s=0.0, watch_s=0.3
+        )
+        h = executor.begin(Target("ns/pod", host, frozenset({port})), "ns/policy", 0.0)
+        before = len(states.seen)
+        if answer_during_watch:
+            # The answers go out while the step watches: the connection ends right after
+            # the last one (the step polls every millisecond).
+            executor.watch_s = 10.0
+            threading.Timer(0.2, pod.hold.set).start()
+            executor.step()
+        else:
+            executor.step()  # busy the whole watch: left alone
+            assert h.ended == 0 and h.busy == 1 and h.active
+            pod.hold.set()
+        answers = [f.result(timeout=30) for f in slow]  # raises on any failed RPC
+        assert answers == [first_peer] * rpcs  # all on the first connection
+        if not answer_during_watch:
+            _wait(latency_source, host, port, is_idle)
+            executor.step()
+        assert h.ended == 1
+
+        # The channel saw its connection end and dials again for its next RPC (here to
+        # the same server: no Service proxy in between).
+        states.wait_left_ready(before)
+        assert call(b"quick", timeout=10) != first_peer
