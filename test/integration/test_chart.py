@@ -243,7 +243,10 @@ def test_helm_install_server_dry_run(control_plane: ControlPlane, namespace: str
     """`helm install --dry-run=server`: Helm's own install path against the real API
     server (the namespace exists, so the chart does not create it; the CRD may be
     installed by other tests of this session, so it is left out here, and is
-    dry-run above), and the release notes."""
+    dry-run above), and the release notes. Cluster-wide objects of the same names
+    (ClusterRoles, the PriorityClass) may also be left by other tests' installs of
+    config/default: `--take-ownership` lets Helm's check pass over them (a dry run
+    changes nothing)."""
     out = run(
         [
             helm(),
@@ -251,6 +254,7 @@ def test_helm_install_server_dry_run(control_plane: ControlPlane, namespace: str
             "aviator-dry-run",
             str(CHART),
             "--dry-run=server",
+            "--take-ownership",
             "--kubeconfig",
             str(control_plane.kubeconfig),
             "--namespace",
