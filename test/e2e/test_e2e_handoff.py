@@ -102,10 +102,11 @@ async def test_pooled_connections_leave_a_pod_that_turns_slow(quickstart: Scenar
             f"{sum(1 for s in after if s.served_by == victim)} of {len(after)} requests "
             f"still served by {victim} after its hand-off ended ({notes})"
         )
-        # The agent's own account: every connection of the pod ended (idle ones over
-        # the period, a busy one right after its answer), none left at the hand-off's
-        # expiry. How long it took is printed: on a busy machine it can exceed the period.
-        assert any("(complete after" in n for n in notes), notes
+        # The agent's own account: it ended the pod's idle connections and did not run
+        # into its expiry ("complete": none left; "cancelled": the controller routed the
+        # pod again and withdrew the order, which a busy machine's late windows can
+        # make happen for a moment — the check above still saw no request end there).
+        assert any(" after " in n and "(expired" not in n for n in notes), notes
     finally:
         done.set()
         await traffic
