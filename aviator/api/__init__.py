@@ -2,15 +2,13 @@
 
 from aviator.api.codec import FieldError, PolicyError
 from aviator.api.durations import Duration, DurationError, format_duration, parse_duration
+from aviator.api.status import AviatorPolicyStatus, Condition, PodStatus
 from aviator.api.types import (
     AviatorPolicy,
     AviatorPolicySpec,
-    AviatorPolicyStatus,
     CircuitBreakerSpec,
-    Condition,
     DampeningSpec,
     LatencySource,
-    PodStatus,
     PrequalSpec,
     RoutingMode,
     RoutingSpec,

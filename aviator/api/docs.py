@@ -16,6 +16,7 @@ from typing import Any
 from aviator.api import types as api
 from aviator.api.codec import to_json
 from aviator.api.schema import Field, Kind, class_rules, enum_values, fields_of, is_model, shape_of
+from aviator.api.status import AviatorPolicyStatus
 
 
 def _type_name(tp: Any) -> str:
@@ -104,7 +105,7 @@ def spec_table() -> str:
 
 def status_table() -> str:
     lines = ["| Field | Type | Description |", "|---|---|---|"]
-    for path, f in _leaves(api.AviatorPolicyStatus, ""):
+    for path, f in _leaves(AviatorPolicyStatus, ""):
         cells = [f"`{path}`", _type_name(f.type), f.info.description]
         lines.append("| " + " | ".join(_cell(c) for c in cells) + " |")
     return "\n".join(lines)

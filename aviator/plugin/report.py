@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aviator.api.codec import PolicyError, decode
-from aviator.api.types import AviatorPolicySpec, AviatorPolicyStatus, Condition, PodStatus
+from aviator.api.status import AviatorPolicyStatus, Condition, PodStatus
+from aviator.api.types import AviatorPolicySpec
 from aviator.kube.objects import JSON
 from aviator.reconcilers.mapping import routed_service, target_name
 from aviator.selection.state import BreakerRecord, BreakerStatus, EngineState

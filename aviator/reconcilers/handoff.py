@@ -34,7 +34,8 @@ import datetime as dt
 import math
 from collections.abc import Iterable, Sequence
 
-from aviator.api.types import HandOffSpec, HandOffStatus, RoutingMode
+from aviator.api.status import HandOffStatus
+from aviator.api.types import HandOffSpec, RoutingMode
 from aviator.kube.objects import JSON
 from aviator.kube.pods import is_terminating, pod_ips, pod_name
 from aviator.reconcilers.endpoints import resolve_ports

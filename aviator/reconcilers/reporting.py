@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aviator.api.types import HandOffStatus, PodStatus
+from aviator.api.status import HandOffStatus, PodStatus
 from aviator.kube.objects import JSON
 from aviator.kube.pods import pod_ips, pod_name
 from aviator.reconcilers.evaluation import Outcome

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aviator.api.codec import decode
-from aviator.api.types import (
+from aviator.api.status import (
     AviatorPolicyStatus,
     Condition,
     HandOffStatus,

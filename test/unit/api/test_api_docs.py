@@ -10,7 +10,7 @@ import pytest
 from aviator.api import cmd
 from aviator.api.docs import spec_table, status_table, update_reference
 from aviator.api.schema import fields_of
-from aviator.api.types import AviatorPolicyStatus
+from aviator.api.status import AviatorPolicyStatus
 
 ROOT = Path(__file__).resolve().parents[3]
 DOC = ROOT / "docs" / "api.md"

@@ -20,7 +20,8 @@ from test_plan import (
 )
 
 from aviator.api.durations import Duration
-from aviator.api.types import HandOffSpec, HandOffStatus, RoutingMode
+from aviator.api.status import HandOffStatus
+from aviator.api.types import HandOffSpec, RoutingMode
 from aviator.reconcilers import handoff
 from aviator.reconcilers.handoff import LINGER_S, iso, plan_handoffs
 

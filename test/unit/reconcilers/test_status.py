@@ -3,7 +3,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aviator.api.types import PodStatus
+from aviator.api.status import PodStatus
 from aviator.reconcilers.status import (
     Observation,
     Problem,
