@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from aviator.box.addresses import AddressPool
 from aviator.box.components import Component, aviator_argv
 from aviator.box.files import CRD_FILE, config
 from aviator.box.mirror import cancel_all
@@ -100,7 +101,9 @@ class Box:
         self.progress(f"registering nodes {', '.join(names)}")
         self.nodes = BoxNodes(self.client, names)
         await self.nodes.register()
-        self.runtime = PodRuntime(self.client, names, self.workdir / "pods")
+        self.runtime = PodRuntime(
+            self.client, names, self.workdir / "pods", AddressPool(*self.network.pods.pod_range)
+        )
         await self.runtime.start()
         self.proxy = BoxProxy(self.client, self.network, on_change=self._status_dirty.set)
         await self.proxy.start()
@@ -359,6 +362,7 @@ class Box:
                 "workdir": str(cp.workdir) if cp else None,
             },
             "nodes": self.nodes.names if self.nodes else [],
+            "pod_network": str(self.network.pods.cidr),
             "services": self.proxy.table() if self.proxy else {},
             "backends": self.proxy.backend_counts() if self.proxy else {},
             "pods": self.runtime.pod_ips() if self.runtime else {},
