@@ -53,6 +53,10 @@
                            //   response bytes the application hands over or reads
 #define SOCK_UNPARSED 4    // h2 given up (desync): not measured any more
 #define SOCK_ADOPTED 8     // first seen mid-connection: its first bytes may be mid-stream
+#define SOCK_PEER_CHECKED 16  // whether the peer is a node address was looked up:
+#define SOCK_NODE_PEER 32     //   it is (a server socket the kubelet may probe through)
+#define SOCK_PROBE 64         // the open request's target is one of its endpoint's probes
+#define SOCK_STATUS_PROBE 128 // the status due (SOCK_STATUS_DUE) is a probe's response
 
 // Whether a socket's requests are timed per stream from its payload (not by the
 // connection-level hooks).
@@ -72,6 +76,10 @@ BPF_PERCPU_ARRAY(zero_ep, struct ep_val, 1);
 BPF_PERCPU_ARRAY(counters, u64, NUM_COUNTERS);
 // Written by user space; slots in enum config_slot.
 BPF_ARRAY(config, u32, NUM_CONFIG);
+// Written by user space: the endpoints the kubelet probes and the node's own addresses
+// (latency.h: ROLE_PROBE).
+BPF_HASH(probe_ports, struct probe_key, struct probe_paths, MAX_PROBE_PORTS);
+BPF_HASH(node_addrs, struct addr_key, u8, MAX_NODE_ADDRS);
 
 static __always_inline int adopting(void) {
     int slot = CONFIG_ADOPTING;
@@ -141,6 +149,56 @@ static __always_inline void record_sample(struct ep_val *v, u64 us, u32 proto) {
     }
 }
 
+// The kubelet's probes (latency.h: ROLE_PROBE) -----------------------------------------
+
+static __always_inline struct probe_paths *probe_paths_of(struct sock_state *st) {
+    struct probe_key k = {};
+    __builtin_memcpy(k.addr, st->ep.addr, 16);
+    k.port = st->ep.port;
+    return probe_ports.lookup(&k);
+}
+
+// Whether requests on this socket may be the kubelet's probes: a server socket whose
+// peer is a node address (looked up once per connection) on an endpoint with probes.
+static __always_inline int probe_candidate(struct sock_state *st) {
+    if (st->ep.role != ROLE_SERVER)
+        return 0;
+    u64 flags = LOAD_ONCE(st->flags);
+    if (!(flags & SOCK_PEER_CHECKED)) {
+        struct addr_key k = {};
+        __builtin_memcpy(k.addr, st->other, 16);
+        flags = SOCK_PEER_CHECKED | (node_addrs.lookup(&k) ? SOCK_NODE_PEER : 0);
+        __sync_fetch_and_or(&st->flags, flags);
+    }
+    return (flags & SOCK_NODE_PEER) && probe_paths_of(st);
+}
+
+// Whether the request that just ended was a probe (its target matched, or it was not
+// read and the address and port say so); readies the target reader for the next one.
+static __always_inline int take_probe(struct sock_state *st) {
+    int probe = 0;
+    if (LOAD_ONCE(st->flags) & SOCK_PROBE) {
+        __sync_fetch_and_and(&st->flags, ~(u64)SOCK_PROBE);
+        count(CNT_PROBES_BY_PATH);
+        probe = 1;
+    } else if (st->path_state != PATH_DONE && probe_candidate(st)) {
+        count(CNT_PROBES_BY_ADDRESS);
+        probe = 1;
+    }
+    st->path_state = PATH_IDLE;
+    return probe;
+}
+
+// Where a request's sample goes: `v` (the socket's endpoint), or its probes' endpoint.
+static __always_inline struct ep_val *sample_endpoint(struct sock_state *st,
+                                                      struct ep_val *v, int probe) {
+    if (!probe)
+        return v;
+    struct ep_key k = st->ep;
+    k.role = ROLE_PROBE;
+    return endpoint(&k);
+}
+
 static __always_inline void complete_request(struct sock_state *st) {
     if (LOAD_ONCE(st->start_ns) == 0)
         return;  // idle: later bytes of a response already counted, or unseen start
@@ -151,13 +209,17 @@ static __always_inline void complete_request(struct sock_state *st) {
     // Plain stores: only the CPU that closed the request gets here.
     st->idle_ns = now;
     st->requests += 1;
+    int probe = take_probe(st);
     if (st->proto == APP_HTTP1)
-        __sync_fetch_and_or(&st->flags, SOCK_STATUS_DUE);
+        __sync_fetch_and_or(&st->flags, probe ? SOCK_STATUS_DUE | SOCK_STATUS_PROBE
+                                              : SOCK_STATUS_DUE);
     struct ep_val *v = endpoint(&st->ep);
     if (!v)
         return;
     __sync_fetch_and_add(&v->rif, -1);
-    record_sample(v, now > start ? (now - start) / 1000 : 0, st->proto);
+    struct ep_val *s = sample_endpoint(st, v, probe);
+    if (s)
+        record_sample(s, now > start ? (now - start) / 1000 : 0, st->proto);
     count(CNT_REQUESTS_COMPLETED);
 }
 
@@ -171,12 +233,16 @@ static __always_inline void abort_request(struct sock_state *st) {
         return;
     u64 now = bpf_ktime_get_ns();
     count(CNT_REQUESTS_ABORTED);
+    int probe = take_probe(st);
     struct ep_val *v = endpoint(&st->ep);
     if (!v)
         return;
-    __sync_fetch_and_add(&v->aborted, 1);
     __sync_fetch_and_add(&v->rif, -1);
-    record_sample(v, now > start ? (now - start) / 1000 : 0, st->proto);
+    struct ep_val *s = sample_endpoint(st, v, probe);
+    if (!s)
+        return;
+    __sync_fetch_and_add(&s->aborted, 1);
+    record_sample(s, now > start ? (now - start) / 1000 : 0, st->proto);
 }
 
 // The connection turned out to be HTTP/2: the connection-level request its preface

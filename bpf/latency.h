@@ -31,6 +31,8 @@
 enum ep_role {
     ROLE_SERVER = 1,  // keyed by LOCAL ip:port: first data received -> first data sent
     ROLE_CLIENT = 2,  // keyed by REMOTE ip:port: first data sent -> first data received
+    ROLE_PROBE = 3,   // keyed like ROLE_SERVER: that endpoint's requests that were the
+                      //   kubelet's probes (never in its ROLE_SERVER histogram)
 };
 
 // Indexes into the per-CPU `counters` array. User space reports each one under its
@@ -56,6 +58,8 @@ enum counter {
     CNT_H2_DESYNCS,            // h2 connections given up: frames beyond the per-call
                                //   budget or bytes that are not HTTP/2 frames
     CNT_STATUSES_READ,         // response statuses read
+    CNT_PROBES_BY_PATH,        // requests recorded as probes: node address, probe port+path
+    CNT_PROBES_BY_ADDRESS,     // ... by node address and probe port alone (path not read)
     NUM_COUNTERS,
 };
 
@@ -115,11 +119,56 @@ struct sock_state {
     u16 pad1;
     u32 netns;        // inode of the socket's network namespace (as /proc/<pid>/ns/net)
     u32 requests;     // requests completed on it (approximate under concurrent completions)
-    u32 pad3;
+    u32 path_hash;    // private: PATH_HASH of the request target read so far
     u64 flags;        // private to the program
     s64 streams;      // HTTP/2 streams open on it (requests in flight of an h2 connection)
     u8 proto;         // enum app_proto
-    u8 pad2[7];
+    u8 path_state;    // private: where the request line's reader is (enum path_state)
+    u8 path_len;      // private: bytes of the target hashed so far
+    u8 pad2[5];
+};
+
+// The kubelet's probes (ROLE_PROBE): a request on a server socket is one when its peer
+// is one of the node's own addresses (`node_addrs`) and its request target hashes to one
+// of the paths user space lists for the socket's endpoint (`probe_ports`). Where the
+// target was not read (bytes moved by a path the program does not see), the address and
+// the port alone decide (CNT_PROBES_BY_ADDRESS). The hash: 32-bit FNV-1a over the
+// target's bytes as sent (HTTP/1.1 request line; query included), PROBE_PATH_MAX bytes
+// at most; a longer target is never a probe's.
+#define PATH_HASH_OFFSET 2166136261
+#define PATH_HASH_PRIME 16777619
+#define PROBE_PATH_MAX 64
+#define PROBE_PATHS 8
+#define MAX_PROBE_PORTS 4096  // entries of `probe_ports`
+#define MAX_NODE_ADDRS 256    // entries of `node_addrs`
+
+enum path_state {
+    PATH_IDLE,    // the next client bytes start a request line
+    PATH_METHOD,  // in the method token
+    PATH_TARGET,  // in the request target (hashed)
+    PATH_DONE,    // the target was read (or cannot be: too long) for this request
+};
+
+// Key of `probe_ports`: an endpoint the kubelet probes (address as ep_key.addr, port
+// host order). Written by user space.
+struct probe_key {
+    u8 addr[16];
+    u16 port;
+    u16 pad1;
+    u32 pad2;
+};
+
+// Value of `probe_ports`: the hashes of its probes' paths.
+struct probe_paths {
+    u32 hashes[PROBE_PATHS];
+    u32 count;  // of `hashes` in use
+    u32 pad1;
+};
+
+// Key of `node_addrs` (value: u8, 1): one of the node's own addresses (as ep_key.addr).
+// Written by user space.
+struct addr_key {
+    u8 addr[16];
 };
 
 // HTTP/2 connections (map `h2conns`, key: the struct sock pointer like `sockets`): the

@@ -134,8 +134,99 @@ static __always_inline void http1_status(struct sock_state *st, struct h2_cursor
             return;
         status = status * 10 + (b[k] - '0');
     }
-    if (status >= 100 && status <= 599)
-        count_status(endpoint(&st->ep), status, 0);
+    if (status >= 100 && status <= 599) {
+        struct ep_key k = st->ep;
+        if (st->flags & SOCK_STATUS_PROBE)
+            k.role = ROLE_PROBE;
+        count_status(endpoint(&k), status, 0);
+    }
+}
+
+#define TARGET_PEEK 80  // "OPTIONS " + PROBE_PATH_MAX bytes + the space after fit
+
+// The request line's target, read from the client's bytes of an HTTP/1 request on a
+// socket the kubelet may probe (probe_candidate), across as many reads as it takes
+// (the state is the socket's: path_state, path_len, path_hash). When the target ends
+// and it hashes to one of its endpoint's probe paths, the request is a probe
+// (SOCK_PROBE). Only the call's first buffer (or iovec) is read: a target that goes on
+// past it, or past TARGET_PEEK bytes, is done and is no probe's.
+static __always_inline void http1_target(struct sock_state *st, struct h2_cursor *c) {
+    u32 state = st->path_state;
+    if (state == PATH_DONE)
+        return;
+    u8 b[128] = {};
+    u64 base = c->cur;
+    u32 n = c->cur_len;
+    u32 whole = n;  // the call's bytes
+    if (c->iov) {
+        struct {
+            u64 base;
+            u64 len;
+        } v = {};
+        bpf_probe_read_user(&v, sizeof(v), (const void *)c->iov);
+        base = v.base;
+        whole = c->left;
+        n = v.len < c->left ? (u32)v.len : c->left;
+    }
+    u32 seen = n;
+    if (n > TARGET_PEEK)
+        n = TARGET_PEEK;
+    if (n == 0 || bpf_probe_read_user(b, BOUNDED(n, 127) & 0x7f, (const void *)base) != 0) {
+        st->path_state = PATH_DONE;  // not read: the address and port decide
+        return;
+    }
+    u32 hash = state == PATH_IDLE ? PATH_HASH_OFFSET : st->path_hash;
+    u32 len = state == PATH_IDLE ? 0 : st->path_len;
+    if (state == PATH_IDLE)
+        state = PATH_METHOD;
+    int ended = 0;
+    // Both bounds stay in the loop (clang would fold them into one the verifier cannot
+    // follow) and the index is masked on the register that indexes.
+    asm volatile("" : "+r"(n));
+#pragma clang loop unroll(disable)
+    for (int i = 0; i < TARGET_PEEK; i++) {
+        if (i >= n)
+            break;
+        u8 ch = b[BOUNDED(i, 127)];
+        if (state == PATH_METHOD) {
+            if (ch == ' ')
+                state = PATH_TARGET;
+            continue;
+        }
+        if (ch == ' ' || ch == '\r' || ch == '\n') {
+            ended = 1;
+            break;
+        }
+        if (len >= PROBE_PATH_MAX) {
+            len = PROBE_PATH_MAX + 1;  // too long for a probe's
+            ended = 1;
+            break;
+        }
+        hash = (hash ^ ch) * PATH_HASH_PRIME;
+        len += 1;
+    }
+    if (!ended && (n < seen || seen < whole)) {
+        len = PROBE_PATH_MAX + 1;  // goes on where this call's first chunk does not
+        ended = 1;
+    }
+    st->path_hash = hash;
+    st->path_len = len > 255 ? 255 : len;
+    if (!ended) {
+        st->path_state = state;
+        return;
+    }
+    st->path_state = PATH_DONE;
+    if (state != PATH_TARGET || len == 0 || len > PROBE_PATH_MAX)
+        return;
+    struct probe_paths *p = probe_paths_of(st);
+    if (!p)
+        return;
+    for (int i = 0; i < PROBE_PATHS; i++) {
+        if (i < p->count && p->hashes[i] == hash) {
+            __sync_fetch_and_or(&st->flags, SOCK_PROBE);
+            return;
+        }
+    }
 }
 
 #define H2_CHAIN_FRAMES 8
@@ -220,6 +311,26 @@ static __always_inline int server_first(u64 sk, struct sock_state *st, struct h2
     return 0;
 }
 
+// Whether an HTTP/1 connection's client bytes may hold a probe's target: a server
+// socket whose peer is a node address or not looked up yet (flags only: the lookups are
+// http1_target_run's).
+#define MAY_BE_PROBED(st) ((st)->ep.role == ROLE_SERVER && \
+    ((st)->flags & (SOCK_PEER_CHECKED | SOCK_NODE_PEER)) != SOCK_PEER_CHECKED)
+
+// A tail call of on_payload (its own program: the target's reader does not fit in
+// on_payload's instruction budget): the cursor's bytes are an HTTP/1 request's.
+int http1_target_run(void *ctx) {
+    int zero = 0;
+    struct h2_cursor *c = h2_cursors.lookup(&zero);
+    if (!c)
+        return 0;
+    u64 sk = c->sk;
+    struct sock_state *st = sockets.lookup(&sk);
+    if (st && probe_candidate(st))
+        http1_target(st, c);
+    return 0;
+}
+
 static __always_inline int on_payload(void *ctx, u64 sk, int ret, int flags, u32 sending) {
     u64 id = bpf_get_current_pid_tgid();
     struct stash *p = stashes.lookup(&id);
@@ -237,7 +348,8 @@ static __always_inline int on_payload(void *ctx, u64 sk, int ret, int flags, u32
     if (proto == APP_OPAQUE)
         return 0;
     u32 client_bytes = (st->ep.role == ROLE_SERVER) != sending;
-    if (proto == APP_HTTP1 && (client_bytes || !(st->flags & SOCK_STATUS_DUE)))
+    if (proto == APP_HTTP1 && !(client_bytes ? MAY_BE_PROBED(st)
+                                             : (st->flags & SOCK_STATUS_DUE)))
         return 0;
     count(CNT_PAYLOAD_EVENTS);
 
@@ -273,14 +385,25 @@ static __always_inline int on_payload(void *ctx, u64 sk, int ret, int flags, u32
         c->left = 0;
     }
 
-    if (proto == APP_HTTP1) {
-        __sync_fetch_and_and(&st->flags, ~SOCK_STATUS_DUE);
-        http1_status(st, c);
-        return 0;
-    }
     if (proto == APP_UNKNOWN) {
-        if (client_bytes ? !detect(sk, st, c) : !server_first(sk, st, c))
+        if (!client_bytes) {
+            if (!server_first(sk, st, c))
+                return 0;
+        } else if (!detect(sk, st, c)) {
+            // The first request's target is in these bytes too.
+            if (st->proto != APP_HTTP1 || !MAY_BE_PROBED(st))
+                return 0;
+            proto = APP_HTTP1;
+        }
+    }
+    if (proto == APP_HTTP1) {
+        if (client_bytes) {
+            h2_progs.call(ctx, PROG_HTTP1_TARGET);  // http1_target_run
             return 0;
+        }
+        http1_status(st, c);
+        __sync_fetch_and_and(&st->flags, ~(u64)(SOCK_STATUS_DUE | SOCK_STATUS_PROBE));
+        return 0;
     }
     c->active = 1;
     return h2_run(ctx, st);

@@ -42,7 +42,13 @@ from aviator.agent.sources import CounterSource
 from aviator.agent.stream import StreamFanout, StreamTls, TokenFile, urls_from_slices
 from aviator.agent.targets import TargetKey, probe_targets, traffic_samples
 from aviator.agent.urgent import DEFAULT_CHECK_S, DEFAULT_MIN_GAP_S, UrgentReports, open_thresholds
-from aviator.agent.windows import CountersLike, EndpointKeyLike, WindowDiffer, attach_pods
+from aviator.agent.windows import (
+    CountersLike,
+    EndpointKeyLike,
+    WindowDiffer,
+    attach_pods,
+    label_keepwarm,
+)
 from aviator.informers import FuncHandler, InformerFactory, SharedIndexInformer
 from aviator.kube import KubeClient
 from aviator.kube.marks import LABEL_SERVICE_NAME
@@ -314,7 +320,10 @@ class Agent:
         self._last_tick = now
         cumulative = list(await self.source.read() if counters is None else counters)
         resets_before = self.differ.resets
-        windows = attach_pods(self.differ.advance(cumulative), self.pods.pod_for)
+        windows = label_keepwarm(
+            attach_pods(self.differ.advance(cumulative), self.pods.pod_for),
+            self.prober.take_answered() if self.source.name != "probe" else {},
+        )
         self.metrics.counter_resets.inc(self.differ.resets - resets_before)
         endpoints = tuple(w for w in windows if self._reported(w))
         snapshot = Snapshot(
@@ -347,7 +356,7 @@ class Agent:
         self.urgent.reported(cumulative)
 
     def _reported(self, w: EndpointWindow) -> bool:
-        if w.role == "server":
+        if w.role != "client":
             return w.pod is not None
         return self.config.report_client_endpoints
 

@@ -10,7 +10,7 @@ previous read, so it is this window's delta.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -173,12 +173,26 @@ class WindowDiffer:
 def attach_pods(
     windows: Iterable[EndpointWindow], pod_of: Callable[[str], str | None]
 ) -> list[EndpointWindow]:
-    """The same windows with `pod` filled from an IP → "ns/name" lookup (server role
-    only: a client-role IP is the remote peer, which may live on another node)."""
+    """The same windows with `pod` filled from an IP → "ns/name" lookup (server and
+    probe roles only: a client-role IP is the remote peer, which may live on another
+    node)."""
     out: list[EndpointWindow] = []
     for w in windows:
-        pod = pod_of(w.ip) if w.role == "server" else None
+        pod = pod_of(w.ip) if w.role != "client" else None
         out.append(w if pod is None else _with_pod(w, pod))
+    return out
+
+
+def label_keepwarm(
+    windows: Iterable[EndpointWindow], answered: Mapping[tuple[str, int], int]
+) -> list[EndpointWindow]:
+    """The same windows with each server window's `keepwarm` set: the keep-warm probes
+    answered on its (ip, port) in the interval, at most its `count` (a probe answered
+    as the window closed may be counted in one window and measured in the next)."""
+    out: list[EndpointWindow] = []
+    for w in windows:
+        n = answered.get((w.ip, w.port), 0) if w.role == "server" else 0
+        out.append(replace(w, keepwarm=min(n, w.count)) if n and w.count else w)
     return out
 
 

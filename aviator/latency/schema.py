@@ -4,11 +4,20 @@ Wire form (JSON text frame)::
 
     {"v": 1, "kind": "snapshot", "node": "node-1", "source": "ebpf" | "probe",
      "time": 1700000000.5, "window_s": 1.0,
-     "endpoints": [{"ip": "10.0.0.7", "port": 8080, "role": "server" | "client",
+     "endpoints": [{"ip": "10.0.0.7", "port": 8080, "role": "server" | "client" | "probe",
                     "pod": "ns/name" | null, "hist": {"212": 3, "213": 1},
                     "count": 4, "sum_us": 41000, "max_us": 10800, "rif": 1,
                     "aborted": 0, "protocol": "http1", "statuses": 4, "errors": 1,
-                    "oldest_open_us": 0}]}
+                    "oldest_open_us": 0, "keepwarm": 2}]}
+
+`role`: `server` is the pod's own socket (the pod's latency), `client` a caller's view
+of that address, `probe` the requests on the pod's own socket that were the kubelet's
+probes (from a node address to a probe's port and path: never in the `server` window
+of the same endpoint, which holds the pod's traffic and the agent's keep-warm probes).
+`keepwarm` (server role, optional, absent: 0) is how many of `count` were the agent's
+keep-warm probes of the policy's `probePath`: samples of the real path, labelled. A
+controller older than the `probe` role refuses a snapshot that has one: upgrade the
+controller before the agents.
 
 `hist` (bucket index → count, see histogram.py), `count`, `sum_us` and `aborted` are
 what happened during this window only; `max_us` is the largest latency seen since the
@@ -59,11 +68,11 @@ MAX_WINDOW_S = 3600.0
 _MAX_U64 = (1 << 64) - 1
 
 Source = Literal["ebpf", "probe"]
-Role = Literal["server", "client"]
+Role = Literal["server", "client", "probe"]
 # What a source recognised on an endpoint's connections; `opaque`: no framing it knows.
 AppProtocol = Literal["http1", "h2", "grpc", "opaque"]
 SOURCES: tuple[Source, ...] = ("ebpf", "probe")
-ROLES: tuple[Role, ...] = ("server", "client")
+ROLES: tuple[Role, ...] = ("server", "client", "probe")
 APP_PROTOCOLS: tuple[AppProtocol, ...] = ("http1", "h2", "grpc", "opaque")
 
 
@@ -89,6 +98,7 @@ class EndpointWindow:
     statuses: int = 0  # of `count`: responses whose status was read
     errors: int = 0  # of `statuses`: HTTP 5xx, gRPC status other than OK
     oldest_open_us: int = 0  # age of the oldest request still open (0: none)
+    keepwarm: int = 0  # of `count`: the agent's keep-warm probes
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +139,7 @@ def snapshot_to_dict(snap: Snapshot) -> dict[str, Any]:
                 "statuses": e.statuses,
                 "errors": e.errors,
                 "oldest_open_us": e.oldest_open_us,
+                **({"keepwarm": e.keepwarm} if e.keepwarm else {}),
             }
             for e in snap.endpoints
         ],
@@ -259,6 +270,9 @@ def _endpoint(raw: Any, i: int) -> EndpointWindow:
         raise SchemaError(f"{where}.statuses: {statuses} exceeds count {count}")
     if errors > statuses:
         raise SchemaError(f"{where}.errors: {errors} exceeds statuses {statuses}")
+    keepwarm = _optional_uint(raw, "keepwarm", where)
+    if keepwarm > count:
+        raise SchemaError(f"{where}.keepwarm: {keepwarm} exceeds count {count}")
     protocol = raw.get("protocol", "opaque")
     if protocol not in APP_PROTOCOLS:
         raise SchemaError(
@@ -279,6 +293,7 @@ def _endpoint(raw: Any, i: int) -> EndpointWindow:
         statuses=statuses,
         errors=errors,
         oldest_open_us=_optional_uint(raw, "oldest_open_us", where),
+        keepwarm=keepwarm,
     )
 
 

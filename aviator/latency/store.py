@@ -29,7 +29,10 @@ Semantics the selection engine relies on:
   evaluation, not once per second.
 - Server-role data (measured on the pod's own socket) is the pod's latency.
   Client-role data (a caller's view of that IP) is used only when no fresh server
-  data exists, and never mixed with it.
+  data exists, and never mixed with it. Probe-role data (the kubelet's probes of the
+  pod, told apart by the agent) is never the pod's latency: an estimate carries its
+  count and quantiles beside the pod's own (`probe_samples`, `probe_p50_ms`,
+  `probe_p99_ms`), and the keep-warm samples among the pod's own (`keepwarm`).
 - Besides the histogram, a window sums the responses whose status was read and the
   errors among them (`statuses`, `errors`: the error rate over the same deltas as the
   quantiles) and keeps, from the latest report, the requests in flight, the age of the
@@ -307,12 +310,29 @@ class LatencyStore:
         for key in keys:
             if key[3] != origin or (ports is not None and key[1] not in ports):
                 continue
+            if key[2] == "probe":
+                continue
             win = self._windows[key]
             if win.last_seen < now - win.stale_s:
                 continue
             self._expire(win, now - win.keep_s)
             (server if key[2] == "server" else client).append(win)
         return server or client
+
+    def _probe_windows(
+        self, ip: str, now: float, ports: Collection[int] | None, origin: Origin
+    ) -> list[Window]:
+        """The fresh probe-role windows of `ip` (the kubelet's probes of it)."""
+        out: list[Window] = []
+        for key in self._by_ip.get(ip, ()):
+            if key[2] != "probe" or key[3] != origin or (ports is not None and key[1] not in ports):
+                continue
+            win = self._windows[key]
+            if win.last_seen < now - win.stale_s:
+                continue
+            self._expire(win, now - win.keep_s)
+            out.append(win)
+        return out
 
     def estimate(
         self,
@@ -325,7 +345,8 @@ class LatencyStore:
     ) -> LatencyEstimate | None:
         """Latency of the pod at `ip` as `origin` measured it, None when unknown; only
         of `port`, or of `ports` (e.g. a Service's target ports), when given."""
-        windows = self._fresh(ip, now, (port,) if port is not None else ports, origin)
+        wanted = (port,) if port is not None else ports
+        windows = self._fresh(ip, now, wanted, origin)
         if not windows:
             return None
         if len(windows) == 1:
@@ -343,6 +364,8 @@ class LatencyStore:
             if not open_us:
                 return None
             qs = (float(open_us), float(open_us), float(open_us))  # a lower bound
+        probes = Histogram.merge_all(w.total for w in self._probe_windows(ip, now, wanted, origin))
+        probe_qs = probes.quantiles((0.5, 0.99)) if probes else None
         return LatencyEstimate(
             p50_ms=qs[0] / 1000.0,
             p90_ms=qs[1] / 1000.0,
@@ -355,6 +378,10 @@ class LatencyStore:
             statuses=sum(w.statuses for w in windows),
             errors=sum(w.errors for w in windows),
             protocol=newest.protocol,
+            keepwarm=min(samples, sum(w.keepwarm for w in windows)),
+            probe_samples=probes.count,
+            probe_p50_ms=None if probe_qs is None else probe_qs[0] / 1000.0,
+            probe_p99_ms=None if probe_qs is None else probe_qs[1] / 1000.0,
         )
 
     def merged(

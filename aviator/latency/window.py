@@ -1,7 +1,8 @@
 """One endpoint's window in the latency store (aviator.latency.store): the deltas received
 within it, their running sums, and what the latest report said.
 
-Adding a delta and expiring old ones keep the sums (histogram, statuses, errors) and
+Adding a delta and expiring old ones keep the sums (histogram, statuses, errors,
+keep-warm samples) and
 the count of held buckets exact, so an estimate costs a pass over one histogram and
 the store's memory accounting is one subtraction per expired delta.
 """
@@ -30,11 +31,12 @@ class Window:
     rif: int = 0
     oldest_open_us: int = 0  # latest report
     protocol: AppProtocol = "opaque"  # latest report
-    # (arrival, histogram delta, statuses, errors)
-    deltas: deque[tuple[float, Histogram, int, int]] = field(default_factory=deque)
+    # (arrival, histogram delta, statuses, errors, keep-warm samples)
+    deltas: deque[tuple[float, Histogram, int, int, int]] = field(default_factory=deque)
     total: Histogram = field(default_factory=Histogram)
     statuses: int = 0  # over `deltas`
     errors: int = 0
+    keepwarm: int = 0  # of total.count: the agent's keep-warm probes
     buckets: int = 0  # non-empty buckets over `deltas` (what the limits count)
     # p50/p90/p99 in µs of `total`, recomputed only after it changed.
     cached: tuple[float, float, float] | None = None
@@ -44,10 +46,11 @@ class Window:
         delta = ep.hist
         if not delta:
             return 0
-        self.deltas.append((at, delta, ep.statuses, ep.errors))
+        self.deltas.append((at, delta, ep.statuses, ep.errors, ep.keepwarm))
         self.total.update(delta)
         self.statuses += ep.statuses
         self.errors += ep.errors
+        self.keepwarm += ep.keepwarm
         self.cached = None
         added = len(delta)
         self.buckets += added
@@ -64,10 +67,11 @@ class Window:
         return freed
 
     def _pop(self) -> int:
-        _, old, statuses, errors = self.deltas.popleft()
+        _, old, statuses, errors, keepwarm = self.deltas.popleft()
         self.total.subtract(old)
         self.statuses -= statuses
         self.errors -= errors
+        self.keepwarm -= keepwarm
         self.cached = None
         self.buckets -= len(old)
         return len(old)

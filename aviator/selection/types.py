@@ -67,6 +67,12 @@ class LatencyEstimate:
     recognised (http1, h2, grpc, opaque; "" unknown), for people. An estimate with no
     completed sample (`samples` 0) but an open request carries that request's age as
     its quantiles: a lower bound of its latency (see aviator.latency.store).
+
+    Which samples the figures are built from, for people (the engine reads none of
+    these): `samples` are the pod's traffic and, of those, `keepwarm` the agent's
+    keep-warm probes of the policy's probePath (samples of the real path); the kubelet's
+    probes are never among them: `probe_samples` of them in the same window, with their
+    own `probe_p50_ms`/`probe_p99_ms` (None: none).
     """
 
     p50_ms: float
@@ -80,6 +86,10 @@ class LatencyEstimate:
     statuses: int = 0
     errors: int = 0
     protocol: str = ""
+    keepwarm: int = 0
+    probe_samples: int = 0
+    probe_p50_ms: float | None = None
+    probe_p99_ms: float | None = None
 
     @property
     def error_percent(self) -> float | None:

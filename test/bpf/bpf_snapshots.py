@@ -69,3 +69,8 @@ def wait_for(
         if condition(snap) or time.monotonic() > deadline:
             return snap
         time.sleep(0.01)
+
+
+# The two ends of a connection that measure a request (the `probe` role is the kubelet's
+# probes of a server endpoint, tested on its own).
+BOTH_ENDS = ("server", "client")

@@ -9,7 +9,7 @@ import time
 
 import pytest
 from bpf_loadgen import SO_TIMESTAMPING
-from bpf_snapshots import EndpointDelta, assert_close, delta, exact_quantile, wait_for
+from bpf_snapshots import BOTH_ENDS, EndpointDelta, assert_close, delta, exact_quantile, wait_for
 from conftest import require_bpf_privileges
 from h2_wire import (
     DATA,
@@ -34,7 +34,6 @@ from hypothesis import strategies as st
 
 from aviator.agent.bpf import BpfLatencySource, EndpointCounters, EndpointKey
 from aviator.agent.handoff.select import is_idle
-from aviator.latency.schema import ROLES
 
 pytestmark = [pytest.mark.bpf, pytest.mark.timeout(120)]
 
@@ -45,7 +44,9 @@ Snap = dict[EndpointKey, EndpointCounters]
 
 
 def deltas(before: Snap, after: Snap, pair: Pair) -> dict[str, EndpointDelta]:
-    return {role: delta(before, after, EndpointKey(pair.host, pair.port, role)) for role in ROLES}
+    return {
+        role: delta(before, after, EndpointKey(pair.host, pair.port, role)) for role in BOTH_ENDS
+    }
 
 
 def response(stream: int) -> bytes:

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 from bpf_loadgen import DelayServer, run_clients
-from bpf_snapshots import assert_close, delta, exact_quantile
+from bpf_snapshots import BOTH_ENDS, assert_close, delta, exact_quantile
 from conftest import require_bpf_privileges
 
 from aviator.agent.bpf import BpfLatencySource, BpfUnavailable, EndpointKey, loader
 from aviator.agent.bpf.btf import Btf, BtfError, sock_offsets
 from aviator.agent.bpf.model import ip_from_raw16, ip_to_raw16
 from aviator.agent.bpf.seed import listeners_from, parse_proc_net_tcp
-from aviator.latency.schema import ROLES
 
 PROC_NET_TCP = """\
   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
@@ -165,7 +164,7 @@ def test_classic_tracepoints_measure_too() -> None:
             snap = src.read()
         finally:
             server.stop()
-    for role in ROLES:
+    for role in BOTH_ENDS:
         d = delta({}, snap, EndpointKey(server.host, server.port, role))
         assert d.count == len(samples) == 100
         assert_close(d.hist.quantile(0.5), exact_quantile(samples, 0.5))

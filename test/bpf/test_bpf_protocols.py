@@ -9,7 +9,7 @@ import subprocess
 
 import grpc
 import pytest
-from bpf_snapshots import EndpointDelta, delta, wait_for
+from bpf_snapshots import BOTH_ENDS, EndpointDelta, delta, wait_for
 from h2_servers import GRPC_METHOD, H2Server, grpc_server
 from h2_wire import (
     CONTENT_TYPE_GRPC,
@@ -32,7 +32,6 @@ from h2_wire import (
 )
 
 from aviator.agent.bpf import BpfLatencySource, EndpointCounters, EndpointKey
-from aviator.latency.schema import ROLES
 
 pytestmark = [pytest.mark.bpf, pytest.mark.timeout(120)]
 
@@ -43,7 +42,7 @@ def settle(
     source: BpfLatencySource, host: str, port: int, before: Snap, count: int
 ) -> dict[str, EndpointDelta]:
     def per_role(s: Snap) -> dict[str, EndpointDelta]:
-        return {r: delta(before, s, EndpointKey(host, port, r)) for r in ROLES}
+        return {r: delta(before, s, EndpointKey(host, port, r)) for r in BOTH_ENDS}
 
     snap = wait_for(
         source, lambda s: all(d.count == count and d.rif == 0 for d in per_role(s).values())

@@ -9,12 +9,11 @@ import time
 
 import pytest
 from bpf_loadgen import DelayServer, KeepAliveClient, run_clients
-from bpf_snapshots import assert_close, delta, exact_quantile, wait_for
+from bpf_snapshots import BOTH_ENDS, assert_close, delta, exact_quantile, wait_for
 from conftest import require_bpf_privileges
 
 from aviator.agent.bpf import BpfLatencySource, EndpointKey
 from aviator.agent.bpf.seed import listening_sockets
-from aviator.latency.schema import ROLES
 
 pytestmark = [pytest.mark.bpf, pytest.mark.timeout(120)]
 
@@ -29,7 +28,7 @@ def test_response_larger_than_a_segment_counts_once(latency_source: BpfLatencySo
         after = latency_source.read()
     finally:
         server.stop()
-    for role in ROLES:
+    for role in BOTH_ENDS:
         d = delta(before, after, EndpointKey(server.host, server.port, role))
         assert d.count == len(samples) == 40, role
         assert d.rif == 0 and d.aborted == 0
@@ -46,7 +45,7 @@ def test_ipv6_loopback_server(latency_source: BpfLatencySource) -> None:
         after = latency_source.read()
     finally:
         server.stop()
-    for role in ROLES:
+    for role in BOTH_ENDS:
         d = delta(before, after, EndpointKey("::1", server.port, role))
         assert d.count == len(samples) == 100
         assert_close(d.hist.quantile(0.5), exact_quantile(samples, 0.5))
@@ -76,7 +75,7 @@ def test_requests_in_flight_gauge(latency_source: BpfLatencySource) -> None:
             c.send_request()
         assert server.wait_received(5)
         snap = latency_source.read()
-        for role in ROLES:
+        for role in BOTH_ENDS:
             d = delta(before, snap, EndpointKey(server.host, server.port, role))
             assert d.rif == 5, role
             assert d.count == 0
@@ -84,7 +83,7 @@ def test_requests_in_flight_gauge(latency_source: BpfLatencySource) -> None:
         for c in clients:
             c.read_response()
         snap = latency_source.read()
-        for role in ROLES:
+        for role in BOTH_ENDS:
             d = delta(before, snap, EndpointKey(server.host, server.port, role))
             assert d.rif == 0 and d.count == 5, role
     finally:
@@ -177,7 +176,7 @@ def test_exact_counts_under_concurrency(latency_source: BpfLatencySource) -> Non
         after = latency_source.read()
     finally:
         server.stop()
-    for role in ROLES:
+    for role in BOTH_ENDS:
         d = delta(before, after, EndpointKey(server.host, server.port, role))
         assert (d.count, d.hist.count, d.aborted, d.rif) == (len(samples), 1200, 0, 0), role
 
@@ -195,7 +194,7 @@ def test_pipelined_requests_count_as_one(latency_source: BpfLatencySource) -> No
     finally:
         client.close()
         server.stop()
-    for role in ROLES:
+    for role in BOTH_ENDS:
         d = delta(before, after, EndpointKey(server.host, server.port, role))
         assert (d.count, d.rif) == (1, 0), role
 
@@ -213,13 +212,13 @@ def test_oldest_open_request_age(latency_source: BpfLatencySource) -> None:
         assert not hold.wait(0.08)
         snap = latency_source.read()
         waited_us = (time.monotonic() - opened) * 1e6
-        for role in ROLES:
+        for role in BOTH_ENDS:
             age = snap[EndpointKey(server.host, server.port, role)].oldest_open_us
             assert 80_000 <= age <= waited_us, role
         hold.set()
         client.read_response()
         snap = latency_source.read()
-        for role in ROLES:
+        for role in BOTH_ENDS:
             assert snap[EndpointKey(server.host, server.port, role)].oldest_open_us == 0, role
     finally:
         client.close()

@@ -62,7 +62,7 @@ _NEEDED_MEMBERS: dict[str, dict[str, tuple[str, int | None]]] = {
     "h2_slot": {"sid": ("u64", None), "start_ns": ("u64", None)},
 }
 # Map keys are compared byte for byte by the kernel: no hidden padding allowed.
-_KEYS = ("ep_key", "listen_key")
+_KEYS = ("ep_key", "listen_key", "probe_key", "addr_key")
 
 _COUNTER_PREFIX = "CNT_"
 _ROLE_PREFIX = "ROLE_"

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
-from typing import Literal
 
 from aviator.kube.addresses import normalize_ip
-from aviator.latency.schema import AppProtocol
-
-Role = Literal["server", "client"]
+from aviator.latency.schema import AppProtocol, Role
 
 
 class BpfUnavailable(RuntimeError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable, Mapping
 
 from aviator.agent.bpf.loader import LoadedProgram, load_program
 from aviator.agent.bpf.model import EndpointCounters, EndpointKey, SocketState
@@ -15,6 +16,7 @@ from aviator.agent.bpf.reader import (
     read_sockets,
     with_oldest_open,
 )
+from aviator.agent.bpf.probemaps import ProbeMaps
 from aviator.agent.bpf.runstats import RunStatsEnabler, prog_run_stats
 from aviator.agent.bpf.seed import Listener, listening_sockets
 
@@ -33,6 +35,7 @@ class BpfLatencySource:
         self._max_endpoints = max_endpoints
         self._run_stats: RunStatsEnabler | None = None
         self._closed = False
+        self.probe_maps = ProbeMaps(program.bpf, program.abi)
 
     @classmethod
     def load(
@@ -98,9 +101,20 @@ class BpfLatencySource:
         """One connection's current state (None once it is closed)."""
         return read_socket(self._program.bpf, self._program.abi, sk)
 
+    def set_probes(
+        self, ports: Mapping[tuple[str, int], Iterable[str]], addresses: Iterable[str]
+    ) -> None:
+        """What the kubelet probes ((pod IP, port) → paths) and the node's addresses:
+        requests from those addresses to those ports and paths are the endpoint's
+        probes (role `probe`), not its traffic (see aviator.agent.kubelet)."""
+        self.probe_maps.sync(ports, addresses)
+
     def stats(self) -> dict[str, int]:
         """Event counters and map occupancy (reads the socket map in batches)."""
         out = read_counters(self._program.bpf, self._program.abi)
+        out["probe_endpoints"] = self.probe_maps.stats.endpoints
+        out["probe_node_addresses"] = self.probe_maps.stats.addresses
+        out["probe_entries_left_out"] = self.probe_maps.stats.left_out
         out["sockets_tracked"] = count_entries(self._program.bpf, "sockets", batch=True)
         out["sockets_capacity"] = self._max_sockets
         out["endpoints_tracked"] = count_entries(self._program.bpf, "endpoints")
