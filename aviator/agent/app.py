@@ -7,9 +7,11 @@ Every report interval:
    the host; on a shared kernel it even sees other nodes' pods) and name their pods;
 3. file the window in the local store (for GET /latency) and the metrics, and send it
    to every controller replica;
-4. start keep-warm probes for targeted pods with too few samples in the local window,
-   not counting the kubelet's own HTTP probes of the pod (in probe mode: the probes
-   that ARE the measurement).
+4. start keep-warm probes for targeted pods with too few samples in the local window
+   (in probe mode: the probes that ARE the measurement), and tell the source which
+   ports and paths the kubelet probes and which addresses are the node's, so the
+   kubelet's probes are counted apart from traffic (aviator.agent.kubelet); the
+   window labels the keep-warm probes answered in it (`EndpointWindow.keepwarm`).
 
 Between intervals, every `urgent_check_s`, it looks at the source's counters for a
 request open longer than its pod's p99Threshold and, when one just crossed it, runs
@@ -34,13 +36,14 @@ from aviator.agent.api import DATA_PATHS, make_api
 from aviator.agent.handoff.executor import HandOffExecutor
 from aviator.agent.handoff.netlink import open_diag, own_netns
 from aviator.agent.handoff.runner import HandOffRunner
+from aviator.agent.kubelet import local_addresses, probe_paths
 from aviator.agent.metrics import AgentMetrics
 from aviator.agent.podmap import PodMap
 from aviator.agent.prober import NodeProber
 from aviator.agent.promfold import DEFAULT_PER_OCTAVE
 from aviator.agent.sources import CounterSource
 from aviator.agent.stream import StreamFanout, StreamTls, TokenFile, urls_from_slices
-from aviator.agent.targets import TargetKey, probe_targets, traffic_samples
+from aviator.agent.targets import TargetKey, probe_targets
 from aviator.agent.urgent import DEFAULT_CHECK_S, DEFAULT_MIN_GAP_S, UrgentReports, open_thresholds
 from aviator.agent.windows import (
     CountersLike,
@@ -155,6 +158,9 @@ class Agent:
         self.urgent = UrgentReports(config.urgent_min_gap_s)
         self.last_snapshot: Snapshot | None = None
         self.targets: dict[TargetKey, ProbeTarget] = {}
+        # The node's addresses: the flags, and those of the agent's own (host) network
+        # namespace, looked up again every _STATS_EVERY_S.
+        self.node_addresses: set[str] = set(config.node_addresses)
         self._last_tick: float | None = None
         self._next_stats = 0.0
         self._runner: web.AppRunner | None = None
@@ -341,6 +347,12 @@ class Agent:
         self._follow_thresholds(cumulative)
         self._probe(now)
         if now >= self._next_stats:
+            self.node_addresses = set(self.config.node_addresses) | local_addresses()
+        self.source.set_probes(
+            probe_paths(self.pods.pods(), {k: t.path for k, t in self.targets.items()}),
+            self.node_addresses,
+        )
+        if now >= self._next_stats:
             self._next_stats = now + _STATS_EVERY_S
             self.metrics.set_source_stats(await self.source.stats())
         self.metrics.report_seconds.observe(time.perf_counter() - started)
@@ -369,12 +381,12 @@ class Agent:
         if self.source.name == "probe":
             self.prober.schedule(self.targets, None)
             return
-        # Samples that were real traffic: the window's minus the kubelet's probes.
+        # The window's samples are traffic and keep-warm probes: the source counts the
+        # kubelet's probes apart.
         observed: dict[TargetKey, int] = {}
-        for key, target in self.targets.items():
+        for key in self.targets:
             est = self.store.estimate(key[0], now, port=key[1])
-            samples = est.samples if est is not None else 0
-            observed[key] = traffic_samples(target, samples, self.config.window_s)
+            observed[key] = est.samples if est is not None else 0
         self.prober.schedule(self.targets, observed)
 
     # --- what the HTTP API shows --------------------------------------------------------
@@ -399,6 +411,10 @@ class Agent:
                 "statuses": est.statuses,
                 "errors": est.errors,
                 "oldest_open_ms": round(est.oldest_open_ms, 3),
+                "keepwarm": est.keepwarm,
+                "probe_samples": est.probe_samples,
+                "probe_p50_ms": None if est.probe_p50_ms is None else round(est.probe_p50_ms, 3),
+                "probe_p99_ms": None if est.probe_p99_ms is None else round(est.probe_p99_ms, 3),
             }
         return out
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Literal, Protocol
 
 from aviator.agent.prober import NodeProber
+from aviator.agent.targets import TargetKey
 from aviator.agent.windows import CountersLike, EndpointKeyLike
 from aviator.latency.schema import Source
 
@@ -29,6 +30,12 @@ class CounterSource(Protocol):
     async def read(self) -> Iterable[tuple[EndpointKeyLike, CountersLike]]: ...
 
     async def stats(self) -> dict[str, int]: ...
+
+    def set_probes(
+        self, ports: Mapping[TargetKey, Iterable[str]], addresses: Iterable[str]
+    ) -> None:
+        """What the kubelet probes ((pod IP, port) → paths) and the node's addresses, so
+        the source can tell those requests apart (aviator.agent.kubelet)."""
 
     def close(self) -> None: ...
 
@@ -50,6 +57,11 @@ class BpfSource:
     async def stats(self) -> dict[str, int]:
         return await asyncio.to_thread(self.bpf.stats)
 
+    def set_probes(
+        self, ports: Mapping[TargetKey, Iterable[str]], addresses: Iterable[str]
+    ) -> None:
+        self.bpf.set_probes(ports, addresses)
+
     def close(self) -> None:
         self.bpf.close()
 
@@ -67,6 +79,11 @@ class ProbeSource:
 
     async def stats(self) -> dict[str, int]:
         return {}
+
+    def set_probes(
+        self, ports: Mapping[TargetKey, Iterable[str]], addresses: Iterable[str]
+    ) -> None:
+        pass  # the prober's own requests are all it measures
 
     def close(self) -> None:
         pass

@@ -8,12 +8,8 @@ pod's labels. The policy gives the port (`spec.targetPort`, default 8080) and th
 probed. When several policies select the same pod and port, the first policy by
 namespace/name chooses the path.
 
-The kubelet's own HTTP probes of a pod (readiness, liveness, startup) reach the pod's
-socket like any request, and a health endpoint usually answers at once: an idle slow
-pod probed every second would look busy and fast. Each target carries the rate of the
-kubelet's HTTP probes on its port (`ProbeTarget.kubelet_probes_per_s`), so the agent
-can tell how many of a window's samples were real traffic before deciding the pod
-needs keep-warm probes of `probePath`.
+The kubelet's own HTTP probes of a pod are not traffic: the source counts them apart
+(aviator.agent.kubelet), so a window's samples are what keep-warm decides on.
 """
 
 from __future__ import annotations
@@ -24,7 +20,7 @@ from typing import Any
 from aviator.agent.podmap import indexed_ips
 from aviator.informers import object_key
 from aviator.kube.objects import labels_of, selector_matches
-from aviator.kube.pods import container_port, is_terminating
+from aviator.kube.pods import is_terminating
 from aviator.kube.services import pod_selector
 from aviator.latency.probing import ProbeTarget
 
@@ -32,8 +28,6 @@ JSON = dict[str, Any]
 
 DEFAULT_TARGET_PORT = 8080
 DEFAULT_PROBE_PATH = "/"
-DEFAULT_PROBE_PERIOD_S = 10  # the kubelet's default periodSeconds
-_KUBELET_PROBES = ("readinessProbe", "livenessProbe", "startupProbe")
 
 TargetKey = tuple[str, int]  # (ip, port)
 
@@ -53,35 +47,6 @@ def _probe_settings(policy: JSON) -> tuple[str, str, int, str] | None:
     if not isinstance(path, str) or not path.startswith("/"):
         return None
     return str(namespace), str(service), port, path
-
-
-def kubelet_probe_rate(pod: JSON, port: int) -> float:
-    """HTTP probes per second the kubelet sends to `port` of `pod`: readiness and
-    liveness probes of every container, and startup probes until they passed."""
-    started = {
-        s.get("name")
-        for s in (pod.get("status") or {}).get("containerStatuses") or []
-        if s.get("started")
-    }
-    rate = 0.0
-    for container in (pod.get("spec") or {}).get("containers") or []:
-        for kind in _KUBELET_PROBES:
-            probe = container.get(kind)
-            if not isinstance(probe, dict):
-                continue
-            if container_port(container, (probe.get("httpGet") or {}).get("port")) != port:
-                continue
-            if kind == "startupProbe" and container.get("name") in started:
-                continue
-            period = probe.get("periodSeconds") or DEFAULT_PROBE_PERIOD_S
-            if isinstance(period, int) and period > 0:
-                rate += 1.0 / period
-    return rate
-
-
-def traffic_samples(target: ProbeTarget, samples: int, window_s: float) -> int:
-    """Of a window's `samples` on `target`, how many were not the kubelet's probes."""
-    return max(0, samples - int(target.kubelet_probes_per_s * window_s))
 
 
 def selected_pods(
@@ -130,6 +95,5 @@ def probe_targets(
         _, _, port, path = settings
         for ip in indexed_ips(pod):
             if (ip, port) not in targets:
-                rate = kubelet_probe_rate(pod, port)
-                targets[(ip, port)] = ProbeTarget(ip, port, path, object_key(pod), rate)
+                targets[(ip, port)] = ProbeTarget(ip, port, path, object_key(pod))
     return targets

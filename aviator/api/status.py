@@ -74,7 +74,32 @@ class PodStatus:
     p50_ms: float | None = api_field("p50Ms", "Median latency in milliseconds.", default=None)
     p99_ms: float | None = api_field("p99Ms", "p99 latency in milliseconds.", default=None)
     rif: int | None = api_field("rif", "Requests in flight when last measured.", default=None)
-    samples: int = api_field("samples", "Requests measured in the window.", default=0)
+    samples: int = api_field(
+        "samples",
+        """Requests measured in the window, the base of p50Ms and p99Ms: the pod's
+        traffic and the agent's keep-warm probes of probePath (keepWarmSamples of
+        them). The kubelet's probes are never among them (probeSamples).""",
+        default=0,
+    )
+    keep_warm_samples: int | None = api_field(
+        "keepWarmSamples",
+        """Of samples: the agent's keep-warm probes of probePath, sent to pods with
+        too little traffic. Samples of the real path, so they count.""",
+        default=None,
+    )
+    probe_samples: int | None = api_field(
+        "probeSamples",
+        """The kubelet's probes of the pod in the window (requests from the node's
+        address to a readiness, liveness or startup probe's port and path), counted
+        apart: not in samples, p50Ms or p99Ms.""",
+        default=None,
+    )
+    probe_p50_ms: float | None = api_field(
+        "probeP50Ms", "Median latency of the kubelet's probes in milliseconds.", default=None
+    )
+    probe_p99_ms: float | None = api_field(
+        "probeP99Ms", "p99 latency of the kubelet's probes in milliseconds.", default=None
+    )
     reason: str | None = api_field(
         "reason", "Why the pod is in this state, when not obvious.", default=None
     )

@@ -58,17 +58,12 @@ def probe_url(ip: str, port: int, path: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ProbeTarget:
-    """A pod's address to probe, and the pod ("namespace/name").
-
-    `kubelet_probes_per_s` is the rate of the kubelet's own HTTP probes (readiness,
-    liveness, startup) on this port: the agent does not count those as traffic.
-    """
+    """A pod's address to probe, and the pod ("namespace/name")."""
 
     ip: str
     port: int
     path: str
     pod: str
-    kubelet_probes_per_s: float = 0.0
 
     @property
     def url(self) -> str:

@@ -101,4 +101,8 @@ def pod_row(
         responses=lat.statuses if lat and lat.protocol != "opaque" else None,
         error_rate_percent=lat.error_percent if lat else None,
         oldest_open_ms=lat.oldest_open_ms if lat else None,
+        keep_warm_samples=lat.keepwarm if lat else None,
+        probe_samples=lat.probe_samples if lat else None,
+        probe_p50_ms=lat.probe_p50_ms if lat else None,
+        probe_p99_ms=lat.probe_p99_ms if lat else None,
     )

@@ -90,6 +90,10 @@ def pod_status(
     responses: int | None = None,
     error_rate_percent: float | None = None,
     oldest_open_ms: float | None = None,
+    keep_warm_samples: int | None = None,
+    probe_samples: int | None = None,
+    probe_p50_ms: float | None = None,
+    probe_p99_ms: float | None = None,
 ) -> PodStatus:
     """One pod as `kubectl describe avp` shows it (latencies to the microsecond, error
     rates to a tenth of a percent)."""
@@ -107,6 +111,10 @@ def pod_status(
         responses=responses,
         error_rate_percent=None if error_rate_percent is None else round(error_rate_percent, 1),
         oldest_open_ms=None if not oldest_open_ms else round(oldest_open_ms, 3),
+        keep_warm_samples=keep_warm_samples,
+        probe_samples=probe_samples,
+        probe_p50_ms=None if probe_p50_ms is None else round(probe_p50_ms, 3),
+        probe_p99_ms=None if probe_p99_ms is None else round(probe_p99_ms, 3),
     )
 
 
@@ -228,8 +236,8 @@ def _close(a: Any, b: Any) -> bool:
     return abs(fa - fb) <= LATENCY_TOLERANCE * max(abs(fa), abs(fb))
 
 
-_LATENCY_FIELDS = ("p50Ms", "p99Ms", "oldestOpenMs")
-_GAUGE_FIELDS = ("samples", "rif", "responses")
+_LATENCY_FIELDS = ("p50Ms", "p99Ms", "oldestOpenMs", "probeP50Ms", "probeP99Ms")
+_GAUGE_FIELDS = ("samples", "rif", "responses", "keepWarmSamples", "probeSamples")
 
 
 def _close_count(a: Any, b: Any, *, zero_matters: bool) -> bool:

@@ -28,9 +28,8 @@ from aviator.agent.bpf.cheader import HEADER_NAME as HEADER_NAME  # its file nam
 from aviator.agent.bpf.cheader import SCALARS, Header, Struct
 from aviator.agent.bpf.cheader import AbiError as AbiError  # raised by everything here
 from aviator.agent.bpf.cheader import parse as parse  # the header → Header
-from aviator.agent.bpf.model import Role
 from aviator.latency import histogram
-from aviator.latency.schema import APP_PROTOCOLS, AppProtocol
+from aviator.latency.schema import APP_PROTOCOLS, AppProtocol, Role
 
 # --- what user space relies on ------------------------------------------------------
 

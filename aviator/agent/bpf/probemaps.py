@@ -45,7 +45,10 @@ class ProbeMaps:
 
     def hashes(self, paths: Iterable[str]) -> tuple[int, ...]:
         """The distinct hashes of `paths` the program can match, sorted."""
-        out = {path_hash(p, offset=self._offset, prime=self._prime, max_len=self._max_len) for p in paths}
+        out = {
+            path_hash(p, offset=self._offset, prime=self._prime, max_len=self._max_len)
+            for p in paths
+        }
         return tuple(sorted(h for h in out if h is not None))
 
     def sync(

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping
 
 from aviator.agent.bpf.loader import LoadedProgram, load_program
 from aviator.agent.bpf.model import EndpointCounters, EndpointKey, SocketState
+from aviator.agent.bpf.probemaps import ProbeMaps
 from aviator.agent.bpf.reader import (
     count_entries,
     oldest_open_ns,
@@ -16,7 +17,6 @@ from aviator.agent.bpf.reader import (
     read_sockets,
     with_oldest_open,
 )
-from aviator.agent.bpf.probemaps import ProbeMaps
 from aviator.agent.bpf.runstats import RunStatsEnabler, prog_run_stats
 from aviator.agent.bpf.seed import Listener, listening_sockets
 

@@ -40,6 +40,8 @@ PUBLISHED_COUNTERS = (
     "h2_conns_full_drops",
     "h2_desyncs",
     "statuses_read",
+    "probes_by_path",
+    "probes_by_address",
 )
 
 
@@ -54,7 +56,7 @@ def header_text() -> str:
 def test_real_header_gives_the_reader_everything() -> None:
     a = abi.default()
     assert a.counter_names == PUBLISHED_COUNTERS
-    assert sorted(a.roles.values()) == ["client", "server"]
+    assert sorted(a.roles.values()) == ["client", "probe", "server"]
     assert a.header.const("NUM_COUNTERS") == len(PUBLISHED_COUNTERS)
     assert a.config_adopting == 0
     assert a.endpoint_key.size == 24

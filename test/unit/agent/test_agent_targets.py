@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aviator.agent.targets import kubelet_probe_rate, probe_targets, traffic_samples
+from aviator.agent.targets import probe_targets
 from aviator.kube.marks import ANNOTATION_ORIGINAL_SELECTOR
 from aviator.latency.probing import ProbeTarget
 
@@ -91,45 +91,3 @@ def test_first_policy_by_key_chooses_the_path() -> None:
 
 def test_ipv6_url() -> None:
     assert ProbeTarget("fd00::1", 80, "/x", "ns/p").url == "http://[fd00::1]:80/x"
-
-
-def probed_pod(containers: list[dict[str, Any]], started: list[str] | None = None) -> Any:
-    statuses = [{"name": n, "started": True} for n in started or []]
-    return {"spec": {"containers": containers}, "status": {"containerStatuses": statuses}}
-
-
-def test_kubelet_probe_rate_counts_http_probes_on_the_port() -> None:
-    app = {
-        "name": "app",
-        "ports": [{"name": "http", "containerPort": 8080}],
-        "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 1},
-        "livenessProbe": {"httpGet": {"path": "/healthz", "port": 8080}},  # default 10 s
-        "startupProbe": {"httpGet": {"path": "/healthz", "port": "8080"}, "periodSeconds": 2},
-    }
-    sidecar = {
-        "name": "sidecar",
-        "readinessProbe": {"httpGet": {"port": 9090}, "periodSeconds": 1},
-        "livenessProbe": {"tcpSocket": {"port": 8080}, "periodSeconds": 1},
-        "startupProbe": {"httpGet": {"port": "unknown-name"}, "periodSeconds": 1},
-    }
-    starting = probed_pod([app, sidecar])
-    assert kubelet_probe_rate(starting, 8080) == 1.0 + 0.1 + 0.5
-    # Once started, the kubelet stops sending the startup probe.
-    assert kubelet_probe_rate(probed_pod([app, sidecar], ["app"]), 8080) == 1.0 + 0.1
-    assert kubelet_probe_rate(starting, 9090) == 1.0
-    assert kubelet_probe_rate(starting, 7070) == 0.0
-    assert kubelet_probe_rate({}, 8080) == 0.0
-
-
-def test_keep_warm_does_not_count_the_kubelets_probes_as_traffic() -> None:
-    readiness = {"httpGet": {"port": 8080}, "periodSeconds": 1}
-    probed = probed_pod([{"name": "app", "readinessProbe": readiness}])
-    probed["metadata"] = {"name": "web-1", "namespace": "shop", "labels": {"app": "web"}}
-    probed["status"].update(phase="Running", podIP="10.0.0.1")
-    target = probe_targets([policy("p", "web")], lookup, [probed])["10.0.0.1", 8080]
-    assert target.kubelet_probes_per_s == 1.0
-    # A 10 s window with only the readiness probes in it saw no traffic at all.
-    assert traffic_samples(target, 10, 10.0) == 0
-    assert traffic_samples(target, 9, 10.0) == 0
-    assert traffic_samples(target, 25, 10.0) == 15
-    assert traffic_samples(ProbeTarget("10.0.0.1", 8080, "/", "shop/web-1"), 3, 10.0) == 3

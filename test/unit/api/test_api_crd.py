@@ -257,6 +257,10 @@ def test_status_schema(schema: dict[str, Any]) -> None:
         "responses",
         "errorRatePercent",
         "oldestOpenMs",
+        "keepWarmSamples",
+        "probeSamples",
+        "probeP50Ms",
+        "probeP99Ms",
     }
     # Status is written by the controller only: no defaults to surprise it.
     assert not [p for p, n in _walk(status, "") if "default" in n]
