@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aviator.agent.bpf.model import EndpointCounters, EndpointKey
-from aviator.agent.windows import WindowDiffer, attach_pods
+from aviator.agent.windows import WindowDiffer, attach_pods, label_keepwarm
 from aviator.latency.histogram import Histogram
 from aviator.latency.probing import ProbeCounters
+from aviator.latency.schema import EndpointWindow
 
 # The kernel's endpoint keys; the prober's counters serve as the cumulative source
 # (any CountersLike would).
@@ -150,3 +153,23 @@ def test_windows_hold_exactly_what_happened_between_reads(
             else:
                 assert key not in got
         assert set(got) <= set(expected)
+
+
+def test_keep_warm_probes_label_the_server_window_of_their_endpoint() -> None:
+    h = Histogram.from_values([1000, 2000, 3000])
+    server = EndpointWindow("10.0.0.1", 8080, "server", "ns/p", h, 3, 6000, 3000, 0, 0)
+    probe = replace(server, role="probe")
+    other = replace(server, port=9090)
+    out = label_keepwarm([server, probe, other], {("10.0.0.1", 8080): 2})
+    assert [w.keepwarm for w in out] == [2, 0, 0]
+    # A probe answered as the window closed may be measured in the next one: never
+    # more keep-warm samples than samples.
+    (capped,) = label_keepwarm([server], {("10.0.0.1", 8080): 7})
+    assert capped.keepwarm == 3
+
+
+def test_probe_windows_name_their_pod_client_windows_do_not() -> None:
+    h = Histogram.from_values([1000])
+    w = EndpointWindow("10.0.0.1", 8080, "probe", None, h, 1, 1000, 1000, 0, 0)
+    pods = attach_pods([w, replace(w, role="client")], lambda ip: "ns/p")
+    assert [x.pod for x in pods] == ["ns/p", None]

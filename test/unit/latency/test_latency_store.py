@@ -395,3 +395,64 @@ def test_outcomes_are_exactly_those_of_the_deltas_in_the_window(
         assert (est.statuses, est.errors) == (sum(h[1] for h in held), sum(h[2] for h in held))
         assert est.oldest_open_ms == open_us / 1000.0
         assert est.errors <= est.statuses <= est.samples
+
+
+@settings(max_examples=100)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["server", "probe"]),
+            st.lists(st.integers(min_value=1, max_value=2_000_000), min_size=1, max_size=6),
+            st.integers(min_value=0, max_value=6),
+        ),
+        min_size=1,
+        max_size=20,
+    )
+)
+def test_kubelet_probes_are_never_the_pods_latency(
+    plan: list[tuple[Role, list[int], int]],
+) -> None:
+    # Whatever probe windows come in between, the pod's figures are those of its own
+    # (traffic and keep-warm) samples, and the probes' are reported beside them.
+    store = LatencyStore(window_s=100, stale_after_s=100)
+    own: list[int] = []
+    probes: list[int] = []
+    keepwarm = 0
+    for i, (role, values, warm) in enumerate(plan):
+        w = replace(ep("10.0.0.1", values, role=role), keepwarm=min(warm, len(values)))
+        if role == "probe":
+            w = replace(w, keepwarm=0)
+            probes += values
+        else:
+            own += values
+            keepwarm += w.keepwarm
+        store.ingest(snap(w), now=float(i))
+    est = store.estimate("10.0.0.1", now=float(len(plan)))
+    if not own:
+        assert est is None  # probes alone say nothing of the pod's latency
+        return
+    assert est is not None
+    expected = Histogram.from_values(own)
+    assert est.samples == len(own)
+    assert est.keepwarm == keepwarm
+    assert est.p50_ms == expected.quantile(0.5) / 1000  # type: ignore[operator]
+    assert est.p99_ms == expected.quantile(0.99) / 1000  # type: ignore[operator]
+    assert est.probe_samples == len(probes)
+    if probes:
+        truth = Histogram.from_values(probes)
+        assert est.probe_p50_ms == truth.quantile(0.5) / 1000  # type: ignore[operator]
+        assert est.probe_p99_ms == truth.quantile(0.99) / 1000  # type: ignore[operator]
+    else:
+        assert est.probe_p50_ms is None and est.probe_p99_ms is None
+    merged = store.merged(["10.0.0.1"], now=float(len(plan)))
+    assert merged.count == len(own)
+
+
+def test_keep_warm_samples_leave_the_window_with_their_delta() -> None:
+    store = LatencyStore(window_s=10, stale_after_s=100)
+    store.ingest(snap(replace(ep("10.0.0.1", [1000, 2000]), keepwarm=2)), now=0.0)
+    store.ingest(snap(replace(ep("10.0.0.1", [3000]), keepwarm=0)), now=5.0)
+    est = store.estimate("10.0.0.1", now=6.0)
+    assert est is not None and (est.samples, est.keepwarm) == (3, 2)
+    est = store.estimate("10.0.0.1", now=12.0)
+    assert est is not None and (est.samples, est.keepwarm) == (1, 0)
