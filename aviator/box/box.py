@@ -102,7 +102,11 @@ class Box:
         self.nodes = BoxNodes(self.client, names)
         await self.nodes.register()
         self.runtime = PodRuntime(
-            self.client, names, self.workdir / "pods", AddressPool(*self.network.pods.pod_range)
+            self.client,
+            names,
+            self.workdir / "pods",
+            AddressPool(*self.network.pods.pod_range),
+            probe_from=self.network.pods.node_address,
         )
         await self.runtime.start()
         self.proxy = BoxProxy(self.client, self.network, on_change=self._status_dirty.set)
@@ -235,6 +239,9 @@ class Box:
                     # same kernel reuses the same pod IPs in its own.
                     "--handoff-netns",
                     "own",
+                    # The kubelet-like prober's address: its requests are probes.
+                    "--node-address",
+                    self.network.pods.node_address,
                 ),
                 logs / f"agent-{node}.log",
                 module="aviator.agent.cmd",

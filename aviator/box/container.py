@@ -37,12 +37,14 @@ def port_free(ip: str, port: int) -> bool:
         return True
 
 
-async def probe_once(probe: Probe, pod_ip: str) -> bool:
-    """One readiness check: HTTP status 200-399, or a TCP connect, within the timeout."""
+async def probe_once(probe: Probe, pod_ip: str, source: str | None = None) -> bool:
+    """One readiness check: HTTP status 200-399, or a TCP connect, within the timeout;
+    from `source` when given (the node's address, as a kubelet's probes come from)."""
     host = probe.host or pod_ip
+    local = (source, 0) if source else None
     try:
         async with asyncio.timeout(probe.timeout_s):
-            reader, writer = await asyncio.open_connection(host, probe.port)
+            reader, writer = await asyncio.open_connection(host, probe.port, local_addr=local)
             try:
                 if probe.kind == "tcp":
                     return True
@@ -72,9 +74,11 @@ class ContainerRunner:
         log_path: Path,
         on_change: Callable[[], None],
         argv: list[str] | None = None,
+        probe_from: str | None = None,
     ) -> None:
         self.plan = plan
         self.pod_ip = pod_ip
+        self.probe_from = probe_from
         self.log_path = log_path
         self.on_change = on_change
         self.argv = argv or [sys.executable, "-u", str(TESTAPP)]
@@ -173,7 +177,7 @@ class ContainerRunner:
         await asyncio.sleep(probe.initial_delay_s)
         successes = failures = 0
         while True:
-            ok = await probe_once(probe, self.pod_ip)
+            ok = await probe_once(probe, self.pod_ip, self.probe_from)
             if ok:
                 successes, failures = successes + 1, 0
                 if not self.ready and successes >= probe.success_threshold:

@@ -73,7 +73,14 @@ class PodNetwork:
     @property
     def gateway(self) -> str:
         """The namespace's own address, with the prefix length (`ip addr add` form)."""
-        return f"{self.cidr.network_address + 1}/{self.cidr.prefixlen}"
+        return f"{self.node_address}/{self.cidr.prefixlen}"
+
+    @property
+    def node_address(self) -> str:
+        """The node's own address in the pod network (the gateway's, as a CNI bridge's
+        is on a real node): where the box's kubelet-like prober sends from, and what
+        the agents are told is the node's (`--node-address`)."""
+        return str(self.cidr.network_address + 1)
 
     @property
     def pod_range(self) -> tuple[str, str]:

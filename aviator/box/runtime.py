@@ -53,11 +53,14 @@ class PodRuntime:
         log_dir: Path,
         pool: AddressPool,
         argv_for: Callable[[str], list[str] | None] | None = None,
+        probe_from: str | None = None,
     ) -> None:
         self.client = client
         self.nodes = list(nodes)
         self.log_dir = log_dir
         self.pool = pool
+        # The node's address readiness probes are sent from (None: the system's choice).
+        self.probe_from = probe_from
         self.argv_for = argv_for or (lambda _image: None)
         self.workers: dict[str, PodWorker] = {}  # by pod uid
         self._next_node = cycle(self.nodes)
@@ -266,7 +269,12 @@ class PodWorker:
             control = log_dir / f"{stem}.control"
             c = replace(c, env={**c.env, "CONTROL_FILE": str(control)})
             runner = ContainerRunner(
-                c, ip, log_path, self._dirty.set, argv=self.runtime.argv_for(c.image)
+                c,
+                ip,
+                log_path,
+                self._dirty.set,
+                argv=self.runtime.argv_for(c.image),
+                probe_from=self.runtime.probe_from,
             )
             self.containers.append(runner)
             runner.start()
