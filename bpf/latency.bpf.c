@@ -57,6 +57,9 @@
 #define SOCK_NODE_PEER 32     //   it is (a server socket the kubelet may probe through)
 #define SOCK_PROBE 64         // the open request's target is one of its endpoint's probes
 #define SOCK_STATUS_PROBE 128 // the status due (SOCK_STATUS_DUE) is a probe's response
+#define SOCK_AGENT_NOTED 256  // a client socket of the agent's, in agent_conns
+#define SOCK_AGENT_CHECKED 512  // whether the peer is an agent connection was looked up:
+#define SOCK_FROM_AGENT 1024    //   it is (its requests are keep-warm probes)
 
 // Whether a socket's requests are timed per stream from its payload (not by the
 // connection-level hooks).
@@ -80,6 +83,7 @@ BPF_ARRAY(config, u32, NUM_CONFIG);
 // (latency.h: ROLE_PROBE).
 BPF_HASH(probe_ports, struct probe_key, struct probe_paths, MAX_PROBE_PORTS);
 BPF_HASH(node_addrs, struct addr_key, u8, MAX_NODE_ADDRS);
+BPF_TABLE("lru_hash", struct probe_key, u8, agent_conns, MAX_AGENT_CONNS);
 
 static __always_inline int adopting(void) {
     int slot = CONFIG_ADOPTING;
@@ -199,6 +203,42 @@ static __always_inline struct ep_val *sample_endpoint(struct sock_state *st,
     return endpoint(&k);
 }
 
+// The agent's keep-warm probes (latency.h: agent_conns) -------------------------------
+
+// A send on a client socket: if it is the agent's, remember the socket's local end.
+static __always_inline void note_agent_conn(struct sock_state *st) {
+    if (LOAD_ONCE(st->flags) & SOCK_AGENT_NOTED)
+        return;
+    int slot = CONFIG_AGENT_TGID;
+    u32 *tgid = config.lookup(&slot);
+    if (!tgid || *tgid == 0 || (u32)(bpf_get_current_pid_tgid() >> 32) != *tgid)
+        return;
+    struct probe_key k = {};
+    __builtin_memcpy(k.addr, st->other, 16);
+    k.port = st->other_port;
+    u8 one = 1;
+    agent_conns.update(&k, &one);
+    __sync_fetch_and_or(&st->flags, SOCK_AGENT_NOTED);
+}
+
+// Whether a server socket's peer is one of the agent's connections (looked up once).
+static __always_inline int from_agent(struct sock_state *st) {
+    u64 flags = LOAD_ONCE(st->flags);
+    if (flags & SOCK_AGENT_CHECKED)
+        return (flags & SOCK_FROM_AGENT) != 0;
+    struct probe_key k = {};
+    __builtin_memcpy(k.addr, st->other, 16);
+    k.port = st->other_port;
+    int found = agent_conns.lookup(&k) != 0;
+    __sync_fetch_and_or(&st->flags, SOCK_AGENT_CHECKED | (found ? SOCK_FROM_AGENT : 0));
+    return found;
+}
+
+static __always_inline void count_keepwarm(struct sock_state *st, struct ep_val *s, int probe) {
+    if (!probe && st->ep.role == ROLE_SERVER && from_agent(st))
+        __sync_fetch_and_add(&s->keepwarm, 1);
+}
+
 static __always_inline void complete_request(struct sock_state *st) {
     if (LOAD_ONCE(st->start_ns) == 0)
         return;  // idle: later bytes of a response already counted, or unseen start
@@ -218,8 +258,10 @@ static __always_inline void complete_request(struct sock_state *st) {
         return;
     __sync_fetch_and_add(&v->rif, -1);
     struct ep_val *s = sample_endpoint(st, v, probe);
-    if (s)
+    if (s) {
+        count_keepwarm(st, s, probe);
         record_sample(s, now > start ? (now - start) / 1000 : 0, st->proto);
+    }
     count(CNT_REQUESTS_COMPLETED);
 }
 
@@ -242,6 +284,7 @@ static __always_inline void abort_request(struct sock_state *st) {
     if (!s)
         return;
     __sync_fetch_and_add(&s->aborted, 1);
+    count_keepwarm(st, s, probe);
     record_sample(s, now > start ? (now - start) / 1000 : 0, st->proto);
 }
 
@@ -341,6 +384,7 @@ static __always_inline void on_send(struct sock_state *st) {
             return;
         complete_request(st);
     } else {
+        note_agent_conn(st);
         start_request(st);
     }
 }

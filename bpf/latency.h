@@ -68,6 +68,9 @@ enum config_slot {
     // != 0 once user space has seeded `listeners`: only then are sockets first seen
     // mid-connection adopted (before, their role could be guessed wrong).
     CONFIG_ADOPTING,
+    // The process id (tgid) of the agent that loaded the program: requests its
+    // connections send are its keep-warm probes (ep_val.keepwarm).
+    CONFIG_AGENT_TGID,
     NUM_CONFIG,
 };
 
@@ -103,6 +106,7 @@ struct ep_val {
     u64 aborted;  // of `count`: requests open when the connection closed
     u64 statuses;  // responses whose status was read
     u64 errors;    // of `statuses`: HTTP >= 500, gRPC grpc-status != 0
+    u64 keepwarm;  // of `count`: requests from the agent's own connections (keep-warm)
     u64 proto_requests[NUM_APP];  // `count` by the protocol it was measured with
     u64 buckets[NUM_BUCKETS];
 };
@@ -170,6 +174,12 @@ struct probe_paths {
 struct addr_key {
     u8 addr[16];
 };
+
+// The agent's own connections (map `agent_conns`, key: struct probe_key, their local
+// address and port; value: u8, 1): inserted when the agent's process (CONFIG_AGENT_TGID)
+// sends on a client socket, so the server socket whose peer that is counts its
+// requests in ep_val.keepwarm. An LRU of MAX_AGENT_CONNS.
+#define MAX_AGENT_CONNS 1024
 
 // HTTP/2 connections (map `h2conns`, key: the struct sock pointer like `sockets`): the
 // frame parser's state per direction and the connection's open streams. A stream

@@ -11,7 +11,7 @@ Every report interval:
    (in probe mode: the probes that ARE the measurement), and tell the source which
    ports and paths the kubelet probes and which addresses are the node's, so the
    kubelet's probes are counted apart from traffic (aviator.agent.kubelet); the
-   window labels the keep-warm probes answered in it (`EndpointWindow.keepwarm`).
+   source counts the keep-warm probes among the samples (`EndpointWindow.keepwarm`).
 
 Between intervals, every `urgent_check_s`, it looks at the source's counters for a
 request open longer than its pod's p99Threshold and, when one just crossed it, runs
@@ -50,7 +50,6 @@ from aviator.agent.windows import (
     EndpointKeyLike,
     WindowDiffer,
     attach_pods,
-    label_keepwarm,
 )
 from aviator.informers import FuncHandler, InformerFactory, SharedIndexInformer
 from aviator.kube import KubeClient
@@ -187,6 +186,9 @@ class Agent:
                 )
             )
         await self.factory.start()
+        # Before the first read: what the kubelet probes is known as soon as the pods are.
+        self.node_addresses |= local_addresses()
+        self._follow_kubelet_probes()
         if self.handoffs is not None:
             self._handoff_task = asyncio.get_running_loop().create_task(
                 supervise("hand-offs", self.handoffs.run), name="handoffs"
@@ -326,10 +328,7 @@ class Agent:
         self._last_tick = now
         cumulative = list(await self.source.read() if counters is None else counters)
         resets_before = self.differ.resets
-        windows = label_keepwarm(
-            attach_pods(self.differ.advance(cumulative), self.pods.pod_for),
-            self.prober.take_answered() if self.source.name != "probe" else {},
-        )
+        windows = attach_pods(self.differ.advance(cumulative), self.pods.pod_for)
         self.metrics.counter_resets.inc(self.differ.resets - resets_before)
         endpoints = tuple(w for w in windows if self._reported(w))
         snapshot = Snapshot(
@@ -348,10 +347,7 @@ class Agent:
         self._probe(now)
         if now >= self._next_stats:
             self.node_addresses = set(self.config.node_addresses) | local_addresses()
-        self.source.set_probes(
-            probe_paths(self.pods.pods(), {k: t.path for k, t in self.targets.items()}),
-            self.node_addresses,
-        )
+        self._follow_kubelet_probes()
         if now >= self._next_stats:
             self._next_stats = now + _STATS_EVERY_S
             self.metrics.set_source_stats(await self.source.stats())
@@ -366,6 +362,14 @@ class Agent:
             self.pods.pods(),
         )
         self.urgent.reported(cumulative)
+
+    def _follow_kubelet_probes(self) -> None:
+        """Tell the source which ports and paths the kubelet probes on this node's pods
+        (not a keep-warm path: that is the real path) and which addresses are the node's."""
+        self.source.set_probes(
+            probe_paths(self.pods.pods(), {k: t.path for k, t in self.targets.items()}),
+            self.node_addresses,
+        )
 
     def _reported(self, w: EndpointWindow) -> bool:
         if w.role != "client":

@@ -4,9 +4,9 @@ latency source.
 Keep-warm: a pod that receives no traffic (for instance because it is not selected)
 produces no samples, so nobody would notice it got fast again. Each report interval
 the agent asks for `min_samples - observed` GETs to every target that saw fewer
-samples; the eBPF program measures those requests like any others, and the prober's
-own timings are ignored: only how many were answered per target (`take_answered`) is
-kept, so the agent can label them in its windows (`EndpointWindow.keepwarm`).
+samples; the eBPF program measures those requests like any others and counts them as
+keep-warm (requests from the agent's own connections: `EndpointWindow.keepwarm`); the
+prober's own timings are ignored.
 
 Probe mode (no eBPF): the prober IS the latency source. Each target gets
 `min_samples` probes per interval and the prober keeps cumulative counters per target
@@ -94,7 +94,6 @@ class NodeProber:
         self._bucket = TokenBucket(rate_per_s, burst if burst is not None else rate_per_s, clock)
         self._counters: dict[TargetKey, ProbeCounters] = {}
         self._running: dict[TargetKey, asyncio.Task[None]] = {}
-        self._answered: dict[TargetKey, int] = {}
         self.stats = ProbeStats()
 
     # --- the probe-mode latency source ------------------------------------------------
@@ -102,11 +101,6 @@ class NodeProber:
     def read(self) -> dict[ProbeKey, ProbeCounters]:
         """Cumulative counters per target (copies), like BpfLatencySource.read()."""
         return {ProbeKey(ip, port): c.frozen() for (ip, port), c in self._counters.items()}
-
-    def take_answered(self) -> dict[TargetKey, int]:
-        """Probes answered per target since the previous call."""
-        out, self._answered = self._answered, {}
-        return out
 
     # --- scheduling ---------------------------------------------------------------------
 
@@ -149,13 +143,10 @@ class NodeProber:
         self._running.pop(key, None)
 
     async def _batch(self, target: ProbeTarget, n: int, counters: ProbeCounters) -> None:
-        key = (target.ip, target.port)
         for _ in range(n):
             self.stats.sent += 1
             if not await self._http.probe(target, counters):
                 self.stats.failed += 1
-            else:
-                self._answered[key] = self._answered.get(key, 0) + 1
 
     async def wait_idle(self) -> None:
         """Wait for every running batch (tests, shutdown)."""

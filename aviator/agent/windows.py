@@ -10,7 +10,7 @@ previous read, so it is this window's delta.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -52,6 +52,8 @@ class CountersLike(Protocol):
     def protocol(self) -> AppProtocol: ...
     @property
     def oldest_open_us(self) -> int: ...
+    @property
+    def keepwarm(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +64,7 @@ class _Baseline:
     aborted: int
     statuses: int
     errors: int
+    keepwarm: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +74,7 @@ class _Delta:
     aborted: int
     statuses: int
     errors: int
+    keepwarm: int
 
 
 class WindowDiffer:
@@ -111,14 +115,21 @@ class WindowDiffer:
                 and c.sum_us == old.sum_us
                 and c.statuses == old.statuses
                 and c.errors == old.errors
+                and c.keepwarm == old.keepwarm
             ):
                 # Nothing completed: skip building a histogram from the dense buckets.
                 fresh[k] = old
                 delta = Histogram()
-                d = _Delta(0, 0, 0, 0, 0)
+                d = _Delta(0, 0, 0, 0, 0, 0)
             else:
                 now = _Baseline(
-                    Histogram(c.buckets), c.count, c.sum_us, c.aborted, c.statuses, c.errors
+                    Histogram(c.buckets),
+                    c.count,
+                    c.sum_us,
+                    c.aborted,
+                    c.statuses,
+                    c.errors,
+                    c.keepwarm,
                 )
                 fresh[k] = now
                 delta, d = self._diff(old, now)
@@ -140,6 +151,7 @@ class WindowDiffer:
                         statuses=min(d.statuses, d.count),
                         errors=min(d.errors, d.statuses, d.count),
                         oldest_open_us=c.oldest_open_us,
+                        keepwarm=min(d.keepwarm, d.count),
                     )
                 )
         self._base = fresh
@@ -158,6 +170,7 @@ class WindowDiffer:
                     and now.aborted >= old.aborted
                     and now.statuses >= old.statuses
                     and now.errors >= old.errors
+                    and now.keepwarm >= old.keepwarm
                 ):
                     return delta, _Delta(
                         now.count - old.count,
@@ -165,9 +178,12 @@ class WindowDiffer:
                         now.aborted - old.aborted,
                         now.statuses - old.statuses,
                         now.errors - old.errors,
+                        now.keepwarm - old.keepwarm,
                     )
             self.resets += 1
-        return now.hist.copy(), _Delta(now.count, now.sum_us, now.aborted, now.statuses, now.errors)
+        return now.hist.copy(), _Delta(
+            now.count, now.sum_us, now.aborted, now.statuses, now.errors, now.keepwarm
+        )
 
 
 def attach_pods(
@@ -180,19 +196,6 @@ def attach_pods(
     for w in windows:
         pod = pod_of(w.ip) if w.role != "client" else None
         out.append(w if pod is None else _with_pod(w, pod))
-    return out
-
-
-def label_keepwarm(
-    windows: Iterable[EndpointWindow], answered: Mapping[tuple[str, int], int]
-) -> list[EndpointWindow]:
-    """The same windows with each server window's `keepwarm` set: the keep-warm probes
-    answered on its (ip, port) in the interval, at most its `count` (a probe answered
-    as the window closed may be counted in one window and measured in the next)."""
-    out: list[EndpointWindow] = []
-    for w in windows:
-        n = answered.get((w.ip, w.port), 0) if w.role == "server" else 0
-        out.append(replace(w, keepwarm=min(n, w.count)) if n and w.count else w)
     return out
 
 

@@ -86,6 +86,7 @@ class ProbeCounters:
     errors: int = 0
     protocol: AppProtocol = "http1"
     oldest_open_us: int = 0
+    keepwarm: int = 0  # never: in probe mode the probes are the measurement
     open_since: list[float] = field(default_factory=list)
 
     @property

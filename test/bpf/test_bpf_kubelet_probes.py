@@ -1,16 +1,19 @@
 """The kubelet's probes are told apart from traffic (bpf/latency.h, ROLE_PROBE): a
 request from a node address to a probe's port and path is a sample of the endpoint's
-`probe` role, never of its `server` histogram; anything else is traffic."""
+`probe` role, never of its `server` histogram; anything else is traffic. The agent's
+own requests (keep-warm probes) are traffic, counted in `keepwarm`."""
 
 from __future__ import annotations
 
 import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 
 import pytest
-from bpf_snapshots import delta, wait_for
+from bpf_snapshots import EMPTY, delta, wait_for
 
 from aviator.agent.bpf import BpfLatencySource, EndpointKey
 
@@ -149,6 +152,8 @@ def test_a_target_split_over_two_writes_and_reads_is_read_whole(
         with connect(probed, NODE) as s:
             line = f"GET {path} HTTP/1.1\r\nHost: pod\r\n\r\n".encode()
             head, tail = line[: len(split)], line[len(split) :]
+            while probed.got.acquire(blocking=False):
+                pass  # the reads of earlier requests
             reads = len(probed.reads)
             s.sendall(head)
             # The server has read the first part before the second is sent: two reads.
@@ -200,3 +205,31 @@ def test_without_probes_listed_the_node_is_a_client_like_any_other(
         assert counts(latency_source, before, server, (1, 0)) == (1, 0)
     finally:
         server.close()
+
+
+_CLIENT = """
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), source_address=(sys.argv[3], 0))
+for _ in range(int(sys.argv[4])):
+    s.sendall(b"GET / HTTP/1.1\\r\\nHost: pod\\r\\n\\r\\n")
+    assert s.recv(4096).startswith(b"HTTP/1.1 200")
+s.close()
+"""
+
+
+def test_the_loading_processs_requests_are_keep_warm_probes(
+    latency_source: BpfLatencySource, probed: RecordingServer
+) -> None:
+    # The program's loader (the agent; here this test process) sends keep-warm probes:
+    # samples of the real path, counted in `keepwarm`. Another process's are not.
+    traffic = EndpointKey(probed.host, probed.port, "server")
+    before = latency_source.read()
+    with connect(probed, NODE) as s:
+        for _ in range(3):
+            request(s, "/")
+        request(s, "/healthz")  # a probe's path from the loader is still a probe
+    argv = [sys.executable, "-c", _CLIENT, probed.host, str(probed.port), NODE, "2"]
+    subprocess.run(argv, check=True, timeout=30)
+    assert counts(latency_source, before, probed, (5, 1)) == (5, 1)
+    after = latency_source.read()
+    assert after[traffic].keepwarm - before.get(traffic, EMPTY).keepwarm == 3

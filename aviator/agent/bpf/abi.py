@@ -221,6 +221,9 @@ _MAP_TYPES: dict[str, tuple[str, str | None]] = {
     "listeners": ("listen_key", None),
     "sockets": ("u64", "sock_state"),
     "h2conns": ("u64", "h2_conn"),
+    "probe_ports": ("probe_key", "probe_paths"),
+    "node_addrs": ("addr_key", None),
+    "agent_conns": ("probe_key", None),
 }
 
 

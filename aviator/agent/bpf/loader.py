@@ -324,6 +324,11 @@ class LoadedProgram:
         table = self.bpf[b"config"]
         table[table.Key(self.abi.config_adopting)] = table.Leaf(1)
 
+    def set_agent(self, pid: int) -> None:
+        """The process whose requests are keep-warm probes (the agent: the loader)."""
+        table = self.bpf[b"config"]
+        table[table.Key(self.abi.header.const("CONFIG_AGENT_TGID"))] = table.Leaf(pid)
+
     def close(self) -> None:
         self.bpf.cleanup()
 

@@ -41,7 +41,8 @@ class EndpointCounters:
     gauge); `protocol` what the program recognised on the endpoint's connections and
     `oldest_open_us` the age of its oldest open request at the read (0: none);
     everything else only grows (`statuses`: responses whose status was read, `errors`:
-    of those, HTTP 5xx and gRPC status other than OK).
+    of those, HTTP 5xx and gRPC status other than OK; `keepwarm`: of `count`, requests
+    from the agent's own connections, its keep-warm probes).
     """
 
     buckets: list[int]
@@ -54,6 +55,7 @@ class EndpointCounters:
     errors: int = 0
     protocol: AppProtocol = "opaque"
     oldest_open_us: int = 0
+    keepwarm: int = 0
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ def decode_endpoint(
         statuses=int(value.statuses),
         errors=int(value.errors),
         protocol=endpoint_protocol(abi, value.proto_requests),
+        keepwarm=int(value.keepwarm),
     )
     return ep, counters
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterable, Mapping
 
@@ -68,6 +69,7 @@ class BpfLatencySource:
         )
         try:
             program.seed_listeners(listening_sockets() if listeners is None else listeners)
+            program.set_agent(os.getpid())
             program.start_adopting()
         except BaseException:
             program.close()

@@ -163,6 +163,9 @@ def _fake_bpf(a: abi.LatencyAbi, **override: Any) -> Any:
         b"listeners": SimpleNamespace(Key=h.ctype("listen_key"), Leaf=ctypes.c_uint8),
         b"sockets": SimpleNamespace(Key=ctypes.c_uint64, Leaf=h.ctype("sock_state")),
         b"h2conns": SimpleNamespace(Key=ctypes.c_uint64, Leaf=h.ctype("h2_conn")),
+        b"probe_ports": SimpleNamespace(Key=h.ctype("probe_key"), Leaf=h.ctype("probe_paths")),
+        b"node_addrs": SimpleNamespace(Key=h.ctype("addr_key"), Leaf=ctypes.c_uint8),
+        b"agent_conns": SimpleNamespace(Key=h.ctype("probe_key"), Leaf=ctypes.c_uint8),
         b"counters": SimpleNamespace(max_entries=len(a.counter_names)),
         b"config": SimpleNamespace(max_entries=h.const("NUM_CONFIG")),
     }
@@ -195,7 +198,8 @@ def test_check_program_refuses_other_maps() -> None:
         {"sockets": {"Leaf": a.header.ctype("ep_key")}},
         {"h2conns": {"Leaf": a.header.ctype("sock_state")}},
         {"counters": {"max_entries": len(a.counter_names) + 1}},
-        {"config": {"max_entries": 2}},
+        {"config": {"max_entries": a.header.const("NUM_CONFIG") + 1}},
+        {"probe_ports": {"Leaf": a.header.ctype("addr_key")}},
     ):
         with pytest.raises(abi.AbiError):
             abi.check_program(a, _fake_bpf(a, **bad))

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aviator.agent.bpf.model import EndpointCounters, EndpointKey
-from aviator.agent.windows import WindowDiffer, attach_pods, label_keepwarm
+from aviator.agent.windows import WindowDiffer, attach_pods
 from aviator.latency.histogram import Histogram
 from aviator.latency.probing import ProbeCounters
 from aviator.latency.schema import EndpointWindow
@@ -155,17 +155,19 @@ def test_windows_hold_exactly_what_happened_between_reads(
         assert set(got) <= set(expected)
 
 
-def test_keep_warm_probes_label_the_server_window_of_their_endpoint() -> None:
-    h = Histogram.from_values([1000, 2000, 3000])
-    server = EndpointWindow("10.0.0.1", 8080, "server", "ns/p", h, 3, 6000, 3000, 0, 0)
-    probe = replace(server, role="probe")
-    other = replace(server, port=9090)
-    out = label_keepwarm([server, probe, other], {("10.0.0.1", 8080): 2})
-    assert [w.keepwarm for w in out] == [2, 0, 0]
-    # A probe answered as the window closed may be measured in the next one: never
-    # more keep-warm samples than samples.
-    (capped,) = label_keepwarm([server], {("10.0.0.1", 8080): 7})
-    assert capped.keepwarm == 3
+def test_keep_warm_requests_are_windowed_and_never_more_than_the_count() -> None:
+    d = WindowDiffer()
+
+    def counters(count: int, keepwarm: int) -> EndpointCounters:
+        return EndpointCounters([0] * 464, count, count, 1, 0, 0, keepwarm=keepwarm)
+
+    (w,) = d.advance({A: counters(10, 4)}.items())
+    assert (w.count, w.keepwarm) == (10, 4)
+    (w,) = d.advance({A: counters(13, 7)}.items())
+    assert (w.count, w.keepwarm) == (3, 3)
+    # Read between the program counting a keep-warm request and recording its sample.
+    (w,) = d.advance({A: counters(14, 9)}.items())
+    assert (w.count, w.keepwarm) == (1, 1)
 
 
 def test_probe_windows_name_their_pod_client_windows_do_not() -> None:
