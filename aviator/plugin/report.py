@@ -299,7 +299,8 @@ def policies_for_service(policies: Sequence[JSON], service: str) -> list[JSON]:
 
 
 def latency_rows(policy: JSON, now: datetime | None = None) -> list[list[object]]:
-    """Per pod: p50, p99, requests in flight, samples, protocol and source, as of the
+    """Per pod: p50, p99, requests in flight, samples (keep-warm among them), the
+    kubelet's probes apart (how many, their p50), protocol and source, as of the
     policy's last evaluation worth recording."""
     st = status_of(policy)
     raw_rows: Mapping[str, Any] = {
@@ -316,6 +317,9 @@ def latency_rows(policy: JSON, now: datetime | None = None) -> list[list[object]
             r.p99_ms,
             r.rif,
             r.samples,
+            r.keep_warm_samples,
+            r.probe_samples,
+            r.probe_p50_ms,
             # The protocol a pod speaks, when the controller reports it per pod.
             raw_rows.get(r.name, {}).get("protocol"),
             st.source,
@@ -334,6 +338,9 @@ LATENCY_HEADERS = [
     "p99ms",
     "rif",
     "samples",
+    "keepwarm",
+    "probes",
+    "probe p50ms",
     "protocol",
     "source",
     "as of",
