@@ -186,9 +186,12 @@ class Agent:
                 )
             )
         await self.factory.start()
-        # Before the first read: what the kubelet probes is known as soon as the pods are.
+        # What the kubelet probes is known as soon as the pods are; what the source
+        # counted before (since it was loaded) is the baseline, not reported: it could
+        # not tell the kubelet's probes apart yet.
         self.node_addresses |= local_addresses()
         self._follow_kubelet_probes()
+        self.differ.advance(await self.source.read())
         if self.handoffs is not None:
             self._handoff_task = asyncio.get_running_loop().create_task(
                 supervise("hand-offs", self.handoffs.run), name="handoffs"

@@ -124,7 +124,7 @@ async def test_idle_pods_report_their_real_path_and_the_probes_apart(
         "every pod row built from keep-warm samples, with a window of probes",
         quickstart.avp,
         settled(expect_traffic=False),
-        timeout_s=60,
+        timeout_s=120,
         poll_s=1.0,
     )
     idle = rows(policy)
@@ -137,7 +137,7 @@ async def test_idle_pods_report_their_real_path_and_the_probes_apart(
         "every pod row with traffic in it",
         quickstart.avp,
         settled(expect_traffic=True),
-        timeout_s=60,
+        timeout_s=120,
         poll_s=1.0,
     )
     busy = rows(policy)

@@ -67,6 +67,10 @@ class ScriptedSource:
     async def stats(self) -> dict[str, int]:
         return {"events": 1}
 
+    def set_probes(self, ports: object, addresses: object) -> None:
+
+        pass
+
     def close(self) -> None:
         pass
 

@@ -420,6 +420,10 @@ class NoSource:
     async def stats(self) -> dict[str, int]:
         return {}
 
+    def set_probes(self, ports: object, addresses: object) -> None:
+
+        pass
+
     def close(self) -> None:
         pass
 
