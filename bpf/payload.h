@@ -2,7 +2,9 @@
 //
 // The bytes of a TCP connection at the syscall boundary: what the application hands to
 // send and what it takes from receive. Used for the protocol of a connection (its
-// first client bytes), the HTTP/1 status line, and HTTP/2 frames (h2.h).
+// first client bytes), the HTTP/1 status line, the HTTP/1 request target on connections
+// the kubelet may probe (http1_target_run: latency.h, ROLE_PROBE), and HTTP/2 frames
+// (h2.h).
 //
 // The user buffer of read/readv/recvfrom/recvmsg and write/writev/sendto/sendmsg is
 // stashed per thread at the syscall's entry; sock:sock_recv_length and
