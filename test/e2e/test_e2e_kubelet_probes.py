@@ -27,46 +27,47 @@ WINDOW_S = 10  # the controller's latency window (--latency-window, default)
 TRUTH_REQUESTS = 40
 
 # Runs in the box's network namespace: per pod IP, the latency of GET / in ms, from the
-# request's send to the kernel's receive stamp of the response (the client's own wake-up
-# on a busy machine is not the pod's latency).
+# kernel's send stamp of the request to its receive stamp of the response (the client's
+# own scheduling on a busy machine is not the pod's latency).
 _TRUTH = """
-import json, socket, sys, threading, time
-from aviator.testing.stamped import SO_TIMESTAMPING, TIMESTAMPING_FLAGS, scm_timestamp
+import asyncio, json, sys
+from aviator.testing.stamped import StampedConnection
 REQUESTS = int(sys.argv[1])
-out = {}
-def measure(ip):
-    s = socket.create_connection((ip, 8080), timeout=5)
-    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, TIMESTAMPING_FLAGS)
+
+async def measure(ip):
+    st = {}
+    def on_data(data, ns):
+        if st["first"] is None:
+            st["first"] = ns
+        st["buf"] += data
+        head, sep, body = st["buf"].partition(b"\\r\\n\\r\\n")
+        if not sep:
+            return
+        length = 0
+        for line in head.split(b"\\r\\n"):
+            if line.lower().startswith(b"content-length:"):
+                length = int(line.split(b":")[1])
+        if len(body) >= length and not st["done"].done():
+            st["done"].set_result(None)
+    def on_lost(why):
+        if not st["done"].done():
+            st["done"].set_exception(RuntimeError(ip + ": " + why))
+    conn = await StampedConnection.open(ip, 8080, on_data, on_lost)
     times = []
     for _ in range(REQUESTS):
-        buf, first = b"", None
-        sent = time.time_ns()
-        s.sendall(b"GET / HTTP/1.1\\r\\nHost: pod\\r\\n\\r\\n")
-        while True:
-            data, anc, _, _ = s.recvmsg(65536, socket.CMSG_SPACE(64) * 2)
-            if first is None:
-                first = scm_timestamp(anc) or time.time_ns()
-            if not data:
-                raise SystemExit(ip + ": connection closed")
-            buf += data
-            head, sep, body = buf.partition(b"\\r\\n\\r\\n")
-            if sep:
-                length = 0
-                for line in head.split(b"\\r\\n"):
-                    if line.lower().startswith(b"content-length:"):
-                        length = int(line.split(b":")[1])
-                if len(body) >= length:
-                    break
-        times.append((first - sent) / 1e6)
-    s.close()
-    out[ip] = times
-threads = [threading.Thread(target=measure, args=(ip,)) for ip in sys.argv[2:]]
-for t in threads:
-    t.start()
-for t in threads:
-    t.join()
-print(json.dumps(out))
+        st.update(buf=b"", first=None, done=asyncio.get_running_loop().create_future())
+        end = conn.write(b"GET / HTTP/1.1\\r\\nHost: pod\\r\\n\\r\\n")
+        await asyncio.wait_for(st["done"], 5)
+        sent = conn.sent_at(end)
+        if sent is not None:
+            times.append((st["first"] - sent) / 1e6)
+    conn.close()
+    return ip, times
+
+async def main():
+    print(json.dumps(dict(await asyncio.gather(*(measure(ip) for ip in sys.argv[2:])))))
+
+asyncio.run(main())
 """
 
 
