@@ -22,6 +22,10 @@ from aviator.latency.histogram import quantile_rank
 pytestmark = pytest.mark.e2e
 
 WITHIN = 0.032  # the histogram's relative error at a bucket's midpoint
+# A window's median of a few keep-warm requests and the truth's median of others, taken
+# moments apart, differ by the machine's scheduling noise too: on a busy 2-core machine
+# a 10 ms pod's medians move by up to ~1.5 ms between windows (500 ms pods: < 0.5 %).
+NOISE_MS = 1.5
 PERIOD_S = 1  # the quick-start's readinessProbe.periodSeconds
 WINDOW_S = 10  # the controller's latency window (--latency-window, default)
 TRUTH_REQUESTS = 40
@@ -109,7 +113,7 @@ def check_rows(pods: list[dict[str, Any]], truth: dict[str, tuple[float, float]]
     print(report)
     for r in pods:
         p50, _ = truth[r["ip"]]
-        assert abs(r["p50Ms"] - p50) <= WITHIN * p50, report
+        assert abs(r["p50Ms"] - p50) <= max(WITHIN * p50, NOISE_MS), report
         # The row's p99 is the tail of a window's few samples, the truth's that of other
         # requests at another moment: on a busy machine two tails differ by more than the
         # histogram's error, so it is held to being the real path's (not the probes').
