@@ -20,6 +20,8 @@ import yaml
 from aviator.box.addresses import AddressPool
 from aviator.box.components import Component, aviator_argv
 from aviator.box.files import CRD_FILE, config
+from aviator.box.kubeproxy import KubeProxy
+from aviator.box.kubeproxy import unavailable as kube_proxy_unavailable
 from aviator.box.mirror import cancel_all
 from aviator.box.netns import BoxNetwork
 from aviator.box.nodes import BoxNodes, node_names
@@ -49,6 +51,8 @@ class BoxOptions:
     aviator: bool = True  # run the controller and one agent per node
     latency_source: str = "auto"
     bin_dir: Path | None = None  # control-plane binaries; None: ./bin, then PATH
+    # "box": our own proxy only; "kube-proxy": also the real kube-proxy on ClusterIPs
+    proxy: str = "box"
 
 
 class Box:
@@ -96,6 +100,10 @@ class Box:
         # A clear "run make controlplane" error before anything starts.
         for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl"):
             binary(name, self.options.bin_dir)
+        if self.options.proxy == "kube-proxy":
+            reason = kube_proxy_unavailable(self.options.bin_dir)
+            if reason:
+                raise RuntimeError(reason)
         await self._start_control_plane()
         self.client = await KubeClient.load(str(self.inner_kubeconfig))
         names = node_names(self.options.nodes)
@@ -113,6 +121,8 @@ class Box:
             asyncio.create_task(self._status_loop(), name="status file"),
         ]
         self.progress("pod runtime and service proxy running")
+        if self.options.proxy == "kube-proxy":
+            await self._start_kube_proxy(names[0])
         if self.options.aviator:
             await self.start_aviator()
         self.phase = "running"
@@ -131,6 +141,23 @@ class Box:
         task.result()
         await self._bridge_api_server(cp)
         self.progress(f"control plane up in {time.monotonic() - began:.1f}s")
+
+    async def _start_kube_proxy(self, node: str) -> None:
+        began = time.monotonic()
+        gateway = self.network.pods.gateway.split("/")[0]
+        kube_proxy = KubeProxy(
+            self.workdir,
+            self.inner_kubeconfig,
+            node,
+            str(self.network.pods.cidr),
+            gateway,
+            self.options.bin_dir,
+        )
+        self.components["kube-proxy"] = kube_proxy.component
+        await kube_proxy.start()
+        self.progress(
+            f"kube-proxy ({kube_proxy.component.log}) synced in {time.monotonic() - began:.1f}s"
+        )
 
     async def _bridge_api_server(self, cp: ControlPlane) -> None:
         """Make the API server reachable from the host network on 127.0.0.1 and write
@@ -242,7 +269,7 @@ class Box:
                 module="aviator.agent.cmd",
             )
         for name, comp in self.components.items():
-            if name != "controller":
+            if name.startswith("agent/"):
                 comp.start()
         self._tasks.append(asyncio.create_task(self._report_components()))
         self.progress(
@@ -392,6 +419,7 @@ class Box:
             "nodes": self.nodes.names if self.nodes else [],
             "pod_network": str(self.network.pods.cidr),
             "services": self.proxy.table() if self.proxy else {},
+            "proxy": self.options.proxy,
             "backends": self.proxy.backend_counts() if self.proxy else {},
             "pods": self.runtime.pod_ips() if self.runtime else {},
             "pod_pids": self.runtime.pids() if self.runtime else [],
