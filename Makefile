@@ -11,7 +11,7 @@ KUBECTL     ?= $(shell command -v kubectl 2>/dev/null || echo bin/kubectl)
 PYTEST_ARGS ?=
 export GOTOOLCHAIN := local
 
-.PHONY: help setup venv controlplane node-components tools build-installer helm-lint krew dashboard-png build build-agent test-unit test-integration test-bpf \
+.PHONY: help setup venv controlplane node-components images tools build-installer helm-lint krew dashboard-png build build-agent test-unit test-integration test-bpf \
         test-e2e test-packaging test run lint fmt manifests install uninstall demo bench \
         docker-build docker-build-agent docker-build-all deploy deploy-agent deploy-all \
         undeploy undeploy-agent undeploy-all
@@ -35,6 +35,9 @@ controlplane: ## build kube-apiserver, kube-controller-manager, kubectl, etcd in
 
 node-components: ## kubelet and kube-proxy (same Kubernetes version, cached like the control plane) + Debian nftables, containerd, runc, CNI plugins
 	bash hack/node-components.sh
+
+images: ## pause, test app, controller and agent images without Docker (buildah, local Debian base) into bin/images/*.tar
+	bash hack/images/build.sh
 
 tools: ## build helm, promtool, prometheus and kstatus from Go modules into bin/, cached like the control plane
 	bash hack/tools/build.sh

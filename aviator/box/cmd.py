@@ -69,6 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(`make node-components` builds it)",
     )
     up.add_argument(
+        "--real-node",
+        action="store_true",
+        help="also one real node, box-real-1: kubelet + containerd + runc + CNI bridge, "
+        "images from `make images` (bin/images/*.tar)",
+    )
+    up.add_argument(
         "--no-aviator",
         dest="aviator",
         action="store_false",
@@ -120,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
         latency_source=args.latency_source,
         bin_dir=args.bin_dir,
         proxy=getattr(args, "proxy", "box"),
+        real_node=getattr(args, "real_node", False),
     )
     try:
         if action == "demo":
