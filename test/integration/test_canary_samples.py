@@ -1,6 +1,6 @@
 """The canary and autoscaling samples (config/samples/canary_*.yaml,
 autoscaling_*.yaml) against the published CRD schemas of the projects that read them:
-Argo Rollouts' AnalysisTemplate, Flagger's MetricTemplate and Canary, KEDA's
+Argo Rollouts' AnalysisTemplate and Rollout, Flagger's MetricTemplate and Canary, KEDA's
 ScaledObject, vendored unchanged in test/data/crds/ (each with its licence and source).
 The CRDs are applied to the real API server and every sample is applied with a
 server-side dry run and strict field validation, so a field the schema does not know, a
@@ -28,6 +28,7 @@ SAMPLES = ROOT / "config" / "samples"
 CRDS = ROOT / "test" / "data" / "crds"
 CRD_NAMES = {
     "analysistemplates.argoproj.io": CRDS / "argo-rollouts" / "analysistemplates.argoproj.io.yaml",
+    "rollouts.argoproj.io": CRDS / "argo-rollouts" / "rollouts.argoproj.io.yaml",
     "canaries.flagger.app": CRDS / "flagger" / "canaries-metrictemplates.flagger.app.yaml",
     "metrictemplates.flagger.app": CRDS / "flagger" / "canaries-metrictemplates.flagger.app.yaml",
     "scaledobjects.keda.sh": CRDS / "keda" / "scaledobjects.keda.sh.yaml",
@@ -77,12 +78,39 @@ def test_the_samples_are_there() -> None:
         "Canary",
         "MetricTemplate",
         "MetricTemplate",
+        "Rollout",
         "ScaledObject",
     ]
     for path in sorted(set(CRD_NAMES.values())):
         text = path.read_text()
         assert text.startswith("# Vendored unchanged from the Go module "), path
         assert (path.parent / "LICENSE").read_text().lstrip().startswith("Apache License")
+
+
+def _of_kind(kind: str) -> list[JSON]:
+    return [d for p in SAMPLE_FILES for d in documents(p) if d["kind"] == kind]
+
+
+def test_the_samples_refer_to_each_other() -> None:
+    """The Rollout names the AnalysisTemplate and gives every argument it has no default
+    for; the Flagger Canary names the MetricTemplates."""
+    (template,) = _of_kind("AnalysisTemplate")
+    required = {a["name"] for a in template["spec"]["args"] if "value" not in a}
+    (rollout,) = _of_kind("Rollout")
+    steps = [
+        s["analysis"] for s in rollout["spec"]["strategy"]["canary"]["steps"] if "analysis" in s
+    ]
+    assert steps
+    for step in steps:
+        assert [t["templateName"] for t in step["templates"]] == [template["metadata"]["name"]]
+        given = {a["name"]: a for a in step["args"]}
+        assert required <= set(given), required - set(given)
+        assert given["canary-hash"]["valueFrom"] == {"podTemplateHashValue": "Latest"}
+        assert given["stable-hash"]["valueFrom"] == {"podTemplateHashValue": "Stable"}
+    (canary,) = _of_kind("Canary")
+    names = {m["metadata"]["name"] for m in _of_kind("MetricTemplate")}
+    used = {m["templateRef"]["name"] for m in canary["spec"]["analysis"]["metrics"]}
+    assert used == names
 
 
 @pytest.mark.parametrize("sample", SAMPLE_FILES, ids=lambda p: p.stem)
@@ -102,6 +130,11 @@ def _argo_typo(doc: JSON) -> None:
 
 def _argo_query_type(doc: JSON) -> None:
     doc["spec"]["metrics"][0]["provider"]["prometheus"]["query"] = 42
+
+
+def _rollout_hash(doc: JSON) -> None:
+    arg = doc["spec"]["strategy"]["canary"]["steps"][1]["analysis"]["args"][2]
+    arg["valueFrom"] = {"podTemplateHash": "Latest"}
 
 
 def _flagger_provider(doc: JSON) -> None:
@@ -124,6 +157,7 @@ BROKEN: list[tuple[str, str, Callable[[JSON], None], str]] = [
         ".spec.metrics[0].successConditon: field not declared in schema",
     ),
     ("AnalysisTemplate", "type", _argo_query_type, "spec.metrics[0].provider.prometheus.query"),
+    ("Rollout", "typo", _rollout_hash, "podTemplateHash: field not declared in schema"),
     ("MetricTemplate", "enum", _flagger_provider, 'Unsupported value: "prometheos"'),
     ("Canary", "type", _flagger_threshold, "thresholdRange.max"),
     ("ScaledObject", "required", _keda_metadata, "spec.triggers[0].metadata: Required value"),
@@ -141,7 +175,7 @@ def test_a_broken_sample_fails_the_schema(
     breaks: Callable[[JSON], None],
     error: str,
 ) -> None:
-    doc = next(d for p in SAMPLE_FILES for d in documents(p) if d["kind"] == kind)
+    doc = _of_kind(kind)[0]
     broken = copy.deepcopy(doc)
     breaks(broken)
     code, out = dry_run(foreign_crds, namespace, broken)
