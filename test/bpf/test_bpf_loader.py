@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from bpf_loadgen import DelayServer, run_clients
 from bpf_snapshots import assert_close, delta, exact_quantile
-from conftest import COMPILE_BOUND_S, require_bpf_privileges
+from conftest import BPF_COMPILE_BOUND_S, require_bpf_privileges
 
 from aviator.agent.bpf import BpfLatencySource, BpfUnavailable, EndpointKey, loader
 from aviator.agent.bpf.btf import Btf, BtfError, sock_offsets
@@ -150,12 +150,13 @@ def test_verifier_rejection_of_a_raw_hook_is_reported(tmp_path: Path) -> None:
 
 
 @pytest.mark.bpf
-@pytest.mark.timeout(COMPILE_BOUND_S)
+@pytest.mark.timeout(BPF_COMPILE_BOUND_S)
 def test_classic_tracepoints_measure_too() -> None:
     """Without raw tracepoints: tcp_probe with its arguments, sock_send_length for sends."""
     require_bpf_privileges()
     with BpfLatencySource.load(
-        max_sockets=1024, max_endpoints=64, allow_raw_send=False, allow_raw_recv=False
+        allow_raw_send=False,
+        allow_raw_recv=False,  # the agent's map sizes (see conftest)
     ) as src:
         assert src.send_hook == "tracepoint:sock:sock_send_length"
         assert src.recv_hook == "tracepoint:tcp:tcp_probe"

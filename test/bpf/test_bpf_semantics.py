@@ -10,7 +10,7 @@ import time
 import pytest
 from bpf_loadgen import DelayServer, KeepAliveClient, run_clients
 from bpf_snapshots import assert_close, delta, exact_quantile, wait_for
-from conftest import COMPILE_BOUND_S, TEST_BOUND_S, require_bpf_privileges
+from conftest import BPF_COMPILE_BOUND_S, TEST_BOUND_S, require_bpf_privileges
 
 from aviator.agent.bpf import BpfLatencySource, EndpointKey
 from aviator.agent.bpf.seed import listening_sockets
@@ -137,7 +137,7 @@ def test_abandoned_requests_are_aborted_samples_of_their_open_time(
         server.stop()
 
 
-@pytest.mark.timeout(COMPILE_BOUND_S)  # loads a program of its own
+@pytest.mark.timeout(BPF_COMPILE_BOUND_S)  # loads a program of its own
 def test_connections_older_than_the_program() -> None:
     require_bpf_privileges()
     server = DelayServer("127.0.12.1", lambda: 0.010).start()
@@ -148,7 +148,7 @@ def test_connections_older_than_the_program() -> None:
         assert (b"\0" * 10 + b"\xff\xff" + bytes([127, 0, 12, 1]), server.port) in (
             listening_sockets()
         )
-        with BpfLatencySource.load(max_sockets=4096, max_endpoints=256) as source:
+        with BpfLatencySource.load() as source:  # the agent's map sizes (see conftest)
             samples = [c.request() for _ in range(20) for c in clients]
             snap = source.read()
     finally:
