@@ -8,7 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BPF_COMPILE_BOUND_S, require_bpf_privileges
+from conftest import require_bpf_privileges
+
+from aviator.testing.waiting import BPF_COMPILE_BOUND_S
 
 pytestmark = [pytest.mark.bpf, pytest.mark.timeout(BPF_COMPILE_BOUND_S)]
 

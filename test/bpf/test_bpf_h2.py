@@ -10,7 +10,7 @@ import time
 import pytest
 from bpf_loadgen import SO_TIMESTAMPING
 from bpf_snapshots import EndpointDelta, assert_close, delta, exact_quantile, wait_for
-from conftest import BPF_COMPILE_BOUND_S, TEST_BOUND_S, require_bpf_privileges
+from conftest import TEST_BOUND_S, require_bpf_privileges
 from h2_wire import (
     DATA,
     GOAWAY,
@@ -35,6 +35,7 @@ from hypothesis import strategies as st
 from aviator.agent.bpf import BpfLatencySource, EndpointCounters, EndpointKey
 from aviator.agent.handoff.select import is_idle
 from aviator.latency.schema import ROLES
+from aviator.testing.waiting import BPF_COMPILE_BOUND_S
 
 pytestmark = [pytest.mark.bpf, pytest.mark.timeout(TEST_BOUND_S, func_only=True)]
 

@@ -10,13 +10,14 @@ from pathlib import Path
 import pytest
 from bpf_loadgen import DelayServer, run_clients
 from bpf_snapshots import assert_close, delta, exact_quantile
-from conftest import BPF_COMPILE_BOUND_S, require_bpf_privileges
+from conftest import require_bpf_privileges
 
 from aviator.agent.bpf import BpfLatencySource, BpfUnavailable, EndpointKey, loader
 from aviator.agent.bpf.btf import Btf, BtfError, sock_offsets
 from aviator.agent.bpf.model import ip_from_raw16, ip_to_raw16
 from aviator.agent.bpf.seed import listeners_from, parse_proc_net_tcp
 from aviator.latency.schema import ROLES
+from aviator.testing.waiting import BPF_COMPILE_BOUND_S
 
 PROC_NET_TCP = """\
   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode

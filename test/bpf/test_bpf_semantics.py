@@ -10,11 +10,12 @@ import time
 import pytest
 from bpf_loadgen import DelayServer, KeepAliveClient, run_clients
 from bpf_snapshots import assert_close, delta, exact_quantile, wait_for
-from conftest import BPF_COMPILE_BOUND_S, TEST_BOUND_S, require_bpf_privileges
+from conftest import TEST_BOUND_S, require_bpf_privileges
 
 from aviator.agent.bpf import BpfLatencySource, EndpointKey
 from aviator.agent.bpf.seed import listening_sockets
 from aviator.latency.schema import ROLES
+from aviator.testing.waiting import BPF_COMPILE_BOUND_S
 
 pytestmark = [pytest.mark.bpf, pytest.mark.timeout(TEST_BOUND_S, func_only=True)]
 
