@@ -335,6 +335,7 @@ class Agent:
             del self._departed[ip]
         for name, n in self.maps.pruned.items():
             self.pruned[name] = self.pruned.get(name, 0) + n
+        self.metrics.set_source_stats(await self.source.stats())  # occupancy after it
         if self.maps.full:
             log.warning(
                 "BPF maps full: %s; requests of pods not in them are not measured",

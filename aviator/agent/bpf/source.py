@@ -10,6 +10,7 @@ from aviator.agent.bpf.model import EndpointCounters, EndpointKey, SocketState
 from aviator.agent.bpf.reader import (
     count_entries,
     read_counters,
+    read_endpoints,
     read_socket,
     read_sockets,
     with_oldest_open,
@@ -109,6 +110,11 @@ class BpfLatencySource:
         oldest = open_starts(bpf, abi)
         # bpf_ktime_get_ns is CLOCK_MONOTONIC.
         return with_oldest_open(counters, oldest, time.clock_gettime_ns(time.CLOCK_MONOTONIC))
+
+    def read_all(self) -> dict[EndpointKey, EndpointCounters]:
+        """Every endpoint of the map decoded, without ages: what each read cost before
+        reads went by change (benchmarks and tests compare the two)."""
+        return read_endpoints(self._program.bpf, self._program.abi)
 
     def open_ages(self, ips: Collection[str]) -> dict[EndpointKey, int]:
         """The age (µs) of the oldest open request of each endpoint of `ips` that has
