@@ -56,7 +56,7 @@ from aviator.kube.marks import LABEL_SERVICE_NAME
 from aviator.kube.pods import pod_ips
 from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, SERVICES
 from aviator.latency.probing import ProbeTarget
-from aviator.latency.schema import EndpointWindow, Snapshot
+from aviator.latency.schema import MAPS, EndpointWindow, Snapshot
 from aviator.latency.store import LatencyStore
 from aviator.latency.tls import server_context
 from aviator.pki import Authority
@@ -335,7 +335,10 @@ class Agent:
             del self._departed[ip]
         for name, n in self.maps.pruned.items():
             self.pruned[name] = self.pruned.get(name, 0) + n
-        self.metrics.set_source_stats(await self.source.stats())  # occupancy after it
+        stats = await self.source.stats()  # occupancy after the pass
+        if stats:
+            stats.update({f"{m}_full": int(m in self.maps.full) for m in MAPS})
+        self.metrics.set_source_stats(stats)
         if self.maps.full:
             log.warning(
                 "BPF maps full: %s; requests of pods not in them are not measured",
@@ -463,7 +466,7 @@ class Agent:
                 **{
                     k: v
                     for k, v in self.metrics.source_stats.items()
-                    if k.endswith(("_tracked", "_capacity", "_full_drops", "_read_last"))
+                    if k.endswith(("_tracked", "_capacity", "_full_drops", "_full", "_read_last"))
                 },
             },
             "urgent_reports": self.urgent.sent,
