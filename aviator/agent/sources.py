@@ -86,7 +86,7 @@ class BpfSource:
             local = set(pods.local)
             done = self.bpf.prune(local.__contains__, pods.idle_s, pods.departed)
             pruned = {"endpoints": done.endpoints, "sockets": done.sockets}
-            pruned["h2conns"] = done.h2conns
+            pruned["h2conns"], pruned["listeners"] = done.h2conns, done.listeners
             return MapState(self.bpf.full_maps(), pruned)
 
         return await asyncio.to_thread(run)

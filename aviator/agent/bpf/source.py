@@ -172,6 +172,7 @@ class BpfLatencySource:
         out["endpoints_pruned"] = pruned.endpoints
         out["sockets_pruned"] = pruned.sockets
         out["h2conns_pruned"] = pruned.h2conns
+        out["listeners_pruned"] = pruned.listeners
         return out
 
     def enable_run_stats(self) -> None:

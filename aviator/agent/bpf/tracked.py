@@ -15,7 +15,8 @@ Pruning (`prune`): an endpoint whose IP is not a local pod's and whose counters 
 changed for `idle_s` leaves the map (a pod's final requests have long been read by
 then; an endpoint that is busy again comes back on its next sample, as a new baseline).
 Connections still in `sockets` whose endpoint is the IP of a pod that left the node, and
-are idle, leave it too, and `h2conns` entries whose connection is no longer in `sockets`
+are idle, leave it too, as do that IP's `listeners` (the program adds listening
+addresses and never removes one), and `h2conns` entries whose connection is no longer in `sockets`
 (its close was missed, or the socket's entry was evicted) are removed at the second
 pass that finds them so. Pruning is what keeps the maps bounded under pod churn: the
 program itself deletes nothing from `endpoints`.
@@ -78,6 +79,7 @@ class PruneStats:
     endpoints: int = 0
     sockets: int = 0
     h2conns: int = 0
+    listeners: int = 0
 
 
 class TrackedEndpoints:
@@ -197,6 +199,13 @@ class TrackedEndpoints:
                     live.discard(sk)
                 except KeyError:
                     pass
+        if gone:
+            listeners = bpf[b"listeners"]
+            for key, _ in _batch(listeners):
+                if ip_from_raw16(bytes(key.addr)) in gone:
+                    with contextlib.suppress(KeyError):
+                        del listeners[key]
+                        done.listeners += 1
         h2 = bpf[b"h2conns"]
         orphans = {_u64(k) for k in h2} - live
         for sk in orphans & self._h2_orphans:
@@ -209,6 +218,7 @@ class TrackedEndpoints:
         self.pruned.endpoints += done.endpoints
         self.pruned.sockets += done.sockets
         self.pruned.h2conns += done.h2conns
+        self.pruned.listeners += done.listeners
         return done
 
 

@@ -60,6 +60,7 @@ def maps() -> dict[bytes, Table]:
     sockets = Table(ctypes.c_uint64, h.ctype("sock_state"))
     h2 = Table(ctypes.c_uint64, h.ctype("h2_conn"))
     return {
+        b"listeners": Table(h.ctype("listen_key"), ctypes.c_uint8),
         b"endpoints": Table(h.ctype("ep_key"), h.ctype("ep_val")),
         b"ep_dirty": Table(h.ctype("ep_key"), ctypes.c_uint8),
         b"sockets": sockets,
@@ -155,9 +156,15 @@ def test_prune_removes_idle_connections_of_departed_pods_and_orphaned_h2_state()
     h2 = bpf[b"h2conns"]
     h2.put(3, h2.Leaf())  # its connection is tracked
     h2.put(77, h2.Leaf())  # no such connection: its close was missed
+    for ip in ("10.0.0.9", "10.0.0.1"):
+        lk = A.header.ctype("listen_key")()
+        lk.addr[:] = list(ip_to_raw16(ip))
+        lk.port = 8080
+        bpf[b"listeners"].put(lk, 1)
     t.refresh(bpf, A)
     done = t.prune(bpf, A, is_local_pod=lambda ip: True, idle_s=5.0, departed=["10.0.0.9"])
     assert done.sockets == 1 and sorted(bpf[b"sockets"]) == [2, 3]
+    assert done.listeners == 1 and len(bpf[b"listeners"]) == 1
     assert done.h2conns == 0  # first seen orphaned: a socket may be on its way in
     done = t.prune(bpf, A, is_local_pod=lambda ip: True, idle_s=5.0)
     assert done.h2conns == 1 and sorted(h2) == [3]
