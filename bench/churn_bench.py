@@ -273,7 +273,8 @@ async def _soak(kubeconfig: Path, size: Size) -> list[Row]:
                 by_ip = {ip: n for n, ip in pods}
                 await asyncio.to_thread(traffic.hit, [ip for ip in ips if by_ip[ip] not in seen])
                 await asyncio.sleep(REPORT_S)
-                seen = await _measured(kube, ns, names)
+                # Measured once is measured: a pod no longer sent requests goes stale.
+                seen |= await _measured(kube, ns, names)
                 if seen == names:
                     break
             t2 = time.monotonic()
