@@ -89,10 +89,13 @@ def _timed(fn: object) -> float:
 
 
 def run(quick: bool) -> list[Row]:
-    from aviator.agent.bpf import BpfLatencySource
+    from aviator.agent.bpf import BpfLatencySource, BpfUnavailable
 
     idle, rounds = (200, 5) if quick else (1_000, 15)
-    source = BpfLatencySource.load(max_sockets=16384, max_endpoints=8192)
+    try:
+        source = BpfLatencySource.load(max_sockets=16384, max_endpoints=8192)
+    except BpfUnavailable as exc:
+        return [row(NAME, "skipped", 0.0, "", note=f"BPF unavailable: {exc.reason}")]
     server = _Server()
     ips = [_ip(i) for i in range(idle)]
     try:

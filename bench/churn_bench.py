@@ -43,6 +43,7 @@ from bench.common import (
     ControllerProcess,
     agent_token,
     bench_node,
+    box_unavailable,
     create_ready_pods,
     create_service,
     new_namespace,
@@ -347,7 +348,25 @@ async def _soak(kubeconfig: Path, size: Size) -> list[Row]:
         await kube.close()
 
 
+def unavailable() -> str | None:
+    """Why the soak cannot run here (it needs what the box needs, and the BPF program)."""
+    from aviator.agent.bpf.loader import check_privileges
+    from aviator.agent.bpf.model import BpfUnavailable
+
+    reason = box_unavailable()
+    if reason is not None:
+        return reason
+    try:
+        check_privileges()
+    except BpfUnavailable as exc:
+        return f"BPF unavailable: {exc.reason}"
+    return None
+
+
 def run(quick: bool) -> list[Row]:
+    reason = unavailable()
+    if reason is not None:
+        return [row(NAME, "skipped", 0.0, "", note=reason)]
     size = Size(1_000, 250) if quick else Size(10_000, 400)
     cp = start_control_plane()
     try:

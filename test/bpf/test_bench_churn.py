@@ -5,7 +5,6 @@ is measured and the agent's map ends where it started."""
 
 from __future__ import annotations
 
-import shutil
 import sys
 from pathlib import Path
 
@@ -24,8 +23,9 @@ pytestmark = [pytest.mark.bench, pytest.mark.bpf, pytest.mark.integration, pytes
 
 def test_churn_quick() -> None:
     require_bpf_privileges()
-    if shutil.which("ip") is None:
-        pytest.skip("no `ip` command to create the network namespace")
+    reason = churn_bench.unavailable()
+    if reason is not None:
+        pytest.skip(reason)
     rows = churn_bench.run(quick=True)
     by = {r["metric"]: r for r in rows}
     for r in rows:
