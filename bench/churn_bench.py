@@ -259,7 +259,7 @@ async def _soak(kubeconfig: Path, size: Size) -> list[Row]:
         waves = size.total // size.alive
         unmeasured = 0
         entries: list[int] = []
-        first: tuple[int, int, int] | None = None  # entries, agent RSS, controller RSS
+        rss: list[tuple[int, int]] = []  # (agent, controller) after each wave
         started = time.monotonic()
         for wave in range(waves):
             base = wave * size.alive
@@ -281,12 +281,7 @@ async def _soak(kubeconfig: Path, size: Size) -> list[Row]:
             t2 = time.monotonic()
             unmeasured += len(names - seen)
             entries.append(await agent.map_entries())
-            if first is None:
-                first = (
-                    entries[-1],
-                    process_rss_bytes(agent.pid),
-                    process_rss_bytes(controller.pid),
-                )
+            rss.append((process_rss_bytes(agent.pid), process_rss_bytes(controller.pid)))
             await _delete_wave(kube, ns, wave)
             print(
                 f"churn: wave {wave + 1}/{waves}: {len(seen)}/{len(names)} measured, "
@@ -301,13 +296,13 @@ async def _soak(kubeconfig: Path, size: Size) -> list[Row]:
         end = await agent.map_entries()
         agent_rss, controller_rss = process_rss_bytes(agent.pid), process_rss_bytes(controller.pid)
         report_ms = 1000 * await agent.mean_report_s()
-        assert first is not None
+        half = rss[len(rss) // 2]
         return [
             row(
                 NAME, "pods created and deleted", size.total, "pods", note=f"{size.alive} at a time"
             ),
             row(NAME, "pods never measured", unmeasured, "pods", goal="0"),
-            row(NAME, "agent endpoints map entries after wave 1", first[0], "entries"),
+            row(NAME, "agent endpoints map entries after wave 1", entries[0], "entries"),
             row(
                 NAME,
                 "agent endpoints map entries, peak",
@@ -316,23 +311,27 @@ async def _soak(kubeconfig: Path, size: Size) -> list[Row]:
                 note=f"map holds {MAX_ENDPOINTS}; the pool {POOL} addresses x 2",
             ),
             row(NAME, "agent endpoints map entries at the end", end, "entries", goal="flat"),
-            row(NAME, "agent RSS after wave 1", first[1] / MiB, "MiB"),
+            row(NAME, "agent RSS after wave 1", rss[0][0] / MiB, "MiB"),
+            row(NAME, "agent RSS halfway", half[0] / MiB, "MiB"),
             row(
                 NAME,
                 "agent RSS at the end",
                 agent_rss / MiB,
                 "MiB",
-                ratio=agent_rss / first[1],
+                ratio=agent_rss / half[0],
                 goal="flat",
+                note="ratio: end / halfway",
             ),
-            row(NAME, "controller RSS after wave 1", first[2] / MiB, "MiB"),
+            row(NAME, "controller RSS after wave 1", rss[0][1] / MiB, "MiB"),
+            row(NAME, "controller RSS halfway", half[1] / MiB, "MiB"),
             row(
                 NAME,
                 "controller RSS at the end",
                 controller_rss / MiB,
                 "MiB",
-                ratio=controller_rss / first[2],
+                ratio=controller_rss / half[1],
                 goal="flat",
+                note="ratio: end / halfway",
             ),
             row(NAME, "agent report interval work, mean", report_ms, "ms"),
             row(NAME, "time per wave", per_wave, "s"),

@@ -17,7 +17,7 @@ when one just crossed it, runs the interval's work at once (aviator.agent.urgent
 how often, which threshold).
 
 Every `maintain_s` (at a tick) it keeps the source's maps to the node's pods
-(`CounterSource.maintain`): endpoints of IPs that are not a local pod's and idle for
+(aviator.agent.upkeep, `CounterSource.maintain`): endpoints of IPs that are not a local pod's and idle for
 `prune_idle_s` leave the BPF maps, as do the idle connections of pods gone that long; and
 it learns which maps are full (their drops grew), which every snapshot then carries
 (`maps_full`) so the controller can say why a pod has no data.
@@ -45,14 +45,22 @@ from aviator.agent.metrics import AgentMetrics
 from aviator.agent.podmap import PodMap
 from aviator.agent.prober import NodeProber
 from aviator.agent.promfold import DEFAULT_PER_OCTAVE
-from aviator.agent.sources import CounterSource, MapState, PodIps
+from aviator.agent.sources import CounterSource
 from aviator.agent.stream import StreamFanout, StreamTls, TokenFile, urls_from_slices
 from aviator.agent.targets import TargetKey, probe_targets, traffic_samples
+from aviator.agent.upkeep import MapUpkeep
 from aviator.agent.urgent import DEFAULT_CHECK_S, DEFAULT_MIN_GAP_S, UrgentReports, open_thresholds
 from aviator.agent.windows import CountersLike, EndpointKeyLike, WindowDiffer, attach_pods
-from aviator.informers import FuncHandler, InformerFactory, SharedIndexInformer
+from aviator.informers import (
+    DeletedFinalStateUnknown,
+    FuncHandler,
+    InformerFactory,
+    SharedIndexInformer,
+    unwrap_tombstone,
+)
 from aviator.kube import KubeClient
 from aviator.kube.marks import LABEL_SERVICE_NAME
+from aviator.kube.objects import JSON
 from aviator.kube.pods import pod_ips
 from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, SERVICES
 from aviator.latency.probing import ProbeTarget
@@ -142,6 +150,7 @@ class Agent:
         self.store = LatencyStore(
             window_s=config.window_s, stale_after_s=max(3 * config.report_interval_s, 5.0)
         )
+        self.pods.informer.add_event_handler(FuncHandler(delete=self._forget_pod))
         self.metrics = AgentMetrics(
             max_pods=config.metrics_max_pods,
             buckets_per_octave=config.metrics_buckets_per_octave,
@@ -163,11 +172,7 @@ class Agent:
         self.targets: dict[TargetKey, ProbeTarget] = {}
         self._last_tick: float | None = None
         self._next_stats = 0.0
-        self._next_maintain = 0.0
-        self.maps = MapState()  # the last upkeep pass
-        self.pruned: dict[str, int] = {}  # entries removed so far, per map
-        self._local_ips: set[str] = set()
-        self._departed: dict[str, float] = {}  # pod IP -> when it left the node
+        self.upkeep = MapUpkeep(config.prune_idle_s, config.maintain_s)
         self._runner: web.AppRunner | None = None
         self.handoffs = self._handoff_runner()
         self._handoff_task: asyncio.Task[None] | None = None
@@ -218,6 +223,12 @@ class Agent:
             self.http_port,
         )
         self.started.set()
+
+    def _forget_pod(self, obj: JSON | DeletedFinalStateUnknown) -> None:
+        """A deleted pod's windows leave the local store at once (not after the store's
+        forget_after_s): under churn they would pile up for minutes."""
+        for ip in pod_ips(unwrap_tombstone(obj)):
+            self.store.forget(ip)
 
     def _handoff_runner(self) -> HandOffRunner | None:
         """Hand-offs need the BPF program's socket map (which connections are idle)."""
@@ -321,29 +332,13 @@ class Agent:
             await self.tick()
 
     async def _maintain(self, now: float) -> None:
-        """Upkeep of the source's maps (see the module docstring)."""
-        local = {ip for pod in self.pods.pods() for ip in pod_ips(pod)}
-        for ip in self._local_ips - local:
-            self._departed[ip] = now
-        for ip in local:
-            self._departed.pop(ip, None)
-        self._local_ips = local
-        idle_s = self.config.prune_idle_s
-        ripe = [ip for ip, since in self._departed.items() if now - since >= idle_s]
-        self.maps = await self.source.maintain(PodIps(local, ripe, idle_s))
-        for ip in ripe:
-            del self._departed[ip]
-        for name, n in self.maps.pruned.items():
-            self.pruned[name] = self.pruned.get(name, 0) + n
-        stats = await self.source.stats()  # occupancy after the pass
+        """Upkeep of the source's maps (aviator.agent.upkeep), then their occupancy."""
+        local = (ip for pod in self.pods.pods() for ip in pod_ips(pod))
+        full = (await self.upkeep.run(self.source, local, now)).full
+        stats = await self.source.stats()
         if stats:
-            stats.update({f"{m}_full": int(m in self.maps.full) for m in MAPS})
+            stats.update({f"{m}_full": int(m in full) for m in MAPS})
         self.metrics.set_source_stats(stats)
-        if self.maps.full:
-            log.warning(
-                "BPF maps full: %s; requests of pods not in them are not measured",
-                ", ".join(self.maps.full),
-            )
 
     async def tick(self, counters: Iterable[Counted] | None = None) -> Snapshot:
         """One interval's work (see the module docstring); `counters`: the source's,
@@ -359,8 +354,7 @@ class Agent:
         windows = attach_pods(self.differ.advance(cumulative), self.pods.pod_for)
         self.metrics.counter_resets.inc(self.differ.resets - resets_before)
         endpoints = tuple(w for w in windows if self._reported(w))
-        if now >= self._next_maintain:
-            self._next_maintain = now + self.config.maintain_s
+        if self.upkeep.due(now):
             await self._maintain(now)
         snapshot = Snapshot(
             node=self.config.node,
@@ -368,7 +362,7 @@ class Agent:
             time=time.time(),
             window_s=max(window_s, 1e-3),
             endpoints=endpoints,
-            maps_full=self.maps.full,
+            maps_full=self.upkeep.full,
         )
         self.store.ingest(snapshot, now)
         self.metrics.observe(snapshot)
@@ -461,8 +455,8 @@ class Agent:
             },
             "probe_targets": len(self.targets),
             "maps": {
-                "full": list(self.maps.full),
-                "pruned": dict(self.pruned),
+                "full": list(self.upkeep.full),
+                "pruned": dict(self.upkeep.pruned),
                 **{
                     k: v
                     for k, v in self.metrics.source_stats.items()
