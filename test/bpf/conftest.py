@@ -10,6 +10,13 @@ from aviator.agent.bpf import BpfLatencySource
 from aviator.agent.bpf.loader import check_privileges
 from aviator.agent.bpf.model import BpfUnavailable
 
+# Bounds on a test's own run time. Compiling the program takes seconds on a quiet
+# machine and over two minutes with both cores busy: a test that compiles it itself
+# gets COMPILE_BOUND_S; the others get TEST_BOUND_S for their own work only
+# (func_only: the session fixture's compile is not theirs).
+TEST_BOUND_S = 120
+COMPILE_BOUND_S = 600
+
 
 def require_bpf_privileges() -> None:
     """Skip (not fail) only where the kernel would refuse us: no privilege."""

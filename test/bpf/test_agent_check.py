@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import require_bpf_privileges
+from conftest import COMPILE_BOUND_S, require_bpf_privileges
 
-pytestmark = [pytest.mark.bpf, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.bpf, pytest.mark.timeout(COMPILE_BOUND_S)]
 
 
 def _check(env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -19,7 +19,7 @@ def _check(env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str
         env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=COMPILE_BOUND_S - 30,
         check=False,
     )
 

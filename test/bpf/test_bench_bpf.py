@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from conftest import require_bpf_privileges
+from conftest import COMPILE_BOUND_S, require_bpf_privileges
 
 from bench import bpf_overhead_bench
 
-pytestmark = [pytest.mark.bench, pytest.mark.bpf, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.bench, pytest.mark.bpf, pytest.mark.timeout(COMPILE_BOUND_S)]
 
 
 def test_bpf_overhead_quick() -> None:

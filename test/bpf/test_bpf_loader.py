@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from bpf_loadgen import DelayServer, run_clients
 from bpf_snapshots import assert_close, delta, exact_quantile
-from conftest import require_bpf_privileges
+from conftest import COMPILE_BOUND_S, require_bpf_privileges
 
 from aviator.agent.bpf import BpfLatencySource, BpfUnavailable, EndpointKey, loader
 from aviator.agent.bpf.btf import Btf, BtfError, sock_offsets
@@ -150,7 +150,7 @@ def test_verifier_rejection_of_a_raw_hook_is_reported(tmp_path: Path) -> None:
 
 
 @pytest.mark.bpf
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(COMPILE_BOUND_S)
 def test_classic_tracepoints_measure_too() -> None:
     """Without raw tracepoints: tcp_probe with its arguments, sock_send_length for sends."""
     require_bpf_privileges()
