@@ -14,7 +14,7 @@ from conftest import require_bpf_privileges
 from aviator.agent.bpf import BpfLatencySource, EndpointKey
 from aviator.latency.schema import ROLES
 
-pytestmark = [pytest.mark.bpf, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.bpf, pytest.mark.timeout(300, func_only=True)]  # its own work
 
 # 127.0.80.0 - 127.0.87.255: 2,048 "pod" addresses, two endpoints each (the server's
 # own socket and the client's view), four times the session map's 1,024 entries.
