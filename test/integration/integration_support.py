@@ -399,7 +399,12 @@ async def request_token(
 
 
 def snapshot(
-    latency_ms: dict[str, float], *, node: str = NODE, samples: int = 200, port: int = 8080
+    latency_ms: dict[str, float],
+    *,
+    node: str = NODE,
+    samples: int = 200,
+    port: int = 8080,
+    maps_full: tuple[str, ...] = (),
 ) -> str:
     """A v1 stream message: `samples` requests at each IP's latency, in one window."""
     endpoints = []
@@ -423,7 +428,12 @@ def snapshot(
         )
     return encode_snapshot(
         Snapshot(
-            node=node, source="ebpf", time=time.time(), window_s=0.2, endpoints=tuple(endpoints)
+            node=node,
+            source="ebpf",
+            time=time.time(),
+            window_s=0.2,
+            endpoints=tuple(endpoints),
+            maps_full=maps_full,
         )
     )
 
@@ -441,6 +451,7 @@ class TestAgent:
         self.tls = tls or {}  # ws_connect's ssl= and server_hostname=
         self.period_s = period_s
         self.latency_ms: dict[str, float] = {}
+        self.maps_full: tuple[str, ...] = ()  # the BPF maps it says are full
         self.sent = 0
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -468,7 +479,7 @@ class TestAgent:
             self.connected.set()
             while True:
                 if self.latency_ms:
-                    await ws.send_str(snapshot(dict(self.latency_ms)))
+                    await ws.send_str(snapshot(dict(self.latency_ms), maps_full=self.maps_full))
                     self.sent += 1
                 await asyncio.sleep(self.period_s)
 
