@@ -38,6 +38,7 @@ import uvloop
 from aviator.kube import KubeClient
 from aviator.kube.resources import AVIATORPOLICIES, PODS
 from aviator.testing.controlplane import free_port
+from aviator.testing.waiting import BPF_COMPILE_BOUND_S, process_ready
 from bench.common import (
     REPO,
     ControllerProcess,
@@ -179,19 +180,15 @@ class AgentProcess:
         ):
             return await resp.json() if path != "/metrics" else await resp.text()
 
-    async def wait_ready(self, timeout_s: float = 300.0) -> None:
+    async def wait_ready(self) -> None:
         """Until /readyz answers (the BPF program compiles first: slow on a busy machine)."""
-        deadline = time.monotonic() + timeout_s
-        async with aiohttp.ClientSession() as http:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"agent exited:\n{self.log_tail()}")
-                with contextlib.suppress(aiohttp.ClientError, OSError):
-                    async with http.get(f"http://127.0.0.1:{self.port}/readyz") as resp:
-                        if resp.status == 200:
-                            return
-                await asyncio.sleep(0.5)
-        raise RuntimeError(f"agent not ready in {timeout_s:.0f}s:\n{self.log_tail()}")
+        await process_ready(
+            self.process,
+            f"http://127.0.0.1:{self.port}/readyz",
+            self.log_path,
+            within=BPF_COMPILE_BOUND_S,
+            what="the churn agent",
+        )
 
     async def map_entries(self) -> int:
         return int((await self.get("/status"))["maps"].get("endpoints_tracked", 0))
