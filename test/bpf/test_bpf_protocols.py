@@ -13,7 +13,9 @@ from bpf_snapshots import EndpointDelta, delta, wait_for
 from h2_servers import GRPC_METHOD, H2Server, grpc_server
 from h2_wire import (
     CONTENT_TYPE_GRPC,
+    CONTINUATION,
     END_HEADERS,
+    END_STREAM,
     HEADERS,
     PADDED,
     STATUS_200,
@@ -29,6 +31,7 @@ from h2_wire import (
     frame,
     grpc_trailers,
     headers,
+    read_exactly,
 )
 
 from aviator.agent.bpf import BpfLatencySource, EndpointCounters, EndpointKey
@@ -127,6 +130,52 @@ def test_grpc_trailers_make_the_endpoint_grpc_and_carry_its_errors(
         # 0 13 14 0 13, then 13 2 13.
         assert (d.count, d.statuses, d.errors) == (8, 8, 6), role
         assert d.protocol == "grpc", role
+
+
+def test_h2_statuses_cut_across_writes_iovecs_and_continuation(
+    latency_source: BpfLatencySource,
+) -> None:
+    """Status fields cut anywhere and taken from the dynamic table: a literal 503 the
+    server adds to its table, its bytes in three writes; a reference to it in a
+    CONTINUATION; grpc-status 14 written as gathered iovecs, one per part of the field
+    (as gRPC C-core's server writes), then as a reference. Each is read on both ends."""
+    pair = Pair("127.0.55.5")
+
+    def send(*pieces: bytes) -> None:
+        for piece in pieces:
+            pair.server.sendall(piece)
+        read_exactly(pair.client, sum(map(len, pieces)))
+
+    def sendmsg(*iovecs: bytes) -> None:
+        assert pair.server.sendmsg(list(iovecs)) == sum(map(len, iovecs))
+        read_exactly(pair.client, sum(map(len, iovecs)))
+
+    try:
+        before = latency_source.read()
+        pair.open()
+        pair.to_server(b"".join(headers(s) for s in (1, 3, 5, 7)))
+        # 1: "x-a: b" then :status 503, both added to the table (503 is now index 62).
+        one = headers(1, b"\x40\x03x-a\x01b" + STATUS_503_PLAIN, end_stream=False)
+        send(one[:11], one[11:18], one[18:], data(1))
+        # 3: "x-b: c" added (503 is now 63), then 63 in a CONTINUATION.
+        send(
+            frame(HEADERS, 0, 3, b"\x40\x03x-b\x01c"),
+            frame(CONTINUATION, END_HEADERS, 3, b"\xbf"),
+            data(3),
+        )
+        # 5: gRPC, content-type added; trailers with grpc-status 14 added, in iovecs.
+        send(headers(5, STATUS_200 + CONTENT_TYPE_GRPC, end_stream=False), data(5))
+        trailers = b"\x40\x0bgrpc-status\x0214"
+        head = frame(HEADERS, END_HEADERS | END_STREAM, 5, trailers)[:9]
+        sendmsg(head, trailers[:1], trailers[1:13], trailers[13:])
+        # 7: content-type is 63 now, grpc-status 14 is 62.
+        send(headers(7, STATUS_200 + b"\xbf", end_stream=False), data(7, end_stream=False))
+        sendmsg(frame(HEADERS, END_HEADERS | END_STREAM, 7, b"\xbe")[:9], b"\xbe")
+        got = settle(latency_source, pair.host, pair.port, before, 4)
+    finally:
+        pair.close()
+    for role, d in got.items():
+        assert (d.count, d.statuses, d.errors) == (4, 4, 4), role
 
 
 def test_http1_status_lines_and_errors(latency_source: BpfLatencySource) -> None:
