@@ -10,19 +10,19 @@
 // is a sample of its time open, counted in `aborted`, like an HTTP/1 request.
 //
 // The parser carries its place per direction across calls (h2_dir: payload bytes to
-// skip, a frame header split across reads, a status whose bytes are still to come). A
-// program run takes H2_FRAMES_PER_RUN steps (a frame header, a payload skipped, or a
-// move to the next iovec of a readv/writev/recvmsg/sendmsg); a call with more
+// skip, a frame header split across reads; hpack_state: where it is in a server
+// header block). A program run takes H2_FRAMES_PER_RUN steps (a frame header, a
+// payload skipped, a move to the next iovec of a readv/writev/recvmsg/sendmsg, or up
+// to the next field event of a server header block, hpack.h); a call with more
 // continues in a tail call of h2_parse_more, up to H2_MAX_RUNS runs (512 steps per
-// call: 100 small frames in one write fit). Beyond that, or on bytes that cannot be
+// call: 100 small request frames in one write fit, or some 70 responses of a few
+// header fields each). Beyond that, or on bytes that cannot be
 // HTTP/2 frames (something moved bytes through a path the program does not see), the
 // connection is given up: its open streams are dropped without samples, it is flagged
 // SOCK_UNPARSED and is not measured any more (CNT_H2_DESYNCS counts these).
 //
-// Streams are opened, ended and swept in h2_streams.h; statuses are read with
-// hpack.h.
-//
-// Statuses are read from every header block the server sends: hpack.h.
+// Streams are opened, ended and swept in h2_streams.h; statuses are read from every
+// header block the server sends by hpack.h.
 // An h2 connection whose responses end in trailers (a second server HEADERS with
 // END_STREAM) is gRPC from then on (APP_GRPC).
 

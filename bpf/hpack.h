@@ -17,6 +17,13 @@
 // encoder's dynamic table, is read exactly, and so is a field split across reads,
 // writes, iovecs or CONTINUATION frames (the walk carries its place).
 //
+// The parser (h2.h) hands a header-carrying frame's payload to hpack_step, one step of
+// its budget at a time: up to HP_BYTES bytes read at once and walked to the first
+// event (an integer or a string complete), which is acted on once per step; strings
+// that do not matter are skipped without reading them. (The verifier explores the
+// step for every parser step of a run: a walk acting on its events byte by byte is
+// more than it accepts.)
+//
 // What a block counts (at its end; hp.role says what the block is):
 //   a response's first HEADERS: its :status (an error when >= 500), unless the
 //     response is gRPC (content-type application/grpc, :status 200): then its status
