@@ -10,6 +10,7 @@ import subprocess
 import grpc
 import pytest
 from bpf_snapshots import EndpointDelta, delta, wait_for
+from conftest import TEST_BOUND_S
 from h2_servers import GRPC_METHOD, H2Server, grpc_server
 from h2_wire import (
     CONTENT_TYPE_GRPC,
@@ -37,7 +38,7 @@ from h2_wire import (
 from aviator.agent.bpf import BpfLatencySource, EndpointCounters, EndpointKey
 from aviator.latency.schema import ROLES
 
-pytestmark = [pytest.mark.bpf, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.bpf, pytest.mark.timeout(TEST_BOUND_S, func_only=True)]
 
 Snap = dict[EndpointKey, EndpointCounters]
 
