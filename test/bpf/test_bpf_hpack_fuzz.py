@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from aviator.agent.bpf import BpfLatencySource, EndpointKey
 from aviator.latency.schema import ROLES
 
-pytestmark = [pytest.mark.bpf, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.bpf, pytest.mark.timeout(300, func_only=True)]
 
 Header = tuple[str, str]
 
