@@ -284,8 +284,9 @@ static __always_inline void on_receive(struct sock_state *st) {
         complete_request(st);
 }
 
-// payload.h: whether this thread's send starts with an HTTP/2 SETTINGS frame.
-static __always_inline int sends_h2_settings(void);
+// payload.h: whether this thread's send opens an HTTP/2 connection (the client
+// preface; a server's SETTINGS).
+static __always_inline int sends_h2_opening(int client);
 
 static __always_inline void on_send(struct sock_state *st) {
     if ((st->flags & SOCK_CLOSED) || PER_STREAM(st))
@@ -293,10 +294,14 @@ static __always_inline void on_send(struct sock_state *st) {
     if (st->ep.role == ROLE_SERVER) {
         // An HTTP/2 server's SETTINGS, sent before it read the client's preface, does
         // not answer the request the preface's arrival started (the read cancels it).
-        if (st->proto == APP_UNKNOWN && sends_h2_settings())
+        if (st->proto == APP_UNKNOWN && sends_h2_opening(0))
             return;
         complete_request(st);
     } else {
+        // Nor does the client preface start one: the server's SETTINGS could complete
+        // it before this send's payload is read and the connection known as HTTP/2.
+        if (st->proto == APP_UNKNOWN && sends_h2_opening(1))
+            return;
         start_request(st);
     }
 }

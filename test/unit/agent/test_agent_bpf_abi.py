@@ -40,6 +40,7 @@ PUBLISHED_COUNTERS = (
     "h2_conns_full_drops",
     "h2_desyncs",
     "statuses_read",
+    "statuses_unread",
 )
 
 
