@@ -8,11 +8,12 @@ import threading
 import pytest
 from bpf_loadgen import DelayServer, run_clients
 from bpf_snapshots import assert_close, delta, exact_quantile
+from conftest import TEST_BOUND_S
 
 from aviator.agent.bpf import BpfLatencySource, EndpointKey
 from aviator.latency.schema import ROLES
 
-pytestmark = [pytest.mark.bpf, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.bpf, pytest.mark.timeout(TEST_BOUND_S, func_only=True)]
 
 
 def test_fast_and_slow_servers_measured_per_ip(latency_source: BpfLatencySource) -> None:

@@ -39,6 +39,7 @@ from prometheus_client import REGISTRY
 
 from aviator.agent.app import Agent, AgentConfig
 from aviator.agent.prober import NodeProber
+from aviator.agent.sources import MapState
 from aviator.kube import KubeClient
 from aviator.kube.resources import PODS, SERVICEACCOUNTS
 from aviator.latency.histogram import NUM_BUCKETS
@@ -447,6 +448,12 @@ class NoSource:
 
     async def read(self) -> Any:
         return []
+
+    async def open_ages(self, ips: Any) -> Any:
+        return []
+
+    async def maintain(self, pods: Any) -> MapState:
+        return MapState()
 
     async def stats(self) -> dict[str, int]:
         return {}
