@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 from e2e_cluster import REPO, BoxCluster
+from e2e_inbox import InBox, cluster_ip, served
 from e2e_scenario import Scenario, wait_for
-from test_e2e_kube_proxy import InBox, cluster_ip, served
 
 from aviator.box.kubeproxy import unavailable as kube_proxy_unavailable
 from aviator.box.netns import POD_NETWORKS
