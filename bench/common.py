@@ -43,6 +43,7 @@ from aviator.kube.resources import NAMESPACES, NODES, PODS, SERVICEACCOUNTS, SER
 from aviator.latency.histogram import bucket_index
 from aviator.testing.controlplane import ControlPlane, free_port
 from aviator.testing.pool import parse_response_head
+from aviator.testing.waiting import process_ready
 
 Row = dict[str, object]
 JSON = dict[str, Any]
@@ -355,18 +356,14 @@ class ControllerProcess:
         self.pid = self.process.pid
         atexit.register(self.stop)  # never outlive the benchmark, whatever fails
 
-    async def wait_ready(self, timeout_s: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        async with aiohttp.ClientSession() as session:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"controller exited:\n{self.log_tail()}")
-                with contextlib.suppress(aiohttp.ClientError, OSError):
-                    async with session.get(f"http://127.0.0.1:{self.port}/readyz") as resp:
-                        if resp.status == 200:
-                            return
-                await asyncio.sleep(0.2)
-        raise RuntimeError(f"controller not ready in {timeout_s:.0f}s:\n{self.log_tail()}")
+    async def wait_ready(self, within_s: float = 120.0) -> None:
+        await process_ready(
+            self.process,
+            f"http://127.0.0.1:{self.port}/readyz",
+            self.log_path,
+            within=within_s,
+            what="the benchmark's controller",
+        )
 
     async def metrics(self) -> dict[str, float]:
         """Every sample of /metrics as "name{label=value,...}" → value."""
@@ -558,7 +555,7 @@ class BoxHandle:
     """`aviator box up` in a subprocess; Services through the box proxy's host addresses,
     pod latency through the test app's control file."""
 
-    def __init__(self, start_timeout_s: float = 240.0) -> None:
+    def __init__(self, start_timeout_s: float = 420.0) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="aviator-bench-box-"))
         self.kubeconfig = self.workdir / "kubeconfig"
         self.start_timeout_s = start_timeout_s

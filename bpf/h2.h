@@ -10,36 +10,19 @@
 // is a sample of its time open, counted in `aborted`, like an HTTP/1 request.
 //
 // The parser carries its place per direction across calls (h2_dir: payload bytes to
-// skip, a frame header split across reads, a status whose bytes are still to come). A
-// program run takes H2_FRAMES_PER_RUN steps (a frame header, a payload skipped, or a
-// move to the next iovec of a readv/writev/recvmsg/sendmsg); a call with more
+// skip, a frame header split across reads; hpack_state: where it is in a server
+// header block). A program run takes H2_FRAMES_PER_RUN steps (a frame header, a
+// payload skipped, a move to the next iovec of a readv/writev/recvmsg/sendmsg, or up
+// to the next field event of a server header block, hpack.h); a call with more
 // continues in a tail call of h2_parse_more, up to H2_MAX_RUNS runs (512 steps per
-// call: 100 small frames in one write fit). Beyond that, or on bytes that cannot be
+// call: 100 small request frames in one write fit, or some 70 responses of a few
+// header fields each). Beyond that, or on bytes that cannot be
 // HTTP/2 frames (something moved bytes through a path the program does not see), the
 // connection is given up: its open streams are dropped without samples, it is flagged
 // SOCK_UNPARSED and is not measured any more (CNT_H2_DESYNCS counts these).
 //
-// Streams are opened, ended and swept in h2_streams.h; statuses are read with
-// hpack.h.
-//
-// Status (counted with the endpoint's `statuses`/`errors`), from the first bytes of
-// the header block when they are in the same read or write as the frame header:
-//   :status  static-table indexed 0x88-0x8e (200 204 206 304 400 404 500), or a
-//            literal with static name index 8-14 (with, without or never indexing)
-//            and a 3-digit value, plain or Huffman-coded. A status the encoder took
-//            from its dynamic table (a repeated status outside the static table) is
-//            not readable without a full HPACK decoder and is not counted.
-//   grpc-status  a literal with a new name (plain or Huffman "grpc-status"), 1-2
-//            digits, where it is the trailers' first field, or, in a response that
-//            is only headers (gRPC Trailers-Only: an error without a message), the
-//            field after an indexed :status and a content-type that is indexed or
-//            the literal "application/grpc". Encoders send a value as such a
-//            literal the first time on a connection and refer to their dynamic
-//            table after: those are not readable. The field must be in the same
-//            buffer (or iovec) as the start of the block: a writer that gathers
-//            header fields from iovecs of their own (gRPC C-core's server) is read on
-//            its peer's side only. A value != 0 counts one more error
-//            (its response's :status was counted).
+// Streams are opened, ended and swept in h2_streams.h; statuses are read from every
+// header block the server sends by hpack.h.
 // An h2 connection whose responses end in trailers (a second server HEADERS with
 // END_STREAM) is gRPC from then on (APP_GRPC).
 
@@ -48,12 +31,14 @@
 #define H2_PRIORITY_FRAME 2
 #define H2_RST_STREAM 3
 #define H2_SETTINGS 4
+#define H2_PUSH_PROMISE 5
 #define H2_PING 6
 #define H2_GOAWAY 7
 #define H2_WINDOW_UPDATE 8
 #define H2_CONTINUATION 9
 
 #define H2_END_STREAM 0x1
+#define H2_END_HEADERS 0x4
 #define H2_PADDED 0x8
 #define H2_PRIORITY 0x20
 
@@ -61,7 +46,6 @@
 #define H2_FRAMES_PER_RUN 16
 #define H2_MAX_RUNS 32
 #define H2_MAX_IOV 1024  // UIO_MAXIOV: every iovec is a step of the run budget
-#define H2_PEEK 32
 
 #define H2C_GOAWAY 1  // h2_conn.flags: goaway_sid is to be applied
 
@@ -71,6 +55,8 @@
 
 BPF_F_TABLE("hash", u64, struct h2_conn, h2conns, MAX_H2_CONNS, BPF_F_NO_PREALLOC);
 BPF_PERCPU_ARRAY(zero_h2, struct h2_conn, 1);
+// Where a parser run records when its endpoint could not be created (map full).
+BPF_PERCPU_ARRAY(spare_ep, struct ep_val, 1);
 
 // Where one call's bytes are: the current chunk (a buffer or one iovec), what is left.
 // Per CPU: tracepoint programs do not nest on a CPU, and a tail call keeps the CPU.
@@ -122,57 +108,6 @@ static __always_inline int h2_plausible(u32 len, u8 type, u32 sid) {
 
 #include "hpack.h"
 
-#define STATUS_HTTP 1
-#define STATUS_GRPC 2
-
-// The status at the start of the current frame's payload (h2_dir.status_due), read
-// where the payload's first bytes are: the frame header may have come in an earlier
-// read than they.
-static __always_inline void read_status(struct h2_cursor *c, struct ep_val *v,
-                                        struct h2_dir *d) {
-    u8 due = d->status_due;
-    d->status_due = 0;
-    u8 b[H2_PEEK] = {};
-    u32 at = 0;
-    u32 n = peek_block(c, d->due_flags, b, &at);
-    if (!n)
-        return;
-    s32 grpc = -1;
-    if (due == STATUS_HTTP) {
-        u32 status = h2_status(b, n);
-        if (status)
-            count_status(v, status, 0);
-        if (!(d->due_flags & H2_END_STREAM) || b[0] < 0x80 || n < 2)
-            return;
-        // A response that is only headers: gRPC's Trailers-Only form (an error with no
-        // message) has grpc-status after :status and content-type. Read it when
-        // :status is indexed and content-type is indexed or the plain literal
-        // "application/grpc" with the static name (the first use on a connection).
-        u32 skip = 0;
-        if (b[1] >= 0x80)
-            skip = 2;
-        else if (b[1] == 0x5f && n >= 3 && b[2] == 0x10)
-            skip = 19;
-        if (!skip)
-            return;
-        u8 t[H2_PEEK] = {};
-        u32 avail = c->cur_len - c->pos;
-        if (avail <= at + skip)
-            return;
-        u32 m = avail - at - skip;
-        if (m > H2_PEEK - 1)
-            m = H2_PEEK - 1;
-        if (bpf_probe_read_user(t, BOUNDED(m, H2_PEEK - 1),
-                                (const void *)(c->cur + c->pos + at + skip)))
-            return;
-        grpc = grpc_status(t, m);
-    } else {
-        grpc = grpc_status(b, n);
-    }
-    if (grpc > 0 && v)
-        __sync_fetch_and_add(&v->errors, 1);
-}
-
 static __always_inline void h2_frame(struct h2_cursor *c, struct sock_state *st,
                                      struct ep_val *v, struct h2_conn *h, struct h2_dir *d,
                                      u32 len, u8 type, u8 flags, u32 sid) {
@@ -188,15 +123,20 @@ static __always_inline void h2_frame(struct h2_cursor *c, struct sock_state *st,
         return;
     }
     if (type == H2_HEADERS) {
+        u8 role = HPB_NONE;
         if (stream_end(c, st, v, h, sid, 0)) {
-            d->status_due = len ? STATUS_HTTP : 0;
+            role = (flags & H2_END_STREAM) ? HPB_RESPONSE_END : HPB_RESPONSE;
         } else if ((flags & H2_END_STREAM) && (sid & 1) && sid <= h->max_sid) {
             // Trailers of an answered stream: gRPC.
             if (st->proto == APP_H2)
                 st->proto = APP_GRPC;
-            d->status_due = len ? STATUS_GRPC : 0;
+            role = HPB_TRAILERS;
         }
-        d->due_flags = flags;
+        d->skip = 0;  // the header block is walked (hpack.h)
+        hpack_frame(&h->hp, v, len, type, flags, role);
+    } else if (type == H2_CONTINUATION || type == H2_PUSH_PROMISE) {
+        d->skip = 0;
+        hpack_frame(&h->hp, v, len, type, flags, HPB_NONE);
     } else if (type == H2_RST_STREAM) {
         stream_end(c, st, v, h, sid, 1);
     } else if (type == H2_GOAWAY) {
@@ -243,6 +183,16 @@ static __always_inline int h2_run(void *ctx, struct sock_state *st) {
     }
     struct h2_dir *d = &h->dir[c->dir & 1];
     struct ep_val *v = endpoint(&st->ep);
+    if (!v) {
+        // The endpoint map is full (counted): what this run records goes to a spare.
+        // Never null below: one pointer state for the verifier, not two per check.
+        int zero = 0;
+        v = spare_ep.lookup(&zero);
+        if (!v) {
+            c->active = 0;
+            return 0;
+        }
+    }
     int done = 0;
     for (int i = 0; i < H2_FRAMES_PER_RUN; i++) {
         if (c->pos >= c->cur_len) {
@@ -252,8 +202,10 @@ static __always_inline int h2_run(void *ctx, struct sock_state *st) {
             }
             continue;
         }
-        if (d->status_due)
-            read_status(c, v, d);  // here starts the payload of the frame before
+        if (c->dir == 1 && h->hp.frame_left) {
+            hpack_step(c, &h->hp, v);
+            continue;
+        }
         u32 avail = c->cur_len - c->pos;
         u32 skip = d->skip;
         if (skip) {

@@ -73,6 +73,12 @@
 
 BPF_TABLE("lru_hash", u64, struct sock_state, sockets, MAX_SOCKETS);
 BPF_F_TABLE("hash", struct ep_key, struct ep_val, endpoints, MAX_ENDPOINTS, BPF_F_NO_PREALLOC);
+// The endpoints touched since user space last drained this map (value: 1): each read
+// decodes only those, not the whole `endpoints` map. Set on every lookup that is about
+// to change an endpoint, so a change can land just after user space drained the mark;
+// user space also re-reads the endpoints marked the read before (aviator/agent/bpf/
+// tracked.py).
+BPF_TABLE("hash", struct ep_key, u8, ep_dirty, MAX_ENDPOINTS);
 BPF_TABLE("lru_hash", struct listen_key, u8, listeners, MAX_LISTENERS);
 // Never written: a zeroed value to create endpoints from (too big for the BPF stack).
 BPF_PERCPU_ARRAY(zero_ep, struct ep_val, 1);
@@ -97,18 +103,34 @@ static __always_inline void count(u32 which) {
         *c += 1;  // per-CPU: no atomics needed
 }
 
+// Marks an endpoint for user space's next read (a lookup first: the mark is usually
+// there already, and a lookup costs less than an update).
+static __always_inline void touch(struct ep_key *key) {
+    if (ep_dirty.lookup(key))
+        return;
+    u8 one = 1;
+    ep_dirty.update(key, &one);
+}
+
+// The endpoint's counters, created when missing; marked changed (every caller is about
+// to change them). 0 when the map is full.
 static __always_inline struct ep_val *endpoint(struct ep_key *key) {
     struct ep_val *v = endpoints.lookup(key);
-    if (v)
+    if (v) {
+        touch(key);
         return v;
+    }
     int zero = 0;
     struct ep_val *z = zero_ep.lookup(&zero);
     if (!z)
         return 0;
     endpoints.insert(key, z);  // may race with another CPU: either insert wins
     v = endpoints.lookup(key);
-    if (!v)
+    if (!v) {
         count(CNT_ENDPOINTS_FULL_DROPS);
+        return 0;
+    }
+    touch(key);
     return v;
 }
 
@@ -371,8 +393,9 @@ static __always_inline void on_receive(struct sock_state *st) {
         complete_request(st);
 }
 
-// payload.h: whether this thread's send starts with an HTTP/2 SETTINGS frame.
-static __always_inline int sends_h2_settings(void);
+// payload.h: whether this thread's send opens an HTTP/2 connection (the client
+// preface; a server's SETTINGS).
+static __always_inline int sends_h2_opening(int client);
 
 static __always_inline void on_send(struct sock_state *st) {
     if ((st->flags & SOCK_CLOSED) || PER_STREAM(st))
@@ -380,11 +403,15 @@ static __always_inline void on_send(struct sock_state *st) {
     if (st->ep.role == ROLE_SERVER) {
         // An HTTP/2 server's SETTINGS, sent before it read the client's preface, does
         // not answer the request the preface's arrival started (the read cancels it).
-        if (st->proto == APP_UNKNOWN && sends_h2_settings())
+        if (st->proto == APP_UNKNOWN && sends_h2_opening(0))
             return;
         complete_request(st);
     } else {
         note_agent_conn(st);
+        // Nor does the client preface start one: the server's SETTINGS could complete
+        // it before this send's payload is read and the connection known as HTTP/2.
+        if (st->proto == APP_UNKNOWN && sends_h2_opening(1))
+            return;
         start_request(st);
     }
 }

@@ -58,6 +58,7 @@ enum counter {
     CNT_H2_DESYNCS,            // h2 connections given up: frames beyond the per-call
                                //   budget or bytes that are not HTTP/2 frames
     CNT_STATUSES_READ,         // response statuses read
+    CNT_STATUSES_UNREAD,       // HTTP/2 responses whose status could not be read
     CNT_PROBES_BY_PATH,        // requests recorded as probes: node address, probe port+path
     CNT_PROBES_BY_ADDRESS,     // ... by node address and probe port alone (path not read)
     NUM_COUNTERS,
@@ -192,10 +193,7 @@ struct addr_key {
 struct h2_dir {
     u32 skip;      // bytes of the current frame's payload (or the preface) still to come
     u8 have;       // bytes of a frame header split across reads, kept in part[]
-    u8 status_due; // the current frame's payload starts with a status to read: 1
-                   //   :status, 2 grpc-status (read where its first bytes come)
-    u8 due_flags;  // that frame's flags
-    u8 pad1;
+    u8 pad1[3];
     u8 part[32];
 };
 
@@ -204,11 +202,61 @@ struct h2_slot {
     u64 start_ns;  // when its client HEADERS was read or written (CLOCK_MONOTONIC)
 };
 
+// Private to the program (bpf/hpack.h): the server's HPACK encoder as far as statuses
+// need it. A dynamic table entry the server added is remembered by its insertion
+// number when it holds a status, a grpc-status or a content-type (the last
+// HPACK_RECS of them); index 62 + k names the entry inserted k insertions before
+// the latest, so counting insertions resolves references without eviction arithmetic.
+#define HPACK_RECS 16
+#define HPACK_CAP 16
+
+struct hpack_rec {
+    u32 seq;       // insertion number + 1; 0 = empty
+    u16 value;     // :status; grpc-status + 1; content-type: 1 if application/grpc
+    u8 kind;
+    u8 pad;
+};
+
+struct hpack_state {
+    u32 inserted;    // entries the server's encoder added to its dynamic table
+    u32 forgot;      // records overwritten: a miss below this insertion number is unknown
+    u32 frame_left;  // payload bytes of the current header-carrying frame still to come
+    u32 str_left;    // bytes of the current string still to come
+    u32 str_len;     // its length
+    u32 ival;        // an integer being read across bytes
+    u32 pending;     // a dynamic table index to resolve (0: none)
+    u16 blk_status;  // the block's :status (0: none read)
+    u8 blk_grpc;     // its grpc-status + 1 (0: none read)
+    u8 blk_ctype;    // it has content-type application/grpc
+    u8 state;        // what the next byte is (HP_* in hpack.h)
+    u8 int_for;      // what the integer being read is
+    u8 shift;
+    u8 rep;          // the current field's representation
+    u8 kind;         // what the current field's name is
+    u8 huff;         // the current string is Huffman-coded
+    u8 in_name;      // the current string is a name
+    u8 cap_len;      // bytes of the current string kept in cap[]
+    u8 capture;      // how many to keep
+    u8 pre;          // bytes before the block in this frame still to skip
+    u8 pad_len;      // padding at the end of this frame
+    u8 need_pad;     // its pad length byte is still to come
+    u8 end_headers;  // this frame ends the block
+    u8 role;         // what the block is for the counts (HPB_* in hpack.h)
+    u8 pending_for;  // what `pending` is (an indexed field or a literal's name)
+    u8 next_rec;
+    u8 broken;       // insertions no longer counted: dynamic references are unknown
+    u8 pad1[3];
+    u8 cap[HPACK_CAP];
+    struct hpack_rec recs[HPACK_RECS];
+    u32 pad2;
+};
+
 struct h2_conn {
     struct h2_dir dir[2];  // 0: the client's bytes (requests), 1: the server's
     u32 max_sid;           // highest client stream id opened (ids only grow)
     u32 goaway_sid;        // last-stream-id of a server GOAWAY still to apply; else 0
     u64 flags;             // private to the program
+    struct hpack_state hp; // the server's header blocks (statuses)
     struct h2_slot slots[H2_SLOTS];
 };
 

@@ -23,8 +23,8 @@
 //
 // A connection's protocol is decided by its first client bytes (the server's on a
 // server socket received, the client's on a client socket sent): the HTTP/2 client
-// preface -> APP_H2 (its connection-level request, started by the preface, is
-// cancelled), an HTTP/1 method token -> APP_HTTP1, anything else -> APP_OPAQUE. A server
+// preface -> APP_H2 (the connection-level request its arrival started on the server
+// side is cancelled; on the client side its send starts none, see on_send), an HTTP/1 method token -> APP_HTTP1, anything else -> APP_OPAQUE. A server
 // that speaks first with a SETTINGS frame (HTTP/2 servers do not wait for the preface)
 // gets a parser before the preface arrives; any other server-first bytes make the
 // connection opaque. Connections older than the program (adopted mid-stream) are
@@ -96,7 +96,9 @@ static __always_inline int is_settings_header(const u8 *b) {
            len % 6 == 0;
 }
 
-static __always_inline int sends_h2_settings(void) {
+// Whether this thread's send (stashed, its payload not read yet) opens an HTTP/2
+// connection: the client preface (`client`), or a server's SETTINGS frame.
+static __always_inline int sends_h2_opening(int client) {
     u64 id = bpf_get_current_pid_tgid();
     struct stash *p = stashes.lookup(&id);
     if (!p || p->kind == STASH_NONE || !p->sending)
@@ -110,6 +112,8 @@ static __always_inline int sends_h2_settings(void) {
     u8 b[16] = {};
     if (bpf_probe_read_user(b, 9, (const void *)buf) != 0)
         return 0;
+    if (client)
+        return *(u64 *)b == 0x5448202a20495250ULL;  // "PRI * HT"
     return is_settings_header(b);
 }
 

@@ -13,9 +13,16 @@ Every report interval:
    kubelet's probes are counted apart from traffic (aviator.agent.kubelet); the
    source counts the keep-warm probes among the samples (`EndpointWindow.keepwarm`).
 
-Between intervals, every `urgent_check_s`, it looks at the source's counters for a
-request open longer than its pod's p99Threshold and, when one just crossed it, runs
-the interval's work at once (aviator.agent.urgent: when, how often, which threshold).
+Between intervals, every `urgent_check_s`, it looks at the ages of the open requests of
+the pods that have a p99Threshold (`CounterSource.open_ages`: no counters decoded) and,
+when one just crossed it, runs the interval's work at once (aviator.agent.urgent: when,
+how often, which threshold).
+
+Every `maintain_s` (at a tick) it keeps the source's maps to the node's pods
+(aviator.agent.upkeep, `CounterSource.maintain`): endpoints of IPs that are not a local pod's and idle for
+`prune_idle_s` leave the BPF maps, as do the idle connections of pods gone that long; and
+it learns which maps are full (their drops grew), which every snapshot then carries
+(`maps_full`) so the controller can say why a pod has no data.
 """
 
 from __future__ import annotations
@@ -44,19 +51,23 @@ from aviator.agent.promfold import DEFAULT_PER_OCTAVE
 from aviator.agent.sources import CounterSource
 from aviator.agent.stream import StreamFanout, StreamTls, TokenFile, urls_from_slices
 from aviator.agent.targets import TargetKey, probe_targets
+from aviator.agent.upkeep import MapUpkeep
 from aviator.agent.urgent import DEFAULT_CHECK_S, DEFAULT_MIN_GAP_S, UrgentReports, open_thresholds
-from aviator.agent.windows import (
-    CountersLike,
-    EndpointKeyLike,
-    WindowDiffer,
-    attach_pods,
+from aviator.agent.windows import CountersLike, EndpointKeyLike, WindowDiffer, attach_pods
+from aviator.informers import (
+    DeletedFinalStateUnknown,
+    FuncHandler,
+    InformerFactory,
+    SharedIndexInformer,
+    unwrap_tombstone,
 )
-from aviator.informers import FuncHandler, InformerFactory, SharedIndexInformer
 from aviator.kube import KubeClient
 from aviator.kube.marks import LABEL_SERVICE_NAME
+from aviator.kube.objects import JSON
+from aviator.kube.pods import pod_ips
 from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, SERVICES
 from aviator.latency.probing import ProbeTarget
-from aviator.latency.schema import EndpointWindow, Snapshot
+from aviator.latency.schema import MAPS, EndpointWindow, Snapshot
 from aviator.latency.store import LatencyStore
 from aviator.latency.tls import server_context
 from aviator.pki import Authority
@@ -112,6 +123,10 @@ class AgentConfig:
     handoff_netns: str = "any"  # "own": only pods in the agent's network namespace (the box)
     urgent_check_s: float = DEFAULT_CHECK_S  # 0: no looks between intervals
     urgent_min_gap_s: float = DEFAULT_MIN_GAP_S
+    # Endpoints of non-local IPs unchanged this long leave the BPF maps (and idle
+    # connections of pods gone this long); upkeep runs every maintain_s.
+    prune_idle_s: float = 30.0
+    maintain_s: float = 5.0
 
 
 class Agent:
@@ -138,6 +153,7 @@ class Agent:
         self.store = LatencyStore(
             window_s=config.window_s, stale_after_s=max(3 * config.report_interval_s, 5.0)
         )
+        self.pods.informer.add_event_handler(FuncHandler(delete=self._forget_pod))
         self.metrics = AgentMetrics(
             max_pods=config.metrics_max_pods,
             buckets_per_octave=config.metrics_buckets_per_octave,
@@ -162,6 +178,7 @@ class Agent:
         self.node_addresses: set[str] = set(config.node_addresses)
         self._last_tick: float | None = None
         self._next_stats = 0.0
+        self.upkeep = MapUpkeep(config.prune_idle_s, config.maintain_s)
         self._runner: web.AppRunner | None = None
         self.handoffs = self._handoff_runner()
         self._handoff_task: asyncio.Task[None] | None = None
@@ -218,6 +235,12 @@ class Agent:
             self.http_port,
         )
         self.started.set()
+
+    def _forget_pod(self, obj: JSON | DeletedFinalStateUnknown) -> None:
+        """A deleted pod's windows leave the local store at once (not after the store's
+        forget_after_s): under churn they would pile up for minutes."""
+        for ip in pod_ips(unwrap_tombstone(obj)):
+            self.store.forget(ip)
 
     def _handoff_runner(self) -> HandOffRunner | None:
         """Hand-offs need the BPF program's socket map (which connections are idle)."""
@@ -315,10 +338,19 @@ class Agent:
 
     async def _look(self) -> None:
         """One look between intervals; reports at once when a request just crossed."""
-        counters = list(await self.source.read())
-        if self.urgent.check(counters, time.monotonic()):
+        ages = await self.source.open_ages(self.urgent.thresholds.keys())
+        if self.urgent.check(ages, time.monotonic()):
             log.debug("a request is open past its pod's threshold: reporting now")
-            await self.tick(counters)
+            await self.tick()
+
+    async def _maintain(self, now: float) -> None:
+        """Upkeep of the source's maps (aviator.agent.upkeep), then their occupancy."""
+        local = (ip for pod in self.pods.pods() for ip in pod_ips(pod))
+        full = (await self.upkeep.run(self.source, local, now)).full
+        stats = await self.source.stats()
+        if stats:
+            stats.update({f"{m}_full": int(m in full) for m in MAPS})
+        self.metrics.set_source_stats(stats)
 
     async def tick(self, counters: Iterable[Counted] | None = None) -> Snapshot:
         """One interval's work (see the module docstring); `counters`: the source's,
@@ -334,12 +366,15 @@ class Agent:
         windows = attach_pods(self.differ.advance(cumulative), self.pods.pod_for)
         self.metrics.counter_resets.inc(self.differ.resets - resets_before)
         endpoints = tuple(w for w in windows if self._reported(w))
+        if self.upkeep.due(now):
+            await self._maintain(now)
         snapshot = Snapshot(
             node=self.config.node,
             source=self.source.name,
             time=time.time(),
             window_s=max(window_s, 1e-3),
             endpoints=endpoints,
+            maps_full=self.upkeep.full,
         )
         self.store.ingest(snapshot, now)
         self.metrics.observe(snapshot)
@@ -364,7 +399,7 @@ class Agent:
             lambda ns, name: self.services.indexer.get(f"{ns}/{name}"),
             self.pods.pods(),
         )
-        self.urgent.reported(cumulative)
+        self.urgent.reported((key, c.oldest_open_us) for key, c in cumulative)
 
     def _follow_kubelet_probes(self) -> None:
         """Tell the source which ports and paths the kubelet probes on this node's pods
@@ -446,6 +481,15 @@ class Agent:
                 for url, c in self.stream.connections.items()
             },
             "probe_targets": len(self.targets),
+            "maps": {
+                "full": list(self.upkeep.full),
+                "pruned": dict(self.upkeep.pruned),
+                **{
+                    k: v
+                    for k, v in self.metrics.source_stats.items()
+                    if k.endswith(("_tracked", "_capacity", "_full_drops", "_full", "_read_last"))
+                },
+            },
             "urgent_reports": self.urgent.sent,
             "handoffs": None
             if self.handoffs is None

@@ -124,6 +124,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=4096,
         help="HTTP/2 connections timed per stream at once (BPF h2conns map size; 4 KiB each)",
     )
+    a(
+        "--prune-idle",
+        type=_positive,
+        default=30.0,
+        help="seconds an endpoint of an IP that is no local pod's must be unchanged before "
+        "it leaves the BPF maps (also: idle connections of pods gone that long; default 30)",
+    )
     a("--window", type=_positive, default=10.0, help="seconds of data behind GET /latency")
     a(
         "--keep-warm-samples",
@@ -213,6 +220,8 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
         handoff_rate=args.handoff_rate,
         node_addresses=list(args.node_address),
         handoff_netns=args.handoff_netns,
+        prune_idle_s=args.prune_idle,
+        maintain_s=min(5.0, max(args.report_interval, args.prune_idle / 2)),
     )
 
 

@@ -104,6 +104,11 @@ class AgentMetrics(Collector):
     def set_source_stats(self, stats: dict[str, int]) -> None:
         self._source_stats = dict(stats)
 
+    @property
+    def source_stats(self) -> dict[str, int]:
+        """The source's statistics as last refreshed."""
+        return dict(self._source_stats)
+
     def observe(self, snapshot: Snapshot) -> None:
         """Account one window."""
         self.reports.inc()

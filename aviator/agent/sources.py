@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from aviator.agent.prober import NodeProber
@@ -23,11 +24,21 @@ SourceChoice = Literal["auto", "ebpf", "probe"]
 
 
 class CounterSource(Protocol):
-    """Cumulative per-endpoint counters, read once per report interval."""
+    """Cumulative per-endpoint counters, read once per report interval; between
+    intervals, the ages of open requests (`open_ages`: cheaper than a read)."""
 
     name: Source
 
     async def read(self) -> Iterable[tuple[EndpointKeyLike, CountersLike]]: ...
+
+    async def open_ages(self, ips: Collection[str]) -> Iterable[tuple[EndpointKeyLike, int]]:
+        """(endpoint, age in µs of its oldest open request) for the endpoints of `ips`
+        with a request open."""
+        ...
+
+    async def maintain(self, pods: PodIps) -> MapState:
+        """Prune what no local pod needs and say how full the maps are."""
+        ...
 
     async def stats(self) -> dict[str, int]: ...
 
@@ -38,6 +49,26 @@ class CounterSource(Protocol):
         the source can tell those requests apart (aviator.agent.kubelet)."""
 
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class PodIps:
+    """The node's pods as the source's upkeep needs them: `local` the IPs of its pods
+    now; `departed` those of pods gone for at least `idle_s` with no successor;
+    endpoints of other IPs idle for `idle_s` are pruned."""
+
+    local: Collection[str]
+    departed: Collection[str]
+    idle_s: float
+
+
+@dataclass(frozen=True)
+class MapState:
+    """What one upkeep pass found: maps that dropped data since the last pass (full),
+    and what it removed."""
+
+    full: tuple[str, ...] = ()
+    pruned: dict[str, int] = field(default_factory=dict)
 
 
 class BpfSource:
@@ -53,6 +84,19 @@ class BpfSource:
 
     async def read(self) -> Iterable[tuple[EndpointKeyLike, CountersLike]]:
         return (await asyncio.to_thread(self.bpf.read)).items()
+
+    async def open_ages(self, ips: Collection[str]) -> Iterable[tuple[EndpointKeyLike, int]]:
+        return (await asyncio.to_thread(self.bpf.open_ages, ips)).items()
+
+    async def maintain(self, pods: PodIps) -> MapState:
+        def run() -> MapState:
+            local = set(pods.local)
+            done = self.bpf.prune(local.__contains__, pods.idle_s, pods.departed)
+            pruned = {"endpoints": done.endpoints, "sockets": done.sockets}
+            pruned["h2conns"], pruned["listeners"] = done.h2conns, done.listeners
+            return MapState(self.bpf.full_maps(), pruned)
+
+        return await asyncio.to_thread(run)
 
     async def stats(self) -> dict[str, int]:
         return await asyncio.to_thread(self.bpf.stats)
@@ -76,6 +120,12 @@ class ProbeSource:
 
     async def read(self) -> Iterable[tuple[EndpointKeyLike, CountersLike]]:
         return self.prober.read().items()
+
+    async def open_ages(self, ips: Collection[str]) -> Iterable[tuple[EndpointKeyLike, int]]:
+        return [(k, c.oldest_open_us) for k, c in self.prober.read().items() if c.oldest_open_us]
+
+    async def maintain(self, pods: PodIps) -> MapState:
+        return MapState()
 
     async def stats(self) -> dict[str, int]:
         return {}

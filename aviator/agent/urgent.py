@@ -1,7 +1,9 @@
 """Urgent reports: the agent reports at once when a pod stops answering.
 
-Between report intervals the agent looks at its counter source every `check_s`
-(default 0.2 s; no extra look when no local pod has a threshold). With eBPF an open
+Between report intervals the agent looks at the ages of the open requests of the pods
+with a threshold every `check_s` (default 0.2 s; no extra look when no local pod has a
+threshold), through the source's `open_ages`: with eBPF a walk of the socket map, no
+endpoint's histogram decoded. With eBPF an open
 request is a client's; with the probe source, one of the agent's own probes (it stays
 open until the probe times out). An endpoint whose oldest open request is older
 than its pod's threshold, and was not at the previous look (it just crossed), makes the
@@ -25,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from aviator.agent.targets import JSON, selected_pods
-from aviator.agent.windows import CountersLike, EndpointKeyLike
+from aviator.agent.windows import EndpointKeyLike
 from aviator.api.codec import PolicyError
 from aviator.api.types import AviatorPolicySpec
 from aviator.kube.pods import pod_ips
@@ -74,9 +76,10 @@ class UrgentReports:
         self._pending = False
         self._next_allowed = 0.0
 
-    def check(self, counters: Iterable[tuple[EndpointKeyLike, CountersLike]], now: float) -> bool:
-        """Look at the cumulative counters; True: send a report now."""
-        if self._crossed(counters):
+    def check(self, ages: Iterable[tuple[EndpointKeyLike, int]], now: float) -> bool:
+        """Look at the endpoints' oldest open requests ((key, age µs)); True: send a
+        report now."""
+        if self._crossed(ages):
             self._pending = True
         if self._pending and now >= self._next_allowed:
             self._pending = False
@@ -85,17 +88,17 @@ class UrgentReports:
             return True
         return False
 
-    def reported(self, counters: Iterable[tuple[EndpointKeyLike, CountersLike]]) -> None:
-        """A regular report of these counters went out: its crossings are reported."""
-        self._crossed(counters)
+    def reported(self, ages: Iterable[tuple[EndpointKeyLike, int]]) -> None:
+        """A regular report with these ages went out: its crossings are reported."""
+        self._crossed(ages)
         self._pending = False
 
-    def _crossed(self, counters: Iterable[tuple[EndpointKeyLike, CountersLike]]) -> bool:
+    def _crossed(self, ages: Iterable[tuple[EndpointKeyLike, int]]) -> bool:
         """Remember which endpoints are past their threshold; any new since last time?"""
         above: set[tuple[str, int]] = set()
-        for key, c in counters:
+        for key, age_us in ages:
             limit = self.thresholds.get(key.ip)
-            if limit is not None and key.role == "server" and c.oldest_open_us > limit:
+            if limit is not None and key.role == "server" and age_us > limit:
                 above.add((key.ip, key.port))
         new = bool(above - self._above)
         self._above = above

@@ -117,8 +117,11 @@ class WindowDiffer:
                 and c.errors == old.errors
                 and c.keepwarm == old.keepwarm
             ):
-                # Nothing completed: skip building a histogram from the dense buckets.
+                # Nothing completed: skip building a histogram from the dense buckets,
+                # and anything at all for an idle endpoint (the common case).
                 fresh[k] = old
+                if not (c.rif or include_idle):
+                    continue
                 delta = Histogram()
                 d = _Delta(0, 0, 0, 0, 0, 0)
             else:

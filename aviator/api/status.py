@@ -36,8 +36,8 @@ class Condition:
     reason: str = api_field(
         "reason",
         """Machine-readable reason in CamelCase, e.g. Routing, ServiceNotFound,
-        NoEligiblePods, Overload, SelectorRestored, NoLatencyData, InvalidSpec,
-        NoRecognisedFraming.""",
+        NoEligiblePods, Overload, SelectorRestored, NoLatencyData, AgentMapsFull,
+        InvalidSpec, NoRecognisedFraming.""",
         default="",
     )
     message: str = api_field("message", "Human-readable details.", default="")

@@ -16,6 +16,11 @@ def pod_name(pod: Pod) -> str:
     return str(pod.get("metadata", {}).get("name", ""))
 
 
+def pod_node(pod: Pod) -> str:
+    """spec.nodeName ("" while unscheduled)."""
+    return str(pod.get("spec", {}).get("nodeName") or "")
+
+
 def is_terminating(pod: Pod) -> bool:
     return pod.get("metadata", {}).get("deletionTimestamp") is not None
 

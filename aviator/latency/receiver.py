@@ -279,12 +279,13 @@ async def _ingest(
     admitted windows reporting an open request are appended to `opened`, if given."""
     accepted = 0
     refused: Tally[str] = Tally()
+    store.maps.note(node, snapshot.maps_full, now)
     eps: Sequence[EndpointWindow] = snapshot.endpoints
     deadline = time.perf_counter() + _SLICE_S
     for start in range(0, len(eps), _CHUNK):
         admission = admit(eps[start : start + _CHUNK], node, locate)
         refused.update(admission.refused)
-        part = Snapshot(node, snapshot.source, snapshot.time, snapshot.window_s, admission.kept)
+        part = dataclasses.replace(snapshot, node=node, endpoints=admission.kept)
         result = store.ingest_snapshot(part, now)
         if opened is not None:
             opened.extend(w for w in admission.kept if w.oldest_open_us)

@@ -3,7 +3,7 @@
 Wire form (JSON text frame)::
 
     {"v": 1, "kind": "snapshot", "node": "node-1", "source": "ebpf" | "probe",
-     "time": 1700000000.5, "window_s": 1.0,
+     "time": 1700000000.5, "window_s": 1.0, "maps_full": ["endpoints"],
      "endpoints": [{"ip": "10.0.0.7", "port": 8080, "role": "server" | "client" | "probe",
                     "pod": "ns/name" | null, "hist": {"212": 3, "213": 1},
                     "count": 4, "sum_us": 41000, "max_us": 10800, "rif": 1,
@@ -28,7 +28,10 @@ a request is the time to the first response bytes); `statuses` is how many of `c
 had a response status the source could read and `errors` how many of those were errors
 (HTTP 5xx, gRPC status other than OK); `oldest_open_us` is the age of the endpoint's
 oldest request still open when the window closed (0: none open). These four are
-optional (older agents do not send them): absent, they read `opaque`, 0, 0, 0. Unknown fields are ignored so that newer agents can
+optional (older agents do not send them): absent, they read `opaque`, 0, 0, 0.
+`maps_full` (optional, absent: none) names the agent's BPF maps that were full lately
+(`endpoints`, `h2conns`): requests of the node's pods not already in them go unmeasured.
+Unknown fields are ignored so that newer agents can
 add some; a different `v` is refused. Every field is checked and bounded, since the
 controller must not trust a peer to send sane data: errors are `SchemaError` with a
 message that names the field.
@@ -49,7 +52,7 @@ import json
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal, cast
 
 import orjson
@@ -110,13 +113,18 @@ class Snapshot:
     time: float
     window_s: float
     endpoints: tuple[EndpointWindow, ...]
+    maps_full: tuple[str, ...] = ()  # MAPS: the agent's maps that dropped data lately
+
+
+# The agent's maps whose being full leaves pods unmeasured.
+MAPS: tuple[str, ...] = ("endpoints", "h2conns")
 
 
 # --- encoding -------------------------------------------------------------------------
 
 
 def snapshot_to_dict(snap: Snapshot) -> dict[str, Any]:
-    return {
+    out = {
         "v": VERSION,
         "kind": KIND_SNAPSHOT,
         "node": snap.node,
@@ -144,6 +152,9 @@ def snapshot_to_dict(snap: Snapshot) -> dict[str, Any]:
             for e in snap.endpoints
         ],
     }
+    if snap.maps_full:
+        out["maps_full"] = list(snap.maps_full)
+    return out
 
 
 def encode_snapshot(snap: Snapshot) -> str:
@@ -192,8 +203,8 @@ def split_snapshot(snap: Snapshot, max_bytes: int = MAX_MESSAGE_BYTES) -> list[s
     if len(snap.endpoints) <= 1:
         return []
     half = len(snap.endpoints) // 2
-    first = Snapshot(snap.node, snap.source, snap.time, snap.window_s, snap.endpoints[:half])
-    rest = Snapshot(snap.node, snap.source, snap.time, snap.window_s, snap.endpoints[half:])
+    first = replace(snap, endpoints=snap.endpoints[:half])
+    rest = replace(snap, endpoints=snap.endpoints[half:])
     return split_snapshot(first, max_bytes) + split_snapshot(rest, max_bytes)
 
 
@@ -232,12 +243,23 @@ def _header(data: str | bytes | Mapping[str, Any]) -> tuple[Snapshot, list[Any]]
         time=_number(obj, "time"),
         window_s=window_s,
         endpoints=(),
+        maps_full=_maps_full(obj),
     )
     return head, raw_eps
 
 
+def _maps_full(obj: Mapping[str, Any]) -> tuple[str, ...]:
+    raw = obj.get("maps_full", [])
+    if not isinstance(raw, list) or len(raw) > len(MAPS):
+        raise SchemaError(f"maps_full: not a list of at most {len(MAPS)} map names")
+    for name in raw:
+        if name not in MAPS:
+            raise SchemaError(f"maps_full: {name!r} is not one of {', '.join(MAPS)}")
+    return tuple(dict.fromkeys(raw))
+
+
 def _replace_endpoints(head: Snapshot, endpoints: tuple[EndpointWindow, ...]) -> Snapshot:
-    return Snapshot(head.node, head.source, head.time, head.window_s, endpoints)
+    return replace(head, endpoints=endpoints)
 
 
 def _endpoint(raw: Any, i: int) -> EndpointWindow:

@@ -57,6 +57,9 @@ Semantics the selection engine relies on:
   endpoints unseen for `forget_after_s` are removed, and each window holds at most
   `max_deltas` deltas.
 
+Beside the windows, `maps` (aviator.latency.pressure) keeps which nodes' agents report
+full BPF maps, for the same `stale_after_s`.
+
 Times are whatever clock the caller passes as `now` (one clock per store); message
 timestamps from agents are not trusted for windowing.
 """
@@ -69,6 +72,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from aviator.latency.histogram import Histogram
+from aviator.latency.pressure import MapPressure
 from aviator.latency.schema import EndpointWindow, Snapshot, Source
 from aviator.latency.window import QUANTILES, Window
 from aviator.selection.types import LatencyEstimate
@@ -143,6 +147,7 @@ class LatencyStore:
         # ip -> keys of that ip, so estimates need not scan every endpoint.
         self._by_ip: dict[str, set[Key]] = {}
         self._next_prune: float | None = None
+        self.maps = MapPressure(stale_after_s)
 
     def __len__(self) -> int:
         """Number of endpoints held."""

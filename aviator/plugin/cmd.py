@@ -1,4 +1,5 @@
-"""`kubectl aviator`: status, explain POLICY, latency SERVICE, restore SERVICE.
+"""`kubectl aviator`: status, explain POLICY, latency SERVICE, compare SERVICE, restore
+SERVICE.
 
 kubectl runs plugins as `kubectl-aviator ARGS...` and passes no flags of its own, so
 the usual ones are handled here: --kubeconfig, --context, -n/--namespace (default:
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import yaml
@@ -20,6 +23,7 @@ from aviator.api.crd import CRD_NAME
 from aviator.kube import ApiError, KubeClient
 from aviator.kube.objects import JSON
 from aviator.kube.resources import AVIATORPOLICIES, PODS, SERVICES
+from aviator.plugin import compare as canary
 from aviator.plugin import report
 from aviator.plugin.restore import plan_restore
 
@@ -59,6 +63,43 @@ def build_parser() -> argparse.ArgumentParser:
         "latency", parents=[common], help="per-pod latency of a Service's pods"
     )
     latency.add_argument("service")
+    compare = sub.add_parser(
+        "compare",
+        parents=[common],
+        help="is the canary's p99 (and error rate) within a margin of the stable pods'",
+        description="Exit code: 0 pass, 1 fail, 2 no verdict (not enough data, or the "
+        "data could not be read). See docs/canary.md.",
+    )
+    compare.add_argument("service")
+    compare.add_argument(
+        "-l", "--selector", required=True, help="label selector of the canary's pods"
+    )
+    compare.add_argument(
+        "--within",
+        type=float,
+        default=canary.DEFAULT_WITHIN_PERCENT,
+        metavar="PERCENT",
+        help="how much slower than the stable pods' p99 the canary's may be (default %(default)g)",
+    )
+    compare.add_argument(
+        "--max-error-increase",
+        type=float,
+        default=canary.DEFAULT_MAX_ERROR_INCREASE,
+        metavar="POINTS",
+        help="percentage points the canary's error rate may exceed the stable pods' "
+        "(default %(default)g)",
+    )
+    compare.add_argument(
+        "--min-samples",
+        type=int,
+        default=canary.DEFAULT_MIN_SAMPLES,
+        help="requests each side needs in the window for a verdict (default %(default)d)",
+    )
+    compare.add_argument(
+        "--policy",
+        help="the AviatorPolicy to read (default: the oldest that targets or routes the Service)",
+    )
+    compare.add_argument("-o", "--output", choices=["text", "json"], default="text")
     restore = sub.add_parser(
         "restore", parents=[common], help="give a taken-over Service its selector back"
     )
@@ -134,6 +175,8 @@ async def _run(args: argparse.Namespace, out: list[str]) -> int:
                 out.append(f"AviatorPolicy {meta['namespace']}/{meta['name']}:")
                 out.append(report.table(report.LATENCY_HEADERS, report.latency_rows(policy)))
             return 0
+        if args.command == "compare":
+            return await _compare(client, args, namespace, out)
         # restore
         try:
             service = await client.get(SERVICES, args.service, namespace)
@@ -162,6 +205,60 @@ async def _run(args: argparse.Namespace, out: list[str]) -> int:
         return 0
 
 
+async def _compare(
+    client: KubeClient, args: argparse.Namespace, namespace: str, out: list[str]
+) -> int:
+    """`compare`: reads the policy and the canary's pod names; `canary.compare` decides."""
+    if args.within < 0 or args.max_error_increase < 0 or args.min_samples < 1:
+        out.append("--within and --max-error-increase must be >= 0, --min-samples >= 1")
+        return canary.Outcome.NO_DATA.exit_code
+    found = report.policies_for_service(await _policies(client, namespace), args.service)
+    if args.policy:
+        found = [p for p in found if p["metadata"]["name"] == args.policy]
+    if not found:
+        which = f"AviatorPolicy {args.policy}" if args.policy else "AviatorPolicy"
+        reason = f"no {which} targets or routes Service {namespace}/{args.service}"
+        if args.output == "json":
+            code = canary.Outcome.NO_DATA.exit_code
+            body = {"verdict": str(canary.Outcome.NO_DATA), "exitCode": code, "reasons": [reason]}
+            out.append(json.dumps(body, indent=2))
+        else:
+            out.append(f"NO DATA: {reason}")
+        return canary.Outcome.NO_DATA.exit_code
+    policy = found[0]
+    pods = await client.list(PODS, namespace, params={"labelSelector": args.selector})
+    names = {str(p["metadata"]["name"]) for p in pods["items"]}
+    status = report.status_of(policy)
+    rows = canary.split_rows(status.pods, names)
+    verdict = canary.compare(
+        *rows,
+        within_percent=args.within,
+        max_error_increase=args.max_error_increase,
+        min_samples=args.min_samples,
+    )
+    meta = policy["metadata"]
+    if args.output == "json":
+        body = {
+            "service": args.service,
+            "namespace": namespace,
+            "policy": meta["name"],
+            "selector": args.selector,
+            "asOf": status.last_evaluation_time,
+            **verdict.to_json(),
+        }
+        out.append(json.dumps(body, indent=2))
+        return verdict.outcome.exit_code
+    when = report.age(status.last_evaluation_time, datetime.now(UTC))
+    out.append(
+        f"AviatorPolicy {meta['namespace']}/{meta['name']} (evaluated {when} ago), "
+        f"canary: {args.selector}"
+    )
+    out.append(report.table(canary.GROUP_HEADERS, canary.group_rows(verdict)))
+    out.extend(f"note: {n}" for n in verdict.notes)
+    out.append(verdict.line())
+    return verdict.outcome.exit_code
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     out: list[str] = []
@@ -169,8 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         code = asyncio.run(_run(args, out))
     except ApiError as exc:
         out.append(f"error: {exc}")
-        code = 1
-    stream = sys.stdout if code == 0 else sys.stderr
+        # compare's exit 1 means "the canary failed": an error is "no verdict"
+        code = canary.Outcome.NO_DATA.exit_code if args.command == "compare" else 1
+    # compare's verdict (pass or not) is its output: always on stdout
+    stream = sys.stdout if code == 0 or args.command == "compare" else sys.stderr
     for line in out:
         print(line, file=stream)
     return code

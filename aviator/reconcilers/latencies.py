@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from aviator.informers import object_key
 from aviator.kube.objects import JSON
-from aviator.kube.pods import pod_ips, pod_name
+from aviator.kube.pods import pod_ips, pod_name, pod_node
 from aviator.latency.histogram import Histogram
 from aviator.latency.probing import HttpProber, ProbeCounters, ProbeTarget
 from aviator.latency.schema import EndpointWindow
@@ -62,6 +62,8 @@ class PodLatencies:
 
     by_pod: dict[str, LatencyEstimate | None]
     merged: Callable[[Sequence[JSON]], Histogram]
+    # Pods without data whose node's agent reports full BPF maps: name -> (node, maps).
+    unmeasurable: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
 
     def estimate(self, name: str) -> LatencyEstimate | None:
         return self.by_pod.get(name)
@@ -158,6 +160,15 @@ async def read_latencies(
                 break
         by_pod[pod_name(pod)] = estimate
 
+    # Why a pod without data may stay so: its node's agent cannot hold it in its maps.
+    unmeasurable: dict[str, tuple[str, tuple[str, ...]]] = {}
+    if origin == "agent":
+        for pod in pods:
+            node = pod_node(pod)
+            full = store.maps.full(node, now) if node else ()
+            if full and by_pod[pod_name(pod)] is None:
+                unmeasurable[pod_name(pod)] = (node, full)
+
     def merged(active: Sequence[JSON]) -> Histogram:
         out = Histogram()
         for p in active:
@@ -165,4 +176,4 @@ async def read_latencies(
             out.update(store.merged(pod_ips(p), now, origin=origin, ports=wanted))
         return out
 
-    return PodLatencies(by_pod, merged)
+    return PodLatencies(by_pod, merged, unmeasurable)

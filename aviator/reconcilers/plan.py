@@ -48,6 +48,7 @@ from aviator.reconcilers.latencies import PodLatencies
 from aviator.reconcilers.reporting import EventSpec, handoff_events, pod_row, policy_events
 from aviator.reconcilers.routing import ENDPOINTS
 from aviator.reconcilers.status import (
+    REASON_AGENT_MAPS_FULL,
     REASON_CONFLICT,
     REASON_INVALID_SPEC,
     REASON_NO_ELIGIBLE_PODS,
@@ -59,6 +60,7 @@ from aviator.reconcilers.status import (
     Problem,
     effective_source,
     status_patch,
+    unmeasurable_message,
 )
 from aviator.reconcilers.view import View
 from aviator.runtime.writer import Write
@@ -343,6 +345,9 @@ def _select(
                 f"no {parsed.latency_source} latency data for any pod yet; all are kept",
             )
         )
+    unmeasurable = {n: latencies.unmeasurable[n] for n in names if n in latencies.unmeasurable}
+    if unmeasurable:
+        problems.append(Problem(REASON_AGENT_MAPS_FULL, unmeasurable_message(unmeasurable)))
 
     owner = slices.SliceOwner(
         ns, parsed.routed_service, name, memory.uid, headless=is_headless(target)

@@ -45,6 +45,8 @@ REASON_NO_ELIGIBLE_PODS = "NoEligiblePods"
 REASON_OVERLOAD = "Overload"
 REASON_SELECTOR_RESTORED = "SelectorRestored"
 REASON_NO_LATENCY_DATA = "NoLatencyData"
+# Pods without data on nodes whose agent reports full BPF maps (they may never get any).
+REASON_AGENT_MAPS_FULL = "AgentMapsFull"
 REASON_CONFLICT = "Conflict"
 REASON_INVALID_SPEC = "InvalidSpec"
 REASON_NO_SELECTOR = "ServiceHasNoSelector"
@@ -147,6 +149,27 @@ def opaque_message(pods: Sequence[str], measured: int) -> str:
         "with no framing to tell requests apart (multiplexed requests look faster than "
         "they are), and no response status is read, so circuitBreaker.errorRatePercent "
         "cannot judge them"
+    )
+
+
+_MAP_FLAGS = {"endpoints": "--max-endpoints", "h2conns": "--max-h2-connections"}
+
+
+def unmeasurable_message(pods: Mapping[str, tuple[str, tuple[str, ...]]]) -> str:
+    """Why pods have no latency data: their node's agent has full BPF maps (pod name ->
+    (node, the maps)); the AgentMapsFull problem's message."""
+    names = sorted(pods)
+    shown = ", ".join(names[:10]) + (", ..." if len(names) > 10 else "")
+    by_node: dict[str, set[str]] = {}
+    for node, maps in pods.values():
+        by_node.setdefault(node, set()).update(maps)
+    nodes = sorted(by_node)
+    where = "; ".join(f"node {n}: {', '.join(sorted(by_node[n]))}" for n in nodes[:5])
+    flags = sorted({_MAP_FLAGS.get(m, m) for maps in by_node.values() for m in maps})
+    return (
+        f"{len(names)} pods ({shown}) cannot be measured: the agent of their node has "
+        f"full BPF maps ({where}{'; ...' if len(nodes) > 5 else ''}), so their requests "
+        f"are not counted; they are kept serving. Raise the agent's {' and '.join(flags)}"
     )
 
 

@@ -12,10 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import subprocess
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TypeVar
 
+import aiohttp
+
 T = TypeVar("T")
+
+# Compiling the agent's eBPF program takes seconds on a quiet machine and over two
+# minutes with both cores busy: the bound on waits that include it.
+BPF_COMPILE_BOUND_S = 600
 
 
 class NotReached(AssertionError):
@@ -94,3 +102,35 @@ async def _next_check(changed: asyncio.Event | None, recheck_s: float | None) ->
             await changed.wait()
     except TimeoutError:
         pass
+
+
+async def process_ready(
+    proc: subprocess.Popen[bytes], ready_url: str, log: Path, *, within: float, what: str
+) -> None:
+    """Until the process answers `ready_url` (a /readyz) with 200. Starting a process is
+    not what tests measure (an agent compiles its eBPF program first: minutes with both
+    cores busy), so the bound is generous; a process that exits fails at once with the
+    tail of its log."""
+
+    def log_tail(n: int) -> str:
+        return log.read_text(errors="replace")[-n:] if log.exists() else ""
+
+    async def answers() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"{what} exited ({proc.returncode}):\n{log_tail(4000)}")
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http,
+                http.get(ready_url, ssl=False) as answer,
+            ):
+                return answer.status == 200
+        except (aiohttp.ClientError, TimeoutError, OSError):
+            return False
+
+    await eventually(
+        answers,
+        within=within,
+        what=f"{what} ready ({ready_url})",
+        recheck_s=0.3,
+        state=lambda: log_tail(2000),
+    )

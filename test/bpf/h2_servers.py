@@ -22,10 +22,11 @@ GRPC_METHOD = "/aviator.test.Echo/Call"
 @dataclass
 class H2Server:
     """h2c (prior knowledge) server on (host, random port) answering every request with
-    200 after `delay` seconds."""
+    `status(stream id)` (default 200) after `delay` seconds."""
 
     host: str
     delay: float = 0.002
+    status: Callable[[int], int] = lambda stream: 200
     port: int = 0
     _sock: socket.socket | None = None
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -62,7 +63,9 @@ class H2Server:
 
         def answer(stream: int) -> None:
             with lock, contextlib.suppress(Exception):
-                h2c.send_headers(stream, [(":status", "200"), ("content-length", "2")])
+                h2c.send_headers(
+                    stream, [(":status", str(self.status(stream))), ("content-length", "2")]
+                )
                 h2c.send_data(stream, b"ok", end_stream=True)
                 conn.sendall(h2c.data_to_send())
 

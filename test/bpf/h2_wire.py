@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-DATA, HEADERS, RST_STREAM, SETTINGS, GOAWAY = 0, 1, 3, 4, 7
+DATA, HEADERS, RST_STREAM, SETTINGS, GOAWAY, CONTINUATION = 0, 1, 3, 4, 7, 9
 END_STREAM, END_HEADERS, PADDED = 0x1, 0x4, 0x8
 
 # A request header block: :method GET, :scheme http, :path / (static table 2, 6, 4).
@@ -28,7 +28,7 @@ STATUS_503_HUFFMAN = b"\x48\x83\x6c\x0c\xff"  # the same, value Huffman-coded
 STATUS_502_NOT_INDEXED = b"\x08\x03502"  # literal without indexing, name index 8
 STATUS_404_NEVER_INDEXED_HUFFMAN = b"\x18\x83\x68\x0d\x7f"  # never indexed, Huffman
 STATUS_502_HUFFMAN_2 = b"\x08\x82\x6c\x02"  # without indexing, "502" in 2 Huffman bytes
-STATUS_DYNAMIC = b"\xbe"  # a dynamic table entry: unreadable without a full decoder
+STATUS_DYNAMIC = b"\xbe"  # dynamic table index 62: the entry the server added last
 CONTENT_TYPE_GRPC = b"\x5f\x10application/grpc"  # literal, name index 31 (content-type)
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import require_bpf_privileges
 
-pytestmark = [pytest.mark.bpf, pytest.mark.timeout(120)]
+from aviator.testing.waiting import BPF_COMPILE_BOUND_S
+
+pytestmark = [pytest.mark.bpf, pytest.mark.timeout(BPF_COMPILE_BOUND_S)]
 
 
 def _check(env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -19,7 +21,7 @@ def _check(env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str
         env={**os.environ, **(env or {})},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=BPF_COMPILE_BOUND_S - 30,
         check=False,
     )
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from conftest import require_bpf_privileges
 
+from aviator.testing.waiting import BPF_COMPILE_BOUND_S
 from bench import bpf_overhead_bench
 
-pytestmark = [pytest.mark.bench, pytest.mark.bpf, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.bench, pytest.mark.bpf, pytest.mark.timeout(BPF_COMPILE_BOUND_S)]
 
 
 def test_bpf_overhead_quick() -> None:

@@ -12,11 +12,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import require_bpf_privileges
+from conftest import TEST_BOUND_S, require_bpf_privileges
 
 from aviator.agent.bpf import BpfLatencySource, BpfUnavailable, abi, loader
 
-pytestmark = [pytest.mark.bpf, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.bpf, pytest.mark.timeout(TEST_BOUND_S, func_only=True)]
 
 
 def test_compiled_maps_match_the_header(latency_source: BpfLatencySource) -> None:

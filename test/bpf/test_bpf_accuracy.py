@@ -7,12 +7,12 @@ import threading
 
 import pytest
 from bpf_loadgen import DelayServer, run_clients
-from bpf_snapshots import assert_close, delta, exact_quantile
+from bpf_snapshots import BOTH_ENDS, assert_close, delta, exact_quantile
+from conftest import TEST_BOUND_S
 
 from aviator.agent.bpf import BpfLatencySource, EndpointKey
-from aviator.latency.schema import ROLES
 
-pytestmark = [pytest.mark.bpf, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.bpf, pytest.mark.timeout(TEST_BOUND_S, func_only=True)]
 
 
 def test_fast_and_slow_servers_measured_per_ip(latency_source: BpfLatencySource) -> None:
@@ -41,7 +41,7 @@ def test_fast_and_slow_servers_measured_per_ip(latency_source: BpfLatencySource)
     assert len(results["fast"]) == 1100 and len(results["slow"]) == 40
     for name, server in (("fast", fast), ("slow", slow)):
         samples = results[name]
-        for role in ROLES:
+        for role in BOTH_ENDS:
             d = delta(before, after, EndpointKey(server.host, server.port, role))
             assert d.count == len(samples), f"{name}/{role}: {d.count} != {len(samples)}"
             assert d.hist.count == len(samples)

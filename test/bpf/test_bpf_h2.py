@@ -10,7 +10,7 @@ import time
 import pytest
 from bpf_loadgen import SO_TIMESTAMPING
 from bpf_snapshots import BOTH_ENDS, EndpointDelta, assert_close, delta, exact_quantile, wait_for
-from conftest import require_bpf_privileges
+from conftest import TEST_BOUND_S, require_bpf_privileges
 from h2_wire import (
     DATA,
     GOAWAY,
@@ -34,8 +34,9 @@ from hypothesis import strategies as st
 
 from aviator.agent.bpf import BpfLatencySource, EndpointCounters, EndpointKey
 from aviator.agent.handoff.select import is_idle
+from aviator.testing.waiting import BPF_COMPILE_BOUND_S
 
-pytestmark = [pytest.mark.bpf, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.bpf, pytest.mark.timeout(TEST_BOUND_S, func_only=True)]
 
 # Software send timestamps, reported on the error queue with a copy of the packet sent.
 TIMESTAMPING = (1 << 1) | (1 << 4)
@@ -318,6 +319,7 @@ def test_error_queue_reads_are_not_stream_bytes(latency_source: BpfLatencySource
         assert (d.count, d.aborted, d.statuses) == (3, 0, 3), role
 
 
+@pytest.mark.timeout(BPF_COMPILE_BOUND_S)  # loads a program of its own
 def test_connection_older_than_the_program_is_recognised_mid_stream() -> None:
     """An h2 connection in use before the program loaded: its next whole frames make
     it HTTP/2 (streams opened from then on are timed), not opaque."""
@@ -327,7 +329,7 @@ def test_connection_older_than_the_program_is_recognised_mid_stream() -> None:
         pair.open()
         pair.to_server(headers(1))
         pair.to_client(response(1))
-        with BpfLatencySource.load(max_sockets=4096, max_endpoints=256) as source:
+        with BpfLatencySource.load() as source:  # the agent's map sizes (see conftest)
             pair.to_server(headers(3) + headers(5))
             time.sleep(0.005)
             pair.to_client(response(5) + response(3))

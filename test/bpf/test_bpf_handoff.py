@@ -10,13 +10,14 @@ import threading
 
 import pytest
 from bpf_loadgen import REQUEST, DelayServer
+from conftest import TEST_BOUND_S
 
 from aviator.agent.bpf import BpfLatencySource
 from aviator.agent.handoff.executor import HandOffExecutor
 from aviator.agent.handoff.netlink import open_diag
 from aviator.agent.handoff.select import Target
 
-pytestmark = [pytest.mark.bpf, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.bpf, pytest.mark.timeout(TEST_BOUND_S, func_only=True)]
 
 POD = "127.0.41.1"
 OTHER_POD = "127.0.41.2"

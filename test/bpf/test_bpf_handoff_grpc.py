@@ -14,6 +14,7 @@ from concurrent import futures
 
 import grpc
 import pytest
+from conftest import TEST_BOUND_S
 
 from aviator.agent.bpf import BpfLatencySource
 from aviator.agent.bpf.model import SocketState
@@ -21,7 +22,7 @@ from aviator.agent.handoff.executor import HandOffExecutor
 from aviator.agent.handoff.netlink import open_diag
 from aviator.agent.handoff.select import Target, is_idle
 
-pytestmark = [pytest.mark.bpf, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.bpf, pytest.mark.timeout(TEST_BOUND_S, func_only=True)]
 
 METHOD = "/aviator.test.Slow/Call"
 

@@ -14,10 +14,11 @@ from collections.abc import Iterator
 
 import pytest
 from bpf_snapshots import EMPTY, delta, wait_for
+from conftest import TEST_BOUND_S
 
 from aviator.agent.bpf import BpfLatencySource, EndpointKey
 
-pytestmark = [pytest.mark.bpf, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.bpf, pytest.mark.timeout(TEST_BOUND_S, func_only=True)]
 
 POD = "127.0.23.1"
 NODE = "127.0.23.100"  # one of the node's addresses (the kubelet's source)

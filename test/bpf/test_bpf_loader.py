@@ -16,6 +16,7 @@ from aviator.agent.bpf import BpfLatencySource, BpfUnavailable, EndpointKey, loa
 from aviator.agent.bpf.btf import Btf, BtfError, sock_offsets
 from aviator.agent.bpf.model import ip_from_raw16, ip_to_raw16
 from aviator.agent.bpf.seed import listeners_from, parse_proc_net_tcp
+from aviator.testing.waiting import BPF_COMPILE_BOUND_S
 
 PROC_NET_TCP = """\
   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
@@ -149,12 +150,13 @@ def test_verifier_rejection_of_a_raw_hook_is_reported(tmp_path: Path) -> None:
 
 
 @pytest.mark.bpf
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(BPF_COMPILE_BOUND_S)
 def test_classic_tracepoints_measure_too() -> None:
     """Without raw tracepoints: tcp_probe with its arguments, sock_send_length for sends."""
     require_bpf_privileges()
     with BpfLatencySource.load(
-        max_sockets=1024, max_endpoints=64, allow_raw_send=False, allow_raw_recv=False
+        allow_raw_send=False,
+        allow_raw_recv=False,  # the agent's map sizes (see conftest)
     ) as src:
         assert src.send_hook == "tracepoint:sock:sock_send_length"
         assert src.recv_hook == "tracepoint:tcp:tcp_probe"

@@ -10,12 +10,13 @@ import time
 import pytest
 from bpf_loadgen import DelayServer, KeepAliveClient, run_clients
 from bpf_snapshots import BOTH_ENDS, assert_close, delta, exact_quantile, wait_for
-from conftest import require_bpf_privileges
+from conftest import TEST_BOUND_S, require_bpf_privileges
 
 from aviator.agent.bpf import BpfLatencySource, EndpointKey
 from aviator.agent.bpf.seed import listening_sockets
+from aviator.testing.waiting import BPF_COMPILE_BOUND_S
 
-pytestmark = [pytest.mark.bpf, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.bpf, pytest.mark.timeout(TEST_BOUND_S, func_only=True)]
 
 
 def test_response_larger_than_a_segment_counts_once(latency_source: BpfLatencySource) -> None:
@@ -136,6 +137,7 @@ def test_abandoned_requests_are_aborted_samples_of_their_open_time(
         server.stop()
 
 
+@pytest.mark.timeout(BPF_COMPILE_BOUND_S)  # loads a program of its own
 def test_connections_older_than_the_program() -> None:
     require_bpf_privileges()
     server = DelayServer("127.0.12.1", lambda: 0.010).start()
@@ -146,7 +148,7 @@ def test_connections_older_than_the_program() -> None:
         assert (b"\0" * 10 + b"\xff\xff" + bytes([127, 0, 12, 1]), server.port) in (
             listening_sockets()
         )
-        with BpfLatencySource.load(max_sockets=4096, max_endpoints=256) as source:
+        with BpfLatencySource.load() as source:  # the agent's map sizes (see conftest)
             samples = [c.request() for _ in range(20) for c in clients]
             snap = source.read()
     finally:

@@ -8,7 +8,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -40,7 +42,7 @@ from aviator.latency.receiver import make_stream_handler
 from aviator.latency.schema import EndpointWindow, Snapshot, encode_snapshot
 from aviator.latency.store import Ingested, LatencyStore
 from aviator.latency.tls import client_context
-from aviator.testing.controlplane import ControlPlane
+from aviator.testing.controlplane import ControlPlane, binary
 
 JSON = dict[str, Any]
 T = TypeVar("T")
@@ -71,6 +73,20 @@ def install_crd(cp: ControlPlane, body: JSON | None = None) -> None:
         raise AssertionError(
             f"CRD {CRD_NAME} not Established: {exc.stderr or exc.output!r}; conditions {conditions}"
         ) from exc
+    wait_listable(cp, CRD_NAME)
+
+
+def wait_listable(cp: ControlPlane, resource: str, within: float = 60.0) -> None:
+    """Poll until `resource` (e.g. a CRD's name) can be listed: an Established CRD's
+    storage may still be initialising, and a list answers 429 meanwhile."""
+    deadline = time.monotonic() + within
+    while True:
+        done = cp.kubectl("get", resource, "-A", "-o", "name", check=False)
+        if done.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{resource} not listable: {done.stderr}")
+        time.sleep(0.2)
 
 
 async def eventually(
@@ -383,7 +399,12 @@ async def request_token(
 
 
 def snapshot(
-    latency_ms: dict[str, float], *, node: str = NODE, samples: int = 200, port: int = 8080
+    latency_ms: dict[str, float],
+    *,
+    node: str = NODE,
+    samples: int = 200,
+    port: int = 8080,
+    maps_full: tuple[str, ...] = (),
 ) -> str:
     """A v1 stream message: `samples` requests at each IP's latency, in one window."""
     endpoints = []
@@ -407,7 +428,12 @@ def snapshot(
         )
     return encode_snapshot(
         Snapshot(
-            node=node, source="ebpf", time=time.time(), window_s=0.2, endpoints=tuple(endpoints)
+            node=node,
+            source="ebpf",
+            time=time.time(),
+            window_s=0.2,
+            endpoints=tuple(endpoints),
+            maps_full=maps_full,
         )
     )
 
@@ -425,6 +451,7 @@ class TestAgent:
         self.tls = tls or {}  # ws_connect's ssl= and server_hostname=
         self.period_s = period_s
         self.latency_ms: dict[str, float] = {}
+        self.maps_full: tuple[str, ...] = ()  # the BPF maps it says are full
         self.sent = 0
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -452,7 +479,7 @@ class TestAgent:
             self.connected.set()
             while True:
                 if self.latency_ms:
-                    await ws.send_str(snapshot(dict(self.latency_ms)))
+                    await ws.send_str(snapshot(dict(self.latency_ms), maps_full=self.maps_full))
                     self.sent += 1
                 await asyncio.sleep(self.period_s)
 
@@ -531,3 +558,21 @@ async def running_receiver(kube: KubeClient, allowed: list[str]) -> AsyncIterato
     finally:
         await runner.cleanup()
         await factory.stop()
+
+
+# --- kubectl aviator, as kubectl runs it -----------------------------------------------
+
+
+def plugin_bin() -> Path:
+    script = Path(sys.executable).parent / "kubectl-aviator"
+    assert script.exists(), "kubectl-aviator is not installed: pip install -e . (make setup)"
+    return script
+
+
+async def kubectl_aviator(cp: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
+    """`kubectl aviator ARGS`: kubectl finds the plugin on PATH."""
+    env = {**os.environ, "PATH": f"{plugin_bin().parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    argv = [str(binary("kubectl")), "aviator", "--kubeconfig", str(cp.kubeconfig), *args]
+    return await asyncio.to_thread(
+        subprocess.run, argv, capture_output=True, text=True, timeout=60, env=env
+    )

@@ -33,7 +33,7 @@ from aviator.box.files import CRD_FILE
 from aviator.kube import KubeClient
 from aviator.kube.resources import AVIATORPOLICIES, PODS, SERVICES
 from aviator.testing.controlplane import ControlPlane
-from aviator.testing.waiting import eventually
+from aviator.testing.waiting import BPF_COMPILE_BOUND_S, eventually, process_ready
 
 pytestmark = pytest.mark.integration
 
@@ -308,6 +308,13 @@ async def test_auto_mode_measures_keep_warm_probes_in_the_kernel(
         str(sc.token_file),
     )
     try:
+        await process_ready(
+            proc,
+            f"http://127.0.0.1:{http_port}/readyz",
+            tmp_path / "agent-0.log",
+            within=BPF_COMPILE_BOUND_S,
+            what="the agent",
+        )
         await sc.store.wait_for(lambda _: min(counted(sc.store, sc.port).values()) >= samples, 120)
         first = min(s.time for s in sc.store.snapshots)
         snap = await sc.store.wait_for(lambda s: s.time > first + 2 * window_s, 60)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from integration_support import (
 from aviator.agent.app import Agent, AgentConfig
 from aviator.agent.bpf.model import EndpointKey
 from aviator.agent.prober import NodeProber
+from aviator.agent.sources import MapState, PodIps
 from aviator.agent.windows import CountersLike, EndpointKeyLike
 from aviator.kube import KubeClient
 from aviator.kube.marks import LABEL_SERVICE_NAME
@@ -63,6 +64,12 @@ class ScriptedSource:
             c.max_us = max(c.max_us, v)
             out[key] = c.frozen()
         return out.items()
+
+    async def open_ages(self, ips: Collection[str]) -> Iterable[tuple[EndpointKeyLike, int]]:
+        return [(k, c.oldest_open_us) for k, c in await self.read() if c.oldest_open_us]
+
+    async def maintain(self, pods: PodIps) -> MapState:
+        return MapState()
 
     async def stats(self) -> dict[str, int]:
         return {"events": 1}

@@ -39,6 +39,7 @@ from prometheus_client import REGISTRY
 
 from aviator.agent.app import Agent, AgentConfig
 from aviator.agent.prober import NodeProber
+from aviator.agent.sources import MapState
 from aviator.kube import KubeClient
 from aviator.kube.resources import PODS, SERVICEACCOUNTS
 from aviator.latency.histogram import NUM_BUCKETS
@@ -156,6 +157,16 @@ async def connect(
             await asyncio.sleep(0.5)
 
 
+async def pump_replies(
+    ws: aiohttp.ClientWebSocketResponse, into: asyncio.Queue[dict[str, Any] | None]
+) -> None:
+    """Every reply into `into`, then None when the server hangs up."""
+    async for msg in ws:
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            await into.put(json.loads(msg.data))
+    await into.put(None)
+
+
 def bound_pod(token: str) -> str:
     """The name of the pod a ServiceAccount token is bound to (from its claims)."""
     body = token.split(".")[1]
@@ -268,45 +279,65 @@ async def test_a_flood_of_new_endpoints_is_held_to_the_store_bounds(
             }
             started = time.monotonic()
 
-            async def flood(node: str, ip: str, token: str) -> None:
-                async with (
-                    aiohttp.ClientSession() as http,
-                    await connect(http, url, token) as ws,
-                ):
-                    # Thin new endpoints past the agent's bound, then dense histograms
-                    # into 240 of them, message after message.
-                    plan = [range(1, 4001), range(4001, 4201)] + [range(1, 241)] * 4
-                    for ports in plan:
-                        hist = dense if len(ports) == 240 else {"100": 1}
-                        eps = [
-                            {
-                                "ip": ip,
-                                "port": port,
-                                "role": "server",
-                                "pod": None,
-                                "hist": hist,
-                                "count": 1,
-                                "sum_us": 1,
-                                "max_us": 1,
-                                "rif": 0,
-                                "aborted": 0,
-                            }
-                            for port in ports
-                        ]
-                        body = {
-                            "v": 1,
-                            "kind": "snapshot",
-                            "node": node,
-                            "source": "ebpf",
-                            "time": time.time(),
-                            "window_s": 1.0,
-                            "endpoints": eps,
+            def frames(node: str, ip: str) -> list[str]:
+                """Thin new endpoints past the agent's bound, then dense histograms into
+                240 of them, message after message; then "sync" (answered after them)."""
+                plan = [range(1, 4001), range(4001, 4201)] + [range(1, 241)] * 4
+                out = []
+                for ports in plan:
+                    hist = dense if len(ports) == 240 else {"100": 1}
+                    eps = [
+                        {
+                            "ip": ip,
+                            "port": port,
+                            "role": "server",
+                            "pod": None,
+                            "hist": hist,
+                            "count": 1,
+                            "sum_us": 1,
+                            "max_us": 1,
+                            "rif": 0,
+                            "aborted": 0,
                         }
-                        await ws.send_str(json.dumps(body, separators=(",", ":")))
-                    await ws.send_str("sync")  # answered after all the above
-                    while (await reply(ws, 300)).get("error", "").startswith("refused"):
-                        pass
+                        for port in ports
+                    ]
+                    body = {
+                        "v": 1,
+                        "kind": "snapshot",
+                        "node": node,
+                        "source": "ebpf",
+                        "time": time.time(),
+                        "window_s": 1.0,
+                        "endpoints": eps,
+                    }
+                    out.append(json.dumps(body, separators=(",", ":")))
+                return [*out, "sync"]
 
+            async def flood(node: str, ip: str, token: str) -> None:
+                """Send the frames until "sync" is answered, reading while sending (as an
+                agent does, so heartbeat pings are answered) and dialling again if the
+                server hangs up (a busy machine can miss a heartbeat): what is tested is
+                what the store holds, whatever the number of tries."""
+                nonlocal redials
+                async with aiohttp.ClientSession() as http:
+                    while True:
+                        async with await connect(http, url, token) as ws:
+                            replies: asyncio.Queue[dict[str, Any] | None] = asyncio.Queue()
+                            reader = asyncio.create_task(pump_replies(ws, replies))
+                            try:
+                                for frame in frames(node, ip):
+                                    await ws.send_str(frame)
+                                async with asyncio.timeout(300):
+                                    while (answer := await replies.get()) is not None:
+                                        if not answer.get("error", "").startswith("refused"):
+                                            return
+                            except ConnectionError:
+                                pass
+                            finally:
+                                reader.cancel()
+                        redials += 1
+
+            redials = 0
             await asyncio.gather(
                 *(flood(n, ip, t) for n, ip, t in zip(nodes, ips, tokens, strict=True))
             )
@@ -317,6 +348,7 @@ async def test_a_flood_of_new_endpoints_is_held_to_the_store_bounds(
             tracemalloc.stop()
         total = app.store.total
         figure("endpoint flood: duration", elapsed, "s")
+        figure("endpoint flood: streams dialled again", redials, "")
         figure("endpoint flood: endpoints held", total.endpoints, "")
         figure("endpoint flood: buckets held", total.buckets, "")
         figure("endpoint flood: memory held", held / 2**20, "MiB")
@@ -416,6 +448,12 @@ class NoSource:
 
     async def read(self) -> Any:
         return []
+
+    async def open_ages(self, ips: Any) -> Any:
+        return []
+
+    async def maintain(self, pods: Any) -> MapState:
+        return MapState()
 
     async def stats(self) -> dict[str, int]:
         return {}

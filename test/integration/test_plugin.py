@@ -5,12 +5,6 @@ the controller is gone."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 from integration_support import (
     controller_and_agent,
@@ -18,12 +12,13 @@ from integration_support import (
     create_service_and_pods,
     eventually,
     get_policy,
+    kubectl_aviator,
 )
 
 from aviator.kube import KubeClient
 from aviator.kube.marks import ANNOTATION_ORIGINAL_SELECTOR, ANNOTATION_TAKEN_OVER_BY
 from aviator.kube.resources import AVIATORPOLICIES, SERVICES
-from aviator.testing.controlplane import ControlPlane, binary
+from aviator.testing.controlplane import ControlPlane
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("crd")]
 
@@ -41,21 +36,6 @@ SPEC = {
     },
     "routing": {"mode": "takeover"},
 }
-
-
-def plugin_bin() -> Path:
-    script = Path(sys.executable).parent / "kubectl-aviator"
-    assert script.exists(), "kubectl-aviator is not installed: pip install -e . (make setup)"
-    return script
-
-
-async def kubectl_aviator(cp: ControlPlane, *args: str) -> subprocess.CompletedProcess[str]:
-    """`kubectl aviator ARGS`: kubectl finds the plugin on PATH."""
-    env = {**os.environ, "PATH": f"{plugin_bin().parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    argv = [str(binary("kubectl")), "aviator", "--kubeconfig", str(cp.kubeconfig), *args]
-    return await asyncio.to_thread(
-        subprocess.run, argv, capture_output=True, text=True, timeout=60, env=env
-    )
 
 
 def rows(output: str) -> dict[str, list[str]]:

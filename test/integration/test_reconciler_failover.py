@@ -32,6 +32,7 @@ from aviator.controller.app import LEASE_NAME
 from aviator.kube import ApiError, KubeClient
 from aviator.kube.resources import ENDPOINTSLICES, LEASES
 from aviator.testing.controlplane import ControlPlane, free_port
+from aviator.testing.waiting import process_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("crd")]
 
@@ -108,32 +109,10 @@ async def _holder(kube: KubeClient, ns: str) -> str:
     return str((lease.get("spec") or {}).get("holderIdentity") or "")
 
 
-async def _ready(port: int) -> bool:
-    import aiohttp
-
-    try:
-        async with (
-            aiohttp.ClientSession() as s,
-            s.get(f"http://127.0.0.1:{port}/readyz", timeout=aiohttp.ClientTimeout(total=1)) as r,
-        ):
-            return r.status == 200
-    except (aiohttp.ClientError, TimeoutError, OSError):
-        return False
-
-
 async def _started(r: Replica) -> None:
-    """Until the replica answers /readyz. Starting a Python process and syncing its
-    informers is not what these tests measure: bounded generously (a heavily shared
-    machine), and a replica that exits fails at once with its log."""
-
-    async def up() -> bool:
-        if r.proc.poll() is not None:
-            raise AssertionError(
-                f"replica {r.ident} exited ({r.proc.returncode}):\n{r.log.read_text()[-4000:]}"
-            )
-        return await _ready(r.port)
-
-    await eventually(up, within=120)
+    await process_ready(
+        r.proc, f"http://127.0.0.1:{r.port}/readyz", r.log, within=120, what=f"replica {r.ident}"
+    )
 
 
 async def test_leader_failover_keeps_state_and_slices(

@@ -26,6 +26,7 @@ from integration_support import (
 
 from aviator.agent.app import Agent, AgentConfig
 from aviator.agent.prober import NodeProber
+from aviator.agent.sources import MapState
 from aviator.controller.certs import CA_CONFIGMAP, TLS_SECRET, issue
 from aviator.kube import KubeClient
 from aviator.kube.resources import CONFIGMAPS, SECRETS
@@ -41,6 +42,12 @@ class NoSource:
 
     async def read(self) -> Any:
         return []
+
+    async def open_ages(self, ips: Any) -> Any:
+        return []
+
+    async def maintain(self, pods: Any) -> MapState:
+        return MapState()
 
     async def stats(self) -> dict[str, int]:
         return {}

@@ -218,6 +218,7 @@ def default() -> LatencyAbi:
 # Maps user space reads or writes: name → (key struct or scalar, value struct or None).
 _MAP_TYPES: dict[str, tuple[str, str | None]] = {
     "endpoints": ("ep_key", "ep_val"),
+    "ep_dirty": ("ep_key", None),
     "listeners": ("listen_key", None),
     "sockets": ("u64", "sock_state"),
     "h2conns": ("u64", "h2_conn"),

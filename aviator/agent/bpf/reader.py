@@ -30,14 +30,21 @@ def endpoint_protocol(abi: LatencyAbi, proto_requests: Iterable[int]) -> AppProt
     return "opaque"
 
 
+def decode_key(abi: LatencyAbi, key: Any) -> EndpointKey | None:
+    """One `endpoints` map key (ctypes struct ep_key); None for unknown roles."""
+    role = abi.roles.get(int(key.role))
+    if role is None:
+        return None
+    return EndpointKey(ip=ip_from_raw16(bytes(key.addr)), port=int(key.port), role=role)
+
+
 def decode_endpoint(
     abi: LatencyAbi, key: Any, value: Any
 ) -> tuple[EndpointKey, EndpointCounters] | None:
     """One `endpoints` map entry (ctypes struct ep_key and ep_val); None for unknown roles."""
-    role = abi.roles.get(int(key.role))
-    if role is None:
+    ep = decode_key(abi, key)
+    if ep is None:
         return None
-    ep = EndpointKey(ip=ip_from_raw16(bytes(key.addr)), port=int(key.port), role=role)
     buckets = list(value.buckets)
     if len(buckets) != abi.num_buckets:
         raise ValueError(f"endpoint histogram has {len(buckets)} buckets, want {abi.num_buckets}")
@@ -100,56 +107,17 @@ def read_sockets(bpf: Any, abi: LatencyAbi) -> list[SocketState]:
     return out
 
 
-def _items(table: Any) -> Iterable[tuple[Any, Any]]:
-    """A map's entries in a few BPF_MAP_LOOKUP_BATCH calls where the kernel has them."""
-    try:
-        return list(table.items_lookup_batch())
-    except Exception:  # kernels without batch ops: BCC raises a bare Exception
-        return list(table.items())
-
-
-def _u64(key: Any) -> int:
-    # Batch reads give u64 keys as ints, item walks as ctypes values.
-    return key if isinstance(key, int) else int(key.value)
-
-
-def oldest_open_ns(bpf: Any, abi: LatencyAbi) -> dict[EndpointKey, int]:
-    """Per endpoint, the start (CLOCK_MONOTONIC ns) of its oldest open request: open
-    HTTP/1 and opaque requests from `sockets`, open HTTP/2 streams from `h2conns`.
-    Two batched map walks; entries may change under them (a request that ends during
-    the walk may still be seen open: at most one read late)."""
-    eps: dict[int, EndpointKey] = {}
-    out: dict[EndpointKey, int] = {}
-    for key, value in _items(bpf[b"sockets"]):
-        role = abi.roles.get(int(value.ep.role))
-        if role is None:
-            continue
-        ep = EndpointKey(ip_from_raw16(bytes(value.ep.addr)), int(value.ep.port), role)
-        sk = _u64(key)
-        eps[sk] = ep
-        start = int(value.start_ns)
-        if start and (ep not in out or start < out[ep]):
-            out[ep] = start
-    for key, value in _items(bpf[b"h2conns"]):
-        owner = eps.get(_u64(key))
-        if owner is None:
-            continue
-        for slot in value.slots:
-            start = int(slot.start_ns)
-            if slot.sid and start and (owner not in out or start < out[owner]):
-                out[owner] = start
-    return out
-
-
 def with_oldest_open(
     counters: Mapping[EndpointKey, EndpointCounters], oldest: Mapping[EndpointKey, int], now_ns: int
 ) -> dict[EndpointKey, EndpointCounters]:
-    """`counters` with each endpoint's `oldest_open_us` at `now_ns` (0: nothing open)."""
-    out: dict[EndpointKey, EndpointCounters] = {}
-    for key, c in counters.items():
-        start = oldest.get(key)
+    """`counters` (as decoded: no age yet) with each endpoint's `oldest_open_us` at
+    `now_ns`. Costs what is open: only the endpoints in `oldest` are copied."""
+    out = dict(counters)
+    for key, start in oldest.items():
+        c = counters.get(key)
         age = max(0, now_ns - start) // 1000 if start else 0
-        out[key] = replace(c, oldest_open_us=age) if age != c.oldest_open_us else c
+        if c is not None and age != c.oldest_open_us:
+            out[key] = replace(c, oldest_open_us=age)
     return out
 
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 from aviator.agent.bpf.loader import LoadedProgram, load_program
 from aviator.agent.bpf.model import EndpointCounters, EndpointKey, SocketState
 from aviator.agent.bpf.probemaps import ProbeMaps
 from aviator.agent.bpf.reader import (
     count_entries,
-    oldest_open_ns,
     read_counters,
     read_endpoints,
     read_socket,
@@ -20,6 +19,10 @@ from aviator.agent.bpf.reader import (
 )
 from aviator.agent.bpf.runstats import RunStatsEnabler, prog_run_stats
 from aviator.agent.bpf.seed import Listener, listening_sockets
+from aviator.agent.bpf.tracked import PruneStats, TrackedEndpoints, open_starts
+
+# Maps whose being full leaves requests unmeasured, and the counter that says so.
+_FULL_COUNTERS = {"endpoints": "endpoints_full_drops", "h2conns": "h2_conns_full_drops"}
 
 
 class BpfLatencySource:
@@ -27,16 +30,28 @@ class BpfLatencySource:
 
     `load()` compiles and attaches the program, seeds the listening sockets of every
     network namespace, then lets the program adopt sockets older than itself.
-    `read()` returns cumulative counters; nothing is ever reset in the kernel.
+    `read()` returns cumulative counters, decoding only the endpoints that changed
+    (aviator.agent.bpf.tracked); nothing is ever reset in the kernel. `prune()` removes
+    what no local pod needs. Not thread-safe: one call at a time.
     """
 
-    def __init__(self, program: LoadedProgram, *, max_sockets: int, max_endpoints: int) -> None:
+    def __init__(
+        self,
+        program: LoadedProgram,
+        *,
+        max_sockets: int,
+        max_endpoints: int,
+        max_h2_conns: int = 4096,
+    ) -> None:
         self._program = program
         self._max_sockets = max_sockets
         self._max_endpoints = max_endpoints
+        self._max_h2_conns = max_h2_conns
         self._run_stats: RunStatsEnabler | None = None
         self._closed = False
         self.probe_maps = ProbeMaps(program.bpf, program.abi)
+        self.tracked = TrackedEndpoints()
+        self._drops = {name: 0 for name in _FULL_COUNTERS}
 
     @classmethod
     def load(
@@ -74,7 +89,12 @@ class BpfLatencySource:
         except BaseException:
             program.close()
             raise
-        return cls(program, max_sockets=max_sockets, max_endpoints=max_endpoints)
+        return cls(
+            program,
+            max_sockets=max_sockets,
+            max_endpoints=max_endpoints,
+            max_h2_conns=max_h2_conns,
+        )
 
     @property
     def send_hook(self) -> str:
@@ -87,13 +107,52 @@ class BpfLatencySource:
         return self._program.recv_hook
 
     def read(self) -> dict[EndpointKey, EndpointCounters]:
-        """Cumulative snapshot of every endpoint seen since load, with the age of each
+        """Cumulative snapshot of every endpoint in the map, with the age of each
         one's oldest open request (`oldest_open_us`, against the program's clock)."""
         bpf, abi = self._program.bpf, self._program.abi
-        counters = read_endpoints(bpf, abi)
-        oldest = oldest_open_ns(bpf, abi)
+        counters = self.tracked.refresh(bpf, abi)
+        oldest = open_starts(bpf, abi)
         # bpf_ktime_get_ns is CLOCK_MONOTONIC.
         return with_oldest_open(counters, oldest, time.clock_gettime_ns(time.CLOCK_MONOTONIC))
+
+    def read_all(self) -> dict[EndpointKey, EndpointCounters]:
+        """Every endpoint of the map decoded, without ages: what each read cost before
+        reads went by change (benchmarks and tests compare the two)."""
+        return read_endpoints(self._program.bpf, self._program.abi)
+
+    def open_ages(self, ips: Collection[str]) -> dict[EndpointKey, int]:
+        """The age (µs) of the oldest open request of each endpoint of `ips` that has
+        one: the sockets map only, no endpoint decoded (the urgent look)."""
+        if not ips:
+            return {}
+        starts = open_starts(self._program.bpf, self._program.abi, ips)
+        now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+        return {key: max(0, now - start) // 1000 for key, start in starts.items()}
+
+    def prune(
+        self, is_local_pod: Callable[[str], bool], idle_s: float, departed: Collection[str] = ()
+    ) -> PruneStats:
+        """Remove endpoints and connections no local pod needs (see tracked.py)."""
+        return self.tracked.prune(
+            self._program.bpf,
+            self._program.abi,
+            is_local_pod=is_local_pod,
+            idle_s=idle_s,
+            departed=departed,
+        )
+
+    def full_maps(self) -> tuple[str, ...]:
+        """The maps that dropped a sample or a connection since the last call (full):
+        requests of endpoints or HTTP/2 connections not in them go unmeasured."""
+        table = self._program.bpf[b"counters"]
+        names = self._program.abi.counter_names
+        out: list[str] = []
+        for name, counter in _FULL_COUNTERS.items():
+            n = int(table.sum(table.Key(names.index(counter))).value)
+            if n > self._drops[name]:
+                out.append(name)
+            self._drops[name] = n
+        return tuple(out)
 
     def sockets(self) -> list[SocketState]:
         """Every connection the program tracks, with its request state."""
@@ -119,8 +178,16 @@ class BpfLatencySource:
         out["probe_entries_left_out"] = self.probe_maps.stats.left_out
         out["sockets_tracked"] = count_entries(self._program.bpf, "sockets", batch=True)
         out["sockets_capacity"] = self._max_sockets
-        out["endpoints_tracked"] = count_entries(self._program.bpf, "endpoints")
+        out["endpoints_tracked"] = len(self.tracked)
         out["endpoints_capacity"] = self._max_endpoints
+        out["endpoints_read_last"] = self.tracked.last.decoded
+        out["h2conns_tracked"] = count_entries(self._program.bpf, "h2conns")
+        out["h2conns_capacity"] = self._max_h2_conns
+        pruned = self.tracked.pruned
+        out["endpoints_pruned"] = pruned.endpoints
+        out["sockets_pruned"] = pruned.sockets
+        out["h2conns_pruned"] = pruned.h2conns
+        out["listeners_pruned"] = pruned.listeners
         return out
 
     def enable_run_stats(self) -> None:

@@ -40,6 +40,7 @@ PUBLISHED_COUNTERS = (
     "h2_conns_full_drops",
     "h2_desyncs",
     "statuses_read",
+    "statuses_unread",
     "probes_by_path",
     "probes_by_address",
 )
@@ -160,6 +161,7 @@ def _fake_bpf(a: abi.LatencyAbi, **override: Any) -> Any:
     h = a.header
     maps = {
         b"endpoints": SimpleNamespace(Key=h.ctype("ep_key"), Leaf=h.ctype("ep_val")),
+        b"ep_dirty": SimpleNamespace(Key=h.ctype("ep_key"), Leaf=ctypes.c_uint8),
         b"listeners": SimpleNamespace(Key=h.ctype("listen_key"), Leaf=ctypes.c_uint8),
         b"sockets": SimpleNamespace(Key=ctypes.c_uint64, Leaf=h.ctype("sock_state")),
         b"h2conns": SimpleNamespace(Key=ctypes.c_uint64, Leaf=h.ctype("h2_conn")),

@@ -11,15 +11,15 @@ from hypothesis import strategies as st
 
 from aviator.agent.bpf.model import EndpointKey
 from aviator.agent.urgent import UrgentReports, open_thresholds
-from aviator.latency.probing import ProbeCounters
 
 A = EndpointKey("10.0.0.1", 8080, "server")
 B = EndpointKey("10.0.0.2", 8080, "server")
 
 
-def counters(**open_us: int) -> list[tuple[EndpointKey, ProbeCounters]]:
+def counters(**open_us: int) -> list[tuple[EndpointKey, int]]:
+    """(endpoint, age of its oldest open request in µs), as a source's open_ages."""
     keys = {"a": A, "b": B}
-    return [(keys[k], ProbeCounters(oldest_open_us=v)) for k, v in open_us.items()]
+    return [(keys[k], v) for k, v in open_us.items()]
 
 
 def policy(name: str, target: str, breaker: dict[str, Any]) -> Any:

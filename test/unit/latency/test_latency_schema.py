@@ -67,6 +67,7 @@ snapshots = st.builds(
     time=st.floats(min_value=0, max_value=4e9),
     window_s=st.floats(min_value=0.001, max_value=3600),
     endpoints=st.lists(endpoints, max_size=5).map(tuple),
+    maps_full=st.lists(st.sampled_from(["endpoints", "h2conns"]), unique=True).map(tuple),
 )
 
 
@@ -174,6 +175,10 @@ _DELETE = object()
         ("endpoints.0.statuses", -1, "endpoints[0].statuses"),
         ("endpoints.0.errors", 4, "endpoints[0].errors"),
         ("endpoints.0.oldest_open_us", 0.5, "endpoints[0].oldest_open_us"),
+        ("maps_full", "endpoints", "maps_full"),
+        ("maps_full", ["sockets"], "maps_full"),
+        ("maps_full", [{}], "maps_full"),
+        ("maps_full", ["endpoints"] * 3, "maps_full"),
     ],
 )
 def test_garbage_is_refused_naming_the_field(path: str, value: Any, needle: str) -> None:

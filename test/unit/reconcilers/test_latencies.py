@@ -144,3 +144,27 @@ async def test_a_pods_latency_is_that_of_its_target_ports() -> None:
     assert measured_ports(parsed, multi, pod) == {8080, 9000}
     # Probe mode measures what it probes.
     assert measured_ports(policy(latencySource="probe", targetPort=7000), svc, pod) == {7000}
+
+
+async def test_pods_without_data_on_a_node_with_full_maps_are_named_unmeasurable() -> None:
+    store = LatencyStore(window_s=10, stale_after_s=5)
+    store.ingest(agent_snapshot("10.0.0.1", [5000] * 10), now=100.0)
+    store.maps.note("node-a", ("endpoints",), now=100.0)
+    pods = [
+        make_pod("a", "10.0.0.1"),  # measured: its entry is in the map
+        make_pod("b", "10.0.0.2"),  # no data, node-a's map is full
+        make_pod("c", "10.0.0.3", node="node-b"),  # no data, node-b is fine
+    ]
+    prober = controller_prober()
+    try:
+        got = await read_latencies(policy(), pods, store, prober, 101.0, probe=False)
+        assert got.unmeasurable == {"b": ("node-a", ("endpoints",))}
+        # A later snapshot of node-a without full maps clears it; so does staleness.
+        store.maps.note("node-a", (), now=102.0)
+        got = await read_latencies(policy(), pods, store, prober, 102.0, probe=False)
+        assert got.unmeasurable == {}
+        store.maps.note("node-a", ("h2conns",), now=103.0)
+        got = await read_latencies(policy(), pods, store, prober, 109.0, probe=False)
+        assert got.unmeasurable == {}
+    finally:
+        await prober.close()

@@ -158,3 +158,14 @@ def test_write_decision_follows_tolerance(p: float, factor: float) -> None:
         assert changed
     if rel < 0.0999:
         assert not changed
+
+
+def test_the_unmeasurable_message_names_pods_nodes_maps_and_the_flag() -> None:
+    from aviator.reconcilers.status import unmeasurable_message
+
+    msg = unmeasurable_message(
+        {"b": ("node-a", ("endpoints",)), "c": ("node-b", ("endpoints", "h2conns"))}
+    )
+    assert msg.startswith("2 pods (b, c) cannot be measured")
+    assert "node node-a: endpoints; node node-b: endpoints, h2conns" in msg
+    assert "--max-endpoints and --max-h2-connections" in msg
