@@ -7,7 +7,9 @@
 // with an id at or below the highest opened one is trailers, not a new stream) -> the
 // server's first HEADERS on it. RST_STREAM (either side), a server GOAWAY (streams
 // above its last-stream-id) and the end of the connection abort it: an aborted stream
-// is a sample of its time open, counted in `aborted`, like an HTTP/1 request.
+// is a sample of its time open, counted in `aborted`, like an HTTP/1 request. The
+// stream itself stays open past its answer, until END_STREAM went both ways (or a
+// reset, GOAWAY or the connection's end): h2_streams.h.
 //
 // The parser carries its place per direction across calls (h2_dir: payload bytes to
 // skip, a frame header split across reads, a status whose bytes are still to come). A
@@ -174,38 +176,44 @@ static __always_inline void read_status(struct h2_cursor *c, struct ep_val *v,
 static __always_inline void h2_frame(struct h2_cursor *c, struct sock_state *st,
                                      struct ep_val *v, struct h2_conn *h, struct h2_dir *d,
                                      u32 len, u8 type, u8 flags, u32 sid) {
-    if (c->dir == 0) {  // the client's frames
-        if (type == H2_HEADERS) {
-            if ((sid & 1) && sid > h->max_sid) {
-                h->max_sid = sid;
-                stream_open(c, st, v, h, sid);
-            }
-        } else if (type == H2_RST_STREAM) {
-            stream_end(c, st, v, h, sid, 1);
-        }
-        return;
-    }
-    if (type == H2_HEADERS) {
-        if (stream_end(c, st, v, h, sid, 0)) {
-            d->status_due = len ? STATUS_HTTP : 0;
-        } else if ((flags & H2_END_STREAM) && (sid & 1) && sid <= h->max_sid) {
-            // Trailers of an answered stream: gRPC.
-            if (st->proto == APP_H2)
-                st->proto = APP_GRPC;
-            d->status_due = len ? STATUS_GRPC : 0;
-        }
-        d->due_flags = flags;
-    } else if (type == H2_RST_STREAM) {
-        stream_end(c, st, v, h, sid, 1);
-    } else if (type == H2_GOAWAY) {
+    if (type == H2_GOAWAY) {
         u8 b[8] = {};
-        if (c->cur_len - c->pos >= 4 &&
+        if (c->dir == 1 && c->cur_len - c->pos >= 4 &&
             bpf_probe_read_user(b, 4, (const void *)(c->cur + c->pos)) == 0) {
             h->goaway_sid = ((u32)(b[0] & 0x7f) << 24) | ((u32)b[1] << 16) |
                             ((u32)b[2] << 8) | b[3];
             h->flags |= H2C_GOAWAY;
         }
+        return;
     }
+    // DATA without END_STREAM, the bulk of the frames, costs this one test.
+    if (type == H2_DATA ? !(flags & H2_END_STREAM)
+                        : (type != H2_HEADERS && type != H2_RST_STREAM))
+        return;
+    if (c->dir == 0 && type == H2_HEADERS && (sid & 1) && sid > h->max_sid) {
+        h->max_sid = sid;
+        stream_open(c, st, v, h, sid, (flags & H2_END_STREAM) ? H2_END_CLIENT : 0);
+        return;
+    }
+    u32 idx = stream_find(h, sid);
+    struct h2_slot *s = idx < H2_SLOTS ? &h->slots[BOUNDED(idx, H2_SLOTS - 1)] : 0;
+    u64 ends = H2_ENDS;  // a RST_STREAM closes it both ways
+    if (type != H2_RST_STREAM) {
+        if (c->dir == 1 && type == H2_HEADERS) {
+            if (s && stream_answer(c, st, v, s)) {
+                d->status_due = len ? STATUS_HTTP : 0;
+            } else if ((flags & H2_END_STREAM) && (sid & 1) && sid <= h->max_sid) {
+                // Trailers of an answered stream: gRPC.
+                if (st->proto == APP_H2)
+                    st->proto = APP_GRPC;
+                d->status_due = len ? STATUS_GRPC : 0;
+            }
+            d->due_flags = flags;
+        }
+        ends = !(flags & H2_END_STREAM) ? 0 : c->dir ? H2_END_SERVER : H2_END_CLIENT;
+    }
+    if (s && ends)
+        stream_close(c, st, v, s, ends);
 }
 
 static __always_inline int h2_next_chunk(struct h2_cursor *c) {

@@ -251,6 +251,63 @@ def test_hand_off_sees_a_connection_with_an_open_stream_as_busy(
         pair.close()
 
 
+def test_an_answered_stream_stays_open_until_both_ends_closed_it(
+    latency_source: BpfLatencySource,
+) -> None:
+    """The request ends at the response's HEADERS (the sample); the stream, and with it
+    the connection's busy state for hand-off, only when END_STREAM went both ways, or
+    at a RST_STREAM. Server DATA without END_STREAM (a response still streaming) and
+    one end's END_STREAM leave it open."""
+    pair = Pair("127.0.52.12")
+
+    def ours() -> list[tuple[int, bool]]:
+        return [
+            (s.streams, is_idle(s))
+            for s in latency_source.sockets()
+            if s.local == (pair.host, pair.port)
+        ]
+
+    try:
+        before = latency_source.read()
+        pair.open()
+        pair.to_server(headers(1, end_stream=False) + headers(3))
+        pair.to_client(headers(1, STATUS_200, end_stream=False))  # stream 1 answered
+        after = wait_for(
+            latency_source, lambda s: all(x.count == 1 for x in deltas(before, s, pair).values())
+        )
+        for role, d in deltas(before, after, pair).items():
+            assert (d.count, d.rif) == (1, 1), role
+        assert ours() == [(2, False)]
+        pair.to_client(data(1, end_stream=False) + response(3))  # 3 ends both ways
+        assert ours() == [(1, False)]
+        pair.to_client(data(1, end_stream=False))
+        assert ours() == [(1, False)]
+        pair.to_server(data(1))  # the client is done sending; the server is not
+        assert ours() == [(1, False)]
+        pair.to_client(data(1))  # ... and now it is
+        assert ours() == [(0, True)]
+        # Reset after the answer: closed at once, no second sample.
+        pair.to_server(headers(5))
+        pair.to_client(headers(5, STATUS_200, end_stream=False) + data(5, end_stream=False))
+        assert ours() == [(1, False)]
+        pair.to_server(rst_stream(5))
+        assert ours() == [(0, True)]
+        # A GOAWAY closes the streams it refuses, answered ones too.
+        pair.to_server(headers(7, end_stream=False) + headers(9, end_stream=False))
+        pair.to_client(headers(9, STATUS_200, end_stream=False))
+        assert ours() == [(2, False)]
+        pair.to_client(goaway(7))
+        assert ours() == [(1, False)]
+        pair.to_client(response(7))
+        pair.to_server(data(7))
+        assert ours() == [(0, True)]
+        done = settle(latency_source, pair, before, 5)
+    finally:
+        pair.close()
+    for role, d in deltas(before, done, pair).items():
+        assert (d.count, d.aborted, d.rif) == (5, 0, 0), role
+
+
 _frame_kinds = st.sampled_from([DATA, HEADERS, RST_STREAM, SETTINGS, GOAWAY, 8, 0xA])
 
 
