@@ -558,7 +558,7 @@ class BoxHandle:
     """`aviator box up` in a subprocess; Services through the box proxy's host addresses,
     pod latency through the test app's control file."""
 
-    def __init__(self, start_timeout_s: float = 240.0) -> None:
+    def __init__(self, start_timeout_s: float = 420.0) -> None:
         self.workdir = Path(tempfile.mkdtemp(prefix="aviator-bench-box-"))
         self.kubeconfig = self.workdir / "kubeconfig"
         self.start_timeout_s = start_timeout_s

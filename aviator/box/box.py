@@ -14,8 +14,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
 import yaml
 
+from aviator.box.addresses import AddressPool
 from aviator.box.components import Component, aviator_argv
 from aviator.box.files import CRD_FILE, config
 from aviator.box.mirror import cancel_all
@@ -100,7 +102,9 @@ class Box:
         self.progress(f"registering nodes {', '.join(names)}")
         self.nodes = BoxNodes(self.client, names)
         await self.nodes.register()
-        self.runtime = PodRuntime(self.client, names, self.workdir / "pods")
+        self.runtime = PodRuntime(
+            self.client, names, self.workdir / "pods", AddressPool(*self.network.pods.pod_range)
+        )
         await self.runtime.start()
         self.proxy = BoxProxy(self.client, self.network, on_change=self._status_dirty.set)
         await self.proxy.start()
@@ -206,6 +210,7 @@ class Box:
         self.components["controller"].start()
         ca_file = await self._stream_ca()
         assert self.nodes is not None
+        agent_ports: dict[str, int] = {}
         for node in self.nodes.names:
             # The stream token is bound to the agent's Node, as a real agent's projected
             # token is bound to its pod: the controller learns the node from it.
@@ -225,7 +230,7 @@ class Box:
                     "--token-file",
                     str(token_file),
                     "--http-addr",
-                    f"127.0.0.1:{free_port()}",
+                    f"127.0.0.1:{agent_ports.setdefault(node, free_port())}",
                     "--latency-source",
                     self.options.latency_source,
                     # Box pods live in the box's network namespace; another box on the
@@ -243,6 +248,32 @@ class Box:
         self.progress(
             f"started the controller ({self.controller_url}) and {len(self.nodes.names)} agents"
         )
+        await self._agents_ready(agent_ports)
+
+    async def _agents_ready(self, ports: dict[str, int], within_s: float = 300.0) -> None:
+        """Wait until every agent answers /readyz (program loaded, pods synced, a first
+        window produced): compiling the eBPF program takes seconds on a quiet machine and
+        a minute on a busy one, and a box that says "up" before then measures nothing."""
+        began = time.monotonic()
+        waiting = set(ports)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
+            while waiting:
+                for node in sorted(waiting):
+                    url = f"https://127.0.0.1:{ports[node]}/readyz"
+                    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+                        async with http.get(url, ssl=False) as answer:
+                            if answer.status == 200:
+                                waiting.discard(node)
+                if not waiting:
+                    break
+                if time.monotonic() - began > within_s:
+                    logs = ", ".join(str(self.components[f"agent/{n}"].log) for n in waiting)
+                    raise RuntimeError(
+                        f"agents of {', '.join(sorted(waiting))} not ready within "
+                        f"{within_s:.0f}s (see {logs})"
+                    )
+                await asyncio.sleep(0.5)
+        self.progress(f"agents ready in {time.monotonic() - began:.1f}s")
 
     async def _report_components(self) -> None:
         """Say when a component changes state (not implemented, crashed, restarted)."""
@@ -359,6 +390,7 @@ class Box:
                 "workdir": str(cp.workdir) if cp else None,
             },
             "nodes": self.nodes.names if self.nodes else [],
+            "pod_network": str(self.network.pods.cidr),
             "services": self.proxy.table() if self.proxy else {},
             "backends": self.proxy.backend_counts() if self.proxy else {},
             "pods": self.runtime.pod_ips() if self.runtime else {},

@@ -7,6 +7,13 @@ the namespace's loopback device: every address in it is local, bindable and
 reachable, like 127/8 is, and nothing outside the namespace can see it. Everything
 the box starts (control plane, pods, controller, agents) inherits the namespace.
 
+Several boxes may run on one machine (a developer's box next to a test suite's). Each
+has its own namespace, but an agent's BPF program sees the whole kernel's traffic and
+attributes it by pod IP, so two boxes with the same pod network would each count the
+other's traffic. Each box therefore claims its own /16 (10.244.0.0/16 first, then
+10.245.0.0/16, ...) by holding an exclusive lock on a file named after it for its
+lifetime; the kernel drops the lock when the box exits, however it exits.
+
 The user's side stays in the host namespace: sockets the user must reach (the API
 server bridge, the Service proxy listeners on 127.0.0.x) are created there by
 switching the calling thread into the host namespace for the duration of a
@@ -18,14 +25,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import fcntl
+import ipaddress
 import os
 import socket
 import subprocess
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
-POD_CIDR = "10.244.0.0/16"
-POD_GATEWAY = "10.244.0.1/16"
-POD_RANGE = ("10.244.1.1", "10.244.254.254")
+POD_NETWORKS = tuple(ipaddress.IPv4Network(f"10.{b}.0.0/16") for b in range(244, 254))
+LOCK_DIR = Path("/run/aviator-box")
 
 _CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL("libc.so.6", use_errno=True)
@@ -54,16 +64,60 @@ def _listen(sock: socket.socket, ip: str, port: int, backlog: int) -> socket.soc
     return sock
 
 
+@dataclass(frozen=True)
+class PodNetwork:
+    """The /16 one box's pods live in: gateway .0.1, pods from .1.1 to .254.254."""
+
+    cidr: ipaddress.IPv4Network
+
+    @property
+    def gateway(self) -> str:
+        """The namespace's own address, with the prefix length (`ip addr add` form)."""
+        return f"{self.cidr.network_address + 1}/{self.cidr.prefixlen}"
+
+    @property
+    def pod_range(self) -> tuple[str, str]:
+        """First and last pod address (the .0.x block stays the box's own)."""
+        base = self.cidr.network_address
+        return str(base + 256 + 1), str(base + 254 * 256 + 254)
+
+
+def claim_pod_network(lock_dir: Path = LOCK_DIR) -> tuple[PodNetwork, int]:
+    """The first of POD_NETWORKS no other box holds, and the open lock file that holds
+    it (keep it open for the box's lifetime; close-on-exec, so pods do not inherit it)."""
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    for cidr in POD_NETWORKS:
+        name = f"{cidr.network_address}-{cidr.prefixlen}.lock"
+        fd = os.open(lock_dir / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue
+        return PodNetwork(cidr), fd
+    raise NetworkUnavailable(
+        f"every box pod network ({POD_NETWORKS[0]} to {POD_NETWORKS[-1]}) is taken by "
+        f"another running box (locks in {lock_dir}): stop one with `aviator box down`"
+    )
+
+
 class BoxNetwork:
     """Enter with `BoxNetwork.enter()` from the main thread, before any other thread or
     event loop exists: threads started later inherit the namespace."""
 
-    def __init__(self, host_fd: int, box_fd: int) -> None:
+    def __init__(self, host_fd: int, box_fd: int, pods: PodNetwork) -> None:
         self._host_fd = host_fd
         self._box_fd = box_fd
+        self.pods = pods
 
     @classmethod
     def enter(cls) -> BoxNetwork:
+        try:
+            pods, _lock_fd = claim_pod_network()  # held until the process exits
+        except PermissionError as err:
+            raise NetworkUnavailable(
+                f"cannot claim a pod network ({err}); run the box as root"
+            ) from err
         host_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
             _check(_libc.unshare(_CLONE_NEWNET), "unshare(CLONE_NEWNET)")
@@ -72,19 +126,19 @@ class BoxNetwork:
             raise NetworkUnavailable(
                 f"the box needs its own network namespace and could not create one ({err}); "
                 "run it as root (pods get addresses in "
-                f"{POD_CIDR}, which only exist inside that namespace)"
+                f"{pods.cidr}, which only exist inside that namespace)"
             ) from err
         box_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         try:
             for argv in (
                 ["ip", "link", "set", "lo", "up"],
-                ["ip", "addr", "add", POD_GATEWAY, "dev", "lo"],
+                ["ip", "addr", "add", pods.gateway, "dev", "lo"],
             ):
                 subprocess.run(argv, check=True, capture_output=True, text=True)
         except (OSError, subprocess.CalledProcessError) as err:
             detail = getattr(err, "stderr", "") or str(err)
             raise NetworkUnavailable(f"cannot set up the box network: {detail}") from err
-        return cls(host_fd, box_fd)
+        return cls(host_fd, box_fd, pods)
 
     @contextlib.contextmanager
     def host(self) -> Iterator[None]:

@@ -2,7 +2,7 @@
 
 It watches every Pod. A pending pod without a node is bound (Binding subresource,
 round-robin) to a box node. A pod on a box node gets its own address in the box
-network (10.244.x.y, see netns.py) and its containers run as local processes
+network (the /16 the box claimed, 10.244.x.y for the first box: see netns.py) and its containers run as local processes
 listening there (each container also gets CONTROL_FILE, a file the test app reads
 its run-time settings from, so tests can turn a pod slow and back); its status
 (podIP, phase, Ready after the readiness probe passes, container states) is written
@@ -25,7 +25,6 @@ from typing import Any
 from aviator.box.addresses import AddressPool
 from aviator.box.container import ContainerRunner, port_free
 from aviator.box.mirror import Mirror, cancel_all, key_of
-from aviator.box.netns import POD_RANGE
 from aviator.box.nodes import NODE_IP
 from aviator.box.podspec import DEFAULT_PORT, PodPlan, Unsupported, plan_pod
 from aviator.box.podstatus import (
@@ -52,13 +51,13 @@ class PodRuntime:
         client: KubeClient,
         nodes: list[str],
         log_dir: Path,
-        pool: AddressPool | None = None,
+        pool: AddressPool,
         argv_for: Callable[[str], list[str] | None] | None = None,
     ) -> None:
         self.client = client
         self.nodes = list(nodes)
         self.log_dir = log_dir
-        self.pool = pool or AddressPool(*POD_RANGE)
+        self.pool = pool
         self.argv_for = argv_for or (lambda _image: None)
         self.workers: dict[str, PodWorker] = {}  # by pod uid
         self._next_node = cycle(self.nodes)

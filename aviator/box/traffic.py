@@ -73,6 +73,7 @@ class Load:
         self.keep_s = keep_s
         self.pause_s = pause_s
         self.samples: deque[Sample] = deque()
+        self._sample_added = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
 
     async def __aenter__(self) -> Load:
@@ -104,6 +105,7 @@ class Load:
                 continue
             sample = await request_once(address, timeout_s=self.timeout_s, connect=self.connect)
             self.samples.append(sample)
+            self._sample_added.set()
             horizon = sample.at - self.keep_s
             while self.samples and self.samples[0].at < horizon:
                 self.samples.popleft()
@@ -117,6 +119,16 @@ class Load:
 
     def summary(self, since: float = 0.0) -> Summary:
         return summarize(self.since(since))
+
+    async def started_window(self, t: float, count: int, timeout_s: float) -> Summary:
+        """The first `count` requests sent at or after `t`, once they have all ended
+        (requests sent earlier are left out however late they end); TimeoutError if
+        `count` of them have not ended within `timeout_s`."""
+        async with asyncio.timeout(timeout_s):
+            while len(started := [s for s in self.samples if s.at - s.latency_s >= t]) < count:
+                self._sample_added.clear()
+                await self._sample_added.wait()
+        return summarize(sorted(started, key=lambda s: s.at - s.latency_s)[:count])
 
     def mark(self) -> float:
         return time.monotonic()

@@ -43,6 +43,11 @@ class Cluster(Protocol):
 
     def set_pod_latency(self, namespace: str, pod: str, latency: str | None) -> None: ...
 
+    def proxy_backends(self, namespace: str, service: str) -> int | None:
+        """How many endpoints the Service proxy spreads new connections over, where the
+        cluster can tell (the box's proxy); None where it cannot (kube-proxy in Kind)."""
+        ...
+
     def controller_pid(self) -> int | None: ...
 
     def kill_controller(self) -> None: ...
@@ -66,7 +71,7 @@ def run_kubectl(
 class BoxCluster:
     """`aviator box up` as a subprocess (or a box someone already runs: E2E_BOX_WORKDIR)."""
 
-    def __init__(self, workdir: Path | None = None, start_timeout_s: float = 180.0) -> None:
+    def __init__(self, workdir: Path | None = None, start_timeout_s: float = 420.0) -> None:
         self.reuse = workdir is not None
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="aviator-e2e-box-"))
         self.start_timeout_s = start_timeout_s
@@ -133,6 +138,12 @@ class BoxCluster:
             return None
         host, _, port = next(iter(ports.values())).rpartition(":")
         return host, int(port)
+
+    def proxy_backends(self, namespace: str, service: str) -> int | None:
+        counts: dict[str, int] = (
+            self.status(fresh=True).get("backends", {}).get(f"{namespace}/{service}", {})
+        )
+        return min(counts.values()) if counts else 0
 
     def set_pod_latency(self, namespace: str, pod: str, latency: str | None) -> None:
         control = self.workdir / "pods" / f"{namespace}_{pod}_app.control"
@@ -275,6 +286,9 @@ class KindCluster:
             f"'http://127.0.0.1:8080/control?{query}',method='POST'))"
         )
         self.kubectl("-n", namespace, "exec", pod, "--", "python", "-c", code)
+
+    def proxy_backends(self, namespace: str, service: str) -> int | None:
+        return None  # kube-proxy's rules are not visible from here
 
     def controller_pid(self) -> int | None:
         return None

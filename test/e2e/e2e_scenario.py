@@ -26,6 +26,8 @@ TARGET = "my-app-service"
 SHADOW = "my-app-service-aviator"
 
 T = TypeVar("T")
+# kube-proxy applies a slice change within its minSyncPeriod (1 s by default), plus slack.
+KUBE_PROXY_SYNC_S = 2.0
 
 
 def deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -173,6 +175,20 @@ class Scenario:
                 return None
             raise
 
+    async def proxy_follows(self, service: str) -> None:
+        """Wait until the Service proxy spreads new connections over exactly the routed
+        pods. kube-proxy (Kind) cannot be observed: wait out its sync instead."""
+        routed = len(await self.routed(service))
+        if self.cluster.proxy_backends(self.ns, service) is None:
+            await asyncio.sleep(KUBE_PROXY_SYNC_S)
+            return
+        await wait_for(
+            f"the proxy of {service} to follow its {routed} routed pods",
+            lambda: _completed(self.cluster.proxy_backends(self.ns, service)),
+            lambda n: n == routed,
+            timeout_s=30,
+        )
+
     async def converge_to_fast(self, service: str, timeout_s: float = 30) -> float:
         """Wait until exactly the fast pods serve `service`; seconds it took."""
         fast = await self.pods("fast")
@@ -183,6 +199,10 @@ class Scenario:
             timeout_s,
         )
         return took
+
+
+async def _completed(value: T) -> T:
+    return value
 
 
 @contextlib.asynccontextmanager

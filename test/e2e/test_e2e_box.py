@@ -44,12 +44,14 @@ def _alive(pid: int) -> bool:
 async def test_pods_run_as_processes_with_their_own_ip(apps: Scenario) -> None:
     answer = await apps.kube.list(PODS, apps.ns)
     pods = answer["items"]
+    assert isinstance(apps.cluster, BoxCluster)
+    pod_network = ipaddress.ip_network(apps.cluster.status()["pod_network"])
     assert len(pods) == 4
     ips = set()
     for pod in pods:
         status = pod["status"]
         assert status["phase"] == "Running"
-        assert ipaddress.ip_address(status["podIP"]) in ipaddress.ip_network("10.244.0.0/16")
+        assert ipaddress.ip_address(status["podIP"]) in pod_network
         assert status["podIPs"] == [{"ip": status["podIP"]}]
         assert pod["spec"]["nodeName"].startswith("box-node-")
         (container,) = status["containerStatuses"]
