@@ -92,10 +92,12 @@ struct h2_cursor {
     u8 pad;
 };
 BPF_PERCPU_ARRAY(h2_cursors, struct h2_cursor, 1);
-// Tail-call targets (the loader fills them): the parser's continuation, the sweep.
+// Tail-call targets (the loader fills them): the parser's continuation, the sweep, the
+// first bytes of an adopted connection (payload.h).
 #define H2_PROG_PARSE 0
 #define H2_PROG_SWEEP 1
-BPF_PROG_ARRAY(h2_progs, 2);
+#define H2_PROG_ADOPT 2
+BPF_PROG_ARRAY(h2_progs, 3);
 
 #include "h2_streams.h"
 

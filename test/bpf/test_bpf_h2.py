@@ -394,6 +394,40 @@ def test_connection_older_than_the_program_is_recognised_mid_stream() -> None:
         assert (d.count, d.aborted, d.rif, d.statuses, d.protocol) == (2, 0, 0, 2, "h2"), role
 
 
+def test_connection_older_than_the_program_with_iovec_frames_and_a_read_mid_frame() -> None:
+    """An h2 connection in use before the program loaded whose first read after it
+    starts inside a frame (not decided yet: undecided for a few calls), whose server
+    then writes frame headers and payloads as iovecs of their own (gRPC C-core does),
+    and whose client sends more frames in one write than a short chain would look at:
+    HTTP/2, every stream opened after timed."""
+    require_bpf_privileges()
+    pair = Pair("127.0.52.13", keep_listening=True)
+    try:
+        pair.open()
+        body = data(1, b"x" * 100)
+        pair.to_server(headers(1, end_stream=False) + body[:20])
+        with BpfLatencySource.load(max_sockets=4096, max_endpoints=256) as source:
+            pair.to_server(body[20:])  # the rest of a frame: no frame header at its start
+            socks = [s for s in source.sockets() if s.local == (pair.host, pair.port)]
+            assert [s.protocol for s in socks] == [None]  # undecided, not opaque
+            answer = headers(1, STATUS_200, end_stream=False) + data(1)
+            parts = [answer[:9], answer[9:10], answer[10:19], answer[19:]]  # header, payload, ...
+            pair.server.sendmsg(parts)
+            read_exactly(pair.client, len(answer))
+            socks = [s for s in source.sockets() if s.local == (pair.host, pair.port)]
+            assert [s.protocol for s in socks] == ["h2"]
+            ids = list(range(3, 3 + 2 * 12, 2))
+            pair.to_server(b"".join(headers(s) for s in ids))
+            pair.to_client(b"".join(response(s) for s in ids))
+            # 12 streams, and the connection-level request of the undecided calls (the
+            # read of the frame's rest to the answer), timed as an opaque one would be.
+            after = settle(source, pair, {}, 13)
+    finally:
+        pair.close()
+    for role, d in deltas({}, after, pair).items():
+        assert (d.count, d.aborted, d.rif, d.protocol) == (13, 0, 0, "h2"), role
+
+
 def test_a_long_stream_among_hundreds_of_short_ones(latency_source: BpfLatencySource) -> None:
     """Stream 1 stays open while 3 x 100 later streams come and go (ids wrap the stream
     table: some share stream 1's slot and take the next free one): every one counts."""

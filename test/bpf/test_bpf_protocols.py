@@ -10,6 +10,7 @@ import subprocess
 import grpc
 import pytest
 from bpf_snapshots import EndpointDelta, delta, wait_for
+from conftest import require_bpf_privileges
 from h2_servers import GRPC_METHOD, H2Server, grpc_server
 from h2_wire import (
     CONTENT_TYPE_GRPC,
@@ -215,3 +216,29 @@ def test_grpcio_unary_calls(latency_source: BpfLatencySource) -> None:
         # server writes header fields as iovecs of their own, and the program reads a
         # status within one buffer: the client reads them in one.
         assert (1 if role == "client" else 0) <= d.errors <= failed, role
+
+
+def test_grpcio_connection_older_than_the_program() -> None:
+    """A grpcio channel in use before the program loaded (an agent that started, or
+    restarted, after its clients dialled): its connection is recognised as HTTP/2 from
+    its next reads and writes (C-core writes a frame's header and its payload as
+    iovecs of their own, and many frames per call under load), not labelled opaque, and
+    the RPCs opened from then on are timed on both ends and keep it busy."""
+    require_bpf_privileges()
+    host = "127.0.56.3"
+    with (
+        grpc_server(host, fail=lambda req: False) as port,
+        grpc.insecure_channel(f"{host}:{port}") as channel,
+    ):
+        call = channel.unary_unary(GRPC_METHOD)
+        assert call(b"before", timeout=10) == b"before"
+        with BpfLatencySource.load(max_sockets=4096, max_endpoints=256) as source:
+            for burst in range(10):
+                # Many calls at once: reads and writes of many frames each.
+                futures = [call.future(b"x" * 100 * i, timeout=10) for i in range(burst + 1)]
+                assert [f.result() for f in futures] == [b"x" * 100 * i for i in range(burst + 1)]
+            got = settle(source, host, port, {}, 55)
+            socks = [s for s in source.sockets() if s.local == (host, port)]
+    for role, d in got.items():
+        assert (d.aborted, d.rif, d.protocol) == (0, 0, "grpc"), (role, d)
+    assert [(s.role, s.protocol) for s in socks] == [("server", "grpc")]
