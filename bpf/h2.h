@@ -14,9 +14,11 @@
 // The parser carries its place per direction across calls (h2_dir: payload bytes to
 // skip, a frame header split across reads, a status whose bytes are still to come). A
 // program run takes H2_FRAMES_PER_RUN steps (a frame header, a payload skipped, or a
-// move to the next iovec of a readv/writev/recvmsg/sendmsg); a call with more
-// continues in a tail call of h2_parse_more, up to H2_MAX_RUNS runs (512 steps per
-// call: 100 small frames in one write fit). Beyond that, or on bytes that cannot be
+// move to the next iovec of a readv/writev/recvmsg/sendmsg); every run is a tail call
+// of h2_parse_more (the first too: the hooks' own programs stay small for the
+// verifier), up to 1 + H2_MAX_RUNS runs (496 steps per call: 100 small frames in one
+// write fit; the kernel allows 33 tail calls in a row, and an adopted connection's
+// first call and a sweep take one each). Beyond that, or on bytes that cannot be
 // HTTP/2 frames (something moved bytes through a path the program does not see), the
 // connection is given up: its open streams are dropped without samples, it is flagged
 // SOCK_UNPARSED and is not measured any more (CNT_H2_DESYNCS counts these).
@@ -61,7 +63,7 @@
 
 #define H2_PREFACE_LEN 24
 #define H2_FRAMES_PER_RUN 16
-#define H2_MAX_RUNS 32
+#define H2_MAX_RUNS 30
 #define H2_MAX_IOV 1024  // UIO_MAXIOV: every iovec is a step of the run budget
 #define H2_PEEK 32
 
@@ -188,17 +190,28 @@ static __always_inline void h2_frame(struct h2_cursor *c, struct sock_state *st,
         }
         return;
     }
-    // DATA without END_STREAM, the bulk of the frames, costs this one test.
-    if (type == H2_DATA ? !(flags & H2_END_STREAM)
+    // DATA without END_STREAM, the bulk of the frames, costs this one test (on a
+    // connection older than the program, it may be of a stream opened before).
+    if (type == H2_DATA ? !(flags & H2_END_STREAM) && !(st->flags & SOCK_ADOPTED)
                         : (type != H2_HEADERS && type != H2_RST_STREAM))
         return;
+    u64 opening = 0;
+    struct h2_slot *s = 0;
     if (c->dir == 0 && type == H2_HEADERS && (sid & 1) && sid > h->max_sid) {
         h->max_sid = sid;
-        stream_open(c, st, v, h, sid, (flags & H2_END_STREAM) ? H2_END_CLIENT : 0);
+        opening = H2_NEW | ((flags & H2_END_STREAM) ? H2_END_CLIENT : 0);
+    } else {
+        u32 idx = stream_find(h, sid);
+        if (idx < H2_SLOTS)
+            s = &h->slots[BOUNDED(idx, H2_SLOTS - 1)];
+        else if (type != H2_RST_STREAM)
+            opening = stream_adopted(c, st, h, sid, flags);
+    }
+    if (opening) {
+        // A new stream (H2_NEW: timed), or one older than the program (H2_ADOPTED).
+        stream_open(c, st, v, h, sid, opening & H2_ENDS, (opening & H2_NEW) != 0);
         return;
     }
-    u32 idx = stream_find(h, sid);
-    struct h2_slot *s = idx < H2_SLOTS ? &h->slots[BOUNDED(idx, H2_SLOTS - 1)] : 0;
     u64 ends = H2_ENDS;  // a RST_STREAM closes it both ways
     if (type != H2_RST_STREAM) {
         if (c->dir == 1 && type == H2_HEADERS) {

@@ -23,6 +23,9 @@
 #define H2_END_CLIENT (1ULL << 32)  // the client's END_STREAM was seen
 #define H2_END_SERVER (1ULL << 33)  // the server's END_STREAM was seen
 #define H2_ENDS (H2_END_CLIENT | H2_END_SERVER)
+#define H2_ADOPTED (1ULL << 34)  // h2_frame: a stream opened before the program saw it
+#define H2_NEW (1ULL << 35)      // h2_frame: a stream the client opens now (timed)
+#define H2C_FIRST_SHIFT 32          // h2_conn.flags: the first stream id the parser opened
 
 static __always_inline u64 cursor_now(struct h2_cursor *c) {
     if (c->now == 0)
@@ -76,25 +79,50 @@ static __always_inline void release_slot(struct sock_state *st, struct h2_slot *
 }
 
 // `v`: the socket's endpoint, looked up once per run (0 if the map is full).
-// `client_end`: the opening HEADERS carries END_STREAM (a request without a body).
+// `ends`: the ends already closed (the opening HEADERS carries END_STREAM: a request
+// without a body). `timed`: 0 for a stream of an adopted connection that was open
+// before the program saw it (stream_adopted): it only keeps the connection busy.
 static __always_inline void stream_open(struct h2_cursor *c, struct sock_state *st,
                                         struct ep_val *v, struct h2_conn *h, u32 sid,
-                                        u64 client_end) {
+                                        u64 ends, int timed) {
     u32 home = sid >> 1;
     for (int i = 0; i < H2_PROBES; i++) {
         struct h2_slot *s = &h->slots[(home + i) & (H2_SLOTS - 1)];
         if (LOAD_ONCE(s->sid) != 0)
             continue;
-        if (__sync_val_compare_and_swap(&s->sid, 0, (u64)sid | client_end) != 0)
+        if (__sync_val_compare_and_swap(&s->sid, 0, (u64)sid | ends) != 0)
             continue;
-        s->start_ns = cursor_now(c);
         __sync_fetch_and_add(&st->streams, 1);
+        if (!timed)
+            return;
+        s->start_ns = cursor_now(c);
+        if (!(h->flags >> H2C_FIRST_SHIFT))
+            h->flags |= (u64)sid << H2C_FIRST_SHIFT;
         count(CNT_STREAMS_STARTED);
         if (v)
             __sync_fetch_and_add(&v->rif, 1);
         return;
     }
     count(CNT_STREAMS_FULL_DROPS);
+}
+
+// Whether a DATA or HEADERS frame on stream `sid`, which has no slot, is of a stream
+// opened before the program saw the connection (an adopted one): a client stream below
+// the first one the parser saw opened (any, before that one). Its ends closed so far:
+// the server sending means the client most likely finished its request (unary and
+// server-streaming calls do before any answer), plus this frame's END_STREAM; 0 when
+// it is not to be adopted (or is over with this frame).
+static __always_inline u64 stream_adopted(struct h2_cursor *c, struct sock_state *st,
+                                          struct h2_conn *h, u32 sid, u8 flags) {
+    if (!(st->flags & SOCK_ADOPTED) || !(sid & 1))
+        return 0;
+    u32 first = (u32)(h->flags >> H2C_FIRST_SHIFT);
+    if (first && sid >= first)
+        return 0;
+    u64 ends = c->dir ? H2_END_CLIENT : 0;
+    if (flags & H2_END_STREAM)
+        ends |= c->dir ? H2_END_SERVER : H2_END_CLIENT;
+    return ends == H2_ENDS ? 0 : ends | H2_ADOPTED;
 }
 
 // The slot index of open stream `sid`; H2_SLOTS if it has none (one exit: the

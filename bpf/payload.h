@@ -375,8 +375,11 @@ static __always_inline int on_payload(void *ctx, u64 sk, int ret, int flags, u32
         if (client_bytes ? !detect(sk, st, c, 0) : !server_first(sk, st, c, 0))
             return 0;
     }
+    // The parser runs in its own program (the verifier's budget of this one).
     c->active = 1;
-    return h2_run(ctx, st);
+    h2_progs.call(ctx, H2_PROG_PARSE);
+    c->active = 0;
+    return 0;
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_read) {

@@ -16,6 +16,7 @@ from concurrent import futures
 
 import grpc
 import pytest
+from conftest import require_bpf_privileges
 
 from aviator.agent.bpf import BpfLatencySource
 from aviator.agent.bpf.model import SocketState
@@ -212,3 +213,41 @@ def test_grpc_server_streaming_rpc_keeps_its_connection_until_its_last_message(
         assert h is not None and h.ended == 1
         states.wait_left_ready(before)
         assert channel.unary_unary(METHOD)(b"quick", timeout=10) != first_peer
+
+
+def test_grpc_stream_older_than_the_program_keeps_its_connection() -> None:
+    """A server-streaming RPC already flowing when the program loads (an agent that
+    started, or restarted, during it): the program never saw its HEADERS, yet its next
+    messages make it an open stream of the connection (not timed), so hand-off steps
+    between them leave the connection alone; its trailers close it."""
+    require_bpf_privileges()
+    host, messages = "127.0.43.5", 20
+    pod = Pod()
+    with (
+        pod.serve(host) as port,
+        grpc.insecure_channel(
+            f"{host}:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        ) as channel,
+    ):
+        stream = channel.unary_stream(STREAM_METHOD)(str(messages).encode(), timeout=60)
+        pod.permits.release()
+        got = [next(stream)]
+        with BpfLatencySource.load(max_sockets=8192, max_endpoints=1024) as source:
+            executor = HandOffExecutor(table=source, open_diag=open_diag, fresh_s=0.0, watch_s=0.02)
+            h = executor.begin(Target("ns/pod", host, frozenset({port})), "ns/policy", 0.0)
+            for i in range(1, messages):
+                pod.permits.release()
+                got.append(next(stream))  # UNAVAILABLE if the connection was ended
+                if i == 1:
+                    _wait(source, host, port, lambda s: s.protocol is not None)
+                    assert [(s.protocol, s.streams) for s in _ours(source, host, port)] == [
+                        ("h2", 1)
+                    ]
+                executor.step()
+            pod.permits.release()
+            assert list(stream) == []
+            assert got == [f"{i}".encode() for i in range(messages)]
+            assert h.ended == 0
+            _wait(source, host, port, is_idle)
+            executor.step()
+            assert h.ended == 1
