@@ -12,6 +12,7 @@ from bpf_loadgen import SO_TIMESTAMPING
 from bpf_snapshots import EndpointDelta, assert_close, delta, exact_quantile, wait_for
 from conftest import TEST_BOUND_S, require_bpf_privileges
 from h2_wire import (
+    CONTENT_TYPE_GRPC,
     DATA,
     GOAWAY,
     HEADERS,
@@ -19,10 +20,13 @@ from h2_wire import (
     RST_STREAM,
     SETTINGS,
     STATUS_200,
+    STATUS_503_PLAIN,
+    STATUS_DYNAMIC,
     Pair,
     data,
     frame,
     goaway,
+    grpc_trailers,
     headers,
     read_exactly,
     rst_stream,
@@ -307,6 +311,47 @@ def test_an_answered_stream_stays_open_until_both_ends_closed_it(
         pair.close()
     for role, d in deltas(before, done, pair).items():
         assert (d.count, d.aborted, d.rif) == (5, 0, 0), role
+
+
+def test_a_streaming_grpc_response_status_comes_from_its_trailers_while_its_stream_is_open(
+    latency_source: BpfLatencySource,
+) -> None:
+    """A server-streaming gRPC response: its request ends (a sample) at its HEADERS,
+    its stream stays open through its messages, and its one status, grpc-status, is
+    read from the trailers that close it. Later responses' :status are read, also one
+    the server's encoder takes from its dynamic table (the walk counted the insertions
+    of every server header block, those of streams still open too)."""
+    pair = Pair("127.0.52.14")
+
+    def streams() -> list[int]:
+        return [s.streams for s in latency_source.sockets() if s.local == (pair.host, pair.port)]
+
+    try:
+        before = latency_source.read()
+        pair.open()
+        pair.to_server(headers(1, end_stream=False) + data(1))  # the request, all sent
+        pair.to_client(headers(1, STATUS_200 + CONTENT_TYPE_GRPC, end_stream=False))
+        answered = wait_for(
+            latency_source, lambda s: all(x.count == 1 for x in deltas(before, s, pair).values())
+        )
+        pair.to_client(data(1, end_stream=False) + data(1, end_stream=False))
+        assert streams() == [1]
+        for role, d in deltas(before, answered, pair).items():
+            assert (d.count, d.statuses) == (1, 0), role  # gRPC: the status is to come
+        pair.to_client(grpc_trailers(1, 14))  # UNAVAILABLE, added to the dynamic table
+        assert streams() == [0]
+        pair.to_server(headers(3))
+        pair.to_client(headers(3, STATUS_503_PLAIN, end_stream=False) + data(3))
+        pair.to_server(headers(5))
+        pair.to_client(headers(5, STATUS_DYNAMIC, end_stream=False) + data(5))  # 503 again
+        done = settle(latency_source, pair, before, 3)
+    finally:
+        pair.close()
+    for role, d in deltas(before, done, pair).items():
+        assert (d.count, d.aborted, d.statuses, d.errors, d.protocol) == (3, 0, 3, 3, "grpc"), (
+            role,
+            d,
+        )
 
 
 _frame_kinds = st.sampled_from([DATA, HEADERS, RST_STREAM, SETTINGS, GOAWAY, 8, 0xA])
