@@ -53,6 +53,8 @@
                            //   response bytes the application hands over or reads
 #define SOCK_UNPARSED 4    // h2 given up (desync): not measured any more
 #define SOCK_ADOPTED 8     // first seen mid-connection: its first bytes may be mid-stream
+#define SOCK_TRY 0x100     // adopted: one call not recognised (payload.h, adopted_undecided)
+#define SOCK_TRIES 0xf00
 
 // Whether a socket's requests are timed per stream from its payload (not by the
 // connection-level hooks).

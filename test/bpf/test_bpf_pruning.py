@@ -17,9 +17,10 @@ from aviator.latency.schema import ROLES
 pytestmark = [pytest.mark.bpf, pytest.mark.timeout(300, func_only=True)]  # its own work
 
 # 127.0.80.0 - 127.0.87.255: 2,048 "pod" addresses, two endpoints each (the server's
-# own socket and the client's view), four times the session map's 1,024 entries.
+# own socket and the client's view), four times the test's map of CAPACITY entries.
 WAVES = 16
 PER_WAVE = 128
+CAPACITY = 1024
 
 
 def _wave_ips(wave: int) -> list[str]:
@@ -46,26 +47,28 @@ def _measured(snap: dict[EndpointKey, object], ips: list[str], port: int) -> lis
     return [ip for ip in ips if all(EndpointKey(ip, port, r) in snap for r in ROLES)]
 
 
-def test_churned_pods_are_measured_to_the_last_wave_when_the_agent_prunes(
-    latency_source: BpfLatencySource,
-) -> None:
+def test_churned_pods_are_measured_to_the_last_wave_when_the_agent_prunes() -> None:
     require_bpf_privileges()
+    # A program of its own with a small endpoints map (the session's has the agent's
+    # size, more than the run): it prunes every endpoint but the next wave's, the
+    # machine's other endpoints too, so that they do not fill it.
     server = DelayServer("0.0.0.0", lambda: 0.0).start()
-    capacity = latency_source.stats()["endpoints_capacity"]
-    assert 4 * capacity <= 2 * WAVES * PER_WAVE  # the run outgrows the map many times
-    peak = 0
     try:
-        for wave in range(WAVES):
-            ips = _wave_ips(wave)
-            _hit(ips, server.port)
-            snap = latency_source.read()
-            missing = [ip for ip in ips if ip not in _measured(snap, ips, server.port)]
-            assert not missing, f"wave {wave}: {len(missing)} pods not measured"
-            peak = max(peak, sum(1 for k in snap if _ours(k.ip)))
-            # The agent's upkeep: this wave's pods are gone, the next wave's are local.
-            local = set(_wave_ips(wave + 1)) if wave + 1 < WAVES else set()
-            latency_source.prune(lambda ip, local=local: not _ours(ip) or ip in local, 0.0)
-        left = list(latency_source.read_all())
+        with BpfLatencySource.load(max_endpoints=CAPACITY) as source:
+            capacity = source.stats()["endpoints_capacity"]
+            assert 4 * capacity <= 2 * WAVES * PER_WAVE  # the run outgrows the map
+            peak = 0
+            for wave in range(WAVES):
+                ips = _wave_ips(wave)
+                _hit(ips, server.port)
+                snap = source.read()
+                missing = [ip for ip in ips if ip not in _measured(snap, ips, server.port)]
+                assert not missing, f"wave {wave}: {len(missing)} pods not measured"
+                peak = max(peak, sum(1 for k in snap if _ours(k.ip)))
+                # The agent's upkeep: this wave's pods are gone, the next wave's are local.
+                local = set(_wave_ips(wave + 1)) if wave + 1 < WAVES else set()
+                source.prune(lambda ip, local=local: ip in local, 0.0)
+            left = list(source.read_all())
     finally:
         server.stop()
     print(f"{WAVES * PER_WAVE} pods in {WAVES} waves; map capacity {capacity}; ours at peak {peak}")
