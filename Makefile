@@ -11,7 +11,7 @@ KUBECTL     ?= $(shell command -v kubectl 2>/dev/null || echo bin/kubectl)
 PYTEST_ARGS ?=
 export GOTOOLCHAIN := local
 
-.PHONY: help setup venv controlplane tools build-installer helm-lint krew dashboard-png build build-agent test-unit test-integration test-bpf \
+.PHONY: help setup venv controlplane node-components images tools build-installer helm-lint krew dashboard-png build build-agent test-unit test-integration test-bpf \
         test-e2e test-packaging test run lint fmt manifests install uninstall demo bench \
         docker-build docker-build-agent docker-build-all deploy deploy-agent deploy-all \
         undeploy undeploy-agent undeploy-all
@@ -32,6 +32,12 @@ setup: venv ## venv, Python deps, Debian packages (BCC, headers), bcc import lin
 
 controlplane: ## build kube-apiserver, kube-controller-manager, kubectl, etcd into bin/
 	bash hack/controlplane/build.sh
+
+node-components: ## kubelet and kube-proxy (same Kubernetes version, cached like the control plane) + Debian nftables, containerd, runc, CNI plugins
+	bash hack/node-components.sh
+
+images: ## pause, test app, controller and agent images without Docker (buildah, local Debian base) into bin/images/*.tar
+	bash hack/images/build.sh
 
 tools: ## build helm, promtool, prometheus and kstatus from Go modules into bin/, cached like the control plane
 	bash hack/tools/build.sh

@@ -20,10 +20,14 @@ import yaml
 from aviator.box.addresses import AddressPool
 from aviator.box.components import Component, aviator_argv
 from aviator.box.files import CRD_FILE, config
+from aviator.box.kubeproxy import KubeProxy
+from aviator.box.kubeproxy import unavailable as kube_proxy_unavailable
 from aviator.box.mirror import cancel_all
-from aviator.box.netns import BoxNetwork
+from aviator.box.netns import POD_NETWORKS, BoxNetwork
 from aviator.box.nodes import BoxNodes, node_names
 from aviator.box.proxy import BoxProxy, relay
+from aviator.box.realnode import RealNode, pod_cidr
+from aviator.box.realnode import unavailable as real_node_unavailable
 from aviator.box.runtime import PodRuntime
 from aviator.box.state import remove_status, write_status
 from aviator.controller.certs import CA_CONFIGMAP
@@ -49,6 +53,9 @@ class BoxOptions:
     aviator: bool = True  # run the controller and one agent per node
     latency_source: str = "auto"
     bin_dir: Path | None = None  # control-plane binaries; None: ./bin, then PATH
+    # "box": our own proxy only; "kube-proxy": also the real kube-proxy on ClusterIPs
+    proxy: str = "box"
+    real_node: bool = False  # also one real node (kubelet + containerd), see realnode.py
 
 
 class Box:
@@ -67,6 +74,7 @@ class Box:
         self.runtime: PodRuntime | None = None
         self.proxy: BoxProxy | None = None
         self.components: dict[str, Component] = {}
+        self.real_node: RealNode | None = None
         self.crd: str = "not installed"
         self.controller_url = ""
         self.phase = "starting"
@@ -96,6 +104,14 @@ class Box:
         # A clear "run make controlplane" error before anything starts.
         for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl"):
             binary(name, self.options.bin_dir)
+        if self.options.proxy == "kube-proxy":
+            reason = kube_proxy_unavailable(self.options.bin_dir)
+            if reason:
+                raise RuntimeError(reason)
+        if self.options.real_node:
+            reason = real_node_unavailable(self.options.bin_dir)
+            if reason:
+                raise RuntimeError(reason)
         await self._start_control_plane()
         self.client = await KubeClient.load(str(self.inner_kubeconfig))
         names = node_names(self.options.nodes)
@@ -113,6 +129,10 @@ class Box:
             asyncio.create_task(self._status_loop(), name="status file"),
         ]
         self.progress("pod runtime and service proxy running")
+        if self.options.proxy == "kube-proxy":
+            await self._start_kube_proxy(names[0])
+        if self.options.real_node:
+            await self._start_real_node()
         if self.options.aviator:
             await self.start_aviator()
         self.phase = "running"
@@ -131,6 +151,44 @@ class Box:
         task.result()
         await self._bridge_api_server(cp)
         self.progress(f"control plane up in {time.monotonic() - began:.1f}s")
+
+    async def _start_kube_proxy(self, node: str) -> None:
+        began = time.monotonic()
+        gateway = self.network.pods.gateway.split("/")[0]
+        kube_proxy = KubeProxy(
+            self.workdir,
+            self.inner_kubeconfig,
+            node,
+            str(self.network.pods.cidr),
+            gateway,
+            self.options.bin_dir,
+        )
+        self.components["kube-proxy"] = kube_proxy.component
+        await kube_proxy.start()
+        self.progress(
+            f"kube-proxy ({kube_proxy.component.log}) synced in {time.monotonic() - began:.1f}s"
+        )
+
+    async def _start_real_node(self) -> None:
+        began = time.monotonic()
+        images_dir = binary("kubelet", self.options.bin_dir).parent / "images"
+        images = sorted(images_dir.glob("*.tar"))
+        node = RealNode(
+            self.workdir,
+            self.inner_kubeconfig,
+            self.network.pods.gateway.split("/")[0],
+            pod_cidr(POD_NETWORKS.index(self.network.pods.cidr)),
+            images,
+            self.options.bin_dir,
+        )
+        self.real_node = node
+        self.components["containerd"] = node.containerd
+        self.components["kubelet"] = node.kubelet
+        await node.start()
+        self.progress(
+            f"real node started: containerd and kubelet ({len(images)} images from "
+            f"{images_dir}) in {time.monotonic() - began:.1f}s"
+        )
 
     async def _bridge_api_server(self, cp: ControlPlane) -> None:
         """Make the API server reachable from the host network on 127.0.0.1 and write
@@ -242,7 +300,7 @@ class Box:
                 module="aviator.agent.cmd",
             )
         for name, comp in self.components.items():
-            if name != "controller":
+            if name.startswith("agent/"):
                 comp.start()
         self._tasks.append(asyncio.create_task(self._report_components()))
         self.progress(
@@ -392,6 +450,7 @@ class Box:
             "nodes": self.nodes.names if self.nodes else [],
             "pod_network": str(self.network.pods.cidr),
             "services": self.proxy.table() if self.proxy else {},
+            "proxy": self.options.proxy,
             "backends": self.proxy.backend_counts() if self.proxy else {},
             "pods": self.runtime.pod_ips() if self.runtime else {},
             "pod_pids": self.runtime.pids() if self.runtime else [],
@@ -418,7 +477,10 @@ class Box:
         self.phase = "stopping"
         self._write_status()
         self.progress("stopping: Aviator, pods, proxy, control plane")
-        await asyncio.gather(*(c.stop() for c in self.components.values()))
+        real = {"containerd", "kubelet"} if self.real_node is not None else set()
+        await asyncio.gather(*(c.stop() for n, c in self.components.items() if n not in real))
+        if self.real_node is not None:
+            await self.real_node.stop()
         await cancel_all(self._tasks)
         if self.runtime is not None:
             await self.runtime.stop()

@@ -61,6 +61,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     up = sub.add_parser("up", help="start the box and keep it running in the foreground")
     starting(up)
     up.add_argument(
+        "--proxy",
+        choices=("box", "kube-proxy"),
+        default="box",
+        help="box: the box's own Service proxy (host addresses 127.0.200.x); kube-proxy: "
+        "also the real kube-proxy (nftables) on the Services' ClusterIPs inside the box "
+        "(`make node-components` builds it)",
+    )
+    up.add_argument(
+        "--real-node",
+        action="store_true",
+        help="also one real node, box-real-1: kubelet + containerd + runc + CNI bridge, "
+        "images from `make images` (bin/images/*.tar)",
+    )
+    up.add_argument(
         "--no-aviator",
         dest="aviator",
         action="store_false",
@@ -111,6 +125,8 @@ def run(args: argparse.Namespace) -> int:
         aviator=getattr(args, "aviator", True),
         latency_source=args.latency_source,
         bin_dir=args.bin_dir,
+        proxy=getattr(args, "proxy", "box"),
+        real_node=getattr(args, "real_node", False),
     )
     try:
         if action == "demo":

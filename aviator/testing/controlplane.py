@@ -33,6 +33,7 @@ from aviator.testing.pki import CertificateAuthority, KeyPair, service_account_k
 # given, else ./bin (what `make controlplane` fills, for commands run in the checkout),
 # else PATH. An installed package knows nothing of the repository it was built from.
 BIN_DIR_ENV = "AVIATOR_BIN_DIR"
+SERVICE_CIDR = "10.0.0.0/24"  # the API server's ClusterIP range
 
 # The controllers a box needs: workloads become pods, Services get EndpointSlices,
 # owners are garbage-collected, namespaces are emptied, and every namespace gets its
@@ -317,7 +318,7 @@ class ControlPlane:
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 "--api-audiences=https://kubernetes.default.svc.cluster.local,aviator",
                 "--authorization-mode=RBAC",
-                "--service-cluster-ip-range=10.0.0.0/24",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--allow-privileged=true",
                 "--profiling=false",
                 f"--audit-policy-file={audit_policy}",

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds the real control plane (kube-apiserver, kube-controller-manager, kubectl, etcd)
 # from the Go module proxy into bin/, keyed by version. Only missing binaries are built.
+# With arguments, builds those Kubernetes commands instead (`make node-components`:
+# kubelet kube-proxy), from the same module version, cached the same way.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
@@ -40,7 +42,12 @@ build() {
   ln -sfn "$name-$version" "$bin/$name"
 }
 
-build etcd "$ETCD_VERSION" "$here/etcd" . "-s -w"
-for cmd in kube-apiserver kube-controller-manager kubectl; do
+if [ $# -gt 0 ]; then
+  cmds=("$@")
+else
+  build etcd "$ETCD_VERSION" "$here/etcd" . "-s -w"
+  cmds=(kube-apiserver kube-controller-manager kubectl)
+fi
+for cmd in "${cmds[@]}"; do
   build "$cmd" "$KUBE_VERSION" "$here/kubernetes" "k8s.io/kubernetes/cmd/$cmd" "$kube_ldflags"
 done

@@ -17,7 +17,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 MODULE = "aviator.example.com/hack/controlplane/kubernetes"
-COMMANDS = ("kube-apiserver", "kube-controller-manager", "kubectl")
+COMMANDS = ("kube-apiserver", "kube-controller-manager", "kubectl", "kubelet", "kube-proxy")
 
 
 def main(kube_version: str) -> None:

@@ -71,8 +71,14 @@ def run_kubectl(
 class BoxCluster:
     """`aviator box up` as a subprocess (or a box someone already runs: E2E_BOX_WORKDIR)."""
 
-    def __init__(self, workdir: Path | None = None, start_timeout_s: float = 420.0) -> None:
+    def __init__(
+        self,
+        workdir: Path | None = None,
+        start_timeout_s: float = 420.0,
+        args: list[str] | None = None,  # more `aviator box up` options
+    ) -> None:
         self.reuse = workdir is not None
+        self.args = args or []
         self.workdir = workdir or Path(tempfile.mkdtemp(prefix="aviator-e2e-box-"))
         self.start_timeout_s = start_timeout_s
         self.process: subprocess.Popen[bytes] | None = None
@@ -84,7 +90,15 @@ class BoxCluster:
         if not self.reuse:
             log = (self.workdir / "box.log").open("ab")
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "aviator.box", "up", "--workdir", str(self.workdir)],
+                [
+                    sys.executable,
+                    "-m",
+                    "aviator.box",
+                    "up",
+                    "--workdir",
+                    str(self.workdir),
+                    *self.args,
+                ],
                 cwd=REPO,
                 stdout=log,
                 stderr=subprocess.STDOUT,

@@ -1,0 +1,210 @@
+"""The real kube-proxy in the box (`aviator box up --proxy kube-proxy`).
+
+Traffic to a Service's real ClusterIP (from inside the box's network namespace, as a
+pod's would be) goes through upstream kube-proxy's nftables rules: it reaches only the
+pods of the Service's EndpointSlices, a slice change moves new connections, and where
+kube-proxy and the box's own proxy (aviator/box/proxy.py) read the same slices
+differently, `test_where_kube_proxy_and_the_box_proxy_differ` pins both readings.
+
+These start their own box (one node, no Aviator) and skip, saying why, where
+kube-proxy or `nft` is missing (`make node-components`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from e2e_cluster import REPO, BoxCluster
+from e2e_inbox import InBox, cluster_ip, served
+from e2e_scenario import Scenario, deployed_quickstart, wait_for
+
+from aviator.box.kubeproxy import unavailable
+from aviator.kube.client import KubeClient
+from aviator.kube.marks import LABEL_SERVICE_NAME
+from aviator.kube.resources import ENDPOINTSLICES, PODS
+
+pytestmark = pytest.mark.e2e
+
+ROUTED = "kp-routed"
+
+
+@pytest.fixture(scope="module")
+def kp_box() -> Iterator[BoxCluster]:
+    if os.geteuid() != 0:
+        pytest.skip("the box needs root (it creates its own network namespace)")
+    for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl"):
+        if not (REPO / "bin" / name).exists():
+            pytest.skip(f"bin/{name} is missing: run `make controlplane`")
+    reason = unavailable(REPO / "bin")
+    if reason:
+        pytest.skip(reason)
+    box = BoxCluster(args=["--proxy", "kube-proxy", "--no-aviator", "--nodes", "1"]).start()
+    try:
+        yield box
+    finally:
+        box.stop()
+
+
+@pytest.fixture(scope="module")
+def api_server(kp_box: BoxCluster) -> BoxCluster:
+    """`kube` and `namespace` on this module's box."""
+    return kp_box
+
+
+@pytest.fixture
+async def apps(kp_box: BoxCluster, kube: KubeClient, namespace: str) -> AsyncIterator[Scenario]:
+    async with deployed_quickstart(kp_box, kube, namespace) as scenario:
+        yield scenario
+
+
+@pytest.fixture
+def in_box(kp_box: BoxCluster) -> Iterator[InBox]:
+    opener = InBox(int(kp_box.status(fresh=True)["pid"]))
+    try:
+        yield opener
+    finally:
+        opener.close()
+
+
+async def pod_ips(kube: KubeClient, ns: str) -> dict[str, str]:
+    answer = await kube.list(PODS, ns, params={"labelSelector": "app=my-app"})
+    return {p["metadata"]["name"]: p["status"]["podIP"] for p in answer["items"]}
+
+
+def endpoint(ip: str, pod: str, **conditions: bool) -> dict[str, Any]:
+    return {
+        "addresses": [ip],
+        "conditions": {"ready": True, **conditions},
+        "targetRef": {"kind": "Pod", "name": pod},
+    }
+
+
+def slice_of(
+    name: str, endpoints: list[dict[str, Any]], port_name: str = "http", **extra: Any
+) -> dict[str, Any]:
+    labels = {LABEL_SERVICE_NAME: ROUTED, **extra.pop("labels", {})}
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {"name": name, "labels": labels},
+        "addressType": "IPv4",
+        "ports": [{"name": port_name, "port": 8080, "protocol": extra.pop("protocol", "TCP")}],
+        "endpoints": endpoints,
+    }
+
+
+def routed_service() -> dict[str, Any]:
+    """A Service without selector: only the slices a test writes serve it."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": ROUTED},
+        "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+    }
+
+
+async def test_cluster_ip_reaches_only_the_slice_pods_and_follows_changes(
+    apps: Scenario, in_box: InBox
+) -> None:
+    ips = await pod_ips(apps.kube, apps.ns)
+    target = await cluster_ip(apps.kube, apps.ns, "my-app-service")
+    await wait_for(
+        "kube-proxy to spread my-app-service over its 4 pods",
+        lambda: served(target, 60, in_box),
+        lambda pods: pods == set(ips),
+        timeout_s=30,
+    )
+    fast = sorted(p for p in ips if p.startswith("fast-app"))
+    apps.apply(routed_service())
+    apps.apply(slice_of(f"{ROUTED}-1", [endpoint(ips[p], p) for p in fast]))
+    routed = await cluster_ip(apps.kube, apps.ns, ROUTED)
+    await wait_for(
+        "the ClusterIP to reach exactly the slice's two fast pods",
+        lambda: served(routed, 40, in_box),
+        lambda pods: pods == set(fast),
+        timeout_s=30,
+    )
+    apps.apply(slice_of(f"{ROUTED}-1", [endpoint(ips[fast[0]], fast[0])]))
+    await wait_for(
+        "new connections to move to the one pod left in the slice",
+        lambda: served(routed, 20, in_box),
+        lambda pods: pods == {fast[0]},
+        timeout_s=30,
+    )
+    for _ in range(3):  # and they stay there
+        assert await served(routed, 20, in_box) == {fast[0]}
+
+
+async def test_where_kube_proxy_and_the_box_proxy_differ(apps: Scenario, in_box: InBox) -> None:
+    """The same slices, read by kube-proxy (ClusterIP) and by the box proxy (its host
+    address): each case names the pods (by index in the sorted pod list) each serves."""
+    ips = await pod_ips(apps.kube, apps.ns)
+    pods = sorted(ips)
+    ep = [endpoint(ips[p], p) for p in pods]
+    apps.apply(routed_service())
+    routed = await cluster_ip(apps.kube, apps.ns, ROUTED)
+
+    async def via_box() -> set[str]:
+        address = apps.cluster.address(apps.ns, ROUTED)
+        return await served(address, 30) if address else {"failed"}
+
+    async def check(
+        case: str, slices: list[dict[str, Any]], kube_proxy: set[int], box: set[int]
+    ) -> None:
+        names = {s["metadata"]["name"] for s in slices}
+        existing = await apps.kube.list(
+            ENDPOINTSLICES, apps.ns, params={"labelSelector": f"{LABEL_SERVICE_NAME}={ROUTED}"}
+        )
+        for old in existing["items"]:
+            if old["metadata"]["name"] not in names:
+                apps.kubectl("delete", "endpointslice", old["metadata"]["name"])
+        for s in slices:
+            apps.apply(s)
+        want_kp = {pods[i] for i in kube_proxy} or {"failed"}
+        want_box = {pods[i] for i in box} or {"failed"}
+        await wait_for(
+            f"{case}: kube-proxy serves {sorted(want_kp)}",
+            lambda: served(routed, 30, in_box),
+            lambda got: got == want_kp,
+            timeout_s=20,
+        )
+        await wait_for(
+            f"{case}: the box proxy serves {sorted(want_box)}",
+            via_box,
+            lambda got: got == want_box,
+            timeout_s=20,
+        )
+
+    # Agreement first: two plain slices.
+    await check(
+        "two slices", [slice_of("kp-a", [ep[0]]), slice_of("kp-b", [ep[1]])], {0, 1}, {0, 1}
+    )
+    # 1. A slice port of another protocol under the same name: kube-proxy serves a TCP
+    #    Service port only from TCP slice ports; the box proxy matches by name alone.
+    await check(
+        "UDP slice port",
+        [slice_of("kp-a", [ep[0]]), slice_of("kp-b", [ep[1]], protocol="UDP")],
+        kube_proxy={0},
+        box={0, 1},
+    )
+    # 2. Zone hints: when every ready endpoint has one, kube-proxy serves only those
+    #    hinted for its node's zone (box nodes are in zone "box"); the box proxy ignores
+    #    hints.
+    hinted = [
+        {**ep[0], "hints": {"forZones": [{"name": "box"}]}},
+        {**ep[1], "hints": {"forZones": [{"name": "elsewhere"}]}},
+    ]
+    await check("zone hints", [slice_of("kp-a", hinted)], kube_proxy={0}, box={0, 1})
+    # 3. Only terminating endpoints, `serving` left out: kube-proxy takes an absent
+    #    `serving` as true and falls back to them; the box proxy wants `serving: true`.
+    terminating = [
+        endpoint(ips[pods[0]], pods[0], ready=False, terminating=True),
+        endpoint(ips[pods[1]], pods[1], ready=False, serving=False, terminating=True),
+    ]
+    await check("terminating, serving absent", [slice_of("kp-a", terminating)], {0}, set())
+    # 4. ... and with `serving: true`, both fall back to it.
+    terminating[0]["conditions"]["serving"] = True
+    await check("terminating, serving true", [slice_of("kp-a", terminating)], {0}, {0})

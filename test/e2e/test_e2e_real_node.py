@@ -1,0 +1,201 @@
+"""One real node in the box (`aviator box up --real-node --proxy kube-proxy`): upstream
+kubelet + containerd + runc + CNI bridge run pods from images built here (`make
+images`), each pod in its own network namespace, Ready by a real readiness probe, and
+the real kube-proxy routes a Service's ClusterIP to them.
+
+Skips, saying why, where kubelet, kube-proxy, containerd or the images are missing
+(`make node-components images`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from e2e_cluster import REPO, BoxCluster
+from e2e_inbox import InBox, cluster_ip, served
+from e2e_scenario import Scenario, wait_for
+
+from aviator.box.kubeproxy import unavailable as kube_proxy_unavailable
+from aviator.box.netns import POD_NETWORKS
+from aviator.box.realnode import REAL_NODE, pod_cidr
+from aviator.box.realnode import unavailable as real_node_unavailable
+from aviator.kube.client import KubeClient
+from aviator.kube.resources import PODS
+
+pytestmark = pytest.mark.e2e
+IMAGES = ("pause", "testapp")
+
+
+@pytest.fixture(scope="module")
+def real_box() -> Iterator[BoxCluster]:
+    if os.geteuid() != 0:
+        pytest.skip("the box needs root (it creates its own network namespace)")
+    for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl"):
+        if not (REPO / "bin" / name).exists():
+            pytest.skip(f"bin/{name} is missing: run `make controlplane`")
+    reason = kube_proxy_unavailable(REPO / "bin") or real_node_unavailable(REPO / "bin")
+    if reason:
+        pytest.skip(reason)
+    for image in IMAGES:
+        if not (REPO / "bin" / "images" / f"{image}.tar").exists():
+            pytest.skip(f"bin/images/{image}.tar is missing: run `make images`")
+    box = BoxCluster(
+        args=["--proxy", "kube-proxy", "--real-node", "--no-aviator", "--nodes", "1"]
+    ).start()
+    try:
+        yield box
+    finally:
+        box.stop()
+
+
+@pytest.fixture(scope="module")
+def api_server(real_box: BoxCluster) -> BoxCluster:
+    """`kube` and `namespace` on this module's box."""
+    return real_box
+
+
+def deployment(name: str, replicas: int, ready_port: int = 8080) -> dict[str, Any]:
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "nodeName": REAL_NODE,
+                    "automountServiceAccountToken": False,
+                    "containers": [
+                        {
+                            "name": "app",
+                            "image": "aviator-testapp:latest",
+                            "imagePullPolicy": "Never",
+                            "env": [
+                                {
+                                    "name": "POD_NAME",
+                                    "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}},
+                                },
+                                {"name": "LATENCY", "value": "10ms"},
+                            ],
+                            "ports": [{"containerPort": 8080}],
+                            "readinessProbe": {
+                                "httpGet": {"path": "/healthz", "port": ready_port},
+                                "periodSeconds": 1,
+                            },
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+def service(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name},
+        "spec": {
+            "selector": {"app": name},
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080}],
+        },
+    }
+
+
+@pytest.fixture
+async def scenario(
+    real_box: BoxCluster, kube: KubeClient, namespace: str
+) -> AsyncIterator[Scenario]:
+    s = Scenario(real_box, kube, namespace)
+    try:
+        yield s
+    finally:
+        await s.close()
+
+
+async def ready_pods(kube: KubeClient, ns: str, app: str) -> dict[str, str]:
+    answer = await kube.list(PODS, ns, params={"labelSelector": f"app={app}"})
+    out = {}
+    for pod in answer["items"]:
+        conditions = pod.get("status", {}).get("conditions") or []
+        if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions):
+            out[pod["metadata"]["name"]] = pod["status"]["podIP"]
+    return out
+
+
+async def test_real_node_runs_pods_behind_the_real_kube_proxy(scenario: Scenario) -> None:
+    status = scenario.cluster.status(fresh=True)
+    bridge = pod_cidr(POD_NETWORKS.index(ipaddress.IPv4Network(status["pod_network"])))
+    scenario.apply(deployment("real-app", 2))
+    scenario.apply(service("real-app"))
+    pods, _ = await wait_for(
+        "2 ready pods on the real node",
+        lambda: ready_pods(scenario.kube, scenario.ns, "real-app"),
+        lambda p: len(p) == 2,
+        timeout_s=120,
+    )
+    # Their addresses come from the CNI bridge: each pod has a network namespace of its own.
+    assert all(ipaddress.ip_address(ip) in bridge for ip in pods.values())
+    in_box = InBox(int(status["pid"]))
+    try:
+        address = await cluster_ip(scenario.kube, scenario.ns, "real-app")
+        await wait_for(
+            "the ClusterIP to reach both real pods",
+            lambda: served(address, 30, in_box),
+            lambda got: got == set(pods),
+            timeout_s=30,
+        )
+        # A deleted pod's replacement takes its place behind the ClusterIP.
+        gone = sorted(pods)[0]
+        scenario.kubectl("delete", "pod", gone, "--wait=false")
+        now, _ = await wait_for(
+            "a replacement pod to be ready",
+            lambda: ready_pods(scenario.kube, scenario.ns, "real-app"),
+            lambda p: len(p) == 2 and gone not in p,
+            timeout_s=120,
+        )
+        await wait_for(
+            "the ClusterIP to reach the current pods only",
+            lambda: served(address, 30, in_box),
+            lambda got: got == set(now),
+            timeout_s=30,
+        )
+    finally:
+        in_box.close()
+
+
+async def test_real_readiness_probe_keeps_a_failing_pod_out(scenario: Scenario) -> None:
+    # Nothing listens on 9999: the kubelet's probe is refused (the test app answers any
+    # path on its own port).
+    scenario.apply(deployment("never-ready", 1, ready_port=9999))
+
+    async def running_unready() -> dict[str, Any]:
+        answer = await scenario.kube.list(
+            PODS, scenario.ns, params={"labelSelector": "app=never-ready"}
+        )
+        items = answer["items"]
+        return items[0]["status"] if items else {}
+
+    await wait_for(
+        "the pod to run and fail its readiness probe",
+        running_unready,
+        lambda s: (
+            s.get("phase") == "Running"
+            and any(
+                c["type"] == "Ready" and c["status"] == "False" for c in s.get("conditions", [])
+            )
+            and bool(s.get("containerStatuses"))
+            and "running" in s["containerStatuses"][0]["state"]
+        ),
+        timeout_s=120,
+    )
+    events = scenario.kubectl("get", "events", "-o", "json")
+    reasons = {e.get("reason") for e in json.loads(events)["items"]}
+    assert "Unhealthy" in reasons, reasons
