@@ -60,7 +60,7 @@ def probe_url(ip: str, port: int, path: str) -> str:
 class ProbeTarget:
     """A pod's address to probe, and the pod ("namespace/name").
 
-    `kubelet_probes_per_s` is the rate of the kubelet's own HTTP probes (readiness,
+    `kubelet_probes_per_s` is the rate of the kubelet's own HTTP and gRPC probes (readiness,
     liveness, startup) on this port: the agent does not count those as traffic.
     `protocol` is what the agent's eBPF program recognised on the endpoint (None: no
     request seen yet); the agent's keep-warm probes speak it (aviator.agent.prober).
