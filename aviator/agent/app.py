@@ -31,7 +31,7 @@ import logging
 import ssl
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from aviator.agent.handoff.netlink import open_diag, own_netns
 from aviator.agent.handoff.runner import HandOffRunner
 from aviator.agent.metrics import AgentMetrics
 from aviator.agent.podmap import PodMap
-from aviator.agent.prober import NodeProber
+from aviator.agent.prober import NodeProber, keep_warm_protocol
 from aviator.agent.promfold import DEFAULT_PER_OCTAVE
 from aviator.agent.sources import CounterSource
 from aviator.agent.stream import StreamFanout, StreamTls, TokenFile, urls_from_slices
@@ -64,7 +64,7 @@ from aviator.kube.objects import JSON
 from aviator.kube.pods import pod_ips
 from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, SERVICES
 from aviator.latency.probing import ProbeTarget
-from aviator.latency.schema import MAPS, EndpointWindow, Snapshot
+from aviator.latency.schema import MAPS, AppProtocol, EndpointWindow, Snapshot
 from aviator.latency.store import LatencyStore
 from aviator.latency.tls import server_context
 from aviator.pki import Authority
@@ -170,6 +170,9 @@ class Agent:
         self.urgent = UrgentReports(config.urgent_min_gap_s)
         self.last_snapshot: Snapshot | None = None
         self.targets: dict[TargetKey, ProbeTarget] = {}
+        # What the source recognised on each local pod's server endpoint that served a
+        # request (keep-warm probes speak it); forgotten with the pod.
+        self.protocols: dict[TargetKey, AppProtocol] = {}
         self._last_tick: float | None = None
         self._next_stats = 0.0
         self.upkeep = MapUpkeep(config.prune_idle_s, config.maintain_s)
@@ -227,8 +230,10 @@ class Agent:
     def _forget_pod(self, obj: JSON | DeletedFinalStateUnknown) -> None:
         """A deleted pod's windows leave the local store at once (not after the store's
         forget_after_s): under churn they would pile up for minutes."""
-        for ip in pod_ips(unwrap_tombstone(obj)):
+        ips = set(pod_ips(unwrap_tombstone(obj)))
+        for ip in ips:
             self.store.forget(ip)
+        self.protocols = {k: v for k, v in self.protocols.items() if k[0] not in ips}
 
     def _handoff_runner(self) -> HandOffRunner | None:
         """Hand-offs need the BPF program's socket map (which connections are idle)."""
@@ -370,6 +375,7 @@ class Agent:
         self.stream.publish(snapshot)
         self.last_snapshot = snapshot
         self._follow_thresholds(cumulative)
+        self._learn_protocols(cumulative)
         self._probe(now)
         if now >= self._next_stats:
             self._next_stats = now + _STATS_EVERY_S
@@ -386,17 +392,29 @@ class Agent:
         )
         self.urgent.reported((key, c.oldest_open_us) for key, c in cumulative)
 
+    def _learn_protocols(self, cumulative: Iterable[Counted]) -> None:
+        """The protocol of every local pod's server endpoint that has served a request
+        (the counters' protocol is the most specific one seen since it was tracked)."""
+        if self.source.name == "probe":
+            return  # the probes measure themselves: nothing classifies the traffic
+        for key, c in cumulative:
+            if key.role == "server" and c.count > 0 and self.pods.pod_for(key.ip) is not None:
+                self.protocols[(key.ip, key.port)] = c.protocol
+
     def _reported(self, w: EndpointWindow) -> bool:
         if w.role == "server":
             return w.pod is not None
         return self.config.report_client_endpoints
 
     def _probe(self, now: float) -> None:
-        self.targets = probe_targets(
-            self.policies.indexer.list(),
-            lambda ns, name: self.services.indexer.get(f"{ns}/{name}"),
-            self.pods.pods(),
-        )
+        self.targets = {
+            key: replace(target, protocol=self.protocols.get(key))
+            for key, target in probe_targets(
+                self.policies.indexer.list(),
+                lambda ns, name: self.services.indexer.get(f"{ns}/{name}"),
+                self.pods.pods(),
+            ).items()
+        }
         if self.source.name == "probe":
             self.prober.schedule(self.targets, None)
             return
@@ -443,6 +461,19 @@ class Agent:
         """The pod map is synced and at least one window was produced."""
         return self.pods.has_synced() and self.last_snapshot is not None
 
+    def _keep_warm_status(self) -> dict[str, Any]:
+        """How keep-warm probes reach the targets: per protocol spoken, and the pods
+        that get none (their endpoint is `opaque`, e.g. TLS)."""
+        speaks: dict[str, int] = {}
+        unprobed: list[str] = []
+        for target in self.targets.values():
+            speak = keep_warm_protocol(target.protocol)
+            if speak is None:
+                unprobed.append(target.pod)
+            else:
+                speaks[speak] = speaks.get(speak, 0) + 1
+        return {"protocols": speaks, "opaque_not_probed": sorted(set(unprobed))}
+
     def status(self) -> dict[str, Any]:
         return {
             "node": self.config.node,
@@ -454,6 +485,7 @@ class Agent:
                 for url, c in self.stream.connections.items()
             },
             "probe_targets": len(self.targets),
+            "keep_warm": self._keep_warm_status(),
             "maps": {
                 "full": list(self.upkeep.full),
                 "pruned": dict(self.upkeep.pruned),

@@ -8,10 +8,10 @@ pod's labels. The policy gives the port (`spec.targetPort`, default 8080) and th
 probed. When several policies select the same pod and port, the first policy by
 namespace/name chooses the path.
 
-The kubelet's own HTTP probes of a pod (readiness, liveness, startup) reach the pod's
-socket like any request, and a health endpoint usually answers at once: an idle slow
+The kubelet's own HTTP and gRPC probes of a pod (readiness, liveness, startup) reach
+the pod's socket like any request, and a health endpoint usually answers at once: an idle slow
 pod probed every second would look busy and fast. Each target carries the rate of the
-kubelet's HTTP probes on its port (`ProbeTarget.kubelet_probes_per_s`), so the agent
+kubelet's probes on its port (`ProbeTarget.kubelet_probes_per_s`), so the agent
 can tell how many of a window's samples were real traffic before deciding the pod
 needs keep-warm probes of `probePath`.
 """
@@ -56,8 +56,8 @@ def _probe_settings(policy: JSON) -> tuple[str, str, int, str] | None:
 
 
 def kubelet_probe_rate(pod: JSON, port: int) -> float:
-    """HTTP probes per second the kubelet sends to `port` of `pod`: readiness and
-    liveness probes of every container, and startup probes until they passed."""
+    """HTTP and gRPC probes per second the kubelet sends to `port` of `pod`: readiness
+    and liveness probes of every container, and startup probes until they passed."""
     started = {
         s.get("name")
         for s in (pod.get("status") or {}).get("containerStatuses") or []
@@ -69,7 +69,10 @@ def kubelet_probe_rate(pod: JSON, port: int) -> float:
             probe = container.get(kind)
             if not isinstance(probe, dict):
                 continue
-            if container_port(container, (probe.get("httpGet") or {}).get("port")) != port:
+            # HTTP probes, and gRPC probes (the health check over HTTP/2): both are
+            # requests the program measures on the pod's port.
+            action = probe.get("httpGet") or probe.get("grpc") or {}
+            if container_port(container, action.get("port")) != port:
                 continue
             if kind == "startupProbe" and container.get("name") in started:
                 continue

@@ -121,6 +121,17 @@ def test_kubelet_probe_rate_counts_http_probes_on_the_port() -> None:
     assert kubelet_probe_rate({}, 8080) == 0.0
 
 
+def test_kubelet_grpc_probes_count_too() -> None:
+    """The kubelet's gRPC probes (the health check) are requests on the port as well."""
+    app = {
+        "name": "app",
+        "readinessProbe": {"grpc": {"port": 50051}, "periodSeconds": 2},
+        "livenessProbe": {"grpc": {"port": 50051, "service": "liveness"}},
+    }
+    assert kubelet_probe_rate(probed_pod([app], ["app"]), 50051) == 0.5 + 0.1
+    assert kubelet_probe_rate(probed_pod([app], ["app"]), 8080) == 0.0
+
+
 def test_keep_warm_does_not_count_the_kubelets_probes_as_traffic() -> None:
     readiness = {"httpGet": {"port": 8080}, "periodSeconds": 1}
     probed = probed_pod([{"name": "app", "readinessProbe": readiness}])
