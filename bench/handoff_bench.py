@@ -173,7 +173,7 @@ async def _run(box: BoxHandle, bench: Bench, client: ClientFactory, load: Load) 
         results = {}
         for label, enabled in (("(a) hand-off off", False), ("(b) hand-off on", True)):
             await wait_endpoints(kube, box, ns, TARGET, 10)
-            results[label] = await _variant(box, kube, ns, client, load, enabled)
+            results[label] = await _variant(box, kube, ns, client, load, enabled, bench.protocol)
         # The oracle last, on a box as warm as the variants had it.
         await wait_endpoints(kube, box, ns, ORACLE, 8)
         oracle = await client(await box.wait_address(ns, ORACLE))
@@ -205,6 +205,7 @@ async def _variant(
     client: ClientFactory,
     load: Load,
     enabled: bool,
+    protocol: str,
 ) -> Outcome:
     c = await client(await box.wait_address(ns, TARGET))
     started = time.monotonic()
@@ -223,6 +224,10 @@ async def _variant(
                 "handoff": {"enabled": enabled, "period": f"{PERIOD_S:g}s"},
             },
         }
+        if protocol == "grpc":
+            # Keep-warm probes of idle pods call a method that does the app's work (the
+            # default path would call the health check, which answers at once).
+            spec["probePath"] = "/aviator.testapp.TestApp/Call"
         await kube.create(AVIATORPOLICIES, policy_body(TARGET, TARGET, **spec), ns)
         converged: float | None = None
         listed: set[str] = set()  # pods the policy's status.handOffs named

@@ -7,16 +7,20 @@
 // with an id at or below the highest opened one is trailers, not a new stream) -> the
 // server's first HEADERS on it. RST_STREAM (either side), a server GOAWAY (streams
 // above its last-stream-id) and the end of the connection abort it: an aborted stream
-// is a sample of its time open, counted in `aborted`, like an HTTP/1 request.
+// is a sample of its time open, counted in `aborted`, like an HTTP/1 request. The
+// stream itself stays open past its answer, until END_STREAM went both ways (or a
+// reset, GOAWAY or the connection's end): h2_streams.h.
 //
 // The parser carries its place per direction across calls (h2_dir: payload bytes to
 // skip, a frame header split across reads; hpack_state: where it is in a server
 // header block). A program run takes H2_FRAMES_PER_RUN steps (a frame header, a
 // payload skipped, a move to the next iovec of a readv/writev/recvmsg/sendmsg, or up
-// to the next field event of a server header block, hpack.h); a call with more
-// continues in a tail call of h2_parse_more, up to H2_MAX_RUNS runs (512 steps per
-// call: 100 small request frames in one write fit, or some 70 responses of a few
-// header fields each). Beyond that, or on bytes that cannot be
+// to the next field event of a server header block, hpack.h); every run is a tail
+// call of h2_parse_more (the first too: the hooks' own programs stay small for the
+// verifier), up to 1 + H2_MAX_RUNS runs (496 steps per call: 100 small request frames
+// in one write fit, or some 70 responses of a few header fields each; the kernel
+// allows 33 tail calls in a row, and an adopted connection's first call and a sweep
+// take one each). Beyond that, or on bytes that cannot be
 // HTTP/2 frames (something moved bytes through a path the program does not see), the
 // connection is given up: its open streams are dropped without samples, it is flagged
 // SOCK_UNPARSED and is not measured any more (CNT_H2_DESYNCS counts these).
@@ -44,7 +48,7 @@
 
 #define H2_PREFACE_LEN 24
 #define H2_FRAMES_PER_RUN 16
-#define H2_MAX_RUNS 32
+#define H2_MAX_RUNS 30
 #define H2_MAX_IOV 1024  // UIO_MAXIOV: every iovec is a step of the run budget
 
 #define H2C_GOAWAY 1  // h2_conn.flags: goaway_sid is to be applied
@@ -76,12 +80,14 @@ struct h2_cursor {
     u8 pad;
 };
 BPF_PERCPU_ARRAY(h2_cursors, struct h2_cursor, 1);
-// Tail-call targets (the loader fills them): the parser's continuation, the sweep, and
-// payload.h's reader of an HTTP/1 request's target.
+// Tail-call targets (the loader fills them): the parser's continuation, the sweep, the
+// first bytes of an adopted connection, and the reader of an HTTP/1 request's target
+// (both payload.h).
 #define H2_PROG_PARSE 0
 #define H2_PROG_SWEEP 1
-#define PROG_HTTP1_TARGET 2
-BPF_PROG_ARRAY(h2_progs, 3);
+#define H2_PROG_ADOPT 2
+#define PROG_HTTP1_TARGET 3
+BPF_PROG_ARRAY(h2_progs, 4);
 
 #include "h2_streams.h"
 
@@ -111,42 +117,65 @@ static __always_inline int h2_plausible(u32 len, u8 type, u32 sid) {
 static __always_inline void h2_frame(struct h2_cursor *c, struct sock_state *st,
                                      struct ep_val *v, struct h2_conn *h, struct h2_dir *d,
                                      u32 len, u8 type, u8 flags, u32 sid) {
-    if (c->dir == 0) {  // the client's frames
-        if (type == H2_HEADERS) {
-            if ((sid & 1) && sid > h->max_sid) {
-                h->max_sid = sid;
-                stream_open(c, st, v, h, sid);
-            }
-        } else if (type == H2_RST_STREAM) {
-            stream_end(c, st, v, h, sid, 1);
-        }
-        return;
-    }
-    if (type == H2_HEADERS) {
-        u8 role = HPB_NONE;
-        if (stream_end(c, st, v, h, sid, 0)) {
-            role = (flags & H2_END_STREAM) ? HPB_RESPONSE_END : HPB_RESPONSE;
-        } else if ((flags & H2_END_STREAM) && (sid & 1) && sid <= h->max_sid) {
-            // Trailers of an answered stream: gRPC.
-            if (st->proto == APP_H2)
-                st->proto = APP_GRPC;
-            role = HPB_TRAILERS;
-        }
-        d->skip = 0;  // the header block is walked (hpack.h)
-        hpack_frame(&h->hp, v, len, type, flags, role);
-    } else if (type == H2_CONTINUATION || type == H2_PUSH_PROMISE) {
-        d->skip = 0;
-        hpack_frame(&h->hp, v, len, type, flags, HPB_NONE);
-    } else if (type == H2_RST_STREAM) {
-        stream_end(c, st, v, h, sid, 1);
-    } else if (type == H2_GOAWAY) {
+    if (type == H2_GOAWAY) {
         u8 b[8] = {};
-        if (c->cur_len - c->pos >= 4 &&
+        if (c->dir == 1 && c->cur_len - c->pos >= 4 &&
             bpf_probe_read_user(b, 4, (const void *)(c->cur + c->pos)) == 0) {
             h->goaway_sid = ((u32)(b[0] & 0x7f) << 24) | ((u32)b[1] << 16) |
                             ((u32)b[2] << 8) | b[3];
             h->flags |= H2C_GOAWAY;
         }
+        return;
+    }
+    if (c->dir == 1 && (type == H2_CONTINUATION || type == H2_PUSH_PROMISE)) {
+        d->skip = 0;  // the header block is walked (hpack.h)
+        hpack_frame(&h->hp, v, len, type, flags, HPB_NONE);
+        return;
+    }
+    // DATA without END_STREAM, the bulk of the frames, costs this one test (on a
+    // connection older than the program, it may be of a stream opened before).
+    if (type == H2_DATA ? !(flags & H2_END_STREAM) && !(st->flags & SOCK_ADOPTED)
+                        : (type != H2_HEADERS && type != H2_RST_STREAM))
+        return;
+    u64 opening = 0;
+    struct h2_slot *s = 0;
+    if (c->dir == 0 && type == H2_HEADERS && (sid & 1) && sid > h->max_sid) {
+        h->max_sid = sid;
+        opening = H2_NEW | ((flags & H2_END_STREAM) ? H2_END_CLIENT : 0);
+    } else {
+        u32 idx = stream_find(h, sid);
+        if (idx < H2_SLOTS)
+            s = &h->slots[BOUNDED(idx, H2_SLOTS - 1)];
+        else if (type != H2_RST_STREAM)
+            opening = stream_adopted(c, st, h, sid, flags);
+    }
+    u8 role = HPB_NONE;  // what a server HEADERS' block counts (hpack.h)
+    if (opening) {
+        // A new stream (H2_NEW: timed), or one older than the program (H2_ADOPTED).
+        stream_open(c, st, v, h, sid, opening & H2_ENDS, (opening & H2_NEW) != 0);
+    } else {
+        u64 ends = H2_ENDS;  // a RST_STREAM closes it both ways
+        if (type != H2_RST_STREAM) {
+            if (c->dir == 1 && type == H2_HEADERS) {
+                if (s && stream_answer(c, st, v, s)) {
+                    role = (flags & H2_END_STREAM) ? HPB_RESPONSE_END : HPB_RESPONSE;
+                } else if ((flags & H2_END_STREAM) && (sid & 1) && sid <= h->max_sid) {
+                    // Trailers of an answered stream: gRPC.
+                    if (st->proto == APP_H2)
+                        st->proto = APP_GRPC;
+                    role = HPB_TRAILERS;
+                }
+            }
+            ends = !(flags & H2_END_STREAM) ? 0 : c->dir ? H2_END_SERVER : H2_END_CLIENT;
+        }
+        if (s && ends)
+            stream_close(c, st, v, s, ends);
+    }
+    if (c->dir == 1 && type == H2_HEADERS) {
+        // Every server header block is walked, whatever its stream: the dynamic table's
+        // insertions are counted from all of them.
+        d->skip = 0;
+        hpack_frame(&h->hp, v, len, type, flags, role);
     }
 }
 

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 //
-// HTTP/2 streams of a connection: opened, ended (a sample), swept (h2.h parses the
-// frames that say so). Pasted into the program with h2.h (it uses maps).
+// HTTP/2 streams of a connection: opened, answered (a sample), closed, swept (h2.h
+// parses the frames that say so). Pasted into the program with h2.h (it uses maps).
 //
 // Open streams live in the connection's own table (struct h2_conn in latency.h), not
 // in one map keyed (socket, stream): closing a connection or a GOAWAY walks its
@@ -9,6 +9,23 @@
 // is exact for up to H2_SLOTS streams opened one after another (ids map to
 // consecutive slots). A stream that finds no free slot among its H2_PROBES is not
 // timed (CNT_STREAMS_FULL_DROPS).
+//
+// A stream has two lives in its slot. As a request it is open from the client's
+// HEADERS to the server's first HEADERS (`start_ns` != 0 until then: the sample, the
+// endpoint's `rif`, its oldest open request). As a stream it is open until both ends
+// closed it (END_STREAM each way), or a RST_STREAM, a GOAWAY refusing it or the
+// connection's end: the slot and the socket's `streams` (what hand-off reads) hold it
+// that long, so a response still sending DATA (a server-streaming RPC) keeps its
+// connection busy. The ends closed are bits of the slot's `sid` word, set with one
+// atomic OR: the CPU that completes them frees the slot, once.
+
+#define H2_SID_MASK 0xffffffffULL
+#define H2_END_CLIENT (1ULL << 32)  // the client's END_STREAM was seen
+#define H2_END_SERVER (1ULL << 33)  // the server's END_STREAM was seen
+#define H2_ENDS (H2_END_CLIENT | H2_END_SERVER)
+#define H2_ADOPTED (1ULL << 34)  // h2_frame: a stream opened before the program saw it
+#define H2_NEW (1ULL << 35)      // h2_frame: a stream the client opens now (timed)
+#define H2C_FIRST_SHIFT 32          // h2_conn.flags: the first stream id the parser opened
 
 static __always_inline u64 cursor_now(struct h2_cursor *c) {
     if (c->now == 0)
@@ -40,34 +57,48 @@ static __always_inline void count_status(struct ep_val *v, u32 status, int grpc)
     count(CNT_STATUSES_READ);
 }
 
-static __always_inline void finish_stream(struct sock_state *st, struct ep_val *v,
-                                          u64 start, u64 now, int aborted) {
-    __sync_fetch_and_add(&st->streams, -1);
-    if (!aborted) {
-        st->idle_ns = now;
+// The request of a stream ends: answered (the server's first HEADERS) or aborted.
+static __always_inline void finish_request(struct sock_state *st, struct ep_val *v,
+                                           u64 start, u64 now, int aborted) {
+    if (!aborted)
         st->requests += 1;
-    }
     count(aborted ? CNT_STREAMS_ABORTED : CNT_STREAMS_COMPLETED);
     if (!v)
         return;
     if (aborted)
         __sync_fetch_and_add(&v->aborted, 1);
     __sync_fetch_and_add(&v->rif, -1);
+    count_keepwarm(st, v, 0);  // a stream of the agent's keep-warm probes (h2c, gRPC)
     record_sample(v, now > start ? (now - start) / 1000 : 0, st->proto);
 }
 
+// The slot goes free: the stream is over. Its caller won the slot's ends.
+static __always_inline void release_slot(struct sock_state *st, struct h2_slot *s, u64 now) {
+    s->sid = 0;
+    if (st && __sync_fetch_and_add(&st->streams, -1) == 1)
+        st->idle_ns = now;
+}
+
 // `v`: the socket's endpoint, looked up once per run (0 if the map is full).
+// `ends`: the ends already closed (the opening HEADERS carries END_STREAM: a request
+// without a body). `timed`: 0 for a stream of an adopted connection that was open
+// before the program saw it (stream_adopted): it only keeps the connection busy.
 static __always_inline void stream_open(struct h2_cursor *c, struct sock_state *st,
-                                        struct ep_val *v, struct h2_conn *h, u32 sid) {
+                                        struct ep_val *v, struct h2_conn *h, u32 sid,
+                                        u64 ends, int timed) {
     u32 home = sid >> 1;
     for (int i = 0; i < H2_PROBES; i++) {
         struct h2_slot *s = &h->slots[(home + i) & (H2_SLOTS - 1)];
         if (LOAD_ONCE(s->sid) != 0)
             continue;
-        if (__sync_val_compare_and_swap(&s->sid, 0, (u64)sid) != 0)
+        if (__sync_val_compare_and_swap(&s->sid, 0, (u64)sid | ends) != 0)
             continue;
-        s->start_ns = cursor_now(c);
         __sync_fetch_and_add(&st->streams, 1);
+        if (!timed)
+            return;
+        s->start_ns = cursor_now(c);
+        if (!(h->flags >> H2C_FIRST_SHIFT))
+            h->flags |= (u64)sid << H2C_FIRST_SHIFT;
         count(CNT_STREAMS_STARTED);
         if (v)
             __sync_fetch_and_add(&v->rif, 1);
@@ -76,26 +107,66 @@ static __always_inline void stream_open(struct h2_cursor *c, struct sock_state *
     count(CNT_STREAMS_FULL_DROPS);
 }
 
-// Ends stream `sid` if it is open; 1 if it was.
-static __always_inline int stream_end(struct h2_cursor *c, struct sock_state *st,
-                                      struct ep_val *v, struct h2_conn *h, u32 sid,
-                                      int aborted) {
-    u32 home = sid >> 1;
-    for (int i = 0; i < H2_PROBES; i++) {
-        struct h2_slot *s = &h->slots[(home + i) & (H2_SLOTS - 1)];
-        if (LOAD_ONCE(s->sid) != sid)
-            continue;
-        u64 start = __sync_lock_test_and_set(&s->start_ns, 0);
-        if (start == 0)
-            return 0;  // another CPU ended it
-        s->sid = 0;
-        finish_stream(st, v, start, cursor_now(c), aborted);
-        return 1;
-    }
-    return 0;
+// Whether a DATA or HEADERS frame on stream `sid`, which has no slot, is of a stream
+// opened before the program saw the connection (an adopted one): a client stream below
+// the first one the parser saw opened (any, before that one). Its ends closed so far:
+// the server sending means the client most likely finished its request (unary and
+// server-streaming calls do before any answer), plus this frame's END_STREAM; 0 when
+// it is not to be adopted (or is over with this frame).
+static __always_inline u64 stream_adopted(struct h2_cursor *c, struct sock_state *st,
+                                          struct h2_conn *h, u32 sid, u8 flags) {
+    if (!(st->flags & SOCK_ADOPTED) || !(sid & 1))
+        return 0;
+    u32 first = (u32)(h->flags >> H2C_FIRST_SHIFT);
+    if (first && sid >= first)
+        return 0;
+    u64 ends = c->dir ? H2_END_CLIENT : 0;
+    if (flags & H2_END_STREAM)
+        ends |= c->dir ? H2_END_SERVER : H2_END_CLIENT;
+    return ends == H2_ENDS ? 0 : ends | H2_ADOPTED;
 }
 
-// Ending many streams at once (connection end, GOAWAY, giving up) is a sweep of the
+// The slot index of open stream `sid`; H2_SLOTS if it has none (one exit: the
+// verifier walks what follows once, not once per probe).
+static __always_inline u32 stream_find(struct h2_conn *h, u32 sid) {
+    u32 home = sid >> 1;
+    u32 found = H2_SLOTS;
+    for (int i = 0; i < H2_PROBES; i++) {
+        u32 idx = (home + i) & (H2_SLOTS - 1);
+        if ((LOAD_ONCE(h->slots[idx].sid) & H2_SID_MASK) == sid) {
+            found = idx;
+            break;
+        }
+    }
+    return found;
+}
+
+// The server's first HEADERS on the stream: its request is answered (a sample); 1 if
+// this was that HEADERS. The stream stays open.
+static __always_inline int stream_answer(struct h2_cursor *c, struct sock_state *st,
+                                         struct ep_val *v, struct h2_slot *s) {
+    u64 start = __sync_lock_test_and_set(&s->start_ns, 0);
+    if (start == 0)
+        return 0;  // answered before (or by another CPU)
+    finish_request(st, v, start, cursor_now(c), 0);
+    return 1;
+}
+
+// One end (H2_END_CLIENT or H2_END_SERVER) or both (H2_ENDS: a RST_STREAM) closed the
+// stream; the slot goes once both have. A request still unanswered then is aborted.
+static __always_inline void stream_close(struct h2_cursor *c, struct sock_state *st,
+                                         struct ep_val *v, struct h2_slot *s, u64 ends) {
+    u64 old = __sync_fetch_and_or(&s->sid, ends);
+    if ((old & H2_ENDS) == H2_ENDS || ((old | ends) & H2_ENDS) != H2_ENDS)
+        return;  // closed before, or half-closed now
+    u64 start = __sync_lock_test_and_set(&s->start_ns, 0);
+    u64 now = cursor_now(c);
+    if (start)
+        finish_request(st, v, start, now, 1);
+    release_slot(st, s, now);
+}
+
+// Closing many streams at once (connection end, GOAWAY, giving up) is a sweep of the
 // connection's slots in a program of its own, H2_SWEEP_SLOTS slots per run, continued
 // by tail calls: a loop over all H2_SLOTS, each with a sample to record, is more than
 // the verifier explores in one program. The sweep needs no `sockets` entry (it may be
@@ -106,9 +177,10 @@ struct h2_sweep {
     u64 sk;
     struct ep_key ep;
     u64 now;
-    u32 above;   // streams with ids above this end (0: all)
+    u32 above;   // streams with ids above this close (0: all)
     u32 next;    // next slot
-    u8 sample;   // 1: each is an aborted sample; 0: dropped (the parser lost its place)
+    u8 sample;   // 1: each unanswered one is an aborted sample; 0: dropped (the parser
+                 //   lost its place)
     u8 remove;   // delete the connection's state at the end
     u8 proto;
     u8 active;
@@ -157,14 +229,15 @@ static __always_inline int h2_sweep_run(void *ctx) {
             break;
         struct h2_slot *s = &h->slots[BOUNDED(idx, H2_SLOTS - 1)];
         u64 sid = LOAD_ONCE(s->sid);
-        if (sid == 0 || sid <= w->above)
+        if (sid == 0 || (sid & H2_SID_MASK) <= w->above)
             continue;
+        u64 old = __sync_fetch_and_or(&s->sid, H2_ENDS);
+        if ((old & H2_ENDS) == H2_ENDS)
+            continue;  // another CPU closed it
         u64 start = __sync_lock_test_and_set(&s->start_ns, 0);
+        release_slot(st, s, w->now);
         if (start == 0)
-            continue;
-        s->sid = 0;
-        if (st)
-            __sync_fetch_and_add(&st->streams, -1);
+            continue;  // answered: only the stream was open
         count(w->sample ? CNT_STREAMS_ABORTED : CNT_REQUESTS_CANCELLED);
         if (!v)
             continue;
@@ -203,6 +276,6 @@ static __always_inline void h2_close(void *ctx, u64 sk, struct sock_state *st) {
 static __always_inline void h2_give_up(void *ctx, u64 sk, struct sock_state *st) {
     __sync_fetch_and_or(&st->flags, SOCK_UNPARSED);
     count(CNT_H2_DESYNCS);
-    sweep_start(ctx, sk, st, 0, 0, 0, 1);
+    sweep_start(ctx, sk, st, 0, bpf_ktime_get_ns(), 0, 1);
     h2conns.delete(&sk);
 }

@@ -57,9 +57,11 @@
 #define SOCK_NODE_PEER 32     //   it is (a server socket the kubelet may probe through)
 #define SOCK_PROBE 64         // the open request's target is one of its endpoint's probes
 #define SOCK_STATUS_PROBE 128 // the status due (SOCK_STATUS_DUE) is a probe's response
-#define SOCK_AGENT_NOTED 256  // a client socket of the agent's, in agent_conns
-#define SOCK_AGENT_CHECKED 512  // whether the peer is an agent connection was looked up:
-#define SOCK_FROM_AGENT 1024    //   it is (its requests are keep-warm probes)
+#define SOCK_TRY 0x100     // adopted: one call not recognised (payload.h, adopted_undecided)
+#define SOCK_TRIES 0xf00
+#define SOCK_AGENT_NOTED 0x1000  // a client socket of the agent's, in agent_conns
+#define SOCK_AGENT_CHECKED 0x2000  // whether the peer is an agent connection was looked up:
+#define SOCK_FROM_AGENT 0x4000    //   it is (its requests are keep-warm probes)
 
 // Whether a socket's requests are timed per stream from its payload (not by the
 // connection-level hooks).

@@ -117,7 +117,8 @@ struct ep_val {
 // connections to hand off (aviator/agent/handoff); it never writes it.
 struct sock_state {
     u64 start_ns;     // 0 = idle; else the start of the open request (atomic)
-    u64 idle_ns;      // when it last became idle: established, adopted or a response begun
+    u64 idle_ns;      // when it last became idle: established, adopted, an HTTP/1 response
+                      //   begun, its last open HTTP/2 stream closed
     struct ep_key ep;
     u8 other[16];     // the end `ep` does not name: the remote end of a server socket, the
     u16 other_port;   //   local end of a client socket (address as ep.addr, port host order)
@@ -126,7 +127,9 @@ struct sock_state {
     u32 requests;     // requests completed on it (approximate under concurrent completions)
     u32 path_hash;    // private: PATH_HASH of the request target read so far
     u64 flags;        // private to the program
-    s64 streams;      // HTTP/2 streams open on it (requests in flight of an h2 connection)
+    s64 streams;      // HTTP/2 streams open on it: from the client's HEADERS until both
+                      //   ends closed the stream (END_STREAM each way), a reset, a GOAWAY
+                      //   refusing it or the connection's end (not only until answered)
     u8 proto;         // enum app_proto
     u8 path_state;    // private: where the request line's reader is (enum path_state)
     u8 path_len;      // private: bytes of the target hashed so far
@@ -185,7 +188,8 @@ struct addr_key {
 // HTTP/2 connections (map `h2conns`, key: the struct sock pointer like `sockets`): the
 // frame parser's state per direction and the connection's open streams. A stream
 // lives in slot ((id >> 1) + i) % H2_SLOTS for the first free i < H2_PROBES, so the
-// ids of up to H2_SLOTS streams opened one after another never collide.
+// ids of up to H2_SLOTS streams opened one after another never collide; it holds its
+// slot until the stream is closed (sock_state.streams).
 #define H2_SLOTS 256
 #define H2_PROBES 16
 
@@ -198,8 +202,10 @@ struct h2_dir {
 };
 
 struct h2_slot {
-    u64 sid;       // stream id; 0 = free
-    u64 start_ns;  // when its client HEADERS was read or written (CLOCK_MONOTONIC)
+    u64 sid;       // stream id in the low 32 bits, 0 = free; the bits above are the
+                   //   program's (which ends closed the stream)
+    u64 start_ns;  // when its client HEADERS was read or written (CLOCK_MONOTONIC);
+                   //   0 once answered (the request is over, the stream may not be)
 };
 
 // Private to the program (bpf/hpack.h): the server's HPACK encoder as far as statuses

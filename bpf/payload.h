@@ -29,8 +29,9 @@
 // gets a parser before the preface arrives; any other server-first bytes make the
 // connection opaque. Connections older than the program (adopted mid-stream) are
 // decided the same way on their next bytes, and are HTTP/2 also when those bytes are
-// whole HTTP/2 frames (h2_chain): streams opened before are then not timed, the ones
-// opened after are.
+// whole HTTP/2 frames (h2_chain), in either direction; one whose bytes are neither stays
+// undecided for its next H2_CHAIN_TRIES calls before it is opaque. Streams opened before
+// are then not timed, the ones opened after are.
 
 #define STASH_NONE 0    // consumed
 #define STASH_BUF 3     // one buffer, `len` bytes
@@ -235,85 +236,152 @@ static __always_inline void http1_target(struct sock_state *st, struct h2_cursor
     }
 }
 
-#define H2_CHAIN_FRAMES 8
+#define H2_CHAIN_STEPS 32  // frame headers, payload skips and iovec moves looked at
+#define H2_CHAIN_TRIES 8   // calls of an adopted connection looked at before it is opaque
 
-// Whether the call's first buffer (or first iovec) is whole HTTP/2 frames: up to
-// H2_CHAIN_FRAMES headers of known types with the spec's shapes, the last ending
-// exactly at the buffer's end (an iovec may end inside one). How an HTTP/2 connection
-// older than the program is recognised mid-stream: reads and writes of event-driven
-// peers start at a frame (writers write whole frames; readers drain what came).
+// Whether the call's bytes are HTTP/2 frames: frame headers of known types with the
+// spec's shapes, one after the other through the call's buffer or its iovecs (writers
+// such as gRPC C-core put a frame's header and its payload in iovecs of their own),
+// the last ending exactly at the call's end, or at least two when the call ends inside
+// a frame or there are more than the steps look at (many frames in one call). How an
+// HTTP/2 connection older than the program is recognised mid-stream: reads and writes
+// of event-driven peers start at a frame (writers write whole frames; readers drain
+// what came).
+// h2_chain's place; per CPU, in a map so that the verifier does not follow every value
+// each step could leave (it explores the loop once per distinct state otherwise).
+struct h2_walk {
+    u64 base;
+    u32 len;
+    u32 left;
+    u32 iov_i;
+    u32 pos;
+    u32 skip;
+    u32 frames;
+};
+BPF_PERCPU_ARRAY(h2_walks, struct h2_walk, 1);
+
 static __always_inline int h2_chain(struct h2_cursor *c) {
-    u64 base = c->cur;
-    u32 len = c->cur_len;
-    int exact = 1;
-    if (c->iov) {
-        struct {
-            u64 base;
-            u64 len;
-        } v = {};
-        bpf_probe_read_user(&v, sizeof(v), (const void *)c->iov);
-        base = v.base;
-        len = v.len < c->left ? (u32)v.len : c->left;
-        exact = c->iovcnt == 1;
-    }
-    u32 off = 0;
-    for (int i = 0; i < H2_CHAIN_FRAMES; i++) {
-        if (off == len)
-            return i > 0;
-        if (off > len || len - off < 9)
-            return !exact && i > 1;
+    int zero = 0;
+    struct h2_walk *w = h2_walks.lookup(&zero);
+    if (!w)
+        return 0;
+    w->base = c->cur;
+    w->len = c->cur_len;
+    w->left = c->left;
+    w->iov_i = 0;
+    w->pos = 0;
+    w->skip = 0;
+    w->frames = 0;
+    for (int i = 0; i < H2_CHAIN_STEPS; i++) {
+        u32 pos = w->pos;
+        u32 len = w->len;
+        if (pos >= len) {
+            u32 left = w->left;
+            u32 iov_i = w->iov_i;
+            if (c->iov == 0 || left == 0 || iov_i >= c->iovcnt || iov_i >= H2_MAX_IOV)
+                break;  // the call's end
+            struct {
+                u64 base;
+                u64 len;
+            } v = {};
+            bpf_probe_read_user(&v, sizeof(v), (const void *)(c->iov + (u64)iov_i * 16));
+            w->iov_i = iov_i + 1;
+            w->base = v.base;
+            len = v.len < left ? (u32)v.len : left;
+            w->len = len;
+            w->left = left - len;
+            w->pos = 0;
+            continue;
+        }
+        u32 avail = len - pos;
+        u32 skip = w->skip;
+        if (skip) {
+            u32 n = skip < avail ? skip : avail;
+            w->skip = skip - n;
+            w->pos = pos + n;
+            continue;
+        }
+        if (avail < 9)
+            return w->frames > 1;  // a frame header split over iovecs
         u8 b[16] = {};
-        if (bpf_probe_read_user(b, 9, (const void *)(base + off)))
+        if (bpf_probe_read_user(b, 9, (const void *)(w->base + pos)))
             return 0;
         u32 flen = ((u32)b[0] << 16) | ((u32)b[1] << 8) | b[2];
         u32 sid = ((u32)b[5] << 24) | ((u32)b[6] << 16) | ((u32)b[7] << 8) | b[8];
         if (b[3] > H2_CONTINUATION || (b[5] & 0x80) || flen > (1 << 20) ||
             !h2_plausible(flen, b[3], sid))
             return 0;
-        off += 9 + flen;
+        w->frames += 1;
+        w->skip = flen;
+        w->pos = pos + 9;
     }
-    return off == len;
+    u32 at_end = w->pos >= w->len && (c->iov == 0 || w->left == 0);
+    // Ended exactly at a frame's end: one frame will do; else two in a row.
+    return at_end && w->skip == 0 ? w->frames > 0 : w->frames > 1;
+}
+
+// An adopted connection whose call was not recognised: opaque only after
+// H2_CHAIN_TRIES such calls (its first read may start inside a frame the program did
+// not see begin); 1 if it is decided now.
+static __always_inline int adopted_undecided(struct sock_state *st) {
+    if (!(st->flags & SOCK_ADOPTED))
+        return 0;
+    u64 tries = (__sync_fetch_and_add(&st->flags, SOCK_TRY) & SOCK_TRIES) / SOCK_TRY;
+    return tries + 1 < H2_CHAIN_TRIES;
+}
+
+// The connection is HTTP/2 from now on: its connection-level request is undone and
+// it gets a parser; 1 if it has one (the cursor is then to be parsed).
+static __always_inline int become_h2(u64 sk, struct sock_state *st, u32 preface) {
+    struct h2_conn *h = h2_conn_create(sk);
+    cancel_request(st);
+    st->proto = APP_H2;
+    if (!h) {
+        __sync_fetch_and_or(&st->flags, SOCK_UNPARSED);
+        return 0;
+    }
+    if (preface)
+        h->dir[0].skip = H2_PREFACE_LEN;
+    return 1;
 }
 
 // The first client bytes of a connection decide its protocol; 1 if it is HTTP/2 (the
-// cursor is then to be parsed).
-static __always_inline int detect(u64 sk, struct sock_state *st, struct h2_cursor *c) {
+// cursor is then to be parsed). `chain`: the call is whole frames of an adopted
+// connection (h2_chain).
+static __always_inline int detect(u64 sk, struct sock_state *st, struct h2_cursor *c,
+                                  int chain) {
     u8 b[32] = {};
     u32 n = first_bytes(c, b);
-    if (n < 4) {
-        st->proto = APP_OPAQUE;
+    u32 w = n >= 4 ? *(u32 *)b : 0;
+    if (w == WORD('P', 'R', 'I', ' '))
+        return become_h2(sk, st, 1);
+    if (n >= 4 && is_http1_method(w)) {
+        st->proto = APP_HTTP1;
+    } else if (chain) {
+        return become_h2(sk, st, 0);
+    } else if (adopted_undecided(st)) {
+        return 0;
     } else {
-        u32 w = *(u32 *)b;
-        int preface = w == WORD('P', 'R', 'I', ' ');
-        if (preface || ((st->flags & SOCK_ADOPTED) && h2_chain(c))) {
-            struct h2_conn *h = h2_conn_create(sk);
-            cancel_request(st);
-            st->proto = APP_H2;
-            if (!h) {
-                __sync_fetch_and_or(&st->flags, SOCK_UNPARSED);
-                return 0;
-            }
-            if (preface)
-                h->dir[0].skip = H2_PREFACE_LEN;
-            return 1;
-        }
-        st->proto = is_http1_method(w) ? APP_HTTP1 : APP_OPAQUE;
+        st->proto = APP_OPAQUE;
     }
     h2conns.delete(&sk);  // a parser made for a server's SETTINGS, if any
     return 0;
 }
 
-// Server bytes before any client bytes: an HTTP/2 server's SETTINGS gets a parser, and
-// so do whole frames on a connection older than the program.
-static __always_inline int server_first(u64 sk, struct sock_state *st, struct h2_cursor *c) {
+// Server bytes before any client bytes: an HTTP/2 server's SETTINGS gets a parser (the
+// client's preface decides), and whole frames on a connection older than the program
+// make it HTTP/2 at once.
+static __always_inline int server_first(u64 sk, struct sock_state *st, struct h2_cursor *c,
+                                        int chain) {
     if (h2conns.lookup(&sk))
         return 1;
     u8 b[32] = {};
-    if (first_bytes(c, b) >= 9 &&
-        (is_settings_header(b) || ((st->flags & SOCK_ADOPTED) && h2_chain(c))) &&
-        h2_conn_create(sk))
-        return 1;
-    st->proto = APP_OPAQUE;
+    if (first_bytes(c, b) >= 9 && is_settings_header(b) && !(st->flags & SOCK_ADOPTED))
+        return h2_conn_create(sk) != 0;
+    if (chain)
+        return become_h2(sk, st, 0);
+    if (!adopted_undecided(st))
+        st->proto = APP_OPAQUE;
     return 0;
 }
 
@@ -322,6 +390,29 @@ static __always_inline int server_first(u64 sk, struct sock_state *st, struct h2
 // http1_target_run's).
 #define MAY_BE_PROBED(st) ((st)->ep.role == ROLE_SERVER && \
     ((st)->flags & (SOCK_PEER_CHECKED | SOCK_NODE_PEER)) != SOCK_PEER_CHECKED)
+
+// The tail-call target for the first bytes of an adopted connection: is it HTTP/2
+// (h2_chain), HTTP/1, or still undecided? Parsing goes on in h2_parse_more;
+// an HTTP/1 request's target is read in http1_target_run.
+int h2_adopt_more(void *ctx) {
+    int zero = 0;
+    struct h2_cursor *c = h2_cursors.lookup(&zero);
+    if (!c || !c->active)
+        return 0;
+    u64 sk = c->sk;
+    struct sock_state *st = sockets.lookup(&sk);
+    if (st && st->proto == APP_UNKNOWN) {
+        int chain = h2_chain(c);
+        if (c->dir == 0 ? detect(sk, st, c, chain) : server_first(sk, st, c, chain))
+            h2_progs.call(ctx, H2_PROG_PARSE);
+        else if (c->dir == 0 && st->proto == APP_HTTP1 && MAY_BE_PROBED(st)) {
+            c->active = 0;
+            h2_progs.call(ctx, PROG_HTTP1_TARGET);
+        }
+    }
+    c->active = 0;
+    return 0;
+}
 
 // A tail call of on_payload (its own program: the target's reader does not fit in
 // on_payload's instruction budget): the cursor's bytes are an HTTP/1 request's.
@@ -392,10 +483,17 @@ static __always_inline int on_payload(void *ctx, u64 sk, int ret, int flags, u32
     }
 
     if (proto == APP_UNKNOWN) {
+        if (st->flags & SOCK_ADOPTED) {
+            // Walking the call's frames is a program of its own (the verifier's budget).
+            c->active = 1;
+            h2_progs.call(ctx, H2_PROG_ADOPT);
+            c->active = 0;
+            return 0;
+        }
         if (!client_bytes) {
-            if (!server_first(sk, st, c))
+            if (!server_first(sk, st, c, 0))
                 return 0;
-        } else if (!detect(sk, st, c)) {
+        } else if (!detect(sk, st, c, 0)) {
             // The first request's target is in these bytes too.
             if (st->proto != APP_HTTP1 || !MAY_BE_PROBED(st))
                 return 0;
@@ -411,8 +509,11 @@ static __always_inline int on_payload(void *ctx, u64 sk, int ret, int flags, u32
         __sync_fetch_and_and(&st->flags, ~(u64)(SOCK_STATUS_DUE | SOCK_STATUS_PROBE));
         return 0;
     }
+    // The parser runs in its own program (the verifier's budget of this one).
     c->active = 1;
-    return h2_run(ctx, st);
+    h2_progs.call(ctx, H2_PROG_PARSE);
+    c->active = 0;
+    return 0;
 }
 
 TRACEPOINT_PROBE(syscalls, sys_enter_read) {

@@ -33,7 +33,7 @@ import logging
 import ssl
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +46,11 @@ from aviator.agent.handoff.runner import HandOffRunner
 from aviator.agent.kubelet import local_addresses, probe_paths
 from aviator.agent.metrics import AgentMetrics
 from aviator.agent.podmap import PodMap
-from aviator.agent.prober import NodeProber
+from aviator.agent.prober import NodeProber, keep_warm_protocol
 from aviator.agent.promfold import DEFAULT_PER_OCTAVE
 from aviator.agent.sources import CounterSource
 from aviator.agent.stream import StreamFanout, StreamTls, TokenFile, urls_from_slices
-from aviator.agent.targets import TargetKey, probe_targets
+from aviator.agent.targets import TargetKey, probe_targets, traffic_samples
 from aviator.agent.upkeep import MapUpkeep
 from aviator.agent.urgent import DEFAULT_CHECK_S, DEFAULT_MIN_GAP_S, UrgentReports, open_thresholds
 from aviator.agent.windows import CountersLike, EndpointKeyLike, WindowDiffer, attach_pods
@@ -67,7 +67,7 @@ from aviator.kube.objects import JSON
 from aviator.kube.pods import pod_ips
 from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, SERVICES
 from aviator.latency.probing import ProbeTarget
-from aviator.latency.schema import MAPS, EndpointWindow, Snapshot
+from aviator.latency.schema import MAPS, AppProtocol, EndpointWindow, Snapshot
 from aviator.latency.store import LatencyStore
 from aviator.latency.tls import server_context
 from aviator.pki import Authority
@@ -176,6 +176,9 @@ class Agent:
         # The node's addresses: the flags, and those of the agent's own (host) network
         # namespace, looked up again every _STATS_EVERY_S.
         self.node_addresses: set[str] = set(config.node_addresses)
+        # What the source recognised on each local pod's server endpoint that served a
+        # request (keep-warm probes speak it); forgotten with the pod.
+        self.protocols: dict[TargetKey, AppProtocol] = {}
         self._last_tick: float | None = None
         self._next_stats = 0.0
         self.upkeep = MapUpkeep(config.prune_idle_s, config.maintain_s)
@@ -239,8 +242,10 @@ class Agent:
     def _forget_pod(self, obj: JSON | DeletedFinalStateUnknown) -> None:
         """A deleted pod's windows leave the local store at once (not after the store's
         forget_after_s): under churn they would pile up for minutes."""
-        for ip in pod_ips(unwrap_tombstone(obj)):
+        ips = set(pod_ips(unwrap_tombstone(obj)))
+        for ip in ips:
             self.store.forget(ip)
+        self.protocols = {k: v for k, v in self.protocols.items() if k[0] not in ips}
 
     def _handoff_runner(self) -> HandOffRunner | None:
         """Hand-offs need the BPF program's socket map (which connections are idle)."""
@@ -382,6 +387,7 @@ class Agent:
         self.stream.publish(snapshot)
         self.last_snapshot = snapshot
         self._follow_thresholds(cumulative)
+        self._learn_protocols(cumulative)
         self._probe(now)
         if now >= self._next_stats:
             self.node_addresses = set(self.config.node_addresses) | local_addresses()
@@ -409,26 +415,39 @@ class Agent:
             self.node_addresses,
         )
 
+    def _learn_protocols(self, cumulative: Iterable[Counted]) -> None:
+        """The protocol of every local pod's server endpoint that has served a request
+        (the counters' protocol is the most specific one seen since it was tracked)."""
+        if self.source.name == "probe":
+            return  # the probes measure themselves: nothing classifies the traffic
+        for key, c in cumulative:
+            if key.role == "server" and c.count > 0 and self.pods.pod_for(key.ip) is not None:
+                self.protocols[(key.ip, key.port)] = c.protocol
+
     def _reported(self, w: EndpointWindow) -> bool:
         if w.role != "client":
             return w.pod is not None
         return self.config.report_client_endpoints
 
     def _probe(self, now: float) -> None:
-        self.targets = probe_targets(
-            self.policies.indexer.list(),
-            lambda ns, name: self.services.indexer.get(f"{ns}/{name}"),
-            self.pods.pods(),
-        )
+        self.targets = {
+            key: replace(target, protocol=self.protocols.get(key))
+            for key, target in probe_targets(
+                self.policies.indexer.list(),
+                lambda ns, name: self.services.indexer.get(f"{ns}/{name}"),
+                self.pods.pods(),
+            ).items()
+        }
         if self.source.name == "probe":
             self.prober.schedule(self.targets, None)
             return
         # The window's samples are traffic and keep-warm probes: the source counts the
-        # kubelet's probes apart.
+        # kubelet's HTTP probes apart; its gRPC probes are left out by their rate.
         observed: dict[TargetKey, int] = {}
-        for key in self.targets:
+        for key, target in self.targets.items():
             est = self.store.estimate(key[0], now, port=key[1])
-            observed[key] = est.samples if est is not None else 0
+            samples = est.samples if est is not None else 0
+            observed[key] = traffic_samples(target, samples, self.config.window_s)
         self.prober.schedule(self.targets, observed)
 
     # --- what the HTTP API shows --------------------------------------------------------
@@ -470,6 +489,19 @@ class Agent:
         """The pod map is synced and at least one window was produced."""
         return self.pods.has_synced() and self.last_snapshot is not None
 
+    def _keep_warm_status(self) -> dict[str, Any]:
+        """How keep-warm probes reach the targets: per protocol spoken, and the pods
+        that get none (their endpoint is `opaque`, e.g. TLS)."""
+        speaks: dict[str, int] = {}
+        unprobed: list[str] = []
+        for target in self.targets.values():
+            speak = keep_warm_protocol(target.protocol)
+            if speak is None:
+                unprobed.append(target.pod)
+            else:
+                speaks[speak] = speaks.get(speak, 0) + 1
+        return {"protocols": speaks, "opaque_not_probed": sorted(set(unprobed))}
+
     def status(self) -> dict[str, Any]:
         return {
             "node": self.config.node,
@@ -481,6 +513,7 @@ class Agent:
                 for url, c in self.stream.connections.items()
             },
             "probe_targets": len(self.targets),
+            "keep_warm": self._keep_warm_status(),
             "maps": {
                 "full": list(self.upkeep.full),
                 "pruned": dict(self.upkeep.pruned),

@@ -11,6 +11,8 @@ the kubelet probes. This module says which those are:
   HTTPS probes are listed without a path (TLS: the program cannot read it, and decides
   by the address and the port alone). tcpSocket probes send no request and gRPC probes
   are HTTP/2 streams, which the program does not classify: neither is listed.
+- `grpc_probe_rate(pod, port)`: gRPC probes per second on a port, which keep-warm
+  leaves out of a window's samples instead (aviator.agent.targets.traffic_samples).
 - `probe_paths(pods, keepwarm)`: per (pod IP, port), the paths to tell apart, without
   the keep-warm path the agent itself probes on that port (a policy's `probePath` is
   the real path by definition: when it is also a kubelet probe's, that path is traffic).
@@ -46,11 +48,7 @@ class KubeletProbe:
 
 def kubelet_probes(pod: JSON) -> list[KubeletProbe]:
     """The HTTP probes the kubelet sends to `pod` now (see the module docstring)."""
-    started = {
-        s.get("name")
-        for s in (pod.get("status") or {}).get("containerStatuses") or []
-        if s.get("started")
-    }
+    started = _started(pod)
     out: list[KubeletProbe] = []
     for container in (pod.get("spec") or {}).get("containers") or []:
         for kind in _KINDS:
@@ -69,6 +67,36 @@ def kubelet_probes(pod: JSON) -> list[KubeletProbe]:
             https = str(get.get("scheme") or "HTTP").upper() == "HTTPS"
             out.append(KubeletProbe(kind, port, None if https else request_path(get), period))
     return out
+
+
+def grpc_probe_rate(pod: JSON, port: int) -> float:
+    """gRPC probes per second the kubelet sends to `port` of `pod`: readiness and
+    liveness probes of every container, and startup probes until their container started."""
+    started = _started(pod)
+    rate = 0.0
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for kind in _KINDS:
+            probe = container.get(kind)
+            if not isinstance(probe, dict) or not isinstance(probe.get("grpc"), dict):
+                continue
+            if kind == "startupProbe" and container.get("name") in started:
+                continue
+            if container_port(container, probe["grpc"].get("port")) != port:
+                continue
+            period = probe.get("periodSeconds") or DEFAULT_PERIOD_S
+            if isinstance(period, bool) or not isinstance(period, int) or period <= 0:
+                period = DEFAULT_PERIOD_S
+            rate += 1.0 / period
+    return rate
+
+
+def _started(pod: JSON) -> set[Any]:
+    """Names of the pod's containers whose startup probe passed."""
+    return {
+        s.get("name")
+        for s in (pod.get("status") or {}).get("containerStatuses") or []
+        if s.get("started")
+    }
 
 
 def request_path(http_get: JSON) -> str:

@@ -159,12 +159,13 @@ class AgentMetrics(Collector):
         if self.probe_stats is not None:
             s = self.probe_stats
             probes = CounterMetricFamily(
-                "aviator_agent_probes", "HTTP probes by outcome", labels=["result"]
+                "aviator_agent_probes", "Probes by outcome", labels=["result"]
             )
             probes.add_metric(["sent"], s.sent)
             probes.add_metric(["failed"], s.failed)
             probes.add_metric(["rate_limited"], s.rate_limited)
             probes.add_metric(["skipped_busy"], s.skipped_busy)
+            probes.add_metric(["skipped_opaque"], s.skipped_opaque)
             yield probes
         if self.stream is not None:
             yield from self._stream_metrics(self.stream)

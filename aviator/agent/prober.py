@@ -8,6 +8,13 @@ samples; the eBPF program measures those requests like any others and counts the
 keep-warm (requests from the agent's own connections: `EndpointWindow.keepwarm`); the
 prober's own timings are ignored.
 
+Keep-warm probes speak the protocol the eBPF program saw on the endpoint
+(`ProbeTarget.protocol`, `keep_warm_protocol`): an HTTP/1.1 GET of probePath when it
+saw HTTP/1.1 or nothing yet; an h2c GET of probePath for `h2`; for `grpc` a unary call
+(aviator.latency.h2probing: probePath when it names a gRPC method, else the standard
+health check). An `opaque` endpoint (TLS, or framing the program does not know) gets
+no keep-warm probes: nothing the agent could send would be an answerable request.
+
 Probe mode (no eBPF): the prober IS the latency source. Each target gets
 `min_samples` probes per interval and the prober keeps cumulative counters per target
 in the same shape as the kernel maps (`read()`), so the agent diffs them into windows
@@ -26,10 +33,24 @@ import functools
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Literal
 
 from aviator.agent.targets import TargetKey
+from aviator.latency.h2probing import H2Prober
 from aviator.latency.probing import HttpProber, ProbeCounters, ProbeTarget
-from aviator.latency.schema import Role
+from aviator.latency.schema import AppProtocol, Role
+
+KeepWarm = Literal["http1", "h2", "grpc"]
+
+
+def keep_warm_protocol(seen: AppProtocol | None) -> KeepWarm | None:
+    """What a keep-warm probe of an endpoint speaks, given what the eBPF program saw on
+    it (None: nothing yet); None: no keep-warm probes (`opaque`)."""
+    if seen is None or seen == "http1":
+        return "http1"
+    if seen == "opaque":
+        return None
+    return seen
 
 
 class TokenBucket:
@@ -70,6 +91,7 @@ class ProbeStats:
     sent: int = 0
     failed: int = 0
     skipped_busy: int = 0  # a target's previous batch was still running
+    skipped_opaque: int = 0  # keep-warm wanted, but the endpoint's protocol is opaque
     rate_limited: int = 0  # probes not sent for lack of tokens
 
 
@@ -91,6 +113,9 @@ class NodeProber:
         self._http = HttpProber(
             timeout_s=timeout_s, concurrency=concurrency, user_agent="aviator-agent-probe"
         )
+        self._h2 = H2Prober(
+            timeout_s=timeout_s, semaphore=self._http.semaphore, user_agent="aviator-agent-probe"
+        )
         self._bucket = TokenBucket(rate_per_s, burst if burst is not None else rate_per_s, clock)
         self._counters: dict[TargetKey, ProbeCounters] = {}
         self._running: dict[TargetKey, asyncio.Task[None]] = {}
@@ -111,7 +136,8 @@ class NodeProber:
     ) -> int:
         """Start batches for targets with fewer than `min_samples` observed samples in
         the last window (`observed` None = probe-only mode: nothing else measures, so
-        every target gets `min_samples`). Returns the number of probes started.
+        every target gets `min_samples`). Each batch speaks `keep_warm_protocol` of the
+        target's protocol; opaque targets get none. Returns the number of probes started.
 
         Counters of targets no longer wanted (and not running) are dropped.
         """
@@ -123,6 +149,10 @@ class NodeProber:
             wanted = self.min_samples - seen
             if wanted <= 0:
                 continue
+            speak = keep_warm_protocol(target.protocol)
+            if speak is None:
+                self.stats.skipped_opaque += 1
+                continue
             if key in self._running:
                 self.stats.skipped_busy += 1
                 continue
@@ -132,7 +162,7 @@ class NodeProber:
                 continue
             counters = self._counters.setdefault(key, ProbeCounters())
             task = asyncio.get_running_loop().create_task(
-                self._batch(target, granted, counters), name=f"probe-{target.url}"
+                self._batch(target, speak, granted, counters), name=f"probe-{target.url}"
             )
             self._running[key] = task
             task.add_done_callback(functools.partial(self._finished, key))
@@ -142,11 +172,15 @@ class NodeProber:
     def _finished(self, key: TargetKey, _task: asyncio.Task[None]) -> None:
         self._running.pop(key, None)
 
-    async def _batch(self, target: ProbeTarget, n: int, counters: ProbeCounters) -> None:
-        for _ in range(n):
-            self.stats.sent += 1
-            if not await self._http.probe(target, counters):
-                self.stats.failed += 1
+    async def _batch(
+        self, target: ProbeTarget, speak: KeepWarm, n: int, counters: ProbeCounters
+    ) -> None:
+        self.stats.sent += n
+        if speak == "http1":
+            failed = await self._http.probe_times(target, n, counters)
+        else:
+            failed = await self._h2.probe_times(target, n, counters, grpc=speak == "grpc")
+        self.stats.failed += failed  # after the await: other batches add meanwhile
 
     async def wait_idle(self) -> None:
         """Wait for every running batch (tests, shutdown)."""

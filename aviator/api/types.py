@@ -379,14 +379,16 @@ class AviatorPolicySpec:
     )
     target_port: int = api_field(
         "targetPort",
-        "Pod port for HTTP probes (probe mode, and keep-warm probes of idle pods). 1..65535.",
+        "Pod port for probes (probe mode, and keep-warm probes of idle pods). 1..65535.",
         default=8080,
         minimum=1,
         maximum=65535,
     )
     probe_path: str = api_field(
         "probePath",
-        "HTTP path for probes. Must start with '/'.",
+        "Path for probes. Must start with '/'. HTTP/1.1 and h2c probes GET it; keep-warm "
+        "probes of gRPC pods call it when it is a gRPC method path (/package.Service/Method), "
+        "else the standard health check /grpc.health.v1.Health/Check.",
         default="/",
         max_length=1024,
         rules=(

@@ -58,12 +58,21 @@ def probe_url(ip: str, port: int, path: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class ProbeTarget:
-    """A pod's address to probe, and the pod ("namespace/name")."""
+    """A pod's address to probe, and the pod ("namespace/name").
+
+    `kubelet_probes_per_s` is the rate of the kubelet's own gRPC probes (readiness,
+    liveness, startup) on this port, which the eBPF program does not tell apart: the
+    agent does not count those as traffic (its HTTP probes the program counts apart).
+    `protocol` is what the agent's eBPF program recognised on the endpoint (None: no
+    request seen yet); the agent's keep-warm probes speak it (aviator.agent.prober).
+    """
 
     ip: str
     port: int
     path: str
     pod: str
+    kubelet_probes_per_s: float = 0.0
+    protocol: AppProtocol | None = None
 
     @property
     def url(self) -> str:
@@ -102,6 +111,24 @@ class ProbeCounters:
         self.hist.record(latency_us)
         self.sum_us += latency_us
         self.max_us = max(self.max_us, latency_us)
+
+    def begin(self) -> float:
+        """A probe starts: in flight until `end` (returns its start, perf_counter())."""
+        started = time.perf_counter()
+        self.rif += 1
+        self.open_since.append(started)
+        return started
+
+    def end(self, started: float, latency_us: int | None, timeout_us: int) -> None:
+        """The probe begun at `started` is over: `latency_us` when it succeeded, None
+        when it failed (a sample at the timeout, counted as aborted)."""
+        self.rif -= 1
+        self.open_since.remove(started)
+        if latency_us is not None:
+            self.record(latency_us)
+        else:
+            self.aborted += 1
+            self.record(timeout_us)
 
     def frozen(self) -> ProbeCounters:
         """A copy as of now, with the oldest probe in flight's age."""
@@ -151,6 +178,11 @@ class HttpProber:
     def timeout_us(self) -> int:
         return int(self.timeout_s * 1e6)
 
+    @property
+    def semaphore(self) -> asyncio.Semaphore:
+        """The bound on probes at once (other probers of the same owner share it)."""
+        return self._sem
+
     def _session_or_new(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             trace = aiohttp.TraceConfig()
@@ -171,11 +203,9 @@ class HttpProber:
         async with self._sem:
             session = self._session_or_new()
             timing = _Timing()
-            counters.rif += 1
             ok = False
             latency_us = 0
-            started = time.perf_counter()
-            counters.open_since.append(started)
+            started = counters.begin()
             try:
                 async with session.get(
                     target.url, allow_redirects=False, trace_request_ctx=timing
@@ -190,13 +220,7 @@ class HttpProber:
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 log.debug("probe %s failed: %s", target.url, exc)
             finally:
-                counters.rif -= 1
-                counters.open_since.remove(started)
-        if ok:
-            counters.record(latency_us)
-        else:
-            counters.aborted += 1
-            counters.record(self.timeout_us)
+                counters.end(started, latency_us if ok else None, self.timeout_us)
         return ok
 
     async def probe_times(self, target: ProbeTarget, n: int, counters: ProbeCounters) -> int:

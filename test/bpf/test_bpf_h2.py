@@ -12,6 +12,7 @@ from bpf_loadgen import SO_TIMESTAMPING
 from bpf_snapshots import BOTH_ENDS, EndpointDelta, assert_close, delta, exact_quantile, wait_for
 from conftest import TEST_BOUND_S, require_bpf_privileges
 from h2_wire import (
+    CONTENT_TYPE_GRPC,
     DATA,
     GOAWAY,
     HEADERS,
@@ -19,10 +20,13 @@ from h2_wire import (
     RST_STREAM,
     SETTINGS,
     STATUS_200,
+    STATUS_503_PLAIN,
+    STATUS_DYNAMIC,
     Pair,
     data,
     frame,
     goaway,
+    grpc_trailers,
     headers,
     read_exactly,
     rst_stream,
@@ -253,6 +257,104 @@ def test_hand_off_sees_a_connection_with_an_open_stream_as_busy(
         pair.close()
 
 
+def test_an_answered_stream_stays_open_until_both_ends_closed_it(
+    latency_source: BpfLatencySource,
+) -> None:
+    """The request ends at the response's HEADERS (the sample); the stream, and with it
+    the connection's busy state for hand-off, only when END_STREAM went both ways, or
+    at a RST_STREAM. Server DATA without END_STREAM (a response still streaming) and
+    one end's END_STREAM leave it open."""
+    pair = Pair("127.0.52.12")
+
+    def ours() -> list[tuple[int, bool]]:
+        return [
+            (s.streams, is_idle(s))
+            for s in latency_source.sockets()
+            if s.local == (pair.host, pair.port)
+        ]
+
+    try:
+        before = latency_source.read()
+        pair.open()
+        pair.to_server(headers(1, end_stream=False) + headers(3))
+        pair.to_client(headers(1, STATUS_200, end_stream=False))  # stream 1 answered
+        after = wait_for(
+            latency_source, lambda s: all(x.count == 1 for x in deltas(before, s, pair).values())
+        )
+        for role, d in deltas(before, after, pair).items():
+            assert (d.count, d.rif) == (1, 1), role
+        assert ours() == [(2, False)]
+        pair.to_client(data(1, end_stream=False) + response(3))  # 3 ends both ways
+        assert ours() == [(1, False)]
+        pair.to_client(data(1, end_stream=False))
+        assert ours() == [(1, False)]
+        pair.to_server(data(1))  # the client is done sending; the server is not
+        assert ours() == [(1, False)]
+        pair.to_client(data(1))  # ... and now it is
+        assert ours() == [(0, True)]
+        # Reset after the answer: closed at once, no second sample.
+        pair.to_server(headers(5))
+        pair.to_client(headers(5, STATUS_200, end_stream=False) + data(5, end_stream=False))
+        assert ours() == [(1, False)]
+        pair.to_server(rst_stream(5))
+        assert ours() == [(0, True)]
+        # A GOAWAY closes the streams it refuses, answered ones too.
+        pair.to_server(headers(7, end_stream=False) + headers(9, end_stream=False))
+        pair.to_client(headers(9, STATUS_200, end_stream=False))
+        assert ours() == [(2, False)]
+        pair.to_client(goaway(7))
+        assert ours() == [(1, False)]
+        pair.to_client(response(7))
+        pair.to_server(data(7))
+        assert ours() == [(0, True)]
+        done = settle(latency_source, pair, before, 5)
+    finally:
+        pair.close()
+    for role, d in deltas(before, done, pair).items():
+        assert (d.count, d.aborted, d.rif) == (5, 0, 0), role
+
+
+def test_a_streaming_grpc_response_status_comes_from_its_trailers_while_its_stream_is_open(
+    latency_source: BpfLatencySource,
+) -> None:
+    """A server-streaming gRPC response: its request ends (a sample) at its HEADERS,
+    its stream stays open through its messages, and its one status, grpc-status, is
+    read from the trailers that close it. Later responses' :status are read, also one
+    the server's encoder takes from its dynamic table (the walk counted the insertions
+    of every server header block, those of streams still open too)."""
+    pair = Pair("127.0.52.14")
+
+    def streams() -> list[int]:
+        return [s.streams for s in latency_source.sockets() if s.local == (pair.host, pair.port)]
+
+    try:
+        before = latency_source.read()
+        pair.open()
+        pair.to_server(headers(1, end_stream=False) + data(1))  # the request, all sent
+        pair.to_client(headers(1, STATUS_200 + CONTENT_TYPE_GRPC, end_stream=False))
+        answered = wait_for(
+            latency_source, lambda s: all(x.count == 1 for x in deltas(before, s, pair).values())
+        )
+        pair.to_client(data(1, end_stream=False) + data(1, end_stream=False))
+        assert streams() == [1]
+        for role, d in deltas(before, answered, pair).items():
+            assert (d.count, d.statuses) == (1, 0), role  # gRPC: the status is to come
+        pair.to_client(grpc_trailers(1, 14))  # UNAVAILABLE, added to the dynamic table
+        assert streams() == [0]
+        pair.to_server(headers(3))
+        pair.to_client(headers(3, STATUS_503_PLAIN, end_stream=False) + data(3))
+        pair.to_server(headers(5))
+        pair.to_client(headers(5, STATUS_DYNAMIC, end_stream=False) + data(5))  # 503 again
+        done = settle(latency_source, pair, before, 3)
+    finally:
+        pair.close()
+    for role, d in deltas(before, done, pair).items():
+        assert (d.count, d.aborted, d.statuses, d.errors, d.protocol) == (3, 0, 3, 3, "grpc"), (
+            role,
+            d,
+        )
+
+
 _frame_kinds = st.sampled_from([DATA, HEADERS, RST_STREAM, SETTINGS, GOAWAY, 8, 0xA])
 
 
@@ -338,6 +440,40 @@ def test_connection_older_than_the_program_is_recognised_mid_stream() -> None:
         pair.close()
     for role, d in deltas({}, after, pair).items():
         assert (d.count, d.aborted, d.rif, d.statuses, d.protocol) == (2, 0, 0, 2, "h2"), role
+
+
+def test_connection_older_than_the_program_with_iovec_frames_and_a_read_mid_frame() -> None:
+    """An h2 connection in use before the program loaded whose first read after it
+    starts inside a frame (not decided yet: undecided for a few calls), whose server
+    then writes frame headers and payloads as iovecs of their own (gRPC C-core does),
+    and whose client sends more frames in one write than a short chain would look at:
+    HTTP/2, every stream opened after timed."""
+    require_bpf_privileges()
+    pair = Pair("127.0.52.13", keep_listening=True)
+    try:
+        pair.open()
+        body = data(1, b"x" * 100)
+        pair.to_server(headers(1, end_stream=False) + body[:20])
+        with BpfLatencySource.load() as source:  # the agent's map sizes (see conftest)
+            pair.to_server(body[20:])  # the rest of a frame: no frame header at its start
+            socks = [s for s in source.sockets() if s.local == (pair.host, pair.port)]
+            assert [s.protocol for s in socks] == [None]  # undecided, not opaque
+            answer = headers(1, STATUS_200, end_stream=False) + data(1)
+            parts = [answer[:9], answer[9:10], answer[10:19], answer[19:]]  # header, payload, ...
+            pair.server.sendmsg(parts)
+            read_exactly(pair.client, len(answer))
+            socks = [s for s in source.sockets() if s.local == (pair.host, pair.port)]
+            assert [s.protocol for s in socks] == ["h2"]
+            ids = list(range(3, 3 + 2 * 12, 2))
+            pair.to_server(b"".join(headers(s) for s in ids))
+            pair.to_client(b"".join(response(s) for s in ids))
+            # 12 streams, and the connection-level request of the undecided calls (the
+            # read of the frame's rest to the answer), timed as an opaque one would be.
+            after = settle(source, pair, {}, 13)
+    finally:
+        pair.close()
+    for role, d in deltas({}, after, pair).items():
+        assert (d.count, d.aborted, d.rif, d.protocol) == (13, 0, 0, "h2"), role
 
 
 def test_a_long_stream_among_hundreds_of_short_ones(latency_source: BpfLatencySource) -> None:

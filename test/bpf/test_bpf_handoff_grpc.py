@@ -1,8 +1,10 @@
 """Hand-off of a gRPC connection on the real kernel, real library on both ends: a grpcio
 channel (pick_first, one HTTP/2 connection) with slow RPCs in flight on the pod being
-handed off. The connection is busy while any stream is open, so every RPC completes
-OK; the connection is ended once the last answer went out, and the channel dials again
-for its next RPC. Ending it with a stream open would fail those RPCs UNAVAILABLE."""
+handed off, or a server-streaming RPC whose messages keep flowing. The connection is
+busy while any stream is open (until its trailers: an answered stream still sending
+messages is open), so every RPC completes OK with every message; the connection is
+ended once the last stream closed, and the channel dials again for its next RPC.
+Ending it with a stream open would fail those RPCs UNAVAILABLE."""
 
 from __future__ import annotations
 
@@ -14,7 +16,7 @@ from concurrent import futures
 
 import grpc
 import pytest
-from conftest import TEST_BOUND_S
+from conftest import TEST_BOUND_S, require_bpf_privileges
 
 from aviator.agent.bpf import BpfLatencySource
 from aviator.agent.bpf.model import SocketState
@@ -25,6 +27,7 @@ from aviator.agent.handoff.select import Target, is_idle
 pytestmark = [pytest.mark.bpf, pytest.mark.timeout(TEST_BOUND_S, func_only=True)]
 
 METHOD = "/aviator.test.Slow/Call"
+STREAM_METHOD = "/aviator.test.Slow/Stream"
 
 
 class Pod:
@@ -34,6 +37,7 @@ class Pod:
     def __init__(self) -> None:
         self.hold = threading.Event()
         self.arrived = threading.Semaphore(0)
+        self.permits = threading.Semaphore(0)  # Stream sends one message per permit
 
     def call(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         self.arrived.release()
@@ -41,10 +45,23 @@ class Pod:
             self.hold.wait(30)
         return context.peer().encode()
 
+    def stream(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        """`int(request)` messages, each once the test gives a permit for it, and the
+        end (the trailers) at one more permit."""
+        for i in range(int(request)):
+            if not self.permits.acquire(timeout=30):
+                return
+            yield f"{i}".encode()
+        self.permits.acquire(timeout=30)
+
     @contextlib.contextmanager
     def serve(self, host: str) -> Iterator[int]:
         handler = grpc.method_handlers_generic_handler(
-            "aviator.test.Slow", {"Call": grpc.unary_unary_rpc_method_handler(self.call)}
+            "aviator.test.Slow",
+            {
+                "Call": grpc.unary_unary_rpc_method_handler(self.call),
+                "Stream": grpc.unary_stream_rpc_method_handler(self.stream),
+            },
         )
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
         server.add_generic_rpc_handlers((handler,))
@@ -149,3 +166,88 @@ def test_grpc_rpcs_in_flight_complete_and_the_connection_ends_after(
         # the same server: no Service proxy in between).
         states.wait_left_ready(before)
         assert call(b"quick", timeout=10) != first_peer
+
+
+def test_grpc_server_streaming_rpc_keeps_its_connection_until_its_last_message(
+    latency_source: BpfLatencySource,
+) -> None:
+    """A server-streaming RPC is answered (its response HEADERS) long before it ends:
+    hand-off steps run between its messages, each of which leaves the connection with
+    no request open but the stream open. None ends the connection; every message
+    arrives; once the trailers went out the next step ends it."""
+    host, messages = "127.0.43.4", 40
+    pod = Pod()
+    with (
+        pod.serve(host) as port,
+        grpc.insecure_channel(
+            f"{host}:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        ) as channel,
+    ):
+        states = States(channel)
+        first_peer = channel.unary_unary(METHOD)(b"quick", timeout=10)
+        assert pod.arrived.acquire(timeout=10)
+        _wait(latency_source, host, port, is_idle)
+
+        executor = HandOffExecutor(
+            table=latency_source, open_diag=open_diag, fresh_s=0.0, watch_s=0.02
+        )
+        got: list[bytes] = []
+        stream = channel.unary_stream(STREAM_METHOD)(str(messages).encode(), timeout=30)
+        h = None
+        for i in range(messages):
+            pod.permits.release()
+            got.append(next(stream))  # UNAVAILABLE if the connection was ended under it
+            if i == 0:
+                # Answered, a message out, the rest to come: open for hand-off.
+                _wait(latency_source, host, port, lambda s: s.requests >= 2)
+                h = executor.begin(Target("ns/pod", host, frozenset({port})), "ns/policy", 0.0)
+                before = len(states.seen)
+            executor.step()
+        assert h is not None and h.ended == 0 and h.busy == messages
+        pod.permits.release()
+        assert list(stream) == []  # the trailers: the RPC ended OK
+        assert got == [f"{i}".encode() for i in range(messages)]
+
+        _wait(latency_source, host, port, is_idle)
+        executor.step()
+        assert h is not None and h.ended == 1
+        states.wait_left_ready(before)
+        assert channel.unary_unary(METHOD)(b"quick", timeout=10) != first_peer
+
+
+def test_grpc_stream_older_than_the_program_keeps_its_connection() -> None:
+    """A server-streaming RPC already flowing when the program loads (an agent that
+    started, or restarted, during it): the program never saw its HEADERS, yet its next
+    messages make it an open stream of the connection (not timed), so hand-off steps
+    between them leave the connection alone; its trailers close it."""
+    require_bpf_privileges()
+    host, messages = "127.0.43.5", 20
+    pod = Pod()
+    with (
+        pod.serve(host) as port,
+        grpc.insecure_channel(
+            f"{host}:{port}", options=[("grpc.use_local_subchannel_pool", 1)]
+        ) as channel,
+    ):
+        stream = channel.unary_stream(STREAM_METHOD)(str(messages).encode(), timeout=60)
+        pod.permits.release()
+        got = [next(stream)]
+        with BpfLatencySource.load() as source:  # the agent's map sizes (see conftest)
+            executor = HandOffExecutor(table=source, open_diag=open_diag, fresh_s=0.0, watch_s=0.02)
+            h = executor.begin(Target("ns/pod", host, frozenset({port})), "ns/policy", 0.0)
+            for i in range(1, messages):
+                pod.permits.release()
+                got.append(next(stream))  # UNAVAILABLE if the connection was ended
+                if i == 1:
+                    _wait(source, host, port, lambda s: s.protocol is not None)
+                    assert [(s.protocol, s.streams) for s in _ours(source, host, port)] == [
+                        ("h2", 1)
+                    ]
+                executor.step()
+            pod.permits.release()
+            assert list(stream) == []
+            assert got == [f"{i}".encode() for i in range(messages)]
+            assert h.ended == 0
+            _wait(source, host, port, is_idle)
+            executor.step()
+            assert h.ended == 1

@@ -10,7 +10,7 @@ import subprocess
 import grpc
 import pytest
 from bpf_snapshots import BOTH_ENDS, EndpointDelta, delta, wait_for
-from conftest import TEST_BOUND_S
+from conftest import TEST_BOUND_S, require_bpf_privileges
 from h2_servers import GRPC_METHOD, H2Server, grpc_server
 from h2_wire import (
     CONTENT_TYPE_GRPC,
@@ -284,3 +284,29 @@ def test_h2load_repeated_503_on_one_connection(latency_source: BpfLatencySource)
     for role, d in got.items():
         # Streams 1, 3, ..., 399: those of id 1 mod 4 are 100.
         assert (d.count, d.statuses, d.errors, d.protocol) == (200, 200, 100, "h2"), role
+
+
+def test_grpcio_connection_older_than_the_program() -> None:
+    """A grpcio channel in use before the program loaded (an agent that started, or
+    restarted, after its clients dialled): its connection is recognised as HTTP/2 from
+    its next reads and writes (C-core writes a frame's header and its payload as
+    iovecs of their own, and many frames per call under load), not labelled opaque, and
+    the RPCs opened from then on are timed on both ends and keep it busy."""
+    require_bpf_privileges()
+    host = "127.0.56.4"
+    with (
+        grpc_server(host, fail=lambda req: False) as port,
+        grpc.insecure_channel(f"{host}:{port}") as channel,
+    ):
+        call = channel.unary_unary(GRPC_METHOD)
+        assert call(b"before", timeout=10) == b"before"
+        with BpfLatencySource.load() as source:  # the agent's map sizes (see conftest)
+            for burst in range(10):
+                # Many calls at once: reads and writes of many frames each.
+                futures = [call.future(b"x" * 100 * i, timeout=10) for i in range(burst + 1)]
+                assert [f.result() for f in futures] == [b"x" * 100 * i for i in range(burst + 1)]
+            got = settle(source, host, port, {}, 55)
+            socks = [s for s in source.sockets() if s.local == (host, port)]
+    for role, d in got.items():
+        assert (d.aborted, d.rif, d.protocol) == (0, 0, "grpc"), (role, d)
+    assert [(s.role, s.protocol) for s in socks] == [("server", "grpc")]

@@ -4,7 +4,8 @@ Real control plane, real AviatorPolicy + Service + Pods (bound to the agent's no
 status patched since no kubelet runs), and two HTTP servers on their pod IPs on
 127.0.x.y answering after 10 ms and 60 ms. The agent must find the targets through
 the policy, probe them, serve `source: probe` latency on GET /latency, stream it to a
-receiver, and stop cleanly on SIGTERM.
+receiver, and stop cleanly on SIGTERM. With eBPF, the same pods idle get keep-warm
+probes the kernel measures; as gRPC test apps, probes that speak gRPC.
 """
 
 from __future__ import annotations
@@ -24,12 +25,13 @@ from pathlib import Path
 from typing import Any, cast
 
 import aiohttp
+import grpc.aio
 import pytest
 from aiohttp import web
 from integration_support import RecordingStore, agent_token, running_receiver
 
 from aviator.api.crd import CRD_NAME
-from aviator.box.files import CRD_FILE
+from aviator.box.files import CRD_FILE, TESTAPP
 from aviator.kube import KubeClient
 from aviator.kube.resources import AVIATORPOLICIES, PODS, SERVICES
 from aviator.testing.controlplane import ControlPlane
@@ -158,7 +160,54 @@ async def scenario(
         yield Scenario(ns, node, port, hits, receiver.store, receiver.url, token_file)
 
 
-async def _objects(kube: KubeClient, ns: str, node: str, port: int) -> None:
+GRPC_METHOD = "/aviator.testapp.TestApp/Call"  # any method of the test app does its work
+
+
+@pytest.fixture
+def grpc_pods() -> Iterator[int]:
+    """The test app in gRPC mode on both pod IPs, answering after DELAYS_S; the port."""
+    port = free_port_on_both()
+    procs = []
+    try:
+        for ip, delay in DELAYS_S.items():
+            env = {
+                "PATH": os.environ["PATH"],
+                "PROTOCOL": "grpc",
+                "PORT": str(port),
+                "LISTEN_ADDR": ip,
+                "LATENCY": f"{delay * 1000:g}ms",
+                "DRAIN": "0s",
+            }
+            proc = subprocess.Popen(
+                [sys.executable, "-u", str(TESTAPP)], env=env, stdout=subprocess.PIPE
+            )
+            procs.append(proc)
+            assert proc.stdout is not None
+            assert b"listening" in proc.stdout.readline()  # it says so once it listens
+        yield port
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+async def grpc_scenario(
+    kube: KubeClient, namespace: str, tmp_path: Path, grpc_pods: int
+) -> AsyncIterator[Scenario]:
+    """`scenario` with gRPC pods and a policy whose probePath names a gRPC method."""
+    ns, port = namespace, grpc_pods
+    node = f"box-node-{uuid.uuid4().hex[:6]}"
+    token_file = tmp_path / "token"
+    token_file.write_text(await agent_token(kube, ns, "agent", node=node))
+    async with running_receiver(kube, [f"{ns}:agent"]) as receiver:
+        await _objects(kube, ns, node, port, probe_path=GRPC_METHOD)
+        yield Scenario(ns, node, port, {}, receiver.store, receiver.url, token_file)
+
+
+async def _objects(
+    kube: KubeClient, ns: str, node: str, port: int, probe_path: str = "/ping"
+) -> None:
     """The Service, the policy and the pods of the scenario."""
     await kube.create(
         SERVICES,
@@ -176,7 +225,7 @@ async def _objects(kube: KubeClient, ns: str, node: str, port: int) -> None:
             "spec": {
                 "targetRef": {"kind": "Service", "name": "web"},
                 "targetPort": port,
-                "probePath": "/ping",
+                "probePath": probe_path,
             },
         },
     )
@@ -392,3 +441,81 @@ async def test_auto_mode_falls_back_to_probes_when_ebpf_cannot_load(
     finally:
         log = await stop(proc, tmp_path / "agent-1.log")
     assert "eBPF unavailable" in log and "measuring with HTTP probes instead" in log
+
+
+@pytest.mark.bpf
+@pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF needs root")
+async def test_idle_grpc_pods_keep_warm_samples_are_their_latency(
+    grpc_scenario: Scenario,
+    tmp_path: Path,
+    agent_process: Callable[..., tuple[subprocess.Popen[bytes], int]],
+) -> None:
+    """gRPC pods that served a few calls and then went idle: the agent's keep-warm
+    probes speak gRPC (an HTTP/1.1 GET would fail against them), so each pod's samples
+    are its own latency, not time-outs, and the status says how it probes."""
+    sc = grpc_scenario
+    window_s = 3.0
+    proc, http_port = agent_process(
+        "--node",
+        sc.node,
+        "--latency-source",
+        "auto",
+        "--report-interval",
+        "0.3",
+        "--keep-warm-samples",
+        "5",
+        "--window",
+        str(window_s),
+        "--controller-url",
+        sc.receiver_url,
+        "--token-file",
+        str(sc.token_file),
+    )
+    base = f"http://127.0.0.1:{http_port}"
+    try:
+        await process_ready(
+            proc,
+            f"{base}/readyz",
+            tmp_path / "agent-0.log",
+            within=BPF_COMPILE_BOUND_S,
+            what="the agent",
+        )
+        for ip in DELAYS_S:  # real gRPC traffic, so the program knows the protocol
+            async with grpc.aio.insecure_channel(f"{ip}:{sc.port}") as channel:
+                for _ in range(3):
+                    await channel.unary_unary(GRPC_METHOD)(b"", timeout=5)
+        status: dict[str, Any] = {}
+
+        async def speaks_grpc() -> bool:
+            status.update(await get_json(f"{base}/status"))
+            return status["keep_warm"]["protocols"] == {"grpc": 2}
+
+        await eventually(
+            speaks_grpc,
+            within=30,
+            recheck_s=0.3,
+            what="keep-warm in gRPC",
+            state=lambda: str(status.get("keep_warm")),
+        )
+        learned = time.time()
+        # Idle from now on: after a window, every sample is a keep-warm probe's.
+        await sc.store.wait_for(lambda s: s.time > learned + 2 * window_s, 60)
+        ours = [
+            e
+            for s in sc.store.snapshots
+            if s.time > learned + window_s
+            for e in s.endpoints
+            if e.port == sc.port and e.role == "server"
+        ]
+        assert {e.ip for e in ours if e.count} == set(DELAYS_S)
+        assert {e.protocol for e in ours} == {"grpc"}
+        assert sum(e.aborted for e in ours) == 0 and sum(e.errors for e in ours) == 0
+        assert sum(e.statuses for e in ours) == sum(e.count for e in ours)
+        table = await get_json(f"{base}/latency")
+        fast, slow = table[FAST_IP], table[SLOW_IP]
+        assert fast["protocol"] == slow["protocol"] == "grpc"
+        assert 10 * 0.96 <= fast["p50_ms"] <= 10 + 15
+        assert 60 * 0.96 <= slow["p50_ms"] <= 60 + 15
+    finally:
+        log = await stop(proc, tmp_path / "agent-0.log")
+    assert "agent stopped" in log

@@ -18,7 +18,9 @@ target port. Never:
   walk and again right before each destroy.
 
 `is_idle` is the one idle test: no request is open (HTTP/1.1: `start_ns == 0`) and no
-HTTP/2 stream is open (`streams == 0`, counted per connection by the program).
+HTTP/2 stream is open (`streams == 0`, counted per connection by the program: a stream
+is open until END_STREAM went both ways or it was reset, so a response still streaming
+keeps its connection).
 """
 
 from __future__ import annotations

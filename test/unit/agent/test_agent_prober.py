@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import AsyncIterator
 
 import pytest
 from aiohttp import web
 
-from aviator.agent.prober import NodeProber, ProbeKey, TokenBucket
+from aviator.agent.prober import NodeProber, ProbeKey, TokenBucket, keep_warm_protocol
+from aviator.latency.h2c import PREFACE
 from aviator.latency.probing import ProbeTarget
 
 
@@ -114,3 +116,46 @@ async def test_rate_limit_and_one_batch_per_target(server: tuple[ProbeTarget, li
         assert prober.schedule({key: target}, None) == 0  # out of tokens
     finally:
         await prober.close()
+
+
+def test_keep_warm_speaks_what_the_program_saw() -> None:
+    assert keep_warm_protocol(None) == "http1"  # nothing seen yet: HTTP/1.1 as ever
+    assert keep_warm_protocol("http1") == "http1"
+    assert keep_warm_protocol("h2") == "h2"
+    assert keep_warm_protocol("grpc") == "grpc"
+    assert keep_warm_protocol("opaque") is None  # TLS or unknown framing: no probes
+
+
+async def test_keep_warm_batches_speak_the_targets_protocol() -> None:
+    """What reaches a server for each protocol: an HTTP/1.1 request line, the h2c
+    preface and a GET of the path, a gRPC call of the health check; opaque: nothing."""
+    first: dict[int, bytes] = {}
+
+    async def record(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        port = writer.get_extra_info("sockname")[1]
+        data = b""
+        while len(data) < 120 and (chunk := await reader.read(1024)):
+            data += chunk
+        first.setdefault(port, data)
+        writer.close()
+
+    servers = [await asyncio.start_server(record, "127.0.0.1", 0) for _ in range(4)]
+    ports = [s.sockets[0].getsockname()[1] for s in servers]
+    targets = {
+        ("127.0.0.1", port): ProbeTarget("127.0.0.1", port, "/ping", "ns/p", protocol=proto)
+        for port, proto in zip(ports, ["http1", "h2", "grpc", "opaque"], strict=True)
+    }
+    prober = NodeProber(min_samples=1, timeout_s=1.0, rate_per_s=1000)
+    try:
+        assert prober.schedule(targets, {}) == 3
+        assert prober.stats.skipped_opaque == 1
+        await prober.wait_idle()
+    finally:
+        await prober.close()
+        for s in servers:
+            s.close()
+    http1, h2, grpc, opaque = ports
+    assert first[http1].startswith(b"GET /ping HTTP/1.1")
+    assert first[h2].startswith(PREFACE) and b"/ping" in first[h2]
+    assert first[grpc].startswith(PREFACE) and b"/grpc.health.v1.Health/Check" in first[grpc]
+    assert opaque not in first
