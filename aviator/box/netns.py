@@ -72,15 +72,18 @@ class PodNetwork:
 
     @property
     def gateway(self) -> str:
-        """The namespace's own address, with the prefix length (`ip addr add` form)."""
-        return f"{self.node_address}/{self.cidr.prefixlen}"
+        """The namespace's own address, with the prefix length (`ip addr add` form):
+        every connection inside the box that binds no address comes from it (the box
+        proxy's to the pods, as kube-proxy's would carry a client's address)."""
+        return f"{self.cidr.network_address + 1}/{self.cidr.prefixlen}"
 
     @property
     def node_address(self) -> str:
-        """The node's own address in the pod network (the gateway's, as a CNI bridge's
-        is on a real node): where the box's kubelet-like prober sends from, and what
-        the agents are told is the node's (`--node-address`)."""
-        return str(self.cidr.network_address + 1)
+        """The box nodes' own address: where the kubelet-like prober sends from, and
+        what the agents are told is the node's (`--node-address`). Apart from the
+        gateway, because agents leave the node's connections alone (the kubelet's
+        probes are never handed off) and the proxy's must not look like them."""
+        return str(self.cidr.network_address + 2)
 
     @property
     def pod_range(self) -> tuple[str, str]:
@@ -140,6 +143,7 @@ class BoxNetwork:
             for argv in (
                 ["ip", "link", "set", "lo", "up"],
                 ["ip", "addr", "add", pods.gateway, "dev", "lo"],
+                ["ip", "addr", "add", f"{pods.node_address}/32", "dev", "lo"],
             ):
                 subprocess.run(argv, check=True, capture_output=True, text=True)
         except (OSError, subprocess.CalledProcessError) as err:

@@ -42,4 +42,5 @@ def test_all_taken_is_a_clear_error(tmp_path: Path) -> None:
 def test_addresses_of_a_pod_network() -> None:
     net = PodNetwork(POD_NETWORKS[1])
     assert net.gateway == "10.245.0.1/16"
+    assert net.node_address == "10.245.0.2"  # apart from the gateway the proxy sends from
     assert net.pod_range == ("10.245.1.1", "10.245.254.254")
