@@ -89,7 +89,8 @@ async def test_the_four_commands(
         assert latency.returncode == 0, latency.stderr
         table = rows(latency.stdout)
         assert float(table["fast-1"][5]) < 50 < float(table["slow-1"][5])  # p99 ms
-        assert table["fast-1"][1] == PODS["fast-1"] and table["fast-1"][9] == "ebpf"
+        source = table["POD"].index("SOURCE")
+        assert table["fast-1"][1] == PODS["fast-1"] and table["fast-1"][source] == "ebpf"
 
         # While the policy routes, restore refuses and says how to stop it instead.
         refused = await kubectl_aviator(control_plane, "restore", "web", "-n", ns)
