@@ -32,7 +32,8 @@ from aiohttp import web
 from integration_support import RecordingStore, agent_token, running_receiver
 
 from aviator.api.crd import CRD_NAME
-from aviator.box.files import CRD_FILE, TESTAPP
+from aviator.box.files import CRD_FILE
+from aviator.box.localapp import running_app
 from aviator.kube import KubeClient
 from aviator.kube.resources import AVIATORPOLICIES, PODS, SERVICES
 from aviator.testing.controlplane import ControlPlane
@@ -175,28 +176,10 @@ GRPC_METHOD = "/aviator.testapp.TestApp/Call"  # any method of the test app does
 def grpc_pods() -> Iterator[int]:
     """The test app in gRPC mode on both pod IPs, answering after DELAYS_S; the port."""
     port = free_port_on_both()
-    procs = []
-    try:
+    with contextlib.ExitStack() as apps:
         for ip, delay in DELAYS_S.items():
-            env = {
-                "PATH": os.environ["PATH"],
-                "PROTOCOL": "grpc",
-                "PORT": str(port),
-                "LISTEN_ADDR": ip,
-                "LATENCY": f"{delay * 1000:g}ms",
-                "DRAIN": "0s",
-            }
-            proc = subprocess.Popen(
-                [sys.executable, "-u", str(TESTAPP)], env=env, stdout=subprocess.PIPE
-            )
-            procs.append(proc)
-            assert proc.stdout is not None
-            assert b"listening" in proc.stdout.readline()  # it says so once it listens
+            apps.enter_context(running_app("grpc", ip, port, LATENCY=f"{delay * 1000:g}ms"))
         yield port
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture
