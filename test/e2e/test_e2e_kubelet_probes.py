@@ -6,15 +6,17 @@ The reference is the same requests the row is built from: every HTTP/1.1 request
 the pods' port, captured on the box network's loopback device with the kernel's
 receive stamps (the request's first segment, the response's first segment: within
 microseconds of what the program sees on the pod's socket), split by path into the
-kubelet's probes (GET /healthz) and everything else (keep-warm probes, traffic). The
-row's window is the controller's (whole agent reports, read a moment later), so the
-reference is every window that ends up to LAG_S before the row was read and spans
-WINDOW_S give or take a report: the row's figures must lie within the histogram's error
-of that range, and its counts within the range of counts.
+kubelet's probes (GET /healthz) and everything else (keep-warm probes, traffic). A
+row is the evaluation at the status's `lastEvaluationTime` (whole seconds; the status
+is written only when something moved, so a row may be older than the read), over the
+controller's window of whole agent reports: the reference is every window that ends
+within a report of that time and spans WINDOW_S give or take a report. The row's
+figures must lie within the histogram's error of that range, its counts within it.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import math
 import subprocess
@@ -34,7 +36,6 @@ WITHIN = 0.032  # the histogram's relative error at a bucket's midpoint (1/32)
 PERIOD_S = 1  # the quick-start's readinessProbe.periodSeconds
 WINDOW_S = 10  # the controller's latency window (--latency-window, default)
 REPORT_S = 1  # the agents' report interval: a window holds whole reports
-LAG_S = 5  # a row was computed from reports this long before it was read, at most
 PORT = 8080
 PROBE_PATH = "/healthz"
 
@@ -140,15 +141,25 @@ class Span:
         return f"{self.lo:.3f}..{self.hi:.3f}" if self.lo <= self.hi else "-"
 
 
+def evaluated_at(policy: dict[str, Any] | None) -> float:
+    """The status's lastEvaluationTime (seconds since the epoch; 0: none)."""
+    text = ((policy or {}).get("status") or {}).get("lastEvaluationTime")
+    if not text:
+        return 0.0
+    return dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC).timestamp()
+
+
 def reference(
-    requests: list[tuple[str, str, str, float, float]], ip: str, read_at: float
+    requests: list[tuple[str, str, str, float, float]], ip: str, evaluated: float
 ) -> dict[str, Span]:
-    """Over every window the row read at `read_at` may be: its requests' p50/p99 and
-    count, and its probes' count."""
-    mine = sorted((r for r in requests if r[0] == ip), key=lambda r: r[3])
+    """Over every window the row evaluated at `evaluated` (whole seconds) may be: its
+    requests' p50/p99 and count, and its probes' count."""
+    mine = [r for r in requests if r[0] == ip]
     spans = {k: Span() for k in ("p50", "p99", "samples", "probes")}
-    for end_tenths in range(0, LAG_S * 10 + 1):
-        end = read_at - end_tenths / 10
+    # The evaluation ran within the second after `evaluated`; its newest report was
+    # sent up to a report (and a moment) before it.
+    for tenths in range(-15 * REPORT_S, 10 * REPORT_S + 1):
+        end = evaluated + tenths / 10
         for length in (WINDOW_S - REPORT_S, WINDOW_S, WINDOW_S + REPORT_S):
             inside = [r for r in mine if end - length < r[3] <= end]
             real = [r[4] for r in inside if r[2] != PROBE_PATH]
@@ -180,12 +191,13 @@ def table(pods: list[dict[str, Any]], refs: dict[str, dict[str, Span]]) -> str:
 
 
 def check_rows(
-    pods: list[dict[str, Any]], requests: list[tuple[str, str, str, float, float]], read_at: float
+    policy: dict[str, Any] | None, requests: list[tuple[str, str, str, float, float]]
 ) -> None:
     """Each row: its p50 and p99 within the histogram's error of the same requests',
     as many samples as those requests, the probes apart (as many as were sent, about one
     a period) and faster."""
-    refs = {r["ip"]: reference(requests, r["ip"], read_at) for r in pods}
+    pods, evaluated = rows(policy), evaluated_at(policy)
+    refs = {r["ip"]: reference(requests, r["ip"], evaluated) for r in pods}
     report = table(pods, refs)
     print(report)
     for r in pods:
@@ -199,14 +211,13 @@ def check_rows(
 
 
 def settled(expect_traffic: bool, since: float) -> Any:
-    """Four rows with a window of probes, built from traffic (none: keep-warm only), and
-    read once the capture has seen every window the row may be."""
+    """Four rows with a window of probes, built from traffic (none: keep-warm only),
+    evaluated once the capture had seen every window the rows may be."""
 
-    def ok(read: tuple[float, dict[str, Any] | None]) -> bool:
-        read_at, policy = read
+    def ok(policy: dict[str, Any] | None) -> bool:
         pods = rows(policy)
         return (
-            read_at >= since + WINDOW_S + REPORT_S + LAG_S
+            evaluated_at(policy) >= since + WINDOW_S + 3 * REPORT_S
             and len(pods) == 4
             and all(
                 r.get("p50Ms") is not None
@@ -231,17 +242,13 @@ async def test_idle_pods_report_their_real_path_and_the_probes_apart(
     if not isinstance(box, BoxCluster):
         pytest.skip("captures the requests inside the box's network")
 
-    async def read() -> tuple[float, dict[str, Any] | None]:
-        policy = await quickstart.avp()
-        return time.time(), policy
-
     capture = Capture(box)
     try:
         quickstart.apply(quickstart.policy())
         # No client traffic: the samples are the agent's keep-warm probes only.
-        (idle_at, idle), _ = await wait_for(
+        idle, _ = await wait_for(
             "every pod row built from keep-warm samples, with a window of probes",
-            read,
+            quickstart.avp,
             settled(expect_traffic=False, since=capture.started),
             timeout_s=120,
             poll_s=1.0,
@@ -249,14 +256,14 @@ async def test_idle_pods_report_their_real_path_and_the_probes_apart(
         # With client traffic over all four pods: traffic joins, the probes stay apart.
         quickstart.load(TARGET, concurrency=4)
         loaded = time.time()
-        (busy_at, busy), _ = await wait_for(
+        busy, _ = await wait_for(
             "every pod row with traffic in it",
-            read,
+            quickstart.avp,
             settled(expect_traffic=True, since=loaded),
             timeout_s=120,
             poll_s=1.0,
         )
     finally:
         requests = capture.stop()
-    check_rows(rows(idle), requests, idle_at)
-    check_rows(rows(busy), requests, busy_at)
+    check_rows(idle, requests)
+    check_rows(busy, requests)
