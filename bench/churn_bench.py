@@ -21,7 +21,7 @@ first wave and at the end; the agent's mean report interval time; time per wave.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -32,15 +32,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import uvloop
 
 from aviator.kube import KubeClient
 from aviator.kube.resources import AVIATORPOLICIES, PODS
-from aviator.testing.controlplane import free_port
-from aviator.testing.waiting import BPF_COMPILE_BOUND_S, process_ready
+from aviator.testing.waiting import BPF_COMPILE_BOUND_S
 from bench.common import (
     REPO,
+    AviatorProcess,
     ControllerProcess,
     agent_token,
     bench_node,
@@ -125,23 +124,15 @@ class Traffic:
             self.process.wait(10)
 
 
-class AgentProcess:
+class AgentProcess(AviatorProcess):
     """`aviator agent` (eBPF) in a subprocess; its /status over plain HTTP."""
 
     def __init__(self, kubeconfig: Path, url: str, token: str) -> None:
-        self.port = free_port()
         fd, token_path = tempfile.mkstemp(prefix="aviator-churn-token-")
         os.close(fd)
         self.token_path = Path(token_path)
         self.token_path.write_text(token)
-        fd, log_path = tempfile.mkstemp(prefix="aviator-churn-agent-", suffix=".log")
-        os.close(fd)
-        self.log_path = Path(log_path)
-        argv = [
-            sys.executable,
-            "-m",
-            "aviator",
-            "agent",
+        args = [
             "--kubeconfig",
             str(kubeconfig),
             "--node",
@@ -150,9 +141,6 @@ class AgentProcess:
             url,
             "--token-file",
             token_path,
-            "--secure-serving=false",
-            "--http-addr",
-            f"127.0.0.1:{self.port}",
             "--latency-source",
             "ebpf",
             "--report-interval",
@@ -167,34 +155,20 @@ class AgentProcess:
             "--log-level",
             "warning",
         ]
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-            )
-        self.pid = self.process.pid
+        super().__init__("agent", args, "the churn agent")
 
     async def get(self, path: str) -> Any:
-        async with (
-            aiohttp.ClientSession() as http,
-            http.get(f"http://127.0.0.1:{self.port}{path}") as resp,
-        ):
-            return await resp.json() if path != "/metrics" else await resp.text()
+        return json.loads(await self.get_text(path))
 
-    async def wait_ready(self) -> None:
+    async def wait_ready(self, within_s: float = BPF_COMPILE_BOUND_S) -> None:
         """Until /readyz answers (the BPF program compiles first: slow on a busy machine)."""
-        await process_ready(
-            self.process,
-            f"http://127.0.0.1:{self.port}/readyz",
-            self.log_path,
-            within=BPF_COMPILE_BOUND_S,
-            what="the churn agent",
-        )
+        await super().wait_ready(within_s)
 
     async def map_entries(self) -> int:
         return int((await self.get("/status"))["maps"].get("endpoints_tracked", 0))
 
     async def mean_report_s(self) -> float:
-        text = str(await self.get("/metrics"))
+        text = await self.get_text("/metrics")
         values = {}
         for line in text.splitlines():
             for name in ("_sum", "_count"):
@@ -202,21 +176,9 @@ class AgentProcess:
                     values[name] = float(line.split()[1])
         return values["_sum"] / max(1.0, values["_count"])
 
-    def log_tail(self, lines: int = 30) -> str:
-        with contextlib.suppress(OSError):
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        return ""
-
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        super().stop()
         self.token_path.unlink(missing_ok=True)
-        self.log_path.unlink(missing_ok=True)
 
 
 async def _measured(kube: KubeClient, ns: str, names: set[str]) -> set[str]:

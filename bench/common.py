@@ -311,44 +311,25 @@ def policy_body(name: str, target: str, **spec: Any) -> JSON:
 # --- the controller as a process ----------------------------------------------------------
 
 
-class ControllerProcess:
-    """`aviator controller` in a subprocess against a kubeconfig; metrics over HTTP."""
+class AviatorProcess:
+    """`python -m aviator COMMAND ARGS` in a subprocess serving plain HTTP on a free
+    127.0.0.1 port, its output in a temporary log; it never outlives the benchmark."""
 
-    def __init__(
-        self,
-        kubeconfig: Path,
-        namespace: str,
-        *,
-        window_s: float = 3.0,
-        stale_after_s: float = 5.0,
-        workers: int = 4,
-    ) -> None:
+    def __init__(self, command: str, args: list[str], what: str) -> None:
         self.port = free_port()
-        self.url = f"ws://127.0.0.1:{self.port}/v1/stream"
-        self.log_path = Path(tempfile.mkstemp(prefix="aviator-bench-controller-", suffix=".log")[1])
+        self.what = what
+        fd, log_path = tempfile.mkstemp(prefix=f"aviator-bench-{command}-", suffix=".log")
+        os.close(fd)
+        self.log_path = Path(log_path)
         argv = [
             sys.executable,
             "-m",
             "aviator",
-            "controller",
-            "--kubeconfig",
-            str(kubeconfig),
-            "--namespace",
-            namespace,
-            "--no-leader-elect",
+            command,
             "--secure-serving=false",  # plain HTTP on 127.0.0.1
             "--http-addr",
             f"127.0.0.1:{self.port}",
-            "--workers",
-            str(workers),
-            "--agent-service-account",
-            f"{namespace}:{AGENT_SA}",
-            "--latency-window",
-            str(window_s),
-            "--latency-stale-after",
-            str(stale_after_s),
-            "--log-level",
-            "warning",
+            *args,
         ]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
@@ -363,24 +344,15 @@ class ControllerProcess:
             f"http://127.0.0.1:{self.port}/readyz",
             self.log_path,
             within=within_s,
-            what="the benchmark's controller",
+            what=self.what,
         )
 
-    async def metrics(self) -> dict[str, float]:
-        """Every sample of /metrics as "name{label=value,...}" → value."""
-        from prometheus_client.parser import text_string_to_metric_families
-
+    async def get_text(self, path: str) -> str:
         async with (
-            aiohttp.ClientSession() as session,
-            session.get(f"http://127.0.0.1:{self.port}/metrics") as resp,
+            aiohttp.ClientSession() as http,
+            http.get(f"http://127.0.0.1:{self.port}{path}") as resp,
         ):
-            text = await resp.text()
-        out: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-                out[f"{s.name}{{{labels}}}" if labels else s.name] = float(s.value)
-        return out
+            return await resp.text()
 
     def log_tail(self, lines: int = 30) -> str:
         with contextlib.suppress(OSError):
@@ -392,11 +364,56 @@ class ControllerProcess:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(15)
+                self.process.wait(20)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
         self.log_path.unlink(missing_ok=True)
+
+
+class ControllerProcess(AviatorProcess):
+    """`aviator controller` in a subprocess against a kubeconfig; metrics over HTTP."""
+
+    def __init__(
+        self,
+        kubeconfig: Path,
+        namespace: str,
+        *,
+        window_s: float = 3.0,
+        stale_after_s: float = 5.0,
+        workers: int = 4,
+    ) -> None:
+        args = [
+            "--kubeconfig",
+            str(kubeconfig),
+            "--namespace",
+            namespace,
+            "--no-leader-elect",
+            "--workers",
+            str(workers),
+            "--agent-service-account",
+            f"{namespace}:{AGENT_SA}",
+            "--latency-window",
+            str(window_s),
+            "--latency-stale-after",
+            str(stale_after_s),
+            "--log-level",
+            "warning",
+        ]
+        super().__init__("controller", args, "the benchmark's controller")
+        self.url = f"ws://127.0.0.1:{self.port}/v1/stream"
+
+    async def metrics(self) -> dict[str, float]:
+        """Every sample of /metrics as "name{label=value,...}" → value."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        text = await self.get_text("/metrics")
+        out: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+                out[f"{s.name}{{{labels}}}" if labels else s.name] = float(s.value)
+        return out
 
 
 def metric_sum(metrics: dict[str, float], name: str, **labels: str) -> float:
