@@ -532,7 +532,12 @@ class Agent:
             "handoffs": None
             if self.handoffs is None
             else {
-                h.target.pod: {"ended": h.ended, "remaining": h.remaining, "outcome": h.outcome}
+                h.target.pod: {
+                    "ended": h.ended,
+                    "drained": h.drained,
+                    "remaining": h.remaining,
+                    "outcome": h.outcome,
+                }
                 for h in self.handoffs.executor.handoffs.values()
             },
         }
