@@ -40,7 +40,7 @@ from typing import Any
 from aiohttp import web
 
 from aviator.agent.api import DATA_PATHS, make_api
-from aviator.agent.handoff.drain import send_goaway
+from aviator.agent.handoff.drain import Owners, send_goaway
 from aviator.agent.handoff.executor import HandOffExecutor
 from aviator.agent.handoff.netlink import open_diag, own_netns
 from aviator.agent.handoff.runner import HandOffRunner
@@ -254,6 +254,7 @@ class Agent:
         if not self.config.handoff or bpf is None:
             return None
         own = own_netns()
+        owners = Owners()
         executor = HandOffExecutor(
             table=bpf,
             open_diag=open_diag,
@@ -262,7 +263,7 @@ class Agent:
             rate=self.config.handoff_rate,
             burst=max(1.0, self.config.handoff_rate / 5),
             drain=lambda sock, diag: send_goaway(
-                sock.netns, diag.inode, sock.protocol, lambda: bpf.server_cut(sock.sk)
+                sock.netns, diag.inode, sock.protocol, lambda: bpf.server_cut(sock.sk), owners
             ),
         )
         recorder = EventRecorder(

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent import futures
 
 import grpc
+import h2_wire
 import pytest
 from conftest import TEST_BOUND_S
 
@@ -155,31 +156,8 @@ def test_a_channel_never_idle_moves_on_goaway_and_every_call_completes(
 
 # --- the write side's frame boundary, with bytes the test writes itself ---------------
 
-PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-
-def _frame(ftype: int, flags: int, sid: int, payload: bytes) -> bytes:
-    return (
-        struct.pack("!I", len(payload))[1:]
-        + bytes([ftype, flags])
-        + struct.pack("!I", sid)
-        + payload
-    )
-
-
-SETTINGS = _frame(4, 0, 0, b"")
-REQUEST = _frame(1, 0x4 | 0x1, 1, b"\x82\x86\x84\x41\x01a")  # GET http / a, END_STREAM
-STATUS_200 = b"\x88"
-
-
-def _read_exactly(sock: socket.socket, n: int) -> bytes:
-    buf = b""
-    while len(buf) < n:
-        got = sock.recv(n - len(buf))
-        if not got:
-            raise ConnectionError("closed")
-        buf += got
-    return buf
+SETTINGS = h2_wire.settings()
+REQUEST = h2_wire.headers(1)  # GET /, END_STREAM
 
 
 def test_goaway_is_written_only_between_the_servers_frames(
@@ -195,8 +173,8 @@ def test_goaway_is_written_only_between_the_servers_frames(
         server, _ = listener.accept()
         with client, server:
             server.settimeout(10)
-            client.sendall(PREFACE + SETTINGS + REQUEST)
-            _read_exactly(server, len(PREFACE + SETTINGS + REQUEST))
+            client.sendall(h2_wire.PREFACE + SETTINGS + REQUEST)
+            h2_wire.read_exactly(server, len(h2_wire.PREFACE + SETTINGS + REQUEST))
             server.sendall(SETTINGS)
             _until(
                 "an h2 stream open",
@@ -220,7 +198,9 @@ def test_goaway_is_written_only_between_the_servers_frames(
             settled(0)
             written = SETTINGS
             # A HEADERS frame's header without its payload: inside a frame.
-            headers = _frame(1, 0, 1, STATUS_200)  # no END_HEADERS: a block goes on
+            headers = h2_wire.frame(
+                h2_wire.HEADERS, 0, 1, h2_wire.STATUS_200
+            )  # no END_HEADERS: a block goes on
             server.sendall(headers[:9])
             settled(3)  # inside the frame, and its block goes on
             assert attempt() == goaway.MID_FRAME
@@ -228,13 +208,13 @@ def test_goaway_is_written_only_between_the_servers_frames(
             # The frame is whole, the header block is not: still nothing may come between.
             settled(2)
             assert attempt() == goaway.MID_FRAME
-            continuation = _frame(9, 0x4, 1, b"")
+            continuation = h2_wire.frame(h2_wire.CONTINUATION, h2_wire.END_HEADERS, 1)
             server.sendall(continuation)
             written += headers + continuation
             settled(0)
             # A DATA frame in three writes: part of its header, the rest and part of its
             # payload, the rest of its payload.
-            data = _frame(0, 0, 1, b"payload")
+            data = h2_wire.frame(h2_wire.DATA, 0, 1, b"payload")
             for part, cut in ((data[:5], 1), (data[5:12], 1), (data[12:], 0)):
                 server.sendall(part)
                 settled(cut)
@@ -243,7 +223,7 @@ def test_goaway_is_written_only_between_the_servers_frames(
             written += data
             assert attempt() == SENT
             # The client reads the server's frames whole, then the GOAWAY.
-            got = _read_exactly(client, len(written) + len(goaway.GRACEFUL))
+            got = h2_wire.read_exactly(client, len(written) + len(goaway.GRACEFUL))
             assert got == written + goaway.GRACEFUL
             # The program parsed the GOAWAY too: still at a boundary, the stream open.
             assert latency_source.server_cut(sock.sk) == 0

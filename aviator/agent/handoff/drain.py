@@ -63,6 +63,36 @@ def owner(netns: int, inode: int, proc: Path = Path("/proc")) -> tuple[int, int]
     return None
 
 
+class Owners:
+    """`owner`, remembered per socket: a connection that is mid-frame at one look is
+    looked at again a moment later, and a scan reads every process's /proc entries.
+    A remembered owner that no longer holds the socket is looked up again."""
+
+    def __init__(self, find: Callable[[int, int], tuple[int, int] | None] = owner) -> None:
+        self._find = find
+        self._known: dict[tuple[int, int], tuple[int, int]] = {}
+
+    def __call__(self, netns: int, inode: int) -> tuple[int, int] | None:
+        key = (netns, inode)
+        held = self._known.get(key)
+        if held is not None and _holds(held, inode):
+            return held
+        self._known.pop(key, None)
+        if len(self._known) > 4096:  # connections long gone
+            self._known.clear()
+        held = self._find(netns, inode)
+        if held is not None:
+            self._known[key] = held
+        return held
+
+
+def _holds(held: tuple[int, int], inode: int, proc: Path = Path("/proc")) -> bool:
+    try:
+        return os.readlink(proc / str(held[0]) / "fd" / str(held[1])) == f"socket:[{inode}]"
+    except OSError:
+        return False
+
+
 def borrow(pid: int, fd: int) -> int:
     """A descriptor of ours for process `pid`'s descriptor `fd` (close it when done)."""
     pidfd = os.pidfd_open(pid)
@@ -90,9 +120,10 @@ def send_goaway(
     if held is None:
         return NO_OWNER
     fd = borrow(*held)
+    if os.fstat(fd).st_ino != inode:
+        os.close(fd)
+        return NO_OWNER  # the descriptor was closed and reused since the scan
     with socket.socket(fileno=fd) as sock:  # closes our copy only
-        if os.fstat(fd).st_ino != inode:
-            return NO_OWNER  # the descriptor was closed and reused since the scan
         first = server_cut()
         outq = struct.unpack("i", fcntl.ioctl(fd, _SIOCOUTQ, b"\0" * 4))[0]
         ulp = sock.getsockopt(socket.IPPROTO_TCP, _TCP_ULP, 16)
