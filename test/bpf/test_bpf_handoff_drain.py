@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import os
 import socket
 import struct
@@ -19,6 +20,8 @@ import grpc
 import h2_wire
 import pytest
 from conftest import TEST_BOUND_S
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from aviator.agent.bpf import BpfLatencySource
 from aviator.agent.bpf.model import SocketState
@@ -246,3 +249,82 @@ def _inode(sock: socket.socket) -> int:
 
 def _outq(sock: socket.socket) -> int:
     return int(struct.unpack("i", fcntl.ioctl(sock.fileno(), 0x5411, b"\0" * 4))[0])
+
+
+# A server frame: (type, flags, payload); header-carrying ones come in legal blocks.
+_Frame = tuple[int, int, bytes]
+_block = st.integers(0, 40).map(lambda n: h2_wire.STATUS_200 * n)
+_other = st.one_of(
+    st.tuples(
+        st.just(h2_wire.DATA), st.sampled_from([0, h2_wire.END_STREAM]), st.binary(max_size=60)
+    ),
+    st.just((h2_wire.SETTINGS, 0, b"")),
+    st.just((6, 0, b"12345678")),  # PING
+    st.just((8, 0, b"\0\0\x10\0")),  # WINDOW_UPDATE
+)
+
+
+@st.composite
+def _header_block(draw: st.DrawFn) -> list[_Frame]:
+    """HEADERS (maybe padded, maybe with priority) and CONTINUATIONs; END_HEADERS on
+    the last."""
+    more = draw(st.integers(0, 2))
+    padded = draw(st.booleans())
+    priority = draw(st.booleans())
+    flags = (h2_wire.PADDED if padded else 0) | (0x20 if priority else 0)
+    payload = (b"\x03" if padded else b"") + (b"\0\0\0\0\x10" if priority else b"")
+    payload += draw(_block) + (b"\0\0\0" if padded else b"")
+    frames = [(h2_wire.HEADERS, flags, payload)]
+    frames += [(h2_wire.CONTINUATION, 0, draw(_block)) for _ in range(more)]
+    last = frames[-1]
+    frames[-1] = (last[0], last[1] | h2_wire.END_HEADERS, last[2])
+    return frames
+
+
+def _expected_cuts(frames: list[_Frame]) -> tuple[bytes, list[int]]:
+    """The server's bytes and, for every length written so far, server_cut as the
+    program should have it: FRAME inside a frame; BLOCK once a header-carrying
+    frame's header without END_HEADERS is written, until one with it."""
+    wire, cuts = b"", [0]
+    block = 0
+    for ftype, flags, payload in frames:
+        raw = h2_wire.frame(ftype, flags, 1 if ftype in (0, 1, 9) else 0, payload)
+        for i in range(1, len(raw) + 1):
+            if i == 9 and ftype in (h2_wire.HEADERS, h2_wire.CONTINUATION):
+                block = 0 if flags & h2_wire.END_HEADERS else 2
+            cuts.append(block | (1 if i < len(raw) else 0))
+        wire += raw
+    return wire, cuts
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+@given(
+    data=st.data(),
+    groups=st.lists(st.one_of(_header_block(), _other.map(lambda f: [f])), min_size=1, max_size=8),
+)
+def test_server_cut_follows_the_servers_bytes_cut_anywhere(
+    latency_source: BpfLatencySource, data: st.DataObject, groups: list[list[_Frame]]
+) -> None:
+    """Random legal server frames written in random pieces: after every write (the
+    program parses it within the syscall), server_cut says exactly whether the bytes
+    stop inside a frame and inside a header block."""
+    wire, expected = _expected_cuts([f for g in groups for f in g])
+    cuts = sorted(data.draw(st.sets(st.integers(1, len(wire) - 1), max_size=10)))
+    pair = h2_wire.Pair("127.0.43.24")
+    try:
+        pair.open()
+        sk = next(
+            s.sk
+            for s in latency_source.sockets()
+            if s.role == "server" and s.local == ("127.0.43.24", pair.port)
+        )
+        assert latency_source.server_cut(sk) == 0
+        seen, want = [], []
+        for a, b in itertools.pairwise([0, *cuts, len(wire)]):
+            pair.server.sendall(wire[a:b])
+            seen.append(latency_source.server_cut(sk))
+            want.append(expected[b])
+        _received(pair.client, len(wire))
+        assert seen == want
+    finally:
+        pair.close()
