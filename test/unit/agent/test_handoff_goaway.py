@@ -5,6 +5,7 @@ connections: after a bounded busy time, once each, within the pacing."""
 
 from __future__ import annotations
 
+import asyncio
 import struct
 
 from hypothesis import given
@@ -14,6 +15,7 @@ from aviator.agent.bpf.model import SocketState
 from aviator.agent.handoff import goaway
 from aviator.agent.handoff.drain import SENT
 from aviator.agent.handoff.executor import HandOffExecutor
+from aviator.agent.handoff.runner import HandOffRunner
 from aviator.agent.handoff.select import Target
 from aviator.agent.handoff.sockdiag import DiagSocket
 
@@ -226,3 +228,62 @@ def test_the_drain_follows_the_ramp() -> None:
         clock.now += 1.0
     # The ramp's share by each step (the watch moves the clock a little past it).
     assert drained[0] == 0 and drained[1] <= 2 and drained[2] <= 3 and drained[-1] == 4
+
+
+def test_the_runner_counts_drains_and_reports_them() -> None:
+    pod = {
+        "metadata": {"name": "a", "namespace": "ns"},
+        "spec": {"nodeName": "node-a"},
+        "status": {"phase": "Running", "podIP": "10.0.0.1", "podIPs": [{"ip": "10.0.0.1"}]},
+    }
+    handoff = {"pod": "a", "node": "node-a", "ip": "10.0.0.1", "ports": [8080]}
+    handoff |= {"since": "2020-01-01T00:00:00Z", "until": "2020-01-01T00:00:00Z"}
+    policy = {
+        "metadata": {"name": "p", "namespace": "ns", "uid": "u"},
+        "spec": {"routing": {"mode": "takeover", "handoff": {"enabled": True}}},
+        "status": {"handOffs": [handoff]},
+    }
+    table = Table([h2conn(1, streams=2)])
+    diag, clock = Diag(table), Clock()
+    executor, _ = _executor(table, diag, [], clock)
+    executor.drain_after_s = 0.0
+    drained: list[tuple[str, int]] = []
+    recorded: list[tuple[str, str]] = []
+    got_drained, got_recorded = asyncio.Event(), asyncio.Event()
+
+    def on_drained(p: str, n: int) -> None:
+        drained.append((p, n))
+        got_drained.set()
+
+    async def record(obj: dict[str, object], reason: str, note: str) -> None:
+        recorded.append((reason, note))
+        got_recorded.set()
+
+    runner = HandOffRunner(
+        executor,
+        "node-a",
+        lambda: [policy],
+        {"ns/a": pod}.get,
+        policy=lambda _key: policy,
+        record=record,
+        on_ended=lambda _p, _n: None,
+        on_drained=on_drained,
+        step_s=0.01,
+    )
+
+    async def scenario() -> None:
+        task = asyncio.get_running_loop().create_task(runner.run())
+        await asyncio.wait_for(got_drained.wait(), 10)
+        del table.socks[1]  # its client closed it once its calls were done
+        runner.poke()
+        await asyncio.wait_for(got_recorded.wait(), 10)
+        task.cancel()
+
+    asyncio.run(scenario())
+    assert drained == [("ns/a", 1)]
+    ((reason, note),) = recorded
+    assert reason == "ConnectionsHandedOff"
+    assert note.startswith(
+        "ended 0 idle client connection(s), drained 1 busy HTTP/2 connection(s) with a "
+        "graceful GOAWAY of pod a on port(s) 8080 (complete"
+    ), note
