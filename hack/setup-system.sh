@@ -8,19 +8,7 @@ venv=${VENV:-$root/.venv}
 
 # nghttp2-client: h2load, the HTTP/2 load tool the benchmarks and tests drive h2c with.
 packages=(python3-bpfcc bpfcc-tools linux-headers-amd64 iproute2 nghttp2-client)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "setup: missing Debian packages ${missing[*]}; run as root or install them yourself" >&2
-    exit 1
-  fi
-  echo "setup: installing ${missing[*]}"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+bash "$root/hack/debian-packages.sh" setup "${packages[@]}"
 
 # BCC is a Debian package (the PyPI project called "bcc" is unrelated): expose only the
 # bcc module to the venv through a folder that holds nothing but a link to it.

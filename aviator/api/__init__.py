@@ -2,9 +2,9 @@
 
 from aviator.api.codec import FieldError, PolicyError
 from aviator.api.durations import Duration, DurationError, format_duration, parse_duration
+from aviator.api.policy import AviatorPolicy, from_dict
 from aviator.api.status import AviatorPolicyStatus, Condition, PodStatus
 from aviator.api.types import (
-    AviatorPolicy,
     AviatorPolicySpec,
     CircuitBreakerSpec,
     DampeningSpec,
@@ -15,7 +15,6 @@ from aviator.api.types import (
     SelectionMode,
     SelectionSpec,
     TargetRef,
-    from_dict,
 )
 
 __all__ = [

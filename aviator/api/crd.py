@@ -18,6 +18,7 @@ import yaml
 from aviator.api import types as api
 from aviator.api.codec import to_json
 from aviator.api.durations import DURATION_PATTERN, MAX_DURATION_LENGTH
+from aviator.api.policy import ROOT_RULES
 from aviator.api.schema import (
     JSON_TYPES,
     Field,
@@ -185,7 +186,7 @@ def openapi_schema() -> JSON:
             "status": status,
         },
         "required": ["spec"],
-        "x-kubernetes-validations": [_rule(r) for r in api.ROOT_RULES],
+        "x-kubernetes-validations": [_rule(r) for r in ROOT_RULES],
     }
 
 

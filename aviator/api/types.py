@@ -16,15 +16,14 @@ controller).
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from aviator.api.codec import FieldError, PolicyError, decode, to_json
-from aviator.api.durations import DURATION_PATTERN, Duration
+from aviator.api.codec import decode, to_json
+from aviator.api.durations import Duration
+from aviator.api.rules import MAX_NAME_LENGTH, duration_bounds, not_empty, service_name
 from aviator.api.schema import Rule, api_field
-from aviator.api.status import AviatorPolicyStatus
 
 GROUP = "aviator.example.com"
 VERSION = "v1alpha1"
@@ -36,14 +35,9 @@ SHORT_NAME = "avp"
 CATEGORY = "aviator"
 
 MIN_EVALUATION_INTERVAL = Duration.parse("200ms")
-# No duration in a policy may be longer (an hour-long threshold or interval is a typo).
-MAX_DURATION_TEXT = "1h"
-MAX_DURATION = Duration.parse(MAX_DURATION_TEXT)
 SHADOW_SUFFIX = "-aviator"
-MAX_NAME_LENGTH = 63  # Service names and label values
 # A shadow Service named <target>-aviator must itself be a valid Service name.
 MAX_TARGET_FOR_SHADOW = MAX_NAME_LENGTH - len(SHADOW_SUFFIX)
-DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
 
 class LatencySource(enum.StrEnum):
@@ -61,40 +55,6 @@ class SelectionMode(enum.StrEnum):
 class RoutingMode(enum.StrEnum):
     SHADOW = "shadow"
     TAKEOVER = "takeover"
-
-
-def _duration_bounds(field: str, minimum: Duration | None = None) -> Rule:
-    """Greater than 0 (or at least `minimum`) and at most `MAX_DURATION`."""
-    low = "duration(self) > duration('0s')"
-    low_text = "greater than 0"
-    if minimum is not None:
-        low, low_text = f"duration(self) >= duration('{minimum}')", f"at least {minimum}"
-    # The pattern guard keeps a malformed value to the pattern's own error instead of
-    # adding a CEL evaluation error on top.
-    return Rule(
-        cel=(
-            f"!self.matches(r'{DURATION_PATTERN}') || "
-            f"({low} && duration(self) <= duration('{MAX_DURATION_TEXT}'))"
-        ),
-        message=f"{field} must be {low_text} and at most {MAX_DURATION_TEXT}",
-        holds=lambda d: (d.ns > 0 if minimum is None else d >= minimum) and d <= MAX_DURATION,
-    )
-
-
-def _not_empty(field: str) -> Rule:
-    return Rule(cel="size(self) > 0", message=f"{field} must not be empty", holds=bool)
-
-
-def _service_name(field: str) -> Rule:
-    label = re.compile(DNS1035_LABEL)
-    return Rule(
-        cel=f"size(self) == 0 || self.matches(r'{DNS1035_LABEL}')",
-        message=(
-            f"{field} must be a valid Service name: lowercase letters, digits and '-', "
-            "starting with a letter and ending with a letter or digit"
-        ),
-        holds=lambda s: s == "" or label.fullmatch(s) is not None,
-    )
 
 
 # ---------------------------------------------------------------------------- spec
@@ -122,7 +82,7 @@ class TargetRef:
         "Name of the target Service, in the policy's namespace.",
         required=True,
         max_length=MAX_NAME_LENGTH,
-        rules=(_not_empty("targetRef.name"), _service_name("targetRef.name")),
+        rules=(not_empty("targetRef.name"), service_name("targetRef.name")),
     )
 
 
@@ -188,7 +148,7 @@ class CircuitBreakerSpec:
         is ejected at the first evaluation that sees it, which the controller runs as
         soon as an agent reports it, without waiting for evaluationInterval.""",
         default=Duration.parse("500ms"),
-        rules=(_duration_bounds("circuitBreaker.p99Threshold"),),
+        rules=(duration_bounds("circuitBreaker.p99Threshold"),),
     )
     consecutive_violations: int = api_field(
         "consecutiveViolations",
@@ -220,7 +180,7 @@ class CircuitBreakerSpec:
         """Time an ejected pod waits before it is probed again (half-open); repeated
         ejections double it, up to a cap.""",
         default=Duration.parse("30s"),
-        rules=(_duration_bounds("circuitBreaker.recoveryInterval"),),
+        rules=(duration_bounds("circuitBreaker.recoveryInterval"),),
     )
     max_ejection_percent: int = api_field(
         "maxEjectionPercent",
@@ -304,7 +264,7 @@ class RoutingSpec:
         "Name of the shadow Service (shadow mode only). Default: <targetRef.name>-aviator.",
         default=None,
         max_length=MAX_NAME_LENGTH,
-        rules=(_not_empty("routing.serviceName"), _service_name("routing.serviceName")),
+        rules=(not_empty("routing.serviceName"), service_name("routing.serviceName")),
     )
     handoff: HandOffSpec = api_field(
         "handoff",
@@ -361,13 +321,13 @@ class AviatorPolicySpec:
         "latencyThreshold",
         "Maximum acceptable p99 latency of a pod in threshold mode.",
         default=Duration.parse("100ms"),
-        rules=(_duration_bounds("latencyThreshold"),),
+        rules=(duration_bounds("latencyThreshold"),),
     )
     evaluation_interval: Duration = api_field(
         "evaluationInterval",
         "How often pod latency is re-evaluated.",
         default=Duration.parse("5s"),
-        rules=(_duration_bounds("evaluationInterval", MIN_EVALUATION_INTERVAL),),
+        rules=(duration_bounds("evaluationInterval", MIN_EVALUATION_INTERVAL),),
     )
     latency_source: LatencySource = api_field(
         "latencySource",
@@ -445,72 +405,3 @@ class AviatorPolicySpec:
         """Decode with defaults; raises PolicyError naming every bad field."""
         spec: AviatorPolicySpec = decode(cls, data, path)
         return spec
-
-
-# -------------------------------------------------------------------------- object
-
-
-@dataclass(frozen=True, kw_only=True)
-class AviatorPolicy:
-    """An AviatorPolicy object: identity from metadata, typed spec and status."""
-
-    name: str
-    namespace: str
-    spec: AviatorPolicySpec
-    uid: str = ""
-    generation: int = 0
-    status: AviatorPolicyStatus | None = None
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}" if self.namespace else self.name
-
-
-def from_dict(obj: Mapping[str, Any]) -> AviatorPolicy:
-    """Decode a raw AviatorPolicy (as the API server returns it).
-
-    Missing spec fields get their defaults; invalid ones raise PolicyError listing
-    every problem with its field path. An unreadable status is treated as absent (the
-    controller rebuilds it), since it must never block reconciling the spec.
-    """
-    meta = obj.get("metadata")
-    if not isinstance(meta, Mapping):
-        meta = {}
-    name = str(meta.get("name") or "")
-    namespace = str(meta.get("namespace") or "")
-    where = f"{namespace}/{name}" if namespace else name
-    errors: list[FieldError] = []
-    if len(name) > MAX_NAME_LENGTH:
-        errors.append(FieldError("metadata.name", _NAME_MESSAGE))
-    spec: AviatorPolicySpec | None = None
-    try:
-        spec = AviatorPolicySpec.from_dict(obj.get("spec"))
-    except PolicyError as exc:
-        errors.extend(exc.errors)
-    if errors or spec is None:
-        raise PolicyError(errors, subject=f"AviatorPolicy {where}")
-    try:
-        status: AviatorPolicyStatus | None = AviatorPolicyStatus.from_dict(obj.get("status"))
-    except PolicyError:
-        status = None
-    generation = meta.get("generation")
-    return AviatorPolicy(
-        name=name,
-        namespace=namespace,
-        uid=str(meta.get("uid") or ""),
-        generation=generation if isinstance(generation, int) else 0,
-        spec=spec,
-        status=status,
-    )
-
-
-_NAME_MESSAGE = (
-    f"metadata.name must be at most {MAX_NAME_LENGTH} characters (it is used as a label value)"
-)
-ROOT_RULES: tuple[Rule, ...] = (
-    Rule(
-        cel=f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
-        message=_NAME_MESSAGE,
-        holds=lambda name: len(name) <= MAX_NAME_LENGTH,
-    ),
-)

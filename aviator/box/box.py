@@ -14,34 +14,32 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import yaml
 
 from aviator.box.addresses import AddressPool
 from aviator.box.components import Component, aviator_argv
 from aviator.box.files import CRD_FILE, config
+from aviator.box.identity import (
+    AGENT_SERVICE_ACCOUNT,
+    AVIATOR_NAMESPACE,
+    CONTROLLER_SERVICE_ACCOUNT,
+    ServiceAccountTokens,
+)
 from aviator.box.kubeproxy import KubeProxy
 from aviator.box.kubeproxy import unavailable as kube_proxy_unavailable
 from aviator.box.mirror import cancel_all
 from aviator.box.netns import POD_NETWORKS, BoxNetwork
 from aviator.box.nodes import BoxNodes, node_names
 from aviator.box.proxy import BoxProxy, relay
+from aviator.box.readiness import agents_ready, stream_ca
 from aviator.box.realnode import RealNode, pod_cidr
 from aviator.box.realnode import unavailable as real_node_unavailable
 from aviator.box.runtime import PodRuntime
 from aviator.box.state import remove_status, write_status
-from aviator.controller.certs import CA_CONFIGMAP
-from aviator.kube.client import ApiError, KubeClient
-from aviator.kube.resources import CONFIGMAPS, NODES, SERVICEACCOUNTS
+from aviator.kube.client import KubeClient
 from aviator.testing.controlplane import ControlPlane, binary, free_port
 
 log = logging.getLogger(__name__)
-
-AVIATOR_NAMESPACE = "aviator-system"
-AGENT_SERVICE_ACCOUNT = "aviator-agent"
-CONTROLLER_SERVICE_ACCOUNT = "aviator-controller"
-TOKEN_AUDIENCES = ["aviator", "https://kubernetes.default.svc.cluster.local"]
-TOKEN_TTL_S = 24 * 3600
 
 Progress = Callable[[str], None]
 
@@ -244,8 +242,9 @@ class Box:
         # The controller and the agents run as their own ServiceAccounts under the RBAC
         # of config/rbac, exactly as in a real cluster: a missing permission shows here.
         await self._install_rbac()
-        controller_kubeconfig = await self._identity(CONTROLLER_SERVICE_ACCOUNT)
-        agent_kubeconfig = await self._identity(AGENT_SERVICE_ACCOUNT)
+        tokens = ServiceAccountTokens(self.client, self.workdir, self.inner_kubeconfig, self._tasks)
+        controller_kubeconfig = await tokens.kubeconfig(CONTROLLER_SERVICE_ACCOUNT)
+        agent_kubeconfig = await tokens.kubeconfig(AGENT_SERVICE_ACCOUNT)
         port = free_port()
         # TLS as in a cluster: the controller keeps its certificate in a Secret and
         # publishes its CA; agents dial 127.0.0.1 and check the Service's name.
@@ -270,13 +269,15 @@ class Box:
             module="aviator.controller.cmd",
         )
         self.components["controller"].start()
-        ca_file = await self._stream_ca()
+        ca_file = await stream_ca(
+            self.client, self.workdir / "stream-ca.crt", self.components["controller"].log
+        )
         assert self.nodes is not None
         agent_ports: dict[str, int] = {}
         for node in self.nodes.names:
             # The stream token is bound to the agent's Node, as a real agent's projected
             # token is bound to its pod: the controller learns the node from it.
-            token_file = await self._node_token(AGENT_SERVICE_ACCOUNT, node)
+            token_file = await tokens.node_token(AGENT_SERVICE_ACCOUNT, node)
             self.components[f"agent/{node}"] = Component(
                 f"agent/{node}",
                 aviator_argv(
@@ -313,32 +314,8 @@ class Box:
         self.progress(
             f"started the controller ({self.controller_url}) and {len(self.nodes.names)} agents"
         )
-        await self._agents_ready(agent_ports)
-
-    async def _agents_ready(self, ports: dict[str, int], within_s: float = 300.0) -> None:
-        """Wait until every agent answers /readyz (program loaded, pods synced, a first
-        window produced): compiling the eBPF program takes seconds on a quiet machine and
-        a minute on a busy one, and a box that says "up" before then measures nothing."""
-        began = time.monotonic()
-        waiting = set(ports)
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2)) as http:
-            while waiting:
-                for node in sorted(waiting):
-                    url = f"https://127.0.0.1:{ports[node]}/readyz"
-                    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
-                        async with http.get(url, ssl=False) as answer:
-                            if answer.status == 200:
-                                waiting.discard(node)
-                if not waiting:
-                    break
-                if time.monotonic() - began > within_s:
-                    logs = ", ".join(str(self.components[f"agent/{n}"].log) for n in waiting)
-                    raise RuntimeError(
-                        f"agents of {', '.join(sorted(waiting))} not ready within "
-                        f"{within_s:.0f}s (see {logs})"
-                    )
-                await asyncio.sleep(0.5)
-        self.progress(f"agents ready in {time.monotonic() - began:.1f}s")
+        took = await agents_ready(agent_ports, lambda node: self.components[f"agent/{node}"].log)
+        self.progress(f"agents ready in {took:.1f}s")
 
     async def _report_components(self) -> None:
         """Say when a component changes state (not implemented, crashed, restarted)."""
@@ -364,81 +341,6 @@ class Box:
             code, out = await self.kubectl("apply", "-k", str(config(base)))
             if code != 0:
                 raise RuntimeError(f"kubectl apply -k config/{base} failed: {out}")
-
-    async def _stream_ca(self, within_s: float = 120.0) -> Path:
-        """The controller's stream CA (from the ConfigMap it publishes), in a file for
-        the agents; waits for the controller to publish it."""
-        assert self.client is not None
-        path = self.workdir / "stream-ca.crt"
-        deadline = time.monotonic() + within_s
-        while True:
-            try:
-                cm = await self.client.get(CONFIGMAPS, CA_CONFIGMAP, AVIATOR_NAMESPACE)
-                ca = (cm.get("data") or {}).get("ca.crt")
-                if ca:
-                    path.write_text(ca)
-                    return path
-            except ApiError as exc:
-                if not exc.not_found:
-                    raise
-            if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"the controller published no stream CA within {within_s:.0f}s "
-                    f"(see {self.workdir / 'logs' / 'controller.log'})"
-                )
-            await asyncio.sleep(0.5)
-
-    def _token_file(self, service_account: str) -> Path:
-        return self.workdir / f"{service_account}.token"
-
-    async def _identity(self, service_account: str) -> Path:
-        """A kubeconfig that authenticates as the ServiceAccount with a token file that
-        is refreshed before it expires."""
-        token_file = self._token_file(service_account)
-        await self._write_token(service_account, token_file)
-        self._tasks.append(asyncio.create_task(self._refresh_token(service_account, token_file)))
-        config = yaml.safe_load(self.inner_kubeconfig.read_text())
-        config["users"] = [{"name": service_account, "user": {"tokenFile": str(token_file)}}]
-        config["contexts"][0]["context"]["user"] = service_account
-        path = self.workdir / f"{service_account}.kubeconfig"
-        path.write_text(yaml.safe_dump(config))
-        path.chmod(0o600)
-        return path
-
-    async def _node_token(self, service_account: str, node: str) -> Path:
-        """A token file of the ServiceAccount bound to the Node `node`, kept fresh."""
-        assert self.client is not None
-        uid = (await self.client.get(NODES, node))["metadata"]["uid"]
-        bound = {"kind": "Node", "apiVersion": "v1", "name": node, "uid": uid}
-        path = self.workdir / f"{service_account}-{node}.token"
-        await self._write_token(service_account, path, bound)
-        self._tasks.append(asyncio.create_task(self._refresh_token(service_account, path, bound)))
-        return path
-
-    async def _write_token(
-        self, service_account: str, path: Path, bound: dict[str, str] | None = None
-    ) -> None:
-        assert self.client is not None
-        spec: dict[str, Any] = {"audiences": TOKEN_AUDIENCES, "expirationSeconds": TOKEN_TTL_S}
-        if bound is not None:
-            spec["boundObjectRef"] = bound
-        answer = await self.client.request(
-            "POST",
-            SERVICEACCOUNTS.path(AVIATOR_NAMESPACE, service_account, "token"),
-            body={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec},
-        )
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(answer["status"]["token"])
-        tmp.chmod(0o600)
-        os.replace(tmp, path)
-
-    async def _refresh_token(
-        self, service_account: str, path: Path, bound: dict[str, str] | None = None
-    ) -> None:
-        while True:
-            await asyncio.sleep(TOKEN_TTL_S * 0.8)
-            with contextlib.suppress(ApiError, OSError, TimeoutError):
-                await self._write_token(service_account, path, bound)
 
     # -- status ----------------------------------------------------------------------
 

@@ -6,20 +6,13 @@ at once for the gRPC health check, which does no work), and counted in `keepwarm
 
 from __future__ import annotations
 
-import contextlib
-import os
-import socket
-import subprocess
-import sys
-from collections.abc import Iterator
-
 import pytest
 from bpf_snapshots import delta, wait_for
 from conftest import TEST_BOUND_S
 
 from aviator.agent.bpf import BpfLatencySource, EndpointKey
 from aviator.agent.prober import NodeProber
-from aviator.box.files import TESTAPP
+from aviator.box.localapp import running_app
 from aviator.latency.probing import ProbeTarget
 from aviator.latency.schema import AppProtocol
 
@@ -28,34 +21,6 @@ pytestmark = [pytest.mark.bpf, pytest.mark.timeout(TEST_BOUND_S, func_only=True)
 LATENCY_US = 30_000
 METHOD = "/aviator.testapp.TestApp/Call"
 PROBES = 5
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def running_test_app(protocol: str, host: str) -> Iterator[int]:
-    port = free_port(host)
-    env = {
-        "PATH": os.environ["PATH"],
-        "PROTOCOL": protocol,
-        "PORT": str(port),
-        "LISTEN_ADDR": host,
-        "LATENCY": f"{LATENCY_US // 1000}ms",
-        "DRAIN": "0s",
-    }
-    proc = subprocess.Popen([sys.executable, "-u", str(TESTAPP)], env=env, stdout=subprocess.PIPE)
-    assert proc.stdout is not None
-    try:
-        line = proc.stdout.readline()  # the app says so once it listens
-        assert b"listening" in line, line
-        yield port
-    finally:
-        proc.kill()
-        proc.wait()
 
 
 @pytest.mark.parametrize(
@@ -74,7 +39,7 @@ async def test_keep_warm_probes_are_measured_in_the_protocol(
     path: str,
     works: bool,
 ) -> None:
-    with running_test_app(app, host) as port:
+    with running_app(app, host, LATENCY=f"{LATENCY_US // 1000}ms") as port:
         key = EndpointKey(host, port, "server")
         target = ProbeTarget(host, port, path, "ns/pod", protocol=seen)
         prober = NodeProber(min_samples=PROBES, timeout_s=5.0, rate_per_s=1000)

@@ -209,24 +209,41 @@ def test_unrecognised_bytes_are_opaque(latency_source: BpfLatencySource) -> None
         assert (d.count, d.statuses, d.errors, d.protocol) == (3, 0, 0, "opaque"), role
 
 
-def test_h2load_against_an_h2_library_server(latency_source: BpfLatencySource) -> None:
-    """A load tool nobody here wrote (h2load, nghttp2) multiplexing 10 streams on one
-    connection against the `h2` library's server: one request per stream, exactly."""
+def h2load_run(
+    latency_source: BpfLatencySource, server: H2Server, requests: int
+) -> dict[str, EndpointDelta]:
+    """h2load (nghttp2) multiplexing 10 streams on one connection to `server`: the
+    server's endpoint deltas once `requests` are counted; stops the server."""
     h2load = shutil.which("h2load")
     if h2load is None:
+        server.stop()
         pytest.skip("h2load not installed (Debian: nghttp2-client; hack/setup-system.sh)")
-    server = H2Server("127.0.56.1", delay=0.003).start()
     try:
         before = latency_source.read()
         subprocess.run(
-            [h2load, "-n", "200", "-c", "1", "-m", "10", f"http://{server.host}:{server.port}/"],
+            [
+                h2load,
+                "-n",
+                str(requests),
+                "-c",
+                "1",
+                "-m",
+                "10",
+                f"http://{server.host}:{server.port}/",
+            ],
             check=True,
             capture_output=True,
             timeout=60,
         )
-        got = settle(latency_source, server.host, server.port, before, 200)
+        return settle(latency_source, server.host, server.port, before, requests)
     finally:
         server.stop()
+
+
+def test_h2load_against_an_h2_library_server(latency_source: BpfLatencySource) -> None:
+    """A load tool nobody here wrote (h2load, nghttp2) multiplexing 10 streams on one
+    connection against the `h2` library's server: one request per stream, exactly."""
+    got = h2load_run(latency_source, H2Server("127.0.56.1", delay=0.003).start(), 200)
     for role, d in got.items():
         assert (d.count, d.aborted, d.statuses, d.errors, d.protocol) == (200, 0, 200, 0, "h2"), (
             role
@@ -264,23 +281,10 @@ def test_h2load_repeated_503_on_one_connection(latency_source: BpfLatencySource)
     """Half the answers are 503 on one connection: the `h2` library's encoder sends the
     first as a literal it adds to its dynamic table and every later one as a reference
     to that entry, among other entries it adds; each is counted."""
-    h2load = shutil.which("h2load")
-    if h2load is None:
-        pytest.skip("h2load not installed (Debian: nghttp2-client; hack/setup-system.sh)")
     server = H2Server(
         "127.0.56.3", delay=0.001, status=lambda stream: 503 if stream % 4 == 1 else 200
     ).start()
-    try:
-        before = latency_source.read()
-        subprocess.run(
-            [h2load, "-n", "200", "-c", "1", "-m", "10", f"http://{server.host}:{server.port}/"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-        got = settle(latency_source, server.host, server.port, before, 200)
-    finally:
-        server.stop()
+    got = h2load_run(latency_source, server, 200)
     for role, d in got.items():
         # Streams 1, 3, ..., 399: those of id 1 mod 4 are 100.
         assert (d.count, d.statuses, d.errors, d.protocol) == (200, 200, 100, "h2"), role

@@ -28,7 +28,7 @@ import yaml
 from e2e_cluster import REPO, BoxCluster, Cluster
 from e2e_scenario import SHADOW, TARGET, Scenario, wait_for
 
-from aviator.box.box import AVIATOR_NAMESPACE
+from aviator.box.identity import AVIATOR_NAMESPACE
 from aviator.controller.certs import CA_CONFIGMAP
 from aviator.latency.tls import STREAM_SERVICE, server_name
 from aviator.testing.controlplane import free_port

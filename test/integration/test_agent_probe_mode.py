@@ -11,6 +11,7 @@ probes the kernel measures; as gRPC test apps, probes that speak gRPC.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -31,7 +32,8 @@ from aiohttp import web
 from integration_support import RecordingStore, agent_token, running_receiver
 
 from aviator.api.crd import CRD_NAME
-from aviator.box.files import CRD_FILE, TESTAPP
+from aviator.box.files import CRD_FILE
+from aviator.box.localapp import running_app
 from aviator.kube import KubeClient
 from aviator.kube.resources import AVIATORPOLICIES, PODS, SERVICES
 from aviator.testing.controlplane import ControlPlane
@@ -142,6 +144,18 @@ class Scenario:
     receiver_url: str
     token_file: Path
 
+    def agent_args(self, *args: str) -> tuple[str, ...]:
+        """`aviator agent` arguments for this scenario's node and receiver, plus `args`."""
+        return (
+            "--node",
+            self.node,
+            "--controller-url",
+            self.receiver_url,
+            "--token-file",
+            str(self.token_file),
+            *args,
+        )
+
 
 @pytest.fixture
 async def scenario(
@@ -151,13 +165,8 @@ async def scenario(
     Service + AviatorPolicy targeting web-0 (fast) and web-1 (slow) on a fresh node,
     and an untargeted pod."""
     port, hits = pod_servers
-    ns = namespace
-    node = f"box-node-{uuid.uuid4().hex[:6]}"
-    token_file = tmp_path / "token"
-    token_file.write_text(await agent_token(kube, ns, "agent", node=node))
-    async with running_receiver(kube, [f"{ns}:agent"]) as receiver:
-        await _objects(kube, ns, node, port)
-        yield Scenario(ns, node, port, hits, receiver.store, receiver.url, token_file)
+    async with _scenario(kube, namespace, tmp_path, port, hits) as sc:
+        yield sc
 
 
 GRPC_METHOD = "/aviator.testapp.TestApp/Call"  # any method of the test app does its work
@@ -167,28 +176,10 @@ GRPC_METHOD = "/aviator.testapp.TestApp/Call"  # any method of the test app does
 def grpc_pods() -> Iterator[int]:
     """The test app in gRPC mode on both pod IPs, answering after DELAYS_S; the port."""
     port = free_port_on_both()
-    procs = []
-    try:
+    with contextlib.ExitStack() as apps:
         for ip, delay in DELAYS_S.items():
-            env = {
-                "PATH": os.environ["PATH"],
-                "PROTOCOL": "grpc",
-                "PORT": str(port),
-                "LISTEN_ADDR": ip,
-                "LATENCY": f"{delay * 1000:g}ms",
-                "DRAIN": "0s",
-            }
-            proc = subprocess.Popen(
-                [sys.executable, "-u", str(TESTAPP)], env=env, stdout=subprocess.PIPE
-            )
-            procs.append(proc)
-            assert proc.stdout is not None
-            assert b"listening" in proc.stdout.readline()  # it says so once it listens
+            apps.enter_context(running_app("grpc", ip, port, LATENCY=f"{delay * 1000:g}ms"))
         yield port
-    finally:
-        for proc in procs:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture
@@ -196,13 +187,25 @@ async def grpc_scenario(
     kube: KubeClient, namespace: str, tmp_path: Path, grpc_pods: int
 ) -> AsyncIterator[Scenario]:
     """`scenario` with gRPC pods and a policy whose probePath names a gRPC method."""
-    ns, port = namespace, grpc_pods
+    async with _scenario(kube, namespace, tmp_path, grpc_pods, {}, GRPC_METHOD) as sc:
+        yield sc
+
+
+@contextlib.asynccontextmanager
+async def _scenario(
+    kube: KubeClient,
+    ns: str,
+    tmp_path: Path,
+    port: int,
+    hits: dict[str, int],
+    probe_path: str = "/ping",
+) -> AsyncIterator[Scenario]:
     node = f"box-node-{uuid.uuid4().hex[:6]}"
     token_file = tmp_path / "token"
     token_file.write_text(await agent_token(kube, ns, "agent", node=node))
     async with running_receiver(kube, [f"{ns}:agent"]) as receiver:
-        await _objects(kube, ns, node, port, probe_path=GRPC_METHOD)
-        yield Scenario(ns, node, port, {}, receiver.store, receiver.url, token_file)
+        await _objects(kube, ns, node, port, probe_path)
+        yield Scenario(ns, node, port, hits, receiver.store, receiver.url, token_file)
 
 
 async def _objects(
@@ -270,6 +273,27 @@ async def get_json(url: str) -> dict[str, Any]:
         return cast(dict[str, Any], json.loads(await resp.text()))
 
 
+async def both_in_latency_table(base: str) -> dict[str, Any]:
+    """The agent's /latency table once both pods are in it. The table is the agent's
+    current window: on a busy machine a pod's window may be between samples for a
+    moment, so this waits (bounded) instead of reading it once."""
+    table: dict[str, Any] = {}
+
+    async def both_measured() -> bool:
+        table.clear()
+        table.update(await get_json(f"{base}/latency"))
+        return FAST_IP in table and SLOW_IP in table
+
+    await eventually(
+        both_measured,
+        within=30,
+        recheck_s=0.3,
+        what="both pods in the agent's /latency table",
+        state=lambda: f"table has {sorted(table)}",
+    )
+    return table
+
+
 async def stop(proc: subprocess.Popen[bytes], log: Path) -> str:
     """SIGTERM; the agent must exit 0 promptly. Returns its log."""
     proc.send_signal(signal.SIGTERM)
@@ -288,20 +312,16 @@ async def test_probe_mode_measures_targeted_pods(
 ) -> None:
     sc = scenario
     proc, http_port = agent_process(
-        "--node",
-        sc.node,
-        "--latency-source",
-        "probe",
-        "--report-interval",
-        "0.3",
-        "--probe-samples",
-        "4",
-        "--window",
-        "10",
-        "--controller-url",
-        sc.receiver_url,
-        "--token-file",
-        str(sc.token_file),
+        *sc.agent_args(
+            "--latency-source",
+            "probe",
+            "--report-interval",
+            "0.3",
+            "--probe-samples",
+            "4",
+            "--window",
+            "10",
+        ),
     )
     try:
         snap = await sc.store.wait_for(lambda _: min(counted(sc.store, sc.port).values()) >= 12)
@@ -341,20 +361,16 @@ async def test_auto_mode_measures_keep_warm_probes_in_the_kernel(
     sc = scenario
     window_s, samples = 4.0, 5
     proc, http_port = agent_process(
-        "--node",
-        sc.node,
-        "--latency-source",
-        "auto",
-        "--report-interval",
-        "0.3",
-        "--keep-warm-samples",
-        str(samples),
-        "--window",
-        str(window_s),
-        "--controller-url",
-        sc.receiver_url,
-        "--token-file",
-        str(sc.token_file),
+        *sc.agent_args(
+            "--latency-source",
+            "auto",
+            "--report-interval",
+            "0.3",
+            "--keep-warm-samples",
+            str(samples),
+            "--window",
+            str(window_s),
+        ),
     )
     try:
         await process_ready(
@@ -377,21 +393,7 @@ async def test_auto_mode_measures_keep_warm_probes_in_the_kernel(
         seen = counted(sc.store, sc.port)
         for ip in DELAYS_S:
             assert 0 <= sc.hits[ip] - seen[ip] <= 2 * samples, (ip, sc.hits[ip], seen[ip])
-        # The table is the agent's current window: on a busy machine a pod's window may
-        # be between samples for a moment, so wait (bounded) until both pods are in it.
-        table: dict[str, Any] = {}
-
-        async def both_measured() -> bool:
-            table.update(await get_json(f"http://127.0.0.1:{http_port}/latency"))
-            return FAST_IP in table and SLOW_IP in table
-
-        await eventually(
-            both_measured,
-            within=30,
-            recheck_s=0.3,
-            what="both pods in the agent's /latency table",
-            state=lambda: f"table has {sorted(table)}",
-        )
+        table = await both_in_latency_table(f"http://127.0.0.1:{http_port}")
         fast, slow = table[FAST_IP], table[SLOW_IP]
         assert fast["source"] == slow["source"] == "ebpf"
         # Server-side latency: the servers' own delays (plus event-loop lag on a busy
@@ -419,16 +421,12 @@ async def test_auto_mode_falls_back_to_probes_when_ebpf_cannot_load(
     assert "eBPF unavailable" in strict_log and "not found" in strict_log
 
     proc, http_port = agent_process(
-        "--node",
-        sc.node,
-        "--latency-source",
-        "auto",
-        "--report-interval",
-        "0.3",
-        "--controller-url",
-        sc.receiver_url,
-        "--token-file",
-        str(sc.token_file),
+        *sc.agent_args(
+            "--latency-source",
+            "auto",
+            "--report-interval",
+            "0.3",
+        ),
         env=no_bpf,
     )
     try:
@@ -456,20 +454,16 @@ async def test_idle_grpc_pods_keep_warm_samples_are_their_latency(
     sc = grpc_scenario
     window_s = 3.0
     proc, http_port = agent_process(
-        "--node",
-        sc.node,
-        "--latency-source",
-        "auto",
-        "--report-interval",
-        "0.3",
-        "--keep-warm-samples",
-        "5",
-        "--window",
-        str(window_s),
-        "--controller-url",
-        sc.receiver_url,
-        "--token-file",
-        str(sc.token_file),
+        *sc.agent_args(
+            "--latency-source",
+            "auto",
+            "--report-interval",
+            "0.3",
+            "--keep-warm-samples",
+            "5",
+            "--window",
+            str(window_s),
+        ),
     )
     base = f"http://127.0.0.1:{http_port}"
     try:
@@ -511,7 +505,7 @@ async def test_idle_grpc_pods_keep_warm_samples_are_their_latency(
         assert {e.protocol for e in ours} == {"grpc"}
         assert sum(e.aborted for e in ours) == 0 and sum(e.errors for e in ours) == 0
         assert sum(e.statuses for e in ours) == sum(e.count for e in ours)
-        table = await get_json(f"{base}/latency")
+        table = await both_in_latency_table(base)
         fast, slow = table[FAST_IP], table[SLOW_IP]
         assert fast["protocol"] == slow["protocol"] == "grpc"
         assert 10 * 0.96 <= fast["p50_ms"] <= 10 + 15

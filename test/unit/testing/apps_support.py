@@ -1,48 +1,15 @@
-"""Shared pieces of the protocol tests: the test app as a process on 127.0.0.1, and a
-TCP relay that counts the connections a client opens."""
+"""Shared pieces of the protocol tests: the test app as a process on 127.0.0.1
+(aviator.box.localapp), and a TCP relay that counts the connections a client opens."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
-import subprocess
-import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
-from aviator.box.files import TESTAPP
+from aviator.box.localapp import running_app
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-@contextlib.contextmanager
-def running_app(protocol: str, **env: str) -> Iterator[int]:
-    """The test app in `protocol` mode with `env` (LATENCY, ERROR_RATE, ...); its port."""
-    port = free_port()
-    full = {
-        "PATH": os.environ["PATH"],
-        "PROTOCOL": protocol,
-        "PORT": str(port),
-        "LISTEN_ADDR": "127.0.0.1",
-        "POD_NAME": f"{protocol}-pod",
-        "DRAIN": "0s",
-        **env,
-    }
-    proc = subprocess.Popen([sys.executable, "-u", str(TESTAPP)], env=full, stdout=subprocess.PIPE)
-    assert proc.stdout is not None
-    try:
-        line = proc.stdout.readline()  # the app says so once it listens
-        assert b"listening" in line, line
-        yield port
-    finally:
-        proc.kill()
-        proc.wait()
+__all__ = ["Relay", "running_app"]
 
 
 class Relay:
