@@ -38,6 +38,7 @@ from typing import Any
 
 import aiohttp
 
+from aviator.box.process import BoxProcess
 from aviator.kube import ApiError, KubeClient
 from aviator.kube.resources import NAMESPACES, NODES, PODS, SERVICEACCOUNTS, SERVICES, Resource
 from aviator.latency.histogram import bucket_index
@@ -551,63 +552,12 @@ def box_unavailable() -> str | None:
     return None
 
 
-class BoxHandle:
+class BoxHandle(BoxProcess):
     """`aviator box up` in a subprocess; Services through the box proxy's host addresses,
     pod latency through the test app's control file."""
 
     def __init__(self, start_timeout_s: float = 420.0) -> None:
-        self.workdir = Path(tempfile.mkdtemp(prefix="aviator-bench-box-"))
-        self.kubeconfig = self.workdir / "kubeconfig"
-        self.start_timeout_s = start_timeout_s
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> BoxHandle:
-        log = (self.workdir / "box.log").open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "aviator.box", "up", "--workdir", str(self.workdir)],
-            cwd=REPO,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + self.start_timeout_s
-        while time.monotonic() < deadline:
-            if self.status().get("phase") == "running":
-                return self
-            if self.process.poll() is not None:
-                raise RuntimeError(f"aviator box up exited:\n{self.log_tail()}")
-            time.sleep(0.3)
-        self.stop()
-        raise RuntimeError(f"the box did not come up in {self.start_timeout_s:.0f}s")
-
-    def stop(self) -> None:
-        proc = self.process
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def __enter__(self) -> BoxHandle:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    def log_tail(self, lines: int = 40) -> str:
-        with contextlib.suppress(OSError):
-            text = (self.workdir / "box.log").read_text(errors="replace")
-            return "\n".join(text.splitlines()[-lines:])
-        return ""
-
-    def status(self) -> JSON:
-        with contextlib.suppress(OSError, ValueError):
-            return dict(json.loads((self.workdir / "status.json").read_text()))
-        return {}
+        super().__init__(cwd=REPO, start_timeout_s=start_timeout_s, prefix="aviator-bench-box-")
 
     def aviator_problem(self) -> str | None:
         """None when the CRD, controller and agents run; otherwise what does not."""
@@ -631,18 +581,6 @@ class BoxHandle:
                 return problem
             await asyncio.sleep(0.5)
 
-    def address(self, namespace: str, service: str) -> tuple[str, int] | None:
-        ports = (self.status().get("services") or {}).get(f"{namespace}/{service}")
-        if not ports:
-            return None
-        host, _, port = str(next(iter(ports.values()))).rpartition(":")
-        return host, int(port)
-
-    def backend_count(self, namespace: str, service: str) -> int:
-        """The fewest endpoints the box proxy spreads any port of the Service over."""
-        ports = (self.status().get("backends") or {}).get(f"{namespace}/{service}") or {}
-        return min((int(n) for n in ports.values()), default=0)
-
     async def wait_address(
         self, namespace: str, service: str, timeout_s: float = 60
     ) -> tuple[str, int]:
@@ -653,15 +591,6 @@ class BoxHandle:
                 return address
             await asyncio.sleep(0.25)
         raise RuntimeError(f"no box proxy address for {namespace}/{service}")
-
-    def set_pod_latency(self, namespace: str, pod: str, latency: str | None) -> None:
-        control = self.workdir / "pods" / f"{namespace}_{pod}_app.control"
-        if latency is None:
-            control.unlink(missing_ok=True)
-        else:
-            tmp = control.with_suffix(".tmp")
-            tmp.write_text(f"latency={latency}")
-            os.replace(tmp, control)
 
     def kubectl(self, *args: str, input: str | None = None) -> str:
         argv = [str(REPO / "bin" / "kubectl"), "--kubeconfig", str(self.kubeconfig), *args]

@@ -213,7 +213,9 @@ static __always_inline int h2_run(void *ctx, struct sock_state *st) {
         return 0;
     }
     struct h2_dir *d = &h->dir[c->dir & 1];
-    struct ep_val *v = endpoint(&st->ep);
+    struct ep_key key;
+    h2_ep_key(st, &key);  // a kubelet gRPC probe's connection: its probes' endpoint
+    struct ep_val *v = endpoint(&key);
     if (!v) {
         // The endpoint map is full (counted): what this run records goes to a spare.
         // Never null below: one pointer state for the verifier, not two per check.

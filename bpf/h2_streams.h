@@ -63,6 +63,8 @@ static __always_inline void finish_request(struct sock_state *st, struct ep_val 
     if (!aborted)
         st->requests += 1;
     count(aborted ? CNT_STREAMS_ABORTED : CNT_STREAMS_COMPLETED);
+    if (LOAD_ONCE(st->flags) & SOCK_H2_PROBE)
+        count(CNT_PROBES_BY_ADDRESS);  // `v` is its probes' endpoint (h2_ep_key)
     if (!v)
         return;
     if (aborted)
@@ -198,6 +200,8 @@ static __always_inline void sweep_start(void *ctx, u64 sk, struct sock_state *st
         return;
     w->sk = sk;
     __builtin_memcpy(&w->ep, &st->ep, sizeof(w->ep));
+    if (st->flags & SOCK_H2_PROBE)  // decided by h2_run before any stream opened
+        w->ep.role = ROLE_PROBE;
     w->now = now;
     w->above = above;
     w->next = 0;

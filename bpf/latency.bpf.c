@@ -62,6 +62,8 @@
 #define SOCK_AGENT_NOTED 0x1000  // a client socket of the agent's, in agent_conns
 #define SOCK_AGENT_CHECKED 0x2000  // whether the peer is an agent connection was looked up:
 #define SOCK_FROM_AGENT 0x4000    //   it is (its requests are keep-warm probes)
+#define SOCK_H2_PROBE_CHECKED (1ULL << 40)  // whether its HTTP/2 streams are the kubelet's
+#define SOCK_H2_PROBE (1ULL << 41)          //   gRPC probes was decided: they are
 
 // Whether a socket's requests are timed per stream from its payload (not by the
 // connection-level hooks).
@@ -186,9 +188,8 @@ static __always_inline struct probe_paths *probe_paths_of(struct sock_state *st)
     return probe_ports.lookup(&k);
 }
 
-// Whether requests on this socket may be the kubelet's probes: a server socket whose
-// peer is a node address (looked up once per connection) on an endpoint with probes.
-static __always_inline int probe_candidate(struct sock_state *st) {
+// Whether a server socket's peer is a node address (looked up once per connection).
+static __always_inline int node_peer(struct sock_state *st) {
     if (st->ep.role != ROLE_SERVER)
         return 0;
     u64 flags = LOAD_ONCE(st->flags);
@@ -198,7 +199,16 @@ static __always_inline int probe_candidate(struct sock_state *st) {
         flags = SOCK_PEER_CHECKED | (node_addrs.lookup(&k) ? SOCK_NODE_PEER : 0);
         __sync_fetch_and_or(&st->flags, flags);
     }
-    return (flags & SOCK_NODE_PEER) && probe_paths_of(st);
+    return (flags & SOCK_NODE_PEER) != 0;
+}
+
+// Whether HTTP/1 requests on this socket may be the kubelet's probes: a server socket
+// whose peer is a node address on an endpoint with HTTP probes (paths, or none: HTTPS).
+static __always_inline int probe_candidate(struct sock_state *st) {
+    if (!node_peer(st))
+        return 0;
+    struct probe_paths *p = probe_paths_of(st);
+    return p && (p->count || !p->grpc);
 }
 
 // Whether the request that just ended was a probe (its target matched, or it was not
@@ -261,6 +271,30 @@ static __always_inline int from_agent(struct sock_state *st) {
 static __always_inline void count_keepwarm(struct sock_state *st, struct ep_val *s, int probe) {
     if (!probe && st->ep.role == ROLE_SERVER && from_agent(st))
         __sync_fetch_and_add(&s->keepwarm, 1);
+}
+
+// Whether an HTTP/2 connection's streams are the kubelet's gRPC probes (latency.h,
+// ROLE_PROBE: by the node address and a gRPC-probed port, on a connection not the
+// agent's); decided once per connection.
+static __always_inline int h2_probe_conn(struct sock_state *st) {
+    u64 flags = LOAD_ONCE(st->flags);
+    if (flags & SOCK_H2_PROBE_CHECKED)
+        return (flags & SOCK_H2_PROBE) != 0;
+    int probe = 0;
+    if (node_peer(st) && !from_agent(st)) {
+        struct probe_paths *p = probe_paths_of(st);
+        probe = p && p->grpc;
+    }
+    __sync_fetch_and_or(&st->flags, SOCK_H2_PROBE_CHECKED | (probe ? SOCK_H2_PROBE : 0));
+    return probe;
+}
+
+// The endpoint an HTTP/2 connection's streams are recorded in (in flight, samples,
+// statuses): the socket's, or its probes' for the kubelet's gRPC probe connections.
+static __always_inline void h2_ep_key(struct sock_state *st, struct ep_key *k) {
+    *k = st->ep;
+    if (h2_probe_conn(st))
+        k->role = ROLE_PROBE;
 }
 
 static __always_inline void complete_request(struct sock_state *st) {

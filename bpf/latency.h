@@ -140,7 +140,11 @@ struct sock_state {
 // is one of the node's own addresses (`node_addrs`) and its request target hashes to one
 // of the paths user space lists for the socket's endpoint (`probe_ports`). Where the
 // target was not read (bytes moved by a path the program does not see), the address and
-// the port alone decide (CNT_PROBES_BY_ADDRESS). The hash: 32-bit FNV-1a over the
+// the port alone decide (CNT_PROBES_BY_ADDRESS). HTTP/2 streams (the kubelet's gRPC
+// probes) are decided by the address and the port alone, per connection: on an endpoint
+// user space marks as gRPC-probed (probe_paths.grpc), every stream of a connection from
+// a node address that is not one of the agent's own (keep-warm) is a probe (the kubelet
+// opens a connection of its own per gRPC probe; the :path is not read). The hash: 32-bit FNV-1a over the
 // target's bytes as sent (HTTP/1.1 request line; query included), PROBE_PATH_MAX bytes
 // at most; a longer target is never a probe's.
 #define PATH_HASH_OFFSET 2166136261
@@ -170,7 +174,7 @@ struct probe_key {
 struct probe_paths {
     u32 hashes[PROBE_PATHS];
     u32 count;  // of `hashes` in use
-    u32 pad1;
+    u32 grpc;   // != 0: the kubelet's gRPC probes reach it (HTTP/2 streams, by address)
 };
 
 // Key of `node_addrs` (value: u8, 1): one of the node's own addresses (as ep_key.addr).

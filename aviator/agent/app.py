@@ -44,14 +44,14 @@ from aviator.agent.handoff.drain import Owners, send_goaway
 from aviator.agent.handoff.executor import HandOffExecutor
 from aviator.agent.handoff.netlink import open_diag, own_netns
 from aviator.agent.handoff.runner import HandOffRunner
-from aviator.agent.kubelet import local_addresses, probe_paths
+from aviator.agent.kubelet import grpc_probe_ports, local_addresses, probe_paths
 from aviator.agent.metrics import AgentMetrics
 from aviator.agent.podmap import PodMap
 from aviator.agent.prober import NodeProber, keep_warm_protocol
 from aviator.agent.promfold import DEFAULT_PER_OCTAVE
 from aviator.agent.sources import CounterSource
 from aviator.agent.stream import StreamFanout, StreamTls, TokenFile, urls_from_slices
-from aviator.agent.targets import TargetKey, probe_targets, traffic_samples
+from aviator.agent.targets import TargetKey, probe_targets
 from aviator.agent.upkeep import MapUpkeep
 from aviator.agent.urgent import DEFAULT_CHECK_S, DEFAULT_MIN_GAP_S, UrgentReports, open_thresholds
 from aviator.agent.windows import CountersLike, EndpointKeyLike, WindowDiffer, attach_pods
@@ -415,10 +415,13 @@ class Agent:
 
     def _follow_kubelet_probes(self) -> None:
         """Tell the source which ports and paths the kubelet probes on this node's pods
-        (not a keep-warm path: that is the real path) and which addresses are the node's."""
+        (not a keep-warm path: that is the real path), which ports it probes by gRPC and
+        which addresses are the node's."""
+        pods = self.pods.pods()
         self.source.set_probes(
-            probe_paths(self.pods.pods(), {k: t.path for k, t in self.targets.items()}),
+            probe_paths(pods, {k: t.path for k, t in self.targets.items()}),
             self.node_addresses,
+            grpc_probe_ports(pods),
         )
 
     def _learn_protocols(self, cumulative: Iterable[Counted]) -> None:
@@ -448,12 +451,11 @@ class Agent:
             self.prober.schedule(self.targets, None)
             return
         # The window's samples are traffic and keep-warm probes: the source counts the
-        # kubelet's HTTP probes apart; its gRPC probes are left out by their rate.
+        # kubelet's probes apart.
         observed: dict[TargetKey, int] = {}
-        for key, target in self.targets.items():
+        for key in self.targets:
             est = self.store.estimate(key[0], now, port=key[1])
-            samples = est.samples if est is not None else 0
-            observed[key] = traffic_samples(target, samples, self.config.window_s)
+            observed[key] = est.samples if est is not None else 0
         self.prober.schedule(self.targets, observed)
 
     # --- what the HTTP API shows --------------------------------------------------------

@@ -9,10 +9,11 @@ the kubelet probes. This module says which those are:
 - `kubelet_probes(pod)`: the HTTP probes of a pod's containers (port, path, period);
   startup probes only until their container started, as the kubelet stops them then.
   HTTPS probes are listed without a path (TLS: the program cannot read it, and decides
-  by the address and the port alone). tcpSocket probes send no request and gRPC probes
-  are HTTP/2 streams, which the program does not classify: neither is listed.
-- `grpc_probe_rate(pod, port)`: gRPC probes per second on a port, which keep-warm
-  leaves out of a window's samples instead (aviator.agent.targets.traffic_samples).
+  by the address and the port alone). tcpSocket probes send no request: not listed.
+- `grpc_probe_ports(pods)`: the (pod IP, port)s the kubelet's gRPC probes reach. Their
+  HTTP/2 streams' :path is not read: the program decides by the node address and the
+  port, per connection, and leaves the agent's own (keep-warm) connections out (the
+  kubelet opens a connection of its own per gRPC probe).
 - `probe_paths(pods, keepwarm)`: per (pod IP, port), the paths to tell apart, without
   the keep-warm path the agent itself probes on that port (a policy's `probePath` is
   the real path by definition: when it is also a kubelet probe's, that path is traffic).
@@ -69,11 +70,11 @@ def kubelet_probes(pod: JSON) -> list[KubeletProbe]:
     return out
 
 
-def grpc_probe_rate(pod: JSON, port: int) -> float:
-    """gRPC probes per second the kubelet sends to `port` of `pod`: readiness and
-    liveness probes of every container, and startup probes until their container started."""
+def grpc_ports(pod: JSON) -> set[int]:
+    """The ports of `pod` the kubelet sends gRPC probes to now: readiness and liveness
+    probes of every container, and startup probes until their container started."""
     started = _started(pod)
-    rate = 0.0
+    ports: set[int] = set()
     for container in (pod.get("spec") or {}).get("containers") or []:
         for kind in _KINDS:
             probe = container.get(kind)
@@ -81,13 +82,21 @@ def grpc_probe_rate(pod: JSON, port: int) -> float:
                 continue
             if kind == "startupProbe" and container.get("name") in started:
                 continue
-            if container_port(container, probe["grpc"].get("port")) != port:
-                continue
-            period = probe.get("periodSeconds") or DEFAULT_PERIOD_S
-            if isinstance(period, bool) or not isinstance(period, int) or period <= 0:
-                period = DEFAULT_PERIOD_S
-            rate += 1.0 / period
-    return rate
+            port = container_port(container, probe["grpc"].get("port"))
+            if port is not None and 0 < port < 65536:
+                ports.add(port)
+    return ports
+
+
+def grpc_probe_ports(pods: Iterable[JSON]) -> set[tuple[str, int]]:
+    """The (pod IP, port)s the kubelet's gRPC probes reach (see the module docstring)."""
+    out: set[tuple[str, int]] = set()
+    for pod in pods:
+        if is_terminating(pod) or (pod.get("spec") or {}).get("hostNetwork"):
+            continue  # a hostNetwork pod's address is the node's: nothing to tell apart
+        for port in grpc_ports(pod):
+            out.update((ip, port) for ip in pod_ips(pod))
+    return out
 
 
 def _started(pod: JSON) -> set[Any]:

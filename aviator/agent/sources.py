@@ -43,10 +43,14 @@ class CounterSource(Protocol):
     async def stats(self) -> dict[str, int]: ...
 
     def set_probes(
-        self, ports: Mapping[TargetKey, Iterable[str]], addresses: Iterable[str]
+        self,
+        ports: Mapping[TargetKey, Iterable[str]],
+        addresses: Iterable[str],
+        grpc: Iterable[TargetKey] = (),
     ) -> None:
-        """What the kubelet probes ((pod IP, port) → paths) and the node's addresses, so
-        the source can tell those requests apart (aviator.agent.kubelet)."""
+        """What the kubelet probes ((pod IP, port) → paths; `grpc`: its gRPC probes'
+        (pod IP, port)s) and the node's addresses, so the source can tell those requests
+        apart (aviator.agent.kubelet)."""
 
     def close(self) -> None: ...
 
@@ -102,9 +106,12 @@ class BpfSource:
         return await asyncio.to_thread(self.bpf.stats)
 
     def set_probes(
-        self, ports: Mapping[TargetKey, Iterable[str]], addresses: Iterable[str]
+        self,
+        ports: Mapping[TargetKey, Iterable[str]],
+        addresses: Iterable[str],
+        grpc: Iterable[TargetKey] = (),
     ) -> None:
-        self.bpf.set_probes(ports, addresses)
+        self.bpf.set_probes(ports, addresses, grpc)
 
     def close(self) -> None:
         self.bpf.close()
@@ -131,7 +138,10 @@ class ProbeSource:
         return {}
 
     def set_probes(
-        self, ports: Mapping[TargetKey, Iterable[str]], addresses: Iterable[str]
+        self,
+        ports: Mapping[TargetKey, Iterable[str]],
+        addresses: Iterable[str],
+        grpc: Iterable[TargetKey] = (),
     ) -> None:
         pass  # the prober's own requests are all it measures
 

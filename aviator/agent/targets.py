@@ -8,11 +8,8 @@ pod's labels. The policy gives the port (`spec.targetPort`, default 8080) and th
 probed. When several policies select the same pod and port, the first policy by
 namespace/name chooses the path.
 
-The kubelet's own HTTP probes of a pod are not traffic: the source counts them apart
-(aviator.agent.kubelet). Its gRPC probes are HTTP/2 streams the source does not
-classify: each target carries their rate on its port (`ProbeTarget.kubelet_probes_per_s`,
-`kubelet.grpc_probe_rate`), so `traffic_samples` leaves them out of a window's samples
-before keep-warm decides whether the pod needs probes of `probePath`.
+The kubelet's own probes of a pod (HTTP and gRPC) are not traffic: the source counts
+them apart (aviator.agent.kubelet), so a window's samples are traffic and keep-warm.
 """
 
 from __future__ import annotations
@@ -20,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from aviator.agent.kubelet import grpc_probe_rate
 from aviator.agent.podmap import indexed_ips
 from aviator.informers import object_key
 from aviator.kube.objects import labels_of, selector_matches
@@ -51,11 +47,6 @@ def _probe_settings(policy: JSON) -> tuple[str, str, int, str] | None:
     if not isinstance(path, str) or not path.startswith("/"):
         return None
     return str(namespace), str(service), port, path
-
-
-def traffic_samples(target: ProbeTarget, samples: int, window_s: float) -> int:
-    """Of a window's `samples` on `target`, how many were not the kubelet's (gRPC) probes."""
-    return max(0, samples - int(target.kubelet_probes_per_s * window_s))
 
 
 def selected_pods(
@@ -104,6 +95,5 @@ def probe_targets(
         _, _, port, path = settings
         for ip in indexed_ips(pod):
             if (ip, port) not in targets:
-                rate = grpc_probe_rate(pod, port)
-                targets[(ip, port)] = ProbeTarget(ip, port, path, object_key(pod), rate)
+                targets[(ip, port)] = ProbeTarget(ip, port, path, object_key(pod))
     return targets

@@ -90,8 +90,9 @@ class PodStatus:
     probe_samples: int | None = api_field(
         "probeSamples",
         """The kubelet's probes of the pod in the window (requests from the node's
-        address to a readiness, liveness or startup probe's port and path), counted
-        apart: not in samples, p50Ms or p99Ms.""",
+        address to a readiness, liveness or startup probe's port and path; for gRPC
+        probes, the HTTP/2 streams from the node's address to the probe's port, on
+        connections not the agent's), counted apart: not in samples, p50Ms or p99Ms.""",
         default=None,
     )
     probe_p50_ms: float | None = api_field(

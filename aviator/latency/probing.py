@@ -60,9 +60,6 @@ def probe_url(ip: str, port: int, path: str) -> str:
 class ProbeTarget:
     """A pod's address to probe, and the pod ("namespace/name").
 
-    `kubelet_probes_per_s` is the rate of the kubelet's own gRPC probes (readiness,
-    liveness, startup) on this port, which the eBPF program does not tell apart: the
-    agent does not count those as traffic (its HTTP probes the program counts apart).
     `protocol` is what the agent's eBPF program recognised on the endpoint (None: no
     request seen yet); the agent's keep-warm probes speak it (aviator.agent.prober).
     """
@@ -71,7 +68,6 @@ class ProbeTarget:
     port: int
     path: str
     pod: str
-    kubelet_probes_per_s: float = 0.0
     protocol: AppProtocol | None = None
 
     @property

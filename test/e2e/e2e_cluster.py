@@ -16,17 +16,17 @@ pod slow and back, and a way to kill the controller.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Protocol
+
+from aviator.box.process import BoxProcess
 
 REPO = Path(__file__).resolve().parents[2]
 Address = tuple[str, int]
@@ -68,7 +68,7 @@ def run_kubectl(
     return result
 
 
-class BoxCluster:
+class BoxCluster(BoxProcess):
     """`aviator box up` as a subprocess (or a box someone already runs: E2E_BOX_WORKDIR)."""
 
     def __init__(
@@ -77,94 +77,22 @@ class BoxCluster:
         start_timeout_s: float = 420.0,
         args: list[str] | None = None,  # more `aviator box up` options
     ) -> None:
-        self.reuse = workdir is not None
-        self.args = args or []
-        self.workdir = workdir or Path(tempfile.mkdtemp(prefix="aviator-e2e-box-"))
-        self.start_timeout_s = start_timeout_s
-        self.process: subprocess.Popen[bytes] | None = None
-        self.kubeconfig = self.workdir / "kubeconfig"
-        self._status: dict[str, Any] = {}
-        self._status_read = 0.0
-
-    def start(self) -> BoxCluster:
-        if not self.reuse:
-            log = (self.workdir / "box.log").open("ab")
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "aviator.box",
-                    "up",
-                    "--workdir",
-                    str(self.workdir),
-                    *self.args,
-                ],
-                cwd=REPO,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + self.start_timeout_s
-        while time.monotonic() < deadline:
-            status = self.status(fresh=True)
-            if status.get("phase") == "running":
-                return self
-            if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"aviator box up exited:\n{self.log_tail()}")
-            time.sleep(0.2)
-        raise RuntimeError(f"the box did not come up in {self.start_timeout_s:.0f}s")
-
-    def stop(self) -> None:
-        proc = self.process
-        if proc is not None and proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
-        if not self.reuse and not os.environ.get("E2E_KEEP_WORKDIR"):
-            shutil.rmtree(self.workdir, ignore_errors=True)
-
-    def log_tail(self, lines: int = 40) -> str:
-        with contextlib.suppress(OSError):
-            text = (self.workdir / "box.log").read_text(errors="replace")
-            return "\n".join(text.splitlines()[-lines:])
-        return ""
-
-    def status(self, fresh: bool = False) -> dict[str, Any]:
-        now = time.monotonic()
-        if fresh or now - self._status_read > 0.25:
-            with contextlib.suppress(OSError, ValueError):
-                self._status = json.loads((self.workdir / "status.json").read_text())
-            self._status_read = now
-        return self._status
+        super().__init__(
+            workdir,
+            args=args,
+            cwd=REPO,
+            start_timeout_s=start_timeout_s,
+            keep_workdir=bool(os.environ.get("E2E_KEEP_WORKDIR")),
+            prefix="aviator-e2e-box-",
+        )
 
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True
     ) -> subprocess.CompletedProcess[str]:
         return run_kubectl(self.kubeconfig, *args, input=input, check=check)
 
-    def address(self, namespace: str, service: str) -> Address | None:
-        ports: dict[str, str] = self.status().get("services", {}).get(f"{namespace}/{service}")
-        if not ports:
-            return None
-        host, _, port = next(iter(ports.values())).rpartition(":")
-        return host, int(port)
-
     def proxy_backends(self, namespace: str, service: str) -> int | None:
-        counts: dict[str, int] = (
-            self.status(fresh=True).get("backends", {}).get(f"{namespace}/{service}", {})
-        )
-        return min(counts.values()) if counts else 0
-
-    def set_pod_latency(self, namespace: str, pod: str, latency: str | None) -> None:
-        control = self.workdir / "pods" / f"{namespace}_{pod}_app.control"
-        if latency is None:
-            control.unlink(missing_ok=True)
-        else:
-            control.write_text(f"latency={latency}")
+        return self.backend_count(namespace, service)
 
     def component(self, name: str) -> dict[str, Any]:
         comp: dict[str, Any] = self.status(fresh=True).get("components", {}).get(name, {})

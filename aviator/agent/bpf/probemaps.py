@@ -1,6 +1,6 @@
 """Writing what the program needs to tell the kubelet's probes apart (bpf/latency.h,
-ROLE_PROBE): `probe_ports` (per pod endpoint, the hashes of its probes' paths) and
-`node_addrs` (the node's own addresses).
+ROLE_PROBE): `probe_ports` (per pod endpoint, the hashes of its probes' paths, and
+whether its gRPC probes reach it) and `node_addrs` (the node's own addresses).
 
 `ProbeMaps.sync` makes the maps hold exactly what it is given, writing only what
 changed since its previous call (the agent calls it every report interval). What does
@@ -39,7 +39,7 @@ class ProbeMaps:
         self._paths = const("PROBE_PATHS")
         self._max_ports = const("MAX_PROBE_PORTS")
         self._max_addrs = const("MAX_NODE_ADDRS")
-        self._ports: dict[tuple[str, int], tuple[int, ...]] = {}
+        self._ports: dict[tuple[str, int], tuple[tuple[int, ...], bool]] = {}
         self._addrs: set[str] = set()
         self.stats = ProbeMapStats()
 
@@ -52,13 +52,18 @@ class ProbeMaps:
         return tuple(sorted(h for h in out if h is not None))
 
     def sync(
-        self, ports: Mapping[tuple[str, int], Iterable[str]], addresses: Iterable[str]
+        self,
+        ports: Mapping[tuple[str, int], Iterable[str]],
+        addresses: Iterable[str],
+        grpc: Iterable[tuple[str, int]] = (),
     ) -> None:
-        """Make the maps hold `ports` ((pod IP, port) → probe paths) and `addresses`."""
+        """Make the maps hold `ports` ((pod IP, port) → probe paths), `grpc` (the
+        (pod IP, port)s of gRPC probes) and `addresses`."""
         left_out = 0
-        want: dict[tuple[str, int], tuple[int, ...]] = {}
-        for key in sorted(ports):
-            paths = list(ports[key])
+        grpc_keys = set(grpc)
+        want: dict[tuple[str, int], tuple[tuple[int, ...], bool]] = {}
+        for key in sorted(set(ports) | grpc_keys):
+            paths = list(ports.get(key, ()))
             hashes = self.hashes(paths)
             left_out += len(set(paths)) - len(hashes)
             if len(hashes) > self._paths:
@@ -67,20 +72,22 @@ class ProbeMaps:
             if len(want) >= self._max_ports:
                 left_out += 1
                 continue
-            want[key] = hashes
+            want[key] = (hashes, key in grpc_keys)
         table = self._bpf[b"probe_ports"]
         for key in [k for k in self._ports if k not in want]:
             table.__delitem__(self._port_key(table, key))
             del self._ports[key]
-        for key, hashes in want.items():
-            if self._ports.get(key) == hashes:
+        for key, entry in want.items():
+            if self._ports.get(key) == entry:
                 continue
+            hashes, by_grpc = entry
             leaf = table.Leaf()
             for i, h in enumerate(hashes):
                 leaf.hashes[i] = h
             leaf.count = len(hashes)
+            leaf.grpc = int(by_grpc)
             table[self._port_key(table, key)] = leaf
-            self._ports[key] = hashes
+            self._ports[key] = entry
         addrs = sorted(set(addresses))
         if len(addrs) > self._max_addrs:
             left_out += len(addrs) - self._max_addrs

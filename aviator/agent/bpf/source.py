@@ -169,12 +169,17 @@ class BpfLatencySource:
         return read_server_cut(self._program.bpf, sk)
 
     def set_probes(
-        self, ports: Mapping[tuple[str, int], Iterable[str]], addresses: Iterable[str]
+        self,
+        ports: Mapping[tuple[str, int], Iterable[str]],
+        addresses: Iterable[str],
+        grpc: Iterable[tuple[str, int]] = (),
     ) -> None:
         """What the kubelet probes ((pod IP, port) → paths) and the node's addresses:
         requests from those addresses to those ports and paths are the endpoint's
-        probes (role `probe`), not its traffic (see aviator.agent.kubelet)."""
-        self.probe_maps.sync(ports, addresses)
+        probes (role `probe`), not its traffic; so are the HTTP/2 streams from those
+        addresses to the `grpc` (pod IP, port)s on connections not the agent's (see
+        aviator.agent.kubelet)."""
+        self.probe_maps.sync(ports, addresses, grpc)
 
     def stats(self) -> dict[str, int]:
         """Event counters and map occupancy (reads the socket map in batches)."""

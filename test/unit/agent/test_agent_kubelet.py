@@ -13,6 +13,7 @@ from aviator.agent.bpf.abi import default as default_abi
 from aviator.agent.bpf.probemaps import ProbeMaps
 from aviator.agent.kubelet import (
     KubeletProbe,
+    grpc_probe_ports,
     kubelet_probes,
     parse_fib_trie,
     parse_if_inet6,
@@ -155,6 +156,7 @@ class FakeTable(dict[Any, Any]):
             self.value = value
             self.hashes = [0] * 8
             self.count = 0
+            self.grpc = 0
 
 
 class FakeBpf(dict[bytes, FakeTable]):
@@ -164,6 +166,9 @@ class FakeBpf(dict[bytes, FakeTable]):
 
     def ports(self) -> dict[int, list[int]]:
         return {k.port: v.hashes[: v.count] for k, v in self[b"probe_ports"].items()}
+
+    def grpc(self) -> set[int]:
+        return {k.port for k, v in self[b"probe_ports"].items() if v.grpc}
 
 
 def test_probe_maps_hold_what_they_were_given_and_write_only_changes() -> None:
@@ -180,3 +185,40 @@ def test_probe_maps_hold_what_they_were_given_and_write_only_changes() -> None:
     assert {k.port: v for k, v in first.items()}[80] is kept[80]  # unchanged: not rewritten
     assert len(bpf[b"node_addrs"]) == 0
     assert maps.stats.left_out == 1  # the path too long for the program
+
+
+def test_grpc_probe_ports_are_the_ports_the_kubelet_probes_by_grpc() -> None:
+    app = {
+        "name": "app",
+        "readinessProbe": {"grpc": {"port": 50051}, "periodSeconds": 2},
+        "livenessProbe": {"grpc": {"port": 50051, "service": "liveness"}},
+        "startupProbe": {"grpc": {"port": 50052}, "periodSeconds": 1},
+    }
+    both = [("10.0.0.1", 50051), ("fd00::1", 50051)]
+    assert grpc_probe_ports([pod([app, SIDECAR])]) == {
+        *both,
+        ("10.0.0.1", 50052),
+        ("fd00::1", 50052),
+        ("10.0.0.1", 9091),  # the sidecar's startup probe
+        ("fd00::1", 9091),
+    }
+    # Once started, the kubelet stops sending the startup probes; HTTP probes are not gRPC.
+    assert grpc_probe_ports([pod([app, SIDECAR], started=("app", "sidecar"))]) == set(both)
+    assert grpc_probe_ports([pod([APP])]) == set()
+    assert grpc_probe_ports([pod([app], hostNetwork=True)]) == set()
+    deleting = pod([app])
+    deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    assert grpc_probe_ports([deleting]) == set()
+
+
+def test_probe_maps_mark_the_grpc_probed_endpoints() -> None:
+    bpf = FakeBpf()
+    maps = ProbeMaps(bpf, default_abi())
+    maps.sync({("10.0.0.1", 80): ["/a"]}, [], [("10.0.0.1", 50051)])
+    assert bpf.ports() == {80: list(maps.hashes(["/a"])), 50051: []}
+    assert bpf.grpc() == {50051}
+    maps.sync({("10.0.0.1", 80): ["/a"]}, [], [("10.0.0.1", 80)])  # both on one port
+    assert bpf.ports() == {80: list(maps.hashes(["/a"]))}
+    assert bpf.grpc() == {80}
+    maps.sync({("10.0.0.1", 80): ["/a"]}, [])
+    assert bpf.grpc() == set()

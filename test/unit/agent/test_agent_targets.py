@@ -5,8 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from aviator.agent.kubelet import grpc_probe_rate
-from aviator.agent.targets import probe_targets, traffic_samples
+from aviator.agent.targets import probe_targets
 from aviator.kube.marks import ANNOTATION_ORIGINAL_SELECTOR
 from aviator.latency.probing import ProbeTarget
 
@@ -97,45 +96,3 @@ def test_ipv6_url() -> None:
 def probed_pod(containers: list[dict[str, Any]], started: list[str] | None = None) -> Any:
     statuses = [{"name": n, "started": True} for n in started or []]
     return {"spec": {"containers": containers}, "status": {"containerStatuses": statuses}}
-
-
-def test_grpc_probe_rate_counts_grpc_probes_on_the_port() -> None:
-    """The kubelet's gRPC probes (the health check) are requests on the port that the
-    program does not tell apart; its HTTP probes it does, so they are not in the rate."""
-    app = {
-        "name": "app",
-        "readinessProbe": {"grpc": {"port": 50051}, "periodSeconds": 2},
-        "livenessProbe": {"grpc": {"port": 50051, "service": "liveness"}},  # default 10 s
-        "startupProbe": {"grpc": {"port": 50051}, "periodSeconds": 1},
-    }
-    sidecar = {
-        "name": "sidecar",
-        "readinessProbe": {"httpGet": {"port": 50051}, "periodSeconds": 1},
-    }
-    assert grpc_probe_rate(probed_pod([app, sidecar]), 50051) == 0.5 + 0.1 + 1.0
-    # Once started, the kubelet stops sending the startup probe.
-    assert grpc_probe_rate(probed_pod([app, sidecar], ["app"]), 50051) == 0.5 + 0.1
-    assert grpc_probe_rate(probed_pod([app], ["app"]), 8080) == 0.0
-    assert grpc_probe_rate({}, 50051) == 0.0
-
-
-def test_keep_warm_does_not_count_the_kubelets_grpc_probes_as_traffic() -> None:
-    readiness = {"grpc": {"port": 8080}, "periodSeconds": 1}
-    probed = probed_pod([{"name": "app", "readinessProbe": readiness}])
-    probed["metadata"] = {"name": "web-1", "namespace": "shop", "labels": {"app": "web"}}
-    probed["status"].update(phase="Running", podIP="10.0.0.1")
-    target = probe_targets([policy("p", "web")], lookup, [probed])["10.0.0.1", 8080]
-    assert target.kubelet_probes_per_s == 1.0
-    # A 10 s window with only the readiness probes in it saw no traffic at all.
-    assert traffic_samples(target, 10, 10.0) == 0
-    assert traffic_samples(target, 9, 10.0) == 0
-    assert traffic_samples(target, 25, 10.0) == 15
-    assert traffic_samples(ProbeTarget("10.0.0.1", 8080, "/", "shop/web-1"), 3, 10.0) == 3
-    # HTTP probes the program counts apart: not subtracted again.
-    http = probed_pod([{"name": "app", "readinessProbe": {"httpGet": {"port": 8080}}}])
-    http["metadata"] = probed["metadata"]
-    http["status"].update(phase="Running", podIP="10.0.0.1")
-    assert (
-        probe_targets([policy("p", "web")], lookup, [http])["10.0.0.1", 8080].kubelet_probes_per_s
-        == 0.0
-    )
