@@ -283,7 +283,14 @@ async def _conditions(kube: KubeClient, ns: str) -> str:
         f"{c.get('type')}={c.get('status')} {c.get('reason')}: {c.get('message')}"
         for c in conditions
     )
-    return f"{said}; slices: {', '.join(sorted(await slice_pods(kube, ns, TARGET)))}"
+    pods = "; ".join(
+        f"{p.get('name')} {p.get('state')} p99 {p.get('p99Ms')} ms of {p.get('samples')} "
+        f"({p.get('keepWarmSamples')} keep-warm)"
+        for p in sorted(
+            (obj.get("status") or {}).get("pods") or [], key=lambda p: str(p.get("name"))
+        )
+    )
+    return f"{said}; slices: {', '.join(sorted(await slice_pods(kube, ns, TARGET)))}; pods: {pods}"
 
 
 async def _wait_restored(kube: KubeClient, ns: str, timeout_s: float = 60) -> None:

@@ -3,11 +3,13 @@
 bench/handoff_bench.py with the test app in gRPC mode (PROTOCOL=grpc) and a real gRPC
 client: 16 long-lived grpcio channels (default pick_first, one HTTP/2 connection
 each, placed by the box proxy like kube-proxy places a connection), open-loop unary
-RPCs spread over them, many in flight on each. A channel keeps its pod until its
-connection ends: with hand-off on, the agent ends a slow pod's connection when no
-stream is open on it, and grpcio dials again on the next RPC (through the proxy, onto
-a routed pod); an RPC cut mid-flight would fail UNAVAILABLE, so every failed RPC
-counts. Same variants, window and goals as the keep-alive rows; the note counts the
+RPCs spread over them, many in flight on each (a slow pod's connection always holds
+2 to 3 open streams). A channel keeps its pod until its connection ends: with hand-off
+on, the agent ends a slow pod's connection when no stream is open on it, or, never
+finding such a moment, drains it with a graceful GOAWAY (the channel finishes its RPCs
+on it), and grpcio dials again on the next RPC (through the proxy, onto a routed pod);
+an RPC cut mid-flight would fail UNAVAILABLE, so every failed RPC counts. The agents'
+Events in the note say how many connections were ended and how many drained. Same variants, window and goals as the keep-alive rows; the note counts the
 channels that moved to another pod (a re-dial).
 """
 

@@ -129,6 +129,7 @@ static __always_inline void h2_frame(struct h2_cursor *c, struct sock_state *st,
     }
     if (c->dir == 1 && (type == H2_CONTINUATION || type == H2_PUSH_PROMISE)) {
         d->skip = 0;  // the header block is walked (hpack.h)
+        h->server_cut = (flags & H2_END_HEADERS) ? 0 : H2_CUT_BLOCK;
         hpack_frame(&h->hp, v, len, type, flags, HPB_NONE);
         return;
     }
@@ -175,6 +176,7 @@ static __always_inline void h2_frame(struct h2_cursor *c, struct sock_state *st,
         // Every server header block is walked, whatever its stream: the dynamic table's
         // insertions are counted from all of them.
         d->skip = 0;
+        h->server_cut = (flags & H2_END_HEADERS) ? 0 : H2_CUT_BLOCK;
         hpack_frame(&h->hp, v, len, type, flags, role);
     }
 }
@@ -283,6 +285,9 @@ static __always_inline int h2_run(void *ctx, struct sock_state *st) {
         h2_give_up(ctx, sk, st);
         return 0;
     }
+    if (c->dir == 1)  // where the server's bytes stop, for hand-off (latency.h)
+        h->server_cut = (h->server_cut & H2_CUT_BLOCK) |
+                        (d->skip || d->have || h->hp.frame_left ? H2_CUT_FRAME : 0);
     if (h->flags & H2C_GOAWAY) {
         h->flags &= ~H2C_GOAWAY;
         sweep_start(ctx, sk, st, h->goaway_sid, cursor_now(c), 1, 0);

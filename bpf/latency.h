@@ -261,10 +261,21 @@ struct hpack_state {
     u32 pad2;
 };
 
+// Bits of h2_conn.server_cut: the server's bytes so far stop inside something no other
+// bytes may split. Hand-off (aviator/agent/handoff/drain.py) writes a GOAWAY frame
+// for the server only while none is set.
+enum h2_cut {
+    H2_CUT_FRAME = 1,  // inside a frame: its header or payload is not all written yet
+    H2_CUT_BLOCK = 2,  // inside a header block: a HEADERS or PUSH_PROMISE (or
+                       //   CONTINUATION) without END_HEADERS was the server's last frame
+};
+
 struct h2_conn {
     struct h2_dir dir[2];  // 0: the client's bytes (requests), 1: the server's
     u32 max_sid;           // highest client stream id opened (ids only grow)
     u32 goaway_sid;        // last-stream-id of a server GOAWAY still to apply; else 0
+    u32 server_cut;        // enum h2_cut bits, as of the server's last parsed write
+    u32 pad1;
     u64 flags;             // private to the program
     struct hpack_state hp; // the server's header blocks (statuses)
     struct h2_slot slots[H2_SLOTS];

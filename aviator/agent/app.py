@@ -40,6 +40,7 @@ from typing import Any
 from aiohttp import web
 
 from aviator.agent.api import DATA_PATHS, make_api
+from aviator.agent.handoff.drain import Owners, send_goaway
 from aviator.agent.handoff.executor import HandOffExecutor
 from aviator.agent.handoff.netlink import open_diag, own_netns
 from aviator.agent.handoff.runner import HandOffRunner
@@ -253,6 +254,7 @@ class Agent:
         if not self.config.handoff or bpf is None:
             return None
         own = own_netns()
+        owners = Owners()
         executor = HandOffExecutor(
             table=bpf,
             open_diag=open_diag,
@@ -260,6 +262,9 @@ class Agent:
             node_addresses=self.config.node_addresses,
             rate=self.config.handoff_rate,
             burst=max(1.0, self.config.handoff_rate / 5),
+            drain=lambda sock, diag: send_goaway(
+                sock.netns, diag.inode, sock.protocol, lambda: bpf.server_cut(sock.sk), owners
+            ),
         )
         recorder = EventRecorder(
             Writer(self.client, WriteMetrics(self.metrics.registry)),
@@ -273,6 +278,7 @@ class Agent:
             policy=self.policies.indexer.get,
             record=lambda obj, reason, note: recorder.record(obj, reason, note, action="HandOff"),
             on_ended=lambda pod, n: self.metrics.handed_off.labels(pod=pod).inc(n),
+            on_drained=lambda pod, n: self.metrics.drained.labels(pod=pod).inc(n),
         )
         poke = FuncHandler(
             add=lambda _o, _i: runner.poke(),
@@ -529,7 +535,12 @@ class Agent:
             "handoffs": None
             if self.handoffs is None
             else {
-                h.target.pod: {"ended": h.ended, "remaining": h.remaining, "outcome": h.outcome}
+                h.target.pod: {
+                    "ended": h.ended,
+                    "drained": h.drained,
+                    "remaining": h.remaining,
+                    "outcome": h.outcome,
+                }
                 for h in self.handoffs.executor.handoffs.values()
             },
         }

@@ -78,6 +78,13 @@ class AgentMetrics(Collector):
             ["pod"],
             registry=r,
         )
+        self.drained = Counter(
+            "aviator_agent_connections_drained_total",
+            "Busy HTTP/2 client connections of a pod sent a graceful GOAWAY because it left "
+            "a policy's routed set",
+            ["pod"],
+            registry=r,
+        )
         self.counter_resets = Counter(
             "aviator_agent_counter_resets_total",
             "Endpoints whose cumulative counters went backwards (program reloaded)",

@@ -59,6 +59,7 @@ _NEEDED_MEMBERS: dict[str, dict[str, tuple[str, int | None]]] = {
         "proto": ("u8", None),
     },
     "h2_slot": {"sid": ("u64", None), "start_ns": ("u64", None)},
+    "h2_conn": {"server_cut": ("u32", None)},
 }
 # Map keys are compared byte for byte by the kernel: no hidden padding allowed.
 _KEYS = ("ep_key", "listen_key", "probe_key", "addr_key")

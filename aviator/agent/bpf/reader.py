@@ -131,6 +131,18 @@ def read_socket(bpf: Any, abi: LatencyAbi, sk: int) -> SocketState | None:
     return decode_socket(abi, sk, value)
 
 
+def read_server_cut(bpf: Any, sk: int) -> int | None:
+    """Where the server's bytes of an HTTP/2 connection stop (h2_conn.server_cut: 0 at
+    a frame boundary outside any header block); None when the program parses no HTTP/2
+    on it (not HTTP/2, given up, or gone)."""
+    table = bpf[b"h2conns"]
+    try:
+        value = table[table.Key(sk)]
+    except KeyError:
+        return None
+    return int(value.server_cut)
+
+
 def read_counters(bpf: Any, abi: LatencyAbi) -> dict[str, int]:
     """The program's event counters (enum counter), summed over CPUs."""
     table = bpf[b"counters"]

@@ -13,6 +13,7 @@ from aviator.agent.bpf.reader import (
     count_entries,
     read_counters,
     read_endpoints,
+    read_server_cut,
     read_socket,
     read_sockets,
     with_oldest_open,
@@ -161,6 +162,11 @@ class BpfLatencySource:
     def socket(self, sk: int) -> SocketState | None:
         """One connection's current state (None once it is closed)."""
         return read_socket(self._program.bpf, self._program.abi, sk)
+
+    def server_cut(self, sk: int) -> int | None:
+        """Where the server's bytes of one HTTP/2 connection stop (0: between frames);
+        None when no HTTP/2 is parsed on it (see read_server_cut)."""
+        return read_server_cut(self._program.bpf, sk)
 
     def set_probes(
         self,

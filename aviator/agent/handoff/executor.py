@@ -15,7 +15,13 @@ step, per pod:
    from the map (no request open: `select.is_idle`) and from the kernel (no request
    bytes waiting to be read); busy candidates are then watched for up to `watch_s`, polled every
    `watch_poll_s`, and each is ended right after its answer went out: on a busy pool
-   connection the idle moment between an answer and the next request is short.
+   connection the idle moment between an answer and the next request is short;
+5. an HTTP/2 or gRPC connection still busy `drain_after_s` after it was first due (no
+   idle moment in any watch since: calls overlap on it without a pause) is *drained*:
+   `drain` writes a graceful GOAWAY for the pod's server (goaway.py, drain.py), the
+   client finishes its open streams on it, opens no new one and closes it. A drained
+   connection counts as handed off (`drained`); it is written to once, and ended with
+   a destroy if it is found idle later (a client that keeps it open).
 
 A tiny window remains between that last read and the kernel ending the connection: a
 request the client sends in it meets a reset connection. Clients retry an idempotent
@@ -25,7 +31,8 @@ connections already carry that risk with every server's idle timeout.
 
 A hand-off ends when the pod has no connection left to end, when it is cancelled (the
 pod is routed again, or is gone), or `grace_s` after its period (connections busy the
-whole time are left alone). Counters are cumulative per pod (`ended`), for reports.
+whole time are left alone). Counters are cumulative per pod (`ended`, `drained`), for
+reports.
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from aviator.agent.bpf.model import SocketState
-from aviator.agent.handoff import pacing
+from aviator.agent.handoff import goaway, pacing
+from aviator.agent.handoff.drain import SENT as drain_sent
 from aviator.agent.handoff.select import Target, candidates, is_idle
 from aviator.agent.handoff.sockdiag import DiagSocket
 from aviator.kube.addresses import normalize_ip
@@ -71,6 +79,8 @@ class Diag(Protocol):
 
 # Opens sock_diag in the namespace with this inode; None when no process is in it.
 DiagOpener = Callable[[int], Diag | None]
+# Writes the graceful GOAWAY on a connection (drain.send_goaway): "sent", or why not.
+Drainer = Callable[[SocketState, DiagSocket], str]
 
 
 @dataclass
@@ -86,8 +96,13 @@ class HandOff:
     remaining: int = 0
     busy: int = 0  # destroys skipped: a request was in flight at the last look
     failed: int = 0
+    drained: int = 0  # busy HTTP/2 connections sent a graceful GOAWAY
     outcome: str = ""  # "", "complete", "expired", "cancelled"
     finished: float | None = None
+    # Connections (sk, peer): first found due and busy; sent a GOAWAY; never to be.
+    busy_since: dict[tuple[int, tuple[str, int]], float] = field(default_factory=dict)
+    drained_sks: set[tuple[int, tuple[str, int]]] = field(default_factory=set)
+    refused: set[tuple[int, tuple[str, int]]] = field(default_factory=set)
 
     @property
     def active(self) -> bool:
@@ -106,6 +121,9 @@ class HandOffExecutor:
     keep_finished_s: float = 60.0
     watch_s: float = 0.2  # per step: how long busy candidates are watched for their answer
     watch_poll_s: float = 0.001
+    # Busy HTTP/2 connections: after this long due and never idle, a graceful GOAWAY.
+    drain: Drainer | None = None
+    drain_after_s: float = 1.0
     sleep: Callable[[float], None] = time.sleep
     # Network namespaces (inodes) whose connections may be ended; None: any. The BPF
     # program sees every namespace of the kernel, where another namespace may use the
@@ -115,6 +133,7 @@ class HandOffExecutor:
     kernel_clock: Callable[[], int] = time.monotonic_ns  # bpf_ktime_get_ns's clock
     handoffs: dict[str, HandOff] = field(default_factory=dict)
     ended_total: dict[str, int] = field(default_factory=dict)  # per pod, cumulative
+    drained_total: dict[str, int] = field(default_factory=dict)  # per pod, cumulative
     _warned: set[tuple[int, int | None]] = field(default_factory=set)  # (netns, errno) logged
 
     def __post_init__(self) -> None:
@@ -191,12 +210,25 @@ class HandOffExecutor:
         if now - h.started > h.period_s + self.grace_s:
             self._finish(h, "expired")
             return
+        # Drained connections close once their streams are done; one found idle before
+        # that (its client keeps it open) is ended like any idle one, counted already.
+        pending: list[SocketState] = []
+        for cand in found:
+            if _key(cand) not in h.drained_sks:
+                pending.append(cand)
+            elif is_idle(cand):
+                self._try_end(h, cand, diags, count_busy=False)
+        h.remaining = len(pending)
         want = pacing.due(
-            ended=h.ended, remaining=len(found), started=h.started, period_s=h.period_s, now=now
+            ended=h.ended + h.drained,
+            remaining=len(pending),
+            started=h.started,
+            period_s=h.period_s,
+            now=now,
         )
         done = 0
         busy: list[SocketState] = []
-        for cand in found:
+        for cand in pending:
             if done >= want or h.limit.available(now) < 1:
                 break
             result = self._try_end(h, cand, diags)
@@ -225,10 +257,79 @@ class HandOffExecutor:
             busy = still
             if busy:
                 self.sleep(self.watch_poll_s)
+        drained = self._drain_busy(h, busy, diags, now, want - done)
         h.ended += done
-        h.remaining -= done
+        h.drained += drained
+        h.remaining -= done + drained
         if done:
             self.ended_total[h.target.pod] = self.ended_total.get(h.target.pod, 0) + done
+        if drained:
+            self.drained_total[h.target.pod] = self.drained_total.get(h.target.pod, 0) + drained
+
+    def _drain_busy(
+        self,
+        h: HandOff,
+        busy: list[SocketState],
+        diags: dict[int, tuple[Diag, dict[Tuple, DiagSocket]] | None],
+        now: float,
+        want: int,
+    ) -> int:
+        """Graceful GOAWAYs for the HTTP/2 connections of `busy` (due, and busy through
+        this step's watch) that have been busy `drain_after_s` since first due; how many
+        were sent (at most `want`, within the pod's rate limit)."""
+        if self.drain is None:
+            return 0
+        sent = 0
+        for cand in busy:
+            if sent >= want or h.limit.available(self.clock()) < 1:
+                break
+            key = _key(cand)
+            if cand.protocol not in ("h2", "grpc") or key in h.refused:
+                continue
+            if now - h.busy_since.setdefault(key, now) < self.drain_after_s:
+                continue
+            if self._try_drain(h, cand, diags) == drain_sent:
+                sent += 1
+                h.limit.take(1, self.clock())
+        return sent
+
+    def _try_drain(
+        self,
+        h: HandOff,
+        cand: SocketState,
+        diags: dict[int, tuple[Diag, dict[Tuple, DiagSocket]] | None],
+    ) -> str:
+        """Ask the pod's server side of `cand` to go away gracefully, if it is still busy
+        (an idle one is ended by the next step instead)."""
+        assert self.drain is not None
+        entry = self._diag(cand.netns, diags)
+        current = self.table.socket(cand.sk)
+        target = None if entry is None else entry[1].get((cand.local, cand.remote))
+        if target is None or current is None:
+            return _GONE
+        if is_idle(current):
+            return _BUSY  # not busy any more: destroyed when next due
+        try:
+            result = self.drain(current, target)
+        except OSError as exc:
+            if (cand.netns, exc.errno) not in self._warned:
+                self._warned.add((cand.netns, exc.errno))
+                log.warning("GOAWAY on %s→%s: %s", cand.remote, cand.local, exc)
+            return _GONE
+        key = _key(cand)
+        if result == drain_sent:
+            h.drained_sks.add(key)
+            log.info(
+                "sent GOAWAY on %s→%s of %s (busy %.1fs)",
+                cand.remote,
+                cand.local,
+                h.target.pod,
+                self.clock() - h.busy_since.get(key, self.clock()),
+            )
+        elif result not in goaway.TRANSIENT:
+            h.refused.add(key)
+            log.info("not draining %s→%s of %s: %s", cand.remote, cand.local, h.target.pod, result)
+        return result
 
     def _try_end(
         self,
@@ -290,6 +391,11 @@ class HandOffExecutor:
                     log.warning("sock_diag in network namespace %d: %s", netns, exc)
             diags[netns] = entry
         return diags[netns]
+
+
+def _key(s: SocketState) -> tuple[int, tuple[str, int]]:
+    # The socket's address may be reused by a later connection: the peer tells them apart.
+    return (s.sk, s.remote)
 
 
 def _normal(s: DiagSocket) -> Tuple:

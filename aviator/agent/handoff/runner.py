@@ -4,8 +4,10 @@
 node (`orders.orders`): new orders begin, hand-offs whose order is gone are cancelled
 (the pod is routed again, or gone). While any hand-off is active, the executor steps
 every `step_s` in a thread (map walks and netlink calls block). A finished hand-off
-that ended connections is reported as a `ConnectionsHandedOff` Event on its policy
-and counted in `aviator_agent_connections_handed_off_total`.
+that ended or drained connections is reported as a `ConnectionsHandedOff` Event on its
+policy; ended connections are counted in `aviator_agent_connections_handed_off_total`,
+busy HTTP/2 connections sent a graceful GOAWAY in
+`aviator_agent_connections_drained_total`.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class HandOffRunner:
         policy: Callable[[str], JSON | None],
         record: Recorder | None = None,
         on_ended: Callable[[str, int], None] | None = None,
+        on_drained: Callable[[str, int], None] | None = None,
         step_s: float = 0.05,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -47,6 +50,7 @@ class HandOffRunner:
         self._policy = policy
         self._record = record
         self._on_ended = on_ended
+        self._on_drained = on_drained
         self.step_s = step_s
         self._wall = wall
         self._changed = asyncio.Event()
@@ -71,7 +75,7 @@ class HandOffRunner:
             try:
                 self.sync()
                 if self.executor.active():
-                    before = {id(h): h.ended for h in self.executor.handoffs.values()}
+                    before = {id(h): (h.ended, h.drained) for h in self.executor.handoffs.values()}
                     await asyncio.to_thread(self.executor.step)
                     self._count(before)
                 await self._report_finished()
@@ -81,20 +85,20 @@ class HandOffRunner:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), timeout)
 
-    def _count(self, before: dict[int, int]) -> None:
-        if self._on_ended is None:
-            return
+    def _count(self, before: dict[int, tuple[int, int]]) -> None:
         for h in self.executor.handoffs.values():
-            ended = h.ended - before.get(id(h), 0)
-            if ended > 0:
-                self._on_ended(h.target.pod, ended)
+            ended, drained = before.get(id(h), (0, 0))
+            if self._on_ended is not None and h.ended > ended:
+                self._on_ended(h.target.pod, h.ended - ended)
+            if self._on_drained is not None and h.drained > drained:
+                self._on_drained(h.target.pod, h.drained - drained)
 
     async def _report_finished(self) -> None:
         for h in list(self.executor.handoffs.values()):
             if h.active or id(h) in self._reported:
                 continue
             self._reported.add(id(h))
-            if h.ended and self._record is not None:
+            if (h.ended or h.drained) and self._record is not None:
                 policy = self._policy(h.policy)
                 if policy is not None:
                     await self._record(policy, "ConnectionsHandedOff", _note(h))
@@ -106,7 +110,12 @@ def _note(h: HandOff) -> str:
     pod = h.target.pod.partition("/")[2]
     left = f"; {h.remaining} busy left alone" if h.remaining else ""
     took = f" after {h.finished - h.started:.1f}s" if h.finished is not None else ""
+    drained = (
+        f", drained {h.drained} busy HTTP/2 connection(s) with a graceful GOAWAY"
+        if h.drained
+        else ""
+    )
     return (
-        f"ended {h.ended} idle client connection(s) of pod {pod} on port(s) "
+        f"ended {h.ended} idle client connection(s){drained} of pod {pod} on port(s) "
         f"{', '.join(map(str, sorted(h.target.ports)))} ({h.outcome}{took}){left}"
     )
