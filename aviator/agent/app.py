@@ -33,27 +33,25 @@ import logging
 import ssl
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
+from aviator.agent import views
 from aviator.agent.api import DATA_PATHS, make_api
-from aviator.agent.handoff.drain import Owners, send_goaway
-from aviator.agent.handoff.executor import HandOffExecutor
-from aviator.agent.handoff.netlink import open_diag, own_netns
-from aviator.agent.handoff.runner import HandOffRunner
+from aviator.agent.config import AgentConfig
+from aviator.agent.handoff.wiring import handoff_runner
 from aviator.agent.kubelet import grpc_probe_ports, local_addresses, probe_paths
 from aviator.agent.metrics import AgentMetrics
 from aviator.agent.podmap import PodMap
-from aviator.agent.prober import NodeProber, keep_warm_protocol
-from aviator.agent.promfold import DEFAULT_PER_OCTAVE
+from aviator.agent.prober import NodeProber
 from aviator.agent.sources import CounterSource
 from aviator.agent.stream import StreamFanout, StreamTls, TokenFile, urls_from_slices
 from aviator.agent.targets import TargetKey, probe_targets
 from aviator.agent.upkeep import MapUpkeep
-from aviator.agent.urgent import DEFAULT_CHECK_S, DEFAULT_MIN_GAP_S, UrgentReports, open_thresholds
+from aviator.agent.urgent import UrgentReports, open_thresholds
 from aviator.agent.windows import CountersLike, EndpointKeyLike, WindowDiffer, attach_pods
 from aviator.informers import (
     DeletedFinalStateUnknown,
@@ -72,11 +70,8 @@ from aviator.latency.schema import MAPS, AppProtocol, EndpointWindow, Snapshot
 from aviator.latency.store import LatencyStore
 from aviator.latency.tls import server_context
 from aviator.pki import Authority
-from aviator.runtime.events import EventRecorder
 from aviator.runtime.httpauth import RequestAuthorizer, protect
 from aviator.runtime.supervise import supervise
-from aviator.runtime.writer import WriteMetrics, Writer
-from aviator.selection.types import LatencyEstimate
 
 log = logging.getLogger(__name__)
 
@@ -93,41 +88,6 @@ def self_signed_context(node: str, host: str) -> ssl.SSLContext:
 
 
 _STATS_EVERY_S = 10.0  # BPF stats walk the socket map: not every interval
-
-
-@dataclass
-class AgentConfig:
-    node: str
-    report_interval_s: float = 1.0
-    http_host: str = "0.0.0.0"
-    http_port: int = 9476
-    controller_urls: list[str] = field(default_factory=list)
-    controller_service: str | None = None  # "namespace/name" of a headless Service
-    controller_port_name: str | None = None
-    # The controller's CA (PEM file): streams go over TLS, checked against
-    # controller_server_name. None: plain ws:// (to a controller on this machine only).
-    controller_ca: str | None = None
-    controller_server_name: str = "aviator-controller-stream.aviator-system.svc"
-    # HTTPS with a certificate of its own; /latency, /status, /metrics only to requests
-    # a TokenReview + SubjectAccessReview allow. Off: plain HTTP, open (development).
-    secure_serving: bool = True
-    token_files: list[str] = field(default_factory=list)
-    token_reread_s: float = 60.0
-    window_s: float = 10.0
-    keep_warm_samples: int = 5
-    report_client_endpoints: bool = False
-    metrics_max_pods: int = 256
-    metrics_buckets_per_octave: int = DEFAULT_PER_OCTAVE
-    handoff: bool = True
-    handoff_rate: float = 50.0
-    node_addresses: list[str] = field(default_factory=list)
-    handoff_netns: str = "any"  # "own": only pods in the agent's network namespace (the box)
-    urgent_check_s: float = DEFAULT_CHECK_S  # 0: no looks between intervals
-    urgent_min_gap_s: float = DEFAULT_MIN_GAP_S
-    # Endpoints of non-local IPs unchanged this long leave the BPF maps (and idle
-    # connections of pods gone this long); upkeep runs every maintain_s.
-    prune_idle_s: float = 30.0
-    maintain_s: float = 5.0
 
 
 class Agent:
@@ -184,7 +144,9 @@ class Agent:
         self._next_stats = 0.0
         self.upkeep = MapUpkeep(config.prune_idle_s, config.maintain_s)
         self._runner: web.AppRunner | None = None
-        self.handoffs = self._handoff_runner()
+        self.handoffs = handoff_runner(
+            config, source, client, self.metrics, self.policies, self.pods
+        )
         self._handoff_task: asyncio.Task[None] | None = None
         self._review_client: KubeClient | None = None
         self.http_port: int | None = None  # the bound port (when 0 was asked for)
@@ -247,47 +209,6 @@ class Agent:
         for ip in ips:
             self.store.forget(ip)
         self.protocols = {k: v for k, v in self.protocols.items() if k[0] not in ips}
-
-    def _handoff_runner(self) -> HandOffRunner | None:
-        """Hand-offs need the BPF program's socket map (which connections are idle)."""
-        bpf = getattr(self.source, "bpf", None)
-        if not self.config.handoff or bpf is None:
-            return None
-        own = own_netns()
-        owners = Owners()
-        executor = HandOffExecutor(
-            table=bpf,
-            open_diag=open_diag,
-            netns_allowed=(lambda ns: ns == own) if self.config.handoff_netns == "own" else None,
-            node_addresses=self.config.node_addresses,
-            rate=self.config.handoff_rate,
-            burst=max(1.0, self.config.handoff_rate / 5),
-            drain=lambda sock, diag: send_goaway(
-                sock.netns, diag.inode, sock.protocol, lambda: bpf.server_cut(sock.sk), owners
-            ),
-        )
-        recorder = EventRecorder(
-            Writer(self.client, WriteMetrics(self.metrics.registry)),
-            f"aviator-agent-{self.config.node}",
-        )
-        runner = HandOffRunner(
-            executor,
-            self.config.node,
-            self.policies.indexer.list,
-            self.pods.informer.indexer.get,
-            policy=self.policies.indexer.get,
-            record=lambda obj, reason, note: recorder.record(obj, reason, note, action="HandOff"),
-            on_ended=lambda pod, n: self.metrics.handed_off.labels(pod=pod).inc(n),
-            on_drained=lambda pod, n: self.metrics.drained.labels(pod=pod).inc(n),
-        )
-        poke = FuncHandler(
-            add=lambda _o, _i: runner.poke(),
-            update=lambda _o, _n: runner.poke(),
-            delete=lambda _o: runner.poke(),
-        )
-        self.policies.add_event_handler(poke)
-        self.pods.informer.add_event_handler(poke)
-        return runner
 
     def _follow_slices(self, slices: SharedIndexInformer) -> None:
         urls = urls_from_slices(
@@ -461,31 +382,8 @@ class Agent:
     # --- what the HTTP API shows --------------------------------------------------------
 
     def latency_table(self) -> dict[str, dict[str, Any]]:
-        """GET /latency: pod IP → latency over the local window, for this node's pods."""
-        now = time.monotonic()
-        out: dict[str, dict[str, Any]] = {}
-        for ip in sorted(self.store.ips()):
-            est: LatencyEstimate | None = self.store.estimate(ip, now)
-            if est is None:
-                continue
-            out[ip] = {
-                "pod": self.pods.pod_for(ip),
-                "p50_ms": round(est.p50_ms, 3),
-                "p90_ms": None if est.p90_ms is None else round(est.p90_ms, 3),
-                "p99_ms": round(est.p99_ms, 3),
-                "rif": est.rif,
-                "samples": est.samples,
-                "source": est.source,
-                "protocol": est.protocol,
-                "statuses": est.statuses,
-                "errors": est.errors,
-                "oldest_open_ms": round(est.oldest_open_ms, 3),
-                "keepwarm": est.keepwarm,
-                "probe_samples": est.probe_samples,
-                "probe_p50_ms": None if est.probe_p50_ms is None else round(est.probe_p50_ms, 3),
-                "probe_p99_ms": None if est.probe_p99_ms is None else round(est.probe_p99_ms, 3),
-            }
-        return out
+        """GET /latency (aviator.agent.views)."""
+        return views.latency_table(self.store, self.pods.pod_for, time.monotonic())
 
     def healthy(self) -> bool:
         """The report loop is alive (it ticked recently, or has only just started)."""
@@ -497,50 +395,6 @@ class Agent:
         """The pod map is synced and at least one window was produced."""
         return self.pods.has_synced() and self.last_snapshot is not None
 
-    def _keep_warm_status(self) -> dict[str, Any]:
-        """How keep-warm probes reach the targets: per protocol spoken, and the pods
-        that get none (their endpoint is `opaque`, e.g. TLS)."""
-        speaks: dict[str, int] = {}
-        unprobed: list[str] = []
-        for target in self.targets.values():
-            speak = keep_warm_protocol(target.protocol)
-            if speak is None:
-                unprobed.append(target.pod)
-            else:
-                speaks[speak] = speaks.get(speak, 0) + 1
-        return {"protocols": speaks, "opaque_not_probed": sorted(set(unprobed))}
-
     def status(self) -> dict[str, Any]:
-        return {
-            "node": self.config.node,
-            "source": self.source.name,
-            "source_note": self.source_note,
-            "pods_synced": self.pods.has_synced(),
-            "controllers": {
-                url: {"connected": c.connected, "sent": c.sent, "last_error": c.last_error}
-                for url, c in self.stream.connections.items()
-            },
-            "probe_targets": len(self.targets),
-            "keep_warm": self._keep_warm_status(),
-            "maps": {
-                "full": list(self.upkeep.full),
-                "pruned": dict(self.upkeep.pruned),
-                **{
-                    k: v
-                    for k, v in self.metrics.source_stats.items()
-                    if k.endswith(("_tracked", "_capacity", "_full_drops", "_full", "_read_last"))
-                },
-            },
-            "urgent_reports": self.urgent.sent,
-            "handoffs": None
-            if self.handoffs is None
-            else {
-                h.target.pod: {
-                    "ended": h.ended,
-                    "drained": h.drained,
-                    "remaining": h.remaining,
-                    "outcome": h.outcome,
-                }
-                for h in self.handoffs.executor.handoffs.values()
-            },
-        }
+        """GET /status (aviator.agent.views)."""
+        return views.agent_status(self)

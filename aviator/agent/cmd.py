@@ -10,7 +10,8 @@ import signal
 
 import uvloop
 
-from aviator.agent.app import Agent, AgentConfig
+from aviator.agent.app import Agent
+from aviator.agent.config import AgentConfig
 from aviator.agent.prober import NodeProber
 from aviator.agent.promfold import DEFAULT_PER_OCTAVE, PER_OCTAVE_CHOICES, error_bound
 from aviator.agent.sources import SourceUnavailable, open_source

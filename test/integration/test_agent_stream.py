@@ -26,8 +26,9 @@ from integration_support import (
     running_receiver,
 )
 
-from aviator.agent.app import Agent, AgentConfig
+from aviator.agent.app import Agent
 from aviator.agent.bpf.model import EndpointKey
+from aviator.agent.config import AgentConfig
 from aviator.agent.prober import NodeProber
 from aviator.agent.sources import MapState, PodIps
 from aviator.agent.windows import CountersLike, EndpointKeyLike

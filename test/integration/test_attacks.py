@@ -37,7 +37,8 @@ from integration_support import (
 )
 from prometheus_client import REGISTRY
 
-from aviator.agent.app import Agent, AgentConfig
+from aviator.agent.app import Agent
+from aviator.agent.config import AgentConfig
 from aviator.agent.prober import NodeProber
 from aviator.agent.sources import MapState
 from aviator.kube import KubeClient

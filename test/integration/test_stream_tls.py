@@ -24,7 +24,8 @@ from integration_support import (
     stream_url,
 )
 
-from aviator.agent.app import Agent, AgentConfig
+from aviator.agent.app import Agent
+from aviator.agent.config import AgentConfig
 from aviator.agent.prober import NodeProber
 from aviator.agent.sources import MapState
 from aviator.controller.certs import CA_CONFIGMAP, TLS_SECRET, issue
