@@ -12,6 +12,7 @@ away when it leaves the node, so a busy node cannot blow up the scrape.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -72,6 +73,7 @@ class AgentMetrics(Collector):
         self.window_endpoints = Gauge(
             "aviator_agent_window_endpoints", "Endpoints reported in the last window", registry=r
         )
+        self._handoff_pods: set[str] = set()  # pods with hand-off series
         self.handed_off = Counter(
             "aviator_agent_connections_handed_off_total",
             "Idle client connections of a pod ended because it left a policy's routed set",
@@ -140,10 +142,24 @@ class AgentMetrics(Collector):
             series.errors += ep.errors
             series.protocol = ep.protocol
 
+    def count_handoff(self, pod: str, ended: int = 0, drained: int = 0) -> None:
+        """Connections of `pod` ended (idle) or drained (GOAWAY) by hand-off."""
+        self._handoff_pods.add(pod)
+        if ended:
+            self.handed_off.labels(pod=pod).inc(ended)
+        if drained:
+            self.drained.labels(pod=pod).inc(drained)
+
     def retain_pods(self, keep: Callable[[str], bool]) -> None:
-        """Drop the series of pods for which `keep(pod)` is false (left the node)."""
+        """Drop the series of pods for which `keep(pod)` is false (left the node): their
+        latency series and their hand-off counters, so pod churn cannot grow the scrape."""
         for key in [k for k in self._pods if not keep(k[0])]:
             del self._pods[key]
+        for pod in [p for p in self._handoff_pods if not keep(p)]:
+            self._handoff_pods.discard(pod)
+            for counter in (self.handed_off, self.drained):
+                with contextlib.suppress(KeyError):
+                    counter.remove(pod)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

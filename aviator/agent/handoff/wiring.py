@@ -56,8 +56,8 @@ def handoff_runner(
         pods.informer.indexer.get,
         policy=policies.indexer.get,
         record=lambda obj, reason, note: recorder.record(obj, reason, note, action="HandOff"),
-        on_ended=lambda pod, n: metrics.handed_off.labels(pod=pod).inc(n),
-        on_drained=lambda pod, n: metrics.drained.labels(pod=pod).inc(n),
+        on_ended=lambda pod, n: metrics.count_handoff(pod, ended=n),
+        on_drained=lambda pod, n: metrics.count_handoff(pod, drained=n),
     )
     poke = FuncHandler(
         add=lambda _o, _i: runner.poke(),

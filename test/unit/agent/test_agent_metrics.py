@@ -74,3 +74,20 @@ def test_pod_protocol_statuses_and_errors() -> None:
     assert 'aviator_agent_pod_protocol{pod="ns/o",port="80",protocol="opaque"} 1.0' in text
     assert 'aviator_agent_pod_response_statuses_total{pod="ns/g",port="80"} 3.0' in text
     assert 'aviator_agent_pod_response_errors_total{pod="ns/g",port="80"} 1.0' in text
+
+
+def test_handoff_series_leave_with_their_pods() -> None:
+    """Hand-off counters are per pod: under churn they must go with the pods, as the
+    latency series do, or every pod ever handed off stays in the scrape."""
+    m = AgentMetrics()
+    m.count_handoff("ns/a", ended=3)
+    m.count_handoff("ns/b", ended=1, drained=2)
+    text = m.render().decode()
+    assert 'aviator_agent_connections_handed_off_total{pod="ns/a"} 3.0' in text
+    assert 'aviator_agent_connections_drained_total{pod="ns/b"} 2.0' in text
+    m.retain_pods(lambda pod: pod == "ns/a")
+    text = m.render().decode()
+    assert 'pod="ns/b"' not in text
+    assert 'aviator_agent_connections_handed_off_total{pod="ns/a"} 3.0' in text
+    m.retain_pods(lambda pod: False)
+    assert 'pod="ns/a"' not in m.render().decode()
