@@ -190,7 +190,9 @@ class Scenario:
         )
 
     async def converge_to_fast(self, service: str, timeout_s: float = 30) -> float:
-        """Wait until exactly the fast pods serve `service`; seconds it took."""
+        """Wait until exactly the fast pods serve `service` (its slices, then the Service
+        proxy: new connections dialled from then on land on them); the seconds the
+        slices took."""
         fast = await self.pods("fast")
         _, took = await wait_for(
             f"{service} to route to the fast pods {sorted(fast)}",
@@ -198,6 +200,7 @@ class Scenario:
             lambda pods: pods == fast,
             timeout_s,
         )
+        await self.proxy_follows(service)
         return took
 
 
