@@ -36,16 +36,21 @@ from dataclasses import dataclass
 from typing import Literal
 
 from aviator.agent.targets import TargetKey
-from aviator.latency.h2probing import H2Prober
+from aviator.latency.h2probing import H2Prober, names_grpc_method
 from aviator.latency.probing import HttpProber, ProbeCounters, ProbeTarget
 from aviator.latency.schema import AppProtocol, Role
 
 KeepWarm = Literal["http1", "h2", "grpc"]
 
 
-def keep_warm_protocol(seen: AppProtocol | None) -> KeepWarm | None:
+def keep_warm_protocol(seen: AppProtocol | None, path: str = "/") -> KeepWarm | None:
     """What a keep-warm probe of an endpoint speaks, given what the eBPF program saw on
-    it (None: nothing yet); None: no keep-warm probes (`opaque`)."""
+    it (None: nothing yet) and the policy's probePath; None: no keep-warm probes
+    (`opaque`). An endpoint that served nothing yet is probed in gRPC when the path can
+    only name a gRPC method, else in HTTP/1.1: a gRPC server answers an HTTP/1.1 request
+    at once with a GOAWAY, a sample that is not its latency."""
+    if seen is None and names_grpc_method(path):
+        return "grpc"
     if seen is None or seen == "http1":
         return "http1"
     if seen == "opaque":
@@ -149,7 +154,7 @@ class NodeProber:
             wanted = self.min_samples - seen
             if wanted <= 0:
                 continue
-            speak = keep_warm_protocol(target.protocol)
+            speak = keep_warm_protocol(target.protocol, target.path)
             if speak is None:
                 self.stats.skipped_opaque += 1
                 continue

@@ -49,7 +49,7 @@ def keep_warm_status(targets: Iterable[ProbeTarget]) -> dict[str, Any]:
     speaks: dict[str, int] = {}
     unprobed: list[str] = []
     for target in targets:
-        speak = keep_warm_protocol(target.protocol)
+        speak = keep_warm_protocol(target.protocol, target.path)
         if speak is None:
             unprobed.append(target.pod)
         else:

@@ -348,7 +348,9 @@ class AviatorPolicySpec:
         "probePath",
         "Path for probes. Must start with '/'. HTTP/1.1 and h2c probes GET it; keep-warm "
         "probes of gRPC pods call it when it is a gRPC method path (/package.Service/Method), "
-        "else the standard health check /grpc.health.v1.Health/Check.",
+        "else the standard health check /grpc.health.v1.Health/Check. A pod that has "
+        "served nothing yet is probed in gRPC when the path can only name a gRPC method "
+        "(a dotted package.Service and an UpperCamelCase method), else in HTTP/1.1.",
         default="/",
         max_length=1024,
         rules=(

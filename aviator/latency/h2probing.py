@@ -39,6 +39,17 @@ _GRPC_METHOD = re.compile(r"/[A-Za-z_][A-Za-z0-9_.]*/[A-Za-z_][A-Za-z0-9_]*")
 _READ = 65536
 
 
+# Stricter: what only a gRPC client would call, a dotted package.Service and a method in
+# UpperCamelCase (the protobuf style guide's), e.g. /aviator.testapp.TestApp/Call: not a
+# path an HTTP/1.1 app is likely to serve.
+_GRPC_ONLY_METHOD = re.compile(r"/[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+/[A-Z]\w*")
+
+
+def names_grpc_method(path: str) -> bool:
+    """Whether a probePath can only mean a gRPC method (see _GRPC_ONLY_METHOD)."""
+    return _GRPC_ONLY_METHOD.fullmatch(path) is not None
+
+
 def grpc_probe_path(path: str) -> str:
     """The method a gRPC keep-warm probe calls for a policy's probePath."""
     return path if _GRPC_METHOD.fullmatch(path) else GRPC_HEALTH_CHECK

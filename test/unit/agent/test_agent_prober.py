@@ -126,6 +126,21 @@ def test_keep_warm_speaks_what_the_program_saw() -> None:
     assert keep_warm_protocol("opaque") is None  # TLS or unknown framing: no probes
 
 
+def test_keep_warm_of_a_pod_that_served_nothing_follows_a_grpc_method_path() -> None:
+    """An idle gRPC pod probed in HTTP/1.1 answers at once with a GOAWAY (a sample far
+    below its latency, which ranked a slow gRPC pod fast): a probePath that can only be
+    a gRPC method makes its first probes gRPC; what the program saw still wins."""
+    method = "/aviator.testapp.TestApp/Call"
+    assert keep_warm_protocol(None, method) == "grpc"
+    assert keep_warm_protocol(None, "/grpc.health.v1.Health/Check") == "grpc"
+    assert keep_warm_protocol("http1", method) == "http1"
+    assert keep_warm_protocol("h2", method) == "h2"
+    assert keep_warm_protocol("opaque", method) is None
+    # Paths an HTTP/1.1 app serves stay HTTP/1.1.
+    for path in ("/", "/healthz", "/api.v1/users", "/v1.2/status", "/static/app.js", "/a.b/c"):
+        assert keep_warm_protocol(None, path) == "http1", path
+
+
 async def test_keep_warm_batches_speak_the_targets_protocol() -> None:
     """What reaches a server for each protocol: an HTTP/1.1 request line, the h2c
     preface and a GET of the path, a gRPC call of the health check; opaque: nothing."""
