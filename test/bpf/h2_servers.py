@@ -92,6 +92,33 @@ class H2Server:
 
 
 @contextlib.contextmanager
+def grpc_serving(
+    host: str,
+    service: str,
+    methods: dict[str, grpc.RpcMethodHandler | Callable[[bytes, grpc.ServicerContext], bytes]],
+    *,
+    workers: int,
+    on_stop: Callable[[], None] = lambda: None,
+) -> Iterator[int]:
+    """A grpcio server on (host, random port) serving `service`'s `methods` (a plain
+    function is a unary method on raw bytes); yields the port. `on_stop` runs before
+    the server stops (to release calls a test holds)."""
+    handlers = {
+        name: m if isinstance(m, grpc.RpcMethodHandler) else grpc.unary_unary_rpc_method_handler(m)
+        for name, m in methods.items()
+    }
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    port = server.add_insecure_port(f"{host}:0")
+    server.start()
+    try:
+        yield port
+    finally:
+        on_stop()
+        server.stop(grace=None)
+
+
+@contextlib.contextmanager
 def grpc_server(host: str, fail: Callable[[bytes], bool]) -> Iterator[int]:
     """A grpcio server on (host, random port) whose one method echoes its request, or
     fails with INTERNAL when `fail(request)`; yields the port."""
@@ -101,14 +128,5 @@ def grpc_server(host: str, fail: Callable[[bytes], bool]) -> Iterator[int]:
             context.abort(grpc.StatusCode.INTERNAL, "asked to fail")
         return request
 
-    handler = grpc.method_handlers_generic_handler(
-        "aviator.test.Echo", {"Call": grpc.unary_unary_rpc_method_handler(call)}
-    )
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-    server.add_generic_rpc_handlers((handler,))
-    port = server.add_insecure_port(f"{host}:0")
-    server.start()
-    try:
+    with grpc_serving(host, "aviator.test.Echo", {"Call": call}, workers=4) as port:
         yield port
-    finally:
-        server.stop(grace=None)

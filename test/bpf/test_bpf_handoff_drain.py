@@ -14,12 +14,12 @@ import struct
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent import futures
 
 import grpc
 import h2_wire
 import pytest
 from conftest import TEST_BOUND_S
+from h2_servers import grpc_serving
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -53,19 +53,14 @@ class HeldPod:
 
     @contextlib.contextmanager
     def serve(self, host: str) -> Iterator[int]:
-        handler = grpc.method_handlers_generic_handler(
-            "aviator.test.Held", {"Call": grpc.unary_unary_rpc_method_handler(self.call)}
-        )
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
-        server.add_generic_rpc_handlers((handler,))
-        port = server.add_insecure_port(f"{host}:0")
-        server.start()
-        try:
-            yield port
-        finally:
+        def release_all() -> None:
             for _ in range(64):
                 self.release.release()
-            server.stop(grace=None)
+
+        with grpc_serving(
+            host, "aviator.test.Held", {"Call": self.call}, workers=32, on_stop=release_all
+        ) as port:
+            yield port
 
 
 def _ours(source: BpfLatencySource, host: str, port: int) -> list[SocketState]:

@@ -12,11 +12,11 @@ import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent import futures
 
 import grpc
 import pytest
 from conftest import TEST_BOUND_S, require_bpf_privileges
+from h2_servers import grpc_serving
 
 from aviator.agent.bpf import BpfLatencySource
 from aviator.agent.bpf.model import SocketState
@@ -56,22 +56,14 @@ class Pod:
 
     @contextlib.contextmanager
     def serve(self, host: str) -> Iterator[int]:
-        handler = grpc.method_handlers_generic_handler(
-            "aviator.test.Slow",
-            {
-                "Call": grpc.unary_unary_rpc_method_handler(self.call),
-                "Stream": grpc.unary_stream_rpc_method_handler(self.stream),
-            },
-        )
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
-        server.add_generic_rpc_handlers((handler,))
-        port = server.add_insecure_port(f"{host}:0")
-        server.start()
-        try:
+        methods = {
+            "Call": grpc.unary_unary_rpc_method_handler(self.call),
+            "Stream": grpc.unary_stream_rpc_method_handler(self.stream),
+        }
+        with grpc_serving(
+            host, "aviator.test.Slow", methods, workers=16, on_stop=self.hold.set
+        ) as port:
             yield port
-        finally:
-            self.hold.set()
-            server.stop(grace=None)
 
 
 class States:
