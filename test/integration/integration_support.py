@@ -21,6 +21,7 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from aviator.agent.sources import MapState
 from aviator.api.crd import CRD_NAME, build_crd
 from aviator.api.types import API_VERSION, KIND
 from aviator.controller.agents import POD_IP_INDEXERS, pod_locator, pod_node_resolver
@@ -576,3 +577,28 @@ async def kubectl_aviator(cp: ControlPlane, *args: str) -> subprocess.CompletedP
     return await asyncio.to_thread(
         subprocess.run, argv, capture_output=True, text=True, timeout=60, env=env
     )
+
+
+class NoSource:
+    """An agent's latency source that measures nothing (the agent's other duties under
+    test); `CounterSource`'s interface, aviator/agent/sources.py."""
+
+    name = "ebpf"
+
+    async def read(self) -> Any:
+        return []
+
+    async def open_ages(self, ips: Any) -> Any:
+        return []
+
+    async def maintain(self, pods: Any) -> MapState:
+        return MapState()
+
+    async def stats(self) -> dict[str, int]:
+        return {}
+
+    def set_probes(self, ports: object, addresses: object, grpc: object = ()) -> None:
+        pass
+
+    def close(self) -> None:
+        pass

@@ -75,7 +75,7 @@ class ScriptedSource:
     async def stats(self) -> dict[str, int]:
         return {"events": 1}
 
-    def set_probes(self, ports: object, addresses: object) -> None:
+    def set_probes(self, ports: object, addresses: object, grpc: object = ()) -> None:
 
         pass
 

@@ -26,6 +26,7 @@ import pytest
 from aiohttp import web
 from integration_support import (
     NODE,
+    NoSource,
     TestAgent,
     create_pod,
     eventually,
@@ -40,7 +41,6 @@ from prometheus_client import REGISTRY
 from aviator.agent.app import Agent
 from aviator.agent.config import AgentConfig
 from aviator.agent.prober import NodeProber
-from aviator.agent.sources import MapState
 from aviator.kube import KubeClient
 from aviator.kube.resources import PODS, SERVICEACCOUNTS
 from aviator.latency.histogram import NUM_BUCKETS
@@ -442,29 +442,6 @@ async def test_wrong_audience_expired_and_revoked_tokens(
 
 
 # --- reading per-pod data ---------------------------------------------------------------
-
-
-class NoSource:
-    name = "ebpf"
-
-    async def read(self) -> Any:
-        return []
-
-    async def open_ages(self, ips: Any) -> Any:
-        return []
-
-    async def maintain(self, pods: Any) -> MapState:
-        return MapState()
-
-    async def stats(self) -> dict[str, int]:
-        return {}
-
-    def set_probes(self, ports: object, addresses: object) -> None:
-
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 async def test_per_pod_data_only_to_those_rbac_allows(

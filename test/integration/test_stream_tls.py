@@ -9,12 +9,12 @@ import base64
 import datetime
 import ssl
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
 from integration_support import (
     NODE,
+    NoSource,
     TestAgent,
     create_pod,
     eventually,
@@ -27,7 +27,6 @@ from integration_support import (
 from aviator.agent.app import Agent
 from aviator.agent.config import AgentConfig
 from aviator.agent.prober import NodeProber
-from aviator.agent.sources import MapState
 from aviator.controller.certs import CA_CONFIGMAP, TLS_SECRET, issue
 from aviator.kube import KubeClient
 from aviator.kube.resources import CONFIGMAPS, SECRETS
@@ -36,29 +35,6 @@ from aviator.pki import DAY, Authority, not_after
 from aviator.testing.controlplane import ControlPlane
 
 pytestmark = pytest.mark.integration
-
-
-class NoSource:
-    name = "ebpf"
-
-    async def read(self) -> Any:
-        return []
-
-    async def open_ages(self, ips: Any) -> Any:
-        return []
-
-    async def maintain(self, pods: Any) -> MapState:
-        return MapState()
-
-    async def stats(self) -> dict[str, int]:
-        return {}
-
-    def set_probes(self, ports: object, addresses: object) -> None:
-
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 async def test_agents_stream_over_tls_and_only_to_the_controller(
