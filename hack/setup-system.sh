@@ -7,7 +7,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 venv=${VENV:-$root/.venv}
 
 # nghttp2-client: h2load, the HTTP/2 load tool the benchmarks and tests drive h2c with.
-packages=(python3-bpfcc bpfcc-tools linux-headers-amd64 iproute2 nghttp2-client)
+# wrk: a keep-alive HTTP/1.1 load tool nobody here wrote (the handoff-wrk bench row).
+packages=(python3-bpfcc bpfcc-tools linux-headers-amd64 iproute2 nghttp2-client wrk)
 bash "$root/hack/debian-packages.sh" setup "${packages[@]}"
 
 # BCC is a Debian package (the PyPI project called "bcc" is unrelated): expose only the
