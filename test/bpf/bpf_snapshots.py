@@ -71,6 +71,24 @@ def wait_for(
         time.sleep(0.01)
 
 
+def traffic_and_probes(
+    source: BpfLatencySource,
+    before: dict[EndpointKey, EndpointCounters],
+    host: str,
+    port: int,
+    want: tuple[int, int],
+) -> tuple[int, int]:
+    """(traffic, kubelet probes) counted on the server endpoint (host, port) since
+    `before`, once they reach `want` (or what they are when the wait runs out)."""
+    traffic = EndpointKey(host, port, "server")
+    probes = EndpointKey(host, port, "probe")
+
+    def now(s: dict[EndpointKey, EndpointCounters]) -> tuple[int, int]:
+        return delta(before, s, traffic).count, delta(before, s, probes).count
+
+    return now(wait_for(source, lambda s: now(s) == want))
+
+
 # The two ends of a connection that measure a request (the `probe` role is the kubelet's
 # probes of a server endpoint, tested on its own).
 BOTH_ENDS = ("server", "client")

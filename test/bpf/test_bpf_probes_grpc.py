@@ -18,7 +18,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from bpf_snapshots import EMPTY, delta, wait_for
+from bpf_snapshots import EMPTY, delta, traffic_and_probes
 from conftest import TEST_BOUND_S
 from h2_wire import (
     CONTENT_TYPE_GRPC,
@@ -153,13 +153,7 @@ def counts(
     source: BpfLatencySource, before: dict, server: HealthServer, want: tuple[int, int]
 ) -> tuple[int, int]:
     """(traffic, probes) on the server's endpoint since `before`, once they reach `want`."""
-    traffic = EndpointKey(server.host, server.port, "server")
-    probes = EndpointKey(server.host, server.port, "probe")
-
-    def now(s: dict) -> tuple[int, int]:
-        return delta(before, s, traffic).count, delta(before, s, probes).count
-
-    return now(wait_for(source, lambda s: now(s) == want))
+    return traffic_and_probes(source, before, server.host, server.port, want)
 
 
 def test_a_grpc_health_probe_from_the_node_is_a_probe_and_from_a_client_is_traffic(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import struct
 
+from handoff_fakes import FakeDiag, FakeTable
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -75,37 +76,6 @@ def test_written_only_between_frames_of_a_parsed_h2_connection(
 # --- the executor's drain ---------------------------------------------------------------
 
 
-class Table:
-    def __init__(self, socks: list[SocketState]) -> None:
-        self.socks = {s.sk: s for s in socks}
-
-    def sockets(self) -> list[SocketState]:
-        return list(self.socks.values())
-
-    def socket(self, sk: int) -> SocketState | None:
-        return self.socks.get(sk)
-
-
-class Diag:
-    def __init__(self, table: Table) -> None:
-        self.table = table
-        self.destroyed: list[int] = []
-
-    def established(self) -> list[DiagSocket]:
-        return [DiagSocket(2, 1, s.local, s.remote, 0, s.sk) for s in self.table.socks.values()]
-
-    def query(self, sock: DiagSocket) -> DiagSocket | None:
-        return sock if sock.cookie in self.table.socks else None
-
-    def destroy(self, sock: DiagSocket) -> int:
-        self.destroyed.append(sock.cookie)
-        del self.table.socks[sock.cookie]
-        return 0
-
-    def close(self) -> None:
-        pass
-
-
 def h2conn(sk: int, streams: int, protocol: str = "grpc") -> SocketState:
     return SocketState(
         sk,
@@ -133,7 +103,7 @@ class Clock:
 
 
 def _executor(
-    table: Table, diag: Diag, answers: list[str], clock: Clock
+    table: FakeTable, diag: FakeDiag, answers: list[str], clock: Clock
 ) -> tuple[HandOffExecutor, list[int]]:
     asked: list[int] = []
 
@@ -159,8 +129,8 @@ TARGET = Target("ns/a", "10.0.0.1", frozenset({8080}))
 
 
 def test_a_connection_never_idle_is_drained_once_after_the_bounded_wait() -> None:
-    table = Table([h2conn(1, streams=3)])
-    diag, clock = Diag(table), Clock()
+    table = FakeTable([h2conn(1, streams=3)])
+    diag, clock = FakeDiag(table), Clock()
     executor, asked = _executor(table, diag, [], clock)
     h = executor.begin(TARGET, "ns/p", 0.0)
     executor.step()  # due, busy through the watch: not drained yet
@@ -172,19 +142,19 @@ def test_a_connection_never_idle_is_drained_once_after_the_bounded_wait() -> Non
     for _ in range(3):  # written once: its open streams finish
         clock.now += 1.0
         executor.step()
-    assert asked == [1] and h.active and diag.destroyed == []
+    assert asked == [1] and h.active and diag.destroyed_cookies == []
     # Its client keeps it open once its streams are done: ended like any idle one,
     # not counted again.
     table.socks[1] = h2conn(1, streams=0)
     executor.step()
-    assert diag.destroyed == [1] and h.ended == 0 and h.drained == 1
+    assert diag.destroyed_cookies == [1] and h.ended == 0 and h.drained == 1
     executor.step()
     assert h.outcome == "complete"
 
 
 def test_mid_frame_is_retried_and_what_never_may_be_written_is_not_asked_again() -> None:
-    table = Table([h2conn(1, streams=2), h2conn(2, streams=2, protocol="h2")])
-    diag, clock = Diag(table), Clock()
+    table = FakeTable([h2conn(1, streams=2), h2conn(2, streams=2, protocol="h2")])
+    diag, clock = FakeDiag(table), Clock()
     executor, asked = _executor(
         table, diag, [goaway.MID_FRAME, goaway.ULP, goaway.SEND_QUEUE], clock
     )
@@ -204,20 +174,20 @@ def test_only_http2_connections_are_drained_and_idle_ones_are_ended_instead() ->
     busy_http1 = SocketState(
         3, "server", ("10.0.0.1", 8080), ("10.9.9.9", 3), 1, 7, 1, 3, 0, "http1"
     )
-    table = Table([busy_http1, h2conn(4, streams=0)])
-    diag, clock = Diag(table), Clock()
+    table = FakeTable([busy_http1, h2conn(4, streams=0)])
+    diag, clock = FakeDiag(table), Clock()
     executor, asked = _executor(table, diag, [], clock)
     h = executor.begin(TARGET, "ns/p", 0.0)
     for _ in range(3):
         executor.step()
         clock.now += 1.0
-    assert asked == [] and diag.destroyed == [4] and h.ended == 1 and h.drained == 0
+    assert asked == [] and diag.destroyed_cookies == [4] and h.ended == 1 and h.drained == 0
 
 
 def test_the_drain_follows_the_ramp() -> None:
     """Four never-idle connections over a 4 s period: drained one by one, not at once."""
-    table = Table([h2conn(sk, streams=1) for sk in range(1, 5)])
-    diag, clock = Diag(table), Clock()
+    table = FakeTable([h2conn(sk, streams=1) for sk in range(1, 5)])
+    diag, clock = FakeDiag(table), Clock()
     executor, _ = _executor(table, diag, [], clock)
     executor.drain_after_s = 0.0
     h = executor.begin(TARGET, "ns/p", 4.0)
@@ -243,8 +213,8 @@ def test_the_runner_counts_drains_and_reports_them() -> None:
         "spec": {"routing": {"mode": "takeover", "handoff": {"enabled": True}}},
         "status": {"handOffs": [handoff]},
     }
-    table = Table([h2conn(1, streams=2)])
-    diag, clock = Diag(table), Clock()
+    table = FakeTable([h2conn(1, streams=2)])
+    diag, clock = FakeDiag(table), Clock()
     executor, _ = _executor(table, diag, [], clock)
     executor.drain_after_s = 0.0
     drained: list[tuple[str, int]] = []

@@ -8,6 +8,8 @@ import dataclasses
 import re
 from typing import Any
 
+from handoff_fakes import FakeDiag, FakeTable
+
 from aviator.agent.bpf.model import SocketState
 from aviator.agent.handoff.executor import HandOffExecutor
 from aviator.agent.handoff.orders import orders
@@ -68,37 +70,6 @@ def test_only_confirmed_pods_of_this_node() -> None:
     assert order.period_s == 5.0
     assert order.policy == "ns/p"
     assert orders([policy(entry("a", "10.0.0.1"), enabled=False)], "node-a", LOCAL.get, NOW) == {}
-
-
-class FakeTable:
-    def __init__(self, socks: list[SocketState]) -> None:
-        self.socks = {s.sk: s for s in socks}
-
-    def sockets(self) -> list[SocketState]:
-        return list(self.socks.values())
-
-    def socket(self, sk: int) -> SocketState | None:
-        return self.socks.get(sk)
-
-
-class FakeDiag:
-    def __init__(self, table: FakeTable) -> None:
-        self.table = table
-        self.destroyed: list[DiagSocket] = []
-
-    def established(self) -> list[DiagSocket]:
-        return [DiagSocket(2, 1, s.local, s.remote, 0, s.sk) for s in self.table.socks.values()]
-
-    def query(self, sock: DiagSocket) -> DiagSocket | None:
-        return sock if sock.cookie in self.table.socks else None
-
-    def destroy(self, sock: DiagSocket) -> int:
-        self.destroyed.append(sock)
-        del self.table.socks[sock.cookie]
-        return 0
-
-    def close(self) -> None:
-        pass
 
 
 def conn(sk: int, local: tuple[str, int], busy: bool = False) -> SocketState:
