@@ -178,6 +178,11 @@ async def test_hung_pod_leaves_within_p99_threshold_plus_one_second(scenario: Sc
         f"{victim} left {removed_after:.2f}s after it hung (polled {took:.2f}s), over "
         f"p99Threshold + 1 s = {P99_THRESHOLD_S + 1.0:g}s; {status_line(policy_now)}"
     )
+    assert "OpenRequest" in str(pod_status(policy_now).get(victim, {}).get("reason"))
+    # The clients keep sending: once the proxy follows the slices, none meets the hung pod.
+    await scenario.proxy_follows(shadow)
+    window = await load.started_window(load.mark(), count=40, timeout_s=30)
+    assert window.errors == 0 and victim not in window.by_pod, window
 
 
 async def _served(load: Load) -> set[str]:
@@ -240,6 +245,9 @@ async def test_pod_answering_errors_is_ejected_and_readmitted(scenario: Scenario
     assert "ErrorRate" in str(row.get("reason")), status_line(p[0])
     # The healthy pods were not touched by the rule: their answers are all 200s.
     assert not (set((p[0].get("status") or {}).get("ejectedPods", [])) - {victim})
+    await scenario.proxy_follows(shadow)
+    window = await load.started_window(load.mark(), count=40, timeout_s=30)
+    assert window.errors == 0 and victim not in window.by_pod, window
 
     scenario.cluster.set_pod_controls(scenario.ns, victim, None)
     try:
