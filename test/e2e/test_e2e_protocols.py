@@ -168,7 +168,7 @@ async def test_hung_pod_leaves_within_p99_threshold_plus_one_second(scenario: Sc
         raise AssertionError(f"{err}\n{status_line(await scenario.avp())}") from None
     # wait_for's clock started a moment after the onset; measure from the onset itself.
     removed_after = time.monotonic() - onset
-    policy_now = await scenario.avp()
+    policy_now = await scenario.avp()  # may not hold this evaluation yet (see below)
     print(
         f"hung pod: {victim} left the slices {removed_after:.2f}s after the onset "
         f"(p99Threshold {P99_THRESHOLD_S:g}s, evaluationInterval {EVALUATION_INTERVAL}); "
@@ -178,7 +178,16 @@ async def test_hung_pod_leaves_within_p99_threshold_plus_one_second(scenario: Sc
         f"{victim} left {removed_after:.2f}s after it hung (polled {took:.2f}s), over "
         f"p99Threshold + 1 s = {P99_THRESHOLD_S + 1.0:g}s; {status_line(policy_now)}"
     )
-    assert "OpenRequest" in str(pod_status(policy_now).get(victim, {}).get("reason"))
+    # The status is written after the slices: wait for it to give the reason.
+    await wait_for(
+        f"the status to list {victim} as ejected for its open request",
+        scenario.avp,
+        lambda p: (
+            victim in ((p or {}).get("status") or {}).get("ejectedPods", [])
+            and "OpenRequest" in str(pod_status(p).get(victim, {}).get("reason"))
+        ),
+        timeout_s=15,
+    )
     # The clients keep sending: once the proxy follows the slices, none meets the hung pod.
     await scenario.proxy_follows(shadow)
     window = await load.started_window(load.mark(), count=40, timeout_s=30)
