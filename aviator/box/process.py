@@ -130,10 +130,15 @@ class BoxProcess:
 
     def set_pod_latency(self, namespace: str, pod: str, latency: str | None) -> None:
         """Turn a test-app pod's latency to `latency` ("500ms"), or back (None)."""
+        self.set_pod_controls(namespace, pod, None if latency is None else f"latency={latency}")
+
+    def set_pod_controls(self, namespace: str, pod: str, query: str | None) -> None:
+        """Set a test-app pod's run-time settings to `query` (the test app's control
+        query string, "latency=2s&error_rate=0.5"), or back to its env settings (None)."""
         control = self.workdir / "pods" / f"{namespace}_{pod}_app.control"
-        if latency is None:
+        if query is None:
             control.unlink(missing_ok=True)
         else:
             tmp = control.with_suffix(".tmp")
-            tmp.write_text(f"latency={latency}")
+            tmp.write_text(query)
             os.replace(tmp, control)

@@ -43,6 +43,11 @@ class Cluster(Protocol):
 
     def set_pod_latency(self, namespace: str, pod: str, latency: str | None) -> None: ...
 
+    def set_pod_controls(self, namespace: str, pod: str, query: str | None) -> None:
+        """A test-app pod's run-time settings ("latency=2s&error_rate=0.5"), or back to
+        its env settings (None)."""
+        ...
+
     def proxy_backends(self, namespace: str, service: str) -> int | None:
         """How many endpoints the Service proxy spreads new connections over, where the
         cluster can tell (the box's proxy); None where it cannot (kube-proxy in Kind)."""
@@ -222,7 +227,11 @@ class KindCluster:
         return proc, port
 
     def set_pod_latency(self, namespace: str, pod: str, latency: str | None) -> None:
-        query = f"latency={latency}" if latency else "latency=10ms"
+        self.set_pod_controls(namespace, pod, f"latency={latency}" if latency else None)
+
+    def set_pod_controls(self, namespace: str, pod: str, query: str | None) -> None:
+        # HTTP/1.1 test-app pods only (POST /control); None: the image's defaults.
+        query = query or "latency=10ms&error_rate=0"
         code = (
             "import urllib.request;urllib.request.urlopen(urllib.request.Request("
             f"'http://127.0.0.1:8080/control?{query}',method='POST'))"
