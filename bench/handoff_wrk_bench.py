@@ -94,9 +94,18 @@ end
 def run(quick: bool) -> list[Row]:
     if shutil.which("wrk") is None:
         return [row(NAME, "skipped", 0.0, "", note="wrk is not installed (make setup)")]
+    if shutil.which("nsenter") is None:
+        return [row(NAME, "skipped", 0.0, "", note="nsenter is missing (util-linux)")]
     load = Load(60, 4, 16) if quick else Load(80, 10, 40)
     return measure(
-        Bench(NAME, NS, "http1", f"wrk, {CONNECTIONS} threads x 1 connection", "requests"),
+        Bench(
+            NAME,
+            NS,
+            "http1",
+            f"wrk, {CONNECTIONS} threads x 1 connection, through kube-proxy",
+            "requests",
+            kube_proxy=True,
+        ),
         _wrk,
         load,
     )
@@ -144,8 +153,9 @@ def summarize(stdout: str) -> str:
 
 
 class _Wrk:
-    def __init__(self, address: tuple[str, int]) -> None:
+    def __init__(self, address: tuple[str, int], netns: str | None) -> None:
         host, port = address
+        self.netns = netns
         self.url = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
         self.dir = Path(tempfile.mkdtemp(prefix="handoff-wrk-"))
         self.threads: list[list[Timed]] = []  # the last run's samples, per thread
@@ -160,7 +170,9 @@ class _Wrk:
             f'OUT_DIR = "{out}"\nINTERVAL_S = {interval_s!r}\nCONNECTIONS = {CONNECTIONS}\n'
             + SCRIPT
         )
+        in_netns = [] if self.netns is None else ["nsenter", f"--net={self.netns}"]
         proc = await asyncio.create_subprocess_exec(
+            *in_netns,
             "wrk",
             "-t",
             str(CONNECTIONS),
@@ -203,5 +215,5 @@ class _Wrk:
         )
 
 
-async def _wrk(address: tuple[str, int]) -> Client:
-    return _Wrk(address)
+async def _wrk(address: tuple[str, int], netns: str | None) -> Client:
+    return _Wrk(address, netns)
