@@ -1,9 +1,12 @@
 """wrk's kept-alive connections and connection hand-off, in the cluster in a box.
 
 bench/handoff_bench.py with a load tool nobody here wrote: Debian's `wrk` (HTTP/1.1,
-keep-alive, re-dials a connection the server closed). `wrk -t 16 -c 16`: each thread
-owns exactly one connection, placed by the box proxy like kube-proxy places one, for
-the whole run. A Lua script paces each connection at rate/16 requests per second (wrk's
+keep-alive, re-dials a connection the server closed), through the real kube-proxy: a
+box of its own (`--proxy kube-proxy`), wrk run in its network namespace (nsenter) to
+the Services' ClusterIPs, so each connection is kernel NAT to a pod as in a cluster
+(a userspace relay would hold a request it already read while the agent ends the pod
+side; docs/benchmarks.md). `wrk -t 16 -c 16`: each thread owns exactly one
+connection, placed by kube-proxy, for the whole run. A Lua script paces each connection at rate/16 requests per second (wrk's
 `delay()` hook; a request is never sent before the previous answer, and a connection
 that fell behind sends the next at once rather than in a burst, so a slow pod's
 connection keeps sending at the pace the pod allows) and, with LuaJIT's ffi, reads
