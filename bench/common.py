@@ -573,8 +573,10 @@ class BoxHandle(BoxProcess):
     """`aviator box up` in a subprocess; Services through the box proxy's host addresses,
     pod latency through the test app's control file."""
 
-    def __init__(self, start_timeout_s: float = 420.0) -> None:
-        super().__init__(cwd=REPO, start_timeout_s=start_timeout_s, prefix="aviator-bench-box-")
+    def __init__(self, start_timeout_s: float = 420.0, args: list[str] | None = None) -> None:
+        super().__init__(
+            cwd=REPO, args=args, start_timeout_s=start_timeout_s, prefix="aviator-bench-box-"
+        )
 
     def aviator_problem(self) -> str | None:
         """None when the CRD, controller and agents run; otherwise what does not."""

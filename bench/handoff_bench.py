@@ -33,10 +33,12 @@ from typing import Protocol
 
 import uvloop
 
+from aviator.box.kubeproxy import unavailable
 from aviator.kube import KubeClient
 from aviator.kube.resources import AVIATORPOLICIES, CORE_EVENTS, SERVICES
 from aviator.testing.pool import KeepAlivePool
 from bench.common import (
+    REPO,
     BoxHandle,
     Row,
     box_unavailable,
@@ -57,6 +59,7 @@ INTERVAL_S = 1.0
 PERIOD_S = 2.0
 POOL = 16
 GOAL = "<= 1.3 x oracle"
+KUBE_PROXY_SETTLE_S = 2.0  # kube-proxy's sync after a slice change (it cannot be observed)
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,9 @@ class Client(Protocol):
         ...
 
 
-ClientFactory = Callable[[tuple[str, int]], Awaitable[Client]]
+# A client of a Service address; the second argument is the network namespace to connect
+# from (a /proc/<pid>/ns/net path, the box's where ClusterIPs exist) or None (the host's).
+ClientFactory = Callable[[tuple[str, int], str | None], Awaitable[Client]]
 
 
 @dataclass(frozen=True)
@@ -110,6 +115,10 @@ class Bench:
     protocol: str  # the test app's PROTOCOL
     client: str  # what the client is, for the notes
     unit: str  # "requests" or "RPCs"
+    # Through the box's real kube-proxy (a box of its own, `--proxy kube-proxy`; the
+    # client in the box's network namespace, to the Services' ClusterIPs) rather than
+    # the box proxy's host addresses.
+    kube_proxy: bool = False
 
 
 class _Pool:
@@ -127,20 +136,26 @@ class _Pool:
         return f"{self.pool.retries} retried on a fresh connection, {self.pool.opened} connections opened"
 
 
-async def _pool_client(address: tuple[str, int]) -> Client:
+async def _pool_client(address: tuple[str, int], netns: str | None) -> Client:
+    if netns is not None:
+        raise ValueError("the pool client connects from the host's network namespace only")
     return _Pool(address)
 
 
 def measure(bench: Bench, client: ClientFactory, load: Load) -> list[Row]:
     """The fleet in the box, variants (a) and (b), the oracle, and their rows."""
-    reason = box_unavailable()
+    reason = box_unavailable() or (unavailable(REPO / "bin") if bench.kube_proxy else None)
     if reason:
         return [row(bench.name, "skipped", 0.0, "", note=reason)]
-    box = shared_box()
-    try:
+    if not bench.kube_proxy:
+        box = shared_box()
+        try:
+            return uvloop.run(_run(box, bench, client, load))
+        finally:
+            box.kubectl("delete", "namespace", bench.namespace, "--wait=false")
+    # A box of its own, stopped when done: the other box benchmarks keep the box proxy.
+    with BoxHandle(args=["--proxy", "kube-proxy"]) as box:
         return uvloop.run(_run(box, bench, client, load))
-    finally:
-        box.kubectl("delete", "namespace", bench.namespace, "--wait=false")
 
 
 async def _run(box: BoxHandle, bench: Bench, client: ClientFactory, load: Load) -> list[Row]:
@@ -170,13 +185,14 @@ async def _run(box: BoxHandle, bench: Bench, client: ClientFactory, load: Load) 
             "deployment/slow",
             "--timeout=180s",
         )
+        route = _Route(box, kube, ns, bench.kube_proxy)
         results = {}
         for label, enabled in (("(a) hand-off off", False), ("(b) hand-off on", True)):
-            await wait_endpoints(kube, box, ns, TARGET, 10)
-            results[label] = await _variant(box, kube, ns, client, load, enabled, bench.protocol)
+            await route.wait_endpoints(TARGET, 10)
+            results[label] = await _variant(route, kube, ns, client, load, enabled, bench.protocol)
         # The oracle last, on a box as warm as the variants had it.
-        await wait_endpoints(kube, box, ns, ORACLE, 8)
-        oracle = await client(await box.wait_address(ns, ORACLE))
+        await route.wait_endpoints(ORACLE, 8)
+        oracle = await client(*await route.address(ORACLE))
         try:
             await oracle.run(load.rate_per_s, load.warmup_s, 1)  # connections fill
             oracle_samples = await oracle.run(load.rate_per_s, load.after_s, 2)
@@ -185,6 +201,40 @@ async def _run(box: BoxHandle, bench: Bench, client: ClientFactory, load: Load) 
         return _rows(bench, oracle_samples, results, load)
     finally:
         await kube.close()
+
+
+@dataclass(frozen=True)
+class _Route:
+    """How the client reaches a Service: the box proxy's host address, or (kube_proxy)
+    the ClusterIP from inside the box's network namespace."""
+
+    box: BoxHandle
+    kube: KubeClient
+    ns: str
+    kube_proxy: bool
+
+    async def address(self, service: str) -> tuple[tuple[str, int], str | None]:
+        """The address to dial and the network namespace to dial it from."""
+        if not self.kube_proxy:
+            return await self.box.wait_address(self.ns, service), None
+        svc = await self.kube.get(SERVICES, service, self.ns)
+        spec = svc.get("spec") or {}
+        netns = f"/proc/{int(self.box.status(fresh=True)['pid'])}/ns/net"
+        return (str(spec["clusterIP"]), int(spec["ports"][0]["port"])), netns
+
+    async def wait_endpoints(self, service: str, n: int, timeout_s: float = 120) -> None:
+        """Until the Service's slices hold `n` pods and its proxy follows them. The box
+        proxy says how many it spreads over; kube-proxy cannot be observed, so its sync
+        is waited out (KUBE_PROXY_SETTLE_S), as the e2e suite does for Kind."""
+        if not self.kube_proxy:
+            await wait_endpoints(self.kube, self.box, self.ns, service, n, timeout_s)
+            return
+        deadline = time.monotonic() + timeout_s
+        while len(await slice_pods(self.kube, self.ns, service)) < n:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{self.ns}/{service}: fewer than {n} pods in the slices")
+            await asyncio.sleep(0.25)
+        await asyncio.sleep(KUBE_PROXY_SETTLE_S)
 
 
 @dataclass
@@ -199,7 +249,7 @@ class Outcome:
 
 
 async def _variant(
-    box: BoxHandle,
+    route: _Route,
     kube: KubeClient,
     ns: str,
     client: ClientFactory,
@@ -207,7 +257,7 @@ async def _variant(
     enabled: bool,
     protocol: str,
 ) -> Outcome:
-    c = await client(await box.wait_address(ns, TARGET))
+    c = await client(*await route.address(TARGET))
     started = time.monotonic()
     traffic = asyncio.get_running_loop().create_task(
         c.run(load.rate_per_s, load.warmup_s + load.after_s, 3)

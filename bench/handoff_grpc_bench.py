@@ -72,7 +72,9 @@ class _Channels:
         )
 
 
-async def _channels(address: tuple[str, int]) -> Client:
+async def _channels(address: tuple[str, int], netns: str | None) -> Client:
+    if netns is not None:
+        raise ValueError("the gRPC channels connect from the host's network namespace only")
     host, port = address
     channels = Channels(f"{host}:{port}", CHANNELS)
     await channels.connect()

@@ -1,9 +1,12 @@
 """wrk's kept-alive connections and connection hand-off, in the cluster in a box.
 
 bench/handoff_bench.py with a load tool nobody here wrote: Debian's `wrk` (HTTP/1.1,
-keep-alive, re-dials a connection the server closed). `wrk -t 16 -c 16`: each thread
-owns exactly one connection, placed by the box proxy like kube-proxy places one, for
-the whole run. A Lua script paces each connection at rate/16 requests per second (wrk's
+keep-alive, re-dials a connection the server closed), through the real kube-proxy: a
+box of its own (`--proxy kube-proxy`), wrk run in its network namespace (nsenter) to
+the Services' ClusterIPs, so each connection is kernel NAT to a pod as in a cluster
+(a userspace relay would hold a request it already read while the agent ends the pod
+side; docs/benchmarks.md). `wrk -t 16 -c 16`: each thread owns exactly one
+connection, placed by kube-proxy, for the whole run. A Lua script paces each connection at rate/16 requests per second (wrk's
 `delay()` hook; a request is never sent before the previous answer, and a connection
 that fell behind sends the next at once rather than in a burst, so a slow pod's
 connection keeps sending at the pace the pod allows) and, with LuaJIT's ffi, reads
@@ -94,9 +97,18 @@ end
 def run(quick: bool) -> list[Row]:
     if shutil.which("wrk") is None:
         return [row(NAME, "skipped", 0.0, "", note="wrk is not installed (make setup)")]
+    if shutil.which("nsenter") is None:
+        return [row(NAME, "skipped", 0.0, "", note="nsenter is missing (util-linux)")]
     load = Load(60, 4, 16) if quick else Load(80, 10, 40)
     return measure(
-        Bench(NAME, NS, "http1", f"wrk, {CONNECTIONS} threads x 1 connection", "requests"),
+        Bench(
+            NAME,
+            NS,
+            "http1",
+            f"wrk, {CONNECTIONS} threads x 1 connection, through kube-proxy",
+            "requests",
+            kube_proxy=True,
+        ),
         _wrk,
         load,
     )
@@ -144,8 +156,9 @@ def summarize(stdout: str) -> str:
 
 
 class _Wrk:
-    def __init__(self, address: tuple[str, int]) -> None:
+    def __init__(self, address: tuple[str, int], netns: str | None) -> None:
         host, port = address
+        self.netns = netns
         self.url = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
         self.dir = Path(tempfile.mkdtemp(prefix="handoff-wrk-"))
         self.threads: list[list[Timed]] = []  # the last run's samples, per thread
@@ -160,7 +173,9 @@ class _Wrk:
             f'OUT_DIR = "{out}"\nINTERVAL_S = {interval_s!r}\nCONNECTIONS = {CONNECTIONS}\n'
             + SCRIPT
         )
+        in_netns = [] if self.netns is None else ["nsenter", f"--net={self.netns}"]
         proc = await asyncio.create_subprocess_exec(
+            *in_netns,
             "wrk",
             "-t",
             str(CONNECTIONS),
@@ -203,5 +218,5 @@ class _Wrk:
         )
 
 
-async def _wrk(address: tuple[str, int]) -> Client:
-    return _Wrk(address)
+async def _wrk(address: tuple[str, int], netns: str | None) -> Client:
+    return _Wrk(address, netns)

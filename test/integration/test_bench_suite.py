@@ -152,7 +152,8 @@ def test_handoff_wrk_quick() -> None:
     assert off > 0 and on > 0 and oracle > 0
     assert value(rows["(a) hand-off off: failed requests"]) == 0
     # wrk retries nothing: a request sent as the agent resets an idle connection is
-    # lost (docs/benchmarks.md), so (b) may count some, but only connections ended.
+    # lost, through kube-proxy too (docs/benchmarks.md), so (b) may count some, but only
+    # connections ended.
     errors = str(rows["(b) hand-off on: failed requests"]["note"]).split("errors: ")[1]
     assert all(e.startswith(("connection ended", "none")) for e in errors.split(", ")), errors
 
