@@ -71,7 +71,7 @@ async def test_wrk_counts_requests_cut_in_flight_and_not_idle_closes() -> None:
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
-    wrk = _Wrk(("127.0.0.1", port))
+    wrk = _Wrk(("127.0.0.1", port), None)  # no network namespace: the host's loopback
     try:
         started = time.monotonic()
         samples = await wrk.run(4 * CONNECTIONS, 3, 1)
