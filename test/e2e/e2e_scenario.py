@@ -189,19 +189,21 @@ class Scenario:
             timeout_s=30,
         )
 
-    async def converge_to_fast(self, service: str, timeout_s: float = 30) -> float:
-        """Wait until exactly the fast pods serve `service` (its slices, then the Service
-        proxy: new connections dialled from then on land on them); the seconds the
-        slices took."""
-        fast = await self.pods("fast")
+    async def converge_to(self, service: str, pods: set[str], timeout_s: float = 30) -> float:
+        """Wait until exactly `pods` serve `service` (its slices, then the Service proxy:
+        new connections dialled from then on land on them); the seconds the slices took."""
         _, took = await wait_for(
-            f"{service} to route to the fast pods {sorted(fast)}",
+            f"{service} to route to {sorted(pods)}",
             lambda: self.routed(service),
-            lambda pods: pods == fast,
+            lambda routed: routed == pods,
             timeout_s,
         )
         await self.proxy_follows(service)
         return took
+
+    async def converge_to_fast(self, service: str, timeout_s: float = 30) -> float:
+        """`converge_to` the fast pods."""
+        return await self.converge_to(service, await self.pods("fast"), timeout_s)
 
 
 async def _completed(value: T) -> T:

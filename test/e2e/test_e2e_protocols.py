@@ -65,12 +65,7 @@ async def deploy(s: Scenario, app: str, replicas: int, latency: str, protocol: s
         lambda p: len(p) == replicas,
         timeout_s=90,
     )
-    await wait_for(
-        f"{app} to route to its {replicas} pods",
-        lambda: s.routed(app),
-        lambda routed: routed == pods,
-        timeout_s=30,
-    )
+    await s.converge_to(app, pods)
     return pods
 
 
@@ -132,13 +127,7 @@ async def test_hung_pod_leaves_within_p99_threshold_plus_one_second(scenario: Sc
         )
     )
     shadow = f"{HUNG_APP}-aviator"
-    await wait_for(
-        f"{shadow} to route to all 4 pods",
-        lambda: scenario.routed(shadow),
-        lambda routed: routed == pods,
-        timeout_s=CONVERGE_S,
-    )
-    await scenario.proxy_follows(shadow)
+    await scenario.converge_to(shadow, pods, CONVERGE_S)
     load = Load(
         lambda: scenario.cluster.address(scenario.ns, shadow),
         concurrency=8,
@@ -222,12 +211,7 @@ async def test_pod_answering_errors_is_ejected_and_readmitted(scenario: Scenario
         )
     )
     shadow = f"{ERROR_APP}-aviator"
-    await wait_for(
-        f"{shadow} to route to all 4 pods",
-        lambda: scenario.routed(shadow),
-        lambda routed: routed == pods,
-        timeout_s=CONVERGE_S,
-    )
+    await scenario.converge_to(shadow, pods, CONVERGE_S)
     load = scenario.load(shadow, concurrency=4)
     victim = sorted(pods)[0]
     await wait_for(
@@ -310,15 +294,9 @@ async def test_grpc_service_routes_around_its_slow_pod(scenario: Scenario) -> No
     )
     fast = pods - {slow}
     try:
-        _, took = await wait_for(
-            f"{GRPC_APP} to route to the 3 fast pods {sorted(fast)}",
-            lambda: scenario.routed(GRPC_APP),
-            lambda routed: routed == fast,
-            timeout_s=CONVERGE_S,
-        )
+        took = await scenario.converge_to(GRPC_APP, fast, CONVERGE_S)
     except AssertionError as err:
         raise AssertionError(f"{err}\n{status_line(await scenario.avp())}") from None
-    await scenario.proxy_follows(GRPC_APP)
     after = await grpc_window(scenario, GRPC_APP)
     assert after.errors == 0, after
     assert slow not in after.by_pod, after
