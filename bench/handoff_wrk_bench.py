@@ -11,12 +11,17 @@ connection, placed by kube-proxy, for the whole run. A Lua script paces each con
 that fell behind sends the next at once rather than in a burst, so a slow pod's
 connection keeps sending at the pace the pod allows) and, with LuaJIT's ffi, reads
 CLOCK_MONOTONIC (Python's time.monotonic()) when each request is sent and its response
-ends: one line per request in the thread's own file (sent time, latency, status, the
-X-Served-By header of the test app). A request sent on a connection that ended before
-its response (wrk sends the next request on the re-dialled connection) is a failed
-request, as is a status other than 2xx; wrk's summary (socket errors, non-2xx) is in
-the note. wrk counts an idle connection the server closed as a read error, though no
-request was lost on it: with hand-off on, read errors are the connections handed off.
+ends. Each request carries an `X-Request-Id` the test app echoes, and the thread's own
+file gets a line when a request is sent and one when a response ends, naming it: a
+response is paired with its request by that name, never by order, because wrk can put
+two requests on one connection (a connection re-dialled while its `delay()` timer was
+pending writes from the timer and from the new connection's first writable event).
+A request that got no response while a later one on the same connection did is a
+failed request (its connection ended under it: wrk never re-sends), as is a status
+other than 2xx; one still unanswered when wrk stopped is no sample. wrk's summary
+(socket errors, non-2xx) is in the note. wrk counts an idle connection the server
+closed as a read error, though no request was lost on it: with hand-off on, read
+errors are the connections handed off.
 Same variants, window and goals as the keep-alive pool rows.
 """
 
@@ -37,8 +42,6 @@ NS = "bench-handoff-wrk"
 CONNECTIONS = 16
 TIMEOUT_S = 10
 
-# One thread, one connection, one Lua state: request() and response() alternate, so a
-# request() while one is pending means the pending one's connection ended under it.
 SCRIPT = r"""
 local ffi = require("ffi")
 ffi.cdef[[
@@ -57,7 +60,8 @@ function setup(thread)
   threads = threads + 1
 end
 
-local out, next_due, sent, pacing
+local out, next_due, pacing
+local sent = 0
 function init(args)
   out = io.open(OUT_DIR .. "/thread-" .. id .. ".log", "w")
   out:setvbuf("line") -- wrk ends without closing the threads' files
@@ -77,19 +81,18 @@ function request()
     return wrk.format("GET", "/")
   end
   local t = now()
-  if sent then
-    out:write(string.format("lost %.6f\n", sent))
-  end
-  sent = t
+  sent = sent + 1
+  local name = string.format("%d-%d", id, sent)
+  out:write(string.format("sent %s %.6f\n", name, t))
   next_due = math.max(next_due + INTERVAL_S, t)
-  return wrk.format("GET", "/")
+  return wrk.format("GET", "/", { ["X-Request-Id"] = name })
 end
 
 function response(status, headers, body)
   local t = now()
+  local name = headers["X-Request-Id"] or headers["x-request-id"] or "-"
   local pod = headers["X-Served-By"] or headers["x-served-by"] or "-"
-  out:write(string.format("ok %.6f %.6f %d %s\n", sent, t - sent, status, pod))
-  sent = nil
+  out:write(string.format("done %s %.6f %d %s\n", name, t, status, pod))
 end
 """
 
@@ -114,25 +117,34 @@ def run(quick: bool) -> list[Row]:
     )
 
 
-def parse_thread_log(text: str) -> list[Timed]:
-    """One thread's lines: `ok <sent> <latency> <status> <pod>` or `lost <sent>`."""
-    samples: list[Timed] = []
+def parse_thread_log(text: str) -> dict[str, Timed]:
+    """One thread's lines, `sent <name> <at>` and `done <name> <at> <status> <pod>`, as
+    samples by request name, in the order sent. Unanswered requests sent before the
+    thread's last answered one are failed; later ones were in flight when wrk stopped
+    and are no sample."""
+    sent: dict[str, float] = {}
+    done: dict[str, tuple[float, int, str]] = {}
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) == 5 and parts[0] == "ok":
-            status = int(parts[3])
-            ok = 200 <= status < 300
-            samples.append(
-                Timed(
-                    float(parts[1]),
-                    float(parts[2]),
-                    ok,
-                    None if parts[4] == "-" else parts[4],
-                    None if ok else f"HTTP {status}",
+        if len(parts) == 3 and parts[0] == "sent":
+            sent[parts[1]] = float(parts[2])
+        elif len(parts) == 5 and parts[0] == "done":
+            if parts[1] not in sent:
+                raise ValueError(
+                    f"a response names no request this thread sent ({line!r}): "
+                    "the server must echo X-Request-Id"
                 )
-            )
-        elif len(parts) == 2 and parts[0] == "lost":
-            samples.append(Timed(float(parts[1]), None, False, None, "connection ended"))
+            done[parts[1]] = (float(parts[2]), int(parts[3]), parts[4])
+    last_answered = max((sent[name] for name in done), default=float("-inf"))
+    samples: dict[str, Timed] = {}
+    for name, at in sent.items():
+        if name in done:
+            ended, status, pod = done[name]
+            ok = 200 <= status < 300
+            served_by = None if pod == "-" else pod
+            samples[name] = Timed(at, ended - at, ok, served_by, None if ok else f"HTTP {status}")
+        elif at < last_answered:
+            samples[name] = Timed(at, None, False, None, "connection ended")
     return samples
 
 
@@ -161,7 +173,7 @@ class _Wrk:
         self.netns = netns
         self.url = f"http://[{host}]:{port}/" if ":" in host else f"http://{host}:{port}/"
         self.dir = Path(tempfile.mkdtemp(prefix="handoff-wrk-"))
-        self.threads: list[list[Timed]] = []  # the last run's samples, per thread
+        self.threads: list[dict[str, Timed]] = []  # the last run's samples, per thread
         self.summary = ""
 
     async def run(self, rate_per_s: float, duration_s: float, seed: int) -> list[Timed]:
@@ -197,7 +209,7 @@ class _Wrk:
             raise RuntimeError(f"wrk exited with {proc.returncode}: {text[-2000:]}")
         self.summary = summarize(text)
         self.threads = [parse_thread_log(p.read_text()) for p in sorted(out.glob("thread-*.log"))]
-        return [s for samples in self.threads for s in samples]
+        return [s for samples in self.threads for s in samples.values()]
 
     async def close(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
@@ -207,9 +219,9 @@ class _Wrk:
         served when the policy came and at the end, and wrk's own error counts."""
         moves = slow_then = slow_end = 0
         for samples in self.threads:
-            pods = [s.served_by for s in samples if s.served_by]
+            pods = [s.served_by for s in samples.values() if s.served_by]
             moves += sum(1 for a, b in itertools.pairwise(pods) if a != b)
-            before = [s.served_by for s in samples if s.served_by and s.at < policy_at]
+            before = [s.served_by for s in samples.values() if s.served_by and s.at < policy_at]
             slow_then += bool(before) and str(before[-1]).startswith("slow-")
             slow_end += bool(pods) and str(pods[-1]).startswith("slow-")
         return (

@@ -41,6 +41,8 @@ Paths (HTTP/1.1 and h2c):
                            change settings at run time (turn a pod slow and back)
   anything else            waits the latency, then 200 with a small JSON body (or 503
                            at once, ERROR_RATE of the time)
+  Every response echoes the request's X-Request-Id header, when it has one, so a client
+  that may have several requests on a connection can tell which one it is.
 """
 
 from __future__ import annotations
@@ -120,11 +122,13 @@ async def serve_connection(
             )
             status, body = await app.handle(method, target)
             payload = json.dumps(body).encode()
+            request_id = headers.get("x-request-id")
+            echo = "" if request_id is None else f"X-Request-Id: {request_id}\r\n"
             head = (
                 f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}\r\n"
                 f"Content-Type: application/json\r\n"
                 f"Content-Length: {len(payload)}\r\n"
-                f"X-Served-By: {app.name}\r\n"
+                f"X-Served-By: {app.name}\r\n{echo}"
                 f"Connection: {'keep-alive' if keep_alive else 'close'}\r\n\r\n"
             )
             writer.write(head.encode("latin-1") + payload)

@@ -75,6 +75,8 @@ class _H2Server:
             while self.conn.local_flow_control_window(stream_id) < len(payload):
                 self.window.clear()
                 await self.window.wait()
+            request_id = headers.get(b"x-request-id")
+            echo = [] if request_id is None else [(b"x-request-id", request_id)]
             self.conn.send_headers(
                 stream_id,
                 [
@@ -82,6 +84,7 @@ class _H2Server:
                     (b"content-type", b"application/json"),
                     (b"content-length", str(len(payload)).encode()),
                     (b"x-served-by", self.app.name.encode()),
+                    *echo,
                 ],
             )
             self.conn.send_data(stream_id, payload, end_stream=True)

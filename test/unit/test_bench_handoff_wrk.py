@@ -1,10 +1,12 @@
-"""The handoff-wrk bench's wrk client: its per-request lines parse into samples, and run
-against a local server, a connection ended with a request in flight is exactly one
-failed request while an idle connection the server closed (a hand-off) is none."""
+"""The handoff-wrk bench's wrk client: its per-request lines pair responses with
+requests by name, and run against a local server, every request a connection ended
+under is a failed request while an idle connection the server closed (a hand-off)
+costs none."""
 
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import time
 
@@ -13,16 +15,38 @@ import pytest
 from bench.handoff_wrk_bench import CONNECTIONS, _Wrk, parse_thread_log, summarize
 
 
-def test_thread_log_lines_parse_into_samples() -> None:
+def test_thread_log_lines_pair_responses_with_requests_by_name() -> None:
     samples = parse_thread_log(
-        "ok 10.5 0.012 200 fast-1\nlost 11.0\nok 11.2 0.5 503 slow-2\nok 12.0 0.01 200 -\ngarbage\n"
+        "sent 0-1 10.0\ndone 0-1 10.012 200 fast-1\n"
+        # two requests on one connection (a re-dial while a delay was pending), answered
+        # in order, and one whose connection ended under it
+        "sent 0-2 11.0\nsent 0-3 11.001\ndone 0-2 11.5 503 slow-2\ndone 0-3 11.6 200 -\n"
+        "sent 0-4 12.0\nsent 0-5 12.1\ndone 0-5 12.2 200 fast-1\ngarbage\n"
+        "sent 0-6 13.0\n"  # in flight when wrk stopped: no sample
     )
-    assert [(s.at, s.latency_s, s.ok, s.served_by, s.error) for s in samples] == [
-        (10.5, 0.012, True, "fast-1", None),
-        (11.0, None, False, None, "connection ended"),
-        (11.2, 0.5, False, "slow-2", "HTTP 503"),
-        (12.0, 0.01, True, None, None),
-    ]
+    got = {
+        name: (
+            s.at,
+            None if s.latency_s is None else round(s.latency_s, 6),
+            s.ok,
+            s.served_by,
+            s.error,
+        )
+        for name, s in samples.items()
+    }
+    assert got == {
+        "0-1": (10.0, 0.012, True, "fast-1", None),
+        "0-2": (11.0, 0.5, False, "slow-2", "HTTP 503"),
+        "0-3": (11.001, 0.599, True, None, None),
+        "0-4": (12.0, None, False, None, "connection ended"),
+        "0-5": (12.1, 0.1, True, "fast-1", None),
+    }
+    assert list(samples) == ["0-1", "0-2", "0-3", "0-4", "0-5"]
+
+
+def test_a_response_naming_no_request_is_an_error() -> None:
+    with pytest.raises(ValueError, match="X-Request-Id"):
+        parse_thread_log("sent 0-1 10.0\ndone - 10.1 200 pod-a\n")
 
 
 def test_summary_reads_wrk_error_counts() -> None:
@@ -38,28 +62,31 @@ async def test_wrk_counts_requests_cut_in_flight_and_not_idle_closes() -> None:
     if shutil.which("wrk") is None:
         pytest.skip("wrk is missing: `make setup` installs it")
     connections = 0
-    cut = answered = idle_closed = 0
+    answered: set[str] = set()
+    cut: set[str] = set()  # requests read by a connection that then closed unanswered
+    idle_closed = 0
 
     async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # The first connections answer twice then close while idle, the next ones
         # take a request and close without answering, the rest answer everything.
-        nonlocal connections, cut, answered, idle_closed
+        nonlocal connections, idle_closed
         ordinal = connections
         connections += 1
         served = 0
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                if not head:
-                    return
+                name = re.search(rb"X-Request-Id: (\S+)", head)
+                assert name is not None, head
                 if CONNECTIONS <= ordinal < 2 * CONNECTIONS:
-                    cut += 1
+                    cut.add(name.group(1).decode())
                     return
                 writer.write(
-                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Served-By: pod-a\r\n\r\nok"
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Served-By: pod-a\r\n"
+                    b"X-Request-Id: " + name.group(1) + b"\r\n\r\nok"
                 )
                 await writer.drain()
-                answered += 1
+                answered.add(name.group(1).decode())
                 served += 1
                 if ordinal < CONNECTIONS and served == 2:
                     idle_closed += 1
@@ -74,17 +101,21 @@ async def test_wrk_counts_requests_cut_in_flight_and_not_idle_closes() -> None:
     wrk = _Wrk(("127.0.0.1", port), None)  # no network namespace: the host's loopback
     try:
         started = time.monotonic()
-        samples = await wrk.run(4 * CONNECTIONS, 3, 1)
+        await wrk.run(4 * CONNECTIONS, 3, 1)
     finally:
         await wrk.close()
         server.close()
-    failed = [s for s in samples if not s.ok]
-    ok = [s for s in samples if s.ok]
-    assert cut > 0 and idle_closed > 0
-    assert len(failed) == cut, (failed, cut, idle_closed)
-    assert all(s.error == "connection ended" for s in failed)
-    # wrk may stop with an answer on the way: at most one per connection unparsed.
-    assert len(ok) <= answered <= len(ok) + CONNECTIONS
-    assert all(s.served_by == "pod-a" and s.latency_s is not None for s in ok)
-    assert all(started <= s.at <= time.monotonic() for s in samples)
+    samples = {name: s for thread in wrk.threads for name, s in thread.items()}
+    failed = {name for name, s in samples.items() if not s.ok}
+    ok = {name for name, s in samples.items() if s.ok}
+    assert cut and idle_closed > 0
+    # Every request a connection took and closed on is failed; no answered one is, so
+    # an idle connection the server closed costs nothing.
+    assert cut <= failed, (cut, failed)
+    assert not failed & answered, failed & answered
+    assert all(samples[name].error == "connection ended" for name in failed)
+    # wrk may stop with answers on the way: at most two per connection unparsed.
+    assert ok <= answered and len(answered - ok) <= 2 * CONNECTIONS
+    assert all(samples[name].served_by == "pod-a" for name in ok)
+    assert all(started <= s.at <= time.monotonic() for s in samples.values())
     assert "read" in wrk.redials(started)

@@ -116,3 +116,46 @@ async def test_h2c_mode_serves_http1_probes_and_control() -> None:
         async with H2cClient("127.0.0.1", port) as client:
             sample = await client.request()
         assert sample.ok and sample.latency_s is not None and sample.latency_s >= 0.25
+
+
+async def test_http1_responses_echo_the_request_id_of_pipelined_requests() -> None:
+    with running_app("http1", LATENCY="20ms") as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Request-Id: 3-1\r\n\r\n"
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Request-Id: 3-2\r\n\r\n"
+            b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        data = await reader.read()
+        writer.close()
+    heads = [chunk for chunk in data.split(b"HTTP/1.1 ")[1:]]
+    assert len(heads) == 3
+    assert [h.count(b"X-Request-Id: 3-1") for h in heads] == [1, 0, 0]
+    assert [h.count(b"X-Request-Id: 3-2") for h in heads] == [0, 1, 0]
+    assert b"X-Request-Id" not in heads[2]
+
+
+async def test_h2c_responses_echo_the_request_id_of_each_stream() -> None:
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    with running_app("h2c", LATENCY="20ms") as port:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        for stream_id, name in ((1, b"a"), (3, b"b"), (5, None)):
+            headers = [(b":method", b"GET"), (b":path", b"/"), (b":scheme", b"http")]
+            headers += [(b":authority", b"x")] + ([(b"x-request-id", name)] if name else [])
+            conn.send_headers(stream_id, headers, end_stream=True)
+        writer.write(conn.data_to_send())
+        echoed: dict[int, bytes | None] = {}
+        while len(echoed) < 3:
+            data = await asyncio.wait_for(reader.read(65536), 10)
+            assert data, "the app closed the connection"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    echoed[event.stream_id] = dict(event.headers).get(b"x-request-id")
+            writer.write(conn.data_to_send())
+        writer.close()
+    assert echoed == {1: b"a", 3: b"b", 5: None}
