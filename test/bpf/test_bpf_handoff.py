@@ -120,7 +120,7 @@ def test_only_idle_client_connections_of_the_pod_and_port_are_ended(
         h = executor.begin(Target("ns/pod", POD, frozenset({pod.port})), "ns/policy", 0.0)
         executor.step()
         assert h.ended == len(idle)
-        assert h.remaining == 1 and h.busy == 1 and h.active  # the in-flight one waits
+        assert h.remaining == 1 and h.active  # the in-flight one waits
 
         for c in idle:
             assert not c.alive()
@@ -208,4 +208,50 @@ def test_other_network_namespaces_can_be_excluded(latency_source: BpfLatencySour
         assert h.ended == 0 and h.outcome == "complete"  # nothing of it in an allowed one
         assert c.alive()
     finally:
+        pod.stop()
+
+
+def test_a_client_sending_back_to_back_loses_no_request(latency_source: BpfLatencySource) -> None:
+    """A client that sends each request the moment the previous answer arrives is idle
+    only for that instant: it is never quiet, so it is left on its pod and loses no
+    request, while a connection that pauses is ended. (Ending it at an idle instant,
+    `quiet_s=0`, loses the request already on its way.)"""
+    pod = DelayServer("127.0.41.50", lambda: 0.002).start()
+    stop = threading.Event()
+    failures: list[OSError] = []
+    sent = [0]
+
+    def back_to_back(c: Conn) -> None:
+        while not stop.is_set() and sent[0] < 20_000:
+            try:
+                c.request()
+            except OSError as exc:
+                failures.append(exc)
+                return
+            sent[0] += 1
+
+    try:
+        busy, pausing = Conn(pod.host, pod.port), Conn(pod.host, pod.port)
+        busy.request()
+        pausing.request()
+        _wait_tracked(latency_source, [busy, pausing])
+        client = threading.Thread(target=back_to_back, args=(busy,), daemon=True)
+        client.start()
+        # A pause of half a second is the pausing connection's, never the busy loop's.
+        executor = HandOffExecutor(
+            table=latency_source, open_diag=open_diag, fresh_s=0.0, quiet_s=0.5, watch_s=0.2
+        )
+        h = executor.begin(Target("ns/p", pod.host, frozenset({pod.port})), "ns/policy", 0.0)
+        steps = 0
+        while (h.ended == 0 or sent[0] < 200) and steps < 100 and not failures:
+            executor.step()
+            steps += 1
+        stop.set()
+        client.join(10)
+        assert failures == [], f"after {sent[0]} requests"
+        assert h.ended == 1 and sent[0] >= 200, (h.ended, sent[0], steps)
+        assert not pausing.alive()
+        assert busy.alive()
+    finally:
+        stop.set()
         pod.stop()

@@ -22,7 +22,7 @@ from aviator.agent.bpf import BpfLatencySource
 from aviator.agent.bpf.model import SocketState
 from aviator.agent.handoff.executor import HandOffExecutor
 from aviator.agent.handoff.netlink import open_diag
-from aviator.agent.handoff.select import Target, is_idle
+from aviator.agent.handoff.select import Target, is_idle, is_quiet
 
 pytestmark = [pytest.mark.bpf, pytest.mark.timeout(TEST_BOUND_S, func_only=True)]
 
@@ -92,6 +92,11 @@ def _ours(source: BpfLatencySource, host: str, port: int) -> list[SocketState]:
     return [s for s in source.sockets() if s.role == "server" and s.local == (host, port)]
 
 
+def quiet(executor: HandOffExecutor) -> Callable[[SocketState], bool]:
+    """Idle for the executor's quiet time: its next step may end the connection."""
+    return lambda s: is_quiet(s, time.monotonic_ns(), int(executor.quiet_s * 1e9))
+
+
 def _wait(
     source: BpfLatencySource, host: str, port: int, ok: Callable[[SocketState], bool]
 ) -> None:
@@ -150,7 +155,7 @@ def test_grpc_rpcs_in_flight_complete_and_the_connection_ends_after(
         answers = [f.result(timeout=30) for f in slow]  # raises on any failed RPC
         assert answers == [first_peer] * rpcs  # all on the first connection
         if not answer_during_watch:
-            _wait(latency_source, host, port, is_idle)
+            _wait(latency_source, host, port, quiet(executor))
             executor.step()
         assert h.ended == 1
 
@@ -200,7 +205,7 @@ def test_grpc_server_streaming_rpc_keeps_its_connection_until_its_last_message(
         assert list(stream) == []  # the trailers: the RPC ended OK
         assert got == [f"{i}".encode() for i in range(messages)]
 
-        _wait(latency_source, host, port, is_idle)
+        _wait(latency_source, host, port, quiet(executor))
         executor.step()
         assert h is not None and h.ended == 1
         states.wait_left_ready(before)
@@ -240,6 +245,6 @@ def test_grpc_stream_older_than_the_program_keeps_its_connection() -> None:
             assert list(stream) == []
             assert got == [f"{i}".encode() for i in range(messages)]
             assert h.ended == 0
-            _wait(source, host, port, is_idle)
+            _wait(source, host, port, quiet(executor))
             executor.step()
             assert h.ended == 1

@@ -12,10 +12,13 @@ step, per pod:
 3. the pod's network namespace (the inode the program recorded) is dumped once through
    sock_diag, which names each connection with its cookie;
 4. idle candidates first: right before its destroy the socket's state is read again
-   from the map (no request open: `select.is_idle`) and from the kernel (no request
-   bytes waiting to be read); busy candidates are then watched for up to `watch_s`, polled every
-   `watch_poll_s`, and each is ended right after its answer went out: on a busy pool
-   connection the idle moment between an answer and the next request is short;
+   from the map (no request open, and none for `quiet_s`: `select.is_quiet`) and from
+   the kernel (no request bytes waiting to be read); busy candidates are then watched
+   for up to `watch_s`, polled every `watch_poll_s`, and each is ended once it has been
+   quiet that long: on a busy pool connection the pauses between requests are short,
+   and a connection whose client sends each request the moment the previous answer
+   arrives never pauses at all (it is left on its pod: ending it would lose the request
+   on its way);
 5. an HTTP/2 or gRPC connection still busy `drain_after_s` after it was first due (no
    idle moment in any watch since: calls overlap on it without a pause) is *drained*:
    `drain` writes a graceful GOAWAY for the pod's server (goaway.py, drain.py), the
@@ -24,10 +27,12 @@ step, per pod:
    a destroy if it is found idle later (a client that keeps it open).
 
 A tiny window remains between that last read and the kernel ending the connection: a
-request the client sends in it meets a reset connection. Clients retry an idempotent
+request the client sends in it meets a reset connection. On a connection quiet for
+`quiet_s` that takes a client sending at that very instant (about the window over its
+pause, 0.1 ms against tens of milliseconds or more); clients retry an idempotent
 request once on a reused connection that was closed (as they do when a server closes
-an idle keep-alive connection), so it fails nowhere; non-idempotent requests on pooled
-connections already carry that risk with every server's idle timeout.
+an idle keep-alive connection), and non-idempotent requests on pooled connections
+already carry that risk with every server's idle timeout.
 
 A hand-off ends when the pod has no connection left to end, when it is cancelled (the
 pod is routed again, or is gone), or `grace_s` after its period (connections busy the
@@ -47,7 +52,7 @@ from typing import Protocol
 from aviator.agent.bpf.model import SocketState
 from aviator.agent.handoff import goaway, pacing
 from aviator.agent.handoff.drain import SENT as drain_sent
-from aviator.agent.handoff.select import Target, candidates, is_idle
+from aviator.agent.handoff.select import Target, candidates, is_idle, is_quiet
 from aviator.agent.handoff.sockdiag import DiagSocket
 from aviator.kube.addresses import normalize_ip
 
@@ -94,7 +99,7 @@ class HandOff:
     limit: pacing.RateLimit
     ended: int = 0
     remaining: int = 0
-    busy: int = 0  # destroys skipped: a request was in flight at the last look
+    busy: int = 0  # destroys put off: a request in flight, or not quiet yet, at a look
     failed: int = 0
     drained: int = 0  # busy HTTP/2 connections sent a graceful GOAWAY
     outcome: str = ""  # "", "complete", "expired", "cancelled"
@@ -117,6 +122,9 @@ class HandOffExecutor:
     rate: float = 50.0  # connections per second per pod
     burst: float = 10.0
     fresh_s: float = 1.0
+    # Idle this long before a destroy: longer than a client takes from reading an answer
+    # to sending its next request, even descheduled on a busy node.
+    quiet_s: float = 0.05
     grace_s: float = 30.0
     keep_finished_s: float = 60.0
     watch_s: float = 0.2  # per step: how long busy candidates are watched for their answer
@@ -339,9 +347,10 @@ class HandOffExecutor:
         *,
         count_busy: bool = True,
     ) -> str:
-        """End `cand` if it is idle right now: no request open in the program's view and
-        no request bytes waiting to be read. (Response bytes not yet acknowledged do not
-        count: a request/response client acknowledges an answer with its next request.)"""
+        """End `cand` if it is quiet right now: no request open in the program's view, for
+        `quiet_s` at least, and no request bytes waiting to be read. (Response bytes not
+        yet acknowledged do not count: a request/response client acknowledges an answer
+        with its next request.)"""
         entry = self._diag(cand.netns, diags)
         if entry is None:
             return _GONE
@@ -352,7 +361,7 @@ class HandOffExecutor:
         current = self.table.socket(cand.sk)
         if current is None:
             return _GONE
-        if not is_idle(current):
+        if not is_quiet(current, self.kernel_clock(), int(self.quiet_s * 1e9)):
             h.busy += count_busy
             return _BUSY
         queues = diag.query(target)

@@ -21,6 +21,15 @@ target port. Never:
 HTTP/2 stream is open (`streams == 0`, counted per connection by the program: a stream
 is open until END_STREAM went both ways or it was reset, so a response still streaming
 keeps its connection).
+
+`is_quiet` is the test for ending one: idle for at least a quiet time. An idle moment
+alone is not enough: a client that sends its next request the moment an answer arrives
+(a connection kept busy, a load tool behind its pace) is idle for the microseconds
+between the answer and that request, and a connection ended then loses the request
+already on its way, which a client that does not retry reports as a failure. A
+connection idle for the quiet time belongs to a client that is not about to send; one
+never quiet is left on its pod (HTTP/1.1 has no way for anyone but the server's own
+response to say "close after this"; HTTP/2 connections get a graceful GOAWAY instead).
 """
 
 from __future__ import annotations
@@ -45,6 +54,11 @@ class Target:
 def is_idle(sock: SocketState) -> bool:
     """No request (HTTP/1.1) and no HTTP/2 stream is open on the connection."""
     return sock.idle
+
+
+def is_quiet(sock: SocketState, now_ns: int, quiet_ns: int) -> bool:
+    """Idle, and since at least `quiet_ns` before `now_ns` (the kernel's monotonic clock)."""
+    return is_idle(sock) and now_ns - sock.idle_ns >= quiet_ns
 
 
 def candidates(

@@ -142,6 +142,29 @@ def test_a_connection_busy_at_the_last_look_is_never_ended() -> None:
     assert diag.destroyed == [] and h.busy == 1 and h.ended == 0
 
 
+def test_a_connection_is_ended_only_once_quiet() -> None:
+    """Idle since an answer 10 ms ago: its client may be sending the next request right
+    now, so it waits (counted busy); idle for the quiet time, it is ended."""
+    kernel_now = [10**12]
+    sock = dataclasses.replace(conn(1, ("10.0.0.1", 8080)), idle_ns=kernel_now[0] - 10**7)
+    table = FakeTable([sock])
+    diag = FakeDiag(table)
+    executor = HandOffExecutor(
+        table=table,
+        open_diag=lambda _ns: diag,
+        fresh_s=0.0,
+        watch_s=0.0,
+        quiet_s=0.05,
+        kernel_clock=lambda: kernel_now[0],
+    )
+    h = executor.begin(Target("ns/a", "10.0.0.1", frozenset({8080})), "ns/p", 0.0)
+    executor.step()
+    assert diag.destroyed == [] and h.busy == 1 and h.active
+    kernel_now[0] += 4 * 10**7  # 50 ms since its answer
+    executor.step()
+    assert diag.destroyed_cookies == [1] and h.ended == 1
+
+
 def test_a_request_unread_keeps_it() -> None:
     """Idle in the program's view, but the kernel holds request bytes the application
     has not read yet: the connection stays."""

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from aviator.agent.bpf.model import SocketState
 from aviator.agent.handoff import pacing
-from aviator.agent.handoff.select import Target, candidates, is_idle
+from aviator.agent.handoff.select import Target, candidates, is_idle, is_quiet
 
 NOW = 10**12
 POD = Target(pod="ns/a", ip="10.0.0.5", ports=frozenset({8080}))
@@ -87,3 +87,10 @@ def test_rate_limit_bounds_what_is_taken(rate: float, burst: int, steps: list[fl
         now += dt
         taken += limit.take(1000, now)
         assert taken <= burst + rate * now + 1e-6
+
+
+@given(sockets(), st.integers(0, 10 * 10**9))
+def test_quiet_is_idle_for_at_least_the_quiet_time(sock: SocketState, quiet_ns: int) -> None:
+    assert is_quiet(sock, NOW, quiet_ns) == (is_idle(sock) and NOW - sock.idle_ns >= quiet_ns)
+    if is_quiet(sock, NOW, quiet_ns):
+        assert is_quiet(sock, NOW + 1, quiet_ns)  # stays quiet while nothing happens
