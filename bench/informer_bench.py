@@ -19,12 +19,14 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
+import orjson
 import uvloop
 
 from aviator.informers import SharedIndexInformer
 from aviator.informers.keys import JSON
 from aviator.kube import KubeClient
 from aviator.kube.resources import PODS, SERVICEACCOUNTS
+from aviator.runtime.gctune import tune_for_caches
 from aviator.testing.controlplane import ControlPlane
 
 Row = dict[str, object]
@@ -181,7 +183,7 @@ class MemoryWatchClient:
 
     def __init__(self, lines: list[bytes], decode: bool) -> None:
         self._lines = lines
-        self._decoded: list[JSON] | None = None if decode else [json.loads(x) for x in lines]
+        self._decoded: list[JSON] | None = None if decode else [orjson.loads(x) for x in lines]
 
     async def request(
         self,
@@ -203,11 +205,12 @@ class MemoryWatchClient:
                 yield event
         else:
             for line in self._lines:
-                yield json.loads(line)
+                yield orjson.loads(line)  # as KubeClient.watch decodes
         await asyncio.Event().wait()  # stays open, like a quiet watch
 
 
 async def ingest(updates: int, *, decode: bool) -> Row:
+    tune_for_caches()  # as the controller and the agent run
     distinct = min(5_000, updates // 4)  # the rest are updates of those pods
     template = pod("p", "bench")
     lines: list[bytes] = []

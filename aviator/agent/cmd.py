@@ -17,6 +17,7 @@ from aviator.agent.promfold import DEFAULT_PER_OCTAVE, PER_OCTAVE_CHOICES, error
 from aviator.agent.sources import SourceUnavailable, open_source
 from aviator.agent.urgent import DEFAULT_CHECK_S
 from aviator.kube import KubeClient
+from aviator.runtime.gctune import tune_for_caches
 
 log = logging.getLogger("aviator.agent")
 
@@ -298,5 +299,6 @@ def run(args: argparse.Namespace) -> int:
     if not args.node:
         log.error("--node (or $NODE_NAME) is required")
         return 2
+    tune_for_caches()
     code: int = uvloop.run(_main(args))
     return code

@@ -16,6 +16,7 @@ from aviator.controller.app import ControllerApp, Options, default_identity
 from aviator.kube.client import KubeClient
 from aviator.latency.limits import StreamLimits
 from aviator.latency.store import StoreLimits
+from aviator.runtime.gctune import tune_for_caches
 
 log = logging.getLogger("aviator.controller")
 
@@ -223,4 +224,5 @@ def run(args: argparse.Namespace) -> int:
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    tune_for_caches()
     return uvloop.run(_main(args))

@@ -42,6 +42,8 @@ MIN_WATCH_TIMEOUT_S = 300.0
 # A watch that ends sooner than this without any event counts as a failure, so a
 # server that closes watches at once cannot make us spin.
 SHORT_WATCH_S = 1.0
+# How often a busy watch moves its idle bound (each move costs a timer handle).
+RESCHEDULE_EVERY_S = 1.0
 WATCH_DEADLINE_MARGIN_S = 30.0
 # The API server's bookmark period is one minute (its cacher's defaultBookmarkFrequency);
 # two and a half of them without a byte is a dead connection, not a quiet resource.
@@ -265,20 +267,24 @@ class Reflector:
         # watch_idle_s without a line, and in any case a little after timeoutSeconds.
         hard_deadline = started + timeout_s + self._watch_deadline_margin_s
 
-        def deadline() -> float:
-            return min(hard_deadline, _now() + self._watch_idle_s)
+        def deadline(now: float) -> float:
+            return min(hard_deadline, now + self._watch_idle_s)
 
         events = 0
-        last_line = started
+        last_line = rescheduled = started
         self.watches += 1
-        bound = asyncio.timeout_at(deadline())
+        bound = asyncio.timeout_at(deadline(started))
         try:
             async with bound:
                 async for event in self._client.watch(self._path, params):
                     self._handle(event)
                     events += 1
                     last_line = _now()
-                    bound.reschedule(deadline())
+                    # Moving the bound costs a timer handle; once a second is enough for
+                    # an idle limit of many seconds (the bound stays idle_s..idle_s + 1 s).
+                    if last_line - rescheduled >= RESCHEDULE_EVERY_S:
+                        bound.reschedule(deadline(last_line))
+                        rescheduled = last_line
         except ApiError as err:
             if is_expired(err):
                 raise _Relist(str(err)) from err
