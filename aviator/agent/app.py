@@ -230,6 +230,9 @@ class Agent:
                 wake = (
                     min(deadline, loop.time() + self.config.urgent_check_s) if watch else deadline
                 )
+                foreseen = self.urgent.next_look() if watch else None
+                if foreseen is not None:  # on time.monotonic()'s clock, not the loop's
+                    wake = min(wake, loop.time() + foreseen - time.monotonic())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=max(0.0, wake - loop.time()))
                 if stop.is_set():
@@ -270,8 +273,9 @@ class Agent:
 
     async def _look(self) -> None:
         """One look between intervals; reports at once when a request just crossed."""
+        seen = time.monotonic()  # before the read: a look foreseen from it is never late
         ages = await self.source.open_ages(self.urgent.thresholds.keys())
-        if self.urgent.check(ages, time.monotonic()):
+        if self.urgent.check(ages, seen):
             log.debug("a request is open past its pod's threshold: reporting now")
             await self.tick()
 
@@ -313,7 +317,7 @@ class Agent:
         self.metrics.retain_pods(lambda pod: self.pods.informer.indexer.get(pod) is not None)
         self.stream.publish(snapshot)
         self.last_snapshot = snapshot
-        self._follow_thresholds(cumulative)
+        self._follow_thresholds(cumulative, now)
         self._learn_protocols(cumulative)
         self._probe(now)
         if now >= self._next_stats:
@@ -325,14 +329,15 @@ class Agent:
         self.metrics.report_seconds.observe(time.perf_counter() - started)
         return snapshot
 
-    def _follow_thresholds(self, cumulative: Iterable[Counted]) -> None:
-        """Which pods to watch between intervals, and what this report carried."""
+    def _follow_thresholds(self, cumulative: Iterable[Counted], seen: float) -> None:
+        """Which pods to watch between intervals, and what this report carried (its
+        counters read from `seen` on)."""
         self.urgent.thresholds = open_thresholds(
             self.policies.indexer.list(),
             lambda ns, name: self.services.indexer.get(f"{ns}/{name}"),
             self.pods.pods(),
         )
-        self.urgent.reported((key, c.oldest_open_us) for key, c in cumulative)
+        self.urgent.reported(((key, c.oldest_open_us) for key, c in cumulative), seen)
 
     def _follow_kubelet_probes(self) -> None:
         """Tell the source which ports and paths the kubelet probes on this node's pods

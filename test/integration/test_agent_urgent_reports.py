@@ -90,7 +90,7 @@ async def test_a_request_open_past_the_threshold_is_reported_at_once(env: Env) -
         assert source.hung_at is not None
         took = time.monotonic() - source.hung_at
         print(f"open request reported {took:.2f} s after the pod stopped answering")
-        assert took < INTERVAL_S / 2  # 0.3 s threshold + at most one 0.2 s look + the send
+        assert took < INTERVAL_S / 2  # 0.3 s threshold + the send (a look when it crosses)
         assert agent.urgent.sent == 1 and endpoint_of(snap, IP).rif == 1
         # Still hung: no further urgent report (one per crossing), regular ones go on.
         await receiver.store.wait_for(lambda s: s is not snap and past(s), within_s=INTERVAL_S * 3)
