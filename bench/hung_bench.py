@@ -144,6 +144,8 @@ async def _episode(
                 break
             await asyncio.sleep(0.05)
         reason = await _reason(kube, policy, victim) if removed is not None else "never left"
+        # The requests sent to it before it left end at the clients' time-out.
+        await asyncio.sleep(max(0.0, onset + (removed or 0.0) + TIMEOUT_S + 0.5 - time.monotonic()))
     finally:
         await load.stop()
     # Requests sent to the hung pod before it left: each fails at the client's time-out.
