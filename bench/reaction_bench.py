@@ -177,10 +177,11 @@ async def _episode(
     await asyncio.gather(*loads)
     watcher.cancel()
     samples = {name: c.samples for name, c in clients.items()}
+    dialled = clients["aviator"].connections_opened / (time.monotonic() - t0)
     for c in clients.values():
         await c.close()
     _plot(samples, victim, pods, t0, onset, recovery)
-    return _rows(samples, in_slices, states, victim, onset, recovery, tl)
+    return _rows(samples, in_slices, states, victim, onset, recovery, tl, dialled)
 
 
 def _is_victim(s: Sample, victim: str) -> bool:
@@ -272,6 +273,7 @@ def _rows(
     onset: float,
     recovery: float,
     tl: Timeline,
+    dialled: float,
 ) -> list[Row]:
     av = samples["aviator"]
     below = _time_below(av, victim, onset, recovery)
@@ -352,6 +354,7 @@ def _rows(
             "%",
             goal=">= 99.95 % at a 1 s time-out",
             note=f"{len(episode['aviator'])} requests; client p99 {p99['aviator']:.0f} ms; "
+            f"{dialled:.1f} new connections/s, one in {PODS_N} to the victim; "
             + _failures(
                 av,
                 victim,
