@@ -18,7 +18,7 @@ the pods that have a p99Threshold (`CounterSource.open_ages`: no counters decode
 when one just crossed it, runs the interval's work at once (aviator.agent.urgent: when,
 how often, which threshold).
 
-Every `maintain_s` (at a tick) it keeps the source's maps to the node's pods
+Every `maintain_s` (at a regular tick, never an urgent one) it keeps the source's maps to the node's pods
 (aviator.agent.upkeep, `CounterSource.maintain`): endpoints of IPs that are not a local pod's and idle for
 `prune_idle_s` leave the BPF maps, as do the idle connections of pods gone that long; and
 it learns which maps are full (their drops grew), which every snapshot then carries
@@ -277,7 +277,7 @@ class Agent:
         ages = await self.source.open_ages(self.urgent.thresholds.keys())
         if self.urgent.check(ages, seen):
             log.debug("a request is open past its pod's threshold: reporting now")
-            await self.tick()
+            await self.tick(urgent=True)
 
     async def _maintain(self, now: float) -> None:
         """Upkeep of the source's maps (aviator.agent.upkeep), then their occupancy."""
@@ -288,9 +288,12 @@ class Agent:
             stats.update({f"{m}_full": int(m in full) for m in MAPS})
         self.metrics.set_source_stats(stats)
 
-    async def tick(self, counters: Iterable[Counted] | None = None) -> Snapshot:
+    async def tick(
+        self, counters: Iterable[Counted] | None = None, *, urgent: bool = False
+    ) -> Snapshot:
         """One interval's work (see the module docstring); `counters`: the source's,
-        when just read."""
+        when just read. An `urgent` report does not wait for the maps' upkeep (a walk
+        of every map): the next regular tick does it."""
         started = time.perf_counter()
         now = time.monotonic()
         window_s = (
@@ -302,7 +305,7 @@ class Agent:
         windows = attach_pods(self.differ.advance(cumulative), self.pods.pod_for)
         self.metrics.counter_resets.inc(self.differ.resets - resets_before)
         endpoints = tuple(w for w in windows if self._reported(w))
-        if self.upkeep.due(now):
+        if not urgent and self.upkeep.due(now):
             await self._maintain(now)
         snapshot = Snapshot(
             node=self.config.node,
