@@ -59,7 +59,6 @@ INTERVAL_S = 1.0
 PERIOD_S = 2.0
 POOL = 16
 GOAL = "<= 1.3 x oracle"
-KUBE_PROXY_SETTLE_S = 2.0  # kube-proxy's sync after a slice change (it cannot be observed)
 
 
 @dataclass(frozen=True)
@@ -223,18 +222,11 @@ class _Route:
         return (str(spec["clusterIP"]), int(spec["ports"][0]["port"])), netns
 
     async def wait_endpoints(self, service: str, n: int, timeout_s: float = 120) -> None:
-        """Until the Service's slices hold `n` pods and its proxy follows them. The box
-        proxy says how many it spreads over; kube-proxy cannot be observed, so its sync
-        is waited out (KUBE_PROXY_SETTLE_S), as the e2e suite does for Kind."""
-        if not self.kube_proxy:
-            await wait_endpoints(self.kube, self.box, self.ns, service, n, timeout_s)
-            return
-        deadline = time.monotonic() + timeout_s
-        while len(await slice_pods(self.kube, self.ns, service)) < n:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{self.ns}/{service}: fewer than {n} pods in the slices")
-            await asyncio.sleep(0.25)
-        await asyncio.sleep(KUBE_PROXY_SETTLE_S)
+        """Until the Service's slices hold `n` pods and its proxy follows them (the box
+        proxy's count, or kube-proxy's rules as the box reads them)."""
+        await wait_endpoints(
+            self.kube, self.box, self.ns, service, n, timeout_s, kube_proxy=self.kube_proxy
+        )
 
 
 @dataclass

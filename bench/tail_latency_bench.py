@@ -173,18 +173,30 @@ async def slice_pods(kube: KubeClient, ns: str, service: str) -> list[str]:
 
 
 async def wait_endpoints(
-    kube: KubeClient, box: BoxHandle, ns: str, service: str, n: int, timeout_s: float = 120
+    kube: KubeClient,
+    box: BoxHandle,
+    ns: str,
+    service: str,
+    n: int,
+    timeout_s: float = 120,
+    *,
+    kube_proxy: bool = False,
 ) -> None:
-    """Until the Service's slices hold `n` pods and the box proxy spreads new
-    connections over them (it follows slices a moment later)."""
+    """Until the Service's slices hold `n` pods and its proxy spreads new connections
+    over them (it follows slices a moment later): the box proxy, or with `kube_proxy`
+    kube-proxy's rules."""
+    proxy = "kube-proxy" if kube_proxy else "the box proxy"
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if len(await slice_pods(kube, ns, service)) >= n and box.backend_count(ns, service) >= n:
+        if (
+            len(await slice_pods(kube, ns, service)) >= n
+            and box.backend_count(ns, service, kube_proxy=kube_proxy) >= n
+        ):
             return
         await asyncio.sleep(0.25)
     raise RuntimeError(
-        f"{ns}/{service}: fewer than {n} endpoints in the slices and the box proxy "
-        f"(proxy: {box.backend_count(ns, service)}) after {timeout_s:.0f}s"
+        f"{ns}/{service}: fewer than {n} endpoints in the slices and {proxy} "
+        f"(proxy: {box.backend_count(ns, service, kube_proxy=kube_proxy)}) after {timeout_s:.0f}s"
     )
 
 

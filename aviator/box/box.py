@@ -25,7 +25,7 @@ from aviator.box.identity import (
     CONTROLLER_SERVICE_ACCOUNT,
     ServiceAccountTokens,
 )
-from aviator.box.kubeproxy import KubeProxy
+from aviator.box.kubeproxy import KubeProxy, read_backends
 from aviator.box.kubeproxy import unavailable as kube_proxy_unavailable
 from aviator.box.mirror import cancel_all
 from aviator.box.netns import POD_NETWORKS, BoxNetwork
@@ -78,6 +78,8 @@ class Box:
         self.phase = "starting"
         self._tasks: list[asyncio.Task[None]] = []
         self._status_dirty = asyncio.Event()
+        # What kube-proxy's rules spread each Service over (read off the loop, per status).
+        self._kube_proxy_backends: dict[str, dict[str, int]] = {}
         self._bridge: asyncio.Server | None = None
         self.api_server = ""
 
@@ -361,6 +363,7 @@ class Box:
             "services": self.proxy.table() if self.proxy else {},
             "proxy": self.options.proxy,
             "backends": self.proxy.backend_counts() if self.proxy else {},
+            "kube_proxy_backends": self._kube_proxy_backends,
             "pods": self.runtime.pod_ips() if self.runtime else {},
             "pod_pids": self.runtime.pids() if self.runtime else [],
             "crd": self.crd,
@@ -378,6 +381,8 @@ class Box:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._status_dirty.wait(), timeout=1.0)
             self._status_dirty.clear()
+            if "kube-proxy" in self.components:
+                self._kube_proxy_backends = await asyncio.to_thread(read_backends)
             self._write_status()
 
     # -- stop ------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import shutil
 import subprocess
 import time
@@ -131,3 +132,64 @@ class KubeProxy:
             f"kube-proxy did not sync within {within_s:.0f}s: {self.component.tail(5)} "
             f"(log {self.component.log})"
         )
+
+
+# kube-proxy's nftables chain names: service-<hash>-<ns>/<name>/<proto>/<port name>, and
+# endpoint-<hash>-<ns>/<name>/<proto>/<port name>__<ip>/<port>.
+_SERVICE_CHAIN = "service-"
+
+
+def backends_in_ruleset(ruleset: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """'ns/name' -> {'proto/port name': endpoints} that kube-proxy's rules spread a
+    Service's ClusterIP connections over, from `nft -j list ruleset` (pure).
+
+    Each Service port's chain picks an endpoint with `numgen random mod N vmap {...}`
+    (one `goto` per endpoint chain); a port without endpoints has no such rule."""
+    out: dict[str, dict[str, int]] = {}
+    for item in ruleset.get("nftables") or []:
+        rule = item.get("rule") if isinstance(item, dict) else None
+        if not isinstance(rule, dict) or rule.get("table") != "kube-proxy":
+            continue
+        chain = str(rule.get("chain", ""))
+        if not chain.startswith(_SERVICE_CHAIN):
+            continue
+        _, _, path = chain[len(_SERVICE_CHAIN) :].partition("-")
+        ns, _, rest = path.partition("/")
+        name, _, port = rest.partition("/")
+        exprs = rule.get("expr")
+        targets = _endpoint_gotos(exprs) if isinstance(exprs, list) else set()
+        if ns and name and port and targets:
+            ports = out.setdefault(f"{ns}/{name}", {})
+            ports[port] = ports.get(port, 0) + len(targets)
+    return out
+
+
+def _endpoint_gotos(exprs: list[Any]) -> set[str]:
+    """The endpoint chains a rule's numgen vmap (or a lone goto) jumps to."""
+    found: set[str] = set()
+    for expr in exprs:
+        if not isinstance(expr, dict):
+            continue
+        vmap = expr.get("vmap")
+        data = vmap.get("data") if isinstance(vmap, dict) else None
+        elements = data.get("set") if isinstance(data, dict) else None
+        for element in elements if isinstance(elements, list) else []:
+            if isinstance(element, list) and len(element) == 2:
+                found |= _endpoint_gotos([element[1]])
+        goto = expr.get("goto")
+        if isinstance(goto, dict) and str(goto.get("target", "")).startswith("endpoint-"):
+            found.add(str(goto["target"]))
+    return found
+
+
+def read_backends() -> dict[str, dict[str, int]]:
+    """backends_in_ruleset of this network namespace's rules; {} when nft cannot say."""
+    try:
+        done = subprocess.run(
+            ["nft", "-j", "list", "ruleset"], capture_output=True, text=True, timeout=5
+        )
+        if done.returncode != 0:
+            return {}
+        return backends_in_ruleset(json.loads(done.stdout))
+    except (OSError, subprocess.TimeoutExpired, ValueError):
+        return {}

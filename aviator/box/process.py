@@ -123,9 +123,11 @@ class BoxProcess:
         host, _, port = str(next(iter(ports.values()))).rpartition(":")
         return host, int(port)
 
-    def backend_count(self, namespace: str, service: str) -> int:
-        """The fewest endpoints the box proxy spreads any port of the Service over."""
-        ports = (self.status(fresh=True).get("backends") or {}).get(f"{namespace}/{service}")
+    def backend_count(self, namespace: str, service: str, *, kube_proxy: bool = False) -> int:
+        """The fewest endpoints the box proxy (`kube_proxy`: kube-proxy's rules, in a box
+        run with `--proxy kube-proxy`) spreads any port of the Service over."""
+        key = "kube_proxy_backends" if kube_proxy else "backends"
+        ports = (self.status(fresh=True).get(key) or {}).get(f"{namespace}/{service}")
         return min((int(n) for n in (ports or {}).values()), default=0)
 
     def set_pod_latency(self, namespace: str, pod: str, latency: str | None) -> None:

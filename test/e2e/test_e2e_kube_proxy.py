@@ -136,6 +136,19 @@ async def test_cluster_ip_reaches_only_the_slice_pods_and_follows_changes(
     )
     for _ in range(3):  # and they stay there
         assert await served(routed, 20, in_box) == {fast[0]}
+    # The box reads what kube-proxy's rules spread each Service over (benchmarks wait on it).
+    kp_box = apps.cluster
+    assert isinstance(kp_box, BoxCluster)
+
+    async def counts() -> tuple[int, int]:
+        return (
+            kp_box.backend_count(apps.ns, ROUTED, kube_proxy=True),
+            kp_box.backend_count(apps.ns, "my-app-service", kube_proxy=True),
+        )
+
+    await wait_for(
+        "the box to read kube-proxy's rules", counts, lambda n: n == (1, len(ips)), timeout_s=10
+    )
 
 
 async def test_where_kube_proxy_and_the_box_proxy_differ(apps: Scenario, in_box: InBox) -> None:

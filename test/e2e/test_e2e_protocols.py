@@ -136,13 +136,7 @@ async def test_hung_pod_leaves_within_p99_threshold_plus_one_second(scenario: Sc
     load.start()
     scenario.loads.append(load)
     victim = sorted(pods)[0]
-    # Every pod has answered (latency windows exist) before the onset.
-    await wait_for(
-        "the load to reach every pod",
-        lambda: _served(load),
-        lambda served: served >= pods,
-        timeout_s=30,
-    )
+    await reached_every_pod(load, pods)  # latency windows exist before the onset
     onset = time.monotonic()
     scenario.cluster.set_pod_controls(scenario.ns, victim, "latency=3600s")
     try:
@@ -183,8 +177,13 @@ async def test_hung_pod_leaves_within_p99_threshold_plus_one_second(scenario: Sc
     assert window.errors == 0 and victim not in window.by_pod, window
 
 
-async def _served(load: Load) -> set[str]:
-    return {s.served_by for s in load.samples if s.ok and s.served_by}
+async def reached_every_pod(load: Load, pods: set[str]) -> None:
+    """Until every pod of `pods` has answered the load at least once."""
+
+    async def served() -> set[str]:
+        return {s.served_by for s in load.samples if s.ok and s.served_by}
+
+    await wait_for("the load to reach every pod", served, lambda got: got >= pods, timeout_s=30)
 
 
 # -- 2. a pod answering errors ------------------------------------------------------------
@@ -214,12 +213,7 @@ async def test_pod_answering_errors_is_ejected_and_readmitted(scenario: Scenario
     await scenario.converge_to(shadow, pods, CONVERGE_S)
     load = scenario.load(shadow, concurrency=4)
     victim = sorted(pods)[0]
-    await wait_for(
-        "the load to reach every pod",
-        lambda: _served(load),
-        lambda served: served >= pods,
-        timeout_s=30,
-    )
+    await reached_every_pod(load, pods)
     scenario.cluster.set_pod_controls(scenario.ns, victim, "error_rate=0.5")
     try:
         p, ejected_after = await wait_for(
