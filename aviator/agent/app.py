@@ -18,7 +18,7 @@ the pods that have a p99Threshold (`CounterSource.open_ages`: no counters decode
 when one just crossed it, runs the interval's work at once (aviator.agent.urgent: when,
 how often, which threshold).
 
-Every `maintain_s` (at a tick) it keeps the source's maps to the node's pods
+Every `maintain_s` (at a regular tick, never an urgent one) it keeps the source's maps to the node's pods
 (aviator.agent.upkeep, `CounterSource.maintain`): endpoints of IPs that are not a local pod's and idle for
 `prune_idle_s` leave the BPF maps, as do the idle connections of pods gone that long; and
 it learns which maps are full (their drops grew), which every snapshot then carries
@@ -230,6 +230,9 @@ class Agent:
                 wake = (
                     min(deadline, loop.time() + self.config.urgent_check_s) if watch else deadline
                 )
+                foreseen = self.urgent.next_look() if watch else None
+                if foreseen is not None:  # on time.monotonic()'s clock, not the loop's
+                    wake = min(wake, loop.time() + foreseen - time.monotonic())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=max(0.0, wake - loop.time()))
                 if stop.is_set():
@@ -270,10 +273,11 @@ class Agent:
 
     async def _look(self) -> None:
         """One look between intervals; reports at once when a request just crossed."""
+        seen = time.monotonic()  # before the read: a look foreseen from it is never late
         ages = await self.source.open_ages(self.urgent.thresholds.keys())
-        if self.urgent.check(ages, time.monotonic()):
+        if self.urgent.check(ages, seen):
             log.debug("a request is open past its pod's threshold: reporting now")
-            await self.tick()
+            await self.tick(urgent=True)
 
     async def _maintain(self, now: float) -> None:
         """Upkeep of the source's maps (aviator.agent.upkeep), then their occupancy."""
@@ -284,9 +288,12 @@ class Agent:
             stats.update({f"{m}_full": int(m in full) for m in MAPS})
         self.metrics.set_source_stats(stats)
 
-    async def tick(self, counters: Iterable[Counted] | None = None) -> Snapshot:
+    async def tick(
+        self, counters: Iterable[Counted] | None = None, *, urgent: bool = False
+    ) -> Snapshot:
         """One interval's work (see the module docstring); `counters`: the source's,
-        when just read."""
+        when just read. An `urgent` report does not wait for the maps' upkeep (a walk
+        of every map): the next regular tick does it."""
         started = time.perf_counter()
         now = time.monotonic()
         window_s = (
@@ -298,7 +305,7 @@ class Agent:
         windows = attach_pods(self.differ.advance(cumulative), self.pods.pod_for)
         self.metrics.counter_resets.inc(self.differ.resets - resets_before)
         endpoints = tuple(w for w in windows if self._reported(w))
-        if self.upkeep.due(now):
+        if not urgent and self.upkeep.due(now):
             await self._maintain(now)
         snapshot = Snapshot(
             node=self.config.node,
@@ -313,7 +320,7 @@ class Agent:
         self.metrics.retain_pods(lambda pod: self.pods.informer.indexer.get(pod) is not None)
         self.stream.publish(snapshot)
         self.last_snapshot = snapshot
-        self._follow_thresholds(cumulative)
+        self._follow_thresholds(cumulative, now)
         self._learn_protocols(cumulative)
         self._probe(now)
         if now >= self._next_stats:
@@ -325,14 +332,15 @@ class Agent:
         self.metrics.report_seconds.observe(time.perf_counter() - started)
         return snapshot
 
-    def _follow_thresholds(self, cumulative: Iterable[Counted]) -> None:
-        """Which pods to watch between intervals, and what this report carried."""
+    def _follow_thresholds(self, cumulative: Iterable[Counted], seen: float) -> None:
+        """Which pods to watch between intervals, and what this report carried (its
+        counters read from `seen` on)."""
         self.urgent.thresholds = open_thresholds(
             self.policies.indexer.list(),
             lambda ns, name: self.services.indexer.get(f"{ns}/{name}"),
             self.pods.pods(),
         )
-        self.urgent.reported((key, c.oldest_open_us) for key, c in cumulative)
+        self.urgent.reported(((key, c.oldest_open_us) for key, c in cumulative), seen)
 
     def _follow_kubelet_probes(self) -> None:
         """Tell the source which ports and paths the kubelet probes on this node's pods

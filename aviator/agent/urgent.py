@@ -20,10 +20,17 @@ counts here (an extra report is cheap; a missed one is not).
 Urgent reports are rate-limited: at most one per `min_gap_s` (default 0.5 s); a
 crossing seen during the gap is reported when it ends, unless a regular report went
 first (`reported`).
+
+A crossing is foreseeable: a request open for `age` crosses its threshold `limit - age`
+later if it is still open then. `next_look` gives that moment (and the end of the gap
+when a crossing waits for it), so the agent looks then rather than up to `check_s`
+later. It costs at most one look more per `check_s` while some request is open within
+`check_s` of its threshold, and never a look closer than `MIN_LOOK_GAP_S` to the last.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 from aviator.agent.targets import JSON, selected_pods
@@ -34,6 +41,11 @@ from aviator.kube.pods import pod_ips
 
 DEFAULT_CHECK_S = 0.2
 DEFAULT_MIN_GAP_S = 0.5
+# A look at the predicted crossing comes this much after it (timers fire early, and the
+# kernel's and our clocks are read at different moments) ...
+LOOK_MARGIN_S = 0.002
+# ... and never closer than this to the previous look.
+MIN_LOOK_GAP_S = 0.01
 
 
 def breaker_threshold_us(policy: JSON) -> int | None:
@@ -75,11 +87,13 @@ class UrgentReports:
         self._above: set[tuple[str, int]] = set()  # (ip, port) past the threshold
         self._pending = False
         self._next_allowed = 0.0
+        self._looked = 0.0  # when the ages were last seen
+        self._soonest_s = math.inf  # then, the least time until an open one crosses
 
     def check(self, ages: Iterable[tuple[EndpointKeyLike, int]], now: float) -> bool:
         """Look at the endpoints' oldest open requests ((key, age µs)); True: send a
         report now."""
-        if self._crossed(ages):
+        if self._crossed(ages, now):
             self._pending = True
         if self._pending and now >= self._next_allowed:
             self._pending = False
@@ -88,18 +102,39 @@ class UrgentReports:
             return True
         return False
 
-    def reported(self, ages: Iterable[tuple[EndpointKeyLike, int]]) -> None:
-        """A regular report with these ages went out: its crossings are reported."""
-        self._crossed(ages)
+    def reported(self, ages: Iterable[tuple[EndpointKeyLike, int]], now: float) -> None:
+        """A regular report with these ages (seen at `now`) went out: its crossings
+        are reported."""
+        self._crossed(ages, now)
         self._pending = False
 
-    def _crossed(self, ages: Iterable[tuple[EndpointKeyLike, int]]) -> bool:
-        """Remember which endpoints are past their threshold; any new since last time?"""
+    def next_look(self) -> float | None:
+        """When to look next (on `now`'s clock) so that no crossing waits for the
+        regular look: when the open request nearest its threshold at the last look
+        crosses it, if still open, or when the gap ends for a waiting crossing. None:
+        nothing to foresee."""
+        at = self._looked + self._soonest_s + LOOK_MARGIN_S
+        if self._pending:
+            at = min(at, self._next_allowed)
+        if math.isinf(at):
+            return None
+        return max(at, self._looked + MIN_LOOK_GAP_S)
+
+    def _crossed(self, ages: Iterable[tuple[EndpointKeyLike, int]], now: float) -> bool:
+        """Remember which endpoints are past their threshold, and how soon the next
+        open request crosses its own; any new crossing since last time?"""
         above: set[tuple[str, int]] = set()
+        soonest_us = math.inf
         for key, age_us in ages:
             limit = self.thresholds.get(key.ip)
-            if limit is not None and key.role == "server" and age_us > limit:
+            if limit is None or key.role != "server":
+                continue
+            if age_us > limit:
                 above.add((key.ip, key.port))
+            elif age_us > 0:
+                soonest_us = min(soonest_us, limit - age_us)
         new = bool(above - self._above)
         self._above = above
+        self._looked = now
+        self._soonest_s = soonest_us / 1e6
         return new
