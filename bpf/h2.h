@@ -13,9 +13,10 @@
 //
 // The parser carries its place per direction across calls (h2_dir: payload bytes to
 // skip, a frame header split across reads; hpack_state: where it is in a server
-// header block). A program run takes H2_FRAMES_PER_RUN steps (a frame header, a
-// payload skipped, a move to the next iovec of a readv/writev/recvmsg/sendmsg, or up
-// to the next field event of a server header block, hpack.h); every run is a tail
+// header block). A program run takes H2_FRAMES_PER_RUN steps (a frame header with its
+// payload skipped when the chunk holds it, the rest of a payload, a move to the next
+// iovec of a readv/writev/recvmsg/sendmsg, or up to the next field event of a server
+// header block, hpack.h); every run is a tail
 // call of h2_parse_more (the first too: the hooks' own programs stay small for the
 // verifier), up to 1 + H2_MAX_RUNS runs (496 steps per call: 100 small request frames
 // in one write fit, or some 70 responses of a few header fields each; the kernel
@@ -320,6 +321,14 @@ static __always_inline int h2_run(void *ctx, struct sock_state *st) {
         }
         d->skip = len;
         h2_frame(c, st, v, h, d, len, type, flags, sid);
+        // The payload skipped in the same step, as far as the chunk holds it (a header
+        // block the walk takes has left no skip).
+        u32 left = LOAD_ONCE(d->skip);
+        u32 here = c->cur_len - c->pos;
+        if (left <= here) {
+            d->skip = 0;
+            c->pos += left;
+        }
     }
     if (done == 0 && c->runs < H2_MAX_RUNS) {
         c->runs += 1;
