@@ -13,9 +13,10 @@
 //
 // The parser carries its place per direction across calls (h2_dir: payload bytes to
 // skip, a frame header split across reads; hpack_state: where it is in a server
-// header block). A program run takes H2_FRAMES_PER_RUN steps (a frame header, a
-// payload skipped, a move to the next iovec of a readv/writev/recvmsg/sendmsg, or up
-// to the next field event of a server header block, hpack.h); every run is a tail
+// header block). A program run takes H2_FRAMES_PER_RUN steps (a frame header with its
+// payload skipped when the chunk holds it, the rest of a payload, a move to the next
+// iovec of a readv/writev/recvmsg/sendmsg, or up to the next field event of a server
+// header block, hpack.h); every run is a tail
 // call of h2_parse_more (the first too: the hooks' own programs stay small for the
 // verifier), up to 1 + H2_MAX_RUNS runs (496 steps per call: 100 small request frames
 // in one write fit, or some 70 responses of a few header fields each; the kernel
@@ -62,6 +63,14 @@ BPF_PERCPU_ARRAY(zero_h2, struct h2_conn, 1);
 // Where a parser run records when its endpoint could not be created (map full).
 BPF_PERCPU_ARRAY(spare_ep, struct ep_val, 1);
 
+// User bytes are read a window at a time: a bpf_probe_read_user costs about as much
+// for 9 bytes as for 512 (its cost is mostly fixed), and a call's frame headers and
+// header-block bytes lie close together. The window holds up to H2_WIN bytes of the
+// current chunk from win_addr on; it is emptied for every call (on_payload): the next
+// call may reuse the buffer. (Reading iovec entries a batch at a time too is more than
+// the verifier's budget for h2_parse_more takes.)
+#define H2_WIN 512
+
 // Where one call's bytes are: the current chunk (a buffer or one iovec), what is left.
 // Per CPU: tracepoint programs do not nest on a CPU, and a tail call keeps the CPU.
 struct h2_cursor {
@@ -78,8 +87,37 @@ struct h2_cursor {
     u8 active;
     u8 runs;
     u8 pad;
+    u64 win_addr;  // user address of win[0]
+    u32 win_len;   // bytes in win[] (0: empty)
+    u32 pad2;
+    u8 win[H2_WIN + 16];  // 16 spare bytes: a fixed-size load at any offset stays inside
 };
 BPF_PERCPU_ARRAY(h2_cursors, struct h2_cursor, 1);
+
+// The offset in win[] of the `need` (1 to 16) bytes at the cursor, the window read
+// afresh from the cursor on when they are not in it (the caller knows the chunk has
+// them); H2_WIN if they cannot be read. (One way out of the refill and a single test
+// at the end: the verifier walks this for every step of a run.)
+static __always_inline u32 win_at(struct h2_cursor *c, u32 need) {
+    u64 at = c->cur + c->pos;
+    if (at < c->win_addr || at - c->win_addr + need > c->win_len) {
+        u32 n = c->cur_len - c->pos;  // only the chunk's bytes: past them may not be mapped
+        if (n > H2_WIN)
+            n = H2_WIN;
+        c->win_addr = at;
+        c->win_len = bpf_probe_read_user(c->win, BOUNDED(n - 1, H2_WIN - 1) + 1,
+                                         (const void *)at) ? 0 : n;
+    }
+    u64 off = at - LOAD_ONCE(c->win_addr);
+    return off + need <= LOAD_ONCE(c->win_len) ? (u32)off : H2_WIN;
+}
+
+// The window's 8 bytes from `off` (win_at's), as one little-endian word; those past
+// what was asked for are not the call's.
+static __always_inline u64 win_word(struct h2_cursor *c, u32 off) {
+    return *(u64 *)&c->win[BOUNDED(off, H2_WIN - 1)];
+}
+
 // Tail-call targets (the loader fills them): the parser's continuation, the sweep, the
 // first bytes of an adopted connection, and the reader of an HTTP/1 request's target
 // (both payload.h).
@@ -118,11 +156,11 @@ static __always_inline void h2_frame(struct h2_cursor *c, struct sock_state *st,
                                      struct ep_val *v, struct h2_conn *h, struct h2_dir *d,
                                      u32 len, u8 type, u8 flags, u32 sid) {
     if (type == H2_GOAWAY) {
-        u8 b[8] = {};
-        if (c->dir == 1 && c->cur_len - c->pos >= 4 &&
-            bpf_probe_read_user(b, 4, (const void *)(c->cur + c->pos)) == 0) {
-            h->goaway_sid = ((u32)(b[0] & 0x7f) << 24) | ((u32)b[1] << 16) |
-                            ((u32)b[2] << 8) | b[3];
+        u32 off = c->dir == 1 && c->cur_len - c->pos >= 4 ? win_at(c, 4) : H2_WIN;
+        if (off < H2_WIN) {
+            u32 w = (u32)win_word(c, off);
+            h->goaway_sid = ((w & 0x7f) << 24) | ((w & 0xff00) << 8) |
+                            ((w >> 8) & 0xff00) | (w >> 24);
             h->flags |= H2C_GOAWAY;
         }
         return;
@@ -255,7 +293,16 @@ static __always_inline int h2_run(void *ctx, struct sock_state *st) {
         u32 n = 9 - have;
         if (n > avail)
             n = avail;
-        bpf_probe_read_user(&d->part[BOUNDED(have, 15)], BOUNDED(n, 15), (const void *)(c->cur + c->pos));
+        u32 off = win_at(c, n);
+        if (off >= H2_WIN) {
+            done = 2;  // unreadable: the parser's place is lost
+            break;
+        }
+        // 16 bytes copied whatever n: those past n are overwritten or never looked at.
+        u64 *from = (u64 *)&c->win[BOUNDED(off, H2_WIN - 1)];
+        u64 *to = (u64 *)&d->part[BOUNDED(have, 15)];
+        to[0] = from[0];
+        to[1] = from[1];
         c->pos += n;
         have += n;
         if (have < 9) {
@@ -274,6 +321,14 @@ static __always_inline int h2_run(void *ctx, struct sock_state *st) {
         }
         d->skip = len;
         h2_frame(c, st, v, h, d, len, type, flags, sid);
+        // The payload skipped in the same step, as far as the chunk holds it (a header
+        // block the walk takes has left no skip).
+        u32 left = LOAD_ONCE(d->skip);
+        u32 here = c->cur_len - c->pos;
+        if (left <= here) {
+            d->skip = 0;
+            c->pos += left;
+        }
     }
     if (done == 0 && c->runs < H2_MAX_RUNS) {
         c->runs += 1;

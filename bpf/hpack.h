@@ -446,10 +446,9 @@ static __always_inline void hpack_step(struct h2_cursor *c, struct hpack_state *
     u32 left = hp->frame_left;
     u32 took = 0;
     if (hp->need_pad) {
-        u8 p = 0;
-        bpf_probe_read_user(&p, 1, (const void *)(c->cur + c->pos));
+        u32 off = win_at(c, 1);
         hp->need_pad = 0;
-        hp->pad_len = p;
+        hp->pad_len = off < H2_WIN ? (u8)win_word(c, off) : 0;
         took = 1;
     } else if (hp->pre) {
         took = hp->pre;
@@ -476,8 +475,10 @@ static __always_inline void hpack_step(struct h2_cursor *c, struct hpack_state *
             u64 w = 0;
             if (n > HP_BYTES)
                 n = HP_BYTES;
-            if (bpf_probe_read_user(&w, BOUNDED(n - 1, HP_BYTES - 1) + 1,
-                                    (const void *)(c->cur + c->pos)))
+            u32 off = win_at(c, n);
+            if (off < H2_WIN)
+                w = win_word(c, off);  // bytes past n are not walked
+            else
                 hp->state = HP_LOST;
             u32 ev = 0;
             took = hp_walk(hp, w, n, &ev);

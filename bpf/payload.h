@@ -14,8 +14,8 @@
 // bytes are read again; so are reads of the error queue (MSG_ERRQUEUE: timestamps,
 // not stream bytes). The stash is not cleared at syscall exit (that would double
 // the hooks on every read and write of the node): a syscall on something else leaves
-// one behind until the thread's next hooked syscall overwrites it, and the stash map
-// is an LRU. Bytes moved by paths with no hooked syscall (recvmmsg/sendmmsg,
+// one behind until the thread's next hooked syscall overwrites it (the stash is the
+// thread's own storage, freed with it). Bytes moved by paths with no hooked syscall (recvmmsg/sendmmsg,
 // sendfile/splice, io_uring) are not seen: an HTTP/2 connection using them loses its
 // parser's place (h2.h gives it up) and so could, in the rare case of such a path
 // following a stashed syscall of the same thread that reached no socket, read the
@@ -38,8 +38,6 @@
 #define STASH_IOV 1     // `buf` is a struct iovec array of `len` entries
 #define STASH_MSGHDR 2  // `buf` is a struct user_msghdr
 
-#define MAX_STASHES 16384
-
 struct stash {
     u64 buf;
     u64 len;
@@ -47,21 +45,25 @@ struct stash {
     u32 sending;
 };
 
-BPF_TABLE("lru_hash", u64, struct stash, stashes, MAX_STASHES);
+// Task-local storage: reached from the task itself, without hashing (every read and
+// write of the node stashes), created on a thread's first hooked syscall and freed
+// with the thread.
+BPF_TASK_STORAGE(stashes, struct stash);
 
-// Written in place when the thread has an entry (an LRU update allocates a new one).
+// This thread's stash; created when `create` and missing (0 if it cannot be).
+static __always_inline struct stash *stash_of(int create) {
+    return stashes.task_storage_get(bpf_get_current_task_btf(), 0,
+                                    create ? BPF_LOCAL_STORAGE_GET_F_CREATE : 0);
+}
+
 static __always_inline void stash(u64 buf, u64 len, u32 kind, u32 sending) {
-    u64 id = bpf_get_current_pid_tgid();
-    struct stash *p = stashes.lookup(&id);
-    if (p) {
-        p->buf = buf;
-        p->len = len;
-        p->kind = kind;
-        p->sending = sending;
+    struct stash *p = stash_of(1);
+    if (!p)
         return;
-    }
-    struct stash s = {.buf = buf, .len = len, .kind = kind, .sending = sending};
-    stashes.update(&id, &s);
+    p->buf = buf;
+    p->len = len;
+    p->kind = kind;
+    p->sending = sending;
 }
 
 // Up to 16 first bytes of the call into b (32 bytes); how many.
@@ -100,8 +102,7 @@ static __always_inline int is_settings_header(const u8 *b) {
 // Whether this thread's send (stashed, its payload not read yet) opens an HTTP/2
 // connection: the client preface (`client`), or a server's SETTINGS frame.
 static __always_inline int sends_h2_opening(int client) {
-    u64 id = bpf_get_current_pid_tgid();
-    struct stash *p = stashes.lookup(&id);
+    struct stash *p = stash_of(0);
     if (!p || p->kind == STASH_NONE || !p->sending)
         return 0;
     u64 buf = p->buf;
@@ -429,8 +430,7 @@ int http1_target_run(void *ctx) {
 }
 
 static __always_inline int on_payload(void *ctx, u64 sk, int ret, int flags, u32 sending) {
-    u64 id = bpf_get_current_pid_tgid();
-    struct stash *p = stashes.lookup(&id);
+    struct stash *p = stash_of(0);
     if (!p || p->kind == STASH_NONE)
         return 0;
     struct stash s = *p;
@@ -460,6 +460,7 @@ static __always_inline int on_payload(void *ctx, u64 sk, int ret, int flags, u32
     c->pos = 0;
     c->iov_i = 0;
     c->runs = 0;
+    c->win_len = 0;
     c->dir = client_bytes ? 0 : 1;
     if (s.kind == STASH_MSGHDR) {
         // struct user_msghdr: msg_iov at 16, msg_iovlen at 24.
