@@ -27,7 +27,7 @@ import uvloop
 
 from aviator.box.traffic import Load
 from aviator.kube import KubeClient
-from aviator.kube.resources import AVIATORPOLICIES, PODS
+from aviator.kube.resources import AVIATORPOLICIES
 from bench.common import (
     BoxHandle,
     Row,
@@ -101,11 +101,7 @@ async def _run(box: BoxHandle) -> list[Row]:
                 ),
                 NS,
             )
-        pods = sorted(
-            p["metadata"]["name"]
-            for p in (await kube.list(PODS, NS)).get("items") or []
-            if not p["metadata"].get("deletionTimestamp")
-        )
+        pods = sorted(await slice_pods(kube, NS, _target(INTERVALS_S[0])))
         rows = []
         for victim, interval_s in zip(pods, INTERVALS_S, strict=False):
             hung = victim
@@ -135,7 +131,7 @@ async def _episode(
             if time.monotonic() > deadline:
                 return row(NAME, metric, float("nan"), "s", goal=GOAL, note="no traffic")
             await asyncio.sleep(0.1)
-        await asyncio.sleep(2 * interval_s if interval_s < 5 else 2.0)
+        await _evaluated(kube, policy, pods, timeout_s=3 * interval_s + 10)
         # A pod the breaker took out before the onset (a stall of the busy machine is
         # an open request too) comes back after recoveryInterval: wait for all.
         try:
@@ -175,6 +171,19 @@ async def _episode(
     return row(
         NAME, metric, removed if removed is not None else float("nan"), "s", goal=GOAL, note=note
     )
+
+
+async def _evaluated(kube: KubeClient, policy: str, pods: set[str], timeout_s: float) -> None:
+    """Until the policy's status has latency samples for every pod (an evaluation saw
+    the traffic), so the onset meets a controller that knows each pod."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        status = (await kube.get(AVIATORPOLICIES, policy, NS)).get("status") or {}
+        measured = {r.get("name") for r in status.get("pods") or [] if (r.get("samples") or 0) > 0}
+        if measured >= pods:
+            return
+        await asyncio.sleep(0.25)
+    raise RuntimeError(f"{policy}: no evaluation with samples for every pod in {timeout_s:g}s")
 
 
 async def _status(kube: KubeClient, policy: str) -> str:

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import uvloop
 
 from aviator.kube import KubeClient
-from aviator.kube.resources import AVIATORPOLICIES, PODS
+from aviator.kube.resources import AVIATORPOLICIES
 from bench.common import (
     OUT_DIR,
     BoxHandle,
@@ -120,11 +120,7 @@ async def _run(box: BoxHandle, tl: Timeline) -> list[Row]:
             NS,
         )
         await wait_endpoints(kube, box, NS, SHADOW, PODS_N)
-        pods = sorted(
-            p["metadata"]["name"]
-            for p in (await kube.list(PODS, NS)).get("items") or []
-            if not p["metadata"].get("deletionTimestamp")
-        )
+        pods = sorted(await slice_pods(kube, NS, SHADOW))
         victim = pods[0]
         return await _episode(box, kube, tl, victim, pods)
     finally:
