@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 ACQUIRE_JITTER = 0.25
 # How soon after the observed lease expires a candidate tries (absorbs timer slop).
 EXPIRY_MARGIN_S = 0.01
+# A release re-reads and retries after a conflict at most this many times (each conflict
+# means the lease moved: our own late renewal, normally once).
+RELEASE_ATTEMPTS = 3
 
 
 class _TermEnd(Enum):
@@ -226,22 +229,30 @@ class LeaderElector:
                 self._call(self.config.on_new_leader, holder)
 
     async def _release(self) -> None:
-        """Give the lease up: empty holder, 1 s duration, transitions kept (ReleaseOnCancel)."""
+        """Give the lease up: empty holder, 1 s duration, transitions kept (ReleaseOnCancel).
+
+        A renewal cancelled in flight may have reached the server after all, so the lease's
+        version can be newer than the one the lock last saw: on a conflict the lease is read
+        again and released if it is still ours (someone else holding it needs nothing from us).
+        """
         observed = self._observed
         if observed is None or not observed.held_by(self.identity):
             return
-        now = micro_time()
-        released = LeaderElectionRecord(
-            holder_identity="",
-            lease_duration_s=1.0,
-            acquire_time=now,
-            renew_time=now,
-            lease_transitions=observed.lease_transitions,
-        )
         try:
             async with asyncio.timeout(self.config.renew_deadline):
-                await self._lock.update(released)
-        except (LockConflict, TimeoutError, Exception) as err:
+                for _ in range(RELEASE_ATTEMPTS):
+                    released = _released(observed)
+                    try:
+                        await self._lock.update(released)
+                        break
+                    except LockConflict:
+                        current = await self._lock.get()
+                        if current is None or not current.held_by(self.identity):
+                            return
+                        observed = current
+                else:
+                    raise LockConflict(f"lease still changing after {RELEASE_ATTEMPTS} attempts")
+        except Exception as err:  # TimeoutError, LockConflict, API errors: the lease expires
             log.warning("leader election %s: release failed: %s", self._lock.describe(), err)
             return
         self._observe(released)
@@ -254,6 +265,18 @@ class LeaderElector:
             log.exception(
                 "leader election callback %s failed", getattr(callback, "__name__", callback)
             )
+
+
+def _released(held: LeaderElectionRecord) -> LeaderElectionRecord:
+    """The record that gives up `held`: no holder, 1 s duration, transitions kept."""
+    now = micro_time()
+    return LeaderElectionRecord(
+        holder_identity="",
+        lease_duration_s=1.0,
+        acquire_time=now,
+        renew_time=now,
+        lease_transitions=held.lease_transitions,
+    )
 
 
 async def _finished_within(task: asyncio.Task[None], seconds: float) -> bool:

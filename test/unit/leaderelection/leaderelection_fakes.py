@@ -16,6 +16,8 @@ class LockServer:
         self.writes: list[LeaderElectionRecord] = []
         self.partitioned: set[str] = set()  # identities whose calls hang forever
         self.failing: set[str] = set()  # identities whose calls raise at once
+        # identities whose next update is written but whose reply never comes back
+        self.reply_lost: set[str] = set()
 
     def write(self, record: LeaderElectionRecord) -> None:
         self.record = record
@@ -60,4 +62,7 @@ class MemoryLock:
         if self._seen_version != self.server.version:
             raise LockConflict("stale")
         self.server.write(record)
+        if self._identity in self.server.reply_lost:
+            self.server.reply_lost.discard(self._identity)
+            await asyncio.Event().wait()  # written, but the caller never learns of it
         self._seen_version = self.server.version

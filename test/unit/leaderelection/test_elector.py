@@ -218,6 +218,24 @@ async def test_graceful_shutdown_releases_and_standby_takes_over_at_once(
     assert server.record.lease_transitions == 1
 
 
+async def test_release_after_a_renewal_lost_in_flight_still_releases(
+    cleanup: list[Candidate],
+) -> None:
+    """A renewal that reached the server but whose reply was cut off by shutdown leaves the
+    lock's version stale; the release must still give the lease up, not leave it to expire."""
+    server = LockServer()
+    a, b = await leader_and_standby(server, cleanup)
+    assert a.task is not None
+    writes = len(server.writes)
+    server.reply_lost.add("a")
+    await _until(lambda: len(server.writes) > writes)  # the renewal landed, its reply did not
+    a.task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await a.task
+    assert any(w.holder_identity == "" for w in server.writes[writes:])
+    await asyncio.wait_for(b.started.wait(), RETRY + 2 * SLACK)
+
+
 async def test_stolen_lease_stops_the_leader_at_next_renewal(cleanup: list[Candidate]) -> None:
     server = LockServer()
     a = start(candidate(server, "a"))
