@@ -32,5 +32,10 @@ class MapPressure:
             return ()
         return entry[0]
 
+    def any_full(self, now: float) -> bool:
+        """Whether any node's agent reported a full map in a snapshot still fresh at
+        `now` (a reader of thousands of pods skips asking for each one when none did)."""
+        return any(now - at <= self.fresh_s for _, at in self._full.values())
+
     def nodes(self) -> list[str]:
         return list(self._full)

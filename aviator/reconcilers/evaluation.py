@@ -8,17 +8,15 @@ persisted state). Pure: no I/O.
 
 from __future__ import annotations
 
-import datetime as dt
-import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from aviator.api.codec import PolicyError
 from aviator.api.types import AviatorPolicySpec
 from aviator.kube.objects import JSON
-from aviator.kube.pods import is_ready, is_terminating, pod_ips, pod_name
+from aviator.reconcilers.podfacts import PodFacts, timestamp
 from aviator.selection import evaluate
 from aviator.selection.state import EngineState
 from aviator.selection.types import (
@@ -167,30 +165,19 @@ def spec_message(message: str) -> str:
     return f"{field}: {rest}" if field else f"spec: {message}"
 
 
-def _created(pod: JSON) -> float:
-    raw = pod.get("metadata", {}).get("creationTimestamp")
-    return _timestamp(str(raw)) if raw else 0.0
+def _created(obj: JSON) -> float:
+    raw = obj.get("metadata", {}).get("creationTimestamp")
+    return timestamp(str(raw)) if raw else 0.0
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _timestamp(raw: str) -> float:
-    """Seconds since the epoch of an RFC 3339 time, 0 when unreadable. Cached: every
-    evaluation reads every pod's creationTimestamp again."""
-    try:
-        return dt.datetime.fromisoformat(raw.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return 0.0
-
-
-def pod_input(pod: JSON, latency: LatencyEstimate | None, fresh: bool) -> PodInput:
-    ips = pod_ips(pod)
+def pod_input(pod: PodFacts, latency: LatencyEstimate | None, fresh: bool) -> PodInput:
     return PodInput(
-        name=pod_name(pod),
-        ip=ips[0] if ips else "",
-        node=str(pod.get("spec", {}).get("nodeName") or ""),
-        ready=is_ready(pod),
-        terminating=is_terminating(pod),
-        created=_created(pod),
+        name=pod.name,
+        ip=pod.ip,
+        node=pod.node,
+        ready=pod.ready,
+        terminating=pod.terminating,
+        created=pod.created,
         # Without completed samples only an open request speaks (the engine decides).
         latency=None
         if latency is None or (latency.samples <= 0 and not latency.oldest_open_ms)
@@ -198,7 +185,7 @@ def pod_input(pod: JSON, latency: LatencyEstimate | None, fresh: bool) -> PodInp
         fresh=fresh,
         # The engine files its memory of a pod under the uid: a pod recreated under
         # the same name (a StatefulSet's) does not inherit its predecessor's ejection.
-        uid=str(pod.get("metadata", {}).get("uid") or ""),
+        uid=pod.uid,
     )
 
 
@@ -220,7 +207,7 @@ _EVENT_REASONS = {
 
 def select(
     parsed: ParsedPolicy,
-    pods: list[JSON],
+    pods: Sequence[PodFacts],
     latencies: Mapping[str, LatencyEstimate | None],
     fresh: Mapping[str, bool],
     current_active: set[str],
@@ -228,7 +215,7 @@ def select(
     now: float,
 ) -> Outcome:
     """Run the engine over the eligible `pods`."""
-    inputs = [pod_input(p, latencies.get(pod_name(p)), fresh.get(pod_name(p), True)) for p in pods]
+    inputs = [pod_input(p, latencies.get(p.name), fresh.get(p.name, True)) for p in pods]
     names = {i.name for i in inputs}
     evaluation = evaluate(
         inputs,

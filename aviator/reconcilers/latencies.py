@@ -31,13 +31,14 @@ from dataclasses import dataclass, field
 
 from aviator.informers import object_key
 from aviator.kube.objects import JSON
-from aviator.kube.pods import pod_ips, pod_name, pod_node
+from aviator.kube.pods import pod_ips
 from aviator.latency.histogram import Histogram
 from aviator.latency.probing import HttpProber, ProbeCounters, ProbeTarget
 from aviator.latency.schema import EndpointWindow
 from aviator.latency.store import LatencyStore, Origin
 from aviator.reconcilers.endpoints import target_port
 from aviator.reconcilers.evaluation import ParsedPolicy
+from aviator.reconcilers.podfacts import PodFacts, pod_facts
 from aviator.selection.types import LatencyEstimate
 
 PROBES_PER_ROUND = 3
@@ -121,6 +122,11 @@ def measured_ports(parsed: ParsedPolicy, service: JSON | None, pod: JSON) -> fro
     say, a metrics port scraped every few seconds), or the probe port in probe mode."""
     if origin_of(parsed) == "controller" or service is None:
         return frozenset({parsed.probe_port})
+    return tcp_target_ports(service, pod)
+
+
+def tcp_target_ports(service: JSON, pod: JSON) -> frozenset[int]:
+    """The Service's TCP target ports as `pod` resolves them."""
     out: set[int] = set()
     for sp in service.get("spec", {}).get("ports") or []:
         if str(sp.get("protocol") or "TCP") == "TCP":
@@ -139,41 +145,52 @@ async def read_latencies(
     *,
     probe: bool,
     service: JSON | None = None,
+    facts: Callable[[JSON], PodFacts] = pod_facts,
 ) -> PodLatencies:
     """Every pod's latency from the policy's source on its measured ports (see
     `measured_ports`; `service` is the target), as of `now` (the store's clock).
     Probe mode sends a round of probes first, but only when `probe` (an evaluation is
-    due)."""
+    due). `facts` reads a pod object's facts (a memo, in the controller)."""
     origin = origin_of(parsed)
     if origin == "controller" and probe:
         targets = [t for t in (_probe_target(p, parsed) for p in pods) if t is not None]
         windows = await _probe_round(prober, targets)
         store.ingest_probes(windows, now, keep_s=PROBE_WINDOW_INTERVALS * parsed.interval_s)
 
-    ports = {pod_name(p): measured_ports(parsed, service, p) for p in pods}
+    fixed = frozenset({parsed.probe_port}) if origin == "controller" or service is None else None
+
+    def ports_of(f: PodFacts) -> frozenset[int]:
+        if fixed is not None:
+            return fixed
+        assert service is not None
+        ports: frozenset[int] = f.per_service("tcp-target-ports", service, tcp_target_ports)
+        return ports
+
+    all_facts = [facts(p) for p in pods]
     by_pod: dict[str, LatencyEstimate | None] = {}
-    for pod in pods:
-        estimate = None
-        for ip in pod_ips(pod):
-            estimate = store.estimate(ip, now, ports=ports[pod_name(pod)], origin=origin)
-            if estimate is not None:
+    estimate = store.estimate
+    for f in all_facts:
+        found = None
+        wanted = ports_of(f)
+        for ip in f.ips:
+            found = estimate(ip, now, ports=wanted, origin=origin)
+            if found is not None:
                 break
-        by_pod[pod_name(pod)] = estimate
+        by_pod[f.name] = found
 
     # Why a pod without data may stay so: its node's agent cannot hold it in its maps.
     unmeasurable: dict[str, tuple[str, tuple[str, ...]]] = {}
-    if origin == "agent":
-        for pod in pods:
-            node = pod_node(pod)
-            full = store.maps.full(node, now) if node else ()
-            if full and by_pod[pod_name(pod)] is None:
-                unmeasurable[pod_name(pod)] = (node, full)
+    if origin == "agent" and store.maps.any_full(now):
+        for f in all_facts:
+            full = store.maps.full(f.node, now) if f.node else ()
+            if full and by_pod[f.name] is None:
+                unmeasurable[f.name] = (f.node, full)
 
     def merged(active: Sequence[JSON]) -> Histogram:
         out = Histogram()
         for p in active:
-            wanted = ports.get(pod_name(p)) or measured_ports(parsed, service, p)
-            out.update(store.merged(pod_ips(p), now, origin=origin, ports=wanted))
+            f = facts(p)
+            out.update(store.merged(f.ips, now, origin=origin, ports=ports_of(f)))
         return out
 
     return PodLatencies(by_pod, merged, unmeasurable)

@@ -45,7 +45,13 @@ from aviator.reconcilers import endpoints, evaluation, handoff, routing, slices,
 from aviator.reconcilers.cadence import evaluation_due, urgent_wait
 from aviator.reconcilers.evaluation import Outcome
 from aviator.reconcilers.latencies import PodLatencies
-from aviator.reconcilers.reporting import EventSpec, handoff_events, pod_row, policy_events
+from aviator.reconcilers.reporting import (
+    EventSpec,
+    fact_row,
+    handoff_events,
+    pod_row,
+    policy_events,
+)
 from aviator.reconcilers.routing import ENDPOINTS
 from aviator.reconcilers.status import (
     REASON_AGENT_MAPS_FULL,
@@ -269,8 +275,9 @@ def _select(
     assert view.parsed is not None
     parsed, ns, name = view.parsed, view.namespace, view.name
     eligible = view.eligible
+    eligible_facts = view.eligible_facts
     # Names once: thousands of pods, and every step below is keyed by name.
-    names = [pod_name(p) for p in eligible]
+    names = [f.name for f in eligible_facts]
     eligible_names = set(names)
     # What serves now: our last decision while we lead (the slice cache may not show
     # our own latest write yet), else what the slices say (a new leader inherits its
@@ -298,7 +305,7 @@ def _select(
         since = None if memory.last_evaluation is None else clock.store - memory.last_evaluation
         outcome = evaluation.select(
             parsed,
-            eligible,
+            eligible_facts,
             by_pod,
             evaluation.freshness(by_pod, since),
             current_active,
@@ -368,10 +375,10 @@ def _select(
     events += handoff_events(hand_offs, previous_handoffs, view.pods)
     p99 = latencies.active_p99_ms(active_pods)
     rows = [
-        pod_row(
-            p, outcome.states.get(n, "unknown"), latencies.estimate(n), outcome.reasons.get(n), n
+        fact_row(
+            f, outcome.states.get(f.name, "unknown"), by_pod[f.name], outcome.reasons.get(f.name)
         )
-        for n, p in zip(names, eligible, strict=True)
+        for f in eligible_facts
     ]
     # Pods of the Service that may not serve at all, so `describe` explains them.
     fallback_names = {pod_name(p) for p in routed} if fallback else set()

@@ -80,6 +80,7 @@ class PolicyReconciler:
                 clock.store,
                 probe=due,
                 service=view.target,
+                facts=view.facts,
             )
         return await self._act(key, plan(view, memory, clock, latencies))
 

@@ -11,6 +11,7 @@ from aviator.api.status import HandOffStatus, PodStatus
 from aviator.kube.objects import JSON
 from aviator.kube.pods import pod_ips, pod_name
 from aviator.reconcilers.evaluation import Outcome
+from aviator.reconcilers.podfacts import PodFacts
 from aviator.reconcilers.status import pod_status
 from aviator.selection.types import LatencyEstimate
 
@@ -75,6 +76,20 @@ def handoff_events(
         for e in now
         if e.pod not in started
     ]
+
+
+def fact_row(
+    pod: PodFacts, state: str, lat: LatencyEstimate | None, reason: str | None
+) -> PodStatus:
+    """`pod_row` of a pod object's facts, built again only when the object, its state,
+    reason or estimate (at any age) changed since this object's last row."""
+    key = (state, reason, lat)
+    held = pod.row
+    if held is not None and held[0] == key:
+        return held[1]
+    row = pod_row(pod.pod, state, lat, reason, pod.name)
+    pod.row = (key, row)
+    return row
 
 
 def pod_row(

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from aviator.informers import Indexer
 from aviator.kube import marks
 from aviator.kube.objects import JSON
-from aviator.kube.pods import is_eligible, pod_name
 from aviator.kube.services import pod_selector
 from aviator.reconcilers import hints, takeover
 from aviator.reconcilers.evaluation import InvalidSpec, ParsedPolicy, parse_policy
 from aviator.reconcilers.mapping import INDEX_BY_ROUTED, INDEX_BY_TARGET, policy_key
+from aviator.reconcilers.podfacts import PodFacts, PodFactsMemo, pod_facts
 from aviator.reconcilers.podindex import selected_pods
 
 INDEX_SLICES_BY_POLICY = "aviator/slices-by-policy"
@@ -66,6 +66,11 @@ class Caches:
     slices: Indexer
     nodes: Indexer | None = None
     builtin_slices: Indexer | None = None  # slices Kubernetes' own controllers made
+    # Each pod object's facts, read once per object (aviator.reconcilers.podfacts).
+    facts: PodFactsMemo = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.facts = PodFactsMemo(self.pods.get, lambda: len(self.pods))
 
     def zone_of(self, node: str) -> str | None:
         if self.nodes is None:
@@ -110,6 +115,7 @@ class View:
     recorded: JSON | None = None  # the Service status.takeover names, if it exists
     zone_of: Callable[[str], str | None] = field(default=_no_zone, compare=False)
     zone_cpu: Mapping[str, float] | None = None  # read only for topology-mode Auto
+    facts: Callable[[JSON], PodFacts] = field(default=pod_facts, compare=False)
 
     @property
     def namespace(self) -> str:
@@ -125,9 +131,16 @@ class View:
         return takeover.record_of(self.policy.get("status"))
 
     @functools.cached_property
+    def eligible_facts(self) -> list[PodFacts]:
+        """The facts of the pods that may serve (ready, not terminating, addressed), by
+        name."""
+        facts = self.facts
+        return sorted((f for f in map(facts, self.pods) if f.eligible), key=lambda f: f.name)
+
+    @functools.cached_property
     def eligible(self) -> list[JSON]:
         """Pods that may serve (ready, not terminating, addressed), by name."""
-        return sorted((p for p in self.pods if is_eligible(p)), key=pod_name)
+        return [f.pod for f in self.eligible_facts]
 
 
 def gather(caches: Caches, policy: JSON) -> View:
@@ -200,6 +213,7 @@ def gather(caches: Caches, policy: JSON) -> View:
         builtin_slices=builtin,
         zone_of=caches.zone_of,
         zone_cpu=zone_cpu,
+        facts=caches.facts.of,
         taken_over=taken_over,
         labelled_services=labelled_services,
         slices=slices,

@@ -79,7 +79,9 @@ class LatencyEstimate:
     p99_ms: float
     rif: int = 0
     samples: int = 1
-    age_s: float = 0.0
+    # When, not what: two estimates that say the same of a pod are equal at any age
+    # (what lets a reconcile reuse what it built from an unchanged estimate).
+    age_s: float = field(default=0.0, compare=False)
     p90_ms: float | None = None
     source: str = ""
     oldest_open_ms: float = 0.0

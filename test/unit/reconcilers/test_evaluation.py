@@ -14,6 +14,7 @@ from aviator.reconcilers.evaluation import (
     select,
     spec_message,
 )
+from aviator.reconcilers.podfacts import pod_facts
 from aviator.selection.types import (
     BreakerPolicy,
     DampeningPolicy,
@@ -79,7 +80,7 @@ def test_select_fast_pods_and_persistable_state() -> None:
     parsed = parse_policy(
         raw({"targetRef": {"name": "web"}, "selection": {"mode": "topN", "topN": 1}})
     )
-    pods = [make_pod("a", "10.0.0.1"), make_pod("b", "10.0.0.2")]
+    pods = [pod_facts(make_pod("a", "10.0.0.1")), pod_facts(make_pod("b", "10.0.0.2"))]
     lat = {
         "a": LatencyEstimate(5, 10, samples=100, age_s=0.1, p90_ms=8, source="ebpf"),
         "b": LatencyEstimate(50, 100, samples=100, age_s=0.1, p90_ms=80, source="ebpf"),
