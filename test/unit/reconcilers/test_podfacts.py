@@ -143,7 +143,6 @@ def test_a_plan_with_remembered_facts_is_the_plan_read_afresh(
     """Across reconciles, the controller's memo (one Caches) plans exactly what a View
     read from fresh objects plans."""
 
-
     policy = make_policy(
         spec={"targetRef": {"name": "web"}, "selection": {"mode": "topN", "topN": 2}}
     )
