@@ -70,4 +70,7 @@ SUBJECTACCESSREVIEWS = Resource(
     "SubjectAccessReview",
     namespaced=False,
 )
+APISERVICES = Resource(
+    "apiregistration.k8s.io", "v1", "apiservices", "APIService", namespaced=False
+)
 AVIATORPOLICIES = Resource(GROUP, VERSION, PLURAL, KIND)

@@ -121,6 +121,11 @@ def measured_ports(parsed: ParsedPolicy, service: JSON | None, pod: JSON) -> fro
     say, a metrics port scraped every few seconds), or the probe port in probe mode."""
     if origin_of(parsed) == "controller" or service is None:
         return frozenset({parsed.probe_port})
+    return service_ports(service, pod)
+
+
+def service_ports(service: JSON, pod: JSON) -> frozenset[int]:
+    """The Service's TCP target ports as `pod` resolves them: what its clients call."""
     out: set[int] = set()
     for sp in service.get("spec", {}).get("ports") or []:
         if str(sp.get("protocol") or "TCP") == "TCP":
