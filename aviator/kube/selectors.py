@@ -9,7 +9,7 @@ LabelSelector produces them; they are refused):
     selector    := "" | requirement ("," requirement)*
     requirement := KEY | "!" KEY
                  | KEY ("=" | "==" | "!=") VALUE
-                 | KEY ("in" | "notin") "(" VALUE ("," VALUE)* ")"
+                 | KEY ("in" | "notin") "(" VALUE ("," VALUE)* ")"   (a VALUE may be empty)
 
 KEY is a qualified name (an optional DNS-subdomain prefix and "/", then a name of at
 most 63 characters), VALUE a label value (at most 63, possibly empty after `=`).
@@ -157,9 +157,7 @@ class _Parser:
         if op in ("in", "notin"):
             if self.take() != "(":
                 raise SelectorError(f"expected '(' after {op}")
-            if self.peek() == ")":
-                raise SelectorError(f"{op} needs at least one value")
-            values = {self.value()}
+            values = {self.value()}  # "()" is the empty value, as apimachinery reads it
             while self.peek() == ",":
                 self.take()
                 values.add(self.value())
