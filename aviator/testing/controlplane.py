@@ -41,10 +41,12 @@ SERVICE_CIDR = "10.0.0.0/24"  # the API server's ClusterIP range
 FRONT_PROXY_CLIENT = "front-proxy-client"  # the aggregator's client certificate's name
 
 # The controllers a box needs: workloads become pods, Services get EndpointSlices,
-# owners are garbage-collected, namespaces are emptied, and every namespace gets its
-# default ServiceAccount (pods are refused without it).
+# owners are garbage-collected, namespaces are emptied, every namespace gets its
+# default ServiceAccount (pods are refused without it), and HorizontalPodAutoscalers
+# scale (on the external metrics API Aviator's controller serves, docs/autoscaling.md).
 CONTROLLERS = (
     "deployment-controller",
+    "horizontal-pod-autoscaler-controller",
     "replicaset-controller",
     "endpointslice-controller",
     "garbage-collector-controller",
@@ -358,6 +360,8 @@ class ControlPlane:
                 f"--service-account-private-key-file={sa.key}",
                 f"--root-ca-file={self._ca}",
                 "--use-service-account-credentials=false",
+                # HPAs look every 5 s (15 s upstream): tests wait for them less long.
+                "--horizontal-pod-autoscaler-sync-period=5s",
                 "--v=1",
             ],
             logs / "kube-controller-manager.log",
