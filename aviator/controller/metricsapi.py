@@ -42,6 +42,7 @@ from aviator.runtime.httpauth import (
     Attributes,
     RequestAuthorizer,
     bearer,
+    may,
     non_resource,
     resource,
 )
@@ -140,7 +141,16 @@ async def publish_ca_bundle(
     client: KubeClient, ca_pem: bytes, namespace: str, services: tuple[str, ...]
 ) -> bool:
     """Patch the APIService's caBundle (see the module docstring); True when patched.
-    An APIService that is missing, or that this replica may not read, is left alone."""
+    An APIService that is missing, or that this replica may not read (asked first: no
+    refused request without config/external-metrics' RBAC), is left alone."""
+    where = {
+        "group": APISERVICES.group,
+        "resource": APISERVICES.plural,
+        "verb": "patch",
+        "name": extmetrics.APISERVICE_NAME,
+    }
+    if not await may(client, where):
+        return False
     try:
         found = await client.get(APISERVICES, extmetrics.APISERVICE_NAME)
     except ApiError as exc:

@@ -28,7 +28,7 @@ from multidict import MultiMapping
 
 from aviator.kube.client import ApiError, KubeClient
 from aviator.kube.resources import CONFIGMAPS
-from aviator.runtime.httpauth import User
+from aviator.runtime.httpauth import User, may
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,16 @@ def user_from(
 
 async def load(client: KubeClient) -> FrontProxy | None:
     """The front proxy's settings from the API server's ConfigMap; None when there are
-    none or the ConfigMap may not be read (then only bearer tokens authenticate)."""
+    none or the ConfigMap may not be read (then only bearer tokens authenticate). Asks
+    first whether it may read it: without the optional RBAC, no refused request."""
+    where = {
+        "verb": "get",
+        "resource": "configmaps",
+        "namespace": CONFIGMAP_NAMESPACE,
+        "name": CONFIGMAP_NAME,
+    }
+    if not await may(client, where):
+        return None
     try:
         found = await client.get(CONFIGMAPS, CONFIGMAP_NAME, CONFIGMAP_NAMESPACE)
     except ApiError as exc:

@@ -32,7 +32,7 @@ import aiohttp
 from aiohttp import web
 
 from aviator.kube.client import ApiError, KubeClient
-from aviator.kube.resources import SUBJECTACCESSREVIEWS, TOKENREVIEWS
+from aviator.kube.resources import SELFSUBJECTACCESSREVIEWS, SUBJECTACCESSREVIEWS, TOKENREVIEWS
 from aviator.latency.auth import precheck
 from aviator.latency.limits import TokenBucket
 
@@ -177,6 +177,22 @@ class User:
     uid: str = ""
     groups: tuple[str, ...] = ()
     extra: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+async def may(client: KubeClient, attributes: Mapping[str, str]) -> bool:
+    """May `client`'s own identity do what the resource `attributes` say? A
+    SelfSubjectAccessReview (every authenticated user may ask): how a component finds
+    out, without a refused request in the audit log, whether an optional part of its
+    RBAC is installed."""
+    review = await client.create(
+        SELFSUBJECTACCESSREVIEWS,
+        {
+            "apiVersion": SELFSUBJECTACCESSREVIEWS.api_version,
+            "kind": SELFSUBJECTACCESSREVIEWS.kind,
+            "spec": {"resourceAttributes": dict(attributes)},
+        },
+    )
+    return bool((review.get("status") or {}).get("allowed"))
 
 
 def non_resource(path: str, verb: str = "get") -> Attributes:
