@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -54,6 +55,8 @@ class BoxOptions:
     # "box": our own proxy only; "kube-proxy": also the real kube-proxy on ClusterIPs
     proxy: str = "box"
     real_node: bool = False  # also one real node (kubelet + containerd), see realnode.py
+    # Register the controller as the external metrics API (config/external-metrics).
+    external_metrics: bool = False
 
 
 class Box:
@@ -251,6 +254,8 @@ class Box:
         # TLS as in a cluster: the controller keeps its certificate in a Secret and
         # publishes its CA; agents dial 127.0.0.1 and check the Service's name.
         self.controller_url = f"wss://127.0.0.1:{port}/v1/stream"
+        if self.options.external_metrics:
+            await self._install_external_metrics(port)
         logs = self.workdir / "logs"
         self.components["controller"] = Component(
             "controller",
@@ -343,6 +348,36 @@ class Box:
             code, out = await self.kubectl("apply", "-k", str(config(base)))
             if code != 0:
                 raise RuntimeError(f"kubectl apply -k config/{base} failed: {out}")
+
+    async def _install_external_metrics(self, port: int) -> None:
+        """config/external-metrics, its APIService routed to the controller's port on
+        the box's loopback through an ExternalName Service (the box runs the controller
+        as a process, not behind a ClusterIP); before the controller starts, so it finds
+        both (it reads the front proxy's settings and sets the caBundle at start)."""
+        apiservice = yaml.safe_load(config("external-metrics", "apiservice.yaml").read_text())
+        target = apiservice["spec"]["service"]
+        target.update(namespace=AVIATOR_NAMESPACE, port=port)
+        service = {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": target["name"], "namespace": AVIATOR_NAMESPACE},
+            "spec": {"type": "ExternalName", "externalName": "127.0.0.1"},
+        }
+        code, out = await self.kubectl("apply", "-f", str(config("external-metrics", "rbac.yaml")))
+        if code == 0:
+            code, out = await self.kubectl(
+                "apply",
+                "-f",
+                "-",
+                stdin=json.dumps(
+                    {"kind": "List", "apiVersion": "v1", "items": [service, apiservice]}
+                ),
+            )
+        if code != 0:
+            raise RuntimeError(f"installing config/external-metrics failed: {out}")
+        self.progress(
+            "external metrics API: registered (APIService v1beta1.external.metrics.k8s.io)"
+        )
 
     # -- status ----------------------------------------------------------------------
 

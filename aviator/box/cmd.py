@@ -75,6 +75,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "images from `make images` (bin/images/*.tar)",
     )
     up.add_argument(
+        "--external-metrics",
+        action="store_true",
+        help="also register the controller as the external metrics API "
+        "(config/external-metrics): HPAs scale on a Service's p99 (docs/autoscaling.md)",
+    )
+    up.add_argument(
         "--no-aviator",
         dest="aviator",
         action="store_false",
@@ -127,6 +133,7 @@ def run(args: argparse.Namespace) -> int:
         bin_dir=args.bin_dir,
         proxy=getattr(args, "proxy", "box"),
         real_node=getattr(args, "real_node", False),
+        external_metrics=getattr(args, "external_metrics", False),
     )
     try:
         if action == "demo":

@@ -2,7 +2,8 @@
 leader election and the policy controller, wired together.
 
 Every replica keeps its informers and latency store warm and serves /metrics,
-/healthz, /readyz and the agent stream; only the leader reconciles. The Lease is
+/healthz, /readyz, the agent stream and the external metrics API
+(aviator.controller.metricsapi); only the leader reconciles. The Lease is
 renewed on a connection pool of its own and TokenReviews run on another, small one:
 no flood of agent connections, nor the informers' and writers' traffic, can make a
 renewal wait for a connection. Losing the lease
@@ -18,10 +19,12 @@ import contextlib
 import logging
 import os
 import socket
+import ssl
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -29,11 +32,12 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from aviator.controller.agents import POD_IP_INDEXERS, pod_locator, pod_node_resolver
 from aviator.controller.certs import StreamCertificates
 from aviator.controller.metrics import ControllerMetrics
+from aviator.controller.metricsapi import ExternalMetricsApi, publish_ca_bundle
 from aviator.controller.stalls import StallWatch
 from aviator.informers import FuncHandler, IndexFunc, InformerFactory, SharedIndexInformer
 from aviator.informers.keys import JSON, DeletedFinalStateUnknown, unwrap_tombstone
 from aviator.kube import marks
-from aviator.kube.client import KubeClient
+from aviator.kube.client import ApiError, KubeClient
 from aviator.kube.resources import (
     AVIATORPOLICIES,
     ENDPOINTSLICES,
@@ -46,7 +50,7 @@ from aviator.latency.auth import TokenAuthenticator
 from aviator.latency.limits import StreamGate, StreamLimits
 from aviator.latency.receiver import make_stream_handler
 from aviator.latency.store import LatencyStore, StoreLimits
-from aviator.latency.tls import STREAM_SERVICE, server_name, service_names
+from aviator.latency.tls import STREAM_SERVICE, server_name, service_names, trust_clients
 from aviator.leaderelection import LeaderElectionConfig, LeaderElector, LeaseLock
 from aviator.reconcilers import mapping
 from aviator.reconcilers.latencies import controller_prober
@@ -59,6 +63,7 @@ from aviator.reconcilers.view import (
     Caches,
     index_by_service_name,
 )
+from aviator.runtime import frontproxy
 from aviator.runtime.events import EventRecorder
 from aviator.runtime.httpauth import RequestAuthorizer, protect
 from aviator.runtime.loop import Controller
@@ -69,6 +74,8 @@ from aviator.workqueue import MetricsProvider, RateLimitingQueue
 log = logging.getLogger(__name__)
 
 LEASE_NAME = "aviator-controller"
+METRICS_SERVICE = "aviator-controller-metrics"  # the Service the APIService routes to
+AGGREGATION_CHECK_EVERY_S = 600.0  # the front proxy's CA and the APIService's caBundle
 
 
 def default_identity() -> str:
@@ -93,6 +100,8 @@ class Options:
     # development on one machine).
     secure_serving: bool = True
     stream_service: str = STREAM_SERVICE  # its DNS names are the certificate's
+    # ... and so are this one's: the external metrics API's APIService routes to it.
+    metrics_service: str = METRICS_SERVICE
     workers: int = 4
     agent_service_accounts: tuple[str, ...] = ("aviator-system:aviator-agent",)
     agent_audiences: tuple[str, ...] = ()
@@ -183,7 +192,13 @@ class ControllerApp:
         self.certs: StreamCertificates | None = None
         if options.secure_serving:
             names = service_names(options.stream_service, options.namespace)
+            names += service_names(options.metrics_service, options.namespace)
             self.certs = StreamCertificates(client, options.namespace, names)
+        self.authorizer = RequestAuthorizer(self.review_client) if options.secure_serving else None
+        # The external metrics API (aviator.controller.metricsapi): every replica.
+        self.metrics_api = ExternalMetricsApi(
+            self.caches, self.store, self.authorizer, clock=self.now
+        )
         self._background: list[asyncio.Task[None]] = []
         self._runner: web.AppRunner | None = None
         self._main: asyncio.Task[None] | None = None
@@ -264,11 +279,11 @@ class ControllerApp:
 
     def _http_app(self) -> web.Application:
         middlewares = []
-        if self.options.secure_serving:
+        if self.authorizer is not None:
             # /metrics only to whom a SubjectAccessReview allows; probes stay open.
-            authorizer = RequestAuthorizer(self.review_client)
-            middlewares.append(protect(authorizer, ("/metrics",)))
+            middlewares.append(protect(self.authorizer, ("/metrics",)))
         app = web.Application(middlewares=middlewares)
+        self.metrics_api.add_routes(app)
         stream = make_stream_handler(
             self.store,
             self.authenticator,
@@ -318,6 +333,12 @@ class ControllerApp:
             self._background.append(
                 asyncio.create_task(supervise("stream certificate", self.certs.run))
             )
+            await self._aggregation(ssl_context)
+            self._background.append(
+                asyncio.create_task(
+                    supervise("aggregation layer", lambda: self._aggregation_loop(ssl_context))
+                )
+            )
         self._runner = web.AppRunner(self._http_app(), shutdown_timeout=1.0, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(
@@ -337,6 +358,30 @@ class ControllerApp:
         self._main = asyncio.create_task(
             supervise("leader election and reconciling", self._run), name="controller-main"
         )
+
+    async def _aggregation(self, ssl_context: ssl.SSLContext) -> None:
+        """Trust the API server's front proxy (its CA, for client certificates) and
+        give the external metrics APIService our CA; neither is needed to run, so a
+        failure is logged and tried again later."""
+        try:
+            proxy = await frontproxy.load(self.review_client)
+            if proxy is not None and proxy != self.metrics_api.front_proxy:
+                trust_clients(ssl_context, proxy.ca_pem)
+                self.metrics_api.front_proxy = proxy
+            if self.certs is not None and self.certs.material is not None:
+                await publish_ca_bundle(
+                    self.review_client,
+                    self.certs.material.ca_cert,
+                    self.options.namespace,
+                    service_names(self.options.metrics_service, self.options.namespace)[:1],
+                )
+        except (ApiError, aiohttp.ClientError, OSError, TimeoutError, ssl.SSLError) as exc:
+            log.warning("aggregation layer: %r (tried again later)", exc)
+
+    async def _aggregation_loop(self, ssl_context: ssl.SSLContext) -> None:
+        while True:
+            await asyncio.sleep(AGGREGATION_CHECK_EVERY_S)
+            await self._aggregation(ssl_context)
 
     async def _run(self) -> None:
         await self.factory.wait_for_cache_sync()

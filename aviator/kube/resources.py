@@ -70,4 +70,14 @@ SUBJECTACCESSREVIEWS = Resource(
     "SubjectAccessReview",
     namespaced=False,
 )
+APISERVICES = Resource(
+    "apiregistration.k8s.io", "v1", "apiservices", "APIService", namespaced=False
+)
+SELFSUBJECTACCESSREVIEWS = Resource(
+    "authorization.k8s.io",
+    "v1",
+    "selfsubjectaccessreviews",
+    "SelfSubjectAccessReview",
+    namespaced=False,
+)
 AVIATORPOLICIES = Resource(GROUP, VERSION, PLURAL, KIND)

@@ -6,7 +6,9 @@ Secret, aviator/controller/certs.py), valid for the names of the stream Service
 (`service_names`). Agents trust that CA only (a ConfigMap holds its certificate),
 verify the certificate against the Service's name (`server_name`) whatever address
 they dial (the replicas' pod IPs), and so never send their token to anyone else nor
-in clear. TLS 1.2 at least.
+in clear. TLS 1.2 at least. The same listener serves the external metrics API, whose
+requests come from the API server's front proxy with a client certificate
+(`trust_clients`).
 """
 
 from __future__ import annotations
@@ -54,11 +56,21 @@ def load_chain(ctx: ssl.SSLContext, cert_pem: bytes, key_pem: bytes) -> None:
 
 def server_context(cert_pem: bytes, key_pem: bytes) -> ssl.SSLContext:
     """The controller's side: serves `cert_pem`, asks for no client certificate (agents
-    authenticate with their token, inside the TLS session)."""
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    authenticate with their token, inside the TLS session). It trusts no CA at all (not
+    the system's): only `trust_clients` adds one."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     load_chain(ctx, cert_pem, key_pem)
     return ctx
+
+
+def trust_clients(ctx: ssl.SSLContext, ca_pem: bytes) -> None:
+    """Let a server context verify client certificates signed by `ca_pem` (the API
+    server's front proxy, aviator.runtime.frontproxy): asked for, optional (agents and
+    scrapers present none), refused in the handshake when presented but not signed by a
+    CA given here. Adds to the CAs given before."""
+    ctx.load_verify_locations(cadata=ca_pem.decode())
+    ctx.verify_mode = ssl.CERT_OPTIONAL
 
 
 def client_context(ca_pem: bytes) -> ssl.SSLContext:

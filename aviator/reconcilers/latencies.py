@@ -122,11 +122,11 @@ def measured_ports(parsed: ParsedPolicy, service: JSON | None, pod: JSON) -> fro
     say, a metrics port scraped every few seconds), or the probe port in probe mode."""
     if origin_of(parsed) == "controller" or service is None:
         return frozenset({parsed.probe_port})
-    return tcp_target_ports(service, pod)
+    return service_ports(service, pod)
 
 
-def tcp_target_ports(service: JSON, pod: JSON) -> frozenset[int]:
-    """The Service's TCP target ports as `pod` resolves them."""
+def service_ports(service: JSON, pod: JSON) -> frozenset[int]:
+    """The Service's TCP target ports as `pod` resolves them: what its clients call."""
     out: set[int] = set()
     for sp in service.get("spec", {}).get("ports") or []:
         if str(sp.get("protocol") or "TCP") == "TCP":
@@ -163,7 +163,7 @@ async def read_latencies(
         if fixed is not None:
             return fixed
         assert service is not None
-        ports: frozenset[int] = f.per_service("tcp-target-ports", service, tcp_target_ports)
+        ports: frozenset[int] = f.per_service("service-ports", service, service_ports)
         return ports
 
     all_facts = [facts(p) for p in pods]

@@ -1,6 +1,10 @@
 """Start and stop a real Kubernetes control plane on loopback: etcd, kube-apiserver and
 kube-controller-manager, built from source by `make controlplane` into bin/.
 
+The API server runs the aggregation layer as kubeadm configures it (`--requestheader-*`,
+`--proxy-client-*`, a front-proxy CA of its own), so APIServices backed by a local
+process (an ExternalName Service naming 127.0.0.1) are reachable through it.
+
 Synchronous on purpose: pytest session fixtures, the box and benchmarks all use it, and
 none of them should share an event loop with it.
 """
@@ -34,12 +38,15 @@ from aviator.testing.pki import CertificateAuthority, KeyPair, service_account_k
 # else PATH. An installed package knows nothing of the repository it was built from.
 BIN_DIR_ENV = "AVIATOR_BIN_DIR"
 SERVICE_CIDR = "10.0.0.0/24"  # the API server's ClusterIP range
+FRONT_PROXY_CLIENT = "front-proxy-client"  # the aggregator's client certificate's name
 
 # The controllers a box needs: workloads become pods, Services get EndpointSlices,
-# owners are garbage-collected, namespaces are emptied, and every namespace gets its
-# default ServiceAccount (pods are refused without it).
+# owners are garbage-collected, namespaces are emptied, every namespace gets its
+# default ServiceAccount (pods are refused without it), and HorizontalPodAutoscalers
+# scale (on the external metrics API Aviator's controller serves, docs/autoscaling.md).
 CONTROLLERS = (
     "deployment-controller",
+    "horizontal-pod-autoscaler-controller",
     "replicaset-controller",
     "endpointslice-controller",
     "garbage-collector-controller",
@@ -274,6 +281,12 @@ class ControlPlane:
         )
         self._admin = ca.issue("admin", "admin", organization="system:masters", client=True)
         sa = service_account_keys(pki)
+        # The aggregation layer, as kubeadm sets it up: a CA of its own for the front
+        # proxy, whose client certificate the API server presents to aggregated APIs.
+        front = pki / "front-proxy"
+        front.mkdir(exist_ok=True)
+        front_ca = CertificateAuthority(front)
+        proxy_client = front_ca.issue("front-proxy-client", FRONT_PROXY_CLIENT, client=True)
 
         etcd_port, etcd_peer = free_port(), free_port()
         api_port = free_port()
@@ -318,6 +331,13 @@ class ControlPlane:
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 "--api-audiences=https://kubernetes.default.svc.cluster.local,aviator",
                 "--authorization-mode=RBAC",
+                f"--requestheader-client-ca-file={front_ca.cert_path}",
+                f"--requestheader-allowed-names={FRONT_PROXY_CLIENT}",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                f"--proxy-client-cert-file={proxy_client.cert}",
+                f"--proxy-client-key-file={proxy_client.key}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 "--allow-privileged=true",
                 "--profiling=false",
@@ -340,6 +360,8 @@ class ControlPlane:
                 f"--service-account-private-key-file={sa.key}",
                 f"--root-ca-file={self._ca}",
                 "--use-service-account-credentials=false",
+                # HPAs look every 5 s (15 s upstream): tests wait for them less long.
+                "--horizontal-pod-autoscaler-sync-period=5s",
                 "--v=1",
             ],
             logs / "kube-controller-manager.log",

@@ -82,6 +82,19 @@ def test_monitors_render_exactly_config_prometheus() -> None:
     assert not found, "\n".join(found)
 
 
+def test_external_metrics_render_exactly_config_external_metrics() -> None:
+    chart = objects(
+        helm_template(
+            "--show-only",
+            "templates/external-metrics.yaml",
+            "--set",
+            "externalMetrics.enabled=true",
+        )
+    )
+    found = differences(objects(kustomize("external-metrics")), chart)
+    assert not found, "\n".join(found)
+
+
 def test_crd_is_the_generated_file() -> None:
     """One CRD file: the chart links to it, it holds no copy that could drift."""
     link = CHART / "files" / "aviatorpolicies.yaml"
@@ -107,6 +120,7 @@ def test_every_object_has_the_recommended_labels() -> None:
         ),
         objects(kustomize("default")),
         objects(kustomize("prometheus")),
+        objects(kustomize("external-metrics")),
     ):
         assert not unlabelled(rendered), unlabelled(rendered)
         versions = {o["metadata"]["labels"]["app.kubernetes.io/version"] for o in rendered.values()}
@@ -115,11 +129,12 @@ def test_every_object_has_the_recommended_labels() -> None:
 
 def test_the_labels_test_sees_every_shipped_object() -> None:
     """Every object a file under config/ defines (samples aside: they are the user's)
-    is in config/default or config/prometheus, the renderings checked for labels above:
+    is in config/default, config/prometheus or config/external-metrics, the renderings
+    checked for labels above:
     an object added to a file but to no kustomization would escape that check."""
     checked = {
         (o["kind"], o["metadata"]["name"])
-        for base in ("default", "prometheus")
+        for base in ("default", "prometheus", "external-metrics")
         for o in objects(kustomize(base)).values()
     }
     defined = {

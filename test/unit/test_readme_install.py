@@ -24,7 +24,7 @@ def base_rows() -> dict[str, str]:
     """`config/<base>` → the objects column of the install table."""
     rows = {}
     for line in install_section().splitlines():
-        m = re.match(r"\| `config/([a-z]+)` \| (.+) \|$", line)
+        m = re.match(r"\| `config/([a-z-]+)` \| (.+) \|$", line)
         if m:
             rows[m.group(1)] = m.group(2)
     return rows
@@ -58,14 +58,14 @@ KINDS = (
 )
 
 
-def test_every_base_is_described_and_default_is_all_but_prometheus() -> None:
+def test_every_base_is_described_and_default_is_all_but_the_optional_ones() -> None:
     rows = base_rows()
     bases = {p.name for p in CONFIG.iterdir() if (p / "kustomization.yaml").exists()}
     assert set(rows) == bases - {"samples"}
     default = yaml.safe_load((CONFIG / "default" / "kustomization.yaml").read_text())
     included = {Path(r).name for r in default["resources"]}
-    assert "all of the above except `prometheus`" in rows["default"]
-    assert included == set(rows) - {"default", "prometheus"}
+    assert "all of the above except `prometheus` and `external-metrics`" in rows["default"]
+    assert included == set(rows) - {"default", "prometheus", "external-metrics"}
 
 
 def test_named_objects_and_kinds_exist_in_their_base() -> None:
