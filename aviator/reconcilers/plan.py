@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 
 from aviator.kube import marks
 from aviator.kube.objects import JSON
-from aviator.kube.pods import is_terminating, pod_name
+from aviator.kube.pods import is_terminating, pod_name, pod_node
 from aviator.kube.resources import AVIATORPOLICIES
 from aviator.kube.services import is_headless
 from aviator.reconcilers import endpoints, evaluation, handoff, routing, slices, takeover
@@ -100,6 +100,13 @@ class Memory:
     absent: frozenset[tuple[str, str]] = frozenset()
     # Pods with a request open longer than p99Threshold at the last evaluation.
     stalled: frozenset[str] = frozenset()
+    # What the slices were last found up to date for (the publishing inputs, the routed
+    # pod objects and their zones, the slice objects): the same inputs need no look.
+    # Objects compare by identity first, so an unchanged cache costs one pass.
+    slices_current: tuple[object, ...] | None = field(default=None, compare=False)
+    # (the status held, what it was found up to date with): while both are the same,
+    # the status needs no look (`status_write` would find it unchanged).
+    status_current: tuple[JSON, Observation] | None = field(default=None, compare=False)
 
     def record(self, view: View) -> takeover.Record | None:
         """The takeover record: what we last wrote, else what the cache holds."""
@@ -165,6 +172,22 @@ def status_write(view: View, memory: Memory, obs: Observation) -> tuple[JSON | N
         missing_ok=True,
     )
     return new, write
+
+
+def _status_once(
+    view: View, memory: Memory, obs: Observation
+) -> tuple[JSON | None, Write | None, Memory]:
+    """`status_write`, skipped when the status it was last found up to date against (or
+    wrote) is still the one we hold and the observation says the same, but for the time."""
+    previous = memory.status or view.policy.get("status")
+    seen = dataclasses.replace(obs, now_iso="")
+    held = memory.status_current
+    if held is not None and previous is not None and held[0] is previous and held[1] == seen:
+        return None, None, memory
+    status, write = status_write(view, memory, obs)
+    after = status if status is not None else previous
+    current = None if after is None else (after, seen)
+    return status, write, dataclasses.replace(memory, status_current=current)
 
 
 def memory_for(view: View, remembered: Memory | None) -> Memory:
@@ -360,8 +383,20 @@ def _select(
         ns, parsed.routed_service, name, memory.uid, headless=is_headless(target)
     )
     publishing = endpoints.Publishing(target, parsed.routed_service, view.zone_of, view.zone_cpu)
-    desired = endpoints.desired_endpoints(publishing, routed)
-    slice_plan = slices.plan_slices(owner, desired, view.slices)
+    # The slices were up to date for exactly these inputs last time: they still are.
+    slice_inputs = (
+        owner,
+        publishing,
+        tuple(routed),
+        tuple(view.zone_of(node) if node else None for node in map(pod_node, routed)),
+        tuple(view.slices),
+    )
+    if memory.slices_current == slice_inputs:
+        slice_plan = slices.SlicePlan()
+    else:
+        desired = endpoints.desired_endpoints(publishing, routed)
+        slice_plan = slices.plan_slices(owner, desired, view.slices)
+    memory = dataclasses.replace(memory, slices_current=slice_inputs if slice_plan.empty else None)
     writes += slices.writes_for(ns, slice_plan)
     writes += routing.after_slices(view, target, route)
 
@@ -404,7 +439,7 @@ def _select(
         hand_offs=hand_offs,
         opaque=opaque,
     )
-    status, write = status_write(view, memory, obs)
+    status, write, memory = _status_once(view, memory, obs)
     ejections = sum(1 for e in events if e.reason == "PodEjected")
     gauges = Gauges(len(routed), len(eligible), p99, ejections)
     return Plan(writes, events, status, write, memory, gauges, requeue_after)

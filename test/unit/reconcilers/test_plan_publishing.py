@@ -4,6 +4,7 @@ cluster: caches → View → plan → Plan, as in test_plan.py (whose helpers th
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from hypothesis import given, settings
@@ -147,7 +148,7 @@ def test_a_taken_over_service_keeps_prefer_close_hints_and_hostnames() -> None:
     _, again = run(caches, "default/p", todo.memory, later(T0, 5))
     assert not [w for w in again.writes if w.resource.kind == "EndpointSlice"]
     # The Service drops trafficDistribution: the hints go.
-    svc = caches.services.get("default/db")
+    svc = copy.deepcopy(caches.services.get("default/db"))  # a new object, as a watch brings
     assert svc is not None
     del svc["spec"]["trafficDistribution"]
     caches.services.upsert(svc)

@@ -9,7 +9,7 @@ import dataclasses
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from reconciler_objects import make_pod, make_service
-from test_plan import T0, caches_with, latencies_of, later, make_policy
+from test_plan import T0, apply, caches_with, latencies_of, later, make_policy
 
 from aviator.informers import Indexer
 from aviator.reconcilers.plan import memory_for, plan
@@ -140,9 +140,8 @@ def test_a_reused_row_is_the_row_built_afresh(
 def test_a_plan_with_remembered_facts_is_the_plan_read_afresh(
     rounds: list[dict[str, float]], not_ready: set[str]
 ) -> None:
-    """Across reconciles, the controller's memo (one Caches) plans exactly what a View
-    read from fresh objects plans."""
-
+    """Across reconciles, what the controller remembers (one Caches, and the memory's
+    memo of up-to-date slices) plans exactly what fresh objects and no memo plan."""
     policy = make_policy(
         spec={"targetRef": {"name": "web"}, "selection": {"mode": "topN", "topN": 2}}
     )
@@ -154,21 +153,26 @@ def test_a_plan_with_remembered_facts_is_the_plan_read_afresh(
         if i == len(rounds) // 2:  # some pods change half way: their objects are replaced
             for name in not_ready:
                 kept.pods.upsert(make_pod(name, f"10.0.0.{int(name[1]) + 1}", ready=False))
-        fresh = caches_with(
-            *(
-                copy.deepcopy(o)
-                for o in (*kept.policies.list(), *kept.services.list(), *kept.pods.list())
-            )
+        objects = (
+            *kept.policies.list(),
+            *kept.services.list(),
+            *kept.pods.list(),
+            *kept.slices.list(),
         )
+        fresh = caches_with(*(copy.deepcopy(o) for o in objects))
         lat = latencies_of(ms)
         view = gather(kept, kept.policies.get("default/p") or {})
         view_fresh = gather(fresh, fresh.policies.get("default/p") or {})
-        mem = memory_for(view, memory)
-        got = plan(view, mem, clock, lat)
-        want = plan(view_fresh, memory_for(view_fresh, memory), clock, lat)
+        got = plan(view, memory_for(view, memory), clock, lat)
+        no_memo = memory_for(view_fresh, memory)
+        no_memo = dataclasses.replace(no_memo, slices_current=None, status_current=None)
+        want = plan(view_fresh, no_memo, clock, lat)
         assert got.status == want.status
         assert [(w.verb, w.name, w.body) for w in got.writes] == [
             (w.verb, w.name, w.body) for w in want.writes
         ]
+        apply(kept, got)
         memory = got.memory
+        if memory is not None and got.status is not None:  # as the reconciler remembers it
+            memory = dataclasses.replace(memory, status=got.status)
         clock = later(clock, 1.0)
