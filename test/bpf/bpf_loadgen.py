@@ -155,6 +155,9 @@ class KeepAliveClient:
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, TIMESTAMPING_FLAGS)
         self._buf = bytearray()
+        # Kernel receive time of the latest segment read: a response pipelined behind
+        # another may arrive whole with it, and then came at that time at the latest.
+        self._buf_rx: int | None = None
 
     def send_request(self) -> int:
         """Write one request; returns the wall-clock time (ns) just before."""
@@ -179,7 +182,7 @@ class KeepAliveClient:
     def read_response(self) -> int:
         """Read one whole response; returns the kernel receive time (ns) of its first
         segment."""
-        first_rx: int | None = None
+        first_rx: int | None = self._buf_rx if self._buf else None
         while b"\r\n\r\n" not in self._buf:
             first_rx = self._recv(first_rx)
         head_end = self._buf.index(b"\r\n\r\n") + 4
@@ -197,11 +200,11 @@ class KeepAliveClient:
         data, ancdata, _, _ = self.sock.recvmsg(262144, CMSG_SPACE)
         if not data:
             raise ConnectionError("server closed the connection")
-        self._buf += data
-        if first_rx is not None:
-            return first_rx
         stamp = scm_timestamp(ancdata)
-        return stamp if stamp is not None else time.time_ns()
+        rx = stamp if stamp is not None else time.time_ns()
+        self._buf_rx = rx
+        self._buf += data
+        return first_rx if first_rx is not None else rx
 
     def request(self) -> float:
         """One request; its latency in microseconds, from the socket's timestamps."""
