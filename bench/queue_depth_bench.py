@@ -12,8 +12,9 @@ Variants, one after the other against the same pods:
 (a) round robin: the target Service, spread over all four pods (what kube-proxy does);
 (b) prequal on the queue gauge: the shadow Service of an AviatorPolicy in prequal mode
     whose load is the pods' own gauge (`selection.prequal.load`: metric
-    testapp_queue_length on the metrics port, combine replace; rifQuantile 0.75,
-    percentage 100, so the hot/cold split alone decides; evaluationInterval 1 s).
+    testapp_queue_length on the metrics port, combine replace; rifQuantile 0.75: a
+    pod with a queue while the others have none is hot), the three fastest cold pods
+    serving (percentage 75), evaluationInterval 1 s, dampening on (2 intervals).
 Rows: each variant's client p99, the share of requests the small pod served, and the
 ratio of (a)'s p99 to (b)'s (the goal: at least 3); the note of (b) carries the loads
 the policy's status reported per pod.
@@ -60,10 +61,10 @@ POLICY_SPEC: dict[str, Any] = {
     "evaluationInterval": "1s",
     "selection": {
         "mode": "prequal",
-        "percentage": 100,
+        "percentage": 75,
         "prequal": {"rifQuantile": 0.75, "load": LOAD_SPEC},
     },
-    "dampening": {"enabled": False},
+    "dampening": {"enabled": True, "consecutiveIntervals": 2},
 }
 
 
