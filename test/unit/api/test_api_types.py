@@ -23,7 +23,7 @@ from aviator.api import (
     SelectionMode,
     from_dict,
 )
-from aviator.api.types import API_VERSION, KIND, AviatorPolicySpec, LoadCombine
+from aviator.api.types import API_VERSION, KIND, LoadCombine
 
 ROOT = Path(__file__).resolve().parents[3]
 SAMPLES = ROOT / "config" / "samples"
