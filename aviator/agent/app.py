@@ -7,7 +7,9 @@ Every report interval:
    the host; on a shared kernel it even sees other nodes' pods) and name their pods;
 3. file the window in the local store (for GET /latency) and the metrics, and send it
    to every controller replica;
-4. start keep-warm probes for targeted pods with too few samples in the local window
+4. start reading the gauges the policies name as the pods' own load (at most one
+   round at a time, aviator.agent.loadscraper), which the next snapshot carries;
+5. start keep-warm probes for targeted pods with too few samples in the local window
    (in probe mode: the probes that ARE the measurement), and tell the source which
    ports and paths the kubelet probes and which addresses are the node's, so the
    kubelet's probes are counted apart from traffic (aviator.agent.kubelet); the
@@ -44,6 +46,8 @@ from aviator.agent.api import DATA_PATHS, make_api
 from aviator.agent.config import AgentConfig
 from aviator.agent.handoff.wiring import handoff_runner
 from aviator.agent.kubelet import grpc_probe_ports, local_addresses, probe_paths
+from aviator.agent.loads import load_targets
+from aviator.agent.loadscraper import LoadScraper
 from aviator.agent.metrics import AgentMetrics
 from aviator.agent.podmap import PodMap
 from aviator.agent.prober import NodeProber
@@ -132,6 +136,7 @@ class Agent:
         self.metrics.stream = self.stream
         self.differ = WindowDiffer()
         self.urgent = UrgentReports(config.urgent_min_gap_s)
+        self.loads = LoadScraper()
         self.last_snapshot: Snapshot | None = None
         self.targets: dict[TargetKey, ProbeTarget] = {}
         # The node's addresses: the flags, and those of the agent's own (host) network
@@ -256,6 +261,7 @@ class Agent:
                 await self._handoff_task
             self._handoff_task = None
         await self.prober.close()
+        await self.loads.close()
         await self.stream.close()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -314,6 +320,7 @@ class Agent:
             window_s=max(window_s, 1e-3),
             endpoints=endpoints,
             maps_full=self.upkeep.full,
+            loads=self.loads.current(),
         )
         self.store.ingest(snapshot, now)
         self.metrics.observe(snapshot)
@@ -323,6 +330,8 @@ class Agent:
         self._follow_thresholds(cumulative, now)
         self._learn_protocols(cumulative)
         self._probe(now)
+        if not urgent:
+            self._read_loads()
         if now >= self._next_stats:
             self.node_addresses = set(self.config.node_addresses) | local_addresses()
         self._follow_kubelet_probes()
@@ -341,6 +350,17 @@ class Agent:
             self.pods.pods(),
         )
         self.urgent.reported(((key, c.oldest_open_us) for key, c in cumulative), seen)
+
+    def _read_loads(self) -> None:
+        """Start this interval's reading of the loads the policies ask the local pods
+        for (aviator.agent.loadscraper); the next snapshot carries it."""
+        self.loads.start(
+            load_targets(
+                self.policies.indexer.list(),
+                lambda ns, name: self.services.indexer.get(f"{ns}/{name}"),
+                self.pods.pods(),
+            )
+        )
 
     def _follow_kubelet_probes(self) -> None:
         """Tell the source which ports and paths the kubelet probes on this node's pods

@@ -80,6 +80,11 @@ def agent_status(agent: Agent) -> dict[str, Any]:
             },
         },
         "urgent_reports": agent.urgent.sent,
+        "loads": {
+            "read": len(agent.loads.current()),
+            "scrapes": agent.loads.scrapes,
+            "failures": agent.loads.failures,
+        },
         "handoffs": None
         if agent.handoffs is None
         else {

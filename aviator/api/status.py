@@ -74,6 +74,13 @@ class PodStatus:
     p50_ms: float | None = api_field("p50Ms", "Median latency in milliseconds.", default=None)
     p99_ms: float | None = api_field("p99Ms", "p99 latency in milliseconds.", default=None)
     rif: int | None = api_field("rif", "Requests in flight when last measured.", default=None)
+    load: float | None = api_field(
+        "load",
+        """The load the pod reported itself when last read: the gauge
+        selection.prequal.load names (e.g. its waiting queue). Absent: not asked for,
+        or not read.""",
+        default=None,
+    )
     samples: int = api_field(
         "samples",
         """Requests measured in the window, the base of p50Ms and p99Ms: the pod's

@@ -52,6 +52,15 @@ class SelectionMode(enum.StrEnum):
     PREQUAL = "prequal"
 
 
+class LoadCombine(enum.StrEnum):
+    REPLACE = "replace"
+    ADD = "add"
+
+
+# A Prometheus metric name (the exposition format's own rule).
+METRIC_NAME_PATTERN = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"
+
+
 class RoutingMode(enum.StrEnum):
     SHADOW = "shadow"
     TAKEOVER = "takeover"
@@ -87,18 +96,78 @@ class TargetRef:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LoadSpec:
+    """A load the pods report themselves: a Prometheus gauge on their own metrics port,
+    read by the node's agent once per report interval."""
+
+    metric: str = api_field(
+        "metric",
+        """Name of the gauge, e.g. vllm:num_requests_waiting (a model server's waiting
+        queue) or vllm:gpu_cache_usage_perc (KV-cache use). Every series of that name
+        in the pod's exposition is summed.""",
+        required=True,
+        max_length=200,
+        pattern=METRIC_NAME_PATTERN,
+    )
+    port: int = api_field(
+        "port",
+        "The pod's port serving the metrics (plain HTTP). 1..65535.",
+        required=True,
+        minimum=1,
+        maximum=65535,
+    )
+    path: str = api_field(
+        "path",
+        "The path of the Prometheus text exposition. Must start with '/'.",
+        default="/metrics",
+        max_length=1024,
+        rules=(
+            Rule(
+                cel="self.startsWith('/')",
+                message="prequal.load.path must start with '/'",
+                holds=lambda p: p.startswith("/"),
+            ),
+        ),
+    )
+    combine: LoadCombine = api_field(
+        "combine",
+        """replace: the reported load alone is prequal's load (a pod whose gauge was
+        not read: its requests in flight). add: requests in flight + weight x the
+        reported load.""",
+        default=LoadCombine.REPLACE,
+    )
+    weight: float = api_field(
+        "weight",
+        """Multiplies the reported load in add mode (e.g. 10 makes a KV-cache use of
+        0..1 count like 0..10 requests). Greater than 0.""",
+        default=1.0,
+        minimum=0,
+        exclusive_minimum=True,
+        maximum=1_000_000,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class PrequalSpec:
     """Settings of the prequal selection mode (Hot-Cold Lexicographic)."""
 
     rif_quantile: float = api_field(
         "rifQuantile",
-        """Pods whose requests-in-flight (RIF) are above this quantile of all pods' RIF
-        are hot; the fastest of the cold pods serve. Exclusive range (0, 1).""",
+        """Pods whose load (requests in flight (RIF), or the load they report: see
+        load) is above this quantile of all pods' load are hot; the fastest of the
+        cold pods serve. Exclusive range (0, 1).""",
         default=0.84,
         minimum=0,
         exclusive_minimum=True,
         maximum=1,
         exclusive_maximum=True,
+    )
+    load: LoadSpec | None = api_field(
+        "load",
+        """A per-pod gauge the pods already expose (queue depth, KV-cache use) to read
+        as prequal's load in place of or beside requests in flight. Unset: requests
+        in flight alone.""",
+        default=None,
     )
 
 

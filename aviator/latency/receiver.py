@@ -44,6 +44,7 @@ from prometheus_client import Counter, Gauge
 from aviator.latency.admission import PodLocator, admit
 from aviator.latency.auth import AuthResult, TokenAuthenticator
 from aviator.latency.limits import StreamGate, TokenBucket
+from aviator.latency.loads import admit_loads
 from aviator.latency.schema import (
     MAX_MESSAGE_BYTES,
     EndpointWindow,
@@ -280,6 +281,7 @@ async def _ingest(
     accepted = 0
     refused: Tally[str] = Tally()
     store.maps.note(node, snapshot.maps_full, now)
+    store.loads.note(node, admit_loads(snapshot.loads, node, locate), now)
     eps: Sequence[EndpointWindow] = snapshot.endpoints
     deadline = time.perf_counter() + _SLICE_S
     for start in range(0, len(eps), _CHUNK):

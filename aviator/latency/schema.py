@@ -8,7 +8,8 @@ Wire form (JSON text frame)::
                     "pod": "ns/name" | null, "hist": {"212": 3, "213": 1},
                     "count": 4, "sum_us": 41000, "max_us": 10800, "rif": 1,
                     "aborted": 0, "protocol": "http1", "statuses": 4, "errors": 1,
-                    "oldest_open_us": 0, "keepwarm": 2}]}
+                    "oldest_open_us": 0, "keepwarm": 2}],
+     "loads": [{"ip": "10.0.0.7", "metric": "vllm:num_requests_waiting", "value": 3.0}]}
 
 `role`: `server` is the pod's own socket (the pod's latency), `client` a caller's view
 of that address, `probe` the requests on the pod's own socket that were the kubelet's
@@ -31,6 +32,13 @@ oldest request still open when the window closed (0: none open). These four are
 optional (older agents do not send them): absent, they read `opaque`, 0, 0, 0.
 `maps_full` (optional, absent: none) names the agent's BPF maps that were full lately
 (`endpoints`, `h2conns`): requests of the node's pods not already in them go unmeasured.
+`loads` (optional, absent: none) are the gauges the node's pods reported, as the agent
+read them at most one report interval ago for the policies that name one
+(`spec.selection.prequal.load`): the pod's IP, the metric's name and its value (the sum
+of its series, finite, at least 0); at most `MAX_LOADS`, one per (ip, metric). Every
+snapshot carries all of them (the parts of a split one each carry them whole): a pod or
+metric absent from the latest snapshot has no reported load. Older controllers ignore
+the field; older agents do not send it.
 Unknown fields are ignored so that newer agents can
 add some; a different `v` is refused. Every field is checked and bounded, since the
 controller must not trust a peer to send sane data: errors are `SchemaError` with a
@@ -66,6 +74,9 @@ KIND_ERROR = "error"
 
 MAX_MESSAGE_BYTES = 1024 * 1024
 MAX_ENDPOINTS = 4096
+MAX_LOADS = 1024
+MAX_METRIC_LEN = 200
+MAX_LOAD = 1e15
 MAX_NAME_LEN = 253
 MAX_WINDOW_S = 3600.0
 _MAX_U64 = (1 << 64) - 1
@@ -105,6 +116,15 @@ class EndpointWindow:
 
 
 @dataclass(frozen=True, slots=True)
+class PodLoad:
+    """A gauge one pod reported (see the module docstring, `loads`)."""
+
+    ip: str
+    metric: str
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
 class Snapshot:
     """One report window of one node."""
 
@@ -114,6 +134,7 @@ class Snapshot:
     window_s: float
     endpoints: tuple[EndpointWindow, ...]
     maps_full: tuple[str, ...] = ()  # MAPS: the agent's maps that dropped data lately
+    loads: tuple[PodLoad, ...] = ()  # the gauges the node's pods reported
 
 
 # The agent's maps whose being full leaves pods unmeasured.
@@ -154,6 +175,8 @@ def snapshot_to_dict(snap: Snapshot) -> dict[str, Any]:
     }
     if snap.maps_full:
         out["maps_full"] = list(snap.maps_full)
+    if snap.loads:
+        out["loads"] = [{"ip": x.ip, "metric": x.metric, "value": x.value} for x in snap.loads]
     return out
 
 
@@ -244,8 +267,38 @@ def _header(data: str | bytes | Mapping[str, Any]) -> tuple[Snapshot, list[Any]]
         window_s=window_s,
         endpoints=(),
         maps_full=_maps_full(obj),
+        loads=_loads(obj),
     )
     return head, raw_eps
+
+
+def _loads(obj: Mapping[str, Any]) -> tuple[PodLoad, ...]:
+    raw = obj.get("loads", [])
+    if not isinstance(raw, list) or len(raw) > MAX_LOADS:
+        raise SchemaError(f"loads: not a list of at most {MAX_LOADS} entries")
+    out: dict[tuple[str, str], PodLoad] = {}
+    for i, entry in enumerate(raw):
+        where = f"loads[{i}]"
+        if not isinstance(entry, Mapping):
+            raise SchemaError(f"{where}: not an object")
+        ip_text = entry.get("ip")
+        ip = normalize_ip(ip_text) if isinstance(ip_text, str) and len(ip_text) <= 64 else None
+        if ip is None:
+            raise SchemaError(f"{where}.ip: not an IP address")
+        metric = entry.get("metric")
+        if not isinstance(metric, str) or not 0 < len(metric) <= MAX_METRIC_LEN:
+            raise SchemaError(f"{where}.metric: not a name of 1..{MAX_METRIC_LEN} characters")
+        value = entry.get("value")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not 0 <= value <= MAX_LOAD
+        ):
+            raise SchemaError(f"{where}.value: {value!r} is not a number in [0, {MAX_LOAD:g}]")
+        if (ip, metric) in out:
+            raise SchemaError(f"{where}: a second value for {ip} {metric}")
+        out[(ip, metric)] = PodLoad(ip, metric, float(value))
+    return tuple(out.values())
 
 
 def _maps_full(obj: Mapping[str, Any]) -> tuple[str, ...]:

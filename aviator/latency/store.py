@@ -58,7 +58,8 @@ Semantics the selection engine relies on:
   `max_deltas` deltas.
 
 Beside the windows, `maps` (aviator.latency.pressure) keeps which nodes' agents report
-full BPF maps, for the same `stale_after_s`.
+full BPF maps, and `loads` (aviator.latency.loads) the gauges their pods reported, for
+the same `stale_after_s`.
 
 Times are whatever clock the caller passes as `now` (one clock per store); message
 timestamps from agents are not trusted for windowing.
@@ -72,6 +73,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from aviator.latency.histogram import Histogram
+from aviator.latency.loads import LoadBoard
 from aviator.latency.pressure import MapPressure
 from aviator.latency.schema import EndpointWindow, Snapshot, Source
 from aviator.latency.window import QUANTILES, Window
@@ -148,6 +150,7 @@ class LatencyStore:
         self._by_ip: dict[str, set[Key]] = {}
         self._next_prune: float | None = None
         self.maps = MapPressure(stale_after_s)
+        self.loads = LoadBoard(stale_after_s)
 
     def __len__(self) -> int:
         """Number of endpoints held."""

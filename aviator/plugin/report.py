@@ -157,7 +157,18 @@ def rule_of(policy: JSON) -> Rule:
     elif mode == "threshold":
         text = f"threshold: p99 <= {spec.latency_threshold}"
     else:
-        text = f"prequal: not hot (RIF quantile {sel.prequal.rif_quantile}), then fastest {sel.percentage}%"
+        load = sel.prequal.load
+        what = (
+            "RIF"
+            if load is None
+            else f"{load.metric}"
+            if load.combine == "replace"
+            else f"RIF + {load.weight:g} x {load.metric}"
+        )
+        text = (
+            f"prequal: not hot ({what} quantile {sel.prequal.rif_quantile}), "
+            f"then fastest {sel.percentage}%"
+        )
     cb = spec.circuit_breaker
     breaker = (
         f"eject after {cb.consecutive_violations} x p99 > {cb.p99_threshold}, "
@@ -316,6 +327,7 @@ def latency_rows(policy: JSON, now: datetime | None = None) -> list[list[object]
             r.p50_ms,
             r.p99_ms,
             r.rif,
+            r.load,
             r.samples,
             r.keep_warm_samples,
             r.probe_samples,
@@ -337,6 +349,7 @@ LATENCY_HEADERS = [
     "p50ms",
     "p99ms",
     "rif",
+    "load",
     "samples",
     "keepwarm",
     "probes",

@@ -24,6 +24,7 @@ from aviator.selection.types import (
     DampeningPolicy,
     DecisionKind,
     LatencyEstimate,
+    LoadCombine,
     Mode,
     PodInput,
     SelectionPolicy,
@@ -118,6 +119,12 @@ def parse_policy(raw: Mapping[str, Any]) -> ParsedPolicy:
             ),
             latency_threshold_ms=spec.latency_threshold.seconds * 1000.0,
             rif_quantile=spec.selection.prequal.rif_quantile,
+            load_combine=(
+                None
+                if (load := spec.selection.prequal.load) is None
+                else LoadCombine(str(load.combine))
+            ),
+            load_weight=1.0 if load is None else load.weight,
             min_endpoints=spec.min_endpoints,
             breaker=BreakerPolicy(
                 enabled=spec.circuit_breaker.enabled,
@@ -147,6 +154,7 @@ SPEC_FIELDS = {
     "percentage": "spec.selection.percentage",
     "latency_threshold_ms": "spec.latencyThreshold",
     "rif_quantile": "spec.selection.prequal.rifQuantile",
+    "load_weight": "spec.selection.prequal.load.weight",
     "min_endpoints": "spec.minEndpoints",
     "p99_threshold_ms": "spec.circuitBreaker.p99Threshold",
     "consecutive_violations": "spec.circuitBreaker.consecutiveViolations",

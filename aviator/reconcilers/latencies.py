@@ -18,6 +18,10 @@ A pod's latency is that of the ports its Service's clients call (`measured_ports
 the Service's TCP target ports as the pod resolves them, so a metrics port scraped
 every few seconds, or a sidecar's port, never counts; in probe mode, the probe port.
 
+A policy naming a load the pods report (`selection.prequal.load`) reads each measured
+pod's latest value of that gauge beside its latency (`LatencyEstimate.load`; the
+store's `loads`, aviator.latency.loads).
+
 The `PodLatencies` returned is a read-only view the pure planner queries (`estimate`
 per pod, `active_p99_ms` for the set it chose); it holds no clock of its own, so a
 plan's inputs are fixed once read.
@@ -27,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from aviator.informers import object_key
 from aviator.kube.objects import JSON
@@ -116,6 +120,26 @@ async def _probe_round(prober: HttpProber, targets: Iterable[ProbeTarget]) -> li
     return list(await asyncio.gather(*(one(t) for t in set(targets))))
 
 
+def _attach_loads(
+    by_pod: dict[str, LatencyEstimate | None],
+    all_facts: Sequence[PodFacts],
+    store: LatencyStore,
+    metric: str,
+    now: float,
+) -> None:
+    """Each measured pod's estimate with the value of `metric` it reported (via its
+    node's agent), where one is fresh; an unmeasured pod stays unknown."""
+    for f in all_facts:
+        est = by_pod.get(f.name)
+        if est is None:
+            continue
+        for ip in f.ips:
+            value = store.loads.load(ip, metric, now)
+            if value is not None:
+                by_pod[f.name] = replace(est, load=value)
+                break
+
+
 def measured_ports(parsed: ParsedPolicy, service: JSON | None, pod: JSON) -> frozenset[int]:
     """The ports of `pod` whose latency is the pod's latency for this policy: the
     Service's TCP target ports as the pod resolves them (what its clients call; not,
@@ -190,6 +214,9 @@ async def read_latencies(
             if found is not None:
                 break
         by_pod[f.name] = found
+    load_spec = parsed.spec.selection.prequal.load
+    if load_spec is not None:
+        _attach_loads(by_pod, all_facts, store, load_spec.metric, now)
 
     # Why a pod without data may stay so: its node's agent cannot hold it in its maps.
     unmeasurable: dict[str, tuple[str, tuple[str, ...]]] = {}

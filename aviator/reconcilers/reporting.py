@@ -111,6 +111,7 @@ def pod_row(
         p50_ms=lat.p50_ms if lat else None,
         p99_ms=lat.p99_ms if lat else None,
         rif=lat.rif if lat else None,
+        load=lat.load if lat else None,
         samples=lat.samples if lat else 0,
         reason=reason,
         protocol=lat.protocol if lat else None,

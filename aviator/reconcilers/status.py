@@ -86,6 +86,7 @@ def pod_status(
     p50_ms: float | None = None,
     p99_ms: float | None = None,
     rif: int | None = None,
+    load: float | None = None,
     samples: int = 0,
     reason: str | None = None,
     protocol: str | None = None,
@@ -107,6 +108,7 @@ def pod_status(
         p50_ms=None if p50_ms is None else round(p50_ms, 3),
         p99_ms=None if p99_ms is None else round(p99_ms, 3),
         rif=rif,
+        load=None if load is None else round(load, 3),
         samples=samples,
         reason=reason or None,
         protocol=protocol or None,
@@ -259,7 +261,7 @@ def _close(a: Any, b: Any) -> bool:
     return abs(fa - fb) <= LATENCY_TOLERANCE * max(abs(fa), abs(fb))
 
 
-_LATENCY_FIELDS = ("p50Ms", "p99Ms", "oldestOpenMs", "probeP50Ms", "probeP99Ms")
+_LATENCY_FIELDS = ("p50Ms", "p99Ms", "oldestOpenMs", "probeP50Ms", "probeP99Ms", "load")
 _GAUGE_FIELDS = ("samples", "rif", "responses", "keepWarmSamples", "probeSamples")
 
 

@@ -10,10 +10,14 @@ dampening on, incumbents (pods serving now) are ranked by p99 x (1 - thresholdPe
   the pool. The base counts every eligible pod, so ejected and unmeasured pods take
   part of the share but no slot.
 - threshold: every pod with (ranked) p99 <= latencyThreshold; if none, the single best.
-- prequal (hot-cold lexicographic): hot = RIF above the q-quantile (nearest rank) of
-  the pool's RIFs; the cold pods are taken best first, up to topN if set, else up to
+- prequal (hot-cold lexicographic): hot = load above the q-quantile (nearest rank) of
+  the pool's loads; the cold pods are taken best first, up to topN if set, else up to
   the percentage share if set, else all of them. The quantile is a value of the pool,
-  so the pods with the lowest RIF are always cold and "all hot" cannot occur.
+  so the pods with the lowest load are always cold and "all hot" cannot occur.
+  A pod's load (`load_of`) is its requests in flight (RIF), unless the policy names a
+  load the pods report (`SelectionPolicy.load_combine`): `replace` reads the reported
+  load alone (a pod that reported none: its RIF), `add` reads RIF + weight x the
+  reported load (none reported: RIF alone).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from aviator.selection.types import (
     DEFAULT_PERCENTAGE,
     DEFAULT_TOP_N,
     LatencyEstimate,
+    LoadCombine,
     Mode,
     Reason,
     SelectionPolicy,
@@ -94,9 +99,18 @@ def _threshold(ranked: tuple[str, ...], scores: Mapping[str, float], limit: floa
     return ModeResult(frozenset(), ranked, None, reasons)
 
 
-def hot_threshold(rifs: Sequence[int], quantile: float) -> int:
-    """The q-quantile of the RIFs by nearest rank; pods strictly above it are hot."""
-    ordered = sorted(rifs)
+def load_of(lat: LatencyEstimate, combine: LoadCombine | None, weight: float = 1.0) -> float:
+    """The load prequal splits hot from cold by (see the module docstring)."""
+    if combine is None or lat.load is None:
+        return float(lat.rif)
+    if combine is LoadCombine.REPLACE:
+        return lat.load
+    return lat.rif + weight * lat.load
+
+
+def hot_threshold(loads: Sequence[float], quantile: float) -> float:
+    """The q-quantile of the loads by nearest rank; pods strictly above it are hot."""
+    ordered = sorted(loads)
     # The epsilon keeps e.g. 0.84 x 25 = 21.000000000000004 at rank 21.
     rank = max(1, math.ceil(quantile * len(ordered) - 1e-9))
     return ordered[rank - 1]
@@ -110,16 +124,17 @@ def _prequal(
 ) -> ModeResult:
     if not ranked:
         return ModeResult(frozenset(), ranked, None, {})
-    limit = hot_threshold([latency[n].rif for n in ranked], policy.rif_quantile)
-    cold = [n for n in ranked if latency[n].rif <= limit]
+    load = {n: load_of(latency[n], policy.load_combine, policy.load_weight) for n in ranked}
+    limit = hot_threshold(list(load.values()), policy.rif_quantile)
+    cold = [n for n in ranked if load[n] <= limit]
     budget: int | None = None
     if policy.top_n is not None:
         budget = policy.top_n
     elif policy.percentage is not None:
         budget = share(policy.percentage, eligible)
     chosen = cold if budget is None else cold[:budget]
-    reasons = {n: Reason.HOT if latency[n].rif > limit else Reason.NOT_SELECTED for n in ranked}
+    reasons = {n: Reason.HOT if load[n] > limit else Reason.NOT_SELECTED for n in ranked}
     reasons.update(dict.fromkeys(chosen, Reason.SELECTED))
-    # No fixed size: how many pods are cold follows RIF noise, so every change of the
+    # No fixed size: how many pods are cold follows load noise, so every change of the
     # set (budget edits included) goes through dampening.
     return ModeResult(frozenset(chosen), ranked, None, reasons)

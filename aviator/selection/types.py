@@ -20,6 +20,13 @@ class Mode(StrEnum):
     PREQUAL = "prequal"
 
 
+class LoadCombine(StrEnum):
+    """How prequal's load is made from requests in flight and the load pods report."""
+
+    REPLACE = "replace"  # the reported load alone (RIF where a pod reported none)
+    ADD = "add"  # RIF + weight x the reported load (0 where a pod reported none)
+
+
 class PodState(StrEnum):
     """What a pod is doing after an evaluation (shown per pod in the status)."""
 
@@ -40,7 +47,7 @@ class Reason(StrEnum):
     DAMPENED = "Dampened"  # a set change is pending; this pod keeps its old state for now
     NOT_SELECTED = "NotSelected"  # slower than the pods the mode chose
     OVER_THRESHOLD = "OverThreshold"  # threshold mode: p99 above latencyThreshold
-    HOT = "Hot"  # prequal mode: requests in flight above the quantile
+    HOT = "Hot"  # prequal mode: load (requests in flight, or reported) above the quantile
     NOT_READY = "NotReady"
     TERMINATING = "Terminating"
     P99_ABOVE_THRESHOLD = "P99AboveThreshold"  # circuit breaker ejection: p99
@@ -92,6 +99,9 @@ class LatencyEstimate:
     probe_samples: int = 0
     probe_p50_ms: float | None = None
     probe_p99_ms: float | None = None
+    # The pod's own report of its load (the gauge the policy names, scraped by the
+    # agent; e.g. a model server's waiting queue); None: none read.
+    load: float | None = None
 
     @property
     def error_percent(self) -> float | None:
@@ -191,6 +201,10 @@ class DampeningPolicy:
 class SelectionPolicy:
     """Everything in the policy spec that the engine needs.
 
+    `load_combine` None: prequal's hot/cold split reads requests in flight; otherwise
+    the load the pods report (`LatencyEstimate.load`) in place of or beside them
+    (`LoadCombine`, `load_weight`).
+
     `top_n` / `percentage` of None mean "not set": topN and percentage modes then use
     their defaults (3 and 50); prequal mode uses a set one as its budget (topN first)
     and otherwise keeps every cold pod.
@@ -201,6 +215,8 @@ class SelectionPolicy:
     percentage: int | None = None
     latency_threshold_ms: float = 100.0
     rif_quantile: float = 0.84
+    load_combine: LoadCombine | None = None  # None: prequal's load is RIF alone
+    load_weight: float = 1.0
     min_endpoints: int = 1
     stale_after_s: float = math.inf
     breaker: BreakerPolicy = field(default_factory=BreakerPolicy)
@@ -214,6 +230,9 @@ class SelectionPolicy:
         )
         _require(self.latency_threshold_ms > 0, "latency_threshold_ms must be > 0")
         _require(0 < self.rif_quantile <= 1, "rif_quantile must be in (0, 1]")
+        _require(
+            math.isfinite(self.load_weight) and self.load_weight > 0, "load_weight must be > 0"
+        )
         _require(self.min_endpoints >= 1, "min_endpoints must be >= 1")
         _require(self.stale_after_s >= 0, "stale_after_s must be >= 0")
 

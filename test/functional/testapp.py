@@ -30,6 +30,10 @@ Environment:
                 UNAVAILABLE (default 0)
   DRAIN         after SIGTERM, keep serving this long before exiting (default 5s), so
                 Service proxies see the pod terminating before it stops listening
+  SLOTS         queue mode: at most this many requests served at once, the rest wait
+                in arrival order (default: unset, no limit); see testapp_queue.py
+  METRICS_PORT  serve the Prometheus text exposition (GET /metrics: the queue's length,
+                busy slots, requests) on this port (default: unset, none)
   POD_NAME      name reported in the X-Served-By header / trailer (default $HOSTNAME)
   CONTROL_FILE  optional file holding settings as a query string ("latency=2s&mode=fixed");
                 re-read when it changes; when it is removed the env settings apply again
@@ -66,6 +70,7 @@ from testapp_core import (
     settings_from_query,
     watch_control_file,
 )
+from testapp_queue import Slots, serve_metrics
 
 __all__ = [
     "MODES",
@@ -168,9 +173,21 @@ async def main() -> int:
         print(f"testapp: {err}", file=sys.stderr)
         return 2
     name = env.get("POD_NAME") or env.get("HOSTNAME") or socket.gethostname()
-    app = App(settings, name)
+    try:
+        slots = Slots(int(env["SLOTS"])) if env.get("SLOTS") else None
+    except ValueError as err:
+        print(f"testapp: {err}", file=sys.stderr)
+        return 2
+    app = App(settings, name, slots)
     host = env.get("LISTEN_ADDR", "0.0.0.0")
     port = int(env.get("PORT", "8080"))
+    if env.get("METRICS_PORT"):
+        await asyncio.start_server(
+            lambda r, w: serve_metrics(slots, app, r, w),
+            host,
+            int(env["METRICS_PORT"]),
+            reuse_address=True,
+        )
     if protocol == "grpc":
         from testapp_grpc import start_grpc_server
 

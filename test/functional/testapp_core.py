@@ -6,7 +6,8 @@ latency, distribution and errors behave the same in every mode:
 
 - an error is decided first and answered at once (HTTP 503, gRPC UNAVAILABLE): a
   pod that fails fast, as an overloaded or broken one does;
-- otherwise the request waits the latency drawn from the mode, then succeeds.
+- otherwise the request waits the latency drawn from the mode, then succeeds; in queue
+  mode (`testapp_queue.py`) it first waits for one of the pod's slots.
 
 Settings come from the environment, from `?latency=..&mode=..` queries (the HTTP
 `/control` path, the gRPC Control method) and from a control file.
@@ -22,6 +23,8 @@ import random
 import re
 from dataclasses import asdict, dataclass, replace
 from urllib.parse import parse_qs, urlsplit
+
+from testapp_queue import Slots
 
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*(us|µs|ms|s|m)?\s*$")
 _UNIT_S = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0}
@@ -116,8 +119,9 @@ class Answer:
 class App:
     """The request handler and its run-time settings; counts what it answered."""
 
-    def __init__(self, settings: Settings, name: str) -> None:
+    def __init__(self, settings: Settings, name: str, slots: Slots | None = None) -> None:
         self.settings = settings
+        self.slots = slots  # queue mode (testapp_queue): None, unlimited
         self.name = name
         self.rng = random.Random()
         self.requests = 0
@@ -131,8 +135,13 @@ class App:
             self.errors += 1
             return Answer(False, 0.0)
         delay = settings.draw_latency_s(self.rng)
-        if delay > 0:
-            await asyncio.sleep(delay)
+        if self.slots is None:
+            if delay > 0:
+                await asyncio.sleep(delay)
+            return Answer(True, delay)
+        async with self.slots.slot():  # waits its turn: the queue
+            if delay > 0:
+                await asyncio.sleep(delay)
         return Answer(True, delay)
 
     def body(self, answer: Answer) -> dict[str, object]:

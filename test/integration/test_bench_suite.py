@@ -1,4 +1,4 @@
-"""Smoke tests of the scale, flap, accuracy, tail-latency and reaction benchmarks at their
+"""Smoke tests of the scale, flap, accuracy, tail-latency, queue-depth and reaction benchmarks at their
 quick size: every row is well formed and the figures are sane (not the goals, which
 `make bench` reports on; except zero writes in steady state, which must hold)."""
 
@@ -122,6 +122,24 @@ def test_tail_latency_quick() -> None:
     for variant in ("(b) percentage 50", "(c) topN 3", "(d) prequal"):
         assert f"{variant}: client p99" in rows, f"{variant} not measured: {raw}"
         assert value(rows[f"{variant}: p99 improvement over (a)"]) > 0
+
+
+@pytest.mark.bench
+@pytest.mark.e2e
+def test_queue_depth_quick() -> None:
+    raw = bench("queue_depth").run(quick=True)
+    skip_if_skipped(raw)
+    rows = well_formed(raw, "queue_depth")
+    gauge = "(b) prequal, queue gauge"
+    assert f"{gauge}: client p99" in rows, f"not measured: {raw}"
+    # Spread evenly, the small pod gets a quarter of the requests: more than it serves.
+    assert value(rows["(a) round robin: share served by the small pod"]) > 0.15
+    assert value(rows[f"{gauge}: share served by the small pod"]) < value(
+        rows["(a) round robin: share served by the small pod"]
+    )
+    assert value(rows["client p99: round robin / prequal on the queue gauge"]) > 1.5
+    note = str(rows[f"{gauge}: client p99"].get("note"))
+    assert "loads in the status" in note and "=None" not in note, note
 
 
 @pytest.mark.bench

@@ -250,6 +250,7 @@ def test_status_schema(schema: dict[str, Any]) -> None:
         "p50Ms",
         "p99Ms",
         "rif",
+        "load",
         "samples",
         "state",
         "reason",

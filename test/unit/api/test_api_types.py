@@ -23,7 +23,7 @@ from aviator.api import (
     SelectionMode,
     from_dict,
 )
-from aviator.api.types import API_VERSION, KIND
+from aviator.api.types import API_VERSION, KIND, LoadCombine
 
 ROOT = Path(__file__).resolve().parents[3]
 SAMPLES = ROOT / "config" / "samples"
@@ -448,3 +448,24 @@ def test_decoding_any_mutation_is_a_spec_or_a_policy_error(
         assert all(e.path.startswith("spec") and e.message for e in exc.errors)
         return
     assert AviatorPolicySpec.from_dict(decoded.to_dict()) == decoded
+
+
+def test_prequal_load_defaults_and_validation() -> None:
+    base = {"targetRef": {"name": "web"}}
+    assert AviatorPolicySpec.from_dict(base).selection.prequal.load is None  # RIF alone
+    spec = AviatorPolicySpec.from_dict(
+        {
+            **base,
+            "selection": {
+                "prequal": {"load": {"metric": "vllm:num_requests_waiting", "port": 8000}}
+            },
+        }
+    )
+    load = spec.selection.prequal.load
+    assert load is not None
+    assert (load.path, load.combine, load.weight) == ("/metrics", LoadCombine.REPLACE, 1.0)
+    bad = {"metric": "bad-name", "port": 0, "path": "metrics", "combine": "max", "weight": 0}
+    with pytest.raises(PolicyError) as err:
+        AviatorPolicySpec.from_dict({**base, "selection": {"prequal": {"load": bad}}})
+    fields = {e.path.rsplit(".", 1)[-1] for e in err.value.errors}
+    assert fields == {"metric", "port", "path", "combine", "weight"}

@@ -27,7 +27,7 @@ from aviator.latency.auth import (
 from aviator.latency.histogram import Histogram
 from aviator.latency.limits import StreamGate, StreamLimits
 from aviator.latency.receiver import make_stream_handler
-from aviator.latency.schema import EndpointWindow, Snapshot, encode_snapshot
+from aviator.latency.schema import EndpointWindow, PodLoad, Snapshot, encode_snapshot
 from aviator.latency.store import LatencyStore
 
 AGENT = "system:serviceaccount:aviator-system:aviator-agent"
@@ -320,6 +320,23 @@ async def test_an_agent_speaks_only_for_its_own_nodes_pods(
         "aviator_stream_endpoints_refused_total", {"reason": "other_node"}
     )
     assert (after or 0) - (refused or 0) == 2
+
+
+async def test_loads_are_kept_for_the_tokens_nodes_pods_only(
+    served: tuple[TestClient[web.Request, web.Application], LatencyStore],
+) -> None:
+    client, store = served
+    loads = tuple(PodLoad(ip, "queue", 3.0) for ip in ("10.0.0.1", "10.0.9.1", "10.0.9.2"))
+    async with client.ws_connect(
+        "/v1/stream", headers={"Authorization": f"Bearer {jwt('good')}"}
+    ) as ws:
+        await ws.send_str(encode_snapshot(Snapshot(NODE, "ebpf", 1.0, 1.0, (), loads=loads)))
+        await ws.send_str("garbage")  # answered, so the snapshot before it was handled
+        assert json.loads(await ws.receive_str())["kind"] == "error"
+    now = time.monotonic()
+    assert store.loads.load("10.0.0.1", "queue", now) == 3.0
+    assert store.loads.load("10.0.9.1", "queue", now) is None
+    assert store.loads.load("10.0.9.2", "queue", now) is None
 
 
 async def test_a_token_revoked_mid_stream_ends_the_connection() -> None:

@@ -112,9 +112,11 @@ def test_explain_every_pod_in_or_out_and_why() -> None:
 
 def test_latency_rows_carry_source_and_age() -> None:
     rows = report.latency_rows(policy(), NOW)
-    assert rows[0][:8] == ["fast-1", "10.0.0.1", "n1", "active", 9.5, 12.0, 1, 90]
-    assert rows[0][8:11] == [None, None, None]  # no keep-warm or probe figures reported
-    assert rows[0][12:] == ["ebpf", "1m"]
+    assert rows[0][:7] == ["fast-1", "10.0.0.1", "n1", "active", 9.5, 12.0, 1]
+    assert rows[0][7] is None  # no load reported (no selection.prequal.load)
+    assert rows[0][8] == 90
+    assert rows[0][9:12] == [None, None, None]  # no keep-warm or probe figures reported
+    assert rows[0][13:] == ["ebpf", "1m"]
 
 
 def test_policies_for_service_by_target_or_routed_name() -> None:

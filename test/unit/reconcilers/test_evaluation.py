@@ -66,7 +66,12 @@ def test_engine_messages_are_translated_to_spec_fields() -> None:
     assert spec_message("something odd") == "spec: something odd"
     for field in SPEC_FIELDS.values():
         # errorRatePercent has no default (unset: off): set it so it is in the spec.
-        minimal = {"targetRef": {"name": "web"}, "circuitBreaker": {"errorRatePercent": 50}}
+        # prequal.load likewise (unset: requests in flight alone).
+        minimal = {
+            "targetRef": {"name": "web"},
+            "circuitBreaker": {"errorRatePercent": 50},
+            "selection": {"prequal": {"load": {"metric": "q", "port": 9090}}},
+        }
         spec: Any = AviatorPolicySpec.from_dict(minimal).to_dict()
         for part in field.split(".")[1:]:
             spec = spec[part]  # every named field exists in the spec

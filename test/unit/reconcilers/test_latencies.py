@@ -11,7 +11,7 @@ from aiohttp import web
 from reconciler_objects import make_pod, make_service
 
 from aviator.latency.histogram import Histogram
-from aviator.latency.schema import EndpointWindow, Snapshot
+from aviator.latency.schema import EndpointWindow, PodLoad, Snapshot
 from aviator.latency.store import LatencyStore
 from aviator.reconcilers.evaluation import ParsedPolicy, parse_policy
 from aviator.reconcilers.latencies import (
@@ -168,3 +168,35 @@ async def test_pods_without_data_on_a_node_with_full_maps_are_named_unmeasurable
         assert got.unmeasurable == {}
     finally:
         await prober.close()
+
+
+async def test_a_policy_naming_a_load_reads_each_measured_pods_report() -> None:
+    store = LatencyStore(window_s=10, stale_after_s=10)
+    store.ingest(agent_snapshot("10.0.0.1", [5000] * 10), now=100.0)
+    store.ingest(agent_snapshot("10.0.0.2", [5000] * 10), now=100.0)
+    store.loads.note(
+        "node-a",
+        [PodLoad("10.0.0.1", "queue", 4.0), PodLoad("10.0.0.3", "queue", 9.0)],
+        100.0,
+    )
+    pods = [make_pod(n, f"10.0.0.{i}") for i, n in ((1, "a"), (2, "b"), (3, "c"))]
+    load = {"metric": "queue", "port": 9090}
+    prober = controller_prober()
+    try:
+        got = await read_latencies(
+            policy(selection={"mode": "prequal", "prequal": {"load": load}}),
+            pods,
+            store,
+            prober,
+            100.0,
+            probe=False,
+        )
+        plain = await read_latencies(policy(), pods, store, prober, 100.0, probe=False)
+    finally:
+        await prober.close()
+    a, b = got.estimate("a"), got.estimate("b")
+    assert a is not None and a.load == 4.0
+    assert b is not None and b.load is None  # no report: prequal ranks it by its RIF
+    assert got.estimate("c") is None  # a report alone does not make a pod measured
+    plain_a = plain.estimate("a")
+    assert plain_a is not None and plain_a.load is None  # not asked for: not read
