@@ -41,7 +41,15 @@ from aviator.kube.objects import JSON
 from aviator.kube.pods import is_terminating, pod_name
 from aviator.kube.resources import AVIATORPOLICIES
 from aviator.kube.services import is_headless
-from aviator.reconcilers import endpoints, evaluation, handoff, routing, slices, takeover
+from aviator.reconcilers import (
+    endpoints,
+    evaluation,
+    handoff,
+    locality,
+    routing,
+    slices,
+    takeover,
+)
 from aviator.reconcilers.cadence import evaluation_due, urgent_wait
 from aviator.reconcilers.evaluation import Outcome
 from aviator.reconcilers.latencies import PodLatencies
@@ -288,6 +296,7 @@ def _select(
         else slices.published_pods(view.slices, parsed.routed_service)
     )
     outcome = None
+    evaluated = False
     by_pod = {n: latencies.estimate(n) for n in names}
     stalled = evaluation.stalled_pods(parsed, by_pod)
     urgent = urgent_wait(
@@ -322,6 +331,7 @@ def _select(
             stalled=stalled,
         )
         urgent = None
+        evaluated = True
     assert memory.next_evaluation is not None
     requeue_after = max(0.0, memory.next_evaluation - clock.store)
     if urgent is not None:
@@ -359,7 +369,19 @@ def _select(
     owner = slices.SliceOwner(
         ns, parsed.routed_service, name, memory.uid, headless=is_headless(target)
     )
-    publishing = endpoints.Publishing(target, parsed.routed_service, view.zone_of, view.zone_cpu)
+    zones = locality.plan_zones(
+        parsed.spec.topology,
+        routed,
+        by_pod.get,
+        view.zone_of,
+        view.client_zones,
+        memory.status or view.policy.get("status"),
+        evaluated,
+    )
+    problems += zones.problems
+    publishing = endpoints.Publishing(
+        target, parsed.routed_service, view.zone_of, view.zone_cpu, zones.hints
+    )
     desired = endpoints.desired_endpoints(publishing, routed)
     slice_plan = slices.plan_slices(owner, desired, view.slices)
     writes += slices.writes_for(ns, slice_plan)
@@ -403,6 +425,7 @@ def _select(
         takeover=None if route.record is None else route.record.to_json(),
         hand_offs=hand_offs,
         opaque=opaque,
+        zones=zones.rows,
     )
     status, write = status_write(view, memory, obs)
     ejections = sum(1 for e in events if e.reason == "PodEjected")
