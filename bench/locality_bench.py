@@ -3,7 +3,7 @@ box-node-1 in box-a, box-node-2 in box-b).
 
 Two test-app pods per zone answer in 10 ms behind Service `web`, pinned to their
 zone's node. The same pods are reached three ways, each by one open-loop client per
-zone through the box proxy's zone addresses (which follow zone hints as kube-proxy on
+zone (a new connection per request: hints steer new connections) through the box proxy's zone addresses (which follow zone hints as kube-proxy on
 a node of that zone does): (a) `web-aviator`, the shadow Service of an AviatorPolicy
 with `topology.mode: latencyAware` (percentage 100, so every pod is routed and only
 locality moves traffic; evaluationInterval 1 s, marginPercent 100, spillAfter 2,
@@ -13,7 +13,7 @@ returnAfter 2); (b) `web-close`, a Service with `trafficDistribution: PreferClos
 to 150 ms for 30 s (quick: 10 s), then back.
 
 Rows: client p99 per zone and variant while both zones are fast and while A is slow
-(from the spill on; ratio: zone A's p99 against PreferClose's); seconds from A's pods
+(from a second after the spill on; ratio: zone A's p99 against PreferClose's); seconds from A's pods
 turning slow until A's clients are hinted onto B's pods (goal: 2 intervals + 1 s,
 plus the agent's report interval), and from their recovery until A is hinted home
 again; slice writes while A spills (goal 0).
@@ -169,7 +169,7 @@ async def _episode(
             clients[(variant, zone)] = OpenLoopClient(
                 functools.partial(_address, box, zone, service),
                 RATE_PER_S,
-                5,
+                1,
                 5.0,
                 seed=len(clients) + 1,
             )
@@ -182,7 +182,8 @@ async def _episode(
         box.set_pod_latency(NS, pod, SLOW)
     onset = time.monotonic()
     spill_s = await _until(kube, "box-a", pods["box-b"], slow_s)
-    spilled_at = time.monotonic()
+    # From a second after the spill: requests due before it may still be on A's pods.
+    spilled_at = time.monotonic() + 1.0
     versions = (await _hinted(kube, "box-a"))[1]
     writes = 0
     while time.monotonic() < onset + slow_s:
@@ -216,7 +217,7 @@ def _rows(
     writes: int,
 ) -> list[Row]:
     rows: list[Row] = []
-    note = f"open loop, {RATE_PER_S:g} req/s per client, 5 requests per connection"
+    note = f"open loop, {RATE_PER_S:g} req/s per client, a new connection per request"
     close_a = _p99(clients[("PreferClose", "box-a")].samples, spilled_at, recovered)
     for (variant, zone), client in clients.items():
         fast = _p99(client.samples, t0 + 1.0, onset)

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from aviator.box.addresses import AddressPool, PoolExhausted
 from aviator.box.endpoints import endpoint_pods, proxied, ready_backends, service_of
+from aviator.box.nodes import node_object, zone_of_node
 from aviator.box.podspec import Unsupported, expand, image_name, plan_pod
 from aviator.box.podstatus import has_controller_owner, unsupported_status
 from aviator.box.stats import Sample, percentile, summarize
@@ -276,3 +277,10 @@ def test_zone_hints_as_kube_proxy_reads_them() -> None:
     # Unready endpoints do not count.
     unready = _hinted(("10.0.0.1", ["za"], True), ("10.0.0.2", None, False))
     assert ready_backends("http", [unready], "za") == [a]
+
+
+def test_nodes_go_round_robin_over_the_zones() -> None:
+    assert [zone_of_node(i, 1) for i in range(3)] == ["box", "box", "box"]
+    assert [zone_of_node(i, 2) for i in range(3)] == ["box-a", "box-b", "box-a"]
+    labels = node_object("n", "box-b")["metadata"]["labels"]
+    assert labels["topology.kubernetes.io/zone"] == "box-b"
