@@ -304,40 +304,28 @@ class LatencyStore:
 
     def _fresh(
         self, ip: str, now: float, ports: Collection[int] | None, origin: Origin
-    ) -> list[Window]:
+    ) -> tuple[list[Window], list[Window]]:
         """The windows of `origin` that speak for `ip` (on one of `ports`, when given):
-        fresh server ones, else fresh client ones."""
+        fresh server ones, else fresh client ones; and the fresh probe-role ones (the
+        kubelet's probes of it). One pass over the address's endpoints."""
         keys = self._by_ip.get(ip)
         if not keys:
-            return []
+            return [], []
         server: list[Window] = []
         client: list[Window] = []
+        probes: list[Window] = []
+        windows = self._windows
         for key in keys:
             if key[3] != origin or (ports is not None and key[1] not in ports):
                 continue
-            if key[2] == "probe":
-                continue
-            win = self._windows[key]
+            win = windows[key]
             if win.last_seen < now - win.stale_s:
                 continue
-            self._expire(win, now - win.keep_s)
-            (server if key[2] == "server" else client).append(win)
-        return server or client
-
-    def _probe_windows(
-        self, ip: str, now: float, ports: Collection[int] | None, origin: Origin
-    ) -> list[Window]:
-        """The fresh probe-role windows of `ip` (the kubelet's probes of it)."""
-        out: list[Window] = []
-        for key in self._by_ip.get(ip, ()):
-            if key[2] != "probe" or key[3] != origin or (ports is not None and key[1] not in ports):
-                continue
-            win = self._windows[key]
-            if win.last_seen < now - win.stale_s:
-                continue
-            self._expire(win, now - win.keep_s)
-            out.append(win)
-        return out
+            if win.deltas and win.deltas[0][0] <= now - win.keep_s:
+                self._expire(win, now - win.keep_s)
+            role = key[2]
+            (server if role == "server" else probes if role == "probe" else client).append(win)
+        return server or client, probes
 
     def estimate(
         self,
@@ -351,26 +339,31 @@ class LatencyStore:
         """Latency of the pod at `ip` as `origin` measured it, None when unknown; only
         of `port`, or of `ports` (e.g. a Service's target ports), when given."""
         wanted = (port,) if port is not None else ports
-        windows = self._fresh(ip, now, wanted, origin)
+        windows, probe_windows = self._fresh(ip, now, wanted, origin)
         if not windows:
             return None
         if len(windows) == 1:
             newest = windows[0]
             qs = newest.quantiles_us()
             samples = newest.total.count
+            open_us = newest.oldest_open_us
         else:
             newest = max(windows, key=lambda w: w.last_seen)
             total = Histogram.merge_all(w.total for w in windows)
             merged = total.quantiles(QUANTILES)
             qs = None if merged is None else (merged[0], merged[1], merged[2])
             samples = total.count
-        open_us = max(w.oldest_open_us for w in windows)
+            open_us = max(w.oldest_open_us for w in windows)
         if qs is None:
             if not open_us:
                 return None
             qs = (float(open_us), float(open_us), float(open_us))  # a lower bound
-        probes = Histogram.merge_all(w.total for w in self._probe_windows(ip, now, wanted, origin))
-        probe_qs = probes.quantiles((0.5, 0.99)) if probes else None
+        probe_samples = 0
+        probe_qs = None
+        if probe_windows:
+            probes = Histogram.merge_all(w.total for w in probe_windows)
+            probe_samples = probes.count
+            probe_qs = probes.quantiles((0.5, 0.99)) if probes else None
         return LatencyEstimate(
             p50_ms=qs[0] / 1000.0,
             p90_ms=qs[1] / 1000.0,
@@ -384,7 +377,7 @@ class LatencyStore:
             errors=sum(w.errors for w in windows),
             protocol=newest.protocol,
             keepwarm=min(samples, sum(w.keepwarm for w in windows)),
-            probe_samples=probes.count,
+            probe_samples=probe_samples,
             probe_p50_ms=None if probe_qs is None else probe_qs[0] / 1000.0,
             probe_p99_ms=None if probe_qs is None else probe_qs[1] / 1000.0,
         )
@@ -401,6 +394,6 @@ class LatencyStore:
         histogram (e.g. the active set's p99)."""
         out = Histogram()
         for ip in ips:
-            for win in self._fresh(ip, now, ports, origin):
+            for win in self._fresh(ip, now, ports, origin)[0]:
                 out.update(win.total)
         return out

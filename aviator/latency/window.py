@@ -38,8 +38,10 @@ class Window:
     errors: int = 0
     keepwarm: int = 0  # of total.count: the agent's keep-warm probes
     buckets: int = 0  # non-empty buckets over `deltas` (what the limits count)
-    # p50/p90/p99 in µs of `total`, recomputed only after it changed.
+    # p50/p90/p99 in µs of `total` as it was when `cached_of` was taken: recomputed
+    # only when the total differs (a steady pod's window adds the delta it expires).
     cached: tuple[float, float, float] | None = None
+    cached_of: Histogram | None = None
 
     def add(self, at: float, ep: EndpointWindow, max_deltas: int) -> int:
         """Add an endpoint window's delta; returns the change in held buckets."""
@@ -51,7 +53,6 @@ class Window:
         self.statuses += ep.statuses
         self.errors += ep.errors
         self.keepwarm += ep.keepwarm
-        self.cached = None
         added = len(delta)
         self.buckets += added
         if len(self.deltas) > max_deltas:
@@ -72,15 +73,15 @@ class Window:
         self.statuses -= statuses
         self.errors -= errors
         self.keepwarm -= keepwarm
-        self.cached = None
         self.buckets -= len(old)
         return len(old)
 
     def quantiles_us(self) -> tuple[float, float, float] | None:
         if not self.total:
             return None
-        if self.cached is None:
+        if self.cached is None or self.cached_of != self.total:
             qs = self.total.quantiles(QUANTILES)
             assert qs is not None
             self.cached = (qs[0], qs[1], qs[2])
+            self.cached_of = self.total.copy()
         return self.cached

@@ -125,6 +125,15 @@ def measured_ports(parsed: ParsedPolicy, service: JSON | None, pod: JSON) -> fro
     return service_ports(service, pod)
 
 
+def names_target_ports(service: JSON) -> bool:
+    """Whether a TCP port of the Service names its target port (resolved per pod)."""
+    return any(
+        isinstance(sp.get("targetPort"), str) and not str(sp["targetPort"]).isdigit()
+        for sp in service.get("spec", {}).get("ports") or []
+        if str(sp.get("protocol") or "TCP") == "TCP"
+    )
+
+
 def service_ports(service: JSON, pod: JSON) -> frozenset[int]:
     """The Service's TCP target ports as `pod` resolves them: what its clients call."""
     out: set[int] = set()
@@ -157,7 +166,11 @@ async def read_latencies(
         windows = await _probe_round(prober, targets)
         store.ingest_probes(windows, now, keep_s=PROBE_WINDOW_INTERVALS * parsed.interval_s)
 
-    fixed = frozenset({parsed.probe_port}) if origin == "controller" or service is None else None
+    fixed: frozenset[int] | None = None
+    if origin == "controller" or service is None:
+        fixed = frozenset({parsed.probe_port})
+    elif not names_target_ports(service):
+        fixed = service_ports(service, {})  # numbers: the same for every pod
 
     def ports_of(f: PodFacts) -> frozenset[int]:
         if fixed is not None:

@@ -35,7 +35,7 @@ def policy_events(
 ) -> list[EventSpec]:
     """PodEjected (Warning) and PodReadmitted from the engine, and EndpointsUpdated
     naming the pods that came and went when the published set changed."""
-    by_name = {pod_name(p): p for p in eligible}
+    by_name = {pod_name(p): p for p in eligible} if outcome.events else {}
     out = [
         EventSpec(
             ev.reason,
@@ -63,6 +63,8 @@ def handoff_events(
 ) -> list[EventSpec]:
     """HandOffStarted for each pod that began handing its connections off."""
     started = {e.pod for e in before}
+    if all(e.pod in started for e in now):
+        return []
     by_name = {pod_name(p): p for p in pods}
     return [
         EventSpec(
