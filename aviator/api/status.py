@@ -204,6 +204,36 @@ class HandOffStatus:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ZoneStatus:
+    """One zone under topology.mode latencyAware."""
+
+    zone: str = api_field("zone", "Zone name (topology.kubernetes.io/zone).", required=True)
+    state: str = api_field(
+        "state",
+        """local: the zone's clients use its own routed pods. spilling: they use the
+        other local zones' routed pods.""",
+        required=True,
+    )
+    reason: str = api_field(
+        "reason",
+        """Why: WithinMargin, OnlyZone, SlowerThanMargin, Overloaded, NoRoutedPods
+        (no routed pod in the zone), NoZoneToSpillTo (every zone would spill; the
+        fastest stays local), NoLatencyData (nothing measured; the state holds).""",
+        default="",
+    )
+    streak: int = api_field(
+        "streak",
+        """Consecutive evaluations against the state so far (slow or overloaded while
+        local, within the margin while spilling), towards spillAfter or returnAfter.""",
+        default=0,
+    )
+    pods: int = api_field("pods", "Routed pods in the zone.", default=0)
+    p99_ms: float | None = api_field(
+        "p99Ms", "Median p99 in milliseconds of the zone's routed pods.", default=None
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class AviatorPolicyStatus:
     """What the controller observed and did at its last evaluation."""
 
@@ -257,6 +287,14 @@ class AviatorPolicyStatus:
         connections are being ended (routing.handoff).""",
         default_factory=list,
         list_type="atomic",
+    )
+    zones: list[ZoneStatus] = api_field(
+        "zones",
+        """topology.mode latencyAware: each zone's state (local or spilling) and why;
+        also what a new leader continues from.""",
+        default_factory=list,
+        list_type="map",
+        list_map_keys=("zone",),
     )
     last_evaluation_time: str | None = api_field(
         "lastEvaluationTime",

@@ -66,6 +66,11 @@ class RoutingMode(enum.StrEnum):
     TAKEOVER = "takeover"
 
 
+class TopologyMode(enum.StrEnum):
+    SERVICE = "service"
+    LATENCY_AWARE = "latencyAware"
+
+
 # ---------------------------------------------------------------------------- spec
 
 
@@ -350,6 +355,55 @@ class RoutingSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class TopologySpec:
+    """Zone hints on the published endpoints: as the target Service asks, or
+    latency-aware locality (each zone's traffic stays in its zone while its pods are
+    fast and not overloaded, and spills to other zones' pods when they are not)."""
+
+    mode: TopologyMode = api_field(
+        "mode",
+        """service: the hints Kubernetes would set for the target Service (its
+        topology-mode annotation or trafficDistribution). latencyAware: every routed
+        pod is hinted for its own zone while that zone's pods are within marginPercent
+        of the best other zone's and not overloaded; a zone that is not, for
+        spillAfter evaluations in a row, spills: its clients are hinted onto the
+        other zones' pods (its own pods get no zone's traffic) until it is back
+        within the margin for returnAfter evaluations. kube-proxy follows the hints
+        (topology-aware routing), so clients need nothing. status.zones shows each
+        zone's state.""",
+        default=TopologyMode.SERVICE,
+    )
+    margin_percent: int = api_field(
+        "marginPercent",
+        """A zone is slow when the median p99 of its routed pods is more than this
+        percentage above the best other zone's. 0..1000.""",
+        default=50,
+        minimum=0,
+        maximum=1000,
+    )
+    max_requests_in_flight: int | None = api_field(
+        "maxRequestsInFlight",
+        """A zone is overloaded when its routed pods hold more requests in flight
+        than this on average. Unset: load never spills a zone. At least 1.""",
+        default=None,
+        minimum=1,
+    )
+    spill_after: int = api_field(
+        "spillAfter",
+        "Consecutive evaluations a zone is slow or overloaded before it spills. At least 1.",
+        default=2,
+        minimum=1,
+    )
+    return_after: int = api_field(
+        "returnAfter",
+        """Consecutive evaluations a spilling zone is within the margin and not
+        overloaded before its traffic returns to its own pods. At least 1.""",
+        default=3,
+        minimum=1,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class AviatorPolicySpec:
     """Desired behaviour: which Service, how latency is measured, how pods are chosen."""
 
@@ -459,6 +513,12 @@ class AviatorPolicySpec:
         """Which Service carries the latency-aware endpoints: a shadow Service next
         to the target (default) or the target Service itself (takeover).""",
         default_factory=RoutingSpec,
+    )
+    topology: TopologySpec = api_field(
+        "topology",
+        """Zone hints on the published endpoints: the target Service's own topology
+        routing (default) or latency-aware locality.""",
+        default_factory=TopologySpec,
     )
 
     @property

@@ -49,6 +49,7 @@ Progress = Callable[[str], None]
 class BoxOptions:
     workdir: Path
     nodes: int = 2
+    zones: int = 1  # the nodes' zones, round robin (aviator/box/nodes.py)
     aviator: bool = True  # run the controller and one agent per node
     latency_source: str = "auto"
     bin_dir: Path | None = None  # control-plane binaries; None: ./bin, then PATH
@@ -119,7 +120,7 @@ class Box:
         self.client = await KubeClient.load(str(self.inner_kubeconfig))
         names = node_names(self.options.nodes)
         self.progress(f"registering nodes {', '.join(names)}")
-        self.nodes = BoxNodes(self.client, names)
+        self.nodes = BoxNodes(self.client, names, zones=self.options.zones)
         await self.nodes.register()
         self.runtime = PodRuntime(
             self.client,
@@ -129,7 +130,10 @@ class Box:
             probe_from=self.network.pods.node_address,
         )
         await self.runtime.start()
-        self.proxy = BoxProxy(self.client, self.network, on_change=self._status_dirty.set)
+        zones = sorted(set(self.nodes.zones.values())) if self.options.zones > 1 else []
+        self.proxy = BoxProxy(
+            self.client, self.network, on_change=self._status_dirty.set, zones=zones
+        )
         await self.proxy.start()
         self._tasks = [
             asyncio.create_task(self.nodes.run(), name="node heartbeats"),
@@ -398,6 +402,8 @@ class Box:
             "services": self.proxy.table() if self.proxy else {},
             "proxy": self.options.proxy,
             "backends": self.proxy.backend_counts() if self.proxy else {},
+            "zone_services": self.proxy.zone_table() if self.proxy else {},
+            "zone_backends": self.proxy.zone_backend_counts() if self.proxy else {},
             "kube_proxy_backends": self._kube_proxy_backends,
             "pods": self.runtime.pod_ips() if self.runtime else {},
             "pod_pids": self.runtime.pids() if self.runtime else [],

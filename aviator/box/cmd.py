@@ -40,6 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         common(p)
         p.add_argument("--nodes", type=int, default=2, help="number of box nodes (default 2)")
         p.add_argument(
+            "--zones",
+            type=int,
+            default=1,
+            help="spread the nodes round robin over this many zones, box-a, box-b, ...; "
+            "the box proxy then gives each Service an address per zone that follows "
+            "zone hints as kube-proxy does (default 1: every node in zone box)",
+        )
+        p.add_argument(
             "--latency-source",
             choices=("auto", "ebpf", "probe"),
             default="auto",
@@ -128,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
     options = BoxOptions(
         workdir=args.workdir,
         nodes=args.nodes,
+        zones=getattr(args, "zones", 1),
         aviator=getattr(args, "aviator", True),
         latency_source=args.latency_source,
         bin_dir=args.bin_dir,

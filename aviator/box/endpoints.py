@@ -3,6 +3,11 @@
 Like kube-proxy: every slice labelled `kubernetes.io/service-name=<svc>` counts, no
 matter who manages it; the slice port is matched to the Service port by name; an
 endpoint is used when its `ready` condition is true (absent means true).
+
+Topology-aware routing as kube-proxy does it for a node in `zone`: when every ready
+endpoint carries a zone hint (`hints.forZones`) and at least one names the zone, only
+those are used; otherwise (an endpoint without hints, a zone no endpoint is hinted
+for, no zone at all) every ready endpoint is.
 """
 
 from __future__ import annotations
@@ -32,12 +37,21 @@ def service_of(slice_: Obj) -> str | None:
     return f"{meta.get('namespace')}/{name}" if name else None
 
 
-def ready_backends(port_name: str | None, slices: Iterable[Obj]) -> list[Backend]:
-    """Sorted, de-duplicated (ip, port) pairs of ready IPv4 endpoints for a port name;
-    if there are none, of the serving terminating ones."""
+def _zone_hints(ep: Obj) -> frozenset[str]:
+    return frozenset(str(z.get("name", "")) for z in (ep.get("hints") or {}).get("forZones") or [])
+
+
+def ready_backends(
+    port_name: str | None, slices: Iterable[Obj], zone: str | None = None
+) -> list[Backend]:
+    """Sorted, de-duplicated (ip, port) pairs of ready IPv4 endpoints for a port name,
+    filtered by zone hints for a node in `zone` (see the module docstring); if there
+    are none ready, of the serving terminating ones."""
     wanted = port_name or ""
     ready: set[Backend] = set()
     fallback: set[Backend] = set()
+    hinted: set[Backend] = set()
+    all_hinted = True
     for s in slices:
         if s.get("addressType") != "IPv4":
             continue
@@ -52,12 +66,18 @@ def ready_backends(port_name: str | None, slices: Iterable[Obj]) -> list[Backend
             cond = ep.get("conditions") or {}
             if cond.get("ready") is not False:
                 found = ready
+                zones = _zone_hints(ep)
+                all_hinted = all_hinted and bool(zones)
+                if zone is not None and zone in zones:
+                    hinted.update((str(a), target) for a in ep.get("addresses") or [])
             elif cond.get("serving") is True and cond.get("terminating") is True:
                 found = fallback
             else:
                 continue
             for address in ep.get("addresses") or []:
                 found.add((str(address), target))
+    if zone is not None and all_hinted and hinted:
+        return sorted(hinted)
     return sorted(ready or fallback)
 
 

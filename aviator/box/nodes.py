@@ -1,5 +1,9 @@
 """Box Nodes: Node objects for pods to be bound to, kept Ready without a kubelet.
 
+Every node carries `topology.kubernetes.io/zone`: `box`, or with `--zones N` the
+zones box-a, box-b, ... round robin over the nodes (box-node-1 in box-a, box-node-2
+in box-b, ...), for topology-aware routing.
+
 The box's controller manager runs no node-lifecycle controller, so nothing taints or
 evicts a node whose heartbeat is old; the box still refreshes the Ready condition
 and the node's Lease so `kubectl get nodes` and anything that reads them tell the truth.
@@ -28,7 +32,20 @@ def node_names(count: int) -> list[str]:
     return [f"box-node-{i}" for i in range(1, count + 1)]
 
 
-def node_object(name: str) -> dict[str, Any]:
+def zone_names(count: int) -> list[str]:
+    """One zone is `box`; more are box-a, box-b, ..."""
+    if count <= 1:
+        return [ZONE]
+    return [f"box-{chr(ord('a') + i)}" for i in range(count)]
+
+
+def zone_of_node(index: int, zones: int) -> str:
+    """Node `index` (from 0) of the box: its zone, round robin over the zones."""
+    names = zone_names(zones)
+    return names[index % len(names)]
+
+
+def node_object(name: str, zone: str = ZONE) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Node",
@@ -37,7 +54,7 @@ def node_object(name: str) -> dict[str, Any]:
             "labels": {
                 marks.LABEL_HOSTNAME: name,
                 marks.LABEL_OS: "linux",
-                marks.LABEL_ZONE: ZONE,
+                marks.LABEL_ZONE: zone,
                 marks.LABEL_BOX_NODE: "true",
             },
         },
@@ -87,16 +104,23 @@ def node_status(heartbeat: str, since: str) -> dict[str, Any]:
 class BoxNodes:
     """Registers the nodes and refreshes their status and Lease every `heartbeat_s`."""
 
-    def __init__(self, client: KubeClient, names: list[str], heartbeat_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        client: KubeClient,
+        names: list[str],
+        heartbeat_s: float = 10.0,
+        zones: int = 1,
+    ) -> None:
         self.client = client
         self.names = names
+        self.zones = {name: zone_of_node(i, zones) for i, name in enumerate(names)}
         self.heartbeat_s = heartbeat_s
         self._since = now_rfc3339()
 
     async def register(self) -> None:
         for name in self.names:
             try:
-                await self.client.create(NODES, node_object(name))
+                await self.client.create(NODES, node_object(name, self.zones[name]))
             except ApiError as err:
                 if err.status != 409:
                     raise

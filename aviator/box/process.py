@@ -123,6 +123,22 @@ class BoxProcess:
         host, _, port = str(next(iter(ports.values()))).rpartition(":")
         return host, int(port)
 
+    def zone_address(self, zone: str, namespace: str, service: str) -> tuple[str, int] | None:
+        """The Service's first port as clients on a node of `zone` reach it (a box up
+        with --zones): connections there follow the endpoints' zone hints."""
+        zones = self.status().get("zone_services") or {}
+        ports = (zones.get(zone) or {}).get(f"{namespace}/{service}")
+        if not ports:
+            return None
+        host, _, port = str(next(iter(ports.values()))).rpartition(":")
+        return host, int(port)
+
+    def zone_backend_count(self, zone: str, namespace: str, service: str) -> int:
+        """The fewest endpoints clients in `zone` are spread over, on any port."""
+        zones = self.status(fresh=True).get("zone_backends") or {}
+        ports = (zones.get(zone) or {}).get(f"{namespace}/{service}")
+        return min((int(n) for n in (ports or {}).values()), default=0)
+
     def backend_count(self, namespace: str, service: str, *, kube_proxy: bool = False) -> int:
         """The fewest endpoints the box proxy (`kube_proxy`: kube-proxy's rules, in a box
         run with `--proxy kube-proxy`) spreads any port of the Service over."""

@@ -8,6 +8,12 @@ endpoints of the Service's EndpointSlices (with none ready, the serving terminat
 ones, as kube-proxy falls back to them), which are watched, so a slice change takes
 effect for the next connection at once. While a Service has no such endpoint its
 listener is closed and connections are refused, like kube-proxy's REJECT rule.
+
+With zones (a box of more than one zone), each Service port also gets one address
+per zone: a client connecting there is a client on a node of that zone, and its
+connections follow the endpoints' zone hints as kube-proxy on such a node does
+(`aviator.box.endpoints.ready_backends`). The zoneless address uses every endpoint,
+as kube-proxy on a node without a zone label does.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import contextlib
 import logging
 import random
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from aviator.box.addresses import AddressPool
@@ -133,8 +139,14 @@ class BoxProxy:
         network: Network,
         pool: AddressPool | None = None,
         on_change: Callable[[], None] | None = None,
+        zones: Sequence[str] = (),
     ) -> None:
         self.client = client
+        self.zones = list(zones)
+        # zone -> service -> port name: the addresses of clients in that zone.
+        self.zone_listeners: dict[str, dict[str, dict[str, PortListener]]] = {
+            z: {} for z in self.zones
+        }
         self.network = network
         self.pool = pool or AddressPool(*SERVICE_POOL)
         self.on_change = on_change or (lambda: None)
@@ -155,15 +167,36 @@ class BoxProxy:
 
     async def stop(self) -> None:
         await cancel_all(self._tasks)
-        for ports in self.listeners.values():
-            for listener in ports.values():
-                await listener.close()
+        for table in [self.listeners, *self.zone_listeners.values()]:
+            for ports in table.values():
+                for listener in ports.values():
+                    await listener.close()
 
     def table(self) -> dict[str, dict[str, str]]:
         """'ns/name' -> {port name or port number: 'ip:port'} for every proxied Service."""
         return {
             svc: {name: lst.address for name, lst in ports.items()}
             for svc, ports in sorted(self.listeners.items())
+        }
+
+    def zone_table(self) -> dict[str, dict[str, dict[str, str]]]:
+        """zone -> 'ns/name' -> {port: 'ip:port'}: the addresses of clients in each zone."""
+        return {
+            zone: {
+                svc: {name: lst.address for name, lst in ports.items()}
+                for svc, ports in sorted(table.items())
+            }
+            for zone, table in sorted(self.zone_listeners.items())
+        }
+
+    def zone_backend_counts(self) -> dict[str, dict[str, dict[str, int]]]:
+        """zone -> 'ns/name' -> {port: how many endpoints that zone's clients use}."""
+        return {
+            zone: {
+                svc: {name: len(lst.backends) for name, lst in ports.items()}
+                for svc, ports in sorted(table.items())
+            }
+            for zone, table in sorted(self.zone_listeners.items())
         }
 
     def backend_counts(self) -> dict[str, dict[str, int]]:
@@ -183,6 +216,10 @@ class BoxProxy:
             for listener in self.listeners.pop(key, {}).values():
                 await listener.close()
             self.pool.release(key)
+            for zone, table in self.zone_listeners.items():
+                for listener in table.pop(key, {}).values():
+                    await listener.close()
+                self.pool.release(f"{key}@{zone}")
         else:
             self.services[key] = service
         await self._sync(key)
@@ -203,10 +240,24 @@ class BoxProxy:
         service = self.services.get(key)
         if service is None:
             return
-        service_ports = [int(p["port"]) for p in service.get("spec", {}).get("ports") or []]
-        ip = self.pool.allocate(key, usable=lambda a: self._free(a, service_ports))
-        ports = self.listeners.setdefault(key, {})
         slices = list(self.slices_by_service.get(key, {}).values())
+        await self._sync_ports(key, service, slices, self.listeners.setdefault(key, {}), None)
+        for zone, table in self.zone_listeners.items():
+            await self._sync_ports(key, service, slices, table.setdefault(key, {}), zone)
+        self.on_change()
+
+    async def _sync_ports(
+        self,
+        key: str,
+        service: Obj,
+        slices: list[Obj],
+        ports: dict[str, PortListener],
+        zone: str | None,
+    ) -> None:
+        """One address's listeners of a Service (the zoneless one, or a zone's)."""
+        service_ports = [int(p["port"]) for p in service.get("spec", {}).get("ports") or []]
+        pool_key = key if zone is None else f"{key}@{zone}"
+        ip = self.pool.allocate(pool_key, usable=lambda a: self._free(a, service_ports))
         wanted: set[str] = set()
         for p in service.get("spec", {}).get("ports") or []:
             name = p.get("name") or str(p["port"])
@@ -219,12 +270,11 @@ class BoxProxy:
                     self.network, key, p.get("name"), ip, int(p["port"])
                 )
             try:
-                await listener.set_backends(ready_backends(p.get("name"), slices))
+                await listener.set_backends(ready_backends(p.get("name"), slices, zone))
             except OSError as err:
                 log.error("service %s port %s: cannot listen on %s: %s", key, name, ip, err)
         for name in [n for n in ports if n not in wanted]:
             await ports.pop(name).close()
-        self.on_change()
 
     def _free(self, ip: str, ports: list[int]) -> bool:
         """Whether the host has nothing listening on ip at these ports."""

@@ -12,7 +12,7 @@ taken-over Service every field is set the built-in way:
 - `hostname` = the pod's `spec.hostname` when its `spec.subdomain` names the routed
   Service (per-pod DNS of a headless Service, e.g. StatefulSets);
 - `targetRef` to the pod (kind, namespace, name, uid);
-- `hints` as `aviator.reconcilers.hints` says;
+- `hints` as `aviator.reconcilers.hints` says (latency-aware zones when given);
 - ports resolved per pod (a named targetPort is looked up in the pod's containers and
   sidecar init containers, same protocol; a port that does not resolve is left out).
 
@@ -52,6 +52,8 @@ class Publishing:
     routed: str  # the Service our slices serve (hostnames match its name)
     zone_of: Callable[[str], str | None] = field(default=_no_zone, compare=False)
     zone_cpu: Mapping[str, float] | None = None  # topology-mode Auto: CPU share per zone
+    # topology.mode latencyAware: each zone's forZones (aviator.reconcilers.locality).
+    zone_hints: Mapping[str, Sequence[str]] | None = None
 
 
 def serves_while_terminating(pod: JSON) -> bool:
@@ -169,5 +171,8 @@ def desired_endpoints(
             (ep for g, eps in groups.items() if g[0] == address_type for ep in eps.values()),
             key=lambda ep: str(ep["targetRef"]["name"]),
         )
-        hints.assign(in_family, mode, publishing.zone_cpu)
+        if publishing.zone_hints is not None:
+            hints.assign_zones(in_family, publishing.zone_hints)
+        else:
+            hints.assign(in_family, mode, publishing.zone_cpu)
     return groups

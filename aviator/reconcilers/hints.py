@@ -18,6 +18,10 @@ read from the Service whose intent the user wrote (the target):
   endpoint with a zone gets its own zone as hint; `PreferSameNode` adds its node;
 - else no hints.
 
+Under the policy's `topology.mode: latencyAware` the zones come from the locality
+decision instead (`assign_zones`; aviator.reconcilers.locality): each ready endpoint
+gets the `forZones` its zone is given, all or nothing as above.
+
 Hints are computed per address family over the endpoints we publish (the routed set),
 endpoints in name order. Only ready endpoints get hints (terminating fallbacks do not).
 Where the built-in controller's choice depends on Go map order (which zone gives or
@@ -114,6 +118,19 @@ def assign(endpoints: Sequence[JSON], mode: HintMode, ratios: Mapping[str, float
             hint["forNodes"] = [{"name": ep["nodeName"]}]
         if hint:
             ep["hints"] = hint
+
+
+def assign_zones(endpoints: Sequence[JSON], for_zones: Mapping[str, Sequence[str]]) -> None:
+    """Set `hints.forZones` on the ready `endpoints` from their zone's entry in
+    `for_zones`; none at all when some ready endpoint has no zone or no entry (a
+    partial set of hints makes kube-proxy ignore them all anyway)."""
+    for ep in endpoints:
+        ep.pop("hints", None)
+    ready = [ep for ep in endpoints if _ready(ep)]
+    if any(not for_zones.get(str(ep.get("zone") or "")) for ep in ready):
+        return
+    for ep in ready:
+        ep["hints"] = {"forZones": [{"name": z} for z in for_zones[str(ep["zone"])]]}
 
 
 def auto_hints(zones: Sequence[str | None], ratios: Mapping[str, float] | None) -> list[str] | None:

@@ -41,7 +41,15 @@ from aviator.kube.objects import JSON
 from aviator.kube.pods import is_terminating, pod_name, pod_node
 from aviator.kube.resources import AVIATORPOLICIES
 from aviator.kube.services import is_headless
-from aviator.reconcilers import endpoints, evaluation, handoff, routing, slices, takeover
+from aviator.reconcilers import (
+    endpoints,
+    evaluation,
+    handoff,
+    locality,
+    routing,
+    slices,
+    takeover,
+)
 from aviator.reconcilers.cadence import evaluation_due, urgent_wait
 from aviator.reconcilers.evaluation import Outcome
 from aviator.reconcilers.latencies import PodLatencies
@@ -311,6 +319,7 @@ def _select(
         else slices.published_pods(view.slices, parsed.routed_service)
     )
     outcome = None
+    evaluated = False
     by_pod = {n: latencies.estimate(n) for n in names}
     stalled = evaluation.stalled_pods(parsed, by_pod)
     urgent = urgent_wait(
@@ -345,6 +354,7 @@ def _select(
             stalled=stalled,
         )
         urgent = None
+        evaluated = True
     assert memory.next_evaluation is not None
     requeue_after = max(0.0, memory.next_evaluation - clock.store)
     if urgent is not None:
@@ -382,7 +392,19 @@ def _select(
     owner = slices.SliceOwner(
         ns, parsed.routed_service, name, memory.uid, headless=is_headless(target)
     )
-    publishing = endpoints.Publishing(target, parsed.routed_service, view.zone_of, view.zone_cpu)
+    zones = locality.plan_zones(
+        parsed.spec.topology,
+        routed,
+        by_pod.get,
+        view.zone_of,
+        view.client_zones,
+        memory.status or view.policy.get("status"),
+        evaluated,
+    )
+    problems += zones.problems
+    publishing = endpoints.Publishing(
+        target, parsed.routed_service, view.zone_of, view.zone_cpu, zones.hints
+    )
     # The slices were up to date for exactly these inputs last time: they still are.
     slice_inputs = (
         owner,
@@ -438,6 +460,7 @@ def _select(
         takeover=None if route.record is None else route.record.to_json(),
         hand_offs=hand_offs,
         opaque=opaque,
+        zones=zones.rows,
     )
     status, write, memory = _status_once(view, memory, obs)
     ejections = sum(1 for e in events if e.reason == "PodEjected")

@@ -6,7 +6,7 @@ whether it differs from what the API server holds in a way a reader cares about.
 
 Write policy (steady state makes ZERO status writes):
 - `lastEvaluationTime` is written only together with another change;
-- latency figures (p50/p99 per pod and for the active set) count as changed only when
+- latency figures (p50/p99 per pod, per zone and for the active set) count as changed only when
   they move by more than `LATENCY_TOLERANCE` (relative) — histogram quantiles hop
   between neighbouring buckets under ordinary jitter, and a status write per interval
   per policy would be pure noise for the API server;
@@ -32,6 +32,7 @@ from aviator.api.status import (
     HandOffStatus,
     PodStatus,
     TakeoverStatus,
+    ZoneStatus,
 )
 from aviator.kube.objects import JSON
 
@@ -139,6 +140,7 @@ class Observation:
     takeover: JSON | None = None  # status.takeover (aviator.reconcilers.takeover.Record)
     hand_offs: Sequence[HandOffStatus] = ()
     opaque: Sequence[str] = ()  # measured pods whose protocol is opaque
+    zones: Sequence[ZoneStatus] = ()  # topology.mode latencyAware (aviator.reconcilers.locality)
 
 
 def opaque_message(pods: Sequence[str], measured: int) -> str:
@@ -246,6 +248,7 @@ def build_status(obs: Observation, previous: JSON) -> AviatorPolicyStatus:
         pods=rows,
         ejected_pods=sorted(r.name for r in obs.pods if r.state == "ejected"),
         hand_offs=list(obs.hand_offs),
+        zones=list(obs.zones),
         last_evaluation_time=obs.now_iso,
         takeover=None if obs.takeover is None else decode(TakeoverStatus, obs.takeover, "takeover"),
         engine_state=None if obs.engine_state is None else dict(obs.engine_state),
@@ -317,7 +320,7 @@ def status_changed(old: JSON | None, new: JSON) -> bool:
         if key == "p99LatencyMs":
             if not _close(a, b):
                 return True
-        elif key == "pods":
+        elif key in ("pods", "zones"):
             if not _same_rows(a or [], b or []):
                 return True
         elif key == "conditions":

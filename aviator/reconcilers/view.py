@@ -12,8 +12,10 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from aviator.api.types import TopologyMode
 from aviator.informers import Indexer
 from aviator.kube import marks
+from aviator.kube import nodes as node_facts
 from aviator.kube.objects import JSON
 from aviator.kube.services import pod_selector
 from aviator.reconcilers import hints, takeover
@@ -81,6 +83,12 @@ class Caches:
         zone = (obj.get("metadata", {}).get("labels") or {}).get(marks.LABEL_ZONE)
         return str(zone) if zone else None
 
+    def zones(self) -> frozenset[str]:
+        """The zones of every node (where clients may be)."""
+        if self.nodes is None:
+            return frozenset()
+        return frozenset(z for n in self.nodes.list() if (z := node_facts.zone_of(n)))
+
     def zone_cpu(self) -> dict[str, float] | None:
         """Each zone's share of the nodes' CPU (topology-mode Auto hints)."""
         return None if self.nodes is None else hints.zone_cpu_ratios(self.nodes.list())
@@ -115,6 +123,7 @@ class View:
     recorded: JSON | None = None  # the Service status.takeover names, if it exists
     zone_of: Callable[[str], str | None] = field(default=_no_zone, compare=False)
     zone_cpu: Mapping[str, float] | None = None  # read only for topology-mode Auto
+    client_zones: frozenset[str] = frozenset()  # read only for topology latencyAware
     facts: Callable[[JSON], PodFacts] = field(default=pod_facts, compare=False)
 
     @property
@@ -173,6 +182,7 @@ def gather(caches: Caches, policy: JSON) -> View:
     pods: list[JSON] = []
     builtin: list[JSON] = []
     zone_cpu = None
+    client_zones: frozenset[str] = frozenset()
     selector: dict[str, str] = {}
     if target is not None:
         holder_name = (target["metadata"].get("annotations") or {}).get(
@@ -192,6 +202,8 @@ def gather(caches: Caches, policy: JSON) -> View:
             )
         if hints.hint_mode(target) is hints.HintMode.AUTO:
             zone_cpu = caches.zone_cpu()
+        if parsed.spec.topology.mode == TopologyMode.LATENCY_AWARE:
+            client_zones = caches.zones()
     siblings = [
         p
         for p in caches.policies.by_index(INDEX_BY_TARGET, f"{ns}/{parsed.target}")
@@ -213,6 +225,7 @@ def gather(caches: Caches, policy: JSON) -> View:
         builtin_slices=builtin,
         zone_of=caches.zone_of,
         zone_cpu=zone_cpu,
+        client_zones=client_zones,
         facts=caches.facts.of,
         taken_over=taken_over,
         labelled_services=labelled_services,

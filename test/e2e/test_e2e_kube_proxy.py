@@ -6,7 +6,7 @@ pods of the Service's EndpointSlices, a slice change moves new connections, and 
 kube-proxy and the box's own proxy (aviator/box/proxy.py) read the same slices
 differently, `test_where_kube_proxy_and_the_box_proxy_differ` pins both readings.
 
-These start their own box (one node, no Aviator) and skip, saying why, where
+These start their own box (one node in zone box-a, `--zones 2`, no Aviator) and skip, saying why, where
 kube-proxy or `nft` is missing (`make node-components`).
 """
 
@@ -29,6 +29,7 @@ from aviator.kube.resources import ENDPOINTSLICES, PODS
 pytestmark = pytest.mark.e2e
 
 ROUTED = "kp-routed"
+ZONE = "box-a"  # the box's one node's zone, where kube-proxy runs
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +42,9 @@ def kp_box() -> Iterator[BoxCluster]:
     reason = unavailable(REPO / "bin")
     if reason:
         pytest.skip(reason)
-    box = BoxCluster(args=["--proxy", "kube-proxy", "--no-aviator", "--nodes", "1"]).start()
+    box = BoxCluster(
+        args=["--proxy", "kube-proxy", "--no-aviator", "--nodes", "1", "--zones", "2"]
+    ).start()
     try:
         yield box
     finally:
@@ -164,9 +167,19 @@ async def test_where_kube_proxy_and_the_box_proxy_differ(apps: Scenario, in_box:
         address = apps.cluster.address(apps.ns, ROUTED)
         return await served(address, 30) if address else {"failed"}
 
+    async def via_zone() -> set[str]:
+        address = apps.cluster.zone_address(ZONE, apps.ns, ROUTED)
+        return await served(address, 30) if address else {"failed"}
+
     async def check(
-        case: str, slices: list[dict[str, Any]], kube_proxy: set[int], box: set[int]
+        case: str,
+        slices: list[dict[str, Any]],
+        kube_proxy: set[int],
+        box: set[int],
+        zoned: set[int] | None = None,
     ) -> None:
+        """`zoned`: what the box proxy's address for kube-proxy's zone serves (default:
+        what `box` serves)."""
         names = {s["metadata"]["name"] for s in slices}
         existing = await apps.kube.list(
             ENDPOINTSLICES, apps.ns, params={"labelSelector": f"{LABEL_SERVICE_NAME}={ROUTED}"}
@@ -190,6 +203,13 @@ async def test_where_kube_proxy_and_the_box_proxy_differ(apps: Scenario, in_box:
             lambda got: got == want_box,
             timeout_s=20,
         )
+        want_zone = {pods[i] for i in (box if zoned is None else zoned)} or {"failed"}
+        await wait_for(
+            f"{case}: the box proxy's {ZONE} address serves {sorted(want_zone)}",
+            via_zone,
+            lambda got: got == want_zone,
+            timeout_s=20,
+        )
 
     # Agreement first: two plain slices.
     await check(
@@ -204,13 +224,19 @@ async def test_where_kube_proxy_and_the_box_proxy_differ(apps: Scenario, in_box:
         box={0, 1},
     )
     # 2. Zone hints: when every ready endpoint has one, kube-proxy serves only those
-    #    hinted for its node's zone (box nodes are in zone "box"); the box proxy ignores
-    #    hints.
+    #    hinted for its node's zone (box-a); the box proxy's zoneless address ignores
+    #    hints (a node without a zone), its box-a address reads them as kube-proxy does.
     hinted = [
-        {**ep[0], "hints": {"forZones": [{"name": "box"}]}},
+        {**ep[0], "hints": {"forZones": [{"name": ZONE}]}},
         {**ep[1], "hints": {"forZones": [{"name": "elsewhere"}]}},
     ]
-    await check("zone hints", [slice_of("kp-a", hinted)], kube_proxy={0}, box={0, 1})
+    await check("zone hints", [slice_of("kp-a", hinted)], kube_proxy={0}, box={0, 1}, zoned={0})
+    # ... and with one ready endpoint without hints, both ignore every hint.
+    partial = [hinted[0], ep[1]]
+    await check("partial zone hints", [slice_of("kp-a", partial)], {0, 1}, {0, 1})
+    # ... and with no endpoint hinted for the zone, both use every endpoint.
+    away = [{**e, "hints": {"forZones": [{"name": "elsewhere"}]}} for e in ep[:2]]
+    await check("no endpoint for the zone", [slice_of("kp-a", away)], {0, 1}, {0, 1})
     # 3. Only terminating endpoints, `serving` left out: kube-proxy takes an absent
     #    `serving` as true and falls back to them; the box proxy wants `serving: true`.
     terminating = [

@@ -1,4 +1,4 @@
-"""Smoke tests of the scale, flap, accuracy, tail-latency, queue-depth and reaction benchmarks at their
+"""Smoke tests of the scale, flap, accuracy, tail-latency, queue-depth, reaction and locality benchmarks at their
 quick size: every row is well formed and the figures are sane (not the goals, which
 `make bench` reports on; except zero writes in steady state, which must hold)."""
 
@@ -196,3 +196,17 @@ def test_reaction_quick() -> None:
     for name in ("Aviator", "round robin"):
         assert 0 < value(rows[f"success rate during the episode, {name}"]) <= 100
     assert (Path(ROOT) / "bench" / "out" / "reaction.png").stat().st_size > 10_000
+
+
+@pytest.mark.bench
+@pytest.mark.e2e
+def test_locality_quick() -> None:
+    raw = bench("locality").run(quick=True)
+    skip_if_skipped(raw)
+    rows = well_formed(raw, "locality")
+    assert value(rows["slice writes while box-a spills"]) == 0.0
+    assert 0 < value(rows["box-a spills to box-b after its pods turn slow"]) <= 4.0
+    assert math.isfinite(value(rows["box-a hinted home again after its pods recover"]))
+    slow = "box-a client p99, box-a's pods at 150ms"
+    # Spilled, zone A's clients reach B's fast pods; PreferClose keeps them on the slow ones.
+    assert value(rows[f"latencyAware: {slow}"]) < value(rows[f"PreferClose: {slow}"]) / 2

@@ -223,6 +223,7 @@ def test_status_schema(schema: dict[str, Any]) -> None:
         "pods",
         "ejectedPods",
         "handOffs",
+        "zones",
         "observedGeneration",
         "lastEvaluationTime",
         "engineState",

@@ -53,6 +53,7 @@ PRODUCT_DEFAULTS: dict[str, Any] = {
     "dampening": {"enabled": True, "thresholdPercent": 20, "consecutiveIntervals": 3},
     "minEndpoints": 1,
     "routing": {"mode": "shadow", "handoff": {"enabled": True, "period": "5s"}},
+    "topology": {"mode": "service", "marginPercent": 50, "spillAfter": 2, "returnAfter": 3},
 }
 
 

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from aviator.box.addresses import AddressPool, PoolExhausted
 from aviator.box.endpoints import endpoint_pods, proxied, ready_backends, service_of
+from aviator.box.nodes import node_object, zone_of_node
 from aviator.box.podspec import Unsupported, expand, image_name, plan_pod
 from aviator.box.podstatus import has_controller_owner, unsupported_status
 from aviator.box.stats import Sample, percentile, summarize
@@ -253,3 +254,33 @@ def test_the_sample_policy_routes_through_its_shadow_service() -> None:
     plan = PolicyPlan.load(SAMPLE_POLICY)
     assert (plan.target, plan.routed) == ("my-app-service", "my-app-service-aviator")
     assert plan.interval_s == 5.0
+
+
+def _hinted(*eps: tuple[str, list[str] | None, bool]) -> dict[str, Any]:
+    sl = _slice("s", "http", 8080, [(ip, ready) for ip, _, ready in eps])
+    for ep, (_, zones, _) in zip(sl["endpoints"], eps, strict=True):
+        if zones is not None:
+            ep["hints"] = {"forZones": [{"name": z} for z in zones]}
+    return sl
+
+
+def test_zone_hints_as_kube_proxy_reads_them() -> None:
+    a, b = ("10.0.0.1", 8080), ("10.0.0.2", 8080)
+    sl = _hinted(("10.0.0.1", ["za"], True), ("10.0.0.2", ["zb", "za"], True))
+    assert ready_backends("http", [sl], "za") == [a, b]
+    assert ready_backends("http", [sl], "zb") == [b]
+    assert ready_backends("http", [sl], "zc") == [a, b]  # no endpoint for the zone: all
+    assert ready_backends("http", [sl], None) == [a, b]  # a node without a zone: all
+    # One ready endpoint without hints: kube-proxy ignores every hint.
+    partial = _hinted(("10.0.0.1", ["za"], True), ("10.0.0.2", None, True))
+    assert ready_backends("http", [partial], "za") == [a, b]
+    # Unready endpoints do not count.
+    unready = _hinted(("10.0.0.1", ["za"], True), ("10.0.0.2", None, False))
+    assert ready_backends("http", [unready], "za") == [a]
+
+
+def test_nodes_go_round_robin_over_the_zones() -> None:
+    assert [zone_of_node(i, 1) for i in range(3)] == ["box", "box", "box"]
+    assert [zone_of_node(i, 2) for i in range(3)] == ["box-a", "box-b", "box-a"]
+    labels = node_object("n", "box-b")["metadata"]["labels"]
+    assert labels["topology.kubernetes.io/zone"] == "box-b"
