@@ -166,7 +166,8 @@ def _policy_patch(view: View, finalizers: list[str]) -> Write:
 def status_write(view: View, memory: Memory, obs: Observation) -> tuple[JSON | None, Write | None]:
     """The new status and the patch that writes it, or (None, None) when what the
     server holds already says it (see `status.status_changed`)."""
-    change = status_patch(memory.status or view.policy.get("status") or {}, obs)
+    exact = memory.status is not None  # our own last write, as the server took it
+    change = status_patch(memory.status or view.policy.get("status") or {}, obs, exact=exact)
     if change is None:
         return None, None
     new, body = change

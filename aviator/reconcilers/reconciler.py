@@ -109,6 +109,10 @@ class PolicyReconciler:
                     related=ev.related,
                 )
         if todo.status_write is not None:
+            if todo.memory is not None:
+                # Until this write is known to have landed, what the server holds is
+                # the cache's to say (a lost answer may hide a landed write).
+                self._memory[key] = dataclasses.replace(self._memory[key], status=None)
             await self.writer.apply(todo.status_write)
             if todo.memory is not None:
                 self._memory[key] = dataclasses.replace(self._memory[key], status=todo.status)

@@ -34,6 +34,7 @@ from aviator.api.status import (
     TakeoverStatus,
     ZoneStatus,
 )
+from aviator.kube import mergepatch
 from aviator.kube.objects import JSON
 
 # Condition types and reasons (docs/controller.md, "Status and Events").
@@ -331,14 +332,20 @@ def status_changed(old: JSON | None, new: JSON) -> bool:
     return False
 
 
-def status_patch(previous: JSON, obs: Observation) -> tuple[JSON, JSON] | None:
+def status_patch(
+    previous: JSON, obs: Observation, *, exact: bool = True
+) -> tuple[JSON, JSON] | None:
     """(the new status, the merge patch from `previous` to it), or None when
-    `previous` already says what `obs` does (see the module's write policy)."""
+    `previous` already says what `obs` does (see the module's write policy).
+
+    `exact`: `previous` is what the server holds (our own last write), so the patch
+    carries only what changed; otherwise (the cache, which may lag behind a write whose
+    answer was lost) every top-level field is sent whole."""
     new = build_status(obs, previous).to_dict()
     if not status_changed(previous, new):
         return None
-    body: JSON = dict(new)
-    for k in previous:
-        if k not in new:
-            body[k] = None  # merge patch: drop fields the new status no longer has
-    return new, body
+    # Members the new status no longer has (a pod's breaker record in engineState, say)
+    # go as null, or the server would keep them for ever.
+    if exact:
+        return new, mergepatch.between(previous, new)
+    return new, mergepatch.replacing(previous, new)

@@ -3,23 +3,16 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
 from typing import Any
+
+from aviator.kube import mergepatch
 
 JSON = dict[str, Any]
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
-    """RFC 7386, as the API server applies a merge patch."""
-    if not isinstance(patch, Mapping):
-        return copy.deepcopy(patch)
-    out = dict(target) if isinstance(target, Mapping) else {}
-    for k, v in patch.items():
-        if v is None:
-            out.pop(k, None)
-        else:
-            out[k] = merge_patch(out.get(k), v)
-    return out
+    """RFC 7386, as the API server applies a merge patch (sharing nothing with `patch`)."""
+    return mergepatch.apply(target, copy.deepcopy(patch))
 
 
 def make_pod(

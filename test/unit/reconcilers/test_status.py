@@ -11,6 +11,7 @@ from aviator.reconcilers.status import (
     effective_source,
     pod_status,
     status_changed,
+    status_patch,
 )
 
 JSON = dict[str, object]
@@ -169,3 +170,28 @@ def test_the_unmeasurable_message_names_pods_nodes_maps_and_the_flag() -> None:
     assert msg.startswith("2 pods (b, c) cannot be measured")
     assert "node node-a: endpoints; node node-b: endpoints, h2conns" in msg
     assert "--max-endpoints and --max-h2-connections" in msg
+
+
+def test_a_status_patch_carries_only_what_changed_and_drops_what_went() -> None:
+    """Against our own last write, only the changed fields go, and a breaker record of a
+    pod that left goes as null (a merge patch would otherwise keep it for ever)."""
+    before = obs(engine_state={"breaker": {"uid-a": {"status": "closed"}, "uid-gone": {}}})
+    previous = status_json(before, {})
+    after = obs(
+        now_iso="2026-01-01T00:00:05Z",
+        p99_ms=40.0,
+        engine_state={"breaker": {"uid-a": {"status": "closed"}}},
+    )
+    change = status_patch(previous, after)
+    assert change is not None
+    _, body = change
+    assert body == {
+        "p99LatencyMs": 40.0,
+        "lastEvaluationTime": "2026-01-01T00:00:05Z",
+        "engineState": {"breaker": {"uid-gone": None}},
+    }
+    # Not knowing what the server holds (the cache), every field goes, removals too.
+    _, whole = status_patch(previous, after, exact=False) or ({}, {})
+    assert whole["pods"] == previous["pods"] and whole["engineState"] == {
+        "breaker": {"uid-a": {"status": "closed"}, "uid-gone": None}
+    }
