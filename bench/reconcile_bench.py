@@ -30,19 +30,13 @@ import statistics
 import time
 from typing import Any
 
-from aviator.informers import Indexer
 from aviator.kube import marks, mergepatch
 from aviator.latency.histogram import Histogram, bucket_index
 from aviator.latency.schema import EndpointWindow, Snapshot
 from aviator.latency.store import LatencyStore
 from aviator.reconcilers.latencies import controller_prober, read_latencies
-from aviator.reconcilers.mapping import POLICY_INDEXERS
 from aviator.reconcilers.plan import Clock, Memory, Plan, measurement, memory_for, plan
-from aviator.reconcilers.podindex import POD_INDEXERS
 from aviator.reconcilers.view import (
-    BUILTIN_SLICE_INDEXERS,
-    SERVICE_INDEXERS,
-    SLICE_INDEXERS,
     Caches,
     gather,
 )
@@ -116,13 +110,7 @@ def _objects(n: int) -> list[JSON]:
 
 
 def _caches(objects: list[JSON]) -> Caches:
-    caches = Caches(
-        policies=Indexer(POLICY_INDEXERS),
-        services=Indexer(SERVICE_INDEXERS),
-        pods=Indexer(POD_INDEXERS),
-        slices=Indexer(SLICE_INDEXERS),
-        builtin_slices=Indexer(BUILTIN_SLICE_INDEXERS),
-    )
+    caches = Caches.standalone()
     stores = {"AviatorPolicy": caches.policies, "Service": caches.services, "Pod": caches.pods}
     for obj in objects:
         stores[obj["kind"]].upsert(copy.deepcopy(obj))

@@ -20,9 +20,14 @@ from aviator.kube.objects import JSON
 from aviator.kube.services import pod_selector
 from aviator.reconcilers import hints, takeover
 from aviator.reconcilers.evaluation import InvalidSpec, ParsedPolicy, parse_policy
-from aviator.reconcilers.mapping import INDEX_BY_ROUTED, INDEX_BY_TARGET, policy_key
+from aviator.reconcilers.mapping import (
+    INDEX_BY_ROUTED,
+    INDEX_BY_TARGET,
+    POLICY_INDEXERS,
+    policy_key,
+)
 from aviator.reconcilers.podfacts import PodFacts, PodFactsMemo, pod_facts
-from aviator.reconcilers.podindex import selected_pods
+from aviator.reconcilers.podindex import POD_INDEXERS, selected_pods
 
 INDEX_SLICES_BY_POLICY = "aviator/slices-by-policy"
 INDEX_SERVICES_BY_POLICY = "aviator/services-by-policy"
@@ -73,6 +78,18 @@ class Caches:
 
     def __post_init__(self) -> None:
         self.facts = PodFactsMemo(self.pods.get, lambda: len(self.pods))
+
+    @classmethod
+    def standalone(cls) -> Caches:
+        """Caches over new, empty indexers with the indexes the reconciler reads (for
+        tests and benchmarks that fill them themselves)."""
+        return cls(
+            policies=Indexer(POLICY_INDEXERS),
+            services=Indexer(SERVICE_INDEXERS),
+            pods=Indexer(POD_INDEXERS),
+            slices=Indexer(SLICE_INDEXERS),
+            builtin_slices=Indexer(BUILTIN_SLICE_INDEXERS),
+        )
 
     def zone_of(self, node: str) -> str | None:
         if self.nodes is None:

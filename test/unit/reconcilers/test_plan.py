@@ -21,13 +21,8 @@ from aviator.informers import Indexer
 from aviator.kube import marks
 from aviator.latency.histogram import Histogram
 from aviator.reconcilers.latencies import PodLatencies
-from aviator.reconcilers.mapping import POLICY_INDEXERS
 from aviator.reconcilers.plan import Clock, Memory, Plan, measurement, memory_for, plan
-from aviator.reconcilers.podindex import POD_INDEXERS
 from aviator.reconcilers.view import (
-    BUILTIN_SLICE_INDEXERS,
-    SERVICE_INDEXERS,
-    SLICE_INDEXERS,
     Caches,
     View,
     gather,
@@ -73,13 +68,7 @@ def make_policy(
 
 
 def caches_with(*objs: JSON) -> Caches:
-    caches = Caches(
-        policies=Indexer(POLICY_INDEXERS),
-        services=Indexer(SERVICE_INDEXERS),
-        pods=Indexer(POD_INDEXERS),
-        slices=Indexer(SLICE_INDEXERS),
-        builtin_slices=Indexer(BUILTIN_SLICE_INDEXERS),
-    )
+    caches = Caches.standalone()
     for obj in objs:
         store_of(caches, obj).upsert(obj)
     return caches
