@@ -198,7 +198,35 @@ async def _episode(
     await asyncio.gather(*loads)
     for c in clients.values():
         await c.close()
-    return _rows(clients, t0, onset, spilled_at, recovered, spill_s, return_s, writes)
+    rows = _rows(clients, t0, onset, spilled_at, recovered, spill_s, return_s, writes)
+    rows += _served_rows(clients, pods["box-a"], spilled_at, recovered)
+    return rows
+
+
+def _served_rows(
+    clients: dict[tuple[str, str], OpenLoopClient],
+    slow_pods: set[str],
+    start: float,
+    end: float,
+) -> list[Row]:
+    """Of zone A's requests while its pods are slow (from a second after the spill), the
+    share A's own pods served: what the hints did, whatever the machine's load does to
+    the latencies."""
+    out: list[Row] = []
+    for variant in VARIANTS:
+        window = [s for s in clients[(variant, "box-a")].samples if start <= s.at < end]
+        served = [s for s in window if s.served_by]
+        share = 100.0 * sum(1 for s in served if s.served_by in slow_pods) / max(1, len(served))
+        out.append(
+            row(
+                NAME,
+                f"{variant}: box-a requests served by box-a's slow pods",
+                share,
+                "%",
+                note=f"{len(served)} of {len(window)} requests named their pod",
+            )
+        )
+    return out
 
 
 def _p99(samples: Sequence[Sample], start: float, end: float) -> float:

@@ -207,6 +207,7 @@ def test_locality_quick() -> None:
     assert value(rows["slice writes while box-a spills"]) == 0.0
     assert 0 < value(rows["box-a spills to box-b after its pods turn slow"]) <= 4.0
     assert math.isfinite(value(rows["box-a hinted home again after its pods recover"]))
-    slow = "box-a client p99, box-a's pods at 150ms"
-    # Spilled, zone A's clients reach B's fast pods; PreferClose keeps them on the slow ones.
-    assert value(rows[f"latencyAware: {slow}"]) < value(rows[f"PreferClose: {slow}"]) / 2
+    # Spilled, zone A's clients reach B's fast pods; PreferClose keeps them on the slow
+    # ones. Counted by who served (the p99s are the load's to say on a busy machine).
+    share = "box-a requests served by box-a's slow pods"
+    assert value(rows[f"latencyAware: {share}"]) < value(rows[f"PreferClose: {share}"]) / 2
