@@ -24,6 +24,7 @@ from aviator.api.codec import decode, to_json
 from aviator.api.durations import Duration
 from aviator.api.rules import MAX_NAME_LENGTH, duration_bounds, not_empty, service_name
 from aviator.api.schema import Rule, api_field
+from aviator.api.topology import TopologySpec
 
 GROUP = "aviator.example.com"
 VERSION = "v1alpha1"
@@ -64,11 +65,6 @@ METRIC_NAME_PATTERN = r"^[a-zA-Z_:][a-zA-Z0-9_:]*$"
 class RoutingMode(enum.StrEnum):
     SHADOW = "shadow"
     TAKEOVER = "takeover"
-
-
-class TopologyMode(enum.StrEnum):
-    SERVICE = "service"
-    LATENCY_AWARE = "latencyAware"
 
 
 # ---------------------------------------------------------------------------- spec
@@ -352,55 +348,6 @@ class RoutingSpec:
         if self.mode == RoutingMode.TAKEOVER:
             return target
         return self.service_name or f"{target}{SHADOW_SUFFIX}"
-
-
-@dataclass(frozen=True, kw_only=True)
-class TopologySpec:
-    """Zone hints on the published endpoints: as the target Service asks, or
-    latency-aware locality (each zone's traffic stays in its zone while its pods are
-    fast and not overloaded, and spills to other zones' pods when they are not)."""
-
-    mode: TopologyMode = api_field(
-        "mode",
-        """service: the hints Kubernetes would set for the target Service (its
-        topology-mode annotation or trafficDistribution). latencyAware: every routed
-        pod is hinted for its own zone while that zone's pods are within marginPercent
-        of the best other zone's and not overloaded; a zone that is not, for
-        spillAfter evaluations in a row, spills: its clients are hinted onto the
-        other zones' pods (its own pods get no zone's traffic) until it is back
-        within the margin for returnAfter evaluations. kube-proxy follows the hints
-        (topology-aware routing), so clients need nothing. status.zones shows each
-        zone's state.""",
-        default=TopologyMode.SERVICE,
-    )
-    margin_percent: int = api_field(
-        "marginPercent",
-        """A zone is slow when the median p99 of its routed pods is more than this
-        percentage above the best other zone's. 0..1000.""",
-        default=50,
-        minimum=0,
-        maximum=1000,
-    )
-    max_requests_in_flight: int | None = api_field(
-        "maxRequestsInFlight",
-        """A zone is overloaded when its routed pods hold more requests in flight
-        than this on average. Unset: load never spills a zone. At least 1.""",
-        default=None,
-        minimum=1,
-    )
-    spill_after: int = api_field(
-        "spillAfter",
-        "Consecutive evaluations a zone is slow or overloaded before it spills. At least 1.",
-        default=2,
-        minimum=1,
-    )
-    return_after: int = api_field(
-        "returnAfter",
-        """Consecutive evaluations a spilling zone is within the margin and not
-        overloaded before its traffic returns to its own pods. At least 1.""",
-        default=3,
-        minimum=1,
-    )
 
 
 @dataclass(frozen=True, kw_only=True)

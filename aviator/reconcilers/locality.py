@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aviator.api.status import ZoneStatus
-from aviator.api.types import TopologyMode, TopologySpec
+from aviator.api.topology import TopologyMode, TopologySpec
 from aviator.kube.objects import JSON
 from aviator.kube.pods import pod_name
 from aviator.reconcilers.status import Problem

@@ -12,7 +12,7 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from aviator.api.types import TopologyMode
+from aviator.api.topology import TopologyMode
 from aviator.informers import Indexer
 from aviator.kube import marks
 from aviator.kube import nodes as node_facts
