@@ -312,11 +312,15 @@ async def running_controller(
 
 @contextlib.asynccontextmanager
 async def controller_and_agent(
-    cp: ControlPlane, kube: KubeClient, ns: str
+    cp: ControlPlane, kube: KubeClient, ns: str, **overrides: Any
 ) -> AsyncIterator[tuple[ControllerApp, TestAgent]]:
-    """An in-process controller and a TestAgent streaming to it as the agent account."""
+    """An in-process controller (`overrides` as for `start_controller`) and a TestAgent
+    streaming to it as the agent account."""
     token = await agent_token(kube, ns)
-    async with running_controller(cp, ns) as app, TestAgent(stream_url(app), token) as agent:
+    async with (
+        running_controller(cp, ns, **overrides) as app,
+        TestAgent(stream_url(app), token) as agent,
+    ):
         yield app, agent
 
 
@@ -454,6 +458,7 @@ class TestAgent:
         self.latency_ms: dict[str, float] = {}
         self.maps_full: tuple[str, ...] = ()  # the BPF maps it says are full
         self.sent = 0
+        self._sent_more = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
         self.connected = asyncio.Event()
@@ -472,6 +477,12 @@ class TestAgent:
         if self._session is not None:
             await self._session.close()
 
+    async def sent_more(self, n: int, within_s: float = 120) -> None:
+        """Wait until `n` more snapshots have gone out than have now."""
+        target = self.sent + n
+        async with asyncio.timeout(within_s), self._sent_more:
+            await self._sent_more.wait_for(lambda: self.sent >= target)
+
     async def _run(self) -> None:
         assert self._session is not None
         async with self._session.ws_connect(
@@ -482,6 +493,8 @@ class TestAgent:
                 if self.latency_ms:
                     await ws.send_str(snapshot(dict(self.latency_ms), maps_full=self.maps_full))
                     self.sent += 1
+                    async with self._sent_more:
+                        self._sent_more.notify_all()
                 await asyncio.sleep(self.period_s)
 
 

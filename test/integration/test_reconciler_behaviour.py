@@ -25,6 +25,7 @@ from integration_support import (
     slices_of,
 )
 
+from aviator.controller.app import ControllerApp
 from aviator.kube import KubeClient
 from aviator.kube.marks import LABEL_POLICY, LABEL_SERVICE_NAME
 from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, EVENTS, SERVICES, Resource
@@ -83,7 +84,13 @@ async def test_steady_state_makes_zero_writes(
 ) -> None:
     ns = namespace
     await create_service_and_pods(kube, ns, "web", LABELS, IPS)
-    async with controller_and_agent(control_plane, kube, ns) as (_, agent):
+    # Steady means the reported sample counts too: a window of many reports, so a stall of
+    # this process (controller and agent share it) on a busy machine cannot move a count
+    # by half, nor make a pod stale.
+    window_s = 6.0
+    async with controller_and_agent(
+        control_plane, kube, ns, latency_window_s=window_s, latency_stale_after_s=4 * window_s
+    ) as (app, agent):
         agent.latency_ms = _lat()
         await create_policy(
             kube,
@@ -104,7 +111,10 @@ async def test_steady_state_makes_zero_writes(
             )
 
         await eventually(settled)
-        await asyncio.sleep(3 * INTERVAL_S)  # let the first status write land
+        # The window fills (sample counts grow, and are written, until it has), then two
+        # reconciles see it full: what they wrote, or found close, is the steady status.
+        await agent.sent_more(int(window_s / agent.period_s) + 2)
+        await _reconciled(app, 2)
         slices, services, policies = await asyncio.gather(
             _count_writes(kube, ns, ENDPOINTSLICES, 10 * INTERVAL_S),
             _count_writes(kube, ns, SERVICES, 10 * INTERVAL_S),
@@ -114,6 +124,22 @@ async def test_steady_state_makes_zero_writes(
         assert not slices, slices
         assert not services, services
         assert not policies, policies  # status too: lastEvaluationTime rides along only
+
+
+def _reconciles(app: ControllerApp) -> float:
+    return sum(
+        s.value
+        for m in app.registry.collect()
+        if m.name == "aviator_reconcile_duration_seconds"
+        for s in m.samples
+        if s.name.endswith("_count")
+    )
+
+
+async def _reconciled(app: ControllerApp, n: int) -> None:
+    """Wait until `n` more reconciles have finished."""
+    target = _reconciles(app) + n
+    await eventually(lambda: asyncio.sleep(0, _reconciles(app) >= target), within=60)
 
 
 async def _watch_sequence(
