@@ -3,7 +3,8 @@ leader election and the policy controller, wired together.
 
 Every replica keeps its informers and latency store warm and serves /metrics,
 /healthz, /readyz, the agent stream and the external metrics API
-(aviator.controller.metricsapi); only the leader reconciles. The Lease is
+(aviator.controller.metricsapi); only the leader reconciles, or, with
+`Options.sharding`, each replica reconciles the policies it owns (sharded.py). The Lease is
 renewed on a connection pool of its own and TokenReviews run on another, small one:
 no flood of agent connections, nor the informers' and writers' traffic, can make a
 renewal wait for a connection. Losing the lease
@@ -33,6 +34,7 @@ from aviator.controller.agents import POD_IP_INDEXERS, pod_locator, pod_node_res
 from aviator.controller.certs import StreamCertificates
 from aviator.controller.metrics import ControllerMetrics
 from aviator.controller.metricsapi import ExternalMetricsApi, publish_ca_bundle
+from aviator.controller.sharded import ShardedReplica
 from aviator.controller.stalls import StallWatch
 from aviator.informers import FuncHandler, IndexFunc, InformerFactory, SharedIndexInformer
 from aviator.informers.keys import JSON, DeletedFinalStateUnknown, unwrap_tombstone
@@ -66,7 +68,7 @@ from aviator.reconcilers.view import (
 from aviator.runtime import frontproxy
 from aviator.runtime.events import EventRecorder
 from aviator.runtime.httpauth import RequestAuthorizer, protect
-from aviator.runtime.loop import Controller
+from aviator.runtime.loop import Controller, Result
 from aviator.runtime.supervise import supervise
 from aviator.runtime.writer import Writer
 from aviator.workqueue import MetricsProvider, RateLimitingQueue
@@ -89,6 +91,9 @@ class Options:
     namespace: str = "aviator-system"  # where the Lease lives
     identity: str = field(default_factory=default_identity)
     leader_elect: bool = True
+    # Split the policies over the replicas (controller/sharded.py) instead of one leader
+    # reconciling all; the lease durations below then apply to each member Lease.
+    sharding: bool = False
     lease_name: str = LEASE_NAME
     lease_duration: float = 15.0
     renew_deadline: float = 10.0
@@ -173,13 +178,30 @@ class ControllerApp:
         queue: RateLimitingQueue[str] = RateLimitingQueue(
             "aviatorpolicy", metrics=MetricsProvider.for_registry(self.registry)
         )
+        self.sharded: ShardedReplica | None = None
         self.controller = Controller(
             "aviatorpolicy",
-            self.reconciler.reconcile,
+            self._reconcile,
             workers=options.workers,
             queue=queue,
             metrics=self.metrics.reconciles,
+            admits=self._admits if options.sharding else None,
         )
+        if options.sharding:
+            self.sharded = ShardedReplica(
+                client,
+                self.lease_client,
+                self.factory,
+                self.policy_informer,
+                self.controller,
+                self.reconciler,
+                self.metrics,
+                namespace=options.namespace,
+                identity=options.identity,
+                lease_duration=options.lease_duration,
+                renew_deadline=options.renew_deadline,
+                retry_period=options.retry_period,
+            )
         self._wire_handlers()
         # Agents' reports of requests open too long: evaluate those policies now.
         self.stalls = StallWatch(
@@ -204,6 +226,14 @@ class ControllerApp:
         self._main: asyncio.Task[None] | None = None
         self._synced = False
         self.http_port: int | None = None
+
+    async def _reconcile(self, key: str) -> Result | None:
+        if self.sharded is not None:
+            return await self.sharded.reconcile(key)
+        return await self.reconciler.reconcile(key)
+
+    def _admits(self, key: str) -> bool:
+        return self.sharded is not None and self.sharded.owns(key)
 
     def _enqueue_stalled(self, key: str) -> None:
         self.metrics.stalled_enqueues.inc()
@@ -387,6 +417,9 @@ class ControllerApp:
         await self.factory.wait_for_cache_sync()
         self._synced = True
         log.info("caches synced")
+        if self.sharded is not None:
+            await self.sharded.run()
+            return
         if not self.options.leader_elect:
             await self._lead()
             return
@@ -424,6 +457,9 @@ class ControllerApp:
         self.reconciler.forget_all()
 
     def is_leader(self) -> bool:
+        """Reconciling: the leader; with sharding, holding the member Lease."""
+        if self.sharded is not None:
+            return self.sharded.elector.is_leader()
         if not self.options.leader_elect:
             return self._synced
         return self.elector is not None and self.elector.is_leader()

@@ -11,7 +11,9 @@
 | aviator_api_writes_total | counter | kind, verb | writes the API server accepted, from the writer |
 | aviator_latency_store_endpoints | gauge | — | endpoints held by the latency store |
 | aviator_latency_store_buckets | gauge | — | histogram buckets its deltas hold (what its memory bound counts) |
-| aviator_is_leader | gauge | — | 1 while this replica leads |
+| aviator_is_leader | gauge | — | 1 while this replica leads (with sharding: while it holds its member Lease) |
+| aviator_shard_owned_policies | gauge | shard | policies this replica owns and reconciles (sharding only; shard = its identity) |
+| aviator_shard_handovers_total | counter | shard, direction | policies this replica gained (in) or let go (out), sharding only |
 | aviator_stalled_pod_enqueues_total | counter | — | policies enqueued at once because an agent reported a pod's request open past their p99Threshold |
 | aviator_policy_condition | gauge | namespace, policy, type, status, reason | 1 per condition each policy's status holds (read from the policy cache at scrape time, on every replica; alerts aggregate with max by (namespace, policy)) |
 | aviator_policy_pod_state | gauge | namespace, policy, pod, state | 1 per pod row of each policy's status (active, standby, ejected, unknown), read likewise |
@@ -51,6 +53,18 @@ class ControllerMetrics:
             registry=r,
         )
         self.is_leader = Gauge("aviator_is_leader", "1 while this replica leads.", registry=r)
+        self.shard_owned = Gauge(
+            "aviator_shard_owned_policies",
+            "Policies this replica owns and reconciles (sharding).",
+            ["shard"],
+            registry=r,
+        )
+        self.shard_handovers = Counter(
+            "aviator_shard_handovers_total",
+            "Policies this replica gained (in) or let go (out) (sharding).",
+            ["shard", "direction"],
+            registry=r,
+        )
         self.stalled_enqueues = Counter(
             "aviator_stalled_pod_enqueues_total",
             "Policies enqueued at once because an agent reported a pod's request open "

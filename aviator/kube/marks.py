@@ -35,6 +35,13 @@ ANNOTATION_TAKEN_OVER_BY = f"{GROUP}/taken-over-by"
 # over again), as a change of the spec does.
 ANNOTATION_RETAKE = f"{GROUP}/retake"
 
+# On a policy, with sharding on: which controller replica may write it, as
+# "<identity>@<term>" (aviator/sharding/claims.py); changed only with a resourceVersion
+# precondition.
+ANNOTATION_SHARD = f"{GROUP}/shard"
+# On a shard member's Lease: lets replicas list and watch each other's member Leases.
+LABEL_SHARD_MEMBER = f"{GROUP}/shard-member"
+
 FINALIZER = f"{GROUP}/cleanup"
 
 # reportingController of the Events the controller records.

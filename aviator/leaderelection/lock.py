@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol
 
 from aviator.kube.client import ApiError, RequestClient
@@ -50,6 +51,7 @@ class LeaseLock:
         identity: str,
         *,
         request_timeout_s: float = 10.0,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         if not identity:
             raise ValueError("leader election identity must not be empty")
@@ -58,6 +60,7 @@ class LeaseLock:
         self.name = name
         self._identity = identity
         self.request_timeout_s = request_timeout_s
+        self.labels = dict(labels or {})  # set when the Lease is created
         self._lease: JSON | None = None  # last Lease object read or written
 
     @property
@@ -81,10 +84,13 @@ class LeaseLock:
         return record_from_lease_spec(lease.get("spec"))
 
     async def create(self, record: LeaderElectionRecord) -> None:
+        metadata: JSON = {"name": self.name, "namespace": self.namespace}
+        if self.labels:
+            metadata["labels"] = self.labels
         body = {
             "apiVersion": LEASES.api_version,
             "kind": LEASES.kind,
-            "metadata": {"name": self.name, "namespace": self.namespace},
+            "metadata": metadata,
             "spec": lease_spec_from_record(record),
         }
         try:

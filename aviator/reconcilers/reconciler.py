@@ -60,6 +60,10 @@ class PolicyReconciler:
         """Drop in-memory state (leadership lost: the next leader starts from status)."""
         self._memory.clear()
 
+    def forget(self, key: str) -> None:
+        """Drop one policy's in-memory state and gauges (it moved to another shard)."""
+        self._forget(key)
+
     async def reconcile(self, key: str) -> Result | None:
         policy = self.caches.policies.get(key)
         if policy is None:

@@ -17,6 +17,11 @@ only returns a `Result` or raises:
 - the queue guarantees no key is reconciled by two workers at once, and a key added
   while it is being reconciled is reconciled again afterwards.
 
+`admits` (optional) filters keys at enqueue: a key it refuses is not queued (with
+sharding, keys of policies other replicas own; the reconcile checks again before acting,
+since ownership may change while a key waits). Requeues after a reconcile are not
+filtered here: the reconcile's own check drops them.
+
 `enqueue_urgent` is for keys that must not wait for their requeue (a pod stopped
 answering): added at once, but at most once per `URGENT_MIN_GAP_S` per key and within
 an overall token bucket (`URGENT_QPS`, `URGENT_BURST`), so a flood of reports cannot
@@ -127,6 +132,7 @@ class Controller:
         queue: RateLimitingQueue[str] | None = None,
         metrics: ReconcileMetrics | None = None,
         clock: Callable[[], float] = time.monotonic,
+        admits: Callable[[str], bool] | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
@@ -140,12 +146,19 @@ class Controller:
         self._urgent_at: dict[str, float] = {}  # key -> when it may be urgent again
         self._clock = clock
         self._urgent_bucket = BucketRateLimiter(qps=URGENT_QPS, burst=URGENT_BURST, clock=clock)
+        self._admits = admits
+
+    def admits(self, key: str) -> bool:
+        return self._admits is None or self._admits(key)
 
     def enqueue(self, key: str) -> None:
-        self.queue.add(key)
+        if self.admits(key):
+            self.queue.add(key)
 
     def enqueue_urgent(self, key: str) -> None:
         """Reconcile `key` as soon as the urgent limits allow (module docstring)."""
+        if not self.admits(key):
+            return
         now = self._clock()
         if len(self._urgent_at) > 4096:  # forget keys whose gap is over
             self._urgent_at = {k: t for k, t in self._urgent_at.items() if t > now}
@@ -161,7 +174,8 @@ class Controller:
             self.queue.add(key)
 
     def enqueue_after(self, key: str, delay_s: float) -> None:
-        self.queue.add_after(key, delay_s)
+        if self.admits(key):
+            self.queue.add_after(key, delay_s)
 
     def handler_for(self, key_func: KeyFunc) -> EnqueueKeys:
         """An informer event handler enqueuing `key_func(obj)` for every event."""

@@ -9,7 +9,7 @@ from another package of its own layer, and never along an edge in `FORBIDDEN`:
 | 0 | api, selection, workqueue, pki | self-contained: no other aviator package |
 | 1 | kube, testing | REST client, resources, Pod/Service facts, IP addresses, our marks; the real control plane for tests (its certificates from pki) |
 | 2 | latency, informers, leaderelection | built on the client |
-| 3 | runtime | the generic controller loop, Event recorder, writes |
+| 3 | runtime, sharding | the generic controller loop, Event recorder, writes; which replica owns which policy (member Leases, the ring, the ownership marker) |
 | 4 | agent, reconcilers | the two sides: the agent never imports the controller's code, nor the reconcilers the agent's |
 | 5 | controller, plugin | the controller process (wires informers, elector, reconciler); the kubectl plugin (reads what the reconciler writes) |
 | 6 | box | the cluster in a box, which runs everything |
@@ -32,7 +32,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("api", "selection", "workqueue", "pki"),
     ("kube", "testing"),
     ("latency", "informers", "leaderelection"),
-    ("runtime",),
+    ("runtime", "sharding"),
     ("agent", "reconcilers"),
     ("controller", "plugin"),
     ("box",),

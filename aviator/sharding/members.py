@@ -1,0 +1,84 @@
+"""Who is a shard member right now, from the member Leases a replica has seen (pure).
+
+Each replica holds a Lease of its own, `member_lease_name(identity)`, labelled
+`marks.LABEL_SHARD_MEMBER`, renewed by a `LeaderElector` (aviator.leaderelection) like
+the leader Lease. A member is alive, in one observer's view, while its Lease names a
+holder and has not expired; expiry is judged as the elector judges it: leaseDuration
+after the observer last saw the record change, on the observer's monotonic clock (never
+by comparing the holder's wall-clock renewTime with our own). A released Lease (empty
+holder: the member stopped gracefully, after its work) is dead at once. A Lease that
+disappears (deleted by someone) stays alive until its last record would have expired:
+its holder may not know yet, and may even create it again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from aviator.informers.keys import JSON
+from aviator.leaderelection.record import LeaderElectionRecord, record_from_lease_spec
+
+PREFIX = "aviator-shard-"
+_MAX_NAME = 253
+_INVALID = re.compile(r"[^a-z0-9.-]+")
+
+
+def member_lease_name(identity: str) -> str:
+    """The Lease name of the member `identity`: a DNS subdomain, stable, distinct."""
+    cleaned = _INVALID.sub("-", identity.lower()).strip(".-") or "member"
+    name = PREFIX + cleaned
+    if cleaned != identity or len(name) > _MAX_NAME:
+        # Two identities that clean to the same text must not share a Lease.
+        tag = hashlib.blake2b(identity.encode(), digest_size=4).hexdigest()
+        name = f"{name[: _MAX_NAME - 9].rstrip('.-')}-{tag}"
+    return name
+
+
+@dataclass(frozen=True)
+class _Seen:
+    record: LeaderElectionRecord
+    changed_at: float  # our clock when this record was first seen
+    deleted: bool = False
+
+    def expires_at(self) -> float:
+        return self.changed_at + self.record.lease_duration_s
+
+    def alive(self, now: float) -> bool:
+        return bool(self.record.holder_identity) and now < self.expires_at()
+
+
+class MemberTable:
+    """Member Leases by name, as one replica observed them."""
+
+    def __init__(self) -> None:
+        self._seen: dict[str, _Seen] = {}
+
+    def observe(self, lease: JSON, now: float) -> bool:
+        """A Lease added or updated; True if its record changed (membership may have)."""
+        name = str((lease.get("metadata") or {}).get("name") or "")
+        record = record_from_lease_spec(lease.get("spec"))
+        seen = self._seen.get(name)
+        if seen is not None and seen.record == record and not seen.deleted:
+            return False
+        self._seen[name] = _Seen(record, now)
+        return True
+
+    def deleted(self, lease: JSON, now: float) -> None:
+        """A Lease deleted: its holder counts as alive until its last record expires."""
+        name = str((lease.get("metadata") or {}).get("name") or "")
+        seen = self._seen.get(name)
+        if seen is not None:
+            self._seen[name] = _Seen(seen.record, seen.changed_at, deleted=True)
+
+    def alive(self, now: float) -> frozenset[str]:
+        """The identities of the members alive at `now` (forgets long-dead deleted ones)."""
+        for name in [n for n, s in self._seen.items() if s.deleted and not s.alive(now)]:
+            del self._seen[name]
+        return frozenset(s.record.holder_identity for s in self._seen.values() if s.alive(now))
+
+    def next_expiry(self, now: float) -> float | None:
+        """Seconds until the next alive member would expire without a renewal."""
+        pending = [s.expires_at() - now for s in self._seen.values() if s.alive(now)]
+        return min(pending) if pending else None
