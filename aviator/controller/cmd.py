@@ -59,6 +59,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="campaign for the Lease and reconcile only while leading (default: true)",
     )
     parser.add_argument("--no-leader-elect", dest="leader_elect", action="store_false")
+    parser.add_argument(
+        "--sharding",
+        nargs="?",
+        const=True,
+        default=False,
+        type=_bool,
+        help="split the policies between all replicas over a ring of member Leases "
+        "(aviator-shard-<id>) instead of one leader reconciling them all; the lease "
+        "durations apply to each member Lease (default false)",
+    )
     parser.add_argument("--lease-name", default="aviator-controller")
     parser.add_argument("--lease-duration", type=float, default=15.0, help="seconds (default 15)")
     parser.add_argument("--renew-deadline", type=float, default=10.0, help="seconds (default 10)")
@@ -162,6 +172,7 @@ def options_from(args: argparse.Namespace) -> Options:
         namespace=args.namespace,
         identity=args.id,
         leader_elect=bool(args.leader_elect),
+        sharding=bool(args.sharding),
         lease_name=args.lease_name,
         lease_duration=args.lease_duration,
         renew_deadline=args.renew_deadline,

@@ -50,3 +50,16 @@ def test_bad_values_are_refused() -> None:
         parse("--http-addr=nope")
     with pytest.raises(SystemExit):
         parse("--leader-elect=maybe")
+
+
+@pytest.mark.parametrize(
+    ("argv", "sharding"),
+    [
+        ((), False),
+        (("--sharding",), True),
+        (("--sharding=false",), False),
+        (("--sharding=true",), True),
+    ],
+)
+def test_sharding_is_off_unless_asked(argv: tuple[str, ...], sharding: bool) -> None:
+    assert options_from(parse(*argv)).sharding is sharding
