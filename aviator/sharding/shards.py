@@ -197,8 +197,11 @@ class ShardManager:
             )
 
     async def _sleep(self, retry: bool) -> None:
+        now = self._clock()
+        if self.members.alive(now) != self._alive:
+            return  # a member expired while we were deciding: decide again now
         timeout = self._retry_period if retry else None
-        expiry = self.members.next_expiry(self._clock())
+        expiry = self.members.next_expiry(now)
         if expiry is not None:
             expiry += EXPIRY_MARGIN_S
             timeout = expiry if timeout is None else min(timeout, expiry)
