@@ -382,13 +382,14 @@ class ControllerProcess(AviatorProcess):
         window_s: float = 3.0,
         stale_after_s: float = 5.0,
         workers: int = 4,
+        extra: Sequence[str] = ("--no-leader-elect",),
     ) -> None:
         args = [
             "--kubeconfig",
             str(kubeconfig),
             "--namespace",
             namespace,
-            "--no-leader-elect",
+            *extra,
             "--workers",
             str(workers),
             "--agent-service-account",

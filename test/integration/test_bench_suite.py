@@ -1,4 +1,4 @@
-"""Smoke tests of the scale, flap, accuracy, tail-latency, queue-depth, reaction and locality benchmarks at their
+"""Smoke tests of the scale, shards, flap, accuracy, tail-latency, queue-depth, reaction and locality benchmarks at their
 quick size: every row is well formed and the figures are sane (not the goals, which
 `make bench` reports on; except zero writes in steady state, which must hold)."""
 
@@ -66,6 +66,17 @@ def test_controller_scale_quick() -> None:
         assert 0 < value(rows[f"{fleet}: evaluation time per reconcile (mean)"]) < 10_000
     for r in rows.values():
         assert math.isfinite(value(r)) and value(r) >= 0
+
+
+@pytest.mark.bench
+@pytest.mark.integration
+def test_shards_quick() -> None:
+    rows = well_formed(bench("shards").run(quick=True), "shards")
+    for n in (1, 2, 4):
+        assert value(rows[f"{n} shards: reconcile time of the busiest shard"]) > 0
+    moved = rows["4 shards, one killed: its policies moved"]
+    assert 0 < value(moved) < 60, moved
+    assert "caused by the move: 0 " in str(moved["note"]), moved
 
 
 @pytest.mark.bench
