@@ -10,6 +10,9 @@ reconcile loop together; losing the Lease (no renewal within the renew deadline)
 cancels both at once, and a graceful stop releases the Lease after they stopped, so the
 others may take this replica's policies without waiting for it to expire.
 
+While it holds its Lease, a replica also deletes the member Leases of replicas dead
+for long (members.py), so that rollouts do not leave one Lease per old pod behind.
+
 Every replica still ingests every agent's stream (agents stream to all replicas), so a
 policy's new owner has its pods' latency at once, as a new leader does.
 """
@@ -18,16 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 from aviator.controller.metrics import ControllerMetrics
 from aviator.informers import InformerFactory, SharedIndexInformer
-from aviator.kube.client import KubeClient
+from aviator.kube.client import ApiError, KubeClient
 from aviator.kube.marks import LABEL_SHARD_MEMBER
 from aviator.kube.resources import LEASES
 from aviator.leaderelection import LeaderElectionConfig, LeaderElector, LeaseLock
 from aviator.reconcilers.reconciler import PolicyReconciler
 from aviator.runtime.loop import Controller, Result
-from aviator.sharding.members import member_lease_name
+from aviator.sharding.members import GC_AFTER_LEASES, GC_MIN_S, member_lease_name
 from aviator.sharding.shards import ShardManager
 
 log = logging.getLogger(__name__)
@@ -65,16 +69,20 @@ class ShardedReplica:
             enqueue=controller.enqueue,
             retry_period=retry_period,
         )
-        members = factory.informer_for(
+        self._client = client
+        self._namespace = namespace
+        self._lease_name = member_lease_name(identity)
+        self._gc_after = max(GC_MIN_S, GC_AFTER_LEASES * lease_duration)
+        self.members = factory.informer_for(
             LEASES, namespace=namespace, label_selector=LABEL_SHARD_MEMBER
         )
-        members.add_event_handler(self.manager.lease_handler(), "shard-members")
+        self.members.add_event_handler(self.manager.lease_handler(), "shard-members")
         policy_informer.add_event_handler(self.manager.policy_handler(), "shard-markers")
         metrics.shard_owned.labels(shard=identity).set_function(lambda: len(self.manager.owned()))
         lock = LeaseLock(
             lease_client,
             namespace,
-            member_lease_name(identity),
+            self._lease_name,
             identity,
             labels={LABEL_SHARD_MEMBER: "true"},
         )
@@ -107,9 +115,32 @@ class ShardedReplica:
             async with asyncio.TaskGroup() as work:
                 work.create_task(self.manager.run(), name=f"shard-{self.identity}")
                 work.create_task(self._controller.run(), name=f"reconcile-{self.identity}")
+                work.create_task(self._collect_garbage(), name=f"shard-gc-{self.identity}")
         finally:
             self._metrics.is_leader.set(0)
             self._reconciler.forget_all()
+
+    async def _collect_garbage(self) -> None:
+        """Delete the member Leases of replicas long gone (members.py), now and then."""
+        while True:
+            await asyncio.sleep(self._gc_after / 4)
+            for lease in self.members.indexer.list():
+                meta = lease.get("metadata") or {}
+                name = str(meta.get("name") or "")
+                dead = self.manager.members.dead_for(name, time.monotonic())
+                if name == self._lease_name or dead is None or dead < self._gc_after:
+                    continue
+                body = {"preconditions": {"resourceVersion": meta.get("resourceVersion")}}
+                try:
+                    await self._client.delete(LEASES, name, self._namespace, body=body)
+                    log.info(
+                        "%s: deleted the member Lease %s (dead %.0f s)", self.identity, name, dead
+                    )
+                except ApiError as err:
+                    if not (err.not_found or err.conflict):
+                        log.warning(
+                            "%s: deleting the member Lease %s: %s", self.identity, name, err
+                        )
 
     def _gained(self, key: str) -> None:
         self._reconciler.forget(key)  # start from the policy's status, as a new leader

@@ -9,6 +9,11 @@ by comparing the holder's wall-clock renewTime with our own). A released Lease (
 holder: the member stopped gracefully, after its work) is dead at once. A Lease that
 disappears (deleted by someone) stays alive until its last record would have expired:
 its holder may not know yet, and may even create it again.
+
+Member Leases of replicas gone for good (a rollout leaves one per old pod) are deleted
+by the members still alive once dead for `GC_AFTER_LEASES` lease durations (and at
+least `GC_MIN_S`), with a resourceVersion precondition; a replica that was only cut off
+creates its Lease again when it can renew.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from aviator.informers.keys import JSON
 from aviator.leaderelection.record import LeaderElectionRecord, record_from_lease_spec
 
 PREFIX = "aviator-shard-"
+GC_AFTER_LEASES = 20
+GC_MIN_S = 300.0
 _MAX_NAME = 253
 _INVALID = re.compile(r"[^a-z0-9.-]+")
 
@@ -77,6 +84,15 @@ class MemberTable:
         for name in [n for n, s in self._seen.items() if s.deleted and not s.alive(now)]:
             del self._seen[name]
         return frozenset(s.record.holder_identity for s in self._seen.values() if s.alive(now))
+
+    def dead_for(self, name: str, now: float) -> float | None:
+        """Seconds since the member Lease `name` expired or was released; None while it
+        is alive or was never seen."""
+        seen = self._seen.get(name)
+        if seen is None or seen.alive(now):
+            return None
+        since = seen.expires_at() if seen.record.holder_identity else seen.changed_at
+        return max(0.0, now - since)
 
     def next_expiry(self, now: float) -> float | None:
         """Seconds until the next alive member would expire without a renewal."""

@@ -1,7 +1,8 @@
 """Sharded controllers against the real control plane: a replica joining takes its share
 of the ring, a replica leaving gracefully hands its policies over at once, a crashed
 one's policies move once its member Lease expired (state and slices unchanged), and a
-replica whose Lease renewals fail stops reconciling before anyone takes its policies.
+replica whose Lease renewals fail stops reconciling before anyone takes its policies;
+member Leases of replicas long gone are deleted.
 
 "Written by one replica at a time" is checked on every reconcile that passed the
 ownership guard (each one's start and end, per replica, in one process clock: any two
@@ -32,11 +33,15 @@ from integration_support import (
     stream_url,
 )
 
+from aviator.controller import sharded
 from aviator.controller.app import ControllerApp
 from aviator.kube import KubeClient
-from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES
+from aviator.kube.marks import LABEL_SHARD_MEMBER
+from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, LEASES
+from aviator.leaderelection.record import micro_time
 from aviator.sharding import ring
 from aviator.sharding.claims import holder, marker_of
+from aviator.sharding.members import member_lease_name
 from aviator.testing.controlplane import ControlPlane
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("crd")]
@@ -370,3 +375,33 @@ async def _watch_slices(
             await task
 
     return writes, stop
+
+
+async def test_member_leases_of_replicas_long_gone_are_deleted(
+    fleet: Fleet, kube: KubeClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sharded, "GC_MIN_S", 2.0)  # instead of minutes
+    monkeypatch.setattr(sharded, "GC_AFTER_LEASES", 1)
+    ns = fleet.ns
+    for who, holder_id in (("ghost", "ghost"), ("gone", "")):
+        spec = {"holderIdentity": holder_id, "leaseDurationSeconds": 1, "renewTime": micro_time()}
+        body = {
+            "apiVersion": "coordination.k8s.io/v1",
+            "kind": "Lease",
+            "metadata": {"name": member_lease_name(who), "labels": {LABEL_SHARD_MEMBER: "true"}},
+            "spec": spec,
+        }
+        await kube.create(LEASES, body, ns)
+    await fleet.start("a")
+    await fleet.start("b")
+
+    async def names() -> set[str]:
+        listed = await kube.list(LEASES, ns, params={"labelSelector": LABEL_SHARD_MEMBER})
+        return {lease["metadata"]["name"] for lease in listed["items"]}
+
+    async def collected() -> set[str] | None:
+        left = await names()
+        return left if left == {member_lease_name("a"), member_lease_name("b")} else None
+
+    await eventually(collected, within=60)
+    await fleet.settled({"a", "b"})

@@ -56,3 +56,14 @@ def test_member_lease_names_are_dns_subdomains_and_distinct(identity: str, other
 
 def test_plain_identities_keep_their_name() -> None:
     assert member_lease_name("controller-7d9f-1") == "aviator-shard-controller-7d9f-1"
+
+
+def test_how_long_a_member_has_been_dead() -> None:
+    table = MemberTable()
+    table.observe(lease("l-a", "a"), now=0.0)
+    table.observe(lease("l-b", "b"), now=0.0)
+    table.observe(lease("l-b", "", renew="t2"), now=1.0)  # released at 1
+    assert table.dead_for("l-a", 2.0) is None
+    assert table.dead_for("l-a", 5.0) == 2.0  # expired at 3
+    assert table.dead_for("l-b", 5.0) == 4.0
+    assert table.dead_for("l-c", 5.0) is None
