@@ -64,6 +64,7 @@ class ShardedReplica:
             client,
             identity,
             policy_informer.indexer,
+            namespace,
             on_gained=self._gained,
             on_lost=self._lost,
             enqueue=controller.enqueue,

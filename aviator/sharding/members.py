@@ -7,8 +7,13 @@ holder and has not expired; expiry is judged as the elector judges it: leaseDura
 after the observer last saw the record change, on the observer's monotonic clock (never
 by comparing the holder's wall-clock renewTime with our own). A released Lease (empty
 holder: the member stopped gracefully, after its work) is dead at once. A Lease that
-disappears (deleted by someone) stays alive until its last record would have expired:
-its holder may not know yet, and may even create it again.
+disappears (deleted by someone) stays alive for a leaseDuration from when we learn it:
+its holder may not know yet, and may create it again.
+
+The view comes from an informer, which may lag without knowing it; so before a policy
+is taken from a member that looks expired, the claimant reads that member's Lease
+from the API server (`ShardManager`) and observes it here: a renewal the watch missed
+makes the member alive again.
 
 Member Leases of replicas gone for good (a rollout leaves one per old pod) are deleted
 by the members still alive once dead for `GC_AFTER_LEASES` lease durations (and at
@@ -73,11 +78,18 @@ class MemberTable:
         return True
 
     def deleted(self, lease: JSON, now: float) -> None:
-        """A Lease deleted: its holder counts as alive until its last record expires."""
-        name = str((lease.get("metadata") or {}).get("name") or "")
+        """A Lease deleted: its holder counts as alive for a leaseDuration from now."""
+        self.gone(str((lease.get("metadata") or {}).get("name") or ""), now)
+
+    def gone(self, name: str, now: float) -> bool:
+        """The Lease `name` is not there (a delete seen, or a read found none): its
+        holder may not know yet and may create it again, so it counts as alive for a
+        leaseDuration from the first time we learn it is gone. True if that is news."""
         seen = self._seen.get(name)
-        if seen is not None:
-            self._seen[name] = _Seen(seen.record, seen.changed_at, deleted=True)
+        if seen is None or seen.deleted:
+            return False
+        self._seen[name] = _Seen(seen.record, now, deleted=True)
+        return True
 
     def alive(self, now: float) -> frozenset[str]:
         """The identities of the members alive at `now` (forgets long-dead deleted ones)."""

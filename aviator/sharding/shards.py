@@ -14,7 +14,9 @@ policy itself). Every replica computes the owner of each policy on the ring
 
 1. *claim*: the ring names us and the marker is empty, ours from an earlier term, or
    names a member whose Lease expired (or was released) in our view → write our marker
-   with the resourceVersion we decided from as precondition; only on success is the
+   with the resourceVersion we decided from as precondition (over a member that looks
+   expired, only after reading its Lease from the API server confirms it: the watch
+   of the Leases may lag); only on success is the
    policy ours (a conflict means someone changed it: decide again from the new version);
 2. *release*: the marker is ours but the ring names another → stop: the policy leaves
    our owned set (new reconciles of it are refused, its queued work dropped), we wait
@@ -59,10 +61,10 @@ from typing import TypeVar
 from aviator.informers import FuncHandler, Indexer, object_key, resource_version, unwrap_tombstone
 from aviator.informers.keys import JSON, DeletedFinalStateUnknown
 from aviator.kube.client import ApiError, KubeClient
-from aviator.kube.resources import AVIATORPOLICIES
+from aviator.kube.resources import AVIATORPOLICIES, LEASES
 from aviator.sharding import ring
-from aviator.sharding.claims import Action, claim_patch, decide, marker_of, marker_value
-from aviator.sharding.members import MemberTable
+from aviator.sharding.claims import Action, claim_patch, decide, holder, marker_of, marker_value
+from aviator.sharding.members import MemberTable, member_lease_name
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,7 @@ class ShardManager:
         client: KubeClient,
         identity: str,
         policies: Indexer,
+        namespace: str,
         *,
         on_gained: Callable[[str], None],
         on_lost: Callable[[str], None],
@@ -95,6 +98,7 @@ class ShardManager:
         self._client = client
         self.identity = identity
         self._policies = policies
+        self._namespace = namespace  # of the member Leases
         self._on_gained = on_gained
         self._on_lost = on_lost
         self._enqueue = enqueue
@@ -226,13 +230,21 @@ class ShardManager:
         self._dirty.clear()
         members = sorted(alive | {self.identity})
         gate = asyncio.Semaphore(WRITES_IN_FLIGHT)
-        results = await asyncio.gather(*(self._settle(key, members, alive, gate) for key in keys))
+        dead: dict[str, asyncio.Task[bool]] = {}  # one read per member and step
+        results = await asyncio.gather(
+            *(self._settle(key, members, alive, gate, dead) for key in keys)
+        )
         failed = [key for key, ok in zip(keys, results, strict=True) if not ok]
         self._dirty.update(failed)
         return bool(failed)
 
     async def _settle(
-        self, key: str, members: list[str], alive: frozenset[str], gate: asyncio.Semaphore
+        self,
+        key: str,
+        members: list[str],
+        alive: frozenset[str],
+        gate: asyncio.Semaphore,
+        dead: dict[str, asyncio.Task[bool]],
     ) -> bool:
         """Act on one policy; False when it must be tried again."""
         policy = self._policies.get(key)
@@ -264,11 +276,38 @@ class ShardManager:
                 await busy.wait()
             policy = self._policies.get(key) or policy  # the newest version we know
             self._released.add(key)  # from the moment it is sent, it may land
+        who = holder(marker)
+        if action is Action.CLAIM and who not in ("", self.identity):
+            # Taking it from a member that looks expired: only if its Lease, read now,
+            # says so too (our watch of the Leases may lag without knowing it).
+            if who not in dead:
+                dead[who] = asyncio.ensure_future(self._confirm_dead(who))
+            if not await dead[who]:
+                return who in self.members.alive(self._clock())  # alive: the table woke us
         async with gate:
             ok = await self._write(key, policy, self._mine() if action is Action.CLAIM else None)
         if ok and action is Action.CLAIM:
             self._gain(key)
         return ok
+
+    async def _confirm_dead(self, who: str) -> bool:
+        """Read `who`'s member Lease and observe it; True if it is still not alive."""
+        name = member_lease_name(who)
+        try:
+            lease = await self._client.get(LEASES, name, self._namespace)
+        except ApiError as err:
+            if not err.not_found:
+                log.warning("shard %s: reading the Lease %s failed: %s", self.identity, name, err)
+                return False
+            if self.members.gone(name, self._clock()):
+                self._wake.set()
+        except (OSError, TimeoutError) as err:
+            log.warning("shard %s: reading the Lease %s failed: %r", self.identity, name, err)
+            return False
+        else:
+            if self.members.observe(lease, self._clock()):
+                self._wake.set()
+        return who not in self.members.alive(self._clock())
 
     def _gain(self, key: str) -> None:
         self._owned.add(key)

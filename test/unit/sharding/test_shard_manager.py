@@ -31,6 +31,7 @@ class FakeApi:
         self.objects: dict[str, JSON] = {}
         self._rv = itertools.count(1)
         self.caches: list[tuple[Indexer, Callable[[JSON | None, JSON], None], float]] = []
+        self.leases: dict[str, JSON] = {}  # what a read of a member Lease returns
         for key in KEYS:
             name = key.partition("/")[2]
             self.objects[key] = {
@@ -70,6 +71,12 @@ class FakeApi:
             loop.call_later(lag, arrive)
         return new
 
+    async def get(self, _res: object, name: str, _namespace: str) -> JSON:
+        await asyncio.sleep(0.001)
+        if name not in self.leases:
+            raise ApiError(404, None, "not found")
+        return copy.deepcopy(self.leases[name])
+
     def holders(self) -> dict[str, str]:
         return {k: holder(marker_of(o)) for k, o in self.objects.items()}
 
@@ -83,12 +90,14 @@ def lease(identity: str, renew: str = "1") -> JSON:
 
 class Replica:
     def __init__(self, api: FakeApi, identity: str, lag: float) -> None:
+        self.api = api
         self.cache = Indexer()
         self.enqueued: list[str] = []
         self.manager = ShardManager(
             api,  # type: ignore[arg-type]
             identity,
             self.cache,
+            NS,
             on_gained=lambda _k: None,
             on_lost=lambda _k: None,
             enqueue=self.enqueued.append,
@@ -105,8 +114,10 @@ class Replica:
         self.term: asyncio.Task[None] | None = None
 
     def see(self, *leases: JSON) -> None:
+        """These Leases exist (as the API server holds them) and this replica saw them."""
         handler = self.manager.lease_handler()
         for one in leases:
+            self.api.leases[one["metadata"]["name"]] = one
             handler.on_update(one, one)
 
     def start(self) -> None:
@@ -230,3 +241,35 @@ async def test_a_new_term_claims_its_old_markers_again(exclusive: list[Replica])
     a.start()
     await until(lambda: all(a.manager.owns(k) for k in KEYS))
     assert all(marker_of(o) != first[k] for k, o in api.objects.items())
+
+
+async def test_a_member_whose_renewals_the_watch_missed_keeps_its_policies(
+    exclusive: list[Replica],
+) -> None:
+    api = FakeApi()
+    a, b = Replica(api, "a", lag=0.002), Replica(api, "b", lag=0.002)
+    exclusive += [a, b]
+    for r in (a, b):
+        r.see(lease("a"), lease("b"))
+    a.start()
+    b.start()
+    split = ring.assign({"a", "b"}, KEYS)
+    await until(lambda: api.holders() == split)
+    # Both renew, but a's watch misses b's renewals: only a read can tell a.
+    renewals = 0
+
+    async def renew() -> None:
+        nonlocal renewals
+        while True:
+            renewals += 1
+            b.see(lease("a", renew=str(renewals)), lease("b", renew=str(renewals)))
+            a.see(lease("a", renew=str(renewals)))
+            await asyncio.sleep(0.5)
+
+    renewing = asyncio.create_task(renew())
+    try:
+        await asyncio.sleep(3.0)  # past b's expiry in a's (stalled) view
+        assert api.holders() == split
+        assert "b" in a.manager.members.alive(asyncio.get_running_loop().time())
+    finally:
+        renewing.cancel()

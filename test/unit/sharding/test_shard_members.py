@@ -34,14 +34,15 @@ def test_a_released_lease_is_dead_at_once() -> None:
     assert table.next_expiry(0.5) is None
 
 
-def test_a_deleted_lease_stays_alive_until_its_record_expires() -> None:
+def test_a_deleted_lease_stays_alive_for_a_lease_duration_from_then() -> None:
     table = MemberTable()
     table.observe(lease("l-a", "a"), now=0.0)
     table.deleted(lease("l-a", "a"), now=1.0)
-    assert table.alive(2.0) == {"a"}
-    assert table.alive(3.0) == frozenset()
-    assert table.observe(lease("l-a", "a"), now=4.0)  # created again
-    assert table.alive(4.0) == {"a"}
+    assert table.alive(3.5) == {"a"}
+    assert not table.gone("l-a", now=3.9)  # not news: the clock does not start again
+    assert table.alive(4.0) == frozenset()
+    assert table.observe(lease("l-a", "a"), now=5.0)  # created again
+    assert table.alive(5.0) == {"a"}
 
 
 @given(st.text(min_size=1, max_size=300), st.text(min_size=1, max_size=300))
