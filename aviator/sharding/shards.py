@@ -109,7 +109,7 @@ class ShardManager:
         self._active = False
         self._owned: set[str] = set()
         self._released: set[str] = set()  # released this term; our cache may lag
-        self._busy: dict[str, asyncio.Event] = {}  # key -> set when its reconcile returns
+        self._busy: set[str] = set()  # keys whose reconcile is in flight
         self._dirty: set[str] = set()
         self._all_dirty = True
         self._alive: frozenset[str] = frozenset()
@@ -131,12 +131,13 @@ class ShardManager:
         """Run `reconcile(key)` if we own the key (else drop it); a release waits for it."""
         if not self.owns(key):
             return None
-        done = self._busy.setdefault(key, asyncio.Event())
+        self._busy.add(key)
         try:
             return await reconcile(key)
         finally:
-            del self._busy[key]
-            done.set()
+            self._busy.discard(key)
+            if key not in self._owned:
+                self._touch(key)  # let go meanwhile: its release may be written now
 
     # --- informer events ---------------------------------------------------------------
 
@@ -271,10 +272,8 @@ class ShardManager:
             return True
         if action is Action.RELEASE:
             self._drop(key)
-            busy = self._busy.get(key)
-            if busy is not None:
-                await busy.wait()
-            policy = self._policies.get(key) or policy  # the newest version we know
+            if key in self._busy:
+                return True  # its reconcile in flight comes back here when it returns
             self._released.add(key)  # from the moment it is sent, it may land
         who = holder(marker)
         if action is Action.CLAIM and who not in ("", self.identity):
