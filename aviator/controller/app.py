@@ -22,7 +22,7 @@ import os
 import socket
 import ssl
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import aiohttp
@@ -36,8 +36,8 @@ from aviator.controller.metrics import ControllerMetrics
 from aviator.controller.metricsapi import ExternalMetricsApi, publish_ca_bundle
 from aviator.controller.sharded import ShardedReplica
 from aviator.controller.stalls import StallWatch
-from aviator.informers import FuncHandler, IndexFunc, InformerFactory, SharedIndexInformer
-from aviator.informers.keys import JSON, DeletedFinalStateUnknown, unwrap_tombstone
+from aviator.controller.wiring import wire_handlers
+from aviator.informers import IndexFunc, InformerFactory, SharedIndexInformer
 from aviator.kube import marks
 from aviator.kube.client import ApiError, KubeClient
 from aviator.kube.resources import (
@@ -63,7 +63,6 @@ from aviator.reconcilers.view import (
     SERVICE_INDEXERS,
     SLICE_INDEXERS,
     Caches,
-    index_by_service_name,
 )
 from aviator.runtime import frontproxy
 from aviator.runtime.events import EventRecorder
@@ -202,7 +201,7 @@ class ControllerApp:
                 renew_deadline=options.renew_deadline,
                 retry_period=options.retry_period,
             )
-        self._wire_handlers()
+        wire_handlers(self)
         # Agents' reports of requests open too long: evaluate those policies now.
         self.stalls = StallWatch(
             self.pod_informer.indexer,
@@ -248,62 +247,6 @@ class ControllerApp:
         informer = self.factory.informer_for(resource, label_selector=label_selector)
         informer.indexer.add_indexers(indexers)
         return informer
-
-    # --- event → key mapping -----------------------------------------------------------
-
-    def _wire_handlers(self) -> None:
-        policies, services = self.caches.policies, self.caches.services
-        c = self.controller
-
-        def policy_keys(obj: JSON) -> Iterable[str]:
-            # The policy itself, and every policy routing the same Service: a deleted or
-            # retargeted winner of a Conflict lets the next one take over at once.
-            keys = {mapping.policy_key(obj)}
-            for idx in mapping.index_by_routed(obj):
-                keys |= {
-                    mapping.policy_key(p) for p in policies.by_index(mapping.INDEX_BY_ROUTED, idx)
-                }
-            return keys
-
-        keys = c.handler_for(policy_keys)
-
-        def policy_changed(old: JSON, new: JSON) -> None:
-            # Our own status writes must not trigger reconciles: only spec and the
-            # metadata that matters (deletion, finalizers, identity).
-            if _policy_matters(old) != _policy_matters(new):
-                keys.on_update(old, new)
-
-        self.policy_informer.add_event_handler(
-            FuncHandler(add=keys.on_add, update=policy_changed, delete=keys.on_delete), "policy"
-        )
-        self.service_informer.add_event_handler(
-            c.handler_for(lambda s: mapping.keys_for_service(s, policies)), "service"
-        )
-        self.pod_informer.add_event_handler(
-            c.handler_for(lambda p: mapping.keys_for_pod(p, policies, services)), "pod"
-        )
-        self.slice_informer.add_event_handler(c.handler_for(mapping.keys_for_slice), "slice")
-
-        def builtin_slice_keys(obj: JSON) -> Iterable[str]:
-            # Kubernetes' own slices matter to the policy that took their Service over.
-            return {
-                mapping.policy_key(p)
-                for idx in index_by_service_name(obj)
-                for p in policies.by_index(mapping.INDEX_BY_ROUTED, idx)
-            }
-
-        self.builtin_slice_informer.add_event_handler(
-            c.handler_for(builtin_slice_keys), "builtin-slice"
-        )
-
-        def forget_pod(obj: JSON | DeletedFinalStateUnknown) -> None:
-            # A deleted pod's IP may be reused: its old latency must not follow the IP.
-            pod = unwrap_tombstone(obj)
-            for ip in (pod.get("status") or {}).get("podIPs") or []:
-                if ip.get("ip"):
-                    self.store.forget(str(ip["ip"]))
-
-        self.pod_informer.add_event_handler(FuncHandler(delete=forget_pod), "pod-forget")
 
     # --- HTTP ------------------------------------------------------------------------
 
@@ -487,15 +430,3 @@ class ControllerApp:
 
     def now(self) -> float:
         return time.monotonic()
-
-
-def _policy_matters(policy: JSON) -> tuple[object, ...]:
-    meta = policy.get("metadata") or {}
-    return (
-        meta.get("uid"),
-        meta.get("generation"),
-        meta.get("deletionTimestamp"),
-        tuple(meta.get("finalizers") or ()),
-        repr(policy.get("spec")),
-        (meta.get("annotations") or {}).get(marks.ANNOTATION_RETAKE),  # a new takeover round
-    )
