@@ -310,3 +310,16 @@ async def test_urgent_keys_go_at_once_but_at_most_once_per_gap() -> None:
     controller.enqueue_urgent("other")
     await until(lambda: seen[-1] == "other")
     await stop_and_wait(run)
+
+
+def test_admits_filters_every_way_of_enqueueing() -> None:
+    async def reconcile(_: str) -> None:
+        return None
+
+    c = Controller("test", reconcile, admits=lambda key: key.startswith("mine/"))
+    for key in ("mine/a", "theirs/b"):
+        c.enqueue(key)
+        c.enqueue_urgent(key)
+        c.enqueue_after(key, 0.0)
+    assert len(c.queue) == 1
+    assert Controller("test", reconcile).admits("theirs/b")
