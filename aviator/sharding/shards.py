@@ -15,12 +15,12 @@ policy itself). Every replica computes the owner of each policy on the ring
 1. *claim*: the ring names us and the marker is empty, ours from an earlier term, or
    names a member whose Lease expired (or was released) in our view → write our marker
    with the resourceVersion we decided from as precondition (over a member that looks
-   expired, only after reading its Lease from the API server confirms it: the watch
-   of the Leases may lag); only on success is the
-   policy ours (a conflict means someone changed it: decide again from the new version);
+   expired, only after a read of its Lease from the API server confirms it: the watch
+   of the Leases may lag without knowing it); only on success is the policy ours (a
+   conflict means someone changed it: decide again from the new version);
 2. *release*: the marker is ours but the ring names another → stop: the policy leaves
-   our owned set (new reconciles of it are refused, its queued work dropped), we wait
-   until its reconcile in flight (if any) returns, then clear the marker (precondition
+   our owned set (new reconciles of it are refused, its queued work dropped); once its
+   reconcile in flight (if any) has returned, we clear the marker (precondition
    again); the new owner sees the marker empty and claims. The new owner's member
    Lease is its request to hand over: no other message is needed;
 3. *wait*: the ring names us but a live member holds the marker → nothing; it releases
@@ -31,7 +31,9 @@ only while (a) its term runs (it holds its member Lease), (b) it claimed the pol
 in this term and has not begun releasing it, and (c) its cache shows its own marker of
 this term. The marker moves away from a replica only by its own release, written after
 its last reconcile of the policy returned, or by a claim over it, made only once its
-member Lease has been unchanged for a whole leaseDuration on the claimant's clock. The
+member Lease has been unchanged for a whole leaseDuration on the claimant's clock and
+a read of it still finds it unchanged (so every renewal it was told had succeeded is
+in what the claimant judged). The
 holder stops writing renewDeadline after its last successful renewal (< leaseDuration),
 so it stopped before anyone may take its policies (as for the leader Lease: clocks run
 at about the same rate, and the difference between the two durations covers the
