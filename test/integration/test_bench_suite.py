@@ -73,9 +73,9 @@ def test_controller_scale_quick() -> None:
 def test_shards_quick() -> None:
     rows = well_formed(bench("shards").run(quick=True), "shards")
     for n in (1, 2, 4):
-        assert value(rows[f"{n} shards: reconcile time of the busiest shard"]) > 0
+        assert value(rows[f"{n} shards: reconciles of the busiest shard"]) > 0
     moved = rows["4 shards, one killed: its policies moved"]
-    assert 0 < value(moved) < 60, moved
+    assert 0 < value(moved) < 120, moved
     assert "caused by the move: 0 " in str(moved["note"]), moved
 
 
