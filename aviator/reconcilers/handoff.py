@@ -13,7 +13,9 @@ A pod is handed off when, in this reconcile:
   target Service still routes every pod: its clients would only re-dial to the same
   pods, and clients of the untouched Service must stay untouched);
 - the published routed set changed and the pod left it (deselected, ejected, replaced
-  by another, no longer ready): it was in the previous set and is not in the new one.
+  by another, no longer ready, or its zone spilled under `topology.mode: latencyAware`,
+  which hints it for no zone's clients: `locality.serving_zones`): it was in the
+  previous set and is not in the new one.
   When the policy takes the Service over, the previous set is what Kubernetes' own
   slices of the Service routed (every ready pod), so the pods the first selection
   leaves out are handed off too;
