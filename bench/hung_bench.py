@@ -23,20 +23,17 @@ import json
 import math
 import time
 
-import uvloop
-
 from aviator.box.traffic import Load
 from aviator.kube import KubeClient
 from aviator.kube.resources import AVIATORPOLICIES
 from bench.common import (
     BoxHandle,
     Row,
-    box_unavailable,
     deployment,
+    in_shared_box,
     policy_body,
     row,
     service_manifest,
-    shared_box,
 )
 from bench.tail_latency_bench import slice_pods, wait_endpoints
 
@@ -54,14 +51,7 @@ GOAL = f"<= {THRESHOLD_S + 1:g} s (p99Threshold + 1 s)"
 
 def run(quick: bool) -> list[Row]:
     del quick  # the same size either way: two short episodes
-    reason = box_unavailable()
-    if reason:
-        return [row(NAME, "skipped", 0.0, "", note=reason)]
-    box = shared_box()
-    try:
-        return uvloop.run(_run(box))
-    finally:
-        box.kubectl("delete", "namespace", NS, "--wait=false")
+    return in_shared_box(NAME, NS, _run)
 
 
 def _target(interval_s: float) -> str:

@@ -27,8 +27,6 @@ import json
 import time
 from typing import Any
 
-import uvloop
-
 from aviator.kube import KubeClient
 from aviator.kube.resources import AVIATORPOLICIES
 from bench.common import (
@@ -36,13 +34,12 @@ from bench.common import (
     OpenLoopClient,
     Row,
     Sample,
-    box_unavailable,
     deployment,
+    in_shared_box,
     policy_body,
     quantiles,
     row,
     service_manifest,
-    shared_box,
 )
 from bench.tail_latency_bench import Load, wait_endpoints
 
@@ -81,17 +78,10 @@ def queue_deployment(name: str, replicas: int, slots: int) -> dict[str, Any]:
 
 
 def run(quick: bool) -> list[Row]:
-    reason = box_unavailable()
-    if reason:
-        return [row(NAME, "skipped", 0.0, "", note=reason)]
     # 100 requests/s: the small pod's quarter (25/s) is more than its 20/s; the three
     # others serve the whole of it at 42 % of their slots.
     load = Load(100, 10, 15) if quick else Load(100, 10, 60)
-    box = shared_box()
-    try:
-        return uvloop.run(_run(box, load))
-    finally:
-        box.kubectl("delete", "namespace", NS, "--wait=false")
+    return in_shared_box(NAME, NS, lambda box: _run(box, load))
 
 
 async def _run(box: BoxHandle, load: Load) -> list[Row]:

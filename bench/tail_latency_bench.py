@@ -24,8 +24,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import uvloop
-
 from aviator.kube import KubeClient
 from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES
 from bench.common import (
@@ -33,13 +31,12 @@ from bench.common import (
     OpenLoopClient,
     Row,
     Sample,
-    box_unavailable,
     deployment,
+    in_shared_box,
     policy_body,
     quantiles,
     row,
     service_manifest,
-    shared_box,
 )
 
 NAME = "tail_latency"
@@ -75,16 +72,9 @@ VARIANTS: list[tuple[str, dict[str, Any] | None]] = [
 
 
 def run(quick: bool) -> list[Row]:
-    reason = box_unavailable()
-    if reason:
-        return [row(NAME, "skipped", 0.0, "", note=reason)]
     # Quick: short connections, so the random proxy reaches the slow pods (0.8^50 to miss).
     load = Load(40, 4, 5) if quick else Load(80, 10, 60)
-    box = shared_box()
-    try:
-        return uvloop.run(_run(box, load))
-    finally:
-        box.kubectl("delete", "namespace", NS, "--wait=false")
+    return in_shared_box(NAME, NS, lambda box: _run(box, load))
 
 
 async def _run(box: BoxHandle, load: Load) -> list[Row]:
