@@ -31,7 +31,6 @@ from aviator.kube import KubeClient
 from aviator.kube.resources import AVIATORPOLICIES
 from bench.common import (
     BoxHandle,
-    OpenLoopClient,
     Row,
     Sample,
     deployment,
@@ -41,7 +40,7 @@ from bench.common import (
     row,
     service_manifest,
 )
-from bench.tail_latency_bench import Load, wait_endpoints
+from bench.tail_latency_bench import Load, measure, wait_endpoints
 
 NAME = "queue_depth"
 NS = "bench-queue"
@@ -105,7 +104,7 @@ async def _run(box: BoxHandle, load: Load) -> list[Row]:
             "--timeout=180s",
         )
         await wait_endpoints(kube, box, NS, TARGET, 4)
-        results: dict[str, list[Sample]] = {"(a) round robin": await measure(box, TARGET, load)}
+        results: dict[str, list[Sample]] = {"(a) round robin": await measure(box, NS, TARGET, load)}
         notes: dict[str, str] = {}
         if problem is None:
             # The small pod's queue from (a) drains before (b) starts.
@@ -114,7 +113,7 @@ async def _run(box: BoxHandle, load: Load) -> list[Row]:
             notes["(b) prequal, queue gauge"] = await wait_loads(kube)
             await wait_endpoints(kube, box, NS, SHADOW, 3)
             label = "(b) prequal, queue gauge"
-            results[label] = await measure(box, SHADOW, load)
+            results[label] = await measure(box, NS, SHADOW, load)
             notes[label] += "; during the run: " + await status_loads(kube)
         return _rows(results, notes, load, problem)
     finally:
@@ -141,17 +140,6 @@ async def wait_loads(kube: KubeClient, timeout_s: float = 60) -> str:
             return f"loads in the status after {time.monotonic() - start:.0f} s"
         await asyncio.sleep(0.5)
     return f"NO load in the status after {timeout_s:.0f} s: {await status_loads(kube)}"
-
-
-async def measure(box: BoxHandle, service: str, load: Load) -> list[Sample]:
-    address = await box.wait_address(NS, service)
-    client = OpenLoopClient(
-        lambda: address, load.rate_per_s, load.requests_per_connection, timeout_s=5.0
-    )
-    try:
-        return await client.run(load.seconds)
-    finally:
-        await client.close()
 
 
 def small_share(samples: list[Sample]) -> float:
