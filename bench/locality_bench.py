@@ -15,8 +15,8 @@ to 150 ms for 30 s (quick: 10 s), then back.
 Rows: client p99 per zone and variant while both zones are fast and while A is slow
 (from a second after the spill on; ratio: zone A's p99 against PreferClose's); seconds from A's pods
 turning slow until A's clients are hinted onto B's pods (goal: 2 intervals + 1 s:
-the agent's report interval and the look halfway through an interval fit in that
-second and half an interval), and from their recovery until A is hinted home
+the agent's report interval and the look a quarter interval later fit in that
+second and a quarter interval), and from their recovery until A is hinted home
 again; slice writes while A spills (goal 0).
 """
 

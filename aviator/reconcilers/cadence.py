@@ -11,12 +11,13 @@ must not make it run faster. Three things cannot wait for the interval:
   evaluation, say kept by the ejection cap, does not make every reconcile evaluate);
 - with `topology.mode: latencyAware`, a local zone whose routed pods are newly over
   the margin (aviator.reconcilers.locality `spill_starting`): the evaluation that
-  starts the spill's count runs at once. Such a policy is looked at halfway through
-  each interval too (`look_wait`), so a zone that turns slow just after an evaluation
-  starts its count within half an interval of the latencies saying so: a spill after
-  `spillAfter` evaluations comes at most `spillAfter - 0.5` intervals after the data,
-  not `spillAfter`. Once per crossing: the count started, the zone is no longer
-  newly over.
+  starts the spill's count runs at once. Such a policy is looked at every quarter of
+  an interval between evaluations (`look_wait`), so a zone that turns slow just after
+  an evaluation starts its count within a quarter interval of the latencies saying
+  so: a spill after `spillAfter` evaluations comes at most `spillAfter - 0.75`
+  intervals after the data, not `spillAfter`. Once per crossing: the count started,
+  the zone is no longer newly over. A look that finds nothing newly over writes
+  nothing (the plan's memos: docs/controller.md, "What a reconcile costs").
 
 Urgent evaluations never come closer than `URGENT_GAP_S` to the previous one. An urgent
 evaluation is an evaluation like any other: it counts for consecutiveViolations,
@@ -31,8 +32,8 @@ from collections.abc import Set
 EARLY_FRACTION = 0.05
 # Urgent evaluations never come closer together than this.
 URGENT_GAP_S = 0.2
-# Where in its interval a latency-aware policy is looked at between evaluations.
-LOOK_FRACTION = 0.5
+# How often in its interval a latency-aware policy is looked at (the evaluation included).
+LOOKS_PER_INTERVAL = 4
 
 
 def evaluation_due(
@@ -47,10 +48,14 @@ def evaluation_due(
 
 
 def look_wait(*, last_evaluation: float, interval_s: float, now: float) -> float | None:
-    """Seconds until the look halfway through the interval that began at
-    `last_evaluation` (None: past it; the next evaluation comes first)."""
-    halfway = last_evaluation + LOOK_FRACTION * interval_s
-    return halfway - now if halfway > now else None
+    """Seconds until the next look in the interval that began at `last_evaluation`
+    (None: past its last look; the next evaluation comes first)."""
+    step = interval_s / LOOKS_PER_INTERVAL
+    for k in range(1, LOOKS_PER_INTERVAL):
+        at = last_evaluation + k * step
+        if at > now + EARLY_FRACTION * step:  # a timer a little early counts as on time
+            return at - now
+    return None
 
 
 def gap_wait(*, last_evaluation: float, now: float) -> float:

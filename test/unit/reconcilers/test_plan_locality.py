@@ -127,14 +127,19 @@ def test_pods_without_a_zone_mean_no_hints_and_a_problem() -> None:
 
 
 def test_a_zone_turning_slow_between_evaluations_starts_its_count_at_the_look() -> None:
-    """Halfway through an interval a latency-aware policy is looked at: a local zone newly
+    """Every quarter interval a latency-aware policy is looked at: a local zone newly
     over the margin has its first count taken then (an evaluation like any other), so the
-    spill comes spillAfter - 0.5 intervals after the latencies say so, not spillAfter."""
+    spill comes spillAfter - 0.75 intervals after the latencies say so, not spillAfter."""
     caches = zoned_caches()
     todo = step(caches, None, T0, 10.0)
     memory = remember(todo, None)
     interval = 5.0  # evaluationInterval's default
-    assert todo.requeue_after == interval / 2
+    assert todo.requeue_after == interval / 4
+    # A look that finds nothing new writes nothing and evaluates nothing.
+    todo = step(caches, memory, later(T0, interval / 4), 10.0)
+    assert not todo.writes and todo.status_write is None
+    assert todo.memory is not None and todo.memory.last_evaluation == T0.store
+    assert todo.requeue_after == interval / 4
 
     look = later(T0, interval / 2)
     todo = step(caches, memory, look, 100.0)
@@ -143,9 +148,9 @@ def test_a_zone_turning_slow_between_evaluations_starts_its_count_at_the_look() 
     assert memory.last_evaluation == look.store  # the count started at the look
     rows = {r["zone"]: r for r in (memory.status or {}).get("zones") or []}
     assert (rows["a"]["state"], rows["a"]["streak"]) == ("local", 1)
-    assert todo.requeue_after == interval / 2
+    assert todo.requeue_after == interval / 4
 
-    # Halfway again: the count has started, nothing is newly over, nothing evaluates.
+    # Looked at again: the count has started, nothing is newly over, nothing evaluates.
     todo = step(caches, memory, later(look, interval / 2), 100.0)
     memory = remember(todo, memory)
     assert memory.last_evaluation == look.store
