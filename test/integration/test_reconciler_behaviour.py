@@ -100,7 +100,7 @@ async def test_steady_state_makes_zero_writes(
     # Steady means the reported sample counts too: a window of many reports, so a stall of
     # this process (controller and agent share it) on a busy machine cannot move a count
     # by half, nor make a pod stale.
-    window_s = 6.0
+    window_s = 12.0
     async with controller_and_agent(
         control_plane, kube, ns, latency_window_s=window_s, latency_stale_after_s=4 * window_s
     ) as (app, agent):
