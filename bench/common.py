@@ -31,12 +31,13 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import uvloop
 
 from aviator.box.process import BoxProcess
 from aviator.kube import ApiError, KubeClient
@@ -632,6 +633,21 @@ def shared_box() -> BoxHandle:
         atexit.register(box.stop)
         _shared_box = box
     return _shared_box
+
+
+def in_shared_box(
+    name: str, namespace: str, body: Callable[[BoxHandle], Coroutine[Any, Any, list[Row]]]
+) -> list[Row]:
+    """`body` on the shared box, its namespace deleted afterwards; one "skipped" row
+    when the box cannot run here."""
+    reason = box_unavailable()
+    if reason:
+        return [row(name, "skipped", 0.0, "", note=reason)]
+    box = shared_box()
+    try:
+        return uvloop.run(body(box))
+    finally:
+        box.kubectl("delete", "namespace", namespace, "--wait=false")
 
 
 def deployment(

@@ -43,11 +43,11 @@ from bench.common import (
     Row,
     box_unavailable,
     deployment,
+    in_shared_box,
     policy_body,
     quantiles,
     row,
     service_manifest,
-    shared_box,
 )
 from bench.tail_latency_bench import slice_pods, wait_endpoints
 
@@ -147,11 +147,9 @@ def measure(bench: Bench, client: ClientFactory, load: Load) -> list[Row]:
     if reason:
         return [row(bench.name, "skipped", 0.0, "", note=reason)]
     if not bench.kube_proxy:
-        box = shared_box()
-        try:
-            return uvloop.run(_run(box, bench, client, load))
-        finally:
-            box.kubectl("delete", "namespace", bench.namespace, "--wait=false")
+        return in_shared_box(
+            bench.name, bench.namespace, lambda box: _run(box, bench, client, load)
+        )
     # A box of its own, stopped when done: the other box benchmarks keep the box proxy.
     with BoxHandle(args=["--proxy", "kube-proxy"]) as box:
         return uvloop.run(_run(box, bench, client, load))

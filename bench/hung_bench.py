@@ -23,20 +23,17 @@ import json
 import math
 import time
 
-import uvloop
-
 from aviator.box.traffic import Load
 from aviator.kube import KubeClient
 from aviator.kube.resources import AVIATORPOLICIES
 from bench.common import (
     BoxHandle,
     Row,
-    box_unavailable,
     deployment,
+    in_shared_box,
     policy_body,
     row,
     service_manifest,
-    shared_box,
 )
 from bench.tail_latency_bench import slice_pods, wait_endpoints
 
@@ -50,18 +47,14 @@ CLIENTS = 8
 INTERVALS_S = (1.0, 10.0)
 RECOVERY_S = 5.0
 GOAL = f"<= {THRESHOLD_S + 1:g} s (p99Threshold + 1 s)"
+# Added to every bound on waiting for the box: a busy machine (load 16 was seen) slows
+# everything, and a bound is when to give up, not the figure.
+SLACK_S = 30.0
 
 
 def run(quick: bool) -> list[Row]:
     del quick  # the same size either way: two short episodes
-    reason = box_unavailable()
-    if reason:
-        return [row(NAME, "skipped", 0.0, "", note=reason)]
-    box = shared_box()
-    try:
-        return uvloop.run(_run(box))
-    finally:
-        box.kubectl("delete", "namespace", NS, "--wait=false")
+    return in_shared_box(NAME, NS, _run)
 
 
 def _target(interval_s: float) -> str:
@@ -126,17 +119,17 @@ async def _episode(
     load.start()
     try:
         # Every pod has answered (the controller has its latency) before the onset.
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + SLACK_S
         while {s.served_by for s in load.samples if s.ok} < pods:
             if time.monotonic() > deadline:
                 return row(NAME, metric, float("nan"), "s", goal=GOAL, note="no traffic")
             await asyncio.sleep(0.1)
-        await _evaluated(kube, policy, pods, timeout_s=3 * interval_s + 10)
+        await _evaluated(kube, policy, pods, timeout_s=3 * interval_s + SLACK_S)
         # A pod the breaker took out before the onset (a stall of the busy machine is
         # an open request too) comes back after recoveryInterval: wait for all.
         try:
             await wait_endpoints(
-                kube, box, NS, shadow, PODS_N, timeout_s=RECOVERY_S + 3 * interval_s + 10
+                kube, box, NS, shadow, PODS_N, timeout_s=RECOVERY_S + 3 * interval_s + SLACK_S
             )
         except RuntimeError as err:
             return row(
@@ -145,7 +138,7 @@ async def _episode(
         box.set_pod_controls(NS, victim, "latency=3600s")
         onset = time.monotonic()
         removed: float | None = None
-        deadline = onset + 3 * interval_s + 10
+        deadline = onset + 3 * interval_s + SLACK_S
         while time.monotonic() < deadline:
             if victim not in await slice_pods(kube, NS, shadow):
                 removed = time.monotonic() - onset

@@ -27,24 +27,20 @@ import json
 import time
 from typing import Any
 
-import uvloop
-
 from aviator.kube import KubeClient
 from aviator.kube.resources import AVIATORPOLICIES
 from bench.common import (
     BoxHandle,
-    OpenLoopClient,
     Row,
     Sample,
-    box_unavailable,
     deployment,
+    in_shared_box,
     policy_body,
     quantiles,
     row,
     service_manifest,
-    shared_box,
 )
-from bench.tail_latency_bench import Load, wait_endpoints
+from bench.tail_latency_bench import Load, measure, wait_endpoints
 
 NAME = "queue_depth"
 NS = "bench-queue"
@@ -81,17 +77,10 @@ def queue_deployment(name: str, replicas: int, slots: int) -> dict[str, Any]:
 
 
 def run(quick: bool) -> list[Row]:
-    reason = box_unavailable()
-    if reason:
-        return [row(NAME, "skipped", 0.0, "", note=reason)]
     # 100 requests/s: the small pod's quarter (25/s) is more than its 20/s; the three
     # others serve the whole of it at 42 % of their slots.
     load = Load(100, 10, 15) if quick else Load(100, 10, 60)
-    box = shared_box()
-    try:
-        return uvloop.run(_run(box, load))
-    finally:
-        box.kubectl("delete", "namespace", NS, "--wait=false")
+    return in_shared_box(NAME, NS, lambda box: _run(box, load))
 
 
 async def _run(box: BoxHandle, load: Load) -> list[Row]:
@@ -115,7 +104,7 @@ async def _run(box: BoxHandle, load: Load) -> list[Row]:
             "--timeout=180s",
         )
         await wait_endpoints(kube, box, NS, TARGET, 4)
-        results: dict[str, list[Sample]] = {"(a) round robin": await measure(box, TARGET, load)}
+        results: dict[str, list[Sample]] = {"(a) round robin": await measure(box, NS, TARGET, load)}
         notes: dict[str, str] = {}
         if problem is None:
             # The small pod's queue from (a) drains before (b) starts.
@@ -124,7 +113,7 @@ async def _run(box: BoxHandle, load: Load) -> list[Row]:
             notes["(b) prequal, queue gauge"] = await wait_loads(kube)
             await wait_endpoints(kube, box, NS, SHADOW, 3)
             label = "(b) prequal, queue gauge"
-            results[label] = await measure(box, SHADOW, load)
+            results[label] = await measure(box, NS, SHADOW, load)
             notes[label] += "; during the run: " + await status_loads(kube)
         return _rows(results, notes, load, problem)
     finally:
@@ -151,17 +140,6 @@ async def wait_loads(kube: KubeClient, timeout_s: float = 60) -> str:
             return f"loads in the status after {time.monotonic() - start:.0f} s"
         await asyncio.sleep(0.5)
     return f"NO load in the status after {timeout_s:.0f} s: {await status_loads(kube)}"
-
-
-async def measure(box: BoxHandle, service: str, load: Load) -> list[Sample]:
-    address = await box.wait_address(NS, service)
-    client = OpenLoopClient(
-        lambda: address, load.rate_per_s, load.requests_per_connection, timeout_s=5.0
-    )
-    try:
-        return await client.run(load.seconds)
-    finally:
-        await client.close()
 
 
 def small_share(samples: list[Sample]) -> float:

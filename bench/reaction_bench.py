@@ -32,8 +32,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import uvloop
-
 from aviator.kube import KubeClient
 from aviator.kube.resources import AVIATORPOLICIES
 from bench.common import (
@@ -42,14 +40,13 @@ from bench.common import (
     OpenLoopClient,
     Row,
     Sample,
-    box_unavailable,
     deployment,
+    in_shared_box,
     percentile,
     plot_over_time,
     policy_body,
     row,
     service_manifest,
-    shared_box,
 )
 from bench.tail_latency_bench import slice_pods, wait_endpoints
 
@@ -75,15 +72,8 @@ class Timeline:
 
 
 def run(quick: bool) -> list[Row]:
-    reason = box_unavailable()
-    if reason:
-        return [row(NAME, "skipped", 0.0, "", note=reason)]
     timeline = Timeline(5, 12, 15, 3, 30, 5) if quick else Timeline(20, 60, 60, 10, 50, 5)
-    box = shared_box()
-    try:
-        return uvloop.run(_run(box, timeline))
-    finally:
-        box.kubectl("delete", "namespace", NS, "--wait=false")
+    return in_shared_box(NAME, NS, lambda box: _run(box, timeline))
 
 
 async def _run(box: BoxHandle, tl: Timeline) -> list[Row]:

@@ -24,8 +24,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import uvloop
-
 from aviator.kube import KubeClient
 from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES
 from bench.common import (
@@ -33,13 +31,12 @@ from bench.common import (
     OpenLoopClient,
     Row,
     Sample,
-    box_unavailable,
     deployment,
+    in_shared_box,
     policy_body,
     quantiles,
     row,
     service_manifest,
-    shared_box,
 )
 
 NAME = "tail_latency"
@@ -75,16 +72,9 @@ VARIANTS: list[tuple[str, dict[str, Any] | None]] = [
 
 
 def run(quick: bool) -> list[Row]:
-    reason = box_unavailable()
-    if reason:
-        return [row(NAME, "skipped", 0.0, "", note=reason)]
     # Quick: short connections, so the random proxy reaches the slow pods (0.8^50 to miss).
     load = Load(40, 4, 5) if quick else Load(80, 10, 60)
-    box = shared_box()
-    try:
-        return uvloop.run(_run(box, load))
-    finally:
-        box.kubectl("delete", "namespace", NS, "--wait=false")
+    return in_shared_box(NAME, NS, lambda box: _run(box, load))
 
 
 async def _run(box: BoxHandle, load: Load) -> list[Row]:
@@ -104,8 +94,8 @@ async def _run(box: BoxHandle, load: Load) -> list[Row]:
         await wait_endpoints(kube, box, NS, ORACLE, 8)
         results: dict[str, list[Sample]] = {}
         notes: dict[str, str] = {}
-        results["(a) no Aviator"] = await measure(box, TARGET, load)
-        results["(e) oracle"] = await measure(box, ORACLE, load)
+        results["(a) no Aviator"] = await measure(box, NS, TARGET, load)
+        results["(e) oracle"] = await measure(box, NS, ORACLE, load)
         if problem is None:
             created = False
             for label, selection in VARIANTS:
@@ -130,7 +120,7 @@ async def _run(box: BoxHandle, load: Load) -> list[Row]:
                     )
                 settled = await wait_fast_only(kube, NS, TARGET, SHADOW)
                 notes[label] = settled
-                results[label] = await measure(box, SHADOW, load)
+                results[label] = await measure(box, NS, SHADOW, load)
         return _rows(results, notes, load, problem)
     finally:
         await kube.close()
@@ -225,8 +215,9 @@ async def wait_fast_only(
     return f"NOT settled in {timeout_s:.0f} s: active {pods}"
 
 
-async def measure(box: BoxHandle, service: str, load: Load) -> list[Sample]:
-    address = await box.wait_address(NS, service)
+async def measure(box: BoxHandle, ns: str, service: str, load: Load) -> list[Sample]:
+    """`load` from an open-loop client through the box proxy's address of `ns/service`."""
+    address = await box.wait_address(ns, service)
     client = OpenLoopClient(
         lambda: address, load.rate_per_s, load.requests_per_connection, timeout_s=5.0
     )

@@ -164,6 +164,9 @@ async def _run(args: argparse.Namespace, out: list[str]) -> int:
             out.append(report.explain_header(policy))
             out.append("")
             out.append(report.table(report.EXPLAIN_HEADERS, report.explain_rows(policy, pods)))
+            zones = report.zone_rows(policy)
+            if zones:
+                out.extend(["", report.table(report.ZONE_HEADERS, zones)])
             return 0
         if args.command == "latency":
             found = report.policies_for_service(await _policies(client, namespace), args.service)

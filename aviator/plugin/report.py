@@ -292,12 +292,30 @@ def explain_header(policy: JSON) -> str:
         f"  circuit breaker: {rule.breaker or 'off'}",
         f"  dampening: {rule.dampening or 'off'}",
     ]
+    if st.zones:
+        spilling = [z.zone for z in st.zones if z.state != "local"]
+        lines.append(
+            f"  topology: latencyAware, {len(st.zones)} zones, "
+            + (f"spilling: {', '.join(spilling)}" if spilling else "every zone local")
+        )
+    for h in st.hand_offs:
+        lines.append(f"  handing off: {h.pod} on {h.node or NONE} ({h.ip}) until {h.until}")
     engine = engine_state_of(st)
     if engine.overload:
         lines.append("  overload: most pods look slow, so nothing is ejected")
     for c in st.conditions:
         lines.append(f"  {c.type}={c.status} {c.reason}{': ' + c.message if c.message else ''}")
     return "\n".join(lines)
+
+
+ZONE_HEADERS = ["zone", "state", "reason", "streak", "pods", "p99(ms)"]
+
+
+def zone_rows(policy: JSON) -> list[list[object]]:
+    """status.zones (topology.mode latencyAware): each zone's state and why."""
+    return [
+        [z.zone, z.state, z.reason, z.streak, z.pods, z.p99_ms] for z in status_of(policy).zones
+    ]
 
 
 # -- latency ---------------------------------------------------------------------------

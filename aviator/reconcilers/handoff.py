@@ -13,7 +13,9 @@ A pod is handed off when, in this reconcile:
   target Service still routes every pod: its clients would only re-dial to the same
   pods, and clients of the untouched Service must stay untouched);
 - the published routed set changed and the pod left it (deselected, ejected, replaced
-  by another, no longer ready): it was in the previous set and is not in the new one.
+  by another, no longer ready, or its zone spilled under `topology.mode: latencyAware`,
+  which hints it for no zone's clients: `locality.serving_zones`): it was in the
+  previous set and is not in the new one.
   When the policy takes the Service over, the previous set is what Kubernetes' own
   slices of the Service routed (every ready pod), so the pods the first selection
   leaves out are handed off too;
@@ -107,34 +109,37 @@ def plan_handoffs(
     new set was written; `pods`: the target's pods; `routed_elsewhere`: pods other
     policies of the same target Service route; `previous`: the entries the status
     held."""
+    if not (spec.enabled and mode == RoutingMode.TAKEOVER):
+        return []
     after_set, elsewhere = set(after), set(routed_elsewhere)
+    leaving = set(before) - after_set - elsewhere if published and after_set else set()
+    if not previous and not leaving:
+        return []  # the steady state: nothing to look up
     by_name = {pod_name(p): p for p in pods}
     out: dict[str, HandOffStatus] = {}
-    if spec.enabled and mode == RoutingMode.TAKEOVER:
-        for entry in previous:
-            until = parse_iso(entry.until)
-            pod = by_name.get(entry.pod)
-            if until is None or until + LINGER_S <= now or pod is None or not _handed_off(pod):
-                continue
-            if entry.pod in after_set or entry.pod in elsewhere:
-                continue
-            out[entry.pod] = entry
-        if published and after_set:
-            for name in sorted(set(before) - after_set - elsewhere - set(out)):
-                pod = by_name.get(name)
-                if pod is None or not _handed_off(pod):
-                    continue
-                ports = sorted({p[2] for p in resolve_ports(service, pod) if p[1] == "TCP"})
-                if not ports:
-                    continue
-                out[name] = HandOffStatus(
-                    pod=name,
-                    node=str(pod["spec"]["nodeName"]),
-                    ip=pod_ips(pod)[0],
-                    ports=ports,
-                    since=iso(now),
-                    until=iso(now + spec.period.seconds),
-                )
+    for entry in previous:
+        until = parse_iso(entry.until)
+        pod = by_name.get(entry.pod)
+        if until is None or until + LINGER_S <= now or pod is None or not _handed_off(pod):
+            continue
+        if entry.pod in after_set or entry.pod in elsewhere:
+            continue
+        out[entry.pod] = entry
+    for name in sorted(leaving - set(out)):
+        pod = by_name.get(name)
+        if pod is None or not _handed_off(pod):
+            continue
+        ports = sorted({p[2] for p in resolve_ports(service, pod) if p[1] == "TCP"})
+        if not ports:
+            continue
+        out[name] = HandOffStatus(
+            pod=name,
+            node=str(pod["spec"]["nodeName"]),
+            ip=pod_ips(pod)[0],
+            ports=ports,
+            since=iso(now),
+            until=iso(now + spec.period.seconds),
+        )
     return sorted(out.values(), key=lambda e: e.pod)
 
 

@@ -6,19 +6,24 @@ The zones' states carry between evaluations in `status.zones` (what we last wrot
 else what the cache holds), so a new leader continues the counts where the previous
 one stopped. The decision advances only when the selection engine evaluates (its
 counts count evaluations, like the engine's); in between, the states carry over and
-only the hints follow pods that come and go. Routed pods on a node without a zone
-make locality impossible: no hints at all, and the problem says why.
+only the hints follow pods that come and go. Between evaluations a reconcile still
+looks at the zones' figures (`spill_starting`): a local zone newly over the margin
+has its first count taken at once, by an evaluation like any other, so a spill does
+not wait a whole interval for the evaluation that starts its count. Routed pods on a
+node without a zone make locality impossible: no hints at all, and the problem says
+why.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from aviator.api.status import ZoneStatus
 from aviator.api.topology import TopologyMode, TopologySpec
 from aviator.kube.objects import JSON
 from aviator.kube.pods import pod_name
+from aviator.reconcilers.podfacts import PodFacts
 from aviator.reconcilers.status import Problem
 from aviator.selection import LatencyEstimate
 from aviator.selection.locality import (
@@ -27,6 +32,7 @@ from aviator.selection.locality import (
     ZoneInput,
     ZoneState,
     decide,
+    newly_over,
     zone_hints,
     zone_inputs,
 )
@@ -63,18 +69,12 @@ def previous_states(status: JSON | None) -> dict[str, ZoneState]:
     return out
 
 
-def plan_zones(
-    spec: TopologySpec,
+def _figures(
     routed: Sequence[JSON],
     estimate: Callable[[str], LatencyEstimate | None],
     zone_of: Callable[[str], str | None],
-    client_zones: Iterable[str],
-    previous_status: JSON | None,
-    evaluated: bool,
-) -> ZonePlan:
-    policy = policy_of(spec)
-    if policy is None:
-        return ZonePlan()
+) -> tuple[dict[str, ZoneInput], list[str]]:
+    """The routed pods' figures per zone, and the pods on nodes without a zone."""
     figures: list[tuple[str, float | None, float | None]] = []
     zoneless: list[str] = []
     for pod in routed:
@@ -88,6 +88,42 @@ def plan_zones(
         figures.append(
             (zone, None if est is None else est.p99_ms, None if est is None else float(est.rif))
         )
+    return zone_inputs(figures), zoneless
+
+
+def spill_starting(
+    spec: TopologySpec,
+    facts: Sequence[PodFacts],
+    active: Collection[str],
+    estimate: Callable[[str], LatencyEstimate | None],
+    zone_of: Callable[[str], str | None],
+    previous_status: JSON | None,
+) -> list[str]:
+    """Zones whose routed pods (`active`: the last evaluation's) are newly over the
+    margin, as the latest latencies say between evaluations: the evaluation that starts
+    their count runs at once (aviator.reconcilers.cadence)."""
+    policy = policy_of(spec)
+    if policy is None:
+        return []
+    zones, zoneless = _figures([f.pod for f in facts if f.name in active], estimate, zone_of)
+    if zoneless:
+        return []
+    return newly_over(zones, previous_states(previous_status), policy)
+
+
+def plan_zones(
+    spec: TopologySpec,
+    routed: Sequence[JSON],
+    estimate: Callable[[str], LatencyEstimate | None],
+    zone_of: Callable[[str], str | None],
+    client_zones: Iterable[str],
+    previous_status: JSON | None,
+    evaluated: bool,
+) -> ZonePlan:
+    policy = policy_of(spec)
+    if policy is None:
+        return ZonePlan()
+    zones, zoneless = _figures(routed, estimate, zone_of)
     if zoneless:
         shown = ", ".join(sorted(zoneless)[:10]) + (", ..." if len(zoneless) > 10 else "")
         message = (
@@ -95,7 +131,6 @@ def plan_zones(
             "no zone hints are published, every client uses every routed pod"
         )
         return ZonePlan({}, (), (Problem(REASON_TOPOLOGY_UNAVAILABLE, message),))
-    zones = zone_inputs(figures)
     previous = previous_states(previous_status)
     if evaluated:
         states = decide(zones, client_zones, previous, policy)
@@ -121,3 +156,26 @@ def _row(zone: str, state: ZoneState, figures: ZoneInput | None) -> ZoneStatus:
 def spilling(rows: Iterable[ZoneStatus]) -> list[str]:
     """Zones whose clients use other zones' pods."""
     return [r.zone for r in rows if r.state != LOCAL]
+
+
+def serving_zones(
+    before: Collection[str],
+    after: Collection[str],
+    facts: Sequence[PodFacts],
+    zone_of: Callable[[str], str | None],
+    previous_status: JSON | None,
+    zone_plan: ZonePlan,
+) -> tuple[set[str], set[str]]:
+    """The routed sets before and after this reconcile without the pods of zones then
+    spilling: those are hinted for no zone's clients (`PARKED_ZONE`), so for hand-off
+    they have left the routed set (their kept-alive clients move to the pods their
+    zone now uses) and rejoin it when their zone returns."""
+    if not zone_plan.hints:
+        return set(before), set(after)
+    zone_by_name = {f.name: zone_of(f.node) if f.node else None for f in facts}
+    was = {z for z, s in previous_states(previous_status).items() if s.state != LOCAL}
+    now = set(spilling(zone_plan.rows))
+    return (
+        {n for n in before if zone_by_name.get(n) not in was},
+        {n for n in after if zone_by_name.get(n) not in now},
+    )

@@ -23,7 +23,8 @@ One reconcile decides, in this order:
    between, the last outcome carries over, and a serving pod that stopped being
    eligible makes the engine run at once; so does a serving pod newly seen with a
    request open longer than circuitBreaker.p99Threshold (`cadence.urgent_wait`), so a
-   hung pod leaves the slices without waiting for the interval;
+   hung pod leaves the slices without waiting for the interval, and so does a local
+   zone newly over the latency-aware margin (`locality.spill_starting`);
 7. slices are published BEFORE a takeover records the selector in the status and then
    removes it (the Service never has zero endpoints, the selector is always kept
    somewhere); never an empty set while an eligible pod exists, nor while a
@@ -50,7 +51,7 @@ from aviator.reconcilers import (
     slices,
     takeover,
 )
-from aviator.reconcilers.cadence import evaluation_due, urgent_wait
+from aviator.reconcilers.cadence import evaluation_due, gap_wait, look_wait, urgent_wait
 from aviator.reconcilers.evaluation import Outcome
 from aviator.reconcilers.latencies import PodLatencies
 from aviator.reconcilers.reporting import (
@@ -330,6 +331,14 @@ def _select(
         stalled=stalled,
         now=clock.store,
     )
+    aware = locality.policy_of(parsed.spec.topology) is not None
+    last, previous = memory.last_evaluation, memory.outcome
+    if urgent is None and aware and previous is not None and last is not None:
+        status = memory.status or view.policy.get("status")
+        if locality.spill_starting(
+            parsed.spec.topology, eligible_facts, previous.active, by_pod.get, view.zone_of, status
+        ):
+            urgent = gap_wait(last_evaluation=last, now=clock.store)
     if urgent != 0.0 and not _evaluation_due(view, memory, clock) and memory.outcome is not None:
         outcome = evaluation.carry_over(
             memory.outcome, eligible_names, min(parsed.selection.min_endpoints, len(eligible))
@@ -360,6 +369,11 @@ def _select(
     requeue_after = max(0.0, memory.next_evaluation - clock.store)
     if urgent is not None:
         requeue_after = min(requeue_after, urgent)
+    if aware and memory.last_evaluation is not None:
+        look = look_wait(
+            last_evaluation=memory.last_evaluation, interval_s=parsed.interval_s, now=clock.store
+        )
+        requeue_after = requeue_after if look is None else min(requeue_after, look)
 
     problems = list(route.problems)
     active_pods = [p for n, p in zip(names, eligible, strict=True) if n in outcome.active]
@@ -423,9 +437,13 @@ def _select(
     writes += slices.writes_for(ns, slice_plan)
     writes += routing.after_slices(view, target, route)
 
-    previous_handoffs = handoff.previous_handoffs(memory.status or view.policy.get("status"))
+    previous_status = memory.status or view.policy.get("status")
+    previous_handoffs = handoff.previous_handoffs(previous_status)
+    served_before, served_after = locality.serving_zones(
+        current_active, outcome.active, eligible_facts, view.zone_of, previous_status, zones
+    )
     hand_offs = handoff.for_view(
-        view, current_active, outcome.active, not slice_plan.empty, previous_handoffs, clock.wall
+        view, served_before, served_after, not slice_plan.empty, previous_handoffs, clock.wall
     )
     requeue_after = min(requeue_after, handoff.next_expiry(hand_offs, clock.wall))
 

@@ -33,10 +33,11 @@ def selected_pods(pods: Indexer, namespace: str, selector: Mapping[str, str]) ->
     sorted by key, from the pod label index."""
     if not selector:
         return []
-    terms = [label_index_value(namespace, k, v) for k, v in selector.items()]
+    terms = {label_index_value(namespace, k, v): k for k, v in selector.items()}
     shortest = min(terms, key=lambda t: pods.index_size(INDEX_POD_LABELS, t))
-    return [
-        p
-        for p in pods.by_index(INDEX_POD_LABELS, shortest)
-        if selector_matches(selector, labels_of(p))
-    ]
+    found = pods.by_index(INDEX_POD_LABELS, shortest)
+    # Filed under `shortest`: those pods match its term; only the others need a look.
+    rest = {k: v for k, v in selector.items() if k != terms[shortest]}
+    if not rest:
+        return found
+    return [p for p in found if selector_matches(rest, labels_of(p))]

@@ -153,6 +153,27 @@ def _step(previous: ZoneState, over: bool | None, why: str, policy: LocalityPoli
     return ZoneState(SPILLING, previous.reason, streak)
 
 
+def newly_over(
+    zones: Mapping[str, ZoneInput], previous: Mapping[str, ZoneState], policy: LocalityPolicy
+) -> list[str]:
+    """Zones with routed pods that were local with nothing counted against them and are
+    over now: the first evaluation over the margin (the start of a spill's count) need
+    not wait for the interval (aviator.reconcilers.cadence). Exactly the zones whose
+    count `decide` would start (or, with `spill_after` 1, spill). A zone kept local
+    because no other could take its clients (`NO_ZONE_TO_SPILL_TO`) is not newly over:
+    it stays over, and would otherwise ask for an evaluation at every look."""
+    out = []
+    for zone in sorted(z for z, i in zones.items() if i.pods > 0):
+        was = previous.get(zone, ZoneState())
+        if was.state == SPILLING and was.reason == NO_ROUTED_PODS:
+            was = ZoneState()  # routed pods again: local, counted from here (as `_step`)
+        if was.state != LOCAL or was.streak or was.reason == NO_ZONE_TO_SPILL_TO:
+            continue
+        if _verdict(zone, zones, policy)[0]:
+            out.append(zone)
+    return out
+
+
 def _rank(zone: str, zones: Mapping[str, ZoneInput]) -> tuple[bool, float, str]:
     p99 = zones[zone].p99_ms
     return p99 is None, p99 if p99 is not None else 0.0, zone

@@ -3,12 +3,17 @@ box-a, box-node-2 in box-b): two pods of one Service in each zone, a policy with
 `topology.mode: latencyAware`, and one client per zone through the box proxy's zone
 addresses (which follow zone hints as kube-proxy does). Zone A's pods fast → A's
 traffic stays in A; A's pods turned slow → A spills to B within spillAfter intervals +
-1 s (plus the agent's report interval); no slice write while it spills; A's pods
+1 s; no slice write while it spills; A's pods
 recover → A's traffic returns. The client-side p99 per zone in each phase is printed
-as a benchmark row (docs/benchmarks.md)."""
+as a benchmark row (docs/benchmarks.md).
+
+Hints steer new connections only: with the policy taking the Service over and
+hand-off on, a keep-alive pool in zone A moves to B's pods when A spills (A's pods
+are handed off), and loses no request."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Iterator
@@ -21,7 +26,9 @@ from e2e_scenario import Scenario, wait_for
 
 from aviator.box.traffic import Load
 from aviator.kube.client import KubeClient
-from aviator.kube.resources import ENDPOINTSLICES, PODS
+from aviator.kube.marks import SLICE_SELECTOR
+from aviator.kube.resources import ENDPOINTSLICES, EVENTS, PODS
+from aviator.testing.pool import KeepAlivePool
 
 pytestmark = pytest.mark.e2e
 
@@ -29,7 +36,6 @@ SERVICE = "zoned-svc"
 ZONES = {"box-a": "box-node-1", "box-b": "box-node-2"}
 INTERVAL_S = 1.0
 SPILL_AFTER, RETURN_AFTER = 2, 2
-REPORT_S = 1.0  # the agent's report interval (aviator/agent/config.py)
 SLOW = "150ms"
 FUNCTIONAL = REPO / "test" / "functional"
 
@@ -75,14 +81,11 @@ async def pods_of(kube: KubeClient, ns: str, zone: str) -> list[str]:
     )
 
 
-async def slices(kube: KubeClient, ns: str) -> dict[str, Any]:
-    answer = await kube.list(ENDPOINTSLICES, ns)
-    return {
-        s["metadata"]["name"]: s
-        for s in answer.get("items", [])
-        if (s["metadata"].get("labels") or {}).get("kubernetes.io/service-name")
-        == f"{SERVICE}-aviator"
-    }
+async def slices(kube: KubeClient, ns: str, service: str = f"{SERVICE}-aviator") -> dict[str, Any]:
+    """Aviator's EndpointSlices of `service` (the shadow Service unless told)."""
+    selector = f"{SLICE_SELECTOR},kubernetes.io/service-name={service}"
+    answer = await kube.list(ENDPOINTSLICES, ns, params={"labelSelector": selector})
+    return {s["metadata"]["name"]: s for s in answer.get("items", [])}
 
 
 def hinted_for(all_slices: dict[str, Any], zone: str) -> set[str]:
@@ -94,10 +97,8 @@ def hinted_for(all_slices: dict[str, Any], zone: str) -> set[str]:
     }
 
 
-async def test_a_slow_zone_spills_and_returns_without_flapping(
-    zoned_box: BoxCluster, kube: KubeClient, namespace: str
-) -> None:
-    apps = Scenario(zoned_box, kube, namespace)
+async def two_pods_per_zone(apps: Scenario) -> dict[str, list[str]]:
+    """The Service and two ready test-app pods in each zone; their names per zone."""
     for zone in ZONES:
         apps.apply(deployment(zone))
     apps.apply(
@@ -115,10 +116,18 @@ async def test_a_slow_zone_spills_and_returns_without_flapping(
     for zone in ZONES:
         pods[zone], _ = await wait_for(
             f"2 ready pods in {zone}",
-            lambda z=zone: pods_of(kube, namespace, z),
+            lambda z=zone: pods_of(apps.kube, apps.ns, z),
             lambda p: len(p) == 2,
             90,
         )
+    return pods
+
+
+async def test_a_slow_zone_spills_and_returns_without_flapping(
+    zoned_box: BoxCluster, kube: KubeClient, namespace: str
+) -> None:
+    apps = Scenario(zoned_box, kube, namespace)
+    pods = await two_pods_per_zone(apps)
     apps.apply(
         apps.policy(
             "zoned",
@@ -164,7 +173,9 @@ async def test_a_slow_zone_spills_and_returns_without_flapping(
             30,
             poll_s=0.05,
         )
-        budget = SPILL_AFTER * INTERVAL_S + 1.0 + REPORT_S
+        # At worst: the agent's report interval (1 s), the look a quarter interval later
+        # that starts the count (aviator.reconcilers.cadence), spillAfter - 1 intervals.
+        budget = SPILL_AFTER * INTERVAL_S + 1.0
         print(f"locality: box-a spilled {took:.2f}s after its pods turned slow (budget {budget}s)")
         assert took <= budget
         versions = {n: s["metadata"]["resourceVersion"] for n, s in spilled.items()}
@@ -204,6 +215,94 @@ async def test_a_slow_zone_spills_and_returns_without_flapping(
     finally:
         for load in loads.values():
             await load.stop()
+
+
+async def test_a_spilling_zone_hands_its_pooled_clients_off(
+    zoned_box: BoxCluster, kube: KubeClient, namespace: str
+) -> None:
+    apps = Scenario(zoned_box, kube, namespace)
+    pods = await two_pods_per_zone(apps)
+    apps.apply(
+        apps.policy(
+            "zoned",
+            targetRef={"kind": "Service", "name": SERVICE},
+            evaluationInterval=f"{INTERVAL_S:.0f}s",
+            selection={"mode": "percentage", "percentage": 100},
+            circuitBreaker={"enabled": False},
+            routing={"mode": "takeover", "handoff": {"enabled": True, "period": "2s"}},
+            topology={
+                "mode": "latencyAware",
+                "marginPercent": 100,
+                "spillAfter": SPILL_AFTER,
+                "returnAfter": RETURN_AFTER,
+            },
+        )
+    )
+    await wait_for(
+        "each zone's pods hinted for their own zone only",
+        lambda: slices(kube, namespace, SERVICE),
+        lambda s: all(hinted_for(s, z) == set(pods[z]) for z in ZONES),
+        60,
+    )
+    address = zoned_box.zone_address("box-a", namespace, SERVICE)
+    assert address is not None
+    # Generous: a request queued behind a slow pod (150 ms) must not time out.
+    pool = KeepAlivePool(lambda: address, size=8, timeout_s=10.0)
+    done = asyncio.Event()  # traffic runs until the checks are over (bounded: 180 s)
+    traffic = asyncio.get_running_loop().create_task(pool.run(30, 180.0, stop=done))
+    try:
+        await wait_for(
+            "box-a's pool to hold connections to box-a's pods",
+            lambda: _served(pool),
+            lambda served: set(pods["box-a"]) <= served,
+            30,
+        )
+        for pod in pods["box-a"]:
+            zoned_box.set_pod_latency(namespace, pod, SLOW)
+        await wait_for(
+            "box-a to spill to box-b",
+            lambda: slices(kube, namespace, SERVICE),
+            lambda s: hinted_for(s, "box-a") == set(pods["box-b"]),
+            30,
+        )
+
+        async def handed_off() -> set[str]:
+            answer = await kube.list(EVENTS, namespace)
+            return {
+                pod
+                for e in answer.get("items", [])
+                if e.get("reason") == "ConnectionsHandedOff"
+                for pod in pods["box-a"]
+                if pod in str(e.get("note"))
+            }
+
+        # The agent records the Event once a pod's idle connections are ended.
+        await wait_for(
+            "ConnectionsHandedOff for box-a's pods",
+            handed_off,
+            lambda done_pods: done_pods == set(pods["box-a"]),
+            60,
+        )
+        settled = time.monotonic() + 1.0  # a request busy at the last look, then its answer
+
+        async def answered_since() -> int:
+            return sum(1 for s in pool.samples if s.at >= settled)
+
+        await wait_for("30 requests after the hand-off", answered_since, lambda n: n >= 30, 60)
+        after = [s for s in pool.samples if s.at >= settled]
+        stayed = [s.served_by for s in after if s.served_by in pods["box-a"]]
+        assert not stayed, f"{len(stayed)} of {len(after)} still served by box-a's pods"
+    finally:
+        done.set()
+        await traffic
+        await pool.close()
+    failed = [s for s in pool.samples if not s.ok]
+    assert not failed, f"{len(failed)} failed: {sorted({s.error or '?' for s in failed})}"
+    print(f"locality hand-off: {pool.retries} retried, {pool.opened} connections opened")
+
+
+async def _served(pool: KeepAlivePool) -> set[str | None]:
+    return {s.served_by for s in pool.samples}
 
 
 async def _after(start: float, seconds: float) -> bool:

@@ -458,6 +458,7 @@ class TestAgent:
         self.latency_ms: dict[str, float] = {}
         self.maps_full: tuple[str, ...] = ()  # the BPF maps it says are full
         self.sent = 0
+        self.answers: list[str] = []  # what the controller said (errors, refusals)
         self._sent_more = asyncio.Condition()
         self._task: asyncio.Task[None] | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -489,13 +490,27 @@ class TestAgent:
             self.url, headers={"Authorization": f"Bearer {self.token}"}, **self.tls
         ) as ws:
             self.connected.set()
-            while True:
-                if self.latency_ms:
-                    await ws.send_str(snapshot(dict(self.latency_ms), maps_full=self.maps_full))
-                    self.sent += 1
-                    async with self._sent_more:
-                        self._sent_more.notify_all()
-                await asyncio.sleep(self.period_s)
+            # Read what the controller answers, as an agent does: that also answers its
+            # heartbeat pings, which a client that never reads leaves unanswered.
+            reader = asyncio.create_task(self._read(ws))
+            try:
+                await self._send(ws)
+            finally:
+                reader.cancel()
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                self.answers.append(msg.data)
+
+    async def _send(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        while True:
+            if self.latency_ms:
+                await ws.send_str(snapshot(dict(self.latency_ms), maps_full=self.maps_full))
+                self.sent += 1
+                async with self._sent_more:
+                    self._sent_more.notify_all()
+            await asyncio.sleep(self.period_s)
 
 
 def stream_url(app: ControllerApp) -> str:

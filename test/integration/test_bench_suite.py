@@ -194,8 +194,9 @@ def test_hung_quick() -> None:
     rows = well_formed(raw, "hung")
     for interval in ("1", "10"):
         got = rows[f"hung pod: onset -> out of slices (evaluationInterval {interval} s)"]
-        # A smoke test: it ran and the pod left (the full run's figures are the goal's).
-        assert 0 < value(got) < 30, got
+        # A smoke test: it ran and the pod left (nan: it did not; the full run's figures
+        # are the goal's, and the row's note says why).
+        assert 0 < value(got) < math.inf, got
 
 
 @pytest.mark.bench

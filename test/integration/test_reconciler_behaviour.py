@@ -56,19 +56,32 @@ def _lat(**ms: float) -> dict[str, float]:
     return {IPS[n]: v for n, v in base.items()}
 
 
-async def _count_writes(kube: KubeClient, ns: str, res: Resource, seconds: float) -> Counter[str]:
+class Writes(Counter[str]):
+    """Write events per "TYPE name", and what each MODIFIED changed (for the message)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.changes: list[str] = []
+
+    def __repr__(self) -> str:
+        return f"{dict(self)} changes: {self.changes}"
+
+
+async def _count_writes(kube: KubeClient, ns: str, res: Resource, seconds: float) -> Writes:
     """Watch events (writes) on `res` in `ns` for `seconds`, from the current version."""
-    rv = (await kube.list(res, ns)).get("metadata", {}).get("resourceVersion", "")
-    seen: Counter[str] = Counter()
-    last: dict[str, Any] = {}
+    listed = await kube.list(res, ns)
+    rv = listed.get("metadata", {}).get("resourceVersion", "")
+    seen = Writes()
+    last: dict[str, Any] = {o["metadata"]["name"]: o for o in listed.get("items", [])}
 
     async def watch() -> None:
         async for ev in kube.watch(res.path(ns), {"resourceVersion": rv}):
             if ev.get("type") in ("ADDED", "MODIFIED", "DELETED"):
                 name = ev["object"]["metadata"]["name"]
                 seen[f"{ev['type']} {name}"] += 1
+                seen.changes.append(f"{name}: {_diff(last.get(name), ev['object'])}")
                 if DEBUG:
-                    print(ev["type"], name, json.dumps(_diff(last.get(name), ev["object"])))
+                    print(ev["type"], name, json.dumps(seen.changes[-1]))
                 last[name] = ev["object"]
 
     task = asyncio.create_task(watch())
@@ -87,7 +100,7 @@ async def test_steady_state_makes_zero_writes(
     # Steady means the reported sample counts too: a window of many reports, so a stall of
     # this process (controller and agent share it) on a busy machine cannot move a count
     # by half, nor make a pod stale.
-    window_s = 6.0
+    window_s = 12.0
     async with controller_and_agent(
         control_plane, kube, ns, latency_window_s=window_s, latency_stale_after_s=4 * window_s
     ) as (app, agent):

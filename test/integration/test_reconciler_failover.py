@@ -75,7 +75,9 @@ class Replica:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
-                self.proc.wait(10)
+                # A pod's default terminationGracePeriodSeconds: on a machine busy enough
+                # (load 16 was seen) a graceful stop took longer than 10 s.
+                self.proc.wait(30)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()

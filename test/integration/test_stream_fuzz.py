@@ -16,7 +16,7 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -42,10 +42,25 @@ LIMITS = StoreLimits(endpoints_per_agent=64, endpoints=96, buckets_per_agent=409
 
 @dataclass
 class Target:
+    """The stream as an agent holds it: a reader always receiving (so the server's
+    heartbeat pings are answered while the fuzzer thinks), answers queued."""
+
     loop: asyncio.AbstractEventLoop
     app: ControllerApp
     ws: aiohttp.ClientWebSocketResponse
     sent: int = 0
+    answers: asyncio.Queue[aiohttp.WSMessage] = field(default_factory=asyncio.Queue)
+    reader: asyncio.Task[None] | None = None
+
+    def start_reading(self) -> None:
+        self.reader = asyncio.get_running_loop().create_task(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            msg = await self.ws.receive()
+            await self.answers.put(msg)
+            if msg.type != aiohttp.WSMsgType.TEXT:
+                return
 
     def exchange(self, frame: str | bytes) -> list[dict[str, Any]]:
         """Send `frame`, then a sentinel; the answers to `frame`."""
@@ -61,7 +76,7 @@ class Target:
         await self.ws.send_str(json.dumps(snapshot_body(window_s=sentinel)))
         answers: list[dict[str, Any]] = []
         while True:
-            msg = await self.ws.receive(timeout=30)
+            msg = await asyncio.wait_for(self.answers.get(), 30)
             assert msg.type == aiohttp.WSMsgType.TEXT, f"the stream ended: {msg}"
             answer = json.loads(msg.data)
             if answer.get("error", "").startswith(f"window_s: {sentinel} "):
@@ -113,7 +128,9 @@ def target(control_plane: ControlPlane, crd: None) -> Iterator[Target]:
         ws = await stack.enter_async_context(
             http.ws_connect(stream_url(app), headers={"Authorization": f"Bearer {token}"})
         )
-        return Target(loop, app, ws)
+        target = Target(loop, app, ws)
+        target.start_reading()
+        return target
 
     fuzz = asyncio.run_coroutine_threadsafe(setup(), loop).result(120)
     try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from aviator.api.status import HandOffStatus, ZoneStatus
 from aviator.plugin import report
 from aviator.reconcilers.status import Observation, Problem, build_status, pod_status
 from aviator.selection.state import BreakerRecord, BreakerStatus, DampeningState, EngineState
@@ -19,7 +20,12 @@ SPEC: JSON = {
 }
 
 
-def policy(engine: EngineState | None = None, problems: tuple[Problem, ...] = ()) -> JSON:
+def policy(
+    engine: EngineState | None = None,
+    problems: tuple[Problem, ...] = (),
+    zones: tuple[ZoneStatus, ...] = (),
+    hand_offs: tuple[HandOffStatus, ...] = (),
+) -> JSON:
     rows = [
         pod_status(
             "fast-1", "10.0.0.1", "n1", "active", p50_ms=9.5, p99_ms=12.0, rif=1, samples=90
@@ -41,6 +47,8 @@ def policy(engine: EngineState | None = None, problems: tuple[Problem, ...] = ()
         pods=rows,
         routed_service="web-aviator",
         engine_state=(engine or EngineState(evaluated=True)).to_dict(),
+        zones=zones,
+        hand_offs=hand_offs,
     )
     return {
         "metadata": {
@@ -108,6 +116,31 @@ def test_explain_every_pod_in_or_out_and_why() -> None:
     assert rows["slow-2"][10] == "not chosen by topN"
     header = report.explain_header(policy(engine))
     assert "topN: the 2 fastest" in header and "eject after 3 x p99 > 500ms" in header
+
+
+def test_explain_shows_zones_and_hand_offs() -> None:
+    zones = (
+        ZoneStatus(zone="a", state="spilling", reason="SlowerThanMargin", pods=2, p99_ms=150.0),
+        ZoneStatus(zone="b", state="local", reason="WithinMargin", streak=0, pods=2, p99_ms=9.0),
+    )
+    hand_off = HandOffStatus(
+        pod="slow-1",
+        node="n1",
+        ip="10.0.0.3",
+        ports=[8080],
+        since="2026-01-01T00:09:00Z",
+        until="2026-01-01T00:09:30Z",
+    )
+    p = policy(zones=zones, hand_offs=(hand_off,))
+    header = report.explain_header(p)
+    assert "topology: latencyAware, 2 zones, spilling: a" in header
+    assert "handing off: slow-1 on n1 (10.0.0.3) until 2026-01-01T00:09:30Z" in header
+    assert report.zone_rows(p) == [
+        ["a", "spilling", "SlowerThanMargin", 0, 2, 150.0],
+        ["b", "local", "WithinMargin", 0, 2, 9.0],
+    ]
+    assert report.zone_rows(policy()) == []
+    assert "topology" not in report.explain_header(policy())
 
 
 def test_latency_rows_carry_source_and_age() -> None:

@@ -28,10 +28,10 @@ def node(name: str, zone: str | None) -> JSON:
     return {"kind": "Node", "metadata": {"name": name, "labels": labels}}
 
 
-def zoned_caches(zone_b: str | None = "b") -> Caches:
+def zoned_caches(zone_b: str | None = "b", spec: JSON = SPEC) -> Caches:
     pods = [make_pod(f"a-{i}", f"10.0.0.{i}", node="node-a") for i in (1, 2)]
     pods += [make_pod(f"b-{i}", f"10.0.1.{i}", node="node-b") for i in (1, 2)]
-    caches = caches_with(make_policy(spec=SPEC), make_service(), *pods)
+    caches = caches_with(make_policy(spec=spec), make_service(), *pods)
     caches.nodes = Indexer({})
     for n in (node("node-a", "a"), node("node-b", zone_b), node("node-c", "c")):
         caches.nodes.upsert(n)
@@ -124,3 +124,56 @@ def test_pods_without_a_zone_mean_no_hints_and_a_problem() -> None:
     degraded = next(c for c in todo.status["conditions"] if c["type"] == "Degraded")
     assert degraded["reason"] == "TopologyUnavailable"
     assert "b-1" in degraded["message"]
+
+
+def test_a_zone_turning_slow_between_evaluations_starts_its_count_at_the_look() -> None:
+    """Every quarter interval a latency-aware policy is looked at: a local zone newly
+    over the margin has its first count taken then (an evaluation like any other), so the
+    spill comes spillAfter - 0.75 intervals after the latencies say so, not spillAfter."""
+    caches = zoned_caches()
+    todo = step(caches, None, T0, 10.0)
+    memory = remember(todo, None)
+    interval = 5.0  # evaluationInterval's default
+    assert todo.requeue_after == interval / 4
+    # A look that finds nothing new writes nothing and evaluates nothing.
+    todo = step(caches, memory, later(T0, interval / 4), 10.0)
+    assert not todo.writes and todo.status_write is None
+    assert todo.memory is not None and todo.memory.last_evaluation == T0.store
+    assert todo.requeue_after == interval / 4
+
+    look = later(T0, interval / 2)
+    todo = step(caches, memory, look, 100.0)
+    memory = remember(todo, memory)
+    assert slice_writes(todo) == 0
+    assert memory.last_evaluation == look.store  # the count started at the look
+    rows = {r["zone"]: r for r in (memory.status or {}).get("zones") or []}
+    assert (rows["a"]["state"], rows["a"]["streak"]) == ("local", 1)
+    assert todo.requeue_after == interval / 4
+
+    # Looked at again: the count has started, nothing is newly over, nothing evaluates.
+    todo = step(caches, memory, later(look, interval / 2), 100.0)
+    memory = remember(todo, memory)
+    assert memory.last_evaluation == look.store
+    assert slice_writes(todo) == 0
+
+    todo = step(caches, memory, later(look, interval), 100.0)
+    assert slice_writes(todo) == 1
+    assert hints(caches)["a-1"] == [PARKED_ZONE]
+
+
+def test_a_spilling_zones_pods_hand_their_pooled_clients_off_until_it_returns() -> None:
+    """Hints steer new connections only: a zone that spills hands its own pods' kept-alive
+    clients off (they serve no zone's clients now), and the entries go when it returns."""
+    spec = {**SPEC, "routing": {"mode": "takeover", "handoff": {"enabled": True}}}
+    caches = zoned_caches(spec=spec)
+    todo = step(caches, None, T0, 10.0)
+    memory = remember(todo, None)
+    clock = T0
+    handed: list[list[str]] = []
+    for a_ms in (100.0, 100.0, 100.0, 10.0, 10.0):
+        clock = later(clock, 5.0)
+        todo = step(caches, memory, clock, a_ms)
+        memory = remember(todo, memory)
+        handed.append([e["pod"] for e in (memory.status or {}).get("handOffs") or []])
+    # Spilled at the second slow evaluation; home again at the second fast one.
+    assert handed == [[], ["a-1", "a-2"], ["a-1", "a-2"], ["a-1", "a-2"], []]

@@ -18,6 +18,7 @@ from aviator.selection.locality import (
     ZoneInput,
     ZoneState,
     decide,
+    newly_over,
     states_from_json,
     states_to_json,
     zone_hints,
@@ -72,6 +73,47 @@ def test_a_zone_never_spills_while_within_the_margin(zones, clients, previous, p
         if was.state == LOCAL and _within(zone, zones, policy):
             assert out[zone].state == LOCAL
             assert out[zone].streak == 0
+
+
+any_states = st.dictionaries(
+    zone_names,
+    st.builds(
+        ZoneState,
+        state=st.sampled_from([LOCAL, SPILLING]),
+        reason=st.sampled_from(
+            [SLOWER_THAN_MARGIN, OVERLOADED, NO_ROUTED_PODS, NO_ZONE_TO_SPILL_TO, "WithinMargin"]
+        ),
+        streak=st.integers(0, 3),
+    ),
+    max_size=10,
+)
+
+
+@settings(max_examples=600)
+@given(zone_maps, st.sets(zone_names, max_size=4), any_states, policies)
+def test_newly_over_is_exactly_where_an_evaluation_starts_a_count(zones, clients, previous, policy):
+    """An evaluation run at once for `newly_over` zones changes them (never a wasted
+    evaluation), and every zone whose count an evaluation would start is named (none
+    waits for the interval)."""
+    out = decide(zones, clients, previous, policy)
+    named = newly_over(zones, previous, policy)
+    for zone in _served(zones):
+        was = previous.get(zone, ZoneState())
+        if was.state == SPILLING and was.reason == NO_ROUTED_PODS:
+            was = ZoneState()
+        if zone in named:
+            assert out[zone] != was
+        elif was.state == LOCAL and not was.streak and was.reason != NO_ZONE_TO_SPILL_TO:
+            assert out[zone].state == LOCAL and out[zone].streak == 0
+    assert set(named) <= _served(zones)
+
+
+def test_a_zone_kept_local_for_want_of_another_is_not_newly_over():
+    policy = LocalityPolicy(max_rif=1.0, spill_after=1)
+    zones = {"a": ZoneInput(2, 10.0, 5.0), "b": ZoneInput(2, 20.0, 5.0)}
+    states = decide(zones, (), {}, policy)
+    assert states["a"] == ZoneState(LOCAL, NO_ZONE_TO_SPILL_TO, 0)
+    assert newly_over(zones, states, policy) == []
 
 
 @settings(max_examples=400)
