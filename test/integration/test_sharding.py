@@ -134,21 +134,30 @@ async def watching_markers(kube: KubeClient, ns: str) -> AsyncIterator[Markers]:
     rv = listed.get("metadata", {}).get("resourceVersion", "")
 
     async def watch() -> None:
-        async for ev in kube.watch(AVIATORPOLICIES.path(ns), {"resourceVersion": rv}):
-            obj = ev.get("object") or {}
-            key = f"{ns}/{(obj.get('metadata') or {}).get('name')}"
-            who = holder(marker_of(obj))
-            history = markers.seen.setdefault(key, [])
-            if not history or history[-1][1] != who:
-                history.append((time.monotonic(), who))
+        version = rv
+        while True:  # the server may end a watch: go on from the last version seen
+            async for ev in kube.watch(AVIATORPOLICIES.path(ns), {"resourceVersion": version}):
+                obj = ev.get("object") or {}
+                if ev.get("type") == "ERROR":
+                    raise AssertionError(f"the watch of the markers failed: {obj}")
+                version = (obj.get("metadata") or {}).get("resourceVersion") or version
+                key = f"{ns}/{(obj.get('metadata') or {}).get('name')}"
+                who = holder(marker_of(obj))
+                history = markers.seen.setdefault(key, [])
+                if not history or history[-1][1] != who:
+                    history.append((time.monotonic(), who))
 
     task = asyncio.create_task(watch())
     try:
         yield markers
     finally:
+        # A watch that died would make every check on the markers pass on nothing.
+        failed = task.exception() if task.done() else None
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await task
+        if failed is not None:
+            raise AssertionError(f"the watch of the markers ended: {failed!r}") from failed
 
 
 @dataclass
@@ -293,7 +302,9 @@ async def test_crash_moves_policies_after_the_lease_expires_keeping_state(
                     within=LEASE_S + 30,
                     interval=0.05,
                 )
-                moved = (markers.first_taken_by(survivor, key) or 0) - crashed
+                taken = markers.first_taken_by(survivor, key)
+                assert taken is not None, ("the take was not seen", markers.seen.get(key))
+                moved = taken - crashed
                 # Not before the Lease expired (its last renewal: up to a retry period
                 # before the crash), and soon after.
                 assert LEASE_S - RETRY_S - 0.1 <= moved <= LEASE_S + RETRY_S + 3, moved
