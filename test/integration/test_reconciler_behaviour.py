@@ -40,13 +40,20 @@ DEBUG = False
 
 
 def _diff(a: Any, b: Any, path: str = "") -> list[str]:
+    """The leaves that differ, by path (lists of the same length element by element)."""
     if isinstance(a, dict) and isinstance(b, dict):
         out: list[str] = []
-        for k in set(a) | set(b):
+        for k in sorted(set(a) | set(b)):
             if k in ("managedFields", "resourceVersion"):
                 continue
             out += _diff(a.get(k), b.get(k), f"{path}.{k}")
         return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [
+            d
+            for i, (x, y) in enumerate(zip(a, b, strict=True))
+            for d in _diff(x, y, f"{path}[{i}]")
+        ]
     return [] if a == b else [f"{path}: {a!r} -> {b!r}"]
 
 
