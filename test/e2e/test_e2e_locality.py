@@ -123,26 +123,31 @@ async def two_pods_per_zone(apps: Scenario) -> dict[str, list[str]]:
     return pods
 
 
+def zoned_policy(apps: Scenario, **extra: Any) -> dict[str, Any]:
+    """The latency-aware policy over every pod of the Service (percentage 100, no
+    breaker: only locality moves traffic), with `extra` spec fields."""
+    return apps.policy(
+        "zoned",
+        targetRef={"kind": "Service", "name": SERVICE},
+        evaluationInterval=f"{INTERVAL_S:.0f}s",
+        selection={"mode": "percentage", "percentage": 100},
+        circuitBreaker={"enabled": False},
+        topology={
+            "mode": "latencyAware",
+            "marginPercent": 100,
+            "spillAfter": SPILL_AFTER,
+            "returnAfter": RETURN_AFTER,
+        },
+        **extra,
+    )
+
+
 async def test_a_slow_zone_spills_and_returns_without_flapping(
     zoned_box: BoxCluster, kube: KubeClient, namespace: str
 ) -> None:
     apps = Scenario(zoned_box, kube, namespace)
     pods = await two_pods_per_zone(apps)
-    apps.apply(
-        apps.policy(
-            "zoned",
-            targetRef={"kind": "Service", "name": SERVICE},
-            evaluationInterval=f"{INTERVAL_S:.0f}s",
-            selection={"mode": "percentage", "percentage": 100},
-            circuitBreaker={"enabled": False},
-            topology={
-                "mode": "latencyAware",
-                "marginPercent": 100,
-                "spillAfter": SPILL_AFTER,
-                "returnAfter": RETURN_AFTER,
-            },
-        )
-    )
+    apps.apply(zoned_policy(apps))
     loads = {
         zone: Load(lambda z=zone: zoned_box.zone_address(z, namespace, f"{SERVICE}-aviator"), 2)
         for zone in ZONES
@@ -223,19 +228,8 @@ async def test_a_spilling_zone_hands_its_pooled_clients_off(
     apps = Scenario(zoned_box, kube, namespace)
     pods = await two_pods_per_zone(apps)
     apps.apply(
-        apps.policy(
-            "zoned",
-            targetRef={"kind": "Service", "name": SERVICE},
-            evaluationInterval=f"{INTERVAL_S:.0f}s",
-            selection={"mode": "percentage", "percentage": 100},
-            circuitBreaker={"enabled": False},
-            routing={"mode": "takeover", "handoff": {"enabled": True, "period": "2s"}},
-            topology={
-                "mode": "latencyAware",
-                "marginPercent": 100,
-                "spillAfter": SPILL_AFTER,
-                "returnAfter": RETURN_AFTER,
-            },
+        zoned_policy(
+            apps, routing={"mode": "takeover", "handoff": {"enabled": True, "period": "2s"}}
         )
     )
     await wait_for(
