@@ -1,16 +1,16 @@
 """Latency-aware locality, in a cluster in a box of two zones (its own box: `--zones 2`,
 box-node-1 in box-a, box-node-2 in box-b).
 
-Two test-app pods per zone answer in 10 ms behind Service `web`, pinned to their
+Two test-app pods per zone answer in 40 ms behind Service `web`, pinned to their
 zone's node. The same pods are reached three ways, each by one open-loop client per
 zone (a new connection per request: hints steer new connections) through the box proxy's zone addresses (which follow zone hints as kube-proxy on
 a node of that zone does): (a) `web-aviator`, the shadow Service of an AviatorPolicy
 with `topology.mode: latencyAware` (percentage 100, so every pod is routed and only
-locality moves traffic; evaluationInterval 1 s, marginPercent 100, spillAfter 2,
+locality moves traffic; evaluationInterval 1 s, marginPercent 200, spillAfter 2,
 returnAfter 2); (b) `web-close`, a Service with `trafficDistribution: PreferClose`
 (kube-controller-manager's hints: every zone stays home, whatever its latency); (c)
 `web`, no hints (every client over every pod). After a warm-up, zone A's pods turn
-to 150 ms for 30 s (quick: 10 s), then back.
+to 400 ms for 30 s (quick: 10 s), then back.
 
 Rows: client p99 per zone and variant while both zones are fast and while A is slow
 (from a second after the spill on; ratio: zone A's p99 against PreferClose's); seconds from A's pods
@@ -53,7 +53,10 @@ ZONES = {"box-a": "box-node-1", "box-b": "box-node-2"}
 VARIANTS = {"latencyAware": "web-aviator", "PreferClose": "web-close", "no hints": "web"}
 INTERVAL_S = 1.0
 SPILL_AFTER, RETURN_AFTER = 2, 2
-SLOW = "150ms"
+# A base of a few ms would let a busy machine's scheduling delays alone triple a zone's
+# p99 (the margin) for the two evaluations a spill takes.
+BASE, SLOW = "40ms", "400ms"
+MARGIN_PERCENT = 200
 RATE_PER_S = 15.0
 
 
@@ -71,7 +74,7 @@ def run(quick: bool) -> list[Row]:
 def _manifests() -> list[dict[str, Any]]:
     docs: list[dict[str, Any]] = []
     for zone, node in ZONES.items():
-        d = deployment(f"web-{zone}", {"app": "web", "zone": zone}, 2, "10ms")
+        d = deployment(f"web-{zone}", {"app": "web", "zone": zone}, 2, BASE)
         d["spec"]["template"]["spec"]["nodeName"] = node
         docs.append(d)
     docs.append(service_manifest("web", {"app": "web"}))
@@ -128,7 +131,7 @@ async def _run(box: BoxHandle, warm_s: float, slow_s: float) -> list[Row]:
         await wait_endpoints(kube, box, NS, "web", 4)
         topology = {
             "mode": "latencyAware",
-            "marginPercent": 100,
+            "marginPercent": MARGIN_PERCENT,
             "spillAfter": SPILL_AFTER,
             "returnAfter": RETURN_AFTER,
         }

@@ -3,13 +3,13 @@ box-a, box-node-2 in box-b): two pods of one Service in each zone, a policy with
 `topology.mode: latencyAware`, and one client per zone through the box proxy's zone
 addresses (which follow zone hints as kube-proxy does). Zone A's pods fast → A's
 traffic stays in A; A's pods turned slow → A spills to B within spillAfter intervals +
-1 s; no slice write while it spills; A's pods
-recover → A's traffic returns. The client-side p99 per zone in each phase is printed
-as a benchmark row (docs/benchmarks.md).
+1 s; no slice write while it spills; A's pods recover → A's traffic returns. The
+client-side p99 per zone in each phase is printed as a benchmark row
+(docs/benchmarks.md).
 
 Hints steer new connections only: with the policy taking the Service over and
-hand-off on, a keep-alive pool in zone A moves to B's pods when A spills (A's pods
-are handed off), and loses no request."""
+hand-off on, a keep-alive pool in zone A moves to B's pods when A spills (A's pods'
+idle connections are ended), and loses no request."""
 
 from __future__ import annotations
 
@@ -36,7 +36,12 @@ SERVICE = "zoned-svc"
 ZONES = {"box-a": "box-node-1", "box-b": "box-node-2"}
 INTERVAL_S = 1.0
 SPILL_AFTER, RETURN_AFTER = 2, 2
-SLOW = "150ms"
+# Pods answer in BASE, a slow zone's in SLOW; a zone spills when its p99 is over three
+# times the other's (MARGIN_PERCENT). A base of a few ms would let a busy machine's
+# scheduling delays alone triple one zone's p99 for the two evaluations a spill takes.
+BASE, SLOW = "40ms", "400ms"
+MARGIN_PERCENT = 200
+RATE_PER_S = 10.0  # the keep-alive pool's requests
 FUNCTIONAL = REPO / "test" / "functional"
 
 
@@ -66,6 +71,9 @@ def deployment(zone: str) -> dict[str, Any]:
     doc["spec"]["selector"] = {"matchLabels": labels}
     doc["spec"]["template"]["metadata"]["labels"] = labels
     doc["spec"]["template"]["spec"]["nodeName"] = ZONES[zone]
+    (container,) = doc["spec"]["template"]["spec"]["containers"]
+    container["env"] = [e for e in container["env"] if e["name"] != "LATENCY"]
+    container["env"].append({"name": "LATENCY", "value": BASE})
     return doc
 
 
@@ -134,7 +142,7 @@ def zoned_policy(apps: Scenario, **extra: Any) -> dict[str, Any]:
         circuitBreaker={"enabled": False},
         topology={
             "mode": "latencyAware",
-            "marginPercent": 100,
+            "marginPercent": MARGIN_PERCENT,
             "spillAfter": SPILL_AFTER,
             "returnAfter": RETURN_AFTER,
         },
@@ -195,7 +203,7 @@ async def test_a_slow_zone_spills_and_returns_without_flapping(
 
         # Phase 3: A recovers; its traffic returns (after returnAfter evaluations).
         for pod in pods["box-a"]:
-            zoned_box.set_pod_latency(namespace, pod, None)
+            zoned_box.set_pod_latency(namespace, pod, BASE)
         _, back = await wait_for(
             "box-a's traffic to return",
             lambda: slices(kube, namespace),
@@ -216,7 +224,7 @@ async def test_a_slow_zone_spills_and_returns_without_flapping(
             cells = "  ".join(f"{z}: {summary[z].p99_ms:.1f} ms p99" for z in ZONES)
             print(f"locality bench | {phase} | {cells}")
         # A spilled serves A's clients from B's fast pods: far below the slow pods' latency.
-        assert (spilling["box-a"].p99_ms or 0) < 100
+        assert (spilling["box-a"].p99_ms or 0) < _ms(SLOW) / 2
     finally:
         for load in loads.values():
             await load.stop()
@@ -240,10 +248,12 @@ async def test_a_spilling_zone_hands_its_pooled_clients_off(
     )
     address = zoned_box.zone_address("box-a", namespace, SERVICE)
     assert address is not None
-    # Generous: a request queued behind a slow pod (150 ms) must not time out.
+    # Generous: a request queued behind a slow pod (SLOW) must not time out.
     pool = KeepAlivePool(lambda: address, size=8, timeout_s=10.0)
     done = asyncio.Event()  # traffic runs until the checks are over (bounded: 180 s)
-    traffic = asyncio.get_running_loop().create_task(pool.run(30, 180.0, stop=done))
+    # Hand-off ends idle connections only: at RATE_PER_S, even on A's slow pods, some
+    # 4 of the 8 are busy at a time (a rate that kept all 8 busy would move nothing).
+    traffic = asyncio.get_running_loop().create_task(pool.run(RATE_PER_S, 180.0, stop=done))
     try:
         await wait_for(
             "box-a's pool to hold connections to box-a's pods",
@@ -297,6 +307,10 @@ async def test_a_spilling_zone_hands_its_pooled_clients_off(
 
 async def _served(pool: KeepAlivePool) -> set[str | None]:
     return {s.served_by for s in pool.samples}
+
+
+def _ms(duration: str) -> float:
+    return float(duration.removesuffix("ms"))
 
 
 async def _after(start: float, seconds: float) -> bool:
