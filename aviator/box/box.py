@@ -33,7 +33,7 @@ from aviator.box.netns import POD_NETWORKS, BoxNetwork
 from aviator.box.nodes import BoxNodes, node_names
 from aviator.box.proxy import BoxProxy, relay
 from aviator.box.readiness import agents_ready, stream_ca
-from aviator.box.realnode import RealNode, pod_cidr
+from aviator.box.realnode import REAL_NODE, RealNode, pod_cidr
 from aviator.box.realnode import unavailable as real_node_unavailable
 from aviator.box.runtime import PodRuntime
 from aviator.box.state import remove_status, write_status
@@ -116,10 +116,13 @@ class Box:
             reason = real_node_unavailable(self.options.bin_dir)
             if reason:
                 raise RuntimeError(reason)
+        elif self.options.nodes < 1:
+            raise RuntimeError("the box needs a node: --nodes 1 or more, or --real-node")
         await self._start_control_plane()
         self.client = await KubeClient.load(str(self.inner_kubeconfig))
         names = node_names(self.options.nodes)
-        self.progress(f"registering nodes {', '.join(names)}")
+        if names:
+            self.progress(f"registering nodes {', '.join(names)}")
         self.nodes = BoxNodes(self.client, names, zones=self.options.zones)
         await self.nodes.register()
         self.runtime = PodRuntime(
@@ -128,6 +131,7 @@ class Box:
             self.workdir / "pods",
             AddressPool(*self.network.pods.pod_range),
             probe_from=self.network.pods.node_address,
+            real_nodes=(REAL_NODE,) if self.options.real_node else (),
         )
         await self.runtime.start()
         zones = sorted(set(self.nodes.zones.values())) if self.options.zones > 1 else []
@@ -140,17 +144,22 @@ class Box:
             asyncio.create_task(self._status_loop(), name="status file"),
         ]
         self.progress("pod runtime and service proxy running")
-        if self.options.proxy == "kube-proxy":
-            await self._start_kube_proxy(names[0])
+        # The real node first: without box nodes kube-proxy runs as the real node, and
+        # its /healthz fails until that Node exists ("nodeEligible": false).
         if self.options.real_node:
             await self._start_real_node()
+        if self.options.proxy == "kube-proxy":
+            await self._start_kube_proxy(names[0] if names else REAL_NODE)
         if self.options.aviator:
             await self.start_aviator()
         self.phase = "running"
         self._write_status()
 
     async def _start_control_plane(self) -> None:
-        cp = ControlPlane(bin_dir=self.options.bin_dir)
+        # Pods in network namespaces of their own reach the API server (the `kubernetes`
+        # Service) at the node's address; the box's own processes keep using loopback.
+        advertise = self.network.pods.gateway.split("/")[0] if self.options.real_node else None
+        cp = ControlPlane(bin_dir=self.options.bin_dir, advertise_address=advertise)
         self.control_plane = cp
         began = time.monotonic()
         self.progress("starting the control plane: etcd, kube-apiserver, kube-controller-manager")
@@ -184,6 +193,7 @@ class Box:
         began = time.monotonic()
         images_dir = binary("kubelet", self.options.bin_dir).parent / "images"
         images = sorted(images_dir.glob("*.tar"))
+        assert self.control_plane is not None
         node = RealNode(
             self.workdir,
             self.inner_kubeconfig,
@@ -191,6 +201,7 @@ class Box:
             pod_cidr(POD_NETWORKS.index(self.network.pods.cidr)),
             images,
             self.options.bin_dir,
+            client_ca=self.control_plane.ca_file,
         )
         self.real_node = node
         self.components["containerd"] = node.containerd

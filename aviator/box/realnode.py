@@ -27,12 +27,14 @@ import ipaddress
 import json
 import shutil
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from aviator.box import capabilities
 from aviator.box.components import Component
 from aviator.testing.controlplane import ControlPlaneError, binary
 
@@ -51,7 +53,8 @@ def pod_cidr(network_index: int) -> ipaddress.IPv4Network:
 
 
 def containerd_config(workdir: Path) -> str:
-    """containerd 1.6 configuration (TOML, version 2), everything under workdir."""
+    """containerd 1.6 configuration (TOML, version 2), everything under workdir; runc is
+    the script `runc_wrapper` writes (capabilities.py)."""
     return "\n".join(
         [
             "version = 2",
@@ -69,6 +72,7 @@ def containerd_config(workdir: Path) -> str:
             '      runtime_type = "io.containerd.runc.v2"',
             '      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]',
             "        SystemdCgroup = false",
+            f'        BinaryName = "{workdir / "runc"}"',
             '  [plugins."io.containerd.grpc.v1.cri".cni]',
             f'    bin_dir = "{CNI_BIN_DIR}"',
             f'    conf_dir = "{workdir / "cni"}"',
@@ -104,16 +108,23 @@ def cni_conflist(cidr: ipaddress.IPv4Network) -> dict[str, Any]:
     }
 
 
-def kubelet_config(workdir: Path) -> dict[str, Any]:
+def kubelet_config(workdir: Path, node_ip: str, client_ca: Path) -> dict[str, Any]:
     return {
         "apiVersion": "kubelet.config.k8s.io/v1beta1",
         "kind": "KubeletConfiguration",
         "failCgroupV1": False,  # kubelet 1.35 refuses cgroup v1 otherwise
         "cgroupDriver": "cgroupfs",
         "containerRuntimeEndpoint": f"unix://{socket_path(workdir)}",
-        "authentication": {"anonymous": {"enabled": False}, "webhook": {"enabled": False}},
+        # The API server (`kubectl logs`, `exec`) presents a certificate of the cluster CA.
+        "authentication": {
+            "anonymous": {"enabled": False},
+            "webhook": {"enabled": False},
+            "x509": {"clientCAFile": str(client_ca)},
+        },
         "authorization": {"mode": "AlwaysAllow"},
-        "address": "127.0.0.1",
+        "address": node_ip,
+        # Container logs stay in the workdir (the default is the machine's /var/log/pods).
+        "podLogsDir": str(workdir / "pod-logs"),
         "readOnlyPort": 0,
         "healthzBindAddress": "127.0.0.1",
         "failSwapOn": False,
@@ -152,14 +163,20 @@ class RealNode:
         cidr: ipaddress.IPv4Network,
         images: list[Path],
         bin_dir: Path | None,
+        client_ca: Path,
     ) -> None:
         self.workdir = workdir / "node"
         self.images = images
-        for sub in ("cni", "root", "state", "kubelet"):
+        for sub in ("cni", "root", "state", "kubelet", "pod-logs"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         (self.workdir / "containerd.toml").write_text(containerd_config(self.workdir))
+        runc = self.workdir / "runc"
+        runc.write_text(capabilities.wrapper(sys.executable, workdir / "logs" / "runc.log"))
+        runc.chmod(0o755)
         (self.workdir / "cni" / "10-box.conflist").write_text(json.dumps(cni_conflist(cidr)))
-        (self.workdir / "kubelet.yaml").write_text(yaml.safe_dump(kubelet_config(self.workdir)))
+        (self.workdir / "kubelet.yaml").write_text(
+            yaml.safe_dump(kubelet_config(self.workdir, node_ip, client_ca))
+        )
         logs = workdir / "logs"
         self.containerd = Component(
             "containerd",

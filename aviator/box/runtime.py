@@ -1,7 +1,8 @@
 """The box pod runtime: what a scheduler plus a kubelet would do, for local processes.
 
 It watches every Pod. A pending pod without a node is bound (Binding subresource,
-round-robin) to a box node. A pod on a box node gets its own address in the box
+round-robin over the nodes its spec allows, scheduling.py) to a box node, or to a
+real node the box also runs (whose kubelet then runs it). A pod on a box node gets its own address in the box
 network (the /16 the box claimed, 10.244.x.y for the first box: see netns.py) and its containers run as local processes
 listening there (each container also gets CONTROL_FILE, a file the test app reads
 its run-time settings from, so tests can turn a pod slow and back); its status
@@ -18,7 +19,6 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import replace
-from itertools import cycle
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from aviator.box.podstatus import (
     unsupported_container_statuses,
     unsupported_status,
 )
+from aviator.box.scheduling import eligible_nodes
 from aviator.kube.client import ApiError, KubeClient
 from aviator.kube.resources import PODS
 
@@ -54,16 +55,19 @@ class PodRuntime:
         pool: AddressPool,
         argv_for: Callable[[str], list[str] | None] | None = None,
         probe_from: str | None = None,
+        real_nodes: tuple[str, ...] = (),
     ) -> None:
         self.client = client
         self.nodes = list(nodes)
+        # Pods are bound to these too, and left to their kubelet.
+        self.schedulable = [*self.nodes, *real_nodes]
         self.log_dir = log_dir
         self.pool = pool
         # The node's address readiness probes are sent from (None: the system's choice).
         self.probe_from = probe_from
         self.argv_for = argv_for or (lambda _image: None)
         self.workers: dict[str, PodWorker] = {}  # by pod uid
-        self._next_node = cycle(self.nodes)
+        self._bound = 0
         self._mirror = Mirror(client, PODS, self._on_event)
         self._task: asyncio.Task[None] | None = None
         self.background: set[asyncio.Task[None]] = set()
@@ -86,8 +90,14 @@ class PodRuntime:
     def pod_ips(self) -> dict[str, str]:
         return {w.key: w.pod_ip for w in self.workers.values() if w.pod_ip}
 
-    def next_node(self) -> str:
-        return next(self._next_node)
+    def next_node(self, spec: Obj) -> str | None:
+        """Round robin over the nodes `spec` allows; None: no node does."""
+        nodes = eligible_nodes(spec, self.schedulable)
+        if not nodes:
+            return None
+        node = nodes[self._bound % len(nodes)]
+        self._bound += 1
+        return node
 
     def _mine(self, pod: Obj) -> bool:
         spec = pod.get("spec", {})
@@ -220,7 +230,10 @@ class PodWorker:
         node: str | None = spec.get("nodeName")
         if node:
             return node
-        node = self.runtime.next_node()
+        node = self.runtime.next_node(spec)
+        if node is None:
+            log.warning("pod %s: no box node matches its node selection; left pending", self.key)
+            return None
         meta = self.pod["metadata"]
         binding = {
             "apiVersion": "v1",
@@ -237,9 +250,10 @@ class PodWorker:
                 return None
             if not err.conflict:
                 raise
-            return str(self.pod.get("spec", {}).get("nodeName") or node)
+            node = str(self.pod.get("spec", {}).get("nodeName") or node)
         self.pod.setdefault("spec", {})["nodeName"] = node
-        return node
+        # A real node's kubelet takes it from here.
+        return node if node in self.runtime.nodes else None
 
     def _ports_wanted(self) -> list[int]:
         ports = [

@@ -40,11 +40,14 @@ BIN_DIR_ENV = "AVIATOR_BIN_DIR"
 SERVICE_CIDR = "10.0.0.0/24"  # the API server's ClusterIP range
 FRONT_PROXY_CLIENT = "front-proxy-client"  # the aggregator's client certificate's name
 
-# The controllers a box needs: workloads become pods, Services get EndpointSlices,
-# owners are garbage-collected, namespaces are emptied, every namespace gets its
-# default ServiceAccount (pods are refused without it), and HorizontalPodAutoscalers
-# scale (on the external metrics API Aviator's controller serves, docs/autoscaling.md).
+# The controllers a box needs: workloads become pods (DaemonSets too: one pod per
+# node), Services get EndpointSlices, owners are garbage-collected, namespaces are
+# emptied, every namespace gets its default ServiceAccount (pods are refused without
+# it) and the `kube-root-ca.crt` ConfigMap (a kubelet mounting a pod's
+# ServiceAccount token waits for it), and HorizontalPodAutoscalers scale (on the
+# external metrics API Aviator's controller serves, docs/autoscaling.md).
 CONTROLLERS = (
+    "daemonset-controller",
     "deployment-controller",
     "horizontal-pod-autoscaler-controller",
     "replicaset-controller",
@@ -52,6 +55,7 @@ CONTROLLERS = (
     "garbage-collector-controller",
     "namespace-controller",
     "serviceaccount-controller",
+    "root-ca-certificate-publisher-controller",
 )
 
 # Every request of Aviator's own ServiceAccounts is logged (so tests can prove RBAC
@@ -158,6 +162,10 @@ class ControlPlane:
     workdir: Path | None = None
     controllers: bool = True
     bin_dir: Path | None = None  # None: see binary()
+    # The API server's address for pods in network namespaces of their own (the
+    # `kubernetes` Service's endpoint, in the serving certificate): it then listens on
+    # every address of its network namespace. None: loopback only.
+    advertise_address: str | None = None
     startup_timeout_s: float = 90.0
     kubeconfig: Path = field(init=False)
     server: str = field(init=False, default="")
@@ -218,6 +226,11 @@ class ControlPlane:
         self._components["kube-apiserver"].stop(grace_s=3.0)
         self._start_and_wait("kube-apiserver", self._apiserver_ready)
 
+    @property
+    def ca_file(self) -> Path:
+        """The cluster CA (it signs the API server's and the admin's certificates)."""
+        return self._ca
+
     def running(self) -> dict[str, bool]:
         return {name: comp.alive() for name, comp in self._components.items()}
 
@@ -277,6 +290,7 @@ class ControlPlane:
                 "kubernetes.default",
                 "kubernetes.default.svc",
                 "kubernetes.default.svc.cluster.local",
+                *([self.advertise_address] if self.advertise_address else []),
             ),
         )
         self._admin = ca.issue("admin", "admin", organization="system:masters", client=True)
@@ -320,8 +334,8 @@ class ControlPlane:
             [
                 str(binary("kube-apiserver", self.bin_dir)),
                 f"--etcd-servers={self.etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={'0.0.0.0' if self.advertise_address else '127.0.0.1'}",
+                f"--advertise-address={self.advertise_address or '127.0.0.1'}",
                 f"--secure-port={api_port}",
                 f"--tls-cert-file={serving.cert}",
                 f"--tls-private-key-file={serving.key}",
@@ -339,6 +353,11 @@ class ControlPlane:
                 f"--proxy-client-cert-file={proxy_client.cert}",
                 f"--proxy-client-key-file={proxy_client.key}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
+                # `kubectl logs/exec` through a real node's kubelet, found by its address
+                # (no DNS for node names here).
+                f"--kubelet-client-certificate={self._admin.cert}",
+                f"--kubelet-client-key={self._admin.key}",
+                "--kubelet-preferred-address-types=InternalIP,Hostname",
                 "--allow-privileged=true",
                 "--profiling=false",
                 f"--audit-policy-file={audit_policy}",

@@ -37,13 +37,20 @@ def test_containerd_config_keeps_everything_under_the_workdir(tmp_path: Path) ->
     assert cri["restrict_oom_score_adj"] is True
     assert cri["containerd"]["runtimes"]["runc"]["options"]["SystemdCgroup"] is False
     assert cri["cni"]["conf_dir"] == str(tmp_path / "cni")
+    # runc through the script that drops what the machine cannot grant (capabilities.py).
+    runc = cri["containerd"]["runtimes"]["runc"]["options"]["BinaryName"]
+    assert runc == str(tmp_path / "runc")
 
 
 def test_cni_and_kubelet_config(tmp_path: Path) -> None:
     net = cni_conflist(ipaddress.IPv4Network("172.17.0.0/16"))
     assert [p["type"] for p in net["plugins"]] == ["bridge", "portmap", "loopback"]
     assert net["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "172.17.0.0/16"}]]
-    kubelet = kubelet_config(tmp_path)
+    kubelet = kubelet_config(tmp_path, "10.244.0.1", tmp_path / "ca.crt")
     assert kubelet["failCgroupV1"] is False
     assert kubelet["cgroupDriver"] == "cgroupfs"
     assert kubelet["containerRuntimeEndpoint"] == f"unix://{socket_path(tmp_path)}"
+    # The API server reaches it at the node's address with a certificate of the cluster CA.
+    assert kubelet["address"] == "10.244.0.1"
+    assert kubelet["authentication"]["x509"]["clientCAFile"] == str(tmp_path / "ca.crt")
+    assert kubelet["podLogsDir"].startswith(str(tmp_path))
