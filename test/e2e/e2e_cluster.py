@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from aviator.box.process import BoxProcess
+from aviator.box.traffic import Connector
 
 REPO = Path(__file__).resolve().parents[2]
 Address = tuple[str, int]
@@ -57,8 +58,12 @@ class Cluster(Protocol):
 
     def kill_controller(self) -> None: ...
 
+    def connector(self) -> Connector | None:
+        """How a client opens a connection to `address()`; None: a plain connect."""
+        ...
 
-def _kubectl_binary() -> str:
+
+def kubectl_binary() -> str:
     local = REPO / "bin" / "kubectl"
     return str(local) if local.exists() else (shutil.which("kubectl") or "kubectl")
 
@@ -66,7 +71,7 @@ def _kubectl_binary() -> str:
 def run_kubectl(
     kubeconfig: Path, *args: str, input: str | None = None, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    argv = [_kubectl_binary(), "--kubeconfig", str(kubeconfig), *args]
+    argv = [kubectl_binary(), "--kubeconfig", str(kubeconfig), *args]
     result = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=120)
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
@@ -106,6 +111,9 @@ class BoxCluster(BoxProcess):
     def controller_pid(self) -> int | None:
         pid = self.component("controller").get("pid")
         return int(pid) if pid else None
+
+    def connector(self) -> Connector | None:
+        return None  # the box proxy's addresses are on the host's loopback
 
     def kill_controller(self) -> None:
         pid = self.controller_pid()
@@ -211,7 +219,7 @@ class KindCluster:
         port = 30000 + len(self._forwards)
         proc = subprocess.Popen(
             [
-                _kubectl_binary(),
+                kubectl_binary(),
                 "--kubeconfig",
                 str(self.kubeconfig),
                 "-n",
@@ -243,6 +251,9 @@ class KindCluster:
 
     def controller_pid(self) -> int | None:
         return None
+
+    def connector(self) -> Connector | None:
+        return None  # the relay's port-forward is on the host's loopback
 
     def kill_controller(self) -> None:
         self.kubectl(

@@ -27,7 +27,7 @@ class InBox:
         os.close(self._box)
         os.close(self._own)
 
-    def _socket(self) -> socket.socket:
+    def new_socket(self) -> socket.socket:
         # Only this thread switches, and only while it creates the socket: a socket
         # belongs to the namespace it was made in.
         if _libc.setns(self._box, _CLONE_NEWNET) != 0:
@@ -39,7 +39,7 @@ class InBox:
                 raise OSError(ctypes.get_errno(), "setns(back)")
 
     async def connect(self, address: Address) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        sock = self._socket()
+        sock = self.new_socket()
         sock.setblocking(False)
         try:
             await asyncio.get_running_loop().sock_connect(sock, address)

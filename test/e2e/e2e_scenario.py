@@ -115,7 +115,12 @@ class Scenario:
         self.kubectl("apply", "-f", "-", input=json.dumps(obj))
 
     def load(self, service: str, concurrency: int = 4) -> Load:
-        load = Load(lambda: self.cluster.address(self.ns, service), concurrency=concurrency)
+        connect = self.cluster.connector()
+        load = Load(
+            lambda: self.cluster.address(self.ns, service),
+            concurrency=concurrency,
+            **({"connect": connect} if connect else {}),
+        )
         load.start()
         self.loads.append(load)
         return load

@@ -1,0 +1,215 @@
+"""Aviator from its own images and manifests on the box's real node (e2e_real_node.py):
+`make deploy-all` runs the controller Deployment (2 replicas, leader election) and the
+agent DaemonSet (eBPF in a container with the manifest's capabilities and host
+mounts); the quick-start apps run in network namespaces of their own; clients reach
+the Services' ClusterIPs through the real kube-proxy.
+
+Skips, saying why, where the node components or images are missing (`make
+node-components images`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from e2e_real_node import AVIATOR_NS, RealNodeCluster, unavailable
+from e2e_scenario import SHADOW, TARGET, Scenario, deployed_quickstart, wait_for
+
+from aviator.kube.client import KubeClient
+
+pytestmark = pytest.mark.e2e
+
+CONVERGE_S = 45.0  # generous: every pod, Aviator included, shares the node's 2 cores
+FAST_P99_MS = 250.0  # well under a slow pod's 500 ms (see test_e2e_scenarios.py)
+LEASE_DURATION_S, RETRY_PERIOD_S = 15.0, 2.0  # the controller's defaults
+
+
+@pytest.fixture(scope="module")
+def real_cluster() -> Iterator[RealNodeCluster]:
+    reason = unavailable()
+    if reason:
+        pytest.skip(reason)
+    began = time.monotonic()
+    cluster = RealNodeCluster().start()
+    try:
+        up = time.monotonic() - began
+        took = cluster.deploy_aviator()
+        print(f"real node: box up in {up:.0f}s, make deploy-all + rollouts in {took:.0f}s")
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def api_server(real_cluster: RealNodeCluster) -> RealNodeCluster:
+    """`kube` and `namespace` on this module's box."""
+    return real_cluster
+
+
+@pytest.fixture
+async def quickstart(
+    real_cluster: RealNodeCluster, kube: KubeClient, namespace: str
+) -> AsyncIterator[Scenario]:
+    async with deployed_quickstart(real_cluster, kube, namespace) as scenario:
+        yield scenario
+
+
+def real(scenario: Scenario) -> RealNodeCluster:
+    assert isinstance(scenario.cluster, RealNodeCluster)
+    return scenario.cluster
+
+
+def status(policy: dict[str, Any] | None) -> dict[str, Any]:
+    return (policy or {}).get("status") or {}
+
+
+def measured(policy: dict[str, Any] | None, pods: set[str]) -> bool:
+    """The policy reads eBPF data, with samples for each of `pods`."""
+    st = status(policy)
+    samples = {p["name"]: p.get("samples", 0) for p in st.get("pods", [])}
+    return st.get("source") == "ebpf" and all(samples.get(p, 0) > 0 for p in pods)
+
+
+async def test_quickstart_routes_to_fast_pods_measured_by_ebpf(quickstart: Scenario) -> None:
+    """The quick-start on the real node: the shadow Service's ClusterIP converges to the
+    fast pods, client p99 drops, and the agent in its container measured the pods (in
+    network namespaces of their own) with eBPF."""
+    before = await quickstart.measure(TARGET, seconds=4)
+    assert before.errors == 0, before
+    assert before.p99_ms is not None and before.p99_ms > 400, before
+
+    quickstart.apply(quickstart.policy(latencySource="ebpf"))
+    took = await quickstart.converge_to_fast(SHADOW, timeout_s=CONVERGE_S)
+    after = await quickstart.measure(SHADOW, seconds=4)
+    assert after.errors == 0, after
+    fast = await quickstart.pods("fast")
+    assert set(after.by_pod) <= fast, after
+    assert after.p99_ms is not None and after.p99_ms < FAST_P99_MS, after
+
+    await wait_for(
+        "the policy to show eBPF samples of both fast pods",
+        quickstart.avp,
+        lambda p: measured(p, fast) and status(p).get("activePods") == 2,
+        timeout_s=CONVERGE_S,
+    )
+    print(
+        f"real node quick-start: converged in {took:.1f}s; "
+        f"p99 {before.p99_ms:.0f} -> {after.p99_ms:.0f} ms"
+    )
+
+
+async def test_a_fast_pod_turning_slow_is_ejected_and_readmitted(quickstart: Scenario) -> None:
+    quickstart.apply(
+        quickstart.policy(
+            latencySource="ebpf",
+            circuitBreaker={
+                "enabled": True,
+                "p99Threshold": "750ms",
+                "consecutiveViolations": 2,
+                "recoveryInterval": "3s",
+            },
+            dampening={"enabled": False},
+        )
+    )
+    await quickstart.converge_to_fast(SHADOW, timeout_s=CONVERGE_S)
+    victim, healthy = sorted(await quickstart.pods("fast"))
+    load = quickstart.load(SHADOW)
+
+    quickstart.cluster.set_pod_latency(quickstart.ns, victim, "2s")
+    await wait_for(
+        f"{victim} to be ejected from {SHADOW}",
+        quickstart.avp,
+        lambda p: victim in status(p).get("ejectedPods", []),
+        timeout_s=CONVERGE_S,
+    )
+    routed = await quickstart.routed(SHADOW)
+    assert victim not in routed and healthy in routed, routed
+    await quickstart.proxy_follows(SHADOW)
+    window = await load.started_window(load.mark(), count=20, timeout_s=CONVERGE_S)
+    assert victim not in window.by_pod, window
+
+    quickstart.cluster.set_pod_latency(quickstart.ns, victim, None)
+    await wait_for(
+        f"{victim} to be readmitted to {SHADOW}",
+        lambda: quickstart.routed(SHADOW),
+        lambda pods: victim in pods,
+        timeout_s=CONVERGE_S * 2,  # recovery probes, then a fresh window of samples
+    )
+
+
+async def test_killing_the_leader_pod_fails_over_with_routing_unchanged(
+    quickstart: Scenario,
+) -> None:
+    cluster = real(quickstart)
+    quickstart.apply(quickstart.policy(latencySource="ebpf"))
+    await quickstart.converge_to_fast(SHADOW, timeout_s=CONVERGE_S)
+    fast = await quickstart.pods("fast")
+    load = quickstart.load(SHADOW, concurrency=2)
+    leader = cluster.leader()
+
+    killed = time.monotonic()
+    cluster.kill_controller()
+    new, took = await wait_for(
+        "another controller pod to take the Lease",
+        lambda: asyncio.to_thread(cluster.leader),
+        lambda holder: holder != leader,
+        timeout_s=LEASE_DURATION_S + RETRY_PERIOD_S + 30,
+    )
+    failover_s = time.monotonic() - killed
+    assert await quickstart.routed(SHADOW) == fast
+    # The new leader evaluates: the policy's status moves on under it.
+    began = (status(await quickstart.avp()).get("lastEvaluationTime")) or ""
+    await wait_for(
+        "the new leader to evaluate the policy",
+        quickstart.avp,
+        lambda p: (status(p).get("lastEvaluationTime") or "") > began,
+        timeout_s=CONVERGE_S,
+    )
+    assert await quickstart.routed(SHADOW) == fast
+    summary = load.summary()
+    assert summary.errors == 0 and set(summary.by_pod) <= fast, summary
+    # Deployment replaces the killed pod.
+    cluster.kubectl(
+        "-n", AVIATOR_NS, "rollout", "status", "deployment/aviator-controller", "--timeout=120s"
+    )
+    print(
+        f"leader {leader} killed: {new} leads after {failover_s:.1f}s (lease seen in {took:.1f}s)"
+    )
+    assert failover_s < LEASE_DURATION_S + RETRY_PERIOD_S + 10, failover_s
+
+
+async def test_restarting_the_agent_pod_keeps_routing_and_resumes_measuring(
+    quickstart: Scenario,
+) -> None:
+    cluster = real(quickstart)
+    quickstart.apply(quickstart.policy(latencySource="ebpf"))
+    await quickstart.converge_to_fast(SHADOW, timeout_s=CONVERGE_S)
+    fast = await quickstart.pods("fast")
+    load = quickstart.load(SHADOW, concurrency=2)
+    await wait_for(
+        "eBPF samples of both fast pods", quickstart.avp, lambda p: measured(p, fast), CONVERGE_S
+    )
+
+    cluster.kubectl("-n", AVIATOR_NS, "delete", "pod", "-l", "app.kubernetes.io/name=aviator-agent")
+    cluster.kubectl(
+        "-n", AVIATOR_NS, "rollout", "status", "daemonset/aviator-agent", "--timeout=180s"
+    )
+    restarted = time.monotonic()
+    assert await quickstart.routed(SHADOW) == fast
+    # Measurement resumes: the new agent's samples reach the policy again.
+    mark = load.mark()
+    await wait_for(
+        "eBPF samples from the new agent",
+        quickstart.avp,
+        lambda p: measured(p, fast) and time.monotonic() - restarted > 2,
+        timeout_s=CONVERGE_S,
+    )
+    assert await quickstart.routed(SHADOW) == fast
+    window = load.summary(since=mark)
+    assert window.errors == 0 and set(window.by_pod) <= fast, window
+    logs = cluster.logs(AVIATOR_NS, "app.kubernetes.io/name=aviator-agent")
+    assert "source ebpf" in logs, logs[-2000:]
