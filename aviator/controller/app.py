@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import secrets
 import socket
 import ssl
 import time
@@ -80,7 +81,12 @@ AGGREGATION_CHECK_EVERY_S = 600.0  # the front proxy's CA and the APIService's c
 
 
 def default_identity() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+    """`<hostname>-<pid>-<random>`: unique per process. In a container the pid is the
+    same after every restart (often 1), so without the random part a crashed leader's
+    restarted container would find its own name in the Lease and lead again at once,
+    cold (no latency data yet), instead of waiting out the Lease while the warm standby
+    takes over."""
+    return f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
 
 
 @dataclass

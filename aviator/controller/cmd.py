@@ -47,7 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="namespace of the leader-election Lease (default: $POD_NAMESPACE or aviator-system)",
     )
     parser.add_argument(
-        "--id", default=default_identity(), help="identity in the Lease (default: hostname-pid)"
+        "--id",
+        default=default_identity(),
+        help="identity in the Lease (default: hostname-pid-random, unique per process)",
     )
     # `--leader-elect`, `--leader-elect=false` and `--no-leader-elect` all work.
     parser.add_argument(

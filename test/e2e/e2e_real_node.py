@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
 
 from e2e_cluster import REPO, Address, BoxCluster, kubectl_binary
@@ -126,19 +128,42 @@ class RealNodeCluster(BoxCluster):
         return None  # the controller is a pod: see leader()
 
     def kill_controller(self) -> None:
-        """Force-delete the leader's pod: its process is killed, its Lease not released."""
+        """Force-delete the leader's pod (the kubelet stops it: SIGTERM, then SIGKILL)."""
         self.kubectl(
             "-n", AVIATOR_NS, "delete", "pod", self.leader(), "--grace-period=0", "--force"
         )
 
+    def crash_leader(self) -> str:
+        """SIGKILL the leader's process (its container restarts in the same pod; the
+        Lease is not released); the pod's name."""
+        leader = self.leader()
+        container = self.pod(AVIATOR_NS, leader)["status"]["containerStatuses"][0]
+        cid = str(container["containerID"]).split("://", 1)[1]
+        node = Path(self.status(fresh=True)["workdir"]) / "node"
+        tasks = subprocess.run(
+            ["ctr", "--address", str(node / "containerd.sock"), "-n", "k8s.io", "tasks", "ls"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout
+        (pid,) = [line.split()[1] for line in tasks.splitlines() if line.startswith(cid)]
+        os.kill(int(pid), signal.SIGKILL)
+        return leader
+
     # -- helpers ---------------------------------------------------------------------
 
     def leader(self) -> str:
-        """The pod holding the controller's Lease (its identity is `<hostname>-<pid>`)."""
-        lease = json.loads(
-            self.kubectl("-n", AVIATOR_NS, "get", "lease", LEASE, "-o", "json").stdout
-        )
-        return str(lease["spec"]["holderIdentity"]).rsplit("-", 1)[0]
+        """The pod holding the controller's Lease ("" while none does); the identity is
+        `<hostname>-<pid>-<random>`, and a pod's hostname is its name."""
+        return self.lease()[0]
+
+    def lease(self) -> tuple[str, str]:
+        """The Lease's holder pod ("" when released) and its renewTime."""
+        got = self.kubectl("-n", AVIATOR_NS, "get", "lease", LEASE, "-o", "json")
+        spec = json.loads(got.stdout)["spec"]
+        holder = str(spec.get("holderIdentity") or "")
+        return holder.rsplit("-", 2)[0] if holder else "", str(spec.get("renewTime") or "")
 
     def pod(self, namespace: str, name: str) -> dict[str, Any]:
         got: dict[str, Any] = json.loads(

@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 
 import pytest
 
+from aviator.controller.app import default_identity
 from aviator.controller.cmd import add_arguments, options_from
 
 
@@ -63,3 +66,11 @@ def test_bad_values_are_refused() -> None:
 )
 def test_sharding_is_off_unless_asked(argv: tuple[str, ...], sharding: bool) -> None:
     assert options_from(parse(*argv)).sharding is sharding
+
+
+def test_the_default_identity_is_unique_per_process_even_with_the_same_pid() -> None:
+    # A restarted container has the same hostname and pid (often 1): its identity must
+    # differ, or it would resume the Lease it held before the crash, cold.
+    first, second = default_identity(), default_identity()
+    assert first != second
+    assert first.startswith(f"{socket.gethostname()}-{os.getpid()}-")
