@@ -38,7 +38,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     def starting(p: argparse.ArgumentParser) -> None:
         common(p)
-        p.add_argument("--nodes", type=int, default=2, help="number of box nodes (default 2)")
+        p.add_argument(
+            "--nodes",
+            type=int,
+            default=2,
+            help="number of box nodes (default 2; 0 with --real-node: the real node only)",
+        )
         p.add_argument(
             "--zones",
             type=int,

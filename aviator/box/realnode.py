@@ -6,8 +6,12 @@ images from containerd, into which the box imports the OCI archives `make images
 built (no registry: every image is `imagePullPolicy: Never` in effect, and a manifest's
 `name:tag` is tagged `docker.io/library/name:tag` as the kubelet asks for it).
 The box's simulated runtime leaves the real node's pods alone (it runs only pods bound
-to box nodes), so a pod lands here with `spec.nodeName: REAL_NODE` (or a nodeSelector
-on its hostname label, once a scheduler binds it).
+to box nodes); a pod lands here with `spec.nodeName: REAL_NODE`, or when the box's
+binder picks this node (scheduling.py: the only one with `--nodes 0`).
+
+The API server reaches the kubelet at the node's address (`kubectl logs`, `exec`) with
+a certificate of the cluster CA; container logs stay in the workdir; runc is
+capabilities.py's wrapper (a container-hosted machine may lack capabilities).
 
 Facts of a container-hosted machine the configuration answers:
 - processes must not get a lower OOM score than their parent (containerd
