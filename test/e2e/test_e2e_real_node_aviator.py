@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+import test_e2e_scenarios as scenarios
 from e2e_real_node import AVIATOR_NS, RealNodeCluster, unavailable
 from e2e_scenario import SHADOW, TARGET, Scenario, deployed_quickstart, wait_for
 
@@ -144,51 +145,63 @@ async def test_a_fast_pod_turning_slow_is_ejected_and_readmitted(quickstart: Sce
     )
 
 
-async def test_killing_the_leader_fails_over_with_routing_unchanged(
+async def test_deleting_the_leader_pod_fails_over_with_routing_unchanged(
     quickstart: Scenario,
 ) -> None:
-    """The leader's pod force-deleted (it stops and releases its Lease: the other
-    replica leads), then the leader's process SIGKILLed (its container restarts in the
-    same pod): each time a controller leads again within LeaseDuration + RetryPeriod,
-    evaluates, and the shadow Service keeps the fast pods throughout."""
+    """The leader's pod force-deleted: it stops and releases its Lease, and the other
+    replica leads at once."""
+    leader, new = await _fail_over(quickstart, "pod deleted", _delete_leader)
+    assert new != leader
+
+
+async def test_killing_the_leader_process_fails_over_with_routing_unchanged(
+    quickstart: Scenario,
+) -> None:
+    """The leader's process SIGKILLed: its container restarts in the same pod as a new
+    process (a new identity), the Lease is not released, and the standby leads once it
+    expires."""
+    await _fail_over(quickstart, "process killed", _crash_leader)
+
+
+async def _fail_over(
+    quickstart: Scenario, how: str, kill: Callable[[RealNodeCluster], None]
+) -> tuple[str, str]:
+    """Kill the leader one way; a controller leads again within LeaseDuration +
+    RetryPeriod and evaluates, and the shadow Service keeps the fast pods throughout
+    (no request fails or meets a slow pod). Both replicas have watched this test's pods
+    from the start (the standby's latency store is warm for them)."""
     cluster = real(quickstart)
+    await _kubectl(cluster, "rollout", "status", "deployment/aviator-controller", "--timeout=120s")
     quickstart.apply(quickstart.policy(latencySource="ebpf"))
     await quickstart.converge_to_fast(SHADOW, timeout_s=CONVERGE_S)
     fast = await quickstart.pods("fast")
     load = quickstart.load(SHADOW, concurrency=2)
     bound = LEASE_DURATION_S + RETRY_PERIOD_S + 5  # + the API's and a loaded machine's slack
 
-    for how, kill in (("pod deleted", _delete_leader), ("process killed", _crash_leader)):
-        leader, _ = cluster.lease()
-        killed_at = datetime.now(UTC)
-        await asyncio.to_thread(kill, cluster)
-        (new, _renewed), took = await wait_for(
-            f"a controller to lead again ({how})",
-            lambda: asyncio.to_thread(cluster.lease),
-            lambda lease, killed_at=killed_at: (
-                bool(lease[0]) and bool(lease[1]) and _time(lease[1]) > killed_at
-            ),
-            timeout_s=bound + 30,
-        )
-        print(f"leader {leader} ({how}): {new} leads after {took:.1f}s")
-        assert took < bound, (how, took)
-        if how == "pod deleted":
-            assert new != leader
-        assert await quickstart.routed(SHADOW) == fast
-        # The leader evaluates: the policy's status moves on under it.
-        began = status(await quickstart.avp()).get("lastEvaluationTime") or ""
-        await wait_for(
-            "the new leader to evaluate the policy",
-            quickstart.avp,
-            lambda p, began=began: (status(p).get("lastEvaluationTime") or "") > began,
-            timeout_s=CONVERGE_S,
-        )
-        assert await quickstart.routed(SHADOW) == fast
-        await _kubectl(
-            cluster, "rollout", "status", "deployment/aviator-controller", "--timeout=120s"
-        )
+    leader, _ = cluster.lease()
+    await asyncio.to_thread(kill, cluster)
+    killed_at = datetime.now(UTC)  # the old leader may renew until then
+    (new, _renewed), took = await wait_for(
+        f"a controller to lead again ({how})",
+        lambda: asyncio.to_thread(cluster.lease),
+        lambda lease: bool(lease[0]) and bool(lease[1]) and _time(lease[1]) > killed_at,
+        timeout_s=bound + 30,
+    )
+    print(f"leader {leader} ({how}): {new} leads after {took:.1f}s")
+    assert took < bound, took
+    assert await quickstart.routed(SHADOW) == fast
+    # The new leader evaluates: the policy's status moves on under it.
+    began = status(await quickstart.avp()).get("lastEvaluationTime") or ""
+    await wait_for(
+        "the new leader to evaluate the policy",
+        quickstart.avp,
+        lambda p: (status(p).get("lastEvaluationTime") or "") > began,
+        timeout_s=CONVERGE_S,
+    )
+    assert await quickstart.routed(SHADOW) == fast
     summary = load.summary()
     assert summary.errors == 0 and set(summary.by_pod) <= fast, _failures(load)
+    return leader, new
 
 
 async def _kubectl(cluster: RealNodeCluster, *args: str) -> None:
@@ -213,9 +226,16 @@ def _crash_leader(cluster: RealNodeCluster) -> None:
     cluster.crash_leader()
 
 
-async def test_restarting_the_agent_pod_keeps_routing_and_resumes_measuring(
+async def test_restarting_the_agent_pod_keeps_serving_and_resumes_measuring(
     quickstart: Scenario,
 ) -> None:
+    """The agent's pod deleted: the DaemonSet replaces it; every request is answered
+    meanwhile, and the new agent measures: routing returns to the fast pods and a fast
+    pod turned slow afterwards leaves the shadow Service (the policy reads eBPF only).
+
+    While no agent reports for longer than the controller's staleness bound (10 s), its
+    node's pods are unknown, and unknown pods fail open (DESIGN §6): the slow pods may
+    serve until the new agent's first window. The test says how many requests did."""
     cluster = real(quickstart)
     quickstart.apply(quickstart.policy(latencySource="ebpf"))
     await quickstart.converge_to_fast(SHADOW, timeout_s=CONVERGE_S)
@@ -225,16 +245,22 @@ async def test_restarting_the_agent_pod_keeps_routing_and_resumes_measuring(
         "eBPF samples of both fast pods", quickstart.avp, lambda p: measured(p, fast), CONVERGE_S
     )
 
-    restarted_mark = load.mark()
+    mark = load.mark()
+    began = time.monotonic()
     await _kubectl(cluster, "delete", "pod", "-l", "app.kubernetes.io/name=aviator-agent")
     await _kubectl(cluster, "rollout", "status", "daemonset/aviator-agent", "--timeout=180s")
-    assert await quickstart.routed(SHADOW) == fast
-    window = load.summary(since=restarted_mark)
-    assert window.errors == 0 and set(window.by_pod) <= fast, _failures(load)
+    replaced_s = time.monotonic() - began
     logs = cluster.logs(AVIATOR_NS, "app.kubernetes.io/name=aviator-agent")
     assert "source ebpf" in logs, logs[-2000:]
-    # Measurement resumes: the new agent sees a fast pod turn slow (the policy reads
-    # eBPF only), and the pod leaves the shadow Service.
+    await quickstart.converge_to(SHADOW, fast, timeout_s=CONVERGE_S)
+    window = load.summary(since=mark)
+    assert window.errors == 0, _failures(load)
+    slow = sum(n for pod, n in window.by_pod.items() if pod not in fast)
+    print(
+        f"agent pod replaced in {replaced_s:.1f}s; {window.count} requests meanwhile, "
+        f"{slow} of them on slow pods (fail open while unmeasured)"
+    )
+
     victim = sorted(fast)[0]
     quickstart.cluster.set_pod_latency(quickstart.ns, victim, "2s")
     try:
@@ -246,3 +272,14 @@ async def test_restarting_the_agent_pod_keeps_routing_and_resumes_measuring(
         )
     finally:
         quickstart.cluster.set_pod_latency(quickstart.ns, victim, None)
+
+
+# The product scenarios that need nothing of the box's own runtime, as they are, on the
+# real node (they take this module's `quickstart`).
+test_scaling_the_fast_deployment_is_followed = (
+    scenarios.test_scaling_the_fast_deployment_is_followed
+)
+test_deleting_the_policy_cleans_up = scenarios.test_deleting_the_policy_cleans_up
+test_takeover_routes_the_original_service_and_restores_it = (
+    scenarios.test_takeover_routes_the_original_service_and_restores_it
+)
