@@ -89,8 +89,10 @@ def socket_path(workdir: Path) -> Path:
     return workdir / "containerd.sock"
 
 
-def cni_conflist(cidr: ipaddress.IPv4Network) -> dict[str, Any]:
-    """bridge + host-local + portmap + loopback, the usual minimal pod network."""
+def cni_conflist(cidr: ipaddress.IPv4Network, ipam_dir: Path) -> dict[str, Any]:
+    """bridge + host-local + portmap + loopback, the usual minimal pod network; the
+    address allocations in `ipam_dir` (host-local's default, /var/lib/cni/networks, is
+    the machine's and outlives a killed box)."""
     return {
         "cniVersion": "1.0.0",
         "name": "box",
@@ -103,6 +105,7 @@ def cni_conflist(cidr: ipaddress.IPv4Network) -> dict[str, Any]:
                 "ipam": {
                     "type": "host-local",
                     "ranges": [[{"subnet": str(cidr)}]],
+                    "dataDir": str(ipam_dir),
                     "routes": [{"dst": "0.0.0.0/0"}],
                 },
             },
@@ -171,13 +174,15 @@ class RealNode:
     ) -> None:
         self.workdir = workdir / "node"
         self.images = images
-        for sub in ("cni", "root", "state", "kubelet", "pod-logs"):
+        for sub in ("cni", "ipam", "root", "state", "kubelet", "pod-logs"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
         (self.workdir / "containerd.toml").write_text(containerd_config(self.workdir))
         runc = self.workdir / "runc"
         runc.write_text(capabilities.wrapper(sys.executable, workdir / "logs" / "runc.log"))
         runc.chmod(0o755)
-        (self.workdir / "cni" / "10-box.conflist").write_text(json.dumps(cni_conflist(cidr)))
+        (self.workdir / "cni" / "10-box.conflist").write_text(
+            json.dumps(cni_conflist(cidr, self.workdir / "ipam"))
+        )
         (self.workdir / "kubelet.yaml").write_text(
             yaml.safe_dump(kubelet_config(self.workdir, node_ip, client_ca))
         )

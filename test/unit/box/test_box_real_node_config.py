@@ -43,9 +43,10 @@ def test_containerd_config_keeps_everything_under_the_workdir(tmp_path: Path) ->
 
 
 def test_cni_and_kubelet_config(tmp_path: Path) -> None:
-    net = cni_conflist(ipaddress.IPv4Network("172.17.0.0/16"))
+    net = cni_conflist(ipaddress.IPv4Network("172.17.0.0/16"), tmp_path / "ipam")
     assert [p["type"] for p in net["plugins"]] == ["bridge", "portmap", "loopback"]
     assert net["plugins"][0]["ipam"]["ranges"] == [[{"subnet": "172.17.0.0/16"}]]
+    assert net["plugins"][0]["ipam"]["dataDir"] == str(tmp_path / "ipam")
     kubelet = kubelet_config(tmp_path, "10.244.0.1", tmp_path / "ca.crt")
     assert kubelet["failCgroupV1"] is False
     assert kubelet["cgroupDriver"] == "cgroupfs"
