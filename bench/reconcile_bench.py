@@ -35,7 +35,8 @@ from aviator.latency.histogram import Histogram, bucket_index
 from aviator.latency.schema import EndpointWindow, Snapshot
 from aviator.latency.store import LatencyStore
 from aviator.reconcilers.latencies import controller_prober, read_latencies
-from aviator.reconcilers.plan import Clock, Memory, Plan, measurement, memory_for, plan
+from aviator.reconcilers.memory import Clock, Memory, memory_for
+from aviator.reconcilers.plan import Plan, measurement, plan
 from aviator.reconcilers.view import (
     Caches,
     gather,

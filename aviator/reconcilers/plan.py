@@ -18,13 +18,9 @@ One reconcile decides, in this order:
 5. target Service missing → `ServiceNotFound`; no selector → `ServiceHasNoSelector`;
    routing (`routing.decide`, with the takeover record of `status.takeover`, see
    `takeover`) may block with a problem of its own;
-6. the selection engine runs once per `evaluationInterval` (its counters count
-   evaluations, and our own writes or pod churn must not make them run faster); in
-   between, the last outcome carries over, and a serving pod that stopped being
-   eligible makes the engine run at once; so does a serving pod newly seen with a
-   request open longer than circuitBreaker.p99Threshold (`cadence.urgent_wait`), so a
-   hung pod leaves the slices without waiting for the interval, and so does a local
-   zone newly over the latency-aware margin (`locality.spill_starting`);
+6. the selection engine runs once per `evaluationInterval`, sooner only for what
+   cannot wait (`decision`: a serving pod no longer eligible, a hung pod, a zone
+   newly over its margin); in between, the last outcome carries over;
 7. slices are published BEFORE a takeover records the selector in the status and then
    removes it (the Service never has zero endpoints, the selector is always kept
    somewhere); never an empty set while an eligible pod exists, nor while a
@@ -51,9 +47,9 @@ from aviator.reconcilers import (
     slices,
     takeover,
 )
-from aviator.reconcilers.cadence import evaluation_due, gap_wait, look_wait, urgent_wait
-from aviator.reconcilers.evaluation import Outcome
+from aviator.reconcilers.decision import decide, engine_due, persisted_state
 from aviator.reconcilers.latencies import PodLatencies
+from aviator.reconcilers.memory import Clock, Memory
 from aviator.reconcilers.reporting import (
     EventSpec,
     fact_row,
@@ -85,44 +81,6 @@ REASON_TERMINATING_FALLBACK = "ServingWhileTerminating"
 
 
 @dataclass(frozen=True)
-class Clock:
-    """Now, on the wall clock (status times, the engine) and on the latency store's
-    monotonic clock (freshness, when the next evaluation is due)."""
-
-    wall: float
-    store: float
-
-
-@dataclass(frozen=True)
-class Memory:
-    """What the leader remembers about a policy between reconciles."""
-
-    uid: str
-    engine_state: JSON | None = None
-    status: JSON | None = None  # last status we wrote (the cache may lag behind it)
-    last_evaluation: float | None = None  # store clock, for "fresh samples since"
-    next_evaluation: float | None = None  # store clock: when the engine may run again
-    generation: int | None = None  # spec generation of `outcome`
-    outcome: Outcome | None = None  # the last engine result
-    # (kind, name) of objects the last reconcile's deletes found already gone (or
-    # were not allowed to delete): a delete that must hold is repeated until then.
-    absent: frozenset[tuple[str, str]] = frozenset()
-    # Pods with a request open longer than p99Threshold at the last evaluation.
-    stalled: frozenset[str] = frozenset()
-    # What the slices were last found up to date for (the publishing inputs, the routed
-    # pod objects and their zones, the slice objects): the same inputs need no look.
-    # Objects compare by identity first, so an unchanged cache costs one pass.
-    slices_current: tuple[object, ...] | None = field(default=None, compare=False)
-    # (the status held, what it was found up to date with): while both are the same,
-    # the status needs no look (`status_write` would find it unchanged).
-    status_current: tuple[JSON, Observation] | None = field(default=None, compare=False)
-
-    def record(self, view: View) -> takeover.Record | None:
-        """The takeover record: what we last wrote, else what the cache holds."""
-        return takeover.record_of(self.status) if self.status is not None else view.record
-
-
-@dataclass(frozen=True)
 class Gauges:
     active: int
     total: int
@@ -147,11 +105,6 @@ class Plan:
 
 def _now_iso(at: float) -> str:
     return dt.datetime.fromtimestamp(at, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _persisted_state(policy: JSON) -> JSON | None:
-    state = (policy.get("status") or {}).get("engineState")
-    return state if isinstance(state, dict) else None
 
 
 def _finalizers(policy: JSON) -> list[str]:
@@ -200,22 +153,6 @@ def _status_once(
     return status, write, dataclasses.replace(memory, status_current=current)
 
 
-def memory_for(view: View, remembered: Memory | None) -> Memory:
-    uid = str(view.policy["metadata"].get("uid", ""))
-    return remembered if remembered is not None and remembered.uid == uid else Memory(uid=uid)
-
-
-def _evaluation_due(view: View, memory: Memory, clock: Clock) -> bool:
-    assert view.parsed is not None
-    generation = int(view.policy["metadata"].get("generation") or 0)
-    return evaluation_due(
-        evaluated=memory.outcome is not None and memory.generation == generation,
-        next_evaluation=memory.next_evaluation,
-        interval_s=view.parsed.interval_s,
-        now=clock.store,
-    )
-
-
 def measurement(view: View, memory: Memory, clock: Clock) -> tuple[list[JSON], bool] | None:
     """The pods whose latency the plan needs, and whether an evaluation is due (probe
     mode sends probes only then); None when this reconcile will not select."""
@@ -225,7 +162,7 @@ def measurement(view: View, memory: Memory, clock: Clock) -> tuple[list[JSON], b
         return None
     if routing.conflicting_policy(view.policy, view.rivals) is not None:
         return None
-    return view.eligible, _evaluation_due(view, memory, clock)
+    return view.eligible, engine_due(view, memory, clock)
 
 
 def plan(view: View, memory: Memory, clock: Clock, latencies: PodLatencies | None) -> Plan:
@@ -236,7 +173,7 @@ def plan(view: View, memory: Memory, clock: Clock, latencies: PodLatencies | Non
     if marks.FINALIZER not in _finalizers(view.policy):
         writes.append(_policy_patch(view, [*_finalizers(view.policy), marks.FINALIZER]))
     generation = int(view.policy["metadata"].get("generation") or 0)
-    carried_state = memory.engine_state or _persisted_state(view.policy)
+    carried_state = memory.engine_state or persisted_state(view.policy)
     record = memory.record(view)
     parsed = view.parsed
     # The record stays while its Service stays taken over (nothing below releases it).
@@ -309,71 +246,12 @@ def _select(
     parsed, ns, name = view.parsed, view.namespace, view.name
     eligible = view.eligible
     eligible_facts = view.eligible_facts
+    decision = decide(view, memory, clock, latencies, generation)
+    outcome, memory, by_pod = decision.outcome, decision.memory, decision.by_pod
+    current_active, requeue_after = decision.current_active, decision.requeue_after
     # Names once: thousands of pods, and every step below is keyed by name.
-    names = [f.name for f in eligible_facts]
+    names = list(by_pod)  # the eligible pods', in order
     eligible_names = set(names)
-    # What serves now: our last decision while we lead (the slice cache may not show
-    # our own latest write yet), else what the slices say (a new leader inherits its
-    # predecessor's published set).
-    current_active = (
-        set(memory.outcome.active)
-        if memory.outcome is not None
-        else slices.published_pods(view.slices, parsed.routed_service)
-    )
-    outcome = None
-    evaluated = False
-    by_pod = {n: latencies.estimate(n) for n in names}
-    stalled = evaluation.stalled_pods(parsed, by_pod)
-    urgent = urgent_wait(
-        serving=None if memory.outcome is None else memory.outcome.active,
-        last_evaluation=memory.last_evaluation,
-        seen=memory.stalled,
-        stalled=stalled,
-        now=clock.store,
-    )
-    aware = locality.policy_of(parsed.spec.topology) is not None
-    last, previous = memory.last_evaluation, memory.outcome
-    if urgent is None and aware and previous is not None and last is not None:
-        status = memory.status or view.policy.get("status")
-        if locality.spill_starting(
-            parsed.spec.topology, eligible_facts, previous.active, by_pod.get, view.zone_of, status
-        ):
-            urgent = gap_wait(last_evaluation=last, now=clock.store)
-    if urgent != 0.0 and not _evaluation_due(view, memory, clock) and memory.outcome is not None:
-        outcome = evaluation.carry_over(
-            memory.outcome, eligible_names, min(parsed.selection.min_endpoints, len(eligible))
-        )
-    if outcome is None:
-        since = None if memory.last_evaluation is None else clock.store - memory.last_evaluation
-        outcome = evaluation.select(
-            parsed,
-            eligible_facts,
-            by_pod,
-            evaluation.freshness(by_pod, since),
-            current_active,
-            memory.engine_state or _persisted_state(view.policy),
-            clock.wall,
-        )
-        memory = dataclasses.replace(
-            memory,
-            engine_state=outcome.engine_state,
-            outcome=outcome,
-            generation=generation,
-            last_evaluation=clock.store,
-            next_evaluation=clock.store + parsed.interval_s,
-            stalled=stalled,
-        )
-        urgent = None
-        evaluated = True
-    assert memory.next_evaluation is not None
-    requeue_after = max(0.0, memory.next_evaluation - clock.store)
-    if urgent is not None:
-        requeue_after = min(requeue_after, urgent)
-    if aware and memory.last_evaluation is not None:
-        look = look_wait(
-            last_evaluation=memory.last_evaluation, interval_s=parsed.interval_s, now=clock.store
-        )
-        requeue_after = requeue_after if look is None else min(requeue_after, look)
 
     problems = list(route.problems)
     active_pods = [p for n, p in zip(names, eligible, strict=True) if n in outcome.active]
@@ -414,7 +292,7 @@ def _select(
         view.zone_of,
         view.client_zones,
         memory.status or view.policy.get("status"),
-        evaluated,
+        decision.evaluated,
     )
     problems += zones.problems
     publishing = endpoints.Publishing(

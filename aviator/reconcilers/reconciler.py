@@ -25,8 +25,9 @@ from collections.abc import Callable
 from aviator.latency.probing import HttpProber
 from aviator.latency.store import LatencyStore
 from aviator.reconcilers.latencies import controller_prober, read_latencies
+from aviator.reconcilers.memory import Clock, Memory, memory_for
 from aviator.reconcilers.metrics import PolicyMetrics
-from aviator.reconcilers.plan import Clock, Memory, Plan, measurement, memory_for, plan
+from aviator.reconcilers.plan import Plan, measurement, plan
 from aviator.reconcilers.view import Caches, gather
 from aviator.runtime.events import EventRecorder
 from aviator.runtime.loop import Result

@@ -123,6 +123,14 @@ async def test_testapp_latency_can_be_changed_at_run_time(apps: Scenario) -> Non
         "one fast pod to serve", lambda: apps.routed(TARGET), lambda p: len(p) == 1, 30
     )
     (pod_name,) = pods
+    # The proxy follows the slices a moment later: until then a new connection may still
+    # reach the slow pod, which still answers while it terminates.
+    await wait_for(
+        "the Service proxy to follow",
+        lambda: _backends(apps, TARGET),
+        lambda n: n in (None, 1),
+        30,
+    )
     address = apps.cluster.address(apps.ns, TARGET)
     assert address is not None
     apps.cluster.set_pod_latency(apps.ns, pod_name, "300ms")
@@ -141,6 +149,10 @@ async def test_testapp_latency_can_be_changed_at_run_time(apps: Scenario) -> Non
         10,
     )
     assert fast.served_by == pod_name
+
+
+async def _backends(apps: Scenario, service: str) -> int | None:
+    return apps.cluster.proxy_backends(apps.ns, service)
 
 
 async def _address(apps: Scenario, service: str) -> tuple[str, int] | None:

@@ -339,6 +339,12 @@ async def test_a_replica_that_cannot_renew_stops_before_its_policies_move(fleet:
         stepped_down = time.monotonic()
         assert stepped_down - cut <= RENEW_S + 0.5
         await fleet.settled({"a"}, within=LEASE_S + 30)
+        # The markers' watch sees what `settled` read from the server a little later.
+        await eventually(
+            lambda: _true(all(markers.first_taken_by("a", k) is not None for k in bs)),
+            within=10,
+            interval=0.02,
+        )
         for key in bs:
             taken = markers.first_taken_by("a", key)
             assert taken is not None and taken >= stepped_down, (key, taken, stepped_down)

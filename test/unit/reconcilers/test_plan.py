@@ -21,7 +21,8 @@ from aviator.informers import Indexer
 from aviator.kube import marks
 from aviator.latency.histogram import Histogram
 from aviator.reconcilers.latencies import PodLatencies
-from aviator.reconcilers.plan import Clock, Memory, Plan, measurement, memory_for, plan
+from aviator.reconcilers.memory import Clock, Memory, memory_for
+from aviator.reconcilers.plan import Plan, measurement, plan
 from aviator.reconcilers.view import (
     Caches,
     View,

@@ -22,7 +22,8 @@ from test_plan import (
 from aviator.latency.histogram import Histogram
 from aviator.reconcilers.cadence import URGENT_GAP_S, evaluation_due, urgent_wait
 from aviator.reconcilers.latencies import PodLatencies
-from aviator.reconcilers.plan import Clock, Plan, measurement, memory_for, plan
+from aviator.reconcilers.memory import Clock, memory_for
+from aviator.reconcilers.plan import Plan, measurement, plan
 from aviator.reconcilers.status import OPAQUE_LATENCY, REASON_NO_RECOGNISED_FRAMING
 from aviator.reconcilers.view import Caches, gather
 from aviator.selection.types import LatencyEstimate

@@ -11,7 +11,8 @@ from reconciler_objects import make_pod, make_service
 from test_plan import T0, apply, caches_with, latencies_of, later, make_policy
 
 from aviator.informers import Indexer
-from aviator.reconcilers.plan import Clock, Memory, Plan, measurement, memory_for, plan
+from aviator.reconcilers.memory import Clock, Memory, memory_for
+from aviator.reconcilers.plan import Plan, measurement, plan
 from aviator.reconcilers.view import Caches, gather
 from aviator.selection.locality import PARKED_ZONE
 

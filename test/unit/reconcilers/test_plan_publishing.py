@@ -23,7 +23,8 @@ from test_plan import (
 
 from aviator.informers import Indexer
 from aviator.kube import marks
-from aviator.reconcilers.plan import memory_for, plan
+from aviator.reconcilers.memory import memory_for
+from aviator.reconcilers.plan import plan
 from aviator.reconcilers.slices import LABEL_HEADLESS
 from aviator.reconcilers.view import Caches, gather
 

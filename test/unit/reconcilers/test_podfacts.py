@@ -12,7 +12,8 @@ from reconciler_objects import make_pod, make_service
 from test_plan import T0, apply, caches_with, latencies_of, later, make_policy
 
 from aviator.informers import Indexer
-from aviator.reconcilers.plan import memory_for, plan
+from aviator.reconcilers.memory import memory_for
+from aviator.reconcilers.plan import plan
 from aviator.reconcilers.podfacts import PRUNE_SLACK, PodFactsMemo, pod_facts
 from aviator.reconcilers.podindex import POD_INDEXERS
 from aviator.reconcilers.reporting import fact_row, pod_row

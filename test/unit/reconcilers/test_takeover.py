@@ -25,7 +25,8 @@ from test_plan import (
 )
 
 from aviator.kube import marks
-from aviator.reconcilers.plan import Memory, Plan
+from aviator.reconcilers.memory import Memory
+from aviator.reconcilers.plan import Plan
 from aviator.reconcilers.services import takeover_patch
 from aviator.reconcilers.takeover import (
     PENDING,

@@ -1,0 +1,60 @@
+"""What a reconcile knows besides the cluster: the clocks it reads, and what the leader
+remembers about a policy from one reconcile to the next (pure data).
+
+`Memory` is the leader's and only the leader's: a new leader starts from
+`memory_for(view, None)` and reads what it needs back from the policy's status and the
+slices. A policy recreated under the same name (a new uid) starts afresh.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from aviator.kube.objects import JSON
+from aviator.reconcilers import takeover
+from aviator.reconcilers.evaluation import Outcome
+from aviator.reconcilers.status import Observation
+from aviator.reconcilers.view import View
+
+
+@dataclass(frozen=True)
+class Clock:
+    """Now, on the wall clock (status times, the engine) and on the latency store's
+    monotonic clock (freshness, when the next evaluation is due)."""
+
+    wall: float
+    store: float
+
+
+@dataclass(frozen=True)
+class Memory:
+    """What the leader remembers about a policy between reconciles."""
+
+    uid: str
+    engine_state: JSON | None = None
+    status: JSON | None = None  # last status we wrote (the cache may lag behind it)
+    last_evaluation: float | None = None  # store clock, for "fresh samples since"
+    next_evaluation: float | None = None  # store clock: when the engine may run again
+    generation: int | None = None  # spec generation of `outcome`
+    outcome: Outcome | None = None  # the last engine result
+    # (kind, name) of objects the last reconcile's deletes found already gone (or
+    # were not allowed to delete): a delete that must hold is repeated until then.
+    absent: frozenset[tuple[str, str]] = frozenset()
+    # Pods with a request open longer than p99Threshold at the last evaluation.
+    stalled: frozenset[str] = frozenset()
+    # What the slices were last found up to date for (the publishing inputs, the routed
+    # pod objects and their zones, the slice objects): the same inputs need no look.
+    # Objects compare by identity first, so an unchanged cache costs one pass.
+    slices_current: tuple[object, ...] | None = field(default=None, compare=False)
+    # (the status held, what it was found up to date with): while both are the same,
+    # the status needs no look (`status_write` would find it unchanged).
+    status_current: tuple[JSON, Observation] | None = field(default=None, compare=False)
+
+    def record(self, view: View) -> takeover.Record | None:
+        """The takeover record: what we last wrote, else what the cache holds."""
+        return takeover.record_of(self.status) if self.status is not None else view.record
+
+
+def memory_for(view: View, remembered: Memory | None) -> Memory:
+    uid = str(view.policy["metadata"].get("uid", ""))
+    return remembered if remembered is not None and remembered.uid == uid else Memory(uid=uid)
