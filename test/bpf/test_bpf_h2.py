@@ -14,9 +14,12 @@ from conftest import TEST_BOUND_S, require_bpf_privileges
 from h2_wire import (
     CONTENT_TYPE_GRPC,
     DATA,
+    END_HEADERS,
+    END_STREAM,
     GOAWAY,
     HEADERS,
     PREFACE,
+    REQUEST_BLOCK,
     RST_STREAM,
     SETTINGS,
     STATUS_200,
@@ -496,3 +499,79 @@ def test_a_long_stream_among_hundreds_of_short_ones(latency_source: BpfLatencySo
         pair.close()
     for role, d in deltas(before, after, pair).items():
         assert (d.count, d.aborted, d.rif, d.statuses) == (301, 0, 0, 301), role
+
+
+# A steady-state gRPC encoder's blocks once its dynamic table holds what it repeats
+# (entries added by the first call, below): :status 200 (static) + content-type
+# (dynamic 63); trailers grpc-status 0 (dynamic 62).
+GRPC_HEADERS_INDEXED = STATUS_200 + b"\xbf"
+GRPC_OK_INDEXED = b"\xbe"
+
+
+def grpc_call(stream: int) -> bytes:
+    return headers(stream, REQUEST_BLOCK + CONTENT_TYPE_GRPC, end_stream=False) + data(stream)
+
+
+def grpc_answer(stream: int, block: bytes, trailers: bytes) -> bytes:
+    return (
+        headers(stream, block, end_stream=False)
+        + data(stream, end_stream=False)
+        + frame(HEADERS, END_HEADERS | END_STREAM, stream, trailers)
+    )
+
+
+def test_a_burst_of_grpc_calls_in_one_write_each_way_is_counted_exactly(
+    latency_source: BpfLatencySource,
+) -> None:
+    """200 unary calls written at once (400 request frames) and answered in one server
+    write (600 frames, 400 header blocks): more frames than the full parser's budget
+    per call, so the rest of the call is skimmed (frames and streams exact, header
+    blocks not walked): every call counts at both ends, none in flight, and the
+    connection is still measured after (a later call counts). The skimmed blocks are
+    the ones the parser walked before (same bytes, no insertion since): their statuses
+    are read; a later walked block still resolves the dynamic table."""
+    pair = Pair("127.0.52.20")
+    calls = 200
+    try:
+        before = latency_source.read()
+        pair.open()
+        pair.to_server(grpc_call(1))  # the encoder adds content-type and grpc-status 0
+        pair.to_client(grpc_answer(1, STATUS_200 + CONTENT_TYPE_GRPC, grpc_trailers(1, 0)[9:]))
+        ids = [3 + 2 * i for i in range(calls)]
+        pair.to_server(b"".join(grpc_call(s) for s in ids))
+        pair.to_client(b"".join(grpc_answer(s, GRPC_HEADERS_INDEXED, GRPC_OK_INDEXED) for s in ids))
+        last = ids[-1] + 2
+        pair.to_server(grpc_call(last))  # UNAVAILABLE, added: 62 it, 63 OK, 64 content-type
+        pair.to_client(grpc_answer(last, GRPC_HEADERS_INDEXED, grpc_trailers(last, 14)[9:]))
+        pair.to_server(grpc_call(last + 2))
+        pair.to_client(grpc_answer(last + 2, STATUS_200 + b"\xc0", b"\xbf"))  # OK
+        total = calls + 3
+        after = settle(latency_source, pair, before, total)
+    finally:
+        pair.close()
+    for role, d in deltas(before, after, pair).items():
+        assert (d.count, d.aborted, d.rif, d.protocol) == (total, 0, 0, "grpc"), (role, d)
+        assert (d.statuses, d.errors) == (total, 1), (role, d)
+
+
+def test_a_burst_of_h2_requests_beyond_any_one_run_is_counted_exactly(
+    latency_source: BpfLatencySource,
+) -> None:
+    """300 requests with bodies in one write (600 frames) and their 300 responses in
+    one (HEADERS :status 200 + DATA): every one counts at both ends with its status."""
+    pair = Pair("127.0.52.21")
+    calls = 300
+    try:
+        before = latency_source.read()
+        pair.open()
+        ids = [1 + 2 * i for i in range(calls)]
+        pair.to_server(b"".join(headers(s, end_stream=False) + data(s, b"body") for s in ids))
+        pair.to_client(b"".join(response(s) for s in ids))
+        pair.to_server(headers(ids[-1] + 2))
+        pair.to_client(response(ids[-1] + 2))
+        after = settle(latency_source, pair, before, calls + 1)
+    finally:
+        pair.close()
+    for role, d in deltas(before, after, pair).items():
+        assert (d.count, d.aborted, d.rif, d.protocol) == (calls + 1, 0, 0, "h2"), (role, d)
+        assert (d.statuses, d.errors) == (calls + 1, 0), (role, d)
