@@ -35,6 +35,23 @@
 // `n & mask` computed in the register handed on: clang may not drop the mask as
 // redundant (it knows a bound the verifier does not see on a merged path).
 #define BOUNDED(n, mask) ({ u32 __b = (n); asm volatile("" : "+r"(__b)); __b & (mask); })
+// `expr` (a break) when the kernel's bound on this loop's iterations is reached: the
+// may_goto instruction (Linux 6.9), spelled in bytes for assemblers that lack it. The
+// verifier walks a loop that has one until its state repeats, not once per iteration,
+// so such a loop's body is verified once or twice however many times it runs: its
+// own bound lives in memory (a counter in a register the verifier knows would make
+// each iteration's state new).
+#define COND_BREAK(expr)                                                       \
+    ({                                                                         \
+        __label__ l_break, l_continue;                                         \
+        asm volatile goto("1:.byte 0xe5; .byte 0;"                             \
+                          ".long ((%l[l_break] - 1b - 8) / 8) & 0xffff;"       \
+                          ".short 0" :::: l_break);                            \
+        goto l_continue;                                                       \
+    l_break:                                                                   \
+        expr;                                                                  \
+    l_continue:;                                                               \
+    })
 
 #define FAMILY_INET 2
 #define FAMILY_INET6 10

@@ -71,13 +71,15 @@ _TRACEPOINTS = (
 _RECV_TRACEPOINT = ("tcp:tcp_probe", "tracepoint__tcp__tcp_probe")
 # Programs reached by tail calls (bpf/h2.h): the HTTP/2 parser's continuation, the
 # sweep that ends a connection's streams, the protocol of an adopted connection's first
-# bytes and the reader of an HTTP/1 request's target (bpf/payload.h), at their slots of
-# the h2_progs array.
+# bytes, the reader of an HTTP/1 request's target (bpf/payload.h) and the parser's
+# frames-only continuation once its full runs are spent, at their slots of the
+# h2_progs array.
 _TAIL_CALLS = (
     ("h2_progs", 0, "h2_parse_more"),
     ("h2_progs", 1, "h2_sweep_more"),
     ("h2_progs", 2, "h2_adopt_more"),
     ("h2_progs", 3, "http1_target_run"),
+    ("h2_progs", 4, "h2_skim_more"),
 )
 
 _TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
