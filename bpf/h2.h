@@ -48,10 +48,10 @@
 #define H2_PRIORITY 0x20
 
 #define H2_PREFACE_LEN 24
-#define H2_FRAMES_PER_RUN 16
-#define H2_MAX_RUNS 30
-#define H2_FULL_RUNS 16   // runs of the full parser per call, the first one included
-#define H2_SKIM_STEPS 512 // steps of a skim run (h2_skim_more)
+#define H2_FRAMES_PER_RUN 16  // steps of a run of the full parser
+#define H2_MAX_RUNS 15        // tail-called runs after the first (the sweep keeps 16)
+#define H2_FULL_RUNS 12       // runs of the full parser, the first one included
+#define H2_SKIM_STEPS 1024    // steps of a skim run (the others)
 #define H2_MAX_IOV 1024  // UIO_MAXIOV: every iovec is a step of the run budget
 
 #define H2C_GOAWAY 1  // h2_conn.flags: goaway_sid is to be applied

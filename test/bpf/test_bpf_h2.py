@@ -581,3 +581,24 @@ def test_a_burst_of_h2_requests_beyond_any_one_run_is_counted_exactly(
             "h2",
         ), d
         assert (d[role].statuses, d[role].errors) == (calls + 1, 0), d
+
+
+def test_more_frames_than_any_budget_give_the_connection_up_with_nothing_left_open(
+    latency_source: BpfLatencySource,
+) -> None:
+    """A server write of more frames than a call's whole budget (5000 SETTINGS acks):
+    the connection is given up, and the 100 requests open on it are dropped, none left
+    in flight (the sweep that drops them still has its tail calls)."""
+    pair = Pair("127.0.52.22")
+    try:
+        before = latency_source.read()
+        pair.open()
+        pair.to_server(b"".join(headers(1 + 2 * i) for i in range(100)))
+        opened = wait_for(latency_source, lambda s: deltas(before, s, pair)["server"].rif == 100)
+        assert deltas(before, opened, pair)["server"].rif == 100
+        pair.to_client(frame(SETTINGS, 1, 0) * 5000)
+        after = wait_for(latency_source, lambda s: deltas(before, s, pair)["server"].rif == 0)
+    finally:
+        pair.close()
+    d = deltas(before, after, pair)["server"]
+    assert (d.count, d.rif) == (0, 0), d
