@@ -49,9 +49,9 @@
 
 #define H2_PREFACE_LEN 24
 #define H2_FRAMES_PER_RUN 16  // steps of a run of the full parser
-#define H2_MAX_RUNS 15        // tail-called runs after the first (the sweep keeps 16)
-#define H2_FULL_RUNS 12       // runs of the full parser, the first one included
-#define H2_SKIM_STEPS 1024    // steps of a skim run (the others)
+#define H2_MAX_RUNS 30        // tail-called runs after the first
+#define H2_FULL_RUNS 30       // runs of the full parser, the first one included
+#define H2_SKIM_STEPS 4096    // steps of a skim run (the others)
 #define H2_MAX_IOV 1024  // UIO_MAXIOV: every iovec is a step of the run budget
 
 #define H2C_GOAWAY 1  // h2_conn.flags: goaway_sid is to be applied
@@ -173,6 +173,7 @@ static __always_inline void h2_frame(struct h2_cursor *c, struct sock_state *st,
         h->server_cut = (flags & H2_END_HEADERS) ? 0 : H2_CUT_BLOCK;
         if (skim) {
             hpack_skim(c, &h->hp, v, len, type, flags, HPB_NONE);
+            hp_skim_end(&h->hp, v, 0);
             return;
         }
         d->skip = 0;  // the header block is walked (hpack.h)
@@ -224,6 +225,7 @@ static __always_inline void h2_frame(struct h2_cursor *c, struct sock_state *st,
         h->server_cut = (flags & H2_END_HEADERS) ? 0 : H2_CUT_BLOCK;
         if (skim) {
             hpack_skim(c, &h->hp, v, len, type, flags, role);
+            hp_skim_end(&h->hp, v, LOAD_ONCE(st->proto) == APP_GRPC);
             return;
         }
         d->skip = 0;
@@ -347,13 +349,14 @@ static __always_inline int h2_run(void *ctx, struct sock_state *st, int skim) {
             return 0;
         }
     }
+    if (skim && c->runs == H2_FULL_RUNS)
+        count(CNT_H2_SKIMS);  // the call's first skim run
     if (skim && c->dir == 1 && h->hp.frame_left) {
         // The walk was in a header block: the rest of its frame is skipped.
         d->skip = h->hp.frame_left;
         h->hp.frame_left = 0;
         hp_skimmed(&h->hp, h->hp.blk_word, h->hp.blk_len);
-        if (h->hp.end_headers)
-            hp_block_end(&h->hp, v);
+        hp_skim_end(&h->hp, v, st->proto == APP_GRPC);
     }
     int done = 0;
     if (skim) {

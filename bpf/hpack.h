@@ -563,18 +563,33 @@ static __always_inline void hp_skimmed(struct hpack_state *hp, u64 w, u32 n) {
         hp->blk_status = m->status;
         hp->blk_grpc = m->grpc;
         hp->blk_ctype = m->ctype;
-    } else if (n && indexed_only(w, n)) {
-        hp->state = HP_FIELD;
-        u8 first = (u8)w;
-        hp->blk_status = first >= 0x89 && first <= 0x8e ? static_status(first & 0x7f) : 0;
     } else {
-        hp_cut(hp);
+        if (n && indexed_only(w, n)) {
+            hp->state = HP_FIELD;
+            u8 first = (u8)w;
+            if (first >= 0x89 && first <= 0x8e)
+                hp->blk_status = static_status(first & 0x7f);
+            else if (!hp->blk_ctype)
+                hp->blk_status = 0;
+        } else {
+            hp_cut(hp);
+        }
     }
     hp->blk_len = 0;
 }
 
+// A skimmed block's frame ends: counted as hp_block_end does, at the block's end. On a
+// gRPC connection (`grpc`) a response's first HEADERS whose status was not read counts
+// nothing: its status is its trailers', counted there.
+static __always_inline void hp_skim_end(struct hpack_state *hp, struct ep_val *v, int grpc) {
+    if (grpc && hp->role == HPB_RESPONSE && !hp->blk_status && !hp->blk_grpc)
+        hp->role = HPB_NONE;
+    if (hp->end_headers)
+        hp_block_end(hp, v);
+}
+
 // A header-carrying frame the skim does not walk (its payload is skipped): what its
-// block reads (hp_skimmed), counted as hp_block_end does.
+// block reads (hp_skimmed); the caller ends it (hp_skim_end).
 static __always_inline void hpack_skim(struct h2_cursor *c, struct hpack_state *hp,
                                        struct ep_val *v, u32 len, u8 type, u8 flags,
                                        u8 role) {
@@ -589,6 +604,4 @@ static __always_inline void hpack_skim(struct h2_cursor *c, struct hpack_state *
     u64 w = 0;
     u32 n = type == H2_HEADERS ? block_word(c, len, flags, &w) : 0;
     hp_skimmed(hp, w, n);
-    if (hp->end_headers)
-        hp_block_end(hp, v);
 }

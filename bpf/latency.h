@@ -56,11 +56,13 @@ enum counter {
     CNT_STREAMS_FULL_DROPS,    // streams not timed: the connection's stream table is full
     CNT_H2_CONNS_FULL_DROPS,   // h2 connections not parsed: the h2conns map is full
     CNT_H2_DESYNCS,            // h2 connections given up: frames beyond the per-call
-                               //   budget or bytes that are not HTTP/2 frames
+                               //   budgets or bytes that are not HTTP/2 frames
     CNT_STATUSES_READ,         // response statuses read
     CNT_STATUSES_UNREAD,       // HTTP/2 responses whose status could not be read
     CNT_PROBES_BY_PATH,        // requests recorded as probes: node address, probe port+path
     CNT_PROBES_BY_ADDRESS,     // ... by node address and probe port alone (path not read)
+    CNT_H2_SKIMS,              // h2 calls with more frames than the full parser's budget:
+                               //   the rest skimmed (streams exact, header blocks not walked)
     NUM_COUNTERS,
 };
 
