@@ -212,7 +212,9 @@ static __always_inline u8 hp_lookup(struct hpack_state *hp, u32 idx, u16 *value)
 
 // A whole field with what it says, into the block's reading.
 static __always_inline void hp_field(struct hpack_state *hp, u8 kind, u16 value) {
-    if (kind == KIND_STATUS && value)
+    if (kind == KIND_LOST)
+        hp->blk_lost = 1;
+    else if (kind == KIND_STATUS && value)
         hp->blk_status = value;
     else if (kind == KIND_GRPC && value)
         hp->blk_grpc = (u8)value;
@@ -396,7 +398,7 @@ static __always_inline void hp_block_end(struct hpack_state *hp, struct ep_val *
     if (hp->state != HP_FIELD)
         hp->broken = 1;  // a field cut short or malformed: insertions are not known
     u8 len = hp->blk_len;
-    if (len && hp->state == HP_FIELD && !hp->broken) {
+    if (len && hp->state == HP_FIELD && !hp->broken && !hp->blk_lost) {
         struct hpack_memo *m = &hp->memo[role == HPB_TRAILERS];
         m->word = hp->blk_word;
         m->inserted = hp->inserted;
@@ -418,7 +420,8 @@ static __always_inline void hp_block_end(struct hpack_state *hp, struct ep_val *
         if (ctype && status == 200) {
             if (role == HPB_RESPONSE)
                 return;  // gRPC: its status comes in the trailers
-        } else {
+        } else if (status != 200 || !hp->blk_lost) {
+            // (A 200 with a field not known may be a gRPC response's: not a status.)
             count_status(v, status, 0);
             return;
         }
@@ -437,6 +440,7 @@ static __always_inline void hpack_frame(struct hpack_state *hp, struct ep_val *v
         hp->blk_status = 0;
         hp->blk_grpc = 0;
         hp->blk_ctype = 0;
+        hp->blk_lost = 0;
         hp->role = role;
     }
     hp->blk_len = 0;  // h2_frame sets it for a short HEADERS (block_word)
@@ -597,6 +601,7 @@ static __always_inline void hpack_skim(struct h2_cursor *c, struct hpack_state *
         hp->blk_status = 0;
         hp->blk_grpc = 0;
         hp->blk_ctype = 0;
+        hp->blk_lost = 0;
         hp->role = role;
     }
     hp->frame_left = 0;

@@ -271,7 +271,8 @@ struct hpack_state {
     u8 next_rec;
     u8 broken;       // insertions no longer counted: dynamic references are unknown
     u8 blk_len;      // bytes of the block in blk_word (0: it may not be remembered)
-    u8 pad1[2];
+    u8 blk_lost;     // the block refers to an entry not known (KIND_LOST)
+    u8 pad1;
     u8 cap[HPACK_CAP];
     struct hpack_rec recs[HPACK_RECS];
     u32 pad2;

@@ -23,6 +23,7 @@ from h2_wire import (
     RST_STREAM,
     SETTINGS,
     STATUS_200,
+    STATUS_500,
     STATUS_503_PLAIN,
     STATUS_DYNAMIC,
     Pair,
@@ -602,3 +603,34 @@ def test_more_frames_than_any_budget_give_the_connection_up_with_nothing_left_op
         pair.close()
     d = deltas(before, after, pair)["server"]
     assert (d.count, d.rif) == (0, 0), d
+
+
+def test_statuses_of_a_skimmed_burst_are_unread_never_misread(
+    latency_source: BpfLatencySource,
+) -> None:
+    """A burst whose every block adds to the encoder's table (content-type and
+    grpc-status 14 as literals): the blocks walked are read (all errors), the skimmed
+    ones are unread, never taken for a success; after it the table is not followed
+    any more (a reference to it is unread) but a static :status is still read."""
+    pair = Pair("127.0.52.23")
+    calls = 200
+    try:
+        before = latency_source.read()
+        pair.open()
+        ids = [1 + 2 * i for i in range(calls)]
+        pair.to_server(b"".join(grpc_call(s) for s in ids))
+        pair.to_client(
+            b"".join(
+                grpc_answer(s, STATUS_200 + CONTENT_TYPE_GRPC, grpc_trailers(s, 14)[9:])
+                for s in ids
+            )
+        )
+        pair.to_server(grpc_call(ids[-1] + 2) + grpc_call(ids[-1] + 4))
+        pair.to_client(headers(ids[-1] + 2, STATUS_500))  # read: a static entry
+        pair.to_client(grpc_answer(ids[-1] + 4, GRPC_HEADERS_INDEXED, GRPC_OK_INDEXED))
+        after = settle(latency_source, pair, before, calls + 2)
+    finally:
+        pair.close()
+    for role, d in deltas(before, after, pair).items():
+        assert (d.count, d.aborted, d.rif, d.protocol) == (calls + 2, 0, 0, "grpc"), (role, d)
+        assert 2 <= d.statuses < calls and d.errors == d.statuses, (role, d)
