@@ -13,18 +13,31 @@
 //
 // The parser carries its place per direction across calls (h2_dir: payload bytes to
 // skip, a frame header split across reads; hpack_state: where it is in a server
-// header block). A program run takes H2_FRAMES_PER_RUN steps (a frame header with its
-// payload skipped when the chunk holds it, the rest of a payload, a move to the next
-// iovec of a readv/writev/recvmsg/sendmsg, or up to the next field event of a server
-// header block, hpack.h); every run is a tail
-// call of h2_parse_more (the first too: the hooks' own programs stay small for the
-// verifier), up to 1 + H2_MAX_RUNS runs (496 steps per call: 100 small request frames
-// in one write fit, or some 70 responses of a few header fields each; the kernel
-// allows 33 tail calls in a row, and an adopted connection's first call and a sweep
-// take one each). Beyond that, or on bytes that cannot be
+// header block). A step is a frame header with its payload skipped when the chunk
+// holds it, the rest of a payload, a move to the next iovec of a
+// readv/writev/recvmsg/sendmsg, or (walking) up to the next field event of a server
+// header block (hpack.h). Every run is a tail call (the first too: the hooks' own
+// programs stay small for the verifier). The kernel allows 33 tail calls in a row:
+// an adopted connection's first call and a sweep take one each, the parser the rest.
+// Per call:
+//   - the full parser, h2_parse_more, runs H2_FULL_RUNS times H2_FRAMES_PER_RUN steps
+//     (480: some 70 responses of a few header fields each, 30 gRPC responses with
+//     literals, hundreds of request frames). Its step walks header blocks, so the
+//     verifier explores each of its 16 steps: 32 are more than it takes.
+//   - then the skim, h2_skim_more, takes the rest of a larger call (a loaded server
+//     batching hundreds of responses into one write): up to H2_SKIM_STEPS steps in
+//     its one run. A frames-only step (no header block walk) in a may_goto loop
+//     (COND_BREAK), which the verifier walks until its state repeats, whatever the
+//     steps. Frames and streams are exact (opened, answered, ended, reset, GOAWAY,
+//     trailers making the connection gRPC); a header block's status is read only
+//     when the block repeats one the walk read (hpack.h: hpack_skim), otherwise it
+//     is unread, and a block that may have added to the dynamic table leaves the
+//     table's later references unread (static-table statuses stay readable).
+// Beyond that (more than 4,500 frames in one call), or on bytes that cannot be
 // HTTP/2 frames (something moved bytes through a path the program does not see), the
-// connection is given up: its open streams are dropped without samples, it is flagged
-// SOCK_UNPARSED and is not measured any more (CNT_H2_DESYNCS counts these).
+// connection is given up: its open streams are dropped without samples (the sweep
+// has its tail call left), it is flagged SOCK_UNPARSED and is not measured any more
+// (CNT_H2_DESYNCS counts these; CNT_H2_SKIMS the calls skimmed).
 //
 // Streams are opened, ended and swept in h2_streams.h; statuses are read from every
 // header block the server sends by hpack.h.
