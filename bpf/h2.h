@@ -27,8 +27,8 @@
 //   - then the skim, h2_skim_more, takes the rest of a larger call (a loaded server
 //     batching hundreds of responses into one write): up to H2_SKIM_STEPS steps in
 //     its one run. A frames-only step (no header block walk) in a may_goto loop
-//     (COND_BREAK), which the verifier walks until its state repeats, whatever the
-//     steps. Frames and streams are exact (opened, answered, ended, reset, GOAWAY,
+//     (LOOP_BREAK), which the verifier walks until its state repeats, whatever the
+//     steps (so Linux 6.9 and later: on older kernels there is no skim). Frames and streams are exact (opened, answered, ended, reset, GOAWAY,
 //     trailers making the connection gRPC); a header block's status is read only
 //     when the block repeats one the walk read (hpack.h: hpack_skim), otherwise it
 //     is unread, and a block that may have added to the dynamic table leaves the
@@ -63,7 +63,11 @@
 #define H2_PREFACE_LEN 24
 #define H2_FRAMES_PER_RUN 16  // steps of a run of the full parser
 #define H2_MAX_RUNS 30        // tail-called runs after the first
+#ifdef HAVE_MAY_GOTO
 #define H2_FULL_RUNS 30       // runs of the full parser, the first one included
+#else
+#define H2_FULL_RUNS (H2_MAX_RUNS + 1)  // no skim: its loop needs may_goto
+#endif
 #define H2_SKIM_STEPS 4096    // steps of a skim run (the others)
 #define H2_MAX_IOV 1024  // UIO_MAXIOV: every iovec is a step of the run budget
 
@@ -377,8 +381,8 @@ static __always_inline int h2_run(void *ctx, struct sock_state *st, int skim) {
         // state repeats, not once per step (COND_BREAK); the step is a function of
         // its own, which leaves nothing of its paths in the loop's state.
         c->steps = H2_SKIM_STEPS;
-        for (;;) {
-            COND_BREAK(break);
+        for (int i = 0;; i++) {
+            LOOP_BREAK(i, 4);  // (without may_goto no call gets here)
             u32 steps = LOAD_ONCE(c->steps);
             if (steps == 0)
                 break;

@@ -170,10 +170,11 @@ static __always_inline void stream_close(struct h2_cursor *c, struct sock_state 
 
 // Closing many streams at once (connection end, GOAWAY, giving up) is a sweep of the
 // connection's slots in a program of its own, tail-called (the caller's verifier
-// budget): all H2_SLOTS in one run, a loop the verifier walks until its state repeats
-// (COND_BREAK), so a sweep takes one tail call, the last one a parser's call may have
-// (h2.h). The sweep needs no `sockets` entry (it may be gone): the endpoint and
-// protocol travel with it.
+// budget): all H2_SLOTS in one run with may_goto (LOOP_BREAK), so a sweep takes one
+// tail call, the last one a parser's call may have (h2.h); without, H2_SWEEP_SLOTS
+// per run, continued by tail calls. The sweep needs no `sockets` entry (it may be
+// gone): the endpoint and protocol travel with it.
+#define H2_SWEEP_SLOTS 16
 
 struct h2_sweep {
     u64 sk;
@@ -226,8 +227,8 @@ static __always_inline int h2_sweep_run(void *ctx) {
     }
     struct sock_state *st = sockets.lookup(&sk);
     struct ep_val *v = endpoint(&w->ep);
-    for (;;) {
-        COND_BREAK(break);
+    for (int i = 0;; i++) {
+        LOOP_BREAK(i, H2_SWEEP_SLOTS);
         u32 idx = LOAD_ONCE(w->next);
         if (idx >= H2_SLOTS)
             break;
@@ -253,7 +254,7 @@ static __always_inline int h2_sweep_run(void *ctx) {
         }
     }
     if (w->next < H2_SLOTS)
-        h2_progs.call(ctx, H2_PROG_SWEEP);  // the kernel's bound on the loop was reached
+        h2_progs.call(ctx, H2_PROG_SWEEP);
     w->active = 0;
     if (w->remove)
         h2conns.delete(&sk);

@@ -35,12 +35,22 @@
 // `n & mask` computed in the register handed on: clang may not drop the mask as
 // redundant (it knows a bound the verifier does not see on a merged path).
 #define BOUNDED(n, mask) ({ u32 __b = (n); asm volatile("" : "+r"(__b)); __b & (mask); })
-// `expr` (a break) when the kernel's bound on this loop's iterations is reached: the
-// may_goto instruction (Linux 6.9), spelled in bytes for assemblers that lack it. The
-// verifier walks a loop that has one until its state repeats, not once per iteration,
-// so such a loop's body is verified once or twice however many times it runs: its
-// own bound lives in memory (a counter in a register the verifier knows would make
-// each iteration's state new).
+// LOOP_BREAK(i, n): the head of a loop `for (int i = 0;; i++)` whose real bound is
+// elsewhere (in memory). With may_goto (Linux 6.9; the loader defines HAVE_MAY_GOTO),
+// `break` once the kernel's bound on the loop's iterations is reached: the verifier
+// walks such a loop until its state repeats, not once per iteration, so its body is
+// verified a few times however many times it runs (`i` is never compared: a counter
+// the verifier knows would make each iteration's state new). Without it, a bounded
+// loop of `n` iterations, each one verified.
+#ifdef HAVE_MAY_GOTO
+#define LOOP_BREAK(i, n) COND_BREAK(break)
+#else
+#define LOOP_BREAK(i, n) \
+    if ((i) >= (n))      \
+    break
+#endif
+// `expr` when the kernel's bound is reached: may_goto, spelled in bytes for
+// assemblers that lack it.
 #define COND_BREAK(expr)                                                       \
     ({                                                                         \
         __label__ l_break, l_continue;                                         \

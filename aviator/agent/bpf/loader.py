@@ -13,6 +13,7 @@ import contextlib
 import errno
 import functools
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -172,6 +173,19 @@ def check_headers() -> None:
     )
 
 
+# The kernel release from which the verifier knows the may_goto instruction.
+MAY_GOTO_SINCE = (6, 9)
+
+
+def kernel_has_may_goto(release: str) -> bool:
+    """Whether a kernel of this release (`uname -r`) takes may_goto, which the HTTP/2
+    parser's skim and the stream sweep loop with (bpf/latency.bpf.c: COND_BREAK);
+    without it the program keeps to bounded loops (no skim: a call's frames beyond the
+    full parser's budget give the connection up)."""
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return m is not None and (int(m[1]), int(m[2])) >= MAY_GOTO_SINCE
+
+
 def compile_flags(
     btf: Btf,
     *,
@@ -182,6 +196,7 @@ def compile_flags(
     raw_recv: bool,
     max_h2_conns: int = 4096,
     include_dir: Path = SOURCE.parent,
+    may_goto: bool = False,
 ) -> list[str]:
     try:
         offsets = sock_offsets(btf)
@@ -202,6 +217,8 @@ def compile_flags(
         flags.append("-DSEND_HOOK_RAW")
     if raw_recv:
         flags.append("-DRECV_HOOK_RAW")
+    if may_goto:
+        flags.append("-DHAVE_MAY_GOTO")
     return flags
 
 
@@ -427,6 +444,7 @@ def _compile_and_attach(
         raw_send=raw_send,
         raw_recv=raw_recv,
         include_dir=source.parent,
+        may_goto=kernel_has_may_goto(os.uname().release),
     )
     program: LoadedProgram | None = None
     failure: Exception | None = None
