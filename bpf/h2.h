@@ -28,8 +28,9 @@
 //     batching hundreds of responses into one write): up to H2_SKIM_STEPS steps in
 //     its one run. A frames-only step (no header block walk) in a may_goto loop
 //     (LOOP_BREAK), which the verifier walks until its state repeats, whatever the
-//     steps (so Linux 6.9 and later: on older kernels there is no skim). Frames and streams are exact (opened, answered, ended, reset, GOAWAY,
-//     trailers making the connection gRPC); a header block's status is read only
+//     steps (so Linux 6.9 and later: on older kernels there is no skim). Frames and
+//     streams are exact (opened, answered, ended, reset, GOAWAY, trailers making the
+//     connection gRPC); a header block's status is read only
 //     when the block repeats one the walk read (hpack.h: hpack_skim), otherwise it
 //     is unread, and a block that may have added to the dynamic table leaves the
 //     table's later references unread (static-table statuses stay readable).
@@ -330,12 +331,6 @@ static __always_inline int h2_step(struct h2_cursor *c, struct sock_state *st,
     return 0;
 }
 
-// A step of a skim run: a BPF function of its own (see h2_run).
-static __always_inline int h2_skim_step(struct h2_cursor *c, struct sock_state *st,
-                                    struct ep_val *v, struct h2_conn *h) {
-    return h2_step(c, st, v, h, &h->dir[c->dir & 1], 1);
-}
-
 // Parses the cursor's bytes: H2_FRAMES_PER_RUN steps here (H2_SKIM_STEPS when
 // skimming), then a tail call for more. `st`: the socket's state when the caller has
 // it (0: looked up, in a continuation). `skim`: a constant (the two programs).
@@ -378,8 +373,9 @@ static __always_inline int h2_run(void *ctx, struct sock_state *st, int skim) {
     int done = 0;
     if (skim) {
         // The bound in memory, and may_goto: the verifier walks the loop until its
-        // state repeats, not once per step (COND_BREAK); the step is a function of
-        // its own, which leaves nothing of its paths in the loop's state.
+        // state repeats, not once per step (LOOP_BREAK). Nothing of a step stays in
+        // registers for the next (its direction is looked up again): its state then
+        // repeats after a few steps.
         c->steps = H2_SKIM_STEPS;
         for (int i = 0;; i++) {
             LOOP_BREAK(i, 4);  // (without may_goto no call gets here)
@@ -387,7 +383,7 @@ static __always_inline int h2_run(void *ctx, struct sock_state *st, int skim) {
             if (steps == 0)
                 break;
             c->steps = steps - 1;
-            done = h2_skim_step(c, st, v, h);
+            done = h2_step(c, st, v, h, &h->dir[c->dir & 1], 1);
             if (done)
                 break;
         }
