@@ -13,18 +13,32 @@
 //
 // The parser carries its place per direction across calls (h2_dir: payload bytes to
 // skip, a frame header split across reads; hpack_state: where it is in a server
-// header block). A program run takes H2_FRAMES_PER_RUN steps (a frame header with its
-// payload skipped when the chunk holds it, the rest of a payload, a move to the next
-// iovec of a readv/writev/recvmsg/sendmsg, or up to the next field event of a server
-// header block, hpack.h); every run is a tail
-// call of h2_parse_more (the first too: the hooks' own programs stay small for the
-// verifier), up to 1 + H2_MAX_RUNS runs (496 steps per call: 100 small request frames
-// in one write fit, or some 70 responses of a few header fields each; the kernel
-// allows 33 tail calls in a row, and an adopted connection's first call and a sweep
-// take one each). Beyond that, or on bytes that cannot be
+// header block). A step is a frame header with its payload skipped when the chunk
+// holds it, the rest of a payload, a move to the next iovec of a
+// readv/writev/recvmsg/sendmsg, or (walking) up to the next field event of a server
+// header block (hpack.h). Every run is a tail call (the first too: the hooks' own
+// programs stay small for the verifier). The kernel allows 33 tail calls in a row:
+// an adopted connection's first call and a sweep take one each, the parser the rest.
+// Per call:
+//   - the full parser, h2_parse_more, runs H2_FULL_RUNS times H2_FRAMES_PER_RUN steps
+//     (480: some 70 responses of a few header fields each, 30 gRPC responses with
+//     literals, hundreds of request frames). Its step walks header blocks, so the
+//     verifier explores each of its 16 steps: 32 are more than it takes.
+//   - then the skim, h2_skim_more, takes the rest of a larger call (a loaded server
+//     batching hundreds of responses into one write): up to H2_SKIM_STEPS steps in
+//     its one run. A frames-only step (no header block walk) in a may_goto loop
+//     (LOOP_BREAK), which the verifier walks until its state repeats, whatever the
+//     steps (so Linux 6.9 and later: on older kernels there is no skim). Frames and
+//     streams are exact (opened, answered, ended, reset, GOAWAY, trailers making the
+//     connection gRPC); a header block's status is read only
+//     when the block repeats one the walk read (hpack.h: hpack_skim), otherwise it
+//     is unread, and a block that may have added to the dynamic table leaves the
+//     table's later references unread (static-table statuses stay readable).
+// Beyond that (more than 4,500 frames in one call), or on bytes that cannot be
 // HTTP/2 frames (something moved bytes through a path the program does not see), the
-// connection is given up: its open streams are dropped without samples, it is flagged
-// SOCK_UNPARSED and is not measured any more (CNT_H2_DESYNCS counts these).
+// connection is given up: its open streams are dropped without samples (the sweep
+// has its tail call left), it is flagged SOCK_UNPARSED and is not measured any more
+// (CNT_H2_DESYNCS counts these; CNT_H2_SKIMS the calls skimmed).
 //
 // Streams are opened, ended and swept in h2_streams.h; statuses are read from every
 // header block the server sends by hpack.h.
@@ -48,8 +62,14 @@
 #define H2_PRIORITY 0x20
 
 #define H2_PREFACE_LEN 24
-#define H2_FRAMES_PER_RUN 16
-#define H2_MAX_RUNS 30
+#define H2_FRAMES_PER_RUN 16  // steps of a run of the full parser
+#define H2_MAX_RUNS 30        // tail-called runs after the first
+#ifdef HAVE_MAY_GOTO
+#define H2_FULL_RUNS 30       // runs of the full parser, the first one included
+#else
+#define H2_FULL_RUNS (H2_MAX_RUNS + 1)  // no skim: its loop needs may_goto
+#endif
+#define H2_SKIM_STEPS 4096    // steps of a skim run (the others)
 #define H2_MAX_IOV 1024  // UIO_MAXIOV: every iovec is a step of the run budget
 
 #define H2C_GOAWAY 1  // h2_conn.flags: goaway_sid is to be applied
@@ -89,7 +109,7 @@ struct h2_cursor {
     u8 pad;
     u64 win_addr;  // user address of win[0]
     u32 win_len;   // bytes in win[] (0: empty)
-    u32 pad2;
+    u32 steps;     // steps left in a skim run
     u8 win[H2_WIN + 16];  // 16 spare bytes: a fixed-size load at any offset stays inside
 };
 BPF_PERCPU_ARRAY(h2_cursors, struct h2_cursor, 1);
@@ -125,7 +145,8 @@ static __always_inline u64 win_word(struct h2_cursor *c, u32 off) {
 #define H2_PROG_SWEEP 1
 #define H2_PROG_ADOPT 2
 #define PROG_HTTP1_TARGET 3
-BPF_PROG_ARRAY(h2_progs, 4);
+#define H2_PROG_SKIM 4
+BPF_PROG_ARRAY(h2_progs, 5);
 
 #include "h2_streams.h"
 
@@ -152,9 +173,10 @@ static __always_inline int h2_plausible(u32 len, u8 type, u32 sid) {
 
 #include "hpack.h"
 
+// `skim`: a constant; 1: header blocks are not walked (hpack_skim).
 static __always_inline void h2_frame(struct h2_cursor *c, struct sock_state *st,
                                      struct ep_val *v, struct h2_conn *h, struct h2_dir *d,
-                                     u32 len, u8 type, u8 flags, u32 sid) {
+                                     u32 len, u8 type, u8 flags, u32 sid, int skim) {
     if (type == H2_GOAWAY) {
         u32 off = c->dir == 1 && c->cur_len - c->pos >= 4 ? win_at(c, 4) : H2_WIN;
         if (off < H2_WIN) {
@@ -166,8 +188,13 @@ static __always_inline void h2_frame(struct h2_cursor *c, struct sock_state *st,
         return;
     }
     if (c->dir == 1 && (type == H2_CONTINUATION || type == H2_PUSH_PROMISE)) {
-        d->skip = 0;  // the header block is walked (hpack.h)
         h->server_cut = (flags & H2_END_HEADERS) ? 0 : H2_CUT_BLOCK;
+        if (skim) {
+            hpack_skim(c, &h->hp, v, len, type, flags, HPB_NONE);
+            hp_skim_end(&h->hp, v, 0);
+            return;
+        }
+        d->skip = 0;  // the header block is walked (hpack.h)
         hpack_frame(&h->hp, v, len, type, flags, HPB_NONE);
         return;
     }
@@ -213,9 +240,18 @@ static __always_inline void h2_frame(struct h2_cursor *c, struct sock_state *st,
     if (c->dir == 1 && type == H2_HEADERS) {
         // Every server header block is walked, whatever its stream: the dynamic table's
         // insertions are counted from all of them.
-        d->skip = 0;
         h->server_cut = (flags & H2_END_HEADERS) ? 0 : H2_CUT_BLOCK;
+        if (skim) {
+            hpack_skim(c, &h->hp, v, len, type, flags, role);
+            hp_skim_end(&h->hp, v, LOAD_ONCE(st->proto) == APP_GRPC);
+            return;
+        }
+        d->skip = 0;
         hpack_frame(&h->hp, v, len, type, flags, role);
+        // A short block is remembered with what it reads (struct hpack_memo).
+        u64 w = 0;
+        h->hp.blk_len = block_word(c, len, flags, &w);
+        h->hp.blk_word = w;
     }
 }
 
@@ -235,9 +271,70 @@ static __always_inline int h2_next_chunk(struct h2_cursor *c) {
     return 1;
 }
 
-// Parses the cursor's bytes: H2_FRAMES_PER_RUN steps here, then a tail call for more.
-// `st`: the socket's state when the caller has it (0: looked up, in a continuation).
-static __always_inline int h2_run(void *ctx, struct sock_state *st) {
+// One step of the parser (see the top of this file): 0 to go on, 1 when the call's
+// bytes are all parsed, 2 when the parser lost its place. `skim`: a constant.
+static __always_inline int h2_step(struct h2_cursor *c, struct sock_state *st,
+                                   struct ep_val *v, struct h2_conn *h, struct h2_dir *d,
+                                   int skim) {
+    if (c->pos >= c->cur_len)
+        return h2_next_chunk(c) ? 0 : 1;
+    if (!skim && c->dir == 1 && h->hp.frame_left) {
+        hpack_step(c, &h->hp, v);
+        return 0;
+    }
+    u32 avail = c->cur_len - c->pos;
+    u32 skip = d->skip;
+    if (skip) {
+        u32 n = skip < avail ? skip : avail;
+        d->skip = skip - n;
+        c->pos += n;
+        return 0;
+    }
+    u32 have = d->have;
+    if (have > 8)
+        return 2;
+    u32 n = 9 - have;
+    if (n > avail)
+        n = avail;
+    u32 off = win_at(c, n);
+    if (off >= H2_WIN)
+        return 2;  // unreadable: the parser's place is lost
+    // 16 bytes copied whatever n: those past n are overwritten or never looked at.
+    u64 *from = (u64 *)&c->win[BOUNDED(off, H2_WIN - 1)];
+    u64 *to = (u64 *)&d->part[BOUNDED(have, 15)];
+    to[0] = from[0];
+    to[1] = from[1];
+    c->pos += n;
+    have += n;
+    if (have < 9) {
+        d->have = have;
+        return 0;
+    }
+    d->have = 0;
+    u32 len = ((u32)d->part[0] << 16) | ((u32)d->part[1] << 8) | d->part[2];
+    u8 type = d->part[3];
+    u8 flags = d->part[4];
+    u32 sid = ((u32)(d->part[5] & 0x7f) << 24) | ((u32)d->part[6] << 16) |
+              ((u32)d->part[7] << 8) | d->part[8];
+    if (!h2_plausible(len, type, sid))
+        return 2;
+    d->skip = len;
+    h2_frame(c, st, v, h, d, len, type, flags, sid, skim);
+    // The payload skipped in the same step, as far as the chunk holds it (a header
+    // block the walk takes has left no skip).
+    u32 left = LOAD_ONCE(d->skip);
+    u32 here = c->cur_len - c->pos;
+    if (left <= here) {
+        d->skip = 0;
+        c->pos += left;
+    }
+    return 0;
+}
+
+// Parses the cursor's bytes: H2_FRAMES_PER_RUN steps here (H2_SKIM_STEPS when
+// skimming), then a tail call for more. `st`: the socket's state when the caller has
+// it (0: looked up, in a continuation). `skim`: a constant (the two programs).
+static __always_inline int h2_run(void *ctx, struct sock_state *st, int skim) {
     int zero = 0;
     struct h2_cursor *c = h2_cursors.lookup(&zero);
     if (!c || !c->active)
@@ -264,75 +361,50 @@ static __always_inline int h2_run(void *ctx, struct sock_state *st) {
             return 0;
         }
     }
+    if (skim && c->runs == H2_FULL_RUNS)
+        count(CNT_H2_SKIMS);  // the call's first skim run
+    if (skim && c->dir == 1 && h->hp.frame_left) {
+        // The walk was in a header block: the rest of its frame is skipped.
+        d->skip = h->hp.frame_left;
+        h->hp.frame_left = 0;
+        hp_skimmed(&h->hp, h->hp.blk_word, h->hp.blk_len);
+        hp_skim_end(&h->hp, v, st->proto == APP_GRPC);
+    }
     int done = 0;
-    for (int i = 0; i < H2_FRAMES_PER_RUN; i++) {
-        if (c->pos >= c->cur_len) {
-            if (!h2_next_chunk(c)) {
-                done = 1;
+    if (skim) {
+        // The bound in memory, and may_goto: the verifier walks the loop until its
+        // state repeats, not once per step (LOOP_BREAK). Nothing of a step stays in
+        // registers for the next (its direction is looked up again): its state then
+        // repeats after a few steps.
+        c->steps = H2_SKIM_STEPS;
+        for (int i = 0;; i++) {
+            LOOP_BREAK(i, 4);  // (without may_goto no call gets here)
+            u32 steps = LOAD_ONCE(c->steps);
+            if (steps == 0)
                 break;
-            }
-            continue;
+            c->steps = steps - 1;
+            done = h2_step(c, st, v, h, &h->dir[c->dir & 1], 1);
+            if (done)
+                break;
         }
-        if (c->dir == 1 && h->hp.frame_left) {
-            hpack_step(c, &h->hp, v);
-            continue;
-        }
-        u32 avail = c->cur_len - c->pos;
-        u32 skip = d->skip;
-        if (skip) {
-            u32 n = skip < avail ? skip : avail;
-            d->skip = skip - n;
-            c->pos += n;
-            continue;
-        }
-        u32 have = d->have;
-        if (have > 8) {
-            done = 2;
-            break;
-        }
-        u32 n = 9 - have;
-        if (n > avail)
-            n = avail;
-        u32 off = win_at(c, n);
-        if (off >= H2_WIN) {
-            done = 2;  // unreadable: the parser's place is lost
-            break;
-        }
-        // 16 bytes copied whatever n: those past n are overwritten or never looked at.
-        u64 *from = (u64 *)&c->win[BOUNDED(off, H2_WIN - 1)];
-        u64 *to = (u64 *)&d->part[BOUNDED(have, 15)];
-        to[0] = from[0];
-        to[1] = from[1];
-        c->pos += n;
-        have += n;
-        if (have < 9) {
-            d->have = have;
-            continue;
-        }
-        d->have = 0;
-        u32 len = ((u32)d->part[0] << 16) | ((u32)d->part[1] << 8) | d->part[2];
-        u8 type = d->part[3];
-        u8 flags = d->part[4];
-        u32 sid = ((u32)(d->part[5] & 0x7f) << 24) | ((u32)d->part[6] << 16) |
-                  ((u32)d->part[7] << 8) | d->part[8];
-        if (!h2_plausible(len, type, sid)) {
-            done = 2;
-            break;
-        }
-        d->skip = len;
-        h2_frame(c, st, v, h, d, len, type, flags, sid);
-        // The payload skipped in the same step, as far as the chunk holds it (a header
-        // block the walk takes has left no skip).
-        u32 left = LOAD_ONCE(d->skip);
-        u32 here = c->cur_len - c->pos;
-        if (left <= here) {
-            d->skip = 0;
-            c->pos += left;
+    } else {
+        for (int i = 0; i < H2_FRAMES_PER_RUN; i++) {
+            done = h2_step(c, st, v, h, d, 0);
+            if (done)
+                break;
         }
     }
     if (done == 0 && c->runs < H2_MAX_RUNS) {
         c->runs += 1;
-        h2_progs.call(ctx, H2_PROG_PARSE);
+        // One call per index, each a constant: the kernel makes such a tail call a
+        // direct jump, one whose index varies an indirect one (a retpoline). (The
+        // barrier after one keeps clang from merging the two into one call.)
+        if (skim || c->runs >= H2_FULL_RUNS) {
+            h2_progs.call(ctx, H2_PROG_SKIM);
+            asm volatile("" ::: "memory");
+        } else {
+            h2_progs.call(ctx, H2_PROG_PARSE);
+        }
     }
     c->active = 0;
     if (done != 1) {
@@ -352,5 +424,10 @@ static __always_inline int h2_run(void *ctx, struct sock_state *st) {
 
 // The tail-call target: continues the cursor of the call that started it.
 int h2_parse_more(void *ctx) {
-    return h2_run(ctx, 0);
+    return h2_run(ctx, 0, 0);
+}
+
+// The tail-call target once the full parser's runs are spent: frames only.
+int h2_skim_more(void *ctx) {
+    return h2_run(ctx, 0, 1);
 }

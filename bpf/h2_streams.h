@@ -169,9 +169,10 @@ static __always_inline void stream_close(struct h2_cursor *c, struct sock_state 
 }
 
 // Closing many streams at once (connection end, GOAWAY, giving up) is a sweep of the
-// connection's slots in a program of its own, H2_SWEEP_SLOTS slots per run, continued
-// by tail calls: a loop over all H2_SLOTS, each with a sample to record, is more than
-// the verifier explores in one program. The sweep needs no `sockets` entry (it may be
+// connection's slots in a program of its own, tail-called (the caller's verifier
+// budget): all H2_SLOTS in one run with may_goto (LOOP_BREAK), so a sweep takes one
+// tail call, the last one a parser's call may have (h2.h); without, H2_SWEEP_SLOTS
+// per run, continued by tail calls. The sweep needs no `sockets` entry (it may be
 // gone): the endpoint and protocol travel with it.
 #define H2_SWEEP_SLOTS 16
 
@@ -226,11 +227,12 @@ static __always_inline int h2_sweep_run(void *ctx) {
     }
     struct sock_state *st = sockets.lookup(&sk);
     struct ep_val *v = endpoint(&w->ep);
-    u32 first = w->next;
-    for (int i = 0; i < H2_SWEEP_SLOTS; i++) {
-        u32 idx = first + i;
+    for (int i = 0;; i++) {
+        LOOP_BREAK(i, H2_SWEEP_SLOTS);
+        u32 idx = LOAD_ONCE(w->next);
         if (idx >= H2_SLOTS)
             break;
+        w->next = idx + 1;
         struct h2_slot *s = &h->slots[BOUNDED(idx, H2_SLOTS - 1)];
         u64 sid = LOAD_ONCE(s->sid);
         if (sid == 0 || (sid & H2_SID_MASK) <= w->above)
@@ -251,7 +253,6 @@ static __always_inline int h2_sweep_run(void *ctx) {
             record_sample(v, w->now > start ? (w->now - start) / 1000 : 0, w->proto);
         }
     }
-    w->next = first + H2_SWEEP_SLOTS;
     if (w->next < H2_SLOTS)
         h2_progs.call(ctx, H2_PROG_SWEEP);
     w->active = 0;

@@ -32,7 +32,18 @@
 //   trailers (a later HEADERS ending the stream): grpc-status (an error when != 0).
 // A block whose status is not read (not there, a reference to an entry no longer
 // remembered, a malformed block) counts in CNT_STATUSES_UNREAD and in none of the
-// endpoint's `statuses`: an unread status is never taken for a success.
+// endpoint's `statuses`: an unread status is never taken for a success (nor is a
+// :status 200 in a block with a reference not known: it may be a gRPC response's).
+//
+// Blocks the parser skims (h2.h: a call beyond the full parser's budget) are not
+// walked. A short block the walk read whole (one HEADERS frame of at most 8 bytes,
+// nothing added to the table) is remembered with what it read, the last response
+// block and the last trailers (struct hpack_memo): a skimmed block with the same
+// bytes and no insertion since reads the same (a steady-state encoder's indexed
+// :status 200, content-type and grpc-status 0). Another skimmed block of indexed
+// fields only adds nothing to the table: its static :status other than 200 is read,
+// the rest is unread. Any other skimmed block may have added entries: the table is
+// not followed any more (`broken`), static entries still are.
 
 // hp.state: what the next byte of the block is.
 #define HP_FIELD 0   // a field's first byte
@@ -212,7 +223,9 @@ static __always_inline u8 hp_lookup(struct hpack_state *hp, u32 idx, u16 *value)
 
 // A whole field with what it says, into the block's reading.
 static __always_inline void hp_field(struct hpack_state *hp, u8 kind, u16 value) {
-    if (kind == KIND_STATUS && value)
+    if (kind == KIND_LOST)
+        hp->blk_lost = 1;
+    else if (kind == KIND_STATUS && value)
         hp->blk_status = value;
     else if (kind == KIND_GRPC && value)
         hp->blk_grpc = (u8)value;
@@ -230,6 +243,7 @@ static __always_inline void hp_literal_end(struct hpack_state *hp) {
     hp->state = HP_FIELD;
     if (hp->rep != REP_INCREMENTAL)
         return;
+    hp->blk_len = 0;  // the block adds an entry: the same bytes again would not read the same
     u32 seq = hp->inserted;
     hp->inserted = seq + 1;
     if (kind == KIND_NONE)
@@ -394,6 +408,17 @@ static __always_inline void hp_block_end(struct hpack_state *hp, struct ep_val *
     u8 ctype = hp->blk_ctype;
     if (hp->state != HP_FIELD)
         hp->broken = 1;  // a field cut short or malformed: insertions are not known
+    u8 len = hp->blk_len;
+    if (len && hp->state == HP_FIELD && !hp->broken && !hp->blk_lost) {
+        struct hpack_memo *m = &hp->memo[role == HPB_TRAILERS];
+        m->word = hp->blk_word;
+        m->inserted = hp->inserted;
+        m->status = status;
+        m->grpc = grpc;
+        m->ctype = ctype;
+        m->len = len;
+    }
+    hp->blk_len = 0;
     hp->role = HPB_NONE;
     hp->end_headers = 0;
     if (role == HPB_NONE)
@@ -406,7 +431,8 @@ static __always_inline void hp_block_end(struct hpack_state *hp, struct ep_val *
         if (ctype && status == 200) {
             if (role == HPB_RESPONSE)
                 return;  // gRPC: its status comes in the trailers
-        } else {
+        } else if (status != 200 || !hp->blk_lost) {
+            // (A 200 with a field not known may be a gRPC response's: not a status.)
             count_status(v, status, 0);
             return;
         }
@@ -425,8 +451,10 @@ static __always_inline void hpack_frame(struct hpack_state *hp, struct ep_val *v
         hp->blk_status = 0;
         hp->blk_grpc = 0;
         hp->blk_ctype = 0;
+        hp->blk_lost = 0;
         hp->role = role;
     }
+    hp->blk_len = 0;  // h2_frame sets it for a short HEADERS (block_word)
     hp->pre = (type == H2_PUSH_PROMISE ? 4 : 0) +
               (type == H2_HEADERS && (flags & H2_PRIORITY) ? 5 : 0);
     hp->need_pad = type != H2_CONTINUATION && (flags & H2_PADDED) ? 1 : 0;
@@ -496,4 +524,100 @@ static __always_inline void hpack_step(struct h2_cursor *c, struct hpack_state *
     hp->frame_left = left - took;
     if (hp->frame_left == 0 && hp->end_headers)
         hp_block_end(hp, v);
+}
+
+// A HEADERS frame's payload that is a whole header block of at most 8 bytes (no
+// padding, no priority, END_HEADERS) in the chunk at the cursor: its bytes, zero past
+// `len`, in *w; 0 if it is not such a block.
+static __always_inline u32 block_word(struct h2_cursor *c, u32 len, u8 flags, u64 *w) {
+    *w = 0;
+    if (len == 0 || len > 8 || (flags & (H2_END_HEADERS | H2_PADDED | H2_PRIORITY)) !=
+                                   H2_END_HEADERS || c->cur_len - c->pos < len)
+        return 0;
+    u32 off = win_at(c, len);
+    if (off >= H2_WIN)
+        return 0;
+    u64 mask = len == 8 ? ~0ULL : (1ULL << (BOUNDED(len, 7) * 8)) - 1;
+    *w = win_word(c, off) & mask;
+    return len;
+}
+
+// Whether the `len` (1 to 8) bytes of w are indexed fields only, each one byte
+// (index 1-126): such a block adds nothing to the dynamic table. (Branch-free: the
+// verifier walks it for every step of a skim run.)
+static __always_inline int indexed_only(u64 w, u32 len) {
+    u64 mask = len >= 8 ? ~0ULL : (1ULL << (BOUNDED(len, 7) * 8)) - 1;
+    u64 high = 0x8080808080808080ULL;
+    u64 ones = 0x0101010101010101ULL;
+    u64 low = (w & ~high) | (~mask & ones);  // 7-bit indexes; bytes past len: 1
+    u64 far = (low ^ (~high & mask));          // 0 where an index is 127 (continued)
+    u64 zero = ((low - ones) & ~low) | ((far - ones) & ~far);
+    return (w & high & mask) == (high & mask) && !(zero & high);
+}
+
+// Skimming (h2.h: the parser's budget ran short) leaves the block being walked, or
+// does not walk one: what follows of it is not known. Its insertions are not either
+// (hp_block_end marks the table broken), and a :status 200 read before its
+// content-type could be a gRPC response's: not a status any more.
+static __always_inline void hp_cut(struct hpack_state *hp) {
+    hp->state = HP_LOST;
+    if (hp->blk_status == 200 && !hp->blk_ctype)
+        hp->blk_status = 0;
+}
+
+// What a block the skim does not walk (or stops walking) reads, from its bytes when it
+// is short (w, n; n = 0: not known): read whole when the bytes are those of the last
+// response or trailers block the walk read whole, with nothing added to the table
+// since (struct hpack_memo); a block of indexed fields only leaves the table as it
+// was, and its :status is read when it is a static entry other than 200 (an HTTP
+// status; a 200 may be a gRPC response's). Any other block is cut (hp_cut).
+static __always_inline void hp_skimmed(struct hpack_state *hp, u64 w, u32 n) {
+    struct hpack_memo *m = &hp->memo[hp->role == HPB_TRAILERS];
+    if (n && !hp->broken && m->len == n && m->word == w && m->inserted == hp->inserted) {
+        hp->state = HP_FIELD;
+        hp->blk_status = m->status;
+        hp->blk_grpc = m->grpc;
+        hp->blk_ctype = m->ctype;
+    } else {
+        if (n && indexed_only(w, n)) {
+            hp->state = HP_FIELD;
+            u8 first = (u8)w;
+            if (first >= 0x89 && first <= 0x8e)
+                hp->blk_status = static_status(first & 0x7f);
+            else if (!hp->blk_ctype)
+                hp->blk_status = 0;
+        } else {
+            hp_cut(hp);
+        }
+    }
+    hp->blk_len = 0;
+}
+
+// A skimmed block's frame ends: counted as hp_block_end does, at the block's end. On a
+// gRPC connection (`grpc`) a response's first HEADERS whose status was not read counts
+// nothing: its status is its trailers', counted there.
+static __always_inline void hp_skim_end(struct hpack_state *hp, struct ep_val *v, int grpc) {
+    if (grpc && hp->role == HPB_RESPONSE && !hp->blk_status && !hp->blk_grpc)
+        hp->role = HPB_NONE;
+    if (hp->end_headers)
+        hp_block_end(hp, v);
+}
+
+// A header-carrying frame the skim does not walk (its payload is skipped): what its
+// block reads (hp_skimmed); the caller ends it (hp_skim_end).
+static __always_inline void hpack_skim(struct h2_cursor *c, struct hpack_state *hp,
+                                       struct ep_val *v, u32 len, u8 type, u8 flags,
+                                       u8 role) {
+    if (type != H2_CONTINUATION) {
+        hp->blk_status = 0;
+        hp->blk_grpc = 0;
+        hp->blk_ctype = 0;
+        hp->blk_lost = 0;
+        hp->role = role;
+    }
+    hp->frame_left = 0;
+    hp->end_headers = (flags & H2_END_HEADERS) ? 1 : 0;
+    u64 w = 0;
+    u32 n = type == H2_HEADERS ? block_word(c, len, flags, &w) : 0;
+    hp_skimmed(hp, w, n);
 }

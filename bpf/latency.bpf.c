@@ -35,6 +35,33 @@
 // `n & mask` computed in the register handed on: clang may not drop the mask as
 // redundant (it knows a bound the verifier does not see on a merged path).
 #define BOUNDED(n, mask) ({ u32 __b = (n); asm volatile("" : "+r"(__b)); __b & (mask); })
+// LOOP_BREAK(i, n): the head of a loop `for (int i = 0;; i++)` whose real bound is
+// elsewhere (in memory). With may_goto (Linux 6.9; the loader defines HAVE_MAY_GOTO),
+// `break` once the kernel's bound on the loop's iterations is reached: the verifier
+// walks such a loop until its state repeats, not once per iteration, so its body is
+// verified a few times however many times it runs (`i` is never compared: a counter
+// the verifier knows would make each iteration's state new). Without it, a bounded
+// loop of `n` iterations, each one verified.
+#ifdef HAVE_MAY_GOTO
+#define LOOP_BREAK(i, n) COND_BREAK(break)
+#else
+#define LOOP_BREAK(i, n) \
+    if ((i) >= (n))      \
+    break
+#endif
+// `expr` when the kernel's bound is reached: may_goto, spelled in bytes for
+// assemblers that lack it.
+#define COND_BREAK(expr)                                                       \
+    ({                                                                         \
+        __label__ l_break, l_continue;                                         \
+        asm volatile goto("1:.byte 0xe5; .byte 0;"                             \
+                          ".long ((%l[l_break] - 1b - 8) / 8) & 0xffff;"       \
+                          ".short 0" :::: l_break);                            \
+        goto l_continue;                                                       \
+    l_break:                                                                   \
+        expr;                                                                  \
+    l_continue:;                                                               \
+    })
 
 #define FAMILY_INET 2
 #define FAMILY_INET6 10

@@ -56,11 +56,13 @@ enum counter {
     CNT_STREAMS_FULL_DROPS,    // streams not timed: the connection's stream table is full
     CNT_H2_CONNS_FULL_DROPS,   // h2 connections not parsed: the h2conns map is full
     CNT_H2_DESYNCS,            // h2 connections given up: frames beyond the per-call
-                               //   budget or bytes that are not HTTP/2 frames
+                               //   budgets or bytes that are not HTTP/2 frames
     CNT_STATUSES_READ,         // response statuses read
     CNT_STATUSES_UNREAD,       // HTTP/2 responses whose status could not be read
     CNT_PROBES_BY_PATH,        // requests recorded as probes: node address, probe port+path
     CNT_PROBES_BY_ADDRESS,     // ... by node address and probe port alone (path not read)
+    CNT_H2_SKIMS,              // h2 calls with more frames than the full parser's budget:
+                               //   the rest skimmed (streams exact, header blocks not walked)
     NUM_COUNTERS,
 };
 
@@ -227,6 +229,19 @@ struct hpack_rec {
     u8 pad;
 };
 
+// A header block the walk read whole (one HEADERS frame of at most 8 bytes that added
+// nothing to the dynamic table) and what it read: the same bytes later, with no
+// insertion between, read the same (a block the parser skims is read from here).
+struct hpack_memo {
+    u64 word;      // its bytes, little-endian (zero past len)
+    u32 inserted;  // hpack_state.inserted when it was read
+    u16 status;    // what it read: blk_status, blk_grpc, blk_ctype
+    u8 grpc;
+    u8 ctype;
+    u8 len;        // 0: empty
+    u8 pad[7];
+};
+
 struct hpack_state {
     u32 inserted;    // entries the server's encoder added to its dynamic table
     u32 forgot;      // records overwritten: a miss below this insertion number is unknown
@@ -255,10 +270,14 @@ struct hpack_state {
     u8 pending_for;  // what `pending` is (an indexed field or a literal's name)
     u8 next_rec;
     u8 broken;       // insertions no longer counted: dynamic references are unknown
-    u8 pad1[3];
+    u8 blk_len;      // bytes of the block in blk_word (0: it may not be remembered)
+    u8 blk_lost;     // the block refers to an entry not known (KIND_LOST)
+    u8 pad1;
     u8 cap[HPACK_CAP];
     struct hpack_rec recs[HPACK_RECS];
     u32 pad2;
+    u64 blk_word;    // the block being walked, when it is short (struct hpack_memo)
+    struct hpack_memo memo[2];  // the last such response block [0] and trailers [1]
 };
 
 // Bits of h2_conn.server_cut: the server's bytes so far stop inside something no other

@@ -4,6 +4,7 @@ and closes; the connection-level request of the preface never counts."""
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
@@ -14,12 +15,16 @@ from conftest import TEST_BOUND_S, require_bpf_privileges
 from h2_wire import (
     CONTENT_TYPE_GRPC,
     DATA,
+    END_HEADERS,
+    END_STREAM,
     GOAWAY,
     HEADERS,
     PREFACE,
+    REQUEST_BLOCK,
     RST_STREAM,
     SETTINGS,
     STATUS_200,
+    STATUS_500,
     STATUS_503_PLAIN,
     STATUS_DYNAMIC,
     Pair,
@@ -37,10 +42,17 @@ from hypothesis import settings as settings_
 from hypothesis import strategies as st
 
 from aviator.agent.bpf import BpfLatencySource, EndpointCounters, EndpointKey
+from aviator.agent.bpf.loader import kernel_has_may_goto
 from aviator.agent.handoff.select import is_idle
 from aviator.testing.waiting import BPF_COMPILE_BOUND_S
 
 pytestmark = [pytest.mark.bpf, pytest.mark.timeout(TEST_BOUND_S, func_only=True)]
+
+# The skim of a call beyond the full parser's budget, and a sweep of all slots in one
+# run, need may_goto (bpf/h2.h): older kernels give such a connection up.
+needs_may_goto = pytest.mark.skipif(
+    not kernel_has_may_goto(os.uname().release), reason="kernel without may_goto (Linux < 6.9)"
+)
 
 # Software send timestamps, reported on the error queue with a copy of the packet sent.
 TIMESTAMPING = (1 << 1) | (1 << 4)
@@ -496,3 +508,141 @@ def test_a_long_stream_among_hundreds_of_short_ones(latency_source: BpfLatencySo
         pair.close()
     for role, d in deltas(before, after, pair).items():
         assert (d.count, d.aborted, d.rif, d.statuses) == (301, 0, 0, 301), role
+
+
+# A steady-state gRPC encoder's blocks once its dynamic table holds what it repeats
+# (entries added by the first call, below): :status 200 (static) + content-type
+# (dynamic 63); trailers grpc-status 0 (dynamic 62).
+GRPC_HEADERS_INDEXED = STATUS_200 + b"\xbf"
+GRPC_OK_INDEXED = b"\xbe"
+
+
+def grpc_call(stream: int) -> bytes:
+    return headers(stream, REQUEST_BLOCK + CONTENT_TYPE_GRPC, end_stream=False) + data(stream)
+
+
+def grpc_answer(stream: int, block: bytes, trailers: bytes) -> bytes:
+    return (
+        headers(stream, block, end_stream=False)
+        + data(stream, end_stream=False)
+        + frame(HEADERS, END_HEADERS | END_STREAM, stream, trailers)
+    )
+
+
+@needs_may_goto
+def test_a_burst_of_grpc_calls_in_one_write_each_way_is_counted_exactly(
+    latency_source: BpfLatencySource,
+) -> None:
+    """200 unary calls written at once (400 request frames) and answered in one server
+    write (600 frames, 400 header blocks): more frames than the full parser's budget
+    per call, so the rest of the call is skimmed (frames and streams exact, header
+    blocks not walked): every call counts at both ends, none in flight, and the
+    connection is still measured after (a later call counts). The skimmed blocks are
+    the ones the parser walked before (same bytes, no insertion since): their statuses
+    are read; a later walked block still resolves the dynamic table."""
+    pair = Pair("127.0.52.20")
+    calls = 200
+    try:
+        before = latency_source.read()
+        pair.open()
+        pair.to_server(grpc_call(1))  # the encoder adds content-type and grpc-status 0
+        pair.to_client(grpc_answer(1, STATUS_200 + CONTENT_TYPE_GRPC, grpc_trailers(1, 0)[9:]))
+        ids = [3 + 2 * i for i in range(calls)]
+        pair.to_server(b"".join(grpc_call(s) for s in ids))
+        pair.to_client(b"".join(grpc_answer(s, GRPC_HEADERS_INDEXED, GRPC_OK_INDEXED) for s in ids))
+        last = ids[-1] + 2
+        pair.to_server(grpc_call(last))  # UNAVAILABLE, added: 62 it, 63 OK, 64 content-type
+        pair.to_client(grpc_answer(last, GRPC_HEADERS_INDEXED, grpc_trailers(last, 14)[9:]))
+        pair.to_server(grpc_call(last + 2))
+        pair.to_client(grpc_answer(last + 2, STATUS_200 + b"\xc0", b"\xbf"))  # OK
+        total = calls + 3
+        after = settle(latency_source, pair, before, total)
+    finally:
+        pair.close()
+    for role, d in deltas(before, after, pair).items():
+        assert (d.count, d.aborted, d.rif, d.protocol) == (total, 0, 0, "grpc"), (role, d)
+        assert (d.statuses, d.errors) == (total, 1), (role, d)
+
+
+@needs_may_goto
+def test_a_burst_of_h2_requests_beyond_any_one_run_is_counted_exactly(
+    latency_source: BpfLatencySource,
+) -> None:
+    """250 requests with bodies in one write (500 frames) and their 250 responses in
+    one (HEADERS :status 200 + DATA): every one counts at both ends with its status."""
+    pair = Pair("127.0.52.21")
+    calls = 250
+    try:
+        before = latency_source.read()
+        pair.open()
+        ids = [1 + 2 * i for i in range(calls)]
+        pair.to_server(b"".join(headers(s, end_stream=False) + data(s, b"body") for s in ids))
+        pair.to_client(b"".join(response(s) for s in ids))
+        pair.to_server(headers(ids[-1] + 2))
+        pair.to_client(response(ids[-1] + 2))
+        after = settle(latency_source, pair, before, calls + 1)
+    finally:
+        pair.close()
+    d = deltas(before, after, pair)
+    for role in d:
+        assert (d[role].count, d[role].aborted, d[role].rif, d[role].protocol) == (
+            calls + 1,
+            0,
+            0,
+            "h2",
+        ), d
+        assert (d[role].statuses, d[role].errors) == (calls + 1, 0), d
+
+
+@needs_may_goto
+def test_more_frames_than_any_budget_give_the_connection_up_with_nothing_left_open(
+    latency_source: BpfLatencySource,
+) -> None:
+    """A server write of more frames than a call's whole budget (5000 SETTINGS acks):
+    the connection is given up, and the 100 requests open on it are dropped, none left
+    in flight (the sweep that drops them still has its tail calls)."""
+    pair = Pair("127.0.52.22")
+    try:
+        before = latency_source.read()
+        pair.open()
+        pair.to_server(b"".join(headers(1 + 2 * i) for i in range(100)))
+        opened = wait_for(latency_source, lambda s: deltas(before, s, pair)["server"].rif == 100)
+        assert deltas(before, opened, pair)["server"].rif == 100
+        pair.to_client(frame(SETTINGS, 1, 0) * 5000)
+        after = wait_for(latency_source, lambda s: deltas(before, s, pair)["server"].rif == 0)
+    finally:
+        pair.close()
+    d = deltas(before, after, pair)["server"]
+    assert (d.count, d.rif) == (0, 0), d
+
+
+@needs_may_goto
+def test_statuses_of_a_skimmed_burst_are_unread_never_misread(
+    latency_source: BpfLatencySource,
+) -> None:
+    """A burst whose every block adds to the encoder's table (content-type and
+    grpc-status 14 as literals): the blocks walked are read (all errors), the skimmed
+    ones are unread, never taken for a success; after it the table is not followed
+    any more (a reference to it is unread) but a static :status is still read."""
+    pair = Pair("127.0.52.23")
+    calls = 200
+    try:
+        before = latency_source.read()
+        pair.open()
+        ids = [1 + 2 * i for i in range(calls)]
+        pair.to_server(b"".join(grpc_call(s) for s in ids))
+        pair.to_client(
+            b"".join(
+                grpc_answer(s, STATUS_200 + CONTENT_TYPE_GRPC, grpc_trailers(s, 14)[9:])
+                for s in ids
+            )
+        )
+        pair.to_server(grpc_call(ids[-1] + 2) + grpc_call(ids[-1] + 4))
+        pair.to_client(headers(ids[-1] + 2, STATUS_500))  # read: a static entry
+        pair.to_client(grpc_answer(ids[-1] + 4, GRPC_HEADERS_INDEXED, GRPC_OK_INDEXED))
+        after = settle(latency_source, pair, before, calls + 2)
+    finally:
+        pair.close()
+    for role, d in deltas(before, after, pair).items():
+        assert (d.count, d.aborted, d.rif, d.protocol) == (calls + 2, 0, 0, "grpc"), (role, d)
+        assert 2 <= d.statuses < calls and d.errors == d.statuses, (role, d)

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import functools
 import os
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -71,13 +72,15 @@ _TRACEPOINTS = (
 _RECV_TRACEPOINT = ("tcp:tcp_probe", "tracepoint__tcp__tcp_probe")
 # Programs reached by tail calls (bpf/h2.h): the HTTP/2 parser's continuation, the
 # sweep that ends a connection's streams, the protocol of an adopted connection's first
-# bytes and the reader of an HTTP/1 request's target (bpf/payload.h), at their slots of
-# the h2_progs array.
+# bytes, the reader of an HTTP/1 request's target (bpf/payload.h) and the parser's
+# frames-only continuation once its full runs are spent, at their slots of the
+# h2_progs array.
 _TAIL_CALLS = (
     ("h2_progs", 0, "h2_parse_more"),
     ("h2_progs", 1, "h2_sweep_more"),
     ("h2_progs", 2, "h2_adopt_more"),
     ("h2_progs", 3, "http1_target_run"),
+    ("h2_progs", 4, "h2_skim_more"),
 )
 
 _TRACEFS_CANDIDATES = (Path("/sys/kernel/tracing"), Path("/sys/kernel/debug/tracing"))
@@ -170,6 +173,19 @@ def check_headers() -> None:
     )
 
 
+# The kernel release from which the verifier knows the may_goto instruction.
+MAY_GOTO_SINCE = (6, 9)
+
+
+def kernel_has_may_goto(release: str) -> bool:
+    """Whether a kernel of this release (`uname -r`) takes may_goto, which the HTTP/2
+    parser's skim and the stream sweep loop with (bpf/latency.bpf.c: COND_BREAK);
+    without it the program keeps to bounded loops (no skim: a call's frames beyond the
+    full parser's budget give the connection up)."""
+    m = re.match(r"(\d+)\.(\d+)", release)
+    return m is not None and (int(m[1]), int(m[2])) >= MAY_GOTO_SINCE
+
+
 def compile_flags(
     btf: Btf,
     *,
@@ -180,6 +196,7 @@ def compile_flags(
     raw_recv: bool,
     max_h2_conns: int = 4096,
     include_dir: Path = SOURCE.parent,
+    may_goto: bool = False,
 ) -> list[str]:
     try:
         offsets = sock_offsets(btf)
@@ -200,6 +217,8 @@ def compile_flags(
         flags.append("-DSEND_HOOK_RAW")
     if raw_recv:
         flags.append("-DRECV_HOOK_RAW")
+    if may_goto:
+        flags.append("-DHAVE_MAY_GOTO")
     return flags
 
 
@@ -425,6 +444,7 @@ def _compile_and_attach(
         raw_send=raw_send,
         raw_recv=raw_recv,
         include_dir=source.parent,
+        may_goto=kernel_has_may_goto(os.uname().release),
     )
     program: LoadedProgram | None = None
     failure: Exception | None = None

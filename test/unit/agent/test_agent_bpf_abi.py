@@ -43,6 +43,7 @@ PUBLISHED_COUNTERS = (
     "statuses_unread",
     "probes_by_path",
     "probes_by_address",
+    "h2_skims",
 )
 
 
