@@ -43,9 +43,8 @@ FRONT_PROXY_CLIENT = "front-proxy-client"  # the aggregator's client certificate
 # The controllers a box needs: workloads become pods (DaemonSets too: one pod per
 # node), Services get EndpointSlices, owners are garbage-collected, namespaces are
 # emptied, every namespace gets its default ServiceAccount (pods are refused without
-# it) and the `kube-root-ca.crt` ConfigMap (a kubelet mounting a pod's
-# ServiceAccount token waits for it), and HorizontalPodAutoscalers scale (on the
-# external metrics API Aviator's controller serves, docs/autoscaling.md).
+# it), and HorizontalPodAutoscalers scale (on the external metrics API Aviator's
+# controller serves, docs/autoscaling.md).
 CONTROLLERS = (
     "daemonset-controller",
     "deployment-controller",
@@ -55,8 +54,12 @@ CONTROLLERS = (
     "garbage-collector-controller",
     "namespace-controller",
     "serviceaccount-controller",
-    "root-ca-certificate-publisher-controller",
 )
+# Every namespace's `kube-root-ca.crt` ConfigMap, which a kubelet mounting a pod's
+# ServiceAccount token waits for: only for a control plane that serves pods of a real
+# node (`advertise_address`); elsewhere it would be one more object in every namespace
+# a test lists.
+ROOT_CA_PUBLISHER = "root-ca-certificate-publisher-controller"
 
 # Every request of Aviator's own ServiceAccounts is logged (so tests can prove RBAC
 # allowed each one), and every write by anyone (so tests can count writes).
@@ -227,6 +230,10 @@ class ControlPlane:
         self._start_and_wait("kube-apiserver", self._apiserver_ready)
 
     @property
+    def _controllers(self) -> tuple[str, ...]:
+        return CONTROLLERS + ((ROOT_CA_PUBLISHER,) if self.advertise_address else ())
+
+    @property
     def ca_file(self) -> Path:
         """The cluster CA (it signs the API server's and the admin's certificates)."""
         return self._ca
@@ -373,7 +380,7 @@ class ControlPlane:
             [
                 str(binary("kube-controller-manager", self.bin_dir)),
                 f"--kubeconfig={self.kubeconfig}",
-                f"--controllers={','.join(CONTROLLERS)}",
+                f"--controllers={','.join(self._controllers)}",
                 "--leader-elect=false",
                 "--secure-port=0",
                 f"--service-account-private-key-file={sa.key}",
