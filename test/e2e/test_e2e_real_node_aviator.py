@@ -106,45 +106,6 @@ async def test_quickstart_routes_to_fast_pods_measured_by_ebpf(quickstart: Scena
     )
 
 
-async def test_a_fast_pod_turning_slow_is_ejected_and_readmitted(quickstart: Scenario) -> None:
-    quickstart.apply(
-        quickstart.policy(
-            latencySource="ebpf",
-            circuitBreaker={
-                "enabled": True,
-                "p99Threshold": "750ms",
-                "consecutiveViolations": 2,
-                "recoveryInterval": "3s",
-            },
-            dampening={"enabled": False},
-        )
-    )
-    await quickstart.converge_to_fast(SHADOW, timeout_s=CONVERGE_S)
-    victim, healthy = sorted(await quickstart.pods("fast"))
-    load = quickstart.load(SHADOW)
-
-    quickstart.cluster.set_pod_latency(quickstart.ns, victim, "2s")
-    await wait_for(
-        f"{victim} to be ejected from {SHADOW}",
-        quickstart.avp,
-        lambda p: victim in status(p).get("ejectedPods", []),
-        timeout_s=CONVERGE_S,
-    )
-    routed = await quickstart.routed(SHADOW)
-    assert victim not in routed and healthy in routed, routed
-    await quickstart.proxy_follows(SHADOW)
-    window = await load.started_window(load.mark(), count=20, timeout_s=CONVERGE_S)
-    assert victim not in window.by_pod, window
-
-    quickstart.cluster.set_pod_latency(quickstart.ns, victim, None)
-    await wait_for(
-        f"{victim} to be readmitted to {SHADOW}",
-        lambda: quickstart.routed(SHADOW),
-        lambda pods: victim in pods,
-        timeout_s=CONVERGE_S * 2,  # recovery probes, then a fresh window of samples
-    )
-
-
 async def test_deleting_the_leader_pod_fails_over_with_routing_unchanged(
     quickstart: Scenario,
 ) -> None:
@@ -276,6 +237,9 @@ async def test_restarting_the_agent_pod_keeps_serving_and_resumes_measuring(
 
 # The product scenarios that need nothing of the box's own runtime, as they are, on the
 # real node (they take this module's `quickstart`).
+test_fast_pod_turning_slow_is_ejected_and_readmitted = (
+    scenarios.test_fast_pod_turning_slow_is_ejected_and_readmitted
+)
 test_scaling_the_fast_deployment_is_followed = (
     scenarios.test_scaling_the_fast_deployment_is_followed
 )
