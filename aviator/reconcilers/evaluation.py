@@ -9,7 +9,7 @@ persisted state). Pure: no I/O.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,7 +178,9 @@ def _created(obj: JSON) -> float:
     return timestamp(str(raw)) if raw else 0.0
 
 
-def pod_input(pod: PodFacts, latency: LatencyEstimate | None, fresh: bool) -> PodInput:
+def pod_input(
+    pod: PodFacts, latency: LatencyEstimate | None, fresh: bool, silent: bool = False
+) -> PodInput:
     return PodInput(
         name=pod.name,
         ip=pod.ip,
@@ -191,6 +193,7 @@ def pod_input(pod: PodFacts, latency: LatencyEstimate | None, fresh: bool) -> Po
         if latency is None or (latency.samples <= 0 and not latency.oldest_open_ms)
         else latency,
         fresh=fresh,
+        stale=silent,
         # The engine files its memory of a pod under the uid: a pod recreated under
         # the same name (a StatefulSet's) does not inherit its predecessor's ejection.
         uid=pod.uid,
@@ -221,9 +224,12 @@ def select(
     current_active: set[str],
     persisted: Mapping[str, Any] | None,
     now: float,
+    silent: Collection[str] = frozenset(),
 ) -> Outcome:
-    """Run the engine over the eligible `pods`."""
-    inputs = [pod_input(p, latencies.get(p.name), fresh.get(p.name, True)) for p in pods]
+    """Run the engine over the eligible `pods` (`silent`: see PodLatencies.silent)."""
+    inputs = [
+        pod_input(p, latencies.get(p.name), fresh.get(p.name, True), p.name in silent) for p in pods
+    ]
     names = {i.name for i in inputs}
     evaluation = evaluate(
         inputs,

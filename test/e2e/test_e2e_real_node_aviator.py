@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 import test_e2e_scenarios as scenarios
-from e2e_real_node import AVIATOR_NS, RealNodeCluster, unavailable
+from e2e_cluster import node_unavailable, skip_if
+from e2e_real_node import AVIATOR_NS, IMAGES, RealNodeCluster
 from e2e_scenario import SHADOW, TARGET, Scenario, deployed_quickstart, wait_for
 
 from aviator.box.traffic import Load
@@ -34,9 +35,7 @@ LEASE_DURATION_S, RETRY_PERIOD_S = 15.0, 2.0  # the controller's defaults
 
 @pytest.fixture(scope="module")
 def real_cluster() -> Iterator[RealNodeCluster]:
-    reason = unavailable()
-    if reason:
-        pytest.skip(reason)
+    skip_if(node_unavailable(real_node=True, images=IMAGES))
     began = time.monotonic()
     cluster = RealNodeCluster().start()
     try:
