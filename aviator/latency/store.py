@@ -152,6 +152,7 @@ class LatencyStore:
         self._by_ip: dict[str, set[Key]] = {}
         self._next_prune: float | None = None
         self._reported: dict[str, float] = {}  # owner -> when it last reported (`heard`)
+        self._resumed: dict[str, float] = {}  # owner -> when it reported after a silence
         self.maps = MapPressure(stale_after_s)
         self.loads = LoadBoard(stale_after_s)
 
@@ -175,7 +176,12 @@ class LatencyStore:
         return self.ingest_snapshot(msg, now).accepted
 
     def heard(self, owner: str, now: float) -> None:
-        """`owner` (an agent's node) reported, endpoints or not: its silence is news."""
+        """`owner` (an agent's node) reported, endpoints or not. A report after a
+        silence longer than the staleness bound (an agent restarted) is remembered:
+        what went stale during the silence went stale for want of a reporter."""
+        last = self._reported.get(owner)
+        if last is not None and now - last > self.stale_after_s:
+            self._resumed[owner] = now
         self._reported[owner] = now
 
     def ingest_snapshot(self, msg: Snapshot, now: float) -> Ingested:
@@ -310,6 +316,7 @@ class LatencyStore:
             self._drop(key)
         for owner in [o for o, t in self._reported.items() if t <= cutoff]:
             del self._reported[owner]
+            self._resumed.pop(owner, None)
         for win in self._windows.values():
             self._expire(win, now - win.keep_s)
         return len(gone)
@@ -400,10 +407,12 @@ class LatencyStore:
         self, ip: str, now: float, *, ports: Collection[int] | None = None, origin: Origin = "agent"
     ) -> bool:
         """Whether `ip` was measured (a server or client window of `origin`, on one of
-        `ports` when given) and its reporter went silent: every such window is past its
-        staleness bound, and so is the last report of the agent that sent it (an agent
-        still reporting without it has simply seen no traffic), none yet past
-        `forget_after_s` (then it is as good as never measured)."""
+        `ports` when given) and went stale for want of a reporter: every such window is
+        past its staleness bound, and the agent that sent it has been silent as long, or
+        has just come back from such a silence (a restarted agent reports before it has
+        measured every pod again). A window that went stale while its agent kept
+        reporting saw no traffic: not silent. None past `forget_after_s` (then the pod
+        is as good as never measured)."""
         forgotten = now - self.forget_after_s
         seen = False
         for key in self._by_ip.get(ip, ()):
@@ -411,7 +420,10 @@ class LatencyStore:
                 continue
             win = self._windows[key]
             quiet_since = now - win.stale_s
-            if win.last_seen >= quiet_since or self._reported.get(win.owner, 0.0) >= quiet_since:
+            if win.last_seen >= quiet_since:
+                return False
+            reported = self._reported.get(win.owner, 0.0)
+            if reported >= quiet_since and self._resumed.get(win.owner, 0.0) <= win.last_seen:
                 return False
             seen = seen or win.last_seen > forgotten
         return seen
