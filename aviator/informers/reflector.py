@@ -282,6 +282,7 @@ class Reflector:
         last_line = rescheduled = started
         self.watches += 1
         bound = asyncio.timeout_at(deadline(started))
+        now = asyncio.get_running_loop().time
         try:
             async with bound:
                 async for event in self._client.watch(
@@ -289,7 +290,7 @@ class Reflector:
                 ):
                     self._handle(event)
                     events += 1
-                    last_line = _now()
+                    last_line = now()
                     # Moving the bound costs a timer handle; once a second is enough for
                     # an idle limit of many seconds (the bound stays idle_s..idle_s + 1 s).
                     if last_line - rescheduled >= RESCHEDULE_EVERY_S:

@@ -10,7 +10,7 @@ Reflector use, so that anything with those methods can stand in for it.
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from typing import Any, Protocol
 
 import aiohttp
@@ -190,7 +190,7 @@ class KubeClient:
 
     async def watch_body(
         self, path: str, params: Mapping[str, str | int | bool] | None = None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         """A watch's response body as the server sends it, in chunks as they arrive."""
         session = self._session_or_new()
         query = dict(params or {})

@@ -10,7 +10,7 @@ orjson, optionally without its object's metadata.managedFields
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable
 from typing import cast
 
 import orjson
@@ -48,7 +48,7 @@ def event_decoder(drop_managed_fields: bool) -> Callable[[bytes], JSON]:
 
 async def watch_events(
     chunks: AsyncIterable[bytes], *, drop_managed_fields: bool = False
-) -> AsyncIterator[JSON]:
+) -> AsyncGenerator[JSON, None]:
     """The events of a watch body read as `chunks`, in order."""
     splitter = LineSplitter()
     decode = event_decoder(drop_managed_fields)
