@@ -99,40 +99,50 @@ def _balanced(raw: bytes) -> bool:
     return not brackets
 
 
-def line_without_managed_fields(line: bytes) -> bytes:
-    """The watch line with its object's metadata.managedFields cut out when that is
-    provably safe (see the module docstring); otherwise the line as it is."""
-    head = _HEAD.match(line)
+def _cut(buf: bytes, lo: int, hi: int) -> tuple[int, int] | None:
+    """Where metadata.managedFields lies in the line buf[lo:hi] (from the comma before
+    it to its closing bracket, end exclusive), if the bytes prove it (module docstring)."""
+    head = _HEAD.match(buf, lo, hi)
     if head is None:
-        return line
+        return None
     meta = head.end()
-    start = line.find(KEY, meta)
-    if start < 0 or line[start - 1] != 0x2C:  # a ',' before: not metadata's first key
-        return line
+    start = buf.find(KEY, meta, hi)
+    if start < 0 or buf[start - 1] != 0x2C:  # a ',' before: not metadata's first key
+        return None
     if head.group("k1") is not None:
         version, kind = head.group("v1", "k1")
     else:
         version, kind = head.group("v2", "k2")
-    if (version, kind) not in TRUSTED_KINDS and not _balanced(line[meta:start]):
-        return line
-    end = line.find(b"]", start + len(KEY))
-    if end < 0 or _AFTER.match(line, end) is None:
-        return line
-    return line[: start - 1] + line[end + 1 :]
+    if (version, kind) not in TRUSTED_KINDS and not _balanced(buf[meta:start]):
+        return None
+    end = buf.find(b"]", start + len(KEY), hi)
+    if end < 0 or _AFTER.match(buf, end, hi) is None:
+        return None
+    return start - 1, end + 1
 
 
-def decode_without_managed_fields(line: bytes) -> JSON:
-    """One watch event decoded, its object without metadata.managedFields."""
-    cut = line_without_managed_fields(line)
-    if cut is not line:
-        try:
-            event = orjson.loads(cut)
-        except orjson.JSONDecodeError:
-            event = orjson.loads(line)  # the cut was not the array's end
+def line_without_managed_fields(line: bytes) -> bytes:
+    """The watch line with its object's metadata.managedFields cut out when that is
+    provably safe (see the module docstring); otherwise the line as it is."""
+    cut = _cut(line, 0, len(line))
+    return line if cut is None else line[: cut[0]] + line[cut[1] :]
+
+
+def decode_without_managed_fields(buf: bytes, start: int = 0, end: int | None = None) -> JSON:
+    """One watch event (the line buf[start:end]) decoded, its object without
+    metadata.managedFields."""
+    hi = len(buf) if end is None else end
+    view = memoryview(buf)
+    cut = _cut(buf, start, hi)
+    if cut is None:
+        event = orjson.loads(view[start:hi])
     else:
-        event = orjson.loads(line)
+        try:
+            event = orjson.loads(b"".join((view[start : cut[0]], view[cut[1] : hi])))
+        except orjson.JSONDecodeError:
+            event = orjson.loads(view[start:hi])  # the cut was not the array's end
     if not isinstance(event, dict):
-        raise ValueError(f"watch line is not an object: {line[:200]!r}")
+        raise ValueError(f"watch line is not an object: {buf[start : min(hi, start + 200)]!r}")
     obj = event.get("object")
     if isinstance(obj, dict):
         drop_managed_fields(obj)

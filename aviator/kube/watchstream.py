@@ -18,6 +18,9 @@ import orjson
 from aviator.kube.managedfields import decode_without_managed_fields
 from aviator.kube.objects import JSON
 
+Span = tuple[bytes, int, int]
+"""One line as (buffer, start, end): buffer[start:end], not copied out of its chunk."""
+
 
 class LineSplitter:
     """Whole lines out of chunks; a line cut by a chunk's end waits for the next."""
@@ -25,24 +28,36 @@ class LineSplitter:
     def __init__(self) -> None:
         self._partial = b""
 
-    def feed(self, chunk: bytes) -> list[bytes]:
+    def feed(self, chunk: bytes) -> list[Span]:
         """The non-blank lines this chunk completes, without their newlines."""
-        if b"\n" not in chunk:
+        end = chunk.find(b"\n")
+        if end < 0:
             self._partial += chunk
             return []
-        lines = chunk.split(b"\n")
+        spans: list[Span] = []
+        start = 0
         if self._partial:
-            lines[0] = self._partial + lines[0]
-        self._partial = lines.pop()
-        return [line for line in lines if line.strip()]
+            first = self._partial + chunk[:end]
+            spans.append((first, 0, len(first)))
+            start, end = end + 1, chunk.find(b"\n", end + 1)
+        while end >= 0:
+            spans.append((chunk, start, end))
+            start, end = end + 1, chunk.find(b"\n", end + 1)
+        self._partial = chunk[start:]
+        return [span for span in spans if not _blank(*span)]
 
 
-def decode_event(line: bytes) -> JSON:
-    """One watch event, decoded whole."""
-    return cast(JSON, orjson.loads(line))
+def _blank(buf: bytes, start: int, end: int) -> bool:
+    # Event lines start with "{"; only others are looked at for being all whitespace.
+    return end == start or (buf[start] != 0x7B and not buf[start:end].strip())
 
 
-def event_decoder(drop_managed_fields: bool) -> Callable[[bytes], JSON]:
+def decode_event(buf: bytes, start: int = 0, end: int | None = None) -> JSON:
+    """One watch event (buf[start:end]), decoded whole."""
+    return cast(JSON, orjson.loads(memoryview(buf)[start:end]))
+
+
+def event_decoder(drop_managed_fields: bool) -> Callable[[bytes, int, int], JSON]:
     return decode_without_managed_fields if drop_managed_fields else decode_event
 
 
@@ -54,8 +69,8 @@ async def watch_events(
     decode = event_decoder(drop_managed_fields)
     try:
         async for chunk in chunks:
-            for line in splitter.feed(chunk):
-                yield decode(line)
+            for buf, start, end in splitter.feed(chunk):
+                yield decode(buf, start, end)
     finally:
         # Closing these events closes the body (and so the connection) now, not
         # whenever the body's generator is collected.

@@ -241,4 +241,9 @@ def objects(draw: st.DrawFn) -> JSON:
 @given(objects(), st.sampled_from(["ADDED", "MODIFIED", "DELETED"]))
 def test_decoding_without_managed_fields_is_decoding_then_dropping(obj: JSON, kind: str) -> None:
     line = line_of(obj, kind)
-    assert decode_without_managed_fields(line) == {"type": kind, "object": without(obj)}
+    want = {"type": kind, "object": without(obj)}
+    assert decode_without_managed_fields(line) == want
+    # As a watch decodes it: a line among others in one chunk, read in place.
+    chunk = b'{"type":"ADDED"}\n' + line + b'\n{"type":"MODIFIED","object":{}}}]'
+    start = chunk.index(b"\n") + 1
+    assert decode_without_managed_fields(chunk, start, start + len(line)) == want
