@@ -25,7 +25,7 @@ def test_informer_bench_quick_rows() -> None:
         "initial sync, handler saw all",
         "steady-state events delivered",
     } <= metrics
-    assert sum(m.startswith("ingest per core") for m in metrics) == 2
+    assert sum(m.startswith("ingest per core") for m in metrics) == 3
     for row in rows:
         assert row["benchmark"] == "informer"
         value = row["value"]
