@@ -345,6 +345,8 @@ class LatencyStore:
         windows, probe_windows = self._fresh(ip, now, wanted, origin)
         if not windows:
             return None
+        if len(windows) == 1 and not probe_windows:
+            return windows[0].estimate(now)  # the common case, remembered by the window
         if len(windows) == 1:
             newest = windows[0]
             qs = newest.quantiles_us()

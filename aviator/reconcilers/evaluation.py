@@ -179,6 +179,19 @@ def _created(obj: JSON) -> float:
 
 
 def pod_input(pod: PodFacts, latency: LatencyEstimate | None, fresh: bool) -> PodInput:
+    """The engine's input for `pod`: the one built last time from this pod object when
+    the estimate is the same object and the freshness the same (an unchanged
+    estimate is the same object, aviator.latency.window), else built afresh."""
+    held = pod.input
+    if held is not None and held[0] is latency and held[1] is fresh:
+        return held[2]
+    built = engine_input(pod, latency, fresh)
+    pod.input = (latency, fresh, built)
+    return built
+
+
+def engine_input(pod: PodFacts, latency: LatencyEstimate | None, fresh: bool) -> PodInput:
+    """The engine's input for `pod`, built afresh."""
     return PodInput(
         name=pod.name,
         ip=pod.ip,

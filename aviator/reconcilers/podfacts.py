@@ -30,7 +30,7 @@ from aviator.api.status import PodStatus
 from aviator.informers import object_key
 from aviator.kube.objects import JSON
 from aviator.kube.pods import is_ready, is_terminating, pod_ips, pod_name, pod_node
-from aviator.selection.types import LatencyEstimate
+from aviator.selection.types import LatencyEstimate, PodInput
 
 # Services whose port answers one PodFacts keeps (a pod behind more recomputes).
 SERVICE_SLOTS = 4
@@ -56,6 +56,9 @@ class PodFacts:
     # The last status row built of this object, under what it was built from
     # (aviator.reconcilers.reporting.fact_row).
     row: tuple[tuple[str, str | None, LatencyEstimate | None], PodStatus] | None = None
+    # The last engine input built of this object: (estimate, fresh, input)
+    # (aviator.reconcilers.evaluation.pod_input).
+    input: tuple[LatencyEstimate | None, bool, PodInput] | None = None
 
     @property
     def eligible(self) -> bool:

@@ -1,18 +1,27 @@
 """What a plan reports besides its writes: Events about the policy and the per-pod
 rows of its status. Pure.
+
+The status shows at most `status.MAX_POD_ROWS` rows, active pods first, then by name
+(`status.row_order`). `status_rows` builds only those: a 5,000-pod policy's status
+holds 500 rows, and a row is built again only when its pod object, state, reason or
+estimate changed (`fact_row`). What the rows no longer tell once cut (every ejected
+pod, how many pods are measured, which measured pods are opaque) it counts from the
+states and estimates, so the status is the one all the rows would make.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain, islice
+from operator import itemgetter
 
 from aviator.api.status import HandOffStatus, PodStatus
 from aviator.kube.objects import JSON
-from aviator.kube.pods import pod_ips, pod_name
+from aviator.kube.pods import is_terminating, pod_ips, pod_name
 from aviator.reconcilers.evaluation import Outcome
 from aviator.reconcilers.podfacts import PodFacts
-from aviator.reconcilers.status import pod_status
+from aviator.reconcilers.status import MAX_POD_ROWS, pod_status
 from aviator.selection.types import LatencyEstimate
 
 NORMAL = "Normal"
@@ -78,6 +87,73 @@ def handoff_events(
         for e in now
         if e.pod not in started
     ]
+
+
+# The status row reason of a terminating pod published because nothing else serves.
+REASON_TERMINATING_FALLBACK = "ServingWhileTerminating"
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The status rows of one plan: `shown`, the rows the status holds (in its order),
+    and what the rows cut off no longer tell."""
+
+    shown: list[PodStatus]
+    opaque: list[str]  # measured pods whose protocol is opaque, in name order
+    measured: int  # pods with samples
+    ejected: list[str]  # every ejected pod, in name order
+
+
+def status_rows(
+    eligible: Sequence[PodFacts],
+    outcome: Outcome,
+    by_pod: Mapping[str, LatencyEstimate | None],
+    pods: Sequence[JSON],
+    fallback: Collection[str],
+) -> Rows:
+    """The rows of the eligible pods (`eligible`: their facts, by name; states and
+    reasons from `outcome`, estimates from `by_pod`) and of the Service's other `pods`:
+    those in `fallback` serve while terminating, the rest are standby (NotReady or
+    Terminating), so `describe` explains them."""
+    states, reasons = outcome.states, outcome.reasons
+    # (name, state, eligible facts or the pod object); eligible pods come by name.
+    active: list[tuple[str, str, PodFacts | JSON]] = []
+    rest: list[tuple[str, str, PodFacts | JSON]] = []
+    opaque: list[str] = []
+    ejected: list[str] = []
+    measured = 0
+    names = set()
+    for f in eligible:
+        name = f.name
+        names.add(name)
+        state = states.get(name, "unknown")
+        (active if state == "active" else rest).append((name, state, f))
+        if state == "ejected":
+            ejected.append(name)
+        lat = by_pod[name]
+        if lat is not None and lat.samples:
+            measured += 1
+            if lat.protocol == "opaque":
+                opaque.append(name)
+    others = [p for p in pods if pod_name(p) not in names]
+    if others:
+        for p in others:
+            name = pod_name(p)
+            (active if name in fallback else rest).append(
+                (name, "active" if name in fallback else "standby", p)
+            )
+        active.sort(key=itemgetter(0))
+        rest.sort(key=itemgetter(0))
+    shown: list[PodStatus] = []
+    for name, state, of in islice(chain(active, rest), MAX_POD_ROWS):
+        if isinstance(of, PodFacts):
+            shown.append(fact_row(of, state, by_pod[name], reasons.get(name)))
+        elif state == "active":
+            shown.append(pod_row(of, state, None, REASON_TERMINATING_FALLBACK, name))
+        else:
+            why = "Terminating" if is_terminating(of) else "NotReady"
+            shown.append(pod_row(of, state, None, why, name))
+    return Rows(shown, opaque, measured, ejected)
 
 
 def fact_row(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ from aviator.selection.types import (
     Reason,
     SelectionPolicy,
 )
+
+_NAME = operator.attrgetter("name")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +71,7 @@ def evaluate(
     pods serving now (names not in `pods` are ignored); `state`: the previous
     evaluation's `Evaluation.state` (or `EngineState()` the first time).
     """
-    ordered = sorted(pods, key=lambda p: p.name)
+    ordered = sorted(pods, key=_NAME)  # in name order already, usually: one pass
     for a, b in itertools.pairwise(ordered):
         if a.name == b.name:
             raise ValueError(f"duplicate pod name {a.name!r}")
