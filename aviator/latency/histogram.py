@@ -85,6 +85,10 @@ def quantile_rank(q: float, count: int) -> int:
 
 
 _MIDS: tuple[float, ...] = tuple(bucket_mid(i) for i in range(NUM_BUCKETS))
+# (quantiles, count) -> their ranks: windows of one policy mostly hold as many samples
+# as each other, and a rank is a pure function of both.
+_RANKS: dict[tuple[tuple[float, ...], int], tuple[int, ...]] = {}
+_MAX_RANKS = 4096
 
 
 class CounterReset(ValueError):
@@ -271,11 +275,20 @@ class Histogram:
             return None
         total = self._count
         buckets = self._buckets
+        if len(buckets) == 1:
+            return [_MIDS[next(iter(buckets))]] * len(qs)
         # Cumulative counts over the sorted non-empty buckets, built and searched in C
         # (accumulate, bisect): the controller asks for thousands of pods per evaluation.
         keys = sorted(buckets)
         cumulative = list(accumulate(map(buckets.__getitem__, keys)))
-        return [_MIDS[keys[bisect_left(cumulative, quantile_rank(q, total))]] for q in qs]
+        ranks = _RANKS.get((qs, total)) if isinstance(qs, tuple) else None
+        if ranks is None:
+            ranks = tuple(quantile_rank(q, total) for q in qs)
+            if isinstance(qs, tuple):
+                if len(_RANKS) >= _MAX_RANKS:
+                    _RANKS.clear()
+                _RANKS[qs, total] = ranks
+        return [_MIDS[keys[bisect_left(cumulative, rank)]] for rank in ranks]
 
     def mean(self) -> float | None:
         """Mean of bucket midpoints (µs), None when empty."""
