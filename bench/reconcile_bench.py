@@ -166,7 +166,7 @@ class Fleet:
             if self.changing:
                 ms *= self.rng.uniform(0.7, 1.3)
             us = max(1, int(ms * 1000))
-            hist = Histogram({bucket_index(us): SAMPLES})
+            hist = Histogram.from_sparse({bucket_index(us): SAMPLES})
             ip = pod_ip(i)
             window = EndpointWindow(ip, 8080, "server", None, hist, SAMPLES, us * SAMPLES, us, 0, 0)
             by_node.setdefault(f"node-{i // PODS_PER_NODE}", []).append(window)

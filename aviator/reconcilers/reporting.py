@@ -135,7 +135,8 @@ def status_rows(
             measured += 1
             if lat.protocol == "opaque":
                 opaque.append(name)
-    others = [p for p in pods if pod_name(p) not in names]
+    # `eligible` are some of `pods` (names are unique): the same count, no others.
+    others = [p for p in pods if pod_name(p) not in names] if len(pods) > len(names) else []
     if others:
         for p in others:
             name = pod_name(p)
