@@ -63,14 +63,14 @@ test-integration: setup controlplane tools ## tests against the real control pla
 test-bpf: setup ## tests that load the real BPF program (root)
 	$(PYTEST) test/bpf $(PYTEST_ARGS)
 
-test-e2e: setup controlplane tools ## e2e scenarios against the cluster in a box (E2E_CLUSTER=kind for Kind)
-	$(PYTEST) test/e2e $(PYTEST_ARGS)
+test-e2e: setup controlplane tools node-components images ## e2e scenarios against the cluster in a box and its real node (E2E_CLUSTER=kind for Kind)
+	AVIATOR_E2E_REQUIRE_NODE=1 $(PYTEST) test/e2e $(PYTEST_ARGS)
 
 test-packaging: setup controlplane ## build the wheel, install it in a fresh venv, run the agent and the demo from it
 	$(PYTEST) test/packaging $(PYTEST_ARGS)
 
-test: setup controlplane tools ## everything: unit, integration, bpf, e2e in the box, packaging, bench smoke
-	$(PYTEST) test $(PYTEST_ARGS)
+test: setup controlplane tools node-components images ## everything: unit, integration, bpf, e2e in the box and on its real node, packaging, bench smoke
+	AVIATOR_E2E_REQUIRE_NODE=1 $(PYTEST) test $(PYTEST_ARGS)
 
 run: venv ## run the controller against the current kubeconfig
 	$(VENV)/bin/aviator controller --no-leader-elect

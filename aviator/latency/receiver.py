@@ -280,6 +280,7 @@ async def _ingest(
     admitted windows reporting an open request are appended to `opened`, if given."""
     accepted = 0
     refused: Tally[str] = Tally()
+    store.heard(node, now)
     store.maps.note(node, snapshot.maps_full, now)
     store.loads.note(node, admit_loads(snapshot.loads, node, locate), now)
     eps: Sequence[EndpointWindow] = snapshot.endpoints

@@ -42,7 +42,9 @@ Semantics the selection engine relies on:
   can tell a pod that stopped answering from one that has no data.
 - An endpoint not heard of for `stale_after_s` (a probe window: for its `keep_s`) is
   unknown (`estimate` returns None), never "fast"; so is an endpoint whose window
-  holds no samples.
+  holds no samples. `silent` tells the first kind when the agent that reported it
+  sent nothing at all for as long (`heard`: e.g. the agent restarting) from a pod
+  never measured, until the endpoint is forgotten.
 - When the pod reported behind an IP changes (IP reused by a new pod), the old
   pod's window is dropped.
 - Memory is bounded (`StoreLimits`): every agent window is charged to the agent it
@@ -149,6 +151,8 @@ class LatencyStore:
         # ip -> keys of that ip, so estimates need not scan every endpoint.
         self._by_ip: dict[str, set[Key]] = {}
         self._next_prune: float | None = None
+        self._reported: dict[str, float] = {}  # owner -> when it last reported (`heard`)
+        self._resumed: dict[str, float] = {}  # owner -> when it reported after a silence
         self.maps = MapPressure(stale_after_s)
         self.loads = LoadBoard(stale_after_s)
 
@@ -171,6 +175,15 @@ class LatencyStore:
         (see `ingest_snapshot` for the refused ones)."""
         return self.ingest_snapshot(msg, now).accepted
 
+    def heard(self, owner: str, now: float) -> None:
+        """`owner` (an agent's node) reported, endpoints or not. A report after a
+        silence longer than the staleness bound (an agent restarted) is remembered:
+        what went stale during the silence went stale for want of a reporter."""
+        last = self._reported.get(owner)
+        if last is not None and now - last > self.stale_after_s:
+            self._resumed[owner] = now
+        self._reported[owner] = now
+
     def ingest_snapshot(self, msg: Snapshot, now: float) -> Ingested:
         """Add an agent's snapshot (or part of one), charged to `msg.node`: the node
         the agent speaks for, which the caller has checked (the receiver: against
@@ -179,6 +192,7 @@ class LatencyStore:
         accepted = 0
         refused: Counter[str] = Counter()
         owner, source = msg.node, msg.source
+        self.heard(owner, now)
         for ep in msg.endpoints:
             reason = self._ingest_endpoint(
                 ep, "agent", owner, source, now, self.window_s, self.stale_after_s
@@ -195,6 +209,7 @@ class LatencyStore:
         if keep_s <= 0:
             raise ValueError("keep_s must be > 0")
         self._maybe_prune(now)
+        self.heard(CONTROLLER_OWNER, now)
         n = 0
         for ep in endpoints:
             self._ingest_endpoint(ep, "controller", CONTROLLER_OWNER, "probe", now, keep_s, keep_s)
@@ -299,6 +314,9 @@ class LatencyStore:
         gone = [k for k, w in self._windows.items() if w.last_seen <= cutoff]
         for key in gone:
             self._drop(key)
+        for owner in [o for o, t in self._reported.items() if t <= cutoff]:
+            del self._reported[owner]
+            self._resumed.pop(owner, None)
         for win in self._windows.values():
             self._expire(win, now - win.keep_s)
         return len(gone)
@@ -386,6 +404,31 @@ class LatencyStore:
             probe_p50_ms=None if probe_qs is None else probe_qs[0] / 1000.0,
             probe_p99_ms=None if probe_qs is None else probe_qs[1] / 1000.0,
         )
+
+    def silent(
+        self, ip: str, now: float, *, ports: Collection[int] | None = None, origin: Origin = "agent"
+    ) -> bool:
+        """Whether `ip` was measured (a server or client window of `origin`, on one of
+        `ports` when given) and went stale for want of a reporter: every such window is
+        past its staleness bound, and the agent that sent it has been silent as long, or
+        has just come back from such a silence (a restarted agent reports before it has
+        measured every pod again). A window that went stale while its agent kept
+        reporting saw no traffic: not silent. None past `forget_after_s` (then the pod
+        is as good as never measured)."""
+        forgotten = now - self.forget_after_s
+        seen = False
+        for key in self._by_ip.get(ip, ()):
+            if key[3] != origin or key[2] == "probe" or (ports is not None and key[1] not in ports):
+                continue
+            win = self._windows[key]
+            quiet_since = now - win.stale_s
+            if win.last_seen >= quiet_since:
+                return False
+            reported = self._reported.get(win.owner, 0.0)
+            if reported >= quiet_since and self._resumed.get(win.owner, 0.0) <= win.last_seen:
+                return False
+            seen = seen or win.last_seen > forgotten
+        return seen
 
     def merged(
         self,

@@ -110,6 +110,7 @@ def decide(
             current_active,
             memory.engine_state or persisted_state(view.policy),
             clock.wall,
+            latencies.silent,
         )
         memory = dataclasses.replace(
             memory,

@@ -9,7 +9,7 @@ persisted state). Pure: no I/O.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -178,20 +178,24 @@ def _created(obj: JSON) -> float:
     return timestamp(str(raw)) if raw else 0.0
 
 
-def pod_input(pod: PodFacts, latency: LatencyEstimate | None, fresh: bool) -> PodInput:
+def pod_input(
+    pod: PodFacts, latency: LatencyEstimate | None, fresh: bool, silent: bool = False
+) -> PodInput:
     """The engine's input for `pod`: the one built last time from this pod object when
-    the estimate is the same object and the freshness the same (an unchanged
-    estimate is the same object, aviator.latency.window), else built afresh."""
+    the estimate is the same object and freshness and silence are the same (an
+    unchanged estimate is the same object, aviator.latency.window), else built afresh."""
     held = pod.input
-    if held is not None and held[0] is latency and held[1] is fresh:
-        return held[2]
-    built = engine_input(pod, latency, fresh)
-    pod.input = (latency, fresh, built)
+    if held is not None and held[0] is latency and held[1] is fresh and held[2] is silent:
+        return held[3]
+    built = engine_input(pod, latency, fresh, silent)
+    pod.input = (latency, fresh, silent, built)
     return built
 
 
-def engine_input(pod: PodFacts, latency: LatencyEstimate | None, fresh: bool) -> PodInput:
-    """The engine's input for `pod`, built afresh."""
+def engine_input(
+    pod: PodFacts, latency: LatencyEstimate | None, fresh: bool, silent: bool = False
+) -> PodInput:
+    """The engine's input for `pod`, built afresh (`silent`: see PodLatencies.silent)."""
     return PodInput(
         name=pod.name,
         ip=pod.ip,
@@ -204,6 +208,7 @@ def engine_input(pod: PodFacts, latency: LatencyEstimate | None, fresh: bool) ->
         if latency is None or (latency.samples <= 0 and not latency.oldest_open_ms)
         else latency,
         fresh=fresh,
+        stale=silent,
         # The engine files its memory of a pod under the uid: a pod recreated under
         # the same name (a StatefulSet's) does not inherit its predecessor's ejection.
         uid=pod.uid,
@@ -234,9 +239,12 @@ def select(
     current_active: set[str],
     persisted: Mapping[str, Any] | None,
     now: float,
+    silent: Collection[str] = frozenset(),
 ) -> Outcome:
-    """Run the engine over the eligible `pods`."""
-    inputs = [pod_input(p, latencies.get(p.name), fresh.get(p.name, True)) for p in pods]
+    """Run the engine over the eligible `pods` (`silent`: see PodLatencies.silent)."""
+    inputs = [
+        pod_input(p, latencies.get(p.name), fresh.get(p.name, True), p.name in silent) for p in pods
+    ]
     names = {i.name for i in inputs}
     evaluation = evaluate(
         inputs,

@@ -69,6 +69,8 @@ class PodLatencies:
     merged: Callable[[Sequence[JSON]], Histogram]
     # Pods without data whose node's agent reports full BPF maps: name -> (node, maps).
     unmeasurable: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
+    # Unknown pods that were measured before and went silent (LatencyStore.silent).
+    silent: frozenset[str] = frozenset()
 
     def estimate(self, name: str) -> LatencyEstimate | None:
         return self.by_pod.get(name)
@@ -205,6 +207,7 @@ async def read_latencies(
 
     all_facts = [facts(p) for p in pods]
     by_pod: dict[str, LatencyEstimate | None] = {}
+    silent: set[str] = set()
     estimate = store.estimate
     for f in all_facts:
         found = None
@@ -214,6 +217,10 @@ async def read_latencies(
             if found is not None:
                 break
         by_pod[f.name] = found
+        if found is None and any(
+            store.silent(ip, now, ports=wanted, origin=origin) for ip in f.ips
+        ):
+            silent.add(f.name)
     load_spec = parsed.spec.selection.prequal.load
     if load_spec is not None:
         _attach_loads(by_pod, all_facts, store, load_spec.metric, now)
@@ -236,4 +243,4 @@ async def read_latencies(
             out.update(store.merged(f.ips, now, origin=origin, ports=ports_of(f)))
         return out
 
-    return PodLatencies(by_pod, merged, unmeasurable)
+    return PodLatencies(by_pod, merged, unmeasurable, frozenset(silent))

@@ -53,6 +53,12 @@ def known_latency(
     return lat
 
 
+def went_stale(pod: PodInput, stale_after_s: float) -> bool:
+    """Whether the pod was measured and its data has since gone stale: told so by the
+    caller (`PodInput.stale`), or an estimate older than the bound."""
+    return pod.stale or (pod.latency is not None and pod.latency.age_s > stale_after_s)
+
+
 def stalled_after_ms(policy: SelectionPolicy) -> float:
     """Open requests older than this make a pod violate (inf: breaker off)."""
     return policy.breaker.p99_threshold_ms if policy.breaker.enabled else math.inf
@@ -87,18 +93,23 @@ def evaluate(
     # 1. Circuit breaker.
     brk = breaker.step(eligible, latency, policy.breaker, records, now, policy.min_endpoints)
 
-    # 2. Mode over the measured pods the breaker lets through; unmeasured ones fail open.
+    # 2. Mode over the measured pods the breaker lets through; unmeasured ones fail open,
+    #    except stale ones that do not serve now: data that went stale is no reason to
+    #    start serving (an agent restarting must not put slow pods back).
     #    The serving floor is part of the mode's target (safety).
     pool: list[tuple[str, LatencyEstimate]] = []
     unknown: list[str] = []
+    kept_out: list[str] = []
     for pod in eligible:
         if pod.name in brk.out_of_traffic:
             continue
         lat = latency[pod.name]
-        if lat is None:
-            unknown.append(pod.name)
-        else:
+        if lat is not None:
             pool.append((pod.name, lat))
+        elif pod.name not in current_active and went_stale(pod, policy.stale_after_s):
+            kept_out.append(pod.name)
+        else:
+            unknown.append(pod.name)
     pool_names = frozenset(n for n, _ in pool)
     incumbents = current_active & pool_names
     damp = policy.dampening
@@ -115,10 +126,14 @@ def evaluate(
         mode, incumbents, brk.readmitted, damp, damp_state, first=not state.evaluated
     )
 
-    # 4. Safety floor, applied last so it always holds.
-    active, floor_added = safety.fill_to_floor(held.chosen | frozenset(unknown), mode.ranked, floor)
+    # 4. Safety floor, applied last so it always holds (stale pods kept out come last).
+    active, floor_added = safety.fill_to_floor(
+        held.chosen | frozenset(unknown), (*mode.ranked, *kept_out), floor
+    )
 
-    verdicts = _verdicts(ordered, brk.records, pool_names, unknown, mode, active, floor_added)
+    verdicts = _verdicts(
+        ordered, brk.records, pool_names, unknown, kept_out, mode, active, floor_added
+    )
     decisions = list(brk.decisions)
     if brk.overload and not state.overload:
         decisions.append(
@@ -191,11 +206,13 @@ def _verdicts(
     records: dict[str, BreakerRecord],
     pool: frozenset[str],
     unknown: Sequence[str],
+    kept_out: Sequence[str],
     mode: modes.ModeResult,
     active: frozenset[str],
     floor_added: Sequence[str],
 ) -> dict[str, PodVerdict]:
     unknown_set = frozenset(unknown)
+    kept_out_set = frozenset(kept_out)
     floor_set = frozenset(floor_added)
     out: dict[str, PodVerdict] = {}
     for pod in ordered:
@@ -206,6 +223,11 @@ def _verdicts(
             out[name] = _VERDICTS[PodState.STANDBY, Reason.NOT_READY]
         elif name in unknown_set:
             out[name] = _VERDICTS[PodState.UNKNOWN, Reason.NO_LATENCY_DATA]
+        elif name in kept_out_set:
+            if name in floor_set:
+                out[name] = _VERDICTS[PodState.UNKNOWN, Reason.MIN_ENDPOINTS]
+            else:
+                out[name] = _VERDICTS[PodState.STANDBY, Reason.LATENCY_STALE]
         elif name not in pool:
             rec = records[name]
             if rec.status is BreakerStatus.HALF_OPEN:

@@ -47,6 +47,7 @@ class Reason(StrEnum):
     SELECTED = "Selected"  # chosen by the mode
     FASTEST_FALLBACK = "FastestFallback"  # threshold mode: none within it, the fastest serves
     NO_LATENCY_DATA = "NoLatencyData"  # unknown (no data or stale): kept serving
+    LATENCY_STALE = "LatencyStale"  # measured, then silent: kept out, as it was
     MIN_ENDPOINTS = "MinEndpoints"  # added by the safety floor
     DAMPENED = "Dampened"  # a set change is pending; this pod keeps its old state for now
     NOT_SELECTED = "NotSelected"  # slower than the pods the mode chose
@@ -124,6 +125,10 @@ class PodInput:
     `uid` is the pod's identity: what the engine remembers about a pod (breaker record,
     pending dampening set) is filed under it, so a pod recreated under the same name
     (a StatefulSet's) starts afresh. Without one, the name is the identity.
+
+    `stale`: without a usable latency, whether the pod was measured before and its data
+    went stale (its reporter went quiet, e.g. its node's agent restarting), as opposed
+    to never measured. A stale pod keeps its place (see the engine).
     """
 
     name: str
@@ -135,6 +140,7 @@ class PodInput:
     latency: LatencyEstimate | None = None
     fresh: bool = True
     uid: str = ""
+    stale: bool = False
 
     @property
     def key(self) -> str:

@@ -5,26 +5,14 @@ E2E_CLUSTER=kind), and a namespace per test holding the quick-start apps. `kube`
 from __future__ import annotations
 
 import os
-import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from e2e_cluster import REPO, BoxCluster, Cluster, KindCluster
+from e2e_cluster import BoxCluster, Cluster, KindCluster, box_unavailable
 from e2e_scenario import Scenario, deployed_quickstart
 
 from aviator.kube.client import KubeClient
-
-
-def _box_unavailable() -> str | None:
-    if os.geteuid() != 0:
-        return "the cluster in a box needs root (it creates its own network namespace)"
-    if shutil.which("ip") is None:
-        return "the cluster in a box needs iproute2 (`ip`) to set up its network"
-    for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl"):
-        if not (REPO / "bin" / name).exists():
-            return f"bin/{name} is missing: run `make controlplane`"
-    return None
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +28,7 @@ def cluster() -> Iterator[Cluster]:
         finally:
             kind_cluster.stop()
         return
-    reason = _box_unavailable()
+    reason = box_unavailable()
     if reason:
         pytest.skip(reason)
     reuse = os.environ.get("E2E_BOX_WORKDIR")

@@ -26,11 +26,55 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
+import pytest
+
+from aviator.box.kubeproxy import unavailable as kube_proxy_unavailable
 from aviator.box.process import BoxProcess
+from aviator.box.realnode import unavailable as real_node_unavailable
 from aviator.box.traffic import Connector
 
 REPO = Path(__file__).resolve().parents[2]
 Address = tuple[str, int]
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
+# `make test` builds the node components and images, then sets this: a box that needs
+# them fails instead of skipping, so the suite never passes by leaving them out.
+REQUIRE_NODE = "AVIATOR_E2E_REQUIRE_NODE"
+
+
+def box_unavailable() -> str | None:
+    """Why the cluster in a box cannot start here, or None."""
+    if os.geteuid() != 0:
+        return "the cluster in a box needs root (it creates its own network namespace)"
+    if shutil.which("ip") is None:
+        return "the cluster in a box needs iproute2 (`ip`) to set up its network"
+    for name in CONTROL_PLANE:
+        if not (REPO / "bin" / name).exists():
+            return f"bin/{name} is missing: run `make controlplane`"
+    return None
+
+
+def node_unavailable(*, real_node: bool, images: tuple[str, ...] = ()) -> str | None:
+    """Why a box with the real kube-proxy (and, with `real_node`, the real node
+    running `images` from bin/images) cannot start here, or None."""
+    reason = box_unavailable() or kube_proxy_unavailable(REPO / "bin")
+    if reason or not real_node:
+        return reason
+    reason = real_node_unavailable(REPO / "bin")
+    if reason:
+        return reason
+    for image in images:
+        if not (REPO / "bin" / "images" / f"{image}.tar").exists():
+            return f"bin/images/{image}.tar is missing: run `make images`"
+    return None
+
+
+def skip_if(reason: str | None) -> None:
+    """Skip saying why; fail instead where REQUIRE_NODE is set."""
+    if reason is None:
+        return
+    if os.environ.get(REQUIRE_NODE):
+        pytest.fail(f"{reason} ({REQUIRE_NODE} is set: `make test` runs the real node)")
+    pytest.skip(reason)
 
 
 class Cluster(Protocol):

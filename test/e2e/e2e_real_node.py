@@ -25,29 +25,11 @@ from typing import Any
 from e2e_cluster import REPO, Address, BoxCluster, kubectl_binary
 from e2e_inbox import InBox
 
-from aviator.box.kubeproxy import unavailable as kube_proxy_unavailable
-from aviator.box.realnode import unavailable as real_node_unavailable
 from aviator.box.traffic import Connector
 
 AVIATOR_NS = "aviator-system"
 LEASE = "aviator-controller"
 IMAGES = ("pause", "testapp", "controller", "agent")
-
-
-def unavailable() -> str | None:
-    """Why the real-node deployment cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "the box needs root (it creates its own network namespace)"
-    for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl"):
-        if not (REPO / "bin" / name).exists():
-            return f"bin/{name} is missing: run `make controlplane`"
-    reason = kube_proxy_unavailable(REPO / "bin") or real_node_unavailable(REPO / "bin")
-    if reason:
-        return reason
-    for image in IMAGES:
-        if not (REPO / "bin" / "images" / f"{image}.tar").exists():
-            return f"bin/images/{image}.tar is missing: run `make images`"
-    return None
 
 
 class RealNodeCluster(BoxCluster):

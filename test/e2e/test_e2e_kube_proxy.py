@@ -12,16 +12,14 @@ kube-proxy or `nft` is missing (`make node-components`).
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from e2e_cluster import REPO, BoxCluster
+from e2e_cluster import BoxCluster, node_unavailable, skip_if
 from e2e_inbox import InBox, cluster_ip, served
 from e2e_scenario import Scenario, deployed_quickstart, wait_for
 
-from aviator.box.kubeproxy import unavailable
 from aviator.kube.client import KubeClient
 from aviator.kube.marks import LABEL_SERVICE_NAME
 from aviator.kube.resources import ENDPOINTSLICES, PODS
@@ -34,14 +32,7 @@ ZONE = "box-a"  # the box's one node's zone, where kube-proxy runs
 
 @pytest.fixture(scope="module")
 def kp_box() -> Iterator[BoxCluster]:
-    if os.geteuid() != 0:
-        pytest.skip("the box needs root (it creates its own network namespace)")
-    for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl"):
-        if not (REPO / "bin" / name).exists():
-            pytest.skip(f"bin/{name} is missing: run `make controlplane`")
-    reason = unavailable(REPO / "bin")
-    if reason:
-        pytest.skip(reason)
+    skip_if(node_unavailable(real_node=False))
     box = BoxCluster(
         args=["--proxy", "kube-proxy", "--no-aviator", "--nodes", "1", "--zones", "2"]
     ).start()

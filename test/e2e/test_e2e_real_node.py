@@ -11,19 +11,16 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
-from e2e_cluster import REPO, BoxCluster
+from e2e_cluster import BoxCluster, node_unavailable, skip_if
 from e2e_inbox import InBox, cluster_ip, served
 from e2e_scenario import Scenario, wait_for
 
-from aviator.box.kubeproxy import unavailable as kube_proxy_unavailable
 from aviator.box.netns import POD_NETWORKS
 from aviator.box.realnode import REAL_NODE, pod_cidr
-from aviator.box.realnode import unavailable as real_node_unavailable
 from aviator.kube.client import KubeClient
 from aviator.kube.resources import PODS
 
@@ -33,17 +30,7 @@ IMAGES = ("pause", "testapp")
 
 @pytest.fixture(scope="module")
 def real_box() -> Iterator[BoxCluster]:
-    if os.geteuid() != 0:
-        pytest.skip("the box needs root (it creates its own network namespace)")
-    for name in ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl"):
-        if not (REPO / "bin" / name).exists():
-            pytest.skip(f"bin/{name} is missing: run `make controlplane`")
-    reason = kube_proxy_unavailable(REPO / "bin") or real_node_unavailable(REPO / "bin")
-    if reason:
-        pytest.skip(reason)
-    for image in IMAGES:
-        if not (REPO / "bin" / "images" / f"{image}.tar").exists():
-            pytest.skip(f"bin/images/{image}.tar is missing: run `make images`")
+    skip_if(node_unavailable(real_node=True, images=IMAGES))
     box = BoxCluster(
         args=["--proxy", "kube-proxy", "--real-node", "--no-aviator", "--nodes", "1"]
     ).start()

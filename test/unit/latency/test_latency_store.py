@@ -60,6 +60,32 @@ def test_stale_data_is_unknown_never_fast() -> None:
     assert store.merged(["10.0.0.1"], now=5.1).count == 0
 
 
+def test_silent_tells_a_pod_whose_agent_stopped_reporting_from_one_never_measured() -> None:
+    store = LatencyStore(window_s=60, stale_after_s=5, forget_after_s=100)
+    assert not store.silent("10.0.0.1", now=0.0)  # never measured
+    store.ingest(snap(ep("10.0.0.1", [1000], port=8080)), now=0.0)
+    store.ingest(snap(ep("10.0.0.1", [1000], port=9090), node="n2"), now=4.0)
+    assert not store.silent("10.0.0.1", now=5.0)  # fresh
+    assert store.silent("10.0.0.1", now=5.1, ports=[8080])
+    assert not store.silent("10.0.0.1", now=5.1)  # the 9090 window is still fresh
+    assert store.silent("10.0.0.1", now=9.1) and store.estimate("10.0.0.1", now=9.1) is None
+    assert not store.silent("10.0.0.1", now=9.1, origin="controller")
+    # n1 comes back after 9 s of silence (restarted) and has not measured it again yet.
+    store.heard("n1", now=9.0)
+    assert store.silent("10.0.0.1", now=9.1, ports=[8080])
+    store.heard("n1", now=10.0)
+    assert store.silent("10.0.0.1", now=14.1, ports=[8080])
+    store.ingest(snap(ep("10.0.0.1", [1000], port=8080)), now=15.0)
+    assert not store.silent("10.0.0.1", now=15.1, ports=[8080])
+    # Then no traffic for it while n1 keeps reporting: idle, not silent.
+    for t in range(16, 24):
+        store.heard("n1", now=float(t))
+    assert not store.silent("10.0.0.1", now=23.1, ports=[8080])
+    assert not store.silent("10.0.0.1", now=115.1)  # past forget_after_s: as if never seen
+    store.ingest(snap(ep("10.0.0.2", [1000], role="probe")), now=0.0)
+    assert not store.silent("10.0.0.2", now=9.0)  # the kubelet's probes are not its latency
+
+
 def test_old_deltas_leave_the_window() -> None:
     store = LatencyStore(window_s=3, stale_after_s=100)
     store.ingest(snap(ep("10.0.0.1", [1000] * 5)), now=0.0)

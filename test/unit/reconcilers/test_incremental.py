@@ -60,8 +60,9 @@ steps = st.one_of(
     st.tuples(st.just("ready"), st.integers(0, PODS - 1), st.booleans()),
     st.tuples(st.just("spec"), st.integers(0, len(SPECS) - 1)),
 )
-# Each step, then a reconcile this many seconds later (0: at the same instant).
-sequences = st.lists(st.tuples(steps, st.sampled_from([0.5, 0.0, 1.0, 3.0])), max_size=12)
+# Each step, then a reconcile this many seconds later (0: at the same instant; 40: past
+# the staleness bound, 30 s).
+sequences = st.lists(st.tuples(steps, st.sampled_from([0.5, 0.0, 1.0, 3.0, 40.0])), max_size=12)
 
 
 def pod(i: int, ready: bool = True) -> dict[str, Any]:
@@ -252,14 +253,14 @@ def estimate_without_rif(self: window.Window, now: float) -> LatencyEstimate | N
 
 
 def input_without_freshness(
-    pod: PodFacts, latency: LatencyEstimate | None, fresh: bool
+    pod: PodFacts, latency: LatencyEstimate | None, fresh: bool, silent: bool = False
 ) -> PodInput:
     """evaluation.pod_input with a key that leaves out whether the data is fresh."""
     held = pod.input
-    if held is not None and held[0] is latency:
-        return held[2]
-    built = evaluation.engine_input(pod, latency, fresh)
-    pod.input = (latency, fresh, built)
+    if held is not None and held[0] is latency and held[2] is silent:
+        return held[3]
+    built = evaluation.engine_input(pod, latency, fresh, silent)
+    pod.input = (latency, fresh, silent, built)
     return built
 
 

@@ -200,3 +200,17 @@ async def test_a_policy_naming_a_load_reads_each_measured_pods_report() -> None:
     assert got.estimate("c") is None  # a report alone does not make a pod measured
     plain_a = plain.estimate("a")
     assert plain_a is not None and plain_a.load is None  # not asked for: not read
+
+
+async def test_pods_whose_agent_went_silent_are_named_silent_not_new() -> None:
+    store = LatencyStore(window_s=10, stale_after_s=5)
+    store.ingest(agent_snapshot("10.0.0.1", [5000] * 10), now=100.0)
+    pods = [make_pod("a", "10.0.0.1"), make_pod("b", "10.0.0.2")]  # b: never measured
+    prober = controller_prober()
+    try:
+        fresh = await read_latencies(policy(), pods, store, prober, 101.0, probe=False)
+        quiet = await read_latencies(policy(), pods, store, prober, 106.0, probe=False)
+    finally:
+        await prober.close()
+    assert fresh.silent == frozenset() and fresh.estimate("a") is not None
+    assert quiet.silent == {"a"} and quiet.estimate("a") is None

@@ -205,6 +205,34 @@ def test_shadow_publishes_the_fast_pods_then_steady_state_writes_nothing() -> No
         memory = again.memory
 
 
+def test_pods_whose_agent_went_silent_keep_their_place_in_the_slices() -> None:
+    """Their node's agent restarting (no reports past the staleness bound) does not
+    put the slow pods back; pods never measured would serve (fail open)."""
+    policy = make_policy(
+        spec={"targetRef": {"name": "web"}, "selection": {"mode": "topN", "topN": 2}}
+    )
+    caches = caches_with(policy, make_service(), *four_pods())
+    _, todo = run(caches, "default/p", None, T0)
+    apply(caches, todo)
+    assert todo.memory is not None
+    memory = dataclasses.replace(todo.memory, status=todo.status)
+    names = ("fast-1", "fast-2", "slow-1", "slow-2")
+    unknown = latencies_of(dict.fromkeys(names))
+
+    def evaluate_with(latencies: PodLatencies, at: float) -> Plan:
+        view = gather(caches, caches.policies.get("default/p") or {})
+        return plan(view, memory_for(view, memory), later(T0, at), latencies)
+
+    silent = evaluate_with(dataclasses.replace(unknown, silent=frozenset(names)), 5.0)
+    assert [w for w in silent.writes if w.resource.kind == "EndpointSlice"] == []
+    assert silent.status is not None
+    rows = {r["name"]: r for r in silent.status["pods"]}
+    assert (rows["slow-1"]["state"], rows["slow-1"]["reason"]) == ("standby", "LatencyStale")
+    never_measured = evaluate_with(unknown, 5.0)
+    apply(caches, never_measured)
+    assert slice_pods(caches, "web-aviator") == set(names)
+
+
 def test_a_missing_finalizer_is_added_first() -> None:
     policy = make_policy(finalizers=())
     caches = caches_with(policy, make_service(), *four_pods())

@@ -32,9 +32,12 @@ def pod(
     age: float = 0.0,
     ready: bool = True,
     terminating: bool = False,
+    stale: bool = False,
 ) -> PodInput:
     lat = None if p99 is None else LatencyEstimate(p99 / 2, p99, rif=rif, age_s=age)
-    return PodInput(name, ready=ready, terminating=terminating, latency=lat, fresh=fresh)
+    return PodInput(
+        name, ready=ready, terminating=terminating, latency=lat, fresh=fresh, stale=stale
+    )
 
 
 def once(pods: list[PodInput], policy: SelectionPolicy) -> Evaluation:
@@ -145,21 +148,51 @@ def test_prequal_quantile_is_nearest_rank() -> None:
 # --- Unknown, stale, ineligible ------------------------------------------------------
 
 
-def test_unknown_and_stale_pods_serve_and_take_no_slot() -> None:
+def test_unknown_pods_serve_and_take_no_slot_stale_ones_keep_their_place() -> None:
     pods = [
         pod("a", 10),
         pod("b", 20),
         pod("new", None),
-        pod("old", 1.0, age=30.5),
+        pod("old", 1.0, age=30.5),  # measured, then silent: not serving now, stays out
+        pod("was", 1.0, age=31.0),  # the same, serving now: stays in
+        pod("told", None, stale=True),  # the caller says its data went stale
         pod("edge", 30.0, age=30.0),  # exactly at the bound: still usable, and slow
     ]
     policy = SelectionPolicy(mode=Mode.TOP_N, top_n=1, stale_after_s=30)
-    ev = once(pods, policy)
-    assert ev.active == {"a", "new", "old"}
+    ev = evaluate(pods, frozenset({"was", "b"}), policy, EngineState(), 0.0)
+    assert ev.active == {"a", "new", "was"}
     assert ev.pods["edge"].state is PodState.STANDBY
-    assert ev.pods["old"] == ev.pods["new"]
-    assert ev.pods["new"].state is PodState.UNKNOWN
+    assert ev.pods["was"] == ev.pods["new"]
+    assert ev.pods["new"] == PodVerdict(PodState.UNKNOWN, Reason.NO_LATENCY_DATA)
+    assert ev.pods["old"] == ev.pods["told"]
+    assert ev.pods["old"] == PodVerdict(PodState.STANDBY, Reason.LATENCY_STALE)
     assert not ev.conditions.no_latency_data
+
+
+def test_stale_pods_kept_out_still_fill_the_serving_floor_last() -> None:
+    pods = [pod("a", None, stale=True), pod("b", 5.0, age=99.0), pod("c", 70.0)]
+    policy = SelectionPolicy(mode=Mode.TOP_N, top_n=1, min_endpoints=2, stale_after_s=30)
+    ev = evaluate(pods, frozenset(), policy, EngineState(), 0.0)
+    assert ev.active == {"a", "c"}  # c measured first, then the stale ones by name
+    assert ev.pods["a"] == PodVerdict(PodState.UNKNOWN, Reason.MIN_ENDPOINTS)
+    assert ev.pods["b"] == PodVerdict(PodState.STANDBY, Reason.LATENCY_STALE)
+    every_pod_stale = [pod("a", None, stale=True), pod("b", None, stale=True)]
+    assert once(every_pod_stale, SelectionPolicy()).active == {"a"}
+
+
+def test_an_agent_restart_does_not_put_routed_around_pods_back() -> None:
+    """The quick-start: two fast pods serve, two slow ones stand by; their node's agent
+    goes away for longer than the staleness bound, then reports again."""
+    policy = SelectionPolicy(mode=Mode.PERCENTAGE, percentage=50, stale_after_s=10)
+    t = Timeline(policy, interval=1.0)
+    measured = [pod("f1", 10), pod("f2", 12), pod("s1", 500), pod("s2", 510)]
+    assert t.step(measured).active == {"f1", "f2"}
+    silent = [pod(p.name, None, stale=True) for p in measured]
+    for _ in range(5):
+        assert t.step(silent).active == {"f1", "f2"}
+    assert t.step(measured).active == {"f1", "f2"}
+    forgotten = [pod(p.name, None) for p in measured]  # never measured, as far as we know
+    assert t.step(forgotten).active == {"f1", "f2", "s1", "s2"}
 
 
 def test_ineligible_pods_never_serve() -> None:

@@ -25,6 +25,7 @@ from aviator.selection import (
     LatencyEstimate,
     Mode,
     PodInput,
+    Reason,
     SelectionPolicy,
     evaluate,
     known_latency,
@@ -70,8 +71,12 @@ def histories(
                 fresh[i] = draw(st.booleans())
             present = draw(st.integers(0, 9)) > 0
             ready = draw(st.integers(0, 9)) > 0
+            # Without data, sometimes because it went silent after being measured.
+            stale = lat[i] is None and draw(st.integers(0, 2)) == 0
             if present:
-                pods.append(PodInput(f"pod-{i}", ready=ready, latency=lat[i], fresh=fresh[i]))
+                pods.append(
+                    PodInput(f"pod-{i}", ready=ready, latency=lat[i], fresh=fresh[i], stale=stale)
+                )
         timeline.append((pods, 5.0 * step))
     return timeline
 
@@ -124,6 +129,22 @@ def test_invariants_hold_after_every_evaluation(
             assert p.eligible and (judged or released)
 
 
+@HEAVY
+@given(policies(), histories())
+def test_a_stale_pod_starts_serving_only_to_fill_the_floor(
+    policy: SelectionPolicy, timeline: list[tuple[list[PodInput], float]]
+) -> None:
+    """Data going stale never puts a pod into traffic (an agent restarting must not
+    readmit what the policy routed around); the serving floor still holds."""
+    for step in run(timeline, policy):
+        for p in step.pods:
+            was_stale = p.stale or (
+                p.latency is not None and p.latency.age_s > policy.stale_after_s
+            )
+            if was_stale and p.name not in step.active and p.name in step.ev.active:
+                assert step.ev.pods[p.name].reason is Reason.MIN_ENDPOINTS
+
+
 @MEDIUM
 @given(policies(), histories(max_steps=6), st.randoms(use_true_random=False))
 def test_deterministic_whatever_the_input_order(
@@ -162,7 +183,14 @@ def expected_selection(pods: Sequence[PodInput], policy: SelectionPolicy) -> set
     """An independent statement of the modes, for a first evaluation without breaker."""
     eligible = [p for p in pods if p.eligible]
     pool = known_pool(pods, policy)
-    unknown = {p.name for p in eligible} - set(pool)
+    # Measured once, stale now: none serves before a first evaluation, so all stay out.
+    stale = {
+        p.name
+        for p in eligible
+        if p.name not in pool
+        and (p.stale or (p.latency is not None and p.latency.age_s > policy.stale_after_s))
+    }
+    unknown = {p.name for p in eligible} - set(pool) - stale
     n = len(eligible)
     if policy.mode is Mode.TOP_N:
         chosen = best(pool, policy.top_n or 3)
@@ -186,7 +214,8 @@ def expected_selection(pods: Sequence[PodInput], policy: SelectionPolicy) -> set
     serving = chosen | unknown
     floor = serving_floor(policy.min_endpoints, n)
     rest = {k: v for k, v in pool.items() if k not in serving}
-    return serving | best(rest, max(0, floor - len(serving)))
+    serving |= best(rest, max(0, floor - len(serving)))
+    return serving | set(sorted(stale)[: max(0, floor - len(serving))])
 
 
 @HEAVY
@@ -203,9 +232,12 @@ def test_each_mode_selects_what_it_promises(policy: SelectionPolicy, pods: list[
 )
 def test_top_n_size_is_min_of_n_and_eligible(policy: SelectionPolicy, pods: list[PodInput]) -> None:
     ev = evaluate(pods, frozenset(), policy, EngineState(), 0.0)
-    known = known_pool(pods, policy)  # stale pods are unknown: they serve but take no slot
+    known = known_pool(pods, policy)
     assert len(ev.active & known.keys()) == min(policy.top_n or 3, len(known))
-    assert ev.active - known.keys() == {p.name for p in pods} - known.keys()
+    # Every pod was measured: the others' data went stale, and as none served before,
+    # they stay out, but for the floor's one when nothing else can serve.
+    stale = sorted({p.name for p in pods} - known.keys())
+    assert ev.active - known.keys() == (set() if known else set(stale[:1]))
 
 
 @HEAVY
