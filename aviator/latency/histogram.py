@@ -268,12 +268,20 @@ class Histogram:
 
     def quantiles(self, qs: Sequence[float]) -> list[float] | None:
         """Several quantiles in one pass over the buckets (see `quantile`)."""
-        for q in qs:
-            if not 0.0 <= q <= 1.0 or math.isnan(q):
-                raise ValueError(f"quantile must be within [0, 1], got {q}")
-        if self._count == 0:
-            return None
         total = self._count
+        # Ranks of quantiles asked for before (so already checked) at this count.
+        ranks = _RANKS.get((qs, total)) if type(qs) is tuple else None
+        if ranks is None:
+            for q in qs:
+                if not 0.0 <= q <= 1.0 or math.isnan(q):
+                    raise ValueError(f"quantile must be within [0, 1], got {q}")
+            if total == 0:
+                return None
+            ranks = tuple(quantile_rank(q, total) for q in qs)
+            if type(qs) is tuple:
+                if len(_RANKS) >= _MAX_RANKS:
+                    _RANKS.clear()
+                _RANKS[qs, total] = ranks
         buckets = self._buckets
         if len(buckets) == 1:
             return [_MIDS[next(iter(buckets))]] * len(qs)
@@ -281,13 +289,6 @@ class Histogram:
         # (accumulate, bisect): the controller asks for thousands of pods per evaluation.
         keys = sorted(buckets)
         cumulative = list(accumulate(map(buckets.__getitem__, keys)))
-        ranks = _RANKS.get((qs, total)) if isinstance(qs, tuple) else None
-        if ranks is None:
-            ranks = tuple(quantile_rank(q, total) for q in qs)
-            if isinstance(qs, tuple):
-                if len(_RANKS) >= _MAX_RANKS:
-                    _RANKS.clear()
-                _RANKS[qs, total] = ranks
         return [_MIDS[keys[bisect_left(cumulative, rank)]] for rank in ranks]
 
     def mean(self) -> float | None:

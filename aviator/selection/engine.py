@@ -78,10 +78,11 @@ def evaluate(
     evaluation's `Evaluation.state` (or `EngineState()` the first time).
     """
     ordered = sorted(pods, key=_NAME)  # in name order already, usually: one pass
-    for a, b in itertools.pairwise(ordered):
-        if a.name == b.name:
-            raise ValueError(f"duplicate pod name {a.name!r}")
     present = {p.name for p in ordered}
+    if len(present) != len(ordered):
+        for a, b in itertools.pairwise(ordered):
+            if a.name == b.name:
+                raise ValueError(f"duplicate pod name {a.name!r}")
     eligible = [p for p in ordered if p.eligible]
     stall = stalled_after_ms(policy)
     latency = {p.name: known_latency(p, policy.stale_after_s, stall) for p in eligible}
@@ -162,7 +163,7 @@ def evaluate(
         pending=held.state.candidate,
         pending_streak=held.state.streak,
     )
-    keys = {p.name: p.key for p in ordered}
+    keys = key_of if not state.by_name else {p.name: p.key for p in ordered}
     new_state = EngineState(
         evaluated=True,
         overload=brk.overload,
