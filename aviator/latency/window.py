@@ -11,7 +11,8 @@ built from, and hands out the same ones while those figures are the same: a stea
 window's estimate is one comparison, and an unchanged estimate is the same object,
 which is what lets a reconcile reuse what it built from it (the engine's input, the
 status row). Everything an estimate reads is in its key, so reuse never changes
-what an estimate says.
+what an estimate says. `combined_estimate` is the estimate of the windows the store
+found for one address (several: merged, built afresh).
 """
 
 from __future__ import annotations
@@ -146,4 +147,56 @@ def _estimate(
         errors=win.errors,
         protocol=win.protocol,
         keepwarm=min(count, win.keepwarm),
+    )
+
+
+def combined_estimate(
+    windows: list[Window], probe_windows: list[Window], now: float
+) -> LatencyEstimate | None:
+    """The estimate of the windows that speak for one address (`windows`: server ones,
+    else client ones, as the store chose them) beside the kubelet's probes of it
+    (`probe_windows`; see aviator.latency.store): one window alone is that window's
+    `estimate`; several are merged into one histogram."""
+    if not windows:
+        return None
+    if len(windows) == 1 and not probe_windows:
+        return windows[0].estimate(now)
+    if len(windows) == 1:
+        newest = windows[0]
+        qs = newest.quantiles_us()
+        samples = newest.total.count
+        open_us = newest.oldest_open_us
+    else:
+        newest = max(windows, key=lambda w: w.last_seen)
+        total = Histogram.merge_all(w.total for w in windows)
+        merged = total.quantiles(QUANTILES)
+        qs = None if merged is None else (merged[0], merged[1], merged[2])
+        samples = total.count
+        open_us = max(w.oldest_open_us for w in windows)
+    if qs is None:
+        if not open_us:
+            return None
+        qs = (float(open_us), float(open_us), float(open_us))  # a lower bound
+    probe_samples = 0
+    probe_qs = None
+    if probe_windows:
+        probes = Histogram.merge_all(w.total for w in probe_windows)
+        probe_samples = probes.count
+        probe_qs = probes.quantiles((0.5, 0.99)) if probes else None
+    return LatencyEstimate(
+        p50_ms=qs[0] / 1000.0,
+        p90_ms=qs[1] / 1000.0,
+        p99_ms=qs[2] / 1000.0,
+        rif=sum(w.rif for w in windows),
+        samples=samples,
+        age_s=max(0.0, now - newest.last_seen),
+        source=newest.source,
+        oldest_open_ms=open_us / 1000.0,
+        statuses=sum(w.statuses for w in windows),
+        errors=sum(w.errors for w in windows),
+        protocol=newest.protocol,
+        keepwarm=min(samples, sum(w.keepwarm for w in windows)),
+        probe_samples=probe_samples,
+        probe_p50_ms=None if probe_qs is None else probe_qs[0] / 1000.0,
+        probe_p99_ms=None if probe_qs is None else probe_qs[1] / 1000.0,
     )
