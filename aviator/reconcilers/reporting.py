@@ -14,7 +14,6 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain, islice
-from operator import itemgetter
 
 from aviator.api.status import HandOffStatus, PodStatus
 from aviator.kube.objects import JSON
@@ -116,45 +115,51 @@ def status_rows(
     those in `fallback` serve while terminating, the rest are standby (NotReady or
     Terminating), so `describe` explains them."""
     states, reasons = outcome.states, outcome.reasons
-    # (name, state, eligible facts or the pod object); eligible pods come by name.
-    active: list[tuple[str, str, PodFacts | JSON]] = []
-    rest: list[tuple[str, str, PodFacts | JSON]] = []
+    state_of = states.get
+    # Eligible pods' facts, or the other pods' objects; the eligible come by name.
+    active: list[PodFacts | JSON] = []
+    rest: list[PodFacts | JSON] = []
     opaque: list[str] = []
     ejected: list[str] = []
     measured = 0
-    names = set()
     for f in eligible:
         name = f.name
-        names.add(name)
-        state = states.get(name, "unknown")
-        (active if state == "active" else rest).append((name, state, f))
-        if state == "ejected":
-            ejected.append(name)
+        state = state_of(name, "unknown")
+        if state == "active":
+            active.append(f)
+        else:
+            rest.append(f)
+            if state == "ejected":
+                ejected.append(name)
         lat = by_pod[name]
         if lat is not None and lat.samples:
             measured += 1
             if lat.protocol == "opaque":
                 opaque.append(name)
     # `eligible` are some of `pods` (names are unique): the same count, no others.
-    others = [p for p in pods if pod_name(p) not in names] if len(pods) > len(names) else []
-    if others:
+    if len(pods) > len(eligible):
+        names = {f.name for f in eligible}
+        others = [p for p in pods if pod_name(p) not in names]
         for p in others:
-            name = pod_name(p)
-            (active if name in fallback else rest).append(
-                (name, "active" if name in fallback else "standby", p)
-            )
-        active.sort(key=itemgetter(0))
-        rest.sort(key=itemgetter(0))
+            (active if pod_name(p) in fallback else rest).append(p)
+        if others:
+            active.sort(key=_name_of)
+            rest.sort(key=_name_of)
     shown: list[PodStatus] = []
-    for name, state, of in islice(chain(active, rest), MAX_POD_ROWS):
+    for of in islice(chain(active, rest), MAX_POD_ROWS):
         if isinstance(of, PodFacts):
-            shown.append(fact_row(of, state, by_pod[name], reasons.get(name)))
-        elif state == "active":
-            shown.append(pod_row(of, state, None, REASON_TERMINATING_FALLBACK, name))
+            name = of.name
+            shown.append(fact_row(of, state_of(name, "unknown"), by_pod[name], reasons.get(name)))
+        elif pod_name(of) in fallback:
+            shown.append(pod_row(of, "active", None, REASON_TERMINATING_FALLBACK))
         else:
             why = "Terminating" if is_terminating(of) else "NotReady"
-            shown.append(pod_row(of, state, None, why, name))
+            shown.append(pod_row(of, "standby", None, why))
     return Rows(shown, opaque, measured, ejected)
+
+
+def _name_of(of: PodFacts | JSON) -> str:
+    return of.name if isinstance(of, PodFacts) else pod_name(of)
 
 
 def fact_row(
