@@ -211,7 +211,7 @@ async def read_latencies(
     estimate = store.estimate
     for f in all_facts:
         found = None
-        wanted = ports_of(f)
+        wanted = fixed if fixed is not None else ports_of(f)
         for ip in f.ips:
             found = estimate(ip, now, ports=wanted, origin=origin)
             if found is not None:
