@@ -21,19 +21,21 @@ log = logging.getLogger(__name__)
 YIELD_EVERY = 256  # notifications delivered to sync handlers between loop yields
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: a frozen dataclass's __init__ costs twice as much, once per event and
+# handler; nothing changes a notification after it is made.
+@dataclass(slots=True)
 class AddNotification:
     obj: JSON
     is_initial_list: bool
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class UpdateNotification:
     old: JSON
     new: JSON
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class DeleteNotification:
     obj: JSON | DeletedFinalStateUnknown
 

@@ -51,7 +51,8 @@ class SharedIndexInformer:
     Handlers get on_add / on_update / on_delete in order, each from its own buffer and
     task. A handler added after the cache is populated first receives a synthetic add
     (is_initial_list=True) for every cached object. With resync_period, every cached
-    object is re-delivered as on_update(obj, obj) that often.
+    object is re-delivered as on_update(obj, obj) that often. Cached objects carry no
+    metadata.managedFields unless drop_managed_fields=False (see Reflector).
     """
 
     def __init__(
@@ -64,6 +65,7 @@ class SharedIndexInformer:
         field_selector: str | None = None,
         resync_period: float | None = None,
         indexers: Mapping[str, IndexFunc] | None = None,
+        drop_managed_fields: bool = True,
     ) -> None:
         self.resource = resource
         self.namespace = namespace
@@ -76,6 +78,7 @@ class SharedIndexInformer:
             namespace=namespace,
             label_selector=label_selector,
             field_selector=field_selector,
+            drop_managed_fields=drop_managed_fields,
         )
         self._listeners: list[ProcessorListener] = []
         self._synced = asyncio.Event()

@@ -10,8 +10,8 @@ Reflector use, so that anything with those methods can stand in for it.
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncIterator, Mapping
-from typing import Any, Protocol, cast
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -20,6 +20,7 @@ from kubernetes_asyncio.config import ConfigException, load_incluster_config, lo
 
 from aviator.kube.objects import JSON
 from aviator.kube.resources import Resource
+from aviator.kube.watchstream import watch_events
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
@@ -69,7 +70,11 @@ class ListWatchClient(RequestClient, Protocol):
     """Requests and watches: the part of KubeClient a Reflector uses."""
 
     def watch(
-        self, path: str, params: Mapping[str, str | int | bool] | None = None
+        self,
+        path: str,
+        params: Mapping[str, str | int | bool] | None = None,
+        *,
+        drop_managed_fields: bool = False,
     ) -> AsyncIterator[JSON]: ...
 
 
@@ -168,13 +173,25 @@ class KubeClient:
                 raise ApiError(resp.status, _maybe_json(raw), text)
             return _maybe_json(raw) or {}
 
-    async def watch(
-        self, path: str, params: Mapping[str, str | int | bool] | None = None
+    def watch(
+        self,
+        path: str,
+        params: Mapping[str, str | int | bool] | None = None,
+        *,
+        drop_managed_fields: bool = False,
     ) -> AsyncIterator[JSON]:
         """Stream watch events ({"type", "object"}) until the server closes the stream.
 
-        An ERROR event is yielded as is; the caller decides (e.g. 410 → relist).
+        An ERROR event is yielded as is; the caller decides (e.g. 410 → relist). With
+        drop_managed_fields, objects come without metadata.managedFields, which is then
+        not even decoded (aviator.kube.watchstream).
         """
+        return watch_events(self.watch_body(path, params), drop_managed_fields=drop_managed_fields)
+
+    async def watch_body(
+        self, path: str, params: Mapping[str, str | int | bool] | None = None
+    ) -> AsyncGenerator[bytes, None]:
+        """A watch's response body as the server sends it, in chunks as they arrive."""
         session = self._session_or_new()
         query = dict(params or {})
         query["watch"] = "true"
@@ -187,13 +204,8 @@ class KubeClient:
             if resp.status >= 400:
                 raw = await resp.read()
                 raise ApiError(resp.status, _maybe_json(raw), raw.decode(errors="replace"))
-            buffer = b""
             async for chunk in resp.content.iter_any():
-                buffer += chunk
-                while b"\n" in buffer:
-                    line, buffer = buffer.split(b"\n", 1)
-                    if line.strip():
-                        yield cast(JSON, orjson.loads(line))
+                yield chunk
 
     # Conveniences over request() for one Resource.
 

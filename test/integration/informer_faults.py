@@ -122,7 +122,11 @@ class FaultyClient:
         return page
 
     async def watch(
-        self, path: str, params: Mapping[str, str | int | bool] | None = None
+        self,
+        path: str,
+        params: Mapping[str, str | int | bool] | None = None,
+        *,
+        drop_managed_fields: bool = False,
     ) -> AsyncIterator[JSON]:
         query = dict(params or {})
         self.watch_calls.append(query)
@@ -138,7 +142,7 @@ class FaultyClient:
         if self.watch_faults:
             raise self.watch_faults.pop(0)
         stream = _Stream(stalled=self.stall_new_watches)
-        pump = asyncio.create_task(self._pump(path, query, stream))
+        pump = asyncio.create_task(self._pump(path, query, stream, drop_managed_fields))
         self._streams.add(stream)
         self._notify()
         try:
@@ -159,9 +163,13 @@ class FaultyClient:
             await asyncio.gather(pump, return_exceptions=True)
             self._notify()
 
-    async def _pump(self, path: str, query: Params, stream: _Stream) -> None:
+    async def _pump(
+        self, path: str, query: Params, stream: _Stream, drop_managed_fields: bool
+    ) -> None:
         try:
-            async for event in self.client.watch(path, query):
+            async for event in self.client.watch(
+                path, query, drop_managed_fields=drop_managed_fields
+            ):
                 stream.queue.put_nowait(event)
         except Exception as err:
             stream.queue.put_nowait(err)

@@ -209,6 +209,51 @@ async def test_label_selector_limits_the_cache(kube: KubeClient, namespace: str)
         await informer.stop()
 
 
+@pytest.mark.parametrize("drop", [True, False], ids=["dropped", "kept"])
+async def test_cached_objects_are_the_servers_less_managed_fields(
+    kube: KubeClient, namespace: str, drop: bool
+) -> None:
+    # One object listed, one watched (added and then modified), each written by two
+    # field managers; the cache holds what a GET returns, less metadata.managedFields.
+    async def write(name: str) -> None:
+        await kube.request(
+            "POST",
+            CONFIGMAPS.path(namespace),
+            params={"fieldManager": "first"},
+            body={"metadata": {"name": name, "labels": {"a": "1"}}, "data": {"k": "v"}},
+        )
+        await kube.patch(
+            CONFIGMAPS, name, {"data": {"k2": "v2"}}, namespace, params={"fieldManager": "second"}
+        )
+
+    await write("listed")
+    informer = SharedIndexInformer(kube, CONFIGMAPS, namespace=namespace, drop_managed_fields=drop)
+    mirror = Mirror()
+    informer.add_event_handler(mirror)
+    await informer.start()
+    try:
+        await bounded(informer.wait_for_sync(), within=30, what="the first list")
+        await write("watched")
+        for name in ("listed", "watched"):
+            server = await kube.get(CONFIGMAPS, name, namespace)
+            assert len(server["metadata"]["managedFields"]) == 2
+            key = f"{namespace}/{name}"
+            version = resource_version(server)
+            await eventually(
+                lambda key=key, version=version: (
+                    resource_version(mirror.state.get(key, {})) == version
+                ),
+                within=30,
+                what=f"{name} at the server's version",
+                changed=mirror.changed,
+            )
+            if drop:
+                server["metadata"].pop("managedFields")
+            assert informer.indexer.get(key) == mirror.state[key] == server
+    finally:
+        await informer.stop()
+
+
 # Tests that restart the API server or compact etcd get a control plane of their own.
 
 
