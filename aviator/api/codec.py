@@ -221,8 +221,13 @@ def decode(cls: type, data: Mapping[str, Any] | None, path: str) -> Any:
     return obj
 
 
+_SCALARS = frozenset({str, int, float, bool})
+
+
 def to_json(value: Any) -> Any:
     """JSON form of a model value: camelCase keys, durations as text, None omitted."""
+    if type(value) in _SCALARS:  # most values of a status (thousands of pod rows)
+        return value
     if is_model(type(value)):
         out: dict[str, Any] = {}
         for field in fields_of(type(value)):

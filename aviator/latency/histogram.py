@@ -85,6 +85,10 @@ def quantile_rank(q: float, count: int) -> int:
 
 
 _MIDS: tuple[float, ...] = tuple(bucket_mid(i) for i in range(NUM_BUCKETS))
+# (quantiles, count) -> their ranks: windows of one policy mostly hold as many samples
+# as each other, and a rank is a pure function of both.
+_RANKS: dict[tuple[tuple[float, ...], int], tuple[int, ...]] = {}
+_MAX_RANKS = 4096
 
 
 class CounterReset(ValueError):
@@ -264,18 +268,28 @@ class Histogram:
 
     def quantiles(self, qs: Sequence[float]) -> list[float] | None:
         """Several quantiles in one pass over the buckets (see `quantile`)."""
-        for q in qs:
-            if not 0.0 <= q <= 1.0 or math.isnan(q):
-                raise ValueError(f"quantile must be within [0, 1], got {q}")
-        if self._count == 0:
-            return None
         total = self._count
+        # Ranks of quantiles asked for before (so already checked) at this count.
+        ranks = _RANKS.get((qs, total)) if type(qs) is tuple else None
+        if ranks is None:
+            for q in qs:
+                if not 0.0 <= q <= 1.0 or math.isnan(q):
+                    raise ValueError(f"quantile must be within [0, 1], got {q}")
+            if total == 0:
+                return None
+            ranks = tuple(quantile_rank(q, total) for q in qs)
+            if type(qs) is tuple:
+                if len(_RANKS) >= _MAX_RANKS:
+                    _RANKS.clear()
+                _RANKS[qs, total] = ranks
         buckets = self._buckets
+        if len(buckets) == 1:
+            return [_MIDS[next(iter(buckets))]] * len(qs)
         # Cumulative counts over the sorted non-empty buckets, built and searched in C
         # (accumulate, bisect): the controller asks for thousands of pods per evaluation.
         keys = sorted(buckets)
         cumulative = list(accumulate(map(buckets.__getitem__, keys)))
-        return [_MIDS[keys[bisect_left(cumulative, quantile_rank(q, total))]] for q in qs]
+        return [_MIDS[keys[bisect_left(cumulative, rank)]] for rank in ranks]
 
     def mean(self) -> float | None:
         """Mean of bucket midpoints (µs), None when empty."""

@@ -78,7 +78,7 @@ from aviator.latency.histogram import Histogram
 from aviator.latency.loads import LoadBoard
 from aviator.latency.pressure import MapPressure
 from aviator.latency.schema import EndpointWindow, Snapshot, Source
-from aviator.latency.window import QUANTILES, Window
+from aviator.latency.window import Window, combined_estimate
 from aviator.selection.types import LatencyEstimate
 
 _PRUNE_EVERY_S = 10.0
@@ -348,6 +348,21 @@ class LatencyStore:
             (server if role == "server" else probes if role == "probe" else client).append(win)
         return server or client, probes
 
+    def _sole(
+        self, key: Key, now: float, ports: Collection[int] | None, origin: Origin
+    ) -> Window | None:
+        """`_fresh` for an address with one endpoint, `key` (the usual case), without
+        its lists: the window when it speaks for the address (of `origin`, on one of
+        `ports` when given, fresh, not the kubelet's probes)."""
+        if key[3] != origin or key[2] == "probe" or (ports is not None and key[1] not in ports):
+            return None
+        win = self._windows[key]
+        if win.last_seen < now - win.stale_s:
+            return None
+        if win.deltas and win.deltas[0][0] <= now - win.keep_s:
+            self._expire(win, now - win.keep_s)
+        return win
+
     def estimate(
         self,
         ip: str,
@@ -360,48 +375,14 @@ class LatencyStore:
         """Latency of the pod at `ip` as `origin` measured it, None when unknown; only
         of `port`, or of `ports` (e.g. a Service's target ports), when given."""
         wanted = (port,) if port is not None else ports
+        keys = self._by_ip.get(ip)
+        if keys is not None and len(keys) == 1:  # the common case: one endpoint
+            sole = self._sole(next(iter(keys)), now, wanted, origin)
+            return None if sole is None else sole.estimate(now)  # remembered by it
         windows, probe_windows = self._fresh(ip, now, wanted, origin)
         if not windows:
             return None
-        if len(windows) == 1:
-            newest = windows[0]
-            qs = newest.quantiles_us()
-            samples = newest.total.count
-            open_us = newest.oldest_open_us
-        else:
-            newest = max(windows, key=lambda w: w.last_seen)
-            total = Histogram.merge_all(w.total for w in windows)
-            merged = total.quantiles(QUANTILES)
-            qs = None if merged is None else (merged[0], merged[1], merged[2])
-            samples = total.count
-            open_us = max(w.oldest_open_us for w in windows)
-        if qs is None:
-            if not open_us:
-                return None
-            qs = (float(open_us), float(open_us), float(open_us))  # a lower bound
-        probe_samples = 0
-        probe_qs = None
-        if probe_windows:
-            probes = Histogram.merge_all(w.total for w in probe_windows)
-            probe_samples = probes.count
-            probe_qs = probes.quantiles((0.5, 0.99)) if probes else None
-        return LatencyEstimate(
-            p50_ms=qs[0] / 1000.0,
-            p90_ms=qs[1] / 1000.0,
-            p99_ms=qs[2] / 1000.0,
-            rif=sum(w.rif for w in windows),
-            samples=samples,
-            age_s=max(0.0, now - newest.last_seen),
-            source=newest.source,
-            oldest_open_ms=open_us / 1000.0,
-            statuses=sum(w.statuses for w in windows),
-            errors=sum(w.errors for w in windows),
-            protocol=newest.protocol,
-            keepwarm=min(samples, sum(w.keepwarm for w in windows)),
-            probe_samples=probe_samples,
-            probe_p50_ms=None if probe_qs is None else probe_qs[0] / 1000.0,
-            probe_p99_ms=None if probe_qs is None else probe_qs[1] / 1000.0,
-        )
+        return combined_estimate(windows, probe_windows, now)
 
     def silent(
         self, ip: str, now: float, *, ports: Collection[int] | None = None, origin: Origin = "agent"
@@ -439,7 +420,14 @@ class LatencyStore:
         """The windows of all `ips` (only of `ports`, when given) from `origin` in one
         histogram (e.g. the active set's p99)."""
         out = Histogram()
+        by_ip = self._by_ip
         for ip in ips:
+            keys = by_ip.get(ip)
+            if keys is not None and len(keys) == 1:
+                sole = self._sole(next(iter(keys)), now, ports, origin)
+                if sole is not None:
+                    out.update(sole.total)
+                continue
             for win in self._fresh(ip, now, ports, origin)[0]:
                 out.update(win.total)
         return out

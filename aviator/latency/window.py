@@ -5,6 +5,14 @@ Adding a delta and expiring old ones keep the sums (histogram, statuses, errors,
 keep-warm samples) and
 the count of held buckets exact, so an estimate costs a pass over one histogram and
 the store's memory accounting is one subtraction per expired delta.
+
+A window remembers its quantiles and its last estimate with the figures each was
+built from, and hands out the same ones while those figures are the same: a steady
+window's estimate is one comparison, and an unchanged estimate is the same object,
+which is what lets a reconcile reuse what it built from it (the engine's input, the
+status row). Everything an estimate reads is in its key, so reuse never changes
+what an estimate says. `combined_estimate` is the estimate of the windows the store
+found for one address (several: merged, built afresh).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from dataclasses import dataclass, field
 
 from aviator.latency.histogram import Histogram
 from aviator.latency.schema import AppProtocol, EndpointWindow, Source
+from aviator.selection.types import LatencyEstimate
 
 QUANTILES = (0.5, 0.9, 0.99)
 
@@ -42,6 +51,9 @@ class Window:
     # only when the total differs (a steady pod's window adds the delta it expires).
     cached: tuple[float, float, float] | None = None
     cached_of: Histogram | None = None
+    # The last `estimate` and every figure it was built from (its key): the same
+    # object while they are the same.
+    memo: tuple[tuple[object, ...], LatencyEstimate | None] | None = None
 
     def add(self, at: float, ep: EndpointWindow, max_deltas: int) -> int:
         """Add an endpoint window's delta; returns the change in held buckets."""
@@ -85,3 +97,106 @@ class Window:
             self.cached = (qs[0], qs[1], qs[2])
             self.cached_of = self.total.copy()
         return self.cached
+
+    def estimate(self, now: float) -> LatencyEstimate | None:
+        """This window's estimate alone as of `now` (the store's, for an endpoint with
+        one fresh window and no probe-role data; see aviator.latency.store): None
+        without a completed sample or an open request; with open requests only, the
+        oldest one's age as every quantile (a lower bound)."""
+        qs = self.quantiles_us()
+        count = self.total.count
+        open_us = self.oldest_open_us
+        age = max(0.0, now - self.last_seen)
+        key = (
+            qs,
+            count,
+            open_us,
+            self.rif,
+            age,
+            self.source,
+            self.statuses,
+            self.errors,
+            self.protocol,
+            self.keepwarm,
+        )
+        held = self.memo
+        if held is not None and held[0] == key:
+            return held[1]
+        estimate = _estimate(qs, count, open_us, self, age)
+        self.memo = (key, estimate)
+        return estimate
+
+
+def _estimate(
+    qs: tuple[float, float, float] | None, count: int, open_us: int, win: Window, age: float
+) -> LatencyEstimate | None:
+    if qs is None:
+        if not open_us:
+            return None
+        qs = (float(open_us), float(open_us), float(open_us))  # a lower bound
+    return LatencyEstimate(
+        p50_ms=qs[0] / 1000.0,
+        p90_ms=qs[1] / 1000.0,
+        p99_ms=qs[2] / 1000.0,
+        rif=win.rif,
+        samples=count,
+        age_s=age,
+        source=win.source,
+        oldest_open_ms=open_us / 1000.0,
+        statuses=win.statuses,
+        errors=win.errors,
+        protocol=win.protocol,
+        keepwarm=min(count, win.keepwarm),
+    )
+
+
+def combined_estimate(
+    windows: list[Window], probe_windows: list[Window], now: float
+) -> LatencyEstimate | None:
+    """The estimate of the windows that speak for one address (`windows`: server ones,
+    else client ones, as the store chose them) beside the kubelet's probes of it
+    (`probe_windows`; see aviator.latency.store): one window alone is that window's
+    `estimate`; several are merged into one histogram."""
+    if not windows:
+        return None
+    if len(windows) == 1 and not probe_windows:
+        return windows[0].estimate(now)
+    if len(windows) == 1:
+        newest = windows[0]
+        qs = newest.quantiles_us()
+        samples = newest.total.count
+        open_us = newest.oldest_open_us
+    else:
+        newest = max(windows, key=lambda w: w.last_seen)
+        total = Histogram.merge_all(w.total for w in windows)
+        merged = total.quantiles(QUANTILES)
+        qs = None if merged is None else (merged[0], merged[1], merged[2])
+        samples = total.count
+        open_us = max(w.oldest_open_us for w in windows)
+    if qs is None:
+        if not open_us:
+            return None
+        qs = (float(open_us), float(open_us), float(open_us))  # a lower bound
+    probe_samples = 0
+    probe_qs = None
+    if probe_windows:
+        probes = Histogram.merge_all(w.total for w in probe_windows)
+        probe_samples = probes.count
+        probe_qs = probes.quantiles((0.5, 0.99)) if probes else None
+    return LatencyEstimate(
+        p50_ms=qs[0] / 1000.0,
+        p90_ms=qs[1] / 1000.0,
+        p99_ms=qs[2] / 1000.0,
+        rif=sum(w.rif for w in windows),
+        samples=samples,
+        age_s=max(0.0, now - newest.last_seen),
+        source=newest.source,
+        oldest_open_ms=open_us / 1000.0,
+        statuses=sum(w.statuses for w in windows),
+        errors=sum(w.errors for w in windows),
+        protocol=newest.protocol,
+        keepwarm=min(samples, sum(w.keepwarm for w in windows)),
+        probe_samples=probe_samples,
+        probe_p50_ms=None if probe_qs is None else probe_qs[0] / 1000.0,
+        probe_p99_ms=None if probe_qs is None else probe_qs[1] / 1000.0,
+    )

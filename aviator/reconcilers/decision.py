@@ -77,7 +77,8 @@ def decide(
         if memory.outcome is not None
         else slices.published_pods(view.slices, parsed.routed_service)
     )
-    by_pod = {f.name: latencies.estimate(f.name) for f in eligible_facts}
+    estimate = latencies.by_pod.get  # (PodLatencies.estimate, without a call per pod)
+    by_pod = {f.name: estimate(f.name) for f in eligible_facts}
     stalled = evaluation.stalled_pods(parsed, by_pod)
     urgent = urgent_wait(
         serving=None if memory.outcome is None else memory.outcome.active,

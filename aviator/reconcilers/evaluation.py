@@ -181,6 +181,21 @@ def _created(obj: JSON) -> float:
 def pod_input(
     pod: PodFacts, latency: LatencyEstimate | None, fresh: bool, silent: bool = False
 ) -> PodInput:
+    """The engine's input for `pod`: the one built last time from this pod object when
+    the estimate is the same object and freshness and silence are the same (an
+    unchanged estimate is the same object, aviator.latency.window), else built afresh."""
+    held = pod.input
+    if held is not None and held[0] is latency and held[1] is fresh and held[2] is silent:
+        return held[3]
+    built = engine_input(pod, latency, fresh, silent)
+    pod.input = (latency, fresh, silent, built)
+    return built
+
+
+def engine_input(
+    pod: PodFacts, latency: LatencyEstimate | None, fresh: bool, silent: bool = False
+) -> PodInput:
+    """The engine's input for `pod`, built afresh (`silent`: see PodLatencies.silent)."""
     return PodInput(
         name=pod.name,
         ip=pod.ip,

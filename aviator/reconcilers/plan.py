@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 from aviator.kube import marks
 from aviator.kube.objects import JSON
-from aviator.kube.pods import is_terminating, pod_name, pod_node
+from aviator.kube.pods import pod_name, pod_node
 from aviator.kube.resources import AVIATORPOLICIES
 from aviator.kube.services import is_headless
 from aviator.reconcilers import (
@@ -52,10 +52,9 @@ from aviator.reconcilers.latencies import PodLatencies
 from aviator.reconcilers.memory import Clock, Memory
 from aviator.reconcilers.reporting import (
     EventSpec,
-    fact_row,
     handoff_events,
-    pod_row,
     policy_events,
+    status_rows,
 )
 from aviator.reconcilers.routing import ENDPOINTS
 from aviator.reconcilers.status import (
@@ -75,9 +74,6 @@ from aviator.reconcilers.status import (
 )
 from aviator.reconcilers.view import View
 from aviator.runtime.writer import Write
-
-# The status row reason of a terminating pod published because nothing else serves.
-REASON_TERMINATING_FALLBACK = "ServingWhileTerminating"
 
 
 @dataclass(frozen=True)
@@ -251,7 +247,6 @@ def _select(
     current_active, requeue_after = decision.current_active, decision.requeue_after
     # Names once: thousands of pods, and every step below is keyed by name.
     names = list(by_pod)  # the eligible pods', in order
-    eligible_names = set(names)
 
     problems = list(route.problems)
     active_pods = [p for n, p in zip(names, eligible, strict=True) if n in outcome.active]
@@ -328,21 +323,8 @@ def _select(
     events = policy_events(outcome, current_active, not slice_plan.empty, eligible)
     events += handoff_events(hand_offs, previous_handoffs, view.pods)
     p99 = latencies.active_p99_ms(active_pods)
-    rows = [
-        fact_row(
-            f, outcome.states.get(f.name, "unknown"), by_pod[f.name], outcome.reasons.get(f.name)
-        )
-        for f in eligible_facts
-    ]
-    # Pods of the Service that may not serve at all, so `describe` explains them.
     fallback_names = {pod_name(p) for p in routed} if fallback else set()
-    for p in view.pods:
-        if pod_name(p) in fallback_names:
-            rows.append(pod_row(p, "active", None, reason=REASON_TERMINATING_FALLBACK))
-        elif pod_name(p) not in eligible_names:
-            why = "Terminating" if is_terminating(p) else "NotReady"
-            rows.append(pod_row(p, "standby", None, reason=why))
-    opaque = [r.name for r in rows if r.protocol == "opaque" and r.samples]
+    rows = status_rows(eligible_facts, outcome, by_pod, view.pods, fallback_names)
     obs = Observation(
         generation=generation,
         now_iso=_now_iso(clock.wall),
@@ -351,13 +333,15 @@ def _select(
         p99_ms=p99,
         source=effective_source(latencies.sources()),
         problems=problems,
-        pods=rows,
+        pods=rows.shown,
         routed_service=parsed.routed_service,
         engine_state=outcome.engine_state,
         takeover=None if route.record is None else route.record.to_json(),
         hand_offs=hand_offs,
-        opaque=opaque,
+        opaque=rows.opaque,
         zones=zones.rows,
+        ejected=rows.ejected,
+        measured=rows.measured,
     )
     status, write, memory = _status_once(view, memory, obs)
     ejections = sum(1 for e in events if e.reason == "PodEjected")

@@ -13,7 +13,12 @@ pruned against the live cache once they outnumber it, so at most as many stale
 objects are held as live ones.
 
 Everything here is a pure function of the object (and of the Service, for ports):
-the memo changes what a reconcile costs, never what it decides. The slots that keep
+the memo changes what a reconcile costs, never what it decides. A `PodFacts` also
+holds what the last reconcile built of its object, under everything else it was built
+from: the engine's input (`input`: the estimate, the same object while the window it
+came from said the same, freshness and silence; aviator.reconcilers.evaluation.pod_input)
+and the status row (`row`: state, reason, estimate; reporting.fact_row). A pod whose
+object and estimate did not change costs a lookup; these go when the object goes. The slots that keep
 per-object answers for one Service (`measured_ports`, `resolved_ports`) hold a few
 Services each: a pod is normally behind one or two policies' Services.
 """
@@ -30,7 +35,7 @@ from aviator.api.status import PodStatus
 from aviator.informers import object_key
 from aviator.kube.objects import JSON
 from aviator.kube.pods import is_ready, is_terminating, pod_ips, pod_name, pod_node
-from aviator.selection.types import LatencyEstimate
+from aviator.selection.types import LatencyEstimate, PodInput
 
 # Services whose port answers one PodFacts keeps (a pod behind more recomputes).
 SERVICE_SLOTS = 4
@@ -56,6 +61,9 @@ class PodFacts:
     # The last status row built of this object, under what it was built from
     # (aviator.reconcilers.reporting.fact_row).
     row: tuple[tuple[str, str | None, LatencyEstimate | None], PodStatus] | None = None
+    # The last engine input built of this object: (estimate, fresh, silent, input)
+    # (aviator.reconcilers.evaluation.pod_input).
+    input: tuple[LatencyEstimate | None, bool, bool, PodInput] | None = None
 
     @property
     def eligible(self) -> bool:

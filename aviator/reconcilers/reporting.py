@@ -1,18 +1,26 @@
 """What a plan reports besides its writes: Events about the policy and the per-pod
 rows of its status. Pure.
+
+The status shows at most `status.MAX_POD_ROWS` rows, active pods first, then by name
+(`status.row_order`). `status_rows` builds only those: a 5,000-pod policy's status
+holds 500 rows, and a row is built again only when its pod object, state, reason or
+estimate changed (`fact_row`). What the rows no longer tell once cut (every ejected
+pod, how many pods are measured, which measured pods are opaque) it counts from the
+states and estimates, so the status is the one all the rows would make.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain, islice
 
 from aviator.api.status import HandOffStatus, PodStatus
 from aviator.kube.objects import JSON
-from aviator.kube.pods import pod_ips, pod_name
+from aviator.kube.pods import is_terminating, pod_ips, pod_name
 from aviator.reconcilers.evaluation import Outcome
 from aviator.reconcilers.podfacts import PodFacts
-from aviator.reconcilers.status import pod_status
+from aviator.reconcilers.status import MAX_POD_ROWS, pod_status
 from aviator.selection.types import LatencyEstimate
 
 NORMAL = "Normal"
@@ -78,6 +86,80 @@ def handoff_events(
         for e in now
         if e.pod not in started
     ]
+
+
+# The status row reason of a terminating pod published because nothing else serves.
+REASON_TERMINATING_FALLBACK = "ServingWhileTerminating"
+
+
+@dataclass(frozen=True)
+class Rows:
+    """The status rows of one plan: `shown`, the rows the status holds (in its order),
+    and what the rows cut off no longer tell."""
+
+    shown: list[PodStatus]
+    opaque: list[str]  # measured pods whose protocol is opaque, in name order
+    measured: int  # pods with samples
+    ejected: list[str]  # every ejected pod, in name order
+
+
+def status_rows(
+    eligible: Sequence[PodFacts],
+    outcome: Outcome,
+    by_pod: Mapping[str, LatencyEstimate | None],
+    pods: Sequence[JSON],
+    fallback: Collection[str],
+) -> Rows:
+    """The rows of the eligible pods (`eligible`: their facts, by name; states and
+    reasons from `outcome`, estimates from `by_pod`) and of the Service's other `pods`:
+    those in `fallback` serve while terminating, the rest are standby (NotReady or
+    Terminating), so `describe` explains them."""
+    states, reasons = outcome.states, outcome.reasons
+    state_of = states.get
+    # Eligible pods' facts, or the other pods' objects; the eligible come by name.
+    active: list[PodFacts | JSON] = []
+    rest: list[PodFacts | JSON] = []
+    opaque: list[str] = []
+    ejected: list[str] = []
+    measured = 0
+    for f in eligible:
+        name = f.name
+        state = state_of(name, "unknown")
+        if state == "active":
+            active.append(f)
+        else:
+            rest.append(f)
+            if state == "ejected":
+                ejected.append(name)
+        lat = by_pod[name]
+        if lat is not None and lat.samples:
+            measured += 1
+            if lat.protocol == "opaque":
+                opaque.append(name)
+    # `eligible` are some of `pods` (names are unique): the same count, no others.
+    if len(pods) > len(eligible):
+        names = {f.name for f in eligible}
+        others = [p for p in pods if pod_name(p) not in names]
+        for p in others:
+            (active if pod_name(p) in fallback else rest).append(p)
+        if others:
+            active.sort(key=_name_of)
+            rest.sort(key=_name_of)
+    shown: list[PodStatus] = []
+    for of in islice(chain(active, rest), MAX_POD_ROWS):
+        if isinstance(of, PodFacts):
+            name = of.name
+            shown.append(fact_row(of, state_of(name, "unknown"), by_pod[name], reasons.get(name)))
+        elif pod_name(of) in fallback:
+            shown.append(pod_row(of, "active", None, REASON_TERMINATING_FALLBACK))
+        else:
+            why = "Terminating" if is_terminating(of) else "NotReady"
+            shown.append(pod_row(of, "standby", None, why))
+    return Rows(shown, opaque, measured, ejected)
+
+
+def _name_of(of: PodFacts | JSON) -> str:
+    return of.name if isinstance(of, PodFacts) else pod_name(of)
 
 
 def fact_row(

@@ -142,6 +142,12 @@ class Observation:
     hand_offs: Sequence[HandOffStatus] = ()
     opaque: Sequence[str] = ()  # measured pods whose protocol is opaque
     zones: Sequence[ZoneStatus] = ()  # topology.mode latencyAware (aviator.reconcilers.locality)
+    # When `pods` holds only the rows the status shows (the first MAX_POD_ROWS in its
+    # order, aviator.reconcilers.reporting.status_rows): every ejected pod's name and
+    # how many pods have samples, which the rows alone no longer tell (None: from
+    # `pods`, which then holds every row).
+    ejected: Sequence[str] | None = None
+    measured: int | None = None
 
 
 def opaque_message(pods: Sequence[str], measured: int) -> str:
@@ -225,7 +231,10 @@ def conditions(obs: Observation, previous: JSON) -> list[Condition]:
         degraded = _condition(DEGRADED, False, REASON_AS_EXPECTED, "", gen, now, previous)
     out = [ready, degraded]
     if obs.opaque:
-        message = opaque_message(obs.opaque, sum(1 for p in obs.pods if p.samples))
+        measured = obs.measured
+        if measured is None:
+            measured = sum(1 for p in obs.pods if p.samples)
+        message = opaque_message(obs.opaque, measured)
         out.append(
             _condition(
                 OPAQUE_LATENCY, True, REASON_NO_RECOGNISED_FRAMING, message, gen, now, previous
@@ -234,10 +243,18 @@ def conditions(obs: Observation, previous: JSON) -> list[Condition]:
     return out
 
 
+def row_order(row: PodStatus) -> tuple[bool, str]:
+    """The order of the status' pod rows: active pods first, then by name."""
+    return (row.state != "active", row.name)
+
+
 def build_status(obs: Observation, previous: JSON) -> AviatorPolicyStatus:
     """The status one evaluation reports; `previous` (the status the server holds)
     keeps each condition's lastTransitionTime while its status stays."""
-    rows = sorted(obs.pods, key=lambda r: (r.state != "active", r.name))[:MAX_POD_ROWS]
+    rows = sorted(obs.pods, key=row_order)[:MAX_POD_ROWS]
+    ejected = obs.ejected
+    if ejected is None:
+        ejected = [r.name for r in obs.pods if r.state == "ejected"]
     return AviatorPolicyStatus(
         observed_generation=obs.generation,
         active_pods=obs.active,
@@ -247,7 +264,7 @@ def build_status(obs: Observation, previous: JSON) -> AviatorPolicyStatus:
         service_name=obs.routed_service or None,
         conditions=conditions(obs, previous),
         pods=rows,
-        ejected_pods=sorted(r.name for r in obs.pods if r.state == "ejected"),
+        ejected_pods=sorted(ejected),
         hand_offs=list(obs.hand_offs),
         zones=list(obs.zones),
         last_evaluation_time=obs.now_iso,

@@ -9,6 +9,7 @@ so a plan never sees two different states of a cache.
 from __future__ import annotations
 
 import functools
+import operator
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -111,6 +112,9 @@ class Caches:
         return None if self.nodes is None else hints.zone_cpu_ratios(self.nodes.list())
 
 
+_NAME = operator.attrgetter("name")
+
+
 def _no_zone(node: str) -> str | None:
     return None
 
@@ -161,7 +165,7 @@ class View:
         """The facts of the pods that may serve (ready, not terminating, addressed), by
         name."""
         facts = self.facts
-        return sorted((f for f in map(facts, self.pods) if f.eligible), key=lambda f: f.name)
+        return sorted((f for f in map(facts, self.pods) if f.eligible), key=_NAME)
 
     @functools.cached_property
     def eligible(self) -> list[JSON]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -24,6 +25,8 @@ from aviator.selection.types import (
     Reason,
     SelectionPolicy,
 )
+
+_NAME = operator.attrgetter("name")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,11 +77,12 @@ def evaluate(
     pods serving now (names not in `pods` are ignored); `state`: the previous
     evaluation's `Evaluation.state` (or `EngineState()` the first time).
     """
-    ordered = sorted(pods, key=lambda p: p.name)
-    for a, b in itertools.pairwise(ordered):
-        if a.name == b.name:
-            raise ValueError(f"duplicate pod name {a.name!r}")
+    ordered = sorted(pods, key=_NAME)  # in name order already, usually: one pass
     present = {p.name for p in ordered}
+    if len(present) != len(ordered):
+        for a, b in itertools.pairwise(ordered):
+            if a.name == b.name:
+                raise ValueError(f"duplicate pod name {a.name!r}")
     eligible = [p for p in ordered if p.eligible]
     stall = stalled_after_ms(policy)
     latency = {p.name: known_latency(p, policy.stale_after_s, stall) for p in eligible}
@@ -159,7 +163,7 @@ def evaluate(
         pending=held.state.candidate,
         pending_streak=held.state.streak,
     )
-    keys = {p.name: p.key for p in ordered}
+    keys = key_of if not state.by_name else {p.name: p.key for p in ordered}
     new_state = EngineState(
         evaluated=True,
         overload=brk.overload,

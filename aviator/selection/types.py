@@ -1,7 +1,11 @@
 """Inputs and outputs of the selection engine: pods, policy, verdicts, decisions.
 
-All values are immutable. Times are plain floats in seconds (any monotonic-ish
-epoch the caller likes, e.g. unix time); latencies are milliseconds.
+All values are immutable. `LatencyEstimate` and `PodInput` are built for every pod
+of every evaluation (thousands per reconcile), where a frozen dataclass's `__init__`
+costs three times a plain one's: they are plain slotted dataclasses that nothing
+assigns to after construction (hashable on their fields all the same); the others
+are frozen. Times are plain floats in seconds (any monotonic-ish epoch the caller
+likes, e.g. unix time); latencies are milliseconds.
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ class Reason(StrEnum):
     RECOVERING = "Recovering"  # half-open: waiting for fresh samples under the threshold
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # never assigned to (module docstring)
 class LatencyEstimate:
     """A pod's latency over a window of measurements: what the latency store
     (aviator.latency.store) answers and the engine reads. One type from store to
@@ -110,7 +114,7 @@ class LatencyEstimate:
         return 100.0 * self.errors / self.statuses if self.statuses else None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, unsafe_hash=True)  # never assigned to (module docstring)
 class PodInput:
     """One pod of the target Service as the engine sees it.
 

@@ -1,0 +1,316 @@
+"""Incremental evaluation: a reconcile that reuses what it built before (pod facts, each
+window's estimate, each pod's engine input and status row, the memo of up-to-date
+slices and status) decides exactly what a reconcile from scratch decides, over random
+sequences of changes; a memo whose key leaves out something it depends on is caught;
+and what is remembered of pods and endpoints that are gone is dropped."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import dataclasses
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from reconciler_objects import make_pod, make_service
+from test_plan import T0, apply, caches_with, later, make_policy
+
+from aviator.latency import histogram, window
+from aviator.latency.histogram import Histogram, bucket_index
+from aviator.latency.schema import EndpointWindow, Snapshot
+from aviator.latency.store import LatencyStore
+from aviator.reconcilers import evaluation
+from aviator.reconcilers.latencies import PodLatencies, controller_prober, read_latencies
+from aviator.reconcilers.memory import Clock, Memory, memory_for
+from aviator.reconcilers.plan import Plan, measurement, plan
+from aviator.reconcilers.podfacts import PodFacts
+from aviator.reconcilers.view import Caches, gather
+from aviator.selection.types import LatencyEstimate, PodInput
+
+KEY = "default/p"
+PODS = 4
+# A window of one second: a pod that sends the same report every second holds the same
+# window (a steady pod), which is when estimates are reused.
+WINDOW_S = 1.0
+BREAKER = {"enabled": True, "p99Threshold": "40ms", "consecutiveViolations": 2}
+SPECS: list[dict[str, Any]] = [
+    {"selection": {"mode": "topN", "topN": 2}, "circuitBreaker": BREAKER},
+    {"selection": {"mode": "percentage", "percentage": 50}, "circuitBreaker": BREAKER},
+    {
+        "selection": {"mode": "threshold"},
+        "latencyThreshold": "30ms",
+        "dampening": {"enabled": False},
+        "circuitBreaker": {**BREAKER, "errorRatePercent": 20, "errorRateMinResponses": 5},
+    },
+]
+
+# One report of a pod: (p99-ish latency in ms, requests in flight, errors of 20).
+reports = st.tuples(st.sampled_from([5.0, 60.0, 20.0]), st.integers(0, 2), st.sampled_from([0, 10]))
+report_steps = st.tuples(st.just("report"), st.dictionaries(st.integers(0, PODS - 1), reports))
+steps = st.one_of(
+    report_steps,
+    report_steps,  # reports twice as often as any other change
+    st.tuples(st.just("repeat")),  # every pod sends what it sent last (a steady window)
+    st.tuples(st.just("add"), st.integers(0, PODS - 1)),
+    st.tuples(st.just("remove"), st.integers(0, PODS - 1)),
+    st.tuples(st.just("ready"), st.integers(0, PODS - 1), st.booleans()),
+    st.tuples(st.just("spec"), st.integers(0, len(SPECS) - 1)),
+)
+# Each step, then a reconcile this many seconds later (0: at the same instant; 40: past
+# the staleness bound, 30 s).
+sequences = st.lists(st.tuples(steps, st.sampled_from([0.5, 0.0, 1.0, 3.0, 40.0])), max_size=12)
+
+
+def pod(i: int, ready: bool = True) -> dict[str, Any]:
+    return make_pod(f"p{i}", f"10.0.0.{i + 1}", ready=ready)
+
+
+def policy(spec: int, generation: int) -> dict[str, Any]:
+    return make_policy(spec={"targetRef": {"name": "web"}, **SPECS[spec]}, generation=generation)
+
+
+def report_of(i: int, ms: float, rif: int, errors: int) -> EndpointWindow:
+    us = int(ms * 1000)
+    hist = Histogram.from_sparse({bucket_index(us): 20})
+    ip = f"10.0.0.{i + 1}"
+    return EndpointWindow(
+        ip, 8080, "server", None, hist, 20, 20 * us, us, rif, 0, "http1", 20, errors
+    )
+
+
+async def reconcile(caches: Caches, store: LatencyStore, memory: Memory, clock: Clock) -> Any:
+    view = gather(caches, caches.policies.get(KEY) or {})
+    needs = measurement(view, memory, clock)
+    lat: PodLatencies | None = None
+    if needs is not None and view.parsed is not None:
+        lat = await read_latencies(
+            view.parsed,
+            needs[0],
+            store,
+            controller_prober(),
+            clock.store,
+            probe=needs[1],
+            service=view.target,
+            facts=view.facts,
+        )
+    return plan(view, memory, clock, lat), lat
+
+
+def decided(todo: Plan) -> object:
+    """Everything a plan decides (writes, Events, status, gauges, what to remember)."""
+    mem = todo.memory
+    outcome = None if mem is None or mem.outcome is None else mem.outcome
+    return (
+        [(w.verb, w.resource.kind, w.name, w.body) for w in todo.writes],
+        [(e.reason, e.message, e.type) for e in todo.events],
+        todo.status,
+        None if todo.status_write is None else todo.status_write.body,
+        todo.gauges,
+        todo.requeue_after,
+        None
+        if outcome is None
+        else (outcome.active, outcome.states, outcome.reasons, outcome.engine_state),
+        None if mem is None else (mem.engine_state, mem.stalled, mem.next_evaluation),
+    )
+
+
+def estimates(lat: PodLatencies | None) -> object:
+    """The estimates, their age included (equality leaves it out)."""
+    if lat is None:
+        return None
+    return {n: (e, None if e is None else e.age_s) for n, e in lat.by_pod.items()}
+
+
+def disagreement(sequence: list[tuple[tuple[Any, ...], float]]) -> str | None:
+    """Runs `sequence` twice side by side: kept caches, store and memos (the
+    controller), and everything from scratch before each reconcile (new pod objects,
+    a store that replays every report into new windows, no memo of slices or status).
+    What the first step where they differ differs in, or None."""
+    present = {0, 1, 2}
+    spec, generation = 0, 1
+    kept = caches_with(policy(spec, generation), make_service(), *(pod(i) for i in present))
+    store = LatencyStore(WINDOW_S, 30.0)
+    log: list[tuple[Snapshot, float]] = []
+    last: dict[int, EndpointWindow] = {}
+    memory: Memory | None = None
+    clock = T0
+
+    def ingest(windows: list[EndpointWindow]) -> None:
+        if windows:
+            snap = Snapshot("node-a", "ebpf", clock.store, 1.0, tuple(windows))
+            store.ingest_snapshot(snap, clock.store)
+            log.append((snap, clock.store))
+
+    ingest([report_of(i, 10.0 + i, 0, 0) for i in present])
+    for n, (step, dt) in enumerate(sequence):
+        kind = step[0]
+        if kind == "report":
+            last.update({i: report_of(i, *r) for i, r in step[1].items()})
+            ingest([last[i] for i in step[1]])
+        elif kind == "repeat":
+            ingest(list(last.values()))
+        elif kind == "add":
+            present.add(step[1])
+            kept.pods.upsert(pod(step[1]))
+        elif kind == "remove":
+            present.discard(step[1])
+            kept.pods.delete(f"default/p{step[1]}")
+        elif kind == "ready" and step[1] in present:
+            kept.pods.upsert(pod(step[1], step[2]))
+        elif kind == "spec":
+            spec, generation = step[1], generation + 1
+            current = kept.policies.get(KEY) or {}
+            new = policy(spec, generation)
+            new["status"] = copy.deepcopy(current.get("status"))
+            kept.policies.upsert(new)
+        clock = later(clock, dt)
+
+        fresh = caches_with(
+            *(
+                copy.deepcopy(o)
+                for o in (
+                    *kept.policies.list(),
+                    *kept.services.list(),
+                    *kept.pods.list(),
+                    *kept.slices.list(),
+                )
+            )
+        )
+        replayed = LatencyStore(WINDOW_S, 30.0)
+        for snap, at in log:
+            replayed.ingest_snapshot(snap, at)
+        view = gather(kept, kept.policies.get(KEY) or {})
+        mem = memory_for(view, memory)
+        scratch = dataclasses.replace(mem, slices_current=None, status_current=None)
+        got, got_lat = asyncio.run(reconcile(kept, store, mem, clock))
+        want, want_lat = asyncio.run(reconcile(fresh, replayed, scratch, clock))
+        if estimates(got_lat) != estimates(want_lat):
+            return f"step {n} {step}: estimates"
+        if decided(got) != decided(want):
+            return f"step {n} {step}: decisions"
+        apply(kept, got)
+        memory = got.memory
+        if memory is not None and got.status is not None:  # as the reconciler keeps it
+            memory = dataclasses.replace(memory, status=got.status)
+    return None
+
+
+# Sequences where a memo whose key left out one dependency would reuse what it must
+# not: a steady window whose requests in flight changed (estimate), an evaluation at
+# the same instant, forced by a spec change, where the same estimate is no longer
+# fresh (engine input). The property runs them first, every time.
+SAME_WINDOW_OTHER_RIF = [
+    (("report", {0: (5.0, 0, 0)}), 0.5),
+    (("report", {0: (5.0, 0, 0)}), 0.5),
+    (("report", {0: (5.0, 1, 0)}), 0.5),
+]
+SAME_ESTIMATE_NO_LONGER_FRESH = [(("report", {0: (60.0, 0, 0)}), 0.5), (("spec", 1), 0.0)]
+
+
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@example(SAME_WINDOW_OTHER_RIF)
+@example(SAME_ESTIMATE_NO_LONGER_FRESH)
+@given(sequences)
+def test_the_incremental_path_decides_what_a_reconcile_from_scratch_decides(
+    sequence: list[tuple[tuple[Any, ...], float]],
+) -> None:
+    assert disagreement(sequence) is None
+
+
+# --- a memo whose key leaves out a dependency is caught -----------------------------
+
+
+@contextmanager
+def mutant(target: Any, name: str, replacement: Callable[..., Any]) -> Iterator[None]:
+    original = getattr(target, name)
+    setattr(target, name, replacement)
+    try:
+        yield
+    finally:
+        setattr(target, name, original)
+
+
+def estimate_without_rif(self: window.Window, now: float) -> LatencyEstimate | None:
+    """Window.estimate with a key that leaves out the requests in flight."""
+    qs = self.quantiles_us()
+    age = max(0.0, now - self.last_seen)
+    key = (qs, self.total.count, self.oldest_open_us, age, self.source, self.statuses)
+    key += (self.errors, self.protocol, self.keepwarm)
+    held = self.memo
+    if held is not None and held[0] == key:
+        return held[1]
+    built = window._estimate(qs, self.total.count, self.oldest_open_us, self, age)
+    self.memo = (key, built)
+    return built
+
+
+def input_without_freshness(
+    pod: PodFacts, latency: LatencyEstimate | None, fresh: bool, silent: bool = False
+) -> PodInput:
+    """evaluation.pod_input with a key that leaves out whether the data is fresh."""
+    held = pod.input
+    if held is not None and held[0] is latency and held[2] is silent:
+        return held[3]
+    built = evaluation.engine_input(pod, latency, fresh, silent)
+    pod.input = (latency, fresh, silent, built)
+    return built
+
+
+@pytest.mark.parametrize(
+    ("target", "name", "replacement", "sequence"),
+    [
+        (window.Window, "estimate", estimate_without_rif, SAME_WINDOW_OTHER_RIF),
+        (evaluation, "pod_input", input_without_freshness, SAME_ESTIMATE_NO_LONGER_FRESH),
+    ],
+    ids=["estimate-key-without-rif", "input-key-without-freshness"],
+)
+def test_a_memo_key_that_leaves_out_a_dependency_fails_the_property(
+    target: Any,
+    name: str,
+    replacement: Callable[..., Any],
+    sequence: list[tuple[tuple[Any, ...], float]],
+) -> None:
+    assert disagreement(sequence) is None
+    with mutant(target, name, replacement):
+        assert disagreement(sequence) is not None
+
+
+# --- memory stays bounded ------------------------------------------------------------
+
+
+def test_what_is_remembered_of_removed_pods_goes_with_them() -> None:
+    pods = [pod(i) for i in range(4)]
+    caches = caches_with(policy(0, 1), make_service(), *pods)
+    store = LatencyStore(10.0, 30.0, forget_after_s=60.0)
+    now = T0.store
+    snap = Snapshot("node-a", "ebpf", now, 1.0, tuple(report_of(i, 10.0, 0, 0) for i in range(4)))
+    store.ingest_snapshot(snap, now)
+    view = gather(caches, policy(0, 1))
+    asyncio.run(reconcile(caches, store, memory_for(view, None), T0))
+    assert all(caches.facts.of(p).input is not None for p in pods)  # inputs remembered
+    for i in range(2, 4):
+        caches.pods.delete(f"default/p{i}")
+    caches.facts.prune()
+    assert len(caches.facts) == 2  # the removed pods' facts, inputs and rows went
+    # The windows (and the estimates they remember) of endpoints unheard of go.
+    store.ingest_snapshot(
+        Snapshot("node-a", "ebpf", now + 61, 1.0, (report_of(0, 10.0, 0, 0),)), now + 61
+    )
+    store.prune(now + 61)
+    assert store.ips() == ["10.0.0.1"]
+
+
+def test_the_quantile_ranks_remembered_are_bounded() -> None:
+    for count in range(1, 3 * histogram._MAX_RANKS):
+        Histogram.from_sparse({1: count, 2: 1}).quantiles((0.5, 0.9, 0.99))
+        assert len(histogram._RANKS) <= histogram._MAX_RANKS
+    h = Histogram.from_sparse({1: 5, 40: 5})
+    assert h.quantiles((0.5, 0.99)) == h.quantiles([0.5, 0.99])  # remembered or not
