@@ -199,7 +199,7 @@ def test_hung_quick() -> None:
         got = rows[f"hung pod: onset -> out of slices (evaluationInterval {interval} s)"]
         # A smoke test: it ran and the pod left (nan: it did not; the full run's figures
         # are the goal's, and the row's note says why).
-        assert 0 < value(got) < math.inf, got
+        assert 0 < value(got) < math.inf, f"{got['metric']}: {got.get('note')}"
 
 
 @pytest.mark.bench
