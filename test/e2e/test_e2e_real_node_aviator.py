@@ -31,6 +31,10 @@ pytestmark = pytest.mark.e2e
 CONVERGE_S = 45.0  # generous: every pod, Aviator included, shares the node's 2 cores
 FAST_P99_MS = 250.0  # well under a slow pod's 500 ms (see test_e2e_scenarios.py)
 LEASE_DURATION_S, RETRY_PERIOD_S = 15.0, 2.0  # the controller's defaults
+# Samples a fast pod's window holds when the clients' requests are measured: the load
+# (2 clients, a new connection per request) sends each fast pod tens a second; keep-warm
+# alone is a few a window.
+MIN_CLIENT_SAMPLES = 30
 
 
 @pytest.fixture(scope="module")
@@ -75,6 +79,20 @@ def measured(policy: dict[str, Any] | None, pods: set[str]) -> bool:
     st = status(policy)
     samples = {p["name"]: p.get("samples", 0) for p in st.get("pods", [])}
     return st.get("source") == "ebpf" and all(samples.get(p, 0) > 0 for p in pods)
+
+
+def measures_clients(policy: dict[str, Any] | None, pods: set[str]) -> bool:
+    """The agent measures the clients' requests to each of `pods` (under load): its
+    window holds MIN_CLIENT_SAMPLES samples or more, at most a quarter of them the
+    agent's own keep-warm probes. An agent that missed the pods' traffic still shows
+    samples: the keep-warm ones (a few per window), which this tells apart."""
+    st = status(policy)
+    rows = {p["name"]: p for p in st.get("pods", [])}
+    return st.get("source") == "ebpf" and all(
+        rows.get(p, {}).get("samples", 0) >= MIN_CLIENT_SAMPLES
+        and 4 * rows[p].get("keepWarmSamples", 0) <= rows[p]["samples"]
+        for p in pods
+    )
 
 
 async def test_quickstart_routes_to_fast_pods_measured_by_ebpf(quickstart: Scenario) -> None:
@@ -193,6 +211,11 @@ async def test_restarting_the_agent_pod_keeps_serving_and_resumes_measuring(
     meanwhile, and by the fast pods only, and the new agent measures: a fast pod turned
     slow afterwards leaves the shadow Service (the policy reads eBPF only).
 
+    The first agent, started before the pods (their listeners and connections are its
+    program's from their start), measures the clients' requests to the fast pods, not
+    only its own keep-warm probes; the replacement seeds the listeners from /proc and
+    adopts the open connections.
+
     The replacement takes longer than the controller's staleness bound (10 s) here, so
     the node's pods go unknown for a while; measured before, they keep their places
     (docs/selection.md: stale pods are not new pods and do not fail open)."""
@@ -202,7 +225,10 @@ async def test_restarting_the_agent_pod_keeps_serving_and_resumes_measuring(
     fast = await quickstart.pods("fast")
     load = quickstart.load(SHADOW, concurrency=2)
     await wait_for(
-        "eBPF samples of both fast pods", quickstart.avp, lambda p: measured(p, fast), CONVERGE_S
+        "the agent (started before the pods) to measure the clients' requests to both fast pods",
+        quickstart.avp,
+        lambda p: measures_clients(p, fast),
+        CONVERGE_S,
     )
 
     mark = load.mark()
