@@ -92,6 +92,8 @@ def self_signed_context(node: str, host: str) -> ssl.SSLContext:
 
 
 _STATS_EVERY_S = 10.0  # BPF stats walk the socket map: not every interval
+# How long start() waits for the node's pods before it takes the source's baseline.
+POD_SYNC_WAIT_S = 20.0
 
 
 class Agent:
@@ -135,6 +137,7 @@ class Agent:
         )
         self.metrics.stream = self.stream
         self.differ = WindowDiffer()
+        self._probes_known = False  # the baseline was taken knowing the pods' probes
         self.urgent = UrgentReports(config.urgent_min_gap_s)
         self.loads = LoadScraper()
         self.last_snapshot: Snapshot | None = None
@@ -174,12 +177,16 @@ class Agent:
                 )
             )
         await self.factory.start()
-        # What the kubelet probes is known as soon as the pods are; what the source
-        # counted before (since it was loaded) is the baseline, not reported: it could
-        # not tell the kubelet's probes apart yet.
+        # What the kubelet probes is known once the node's pods are: wait for them (a
+        # replacement agent that reported before would count the kubelet's probes as
+        # its pods' own requests: sub-millisecond samples that make a slow pod look
+        # fast). What the source counted until then is the baseline, not reported.
+        try:
+            await asyncio.wait_for(self.pods.informer.wait_for_sync(), POD_SYNC_WAIT_S)
+        except TimeoutError:
+            log.warning("node's pods not listed after %gs: reporting waits", POD_SYNC_WAIT_S)
         self.node_addresses |= local_addresses()
-        self._follow_kubelet_probes()
-        self.differ.advance(await self.source.read())
+        await self._take_baseline()
         if self.handoffs is not None:
             self._handoff_task = asyncio.get_running_loop().create_task(
                 supervise("hand-offs", self.handoffs.run), name="handoffs"
@@ -306,6 +313,9 @@ class Agent:
             now - self._last_tick if self._last_tick is not None else self.config.report_interval_s
         )
         self._last_tick = now
+        if not self._probes_known and self.pods.has_synced():
+            await self._take_baseline()  # the pods are listed now: nothing before counts
+            counters = None
         cumulative = list(await self.source.read() if counters is None else counters)
         resets_before = self.differ.resets
         windows = attach_pods(self.differ.advance(cumulative), self.pods.pod_for)
@@ -361,6 +371,14 @@ class Agent:
                 self.pods.pods(),
             )
         )
+
+    async def _take_baseline(self) -> None:
+        """Tell the source the pods' probes, then make what it has counted the baseline
+        (not reported); done again once the pods are listed if they were not yet."""
+        listed = self.pods.has_synced()
+        self._follow_kubelet_probes()
+        self.differ.advance(await self.source.read())
+        self._probes_known = listed
 
     def _follow_kubelet_probes(self) -> None:
         """Tell the source which ports and paths the kubelet probes on this node's pods

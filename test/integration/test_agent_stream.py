@@ -87,14 +87,23 @@ class ScriptedSource:
 
 
 async def running_pod(
-    kube: KubeClient, ns: str, name: str, node: str, ip: str, labels: dict[str, str] | None = None
+    kube: KubeClient,
+    ns: str,
+    name: str,
+    node: str,
+    ip: str,
+    labels: dict[str, str] | None = None,
+    containers: list[dict[str, Any]] | None = None,
 ) -> None:
     """A pod bound to `node` and marked Running at `ip` (no kubelet runs here)."""
     await kube.create(
         PODS,
         {
             "metadata": {"name": name, "namespace": ns, "labels": labels or {}},
-            "spec": {"nodeName": node, "containers": [{"name": "c", "image": "example"}]},
+            "spec": {
+                "nodeName": node,
+                "containers": containers or [{"name": "c", "image": "example"}],
+            },
         },
     )
     await kube.patch(
@@ -221,6 +230,42 @@ async def test_snapshots_carry_pods_from_the_node_informer(env: Env) -> None:
             )
             assert "aviator_agent_bpf_events 1.0" in text
             assert f'aviator_agent_stream_connected{{url="{receiver.url}"}} 1.0' in text
+    finally:
+        await stop_agent(stop, task)
+
+
+class ProbeAwareSource(ScriptedSource):
+    """Records, at each read, whether the agent had told it a pod's probes yet."""
+
+    def __init__(self, latencies_us: dict[EndpointKey, int]) -> None:
+        super().__init__(latencies_us)
+        self.told = False
+        self.told_at_reads: list[bool] = []
+
+    def set_probes(self, ports: object, addresses: object, grpc: object = ()) -> None:
+        self.told = self.told or bool(ports)
+
+    async def read(self) -> Iterable[tuple[EndpointKeyLike, CountersLike]]:
+        self.told_at_reads.append(self.told)
+        return await super().read()
+
+
+async def test_nothing_counted_before_the_pods_probes_are_known_is_reported(env: Env) -> None:
+    """A replacement agent starts while its node's pods run and the kubelet probes them:
+    until it has listed the pods and told the source their probes, the source cannot
+    tell the probes from the pods' own requests; what it counted by then is the
+    baseline, never a window (it made a slow pod look fast)."""
+    kube, ns, receiver, _ = env
+    node = node_name()
+    probe = {"httpGet": {"path": "/healthz", "port": 8080}}
+    container = {"name": "c", "image": "example", "readinessProbe": probe}
+    await running_pod(kube, ns, "probed", node, "127.0.52.1", containers=[container])
+    source = ProbeAwareSource({EndpointKey("127.0.52.1", 8080, "server"): 300})
+    config = streaming_to(receiver, node, await token_file(env, node))
+    _, stop, task = await run_agent(kube, config, source)
+    try:
+        await receiver.store.wait_for(lambda s: endpoint_of(s, "127.0.52.1") is not None)
+        assert source.told_at_reads[0], "the baseline was read before the pods' probes were known"
     finally:
         await stop_agent(stop, task)
 
