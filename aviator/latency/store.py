@@ -172,7 +172,8 @@ class LatencyStore:
 
     def ingest(self, msg: Snapshot, now: float) -> int:
         """Add one agent snapshot's deltas; returns how many endpoints were accepted
-        (see `ingest_snapshot` for the refused ones)."""
+        (see `ingest_snapshot` for the refused ones); the whole report: `heard` too."""
+        self.heard(msg.node, now)
         return self.ingest_snapshot(msg, now).accepted
 
     def heard(self, owner: str, now: float) -> None:
@@ -192,7 +193,6 @@ class LatencyStore:
         accepted = 0
         refused: Counter[str] = Counter()
         owner, source = msg.node, msg.source
-        self.heard(owner, now)
         for ep in msg.endpoints:
             reason = self._ingest_endpoint(
                 ep, "agent", owner, source, now, self.window_s, self.stale_after_s
@@ -354,7 +354,7 @@ class LatencyStore:
         """`_fresh` for an address with one endpoint, `key` (the usual case), without
         its lists: the window when it speaks for the address (of `origin`, on one of
         `ports` when given, fresh, not the kubelet's probes)."""
-        if key[3] != origin or key[2] == "probe" or (ports is not None and key[1] not in ports):
+        if not _speaks(key, ports, origin):
             return None
         win = self._windows[key]
         if win.last_seen < now - win.stale_s:
@@ -397,7 +397,7 @@ class LatencyStore:
         forgotten = now - self.forget_after_s
         seen = False
         for key in self._by_ip.get(ip, ()):
-            if key[3] != origin or key[2] == "probe" or (ports is not None and key[1] not in ports):
+            if not _speaks(key, ports, origin):
                 continue
             win = self._windows[key]
             quiet_since = now - win.stale_s
@@ -431,3 +431,9 @@ class LatencyStore:
             for win in self._fresh(ip, now, ports, origin)[0]:
                 out.update(win.total)
         return out
+
+
+def _speaks(key: Key, ports: Collection[int] | None, origin: Origin) -> bool:
+    """Whether the window under `key` may speak for its address's latency: of `origin`,
+    on one of `ports` when given, and not the kubelet's probes."""
+    return key[3] == origin and key[2] != "probe" and (ports is None or key[1] in ports)
