@@ -14,10 +14,10 @@ Three measurements:
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 import uuid
-from typing import Any
 
 import uvloop
 
@@ -27,6 +27,8 @@ from aviator.kube import KubeClient
 from aviator.kube.resources import PODS, SERVICEACCOUNTS
 from aviator.testing.controlplane import ControlPlane
 from bench import informer_ingest
+from bench.common import bounded
+from bench.informer_ingest import Counter
 
 Row = dict[str, object]
 
@@ -61,49 +63,6 @@ def pod(name: str, namespace: str, node: str = "node-1") -> JSON:
     }
 
 
-class Counter:
-    """A handler that counts, and wakes a waiter at a target count."""
-
-    def __init__(self) -> None:
-        self.adds = 0
-        self.updates = 0
-        self.target = 0
-        self.reached = asyncio.Event()
-        self.last_at = 0.0
-
-    def _bump(self) -> None:
-        self.last_at = time.perf_counter()
-        if self.adds + self.updates >= self.target > 0:
-            self.reached.set()
-
-    def on_add(self, obj: JSON, is_initial_list: bool) -> None:
-        self.adds += 1
-        self._bump()
-
-    def on_update(self, old: JSON, new: JSON) -> None:
-        self.updates += 1
-        self._bump()
-
-    def on_delete(self, obj: object) -> None:
-        pass
-
-    def expect(self, total: int) -> None:
-        self.target = total
-        self.reached.clear()
-        self._bump()
-
-
-async def bounded(jobs: list[Any], in_flight: int = IN_FLIGHT) -> None:
-    """Await coroutine factories with at most `in_flight` running."""
-    gate = asyncio.Semaphore(in_flight)
-
-    async def one(job: Any) -> None:
-        async with gate:
-            await job()
-
-    await asyncio.gather(*(one(j) for j in jobs))
-
-
 async def against_apiserver(cp: ControlPlane, pods: int, updates: int) -> list[Row]:
     kube = await KubeClient.load(str(cp.kubeconfig))
     try:
@@ -114,9 +73,10 @@ async def against_apiserver(cp: ControlPlane, pods: int, updates: int) -> list[R
         start = time.perf_counter()
         await bounded(
             [
-                lambda i=i: kube.create(PODS, pod(f"p-{i}", ns, f"node-{i % 50}"), ns)
+                functools.partial(kube.create, PODS, pod(f"p-{i}", ns, f"node-{i % 50}"), ns)
                 for i in range(pods)
-            ]
+            ],
+            in_flight=IN_FLIGHT,
         )
         create_s = time.perf_counter() - start
 
@@ -140,11 +100,12 @@ async def against_apiserver(cp: ControlPlane, pods: int, updates: int) -> list[R
         start = time.perf_counter()
         await bounded(
             [
-                lambda n=n, i=i: kube.patch(
-                    PODS, n, {"metadata": {"annotations": {"bench/seq": str(i)}}}, ns
+                functools.partial(
+                    kube.patch, PODS, n, {"metadata": {"annotations": {"bench/seq": str(i)}}}, ns
                 )
                 for i, n in enumerate(names)
-            ]
+            ],
+            in_flight=IN_FLIGHT,
         )
         written_s = time.perf_counter() - start
         await asyncio.wait_for(counter.reached.wait(), 120)

@@ -237,26 +237,35 @@ class ReplayClient:
 
 
 class Counter:
-    """A handler that counts deliveries and wakes a waiter at a target."""
+    """A handler that counts, and wakes a waiter at a target count."""
 
-    def __init__(self, target: int) -> None:
-        self.seen = 0
-        self.target = target
+    def __init__(self) -> None:
+        self.adds = 0
+        self.updates = 0
+        self.target = 0
         self.reached = asyncio.Event()
+        self.last_at = 0.0
 
     def _bump(self) -> None:
-        self.seen += 1
-        if self.seen >= self.target:
+        self.last_at = time.perf_counter()
+        if self.adds + self.updates >= self.target > 0:
             self.reached.set()
 
     def on_add(self, obj: JSON, is_initial_list: bool) -> None:
+        self.adds += 1
         self._bump()
 
     def on_update(self, old: JSON, new: JSON) -> None:
+        self.updates += 1
         self._bump()
 
     def on_delete(self, obj: object) -> None:
         pass
+
+    def expect(self, total: int) -> None:
+        self.target = total
+        self.reached.clear()
+        self._bump()
 
 
 async def ingest(
@@ -266,7 +275,8 @@ async def ingest(
     tune_for_caches()  # as the controller and the agent run
     client = ReplayClient(lines, decoded=decoded)
     informer = SharedIndexInformer(client, PODS, drop_managed_fields=drop_managed_fields)
-    counter = Counter(len(lines))
+    counter = Counter()
+    counter.expect(len(lines))
     informer.add_event_handler(counter)
     cpu, wall = time.process_time(), time.perf_counter()
     await informer.start()
