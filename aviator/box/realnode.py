@@ -58,7 +58,9 @@ def pod_cidr(network_index: int) -> ipaddress.IPv4Network:
 
 def containerd_config(workdir: Path) -> str:
     """containerd 1.6 configuration (TOML, version 2), everything under workdir; runc is
-    the script `runc_wrapper` writes (capabilities.py)."""
+    the script `runc_wrapper` writes (capabilities.py). The pods' network namespaces are
+    mounted under the state directory too: in the machine's /run/netns, every box left
+    its pods' namespaces behind (the box stops containerd without removing sandboxes)."""
     return "\n".join(
         [
             "version = 2",
@@ -69,6 +71,7 @@ def containerd_config(workdir: Path) -> str:
             '[plugins."io.containerd.grpc.v1.cri"]',
             f'  sandbox_image = "{SANDBOX_IMAGE}"',
             "  restrict_oom_score_adj = true",
+            "  netns_mounts_under_state_dir = true",
             '  [plugins."io.containerd.grpc.v1.cri".containerd]',
             '    snapshotter = "overlayfs"',
             '    default_runtime_name = "runc"',
@@ -216,6 +219,8 @@ class RealNode:
         )
 
     async def start(self, within_s: float = 60.0) -> None:
+        # A box killed before its stop left its mounts (rootfs, network namespaces) here.
+        await asyncio.to_thread(self._unmount)
         self.containerd.start()
         began = time.monotonic()
         while not socket_path(self.workdir).exists():

@@ -146,6 +146,7 @@ class _Peer:
     messages: TokenBucket
     refused: Tally[str] = dataclasses.field(default_factory=Tally)
     next_notice: float = 0.0
+    reported: bool = False  # a snapshot of this connection was taken
 
 
 def make_stream_handler(
@@ -255,7 +256,10 @@ async def _receive(
         return encode_error(str(exc))
     opened: list[EndpointWindow] | None = None if on_open is None else []
     try:
-        accepted, refused = await _ingest(snapshot, store, locate, clock(), peer.node, opened)
+        anew, peer.reported = not peer.reported, True
+        accepted, refused = await _ingest(
+            snapshot, store, locate, clock(), peer.node, opened, anew=anew
+        )
         if on_open is not None and opened:
             on_open(opened)
     except Exception as exc:  # a store bug must not end every agent's stream
@@ -274,13 +278,16 @@ async def _ingest(
     now: float,
     node: str,
     opened: list[EndpointWindow] | None = None,
+    *,
+    anew: bool = False,
 ) -> tuple[int, Tally[str]]:
     """Admit and store the snapshot's endpoints a chunk at a time, handing the event
     loop back whenever a slice of work is done; (accepted, refused by reason). The
-    admitted windows reporting an open request are appended to `opened`, if given."""
+    admitted windows reporting an open request are appended to `opened`, if given.
+    `anew`: the connection's first snapshot (`LatencyStore.heard`)."""
     accepted = 0
     refused: Tally[str] = Tally()
-    store.heard(node, now)
+    store.heard(node, now, anew=anew)
     store.maps.note(node, snapshot.maps_full, now)
     store.loads.note(node, admit_loads(snapshot.loads, node, locate), now)
     eps: Sequence[EndpointWindow] = snapshot.endpoints

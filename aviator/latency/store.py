@@ -42,9 +42,10 @@ Semantics the selection engine relies on:
   can tell a pod that stopped answering from one that has no data.
 - An endpoint not heard of for `stale_after_s` (a probe window: for its `keep_s`) is
   unknown (`estimate` returns None), never "fast"; so is an endpoint whose window
-  holds no samples. `silent` tells the first kind when the agent that reported it
-  sent nothing at all for as long (`heard`: e.g. the agent restarting) from a pod
-  never measured, until the endpoint is forgotten.
+  holds no samples. `silent` tells a pod whose data lapsed because the agent that
+  reported it stopped reporting (`heard`: e.g. the agent restarting) from a pod never
+  measured, or one that lapsed while its agent kept reporting (no traffic), until the
+  endpoint is forgotten.
 - When the pod reported behind an IP changes (IP reused by a new pod), the old
   pod's window is dropped.
 - Memory is bounded (`StoreLimits`): every agent window is charged to the agent it
@@ -176,12 +177,13 @@ class LatencyStore:
         self.heard(msg.node, now)
         return self.ingest_snapshot(msg, now).accepted
 
-    def heard(self, owner: str, now: float) -> None:
-        """`owner` (an agent's node) reported, endpoints or not. A report after a
-        silence longer than the staleness bound (an agent restarted) is remembered:
-        what went stale during the silence went stale for want of a reporter."""
+    def heard(self, owner: str, now: float, *, anew: bool = False) -> None:
+        """`owner` (an agent's node) reported, endpoints or not; `anew`: the first report
+        of a new stream (its agent started, or reconnected). That, or a report after a
+        silence longer than the staleness bound, is remembered: what lapsed before it
+        lapsed for want of a reporter, and the agent may not have measured it again."""
         last = self._reported.get(owner)
-        if last is not None and now - last > self.stale_after_s:
+        if anew or (last is not None and now - last > self.stale_after_s):
             self._resumed[owner] = now
         self._reported[owner] = now
 
@@ -388,23 +390,26 @@ class LatencyStore:
         self, ip: str, now: float, *, ports: Collection[int] | None = None, origin: Origin = "agent"
     ) -> bool:
         """Whether `ip` was measured (a server or client window of `origin`, on one of
-        `ports` when given) and went stale for want of a reporter: every such window is
-        past its staleness bound, and the agent that sent it has been silent as long, or
-        has just come back from such a silence (a restarted agent reports before it has
-        measured every pod again). A window that went stale while its agent kept
-        reporting saw no traffic: not silent. None past `forget_after_s` (then the pod
-        is as good as never measured)."""
+        `ports` when given) and its data lapsed for want of a reporter: every such window
+        has lapsed (gone stale, or its samples aged out of it), and the agent that sent
+        it stopped reporting before it lapsed, or has come back since its last sample
+        (a restarted agent reports before it has measured every pod again). A window
+        that lapsed while its agent kept reporting saw no traffic: not silent. False
+        past `forget_after_s` (then the pod is as good as never measured)."""
         forgotten = now - self.forget_after_s
         seen = False
         for key in self._by_ip.get(ip, ()):
             if not _speaks(key, ports, origin):
                 continue
             win = self._windows[key]
-            quiet_since = now - win.stale_s
-            if win.last_seen >= quiet_since:
+            if win.sampled is None:
+                continue  # never held a sample: nothing to be silent about
+            lapsed = min(win.last_seen + win.stale_s, win.sampled + win.keep_s)
+            if now <= lapsed:
                 return False
-            reported = self._reported.get(win.owner, 0.0)
-            if reported >= quiet_since and self._resumed.get(win.owner, 0.0) <= win.last_seen:
+            went_quiet = self._reported.get(win.owner, 0.0) < lapsed
+            came_back = self._resumed.get(win.owner, 0.0) > win.sampled
+            if not (went_quiet or came_back):
                 return False
             seen = seen or win.last_seen > forgotten
         return seen

@@ -37,6 +37,7 @@ class Window:
     keep_s: float  # deltas older than this leave the window
     stale_s: float  # unheard of for longer than this: unknown
     owner: str  # the agent (node) charged for it, CONTROLLER_OWNER for probe windows
+    sampled: float | None = None  # arrival of the newest delta that held samples
     rif: int = 0
     oldest_open_us: int = 0  # latest report
     protocol: AppProtocol = "opaque"  # latest report
@@ -60,6 +61,7 @@ class Window:
         delta = ep.hist
         if not delta:
             return 0
+        self.sampled = at
         self.deltas.append((at, delta, ep.statuses, ep.errors, ep.keepwarm))
         self.total.update(delta)
         self.statuses += ep.statuses

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -38,6 +39,14 @@ def real_box() -> Iterator[BoxCluster]:
         yield box
     finally:
         box.stop()
+    # Nothing the node mounted (rootfs, the pods' network namespaces) outlives the box.
+    assert mounts_under(box.workdir) == [], "the stopped box left mounts behind"
+
+
+def mounts_under(root: Path) -> list[tuple[str, str]]:
+    """(filesystem type, mount point) of this mount namespace's mounts under root."""
+    fields = (line.split() for line in Path("/proc/self/mounts").read_text().splitlines())
+    return [(f[2], f[1]) for f in fields if f[1].startswith(f"{root}/")]
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +126,9 @@ async def ready_pods(kube: KubeClient, ns: str, app: str) -> dict[str, str]:
     return out
 
 
-async def test_real_node_runs_pods_behind_the_real_kube_proxy(scenario: Scenario) -> None:
+async def test_real_node_runs_pods_behind_the_real_kube_proxy(
+    scenario: Scenario, real_box: BoxCluster
+) -> None:
     status = scenario.cluster.status(fresh=True)
     bridge = pod_cidr(POD_NETWORKS.index(ipaddress.IPv4Network(status["pod_network"])))
     scenario.apply(deployment("real-app", 2))
@@ -128,8 +139,11 @@ async def test_real_node_runs_pods_behind_the_real_kube_proxy(scenario: Scenario
         lambda p: len(p) == 2,
         timeout_s=120,
     )
-    # Their addresses come from the CNI bridge: each pod has a network namespace of its own.
+    # Their addresses come from the CNI bridge: each pod has a network namespace of its own,
+    # mounted under the box's workdir (the machine's /run/netns kept every box's).
     assert all(ipaddress.ip_address(ip) in bridge for ip in pods.values())
+    namespaces = [m for fs, m in mounts_under(real_box.workdir) if fs == "nsfs"]
+    assert len(namespaces) >= len(pods), namespaces
     in_box = InBox(int(status["pid"]))
     try:
         address = await cluster_ip(scenario.kube, scenario.ns, "real-app")

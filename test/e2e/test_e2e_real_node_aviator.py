@@ -216,12 +216,11 @@ async def test_restarting_the_agent_pod_keeps_serving_and_resumes_measuring(
     only its own keep-warm probes; the replacement seeds the listeners from /proc and
     adopts the open connections.
 
-    The replacement takes longer than the controller's staleness bound (10 s) here, so
-    the node's pods go unknown for a while; measured before, they keep their places
-    (docs/selection.md: stale pods are not new pods and do not fail open). Still, a few
-    requests may meet a slow pod: the replacement's first windows have held two
-    samples of well under a millisecond for a slow pod, which readmitted it for an
-    evaluation (docs/box.md). The test says how many did."""
+    The replacement takes about as long as the controller's staleness bound (10 s)
+    here, so the node's pods lose their data for a while, the slow ones first (a few
+    keep-warm samples each); measured before and silent for want of an agent, they keep
+    their places (docs/selection.md: stale pods are not new pods and do not fail open),
+    and no request meets a slow pod."""
     cluster = real(quickstart)
     quickstart.apply(quickstart.policy(latencySource="ebpf"))
     await quickstart.converge_to_fast(SHADOW, timeout_s=CONVERGE_S)
@@ -244,11 +243,8 @@ async def test_restarting_the_agent_pod_keeps_serving_and_resumes_measuring(
     await quickstart.converge_to(SHADOW, fast, timeout_s=CONVERGE_S)
     window = load.summary(since=mark)
     assert window.errors == 0, _failures(load)
-    slow = sum(n for pod, n in window.by_pod.items() if pod not in fast)
-    print(
-        f"agent pod replaced in {replaced_s:.1f}s; {window.count} requests meanwhile, "
-        f"{slow} of them on slow pods"
-    )
+    print(f"agent pod replaced in {replaced_s:.1f}s; {window.count} requests meanwhile")
+    assert set(window.by_pod) <= fast, window  # by_pod: who served them
 
     victim = sorted(fast)[0]
     quickstart.cluster.set_pod_latency(quickstart.ns, victim, "2s")

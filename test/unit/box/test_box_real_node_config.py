@@ -35,6 +35,8 @@ def test_containerd_config_keeps_everything_under_the_workdir(tmp_path: Path) ->
     assert cri["sandbox_image"] == SANDBOX_IMAGE
     # runc cannot lower a process's OOM score below its parent's on such hosts.
     assert cri["restrict_oom_score_adj"] is True
+    # Pods' network namespaces under the state directory, not the machine's /run/netns.
+    assert cri["netns_mounts_under_state_dir"] is True
     assert cri["containerd"]["runtimes"]["runc"]["options"]["SystemdCgroup"] is False
     assert cri["cni"]["conf_dir"] == str(tmp_path / "cni")
     # runc through the script that drops what the machine cannot grant (capabilities.py).

@@ -429,3 +429,32 @@ async def test_floods_are_refused_early() -> None:
         async with client.ws_connect("/v1/stream", headers=good):
             pass
     assert sorted(store.ips()) == ["10.0.0.1", "10.0.0.2"]
+
+
+async def test_a_new_connections_first_snapshot_starts_a_new_session() -> None:
+    """An agent that reconnects (restarted) has not measured what lapsed before: a pod
+    whose samples aged out is silent (it keeps its place) until the new connection
+    measures it, though the node's reports never paused for long. On one connection
+    the same report means the pod had no traffic."""
+    now = [0.0]
+    store = LatencyStore(window_s=2, stale_after_s=10)
+    app = web.Application()
+    reviews = FakeReviews({"good": (AGENT, [])})
+    handler = make_stream_handler(store, authenticator(reviews), locate, clock=lambda: now[0])
+    app.router.add_get("/v1/stream", handler)
+    headers = {"Authorization": f"Bearer {jwt('good')}"}
+
+    async def report(ws: aiohttp.ClientWebSocketResponse, ip: str, at: float) -> None:
+        now[0] = at
+        await ws.send_str(snapshot_text(ip, pod=PODS[ip][0].key))
+        await ws.send_bytes(b"\x00")  # answered in order: the snapshot was taken
+        assert json.loads(await ws.receive_str())["kind"] == "error"
+
+    async with TestClient(TestServer(app)) as client:
+        async with client.ws_connect("/v1/stream", headers=headers) as ws:
+            await report(ws, "10.0.0.1", 0.0)
+            await report(ws, "10.0.0.2", 2.5)  # 10.0.0.1's samples aged out at 2
+        assert not store.silent("10.0.0.1", now=2.6)  # its agent reported on: no traffic
+        async with client.ws_connect("/v1/stream", headers=headers) as ws:
+            await report(ws, "10.0.0.2", 3.0)
+        assert store.silent("10.0.0.1", now=3.1)  # the new connection has not measured it

@@ -86,6 +86,45 @@ def test_silent_tells_a_pod_whose_agent_stopped_reporting_from_one_never_measure
     assert not store.silent("10.0.0.2", now=9.0)  # the kubelet's probes are not its latency
 
 
+def test_a_pod_whose_data_lapses_after_its_agent_stopped_is_silent_when_it_lapses() -> None:
+    """An agent restart: the agent stops 2 s after a standby pod's last keep-warm
+    sample. The pod's data lapses 8 s after the agent's last report, and it is silent
+    then (its agent stopped before it lapsed), not stale_after_s after that report."""
+    store = LatencyStore(window_s=10, stale_after_s=10)
+    store.ingest(snap(ep("10.0.0.1", [1000])), now=0.0)
+    store.ingest(snap(ep("10.0.0.2", [1000])), now=2.0)  # the agent's last report
+    assert store.estimate("10.0.0.1", now=10.1) is None
+    assert store.silent("10.0.0.1", now=10.1)
+    assert not store.silent("10.0.0.2", now=10.1)  # its data has not lapsed yet
+    assert store.silent("10.0.0.2", now=12.1)
+
+
+def test_samples_aging_out_of_the_window_lapse_like_staleness() -> None:
+    """A window shorter than the staleness bound empties first: the pod's samples
+    aged out while its agent still sent the endpoint (empty). Silent if the agent
+    stopped before they aged out; idle (not silent) if it kept reporting."""
+    store = LatencyStore(window_s=4, stale_after_s=10)
+    store.ingest(snap(ep("10.0.0.1", [1000]), ep("10.0.0.2", [1000])), now=0.0)
+    for t in (1.0, 2.0):
+        store.ingest(snap(ep("10.0.0.1", []), ep("10.0.0.2", [])), now=t)
+    store.ingest(snap(ep("10.0.0.1", [1000]), node="n2"), now=3.0)  # another node's window
+    assert store.estimate("10.0.0.2", now=4.1) is None
+    assert store.silent("10.0.0.2", now=4.1)  # n1 stopped at 2, before the samples aged out
+    store.ingest(snap(ep("10.0.0.2", [])), now=4.5)  # n1 was late, and saw no traffic
+    assert not store.silent("10.0.0.2", now=4.6)
+    store.heard("n1", now=5.0, anew=True)  # a new stream: n1's agent restarted
+    store.ingest(snap(ep("10.0.0.2", [])), now=5.0)
+    assert store.silent("10.0.0.2", now=5.1)  # not measured since: unknown to the new agent
+    store.ingest(snap(ep("10.0.0.2", [1000])), now=6.0)
+    assert store.estimate("10.0.0.2", now=6.1) is not None
+    store2 = LatencyStore(window_s=4, stale_after_s=10)
+    store2.ingest(snap(ep("10.0.0.2", [1000])), now=0.0)
+    for t in (1.0, 2.0, 3.0, 4.0, 5.0):
+        store2.ingest(snap(ep("10.0.0.2", [])), now=t)
+    assert store2.estimate("10.0.0.2", now=5.1) is None
+    assert not store2.silent("10.0.0.2", now=5.1)  # its agent kept reporting: no traffic
+
+
 def test_old_deltas_leave_the_window() -> None:
     store = LatencyStore(window_s=3, stale_after_s=100)
     store.ingest(snap(ep("10.0.0.1", [1000] * 5)), now=0.0)
