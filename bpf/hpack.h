@@ -35,12 +35,14 @@
 // endpoint's `statuses`: an unread status is never taken for a success (nor is a
 // :status 200 in a block with a reference not known: it may be a gRPC response's).
 //
+// A short block the walk read whole (one HEADERS frame of at most 8 bytes, nothing
+// added to the table) is remembered with what it read, the last response block and
+// the last trailers (struct hpack_memo): a block with the same bytes and no insertion
+// since reads the same (a steady-state encoder's indexed :status 200, content-type and
+// grpc-status 0). The full parser reads such a block from the memo instead of walking
+// it (hpack_frame: exact, and one parser step for the frame instead of one per field).
 // Blocks the parser skims (h2.h: a call beyond the full parser's budget) are not
-// walked. A short block the walk read whole (one HEADERS frame of at most 8 bytes,
-// nothing added to the table) is remembered with what it read, the last response
-// block and the last trailers (struct hpack_memo): a skimmed block with the same
-// bytes and no insertion since reads the same (a steady-state encoder's indexed
-// :status 200, content-type and grpc-status 0). Another skimmed block of indexed
+// walked: one that repeats the memo reads the same too. Another skimmed block of indexed
 // fields only adds nothing to the table: its static :status other than 200 is read,
 // the rest is unread. Any other skimmed block may have added entries: the table is
 // not followed any more (`broken`), static entries still are.
