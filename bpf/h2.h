@@ -195,7 +195,7 @@ static __always_inline void h2_frame(struct h2_cursor *c, struct sock_state *st,
             return;
         }
         d->skip = 0;  // the header block is walked (hpack.h)
-        hpack_frame(&h->hp, v, len, type, flags, HPB_NONE);
+        hpack_frame(&h->hp, v, len, type, flags, HPB_NONE, 0, 0);
         return;
     }
     // DATA without END_STREAM, the bulk of the frames, costs this one test (on a
@@ -246,12 +246,13 @@ static __always_inline void h2_frame(struct h2_cursor *c, struct sock_state *st,
             hp_skim_end(&h->hp, v, LOAD_ONCE(st->proto) == APP_GRPC);
             return;
         }
-        d->skip = 0;
-        hpack_frame(&h->hp, v, len, type, flags, role);
-        // A short block is remembered with what it reads (struct hpack_memo).
+        // A short block is remembered with what it reads (struct hpack_memo); the
+        // same bytes again, with nothing added to the table since, read the same
+        // without a walk (the payload is skipped like a DATA frame's).
         u64 w = 0;
-        h->hp.blk_len = block_word(c, len, flags, &w);
-        h->hp.blk_word = w;
+        u32 n = block_word(c, len, flags, &w);
+        if (!hpack_frame(&h->hp, v, len, type, flags, role, w, n))
+            d->skip = 0;
     }
 }
 

@@ -35,12 +35,14 @@
 // endpoint's `statuses`: an unread status is never taken for a success (nor is a
 // :status 200 in a block with a reference not known: it may be a gRPC response's).
 //
+// A short block the walk read whole (one HEADERS frame of at most 8 bytes, nothing
+// added to the table) is remembered with what it read, the last response block and
+// the last trailers (struct hpack_memo): a block with the same bytes and no insertion
+// since reads the same (a steady-state encoder's indexed :status 200, content-type and
+// grpc-status 0). The full parser reads such a block from the memo instead of walking
+// it (hpack_frame: exact, and one parser step for the frame instead of one per field).
 // Blocks the parser skims (h2.h: a call beyond the full parser's budget) are not
-// walked. A short block the walk read whole (one HEADERS frame of at most 8 bytes,
-// nothing added to the table) is remembered with what it read, the last response
-// block and the last trailers (struct hpack_memo): a skimmed block with the same
-// bytes and no insertion since reads the same (a steady-state encoder's indexed
-// :status 200, content-type and grpc-status 0). Another skimmed block of indexed
+// walked: one that repeats the memo reads the same too. Another skimmed block of indexed
 // fields only adds nothing to the table: its static :status other than 200 is read,
 // the rest is unread. Any other skimmed block may have added entries: the table is
 // not followed any more (`broken`), static entries still are.
@@ -442,19 +444,32 @@ static __always_inline void hp_block_end(struct hpack_state *hp, struct ep_val *
 
 // A frame the server sent with a header block fragment (HEADERS, CONTINUATION,
 // PUSH_PROMISE): the walk takes its payload. `role`: what a block this frame starts
-// counts (a CONTINUATION keeps its block's).
-static __always_inline void hpack_frame(struct hpack_state *hp, struct ep_val *v, u32 len,
-                                        u8 type, u8 flags, u8 role) {
+// counts (a CONTINUATION keeps its block's). `w`, `n`: a HEADERS frame's whole block
+// when it is short (block_word; n = 0: not); the walk remembers it with what it reads
+// (struct hpack_memo), and the same bytes again, with nothing added to the table
+// since, read the same: such a block is not walked but counted at once (the walk would
+// find the same fields and the same table entries). 1 if so (its payload is the
+// caller's to skip).
+static __always_inline int hpack_frame(struct hpack_state *hp, struct ep_val *v, u32 len,
+                                       u8 type, u8 flags, u8 role, u64 w, u32 n) {
+    int hit = 0;
     if (type != H2_CONTINUATION) {
+        struct hpack_memo *m = &hp->memo[role == HPB_TRAILERS];
+        hit = n && !hp->broken && m->len == n && m->word == w && m->inserted == hp->inserted;
         hp->state = HP_FIELD;
         hp->pending = 0;
-        hp->blk_status = 0;
-        hp->blk_grpc = 0;
-        hp->blk_ctype = 0;
+        hp->blk_status = hit ? m->status : 0;
+        hp->blk_grpc = hit ? m->grpc : 0;
+        hp->blk_ctype = hit ? m->ctype : 0;
         hp->blk_lost = 0;
         hp->role = role;
     }
-    hp->blk_len = 0;  // h2_frame sets it for a short HEADERS (block_word)
+    if (hit) {
+        len = 0;  // (flags has END_HEADERS: block_word)
+        n = 0;    // the memo holds these bytes already
+    }
+    hp->blk_len = n;
+    hp->blk_word = w;
     hp->pre = (type == H2_PUSH_PROMISE ? 4 : 0) +
               (type == H2_HEADERS && (flags & H2_PRIORITY) ? 5 : 0);
     hp->need_pad = type != H2_CONTINUATION && (flags & H2_PADDED) ? 1 : 0;
@@ -463,6 +478,7 @@ static __always_inline void hpack_frame(struct hpack_state *hp, struct ep_val *v
     hp->frame_left = len;
     if (len == 0 && hp->end_headers)
         hp_block_end(hp, v);
+    return hit;
 }
 
 // One step of the parser in a header-carrying frame's payload (hp->frame_left > 0):

@@ -367,6 +367,29 @@ def test_a_streaming_grpc_response_status_comes_from_its_trailers_while_its_stre
         )
 
 
+def test_a_repeated_short_block_reads_as_before_only_while_nothing_was_added(
+    latency_source: BpfLatencySource,
+) -> None:
+    """The same short block again (one byte: dynamic index 62) reads what it read the
+    first time only while the encoder added nothing to its table: after an insertion,
+    index 62 names the new entry, not :status 503, and the block has no status (unread,
+    never an error); index 63 is the 503 then."""
+    pair = Pair("127.0.52.24")
+    added = STATUS_200 + b"\x40\x03x-a\x01b"  # 200, and x-a: b added (now index 62)
+    blocks = [STATUS_503_PLAIN, STATUS_DYNAMIC, STATUS_DYNAMIC, added, STATUS_DYNAMIC, b"\xbf"]
+    try:
+        before = latency_source.read()
+        pair.open()
+        for i, block in enumerate(blocks):
+            pair.to_server(headers(1 + 2 * i))
+            pair.to_client(headers(1 + 2 * i, block, end_stream=False) + data(1 + 2 * i))
+        done = settle(latency_source, pair, before, len(blocks))
+    finally:
+        pair.close()
+    for role, d in deltas(before, done, pair).items():
+        assert (d.count, d.statuses, d.errors) == (6, 5, 4), (role, d)
+
+
 _frame_kinds = st.sampled_from([DATA, HEADERS, RST_STREAM, SETTINGS, GOAWAY, 8, 0xA])
 
 
