@@ -148,6 +148,12 @@ def kubelet_config(workdir: Path, node_ip: str, client_ca: Path) -> dict[str, An
     }
 
 
+def mounts_under(root: Path) -> list[tuple[str, str]]:
+    """(filesystem type, mount point) of this mount namespace's mounts under root."""
+    fields = (line.split() for line in Path("/proc/self/mounts").read_text().splitlines())
+    return [(f[2], f[1]) for f in fields if f[1].startswith(f"{root}/")]
+
+
 def unavailable(bin_dir: Path | None) -> str | None:
     """Why a real node cannot run here, or None."""
     try:
@@ -261,11 +267,6 @@ class RealNode:
             pass
 
     def _unmount(self) -> None:
-        root = str(self.workdir)
-        mounts = [
-            line.split()[1]
-            for line in Path("/proc/self/mounts").read_text().splitlines()
-            if line.split()[1].startswith(root)
-        ]
+        mounts = [target for _, target in mounts_under(self.workdir)]
         for target in sorted(mounts, key=len, reverse=True):
             subprocess.run(["umount", "-l", target], capture_output=True, timeout=30)

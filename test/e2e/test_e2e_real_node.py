@@ -12,7 +12,6 @@ from __future__ import annotations
 import ipaddress
 import json
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +20,7 @@ from e2e_inbox import InBox, cluster_ip, served
 from e2e_scenario import Scenario, wait_for
 
 from aviator.box.netns import POD_NETWORKS
-from aviator.box.realnode import REAL_NODE, pod_cidr
+from aviator.box.realnode import REAL_NODE, mounts_under, pod_cidr
 from aviator.kube.client import KubeClient
 from aviator.kube.resources import PODS
 
@@ -41,12 +40,6 @@ def real_box() -> Iterator[BoxCluster]:
         box.stop()
     # Nothing the node mounted (rootfs, the pods' network namespaces) outlives the box.
     assert mounts_under(box.workdir) == [], "the stopped box left mounts behind"
-
-
-def mounts_under(root: Path) -> list[tuple[str, str]]:
-    """(filesystem type, mount point) of this mount namespace's mounts under root."""
-    fields = (line.split() for line in Path("/proc/self/mounts").read_text().splitlines())
-    return [(f[2], f[1]) for f in fields if f[1].startswith(f"{root}/")]
 
 
 @pytest.fixture(scope="module")
