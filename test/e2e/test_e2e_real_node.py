@@ -10,7 +10,6 @@ Skips, saying why, where kubelet, kube-proxy, containerd or the images are missi
 from __future__ import annotations
 
 import ipaddress
-import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -22,7 +21,7 @@ from e2e_scenario import Scenario, wait_for
 from aviator.box.netns import POD_NETWORKS
 from aviator.box.realnode import REAL_NODE, mounts_under, pod_cidr
 from aviator.kube.client import KubeClient
-from aviator.kube.resources import PODS
+from aviator.kube.resources import CORE_EVENTS, PODS
 
 pytestmark = pytest.mark.e2e
 IMAGES = ("pause", "testapp")
@@ -170,26 +169,32 @@ async def test_real_readiness_probe_keeps_a_failing_pod_out(scenario: Scenario) 
     # path on its own port).
     scenario.apply(deployment("never-ready", 1, ready_port=9999))
 
-    async def running_unready() -> dict[str, Any]:
+    # Ready=False alone proves nothing: a pod is not Ready before its first probe either.
+    # The kubelet's Unhealthy event is the evidence that a probe ran and failed.
+    async def probe_failures() -> list[dict[str, Any]]:
         answer = await scenario.kube.list(
-            PODS, scenario.ns, params={"labelSelector": "app=never-ready"}
+            CORE_EVENTS, scenario.ns, params={"fieldSelector": "reason=Unhealthy"}
         )
-        items = answer["items"]
-        return items[0]["status"] if items else {}
+        return [
+            e
+            for e in answer["items"]
+            if e["involvedObject"].get("name", "").startswith("never-ready-")
+        ]
 
-    await wait_for(
-        "the pod to run and fail its readiness probe",
-        running_unready,
-        lambda s: (
-            s.get("phase") == "Running"
-            and any(
-                c["type"] == "Ready" and c["status"] == "False" for c in s.get("conditions", [])
-            )
-            and bool(s.get("containerStatuses"))
-            and "running" in s["containerStatuses"][0]["state"]
-        ),
+    failures, _ = await wait_for(
+        "the kubelet to report a failed readiness probe",
+        probe_failures,
+        bool,
         timeout_s=120,
     )
-    events = scenario.kubectl("get", "events", "-o", "json")
-    reasons = {e.get("reason") for e in json.loads(events)["items"]}
-    assert "Unhealthy" in reasons, reasons
+    assert "Readiness probe failed" in failures[0].get("message", ""), failures[0]
+
+    pod = await scenario.kube.get(PODS, failures[0]["involvedObject"]["name"], scenario.ns)
+    status = pod["status"]
+    assert status.get("phase") == "Running", status
+    assert any(
+        c["type"] == "Ready" and c["status"] == "False" for c in status.get("conditions", [])
+    ), status
+    # A failing readiness probe keeps the pod out; it does not restart the container.
+    (container,) = status["containerStatuses"]
+    assert "running" in container["state"] and container["restartCount"] == 0, container
