@@ -270,8 +270,11 @@ async def create_ready_pods(
     pods: Sequence[tuple[str, str]],
     labels: dict[str, str],
     nodes: int = 1,
+    first: int = 0,
 ) -> None:
-    """Create pods (name, ip) spread over `nodes` node names, then mark them Running/Ready."""
+    """Create pods (name, ip) spread over `nodes` node names, then mark them Running/Ready.
+    `first` is the fleet index of pods[0]: pod k of the fleet runs on node k % nodes, the
+    same wherever a batch starts, so an agent per node reports exactly its node's pods."""
 
     async def one(i: int, name: str, ip: str) -> None:
         body = {
@@ -279,7 +282,7 @@ async def create_ready_pods(
             "kind": "Pod",
             "metadata": {"name": name, "namespace": ns, "labels": labels},
             "spec": {
-                "nodeName": bench_node(i % nodes),
+                "nodeName": bench_node((first + i) % nodes),
                 "containers": [
                     {
                         "name": "app",

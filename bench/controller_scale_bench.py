@@ -1,13 +1,14 @@
 """Controller scale: the real `aviator controller` process against a real API server, fed
 by simulated agents over the real websocket (real ServiceAccount tokens, TokenReview).
 
-Two fleets: 1 policy over 5,000 pods, and 500 policies over 10 pods each (quick: 200
-pods / 20 policies of 10). Services are headless (a test control plane has only a few
-hundred cluster IPs, and every policy adds a shadow Service). Pods are API objects
-whose status (podIP, Ready) we write through the status subresource, since no kubelet
-runs; one simulated agent per 100
-pods sends a v1 snapshot of its pods every second (stable latencies, so the chosen set
-is stable). Per fleet:
+Three fleets: 1 policy over 5,000 pods and 500 policies over 10 pods each, evaluated
+every second, and 5,000 policies over 10 pods each (50,000 pods) evaluated every 5 s
+(quick: 200 pods / 20 policies of 10). Services are headless (a test control plane has
+only a few hundred cluster IPs, and every policy adds a shadow Service). Pods are API
+objects whose status (podIP, Ready) we write through the status subresource, as a
+kubelet would (none runs); one simulated agent per 100 pods, each its own node, sends a
+v1 snapshot of its node's pods every second, the agent's default report interval
+(stable latencies, so the chosen set is stable). Per fleet:
 
 - evaluation time: the controller's own reconcile-duration histogram over a steady
   window (mean per reconcile, and the total per evaluation interval);
@@ -15,6 +16,9 @@ is stable). Per fleet:
 - API writes per minute in steady state (must be zero) and while 1 % of the pods
   flip readiness every second (churn), counted by watching EndpointSlices, Services,
   AviatorPolicies and Events in the namespace, i.e. as the API server saw them;
+- reaction: one serving pod of the first policy turns slow (1 s) in its agent's next
+  snapshot; seconds until it is out of the policy's slices (circuit breaker, one
+  violation), against evaluationInterval + 1 s;
 - ingestion: every agent sends snapshots back to back; endpoint windows ingested
   (the receiver's counter) per second of wall time and per controller CPU second.
 """
@@ -32,6 +36,7 @@ from pathlib import Path
 
 import uvloop
 
+from aviator.api.types import SHADOW_SUFFIX
 from aviator.kube import KubeClient
 from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, EVENTS, SERVICES
 from bench.common import (
@@ -57,11 +62,14 @@ from bench.common import (
 )
 
 NAME = "controller_scale"
-INTERVAL_S = 1.0  # evaluationInterval of every policy, and the agents' report interval
+REPORT_S = 1.0  # the agents' report interval (the agent's default)
 PODS_PER_AGENT = 100
+SLOW_MS = 1000.0  # the reaction's slow pod: above the policies' p99Threshold
 GOAL_EVAL = "<= 100 ms for 5,000 pods"
 GOAL_INGEST = ">= 50,000 /s per core"
 GOAL_WRITES = "0 in steady state"
+GOAL_CORES_50K = 0.3  # DESIGN §9: 50,000 pods at 5 s intervals
+GOAL_RSS_50K_MIB = 1024.0
 
 
 @dataclass(frozen=True)
@@ -69,10 +77,16 @@ class Fleet:
     label: str
     policies: int
     pods_per_policy: int
+    interval_s: float = 1.0  # every policy's evaluationInterval
 
     @property
     def pods(self) -> int:
         return self.policies * self.pods_per_policy
+
+    @property
+    def large(self) -> bool:
+        """The 50,000-pod fleet, which has goals of its own."""
+        return self.pods >= 50_000
 
 
 @dataclass(frozen=True)
@@ -92,7 +106,11 @@ def run(quick: bool) -> list[Row]:
     fleets = (
         [Fleet("1 policy x 200 pods", 1, 200), Fleet("20 policies x 10 pods", 20, 10)]
         if quick
-        else [Fleet("1 policy x 5000 pods", 1, 5000), Fleet("500 policies x 10 pods", 500, 10)]
+        else [
+            Fleet("1 policy x 5000 pods", 1, 5000),
+            Fleet("500 policies x 10 pods", 500, 10),
+            Fleet("5000 policies x 10 pods", 5000, 10, interval_s=5.0),
+        ]
     )
     rows: list[Row] = []
     for fleet in fleets:
@@ -120,8 +138,14 @@ async def _fleet(kubeconfig: Path, fleet: Fleet, sizes: Sizes) -> list[Row]:
         names = [f"p-{i}" for i in range(fleet.pods)]
         ips = [pod_ip(i) for i in range(fleet.pods)]
         start = time.monotonic()
-        for j in range(fleet.policies):
-            await create_service(kube, ns, f"svc-{j}", {"app": f"svc-{j}"}, headless=True)
+        await bounded(
+            [
+                functools.partial(
+                    create_service, kube, ns, f"svc-{j}", {"app": f"svc-{j}"}, headless=True
+                )
+                for j in range(fleet.policies)
+            ]
+        )
         per = fleet.pods_per_policy
         await bounded(
             [
@@ -138,13 +162,27 @@ async def _fleet(kubeconfig: Path, fleet: Fleet, sizes: Sizes) -> list[Row]:
                     ),
                     {"app": f"svc-{j}"},
                     nodes,
+                    first=j * per,
                 )
                 for j in range(fleet.policies)
             ],
             in_flight=8 if fleet.policies > 1 else 1,
         )
         setup_s = time.monotonic() - start
-        controller = ControllerProcess(kubeconfig, ns)
+        controller = ControllerProcess(
+            kubeconfig,
+            ns,
+            extra=(
+                "--no-leader-elect",
+                # The ingestion row sends back to back: it measures the receiver, not
+                # the per-connection message rate that keeps a real agent at a few a second.
+                "--stream-messages-per-second",
+                "1000000",
+                # 50,000 pods are more endpoints than the default bound holds (docs/controller.md, Memory).
+                "--latency-max-endpoints",
+                str(max(32768, 2 * fleet.pods)),
+            ),
+        )
         try:
             await controller.wait_ready()
             return await _measure(kube, ns, tokens, controller, fleet, sizes, ips, names, setup_s)
@@ -166,31 +204,34 @@ async def _measure(
     setup_s: float,
 ) -> list[Row]:
     agents_n = max(1, fleet.pods // PODS_PER_AGENT)
+    # Agent a is node a's: it reports the fleet's pods k with k % agents_n == a.
     groups = [list(range(a, fleet.pods, agents_n)) for a in range(agents_n)]
-    messages = [
-        snapshot_json(bench_node(a), [(ips[i], _latency_ms(i)) for i in group], window_s=1.0)
-        for a, group in enumerate(groups)
-    ]
+    messages = [_snapshot(a, group, ips) for a, group in enumerate(groups)]
     agents = [SimAgent(controller.url, tokens[a]) for a in range(agents_n)]
     async with contextlib.AsyncExitStack() as stack:
         for agent in agents:
             await stack.enter_async_context(agent)
         reporting = asyncio.create_task(_report(agents, messages))
         try:
-            for j in range(fleet.policies):
-                await kube.create(
-                    AVIATORPOLICIES,
-                    policy_body(
-                        f"pol-{j}",
-                        f"svc-{j}",
-                        evaluationInterval=f"{int(INTERVAL_S * 1000)}ms",
-                        selection={"mode": "percentage", "percentage": 50},
-                    ),
-                    ns,
-                )
+            await bounded(
+                [
+                    functools.partial(kube.create, AVIATORPOLICIES, _policy(j, fleet), ns)
+                    for j in range(fleet.policies)
+                ],
+                in_flight=8,
+            )
             converge_s = await _converged(kube, ns, fleet)
             settle_s = await _quiet(kube, ns)
             steady = await _window(kube, ns, controller, sizes.steady_s)
+            refused = metric_sum(
+                await controller.metrics(), "aviator_stream_endpoints_refused_total"
+            )
+            if refused:
+                raise RuntimeError(
+                    f"the controller refused {refused:.0f} endpoint windows: the simulated "
+                    "agents report pods that are not on their nodes"
+                )
+            reaction_s = await _reaction(kube, ns, fleet, groups, ips, messages)
             churn = await _window(
                 kube, ns, controller, sizes.churn_s, churn=(names, ips, max(1, fleet.pods // 100))
             )
@@ -199,17 +240,72 @@ async def _measure(
             with contextlib.suppress(asyncio.CancelledError):
                 await reporting
         ingest = await _blast(agents, messages, controller, sizes.blast_s)
-    return _rows(fleet, setup_s, converge_s, settle_s, steady, churn, ingest)
+    return _rows(fleet, setup_s, converge_s, settle_s, steady, churn, ingest, reaction_s)
+
+
+def _snapshot(agent: int, group: list[int], ips: list[str], slow: int | None = None) -> str:
+    return snapshot_json(
+        bench_node(agent),
+        [(ips[i], SLOW_MS if i == slow else _latency_ms(i)) for i in group],
+        window_s=REPORT_S,
+    )
+
+
+def _policy(j: int, fleet: Fleet) -> dict[str, object]:
+    return policy_body(
+        f"pol-{j}",
+        f"svc-{j}",
+        evaluationInterval=f"{int(fleet.interval_s * 1000)}ms",
+        selection={"mode": "percentage", "percentage": 50},
+        # One violation ejects: the reaction row times a change, not the breaker's patience.
+        circuitBreaker={"enabled": True, "p99Threshold": "500ms", "consecutiveViolations": 1},
+    )
 
 
 async def _report(agents: list[SimAgent], messages: list[str]) -> None:
+    """Every agent sends its current message every REPORT_S (messages may be replaced)."""
     while True:
         started = time.monotonic()
         await asyncio.gather(*(a.send(m) for a, m in zip(agents, messages, strict=True)))
-        await asyncio.sleep(max(0.0, INTERVAL_S - (time.monotonic() - started)))
+        await asyncio.sleep(max(0.0, REPORT_S - (time.monotonic() - started)))
 
 
-async def _converged(kube: KubeClient, ns: str, fleet: Fleet, timeout_s: float = 300) -> float:
+async def _reaction(
+    kube: KubeClient,
+    ns: str,
+    fleet: Fleet,
+    groups: list[list[int]],
+    ips: list[str],
+    messages: list[str],
+    timeout_s: float = 60.0,
+) -> float:
+    """Seconds from the fastest pod of pol-0 turning slow in its agent's message until it
+    is out of pol-0's slices (the agents' next report is up to REPORT_S later; that
+    delay is counted, as a real agent's would be). Its message is restored afterwards."""
+    victim = min(range(fleet.pods_per_policy), key=_latency_ms)  # pol-0's pods: 0..per-1
+    agent = victim % len(groups)
+    selector = f"kubernetes.io/service-name=svc-0{SHADOW_SUFFIX}"
+    start = time.monotonic()
+    messages[agent] = _snapshot(agent, groups[agent], ips, slow=victim)
+    try:
+        while time.monotonic() - start < timeout_s:
+            slices = await kube.list(ENDPOINTSLICES, ns, params={"labelSelector": selector})
+            serving = {
+                address
+                for s in slices.get("items") or []
+                for e in s.get("endpoints") or []
+                if (e.get("conditions") or {}).get("ready") is not False
+                for address in e.get("addresses") or []
+            }
+            if ips[victim] not in serving:
+                return time.monotonic() - start
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"{fleet.label}: the slow pod stayed in the slices {timeout_s:.0f}s")
+    finally:
+        messages[agent] = _snapshot(agent, groups[agent], ips)
+
+
+async def _converged(kube: KubeClient, ns: str, fleet: Fleet, timeout_s: float = 900) -> float:
     """Seconds until every policy reports its fastest half active."""
     want = (fleet.pods_per_policy + 1) // 2
     start = time.monotonic()
@@ -218,7 +314,8 @@ async def _converged(kube: KubeClient, ns: str, fleet: Fleet, timeout_s: float =
         done = sum(1 for p in items if (p.get("status") or {}).get("activePods") == want)
         if done == fleet.policies:
             return time.monotonic() - start
-        await asyncio.sleep(0.5)
+        # A list of thousands of policies is work for the API server too.
+        await asyncio.sleep(0.5 if fleet.policies <= 500 else 5.0)
     raise RuntimeError(f"{fleet.label}: policies did not converge in {timeout_s:.0f}s")
 
 
@@ -316,6 +413,13 @@ async def _blast(
         *(one(a, m, n) for a, m, n in zip(agents, messages, per_message, strict=True))
     )
     sent_endpoints = sum(counts)
+    throttled = metric_sum(
+        await controller.metrics(), "aviator_stream_messages_total", result="throttled"
+    )
+    if throttled:
+        raise RuntimeError(
+            f"{throttled:.0f} snapshots throttled: the row would count what was dropped"
+        )
     # The receiver drains what is still buffered; wait until it has counted everything.
     deadline = time.monotonic() + 60
     got = 0.0
@@ -336,10 +440,14 @@ def _rows(
     steady: Window,
     churn: Window,
     ingest: Ingest,
+    reaction_s: float,
 ) -> list[Row]:
     label = fleet.label
     per_reconcile_ms = 1000 * steady.reconcile_s / steady.reconciles if steady.reconciles else 0.0
-    intervals = steady.seconds / INTERVAL_S
+    intervals = steady.seconds / fleet.interval_s
+    cores = steady.cpu_s / steady.seconds
+    rss_mib = steady.rss_bytes / 2**20
+    reaction_goal_s = fleet.interval_s + REPORT_S
     per_interval_ms = 1000 * steady.reconcile_s / intervals if intervals else 0.0
     steady_writes = sum(steady.writes.values())
     churn_writes = sum(churn.writes.values())
@@ -361,7 +469,7 @@ def _rows(
             f"{label}: evaluation time per interval (all policies)",
             per_interval_ms,
             "ms",
-            note=f"evaluationInterval {INTERVAL_S:g} s; {fleet.pods} pods",
+            note=f"evaluationInterval {fleet.interval_s:g} s; {fleet.pods} pods",
         ),
         row(
             NAME,
@@ -374,11 +482,21 @@ def _rows(
         row(
             NAME,
             f"{label}: controller CPU, steady state",
-            steady.cpu_s / steady.seconds,
+            cores,
             "cores",
-            note=f"agents report every {INTERVAL_S:g} s, {PODS_PER_AGENT} pods each",
+            goal=f"<= {GOAL_CORES_50K:g} cores at 5 s intervals" if fleet.large else None,
+            ratio=cores / GOAL_CORES_50K if fleet.large else None,
+            note=f"agents report every {REPORT_S:g} s, {PODS_PER_AGENT} pods each",
         ),
-        row(NAME, f"{label}: controller RSS", steady.rss_bytes / 2**20, "MiB"),
+        row(
+            NAME,
+            f"{label}: controller RSS",
+            rss_mib,
+            "MiB",
+            goal="<= 1 GiB" if fleet.large else None,
+            ratio=rss_mib / GOAL_RSS_50K_MIB if fleet.large else None,
+            note="peak over the steady window",
+        ),
         row(
             NAME,
             f"{label}: API writes, steady state",
@@ -394,6 +512,16 @@ def _rows(
             60 * churn_writes / churn.seconds,
             "writes/min",
             note=f"1 % of pods flip readiness each second; {churn_detail}",
+        ),
+        row(
+            NAME,
+            f"{label}: latency change -> out of the slices",
+            reaction_s,
+            "s",
+            goal=f"<= evaluationInterval + {REPORT_S:g} s",
+            ratio=reaction_s / reaction_goal_s,
+            note=f"a serving pod's latency turns {SLOW_MS:.0f} ms in its agent's next report "
+            f"(every {REPORT_S:g} s); evaluationInterval {fleet.interval_s:g} s",
         ),
         row(
             NAME,

@@ -16,6 +16,7 @@ from aviator.agent.prober import NodeProber
 from aviator.agent.promfold import DEFAULT_PER_OCTAVE, PER_OCTAVE_CHOICES, error_bound
 from aviator.agent.sources import SourceUnavailable, open_source
 from aviator.agent.urgent import DEFAULT_CHECK_S
+from aviator.cli import positive_float
 from aviator.kube import KubeClient
 from aviator.runtime.gctune import tune_for_caches
 
@@ -42,18 +43,16 @@ def _bool(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"not a boolean: {text!r}")
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text} is not > 0")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     a = parser.add_argument
     a("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
     a("--node", default=os.environ.get("NODE_NAME"), help="this node's name (default $NODE_NAME)")
-    a("--report-interval", type=_positive, default=1.0, help="seconds per window (default 1.0)")
+    a(
+        "--report-interval",
+        type=positive_float,
+        default=1.0,
+        help="seconds per window (default 1.0)",
+    )
     a(
         "--urgent-check-interval",
         type=float,
@@ -128,12 +127,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     a(
         "--prune-idle",
-        type=_positive,
+        type=positive_float,
         default=30.0,
         help="seconds an endpoint of an IP that is no local pod's must be unchanged before "
         "it leaves the BPF maps (also: idle connections of pods gone that long; default 30)",
     )
-    a("--window", type=_positive, default=10.0, help="seconds of data behind GET /latency")
+    a("--window", type=positive_float, default=10.0, help="seconds of data behind GET /latency")
     a(
         "--keep-warm-samples",
         type=int,
@@ -141,9 +140,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="probe targeted pods with fewer samples than this in the window (0 = off)",
     )
     a("--probe-samples", type=int, default=3, help="probes per pod per interval in probe mode")
-    a("--probe-timeout", type=_positive, default=2.0, help="seconds per probe")
+    a("--probe-timeout", type=positive_float, default=2.0, help="seconds per probe")
     a("--probe-concurrency", type=int, default=16, help="probes in flight at most")
-    a("--probe-rate", type=_positive, default=100.0, help="probes per second at most")
+    a("--probe-rate", type=positive_float, default=100.0, help="probes per second at most")
     a(
         "--report-client-endpoints",
         action="store_true",
@@ -169,7 +168,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     a(
         "--handoff-rate",
-        type=_positive,
+        type=positive_float,
         default=50.0,
         help="connections a hand-off ends per second per pod at most (default 50)",
     )

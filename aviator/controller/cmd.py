@@ -12,6 +12,7 @@ import signal
 
 import uvloop
 
+from aviator.cli import positive_float
 from aviator.controller.app import ControllerApp, Options, default_identity
 from aviator.kube.client import KubeClient
 from aviator.latency.limits import StreamLimits
@@ -164,6 +165,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default {stream.reviews_per_s:g}; per address: {stream.source_reviews_per_s:g})",
     )
     parser.add_argument(
+        "--stream-messages-per-second",
+        type=positive_float,
+        default=stream.messages_per_s,
+        help="messages one agent connection may send per second, bursts of four times "
+        f"that (default {stream.messages_per_s:g}; an agent sends one per report interval)",
+    )
+    parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
 
@@ -201,6 +209,8 @@ def options_from(args: argparse.Namespace) -> Options:
             connections=args.stream_max_connections,
             reviews_per_s=args.stream_token_reviews_per_second,
             reviews_burst=max(1, int(4 * args.stream_token_reviews_per_second)),
+            messages_per_s=args.stream_messages_per_second,
+            messages_burst=max(1, int(4 * args.stream_messages_per_second)),
         ),
     )
 

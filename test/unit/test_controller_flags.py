@@ -53,6 +53,15 @@ def test_bad_values_are_refused() -> None:
         parse("--http-addr=nope")
     with pytest.raises(SystemExit):
         parse("--leader-elect=maybe")
+    for rate in ("0", "-1", "nan"):
+        with pytest.raises(SystemExit):
+            parse(f"--stream-messages-per-second={rate}")
+
+
+def test_the_message_rate_of_agent_streams() -> None:
+    assert options_from(parse()).stream_limits.messages_per_s == 5.0
+    limits = options_from(parse("--stream-messages-per-second", "50")).stream_limits
+    assert (limits.messages_per_s, limits.messages_burst) == (50.0, 200)
 
 
 @pytest.mark.parametrize(
