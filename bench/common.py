@@ -473,17 +473,21 @@ def snapshot_json(
 
 
 class SimAgent:
-    """One agent's websocket to the controller, authenticated with a real token."""
+    """One agent's websocket to the controller, authenticated with a real token. Its
+    connection leaves from `source` when given (a loopback address: one per simulated
+    node, as real nodes have, since the controller rations token reviews per address)."""
 
-    def __init__(self, url: str, token: str) -> None:
+    def __init__(self, url: str, token: str, source: str | None = None) -> None:
         self.url = url
         self.token = token
+        self.source = source
         self.sent = 0
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
 
     async def __aenter__(self) -> SimAgent:
-        self._session = aiohttp.ClientSession()
+        local = (self.source, 0) if self.source is not None else None
+        self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=local))
         self._ws = await self._session.ws_connect(
             self.url, headers={"Authorization": f"Bearer {self.token}"}, max_msg_size=0
         )

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -169,6 +170,7 @@ async def _fleet(kubeconfig: Path, fleet: Fleet, sizes: Sizes) -> list[Row]:
             in_flight=8 if fleet.policies > 1 else 1,
         )
         setup_s = time.monotonic() - start
+        _progress(f"{fleet.label}: {fleet.pods} pods and their Services written in {setup_s:.0f} s")
         controller = ControllerProcess(
             kubeconfig,
             ns,
@@ -207,7 +209,7 @@ async def _measure(
     # Agent a is node a's: it reports the fleet's pods k with k % agents_n == a.
     groups = [list(range(a, fleet.pods, agents_n)) for a in range(agents_n)]
     messages = [_snapshot(a, group, ips) for a, group in enumerate(groups)]
-    agents = [SimAgent(controller.url, tokens[a]) for a in range(agents_n)]
+    agents = [SimAgent(controller.url, tokens[a], _node_address(a)) for a in range(agents_n)]
     async with contextlib.AsyncExitStack() as stack:
         for agent in agents:
             await stack.enter_async_context(agent)
@@ -221,6 +223,7 @@ async def _measure(
                 in_flight=8,
             )
             converge_s = await _converged(kube, ns, fleet)
+            _progress(f"{fleet.label}: every policy converged in {converge_s:.0f} s")
             settle_s = await _quiet(kube, ns)
             steady = await _window(kube, ns, controller, sizes.steady_s)
             refused = metric_sum(
@@ -241,6 +244,15 @@ async def _measure(
                 await reporting
         ingest = await _blast(agents, messages, controller, sizes.blast_s)
     return _rows(fleet, setup_s, converge_s, settle_s, steady, churn, ingest, reaction_s)
+
+
+def _progress(what: str) -> None:
+    print(f"bench: {NAME}: {what}", file=sys.stderr, flush=True)
+
+
+def _node_address(agent: int) -> str:
+    """Agent `agent`'s source address: 127.1.0.1 onwards, one per node."""
+    return f"127.1.{agent // 250}.{agent % 250 + 1}"
 
 
 def _snapshot(agent: int, group: list[int], ips: list[str], slow: int | None = None) -> str:
