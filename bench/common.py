@@ -31,7 +31,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -485,13 +485,25 @@ class SimAgent:
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
 
-    async def __aenter__(self) -> SimAgent:
+    async def __aenter__(self, within_s: float = 300.0) -> SimAgent:
         local = (self.source, 0) if self.source is not None else None
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=local))
-        self._ws = await self._session.ws_connect(
-            self.url, headers={"Authorization": f"Bearer {self.token}"}, max_msg_size=0
-        )
-        return self
+        deadline = time.monotonic() + within_s
+        while True:
+            try:
+                self._ws = await self._session.ws_connect(
+                    self.url, headers={"Authorization": f"Bearer {self.token}"}, max_msg_size=0
+                )
+                return self
+            except aiohttp.WSServerHandshakeError as exc:
+                # Token reviews are rationed (429 + Retry-After): come back as told,
+                # as the agent does when a whole fleet connects at once.
+                if exc.status != 429 or time.monotonic() > deadline:
+                    await self._session.close()
+                    raise
+                headers = exc.headers if isinstance(exc.headers, Mapping) else {}
+                retry = str(headers.get("Retry-After", "1"))
+                await asyncio.sleep(float(retry) if retry.isdigit() else 1.0)
 
     async def __aexit__(self, *exc: object) -> None:
         if self._ws is not None:
