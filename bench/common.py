@@ -496,8 +496,8 @@ class SimAgent:
                 )
                 return self
             except aiohttp.WSServerHandshakeError as exc:
-                # Token reviews are rationed (429 + Retry-After): come back as told,
-                # as the agent does when a whole fleet connects at once.
+                # Token reviews are rationed (429 + Retry-After) when a whole fleet
+                # connects at once; an agent backs off and dials again, so does this.
                 if exc.status != 429 or time.monotonic() > deadline:
                     await self._session.close()
                     raise
