@@ -11,6 +11,7 @@ import datetime as dt
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
 
 from aviator.kube.client import ApiError
@@ -91,7 +92,9 @@ class EventRecorder:
         self._instance = instance
         self._dedupe_s = dedupe_s
         self._clock = clock
-        self._recent: dict[tuple[str, str, str], float] = {}
+        # Oldest first (refreshed keys move to the end), so expiry pops from the front:
+        # a burst of thousands of policies' events costs O(1) each, not a rebuild each.
+        self._recent: OrderedDict[tuple[str, str, str], float] = OrderedDict()
 
     async def record(
         self,
@@ -110,8 +113,11 @@ class EventRecorder:
         last = self._recent.get(key)
         if last is not None and now - last < self._dedupe_s:
             return False
-        self._recent = {k: t for k, t in self._recent.items() if now - t < self._dedupe_s}
-        self._recent[key] = now
+        recent = self._recent
+        while recent and now - next(iter(recent.values())) >= self._dedupe_s:
+            recent.popitem(last=False)
+        recent[key] = now
+        recent.move_to_end(key)
         event = build_event(
             regarding,
             reason=reason,

@@ -246,6 +246,15 @@ async def test_restarting_the_agent_pod_keeps_serving_and_resumes_measuring(
     print(f"agent pod replaced in {replaced_s:.1f}s; {window.count} requests meanwhile")
     assert set(window.by_pod) <= fast, window  # by_pod: who served them
 
+    # The fast pods kept their places without data; the new agent measures them once it
+    # has compiled and attached its program, which a busy node can stretch well past
+    # the rollout. Waited for, so the slow pod below is judged on the new agent's data.
+    await wait_for(
+        "the new agent to measure the clients' requests to both fast pods",
+        quickstart.avp,
+        lambda p: measures_clients(p, fast),
+        2 * CONVERGE_S,
+    )
     victim = sorted(fast)[0]
     quickstart.cluster.set_pod_latency(quickstart.ns, victim, "2s")
     try:

@@ -222,7 +222,9 @@ def test_locality_quick() -> None:
     skip_if_skipped(raw)
     rows = well_formed(raw, "locality")
     assert value(rows["slice writes while box-a spills"]) == 0.0
-    assert 0 < value(rows["box-a spills to box-b after its pods turn slow"]) <= 4.0
+    # It spilled (a spill never seen is nan); how fast is the full run's row, against
+    # its budget, not a bound for a smoke test on a machine that may be busy.
+    assert 0 < value(rows["box-a spills to box-b after its pods turn slow"]) < 30
     assert math.isfinite(value(rows["box-a hinted home again after its pods recover"]))
     # Spilled, zone A's clients reach B's fast pods; PreferClose keeps them on the slow
     # ones. Counted by who served (the p99s are the load's to say on a busy machine).
