@@ -24,14 +24,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def positive_float(text: str) -> float:
-    """An argparse type: a number above zero."""
-    value = float(text)
-    if not value > 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{text} is not > 0")
-    return value
-
-
 def _load(module: str) -> ModuleType | None:
     try:
         return importlib.import_module(module)

@@ -34,6 +34,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import uvloop
 
@@ -322,13 +323,27 @@ async def _converged(kube: KubeClient, ns: str, fleet: Fleet, timeout_s: float =
     want = (fleet.pods_per_policy + 1) // 2
     start = time.monotonic()
     while time.monotonic() - start < timeout_s:
-        items = (await kube.list(AVIATORPOLICIES, ns)).get("items") or []
+        items = await _all_policies(kube, ns)
         done = sum(1 for p in items if (p.get("status") or {}).get("activePods") == want)
         if done == fleet.policies:
             return time.monotonic() - start
         # A list of thousands of policies is work for the API server too.
         await asyncio.sleep(0.5 if fleet.policies <= 500 else 5.0)
     raise RuntimeError(f"{fleet.label}: policies did not converge in {timeout_s:.0f}s")
+
+
+async def _all_policies(kube: KubeClient, ns: str, page: int = 500) -> list[dict[str, Any]]:
+    """Every policy, in pages: one list of thousands of policies with their status rows
+    is tens of MB, more than a busy API server answers within a request's time-out."""
+    items: list[dict[str, Any]] = []
+    params: dict[str, str | int | bool] = {"limit": page}
+    while True:
+        answer = await kube.list(AVIATORPOLICIES, ns, params=params)
+        items += answer.get("items") or []
+        token = (answer.get("metadata") or {}).get("continue")
+        if not token:
+            return items
+        params = {"limit": page, "continue": token}
 
 
 async def _quiet(kube: KubeClient, ns: str, span_s: float = 5.0, timeout_s: float = 120) -> float:

@@ -16,8 +16,8 @@ from aviator.agent.prober import NodeProber
 from aviator.agent.promfold import DEFAULT_PER_OCTAVE, PER_OCTAVE_CHOICES, error_bound
 from aviator.agent.sources import SourceUnavailable, open_source
 from aviator.agent.urgent import DEFAULT_CHECK_S
-from aviator.cli import positive_float
 from aviator.kube import KubeClient
+from aviator.runtime.flags import positive_float
 from aviator.runtime.gctune import tune_for_caches
 
 log = logging.getLogger("aviator.agent")

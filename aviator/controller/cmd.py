@@ -12,11 +12,11 @@ import signal
 
 import uvloop
 
-from aviator.cli import positive_float
 from aviator.controller.app import ControllerApp, Options, default_identity
 from aviator.kube.client import KubeClient
 from aviator.latency.limits import StreamLimits
 from aviator.latency.store import StoreLimits
+from aviator.runtime.flags import positive_float
 from aviator.runtime.gctune import tune_for_caches
 
 log = logging.getLogger("aviator.controller")

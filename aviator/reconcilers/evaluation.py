@@ -148,6 +148,46 @@ def parse_policy(raw: Mapping[str, Any]) -> ParsedPolicy:
     return ParsedPolicy(spec=spec, selection=selection)
 
 
+class ParsedPolicies:
+    """`of(policy)`: `parse_policy(policy)`, parsed once per policy uid and generation.
+
+    The parse reads the spec and the namespace only; the API server bumps
+    `metadata.generation` at every spec change (and never at a status write), so a
+    policy's (uid, generation) names one parse. A policy object without both is parsed
+    every time. An invalid spec is remembered by its message and raised anew. Holds at
+    most `limit` entries; over it, it starts afresh (a parse per policy, once).
+    """
+
+    def __init__(self, limit: int = 65_536) -> None:
+        self.limit = limit
+        self._by_key: dict[tuple[str, int], ParsedPolicy | str] = {}
+        self.parses = 0  # policies parsed afresh (for tests and benchmarks)
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def of(self, policy: Mapping[str, Any]) -> ParsedPolicy:
+        meta = policy.get("metadata") or {}
+        uid, generation = meta.get("uid"), meta.get("generation")
+        if not uid or not isinstance(generation, int):
+            self.parses += 1
+            return parse_policy(policy)
+        key = (str(uid), generation)
+        known = self._by_key.get(key)
+        if known is None:
+            self.parses += 1
+            try:
+                known = parse_policy(policy)
+            except InvalidSpec as exc:
+                known = str(exc)
+            if len(self._by_key) >= self.limit:
+                self._by_key.clear()
+            self._by_key[key] = known
+        if isinstance(known, str):
+            raise InvalidSpec(known)
+        return known
+
+
 # The engine's parameter names (aviator.selection.types) and the spec fields they come from.
 SPEC_FIELDS = {
     "top_n": "spec.selection.topN",

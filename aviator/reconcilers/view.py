@@ -20,7 +20,7 @@ from aviator.kube import nodes as node_facts
 from aviator.kube.objects import JSON
 from aviator.kube.services import pod_selector
 from aviator.reconcilers import hints, takeover
-from aviator.reconcilers.evaluation import InvalidSpec, ParsedPolicy, parse_policy
+from aviator.reconcilers.evaluation import InvalidSpec, ParsedPolicies, ParsedPolicy
 from aviator.reconcilers.mapping import (
     INDEX_BY_ROUTED,
     INDEX_BY_TARGET,
@@ -76,9 +76,12 @@ class Caches:
     builtin_slices: Indexer | None = None  # slices Kubernetes' own controllers made
     # Each pod object's facts, read once per object (aviator.reconcilers.podfacts).
     facts: PodFactsMemo = field(init=False, repr=False)
+    # Each policy's parsed spec, once per generation.
+    parsed: ParsedPolicies = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.facts = PodFactsMemo(self.pods.get, lambda: len(self.pods))
+        self.parsed = ParsedPolicies()
 
     @classmethod
     def standalone(cls) -> Caches:
@@ -183,7 +186,7 @@ def gather(caches: Caches, policy: JSON) -> View:
     labelled_services = caches.services.by_index(INDEX_SERVICES_BY_POLICY, key)
     slices = caches.slices.by_index(INDEX_SLICES_BY_POLICY, key)
     try:
-        parsed = parse_policy(policy)
+        parsed = caches.parsed.of(policy)
     except InvalidSpec as exc:
         return View(
             policy,

@@ -10,6 +10,7 @@ from aviator.api.types import AviatorPolicySpec
 from aviator.reconcilers.evaluation import (
     SPEC_FIELDS,
     InvalidSpec,
+    ParsedPolicies,
     parse_policy,
     select,
     spec_message,
@@ -130,3 +131,44 @@ def test_each_budget_belongs_to_its_own_mode(
     include idle slow pods, which are the coldest."""
     parsed = parse_policy(raw({"targetRef": {"name": "web"}, "selection": {"mode": mode}}))
     assert (parsed.selection.top_n, parsed.selection.percentage) == (top_n, percentage)
+
+
+def versioned(spec: dict[str, object], uid: str = "u1", generation: int = 1) -> dict[str, Any]:
+    policy = raw(spec)
+    policy["metadata"] = {"name": "p", "namespace": "default", "uid": uid, "generation": generation}
+    return policy
+
+
+def test_a_policy_is_parsed_once_per_generation() -> None:
+    memo = ParsedPolicies()
+    first = memo.of(versioned({"targetRef": {"name": "web"}}))
+    # A status write gives a new object (and resourceVersion) of the same generation.
+    again = memo.of(versioned({"targetRef": {"name": "web"}}))
+    assert again is first and memo.parses == 1
+    changed = memo.of(versioned({"targetRef": {"name": "api"}}, generation=2))
+    assert changed.target == "api" and memo.parses == 2
+    other = memo.of(versioned({"targetRef": {"name": "db"}}, uid="u2"))
+    assert other.target == "db" and memo.parses == 3
+    # Without a uid and a generation there is nothing to know it by: parsed each time.
+    memo.of(raw({"targetRef": {"name": "web"}}))
+    memo.of(raw({"targetRef": {"name": "web"}}))
+    assert memo.parses == 5 and len(memo) == 3
+
+
+def test_an_invalid_spec_is_remembered_and_raised_each_time() -> None:
+    memo = ParsedPolicies()
+    bad = versioned({"targetRef": {"name": "web"}, "latencyThreshold": "0"})
+    messages = []
+    for _ in range(2):
+        with pytest.raises(InvalidSpec) as caught:
+            memo.of(bad)
+        messages.append(str(caught.value))
+    assert messages[0] == messages[1] and messages[0].startswith("spec.latencyThreshold")
+    assert memo.parses == 1
+
+
+def test_the_memo_is_bounded() -> None:
+    memo = ParsedPolicies(limit=3)
+    for generation in range(1, 8):
+        memo.of(versioned({"targetRef": {"name": "web"}}, generation=generation))
+        assert len(memo) <= 3
