@@ -485,10 +485,12 @@ class SimAgent:
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
 
-    async def __aenter__(self, within_s: float = 300.0) -> SimAgent:
+    CONNECT_WITHIN_S = 300.0  # dialling again after 429s, as long as this
+
+    async def __aenter__(self) -> SimAgent:
         local = (self.source, 0) if self.source is not None else None
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(local_addr=local))
-        deadline = time.monotonic() + within_s
+        deadline = time.monotonic() + self.CONNECT_WITHIN_S
         while True:
             try:
                 self._ws = await self._session.ws_connect(

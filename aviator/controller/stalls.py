@@ -25,9 +25,8 @@ from aviator.informers import Indexer
 from aviator.kube.objects import JSON
 from aviator.latency.schema import EndpointWindow
 from aviator.reconcilers import mapping
-from aviator.reconcilers.evaluation import InvalidSpec, parse_policy
+from aviator.reconcilers.evaluation import InvalidSpec, ParsedPolicies
 
-_CACHE_LIMIT = 4096
 FLOOR_EVERY_S = 1.0
 
 
@@ -47,8 +46,7 @@ class StallWatch:
         self._policies = policies
         self._services = services
         self._enqueue = enqueue
-        # (uid, generation) -> the breaker's p99Threshold in ms, None when it is off.
-        self._thresholds: dict[tuple[str, int], float | None] = {}
+        self._parsed = ParsedPolicies()  # a policy's breaker, once per generation
         self._clock = clock
         self._floor_ms = math.inf
         self._floor_at: float | None = None
@@ -85,16 +83,9 @@ class StallWatch:
         return self._floor_ms
 
     def _threshold_ms(self, policy: JSON) -> float | None:
-        meta = policy.get("metadata") or {}
-        cache_key = (str(meta.get("uid") or ""), int(meta.get("generation") or 0))
-        if cache_key in self._thresholds:
-            return self._thresholds[cache_key]
+        """The breaker's p99Threshold in ms; None when it is off or the spec is invalid."""
         try:
-            breaker = parse_policy(policy).selection.breaker
-            limit = breaker.p99_threshold_ms if breaker.enabled else None
+            breaker = self._parsed.of(policy).selection.breaker
         except InvalidSpec:
-            limit = None
-        if len(self._thresholds) >= _CACHE_LIMIT:
-            self._thresholds.clear()
-        self._thresholds[cache_key] = limit
-        return limit
+            return None
+        return breaker.p99_threshold_ms if breaker.enabled else None
