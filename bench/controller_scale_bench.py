@@ -39,7 +39,9 @@ from typing import Any
 import uvloop
 
 from aviator.api.types import SHADOW_SUFFIX
+from aviator.box.endpoints import ready_backends
 from aviator.kube import KubeClient
+from aviator.kube.marks import LABEL_SERVICE_NAME
 from aviator.kube.resources import AVIATORPOLICIES, ENDPOINTSLICES, EVENTS, SERVICES
 from bench.common import (
     ControllerProcess,
@@ -297,19 +299,13 @@ async def _reaction(
     delay is counted, as a real agent's would be). Its message is restored afterwards."""
     victim = min(range(fleet.pods_per_policy), key=_latency_ms)  # pol-0's pods: 0..per-1
     agent = victim % len(groups)
-    selector = f"kubernetes.io/service-name=svc-0{SHADOW_SUFFIX}"
+    selector = f"{LABEL_SERVICE_NAME}=svc-0{SHADOW_SUFFIX}"
     start = time.monotonic()
     messages[agent] = _snapshot(agent, groups[agent], ips, slow=victim)
     try:
         while time.monotonic() - start < timeout_s:
             slices = await kube.list(ENDPOINTSLICES, ns, params={"labelSelector": selector})
-            serving = {
-                address
-                for s in slices.get("items") or []
-                for e in s.get("endpoints") or []
-                if (e.get("conditions") or {}).get("ready") is not False
-                for address in e.get("addresses") or []
-            }
+            serving = {ip for ip, _ in ready_backends("http", slices.get("items") or [])}
             if ips[victim] not in serving:
                 return time.monotonic() - start
             await asyncio.sleep(0.1)
