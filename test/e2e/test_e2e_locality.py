@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -247,21 +247,22 @@ async def test_a_spilling_zone_hands_its_pooled_clients_off(
         lambda s: all(hinted_for(s, z) == set(pods[z]) for z in ZONES),
         60,
     )
+    # The hints steer box-a's clients only once the proxy follows them and the Service's
+    # built-in slices (no hints: every pod for every zone) are gone.
+    await wait_for(
+        "box-a's clients to be spread over box-a's pods only",
+        lambda: asyncio.to_thread(zoned_box.zone_backend_count, "box-a", namespace, SERVICE),
+        lambda n: n == len(pods["box-a"]),
+        30,
+    )
     address = zoned_box.zone_address("box-a", namespace, SERVICE)
     assert address is not None
-    # Generous: a request queued behind a slow pod (SLOW) must not time out.
-    pool = KeepAlivePool(lambda: address, size=8, timeout_s=10.0)
+    pool = await _pool_over(lambda: address, pods["box-a"])
     done = asyncio.Event()  # traffic runs until the checks are over (bounded: 180 s)
     # Hand-off ends idle connections only: at RATE_PER_S, even on A's slow pods, some
     # 4 of the 8 are busy at a time (a rate that kept all 8 busy would move nothing).
     traffic = asyncio.get_running_loop().create_task(pool.run(RATE_PER_S, 180.0, stop=done))
     try:
-        await wait_for(
-            "box-a's pool to hold connections to box-a's pods",
-            lambda: _served(pool),
-            lambda served: set(pods["box-a"]) <= served,
-            30,
-        )
         for pod in pods["box-a"]:
             zoned_box.set_pod_latency(namespace, pod, SLOW)
         await wait_for(
@@ -306,8 +307,20 @@ async def test_a_spilling_zone_hands_its_pooled_clients_off(
     print(f"locality hand-off: {pool.retries} retried, {pool.opened} connections opened")
 
 
-async def _served(pool: KeepAlivePool) -> set[str | None]:
-    return {s.served_by for s in pool.samples}
+async def _pool_over(address: Callable[[], tuple[str, int]], pods: list[str]) -> KeepAlivePool:
+    """A keep-alive pool of 8 connections through `address` holding connections to each
+    of `pods`. A burst of 8 requests opens the 8 (a pool opens connections as requests
+    overlap, so steady light traffic alone may open two or three). The proxy picks a pod
+    per connection at random, so 8 land on one of two pods once in 128: such a pool is
+    closed and dialled anew, as a restarted client would."""
+    for _ in range(5):
+        # Generous: a request queued behind a slow pod (SLOW) must not time out.
+        pool = KeepAlivePool(address, size=8, timeout_s=10.0)
+        await asyncio.gather(*(pool.request() for _ in range(pool.size)))
+        if set(pods) <= {s.served_by for s in pool.samples}:
+            return pool
+        await pool.close()
+    raise AssertionError(f"5 pools of 8 connections never reached each of {pods}")
 
 
 def _ms(duration: str) -> float:
