@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aviator.box.container import die_with_parent
+from aviator.testing.spawn import die_with_parent
 
 NOT_IMPLEMENTED = "not implemented yet"
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import os
 import signal
 import socket
@@ -16,15 +15,9 @@ from pathlib import Path
 from aviator.box.files import TESTAPP
 from aviator.box.podspec import ContainerPlan, Probe
 from aviator.box.podstatus import ContainerState, now_rfc3339
+from aviator.testing.spawn import die_with_parent
 
-_PR_SET_PDEATHSIG = 1
 MAX_BACKOFF_S = 30.0
-
-
-def die_with_parent() -> None:
-    """Runs in the child before exec: if the box dies hard, its pods die with it."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def port_free(ip: str, port: int) -> bool:

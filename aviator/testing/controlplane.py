@@ -32,6 +32,7 @@ from pathlib import Path
 import yaml
 
 from aviator.testing.pki import CertificateAuthority, KeyPair, service_account_keys
+from aviator.testing.spawn import spawn
 
 # Where the binaries are: $AVIATOR_BIN_DIR (or a bin_dir argument, e.g. `--bin-dir`) if
 # given, else ./bin (what `make controlplane` fills, for commands run in the checkout),
@@ -124,7 +125,8 @@ class _Component:
 
     def start(self) -> None:
         with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
+            # Dies with this process, whichever thread starts (or restarts) it.
+            self.process = spawn(
                 self.argv,
                 stdout=out,
                 stderr=subprocess.STDOUT,
