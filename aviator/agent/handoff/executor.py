@@ -12,8 +12,10 @@ step, per pod:
 3. the pod's network namespace (the inode the program recorded) is dumped once through
    sock_diag, which names each connection with its cookie;
 4. idle candidates first: right before its destroy the socket's state is read again
-   from the map (no request open, and none for `quiet_s`: `select.is_quiet`) and from
-   the kernel (no request bytes waiting to be read); busy candidates are then watched
+   from the map (no request open, and none for `quiet_s`: `select.is_quiet`), from
+   the kernel (no request bytes waiting to be read), and from the map once more, last
+   (it sees an HTTP/1.1 request's first segment as it arrives, so only one arriving
+   between that read and the destroy is cut); busy candidates are then watched
    for up to `watch_s`, polled every `watch_poll_s`, and each is ended once it has been
    quiet that long: on a busy pool connection the pauses between requests are short,
    and a connection whose client sends each request the moment the previous answer
@@ -358,16 +360,26 @@ class HandOffExecutor:
         target = by_tuple.get((cand.local, cand.remote))
         if target is None:
             return _GONE  # closed since the walk (or not established)
+        quiet_ns = int(self.quiet_s * 1e9)
         current = self.table.socket(cand.sk)
         if current is None:
             return _GONE
-        if not is_quiet(current, self.kernel_clock(), int(self.quiet_s * 1e9)):
+        if not is_quiet(current, self.kernel_clock(), quiet_ns):
             h.busy += count_busy
             return _BUSY
         queues = diag.query(target)
         if queues is None:
             return _GONE
         if queues.rqueue:
+            h.busy += count_busy
+            return _BUSY
+        # The program's view once more, right before the destroy: it sees an HTTP/1.1
+        # request's first segment as it arrives, so a request on its way is cut only if
+        # it arrives between this read and the destroy (not during the query as well).
+        current = self.table.socket(cand.sk)
+        if current is None:
+            return _GONE
+        if not is_quiet(current, self.kernel_clock(), quiet_ns):
             h.busy += count_busy
             return _BUSY
         err = diag.destroy(target)

@@ -142,6 +142,25 @@ def test_a_connection_busy_at_the_last_look_is_never_ended() -> None:
     assert diag.destroyed == [] and h.busy == 1 and h.ended == 0
 
 
+def test_a_request_arriving_during_the_query_keeps_it() -> None:
+    """Idle at the first look; a request's first segment arrives while the kernel is
+    asked about its queues (read after it, the receive queue may already be empty
+    again, or the segment not yet queued): the program's view, read once more right
+    before the destroy, keeps the connection."""
+    table = FakeTable([conn(1, ("10.0.0.1", 8080))])
+
+    class RequestDuringQuery(FakeDiag):
+        def query(self, sock: DiagSocket) -> DiagSocket | None:
+            table.socks[1] = conn(1, ("10.0.0.1", 8080), busy=True)
+            return sock
+
+    diag = RequestDuringQuery(table)
+    executor = HandOffExecutor(table=table, open_diag=lambda _ns: diag, fresh_s=0.0, watch_s=0.0)
+    h = executor.begin(Target("ns/a", "10.0.0.1", frozenset({8080})), "ns/p", 0.0)
+    executor.step()
+    assert diag.destroyed == [] and h.busy == 1 and h.ended == 0
+
+
 def test_a_connection_is_ended_only_once_quiet() -> None:
     """Idle since an answer 10 ms ago: its client may be sending the next request right
     now, so it waits (counted busy); idle for the quiet time, it is ended."""
