@@ -702,3 +702,7 @@ TRACEPOINT_PROBE(tcp, tcp_destroy_sock) {
     }
     return 0;
 }
+
+#ifdef OFF_TCP_COPIED_SEQ
+#include "handoff.h"
+#endif

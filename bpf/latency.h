@@ -309,4 +309,28 @@ struct listen_key {
     u32 pad2;
 };
 
+// Value of `handoff_orders` (key: u64, a socket's cookie; written by user space): end
+// that connection from inside the kernel if it is quiet (bpf/handoff.h). User space
+// sets `outcome` to HANDOFF_PENDING, runs the iterator in the socket's network
+// namespace, and reads the outcome back.
+struct handoff_order {
+    u64 quiet_ns;  // ended only if idle at least this long in the program's view
+    s64 outcome;   // enum handoff_outcome, or bpf_sock_destroy's negative errno
+};
+
+enum handoff_outcome {
+    HANDOFF_PENDING,    // no socket of the iteration had the cookie (gone, or elsewhere)
+    HANDOFF_ENDED,      // reset under its lock: the peer sees a reset or EOF
+    HANDOFF_BUSY,       // a request or stream open, or idle for less than quiet_ns
+    HANDOFF_UNREAD,     // bytes received that the application has not read
+    HANDOFF_UNTRACKED,  // not in `sockets`: the program does not know its state
+};
+
+#define MAX_HANDOFF_ORDERS 256
+
+// BCC cannot compile a call to a kfunc: the iterator calls this helper number instead,
+// and the loader rewrites that one call into a call of the kfunc bpf_sock_destroy
+// (aviator/agent/bpf/iterend.py).
+#define KFUNC_PLACEHOLDER 0x7fff
+
 #endif

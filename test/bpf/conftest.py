@@ -7,8 +7,11 @@ from collections.abc import Iterator
 import pytest
 
 from aviator.agent.bpf import BpfLatencySource
+from aviator.agent.bpf.iterend import KernelEnder
 from aviator.agent.bpf.loader import check_privileges
 from aviator.agent.bpf.model import BpfUnavailable
+from aviator.agent.handoff.executor import DiagOpener
+from aviator.agent.handoff.netlink import open_diag
 
 # Bounds on a test's own run time: a test that compiles a program itself gets
 # BPF_COMPILE_BOUND_S; the others get TEST_BOUND_S for their own work only (func_only:
@@ -37,3 +40,26 @@ def latency_source() -> Iterator[BpfLatencySource]:
         yield source
     finally:
         source.close()
+
+
+@pytest.fixture(scope="session")
+def kernel_ender(latency_source: BpfLatencySource) -> Iterator[KernelEnder]:
+    """The program's hand-off iterator (bpf/handoff.h), loaded once."""
+    try:
+        ender = latency_source.kernel_ender()
+    except BpfUnavailable as exc:
+        pytest.skip(f"this kernel cannot end connections from BPF: {exc.reason}")
+    try:
+        yield ender
+    finally:
+        ender.close()
+
+
+@pytest.fixture(params=["in the kernel", "through sock_diag"])
+def ending(request: pytest.FixtureRequest) -> DiagOpener:
+    """How the hand-off executor ends a connection: in one step under the socket's lock
+    (the agent's way where the kernel can), or a look and a destroy (elsewhere)."""
+    if request.param == "through sock_diag":
+        return open_diag
+    ender: KernelEnder = request.getfixturevalue("kernel_ender")
+    return lambda inode: open_diag(inode, ender)

@@ -13,8 +13,7 @@ from bpf_loadgen import REQUEST, DelayServer
 from conftest import TEST_BOUND_S
 
 from aviator.agent.bpf import BpfLatencySource
-from aviator.agent.handoff.executor import HandOffExecutor
-from aviator.agent.handoff.netlink import open_diag
+from aviator.agent.handoff.executor import DiagOpener, HandOffExecutor
 from aviator.agent.handoff.select import Target
 
 pytestmark = [pytest.mark.bpf, pytest.mark.timeout(TEST_BOUND_S, func_only=True)]
@@ -91,7 +90,7 @@ def test_sockets_map_names_both_ends_and_the_namespace(latency_source: BpfLatenc
 
 
 def test_only_idle_client_connections_of_the_pod_and_port_are_ended(
-    latency_source: BpfLatencySource,
+    latency_source: BpfLatencySource, ending: DiagOpener
 ) -> None:
     hold = threading.Event()
     hold.set()
@@ -115,7 +114,7 @@ def test_only_idle_client_connections_of_the_pod_and_port_are_ended(
         assert pod.wait_received(len(idle) + 3)
 
         executor = HandOffExecutor(
-            table=latency_source, open_diag=open_diag, node_addresses=[NODE], fresh_s=0.0
+            table=latency_source, open_diag=ending, node_addresses=[NODE], fresh_s=0.0
         )
         h = executor.begin(Target("ns/pod", POD, frozenset({pod.port})), "ns/policy", 0.0)
         executor.step()
@@ -142,7 +141,9 @@ def test_only_idle_client_connections_of_the_pod_and_port_are_ended(
             s.stop()
 
 
-def test_pacing_ends_connections_over_the_period(latency_source: BpfLatencySource) -> None:
+def test_pacing_ends_connections_over_the_period(
+    latency_source: BpfLatencySource, ending: DiagOpener
+) -> None:
     pod = DelayServer("127.0.41.20", lambda: 0.0).start()
     try:
         conns = [Conn(pod.host, pod.port) for _ in range(10)]
@@ -151,7 +152,7 @@ def test_pacing_ends_connections_over_the_period(latency_source: BpfLatencySourc
         _wait_tracked(latency_source, conns)
         now = [0.0]
         executor = HandOffExecutor(
-            table=latency_source, open_diag=open_diag, fresh_s=0.0, clock=lambda: now[0]
+            table=latency_source, open_diag=ending, fresh_s=0.0, clock=lambda: now[0]
         )
         h = executor.begin(Target("ns/p", pod.host, frozenset({pod.port})), "ns/policy", 10.0)
         seen = []
@@ -165,7 +166,7 @@ def test_pacing_ends_connections_over_the_period(latency_source: BpfLatencySourc
 
 
 def test_a_busy_connection_is_ended_right_after_its_answer(
-    latency_source: BpfLatencySource,
+    latency_source: BpfLatencySource, ending: DiagOpener
 ) -> None:
     hold = threading.Event()
     hold.set()
@@ -177,9 +178,7 @@ def test_a_busy_connection_is_ended_right_after_its_answer(
         hold.clear()
         busy.send()
         assert pod.wait_received(2)
-        executor = HandOffExecutor(
-            table=latency_source, open_diag=open_diag, fresh_s=0.0, watch_s=2.0
-        )
+        executor = HandOffExecutor(table=latency_source, open_diag=ending, fresh_s=0.0, watch_s=2.0)
         h = executor.begin(Target("ns/p", pod.host, frozenset({pod.port})), "ns/policy", 0.0)
         # The answer goes out while the step watches: the connection ends right after it.
         threading.Timer(0.2, hold.set).start()
@@ -191,7 +190,9 @@ def test_a_busy_connection_is_ended_right_after_its_answer(
         pod.stop()
 
 
-def test_other_network_namespaces_can_be_excluded(latency_source: BpfLatencySource) -> None:
+def test_other_network_namespaces_can_be_excluded(
+    latency_source: BpfLatencySource, ending: DiagOpener
+) -> None:
     pod = DelayServer("127.0.41.40", lambda: 0.0).start()
     try:
         c = Conn(pod.host, pod.port)
@@ -199,7 +200,7 @@ def test_other_network_namespaces_can_be_excluded(latency_source: BpfLatencySour
         _wait_tracked(latency_source, [c])
         executor = HandOffExecutor(
             table=latency_source,
-            open_diag=open_diag,
+            open_diag=ending,
             fresh_s=0.0,
             netns_allowed=lambda ns: ns != os.stat("/proc/self/ns/net").st_ino,
         )
@@ -211,7 +212,9 @@ def test_other_network_namespaces_can_be_excluded(latency_source: BpfLatencySour
         pod.stop()
 
 
-def test_a_client_sending_back_to_back_loses_no_request(latency_source: BpfLatencySource) -> None:
+def test_a_client_sending_back_to_back_loses_no_request(
+    latency_source: BpfLatencySource, ending: DiagOpener
+) -> None:
     """A client that sends each request the moment the previous answer arrives is idle
     only for that instant: it is never quiet, so it is left on its pod and loses no
     request, while a connection that pauses is ended. (Ending it at an idle instant,
@@ -239,7 +242,7 @@ def test_a_client_sending_back_to_back_loses_no_request(latency_source: BpfLaten
         client.start()
         # A pause of half a second is the pausing connection's, never the busy loop's.
         executor = HandOffExecutor(
-            table=latency_source, open_diag=open_diag, fresh_s=0.0, quiet_s=0.5, watch_s=0.2
+            table=latency_source, open_diag=ending, fresh_s=0.0, quiet_s=0.5, watch_s=0.2
         )
         h = executor.begin(Target("ns/p", pod.host, frozenset({pod.port})), "ns/policy", 0.0)
         steps = 0

@@ -20,7 +20,7 @@ from h2_servers import grpc_serving
 
 from aviator.agent.bpf import BpfLatencySource
 from aviator.agent.bpf.model import SocketState
-from aviator.agent.handoff.executor import HandOffExecutor
+from aviator.agent.handoff.executor import DiagOpener, HandOffExecutor
 from aviator.agent.handoff.netlink import open_diag
 from aviator.agent.handoff.select import Target, is_idle, is_quiet
 
@@ -116,7 +116,11 @@ def _wait(
     [("127.0.43.1", 1, False), ("127.0.43.2", 8, False), ("127.0.43.3", 8, True)],
 )
 def test_grpc_rpcs_in_flight_complete_and_the_connection_ends_after(
-    latency_source: BpfLatencySource, host: str, rpcs: int, answer_during_watch: bool
+    latency_source: BpfLatencySource,
+    ending: DiagOpener,
+    host: str,
+    rpcs: int,
+    answer_during_watch: bool,
 ) -> None:
     pod = Pod()
     with (
@@ -137,9 +141,7 @@ def test_grpc_rpcs_in_flight_complete_and_the_connection_ends_after(
             assert pod.arrived.acquire(timeout=10)
         _wait(latency_source, host, port, lambda s: s.streams == rpcs)
 
-        executor = HandOffExecutor(
-            table=latency_source, open_diag=open_diag, fresh_s=0.0, watch_s=0.3
-        )
+        executor = HandOffExecutor(table=latency_source, open_diag=ending, fresh_s=0.0, watch_s=0.3)
         h = executor.begin(Target("ns/pod", host, frozenset({port})), "ns/policy", 0.0)
         before = len(states.seen)
         if answer_during_watch:
@@ -167,6 +169,7 @@ def test_grpc_rpcs_in_flight_complete_and_the_connection_ends_after(
 
 def test_grpc_server_streaming_rpc_keeps_its_connection_until_its_last_message(
     latency_source: BpfLatencySource,
+    ending: DiagOpener,
 ) -> None:
     """A server-streaming RPC is answered (its response HEADERS) long before it ends:
     hand-off steps run between its messages, each of which leaves the connection with
@@ -186,7 +189,7 @@ def test_grpc_server_streaming_rpc_keeps_its_connection_until_its_last_message(
         _wait(latency_source, host, port, is_idle)
 
         executor = HandOffExecutor(
-            table=latency_source, open_diag=open_diag, fresh_s=0.0, watch_s=0.02
+            table=latency_source, open_diag=ending, fresh_s=0.0, watch_s=0.02
         )
         got: list[bytes] = []
         stream = channel.unary_stream(STREAM_METHOD)(str(messages).encode(), timeout=30)

@@ -227,6 +227,10 @@ _MAP_TYPES: dict[str, tuple[str, str | None]] = {
     "node_addrs": ("addr_key", None),
     "agent_conns": ("probe_key", None),
 }
+# Maps compiled in only where the kernel's BTF allows (bpf/handoff.h): checked if there.
+_OPTIONAL_MAP_TYPES: dict[str, tuple[str, str | None]] = {
+    "handoff_orders": ("u64", "handoff_order"),
+}
 
 
 def check_program(abi: LatencyAbi, bpf: Any) -> None:
@@ -243,7 +247,14 @@ def check_program(abi: LatencyAbi, bpf: Any) -> None:
                 got = "absent" if member is None else f"at {member.offset}"
                 raise AbiError(f"{what} member {f.name} is {got}, want {f.offset}")
 
-    for name, (key, value) in _MAP_TYPES.items():
+    maps = dict(_MAP_TYPES)
+    for name, types in _OPTIONAL_MAP_TYPES.items():
+        try:
+            bpf[name.encode()]
+        except KeyError:
+            continue
+        maps[name] = types
+    for name, (key, value) in maps.items():
         table = bpf[name.encode()]
         if key in SCALARS:
             if ctypes.sizeof(table.Key) != SCALARS[key][0]:

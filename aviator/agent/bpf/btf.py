@@ -24,6 +24,7 @@ _KIND_STRUCT = 4
 _KIND_UNION = 5
 _KIND_ENUM = 6
 _KIND_TYPEDEF = 8
+_KIND_FUNC = 12
 _KIND_VOLATILE = 9
 _KIND_CONST = 10
 _KIND_RESTRICT = 11
@@ -81,6 +82,7 @@ class Btf:
         self._strings = blob[strings_start : strings_start + str_len]
         self._types: list[_Type | None] = [None]  # type id 0 is void
         self._by_name: dict[str, list[int]] = {}
+        self._funcs: dict[str, int] = {}
         pos, end = types_start, types_start + type_len
         while pos < end:
             name_off, info, size_or_type = struct.unpack_from("<III", blob, pos)
@@ -101,6 +103,8 @@ class Btf:
             self._types.append(_Type(kind, name, size_or_type, members))
             if name and kind in (_KIND_STRUCT, _KIND_UNION):
                 self._by_name.setdefault(name, []).append(len(self._types) - 1)
+            elif name and kind == _KIND_FUNC:
+                self._funcs.setdefault(name, len(self._types) - 1)
 
     @classmethod
     def from_file(cls, path: Path = VMLINUX_BTF) -> Btf:
@@ -119,6 +123,11 @@ class Btf:
         while t is not None and t.kind in _MODIFIERS:
             t = self._types[t.size_or_type]
         return t
+
+    def func_id(self, name: str) -> int | None:
+        """The type id of the kernel function `name` (a kfunc is called by it); None when
+        this kernel has no such function."""
+        return self._funcs.get(name)
 
     def member_offset(self, struct_name: str, member: str) -> int:
         """Byte offset of `member` in `struct struct_name`, looking through anonymous
@@ -176,6 +185,13 @@ def netns_offsets(btf: Btf) -> dict[str, int]:
         "skc_net": base + btf.member_offset("sock_common", "skc_net"),
         "net_ns_inum": btf.member_offset("net", "ns") + btf.member_offset("ns_common", "inum"),
     }
+
+
+def tcp_offsets(btf: Btf) -> dict[str, int]:
+    """Where `struct tcp_sock` keeps the next sequence number expected (`rcv_nxt`) and
+    the first one the application has not read (`copied_seq`): their difference is the
+    bytes received and not yet read, which the hand-off iterator checks (bpf/handoff.h)."""
+    return {f"tcp_{f}": btf.member_offset("tcp_sock", f) for f in ("rcv_nxt", "copied_seq")}
 
 
 # sk_buff fields the raw tcp_probe hook reads to get the payload length.

@@ -30,6 +30,7 @@ from aviator.agent.bpf.btf import (
     netns_offsets,
     skb_offsets,
     sock_offsets,
+    tcp_offsets,
 )
 from aviator.agent.bpf.model import BpfUnavailable
 from aviator.agent.bpf.seed import Listener
@@ -205,6 +206,9 @@ def compile_flags(
             offsets.update(skb_offsets(btf))
     except BtfError as exc:
         raise BpfUnavailable(f"kernel BTF lacks a needed struct field: {exc}") from exc
+    # Only the hand-off iterator (bpf/handoff.h) needs these; without them it is left out.
+    with contextlib.suppress(BtfError):
+        offsets.update(tcp_offsets(btf))
     flags = [f"-DOFF_{name.upper()}={off}" for name, off in sorted(offsets.items())]
     flags += [
         f"-I{include_dir}",
@@ -402,7 +406,7 @@ def load_program(
 # (`table.lookup(...)`) and builds tracepoint argument structs only in the main file,
 # so these are pasted into it where it (or a part pasted before) includes them,
 # instead of compiled as headers.
-INLINED_PARTS = ("h2.h", "h2_streams.h", "payload.h")
+INLINED_PARTS = ("h2.h", "h2_streams.h", "payload.h", "handoff.h")
 
 
 def program_text(source: Path) -> str:

@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 
+from aviator.agent.bpf.iterend import KernelEnder, load_kernel_ender
 from aviator.agent.bpf.loader import LoadedProgram, load_program
 from aviator.agent.bpf.model import EndpointCounters, EndpointKey, SocketState
 from aviator.agent.bpf.probemaps import ProbeMaps
@@ -162,6 +163,11 @@ class BpfLatencySource:
     def socket(self, sk: int) -> SocketState | None:
         """One connection's current state (None once it is closed)."""
         return read_socket(self._program.bpf, self._program.abi, sk)
+
+    def kernel_ender(self) -> KernelEnder:
+        """Ends a quiet connection in one step inside the kernel (bpf/handoff.h), for
+        the hand-off; BpfUnavailable (with the reason) where this kernel cannot."""
+        return load_kernel_ender(self._program)
 
     def server_cut(self, sk: int) -> int | None:
         """Where the server's bytes of one HTTP/2 connection stop (0: between frames);

@@ -12,10 +12,12 @@ step, per pod:
 3. the pod's network namespace (the inode the program recorded) is dumped once through
    sock_diag, which names each connection with its cookie;
 4. idle candidates first: right before its destroy the socket's state is read again
-   from the map (no request open, and none for `quiet_s`: `select.is_quiet`), from
-   the kernel (no request bytes waiting to be read), and from the map once more, last
-   (it sees an HTTP/1.1 request's first segment as it arrives, so only one arriving
-   between that read and the destroy is cut); busy candidates are then watched
+   from the map (no request open, and none for `quiet_s`: `select.is_quiet`); then,
+   where the kernel can (`Diag.destroy_if_quiet`: bpf/handoff.h), the same look and
+   the reset are one step under the socket's lock; elsewhere it asks the kernel (no
+   request bytes waiting to be read), reads the map once more, last (it sees an
+   HTTP/1.1 request's first segment as it arrives, so only one arriving between that
+   read and the destroy is cut) and destroys; busy candidates are then watched
    for up to `watch_s`, polled every `watch_poll_s`, and each is ended once it has been
    quiet that long: on a busy pool connection the pauses between requests are short,
    and a connection whose client sends each request the moment the previous answer
@@ -80,6 +82,8 @@ class Diag(Protocol):
     def query(self, sock: DiagSocket) -> DiagSocket | None: ...
 
     def destroy(self, sock: DiagSocket) -> int: ...
+
+    def destroy_if_quiet(self, sock: DiagSocket, quiet_ns: int) -> int | None: ...
 
     def close(self) -> None: ...
 
@@ -367,22 +371,29 @@ class HandOffExecutor:
         if not is_quiet(current, self.kernel_clock(), quiet_ns):
             h.busy += count_busy
             return _BUSY
-        queues = diag.query(target)
-        if queues is None:
-            return _GONE
-        if queues.rqueue:
+        # In the kernel, the look and the end are one step under the socket's lock.
+        err = diag.destroy_if_quiet(target, quiet_ns)
+        if err is None:
+            # Where it cannot: a look, then the end.
+            queues = diag.query(target)
+            if queues is None:
+                return _GONE
+            if queues.rqueue:
+                h.busy += count_busy
+                return _BUSY
+            # The program's view once more, right before the destroy: it sees an HTTP/1.1
+            # request's first segment as it arrives, so a request on its way is cut only
+            # if it arrives between this read and the destroy (not during the query).
+            current = self.table.socket(cand.sk)
+            if current is None:
+                return _GONE
+            if not is_quiet(current, self.kernel_clock(), quiet_ns):
+                h.busy += count_busy
+                return _BUSY
+            err = diag.destroy(target)
+        elif err == errno.EBUSY:
             h.busy += count_busy
             return _BUSY
-        # The program's view once more, right before the destroy: it sees an HTTP/1.1
-        # request's first segment as it arrives, so a request on its way is cut only if
-        # it arrives between this read and the destroy (not during the query as well).
-        current = self.table.socket(cand.sk)
-        if current is None:
-            return _GONE
-        if not is_quiet(current, self.kernel_clock(), quiet_ns):
-            h.busy += count_busy
-            return _BUSY
-        err = diag.destroy(target)
         if err == 0:
             return _ENDED
         if err not in (errno.ENOENT, errno.ESTALE):

@@ -17,13 +17,17 @@ import ctypes
 import os
 import socket
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
+from aviator.agent.bpf.iterend import KernelEnder
 from aviator.agent.handoff import sockdiag
 from aviator.agent.handoff.sockdiag import DiagSocket
 
 _CLONE_NEWNET = 0x40000000
 _RECV_BYTES = 1 << 16
+T = TypeVar("T")
 
 
 def netns_path(inode: int, proc: Path = Path("/proc")) -> Path | None:
@@ -53,13 +57,14 @@ def _new_socket() -> socket.socket:
     )
 
 
-def socket_in_netns(ns: Path) -> socket.socket:
-    """A NETLINK_SOCK_DIAG socket living in the namespace `ns` (a /proc/.../ns/net)."""
+def in_netns(ns: Path, make: Callable[[], T]) -> T:
+    """`make()` run by a thread inside the namespace `ns` (a /proc/.../ns/net): what it
+    creates (a socket, a BPF iterator) belongs to that namespace for good."""
     if ns == Path("/proc/self/ns/net"):
-        return _new_socket()
-    result: list[socket.socket | BaseException] = []
+        return make()
+    result: list[T | BaseException] = []
 
-    def enter_and_create() -> None:
+    def enter_and_make() -> None:
         try:
             fd = os.open(ns, os.O_RDONLY | os.O_CLOEXEC)
             try:
@@ -69,12 +74,12 @@ def socket_in_netns(ns: Path) -> socket.socket:
                     raise OSError(err, f"setns({ns}): {os.strerror(err)}")
             finally:
                 os.close(fd)
-            result.append(_new_socket())
+            result.append(make())
         except BaseException as exc:  # handed to the caller's thread
             result.append(exc)
 
     # This thread's namespace is never restored: it ends here, and nothing else runs on it.
-    thread = threading.Thread(target=enter_and_create, name="netns-socket", daemon=True)
+    thread = threading.Thread(target=enter_and_make, name="netns-enter", daemon=True)
     thread.start()
     thread.join()
     outcome = result[0]
@@ -83,16 +88,36 @@ def socket_in_netns(ns: Path) -> socket.socket:
     return outcome
 
 
-class SockDiag:
-    """Dump and destroy TCP sockets through one netlink socket (blocking calls)."""
+def socket_in_netns(ns: Path) -> socket.socket:
+    """A NETLINK_SOCK_DIAG socket living in the namespace `ns` (a /proc/.../ns/net)."""
+    return in_netns(ns, _new_socket)
 
-    def __init__(self, sock: socket.socket) -> None:
+
+class SockDiag:
+    """Dump and destroy TCP sockets through one netlink socket (blocking calls); with a
+    `KernelEnder`, end a quiet one in one step inside the kernel."""
+
+    def __init__(
+        self, sock: socket.socket, *, ns: Path | None = None, ender: KernelEnder | None = None
+    ) -> None:
         self._sock = sock
         self._seq = 0
+        self._ns = ns
+        self._ender = ender
 
     @classmethod
-    def in_netns(cls, ns: Path) -> SockDiag:
-        return cls(socket_in_netns(ns))
+    def in_netns(cls, ns: Path, ender: KernelEnder | None = None) -> SockDiag:
+        return cls(socket_in_netns(ns), ns=ns, ender=ender)
+
+    def destroy_if_quiet(self, sock: DiagSocket, quiet_ns: int) -> int | None:
+        """End `sock` if it is quiet (no request or stream open for `quiet_ns`, no bytes
+        unread) under its socket's lock, in the kernel: 0, or EBUSY (not quiet), ENOENT
+        (gone), another errno. None where that is not available (no ender, or it
+        failed): the caller then looks (`query`) and ends (`destroy`) in two steps."""
+        ender, ns = self._ender, self._ns
+        if ender is None or ns is None:
+            return None
+        return ender.end(sock.cookie, quiet_ns, lambda run: in_netns(ns, run))
 
     def close(self) -> None:
         self._sock.close()
@@ -156,7 +181,8 @@ def own_netns() -> int:
     return os.stat("/proc/self/ns/net").st_ino
 
 
-def open_diag(inode: int) -> SockDiag | None:
-    """sock_diag in the network namespace with this inode; None when it is gone."""
+def open_diag(inode: int, ender: KernelEnder | None = None) -> SockDiag | None:
+    """sock_diag in the network namespace with this inode (and `ender` to end quiet
+    connections in the kernel there); None when the namespace is gone."""
     path = netns_path(inode)
-    return None if path is None else SockDiag.in_netns(path)
+    return None if path is None else SockDiag.in_netns(path, ender)

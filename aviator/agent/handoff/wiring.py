@@ -4,6 +4,11 @@ what a hand-off does; this module only connects the parts)."""
 
 from __future__ import annotations
 
+import logging
+
+from aviator.agent.bpf import BpfLatencySource
+from aviator.agent.bpf.iterend import KernelEnder
+from aviator.agent.bpf.model import BpfUnavailable
 from aviator.agent.config import AgentConfig
 from aviator.agent.handoff.drain import Owners, send_goaway
 from aviator.agent.handoff.executor import HandOffExecutor
@@ -16,6 +21,8 @@ from aviator.informers import FuncHandler, SharedIndexInformer
 from aviator.kube import KubeClient
 from aviator.runtime.events import EventRecorder
 from aviator.runtime.writer import WriteMetrics, Writer
+
+log = logging.getLogger(__name__)
 
 
 def handoff_runner(
@@ -34,9 +41,10 @@ def handoff_runner(
         return None
     own = own_netns()
     owners = Owners()
+    ender = kernel_ender(bpf)
     executor = HandOffExecutor(
         table=bpf,
-        open_diag=open_diag,
+        open_diag=lambda inode: open_diag(inode, ender),
         netns_allowed=(lambda ns: ns == own) if config.handoff_netns == "own" else None,
         node_addresses=config.node_addresses,
         rate=config.handoff_rate,
@@ -67,3 +75,15 @@ def handoff_runner(
     policies.add_event_handler(poke)
     pods.informer.add_event_handler(poke)
     return runner
+
+
+def kernel_ender(bpf: BpfLatencySource) -> KernelEnder | None:
+    """The program's way to end a quiet connection in one step in the kernel, or None
+    (then a look and a destroy through sock_diag); the log says which, and why."""
+    try:
+        ender = bpf.kernel_ender()
+    except BpfUnavailable as exc:
+        log.info("hand-off ends connections through sock_diag: %s", exc.reason)
+        return None
+    log.info("hand-off ends connections in the kernel, under each socket's lock")
+    return ender

@@ -34,6 +34,9 @@ class FakeDiag:
         del self.table.socks[sock.cookie]
         return 0
 
+    def destroy_if_quiet(self, sock: DiagSocket, quiet_ns: int) -> int | None:
+        return None  # no in-kernel end: a look, then a destroy
+
     def close(self) -> None:
         pass
 

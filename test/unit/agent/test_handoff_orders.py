@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import errno
 import re
 from typing import Any
 
@@ -159,6 +160,36 @@ def test_a_request_arriving_during_the_query_keeps_it() -> None:
     h = executor.begin(Target("ns/a", "10.0.0.1", frozenset({8080})), "ns/p", 0.0)
     executor.step()
     assert diag.destroyed == [] and h.busy == 1 and h.ended == 0
+
+
+def test_where_the_kernel_ends_it_the_look_and_the_end_are_its() -> None:
+    """With an in-kernel end (`destroy_if_quiet`), the executor neither queries nor
+    destroys: the kernel's answer decides (0 ended, EBUSY busy, ENOENT gone)."""
+    for answer, ended, busy in ((0, 1, 0), (errno.EBUSY, 0, 1), (errno.ENOENT, 0, 0)):
+        table = FakeTable([conn(1, ("10.0.0.1", 8080))])
+
+        class InKernel(FakeDiag):
+            asked: list[int] = []
+            answers = [answer]
+
+            def query(self, sock: DiagSocket) -> DiagSocket | None:
+                raise AssertionError("queried: the kernel looks itself")
+
+            def destroy(self, sock: DiagSocket) -> int:
+                raise AssertionError("destroyed from user space")
+
+            def destroy_if_quiet(self, sock: DiagSocket, quiet_ns: int) -> int | None:
+                self.asked.append(quiet_ns)
+                return self.answers[0]
+
+        diag = InKernel(table)
+        executor = HandOffExecutor(
+            table=table, open_diag=lambda _ns, d=diag: d, fresh_s=0.0, watch_s=0.0
+        )
+        h = executor.begin(Target("ns/a", "10.0.0.1", frozenset({8080})), "ns/p", 0.0)
+        executor.step()
+        assert (h.ended, h.busy) == (ended, busy), answer
+        assert diag.asked == [int(executor.quiet_s * 1e9)]
 
 
 def test_a_connection_is_ended_only_once_quiet() -> None:
