@@ -364,34 +364,8 @@ class HandOffExecutor:
         target = by_tuple.get((cand.local, cand.remote))
         if target is None:
             return _GONE  # closed since the walk (or not established)
-        quiet_ns = int(self.quiet_s * 1e9)
-        current = self.table.socket(cand.sk)
-        if current is None:
-            return _GONE
-        if not is_quiet(current, self.kernel_clock(), quiet_ns):
-            h.busy += count_busy
-            return _BUSY
-        # In the kernel, the look and the end are one step under the socket's lock.
-        err = diag.destroy_if_quiet(target, quiet_ns)
-        if err is None:
-            # Where it cannot: a look, then the end.
-            queues = diag.query(target)
-            if queues is None:
-                return _GONE
-            if queues.rqueue:
-                h.busy += count_busy
-                return _BUSY
-            # The program's view once more, right before the destroy: it sees an HTTP/1.1
-            # request's first segment as it arrives, so a request on its way is cut only
-            # if it arrives between this read and the destroy (not during the query).
-            current = self.table.socket(cand.sk)
-            if current is None:
-                return _GONE
-            if not is_quiet(current, self.kernel_clock(), quiet_ns):
-                h.busy += count_busy
-                return _BUSY
-            err = diag.destroy(target)
-        elif err == errno.EBUSY:
+        err = self._end(diag, target, cand.sk, int(self.quiet_s * 1e9))
+        if err == errno.EBUSY:
             h.busy += count_busy
             return _BUSY
         if err == 0:
@@ -402,6 +376,39 @@ class HandOffExecutor:
                 "ending %s→%s failed: %s", cand.remote, cand.local, errno.errorcode.get(err, err)
             )
         return _GONE
+
+    def _end(self, diag: Diag, target: DiagSocket, sk: int, quiet_ns: int) -> int:
+        """End the connection if it is quiet: 0; EBUSY (a request or stream open, none
+        for `quiet_ns`, or request bytes unread); ENOENT or ESTALE (gone); or the errno
+        the kernel refused with."""
+        not_quiet = self._not_quiet(sk, quiet_ns)  # cheap: most busy ones stop here
+        if not_quiet is not None:
+            return not_quiet
+        # In the kernel, the look and the end are one step under the socket's lock.
+        err = diag.destroy_if_quiet(target, quiet_ns)
+        if err is not None:
+            return err
+        # Where it cannot: a look, then the end.
+        queues = diag.query(target)
+        if queues is None:
+            return errno.ENOENT
+        if queues.rqueue:
+            return errno.EBUSY
+        # The program's view once more, right before the destroy: it sees an HTTP/1.1
+        # request's first segment as it arrives, so a request on its way is cut only if
+        # it arrives between this read and the destroy (not during the query).
+        not_quiet = self._not_quiet(sk, quiet_ns)
+        if not_quiet is not None:
+            return not_quiet
+        return diag.destroy(target)
+
+    def _not_quiet(self, sk: int, quiet_ns: int) -> int | None:
+        """None when the program sees the connection quiet now; else ENOENT (closed) or
+        EBUSY."""
+        current = self.table.socket(sk)
+        if current is None:
+            return errno.ENOENT
+        return None if is_quiet(current, self.kernel_clock(), quiet_ns) else errno.EBUSY
 
     def _diag(
         self, netns: int, diags: dict[int, tuple[Diag, dict[Tuple, DiagSocket]] | None]
