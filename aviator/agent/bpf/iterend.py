@@ -27,15 +27,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from aviator.agent.bpf.btf import Btf, BtfError
 from aviator.agent.bpf.cheader import Header
-from aviator.agent.bpf.loader import LoadedProgram
+from aviator.agent.bpf.loader import SOCK_DESTROY_KFUNC, LoadedProgram
 from aviator.agent.bpf.model import BpfUnavailable
 
 log = logging.getLogger(__name__)
 
 ITERATOR = b"bpf_iter__tcp"
-KFUNC = "bpf_sock_destroy"
 _BPF_CALL = 0x85  # BPF_JMP | BPF_CALL
 _BPF_PSEUDO_KFUNC_CALL = 2
 _INSN = 8
@@ -143,15 +141,11 @@ class KernelEnder:
 
 def load_kernel_ender(program: LoadedProgram) -> KernelEnder:
     """`load_handoff_iterator`, and the map it reads its orders from."""
-    try:
-        btf = Btf.from_file()
-    except BtfError as exc:
-        raise BpfUnavailable(f"kernel BTF unreadable: {exc}") from exc
-    iterator = load_handoff_iterator(program, btf)
+    iterator = load_handoff_iterator(program)
     return KernelEnder(iterator, program.bpf[b"handoff_orders"], program.abi.header)
 
 
-def load_handoff_iterator(program: LoadedProgram, btf: Btf) -> HandOffIterator:
+def load_handoff_iterator(program: LoadedProgram) -> HandOffIterator:
     """Load the iterator of `program` (compiled in with the TCP offsets) and link it."""
     from bcc import BPF  # the loader imported bcc already; late for the same reason
     from bcc.libbcc import lib
@@ -160,9 +154,9 @@ def load_handoff_iterator(program: LoadedProgram, btf: Btf) -> HandOffIterator:
     start = lib.bpf_function_start(bpf.module, ITERATOR)
     if not start:
         raise BpfUnavailable("the program was built without the hand-off iterator")
-    kfunc = btf.func_id(KFUNC)
+    kfunc = program.sock_destroy_id
     if kfunc is None:
-        raise BpfUnavailable(f"the kernel has no {KFUNC} (Linux 6.5+)")
+        raise BpfUnavailable(f"the kernel has no {SOCK_DESTROY_KFUNC} (Linux 6.5+)")
     size = int(lib.bpf_function_size(bpf.module, ITERATOR))
     code = (ctypes.c_uint8 * size).from_address(start)
     patched = bytearray(code)

@@ -277,6 +277,9 @@ class LoadedProgram:
     raw_send: bool
     raw_recv: bool = False
     header: Path = field(kw_only=True)
+    # The kfunc the hand-off iterator calls (bpf/handoff.h), by its BTF id; None when
+    # this kernel has none (read with the offsets, so BTF is parsed once).
+    sock_destroy_id: int | None = field(default=None, kw_only=True)
 
     @functools.cached_property
     def abi(self) -> bpf_abi.LatencyAbi:
@@ -402,6 +405,9 @@ def load_program(
         return _compile_and_attach(bcc, btf, source, False, False, *sizes)
 
 
+# The kfunc that ends a connection from BPF (Linux 6.5+), called by bpf/handoff.h.
+SOCK_DESTROY_KFUNC = "bpf_sock_destroy"
+
 # Parts of the program that use maps or declare probes. BCC rewrites map calls
 # (`table.lookup(...)`) and builds tracepoint argument structs only in the main file,
 # so these are pasted into it where it (or a part pasted before) includes them,
@@ -458,7 +464,13 @@ def _compile_and_attach(
         try:
             bpf = bcc.BPF(text=program_text(source).encode(), cflags=cflags)
             header = source.parent / bpf_abi.HEADER_NAME
-            program = LoadedProgram(bpf=bpf, raw_send=raw_send, raw_recv=raw_recv, header=header)
+            program = LoadedProgram(
+                bpf=bpf,
+                raw_send=raw_send,
+                raw_recv=raw_recv,
+                header=header,
+                sock_destroy_id=btf.func_id(SOCK_DESTROY_KFUNC),
+            )
             program.attach()
             program.load_tail_calls()
             bpf_abi.check_program(program.abi, bpf)
