@@ -54,7 +54,7 @@ class Pair:
         try:
             self.client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
             return self.client.recv(4096) == b""
-        except ConnectionResetError:
+        except (ConnectionResetError, BrokenPipeError):
             return True
 
     def close(self) -> None:
