@@ -88,11 +88,6 @@ def in_netns(ns: Path, make: Callable[[], T]) -> T:
     return outcome
 
 
-def socket_in_netns(ns: Path) -> socket.socket:
-    """A NETLINK_SOCK_DIAG socket living in the namespace `ns` (a /proc/.../ns/net)."""
-    return in_netns(ns, _new_socket)
-
-
 class SockDiag:
     """Dump and destroy TCP sockets through one netlink socket (blocking calls); with a
     `KernelEnder`, end a quiet one in one step inside the kernel."""
@@ -107,7 +102,8 @@ class SockDiag:
 
     @classmethod
     def in_netns(cls, ns: Path, ender: KernelEnder | None = None) -> SockDiag:
-        return cls(socket_in_netns(ns), ns=ns, ender=ender)
+        """sock_diag living in the namespace `ns` (a /proc/.../ns/net)."""
+        return cls(in_netns(ns, _new_socket), ns=ns, ender=ender)
 
     def destroy_if_quiet(self, sock: DiagSocket, quiet_ns: int) -> int | None:
         """End `sock` if it is quiet (no request or stream open for `quiet_ns`, no bytes
