@@ -15,7 +15,11 @@ pools and Go's http.Transport do, neither more nor less:
   balances it anew (kube-proxy picks a pod per connection).
 
 `run(rate, seconds)` sends open-loop load (Poisson arrivals, seeded); latency counts
-from when a request was due, so waiting for a connection is not hidden.
+from when a request was due, so waiting for a connection is not hidden. Every request
+issued is listed by its due time (`issued`), answered or not yet, and every sample
+names the connection that answered it (`connection`, numbered in dial order; `dialed`
+gives when each was dialled), so a test can tell a connection kept from before an
+event from one dialled after it, and wait for every request of a window to be answered.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True, slots=True)
 class PoolSample:
     """One request: when it was due (monotonic), its latency from then, who served it,
-    whether it was retried on a fresh connection, and the error if it failed."""
+    whether it was retried on a fresh connection, the error if it failed, and the
+    connection it was last sent on (0: none)."""
 
     at: float
     latency_s: float
@@ -38,12 +43,14 @@ class PoolSample:
     served_by: str | None
     retried: bool = False
     error: str | None = None
+    connection: int = 0
 
 
 @dataclass(eq=False)
 class _Conn:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+    number: int
     served_by: str | None = None
     used: int = 0
 
@@ -59,6 +66,8 @@ class KeepAlivePool:
     timeout_s: float = 5.0
     path: str = "/"
     samples: list[PoolSample] = field(default_factory=list)
+    issued: list[float] = field(default_factory=list)  # due times, in issue order
+    dialed: dict[int, float] = field(default_factory=dict)  # connection → when (monotonic)
     opened: int = 0
     retries: int = 0
     _idle: list[_Conn] = field(default_factory=list)
@@ -108,12 +117,14 @@ class KeepAlivePool:
         return self._open
 
     async def _timed(self, due: float) -> None:
+        self.issued.append(due)
         retried = False
         served: str | None = None
+        number = 0
         try:
             async with asyncio.timeout(max(0.0, self.timeout_s - (time.monotonic() - due))):
                 conn, reused = await self._acquire()
-                served = conn.served_by
+                served, number = conn.served_by, conn.number
                 try:
                     status, served = await self._exchange(conn)
                 except _NoResponse:
@@ -123,6 +134,7 @@ class KeepAlivePool:
                     retried = True
                     self.retries += 1
                     conn = await self._dial()
+                    number = conn.number
                     status, served = await self._exchange(conn)
                 except BaseException:
                     self._discard(conn)
@@ -137,6 +149,7 @@ class KeepAlivePool:
                     served,
                     retried,
                     None if ok else f"status {status}",
+                    number,
                 )
             )
         except (OSError, TimeoutError, ValueError, _NoResponse, asyncio.IncompleteReadError) as err:
@@ -146,7 +159,7 @@ class KeepAlivePool:
                 else type(err).__name__
             )
             self.samples.append(
-                PoolSample(due, time.monotonic() - due, False, served, retried, name)
+                PoolSample(due, time.monotonic() - due, False, served, retried, name, number)
             )
 
     async def _acquire(self) -> tuple[_Conn, bool]:
@@ -170,7 +183,8 @@ class KeepAlivePool:
             self._notify()
             raise
         self.opened += 1
-        return _Conn(reader, writer)
+        self.dialed[self.opened] = time.monotonic()
+        return _Conn(reader, writer, self.opened)
 
     def _release(self, conn: _Conn) -> None:
         conn.used += 1

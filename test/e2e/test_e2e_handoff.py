@@ -5,11 +5,14 @@ with hand-off on. A keep-alive pool client (as urllib3/Go pool: reuse, re-dial, 
 retry on a reused connection closed before any response byte) holds connections to
 both fast pods. One fast pod turns slow (2 s): the policy routes around it, and its
 node's agent ends its idle pooled connections; the pool re-dials through the proxy.
+A connection busy at every look (a pool that hands it the next request before it was
+ever quiet) stays on its pod, and the agent's Event says how many did.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import pytest
@@ -84,28 +87,49 @@ async def test_pooled_connections_leave_a_pod_that_turns_slow(quickstart: Scenar
         notes, _ = await wait_for(
             "a ConnectionsHandedOff Event", handed_off, lambda n: bool(n), timeout_s=60
         )
-        # One busy at the last look goes right after its answer (never cut): give those
-        # the victim's latency on top.
-        settled = time.monotonic() + SLOW_S + 1.0
+        heard = time.monotonic()
+        # A request due from here on is answered by the victim only on a connection the
+        # agent left alone (busy at every look, never quiet: docs/agent.md), and never on
+        # one dialled after the hand-off: the proxy no longer sends new ones there. One
+        # busy at the last look may still be answering: the victim's latency on top.
+        settled = heard + SLOW_S + 1.0
+        left_alone = sum(_left_alone(n) for n in notes)
 
-        async def answered_since_settled() -> int:
-            return sum(1 for s in pool.samples if s.at >= settled)
+        async def answered_since_settled() -> list[float]:
+            return sorted(s.at for s in pool.samples if s.at >= settled)
 
-        await wait_for(
+        answered, _ = await wait_for(
             "40 requests answered after the hand-off settled",
             answered_since_settled,
-            lambda n: n >= 40,
+            lambda due: len(due) >= 40,
             timeout_s=60,
         )
-        after = [s for s in pool.samples if s.at >= settled]
-        assert victim not in {s.served_by for s in after}, (
+        # Every request of the window, the victim's slow answers included, not only the
+        # first 40 answers (which the fast pods give first).
+        window = (settled, answered[39])
+
+        async def unanswered() -> int:
+            issued = sum(1 for d in pool.issued if window[0] <= d <= window[1])
+            return issued - sum(1 for s in pool.samples if window[0] <= s.at <= window[1])
+
+        await wait_for(
+            "every request of the window answered", unanswered, lambda n: n == 0, timeout_s=30
+        )
+        after = [s for s in pool.samples if window[0] <= s.at <= window[1]]
+        on_victim = {s.connection for s in after if s.served_by == victim}
+        dialled_after = sorted(c for c in on_victim if pool.dialed[c] >= heard)
+        assert not dialled_after, (
+            f"connection(s) {dialled_after} dialled after the hand-off reached {victim}"
+        )
+        assert len(on_victim) <= left_alone, (
             f"{sum(1 for s in after if s.served_by == victim)} of {len(after)} requests "
-            f"still served by {victim} after its hand-off ended ({notes})"
+            f"served by {victim} on {len(on_victim)} connection(s) after its hand-off "
+            f"ended, {left_alone} left alone ({notes})"
         )
         # The agent's own account: it ended the pod's idle connections and did not run
-        # into its expiry ("complete": none left; "cancelled": the controller routed the
-        # pod again and withdrew the order, which a busy machine's late windows can
-        # make happen for a moment — the check above still saw no request end there).
+        # into its expiry ("complete": none left; "cancelled": the controller dropped the
+        # order, LINGER_S after its period, or routed the pod again, which a busy
+        # machine's late windows can make happen for a moment).
         assert any(" after " in n and "(expired" not in n for n in notes), notes
     finally:
         done.set()
@@ -115,5 +139,13 @@ async def test_pooled_connections_leave_a_pod_that_turns_slow(quickstart: Scenar
     assert not failed, f"{len(failed)} failed: {sorted({s.error or '?' for s in failed})}"
     print(
         f"hand-off: {victim} left after {left_after:.1f}s; {pool.retries} requests retried, "
-        f"{pool.opened} connections opened; {notes}"
+        f"{pool.opened} connections opened; after it: {len(on_victim)} connection(s) and "
+        f"{sum(1 for s in after if s.served_by == victim)} of {len(after)} requests on "
+        f"{victim}; {notes}"
     )
+
+
+def _left_alone(note: str) -> int:
+    """The connections a ConnectionsHandedOff note says were busy and left alone."""
+    found = re.search(r"(\d+) busy left alone", note)
+    return int(found.group(1)) if found else 0

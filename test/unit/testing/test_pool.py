@@ -79,6 +79,19 @@ def test_reuses_connections_and_never_exceeds_its_size() -> None:
     run(scenario())
 
 
+def test_every_request_issued_is_listed_answered_or_not() -> None:
+    async def scenario() -> None:
+        async with serving() as s:
+            pool = KeepAlivePool(lambda: ("127.0.0.1", s.port), size=2)
+            samples = await pool.run(rate_per_s=200, duration_s=0.3)
+            assert sorted(x.at for x in samples) == sorted(pool.issued)
+            # A connection is dialled for a request, which it then answers.
+            assert {x.connection for x in samples} == set(pool.dialed) == {1, 2}
+            await pool.close()
+
+    run(scenario())
+
+
 def test_a_connection_closed_while_idle_is_retried_once_on_a_fresh_one() -> None:
     async def scenario() -> None:
         async with serving() as s:
@@ -91,6 +104,9 @@ def test_a_connection_closed_while_idle_is_retried_once_on_a_fresh_one() -> None
             assert (first.retried, second.retried, third.retried) == (False, False, True)
             assert third.served_by != first.served_by
             assert pool.retries == 1 and pool.opened == 2
+            # Each sample names the connection that answered it: the retry's is the new one.
+            assert (first.connection, second.connection, third.connection) == (1, 1, 2)
+            assert first.at <= pool.dialed[1] < third.at <= pool.dialed[2]
             await pool.close()
 
     run(scenario())
