@@ -18,12 +18,14 @@ import functools
 import os
 import time
 import uuid
+from typing import Any
 
 import uvloop
 
 from aviator.informers import SharedIndexInformer
 from aviator.informers.keys import JSON
 from aviator.kube import KubeClient
+from aviator.kube.podfields import CONTROLLER_POD
 from aviator.kube.resources import PODS, SERVICEACCOUNTS
 from aviator.testing.controlplane import ControlPlane
 from bench import informer_ingest
@@ -143,7 +145,8 @@ async def ingest_rows(line: bytes, pods: int, updates: int) -> list[Row]:
         f"apiserver, {managed} B of it managedFields), {pods} pods, in "
         f"{informer_ingest.CHUNK // 1024} KiB chunks, one handler"
     )
-    cases = [
+    cases: list[tuple[str, dict[str, Any]]] = [
+        ("decode the controller's Pod fields → cache → handler", {"projection": CONTROLLER_POD}),
         ("decode → cache → handler", {}),
         ("decode → cache → handler, managedFields kept", {"drop_managed_fields": False}),
         ("cache → handler, JSON pre-decoded", {"decoded": True}),

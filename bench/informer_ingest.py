@@ -15,7 +15,8 @@ captured line round-trips unchanged), so only the varied values differ.
 `ingest` feeds them through the production path (aviator.kube.watchstream in 64 KiB
 chunks, the event loop running between chunks as it does between reads) into a
 SharedIndexInformer with one counting handler, and reports updates per CPU second of
-the process: one thread, so per core.
+the process: one thread, so per core. With the controller's Pod projection
+(aviator.kube.podfields) it is the controller's own Pod cache.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from aviator.informers import SharedIndexInformer
 from aviator.informers.keys import JSON
 from aviator.kube import KubeClient
 from aviator.kube.managedfields import line_without_managed_fields
+from aviator.kube.projection import Projection
 from aviator.kube.resources import PODS, SERVICEACCOUNTS
 from aviator.kube.watchstream import watch_events
 from aviator.runtime.gctune import tune_for_caches
@@ -214,11 +216,14 @@ class ReplayClient:
         params: Mapping[str, str | int | bool] | None = None,
         *,
         drop_managed_fields: bool = False,
+        projection: Projection | None = None,
     ) -> AsyncIterator[JSON]:
         if self._events is not None:
             return self._decoded_events()
         # As KubeClient.watch: the body's chunks through watch_events.
-        return watch_events(self._body(), drop_managed_fields=drop_managed_fields)
+        return watch_events(
+            self._body(), drop_managed_fields=drop_managed_fields, projection=projection
+        )
 
     async def _body(self) -> AsyncIterator[bytes]:
         for chunk in self._chunks:
@@ -269,12 +274,18 @@ class Counter:
 
 
 async def ingest(
-    lines: list[bytes], *, decoded: bool = False, drop_managed_fields: bool = True
+    lines: list[bytes],
+    *,
+    decoded: bool = False,
+    drop_managed_fields: bool = True,
+    projection: Projection | None = None,
 ) -> tuple[float, float]:
     """(updates per CPU second, updates per wall second) through one informer."""
     tune_for_caches()  # as the controller and the agent run
     client = ReplayClient(lines, decoded=decoded)
-    informer = SharedIndexInformer(client, PODS, drop_managed_fields=drop_managed_fields)
+    informer = SharedIndexInformer(
+        client, PODS, drop_managed_fields=drop_managed_fields, projection=projection
+    )
     counter = Counter()
     counter.expect(len(lines))
     informer.add_event_handler(counter)

@@ -41,6 +41,8 @@ from aviator.controller.wiring import wire_handlers
 from aviator.informers import IndexFunc, InformerFactory, SharedIndexInformer
 from aviator.kube import marks
 from aviator.kube.client import ApiError, KubeClient
+from aviator.kube.podfields import CONTROLLER_POD
+from aviator.kube.projection import Projection
 from aviator.kube.resources import (
     AVIATORPOLICIES,
     ENDPOINTSLICES,
@@ -141,7 +143,9 @@ class ControllerApp:
         self.policy_informer = self._informer(AVIATORPOLICIES, mapping.POLICY_INDEXERS)
         self.metrics.track_policies(self.policy_informer.indexer.list)
         self.service_informer = self._informer(SERVICES, SERVICE_INDEXERS)
-        self.pod_informer = self._informer(PODS, {**POD_INDEXERS, **POD_IP_INDEXERS})
+        self.pod_informer = self._informer(
+            PODS, {**POD_INDEXERS, **POD_IP_INDEXERS}, projection=CONTROLLER_POD
+        )
         # Own connection pools: reviews never crowd out the rest, renewals never wait.
         self.review_client = client.fork(connections=options.stream_limits.reviews_in_flight)
         self.lease_client = client.fork(connections=2)
@@ -249,8 +253,11 @@ class ControllerApp:
         resource: Resource,
         indexers: Mapping[str, IndexFunc],
         label_selector: str | None = None,
+        projection: Projection | None = None,
     ) -> SharedIndexInformer:
-        informer = self.factory.informer_for(resource, label_selector=label_selector)
+        informer = self.factory.informer_for(
+            resource, label_selector=label_selector, projection=projection
+        )
         informer.indexer.add_indexers(indexers)
         return informer
 

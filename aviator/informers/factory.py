@@ -6,13 +6,15 @@ import asyncio
 
 from aviator.informers.shared_informer import SharedIndexInformer
 from aviator.kube.client import ListWatchClient
+from aviator.kube.projection import Projection
 from aviator.kube.resources import Resource
 
-InformerKey = tuple[Resource, str | None, str | None, str | None]
+InformerKey = tuple[Resource, str | None, str | None, str | None, Projection | None]
 
 
 class InformerFactory:
-    """One SharedIndexInformer per (resource, namespace, label selector, field selector).
+    """One SharedIndexInformer per (resource, namespace, label selector, field selector,
+    projection): readers sharing a cache share the fields it holds (aviator.kube.projection).
 
     As with client-go's SharedInformerFactory, informers requested after start() are
     started by the next start() call (it only starts those not yet running).
@@ -30,12 +32,14 @@ class InformerFactory:
         namespace: str | None = None,
         label_selector: str | None = None,
         field_selector: str | None = None,
+        projection: Projection | None = None,
     ) -> SharedIndexInformer:
         key: InformerKey = (
             resource,
             namespace or None,
             label_selector or None,
             field_selector or None,
+            projection,
         )
         informer = self._informers.get(key)
         if informer is None:
@@ -46,6 +50,7 @@ class InformerFactory:
                 label_selector=key[2],
                 field_selector=key[3],
                 resync_period=self._resync_period,
+                projection=projection,
             )
             self._informers[key] = informer
         return informer

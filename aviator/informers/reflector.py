@@ -17,7 +17,9 @@ Semantics follow client-go's tools/cache Reflector:
   next list is a quorum read with resourceVersion "" (paginated, limit 500 + continue).
 - With drop_managed_fields (the default), objects reach the store without
   metadata.managedFields, listed or watched (aviator.kube.managedfields): nothing
-  reading a cache needs it, and a watch then does not even decode it.
+  reading a cache needs it, and a watch then does not even decode it. With a
+  projection, they reach it holding only the projection's fields, listed or watched
+  (aviator.kube.projection); a watch decodes no other.
 - Connection errors, 429 and 5xx back off (0.8 s doubling to 30 s, reset after 2 min
   without failures) and re-watch from the same version; a watch stream cut mid-way
   (aiohttp payload error, reset connection) re-watches at once if it was healthy.
@@ -37,6 +39,7 @@ from aviator.informers.backoff import Backoff
 from aviator.informers.keys import JSON, resource_version
 from aviator.kube.client import ApiError, ListWatchClient
 from aviator.kube.managedfields import drop_managed_fields as without_managed_fields
+from aviator.kube.projection import Projection
 from aviator.kube.resources import Resource
 
 log = logging.getLogger(__name__)
@@ -113,6 +116,7 @@ class Reflector:
         watch_deadline_margin_s: float = WATCH_DEADLINE_MARGIN_S,
         watch_idle_s: float = WATCH_IDLE_S,
         drop_managed_fields: bool = True,
+        projection: Projection | None = None,
     ) -> None:
         self._client = client
         self._resource = resource
@@ -130,6 +134,7 @@ class Reflector:
         self._watch_deadline_margin_s = watch_deadline_margin_s
         self._watch_idle_s = watch_idle_s
         self._drop_managed_fields = drop_managed_fields
+        self._projection = projection
         self._path = resource.path(namespace)
         self.last_sync_resource_version = ""
         # Set when listing from last_sync_resource_version failed with 410: the next
@@ -256,6 +261,8 @@ class Reflector:
             item.setdefault("apiVersion", self._resource.api_version)
             if self._drop_managed_fields:
                 without_managed_fields(item)
+        if self._projection is not None:
+            return [self._projection.project(item) for item in items]
         return items
 
     # Watching.
@@ -286,7 +293,10 @@ class Reflector:
         try:
             async with bound:
                 async for event in self._client.watch(
-                    self._path, params, drop_managed_fields=self._drop_managed_fields
+                    self._path,
+                    params,
+                    drop_managed_fields=self._drop_managed_fields,
+                    projection=self._projection,
                 ):
                     self._handle(event)
                     events += 1

@@ -24,6 +24,7 @@ from aviator.informers.listener import (
 from aviator.informers.reflector import Reflector
 from aviator.informers.store import NAMESPACE_INDEX, Indexer, IndexFunc, namespace_index
 from aviator.kube.client import ListWatchClient
+from aviator.kube.projection import Projection
 from aviator.kube.resources import Resource
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,8 @@ class SharedIndexInformer:
     task. A handler added after the cache is populated first receives a synthetic add
     (is_initial_list=True) for every cached object. With resync_period, every cached
     object is re-delivered as on_update(obj, obj) that often. Cached objects carry no
-    metadata.managedFields unless drop_managed_fields=False (see Reflector).
+    metadata.managedFields unless drop_managed_fields=False, and only the fields of
+    `projection` when one is given (see Reflector).
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class SharedIndexInformer:
         resync_period: float | None = None,
         indexers: Mapping[str, IndexFunc] | None = None,
         drop_managed_fields: bool = True,
+        projection: Projection | None = None,
     ) -> None:
         self.resource = resource
         self.namespace = namespace
@@ -79,6 +82,7 @@ class SharedIndexInformer:
             label_selector=label_selector,
             field_selector=field_selector,
             drop_managed_fields=drop_managed_fields,
+            projection=projection,
         )
         self._listeners: list[ProcessorListener] = []
         self._synced = asyncio.Event()

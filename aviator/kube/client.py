@@ -19,6 +19,7 @@ from kubernetes_asyncio.client import Configuration
 from kubernetes_asyncio.config import ConfigException, load_incluster_config, load_kube_config
 
 from aviator.kube.objects import JSON
+from aviator.kube.projection import Projection
 from aviator.kube.resources import Resource
 from aviator.kube.watchstream import watch_events
 
@@ -75,6 +76,7 @@ class ListWatchClient(RequestClient, Protocol):
         params: Mapping[str, str | int | bool] | None = None,
         *,
         drop_managed_fields: bool = False,
+        projection: Projection | None = None,
     ) -> AsyncIterator[JSON]: ...
 
 
@@ -179,14 +181,19 @@ class KubeClient:
         params: Mapping[str, str | int | bool] | None = None,
         *,
         drop_managed_fields: bool = False,
+        projection: Projection | None = None,
     ) -> AsyncIterator[JSON]:
         """Stream watch events ({"type", "object"}) until the server closes the stream.
 
         An ERROR event is yielded as is; the caller decides (e.g. 410 → relist). With
         drop_managed_fields, objects come without metadata.managedFields, which is then
-        not even decoded (aviator.kube.watchstream).
+        not even decoded; with a projection, with only its fields (aviator.kube.watchstream).
         """
-        return watch_events(self.watch_body(path, params), drop_managed_fields=drop_managed_fields)
+        return watch_events(
+            self.watch_body(path, params),
+            drop_managed_fields=drop_managed_fields,
+            projection=projection,
+        )
 
     async def watch_body(
         self, path: str, params: Mapping[str, str | int | bool] | None = None

@@ -5,7 +5,8 @@ from the connection holds any number of lines and may end mid-line. `watch_event
 is the whole of that path for KubeClient.watch (and for benchmarks that replay
 recorded bytes through it): each chunk is split once, and each line is decoded with
 orjson, optionally without its object's metadata.managedFields
-(aviator.kube.managedfields).
+(aviator.kube.managedfields), or with msgspec into only the fields of a projection
+(aviator.kube.projection).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import orjson
 
 from aviator.kube.managedfields import decode_without_managed_fields
 from aviator.kube.objects import JSON
+from aviator.kube.projection import Projection
 
 Span = tuple[bytes, int, int]
 """One line as (buffer, start, end): buffer[start:end], not copied out of its chunk."""
@@ -57,16 +59,23 @@ def decode_event(buf: bytes, start: int = 0, end: int | None = None) -> JSON:
     return cast(JSON, orjson.loads(memoryview(buf)[start:end]))
 
 
-def event_decoder(drop_managed_fields: bool) -> Callable[[bytes, int, int], JSON]:
+def event_decoder(
+    drop_managed_fields: bool, projection: Projection | None = None
+) -> Callable[[bytes, int, int], JSON]:
+    if projection is not None:
+        return projection.decode_event
     return decode_without_managed_fields if drop_managed_fields else decode_event
 
 
 async def watch_events(
-    chunks: AsyncIterable[bytes], *, drop_managed_fields: bool = False
+    chunks: AsyncIterable[bytes],
+    *,
+    drop_managed_fields: bool = False,
+    projection: Projection | None = None,
 ) -> AsyncGenerator[JSON, None]:
     """The events of a watch body read as `chunks`, in order."""
     splitter = LineSplitter()
-    decode = event_decoder(drop_managed_fields)
+    decode = event_decoder(drop_managed_fields, projection)
     try:
         async for chunk in chunks:
             for buf, start, end in splitter.feed(chunk):

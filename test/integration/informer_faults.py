@@ -30,6 +30,7 @@ from aviator.informers import (
     resource_version,
 )
 from aviator.kube import ApiError, KubeClient
+from aviator.kube.projection import Projection
 from aviator.kube.resources import CONFIGMAPS
 from aviator.testing.waiting import eventually
 
@@ -127,6 +128,7 @@ class FaultyClient:
         params: Mapping[str, str | int | bool] | None = None,
         *,
         drop_managed_fields: bool = False,
+        projection: Projection | None = None,
     ) -> AsyncIterator[JSON]:
         query = dict(params or {})
         self.watch_calls.append(query)
@@ -142,7 +144,7 @@ class FaultyClient:
         if self.watch_faults:
             raise self.watch_faults.pop(0)
         stream = _Stream(stalled=self.stall_new_watches)
-        pump = asyncio.create_task(self._pump(path, query, stream, drop_managed_fields))
+        pump = asyncio.create_task(self._pump(path, query, stream, drop_managed_fields, projection))
         self._streams.add(stream)
         self._notify()
         try:
@@ -164,11 +166,16 @@ class FaultyClient:
             self._notify()
 
     async def _pump(
-        self, path: str, query: Params, stream: _Stream, drop_managed_fields: bool
+        self,
+        path: str,
+        query: Params,
+        stream: _Stream,
+        drop_managed_fields: bool,
+        projection: Projection | None,
     ) -> None:
         try:
             async for event in self.client.watch(
-                path, query, drop_managed_fields=drop_managed_fields
+                path, query, drop_managed_fields=drop_managed_fields, projection=projection
             ):
                 stream.queue.put_nowait(event)
         except Exception as err:

@@ -28,7 +28,8 @@ from aviator.informers import (
     resource_version,
 )
 from aviator.kube import ApiError, KubeClient
-from aviator.kube.resources import CONFIGMAPS
+from aviator.kube.podfields import CONTROLLER_POD
+from aviator.kube.resources import CONFIGMAPS, PODS, SERVICEACCOUNTS
 from aviator.testing.controlplane import ControlPlane
 from aviator.testing.waiting import bounded, eventually
 
@@ -250,6 +251,63 @@ async def test_cached_objects_are_the_servers_less_managed_fields(
             if drop:
                 server["metadata"].pop("managedFields")
             assert informer.indexer.get(key) == mirror.state[key] == server
+    finally:
+        await informer.stop()
+
+
+async def test_the_controllers_pod_cache_holds_its_projection_listed_or_watched(
+    kube: KubeClient, namespace: str
+) -> None:
+    # A Pod as a cluster has it (containers with env and probes, volumes, the kubelet's
+    # status); the controller's cache holds exactly its projection of what a GET
+    # returns, whether the Pod came in the list or through the watch.
+    try:
+        await kube.create(SERVICEACCOUNTS, {"metadata": {"name": "default"}}, namespace)
+    except ApiError as err:
+        if err.status != 409:  # a controller-manager made it already
+            raise
+
+    async def write(name: str) -> None:
+        container = {
+            "name": "app",
+            "image": "registry.example/app:1",
+            "ports": [{"name": "http", "containerPort": 8080}],
+            "env": [{"name": "A", "value": "b"}],
+            "readinessProbe": {"httpGet": {"path": "/healthz", "port": "http"}},
+        }
+        body = {
+            "metadata": {"name": name, "labels": {"app": "web"}},
+            "spec": {"nodeName": "node-1", "containers": [container]},
+        }
+        await kube.create(PODS, body, namespace)
+        status = {"phase": "Running", "podIP": "10.0.0.9", "podIPs": [{"ip": "10.0.0.9"}]}
+        await kube.patch(PODS, name, {"status": status}, namespace, subresource="status")
+
+    await write("listed")
+    informer = SharedIndexInformer(kube, PODS, namespace=namespace, projection=CONTROLLER_POD)
+    mirror = Mirror()
+    informer.add_event_handler(mirror)
+    await informer.start()
+    try:
+        await bounded(informer.wait_for_sync(), within=30, what="the first list")
+        await write("watched")
+        for name in ("listed", "watched"):
+            server = await kube.get(PODS, name, namespace)
+            key = f"{namespace}/{name}"
+            version = resource_version(server)
+            await eventually(
+                lambda key=key, version=version: (
+                    resource_version(mirror.state.get(key, {})) == version
+                ),
+                within=30,
+                what=f"{name} at the server's version",
+                changed=mirror.changed,
+            )
+            cached = informer.indexer.get(key)
+            assert cached == mirror.state[key] == CONTROLLER_POD.project(server)
+            assert "env" not in cached["spec"]["containers"][0]
+            assert "managedFields" not in cached["metadata"]
+            assert cached["status"]["podIPs"] == [{"ip": "10.0.0.9"}]
     finally:
         await informer.stop()
 
