@@ -58,11 +58,20 @@ class PodSpec(TypedDict, total=False):
     initContainers: list[Container]
 
 
+class PodCondition(TypedDict, total=False):
+    type: str
+    status: str
+
+
+class PodIP(TypedDict, total=False):
+    ip: str
+
+
 class PodStatus(TypedDict, total=False):
     phase: str
-    conditions: list[dict[str, Any]]
+    conditions: list[PodCondition]
     podIP: str
-    podIPs: list[dict[str, Any]]
+    podIPs: list[PodIP]
     hostIP: str
 
 
