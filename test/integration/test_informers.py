@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,7 +29,7 @@ from aviator.informers import (
 )
 from aviator.kube import ApiError, KubeClient
 from aviator.kube.podfields import CONTROLLER_POD
-from aviator.kube.resources import CONFIGMAPS, PODS, SERVICEACCOUNTS
+from aviator.kube.resources import CONFIGMAPS, PODS, SERVICEACCOUNTS, Resource
 from aviator.testing.controlplane import ControlPlane
 from aviator.testing.waiting import bounded, eventually
 
@@ -210,6 +210,43 @@ async def test_label_selector_limits_the_cache(kube: KubeClient, namespace: str)
         await informer.stop()
 
 
+async def listed_and_watched(
+    kube: KubeClient,
+    resource: Resource,
+    namespace: str,
+    write: Callable[[str], Awaitable[None]],
+    **options: Any,
+) -> list[tuple[JSON, JSON | None, JSON]]:
+    """`write("listed")`, an informer (with `options`) synced, `write("watched")`; then for
+    each, once the handler saw the server's version: (what a GET returns, what the cache
+    holds, what the handler rebuilt)."""
+    await write("listed")
+    informer = SharedIndexInformer(kube, resource, namespace=namespace, **options)
+    mirror = Mirror()
+    informer.add_event_handler(mirror)
+    await informer.start()
+    try:
+        await bounded(informer.wait_for_sync(), within=30, what="the first list")
+        await write("watched")
+        out = []
+        for name in ("listed", "watched"):
+            server = await kube.get(resource, name, namespace)
+            key = f"{namespace}/{name}"
+            version = resource_version(server)
+            await eventually(
+                lambda key=key, version=version: (
+                    resource_version(mirror.state.get(key, {})) == version
+                ),
+                within=30,
+                what=f"{name} at the server's version",
+                changed=mirror.changed,
+            )
+            out.append((server, informer.indexer.get(key), mirror.state[key]))
+        return out
+    finally:
+        await informer.stop()
+
+
 @pytest.mark.parametrize("drop", [True, False], ids=["dropped", "kept"])
 async def test_cached_objects_are_the_servers_less_managed_fields(
     kube: KubeClient, namespace: str, drop: bool
@@ -227,40 +264,20 @@ async def test_cached_objects_are_the_servers_less_managed_fields(
             CONFIGMAPS, name, {"data": {"k2": "v2"}}, namespace, params={"fieldManager": "second"}
         )
 
-    await write("listed")
-    informer = SharedIndexInformer(kube, CONFIGMAPS, namespace=namespace, drop_managed_fields=drop)
-    mirror = Mirror()
-    informer.add_event_handler(mirror)
-    await informer.start()
-    try:
-        await bounded(informer.wait_for_sync(), within=30, what="the first list")
-        await write("watched")
-        for name in ("listed", "watched"):
-            server = await kube.get(CONFIGMAPS, name, namespace)
-            assert len(server["metadata"]["managedFields"]) == 2
-            key = f"{namespace}/{name}"
-            version = resource_version(server)
-            await eventually(
-                lambda key=key, version=version: (
-                    resource_version(mirror.state.get(key, {})) == version
-                ),
-                within=30,
-                what=f"{name} at the server's version",
-                changed=mirror.changed,
-            )
-            if drop:
-                server["metadata"].pop("managedFields")
-            assert informer.indexer.get(key) == mirror.state[key] == server
-    finally:
-        await informer.stop()
+    seen = await listed_and_watched(kube, CONFIGMAPS, namespace, write, drop_managed_fields=drop)
+    for server, cached, mirrored in seen:
+        assert len(server["metadata"]["managedFields"]) == 2
+        if drop:
+            server["metadata"].pop("managedFields")
+        assert cached == mirrored == server
 
 
 async def test_the_controllers_pod_cache_holds_its_projection_listed_or_watched(
     kube: KubeClient, namespace: str
 ) -> None:
-    # A Pod as a cluster has it (containers with env and probes, volumes, the kubelet's
-    # status); the controller's cache holds exactly its projection of what a GET
-    # returns, whether the Pod came in the list or through the watch.
+    # A Pod as a cluster has it (containers with env and probes, the kubelet's status);
+    # the controller's cache holds exactly its projection of what a GET returns, whether
+    # the Pod came in the list or through the watch.
     try:
         await kube.create(SERVICEACCOUNTS, {"metadata": {"name": "default"}}, namespace)
     except ApiError as err:
@@ -283,33 +300,12 @@ async def test_the_controllers_pod_cache_holds_its_projection_listed_or_watched(
         status = {"phase": "Running", "podIP": "10.0.0.9", "podIPs": [{"ip": "10.0.0.9"}]}
         await kube.patch(PODS, name, {"status": status}, namespace, subresource="status")
 
-    await write("listed")
-    informer = SharedIndexInformer(kube, PODS, namespace=namespace, projection=CONTROLLER_POD)
-    mirror = Mirror()
-    informer.add_event_handler(mirror)
-    await informer.start()
-    try:
-        await bounded(informer.wait_for_sync(), within=30, what="the first list")
-        await write("watched")
-        for name in ("listed", "watched"):
-            server = await kube.get(PODS, name, namespace)
-            key = f"{namespace}/{name}"
-            version = resource_version(server)
-            await eventually(
-                lambda key=key, version=version: (
-                    resource_version(mirror.state.get(key, {})) == version
-                ),
-                within=30,
-                what=f"{name} at the server's version",
-                changed=mirror.changed,
-            )
-            cached = informer.indexer.get(key)
-            assert cached == mirror.state[key] == CONTROLLER_POD.project(server)
-            assert "env" not in cached["spec"]["containers"][0]
-            assert "managedFields" not in cached["metadata"]
-            assert cached["status"]["podIPs"] == [{"ip": "10.0.0.9"}]
-    finally:
-        await informer.stop()
+    seen = await listed_and_watched(kube, PODS, namespace, write, projection=CONTROLLER_POD)
+    for server, cached, mirrored in seen:
+        assert cached == mirrored == CONTROLLER_POD.project(server)
+        assert cached is not None and "env" not in cached["spec"]["containers"][0]
+        assert "managedFields" not in cached["metadata"]
+        assert cached["status"]["podIPs"] == [{"ip": "10.0.0.9"}]
 
 
 # Tests that restart the API server or compact etcd get a control plane of their own.
