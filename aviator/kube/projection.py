@@ -24,7 +24,7 @@ Contract:
   as if the server had not set it. A projection is therefore only as right as its
   schema: each schema lists its readers, and tests check that each reader answers the
   same on a projected object as on the whole one
-  (test/unit/kube/test_pod_projection.py).
+  (test/unit/test_kube_podfields.py).
 
 An informer takes a projection per cache (`SharedIndexInformer(projection=...)`); the
 Pod one the controller uses is `aviator.kube.podfields.CONTROLLER_POD`.
