@@ -12,6 +12,7 @@ import uvloop
 
 from aviator.agent.app import Agent
 from aviator.agent.config import AgentConfig
+from aviator.agent.handoff.select import DEFAULT_QUIET_S
 from aviator.agent.prober import NodeProber
 from aviator.agent.promfold import DEFAULT_PER_OCTAVE, PER_OCTAVE_CHOICES, error_bound
 from aviator.agent.sources import SourceUnavailable, open_source
@@ -173,6 +174,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="connections a hand-off ends per second per pod at most (default 50)",
     )
     a(
+        "--handoff-quiet",
+        type=positive_float,
+        default=DEFAULT_QUIET_S,
+        metavar="SECONDS",
+        help="how long a connection must have been idle before a hand-off ends it "
+        f"(default {DEFAULT_QUIET_S:g}): longer than the pods' clients take from an answer "
+        "to their next request on the same connection (docs/agent.md)",
+    )
+    a(
         "--handoff-netns",
         choices=["any", "own"],
         default="any",
@@ -219,6 +229,7 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
         metrics_buckets_per_octave=args.metrics_buckets_per_octave,
         handoff=args.handoff,
         handoff_rate=args.handoff_rate,
+        handoff_quiet_s=args.handoff_quiet,
         node_addresses=list(args.node_address),
         handoff_netns=args.handoff_netns,
         prune_idle_s=args.prune_idle,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from aviator.agent.handoff.select import DEFAULT_QUIET_S
 from aviator.agent.promfold import DEFAULT_PER_OCTAVE
 from aviator.agent.urgent import DEFAULT_CHECK_S, DEFAULT_MIN_GAP_S
 
@@ -33,6 +34,7 @@ class AgentConfig:
     metrics_buckets_per_octave: int = DEFAULT_PER_OCTAVE
     handoff: bool = True
     handoff_rate: float = 50.0
+    handoff_quiet_s: float = DEFAULT_QUIET_S
     node_addresses: list[str] = field(default_factory=list)
     handoff_netns: str = "any"  # "own": only pods in the agent's network namespace (the box)
     urgent_check_s: float = DEFAULT_CHECK_S  # 0: no looks between intervals

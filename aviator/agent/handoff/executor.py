@@ -56,7 +56,13 @@ from typing import Protocol
 from aviator.agent.bpf.model import SocketState
 from aviator.agent.handoff import goaway, pacing
 from aviator.agent.handoff.drain import SENT as drain_sent
-from aviator.agent.handoff.select import Target, candidates, is_idle, is_quiet
+from aviator.agent.handoff.select import (
+    DEFAULT_QUIET_S,
+    Target,
+    candidates,
+    is_idle,
+    is_quiet,
+)
 from aviator.agent.handoff.sockdiag import DiagSocket
 from aviator.kube.addresses import normalize_ip
 
@@ -128,9 +134,7 @@ class HandOffExecutor:
     rate: float = 50.0  # connections per second per pod
     burst: float = 10.0
     fresh_s: float = 1.0
-    # Idle this long before a destroy: longer than a client takes from reading an answer
-    # to sending its next request, even descheduled on a busy node.
-    quiet_s: float = 0.05
+    quiet_s: float = DEFAULT_QUIET_S  # idle this long before a destroy (select.is_quiet)
     grace_s: float = 30.0
     keep_finished_s: float = 60.0
     watch_s: float = 0.2  # per step: how long busy candidates are watched for their answer

@@ -40,6 +40,10 @@ from dataclasses import dataclass
 from aviator.agent.bpf.model import SocketState
 from aviator.kube.addresses import normalize_ip
 
+# The quiet time's default (`--handoff-quiet`): longer than a client takes from reading
+# an answer to sending its next request, even descheduled on a busy node.
+DEFAULT_QUIET_S = 0.05
+
 
 @dataclass(frozen=True)
 class Target:

@@ -48,6 +48,7 @@ def handoff_runner(
         netns_allowed=(lambda ns: ns == own) if config.handoff_netns == "own" else None,
         node_addresses=config.node_addresses,
         rate=config.handoff_rate,
+        quiet_s=config.handoff_quiet_s,
         burst=max(1.0, config.handoff_rate / 5),
         drain=lambda sock, diag: send_goaway(
             sock.netns, diag.inode, sock.protocol, lambda: bpf.server_cut(sock.sk), owners
