@@ -9,7 +9,8 @@ target port. Never:
   keep-warm probes: they come from the node, and are short-lived anyway);
 - a connection younger than `fresh_s` that has carried no request yet: its client
   has just dialled and is about to send its first request, which clients do not retry
-  (a reused connection's request they do);
+  (a reused connection's request they do). Such a connection is not ended *yet*: it
+  keeps its pod's hand-off going (`dialling`) until it can be;
 - a connection whose bytes the program did not recognise (`opaque`): timed from first
   bytes in to first bytes out, it looks idle whenever any answer went out, which on a
   multiplexed connection (an HTTP/2 connection the program did not see start, TLS)
@@ -34,7 +35,7 @@ response to say "close after this"; HTTP/2 connections get a graceful GOAWAY ins
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Iterator
 from dataclasses import dataclass
 
 from aviator.agent.bpf.model import SocketState
@@ -75,17 +76,43 @@ def candidates(
 ) -> list[SocketState]:
     """The connections of `target` a hand-off may end (busy ones included: they are
     ended once idle), idle ones first, longest idle first."""
-    ip = normalize_ip(target.ip) or target.ip
     fresh_ns = int(fresh_s * 1e9)
-    out = [
-        s
-        for s in sockets
-        if s.role == "server"
-        and s.local[0] == ip
-        and s.local[1] in target.ports
-        and s.remote[0] not in node_addresses
-        and s.protocol != "opaque"
-        and (s.requests > 0 or now_ns - s.idle_ns >= fresh_ns)
-    ]
+    out = [s for s in _clients(sockets, target, node_addresses) if not _fresh(s, now_ns, fresh_ns)]
     out.sort(key=lambda s: (not is_idle(s), s.idle_ns))
     return out
+
+
+def dialling(
+    sockets: Iterable[SocketState],
+    target: Target,
+    *,
+    node_addresses: Collection[str],
+    now_ns: int,
+    fresh_s: float = 1.0,
+) -> int:
+    """How many of `target`'s client connections are younger than `fresh_s` and have
+    carried no request yet: not to be ended yet, but not gone either. A Service proxy
+    that follows a routing change late (kube-proxy syncs its rules every second or
+    so) still places new connections on a pod being handed off; they become
+    candidates once their first request is answered or `fresh_s` has passed."""
+    fresh_ns = int(fresh_s * 1e9)
+    return sum(1 for s in _clients(sockets, target, node_addresses) if _fresh(s, now_ns, fresh_ns))
+
+
+def _clients(
+    sockets: Iterable[SocketState], target: Target, node_addresses: Collection[str]
+) -> Iterator[SocketState]:
+    ip = normalize_ip(target.ip) or target.ip
+    for s in sockets:
+        if (
+            s.role == "server"
+            and s.local[0] == ip
+            and s.local[1] in target.ports
+            and s.remote[0] not in node_addresses
+            and s.protocol != "opaque"
+        ):
+            yield s
+
+
+def _fresh(sock: SocketState, now_ns: int, fresh_ns: int) -> bool:
+    return sock.requests == 0 and now_ns - sock.idle_ns < fresh_ns

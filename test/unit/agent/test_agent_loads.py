@@ -103,8 +103,11 @@ def test_sums_are_exact_for_integer_series(series: list[tuple[str, int]]) -> Non
 
 @pytest.fixture
 async def pods_http() -> AsyncIterator[tuple[int, dict[str, int]]]:
-    """A metrics server on 127.0.0.1 with a good, a slow, a huge and a failing path."""
-    calls = {"max_concurrent": 0, "now": 0}
+    """A metrics server on 127.0.0.1 with a good, a slow, a huge and a failing path.
+    The slow one answers only when the fixture ends: a scrape of it ends by its
+    time-out or not at all."""
+    calls = {"max_concurrent": 0, "now": 0, "slow_answered": 0}
+    release = asyncio.Event()
 
     async def good(_r: web.Request) -> web.Response:
         calls["now"] += 1
@@ -114,7 +117,8 @@ async def pods_http() -> AsyncIterator[tuple[int, dict[str, int]]]:
         return web.Response(text="app_queue_length 7\n")
 
     async def slow(_r: web.Request) -> web.Response:
-        await asyncio.sleep(1.5)
+        await release.wait()
+        calls["slow_answered"] += 1
         return web.Response(text="app_queue_length 1\n")
 
     async def huge(_r: web.Request) -> web.StreamResponse:
@@ -138,6 +142,7 @@ async def pods_http() -> AsyncIterator[tuple[int, dict[str, int]]]:
     for host in [f"127.0.0.{i}" for i in range(2, 7)] + [f"127.0.1.{i}" for i in (1, 2, 3)]:
         await web.TCPSite(runner, host, port).start()  # a pod per loopback address
     yield port, calls
+    release.set()
     await runner.cleanup()
 
 
@@ -149,15 +154,16 @@ async def test_a_round_reads_good_pods_and_bounds_the_rest(
     pods_http: tuple[int, dict[str, int]],
 ) -> None:
     port, calls = pods_http
-    scraper = LoadScraper(timeout_s=0.3, concurrency=2, max_bytes=1024 * 1024)
+    # The time-out is generous (a good pod answers in 20 ms, on a busy machine later):
+    # the slow pod never answers, so the round ends only if its time-out ends it.
+    scraper = LoadScraper(timeout_s=1.0, concurrency=2, max_bytes=1024 * 1024)
     try:
         targets = [target(port, "/good", f"127.0.0.{i}") for i in range(1, 7)]
         targets += [target(port, "/slow", "127.0.1.1"), target(port, "/huge", "127.0.1.2")]
         targets.append(target(port, "/fail", "127.0.1.3"))
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        loads = await scraper.round(targets)
-        assert loop.time() - started < 1.2  # the slow pod costs the timeout, not 1.5 s
+        async with asyncio.timeout(30):  # a bound on a broken time-out, not a figure
+            loads = await scraper.round(targets)
+        assert calls["slow_answered"] == 0  # ended by the time-out
         assert sorted(loads, key=lambda x: x.ip) == [
             PodLoad(f"127.0.0.{i}", "app_queue_length", 7.0) for i in range(1, 7)
         ]
@@ -172,7 +178,7 @@ async def test_rounds_never_overlap_and_no_targets_forget(
     pods_http: tuple[int, dict[str, int]],
 ) -> None:
     port, _ = pods_http
-    scraper = LoadScraper(timeout_s=0.3)
+    scraper = LoadScraper(timeout_s=1.0)  # generous for the good pod on a busy machine
     try:
         scraper.start([target(port, "/slow")])
         first = scraper._task
