@@ -6,9 +6,9 @@ fraction of a second while any is active (blocking calls: run it in a thread). O
 step, per pod:
 
 1. the program's socket map (`SocketTable.sockets`, one walk for all pods) gives the
-   pod's connections a hand-off may end (`select.candidates`); none left, and none just
-   dialled to the pod either (`select.dialling`: a Service proxy may follow the
-   routing change late) → done;
+   pod's connections a hand-off may end (`select.connections`); none left, and none
+   just dialled to the pod either (a Service proxy may follow the routing change
+   late) → done;
 2. `pacing.due` says how many to end now (a ramp over the period), the pod's token
    bucket caps it;
 3. the pod's network namespace (the inode the program recorded) is dumped once through
@@ -61,8 +61,7 @@ from aviator.agent.handoff.drain import SENT as drain_sent
 from aviator.agent.handoff.select import (
     DEFAULT_QUIET_S,
     Target,
-    candidates,
-    dialling,
+    connections,
     is_idle,
     is_quiet,
 )
@@ -217,21 +216,13 @@ class HandOffExecutor:
     ) -> None:
         if self.netns_allowed is not None:
             sockets = [s for s in sockets if self.netns_allowed(s.netns)]
-        now_ns = self.kernel_clock()
-        found = candidates(
-            sockets,
-            h.target,
-            node_addresses=self.node_addresses,
-            now_ns=now_ns,
-            fresh_s=self.fresh_s,
-        )
         # Connections just dialled to the pod (a Service proxy still following the
-        # routing change): not ended yet, but the hand-off is not over while they are.
-        young = dialling(
+        # routing change) are not ended yet, but the hand-off is not over while they are.
+        found, young = connections(
             sockets,
             h.target,
             node_addresses=self.node_addresses,
-            now_ns=now_ns,
+            now_ns=self.kernel_clock(),
             fresh_s=self.fresh_s,
         )
         h.remaining = len(found) + young
