@@ -6,7 +6,9 @@ fraction of a second while any is active (blocking calls: run it in a thread). O
 step, per pod:
 
 1. the program's socket map (`SocketTable.sockets`, one walk for all pods) gives the
-   pod's connections a hand-off may end (`select.candidates`); none left → done;
+   pod's connections a hand-off may end (`select.connections`); none left, and none
+   just dialled to the pod either (a Service proxy may follow the routing change
+   late) → done;
 2. `pacing.due` says how many to end now (a ramp over the period), the pod's token
    bucket caps it;
 3. the pod's network namespace (the inode the program recorded) is dumped once through
@@ -59,7 +61,7 @@ from aviator.agent.handoff.drain import SENT as drain_sent
 from aviator.agent.handoff.select import (
     DEFAULT_QUIET_S,
     Target,
-    candidates,
+    connections,
     is_idle,
     is_quiet,
 )
@@ -214,19 +216,23 @@ class HandOffExecutor:
     ) -> None:
         if self.netns_allowed is not None:
             sockets = [s for s in sockets if self.netns_allowed(s.netns)]
-        found = candidates(
+        # Connections just dialled to the pod (a Service proxy still following the
+        # routing change) are not ended yet, but the hand-off is not over while they are.
+        found, young = connections(
             sockets,
             h.target,
             node_addresses=self.node_addresses,
             now_ns=self.kernel_clock(),
             fresh_s=self.fresh_s,
         )
-        h.remaining = len(found)
-        if not found:
+        h.remaining = len(found) + young
+        if not h.remaining:
             self._finish(h, "complete")
             return
         if now - h.started > h.period_s + self.grace_s:
             self._finish(h, "expired")
+            return
+        if not found:
             return
         # Drained connections close once their streams are done; one found idle before
         # that (its client keeps it open) is ended like any idle one, counted already.
@@ -236,7 +242,7 @@ class HandOffExecutor:
                 pending.append(cand)
             elif is_idle(cand):
                 self._try_end(h, cand, diags, count_busy=False)
-        h.remaining = len(pending)
+        h.remaining = len(pending) + young
         want = pacing.due(
             ended=h.ended + h.drained,
             remaining=len(pending),

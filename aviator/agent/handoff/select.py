@@ -9,7 +9,8 @@ target port. Never:
   keep-warm probes: they come from the node, and are short-lived anyway);
 - a connection younger than `fresh_s` that has carried no request yet: its client
   has just dialled and is about to send its first request, which clients do not retry
-  (a reused connection's request they do);
+  (a reused connection's request they do). Such a connection is not ended *yet*: it
+  keeps its pod's hand-off going (`Connections.dialling`) until it can be;
 - a connection whose bytes the program did not recognise (`opaque`): timed from first
   bytes in to first bytes out, it looks idle whenever any answer went out, which on a
   multiplexed connection (an HTTP/2 connection the program did not see start, TLS)
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from aviator.agent.bpf.model import SocketState
 from aviator.kube.addresses import normalize_ip
@@ -65,27 +67,44 @@ def is_quiet(sock: SocketState, now_ns: int, quiet_ns: int) -> bool:
     return is_idle(sock) and now_ns - sock.idle_ns >= quiet_ns
 
 
-def candidates(
+class Connections(NamedTuple):
+    """A pod's client connections as a hand-off sees them: `candidates` it may end
+    (busy ones included: they are ended once idle), idle ones first, longest idle
+    first; and how many are `dialling`: younger than the fresh time with no request
+    carried yet, not to be ended yet but not gone either. A Service proxy that follows
+    a routing change late (kube-proxy syncs its rules every second or so) still places
+    new connections on a pod being handed off; they become candidates once their first
+    request is answered or the fresh time has passed."""
+
+    candidates: list[SocketState]
+    dialling: int
+
+
+def connections(
     sockets: Iterable[SocketState],
     target: Target,
     *,
     node_addresses: Collection[str],
     now_ns: int,
     fresh_s: float = 1.0,
-) -> list[SocketState]:
-    """The connections of `target` a hand-off may end (busy ones included: they are
-    ended once idle), idle ones first, longest idle first."""
+) -> Connections:
+    """`target`'s client connections on its target ports (see the module docstring)."""
     ip = normalize_ip(target.ip) or target.ip
     fresh_ns = int(fresh_s * 1e9)
-    out = [
-        s
-        for s in sockets
-        if s.role == "server"
-        and s.local[0] == ip
-        and s.local[1] in target.ports
-        and s.remote[0] not in node_addresses
-        and s.protocol != "opaque"
-        and (s.requests > 0 or now_ns - s.idle_ns >= fresh_ns)
-    ]
-    out.sort(key=lambda s: (not is_idle(s), s.idle_ns))
-    return out
+    found: list[SocketState] = []
+    dialling = 0
+    for s in sockets:
+        if (
+            s.role != "server"
+            or s.local[0] != ip
+            or s.local[1] not in target.ports
+            or s.remote[0] in node_addresses
+            or s.protocol == "opaque"
+        ):
+            continue
+        if s.requests == 0 and now_ns - s.idle_ns < fresh_ns:
+            dialling += 1
+        else:
+            found.append(s)
+    found.sort(key=lambda s: (not is_idle(s), s.idle_ns))
+    return Connections(found, dialling)

@@ -215,6 +215,36 @@ def test_a_connection_is_ended_only_once_quiet() -> None:
     assert diag.destroyed_cookies == [1] and h.ended == 1
 
 
+def test_a_connection_just_dialled_to_the_pod_keeps_its_hand_off_going() -> None:
+    """A Service proxy that follows the routing change late places a new connection on
+    the pod. Carrying its first request (which clients do not retry), it is not ended;
+    but the hand-off is not over while it is there, and once answered it is ended."""
+    kernel_now = [10**12]
+    first = dataclasses.replace(
+        conn(1, ("10.0.0.1", 8080), busy=True), requests=0, idle_ns=kernel_now[0] - 10**8
+    )
+    table = FakeTable([first])
+    diag = FakeDiag(table)
+    executor = HandOffExecutor(
+        table=table,
+        open_diag=lambda _ns: diag,
+        fresh_s=1.0,
+        watch_s=0.0,
+        kernel_clock=lambda: kernel_now[0],
+    )
+    h = executor.begin(Target("ns/a", "10.0.0.1", frozenset({8080})), "ns/p", 0.0)
+    executor.step()
+    assert h.active and h.remaining == 1 and diag.destroyed == []
+    kernel_now[0] += 2 * 10**8  # answered 100 ms ago
+    table.socks[1] = dataclasses.replace(
+        first, start_ns=0, requests=1, idle_ns=kernel_now[0] - 10**8
+    )
+    executor.step()
+    assert diag.destroyed_cookies == [1] and h.ended == 1
+    executor.step()
+    assert h.outcome == "complete" and h.remaining == 0
+
+
 def test_a_request_unread_keeps_it() -> None:
     """Idle in the program's view, but the kernel holds request bytes the application
     has not read yet: the connection stays."""

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from aviator.agent.bpf.model import SocketState
 from aviator.agent.handoff import pacing
-from aviator.agent.handoff.select import Target, candidates, is_idle, is_quiet
+from aviator.agent.handoff.select import Target, connections, is_idle, is_quiet
 
 NOW = 10**12
 POD = Target(pod="ns/a", ip="10.0.0.5", ports=frozenset({8080}))
@@ -33,7 +33,7 @@ def sockets(draw: st.DrawFn) -> SocketState:
 
 @given(st.lists(sockets(), max_size=30))
 def test_only_the_pods_client_connections_on_target_ports(socks: list[SocketState]) -> None:
-    found = candidates(socks, POD, node_addresses=NODE, now_ns=NOW, fresh_s=1.0)
+    found, young = connections(socks, POD, node_addresses=NODE, now_ns=NOW, fresh_s=1.0)
     for s in found:
         assert s.role == "server" and s.local == ("10.0.0.5", 8080)
         assert s.remote[0] not in NODE
@@ -51,6 +51,16 @@ def test_only_the_pods_client_connections_on_target_ports(socks: list[SocketStat
     # Idle ones first.
     idle = [is_idle(s) for s in found]
     assert idle == sorted(idle, reverse=True)
+    # The pod's other client connections are just dialled: they keep its hand-off going.
+    clients = [
+        s
+        for s in socks
+        if s.role == "server"
+        and s.local == ("10.0.0.5", 8080)
+        and s.remote[0] not in NODE
+        and s.protocol != "opaque"
+    ]
+    assert len(found) + young == len(clients)
 
 
 @given(
