@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
@@ -172,6 +173,10 @@ async def open_source(
             raise SourceUnavailable(reason) from exc
         log.warning("eBPF unavailable (%s); measuring with HTTP probes instead", reason)
         return ProbeSource(prober), reason
+    # Said before it starts: compiling takes seconds (minutes on a busy node), and an
+    # agent killed meanwhile (its memory limit, its startup probe) leaves this line last.
+    log.info("compiling and loading the eBPF program")
+    began = time.monotonic()
     try:
         # Compiling with BCC takes seconds: keep the loop (health endpoints) responsive.
         bpf = await asyncio.to_thread(
@@ -185,4 +190,10 @@ async def open_source(
             raise SourceUnavailable(exc.reason) from exc
         log.warning("eBPF unavailable (%s); measuring with HTTP probes instead", exc.reason)
         return ProbeSource(prober), exc.reason
+    log.info(
+        "eBPF program loaded in %.1fs (send hook %s, receive hook %s)",
+        time.monotonic() - began,
+        bpf.send_hook,
+        bpf.recv_hook,
+    )
     return BpfSource(bpf), None

@@ -42,7 +42,7 @@ CUSTOM: dict[str, object] = {
     "agent": {
         "image": {"repository": "registry.example/aviator-agent", "tag": "v9.9.9"},
         "latencySource": "probe",
-        "resources": {"limits": {"memory": "1Gi"}},
+        "resources": {"limits": {"memory": "2Gi"}},
         "tolerations": [{"key": "gpu", "operator": "Exists"}],
         "nodeSelector": {"kubernetes.io/os": "linux"},
         "priorityClass": {"create": False, "name": "system-node-critical"},
@@ -171,8 +171,8 @@ def test_values_users_set_land_where_they_should(custom_values: Path) -> None:
     assert "--latency-source=probe" in ag["args"]
     # Helm merges maps: the default requests stay under the limit set here.
     assert ag["resources"] == {
-        "requests": {"cpu": "50m", "memory": "128Mi"},
-        "limits": {"memory": "1Gi"},
+        "requests": {"cpu": "50m", "memory": "256Mi"},
+        "limits": {"memory": "2Gi"},
     }
     assert agent["tolerations"] == [{"key": "gpu", "operator": "Exists"}]
     assert agent["nodeSelector"] == {"kubernetes.io/os": "linux"}
