@@ -3,11 +3,15 @@
 Each subcommand lives in its component's package as a module with two functions,
 `add_arguments(parser)` and `run(args) -> int`, imported only when chosen so that
 `aviator agent` never pays for the controller's imports and vice versa.
+
+A fatal signal (a crash in a C extension) prints every thread's Python stack to stderr
+before the process dies, so a component's log says where it was.
 """
 
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib
 import sys
 from types import ModuleType
@@ -59,6 +63,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if not faulthandler.is_enabled() and sys.__stderr__ is not None:
+        faulthandler.enable(file=sys.__stderr__)  # the process's own stderr, not a wrapper
     args = build_parser(argv).parse_args(argv)
     impl = _load(args._module)
     if impl is None:

@@ -59,6 +59,10 @@ class PortListener:
         self._server: asyncio.Server | None = None
         self._lock = asyncio.Lock()
         self._rng = random.Random()
+        # Held here: once a client's transport is gone asyncio's server no longer
+        # references the connection's task, and a pending task collected as garbage
+        # takes its transports down in no set order.
+        self.relays: set[asyncio.Task[Any]] = set()
 
     @property
     def address(self) -> str:
@@ -94,7 +98,13 @@ class PortListener:
             client_w.close()
             return
         self.connections += 1
-        await relay(client_r, client_w, self._rng.choice(backends))
+        task = asyncio.current_task()
+        assert task is not None  # asyncio runs each connection's callback as a task
+        self.relays.add(task)
+        try:
+            await relay(client_r, client_w, self._rng.choice(backends))
+        finally:
+            self.relays.discard(task)
 
 
 async def relay(
@@ -107,10 +117,12 @@ async def relay(
     except OSError:
         _abort(client_w)
         return
-    await asyncio.gather(_pipe(client_r, backend_w), _pipe(backend_r, client_w))
-    for w in (client_w, backend_w):
-        with contextlib.suppress(Exception):
-            w.close()
+    try:
+        await asyncio.gather(_pipe(client_r, backend_w), _pipe(backend_r, client_w))
+    finally:
+        for w in (client_w, backend_w):
+            with contextlib.suppress(Exception):
+                w.close()
 
 
 def _abort(writer: asyncio.StreamWriter) -> None:
@@ -124,9 +136,9 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         while data := await reader.read(_CHUNK):
             writer.write(data)
             await writer.drain()
-        if writer.can_write_eof():
+        if not writer.is_closing() and writer.can_write_eof():
             writer.write_eof()
-    except (ConnectionError, OSError):
+    except (ConnectionError, OSError, RuntimeError):  # RuntimeError: a closed transport
         _abort(writer)
 
 
@@ -171,6 +183,7 @@ class BoxProxy:
             for ports in table.values():
                 for listener in ports.values():
                     await listener.close()
+                    await cancel_all(list(listener.relays))
 
     def table(self) -> dict[str, dict[str, str]]:
         """'ns/name' -> {port name or port number: 'ip:port'} for every proxied Service."""

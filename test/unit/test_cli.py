@@ -35,3 +35,24 @@ def test_only_the_chosen_subcommand_is_imported(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(cli, "_load", recording_load)
     cli.build_parser(["manifests", "--check"])
     assert loaded == [cli.SUBCOMMANDS["manifests"][0]]
+
+
+def test_a_crash_prints_the_python_stack() -> None:
+    """A segfault in a C extension (uvloop, BCC) leaves the stack in the log."""
+    import subprocess
+    import sys
+
+    crash = (
+        "import faulthandler\n"
+        "from aviator import cli\n"
+        "try:\n"
+        "    cli.main(['--version'])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "faulthandler._sigsegv()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", crash], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode != 0
+    assert "Fatal Python error: Segmentation fault" in done.stderr

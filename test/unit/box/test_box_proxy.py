@@ -4,6 +4,7 @@ following changes at once, refusing connections when nothing is ready."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections import Counter
 from collections.abc import AsyncIterator
 
@@ -12,6 +13,7 @@ import pytest
 from aviator.box.netns import HostNetwork
 from aviator.box.proxy import PortListener
 from aviator.box.traffic import request_once
+from aviator.testing.waiting import eventually
 
 HOST = "127.0.0.1"
 
@@ -92,3 +94,38 @@ async def test_unreachable_backend_resets_the_client(listener: PortListener) -> 
     await listener.set_backends([(HOST, 1)])  # nothing listens on port 1
     sample = await request_once(_address(listener))
     assert not sample.ok
+
+
+async def test_holds_each_open_relay_until_it_ends(listener: PortListener) -> None:
+    """asyncio's server drops its reference to a connection's task once the client's
+    transport is gone; the listener keeps its own, so a relay is never collected as
+    garbage while it still copies (with uvloop that crashed the box)."""
+    release = asyncio.Event()
+
+    async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readline()
+        await release.wait()
+        writer.write(b"late\n")
+        await writer.drain()
+        writer.close()
+
+    backend = await asyncio.start_server(held, HOST, 0)
+    try:
+        await listener.set_backends([(HOST, backend.sockets[0].getsockname()[1])])
+        reader, writer = await asyncio.open_connection(*_address(listener))
+        writer.write(b"hello\n")
+        writer.write_eof()  # the client is done sending; the backend still owes it
+        await eventually(
+            lambda: len(listener.relays) == 1, within=10, what="the relay", recheck_s=0.01
+        )
+        gc.collect()
+        (relay,) = listener.relays
+        assert not relay.done()
+        release.set()
+        assert await reader.read() == b"late\n"
+        await eventually(
+            lambda: not listener.relays, within=10, what="the relay to end", recheck_s=0.01
+        )
+        writer.close()
+    finally:
+        backend.close()
