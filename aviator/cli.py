@@ -62,9 +62,14 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
+def trace_crashes() -> None:
+    """On a fatal signal, print every thread's Python stack to the process's stderr."""
     if not faulthandler.is_enabled() and sys.__stderr__ is not None:
         faulthandler.enable(file=sys.__stderr__)  # the process's own stderr, not a wrapper
+
+
+def main(argv: list[str] | None = None) -> int:
+    trace_crashes()
     args = build_parser(argv).parse_args(argv)
     impl = _load(args._module)
     if impl is None:

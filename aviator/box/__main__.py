@@ -6,9 +6,11 @@ import argparse
 import sys
 
 from aviator.box import cmd
+from aviator.cli import trace_crashes
 
 
 def main(argv: list[str] | None = None) -> int:
+    trace_crashes()
     parser = argparse.ArgumentParser(prog="aviator box", description=cmd.__doc__)
     cmd.add_arguments(parser)
     return cmd.run(parser.parse_args(argv))

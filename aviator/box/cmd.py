@@ -161,9 +161,13 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run_async(main: Coroutine[Any, Any, int]) -> int:
-    import uvloop
-
-    result: int = uvloop.run(main)
+    """The box runs on asyncio's own loop, not uvloop (the controller's and agent's).
+    It starts its components and pods with a `preexec_fn` (they die with it) while its
+    worker threads start processes too (nft reads, the spawner thread); on uvloop 0.21
+    and 0.23 alike the box then died of SIGSEGV inside the loop in about one start in
+    four with kube-proxy, on asyncio's loop in none of 14. Its speed does not matter."""
+    with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
+        result: int = runner.run(main)
     return result
 
 

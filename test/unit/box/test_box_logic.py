@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 from typing import Any
 
@@ -10,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aviator.box.addresses import AddressPool, PoolExhausted
+from aviator.box.cmd import _run_async
 from aviator.box.endpoints import endpoint_pods, proxied, ready_backends, service_of
 from aviator.box.nodes import node_object, zone_of_node
 from aviator.box.podspec import Unsupported, expand, image_name, plan_pod
@@ -284,3 +286,16 @@ def test_nodes_go_round_robin_over_the_zones() -> None:
     assert [zone_of_node(i, 2) for i in range(3)] == ["box-a", "box-b", "box-a"]
     labels = node_object("n", "box-b")["metadata"]["labels"]
     assert labels["topology.kubernetes.io/zone"] == "box-b"
+
+
+def test_the_box_runs_on_asyncios_own_loop() -> None:
+    """Not uvloop, whatever the event loop policy: on it the box died of SIGSEGV
+    (aviator.box.cmd._run_async)."""
+    loops: list[asyncio.AbstractEventLoop] = []
+
+    async def main() -> int:
+        loops.append(asyncio.get_running_loop())
+        return 7
+
+    assert _run_async(main()) == 7
+    assert type(loops[0]).__module__.startswith("asyncio"), type(loops[0])
