@@ -4,19 +4,18 @@ Each subcommand lives in its component's package as a module with two functions,
 `add_arguments(parser)` and `run(args) -> int`, imported only when chosen so that
 `aviator agent` never pays for the controller's imports and vice versa.
 
-A fatal signal (a crash in a C extension) prints every thread's Python stack to stderr
-before the process dies, so a component's log says where it was.
+A fatal signal prints every thread's Python stack first (aviator.runtime.crashtrace).
 """
 
 from __future__ import annotations
 
 import argparse
-import faulthandler
 import importlib
 import sys
 from types import ModuleType
 
 from aviator import __version__
+from aviator.runtime.crashtrace import trace_crashes
 
 # name -> (module implementing it, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -60,12 +59,6 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
                 impl.add_arguments(p)
         p.set_defaults(_module=module)
     return parser
-
-
-def trace_crashes() -> None:
-    """On a fatal signal, print every thread's Python stack to the process's stderr."""
-    if not faulthandler.is_enabled() and sys.__stderr__ is not None:
-        faulthandler.enable(file=sys.__stderr__)  # the process's own stderr, not a wrapper
 
 
 def main(argv: list[str] | None = None) -> int:

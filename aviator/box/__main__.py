@@ -6,7 +6,7 @@ import argparse
 import sys
 
 from aviator.box import cmd
-from aviator.cli import trace_crashes
+from aviator.runtime.crashtrace import trace_crashes
 
 
 def main(argv: list[str] | None = None) -> int:
