@@ -138,7 +138,7 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             await writer.drain()
         if not writer.is_closing() and writer.can_write_eof():
             writer.write_eof()
-    except (ConnectionError, OSError, RuntimeError):  # RuntimeError: a closed transport
+    except (ConnectionError, OSError):
         _abort(writer)
 
 

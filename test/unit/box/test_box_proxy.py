@@ -13,7 +13,6 @@ import pytest
 from aviator.box.netns import HostNetwork
 from aviator.box.proxy import PortListener
 from aviator.box.traffic import request_once
-from aviator.testing.waiting import eventually
 
 HOST = "127.0.0.1"
 
@@ -99,11 +98,13 @@ async def test_unreachable_backend_resets_the_client(listener: PortListener) -> 
 async def test_holds_each_open_relay_until_it_ends(listener: PortListener) -> None:
     """asyncio's server drops its reference to a connection's task once the client's
     transport is gone; the listener keeps its own, so a relay is never collected as
-    garbage while it still copies (with uvloop that crashed the box)."""
-    release = asyncio.Event()
+    garbage while it still copies (one such task, destroyed while pending, came just
+    before a box crash)."""
+    reached, release = asyncio.Event(), asyncio.Event()
 
     async def held(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readline()
+        reached.set()  # the relay is connected, its task registered before it dialled
         await release.wait()
         writer.write(b"late\n")
         await writer.drain()
@@ -115,17 +116,14 @@ async def test_holds_each_open_relay_until_it_ends(listener: PortListener) -> No
         reader, writer = await asyncio.open_connection(*_address(listener))
         writer.write(b"hello\n")
         writer.write_eof()  # the client is done sending; the backend still owes it
-        await eventually(
-            lambda: len(listener.relays) == 1, within=10, what="the relay", recheck_s=0.01
-        )
+        await asyncio.wait_for(reached.wait(), 10)
         gc.collect()
         (relay,) = listener.relays
         assert not relay.done()
         release.set()
         assert await reader.read() == b"late\n"
-        await eventually(
-            lambda: not listener.relays, within=10, what="the relay to end", recheck_s=0.01
-        )
+        await asyncio.wait_for(relay, 10)
+        assert not listener.relays
         writer.close()
     finally:
         backend.close()
