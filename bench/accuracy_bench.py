@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from aviator.latency.histogram import Histogram, quantile_rank
-from aviator.testing.controlplane import free_port
+from aviator.testing.ports import free_port
 from bench.accuracy_clients import (
     Truth,
     drive_grpcio,

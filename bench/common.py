@@ -43,8 +43,9 @@ from aviator.box.process import BoxProcess
 from aviator.kube import ApiError, KubeClient
 from aviator.kube.resources import NAMESPACES, NODES, PODS, SERVICEACCOUNTS, SERVICES, Resource
 from aviator.latency.histogram import bucket_index
-from aviator.testing.controlplane import ControlPlane, free_port
+from aviator.testing.controlplane import ControlPlane
 from aviator.testing.pool import parse_response_head
+from aviator.testing.ports import free_port
 from aviator.testing.waiting import process_ready
 
 Row = dict[str, object]

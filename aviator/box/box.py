@@ -38,7 +38,8 @@ from aviator.box.realnode import unavailable as real_node_unavailable
 from aviator.box.runtime import PodRuntime
 from aviator.box.state import remove_status, write_status
 from aviator.kube.client import KubeClient
-from aviator.testing.controlplane import ControlPlane, binary, free_port
+from aviator.testing.controlplane import ControlPlane, binary
+from aviator.testing.ports import free_port
 
 log = logging.getLogger(__name__)
 

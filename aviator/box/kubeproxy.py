@@ -35,7 +35,8 @@ import aiohttp
 import yaml
 
 from aviator.box.components import Component
-from aviator.testing.controlplane import SERVICE_CIDR, ControlPlaneError, binary, free_port
+from aviator.testing.controlplane import SERVICE_CIDR, ControlPlaneError, binary
+from aviator.testing.ports import free_port
 
 MODE = "nftables"
 NEEDS = ("nft",)  # what kube-proxy execs in nftables mode (Debian package `nftables`)

@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import tempfile
@@ -32,6 +31,7 @@ from pathlib import Path
 import yaml
 
 from aviator.testing.pki import CertificateAuthority, KeyPair, service_account_keys
+from aviator.testing.ports import free_port
 from aviator.testing.spawn import spawn
 
 # Where the binaries are: $AVIATOR_BIN_DIR (or a bin_dir argument, e.g. `--bin-dir`) if
@@ -82,13 +82,6 @@ _AUDIT_POLICY = {
 
 class ControlPlaneError(RuntimeError):
     """A component failed to start; the message carries the component's own output."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def binary(name: str, bin_dir: Path | None = None) -> Path:

@@ -31,7 +31,7 @@ from e2e_scenario import SHADOW, TARGET, Scenario, wait_for
 from aviator.box.identity import AVIATOR_NAMESPACE
 from aviator.controller.certs import CA_CONFIGMAP
 from aviator.latency.tls import STREAM_SERVICE, server_name
-from aviator.testing.controlplane import free_port
+from aviator.testing.ports import free_port
 
 pytestmark = pytest.mark.e2e
 

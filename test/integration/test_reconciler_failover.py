@@ -31,7 +31,8 @@ from integration_support import (
 from aviator.controller.app import LEASE_NAME
 from aviator.kube import ApiError, KubeClient
 from aviator.kube.resources import ENDPOINTSLICES, LEASES
-from aviator.testing.controlplane import ControlPlane, free_port
+from aviator.testing.controlplane import ControlPlane
+from aviator.testing.ports import free_port
 from aviator.testing.waiting import process_ready
 
 pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("crd")]

@@ -10,7 +10,8 @@ import pytest
 
 from aviator.agent.loads import gauge_values
 from aviator.box.files import TESTAPP
-from aviator.box.localapp import free_port, running_app
+from aviator.box.localapp import running_app
+from aviator.testing.ports import free_port
 
 if str(TESTAPP.parent) not in sys.path:
     sys.path.insert(0, str(TESTAPP.parent))
