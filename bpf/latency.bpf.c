@@ -167,7 +167,7 @@ static __always_inline struct ep_val *endpoint(struct ep_key *key) {
 
 // The clock is read only once an event is known to start or complete a request: later
 // bytes of a request or a response (and pure ACKs) cost neither the clock nor a locked
-// instruction.
+// instruction, except a server's later sends of an answer (answer_goes_on).
 static __always_inline void start_request(struct sock_state *st) {
     if (LOAD_ONCE(st->start_ns) != 0)
         return;
@@ -456,6 +456,15 @@ static __always_inline void on_receive(struct sock_state *st) {
         complete_request(st);
 }
 
+// More of an answer after its first bytes (a response written in parts, a streamed
+// body): the connection is idle only from its last byte out, or a hand-off would end it
+// mid-answer (select.py: the quiet time). A clock read per send (not per segment);
+// tracing programs may not read the cheaper coarse clock. A plain store: a racing one
+// from another CPU writes a time as recent.
+static __always_inline void answer_goes_on(struct sock_state *st) {
+    st->idle_ns = bpf_ktime_get_ns();
+}
+
 // payload.h: whether this thread's send opens an HTTP/2 connection (the client
 // preface; a server's SETTINGS).
 static __always_inline int sends_h2_opening(int client);
@@ -468,6 +477,10 @@ static __always_inline void on_send(struct sock_state *st) {
         // not answer the request the preface's arrival started (the read cancels it).
         if (st->proto == APP_UNKNOWN && sends_h2_opening(0))
             return;
+        if (LOAD_ONCE(st->start_ns) == 0) {
+            answer_goes_on(st);
+            return;
+        }
         complete_request(st);
     } else {
         note_agent_conn(st);

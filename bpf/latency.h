@@ -120,7 +120,7 @@ struct ep_val {
 struct sock_state {
     u64 start_ns;     // 0 = idle; else the start of the open request (atomic)
     u64 idle_ns;      // when it last became idle: established, adopted, an HTTP/1 response
-                      //   begun, its last open HTTP/2 stream closed
+                      //   begun or written on, its last HTTP/2 stream closed
     struct ep_key ep;
     u8 other[16];     // the end `ep` does not name: the remote end of a server socket, the
     u16 other_port;   //   local end of a client socket (address as ep.addr, port host order)

@@ -121,6 +121,34 @@ def test_a_request_open_or_too_recent_an_answer_keeps_it(
         pair.close()
 
 
+def test_an_answer_still_being_written_keeps_it(
+    latency_source: BpfLatencySource, kernel_ender: KernelEnder, listener: socket.socket
+) -> None:
+    """A response written in parts (its head, then its body a while later: a streamed
+    answer) keeps its connection: it is quiet only from the answer's last byte out, not
+    from its first, or a hand-off would cut it mid-answer."""
+    quiet_ns = 300_000_000  # far above a descheduling between the write and the look
+    pair = Pair(listener)
+    try:
+        pair.client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        pair.server.recv(4096)
+        pair.server.sendall(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n")
+        _quiet_for(latency_source, pair, quiet_ns)  # the head went out that long ago
+        pair.server.sendall(b"x")  # the body begins
+        assert kernel_ender.end(pair.cookie, quiet_ns, here) == errno.EBUSY
+        pair.server.sendall(b"x")
+        answer = b""
+        while not answer.endswith(b"\r\n\r\nxx"):
+            got = pair.client.recv(4096)
+            assert got, f"the connection ended mid-answer: {answer!r}"
+            answer += got
+        _quiet_for(latency_source, pair, QUIET_NS)  # once the answer is over, it can go
+        assert kernel_ender.end(pair.cookie, QUIET_NS, here) == 0
+        assert pair.reset_seen_by_client()
+    finally:
+        pair.close()
+
+
 def test_bytes_unread_keep_it_where_the_program_has_not_seen_a_request(
     latency_source: BpfLatencySource, kernel_ender: KernelEnder, listener: socket.socket
 ) -> None:

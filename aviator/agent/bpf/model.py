@@ -66,7 +66,8 @@ class SocketState:
     `local`/`remote` are (ip, port) of this socket's own end and its peer, whatever its
     role; `netns` is the inode of its network namespace. `start_ns` is 0 while no
     request is open, else when the open one began; `idle_ns` when it last became idle
-    (established, adopted, an HTTP/1 response began, its last HTTP/2 stream closed),
+    (established, adopted, an HTTP/1 response began or the server sent more of it, its
+    last HTTP/2 stream closed),
     `requests` how many completed on it; times are the kernel's monotonic clock
     (CLOCK_MONOTONIC, ns). `streams` is the number of HTTP/2 streams open on it, each
     from its client's HEADERS until both ends closed it (longer than its request,

@@ -63,7 +63,8 @@ def is_idle(sock: SocketState) -> bool:
 
 
 def is_quiet(sock: SocketState, now_ns: int, quiet_ns: int) -> bool:
-    """Idle, and since at least `quiet_ns` before `now_ns` (the kernel's monotonic clock)."""
+    """Idle, and since at least `quiet_ns` before `now_ns` (the kernel's monotonic clock;
+    an HTTP/1.1 answer sent in parts is idle from its last send)."""
     return is_idle(sock) and now_ns - sock.idle_ns >= quiet_ns
 
 
