@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from bench.handoff_bench import Bench, Load, Outcome, Timed, _rows
 from bench.handoff_wrk_bench import CONNECTIONS, _Wrk, parse_thread_log, summarize
 
 
@@ -31,17 +32,30 @@ def test_thread_log_lines_pair_responses_with_requests_by_name() -> None:
             s.ok,
             s.served_by,
             s.error,
+            s.pipelined,
         )
         for name, s in samples.items()
     }
     assert got == {
-        "0-1": (10.0, 0.012, True, "fast-1", None),
-        "0-2": (11.0, 0.5, False, "slow-2", "HTTP 503"),
-        "0-3": (11.001, 0.599, True, None, None),
-        "0-4": (12.0, None, False, None, "connection ended"),
-        "0-5": (12.1, 0.1, True, "fast-1", None),
+        "0-1": (10.0, 0.012, True, "fast-1", None, False),
+        "0-2": (11.0, 0.5, False, "slow-2", "HTTP 503", False),
+        "0-3": (11.001, 0.599, True, None, None, True),
+        "0-4": (12.0, None, False, None, "connection ended", False),
+        # 0-4 never got its answer: 0-5 went on the connection re-dialled after it ended
+        "0-5": (12.1, 0.1, True, "fast-1", None, False),
     }
     assert list(samples) == ["0-1", "0-2", "0-3", "0-4", "0-5"]
+
+
+def test_a_pipelined_request_cut_with_its_connection_is_told_apart() -> None:
+    samples = parse_thread_log(
+        # a re-dial writes two requests; the first is answered, the connection then
+        # ends under the second (a hand-off sees the two as one request)
+        "sent 0-1 10.0\nsent 0-2 10.001\ndone 0-1 10.5 200 slow-1\n"
+        "sent 0-3 11.0\ndone 0-3 11.01 200 fast-1\n"
+    )
+    assert (samples["0-2"].ok, samples["0-2"].pipelined) == (False, True)
+    assert not samples["0-3"].pipelined
 
 
 def test_a_response_naming_no_request_is_an_error() -> None:
@@ -119,3 +133,20 @@ async def test_wrk_counts_requests_cut_in_flight_and_not_idle_closes() -> None:
     assert all(samples[name].served_by == "pod-a" for name in ok)
     assert all(started <= s.at <= time.monotonic() for s in samples.values())
     assert "read" in wrk.redials(started)
+
+
+def test_the_failed_row_counts_a_cut_pipelined_request_in_its_note_only() -> None:
+    samples = [
+        Timed(1.0, 0.01, True, "fast-1"),
+        Timed(2.0, None, False, None, "connection ended", pipelined=True),
+        Timed(3.0, None, False, None, "connection ended"),
+    ]
+    outcome = Outcome(samples, 0.0, 0.0, 1.0, "", "", "")
+    bench = Bench("handoff-wrk", "ns", "http1", "wrk", "requests")
+    rows = _rows(
+        bench, [Timed(1.0, 0.01, True, "fast-1")], {"(b) hand-off on": outcome}, Load(1, 1, 1)
+    )
+    (failed,) = [r for r in rows if r["metric"] == "(b) hand-off on: failed requests"]
+    assert failed["value"] == 1.0  # the request that was not pipelined
+    assert "connection ended at +3.0 s" in failed["note"]
+    assert "and 1 pipelined behind another request" in failed["note"]
