@@ -4,10 +4,10 @@
 node (`orders.orders`): new orders begin, hand-offs whose order is gone are cancelled
 (the pod is routed again, or gone). While any hand-off is active, the executor steps
 every `step_s` in a thread (map walks and netlink calls block). A finished hand-off
-that ended or drained connections is reported as a `ConnectionsHandedOff` Event on its
-policy; ended connections are counted in `aviator_agent_connections_handed_off_total`,
-busy HTTP/2 connections sent a graceful GOAWAY in
-`aviator_agent_connections_drained_total`.
+that ended or drained connections, or left busy ones on the pod, is reported as a
+`ConnectionsHandedOff` Event on its policy; ended connections are counted in
+`aviator_agent_connections_handed_off_total`, busy HTTP/2 connections sent a graceful
+GOAWAY in `aviator_agent_connections_drained_total`.
 """
 
 from __future__ import annotations
@@ -98,7 +98,9 @@ class HandOffRunner:
             if h.active or id(h) in self._reported:
                 continue
             self._reported.add(id(h))
-            if (h.ended or h.drained) and self._record is not None:
+            # Also one that ended nothing but left busy connections on the pod: they
+            # keep its clients there, which the operator should learn.
+            if (h.ended or h.drained or h.remaining) and self._record is not None:
                 policy = self._policy(h.policy)
                 if policy is not None:
                     await self._record(policy, "ConnectionsHandedOff", _note(h))

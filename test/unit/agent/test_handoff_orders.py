@@ -7,6 +7,7 @@ import asyncio
 import dataclasses
 import errno
 import re
+import threading
 from typing import Any
 
 from handoff_fakes import FakeDiag, FakeTable
@@ -122,6 +123,60 @@ def test_runner_follows_orders_and_reports_once() -> None:
     assert reason == "ConnectionsHandedOff"
     assert re.fullmatch(
         r"ended 1 idle client connection\(s\) of pod a on port\(s\) 8080 "
+        r"\(cancelled after \d+\.\ds\); 1 busy left alone",
+        note,
+    ), note
+
+
+@dataclasses.dataclass
+class SteppedExecutor(HandOffExecutor):
+    """Tells when it has stepped (the runner steps it in a thread)."""
+
+    stepped: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+    def step(self) -> None:
+        super().step()
+        self.stepped.set()
+
+
+def test_a_hand_off_that_ended_nothing_still_says_what_it_left_alone() -> None:
+    """A pod whose only connection was busy at every look: nothing ended, but the
+    operator learns that a connection stayed on the pod (and why, in the note)."""
+    table = FakeTable([conn(2, ("10.0.0.1", 8080), busy=True)])
+    diag = FakeDiag(table)
+    executor = SteppedExecutor(table=table, open_diag=lambda _ns: diag, fresh_s=0.0, watch_s=0)
+    policies = [policy(entry("a", "10.0.0.1", until="2020-01-01T00:00:00Z"))]
+    recorded: list[tuple[str, str]] = []
+    got_recorded = asyncio.Event()
+
+    async def record(obj: JSON, reason: str, note: str) -> None:
+        recorded.append((reason, note))
+        got_recorded.set()
+
+    runner = HandOffRunner(
+        executor,
+        "node-a",
+        lambda: policies,
+        LOCAL.get,
+        policy=lambda key: policies[0] if key == "ns/p" else None,
+        record=record,
+        step_s=0.01,
+    )
+
+    async def scenario() -> None:
+        task = asyncio.get_running_loop().create_task(runner.run())
+        assert await asyncio.to_thread(executor.stepped.wait, 10)  # it looked once
+        policies[0] = policy()  # the controller drops the order
+        runner.poke()
+        await asyncio.wait_for(got_recorded.wait(), 10)
+        task.cancel()
+
+    asyncio.run(scenario())
+    assert diag.destroyed == []
+    ((reason, note),) = recorded
+    assert reason == "ConnectionsHandedOff"
+    assert re.fullmatch(
+        r"ended 0 idle client connection\(s\) of pod a on port\(s\) 8080 "
         r"\(cancelled after \d+\.\ds\); 1 busy left alone",
         note,
     ), note
