@@ -167,7 +167,8 @@ async def _fail_over(
     )
     print(f"leader {leader} ({how}): {new} leads after {took:.1f}s")
     assert took < bound, took
-    assert await quickstart.routed(SHADOW) == fast
+    routed = await quickstart.routed(SHADOW)
+    assert routed == fast, _pods_seen(await quickstart.avp())
     # The new leader evaluates: the policy's status moves on under it.
     began = status(await quickstart.avp()).get("lastEvaluationTime") or ""
     await wait_for(
@@ -176,7 +177,8 @@ async def _fail_over(
         lambda p: (status(p).get("lastEvaluationTime") or "") > began,
         timeout_s=CONVERGE_S,
     )
-    assert await quickstart.routed(SHADOW) == fast
+    routed = await quickstart.routed(SHADOW)
+    assert routed == fast, _pods_seen(await quickstart.avp())
     summary = load.summary()
     assert summary.errors == 0 and set(summary.by_pod) <= fast, _failures(load)
     return leader, new
@@ -189,6 +191,17 @@ async def _kubectl(cluster: RealNodeCluster, *args: str) -> None:
 
 def _time(rfc3339: str) -> datetime:
     return datetime.fromisoformat(rfc3339.replace("Z", "+00:00"))
+
+
+def _pods_seen(policy: dict[str, Any] | None) -> str:
+    """What the policy's status says of each pod (who wrote it: the last evaluation)."""
+    st = status(policy)
+    rows = [
+        f"{p.get('name')}: {p.get('state')} ({p.get('reason')}) p99 {p.get('p99Ms')} ms "
+        f"of {p.get('samples')} samples"
+        for p in st.get("pods", [])
+    ]
+    return f"evaluated {st.get('lastEvaluationTime')}: " + "; ".join(rows)
 
 
 def _failures(load: Load) -> str:
