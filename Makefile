@@ -11,7 +11,7 @@ KUBECTL     ?= $(shell command -v kubectl 2>/dev/null || echo bin/kubectl)
 PYTEST_ARGS ?=
 export GOTOOLCHAIN := local
 
-.PHONY: help setup venv controlplane node-components images tools build-installer helm-lint krew dashboard-png build build-agent test-unit test-integration test-bpf \
+.PHONY: help setup venv controlplane node-components images tools build-installer helm-lint krew dashboard-png build build-agent test-unit test-integration test-bpf test-bench-smoke \
         test-e2e test-packaging test run lint fmt manifests install uninstall demo bench \
         docker-build docker-build-agent docker-build-all deploy deploy-agent deploy-all \
         undeploy undeploy-agent undeploy-all
@@ -59,6 +59,9 @@ test-unit: venv ## unit and property tests (no cluster)
 
 test-integration: setup controlplane tools ## tests against the real control plane
 	$(PYTEST) test/integration $(PYTEST_ARGS)
+
+test-bench-smoke: setup controlplane tools node-components images ## every benchmark at its quick size: rows well formed, figures sane (not the goals: make bench)
+	$(PYTEST) test/bench $(PYTEST_ARGS)
 
 test-bpf: setup ## tests that load the real BPF program (root)
 	$(PYTEST) test/bpf $(PYTEST_ARGS)
