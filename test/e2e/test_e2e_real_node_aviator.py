@@ -198,10 +198,18 @@ def _pods_seen(policy: dict[str, Any] | None) -> str:
     st = status(policy)
     rows = [
         f"{p.get('name')}: {p.get('state')} ({p.get('reason')}) p99 {p.get('p99Ms')} ms "
-        f"of {p.get('samples')} samples"
+        f"of {p.get('samples')} samples ({p.get('keepWarmSamples')} keep-warm), "
+        f"oldest open {p.get('oldestOpenMs')} ms"
         for p in st.get("pods", [])
     ]
-    return f"evaluated {st.get('lastEvaluationTime')}: " + "; ".join(rows)
+    conditions = [
+        f"{c.get('type')}={c.get('status')} ({c.get('reason')})" for c in st.get("conditions", [])
+    ]
+    return (
+        f"evaluated {st.get('lastEvaluationTime')}: "
+        + "; ".join(rows)
+        + f"; conditions: {', '.join(conditions)}"
+    )
 
 
 def _failures(load: Load) -> str:
@@ -277,6 +285,8 @@ async def test_restarting_the_agent_pod_keeps_serving_and_resumes_measuring(
             lambda pods: victim not in pods,
             timeout_s=CONVERGE_S,
         )
+    except AssertionError as stayed:
+        raise AssertionError(f"{stayed}; {_pods_seen(await quickstart.avp())}") from None
     finally:
         quickstart.cluster.set_pod_latency(quickstart.ns, victim, None)
 
