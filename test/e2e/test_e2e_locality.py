@@ -169,6 +169,17 @@ async def test_a_slow_zone_spills_and_returns_without_flapping(
             lambda s: all(hinted_for(s, z) == set(pods[z]) for z in ZONES),
             60,
         )
+        # The hints steer a zone's clients only once its proxy follows them (a busy
+        # machine's proxy can lag the slices by seconds; a fresh run's did, at load 4).
+        for zone in ZONES:
+            await wait_for(
+                f"{zone}'s clients to be spread over {zone}'s pods only",
+                lambda z=zone: asyncio.to_thread(
+                    zoned_box.zone_backend_count, z, namespace, f"{SERVICE}-aviator"
+                ),
+                lambda n, z=zone: n == len(pods[z]),
+                30,
+            )
         # Phase 1: both fast, each zone's traffic stays home.
         t = time.monotonic()
         await wait_for("3 s of local traffic", lambda: _after(t, 3.0), bool, 10)
