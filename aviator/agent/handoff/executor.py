@@ -44,6 +44,13 @@ A hand-off ends when the pod has no connection left to end, when it is cancelled
 pod is routed again, or is gone), or `grace_s` after its period (connections busy the
 whole time are left alone). Counters are cumulative per pod (`ended`, `drained`), for
 reports.
+
+An order stays listed a while after its period (the controller's LINGER_S), and
+`begin` starts a finished hand-off of the same pod and policy again: a connection
+dialled to the pod since (a Service proxy that followed late) is still ended. Such a
+repeat logs at INFO only if it ends or drains something; one that finds nothing logs
+at DEBUG, or an agent would say "0 connections ended" at every look while the order
+lingers.
 """
 
 from __future__ import annotations
@@ -118,6 +125,7 @@ class HandOff:
     drained: int = 0  # busy HTTP/2 connections sent a graceful GOAWAY
     outcome: str = ""  # "", "complete", "expired", "cancelled"
     finished: float | None = None
+    repeat: bool = False  # the same order begun again after it finished (module docstring)
     # Connections (sk, peer): first found due and busy; sent a GOAWAY; never to be.
     busy_since: dict[tuple[int, tuple[str, int]], float] = field(default_factory=dict)
     drained_sks: set[tuple[int, tuple[str, int]]] = field(default_factory=set)
@@ -170,9 +178,18 @@ class HandOffExecutor:
             started=self.clock(),
             period_s=period_s,
             limit=pacing.RateLimit(self.rate, self.burst),
+            repeat=current is not None and (current.target, current.policy) == (target, policy),
         )
         self.handoffs[target.pod] = h
-        log.info("handing off %s (%s) over %.1fs for %s", target.pod, target.ip, period_s, policy)
+        log.log(
+            logging.DEBUG if h.repeat else logging.INFO,
+            "handing off %s (%s) over %.1fs for %s%s",
+            target.pod,
+            target.ip,
+            period_s,
+            policy,
+            " again" if h.repeat else "",
+        )
         return h
 
     def cancel(self, pod: str) -> None:
@@ -186,7 +203,14 @@ class HandOffExecutor:
     def _finish(self, h: HandOff, outcome: str) -> None:
         h.outcome = outcome
         h.finished = self.clock()
-        log.info("hand-off of %s %s: %d connections ended", h.target.pod, outcome, h.ended)
+        quiet = h.repeat and not (h.ended or h.drained)
+        log.log(
+            logging.DEBUG if quiet else logging.INFO,
+            "hand-off of %s %s: %d connections ended",
+            h.target.pod,
+            outcome,
+            h.ended,
+        )
 
     def step(self) -> None:
         """One round of every active hand-off (see the module docstring)."""

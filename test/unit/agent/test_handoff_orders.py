@@ -6,10 +6,12 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import errno
+import logging
 import re
 import threading
 from typing import Any
 
+import pytest
 from handoff_fakes import FakeDiag, FakeTable
 
 from aviator.agent.bpf.model import SocketState
@@ -320,3 +322,40 @@ def test_a_request_unread_keeps_it() -> None:
         h = executor.begin(Target("ns/a", "10.0.0.1", frozenset({8080})), "ns/p", 0.0)
         executor.step()
         assert diag.destroyed == [] and h.busy == 1, queues
+
+
+def test_an_order_begun_again_after_it_finished_logs_only_what_it_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """While a finished order lingers, the runner begins it again at every look: a
+    connection dialled to the pod since is still ended, and said; a look that finds
+    nothing says so only at DEBUG (it said "0 connections ended" every second)."""
+    table = FakeTable([])
+    diag = FakeDiag(table)
+    executor = HandOffExecutor(table=table, open_diag=lambda _ns: diag, fresh_s=0.0, watch_s=0)
+    target = Target("ns/a", "10.0.0.1", frozenset({8080}))
+
+    def run_once() -> list[tuple[int, str]]:
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="aviator.agent.handoff.executor"):
+            h = executor.begin(target, "ns/p", 0.0)
+            for _ in range(3):  # a step ends what it finds; the next finds nothing left
+                executor.step()
+        assert not h.active
+        return [(r.levelno, r.getMessage()) for r in caplog.records]
+
+    first = run_once()
+    assert [lvl for lvl, _ in first] == [logging.INFO, logging.INFO], first
+    again = run_once()
+    assert [lvl for lvl, _ in again] == [logging.DEBUG, logging.DEBUG], again
+    assert "again" in again[0][1]
+    table.socks[1] = conn(1, ("10.0.0.1", 8080))  # a late proxy placed a client there
+    ended = run_once()
+    assert diag.destroyed_cookies == [1]
+    assert [lvl for lvl, _ in ended] == [logging.DEBUG, logging.INFO], ended
+    assert "complete: 1 connections ended" in ended[1][1]
+    # Another policy's order for the pod is news.
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG, logger="aviator.agent.handoff.executor"):
+        executor.begin(target, "ns/q", 0.0)
+    assert [r.levelno for r in caplog.records] == [logging.INFO]
