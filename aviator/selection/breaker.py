@@ -24,6 +24,14 @@ stop during overload (see safety.py), stalled pods first, then error rates, then
 worst first; if pods leave eligibility so that the ejected exceed the cap, the best of
 them are released at once.
 
+A full cap does not keep a worse pod in traffic: a pod that qualifies for ejection
+takes the place of one held out (released at once, its backoff level kept) whose
+current estimate breaks no rule, or only a rule below the candidate's in the order
+above. Two marginal pods holding the cap would otherwise keep a hung one serving until
+one of them recovers (which may take several recovery waits). Within one rule the pod
+held out keeps its place, so noise between two bad pods moves nothing; the mode's
+ranking still keeps the slower one out where the pool allows.
+
 Pods that are present but not eligible keep their record unchanged until they are
 eligible again; records of pods that are gone are dropped.
 """
@@ -142,7 +150,26 @@ def step(
         # Stalled pods first, then error rates, then p99s, worst first, so the cap
         # removes the worst pods.
         candidates.sort(key=lambda c: (c[0], c[1]))
-        for _, name, broken in candidates[: cap - len(out)]:
+        held = [n for n in out if n not in readmitted]
+        room = cap - len(out)
+        for severity, name, broken in candidates:
+            if room <= 0:
+                freed = _displaced_by(severity, held, latency, policy)
+                if freed is None:
+                    break
+                held.remove(freed)
+                out.remove(freed)
+                new[freed] = BreakerRecord(BreakerStatus.CLOSED, 0, now, new[freed].level)
+                readmitted.append(freed)
+                decisions.append(
+                    _readmitted(
+                        freed,
+                        f"ejection cap is {cap} of {len(eligible)} pods: released for {name}, "
+                        f"which is worse",
+                    )
+                )
+                room = 1
+            room -= 1
             rec = new[name]
             lat = latency[name]
             assert lat is not None
@@ -204,7 +231,8 @@ def _recovered(lat: LatencyEstimate, policy: BreakerPolicy) -> str:
     return note
 
 
-_ORDER = {
+# The rules in the order they are checked and ranked: a lower value is a worse pod.
+RULE_ORDER = {
     Reason.OPEN_REQUEST_ABOVE_THRESHOLD: 0,
     Reason.ERROR_RATE_ABOVE_THRESHOLD: 1,
     Reason.P99_ABOVE_THRESHOLD: 2,
@@ -214,10 +242,35 @@ _ORDER = {
 def _severity(broken: Reason, lat: LatencyEstimate) -> tuple[int, float]:
     """Sort key of an ejection candidate: lower is worse."""
     if broken is Reason.OPEN_REQUEST_ABOVE_THRESHOLD:
-        return _ORDER[broken], -lat.oldest_open_ms
+        return RULE_ORDER[broken], -lat.oldest_open_ms
     if broken is Reason.ERROR_RATE_ABOVE_THRESHOLD:
-        return _ORDER[broken], -(lat.error_percent or 0.0)
-    return _ORDER[broken], -lat.p99_ms
+        return RULE_ORDER[broken], -(lat.error_percent or 0.0)
+    return RULE_ORDER[broken], -lat.p99_ms
+
+
+def _displaced_by(
+    severity: tuple[int, float],
+    held: Sequence[str],
+    latency: Mapping[str, LatencyEstimate | None],
+    policy: BreakerPolicy,
+) -> str | None:
+    """The pod held out that a candidate of `severity` takes the place of (module
+    docstring): the least bad of those whose known estimate breaks no rule or only a
+    lower one; None if there is none."""
+    behaving = len(RULE_ORDER)  # below every rule
+    options: list[tuple[tuple[int, float], str]] = []
+    for name in held:
+        lat = latency.get(name)
+        if lat is None:
+            continue  # nothing known now: no ground to say it is better
+        broken = violation(lat, policy)
+        mine = (behaving, -lat.p99_ms) if broken is None else _severity(broken, lat)
+        if mine[0] > severity[0]:
+            options.append((mine, name))
+    if not options:
+        return None
+    # Least bad first: the greatest severity key; ties by name.
+    return min(options, key=lambda o: (tuple(-x for x in o[0]), o[1]))[1]
 
 
 def _decay(rec: BreakerRecord, policy: BreakerPolicy, now: float) -> BreakerRecord:
