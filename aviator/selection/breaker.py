@@ -24,13 +24,16 @@ stop during overload (see safety.py), stalled pods first, then error rates, then
 worst first; if pods leave eligibility so that the ejected exceed the cap, the best of
 them are released at once.
 
-A full cap does not keep a worse pod in traffic: a pod that qualifies for ejection
-takes the place of one held out (released at once, its backoff level kept) whose
-current estimate breaks no rule, or only a rule below the candidate's in the order
-above. Two marginal pods holding the cap would otherwise keep a hung one serving until
-one of them recovers (which may take several recovery waits). Within one rule the pod
-held out keeps its place, so noise between two bad pods moves nothing; the mode's
-ranking still keeps the slower one out where the pool allows.
+A full cap does not keep a stalled pod in traffic: a pod with a request open past
+p99Threshold takes the place of a pod held out that has none now (released at once,
+its backoff level kept; the least bad first: one breaking no rule now, the lowest
+p99). Two pods answering at the threshold, held out by growing recovery waits, would
+otherwise keep a hung pod serving until one of them recovered. Only an open request
+displaces: it is a fact about the pod now, while a pod held out is judged on keep-warm
+probes alone, which make a pod slow only under load look healthy; letting a p99 or
+error-rate candidate displace it would have two such pods trade places at every
+evaluation. A pod held out that is stalled now, or whose latency is unknown now, or
+that was ejected again in this evaluation, keeps its place.
 
 Pods that are present but not eligible keep their record unchanged until they are
 eligible again; records of pods that are gone are dropped.
@@ -92,6 +95,7 @@ def step(
     decisions: list[Decision] = []
     readmitted: list[str] = []
     candidates: list[tuple[tuple[int, float], str, Reason]] = []
+    ejected_now: set[str] = set()  # half-open pods sent back out in this evaluation
     violating = 0
 
     for pod in eligible:
@@ -115,6 +119,7 @@ def step(
                 if broken is not None:
                     rec = BreakerRecord(BreakerStatus.OPEN, 0, now, rec.level + 1, broken.value)
                     decisions.append(_ejected(name, f"still {describe(broken, lat, policy)}"))
+                    ejected_now.add(name)
                 else:
                     rec = BreakerRecord(BreakerStatus.CLOSED, 0, now, rec.level)
                     readmitted.append(name)
@@ -150,11 +155,14 @@ def step(
         # Stalled pods first, then error rates, then p99s, worst first, so the cap
         # removes the worst pods.
         candidates.sort(key=lambda c: (c[0], c[1]))
-        held = [n for n in out if n not in readmitted]
+        held = [n for n in out if n not in ejected_now]
         room = cap - len(out)
-        for severity, name, broken in candidates:
+        for _, name, broken in candidates:
             if room <= 0:
-                freed = _displaced_by(severity, held, latency, policy)
+                # Stalled candidates come first; only they displace (module docstring).
+                if broken is not Reason.OPEN_REQUEST_ABOVE_THRESHOLD:
+                    break
+                freed = _displaced_by_stalled(held, latency, policy)
                 if freed is None:
                     break
                 held.remove(freed)
@@ -164,8 +172,8 @@ def step(
                 decisions.append(
                     _readmitted(
                         freed,
-                        f"ejection cap is {cap} of {len(eligible)} pods: released for {name}, "
-                        f"which is worse",
+                        f"ejection cap is {cap} of {len(eligible)} pods: released to make room "
+                        f"for {name}, which has a request open past the threshold",
                     )
                 )
                 room = 1
@@ -231,8 +239,7 @@ def _recovered(lat: LatencyEstimate, policy: BreakerPolicy) -> str:
     return note
 
 
-# The rules in the order they are checked and ranked: a lower value is a worse pod.
-RULE_ORDER = {
+_ORDER = {
     Reason.OPEN_REQUEST_ABOVE_THRESHOLD: 0,
     Reason.ERROR_RATE_ABOVE_THRESHOLD: 1,
     Reason.P99_ABOVE_THRESHOLD: 2,
@@ -242,35 +249,30 @@ RULE_ORDER = {
 def _severity(broken: Reason, lat: LatencyEstimate) -> tuple[int, float]:
     """Sort key of an ejection candidate: lower is worse."""
     if broken is Reason.OPEN_REQUEST_ABOVE_THRESHOLD:
-        return RULE_ORDER[broken], -lat.oldest_open_ms
+        return _ORDER[broken], -lat.oldest_open_ms
     if broken is Reason.ERROR_RATE_ABOVE_THRESHOLD:
-        return RULE_ORDER[broken], -(lat.error_percent or 0.0)
-    return RULE_ORDER[broken], -lat.p99_ms
+        return _ORDER[broken], -(lat.error_percent or 0.0)
+    return _ORDER[broken], -lat.p99_ms
 
 
-def _displaced_by(
-    severity: tuple[int, float],
+def _displaced_by_stalled(
     held: Sequence[str],
     latency: Mapping[str, LatencyEstimate | None],
     policy: BreakerPolicy,
 ) -> str | None:
-    """The pod held out that a candidate of `severity` takes the place of (module
-    docstring): the least bad of those whose known estimate breaks no rule or only a
-    lower one; None if there is none."""
-    behaving = len(RULE_ORDER)  # below every rule
-    options: list[tuple[tuple[int, float], str]] = []
+    """The pod held out that a stalled candidate takes the place of (module
+    docstring): of those with a known estimate and no request open past the threshold,
+    one breaking no rule before one that does, then the lowest p99, then by name;
+    None if there is none."""
+    options: list[tuple[bool, float, str]] = []
     for name in held:
         lat = latency.get(name)
         if lat is None:
             continue  # nothing known now: no ground to say it is better
         broken = violation(lat, policy)
-        mine = (behaving, -lat.p99_ms) if broken is None else _severity(broken, lat)
-        if mine[0] > severity[0]:
-            options.append((mine, name))
-    if not options:
-        return None
-    # Least bad first: the greatest severity key; ties by name.
-    return min(options, key=lambda o: (tuple(-x for x in o[0]), o[1]))[1]
+        if broken is not Reason.OPEN_REQUEST_ABOVE_THRESHOLD:
+            options.append((broken is not None, lat.p99_ms, name))
+    return min(options)[2] if options else None
 
 
 def _decay(rec: BreakerRecord, policy: BreakerPolicy, now: float) -> BreakerRecord:

@@ -1,6 +1,7 @@
-"""A full ejection cap does not keep a worse pod in traffic (aviator.selection.breaker):
-a pod that qualifies takes the place of one held out that now behaves, or breaks only
-a lower rule; within one rule the pod held out keeps its place."""
+"""A full ejection cap does not keep a stalled pod in traffic (aviator.selection.breaker):
+a pod with a request open past the threshold takes the place of a pod held out that has
+none now; no other rule displaces, so pods judged on keep-warm probes while held out do
+not trade places."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ from aviator.selection import (
     LatencyEstimate,
     Mode,
     PodInput,
+    Reason,
     SelectionPolicy,
     evaluate,
 )
-from aviator.selection.breaker import RULE_ORDER, step, violation
+from aviator.selection.breaker import step, violation
 from aviator.selection.safety import ejection_cap, is_overloaded
 from aviator.selection.state import BreakerRecord, BreakerStatus
 
@@ -69,7 +71,7 @@ def test_two_marginal_pods_holding_the_cap_do_not_keep_a_hung_pod_serving() -> N
     ejected = [d.pod for d in ev.decisions if d.kind is DecisionKind.EJECTED]
     (released,) = [d for d in ev.decisions if d.kind is DecisionKind.READMITTED]
     assert ejected == ["fast-a"]
-    assert released.pod == "slow-a" and "released for fast-a" in released.message
+    assert released.pod == "slow-a" and "room for fast-a" in released.message
     assert active == {"fast-b", "slow-a"}
     # Its backoff is kept: caught again, it waits as long as it would have.
     assert state.breaker["slow-a"].level == 2
@@ -79,26 +81,75 @@ def _held(level: int = 1, reason: str = "P99AboveThreshold") -> BreakerRecord:
     return BreakerRecord(BreakerStatus.OPEN, 0, 0.0, level, reason)
 
 
-def test_within_one_rule_the_pod_held_out_keeps_its_place() -> None:
-    """Noise between two slow pods moves nothing: a pod over the p99 rule does not take
-    the place of one held out for the same rule, however much slower."""
-    slow = LatencyEstimate(p50_ms=600.0, p99_ms=600.0, samples=50)
-    slower = LatencyEstimate(p50_ms=3000.0, p99_ms=3000.0, samples=50)
-    breaker = replace(BREAKER, max_ejection_percent=34)  # 2 of 6 pods
+CAP_2_OF_6 = replace(BREAKER, max_ejection_percent=34)
+SLOW = LatencyEstimate(p50_ms=600.0, p99_ms=600.0, samples=50)
+SLOWER = LatencyEstimate(p50_ms=3000.0, p99_ms=3000.0, samples=50)
+
+
+def test_only_a_stalled_pod_displaces_and_the_least_slow_goes_back() -> None:
     eligible = [PodInput(n) for n in "abcdef"]
-    latency = {n: FAST for n in "abcdef"} | {"a": slow, "b": slower}
-    records = {"a": _held(), "b": BreakerRecord(violations=2)}
-    out = step(eligible, latency, breaker, records, 10.0, 1)
-    assert out.out_of_traffic == {"a", "b"}  # room for one more: b
-    latency["c"] = slower
+    latency = {n: FAST for n in "abcdef"} | {"a": SLOW, "b": SLOWER, "c": SLOWER}
     records = {"a": _held(), "b": _held(), "c": BreakerRecord(violations=2)}
-    out = step(eligible, latency, breaker, records, 10.0, 1)
+    out = step(eligible, latency, CAP_2_OF_6, records, 10.0, 1)
     assert not out.overload
-    assert out.out_of_traffic == {"a", "b"} and not out.readmitted
-    # Stalled, c outranks the pods held out for their p99: the least slow goes back.
+    assert out.out_of_traffic == {"a", "b"} and not out.readmitted  # c waits for room
     latency["c"] = HUNG
-    out = step(eligible, latency, breaker, records, 10.0, 1)
+    out = step(eligible, latency, CAP_2_OF_6, records, 10.0, 1)
     assert out.out_of_traffic == {"b", "c"} and out.readmitted == {"a"}
+    assert out.records["a"].status is BreakerStatus.CLOSED and out.records["a"].level == 1
+
+
+def test_a_pod_held_out_that_looks_healthy_is_not_displaced_by_a_slow_one() -> None:
+    """Held out, a pod slow only under load is measured by keep-warm probes alone and
+    looks fast; a p99 (or error-rate) candidate taking its place would have the two
+    trade places at every evaluation."""
+    eligible = [PodInput(n) for n in "abcd"]
+    latency = {"a": FAST, "b": SLOW, "c": FAST, "d": FAST}
+    cap_1 = replace(BREAKER, max_ejection_percent=25, error_rate_percent=50.0)
+    records = {"a": _held(), "b": BreakerRecord(violations=2)}
+    out = step(eligible, latency, cap_1, records, 10.0, 1)
+    assert out.out_of_traffic == {"a"} and not out.readmitted
+    latency["b"] = LatencyEstimate(p50_ms=5.0, p99_ms=10.0, statuses=40, errors=30)
+    out = step(eligible, latency, cap_1, records, 10.0, 1)
+    assert out.out_of_traffic == {"a"} and not out.readmitted
+
+
+def test_two_pods_slow_only_under_load_do_not_trade_places() -> None:
+    """Each answers in 600 ms while it serves and in 200 ms while held out; the cap
+    holds one. Over five minutes the breaker moves them no more than its recovery
+    waits allow (the first version of this rule swapped them every 3 s)."""
+    pol = SelectionPolicy(
+        mode=Mode.PERCENTAGE,
+        percentage=100,
+        breaker=replace(BREAKER, max_ejection_percent=25),
+        dampening=DampeningPolicy(enabled=True),
+    )
+    held_out = LatencyEstimate(p50_ms=200.0, p99_ms=200.0, samples=6, keepwarm=6)
+    state, active = EngineState(), frozenset[str]()
+    changes = 0
+    for t in range(300):
+        pods = [PodInput("fa", latency=FAST), PodInput("fb", latency=FAST)] + [
+            PodInput(n, latency=SLOW if n in active or t == 0 else held_out) for n in ("sa", "sb")
+        ]
+        ev = evaluate(pods, active, pol, state, float(t))
+        changes += ev.active != active
+        state, active = ev.state, ev.active
+    assert changes <= 10, changes
+
+
+def test_a_pod_sent_back_out_in_this_evaluation_keeps_its_place() -> None:
+    """A half-open pod found still slow goes back out; a stalled pod in the same
+    evaluation does not release it at once (two contradicting Events, a level counted
+    for nothing): it waits for the next evaluation."""
+    eligible = [PodInput(n) for n in "abcd"]
+    latency = {"a": SLOW, "b": HUNG, "c": FAST, "d": FAST}
+    half_open = BreakerRecord(BreakerStatus.HALF_OPEN, 0, 5.0, 2, "P99AboveThreshold")
+    cap_1 = replace(BREAKER, max_ejection_percent=25)
+    out = step(eligible, latency, cap_1, {"a": half_open}, 10.0, 1)
+    assert out.out_of_traffic == {"a"} and not out.readmitted
+    assert out.records["a"].level == 3
+    nxt = step(eligible, latency, cap_1, out.records, 11.0, 1)
+    assert nxt.out_of_traffic == {"b"} and nxt.readmitted == {"a"}
 
 
 def test_a_pod_held_out_with_nothing_known_now_keeps_its_place() -> None:
@@ -128,12 +179,13 @@ ESTIMATES = st.sampled_from([FAST, MARGINAL, CAUGHT, HUNG, None]) | st.builds(
     ),
     st.integers(0, 100),
 )
-def test_no_pod_in_traffic_is_worse_than_one_held_out(
+def test_a_stalled_pod_stays_in_traffic_only_if_every_pod_held_out_is_stalled_or_unknown(
     pods: list[tuple[LatencyEstimate | None, str]], cap_percent: int
 ) -> None:
-    """After a step without overload, every pod held out whose estimate is known breaks
-    a rule at least as severe as any pod the breaker left in traffic (one violation
-    ejects here, so every violating pod in traffic was a candidate); the cap holds."""
+    """After a step without overload and with the cap full, a pod left in traffic with a
+    request open past the threshold means every pod that was held out before the step
+    (and not sent back out in it) is stalled too, or unknown; only stalled pods took
+    anyone's place; the cap holds."""
     breaker = BreakerPolicy(
         enabled=True,
         p99_threshold_ms=500.0,
@@ -150,20 +202,27 @@ def test_no_pod_in_traffic_is_worse_than_one_held_out(
         if s in status
     }
     cap = ejection_cap(cap_percent, len(eligible), 1)
-    before_out = {n for n, r in records.items() if r.out_of_traffic}
+    held_before = {n for n, r in records.items() if r.out_of_traffic}
     out = step(eligible, latency, breaker, records, 10.0, 1)
-    if len(before_out) > cap or is_overloaded(
+    if len(held_before) > cap or is_overloaded(
         sum(violation(lat, breaker) is not None for lat in latency.values()), len(eligible)
     ):
         return  # the cap's release path and overload are other rules' business
     assert len(out.out_of_traffic) <= cap
-
-    def rank(lat: LatencyEstimate | None) -> int:
-        broken = violation(lat, breaker)
-        return len(RULE_ORDER) if broken is None else RULE_ORDER[broken]
-
-    in_traffic = [n for n in latency if n not in out.out_of_traffic]
-    worst_in = min((rank(latency[n]) for n in in_traffic if latency[n] is not None), default=99)
-    for name in out.out_of_traffic:
-        if latency[name] is not None and name in before_out:
-            assert rank(latency[name]) <= worst_in, (name, out)
+    stalled = Reason.OPEN_REQUEST_ABOVE_THRESHOLD
+    sent_back = {d.pod for d in out.decisions if d.kind is DecisionKind.EJECTED} & held_before
+    released = {d.pod for d in out.decisions if "room for" in d.message}
+    newly_out = out.out_of_traffic - held_before
+    # Each pod released made room for a stalled one.
+    assert len(released) <= sum(violation(latency[n], breaker) is stalled for n in newly_out)
+    left_stalled = [
+        n
+        for n in latency
+        if n not in out.out_of_traffic
+        and n not in held_before
+        and violation(latency[n], breaker) is stalled
+    ]
+    if left_stalled:
+        for name in (out.out_of_traffic & held_before) - sent_back:
+            lat = latency[name]
+            assert lat is None or violation(lat, breaker) is stalled, (name, out)
