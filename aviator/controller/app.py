@@ -277,6 +277,7 @@ class ControllerApp:
             gate=self.stream_gate,
             on_open=self.stalls,
             reauth_after_s=self.options.stream_reauth_after_s,
+            located=self.pod_informer.wait_for_sync,
         )
 
         async def metrics(_: web.Request) -> web.Response:

@@ -22,6 +22,12 @@ milliseconds, so no message stalls the replica. The token is re-checked every
 `reauth_after_s`, so a revoked or expired token does not keep a connection alive
 forever (nor one whose pod moved: a changed node ends it too).
 
+Endpoints are judged against the Pod cache only once it holds its first list
+(`located`): a snapshot that arrives before, as agents' first ones do when a replica
+starts (its HTTP server is up before its informers have listed), waits for it, up to
+SYNC_WAIT_S, rather than having every endpoint refused as `unknown_ip`; past that it is
+answered with an error frame and not taken (the agent's next report tries again).
+
 Once a snapshot is in the store, its admitted endpoint windows that report an open
 request (`oldest_open_us` > 0) go to `on_open`, if given: the controller enqueues the
 policies whose pods hold a request open longer than their p99Threshold at once,
@@ -67,7 +73,7 @@ STREAM_CONNECTIONS = Gauge(
 )
 STREAM_MESSAGES = Counter(
     "aviator_stream_messages_total",
-    "Agent snapshot messages received, by result (ok, invalid, error, throttled)",
+    "Agent snapshot messages received, by result (ok, invalid, error, throttled, unsynced)",
     ["result"],
 )
 STREAM_ENDPOINTS = Counter(
@@ -90,6 +96,7 @@ _NOTICE_EVERY_S = 60.0
 _LOG_EVERY_S = 10.0
 _SLICE_S = 0.005  # at most this much work between two turns of the event loop
 _CHUNK = 64  # endpoints between two looks at the clock
+SYNC_WAIT_S = 10.0  # how long a snapshot waits for the Pod cache's first list
 
 
 def bearer_token(request: web.Request) -> str:
@@ -159,10 +166,12 @@ def make_stream_handler(
     reauth_after_s: float = 300.0,
     heartbeat_s: float = 30.0,
     on_open: OpenRequests | None = None,
+    located: Callable[[], Awaitable[None]] | None = None,
 ) -> Handler:
     """An aiohttp handler feeding `store` from authenticated agent websockets.
 
-    `locate` names the live pods at an IP (the controller's Pod cache); `gate` holds
+    `locate` names the live pods at an IP (the controller's Pod cache); `located`
+    returns once that cache holds its first list (None: it always does); `gate` holds
     the flood limits (limits.py); `clock` is the store's clock (the `now` given to
     `ingest_snapshot`); `on_open` hears of admitted windows with an open request.
     """
@@ -223,7 +232,9 @@ def make_stream_handler(
                     # Decoded messages are big: a few at a time. Answers are sent
                     # after, so a peer that does not read cannot hold the turn.
                     async with gate.parsing:
-                        answer = await _receive(msg.data, store, locate, clock, peer, on_open)
+                        answer = await _receive(
+                            msg.data, store, locate, clock, peer, on_open, located
+                        )
                 if answer is not None:
                     try:
                         await ws.send_str(answer)
@@ -244,6 +255,7 @@ async def _receive(
     clock: Callable[[], float],
     peer: _Peer,
     on_open: OpenRequests | None = None,
+    located: Callable[[], Awaitable[None]] | None = None,
 ) -> str | None:
     """Take one message; the frame to answer with, if any."""
     try:
@@ -254,6 +266,15 @@ async def _receive(
         STREAM_MESSAGES.labels("invalid").inc()
         log.debug("bad snapshot from %s: %s", peer.remote, exc)
         return encode_error(str(exc))
+    if located is not None:
+        try:
+            await asyncio.wait_for(located(), SYNC_WAIT_S)
+        except TimeoutError:
+            STREAM_MESSAGES.labels("unsynced").inc()
+            return encode_error(
+                f"the controller's Pod cache has not listed the pods yet ({SYNC_WAIT_S:g}s): "
+                "snapshot not taken"
+            )
     opened: list[EndpointWindow] | None = None if on_open is None else []
     try:
         anew, peer.reported = not peer.reported, True

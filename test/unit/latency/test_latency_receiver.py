@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -15,6 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
 
 from aviator.kube.client import ApiError, KubeClient
+from aviator.latency import receiver
 from aviator.latency.admission import PodPlace
 from aviator.latency.auth import (
     NODE_NAME_EXTRA,
@@ -458,3 +460,44 @@ async def test_a_new_connections_first_snapshot_starts_a_new_session() -> None:
         async with client.ws_connect("/v1/stream", headers=headers) as ws:
             await report(ws, "10.0.0.2", 3.0)
         assert store.silent("10.0.0.1", now=3.1)  # the new connection has not measured it
+
+
+async def test_a_snapshot_waits_for_the_pod_caches_first_list(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A replica's HTTP server is up before its informers have listed: an agent's first
+    snapshot then waits for the Pod cache instead of having every endpoint refused as
+    unknown; one that would wait too long is answered with an error, not taken."""
+    listed: dict[str, list[PodPlace]] = {}
+    waiting, synced = asyncio.Event(), asyncio.Event()
+
+    async def located() -> None:
+        waiting.set()
+        await synced.wait()
+
+    store = LatencyStore(window_s=10, stale_after_s=5)
+    app = web.Application()
+    reviews = FakeReviews({"good": (AGENT, [])})
+    handler = make_stream_handler(
+        store, authenticator(reviews), lambda ip: listed.get(ip, []), located=located
+    )
+    app.router.add_get("/v1/stream", handler)
+    headers = {"Authorization": f"Bearer {jwt('good')}"}
+    async with TestClient(TestServer(app)) as client:
+        async with client.ws_connect("/v1/stream", headers=headers) as ws:
+            await ws.send_str(snapshot_text())
+            await asyncio.wait_for(waiting.wait(), 10)
+            listed.update(PODS)  # the first list arrives
+            synced.set()
+            await ws.send_bytes(b"\x00")  # answered in order: the snapshot was taken
+            assert json.loads(await ws.receive_str())["kind"] == "error"
+        est = store.estimate("10.0.0.1", now=time.monotonic())
+        assert est is not None and est.samples == 10
+
+        synced.clear()
+        monkeypatch.setattr(receiver, "SYNC_WAIT_S", 0.01)
+        async with client.ws_connect("/v1/stream", headers=headers) as ws:
+            await ws.send_str(snapshot_text("10.0.0.2", pod="ns/q"))
+            reply = json.loads(await asyncio.wait_for(ws.receive_str(), 10))
+            assert reply["kind"] == "error" and "not listed the pods yet" in reply["error"]
+        assert store.estimate("10.0.0.2", now=time.monotonic()) is None
