@@ -163,7 +163,7 @@ def start_control_plane() -> ControlPlane:
 
 def shared_control_plane() -> ControlPlane:
     """One control plane (see start_control_plane) shared by the benchmarks of this
-    process that clean up after themselves; stopped at exit."""
+    process that clean up after themselves; stopped by stop_shared() or at exit."""
     global _shared
     if _shared is None:
         cp = start_control_plane()
@@ -648,13 +648,28 @@ _shared_box: BoxHandle | None = None
 
 def shared_box() -> BoxHandle:
     """One box for the benchmarks of this process (each uses its own namespace and
-    deletes it when done); stopped at exit."""
+    deletes it when done); stopped by stop_shared() or at exit."""
     global _shared_box
     if _shared_box is None:
         box = BoxHandle().start()
         atexit.register(box.stop)
         _shared_box = box
     return _shared_box
+
+
+def stop_shared() -> None:
+    """Stop the shared box and control plane now, not at exit: a process that runs
+    benchmarks among other work (the smoke tests in `make test`) must not keep them,
+    their agents' eBPF programs included, running through the rest of it."""
+    global _shared, _shared_box
+    if _shared_box is not None:
+        atexit.unregister(_shared_box.stop)
+        _shared_box.stop()
+        _shared_box = None
+    if _shared is not None:
+        atexit.unregister(_shared.stop)
+        _shared.stop()
+        _shared = None
 
 
 def in_shared_box(
