@@ -228,13 +228,18 @@ def make_stream_handler(
                 if not peer.messages.take():
                     STREAM_MESSAGES.labels("throttled").inc()
                     answer = _refusals(peer, Tally({"message_rate": 1}), count=False)
+                elif not await _pods_listed(located):
+                    STREAM_MESSAGES.labels("unsynced").inc()
+                    answer = encode_error(
+                        "the controller's Pod cache has not listed the pods yet "
+                        f"({SYNC_WAIT_S:g}s): snapshot not taken"
+                    )
                 else:
                     # Decoded messages are big: a few at a time. Answers are sent
-                    # after, so a peer that does not read cannot hold the turn.
+                    # after, so a peer that does not read cannot hold the turn (nor
+                    # one waiting for the Pod cache: that wait comes before it).
                     async with gate.parsing:
-                        answer = await _receive(
-                            msg.data, store, locate, clock, peer, on_open, located
-                        )
+                        answer = await _receive(msg.data, store, locate, clock, peer, on_open)
                 if answer is not None:
                     try:
                         await ws.send_str(answer)
@@ -248,6 +253,18 @@ def make_stream_handler(
     return handle
 
 
+async def _pods_listed(located: Callable[[], Awaitable[None]] | None) -> bool:
+    """Whether the Pod cache has its first list, waiting up to SYNC_WAIT_S for it."""
+    if located is None:
+        return True
+    try:
+        async with asyncio.timeout(SYNC_WAIT_S):
+            await located()
+    except TimeoutError:
+        return False
+    return True
+
+
 async def _receive(
     data: str | bytes,
     store: LatencyStore,
@@ -255,7 +272,6 @@ async def _receive(
     clock: Callable[[], float],
     peer: _Peer,
     on_open: OpenRequests | None = None,
-    located: Callable[[], Awaitable[None]] | None = None,
 ) -> str | None:
     """Take one message; the frame to answer with, if any."""
     try:
@@ -266,15 +282,6 @@ async def _receive(
         STREAM_MESSAGES.labels("invalid").inc()
         log.debug("bad snapshot from %s: %s", peer.remote, exc)
         return encode_error(str(exc))
-    if located is not None:
-        try:
-            await asyncio.wait_for(located(), SYNC_WAIT_S)
-        except TimeoutError:
-            STREAM_MESSAGES.labels("unsynced").inc()
-            return encode_error(
-                f"the controller's Pod cache has not listed the pods yet ({SYNC_WAIT_S:g}s): "
-                "snapshot not taken"
-            )
     opened: list[EndpointWindow] | None = None if on_open is None else []
     try:
         anew, peer.reported = not peer.reported, True

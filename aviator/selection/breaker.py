@@ -176,8 +176,9 @@ def step(
                         f"for {name}, which has a request open past the threshold",
                     )
                 )
-                room = 1
-            room -= 1
+                # The freed place is this candidate's: room stays at 0.
+            else:
+                room -= 1
             rec = new[name]
             lat = latency[name]
             assert lat is not None

@@ -501,3 +501,47 @@ async def test_a_snapshot_waits_for_the_pod_caches_first_list(
             reply = json.loads(await asyncio.wait_for(ws.receive_str(), 10))
             assert reply["kind"] == "error" and "not listed the pods yet" in reply["error"]
         assert store.estimate("10.0.0.2", now=time.monotonic()) is None
+
+
+async def test_waiting_for_the_pod_cache_does_not_hold_a_parsing_turn() -> None:
+    """Snapshots waiting for the Pod cache's first list wait side by side: with one
+    parsing turn, a second agent's snapshot is not queued behind the first one's wait
+    (which would stretch each wait's bound by every wait before it)."""
+    waiters, synced = 0, asyncio.Event()
+    both_waiting = asyncio.Event()
+
+    async def located() -> None:
+        nonlocal waiters
+        waiters += 1
+        if waiters == 2:
+            both_waiting.set()
+        await synced.wait()
+
+    store = LatencyStore(window_s=10, stale_after_s=5)
+    reviews = FakeReviews(
+        {
+            "one": (AGENT, [], {NODE_NAME_EXTRA: [NODE]}),
+            "two": (AGENT, [], {NODE_NAME_EXTRA: ["node-2"]}),
+        }
+    )
+    app = web.Application()
+    gate = StreamGate(StreamLimits(parsing=1))
+    handler = make_stream_handler(store, authenticator(reviews), locate, gate=gate, located=located)
+    app.router.add_get("/v1/stream", handler)
+    async with TestClient(TestServer(app)) as client:
+        one = await client.ws_connect(
+            "/v1/stream", headers={"Authorization": f"Bearer {jwt('one')}"}
+        )
+        two = await client.ws_connect(
+            "/v1/stream", headers={"Authorization": f"Bearer {jwt('two')}"}
+        )
+        await one.send_str(snapshot_text("10.0.0.1"))
+        await two.send_str(snapshot_text("10.0.9.1", node="node-2", pod="ns/elsewhere"))
+        await asyncio.wait_for(both_waiting.wait(), 10)
+        synced.set()
+        for ws in (one, two):
+            await ws.send_bytes(b"\x00")  # answered in order: the snapshot was taken
+            assert json.loads(await ws.receive_str())["kind"] == "error"
+            await ws.close()
+    assert store.estimate("10.0.0.1", now=time.monotonic()) is not None
+    assert store.estimate("10.0.9.1", now=time.monotonic()) is not None
