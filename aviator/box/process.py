@@ -4,7 +4,8 @@ What a caller in the host network needs of a running box, all read from its stat
 and working directory: when it is up, its kubeconfig, the box proxy's host address of a
 Service and how many endpoints it spreads a Service over, and a pod's latency (the test
 app's control file). Started and stopped as a process group, so nothing it started
-outlives it.
+outlives it; stopped too (SIGTERM) when the process that started it dies without
+stopping it, so a killed test run leaves no box behind.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Self
 
 from aviator.box.state import status_path
+from aviator.testing.spawn import spawn
 
 STATUS_CACHE_S = 0.25  # status() re-reads the file at most this often unless fresh=True
 
@@ -54,7 +56,9 @@ class BoxProcess:
     def start(self) -> Self:
         if not self.reuse:
             with (self.workdir / "box.log").open("ab") as log:
-                self.process = subprocess.Popen(
+                # Stopped (SIGTERM: it stops what it started) if this process dies
+                # without calling stop(): a killed test run leaves no box running.
+                self.process = spawn(
                     [
                         sys.executable,
                         "-m",
@@ -69,6 +73,7 @@ class BoxProcess:
                     stderr=subprocess.STDOUT,
                     stdin=subprocess.DEVNULL,
                     start_new_session=True,
+                    death_signal=signal.SIGTERM,
                 )
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:

@@ -33,20 +33,25 @@ _spawner: threading.Thread | None = None
 _spawner_lock = threading.Lock()
 
 
-def die_with_parent() -> None:
-    """Runs in the child before exec: SIGKILL when the thread that forked it ends."""
+def die_with_parent(death_signal: int = signal.SIGKILL) -> None:
+    """Runs in the child before exec: `death_signal` when the thread that forked it ends."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, death_signal)
 
 
-def spawn(argv: list[str], **popen: Any) -> subprocess.Popen[bytes]:
+def spawn(
+    argv: list[str], *, death_signal: int = signal.SIGKILL, **popen: Any
+) -> subprocess.Popen[bytes]:
     """`subprocess.Popen(argv, **popen)`, forked by the process-long spawner thread with
-    `die_with_parent` (so `popen` may not carry a `preexec_fn` of its own). Errors of
-    the Popen (a missing binary, say) are raised here, in the caller's thread."""
+    `die_with_parent(death_signal)` (so `popen` may not carry a `preexec_fn` of its own).
+    SIGTERM suits a child that has children of its own to stop on the way out. Errors
+    of the Popen (a missing binary, say) are raised here, in the caller's thread."""
     if "preexec_fn" in popen:
         raise ValueError("spawn sets preexec_fn itself")
     done: Future[subprocess.Popen[bytes]] = Future()
-    _requests.put((list(argv), popen, done))
+    _requests.put(
+        (list(argv), {**popen, "preexec_fn": lambda: die_with_parent(death_signal)}, done)
+    )
     _ensure_spawner()
     return done.result()
 
@@ -65,7 +70,7 @@ def _serve() -> None:
         if not done.set_running_or_notify_cancel():
             continue
         try:
-            child = subprocess.Popen(argv, preexec_fn=die_with_parent, **popen)
+            child = subprocess.Popen(argv, **popen)
             done.set_result(cast("subprocess.Popen[bytes]", child))
         except BaseException as err:  # handed to the caller, who raises it
             done.set_exception(err)

@@ -103,3 +103,57 @@ def test_many_threads_spawn_at_once() -> None:
         t.join()
     assert len(children) == 8
     assert all(c.wait(30) == 0 for c in children)
+
+
+# A parent that starts a child which, on SIGTERM, writes a file and exits (as a
+# process with children of its own stops them), then waits to be killed.
+TERMINATED_PARENT = textwrap.dedent(
+    """
+    import signal, subprocess, sys, time
+    from aviator.testing.spawn import spawn
+
+    child_code = (
+        "import pathlib, signal, sys, time\\n"
+        "def stop(*_):\\n"
+        "    pathlib.Path(sys.argv[1]).write_text('stopped')\\n"
+        "    sys.exit(0)\\n"
+        "signal.signal(signal.SIGTERM, stop)\\n"
+        "print('ready', flush=True)\\n"
+        "time.sleep(120)\\n"
+    )
+    child = spawn(
+        [sys.executable, "-c", child_code, sys.argv[1]],
+        stdout=subprocess.PIPE,
+        death_signal=signal.SIGTERM,
+    )
+    child.stdout.readline()  # its handler is in place
+    print(child.pid, flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def test_a_child_can_be_stopped_rather_than_killed_when_its_process_dies(
+    tmp_path: os.PathLike[str],
+) -> None:
+    marker = os.path.join(tmp_path, "stopped")
+    parent = subprocess.Popen(
+        [sys.executable, "-c", TERMINATED_PARENT, marker],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=os.getcwd(),
+    )
+    child = 0
+    try:
+        assert parent.stdout is not None
+        child = int(parent.stdout.readline())
+        parent.send_signal(signal.SIGKILL)
+        parent.wait()
+        assert _gone(child, 10.0), f"child {child} outlived its killed parent"
+        with open(marker) as f:  # it ran its SIGTERM handler: it was stopped, not killed
+            assert f.read() == "stopped"
+    finally:
+        parent.kill()
+        parent.wait()
+        if child and not _gone(child, 0):
+            os.kill(child, signal.SIGKILL)
