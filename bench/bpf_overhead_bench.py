@@ -257,6 +257,9 @@ def run_h2(quick: bool) -> list[Row]:
         ]
     pairs = 4 if quick else 8
     requests = 2000 if quick else 10000
+    windows = 1 if quick else 5
+    per_event: list[float] = []
+    per_request: list[float] = []
     connections = 4
     try:
         source = BpfLatencySource.load()  # the agent's map sizes: a busy machine fills small ones
@@ -281,11 +284,19 @@ def run_h2(quick: bool) -> list[Row]:
                 side = traced if attached else untraced
                 side.add(*_h2load(port, connections, requests), 0.0)
         source.attach()
-        source.enable_run_stats()
-        c0, t0 = _run_totals(source.run_stats())
-        done = _h2load(port, connections, requests)[0]
-        c1, t1 = _run_totals(source.run_stats())
-        source.disable_run_stats()
+        # BPF time in several windows, the median reported: the kernel's run time of a
+        # program counts whatever holds up its CPU meanwhile (an interrupt and its
+        # softirqs, a hypervisor's pause), so one window on a shared machine can read
+        # a third above the next.
+        for _ in range(windows):
+            source.enable_run_stats()
+            c0, t0 = _run_totals(source.run_stats())
+            done = _h2load(port, connections, requests)[0]
+            c1, t1 = _run_totals(source.run_stats())
+            source.disable_run_stats()
+            if c1 > c0 and done:
+                per_event.append((t1 - t0) / (c1 - c0))
+                per_request.append((t1 - t0) / done)
         counters = source.stats()
     finally:
         server.kill()
@@ -293,8 +304,10 @@ def run_h2(quick: bool) -> list[Row]:
         source.close()
     ratios = [a / d for a, d in zip(traced.rps, untraced.rps, strict=True) if d > 0]
     ratio = statistics.median(ratios) if ratios else 0.0
-    events, run_ns = c1 - c0, t1 - t0
     note = f"median of {len(ratios)} alternating pairs, h2load -c {connections} -m 10, both ends traced"
+    spread = f"median of {len(per_event)} windows of {requests} requests"
+    if len(per_event) > 1:
+        spread += f" ({min(per_event):.0f}-{max(per_event):.0f})"
     return [
         {
             "benchmark": name,
@@ -314,17 +327,18 @@ def run_h2(quick: bool) -> list[Row]:
         {
             "benchmark": name,
             "metric": "h2c: BPF run time per event",
-            "value": run_ns / events if events else 0.0,
+            "value": statistics.median(per_event) if per_event else 0.0,
             "unit": "ns",
             "goal": "<= 700",
-            "note": f"{events} events (every hooked syscall of the machine counts)",
+            "note": f"{spread}; every hooked syscall of the machine counts",
         },
         {
             "benchmark": name,
             "metric": "h2c: BPF time per request",
-            "value": run_ns / done if done else 0.0,
+            "value": statistics.median(per_request) if per_request else 0.0,
             "unit": "ns",
-            "note": f"both ends; h2 desyncs so far: {counters.get('h2_desyncs', 0)}",
+            "note": f"both ends, median of {len(per_request)} windows; "
+            f"h2 desyncs so far: {counters.get('h2_desyncs', 0)}",
         },
     ]
 
