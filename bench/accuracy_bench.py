@@ -209,7 +209,9 @@ def _seen(before: Counters, after: Counters, key: EndpointKey) -> Seen | None:
     return Seen(hist, statuses, errors, new.protocol)
 
 
-def _quantile_rows(label: str, seen: Seen, truth: list[Truth], what: str) -> list[Row]:
+def _quantile_rows(
+    label: str, seen: Seen, truth: list[Truth], what: str, *, goal: str | None = GOAL
+) -> list[Row]:
     rows: list[Row] = []
     client_us = [t.latency_us for t in truth if not math.isnan(t.latency_us)]
     app_us = [t.app_us for t in truth if not math.isnan(t.app_us)]
@@ -222,7 +224,7 @@ def _quantile_rows(label: str, seen: Seen, truth: list[Truth], what: str) -> lis
         note = f"BPF {measured / 1000:.2f} ms, client {client / 1000:.2f} ms"
         if app_us:
             note += f", client (app clock) {_exact(app_us, q) / 1000:.2f} ms"
-        rows.append(row(NAME, f"{label}: {qname} error vs {what}", err, "%", goal=GOAL, note=note))
+        rows.append(row(NAME, f"{label}: {qname} error vs {what}", err, "%", goal=goal, note=note))
     return rows
 
 
@@ -291,8 +293,16 @@ def _matrix_rows(
         if seen is None:
             rows.append(row(NAME, f"{cell.label}: agent saw no requests", 0.0, "", note=cell.ip))
             continue
-        quantiles = _quantile_rows(cell.label, seen, truth, "client")
-        worst = max([worst, *(float(str(r["value"])) for r in quantiles)])
+        if cell.client == "grpcio":
+            # grpcio times an RPC with its own clock, in the client process: its
+            # figures add the client's own overhead (a real client's view, shown),
+            # not a kernel-timed truth for the accuracy goal.
+            quantiles = _quantile_rows(
+                cell.label, seen, truth, "grpcio's own clock (with its overhead)", goal=None
+            )
+        else:
+            quantiles = _quantile_rows(cell.label, seen, truth, "client")
+            worst = max([worst, *(float(str(r["value"])) for r in quantiles)])
         rows += quantiles
         client_errors = sum(t.error for t in truth)
         where = f"{cell.ip}:{ports[cell.label]}, agent protocol {seen.protocol}"
@@ -318,7 +328,16 @@ def _matrix_rows(
             )
         )
         exact += seen.hist.count == len(truth) and seen.errors == client_errors
-    rows.append(row(NAME, "protocol matrix: worst p50/p99 error vs client", worst, "%", goal=GOAL))
+    rows.append(
+        row(
+            NAME,
+            "protocol matrix: worst p50/p99 error vs client",
+            worst,
+            "%",
+            goal=GOAL,
+            note="cells timed by kernel stamps (all but grpcio's own)",
+        )
+    )
     rows.append(
         row(
             NAME,

@@ -38,7 +38,7 @@ enum ep_role {
 // Indexes into the per-CPU `counters` array. User space reports each one under its
 // name without CNT_, lower-cased (CNT_REQUESTS_STARTED -> requests_started).
 enum counter {
-    CNT_RX_DATA_EVENTS,        // tcp_probe events with payload, HTTP/2 sockets not counted
+    CNT_RX_DATA_EVENTS,        // tcp_probe events with payload on sockets timed per connection
     CNT_TX_EVENTS,             // send events
     CNT_STATE_EVENTS,          // inet_sock_set_state events (TCP)
     CNT_DESTROY_EVENTS,        // tcp_destroy_sock events
