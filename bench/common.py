@@ -439,9 +439,15 @@ def metric_sum(metrics: dict[str, float], name: str, **labels: str) -> float:
 
 
 def snapshot_json(
-    node: str, endpoints: Iterable[tuple[str, float]], samples: int = 50, window_s: float = 1.0
+    node: str,
+    endpoints: Iterable[tuple[str, float]],
+    samples: int = 50,
+    window_s: float = 1.0,
+    pods: Mapping[str, str] | None = None,
 ) -> str:
-    """A v1 snapshot: every (ip, latency in ms) as `samples` requests of that latency."""
+    """A v1 snapshot: every (ip, latency in ms) as `samples` requests of that latency;
+    `pods` names the pod ("ns/name") at an IP, as a real agent does for the pods it
+    knows (None: the agent names none)."""
     eps = []
     for ip, ms in endpoints:
         us = max(1, int(ms * 1000))
@@ -450,7 +456,7 @@ def snapshot_json(
                 "ip": ip,
                 "port": 8080,
                 "role": "server",
-                "pod": None,
+                "pod": None if pods is None else pods.get(ip),
                 "hist": {str(bucket_index(us)): samples},
                 "count": samples,
                 "sum_us": us * samples,

@@ -32,6 +32,7 @@ import os
 import sys
 import time
 import traceback
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -211,7 +212,10 @@ async def _measure(
     agents_n = max(1, fleet.pods // PODS_PER_AGENT)
     # Agent a is node a's: it reports the fleet's pods k with k % agents_n == a.
     groups = [list(range(a, fleet.pods, agents_n)) for a in range(agents_n)]
-    messages = [_snapshot(a, group, ips) for a, group in enumerate(groups)]
+    # A real agent names the pods it reports (the controller checks the name against
+    # its own cache, and renames only when they differ).
+    pods = {ip: f"{ns}/{name}" for ip, name in zip(ips, names, strict=True)}
+    messages = [_snapshot(a, group, ips, pods) for a, group in enumerate(groups)]
     agents = [SimAgent(controller.url, tokens[a], _node_address(a)) for a in range(agents_n)]
     async with contextlib.AsyncExitStack() as stack:
         for agent in agents:
@@ -237,7 +241,7 @@ async def _measure(
                     f"the controller refused {refused:.0f} endpoint windows: the simulated "
                     "agents report pods that are not on their nodes"
                 )
-            reaction_s = await _reaction(kube, ns, fleet, groups, ips, messages)
+            reaction_s = await _reaction(kube, ns, fleet, groups, ips, pods, messages)
             churn = await _window(
                 kube, ns, controller, sizes.churn_s, churn=(names, ips, max(1, fleet.pods // 100))
             )
@@ -258,11 +262,14 @@ def _node_address(agent: int) -> str:
     return f"127.1.{agent // 250}.{agent % 250 + 1}"
 
 
-def _snapshot(agent: int, group: list[int], ips: list[str], slow: int | None = None) -> str:
+def _snapshot(
+    agent: int, group: list[int], ips: list[str], pods: Mapping[str, str], slow: int | None = None
+) -> str:
     return snapshot_json(
         bench_node(agent),
         [(ips[i], SLOW_MS if i == slow else _latency_ms(i)) for i in group],
         window_s=REPORT_S,
+        pods=pods,
     )
 
 
@@ -291,6 +298,7 @@ async def _reaction(
     fleet: Fleet,
     groups: list[list[int]],
     ips: list[str],
+    pods: Mapping[str, str],
     messages: list[str],
     timeout_s: float = 60.0,
 ) -> float:
@@ -301,7 +309,7 @@ async def _reaction(
     agent = victim % len(groups)
     selector = f"{LABEL_SERVICE_NAME}=svc-0{SHADOW_SUFFIX}"
     start = time.monotonic()
-    messages[agent] = _snapshot(agent, groups[agent], ips, slow=victim)
+    messages[agent] = _snapshot(agent, groups[agent], ips, pods, slow=victim)
     try:
         while time.monotonic() - start < timeout_s:
             slices = await kube.list(ENDPOINTSLICES, ns, params={"labelSelector": selector})
@@ -311,7 +319,7 @@ async def _reaction(
             await asyncio.sleep(0.1)
         raise RuntimeError(f"{fleet.label}: the slow pod stayed in the slices {timeout_s:.0f}s")
     finally:
-        messages[agent] = _snapshot(agent, groups[agent], ips)
+        messages[agent] = _snapshot(agent, groups[agent], ips, pods)
 
 
 async def _converged(kube: KubeClient, ns: str, fleet: Fleet, timeout_s: float = 900) -> float:
