@@ -143,6 +143,18 @@ class Histogram:
         return h
 
     @classmethod
+    def from_counts(cls, buckets: dict[int, int]) -> Histogram:
+        """From a bucket index → count dict whose indexes and counts the caller has
+        checked (0..NUM_BUCKETS-1, counts >= 0), e.g. a typed decode's: the histogram
+        takes the dict (zero buckets left out) rather than copying it."""
+        h = cls()
+        if 0 in buckets.values():
+            buckets = {idx: n for idx, n in buckets.items() if n}
+        h._buckets = buckets
+        h._count = sum(buckets.values())
+        return h
+
+    @classmethod
     def from_values(cls, values_us: Iterable[int]) -> Histogram:
         h = cls()
         for v in values_us:

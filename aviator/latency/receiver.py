@@ -49,6 +49,7 @@ from prometheus_client import Counter, Gauge
 
 from aviator.latency.admission import PodLocator, admit
 from aviator.latency.auth import AuthResult, TokenAuthenticator
+from aviator.latency.decoder import decode_snapshot_async
 from aviator.latency.limits import StreamGate, TokenBucket
 from aviator.latency.loads import admit_loads
 from aviator.latency.schema import (
@@ -57,7 +58,6 @@ from aviator.latency.schema import (
     SchemaError,
     Snapshot,
     encode_error,
-    parse_snapshot_async,
 )
 from aviator.latency.store import LatencyStore
 
@@ -275,7 +275,7 @@ async def _receive(
 ) -> str | None:
     """Take one message; the frame to answer with, if any."""
     try:
-        snapshot = await parse_snapshot_async(data, slice_s=_SLICE_S)
+        snapshot = await decode_snapshot_async(data, slice_s=_SLICE_S)
         if snapshot.node != peer.node:
             raise SchemaError(f"node: {snapshot.node!r} is not the token's node {peer.node!r}")
     except SchemaError as exc:
