@@ -41,11 +41,29 @@ def _place(pod: JSON) -> PodPlace | None:
 
 
 def pod_locator(pods: Indexer) -> PodLocator:
-    """The live pods at an IP, by key, from an indexer holding `POD_IP_INDEXERS`."""
+    """The live pods at an IP, by key, from an indexer holding `POD_IP_INDEXERS`.
 
-    def locate(ip: str) -> list[PodPlace]:
-        places = (_place(p) for p in pods.by_index(INDEX_POD_IP, ip))
-        return sorted((p for p in places if p is not None), key=lambda p: p.key)
+    Asked for every endpoint of every report, mostly of the same pods: the answer for
+    an IP is remembered with the cache's objects it was read from, and given again
+    while the cache holds those very objects there (an informer replaces an object
+    it updates, never changes it). The memo is cleared when it outgrows the cache."""
+    memo: dict[str, tuple[list[JSON], tuple[PodPlace, ...]]] = {}
+
+    def locate(ip: str) -> tuple[PodPlace, ...]:
+        found = pods.by_index(INDEX_POD_IP, ip)
+        held = memo.get(ip)
+        if (
+            held is not None
+            and len(held[0]) == len(found)
+            and all(a is b for a, b in zip(held[0], found, strict=True))
+        ):
+            return held[1]
+        places = (_place(p) for p in found)
+        answer = tuple(sorted((p for p in places if p is not None), key=lambda p: p.key))
+        if len(memo) >= 2 * len(pods) + 1024:
+            memo.clear()
+        memo[ip] = (found, answer)
+        return answer
 
     return locate
 

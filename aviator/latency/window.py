@@ -59,17 +59,18 @@ class Window:
     def add(self, at: float, ep: EndpointWindow, max_deltas: int) -> int:
         """Add an endpoint window's delta; returns the change in held buckets."""
         delta = ep.hist
-        if not delta:
+        added = len(delta)
+        if not added:
             return 0
         self.sampled = at
-        self.deltas.append((at, delta, ep.statuses, ep.errors, ep.keepwarm))
+        deltas = self.deltas
+        deltas.append((at, delta, ep.statuses, ep.errors, ep.keepwarm))
         self.total.update(delta)
         self.statuses += ep.statuses
         self.errors += ep.errors
         self.keepwarm += ep.keepwarm
-        added = len(delta)
         self.buckets += added
-        if len(self.deltas) > max_deltas:
+        if len(deltas) > max_deltas:
             added -= self._pop()
         return added
 
@@ -87,8 +88,9 @@ class Window:
         self.statuses -= statuses
         self.errors -= errors
         self.keepwarm -= keepwarm
-        self.buckets -= len(old)
-        return len(old)
+        freed = len(old)
+        self.buckets -= freed
+        return freed
 
     def quantiles_us(self) -> tuple[float, float, float] | None:
         if not self.total:

@@ -39,11 +39,31 @@ def test_locator_names_live_scheduled_pods_by_ip() -> None:
     pods.upsert(pod("old", "10.0.0.3", "n2", deleting=True))
     pods.upsert(pod("v6", "FD00::0001", "n1"))
     locate = pod_locator(pods)
-    assert locate("10.0.0.1") == [PodPlace("ns/a", "n1")]
-    assert locate("10.0.0.2") == []
-    assert locate("10.0.0.3") == [PodPlace("ns/old", "n2", terminating=True)]
-    assert locate("fd00::1") == [PodPlace("ns/v6", "n1")]  # normalised as the schema does
-    assert locate("10.9.9.9") == []
+    assert locate("10.0.0.1") == (PodPlace("ns/a", "n1"),)
+    assert locate("10.0.0.2") == ()
+    assert locate("10.0.0.3") == (PodPlace("ns/old", "n2", terminating=True),)
+    assert locate("fd00::1") == (PodPlace("ns/v6", "n1"),)  # normalised as the schema does
+    assert locate("10.9.9.9") == ()
+
+
+def test_the_locator_answers_from_the_cache_as_it_is_now() -> None:
+    pods = Indexer(POD_IP_INDEXERS)
+    pods.upsert(pod("a", "10.0.0.1", "n1"))
+    locate = pod_locator(pods)
+    assert locate("10.0.0.1") == (PodPlace("ns/a", "n1"),)
+    assert locate("10.0.0.1") == (PodPlace("ns/a", "n1"),)  # remembered
+    pods.upsert(pod("a", "10.0.0.1", "n1", deleting=True))  # updated: a new object
+    assert locate("10.0.0.1") == (PodPlace("ns/a", "n1", terminating=True),)
+    pods.upsert(pod("b", "10.0.0.1", "n2"))  # the IP reused before the old pod left
+    assert locate("10.0.0.1") == (
+        PodPlace("ns/a", "n1", terminating=True),
+        PodPlace("ns/b", "n2"),
+    )
+    pods.delete("ns/b")
+    pods.delete("ns/a")
+    assert locate("10.0.0.1") == ()
+    pods.upsert(pod("c", "10.0.0.1", "n3"))
+    assert locate("10.0.0.1") == (PodPlace("ns/c", "n3"),)
 
 
 class FakeApi:
