@@ -194,7 +194,10 @@ class Fleet:
         assert policy is not None
         view = gather(caches, policy)
         mem = memory_for(view, memory)
-        clock = Clock(1_800_000_000.0 + self.now, self.now)
+        # A reconcile comes at another moment of the agents' report second each time,
+        # as in the controller: every estimate's age differs from the last one's.
+        at = self.now + self.rng.uniform(0.0, 0.9)
+        clock = Clock(1_800_000_000.0 + at, at)
         needs = measurement(view, mem, clock)
         latencies = None
         if needs is not None and view.parsed is not None:
@@ -203,7 +206,7 @@ class Fleet:
                 needs[0],
                 self.store,
                 self.prober,
-                self.now,
+                at,
                 probe=needs[1],
                 service=view.target,
                 facts=view.facts,

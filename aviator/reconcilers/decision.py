@@ -103,7 +103,7 @@ def decide(
     evaluated = outcome is None
     if outcome is None:
         since = None if memory.last_evaluation is None else clock.store - memory.last_evaluation
-        outcome = evaluation.select(
+        outcome, fixed = evaluation.select(
             parsed,
             eligible_facts,
             by_pod,
@@ -112,9 +112,11 @@ def decide(
             memory.engine_state or persisted_state(view.policy),
             clock.wall,
             latencies.silent,
+            memory.fixed_point,
         )
         memory = dataclasses.replace(
             memory,
+            fixed_point=fixed,
             engine_state=outcome.engine_state,
             outcome=outcome,
             generation=generation,

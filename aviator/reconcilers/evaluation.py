@@ -9,13 +9,15 @@ persisted state). Pure: no I/O.
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from aviator.api.codec import PolicyError
 from aviator.api.types import AviatorPolicySpec
 from aviator.kube.objects import JSON
+from aviator.reconcilers.fixedpoint import FixedPoint
 from aviator.reconcilers.podfacts import PodFacts, timestamp
 from aviator.selection import evaluate
 from aviator.selection.state import EngineState
@@ -219,17 +221,37 @@ def _created(obj: JSON) -> float:
 
 
 def pod_input(
-    pod: PodFacts, latency: LatencyEstimate | None, fresh: bool, silent: bool = False
+    pod: PodFacts,
+    latency: LatencyEstimate | None,
+    fresh: bool,
+    silent: bool = False,
+    stale_after_s: float = math.inf,
 ) -> PodInput:
-    """The engine's input for `pod`: the one built last time from this pod object when
-    the estimate is the same object and freshness and silence are the same (an
-    unchanged estimate is the same object, aviator.latency.window), else built afresh."""
+    """The engine's input for `pod`: the one built last time from this pod object while
+    freshness and silence are the same and the estimate says the same (equal, which is
+    at any age, and on the same side of `stale_after_s`, the one thing the engine reads
+    of its age); else built afresh."""
     held = pod.input
-    if held is not None and held[0] is latency and held[1] is fresh and held[2] is silent:
+    if (
+        held is not None
+        and held[1] is fresh
+        and held[2] is silent
+        and _reads_alike(held[0], latency, stale_after_s)
+    ):
         return held[3]
     built = engine_input(pod, latency, fresh, silent)
     pod.input = (latency, fresh, silent, built)
     return built
+
+
+def _reads_alike(
+    a: LatencyEstimate | None, b: LatencyEstimate | None, stale_after_s: float
+) -> bool:
+    if a is b:
+        return True
+    if a is None or b is None or a != b:
+        return False
+    return (a.age_s > stale_after_s) == (b.age_s > stale_after_s)
 
 
 def engine_input(
@@ -280,19 +302,23 @@ def select(
     persisted: Mapping[str, Any] | None,
     now: float,
     silent: Collection[str] = frozenset(),
-) -> Outcome:
-    """Run the engine over the eligible `pods` (`silent`: see PodLatencies.silent)."""
+    held: FixedPoint | None = None,
+) -> tuple[Outcome, FixedPoint | None]:
+    """Run the engine over the eligible `pods` (`silent`: see PodLatencies.silent); the
+    outcome, and the evaluation remembered if it is a fixed point. While `held` (the
+    last one) holds for these inputs, its outcome is the answer (fixedpoint.py)."""
+    selection = parsed.selection
+    stale = selection.stale_after_s
     inputs = [
-        pod_input(p, latencies.get(p.name), fresh.get(p.name, True), p.name in silent) for p in pods
+        pod_input(p, latencies.get(p.name), fresh.get(p.name, True), p.name in silent, stale)
+        for p in pods
     ]
     names = {i.name for i in inputs}
-    evaluation = evaluate(
-        inputs,
-        frozenset(current_active & names),
-        parsed.selection,
-        load_state(persisted),
-        now,
-    )
+    active = frozenset(current_active & names)
+    if held is not None and held.holds(inputs, active, selection, persisted):
+        return cast(Outcome, held.result), held
+    given = load_state(persisted)
+    evaluation = evaluate(inputs, active, selection, given, now)
     states = {name: str(v.state) for name, v in evaluation.pods.items()}
     reasons = {name: str(v.reason) for name, v in evaluation.pods.items()}
     events: list[EngineEvent] = []
@@ -310,9 +336,9 @@ def select(
     if cond.pending is not None:
         pending = (
             f"dampening: set {sorted(cond.pending)} has won {cond.pending_streak} of "
-            f"{parsed.selection.dampening.consecutive_intervals} evaluations"
+            f"{selection.dampening.consecutive_intervals} evaluations"
         )
-    return Outcome(
+    outcome = Outcome(
         active=set(evaluation.active),
         states=states,
         reasons=reasons,
@@ -321,6 +347,18 @@ def select(
         overload=overload,
         pending=pending,
     )
+    fixed = FixedPoint.of(
+        inputs,
+        active,
+        selection,
+        given,
+        evaluation.state,
+        evaluation.active,
+        bool(evaluation.decisions),
+        outcome.engine_state,
+        outcome,
+    )
+    return outcome, fixed
 
 
 def stalled_pods(

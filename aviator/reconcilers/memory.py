@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from aviator.kube.objects import JSON
 from aviator.reconcilers import takeover
 from aviator.reconcilers.evaluation import Outcome
+from aviator.reconcilers.fixedpoint import FixedPoint
 from aviator.reconcilers.status import Observation
 from aviator.reconcilers.view import View
 
@@ -49,6 +50,8 @@ class Memory:
     # (the status held, what it was found up to date with): while both are the same,
     # the status needs no look (`status_write` would find it unchanged).
     status_current: tuple[JSON, Observation] | None = field(default=None, compare=False)
+    # The last evaluation, if it was a fixed point (reconcilers/fixedpoint.py).
+    fixed_point: FixedPoint | None = field(default=None, compare=False)
 
     def record(self, view: View) -> takeover.Record | None:
         """The takeover record: what we last wrote, else what the cache holds."""

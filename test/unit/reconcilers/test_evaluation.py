@@ -91,9 +91,9 @@ def test_select_fast_pods_and_persistable_state() -> None:
         "a": LatencyEstimate(5, 10, samples=100, age_s=0.1, p90_ms=8, source="ebpf"),
         "b": LatencyEstimate(50, 100, samples=100, age_s=0.1, p90_ms=80, source="ebpf"),
     }
-    out = select(parsed, pods, lat, {"a": True, "b": True}, set(), None, 1000.0)
+    out, _ = select(parsed, pods, lat, {"a": True, "b": True}, set(), None, 1000.0)
     assert out.active == {"a"} and out.states == {"a": "active", "b": "standby"}
-    again = select(parsed, pods, lat, {"a": True, "b": True}, {"a"}, out.engine_state, 1001.0)
+    again, _ = select(parsed, pods, lat, {"a": True, "b": True}, {"a"}, out.engine_state, 1001.0)
     assert again.active == {"a"} and again.engine_state == out.engine_state
 
 

@@ -23,7 +23,7 @@ from aviator.latency import histogram, window
 from aviator.latency.histogram import Histogram, bucket_index
 from aviator.latency.schema import EndpointWindow, Snapshot
 from aviator.latency.store import LatencyStore
-from aviator.reconcilers import evaluation
+from aviator.reconcilers import evaluation, fixedpoint
 from aviator.reconcilers.latencies import PodLatencies, controller_prober, read_latencies
 from aviator.reconcilers.memory import Clock, Memory, memory_for
 from aviator.reconcilers.plan import Plan, measurement, plan
@@ -185,7 +185,9 @@ def disagreement(sequence: list[tuple[tuple[Any, ...], float]]) -> str | None:
             replayed.ingest_snapshot(snap, at)
         view = gather(kept, kept.policies.get(KEY) or {})
         mem = memory_for(view, memory)
-        scratch = dataclasses.replace(mem, slices_current=None, status_current=None)
+        scratch = dataclasses.replace(
+            mem, slices_current=None, status_current=None, fixed_point=None
+        )
         got, got_lat = asyncio.run(reconcile(kept, store, mem, clock))
         want, want_lat = asyncio.run(reconcile(fresh, replayed, scratch, clock))
         if estimates(got_lat) != estimates(want_lat):
@@ -209,6 +211,13 @@ SAME_WINDOW_OTHER_RIF = [
     (("report", {0: (5.0, 1, 0)}), 0.5),
 ]
 SAME_ESTIMATE_NO_LONGER_FRESH = [(("report", {0: (60.0, 0, 0)}), 0.5), (("spec", 1), 0.0)]
+# A pod ejected for its p99 keeps reporting the same (within the 1 s window): the
+# evaluations change nothing until its recovery wait (30 s) is over and the breaker
+# reads the clock (half-open).
+EJECTED_THEN_UNCHANGED = [
+    (("report", {0: (60.0, 0, 0), 1: (5.0, 0, 0), 2: (5.0, 0, 0)}), 0.5),
+    *[(("repeat",), 0.5)] * 80,
+]
 
 
 @settings(
@@ -218,6 +227,7 @@ SAME_ESTIMATE_NO_LONGER_FRESH = [(("report", {0: (60.0, 0, 0)}), 0.5), (("spec",
 )
 @example(SAME_WINDOW_OTHER_RIF)
 @example(SAME_ESTIMATE_NO_LONGER_FRESH)
+@example(EJECTED_THEN_UNCHANGED)
 @given(sequences)
 def test_the_incremental_path_decides_what_a_reconcile_from_scratch_decides(
     sequence: list[tuple[tuple[Any, ...], float]],
@@ -253,7 +263,11 @@ def estimate_without_rif(self: window.Window, now: float) -> LatencyEstimate | N
 
 
 def input_without_freshness(
-    pod: PodFacts, latency: LatencyEstimate | None, fresh: bool, silent: bool = False
+    pod: PodFacts,
+    latency: LatencyEstimate | None,
+    fresh: bool,
+    silent: bool = False,
+    stale_after_s: float = 0.0,
 ) -> PodInput:
     """evaluation.pod_input with a key that leaves out whether the data is fresh."""
     held = pod.input
@@ -269,8 +283,9 @@ def input_without_freshness(
     [
         (window.Window, "estimate", estimate_without_rif, SAME_WINDOW_OTHER_RIF),
         (evaluation, "pod_input", input_without_freshness, SAME_ESTIMATE_NO_LONGER_FRESH),
+        (fixedpoint, "timeless", lambda state: True, EJECTED_THEN_UNCHANGED),
     ],
-    ids=["estimate-key-without-rif", "input-key-without-freshness"],
+    ids=["estimate-key-without-rif", "input-key-without-freshness", "fixed-point-with-a-clock"],
 )
 def test_a_memo_key_that_leaves_out_a_dependency_fails_the_property(
     target: Any,

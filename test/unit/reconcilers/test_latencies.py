@@ -86,7 +86,8 @@ async def test_probe_policy_probes_when_due_and_reads_its_probes_only(
         assert hits == ["/ping"] * PROBES_PER_ROUND
         est = due.estimate("a")
         assert est is not None and est.source == "probe" and est.samples == PROBES_PER_ROUND
-        assert 20 <= est.p50_ms < 500 and est.age_s == 0.0
+        # The server answers after 20 ms; a bucket's midpoint may read up to 1/32 less.
+        assert 20 * (1 - 1 / 32) <= est.p50_ms < 500 and est.age_s == 0.0
         assert due.active_p99_ms(pods) == pytest.approx(est.p99_ms)
         assert list(due.sources()) == ["probe"]
 
