@@ -489,8 +489,10 @@ class SimAgent:
         self.token = token
         self.source = source
         self.sent = 0
+        self.errors: list[str] = []  # the controller's error frames, as an agent logs them
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
 
     CONNECT_WITHIN_S = 300.0  # dialling again after 429s, as long as this
 
@@ -503,6 +505,9 @@ class SimAgent:
                 self._ws = await self._session.ws_connect(
                     self.url, headers={"Authorization": f"Bearer {self.token}"}, max_msg_size=0
                 )
+                # An agent reads its stream: error frames, and the controller's pings,
+                # which go unanswered (and the controller closes the stream) otherwise.
+                self._reader = asyncio.create_task(self._read(self._ws))
                 return self
             except aiohttp.WSServerHandshakeError as exc:
                 # Token reviews are rationed (429 + Retry-After) when a whole fleet
@@ -514,9 +519,18 @@ class SimAgent:
                 retry = str(headers.get("Retry-After", "1"))
                 await asyncio.sleep(float(retry) if retry.isdigit() else 1.0)
 
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in ws:
+            if msg.type is aiohttp.WSMsgType.TEXT:
+                self.errors.append(str(msg.data)[:200])
+
     async def __aexit__(self, *exc: object) -> None:
         if self._ws is not None:
             await self._ws.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
         if self._session is not None:
             await self._session.close()
 

@@ -8,7 +8,7 @@ checked without a scan of the cluster's pods.
 
 from __future__ import annotations
 
-from aviator.informers import Indexer
+from aviator.informers import Indexer, object_key
 from aviator.kube.client import ApiError, KubeClient
 from aviator.kube.objects import JSON
 from aviator.kube.pods import pod_ips
@@ -44,25 +44,28 @@ def pod_locator(pods: Indexer) -> PodLocator:
     """The live pods at an IP, by key, from an indexer holding `POD_IP_INDEXERS`.
 
     Asked for every endpoint of every report, mostly of the same pods: the answer for
-    an IP is remembered with the cache's objects it was read from, and given again
-    while the cache holds those very objects there (an informer replaces an object
-    it updates, never changes it). The memo is cleared when it outgrows the cache."""
-    memo: dict[str, tuple[list[JSON], tuple[PodPlace, ...]]] = {}
+    an IP is remembered with the (key, object) pairs it was read from, and given again
+    while the cache files exactly as many objects under the IP and holds those very
+    objects under those keys (an informer replaces an object it updates, never changes
+    it; a pod that left the IP, or another that came, changes the count or an object).
+    The memo is cleared when it outgrows the cache."""
+    memo: dict[str, tuple[tuple[tuple[str, JSON], ...], tuple[PodPlace, ...]]] = {}
+    get = pods.get
 
     def locate(ip: str) -> tuple[PodPlace, ...]:
-        found = pods.by_index(INDEX_POD_IP, ip)
         held = memo.get(ip)
-        if (
-            held is not None
-            and len(held[0]) == len(found)
-            and all(a is b for a, b in zip(held[0], found, strict=True))
-        ):
-            return held[1]
+        if held is not None:
+            read, answer = held
+            if pods.index_size(INDEX_POD_IP, ip) == len(read) and all(
+                get(key) is obj for key, obj in read
+            ):
+                return answer
+        found = pods.by_index(INDEX_POD_IP, ip)
         places = (_place(p) for p in found)
         answer = tuple(sorted((p for p in places if p is not None), key=lambda p: p.key))
         if len(memo) >= 2 * len(pods) + 1024:
             memo.clear()
-        memo[ip] = (found, answer)
+        memo[ip] = (tuple((object_key(p), p) for p in found), answer)
         return answer
 
     return locate

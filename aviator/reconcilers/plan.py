@@ -134,16 +134,16 @@ def status_write(view: View, memory: Memory, obs: Observation) -> tuple[JSON | N
 
 
 def _status_once(
-    view: View, memory: Memory, obs: Observation
+    view: View, memory: Memory, seen: Observation, wall: float
 ) -> tuple[JSON | None, Write | None, Memory]:
-    """`status_write`, skipped when the status it was last found up to date against (or
-    wrote) is still the one we hold and the observation says the same, but for the time."""
+    """`status_write` of `seen` (an observation without its time, `now_iso` "") at
+    `wall`, skipped when the status it was last found up to date against (or wrote) is
+    still the one we hold and the observation says the same."""
     previous = memory.status or view.policy.get("status")
-    seen = dataclasses.replace(obs, now_iso="")
     held = memory.status_current
     if held is not None and previous is not None and held[0] is previous and held[1] == seen:
         return None, None, memory
-    status, write = status_write(view, memory, obs)
+    status, write = status_write(view, memory, dataclasses.replace(seen, now_iso=_now_iso(wall)))
     after = status if status is not None else previous
     current = None if after is None else (after, seen)
     return status, write, dataclasses.replace(memory, status_current=current)
@@ -325,9 +325,9 @@ def _select(
     p99 = latencies.active_p99_ms(active_pods)
     fallback_names = {pod_name(p) for p in routed} if fallback else set()
     rows = status_rows(eligible_facts, outcome, by_pod, view.pods, fallback_names)
-    obs = Observation(
+    seen = Observation(
         generation=generation,
-        now_iso=_now_iso(clock.wall),
+        now_iso="",  # the time is `_status_once`'s to add, when it writes
         active=len(routed),
         total=len(eligible),
         p99_ms=p99,
@@ -343,7 +343,7 @@ def _select(
         ejected=rows.ejected,
         measured=rows.measured,
     )
-    status, write, memory = _status_once(view, memory, obs)
+    status, write, memory = _status_once(view, memory, seen, clock.wall)
     ejections = sum(1 for e in events if e.reason == "PodEjected")
     gauges = Gauges(len(routed), len(eligible), p99, ejections)
     return Plan(writes, events, status, write, memory, gauges, requeue_after)

@@ -90,17 +90,21 @@ class PolicyReconciler:
         return await self._act(key, plan(view, memory, clock, latencies))
 
     async def _act(self, key: str, todo: Plan) -> Result | None:
+        # Memory.absent: what the plan's deletes found gone, for the next plan. In the
+        # steady state (no write, nothing absent) the plan's memory is kept as it is.
+        settled = todo.memory is not None and not todo.writes and not todo.memory.absent
         if todo.memory is None:
             self._forget(key)
         else:
-            self._memory[key] = dataclasses.replace(todo.memory, absent=frozenset())
+            self._memory[key] = (
+                todo.memory if settled else dataclasses.replace(todo.memory, absent=frozenset())
+            )
         absent: set[tuple[str, str]] = set()
         for write in todo.writes:
             answer = await self.writer.apply(write)
             if write.verb == "delete" and answer is None:
                 absent.add((write.resource.kind, write.name))
-        if todo.memory is not None:
-            # What the plan's deletes found gone, for the next plan (see Memory.absent).
+        if todo.memory is not None and not settled:
             self._memory[key] = dataclasses.replace(todo.memory, absent=frozenset(absent))
         policy = self.caches.policies.get(key)
         for ev in todo.events:
