@@ -149,8 +149,9 @@ class LatencyStore:
         self.total = Usage()
         self._owners: dict[str, Usage] = {}
         self._windows: dict[Key, Window] = {}
-        # ip -> keys of that ip, so estimates need not scan every endpoint.
-        self._by_ip: dict[str, set[Key]] = {}
+        # ip -> keys of that ip, so estimates need not scan every endpoint (a list: one
+        # key, usually; a set would cost four times its memory).
+        self._by_ip: dict[str, list[Key]] = {}
         self._next_prune: float | None = None
         self._reported: dict[str, float] = {}  # owner -> when it last reported (`heard`)
         self._resumed: dict[str, float] = {}  # owner -> when it reported after a silence
@@ -278,7 +279,7 @@ class LatencyStore:
                 return reason
             win = Window(pod, source, now, keep_s, stale_s, owner)
             self._windows[key] = win
-            self._by_ip.setdefault(ep.ip, set()).add(key)
+            self._by_ip.setdefault(ep.ip, []).append(key)
             self._charge(owner, 1, 0)
         else:
             deltas = win.deltas
@@ -309,8 +310,8 @@ class LatencyStore:
         win = self._windows.pop(key)
         self._charge(win.owner, -1, -win.buckets)
         keys = self._by_ip.get(key[0])
-        if keys is not None:
-            keys.discard(key)
+        if keys is not None and key in keys:
+            keys.remove(key)
             if not keys:
                 del self._by_ip[key[0]]
 
@@ -389,7 +390,7 @@ class LatencyStore:
         wanted = (port,) if port is not None else ports
         keys = self._by_ip.get(ip)
         if keys is not None and len(keys) == 1:  # the common case: one endpoint
-            sole = self._sole(next(iter(keys)), now, wanted, origin)
+            sole = self._sole(keys[0], now, wanted, origin)
             return None if sole is None else sole.estimate(now)  # remembered by it
         windows, probe_windows = self._fresh(ip, now, wanted, origin)
         if not windows:
@@ -439,7 +440,7 @@ class LatencyStore:
         for ip in ips:
             keys = by_ip.get(ip)
             if keys is not None and len(keys) == 1:
-                sole = self._sole(next(iter(keys)), now, ports, origin)
+                sole = self._sole(keys[0], now, ports, origin)
                 if sole is not None:
                     out.update(sole.total)
                 continue
