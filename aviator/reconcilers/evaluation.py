@@ -8,6 +8,7 @@ persisted state). Pure: no I/O.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Collection, Mapping, Sequence
@@ -41,22 +42,26 @@ class InvalidSpec(ValueError):
 
 @dataclass(frozen=True)
 class ParsedPolicy:
+    """A policy's spec, typed, and the engine's parameters from it. Parsed once per
+    generation (`ParsedPolicies`) and read by every reconcile: what is derived from
+    it is derived once (cached properties)."""
+
     spec: AviatorPolicySpec
     selection: SelectionPolicy
 
-    @property
+    @functools.cached_property
     def target(self) -> str:
         return self.spec.target_ref.name
 
-    @property
+    @functools.cached_property
     def mode(self) -> str:
         return str(self.spec.routing.mode)
 
-    @property
+    @functools.cached_property
     def routed_service(self) -> str:
         return self.spec.routed_service
 
-    @property
+    @functools.cached_property
     def interval_s(self) -> float:
         return self.spec.evaluation_interval.seconds
 

@@ -27,12 +27,22 @@ class PolicyMetrics:
         self.ejections = Counter(
             "aviator_ejections_total", "Circuit-breaker ejections.", pol, registry=r
         )
+        # Each policy's active and total gauges, looked up once (every reconcile sets
+        # them); its p99 is set only once known (no series says 0 ms before).
+        self._gauges: dict[tuple[str, str], tuple[Gauge, Gauge]] = {}
 
     def set(
         self, namespace: str, policy: str, active: int, total: int, p99_ms: float | None
     ) -> None:
-        self.active.labels(namespace, policy).set(active)
-        self.total.labels(namespace, policy).set(total)
+        key = (namespace, policy)
+        gauges = self._gauges.get(key)
+        if gauges is None:
+            gauges = self._gauges[key] = (
+                self.active.labels(namespace, policy),
+                self.total.labels(namespace, policy),
+            )
+        gauges[0].set(active)
+        gauges[1].set(total)
         if p99_ms is not None:
             self.p99.labels(namespace, policy).set(p99_ms)
 
@@ -41,6 +51,7 @@ class PolicyMetrics:
             self.ejections.labels(namespace, policy).inc(count)
 
     def forget(self, namespace: str, policy: str) -> None:
+        self._gauges.pop((namespace, policy), None)
         for gauge in (self.active, self.total, self.p99):
             with contextlib.suppress(KeyError):
                 gauge.remove(namespace, policy)
