@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 import orjson
@@ -207,6 +207,7 @@ class ReplayClient:
         body: Any = None,
         content_type: str = "application/json",
         timeout_s: float = 30.0,
+        decode: Callable[[bytes], JSON] | None = None,
     ) -> JSON:
         return {"metadata": {"resourceVersion": "1"}, "items": []}
 

@@ -239,7 +239,11 @@ class Reflector:
                     params["continue"] = cont
             try:
                 page = await self._client.request(
-                    "GET", self._path, params=params, timeout_s=self._list_timeout_s
+                    "GET",
+                    self._path,
+                    params=params,
+                    timeout_s=self._list_timeout_s,
+                    decode=None if self._projection is None else self._projection.decode_list,
                 )
             except ApiError as err:
                 if cont and is_expired(err):
@@ -255,14 +259,13 @@ class Reflector:
                 return items, str(meta.get("resourceVersion") or "")
 
     def _typed(self, items: list[JSON]) -> list[JSON]:
-        # List items carry no kind/apiVersion; watch events do. Make them alike.
+        # List items carry no kind/apiVersion; watch events do. Make them alike. (With a
+        # projection, the list was decoded projected: `Projection.decode_list`.)
         for item in items:
             item.setdefault("kind", self._resource.kind)
             item.setdefault("apiVersion", self._resource.api_version)
-            if self._drop_managed_fields:
+            if self._drop_managed_fields and self._projection is None:
                 without_managed_fields(item)
-        if self._projection is not None:
-            return [self._projection.project(item) for item in items]
         return items
 
     # Watching.

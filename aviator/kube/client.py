@@ -10,7 +10,7 @@ Reflector use, so that anything with those methods can stand in for it.
 from __future__ import annotations
 
 import ssl
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from typing import Any, Protocol
 
 import aiohttp
@@ -69,6 +69,18 @@ class RequestClient(Protocol):
 
 class ListWatchClient(RequestClient, Protocol):
     """Requests and watches: the part of KubeClient a Reflector uses."""
+
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, str | int | bool] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout_s: float = 30.0,
+        decode: Callable[[bytes], JSON] | None = None,
+    ) -> JSON: ...
 
     def watch(
         self,
@@ -157,8 +169,10 @@ class KubeClient:
         body: Any = None,
         content_type: str = "application/json",
         timeout_s: float = 30.0,
+        decode: Callable[[bytes], JSON] | None = None,
     ) -> JSON:
-        """Send one request and return the decoded JSON body; raise ApiError on failure."""
+        """Send one request and return the decoded JSON body (`decode`: how to decode a
+        successful one, e.g. a projection's list); raise ApiError on failure."""
         session = self._session_or_new()
         data = None if body is None else (body if isinstance(body, str) else orjson.dumps(body))
         async with session.request(
@@ -173,6 +187,8 @@ class KubeClient:
             if resp.status >= 400:
                 text = raw.decode(errors="replace")
                 raise ApiError(resp.status, _maybe_json(raw), text)
+            if decode is not None:
+                return decode(raw)
             return _maybe_json(raw) or {}
 
     def watch(

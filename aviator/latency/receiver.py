@@ -20,7 +20,9 @@ and total bounds (store.py). Refused endpoints are counted by reason in
 at most once a minute. Parsing and ingesting hand the event loop back every few
 milliseconds, so no message stalls the replica. The token is re-checked every
 `reauth_after_s`, so a revoked or expired token does not keep a connection alive
-forever (nor one whose pod moved: a changed node ends it too).
+forever (nor one whose pod moved: a changed node ends it too). A re-check the API
+server does not answer (503: no verdict) is no refusal: the stream goes on and the
+token is checked again `REAUTH_RETRY_S` later.
 
 Endpoints are judged against the Pod cache only once it holds its first list
 (`located`): a snapshot that arrives before, as agents' first ones do when a replica
@@ -97,6 +99,7 @@ _LOG_EVERY_S = 10.0
 _SLICE_S = 0.005  # at most this much work between two turns of the event loop
 _CHUNK = 64  # endpoints between two looks at the clock
 SYNC_WAIT_S = 10.0  # how long a snapshot waits for the Pod cache's first list
+REAUTH_RETRY_S = 10.0  # a re-check the API server did not answer is tried again after
 
 
 def bearer_token(request: web.Request) -> str:
@@ -219,12 +222,20 @@ def make_stream_handler(
                     break  # ERROR; close frames end the iteration by themselves
                 if time.monotonic() - authed_at > reauth_after_s:
                     verdict = await authenticator.authenticate(token)
-                    if not verdict.allowed or verdict.node != peer.node:
+                    if verdict.status == 503:
+                        # No verdict (the API server did not answer the review): no
+                        # refusal either. Ending every stream whose re-check fell in an
+                        # API server's bad minute would stop the latency data when the
+                        # cluster is busiest; look again shortly.
+                        log.info("re-checking the token of %s: %s", source, verdict.reason)
+                        authed_at = time.monotonic() - reauth_after_s + REAUTH_RETRY_S
+                    elif not verdict.allowed or verdict.node != peer.node:
                         reason = verdict.reason or f"it now names node {verdict.node}"
                         await ws.send_str(encode_error(f"token no longer accepted: {reason}"))
                         await ws.close(code=WSCloseCode.POLICY_VIOLATION)
                         break
-                    authed_at = time.monotonic()
+                    else:
+                        authed_at = time.monotonic()
                 if not peer.messages.take():
                     STREAM_MESSAGES.labels("throttled").inc()
                     answer = _refusals(peer, Tally({"message_rate": 1}), count=False)

@@ -106,6 +106,7 @@ class FaultyClient:
         body: Any = None,
         content_type: str = "application/json",
         timeout_s: float = 30.0,
+        decode: Callable[[bytes], JSON] | None = None,
     ) -> JSON:
         query = dict(params or {})
         self.list_calls.append(query)
@@ -117,7 +118,13 @@ class FaultyClient:
             if asyncio.iscoroutine(result):
                 await result
         page = await self.client.request(
-            method, path, params=params, body=body, content_type=content_type, timeout_s=timeout_s
+            method,
+            path,
+            params=params,
+            body=body,
+            content_type=content_type,
+            timeout_s=timeout_s,
+            decode=decode,
         )
         self.list_versions.append(str((page.get("metadata") or {}).get("resourceVersion") or ""))
         return page

@@ -92,6 +92,34 @@ def test_project_gives_a_listed_object_what_a_watch_gives() -> None:
     assert THING.project(odd) is odd
 
 
+def test_a_list_decodes_its_items_into_the_declared_fields_only() -> None:
+    listing = {
+        "kind": "ThingList",
+        "apiVersion": "v1",
+        "metadata": {"resourceVersion": "42", "continue": "c"},
+        "items": [WHOLE, {**WHOLE, "count": 4}],
+    }
+    decoded = THING.decode_list(orjson.dumps(listing))
+    assert decoded == {
+        "metadata": {"resourceVersion": "42", "continue": "c"},
+        "items": [KEPT, {**KEPT, "count": 4}],
+    }
+    assert all(type(item) is dict for item in decoded["items"])
+    assert THING.decode_list(b'{"metadata": {"resourceVersion": "1"}}')["items"] == []
+
+
+def test_a_list_with_an_item_that_does_not_fit_loses_no_item() -> None:
+    odd = {**WHOLE, "count": "three"}
+    listing = {"metadata": {"resourceVersion": "42"}, "items": [WHOLE, odd]}
+    decoded = THING.decode_list(orjson.dumps(listing))
+    fits, whole = decoded["items"]
+    assert fits == KEPT and decoded["metadata"] == {"resourceVersion": "42"}
+    assert whole["count"] == "three" and whole["spec"] == WHOLE["spec"]
+    assert "managedFields" not in whole["metadata"]
+    with pytest.raises(orjson.JSONDecodeError):
+        THING.decode_list(b'{"items": [')
+
+
 async def test_watch_events_decode_through_the_projection() -> None:
     async def chunks() -> Any:
         body = b"\n".join(

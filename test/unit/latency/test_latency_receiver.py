@@ -369,6 +369,36 @@ async def test_a_token_revoked_mid_stream_ends_the_connection() -> None:
     assert store.estimate("10.0.0.2", now) is None
 
 
+async def test_a_recheck_the_api_server_does_not_answer_keeps_the_stream(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(receiver, "REAUTH_RETRY_S", 0.0)  # look again at the next message
+    store = LatencyStore(window_s=10, stale_after_s=5)
+    reviews = FakeReviews({"good": (AGENT, [])})
+    clock = Clock()
+    auth = authenticator(reviews, clock, cache_ttl_s=60)
+    app = web.Application()
+    app.router.add_get("/v1/stream", make_stream_handler(store, auth, locate, reauth_after_s=0))
+    async with (
+        TestClient(TestServer(app)) as client,
+        client.ws_connect("/v1/stream", headers={"Authorization": f"Bearer {jwt('good')}"}) as ws,
+    ):
+        reviews.down = True  # the cached verdict expires and the API server answers none
+        clock.now = 61.0
+        await ws.send_str(snapshot_text("10.0.0.1"))
+        await ws.send_str("garbage")  # answered, so the snapshot before it was handled
+        assert "no longer accepted" not in json.loads(await ws.receive_str())["error"]
+        assert len(reviews.bodies) == 3  # the connection's, and one per message since
+        reviews.down = False
+        del reviews.users["good"]  # a verdict, once one comes, still ends the stream
+        await ws.send_str(snapshot_text("10.0.0.2"))
+        assert "no longer accepted" in json.loads(await ws.receive_str())["error"]
+        assert (await ws.receive()).type == aiohttp.WSMsgType.CLOSE
+    now = time.monotonic()
+    assert store.estimate("10.0.0.1", now) is not None
+    assert store.estimate("10.0.0.2", now) is None
+
+
 async def test_a_token_that_comes_to_name_another_node_ends_the_connection() -> None:
     store = LatencyStore(window_s=10, stale_after_s=5)
     reviews = FakeReviews({"good": (AGENT, [])})
