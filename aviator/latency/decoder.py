@@ -107,9 +107,9 @@ def decode_snapshot(data: str | bytes) -> Snapshot:
 
 
 async def decode_snapshot_async(data: str | bytes, *, slice_s: float = 0.005) -> Snapshot:
-    """`decode_snapshot`, yielding to the event loop after every `slice_s` of work
-    after the message is decoded (the decode itself: a millisecond or two for the
-    largest message)."""
+    """`decode_snapshot`, yielding to the event loop after every `slice_s` of work once
+    the message is decoded (msgspec's decode itself takes a few milliseconds for the
+    largest message, in one piece)."""
     try:
         head, raw_eps = _head(data)
         eps: list[EndpointWindow] = []
