@@ -157,6 +157,7 @@ class _Peer:
     refused: Tally[str] = dataclasses.field(default_factory=Tally)
     next_notice: float = 0.0
     reported: bool = False  # a snapshot of this connection was taken
+    located: bool = False  # the Pod cache had listed when a snapshot came
 
 
 def make_stream_handler(
@@ -239,13 +240,14 @@ def make_stream_handler(
                 if not peer.messages.take():
                     STREAM_MESSAGES.labels("throttled").inc()
                     answer = _refusals(peer, Tally({"message_rate": 1}), count=False)
-                elif not await _pods_listed(located):
+                elif not peer.located and not await _pods_listed(located):
                     STREAM_MESSAGES.labels("unsynced").inc()
                     answer = encode_error(
                         "the controller's Pod cache has not listed the pods yet "
                         f"({SYNC_WAIT_S:g}s): snapshot not taken"
                     )
                 else:
+                    peer.located = True  # (a cache that has listed stays listed)
                     # Decoded messages are big: a few at a time. Answers are sent
                     # after, so a peer that does not read cannot hold the turn (nor
                     # one waiting for the Pod cache: that wait comes before it).
