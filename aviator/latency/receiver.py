@@ -19,8 +19,9 @@ and total bounds (store.py). Refused endpoints are counted by reason in
 `aviator_stream_endpoints_refused_total` and summed up to the agent in an error frame
 at most once a minute. Parsing and ingesting hand the event loop back every few
 milliseconds, so no message stalls the replica. The token is re-checked every
-`reauth_after_s`, so a revoked or expired token does not keep a connection alive
-forever (nor one whose pod moved: a changed node ends it too). A re-check the API
+`reauth_after_s` (up to a quarter sooner, at random), so a revoked or expired token
+does not keep a connection alive forever (nor one whose pod moved: a changed node
+ends it too). A re-check the API
 server does not answer (503: no verdict) is no refusal: the stream goes on and the
 token is checked again `REAUTH_RETRY_S` later.
 
@@ -42,6 +43,7 @@ import asyncio
 import dataclasses
 import logging
 import math
+import random
 import time
 from collections import Counter as Tally
 from collections.abc import Awaitable, Callable, Sequence
@@ -212,6 +214,9 @@ def make_stream_handler(
         request: web.Request, token: str, verdict: AuthResult, source: str, node: str
     ) -> web.StreamResponse:
         authed_at = time.monotonic()
+        # Up to a quarter sooner, at random: a fleet of agents that connected together
+        # (a controller restart) does not send its TokenReviews together again.
+        reauth_s = reauth_after_s * (1.0 - random.random() / 4)
         ws = web.WebSocketResponse(heartbeat=heartbeat_s, max_msg_size=MAX_MESSAGE_BYTES)
         await ws.prepare(request)
         peer = _Peer(source, node, gate.message_bucket())
@@ -221,7 +226,7 @@ def make_stream_handler(
             async for msg in ws:
                 if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
                     break  # ERROR; close frames end the iteration by themselves
-                if time.monotonic() - authed_at > reauth_after_s:
+                if time.monotonic() - authed_at > reauth_s:
                     verdict = await authenticator.authenticate(token)
                     if verdict.status == 503:
                         # No verdict (the API server did not answer the review): no
@@ -229,7 +234,7 @@ def make_stream_handler(
                         # API server's bad minute would stop the latency data when the
                         # cluster is busiest; look again shortly.
                         log.info("re-checking the token of %s: %s", source, verdict.reason)
-                        authed_at = time.monotonic() - reauth_after_s + REAUTH_RETRY_S
+                        authed_at = time.monotonic() - reauth_s + REAUTH_RETRY_S
                     elif not verdict.allowed or verdict.node != peer.node:
                         reason = verdict.reason or f"it now names node {verdict.node}"
                         await ws.send_str(encode_error(f"token no longer accepted: {reason}"))
