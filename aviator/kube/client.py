@@ -64,23 +64,12 @@ class RequestClient(Protocol):
         body: Any = None,
         content_type: str = "application/json",
         timeout_s: float = 30.0,
+        decode: Callable[[bytes], JSON] | None = None,
     ) -> JSON: ...
 
 
 class ListWatchClient(RequestClient, Protocol):
     """Requests and watches: the part of KubeClient a Reflector uses."""
-
-    async def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: Mapping[str, str | int | bool] | None = None,
-        body: Any = None,
-        content_type: str = "application/json",
-        timeout_s: float = 30.0,
-        decode: Callable[[bytes], JSON] | None = None,
-    ) -> JSON: ...
 
     def watch(
         self,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import pytest
@@ -39,6 +39,7 @@ class FakeLeases:
         body: Any = None,
         content_type: str = "application/json",
         timeout_s: float = 30.0,
+        decode: Callable[[bytes], JSON] | None = None,
     ) -> JSON:
         self.requests.append((method, path, copy.deepcopy(body)))
         if method == "GET":
