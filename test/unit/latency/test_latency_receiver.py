@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -341,10 +342,12 @@ async def test_loads_are_kept_for_the_tokens_nodes_pods_only(
     assert store.loads.load("10.0.9.2", "queue", now) is None
 
 
-async def test_a_token_revoked_mid_stream_ends_the_connection() -> None:
-    store = LatencyStore(window_s=10, stale_after_s=5)
-    reviews = FakeReviews({"good": (AGENT, [])})
-    clock = Clock()
+@contextlib.asynccontextmanager
+async def rechecked_stream(
+    store: LatencyStore, reviews: FakeReviews, clock: Clock
+) -> AsyncIterator[aiohttp.ClientWebSocketResponse]:
+    """A stream of the agent "good" whose token is re-checked at every message (verdicts
+    cached for 60 s of `clock`)."""
     auth = authenticator(reviews, clock, cache_ttl_s=60)
     app = web.Application()
     app.router.add_get("/v1/stream", make_stream_handler(store, auth, locate, reauth_after_s=0))
@@ -352,6 +355,14 @@ async def test_a_token_revoked_mid_stream_ends_the_connection() -> None:
         TestClient(TestServer(app)) as client,
         client.ws_connect("/v1/stream", headers={"Authorization": f"Bearer {jwt('good')}"}) as ws,
     ):
+        yield ws
+
+
+async def test_a_token_revoked_mid_stream_ends_the_connection() -> None:
+    store = LatencyStore(window_s=10, stale_after_s=5)
+    reviews = FakeReviews({"good": (AGENT, [])})
+    clock = Clock()
+    async with rechecked_stream(store, reviews, clock) as ws:
         await ws.send_str(snapshot_text("10.0.0.1"))
         await ws.send_str("garbage")  # answered, so the snapshot before it was handled
         assert json.loads(await ws.receive_str())["kind"] == "error"
@@ -376,13 +387,7 @@ async def test_a_recheck_the_api_server_does_not_answer_keeps_the_stream(
     store = LatencyStore(window_s=10, stale_after_s=5)
     reviews = FakeReviews({"good": (AGENT, [])})
     clock = Clock()
-    auth = authenticator(reviews, clock, cache_ttl_s=60)
-    app = web.Application()
-    app.router.add_get("/v1/stream", make_stream_handler(store, auth, locate, reauth_after_s=0))
-    async with (
-        TestClient(TestServer(app)) as client,
-        client.ws_connect("/v1/stream", headers={"Authorization": f"Bearer {jwt('good')}"}) as ws,
-    ):
+    async with rechecked_stream(store, reviews, clock) as ws:
         reviews.down = True  # the cached verdict expires and the API server answers none
         clock.now = 61.0
         await ws.send_str(snapshot_text("10.0.0.1"))
@@ -403,13 +408,7 @@ async def test_a_token_that_comes_to_name_another_node_ends_the_connection() -> 
     store = LatencyStore(window_s=10, stale_after_s=5)
     reviews = FakeReviews({"good": (AGENT, [])})
     clock = Clock()
-    auth = authenticator(reviews, clock, cache_ttl_s=60)
-    app = web.Application()
-    app.router.add_get("/v1/stream", make_stream_handler(store, auth, locate, reauth_after_s=0))
-    async with (
-        TestClient(TestServer(app)) as client,
-        client.ws_connect("/v1/stream", headers={"Authorization": f"Bearer {jwt('good')}"}) as ws,
-    ):
+    async with rechecked_stream(store, reviews, clock) as ws:
         reviews.users["good"] = (AGENT, [], {NODE_NAME_EXTRA: ["node-2"]})
         clock.now = 61.0
         await ws.send_str(snapshot_text("10.0.0.1"))
