@@ -65,6 +65,24 @@ async def eventually(
         raise _not_reached(within, what, state) from None
 
 
+async def with_loop_turns(work: Awaitable[T]) -> tuple[T, int]:
+    """`work`'s result and how often the event loop ran something else meanwhile: a
+    test that work which says it hands the loop back does so."""
+    turns = 0
+
+    async def count() -> None:
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+
+    counter = asyncio.get_running_loop().create_task(count())
+    try:
+        return await work, turns
+    finally:
+        counter.cancel()
+
+
 async def bounded(
     awaitable: Awaitable[T],
     *,

@@ -21,6 +21,7 @@ from aviator.latency.schema import (
     encode_snapshot,
     parse_snapshot,
 )
+from aviator.testing.waiting import with_loop_turns
 
 # Values a hostile or broken agent might put anywhere.
 oddities = st.one_of(
@@ -226,19 +227,7 @@ def test_what_agents_send_is_decoded_without_the_reference(
 
 async def test_the_async_decode_hands_the_loop_back_and_agrees() -> None:
     text = _agents_message()
-    turns = 0
-
-    async def count_turns() -> None:
-        nonlocal turns
-        while True:
-            await asyncio.sleep(0)
-            turns += 1
-
-    counter = asyncio.get_running_loop().create_task(count_turns())
-    try:
-        decoded = await decode_snapshot_async(text, slice_s=0.0)
-    finally:
-        counter.cancel()
+    decoded, turns = await with_loop_turns(decode_snapshot_async(text, slice_s=0.0))
     assert decoded == parse_snapshot(text)
     assert turns > 3
     bad = text.replace('"count":4', '"count":-4', 1)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import json
 from dataclasses import replace
@@ -27,6 +26,7 @@ from aviator.latency.schema import (
     snapshot_to_dict,
     split_snapshot,
 )
+from aviator.testing.waiting import with_loop_turns
 
 u32 = st.integers(min_value=0, max_value=2**32)
 endpoints = st.builds(
@@ -241,18 +241,6 @@ async def test_the_async_parse_hands_the_loop_back_and_agrees() -> None:
         for i in range(300)
     )
     text = encode_snapshot(Snapshot("n1", "ebpf", 1.0, 1.0, eps))
-    turns = 0
-
-    async def count_turns() -> None:
-        nonlocal turns
-        while True:
-            await asyncio.sleep(0)
-            turns += 1
-
-    counter = asyncio.get_running_loop().create_task(count_turns())
-    try:
-        parsed = await parse_snapshot_async(text, slice_s=0.001)
-    finally:
-        counter.cancel()
+    parsed, turns = await with_loop_turns(parse_snapshot_async(text, slice_s=0.001))
     assert parsed == parse_snapshot(text)
     assert turns > 3
