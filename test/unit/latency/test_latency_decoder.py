@@ -73,13 +73,18 @@ def endpoint_dicts(draw: st.DrawFn) -> dict[str, Any]:
         "oldest_open_us": draw(st.integers(min_value=0, max_value=10**7)),
         "keepwarm": draw(st.integers(min_value=0, max_value=count + 1)),
     }
-    # Mostly whole: a message with one bad field or none is where the two could differ.
-    for key in draw(st.lists(st.sampled_from(sorted(ep)), max_size=1)):
+    return _with_one_odd_field_or_none(draw, ep)
+
+
+def _with_one_odd_field_or_none(draw: st.DrawFn, obj: dict[str, Any]) -> dict[str, Any]:
+    """`obj` with at most one field removed or set to an oddity: a message with one bad
+    field or none is where the decoder and the reference could differ."""
+    for key in draw(st.lists(st.sampled_from(sorted(obj)), max_size=1)):
         if draw(st.booleans()):
-            ep.pop(key, None)
+            obj.pop(key, None)
         else:
-            ep[key] = draw(oddities)
-    return ep
+            obj[key] = draw(oddities)
+    return obj
 
 
 @st.composite
@@ -97,12 +102,7 @@ def messages(draw: st.DrawFn) -> dict[str, Any]:
         msg["maps_full"] = draw(st.lists(st.sampled_from(["endpoints", "h2conns"]), max_size=2))
     if draw(st.booleans()):
         msg["loads"] = [{"ip": "10.0.0.7", "metric": "queue", "value": draw(oddities)}]
-    for key in draw(st.lists(st.sampled_from(sorted(msg)), max_size=1)):
-        if draw(st.booleans()):
-            msg.pop(key, None)
-        else:
-            msg[key] = draw(oddities)
-    return msg
+    return _with_one_odd_field_or_none(draw, msg)
 
 
 def _outcome(parse: Any, text: str) -> tuple[str, object]:
