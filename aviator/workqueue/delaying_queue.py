@@ -6,6 +6,12 @@ semantics apply: collapse, re-queue after done). An item waits at most once: add
 after a shorter delay moves it earlier, a longer delay leaves it where it is (earliest
 time wins). A plain `add` does not cancel a pending `add_after`. With the default
 `RealClock`, `add_after` must be called on the running event loop (it arms a loop timer).
+
+A timer may fire a little before its time by the queue's clock: uvloop (libuv) rounds
+delays to whole milliseconds against a loop time it reads once per iteration. Items due
+within `TIMER_SLACK_S` are taken when it fires; re-arming for the sliver left instead
+arms a zero-delay timer, again and again until the clock catches up (dozens of loop
+turns per item, a few percent of a busy controller's CPU).
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import itertools
 from aviator.workqueue.clock import Clock, Timer
 from aviator.workqueue.metrics import MetricsProvider
 from aviator.workqueue.queue import Queue, T
+
+TIMER_SLACK_S = 0.001  # how early a loop timer may fire: libuv's millisecond
 
 
 class DelayingQueue(Queue[T]):
@@ -76,8 +84,8 @@ class DelayingQueue(Queue[T]):
     def _on_timer(self) -> None:
         self._timer = None
         self._timer_at = None
-        now = self.clock.now()
-        while self._heap and self._heap[0][0] <= now:
+        due = self.clock.now() + TIMER_SLACK_S
+        while self._heap and self._heap[0][0] <= due:
             ready_at, _, item = heapq.heappop(self._heap)
             if self._ready_at.get(item) == ready_at:
                 del self._ready_at[item]

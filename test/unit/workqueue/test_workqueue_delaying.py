@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aviator.workqueue import DelayingQueue, FakeClock
+from aviator.workqueue.clock import Timer
+from aviator.workqueue.delaying_queue import TIMER_SLACK_S
 
 
 def drain_now(q: DelayingQueue[str]) -> list[str]:
@@ -110,3 +113,52 @@ async def test_real_clock_timer_adds_the_item() -> None:
     q.add_after("x", 0.01)
     assert len(q) == 0
     assert await asyncio.wait_for(q.get(), 2) == "x"
+
+
+class EarlyClock(FakeClock):
+    """Timers fire half a millisecond early, as uvloop's may (libuv rounds delays to
+    whole milliseconds); fails a test that arms more than `max_timers`."""
+
+    def __init__(self, max_timers: int) -> None:
+        super().__init__()
+        self.armed = 0
+        self.max_timers = max_timers
+
+    def call_later(self, delay_s: float, callback: Callable[[], None]) -> Timer:
+        self.armed += 1
+        assert self.armed <= self.max_timers, "the queue keeps re-arming its timer"
+        return super().call_later(delay_s - TIMER_SLACK_S / 2, callback)
+
+
+def test_a_timer_that_fires_early_takes_its_items_without_rearming() -> None:
+    items = [f"i{n}" for n in range(50)]
+    clock = EarlyClock(max_timers=2 * len(items))
+    q: DelayingQueue[str] = DelayingQueue(clock=clock)
+    for n, item in enumerate(items):
+        q.add_after(item, 0.01 * (n + 1))
+    came: list[str] = []
+    for _ in items:
+        clock.advance(0.01)
+        came += drain_now(q)
+    assert came == items
+    assert clock.armed <= len(items) + 1
+
+
+class TimerCountingQueue(DelayingQueue[int]):
+    fired = 0
+
+    def _on_timer(self) -> None:
+        self.fired += 1
+        super()._on_timer()
+
+
+async def test_real_loop_timers_fire_about_once_per_item() -> None:
+    """On the suite's loop (uvloop, as the controller runs): no spinning while the
+    loop's rounded-off timer is ahead of the monotonic clock."""
+    q = TimerCountingQueue()
+    n = 100
+    for i in range(n):
+        q.add_after(i, 0.0002 * (i + 1) + 0.001)  # spread over 21 ms: one timer each
+    got = [await asyncio.wait_for(q.get(), 2) for _ in range(n)]
+    assert sorted(got) == list(range(n))
+    assert q.fired <= n + 1
