@@ -11,13 +11,16 @@ Before the upgrade, in this order, each refusal costing less than the next step:
 
 Once connected, each text (or binary) frame is one v1 snapshot of at most
 MAX_MESSAGE_BYTES (a larger frame closes the connection, 1009, unread); frames over
-the connection's message rate are dropped. A bad one is counted and answered with an
+the connection's message rate are dropped. Frames are read off the socket as they
+come, whatever the receiver is busy with, and taken in order from the connection's
+`Inbox` (inbox.py): a replica that falls behind drops an agent's oldest waiting
+snapshots (`shed`), never the agent's stream. A bad one is counted and answered with an
 error frame, and the connection goes on. A snapshot claiming another node than the
 token's is refused whole; of the others, only the endpoints of pods scheduled on the
 token's node reach the store (admission.py), and only within the store's per-agent
 and total bounds (store.py). Refused endpoints are counted by reason in
 `aviator_stream_endpoints_refused_total` and summed up to the agent in an error frame
-at most once a minute. Parsing and ingesting hand the event loop back every few
+at most once a minute, with the snapshots shed (`overloaded`). Parsing and ingesting hand the event loop back every few
 milliseconds, so no message stalls the replica. The token is re-checked every
 `reauth_after_s` (up to a quarter sooner, at random), so a revoked or expired token
 does not keep a connection alive forever (nor one whose pod moved: a changed node
@@ -40,6 +43,7 @@ instead of at their next evaluation.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import logging
 import math
@@ -54,6 +58,7 @@ from prometheus_client import Counter, Gauge
 from aviator.latency.admission import PodLocator, admit
 from aviator.latency.auth import AuthResult, TokenAuthenticator
 from aviator.latency.decoder import decode_snapshot_async
+from aviator.latency.inbox import Inbox
 from aviator.latency.limits import StreamGate, TokenBucket
 from aviator.latency.loads import admit_loads
 from aviator.latency.schema import (
@@ -77,7 +82,8 @@ STREAM_CONNECTIONS = Gauge(
 )
 STREAM_MESSAGES = Counter(
     "aviator_stream_messages_total",
-    "Agent snapshot messages received, by result (ok, invalid, error, throttled, unsynced)",
+    "Agent snapshot messages received, by result (ok, invalid, error, throttled, unsynced, "
+    "shed: dropped unread while newer ones from the same agent waited)",
     ["result"],
 )
 STREAM_ENDPOINTS = Counter(
@@ -102,6 +108,7 @@ _SLICE_S = 0.005  # at most this much work between two turns of the event loop
 _CHUNK = 64  # endpoints between two looks at the clock
 SYNC_WAIT_S = 10.0  # how long a snapshot waits for the Pod cache's first list
 REAUTH_RETRY_S = 10.0  # a re-check the API server did not answer is tried again after
+OVERLOADED = "overloaded"  # what the agent is told of snapshots its inbox dropped
 
 
 def bearer_token(request: web.Request) -> str:
@@ -222,10 +229,10 @@ def make_stream_handler(
         peer = _Peer(source, node, gate.message_bucket())
         log.info("agent stream from %s as %s for node %s", source, verdict.username, node)
         STREAM_CONNECTIONS.inc()
+        inbox = Inbox()
+        reading = asyncio.create_task(_read(ws, inbox, peer))
         try:
-            async for msg in ws:
-                if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-                    break  # ERROR; close frames end the iteration by themselves
+            while (data := await inbox.get()) is not None:
                 if time.monotonic() - authed_at > reauth_s:
                     verdict = await authenticator.authenticate(token)
                     if verdict.status == 503:
@@ -257,18 +264,39 @@ def make_stream_handler(
                     # after, so a peer that does not read cannot hold the turn (nor
                     # one waiting for the Pod cache: that wait comes before it).
                     async with gate.parsing:
-                        answer = await _receive(msg.data, store, locate, clock, peer, on_open)
+                        answer = await _receive(data, store, locate, clock, peer, on_open)
+                if answer is None and peer.refused:  # e.g. snapshots the inbox dropped
+                    answer = _refusals(peer, Tally(), count=False)
                 if answer is not None:
                     try:
                         await ws.send_str(answer)
                     except ConnectionError:  # the agent is gone already
                         break
         finally:
+            reading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reading
             STREAM_CONNECTIONS.dec()
             log.info("agent stream from %s closed", source)
         return ws
 
     return handle
+
+
+async def _read(ws: web.WebSocketResponse, inbox: Inbox, peer: _Peer) -> None:
+    """Every frame of `ws` into `inbox` as it comes (inbox.py says why), until the
+    connection ends; snapshots dropped to make room are counted, and told to the agent
+    with its refusals."""
+    try:
+        async for msg in ws:
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                break  # ERROR; close frames end the iteration by themselves
+            dropped = inbox.put(msg.data)
+            if dropped:
+                STREAM_MESSAGES.labels("shed").inc(dropped)
+                peer.refused[OVERLOADED] += dropped
+    finally:
+        inbox.close()
 
 
 async def _pods_listed(located: Callable[[], Awaitable[None]] | None) -> bool:

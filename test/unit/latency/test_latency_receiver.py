@@ -28,6 +28,7 @@ from aviator.latency.auth import (
     service_account_username,
 )
 from aviator.latency.histogram import Histogram
+from aviator.latency.inbox import MAX_WAITING
 from aviator.latency.limits import StreamGate, StreamLimits
 from aviator.latency.receiver import make_stream_handler
 from aviator.latency.schema import EndpointWindow, PodLoad, Snapshot, encode_snapshot
@@ -574,3 +575,77 @@ async def test_waiting_for_the_pod_cache_does_not_hold_a_parsing_turn() -> None:
             await ws.close()
     assert store.estimate("10.0.0.1", now=time.monotonic()) is not None
     assert store.estimate("10.0.9.1", now=time.monotonic()) is not None
+
+
+def big_snapshot(rif: int, endpoints: int = 200) -> str:
+    """A snapshot of `endpoints` pods of NODE (10.1.x.y), each with `rif` requests in flight."""
+    h = Histogram.from_values([5000] * 10)
+    eps = tuple(
+        EndpointWindow(
+            f"10.1.{i // 250}.{i % 250 + 1}", 8080, "server", None, h, 10, 50000, 5000, rif, 0
+        )
+        for i in range(endpoints)
+    )
+    return encode_snapshot(Snapshot(NODE, "ebpf", 1.0, 1.0, eps))
+
+
+async def test_a_replica_that_falls_behind_sheds_old_snapshots_not_the_stream() -> None:
+    """While no snapshot can be taken (the parsing turn held), an agent that keeps
+    sending (far more than a socket buffers) keeps its stream: the frames are read as
+    they come, so the heartbeat's pings are answered; the oldest waiting snapshots are
+    dropped, counted and told to the agent, and the newest is taken once the replica
+    catches up. Without the inbox, the server stops reading and closes the stream when
+    the pong does not come."""
+    store = LatencyStore(window_s=10, stale_after_s=5)
+    reviews = FakeReviews({"good": (AGENT, [])})
+    gate = StreamGate(StreamLimits(parsing=1, messages_per_s=1000, messages_burst=1000))
+    handler = make_stream_handler(
+        store,
+        authenticator(reviews),
+        lambda ip: [PodPlace(f"ns/{ip}", NODE)],
+        gate=gate,
+        heartbeat_s=1.0,
+    )
+    app = web.Application()
+    app.router.add_get("/v1/stream", handler)
+    shed = REGISTRY.get_sample_value("aviator_stream_messages_total", {"result": "shed"}) or 0.0
+    sent = 40
+    messages = [big_snapshot(rif) for rif in range(1, sent + 1)]
+    assert sum(map(len, messages)) > 1024 * 1024  # far more than a socket's buffers
+    await gate.parsing.acquire()  # the replica is busy: nothing is taken
+    async with TestClient(TestServer(app)) as client:
+        ws = await client.ws_connect(
+            "/v1/stream", headers={"Authorization": f"Bearer {jwt('good')}"}, autoping=False
+        )
+
+        async def send_all() -> None:
+            for m in messages:
+                await ws.send_str(m)
+
+        sending = asyncio.create_task(send_all())
+        pings, errors = 0, []
+        while pings < 3:  # the server's heartbeat, answered while the turn is held
+            msg = await asyncio.wait_for(ws.receive(), 10)
+            assert msg.type == aiohttp.WSMsgType.PING, f"the stream ended: {msg}"
+            await ws.pong(msg.data)
+            pings += 1
+        await asyncio.wait_for(sending, 10)
+        gate.parsing.release()
+        await ws.send_bytes(b"\x00")  # answered once everything before it was taken
+        while True:
+            msg = await asyncio.wait_for(ws.receive(), 10)
+            if msg.type == aiohttp.WSMsgType.PING:
+                await ws.pong(msg.data)
+                continue
+            assert msg.type == aiohttp.WSMsgType.TEXT
+            reply = json.loads(msg.data)
+            errors.append(reply["error"])
+            if "version" in reply["error"] or "JSON" in reply["error"]:
+                break
+        await ws.close()
+    now_shed = REGISTRY.get_sample_value("aviator_stream_messages_total", {"result": "shed"})
+    # Of those sent, one was taken (it waits for the turn) and MAX_WAITING wait behind it.
+    assert now_shed is not None and now_shed - shed >= sent - MAX_WAITING - 1
+    assert any("overloaded" in e for e in errors), errors
+    est = store.estimate("10.1.0.1", now=time.monotonic())
+    assert est is not None and est.rif == sent  # the newest snapshot was taken

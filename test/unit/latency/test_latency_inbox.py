@@ -1,0 +1,98 @@
+"""Inbox: frames taken in order; the oldest dropped past its bounds, never the newest."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from aviator.latency.inbox import Inbox
+
+
+async def test_frames_are_taken_in_order_and_the_oldest_go_past_the_bound() -> None:
+    inbox = Inbox(max_waiting=2)
+    assert inbox.put("a") == 0
+    assert inbox.put("b") == 0
+    assert inbox.put("c") == 1  # "a" goes
+    assert [await inbox.get(), await inbox.get()] == ["b", "c"]
+    assert len(inbox) == 0
+
+
+async def test_a_byte_bound_keeps_the_newest_however_large() -> None:
+    inbox = Inbox(max_waiting=10, max_bytes=5)
+    assert inbox.put("aaa") == 0
+    assert inbox.put("bb") == 0
+    assert inbox.put("cccccccc") == 2  # over the bound alone, and still kept
+    assert await inbox.get() == "cccccccc"
+    assert inbox.put("d") == 0
+    assert inbox.put("ee") == 0
+    assert inbox.put("ffffff") == 2  # "d" and "ee" go: 9 bytes with it
+    assert await inbox.get() == "ffffff"
+
+
+async def test_get_waits_for_a_frame_and_a_closed_inbox_drains_then_ends() -> None:
+    inbox = Inbox()
+    waiting = asyncio.ensure_future(inbox.get())
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    inbox.put(b"x")
+    assert await asyncio.wait_for(waiting, 5) == b"x"
+    inbox.put("y")
+    inbox.close()
+    assert await inbox.get() == "y"
+    assert await inbox.get() is None
+    ending = asyncio.ensure_future(Inbox().get())
+    await asyncio.sleep(0)
+    assert not ending.done()
+
+
+def test_bounds_must_hold_a_frame() -> None:
+    with pytest.raises(ValueError):
+        Inbox(max_waiting=0)
+
+
+@given(
+    st.lists(st.one_of(st.text(max_size=6), st.none()), max_size=60),
+    st.integers(1, 5),
+    st.integers(0, 12),
+)
+def test_what_is_taken_is_the_newest_suffix_of_each_stretch_in_order(
+    ops: list[str | None], max_waiting: int, max_bytes: int
+) -> None:
+    """A string is a frame put, None a get. Every frame is taken once or dropped once,
+    in the order put; what waits stays within both bounds unless it is the newest alone;
+    a drop only ever takes the oldest."""
+    inbox = Inbox(max_waiting=max_waiting, max_bytes=max_bytes)
+    put: list[str] = []
+    taken: list[str] = []
+    dropped = 0
+
+    async def run() -> None:
+        nonlocal dropped
+        for op in ops:
+            if op is not None:
+                frame = f"{len(put)}:{op}"  # distinct frames
+                put.append(frame)
+                dropped += inbox.put(frame)
+                waiting = list(inbox._frames)
+                assert waiting[-1] == frame
+                assert len(waiting) == 1 or (
+                    len(waiting) <= max_waiting and sum(map(len, waiting)) <= max_bytes
+                )
+            elif len(inbox):
+                got = await inbox.get()
+                assert isinstance(got, str)
+                taken.append(got)
+        inbox.close()
+        while (got := await inbox.get()) is not None:
+            assert isinstance(got, str)
+            taken.append(got)
+
+    asyncio.run(run())
+    assert len(taken) + dropped == len(put)
+    order = [put.index(f) for f in taken]
+    assert order == sorted(order)
+    if put:
+        assert taken[-1] == put[-1]  # the newest is never dropped
