@@ -3,16 +3,21 @@ order; when too many wait, the oldest are dropped.
 
 Why a connection needs one: the receiver takes snapshots a few at a time (limits.py,
 `parsing`), and a frame that waits for that turn must not stop the connection's
-reading. aiohttp stops reading a socket whose frames nobody takes (its buffer is full),
-and then misses the agent's answer to its heartbeat ping as well and closes the stream:
-a replica that falls behind would end every agent's stream at once, and every agent
-would come back (a TokenReview each) to a replica that could not keep up in the first
-place. So the receiver reads every frame as it comes, into an `Inbox`, and takes them
-from there. An agent's newer windows are worth more than its older ones: past
-`max_waiting` snapshots, or `max_bytes` of them, the oldest go (the newest always
-stays) and `put` says how many, for the receiver to count and tell the agent. An agent
-that reports once a second never has more than one waiting unless the replica is
-seconds behind.
+reading for long. aiohttp stops reading a socket whose frames nobody takes (its buffer
+is full), and then misses the answer to its heartbeat ping as well (and the agent's own
+pings go unanswered) and the stream is closed: a replica that falls behind would end
+every agent's stream at once, and every agent would come back (a TokenReview each) to
+a replica that could not keep up in the first place.
+
+So the receiver reads frames into an `Inbox` and takes them from there. While the
+replica keeps up, an inbox holding `max_waiting` frames makes the reader wait for
+room (`room`): the socket's own backpressure, and an agent whose sends block drops its
+own oldest snapshots (agent/stream.py), having sent nothing in vain. A reader that
+waited its `patience` in vain (a turn that long means the replica is far behind) reads
+on whatever comes until the next frame is taken, so pings and pongs get through, and
+`put` makes room by dropping the oldest (the newest always stays; also past
+`max_bytes`), saying how many, for the receiver to count and tell the agent: an
+agent's newer windows are worth more than its older ones.
 """
 
 from __future__ import annotations
@@ -29,7 +34,16 @@ MAX_WAITING_BYTES = MAX_MESSAGE_BYTES  # beyond the newest, whatever its size
 class Inbox:
     """Frames of one connection waiting to be taken (`get`), oldest first."""
 
-    __slots__ = ("_bytes", "_closed", "_frames", "_ready", "max_bytes", "max_waiting")
+    __slots__ = (
+        "_bytes",
+        "_closed",
+        "_frames",
+        "_ready",
+        "_taken",
+        "max_bytes",
+        "max_waiting",
+        "taken",
+    )
 
     def __init__(self, max_waiting: int = MAX_WAITING, max_bytes: int = MAX_WAITING_BYTES) -> None:
         if max_waiting < 1:
@@ -40,6 +54,8 @@ class Inbox:
         self._bytes = 0
         self._closed = False
         self._ready = asyncio.Event()
+        self._taken = asyncio.Event()
+        self.taken = 0  # frames handed out by `get` so far
 
     def put(self, data: str | bytes) -> int:
         """Add the newest frame; returns how many older ones were dropped to make room."""
@@ -67,7 +83,25 @@ class Inbox:
             await self._ready.wait()
         data = self._frames.popleft()
         self._bytes -= len(data)
+        self.taken += 1
+        self._taken.set()
         return data
+
+    def full(self) -> bool:
+        return len(self._frames) >= self.max_waiting
+
+    async def room(self, patience_s: float) -> bool:
+        """Wait until a frame is taken from a full inbox, at most `patience_s`; whether
+        there is room (at once when not full)."""
+        if not self.full():
+            return True
+        self._taken.clear()
+        try:
+            async with asyncio.timeout(patience_s):
+                await self._taken.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def __len__(self) -> int:
         return len(self._frames)

@@ -11,11 +11,11 @@ Before the upgrade, in this order, each refusal costing less than the next step:
 
 Once connected, each text (or binary) frame is one v1 snapshot of at most
 MAX_MESSAGE_BYTES (a larger frame closes the connection, 1009, unread); frames over
-the connection's message rate are dropped. Frames are read off the socket as they
-come, whatever the receiver is busy with, and taken in order from the connection's
-`Inbox` (inbox.py): a replica that falls behind drops an agent's oldest waiting
-snapshots (`shed`), never the agent's stream. A bad one is counted and answered with an
-error frame, and the connection goes on. A snapshot claiming another node than the
+the connection's message rate are dropped. Frames wait their turn in the connection's
+`Inbox` (inbox.py), taken in order: a few waiting hold the agent back (backpressure);
+a replica far behind drops an agent's oldest waiting snapshots (`shed`) rather than
+leave the socket unread until the heartbeat ends the stream. A bad one is counted and
+answered with an error frame, and the connection goes on. A snapshot claiming another node than the
 token's is refused whole; of the others, only the endpoints of pods scheduled on the
 token's node reach the store (admission.py), and only within the store's per-agent
 and total bounds (store.py). Refused endpoints are counted by reason in
@@ -230,7 +230,9 @@ def make_stream_handler(
         log.info("agent stream from %s as %s for node %s", source, verdict.username, node)
         STREAM_CONNECTIONS.inc()
         inbox = Inbox()
-        reading = asyncio.create_task(_read(ws, inbox, peer))
+        # Within a quarter heartbeat a frame is taken or the reader reads on: a pong
+        # is never left unread for the half heartbeat aiohttp waits for it.
+        reading = asyncio.create_task(_read(ws, inbox, peer, heartbeat_s / 4))
         try:
             while (data := await inbox.get()) is not None:
                 if time.monotonic() - authed_at > reauth_s:
@@ -283,10 +285,12 @@ def make_stream_handler(
     return handle
 
 
-async def _read(ws: web.WebSocketResponse, inbox: Inbox, peer: _Peer) -> None:
-    """Every frame of `ws` into `inbox` as it comes (inbox.py says why), until the
-    connection ends; snapshots dropped to make room are counted, and told to the agent
-    with its refusals."""
+async def _read(ws: web.WebSocketResponse, inbox: Inbox, peer: _Peer, patience_s: float) -> None:
+    """The frames of `ws` into `inbox` until the connection ends: waiting for room
+    while the inbox is full, up to `patience_s`, then reading on until a frame is taken
+    (inbox.py says why); snapshots dropped to make room are counted, and told to the
+    agent with its refusals."""
+    behind: int | None = None  # waited in vain, when `inbox.taken` was this
     try:
         async for msg in ws:
             if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
@@ -295,6 +299,10 @@ async def _read(ws: web.WebSocketResponse, inbox: Inbox, peer: _Peer) -> None:
             if dropped:
                 STREAM_MESSAGES.labels("shed").inc(dropped)
                 peer.refused[OVERLOADED] += dropped
+            if behind is not None and inbox.taken != behind:
+                behind = None  # a frame was taken since: the replica moves again
+            if behind is None and inbox.full() and not await inbox.room(patience_s):
+                behind = inbox.taken
     finally:
         inbox.close()
 

@@ -96,3 +96,18 @@ def test_what_is_taken_is_the_newest_suffix_of_each_stretch_in_order(
     assert order == sorted(order)
     if put:
         assert taken[-1] == put[-1]  # the newest is never dropped
+
+
+async def test_room_waits_for_a_frame_taken_from_a_full_inbox_or_gives_up() -> None:
+    inbox = Inbox(max_waiting=2)
+    inbox.put("a")
+    assert await inbox.room(0.0)  # not full: at once
+    inbox.put("b")
+    assert inbox.full()
+    assert not await inbox.room(0.01)  # nothing taken: gives up
+    waiting = asyncio.ensure_future(inbox.room(10))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    assert await inbox.get() == "a"
+    assert await asyncio.wait_for(waiting, 5)
+    assert inbox.taken == 1

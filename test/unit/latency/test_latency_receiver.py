@@ -649,3 +649,34 @@ async def test_a_replica_that_falls_behind_sheds_old_snapshots_not_the_stream() 
     assert any("overloaded" in e for e in errors), errors
     est = store.estimate("10.1.0.1", now=time.monotonic())
     assert est is not None and est.rif == sent  # the newest snapshot was taken
+
+
+async def test_an_agent_sending_faster_than_a_replica_takes_is_paced_not_shed() -> None:
+    """While the replica keeps up, a full inbox stops the reading (the socket's
+    backpressure: the agent's sends wait, and the agent drops its own oldest): every
+    snapshot sent is taken, none is read in vain."""
+    store = LatencyStore(window_s=10, stale_after_s=5)
+    reviews = FakeReviews({"good": (AGENT, [])})
+    gate = StreamGate(StreamLimits(parsing=1, messages_per_s=1000, messages_burst=1000))
+    handler = make_stream_handler(
+        store, authenticator(reviews), lambda ip: [PodPlace(f"ns/{ip}", NODE)], gate=gate
+    )
+    app = web.Application()
+    app.router.add_get("/v1/stream", handler)
+    before = REGISTRY.get_sample_value("aviator_stream_messages_total", {"result": "ok"}) or 0.0
+    shed = REGISTRY.get_sample_value("aviator_stream_messages_total", {"result": "shed"}) or 0.0
+    sent = 40
+    headers = {"Authorization": f"Bearer {jwt('good')}"}
+    async with (
+        TestClient(TestServer(app)) as client,
+        client.ws_connect("/v1/stream", headers=headers) as ws,
+    ):
+        for rif in range(1, sent + 1):
+            await ws.send_str(big_snapshot(rif))
+        await ws.send_bytes(b"\x00")  # answered once everything before it was taken
+        assert json.loads(await asyncio.wait_for(ws.receive_str(), 10))["kind"] == "error"
+    ok = REGISTRY.get_sample_value("aviator_stream_messages_total", {"result": "ok"})
+    assert ok is not None and ok - before == sent
+    assert (
+        REGISTRY.get_sample_value("aviator_stream_messages_total", {"result": "shed"}) or 0.0
+    ) == shed
