@@ -15,13 +15,14 @@ the connection's message rate are dropped. Frames wait their turn in the connect
 `Inbox` (inbox.py), taken in order: a few waiting hold the agent back (backpressure);
 a replica far behind drops an agent's oldest waiting snapshots (`shed`) rather than
 leave the socket unread until the heartbeat ends the stream. A bad one is counted and
-answered with an error frame, and the connection goes on. A snapshot claiming another node than the
-token's is refused whole; of the others, only the endpoints of pods scheduled on the
-token's node reach the store (admission.py), and only within the store's per-agent
-and total bounds (store.py). Refused endpoints are counted by reason in
-`aviator_stream_endpoints_refused_total` and summed up to the agent in an error frame
-at most once a minute, with the snapshots shed (`overloaded`). Parsing and ingesting hand the event loop back every few
-milliseconds, so no message stalls the replica. The token is re-checked every
+answered with an error frame, and the connection goes on. A snapshot claiming another
+node than the token's is refused whole; of the others, only the endpoints of pods
+scheduled on the token's node reach the store (admission.py), and only within the
+store's per-agent and total bounds (store.py). Refused endpoints are counted by reason
+in `aviator_stream_endpoints_refused_total` and summed up to the agent in an error
+frame at most once a minute, with the snapshots shed (`overloaded`). Parsing and
+ingesting hand the event loop back every few milliseconds, so no message stalls the
+replica. The token is re-checked every
 `reauth_after_s` (up to a quarter sooner, at random), so a revoked or expired token
 does not keep a connection alive forever (nor one whose pod moved: a changed node
 ends it too). A re-check the API
