@@ -422,36 +422,38 @@ class Ingest:
     seconds: float
     cpu_s: float
     lost: int = 0  # agents whose stream closed during the blast
+    shed: int = 0  # snapshots the receiver dropped unread (it was far behind)
+    sent: int = 0  # snapshots sent
 
 
 async def _blast(
     agents: list[SimAgent], messages: list[str], controller: ControllerProcess, seconds: float
 ) -> Ingest:
-    """Every agent sends its snapshot back to back for `seconds`; the receiver's count."""
-    before = metric_sum(await controller.metrics(), "aviator_stream_endpoints_total")
+    """Every agent sends its snapshot back to back for `seconds`; the receiver's count
+    of the windows it took, once it has taken or shed (receiver: a replica far behind
+    drops an agent's oldest waiting snapshots) every message sent."""
+    metrics = await controller.metrics()
+    before = metric_sum(metrics, "aviator_stream_endpoints_total")
+    messages_before = metric_sum(metrics, "aviator_stream_messages_total")
+    shed_before = metric_sum(metrics, "aviator_stream_messages_total", result="shed")
     meter = CpuMeter(controller.pid).start()
     end = time.monotonic() + seconds
-    sent_endpoints = 0
-    per_message = [m.count('"role"') for m in messages]
-
     lost = 0
 
-    async def one(agent: SimAgent, message: str, n: int) -> int:
+    async def one(agent: SimAgent, message: str) -> int:
         nonlocal lost
         sent = 0
         try:
             while time.monotonic() < end:
                 await agent.send(message)
-                sent += n
+                sent += 1
                 await asyncio.sleep(0)  # let the other agents and the writer run
         except (ConnectionError, aiohttp.ClientError):
             lost += 1  # said in the row's note; what was counted before stands
         return sent
 
-    counts = await asyncio.gather(
-        *(one(a, m, n) for a, m, n in zip(agents, messages, per_message, strict=True))
-    )
-    sent_endpoints = sum(counts)
+    counts = await asyncio.gather(*(one(a, m) for a, m in zip(agents, messages, strict=True)))
+    sent = sum(counts)
     throttled = metric_sum(
         await controller.metrics(), "aviator_stream_messages_total", result="throttled"
     )
@@ -459,16 +461,22 @@ async def _blast(
         raise RuntimeError(
             f"{throttled:.0f} snapshots throttled: the row would count what was dropped"
         )
-    # The receiver drains what is still buffered; wait until it has counted everything.
+    # The receiver drains what is still buffered; wait until every message is counted.
     deadline = time.monotonic() + 60
-    got = 0.0
     while time.monotonic() < deadline:
-        got = metric_sum(await controller.metrics(), "aviator_stream_endpoints_total") - before
-        if got >= sent_endpoints:
+        metrics = await controller.metrics()
+        if metric_sum(metrics, "aviator_stream_messages_total") - messages_before >= sent:
             break
         await asyncio.sleep(0.05)
     cpu_s, wall_s = meter.read()
-    return Ingest(endpoints=got, seconds=wall_s, cpu_s=cpu_s, lost=lost)
+    return Ingest(
+        endpoints=metric_sum(metrics, "aviator_stream_endpoints_total") - before,
+        seconds=wall_s,
+        cpu_s=cpu_s,
+        lost=lost,
+        shed=int(metric_sum(metrics, "aviator_stream_messages_total", result="shed") - shed_before),
+        sent=sent,
+    )
 
 
 def _rows(
@@ -573,6 +581,7 @@ def _rows(
             ingest.endpoints / ingest.seconds if ingest.seconds else 0.0,
             "pod updates/s",
             note=f"{ingest.endpoints:.0f} endpoint windows in {ingest.seconds:.1f} s wall"
+            + (f"; {ingest.shed} of {ingest.sent} snapshots shed" if ingest.shed else "")
             + (f"; {ingest.lost} agents' streams closed during it" if ingest.lost else ""),
         ),
         row(
