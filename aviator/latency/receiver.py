@@ -247,6 +247,8 @@ def make_stream_handler(
                         authed_at = time.monotonic() - reauth_s + REAUTH_RETRY_S
                     elif not verdict.allowed or verdict.node != peer.node:
                         reason = verdict.reason or f"it now names node {verdict.node}"
+                        # The reader first: a close must not race its next receive.
+                        await _stop(reading)
                         await ws.send_str(encode_error(f"token no longer accepted: {reason}"))
                         await ws.close(code=WSCloseCode.POLICY_VIOLATION)
                         break
@@ -276,14 +278,18 @@ def make_stream_handler(
                     except ConnectionError:  # the agent is gone already
                         break
         finally:
-            reading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reading
+            await _stop(reading)
             STREAM_CONNECTIONS.dec()
             log.info("agent stream from %s closed", source)
         return ws
 
     return handle
+
+
+async def _stop(reading: asyncio.Task[None]) -> None:
+    reading.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await reading
 
 
 async def _read(ws: web.WebSocketResponse, inbox: Inbox, peer: _Peer, patience_s: float) -> None:
