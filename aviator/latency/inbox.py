@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Callable
+
+from aiohttp import WSMsgType, web
 
 from aviator.latency.schema import MAX_MESSAGE_BYTES
 
@@ -105,3 +108,29 @@ class Inbox:
 
     def __len__(self) -> int:
         return len(self._frames)
+
+
+async def read_frames(
+    ws: web.WebSocketResponse,
+    inbox: Inbox,
+    patience_s: float,
+    dropped: Callable[[int], None],
+) -> None:
+    """The text and binary frames of `ws` into `inbox` until the connection ends (then
+    the inbox is closed): waiting for room while it is full, up to `patience_s`, then
+    reading on until a frame is taken (the module docstring says why); `dropped` hears
+    how many older frames each `put` dropped."""
+    behind: int | None = None  # waited in vain, when `inbox.taken` was this
+    try:
+        async for msg in ws:
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                break  # ERROR; close frames end the iteration by themselves
+            n = inbox.put(msg.data)
+            if n:
+                dropped(n)
+            if behind is not None and inbox.taken != behind:
+                behind = None  # a frame was taken since: the replica moves again
+            if behind is None and inbox.full() and not await inbox.room(patience_s):
+                behind = inbox.taken
+    finally:
+        inbox.close()

@@ -46,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import math
 import random
@@ -53,13 +54,13 @@ import time
 from collections import Counter as Tally
 from collections.abc import Awaitable, Callable, Sequence
 
-from aiohttp import WSCloseCode, WSMsgType, web
+from aiohttp import WSCloseCode, web
 from prometheus_client import Counter, Gauge
 
 from aviator.latency.admission import PodLocator, admit
 from aviator.latency.auth import AuthResult, TokenAuthenticator
 from aviator.latency.decoder import decode_snapshot_async
-from aviator.latency.inbox import Inbox
+from aviator.latency.inbox import Inbox, read_frames
 from aviator.latency.limits import StreamGate, TokenBucket
 from aviator.latency.loads import admit_loads
 from aviator.latency.schema import (
@@ -233,7 +234,9 @@ def make_stream_handler(
         inbox = Inbox()
         # Within a quarter heartbeat a frame is taken or the reader reads on: a pong
         # is never left unread for the half heartbeat aiohttp waits for it.
-        reading = asyncio.create_task(_read(ws, inbox, peer, heartbeat_s / 4))
+        reading = asyncio.create_task(
+            read_frames(ws, inbox, heartbeat_s / 4, functools.partial(_shed, peer))
+        )
         try:
             while (data := await inbox.get()) is not None:
                 if time.monotonic() - authed_at > reauth_s:
@@ -286,32 +289,16 @@ def make_stream_handler(
     return handle
 
 
+def _shed(peer: _Peer, dropped: int) -> None:
+    """Snapshots of `peer` its inbox dropped: counted, and told with its refusals."""
+    STREAM_MESSAGES.labels("shed").inc(dropped)
+    peer.refused[OVERLOADED] += dropped
+
+
 async def _stop(reading: asyncio.Task[None]) -> None:
     reading.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await reading
-
-
-async def _read(ws: web.WebSocketResponse, inbox: Inbox, peer: _Peer, patience_s: float) -> None:
-    """The frames of `ws` into `inbox` until the connection ends: waiting for room
-    while the inbox is full, up to `patience_s`, then reading on until a frame is taken
-    (inbox.py says why); snapshots dropped to make room are counted, and told to the
-    agent with its refusals."""
-    behind: int | None = None  # waited in vain, when `inbox.taken` was this
-    try:
-        async for msg in ws:
-            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-                break  # ERROR; close frames end the iteration by themselves
-            dropped = inbox.put(msg.data)
-            if dropped:
-                STREAM_MESSAGES.labels("shed").inc(dropped)
-                peer.refused[OVERLOADED] += dropped
-            if behind is not None and inbox.taken != behind:
-                behind = None  # a frame was taken since: the replica moves again
-            if behind is None and inbox.full() and not await inbox.room(patience_s):
-                behind = inbox.taken
-    finally:
-        inbox.close()
 
 
 async def _pods_listed(located: Callable[[], Awaitable[None]] | None) -> bool:
