@@ -16,7 +16,7 @@ own oldest snapshots (agent/stream.py), having sent nothing in vain. A reader th
 waited its `patience` in vain (a turn that long means the replica is far behind) reads
 on whatever comes until the next frame is taken, so pings and pongs get through, and
 `put` makes room by dropping the oldest (the newest always stays; also past
-`max_bytes`), saying how many, for the receiver to count and tell the agent: an
+`max_bytes` besides it), saying how many, for the receiver to count and tell the agent: an
 agent's newer windows are worth more than its older ones.
 """
 
@@ -31,7 +31,7 @@ from aiohttp import WSMsgType, web
 from aviator.latency.schema import MAX_MESSAGE_BYTES
 
 MAX_WAITING = 4  # snapshots: a few seconds of an agent's reports
-MAX_WAITING_BYTES = MAX_MESSAGE_BYTES  # beyond the newest, whatever its size
+MAX_WAITING_BYTES = MAX_MESSAGE_BYTES  # besides the newest, whatever its size
 
 
 class Inbox:
@@ -66,7 +66,10 @@ class Inbox:
         frames.append(data)
         self._bytes += len(data)
         dropped = 0
-        while len(frames) > 1 and (len(frames) > self.max_waiting or self._bytes > self.max_bytes):
+        newest = len(data)
+        while len(frames) > 1 and (
+            len(frames) > self.max_waiting or self._bytes - newest > self.max_bytes
+        ):
             self._bytes -= len(frames.popleft())
             dropped += 1
         self._ready.set()
@@ -91,17 +94,18 @@ class Inbox:
         return data
 
     def full(self) -> bool:
-        return len(self._frames) >= self.max_waiting
+        """Whether one more frame could make `put` drop one: a reader that waits for
+        room while this holds never has a frame dropped."""
+        frames = self._frames
+        return len(frames) >= self.max_waiting or (bool(frames) and self._bytes >= self.max_bytes)
 
     async def room(self, patience_s: float) -> bool:
-        """Wait until a frame is taken from a full inbox, at most `patience_s`; whether
-        there is room (at once when not full)."""
-        if not self.full():
-            return True
-        self._taken.clear()
+        """Wait until the inbox is not full, at most `patience_s`; whether it is not."""
         try:
             async with asyncio.timeout(patience_s):
-                await self._taken.wait()
+                while self.full():
+                    self._taken.clear()
+                    await self._taken.wait()
         except TimeoutError:
             return False
         return True

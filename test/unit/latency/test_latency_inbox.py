@@ -20,16 +20,16 @@ async def test_frames_are_taken_in_order_and_the_oldest_go_past_the_bound() -> N
     assert len(inbox) == 0
 
 
-async def test_a_byte_bound_keeps_the_newest_however_large() -> None:
+async def test_a_byte_bound_counts_what_waits_besides_the_newest() -> None:
     inbox = Inbox(max_waiting=10, max_bytes=5)
     assert inbox.put("aaa") == 0
     assert inbox.put("bb") == 0
-    assert inbox.put("cccccccc") == 2  # over the bound alone, and still kept
-    assert await inbox.get() == "cccccccc"
-    assert inbox.put("d") == 0
-    assert inbox.put("ee") == 0
-    assert inbox.put("ffffff") == 2  # "d" and "ee" go: 9 bytes with it
-    assert await inbox.get() == "ffffff"
+    assert inbox.full()  # 5 bytes: one more frame could push one out
+    assert inbox.put("cccccccc") == 0  # 5 bytes besides it
+    assert inbox.put("dd") == 3  # 13 bytes besides it: all three older ones go
+    assert inbox.put("e") == 0
+    assert [await inbox.get(), await inbox.get()] == ["dd", "e"]
+    assert not inbox.full()
 
 
 async def test_get_waits_for_a_frame_and_a_closed_inbox_drains_then_ends() -> None:
@@ -79,7 +79,7 @@ def test_what_is_taken_is_the_newest_suffix_of_each_stretch_in_order(
                 waiting = list(inbox._frames)
                 assert waiting[-1] == frame
                 assert len(waiting) == 1 or (
-                    len(waiting) <= max_waiting and sum(map(len, waiting)) <= max_bytes
+                    len(waiting) <= max_waiting and sum(map(len, waiting)) - len(frame) <= max_bytes
                 )
             elif len(inbox):
                 got = await inbox.get()
@@ -111,3 +111,28 @@ async def test_room_waits_for_a_frame_taken_from_a_full_inbox_or_gives_up() -> N
     assert await inbox.get() == "a"
     assert await asyncio.wait_for(waiting, 5)
     assert inbox.taken == 1
+
+
+@given(st.lists(st.text(max_size=6), max_size=40), st.integers(1, 5), st.integers(0, 12))
+def test_a_reader_that_waits_for_room_never_has_a_frame_dropped(
+    frames: list[str], max_waiting: int, max_bytes: int
+) -> None:
+    """Put a frame only when the inbox is not full, taking one when it is: nothing is
+    ever dropped (what backpressure relies on)."""
+    inbox = Inbox(max_waiting=max_waiting, max_bytes=max_bytes)
+
+    async def run() -> list[str]:
+        taken = []
+        for frame in frames:
+            while inbox.full():
+                got = await inbox.get()
+                assert isinstance(got, str)
+                taken.append(got)
+            assert inbox.put(frame) == 0
+        inbox.close()
+        while (got := await inbox.get()) is not None:
+            assert isinstance(got, str)
+            taken.append(got)
+        return taken
+
+    assert asyncio.run(run()) == frames
