@@ -10,8 +10,9 @@ every agent's stream at once, and every agent would come back (a TokenReview eac
 a replica that could not keep up in the first place.
 
 So the receiver reads frames into an `Inbox` and takes them from there. While the
-replica keeps up, an inbox holding `max_waiting` frames makes the reader wait for
-room (`room`): the socket's own backpressure, and an agent whose sends block drops its
+replica keeps up, a full inbox (`max_waiting` frames, or `max_bytes` of them) makes
+the reader wait for room (`room`), and a reader that waits never has a frame dropped:
+the socket's own backpressure, and an agent whose sends block drops its
 own oldest snapshots (agent/stream.py), having sent nothing in vain. A reader that
 waited its `patience` in vain (a turn that long means the replica is far behind) reads
 on whatever comes until the next frame is taken, so pings and pongs get through, and
