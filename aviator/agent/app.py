@@ -6,7 +6,8 @@ Every report interval:
 2. keep the server-side endpoints of this node's pods (the kernel sees every socket on
    the host; on a shared kernel it even sees other nodes' pods) and name their pods;
 3. file the window in the local store (for GET /latency) and the metrics, and send it
-   to every controller replica;
+   to every controller replica (with `--steady-report-interval`, steady endpoints'
+   windows are held and sent merged less often, aviator.agent.pacing);
 4. start reading the gauges the policies name as the pods' own load (at most one
    round at a time, aviator.agent.loadscraper), which the next snapshot carries;
 5. start keep-warm probes for targeted pods with too few samples in the local window
@@ -49,6 +50,7 @@ from aviator.agent.kubelet import grpc_probe_ports, local_addresses, probe_paths
 from aviator.agent.loads import load_targets
 from aviator.agent.loadscraper import LoadScraper
 from aviator.agent.metrics import AgentMetrics
+from aviator.agent.pacing import ReportPacer, report_periods
 from aviator.agent.podmap import PodMap
 from aviator.agent.prober import NodeProber
 from aviator.agent.sources import CounterSource
@@ -120,6 +122,7 @@ class Agent:
         self.store = LatencyStore(
             window_s=config.window_s, stale_after_s=max(3 * config.report_interval_s, 5.0)
         )
+        self.pacer = ReportPacer(config.steady_report_interval_s, config.report_interval_s)
         self.pods.informer.add_event_handler(FuncHandler(delete=self._forget_pod))
         self.metrics = AgentMetrics(
             max_pods=config.metrics_max_pods,
@@ -335,7 +338,10 @@ class Agent:
         self.store.ingest(snapshot, now)
         self.metrics.observe(snapshot)
         self.metrics.retain_pods(lambda pod: self.pods.informer.indexer.get(pod) is not None)
-        self.stream.publish(snapshot)
+        self._follow_periods()
+        self.stream.publish(
+            replace(snapshot, endpoints=self.pacer.take(endpoints, now, urgent=urgent))
+        )
         self.last_snapshot = snapshot
         self._follow_thresholds(cumulative, now)
         self._learn_protocols(cumulative)
@@ -360,6 +366,15 @@ class Agent:
             self.pods.pods(),
         )
         self.urgent.reported(((key, c.oldest_open_us) for key, c in cumulative), seen)
+
+    def _follow_periods(self) -> None:
+        """How often the pacer sends each local pod's windows (when pacing is on)."""
+        if self.pacer.steady_s > 0:
+            self.pacer.periods = report_periods(
+                self.policies.indexer.list(),
+                lambda ns, name: self.services.indexer.get(f"{ns}/{name}"),
+                self.pods.pods(),
+            )
 
     def _read_loads(self) -> None:
         """Start this interval's reading of the loads the policies ask the local pods

@@ -18,7 +18,7 @@ from aviator.agent.promfold import DEFAULT_PER_OCTAVE, PER_OCTAVE_CHOICES, error
 from aviator.agent.sources import SourceUnavailable, open_source
 from aviator.agent.urgent import DEFAULT_CHECK_S
 from aviator.kube import KubeClient
-from aviator.runtime.flags import positive_float
+from aviator.runtime.flags import non_negative_float, positive_float
 from aviator.runtime.gctune import tune_for_caches
 
 log = logging.getLogger("aviator.agent")
@@ -53,6 +53,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=1.0,
         help="seconds per window (default 1.0)",
+    )
+    a(
+        "--steady-report-interval",
+        type=non_negative_float,
+        default=0.0,
+        metavar="S",
+        help="hold a steady endpoint's windows and send them merged at most every S "
+        "seconds (or its policies' evaluationInterval if shorter); a changed one goes "
+        "out at the next report interval. Keep it below the controller's "
+        "--latency-stale-after (default 0: every window every report interval)",
     )
     a(
         "--urgent-check-interval",
@@ -212,6 +222,7 @@ def config_from(args: argparse.Namespace) -> AgentConfig:
     return AgentConfig(
         node=args.node,
         report_interval_s=args.report_interval,
+        steady_report_interval_s=args.steady_report_interval,
         urgent_check_s=max(0.0, args.urgent_check_interval),
         http_host=host,
         http_port=port,

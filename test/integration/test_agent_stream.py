@@ -21,6 +21,8 @@ import pytest
 from integration_support import (
     Receiver,
     agent_token,
+    create_policy,
+    create_service,
     ensure_node,
     request_token,
     running_receiver,
@@ -232,6 +234,56 @@ async def test_snapshots_carry_pods_from_the_node_informer(env: Env) -> None:
             assert f'aviator_agent_stream_connected{{url="{receiver.url}"}} 1.0' in text
     finally:
         await stop_agent(stop, task)
+
+
+@pytest.mark.usefixtures("crd")
+async def test_paced_reports_hold_steady_pods_and_send_changes_at_once(env: Env) -> None:
+    """With --steady-report-interval, a steady pod's windows are held and sent merged:
+    at its policy's evaluationInterval when one selects it, at the steady interval when
+    none does, and a change at the next report (aviator.agent.pacing)."""
+    kube, ns, receiver, _ = env
+    node = node_name()
+    await running_pod(kube, ns, "idle-0", node, "127.0.52.1")
+    await running_pod(kube, ns, "web-0", node, "127.0.52.2", labels={"app": "web"})
+    await create_service(kube, ns, "web", {"app": "web"})
+    await create_policy(kube, ns, "web", "web", evaluationInterval="1s")
+    loose, watched = (
+        EndpointKey("127.0.52.1", 8080, "server"),
+        EndpointKey("127.0.52.2", 8080, "server"),
+    )
+    source = ScriptedSource({loose: 10_000, watched: 10_000})
+    config = streaming_to(receiver, node, await token_file(env, node))
+    config.steady_report_interval_s = 60.0  # longer than the test: only a change sends `loose`
+    agent, stop, task = await run_agent(kube, config, source)
+    try:
+        first = await receiver.store.wait_for(lambda s: endpoint_of(s, "127.0.52.1") is not None)
+        # The policy's pod: every 1 s, five 0.2 s windows of 10 requests merged.
+        merged = await receiver.store.wait_for(
+            lambda s: (endpoint_of(s, "127.0.52.2") or _NONE).count >= 30
+        )
+        assert merged.window_s < 1  # the report's own interval: only the pod's window is merged
+        assert endpoint_of(merged, "127.0.52.1") is None  # steady, held
+        assert agent.pacer.held > 0
+        source.latencies[loose] = 200_000
+        changed_at = time.monotonic()
+        slow = await receiver.store.wait_for(
+            lambda s: (endpoint_of(s, "127.0.52.1") or _NONE).max_us == 200_000, within_s=30
+        )
+        assert time.monotonic() - changed_at < 30  # long before its 60 s hold ends
+        assert slow is not first
+        ep = endpoint_of(slow, "127.0.52.1")
+        # Everything held since the first report, none lost: 10 requests per read.
+        assert ep.count % 10 == 0 and ep.count > 10 and ep.hist.count == ep.count
+    finally:
+        await stop_agent(stop, task)
+
+
+class _Absent:
+    count = 0
+    max_us = 0
+
+
+_NONE = _Absent()
 
 
 class ProbeAwareSource(ScriptedSource):

@@ -35,3 +35,17 @@ def test_a_quiet_time_that_is_not_a_positive_number_is_refused(
     with pytest.raises(SystemExit):
         config("--handoff-quiet", value)
     assert "--handoff-quiet" in capsys.readouterr().err
+
+
+def test_pacing_is_off_unless_a_steady_report_interval_is_given() -> None:
+    assert config().steady_report_interval_s == AgentConfig(node="n").steady_report_interval_s == 0
+    assert config("--steady-report-interval", "5").steady_report_interval_s == 5.0
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "often"])
+def test_a_steady_report_interval_that_is_not_a_finite_number_is_refused(
+    value: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        config("--steady-report-interval", value)
+    assert "--steady-report-interval" in capsys.readouterr().err
