@@ -7,8 +7,14 @@ every second, and 5,000 policies over 10 pods each (50,000 pods) evaluated every
 only a few hundred cluster IPs, and every policy adds a shadow Service). Pods are API
 objects whose status (podIP, Ready) we write through the status subresource, as a
 kubelet would (none runs); one simulated agent per 100 pods, each its own node, sends a
-v1 snapshot of its node's pods every second, the agent's default report interval
-(stable latencies, so the chosen set is stable). Per fleet:
+v1 snapshot every second, the agent's default report interval (stable latencies, so
+the chosen set is stable). Where the policies evaluate every second it carries every
+pod of its node. Where they evaluate less often (the 50,000-pod fleet), the agents
+pace their reports as `aviator agent --steady-report-interval 5` does
+(aviator.agent.reportpacing): a steady pod's windows go out merged once per
+evaluationInterval (here its 5 s of samples in one window, the node's pods spread over
+the 5 s as pods started at different times would be), a changed one at the next
+report; the controller keeps latency for its default 10 s. Per fleet:
 
 - evaluation time: the controller's own reconcile-duration histogram over a steady
   window (mean per reconcile, and the total per evaluation interval);
@@ -69,6 +75,8 @@ from bench.common import (
 
 NAME = "controller_scale"
 REPORT_S = 1.0  # the agents' report interval (the agent's default)
+SAMPLES = 50  # requests per pod per second in a snapshot (snapshot_json's default)
+STEADY_S = 5.0  # the agents' --steady-report-interval where policies evaluate less often
 PODS_PER_AGENT = 100
 SLOW_MS = 1000.0  # the reaction's slow pod: above the policies' p99Threshold
 GOAL_EVAL = "<= 100 ms for 5,000 pods"
@@ -88,6 +96,11 @@ class Fleet:
     @property
     def pods(self) -> int:
         return self.policies * self.pods_per_policy
+
+    @property
+    def phases(self) -> int:
+        """Reports between two of a steady pod's (1: every pod in every report)."""
+        return max(1, round(min(self.interval_s, STEADY_S) / REPORT_S))
 
     @property
     def large(self) -> bool:
@@ -179,6 +192,9 @@ async def _fleet(kubeconfig: Path, fleet: Fleet, sizes: Sizes) -> list[Row]:
         controller = ControllerProcess(
             kubeconfig,
             ns,
+            # Paced agents send a pod every few seconds: the controller's defaults keep it.
+            window_s=3.0 if fleet.phases == 1 else 10.0,
+            stale_after_s=5.0 if fleet.phases == 1 else 10.0,
             extra=(
                 "--no-leader-elect",
                 # The ingestion row sends back to back: it measures the receiver, not
@@ -216,7 +232,7 @@ async def _measure(
     # A real agent names the pods it reports (the controller checks the name against
     # its own cache, and renames only when they differ).
     pods = {ip: f"{ns}/{name}" for ip, name in zip(ips, names, strict=True)}
-    messages = [_snapshot(a, group, ips, pods) for a, group in enumerate(groups)]
+    messages = [_paced(a, group, ips, pods, fleet.phases) for a, group in enumerate(groups)]
     agents = [SimAgent(controller.url, tokens[a], _node_address(a)) for a in range(agents_n)]
     async with contextlib.AsyncExitStack() as stack:
         for agent in agents:
@@ -250,7 +266,9 @@ async def _measure(
             reporting.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reporting
-        ingest = await _blast(agents, messages, controller, sizes.blast_s)
+        # The blast sends whole snapshots (every pod), as unpaced agents do.
+        full = [_snapshot(a, group, ips, pods) for a, group in enumerate(groups)]
+        ingest = await _blast(agents, full, controller, sizes.blast_s)
     return _rows(fleet, setup_s, converge_s, settle_s, steady, churn, ingest, reaction_s)
 
 
@@ -269,9 +287,38 @@ def _snapshot(
     return snapshot_json(
         bench_node(agent),
         [(ips[i], SLOW_MS if i == slow else _latency_ms(i)) for i in group],
+        samples=SAMPLES,
         window_s=REPORT_S,
         pods=pods,
     )
+
+
+def _paced(
+    agent: int,
+    group: list[int],
+    ips: list[str],
+    pods: Mapping[str, str],
+    phases: int,
+    slow: int | None = None,
+) -> list[str]:
+    """The agent's snapshot at each of `phases` reports in turn: pod j of its node goes
+    out at report j % phases with `phases` seconds of samples; a `slow` pod (changed)
+    at every report. One phase: every pod at every report."""
+    if phases == 1:
+        return [_snapshot(agent, group, ips, pods, slow)]
+    out = []
+    for phase in range(phases):
+        mine = [i for j, i in enumerate(group) if j % phases == phase or i == slow]
+        out.append(
+            snapshot_json(
+                bench_node(agent),
+                [(ips[i], SLOW_MS if i == slow else _latency_ms(i)) for i in mine],
+                samples=SAMPLES * phases,
+                window_s=REPORT_S,
+                pods=pods,
+            )
+        )
+    return out
 
 
 def _policy(j: int, fleet: Fleet) -> dict[str, object]:
@@ -285,11 +332,16 @@ def _policy(j: int, fleet: Fleet) -> dict[str, object]:
     )
 
 
-async def _report(agents: list[SimAgent], messages: list[str]) -> None:
-    """Every agent sends its current message every REPORT_S (messages may be replaced)."""
+async def _report(agents: list[SimAgent], messages: list[list[str]]) -> None:
+    """Every agent sends its next message in turn every REPORT_S (messages may be
+    replaced)."""
+    tick = 0
     while True:
         started = time.monotonic()
-        await asyncio.gather(*(a.send(m) for a, m in zip(agents, messages, strict=True)))
+        await asyncio.gather(
+            *(a.send(m[tick % len(m)]) for a, m in zip(agents, messages, strict=True))
+        )
+        tick += 1
         await asyncio.sleep(max(0.0, REPORT_S - (time.monotonic() - started)))
 
 
@@ -300,7 +352,7 @@ async def _reaction(
     groups: list[list[int]],
     ips: list[str],
     pods: Mapping[str, str],
-    messages: list[str],
+    messages: list[list[str]],
     timeout_s: float = 60.0,
 ) -> float:
     """Seconds from the fastest pod of pol-0 turning slow in its agent's message until it
@@ -310,7 +362,7 @@ async def _reaction(
     agent = victim % len(groups)
     selector = f"{LABEL_SERVICE_NAME}=svc-0{SHADOW_SUFFIX}"
     start = time.monotonic()
-    messages[agent] = _snapshot(agent, groups[agent], ips, pods, slow=victim)
+    messages[agent] = _paced(agent, groups[agent], ips, pods, fleet.phases, slow=victim)
     try:
         while time.monotonic() - start < timeout_s:
             slices = await kube.list(ENDPOINTSLICES, ns, params={"labelSelector": selector})
@@ -320,7 +372,7 @@ async def _reaction(
             await asyncio.sleep(0.1)
         raise RuntimeError(f"{fleet.label}: the slow pod stayed in the slices {timeout_s:.0f}s")
     finally:
-        messages[agent] = _snapshot(agent, groups[agent], ips, pods)
+        messages[agent] = _paced(agent, groups[agent], ips, pods, fleet.phases)
 
 
 async def _converged(kube: KubeClient, ns: str, fleet: Fleet, timeout_s: float = 900) -> float:
@@ -538,7 +590,13 @@ def _rows(
             "cores",
             goal=f"<= {GOAL_CORES_50K:g} cores at 5 s intervals" if fleet.large else None,
             ratio=cores / GOAL_CORES_50K if fleet.large else None,
-            note=f"agents report every {REPORT_S:g} s, {PODS_PER_AGENT} pods each",
+            note=f"agents report every {REPORT_S:g} s, {PODS_PER_AGENT} pods each"
+            + (
+                f"; a steady pod every {fleet.phases * REPORT_S:g} s (--steady-report-interval "
+                f"{STEADY_S:g}), a change at once"
+                if fleet.phases > 1
+                else ""
+            ),
         ),
         row(
             NAME,

@@ -7,7 +7,7 @@ Every report interval:
    the host; on a shared kernel it even sees other nodes' pods) and name their pods;
 3. file the window in the local store (for GET /latency) and the metrics, and send it
    to every controller replica (with `--steady-report-interval`, steady endpoints'
-   windows are held and sent merged less often, aviator.agent.pacing);
+   windows are held and sent merged less often, aviator.agent.reportpacing);
 4. start reading the gauges the policies name as the pods' own load (at most one
    round at a time, aviator.agent.loadscraper), which the next snapshot carries;
 5. start keep-warm probes for targeted pods with too few samples in the local window
@@ -50,9 +50,9 @@ from aviator.agent.kubelet import grpc_probe_ports, local_addresses, probe_paths
 from aviator.agent.loads import load_targets
 from aviator.agent.loadscraper import LoadScraper
 from aviator.agent.metrics import AgentMetrics
-from aviator.agent.pacing import ReportPacer, report_periods
 from aviator.agent.podmap import PodMap
 from aviator.agent.prober import NodeProber
+from aviator.agent.reportpacing import ReportPacer, report_periods
 from aviator.agent.sources import CounterSource
 from aviator.agent.stream import StreamFanout, StreamTls, TokenFile, urls_from_slices
 from aviator.agent.targets import TargetKey, probe_targets

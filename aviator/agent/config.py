@@ -13,7 +13,7 @@ from aviator.agent.urgent import DEFAULT_CHECK_S, DEFAULT_MIN_GAP_S
 class AgentConfig:
     node: str
     report_interval_s: float = 1.0
-    # Steady endpoints' windows held and sent merged at most this often (aviator.agent.pacing); 0: off.
+    # Steady endpoints' windows held and sent merged at most this often (aviator.agent.reportpacing); 0: off.
     steady_report_interval_s: float = 0.0
     http_host: str = "0.0.0.0"
     http_port: int = 9476

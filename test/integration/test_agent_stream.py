@@ -240,7 +240,7 @@ async def test_snapshots_carry_pods_from_the_node_informer(env: Env) -> None:
 async def test_paced_reports_hold_steady_pods_and_send_changes_at_once(env: Env) -> None:
     """With --steady-report-interval, a steady pod's windows are held and sent merged:
     at its policy's evaluationInterval when one selects it, at the steady interval when
-    none does, and a change at the next report (aviator.agent.pacing)."""
+    none does, and a change at the next report (aviator.agent.reportpacing)."""
     kube, ns, receiver, _ = env
     node = node_name()
     await running_pod(kube, ns, "idle-0", node, "127.0.52.1")

@@ -1,4 +1,4 @@
-"""Which endpoint windows an agent sends at each report (aviator.agent.pacing): steady
+"""Which endpoint windows an agent sends at each report (aviator.agent.reportpacing): steady
 ones held and merged, changes at once, nothing lost."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aviator.agent.pacing import CHANGE_RATIO, ReportPacer, Shape, differs, report_periods
+from aviator.agent.reportpacing import CHANGE_RATIO, ReportPacer, Shape, differs, report_periods
 from aviator.latency.histogram import Histogram
 from aviator.latency.schema import EndpointWindow
 
