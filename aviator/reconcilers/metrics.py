@@ -28,8 +28,10 @@ class PolicyMetrics:
             "aviator_ejections_total", "Circuit-breaker ejections.", pol, registry=r
         )
         # Each policy's active and total gauges, looked up once (every reconcile sets
-        # them); its p99 is set only once known (no series says 0 ms before).
+        # them); its p99 is set only once known (no series says 0 ms before), then
+        # looked up once too.
         self._gauges: dict[tuple[str, str], tuple[Gauge, Gauge]] = {}
+        self._p99s: dict[tuple[str, str], Gauge] = {}
 
     def set(
         self, namespace: str, policy: str, active: int, total: int, p99_ms: float | None
@@ -44,7 +46,10 @@ class PolicyMetrics:
         gauges[0].set(active)
         gauges[1].set(total)
         if p99_ms is not None:
-            self.p99.labels(namespace, policy).set(p99_ms)
+            p99 = self._p99s.get(key)
+            if p99 is None:
+                p99 = self._p99s[key] = self.p99.labels(namespace, policy)
+            p99.set(p99_ms)
 
     def ejected(self, namespace: str, policy: str, count: int) -> None:
         if count:
@@ -52,6 +57,7 @@ class PolicyMetrics:
 
     def forget(self, namespace: str, policy: str) -> None:
         self._gauges.pop((namespace, policy), None)
+        self._p99s.pop((namespace, policy), None)
         for gauge in (self.active, self.total, self.p99):
             with contextlib.suppress(KeyError):
                 gauge.remove(namespace, policy)
