@@ -339,9 +339,11 @@ class Agent:
         self.metrics.observe(snapshot)
         self.metrics.retain_pods(lambda pod: self.pods.informer.indexer.get(pod) is not None)
         self._follow_periods()
-        self.stream.publish(
-            replace(snapshot, endpoints=self.pacer.take(endpoints, now, urgent=urgent))
-        )
+        held_before = self.pacer.held
+        paced = self.pacer.take(endpoints, now, urgent=urgent)
+        self.metrics.stream_windows.labels("sent").inc(len(paced))
+        self.metrics.stream_windows.labels("held").inc(self.pacer.held - held_before)
+        self.stream.publish(replace(snapshot, endpoints=paced))
         self.last_snapshot = snapshot
         self._follow_thresholds(cumulative, now)
         self._learn_protocols(cumulative)

@@ -73,6 +73,13 @@ class AgentMetrics(Collector):
         self.window_endpoints = Gauge(
             "aviator_agent_window_endpoints", "Endpoints reported in the last window", registry=r
         )
+        self.stream_windows = Counter(
+            "aviator_agent_stream_windows_total",
+            "Endpoint windows sent to the controllers (sent), or held back to go out merged "
+            "with a later one (held: --steady-report-interval)",
+            ["outcome"],
+            registry=r,
+        )
         self._handoff_pods: set[str] = set()  # pods with hand-off series
         self.handed_off = Counter(
             "aviator_agent_connections_handed_off_total",

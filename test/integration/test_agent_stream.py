@@ -263,7 +263,9 @@ async def test_paced_reports_hold_steady_pods_and_send_changes_at_once(env: Env)
         )
         assert merged.window_s < 1  # the report's own interval: only the pod's window is merged
         assert endpoint_of(merged, "127.0.52.1") is None  # steady, held
-        assert agent.pacer.held > 0
+        sample = agent.metrics.registry.get_sample_value
+        assert (sample("aviator_agent_stream_windows_total", {"outcome": "held"}) or 0) > 0
+        assert (sample("aviator_agent_stream_windows_total", {"outcome": "sent"}) or 0) >= 2
         source.latencies[loose] = 200_000
         changed_at = time.monotonic()
         slow = await receiver.store.wait_for(
