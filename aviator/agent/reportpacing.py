@@ -35,7 +35,6 @@ more than two `steady_s` ago: memory follows the endpoints that report.
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
@@ -84,17 +83,22 @@ def differs(last: Shape, now: Shape) -> bool:
 
 def merged(older: EndpointWindow, newer: EndpointWindow) -> EndpointWindow:
     """Both windows of one endpoint as one: counts summed, the newest gauges."""
-    return dataclasses.replace(
-        newer,
-        pod=newer.pod if newer.pod is not None else older.pod,
-        hist=older.hist + newer.hist,
-        count=older.count + newer.count,
-        sum_us=older.sum_us + newer.sum_us,
-        max_us=max(older.max_us, newer.max_us),
-        aborted=older.aborted + newer.aborted,
-        statuses=older.statuses + newer.statuses,
-        errors=older.errors + newer.errors,
-        keepwarm=older.keepwarm + newer.keepwarm,
+    return EndpointWindow(
+        newer.ip,
+        newer.port,
+        newer.role,
+        newer.pod if newer.pod is not None else older.pod,
+        older.hist + newer.hist,
+        older.count + newer.count,
+        older.sum_us + newer.sum_us,
+        max(older.max_us, newer.max_us),
+        newer.rif,
+        older.aborted + newer.aborted,
+        newer.protocol,
+        older.statuses + newer.statuses,
+        older.errors + newer.errors,
+        newer.oldest_open_us,
+        older.keepwarm + newer.keepwarm,
     )
 
 

@@ -3,13 +3,21 @@ ones held and merged, changes at once, nothing lost."""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from aviator.agent.reportpacing import CHANGE_RATIO, ReportPacer, Shape, differs, report_periods
+from aviator.agent.reportpacing import (
+    CHANGE_RATIO,
+    ReportPacer,
+    Shape,
+    differs,
+    merged,
+    report_periods,
+)
 from aviator.latency.histogram import Histogram
 from aviator.latency.schema import EndpointWindow
 
@@ -46,6 +54,56 @@ def window(
 def sent_at(pacer: ReportPacer, ticks: dict[float, list[EndpointWindow]]) -> dict[float, Any]:
     """Run the pacer over `ticks` (time → the windows read then); time → what was sent."""
     return {now: pacer.take(ws, now) for now, ws in sorted(ticks.items())}
+
+
+def test_a_merge_sums_the_counts_and_keeps_the_newest_gauges_of_every_field() -> None:
+    older = EndpointWindow(
+        A,
+        8080,
+        "server",
+        "ns/a",
+        Histogram.from_values([1_000] * 3),
+        3,
+        3_000,
+        1_000,
+        7,
+        1,
+        "http1",
+        3,
+        1,
+        900,
+        2,
+    )
+    newer = EndpointWindow(
+        A,
+        8080,
+        "server",
+        None,
+        Histogram.from_values([5_000] * 4),
+        4,
+        20_000,
+        5_000,
+        2,
+        2,
+        "h2",
+        4,
+        2,
+        40,
+        1,
+    )
+    got = merged(older, newer)
+    summed = {"hist", "count", "sum_us", "aborted", "statuses", "errors", "keepwarm"}
+    newest = {"ip", "port", "role", "rif", "protocol", "oldest_open_us"}
+    # Every field has a rule: a field added to the window must be given one here.
+    assert {f.name for f in dataclasses.fields(EndpointWindow)} == summed | newest | {
+        "pod",
+        "max_us",
+    }
+    for name in summed:
+        assert getattr(got, name) == getattr(older, name) + getattr(newer, name), name
+    for name in newest:
+        assert getattr(got, name) == getattr(newer, name), name
+    assert (got.pod, got.max_us) == ("ns/a", 5_000)  # the pod a window named; the larger
 
 
 def test_without_a_steady_interval_every_window_is_sent_as_it_is() -> None:
