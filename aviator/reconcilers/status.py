@@ -10,9 +10,14 @@ Write policy (steady state makes ZERO status writes):
   they move by more than `LATENCY_TOLERANCE` (relative) — histogram quantiles hop
   between neighbouring buckets under ordinary jitter, and a status write per interval
   per policy would be pure noise for the API server;
-- per-pod sample counts, requests in flight and responses (display only) count as
-  changed only when they move by more than half (and more than 2), or samples
-  appear/vanish; a pod's oldest open request like a latency; its error rate only when
+- per-pod requests in flight (display only) count as changed only when they move by
+  more than half (and more than 2); the counts over the latency window (samples,
+  responses, keep-warm and kubelet probe samples; display only) only when one is more
+  than `WINDOW_COUNT_RATIO` times the other (and they differ by more than 2), or
+  samples appear/vanish: a window holds one report more or less from one reconcile
+  to the next, and with paced reports (aviator.agent.reportpacing) each report holds
+  several seconds, so its counts move by twice or three times without any change in
+  the traffic; a pod's oldest open request like a latency; its error rate only when
   it moves by more than `ERROR_RATE_TOLERANCE` percentage points;
 - everything else (active/total, source, pod states and reasons, conditions,
   observedGeneration, the persisted engine state) is compared exactly.
@@ -68,6 +73,7 @@ BLOCKING = (
 LATENCY_TOLERANCE = 0.10
 ERROR_RATE_TOLERANCE = 1.0
 COUNT_TOLERANCE = 0.5
+WINDOW_COUNT_RATIO = 4.0
 MAX_POD_ROWS = 500  # keeps the status object far below the API server's size limit
 
 
@@ -283,19 +289,28 @@ def _close(a: Any, b: Any) -> bool:
 
 
 _LATENCY_FIELDS = ("p50Ms", "p99Ms", "oldestOpenMs", "probeP50Ms", "probeP99Ms", "load")
-_GAUGE_FIELDS = ("samples", "rif", "responses", "keepWarmSamples", "probeSamples")
+_WINDOW_COUNT_FIELDS = ("samples", "responses", "keepWarmSamples", "probeSamples")
 
 
-def _close_count(a: Any, b: Any, *, zero_matters: bool) -> bool:
-    """Window sample counts and requests in flight jitter from one window to the
-    next; they are shown, not decided on. A change counts when it is large (more than
-    half, and more than 2) or when data appears or vanishes."""
+def _close_gauge(a: Any, b: Any) -> bool:
+    """Requests in flight jitter from one report to the next; shown, not decided on. A
+    change counts when it is large (more than half, and more than 2)."""
+    if a is None or b is None:
+        return a is b
+    ia, ib = int(a), int(b)
+    return abs(ia - ib) <= max(2, COUNT_TOLERANCE * max(ia, ib))
+
+
+def _close_window_count(a: Any, b: Any, *, zero_matters: bool) -> bool:
+    """Counts over the latency window move with the reports it holds; shown, not
+    decided on. A change counts when one is more than WINDOW_COUNT_RATIO times the
+    other (and they differ by more than 2), or when data appears or vanishes."""
     if a is None or b is None:
         return a is b
     ia, ib = int(a), int(b)
     if zero_matters and (ia == 0) != (ib == 0):
         return False
-    return abs(ia - ib) <= max(2, COUNT_TOLERANCE * max(ia, ib))
+    return abs(ia - ib) <= 2 or max(ia, ib) <= WINDOW_COUNT_RATIO * min(ia, ib)
 
 
 def _close_rate(a: Any, b: Any) -> bool:
@@ -315,8 +330,11 @@ def _same_rows(old: Sequence[JSON], new: Sequence[JSON]) -> bool:
             elif k == "errorRatePercent":
                 if not _close_rate(a.get(k), b.get(k)):
                     return False
-            elif k in _GAUGE_FIELDS:
-                if not _close_count(a.get(k), b.get(k), zero_matters=k == "samples"):
+            elif k == "rif":
+                if not _close_gauge(a.get(k), b.get(k)):
+                    return False
+            elif k in _WINDOW_COUNT_FIELDS:
+                if not _close_window_count(a.get(k), b.get(k), zero_matters=k == "samples"):
                     return False
             elif a.get(k) != b.get(k):
                 return False

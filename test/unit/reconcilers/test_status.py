@@ -132,6 +132,21 @@ def test_latency_jitter_within_tolerance_is_no_change() -> None:
     assert status_changed(first, moved)
 
 
+def test_window_counts_move_with_the_reports_the_window_holds_without_a_write() -> None:
+    def counted(samples: int, rif: int = 0) -> JSON:
+        pods = [row("a", "10.0.0.1", "n", "active", 5.0, 12.0, rif, samples), first_b()]
+        return status_json(obs(pods=pods), {})
+
+    # Paced reports of 5 s in a 10 s window: one, two or three reports' samples.
+    assert not status_changed(counted(250), counted(750))
+    assert not status_changed(counted(750), counted(500))
+    assert status_changed(counted(500), counted(100))  # a fifth of the traffic: said
+    assert status_changed(counted(100), counted(0))  # data vanished
+    # Requests in flight are a gauge of the latest report: more than half is a change.
+    assert not status_changed(counted(250, rif=10), counted(250, rif=14))
+    assert status_changed(counted(250, rif=4), counted(250, rif=12))
+
+
 def test_real_changes_are_changes() -> None:
     first = status_json(obs(), {})
     assert status_changed(None, first)
