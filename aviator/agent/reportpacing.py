@@ -134,6 +134,7 @@ class _Endpoint:
     held: EndpointWindow | None = None
     sent_at: float | None = None
     sent: Shape | None = None
+    pod: str | None = None  # the pod its windows named last
 
 
 class ReportPacer:
@@ -167,10 +168,11 @@ class ReportPacer:
             ep = self._endpoints.get(key)
             if ep is None:
                 ep = self._endpoints[key] = _Endpoint()
+            if w.pod is not None:
+                if ep.pod not in (None, w.pod):  # another pod at the IP: start afresh
+                    ep.held, ep.sent = None, None
+                ep.pod = w.pod
             held = ep.held
-            if held is not None and w.pod is not None and held.pod not in (None, w.pod):
-                ep.held, ep.sent = None, None  # another pod at the IP: start afresh
-                held = None
             ep.held = w if held is None else merged(held, w)
             self._offer(ep, now, urgent, out)
         for key, ep in list(self._endpoints.items()):

@@ -206,6 +206,9 @@ def test_a_new_pod_at_the_ip_drops_what_was_held_for_the_old_one() -> None:
     pacer.take([window(A)], 1.0)
     got = pacer.take([window(A, pod="ns/successor")], 2.0)
     assert [(w.pod, w.count) for w in got] == [("ns/successor", 10)]
+    # With nothing held either: the new pod's first window is new, sent at once.
+    pacer.take([window(B, pod="ns/b")], 2.0)
+    assert len(pacer.take([window(B, pod="ns/b-successor")], 3.0)) == 1
 
 
 def test_the_pacer_refuses_nonsense_intervals() -> None:
