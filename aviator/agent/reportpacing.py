@@ -38,10 +38,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from aviator.agent.targets import JSON, selected_pods
+from aviator.agent.targets import JSON, smallest_per_pod
 from aviator.api.codec import PolicyError
 from aviator.api.types import AviatorPolicySpec
-from aviator.kube.pods import pod_ips
 from aviator.latency.schema import EndpointWindow, Role
 
 # A latency that moved by more than this factor either way is a change, sent at once.
@@ -108,18 +107,7 @@ def report_periods(
     pods: Iterable[JSON],
 ) -> dict[str, float]:
     """Pod IP → the shortest evaluationInterval (s) of the policies selecting it."""
-    out: dict[str, float] = {}
-    intervals: dict[str, float | None] = {}
-    for policy, pod in selected_pods(policies, service_for, pods):
-        uid = str((policy.get("metadata") or {}).get("uid") or id(policy))
-        if uid not in intervals:
-            intervals[uid] = _interval_s(policy)
-        interval = intervals[uid]
-        if interval is None:
-            continue
-        for ip in pod_ips(pod):
-            out[ip] = min(interval, out.get(ip, interval))
-    return out
+    return smallest_per_pod(policies, service_for, pods, _interval_s)
 
 
 def _interval_s(policy: JSON) -> float | None:

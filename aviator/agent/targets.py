@@ -15,12 +15,12 @@ them apart (aviator.agent.kubelet), so a window's samples are traffic and keep-w
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from aviator.agent.podmap import indexed_ips
 from aviator.informers import object_key
 from aviator.kube.objects import labels_of, selector_matches
-from aviator.kube.pods import is_terminating
+from aviator.kube.pods import is_terminating, pod_ips
 from aviator.kube.services import pod_selector
 from aviator.latency.probing import ProbeTarget
 
@@ -79,6 +79,33 @@ def selected_pods(
         for pod in local:
             if selector_matches(selector, labels_of(pod)):
                 yield policy, pod
+
+
+Number = TypeVar("Number", int, float)
+
+
+def smallest_per_pod(
+    policies: Iterable[JSON],
+    service_for: Callable[[str, str], JSON | None],
+    pods: Iterable[JSON],
+    value_of: Callable[[JSON], Number | None],
+) -> dict[str, Number]:
+    """Pod IP → the smallest `value_of(policy)` of the policies selecting the pod (see
+    `selected_pods`); a policy whose value is None counts for none. Each policy's
+    value is read once."""
+    out: dict[str, Number] = {}
+    values: dict[str, Number | None] = {}
+    for policy, pod in selected_pods(policies, service_for, pods):
+        uid = str((policy.get("metadata") or {}).get("uid") or id(policy))
+        if uid not in values:
+            values[uid] = value_of(policy)
+        value = values[uid]
+        if value is None:
+            continue
+        for ip in pod_ips(pod):
+            held = out.get(ip)
+            out[ip] = value if held is None else min(value, held)
+    return out
 
 
 def probe_targets(

@@ -33,11 +33,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable
 
-from aviator.agent.targets import JSON, selected_pods
+from aviator.agent.targets import JSON, smallest_per_pod
 from aviator.agent.windows import EndpointKeyLike
 from aviator.api.codec import PolicyError
 from aviator.api.types import AviatorPolicySpec
-from aviator.kube.pods import pod_ips
 
 DEFAULT_CHECK_S = 0.2
 DEFAULT_MIN_GAP_S = 0.5
@@ -63,18 +62,7 @@ def open_thresholds(
     pods: Iterable[JSON],
 ) -> dict[str, int]:
     """Pod IP → the smallest p99Threshold (µs) of the breaker policies selecting it."""
-    out: dict[str, int] = {}
-    limits: dict[str, int | None] = {}
-    for policy, pod in selected_pods(policies, service_for, pods):
-        uid = str((policy.get("metadata") or {}).get("uid") or id(policy))
-        if uid not in limits:
-            limits[uid] = breaker_threshold_us(policy)
-        limit = limits[uid]
-        if limit is None:
-            continue
-        for ip in pod_ips(pod):
-            out[ip] = min(limit, out.get(ip, limit))
-    return out
+    return smallest_per_pod(policies, service_for, pods, breaker_threshold_us)
 
 
 class UrgentReports:
