@@ -27,6 +27,16 @@ Semantics the selection engine relies on:
   asked for (`keep_s`: a few evaluation intervals of the policy that probed; the last
   round sets it when two policies probe one pod), since rounds come once per
   evaluation, not once per second.
+- A window slides with its endpoint's reports, not with the clock: each report covers
+  the time since the endpoint's previous one (for an agent, in whole report intervals,
+  the snapshot's `window_s`: a pod an agent holds while it is steady, sent every 5 s,
+  covers 5 s, however late the tick; the first report covers one interval), and a
+  delta leaves once the reports after it cover the window. Between two reports of an
+  endpoint its window, and so its estimate, stays as it is: an endpoint reported with
+  the same figures again keeps the same estimate (what lets a reconcile tell an
+  unchanged pod; aviator.latency.window), and how old the data is is staleness's to
+  say (below), not the window's. A window that went stale starts empty when its
+  endpoint is reported again.
 - Server-role data (measured on the pod's own socket) is the pod's latency.
   Client-role data (a caller's view of that IP) is used only when no fresh server
   data exists, and never mixed with it. Probe-role data (the kubelet's probes of the
@@ -70,6 +80,7 @@ timestamps from agents are not trusted for windowing.
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
@@ -79,7 +90,7 @@ from aviator.latency.histogram import Histogram
 from aviator.latency.loads import LoadBoard
 from aviator.latency.pressure import MapPressure
 from aviator.latency.schema import EndpointWindow, Snapshot, Source
-from aviator.latency.window import Window, combined_estimate
+from aviator.latency.window import Window, aged, combined_latest
 from aviator.selection.types import LatencyEstimate
 
 _PRUNE_EVERY_S = 10.0
@@ -198,7 +209,7 @@ class LatencyStore:
         owner, source = msg.node, msg.source
         for ep in msg.endpoints:
             reason = self._ingest_endpoint(
-                ep, "agent", owner, source, now, self.window_s, self.stale_after_s
+                ep, "agent", owner, source, now, self.window_s, self.stale_after_s, msg.window_s
             )
             if reason is None:
                 accepted += 1
@@ -215,7 +226,9 @@ class LatencyStore:
         self.heard(CONTROLLER_OWNER, now)
         n = 0
         for ep in endpoints:
-            self._ingest_endpoint(ep, "controller", CONTROLLER_OWNER, "probe", now, keep_s, keep_s)
+            self._ingest_endpoint(
+                ep, "controller", CONTROLLER_OWNER, "probe", now, keep_s, keep_s, None
+            )
             n += 1
         return n
 
@@ -260,9 +273,12 @@ class LatencyStore:
         now: float,
         keep_s: float,
         stale_s: float,
+        interval_s: float | None,
     ) -> str | None:
-        """File one endpoint window; the reason it was refused, or None. (The hot path
-        of every report: thousands of calls a second, so it reads attributes once.)"""
+        """File one endpoint window, reported at `now` by a reporter that reports every
+        `interval_s` (None: at no set interval, the controller's probe rounds); the
+        reason it was refused, or None. (The hot path of every report: thousands of
+        calls a second, so it reads attributes once.)"""
         key = (ep.ip, ep.port, ep.role, origin)
         win = self._windows.get(key)
         pod = ep.pod
@@ -278,13 +294,18 @@ class LatencyStore:
             if reason is not None:
                 return reason
             win = Window(pod, source, now, keep_s, stale_s, owner)
+            win.covered = interval_s or 0.0
             self._windows[key] = win
             self._by_ip.setdefault(ep.ip, []).append(key)
             self._charge(owner, 1, 0)
         else:
+            gap = now - win.last_seen
             deltas = win.deltas
-            if deltas and deltas[0][0] <= now - keep_s:
-                self._expire(win, now - keep_s)
+            if deltas and gap > win.stale_s:  # it went stale: what it held is never read
+                self._expire(win, math.inf)
+            win.covered += covers(gap, interval_s)
+            if deltas and deltas[0][0] <= win.covered - keep_s:
+                self._expire(win, win.covered - keep_s)
             if buckets:
                 reason = self._refusal(owner, False, buckets)
                 if reason is not None:
@@ -331,7 +352,8 @@ class LatencyStore:
             del self._reported[owner]
             self._resumed.pop(owner, None)
         for win in self._windows.values():
-            self._expire(win, now - win.keep_s)
+            if win.deltas and win.last_seen < now - win.stale_s:
+                self._expire(win, math.inf)  # unknown: its deltas are never read again
         return len(gone)
 
     # --- reading --------------------------------------------------------------------
@@ -355,8 +377,6 @@ class LatencyStore:
             win = windows[key]
             if win.last_seen < now - win.stale_s:
                 continue
-            if win.deltas and win.deltas[0][0] <= now - win.keep_s:
-                self._expire(win, now - win.keep_s)
             role = key[2]
             (server if role == "server" else probes if role == "probe" else client).append(win)
         return server or client, probes
@@ -372,9 +392,29 @@ class LatencyStore:
         win = self._windows[key]
         if win.last_seen < now - win.stale_s:
             return None
-        if win.deltas and win.deltas[0][0] <= now - win.keep_s:
-            self._expire(win, now - win.keep_s)
         return win
+
+    def latest(
+        self,
+        ip: str,
+        now: float,
+        port: int | None = None,
+        *,
+        ports: Collection[int] | None = None,
+        origin: Origin = "agent",
+    ) -> tuple[LatencyEstimate | None, float]:
+        """`estimate` as of the newest report it is built from (age 0 then), and that
+        report's time (0.0 with no estimate): the same estimate object while what the
+        windows say is the same, however often they are reported again."""
+        wanted = (port,) if port is not None else ports
+        keys = self._by_ip.get(ip)
+        if keys is not None and len(keys) == 1:  # the common case: one endpoint
+            sole = self._sole(keys[0], now, wanted, origin)
+            return (None, 0.0) if sole is None else (sole.latest(), sole.last_seen)
+        windows, probe_windows = self._fresh(ip, now, wanted, origin)
+        if not windows:
+            return None, 0.0
+        return combined_latest(windows, probe_windows)
 
     def estimate(
         self,
@@ -385,17 +425,11 @@ class LatencyStore:
         ports: Collection[int] | None = None,
         origin: Origin = "agent",
     ) -> LatencyEstimate | None:
-        """Latency of the pod at `ip` as `origin` measured it, None when unknown; only
-        of `port`, or of `ports` (e.g. a Service's target ports), when given."""
-        wanted = (port,) if port is not None else ports
-        keys = self._by_ip.get(ip)
-        if keys is not None and len(keys) == 1:  # the common case: one endpoint
-            sole = self._sole(keys[0], now, wanted, origin)
-            return None if sole is None else sole.estimate(now)  # remembered by it
-        windows, probe_windows = self._fresh(ip, now, wanted, origin)
-        if not windows:
-            return None
-        return combined_estimate(windows, probe_windows, now)
+        """Latency of the pod at `ip` as `origin` measured it, as of `now`, None when
+        unknown; only of `port`, or of `ports` (e.g. a Service's target ports), when
+        given."""
+        found, at = self.latest(ip, now, port, ports=ports, origin=origin)
+        return aged(found, now - at)
 
     def silent(
         self, ip: str, now: float, *, ports: Collection[int] | None = None, origin: Origin = "agent"
@@ -415,7 +449,9 @@ class LatencyStore:
             win = self._windows[key]
             if win.sampled is None:
                 continue  # never held a sample: nothing to be silent about
-            lapsed = min(win.last_seen + win.stale_s, win.sampled + win.keep_s)
+            lapsed = win.last_seen + win.stale_s
+            if not win.deltas:  # its samples left with the reports after them
+                lapsed = min(lapsed, win.sampled + win.keep_s)
             if now <= lapsed:
                 return False
             went_quiet = self._reported.get(win.owner, 0.0) < lapsed
@@ -447,6 +483,15 @@ class LatencyStore:
             for win in self._fresh(ip, now, ports, origin)[0]:
                 out.update(win.total)
         return out
+
+
+def covers(gap_s: float, interval_s: float | None) -> float:
+    """What a report `gap_s` after the endpoint's previous one covers: the gap in whole
+    report intervals (a tick a little late or early covers its interval all the same;
+    a second report within half an interval, none), or as it is with no interval."""
+    if interval_s is None:
+        return gap_s
+    return round(gap_s / interval_s) * interval_s
 
 
 def _speaks(key: Key, ports: Collection[int] | None, origin: Origin) -> bool:

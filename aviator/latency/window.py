@@ -11,13 +11,15 @@ built from, and hands out the same ones while those figures are the same: a stea
 window's estimate is one comparison, and an unchanged estimate is the same object,
 which is what lets a reconcile reuse what it built from it (the engine's input, the
 status row). Everything an estimate reads is in its key, so reuse never changes
-what an estimate says. `combined_estimate` is the estimate of the windows the store
-found for one address (several: merged, built afresh).
+what an estimate says. An estimate is as of the window's latest report (age 0 then):
+how old it is is the reader's to add (`aged`), so a window that reports the same again
+still hands out the same object. `combined_latest` is the estimate of the windows the
+store found for one address (several: merged, built afresh).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from aviator.latency.histogram import Histogram
 from aviator.latency.schema import AppProtocol, EndpointWindow, Source
@@ -40,9 +42,13 @@ class Window:
     rif: int = 0
     oldest_open_us: int = 0  # latest report
     protocol: AppProtocol = "opaque"  # latest report
-    # (arrival, histogram delta, statuses, errors, keep-warm samples), oldest first. A
-    # list: a window holds a few deltas (its span over the report interval), and an
-    # empty deque costs 760 bytes against a list's 56, for each of tens of thousands.
+    # The window's own clock: the seconds its endpoint's reports covered so far
+    # (aviator.latency.store: a window slides with its reports, not with the clock).
+    covered: float = 0.0
+    # (`covered` at arrival, histogram delta, statuses, errors, keep-warm samples),
+    # oldest first. A list: a window holds a few deltas (its span over the report
+    # interval), and an empty deque costs 760 bytes against a list's 56, for each of
+    # tens of thousands.
     deltas: list[tuple[float, Histogram, int, int, int]] = field(default_factory=list)
     total: Histogram = field(default_factory=Histogram)
     statuses: int = 0  # over `deltas`
@@ -53,19 +59,20 @@ class Window:
     # only when the total differs (a steady pod's window adds the delta it expires).
     cached: tuple[float, float, float] | None = None
     cached_of: Histogram | None = None
-    # The last `estimate` and every figure it was built from (its key): the same
+    # The last `latest` and every figure it was built from (its key): the same
     # object while they are the same.
     memo: tuple[tuple[object, ...], LatencyEstimate | None] | None = None
 
     def add(self, at: float, ep: EndpointWindow, max_deltas: int) -> int:
-        """Add an endpoint window's delta; returns the change in held buckets."""
+        """Add an endpoint window's delta, arrived at `at`, at the window's `covered`;
+        returns the change in held buckets."""
         delta = ep.hist
         added = len(delta)
         if not added:
             return 0
         self.sampled = at
         deltas = self.deltas
-        deltas.append((at, delta, ep.statuses, ep.errors, ep.keepwarm))
+        deltas.append((self.covered, delta, ep.statuses, ep.errors, ep.keepwarm))
         self.total.update(delta)
         self.statuses += ep.statuses
         self.errors += ep.errors
@@ -76,7 +83,7 @@ class Window:
         return added
 
     def expire(self, before: float) -> int:
-        """Drop deltas from `before` or earlier; returns the buckets freed."""
+        """Drop deltas added at `covered` `before` or earlier; returns the buckets freed."""
         freed = 0
         deltas = self.deltas
         while deltas and deltas[0][0] <= before:
@@ -103,21 +110,20 @@ class Window:
             self.cached_of = self.total.copy()
         return self.cached
 
-    def estimate(self, now: float) -> LatencyEstimate | None:
-        """This window's estimate alone as of `now` (the store's, for an endpoint with
-        one fresh window and no probe-role data; see aviator.latency.store): None
-        without a completed sample or an open request; with open requests only, the
-        oldest one's age as every quantile (a lower bound)."""
+    def latest(self) -> LatencyEstimate | None:
+        """This window's estimate alone as of its latest report, `last_seen` (age 0
+        then; the store's, for an endpoint with one fresh window and no probe-role
+        data; see aviator.latency.store): None without a completed sample or an open
+        request; with open requests only, the oldest one's age as every quantile (a
+        lower bound). The same object while every figure it is built from is the same."""
         qs = self.quantiles_us()
         count = self.total.count
         open_us = self.oldest_open_us
-        age = max(0.0, now - self.last_seen)
         key = (
             qs,
             count,
             open_us,
             self.rif,
-            age,
             self.source,
             self.statuses,
             self.errors,
@@ -127,13 +133,24 @@ class Window:
         held = self.memo
         if held is not None and held[0] == key:
             return held[1]
-        estimate = _estimate(qs, count, open_us, self, age)
+        estimate = _estimate(qs, count, open_us, self)
         self.memo = (key, estimate)
         return estimate
 
+    def estimate(self, now: float) -> LatencyEstimate | None:
+        """`latest` as of `now`."""
+        return aged(self.latest(), now - self.last_seen)
+
+
+def aged(estimate: LatencyEstimate | None, age_s: float) -> LatencyEstimate | None:
+    """`estimate` (as of its newest sample) `age_s` seconds later."""
+    if estimate is None or age_s <= 0.0:
+        return estimate
+    return replace(estimate, age_s=age_s)
+
 
 def _estimate(
-    qs: tuple[float, float, float] | None, count: int, open_us: int, win: Window, age: float
+    qs: tuple[float, float, float] | None, count: int, open_us: int, win: Window
 ) -> LatencyEstimate | None:
     if qs is None:
         if not open_us:
@@ -145,7 +162,6 @@ def _estimate(
         p99_ms=qs[2] / 1000.0,
         rif=win.rif,
         samples=count,
-        age_s=age,
         source=win.source,
         oldest_open_ms=open_us / 1000.0,
         statuses=win.statuses,
@@ -155,17 +171,16 @@ def _estimate(
     )
 
 
-def combined_estimate(
-    windows: list[Window], probe_windows: list[Window], now: float
-) -> LatencyEstimate | None:
+def combined_latest(
+    windows: list[Window], probe_windows: list[Window]
+) -> tuple[LatencyEstimate | None, float]:
     """The estimate of the windows that speak for one address (`windows`: server ones,
-    else client ones, as the store chose them) beside the kubelet's probes of it
-    (`probe_windows`; see aviator.latency.store): one window alone is that window's
-    `estimate`; several are merged into one histogram."""
-    if not windows:
-        return None
+    else client ones, as the store chose them, at least one) beside the kubelet's
+    probes of it (`probe_windows`; see aviator.latency.store), as of the newest report
+    among `windows` (age 0 then), and that report's time: one window alone is that
+    window's `latest`; several are merged into one histogram."""
     if len(windows) == 1 and not probe_windows:
-        return windows[0].estimate(now)
+        return windows[0].latest(), windows[0].last_seen
     if len(windows) == 1:
         newest = windows[0]
         qs = newest.quantiles_us()
@@ -180,7 +195,7 @@ def combined_estimate(
         open_us = max(w.oldest_open_us for w in windows)
     if qs is None:
         if not open_us:
-            return None
+            return None, newest.last_seen
         qs = (float(open_us), float(open_us), float(open_us))  # a lower bound
     probe_samples = 0
     probe_qs = None
@@ -188,13 +203,12 @@ def combined_estimate(
         probes = Histogram.merge_all(w.total for w in probe_windows)
         probe_samples = probes.count
         probe_qs = probes.quantiles((0.5, 0.99)) if probes else None
-    return LatencyEstimate(
+    estimate = LatencyEstimate(
         p50_ms=qs[0] / 1000.0,
         p90_ms=qs[1] / 1000.0,
         p99_ms=qs[2] / 1000.0,
         rif=sum(w.rif for w in windows),
         samples=samples,
-        age_s=max(0.0, now - newest.last_seen),
         source=newest.source,
         oldest_open_ms=open_us / 1000.0,
         statuses=sum(w.statuses for w in windows),
@@ -205,3 +219,4 @@ def combined_estimate(
         probe_p50_ms=None if probe_qs is None else probe_qs[0] / 1000.0,
         probe_p99_ms=None if probe_qs is None else probe_qs[1] / 1000.0,
     )
+    return estimate, newest.last_seen

@@ -102,12 +102,11 @@ def decide(
         )
     evaluated = outcome is None
     if outcome is None:
-        since = None if memory.last_evaluation is None else clock.store - memory.last_evaluation
         outcome, fixed = evaluation.select(
             parsed,
             eligible_facts,
             by_pod,
-            evaluation.freshness(by_pod, since),
+            evaluation.freshness(by_pod, latencies.reported, memory.last_evaluation),
             current_active,
             memory.engine_state or persisted_state(view.policy),
             clock.wall,

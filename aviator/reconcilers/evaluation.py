@@ -404,12 +404,16 @@ def carry_over(previous: Outcome, eligible: set[str], floor: int) -> Outcome | N
 
 
 def freshness(
-    latencies: Mapping[str, LatencyEstimate | None], since: float | None
+    latencies: Mapping[str, LatencyEstimate | None],
+    reported: Mapping[str, float],
+    last_evaluation: float | None,
 ) -> dict[str, bool]:
-    """Per pod: did samples arrive since the previous evaluation (`since` seconds
-    ago)? Only fresh data moves the circuit breaker, so one slow window is not
-    counted twice."""
+    """Per pod: did samples arrive since the previous evaluation (at `last_evaluation`;
+    `reported`: when each estimate's newest report came, on the same clock; a pod not
+    in it, as of the read)? Only fresh data moves the circuit breaker, so one slow
+    window is not counted twice."""
     return {
-        name: lat is not None and (since is None or lat.age_s < since)
+        name: lat is not None
+        and (last_evaluation is None or reported.get(name, math.inf) > last_evaluation)
         for name, lat in latencies.items()
     }

@@ -24,7 +24,12 @@ store's `loads`, aviator.latency.loads).
 
 The `PodLatencies` returned is a read-only view the pure planner queries (`estimate`
 per pod, `active_p99_ms` for the set it chose); it holds no clock of its own, so a
-plan's inputs are fixed once read.
+plan's inputs are fixed once read. Its estimates are as of each pod's newest report
+(`reported`, on the store's clock), not of the read: a pod whose windows say the same
+at every report has the same estimate object at every reconcile, which is what lets a
+reconcile reuse what it built from it (aviator.reconcilers.evaluation `pod_input`,
+aviator.reconcilers.settled). The engine never ages them: the store already drops
+data past its staleness bound, and `silent` names the pods whose data lapsed.
 """
 
 from __future__ import annotations
@@ -67,6 +72,9 @@ class PodLatencies:
 
     by_pod: dict[str, LatencyEstimate | None]
     merged: Callable[[Sequence[JSON]], Histogram]
+    # When the newest report behind each known estimate came (the store's clock; a pod
+    # not in it: as of the read).
+    reported: dict[str, float] = field(default_factory=dict)
     # Pods without data whose node's agent reports full BPF maps: name -> (node, maps).
     unmeasurable: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
     # Unknown pods that were measured before and went silent (LatencyStore.silent).
@@ -207,14 +215,16 @@ async def read_latencies(
 
     all_facts = [facts(p) for p in pods]
     by_pod: dict[str, LatencyEstimate | None] = {}
+    reported: dict[str, float] = {}
     silent: set[str] = set()
-    estimate = store.estimate
+    latest = store.latest
     for f in all_facts:
         found = None
         wanted = fixed if fixed is not None else ports_of(f)
         for ip in f.ips:
-            found = estimate(ip, now, ports=wanted, origin=origin)
+            found, at = latest(ip, now, ports=wanted, origin=origin)
             if found is not None:
+                reported[f.name] = at
                 break
         by_pod[f.name] = found
         if found is None and any(
@@ -243,4 +253,4 @@ async def read_latencies(
             out.update(store.merged(f.ips, now, origin=origin, ports=ports_of(f)))
         return out
 
-    return PodLatencies(by_pod, merged, unmeasurable, frozenset(silent))
+    return PodLatencies(by_pod, merged, reported, unmeasurable, frozenset(silent))

@@ -14,6 +14,7 @@ from aviator.kube.objects import JSON
 from aviator.reconcilers import takeover
 from aviator.reconcilers.evaluation import Outcome
 from aviator.reconcilers.fixedpoint import FixedPoint
+from aviator.reconcilers.settled import Settled
 from aviator.reconcilers.status import Observation
 from aviator.reconcilers.view import View
 
@@ -52,6 +53,8 @@ class Memory:
     status_current: tuple[JSON, Observation] | None = field(default=None, compare=False)
     # The last evaluation, if it was a fixed point (reconcilers/fixedpoint.py).
     fixed_point: FixedPoint | None = field(default=None, compare=False)
+    # The last reconcile, if it changed nothing (reconcilers/settled.py).
+    settled: Settled | None = field(default=None, compare=False)
 
     def record(self, view: View) -> takeover.Record | None:
         """The takeover record: what we last wrote, else what the cache holds."""

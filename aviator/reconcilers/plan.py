@@ -57,6 +57,7 @@ from aviator.reconcilers.reporting import (
     status_rows,
 )
 from aviator.reconcilers.routing import ENDPOINTS
+from aviator.reconcilers.settled import Cluster, Settled
 from aviator.reconcilers.status import (
     REASON_AGENT_MAPS_FULL,
     REASON_CONFLICT,
@@ -165,10 +166,18 @@ def plan(view: View, memory: Memory, clock: Clock, latencies: PodLatencies | Non
     """Every decision of one reconcile (see the module docstring for the order)."""
     if view.policy["metadata"].get("deletionTimestamp"):
         return _finalize(view, memory.record(view))
+    generation = int(view.policy["metadata"].get("generation") or 0)
+    cluster = Cluster.of(view, memory.status or view.policy.get("status"))
+    held = memory.settled
+    if held is not None and latencies is not None and held.cluster.same(cluster):
+        # The cluster the last reconcile read, which wrote nothing: the same finalizer,
+        # conflict, leftovers and routing (settled.py).
+        route = held.route
+        assert view.target is not None
+        return _select(view, memory, clock, latencies, route, view.target, [], generation, cluster)
     writes: list[Write] = []
     if marks.FINALIZER not in _finalizers(view.policy):
         writes.append(_policy_patch(view, [*_finalizers(view.policy), marks.FINALIZER]))
-    generation = int(view.policy["metadata"].get("generation") or 0)
     carried_state = memory.engine_state or persisted_state(view.policy)
     record = memory.record(view)
     parsed = view.parsed
@@ -225,7 +234,7 @@ def plan(view: View, memory: Memory, clock: Clock, latencies: PodLatencies | Non
     if route.blocked:
         return stop(route.problems, routed=routed, state=carried_state)
     assert latencies is not None, "a selecting plan needs latencies (see measurement())"
-    return _select(view, memory, clock, latencies, route, target, writes, generation)
+    return _select(view, memory, clock, latencies, route, target, writes, generation, cluster)
 
 
 def _select(
@@ -237,6 +246,7 @@ def _select(
     target: JSON,
     writes: list[Write],
     generation: int,
+    cluster: Cluster,
 ) -> Plan:
     assert view.parsed is not None
     parsed, ns, name = view.parsed, view.namespace, view.name
@@ -247,9 +257,27 @@ def _select(
     current_active, requeue_after = decision.current_active, decision.requeue_after
     # Names once: thousands of pods, and every step below is keyed by name.
     names = list(by_pod)  # the eligible pods', in order
+    active_pods = [p for n, p in zip(names, eligible, strict=True) if n in outcome.active]
+    p99 = latencies.active_p99_ms(active_pods)
+
+    # The last reconcile changed nothing and this one reads what it read: nor does this.
+    zone_of = view.zone_of
+    zoned = locality.policy_of(parsed.spec.topology) is not None  # reads `evaluated`
+    values = (
+        [zone_of(node) if (node := pod_node(p)) else None for p in view.pods],
+        view.zone_cpu,
+        view.client_zones,
+        outcome,
+        current_active,
+        zoned and decision.evaluated,
+        latencies.unmeasurable,
+    )
+    held = memory.settled
+    # (`held.route is route`: this reconcile read the cluster that one read; see plan())
+    if held is not None and held.route is route and held.holds(values, by_pod, p99):
+        return Plan(memory=memory, gauges=held.gauges, requeue_after=requeue_after)
 
     problems = list(route.problems)
-    active_pods = [p for n, p in zip(names, eligible, strict=True) if n in outcome.active]
     if eligible and not active_pods:
         # Never publish an empty set while a ready pod exists.
         raise RuntimeError(f"policy {ns}/{name}: selection returned no pod of {len(eligible)}")
@@ -322,7 +350,6 @@ def _select(
 
     events = policy_events(outcome, current_active, not slice_plan.empty, eligible)
     events += handoff_events(hand_offs, previous_handoffs, view.pods)
-    p99 = latencies.active_p99_ms(active_pods)
     fallback_names = {pod_name(p) for p in routed} if fallback else set()
     rows = status_rows(eligible_facts, outcome, by_pod, view.pods, fallback_names)
     seen = Observation(
@@ -346,6 +373,12 @@ def _select(
     status, write, memory = _status_once(view, memory, seen, clock.wall)
     ejections = sum(1 for e in events if e.reason == "PodEjected")
     gauges = Gauges(len(routed), len(eligible), p99, ejections)
+    nothing = not writes and not events and write is None
+    settled = (
+        Settled(cluster, route, values, by_pod, p99, gauges) if nothing and not hand_offs else None
+    )
+    if settled is not None or memory.settled is not None:
+        memory = dataclasses.replace(memory, settled=settled)
     return Plan(writes, events, status, write, memory, gauges, requeue_after)
 
 

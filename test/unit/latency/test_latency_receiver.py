@@ -465,9 +465,9 @@ async def test_floods_are_refused_early() -> None:
 
 async def test_a_new_connections_first_snapshot_starts_a_new_session() -> None:
     """An agent that reconnects (restarted) has not measured what lapsed before: a pod
-    whose samples aged out is silent (it keeps its place) until the new connection
-    measures it, though the node's reports never paused for long. On one connection
-    the same report means the pod had no traffic."""
+    whose data lapsed is silent (it keeps its place) until the new connection measures
+    it, though the node's reports never paused for long. On one connection the same
+    report means the pod had no traffic."""
     now = [0.0]
     store = LatencyStore(window_s=2, stale_after_s=10)
     app = web.Application()
@@ -485,11 +485,12 @@ async def test_a_new_connections_first_snapshot_starts_a_new_session() -> None:
     async with TestClient(TestServer(app)) as client:
         async with client.ws_connect("/v1/stream", headers=headers) as ws:
             await report(ws, "10.0.0.1", 0.0)
-            await report(ws, "10.0.0.2", 2.5)  # 10.0.0.1's samples aged out at 2
-        assert not store.silent("10.0.0.1", now=2.6)  # its agent reported on: no traffic
+            await report(ws, "10.0.0.2", 5.0)
+            await report(ws, "10.0.0.2", 10.5)  # 10.0.0.1's data lapsed at 10
+        assert not store.silent("10.0.0.1", now=10.6)  # its agent reported on: no traffic
         async with client.ws_connect("/v1/stream", headers=headers) as ws:
-            await report(ws, "10.0.0.2", 3.0)
-        assert store.silent("10.0.0.1", now=3.1)  # the new connection has not measured it
+            await report(ws, "10.0.0.2", 11.0)
+        assert store.silent("10.0.0.1", now=11.1)  # the new connection has not measured it
 
 
 async def test_a_snapshot_waits_for_the_pod_caches_first_list(

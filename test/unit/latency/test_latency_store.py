@@ -99,23 +99,23 @@ def test_a_pod_whose_data_lapses_after_its_agent_stopped_is_silent_when_it_lapse
     assert store.silent("10.0.0.2", now=12.1)
 
 
-def test_samples_aging_out_of_the_window_lapse_like_staleness() -> None:
-    """A window shorter than the staleness bound empties first: the pod's samples
-    aged out while its agent still sent the endpoint (empty). Silent if the agent
-    stopped before they aged out; idle (not silent) if it kept reporting."""
+def test_samples_leave_with_later_reports_and_lapse_like_staleness() -> None:
+    """A window shorter than the staleness bound empties first while its agent still
+    sends the endpoint (empty): the later reports cover the window, the samples leave,
+    the pod is idle (not silent). An agent that stops leaves its last report standing
+    until the endpoint goes stale: then the pod is silent."""
     store = LatencyStore(window_s=4, stale_after_s=10)
     store.ingest(snap(ep("10.0.0.2", [1000])), now=0.0)
     for t in (1.0, 2.0):
         store.ingest(snap(ep("10.0.0.2", [])), now=t)
-    assert store.estimate("10.0.0.2", now=4.1) is None
-    assert store.silent("10.0.0.2", now=4.1)  # n1 stopped at 2, before the samples aged out
-    store.ingest(snap(ep("10.0.0.2", [])), now=4.5)  # n1 was late, and saw no traffic
-    assert not store.silent("10.0.0.2", now=4.6)
-    store.heard("n1", now=5.0, anew=True)  # a new stream: n1's agent restarted
-    store.ingest(snap(ep("10.0.0.2", [])), now=5.0)
-    assert store.silent("10.0.0.2", now=5.1)  # not measured since: unknown to the new agent
-    store.ingest(snap(ep("10.0.0.2", [1000])), now=6.0)
-    assert store.estimate("10.0.0.2", now=6.1) is not None
+    assert store.estimate("10.0.0.2", now=4.1) is not None  # n1 stopped at 2
+    assert store.estimate("10.0.0.2", now=12.1) is None
+    assert store.silent("10.0.0.2", now=12.1)
+    store.heard("n1", now=13.0, anew=True)  # a new stream: n1's agent restarted
+    store.ingest(snap(ep("10.0.0.2", [])), now=13.0)
+    assert store.silent("10.0.0.2", now=13.1)  # not measured since: unknown to the new agent
+    store.ingest(snap(ep("10.0.0.2", [1000])), now=14.0)
+    assert store.estimate("10.0.0.2", now=14.1) is not None
     store2 = LatencyStore(window_s=4, stale_after_s=10)
     store2.ingest(snap(ep("10.0.0.2", [1000])), now=0.0)
     for t in (1.0, 2.0, 3.0, 4.0, 5.0):
@@ -124,16 +124,51 @@ def test_samples_aging_out_of_the_window_lapse_like_staleness() -> None:
     assert not store2.silent("10.0.0.2", now=5.1)  # its agent kept reporting: no traffic
 
 
-def test_old_deltas_leave_the_window() -> None:
+def test_old_deltas_leave_the_window_as_later_reports_cover_it() -> None:
     store = LatencyStore(window_s=3, stale_after_s=100)
     store.ingest(snap(ep("10.0.0.1", [1000] * 5)), now=0.0)
     store.ingest(snap(ep("10.0.0.1", [200_000] * 2)), now=2.0)
     est = store.estimate("10.0.0.1", now=2.5)
     assert est is not None and est.samples == 7
-    est = store.estimate("10.0.0.1", now=3.5)  # the first delta is now older than 3 s
+    # No report since: the window is as the last report left it, whatever the clock.
+    assert store.estimate("10.0.0.1", now=3.5) == est
+    # The next report covers a second more: the first delta is now 3 s of reports old.
+    store.ingest(snap(ep("10.0.0.1", [])), now=3.0)
+    est = store.estimate("10.0.0.1", now=3.5)
     assert est is not None and est.samples == 2 and est.p50_ms > 190
     # A fresh endpoint with an empty window has no latency to report.
+    store.ingest(snap(ep("10.0.0.1", [])), now=5.0)
     assert store.estimate("10.0.0.1", now=5.0) is None
+
+
+def test_a_report_covers_whole_report_intervals() -> None:
+    """Reports a little late or early cover their intervals all the same: a window
+    holds the same number of deltas (and a steady pod the same estimate) whatever the
+    jitter of its agent's ticks; a pod held while steady and sent every 5 s covers 5 s
+    at each report."""
+    store = LatencyStore(window_s=10, stale_after_s=20)
+    at = 0.0
+    estimates = []
+    for jitter in [0.0, 0.3, -0.2, 0.45, 0.1, -0.4, 0.2, 0.0, 0.35, -0.1, 0.25, 0.0]:
+        at += 1.0 + jitter
+        store.ingest(snap(ep("10.0.0.1", [1000] * 5)), now=at)
+        estimates.append(store.estimate("10.0.0.1", now=at))
+    assert {e.samples for e in estimates[10:] if e is not None} == {50}
+    assert estimates[10] is estimates[11]  # the same figures: the same object
+    paced = LatencyStore(window_s=10, stale_after_s=20)
+    for k, late in enumerate([0.0, 0.6, 1.2, 0.1, 0.9]):
+        paced.ingest(
+            Snapshot(
+                node="n1",
+                source="ebpf",
+                time=0.0,
+                window_s=1.0,
+                endpoints=(ep("10.0.0.1", [1000] * 25),),
+            ),
+            now=5.0 * k + late,
+        )
+        est = paced.estimate("10.0.0.1", now=5.0 * k + late)
+        assert est is not None and est.samples == (25 if k == 0 else 50)
 
 
 def test_server_data_wins_over_client_data() -> None:
@@ -216,19 +251,30 @@ steps = st.lists(
 def test_store_matches_a_naive_window(
     plan: list[tuple[float, int, list[int]]], window_s: float, stale_s: float
 ) -> None:
+    """The window of an endpoint, worked out from its reports alone: each report covers
+    the time since the previous one in whole report intervals (the snapshots' 1 s; the
+    first, one interval), a report's values stay while the reports after it cover less
+    than the window, and a report after a stale spell starts afresh."""
     store = LatencyStore(window_s=window_s, stale_after_s=stale_s)
-    log: list[tuple[float, str, list[int]]] = []
+    reports: dict[str, list[tuple[float, list[int]]]] = {}  # (covered at it, values)
+    covered: dict[str, float] = {}
+    last: dict[str, float] = {}
     now = 0.0
     for step, which, values in plan:
         now += step
         ip = f"10.0.0.{which}"
         store.ingest(snap(ep(ip, values)), now=now)
-        log.append((now, ip, values))
+        if ip not in last or now - last[ip] > stale_s:
+            reports[ip] = []
+        covered[ip] = covered.get(ip, 0.0) + (round(now - last[ip]) if ip in last else 1.0)
+        last[ip] = now
+        reports[ip].append((covered[ip], values))
         for probe_ip in ("10.0.0.0", "10.0.0.1", "10.0.0.2"):
-            seen = [t for t, i, _ in log if i == probe_ip]
-            window = [v for t, i, vs in log if i == probe_ip and t > now - window_s for v in vs]
+            held = reports.get(probe_ip, [])
+            start = covered.get(probe_ip, 0.0) - window_s
+            window = [v for c, vs in held if c > start for v in vs]
             est = store.estimate(probe_ip, now=now)
-            if not seen or seen[-1] < now - stale_s or not window:
+            if probe_ip not in last or last[probe_ip] < now - stale_s or not window:
                 assert est is None
             else:
                 assert est is not None
@@ -257,18 +303,20 @@ def test_origins_never_mix() -> None:
 
 
 def test_probe_rounds_age_by_their_own_span() -> None:
-    """A probe window spans `keep_s` whatever the store's agent window and staleness;
-    a pod not probed again ages out by the clock (stale slow samples must not pin an
-    ejected pod's p99)."""
+    """A probe window spans `keep_s` of rounds whatever the store's agent window and
+    staleness (a round covers the time since the last one: the rounds come at no set
+    interval); slow samples leave as later rounds cover the window (they must not pin
+    an ejected pod's p99), and a pod not probed again is unknown once `keep_s` passed."""
     store = LatencyStore(window_s=10, stale_after_s=1)
     store.ingest_probes([ep("10.0.0.1", [200_000] * 3)], now=0.0, keep_s=3.0)
     store.ingest_probes([ep("10.0.0.1", [1000] * 3)], now=2.0, keep_s=3.0)
     est = store.estimate("10.0.0.1", now=2.5, origin="controller")
     assert est is not None and est.samples == 6 and est.age_s == 0.5
+    store.ingest_probes([ep("10.0.0.1", [1000] * 3)], now=3.5, keep_s=3.0)
     est = store.estimate("10.0.0.1", now=3.5, origin="controller")
-    assert est is not None and est.samples == 3 and est.p99_ms < 2
-    assert store.estimate("10.0.0.1", now=5.5, origin="controller") is None
-    assert store.merged(["10.0.0.1"], now=5.5, origin="controller").count == 0
+    assert est is not None and est.samples == 6 and est.p99_ms < 2
+    assert store.estimate("10.0.0.1", now=7.0, origin="controller") is None
+    assert store.merged(["10.0.0.1"], now=7.0, origin="controller").count == 0
 
 
 def held(store: LatencyStore) -> dict[str, tuple[int, int]]:
@@ -315,7 +363,7 @@ def test_endpoints_are_bounded_per_agent_and_in_total() -> None:
 
 def test_buckets_are_bounded_and_freed_as_deltas_leave_the_window() -> None:
     limits = StoreLimits(buckets_per_agent=10, buckets=15)
-    store = LatencyStore(window_s=3, stale_after_s=100, limits=limits)
+    store = LatencyStore(window_s=3, stale_after_s=5, limits=limits)
     wide = list(range(1000, 9000, 1000))  # 8 values, 8 buckets
     assert store.ingest_snapshot(snap(*[ep("10.0.0.1", wide)], node="n1"), 0.0).accepted == 1
     assert store.usage("n1").buckets == 8
@@ -323,10 +371,10 @@ def test_buckets_are_bounded_and_freed_as_deltas_leave_the_window() -> None:
     assert dict(refused) == {AGENT_BUCKETS: 1}
     refused = store.ingest_snapshot(snap(*[ep("10.0.0.2", wide)], node="n2"), 1.0).refused
     assert dict(refused) == {STORE_BUCKETS: 1}
-    # Once the first delta leaves the window (at 3 s), there is room again.
+    # Once the reports cover the window past the first delta (at 3 s), there is room.
     assert store.ingest_snapshot(snap(*[ep("10.0.0.1", wide)], node="n1"), 3.0).accepted == 1
     assert store.usage("n1").buckets == 8
-    # An idle endpoint's deltas leave too, at the next prune.
+    # A stale endpoint's deltas leave too, at the next prune.
     store.prune(now=10.0)
     assert store.usage("n1").buckets == 0 and store.total.buckets == 0
     assert store.usage("n1").endpoints == 1
@@ -385,7 +433,7 @@ def test_accounting_matches_what_the_windows_hold(
 
 
 def test_error_rate_is_summed_over_the_window_and_leaves_with_it() -> None:
-    store = LatencyStore(window_s=10, stale_after_s=5)
+    store = LatencyStore(window_s=10, stale_after_s=10)
     first = replace(ep("10.0.0.1", [1000] * 10), statuses=10, errors=5, protocol="h2")
     second = replace(ep("10.0.0.1", [1000] * 30), statuses=20, errors=1, protocol="h2")
     store.ingest(snap(first), now=0.0)
@@ -395,6 +443,7 @@ def test_error_rate_is_summed_over_the_window_and_leaves_with_it() -> None:
     assert (est.statuses, est.errors, est.protocol) == (30, 6, "h2")
     assert est.error_percent == 20.0
     # The first delta leaves the window: so do its statuses and errors.
+    store.ingest(snap(ep("10.0.0.1", [])), now=10.0)
     est = store.estimate("10.0.0.1", now=10.5)
     assert est is not None and (est.samples, est.statuses, est.errors) == (30, 20, 1)
 
@@ -449,7 +498,8 @@ def test_outcomes_are_exactly_those_of_the_deltas_in_the_window(
     reports: list[tuple[float, int, int, int, int]],
 ) -> None:
     store = LatencyStore(window_s=5, stale_after_s=4)
-    now = 0.0
+    now = covered = 0.0
+    held_any = False
     held: list[tuple[float, int, int]] = []
     for gap, samples, statuses, errors, open_us in reports:
         now += gap
@@ -457,7 +507,10 @@ def test_outcomes_are_exactly_those_of_the_deltas_in_the_window(
         errors = min(errors, statuses)
         w = replace(ep("10.0.0.1", [1000] * samples), statuses=statuses, errors=errors)
         store.ingest(snap(replace(w, oldest_open_us=open_us)), now=now)
-        held = [h for h in held if h[0] > now - 5] + [(now, statuses, errors)]
+        # Each report covers its gap in whole seconds (the snapshots' interval).
+        covered = (covered + round(gap)) if held_any else 1.0
+        held_any = True
+        held = [h for h in held if h[0] > covered - 5] + [(covered, statuses, errors)]
         est = store.estimate("10.0.0.1", now=now)
         assert est is not None
         assert (est.statuses, est.errors) == (sum(h[1] for h in held), sum(h[2] for h in held))
@@ -522,5 +575,6 @@ def test_keep_warm_samples_leave_the_window_with_their_delta() -> None:
     store.ingest(snap(replace(ep("10.0.0.1", [3000]), keepwarm=0)), now=5.0)
     est = store.estimate("10.0.0.1", now=6.0)
     assert est is not None and (est.samples, est.keepwarm) == (3, 2)
+    store.ingest(snap(ep("10.0.0.1", [])), now=11.0)
     est = store.estimate("10.0.0.1", now=12.0)
     assert est is not None and (est.samples, est.keepwarm) == (1, 0)

@@ -1,8 +1,9 @@
 """Incremental evaluation: a reconcile that reuses what it built before (pod facts, each
 window's estimate, each pod's engine input and status row, the memo of up-to-date
-slices and status) decides exactly what a reconcile from scratch decides, over random
-sequences of changes; a memo whose key leaves out something it depends on is caught;
-and what is remembered of pods and endpoints that are gone is dropped."""
+slices and status, a settled reconcile) decides exactly what a reconcile from scratch
+decides, over random sequences of changes; a memo whose key leaves out something it
+depends on is caught; and what is remembered of pods and endpoints that are gone is
+dropped."""
 
 from __future__ import annotations
 
@@ -19,23 +20,25 @@ from hypothesis import strategies as st
 from reconciler_objects import make_pod, make_service
 from test_plan import T0, apply, caches_with, later, make_policy
 
+from aviator.kube.objects import JSON
 from aviator.latency import histogram, window
 from aviator.latency.histogram import Histogram, bucket_index
 from aviator.latency.schema import EndpointWindow, Snapshot
 from aviator.latency.store import LatencyStore
-from aviator.reconcilers import evaluation, fixedpoint
+from aviator.reconcilers import evaluation, fixedpoint, settled
 from aviator.reconcilers.latencies import PodLatencies, controller_prober, read_latencies
 from aviator.reconcilers.memory import Clock, Memory, memory_for
 from aviator.reconcilers.plan import Plan, measurement, plan
 from aviator.reconcilers.podfacts import PodFacts
-from aviator.reconcilers.view import Caches, gather
+from aviator.reconcilers.view import Caches, View, gather
 from aviator.selection.types import LatencyEstimate, PodInput
 
 KEY = "default/p"
 PODS = 4
-# A window of one second: a pod that sends the same report every second holds the same
-# window (a steady pod), which is when estimates are reused.
+# A window of one second over reports every half second: a pod that sends the same
+# report again holds the same window (a steady pod), which is when estimates are reused.
 WINDOW_S = 1.0
+REPORT_S = 0.5
 BREAKER = {"enabled": True, "p99Threshold": "40ms", "consecutiveViolations": 2}
 SPECS: list[dict[str, Any]] = [
     {"selection": {"mode": "topN", "topN": 2}, "circuitBreaker": BREAKER},
@@ -59,6 +62,7 @@ steps = st.one_of(
     st.tuples(st.just("remove"), st.integers(0, PODS - 1)),
     st.tuples(st.just("ready"), st.integers(0, PODS - 1), st.booleans()),
     st.tuples(st.just("spec"), st.integers(0, len(SPECS) - 1)),
+    st.tuples(st.just("tamper")),  # someone empties our slices
 )
 # Each step, then a reconcile this many seconds later (0: at the same instant; 40: past
 # the staleness bound, 30 s).
@@ -119,10 +123,10 @@ def decided(todo: Plan) -> object:
 
 
 def estimates(lat: PodLatencies | None) -> object:
-    """The estimates, their age included (equality leaves it out)."""
+    """The estimates and when each was reported (equality leaves out times)."""
     if lat is None:
         return None
-    return {n: (e, None if e is None else e.age_s) for n, e in lat.by_pod.items()}
+    return {n: (e, lat.reported.get(n)) for n, e in lat.by_pod.items()}
 
 
 def disagreement(sequence: list[tuple[tuple[Any, ...], float]]) -> str | None:
@@ -141,7 +145,7 @@ def disagreement(sequence: list[tuple[tuple[Any, ...], float]]) -> str | None:
 
     def ingest(windows: list[EndpointWindow]) -> None:
         if windows:
-            snap = Snapshot("node-a", "ebpf", clock.store, 1.0, tuple(windows))
+            snap = Snapshot("node-a", "ebpf", clock.store, REPORT_S, tuple(windows))
             store.ingest_snapshot(snap, clock.store)
             log.append((snap, clock.store))
 
@@ -161,6 +165,9 @@ def disagreement(sequence: list[tuple[tuple[Any, ...], float]]) -> str | None:
             kept.pods.delete(f"default/p{step[1]}")
         elif kind == "ready" and step[1] in present:
             kept.pods.upsert(pod(step[1], step[2]))
+        elif kind == "tamper":
+            for sl in kept.slices.list():
+                kept.slices.upsert({**sl, "endpoints": []})
         elif kind == "spec":
             spec, generation = step[1], generation + 1
             current = kept.policies.get(KEY) or {}
@@ -186,7 +193,7 @@ def disagreement(sequence: list[tuple[tuple[Any, ...], float]]) -> str | None:
         view = gather(kept, kept.policies.get(KEY) or {})
         mem = memory_for(view, memory)
         scratch = dataclasses.replace(
-            mem, slices_current=None, status_current=None, fixed_point=None
+            mem, slices_current=None, status_current=None, fixed_point=None, settled=None
         )
         got, got_lat = asyncio.run(reconcile(kept, store, mem, clock))
         want, want_lat = asyncio.run(reconcile(fresh, replayed, scratch, clock))
@@ -206,8 +213,7 @@ def disagreement(sequence: list[tuple[tuple[Any, ...], float]]) -> str | None:
 # the same instant, forced by a spec change, where the same estimate is no longer
 # fresh (engine input). The property runs them first, every time.
 SAME_WINDOW_OTHER_RIF = [
-    (("report", {0: (5.0, 0, 0)}), 0.5),
-    (("report", {0: (5.0, 0, 0)}), 0.5),
+    *[(("report", {0: (5.0, 0, 0)}), 0.5)] * 3,
     (("report", {0: (5.0, 1, 0)}), 0.5),
 ]
 SAME_ESTIMATE_NO_LONGER_FRESH = [(("report", {0: (60.0, 0, 0)}), 0.5), (("spec", 1), 0.0)]
@@ -217,6 +223,21 @@ SAME_ESTIMATE_NO_LONGER_FRESH = [(("report", {0: (60.0, 0, 0)}), 0.5), (("spec",
 EJECTED_THEN_UNCHANGED = [
     (("report", {0: (60.0, 0, 0), 1: (5.0, 0, 0), 2: (5.0, 0, 0)}), 0.5),
     *[(("repeat",), 0.5)] * 80,
+]
+# Settled reconciles (nothing to do, twice), then a pod that does not serve reports
+# other figures (its status row changes, nothing else); then someone empties our slices
+# (nothing else changes: only the cluster read tells).
+ONE = {0: (5.0, 0, 0), 1: (5.0, 0, 0)}
+SETTLED_THEN_ONE_ROW = [
+    (("report", {**ONE, 2: (60.0, 0, 0)}), 0.5),
+    *[(("repeat",), 0.5)] * 4,
+    (("report", {**ONE, 2: (20.0, 0, 0)}), 0.5),
+    (("report", {**ONE, 2: (20.0, 0, 0)}), 0.5),
+]
+SETTLED_THEN_TAMPERED = [
+    (("report", {**ONE, 2: (60.0, 0, 0)}), 0.5),
+    *[(("repeat",), 0.5)] * 4,
+    (("tamper",), 0.0),
 ]
 
 
@@ -228,6 +249,8 @@ EJECTED_THEN_UNCHANGED = [
 @example(SAME_WINDOW_OTHER_RIF)
 @example(SAME_ESTIMATE_NO_LONGER_FRESH)
 @example(EJECTED_THEN_UNCHANGED)
+@example(SETTLED_THEN_ONE_ROW)
+@example(SETTLED_THEN_TAMPERED)
 @given(sequences)
 def test_the_incremental_path_decides_what_a_reconcile_from_scratch_decides(
     sequence: list[tuple[tuple[Any, ...], float]],
@@ -248,16 +271,15 @@ def mutant(target: Any, name: str, replacement: Callable[..., Any]) -> Iterator[
         setattr(target, name, original)
 
 
-def estimate_without_rif(self: window.Window, now: float) -> LatencyEstimate | None:
-    """Window.estimate with a key that leaves out the requests in flight."""
+def latest_without_rif(self: window.Window) -> LatencyEstimate | None:
+    """Window.latest with a key that leaves out the requests in flight."""
     qs = self.quantiles_us()
-    age = max(0.0, now - self.last_seen)
-    key = (qs, self.total.count, self.oldest_open_us, age, self.source, self.statuses)
+    key = (qs, self.total.count, self.oldest_open_us, self.source, self.statuses)
     key += (self.errors, self.protocol, self.keepwarm)
     held = self.memo
     if held is not None and held[0] == key:
         return held[1]
-    built = window._estimate(qs, self.total.count, self.oldest_open_us, self, age)
+    built = window._estimate(qs, self.total.count, self.oldest_open_us, self)
     self.memo = (key, built)
     return built
 
@@ -278,14 +300,37 @@ def input_without_freshness(
     return built
 
 
+def holds_without_estimates(
+    self: settled.Settled, values: tuple[object, ...], estimates: object, p99_ms: float | None
+) -> bool:
+    """Settled.holds with a key that leaves out the estimates."""
+    return self.p99_ms == p99_ms and self.values == values
+
+
+def cluster_without_slices(view: View, status: JSON | None) -> settled.Cluster:
+    """Cluster.of with a key that leaves out our slices."""
+    return ORIGINAL_CLUSTER_OF(dataclasses.replace(view, slices=()), status)
+
+
+ORIGINAL_CLUSTER_OF = settled.Cluster.of
+
+
 @pytest.mark.parametrize(
     ("target", "name", "replacement", "sequence"),
     [
-        (window.Window, "estimate", estimate_without_rif, SAME_WINDOW_OTHER_RIF),
+        (window.Window, "latest", latest_without_rif, SAME_WINDOW_OTHER_RIF),
         (evaluation, "pod_input", input_without_freshness, SAME_ESTIMATE_NO_LONGER_FRESH),
         (fixedpoint, "timeless", lambda state: True, EJECTED_THEN_UNCHANGED),
+        (settled.Settled, "holds", holds_without_estimates, SETTLED_THEN_ONE_ROW),
+        (settled.Cluster, "of", staticmethod(cluster_without_slices), SETTLED_THEN_TAMPERED),
     ],
-    ids=["estimate-key-without-rif", "input-key-without-freshness", "fixed-point-with-a-clock"],
+    ids=[
+        "estimate-key-without-rif",
+        "input-key-without-freshness",
+        "fixed-point-with-a-clock",
+        "settled-without-estimates",
+        "cluster-without-slices",
+    ],
 )
 def test_a_memo_key_that_leaves_out_a_dependency_fails_the_property(
     target: Any,

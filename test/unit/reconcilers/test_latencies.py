@@ -87,7 +87,7 @@ async def test_probe_policy_probes_when_due_and_reads_its_probes_only(
         est = due.estimate("a")
         assert est is not None and est.source == "probe" and est.samples == PROBES_PER_ROUND
         # The server answers after 20 ms; a bucket's midpoint may read up to 1/32 less.
-        assert 20 * (1 - 1 / 32) <= est.p50_ms < 500 and est.age_s == 0.0
+        assert 20 * (1 - 1 / 32) <= est.p50_ms < 500 and due.reported == {"a": 100.0}
         assert due.active_p99_ms(pods) == pytest.approx(est.p99_ms)
         assert list(due.sources()) == ["probe"]
 
@@ -95,7 +95,9 @@ async def test_probe_policy_probes_when_due_and_reads_its_probes_only(
         between = await read_latencies(parsed, pods, store, prober, 101.0, probe=False)
         assert len(hits) == PROBES_PER_ROUND
         est = between.estimate("a")
-        assert est is not None and est.samples == PROBES_PER_ROUND and est.age_s == 1.0
+        # The same round: the same estimate, as of when it was reported.
+        assert est is not None and est.samples == PROBES_PER_ROUND
+        assert est is due.estimate("a") and between.reported == {"a": 100.0}
 
         # Not probed for 3 intervals: the round aged out of the window.
         gone = await read_latencies(parsed, pods, store, prober, 103.5, probe=False)

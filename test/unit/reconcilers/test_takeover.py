@@ -5,6 +5,7 @@ corrupted annotation."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from typing import Any
@@ -174,12 +175,12 @@ class Cluster:
         self.caches.services.upsert(svc)
 
     def retake(self, value: str) -> None:
-        policy = self.policy()
+        policy = copy.deepcopy(self.policy())  # an update is a new object, as a watch's
         policy["metadata"].setdefault("annotations", {})[marks.ANNOTATION_RETAKE] = value
         self.caches.policies.upsert(policy)
 
     def delete_policy(self) -> Plan:
-        policy = self.policy()
+        policy = copy.deepcopy(self.policy())
         policy["metadata"]["deletionTimestamp"] = "2026-01-02T00:00:00Z"
         self.caches.policies.upsert(policy)
         return self.reconcile()

@@ -1,0 +1,94 @@
+"""A reconcile that changed nothing, and when the next one is the same (pure).
+
+A reconcile reads the cluster, decides routing, runs (or carries over) the engine's
+decision and turns it into slices, hand-offs, Events and status rows
+(aviator.reconcilers.plan). In a steady fleet nearly every reconcile finds nothing to
+do, and most of its cost is in finding that out. `Settled` remembers a reconcile that
+wrote nothing, recorded no Event, wrote no status and holds no hand-off, by everything
+it read; the next reconcile skips what it would find the same:
+
+- `Cluster`: every cache object of the `View` (by identity: an unchanged cache hands
+  out the same object, an update is a new one) and the status the leader holds (by
+  identity). The same cluster: the same finalizer, conflict, leftovers and routing as
+  last time (`Settled.route`, which wrote nothing), so a reconcile reuses them.
+- `Settled.holds(...)`: also the same decision (outcome, what served before, whether
+  the engine ran where the zones read it), the same zones (of every selected pod's
+  node, the zones' CPU shares, the client zones), the same pods no agent can measure,
+  the same estimate for every eligible pod (equal, which is at any age: none of this
+  reads an age) and the same p99 of the active set (merged windows, read afresh by the
+  caller). Then slices, hand-offs, Events and status are what they were: nothing to
+  do, and the same gauges.
+
+The clock: after the decision a reconcile reads it only for hand-offs (none while
+settled) and for the time of a status it writes (none while settled).
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from aviator.kube.objects import JSON
+from aviator.reconcilers.view import View
+from aviator.selection.types import LatencyEstimate
+
+# The View's fields that hold cache objects (one object each, or a sequence of them).
+OBJECT_FIELDS = ("policy", "target", "routed", "holder", "recorded")
+SEQUENCE_FIELDS = (
+    "rivals",
+    "taken_over",
+    "labelled_services",
+    "slices",
+    "sibling_slices",
+    "builtin_slices",
+    "pods",
+)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Cluster:
+    """What a reconcile read of the cluster, by identity (module docstring)."""
+
+    objects: tuple[object, ...]
+    status: JSON | None  # the status it started from: the leader's last write, or the cache's
+
+    @staticmethod
+    def of(view: View, status: JSON | None) -> Cluster:
+        objects: list[object] = [getattr(view, f) for f in OBJECT_FIELDS]
+        for name in SEQUENCE_FIELDS:
+            seq = getattr(view, name)
+            objects.append(len(seq))  # keeps two sequences from running into each other
+            objects.extend(seq)
+        return Cluster(tuple(objects), status)
+
+    def same(self, other: Cluster) -> bool:
+        mine, theirs = self.objects, other.objects
+        return (
+            self.status is other.status
+            and len(mine) == len(theirs)
+            and all(map(operator.is_, mine, theirs))
+        )
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Settled:
+    """A reconcile that changed nothing (module docstring), what routing decided in
+    it and the gauges it set."""
+
+    cluster: Cluster
+    route: Any  # routing.Routing
+    values: tuple[object, ...]  # zones and the decision, by value
+    estimates: Mapping[str, LatencyEstimate | None]  # by value
+    p99_ms: float | None
+    gauges: Any  # plan.Gauges
+
+    def holds(
+        self,
+        values: tuple[object, ...],
+        estimates: Mapping[str, LatencyEstimate | None],
+        p99_ms: float | None,
+    ) -> bool:
+        """Whether a reconcile of the same cluster that read these is this one again."""
+        return self.p99_ms == p99_ms and self.values == values and self.estimates == estimates
