@@ -29,9 +29,9 @@ Semantics the selection engine relies on:
   evaluation, not once per second.
 - A window slides with its endpoint's reports, not with the clock: each report covers
   the time since the endpoint's previous one (for an agent, in whole report intervals,
-  the snapshot's `window_s`: a pod an agent holds while it is steady, sent every 5 s,
-  covers 5 s, however late the tick; the first report covers one interval), and a
-  delta leaves once the reports after it cover the window. Between two reports of an
+  the snapshot's `window_s`, at least one: a pod an agent holds while it is steady,
+  sent every 5 s, covers 5 s, however late the tick; the first report covers one
+  interval), and a delta leaves once the reports after it cover the window. Between two reports of an
   endpoint its window, and so its estimate, stays as it is: an endpoint reported with
   the same figures again keeps the same estimate (what lets a reconcile tell an
   unchanged pod; aviator.latency.window), and how old the data is is staleness's to
@@ -487,11 +487,12 @@ class LatencyStore:
 
 def covers(gap_s: float, interval_s: float | None) -> float:
     """What a report `gap_s` after the endpoint's previous one covers: the gap in whole
-    report intervals (a tick a little late or early covers its interval all the same;
-    a second report within half an interval, none), or as it is with no interval."""
+    report intervals, at least one (a tick a little late or early covers its interval
+    all the same; reports that come faster than their interval, a flood, each cover
+    one, so their deltas still leave the window), or as it is with no interval."""
     if interval_s is None:
         return gap_s
-    return round(gap_s / interval_s) * interval_s
+    return max(1, round(gap_s / interval_s)) * interval_s
 
 
 def _speaks(key: Key, ports: Collection[int] | None, origin: Origin) -> bool:

@@ -169,6 +169,13 @@ def test_a_report_covers_whole_report_intervals() -> None:
         )
         est = paced.estimate("10.0.0.1", now=5.0 * k + late)
         assert est is not None and est.samples == (25 if k == 0 else 50)
+    # Reports faster than their interval (a flood) cover one interval each: their
+    # deltas still leave, the window never grows past what it would hold.
+    flood = LatencyStore(window_s=10, stale_after_s=20)
+    for k in range(200):
+        flood.ingest(snap(ep("10.0.0.1", [1000])), now=k * 0.01)
+    est = flood.estimate("10.0.0.1", now=2.0)
+    assert est is not None and est.samples == 10
 
 
 def test_server_data_wins_over_client_data() -> None:
@@ -252,9 +259,10 @@ def test_store_matches_a_naive_window(
     plan: list[tuple[float, int, list[int]]], window_s: float, stale_s: float
 ) -> None:
     """The window of an endpoint, worked out from its reports alone: each report covers
-    the time since the previous one in whole report intervals (the snapshots' 1 s; the
-    first, one interval), a report's values stay while the reports after it cover less
-    than the window, and a report after a stale spell starts afresh."""
+    the time since the previous one in whole report intervals, at least one (the
+    snapshots' 1 s; the first, one interval), a report's values stay while the reports
+    after it cover less than the window, and a report after a stale spell starts
+    afresh."""
     store = LatencyStore(window_s=window_s, stale_after_s=stale_s)
     reports: dict[str, list[tuple[float, list[int]]]] = {}  # (covered at it, values)
     covered: dict[str, float] = {}
@@ -266,7 +274,7 @@ def test_store_matches_a_naive_window(
         store.ingest(snap(ep(ip, values)), now=now)
         if ip not in last or now - last[ip] > stale_s:
             reports[ip] = []
-        covered[ip] = covered.get(ip, 0.0) + (round(now - last[ip]) if ip in last else 1.0)
+        covered[ip] = covered.get(ip, 0.0) + (max(1, round(now - last[ip])) if ip in last else 1)
         last[ip] = now
         reports[ip].append((covered[ip], values))
         for probe_ip in ("10.0.0.0", "10.0.0.1", "10.0.0.2"):
@@ -507,8 +515,8 @@ def test_outcomes_are_exactly_those_of_the_deltas_in_the_window(
         errors = min(errors, statuses)
         w = replace(ep("10.0.0.1", [1000] * samples), statuses=statuses, errors=errors)
         store.ingest(snap(replace(w, oldest_open_us=open_us)), now=now)
-        # Each report covers its gap in whole seconds (the snapshots' interval).
-        covered = (covered + round(gap)) if held_any else 1.0
+        # Each report covers its gap in whole seconds (the snapshots' interval), one at least.
+        covered = (covered + max(1, round(gap))) if held_any else 1.0
         held_any = True
         held = [h for h in held if h[0] > covered - 5] + [(covered, statuses, errors)]
         est = store.estimate("10.0.0.1", now=now)
