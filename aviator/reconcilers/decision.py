@@ -111,11 +111,11 @@ def decide(
             memory.engine_state or persisted_state(view.policy),
             clock.wall,
             latencies.silent,
-            memory.fixed_point,
+            memory.fixed_points,
         )
         memory = dataclasses.replace(
             memory,
-            fixed_point=fixed,
+            fixed_points=fixed,
             engine_state=outcome.engine_state,
             outcome=outcome,
             generation=generation,

@@ -232,20 +232,17 @@ def pod_input(
     silent: bool = False,
     stale_after_s: float = math.inf,
 ) -> PodInput:
-    """The engine's input for `pod`: the one built last time from this pod object while
-    freshness and silence are the same and the estimate says the same (equal, which is
-    at any age, and on the same side of `stale_after_s`, the one thing the engine reads
-    of its age); else built afresh."""
-    held = pod.input
-    if (
-        held is not None
-        and held[1] is fresh
-        and held[2] is silent
-        and _reads_alike(held[0], latency, stale_after_s)
-    ):
-        return held[3]
+    """The engine's input for `pod`: one of the last two built from this pod object
+    whose freshness and silence are the same and whose estimate says the same (equal,
+    which is at any age, and on the same side of `stale_after_s`, the one thing the
+    engine reads of its age); else built afresh. Two: a pod reported a little slower
+    than its policy evaluates has fresh data at one evaluation and none at the next
+    (aviator.reconcilers.fixedpoint)."""
+    for held in pod.inputs:
+        if held[1] is fresh and held[2] is silent and _reads_alike(held[0], latency, stale_after_s):
+            return held[3]
     built = engine_input(pod, latency, fresh, silent)
-    pod.input = (latency, fresh, silent, built)
+    pod.inputs = ((latency, fresh, silent, built), *pod.inputs[:1])
     return built
 
 
@@ -307,11 +304,11 @@ def select(
     persisted: Mapping[str, Any] | None,
     now: float,
     silent: Collection[str] = frozenset(),
-    held: FixedPoint | None = None,
-) -> tuple[Outcome, FixedPoint | None]:
+    held: tuple[FixedPoint, ...] = (),
+) -> tuple[Outcome, tuple[FixedPoint, ...]]:
     """Run the engine over the eligible `pods` (`silent`: see PodLatencies.silent); the
-    outcome, and the evaluation remembered if it is a fixed point. While `held` (the
-    last one) holds for these inputs, its outcome is the answer (fixedpoint.py)."""
+    outcome, and the fixed points to remember (fixedpoint.py). While one of `held` (the
+    last ones) holds for these inputs, its outcome is the answer."""
     selection = parsed.selection
     stale = selection.stale_after_s
     inputs = [
@@ -320,8 +317,9 @@ def select(
     ]
     names = {i.name for i in inputs}
     active = frozenset(current_active & names)
-    if held is not None and held.holds(inputs, active, selection, persisted):
-        return cast(Outcome, held.result), held
+    for point in held:
+        if point.holds(inputs, active, selection, persisted):
+            return cast(Outcome, point.result), held
     given = load_state(persisted)
     evaluation = evaluate(inputs, active, selection, given, now)
     states = {name: str(v.state) for name, v in evaluation.pods.items()}
@@ -343,12 +341,15 @@ def select(
             f"dampening: set {sorted(cond.pending)} has won {cond.pending_streak} of "
             f"{selection.dampening.consecutive_intervals} evaluations"
         )
+    # A state left as it was given keeps the object it was given in: the fixed points
+    # of other inputs from that state still hold (fixedpoint.py, `FixedPoint.kept`).
+    same = persisted if isinstance(persisted, dict) and evaluation.state == given else None
     outcome = Outcome(
         active=set(evaluation.active),
         states=states,
         reasons=reasons,
         events=events,
-        engine_state=evaluation.state.to_dict(),
+        engine_state=same if same is not None else evaluation.state.to_dict(),
         overload=overload,
         pending=pending,
     )
@@ -363,7 +364,7 @@ def select(
         outcome.engine_state,
         outcome,
     )
-    return outcome, fixed
+    return outcome, FixedPoint.kept(fixed, held)
 
 
 def stalled_pods(

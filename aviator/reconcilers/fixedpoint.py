@@ -19,6 +19,12 @@ over the very same inputs, from the state it left, it decides the very same.
   generation), and the state given is the one the evaluation left (the same object).
 
 A healthy fleet's policies spend their evaluations here: a comparison per pod.
+
+A policy's inputs may alternate between two forms that both leave the state as it is:
+a pod whose reports come a little slower than the evaluations has fresh data at one
+evaluation and none at the next. `FixedPoint.kept` remembers the last `KEPT` fixed
+points from the same state (an evaluation that leaves the state as it was given keeps
+the very object it was given: `evaluation.select`), so each form finds its own.
 """
 
 from __future__ import annotations
@@ -29,6 +35,9 @@ from typing import Any
 
 from aviator.selection.state import BreakerStatus, EngineState
 from aviator.selection.types import PodInput, SelectionPolicy
+
+# How many fixed points of one policy are remembered (module docstring).
+KEPT = 2
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -59,6 +68,15 @@ class FixedPoint:
         if decided or chosen != active or left != given or not timeless(left):
             return None
         return FixedPoint(tuple(inputs), active, selection, persisted, result)
+
+    @staticmethod
+    def kept(new: FixedPoint | None, held: tuple[FixedPoint, ...]) -> tuple[FixedPoint, ...]:
+        """The fixed points to remember after an evaluation that remembered `new` (None:
+        not a fixed point, and nothing is kept), `held` the ones before it: `new` first,
+        then those from the same state, at most `KEPT` in all."""
+        if new is None:
+            return ()
+        return (new, *(p for p in held if p.state is new.state))[:KEPT]
 
     def holds(
         self,

@@ -51,8 +51,8 @@ class Memory:
     # (the status held, what it was found up to date with): while both are the same,
     # the status needs no look (`status_write` would find it unchanged).
     status_current: tuple[JSON, Observation] | None = field(default=None, compare=False)
-    # The last evaluation, if it was a fixed point (reconcilers/fixedpoint.py).
-    fixed_point: FixedPoint | None = field(default=None, compare=False)
+    # The last evaluations that were fixed points (reconcilers/fixedpoint.py).
+    fixed_points: tuple[FixedPoint, ...] = field(default=(), compare=False)
     # The last reconcile, if it changed nothing (reconcilers/settled.py).
     settled: Settled | None = field(default=None, compare=False)
 

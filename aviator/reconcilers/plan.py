@@ -274,7 +274,7 @@ def _select(
     )
     held = memory.settled
     # (`held.route is route`: this reconcile read the cluster that one read; see plan())
-    if held is not None and held.route is route and held.holds(values, by_pod, p99):
+    if held is not None and held.route is route and held.holds(values, latencies.by_pod, p99):
         return Plan(memory=memory, gauges=held.gauges, requeue_after=requeue_after)
 
     problems = list(route.problems)
@@ -375,7 +375,9 @@ def _select(
     gauges = Gauges(len(routed), len(eligible), p99, ejections)
     nothing = not writes and not events and write is None
     settled = (
-        Settled(cluster, route, values, by_pod, p99, gauges) if nothing and not hand_offs else None
+        Settled(cluster, route, values, latencies.by_pod, p99, gauges)
+        if nothing and not hand_offs
+        else None
     )
     if settled is not None or memory.settled is not None:
         memory = dataclasses.replace(memory, settled=settled)

@@ -15,7 +15,7 @@ objects are held as live ones.
 Everything here is a pure function of the object (and of the Service, for ports):
 the memo changes what a reconcile costs, never what it decides. A `PodFacts` also
 holds what the last reconcile built of its object, under everything else it was built
-from: the engine's input (`input`: the estimate, the same object while the window it
+from: the engine's inputs (`inputs`: the estimate, the same object while the window it
 came from said the same, freshness and silence; aviator.reconcilers.evaluation.pod_input)
 and the status row (`row`: state, reason, estimate; reporting.fact_row). A pod whose
 object and estimate did not change costs a lookup; these go when the object goes. The slots that keep
@@ -61,9 +61,10 @@ class PodFacts:
     # The last status row built of this object, under what it was built from
     # (aviator.reconcilers.reporting.fact_row).
     row: tuple[tuple[str, str | None, LatencyEstimate | None], PodStatus] | None = None
-    # The last engine input built of this object: (estimate, fresh, silent, input)
+    # The last engine inputs built of this object, newest first, at most two (with
+    # fresh data and without, say): (estimate, fresh, silent, input)
     # (aviator.reconcilers.evaluation.pod_input).
-    input: tuple[LatencyEstimate | None, bool, bool, PodInput] | None = None
+    inputs: tuple[tuple[LatencyEstimate | None, bool, bool, PodInput], ...] = ()
 
     @property
     def eligible(self) -> bool:

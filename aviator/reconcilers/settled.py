@@ -14,9 +14,9 @@ it read; the next reconcile skips what it would find the same:
 - `Settled.holds(...)`: also the same decision (outcome, what served before, whether
   the engine ran where the zones read it), the same zones (of every selected pod's
   node, the zones' CPU shares, the client zones), the same pods no agent can measure,
-  the same estimate for every eligible pod (equal, which is at any age: none of this
-  reads an age) and the same p99 of the active set (merged windows, read afresh by the
-  caller). Then slices, hand-offs, Events and status are what they were: nothing to
+  the same estimates (every one read, equal, which is at any age: none of this reads
+  an age; their sources name the status's) and the same p99 of the active set (merged
+  windows, read afresh by the caller). Then slices, hand-offs, Events and status are what they were: nothing to
   do, and the same gauges.
 
 The clock: after the decision a reconcile reads it only for hand-offs (none while

@@ -26,6 +26,7 @@ from aviator.latency.histogram import Histogram, bucket_index
 from aviator.latency.schema import EndpointWindow, Snapshot
 from aviator.latency.store import LatencyStore
 from aviator.reconcilers import evaluation, fixedpoint, settled
+from aviator.reconcilers import plan as plan_module
 from aviator.reconcilers.latencies import PodLatencies, controller_prober, read_latencies
 from aviator.reconcilers.memory import Clock, Memory, memory_for
 from aviator.reconcilers.plan import Plan, measurement, plan
@@ -193,7 +194,7 @@ def disagreement(sequence: list[tuple[tuple[Any, ...], float]]) -> str | None:
         view = gather(kept, kept.policies.get(KEY) or {})
         mem = memory_for(view, memory)
         scratch = dataclasses.replace(
-            mem, slices_current=None, status_current=None, fixed_point=None, settled=None
+            mem, slices_current=None, status_current=None, fixed_points=(), settled=None
         )
         got, got_lat = asyncio.run(reconcile(kept, store, mem, clock))
         want, want_lat = asyncio.run(reconcile(fresh, replayed, scratch, clock))
@@ -234,6 +235,12 @@ SETTLED_THEN_ONE_ROW = [
     (("report", {**ONE, 2: (20.0, 0, 0)}), 0.5),
     (("report", {**ONE, 2: (20.0, 0, 0)}), 0.5),
 ]
+# Steady reports at every other evaluation (pod 3 is not there: making it ready does
+# nothing): fresh data, then none, in turn; an ejection along the way.
+FRESH_EVERY_OTHER_EVALUATION = [
+    (("report", {**ONE, 2: (60.0, 0, 0)}), 0.5),
+    *[(("repeat",), 0.5), (("ready", 3, True), 0.5)] * 6,
+]
 SETTLED_THEN_TAMPERED = [
     (("report", {**ONE, 2: (60.0, 0, 0)}), 0.5),
     *[(("repeat",), 0.5)] * 4,
@@ -251,6 +258,7 @@ SETTLED_THEN_TAMPERED = [
 @example(EJECTED_THEN_UNCHANGED)
 @example(SETTLED_THEN_ONE_ROW)
 @example(SETTLED_THEN_TAMPERED)
+@example(FRESH_EVERY_OTHER_EVALUATION)
 @given(sequences)
 def test_the_incremental_path_decides_what_a_reconcile_from_scratch_decides(
     sequence: list[tuple[tuple[Any, ...], float]],
@@ -292,11 +300,11 @@ def input_without_freshness(
     stale_after_s: float = 0.0,
 ) -> PodInput:
     """evaluation.pod_input with a key that leaves out whether the data is fresh."""
-    held = pod.input
-    if held is not None and held[0] is latency and held[2] is silent:
-        return held[3]
+    for held in pod.inputs:
+        if held[0] is latency and held[2] is silent:
+            return held[3]
     built = evaluation.engine_input(pod, latency, fresh, silent)
-    pod.input = (latency, fresh, silent, built)
+    pod.inputs = ((latency, fresh, silent, built), *pod.inputs[:1])
     return built
 
 
@@ -343,6 +351,56 @@ def test_a_memo_key_that_leaves_out_a_dependency_fails_the_property(
         assert disagreement(sequence) is not None
 
 
+# --- what a steady policy costs -------------------------------------------------------
+
+
+def steady_run(reports_every: int, reconciles: int) -> tuple[int, int]:
+    """A policy whose pods report the same every `reports_every` evaluations (its spec
+    evaluates every 5 s): how often the engine ran, and how often a reconcile built
+    status rows, over `reconciles` evaluations after the first few."""
+    caches = caches_with(policy(0, 1), make_service(), *(pod(i) for i in range(3)))
+    store = LatencyStore(15.0, 30.0)
+    memory: Memory | None = None
+    clock = T0
+    counts = {"engine": 0, "rows": 0}
+    engine, rows = evaluation.evaluate, plan_module.status_rows
+
+    def counted_engine(*args: Any, **kwargs: Any) -> Any:
+        counts["engine"] += 1
+        return engine(*args, **kwargs)
+
+    def counted_rows(*args: Any, **kwargs: Any) -> Any:
+        counts["rows"] += 1
+        return rows(*args, **kwargs)
+
+    with (
+        mutant(evaluation, "evaluate", counted_engine),
+        mutant(plan_module, "status_rows", counted_rows),
+    ):
+        for n in range(reconciles + 4):
+            if n == 4:
+                counts.update(engine=0, rows=0)
+            if n % reports_every == 0:
+                windows = tuple(report_of(i, 10.0 + i, 0, 0) for i in range(3))
+                snap = Snapshot("node-a", "ebpf", clock.store, 5.0, windows)
+                store.ingest_snapshot(snap, clock.store)
+            view = gather(caches, caches.policies.get(KEY) or {})
+            todo, _ = asyncio.run(reconcile(caches, store, memory_for(view, memory), clock))
+            apply(caches, todo)
+            memory = todo.memory
+            if memory is not None and todo.status is not None:
+                memory = dataclasses.replace(memory, status=todo.status)
+            clock = later(clock, 5.0)
+    return counts["engine"], counts["rows"]
+
+
+def test_a_steady_policy_neither_runs_the_engine_nor_builds_its_status_again() -> None:
+    # Fresh data at every evaluation, or at every other one (reports a little slower
+    # than the evaluations): the engine's fixed points hold, and nothing is rebuilt.
+    assert steady_run(reports_every=1, reconciles=12) == (0, 0)
+    assert steady_run(reports_every=2, reconciles=12) == (0, 0)
+
+
 # --- memory stays bounded ------------------------------------------------------------
 
 
@@ -355,7 +413,7 @@ def test_what_is_remembered_of_removed_pods_goes_with_them() -> None:
     store.ingest_snapshot(snap, now)
     view = gather(caches, policy(0, 1))
     asyncio.run(reconcile(caches, store, memory_for(view, None), T0))
-    assert all(caches.facts.of(p).input is not None for p in pods)  # inputs remembered
+    assert all(caches.facts.of(p).inputs for p in pods)  # inputs remembered
     for i in range(2, 4):
         caches.pods.delete(f"default/p{i}")
     caches.facts.prune()

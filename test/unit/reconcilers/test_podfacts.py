@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from reconciler_objects import make_pod, make_service
 from test_plan import T0, apply, caches_with, latencies_of, later, make_policy
@@ -138,6 +138,9 @@ def test_a_reused_row_is_the_row_built_afresh(
     ),
     st.sets(st.sampled_from(["p0", "p1", "p2", "p3"])),
 )
+# A pod that left the eligible ones still has an estimate, then none: the status's
+# source changes, nothing else does.
+@example(rounds=[{}, {}, {"p0": 5.0}, {"p0": 5.0}, {}], not_ready={"p0"})
 def test_a_plan_with_remembered_facts_is_the_plan_read_afresh(
     rounds: list[dict[str, float]], not_ready: set[str]
 ) -> None:
