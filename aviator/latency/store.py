@@ -318,6 +318,7 @@ class LatencyStore:
         win.rif = ep.rif
         win.oldest_open_us = ep.oldest_open_us
         win.protocol = ep.protocol
+        win.touch()
         if buckets:
             self._charge(owner, 0, win.add(now, ep, self.max_deltas))
         return None

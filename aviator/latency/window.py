@@ -62,6 +62,10 @@ class Window:
     # The last `latest` and every figure it was built from (its key): the same
     # object while they are the same.
     memo: tuple[tuple[object, ...], LatencyEstimate | None] | None = None
+    # Bumped by every report and every delta that leaves (`touch`): `memo` is known to
+    # be current while `memo_version` is this, without a look at the figures.
+    version: int = 0
+    memo_version: int = -1
 
     def add(self, at: float, ep: EndpointWindow, max_deltas: int) -> int:
         """Add an endpoint window's delta, arrived at `at`, at the window's `covered`;
@@ -71,6 +75,7 @@ class Window:
         if not added:
             return 0
         self.sampled = at
+        self.version += 1
         deltas = self.deltas
         deltas.append((self.covered, delta, ep.statuses, ep.errors, ep.keepwarm))
         self.total.update(delta)
@@ -90,7 +95,13 @@ class Window:
             freed += self._pop()
         return freed
 
+    def touch(self) -> None:
+        """The latest report changed what the window says besides its deltas (requests
+        in flight, the oldest open request, protocol, source)."""
+        self.version += 1
+
     def _pop(self) -> int:
+        self.version += 1
         _, old, statuses, errors, keepwarm = self.deltas.pop(0)
         self.total.subtract(old)
         self.statuses -= statuses
@@ -116,6 +127,9 @@ class Window:
         data; see aviator.latency.store): None without a completed sample or an open
         request; with open requests only, the oldest one's age as every quantile (a
         lower bound). The same object while every figure it is built from is the same."""
+        if self.memo_version == self.version and self.memo is not None:
+            return self.memo[1]
+        self.memo_version = self.version
         qs = self.quantiles_us()
         count = self.total.count
         open_us = self.oldest_open_us

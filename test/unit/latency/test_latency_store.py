@@ -456,6 +456,18 @@ def test_error_rate_is_summed_over_the_window_and_leaves_with_it() -> None:
     assert est is not None and (est.samples, est.statuses, est.errors) == (30, 20, 1)
 
 
+def test_a_report_without_samples_still_says_what_is_open() -> None:
+    """The estimate read before is not handed out again once a report changed the
+    requests in flight or the oldest open request, samples or not."""
+    store = LatencyStore(window_s=10, stale_after_s=5)
+    store.ingest(snap(ep("10.0.0.1", [1000])), now=0.0)
+    before = store.estimate("10.0.0.1", now=0.0)
+    assert before is not None and (before.rif, before.oldest_open_ms) == (0, 0.0)
+    store.ingest(snap(replace(ep("10.0.0.1", []), rif=3, oldest_open_us=700_000)), now=1.0)
+    after = store.estimate("10.0.0.1", now=1.0)
+    assert after is not None and (after.rif, after.oldest_open_ms) == (3, 700.0)
+
+
 def test_oldest_open_request_is_the_latest_report() -> None:
     store = LatencyStore(window_s=10, stale_after_s=5)
     store.ingest(snap(replace(ep("10.0.0.1", [1000]), rif=1, oldest_open_us=700_000)), now=0.0)
