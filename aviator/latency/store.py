@@ -493,7 +493,10 @@ def covers(gap_s: float, interval_s: float | None) -> float:
     one, so their deltas still leave the window), or as it is with no interval."""
     if interval_s is None:
         return gap_s
-    return max(1, round(gap_s / interval_s)) * interval_s
+    steps = gap_s / interval_s
+    if not steps < 1e9:  # an interval (the agent's word) far below the gap: the gap itself
+        return gap_s
+    return max(1, round(steps)) * interval_s
 
 
 def _speaks(key: Key, ports: Collection[int] | None, origin: Origin) -> bool:

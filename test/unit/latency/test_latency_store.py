@@ -176,6 +176,13 @@ def test_a_report_covers_whole_report_intervals() -> None:
         flood.ingest(snap(ep("10.0.0.1", [1000])), now=k * 0.01)
     est = flood.estimate("10.0.0.1", now=2.0)
     assert est is not None and est.samples == 10
+    # The interval is the agent's word: the smallest a snapshot may say is no trouble.
+    tiny = LatencyStore(window_s=10, stale_after_s=20)
+    for k in range(3):
+        message = Snapshot("n1", "ebpf", 0.0, 5e-324, (ep("10.0.0.1", [1000]),))
+        tiny.ingest(message, now=float(k))
+    est = tiny.estimate("10.0.0.1", now=2.0)
+    assert est is not None and est.samples == 3
 
 
 def test_server_data_wins_over_client_data() -> None:
