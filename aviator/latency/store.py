@@ -27,16 +27,16 @@ Semantics the selection engine relies on:
   asked for (`keep_s`: a few evaluation intervals of the policy that probed; the last
   round sets it when two policies probe one pod), since rounds come once per
   evaluation, not once per second.
-- A window slides with its endpoint's reports, not with the clock: each report covers
-  the time since the endpoint's previous one (for an agent, in whole report intervals,
-  the snapshot's `window_s`, at least one: a pod an agent holds while it is steady,
-  sent every 5 s, covers 5 s, however late the tick; the first report covers one
-  interval), and a delta leaves once the reports after it cover the window. Between two reports of an
-  endpoint its window, and so its estimate, stays as it is: an endpoint reported with
-  the same figures again keeps the same estimate (what lets a reconcile tell an
-  unchanged pod; aviator.latency.window), and how old the data is is staleness's to
-  say (below), not the window's. A window that went stale starts empty when its
-  endpoint is reported again.
+- A window slides with its endpoint's reports, not with the clock: when a report of
+  the endpoint comes, the deltas that arrived `window_s` or more before it leave,
+  give or take half the time since its previous report (`slack`): a tick a little
+  late or early, or a pod an agent holds while it is steady and sends every 5 s, keeps
+  the same number of reports in the window. Between two reports of an endpoint its
+  window, and so its estimate, stays as it is: an endpoint reported with the same
+  figures again keeps the same estimate (what lets a reconcile tell an unchanged pod;
+  aviator.latency.window), and how old the data is is staleness's to say (below), not
+  the window's. A window that went stale starts empty when its endpoint is reported
+  again.
 - Server-role data (measured on the pod's own socket) is the pod's latency.
   Client-role data (a caller's view of that IP) is used only when no fresh server
   data exists, and never mixed with it. Probe-role data (the kubelet's probes of the
@@ -209,7 +209,7 @@ class LatencyStore:
         owner, source = msg.node, msg.source
         for ep in msg.endpoints:
             reason = self._ingest_endpoint(
-                ep, "agent", owner, source, now, self.window_s, self.stale_after_s, msg.window_s
+                ep, "agent", owner, source, now, self.window_s, self.stale_after_s
             )
             if reason is None:
                 accepted += 1
@@ -226,9 +226,7 @@ class LatencyStore:
         self.heard(CONTROLLER_OWNER, now)
         n = 0
         for ep in endpoints:
-            self._ingest_endpoint(
-                ep, "controller", CONTROLLER_OWNER, "probe", now, keep_s, keep_s, None
-            )
+            self._ingest_endpoint(ep, "controller", CONTROLLER_OWNER, "probe", now, keep_s, keep_s)
             n += 1
         return n
 
@@ -273,12 +271,9 @@ class LatencyStore:
         now: float,
         keep_s: float,
         stale_s: float,
-        interval_s: float | None,
     ) -> str | None:
-        """File one endpoint window, reported at `now` by a reporter that reports every
-        `interval_s` (None: at no set interval, the controller's probe rounds); the
-        reason it was refused, or None. (The hot path of every report: thousands of
-        calls a second, so it reads attributes once.)"""
+        """File one endpoint window; the reason it was refused, or None. (The hot path
+        of every report: thousands of calls a second, so it reads attributes once.)"""
         key = (ep.ip, ep.port, ep.role, origin)
         win = self._windows.get(key)
         pod = ep.pod
@@ -294,7 +289,6 @@ class LatencyStore:
             if reason is not None:
                 return reason
             win = Window(pod, source, now, keep_s, stale_s, owner)
-            win.covered = interval_s or 0.0
             self._windows[key] = win
             self._by_ip.setdefault(ep.ip, []).append(key)
             self._charge(owner, 1, 0)
@@ -303,9 +297,9 @@ class LatencyStore:
             deltas = win.deltas
             if deltas and gap > win.stale_s:  # it went stale: what it held is never read
                 self._expire(win, math.inf)
-            win.covered += covers(gap, interval_s)
-            if deltas and deltas[0][0] <= win.covered - keep_s:
-                self._expire(win, win.covered - keep_s)
+            before = now - keep_s + slack(gap, keep_s)
+            if deltas and deltas[0][0] <= before:
+                self._expire(win, before)
             if buckets:
                 reason = self._refusal(owner, False, buckets)
                 if reason is not None:
@@ -486,17 +480,11 @@ class LatencyStore:
         return out
 
 
-def covers(gap_s: float, interval_s: float | None) -> float:
-    """What a report `gap_s` after the endpoint's previous one covers: the gap in whole
-    report intervals, at least one (a tick a little late or early covers its interval
-    all the same; reports that come faster than their interval, a flood, each cover
-    one, so their deltas still leave the window), or as it is with no interval."""
-    if interval_s is None:
-        return gap_s
-    steps = gap_s / interval_s
-    if not steps < 1e9:  # an interval (the agent's word) far below the gap: the gap itself
-        return gap_s
-    return max(1, round(steps)) * interval_s
+def slack(gap_s: float, keep_s: float) -> float:
+    """How much sooner than `keep_s` after it a delta leaves, at a report `gap_s` after
+    the endpoint's previous one: half the gap (at most half the window), so a report a
+    little late or early leaves the same deltas as one on time."""
+    return min(gap_s, keep_s) / 2
 
 
 def _speaks(key: Key, ports: Collection[int] | None, origin: Origin) -> bool:

@@ -42,13 +42,10 @@ class Window:
     rif: int = 0
     oldest_open_us: int = 0  # latest report
     protocol: AppProtocol = "opaque"  # latest report
-    # The window's own clock: the seconds its endpoint's reports covered so far
-    # (aviator.latency.store: a window slides with its reports, not with the clock).
-    covered: float = 0.0
-    # (`covered` at arrival, histogram delta, statuses, errors, keep-warm samples),
-    # oldest first. A list: a window holds a few deltas (its span over the report
-    # interval), and an empty deque costs 760 bytes against a list's 56, for each of
-    # tens of thousands.
+    # (arrival, histogram delta, statuses, errors, keep-warm samples), oldest first;
+    # they leave as reports come, not with the clock (aviator.latency.store). A list:
+    # a window holds a few deltas (its span over the report interval), and an empty
+    # deque costs 760 bytes against a list's 56, for each of tens of thousands.
     deltas: list[tuple[float, Histogram, int, int, int]] = field(default_factory=list)
     total: Histogram = field(default_factory=Histogram)
     statuses: int = 0  # over `deltas`
@@ -68,8 +65,8 @@ class Window:
     memo_version: int = -1
 
     def add(self, at: float, ep: EndpointWindow, max_deltas: int) -> int:
-        """Add an endpoint window's delta, arrived at `at`, at the window's `covered`;
-        returns the change in held buckets."""
+        """Add an endpoint window's delta, arrived at `at`; returns the change in held
+        buckets."""
         delta = ep.hist
         added = len(delta)
         if not added:
@@ -77,7 +74,7 @@ class Window:
         self.sampled = at
         self.version += 1
         deltas = self.deltas
-        deltas.append((self.covered, delta, ep.statuses, ep.errors, ep.keepwarm))
+        deltas.append((at, delta, ep.statuses, ep.errors, ep.keepwarm))
         self.total.update(delta)
         self.statuses += ep.statuses
         self.errors += ep.errors
@@ -88,7 +85,7 @@ class Window:
         return added
 
     def expire(self, before: float) -> int:
-        """Drop deltas added at `covered` `before` or earlier; returns the buckets freed."""
+        """Drop deltas from `before` or earlier; returns the buckets freed."""
         freed = 0
         deltas = self.deltas
         while deltas and deltas[0][0] <= before:
