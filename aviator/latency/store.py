@@ -294,11 +294,9 @@ class LatencyStore:
             self._charge(owner, 1, 0)
         else:
             gap = now - win.last_seen
-            deltas = win.deltas
-            if deltas and gap > win.stale_s:  # it went stale: what it held is never read
-                self._expire(win, math.inf)
-            before = now - keep_s + slack(gap, keep_s)
-            if deltas and deltas[0][0] <= before:
+            # What went stale is never read again; else what a window's reports left.
+            before = math.inf if gap > win.stale_s else now - keep_s + slack(gap, keep_s)
+            if win.deltas and win.deltas[0][0] <= before:
                 self._expire(win, before)
             if buckets:
                 reason = self._refusal(owner, False, buckets)
@@ -390,18 +388,12 @@ class LatencyStore:
         return win
 
     def latest(
-        self,
-        ip: str,
-        now: float,
-        port: int | None = None,
-        *,
-        ports: Collection[int] | None = None,
-        origin: Origin = "agent",
+        self, ip: str, now: float, wanted: Collection[int] | None, origin: Origin
     ) -> tuple[LatencyEstimate | None, float]:
-        """`estimate` as of the newest report it is built from (age 0 then), and that
-        report's time (0.0 with no estimate): the same estimate object while what the
-        windows say is the same, however often they are reported again."""
-        wanted = (port,) if port is not None else ports
+        """`estimate` (of the `wanted` ports, all when None) as of the newest report it
+        is built from (age 0 then), and that report's time (0.0 with no estimate): the
+        same estimate object while what the windows say is the same, however often they
+        are reported again."""
         keys = self._by_ip.get(ip)
         if keys is not None and len(keys) == 1:  # the common case: one endpoint
             sole = self._sole(keys[0], now, wanted, origin)
@@ -423,7 +415,7 @@ class LatencyStore:
         """Latency of the pod at `ip` as `origin` measured it, as of `now`, None when
         unknown; only of `port`, or of `ports` (e.g. a Service's target ports), when
         given."""
-        found, at = self.latest(ip, now, port, ports=ports, origin=origin)
+        found, at = self.latest(ip, now, (port,) if port is not None else ports, origin)
         return aged(found, now - at)
 
     def silent(

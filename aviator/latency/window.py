@@ -148,10 +148,6 @@ class Window:
         self.memo = (key, estimate)
         return estimate
 
-    def estimate(self, now: float) -> LatencyEstimate | None:
-        """`latest` as of `now`."""
-        return aged(self.latest(), now - self.last_seen)
-
 
 def aged(estimate: LatencyEstimate | None, age_s: float) -> LatencyEstimate | None:
     """`estimate` (as of its newest sample) `age_s` seconds later."""

@@ -343,7 +343,8 @@ def select(
         )
     # A state left as it was given keeps the object it was given in: the fixed points
     # of other inputs from that state still hold (fixedpoint.py, `FixedPoint.kept`).
-    same = persisted if isinstance(persisted, dict) and evaluation.state == given else None
+    unchanged = evaluation.state == given
+    same = persisted if unchanged and isinstance(persisted, dict) else None
     outcome = Outcome(
         active=set(evaluation.active),
         states=states,
@@ -357,7 +358,7 @@ def select(
         inputs,
         active,
         selection,
-        given,
+        unchanged,
         evaluation.state,
         evaluation.active,
         bool(evaluation.decisions),

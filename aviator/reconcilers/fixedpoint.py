@@ -55,17 +55,18 @@ class FixedPoint:
         inputs: Sequence[PodInput],
         active: frozenset[str],
         selection: SelectionPolicy,
-        given: EngineState,
+        unchanged: bool,
         left: EngineState,
         chosen: frozenset[str],
         decided: bool,
         persisted: Any,
         result: Any,
     ) -> FixedPoint | None:
-        """The evaluation of `inputs` from state `given` that left `left`, chose
-        `chosen` and `decided` something or not, remembered if it is a fixed point;
-        `persisted` is `left` in the form the next evaluation will be given it."""
-        if decided or chosen != active or left != given or not timeless(left):
+        """The evaluation of `inputs` that left state `left` (`unchanged`: equal to the
+        state it was given), chose `chosen` and `decided` something or not, remembered
+        if it is a fixed point; `persisted` is `left` in the form the next evaluation
+        will be given it."""
+        if decided or chosen != active or not unchanged or not timeless(left):
             return None
         return FixedPoint(tuple(inputs), active, selection, persisted, result)
 

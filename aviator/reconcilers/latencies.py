@@ -222,7 +222,7 @@ async def read_latencies(
         found = None
         wanted = fixed if fixed is not None else ports_of(f)
         for ip in f.ips:
-            found, at = latest(ip, now, ports=wanted, origin=origin)
+            found, at = latest(ip, now, wanted, origin)
             if found is not None:
                 reported[f.name] = at
                 break

@@ -176,9 +176,10 @@ def plan(view: View, memory: Memory, clock: Clock, latencies: PodLatencies | Non
     if held is not None and latencies is not None and held.cluster.same(cluster):
         # The cluster the last reconcile read, which wrote nothing: the same finalizer,
         # conflict, leftovers and routing (settled.py).
-        route = held.route
         assert view.target is not None
-        return _select(view, memory, clock, latencies, route, view.target, [], generation, cluster)
+        return _select(
+            view, memory, clock, latencies, held.route, view.target, [], generation, cluster, held
+        )
     writes: list[Write] = []
     if marks.FINALIZER not in _finalizers(view.policy):
         writes.append(_policy_patch(view, [*_finalizers(view.policy), marks.FINALIZER]))
@@ -238,7 +239,7 @@ def plan(view: View, memory: Memory, clock: Clock, latencies: PodLatencies | Non
     if route.blocked:
         return stop(route.problems, routed=routed, state=carried_state)
     assert latencies is not None, "a selecting plan needs latencies (see measurement())"
-    return _select(view, memory, clock, latencies, route, target, writes, generation, cluster)
+    return _select(view, memory, clock, latencies, route, target, writes, generation, cluster, None)
 
 
 def _select(
@@ -251,7 +252,10 @@ def _select(
     writes: list[Write],
     generation: int,
     cluster: Cluster,
+    same_cluster: Settled | None,
 ) -> Plan:
+    """`same_cluster`: the last reconcile, settled, when this one read the same cluster
+    (`route` is then its routing)."""
     assert view.parsed is not None
     parsed, ns, name = view.parsed, view.namespace, view.name
     eligible = view.eligible
@@ -276,9 +280,8 @@ def _select(
         zoned and decision.evaluated,
         latencies.unmeasurable,
     )
-    held = memory.settled
-    # (`held.route is route`: this reconcile read the cluster that one read; see plan())
-    if held is not None and held.route is route and held.holds(values, latencies.by_pod, p99):
+    held = same_cluster
+    if held is not None and held.holds(values, latencies.by_pod, p99):
         return Plan(memory=memory, gauges=held.gauges, requeue_after=requeue_after)
 
     problems = list(route.problems)
