@@ -186,7 +186,7 @@ class Fleet:
             caches.slices.upsert(copy.deepcopy(sl))
         memory = self.memory
         if memory is not None:
-            memory = dataclasses.replace(memory, slices_current=None, status_current=None)
+            memory = memory.without_memos()
         return caches, memory
 
     async def reconcile(self, caches: Caches, memory: Memory | None) -> Plan:

@@ -8,7 +8,7 @@ slices. A policy recreated under the same name (a new uid) starts afresh.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from aviator.kube.objects import JSON
 from aviator.reconcilers import takeover
@@ -55,6 +55,13 @@ class Memory:
     fixed_points: tuple[FixedPoint, ...] = field(default=(), compare=False)
     # The last reconcile, if it changed nothing (reconcilers/settled.py).
     settled: Settled | None = field(default=None, compare=False)
+
+    def without_memos(self) -> Memory:
+        """This memory without what only saves work (the memos above): a reconcile from
+        it decides what one from this memory decides, from scratch."""
+        return replace(
+            self, slices_current=None, status_current=None, fixed_points=(), settled=None
+        )
 
     def record(self, view: View) -> takeover.Record | None:
         """The takeover record: what we last wrote, else what the cache holds."""

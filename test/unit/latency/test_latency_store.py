@@ -360,7 +360,7 @@ def test_buckets_are_bounded_and_freed_as_deltas_leave_the_window() -> None:
     assert dict(refused) == {AGENT_BUCKETS: 1}
     refused = store.ingest_snapshot(snap(*[ep("10.0.0.2", wide)], node="n2"), 1.0).refused
     assert dict(refused) == {STORE_BUCKETS: 1}
-    # Once the reports cover the window past the first delta (at 3 s), there is room.
+    # The next report, 3 s on: the first delta leaves the window, and there is room.
     assert store.ingest_snapshot(snap(*[ep("10.0.0.1", wide)], node="n1"), 3.0).accepted == 1
     assert store.usage("n1").buckets == 8
     # A stale endpoint's deltas leave too, at the next prune.

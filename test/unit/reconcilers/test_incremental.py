@@ -193,9 +193,7 @@ def disagreement(sequence: list[tuple[tuple[Any, ...], float]]) -> str | None:
             replayed.ingest_snapshot(snap, at)
         view = gather(kept, kept.policies.get(KEY) or {})
         mem = memory_for(view, memory)
-        scratch = dataclasses.replace(
-            mem, slices_current=None, status_current=None, fixed_points=(), settled=None
-        )
+        scratch = mem.without_memos()
         got, got_lat = asyncio.run(reconcile(kept, store, mem, clock))
         want, want_lat = asyncio.run(reconcile(fresh, replayed, scratch, clock))
         if estimates(got_lat) != estimates(want_lat):
@@ -225,7 +223,7 @@ EJECTED_THEN_UNCHANGED = [
     (("report", {0: (60.0, 0, 0), 1: (5.0, 0, 0), 2: (5.0, 0, 0)}), 0.5),
     *[(("repeat",), 0.5)] * 80,
 ]
-# Settled reconciles (nothing to do, twice), then a pod that does not serve reports
+# Settled reconciles (nothing to do), then a pod that does not serve reports
 # other figures (its status row changes, nothing else); then someone empties our slices
 # (nothing else changes: only the cluster read tells).
 ONE = {0: (5.0, 0, 0), 1: (5.0, 0, 0)}
@@ -315,12 +313,12 @@ def holds_without_estimates(
     return self.p99_ms == p99_ms and self.values == values
 
 
+ORIGINAL_CLUSTER_OF = settled.Cluster.of
+
+
 def cluster_without_slices(view: View, status: JSON | None) -> settled.Cluster:
     """Cluster.of with a key that leaves out our slices."""
     return ORIGINAL_CLUSTER_OF(dataclasses.replace(view, slices=()), status)
-
-
-ORIGINAL_CLUSTER_OF = settled.Cluster.of
 
 
 @pytest.mark.parametrize(
