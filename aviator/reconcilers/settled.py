@@ -28,11 +28,15 @@ from __future__ import annotations
 import operator
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from aviator.kube.objects import JSON
+from aviator.reconcilers.routing import Routing
 from aviator.reconcilers.view import View
 from aviator.selection.types import LatencyEstimate
+
+if TYPE_CHECKING:  # plan imports this module
+    from aviator.reconcilers.plan import Gauges
 
 # The View's fields that hold cache objects (one object each, or a sequence of them).
 OBJECT_FIELDS = ("policy", "target", "routed", "holder", "recorded")
@@ -78,11 +82,11 @@ class Settled:
     it and the gauges it set."""
 
     cluster: Cluster
-    route: Any  # routing.Routing
+    route: Routing
     values: tuple[object, ...]  # zones and the decision, by value
     estimates: Mapping[str, LatencyEstimate | None]  # by value
     p99_ms: float | None
-    gauges: Any  # plan.Gauges
+    gauges: Gauges
 
     def holds(
         self,
