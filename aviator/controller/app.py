@@ -135,8 +135,13 @@ class ControllerApp:
         self.options = options
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = ControllerMetrics(self.registry)
+        # `began`: this replica holds nothing agents measured before it started, and
+        # says so while its agents' first reports come (LatencyStore.warming).
         self.store = LatencyStore(
-            options.latency_window_s, options.latency_stale_after_s, limits=options.store_limits
+            options.latency_window_s,
+            options.latency_stale_after_s,
+            limits=options.store_limits,
+            began=self.now(),
         )
         self.metrics.track_store_size(lambda: len(self.store), lambda: self.store.total.buckets)
         self.factory = InformerFactory(client)

@@ -56,6 +56,12 @@ Semantics the selection engine relies on:
   reported it stopped reporting (`heard`: e.g. the agent restarting) from a pod never
   measured, or one that lapsed while its agent kept reporting (no traffic), until the
   endpoint is forgotten.
+- A store made for a replica that just started (`began`) holds nothing of what agents
+  measured before it: `warming` tells, for a node, that it cannot yet tell a pod it has
+  no data for from one measured before it began. That lasts until the node's agent,
+  first heard within `stale_after_s` of `began`, has reported for a window; or, for a
+  node not heard of, `stale_after_s` from `began` (an agent connects within it; past
+  it, a node never heard of has no agent).
 - When the pod reported behind an IP changes (IP reused by a new pod), the old
   pod's window is dropped.
 - Memory is bounded (`StoreLimits`): every agent window is charged to the agent it
@@ -147,6 +153,7 @@ class LatencyStore:
         forget_after_s: float | None = None,
         max_deltas: int = 1024,
         limits: StoreLimits | None = None,
+        began: float | None = None,
     ) -> None:
         if window_s <= 0 or stale_after_s <= 0:
             raise ValueError("window_s and stale_after_s must be > 0")
@@ -166,6 +173,8 @@ class LatencyStore:
         self._next_prune: float | None = None
         self._reported: dict[str, float] = {}  # owner -> when it last reported (`heard`)
         self._resumed: dict[str, float] = {}  # owner -> when it reported after a silence
+        self._began = began  # when the replica started (None: never `warming`)
+        self._first_heard: dict[str, float] = {}  # owner -> its first report (`warming`)
         self.maps = MapPressure(stale_after_s)
         self.loads = LoadBoard(stale_after_s)
 
@@ -195,6 +204,8 @@ class LatencyStore:
         silence longer than the staleness bound, is remembered: what lapsed before it
         lapsed for want of a reporter, and the agent may not have measured it again."""
         last = self._reported.get(owner)
+        if last is None:
+            self._first_heard.setdefault(owner, now)
         if anew or (last is not None and now - last > self.stale_after_s):
             self._resumed[owner] = now
         self._reported[owner] = now
@@ -344,6 +355,7 @@ class LatencyStore:
         for owner in [o for o, t in self._reported.items() if t <= cutoff]:
             del self._reported[owner]
             self._resumed.pop(owner, None)
+            self._first_heard.pop(owner, None)
         for win in self._windows.values():
             if win.deltas and win.last_seen < now - win.stale_s:
                 self._expire(win, math.inf)  # unknown: its deltas are never read again
@@ -447,6 +459,19 @@ class LatencyStore:
                 return False
             seen = seen or win.last_seen > forgotten
         return seen
+
+    def warming(self, node: str, now: float) -> bool:
+        """Whether this store, new, cannot yet tell a pod of `node`'s it holds no data
+        for from one measured before it began (module docstring): the node's agent was
+        first heard within `stale_after_s` of `began` and less than a window ago, or not
+        heard yet while the store is younger than `stale_after_s`."""
+        began = self._began
+        if began is None:
+            return False
+        first = self._first_heard.get(node)
+        if first is None:
+            return now - began < self.stale_after_s
+        return first - began <= self.stale_after_s and now - first < self.window_s
 
     def merged(
         self,

@@ -102,6 +102,11 @@ def decide(
         )
     evaluated = outcome is None
     if outcome is None:
+        # A new replica keeps what its predecessor published while it cannot tell its
+        # pods apart (PodLatencies.warming); with nothing published, they fail open.
+        silent = latencies.silent
+        if latencies.warming and current_active:
+            silent = silent | latencies.warming
         outcome, fixed = evaluation.select(
             parsed,
             eligible_facts,
@@ -110,7 +115,7 @@ def decide(
             current_active,
             memory.engine_state or persisted_state(view.policy),
             clock.wall,
-            latencies.silent,
+            silent,
             memory.fixed_points,
         )
         memory = dataclasses.replace(

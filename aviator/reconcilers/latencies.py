@@ -29,7 +29,8 @@ plan's inputs are fixed once read. Its estimates are as of each pod's newest rep
 at every report has the same estimate object at every reconcile, which is what lets a
 reconcile reuse what it built from it (aviator.reconcilers.evaluation `pod_input`,
 aviator.reconcilers.settled). The engine never ages them: the store already drops
-data past its staleness bound, and `silent` names the pods whose data lapsed.
+data past its staleness bound, and `silent` names the pods whose data lapsed
+(`warming`: those a replica that just started cannot tell from them yet).
 """
 
 from __future__ import annotations
@@ -79,6 +80,10 @@ class PodLatencies:
     unmeasurable: dict[str, tuple[str, tuple[str, ...]]] = field(default_factory=dict)
     # Unknown pods that were measured before and went silent (LatencyStore.silent).
     silent: frozenset[str] = frozenset()
+    # Unknown pods this replica, new, cannot yet tell from ones measured before it
+    # began (LatencyStore.warming): they keep their place as silent ones do, where a
+    # routing was published (aviator.reconcilers.decision).
+    warming: frozenset[str] = frozenset()
 
     def estimate(self, name: str) -> LatencyEstimate | None:
         return self.by_pod.get(name)
@@ -217,6 +222,7 @@ async def read_latencies(
     by_pod: dict[str, LatencyEstimate | None] = {}
     reported: dict[str, float] = {}
     silent: set[str] = set()
+    warming: set[str] = set()
     latest = store.latest
     for f in all_facts:
         found = None
@@ -231,6 +237,8 @@ async def read_latencies(
             store.silent(ip, now, ports=wanted, origin=origin) for ip in f.ips
         ):
             silent.add(f.name)
+        elif found is None and origin == "agent" and f.node and store.warming(f.node, now):
+            warming.add(f.name)
     load_spec = parsed.spec.selection.prequal.load
     if load_spec is not None:
         _attach_loads(by_pod, all_facts, store, load_spec.metric, now)
@@ -253,4 +261,6 @@ async def read_latencies(
             out.update(store.merged(f.ips, now, origin=origin, ports=ports_of(f)))
         return out
 
-    return PodLatencies(by_pod, merged, reported, unmeasurable, frozenset(silent))
+    return PodLatencies(
+        by_pod, merged, reported, unmeasurable, frozenset(silent), frozenset(warming)
+    )

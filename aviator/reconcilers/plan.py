@@ -79,6 +79,7 @@ from aviator.reconcilers.status import (
 )
 from aviator.reconcilers.view import View
 from aviator.runtime.writer import Write
+from aviator.selection.types import Reason
 
 
 @dataclass(frozen=True)
@@ -302,10 +303,16 @@ def _select(
     if outcome.overload:
         problems.append(Problem(REASON_OVERLOAD, outcome.overload))
     if eligible and not any(latencies.estimate(n) for n in names):
+        kept_out = sum(1 for n in names if outcome.reasons.get(n) == Reason.LATENCY_STALE)
+        kept = (
+            f"those measured before keep their place ({kept_out} kept out)"
+            if kept_out
+            else "all are kept"
+        )
         problems.append(
             Problem(
                 REASON_NO_LATENCY_DATA,
-                f"no {parsed.latency_source} latency data for any pod yet; all are kept",
+                f"no {parsed.latency_source} latency data for any pod yet; {kept}",
             )
         )
     unmeasurable = {n: latencies.unmeasurable[n] for n in names if n in latencies.unmeasurable}

@@ -124,6 +124,26 @@ def test_samples_leave_with_later_reports_and_lapse_like_staleness() -> None:
     assert not store2.silent("10.0.0.2", now=5.1)  # its agent kept reporting: no traffic
 
 
+def test_a_new_store_is_warming_until_each_nodes_agent_reported_for_a_window() -> None:
+    """A replica that just started cannot tell a pod it has no data for from one its
+    predecessor measured: per node, until that node's agent (first heard within the
+    staleness bound of the start) has reported for a window; a node not heard of by the
+    staleness bound has no agent."""
+    store = LatencyStore(window_s=10, stale_after_s=5, began=100.0)
+    assert store.warming("n1", now=100.0) and store.warming("n2", now=104.9)
+    assert not store.warming("n2", now=105.0)  # no agent has spoken for n2
+    store.heard("n1", now=101.0, anew=True)
+    store.ingest(snap(ep("10.0.0.1", [1000])), now=102.0)
+    assert store.warming("n1", now=110.9)
+    assert not store.warming("n1", now=111.0)  # a window of n1's reports
+    store.heard("n1", now=130.0, anew=True)  # n1's agent restarts: `silent`'s to say
+    assert not store.warming("n1", now=130.0)
+    store.heard("n3", now=106.0)  # a node that joins later is no predecessor's
+    assert not store.warming("n3", now=106.0)
+    old = LatencyStore(window_s=10, stale_after_s=5)  # no start given: never warming
+    assert not old.warming("n1", now=0.0)
+
+
 def test_old_deltas_leave_the_window_as_later_reports_come() -> None:
     store = LatencyStore(window_s=4, stale_after_s=100)
     store.ingest(snap(ep("10.0.0.1", [1000] * 5)), now=0.0)

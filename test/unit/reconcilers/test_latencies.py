@@ -217,3 +217,25 @@ async def test_pods_whose_agent_went_silent_are_named_silent_not_new() -> None:
         await prober.close()
     assert fresh.silent == frozenset() and fresh.estimate("a") is not None
     assert quiet.silent == {"a"} and quiet.estimate("a") is None
+
+
+async def test_a_new_replica_names_pods_it_has_no_data_for_warming() -> None:
+    """A pod without data on a node whose agent has not reported for a window since the
+    replica started may have been measured by its predecessor (LatencyStore.warming);
+    one with data, or in probe mode, is not."""
+    store = LatencyStore(window_s=10, stale_after_s=5, began=100.0)
+    store.ingest(agent_snapshot("10.0.0.1", [5000] * 10), now=101.0)
+    store.ingest(agent_snapshot("10.0.0.1", [5000] * 10), now=110.0)
+    pods = [make_pod("a", "10.0.0.1"), make_pod("b", "10.0.0.2")]
+    prober = controller_prober()
+    try:
+        early = await read_latencies(policy(), pods, store, prober, 102.0, probe=False)
+        warm = await read_latencies(policy(), pods, store, prober, 111.0, probe=False)
+        probed = await read_latencies(
+            policy(latencySource="probe"), pods, store, prober, 102.0, probe=False
+        )
+    finally:
+        await prober.close()
+    assert early.warming == {"b"} and early.silent == frozenset()
+    assert warm.warming == frozenset() and warm.estimate("a") is not None
+    assert probed.warming == frozenset()

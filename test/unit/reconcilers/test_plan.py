@@ -233,6 +233,38 @@ def test_pods_whose_agent_went_silent_keep_their_place_in_the_slices() -> None:
     assert slice_pods(caches, "web-aviator") == set(names)
 
 
+def test_a_new_leader_that_cannot_tell_its_pods_apart_yet_keeps_the_published_set() -> None:
+    """A replica that just took over, with no data yet for pods its predecessor
+    measured (PodLatencies.warming), keeps the slices its predecessor published: the
+    slow pods stay out. For a policy never published, the same pods fail open."""
+    policy = make_policy(
+        spec={"targetRef": {"name": "web"}, "selection": {"mode": "topN", "topN": 2}}
+    )
+    caches = caches_with(policy, make_service(), *four_pods())
+    _, todo = run(caches, "default/p", None, T0)
+    apply(caches, todo)
+    assert slice_pods(caches, "web-aviator") == {"fast-1", "fast-2"}
+    names = ("fast-1", "fast-2", "slow-1", "slow-2")
+    warming = dataclasses.replace(latencies_of(dict.fromkeys(names)), warming=frozenset(names))
+
+    def new_leader_with(latencies: PodLatencies) -> Plan:
+        view = gather(caches, caches.policies.get("default/p") or {})
+        return plan(view, memory_for(view, None), later(T0, 5.0), latencies)
+
+    kept = new_leader_with(warming)
+    assert [w for w in kept.writes if w.resource.kind == "EndpointSlice"] == []
+    assert kept.status is not None
+    rows = {r["name"]: r for r in kept.status["pods"]}
+    assert (rows["slow-1"]["state"], rows["slow-1"]["reason"]) == ("standby", "LatencyStale")
+    assert rows["fast-1"]["state"] == "unknown"
+    assert "keep their place (2 kept out)" in condition(kept.status, "Degraded")["message"]
+
+    fresh = caches_with(policy, make_service(), *four_pods())
+    view = gather(fresh, fresh.policies.get("default/p") or {})
+    apply(fresh, plan(view, memory_for(view, None), T0, warming))
+    assert slice_pods(fresh, "web-aviator") == set(names)
+
+
 def test_a_missing_finalizer_is_added_first() -> None:
     policy = make_policy(finalizers=())
     caches = caches_with(policy, make_service(), *four_pods())
