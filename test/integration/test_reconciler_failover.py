@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,9 @@ IPS = {"fast-1": "10.60.0.1", "fast-2": "10.60.0.2", "slow-1": "10.60.0.3", "slo
 
 
 class Replica:
-    def __init__(self, cp: ControlPlane, ns: str, ident: str, logdir: Path) -> None:
+    def __init__(
+        self, cp: ControlPlane, ns: str, ident: str, logdir: Path, stale_after_s: float = 3.0
+    ) -> None:
         self.ident = ident
         self.port = free_port()
         self.log = logdir / f"controller-{ident}.log"
@@ -62,7 +64,7 @@ class Replica:
             "--secure-serving=false",  # plain on 127.0.0.1: TLS is test_stream_tls.py's
             f"--agent-service-account={ns}:{AGENT_SA}",
             "--latency-window=1.5",
-            "--latency-stale-after=3",
+            f"--latency-stale-after={stale_after_s}",
             "--log-level=info",
         ]
         with self.log.open("w") as out:
@@ -90,8 +92,8 @@ def replicas(
 ) -> Iterator[dict[str, Replica]]:
     made: dict[str, Replica] = {}
 
-    def start(ident: str) -> Replica:
-        made[ident] = Replica(control_plane, namespace, ident, tmp_path)
+    def start(ident: str, stale_after_s: float = 3.0) -> Replica:
+        made[ident] = Replica(control_plane, namespace, ident, tmp_path, stale_after_s)
         return made[ident]
 
     made["_start"] = start  # type: ignore[assignment]
@@ -211,3 +213,79 @@ async def test_leader_failover_keeps_state_and_slices(
 
         await eventually(c_leads, within=LEASE_S + 5, interval=0.05)
         assert time.monotonic() - exited_at < LEASE_S
+
+
+async def test_a_new_leader_without_data_yet_keeps_the_published_slices(
+    control_plane: ControlPlane, kube: KubeClient, namespace: str, replicas: dict[str, Any]
+) -> None:
+    """A replica that just started may lead before any agent has reported to it (the
+    Deployment's new pod can win the Lease a graceful stop released). With no data for
+    any pod, it keeps what its predecessor published, the slow pods out, and once its
+    agent reports it evaluates them as before: no slice is written all along."""
+    ns = namespace
+    await create_service_and_pods(kube, ns, "web", LABELS, IPS)
+    token = await agent_token(kube, ns)
+    start = replicas["_start"]
+    a = start("a")
+    await _started(a)
+    latency = {IPS["fast-1"]: 10.0, IPS["fast-2"]: 10.0, IPS["slow-1"]: 500.0, IPS["slow-2"]: 500.0}
+    async with TestAgent(a.url, token) as agent_a:
+        agent_a.latency_ms = latency
+        await create_policy(
+            kube, ns, "p", "web", evaluationInterval="500ms", selection={"mode": "topN", "topN": 2}
+        )
+
+        async def fast_only() -> bool:
+            pods = endpoint_pods(await slices_of(kube, ns, "web-aviator", ours=True))
+            return pods == ["fast-1", "fast-2"]
+
+        await eventually(fast_only, within=30)
+        # Its staleness bound is the time it gives an agent to connect (the test's).
+        b = start("b", stale_after_s=60.0)
+        await _started(b)
+        rv = (await kube.list(ENDPOINTSLICES, ns)).get("metadata", {}).get("resourceVersion", "")
+        slice_writes: list[str] = []
+
+        async def watch_slices() -> None:
+            async for ev in kube.watch(ENDPOINTSLICES.path(ns), {"resourceVersion": rv}):
+                if ev.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                    slice_writes.append(f"{ev['type']} {ev['object']['metadata']['name']}")
+
+        watcher = asyncio.create_task(watch_slices())
+        try:
+            a.stop(signal.SIGTERM)
+            await eventually(lambda: _holder(kube, ns), within=LEASE_S + 5, interval=0.05)
+            assert await _holder(kube, ns) == "b"
+
+            def rows(st: dict[str, Any]) -> dict[str, tuple[str, str]]:
+                return {r["name"]: (r["state"], r["reason"]) for r in st.get("pods") or []}
+
+            async def status_where(ok: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+                st = (await get_policy(kube, ns, "p") or {}).get("status") or {}
+                return st if ok(st) else None
+
+            # b evaluates without data: the slow pods keep their place (out).
+            cold = await eventually(
+                lambda: status_where(
+                    lambda st: rows(st).get("slow-1", ("", ""))[1] == "LatencyStale"
+                ),
+                within=30,
+            )
+            assert rows(cold)["slow-2"] == ("standby", "LatencyStale")
+            assert rows(cold)["fast-1"] == ("unknown", "NoLatencyData")
+            assert slice_writes == [], slice_writes
+            async with TestAgent(b.url, token) as agent_b:
+                agent_b.latency_ms = latency
+                warm = await eventually(
+                    lambda: status_where(
+                        lambda st: rows(st).get("slow-1", ("", ""))[1] == "NotSelected"
+                    ),
+                    within=30,
+                )
+            assert rows(warm)["fast-1"] == ("active", "Selected"), warm
+            assert slice_writes == [], slice_writes
+            assert await fast_only()
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await watcher
