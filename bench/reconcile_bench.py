@@ -1,7 +1,7 @@
 """One reconcile of a large policy, in process: what an evaluation interval costs the
 controller's CPU, with and without what it remembers between reconciles.
 
-The real reconcile path (`view.gather` → `latencies.read_latencies` → `plan.plan`) on
+The real reconcile path (`view.Views` → `latencies.read_latencies` → `plan.plan`) on
 real informer indexers and a real latency store, fed one snapshot per node per second
 as agents report; the plan's writes are applied back to the caches as the API server
 would, so steady state is what the controller sees. No API server, no network: the
@@ -39,10 +39,7 @@ from aviator.latency.store import LatencyStore
 from aviator.reconcilers.latencies import controller_prober, read_latencies
 from aviator.reconcilers.memory import Clock, Memory, memory_for
 from aviator.reconcilers.plan import Plan, measurement, plan
-from aviator.reconcilers.view import (
-    Caches,
-    gather,
-)
+from aviator.reconcilers.view import Caches, Views, gather
 from aviator.runtime.gctune import tune_for_caches
 from bench.common import pod_ip, row
 
@@ -152,6 +149,7 @@ class Fleet:
         self.rng = random.Random(seed)
         self.objects = _objects(n)
         self.caches = _caches(self.objects)
+        self.views = Views(self.caches)  # as the controller keeps them
         self.store = LatencyStore(10.0, 30.0)
         self.base_ms = [self.rng.uniform(5.0, 50.0) for _ in range(n)]
         self.memory: Memory | None = None
@@ -192,7 +190,7 @@ class Fleet:
     async def reconcile(self, caches: Caches, memory: Memory | None) -> Plan:
         policy = caches.policies.get(KEY)
         assert policy is not None
-        view = gather(caches, policy)
+        view = self.views.of(KEY, policy) if caches is self.caches else gather(caches, policy)
         mem = memory_for(view, memory)
         # A reconcile comes at another moment of the agents' report second each time,
         # as in the controller: every estimate's age differs from the last one's.

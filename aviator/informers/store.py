@@ -45,6 +45,9 @@ class Indexer:
         self._index_funcs: dict[str, IndexFunc] = {}
         # index name → index value → keys filed under it
         self._indices: dict[str, dict[str, set[str]]] = {}
+        # Bumped by every change (an object stored or removed, an index added): a reader
+        # that saw the same count saw the same cache, without a look at its objects.
+        self.mutations = 0
         if indexers:
             self.add_indexers(indexers)
 
@@ -103,6 +106,7 @@ class Indexer:
         clash = set(indexers) & set(self._index_funcs)
         if clash:
             raise ValueError(f"indexers already registered: {sorted(clash)}")
+        self.mutations += 1
         for name, func in indexers.items():
             self._index_funcs[name] = func
             index: dict[str, set[str]] = {}
@@ -134,6 +138,7 @@ class Indexer:
         key = object_key(obj)
         old = self._items.get(key)
         self._items[key] = obj
+        self.mutations += 1
         if old is None:
             self._reindex(key, obj)
             return None
@@ -156,6 +161,7 @@ class Indexer:
         """Remove the key; return what was stored (None if absent)."""
         old = self._items.pop(key, None)
         if old is not None:
+            self.mutations += 1
             self._unindex(key, old)
         return old
 

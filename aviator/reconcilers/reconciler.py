@@ -2,7 +2,8 @@
 
 One reconcile of a policy key:
 
-1. read: the policy and everything around it from the informer caches (`view.gather`),
+1. read: the policy and everything around it from the informer caches (`view.gather`;
+   the last View again while neither the policy nor any cache changed, `view.Views`),
    then the latency of its eligible pods from the latency store
    (`latencies.read_latencies`; probe mode first sends a round of probes into the
    store when an evaluation is due);
@@ -28,7 +29,7 @@ from aviator.reconcilers.latencies import controller_prober, read_latencies
 from aviator.reconcilers.memory import Clock, Memory, memory_for
 from aviator.reconcilers.metrics import PolicyMetrics
 from aviator.reconcilers.plan import Plan, measurement, plan
-from aviator.reconcilers.view import Caches, gather
+from aviator.reconcilers.view import Caches, Views
 from aviator.runtime.events import EventRecorder
 from aviator.runtime.loop import Result
 from aviator.runtime.writer import Writer
@@ -56,10 +57,12 @@ class PolicyReconciler:
         self._wall = wall_clock
         self._store_now = store_clock
         self._memory: dict[str, Memory] = {}
+        self._views = Views(caches)
 
     def forget_all(self) -> None:
         """Drop in-memory state (leadership lost: the next leader starts from status)."""
         self._memory.clear()
+        self._views.clear()
 
     def forget(self, key: str) -> None:
         """Drop one policy's in-memory state and gauges (it moved to another shard)."""
@@ -70,7 +73,7 @@ class PolicyReconciler:
         if policy is None:
             self._forget(key)
             return None
-        view = gather(self.caches, policy)
+        view = self._views.of(key, policy)
         memory = memory_for(view, self._memory.get(key))
         clock = Clock(self._wall(), self._store_now())
         needs = measurement(view, memory, clock)
@@ -134,5 +137,6 @@ class PolicyReconciler:
 
     def _forget(self, key: str) -> None:
         self._memory.pop(key, None)
+        self._views.forget(key)
         namespace, _, name = key.partition("/")
         self.metrics.forget(namespace, name)

@@ -51,29 +51,40 @@ SEQUENCE_FIELDS = (
 )
 
 
-@dataclass(frozen=True, slots=True, eq=False)
 class Cluster:
-    """What a reconcile read of the cluster, by identity (module docstring)."""
+    """What a reconcile read of the cluster, by identity (module docstring): one View
+    (the same View object is the same cluster, aviator.reconcilers.view `Views`; two
+    Views are compared object by object) and the status it started from."""
 
-    objects: tuple[object, ...]
-    status: JSON | None  # the status it started from: the leader's last write, or the cache's
+    __slots__ = ("_objects", "status", "view")
+
+    def __init__(self, view: View, status: JSON | None) -> None:
+        self.view = view
+        self.status = status  # the leader's last write, or the cache's
+        self._objects: tuple[object, ...] | None = None
 
     @staticmethod
     def of(view: View, status: JSON | None) -> Cluster:
-        objects: list[object] = [getattr(view, f) for f in OBJECT_FIELDS]
-        for name in SEQUENCE_FIELDS:
-            seq = getattr(view, name)
-            objects.append(len(seq))  # keeps two sequences from running into each other
-            objects.extend(seq)
-        return Cluster(tuple(objects), status)
+        return Cluster(view, status)
+
+    def objects(self) -> tuple[object, ...]:
+        if self._objects is None:
+            view = self.view
+            objects: list[object] = [getattr(view, f) for f in OBJECT_FIELDS]
+            for name in SEQUENCE_FIELDS:
+                seq = getattr(view, name)
+                objects.append(len(seq))  # keeps two sequences from running into each other
+                objects.extend(seq)
+            self._objects = tuple(objects)
+        return self._objects
 
     def same(self, other: Cluster) -> bool:
-        mine, theirs = self.objects, other.objects
-        return (
-            self.status is other.status
-            and len(mine) == len(theirs)
-            and all(map(operator.is_, mine, theirs))
-        )
+        if self.status is not other.status:
+            return False
+        if self.view is other.view:
+            return True
+        mine, theirs = self.objects(), other.objects()
+        return len(mine) == len(theirs) and all(map(operator.is_, mine, theirs))
 
 
 @dataclass(frozen=True, slots=True, eq=False)

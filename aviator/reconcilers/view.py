@@ -95,6 +95,19 @@ class Caches:
             builtin_slices=Indexer(BUILTIN_SLICE_INDEXERS),
         )
 
+    def mutations(self) -> tuple[int, ...]:
+        """Every cache's change count (Indexer.mutations): the same tuple, the same
+        caches."""
+        nodes, builtin = self.nodes, self.builtin_slices
+        return (
+            self.policies.mutations,
+            self.services.mutations,
+            self.pods.mutations,
+            self.slices.mutations,
+            -1 if nodes is None else nodes.mutations,
+            -1 if builtin is None else builtin.mutations,
+        )
+
     def zone_of(self, node: str) -> str | None:
         if self.nodes is None:
             return None
@@ -256,3 +269,29 @@ def gather(caches: Caches, policy: JSON) -> View:
         slices=slices,
         sibling_slices=sibling_slices,
     )
+
+
+class Views:
+    """Each policy's View, gathered again only when the policy object or a cache
+    changed: `gather` reads nothing but the two, and unchanged change counts mean
+    unchanged caches (`Caches.mutations`). A steady fleet's reconciles then share
+    one View per policy, and what it worked out once (`eligible_facts`)."""
+
+    def __init__(self, caches: Caches) -> None:
+        self.caches = caches
+        self._held: dict[str, tuple[JSON, tuple[int, ...], View]] = {}
+
+    def of(self, key: str, policy: JSON) -> View:
+        seen = self.caches.mutations()
+        held = self._held.get(key)
+        if held is not None and held[0] is policy and held[1] == seen:
+            return held[2]
+        view = gather(self.caches, policy)
+        self._held[key] = (policy, seen, view)
+        return view
+
+    def forget(self, key: str) -> None:
+        self._held.pop(key, None)
+
+    def clear(self) -> None:
+        self._held.clear()

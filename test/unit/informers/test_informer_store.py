@@ -118,10 +118,22 @@ def expected_index(items: dict[str, JSON]) -> dict[str, set[str]]:
 @settings(max_examples=300, deadline=None)
 @given(st.lists(ops, max_size=30))
 def test_indexes_always_match_a_rebuild(steps: list[tuple[str, Any]]) -> None:
+    """Indexes match a rebuild after every step, and a step that leaves the change
+    count (`mutations`) as it was changed nothing a reader sees."""
     idx = Indexer({NAMESPACE_INDEX: namespace_index})
     model: dict[str, JSON] = {}
     has_node_index = False
+
+    def seen() -> tuple[object, ...]:
+        """What a reader of the cache can see: objects by identity, every index."""
+        objects = {object_key(o): id(o) for o in idx.list()}
+        indexes = {
+            n: {v: idx.index_keys(n, v) for v in idx.index_values(n)} for n in idx.indexer_names()
+        }
+        return objects, indexes
+
     for op, arg in steps:
+        count, before = idx.mutations, seen()
         if op == "upsert":
             assert idx.upsert(arg) == model.get(object_key(arg))
             model[object_key(arg)] = arg
@@ -144,6 +156,8 @@ def test_indexes_always_match_a_rebuild(steps: list[tuple[str, Any]]) -> None:
         elif not has_node_index:
             idx.add_indexers({"node": by_node})
             has_node_index = True
+        if idx.mutations == count:  # an unchanged count: nothing a reader sees changed
+            assert seen() == before
         assert sorted(idx.keys()) == sorted(model)
         assert all(idx.get(k) == v for k, v in model.items())
         for ns in ("x", "y"):

@@ -31,7 +31,7 @@ from aviator.reconcilers.latencies import PodLatencies, controller_prober, read_
 from aviator.reconcilers.memory import Clock, Memory, memory_for
 from aviator.reconcilers.plan import Plan, measurement, plan
 from aviator.reconcilers.podfacts import PodFacts
-from aviator.reconcilers.view import Caches, View, gather
+from aviator.reconcilers.view import Caches, View, Views, gather
 from aviator.selection.types import LatencyEstimate, PodInput
 
 KEY = "default/p"
@@ -87,8 +87,11 @@ def report_of(i: int, ms: float, rif: int, errors: int) -> EndpointWindow:
     )
 
 
-async def reconcile(caches: Caches, store: LatencyStore, memory: Memory, clock: Clock) -> Any:
-    view = gather(caches, caches.policies.get(KEY) or {})
+async def reconcile(
+    caches: Caches, store: LatencyStore, memory: Memory, clock: Clock, views: Views | None = None
+) -> Any:
+    policy = caches.policies.get(KEY) or {}
+    view = gather(caches, policy) if views is None else views.of(KEY, policy)
     needs = measurement(view, memory, clock)
     lat: PodLatencies | None = None
     if needs is not None and view.parsed is not None:
@@ -142,6 +145,7 @@ def disagreement(sequence: list[tuple[tuple[Any, ...], float]]) -> str | None:
     log: list[tuple[Snapshot, float]] = []
     last: dict[int, EndpointWindow] = {}
     memory: Memory | None = None
+    views = Views(kept)
     clock = T0
 
     def ingest(windows: list[EndpointWindow]) -> None:
@@ -191,10 +195,10 @@ def disagreement(sequence: list[tuple[tuple[Any, ...], float]]) -> str | None:
         replayed = LatencyStore(WINDOW_S, 30.0)
         for snap, at in log:
             replayed.ingest_snapshot(snap, at)
-        view = gather(kept, kept.policies.get(KEY) or {})
+        view = views.of(KEY, kept.policies.get(KEY) or {})
         mem = memory_for(view, memory)
         scratch = mem.without_memos()
-        got, got_lat = asyncio.run(reconcile(kept, store, mem, clock))
+        got, got_lat = asyncio.run(reconcile(kept, store, mem, clock, views))
         want, want_lat = asyncio.run(reconcile(fresh, replayed, scratch, clock))
         if estimates(got_lat) != estimates(want_lat):
             return f"step {n} {step}: estimates"
@@ -329,6 +333,7 @@ def cluster_without_slices(view: View, status: JSON | None) -> settled.Cluster:
         (fixedpoint, "timeless", lambda state: True, EJECTED_THEN_UNCHANGED),
         (settled.Settled, "holds", holds_without_estimates, SETTLED_THEN_ONE_ROW),
         (settled.Cluster, "of", staticmethod(cluster_without_slices), SETTLED_THEN_TAMPERED),
+        (Caches, "mutations", lambda self: (), SETTLED_THEN_TAMPERED),
     ],
     ids=[
         "estimate-key-without-rif",
@@ -336,6 +341,7 @@ def cluster_without_slices(view: View, status: JSON | None) -> settled.Cluster:
         "fixed-point-with-a-clock",
         "settled-without-estimates",
         "cluster-without-slices",
+        "views-without-cache-changes",
     ],
 )
 def test_a_memo_key_that_leaves_out_a_dependency_fails_the_property(
