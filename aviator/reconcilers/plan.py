@@ -270,10 +270,9 @@ def _select(
     p99 = latencies.active_p99_ms(active_pods)
 
     # The last reconcile changed nothing and this one reads what it read: nor does this.
-    zone_of = view.zone_of
     zoned = locality.policy_of(parsed.spec.topology) is not None  # reads `evaluated`
     values = (
-        [zone_of(node) if (node := pod_node(p)) else None for p in view.pods],
+        view.pod_zones,
         view.zone_cpu,
         view.client_zones,
         outcome,

@@ -18,6 +18,7 @@ from aviator.informers import Indexer
 from aviator.kube import marks
 from aviator.kube import nodes as node_facts
 from aviator.kube.objects import JSON
+from aviator.kube.pods import pod_node
 from aviator.kube.services import pod_selector
 from aviator.reconcilers import hints, takeover
 from aviator.reconcilers.evaluation import InvalidSpec, ParsedPolicies, ParsedPolicy
@@ -182,6 +183,13 @@ class View:
         name."""
         facts = self.facts
         return sorted((f for f in map(facts, self.pods) if f.eligible), key=_NAME)
+
+    @functools.cached_property
+    def pod_zones(self) -> tuple[str | None, ...]:
+        """The zone of each pod's node, in the order of `pods` (None: unscheduled, or a
+        node without a zone)."""
+        zone_of = self.zone_of
+        return tuple(zone_of(node) if (node := pod_node(p)) else None for p in self.pods)
 
     @functools.cached_property
     def eligible(self) -> list[JSON]:
