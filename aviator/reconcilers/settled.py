@@ -8,8 +8,9 @@ wrote nothing, recorded no Event, wrote no status and holds no hand-off, by ever
 it read; the next reconcile skips what it would find the same:
 
 - `Cluster`: every cache object of the `View` (by identity: an unchanged cache hands
-  out the same object, an update is a new one) and the status the leader holds (by
-  identity). The same cluster: the same finalizer, conflict, leftovers and routing as
+  out the same object, an update is a new one; the same View object, which
+  aviator.reconcilers.view `Views` hands out while no cache changed, holds the same
+  ones) and the status the leader holds (by identity). The same cluster: the same finalizer, conflict, leftovers and routing as
   last time (`Settled.route`, which wrote nothing), so a reconcile reuses them.
 - `Settled.holds(...)`: also the same decision (outcome, what served before, whether
   the engine ran where the zones read it), the same zones (of every selected pod's
