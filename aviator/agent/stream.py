@@ -41,7 +41,12 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from aviator.informers import Backoff
-from aviator.latency.schema import Snapshot, split_snapshot
+from aviator.latency.schema import (
+    RECONNECT_JITTER,
+    RECONNECT_MAX_S,
+    Snapshot,
+    split_snapshot,
+)
 from aviator.latency.tls import client_context
 from aviator.runtime.supervise import supervise
 
@@ -126,7 +131,9 @@ class ControllerConnection:
         self._session = session
         self._queue: deque[list[str]] = deque(maxlen=queue_size)
         self._wakeup = asyncio.Event()
-        self._backoff = backoff or Backoff(initial_s=0.5, max_s=30.0, jitter=0.2)
+        self._backoff = backoff or Backoff(
+            initial_s=0.5, max_s=RECONNECT_MAX_S, jitter=RECONNECT_JITTER
+        )
         self.connected = False
         self.sent = 0
         self.dropped = 0

@@ -135,13 +135,8 @@ class ControllerApp:
         self.options = options
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = ControllerMetrics(self.registry)
-        # `began`: this replica holds nothing agents measured before it started, and
-        # says so while its agents' first reports come (LatencyStore.warming).
         self.store = LatencyStore(
-            options.latency_window_s,
-            options.latency_stale_after_s,
-            limits=options.store_limits,
-            began=self.now(),
+            options.latency_window_s, options.latency_stale_after_s, limits=options.store_limits
         )
         self.metrics.track_store_size(lambda: len(self.store), lambda: self.store.total.buckets)
         self.factory = InformerFactory(client)
@@ -378,6 +373,10 @@ class ControllerApp:
     async def _run(self) -> None:
         await self.factory.wait_for_cache_sync()
         self._synced = True
+        # From now on the receiver takes reports: this replica holds nothing agents
+        # measured before, and says so while their first reports come
+        # (LatencyStore.warming).
+        self.store.begin(self.now())
         log.info("caches synced")
         if self.sharded is not None:
             await self.sharded.run()

@@ -56,12 +56,14 @@ Semantics the selection engine relies on:
   reported it stopped reporting (`heard`: e.g. the agent restarting) from a pod never
   measured, or one that lapsed while its agent kept reporting (no traffic), until the
   endpoint is forgotten.
-- A store made for a replica that just started (`began`) holds nothing of what agents
-  measured before it: `warming` tells, for a node, that it cannot yet tell a pod it has
-  no data for from one measured before it began. That lasts until the node's agent,
-  first heard within `stale_after_s` of `began`, has reported for a window; or, for a
-  node not heard of, `stale_after_s` from `began` (an agent connects within it; past
-  it, a node never heard of has no agent).
+- A replica that just started holds nothing of what agents measured before it:
+  from when it can take reports (`begin`), `warming` tells, for a node, that it cannot
+  yet tell a pod it has no data for from one measured before. That lasts until the
+  node's agent, first heard within the connect grace of `begin`, has reported for a
+  window; or, for a node not heard of, the connect grace from `begin` (every agent
+  retries a replica within `RECONNECT_MAX_S`, give or take its jitter; the grace is
+  that, or the staleness bound if longer: past it, a node never heard of has no
+  agent).
 - When the pod reported behind an IP changes (IP reused by a new pod), the old
   pod's window is dropped.
 - Memory is bounded (`StoreLimits`): every agent window is charged to the agent it
@@ -95,7 +97,13 @@ from typing import Literal
 from aviator.latency.histogram import Histogram
 from aviator.latency.loads import LoadBoard
 from aviator.latency.pressure import MapPressure
-from aviator.latency.schema import EndpointWindow, Snapshot, Source
+from aviator.latency.schema import (
+    RECONNECT_JITTER,
+    RECONNECT_MAX_S,
+    EndpointWindow,
+    Snapshot,
+    Source,
+)
 from aviator.latency.window import Window, aged, combined_latest
 from aviator.selection.types import LatencyEstimate
 
@@ -153,7 +161,6 @@ class LatencyStore:
         forget_after_s: float | None = None,
         max_deltas: int = 1024,
         limits: StoreLimits | None = None,
-        began: float | None = None,
     ) -> None:
         if window_s <= 0 or stale_after_s <= 0:
             raise ValueError("window_s and stale_after_s must be > 0")
@@ -173,7 +180,7 @@ class LatencyStore:
         self._next_prune: float | None = None
         self._reported: dict[str, float] = {}  # owner -> when it last reported (`heard`)
         self._resumed: dict[str, float] = {}  # owner -> when it reported after a silence
-        self._began = began  # when the replica started (None: never `warming`)
+        self._began: float | None = None  # `begin` (None: never `warming`)
         self._first_heard: dict[str, float] = {}  # owner -> its first report (`warming`)
         self.maps = MapPressure(stale_after_s)
         self.loads = LoadBoard(stale_after_s)
@@ -460,18 +467,24 @@ class LatencyStore:
             seen = seen or win.last_seen > forgotten
         return seen
 
+    def begin(self, now: float) -> None:
+        """The replica can take agents' reports from `now` on (its caches listed, its
+        server listening): `warming` counts from here."""
+        self._began = now
+
     def warming(self, node: str, now: float) -> bool:
         """Whether this store, new, cannot yet tell a pod of `node`'s it holds no data
         for from one measured before it began (module docstring): the node's agent was
-        first heard within `stale_after_s` of `began` and less than a window ago, or not
-        heard yet while the store is younger than `stale_after_s`."""
+        first heard within the connect grace of `begin` and less than a window ago, or
+        not heard yet within the grace."""
         began = self._began
         if began is None:
             return False
+        grace = max(self.stale_after_s, RECONNECT_MAX_S * (1 + RECONNECT_JITTER))
         first = self._first_heard.get(node)
         if first is None:
-            return now - began < self.stale_after_s
-        return first - began <= self.stale_after_s and now - first < self.window_s
+            return now - began < grace
+        return first - began <= grace and now - first < self.window_s
 
     def merged(
         self,

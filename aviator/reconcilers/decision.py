@@ -51,6 +51,15 @@ def persisted_state(policy: JSON) -> JSON | None:
     return state if isinstance(state, dict) else None
 
 
+def judged_pods(status: JSON | None) -> frozenset[str]:
+    """The pods a status has a row for: its writer judged them (at most the rows it
+    shows)."""
+    rows = (status or {}).get("pods")
+    if not isinstance(rows, list):
+        return frozenset()
+    return frozenset(str(r["name"]) for r in rows if isinstance(r, dict) and r.get("name"))
+
+
 def engine_due(view: View, memory: Memory, clock: Clock) -> bool:
     """Whether the engine's interval has come (or it has not run for this spec)."""
     assert view.parsed is not None
@@ -103,10 +112,13 @@ def decide(
     evaluated = outcome is None
     if outcome is None:
         # A new replica keeps what its predecessor published while it cannot tell its
-        # pods apart (PodLatencies.warming); with nothing published, they fail open.
+        # pods apart (PodLatencies.warming): the pods its predecessor judged (a row in
+        # the status) keep their place; others, and all with nothing published, fail
+        # open as new pods do.
         silent = latencies.silent
         if latencies.warming and current_active:
-            silent = silent | latencies.warming
+            judged = judged_pods(memory.status or view.policy.get("status"))
+            silent = silent | (latencies.warming & judged)
         outcome, fixed = evaluation.select(
             parsed,
             eligible_facts,

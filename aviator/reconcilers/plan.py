@@ -304,7 +304,7 @@ def _select(
     if eligible and not any(latencies.estimate(n) for n in names):
         kept_out = sum(1 for n in names if outcome.reasons.get(n) == Reason.LATENCY_STALE)
         kept = (
-            f"those measured before keep their place ({kept_out} kept out)"
+            f"the pods judged before keep their place ({kept_out} kept out)"
             if kept_out
             else "all are kept"
         )

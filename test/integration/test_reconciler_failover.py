@@ -43,9 +43,7 @@ IPS = {"fast-1": "10.60.0.1", "fast-2": "10.60.0.2", "slow-1": "10.60.0.3", "slo
 
 
 class Replica:
-    def __init__(
-        self, cp: ControlPlane, ns: str, ident: str, logdir: Path, stale_after_s: float = 3.0
-    ) -> None:
+    def __init__(self, cp: ControlPlane, ns: str, ident: str, logdir: Path) -> None:
         self.ident = ident
         self.port = free_port()
         self.log = logdir / f"controller-{ident}.log"
@@ -64,7 +62,7 @@ class Replica:
             "--secure-serving=false",  # plain on 127.0.0.1: TLS is test_stream_tls.py's
             f"--agent-service-account={ns}:{AGENT_SA}",
             "--latency-window=1.5",
-            f"--latency-stale-after={stale_after_s}",
+            "--latency-stale-after=3",
             "--log-level=info",
         ]
         with self.log.open("w") as out:
@@ -92,8 +90,8 @@ def replicas(
 ) -> Iterator[dict[str, Replica]]:
     made: dict[str, Replica] = {}
 
-    def start(ident: str, stale_after_s: float = 3.0) -> Replica:
-        made[ident] = Replica(control_plane, namespace, ident, tmp_path, stale_after_s)
+    def start(ident: str) -> Replica:
+        made[ident] = Replica(control_plane, namespace, ident, tmp_path)
         return made[ident]
 
     made["_start"] = start  # type: ignore[assignment]
@@ -240,8 +238,9 @@ async def test_a_new_leader_without_data_yet_keeps_the_published_slices(
             return pods == ["fast-1", "fast-2"]
 
         await eventually(fast_only, within=30)
-        # Its staleness bound is the time it gives an agent to connect (the test's).
-        b = start("b", stale_after_s=60.0)
+        # No agent streams to b: it waits for one as long as an agent's longest
+        # reconnect backoff (36 s), far longer than its staleness bound (3 s).
+        b = start("b")
         await _started(b)
         rv = (await kube.list(ENDPOINTSLICES, ns)).get("metadata", {}).get("resourceVersion", "")
         slice_writes: list[str] = []

@@ -235,8 +235,10 @@ def test_pods_whose_agent_went_silent_keep_their_place_in_the_slices() -> None:
 
 def test_a_new_leader_that_cannot_tell_its_pods_apart_yet_keeps_the_published_set() -> None:
     """A replica that just took over, with no data yet for pods its predecessor
-    measured (PodLatencies.warming), keeps the slices its predecessor published: the
-    slow pods stay out. For a policy never published, the same pods fail open."""
+    judged (PodLatencies.warming; a row in the status), keeps the slices its
+    predecessor published: the slow pods stay out. Pods its predecessor never judged
+    (a rollout replaced them all meanwhile), and the pods of a policy never
+    published, fail open."""
     policy = make_policy(
         spec={"targetRef": {"name": "web"}, "selection": {"mode": "topN", "topN": 2}}
     )
@@ -258,6 +260,18 @@ def test_a_new_leader_that_cannot_tell_its_pods_apart_yet_keeps_the_published_se
     assert (rows["slow-1"]["state"], rows["slow-1"]["reason"]) == ("standby", "LatencyStale")
     assert rows["fast-1"]["state"] == "unknown"
     assert "keep their place (2 kept out)" in condition(kept.status, "Degraded")["message"]
+
+    replaced = [make_pod(f"new-{i}", f"10.0.1.{i}") for i in range(1, 7)]
+    for pod in four_pods():
+        caches.pods.delete(f"default/{pod['metadata']['name']}")
+    for pod in replaced:
+        caches.pods.upsert(pod)
+    new_names = [p["metadata"]["name"] for p in replaced]
+    all_new = dataclasses.replace(
+        latencies_of(dict.fromkeys(new_names)), warming=frozenset(new_names)
+    )
+    apply(caches, new_leader_with(all_new))
+    assert slice_pods(caches, "web-aviator") == set(new_names)
 
     fresh = caches_with(policy, make_service(), *four_pods())
     view = gather(fresh, fresh.policies.get("default/p") or {})
