@@ -375,8 +375,8 @@ class ControllerApp:
         self._synced = True
         # From now on the receiver takes reports: this replica holds nothing agents
         # measured before, and says so while their first reports come
-        # (LatencyStore.warming).
-        self.store.begin(self.now())
+        # (aviator.latency.reporters `warming`).
+        self.store.reporters.begin(self.now())
         log.info("caches synced")
         if self.sharded is not None:
             await self.sharded.run()

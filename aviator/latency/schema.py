@@ -84,7 +84,7 @@ MAX_NAME_LEN = 253
 MAX_WINDOW_S = 3600.0
 # An agent retries a replica it cannot reach (or lost) after at most this long, give or
 # take this share (its backoff: aviator.agent.stream); a replica that just started
-# hears every agent within it (aviator.latency.store `warming`).
+# hears every agent within it (aviator.latency.reporters `warming`).
 RECONNECT_MAX_S = 30.0
 RECONNECT_JITTER = 0.2
 _MAX_U64 = (1 << 64) - 1

@@ -57,13 +57,9 @@ Semantics the selection engine relies on:
   measured, or one that lapsed while its agent kept reporting (no traffic), until the
   endpoint is forgotten.
 - A replica that just started holds nothing of what agents measured before it:
-  from when it can take reports (`begin`), `warming` tells, for a node, that it cannot
-  yet tell a pod it has no data for from one measured before. That lasts until the
-  node's agent, first heard within the connect grace of `begin`, has reported for a
-  window; or, for a node not heard of, the connect grace from `begin` (every agent
-  retries a replica within `RECONNECT_MAX_S`, give or take its jitter; the grace is
-  that, or the staleness bound if longer: past it, a node never heard of has no
-  agent).
+  `warming` tells, for a node, that it cannot yet tell a pod it has no data for from
+  one measured before (aviator.latency.reporters, which also keeps when each agent
+  reported for `silent`).
 - When the pod reported behind an IP changes (IP reused by a new pod), the old
   pod's window is dropped.
 - Memory is bounded (`StoreLimits`): every agent window is charged to the agent it
@@ -97,13 +93,8 @@ from typing import Literal
 from aviator.latency.histogram import Histogram
 from aviator.latency.loads import LoadBoard
 from aviator.latency.pressure import MapPressure
-from aviator.latency.schema import (
-    RECONNECT_JITTER,
-    RECONNECT_MAX_S,
-    EndpointWindow,
-    Snapshot,
-    Source,
-)
+from aviator.latency.reporters import Reporters
+from aviator.latency.schema import EndpointWindow, Snapshot, Source
 from aviator.latency.window import Window, aged, combined_latest
 from aviator.selection.types import LatencyEstimate
 
@@ -178,10 +169,7 @@ class LatencyStore:
         # key, usually; a set would cost four times its memory).
         self._by_ip: dict[str, list[Key]] = {}
         self._next_prune: float | None = None
-        self._reported: dict[str, float] = {}  # owner -> when it last reported (`heard`)
-        self._resumed: dict[str, float] = {}  # owner -> when it reported after a silence
-        self._began: float | None = None  # `begin` (None: never `warming`)
-        self._first_heard: dict[str, float] = {}  # owner -> its first report (`warming`)
+        self.reporters = Reporters(window_s, stale_after_s)
         self.maps = MapPressure(stale_after_s)
         self.loads = LoadBoard(stale_after_s)
 
@@ -210,12 +198,7 @@ class LatencyStore:
         of a new stream (its agent started, or reconnected). That, or a report after a
         silence longer than the staleness bound, is remembered: what lapsed before it
         lapsed for want of a reporter, and the agent may not have measured it again."""
-        last = self._reported.get(owner)
-        if last is None:
-            self._first_heard.setdefault(owner, now)
-        if anew or (last is not None and now - last > self.stale_after_s):
-            self._resumed[owner] = now
-        self._reported[owner] = now
+        self.reporters.heard(owner, now, anew=anew)
 
     def ingest_snapshot(self, msg: Snapshot, now: float) -> Ingested:
         """Add an agent's snapshot (or part of one), charged to `msg.node`: the node
@@ -359,10 +342,7 @@ class LatencyStore:
         gone = [k for k, w in self._windows.items() if w.last_seen <= cutoff]
         for key in gone:
             self._drop(key)
-        for owner in [o for o, t in self._reported.items() if t <= cutoff]:
-            del self._reported[owner]
-            self._resumed.pop(owner, None)
-            self._first_heard.pop(owner, None)
+        self.reporters.forget(cutoff)
         for win in self._windows.values():
             if win.deltas and win.last_seen < now - win.stale_s:
                 self._expire(win, math.inf)  # unknown: its deltas are never read again
@@ -460,31 +440,12 @@ class LatencyStore:
                 lapsed = min(lapsed, win.sampled + win.keep_s)
             if now <= lapsed:
                 return False
-            went_quiet = self._reported.get(win.owner, 0.0) < lapsed
-            came_back = self._resumed.get(win.owner, 0.0) > win.sampled
+            went_quiet = self.reporters.last(win.owner) < lapsed
+            came_back = self.reporters.resumed(win.owner) > win.sampled
             if not (went_quiet or came_back):
                 return False
             seen = seen or win.last_seen > forgotten
         return seen
-
-    def begin(self, now: float) -> None:
-        """The replica can take agents' reports from `now` on (its caches listed, its
-        server listening): `warming` counts from here."""
-        self._began = now
-
-    def warming(self, node: str, now: float) -> bool:
-        """Whether this store, new, cannot yet tell a pod of `node`'s it holds no data
-        for from one measured before it began (module docstring): the node's agent was
-        first heard within the connect grace of `begin` and less than a window ago, or
-        not heard yet within the grace."""
-        began = self._began
-        if began is None:
-            return False
-        grace = max(self.stale_after_s, RECONNECT_MAX_S * (1 + RECONNECT_JITTER))
-        first = self._first_heard.get(node)
-        if first is None:
-            return now - began < grace
-        return first - began <= grace and now - first < self.window_s
 
     def merged(
         self,

@@ -81,7 +81,7 @@ class PodLatencies:
     # Unknown pods that were measured before and went silent (LatencyStore.silent).
     silent: frozenset[str] = frozenset()
     # Unknown pods this replica, new, cannot yet tell from ones measured before it
-    # began (LatencyStore.warming): they keep their place as silent ones do, where a
+    # began (aviator.latency.reporters `warming`): they keep their place as silent ones do, where a
     # routing was published (aviator.reconcilers.decision).
     warming: frozenset[str] = frozenset()
 
@@ -237,7 +237,9 @@ async def read_latencies(
             store.silent(ip, now, ports=wanted, origin=origin) for ip in f.ips
         ):
             silent.add(f.name)
-        elif found is None and origin == "agent" and f.node and store.warming(f.node, now):
+        elif (
+            found is None and origin == "agent" and f.node and store.reporters.warming(f.node, now)
+        ):
             warming.add(f.name)
     load_spec = parsed.spec.selection.prequal.load
     if load_spec is not None:

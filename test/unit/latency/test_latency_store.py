@@ -130,23 +130,23 @@ def test_a_new_store_is_warming_until_each_nodes_agent_reported_for_a_window() -
     connect grace of the start: an agent retries within 36 s) has reported for a
     window; a node not heard of within the grace has no agent."""
     store = LatencyStore(window_s=10, stale_after_s=5)
-    assert not store.warming("n1", now=100.0)  # not begun: never warming
-    store.begin(100.0)
-    assert store.warming("n1", now=100.0) and store.warming("n2", now=135.9)
-    assert not store.warming("n2", now=136.0)  # no agent has spoken for n2
+    assert not store.reporters.warming("n1", now=100.0)  # not begun: never warming
+    store.reporters.begin(100.0)
+    assert store.reporters.warming("n1", now=100.0) and store.reporters.warming("n2", now=135.9)
+    assert not store.reporters.warming("n2", now=136.0)  # no agent has spoken for n2
     store.heard("n1", now=101.0, anew=True)
     store.ingest(snap(ep("10.0.0.1", [1000])), now=102.0)
-    assert store.warming("n1", now=110.9)
-    assert not store.warming("n1", now=111.0)  # a window of n1's reports
+    assert store.reporters.warming("n1", now=110.9)
+    assert not store.reporters.warming("n1", now=111.0)  # a window of n1's reports
     store.heard("n1", now=130.0, anew=True)  # n1's agent restarts: `silent`'s to say
-    assert not store.warming("n1", now=130.0)
+    assert not store.reporters.warming("n1", now=130.0)
     store.heard("n3", now=134.0)  # an agent in its longest backoff
-    assert store.warming("n3", now=143.9) and not store.warming("n3", now=144.0)
+    assert store.reporters.warming("n3", now=143.9) and not store.reporters.warming("n3", now=144.0)
     store.heard("n4", now=137.0)  # a node that joins later is no predecessor's
-    assert not store.warming("n4", now=137.0)
+    assert not store.reporters.warming("n4", now=137.0)
     long_bound = LatencyStore(window_s=10, stale_after_s=60)
-    long_bound.begin(0.0)
-    assert long_bound.warming("n1", now=59.9)  # the staleness bound, when longer
+    long_bound.reporters.begin(0.0)
+    assert long_bound.reporters.warming("n1", now=59.9)  # the staleness bound, when longer
 
 
 def test_old_deltas_leave_the_window_as_later_reports_come() -> None:

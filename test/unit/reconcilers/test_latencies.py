@@ -224,7 +224,7 @@ async def test_a_new_replica_names_pods_it_has_no_data_for_warming() -> None:
     replica started may have been measured by its predecessor (LatencyStore.warming);
     one with data, or in probe mode, is not."""
     store = LatencyStore(window_s=10, stale_after_s=5)
-    store.begin(100.0)
+    store.reporters.begin(100.0)
     store.ingest(agent_snapshot("10.0.0.1", [5000] * 10), now=101.0)
     store.ingest(agent_snapshot("10.0.0.1", [5000] * 10), now=110.0)
     pods = [make_pod("a", "10.0.0.1"), make_pod("b", "10.0.0.2")]
