@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +104,26 @@ def replicas(
             print(log.read_text())
 
 
+@contextlib.asynccontextmanager
+async def slice_writes_in(kube: KubeClient, ns: str) -> AsyncIterator[list[str]]:
+    """Every EndpointSlice write in `ns` from now on, as the API server accepted it."""
+    rv = (await kube.list(ENDPOINTSLICES, ns)).get("metadata", {}).get("resourceVersion", "")
+    writes: list[str] = []
+
+    async def watch() -> None:
+        async for ev in kube.watch(ENDPOINTSLICES.path(ns), {"resourceVersion": rv}):
+            if ev.get("type") in ("ADDED", "MODIFIED", "DELETED"):
+                writes.append(f"{ev['type']} {ev['object']['metadata']['name']}")
+
+    watcher = asyncio.create_task(watch())
+    try:
+        yield writes
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await watcher
+
+
 async def _holder(kube: KubeClient, ns: str) -> str:
     try:
         lease = await kube.get(LEASES, LEASE_NAME, ns)
@@ -160,16 +180,7 @@ async def test_leader_failover_keeps_state_and_slices(
         assert leader in ("a", "b")
         old, new = (a, b) if leader == "a" else (b, a)
 
-        rv = (await kube.list(ENDPOINTSLICES, ns)).get("metadata", {}).get("resourceVersion", "")
-        slice_writes: list[str] = []
-
-        async def watch_slices() -> None:
-            async for ev in kube.watch(ENDPOINTSLICES.path(ns), {"resourceVersion": rv}):
-                if ev.get("type") in ("ADDED", "MODIFIED", "DELETED"):
-                    slice_writes.append(f"{ev['type']} {ev['object']['metadata']['name']}")
-
-        watcher = asyncio.create_task(watch_slices())
-        try:
+        async with slice_writes_in(kube, ns) as slice_writes:
             killed_at = time.monotonic()
             old.stop(signal.SIGKILL)
 
@@ -191,10 +202,6 @@ async def test_leader_failover_keeps_state_and_slices(
                 "fast-2",
                 "slow-2",
             ]
-        finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await watcher
 
         # Graceful stop releases the lease: a fresh replica takes over faster than a
         # lease expiry.
@@ -242,16 +249,7 @@ async def test_a_new_leader_without_data_yet_keeps_the_published_slices(
         # reconnect backoff (36 s), far longer than its staleness bound (3 s).
         b = start("b")
         await _started(b)
-        rv = (await kube.list(ENDPOINTSLICES, ns)).get("metadata", {}).get("resourceVersion", "")
-        slice_writes: list[str] = []
-
-        async def watch_slices() -> None:
-            async for ev in kube.watch(ENDPOINTSLICES.path(ns), {"resourceVersion": rv}):
-                if ev.get("type") in ("ADDED", "MODIFIED", "DELETED"):
-                    slice_writes.append(f"{ev['type']} {ev['object']['metadata']['name']}")
-
-        watcher = asyncio.create_task(watch_slices())
-        try:
+        async with slice_writes_in(kube, ns) as slice_writes:
             a.stop(signal.SIGTERM)
             await eventually(lambda: _holder(kube, ns), within=LEASE_S + 5, interval=0.05)
             assert await _holder(kube, ns) == "b"
@@ -284,7 +282,3 @@ async def test_a_new_leader_without_data_yet_keeps_the_published_slices(
             assert rows(warm)["fast-1"] == ("active", "Selected"), warm
             assert slice_writes == [], slice_writes
             assert await fast_only()
-        finally:
-            watcher.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await watcher
