@@ -9,9 +9,14 @@ microseconds of what the program sees on the pod's socket), split by path into t
 kubelet's probes (GET /healthz) and everything else (keep-warm probes, traffic). A
 row is the evaluation at the status's `lastEvaluationTime` (whole seconds; the status
 is written only when something moved, so a row may be older than the read), over the
-controller's window of whole agent reports: the reference is every window that ends
-within a report of that time and spans WINDOW_S give or take a report. The row's
-figures must lie within the histogram's error of that range, its counts within it.
+controller's window of whole agent reports. The controller files a report when it
+arrives, so the window's newest request was answered up to a report, plus however late
+the agent read and sent it, before the evaluation: on a busy machine a second or more.
+So the reference for a row's quantiles is every run of as many consecutive requests
+(by answer time) as the row counts whose newest was answered within LATE_S before the
+evaluation (or a report after it); for its counts, every time window of WINDOW_S give
+or take a report ending then. The row's figures must lie within the histogram's error
+of that range, its counts within it.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ WITHIN = 0.032  # the histogram's relative error at a bucket's midpoint (1/32)
 PERIOD_S = 1  # the quick-start's readinessProbe.periodSeconds
 WINDOW_S = 10  # the controller's latency window (--latency-window, default)
 REPORT_S = 1  # the agents' report interval: a window holds whole reports
+LATE_S = 4 * REPORT_S  # how long before an evaluation its newest request may have been answered
 PORT = 8080
 PROBE_PATH = "/healthz"
 
@@ -150,25 +156,41 @@ def evaluated_at(policy: dict[str, Any] | None) -> float:
 
 
 def reference(
-    requests: list[tuple[str, str, str, float, float]], ip: str, evaluated: float
+    requests: list[tuple[str, str, str, float, float]], ip: str, evaluated: float, samples: int
 ) -> dict[str, Span]:
-    """Over every window the row evaluated at `evaluated` (whole seconds) may be: its
-    requests' p50/p99 and count, and its probes' count."""
-    mine = [r for r in requests if r[0] == ip]
+    """Over every window the row evaluated at `evaluated` (whole seconds) may be: the
+    p50/p99 of each run of `samples` consecutive requests (not probes), the requests'
+    and the probes' counts in each time window."""
+    mine = sorted((r for r in requests if r[0] == ip), key=lambda r: r[3])
+    real = [r for r in mine if r[2] != PROBE_PATH]
     spans = {k: Span() for k in ("p50", "p99", "samples", "probes")}
-    # The evaluation ran within the second after `evaluated`; its newest report was
-    # sent up to a report (and a moment) before it.
-    for tenths in range(-15 * REPORT_S, 10 * REPORT_S + 1):
+    # The evaluation ran within the second after `evaluated`.
+    first, last = evaluated - LATE_S, evaluated + REPORT_S
+    for tenths in range(-10 * LATE_S, 10 * REPORT_S + 1):
         end = evaluated + tenths / 10
         for length in (WINDOW_S - REPORT_S, WINDOW_S, WINDOW_S + REPORT_S):
             inside = [r for r in mine if end - length < r[3] <= end]
-            real = [r[4] for r in inside if r[2] != PROBE_PATH]
-            spans["probes"].add(len(inside) - len(real))
-            spans["samples"].add(len(real))
-            if real:
-                spans["p50"].add(nearest_rank(real, 0.5))
-                spans["p99"].add(nearest_rank(real, 0.99))
+            spans["samples"].add(sum(r[2] != PROBE_PATH for r in inside))
+            spans["probes"].add(sum(r[2] == PROBE_PATH for r in inside))
+    for newest in range(samples - 1, len(real)):
+        if first <= real[newest][3] <= last and samples > 0:
+            run = [r[4] for r in real[newest - samples + 1 : newest + 1]]
+            spans["p50"].add(nearest_rank(run, 0.5))
+            spans["p99"].add(nearest_rank(run, 0.99))
     return spans
+
+
+def timeline(requests: list[tuple[str, str, str, float, float]], ip: str, evaluated: float) -> str:
+    """The requests (not probes) to `ip` answered in the windows before `evaluated`:
+    seconds relative to it and latency, for a failure's report."""
+    seen = sorted(
+        (r[3] - evaluated, r[4])
+        for r in requests
+        if r[0] == ip and r[2] != PROBE_PATH and -WINDOW_S - 2 * LATE_S < r[3] - evaluated <= 2
+    )
+    if len(seen) > 40:
+        return f"  {len(seen)} requests"
+    return "  " + " ".join(f"{t:+.2f}s:{ms:.2f}" for t, ms in seen)
 
 
 def rows(policy: dict[str, Any] | None) -> list[dict[str, Any]]:
@@ -197,8 +219,11 @@ def check_rows(
     as many samples as those requests, the probes apart (as many as were sent, about one
     a period) and faster."""
     pods, evaluated = rows(policy), evaluated_at(policy)
-    refs = {r["ip"]: reference(requests, r["ip"], evaluated) for r in pods}
-    report = table(pods, refs)
+    refs = {r["ip"]: reference(requests, r["ip"], evaluated, r["samples"]) for r in pods}
+    report = "\n".join(
+        [table(pods, refs)]
+        + [f"{r['name']}\n{timeline(requests, r['ip'], evaluated)}" for r in pods]
+    )
     print(report)
     for r in pods:
         ref = refs[r["ip"]]
