@@ -50,6 +50,7 @@ METRIC = "testapp_queue_length"
 METRICS_PORT = 9090
 SERVICE_TIME = "100ms"
 BIG_SLOTS, SMALL_SLOTS = 8, 2
+SMALL_CAPACITY = SMALL_SLOTS / (3 * BIG_SLOTS + SMALL_SLOTS)  # its share of what the pods serve
 GOAL_RATIO = 3.0
 
 LOAD_SPEC = {"metric": METRIC, "port": METRICS_PORT, "combine": "replace"}
@@ -172,7 +173,10 @@ def _rows(
                 f"{label}: share served by the small pod",
                 small_share(samples),
                 "fraction",
-                note="a quarter when spread evenly; its capacity is a tenth of the total",
+                note=(
+                    "a quarter when spread evenly; its capacity is "
+                    f"{SMALL_CAPACITY:.3f} of the total"
+                ),
             )
         )
     gauge = "(b) prequal, queue gauge"

@@ -140,13 +140,16 @@ def test_tail_latency_quick() -> None:
 @pytest.mark.bench
 @pytest.mark.e2e
 def test_queue_depth_quick() -> None:
-    raw = bench("queue_depth").run(quick=True)
+    module = bench("queue_depth")
+    raw = module.run(quick=True)
     skip_if_skipped(raw)
     rows = well_formed(raw, "queue_depth")
     gauge = "(b) prequal, queue gauge"
     assert f"{gauge}: client p99" in rows, f"not measured: {raw}"
-    # Spread evenly, the small pod gets a quarter of the requests: more than it serves.
-    assert value(rows["(a) round robin: share served by the small pod"]) > 0.15
+    # Spread evenly, the small pod is sent a quarter of the requests, more than its share
+    # of the capacity; it serves less than a quarter (what waits in its queue at the end,
+    # or times out, is not served; the less so on a busy machine), but more than that share.
+    assert value(rows["(a) round robin: share served by the small pod"]) > module.SMALL_CAPACITY
     assert value(rows[f"{gauge}: share served by the small pod"]) < value(
         rows["(a) round robin: share served by the small pod"]
     )
