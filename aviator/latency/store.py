@@ -299,6 +299,8 @@ class LatencyStore:
             before = math.inf if gap > win.stale_s else now - keep_s + slack(gap, keep_s)
             if win.deltas and win.deltas[0][0] <= before:
                 self._expire(win, before)
+                if not win.deltas:  # lapsed now, or when it went stale
+                    win.emptied = min(now, win.last_seen + win.stale_s)
             if buckets:
                 reason = self._refusal(owner, False, buckets)
                 if reason is not None:
@@ -346,6 +348,7 @@ class LatencyStore:
         for win in self._windows.values():
             if win.deltas and win.last_seen < now - win.stale_s:
                 self._expire(win, math.inf)  # unknown: its deltas are never read again
+                win.emptied = win.last_seen + win.stale_s
         return len(gone)
 
     # --- reading --------------------------------------------------------------------
@@ -436,8 +439,8 @@ class LatencyStore:
             if win.sampled is None:
                 continue  # never held a sample: nothing to be silent about
             lapsed = win.last_seen + win.stale_s
-            if not win.deltas:  # its samples left with the reports after them
-                lapsed = min(lapsed, win.sampled + win.keep_s)
+            if not win.deltas and win.emptied is not None:  # its samples left with a report
+                lapsed = min(lapsed, win.emptied)
             if now <= lapsed:
                 return False
             went_quiet = self.reporters.last(win.owner) < lapsed

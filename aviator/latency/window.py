@@ -39,6 +39,9 @@ class Window:
     stale_s: float  # unheard of for longer than this: unknown
     owner: str  # the agent (node) charged for it, CONTROLLER_OWNER for probe windows
     sampled: float | None = None  # arrival of the newest delta that held samples
+    # Arrival of the report that took the last delta out (its data lapsed then): a
+    # report after a gap takes deltas out sooner than `keep_s` after they came (`slack`).
+    emptied: float | None = None
     rif: int = 0
     oldest_open_us: int = 0  # latest report
     protocol: AppProtocol = "opaque"  # latest report

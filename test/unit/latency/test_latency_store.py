@@ -124,6 +124,23 @@ def test_samples_leave_with_later_reports_and_lapse_like_staleness() -> None:
     assert not store2.silent("10.0.0.2", now=5.1)  # its agent kept reporting: no traffic
 
 
+def test_a_restarted_agents_first_report_that_takes_the_samples_out_leaves_the_pod_silent() -> None:
+    """An agent restarted within the staleness bound: its first report comes a gap
+    after the old one's last, and takes out, with half that gap's slack, deltas
+    sooner than a window after they came. The pod's data lapsed then, when its agent
+    had just come back and had not measured it: silent (it keeps its place), not a
+    pod with no traffic that fails open."""
+    store = LatencyStore(window_s=10, stale_after_s=10)
+    for t in (0.0, 1.0, 2.0):  # a slow pod's keep-warm samples, one a report
+        store.ingest(snap(ep("10.0.0.2", [500_000])), now=t)
+    store.heard("n1", now=9.0, anew=True)  # the new agent's stream, 7 s later
+    store.ingest(snap(ep("10.0.0.2", [])), now=9.0)  # no sample of it yet
+    assert store.estimate("10.0.0.2", now=9.5) is None  # 9 - 10 + 3.5 took out 0, 1 and 2
+    assert store.silent("10.0.0.2", now=9.5)
+    store.ingest(snap(ep("10.0.0.2", [500_000])), now=10.0)
+    assert store.estimate("10.0.0.2", now=10.5) is not None
+
+
 def test_a_new_store_is_warming_until_each_nodes_agent_reported_for_a_window() -> None:
     """A replica that just started cannot tell a pod it has no data for from one its
     predecessor measured: per node, until that node's agent (first heard within the
