@@ -45,27 +45,34 @@ def pod_locator(pods: Indexer) -> PodLocator:
 
     Asked for every endpoint of every report, mostly of the same pods: the answer for
     an IP is remembered with the (key, object) pairs it was read from, and given again
-    while the cache files exactly as many objects under the IP and holds those very
+    while the cache has not changed at all since (`Indexer.mutations`), or, when it
+    has, while it files exactly as many objects under the IP and holds those very
     objects under those keys (an informer replaces an object it updates, never changes
     it; a pod that left the IP, or another that came, changes the count or an object).
     The memo is cleared when it outgrows the cache."""
-    memo: dict[str, tuple[tuple[tuple[str, JSON], ...], tuple[PodPlace, ...]]] = {}
+    # ip -> (the cache's mutations when the answer was last known good, what it was
+    # read from, the answer)
+    memo: dict[str, tuple[int, tuple[tuple[str, JSON], ...], tuple[PodPlace, ...]]] = {}
     get = pods.get
 
     def locate(ip: str) -> tuple[PodPlace, ...]:
         held = memo.get(ip)
+        now = pods.mutations
         if held is not None:
-            read, answer = held
+            checked, read, answer = held
+            if checked == now:
+                return answer
             if pods.index_size(INDEX_POD_IP, ip) == len(read) and all(
                 get(key) is obj for key, obj in read
             ):
+                memo[ip] = (now, read, answer)
                 return answer
         found = pods.by_index(INDEX_POD_IP, ip)
         places = (_place(p) for p in found)
         answer = tuple(sorted((p for p in places if p is not None), key=lambda p: p.key))
         if len(memo) >= 2 * len(pods) + 1024:
             memo.clear()
-        memo[ip] = (tuple((object_key(p), p) for p in found), answer)
+        memo[ip] = (now, tuple((object_key(p), p) for p in found), answer)
         return answer
 
     return locate

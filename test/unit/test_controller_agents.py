@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any, cast
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aviator.controller.agents import POD_IP_INDEXERS, pod_locator, pod_node_resolver
 from aviator.informers import Indexer
@@ -64,6 +66,35 @@ def test_the_locator_answers_from_the_cache_as_it_is_now() -> None:
     assert locate("10.0.0.1") == ()
     pods.upsert(pod("c", "10.0.0.1", "n3"))
     assert locate("10.0.0.1") == (PodPlace("ns/c", "n3"),)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["upsert", "delete", "locate"]),
+            st.sampled_from(["a", "b", "c"]),
+            st.sampled_from(["10.0.0.1", "10.0.0.2"]),
+            st.sampled_from(["n1", "n2"]),
+            st.booleans(),
+        ),
+        max_size=40,
+    )
+)
+def test_the_remembered_answer_is_always_the_cache_as_it_is_now(
+    steps: list[tuple[str, str, str, str, bool]],
+) -> None:
+    """Whatever the cache goes through, the locator answers as one that never
+    remembered anything (a fresh locator) would."""
+    pods = Indexer(POD_IP_INDEXERS)
+    locate = pod_locator(pods)
+    for action, name, ip, node, deleting in steps:
+        if action == "upsert":
+            pods.upsert(pod(name, ip, node, deleting=deleting))
+        elif action == "delete":
+            pods.delete(f"ns/{name}")
+        for addr in ("10.0.0.1", "10.0.0.2"):
+            assert locate(addr) == pod_locator(pods)(addr)
 
 
 class FakeApi:
