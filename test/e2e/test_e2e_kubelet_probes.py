@@ -13,14 +13,15 @@ controller's window of whole agent reports. The controller files a report when i
 arrives, so the window's newest request was answered up to a report, plus however late
 the agent read and sent it, before the evaluation: on a busy machine a second or more.
 So the reference for a row's quantiles is every run of as many consecutive requests
-(by answer time) as the row counts whose newest was answered within LATE_S before the
-evaluation (or a report after it); for its counts, every time window of WINDOW_S give
-or take a report ending then. The row's figures must lie within the histogram's error
+(by answer time) as the row counts that ends with the last request answered before a
+cut from LATE_S before the evaluation to a report after it; for its counts, every time
+window of WINDOW_S give or take a report ending then. The row's figures must lie within the histogram's error
 of that range, its counts within it.
 """
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import json
 import math
@@ -41,7 +42,7 @@ WITHIN = 0.032  # the histogram's relative error at a bucket's midpoint (1/32)
 PERIOD_S = 1  # the quick-start's readinessProbe.periodSeconds
 WINDOW_S = 10  # the controller's latency window (--latency-window, default)
 REPORT_S = 1  # the agents' report interval: a window holds whole reports
-LATE_S = 4 * REPORT_S  # how long before an evaluation its newest request may have been answered
+LATE_S = 4 * REPORT_S  # how long before an evaluation the cut of its newest report may be
 PORT = 8080
 PROBE_PATH = "/healthz"
 
@@ -172,9 +173,14 @@ def reference(
             inside = [r for r in mine if end - length < r[3] <= end]
             spans["samples"].add(sum(r[2] != PROBE_PATH for r in inside))
             spans["probes"].add(sum(r[2] == PROBE_PATH for r in inside))
-    for newest in range(samples - 1, len(real)):
-        if first <= real[newest][3] <= last and samples > 0:
-            run = [r[4] for r in real[newest - samples + 1 : newest + 1]]
+    # The window's newest request is the last one answered before the cut of its newest
+    # report, anywhere from `first` to `last`.
+    answered = [r[3] for r in real]
+    newest_from = bisect.bisect_right(answered, first) - 1
+    newest_to = bisect.bisect_right(answered, last) - 1
+    for newest in range(max(newest_from, samples - 1), newest_to + 1):
+        run = [r[4] for r in real[newest - samples + 1 : newest + 1]]
+        if run:
             spans["p50"].add(nearest_rank(run, 0.5))
             spans["p99"].add(nearest_rank(run, 0.99))
     return spans
