@@ -203,6 +203,12 @@ class Histogram:
         for idx, n in other._buckets.items():
             if buckets.get(idx, 0) < n:
                 raise CounterReset(f"bucket {idx}: cannot remove {n} from {buckets.get(idx, 0)}")
+        self.remove_part(other)
+
+    def remove_part(self, other: Histogram) -> None:
+        """`subtract` of a histogram known to be contained in this one (a delta a sliding
+        window added earlier), without the check: the caller vouches for it."""
+        buckets = self._buckets
         for idx, n in other._buckets.items():
             left = buckets[idx] - n
             if left:

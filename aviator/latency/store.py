@@ -285,6 +285,7 @@ class LatencyStore:
             win = None
         hist = ep.hist
         buckets = len(hist)
+        freed = 0  # buckets of the deltas that left the window
         if win is None:
             reason = self._refusal(owner, True, buckets)
             if reason is not None:
@@ -298,10 +299,15 @@ class LatencyStore:
             # What went stale is never read again; else what a window's reports left.
             before = math.inf if gap > win.stale_s else now - keep_s + slack(gap, keep_s)
             if win.deltas and win.deltas[0][0] <= before:
-                self._expire(win, before)
+                freed = win.expire(before)
                 if not win.deltas:  # lapsed now, or when it went stale
                     win.emptied = min(now, win.last_seen + win.stale_s)
-            if buckets:
+            # Within the bounds before, and no more buckets than just left: within them
+            # still (a steady endpoint's every report), so no need to ask.
+            if buckets > freed:
+                if freed:
+                    self._charge(owner, 0, -freed)
+                    freed = 0
                 reason = self._refusal(owner, False, buckets)
                 if reason is not None:
                     return reason
@@ -314,8 +320,9 @@ class LatencyStore:
         win.oldest_open_us = ep.oldest_open_us
         win.protocol = ep.protocol
         win.touch()
-        if buckets:
-            self._charge(owner, 0, win.add(now, ep, self.max_deltas))
+        added = win.add(now, ep, self.max_deltas) if buckets else 0
+        if added != freed:  # one charge for what left and what came
+            self._charge(owner, 0, added - freed)
         return None
 
     def _expire(self, win: Window, before: float) -> None:

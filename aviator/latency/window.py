@@ -103,7 +103,7 @@ class Window:
     def _pop(self) -> int:
         self.version += 1
         _, old, statuses, errors, keepwarm = self.deltas.pop(0)
-        self.total.subtract(old)
+        self.total.remove_part(old)  # `total` is the sum of `deltas`
         self.statuses -= statuses
         self.errors -= errors
         self.keepwarm -= keepwarm

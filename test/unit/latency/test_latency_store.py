@@ -412,6 +412,20 @@ def test_buckets_are_bounded_and_freed_as_deltas_leave_the_window() -> None:
     check_accounting(store)
 
 
+def test_a_report_refused_after_a_delta_left_still_frees_what_left() -> None:
+    store = LatencyStore(window_s=3, stale_after_s=5, limits=StoreLimits(buckets_per_agent=10))
+    four, wide = list(range(1000, 5000, 1000)), list(range(1000, 9000, 1000))
+    assert store.ingest_snapshot(snap(*[ep("10.0.0.1", four)]), 0.0).accepted == 1
+    assert store.ingest_snapshot(snap(*[ep("10.0.0.1", four)]), 1.0).accepted == 1
+    assert store.usage("n1").buckets == 8
+    # The first delta leaves; 4 + 8 buckets are more than the agent may hold.
+    assert dict(store.ingest_snapshot(snap(*[ep("10.0.0.1", wide)]), 2.5).refused) == {
+        AGENT_BUCKETS: 1
+    }
+    assert store.usage("n1").buckets == 4
+    check_accounting(store)
+
+
 def test_an_endpoint_another_agent_reports_starts_afresh_under_it() -> None:
     store = LatencyStore(window_s=10, stale_after_s=5)
     store.ingest_snapshot(snap(*[ep("10.0.0.1", [900_000] * 5)], node="n1"), 0.0)
