@@ -53,6 +53,9 @@ class Admission:
 
 def place_of(places: Sequence[PodPlace], node: str) -> PodPlace | str:
     """The pod at an IP that `node`'s agent may speak for, or the reason it may not."""
+    if len(places) == 1:  # the usual case: one pod at the IP, whatever its state
+        only = places[0]
+        return only if only.node == node else OTHER_NODE
     if not places:
         return UNKNOWN_IP
     running = [p for p in places if not p.terminating]
