@@ -438,6 +438,7 @@ class Window:
     writes: dict[str, int]
     reconciles: float
     reconcile_s: float
+    full_collections: float = 0.0  # the garbage collector's oldest generation, in the window
 
 
 async def _window(
@@ -479,6 +480,8 @@ async def _window(
         - metric_sum(before, "aviator_reconcile_duration_seconds_count"),
         reconcile_s=metric_sum(after, "aviator_reconcile_duration_seconds_sum")
         - metric_sum(before, "aviator_reconcile_duration_seconds_sum"),
+        full_collections=metric_sum(after, "python_gc_collections_total", generation="2")
+        - metric_sum(before, "python_gc_collections_total", generation="2"),
     )
 
 
@@ -604,6 +607,7 @@ def _rows(
             goal=f"<= {GOAL_CORES_50K:g} cores at 5 s intervals" if fleet.large else None,
             ratio=cores / GOAL_CORES_50K if fleet.large else None,
             note=f"agents report every {REPORT_S:g} s, {PODS_PER_AGENT} pods each"
+            + f"; {steady.full_collections:.0f} full garbage collections in the window"
             + (
                 f"; a steady pod every {fleet.phases * REPORT_S:g} s (--steady-report-interval "
                 f"{STEADY_S:g}), a change at once"
