@@ -55,7 +55,9 @@ Semantics the selection engine relies on:
   holds no samples. `silent` tells a pod whose data lapsed because the agent that
   reported it stopped reporting (`heard`: e.g. the agent restarting) from a pod never
   measured, or one that lapsed while its agent kept reporting (no traffic), until the
-  endpoint is forgotten.
+  endpoint is forgotten. Data lapses when the endpoint goes stale, or when the report
+  that took its last delta out came (`Window.emptied`: a report after a gap takes
+  deltas out sooner than a window after they came).
 - A replica that just started holds nothing of what agents measured before it:
   `warming` tells, for a node, that it cannot yet tell a pod it has no data for from
   one measured before (aviator.latency.reporters, which also keeps when each agent
