@@ -4,7 +4,8 @@ Tests and benchmarks of connection hand-off need a client that does what urllib3
 pools and Go's http.Transport do, neither more nor less:
 
 - connections are kept and reused (most recently returned first), never closed by the
-  client; at most `size` exist, a request waits for one when all are busy;
+  client; at most `size` exist, a request waits for one when all are busy, and waiting
+  requests are handed connections in the order they began to wait (Go's Transport);
 - a connection the server closed while it sat idle is found out when it is next used:
   a request on a *reused* connection that fails before any response byte arrived is
   retried once on a fresh connection (idempotent requests only; this client sends
@@ -27,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -72,7 +74,7 @@ class KeepAlivePool:
     retries: int = 0
     _idle: list[_Conn] = field(default_factory=list)
     _open: int = 0
-    _freed: asyncio.Condition | None = None
+    _waiting: deque[asyncio.Future[_Conn | None]] = field(default_factory=deque)
     _tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     async def run(
@@ -163,15 +165,31 @@ class KeepAlivePool:
             )
 
     async def _acquire(self) -> tuple[_Conn, bool]:
-        if self._freed is None:
-            self._freed = asyncio.Condition()
         while True:
             if self._idle:
                 return self._idle.pop(), True
             if self._open < self.size:
                 return await self._dial(), False
-            async with self._freed:
-                await self._freed.wait()
+            # All busy: wait in line for the next connection returned (or a slot freed
+            # by one closed), handed to the longest waiting first, as Go's Transport
+            # does; one that gives up as it is handed a connection passes it on.
+            turn: asyncio.Future[_Conn | None] = asyncio.get_running_loop().create_future()
+            self._waiting.append(turn)
+            try:
+                conn = await turn
+            except BaseException:
+                if turn.done() and not turn.cancelled():
+                    handed = turn.result()
+                    if handed is None:
+                        self._pass_turn()
+                    else:
+                        self._release(handed, count=False)
+                raise
+            finally:
+                if turn in self._waiting:
+                    self._waiting.remove(turn)
+            if conn is not None:
+                return conn, True
 
     async def _dial(self) -> _Conn:
         self._open += 1
@@ -180,34 +198,34 @@ class KeepAlivePool:
             reader, writer = await asyncio.open_connection(host, port)
         except BaseException:
             self._open -= 1
-            self._notify()
+            self._pass_turn()
             raise
         self.opened += 1
         self.dialed[self.opened] = time.monotonic()
         return _Conn(reader, writer, self.opened)
 
-    def _release(self, conn: _Conn) -> None:
-        conn.used += 1
+    def _release(self, conn: _Conn, count: bool = True) -> None:
+        if count:
+            conn.used += 1
+        while self._waiting:
+            turn = self._waiting.popleft()
+            if not turn.done():
+                turn.set_result(conn)
+                return
         self._idle.append(conn)
-        self._notify()
 
     def _discard(self, conn: _Conn) -> None:
         conn.writer.close()
         self._open -= 1
-        self._notify()
+        self._pass_turn()
 
-    def _notify(self) -> None:
-        freed = self._freed
-        if freed is None:
-            return
-
-        async def wake() -> None:
-            async with freed:
-                freed.notify()
-
-        task = asyncio.get_running_loop().create_task(wake())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def _pass_turn(self) -> None:
+        """A slot is free: the longest waiting may dial."""
+        while self._waiting:
+            turn = self._waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
 
     async def _exchange(self, conn: _Conn) -> tuple[int, str | None]:
         try:

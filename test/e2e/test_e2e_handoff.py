@@ -12,6 +12,7 @@ ever quiet) stays on its pod, and the agent's Event says how many did.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from datetime import datetime
@@ -43,7 +44,11 @@ async def test_pooled_connections_leave_a_pod_that_turns_slow(quickstart: Scenar
     # Generous: a request queued behind the slow victim (2 s) must not time out.
     pool = KeepAlivePool(lambda: address, size=16, timeout_s=10.0)
     done = asyncio.Event()  # traffic runs until the checks are over (bounded: 180 s)
+    # What happened when, for a failure's account: the test's steps and every change of
+    # the routed set while the traffic runs.
+    marks: list[tuple[float, str]] = [(time.monotonic(), "started")]
     traffic = asyncio.get_running_loop().create_task(pool.run(40, 180.0, stop=done))
+    watch = asyncio.get_running_loop().create_task(_watch_routed(quickstart, marks, done))
     try:
         fast = await quickstart.pods("fast")
 
@@ -65,6 +70,7 @@ async def test_pooled_connections_leave_a_pod_that_turns_slow(quickstart: Scenar
         # may have left it out for a moment (and its agent, learning late that it was
         # routed again, ended an idle connection then). Only those after this count.
         slowed = time.time()
+        marks.append((time.monotonic(), f"{victim} slowed"))
         quickstart.cluster.set_pod_latency(quickstart.ns, victim, f"{SLOW_S:g}s")
         _, left_after = await wait_for(
             f"{victim} to leave {TARGET}",
@@ -72,6 +78,7 @@ async def test_pooled_connections_leave_a_pod_that_turns_slow(quickstart: Scenar
             lambda pods: victim not in pods and healthy in pods,
             timeout_s=CONVERGE_S,
         )
+        marks.append((time.monotonic(), f"{victim} seen out"))
         await wait_for(
             f"the status to list the hand-off of {victim}",
             quickstart.avp,
@@ -100,6 +107,7 @@ async def test_pooled_connections_leave_a_pod_that_turns_slow(quickstart: Scenar
             "a ConnectionsHandedOff Event", handed_off, lambda n: bool(n), timeout_s=60
         )
         heard = time.monotonic()
+        marks.append((heard, "hand-off Event seen"))
         # A request due from here on is answered by the victim only on a connection the
         # agent left alone (busy at every look, never quiet: docs/agent.md), and never on
         # one dialled after the hand-off: the proxy no longer sends new ones there. One
@@ -146,14 +154,56 @@ async def test_pooled_connections_leave_a_pod_that_turns_slow(quickstart: Scenar
     finally:
         done.set()
         await traffic
+        await watch
         await pool.close()
     failed = [s for s in pool.samples if not s.ok]
-    assert not failed, f"{len(failed)} failed: {sorted({s.error or '?' for s in failed})}"
+    assert not failed, (
+        f"{len(failed)} failed: {sorted({s.error or '?' for s in failed})}\n"
+        + _timeline(pool, marks)
+    )
     print(
         f"hand-off: {victim} left after {left_after:.1f}s; {pool.retries} requests retried, "
         f"{pool.opened} connections opened; after it: {len(on_victim)} connection(s) and "
         f"{sum(1 for s in after if s.served_by == victim)} of {len(after)} requests on "
         f"{victim}; {notes}"
+    )
+
+
+async def _watch_routed(
+    scenario: Scenario, marks: list[tuple[float, str]], done: asyncio.Event
+) -> None:
+    """Every change of the routed set seen until `done`, in `marks`."""
+    seen: set[str] | None = None
+    while not done.is_set():
+        now = await scenario.routed(TARGET)
+        if now != seen:
+            marks.append((time.monotonic(), "routed: " + ", ".join(sorted(now))))
+            seen = now
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(done.wait(), 0.25)
+
+
+def _timeline(pool: KeepAlivePool, marks: list[tuple[float, str]]) -> str:
+    """Per second of the traffic: requests answered by each pod, failed ones by error,
+    and how many connections answered; the marks placed among them; which pod each
+    connection reached."""
+    start = marks[0][0]
+    rows: dict[int, dict[str, int]] = {}
+    conns: dict[int, set[int]] = {}
+    for s in pool.samples:
+        second = int(s.at - start)
+        row = rows.setdefault(second, {})
+        key = (s.served_by or "?") if s.ok else f"failed({s.error}, connection {s.connection})"
+        row[key] = row.get(key, 0) + 1
+        conns.setdefault(second, set()).add(s.connection)
+    lines = [(at - start, f"{at - start:7.2f}s  {label}") for at, label in marks]
+    for second, row in rows.items():
+        counts = " ".join(f"{k}={v}" for k, v in sorted(row.items()))
+        lines.append((second, f"{second:4d}s     {len(conns[second] - {0})} conns: {counts}"))
+    pods = {s.connection: s.served_by for s in pool.samples if s.connection and s.served_by}
+    return "\n".join(
+        [line for _, line in sorted(lines, key=lambda entry: entry[0])]
+        + [f"connections: {sorted(pods.items())}"]
     )
 
 

@@ -143,3 +143,57 @@ def test_a_request_cut_after_response_bytes_on_a_reused_connection_fails() -> No
             await pool.close()
 
     run(scenario())
+
+
+def test_a_returned_connection_goes_to_the_longest_waiting_request() -> None:
+    async def scenario() -> None:
+        async with serving() as s:
+            pool = KeepAlivePool(lambda: ("127.0.0.1", s.port), size=1)
+            conn, _ = await pool._acquire()
+            waiting = asyncio.get_running_loop().create_task(pool._acquire())
+            await asyncio.sleep(0)  # in line
+            pool._release(conn)
+            # A request that comes after the release does not take it from the one waiting.
+            later = asyncio.get_running_loop().create_task(pool._acquire())
+            handed, reused = await asyncio.wait_for(waiting, 5)
+            assert handed is conn and reused
+            await asyncio.sleep(0.05)
+            assert not later.done()
+            pool._release(handed)
+            assert (await asyncio.wait_for(later, 5))[0] is conn
+            await pool.close()
+
+    run(scenario())
+
+
+def test_a_waiting_request_that_gives_up_as_it_is_handed_a_connection_passes_it_on() -> None:
+    async def scenario() -> None:
+        async with serving() as s:
+            pool = KeepAlivePool(lambda: ("127.0.0.1", s.port), size=1)
+            conn, _ = await pool._acquire()
+            first = asyncio.get_running_loop().create_task(pool._acquire())
+            second = asyncio.get_running_loop().create_task(pool._acquire())
+            await asyncio.sleep(0)  # both in line
+            pool._release(conn)  # handed to the first...
+            first.cancel()  # ...which gives up (its timeout) before it runs
+            with pytest.raises(asyncio.CancelledError):
+                await first
+            assert (await asyncio.wait_for(second, 5))[0] is conn
+            await pool.close()
+
+    run(scenario())
+
+
+def test_a_slot_freed_by_a_closed_connection_lets_the_longest_waiting_request_dial() -> None:
+    async def scenario() -> None:
+        async with serving() as s:
+            pool = KeepAlivePool(lambda: ("127.0.0.1", s.port), size=1)
+            conn, _ = await pool._acquire()
+            waiting = asyncio.get_running_loop().create_task(pool._acquire())
+            await asyncio.sleep(0)
+            pool._discard(conn)
+            fresh, reused = await asyncio.wait_for(waiting, 5)
+            assert fresh is not conn and not reused and pool.connections == 1
+            await pool.close()
+
+    run(scenario())
