@@ -36,8 +36,9 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True, slots=True)
 class PoolSample:
     """One request: when it was due (monotonic), its latency from then, who served it,
-    whether it was retried on a fresh connection, the error if it failed, and the
-    connection it was last sent on (0: none)."""
+    whether it was retried on a fresh connection, the error if it failed, the
+    connection it was last sent on (0: none), and whether it had to wait in line for
+    one (every connection the pool may hold was busy)."""
 
     at: float
     latency_s: float
@@ -46,6 +47,7 @@ class PoolSample:
     retried: bool = False
     error: str | None = None
     connection: int = 0
+    queued: bool = False
 
 
 @dataclass(eq=False)
@@ -123,6 +125,7 @@ class KeepAlivePool:
         retried = False
         served: str | None = None
         number = 0
+        queued = not self._idle and self._open >= self.size
         try:
             async with asyncio.timeout(max(0.0, self.timeout_s - (time.monotonic() - due))):
                 conn, reused = await self._acquire()
@@ -137,7 +140,11 @@ class KeepAlivePool:
                     self.retries += 1
                     conn = await self._dial()
                     number = conn.number
-                    status, served = await self._exchange(conn)
+                    try:
+                        status, served = await self._exchange(conn)
+                    except BaseException:  # (the handler below does not see this one's)
+                        self._discard(conn)
+                        raise
                 except BaseException:
                     self._discard(conn)
                     raise
@@ -152,6 +159,7 @@ class KeepAlivePool:
                     retried,
                     None if ok else f"status {status}",
                     number,
+                    queued,
                 )
             )
         except (OSError, TimeoutError, ValueError, _NoResponse, asyncio.IncompleteReadError) as err:
@@ -161,7 +169,9 @@ class KeepAlivePool:
                 else type(err).__name__
             )
             self.samples.append(
-                PoolSample(due, time.monotonic() - due, False, served, retried, name, number)
+                PoolSample(
+                    due, time.monotonic() - due, False, served, retried, name, number, queued
+                )
             )
 
     async def _acquire(self) -> tuple[_Conn, bool]:

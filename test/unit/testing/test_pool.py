@@ -197,3 +197,31 @@ def test_a_slot_freed_by_a_closed_connection_lets_the_longest_waiting_request_di
             await pool.close()
 
     run(scenario())
+
+
+def test_a_retry_that_fails_on_its_fresh_connection_gives_the_slot_back() -> None:
+    async def scenario() -> None:
+        async with serving() as s:
+            pool = KeepAlivePool(lambda: ("127.0.0.1", s.port), size=1, timeout_s=2.0)
+            assert (await pool.request()).ok
+            s.mode = "drop"  # the reused connection, then the retry's fresh one, closed
+            failed = await pool.request()
+            assert not failed.ok and failed.retried
+            assert pool.connections == 0  # neither is still counted
+            s.mode = "ok"
+            assert (await pool.request()).ok  # so the pool can dial again
+            await pool.close()
+
+    run(scenario())
+
+
+def test_a_request_that_waits_in_line_says_so() -> None:
+    async def scenario() -> None:
+        async with serving() as s:
+            pool = KeepAlivePool(lambda: ("127.0.0.1", s.port), size=1)
+            first, second = await asyncio.gather(pool.request(), pool.request())
+            assert first.ok and second.ok
+            assert sorted([first.queued, second.queued]) == [False, True]
+            await pool.close()
+
+    run(scenario())
