@@ -217,12 +217,8 @@ class KeepAlivePool:
     def _release(self, conn: _Conn, count: bool = True) -> None:
         if count:
             conn.used += 1
-        while self._waiting:
-            turn = self._waiting.popleft()
-            if not turn.done():
-                turn.set_result(conn)
-                return
-        self._idle.append(conn)
+        if not self._hand(conn):
+            self._idle.append(conn)
 
     def _discard(self, conn: _Conn) -> None:
         conn.writer.close()
@@ -231,11 +227,17 @@ class KeepAlivePool:
 
     def _pass_turn(self) -> None:
         """A slot is free: the longest waiting may dial."""
+        self._hand(None)
+
+    def _hand(self, conn: _Conn | None) -> bool:
+        """Give the longest waiting request `conn` (None: a slot to dial in); whether
+        one was waiting."""
         while self._waiting:
             turn = self._waiting.popleft()
             if not turn.done():
-                turn.set_result(None)
-                return
+                turn.set_result(conn)
+                return True
+        return False
 
     async def _exchange(self, conn: _Conn) -> tuple[int, str | None]:
         try:
