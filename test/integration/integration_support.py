@@ -114,6 +114,20 @@ ZONE = "zone-a"
 _nodes: set[tuple[str, str]] = set()
 
 
+@contextlib.asynccontextmanager
+async def watching(watch: Awaitable[None]) -> AsyncIterator[None]:
+    """Run `watch` (a loop that records what it sees) while inside the block; cancelled
+    and awaited on the way out. How it ended is dropped: what it recorded is the point,
+    and a test that needs it to have lived checks that itself."""
+    task = asyncio.ensure_future(watch)
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
 async def ensure_node(kube: KubeClient, name: str, zone: str = ZONE) -> None:
     """The built-in EndpointSlice controller skips pods whose Node does not exist."""
     if (kube.host, name) in _nodes:

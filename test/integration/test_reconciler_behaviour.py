@@ -23,6 +23,7 @@ from integration_support import (
     get_policy,
     running_controller,
     slices_of,
+    watching,
 )
 
 from aviator.controller.app import ControllerApp
@@ -91,11 +92,8 @@ async def _count_writes(kube: KubeClient, ns: str, res: Resource, seconds: float
                     print(ev["type"], name, json.dumps(seen.changes[-1]))
                 last[name] = ev["object"]
 
-    task = asyncio.create_task(watch())
-    await asyncio.sleep(seconds)  # counting what happens in a time span: waiting is the point
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError, Exception):
-        await task
+    async with watching(watch()):
+        await asyncio.sleep(seconds)  # counting what happens in a time span: waiting is the point
     return seen
 
 

@@ -26,6 +26,7 @@ from integration_support import (
     eventually,
     get_policy,
     slices_of,
+    watching,
 )
 
 from aviator.controller.app import LEASE_NAME
@@ -115,13 +116,8 @@ async def slice_writes_in(kube: KubeClient, ns: str) -> AsyncIterator[list[str]]
             if ev.get("type") in ("ADDED", "MODIFIED", "DELETED"):
                 writes.append(f"{ev['type']} {ev['object']['metadata']['name']}")
 
-    watcher = asyncio.create_task(watch())
-    try:
+    async with watching(watch()):
         yield writes
-    finally:
-        watcher.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await watcher
 
 
 async def _holder(kube: KubeClient, ns: str) -> str:

@@ -6,7 +6,6 @@ EndpointSlice controller, are the reference."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -23,6 +22,7 @@ from integration_support import (
     running_controller,
     set_pod_status,
     slices_of,
+    watching,
 )
 
 from aviator.kube import KubeClient
@@ -240,13 +240,8 @@ async def serving_history(kube: KubeClient, ns: str, svc: str) -> AsyncIterator[
                 current[name] = ev["object"]
             record()
 
-    task = asyncio.create_task(watch())
-    try:
+    async with watching(watch()):
         yield history
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
 
 
 def endpoints_say(kube: KubeClient, ns: str, want: dict[str, dict[str, bool]]) -> Callable[[], Any]:

@@ -19,6 +19,7 @@ from integration_support import (
     get_policy,
     running_controller,
     slices_of,
+    watching,
 )
 
 from aviator.kube import KubeClient
@@ -79,13 +80,8 @@ async def service_writes(kube: KubeClient, ns: str) -> AsyncIterator[list[JSON]]
             if ev.get("type") == "MODIFIED":
                 seen.append(ev["object"])
 
-    task = asyncio.create_task(watch())
-    try:
+    async with watching(watch()):
         yield seen
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
 
 
 async def selector_of(kube: KubeClient, ns: str) -> dict[str, str] | None:
