@@ -21,9 +21,11 @@ import time
 from datetime import datetime
 from typing import Any
 
+import aiohttp
 import pytest
 from e2e_scenario import TARGET, Scenario, wait_for
 
+from aviator.kube import ApiError
 from aviator.kube.resources import EVENTS
 from aviator.testing.pool import KeepAlivePool
 
@@ -184,16 +186,20 @@ async def test_pooled_connections_leave_a_pod_that_turns_slow(quickstart: Scenar
 async def _watch_routed(
     scenario: Scenario, marks: list[tuple[float, str]], done: asyncio.Event
 ) -> None:
-    """Every change of the routed set seen until `done`, in `marks`."""
+    """Every change of the routed set seen until `done`, in `marks` (a look that failed
+    is marked too: this is an account, not a check)."""
     seen: set[str] | None = None
     while not done.is_set():
-        now = await scenario.routed(TARGET)
-        if now != seen:
-            marks.append((time.monotonic(), "routed: " + ", ".join(sorted(now))))
-            policy = await scenario.avp()
-            for pod in ((policy or {}).get("status") or {}).get("pods") or []:
-                marks.append((time.monotonic(), f"  {_pod_line(pod)}"))
-            seen = now
+        try:
+            now = await scenario.routed(TARGET)
+            if now != seen:
+                marks.append((time.monotonic(), "routed: " + ", ".join(sorted(now))))
+                policy = await scenario.avp()
+                for pod in ((policy or {}).get("status") or {}).get("pods") or []:
+                    marks.append((time.monotonic(), f"  {_pod_line(pod)}"))
+                seen = now
+        except (ApiError, aiohttp.ClientError, TimeoutError) as err:
+            marks.append((time.monotonic(), f"routed: not read ({err!r})"))
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(done.wait(), 0.25)
 
