@@ -21,7 +21,6 @@ latency-aware policies) the next look between evaluations (`cadence.look_wait`).
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 
 from aviator.kube.objects import JSON
 from aviator.reconcilers import evaluation, locality, slices
@@ -30,10 +29,11 @@ from aviator.reconcilers.evaluation import Outcome
 from aviator.reconcilers.latencies import PodLatencies
 from aviator.reconcilers.memory import Clock, Memory
 from aviator.reconcilers.view import View
+from aviator.runtime.records import record
 from aviator.selection.types import LatencyEstimate
 
 
-@dataclass(frozen=True)
+@record
 class Decision:
     outcome: Outcome
     memory: Memory  # with the evaluation recorded when `evaluated`

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 
 from aviator.informers import object_key
 from aviator.kube.objects import JSON
@@ -49,6 +49,7 @@ from aviator.latency.store import LatencyStore, Origin
 from aviator.reconcilers.endpoints import target_port
 from aviator.reconcilers.evaluation import ParsedPolicy
 from aviator.reconcilers.podfacts import PodFacts, pod_facts
+from aviator.runtime.records import record
 from aviator.selection.types import LatencyEstimate
 
 PROBES_PER_ROUND = 3
@@ -66,7 +67,7 @@ def controller_prober() -> HttpProber:
     )
 
 
-@dataclass(frozen=True)
+@record
 class PodLatencies:
     """Per pod name: its estimate (None = unknown); and the merged histogram of any
     set of pods, for the p99 of the traffic the active set serves."""

@@ -8,7 +8,7 @@ slices. A policy recreated under the same name (a new uid) starts afresh.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 
 from aviator.kube.objects import JSON
 from aviator.reconcilers import takeover
@@ -17,9 +17,10 @@ from aviator.reconcilers.fixedpoint import FixedPoint
 from aviator.reconcilers.settled import Settled
 from aviator.reconcilers.status import Observation
 from aviator.reconcilers.view import View
+from aviator.runtime.records import record
 
 
-@dataclass(frozen=True)
+@record
 class Clock:
     """Now, on the wall clock (status times, the engine) and on the latency store's
     monotonic clock (freshness, when the next evaluation is due)."""
@@ -28,7 +29,7 @@ class Clock:
     store: float
 
 
-@dataclass(frozen=True)
+@record
 class Memory:
     """What the leader remembers about a policy between reconciles."""
 

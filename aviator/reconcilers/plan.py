@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from dataclasses import dataclass, field
+from dataclasses import field
 
 from aviator.kube import marks
 from aviator.kube.objects import JSON
@@ -78,11 +78,12 @@ from aviator.reconcilers.status import (
     unmeasurable_message,
 )
 from aviator.reconcilers.view import View
+from aviator.runtime.records import record
 from aviator.runtime.writer import Write
 from aviator.selection.types import Reason
 
 
-@dataclass(frozen=True)
+@record
 class Gauges:
     active: int
     total: int
@@ -90,7 +91,7 @@ class Gauges:
     ejections: int = 0
 
 
-@dataclass(frozen=True)
+@record
 class Plan:
     """What to do, in order: `writes`, then `events`, then `status_write` (after which
     `status` is what we last wrote). `memory` None = forget the policy (and its

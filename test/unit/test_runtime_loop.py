@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from aviator.informers import DeletedFinalStateUnknown, ResourceEventHandler
-from aviator.runtime.loop import URGENT_MIN_GAP_S, Controller, Result
+from aviator.runtime.loop import REQUEUE_GRID_S, URGENT_MIN_GAP_S, Controller, Result
 from aviator.workqueue import FakeClock, RateLimitingQueue
 
 
@@ -88,6 +88,38 @@ async def test_requeue_after_adds_the_key_back_later() -> None:
     assert calls == ["k"]
     clock.advance(0.1)
     await until(lambda: len(calls) == 2)
+    await stop_and_wait(run)
+
+
+async def test_requeues_from_scattered_moments_come_due_together_never_sooner() -> None:
+    """Two keys reconciled 5 ms apart, each asking for 1 s: both come back on the
+    same step of the requeue grid, after the later one's second is up, in one turn of
+    the queue's timer (the loop wakes once for them, not once per key)."""
+    assert REQUEUE_GRID_S == 0.01  # the steps this test counts in
+    clock, queue = fake_queue()
+    calls: list[tuple[str, float]] = []
+
+    async def reconcile(key: str) -> Result:
+        calls.append((key, clock.now()))
+        return Result(requeue_after=1.0)
+
+    controller = Controller("t", reconcile, queue=queue)
+    run = asyncio.create_task(controller.run())
+    start = clock.now()  # on the grid
+    clock.advance(0.002)
+    controller.enqueue("a")
+    await until(lambda: queue.waiting() == 1)
+    clock.advance(0.005)
+    controller.enqueue("b")
+    await until(lambda: queue.waiting() == 2)
+    clock.advance(1.0)  # a's second is up (at 1.002), b's too (1.007): not their step
+    for _ in range(50):  # every task runs what it can
+        await asyncio.sleep(0)
+    assert len(calls) == 2, "a requeue came back before its step of the grid"
+    clock.advance(0.003)  # 1.01
+    await until(lambda: len(calls) == 4)
+    assert [k for k, _ in calls[2:]] == ["a", "b"]
+    assert [at - start for _, at in calls[2:]] == pytest.approx([1.01, 1.01])
     await stop_and_wait(run)
 
 
