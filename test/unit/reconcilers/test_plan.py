@@ -135,7 +135,7 @@ def latencies_of(ms: Mapping[str, float | None], samples: int = 100) -> PodLaten
                 h.record(int(v * 1000))
         return h
 
-    return PodLatencies(by_pod, merged)
+    return PodLatencies(by_pod, lambda pods: (merged(pods),))
 
 
 def four_pods() -> list[JSON]:
