@@ -20,8 +20,6 @@ latency-aware policies) the next look between evaluations (`cadence.look_wait`).
 
 from __future__ import annotations
 
-import dataclasses
-
 from aviator.kube.objects import JSON
 from aviator.reconcilers import evaluation, locality, slices
 from aviator.reconcilers.cadence import evaluation_due, gap_wait, look_wait, urgent_wait
@@ -130,15 +128,8 @@ def decide(
             silent,
             memory.fixed_points,
         )
-        memory = dataclasses.replace(
-            memory,
-            fixed_points=fixed,
-            engine_state=outcome.engine_state,
-            outcome=outcome,
-            generation=generation,
-            last_evaluation=clock.store,
-            next_evaluation=clock.store + parsed.interval_s,
-            stalled=stalled,
+        memory = memory.evaluated(
+            outcome, generation, clock.store, clock.store + parsed.interval_s, stalled, fixed
         )
         urgent = None
     assert memory.next_evaluation is not None

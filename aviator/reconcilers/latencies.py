@@ -194,6 +194,25 @@ def names_target_ports(service: JSON) -> bool:
     )
 
 
+# Service object -> (the object, its numbered_ports): an informer replaces an object it
+# updates, so the same object has the same ports. Bounded: cleared when it outgrows.
+_NUMBERED: dict[int, tuple[JSON, frozenset[int] | None]] = {}
+_MAX_NUMBERED = 8192
+
+
+def numbered_ports(service: JSON) -> frozenset[int] | None:
+    """The Service's TCP target ports when every one is a number (the same for every
+    pod), else None (some pod resolves a port name); worked out once per object."""
+    held = _NUMBERED.get(id(service))
+    if held is not None and held[0] is service:
+        return held[1]
+    ports = None if names_target_ports(service) else service_ports(service, {})
+    if len(_NUMBERED) >= _MAX_NUMBERED:
+        _NUMBERED.clear()
+    _NUMBERED[id(service)] = (service, ports)
+    return ports
+
+
 def service_ports(service: JSON, pod: JSON) -> frozenset[int]:
     """The Service's TCP target ports as `pod` resolves them: what its clients call."""
     out: set[int] = set()
@@ -229,8 +248,8 @@ async def read_latencies(
     fixed: frozenset[int] | None = None
     if origin == "controller" or service is None:
         fixed = frozenset({parsed.probe_port})
-    elif not names_target_ports(service):
-        fixed = service_ports(service, {})  # numbers: the same for every pod
+    else:
+        fixed = numbered_ports(service)
 
     def ports_of(f: PodFacts) -> frozenset[int]:
         if fixed is not None:

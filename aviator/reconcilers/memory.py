@@ -72,6 +72,36 @@ class Memory:
             active_p99=None,
         )
 
+    def evaluated(
+        self,
+        outcome: Outcome,
+        generation: int,
+        at: float,
+        next_at: float,
+        stalled: frozenset[str],
+        fixed_points: tuple[FixedPoint, ...],
+    ) -> Memory:
+        """This memory after an evaluation at `at` (the store's clock): `replace` with
+        those fields, made directly (every evaluation makes one; `replace` costs
+        several times a constructor). `test_memory.py` holds it to carrying every
+        other field."""
+        return Memory(
+            uid=self.uid,
+            engine_state=outcome.engine_state,
+            status=self.status,
+            last_evaluation=at,
+            next_evaluation=next_at,
+            generation=generation,
+            outcome=outcome,
+            absent=self.absent,
+            stalled=stalled,
+            slices_current=self.slices_current,
+            status_current=self.status_current,
+            fixed_points=fixed_points,
+            settled=self.settled,
+            active_p99=self.active_p99,
+        )
+
     def record(self, view: View) -> takeover.Record | None:
         """The takeover record: what we last wrote, else what the cache holds."""
         return takeover.record_of(self.status) if self.status is not None else view.record

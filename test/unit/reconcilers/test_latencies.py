@@ -19,6 +19,7 @@ from aviator.reconcilers.latencies import (
     ActiveP99,
     controller_prober,
     measured_ports,
+    numbered_ports,
     read_latencies,
 )
 
@@ -274,3 +275,17 @@ async def test_the_active_p99_is_held_while_the_windows_hold_the_same_counts() -
         assert moved == fresh
     finally:
         await prober.close()
+
+
+def test_numbered_ports_are_read_once_per_service_object() -> None:
+    """A Service whose target ports are numbers measures the same ports on every pod;
+    one that names a port does not (None). An update of the Service (a new object,
+    same name and uid) is read afresh."""
+    numbered = make_service(ports=[{"port": 80, "protocol": "TCP", "targetPort": 8080}])
+    assert numbered_ports(numbered) == frozenset({8080})
+    assert numbered_ports(numbered) == frozenset({8080})  # from the memo
+    named = make_service(ports=[{"port": 80, "protocol": "TCP", "targetPort": "http"}])
+    assert numbered_ports(named) is None
+    updated = make_service(ports=[{"port": 80, "protocol": "TCP", "targetPort": 9090}])
+    assert numbered_ports(updated) == frozenset({9090})
+    assert numbered_ports(numbered) == frozenset({8080})
