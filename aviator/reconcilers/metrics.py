@@ -32,11 +32,17 @@ class PolicyMetrics:
         # looked up once too.
         self._gauges: dict[tuple[str, str], tuple[Gauge, Gauge]] = {}
         self._p99s: dict[tuple[str, str], Gauge] = {}
+        # What each policy's gauges were last set to: a settled policy sets the same.
+        self._values: dict[tuple[str, str], tuple[int, int, float | None]] = {}
 
     def set(
         self, namespace: str, policy: str, active: int, total: int, p99_ms: float | None
     ) -> None:
         key = (namespace, policy)
+        values = (active, total, p99_ms)
+        if self._values.get(key) == values:
+            return
+        self._values[key] = values
         gauges = self._gauges.get(key)
         if gauges is None:
             gauges = self._gauges[key] = (
@@ -58,6 +64,7 @@ class PolicyMetrics:
     def forget(self, namespace: str, policy: str) -> None:
         self._gauges.pop((namespace, policy), None)
         self._p99s.pop((namespace, policy), None)
+        self._values.pop((namespace, policy), None)
         for gauge in (self.active, self.total, self.p99):
             with contextlib.suppress(KeyError):
                 gauge.remove(namespace, policy)

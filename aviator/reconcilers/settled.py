@@ -39,52 +39,29 @@ from aviator.selection.types import LatencyEstimate
 if TYPE_CHECKING:  # plan imports this module
     from aviator.reconcilers.plan import Gauges
 
-# The View's fields that hold cache objects (one object each, or a sequence of them).
-OBJECT_FIELDS = ("policy", "target", "routed", "holder", "recorded")
-SEQUENCE_FIELDS = (
-    "rivals",
-    "taken_over",
-    "labelled_services",
-    "slices",
-    "sibling_slices",
-    "builtin_slices",
-    "pods",
-)
-
 
 class Cluster:
     """What a reconcile read of the cluster, by identity (module docstring): one View
     (the same View object is the same cluster, aviator.reconcilers.view `Views`; two
-    Views are compared object by object) and the status it started from."""
+    Views are compared object by object, `View.objects`, which each View works out
+    once) and the status it started from."""
 
-    __slots__ = ("_objects", "status", "view")
+    __slots__ = ("status", "view")
 
     def __init__(self, view: View, status: JSON | None) -> None:
         self.view = view
         self.status = status  # the leader's last write, or the cache's
-        self._objects: tuple[object, ...] | None = None
 
     @staticmethod
     def of(view: View, status: JSON | None) -> Cluster:
         return Cluster(view, status)
-
-    def objects(self) -> tuple[object, ...]:
-        if self._objects is None:
-            view = self.view
-            objects: list[object] = [getattr(view, f) for f in OBJECT_FIELDS]
-            for name in SEQUENCE_FIELDS:
-                seq = getattr(view, name)
-                objects.append(len(seq))  # keeps two sequences from running into each other
-                objects.extend(seq)
-            self._objects = tuple(objects)
-        return self._objects
 
     def same(self, other: Cluster) -> bool:
         if self.status is not other.status:
             return False
         if self.view is other.view:
             return True
-        mine, theirs = self.objects(), other.objects()
+        mine, theirs = self.view.objects, other.view.objects
         return len(mine) == len(theirs) and all(map(operator.is_, mine, theirs))
 
 

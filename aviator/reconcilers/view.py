@@ -136,6 +136,19 @@ def _no_zone(node: str) -> str | None:
     return None
 
 
+# The View's fields that hold cache objects (one object each, or a sequence of them).
+_OBJECT_FIELDS = ("policy", "target", "routed", "holder", "recorded")
+_SEQUENCE_FIELDS = (
+    "rivals",
+    "taken_over",
+    "labelled_services",
+    "slices",
+    "sibling_slices",
+    "builtin_slices",
+    "pods",
+)
+
+
 @dataclass(frozen=True)
 class View:
     """One policy and everything around it, as the caches held them.
@@ -190,6 +203,18 @@ class View:
         node without a zone)."""
         zone_of = self.zone_of
         return tuple(zone_of(node) if (node := pod_node(p)) else None for p in self.pods)
+
+    @functools.cached_property
+    def objects(self) -> tuple[object, ...]:
+        """Every cache object this View holds, in a fixed order (with each sequence's
+        length, so two sequences cannot run into each other): two Views that hold the
+        very same objects read the same cluster (aviator.reconcilers.settled)."""
+        objects: list[object] = [getattr(self, f) for f in _OBJECT_FIELDS]
+        for name in _SEQUENCE_FIELDS:
+            seq = getattr(self, name)
+            objects.append(len(seq))
+            objects.extend(seq)
+        return tuple(objects)
 
     @functools.cached_property
     def eligible(self) -> list[JSON]:
