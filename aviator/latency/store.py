@@ -482,33 +482,6 @@ class LatencyStore:
                 out.update(win.total)
         return out
 
-    def contents(
-        self,
-        ips: Iterable[str],
-        now: float,
-        *,
-        origin: Origin = "agent",
-        ports: Collection[int] | None = None,
-    ) -> tuple[Histogram, ...]:
-        """What `merged` adds up for the same arguments, as each window's `content`
-        (empty windows left out): their sum is `merged`'s histogram, and the same
-        objects again mean the same sum."""
-        out: list[Histogram] = []
-        by_ip = self._by_ip
-        for ip in ips:
-            keys = by_ip.get(ip)
-            windows: tuple[Window, ...]
-            if keys is not None and len(keys) == 1:
-                sole = self._sole(keys[0], now, ports, origin)
-                windows = () if sole is None else (sole,)
-            else:
-                windows = tuple(self._fresh(ip, now, ports, origin)[0])
-            for win in windows:
-                content = win.content()
-                if content is not None:
-                    out.append(content)
-        return tuple(out)
-
 
 def slack(gap_s: float, keep_s: float) -> float:
     """How much sooner than `keep_s` after it a delta leaves, at a report `gap_s` after

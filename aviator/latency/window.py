@@ -59,7 +59,6 @@ class Window:
     # only when the total differs (a steady pod's window adds the delta it expires).
     cached: tuple[float, float, float] | None = None
     cached_of: Histogram | None = None
-    cached_version: int = -1  # `version` when `cached_of` was last found current
     # The last `latest` and every figure it was built from (its key): the same
     # object while they are the same.
     memo: tuple[tuple[object, ...], LatencyEstimate | None] | None = None
@@ -115,20 +114,12 @@ class Window:
     def quantiles_us(self) -> tuple[float, float, float] | None:
         if not self.total:
             return None
-        if self.cached_version != self.version:
-            if self.cached is None or self.cached_of != self.total:
-                qs = self.total.quantiles(QUANTILES)
-                assert qs is not None
-                self.cached = (qs[0], qs[1], qs[2])
-                self.cached_of = self.total.copy()
-            self.cached_version = self.version
+        if self.cached is None or self.cached_of != self.total:
+            qs = self.total.quantiles(QUANTILES)
+            assert qs is not None
+            self.cached = (qs[0], qs[1], qs[2])
+            self.cached_of = self.total.copy()
         return self.cached
-
-    def content(self) -> Histogram | None:
-        """What `total` holds, as an object that stays the same while it holds the same
-        counts (the copy `quantiles_us` keeps), so identity tells an unchanged total;
-        None while it is empty."""
-        return self.cached_of if self.quantiles_us() is not None else None
 
     def latest(self) -> LatencyEstimate | None:
         """This window's estimate alone as of its latest report, `last_seen` (age 0

@@ -23,8 +23,7 @@ pod's latest value of that gauge beside its latency (`LatencyEstimate.load`; the
 store's `loads`, aviator.latency.loads).
 
 The `PodLatencies` returned is a read-only view the pure planner queries (`estimate`
-per pod, `active_p99` for the set it chose, the same `ActiveP99` again while the set's
-windows hold the same counts); it holds no clock of its own, so a
+per pod, `active_p99_ms` for the set it chose); it holds no clock of its own, so a
 plan's inputs are fixed once read. Its estimates are as of each pod's newest report
 (`reported`, on the store's clock), not of the read: a pod whose windows say the same
 at every report has the same estimate object at every reconcile, which is what lets a
@@ -69,22 +68,12 @@ def controller_prober() -> HttpProber:
 
 
 @record
-class ActiveP99:
-    """The p99 (ms) of a set of pods' windows merged, and the windows' contents it was
-    computed from (aviator.latency.window `Window.content`)."""
-
-    contents: tuple[Histogram, ...]
-    ms: float | None
-
-
-@record
 class PodLatencies:
-    """Per pod name: its estimate (None = unknown); and what the windows of any set of
-    pods hold (`LatencyStore.contents`), for the p99 of the traffic the active set
-    serves."""
+    """Per pod name: its estimate (None = unknown); and the merged histogram of any
+    set of pods, for the p99 of the traffic the active set serves."""
 
     by_pod: dict[str, LatencyEstimate | None]
-    contents: Callable[[Sequence[JSON]], tuple[Histogram, ...]]
+    merged: Callable[[Sequence[JSON]], Histogram]
     # When the newest report behind each known estimate came (the store's clock; a pod
     # not in it: as of the read).
     reported: dict[str, float] = field(default_factory=dict)
@@ -100,18 +89,9 @@ class PodLatencies:
     def estimate(self, name: str) -> LatencyEstimate | None:
         return self.by_pod.get(name)
 
-    def active_p99(self, pods: Sequence[JSON], held: ActiveP99 | None = None) -> ActiveP99:
-        """The p99 of `pods`' windows merged; `held` (the last one) while they hold
-        what they held then (the same objects, or equal ones), so a steady set costs a
-        look at its windows and no merge."""
-        contents = self.contents(pods)
-        if held is not None and held.contents == contents:
-            return held
-        value = Histogram.merge_all(contents).quantile(0.99)
-        return ActiveP99(contents, None if value is None else value / 1000.0)
-
     def active_p99_ms(self, pods: Sequence[JSON]) -> float | None:
-        return self.active_p99(pods).ms
+        value = self.merged(pods).quantile(0.99)
+        return None if value is None else value / 1000.0
 
     def sources(self) -> Iterable[str]:
         return (lat.source for lat in self.by_pod.values() if lat is not None and lat.samples)
@@ -293,16 +273,16 @@ async def read_latencies(
             if full and by_pod[f.name] is None:
                 unmeasurable[f.name] = (f.node, full)
 
-    def contents(active: Sequence[JSON]) -> tuple[Histogram, ...]:
-        if fixed is not None:  # the same ports for every pod: one pass
+    def merged(active: Sequence[JSON]) -> Histogram:
+        if fixed is not None:  # the same ports for every pod: one pass, one histogram
             ips = [ip for p in active for ip in facts(p).ips]
-            return store.contents(ips, now, origin=origin, ports=fixed)
-        out: tuple[Histogram, ...] = ()
+            return store.merged(ips, now, origin=origin, ports=fixed)
+        out = Histogram()
         for p in active:
             f = facts(p)
-            out += store.contents(f.ips, now, origin=origin, ports=ports_of(f))
+            out.update(store.merged(f.ips, now, origin=origin, ports=ports_of(f)))
         return out
 
     return PodLatencies(
-        by_pod, contents, reported, unmeasurable, frozenset(silent), frozenset(warming)
+        by_pod, merged, reported, unmeasurable, frozenset(silent), frozenset(warming)
     )

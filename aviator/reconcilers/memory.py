@@ -14,7 +14,6 @@ from aviator.kube.objects import JSON
 from aviator.reconcilers import takeover
 from aviator.reconcilers.evaluation import Outcome
 from aviator.reconcilers.fixedpoint import FixedPoint
-from aviator.reconcilers.latencies import ActiveP99
 from aviator.reconcilers.settled import Settled
 from aviator.reconcilers.status import Observation
 from aviator.reconcilers.view import View
@@ -57,19 +56,12 @@ class Memory:
     fixed_points: tuple[FixedPoint, ...] = field(default=(), compare=False)
     # The last reconcile, if it changed nothing (reconcilers/settled.py).
     settled: Settled | None = field(default=None, compare=False)
-    # The p99 of the active set and the windows it was read from (PodLatencies.active_p99).
-    active_p99: ActiveP99 | None = field(default=None, compare=False)
 
     def without_memos(self) -> Memory:
         """This memory without what only saves work (the memos above): a reconcile from
         it decides what one from this memory decides, from scratch."""
         return replace(
-            self,
-            slices_current=None,
-            status_current=None,
-            fixed_points=(),
-            settled=None,
-            active_p99=None,
+            self, slices_current=None, status_current=None, fixed_points=(), settled=None
         )
 
     def evaluated(
@@ -99,7 +91,6 @@ class Memory:
             status_current=self.status_current,
             fixed_points=fixed_points,
             settled=self.settled,
-            active_p99=self.active_p99,
         )
 
     def record(self, view: View) -> takeover.Record | None:

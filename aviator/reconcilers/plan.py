@@ -268,10 +268,7 @@ def _select(
     # Names once: thousands of pods, and every step below is keyed by name.
     names = list(by_pod)  # the eligible pods', in order
     active_pods = [p for n, p in zip(names, eligible, strict=True) if n in outcome.active]
-    active_p99 = latencies.active_p99(active_pods, memory.active_p99)
-    p99 = active_p99.ms
-    if active_p99 is not memory.active_p99:
-        memory = dataclasses.replace(memory, active_p99=active_p99)
+    p99 = latencies.active_p99_ms(active_pods)
 
     # The last reconcile changed nothing and this one reads what it read: nor does this.
     zoned = locality.policy_of(parsed.spec.topology) is not None  # reads `evaluated`

@@ -25,7 +25,7 @@ from aviator.latency import histogram, window
 from aviator.latency.histogram import Histogram, bucket_index
 from aviator.latency.schema import EndpointWindow, Snapshot
 from aviator.latency.store import LatencyStore
-from aviator.reconcilers import evaluation, fixedpoint, latencies, settled
+from aviator.reconcilers import evaluation, fixedpoint, settled
 from aviator.reconcilers import plan as plan_module
 from aviator.reconcilers.latencies import PodLatencies, controller_prober, read_latencies
 from aviator.reconcilers.memory import Clock, Memory, memory_for
@@ -318,14 +318,6 @@ def holds_without_estimates(
 
 
 ORIGINAL_CLUSTER_OF = settled.Cluster.of
-ORIGINAL_ACTIVE_P99 = latencies.PodLatencies.active_p99
-
-
-def p99_without_its_windows(
-    self: latencies.PodLatencies, pods: Any, held: latencies.ActiveP99 | None = None
-) -> latencies.ActiveP99:
-    """PodLatencies.active_p99 with a key that leaves out what the windows hold."""
-    return held if held is not None else ORIGINAL_ACTIVE_P99(self, pods)
 
 
 def cluster_without_slices(view: View, status: JSON | None) -> settled.Cluster:
@@ -342,7 +334,6 @@ def cluster_without_slices(view: View, status: JSON | None) -> settled.Cluster:
         (settled.Settled, "holds", holds_without_estimates, SETTLED_THEN_ONE_ROW),
         (settled.Cluster, "of", staticmethod(cluster_without_slices), SETTLED_THEN_TAMPERED),
         (Caches, "mutations", lambda self: (), SETTLED_THEN_TAMPERED),
-        (latencies.PodLatencies, "active_p99", p99_without_its_windows, SETTLED_THEN_TAMPERED),
     ],
     ids=[
         "estimate-key-without-rif",
@@ -351,7 +342,6 @@ def cluster_without_slices(view: View, status: JSON | None) -> settled.Cluster:
         "settled-without-estimates",
         "cluster-without-slices",
         "views-without-cache-changes",
-        "p99-without-its-windows",
     ],
 )
 def test_a_memo_key_that_leaves_out_a_dependency_fails_the_property(

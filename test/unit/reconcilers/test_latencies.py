@@ -16,7 +16,6 @@ from aviator.latency.store import LatencyStore
 from aviator.reconcilers.evaluation import ParsedPolicy, parse_policy
 from aviator.reconcilers.latencies import (
     PROBES_PER_ROUND,
-    ActiveP99,
     controller_prober,
     measured_ports,
     numbered_ports,
@@ -242,39 +241,6 @@ async def test_a_new_replica_names_pods_it_has_no_data_for_warming() -> None:
     assert early.warming == {"b"} and early.silent == frozenset()
     assert warm.warming == frozenset() and warm.estimate("a") is not None
     assert probed.warming == frozenset()
-
-
-async def test_the_active_p99_is_held_while_the_windows_hold_the_same_counts() -> None:
-    """A report of the same delta as the one leaving keeps the window's content, and the
-    p99 of the set is the one held; a report that changes one window's counts, even
-    where its own quantiles stay, is merged afresh."""
-    store = LatencyStore(window_s=2, stale_after_s=10)
-    pods = [make_pod("a", "10.0.0.1"), make_pod("b", "10.0.0.2")]
-    prober = controller_prober()
-
-    async def report(at: float, b_values: list[int]) -> ActiveP99:
-        store.ingest(agent_snapshot("10.0.0.1", [5000] * 10), now=at)
-        store.ingest(agent_snapshot("10.0.0.2", b_values), now=at)
-        got = await read_latencies(policy(), pods, store, prober, at, probe=False)
-        return got.active_p99(pods, held)
-
-    try:
-        held = None
-        for at in (100.0, 101.0, 102.0):  # the windows fill: two deltas each
-            held = await report(at, [9000] * 10)
-        again = await report(103.0, [9000] * 10)
-        assert again is held
-        # b: a tenth of its samples (one of 10 + 10) is 50 ms now; its p50 and p90 stay.
-        moved = await report(104.0, [9000] * 9 + [50_000])
-        assert moved is not held and moved.ms is not None and held is not None
-        assert held.ms == pytest.approx(9.0, rel=0.04)
-        assert moved.ms == pytest.approx(50.0, rel=0.04)
-        fresh = (
-            await read_latencies(policy(), pods, store, prober, 104.0, probe=False)
-        ).active_p99(pods)
-        assert moved == fresh
-    finally:
-        await prober.close()
 
 
 def test_numbered_ports_are_read_once_per_service_object() -> None:

@@ -135,7 +135,7 @@ def latencies_of(ms: Mapping[str, float | None], samples: int = 100) -> PodLaten
                 h.record(int(v * 1000))
         return h
 
-    return PodLatencies(by_pod, lambda pods: (merged(pods),))
+    return PodLatencies(by_pod, merged)
 
 
 def four_pods() -> list[JSON]:

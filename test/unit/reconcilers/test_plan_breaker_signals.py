@@ -41,7 +41,7 @@ def estimates(by_pod: Mapping[str, LatencyEstimate]) -> PodLatencies:
     def merged(pods: Sequence[JSON]) -> Histogram:
         return Histogram.from_values([10_000])
 
-    return PodLatencies(dict(by_pod), lambda pods: (merged(pods),))
+    return PodLatencies(dict(by_pod), merged)
 
 
 def healthy(**extra: object) -> LatencyEstimate:
