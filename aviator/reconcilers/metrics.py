@@ -11,8 +11,21 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+@dataclass(slots=True)
+class _Series:
+    """One policy's gauges, looked up once (every reconcile sets them), and the values
+    they were last set to (a settled policy sets the same again: nothing to do). Its
+    p99 is set only once known, so no series says 0 ms before."""
+
+    active: Gauge
+    total: Gauge
+    p99: Gauge | None = None
+    values: tuple[int, int, float | None] | None = None
 
 
 class PolicyMetrics:
@@ -27,44 +40,34 @@ class PolicyMetrics:
         self.ejections = Counter(
             "aviator_ejections_total", "Circuit-breaker ejections.", pol, registry=r
         )
-        # Each policy's active and total gauges, looked up once (every reconcile sets
-        # them); its p99 is set only once known (no series says 0 ms before), then
-        # looked up once too.
-        self._gauges: dict[tuple[str, str], tuple[Gauge, Gauge]] = {}
-        self._p99s: dict[tuple[str, str], Gauge] = {}
-        # What each policy's gauges were last set to: a settled policy sets the same.
-        self._values: dict[tuple[str, str], tuple[int, int, float | None]] = {}
+        self._series: dict[tuple[str, str], _Series] = {}
 
     def set(
         self, namespace: str, policy: str, active: int, total: int, p99_ms: float | None
     ) -> None:
         key = (namespace, policy)
-        values = (active, total, p99_ms)
-        if self._values.get(key) == values:
-            return
-        self._values[key] = values
-        gauges = self._gauges.get(key)
-        if gauges is None:
-            gauges = self._gauges[key] = (
-                self.active.labels(namespace, policy),
-                self.total.labels(namespace, policy),
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = _Series(
+                self.active.labels(namespace, policy), self.total.labels(namespace, policy)
             )
-        gauges[0].set(active)
-        gauges[1].set(total)
+        values = (active, total, p99_ms)
+        if series.values == values:
+            return
+        series.values = values
+        series.active.set(active)
+        series.total.set(total)
         if p99_ms is not None:
-            p99 = self._p99s.get(key)
-            if p99 is None:
-                p99 = self._p99s[key] = self.p99.labels(namespace, policy)
-            p99.set(p99_ms)
+            if series.p99 is None:
+                series.p99 = self.p99.labels(namespace, policy)
+            series.p99.set(p99_ms)
 
     def ejected(self, namespace: str, policy: str, count: int) -> None:
         if count:
             self.ejections.labels(namespace, policy).inc(count)
 
     def forget(self, namespace: str, policy: str) -> None:
-        self._gauges.pop((namespace, policy), None)
-        self._p99s.pop((namespace, policy), None)
-        self._values.pop((namespace, policy), None)
+        self._series.pop((namespace, policy), None)
         for gauge in (self.active, self.total, self.p99):
             with contextlib.suppress(KeyError):
                 gauge.remove(namespace, policy)
