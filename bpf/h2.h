@@ -416,6 +416,14 @@ static __always_inline int h2_run(void *ctx, struct sock_state *st, int skim) {
     if (c->dir == 1)  // where the server's bytes stop, for hand-off (latency.h)
         h->server_cut = (h->server_cut & H2_CUT_BLOCK) |
                         (d->skip || d->have || h->hp.frame_left ? H2_CUT_FRAME : 0);
+#ifdef OFF_TCP_WRITE_SEQ
+    // The peer closed before these bytes were parsed (h2_streams.h: h2_peer_closed).
+    if (h2_parsed_to(sk, h, (st->ep.role == ROLE_SERVER) == (c->dir == 1)) &&
+        h2_caught_up(sk, h)) {
+        h2_close(ctx, sk, st);
+        return 0;
+    }
+#endif
     if (h->flags & H2C_GOAWAY) {
         h->flags &= ~H2C_GOAWAY;
         sweep_start(ctx, sk, st, h->goaway_sid, cursor_now(c), 1, 0);

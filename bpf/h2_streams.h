@@ -277,6 +277,53 @@ static __always_inline void h2_close(void *ctx, u64 sk, struct sock_state *st) {
     h2conns.delete(&sk);
 }
 
+// The peer's FIN (ESTABLISHED -> CLOSE_WAIT) ends the connection's streams too, but
+// only once the parser has seen every byte that crossed the socket before it: the
+// answers a server sent just before closing are read (and parsed) after its FIN
+// arrived, and a send of this end, parsed once its copy is done, may still be in
+// parsing on another CPU when the peer, having read it, closes. Streams those bytes
+// answer are answered, not aborted. So the FIN marks the connection (peer_fin) and the
+// parse that catches up ends it (h2_caught_up, from h2_run); the close (or a parse)
+// does in any case. Without tcp_sock's offsets (BTF) the FIN ends them at once.
+#ifdef OFF_TCP_WRITE_SEQ
+static __always_inline u32 tcp_seq(u64 sk, u32 off) {
+    u32 seq = 0;
+    bpf_probe_read_kernel(&seq, sizeof(seq), (const char *)sk + off);
+    return seq;
+}
+
+// A parse of `sending` bytes (this end's) or received ones is done: what it has seen.
+// A locked exchange, then the FIN read: with h2_peer_closed's, one of the two sees the
+// other.
+static __always_inline int h2_parsed_to(u64 sk, struct h2_conn *h, int sending) {
+    if (sending)
+        __sync_lock_test_and_set(&h->seen_snd, (u64)tcp_seq(sk, OFF_TCP_WRITE_SEQ));
+    else
+        __sync_lock_test_and_set(&h->seen_rcv, (u64)tcp_seq(sk, OFF_TCP_COPIED_SEQ));
+    return LOAD_ONCE(h->peer_fin) != 0;
+}
+
+// After the peer's FIN: whether the parser has seen all bytes received (rcv_nxt counts
+// the FIN too) and all written.
+static __always_inline int h2_caught_up(u64 sk, struct h2_conn *h) {
+    return LOAD_ONCE(h->seen_rcv) == (u32)(tcp_seq(sk, OFF_TCP_RCV_NXT) - 1) &&
+           LOAD_ONCE(h->seen_snd) == tcp_seq(sk, OFF_TCP_WRITE_SEQ);
+}
+#endif
+
+// The peer's FIN: h2_close now, or by the parse that catches up. Last step.
+static __always_inline void h2_peer_closed(void *ctx, u64 sk, struct sock_state *st) {
+#ifdef OFF_TCP_WRITE_SEQ
+    struct h2_conn *h = h2conns.lookup(&sk);
+    if (!h)
+        return;
+    __sync_lock_test_and_set(&h->peer_fin, 1);
+    if (!h2_caught_up(sk, h))
+        return;
+#endif
+    h2_close(ctx, sk, st);
+}
+
 // The parser lost its place: the connection is not measured any more. Last step.
 static __always_inline void h2_give_up(void *ctx, u64 sk, struct sock_state *st) {
     __sync_fetch_and_or(&st->flags, SOCK_UNPARSED);

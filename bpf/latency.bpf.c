@@ -73,6 +73,7 @@
 #define STATE_SYN_SENT 2
 #define STATE_SYN_RECV 3
 #define STATE_CLOSE 7
+#define STATE_CLOSE_WAIT 8
 #define STATE_LISTEN 10
 
 #define SOCK_CLOSED 1      // left ESTABLISHED: no new requests are measured
@@ -165,6 +166,18 @@ static __always_inline struct ep_val *endpoint(struct ep_key *key) {
     return v;
 }
 
+// The connection turned out to be HTTP/2: the connection-level request its preface
+// started is not a request (no sample; its in-flight count is given back).
+static __always_inline void cancel_request(struct sock_state *st) {
+    u64 start = __sync_lock_test_and_set(&st->start_ns, 0);
+    if (start == 0)
+        return;
+    count(CNT_REQUESTS_CANCELLED);
+    struct ep_val *v = endpoint(&st->ep);
+    if (v)
+        __sync_fetch_and_add(&v->rif, -1);
+}
+
 // The clock is read only once an event is known to start or complete a request: later
 // bytes of a request or a response (and pure ACKs) cost neither the clock nor a locked
 // instruction, except a server's later sends of an answer (answer_goes_on).
@@ -178,6 +191,13 @@ static __always_inline void start_request(struct sock_state *st) {
     struct ep_val *v = endpoint(&st->ep);
     if (v)
         __sync_fetch_and_add(&v->rif, 1);
+    // The caller saw a connection timed per connection, but another CPU may have made
+    // it HTTP/2 since (become_h2: protocol, then the undo) and undone nothing yet: then
+    // this request would stay open, in flight, to be aborted at the close, a sample of
+    // the connection's life. The start and the undo are both locked exchanges: one of
+    // the two sees the other.
+    if (PER_STREAM(st))
+        cancel_request(st);
 }
 
 // Records one request of `us` microseconds into its endpoint.
@@ -371,18 +391,6 @@ static __always_inline void abort_request(struct sock_state *st) {
     __sync_fetch_and_add(&s->aborted, 1);
     count_keepwarm(st, s, probe);
     record_sample(s, now > start ? (now - start) / 1000 : 0, st->proto);
-}
-
-// The connection turned out to be HTTP/2: the connection-level request its preface
-// started is not a request (no sample; its in-flight count is given back).
-static __always_inline void cancel_request(struct sock_state *st) {
-    u64 start = __sync_lock_test_and_set(&st->start_ns, 0);
-    if (start == 0)
-        return;
-    count(CNT_REQUESTS_CANCELLED);
-    struct ep_val *v = endpoint(&st->ep);
-    if (v)
-        __sync_fetch_and_add(&v->rif, -1);
 }
 
 static __always_inline void set_v4_mapped(u8 *dst, const u8 *v4) {
@@ -699,6 +707,9 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
         if (sockets.delete(&sk) == 0)
             count(CNT_SOCKETS_REMOVED);
         h2_close(args, sk, &copy);
+    } else if (newstate == STATE_CLOSE_WAIT) {
+        if (st->proto != APP_HTTP1 && st->proto != APP_OPAQUE)
+            h2_peer_closed(args, sk, st);
     } else {
         h2_close(args, sk, st);
     }

@@ -332,11 +332,13 @@ static __always_inline int adopted_undecided(struct sock_state *st) {
 }
 
 // The connection is HTTP/2 from now on: its connection-level request is undone and
-// it gets a parser; 1 if it has one (the cursor is then to be parsed).
+// it gets a parser; 1 if it has one (the cursor is then to be parsed). The protocol is
+// set before the undo: a segment arriving on another CPU meanwhile either sees it and
+// starts nothing, or started its request before the undo (start_request).
 static __always_inline int become_h2(u64 sk, struct sock_state *st, u32 preface) {
     struct h2_conn *h = h2_conn_create(sk);
-    cancel_request(st);
     st->proto = APP_H2;
+    cancel_request(st);
     if (!h) {
         __sync_fetch_and_or(&st->flags, SOCK_UNPARSED);
         return 0;
@@ -439,7 +441,11 @@ static __always_inline int on_payload(void *ctx, u64 sk, int ret, int flags, u32
         (!sending && (flags & (MSG_PEEK_FLAG | MSG_ERRQUEUE_FLAG))))
         return 0;
     struct sock_state *st = sockets.lookup(&sk);
-    if (!st || (st->flags & (SOCK_CLOSED | SOCK_UNPARSED)))
+    if (!st || (st->flags & SOCK_UNPARSED))
+        return 0;
+    // An HTTP/2 connection is parsed past the peer's FIN: its last answers are read (and
+    // may be sent) after it (h2_streams.h: h2_peer_closed).
+    if ((st->flags & SOCK_CLOSED) && !PER_STREAM(st))
         return 0;
     u8 proto = st->proto;
     if (proto == APP_OPAQUE)

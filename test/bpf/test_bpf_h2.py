@@ -226,6 +226,52 @@ def test_connection_closed_mid_stream_aborts_its_open_streams(
         assert after[EndpointKey(pair.host, pair.port, role)].oldest_open_us == 0, role
 
 
+def test_answers_read_after_the_servers_close_are_answers(
+    latency_source: BpfLatencySource,
+) -> None:
+    """A server answers stream 1, leaves 3 unanswered and closes; its FIN arrives before
+    the client read the answer. The client's stream 1 is answered when it reads it (not
+    aborted by the FIN that came first), 3 is aborted then; on the server's side 3 is
+    aborted at its close."""
+    pair = Pair("127.0.52.15")
+    try:
+        before = latency_source.read()
+        pair.open()
+        pair.to_server(headers(1) + headers(3))
+        pair.server.sendall(response(1))
+        pair.server.close()
+        time.sleep(0.01)  # the FIN is in before the client reads (nothing to wait for)
+        read_exactly(pair.client, len(response(1)))
+        assert pair.client.recv(1) == b""
+        after = settle(latency_source, pair, before, 2)
+    finally:
+        pair.close()
+    for role, d in deltas(before, after, pair).items():
+        assert (d.count, d.aborted, d.rif, d.statuses) == (2, 1, 0, 1), role
+
+
+def test_a_client_that_gives_up_aborts_its_streams_at_its_fin(
+    latency_source: BpfLatencySource,
+) -> None:
+    """The client closes with stream 1 unanswered while the server, stuck, holds its end
+    open: the server's stream is aborted at the client's FIN, not at a close that may
+    never come (a hung pod must look slow, not unknown)."""
+    pair = Pair("127.0.52.16")
+    try:
+        before = latency_source.read()
+        pair.open()
+        pair.to_server(headers(1))
+        pair.client.close()
+        after = wait_for(
+            latency_source,
+            lambda s: delta(before, s, EndpointKey(pair.host, pair.port, "server")).count == 1,
+        )
+        d = delta(before, after, EndpointKey(pair.host, pair.port, "server"))
+        assert (d.count, d.aborted, d.rif, d.statuses) == (1, 1, 0, 0)
+    finally:
+        pair.close()
+
+
 def test_preface_without_any_request_is_no_request(latency_source: BpfLatencySource) -> None:
     pair = Pair("127.0.52.6")
     try:

@@ -187,11 +187,16 @@ def netns_offsets(btf: Btf) -> dict[str, int]:
     }
 
 
+TCP_SOCK_FIELDS = ("rcv_nxt", "copied_seq", "write_seq")
+
+
 def tcp_offsets(btf: Btf) -> dict[str, int]:
-    """Where `struct tcp_sock` keeps the next sequence number expected (`rcv_nxt`) and
-    the first one the application has not read (`copied_seq`): their difference is the
-    bytes received and not yet read, which the hand-off iterator checks (bpf/handoff.h)."""
-    return {f"tcp_{f}": btf.member_offset("tcp_sock", f) for f in ("rcv_nxt", "copied_seq")}
+    """Where `struct tcp_sock` keeps the next sequence number expected (`rcv_nxt`), the
+    first one the application has not read (`copied_seq`) and the end of what it has
+    written (`write_seq`). The hand-off iterator checks for bytes received and not yet
+    read (bpf/handoff.h); at the peer's FIN, the HTTP/2 parser checks it has seen every
+    byte read and written before it (bpf/h2_streams.h)."""
+    return {f"tcp_{f}": btf.member_offset("tcp_sock", f) for f in TCP_SOCK_FIELDS}
 
 
 # sk_buff fields the raw tcp_probe hook reads to get the payload length.

@@ -206,7 +206,9 @@ def compile_flags(
             offsets.update(skb_offsets(btf))
     except BtfError as exc:
         raise BpfUnavailable(f"kernel BTF lacks a needed struct field: {exc}") from exc
-    # Only the hand-off iterator (bpf/handoff.h) needs these; without them it is left out.
+    # Only the hand-off iterator (bpf/handoff.h) and the HTTP/2 parser's end at the peer's
+    # FIN (bpf/h2_streams.h) need these; without them the one is left out and the other
+    # ends the streams at once.
     with contextlib.suppress(BtfError):
         offsets.update(tcp_offsets(btf))
     flags = [f"-DOFF_{name.upper()}={off}" for name, off in sorted(offsets.items())]
