@@ -278,13 +278,15 @@ static __always_inline void h2_close(void *ctx, u64 sk, struct sock_state *st) {
 }
 
 // The peer's FIN (ESTABLISHED -> CLOSE_WAIT) ends the connection's streams too, but
-// only once the parser has seen every byte that crossed the socket before it: the
-// answers a server sent just before closing are read (and parsed) after its FIN
-// arrived, and a send of this end, parsed once its copy is done, may still be in
-// parsing on another CPU when the peer, having read it, closes. Streams those bytes
-// answer are answered, not aborted. So the FIN marks the connection (peer_fin) and the
-// parse that catches up ends it (h2_caught_up, from h2_run); the close (or a parse)
-// does in any case. Without tcp_sock's offsets (BTF) the FIN ends them at once.
+// only once the parser has seen the bytes before it that may answer them: on a client
+// socket, the answers a server sent just before closing, read (and parsed) after its
+// FIN arrived; on either, a send of this end, parsed once its copy is done, may still
+// be in parsing on another CPU when the peer, having read it, closes. Streams those
+// bytes answer are answered, not aborted. So the FIN marks the connection (peer_fin)
+// and the parse that catches up ends it (h2_caught_up, from h2_run); the close does in
+// any case. A server's unread bytes from the client answer nothing: a hung server that
+// never reads the client's last frames still has its streams aborted at the FIN.
+// Without tcp_sock's offsets (BTF) the FIN ends them at once.
 #ifdef OFF_TCP_WRITE_SEQ
 static __always_inline u32 tcp_seq(u64 sk, u32 off) {
     u32 seq = 0;
@@ -303,11 +305,13 @@ static __always_inline int h2_parsed_to(u64 sk, struct h2_conn *h, int sending) 
     return LOAD_ONCE(h->peer_fin) != 0;
 }
 
-// After the peer's FIN: whether the parser has seen all bytes received (rcv_nxt counts
-// the FIN too) and all written.
-static __always_inline int h2_caught_up(u64 sk, struct h2_conn *h) {
-    return LOAD_ONCE(h->seen_rcv) == (u32)(tcp_seq(sk, OFF_TCP_RCV_NXT) - 1) &&
-           LOAD_ONCE(h->seen_snd) == tcp_seq(sk, OFF_TCP_WRITE_SEQ);
+// After the peer's FIN: whether the parser has seen all bytes written and, on a client
+// socket, all received (rcv_nxt counts the FIN too).
+static __always_inline int h2_caught_up(u64 sk, struct sock_state *st, struct h2_conn *h) {
+    if (LOAD_ONCE(h->seen_snd) != tcp_seq(sk, OFF_TCP_WRITE_SEQ))
+        return 0;
+    return st->ep.role == ROLE_SERVER ||
+           LOAD_ONCE(h->seen_rcv) == (u32)(tcp_seq(sk, OFF_TCP_RCV_NXT) - 1);
 }
 #endif
 
@@ -318,7 +322,7 @@ static __always_inline void h2_peer_closed(void *ctx, u64 sk, struct sock_state 
     if (!h)
         return;
     __sync_lock_test_and_set(&h->peer_fin, 1);
-    if (!h2_caught_up(sk, h))
+    if (!h2_caught_up(sk, st, h))
         return;
 #endif
     h2_close(ctx, sk, st);

@@ -253,14 +253,16 @@ def test_answers_read_after_the_servers_close_are_answers(
 def test_a_client_that_gives_up_aborts_its_streams_at_its_fin(
     latency_source: BpfLatencySource,
 ) -> None:
-    """The client closes with stream 1 unanswered while the server, stuck, holds its end
-    open: the server's stream is aborted at the client's FIN, not at a close that may
-    never come (a hung pod must look slow, not unknown)."""
+    """The client closes with stream 1 unanswered, after a last frame the server, stuck,
+    never reads, while it holds its end open: the server's stream is aborted at the
+    client's FIN, not at a close that may never come (a hung pod must look slow, not
+    unknown)."""
     pair = Pair("127.0.52.16")
     try:
         before = latency_source.read()
         pair.open()
         pair.to_server(headers(1))
+        pair.client.sendall(rst_stream(1))  # never read: it answers nothing
         pair.client.close()
         after = wait_for(
             latency_source,
