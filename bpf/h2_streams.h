@@ -294,14 +294,15 @@ static __always_inline u32 tcp_seq(u64 sk, u32 off) {
     return seq;
 }
 
-// A parse of `sending` bytes (this end's) or received ones is done: what it has seen.
-// A locked exchange, then the FIN read: with h2_peer_closed's, one of the two sees the
-// other.
+// A parse of `sending` bytes (this end's) or received ones is done: what it has seen;
+// whether the FIN came. Plain stores (every parse makes one, the FIN is rare): should
+// this one and a FIN on another CPU miss each other (a store still in this CPU's
+// buffer), the connection ends at its close instead, with the same samples.
 static __always_inline int h2_parsed_to(u64 sk, struct h2_conn *h, int sending) {
     if (sending)
-        __sync_lock_test_and_set(&h->seen_snd, (u64)tcp_seq(sk, OFF_TCP_WRITE_SEQ));
+        h->seen_snd = tcp_seq(sk, OFF_TCP_WRITE_SEQ);
     else
-        __sync_lock_test_and_set(&h->seen_rcv, (u64)tcp_seq(sk, OFF_TCP_COPIED_SEQ));
+        h->seen_rcv = tcp_seq(sk, OFF_TCP_COPIED_SEQ);
     return LOAD_ONCE(h->peer_fin) != 0;
 }
 

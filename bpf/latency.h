@@ -296,11 +296,12 @@ struct h2_conn {
     u32 server_cut;        // enum h2_cut bits, as of the server's last parsed write
     u32 pad1;
     u64 flags;             // private to the program
-    // At the peer's FIN (h2_streams.h; u64: the program's atomics are 64-bit): tcp
-    // copied_seq after the last received bytes parsed, write_seq after the last sent.
-    u64 seen_rcv;
-    u64 seen_snd;
-    u64 peer_fin;          // 1: the FIN came; the streams end once the parser caught up
+    // At the peer's FIN (h2_streams.h): tcp copied_seq after the last received bytes
+    // parsed, write_seq after the last sent; peer_fin 1 once the FIN came (u64: the
+    // program's atomics are 64-bit).
+    u32 seen_rcv;
+    u32 seen_snd;
+    u64 peer_fin;
     struct hpack_state hp; // the server's header blocks (statuses)
     struct h2_slot slots[H2_SLOTS];
 };
