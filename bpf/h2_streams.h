@@ -33,6 +33,14 @@ static __always_inline u64 cursor_now(struct h2_cursor *c) {
     return c->now;
 }
 
+#ifdef OFF_TCP_WRITE_SEQ
+static __always_inline u32 tcp_seq(u64 sk, u32 off) {
+    u32 seq = 0;
+    bpf_probe_read_kernel(&seq, sizeof(seq), (const char *)sk + off);
+    return seq;
+}
+#endif
+
 static __always_inline struct h2_conn *h2_conn_create(u64 sk) {
     struct h2_conn *h = h2conns.lookup(&sk);
     if (h)
@@ -43,8 +51,16 @@ static __always_inline struct h2_conn *h2_conn_create(u64 sk) {
         return 0;
     h2conns.update(&sk, z);
     h = h2conns.lookup(&sk);
-    if (!h)
+    if (!h) {
         count(CNT_H2_CONNS_FULL_DROPS);
+        return 0;
+    }
+#ifdef OFF_TCP_WRITE_SEQ
+    // Parsed so far: the bytes before the parser began (a connection older than the
+    // program) answer none of the streams it times (h2_peer_closed).
+    h->seen_snd = tcp_seq(sk, OFF_TCP_WRITE_SEQ);
+    h->seen_rcv = tcp_seq(sk, OFF_TCP_COPIED_SEQ);
+#endif
     return h;
 }
 
@@ -288,12 +304,6 @@ static __always_inline void h2_close(void *ctx, u64 sk, struct sock_state *st) {
 // never reads the client's last frames still has its streams aborted at the FIN.
 // Without tcp_sock's offsets (BTF) the FIN ends them at once.
 #ifdef OFF_TCP_WRITE_SEQ
-static __always_inline u32 tcp_seq(u64 sk, u32 off) {
-    u32 seq = 0;
-    bpf_probe_read_kernel(&seq, sizeof(seq), (const char *)sk + off);
-    return seq;
-}
-
 // A parse of `sending` bytes (this end's) or received ones is done: what it has seen;
 // whether the FIN came. Plain stores (every parse makes one, the FIN is rare): should
 // this one and a FIN on another CPU miss each other (a store still in this CPU's

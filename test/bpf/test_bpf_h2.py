@@ -507,22 +507,34 @@ def test_error_queue_reads_are_not_stream_bytes(latency_source: BpfLatencySource
 @pytest.mark.timeout(BPF_COMPILE_BOUND_S)  # loads a program of its own
 def test_connection_older_than_the_program_is_recognised_mid_stream() -> None:
     """An h2 connection in use before the program loaded: its next whole frames make
-    it HTTP/2 (streams opened from then on are timed), not opaque."""
+    it HTTP/2 (streams opened from then on are timed), not opaque. Another, whose
+    server sends nothing after the load and never answers the stream it reads then:
+    the client's close aborts it at the FIN (what the server sent before the load
+    answers nothing the parser times)."""
     require_bpf_privileges()
     pair = Pair("127.0.52.10", keep_listening=True)
+    stuck = Pair("127.0.52.18", keep_listening=True)
     try:
-        pair.open()
-        pair.to_server(headers(1))
-        pair.to_client(response(1))
+        for p in (pair, stuck):
+            p.open()
+            p.to_server(headers(1))
+            p.to_client(response(1))
         with BpfLatencySource.load() as source:  # the agent's map sizes (see conftest)
             pair.to_server(headers(3) + headers(5))
             time.sleep(0.005)
             pair.to_client(response(5) + response(3))
             after = settle(source, pair, {}, 2)
+            stuck.to_server(headers(3))
+            stuck.client.close()
+            server = EndpointKey(stuck.host, stuck.port, "server")
+            gave_up = wait_for(source, lambda s: server in s and s[server].count == 1)
     finally:
         pair.close()
+        stuck.close()
     for role, d in deltas({}, after, pair).items():
         assert (d.count, d.aborted, d.rif, d.statuses, d.protocol) == (2, 0, 0, 2, "h2"), role
+    d = delta({}, gave_up, EndpointKey(stuck.host, stuck.port, "server"))
+    assert (d.count, d.aborted, d.rif, d.statuses) == (1, 1, 0, 0)
 
 
 def test_connection_older_than_the_program_with_iovec_frames_and_a_read_mid_frame() -> None:
