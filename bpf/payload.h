@@ -333,8 +333,8 @@ static __always_inline int adopted_undecided(struct sock_state *st) {
 
 // The connection is HTTP/2 from now on: its connection-level request is undone and
 // it gets a parser; 1 if it has one (the cursor is then to be parsed). The protocol is
-// set before the undo: a segment arriving on another CPU meanwhile either sees it and
-// starts nothing, or started its request before the undo (start_request).
+// set before the undo: a request a segment on another CPU starts meanwhile is undone
+// here or, when it starts after this undo, by its own start (start_request).
 static __always_inline int become_h2(u64 sk, struct sock_state *st, u32 preface) {
     struct h2_conn *h = h2_conn_create(sk);
     st->proto = APP_H2;
