@@ -417,9 +417,9 @@ static __always_inline int h2_run(void *ctx, struct sock_state *st, int skim) {
         h->server_cut = (h->server_cut & H2_CUT_BLOCK) |
                         (d->skip || d->have || h->hp.frame_left ? H2_CUT_FRAME : 0);
 #ifdef OFF_TCP_WRITE_SEQ
-    // The peer closed before these bytes were parsed (h2_streams.h: h2_peer_closed).
-    if (h2_parsed_to(sk, h, (st->ep.role == ROLE_SERVER) == (c->dir == 1)) &&
-        h2_caught_up(sk, st, h)) {
+    // The peer closed before these server bytes were parsed (h2_streams.h:
+    // h2_peer_closed).
+    if (c->dir == 1 && h2_parsed_to(sk, st, h) && h2_caught_up(sk, st, h)) {
         h2_close(ctx, sk, st);
         return 0;
     }

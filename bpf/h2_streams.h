@@ -39,9 +39,15 @@ static __always_inline u32 tcp_seq(u64 sk, u32 off) {
     bpf_probe_read_kernel(&seq, sizeof(seq), (const char *)sk + off);
     return seq;
 }
+
+// Where the server's bytes the application handed over or took stop, in the socket's
+// sequence numbers: what the server wrote, on its socket; what a client read, on its.
+static __always_inline u32 server_bytes_seq(u64 sk, struct sock_state *st) {
+    return tcp_seq(sk, st->ep.role == ROLE_SERVER ? OFF_TCP_WRITE_SEQ : OFF_TCP_COPIED_SEQ);
+}
 #endif
 
-static __always_inline struct h2_conn *h2_conn_create(u64 sk) {
+static __always_inline struct h2_conn *h2_conn_create(u64 sk, struct sock_state *st) {
     struct h2_conn *h = h2conns.lookup(&sk);
     if (h)
         return h;
@@ -58,8 +64,7 @@ static __always_inline struct h2_conn *h2_conn_create(u64 sk) {
 #ifdef OFF_TCP_WRITE_SEQ
     // Parsed so far: the bytes before the parser began (a connection older than the
     // program) answer none of the streams it times (h2_peer_closed).
-    h->seen_snd = tcp_seq(sk, OFF_TCP_WRITE_SEQ);
-    h->seen_rcv = tcp_seq(sk, OFF_TCP_COPIED_SEQ);
+    h->seen = server_bytes_seq(sk, st);
 #endif
     return h;
 }
@@ -294,35 +299,32 @@ static __always_inline void h2_close(void *ctx, u64 sk, struct sock_state *st) {
 }
 
 // The peer's FIN (ESTABLISHED -> CLOSE_WAIT) ends the connection's streams too, but
-// only once the parser has seen the bytes before it that may answer them: on a client
-// socket, the answers a server sent just before closing, read (and parsed) after its
-// FIN arrived; on either, a send of this end, parsed once its copy is done, may still
-// be in parsing on another CPU when the peer, having read it, closes. Streams those
-// bytes answer are answered, not aborted. So the FIN marks the connection (peer_fin)
-// and the parse that catches up ends it (h2_caught_up, from h2_run); the close does in
-// any case. A server's unread bytes from the client answer nothing: a hung server that
-// never reads the client's last frames still has its streams aborted at the FIN.
-// Without tcp_sock's offsets (BTF) the FIN ends them at once.
+// only once the parser has seen the server's bytes before it, which may answer them:
+// on a client's socket, the answers a server sent just before closing, read (and
+// parsed) after its FIN arrived; on the server's, a send parsed once its copy is done,
+// which may still be in parsing on another CPU when the client, having read it,
+// closes. Streams those bytes answer are answered, not aborted. So the FIN marks the
+// connection (peer_fin) and the parse of server bytes that catches up ends it
+// (h2_caught_up, from h2_run); the close does in any case. The client's bytes answer
+// nothing: a hung server that never reads the client's last frames still has its
+// streams aborted at the FIN. Without tcp_sock's offsets (BTF) the FIN ends them at
+// once.
 #ifdef OFF_TCP_WRITE_SEQ
-// A parse of `sending` bytes (this end's) or received ones is done: what it has seen;
-// whether the FIN came. Plain stores (every parse makes one, the FIN is rare): should
-// this one and a FIN on another CPU miss each other (a store still in this CPU's
-// buffer), the connection ends at its close instead, with the same samples.
-static __always_inline int h2_parsed_to(u64 sk, struct h2_conn *h, int sending) {
-    if (sending)
-        h->seen_snd = tcp_seq(sk, OFF_TCP_WRITE_SEQ);
-    else
-        h->seen_rcv = tcp_seq(sk, OFF_TCP_COPIED_SEQ);
+// A parse of server bytes is done: what it has seen; whether the FIN came. A plain
+// store (every such parse makes one, the FIN is rare): should it and a FIN on another
+// CPU miss each other (a store still in this CPU's buffer), the connection ends at its
+// close instead, with the same samples.
+static __always_inline int h2_parsed_to(u64 sk, struct sock_state *st, struct h2_conn *h) {
+    h->seen = server_bytes_seq(sk, st);
     return LOAD_ONCE(h->peer_fin) != 0;
 }
 
-// After the peer's FIN: whether the parser has seen all bytes written and, on a client
-// socket, all received (rcv_nxt counts the FIN too).
+// After the peer's FIN: whether the parser has seen all the server's bytes, written on
+// the server's socket, received on a client's (rcv_nxt counts the FIN too).
 static __always_inline int h2_caught_up(u64 sk, struct sock_state *st, struct h2_conn *h) {
-    if (LOAD_ONCE(h->seen_snd) != tcp_seq(sk, OFF_TCP_WRITE_SEQ))
-        return 0;
-    return st->ep.role == ROLE_SERVER ||
-           LOAD_ONCE(h->seen_rcv) == (u32)(tcp_seq(sk, OFF_TCP_RCV_NXT) - 1);
+    u32 end = st->ep.role == ROLE_SERVER ? tcp_seq(sk, OFF_TCP_WRITE_SEQ)
+                                         : tcp_seq(sk, OFF_TCP_RCV_NXT) - 1;
+    return LOAD_ONCE(h->seen) == end;
 }
 #endif
 

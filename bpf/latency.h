@@ -296,11 +296,11 @@ struct h2_conn {
     u32 server_cut;        // enum h2_cut bits, as of the server's last parsed write
     u32 pad1;
     u64 flags;             // private to the program
-    // At the peer's FIN (h2_streams.h): tcp copied_seq after the last received bytes
-    // parsed, write_seq after the last sent; peer_fin 1 once the FIN came (u64: the
-    // program's atomics are 64-bit).
-    u32 seen_rcv;
-    u32 seen_snd;
+    // For the peer's FIN (h2_streams.h): the socket's sequence number after the last
+    // server bytes parsed (write_seq on the server's socket, copied_seq on a client's);
+    // peer_fin 1 once the FIN came (u64: the program's atomics are 64-bit).
+    u32 seen;
+    u32 pad2;
     u64 peer_fin;
     struct hpack_state hp; // the server's header blocks (statuses)
     struct h2_slot slots[H2_SLOTS];

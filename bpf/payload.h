@@ -336,7 +336,7 @@ static __always_inline int adopted_undecided(struct sock_state *st) {
 // set before the undo: a request a segment on another CPU starts meanwhile is undone
 // here or, when it starts after this undo, by its own start (start_request).
 static __always_inline int become_h2(u64 sk, struct sock_state *st, u32 preface) {
-    struct h2_conn *h = h2_conn_create(sk);
+    struct h2_conn *h = h2_conn_create(sk, st);
     st->proto = APP_H2;
     cancel_request(st);
     if (!h) {
@@ -380,7 +380,7 @@ static __always_inline int server_first(u64 sk, struct sock_state *st, struct h2
         return 1;
     u8 b[32] = {};
     if (first_bytes(c, b) >= 9 && is_settings_header(b) && !(st->flags & SOCK_ADOPTED))
-        return h2_conn_create(sk) != 0;
+        return h2_conn_create(sk, st) != 0;
     if (chain)
         return become_h2(sk, st, 0);
     if (!adopted_undecided(st))

@@ -194,8 +194,8 @@ def tcp_offsets(btf: Btf) -> dict[str, int]:
     """Where `struct tcp_sock` keeps the next sequence number expected (`rcv_nxt`), the
     first one the application has not read (`copied_seq`) and the end of what it has
     written (`write_seq`). The hand-off iterator checks for bytes received and not yet
-    read (bpf/handoff.h); at the peer's FIN, the HTTP/2 parser checks it has seen every
-    byte read and written before it (bpf/h2_streams.h)."""
+    read (bpf/handoff.h); at the peer's FIN, the HTTP/2 parser checks it has seen the
+    server's bytes before it (bpf/h2_streams.h)."""
     return {f"tcp_{f}": btf.member_offset("tcp_sock", f) for f in TCP_SOCK_FIELDS}
 
 
