@@ -413,17 +413,20 @@ static __always_inline int h2_run(void *ctx, struct sock_state *st, int skim) {
         h2_give_up(ctx, sk, st);
         return 0;
     }
-    if (c->dir == 1)  // where the server's bytes stop, for hand-off (latency.h)
+    if (c->dir == 1) {
+        // Where the server's bytes stop: in frames, for hand-off (latency.h); in the
+        // socket's sequence numbers, for the peer's FIN (h2_streams.h: h2_peer_closed),
+        // which may have come before these were parsed.
         h->server_cut = (h->server_cut & H2_CUT_BLOCK) |
                         (d->skip || d->have || h->hp.frame_left ? H2_CUT_FRAME : 0);
-#ifdef OFF_TCP_WRITE_SEQ
-    // The peer closed before these server bytes were parsed (h2_streams.h:
-    // h2_peer_closed).
-    if (c->dir == 1 && h2_parsed_to(sk, st, h) && h2_caught_up(sk, st, h)) {
-        h2_close(ctx, sk, st);
-        return 0;
-    }
+#ifdef HAVE_TCP_SEQ
+        h->seen = server_bytes_seq(sk, st);
+        if (LOAD_ONCE(h->peer_fin) && h2_caught_up(sk, st, h)) {
+            h2_close(ctx, sk, st);
+            return 0;
+        }
 #endif
+    }
     if (h->flags & H2C_GOAWAY) {
         h->flags &= ~H2C_GOAWAY;
         sweep_start(ctx, sk, st, h->goaway_sid, cursor_now(c), 1, 0);

@@ -33,13 +33,7 @@ static __always_inline u64 cursor_now(struct h2_cursor *c) {
     return c->now;
 }
 
-#ifdef OFF_TCP_WRITE_SEQ
-static __always_inline u32 tcp_seq(u64 sk, u32 off) {
-    u32 seq = 0;
-    bpf_probe_read_kernel(&seq, sizeof(seq), (const char *)sk + off);
-    return seq;
-}
-
+#ifdef HAVE_TCP_SEQ
 // Where the server's bytes the application handed over or took stop, in the socket's
 // sequence numbers: what the server wrote, on its socket; what a client read, on its.
 static __always_inline u32 server_bytes_seq(u64 sk, struct sock_state *st) {
@@ -61,7 +55,7 @@ static __always_inline struct h2_conn *h2_conn_create(u64 sk, struct sock_state 
         count(CNT_H2_CONNS_FULL_DROPS);
         return 0;
     }
-#ifdef OFF_TCP_WRITE_SEQ
+#ifdef HAVE_TCP_SEQ
     // Parsed so far: the bytes before the parser began (a connection older than the
     // program) answer none of the streams it times (h2_peer_closed).
     h->seen = server_bytes_seq(sk, st);
@@ -304,21 +298,14 @@ static __always_inline void h2_close(void *ctx, u64 sk, struct sock_state *st) {
 // parsed) after its FIN arrived; on the server's, a send parsed once its copy is done,
 // which may still be in parsing on another CPU when the client, having read it,
 // closes. Streams those bytes answer are answered, not aborted. So the FIN marks the
-// connection (peer_fin) and the parse of server bytes that catches up ends it
-// (h2_caught_up, from h2_run); the close does in any case. The client's bytes answer
-// nothing: a hung server that never reads the client's last frames still has its
-// streams aborted at the FIN. Without tcp_sock's offsets (BTF) the FIN ends them at
-// once.
-#ifdef OFF_TCP_WRITE_SEQ
-// A parse of server bytes is done: what it has seen; whether the FIN came. A plain
-// store (every such parse makes one, the FIN is rare): should it and a FIN on another
-// CPU miss each other (a store still in this CPU's buffer), the connection ends at its
-// close instead, with the same samples.
-static __always_inline int h2_parsed_to(u64 sk, struct sock_state *st, struct h2_conn *h) {
-    h->seen = server_bytes_seq(sk, st);
-    return LOAD_ONCE(h->peer_fin) != 0;
-}
-
+// connection (peer_fin) and the parse of server bytes that catches up ends it (h2_run
+// records how far it got in `seen`); the close does in any case. The client's bytes
+// answer nothing: a hung server that never reads the client's last frames still has
+// its streams aborted at the FIN. Plain stores both ways (every parse of server bytes
+// makes one, the FIN is rare): should a parse and a FIN on another CPU miss each other
+// (a store still in a CPU's buffer), the connection ends at its close instead, with the
+// same samples. Without tcp_sock's offsets (BTF) the FIN ends the streams at once.
+#ifdef HAVE_TCP_SEQ
 // After the peer's FIN: whether the parser has seen all the server's bytes, written on
 // the server's socket, received on a client's (rcv_nxt counts the FIN too).
 static __always_inline int h2_caught_up(u64 sk, struct sock_state *st, struct h2_conn *h) {
@@ -330,11 +317,13 @@ static __always_inline int h2_caught_up(u64 sk, struct sock_state *st, struct h2
 
 // The peer's FIN: h2_close now, or by the parse that catches up. Last step.
 static __always_inline void h2_peer_closed(void *ctx, u64 sk, struct sock_state *st) {
-#ifdef OFF_TCP_WRITE_SEQ
+#ifdef HAVE_TCP_SEQ
+    if (st->proto == APP_HTTP1 || st->proto == APP_OPAQUE)
+        return;
     struct h2_conn *h = h2conns.lookup(&sk);
     if (!h)
         return;
-    __sync_lock_test_and_set(&h->peer_fin, 1);
+    h->peer_fin = 1;
     if (!h2_caught_up(sk, st, h))
         return;
 #endif

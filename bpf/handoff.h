@@ -57,11 +57,7 @@ BPF_ITER(tcp) {
         return 0;
     }
     // Bytes received and not read yet: an HTTP/2 request is seen only when read.
-    u32 rcv_nxt = 0, copied_seq = 0;
-    bpf_probe_read_kernel(&rcv_nxt, sizeof(rcv_nxt), (const char *)skc + OFF_TCP_RCV_NXT);
-    bpf_probe_read_kernel(&copied_seq, sizeof(copied_seq),
-                          (const char *)skc + OFF_TCP_COPIED_SEQ);
-    if (rcv_nxt != copied_seq) {
+    if (tcp_seq(sk, OFF_TCP_RCV_NXT) != tcp_seq(sk, OFF_TCP_COPIED_SEQ)) {
         order->outcome = HANDOFF_UNREAD;
         return 0;
     }

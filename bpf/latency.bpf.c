@@ -403,6 +403,18 @@ static __always_inline void set_v4_mapped(u8 *dst, const u8 *v4) {
     dst[15] = v4[3];
 }
 
+// tcp_sock's sequence numbers, where BTF gave their offsets (the loader passes all of
+// aviator/agent/bpf/btf.py `tcp_offsets` or none): the hand-off iterator's unread bytes
+// (handoff.h) and the HTTP/2 end at the peer's FIN (h2_streams.h).
+#ifdef OFF_TCP_COPIED_SEQ
+#define HAVE_TCP_SEQ 1
+static __always_inline u32 tcp_seq(u64 sk, u32 off) {
+    u32 seq = 0;
+    bpf_probe_read_kernel(&seq, sizeof(seq), (const char *)sk + off);
+    return seq;
+}
+#endif
+
 // Inode of the network namespace of a socket (sk->__sk_common.skc_net.net->ns.inum).
 static __always_inline u32 netns_of(u64 sk) {
     const char *net = 0;
@@ -708,8 +720,7 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state) {
             count(CNT_SOCKETS_REMOVED);
         h2_close(args, sk, &copy);
     } else if (newstate == STATE_CLOSE_WAIT) {
-        if (st->proto != APP_HTTP1 && st->proto != APP_OPAQUE)
-            h2_peer_closed(args, sk, st);
+        h2_peer_closed(args, sk, st);
     } else {
         h2_close(args, sk, st);
     }
@@ -730,6 +741,6 @@ TRACEPOINT_PROBE(tcp, tcp_destroy_sock) {
     return 0;
 }
 
-#ifdef OFF_TCP_COPIED_SEQ
+#ifdef HAVE_TCP_SEQ
 #include "handoff.h"
 #endif

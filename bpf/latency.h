@@ -297,11 +297,10 @@ struct h2_conn {
     u32 pad1;
     u64 flags;             // private to the program
     // For the peer's FIN (h2_streams.h): the socket's sequence number after the last
-    // server bytes parsed (write_seq on the server's socket, copied_seq on a client's);
-    // peer_fin 1 once the FIN came (u64: the program's atomics are 64-bit).
+    // server bytes parsed (write_seq on the server's socket, copied_seq on a client's),
+    // and 1 once the FIN came.
     u32 seen;
-    u32 pad2;
-    u64 peer_fin;
+    u32 peer_fin;
     struct hpack_state hp; // the server's header blocks (statuses)
     struct h2_slot slots[H2_SLOTS];
 };
