@@ -5,6 +5,7 @@ and closes; the connection-level request of the preface never counts."""
 from __future__ import annotations
 
 import os
+import select
 import socket
 import time
 
@@ -240,7 +241,9 @@ def test_answers_read_after_the_servers_close_are_answers(
         pair.to_server(headers(1) + headers(3))
         pair.server.sendall(response(1))
         pair.server.close()
-        time.sleep(0.01)  # the FIN is in before the client reads (nothing to wait for)
+        fin = select.poll()  # until the server's FIN is in, before the client reads
+        fin.register(pair.client, select.POLLRDHUP)
+        assert fin.poll(10_000), "the server's FIN did not arrive"
         read_exactly(pair.client, len(response(1)))
         assert pair.client.recv(1) == b""
         after = settle(latency_source, pair, before, 2)
