@@ -414,6 +414,21 @@ class LatencyStore:
             return None, 0.0
         return combined_latest(windows, probe_windows)
 
+    def mark(
+        self, ip: str, now: float, wanted: Collection[int] | None, origin: Origin
+    ) -> tuple[int, float] | None:
+        """For an address whose latency one fresh window holds, with an estimate: that
+        window's mark (aviator.latency.window: the same mark, the same `latest` estimate
+        object and an equal total) and when it last reported; None for any other (no
+        window, several, stale, nothing to say)."""
+        keys = self._by_ip.get(ip)
+        if keys is None or len(keys) != 1:
+            return None
+        sole = self._sole(keys[0], now, wanted, origin)
+        if sole is None or sole.latest() is None:
+            return None
+        return sole.mark, sole.last_seen
+
     def estimate(
         self,
         ip: str,

@@ -11,7 +11,10 @@ built from, and hands out the same ones while those figures are the same: a stea
 window's estimate is one comparison, and an unchanged estimate is the same object,
 which is what lets a reconcile reuse what it built from it (the engine's input, the
 status row). Everything an estimate reads is in its key, so reuse never changes
-what an estimate says. An estimate is as of the window's latest report (age 0 then):
+what an estimate says. A window's `mark` changes whenever a read finds what it says
+changed (its estimate, or its total, which the merged p99 of a set of pods reads): a
+reader that remembers the mark knows, without reading it again, that the window says
+what it said (aviator.reconcilers.quiet). An estimate is as of the window's latest report (age 0 then):
 how old it is is the reader's to add (`aged`), so a window that reports the same again
 still hands out the same object. `combined_latest` is the estimate of the windows the
 store found for one address (several: merged, built afresh).
@@ -19,6 +22,7 @@ store found for one address (several: merged, built afresh).
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field, replace
 
 from aviator.latency.histogram import Histogram
@@ -26,6 +30,9 @@ from aviator.latency.schema import AppProtocol, EndpointWindow, Source
 from aviator.selection.types import LatencyEstimate
 
 QUANTILES = (0.5, 0.9, 0.99)
+# Marks for `Window.mark`: unique in the process, so a window dropped and made again
+# never has a mark a reader remembers.
+_MARKS = itertools.count(1)
 
 
 @dataclass(slots=True)
@@ -66,6 +73,9 @@ class Window:
     # be current while `memo_version` is this, without a look at the figures.
     version: int = 0
     memo_version: int = -1
+    # A new number whenever a read finds the estimate or the total changed (module
+    # docstring): the same mark, the same estimate object and an equal total.
+    mark: int = field(default_factory=lambda: next(_MARKS))
 
     def add(self, at: float, ep: EndpointWindow, max_deltas: int) -> int:
         """Add an endpoint window's delta, arrived at `at`; returns the change in held
@@ -119,6 +129,7 @@ class Window:
             assert qs is not None
             self.cached = (qs[0], qs[1], qs[2])
             self.cached_of = self.total.copy()
+            self.mark = next(_MARKS)
         return self.cached
 
     def latest(self) -> LatencyEstimate | None:
@@ -149,6 +160,7 @@ class Window:
             return held[1]
         estimate = _estimate(qs, count, open_us, self)
         self.memo = (key, estimate)
+        self.mark = next(_MARKS)
         return estimate
 
 

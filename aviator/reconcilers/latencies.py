@@ -204,6 +204,36 @@ def service_ports(service: JSON, pod: JSON) -> frozenset[int]:
     return frozenset(out)
 
 
+def read_marks(
+    parsed: ParsedPolicy,
+    pods: Sequence[JSON],
+    store: LatencyStore,
+    now: float,
+    since: float,
+    *,
+    service: JSON | None,
+    facts: Callable[[JSON], PodFacts] = pod_facts,
+) -> tuple[int, ...] | None:
+    """The marks of the windows `read_latencies` reads for `pods` (agents' data, the
+    Service's numbered target ports), one per pod, when each pod's first address has
+    one fresh window with an estimate, reported after `since`: the same marks, the same
+    estimates, totals and freshness (aviator.reconcilers.quiet). None for any other."""
+    if origin_of(parsed) != "agent" or service is None:
+        return None
+    wanted = numbered_ports(service)
+    if wanted is None:
+        return None
+    mark = store.mark
+    marks: list[int] = []
+    for p in pods:
+        ips = facts(p).ips
+        found = mark(ips[0], now, wanted, "agent") if ips else None
+        if found is None or found[1] <= since:
+            return None
+        marks.append(found[0])
+    return tuple(marks)
+
+
 async def read_latencies(
     parsed: ParsedPolicy,
     pods: Sequence[JSON],

@@ -8,7 +8,9 @@ One reconcile of a policy key:
    (`latencies.read_latencies`; probe mode first sends a round of probes into the
    store when an evaluation is due);
 2. plan: every decision, pure (`plan.plan`, whose docstring is the reconcile's
-   contract);
+   contract); a quiet policy (`quiet.Quiet`: its due evaluation is the last one again,
+   told by the marks of its pods' windows) skips reading its latencies and planning,
+   and plans what the last reconcile did, evaluated now (`read_and_plan`);
 3. act: the plan's writes in order through the metered `Writer`, its Events, its
    status, its gauges; remember what the next reconcile needs.
 
@@ -25,11 +27,17 @@ from collections.abc import Callable
 
 from aviator.latency.probing import HttpProber
 from aviator.latency.store import LatencyStore
-from aviator.reconcilers.latencies import controller_prober, read_latencies
+from aviator.reconcilers.latencies import (
+    PodLatencies,
+    controller_prober,
+    read_latencies,
+    read_marks,
+)
 from aviator.reconcilers.memory import Clock, Memory, memory_for
 from aviator.reconcilers.metrics import PolicyMetrics
 from aviator.reconcilers.plan import Plan, measurement, plan
-from aviator.reconcilers.view import Caches, Views
+from aviator.reconcilers.quiet import Quiet
+from aviator.reconcilers.view import Caches, View, Views
 from aviator.runtime.events import EventRecorder
 from aviator.runtime.loop import Result
 from aviator.runtime.writer import Writer
@@ -57,11 +65,13 @@ class PolicyReconciler:
         self._wall = wall_clock
         self._store_now = store_clock
         self._memory: dict[str, Memory] = {}
+        self._quiet: dict[str, Quiet] = {}
         self._views = Views(caches)
 
     def forget_all(self) -> None:
         """Drop in-memory state (leadership lost: the next leader starts from status)."""
         self._memory.clear()
+        self._quiet.clear()
         self._views.clear()
 
     def forget(self, key: str) -> None:
@@ -76,21 +86,12 @@ class PolicyReconciler:
         view = self._views.of(key, policy)
         memory = memory_for(view, self._memory.get(key))
         clock = Clock(self._wall(), self._store_now())
-        needs = measurement(view, memory, clock)
-        latencies = None
-        if needs is not None and view.parsed is not None:
-            pods, due = needs
-            latencies = await read_latencies(
-                view.parsed,
-                pods,
-                self.store,
-                self.prober,
-                clock.store,
-                probe=due,
-                service=view.target,
-                facts=view.facts,
-            )
-        return await self._act(key, plan(view, memory, clock, latencies))
+        todo, _, quiet = await read_and_plan(
+            view, memory, clock, self.store, self.prober, self._quiet.pop(key, None)
+        )
+        if quiet is not None:
+            self._quiet[key] = quiet
+        return await self._act(key, todo)
 
     async def _act(self, key: str, todo: Plan) -> Result | None:
         # Memory.absent: what the plan's deletes found gone, for the next plan. In the
@@ -137,6 +138,64 @@ class PolicyReconciler:
 
     def _forget(self, key: str) -> None:
         self._memory.pop(key, None)
+        self._quiet.pop(key, None)
         self._views.forget(key)
         namespace, _, name = key.partition("/")
         self.metrics.forget(namespace, name)
+
+
+async def read_and_plan(
+    view: View,
+    memory: Memory,
+    clock: Clock,
+    store: LatencyStore,
+    prober: HttpProber,
+    quiet: Quiet | None,
+) -> tuple[Plan, PodLatencies | None, Quiet | None]:
+    """Read what the plan needs and plan, or, while `quiet` holds, plan what it planned
+    (reading only its windows' marks). Returns the plan, the latencies read (None when
+    none were), and what the next reconcile may repeat (None: nothing), which holds only
+    while the caller keeps the plan's memory as it is."""
+    parsed = view.parsed
+    if quiet is not None and parsed is not None and quiet.may_hold(view, memory, clock):
+        marks = read_marks(
+            parsed,
+            view.eligible,
+            store,
+            clock.store,
+            memory.last_evaluation or 0.0,
+            service=view.target,
+            facts=view.facts,
+        )
+        if quiet.holds(view, memory, clock, marks):
+            todo = quiet.plan(clock)
+            assert todo.memory is not None
+            return todo, None, dataclasses.replace(quiet, memory=todo.memory)
+    needs = measurement(view, memory, clock)
+    latencies = None
+    if needs is not None and parsed is not None:
+        pods, due = needs
+        latencies = await read_latencies(
+            parsed,
+            pods,
+            store,
+            prober,
+            clock.store,
+            probe=due,
+            service=view.target,
+            facts=view.facts,
+        )
+    todo = plan(view, memory, clock, latencies)
+    if parsed is None or todo.memory is None or not Quiet.candidate(view, memory, clock, todo):
+        return todo, latencies, None
+    assert memory.last_evaluation is not None  # Quiet.candidate
+    marks = read_marks(
+        parsed,
+        view.eligible,
+        store,
+        clock.store,
+        memory.last_evaluation,
+        service=view.target,
+        facts=view.facts,
+    )
+    return todo, latencies, None if marks is None else Quiet(view, todo.memory, marks)

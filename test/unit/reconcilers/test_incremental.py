@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import dataclasses
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -25,12 +26,14 @@ from aviator.latency import histogram, window
 from aviator.latency.histogram import Histogram, bucket_index
 from aviator.latency.schema import EndpointWindow, Snapshot
 from aviator.latency.store import LatencyStore
-from aviator.reconcilers import evaluation, fixedpoint, settled
+from aviator.reconcilers import evaluation, fixedpoint, reconciler, settled
 from aviator.reconcilers import plan as plan_module
 from aviator.reconcilers.latencies import PodLatencies, controller_prober, read_latencies
 from aviator.reconcilers.memory import Clock, Memory, memory_for
 from aviator.reconcilers.plan import Plan, measurement, plan
 from aviator.reconcilers.podfacts import PodFacts
+from aviator.reconcilers.quiet import Quiet
+from aviator.reconcilers.reconciler import read_and_plan
 from aviator.reconcilers.view import Caches, View, Views, gather
 from aviator.selection.types import LatencyEstimate, PodInput
 
@@ -44,6 +47,12 @@ BREAKER = {"enabled": True, "p99Threshold": "40ms", "consecutiveViolations": 2}
 SPECS: list[dict[str, Any]] = [
     {"selection": {"mode": "topN", "topN": 2}, "circuitBreaker": BREAKER},
     {"selection": {"mode": "percentage", "percentage": 50}, "circuitBreaker": BREAKER},
+    # Evaluated every second: steady reports every second make it a quiet policy.
+    {
+        "selection": {"mode": "percentage", "percentage": 50},
+        "evaluationInterval": "1s",
+        "circuitBreaker": BREAKER,
+    },
     {
         "selection": {"mode": "threshold"},
         "latencyThreshold": "30ms",
@@ -55,15 +64,22 @@ SPECS: list[dict[str, Any]] = [
 # One report of a pod: (p99-ish latency in ms, requests in flight, errors of 20).
 reports = st.tuples(st.sampled_from([5.0, 60.0, 20.0]), st.integers(0, 2), st.sampled_from([0, 10]))
 report_steps = st.tuples(st.just("report"), st.dictionaries(st.integers(0, PODS - 1), reports))
-steps = st.one_of(
-    report_steps,
-    report_steps,  # reports twice as often as any other change
-    st.tuples(st.just("repeat")),  # every pod sends what it sent last (a steady window)
+changes = st.one_of(
     st.tuples(st.just("add"), st.integers(0, PODS - 1)),
     st.tuples(st.just("remove"), st.integers(0, PODS - 1)),
     st.tuples(st.just("ready"), st.integers(0, PODS - 1), st.booleans()),
     st.tuples(st.just("spec"), st.integers(0, len(SPECS) - 1)),
     st.tuples(st.just("tamper")),  # someone empties our slices
+)
+steps = st.one_of(
+    report_steps,
+    report_steps,  # reports twice as often as any other change
+    st.tuples(st.just("repeat")),  # every pod sends what it sent last (a steady window)
+    st.tuples(st.just("repeat")),
+    changes,
+    # A change the next reports come with: a reconcile that finds the pods' windows
+    # saying what they said, but the cluster changed (a quiet policy no longer is).
+    st.tuples(st.just("and-repeat"), changes),
 )
 # Each step, then a reconcile this many seconds later (0: at the same instant; 40: past
 # the staleness bound, 30 s).
@@ -90,6 +106,7 @@ def report_of(i: int, ms: float, rif: int, errors: int) -> EndpointWindow:
 async def reconcile(
     caches: Caches, store: LatencyStore, memory: Memory, clock: Clock, views: Views | None = None
 ) -> Any:
+    """A reconcile from scratch: every latency read, every decision planned."""
     policy = caches.policies.get(KEY) or {}
     view = gather(caches, policy) if views is None else views.of(KEY, policy)
     needs = measurement(view, memory, clock)
@@ -106,6 +123,15 @@ async def reconcile(
             facts=view.facts,
         )
     return plan(view, memory, clock, lat), lat
+
+
+def reconcile_kept(
+    caches: Caches, store: LatencyStore, memory: Memory, clock: Clock, views: Views, quiet: Any
+) -> Any:
+    """A reconcile as the controller's: a quiet policy plans what it planned last."""
+    view = views.of(KEY, caches.policies.get(KEY) or {})
+    prober = controller_prober()
+    return asyncio.run(read_and_plan(view, memory, clock, store, prober, quiet))
 
 
 def decided(todo: Plan) -> object:
@@ -145,6 +171,7 @@ def disagreement(sequence: list[tuple[tuple[Any, ...], float]]) -> str | None:
     log: list[tuple[Snapshot, float]] = []
     last: dict[int, EndpointWindow] = {}
     memory: Memory | None = None
+    quiet: Quiet | None = None
     views = Views(kept)
     clock = T0
 
@@ -154,10 +181,13 @@ def disagreement(sequence: list[tuple[tuple[Any, ...], float]]) -> str | None:
             store.ingest_snapshot(snap, clock.store)
             log.append((snap, clock.store))
 
-    ingest([report_of(i, 10.0 + i, 0, 0) for i in present])
-    for n, (step, dt) in enumerate(sequence):
+    def take(step: tuple[Any, ...]) -> None:
+        nonlocal spec, generation
         kind = step[0]
-        if kind == "report":
+        if kind == "and-repeat":  # a change, and every pod reports what it last did
+            take(step[1])
+            take(("repeat",))
+        elif kind == "report":
             last.update({i: report_of(i, *r) for i, r in step[1].items()})
             ingest([last[i] for i in step[1]])
         elif kind == "repeat":
@@ -179,7 +209,14 @@ def disagreement(sequence: list[tuple[tuple[Any, ...], float]]) -> str | None:
             new = policy(spec, generation)
             new["status"] = copy.deepcopy(current.get("status"))
             kept.policies.upsert(new)
-        clock = later(clock, dt)
+
+    ingest([report_of(i, 10.0 + i, 0, 0) for i in present])
+    for n, (step, dt) in enumerate(sequence):
+        # Halfway to the reconcile: a report comes between two evaluations (at the
+        # instant of the last one when `dt` is 0).
+        clock = later(clock, dt / 2)
+        take(step)
+        clock = later(clock, dt - dt / 2)
 
         fresh = caches_with(
             *(
@@ -198,9 +235,16 @@ def disagreement(sequence: list[tuple[tuple[Any, ...], float]]) -> str | None:
         view = views.of(KEY, kept.policies.get(KEY) or {})
         mem = memory_for(view, memory)
         scratch = mem.without_memos()
-        got, got_lat = asyncio.run(reconcile(kept, store, mem, clock, views))
+        got, got_lat, quiet = reconcile_kept(kept, store, mem, clock, views, quiet)
         want, want_lat = asyncio.run(reconcile(fresh, replayed, scratch, clock))
-        if estimates(got_lat) != estimates(want_lat):
+        if got_lat is None and measurement(view, mem, clock) is not None:
+            # A quiet policy's reconcile (it read no latencies): the very evaluation
+            # the kept path would have found, its fixed point's outcome.
+            full, _ = asyncio.run(reconcile(kept, store, mem, clock, views))
+            assert full.memory is not None and got.memory is not None
+            if full.memory.outcome is not got.memory.outcome:
+                return f"step {n} {step}: quiet, but not the same evaluation"
+        elif estimates(got_lat) != estimates(want_lat):
             return f"step {n} {step}: estimates"
         if decided(got) != decided(want):
             return f"step {n} {step}: decisions"
@@ -248,6 +292,28 @@ SETTLED_THEN_TAMPERED = [
     *[(("repeat",), 0.5)] * 4,
     (("tamper",), 0.0),
 ]
+# A policy evaluated every second whose pods report the same every second: quiet
+# (aviator.reconcilers.quiet). Then what ends it, one at a time, quiet again between:
+# a pod no longer ready and our slices emptied, each with the same reports (only the
+# cluster read tells); an evaluation with no report since the last (not fresh); one
+# before the interval is over (not due); an estimate that changed; data gone stale.
+QUIET_THEN_EACH_CHANGE = [
+    (("spec", 2), 0.0),
+    (("report", {**ONE, 2: (20.0, 0, 0)}), 1.0),
+    *[(("repeat",), 1.0)] * 3,
+    (("and-repeat", ("ready", 2, False)), 1.0),
+    *[(("repeat",), 1.0)] * 3,
+    (("and-repeat", ("tamper",)), 1.0),
+    *[(("repeat",), 1.0)] * 3,
+    (("ready", 3, True), 1.0),  # pod 3 is not there: nothing changes, nothing reported
+    *[(("repeat",), 1.0)] * 3,
+    (("repeat",), 0.5),
+    *[(("repeat",), 1.0)] * 3,
+    (("report", {0: (5.0, 1, 0)}), 1.0),
+    *[(("repeat",), 1.0)] * 3,
+    (("repeat",), 40.0),
+    *[(("repeat",), 1.0)] * 3,
+]
 
 
 @settings(
@@ -261,6 +327,7 @@ SETTLED_THEN_TAMPERED = [
 @example(SETTLED_THEN_ONE_ROW)
 @example(SETTLED_THEN_TAMPERED)
 @example(FRESH_EVERY_OTHER_EVALUATION)
+@example(QUIET_THEN_EACH_CHANGE)
 @given(sequences)
 def test_the_incremental_path_decides_what_a_reconcile_from_scratch_decides(
     sequence: list[tuple[tuple[Any, ...], float]],
@@ -325,6 +392,27 @@ def cluster_without_slices(view: View, status: JSON | None) -> settled.Cluster:
     return ORIGINAL_CLUSTER_OF(dataclasses.replace(view, slices=()), status)
 
 
+ORIGINAL_MAY_HOLD = Quiet.may_hold
+
+
+def may_hold_in_another_cluster(self: Quiet, view: View, memory: Memory, clock: Clock) -> bool:
+    """Quiet.may_hold that leaves out the View (the cluster read)."""
+    return ORIGINAL_MAY_HOLD(dataclasses.replace(self, view=view), view, memory, clock)
+
+
+def may_hold_before_due(self: Quiet, view: View, memory: Memory, clock: Clock) -> bool:
+    """Quiet.may_hold that leaves out whether the engine is due."""
+    return view is self.view and memory is self.memory
+
+
+ORIGINAL_READ_MARKS = reconciler.read_marks
+
+
+def marks_fresh_or_not(*args: Any, **kwargs: Any) -> tuple[int, ...] | None:
+    """latencies.read_marks that leaves out whether each pod reported since `since`."""
+    return ORIGINAL_READ_MARKS(*(args[:4]), -math.inf, *(args[5:]), **kwargs)
+
+
 @pytest.mark.parametrize(
     ("target", "name", "replacement", "sequence"),
     [
@@ -334,6 +422,9 @@ def cluster_without_slices(view: View, status: JSON | None) -> settled.Cluster:
         (settled.Settled, "holds", holds_without_estimates, SETTLED_THEN_ONE_ROW),
         (settled.Cluster, "of", staticmethod(cluster_without_slices), SETTLED_THEN_TAMPERED),
         (Caches, "mutations", lambda self: (), SETTLED_THEN_TAMPERED),
+        (Quiet, "may_hold", may_hold_in_another_cluster, QUIET_THEN_EACH_CHANGE),
+        (Quiet, "may_hold", may_hold_before_due, QUIET_THEN_EACH_CHANGE),
+        (reconciler, "read_marks", marks_fresh_or_not, QUIET_THEN_EACH_CHANGE),
     ],
     ids=[
         "estimate-key-without-rif",
@@ -342,6 +433,9 @@ def cluster_without_slices(view: View, status: JSON | None) -> settled.Cluster:
         "settled-without-estimates",
         "cluster-without-slices",
         "views-without-cache-changes",
+        "quiet-in-another-cluster",
+        "quiet-before-due",
+        "quiet-without-freshness",
     ],
 )
 def test_a_memo_key_that_leaves_out_a_dependency_fails_the_property(
@@ -403,6 +497,43 @@ def test_a_steady_policy_neither_runs_the_engine_nor_builds_its_status_again() -
     # than the evaluations): the engine's fixed points hold, and nothing is rebuilt.
     assert steady_run(reports_every=1, reconciles=12) == (0, 0)
     assert steady_run(reports_every=2, reconciles=12) == (0, 0)
+
+
+def test_a_steady_policy_due_every_second_is_quiet() -> None:
+    # Pods that report the same every second to a policy evaluated every second: after
+    # the evaluations that settle it, reconciles read only their windows' marks.
+    caches = caches_with(policy(2, 1), make_service(), *(pod(i) for i in range(3)))
+    store = LatencyStore(1.0, 30.0)
+    views = Views(caches)
+    memory: Memory | None = None
+    quiet: Quiet | None = None
+    clock = T0
+    reads = {"latencies": 0}
+    original = reconciler.read_latencies
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        reads["latencies"] += 1
+        return await original(*args, **kwargs)
+
+    with mutant(reconciler, "read_latencies", counted):
+        for n in range(20):
+            if n == 5:
+                reads["latencies"] = 0
+            clock = later(clock, 0.5)  # a report between two evaluations
+            windows = tuple(report_of(i, 10.0 + i, 0, 0) for i in range(3))
+            store.ingest_snapshot(
+                Snapshot("node-a", "ebpf", clock.store, 1.0, windows), clock.store
+            )
+            clock = later(clock, 0.5)
+            view = views.of(KEY, caches.policies.get(KEY) or {})
+            todo, _, quiet = reconcile_kept(
+                caches, store, memory_for(view, memory), clock, views, quiet
+            )
+            apply(caches, todo)
+            memory = todo.memory
+            if memory is not None and todo.status is not None:
+                memory = dataclasses.replace(memory, status=todo.status)
+    assert reads["latencies"] == 0
 
 
 # --- memory stays bounded ------------------------------------------------------------
