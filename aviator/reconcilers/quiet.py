@@ -14,8 +14,9 @@ the window marks it read (aviator.latency.window `Window.mark`, via
 `latencies.read_marks`). The next reconcile is that one again, and `Quiet.plan` is what
 it plans, when (`Quiet.holds`):
 
-- the View is the same object and the memory the one that reconcile left (no cache
-  change, no write, nothing remembered since);
+- the View holds the same cache objects (the same View, or a new one after a change
+  elsewhere) with the same zones, and the memory is the one that reconcile left (no
+  write, nothing remembered since);
 - the engine is due again;
 - every pod's window has the same mark (the same estimate object, an equal total: the
   same engine input, the same p99 of the active set) and reported since the last
@@ -77,7 +78,21 @@ class Quiet:
 
     def may_hold(self, view: View, memory: Memory, clock: Clock) -> bool:
         """Whether `holds` may, before the marks are read."""
-        return view is self.view and memory is self.memory and engine_due(view, memory, clock)
+        return memory is self.memory and self.same_cluster(view) and engine_due(view, memory, clock)
+
+    def same_cluster(self, view: View) -> bool:
+        """Whether `view` reads what the remembered View read: the same object, or one
+        holding the same cache objects (a cache changed elsewhere) whose zones, which
+        the settled reconcile compares by value, are the same."""
+        held = self.view
+        if view is held:
+            return True
+        return (
+            Cluster(held, None).same(Cluster(view, None))
+            and view.pod_zones == held.pod_zones
+            and view.zone_cpu == held.zone_cpu
+            and view.client_zones == held.client_zones
+        )
 
     def holds(
         self, view: View, memory: Memory, clock: Clock, marks: tuple[int, ...] | None

@@ -170,7 +170,7 @@ async def read_and_plan(
         if quiet.holds(view, memory, clock, marks):
             todo = quiet.plan(clock)
             assert todo.memory is not None
-            return todo, None, dataclasses.replace(quiet, memory=todo.memory)
+            return todo, None, dataclasses.replace(quiet, view=view, memory=todo.memory)
     needs = measurement(view, memory, clock)
     latencies = None
     if needs is not None and parsed is not None:

@@ -21,6 +21,8 @@ from hypothesis import strategies as st
 from reconciler_objects import make_pod, make_service
 from test_plan import T0, apply, caches_with, later, make_policy
 
+from aviator.informers import Indexer
+from aviator.kube import marks
 from aviator.kube.objects import JSON
 from aviator.latency import histogram, window
 from aviator.latency.histogram import Histogram, bucket_index
@@ -70,6 +72,8 @@ changes = st.one_of(
     st.tuples(st.just("ready"), st.integers(0, PODS - 1), st.booleans()),
     st.tuples(st.just("spec"), st.integers(0, len(SPECS) - 1)),
     st.tuples(st.just("tamper")),  # someone empties our slices
+    st.tuples(st.just("elsewhere")),  # a pod no Service of ours selects changes
+    st.tuples(st.just("zone"), st.booleans()),  # the pods' node moves to another zone
 )
 steps = st.one_of(
     report_steps,
@@ -88,6 +92,12 @@ sequences = st.lists(st.tuples(steps, st.sampled_from([0.5, 0.0, 1.0, 3.0, 40.0]
 
 def pod(i: int, ready: bool = True) -> dict[str, Any]:
     return make_pod(f"p{i}", f"10.0.0.{i + 1}", ready=ready)
+
+
+def node(moved: bool) -> JSON:
+    """The pods' node, in zone-a (or zone-b once `moved`)."""
+    zone = "zone-b" if moved else "zone-a"
+    return {"kind": "Node", "metadata": {"name": "node-a", "labels": {marks.LABEL_ZONE: zone}}}
 
 
 def policy(spec: int, generation: int) -> dict[str, Any]:
@@ -167,6 +177,8 @@ def disagreement(sequence: list[tuple[tuple[Any, ...], float]]) -> str | None:
     present = {0, 1, 2}
     spec, generation = 0, 1
     kept = caches_with(policy(spec, generation), make_service(), *(pod(i) for i in present))
+    kept.nodes = nodes = Indexer()
+    nodes.upsert(node(False))
     store = LatencyStore(WINDOW_S, 30.0)
     log: list[tuple[Snapshot, float]] = []
     last: dict[int, EndpointWindow] = {}
@@ -203,6 +215,10 @@ def disagreement(sequence: list[tuple[tuple[Any, ...], float]]) -> str | None:
         elif kind == "tamper":
             for sl in kept.slices.list():
                 kept.slices.upsert({**sl, "endpoints": []})
+        elif kind == "zone":
+            nodes.upsert(node(step[1]))
+        elif kind == "elsewhere":
+            kept.pods.upsert(make_pod("other", "10.0.9.1", labels={"app": "other"}))
         elif kind == "spec":
             spec, generation = step[1], generation + 1
             current = kept.policies.get(KEY) or {}
@@ -229,6 +245,9 @@ def disagreement(sequence: list[tuple[tuple[Any, ...], float]]) -> str | None:
                 )
             )
         )
+        fresh.nodes = Indexer()
+        for n_obj in nodes.list():
+            fresh.nodes.upsert(copy.deepcopy(n_obj))
         replayed = LatencyStore(WINDOW_S, 30.0)
         for snap, at in log:
             replayed.ingest_snapshot(snap, at)
@@ -300,6 +319,10 @@ SETTLED_THEN_TAMPERED = [
 QUIET_THEN_EACH_CHANGE = [
     (("spec", 2), 0.0),
     (("report", {**ONE, 2: (20.0, 0, 0)}), 1.0),
+    *[(("repeat",), 1.0)] * 3,
+    (("and-repeat", ("elsewhere",)), 1.0),  # a new View, the same objects: quiet
+    *[(("repeat",), 1.0)] * 3,
+    (("and-repeat", ("zone", True)), 1.0),  # the same objects, another zone
     *[(("repeat",), 1.0)] * 3,
     (("and-repeat", ("ready", 2, False)), 1.0),
     *[(("repeat",), 1.0)] * 3,
@@ -400,6 +423,11 @@ def may_hold_in_another_cluster(self: Quiet, view: View, memory: Memory, clock: 
     return ORIGINAL_MAY_HOLD(dataclasses.replace(self, view=view), view, memory, clock)
 
 
+def same_cluster_whatever_the_zones(self: Quiet, view: View) -> bool:
+    """Quiet.same_cluster that leaves out the zones (compares the objects only)."""
+    return settled.Cluster(self.view, None).same(settled.Cluster(view, None))
+
+
 def may_hold_before_due(self: Quiet, view: View, memory: Memory, clock: Clock) -> bool:
     """Quiet.may_hold that leaves out whether the engine is due."""
     return view is self.view and memory is self.memory
@@ -423,6 +451,7 @@ def marks_fresh_or_not(*args: Any, **kwargs: Any) -> tuple[int, ...] | None:
         (settled.Cluster, "of", staticmethod(cluster_without_slices), SETTLED_THEN_TAMPERED),
         (Caches, "mutations", lambda self: (), SETTLED_THEN_TAMPERED),
         (Quiet, "may_hold", may_hold_in_another_cluster, QUIET_THEN_EACH_CHANGE),
+        (Quiet, "same_cluster", same_cluster_whatever_the_zones, QUIET_THEN_EACH_CHANGE),
         (Quiet, "may_hold", may_hold_before_due, QUIET_THEN_EACH_CHANGE),
         (reconciler, "read_marks", marks_fresh_or_not, QUIET_THEN_EACH_CHANGE),
     ],
@@ -434,6 +463,7 @@ def marks_fresh_or_not(*args: Any, **kwargs: Any) -> tuple[int, ...] | None:
         "cluster-without-slices",
         "views-without-cache-changes",
         "quiet-in-another-cluster",
+        "quiet-whatever-the-zones",
         "quiet-before-due",
         "quiet-without-freshness",
     ],
@@ -501,7 +531,8 @@ def test_a_steady_policy_neither_runs_the_engine_nor_builds_its_status_again() -
 
 def test_a_steady_policy_due_every_second_is_quiet() -> None:
     # Pods that report the same every second to a policy evaluated every second: after
-    # the evaluations that settle it, reconciles read only their windows' marks.
+    # the evaluations that settle it, reconciles read only their windows' marks, and
+    # a change elsewhere in the caches does not end it.
     caches = caches_with(policy(2, 1), make_service(), *(pod(i) for i in range(3)))
     store = LatencyStore(1.0, 30.0)
     views = Views(caches)
@@ -525,6 +556,8 @@ def test_a_steady_policy_due_every_second_is_quiet() -> None:
                 Snapshot("node-a", "ebpf", clock.store, 1.0, windows), clock.store
             )
             clock = later(clock, 0.5)
+            # A cache changes elsewhere: a new View, holding the same objects.
+            caches.pods.upsert(make_pod("other", "10.0.9.1", labels={"app": f"other-{n}"}))
             view = views.of(KEY, caches.policies.get(KEY) or {})
             todo, _, quiet = reconcile_kept(
                 caches, store, memory_for(view, memory), clock, views, quiet
