@@ -300,6 +300,13 @@ class LatencyStore:
             gap = now - win.last_seen
             # What went stale is never read again; else what a window's reports left.
             before = math.inf if gap > win.stale_s else now - keep_s + slack(gap, keep_s)
+            if win.renew(now, ep, source, before):
+                # The delta that leaves comes again: the same sums, bounds and estimate.
+                win.keep_s, win.stale_s = keep_s, stale_s
+                win.last_seen = now
+                if pod is not None:
+                    win.pod = pod
+                return None
             if win.deltas and win.deltas[0][0] <= before:
                 freed = win.expire(before)
                 if not win.deltas:  # lapsed now, or when it went stale

@@ -4,7 +4,9 @@ within it, their running sums, and what the latest report said.
 Adding a delta and expiring old ones keep the sums (histogram, statuses, errors,
 keep-warm samples) and
 the count of held buckets exact, so an estimate costs a pass over one histogram and
-the store's memory accounting is one subtraction per expired delta.
+the store's memory accounting is one subtraction per expired delta. A steady
+endpoint's report, whose delta is the one leaving, renews the window (`renew`): the
+delta's time moves and nothing else, so nothing the window says is read again.
 
 A window remembers its quantiles and its last estimate with the figures each was
 built from, and hands out the same ones while those figures are the same: a steady
@@ -96,6 +98,32 @@ class Window:
         if len(deltas) > max_deltas:
             added -= self._pop()
         return added
+
+    def renew(self, at: float, ep: EndpointWindow, source: Source, before: float) -> bool:
+        """Take a report, arrived at `at`, whose delta is the one leaving the window (the
+        only one arrived by `before`) with the same requests in flight, oldest open
+        request, protocol and source: that delta leaves and comes again, and nothing the
+        window says changes (its sums, its estimate, its mark). A steady endpoint's
+        every report. False, changing nothing, for any other."""
+        deltas = self.deltas
+        if not deltas or deltas[0][0] > before or (len(deltas) > 1 and deltas[1][0] <= before):
+            return False
+        _, hist, statuses, errors, keepwarm = deltas[0]
+        if (
+            ep.statuses != statuses
+            or ep.errors != errors
+            or ep.keepwarm != keepwarm
+            or ep.rif != self.rif
+            or ep.oldest_open_us != self.oldest_open_us
+            or ep.protocol != self.protocol
+            or source != self.source
+            or ep.hist != hist
+        ):
+            return False
+        del deltas[0]
+        deltas.append((at, ep.hist, statuses, errors, keepwarm))
+        self.sampled = at
+        return True
 
     def expire(self, before: float) -> int:
         """Drop deltas from `before` or earlier; returns the buckets freed."""

@@ -1,15 +1,18 @@
-"""A window's mark (aviator.latency.window `Window.mark`, read through
-`LatencyStore.mark`): the same mark, the same estimate object and an equal total; a
-new one whenever either changed, a window made again included; None where one window
-does not speak for the address alone."""
+"""A steady endpoint's reports. A report whose delta is the one leaving its window
+renews it (`Window.renew`) and leaves the window as taking the delta out and adding it
+again would. A window's mark (`Window.mark`, read through `LatencyStore.mark`): the
+same mark, the same estimate object and an equal total; a new one whenever either
+changed, a window made again included; None where one window does not speak for the
+address alone."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from aviator.latency import window
 from aviator.latency.histogram import Histogram
-from aviator.latency.schema import EndpointWindow, Snapshot
+from aviator.latency.schema import AppProtocol, EndpointWindow, Snapshot, Source
 from aviator.latency.store import LatencyStore
 
 IP = "10.0.0.1"
@@ -111,3 +114,92 @@ def test_the_same_mark_is_the_same_estimate_and_an_equal_total(
         total = store.merged([IP], at)
         held = seen.setdefault(found[0], (estimate, total))
         assert held[0] is estimate and held[1] == total
+
+
+# --- renewing a window ---------------------------------------------------------------
+
+# A report: (samples, statuses, errors, keep-warm, requests in flight, oldest open
+# request in µs, protocol, source), from few enough values that reports repeat.
+figures = st.tuples(
+    st.sampled_from([{5000: 20}, {5000: 18, 10000: 2}, {}]),
+    st.sampled_from([0, 20]),
+    st.sampled_from([0, 5]),
+    st.sampled_from([0, 2]),
+    st.integers(0, 1),
+    st.sampled_from([0, 900_000]),
+    st.sampled_from(["http1", "h2"]),
+    st.sampled_from(["ebpf", "probe"]),
+)
+Figures = tuple[dict[int, int], int, int, int, int, int, AppProtocol, Source]
+
+
+def window_of(figures: Figures) -> tuple[EndpointWindow, Source]:
+    counts, statuses, errors, keepwarm, rif, open_us, protocol, source = figures
+    ep = report(counts, rif=rif)
+    count = ep.count
+    ep = EndpointWindow(
+        ep.ip,
+        ep.port,
+        ep.role,
+        ep.pod,
+        ep.hist,
+        count,
+        0,
+        ep.max_us,
+        rif,
+        0,
+        protocol,
+        min(statuses, count),
+        min(errors, statuses, count),
+        open_us,
+        min(keepwarm, count),
+    )
+    return ep, source
+
+
+def held(store: LatencyStore) -> object:
+    """Everything a window holds and says (what the renewed path must leave alike)."""
+    win = store._windows[(IP, 8080, "server", "agent")]
+    return (
+        [(at, h.to_sparse(), s, e, k) for at, h, s, e, k in win.deltas],
+        win.total.to_sparse(),
+        (win.statuses, win.errors, win.keepwarm, win.buckets, win.rif, win.oldest_open_us),
+        (win.protocol, win.source, win.last_seen, win.sampled, win.keep_s, win.stale_s),
+        win.latest(),
+        store.usage("n1"),
+        store.estimate(IP, win.last_seen),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(figures, st.sampled_from([0.5, 1.0, 1.5, 6.0])), max_size=25))
+def test_a_renewed_window_is_the_window_the_delta_leaving_and_coming_again_makes(
+    steps: list[tuple[Figures, float]],
+) -> None:
+    renewing = LatencyStore(window_s=1.0, stale_after_s=5.0)
+    plain = LatencyStore(window_s=1.0, stale_after_s=5.0)
+    at = 100.0
+    for fig, gap in steps:
+        at += gap
+        ep, source = window_of(fig)
+        snap = Snapshot("n1", source, at, 1.0, (ep,))
+        renewing.ingest_snapshot(snap, at)
+        original = window.Window.renew
+        window.Window.renew = lambda *args: False  # type: ignore[method-assign]
+        try:
+            plain.ingest_snapshot(snap, at)
+        finally:
+            window.Window.renew = original  # type: ignore[method-assign]
+        assert held(renewing) == held(plain)
+
+
+def test_a_steady_endpoints_report_renews_its_window() -> None:
+    store = LatencyStore(window_s=1.0, stale_after_s=5.0)
+    ingest(store, 100.0, report({5000: 20}))
+    win = store._windows[(IP, 8080, "server", "agent")]
+    total, version = win.total, win.version
+    for at in (101.0, 102.0):
+        ingest(store, at, report({5000: 20}))
+        assert win.total is total and win.version == version  # neither taken apart nor read again
+    ingest(store, 103.0, report({5000: 20}, rif=1))
+    assert win.version != version
