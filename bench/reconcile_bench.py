@@ -1,7 +1,8 @@
 """One reconcile of a large policy, in process: what an evaluation interval costs the
 controller's CPU, with and without what it remembers between reconciles.
 
-The real reconcile path (`view.Views` → `latencies.read_latencies` → `plan.plan`) on
+The real reconcile path (`view.Views` → `reconciler.read_and_plan`: the latencies and
+the plan, or a quiet policy's marks) on
 real informer indexers and a real latency store, fed one snapshot per node per second
 as agents report; the plan's writes are applied back to the caches as the API server
 would, so steady state is what the controller sees. No API server, no network: the
@@ -36,9 +37,11 @@ from aviator.kube import marks, mergepatch
 from aviator.latency.histogram import Histogram, bucket_index
 from aviator.latency.schema import EndpointWindow, Snapshot
 from aviator.latency.store import LatencyStore
-from aviator.reconcilers.latencies import controller_prober, read_latencies
+from aviator.reconcilers.latencies import controller_prober
 from aviator.reconcilers.memory import Clock, Memory, memory_for
-from aviator.reconcilers.plan import Plan, measurement, plan
+from aviator.reconcilers.plan import Plan
+from aviator.reconcilers.quiet import Quiet
+from aviator.reconcilers.reconciler import read_and_plan
 from aviator.reconcilers.view import Caches, Views, gather
 from aviator.runtime.gctune import tune_for_caches
 from bench.common import pod_ip, row
@@ -153,6 +156,7 @@ class Fleet:
         self.store = LatencyStore(10.0, 30.0)
         self.base_ms = [self.rng.uniform(5.0, 50.0) for _ in range(n)]
         self.memory: Memory | None = None
+        self.quiet: Quiet | None = None  # kept only when remembering
         self.now = 100.0
         self.prober = controller_prober()
 
@@ -196,20 +200,8 @@ class Fleet:
         # as in the controller: every estimate's age differs from the last one's.
         at = self.now + self.rng.uniform(0.0, 0.9)
         clock = Clock(1_800_000_000.0 + at, at)
-        needs = measurement(view, mem, clock)
-        latencies = None
-        if needs is not None and view.parsed is not None:
-            latencies = await read_latencies(
-                view.parsed,
-                needs[0],
-                self.store,
-                self.prober,
-                at,
-                probe=needs[1],
-                service=view.target,
-                facts=view.facts,
-            )
-        todo = plan(view, mem, clock, latencies)
+        quiet = self.quiet if self.remember else None
+        todo, _, self.quiet = await read_and_plan(view, mem, clock, self.store, self.prober, quiet)
         return todo
 
     def settle(self, todo: Plan) -> None:
