@@ -1,9 +1,10 @@
 """Incremental evaluation: a reconcile that reuses what it built before (pod facts, each
 window's estimate, each pod's engine input and status row, the memo of up-to-date
-slices and status, a settled reconcile) decides exactly what a reconcile from scratch
-decides, over random sequences of changes; a memo whose key leaves out something it
-depends on is caught; and what is remembered of pods and endpoints that are gone is
-dropped."""
+slices and status, a settled reconcile, a quiet policy's repeat of it) decides exactly
+what a reconcile from scratch decides, over random sequences of changes (and a quiet
+one is the very evaluation the kept path would have found); a memo whose key leaves
+out something it depends on is caught; and what is remembered of pods and endpoints
+that are gone is dropped."""
 
 from __future__ import annotations
 
