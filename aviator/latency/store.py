@@ -421,6 +421,10 @@ class LatencyStore:
             return None, 0.0
         return combined_latest(windows, probe_windows)
 
+    def measured(self, ip: str) -> bool:
+        """Whether the store holds any window of `ip`, of any port, role or origin."""
+        return ip in self._by_ip
+
     def mark(
         self, ip: str, now: float, wanted: Collection[int] | None, origin: Origin
     ) -> tuple[int, float] | None:

@@ -216,19 +216,21 @@ def read_marks(
 ) -> tuple[int, ...] | None:
     """The marks of the windows `read_latencies` reads for `pods` (agents' data, the
     Service's numbered target ports), one per pod, when each pod's first address has
-    one fresh window with an estimate, reported after `since`: the same marks, the same
-    estimates, totals and freshness (aviator.reconcilers.quiet). None for any other."""
+    one fresh window with an estimate, reported after `since`, and its other addresses
+    (a dual-stack pod's) none at all: the same marks, the same estimates, freshness and
+    totals, which the active set's p99 merges over every address
+    (aviator.reconcilers.quiet). None for any other."""
     if origin_of(parsed) != "agent" or service is None:
         return None
     wanted = numbered_ports(service)
     if wanted is None:
         return None
-    mark = store.mark
+    mark, measured = store.mark, store.measured
     marks: list[int] = []
     for p in pods:
         ips = facts(p).ips
         found = mark(ips[0], now, wanted, "agent") if ips else None
-        if found is None or found[1] <= since:
+        if found is None or found[1] <= since or any(map(measured, ips[1:])):
             return None
         marks.append(found[0])
     return tuple(marks)

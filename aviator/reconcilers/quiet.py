@@ -9,7 +9,8 @@ find that out. A quiet policy skips the finding out.
 `Quiet` remembers such a reconcile: one that ran the engine when it was due, whose
 outcome is a fixed point's, that wrote nothing and is settled, for a policy reading
 agents' data without loads or latency-aware zones, every pod of which had an estimate
-from one window (its first address's) reported since the evaluation before. With it,
+from one window (its first address's) reported since the evaluation before, and no
+window on its other addresses (the active set's p99 merges them too). With it,
 the window marks it read (aviator.latency.window `Window.mark`, via
 `latencies.read_marks`). The next reconcile is that one again, and `Quiet.plan` is what
 it plans, when (`Quiet.holds`):

@@ -570,6 +570,43 @@ def test_a_steady_policy_due_every_second_is_quiet() -> None:
     assert reads["latencies"] == 0
 
 
+def test_a_dual_stack_pods_other_address_measured_ends_its_policys_quiet() -> None:
+    # The active set's p99 merges every address's windows, the marks only the first's:
+    # a policy is quiet only while its pods' other addresses have none. Each reconcile
+    # is held to the full path's from the same memory.
+    pods = [make_pod(f"p{i}", [f"10.0.0.{i + 1}", f"fd00::{i + 1}"]) for i in range(3)]
+    caches = caches_with(policy(2, 1), make_service(), *pods)
+    store = LatencyStore(1.0, 30.0)
+    views = Views(caches)
+    memory: Memory | None = None
+    quiet: Quiet | None = None
+    clock = T0
+    kinds = []
+    for n in range(16):
+        clock = later(clock, 0.5)
+        windows = [report_of(i, 10.0 + i, 0, 0) for i in range(3)]
+        if n >= 8:  # the pods' IPv6 addresses start to be measured, slow
+            windows += [
+                dataclasses.replace(report_of(i, 900.0, 0, 0), ip=f"fd00::{i + 1}")
+                for i in range(3)
+            ]
+        store.ingest_snapshot(
+            Snapshot("node-a", "ebpf", clock.store, 1.0, tuple(windows)), clock.store
+        )
+        clock = later(clock, 0.5)
+        view = views.of(KEY, caches.policies.get(KEY) or {})
+        mem = memory_for(view, memory)
+        full, _ = asyncio.run(reconcile(caches, store, mem, clock, views))
+        todo, lat, quiet = reconcile_kept(caches, store, mem, clock, views, quiet)
+        kinds.append("full" if lat is not None else "quiet")
+        assert decided(todo) == decided(full), n
+        apply(caches, todo)
+        memory = todo.memory
+        if memory is not None and todo.status is not None:
+            memory = dataclasses.replace(memory, status=todo.status)
+    assert "quiet" in kinds[:8] and kinds[8] == "full"
+
+
 # --- memory stays bounded ------------------------------------------------------------
 
 
