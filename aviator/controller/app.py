@@ -53,8 +53,9 @@ from aviator.kube.resources import (
 )
 from aviator.latency.auth import TokenAuthenticator
 from aviator.latency.limits import StreamGate, StreamLimits
+from aviator.latency.quota import StoreLimits
 from aviator.latency.receiver import make_stream_handler
-from aviator.latency.store import LatencyStore, StoreLimits
+from aviator.latency.store import LatencyStore
 from aviator.latency.tls import STREAM_SERVICE, server_name, service_names, trust_clients
 from aviator.leaderelection import LeaderElectionConfig, LeaderElector, LeaseLock
 from aviator.reconcilers import mapping

@@ -15,7 +15,7 @@ import uvloop
 from aviator.controller.app import ControllerApp, Options, default_identity
 from aviator.kube.client import KubeClient
 from aviator.latency.limits import StreamLimits
-from aviator.latency.store import StoreLimits
+from aviator.latency.quota import StoreLimits
 from aviator.runtime.flags import positive_float
 from aviator.runtime.gctune import tune_for_caches
 

@@ -64,17 +64,14 @@ Semantics the selection engine relies on:
   reported for `silent`).
 - When the pod reported behind an IP changes (IP reused by a new pod), the old
   pod's window is dropped.
-- Memory is bounded (`StoreLimits`): every agent window is charged to the agent it
-  came from (`owner`: the node its token names) and the store counts, per owner and
-  in total, the endpoints it holds and the histogram buckets its deltas hold (one
-  bucket of one delta ≈ 85 bytes; a window's running sum holds at most as many again).
-  An endpoint window that would take an owner or the store over a bound is refused,
-  not stored, and `ingest_snapshot` says why (`AGENT_ENDPOINTS`, `STORE_ENDPOINTS`,
-  `AGENT_BUCKETS`, `STORE_BUCKETS`): the endpoint then goes stale, i.e. unknown, never
-  fast. The controller's own probes are charged to the total but never refused.
-  Deltas leave with the window (every `_PRUNE_EVERY_S` for idle endpoints too),
-  endpoints unseen for `forget_after_s` are removed, and each window holds at most
-  `max_deltas` deltas.
+- Memory is bounded (aviator.latency.quota): every agent window is charged to the
+  agent it came from (`owner`: the node its token names), and an endpoint window that
+  would take its owner or the store over a bound (`StoreLimits`) is refused, not
+  stored; `ingest_snapshot` says why (the quota's reasons): the endpoint then goes
+  stale, i.e. unknown, never fast. The controller's own probes are charged to the
+  total but never refused. Deltas leave with the window (every `_PRUNE_EVERY_S` for
+  idle endpoints too), endpoints unseen for `forget_after_s` are removed, and each
+  window holds at most `max_deltas` deltas.
 
 Beside the windows, `maps` (aviator.latency.pressure) keeps which nodes' agents report
 full BPF maps, and `loads` (aviator.latency.loads) the gauges their pods reported, for
@@ -95,6 +92,7 @@ from typing import Literal
 from aviator.latency.histogram import Histogram
 from aviator.latency.loads import LoadBoard
 from aviator.latency.pressure import MapPressure
+from aviator.latency.quota import CONTROLLER_OWNER, Ledger, StoreLimits, Usage
 from aviator.latency.reporters import Reporters
 from aviator.latency.schema import EndpointWindow, Snapshot, Source
 from aviator.latency.window import Window, aged, combined_latest
@@ -104,31 +102,6 @@ _PRUNE_EVERY_S = 10.0
 
 
 Origin = Literal["agent", "controller"]
-CONTROLLER_OWNER = ""  # the owner of the controller's probe windows (no node has it)
-
-AGENT_ENDPOINTS = "agent_endpoints"
-STORE_ENDPOINTS = "store_endpoints"
-AGENT_BUCKETS = "agent_buckets"
-STORE_BUCKETS = "store_buckets"
-
-
-@dataclass(frozen=True, slots=True)
-class StoreLimits:
-    """Bounds on what the store holds, per agent (owner) and in total; see the module
-    docstring. The defaults hold a busy 110-pod node several times over per agent."""
-
-    endpoints_per_agent: int = 4096
-    endpoints: int = 32768
-    buckets_per_agent: int = 262_144
-    buckets: int = 1_048_576
-
-
-@dataclass(slots=True)
-class Usage:
-    """What one owner (or the whole store) holds: endpoints and delta buckets."""
-
-    endpoints: int = 0
-    buckets: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,9 +136,8 @@ class LatencyStore:
             forget_after_s if forget_after_s is not None else max(300.0, 10 * stale_after_s)
         )
         self.max_deltas = max_deltas
-        self.limits = limits or StoreLimits()
-        self.total = Usage()
-        self._owners: dict[str, Usage] = {}
+        self.ledger = Ledger(limits)
+        self.total = self.ledger.total  # what the whole store holds, kept current
         self._windows: dict[Key, Window] = {}
         # ip -> keys of that ip, so estimates need not scan every endpoint (a list: one
         # key, usually; a set would cost four times its memory).
@@ -185,7 +157,7 @@ class LatencyStore:
 
     def usage(self, owner: str) -> Usage:
         """What `owner` holds (an agent's node; CONTROLLER_OWNER for probe windows)."""
-        return self._owners.get(owner) or Usage()
+        return self.ledger.usage(owner)
 
     # --- writing --------------------------------------------------------------------
 
@@ -238,33 +210,6 @@ class LatencyStore:
             self.prune(now)
             self._next_prune = now + _PRUNE_EVERY_S
 
-    def _charge(self, owner: str, endpoints: int, buckets: int) -> None:
-        usage = self._owners.get(owner)
-        if usage is None:
-            usage = self._owners[owner] = Usage()
-        usage.endpoints += endpoints
-        usage.buckets += buckets
-        self.total.endpoints += endpoints
-        self.total.buckets += buckets
-        if usage.endpoints == 0 and usage.buckets == 0:
-            del self._owners[owner]
-
-    def _refusal(self, owner: str, new: bool, buckets: int) -> str | None:
-        """Why a window of `owner` with `buckets` more (a `new` endpoint) may not be
-        stored, or None when it may."""
-        if owner == CONTROLLER_OWNER:
-            return None
-        lim, mine, total = self.limits, self.usage(owner), self.total
-        if new and mine.endpoints >= lim.endpoints_per_agent:
-            return AGENT_ENDPOINTS
-        if new and total.endpoints >= lim.endpoints:
-            return STORE_ENDPOINTS
-        if mine.buckets + buckets > lim.buckets_per_agent:
-            return AGENT_BUCKETS
-        if total.buckets + buckets > lim.buckets:
-            return STORE_BUCKETS
-        return None
-
     def _ingest_endpoint(
         self,
         ep: EndpointWindow,
@@ -289,13 +234,13 @@ class LatencyStore:
         buckets = len(hist)
         freed = 0  # buckets of the deltas that left the window
         if win is None:
-            reason = self._refusal(owner, True, buckets)
+            reason = self.ledger.refusal(owner, True, buckets)
             if reason is not None:
                 return reason
             win = Window(pod, source, now, keep_s, stale_s, owner)
             self._windows[key] = win
             self._by_ip.setdefault(ep.ip, []).append(key)
-            self._charge(owner, 1, 0)
+            self.ledger.charge(owner, 1, 0)
         else:
             gap = now - win.last_seen
             # What went stale is never read again; else what a window's reports left.
@@ -315,9 +260,9 @@ class LatencyStore:
             # still (a steady endpoint's every report), so no need to ask.
             if buckets > freed:
                 if freed:
-                    self._charge(owner, 0, -freed)
+                    self.ledger.charge(owner, 0, -freed)
                     freed = 0
-                reason = self._refusal(owner, False, buckets)
+                reason = self.ledger.refusal(owner, False, buckets)
                 if reason is not None:
                     return reason
             win.keep_s, win.stale_s = keep_s, stale_s
@@ -331,17 +276,17 @@ class LatencyStore:
         win.touch()
         added = win.add(now, ep, self.max_deltas) if buckets else 0
         if added != freed:  # one charge for what left and what came
-            self._charge(owner, 0, added - freed)
+            self.ledger.charge(owner, 0, added - freed)
         return None
 
     def _expire(self, win: Window, before: float) -> None:
         freed = win.expire(before)
         if freed:
-            self._charge(win.owner, 0, -freed)
+            self.ledger.charge(win.owner, 0, -freed)
 
     def _drop(self, key: Key) -> None:
         win = self._windows.pop(key)
-        self._charge(win.owner, -1, -win.buckets)
+        self.ledger.charge(win.owner, -1, -win.buckets)
         keys = self._by_ip.get(key[0])
         if keys is not None and key in keys:
             keys.remove(key)

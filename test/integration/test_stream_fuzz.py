@@ -28,8 +28,8 @@ from integration_support import NODE, create_pod, pod_token, running_controller,
 from aviator.controller.app import ControllerApp
 from aviator.kube import KubeClient
 from aviator.latency.limits import StreamLimits
+from aviator.latency.quota import StoreLimits
 from aviator.latency.schema import SchemaError, parse_snapshot
-from aviator.latency.store import StoreLimits
 from aviator.testing.controlplane import ControlPlane
 
 pytestmark = pytest.mark.integration

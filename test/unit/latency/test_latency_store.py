@@ -8,15 +8,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aviator.latency.histogram import Histogram
-from aviator.latency.schema import EndpointWindow, Role, Snapshot, Source
-from aviator.latency.store import (
+from aviator.latency.quota import (
     AGENT_BUCKETS,
     AGENT_ENDPOINTS,
     STORE_BUCKETS,
     STORE_ENDPOINTS,
-    LatencyStore,
     StoreLimits,
 )
+from aviator.latency.schema import EndpointWindow, Role, Snapshot, Source
+from aviator.latency.store import LatencyStore
 
 
 def ep(
