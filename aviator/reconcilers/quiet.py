@@ -13,7 +13,7 @@ from one window (its first address's) reported since the evaluation before, and 
 window on its other addresses (the active set's p99 merges them too). With it,
 the window marks it read (aviator.latency.window `Window.mark`, via
 `latencies.read_marks`). The next reconcile is that one again, and `Quiet.plan` is what
-it plans, when (`Quiet.holds`):
+it plans, when (`Quiet.may_hold`, then `Quiet.holds` of the marks read):
 
 - the View holds the same cache objects (the same View, or a new one after a change
   elsewhere) with the same zones, and the memory is the one that reconcile left (no
@@ -95,12 +95,10 @@ class Quiet:
             and view.client_zones == held.client_zones
         )
 
-    def holds(
-        self, view: View, memory: Memory, clock: Clock, marks: tuple[int, ...] | None
-    ) -> bool:
-        """Whether a reconcile of these, with the windows' `marks` (read since the last
-        evaluation), is the remembered one again."""
-        return self.may_hold(view, memory, clock) and marks == self.marks
+    def holds(self, marks: tuple[int, ...] | None) -> bool:
+        """Whether a reconcile that `may_hold`, whose windows read `marks` (read since
+        the last evaluation), is the remembered one again."""
+        return marks == self.marks
 
     def plan(self, clock: Clock) -> Plan:
         """What the remembered reconcile, repeated at `clock`, plans: the same outcome,

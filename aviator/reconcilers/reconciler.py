@@ -167,7 +167,7 @@ async def read_and_plan(
             service=view.target,
             facts=view.facts,
         )
-        if quiet.holds(view, memory, clock, marks):
+        if quiet.holds(marks):
             todo = quiet.plan(clock)
             assert todo.memory is not None
             return todo, None, dataclasses.replace(quiet, view=view, memory=todo.memory)
