@@ -160,9 +160,20 @@ def measured_ports(parsed: ParsedPolicy, service: JSON | None, pod: JSON) -> fro
     """The ports of `pod` whose latency is the pod's latency for this policy: the
     Service's TCP target ports as the pod resolves them (what its clients call; not,
     say, a metrics port scraped every few seconds), or the probe port in probe mode."""
+    fixed = fixed_ports(parsed, service)
+    if fixed is not None:
+        return fixed
+    assert service is not None  # fixed_ports
+    return service_ports(service, pod)
+
+
+def fixed_ports(parsed: ParsedPolicy, service: JSON | None) -> frozenset[int] | None:
+    """`measured_ports` when they are the same for every pod: the probe port in probe
+    mode (or without a Service), else the Service's target ports when each is a
+    number; None when some pod resolves a port name."""
     if origin_of(parsed) == "controller" or service is None:
         return frozenset({parsed.probe_port})
-    return service_ports(service, pod)
+    return numbered_ports(service)
 
 
 def names_target_ports(service: JSON) -> bool:
@@ -214,16 +225,14 @@ def read_marks(
     service: JSON | None,
     facts: Callable[[JSON], PodFacts] = pod_facts,
 ) -> tuple[int, ...] | None:
-    """The marks of the windows `read_latencies` reads for `pods` (agents' data, the
-    Service's numbered target ports), one per pod, when each pod's first address has
+    """The marks of the windows `read_latencies` reads for `pods` (agents' data, on
+    ports the same for every pod), one per pod, when each pod's first address has
     one fresh window with an estimate, reported after `since`, and its other addresses
     (a dual-stack pod's) none at all: the same marks, the same estimates, freshness and
     totals, which the active set's p99 merges over every address
     (aviator.reconcilers.quiet). None for any other."""
-    if origin_of(parsed) != "agent" or service is None:
-        return None
-    wanted = numbered_ports(service)
-    if wanted is None:
+    wanted = fixed_ports(parsed, service)
+    if wanted is None or origin_of(parsed) != "agent":
         return None
     mark, measured = store.mark, store.measured
     marks: list[int] = []
@@ -257,11 +266,7 @@ async def read_latencies(
         windows = await _probe_round(prober, targets)
         store.ingest_probes(windows, now, keep_s=PROBE_WINDOW_INTERVALS * parsed.interval_s)
 
-    fixed: frozenset[int] | None = None
-    if origin == "controller" or service is None:
-        fixed = frozenset({parsed.probe_port})
-    else:
-        fixed = numbered_ports(service)
+    fixed = fixed_ports(parsed, service)
 
     def ports_of(f: PodFacts) -> frozenset[int]:
         if fixed is not None:
