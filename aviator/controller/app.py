@@ -28,12 +28,12 @@ from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
-from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from aviator.controller.agents import POD_IP_INDEXERS, pod_locator, pod_node_resolver
 from aviator.controller.certs import StreamCertificates
-from aviator.controller.metrics import ControllerMetrics
+from aviator.controller.metrics import ControllerMetrics, exposition
 from aviator.controller.metricsapi import ExternalMetricsApi, publish_ca_bundle
 from aviator.controller.sharded import ShardedReplica
 from aviator.controller.stalls import StallWatch
@@ -282,9 +282,8 @@ class ControllerApp:
         )
 
         async def metrics(_: web.Request) -> web.Response:
-            body = generate_latest(self.registry)
-            if self.registry is not REGISTRY:
-                body += generate_latest(REGISTRY)
+            registries = [self.registry] if self.registry is REGISTRY else [self.registry, REGISTRY]
+            body = await exposition(registries)
             return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
         async def healthz(_: web.Request) -> web.Response:

@@ -21,15 +21,23 @@
 Each is defined by its owner (the loop, the writer, `aviator.reconcilers.metrics`, this
 module). Queue metrics (workqueue_*) come from aviator.workqueue.metrics on the same registry;
 agent connection metrics from the stream receiver.
+
+`exposition` renders them for a scrape without holding the event loop for the text:
+the collectors run on the loop (they read the informer caches and the queues, which
+only the loop touches), the text is formatted on a thread. At 5,000 policies a scrape
+is about 65,000 series and 8 MB; formatting is most of its cost (about 0.5 s of CPU),
+and on the loop it would hold back every report and reconcile for as long.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from aviator.reconcilers.metrics import PolicyMetrics
@@ -125,3 +133,20 @@ class PolicyConditions(Collector):
                 )
         yield family
         yield states
+
+
+class _Collected:
+    """Metric families already collected, in the shape `generate_latest` reads."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+async def exposition(registries: Iterable[CollectorRegistry]) -> bytes:
+    """The text format of every metric of `registries`: collected here, on the event
+    loop, and formatted on a thread (module docstring)."""
+    families = [family for registry in registries for family in registry.collect()]
+    return await asyncio.to_thread(generate_latest, _Collected(families))
