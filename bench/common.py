@@ -427,16 +427,24 @@ class ControllerProcess(AviatorProcess):
         self.url = f"ws://127.0.0.1:{self.port}/v1/stream"
 
     async def metrics(self) -> dict[str, float]:
-        """Every sample of /metrics as "name{label=value,...}" → value."""
-        from prometheus_client.parser import text_string_to_metric_families
-
+        """Every sample of /metrics as "name{label=value,...}" → value. Parsed on a
+        thread: a large fleet's /metrics (tens of thousands of series) takes the parser
+        seconds, and on the event loop it would hold back the simulated agents' reports
+        sharing it, which the controller would rightly see as late."""
         text = await self.get_text("/metrics")
-        out: dict[str, float] = {}
-        for family in text_string_to_metric_families(text):
-            for s in family.samples:
-                labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
-                out[f"{s.name}{{{labels}}}" if labels else s.name] = float(s.value)
-        return out
+        return await asyncio.to_thread(parse_metrics, text)
+
+
+def parse_metrics(text: str) -> dict[str, float]:
+    """Every sample of a /metrics text as "name{label=value,...}" → value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+            out[f"{s.name}{{{labels}}}" if labels else s.name] = float(s.value)
+    return out
 
 
 def metric_sum(metrics: dict[str, float], name: str, **labels: str) -> float:
