@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import multiprocessing
-import os
 import re
 import shutil
 import statistics
@@ -26,6 +25,8 @@ import time
 import typing
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+
+from bench.common import process_cpu_s
 
 Row = dict[str, object]
 
@@ -160,24 +161,17 @@ class _Side:
         return 1e6 * self.cpu_s / self.requests if self.requests else 0.0
 
 
-def _process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of another process (from /proc/<pid>/stat)."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def _load(
     port: int, server_pid: int, connections: int, duration_s: float
 ) -> tuple[int, float, float]:
     """(requests completed, seconds taken, CPU seconds of client and server)."""
     import uvloop
 
-    cpu0 = time.process_time() + _process_cpu_s(server_pid)
+    cpu0 = time.process_time() + process_cpu_s(server_pid)
     start = time.monotonic()
     done = uvloop.run(_drive(port, connections, duration_s))
     took = time.monotonic() - start
-    cpu = time.process_time() + _process_cpu_s(server_pid) - cpu0
+    cpu = time.process_time() + process_cpu_s(server_pid) - cpu0
     return done, took, cpu
 
 

@@ -111,13 +111,7 @@ def process_cpu_s(pid: int) -> float:
     ticks: those are sampled at the timer tick, so a process that wakes briefly between
     ticks (a steady controller) reads 0 over a short window however much it worked.
     """
-    try:
-        return time.clock_gettime(_process_cpu_clock(pid))
-    except OSError:
-        # A kernel without per-process CPU clocks: the tick-sampled figure.
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return time.clock_gettime(_process_cpu_clock(pid))
 
 
 def _process_cpu_clock(pid: int) -> int:
