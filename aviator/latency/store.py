@@ -137,7 +137,6 @@ class LatencyStore:
         )
         self.max_deltas = max_deltas
         self.ledger = Ledger(limits)
-        self.total = self.ledger.total  # what the whole store holds, kept current
         self._windows: dict[Key, Window] = {}
         # ip -> keys of that ip, so estimates need not scan every endpoint (a list: one
         # key, usually; a set would cost four times its memory).
@@ -154,6 +153,11 @@ class LatencyStore:
     def ips(self) -> list[str]:
         """Every IP with data (fresh or not yet forgotten)."""
         return list(self._by_ip)
+
+    @property
+    def total(self) -> Usage:
+        """What the whole store holds."""
+        return self.ledger.total
 
     def usage(self, owner: str) -> Usage:
         """What `owner` holds (an agent's node; CONTROLLER_OWNER for probe windows)."""
