@@ -155,8 +155,9 @@ async def test_pooled_connections_leave_a_pod_that_turns_slow(quickstart: Scenar
         # What follows holds for a pod that stays out: one routed again takes new
         # connections (and its hand-off is cancelled). Said first, as the cause it is.
         back = [at - marks[0][0] for at, pods in routed if at > out_at and victim in pods]
-        came_back = f"{victim} routed again at {back[0] if back else 0:.2f}s, after it left"
-        assert not back, f"{came_back}\n{_timeline(pool, marks)}"
+        assert not back, (
+            f"{victim} routed again at {back[0]:.2f}s, after it left\n{_timeline(pool, marks)}"
+        )
         on_victim = {s.connection for s in after if s.served_by == victim}
         dialled_after = sorted(c for c in on_victim if pool.dialed[c] >= heard)
         assert not dialled_after, (
