@@ -84,6 +84,7 @@ SAMPLES = 50  # requests per pod per second in a snapshot (snapshot_json's defau
 STEADY_S = 5.0  # the agents' --steady-report-interval where policies evaluate less often
 PODS_PER_AGENT = 100
 SLOW_MS = 1000.0  # the reaction's slow pod: above the policies' p99Threshold
+DRAIN_WAIT_S = 60.0  # the longest wait, after a blast, for the receiver to count what was sent
 GOAL_EVAL = "<= 100 ms for 5,000 pods"
 GOAL_INGEST = ">= 50,000 /s per core"
 GOAL_WRITES = "0 in steady state"
@@ -493,6 +494,7 @@ class Ingest:
     lost: int = 0  # agents whose stream closed during the blast
     shed: int = 0  # snapshots the receiver dropped unread (it was far behind)
     sent: int = 0  # snapshots sent
+    uncounted: int = 0  # snapshots sent that the receiver had not counted when the wait ended
 
 
 async def _blast(
@@ -533,11 +535,12 @@ async def _blast(
     # The receiver drains what is still buffered; wait until every message is counted.
     # Each look is a scrape, whose CPU the row counts: the pause between looks doubles
     # (0.05 s to 1 s), so a long drain costs a handful of scrapes, not one per 0.05 s.
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + DRAIN_WAIT_S
     pause = 0.05
-    while time.monotonic() < deadline:
+    while True:
         metrics = await controller.metrics()
-        if metric_sum(metrics, "aviator_stream_messages_total") - messages_before >= sent:
+        counted = metric_sum(metrics, "aviator_stream_messages_total") - messages_before
+        if counted >= sent or time.monotonic() >= deadline:
             break
         await asyncio.sleep(pause)
         pause = min(2 * pause, 1.0)
@@ -549,6 +552,7 @@ async def _blast(
         lost=lost,
         shed=int(metric_sum(metrics, "aviator_stream_messages_total", result="shed") - shed_before),
         sent=sent,
+        uncounted=max(0, int(sent - counted)),
     )
 
 
@@ -673,7 +677,13 @@ def _rows(
                 "pod updates/s",
                 note=f"{ingest.endpoints:.0f} endpoint windows in {ingest.seconds:.1f} s wall"
                 + (f"; {ingest.shed} of {ingest.sent} snapshots shed" if ingest.shed else "")
-                + (f"; {ingest.lost} agents' streams closed during it" if ingest.lost else ""),
+                + (f"; {ingest.lost} agents' streams closed during it" if ingest.lost else "")
+                + (
+                    f"; {ingest.uncounted} of {ingest.sent} snapshots not counted within the "
+                    f"{DRAIN_WAIT_S:g} s wait after it"
+                    if ingest.uncounted
+                    else ""
+                ),
             ),
             row(
                 NAME,
